@@ -1,0 +1,39 @@
+"""Shared core of the gesture recognition service: what training and serving both need.
+
+image -> Preprocess -> backbone+head -> probabilities -> label, each step in exactly one place:
+``images`` decodes, ``preprocess`` normalises, ``backbones`` builds models, ``weights`` finds
+pretrained weights, ``checkpoint`` stores and rebuilds a classifier.
+"""
+
+from gesture_core.backbones import BACKBONES, build_model, get_backbone, list_backbones
+from gesture_core.checkpoint import (
+    Classifier,
+    Prediction,
+    decode_probs,
+    load_checkpoint,
+    load_classifier,
+    resolve_device,
+    save_checkpoint,
+)
+from gesture_core.images import ImageDecodeError, read_rgb
+from gesture_core.preprocess import DataConfig, Preprocess
+from gesture_core.weights import WeightsUnavailableError
+
+__all__ = [
+    "BACKBONES",
+    "Classifier",
+    "DataConfig",
+    "ImageDecodeError",
+    "Prediction",
+    "Preprocess",
+    "WeightsUnavailableError",
+    "build_model",
+    "decode_probs",
+    "get_backbone",
+    "list_backbones",
+    "load_checkpoint",
+    "load_classifier",
+    "read_rgb",
+    "resolve_device",
+    "save_checkpoint",
+]

@@ -1,0 +1,249 @@
+"""Backbone registry: name -> builder, ImageNet weights, head to swap, data config.
+
+Modelled on torchvision's ``get_model`` (weight enums carry their transforms) and timm's
+``create_model``/``reset_classifier``. Every model is built with its original 1000-class head,
+weights are loaded into it, and only then is the head replaced, so an ImageNet state dict, a local
+state dict and "no weights" all take the same path.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from gesture_core.preprocess import DataConfig
+from gesture_core.weights import load_imagenet_state_dict, load_state_dict_file
+
+IMAGENET_CLASSES = 1000
+WEIGHT_CHOICES = ("imagenet", "none", "PATH")
+
+
+@dataclass(frozen=True)
+class Backbone:
+    name: str
+    builder: Callable[..., nn.Module]  # builder(num_classes, aux, in_chans) -> nn.Module
+    heads: tuple[str, ...]  # dotted paths of the classifier Linear layers; heads[0] is the main one
+    source: str  # "torchvision", "timm" or "scratch"
+    aux_weight: float = 0.0  # loss weight of auxiliary classifiers during training
+    fixed_data_config: DataConfig | None = None
+
+    @cached_property
+    def data_config(self) -> DataConfig:
+        if self.fixed_data_config is not None:
+            return self.fixed_data_config
+        return _torchvision_data_config(self.name)
+
+    @property
+    def has_imagenet_weights(self) -> bool:
+        return self.source != "scratch"
+
+    def build(self, num_classes: int, *, aux: bool = False, in_chans: int = 3) -> nn.Module:
+        return self.builder(num_classes=num_classes, aux=aux and self.aux_weight > 0, in_chans=in_chans)
+
+
+def _torchvision(name: str, heads: tuple[str, ...] = ("fc",), aux_weight: float = 0.0, **kwargs) -> Backbone:
+    import torchvision
+
+    def builder(num_classes: int, aux: bool, in_chans: int) -> nn.Module:
+        _require_rgb(name, in_chans)
+        extra = dict(kwargs)
+        if aux_weight:
+            # transform_input: torchvision's ImageNet GoogLeNet/Inception weights expect it.
+            extra.update(aux_logits=aux, transform_input=True, init_weights=False)
+        return torchvision.models.get_model(name, weights=None, num_classes=num_classes, **extra)
+
+    return Backbone(name, builder, heads, "torchvision", aux_weight)
+
+
+def _require_rgb(name: str, in_chans: int) -> None:
+    if in_chans != 3:
+        raise ValueError(f"{name} takes 3 input channels (ImageNet weights); --in-channels 1 is for lenet5 only")
+
+
+def _efficientnet_lite0() -> Backbone:
+    def builder(num_classes: int, aux: bool, in_chans: int) -> nn.Module:
+        import timm
+
+        _require_rgb("efficientnet_lite0", in_chans)
+        return timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=num_classes)
+
+    config = DataConfig(input_size=224, resize_size=256, mean=(0.5,) * 3, std=(0.5,) * 3, interpolation="bicubic")
+    return Backbone("efficientnet_lite0", builder, ("classifier",), "timm", fixed_data_config=config)
+
+
+class LeNet5(nn.Module):
+    """LeNet-5 (LeCun et al., 1998) as in the seed tables: 61,706 parameters at 32x32x1, 10 classes.
+
+    The adaptive pool is the identity at 32x32 and lets the same net run on larger photos.
+    """
+
+    def __init__(self, num_classes: int = 10, in_chans: int = 1):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(in_chans, 6, 5), nn.Tanh(), nn.AvgPool2d(2),
+            nn.Conv2d(6, 16, 5), nn.Tanh(), nn.AvgPool2d(2),
+            nn.AdaptiveAvgPool2d(5),
+        )  # fmt: skip
+        self.classifier = nn.Sequential(
+            nn.Flatten(), nn.Linear(16 * 5 * 5, 120), nn.Tanh(), nn.Linear(120, 84), nn.Tanh()
+        )
+        self.fc = nn.Linear(84, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.classifier(self.features(x)))
+
+
+def _lenet5() -> Backbone:
+    def builder(num_classes: int, aux: bool, in_chans: int) -> nn.Module:
+        return LeNet5(num_classes, in_chans)
+
+    config = DataConfig(input_size=32, resize_size=32, mean=(0.5,) * 3, std=(0.5,) * 3)
+    return Backbone("lenet5", builder, ("fc",), "scratch", fixed_data_config=config)
+
+
+def _registry() -> dict[str, Backbone]:
+    entries = [_torchvision(f"resnet{d}") for d in (18, 34, 50, 101, 152)]
+    for depth in (11, 13, 16, 19):
+        entries += [_torchvision(f"vgg{depth}", ("classifier.6",)), _torchvision(f"vgg{depth}_bn", ("classifier.6",))]
+    entries += [
+        _torchvision("googlenet", ("fc", "aux1.fc2", "aux2.fc2"), aux_weight=0.3),  # 0.3 as in Szegedy et al.
+        _torchvision("inception_v3", ("fc", "AuxLogits.fc"), aux_weight=0.4),  # torchvision's recipe
+        _torchvision("alexnet", ("classifier.6",)),
+        _torchvision("densenet121", ("classifier",)),
+        _torchvision("mobilenet_v3_large", ("classifier.3",)),
+        _efficientnet_lite0(),
+        _lenet5(),
+    ]
+    return {b.name: b for b in entries}
+
+
+BACKBONES: dict[str, Backbone] = _registry()
+
+
+def list_backbones() -> list[str]:
+    return list(BACKBONES)
+
+
+def get_backbone(name: str) -> Backbone:
+    try:
+        return BACKBONES[name]
+    except KeyError:
+        raise ValueError(f"unknown backbone {name!r}; choose one of: {', '.join(BACKBONES)}") from None
+
+
+def build_model(
+    name: str,
+    num_classes: int,
+    weights: str | os.PathLike | None = "imagenet",
+    *,
+    aux: bool = False,
+    in_chans: int = 3,
+) -> nn.Module:
+    """Build ``name`` with ``weights`` ("imagenet", "none"/None, or a state-dict path) and a fresh head.
+
+    ``aux=True`` keeps GoogLeNet/Inception auxiliary classifiers (for training only).
+    """
+    backbone = get_backbone(name)
+    weights = "none" if weights is None else weights
+    if weights == "none":
+        return backbone.build(num_classes, aux=aux, in_chans=in_chans)
+    if weights == "imagenet" and not backbone.has_imagenet_weights:
+        raise ValueError(f"{name} has no ImageNet weights; use --weights none or --weights PATH")
+    state = load_imagenet_state_dict(name) if weights == "imagenet" else load_state_dict_file(Path(weights))
+    model = _load_pretrained(backbone, state, aux=aux, in_chans=in_chans)
+    reset_heads(model, backbone, num_classes)
+    return model
+
+
+def _load_pretrained(backbone: Backbone, state: dict[str, torch.Tensor], *, aux: bool, in_chans: int) -> nn.Module:
+    head_key = f"{backbone.heads[0]}.weight"
+    head_classes = int(state[head_key].shape[0]) if head_key in state else IMAGENET_CLASSES
+    # Aux branches are built whenever the file has them, so their trained convs are kept.
+    has_aux = backbone.aux_weight > 0 and any(_is_aux_key(k) for k in state)
+    model = backbone.build(head_classes, aux=aux or has_aux, in_chans=in_chans)
+    load_matching(model, state, what=backbone.name)
+    if has_aux and not aux:
+        drop_aux(model)
+    return model
+
+
+def load_matching(model: nn.Module, state: dict[str, torch.Tensor], *, what: str) -> None:
+    """load_state_dict that tolerates auxiliary-classifier keys (absent or dropped), and nothing else."""
+    own = model.state_dict()
+    state = {k: v for k, v in state.items() if k in own or not _is_aux_key(k)}
+    missing = [k for k in own if k not in state and not _is_aux_key(k)]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [k for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or mismatched:
+        detail = "; ".join(
+            f"{label}: {', '.join(keys[:4])}{' …' if len(keys) > 4 else ''}"
+            for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched))
+            if keys
+        )
+        raise ValueError(f"weights do not fit {what}: {detail}")
+    model.load_state_dict(state, strict=False)
+
+
+def _is_aux_key(key: str) -> bool:
+    return key.startswith(("aux1.", "aux2.", "AuxLogits."))
+
+
+def drop_aux(model: nn.Module) -> None:
+    """Remove GoogLeNet/Inception auxiliary classifiers: inference never uses them."""
+    if hasattr(model, "aux_logits"):
+        model.aux_logits = False
+    for attr in ("aux1", "aux2", "AuxLogits"):
+        if getattr(model, attr, None) is not None:
+            setattr(model, attr, None)
+
+
+def reset_heads(model: nn.Module, backbone: Backbone, num_classes: int) -> None:
+    """New classifier Linear layers for ``num_classes`` (a head that already fits is kept, as in timm)."""
+    for path in backbone.heads:
+        old = get_submodule_or_none(model, path)
+        if old is not None and old.out_features != num_classes:
+            set_submodule(model, path, nn.Linear(old.in_features, num_classes))
+
+
+def head_modules(model: nn.Module, backbone: Backbone) -> list[nn.Module]:
+    return [m for path in backbone.heads if (m := get_submodule_or_none(model, path)) is not None]
+
+
+def freeze_backbone(model: nn.Module, backbone: Backbone, frozen: bool = True) -> None:
+    """Freeze everything but the classifier heads (a linear probe), or unfreeze it all."""
+    for p in model.parameters():
+        p.requires_grad = not frozen
+    for head in head_modules(model, backbone):
+        for p in head.parameters():
+            p.requires_grad = True
+
+
+def get_submodule_or_none(model: nn.Module, path: str) -> nn.Module | None:
+    try:
+        return model.get_submodule(path)
+    except AttributeError:
+        return None
+
+
+def set_submodule(model: nn.Module, path: str, module: nn.Module) -> None:
+    parent, _, leaf = path.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, leaf, module)
+
+
+def _torchvision_data_config(name: str) -> DataConfig:
+    from torchvision.models import get_model_weights
+
+    t = get_model_weights(name).DEFAULT.transforms()
+    return DataConfig(
+        input_size=int(t.crop_size[0]),
+        resize_size=int(t.resize_size[0]),
+        mean=tuple(float(x) for x in t.mean),
+        std=tuple(float(x) for x in t.std),
+        interpolation=t.interpolation.value,
+    )

@@ -1,0 +1,132 @@
+"""The one deterministic preprocessing: RGB uint8 HWC -> normalised float tensor CHW.
+
+Training evaluation, the HTTP service and the webcam all call this same object, built from the
+``DataConfig`` stored in the checkpoint, so train/serve skew cannot happen.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Sequence
+
+import cv2
+import numpy as np
+import torch
+
+from gesture_core.images import ImageSource, bgr_to_rgb, read_rgb
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+_UPSCALE = {"bilinear": cv2.INTER_LINEAR, "bicubic": cv2.INTER_CUBIC, "nearest": cv2.INTER_NEAREST}
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """What a backbone expects of its input (timm calls this the pretrained ``data_config``)."""
+
+    input_size: int = 224
+    resize_size: int = 256
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    interpolation: str = "bilinear"
+    in_chans: int = 3
+
+    def __post_init__(self) -> None:
+        if self.interpolation not in _UPSCALE:
+            raise ValueError(f"interpolation {self.interpolation!r}: choose one of {sorted(_UPSCALE)}")
+        if len(self.mean) != self.in_chans or len(self.std) != self.in_chans:
+            raise ValueError(f"mean/std need {self.in_chans} values, got {self.mean} / {self.std}")
+
+    @property
+    def crop_pct(self) -> float:
+        return self.input_size / self.resize_size
+
+    def with_input_size(self, size: int) -> DataConfig:
+        """Same crop ratio at another resolution (e.g. ``--image-size 160``)."""
+        return replace(self, input_size=size, resize_size=max(size, round(size / self.crop_pct)))
+
+    def with_channels(self, in_chans: int) -> DataConfig:
+        if in_chans == self.in_chans:
+            return self
+        if in_chans == 1:
+            return replace(self, in_chans=1, mean=(float(np.mean(self.mean)),), std=(float(np.mean(self.std)),))
+        return replace(self, in_chans=in_chans, mean=(self.mean[0],) * in_chans, std=(self.std[0],) * in_chans)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DataConfig:
+        d = dict(d)
+        d["mean"], d["std"] = tuple(d["mean"]), tuple(d["std"])
+        return cls(**d)
+
+
+class Preprocess:
+    """Resize the shorter side to ``resize_size``, centre-crop ``input_size``, normalise."""
+
+    def __init__(self, config: DataConfig):
+        self.config = config
+        mean = np.asarray(config.mean, np.float32) * 255.0
+        std = np.asarray(config.std, np.float32) * 255.0
+        # (x - mean*255) / (std*255) folded into one multiply-add per pixel.
+        self._scale = (1.0 / std).astype(np.float32)
+        self._shift = (-mean / std).astype(np.float32)
+
+    def __repr__(self) -> str:
+        c = self.config
+        return f"Preprocess(resize={c.resize_size}, crop={c.input_size}, mean={c.mean}, std={c.std})"
+
+    def __call__(self, rgb: np.ndarray) -> torch.Tensor:
+        return self.normalize(self.crop(rgb))
+
+    def load(self, source: ImageSource, **read_kwargs: Any) -> torch.Tensor:
+        """Decode (at reduced size when possible) and preprocess a path, bytes, PIL image or RGB array."""
+        return self(self.read(source, **read_kwargs))
+
+    def read(self, source: ImageSource, **read_kwargs: Any) -> np.ndarray:
+        return read_rgb(source, min_side=self.config.resize_size, **read_kwargs)
+
+    def from_bgr(self, frame: np.ndarray) -> torch.Tensor:
+        return self(bgr_to_rgb(frame))
+
+    def batch(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        return torch.stack([self(img) for img in images])
+
+    def crop(self, rgb: np.ndarray) -> np.ndarray:
+        """The deterministic geometric part: uint8 HWC in, uint8 ``input_size``² out."""
+        resized = resize_shorter(rgb, self.config.resize_size, self.config.interpolation)
+        return center_crop(resized, self.config.input_size)
+
+    def normalize(self, rgb: np.ndarray) -> torch.Tensor:
+        """uint8 HWC (already ``input_size``) -> float32 CHW, normalised with the backbone's mean/std."""
+        if self.config.in_chans == 1:
+            rgb = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)[:, :, None]
+        out = rgb.astype(np.float32) * self._scale + self._shift
+        return torch.from_numpy(np.ascontiguousarray(out.transpose(2, 0, 1)))
+
+    def denormalize(self, tensor: torch.Tensor) -> np.ndarray:
+        """Inverse of ``normalize`` for display (feature maps, Grad-CAM overlays)."""
+        arr = (tensor.detach().cpu().numpy().transpose(1, 2, 0) - self._shift) / self._scale
+        arr = np.clip(arr.round(), 0, 255).astype(np.uint8)
+        return np.repeat(arr, 3, axis=2) if arr.shape[2] == 1 else arr
+
+
+def resize_shorter(rgb: np.ndarray, size: int, interpolation: str = "bilinear") -> np.ndarray:
+    h, w = rgb.shape[:2]
+    scale = size / min(h, w)
+    if scale == 1.0:
+        return rgb
+    new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
+    # INTER_AREA antialiases when shrinking, as PIL/torchvision resizing does.
+    flag = cv2.INTER_AREA if scale < 1.0 else _UPSCALE[interpolation]
+    return cv2.resize(rgb, (new_w, new_h), interpolation=flag)
+
+
+def center_crop(rgb: np.ndarray, size: int) -> np.ndarray:
+    h, w = rgb.shape[:2]
+    top, left = max(0, (h - size) // 2), max(0, (w - size) // 2)
+    return rgb[top : top + size, left : left + size]

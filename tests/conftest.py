@@ -1,0 +1,64 @@
+"""Shared fixtures. Real data comes from ../shared/data and is skipped only where it is absent."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from gesture_core import build_model, get_backbone, save_checkpoint  # noqa: E402
+from tests.helpers import SHARED_DATA, make_image_folder  # noqa: E402
+
+# Fast, real fine-tune of efficientnet_lite0 on sign-digits, shared by the tests that need a
+# model that actually recognises gestures (accuracy, service parity, webcam smoothing).
+SIGN_DIGITS_RECIPE = dict(epochs=3, image_size=128, lr=3e-3, backbone_lr_mult=0.3, warmup_epochs=0.5, flip=False, workers=2, seed=0)
+
+
+def _shared(name: str) -> Path:
+    path = SHARED_DATA / name
+    if not path.is_dir():
+        pytest.skip(f"{path} not present (real data lives in ../shared/data)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def sign_digits() -> Path:
+    return _shared("sign-digits")
+
+
+@pytest.fixture(scope="session")
+def flowers() -> Path:
+    return _shared("flowers")
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    return make_image_folder(tmp_path / "data")
+
+
+@pytest.fixture(scope="session")
+def random_head_checkpoint(tmp_path_factory) -> Path:
+    """efficientnet_lite0 with real ImageNet weights and an untrained 10-class head: loads fast, real size."""
+    torch.manual_seed(0)
+    backbone = get_backbone("efficientnet_lite0")
+    model = build_model("efficientnet_lite0", 10, "imagenet")
+    path = tmp_path_factory.mktemp("ckpt") / "best.pt"
+    save_checkpoint(path, model=model, backbone=backbone.name, classes=[str(i) for i in range(10)],
+                    data_config=backbone.data_config.with_input_size(128), train_config={"seed": 0},
+                    metrics={"test": {"top1": 0.1}})
+    return path
+
+
+@pytest.fixture(scope="session")
+def sign_digits_run(sign_digits, tmp_path_factory) -> Path:
+    """A run folder (best.pt, metrics.json, …) from a short real fine-tune on sign-digits."""
+    from training.config import TrainConfig
+    from training.finetune import train
+
+    out = tmp_path_factory.mktemp("runs") / "sign-digits"
+    cfg = TrainConfig(backbone="efficientnet_lite0", data=str(sign_digits), out=str(out), **SIGN_DIGITS_RECIPE)
+    return train(cfg)

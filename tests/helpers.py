@@ -1,0 +1,38 @@
+"""Builders for synthetic test data: real files on disk, made by the tests themselves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+# Distinct colours per class, so even a tiny model can separate synthetic classes.
+PALETTE = [(220, 40, 40), (40, 200, 60), (40, 80, 220), (230, 200, 40), (180, 60, 200), (40, 200, 200)]
+
+
+def synthetic_image(label: int, seed: int, size: int = 64) -> np.ndarray:
+    """RGB uint8: a class-coloured disc on noise, so images of one class differ but stay separable."""
+    rng = np.random.default_rng(seed)
+    img = rng.integers(0, 80, (size, size, 3), dtype=np.uint8)
+    centre = tuple(int(c) for c in rng.integers(size // 3, 2 * size // 3, 2))
+    cv2.circle(img, centre, size // 4, PALETTE[label % len(PALETTE)], -1)
+    return img
+
+
+def write_rgb(path: Path, rgb: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
+        raise OSError(f"could not write {path}")
+    return path
+
+
+def make_image_folder(root: Path, classes=("fist", "palm", "peace"), per_class: int = 12, size: int = 64, ext: str = ".png") -> Path:
+    """ROOT/<class>/<i>.png, synthetic but real image files."""
+    for label, name in enumerate(classes):
+        for i in range(per_class):
+            write_rgb(root / name / f"{i:03d}{ext}", synthetic_image(label, seed=label * 1000 + i, size=size))
+    return root

@@ -1,0 +1,1 @@
+"""Fine-tuning, evaluation and dataset tooling. Serving code never imports this package."""

@@ -1,0 +1,55 @@
+"""argparse helpers shared by the training commands: range-checked types and consistent errors."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from gesture_core.backbones import list_backbones
+
+
+def int_at_least(low: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+
+    return parse
+
+
+def float_in(low: float, high: float, *, high_inclusive: bool = False):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        ok = low <= value <= high if high_inclusive else low <= value < high
+        if not ok:
+            raise argparse.ArgumentTypeError(f"must be in [{low}, {high}{']' if high_inclusive else ')'}, got {value}")
+        return value
+
+    return parse
+
+
+def positive_float(text: str) -> float:
+    return float_in(1e-12, float("inf"))(text)
+
+
+def weights_arg(text: str) -> str:
+    if text in ("imagenet", "none") or Path(text).is_file():
+        return text
+    raise argparse.ArgumentTypeError(f"{text!r}: choose imagenet, none, or the path of an existing state-dict file")
+
+
+def existing_file(text: str) -> Path:
+    if not Path(text).is_file():
+        raise argparse.ArgumentTypeError(f"{text}: no such file")
+    return Path(text)
+
+
+def add_backbone_arg(parser: argparse.ArgumentParser, **kwargs) -> None:
+    parser.add_argument("--backbone", choices=list_backbones(), metavar="NAME", help=f"one of: {', '.join(list_backbones())}", **kwargs)

@@ -1,0 +1,53 @@
+"""The run configuration, stored in every checkpoint and in RUN/config.json (as nanoGPT does)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+
+@dataclass
+class TrainConfig:
+    backbone: str = "efficientnet_lite0"
+    data: str = ""
+    weights: str = "imagenet"
+    epochs: int = 10
+    batch_size: int = 32
+    image_size: int | None = None  # None: the backbone's own input size
+    in_chans: int = 3
+    # optimisation
+    opt: str = "adamw"
+    lr: float = 1e-3
+    backbone_lr_mult: float = 0.1  # discriminative LR: pretrained layers move slower than the new head
+    weight_decay: float = 0.05
+    momentum: float = 0.9
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.1
+    class_weights: bool = False
+    # strategy: freeze="backbone" is a linear probe; head_epochs > 0 trains the head alone first
+    freeze: str = "none"
+    head_epochs: int = 0
+    patience: int = 0  # early stopping on val top-1; 0 disables
+    # augmentation
+    augment: str = "default"
+    flip: bool = True
+    pca_lighting: bool = False
+    scale_jitter: bool = False
+    # data split
+    val_split: float = 0.1
+    test_split: float = 0.2
+    test_per_class: int | None = None
+    # runtime
+    seed: int = 0
+    device: str = "auto"
+    amp: str = "auto"
+    workers: int = 2
+    out: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})

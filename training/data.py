@@ -1,0 +1,274 @@
+"""Finding images, splitting them reproducibly, and feeding them to the model.
+
+Layouts: ``ROOT/<class>/<img>`` (ImageFolder) or pre-split ``ROOT/{train,val,test}/<class>/<img>``.
+A folder is scanned once: each file's header is probed (no full decode) so non-images, 0-byte and
+truncated files are skipped up front and reported, never crashing a run hours later.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from gesture_core.images import ImageDecodeError, decode_rgb, jpeg_is_complete, probe_image
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm"}
+SPLITS = ("train", "val", "test")
+
+
+class DatasetError(ValueError):
+    """A dataset that cannot be trained on; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    path: str
+    label: int
+
+
+@dataclass
+class Splits:
+    root: str
+    classes: list[str]
+    train: list[Sample]
+    val: list[Sample]
+    test: list[Sample]
+    skipped: list[dict[str, str]] = field(default_factory=list)  # {"path", "reason"}
+    layout: str = "imagefolder"
+
+    def counts(self) -> dict[str, int]:
+        return {name: len(getattr(self, name)) for name in SPLITS}
+
+    def to_json(self) -> dict:
+        rel = lambda samples: [[os.path.relpath(s.path, self.root), s.label] for s in samples]  # noqa: E731
+        return {
+            "root": os.path.abspath(self.root),
+            "layout": self.layout,
+            "classes": self.classes,
+            **{name: rel(getattr(self, name)) for name in SPLITS},
+            "skipped": self.skipped,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict, root: str | None = None) -> Splits:
+        root = root or d["root"]
+        load = lambda name: [Sample(os.path.join(root, p), int(y)) for p, y in d[name]]  # noqa: E731
+        return cls(root, d["classes"], load("train"), load("val"), load("test"), d.get("skipped", []), d["layout"])
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(self.to_json(), indent=1))
+
+    @classmethod
+    def load(cls, path: Path) -> Splits:
+        return cls.from_json(json.loads(path.read_text()))
+
+
+def scan_class_folders(root: Path, skipped: list[dict[str, str]]) -> dict[str, list[str]]:
+    """{class name: [valid image paths]}; invalid files are appended to ``skipped``."""
+    if not root.is_dir():
+        raise DatasetError(f"{root} is not a folder")
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not classes:
+        raise DatasetError(f"{root} has no class folders; expected {root}/<class>/<image> (ImageFolder layout)")
+    return {name: _valid_images(root / name, skipped) for name in classes}
+
+
+def _valid_images(folder: Path, skipped: list[dict[str, str]]) -> list[str]:
+    found = []
+    # followlinks=False: a symlink loop cannot recurse forever.
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if name.startswith("."):
+                continue
+            path = os.path.join(dirpath, name)
+            reason = check_image_file(path)
+            if reason is None:
+                found.append(path)
+            else:
+                skipped.append({"path": _printable(path), "reason": reason})
+    return found
+
+
+def check_image_file(path: str) -> str | None:
+    """None if ``path`` looks like a decodable image, else the reason it is skipped."""
+    if Path(path).suffix.lower() not in IMAGE_EXTENSIONS:
+        return "not an image file extension"
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as err:
+        return f"unreadable: {err.strerror or err}"
+    if not data:
+        return "empty file (0 bytes)"
+    try:
+        fmt, _ = probe_image(data)
+        if fmt == "JPEG" and not jpeg_is_complete(data):
+            return "truncated JPEG (no end-of-image marker)"
+    except ImageDecodeError as err:
+        return str(err)
+    return None
+
+
+def _printable(path: str) -> str:
+    # Non-UTF-8 file names must still be reportable in JSON.
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def _to_samples(by_class: dict[str, list[str]], classes: list[str]) -> list[Sample]:
+    index = {c: i for i, c in enumerate(classes)}
+    return [Sample(p, index[c]) for c, paths in by_class.items() for p in paths]
+
+
+def _require_trainable(by_class: dict[str, list[str]], root: Path) -> None:
+    empty = [c for c, paths in by_class.items() if not paths]
+    if empty:
+        raise DatasetError(f"{root}: class folder(s) with no usable images: {', '.join(empty)} (remove them or add images)")
+    if len(by_class) < 2:
+        raise DatasetError(f"{root}: only one class ({', '.join(by_class)}); a classifier needs at least two class folders")
+
+
+def stratified_split(
+    by_class: dict[str, list[str]],
+    *,
+    val_split: float,
+    test_split: float,
+    test_per_class: int | None,
+    seed: int,
+) -> dict[str, dict[str, list[str]]]:
+    """Per-class seeded shuffle, then test / val / train, so every split keeps the class balance."""
+    rng = np.random.default_rng(seed)
+    out: dict[str, dict[str, list[str]]] = {s: {} for s in SPLITS}
+    for cls, paths in by_class.items():
+        paths = [paths[i] for i in rng.permutation(len(paths))]
+        n_test = test_per_class if test_per_class is not None else round(test_split * len(paths))
+        n_val = round(val_split * len(paths))
+        if n_test + n_val >= len(paths):
+            raise DatasetError(
+                f"class {cls!r} has {len(paths)} images, too few for {n_test} test + {n_val} val + at least 1 train"
+            )
+        out["test"][cls], out["val"][cls], out["train"][cls] = (
+            paths[:n_test], paths[n_test : n_test + n_val], paths[n_test + n_val :],
+        )  # fmt: skip
+    return out
+
+
+def load_splits(
+    root: str | os.PathLike,
+    *,
+    val_split: float = 0.1,
+    test_split: float = 0.2,
+    test_per_class: int | None = None,
+    seed: int = 0,
+) -> Splits:
+    root = Path(root)
+    skipped: list[dict[str, str]] = []
+    if all((root / s).is_dir() for s in ("train", "test")):
+        parts = {s: scan_class_folders(root / s, skipped) for s in SPLITS if (root / s).is_dir()}
+        classes = sorted(parts["train"])
+        _require_trainable(parts["train"], root / "train")
+        _check_same_classes(parts, classes, root)
+        if "val" not in parts:
+            parts["train"], parts["val"] = _carve(parts["train"], val_split, seed)
+        samples = {s: _to_samples(parts[s], classes) for s in SPLITS}
+        return Splits(str(root), classes, samples["train"], samples["val"], samples["test"], skipped, "presplit")
+    by_class = scan_class_folders(root, skipped)
+    if not any(by_class.values()):
+        raise DatasetError(f"{root}: no images found (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
+    _require_trainable(by_class, root)
+    classes = sorted(by_class)
+    parts = stratified_split(by_class, val_split=val_split, test_split=test_split, test_per_class=test_per_class, seed=seed)
+    samples = {s: _to_samples(parts[s], classes) for s in SPLITS}
+    return Splits(str(root), classes, samples["train"], samples["val"], samples["test"], skipped, "imagefolder")
+
+
+def _carve(train: dict[str, list[str]], val_split: float, seed: int):
+    parts = stratified_split(train, val_split=val_split, test_split=0.0, test_per_class=None, seed=seed)
+    return parts["train"], parts["val"]
+
+
+def _check_same_classes(parts: dict[str, dict[str, list[str]]], classes: list[str], root: Path) -> None:
+    for name, by_class in parts.items():
+        extra = sorted(set(by_class) - set(classes))
+        if extra:
+            raise DatasetError(f"{root}/{name} has classes missing from {root}/train: {', '.join(extra)}")
+
+
+def load_folder(root: str | os.PathLike, classes: Sequence[str]) -> tuple[list[Sample], list[dict[str, str]]]:
+    """Every image of an ImageFolder, labelled with a model's class list (for evaluating a checkpoint)."""
+    skipped: list[dict[str, str]] = []
+    by_class = scan_class_folders(Path(root), skipped)
+    unknown = sorted(set(by_class) - set(classes))
+    if unknown:
+        raise DatasetError(f"{root} has classes the model does not know: {', '.join(unknown)} (model classes: {', '.join(classes)})")
+    return _to_samples({c: p for c, p in by_class.items()}, list(classes)), skipped
+
+
+class ImageDataset(Dataset):
+    """Decodes one sample and applies ``transform(rgb, seed)``.
+
+    Items are indices or (index, seed) pairs from ``SeededSampler``: the per-sample seed makes
+    augmentation reproducible whatever the number of workers, which is what makes --resume exact.
+    A file that still fails to decode yields label -1 (ignored by the loss) and is reported.
+    """
+
+    def __init__(self, samples: Sequence[Sample], transform: Callable[[np.ndarray, int], torch.Tensor], *, min_side: int | None = None, placeholder_shape=(3, 224, 224)):
+        self.samples = list(samples)
+        self.transform = transform
+        self.min_side = min_side
+        self.placeholder_shape = placeholder_shape
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, item):
+        index, seed = item if isinstance(item, tuple) else (item, index_seed(0, 0, item))
+        sample = self.samples[index]
+        try:
+            with open(sample.path, "rb") as f:
+                rgb = decode_rgb(f.read(), min_side=self.min_side)
+            return self.transform(rgb, seed), sample.label, index
+        except (ImageDecodeError, OSError):
+            return torch.zeros(self.placeholder_shape), -1, index
+
+
+def index_seed(seed: int, epoch: int, index: int) -> int:
+    return (seed * 1_000_003 + epoch * 100_003 + index) % (2**31)
+
+
+class SeededSampler(Sampler):
+    """Yields (index, per-sample seed); the order and seeds depend only on (seed, epoch)."""
+
+    def __init__(self, n: int, seed: int, shuffle: bool = True):
+        self.n, self.seed, self.shuffle, self.epoch = n, seed, shuffle, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        g = torch.Generator().manual_seed(index_seed(self.seed, self.epoch, 0))
+        order = torch.randperm(self.n, generator=g).tolist() if self.shuffle else range(self.n)
+        return iter((i, index_seed(self.seed, self.epoch, i)) for i in order)
+
+
+def make_loader(dataset: ImageDataset, *, batch_size: int, workers: int, sampler: Sampler | None = None, pin_memory: bool = False, drop_last: bool = False) -> DataLoader:
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        pin_memory=pin_memory,
+        drop_last=drop_last,
+        persistent_workers=workers > 0,
+        prefetch_factor=4 if workers > 0 else None,
+    )

@@ -1,0 +1,151 @@
+"""The training loop, kept small as in torchvision's references/classification."""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from gesture_core.backbones import Backbone, head_modules
+
+IGNORE_LABEL = -1  # samples that failed to decode inside a loader worker
+
+
+@dataclass
+class EpochResult:
+    loss: float
+    top1: float
+    images: int
+    seconds: float
+    failed: list[int] = field(default_factory=list)  # dataset indices that could not be decoded
+
+    @property
+    def img_per_s(self) -> float:
+        return self.images / max(self.seconds, 1e-9)
+
+
+def build_optimizer(model: nn.Module, backbone: Backbone, *, opt: str, lr: float, backbone_lr_mult: float, weight_decay: float, momentum: float) -> torch.optim.Optimizer:
+    """Two groups, head and backbone, so the pretrained layers can learn more slowly (or not at all).
+
+    Frozen parameters stay in the optimizer: they get no gradient and so are skipped, and a staged
+    run only has to flip ``requires_grad`` to unfreeze them.
+    """
+    head_ids = {id(p) for m in head_modules(model, backbone) for p in m.parameters()}
+    head = [p for p in model.parameters() if id(p) in head_ids]
+    rest = [p for p in model.parameters() if id(p) not in head_ids]
+    groups = [{"params": head, "lr": lr}, {"params": rest, "lr": lr * backbone_lr_mult}]
+    if opt == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
+    if opt == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=True)
+    raise ValueError(f"optimizer {opt!r}: choose adamw or sgd")
+
+
+def warmup_cosine(optimizer: torch.optim.Optimizer, *, total_steps: int, warmup_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def train_mode(model: nn.Module) -> None:
+    """train(), except BatchNorm layers whose parameters are frozen keep their ImageNet statistics."""
+    model.train()
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and not any(p.requires_grad for p in m.parameters()):
+            m.eval()
+
+
+def classification_loss(output, target: torch.Tensor, *, aux_weight: float, label_smoothing: float, class_weights: torch.Tensor | None) -> torch.Tensor:
+    """Cross-entropy, plus ``aux_weight`` x each auxiliary classifier's (GoogLeNet, Inception)."""
+    outputs = list(output) if isinstance(output, tuple) else [output]
+    losses = [
+        F.cross_entropy(o.float(), target, weight=class_weights, label_smoothing=label_smoothing, ignore_index=IGNORE_LABEL)
+        for o in outputs
+    ]
+    return losses[0] + aux_weight * sum(losses[1:], torch.zeros((), device=target.device))
+
+
+def autocast_for(device: torch.device, enabled: bool):
+    if not enabled:
+        return nullcontext()
+    dtype = torch.bfloat16 if device.type == "cpu" or torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    device: torch.device,
+    *,
+    aux_weight: float = 0.0,
+    label_smoothing: float = 0.0,
+    class_weights: torch.Tensor | None = None,
+    amp: bool = False,
+    scaler: torch.amp.GradScaler | None = None,
+    channels_last: bool = False,
+    desc: str = "train",
+) -> EpochResult:
+    train_mode(model)
+    total_loss, correct, seen, failed = 0.0, 0, 0, []
+    start = time.perf_counter()
+    bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, mininterval=1.0)
+    for images, target, index in bar:
+        failed += index[target == IGNORE_LABEL].tolist()
+        images = images.to(device, non_blocking=True)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        target = target.to(device, non_blocking=True)
+        with autocast_for(device, amp):
+            output = model(images)
+            loss = classification_loss(output, target, aux_weight=aux_weight, label_smoothing=label_smoothing, class_weights=class_weights)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        scheduler.step()
+        logits = output[0] if isinstance(output, tuple) else output
+        valid = target != IGNORE_LABEL
+        n = int(valid.sum())
+        total_loss += loss.item() * n
+        correct += int((logits.argmax(1) == target)[valid].sum())
+        seen += n
+        bar.set_postfix(loss=f"{total_loss / max(seen, 1):.3f}", acc=f"{correct / max(seen, 1):.3f}")
+    return EpochResult(total_loss / max(seen, 1), correct / max(seen, 1), seen, time.perf_counter() - start, failed)
+
+
+@torch.inference_mode()
+def predict_logits(model: nn.Module, loader: DataLoader, device: torch.device, *, amp: bool = False, channels_last: bool = False, desc: str = "eval") -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """(logits, targets, failed indices) over a loader of (image, label, index) in dataset order."""
+    model.eval()
+    all_logits, all_targets, failed = [], [], []
+    for images, target, index in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, mininterval=1.0):
+        keep = target != IGNORE_LABEL
+        failed += index[~keep].tolist()
+        images = images.to(device, non_blocking=True)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with autocast_for(device, amp):
+            logits = model(images).float()
+        all_logits.append(logits[keep.to(logits.device)].cpu())
+        all_targets.append(target[keep])
+    if not all_logits:
+        return np.zeros((0, 0), np.float32), np.zeros(0, np.int64), failed
+    return torch.cat(all_logits).numpy(), torch.cat(all_targets).numpy(), failed

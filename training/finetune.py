@@ -1,0 +1,369 @@
+"""Fine-tune an ImageNet backbone on a folder of images.
+
+    python -m training.finetune --data ../shared/data/sign-digits --backbone efficientnet_lite0 --no-flip
+    python -m training.finetune --resume runs/sign-digits-efficientnet_lite0/last.pt
+
+The run folder holds best.pt, last.pt, config.json, split.json, history.csv, metrics.json,
+curves.png and confusion_matrix.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from gesture_core.backbones import Backbone, build_model, freeze_backbone, get_backbone, load_matching
+from gesture_core.checkpoint import atomic_torch_save, load_checkpoint, resolve_device, save_checkpoint
+from gesture_core.preprocess import DataConfig
+from gesture_core.weights import WeightsUnavailableError
+from training import cli
+from training.augment import PRESETS, build_eval_transform, build_train_transform
+from training.config import TrainConfig
+from training.data import DatasetError, ImageDataset, SeededSampler, Splits, index_seed, load_splits, make_loader
+from training.engine import EpochResult, build_optimizer, predict_logits, train_one_epoch, warmup_cosine
+from training.report import classification_metrics, format_summary, plot_curves, write_history, write_json, write_report
+
+RESUMABLE_OVERRIDES = ("epochs", "workers", "device", "patience")
+
+
+def build_parser(*, suppress_defaults: bool = False) -> argparse.ArgumentParser:
+    d = TrainConfig()
+    default = (lambda value: argparse.SUPPRESS) if suppress_defaults else (lambda value: value)
+    p = argparse.ArgumentParser(
+        prog="python -m training.finetune",
+        description="Fine-tune an ImageNet-pretrained CNN on an ImageFolder dataset.",
+        argument_default=argparse.SUPPRESS if suppress_defaults else None,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    g = p.add_argument_group("model and data")
+    cli.add_backbone_arg(g, default=default(d.backbone))
+    g.add_argument("--data", default=default(None), help="ImageFolder (or pre-split train/val/test) folder, or a catalogue name such as flowers")
+    g.add_argument("--weights", type=cli.weights_arg, default=default(d.weights), help="imagenet | none | PATH to a state dict")
+    g.add_argument("--image-size", type=cli.int_at_least(32), default=default(None), help="input size (default: the backbone's)")
+    g.add_argument("--in-channels", dest="in_chans", type=int, choices=(1, 3), default=default(3), help="1 for grayscale (lenet5 only)")
+    g.add_argument("--val-split", type=cli.float_in(0.0, 0.9), default=default(d.val_split), help="fraction per class held out for model selection")
+    g.add_argument("--test-split", type=cli.float_in(0.0, 0.9), default=default(d.test_split), help="fraction per class held out for the final test")
+    g.add_argument("--test-per-class", type=cli.int_at_least(1), default=default(None), help="hold out exactly N test images per class instead")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=cli.int_at_least(1), default=default(d.epochs))
+    g.add_argument("--batch-size", type=cli.int_at_least(1), default=default(d.batch_size))
+    g.add_argument("--opt", choices=("adamw", "sgd"), default=default(d.opt))
+    g.add_argument("--lr", type=cli.positive_float, default=default(d.lr), help="head learning rate (peak)")
+    g.add_argument("--backbone-lr-mult", type=cli.float_in(0.0, 1.0, high_inclusive=True), default=default(d.backbone_lr_mult), help="backbone LR = lr x this")
+    g.add_argument("--weight-decay", type=cli.float_in(0.0, 1.0), default=default(d.weight_decay))
+    g.add_argument("--momentum", type=cli.float_in(0.0, 1.0), default=default(d.momentum), help="SGD momentum")
+    g.add_argument("--warmup-epochs", type=cli.float_in(0.0, 1000.0), default=default(d.warmup_epochs))
+    g.add_argument("--label-smoothing", type=cli.float_in(0.0, 1.0), default=default(d.label_smoothing))
+    g.add_argument("--class-weights", action="store_true", default=default(False), help="weight the loss by inverse class frequency")
+    g.add_argument("--freeze", choices=("none", "backbone"), default=default(d.freeze), help="backbone = linear probe")
+    g.add_argument("--head-epochs", type=cli.int_at_least(0), default=default(d.head_epochs), help="staged: train only the head for N epochs, then unfreeze")
+    g.add_argument("--patience", type=cli.int_at_least(0), default=default(d.patience), help="early stopping after N epochs without val improvement (0: off)")
+    g = p.add_argument_group("augmentation")
+    g.add_argument("--augment", choices=PRESETS, default=default(d.augment))
+    g.add_argument("--no-flip", dest="flip", action="store_false", default=default(True), help="no horizontal flips (for gestures whose meaning is mirrored)")
+    g.add_argument("--pca-lighting", action="store_true", default=default(False), help="AlexNet-style PCA colour noise")
+    g.add_argument("--scale-jitter", action="store_true", default=default(False), help="VGG-style scale jitter instead of random resized crops")
+    g = p.add_argument_group("runtime")
+    g.add_argument("--device", choices=("auto", "cpu", "cuda"), default=default(d.device))
+    g.add_argument("--amp", choices=("auto", "on", "off"), default=default(d.amp), help="mixed precision (auto: on for CUDA)")
+    g.add_argument("--workers", type=cli.int_at_least(0), default=default(d.workers), help="data-loading processes")
+    g.add_argument("--seed", type=int, default=default(d.seed))
+    g.add_argument("--out", default=default(None), help="run folder (default: runs/<data>-<backbone>, numbered if taken)")
+    g.add_argument("--resume", type=cli.existing_file, default=default(None), help="continue an interrupted run from RUN/last.pt")
+    return p
+
+
+def parse_config(argv: list[str] | None = None) -> tuple[TrainConfig, Path | None]:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.resume is not None:
+        explicit = vars(build_parser(suppress_defaults=True).parse_args(argv))
+        cfg = TrainConfig.from_dict(load_checkpoint(args.resume)["train_config"])
+        for key in RESUMABLE_OVERRIDES:
+            if key in explicit:
+                setattr(cfg, key, explicit[key])
+        return cfg, args.resume
+    if args.data is None:
+        parser.error("--data is required (a folder, or a catalogue name such as flowers)")
+    values = {k: v for k, v in vars(args).items() if k != "resume"}
+    cfg = TrainConfig.from_dict({k: ("" if v is None and k == "out" else v) for k, v in values.items()})
+    if cfg.in_chans == 1 and cfg.backbone != "lenet5":
+        parser.error("--in-channels 1 is only supported by lenet5")
+    if cfg.head_epochs >= cfg.epochs and cfg.freeze == "none" and cfg.head_epochs:
+        parser.error(f"--head-epochs {cfg.head_epochs} must be smaller than --epochs {cfg.epochs}")
+    return cfg, None
+
+
+def resolve_data_dir(data: str) -> Path:
+    """A folder, or a catalogue name prepared on first use (``python -m training.prepare``)."""
+    path = Path(data).expanduser()
+    if path.is_dir():
+        return path
+    from training.prepare import CATALOGUE, prepare_dataset
+
+    if data in CATALOGUE:
+        return prepare_dataset(data)
+    raise DatasetError(f"--data {data}: not a folder, nor a catalogue dataset ({', '.join(CATALOGUE)})")
+
+
+def default_run_dir(cfg: TrainConfig) -> Path:
+    base = Path("runs") / f"{Path(cfg.data).name or 'data'}-{cfg.backbone}"
+    candidate, n = base, 1
+    while candidate.exists():
+        n += 1
+        candidate = base.with_name(f"{base.name}-{n}")
+    return candidate
+
+
+@dataclass
+class Run:
+    """Everything one fine-tuning run holds between epochs."""
+
+    cfg: TrainConfig
+    out: Path
+    splits: Splits
+    backbone: Backbone
+    data_config: DataConfig
+    model: torch.nn.Module
+    device: torch.device
+    amp: bool
+
+    @property
+    def channels_last(self) -> bool:
+        return self.device.type == "cuda"
+
+
+def prepare_run(cfg: TrainConfig, resume: Path | None) -> Run:
+    out = resume.parent if resume else Path(cfg.out) if cfg.out else default_run_dir(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg.out = str(out)
+    if resume and (out / "split.json").exists():
+        splits = Splits.load(out / "split.json")
+    else:
+        root = resolve_data_dir(cfg.data)
+        splits = load_splits(root, val_split=cfg.val_split, test_split=cfg.test_split, test_per_class=cfg.test_per_class, seed=cfg.seed)
+        splits.save(out / "split.json")
+    backbone = get_backbone(cfg.backbone)
+    data_config = backbone.data_config.with_channels(cfg.in_chans)
+    if cfg.image_size:
+        data_config = data_config.with_input_size(cfg.image_size)
+    weights = "none" if resume else cfg.weights  # resuming loads the run's own weights below
+    model = build_model(cfg.backbone, len(splits.classes), weights, aux=True, in_chans=cfg.in_chans)
+    device = resolve_device(cfg.device)
+    amp = cfg.amp == "on" or (cfg.amp == "auto" and device.type == "cuda")
+    model.to(device)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    write_json(out / "config.json", cfg.to_dict())
+    return Run(cfg, out, splits, backbone, data_config, model, device, amp)
+
+
+def make_loaders(run: Run) -> tuple[Any, SeededSampler, Any, Any]:
+    cfg, dc = run.cfg, run.data_config
+    shape = (dc.in_chans, dc.input_size, dc.input_size)
+    train_tf = build_train_transform(dc, preset=cfg.augment, flip=cfg.flip, pca_lighting=cfg.pca_lighting, scale_jitter=cfg.scale_jitter)
+    eval_tf = build_eval_transform(dc)
+    pin = run.device.type == "cuda"
+    sampler = SeededSampler(len(run.splits.train), cfg.seed)
+    train = make_loader(ImageDataset(run.splits.train, train_tf, min_side=dc.resize_size, placeholder_shape=shape), batch_size=cfg.batch_size, workers=cfg.workers, sampler=sampler, pin_memory=pin, drop_last=len(run.splits.train) > cfg.batch_size)
+    val = make_loader(ImageDataset(run.splits.val, eval_tf, min_side=dc.resize_size, placeholder_shape=shape), batch_size=cfg.batch_size * 2, workers=cfg.workers, pin_memory=pin)
+    test = make_loader(ImageDataset(run.splits.test, eval_tf, min_side=dc.resize_size, placeholder_shape=shape), batch_size=cfg.batch_size * 2, workers=cfg.workers, pin_memory=pin)
+    return train, sampler, val, test
+
+
+def class_weight_tensor(run: Run) -> torch.Tensor | None:
+    if not run.cfg.class_weights:
+        return None
+    counts = np.bincount([s.label for s in run.splits.train], minlength=len(run.splits.classes)).astype(np.float64)
+    weights = counts.sum() / (len(counts) * np.maximum(counts, 1))
+    return torch.tensor(weights, dtype=torch.float32, device=run.device)
+
+
+def evaluate_split(run: Run, loader, samples, name: str) -> tuple[dict[str, Any], float, list[str]]:
+    """(metrics, loss, paths that failed to decode) on one split."""
+    logits, targets, failed = predict_logits(run.model, loader, run.device, amp=run.amp, channels_last=run.channels_last, desc=name)
+    metrics = classification_metrics(logits, targets, run.splits.classes)
+    loss = float(torch.nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(targets))) if len(targets) else float("nan")
+    return metrics, loss, [samples[i].path for i in failed]
+
+
+def checkpoint_extra(run: Run) -> dict[str, Any]:
+    return dict(model=run.model, backbone=run.cfg.backbone, classes=run.splits.classes, data_config=run.data_config, train_config=run.cfg.to_dict())
+
+
+def capture_rng() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *[float(x) if isinstance(x, float) else int(x) for x in np_state[2:]]],
+        "python": list(random.getstate()[1]),
+    }
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    random.setstate((3, tuple(state["python"]), None))
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def train(cfg: TrainConfig, resume: Path | None = None) -> Path:
+    """Run (or continue) fine-tuning; returns the run folder."""
+    seed_everything(cfg.seed)
+    run = prepare_run(cfg, resume)
+    train_loader, sampler, val_loader, test_loader = make_loaders(run)
+    optimizer = build_optimizer(run.model, run.backbone, opt=cfg.opt, lr=cfg.lr, backbone_lr_mult=cfg.backbone_lr_mult, weight_decay=cfg.weight_decay, momentum=cfg.momentum)
+    steps = len(train_loader)
+    scheduler = warmup_cosine(optimizer, total_steps=cfg.epochs * steps, warmup_steps=round(cfg.warmup_epochs * steps))
+    scaler = torch.amp.GradScaler("cuda") if run.amp and run.device.type == "cuda" and not torch.cuda.is_bf16_supported() else None
+    state = {"epoch": 0, "history": [], "best": None, "failed": []}
+    if resume:
+        state = restore_training_state(run, resume, optimizer, scheduler, scaler)
+    failed: set[str] = set(state["failed"])
+    print(f"{cfg.backbone} on {run.splits.root}: {len(run.splits.classes)} classes, split {run.splits.counts()}, "
+          f"{len(run.splits.skipped)} files skipped; device {run.device}{' (AMP)' if run.amp else ''}; run folder {run.out}")
+    bad_epochs = 0
+    try:
+        for epoch in range(state["epoch"], cfg.epochs):
+            frozen = cfg.freeze == "backbone" or epoch < cfg.head_epochs
+            freeze_backbone(run.model, run.backbone, frozen)
+            sampler.set_epoch(epoch)
+            torch.manual_seed(index_seed(cfg.seed, epoch, 1))  # dropout & co. depend only on (seed, epoch)
+            result = train_one_epoch(run.model, train_loader, optimizer, scheduler, run.device, aux_weight=run.backbone.aux_weight, label_smoothing=cfg.label_smoothing, class_weights=class_weight_tensor(run), amp=run.amp, scaler=scaler, channels_last=run.channels_last, desc=f"epoch {epoch + 1}/{cfg.epochs}")
+            failed.update(run.splits.train[i].path for i in result.failed)
+            val_metrics, val_loss, val_failed = evaluate_split(run, val_loader, run.splits.val, "val")
+            failed.update(val_failed)
+            row = history_row(epoch, optimizer, result, val_metrics, val_loss, frozen)
+            state["history"].append(row)
+            improved = is_improvement(row, state["best"])
+            if improved:
+                state["best"] = {"epoch": epoch + 1, "val_top1": row["val_top1"], "val_loss": val_loss}
+                save_checkpoint(run.out / "best.pt", **checkpoint_extra(run), metrics={"val": val_metrics, "best_epoch": epoch + 1})
+            state["epoch"], state["failed"] = epoch + 1, sorted(failed)
+            save_training_state(run, optimizer, scheduler, scaler, state)
+            write_history(run.out / "history.csv", state["history"])
+            print(format_epoch(row, cfg.epochs, improved))
+            bad_epochs = 0 if improved else bad_epochs + 1
+            if cfg.patience and bad_epochs >= cfg.patience:
+                print(f"early stopping: val top-1 has not improved for {cfg.patience} epochs")
+                break
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; continue with: python -m training.finetune --resume {run.out / 'last.pt'}", file=sys.stderr)
+        raise SystemExit(130) from None
+    finish(run, state, test_loader, failed)
+    return run.out
+
+
+def history_row(epoch: int, optimizer, result: EpochResult, val_metrics: dict, val_loss: float, frozen: bool) -> dict[str, Any]:
+    return {
+        "epoch": epoch + 1,
+        "lr": optimizer.param_groups[0]["lr"],
+        "frozen_backbone": frozen,
+        "train_loss": round(result.loss, 5),
+        "train_top1": round(result.top1, 5),
+        "val_loss": round(val_loss, 5),
+        "val_top1": val_metrics["top1"],
+        "train_img_per_s": round(result.img_per_s, 2),
+        "epoch_seconds": round(result.seconds, 2),
+    }
+
+
+def is_improvement(row: dict[str, Any], best: dict[str, Any] | None) -> bool:
+    if best is None:
+        return True
+    if row["val_top1"] is None:  # no validation split: the latest epoch is the best we know
+        return True
+    return (row["val_top1"], -row["val_loss"]) > (best["val_top1"], -best["val_loss"])
+
+
+def format_epoch(row: dict[str, Any], epochs: int, improved: bool) -> str:
+    val = "n/a" if row["val_top1"] is None else f"{row['val_top1']:.2%}"
+    return (f"epoch {row['epoch']:>3}/{epochs}  train loss {row['train_loss']:.4f} acc {row['train_top1']:.2%}  "
+            f"val loss {row['val_loss']:.4f} acc {val}  {row['train_img_per_s']:.1f} img/s{'  *best' if improved else ''}")
+
+
+def save_training_state(run: Run, optimizer, scheduler, scaler, state: dict[str, Any]) -> None:
+    save_checkpoint(
+        run.out / "last.pt",
+        **checkpoint_extra(run),
+        optimizer=optimizer.state_dict(),
+        scheduler=scheduler.state_dict(),
+        scaler=scaler.state_dict() if scaler else {},
+        epoch=state["epoch"],
+        history=state["history"],
+        best=state["best"] or {},
+        failed=state["failed"],
+        rng=capture_rng(),
+    )
+
+
+def restore_training_state(run: Run, resume: Path, optimizer, scheduler, scaler) -> dict[str, Any]:
+    ckpt = load_checkpoint(resume)
+    load_matching(run.model, ckpt["model"], what=f"{resume}")
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scheduler.load_state_dict(ckpt["scheduler"])
+    if scaler is not None and ckpt.get("scaler"):
+        scaler.load_state_dict(ckpt["scaler"])
+    restore_rng(ckpt["rng"])
+    print(f"resuming {resume} after epoch {ckpt['epoch']}")
+    return {"epoch": ckpt["epoch"], "history": ckpt["history"], "best": ckpt["best"] or None, "failed": ckpt.get("failed", [])}
+
+
+def finish(run: Run, state: dict[str, Any], test_loader, failed: set[str]) -> None:
+    """Test the best checkpoint and write the report."""
+    best_path = run.out / "best.pt"
+    best = load_checkpoint(best_path)
+    load_matching(run.model, best["model"], what=str(best_path))
+    test_metrics, _, test_failed = evaluate_split(run, test_loader, run.splits.test, "test")
+    failed.update(test_failed)
+    skipped = run.splits.skipped + [{"path": p, "reason": "failed to decode during training"} for p in sorted(failed)]
+    metrics = {
+        "backbone": run.cfg.backbone,
+        "classes": run.splits.classes,
+        "best_epoch": (state["best"] or {}).get("epoch"),
+        "epochs_run": state["epoch"],
+        "split": run.splits.counts(),
+        "val": best["metrics"].get("val"),
+        "test": test_metrics,
+        "skipped": skipped,
+    }
+    save_checkpoint(best_path, **checkpoint_extra(run), metrics=metrics)
+    write_report(run.out, metrics, run.splits.classes)
+    plot_curves(run.out / "curves.png", state["history"])
+    print(format_summary(test_metrics, f"\ntest set, best epoch {metrics['best_epoch']}:"))
+    if skipped:
+        listed = "\n".join(f"  {s['path']}: {s['reason']}" for s in skipped[:10])
+        more = f"\n  … and {len(skipped) - 10} more (metrics.json lists all)" if len(skipped) > 10 else ""
+        print(f"{len(skipped)} file(s) skipped:\n{listed}{more}")
+    print(f"results in {run.out}/ (best.pt, metrics.json, curves.png, confusion_matrix.png)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg, resume = parse_config(argv)
+    try:
+        train(cfg, resume)
+    except (DatasetError, WeightsUnavailableError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    started = time.perf_counter()
+    code = main()
+    print(f"finished in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    sys.exit(code)

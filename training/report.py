@@ -1,0 +1,113 @@
+"""Metrics, plots and the human-readable summary of a run (metrics.json, curves.png, confusion_matrix.png)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+
+def classification_metrics(logits: np.ndarray, targets: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
+    """top-1/top-5 (fractions), per-class precision/recall/F1/support and the confusion matrix
+    (rows: true class, columns: predicted)."""
+    n = len(classes)
+    if len(targets) == 0:
+        return {"top1": None, "top5": None, "n": 0, "per_class": {}, "confusion_matrix": np.zeros((n, n), int).tolist()}
+    pred = logits.argmax(1)
+    k = min(5, n)
+    topk = np.argsort(-logits, axis=1)[:, :k]
+    cm = np.bincount(targets * n + pred, minlength=n * n).reshape(n, n)
+    tp = np.diag(cm).astype(float)
+    precision = np.divide(tp, cm.sum(0), out=np.zeros(n), where=cm.sum(0) > 0)
+    recall = np.divide(tp, cm.sum(1), out=np.zeros(n), where=cm.sum(1) > 0)
+    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(n), where=(precision + recall) > 0)
+    per_class = {
+        c: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]), "support": int(cm[i].sum())}
+        for i, c in enumerate(classes)
+    }
+    return {
+        "top1": float((pred == targets).mean()),
+        "top5": float((topk == targets[:, None]).any(1).mean()),
+        "n": int(len(targets)),
+        "per_class": per_class,
+        "confusion_matrix": cm.tolist(),
+    }
+
+
+def write_json(path: Path, obj: Any) -> None:
+    path.write_text(json.dumps(obj, indent=2))
+
+
+def write_history(path: Path, history: list[dict[str, Any]]) -> None:
+    if not history:
+        return
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(history[0]))
+        writer.writeheader()
+        writer.writerows(history)
+
+
+def plot_curves(path: Path, history: list[dict[str, Any]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    for key, label in (("train_loss", "train"), ("val_loss", "val")):
+        ax_loss.plot(epochs, [h[key] for h in history], marker="o", label=label)
+    for key, label in (("train_top1", "train"), ("val_top1", "val")):
+        ax_acc.plot(epochs, [h[key] for h in history], marker="o", label=label)
+    ax_loss.set(title="loss", xlabel="epoch")
+    ax_acc.set(title="top-1 accuracy", xlabel="epoch", ylim=(0, 1.01))
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_confusion(path: Path, cm: Sequence[Sequence[int]], classes: Sequence[str], title: str = "test confusion matrix") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cm = np.asarray(cm)
+    n = len(classes)
+    fig, ax = plt.subplots(figsize=(1.2 + 0.55 * n, 1.0 + 0.5 * n))
+    ax.imshow(cm, cmap="Blues")
+    ax.set_xticks(range(n), classes, rotation=45, ha="right")
+    ax.set_yticks(range(n), classes)
+    ax.set(xlabel="predicted", ylabel="true", title=title)
+    threshold = cm.max() / 2 if cm.size else 0
+    for i in range(n):
+        for j in range(n):
+            ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=8, color="white" if cm[i, j] > threshold else "black")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def format_summary(metrics: dict[str, Any], title: str) -> str:
+    """A per-class table plus totals, for the terminal."""
+    lines = [title]
+    if metrics.get("top1") is None:
+        return "\n".join(lines + ["  (no images evaluated)"])
+    width = max(8, *(len(c) for c in metrics["per_class"]))
+    lines.append(f"  {'class':<{width}}  precision  recall     f1  support")
+    for name, m in metrics["per_class"].items():
+        lines.append(f"  {name:<{width}}  {m['precision']:9.3f}  {m['recall']:6.3f}  {m['f1']:5.3f}  {m['support']:7d}")
+    lines.append(f"  top-1 {metrics['top1']:.2%}   top-5 {metrics['top5']:.2%}   ({metrics['n']} images)")
+    return "\n".join(lines)
+
+
+def write_report(out: Path, metrics: dict[str, Any], classes: Sequence[str], *, split: str = "test") -> None:
+    write_json(out / "metrics.json", metrics)
+    if metrics.get(split) and metrics[split].get("confusion_matrix"):
+        plot_confusion(out / "confusion_matrix.png", metrics[split]["confusion_matrix"], classes, f"{split} confusion matrix")
