@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import shutil
 from pathlib import Path
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -54,11 +57,19 @@ def random_head_checkpoint(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def sign_digits_run(sign_digits, tmp_path_factory) -> Path:
-    """A run folder (best.pt, metrics.json, …) from a short real fine-tune on sign-digits."""
+def sign_digits_run(sign_digits, request) -> Path:
+    """A run folder (best.pt, metrics.json, …) from a short real fine-tune on sign-digits.
+
+    Kept in pytest's cache between local sessions (keyed by the recipe) so developers do not retrain
+    for every test file; CI starts from a clean clone and always trains. GESTURE_RETRAIN=1 forces it.
+    """
     from training.config import TrainConfig
     from training.finetune import train
 
-    out = tmp_path_factory.mktemp("runs") / "sign-digits"
+    key = hashlib.sha1(json.dumps(SIGN_DIGITS_RECIPE, sort_keys=True).encode()).hexdigest()[:10]
+    out = Path(request.config.cache.mkdir(f"sign-digits-run-{key}"))
+    if (out / "metrics.json").exists() and (out / "best.pt").exists() and not os.environ.get("GESTURE_RETRAIN"):
+        return out
+    shutil.rmtree(out)
     cfg = TrainConfig(backbone="efficientnet_lite0", data=str(sign_digits), out=str(out), **SIGN_DIGITS_RECIPE)
     return train(cfg)
