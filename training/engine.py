@@ -102,7 +102,7 @@ def train_one_epoch(
     train_mode(model)
     total_loss, correct, seen, failed = 0.0, 0, 0, []
     start = time.perf_counter()
-    bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, mininterval=1.0)
+    bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, mininterval=1.0, disable=None)
     for images, target, index in bar:
         failed += index[target == IGNORE_LABEL].tolist()
         images = images.to(device, non_blocking=True)
@@ -136,7 +136,7 @@ def predict_logits(model: nn.Module, loader: DataLoader, device: torch.device, *
     """(logits, targets, failed indices) over a loader of (image, label, index) in dataset order."""
     model.eval()
     all_logits, all_targets, failed = [], [], []
-    for images, target, index in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, mininterval=1.0):
+    for images, target, index in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, mininterval=1.0, disable=None):
         keep = target != IGNORE_LABEL
         failed += index[~keep].tolist()
         images = images.to(device, non_blocking=True)
