@@ -1,0 +1,152 @@
+"""Open a frame source (camera, video file, image sequence, stream URL) with one call.
+
+    from service.sources import SourceError, open_source, read_frames
+
+    try:
+        cap = open_source("0")            # or 0, "clip.mp4", "frames/%04d.jpg", "rtsp://host/stream"
+    except SourceError as err:
+        sys.exit(f"error: {err}")         # one line a user can act on
+    for frame in read_frames(cap):        # BGR uint8 frames, as OpenCV gives them
+        ...
+    cap.release()
+
+``spec`` forms (see ``parse_source``):
+
+* an integer, or a string of digits: a camera device index (``0`` is the default webcam);
+* ``scheme://...`` (rtsp, http, https, udp, tcp, file): a stream opened through FFmpeg with short
+  open/read timeouts, so an unreachable host fails in seconds instead of hanging;
+* a path containing ``%d``-style placeholder (``frames/%04d.png``): an image sequence;
+* any other string: a video file path.
+
+Every failure is a ``SourceError`` whose message names the source and says what to try.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+__all__ = ["SourceError", "open_source", "parse_source", "is_live", "describe_source", "read_frames"]
+
+# Streams: long enough for a slow network camera, short enough that a typo does not look like a hang.
+STREAM_TIMEOUT_MS = 5000
+_URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
+_SEQUENCE = re.compile(r"%0?\d*d")
+
+
+class SourceError(RuntimeError):
+    """A frame source that cannot be opened or read; ``str(err)`` is a user-facing one-liner."""
+
+
+def parse_source(spec: int | str | os.PathLike) -> int | str:
+    """Normalise a ``--source`` value: camera index (int) or a string (URL, pattern or file path)."""
+    if isinstance(spec, bool):
+        raise SourceError(f"invalid source {spec!r}: give a camera index, a video file, an image pattern or a URL")
+    if isinstance(spec, int):
+        if spec < 0:
+            raise SourceError(f"camera index must be >= 0, got {spec}")
+        return spec
+    text = os.fspath(spec).strip()
+    if not text:
+        raise SourceError("empty source: give a camera index (0), a video file, an image pattern (frames/%04d.jpg) or a URL")
+    return int(text) if text.isdigit() else text
+
+
+def is_live(spec: int | str | os.PathLike) -> bool:
+    """True for cameras and network streams (frames arrive in real time), False for files and sequences."""
+    source = parse_source(spec)
+    return isinstance(source, int) or (bool(_URL.match(source)) and not source.startswith("file://"))
+
+
+def describe_source(spec: int | str | os.PathLike) -> str:
+    source = parse_source(spec)
+    if isinstance(source, int):
+        return f"camera {source}"
+    if _URL.match(source):
+        return f"stream {source}"
+    if _SEQUENCE.search(source):
+        return f"image sequence {source}"
+    return f"video file {source}"
+
+
+def open_source(spec: int | str | os.PathLike) -> cv2.VideoCapture:
+    """Return an opened ``cv2.VideoCapture`` for ``spec``, or raise ``SourceError``. The caller releases it."""
+    source = parse_source(spec)
+    with _quiet_opencv():
+        cap, hint = _open(source)
+    if not cap.isOpened():
+        cap.release()
+        raise SourceError(f"cannot open {describe_source(source)}: {hint}")
+    return cap
+
+
+def _open(source: int | str) -> tuple[cv2.VideoCapture, str]:
+    if isinstance(source, int):
+        cap = cv2.VideoCapture(source)
+        hint = "is a camera attached and not in use by another program? Use --source VIDEO_FILE to run from a file"
+    elif _URL.match(source):
+        params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, STREAM_TIMEOUT_MS, cv2.CAP_PROP_READ_TIMEOUT_MSEC, STREAM_TIMEOUT_MS]
+        cap = cv2.VideoCapture(source, cv2.CAP_FFMPEG, params)
+        hint = f"check the URL and that the stream is reachable (opening times out after {STREAM_TIMEOUT_MS / 1000:g} s)"
+    elif _SEQUENCE.search(source):
+        _require_sequence(source)
+        cap = cv2.VideoCapture(source, cv2.CAP_IMAGES)
+        hint = "the images must be numbered consecutively and readable by OpenCV"
+    else:
+        _require_file(source)
+        cap = cv2.VideoCapture(source)
+        hint = "the file is not a video OpenCV/FFmpeg can decode (try re-encoding it as H.264 .mp4 or MJPG .avi)"
+    return cap, hint
+
+
+@contextmanager
+def _quiet_opencv() -> Iterator[None]:
+    # OpenCV logs a WARN line per backend it tries; the SourceError already says what went wrong.
+    level = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+    try:
+        yield
+    finally:
+        cv2.utils.logging.setLogLevel(level)
+
+
+def read_frames(cap: cv2.VideoCapture, *, max_failures: int = 30) -> Iterator[np.ndarray]:
+    """Yield BGR frames until the source ends; a live source may drop a few frames before it counts as ended."""
+    failures = 0
+    while True:
+        ok, frame = cap.read()
+        if ok and frame is not None:
+            failures = 0
+            yield frame
+            continue
+        failures += 1
+        if failures >= max_failures or not _is_live_capture(cap):
+            return
+
+
+def _is_live_capture(cap: cv2.VideoCapture) -> bool:
+    # Files and sequences report a frame count; cameras and streams report 0 or -1.
+    return cap.get(cv2.CAP_PROP_FRAME_COUNT) <= 0
+
+
+def _require_file(source: str) -> None:
+    path = Path(source)
+    if path.is_dir():
+        raise SourceError(f"{source} is a folder; for an image sequence pass a pattern such as {path / '%04d.jpg'}")
+    if not path.is_file():
+        raise SourceError(f"{source}: no such video file (for a camera pass its index, e.g. --source 0)")
+    if not os.access(path, os.R_OK):
+        raise SourceError(f"{source}: permission denied")
+
+
+def _require_sequence(pattern: str) -> None:
+    if not glob.glob(_SEQUENCE.sub("*", glob.escape(pattern))):
+        example = _SEQUENCE.sub(lambda m: m.group(0) % 0, pattern)
+        raise SourceError(f"image sequence {pattern}: no files match (expected e.g. {example})")
