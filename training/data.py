@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -70,20 +71,31 @@ class Splits:
         return cls.from_json(json.loads(path.read_text()))
 
 
-def scan_class_folders(root: Path, skipped: list[dict[str, str]]) -> dict[str, list[str]]:
-    """{class name: [valid image paths]}; invalid files are appended to ``skipped``."""
+def is_presplit(root: Path) -> bool:
+    """True for ``ROOT/{train,val,test}/<class>/<img>`` (val optional), False for a plain ImageFolder."""
+    return all((root / s).is_dir() for s in ("train", "test"))
+
+
+def scan_class_folders(root: Path, skipped: list[dict[str, str]], ignored: list[dict[str, str]] | None = None) -> dict[str, list[str]]:
+    """{class name: [valid image paths]}; invalid files are appended to ``skipped``.
+
+    ``ignored`` (optional) collects what is passed over silently: hidden files and folders, and
+    symlinked folders (never followed).
+    """
     if not root.is_dir():
         raise DatasetError(f"{root} is not a folder")
     classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not classes:
         raise DatasetError(f"{root} has no class folders; expected {root}/<class>/<image> (ImageFolder layout)")
-    return {name: _valid_images(root / name, skipped) for name in classes}
+    return {name: _valid_images(root / name, skipped, ignored) for name in classes}
 
 
-def _valid_images(folder: Path, skipped: list[dict[str, str]]) -> list[str]:
+def _valid_images(folder: Path, skipped: list[dict[str, str]], ignored: list[dict[str, str]] | None = None) -> list[str]:
     found = []
     # followlinks=False: a symlink loop cannot recurse forever.
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
+        if ignored is not None:
+            _note_ignored(dirpath, dirnames, filenames, ignored)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
             if name.startswith("."):
@@ -97,11 +109,23 @@ def _valid_images(folder: Path, skipped: list[dict[str, str]]) -> list[str]:
     return found
 
 
+def _note_ignored(dirpath: str, dirnames: list[str], filenames: list[str], ignored: list[dict[str, str]]) -> None:
+    for name in dirnames:
+        path = os.path.join(dirpath, name)
+        if name.startswith("."):
+            ignored.append({"path": _printable(path), "reason": "hidden folder"})
+        elif os.path.islink(path):
+            ignored.append({"path": _printable(path), "reason": "symlinked folder (not followed)"})
+    ignored.extend({"path": _printable(os.path.join(dirpath, n)), "reason": "hidden file"} for n in filenames if n.startswith("."))
+
+
 def check_image_file(path: str) -> str | None:
     """None if ``path`` looks like a decodable image, else the reason it is skipped."""
     if Path(path).suffix.lower() not in IMAGE_EXTENSIONS:
         return "not an image file extension"
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return "not a regular file (FIFO, socket or device)"  # opening a FIFO would block forever
         with open(path, "rb") as f:
             data = f.read()
     except OSError as err:
@@ -170,7 +194,7 @@ def load_splits(
 ) -> Splits:
     root = Path(root)
     skipped: list[dict[str, str]] = []
-    if all((root / s).is_dir() for s in ("train", "test")):
+    if is_presplit(root):
         parts = {s: scan_class_folders(root / s, skipped) for s in SPLITS if (root / s).is_dir()}
         classes = sorted(parts["train"])
         _require_trainable(parts["train"], root / "train")

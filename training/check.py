@@ -1,0 +1,372 @@
+"""Check an image dataset before training on it: what is there, and what will go wrong.
+
+    python -m training.check datasets/my-gestures
+    python -m training.check ../shared/data/sign-digits --json report.json
+
+Reads the folder exactly as training does (``training.data.scan_class_folders``: the ImageFolder
+layout ``ROOT/<class>/<img>`` or the pre-split ``ROOT/{train,val,test}/<class>/<img>``), then
+decodes every image once to report classes and counts, the imbalance ratio, corrupt, unreadable
+and non-image files, exact duplicates (content hash) within a class, across classes and across
+splits (train/test leakage), image sizes and colour modes, and oversized outliers.
+
+Exit status: 0 when the folder can be trained on (warnings or not), 1 for fatal problems (no
+images, a single class, not a folder), 2 for bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import os
+import statistics
+import sys
+from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+from tqdm import tqdm
+
+from gesture_core.images import ImageDecodeError, decode_rgb, probe_image
+from training.data import SPLITS, DatasetError, is_presplit, scan_class_folders
+from training.data import _printable as printable  # non-UTF-8 names, made printable and JSON-safe
+
+FEW_IMAGES = 20  # below this a class is too small to learn and to test reliably
+IMBALANCE_WARN = 3.0  # max/min class size
+OUTLIER_FACTOR = 16  # pixel count this many times the median: a stray full-resolution photo
+LARGE_SIDE = 4000
+
+
+@dataclass
+class ImageInfo:
+    path: str
+    split: str
+    label: str
+    sha256: str = ""
+    format: str = ""
+    mode: str = ""
+    width: int = 0
+    height: int = 0
+    error: str | None = None
+
+
+def is_utf8_name(path: str) -> bool:
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def inspect_image(path: str, split: str, label: str, *, decode: bool) -> ImageInfo:
+    """Hash, header and (unless ``decode`` is False) a full decode of one file the scan accepted."""
+    info = ImageInfo(path, split, label)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+        info.sha256 = hashlib.sha256(data).hexdigest()
+        info.format, (info.width, info.height) = probe_image(data)
+        with Image.open(io.BytesIO(data)) as img:
+            info.mode = img.mode
+        if decode:
+            # Reduced-size JPEG decoding still reads every byte, so truncation and garbage surface here.
+            decode_rgb(data, min_side=64)
+    except ImageDecodeError as err:
+        info.error = str(err)
+    except OSError as err:
+        info.error = f"unreadable: {err.strerror or err}"
+    return info
+
+
+def scan(root: Path) -> tuple[str, dict[str, dict[str, list[str]]], list[dict], list[dict]]:
+    """(layout, {split: {class: [paths]}}, skipped, ignored) via training.data's scanner."""
+    skipped: list[dict] = []
+    ignored: list[dict] = []
+    if is_presplit(root):
+        parts = {s: scan_class_folders(root / s, skipped, ignored) for s in SPLITS if (root / s).is_dir()}
+        return "presplit", parts, skipped, ignored
+    return "imagefolder", {"all": scan_class_folders(root, skipped, ignored)}, skipped, ignored
+
+
+def _stray_entries(root: Path, layout: str) -> list[dict]:
+    """Files beside the class folders: training never sees them."""
+    tops = [root / s for s in SPLITS if (root / s).is_dir()] if layout == "presplit" else [root]
+    stray = []
+    for top in tops:
+        for entry in sorted(os.scandir(top), key=lambda e: e.name):
+            if not entry.name.startswith(".") and not entry.is_dir():
+                stray.append({"path": printable(entry.path), "reason": "file outside any class folder (not used)"})
+    if layout == "presplit":
+        for entry in sorted(os.scandir(root), key=lambda e: e.name):
+            if not entry.name.startswith(".") and entry.name not in SPLITS:
+                stray.append({"path": printable(entry.path), "reason": "not train/, val/ or test/ (not used)"})
+    return stray
+
+
+def _nested(paths: dict[str, dict[str, list[str]]], root: Path, layout: str) -> list[str]:
+    deep = []
+    for split, by_class in paths.items():
+        base = root / split if layout == "presplit" else root
+        for label, files in by_class.items():
+            deep += [p for p in files if len(Path(p).relative_to(base / label).parts) > 1]
+    return deep
+
+
+def _size_stats(infos: list[ImageInfo]) -> dict:
+    ok = [i for i in infos if i.error is None]
+    if not ok:
+        return {}
+    widths, heights = [i.width for i in ok], [i.height for i in ok]
+    pixels = sorted(i.width * i.height for i in ok)
+    median_px = statistics.median(pixels)
+    outliers = [i for i in ok if i.width * i.height > OUTLIER_FACTOR * median_px or max(i.width, i.height) > LARGE_SIDE]
+    sizes = Counter(f"{i.width}x{i.height}" for i in ok)
+    return {
+        "width": {"min": min(widths), "median": statistics.median(widths), "max": max(widths)},
+        "height": {"min": min(heights), "median": statistics.median(heights), "max": max(heights)},
+        "distinct_sizes": len(sizes),
+        "common_sizes": sizes.most_common(5),
+        "formats": dict(Counter(i.format for i in ok).most_common()),
+        "modes": dict(Counter(i.mode for i in ok).most_common()),
+        "large": [
+            {"path": printable(i.path), "size": f"{i.width}x{i.height}", "bytes": os.path.getsize(i.path)} for i in outliers
+        ],
+    }
+
+
+def _duplicates(infos: list[ImageInfo], root: Path) -> dict:
+    groups: dict[str, list[ImageInfo]] = defaultdict(list)
+    for info in infos:
+        if info.error is None:
+            groups[info.sha256].append(info)
+    out = {"groups": [], "within_class": 0, "across_classes": 0, "across_splits": 0, "extra_copies": 0}
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        labels, splits = {m.label for m in members}, {m.split for m in members}
+        kinds = []
+        if len(labels) > 1:
+            kinds.append("across_classes")
+        if len(splits) > 1:
+            kinds.append("across_splits")
+        if not kinds:
+            kinds.append("within_class")
+        for kind in kinds:
+            out[kind] += 1
+        out["extra_copies"] += len(members) - 1
+        out["groups"].append({"kinds": kinds, "files": [printable(os.path.relpath(m.path, root)) for m in members]})
+    out["groups"].sort(key=lambda g: ("within_class" in g["kinds"], g["files"]))
+    return out
+
+
+def build_report(root: Path, *, decode: bool = True, workers: int = 2) -> dict:
+    """The whole report as a JSON-ready dict; ``report["fatal"]`` lists what makes training impossible."""
+    root = Path(root)
+    report: dict = {"root": printable(str(root.resolve())), "fatal": [], "warnings": []}
+    try:
+        layout, paths, skipped, ignored = scan(root)
+    except DatasetError as err:
+        report["fatal"].append(str(err))
+        return report
+    report["layout"] = layout
+    jobs = [(p, split, label) for split, by_class in paths.items() for label, files in by_class.items() for p in files]
+    with ThreadPoolExecutor(max(1, workers)) as pool:  # decoding releases the GIL
+        infos = list(tqdm(pool.map(lambda j: inspect_image(*j, decode=decode), jobs), total=len(jobs),
+                          desc="checking", unit="img", disable=None, leave=False))  # fmt: skip
+    skipped += [{"path": printable(i.path), "reason": i.error} for i in infos if i.error is not None]
+    good = [i for i in infos if i.error is None]
+
+    per_split = {split: {label: 0 for label in by_class} for split, by_class in paths.items()}
+    for info in good:
+        per_split[info.split][info.label] += 1
+    totals: Counter = Counter()
+    for counts in per_split.values():
+        totals.update(counts)
+    classes = sorted(totals)
+    report.update(
+        classes=classes,
+        counts={c: totals[c] for c in classes},
+        splits=per_split if layout == "presplit" else None,
+        images=sum(totals.values()),
+        imbalance_ratio=_imbalance(totals),
+        skipped=sorted(skipped, key=lambda s: s["path"]),
+        skipped_by_reason=dict(Counter(_reason_kind(s["reason"]) for s in skipped).most_common()),
+        ignored=ignored + _stray_entries(root, layout),
+        nested=[printable(p) for p in _nested(paths, root, layout)],
+        non_utf8_names=[printable(i.path) for i in infos if not is_utf8_name(i.path)]
+        + [s["path"] for s in skipped if "\ufffd" in s["path"]],
+        image_stats=_size_stats(infos),
+        duplicates=_duplicates(infos, root),
+    )
+    report["fatal"] += _fatal(report, root, per_split, layout)
+    report["warnings"] += _warnings(report, per_split, layout)
+    reasons = Counter(i["reason"] for i in report["ignored"])
+    report["notes"] = [f"ignored: {n} {r}" for r, n in reasons.most_common()]
+    return report
+
+
+def _imbalance(totals: Counter) -> float | None:
+    nonzero = [n for n in totals.values() if n]
+    return round(max(nonzero) / min(nonzero), 2) if len(nonzero) >= 2 else None
+
+
+_REASON_KINDS = (
+    ("file extension", "non-image"),
+    ("not a recognised image", "non-image"),
+    ("empty file", "empty (0 bytes)"),
+    ("truncated", "truncated"),
+    ("unreadable", "unreadable"),
+    ("too large", "too large"),
+    ("above the limit", "too large"),
+)
+
+
+def _reason_kind(reason: str) -> str:
+    return next((kind for key, kind in _REASON_KINDS if key in reason), "corrupt")
+
+
+def _fatal(report: dict, root: Path, per_split: dict[str, dict[str, int]], layout: str) -> list[str]:
+    if report["images"] == 0:
+        return [f"{root}: no usable images"]
+    with_images = [c for c, n in report["counts"].items() if n]
+    if len(with_images) < 2:
+        return [f"{root}: only one class with images ({', '.join(with_images)}); a classifier needs at least two"]
+    trained_on = per_split["train" if layout == "presplit" else "all"]
+    empty = sorted(c for c, n in trained_on.items() if n == 0)
+    if empty:
+        return [f"class folder(s) with no usable images: {', '.join(empty)} (training refuses them: remove them or add images)"]
+    return []
+
+
+def _warnings(report: dict, per_split: dict[str, dict[str, int]], layout: str) -> list[str]:
+    w = []
+    small = {c: n for c, n in report["counts"].items() if n < FEW_IMAGES}
+    if small:
+        w.append(f"{len(small)} class(es) with fewer than {FEW_IMAGES} images: "
+                 + ", ".join(f"{c} ({n})" for c, n in sorted(small.items(), key=lambda kv: kv[1])))  # fmt: skip
+    ratio = report["imbalance_ratio"]
+    if ratio is not None and ratio > IMBALANCE_WARN:
+        w.append(
+            f"class imbalance {ratio:g}:1 (largest/smallest); consider --class-weights or collecting more of the small classes"
+        )
+    if layout == "presplit":
+        w += _split_warnings(per_split)
+    elif set(report["classes"]) & set(SPLITS):
+        w.append(
+            f"class folders named {', '.join(sorted(set(report['classes']) & set(SPLITS)))}: a pre-split layout needs both train/ and test/"
+        )
+    dup = report["duplicates"]
+    if dup["across_splits"]:
+        w.append(f"train/test leakage: {dup['across_splits']} image(s) appear in more than one split (identical content)")
+    if dup["across_classes"]:
+        w.append(f"{dup['across_classes']} image(s) appear under more than one class (identical content, conflicting labels)")
+    if dup["within_class"]:
+        w.append(f"{dup['within_class']} group(s) of identical images within a class (harmless, but they inflate the counts)")
+    if report["skipped"]:
+        kinds = ", ".join(f"{n} {k}" for k, n in report["skipped_by_reason"].items())
+        w.append(f"{len(report['skipped'])} file(s) skipped: {kinds}")
+    large = report["image_stats"].get("large", [])
+    if large:
+        w.append(f"{len(large)} image(s) far larger than the rest (slow to decode): "
+                 + ", ".join(f"{Path(x['path']).name} {x['size']}" for x in large[:5]) + (" ..." if len(large) > 5 else ""))  # fmt: skip
+    if report["nested"]:
+        w.append(
+            f"{len(report['nested'])} image(s) in sub-folders deeper than the layout (used, labelled by their top class folder)"
+        )
+    if report["non_utf8_names"]:
+        w.append(
+            f"{len(report['non_utf8_names'])} file name(s) are not valid UTF-8 (shown with \ufffd); some tools will choke on them"
+        )
+    return w
+
+
+def _split_warnings(per_split: dict[str, dict[str, int]]) -> list[str]:
+    w = []
+    train = set(per_split.get("train", {}))
+    for split, counts in per_split.items():
+        if split != "train" and set(counts) != train:
+            missing, extra = sorted(train - set(counts)), sorted(set(counts) - train)
+            if missing:
+                w.append(f"{split}/ lacks class(es) present in train/: {', '.join(missing)}")
+            if extra:
+                w.append(f"{split}/ has class(es) missing from train/ (training will refuse): {', '.join(extra)}")
+        empty = sorted(c for c, n in counts.items() if n == 0)
+        if empty:
+            w.append(f"{split}/ has empty class folder(s): {', '.join(empty)}")
+    if "val" not in per_split:
+        w.append("no val/ folder: training carves validation images out of train/")
+    return w
+
+
+# --------------------------------------------------------------------------- output
+
+
+def format_report(r: dict) -> str:
+    lines = [f"dataset {r['root']}"]
+    if "layout" not in r:
+        return "\n".join(lines + [f"FATAL: {f}" for f in r["fatal"]])
+    lines.append(f"layout: {r['layout']}, {len(r['classes'])} classes, {r['images']:,} usable images"
+                 + (f", imbalance {r['imbalance_ratio']:g}:1" if r["imbalance_ratio"] is not None else ""))  # fmt: skip
+    width = max((len(c) for c in r["classes"]), default=5)
+    if r["splits"]:
+        names = list(r["splits"])
+        lines.append(f"  {'class':{width}s} " + " ".join(f"{s:>6s}" for s in names) + "   total")
+        for c in r["classes"]:
+            lines.append(
+                f"  {c:{width}s} " + " ".join(f"{r['splits'][s].get(c, 0):6d}" for s in names) + f"  {r['counts'][c]:6d}"
+            )
+    else:
+        for c in r["classes"]:
+            lines.append(f"  {c:{width}s} {r['counts'][c]:6d}")
+    s = r["image_stats"]
+    if s:
+        lines.append(f"sizes: width {s['width']['min']}-{s['width']['max']} (median {s['width']['median']:g}), "
+                     f"height {s['height']['min']}-{s['height']['max']} (median {s['height']['median']:g}); "
+                     f"{s['distinct_sizes']} distinct; most common " + ", ".join(f"{k} ({n})" for k, n in s["common_sizes"][:3]))  # fmt: skip
+        lines.append("formats: " + ", ".join(f"{k} {n}" for k, n in s["formats"].items())
+                     + "; modes: " + ", ".join(f"{k} {n}" for k, n in s["modes"].items()))  # fmt: skip
+        for x in s["large"][:10]:
+            lines.append(f"  large: {x['path']} {x['size']} ({x['bytes'] / 1e6:.1f} MB)")
+    d = r["duplicates"]
+    lines.append(f"duplicates (identical content): {len(d['groups'])} group(s), {d['extra_copies']} extra copies "
+                 f"({d['within_class']} within a class, {d['across_classes']} across classes, {d['across_splits']} across splits)")  # fmt: skip
+    for g in d["groups"][:10]:
+        lines.append(f"  {'/'.join(g['kinds'])}: " + "  ==  ".join(g["files"]))
+    if len(d["groups"]) > 10:
+        lines.append(f"  ... {len(d['groups']) - 10} more (see --json)")
+    for item in r["skipped"][:20]:
+        lines.append(f"  skipped: {item['path']}: {item['reason']}")
+    if len(r["skipped"]) > 20:
+        lines.append(f"  ... {len(r['skipped']) - 20} more skipped (see --json)")
+    lines += [f"note: {n}" for n in r.get("notes", [])]
+    lines += [f"WARNING: {w}" for w in r["warnings"]]
+    lines += [f"FATAL: {f}" for f in r["fatal"]]
+    if not r["fatal"]:
+        lines.append("OK to train" + (" (read the warnings above)" if r["warnings"] else ""))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.check", description=__doc__.split("\n\n")[0])
+    parser.add_argument("dir", type=Path, metavar="DIR", help="ImageFolder or pre-split train/val/test folder")
+    parser.add_argument("--json", type=Path, metavar="FILE", help="also write the full report as JSON")
+    parser.add_argument("--fast", action="store_true", help="read headers only, skip the full decode of each image")
+    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="decoding threads")
+    args = parser.parse_args(argv)
+    report = build_report(args.dir, decode=not args.fast, workers=args.workers)
+    print(format_report(report))
+    if args.json:
+        try:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(report, indent=1, ensure_ascii=False))
+        except OSError as err:
+            print(f"error: cannot write {args.json}: {err.strerror or err}", file=sys.stderr)
+            return 1
+    return 1 if report["fatal"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

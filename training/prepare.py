@@ -1,0 +1,528 @@
+"""Download, verify and unpack a public dataset into the ImageFolder layout, with one command.
+
+    python -m training.prepare flowers                 # -> datasets/flowers/<class>/<image>
+    python -m training.prepare flowers102              # -> datasets/flowers102/{train,val,test}/<class>/<image>
+    python -m training.prepare sign-digits --archive ~/Downloads/master.zip   # offline: a file fetched by hand
+    python -m training.prepare --list
+
+Downloads go to ``ROOT/.downloads/NAME/FILE.part`` and resume with an HTTP Range request after an
+interruption. Every file is checked against the sha256 its publisher (or TensorFlow Datasets) records;
+where nobody publishes one, the hash of the first download is printed and recorded in the marker
+file instead (trust on first use), and the catalogue says so. The unpacked copy is built next to
+its final place and renamed into it only when complete, so an interrupted run never leaves a
+half-prepared folder that looks finished. ``ROOT/NAME/.prepared.json`` marks a finished copy:
+running the command again does nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tarfile
+import time
+import urllib.error
+import urllib.request
+import zipfile
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import BinaryIO
+
+from tqdm import tqdm
+
+from training.data import IMAGE_EXTENSIONS, SPLITS
+
+DEFAULT_ROOT = Path("datasets")
+MARKER = ".prepared.json"
+TIMEOUT_S = 15  # per connection attempt and per read: offline fails in seconds, a stalled server never hangs us
+CHUNK = 1 << 20
+
+
+class PrepareError(RuntimeError):
+    """A dataset that could not be prepared; ``str(err)`` is one line saying what to do."""
+
+
+@dataclass(frozen=True)
+class Remote:
+    """One file to fetch. ``sha256=None`` means no publisher checksum exists (recorded on first download)."""
+
+    url: str
+    filename: str
+    sha256: str | None
+    size: int | None = None  # bytes, when known: used for the free-space check
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    title: str
+    files: tuple[Remote, ...]
+    licence: str
+    citation: str
+    homepage: str
+    layout: str  # "imagefolder" or "presplit"
+    classes: int
+    images: int
+    checksum_source: str
+    build: Callable[[dict[str, Path], Path], None] = field(repr=False, compare=False)
+
+    def describe(self) -> dict:
+        d = {k: v for k, v in asdict(self).items() if k != "build"}
+        d["files"] = [asdict(f) for f in self.files]
+        return d
+
+
+# --------------------------------------------------------------------------- unpacking
+
+
+def _members(archive: Path) -> Iterator[tuple[str, Callable[[], BinaryIO]]]:
+    """(posix path, opener) for every regular file of a tar or zip archive, detected by content."""
+    if zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as zf:
+            for info in zf.infolist():
+                if not info.is_dir():
+                    yield info.filename, lambda info=info: zf.open(info)
+    elif tarfile.is_tarfile(archive):
+        # Streaming mode ("r|*"): one pass, constant memory, even for a multi-GB tarball.
+        with tarfile.open(archive, "r|*") as tf:
+            for member in tf:
+                if member.isfile():  # links and devices are never extracted
+                    yield member.name, lambda member=member: tf.extractfile(member)
+    else:
+        raise PrepareError(f"{archive} is neither a zip nor a tar archive (corrupt or wrong file?)")
+
+
+def _safe_parts(name: str) -> list[str] | None:
+    parts = [p for p in PurePosixPath(name.replace("\\", "/")).parts if p not in ("", ".")]
+    if not parts or parts[0] == "/" or ".." in parts or any(p.startswith(".") or p == "__MACOSX" for p in parts):
+        return None
+    return parts
+
+
+def _is_image_name(name: str) -> bool:
+    return PurePosixPath(name).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def _copy_member(opener: Callable[[], BinaryIO], dest: Path) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with opener() as src, open(dest, "xb") as dst:
+        shutil.copyfileobj(src, dst, CHUNK)
+
+
+def class_folders(*prefix: str | None) -> Callable[[dict[str, Path], Path], None]:
+    """Builder for archives holding ``PREFIX/<class>/<image>``; ``None`` in the prefix matches any one folder."""
+
+    def build(files: dict[str, Path], out: Path) -> None:
+        (archive,) = files.values()
+        for name, opener in _members(archive):
+            parts = _safe_parts(name)
+            if parts is None or len(parts) != len(prefix) + 2 or not _is_image_name(name):
+                continue
+            if all(want is None or want == got for want, got in zip(prefix, parts[: len(prefix)], strict=True)):
+                _copy_member(opener, out / parts[-2] / parts[-1])
+
+    return build
+
+
+def build_flowers102(files: dict[str, Path], out: Path) -> None:
+    """Official split from setid.mat (trnid/valid/tstid), labels 1..102 from imagelabels.mat -> folders 001..102."""
+    from scipy.io import loadmat  # scipy comes with albumentations; only this entry needs it
+
+    labels = loadmat(files["imagelabels.mat"])["labels"].ravel()
+    setid = loadmat(files["setid.mat"])
+    split_of = {
+        int(i): split for key, split in (("trnid", "train"), ("valid", "val"), ("tstid", "test")) for i in setid[key].ravel()
+    }
+    for name, opener in _members(files["102flowers.tgz"]):
+        stem = PurePosixPath(name).stem  # image_00001
+        if not (stem.startswith("image_") and stem[6:].isdigit() and _is_image_name(name)):
+            continue
+        index = int(stem[6:])
+        if index in split_of:
+            _copy_member(opener, out / split_of[index] / f"{int(labels[index - 1]):03d}" / PurePosixPath(name).name)
+
+
+# --------------------------------------------------------------------------- catalogue
+
+_TFDS = "TensorFlow Datasets url_checksums (tensorflow/datasets, tensorflow_datasets/url_checksums/{}.txt)"
+_TOFU = "none published: the sha256 of the first download is printed and recorded in the marker file"
+
+CATALOGUE: dict[str, Entry] = {
+    "flowers": Entry(
+        name="flowers",
+        title="TF flower_photos: 5 flower classes (daisy, dandelion, roses, sunflowers, tulips)",
+        files=(
+            Remote(
+                "https://storage.googleapis.com/download.tensorflow.org/example_images/flower_photos.tgz",
+                "flower_photos.tgz",
+                "4c54ace7911aaffe13a365c34f650e71dd5bf1be0a58b464e5a7183e3e595d9c",
+                228_813_984,
+            ),
+        ),
+        licence="Creative Commons BY (Flickr photos; per-photo attributions in the archive's LICENSE.txt)",
+        citation='The TensorFlow Team, "Flowers", 2019, http://download.tensorflow.org/example_images/flower_photos.tgz',
+        homepage="https://www.tensorflow.org/datasets/catalog/tf_flowers",
+        layout="imagefolder",
+        classes=5,
+        images=3670,
+        checksum_source=_TFDS.format("tf_flowers"),
+        build=class_folders("flower_photos"),
+    ),
+    "flowers102": Entry(
+        name="flowers102",
+        title="Oxford Flowers-102 with its official train/val/test split (10/10/rest per class)",
+        files=(
+            Remote(
+                "https://www.robots.ox.ac.uk/~vgg/data/flowers/102/102flowers.tgz",
+                "102flowers.tgz",
+                "2d01ecc807db462958cfe3d92f57a8c252b4abd240eb955770201e45f783b246",
+                344_862_509,
+            ),
+            Remote(
+                "https://www.robots.ox.ac.uk/~vgg/data/flowers/102/imagelabels.mat",
+                "imagelabels.mat",
+                "4903e94206bac23bf772aadf06451916df56b58fc483a62db32a97b82656651d",
+                502,
+            ),
+            Remote(
+                "https://www.robots.ox.ac.uk/~vgg/data/flowers/102/setid.mat",
+                "setid.mat",
+                "46b8678f91fd95d3c8f4feab80d271a6c834a1dd896fe29fd3e6ad9ce5c8dccd",
+                14_989,
+            ),
+        ),
+        licence="research use; no explicit licence from the publisher (Visual Geometry Group, Oxford)",
+        citation="Nilsback, M-E. and Zisserman, A., Automated Flower Classification over a Large Number of Classes, ICVGIP 2008",
+        homepage="https://www.robots.ox.ac.uk/~vgg/data/flowers/102/",
+        layout="presplit",
+        classes=102,
+        images=8189,
+        checksum_source=_TFDS.format("oxford_flowers102"),
+        build=build_flowers102,
+    ),
+    "sign-digits": Entry(
+        name="sign-digits",
+        title="Sign Language Digits: one hand showing 0-9, 218 students, mostly 100x100",
+        files=(
+            Remote(
+                "https://github.com/ardamavi/Sign-Language-Digits-Dataset/archive/refs/heads/master.zip",
+                "Sign-Language-Digits-Dataset-master.zip",
+                None,
+            ),
+        ),
+        licence="Apache-2.0",
+        citation='Mavi, A. (2020), "A New Dataset and Proposed Convolutional Neural Network Architecture for '
+        'Classification of American Sign Language Digits", arXiv:2011.08927',
+        homepage="https://github.com/ardamavi/Sign-Language-Digits-Dataset",
+        layout="imagefolder",
+        classes=10,
+        images=2062,
+        checksum_source=_TOFU + " (GitHub branch archives are generated on demand and have no stable hash)",
+        build=class_folders(None, "Dataset"),
+    ),
+    "hagrid-sample": Entry(
+        name="hagrid-sample",
+        title="HaGRID classification crops: 18 gestures + no_gesture, hands cropped, 512p (~3.8 GB, 153,735 images)",
+        files=(
+            Remote(
+                "https://huggingface.co/datasets/cj-mills/hagrid-classification-512p-no-gesture-150k-zip/resolve/main/"
+                "hagrid-classification-512p-no-gesture-150k.zip",
+                "hagrid-classification-512p-no-gesture-150k.zip",
+                None,
+            ),
+        ),
+        licence="CC BY-SA 4.0 variant (HaGRID licence: https://github.com/hukenovs/hagrid/blob/master/license/en_us.pdf)",
+        citation="Kapitanov, A., Makhlyarchuk, A., Kvanchiani, K. (2022), "
+        "HaGRID - HAnd Gesture Recognition Image Dataset, arXiv:2206.08219; "
+        "classification crops by C. Mills (Hugging Face cj-mills/hagrid-classification-512p-no-gesture-150k-zip)",
+        homepage="https://github.com/hukenovs/hagrid",
+        layout="imagefolder",
+        classes=19,
+        images=153_735,
+        checksum_source=_TOFU + " (the Hugging Face page lists the file's LFS sha256; compare it by hand)",
+        build=class_folders(None),
+    ),
+}
+
+
+# --------------------------------------------------------------------------- downloading
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(CHUNK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _offline_hint(entry: Entry, remote: Remote, dest: Path) -> str:
+    others = [f.filename for f in entry.files if f is not remote]
+    what = f"{remote.filename}" + (f" (and {', '.join(others)})" if others else "")
+    target = "a folder holding them" if others else "it"
+    return (
+        f"download {remote.url} by hand, then run: python -m training.prepare {entry.name} --archive PATH "
+        f"(PATH = {target}; or put {what} in {dest.parent})"
+    )
+
+
+def download(remote: Remote, dest: Path, *, entry: Entry) -> Path:
+    """Fetch ``remote`` to ``dest``, resuming ``dest.part`` with an HTTP Range request when one exists."""
+    part = dest.with_name(dest.name + ".part")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    have = part.stat().st_size if part.exists() else 0
+    request = urllib.request.Request(remote.url, headers={"User-Agent": "gesture-service-prepare/1"})
+    if have:
+        request.add_header("Range", f"bytes={have}-")
+    try:
+        response = urllib.request.urlopen(request, timeout=TIMEOUT_S)
+    except urllib.error.HTTPError as err:
+        if err.code == 416 and have:  # the .part is already complete
+            part.replace(dest)
+            return dest
+        raise PrepareError(
+            f"{remote.url}: server answered HTTP {err.code} {err.reason}; {_offline_hint(entry, remote, dest)}"
+        ) from None
+    except (urllib.error.URLError, OSError) as err:
+        reason = getattr(err, "reason", err)
+        raise PrepareError(f"cannot download {remote.url} ({reason}; offline?): {_offline_hint(entry, remote, dest)}") from None
+    with response:
+        resumed = have and getattr(response, "status", None) == 206
+        if have and not resumed:
+            have = 0  # server ignored Range: start over
+        length = response.headers.get("Content-Length")
+        total = have + int(length) if length and length.isdigit() else remote.size
+        try:
+            with (
+                open(part, "ab" if resumed else "wb") as out,
+                tqdm(
+                    total=total,
+                    initial=have,
+                    unit="B",
+                    unit_scale=True,
+                    unit_divisor=1024,
+                    desc=remote.filename,
+                    disable=None,
+                    dynamic_ncols=True,
+                    mininterval=0.5,
+                ) as bar,
+            ):
+                while block := response.read(CHUNK):
+                    out.write(block)
+                    bar.update(len(block))
+        except (TimeoutError, ConnectionError, urllib.error.URLError) as err:
+            raise PrepareError(
+                f"download of {remote.url} interrupted ({err}); run the same command again to resume "
+                f"from {part.stat().st_size:,} bytes"
+            ) from None
+        except OSError as err:
+            if err.errno == errno.ENOSPC:
+                raise PrepareError(f"disk full while downloading to {part}; free space and run again to resume") from None
+            raise
+    part.replace(dest)
+    return dest
+
+
+def verify(path: Path, remote: Remote, *, user_file: bool) -> str:
+    digest = sha256_of(path)
+    if remote.sha256 is None or digest == remote.sha256:
+        return digest
+    if user_file:
+        raise PrepareError(
+            f"{path}: sha256 {digest} does not match the expected {remote.sha256} for {remote.url} "
+            "(incomplete or different file; your file was left untouched)"
+        )
+    bad = path.with_name(path.name + ".bad")
+    path.replace(bad)
+    raise PrepareError(
+        f"{remote.url}: downloaded file has sha256 {digest}, expected {remote.sha256}; "
+        f"moved it to {bad} - run again to download afresh"
+    )
+
+
+def _user_file(remote: Remote, entry: Entry, archive: Path) -> Path:
+    if archive.is_dir():
+        path = archive / remote.filename
+    elif len(entry.files) == 1 or archive.name == remote.filename:
+        path = archive
+    else:
+        path = archive.parent / remote.filename
+    if not path.is_file():
+        raise PrepareError(
+            f"--archive {archive}: {path} not found; {entry.name} needs "
+            f"{', '.join(f.filename for f in entry.files)} (download from {remote.url})"
+        )
+    return path
+
+
+def fetch(entry: Entry, root: Path, archive: Path | None) -> tuple[dict[str, Path], dict[str, str], list[Path]]:
+    """Local, verified copies of every file: ({filename: path}, {filename: sha256}, downloads made by us)."""
+    downloads = root / ".downloads" / entry.name
+    paths, digests, ours = {}, {}, []
+    for remote in entry.files:
+        dest = downloads / remote.filename
+        if archive is not None:
+            path, user_file = _user_file(remote, entry, archive), True
+        elif dest.is_file():
+            path, user_file = dest, False
+            print(f"{entry.name}: using {dest} (downloaded earlier)", file=sys.stderr)
+        else:
+            _require_space(downloads, remote.size)
+            path, user_file = download(remote, dest, entry=entry), False
+        digests[remote.filename] = verify(path, remote, user_file=user_file)
+        if remote.sha256 is None:
+            print(
+                f"{entry.name}: {remote.filename} sha256 {digests[remote.filename]} "
+                f"(no published checksum to compare with; recorded in {MARKER})",
+                file=sys.stderr,
+            )
+        paths[remote.filename] = path
+        if not user_file:
+            ours.append(path)
+    return paths, digests, ours
+
+
+def _require_space(folder: Path, size: int | None) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(folder).free
+    if size and free < 2.2 * size:  # archive + unpacked copy
+        raise PrepareError(f"not enough disk space in {folder}: {free / 1e9:.1f} GB free, about {2.2 * size / 1e9:.1f} GB needed")
+
+
+# --------------------------------------------------------------------------- preparing
+
+
+def read_marker(out: Path) -> dict | None:
+    try:
+        return json.loads((out / MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def count_images(out: Path) -> dict[str, int]:
+    """{relative class folder: number of image files} of a freshly built copy."""
+    counts: dict[str, int] = {}
+    for dirpath, _, filenames in os.walk(out):
+        n = sum(1 for f in filenames if not f.startswith(".") and _is_image_name(f))
+        if n:
+            counts[Path(dirpath).relative_to(out).as_posix()] = n
+    return dict(sorted(counts.items()))
+
+
+def prepare_dataset(name: str, root: Path = DEFAULT_ROOT, archive: Path | None = None, *, keep_archive: bool = False) -> Path:
+    """Return ``root/name`` ready in the ImageFolder layout, downloading and unpacking it only the first time."""
+    if name not in CATALOGUE:
+        raise PrepareError(f"unknown dataset {name!r}; choose one of: {', '.join(CATALOGUE)}")
+    entry, root = CATALOGUE[name], Path(root)
+    out = root / name
+    if read_marker(out) is not None:
+        return out
+    if out.exists():
+        raise PrepareError(f"{out} exists but is not a prepared copy (no {MARKER}); move it away or delete it, then run again")
+    if archive is not None and not archive.exists():
+        raise PrepareError(f"--archive {archive}: no such file or folder")
+    files, digests, ours = fetch(entry, root, archive)
+    staging = root / f".{name}.partial-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        print(f"{name}: unpacking into {out} ...", file=sys.stderr)
+        entry.build(files, staging)
+        counts = count_images(staging)
+        _require_layout(entry, counts, files)
+        marker = {
+            "name": name,
+            "prepared_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "sha256": digests,
+            "sha256_verified": {f.filename: f.sha256 is not None for f in entry.files},
+            "source": "--archive" if archive is not None else "download",
+            "images": sum(counts.values()),
+            "folders": counts,
+            **entry.describe(),
+        }
+        (staging / MARKER).write_text(json.dumps(marker, indent=1))
+        staging.rename(out)
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error) as err:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise PrepareError(f"{name}: archive is corrupt or truncated ({err}); delete it and run again") from None
+    except OSError as err:
+        shutil.rmtree(staging, ignore_errors=True)
+        if err.errno == errno.ENOSPC:
+            raise PrepareError(
+                f"disk full while unpacking {name} into {root}; free space and run again "
+                f"(the verified download in {root / '.downloads' / name} is kept)"
+            ) from None
+        raise PrepareError(f"unpacking {name} failed: {err}") from None
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if not keep_archive:
+        for path in ours:
+            path.unlink(missing_ok=True)
+    return out
+
+
+def _require_layout(entry: Entry, counts: dict[str, int], files: dict[str, Path]) -> None:
+    if not counts:
+        raise PrepareError(
+            f"{entry.name}: no images found in {', '.join(map(str, files.values()))} - not the archive this dataset expects"
+        )
+    if entry.layout == "presplit":
+        missing = [s for s in SPLITS if not any(k.split("/")[0] == s for k in counts)]
+        if missing:
+            raise PrepareError(f"{entry.name}: archive gave no images for split(s) {', '.join(missing)}")
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def print_catalogue() -> None:
+    for entry in CATALOGUE.values():
+        sizes = [f.size for f in entry.files]
+        size = f"{sum(sizes) / 1e6:,.0f} MB" if all(sizes) else "size not published"
+        print(
+            f"{entry.name:14s} {entry.title}\n{'':14s} {entry.images:,} images, {entry.classes} classes, {entry.layout}, "
+            f"{size}; licence: {entry.licence}\n{'':14s} {entry.homepage}"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.prepare", description=__doc__.split("\n\n")[0])
+    parser.add_argument("name", nargs="?", metavar="NAME", help=f"one of: {', '.join(CATALOGUE)}")
+    parser.add_argument("--root", type=Path, default=DEFAULT_ROOT, help="where datasets live (default: datasets/)")
+    parser.add_argument("--archive", type=Path, help="an archive downloaded by hand (or a folder holding the files): no download")
+    parser.add_argument("--keep-archive", action="store_true", help="keep the downloaded archive after unpacking")
+    parser.add_argument("--list", action="store_true", help="list the catalogue and exit")
+    args = parser.parse_args(argv)
+    if args.list:
+        print_catalogue()
+        return 0
+    if args.name is None:
+        parser.error(f"NAME is required; choose one of: {', '.join(CATALOGUE)}")
+    if args.name not in CATALOGUE:
+        parser.error(f"unknown dataset {args.name!r}; choose one of: {', '.join(CATALOGUE)}")
+    already = read_marker(args.root / args.name) is not None
+    try:
+        out = prepare_dataset(args.name, args.root, args.archive, keep_archive=args.keep_archive)
+    except PrepareError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(
+            f"\ninterrupted; run the same command again to resume (partial files are under {args.root / '.downloads'})",
+            file=sys.stderr,
+        )
+        return 130
+    marker = read_marker(out) or {}
+    state = "already prepared" if already else "prepared"
+    print(f"{args.name}: {state} at {out} ({marker.get('images', 0):,} images, {marker.get('layout', '?')} layout)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
