@@ -1,0 +1,425 @@
+"""Live gesture recognition from a webcam, a video file, an image sequence or a stream URL.
+
+    python -m service.webcam --checkpoint runs/sign-digits/best.pt                  # webcam 0, window
+    python -m service.webcam --url http://127.0.0.1:3000 --source 1 --roi         # ask the HTTP service
+    python -m service.webcam --checkpoint best.pt --source clip.mp4 --headless \\
+        --output annotated.mp4 --jsonl predictions.jsonl
+
+Keys in the window: q / Esc quit, s save a snapshot, space pause. Capture runs in its own thread
+and the recogniser always takes the newest frame (``webcam_capture``); ``run`` is the loop, usable
+without the command line or a window.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from gesture_core import Prediction
+from service.sources import SourceError, describe_source, is_live, open_source, parse_source
+from service.webcam_capture import Frame, FrameGrabber
+from service.webcam_inference import Engine, LocalEngine, RemoteEngine, ServerError, Smoother
+from service.webcam_overlay import OverlayInfo, centred_roi, render
+
+EXIT_OK, EXIT_SOURCE_LOST, EXIT_USAGE, EXIT_OUTAGE = 0, 1, 2, 3
+RETRY_AFTER_S = 1.0  # during an outage, ask the server again this often; frames keep flowing meanwhile
+UNKNOWN_FPS = 30.0  # for cameras and image sequences that do not report a frame rate
+WINDOW_TITLE = "gesture recognition (q quit, s snapshot, space pause)"
+
+Log = Callable[[str], None]
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+@dataclass
+class Options:
+    realtime: bool = False  # files: play at the file's fps, dropping frames inference cannot keep up with
+    roi: float | None = None  # classify only a centred square of this fraction of the shorter side
+    mirror: bool | None = None  # None: mirror cameras (a selfie view), not files or streams
+    smooth: int = 5
+    vote: bool = False
+    threshold: float = 0.5
+    top_k: int = 3
+    output: Path | None = None
+    jsonl: Path | None = None
+    snapshot_dir: Path = Path("snapshots")
+    snapshot_at: tuple[int, ...] = ()  # stream positions saved as PNG (headless screenshots)
+    max_frames: int | None = None
+
+
+@dataclass(frozen=True)
+class Stream:
+    capture: cv2.VideoCapture
+    description: str
+    live: bool
+    camera: bool
+    fps: float  # 0 when unknown
+
+    @classmethod
+    def open(cls, spec: int | str) -> Stream:
+        """Raises ``SourceError`` with a user-facing message."""
+        source = parse_source(spec)
+        capture = open_source(source)
+        fps = capture.get(cv2.CAP_PROP_FPS)
+        fps = fps if fps and 0 < fps < 1000 else 0.0
+        return cls(capture, describe_source(source), is_live(source), isinstance(source, int), fps)
+
+
+@dataclass(frozen=True)
+class FrameResult:
+    index: int
+    timestamp: float  # seconds since the run started, at capture
+    prediction: Prediction | None  # smoothed; None when there is no answer (outage)
+    raw: Prediction | None  # this frame alone
+    latency_ms: float | None  # preprocess + model (or HTTP round trip) + smoothing
+    error: str | None = None
+
+    def to_json(self) -> dict:
+        p = self.prediction
+        line = {
+            "index": self.index,
+            "timestamp": round(self.timestamp, 4),
+            "label": p.label if p else None,
+            "score": round(p.score, 5) if p else None,
+            "latency_ms": round(self.latency_ms, 2) if self.latency_ms is not None else None,
+            "raw_label": self.raw.label if self.raw else None,
+            "raw_score": round(self.raw.score, 5) if self.raw else None,
+        }
+        if self.error:
+            line["error"] = self.error
+        return line
+
+
+@dataclass
+class Summary:
+    frames: int = 0
+    dropped: int = 0
+    seconds: float = 0.0
+    latencies_ms: list[float] = field(default_factory=list)
+    outage_frames: int = 0
+    error: str | None = None  # the source disappeared mid-stream
+    labels: list[str | None] = field(default_factory=list)  # smoothed label per processed frame
+
+    @property
+    def mean_fps(self) -> float:
+        return self.frames / self.seconds if self.seconds > 0 else 0.0
+
+    def latency_percentile(self, q: float) -> float | None:
+        return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else None
+
+    @property
+    def exit_code(self) -> int:
+        if self.error:
+            return EXIT_SOURCE_LOST
+        return EXIT_OUTAGE if self.outage_frames else EXIT_OK
+
+    def line(self) -> str:
+        p50, p95 = self.latency_percentile(50), self.latency_percentile(95)
+        latency = f"latency p50 {p50:.1f} ms, p95 {p95:.1f} ms" if p50 is not None else "no predictions"
+        text = f"summary: {self.frames} frames ({self.dropped} stale dropped) in {self.seconds:.2f} s, {self.mean_fps:.1f} FPS, {latency}"
+        if self.outage_frames:
+            text += f"; no answer from the server for {self.outage_frames} frames"
+        return text
+
+
+class Recognizer:
+    """Frame in, smoothed prediction out; a failing server becomes an outage, not an exception."""
+
+    def __init__(self, engine: Engine, smoother: Smoother, *, roi: float | None = None, log: Log = _stderr):
+        self.engine, self.smoother, self.roi, self.log = engine, smoother, roi, log
+        self.outage: str | None = None
+        self._retry_at = 0.0
+
+    def crop_box(self, image: np.ndarray) -> tuple[int, int, int, int] | None:
+        return centred_roi(image.shape, self.roi) if self.roi else None
+
+    def __call__(self, frame: Frame, timestamp: float) -> FrameResult:
+        if self.outage and time.perf_counter() < self._retry_at:
+            return FrameResult(frame.index, timestamp, None, None, None, self.outage)
+        box = self.crop_box(frame.image)
+        crop = frame.image[box[1] : box[3], box[0] : box[2]] if box else frame.image
+        start = time.perf_counter()
+        try:
+            scores = self.engine(crop)
+        except ServerError as err:
+            return self._outage(frame, timestamp, str(err))
+        smoothed, raw = self.smoother.update(scores), self.smoother.decide(scores)
+        latency = (time.perf_counter() - start) * 1000.0
+        if self.outage:
+            self.log(f"{self.engine.name} answers again (frame {frame.index})")
+            self.outage = None
+        return FrameResult(frame.index, timestamp, smoothed, raw, latency)
+
+    def _outage(self, frame: Frame, timestamp: float, message: str) -> FrameResult:
+        if message != self.outage:
+            self.log(f"server problem at frame {frame.index}: {message}; still showing frames, retrying every {RETRY_AFTER_S:g} s")
+        self.outage = message
+        self._retry_at = time.perf_counter() + RETRY_AFTER_S
+        self.smoother.reset()  # old answers must not stand in for the frames the server never saw
+        return FrameResult(frame.index, timestamp, None, None, None, message)
+
+
+class FpsMeter:
+    """Frames per second over the last ``window`` frames (what the overlay shows)."""
+
+    def __init__(self, window: int = 30):
+        self._times: deque[float] = deque(maxlen=window)
+
+    def tick(self) -> float:
+        self._times.append(time.perf_counter())
+        if len(self._times) < 2:
+            return 0.0
+        return (len(self._times) - 1) / max(1e-9, self._times[-1] - self._times[0])
+
+
+class Outputs:
+    """The annotated video, the JSONL log and PNG snapshots; each created only when asked for."""
+
+    def __init__(self, options: Options, fps: float, log: Log = _stderr):
+        self.options, self.fps, self.log = options, fps, log
+        self._writer: cv2.VideoWriter | None = None
+        self._jsonl = None
+        if options.jsonl:
+            options.jsonl.parent.mkdir(parents=True, exist_ok=True)
+            self._jsonl = options.jsonl.open("w", encoding="utf-8")
+
+    def write(self, result: FrameResult, canvas: np.ndarray) -> None:
+        if self._jsonl:
+            self._jsonl.write(json.dumps(result.to_json()) + "\n")
+        if self.options.output:
+            self._video(canvas).write(canvas)
+        if result.index in self.options.snapshot_at:
+            self.snapshot(canvas, result.index)
+
+    def snapshot(self, canvas: np.ndarray, index: int) -> Path:
+        path = self.options.snapshot_dir / f"snapshot-{index:06d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not cv2.imwrite(str(path), canvas):
+            raise OSError(f"could not write snapshot {path}")
+        self.log(f"saved {path}")
+        return path
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.release()
+        if self._jsonl:
+            self._jsonl.close()
+
+    def _video(self, canvas: np.ndarray) -> cv2.VideoWriter:
+        if self._writer is None:
+            path = self.options.output
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fourcc = cv2.VideoWriter_fourcc(*("MJPG" if path.suffix.lower() == ".avi" else "mp4v"))
+            height, width = canvas.shape[:2]
+            self._writer = cv2.VideoWriter(str(path), fourcc, self.fps, (width, height))
+            if not self._writer.isOpened():
+                raise OSError(f"cannot write video {path}: use a .mp4 (mp4v) or .avi (MJPG) file name in a writable folder")
+        return self._writer
+
+
+class Window:
+    """The OpenCV preview window and its keys."""
+
+    KEYS = {ord("q"): "quit", 27: "quit", ord("s"): "snapshot", ord(" "): "pause"}
+
+    def __init__(self, title: str = WINDOW_TITLE):
+        self.title = title
+        cv2.namedWindow(title, cv2.WINDOW_NORMAL)
+
+    def show(self, canvas: np.ndarray, wait_ms: int = 1) -> str | None:
+        cv2.imshow(self.title, canvas)
+        return self.poll(wait_ms)
+
+    def poll(self, wait_ms: int = 1) -> str | None:
+        key = cv2.waitKey(wait_ms) & 0xFF
+        if cv2.getWindowProperty(self.title, cv2.WND_PROP_VISIBLE) < 1:
+            return "quit"  # closed with the window's X button
+        return self.KEYS.get(key)
+
+    def close(self) -> None:
+        cv2.destroyWindow(self.title)
+
+
+def display_problem() -> str | None:
+    """Why a preview window cannot open here, or None if it can."""
+    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        return "no DISPLAY or WAYLAND_DISPLAY is set"
+    try:
+        cv2.namedWindow("probe", cv2.WINDOW_AUTOSIZE)
+        cv2.destroyWindow("probe")
+    except cv2.error:
+        return "this OpenCV build has no GUI support (opencv-python-headless; install opencv-python for a window)"
+    return None
+
+
+def run(stream: Stream, engine: Engine, options: Options, *, window: Window | None = None, log: Log = _stderr) -> Summary:
+    """The recognition loop: newest frame -> prediction -> overlay -> outputs/window, until the source ends or q."""
+    smoother = Smoother(options.smooth, vote=options.vote, threshold=options.threshold, k=options.top_k)
+    recognizer = Recognizer(engine, smoother, roi=options.roi, log=log)
+    mirror = stream.camera if options.mirror is None else options.mirror
+    pace = (stream.fps or UNKNOWN_FPS) if options.realtime and not stream.live else None
+    grabber = FrameGrabber(stream.capture, live=stream.live, drop_stale=stream.live or options.realtime, pace_fps=pace,
+                           description=stream.description)
+    outputs = Outputs(options, stream.fps or UNKNOWN_FPS, log)
+    summary, meter = Summary(), FpsMeter()
+    start = time.perf_counter()
+    try:
+        with grabber:
+            while options.max_frames is None or summary.frames < options.max_frames:
+                frame = grabber.latest(timeout=0.05 if window else None)
+                if frame is None:
+                    if grabber.ended:
+                        break
+                    if window and window.poll() == "quit":
+                        break
+                    continue
+                result = recognizer(frame, frame.captured - start)
+                summary.frames += 1
+                summary.labels.append(result.prediction.label if result.prediction else None)
+                if result.latency_ms is not None:
+                    summary.latencies_ms.append(result.latency_ms)
+                summary.outage_frames += result.error is not None
+                info = OverlayInfo(result.prediction, meter.tick(), result.latency_ms, engine.name,
+                                   recognizer.crop_box(frame.image), result.error)
+                canvas = render(frame.image, info, mirror=mirror)
+                outputs.write(result, canvas)
+                if window:
+                    action = window.show(canvas)
+                    if action == "snapshot":
+                        outputs.snapshot(canvas, frame.index)
+                    elif action == "pause":
+                        action = _pause(window, render(frame.image, _paused(info), mirror=mirror), outputs, frame.index)
+                    if action == "quit":
+                        break
+        summary.dropped = grabber.dropped
+        summary.error = grabber.error
+    except KeyboardInterrupt:
+        log("interrupted")
+    finally:
+        summary.seconds = time.perf_counter() - start
+        outputs.close()
+        if window:
+            window.close()
+    return summary
+
+
+def _paused(info: OverlayInfo) -> OverlayInfo:
+    return OverlayInfo(info.prediction, info.fps, info.latency_ms, info.engine, info.roi, info.status, paused=True)
+
+
+def _pause(window: Window, canvas: np.ndarray, outputs: Outputs, index: int) -> str | None:
+    """Hold the current frame until space (resume) or q/Esc (quit); live frames keep being dropped meanwhile."""
+    window.show(canvas)
+    while True:
+        action = window.poll(30)
+        if action == "snapshot":
+            outputs.snapshot(canvas, index)
+        elif action in ("pause", "quit"):
+            return None if action == "pause" else "quit"
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def _number(kind: type, low: float, high: float | None = None, *, low_open: bool = False):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}") from None
+        if value < low or (low_open and value == low) or (high is not None and value > high):
+            bounds = f"{'(' if low_open else '['}{low}, {high if high is not None else 'inf'}]"
+            raise argparse.ArgumentTypeError(f"must be in {bounds}, got {value}")
+        return value
+
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m service.webcam",
+        description="Recognise hand gestures live from a webcam, video file, image sequence or stream.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--source", default="0", help="camera index (0), video file, image pattern (frames/%%04d.jpg) or rtsp:// / http:// URL")
+    engine = p.add_mutually_exclusive_group(required=True)
+    engine.add_argument("--checkpoint", type=Path, help="run locally with this checkpoint (RUN/best.pt)")
+    engine.add_argument("--url", help="ask the HTTP service instead, e.g. http://127.0.0.1:3000")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="local mode: where the model runs (auto: GPU if available)")
+    p.add_argument("--timeout", type=_number(float, 0.0, low_open=True), default=2.0, help="remote mode: seconds to wait for an answer")
+    p.add_argument("--realtime", action="store_true", help="files: play at the file's fps and drop frames inference cannot keep up with (default: every frame, as fast as possible)")
+    p.add_argument("--roi", type=_number(float, 0.0, 1.0, low_open=True), nargs="?", const=0.6, default=None, metavar="FRACTION",
+                   help="classify only a centred square box of FRACTION of the shorter side (0.6 if given without a value)")
+    p.add_argument("--mirror", action=argparse.BooleanOptionalAction, default=None, help="mirror the preview (default: on for cameras)")
+    p.add_argument("--smooth", type=_number(int, 1), default=5, metavar="N", help="smooth over the last N frames")
+    p.add_argument("--vote", action="store_true", help="smooth by majority vote of per-frame labels instead of averaging probabilities")
+    p.add_argument("--threshold", type=_number(float, 0.0, 1.0), default=0.5, help="show 'no gesture' below this score")
+    p.add_argument("--top-k", type=_number(int, 1, 10), default=3, help="bars in the overlay")
+    p.add_argument("--headless", action="store_true", help="no window (servers, tests); use --output/--jsonl to keep results")
+    p.add_argument("--output", type=Path, help="write the annotated video here (.mp4 mp4v or .avi MJPG)")
+    p.add_argument("--jsonl", type=Path, help="write one JSON line per frame: index, timestamp, label, score, latency_ms")
+    p.add_argument("--snapshot-dir", type=Path, default=Path("snapshots"), help="where s (and --snapshot-at) save PNGs")
+    p.add_argument("--snapshot-at", type=_number(int, 0), nargs="+", default=(), metavar="INDEX", help="save these frames as PNG (headless screenshots)")
+    p.add_argument("--max-frames", type=_number(int, 1), help="stop after this many processed frames")
+    return p
+
+
+def options_from_args(args: argparse.Namespace) -> Options:
+    return Options(realtime=args.realtime, roi=args.roi, mirror=args.mirror, smooth=args.smooth, vote=args.vote,
+                   threshold=args.threshold, top_k=args.top_k, output=args.output, jsonl=args.jsonl,
+                   snapshot_dir=args.snapshot_dir, snapshot_at=tuple(args.snapshot_at), max_frames=args.max_frames)
+
+
+def make_engine(args: argparse.Namespace) -> Engine:
+    if args.url:
+        return RemoteEngine(args.url, timeout=args.timeout)
+    return LocalEngine.load(str(args.checkpoint), device=args.device)
+
+
+def main(argv: list[str] | None = None, log: Log = _stderr) -> int:
+    args = build_parser().parse_args(argv)
+    show_window = not args.headless
+    if show_window and (problem := display_problem()):
+        log(f"no display: {problem}; running headless (add --output/--jsonl to keep the results)")
+        show_window = False
+    try:
+        stream = Stream.open(args.source)
+    except SourceError as err:
+        log(f"error: {err}")
+        return EXIT_USAGE
+    try:
+        engine = make_engine(args)
+    except Exception as err:  # bad checkpoint, CUDA missing, bad URL: one line, no traceback
+        stream.capture.release()
+        log(f"error: {err}")
+        return EXIT_USAGE
+    log(f"{stream.description} -> {engine.name}" + (" (window: q quit, s snapshot, space pause)" if show_window else " (headless)"))
+    try:
+        summary = run(stream, engine, options_from_args(args), window=Window() if show_window else None, log=log)
+    except OSError as err:
+        log(f"error: {err}")
+        return EXIT_SOURCE_LOST
+    finally:
+        engine.close()
+    print(summary.line(), flush=True)
+    if summary.error:
+        log(f"error: {summary.error}")
+    elif summary.outage_frames:
+        log(f"warning: the server did not answer for {summary.outage_frames} of {summary.frames} frames")
+    return summary.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

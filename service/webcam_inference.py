@@ -1,0 +1,188 @@
+"""What turns a frame into class scores for the webcam demo: a local model or the HTTP service,
+and the temporal smoothing that keeps the shown label steady.
+
+Both engines take a BGR frame (as OpenCV captures it) and return ``{label: probability}``; the
+local engine returns every class, the remote one the ``top_k`` the service sends back.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import uuid
+from collections import Counter, deque
+from typing import Protocol
+from urllib.parse import urlsplit
+
+import cv2
+import numpy as np
+import torch
+
+from gesture_core import Classifier, Prediction, decode_probs, load_classifier
+
+Scores = dict[str, float]
+
+
+class Engine(Protocol):
+    name: str
+
+    def __call__(self, bgr: np.ndarray) -> Scores: ...
+
+    def close(self) -> None: ...
+
+
+class ServerError(RuntimeError):
+    """The service is unreachable, too slow, or answered an error; ``str(err)`` is user-facing."""
+
+
+def predict_probs(classifier: Classifier, bgr: np.ndarray) -> np.ndarray:
+    """The one local model call (preprocess + forward + softmax); faster engines plug in here."""
+    return classifier.probs(classifier.preprocess.from_bgr(bgr).unsqueeze(0))[0]
+
+
+class LocalEngine:
+    def __init__(self, classifier: Classifier):
+        self.classifier = classifier
+        self.name = f"{classifier.backbone} ({classifier.device.type})"
+
+    @classmethod
+    def load(cls, checkpoint: str, device: str = "auto") -> LocalEngine:
+        engine = cls(load_classifier(checkpoint, device=device))
+        engine.warm_up()
+        return engine
+
+    def warm_up(self) -> None:
+        """The first forward pass allocates and picks kernels; keep it out of the latency figures."""
+        size = self.classifier.data_config.input_size
+        self(np.zeros((size, size, 3), np.uint8))
+
+    def __call__(self, bgr: np.ndarray) -> Scores:
+        probs = predict_probs(self.classifier, bgr)
+        return dict(zip(self.classifier.classes, probs.tolist()))
+
+    def close(self) -> None:
+        if self.classifier.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+class RemoteEngine:
+    """POSTs each frame as JPEG (multipart field ``image``) to ``URL/predict`` over one kept-alive connection."""
+
+    def __init__(self, url: str, *, timeout: float = 2.0, jpeg_quality: int = 90):
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"--url {url!r}: expected http://HOST:PORT or https://HOST:PORT (e.g. http://127.0.0.1:3000)")
+        self.url = url.rstrip("/")
+        self.name = self.url
+        self.model: str | None = None  # what the service says it runs, from its answers
+        self._scheme, self._host, self._port = parts.scheme, parts.hostname, parts.port
+        self._path = parts.path.rstrip("/") + "/predict"
+        self._timeout = timeout
+        self._jpeg_params = [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality]
+        self._connection: http.client.HTTPConnection | None = None
+
+    def __call__(self, bgr: np.ndarray) -> Scores:
+        ok, jpeg = cv2.imencode(".jpg", bgr, self._jpeg_params)
+        if not ok:
+            raise RuntimeError("could not encode the frame as JPEG")
+        status, body = self._post(jpeg.tobytes())
+        if status != 200:
+            raise ServerError(f"{self.url}/predict answered HTTP {status}: {_error_text(body)}")
+        return self._parse(body)
+
+    def close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+    def _post(self, jpeg: bytes) -> tuple[int, bytes]:
+        boundary = uuid.uuid4().hex
+        body = b"".join([
+            f"--{boundary}\r\n".encode(),
+            b'Content-Disposition: form-data; name="image"; filename="frame.jpg"\r\n',
+            b"Content-Type: image/jpeg\r\n\r\n", jpeg, f"\r\n--{boundary}--\r\n".encode(),
+        ])
+        headers = {"Content-Type": f"multipart/form-data; boundary={boundary}", "Accept": "application/json"}
+        try:
+            connection = self._connect()
+            connection.request("POST", self._path, body=body, headers=headers)
+            response = connection.getresponse()
+            return response.status, response.read()
+        except (TimeoutError, socket.timeout):
+            self.close()
+            raise ServerError(f"{self.url} did not answer within {self._timeout:g} s") from None
+        except ConnectionRefusedError:
+            self.close()
+            raise ServerError(f"{self.url} is not reachable (connection refused): is the service running?") from None
+        except (OSError, http.client.HTTPException) as err:
+            self.close()
+            raise ServerError(f"{self.url} is not reachable ({type(err).__name__}: {err})") from None
+
+    def _connect(self) -> http.client.HTTPConnection:
+        if self._connection is None:
+            cls = http.client.HTTPSConnection if self._scheme == "https" else http.client.HTTPConnection
+            self._connection = cls(self._host, self._port, timeout=self._timeout)
+        return self._connection
+
+    def _parse(self, body: bytes) -> Scores:
+        try:
+            answer = json.loads(body)
+            scores = {str(item["label"]): float(item["score"]) for item in answer["top_k"]}
+        except (ValueError, KeyError, TypeError):
+            raise ServerError(f"{self.url}/predict answered something other than a prediction: {_error_text(body)}") from None
+        self.model = answer.get("model") or self.model
+        return scores
+
+
+def _error_text(body: bytes, limit: int = 200) -> str:
+    text = body.decode("utf-8", "replace").strip()
+    try:
+        answer = json.loads(text)
+        if isinstance(answer, dict) and ("error" in answer or "detail" in answer):
+            text = str(answer.get("error") or answer.get("detail"))
+    except ValueError:
+        pass
+    return (text[:limit] + " …") if len(text) > limit else (text or "(empty body)")
+
+
+class Smoother:
+    """Steadies the label over the last ``window`` frames: averaged probabilities, or a majority vote.
+
+    Rejection ("no gesture", label None) comes from ``decode_probs``: below ``threshold``, or the
+    model's ``none`` class. In vote mode each frame votes with its own (thresholded) label.
+    """
+
+    def __init__(self, window: int = 1, *, vote: bool = False, threshold: float = 0.0, k: int = 3):
+        if window < 1:
+            raise ValueError(f"smoothing window must be >= 1 frame, got {window}")
+        self.window, self.vote, self.threshold, self.k = window, vote, threshold, k
+        self._history: deque[Scores] = deque(maxlen=window)
+        self._classes: list[str] = []  # first-seen order, so remote answers with varying top_k line up
+
+    def reset(self) -> None:
+        self._history.clear()
+
+    def update(self, scores: Scores) -> Prediction:
+        for label in scores:
+            if label not in self._classes:
+                self._classes.append(label)
+        self._history.append(scores)
+        mean = np.mean([self._vector(s) for s in self._history], axis=0)
+        averaged = decode_probs(mean, self._classes, k=self.k, threshold=self.threshold)
+        if not self.vote:
+            return averaged
+        votes = [self.decide(s).label for s in self._history]
+        counts = Counter(votes)
+        best = max(counts.values())
+        winner = next(label for label in reversed(votes) if counts[label] == best)  # ties: the most recent
+        score = float(np.mean([s.get(winner, 0.0) for s in self._history])) if winner is not None else averaged.score
+        return Prediction(winner, score, averaged.top_k)
+
+    def decide(self, scores: Scores) -> Prediction:
+        """One frame on its own, with the same threshold and rejection rules."""
+        classes = list(scores)
+        return decode_probs(np.asarray([scores[c] for c in classes]), classes, k=self.k, threshold=self.threshold)
+
+    def _vector(self, scores: Scores) -> np.ndarray:
+        return np.asarray([scores.get(label, 0.0) for label in self._classes], np.float64)

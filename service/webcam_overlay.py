@@ -1,0 +1,116 @@
+"""Drawing the webcam overlay: label and score, top-k bars, FPS and latency, ROI box, status line."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from gesture_core import Prediction
+
+# Small frames (100x100 test clips) are enlarged for display so the text stays legible.
+MIN_CANVAS_WIDTH = 480
+NO_GESTURE = "no gesture"
+
+_FONT = cv2.FONT_HERSHEY_SIMPLEX
+_WHITE, _GREEN, _GREY, _RED, _BLACK = (255, 255, 255), (80, 220, 80), (160, 160, 160), (60, 60, 230), (0, 0, 0)
+
+
+@dataclass(frozen=True)
+class OverlayInfo:
+    prediction: Prediction | None  # None before the first answer, or during an outage
+    fps: float
+    latency_ms: float | None
+    engine: str
+    roi: tuple[int, int, int, int] | None = None  # x0, y0, x1, y1 in frame pixels
+    status: str | None = None  # e.g. the outage message, shown as a red line
+    paused: bool = False
+
+
+def centred_roi(shape: tuple[int, ...], fraction: float) -> tuple[int, int, int, int]:
+    """A centred square whose side is ``fraction`` of the frame's shorter side."""
+    h, w = shape[:2]
+    side = max(1, round(min(h, w) * fraction))
+    x0, y0 = (w - side) // 2, (h - side) // 2
+    return x0, y0, x0 + side, y0 + side
+
+
+def render(frame: np.ndarray, info: OverlayInfo, *, mirror: bool = False) -> np.ndarray:
+    """A new BGR image: the (mirrored, enlarged) frame with the overlay drawn on it."""
+    canvas = cv2.flip(frame, 1) if mirror else frame.copy()
+    scale = 1.0
+    if canvas.shape[1] < MIN_CANVAS_WIDTH:
+        scale = MIN_CANVAS_WIDTH / canvas.shape[1]
+        canvas = cv2.resize(canvas, None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR)
+    if info.roi is not None:
+        _draw_roi(canvas, info.roi, scale, mirror, frame.shape[1], thickness=max(2, round(canvas.shape[1] / 320)))
+    unit = max(0.75, canvas.shape[1] / 640)  # text size follows the canvas width
+    _draw_prediction(canvas, info.prediction, unit)
+    _draw_speed(canvas, info, unit)
+    if info.status:
+        _draw_status(canvas, info.status, unit)
+    if info.paused:
+        _text(canvas, "PAUSED (space)", (canvas.shape[1] // 2 - int(110 * unit), canvas.shape[0] // 2), 1.0 * unit, _WHITE, 2)
+    return canvas
+
+
+def _draw_roi(canvas: np.ndarray, roi: tuple[int, int, int, int], scale: float, mirror: bool, width: int, thickness: int) -> None:
+    x0, y0, x1, y1 = roi
+    if mirror:
+        x0, x1 = width - x1, width - x0
+    p0, p1 = (round(x0 * scale), round(y0 * scale)), (round(x1 * scale) - 1, round(y1 * scale) - 1)
+    cv2.rectangle(canvas, p0, p1, _GREEN, thickness)
+
+
+def _draw_prediction(canvas: np.ndarray, prediction: Prediction | None, unit: float) -> None:
+    rows = len(prediction.top_k) if prediction else 0
+    line = int(30 * unit)
+    _shade(canvas, 0, 0, int(250 * unit), int(66 * unit) + rows * line)
+    if prediction is None:
+        _text(canvas, "waiting…", (int(10 * unit), int(44 * unit)), 1.0 * unit, _GREY, 2)
+        return
+    label = prediction.label if prediction.label is not None else NO_GESTURE
+    colour = _GREEN if prediction.label is not None else _GREY
+    _text(canvas, f"{label}  {prediction.score:.0%}", (int(10 * unit), int(44 * unit)), 1.2 * unit, colour, 2)
+    for row, (name, score) in enumerate(prediction.top_k):
+        y = int(62 * unit) + row * line
+        bar_x, bar_w = int(90 * unit), int(110 * unit)
+        _text(canvas, name[:8], (int(10 * unit), y + int(20 * unit)), 0.6 * unit, _WHITE, 1)
+        cv2.rectangle(canvas, (bar_x, y + int(6 * unit)), (bar_x + bar_w, y + int(24 * unit)), _GREY, 1)
+        cv2.rectangle(canvas, (bar_x, y + int(6 * unit)), (bar_x + int(bar_w * min(1.0, score)), y + int(24 * unit)), colour, -1)
+        _text(canvas, f"{score:.2f}", (bar_x + bar_w + int(8 * unit), y + int(20 * unit)), 0.55 * unit, _WHITE, 1)
+
+
+def _draw_speed(canvas: np.ndarray, info: OverlayInfo, unit: float) -> None:
+    latency = f"{info.latency_ms:.0f} ms" if info.latency_ms is not None else "- ms"
+    lines = [f"{info.fps:.1f} FPS  {latency}", info.engine]
+    width = int(200 * unit)
+    x = canvas.shape[1] - width
+    _shade(canvas, x, 0, canvas.shape[1], int(50 * unit))
+    for row, text in enumerate(lines):
+        _text(canvas, text[:30], (x + int(6 * unit), int((20 + 22 * row) * unit)), (0.6 if row == 0 else 0.42) * unit, _WHITE, 2 if row == 0 else 1)
+
+
+def _draw_status(canvas: np.ndarray, status: str, unit: float) -> None:
+    height = int(34 * unit)
+    _shade(canvas, 0, canvas.shape[0] - height, canvas.shape[1], canvas.shape[0], colour=(0, 0, 90))
+    size, room, text = 0.5 * unit, canvas.shape[1] - int(16 * unit), status
+    while len(text) > 10 and cv2.getTextSize(text, _FONT, size, 1)[0][0] > room:
+        text = text[: int(len(text) * 0.9)].rstrip() + "..."
+    _text(canvas, text, (int(8 * unit), canvas.shape[0] - int(11 * unit)), size, _WHITE, 1)
+
+
+def _shade(canvas: np.ndarray, x0: int, y0: int, x1: int, y1: int, colour=_BLACK, alpha: float = 0.55) -> None:
+    x0, y0 = max(0, x0), max(0, y0)
+    x1, y1 = min(canvas.shape[1], x1), min(canvas.shape[0], y1)
+    if x1 <= x0 or y1 <= y0:
+        return
+    region = canvas[y0:y1, x0:x1]
+    region[:] = cv2.addWeighted(region, 1.0 - alpha, np.full_like(region, colour), alpha, 0.0)
+
+
+def _text(canvas: np.ndarray, text: str, origin: tuple[int, int], size: float, colour, thickness: int) -> None:
+    # Hershey fonts are ASCII only.
+    text = text.replace("…", "...")
+    cv2.putText(canvas, text, origin, _FONT, size, colour, thickness, cv2.LINE_AA)
