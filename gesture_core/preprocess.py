@@ -96,6 +96,10 @@ class Preprocess:
     def batch(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         return torch.stack([self(img) for img in images])
 
+    def views(self, rgb: np.ndarray, mode: str = "none") -> torch.Tensor:
+        """Test-time-augmentation views (see ``TTA_MODES``) as a (views, C, H, W) tensor."""
+        return tta_views(self, rgb, mode)
+
     def crop(self, rgb: np.ndarray) -> np.ndarray:
         """The deterministic geometric part: uint8 HWC in, uint8 ``input_size``² out."""
         resized = resize_shorter(rgb, self.config.resize_size, self.config.interpolation)
@@ -130,3 +134,55 @@ def center_crop(rgb: np.ndarray, size: int) -> np.ndarray:
     h, w = rgb.shape[:2]
     top, left = max(0, (h - size) // 2), max(0, (w - size) // 2)
     return rgb[top : top + size, left : left + size]
+
+
+# Test-time augmentation: views of one image, all built from the same resize/crop/normalise as
+# Preprocess, and counted as forward passes per image (the cost multiplier).
+TTA_MODES = ("none", "flip", "5crop", "10crop", "multiscale")
+# Shorter side as a multiple of resize_size: 256, 288, 320 px at 224 (GoogLeNet used 256-352).
+MULTISCALE_FACTORS = (1.0, 1.125, 1.25)
+
+
+def tta_view_count(mode: str) -> int:
+    return {"none": 1, "flip": 2, "5crop": 5, "10crop": 10, "multiscale": 2 * len(MULTISCALE_FACTORS)}[_check_tta(mode)]
+
+
+def tta_crops(preprocess: Preprocess, rgb: np.ndarray, mode: str) -> list[np.ndarray]:
+    """uint8 ``input_size``² crops for ``mode``; the first is always exactly ``preprocess.crop(rgb)``.
+
+    flip: + mirror. 5crop: centre + 4 corners of the resized image (AlexNet). 10crop: those + mirrors.
+    multiscale: centre crops with the shorter side at each of MULTISCALE_FACTORS x resize_size, + mirrors.
+    """
+    _check_tta(mode)
+    c = preprocess.config
+    if mode == "multiscale":
+        crops = [center_crop(resize_shorter(rgb, round(c.resize_size * f), c.interpolation), c.input_size) for f in MULTISCALE_FACTORS]
+        return crops + [hflip(v) for v in crops]
+    if mode in ("5crop", "10crop"):
+        crops = five_crops(resize_shorter(rgb, c.resize_size, c.interpolation), c.input_size)
+        return crops + [hflip(v) for v in crops] if mode == "10crop" else crops
+    crop = preprocess.crop(rgb)
+    return [crop, hflip(crop)] if mode == "flip" else [crop]
+
+
+def tta_views(preprocess: Preprocess, rgb: np.ndarray, mode: str) -> torch.Tensor:
+    """(views, C, H, W) normalised tensors for one image; ``tta_view_count(mode)`` views."""
+    return torch.stack([preprocess.normalize(v) for v in tta_crops(preprocess, rgb, mode)])
+
+
+def five_crops(rgb: np.ndarray, size: int) -> list[np.ndarray]:
+    """Centre, then top-left, top-right, bottom-left, bottom-right ``size``² crops."""
+    h, w = rgb.shape[:2]
+    bottom, right = max(0, h - size), max(0, w - size)
+    corners = [rgb[y : y + size, x : x + size] for y, x in ((0, 0), (0, right), (bottom, 0), (bottom, right))]
+    return [center_crop(rgb, size), *corners]
+
+
+def hflip(rgb: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(rgb[:, ::-1])
+
+
+def _check_tta(mode: str) -> str:
+    if mode not in TTA_MODES:
+        raise ValueError(f"TTA mode {mode!r}: choose one of {', '.join(TTA_MODES)}")
+    return mode

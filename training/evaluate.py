@@ -2,23 +2,32 @@
 
     python -m training.evaluate --checkpoint runs/sign-digits-efficientnet_lite0/best.pt
     python -m training.evaluate --checkpoint RUN/best.pt --data path/to/folder --out eval/
+    python -m training.evaluate --checkpoint RUN/best.pt --tta all   # multi-crop table: top-1 vs cost
 
-Uses the checkpoint's own Preprocess (``load_classifier``), exactly as the service does.
+Uses the checkpoint's own Preprocess (``load_classifier``), exactly as the service does; test-time
+augmentation views are built from that same Preprocess (``Preprocess.views``).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
+import torch
+from torch import nn
+
 from gesture_core.checkpoint import CheckpointError, Classifier, load_classifier
+from gesture_core.preprocess import TTA_MODES, DataConfig, Preprocess, tta_view_count
 from training import cli
 from training.augment import build_eval_transform
 from training.data import DatasetError, ImageDataset, Sample, Splits, load_folder, make_loader
 from training.engine import predict_logits
-from training.report import classification_metrics, format_summary, write_report
+from training.report import classification_metrics, format_summary, write_json, write_report
+
+TTA_CHOICES = (*TTA_MODES, "all")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=cli.int_at_least(1), default=64)
     p.add_argument("--workers", type=cli.int_at_least(0), default=2)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--tta", choices=TTA_CHOICES, default="none",
+                   help="test-time augmentation: flip, 5crop/10crop (AlexNet), multiscale (3 scales x flip); all: a table of every mode")
     return p
 
 
@@ -47,32 +58,101 @@ def select_samples(checkpoint: Path, classes: list[str], data: str | None, split
     return getattr(splits, split), [], split
 
 
-def evaluate_samples(classifier: Classifier, samples: list[Sample], *, batch_size: int = 64, workers: int = 2) -> tuple[dict[str, Any], list[str]]:
-    """(metrics, paths that failed to decode) for labelled samples, through the checkpoint's Preprocess."""
+def evaluate_samples(classifier: Classifier, samples: list[Sample], *, batch_size: int = 64, workers: int = 2, tta: str = "none") -> tuple[dict[str, Any], list[str]]:
+    """(metrics, paths that failed to decode) for labelled samples, through the checkpoint's Preprocess.
+
+    With ``tta`` other than "none", each image is seen as ``tta_view_count(tta)`` views and the
+    softmax probabilities are averaged over them (so the "logits" ranked are log mean probabilities).
+    """
     dc = classifier.data_config
-    dataset = ImageDataset(samples, build_eval_transform(dc), min_side=dc.resize_size, placeholder_shape=(dc.in_chans, dc.input_size, dc.input_size))
-    loader = make_loader(dataset, batch_size=batch_size, workers=workers, pin_memory=classifier.device.type == "cuda")
-    logits, targets, failed = predict_logits(classifier.model, loader, classifier.device)
+    views = tta_view_count(tta)
+    if tta == "none":
+        transform, shape, model = build_eval_transform(dc), (dc.in_chans, dc.input_size, dc.input_size), classifier.model
+    else:
+        transform, shape, model = TTATransform(dc, tta), (views, dc.in_chans, dc.input_size, dc.input_size), ViewAverage(classifier.model)
+    dataset = ImageDataset(samples, transform, min_side=dc.resize_size, placeholder_shape=shape)
+    # Fewer images per batch under TTA, so one batch holds about as many views as without it.
+    loader = make_loader(dataset, batch_size=max(1, batch_size // views), workers=workers, pin_memory=classifier.device.type == "cuda")
+    logits, targets, failed = predict_logits(model, loader, classifier.device)
     return classification_metrics(logits, targets, classifier.classes), [samples[i].path for i in failed]
+
+
+class TTATransform:
+    """(rgb, seed) -> (views, C, H, W) from the shared Preprocess; picklable for loader workers."""
+
+    def __init__(self, config: DataConfig, mode: str):
+        self.preprocess, self.mode = Preprocess(config), mode
+        tta_view_count(mode)  # rejects unknown modes up front
+
+    def __call__(self, rgb, seed: int = 0) -> torch.Tensor:
+        return self.preprocess.views(rgb, self.mode)
+
+
+class ViewAverage(nn.Module):
+    """(B, V, C, H, W) -> log of the softmax probabilities averaged over the V views of each image."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, views: torch.Tensor) -> torch.Tensor:
+        b, v = views.shape[:2]
+        probs = torch.softmax(self.model(views.flatten(0, 1)).float(), dim=1)
+        return probs.view(b, v, -1).mean(1).clamp_min(1e-12).log()
+
+
+def tta_table(classifier: Classifier, samples: list[Sample], modes=TTA_MODES, *, batch_size: int = 64, workers: int = 2) -> list[dict[str, Any]]:
+    """One row per TTA mode: views per image (the cost multiplier), top-1/top-5, change vs no TTA, time."""
+    rows = []
+    for mode in modes:
+        start = time.perf_counter()
+        metrics, _ = evaluate_samples(classifier, samples, batch_size=batch_size, workers=workers, tta=mode)
+        seconds = time.perf_counter() - start
+        rows.append({"tta": mode, "views": tta_view_count(mode), "top1": metrics["top1"], "top5": metrics["top5"], "n": metrics["n"],
+                     "seconds": round(seconds, 2), "ms_per_image": round(1000 * seconds / max(1, metrics["n"]), 2)})
+    base = next((r["top1"] for r in rows if r["tta"] == "none"), None)
+    for r in rows:
+        r["delta_top1"] = None if base is None or r["top1"] is None else r["top1"] - base
+    return rows
+
+
+def format_tta_table(rows: list[dict[str, Any]]) -> str:
+    """Markdown, like the GoogLeNet paper's table of crops vs error."""
+    pct = lambda x: "n/a" if x is None else f"{100 * x:.2f}%"  # noqa: E731
+    lines = ["| TTA | forward passes per image (cost) | top-1 | top-5 | Δ top-1 vs none | ms / image |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        delta = "" if r["delta_top1"] is None or r["tta"] == "none" else f"{100 * r['delta_top1']:+.2f} pt"
+        lines.append(f"| {r['tta']} | {r['views']}x | {pct(r['top1'])} | {pct(r['top5'])} | {delta} | {r['ms_per_image']:.1f} |")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    single = "none" if args.tta == "all" else args.tta
     try:
         classifier = load_classifier(args.checkpoint, args.device)
         samples, skipped, name = select_samples(args.checkpoint, classifier.classes, args.data, args.split)
         if not samples:
             raise DatasetError(f"no images to evaluate in {name}")
-        metrics, failed = evaluate_samples(classifier, samples, batch_size=args.batch_size, workers=args.workers)
+        metrics, failed = evaluate_samples(classifier, samples, batch_size=args.batch_size, workers=args.workers, tta=single)
+        rows = tta_table(classifier, samples, batch_size=args.batch_size, workers=args.workers) if args.tta == "all" else None
     except (CheckpointError, DatasetError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    out = Path(args.out) if args.out else args.checkpoint.parent / f"eval-{name}"
+    suffix = "" if args.tta == "none" else f"-tta-{args.tta}"
+    out = Path(args.out) if args.out else args.checkpoint.parent / f"eval-{name}{suffix}"
     out.mkdir(parents=True, exist_ok=True)
     skipped += [{"path": p, "reason": "failed to decode"} for p in failed]
-    report = {"backbone": classifier.backbone, "classes": classifier.classes, "checkpoint": str(args.checkpoint), "data": name, "test": metrics, "skipped": skipped}
+    report = {"backbone": classifier.backbone, "classes": classifier.classes, "checkpoint": str(args.checkpoint), "data": name,
+              "tta": single, "views_per_image": tta_view_count(single), "test": metrics, "skipped": skipped}
     write_report(out, report, classifier.classes)
-    print(format_summary(metrics, f"{classifier.backbone} on {name}:"))
+    title = f"{classifier.backbone} on {name}" + ("" if single == "none" else f", TTA {single} ({tta_view_count(single)} views/image)")
+    print(format_summary(metrics, f"{title}:"))
+    if rows is not None:
+        write_json(out / "tta.json", rows)
+        table = format_tta_table(rows)
+        (out / "tta.md").write_text(table + "\n")
+        print(f"\ntest-time augmentation on {name} ({metrics['n']} images):\n{table}")
     if skipped:
         print(f"{len(skipped)} file(s) skipped (listed in {out / 'metrics.json'})")
     print(f"report in {out}/")

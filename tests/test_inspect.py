@@ -1,0 +1,60 @@
+"""training.inspect: the seed papers' layer tables, checked against their published numbers."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torchvision
+
+from training.inspect import inspect_backbone, main
+
+
+def param_column(summary) -> list[int]:
+    return [r.params for r in summary.layers if r.params]
+
+
+def test_lenet5_matches_the_seed_table():
+    s = inspect_backbone("lenet5", input_size=32, in_chans=1, num_classes=10)
+    assert param_column(s) == [156, 2416, 48120, 10164, 850]
+    assert s.total_params == 61_706
+    shapes = {r.name: r.output_shape for r in s.layers}
+    assert shapes["features.0"] == [6, 28, 28] and shapes["features.3"] == [16, 10, 10] and shapes["fc"] == [10]
+    # C1: 28*28*6 outputs x 25 taps; C3: 10*10*16 x 150; then the three dense layers.
+    assert s.total_macs == 28 * 28 * 6 * 25 + 10 * 10 * 16 * 150 + 400 * 120 + 120 * 84 + 84 * 10
+
+
+def test_vgg16_total_and_macs():
+    s = inspect_backbone("vgg16", num_classes=1000)
+    assert s.total_params == 138_357_544
+    assert sum(r.params for r in s.layers) == s.total_params
+    assert s.total_flops == 2 * s.total_macs
+    assert 15.4e9 < s.total_macs < 15.6e9  # the well-known 15.5 G multiply-adds at 224x224
+
+
+@pytest.mark.parametrize("name", ["googlenet", "resnet34"])
+def test_totals_equal_torchvisions_own_counts(name):
+    s = inspect_backbone(name, num_classes=1000)
+    published = torchvision.models.get_model_weights(name).DEFAULT.meta["num_params"]
+    # GoogLeNet's published count is without the auxiliary classifiers, which inference never runs.
+    extra = {"aux_logits": False, "init_weights": False} if name == "googlenet" else {}
+    built = sum(p.numel() for p in torchvision.models.get_model(name, weights=None, **extra).parameters())
+    assert s.total_params == published == built == sum(r.params for r in s.layers)
+
+
+def test_depth_groups_blocks_and_keeps_totals():
+    leaves = inspect_backbone("resnet34", input_size=64, num_classes=10)
+    blocks = inspect_backbone("resnet34", input_size=64, num_classes=10, depth=2)
+    names = [r.name for r in blocks.layers]
+    assert "layer1.0" in names and "layer1.0.conv1" not in names
+    assert blocks.total_params == leaves.total_params == sum(r.params for r in blocks.layers)
+    assert blocks.total_macs == leaves.total_macs
+
+
+def test_cli_json_and_errors(capsys):
+    assert main(["--backbone", "lenet5", "--input-size", "32", "--in-channels", "1", "--num-classes", "10", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["totals"]["params"] == 61_706
+    assert data["totals"]["flops"] == 2 * data["totals"]["macs"]
+    assert main(["--backbone", "resnet18", "--in-channels", "1"]) == 2
+    assert "lenet5 only" in capsys.readouterr().err

@@ -1,0 +1,83 @@
+"""Test-time augmentation: views built on the shared Preprocess, and their cost in forward passes."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from gesture_core import DataConfig, Preprocess, build_model, load_classifier, save_checkpoint
+from gesture_core.preprocess import TTA_MODES, tta_crops, tta_view_count
+from tests.helpers import synthetic_image
+from training.data import load_folder
+from training.evaluate import evaluate_samples, main
+
+CONFIG = DataConfig(input_size=32, resize_size=40)
+
+
+@pytest.fixture
+def tiny_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    path = tmp_path / "run" / "best.pt"
+    save_checkpoint(path, model=build_model("lenet5", 3, "none", in_chans=3), backbone="lenet5",
+                    classes=["fist", "palm", "peace"], data_config=CONFIG, train_config={})
+    return path
+
+
+def test_views_are_preprocess_crops():
+    rgb = synthetic_image(1, seed=3, size=64)
+    pre = Preprocess(CONFIG)
+    for mode in TTA_MODES:
+        crops = tta_crops(pre, rgb, mode)
+        assert len(crops) == tta_view_count(mode)
+        assert all(c.shape == (32, 32, 3) for c in crops)
+        np.testing.assert_array_equal(crops[0], pre.crop(rgb))
+    ten = tta_crops(pre, rgb, "10crop")
+    for plain, mirrored in zip(ten[:5], ten[5:], strict=True):
+        np.testing.assert_array_equal(plain[:, ::-1], mirrored)
+    assert len({c.tobytes() for c in ten[:5]}) == 5  # centre and four distinct corners
+    views = pre.views(rgb, "flip")
+    assert views.shape == (2, 3, 32, 32)
+    torch.testing.assert_close(views[0], pre(rgb))
+    with pytest.raises(ValueError, match="choose one of"):
+        pre.views(rgb, "144crop")
+
+
+def count_images_through(model: torch.nn.Module) -> list[int]:
+    seen = [0]
+    model.register_forward_hook(lambda module, args, output: seen.__setitem__(0, seen[0] + args[0].shape[0]))
+    return seen
+
+
+def test_10crop_runs_exactly_ten_forward_passes_per_image(tiny_checkpoint, image_folder):
+    classifier = load_classifier(tiny_checkpoint, "cpu")
+    samples, _ = load_folder(image_folder, classifier.classes)
+    seen = count_images_through(classifier.model)
+    plain, _ = evaluate_samples(classifier, samples, batch_size=16, workers=0)
+    assert seen[0] == len(samples)
+    seen[0] = 0
+    ten, _ = evaluate_samples(classifier, samples, batch_size=16, workers=0, tta="10crop")
+    assert seen[0] == 10 * len(samples)
+    assert ten["n"] == plain["n"] == len(samples)
+
+
+def test_flip_agrees_with_hand_averaged_probabilities(tiny_checkpoint, image_folder):
+    classifier = load_classifier(tiny_checkpoint, "cpu")
+    samples, _ = load_folder(image_folder, classifier.classes)
+    metrics, _ = evaluate_samples(classifier, samples, batch_size=8, workers=0, tta="flip")
+    pre = classifier.preprocess
+    probs = np.stack([classifier.probs(pre.views(pre.read(s.path), "flip")).mean(0) for s in samples])
+    labels = np.array([s.label for s in samples])
+    assert metrics["top1"] == pytest.approx(float((probs.argmax(1) == labels).mean()))
+
+
+def test_cli_tta_all_writes_the_table(tiny_checkpoint, image_folder, tmp_path, capsys):
+    out = tmp_path / "eval"
+    assert main(["--checkpoint", str(tiny_checkpoint), "--data", str(image_folder), "--tta", "all", "--workers", "0", "--out", str(out)]) == 0
+    rows = json.loads((out / "tta.json").read_text())
+    assert [(r["tta"], r["views"]) for r in rows] == [("none", 1), ("flip", 2), ("5crop", 5), ("10crop", 10), ("multiscale", 6)]
+    assert all(r["n"] == 36 and 0.0 <= r["top1"] <= 1.0 for r in rows)
+    assert "| 10crop | 10x |" in (out / "tta.md").read_text()
+    assert "forward passes per image" in capsys.readouterr().out
