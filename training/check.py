@@ -219,6 +219,7 @@ _REASON_KINDS = (
     ("empty file", "empty (0 bytes)"),
     ("truncated", "truncated"),
     ("unreadable", "unreadable"),
+    ("regular file", "not a regular file"),
     ("too large", "too large"),
     ("above the limit", "too large"),
 )

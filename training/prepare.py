@@ -36,7 +36,7 @@ from typing import BinaryIO
 
 from tqdm import tqdm
 
-from training.data import IMAGE_EXTENSIONS, SPLITS
+from training.data import IMAGE_EXTENSIONS, SPLITS, DatasetError
 
 DEFAULT_ROOT = Path("datasets")
 MARKER = ".prepared.json"
@@ -44,7 +44,7 @@ TIMEOUT_S = 15  # per connection attempt and per read: offline fails in seconds,
 CHUNK = 1 << 20
 
 
-class PrepareError(RuntimeError):
+class PrepareError(DatasetError):
     """A dataset that could not be prepared; ``str(err)`` is one line saying what to do."""
 
 
@@ -264,11 +264,14 @@ def sha256_of(path: Path) -> str:
 
 def _offline_hint(entry: Entry, remote: Remote, dest: Path) -> str:
     others = [f.filename for f in entry.files if f is not remote]
-    what = f"{remote.filename}" + (f" (and {', '.join(others)})" if others else "")
-    target = "a folder holding them" if others else "it"
+    if others:
+        return (
+            f"download it and {', '.join(others)} (same folder on the server) by hand, then run: "
+            f"python -m training.prepare {entry.name} --archive FOLDER_WITH_THEM (or put them in {dest.parent}/)"
+        )
     return (
-        f"download {remote.url} by hand, then run: python -m training.prepare {entry.name} --archive PATH "
-        f"(PATH = {target}; or put {what} in {dest.parent})"
+        f"download it by hand, then run: python -m training.prepare {entry.name} --archive PATH/{remote.filename} "
+        f"(or save it as {dest})"
     )
 
 
@@ -291,7 +294,7 @@ def download(remote: Remote, dest: Path, *, entry: Entry) -> Path:
         ) from None
     except (urllib.error.URLError, OSError) as err:
         reason = getattr(err, "reason", err)
-        raise PrepareError(f"cannot download {remote.url} ({reason}; offline?): {_offline_hint(entry, remote, dest)}") from None
+        raise PrepareError(f"cannot download {remote.url} ({reason}; offline?); {_offline_hint(entry, remote, dest)}") from None
     with response:
         resumed = have and getattr(response, "status", None) == 206
         if have and not resumed:
@@ -443,7 +446,8 @@ def prepare_dataset(name: str, root: Path = DEFAULT_ROOT, archive: Path | None =
             "source": "--archive" if archive is not None else "download",
             "images": sum(counts.values()),
             "folders": counts,
-            **entry.describe(),
+            "layout": entry.layout,
+            "catalogue": entry.describe(),
         }
         (staging / MARKER).write_text(json.dumps(marker, indent=1))
         staging.rename(out)

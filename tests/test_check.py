@@ -1,0 +1,150 @@
+"""training.check on folders with every kind of bad file a real dataset has, and on the real data."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import make_image_folder, synthetic_image, write_rgb
+from training.check import build_report, main
+
+
+@pytest.fixture
+def messy(tmp_path: Path) -> Path:
+    """fist/palm with 25 good images each, peace with 5, plus one of every problem."""
+    root = make_image_folder(tmp_path / "messy", classes=("fist", "palm"), per_class=25, ext=".jpg")
+    make_image_folder(tmp_path / "peace-src", classes=("peace",), per_class=5, ext=".png")
+    shutil.move(tmp_path / "peace-src" / "peace", root / "peace")
+    (root / "fist" / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 definitely not a jpeg" * 10)
+    (root / "fist" / "empty.jpg").write_bytes(b"")
+    (root / "palm" / "notes.txt").write_text("a non-image")
+    good = (root / "palm" / "000.jpg").read_bytes()
+    (root / "palm" / "truncated.jpg").write_bytes(good[: len(good) // 2])
+    shutil.copy(root / "fist" / "000.jpg", root / "peace" / "copied-from-fist.jpg")  # conflicting labels
+    shutil.copy(root / "fist" / "001.jpg", root / "fist" / "001-again.jpg")  # harmless duplicate
+    os.symlink("loop.jpg", root / "fist" / "loop.jpg")  # a symlink pointing at itself
+    os.symlink(".", root / "palm" / "dirloop")  # a folder symlink that would recurse forever
+    os.mkfifo(root / "palm" / "pipe.jpg")  # opening it would block forever
+    (root / "fist" / ".DS_Store").write_bytes(b"\0" * 10)
+    write_rgb(root / "palm" / "deeper" / "nested.png", synthetic_image(1, seed=99))
+    (root / "README.txt").write_text("stray file beside the class folders")
+    weird = os.fsencode(root / "palm") + b"/caf\xe9-latin1.png"  # not valid UTF-8
+    with open(weird, "wb") as f:
+        f.write(_png_bytes())
+    return root
+
+
+def _png_bytes() -> bytes:
+    import cv2
+
+    ok, buf = cv2.imencode(".png", synthetic_image(1, seed=12345))
+    assert ok
+    return buf.tobytes()
+
+
+def test_report_finds_every_problem(messy: Path):
+    r = build_report(messy, workers=2)
+    assert r["fatal"] == []
+    assert r["layout"] == "imagefolder"
+    assert r["classes"] == ["fist", "palm", "peace"]
+    # fist: 25 + duplicate copy; palm: 25 + nested + non-UTF-8 name; peace: 5 + copied file
+    assert r["counts"] == {"fist": 26, "palm": 27, "peace": 6}
+    assert r["imbalance_ratio"] == round(27 / 6, 2)
+
+    reasons = {Path(s["path"]).name: s["reason"] for s in r["skipped"]}
+    assert reasons["corrupt.jpg"] == "not a recognised image format"
+    assert reasons["empty.jpg"].startswith("empty file")
+    assert reasons["notes.txt"] == "not an image file extension"
+    assert "truncated" in reasons["truncated.jpg"]
+    assert "Too many levels of symbolic links" in reasons["loop.jpg"]
+    assert reasons["pipe.jpg"].startswith("not a regular file")
+    expected = {"non-image": 2, "empty (0 bytes)": 1, "truncated": 1, "unreadable": 1, "not a regular file": 1}
+    assert r["skipped_by_reason"] == expected
+
+    dup = r["duplicates"]
+    assert dup["across_classes"] == 1 and dup["within_class"] == 1 and dup["across_splits"] == 0
+    across = next(g for g in dup["groups"] if "across_classes" in g["kinds"])
+    assert sorted(across["files"]) == ["fist/000.jpg", "peace/copied-from-fist.jpg"]
+
+    assert [Path(p).name for p in r["nested"]] == ["nested.png"]
+    assert len(r["non_utf8_names"]) == 1 and "\ufffd" in r["non_utf8_names"][0]
+    ignored = {Path(i["path"]).name: i["reason"] for i in r["ignored"]}
+    assert ignored[".DS_Store"] == "hidden file"
+    assert ignored["dirloop"].startswith("symlinked folder")
+    assert ignored["README.txt"].startswith("file outside")
+
+    warnings = "\n".join(r["warnings"])
+    assert "fewer than 20 images: peace (6)" in warnings
+    assert "more than one class" in warnings
+    assert "6 file(s) skipped" in warnings
+    assert "deeper than the layout" in warnings
+    assert "not valid UTF-8" in warnings
+    assert r["image_stats"]["modes"] == {"RGB": 59}
+    assert r["image_stats"]["formats"] == {"JPEG": 52, "PNG": 7}
+
+
+def test_cli_writes_json_and_exits_zero_with_warnings(messy: Path, tmp_path: Path, capsys):
+    out = tmp_path / "reports" / "report.json"
+    assert main([str(messy), "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "WARNING: 1 image(s) appear under more than one class" in text
+    assert "OK to train" in text
+    report = json.loads(out.read_text(encoding="utf-8"))  # valid JSON despite the non-UTF-8 name
+    assert report["counts"]["peace"] == 6
+
+
+def test_presplit_leakage_and_missing_classes(tmp_path: Path):
+    root = tmp_path / "split"
+    make_image_folder(root / "train", classes=("a", "b"), per_class=22)
+    for i in range(3):  # new seeds: make_image_folder would repeat train's images (a real leak)
+        write_rgb(root / "test" / "a" / f"t{i}.png", synthetic_image(0, seed=5000 + i))
+    shutil.copy(root / "train" / "b" / "004.png", root / "test" / "a" / "leaked.png")
+    r = build_report(root)
+    assert r["layout"] == "presplit" and r["fatal"] == []
+    assert r["splits"] == {"train": {"a": 22, "b": 22}, "test": {"a": 4}}
+    assert r["duplicates"]["across_splits"] == 1 and r["duplicates"]["across_classes"] == 1
+    warnings = "\n".join(r["warnings"])
+    assert "train/test leakage: 1 image(s)" in warnings
+    assert "test/ lacks class(es) present in train/: b" in warnings
+    assert "no val/ folder" in warnings
+
+
+@pytest.mark.parametrize(
+    "build, message",
+    [
+        (lambda root: root.mkdir(), "no class folders"),
+        (lambda root: (root / "a").mkdir(parents=True), "no usable images"),
+        (lambda root: make_image_folder(root, classes=("only",), per_class=3), "only one class"),
+        (lambda root: (make_image_folder(root, classes=("a", "b"), per_class=3), (root / "c").mkdir()), "no usable images: c"),
+    ],
+)
+def test_fatal_problems_exit_nonzero(tmp_path: Path, capsys, build, message):
+    root = tmp_path / "data"
+    build(root)
+    assert main([str(root)]) == 1
+    assert message in capsys.readouterr().out
+
+
+def test_missing_folder_is_fatal_not_a_traceback(tmp_path: Path, capsys):
+    assert main([str(tmp_path / "nope")]) == 1
+    assert "is not a folder" in capsys.readouterr().out
+
+
+def test_real_sign_digits_finds_the_three_huge_images(sign_digits: Path):
+    r = build_report(sign_digits, decode=False)
+    assert r["images"] == 2062 and len(r["classes"]) == 10
+    large = sorted(Path(x["path"]).name for x in r["image_stats"]["large"])
+    assert large == ["IMG_5874.JPG", "IMG_5935.JPG", "IMG_5978.JPG"]
+    assert all(x["size"] == "3024x3024" for x in r["image_stats"]["large"])
+    assert r["fatal"] == [] and r["skipped"] == []
+
+
+def test_real_flowers_counts_and_duplicates(flowers: Path):
+    r = build_report(flowers, decode=False)
+    assert r["counts"] == {"daisy": 633, "dandelion": 898, "roses": 641, "sunflowers": 699, "tulips": 799}
+    assert r["imbalance_ratio"] == round(898 / 633, 2)
+    assert r["duplicates"]["across_classes"] >= 1  # the same photo filed under roses and tulips

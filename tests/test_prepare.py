@@ -1,0 +1,264 @@
+"""training.prepare end to end against archives the tests build: file:// and http:// URLs, --archive,
+resumed downloads, checksum failures, offline failures, and the real flowers102 split builder."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import http.server
+import io
+import re
+import socket
+import tarfile
+import threading
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import synthetic_image, write_rgb
+from training import prepare
+from training.prepare import CATALOGUE, MARKER, PrepareError, Remote, class_folders, main, prepare_dataset
+
+
+def _jpeg(label: int, seed: int) -> bytes:
+    import cv2
+
+    ok, buf = cv2.imencode(".jpg", synthetic_image(label, seed)[:, :, ::-1])
+    assert ok
+    return buf.tobytes()
+
+
+def make_tgz(path: Path, members: dict[str, bytes]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w:gz") as tf:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return path
+
+
+def make_zip(path: Path, members: dict[str, bytes]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return path
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+FLOWER_MEMBERS = {
+    **{f"flower_photos/daisy/d{i}.jpg": _jpeg(0, i) for i in range(4)},
+    **{f"flower_photos/roses/r{i}.jpg": _jpeg(1, 100 + i) for i in range(3)},
+    "flower_photos/LICENSE.txt": b"CC-BY attributions",
+    "flower_photos/../../escape.jpg": _jpeg(2, 7),  # path traversal: must never be written
+    "flower_photos/daisy/._d0.jpg": b"macOS resource fork",
+}
+
+
+def register(monkeypatch, name: str, remote: Remote, build=None, layout="imagefolder") -> prepare.Entry:
+    entry = dataclasses.replace(
+        CATALOGUE["flowers"], name=name, files=(remote,), build=build or class_folders("flower_photos"), layout=layout
+    )
+    monkeypatch.setitem(CATALOGUE, name, entry)
+    return entry
+
+
+@pytest.fixture
+def tgz(tmp_path: Path) -> Path:
+    return make_tgz(tmp_path / "src" / "flower_photos.tgz", FLOWER_MEMBERS)
+
+
+def test_file_url_download_unpacks_verifies_and_is_not_repeated(tmp_path, tgz, monkeypatch):
+    register(monkeypatch, "tiny-flowers", Remote(tgz.as_uri(), "flower_photos.tgz", sha256(tgz), tgz.stat().st_size))
+    root = tmp_path / "datasets"
+    out = prepare_dataset("tiny-flowers", root)
+    assert out == root / "tiny-flowers"
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.jpg")) == [
+        "daisy/d0.jpg", "daisy/d1.jpg", "daisy/d2.jpg", "daisy/d3.jpg", "roses/r0.jpg", "roses/r1.jpg", "roses/r2.jpg",
+    ]  # fmt: skip
+    assert (out / "daisy" / "d2.jpg").read_bytes() == FLOWER_MEMBERS["flower_photos/daisy/d2.jpg"]
+    assert not list(tmp_path.rglob("escape.jpg"))
+    marker = (out / MARKER).read_text()
+    assert '"images": 7' in marker and sha256(tgz) in marker
+    assert not (root / ".downloads" / "tiny-flowers" / "flower_photos.tgz").exists()  # archive removed after unpacking
+    assert not list(root.glob(".tiny-flowers.partial-*"))
+
+    tgz.unlink()  # the source is gone: a second run must not try to download
+    assert prepare_dataset("tiny-flowers", root) == out
+
+
+def test_cli_with_archive_zip_records_checksum_when_none_is_published(tmp_path, monkeypatch, capsys):
+    members = {f"repo-master/Dataset/{d}/IMG_{d}{i}.JPG": _jpeg(d, 10 * d + i) for d in range(3) for i in range(2)}
+    members["repo-master/Examples/example_0.JPG"] = _jpeg(0, 99)  # outside Dataset/: not part of the classes
+    archive = make_zip(tmp_path / "Downloads" / "master.zip", members)
+    before = archive.read_bytes()
+    register(
+        monkeypatch,
+        "tiny-digits",
+        Remote("https://unreachable.invalid/master.zip", "x.zip", None),
+        build=class_folders(None, "Dataset"),
+    )
+    root = tmp_path / "datasets"
+    assert main(["tiny-digits", "--root", str(root), "--archive", str(archive)]) == 0
+    out = capsys.readouterr()
+    assert "tiny-digits: prepared at" in out.out and "6 images" in out.out
+    assert f"sha256 {sha256(archive)}" in out.err and "no published checksum" in out.err
+    assert sorted(p.name for p in (root / "tiny-digits").iterdir() if not p.name.startswith(".")) == ["0", "1", "2"]
+    assert archive.read_bytes() == before  # the user's file is never moved or deleted
+
+    assert main(["tiny-digits", "--root", str(root)]) == 0  # no --archive, no network: already prepared
+    assert "already prepared" in capsys.readouterr().out
+
+
+def test_checksum_mismatch_of_a_download_fails_cleanly(tmp_path, tgz, monkeypatch, capsys):
+    register(monkeypatch, "bad-sum", Remote(tgz.as_uri(), "flower_photos.tgz", "0" * 64))
+    root = tmp_path / "datasets"
+    assert main(["bad-sum", "--root", str(root)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: ") and "Traceback" not in err
+    assert f"sha256 {sha256(tgz)}, expected {'0' * 64}" in err
+    assert not (root / "bad-sum").exists()
+    assert (root / ".downloads" / "bad-sum" / "flower_photos.tgz.bad").exists()  # kept for inspection, not reused
+
+    with pytest.raises(PrepareError, match="your file was left untouched"):
+        prepare_dataset("bad-sum", root, archive=tgz)
+    assert tgz.exists()
+
+
+def test_offline_fails_fast_with_one_line_naming_url_and_archive(tmp_path, monkeypatch, capsys):
+    with socket.socket() as s:  # a port nobody listens on: connection refused, like a machine without network
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/flower_photos.tgz"
+    register(monkeypatch, "offline", Remote(url, "flower_photos.tgz", "0" * 64))
+    assert main(["offline", "--root", str(tmp_path / "datasets")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert url in err and "--archive PATH" in err and "offline?" in err
+
+
+class RangeHandler(http.server.BaseHTTPRequestHandler):
+    payload = b""
+    honour_range = True
+    seen_ranges: list = []
+
+    def do_GET(self):  # noqa: N802
+        rng = self.headers.get("Range")
+        type(self).seen_ranges.append(rng)
+        body, status = self.payload, 200
+        if rng and self.honour_range:
+            start = int(re.fullmatch(r"bytes=(\d+)-", rng).group(1))
+            body, status = self.payload[start:], 206
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def server(tgz):
+    RangeHandler.payload, RangeHandler.seen_ranges, RangeHandler.honour_range = tgz.read_bytes(), [], True
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), RangeHandler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}/flower_photos.tgz"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.mark.parametrize("honour_range", [True, False])
+def test_interrupted_download_resumes_from_the_part_file(tmp_path, tgz, server, monkeypatch, honour_range):
+    RangeHandler.honour_range = honour_range
+    register(monkeypatch, "resume", Remote(server, "flower_photos.tgz", sha256(tgz)))
+    root = tmp_path / "datasets"
+    part = root / ".downloads" / "resume" / "flower_photos.tgz.part"
+    part.parent.mkdir(parents=True)
+    half = len(RangeHandler.payload) // 2
+    part.write_bytes(RangeHandler.payload[:half])  # what an interrupted run leaves behind
+
+    out = prepare_dataset("resume", root, keep_archive=True)
+    assert RangeHandler.seen_ranges == [f"bytes={half}-"]
+    assert (root / ".downloads" / "resume" / "flower_photos.tgz").read_bytes() == RangeHandler.payload
+    assert len(list(out.rglob("*.jpg"))) == 7
+
+
+def test_flowers102_builder_uses_the_official_split(tmp_path, monkeypatch):
+    from scipy.io import savemat
+
+    src = tmp_path / "by-hand"
+    labels = [1, 1, 2, 2, 1, 2, 1, 2]  # image_00001..8
+    make_tgz(src / "102flowers.tgz", {f"jpg/image_{i:05d}.jpg": _jpeg(labels[i - 1], i) for i in range(1, 9)})
+    savemat(src / "imagelabels.mat", {"labels": [labels]})
+    savemat(src / "setid.mat", {"trnid": [[1, 2, 3, 4]], "valid": [[5, 6]], "tstid": [[7, 8]]})
+    real = CATALOGUE["flowers102"]
+    files = tuple(dataclasses.replace(f, sha256=sha256(src / f.filename)) for f in real.files)
+    monkeypatch.setitem(CATALOGUE, "flowers102", dataclasses.replace(real, files=files))
+
+    out = prepare_dataset("flowers102", tmp_path / "datasets", archive=src)  # a folder holding the three files
+    found = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.jpg"))
+    assert found == [
+        "test/001/image_00007.jpg", "test/002/image_00008.jpg",
+        "train/001/image_00001.jpg", "train/001/image_00002.jpg", "train/002/image_00003.jpg", "train/002/image_00004.jpg",
+        "val/001/image_00005.jpg", "val/002/image_00006.jpg",
+    ]  # fmt: skip
+
+    from training.data import load_splits
+
+    splits = load_splits(out)
+    assert splits.layout == "presplit" and splits.counts() == {"train": 4, "val": 2, "test": 2}
+
+
+def test_corrupt_archive_and_wrong_archive_leave_nothing_behind(tmp_path, tgz, monkeypatch):
+    truncated = tmp_path / "truncated.tgz"
+    truncated.write_bytes(tgz.read_bytes()[: tgz.stat().st_size // 2])
+    register(monkeypatch, "broken", Remote("https://unreachable.invalid/x.tgz", "x.tgz", None))
+    root = tmp_path / "datasets"
+    with pytest.raises(PrepareError, match="corrupt or truncated"):
+        prepare_dataset("broken", root, archive=truncated)
+    other = make_zip(tmp_path / "other.zip", {"something/else.txt": b"no images here"})
+    with pytest.raises(PrepareError, match="no images found"):
+        prepare_dataset("broken", root, archive=other)
+    not_archive = tmp_path / "photo.jpg"
+    write_rgb(not_archive, synthetic_image(0, 1))
+    with pytest.raises(PrepareError, match="neither a zip nor a tar"):
+        prepare_dataset("broken", root, archive=not_archive)
+    assert not (root / "broken").exists() and not list(root.glob(".broken.partial-*"))
+
+
+def test_refuses_to_overwrite_a_folder_it_did_not_prepare(tmp_path, tgz, monkeypatch):
+    register(monkeypatch, "mine", Remote(tgz.as_uri(), "flower_photos.tgz", sha256(tgz)))
+    (tmp_path / "datasets" / "mine" / "my-class").mkdir(parents=True)
+    with pytest.raises(PrepareError, match="not a prepared copy"):
+        prepare_dataset("mine", tmp_path / "datasets")
+    assert (tmp_path / "datasets" / "mine" / "my-class").is_dir()
+
+
+def test_unknown_name_lists_choices(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["no-such-set"])
+    assert exc.value.code == 2
+    assert "choose one of: flowers, flowers102, sign-digits, hagrid-sample" in capsys.readouterr().err
+    with pytest.raises(PrepareError, match="choose one of"):
+        prepare_dataset("no-such-set")
+
+
+def test_catalogue_entries_are_complete_and_checksums_are_real_or_declared_absent():
+    assert {"flowers", "flowers102", "sign-digits", "hagrid-sample"} <= set(CATALOGUE)
+    for entry in CATALOGUE.values():
+        assert entry.licence and entry.citation and entry.homepage.startswith("https://")
+        for remote in entry.files:
+            assert remote.url.startswith("https://")
+            if remote.sha256 is None:
+                assert entry.checksum_source.startswith("none published")
+            else:
+                assert re.fullmatch(r"[0-9a-f]{64}", remote.sha256)
+                assert "TensorFlow Datasets" in entry.checksum_source
+    assert CATALOGUE["flowers102"].layout == "presplit"
