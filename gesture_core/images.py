@@ -64,7 +64,7 @@ def decode_rgb(data: bytes, *, max_pixels: int | None = DEFAULT_MAX_PIXELS, min_
     fmt, (width, height) = probe_image(data)
     if max_pixels is not None and width * height > max_pixels:
         raise ImageDecodeError(
-            f"image is {width}x{height} = {width * height:,} pixels, above the limit of {max_pixels:,}"
+            f"image too large: {width}x{height} = {width * height:,} pixels, above the limit of {max_pixels:,}"
         )
     if fmt == "JPEG" and not jpeg_is_complete(data):
         raise ImageDecodeError("truncated JPEG (no end-of-image marker)")

