@@ -1,0 +1,237 @@
+"""service.capture and service.sources on real video files written by the test with cv2.VideoWriter."""
+
+from __future__ import annotations
+
+import errno
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from service import capture
+from service.capture import ImageFolderWriter, LiveState, draw_overlay, due_saves, handle_key, main
+from service.sources import SourceError, describe_source, is_live, open_source, parse_source, read_frames
+from tests.helpers import REPO, synthetic_image
+
+FRAMES = 30
+SIZE = (96, 64)  # width, height
+
+
+def write_video(path: Path, fourcc: str, frames: int = FRAMES) -> Path:
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), 15.0, SIZE)
+    assert writer.isOpened(), f"cannot write {fourcc} video here"
+    for i in range(frames):
+        frame = cv2.resize(synthetic_image(i % 3, seed=i, size=64), SIZE)
+        writer.write(np.ascontiguousarray(frame[:, :, ::-1]))
+    writer.release()
+    return path
+
+
+@pytest.fixture(params=[("MJPG", ".avi"), ("mp4v", ".mp4")], ids=["mjpg-avi", "mp4v-mp4"])
+def video(tmp_path: Path, request) -> Path:
+    fourcc, ext = request.param
+    return write_video(tmp_path / f"clip{ext}", fourcc)
+
+
+def jpgs(folder: Path) -> list[Path]:
+    return sorted(folder.glob("*.jpg"))
+
+
+def test_headless_saves_every_nth_frame_and_never_overwrites(video: Path, tmp_path: Path, capsys):
+    out = tmp_path / "my-gestures"
+    args = [
+        "--out",
+        str(out),
+        "--classes",
+        "fist,palm,none",
+        "--source",
+        str(video),
+        "--headless",
+        "--every",
+        "4",
+        "--label",
+        "palm",
+    ]
+    assert main(args) == 0
+    first = jpgs(out / "palm")
+    assert len(first) == len(range(0, FRAMES, 4)) == 8
+    assert not (out / "fist").exists()  # no empty class folders: training would refuse them
+    before = {p: p.read_bytes() for p in first}
+    img = cv2.imread(str(first[0]))
+    assert img.shape == (SIZE[1], SIZE[0], 3)
+    assert "saved 8 image(s) of 'palm'" in capsys.readouterr().out
+
+    assert main(args) == 0  # same second, same session name: must still not overwrite
+    second = jpgs(out / "palm")
+    assert len(second) == 16
+    assert all(p.read_bytes() == data for p, data in before.items())
+    assert "totals: palm 16" in capsys.readouterr().out
+
+
+def test_headless_roi_crop_and_max(tmp_path: Path):
+    video = write_video(tmp_path / "clip.avi", "MJPG")
+    out = tmp_path / "ds"
+    argv = [
+        "--out",
+        str(out),
+        "--source",
+        str(video),
+        "--headless",
+        "--every",
+        "1",
+        "--label",
+        "fist",
+        "--roi",
+        "0.5",
+        "--max",
+        "3",
+    ]
+    assert main(argv) == 0
+    saved = jpgs(out / "fist")
+    assert len(saved) == 3
+    assert cv2.imread(str(saved[0])).shape == (32, 32, 3)  # half of the shorter side (64), centred
+
+
+def test_disk_full_keeps_what_was_written_and_removes_the_partial_file(tmp_path: Path, monkeypatch, capsys):
+    video = write_video(tmp_path / "clip.avi", "MJPG")
+    out = tmp_path / "ds"
+    real_write = capture._write_exclusive
+    calls = {"n": 0}
+
+    def fill_up_on_third(path: Path, data: bytes) -> None:
+        calls["n"] += 1
+        if calls["n"] < 3:
+            return real_write(path, data)
+        with open(path, "xb") as f:  # half a file reaches the disk, then the disk is full
+            f.write(data[: len(data) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(capture, "_write_exclusive", fill_up_on_third)
+    argv = ["--out", str(out), "--source", str(video), "--headless", "--every", "2", "--label", "none"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "disk full while writing" in err and "The 2 image(s) saved this session" in err and "Traceback" not in err
+    kept = jpgs(out / "none")
+    assert len(kept) == 2 and all(cv2.imread(str(p)) is not None for p in kept)
+
+
+def test_existing_files_are_counted_and_kept(tmp_path: Path):
+    out = tmp_path / "ds"
+    (out / "fist").mkdir(parents=True)
+    cv2.imwrite(str(out / "fist" / "mine.jpg"), synthetic_image(0, 1))
+    (out / "fist" / "notes.txt").write_text("not an image")
+    writer = ImageFolderWriter(out, ["fist", "palm"])
+    assert writer.counts == {"fist": 1, "palm": 0}
+    path = writer.save("fist", synthetic_image(0, 2))
+    assert writer.counts["fist"] == 2 and path.exists()
+    assert writer.undo() == path and not path.exists() and writer.counts["fist"] == 1
+    assert writer.undo() is None  # only this session's files are ever removed
+    assert (out / "fist" / "mine.jpg").exists()
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--headless", "--label", "palm", "--classes", "fist,none"], "--label 'palm' is not one of --classes: fist, none"),
+        (["--headless"], "--headless needs --label"),
+        (["--classes", "a/b,c"], "invalid class name(s) 'a/b'"),
+        (["--classes", "fist,fist"], "duplicate class names"),
+        (["--headless", "--label", "x", "--every", "0"], "expected a whole number >= 1"),
+        (["--classes", ",".join(f"c{i}" for i in range(10))], "at most 9 classes"),
+    ],
+)
+def test_bad_arguments_are_usage_errors(tmp_path: Path, capsys, argv, message):
+    with pytest.raises(SystemExit) as exc:
+        main(["--out", str(tmp_path / "ds"), *argv])
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_unopenable_sources_give_one_clear_line(tmp_path: Path, capsys):
+    assert main(["--out", str(tmp_path / "ds"), "--source", str(tmp_path / "missing.mp4"), "--headless", "--label", "x"]) == 1
+    assert "no such video file" in capsys.readouterr().err
+    garbage = tmp_path / "garbage.mp4"
+    garbage.write_bytes(b"\0not a video" * 100)
+    assert main(["--out", str(tmp_path / "ds"), "--source", str(garbage), "--headless", "--label", "x"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: cannot open video file") and len(err.splitlines()) == 1
+    assert not (tmp_path / "ds").exists()
+
+
+def test_live_mode_without_a_display_says_so(tmp_path: Path, capsys, monkeypatch):
+    monkeypatch.setattr(capture, "display_problem", lambda: "no DISPLAY or WAYLAND_DISPLAY is set")
+    assert main(["--out", str(tmp_path / "ds"), "--classes", "fist,none"]) == 1
+    err = capsys.readouterr().err
+    assert "cannot open a preview window: no DISPLAY" in err and "--headless --label" in err
+
+
+def test_keys_select_save_record_and_burst():
+    state = LiveState(["fist", "palm", "none"])
+    handle_key(ord("2"), state, 0.0, burst=3)
+    assert state.label == "palm" and due_saves(state, 0, 0.0, every=5) == ["palm"]
+    handle_key(ord("9"), state, 0.0, burst=3)  # no 9th class: ignored
+    assert state.label == "palm" and due_saves(state, 1, 0.0, every=5) == []
+    handle_key(ord(" "), state, 0.0, burst=3)
+    assert [due_saves(state, i, 0.0, every=5) for i in range(10)].count(["palm"]) == 2
+    handle_key(ord(" "), state, 0.0, burst=3)
+    handle_key(ord("1"), state, 0.0, burst=3)
+    due_saves(state, 0, 0.0, every=1)
+    handle_key(ord("b"), state, 10.0, burst=3)
+    assert due_saves(state, 1, 11.0, every=1) == []  # still counting down
+    assert [due_saves(state, i, 13.5, every=1) for i in range(5)] == [["fist"], ["fist"], ["fist"], [], []]
+    handle_key(ord("r"), state, 0.0, burst=3)
+    assert state.roi == capture.DEFAULT_ROI
+    handle_key(ord("q"), state, 0.0, burst=3)
+    assert state.quit
+
+
+def test_overlay_draws_on_a_copy_and_marks_recording():
+    frame = cv2.resize(synthetic_image(0, 3), (640, 480))
+    state = LiveState(["fist", "palm"], roi=0.6, recording=True)
+    canvas = draw_overlay(frame, state, {"fist": 12, "palm": 3}, now=0.0)
+    assert canvas.shape == frame.shape and not np.array_equal(canvas, frame)
+    assert np.array_equal(frame, cv2.resize(synthetic_image(0, 3), (640, 480)))  # what gets saved stays clean
+    assert tuple(canvas[20, 620]) == (60, 60, 230)  # the red REC dot
+    small = draw_overlay(synthetic_image(0, 3), state, {}, now=0.0)
+    assert small.shape[1] == 480  # tiny frames are enlarged so the text is legible
+
+
+def test_sources_open_files_sequences_and_reject_the_rest(tmp_path: Path, video: Path):
+    cap = open_source(video)
+    assert sum(1 for _ in read_frames(cap)) == FRAMES
+    cap.release()
+    for i in range(4):
+        cv2.imwrite(str(tmp_path / f"f{i:03d}.png"), synthetic_image(0, i))
+    cap = open_source(str(tmp_path / "f%03d.png"))
+    assert sum(1 for _ in read_frames(cap)) == 4
+    cap.release()
+    assert parse_source("0") == 0 and parse_source(" 2 ") == 2 and parse_source("clip.mp4") == "clip.mp4"
+    assert is_live(0) and is_live("rtsp://cam/stream") and not is_live(str(video)) and not is_live("file:///x.mp4")
+    assert describe_source("frames/%04d.jpg") == "image sequence frames/%04d.jpg"
+    with pytest.raises(SourceError, match="is a folder"):
+        open_source(tmp_path)
+    with pytest.raises(SourceError, match="no files match"):
+        open_source(str(tmp_path / "none%03d.png"))
+    with pytest.raises(SourceError, match="camera index must be >= 0"):
+        parse_source(-1)
+
+
+def test_cli_runs_as_a_module_and_service_never_imports_training(tmp_path: Path):
+    video = write_video(tmp_path / "clip.avi", "MJPG", frames=10)
+    code = (
+        "import sys, runpy; sys.argv = ['capture', '--out', sys.argv[1], '--source', sys.argv[2], "
+        "'--headless', '--every', '5', '--label', 'fist'];\n"
+        "try:\n    runpy.run_module('service.capture', run_name='__main__')\n"
+        "except SystemExit as e:\n    assert e.code == 0, e.code\n"
+        "bad = [m for m in sys.modules if m == 'training' or m.startswith('training.')]\n"
+        "assert not bad, bad\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "ds"), str(video)], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    assert len(jpgs(tmp_path / "ds" / "fist")) == 2
+    assert "tip: record a 'none' class" in result.stderr
