@@ -235,3 +235,25 @@ def test_cli_runs_as_a_module_and_service_never_imports_training(tmp_path: Path)
     assert result.returncode == 0, result.stderr
     assert len(jpgs(tmp_path / "ds" / "fist")) == 2
     assert "tip: record a 'none' class" in result.stderr
+
+
+def test_live_loop_with_scripted_keys(tmp_path: Path, monkeypatch, capsys):
+    """The preview loop end to end, with OpenCV's window calls replaced by a scripted keyboard."""
+    video = write_video(tmp_path / "clip.avi", "MJPG")
+    keys = {0: "2", 3: " ", 13: " ", 15: "u", 20: "q"}  # palm once, record palm, stop, undo the last, quit
+    shown: list[np.ndarray] = []
+    monkeypatch.setattr(cv2, "namedWindow", lambda *a, **k: None)
+    monkeypatch.setattr(cv2, "destroyWindow", lambda *a, **k: None)
+    monkeypatch.setattr(cv2, "getWindowProperty", lambda *a, **k: 1.0)
+    monkeypatch.setattr(cv2, "imshow", lambda title, canvas: shown.append(canvas))
+    monkeypatch.setattr(cv2, "waitKey", lambda ms: ord(keys[len(shown) - 1]) if len(shown) - 1 in keys else -1)
+    monkeypatch.setattr(capture, "display_problem", lambda: None)
+
+    out = tmp_path / "ds"
+    assert main(["--out", str(out), "--classes", "fist,palm,none", "--source", str(video), "--every", "5"]) == 0
+    # frame 1: the key press; frames 5 and 10: recording; frame 16: undo removes frame 10's image
+    assert len(jpgs(out / "palm")) == 2 and not (out / "fist").exists()
+    assert len(shown) == 21  # stopped at q, before the clip ended
+    red = (60, 60, 230)
+    assert tuple(shown[5][20, 460]) == red and tuple(shown[2][20, 460]) != red  # REC dot only while recording
+    assert "saved 2 image(s) this session" in capsys.readouterr().out
