@@ -1,0 +1,106 @@
+"""training.export: ONNX/TorchScript files carry their metadata and match PyTorch on real images."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from gesture_core import DataConfig, Preprocess, build_model, load_classifier, save_checkpoint
+from tests.helpers import SHARED_DATA, make_image_folder
+from training import export as export_module
+from training.export import check_parity, export, main, read_metadata
+
+
+@pytest.fixture(scope="module")
+def parity_images(tmp_path_factory) -> list[str]:
+    """Real photos when ../shared/data is there (one per class), synthetic files otherwise."""
+    folder = SHARED_DATA / "sign-digits"
+    if folder.is_dir():
+        return [str(sorted((folder / str(d)).glob("*.JPG"))[0]) for d in range(10)]
+    root = make_image_folder(tmp_path_factory.mktemp("imgs"), per_class=3)
+    return sorted(str(p) for p in root.rglob("*.png"))
+
+
+def test_onnx_parity_within_1e_4_and_metadata(random_head_checkpoint, parity_images, tmp_path):
+    classifier = load_classifier(random_head_checkpoint, "cpu")
+    path = export(classifier, "onnx", tmp_path / "model.onnx")
+    report = check_parity(classifier, path, "onnx", parity_images, tolerance=1e-4)
+    assert report.images == len(parity_images)
+    assert report.ok and report.max_abs_diff <= 1e-4
+    assert report.label_agreement == 1.0
+    meta = read_metadata(path)
+    assert meta["classes"] == classifier.classes and meta["backbone"] == "efficientnet_lite0"
+    assert DataConfig.from_dict(meta["data_config"]) == classifier.data_config
+    assert "centre crop 128x128" in meta["preprocess"]
+
+
+def test_onnx_accepts_any_batch_size(random_head_checkpoint, tmp_path):
+    import onnxruntime as ort
+
+    classifier = load_classifier(random_head_checkpoint, "cpu")
+    path = export(classifier, "onnx", tmp_path / "model.onnx")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for n in (1, 5):
+        assert session.run(None, {"image": np.zeros((n, 3, 128, 128), np.float32)})[0].shape == (n, 10)
+
+
+@pytest.fixture
+def small_run(tmp_path):
+    """A tiny grayscale LeNet-5 checkpoint with a run-style split.json (test split = the parity images)."""
+    from training.data import load_splits
+
+    root = make_image_folder(tmp_path / "data", per_class=6)
+    run = tmp_path / "run"
+    run.mkdir()
+    load_splits(root, val_split=0.2, test_split=0.4, seed=0).save(run / "split.json")
+    torch.manual_seed(0)
+    config = DataConfig(input_size=32, resize_size=36).with_channels(1)
+    save_checkpoint(run / "best.pt", model=build_model("lenet5", 3, "none", in_chans=1), backbone="lenet5",
+                    classes=["fist", "palm", "peace"], data_config=config, train_config={})
+    return run / "best.pt"
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated")
+def test_torchscript_cli_uses_the_runs_test_split(small_run, capsys):
+    assert main(["--checkpoint", str(small_run), "--format", "torchscript"]) == 0
+    out = small_run.parent / "model.torchscript.pt"
+    report = json.loads((out.parent / "model.torchscript.pt.parity.json").read_text())
+    assert report["ok"] and report["images"] == 3 * 2 and report["max_abs_diff"] <= 1e-4
+    meta = read_metadata(out)
+    assert meta["classes"] == ["fist", "palm", "peace"] and meta["data_config"]["in_chans"] == 1
+    assert "grayscale" in meta["preprocess"]
+    root = json.loads((small_run.parent / "split.json").read_text())["root"]
+    batch = Preprocess(DataConfig.from_dict(meta["data_config"])).load(f"{root}/palm/000.png")[None]
+    assert torch.jit.load(str(out))(batch).shape == (1, 3)  # usable from the metadata alone
+    assert "top-1 agreement 100.00%" in capsys.readouterr().out
+
+
+ORIGINAL_EXPORT_ONNX = export_module.export_onnx
+
+
+def tampered_onnx(classifier, path, **kwargs):
+    """An export whose head bias is off by 0.5: what a broken exporter would produce."""
+    import onnx
+    from onnx import numpy_helper
+
+    ORIGINAL_EXPORT_ONNX(classifier, path, **kwargs)
+    proto = onnx.load(str(path))
+    bias = next(t for t in proto.graph.initializer if t.name.endswith("fc.bias"))
+    bias.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(bias) + 0.5, bias.name))
+    onnx.save(proto, str(path))
+    return path
+
+
+def test_cli_fails_loudly_above_tolerance(small_run, monkeypatch, capsys):
+    monkeypatch.setattr(export_module, "export_onnx", tampered_onnx)
+    assert main(["--checkpoint", str(small_run), "--format", "onnx"]) == 1
+    out = capsys.readouterr().out
+    assert "FAILED (above tolerance 0.0001)" in out and "max |Δlogit| 0.5" in out
+
+
+def test_cli_errors_are_clear(small_run, tmp_path, capsys):
+    assert main(["--checkpoint", str(small_run), "--format", "onnx", "--images", str(tmp_path / "missing")]) == 2
+    assert "no such file or folder" in capsys.readouterr().err

@@ -1,0 +1,238 @@
+"""Export a checkpoint to ONNX or TorchScript, with its class names and preprocessing, and prove parity.
+
+    python -m training.export --checkpoint RUN/best.pt --format onnx
+    python -m training.export --checkpoint RUN/best.pt --format torchscript --images photos/ --out model.ts
+
+The exported file carries everything needed to use it without this repository: ONNX in
+``metadata_props``, TorchScript as the extra file ``gesture_metadata.json`` (keys: backbone, classes,
+data_config, preprocess, input, output). The model takes a float32 NCHW batch named ``image``,
+already preprocessed as ``preprocess`` describes, and returns ``logits``.
+
+After writing, the file is run on real images (the run's saved test split, or ``--images``) next
+to the PyTorch model; the maximum |Δlogit| and the top-1 label agreement are reported, and the
+command exits with status 1 when the difference is above ``--tolerance``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import warnings
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from gesture_core.checkpoint import CheckpointError, Classifier, load_classifier
+from gesture_core.images import ImageDecodeError
+from training import cli
+from training.data import IMAGE_EXTENSIONS, DatasetError, Splits
+
+FORMATS = ("onnx", "torchscript")
+SUFFIX = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
+METADATA_FILE = "gesture_metadata.json"  # TorchScript extra file
+INPUT_NAME, OUTPUT_NAME = "image", "logits"
+DEFAULT_TOLERANCE = 1e-4  # fp32 on CPU; kernels differ in summation order, not in maths
+
+
+@dataclass
+class ParityReport:
+    images: int
+    max_abs_diff: float
+    mean_abs_diff: float
+    label_agreement: float  # fraction of images with the same top-1 class
+    tolerance: float
+
+    @property
+    def ok(self) -> bool:
+        return self.max_abs_diff <= self.tolerance
+
+    def describe(self) -> str:
+        verdict = "OK" if self.ok else f"FAILED (above tolerance {self.tolerance:g})"
+        return (f"parity on {self.images} images: max |Δlogit| {self.max_abs_diff:.3g}, mean {self.mean_abs_diff:.3g}, "
+                f"top-1 agreement {self.label_agreement:.2%} -> {verdict}")
+
+
+def export_metadata(classifier: Classifier) -> dict[str, str]:
+    """String key/values (ONNX metadata_props only holds strings)."""
+    c = classifier.data_config
+    ops = "grayscale, " if c.in_chans == 1 else ""
+    recipe = (f"RGB uint8 -> resize shorter side to {c.resize_size} ({c.interpolation}; area when shrinking) -> "
+              f"centre crop {c.input_size}x{c.input_size} -> {ops}float32 (x/255 - mean)/std with mean {list(c.mean)}, "
+              f"std {list(c.std)} -> NCHW")
+    return {
+        "format": "gesture-classifier",
+        "backbone": classifier.backbone,
+        "classes": json.dumps(classifier.classes),
+        "data_config": json.dumps(c.to_dict()),
+        "preprocess": recipe,
+        "input": f"{INPUT_NAME}: float32[N,{c.in_chans},{c.input_size},{c.input_size}]",
+        "output": f"{OUTPUT_NAME}: float32[N,{len(classifier.classes)}] (softmax for probabilities)",
+    }
+
+
+def _example(classifier: Classifier, batch: int = 2) -> torch.Tensor:
+    c = classifier.data_config
+    return torch.zeros(batch, c.in_chans, c.input_size, c.input_size)
+
+
+@contextmanager
+def quiet_deprecations():
+    # torch 2.14 marks the TorchScript-based ONNX exporter and torch.jit as deprecated; both still
+    # work, and the new exporter needs onnxscript, which this project does not install.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", message=".*(legacy TorchScript-based ONNX|will be removed|deprecated).*")
+        yield
+
+
+def export_onnx(classifier: Classifier, path: Path, *, opset: int = 17) -> Path:
+    import onnx
+
+    model = classifier.model.cpu().eval()
+    with quiet_deprecations():
+        torch.onnx.export(model, (_example(classifier),), str(path), dynamo=False, opset_version=opset,
+                          input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                          dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+    proto = onnx.load(str(path))
+    for key, value in export_metadata(classifier).items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(path))
+    return path
+
+
+def export_torchscript(classifier: Classifier, path: Path) -> Path:
+    model = classifier.model.cpu().eval()
+    with quiet_deprecations(), torch.no_grad():
+        traced = torch.jit.trace(model, _example(classifier))
+        torch.jit.save(traced, str(path), _extra_files={METADATA_FILE: json.dumps(export_metadata(classifier))})
+    return path
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """The metadata of an exported file, with classes and data_config decoded from JSON."""
+    path = Path(path)
+    if path.suffix == ".onnx":
+        import onnx
+
+        raw = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    else:
+        files = {METADATA_FILE: ""}
+        with quiet_deprecations():
+            torch.jit.load(str(path), map_location="cpu", _extra_files=files)
+        raw = json.loads(files[METADATA_FILE] or "{}")
+    if raw.get("format") != "gesture-classifier":
+        raise ValueError(f"{path} has no gesture-classifier metadata (export it with python -m training.export)")
+    return {**raw, "classes": json.loads(raw["classes"]), "data_config": json.loads(raw["data_config"])}
+
+
+class ExportedRunner:
+    """Runs an exported file on a preprocessed batch: (N, C, H, W) float32 -> (N, classes) logits."""
+
+    def __init__(self, path: Path, fmt: str):
+        self.fmt = fmt
+        if fmt == "onnx":
+            import onnxruntime as ort
+
+            self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        else:
+            with quiet_deprecations():
+                self.module = torch.jit.load(str(path), map_location="cpu").eval()
+
+    def __call__(self, batch: torch.Tensor) -> np.ndarray:
+        if self.fmt == "onnx":
+            return self.session.run([OUTPUT_NAME], {INPUT_NAME: batch.numpy()})[0]
+        with torch.inference_mode():
+            return self.module(batch).float().numpy()
+
+
+def parity_images(checkpoint: Path, images: list[str] | None, limit: int) -> list[str]:
+    """Up to ``limit`` image paths: those given (files or folders), else the run's saved test split."""
+    if images:
+        found: list[str] = []
+        for item in map(Path, images):
+            if item.is_dir():
+                found += sorted(str(p) for p in item.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+            elif item.is_file():
+                found.append(str(item))
+            else:
+                raise DatasetError(f"--images {item}: no such file or folder")
+    else:
+        split = checkpoint.parent / "split.json"
+        if not split.exists():
+            raise DatasetError(f"{split} not found: pass --images FILES_OR_FOLDERS for the parity check")
+        found = [s.path for s in Splits.load(split).test]
+    if not found:
+        raise DatasetError("no images for the parity check: pass --images FILES_OR_FOLDERS")
+    # An even spread over the (class-ordered) list, so every class is represented.
+    step = max(1, len(found) // limit)
+    return found[::step][:limit]
+
+
+def check_parity(classifier: Classifier, exported: Path, fmt: str, images: list[str], *, tolerance: float = DEFAULT_TOLERANCE, batch_size: int = 16) -> ParityReport:
+    runner = ExportedRunner(exported, fmt)
+    tensors = []
+    for path in images:
+        try:
+            tensors.append(classifier.preprocess.load(path))
+        except ImageDecodeError as err:
+            print(f"  skipping {path}: {err}", file=sys.stderr)
+    if not tensors:
+        raise DatasetError("none of the parity images could be decoded")
+    diffs, agree = [], 0
+    for i in range(0, len(tensors), batch_size):
+        batch = torch.stack(tensors[i : i + batch_size])
+        ours = classifier.logits(batch).cpu().numpy()
+        theirs = runner(batch)
+        diffs.append(np.abs(ours - theirs).ravel())
+        agree += int((ours.argmax(1) == theirs.argmax(1)).sum())
+    diff = np.concatenate(diffs)
+    return ParityReport(len(tensors), float(diff.max()), float(diff.mean()), agree / len(tensors), tolerance)
+
+
+def export(classifier: Classifier, fmt: str, path: Path, **kwargs: Any) -> Path:
+    if fmt not in FORMATS:
+        raise ValueError(f"format {fmt!r}: choose one of {', '.join(FORMATS)}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return export_onnx(classifier, path, **kwargs) if fmt == "onnx" else export_torchscript(classifier, path)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m training.export", description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--checkpoint", type=cli.existing_file, required=True, help="RUN/best.pt")
+    p.add_argument("--format", choices=FORMATS, required=True)
+    p.add_argument("--out", default=None, help="output file (default: RUN/model.onnx or RUN/model.torchscript.pt)")
+    p.add_argument("--images", nargs="+", default=None, help="images or folders for the parity check (default: the run's test split)")
+    p.add_argument("--max-images", type=cli.int_at_least(1), default=64, help="parity images used at most")
+    p.add_argument("--tolerance", type=cli.float_in(0.0, float("inf")), default=DEFAULT_TOLERANCE, help="max |Δlogit| allowed")
+    p.add_argument("--opset", type=cli.int_at_least(13), default=17, help="ONNX opset")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    out = Path(args.out) if args.out else args.checkpoint.parent / f"model{SUFFIX[args.format]}"
+    try:
+        classifier = load_classifier(args.checkpoint, "cpu")  # parity is defined on CPU fp32
+        images = parity_images(args.checkpoint, args.images, args.max_images)
+        export(classifier, args.format, out, **({"opset": args.opset} if args.format == "onnx" else {}))
+        print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB): {classifier.backbone}, {len(classifier.classes)} classes, metadata: {', '.join(export_metadata(classifier))}")
+        report = check_parity(classifier, out, args.format, images, tolerance=args.tolerance)
+    except (CheckpointError, DatasetError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    Path(f"{out}.parity.json").write_text(json.dumps({**asdict(report), "ok": report.ok, "format": args.format}, indent=2))
+    print(report.describe())
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
