@@ -1,0 +1,124 @@
+"""Put a training run's checkpoint into the BentoML model store, so ``bentoml serve`` and ``bentoml build`` find it.
+
+    python -m service.import_model runs/sign-digits-efficientnet_lite0/best.pt [--name gesture-classifier]
+
+The stored model is the checkpoint file itself plus metadata that answers "what is this model?"
+without loading it: backbone, classes, input size, validation/test metrics and a fingerprint of the
+data it was trained on. The service loads it with ``gesture_core.load_classifier``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import bentoml
+
+from gesture_core.checkpoint import CheckpointError, load_checkpoint
+
+DEFAULT_MODEL_NAME = "gesture-classifier"
+CHECKPOINT_FILE = "checkpoint.pt"  # name of the checkpoint inside the stored model's folder
+SUMMARY_METRICS = ("top1", "top5", "n")
+
+
+def metric_summary(metrics: dict[str, Any]) -> dict[str, Any]:
+    """top-1/top-5/n of each evaluated split; per-class tables and confusion matrices stay in the run folder."""
+    summary: dict[str, Any] = {}
+    for split in ("val", "test"):
+        values = metrics.get(split)
+        if isinstance(values, dict):
+            summary[split] = {k: values[k] for k in SUMMARY_METRICS if k in values}
+    if "best_epoch" in metrics:
+        summary["best_epoch"] = metrics["best_epoch"]
+    return summary
+
+
+def data_fingerprint(checkpoint_path: Path, ckpt: dict[str, Any]) -> dict[str, Any]:
+    """Identify the training data: a hash of the run's split file lists when the run folder has
+    split.json (same files, labels and split => same hash), else of the data path and split counts."""
+    split_file = checkpoint_path.parent / "split.json"
+    source = ckpt.get("train_config", {}).get("data", "")
+    if split_file.is_file():
+        split = json.loads(split_file.read_text())
+        lists = {name: sorted(map(tuple, split.get(name, []))) for name in ("train", "val", "test")}
+        digest = hashlib.sha256(json.dumps([split.get("classes"), lists], sort_keys=True).encode()).hexdigest()
+        counts = {name: len(items) for name, items in lists.items()}
+        return {"sha256": digest, "source": source, "counts": counts, "basis": "split.json file lists"}
+    counts = ckpt.get("metrics", {}).get("split") or {}
+    digest = hashlib.sha256(json.dumps([source, ckpt["classes"], counts], sort_keys=True).encode()).hexdigest()
+    return {"sha256": digest, "source": source, "counts": counts, "basis": "data path, classes and split counts"}
+
+
+def model_metadata(checkpoint_path: Path, ckpt: dict[str, Any]) -> dict[str, Any]:
+    data_config = ckpt["data_config"]
+    return {
+        "backbone": ckpt["backbone"],
+        "classes": list(ckpt["classes"]),
+        "input_size": int(data_config["input_size"]),
+        "resize_size": int(data_config["resize_size"]),
+        "in_chans": int(data_config.get("in_chans", 3)),
+        "metrics": metric_summary(ckpt.get("metrics", {})),
+        "data_fingerprint": data_fingerprint(checkpoint_path, ckpt),
+        "source_checkpoint": str(checkpoint_path.resolve()),
+        "checkpoint_file": CHECKPOINT_FILE,
+    }
+
+
+def import_checkpoint(checkpoint: str | Path, name: str = DEFAULT_MODEL_NAME) -> bentoml.Model:
+    """Validate ``checkpoint`` (a training run's best.pt) and store a copy; returns the stored model."""
+    path = Path(checkpoint)
+    ckpt = load_checkpoint(path)  # refuses anything that is not a gesture checkpoint
+    metadata = model_metadata(path, ckpt)
+    test_top1 = metadata["metrics"].get("test", {}).get("top1")
+    labels = {
+        "task": "image-classification",
+        "backbone": ckpt["backbone"],
+        "num_classes": str(len(ckpt["classes"])),
+        "test_top1": "n/a" if test_top1 is None else f"{test_top1:.4f}",
+        "data": metadata["data_fingerprint"]["sha256"][:12],
+    }
+    with bentoml.models.create(name, labels=labels, metadata=metadata) as model:
+        shutil.copyfile(path, model.path_of(CHECKPOINT_FILE))
+    return model
+
+
+def model_name(value: str) -> str:
+    try:
+        tag = bentoml.Tag.from_taglike(value)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    if tag.version is not None:
+        raise argparse.ArgumentTypeError(f"{value!r}: give a name only; the store assigns the version")
+    return tag.name
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m service.import_model",
+        description="Store a training checkpoint in the BentoML model store (the service serves the latest one).",
+    )
+    p.add_argument("checkpoint", help="a checkpoint written by training.finetune, e.g. runs/NAME/best.pt")
+    p.add_argument("--name", type=model_name, default=DEFAULT_MODEL_NAME, help="model name in the store; serve it with GESTURE_MODEL=NAME:latest")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        model = import_checkpoint(args.checkpoint, args.name)
+    except CheckpointError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    meta = model.info.metadata
+    print(f"imported {args.checkpoint}: {meta['backbone']}, {len(meta['classes'])} classes, input {meta['input_size']} px", file=sys.stderr)
+    print(model.tag)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

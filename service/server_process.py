@@ -1,0 +1,115 @@
+"""Run the real ``bentoml serve`` in a child process, for tests and benchmarks.
+
+    with serve_process(bentoml_home=tmp) as server:
+        httpx.post(f"{server.url}/predict", files={"image": open("hand.jpg", "rb")})
+
+Binds 127.0.0.1 on a free port, waits for /readyz, and always stops the server (and its worker)
+on the way out.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+REPO = Path(__file__).resolve().parents[1]
+SERVICE_TARGET = "service.service:GestureClassifier"
+
+
+class ServerStartError(RuntimeError):
+    pass
+
+
+@dataclass
+class RunningServer:
+    url: str
+    process: subprocess.Popen
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serve_process(
+    *,
+    bentoml_home: str | os.PathLike | None = None,
+    env: Mapping[str, str] | None = None,
+    target: str = SERVICE_TARGET,
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    ready_timeout: float = 180.0,
+    log_path: str | os.PathLike | None = None,
+) -> Iterator[RunningServer]:
+    """``bentoml serve TARGET`` from the repository root, ready to take requests."""
+    port = port or free_port(host)
+    child_env = {**os.environ, "BENTOML_DO_NOT_TRACK": "1", "NO_ALBUMENTATIONS_UPDATE": "1", **(env or {})}
+    if bentoml_home is not None:
+        child_env["BENTOML_HOME"] = str(bentoml_home)
+    log = Path(log_path) if log_path else Path(tempfile.mkstemp(prefix="bentoml-serve-", suffix=".log")[1])
+    cmd = [sys.executable, "-m", "bentoml", "serve", target, "--host", host, "--port", str(port)]
+    with log.open("wb") as log_file:
+        process = subprocess.Popen(cmd, cwd=REPO, env=child_env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+    server = RunningServer(f"http://{host}:{port}", process, log)
+    try:
+        wait_ready(server, ready_timeout)
+        yield server
+    finally:
+        stop(process)
+
+
+def wait_ready(server: RunningServer, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise ServerStartError(f"bentoml serve exited with code {server.process.returncode}:\n{tail(server.log())}")
+        try:
+            with urllib.request.urlopen(f"{server.url}/readyz", timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.25)
+    raise ServerStartError(f"bentoml serve not ready after {timeout:.0f} s:\n{tail(server.log())}")
+
+
+def stop(process: subprocess.Popen, grace: float = 20.0) -> None:
+    """SIGTERM lets BentoML stop its workers; whatever of them survives ``grace`` is killed."""
+    if process.poll() is not None:
+        return
+    try:
+        children = psutil.Process(process.pid).children(recursive=True)  # workers run in their own sessions
+    except psutil.NoSuchProcess:
+        children = []
+    process.terminate()
+    try:
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(5)
+    _, alive = psutil.wait_procs(children, timeout=5)
+    for child in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.kill()
+
+
+def tail(text: str, lines: int = 40) -> str:
+    return "\n".join(text.splitlines()[-lines:])

@@ -1,0 +1,268 @@
+"""The HTTP service: image in, gesture out, with the model imported by ``python -m service.import_model``.
+
+    bentoml serve service.service:GestureClassifier --host 127.0.0.1 --port 3000
+
+Endpoints (all POST, JSON out; the OpenAPI page at / documents them):
+    /predict          one image (multipart field ``image``, or JSON ``image_b64``)  -> prediction
+    /predict_batch    several images in one request (``images`` / ``images_b64``)   -> [prediction]
+    /predict_batched  like /predict, but concurrent requests share model calls (adaptive batching)
+    /classify_crops   the batchable step behind /predict_batched (preprocessed crops -> probabilities)
+    /info             what is being served: backbone, classes, input size, metrics, limits
+BentoML adds /readyz, /livez and /metrics.
+
+Decoding is ``gesture_core.read_rgb`` and preprocessing the checkpoint's own ``Preprocess``, so a
+served prediction is exactly ``load_classifier(checkpoint).predict(image)``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated, Any
+
+import anyio
+import bentoml
+import numpy as np
+import torch
+from bentoml.exceptions import BadInput, BentoMLException, NotFound
+from pydantic import AfterValidator, BaseModel, Field
+
+from gesture_core import Classifier, ImageDecodeError, decode_probs, load_classifier
+from service import settings
+from service.http_guard import RequestGuard
+from service.import_model import CHECKPOINT_FILE
+
+LIMITS = settings.Limits.from_env()
+BATCHING = settings.BatchingConfig.from_env()
+MODEL_TAG = settings.model_tag()
+CUDA = torch.cuda.is_available()
+
+
+class ModelNotImported(NotFound):
+    pass
+
+
+class LocalModel(bentoml.models.BentoModel):
+    """A model from the local store only: a missing model fails start-up saying how to import one,
+    instead of BentoML's attempt to pull it from BentoCloud."""
+
+    def resolve(self, base_path: Any = None) -> bentoml.Model:
+        find_model(self)
+        return super().resolve(base_path)
+
+
+class LabelScore(BaseModel):
+    label: str
+    score: float
+
+
+class PredictionOut(BaseModel):
+    label: str | None = Field(description="the gesture; null when rejected (top score below `threshold`, or the 'none' class)")
+    score: float = Field(description="probability of the top class")
+    top_k: list[LabelScore] = Field(description="the k most probable classes, best first")
+    model: str = Field(description="name:version of the served model")
+
+
+class ModelInfo(BaseModel):
+    model: str
+    backbone: str
+    classes: list[str]
+    input_size: int
+    resize_size: int
+    mean: list[float]
+    std: list[float]
+    interpolation: str
+    metrics: dict[str, Any] = Field(description="validation/test top-1, top-5 and image counts from training")
+    data_fingerprint: dict[str, Any] = Field(description="sha256 of the training split file lists")
+    device: str
+    limits: dict[str, int]
+    batching: dict[str, int]
+
+
+def check_base64(value: str | None) -> str | None:
+    if value is not None:
+        decode_base64(value)
+    return value
+
+
+def check_crop(value: str) -> str:
+    """Reject a malformed crop before it joins a batch, so it cannot fail other clients' requests."""
+    raw = decode_base64(value, "crop")
+    try:
+        expected = bentoml.get_current_service().crop_bytes
+    except BentoMLException:  # not inside a server: the API method checks the size itself
+        return value
+    if len(raw) != expected:
+        raise ValueError(f"a crop must be {expected:,} bytes (input_size x input_size x 3, uint8), got {len(raw):,}")
+    return value
+
+
+def decode_base64(value: str, what: str = "image_b64") -> bytes:
+    """Plain base64 or a browser data URL (``data:image/jpeg;base64,...``)."""
+    if value.startswith("data:") and "," in value:
+        value = value.split(",", 1)[1]
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError(f"{what} is not valid base64") from None
+
+
+TopK = Annotated[int, Field(ge=1, le=1000, description="how many classes to list in top_k")]
+Threshold = Annotated[float, Field(ge=0.0, le=1.0, description="below this top score the label is null")]
+# `Path` (not Optional[Path]) with a None default: BentoML 1.4 only treats a plain Path as a file upload.
+ImageFile = Annotated[Path, Field(description="the image file (JPEG, PNG, WebP, BMP, TIFF, ...)")]
+ImageFiles = Annotated[list[Path], Field(description="the image files; repeat the multipart field")]
+ImageBase64 = Annotated[str | None, AfterValidator(check_base64),
+                        Field(description="the image file as base64 (or a data: URL), for JSON clients")]
+Crop = Annotated[str, AfterValidator(check_crop)]
+
+
+def resources() -> dict[str, Any]:
+    return {"cpu": "2", "memory": "2Gi", **({"gpu": 1} if CUDA else {})}
+
+
+@bentoml.service(resources=resources(), traffic={"timeout": 30, "max_concurrency": 128}, workers=1)
+class GestureClassifier:
+    # At class scope so `bentoml build` packages the model; GESTURE_MODEL picks another one.
+    model_ref = LocalModel(MODEL_TAG)
+
+    def __init__(self) -> None:
+        stored = find_model(packaged_model_ref() or type(self).model_ref)
+        self.limits = settings.Limits.from_env()
+        self.model_tag = str(stored.tag)
+        self.metadata = dict(stored.info.metadata)
+        # Loaded once here, before the server reports ready; never on a request.
+        self.classifier: Classifier = load_classifier(stored.path_of(CHECKPOINT_FILE), device=settings.device())
+        self.preprocess = self.classifier.preprocess
+        size = self.preprocess.config.input_size
+        self.crop_shape = (size, size, 3)
+        self.crop_bytes = size * size * 3
+        self._model_lock = threading.Lock()  # one model call at a time: CPU threads are better spent inside it
+
+    @bentoml.api
+    async def predict(self, image: ImageFile = None, image_b64: ImageBase64 = None, top_k: TopK = 5, threshold: Threshold = 0.0) -> PredictionOut:
+        """Classify one image: multipart field `image`, or JSON `{"image_b64": ...}`."""
+        data = await anyio.to_thread.run_sync(self.one_upload, image, image_b64)
+        crop = await anyio.to_thread.run_sync(self.decode, data, "image")
+        probs = await anyio.to_thread.run_sync(self.classify, [crop])
+        return self.prediction(probs[0], top_k, threshold)
+
+    @bentoml.api
+    async def predict_batch(self, images: ImageFiles = None, images_b64: list[str] | None = None,
+                            top_k: TopK = 5, threshold: Threshold = 0.0) -> list[PredictionOut]:
+        """Classify several images in one request (repeat the multipart field `images`, or JSON `images_b64`)."""
+        uploads = await anyio.to_thread.run_sync(self.many_uploads, images, images_b64)
+        crops = await anyio.to_thread.run_sync(self.decode_all, uploads)
+        probs = await anyio.to_thread.run_sync(self.classify, crops)
+        return [self.prediction(p, top_k, threshold) for p in probs]
+
+    @bentoml.api
+    async def predict_batched(self, image: ImageFile = None, image_b64: ImageBase64 = None, top_k: TopK = 5, threshold: Threshold = 0.0) -> PredictionOut:
+        """Same contract as /predict; concurrent requests are classified together (adaptive batching)."""
+        data = await anyio.to_thread.run_sync(self.one_upload, image, image_b64)
+        crop = await anyio.to_thread.run_sync(self.decode, data, "image")
+        # Inside a server this call goes through BentoML's batching dispatcher; bad images never get there.
+        probs = await self.to_async.classify_crops([base64.b64encode(crop.tobytes()).decode("ascii")])
+        return self.prediction(np.asarray(probs[0], dtype=np.float32), top_k, threshold)
+
+    @bentoml.api(batchable=True, max_batch_size=BATCHING.max_batch_size, max_latency_ms=BATCHING.max_latency_ms)
+    def classify_crops(self, crops: list[Crop]) -> list[list[float]]:
+        """Probabilities for centre crops already made by the model's Preprocess (base64 of
+        input_size x input_size x 3 uint8 each). Used by /predict_batched; batched across requests."""
+        arrays = [self.crop_array(c) for c in crops]
+        return self.classify(arrays).tolist()
+
+    @bentoml.api
+    def info(self) -> ModelInfo:
+        """What is being served."""
+        c = self.preprocess.config
+        return ModelInfo(
+            model=self.model_tag, backbone=self.classifier.backbone, classes=self.classifier.classes,
+            input_size=c.input_size, resize_size=c.resize_size, mean=list(c.mean), std=list(c.std),
+            interpolation=c.interpolation, metrics=self.metadata.get("metrics", {}),
+            data_fingerprint=self.metadata.get("data_fingerprint", {}), device=str(self.classifier.device),
+            limits={"max_upload_bytes": LIMITS.max_upload_bytes, "max_pixels": self.limits.max_pixels,
+                    "max_batch_images": self.limits.max_batch_images},
+            batching={"max_batch_size": BATCHING.max_batch_size, "max_latency_ms": BATCHING.max_latency_ms},
+        )
+
+    # --- the steps behind the endpoints -------------------------------------------------------
+
+    def one_upload(self, image: Path | None, image_b64: str | None) -> bytes:
+        if (image is None) == (image_b64 is None):
+            raise BadInput("send exactly one image: a multipart file field named 'image', or JSON {\"image_b64\": \"<base64>\"}"
+                           + ("" if image is None else " (got both)"))
+        return image.read_bytes() if image is not None else decode_base64(image_b64)
+
+    def many_uploads(self, images: list[Path] | None, images_b64: list[str] | None) -> list[bytes]:
+        if not images and not images_b64:
+            raise BadInput("send at least one image: repeat the multipart file field 'images', or JSON {\"images_b64\": [...]}")
+        uploads = [p.read_bytes() for p in images or []]
+        for i, value in enumerate(images_b64 or []):
+            try:
+                uploads.append(decode_base64(value))
+            except ValueError as err:
+                raise BadInput(f"images_b64[{i}]: {err}") from None
+        if len(uploads) > self.limits.max_batch_images:
+            raise BadInput(f"{len(uploads)} images in one request; the limit is {self.limits.max_batch_images} (GESTURE_MAX_BATCH_IMAGES)")
+        return uploads
+
+    def decode(self, data: bytes, what: str) -> np.ndarray:
+        """Bytes -> the model's uint8 centre crop, or BadInput (400) saying what is wrong with the image."""
+        try:
+            return self.preprocess.crop(self.preprocess.read(data, max_pixels=self.limits.max_pixels))
+        except ImageDecodeError as err:
+            raise BadInput(f"{what}: {err}") from None
+
+    def decode_all(self, uploads: Sequence[bytes]) -> list[np.ndarray]:
+        return [self.decode(data, f"images[{i}]") for i, data in enumerate(uploads)]
+
+    def crop_array(self, crop_b64: str) -> np.ndarray:
+        raw = decode_base64(crop_b64, "crop")
+        if len(raw) != self.crop_bytes:
+            raise BadInput(f"a crop must be {self.crop_bytes:,} bytes, got {len(raw):,}")
+        return np.frombuffer(raw, np.uint8).reshape(self.crop_shape)
+
+    def classify(self, crops: Sequence[np.ndarray]) -> np.ndarray:
+        batch = torch.stack([self.preprocess.normalize(c) for c in crops])
+        with self._model_lock, torch.inference_mode():
+            return self.classifier.probs(batch)
+
+    def prediction(self, probs: np.ndarray, top_k: int, threshold: float) -> PredictionOut:
+        result = decode_probs(probs, self.classifier.classes, k=top_k, threshold=threshold).to_dict()
+        return PredictionOut(**result, model=self.model_tag)
+
+
+def packaged_model_ref() -> LocalModel | None:
+    """Inside a built Bento: the exact model version it was built with (not whatever is latest now)."""
+    bento = GestureClassifier.bento
+    if bento is None:
+        return None
+    info = next(s for s in bento.info.services if s.name == GestureClassifier.name)
+    return LocalModel(info.models[0].tag) if info.models else None
+
+
+def find_model(ref: bentoml.models.BentoModel) -> bentoml.Model:
+    """The stored model, or a start-up error that says how to import one (never a BentoCloud lookup)."""
+    stored = ref.stored
+    if stored is None:
+        from bentoml._internal.configuration.containers import BentoMLContainer
+
+        raise ModelNotImported(
+            f"no model {ref.tag} in the BentoML model store ({BentoMLContainer.model_store_dir.get()}). "
+            "Import a training run first:  python -m service.import_model RUN/best.pt  "
+            "(or set GESTURE_MODEL=name:version to one listed by `bentoml models list`)."
+        )
+    if not Path(stored.path_of(CHECKPOINT_FILE)).is_file():
+        raise ModelNotImported(f"model {stored.tag} has no {CHECKPOINT_FILE}; re-import it with python -m service.import_model RUN/best.pt")
+    return stored
+
+
+GestureClassifier.add_asgi_middleware(
+    RequestGuard,
+    max_body_bytes=LIMITS.max_upload_bytes,
+    file_fields={api.route: frozenset(api.input_spec.multipart_fields) for api in GestureClassifier.apis.values()},
+)

@@ -1,0 +1,79 @@
+"""Service settings from environment variables, checked once at start-up with messages that say what is valid.
+
+    GESTURE_MODEL              model tag in the BentoML store     (default gesture-classifier:latest)
+    GESTURE_DEVICE             auto | cpu | cuda                  (default auto: CUDA when available)
+    GESTURE_MAX_UPLOAD_MB      largest request body, in MB        (default 16)
+    GESTURE_MAX_PIXELS         largest decoded image, in pixels   (default 40000000)
+    GESTURE_MAX_BATCH_IMAGES   most images per /predict_batch     (default 32)
+    GESTURE_BATCH_SIZE         adaptive batching: largest batch   (default 32)
+    GESTURE_BATCH_LATENCY_MS   adaptive batching: latency budget  (default 1000)
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+DEFAULT_MODEL_TAG = "gesture-classifier:latest"
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class SettingsError(ValueError):
+    pass
+
+
+def env_int(name: str, default: int, *, minimum: int = 1) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r}: expected a whole number >= {minimum} (default {default})") from None
+    if value < minimum:
+        raise SettingsError(f"{name}={raw!r}: expected a whole number >= {minimum} (default {default})")
+    return value
+
+
+def env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = os.environ.get(name, "").strip() or default
+    if value not in choices:
+        raise SettingsError(f"{name}={value!r}: choose one of {', '.join(choices)}")
+    return value
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask of the server; all configurable, all enforced before any decoding."""
+
+    max_upload_bytes: int = 16 * 1024 * 1024
+    max_pixels: int = 40_000_000
+    max_batch_images: int = 32
+
+    @classmethod
+    def from_env(cls) -> Limits:
+        return cls(
+            max_upload_bytes=env_int("GESTURE_MAX_UPLOAD_MB", 16) * 1024 * 1024,
+            max_pixels=env_int("GESTURE_MAX_PIXELS", 40_000_000),
+            max_batch_images=env_int("GESTURE_MAX_BATCH_IMAGES", 32),
+        )
+
+
+@dataclass(frozen=True)
+class BatchingConfig:
+    """BentoML adaptive batching for /predict_batched (fixed when the service class is defined)."""
+
+    max_batch_size: int = 32
+    max_latency_ms: int = 1000
+
+    @classmethod
+    def from_env(cls) -> BatchingConfig:
+        return cls(env_int("GESTURE_BATCH_SIZE", 32, minimum=2), env_int("GESTURE_BATCH_LATENCY_MS", 1000, minimum=10))
+
+
+def model_tag() -> str:
+    return os.environ.get("GESTURE_MODEL", "").strip() or DEFAULT_MODEL_TAG
+
+
+def device() -> str:
+    return env_choice("GESTURE_DEVICE", "auto", DEVICES)
