@@ -1,7 +1,7 @@
 """Compare backbones on your data: fine-tune each with one recipe, then accuracy vs cost.
 
     python -m training.compare --data ../shared/data/sign-digits --backbones resnet18,googlenet,efficientnet_lite0 \\
-        --image-size 64 --epochs 4 --weights auto --out comparisons/sign-digits
+        --image-size 64 --epochs 5 --no-flip
 
 For every backbone: a run in OUT/runs/<backbone> (trained with training.finetune, or reused when
 it already finished with the same recipe), then test top-1 from that run, parameters and
@@ -198,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=cli.int_at_least(0), default=2)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="for training; latency is always measured on the CPU")
     p.add_argument("--latency-runs", type=cli.int_at_least(1), default=20)
-    p.add_argument("--out", default=None, help="comparison folder (default: comparisons/<data name>)")
+    p.add_argument("--out", default=None, help="comparison folder (default: runs/compare-<data name>)")
     p.add_argument("--retrain", action="store_true", help="train again even where a finished run exists")
     return p
 
@@ -217,7 +217,7 @@ def backbone_list(text: str) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    out = Path(args.out) if args.out else Path("comparisons") / Path(args.data).name
+    out = Path(args.out) if args.out else Path("runs") / f"compare-{Path(args.data).name}"
     out.mkdir(parents=True, exist_ok=True)
     base = TrainConfig(data=args.data, epochs=args.epochs, image_size=args.image_size, batch_size=args.batch_size, lr=args.lr,
                        backbone_lr_mult=args.backbone_lr_mult, flip=args.flip, test_per_class=args.test_per_class, seed=args.seed,
