@@ -49,6 +49,7 @@ def test_depth_groups_blocks_and_keeps_totals():
     assert "layer1.0" in names and "layer1.0.conv1" not in names
     assert blocks.total_params == leaves.total_params == sum(r.params for r in blocks.layers)
     assert blocks.total_macs == leaves.total_macs
+    assert blocks.activation_elements == leaves.activation_elements
 
 
 def test_cli_json_and_errors(capsys):

@@ -115,17 +115,22 @@ def summarize(model: nn.Module, input_shape: tuple[int, int, int], *, backbone: 
             if id(module) not in counted:
                 counted.add(id(module))
                 row.weights, row.bias = _count_params(module)
-            if tensor is not None and tensor.untyped_storage().data_ptr() not in storages:
-                storages.add(tensor.untyped_storage().data_ptr())
-                alive.append(tensor)
-                summary.activation_elements += tensor[0].numel()
             summary.layers.append(row)
 
         return hook
 
+    def count_activation(module: nn.Module, args, output) -> None:
+        tensor = _first_tensor(output)
+        if tensor is not None and tensor.untyped_storage().data_ptr() not in storages:
+            storages.add(tensor.untyped_storage().data_ptr())
+            alive.append(tensor)
+            summary.activation_elements += tensor[0].numel()
+
     handles = []
     for name, module in _row_modules(model, depth):
         handles += [module.register_forward_pre_hook(before), module.register_forward_hook(after(name))]
+    # Activation memory is counted at the leaf layers whatever --depth shows, so it does not depend on it.
+    handles += [module.register_forward_hook(count_activation) for _, module in _row_modules(model, None)]
     try:
         with torch.inference_mode(), flops:
             model(x)
