@@ -6,7 +6,7 @@
     GESTURE_MAX_PIXELS         largest decoded image, in pixels   (default 40000000)
     GESTURE_MAX_BATCH_IMAGES   most images per /predict_batch     (default 32)
     GESTURE_BATCH_SIZE         adaptive batching: largest batch   (default 32)
-    GESTURE_BATCH_LATENCY_MS   adaptive batching: latency budget  (default 1000)
+    GESTURE_BATCH_LATENCY_MS   adaptive batching: a request waiting longer gets 503 (default 5000)
 """
 
 from __future__ import annotations
@@ -64,11 +64,11 @@ class BatchingConfig:
     """BentoML adaptive batching for /predict_batched (fixed when the service class is defined)."""
 
     max_batch_size: int = 32
-    max_latency_ms: int = 1000
+    max_latency_ms: int = 5000
 
     @classmethod
     def from_env(cls) -> BatchingConfig:
-        return cls(env_int("GESTURE_BATCH_SIZE", 32, minimum=2), env_int("GESTURE_BATCH_LATENCY_MS", 1000, minimum=10))
+        return cls(env_int("GESTURE_BATCH_SIZE", 32, minimum=2), env_int("GESTURE_BATCH_LATENCY_MS", 5000, minimum=10))
 
 
 def model_tag() -> str:

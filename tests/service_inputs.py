@@ -1,0 +1,96 @@
+"""Uploads that the HTTP service must survive, made as real encoded files (shared by the service tests)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import struct
+import zlib
+
+import numpy as np
+from PIL import Image
+
+from tests.helpers import SHARED_DATA, synthetic_image
+
+LARGE_SIGN_DIGIT = "7/IMG_5874.JPG"  # one of the three 3024x3024 photos in sign-digits
+
+
+def encode(img: Image.Image, fmt: str, **kwargs) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kwargs)
+    return buf.getvalue()
+
+
+def jpeg(seed: int = 0, size: int = 96) -> bytes:
+    return encode(Image.fromarray(synthetic_image(seed % 6, seed, size)), "JPEG", quality=90)
+
+
+def png_bomb(width: int = 50_000, height: int = 50_000) -> bytes:
+    """A ~100-byte PNG whose header declares ``width`` x ``height`` RGB pixels (7.5 GB decoded)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 1024)) + chunk(b"IEND", b"")
+
+
+def odd_formats() -> dict[str, bytes]:
+    """Valid images in modes a webcam never produces: the service must decode them like read_rgb does."""
+    rgb = Image.fromarray(synthetic_image(1, 7, 96))
+    sixteen = (np.asarray(rgb.convert("L"), np.uint16) * 257).astype(np.uint16)
+    return {
+        "grayscale.png": encode(rgb.convert("L"), "PNG"),
+        "rgba.png": encode(rgb.convert("RGBA"), "PNG"),
+        "cmyk.jpg": encode(rgb.convert("CMYK"), "JPEG"),
+        "16bit.png": encode(Image.fromarray(sixteen), "PNG"),
+        "palette.gif": encode(rgb.convert("P"), "GIF"),
+    }
+
+
+def bad_uploads() -> dict[str, tuple[bytes, str]]:
+    """name -> (file bytes, a phrase the 4xx reason must contain)."""
+    whole = jpeg(3, 160)
+    return {
+        "text": (b"this is not an image\n" * 20, "not a recognised image format"),
+        "empty": (b"", "empty"),
+        "truncated_jpeg": (whole[: len(whole) * 2 // 3], "truncated"),
+        "decompression_bomb": (png_bomb(), "too large"),
+        "garbage_after_jpeg_header": (whole[:200] + bytes(range(256)) * 8, "truncated"),
+    }
+
+
+def sample_images(include_large: bool = True) -> list[tuple[str, bytes]]:
+    """Real sign-digit photos (one per class, plus a 3024x3024 one) when ../shared/data is there,
+    else generated JPEGs."""
+    root = SHARED_DATA / "sign-digits"
+    if not root.is_dir():
+        return [(f"synthetic{i}.jpg", jpeg(i)) for i in range(6)]
+    paths = [sorted((root / str(d)).glob("*.JPG"))[0] for d in range(10)]
+    if include_large and (root / LARGE_SIGN_DIGIT).is_file():
+        paths.append(root / LARGE_SIGN_DIGIT)
+    return [(p.name, p.read_bytes()) for p in paths]
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def http_bad_requests(upload_limit_bytes: int) -> dict[str, dict]:
+    """name -> keyword arguments for httpx/TestClient ``post``: each must get a 4xx with a JSON reason."""
+    image = jpeg(1)
+    cases = {f"file_{name}": {"files": {"image": (f"{name}.bin", data)}} for name, (data, _) in bad_uploads().items()}
+    cases.update({
+        "empty_body": {},
+        "wrong_field_name": {"files": {"file": ("hand.jpg", image)}},
+        "text_in_file_field": {"data": {"image": "http://127.0.0.1:1/x.jpg"}},
+        "urlencoded": {"content": b"image=hello", "headers": {"content-type": "application/x-www-form-urlencoded"}},
+        "raw_jpeg_body": {"content": image, "headers": {"content-type": "image/jpeg"}},
+        "not_json": {"content": b"{not json", "headers": {"content-type": "application/json"}},
+        "bad_base64": {"json": {"image_b64": "!!!"}},
+        "path_instead_of_file": {"json": {"image": "/etc/passwd"}},
+        "top_k_zero": {"files": {"image": ("a.jpg", image)}, "data": {"top_k": "0"}},
+        "threshold_above_one": {"json": {"image_b64": b64(image), "threshold": 1.5}},
+        "multipart_without_boundary": {"content": b"xx", "headers": {"content-type": "multipart/form-data"}},
+        "upload_over_limit": {"files": {"image": ("big.jpg", b"\xff" * (upload_limit_bytes + 1))}},
+    })
+    return cases

@@ -1,0 +1,316 @@
+"""The BentoML service in-process: model import, the service class called directly, and HTTP through its ASGI app.
+
+A real `bentoml serve` is exercised in test_service_integration.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from bentoml.exceptions import BadInput
+from starlette.applications import Starlette
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+from starlette.testclient import TestClient
+
+from gesture_core import load_classifier
+from service import import_model
+from service.http_guard import RequestGuard
+from service.settings import Limits
+from tests.service_inputs import b64, bad_uploads, http_bad_requests, jpeg, odd_formats, sample_images
+
+DEFAULT_UPLOAD_LIMIT = Limits().max_upload_bytes
+
+
+@pytest.fixture(scope="session")
+def bento_store(tmp_path_factory):
+    """An empty BentoML home in tmp, also for code that already looked up the default store."""
+    from bentoml._internal.configuration.containers import BentoMLContainer
+    from bentoml._internal.models import ModelStore
+
+    home = tmp_path_factory.mktemp("bentoml-home")
+    (home / "models").mkdir()
+    with BentoMLContainer.model_store.patch(ModelStore(str(home / "models"))), \
+            BentoMLContainer.model_store_dir.patch(str(home / "models")):
+        yield home
+
+
+@pytest.fixture(scope="session")
+def stored_model(bento_store, random_head_checkpoint):
+    return import_model.import_checkpoint(random_head_checkpoint)
+
+
+@pytest.fixture(scope="session")
+def reference(random_head_checkpoint):
+    return load_classifier(random_head_checkpoint, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def svc(stored_model):
+    from service.service import GestureClassifier
+
+    return GestureClassifier()
+
+
+@pytest.fixture(scope="module")
+def client(stored_model):
+    from service.service import GestureClassifier
+
+    with TestClient(GestureClassifier.to_asgi()) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def images() -> list[tuple[str, bytes]]:
+    return sample_images()
+
+
+def scores(prediction: dict) -> dict[str, float]:
+    return {item["label"]: item["score"] for item in prediction["top_k"]}
+
+
+def assert_matches_reference(prediction: dict, probs: np.ndarray, classes: list[str], atol: float = 1e-5) -> None:
+    best = int(np.argmax(probs))
+    assert prediction["label"] == classes[best]
+    for label, score in scores(prediction).items():
+        assert score == pytest.approx(float(probs[classes.index(label)]), abs=atol)
+
+
+# --- model import ------------------------------------------------------------------------------
+
+
+def test_import_stores_checkpoint_and_metadata(stored_model, random_head_checkpoint):
+    meta = stored_model.info.metadata
+    assert meta["backbone"] == "efficientnet_lite0"
+    assert meta["classes"] == [str(i) for i in range(10)]
+    assert meta["input_size"] == 128
+    assert meta["metrics"] == {"test": {"top1": 0.1}}
+    assert len(meta["data_fingerprint"]["sha256"]) == 64
+    stored_file = Path(stored_model.path_of(import_model.CHECKPOINT_FILE))
+    assert stored_file.read_bytes() == random_head_checkpoint.read_bytes()
+    assert stored_model.info.labels["backbone"] == "efficientnet_lite0"
+
+
+def test_data_fingerprint_follows_the_split_file_lists(tmp_path, random_head_checkpoint):
+    ckpt = {"classes": ["a", "b"], "train_config": {"data": "/data/x"}, "metrics": {}}
+    run = tmp_path / "run"
+    run.mkdir()
+    split = {"classes": ["a", "b"], "train": [["a/1.jpg", 0], ["b/2.jpg", 1]], "val": [["a/3.jpg", 0]], "test": [["b/4.jpg", 1]]}
+    (run / "split.json").write_text(json.dumps(split))
+    first = import_model.data_fingerprint(run / "best.pt", ckpt)
+    assert first["counts"] == {"train": 2, "val": 1, "test": 1} and first["basis"].startswith("split.json")
+    split["train"].reverse()  # same files in another order: same data
+    (run / "split.json").write_text(json.dumps(split))
+    assert import_model.data_fingerprint(run / "best.pt", ckpt)["sha256"] == first["sha256"]
+    split["test"] = [["b/5.jpg", 1]]  # another test image: other data
+    (run / "split.json").write_text(json.dumps(split))
+    assert import_model.data_fingerprint(run / "best.pt", ckpt)["sha256"] != first["sha256"]
+
+
+def test_import_cli_prints_the_tag_and_rejects_non_checkpoints(bento_store, random_head_checkpoint, tmp_path, capsys):
+    assert import_model.main([str(random_head_checkpoint), "--name", "cli-test"]) == 0
+    tag = capsys.readouterr().out.strip()
+    assert tag.startswith("cli-test:")
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    assert import_model.main([str(junk)]) == 2
+    assert "not a readable checkpoint" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        import_model.main([str(random_head_checkpoint), "--name", "Bad Name!"])
+
+
+# --- the service class, called directly -----------------------------------------------------------
+
+
+def test_predict_equals_load_classifier(svc, reference, images, tmp_path):
+    for name, data in images:
+        path = tmp_path / name
+        path.write_bytes(data)
+        result = asyncio.run(svc.predict(image=path, top_k=10)).model_dump()
+        probs = reference.predict_proba([data])[0]
+        assert_matches_reference(result, probs, reference.classes, atol=0)  # same code path: bit-identical
+        assert result["model"] == svc.model_tag and result["model"].startswith("gesture-classifier:")
+
+
+def test_predict_batch_and_batched_equal_single_predictions(svc, reference, images):
+    datas = [data for _, data in images]
+    batch = asyncio.run(svc.predict_batch(images_b64=[b64(d) for d in datas], top_k=10))
+    probs = reference.predict_proba(datas)
+    for result, p in zip(batch, probs, strict=True):
+        assert_matches_reference(result.model_dump(), p, reference.classes)
+    single = asyncio.run(svc.predict_batched(image_b64=b64(datas[0]), top_k=10)).model_dump()
+    assert_matches_reference(single, probs[0], reference.classes)
+
+
+def test_base64_data_url_top_k_and_threshold(svc, reference, images):
+    data = images[0][1]
+    plain = asyncio.run(svc.predict(image_b64=b64(data), top_k=3)).model_dump()
+    data_url = asyncio.run(svc.predict(image_b64="data:image/jpeg;base64," + b64(data), top_k=3)).model_dump()
+    assert plain == data_url and len(plain["top_k"]) == 3
+    assert [s["score"] for s in plain["top_k"]] == sorted((s["score"] for s in plain["top_k"]), reverse=True)
+    rejected = asyncio.run(svc.predict(image_b64=b64(data), threshold=1.0)).model_dump()
+    assert rejected["label"] is None and rejected["score"] == plain["score"]
+
+
+@pytest.mark.parametrize("name", sorted(bad_uploads()))
+def test_bad_images_raise_bad_input_with_a_reason(svc, name):
+    data, phrase = bad_uploads()[name]
+    with pytest.raises(BadInput, match=phrase):
+        asyncio.run(svc.predict(image_b64=b64(data)))
+
+
+def test_corrupt_jpeg_body_is_bad_input(svc):
+    whole = jpeg(2, 160)
+    corrupt = whole[:300] + bytes(len(whole) - 302) + b"\xff\xd9"  # valid header and end marker, zeroed data
+    try:
+        result = asyncio.run(svc.predict(image_b64=b64(corrupt)))
+    except BadInput:
+        return
+    assert result.label is not None  # a decoder that conceals the damage must still give a normal answer
+
+
+def test_odd_image_modes_are_decoded_like_read_rgb(svc, reference):
+    for name, data in odd_formats().items():
+        result = asyncio.run(svc.predict(image_b64=b64(data), top_k=10)).model_dump()
+        assert_matches_reference(result, reference.predict_proba([data])[0], reference.classes, atol=0), name
+
+
+def test_missing_image_and_too_many_images(svc, images):
+    with pytest.raises(BadInput, match="multipart file field named 'image'"):
+        asyncio.run(svc.predict())
+    with pytest.raises(BadInput, match="got both"):
+        asyncio.run(svc.predict(image=Path("x.jpg"), image_b64="AAAA"))
+    too_many = [b64(images[0][1])] * (svc.limits.max_batch_images + 1)
+    with pytest.raises(BadInput, match="GESTURE_MAX_BATCH_IMAGES"):
+        asyncio.run(svc.predict_batch(images_b64=too_many))
+
+
+def test_pixel_limit_is_configurable(stored_model, monkeypatch):
+    from service.service import GestureClassifier
+
+    monkeypatch.setenv("GESTURE_MAX_PIXELS", "5000")
+    small = GestureClassifier()
+    with pytest.raises(BadInput, match="above the limit of 5,000"):
+        asyncio.run(small.predict(image_b64=b64(jpeg(0, 96))))  # 9216 pixels
+    assert asyncio.run(small.predict(image_b64=b64(jpeg(0, 64)))).label is not None
+
+
+def test_info_describes_the_served_model(svc):
+    info = svc.info().model_dump()
+    assert info["backbone"] == "efficientnet_lite0" and info["classes"] == [str(i) for i in range(10)]
+    assert info["input_size"] == 128 and info["model"] == svc.model_tag
+    assert info["metrics"]["test"]["top1"] == 0.1 and info["device"] == "cpu"
+
+
+def test_missing_model_says_how_to_import_one(bento_store):
+    from service.service import LocalModel, ModelNotImported
+
+    with pytest.raises(ModelNotImported, match=r"python -m service\.import_model RUN/best\.pt"):
+        LocalModel("no-such-model:latest").resolve()
+
+
+# --- HTTP through the ASGI app ---------------------------------------------------------------------
+
+
+def test_http_predict_multipart_and_json(client, reference, images):
+    name, data = images[1]
+    multipart = client.post("/predict", files={"image": (name, data, "image/jpeg")}, data={"top_k": "10"})
+    assert multipart.status_code == 200, multipart.text
+    assert_matches_reference(multipart.json(), reference.predict_proba([data])[0], reference.classes, atol=0)
+    as_json = client.post("/predict", json={"image_b64": b64(data), "top_k": 10})
+    assert as_json.json() == multipart.json()
+
+
+def test_http_batch_endpoints(client, reference, images):
+    datas = [d for _, d in images[:4]]
+    resp = client.post("/predict_batch", files=[("images", (f"{i}.jpg", d)) for i, d in enumerate(datas)], data={"top_k": "10"})
+    assert resp.status_code == 200, resp.text
+    probs = reference.predict_proba(datas)
+    assert len(resp.json()) == len(datas)
+    for result, p in zip(resp.json(), probs, strict=True):
+        assert_matches_reference(result, p, reference.classes)
+
+
+def test_http_batched_endpoint_under_concurrency(client, reference, images):
+    """16 concurrent single-image clients through BentoML's batching dispatcher: each gets its own answer."""
+    jobs = [images[i % len(images)][1] for i in range(16)]
+    post = lambda d: client.post("/predict_batched", files={"image": ("x.jpg", d)}, data={"top_k": "10"})  # noqa: E731
+    with ThreadPoolExecutor(16) as pool:
+        responses = list(pool.map(post, jobs))
+    for data, resp in zip(jobs, responses, strict=True):
+        assert resp.status_code == 200, resp.text
+        assert_matches_reference(resp.json(), reference.predict_proba([data])[0], reference.classes)
+
+
+def test_http_info_and_health(client):
+    info = client.post("/info").json()
+    assert info["backbone"] == "efficientnet_lite0" and info["input_size"] == 128
+    for path in ("/readyz", "/livez"):  # /metrics needs the real server's Prometheus setup: integration test
+        assert client.get(path).status_code == 200, path
+
+
+BAD_REQUESTS = http_bad_requests(DEFAULT_UPLOAD_LIMIT)
+
+
+@pytest.mark.parametrize("case", sorted(BAD_REQUESTS))
+@pytest.mark.parametrize("route", ["/predict", "/predict_batched"])
+def test_http_bad_requests_get_4xx_with_a_json_reason(client, route, case):
+    resp = client.post(route, **BAD_REQUESTS[case])
+    assert 400 <= resp.status_code < 500, resp.text
+    body = resp.json()
+    assert isinstance(body, dict) and body["error"], body
+    assert client.get("/readyz").status_code == 200
+
+
+def test_http_batch_names_the_bad_image(client):
+    resp = client.post("/predict_batch", files=[("images", ("a.jpg", jpeg(0))), ("images", ("b.jpg", b"junk"))])
+    assert resp.status_code == 400 and resp.json()["error"].startswith("images[1]:")
+    wrong_field = client.post("/predict_batch", files={"image": ("a.jpg", jpeg(0))})
+    assert wrong_field.status_code == 400 and "'images'" in wrong_field.json()["error"]
+
+
+def test_http_crops_endpoint_rejects_wrong_sizes_before_batching(client):
+    resp = client.post("/classify_crops", json={"crops": [b64(b"\x00" * 12)]})
+    assert resp.status_code == 400 and "49,152 bytes" in json.dumps(resp.json())
+
+
+# --- the request guard on its own ------------------------------------------------------------------
+
+
+async def echo_length(request):
+    return JSONResponse({"length": len(await request.body())})
+
+
+async def client_error(request):
+    return JSONResponse([{"error": "bad thing"}], status_code=400)
+
+
+@pytest.fixture(scope="module")
+def guarded():
+    app = Starlette(routes=[Route("/echo", echo_length, methods=["POST"]), Route("/bad", client_error, methods=["POST"])])
+    return TestClient(RequestGuard(app, max_body_bytes=1000, file_fields={"/echo": frozenset({"image"})}))
+
+
+def test_guard_limits_declared_and_streamed_bodies(guarded):
+    assert guarded.post("/echo", content=b"x" * 1000).json() == {"length": 1000}
+    declared = guarded.post("/echo", content=b"x" * 1001)
+    assert declared.status_code == 413 and "limit is 1,000 bytes" in declared.json()["error"]
+    streamed = guarded.post("/echo", content=iter([b"x" * 600, b"x" * 600]))  # chunked: no content-length
+    assert streamed.status_code == 413 and "more than" in streamed.json()["error"]
+    assert guarded.post("/echo", content=iter([b"x" * 400, b"x" * 400])).json() == {"length": 800}
+
+
+def test_guard_checks_form_fields(guarded):
+    ok = guarded.post("/echo", files={"image": ("a.jpg", b"123")}, data={"top_k": "3"})
+    assert ok.status_code == 200
+    assert "'image'" in guarded.post("/echo", files={"photo": ("a.jpg", b"1")}).json()["error"]
+    assert "must be a file upload" in guarded.post("/echo", data={"image": "x"}, files={"other": ("", b"")}).json()["error"]
+
+
+def test_guard_unwraps_bentoml_error_lists(guarded):
+    assert guarded.post("/bad").json() == {"error": "bad thing"}

@@ -1,0 +1,151 @@
+"""The real thing: `python -m service.import_model`, `bentoml serve` on a free 127.0.0.1 port and
+`bentoml build`, each in its own process with BENTOML_HOME in tmp."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from gesture_core import load_classifier
+from service.server_process import REPO, ServerStartError, serve_process
+from tests.service_inputs import http_bad_requests, jpeg, sample_images
+
+pytestmark = pytest.mark.integration
+
+UPLOAD_LIMIT_MB = 4  # below the default, to show the limit is configurable
+
+
+def run_cli(args: list[str], home) -> subprocess.CompletedProcess:
+    env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "1"}
+    return subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+
+def import_cli(checkpoint, home) -> str:
+    done = run_cli(["-m", "service.import_model", str(checkpoint)], home)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    return tmp_path_factory.mktemp("bentoml-home")
+
+
+@pytest.fixture(scope="module")
+def model_tag(home, random_head_checkpoint):
+    return import_cli(random_head_checkpoint, home)
+
+
+@pytest.fixture(scope="module")
+def server(home, model_tag):
+    # A generous batching deadline: on a busy CI machine BentoML would otherwise shed load with 503s.
+    env = {"GESTURE_MAX_UPLOAD_MB": str(UPLOAD_LIMIT_MB), "GESTURE_BATCH_LATENCY_MS": "60000"}
+    with serve_process(bentoml_home=home, env=env) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def http(server):
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+        yield client
+
+
+def assert_same_as_local(served: dict, probs: np.ndarray, classes: list[str], atol: float) -> None:
+    assert served["label"] == classes[int(np.argmax(probs))]
+    for item in served["top_k"]:
+        assert item["score"] == pytest.approx(float(probs[classes.index(item["label"])]), abs=atol)
+
+
+def test_served_predictions_equal_load_classifier(http, model_tag, random_head_checkpoint):
+    local = load_classifier(random_head_checkpoint, device="cpu")
+    images = sample_images()
+    reference = local.predict_proba([data for _, data in images])
+    for (name, data), probs in zip(images, reference, strict=True):
+        single = http.post("/predict", files={"image": (name, data, "image/jpeg")}, data={"top_k": "10"})
+        assert single.status_code == 200, single.text
+        assert single.json()["model"] == model_tag
+        assert_same_as_local(single.json(), probs, local.classes, atol=1e-5)
+        batched = http.post("/predict_batched", files={"image": (name, data)}, data={"top_k": "10"})
+        assert_same_as_local(batched.json(), probs, local.classes, atol=1e-5)
+    batch = http.post("/predict_batch", files=[("images", item) for item in images], data={"top_k": "10"})
+    assert batch.status_code == 200, batch.text
+    for served, probs in zip(batch.json(), reference, strict=True):
+        assert_same_as_local(served, probs, local.classes, atol=1e-5)
+
+
+def test_concurrent_clients_on_the_batched_endpoint(http, server):
+    images = [data for _, data in sample_images(include_large=False)]
+    jobs = [images[i % len(images)] for i in range(32)]
+    with ThreadPoolExecutor(16) as pool:
+        served = list(pool.map(lambda d: http.post("/predict_batched", files={"image": ("x.jpg", d)}).json(), jobs))
+    one_by_one = {d: http.post("/predict", files={"image": ("x.jpg", d)}).json() for d in images}
+    for data, result in zip(jobs, served, strict=True):
+        assert result["label"] == one_by_one[data]["label"]
+        assert result["score"] == pytest.approx(one_by_one[data]["score"], abs=1e-5)
+    assert "bentoml_service_adaptive_batch_size" in http.get("/metrics").text
+
+
+@pytest.mark.parametrize("case", sorted(http_bad_requests(UPLOAD_LIMIT_MB * 1024 * 1024)))
+def test_bad_requests_get_4xx_json_and_the_server_keeps_serving(http, server, case):
+    resp = http.post("/predict", **http_bad_requests(UPLOAD_LIMIT_MB * 1024 * 1024)[case])
+    assert 400 <= resp.status_code < 500, resp.text
+    assert isinstance(resp.json(), dict) and resp.json()["error"]
+    assert server.process.poll() is None
+    assert http.post("/predict", files={"image": ("ok.jpg", jpeg(0))}).status_code == 200
+
+
+def test_fifty_megabyte_upload_is_refused(http):
+    resp = http.post("/predict", files={"image": ("huge.jpg", os.urandom(50 * 1024 * 1024))})
+    assert resp.status_code == 413 and "GESTURE_MAX_UPLOAD_MB" in resp.json()["error"]
+
+
+def test_health_info_and_openapi(http, model_tag):
+    for path in ("/readyz", "/livez", "/metrics", "/docs.json"):
+        assert http.get(path).status_code == 200, path
+    info = http.post("/info").json()
+    assert info["model"] == model_tag and info["limits"]["max_upload_bytes"] == UPLOAD_LIMIT_MB * 1024 * 1024
+    assert info["batching"]["max_latency_ms"] == 60000
+    paths = http.get("/docs.json").json()["paths"]
+    assert {"/predict", "/predict_batch", "/predict_batched", "/info"} <= set(paths)
+
+
+def test_missing_model_fails_start_up_with_import_instructions(tmp_path):
+    with pytest.raises(ServerStartError, match=r"python -m service\.import_model RUN/best\.pt"):
+        with serve_process(bentoml_home=tmp_path, ready_timeout=120):
+            pass
+
+
+def test_bentoml_build_packages_the_imported_model(home, model_tag):
+    done = run_cli(["-m", "bentoml", "build", "--output", "tag"], home)
+    assert done.returncode == 0, done.stderr + done.stdout
+    bento_tag = done.stdout.strip().splitlines()[-1].removeprefix("__tag__:")
+    info = run_cli(["-m", "bentoml", "get", bento_tag, "-o", "json"], home)
+    assert info.returncode == 0, info.stderr
+    services = json.loads(info.stdout)["services"]
+    assert [m["tag"] for m in services[0]["models"]] == [model_tag]
+
+
+@pytest.mark.slow
+def test_served_fine_tuned_model_recognises_sign_digits(sign_digits_run, tmp_path):
+    """The real model from a short fine-tune, served: same answers as load_classifier on held-out images."""
+    tag = import_cli(sign_digits_run / "best.pt", tmp_path)
+    local = load_classifier(sign_digits_run / "best.pt", device="cpu")
+    split = json.loads((sign_digits_run / "split.json").read_text())
+    root, test_items = Path(split["root"]), split["test"][::10][:30]
+    with serve_process(bentoml_home=tmp_path) as server, httpx.Client(base_url=server.url, timeout=60) as http:
+        correct = 0
+        for rel, label in test_items:
+            data = (root / rel).read_bytes()
+            served = http.post("/predict", files={"image": (rel, data)}).json()
+            assert served["model"] == tag
+            assert_same_as_local(served, local.predict_proba([data])[0], local.classes, atol=1e-5)
+            correct += served["label"] == local.classes[label]
+    assert correct / len(test_items) >= 0.5  # a 3-epoch fine-tune; chance is 0.1
