@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from gesture_core.backbones import build_model, drop_aux, get_backbone, load_matching
+from gesture_core.engines import Engine, build_engine
 from gesture_core.images import ImageSource
 from gesture_core.preprocess import DataConfig, Preprocess
 
@@ -133,8 +134,8 @@ def decode_probs(probs: np.ndarray, classes: Sequence[str], *, k: int = 5, thres
 class Classifier:
     """A loaded model with its Preprocess and class names: image in, probabilities out."""
 
-    def __init__(self, model: nn.Module, checkpoint: dict[str, Any], device: torch.device):
-        self.model = model.eval().to(device)
+    def __init__(self, model: nn.Module, checkpoint: dict[str, Any], device: torch.device, *, engine: str = "torch", precision: str = "fp32"):
+        self.model = model.eval().to(device)  # eager PyTorch, for anything that needs the modules (Grad-CAM, hooks)
         self.device = device
         self.checkpoint_meta = {k: v for k, v in checkpoint.items() if k not in ("model", "optimizer", "scheduler", "rng")}
         self.backbone: str = checkpoint["backbone"]
@@ -143,13 +144,16 @@ class Classifier:
         self.train_config: dict[str, Any] = checkpoint.get("train_config", {})
         self.metrics: dict[str, Any] = checkpoint.get("metrics", {})
         self.preprocess = Preprocess(self.data_config)
+        shape = (self.data_config.in_chans, self.data_config.input_size, self.data_config.input_size)
+        # What logits/probs/predict run on (gesture_core.engines): eager, compiled, ONNX Runtime or OpenVINO.
+        self.engine: Engine = build_engine(self.model, engine=engine, precision=precision, device=device, input_shape=shape)
 
     def __repr__(self) -> str:
-        return f"Classifier({self.backbone}, {len(self.classes)} classes, {self.preprocess}, device={self.device})"
+        return f"Classifier({self.backbone}, {len(self.classes)} classes, {self.preprocess}, device={self.device}, engine={self.engine.name}/{self.engine.precision})"
 
-    @torch.inference_mode()
     def logits(self, batch: torch.Tensor) -> torch.Tensor:
-        return self.model(batch.to(self.device, non_blocking=True)).float()
+        """float32 logits (N, num_classes) for a preprocessed batch, from the classifier's engine."""
+        return self.engine(batch)
 
     def probs(self, batch: torch.Tensor) -> np.ndarray:
         return torch.softmax(self.logits(batch), dim=1).cpu().numpy()
@@ -173,6 +177,13 @@ def build_from_checkpoint(ckpt: dict[str, Any], *, training: bool = False) -> nn
     return model
 
 
-def load_classifier(path: str | os.PathLike, device: str | torch.device = "auto") -> Classifier:
+def load_classifier(
+    path: str | os.PathLike,
+    device: str | torch.device = "auto",
+    engine: str = "torch",
+    precision: str = "fp32",
+) -> Classifier:
+    """The checkpoint as a ready Classifier. ``engine``: auto | torch | compile | onnx | openvino (auto: the
+    fastest installed for the device); ``precision``: fp32 | bf16 | fp16 where the engine supports it."""
     ckpt = load_checkpoint(path)
-    return Classifier(build_from_checkpoint(ckpt), ckpt, resolve_device(device))
+    return Classifier(build_from_checkpoint(ckpt), ckpt, resolve_device(device), engine=engine, precision=precision)

@@ -1,0 +1,196 @@
+"""Inference engines (gesture_core.engines): every installed engine against eager PyTorch, on real images.
+
+fp32 engines must match eager within 1e-3 on every logit and give the same labels; reduced precision
+must agree with eager fp32 on >= 99% of a real test split (the figures are printed and recorded as
+junit properties). An engine is skipped only where it is not installed.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from gesture_core import build_model, load_classifier
+from gesture_core.engines import (
+    ENGINES,
+    EngineUnavailableError,
+    available_engines,
+    build_engine,
+    engine_installed,
+    export_onnx,
+    resolve_engine,
+    supported_precisions,
+)
+from training.data import Splits
+
+FP32_TOLERANCE = 1e-3
+MIN_AGREEMENT = 0.99
+EXPORTED = ("onnx", "openvino")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def engine_cache(tmp_path_factory):
+    """Exports go to a fresh folder, so the tests also cover the first (exporting) load."""
+    with pytest.MonkeyPatch.context() as mp:
+        path = tmp_path_factory.mktemp("engine-cache")
+        mp.setenv("GESTURE_CACHE_DIR", str(path))
+        yield path
+
+
+def require(engine: str, precision: str = "fp32") -> None:
+    if not engine_installed(engine):
+        pytest.skip(f"engine {engine} is not installed (pip install 'gesture-service[speed]')")
+    if precision not in supported_precisions(engine, "cpu"):
+        pytest.skip(f"{engine} has no {precision} on this CPU")
+
+
+def batched(fn, images: torch.Tensor, size: int) -> torch.Tensor:
+    return torch.cat([fn(images[i : i + size]) for i in range(0, len(images), size)])
+
+
+# --- choosing an engine ------------------------------------------------------------------------
+
+
+def test_auto_picks_an_installed_engine_that_supports_the_precision():
+    name = resolve_engine("auto", "fp32", "cpu")
+    assert name in available_engines("cpu")
+    if engine_installed("openvino"):
+        assert name == "openvino"  # the fastest on CPU (see README, Speed)
+
+
+@pytest.mark.parametrize(
+    "engine, precision, message",
+    [("tensorrt", "fp32", "choose one of auto, torch, compile, onnx, openvino"),
+     ("torch", "int4", "choose one of fp32, bf16, fp16"),
+     ("onnx", "bf16", "cannot run bf16 on cpu; available here: torch")],
+)  # fmt: skip
+def test_bad_engine_or_precision_is_a_clear_error(engine, precision, message):
+    if engine == "onnx":
+        require("onnx")
+    with pytest.raises(EngineUnavailableError, match=message):
+        resolve_engine(engine, precision, "cpu")
+
+
+def test_load_classifier_rejects_an_unavailable_precision_listing_the_choices(random_head_checkpoint):
+    require("onnx")
+    with pytest.raises(EngineUnavailableError, match=r"onnx \(fp32\)"):
+        load_classifier(random_head_checkpoint, "cpu", engine="onnx", precision="fp16")
+
+
+# --- dynamic batch, empty batches, export cache ------------------------------------------------
+
+
+@pytest.mark.parametrize("engine", EXPORTED)
+def test_exported_engines_take_any_batch_size(engine, random_head_checkpoint):
+    require(engine)
+    eager = load_classifier(random_head_checkpoint, "cpu")
+    fast = load_classifier(random_head_checkpoint, "cpu", engine=engine)
+    assert fast.engine.name == engine and eager.engine.name == "torch"
+    images = torch.randn(17, 3, 128, 128, generator=torch.Generator().manual_seed(0))
+    for n in (1, 2, 17):
+        assert (fast.logits(images[:n]) - eager.logits(images[:n])).abs().max() <= FP32_TOLERANCE
+    assert fast.logits(images[:0]).shape == (0, 10)
+    with pytest.raises(ValueError, match=r"exported for images of shape \(3, 128, 128\)"):
+        fast.logits(torch.zeros(1, 3, 64, 64))
+
+
+def test_export_is_cached_by_weights_and_input_shape(engine_cache):
+    require("onnx")
+    torch.manual_seed(0)
+    model = build_model("lenet5", 3, "none").eval()
+    first = export_onnx(model, (3, 32, 32))
+    stamp = first.stat().st_mtime_ns
+    assert export_onnx(model, (3, 32, 32)) == first and first.stat().st_mtime_ns == stamp  # reused, not rewritten
+    assert export_onnx(model, (3, 52, 52)) != first
+    with torch.no_grad():
+        model.fc.weight.add_(1.0)
+    assert export_onnx(model, (3, 32, 32)) != first
+    assert first.parent == engine_cache / "engines"
+    assert not [p for p in first.parent.iterdir() if p.name.startswith(".")]  # no temp files left
+
+
+def test_a_model_that_cannot_be_exported_fails_clearly_or_falls_back_to_eager_under_auto():
+    require("onnx")
+    model = build_model("lenet5", 3, "none").eval()  # adaptive pooling 10x10 -> 5x5 exports; 6x6 -> 5x5 does not
+    with pytest.raises(EngineUnavailableError, match="cannot be exported to ONNX.*use engine torch"):
+        build_engine(model, engine="onnx", input_shape=(3, 36, 36))
+    with pytest.warns(UserWarning, match="running eager PyTorch instead"):
+        engine = build_engine(model, engine="auto", input_shape=(3, 36, 36))
+    assert engine.name == "torch" and engine(torch.zeros(2, 3, 36, 36)).shape == (2, 3)
+
+
+def test_openvino_is_thread_safe(random_head_checkpoint):
+    require("openvino")
+    from concurrent.futures import ThreadPoolExecutor
+
+    classifier = load_classifier(random_head_checkpoint, "cpu", engine="openvino")
+    images = [torch.randn(n, 3, 128, 128, generator=torch.Generator().manual_seed(n)) for n in (1, 3, 5, 7)]
+    expected = [classifier.logits(x) for x in images]
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(classifier.logits, images * 3))
+    for got, want in zip(results, expected * 3, strict=True):
+        assert torch.equal(got, want)
+
+
+# --- parity on real images ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def real_test_split(sign_digits_run):
+    """The run's saved test split, preprocessed, with eager fp32 logits as the reference."""
+    checkpoint = sign_digits_run / "best.pt"
+    splits = Splits.load(sign_digits_run / "split.json")
+    reference = load_classifier(checkpoint, "cpu", engine="torch")
+    images = torch.stack([reference.preprocess.load(s.path) for s in splits.test])
+    labels = np.array([s.label for s in splits.test])
+    return checkpoint, images, labels, batched(reference.logits, images, 64)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", [e for e in ENGINES if e != "torch"])
+def test_fp32_engine_matches_eager_on_real_images(engine, real_test_split, record_property):
+    require(engine)
+    checkpoint, images, labels, reference = real_test_split
+    classifier = load_classifier(checkpoint, "cpu", engine=engine)
+    logits = batched(classifier.logits, images, 64)  # 64s and a remainder: the batch size varies
+    diff = float((logits - reference).abs().max())
+    record_property(f"{engine}_fp32_max_abs_logit_diff", diff)
+    print(f"\n{engine} fp32 on {len(images)} real test images: max |Δlogit| {diff:.2e}")
+    assert diff <= FP32_TOLERANCE
+    assert torch.equal(logits.argmax(1), reference.argmax(1))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine, precision", [("torch", "bf16"), ("openvino", "bf16"), ("torch", "fp16"), ("openvino", "fp16")])
+def test_reduced_precision_agrees_with_eager_fp32_on_a_real_test_split(engine, precision, real_test_split, record_property):
+    require(engine, precision)
+    checkpoint, images, labels, reference = real_test_split
+    classifier = load_classifier(checkpoint, "cpu", engine=engine, precision=precision)
+    predicted = batched(classifier.logits, images, 64).argmax(1).numpy()
+    eager = reference.argmax(1).numpy()
+    agreement = float((predicted == eager).mean())
+    top1, top1_fp32 = float((predicted == labels).mean()), float((eager == labels).mean())
+    for key, value in (("agreement", agreement), ("top1", top1), ("top1_fp32", top1_fp32)):
+        record_property(f"{engine}_{precision}_{key}", value)
+    print(
+        f"\n{engine} {precision} on {len(images)} real test images: top-1 agreement with eager fp32 {agreement:.2%}, "
+        f"top-1 {top1:.2%} (fp32 {top1_fp32:.2%})"
+    )
+    assert agreement >= MIN_AGREEMENT
+
+
+def test_engine_of_a_plain_module_matches_eager():
+    """build_engine works on any module, not only checkpoints (training's feature extractor uses it)."""
+    torch.manual_seed(0)
+    model = build_model("lenet5", 4, "none").eval()
+    x = torch.randn(6, 3, 32, 32)
+    with torch.no_grad():
+        expected = model(x)
+    for name in available_engines("cpu"):
+        if name == "compile" and not os.environ.get("GESTURE_TEST_COMPILE"):
+            continue  # compiling takes minutes on 2 cores; covered by the slow real-image parity test
+        got = build_engine(model, engine=name, device="cpu", input_shape=(3, 32, 32))(x)
+        assert (got - expected).abs().max() <= 1e-4, name
