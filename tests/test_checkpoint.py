@@ -1,0 +1,71 @@
+"""The checkpoint format and load_classifier: everything needed to serve comes back from the file alone."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from gesture_core import build_model, decode_probs, get_backbone, load_classifier, save_checkpoint
+from gesture_core.checkpoint import CheckpointError, load_checkpoint
+from tests.helpers import synthetic_image
+
+
+@pytest.fixture
+def saved(tmp_path):
+    torch.manual_seed(0)
+    backbone = get_backbone("mobilenet_v3_large")
+    model = build_model(backbone.name, 3, "none").eval()
+    config = backbone.data_config.with_input_size(64)
+    path = save_checkpoint(tmp_path / "run" / "best.pt", model=model, backbone=backbone.name, classes=["fist", "none", "palm"],
+                           data_config=config, train_config={"lr": 0.001, "seed": 0}, metrics={"test": {"top1": 0.9}})
+    return path, model, config
+
+
+def test_round_trip_rebuilds_model_preprocess_and_classes(saved):
+    path, model, config = saved
+    classifier = load_classifier(path, device="cpu")
+    assert classifier.classes == ["fist", "none", "palm"]
+    assert classifier.backbone == "mobilenet_v3_large"
+    assert classifier.data_config == config
+    assert classifier.train_config["lr"] == 0.001 and classifier.metrics["test"]["top1"] == 0.9
+    image = synthetic_image(1, seed=1, size=90)
+    x = classifier.preprocess(image)[None]
+    with torch.no_grad():
+        expected = torch.softmax(model(x), 1).numpy()
+    np.testing.assert_allclose(classifier.predict_proba([image]), expected, rtol=0, atol=1e-6)
+
+
+def test_checkpoint_is_plain_data_loadable_with_weights_only(saved):
+    ckpt = torch.load(saved[0], weights_only=True)
+    assert {"format", "version", "backbone", "classes", "data_config", "train_config", "model"} <= set(ckpt)
+
+
+def test_save_is_atomic_no_temp_files_left(saved):
+    assert [p.name for p in saved[0].parent.iterdir()] == ["best.pt"]
+
+
+@pytest.mark.parametrize("content, message", [(b"garbage", "not a readable checkpoint"), (None, "does not exist")])
+def test_bad_checkpoint_files_give_clear_errors(tmp_path, content, message):
+    path = tmp_path / "x.pt"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=message):
+        load_checkpoint(path)
+
+
+def test_a_foreign_state_dict_is_not_mistaken_for_a_checkpoint(tmp_path):
+    path = tmp_path / "sd.pt"
+    torch.save(build_model("lenet5", 2, "none").state_dict(), path)
+    with pytest.raises(CheckpointError, match="not a gesture-checkpoint"):
+        load_checkpoint(path)
+
+
+def test_decode_probs_top_k_threshold_and_none_class():
+    classes = ["fist", "none", "palm"]
+    confident = decode_probs(np.array([0.1, 0.1, 0.8]), classes, k=2)
+    assert confident.label == "palm" and [c for c, _ in confident.top_k] == ["palm", "fist"]
+    assert decode_probs(np.array([0.3, 0.3, 0.4]), classes, threshold=0.5).label is None
+    rejected = decode_probs(np.array([0.1, 0.8, 0.1]), classes)
+    assert rejected.label is None and rejected.top_k[0][0] == "none"
+    assert rejected.to_dict()["top_k"][0] == {"label": "none", "score": pytest.approx(0.8)}

@@ -1,0 +1,109 @@
+"""Scanning, validation and reproducible splits of ImageFolder datasets."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from PIL import Image
+
+from training.data import DatasetError, ImageDataset, Splits, load_splits
+from tests.helpers import make_image_folder, synthetic_image
+
+
+def add_bad_files(root):
+    """One of each kind of broken file a real photo folder ends up with."""
+    (root / "fist" / "empty.jpg").write_bytes(b"")
+    (root / "fist" / "notes.txt").write_text("not an image")
+    (root / "palm" / "fake.png").write_bytes(b"definitely not a png")
+    buf = io.BytesIO()
+    Image.fromarray(synthetic_image(0, seed=0)).save(buf, format="JPEG")
+    (root / "palm" / "truncated.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) * 2 // 3])
+    (root / "peace" / ".hidden.png").write_bytes(b"ignored")
+    return {"empty.jpg", "notes.txt", "fake.png", "truncated.jpg"}
+
+
+def test_bad_files_are_skipped_and_reported(tmp_path):
+    root = make_image_folder(tmp_path / "d", per_class=10)
+    bad = add_bad_files(root)
+    splits = load_splits(root, val_split=0.2, test_split=0.2)
+    assert {s["path"].rsplit("/", 1)[1] for s in splits.skipped} == bad
+    assert all(s["reason"] for s in splits.skipped)
+    assert sum(splits.counts().values()) == 30
+    reasons = " ".join(s["reason"] for s in splits.skipped)
+    assert "0 bytes" in reasons and "truncated" in reasons
+
+
+def test_stratified_split_is_seeded_disjoint_and_balanced(tmp_path):
+    root = make_image_folder(tmp_path / "d", per_class=20)
+    a = load_splits(root, val_split=0.1, test_split=0.25, seed=3)
+    b = load_splits(root, val_split=0.1, test_split=0.25, seed=3)
+    c = load_splits(root, val_split=0.1, test_split=0.25, seed=4)
+    assert a.to_json() == b.to_json()
+    assert a.to_json()["test"] != c.to_json()["test"]
+    paths = [set(s.path for s in getattr(a, name)) for name in ("train", "val", "test")]
+    assert not (paths[0] & paths[1] or paths[0] & paths[2] or paths[1] & paths[2])
+    for label in range(3):
+        assert sum(s.label == label for s in a.test) == 5
+        assert sum(s.label == label for s in a.val) == 2
+
+
+def test_test_per_class_holds_out_exactly_n(tmp_path):
+    root = make_image_folder(tmp_path / "d", per_class=15)
+    splits = load_splits(root, test_per_class=4, val_split=0.0)
+    assert [sum(s.label == k for s in splits.test) for k in range(3)] == [4, 4, 4]
+    assert len(splits.val) == 0
+
+
+def test_presplit_layout_is_used_as_is(tmp_path):
+    for split, n in (("train", 8), ("val", 2), ("test", 3)):
+        make_image_folder(tmp_path / "d" / split, per_class=n)
+    splits = load_splits(tmp_path / "d")
+    assert splits.layout == "presplit" and splits.counts() == {"train": 24, "val": 6, "test": 9}
+
+
+def test_split_round_trips_through_json(tmp_path):
+    splits = load_splits(make_image_folder(tmp_path / "d", per_class=10))
+    splits.save(tmp_path / "split.json")
+    again = Splits.load(tmp_path / "split.json")
+    assert again.to_json() == splits.to_json()
+
+
+@pytest.mark.parametrize(
+    "layout, message",
+    [
+        ("empty_class", "no usable images: peace"),
+        ("single_class", "only one class"),
+        ("no_images", "no images found"),
+        ("no_folders", "no class folders"),
+    ],
+)
+def test_untrainable_datasets_are_refused_up_front(tmp_path, layout, message):
+    root = tmp_path / "d"
+    if layout == "empty_class":
+        make_image_folder(root, classes=("fist", "palm"), per_class=5)
+        (root / "peace").mkdir()
+    elif layout == "single_class":
+        make_image_folder(root, classes=("fist",), per_class=5)
+    elif layout == "no_images":
+        (root / "fist").mkdir(parents=True)
+        (root / "palm").mkdir()
+        (root / "palm" / "readme.txt").write_text("x")
+    else:
+        root.mkdir()
+        (root / "loose.jpg").write_bytes(b"x")
+    with pytest.raises(DatasetError, match=message):
+        load_splits(root)
+
+
+def test_a_file_that_fails_late_is_ignored_by_the_loss_not_fatal(tmp_path):
+    from training.augment import build_eval_transform
+    from gesture_core import get_backbone
+
+    splits = load_splits(make_image_folder(tmp_path / "d", per_class=5), val_split=0.0, test_split=0.0)
+    open(splits.train[0].path, "wb").close()  # broken after the scan, as by a concurrent writer
+    config = get_backbone("lenet5").data_config
+    dataset = ImageDataset(splits.train, build_eval_transform(config), placeholder_shape=(3, 32, 32))
+    image, label, index = dataset[0]
+    assert label == -1 and index == 0 and image.shape == (3, 32, 32)
+    assert dataset[1][1] >= 0
