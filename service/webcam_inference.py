@@ -2,14 +2,13 @@
 and the temporal smoothing that keeps the shown label steady.
 
 Both engines take a BGR frame (as OpenCV captures it) and return ``{label: probability}``; the
-local engine returns every class, the remote one the ``top_k`` the service sends back.
+local engine returns every class, and the remote one asks the service for every class too.
 """
 
 from __future__ import annotations
 
 import http.client
 import json
-import socket
 import uuid
 from collections import Counter, deque
 from typing import Protocol
@@ -59,11 +58,16 @@ class LocalEngine:
 
     def __call__(self, bgr: np.ndarray) -> Scores:
         probs = predict_probs(self.classifier, bgr)
-        return dict(zip(self.classifier.classes, probs.tolist()))
+        return dict(zip(self.classifier.classes, probs.tolist(), strict=True))
 
     def close(self) -> None:
         if self.classifier.device.type == "cuda":
             torch.cuda.empty_cache()
+
+
+# Ask the service for every class (it caps top_k at the class count), so smoothing averages full
+# probability vectors as in local mode; the service's own limit for top_k is 1000.
+REMOTE_TOP_K = 1000
 
 
 class RemoteEngine:
@@ -74,7 +78,7 @@ class RemoteEngine:
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"--url {url!r}: expected http://HOST:PORT or https://HOST:PORT (e.g. http://127.0.0.1:3000)")
         self.url = url.rstrip("/")
-        self.name = self.url
+        self.name = f"remote {parts.netloc}"
         self.model: str | None = None  # what the service says it runs, from its answers
         self._scheme, self._host, self._port = parts.scheme, parts.hostname, parts.port
         self._path = parts.path.rstrip("/") + "/predict"
@@ -99,6 +103,7 @@ class RemoteEngine:
     def _post(self, jpeg: bytes) -> tuple[int, bytes]:
         boundary = uuid.uuid4().hex
         body = b"".join([
+            f'--{boundary}\r\nContent-Disposition: form-data; name="top_k"\r\n\r\n{REMOTE_TOP_K}\r\n'.encode(),
             f"--{boundary}\r\n".encode(),
             b'Content-Disposition: form-data; name="image"; filename="frame.jpg"\r\n',
             b"Content-Type: image/jpeg\r\n\r\n", jpeg, f"\r\n--{boundary}--\r\n".encode(),
@@ -109,7 +114,7 @@ class RemoteEngine:
             connection.request("POST", self._path, body=body, headers=headers)
             response = connection.getresponse()
             return response.status, response.read()
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             self.close()
             raise ServerError(f"{self.url} did not answer within {self._timeout:g} s") from None
         except ConnectionRefusedError:

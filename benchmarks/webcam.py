@@ -1,0 +1,124 @@
+"""Webcam demo speed: FPS and per-frame latency from a video file, local and remote, per backbone.
+
+    .venv/bin/python -m benchmarks.webcam                       # efficientnet_lite0 + resnet18, local + remote
+    .venv/bin/python -m benchmarks.webcam --backbones efficientnet_lite0 --modes local --frames 300
+
+Each measurement is the real command line (``python -m service.webcam ... --headless``) on a
+640x480 clip made from sign-digits photos; the figures are its summary line. Weights are random
+("none"): speed does not depend on them. Remote mode imports the checkpoint into a private
+BentoML store and starts ``bentoml serve`` on a free 127.0.0.1 port.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import platform
+import re
+import shlex
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from gesture_core import build_model, get_backbone, save_checkpoint
+from service.server_process import serve_process
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data" / "sign-digits"
+SUMMARY = re.compile(r"summary: (\d+) frames \((\d+) stale dropped\) in ([\d.]+) s, ([\d.]+) FPS, latency p50 ([\d.]+) ms, p95 ([\d.]+) ms")
+
+
+def make_clip(path: Path, frames: int, size: tuple[int, int] = (640, 480), fps: float = 30.0) -> Path:
+    """A webcam-sized clip cycling through real photos (synthetic noise if the data is absent)."""
+    photos = sorted(p for d in sorted(DATA.iterdir()) for p in sorted(d.iterdir())[:3]) if DATA.is_dir() else []
+    rng = np.random.default_rng(0)
+    images = [cv2.resize(cv2.imread(str(p)), size) for p in photos] or [
+        rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8) for _ in range(10)]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
+    for i in range(frames):
+        writer.write(images[i % len(images)])
+    writer.release()
+    return path
+
+
+def make_checkpoint(folder: Path, backbone: str, image_size: int | None) -> Path:
+    spec = get_backbone(backbone)
+    config = spec.data_config if image_size is None else spec.data_config.with_input_size(image_size)
+    path = folder / f"{backbone}-{config.input_size}" / "best.pt"
+    save_checkpoint(path, model=build_model(backbone, 10, "none"), backbone=spec.name, classes=[str(i) for i in range(10)],
+                    data_config=config, train_config={"weights": "none", "purpose": "speed benchmark"})
+    return path
+
+
+@contextlib.contextmanager
+def bentoml_server(checkpoint: Path, home: Path) -> Iterator[str]:
+    """Import ``checkpoint`` into a BentoML store at ``home`` and serve it; yields the base URL."""
+    env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "1", "NO_ALBUMENTATIONS_UPDATE": "1"}
+    subprocess.run([sys.executable, "-m", "service.import_model", str(checkpoint)], cwd=REPO, env=env, check=True,
+                   capture_output=True)
+    with serve_process(bentoml_home=home, ready_timeout=300, log_path=home / "serve.log") as server:
+        yield server.url
+
+
+def measure(args: list[str]) -> dict:
+    command = [sys.executable, "-m", "service.webcam", *args, "--headless"]
+    proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    match = SUMMARY.search(proc.stdout)
+    if proc.returncode != 0 or not match:
+        raise RuntimeError(f"{shlex.join(command)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    frames, dropped, seconds, fps, p50, p95 = match.groups()
+    return {"frames": int(frames), "dropped": int(dropped), "seconds": float(seconds), "fps": float(fps),
+            "p50_ms": float(p50), "p95_ms": float(p95), "command": "python -m service.webcam " + shlex.join([*args, "--headless"])}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.webcam", description=__doc__.split("\n\n")[0])
+    p.add_argument("--backbones", nargs="+", default=["efficientnet_lite0", "resnet18"])
+    p.add_argument("--modes", nargs="+", choices=("local", "remote"), default=["local", "remote"])
+    p.add_argument("--frames", type=int, default=300, help="length of the test clip")
+    p.add_argument("--image-size", type=int, help="model input size (default: the backbone's, 224)")
+    p.add_argument("--realtime", action="store_true", help="also play the clip at its 30 fps and count dropped frames")
+    args = p.parse_args(argv)
+
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+          f"CUDA {'yes' if torch.cuda.is_available() else 'no'}")
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="webcam-bench-") as tmp:
+        tmp = Path(tmp)
+        clip = make_clip(tmp / "clip.mp4", args.frames)
+        for backbone in args.backbones:
+            ckpt = make_checkpoint(tmp, backbone, args.image_size)
+            runs = []
+            if "local" in args.modes:
+                runs.append(("local", ["--checkpoint", str(ckpt), "--source", str(clip)]))
+                if args.realtime:
+                    runs.append(("local --realtime", ["--checkpoint", str(ckpt), "--source", str(clip), "--realtime"]))
+            for mode, cli in runs:
+                rows.append({"backbone": backbone, "mode": mode, **measure(cli)})
+                print(_row(rows[-1]), flush=True)
+            if "remote" in args.modes:
+                home = tmp / f"bentoml-{backbone}"
+                home.mkdir()
+                with bentoml_server(ckpt, home) as url:
+                    rows.append({"backbone": backbone, "mode": "remote", **measure(["--url", url, "--source", str(clip)])})
+                    print(_row(rows[-1]), flush=True)
+    print("\n| backbone | mode | frames | dropped | FPS | latency p50 | latency p95 |\n| --- | --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        print(f"| {r['backbone']} | {r['mode']} | {r['frames']} | {r['dropped']} | {r['fps']:.1f} | {r['p50_ms']:.1f} ms | {r['p95_ms']:.1f} ms |")
+    return 0
+
+
+def _row(r: dict) -> str:
+    return (f"{r['backbone']:<18} {r['mode']:<17} {r['frames']:>4} frames, {r['dropped']:>3} dropped: {r['fps']:6.1f} FPS, "
+            f"p50 {r['p50_ms']:6.1f} ms, p95 {r['p95_ms']:6.1f} ms   [{r['command']}]")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,391 @@
+"""The webcam demo on real video files: headless local runs, a real HTTP service, outages, bad sources.
+
+Videos are written here with cv2.VideoWriter from real sign-digits images (the test split of the
+fine-tuned fixture run, so the model never saw them in training).
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from gesture_core import load_classifier
+from service.server_process import free_port, serve_process
+from service.webcam import EXIT_OK, EXIT_OUTAGE, EXIT_USAGE, Options, Recognizer, Stream, main, run
+from service.webcam_capture import Frame, FrameGrabber
+from service.webcam_inference import LocalEngine, RemoteEngine, ServerError, Smoother
+from tests.helpers import REPO
+
+FRAME_SIZE = 128  # sign-digits images are mostly 100x100 (three are 3024x3024): one size for the video
+
+
+def split_test_images(run_dir: Path, class_name: str, count: int) -> list[Path]:
+    """The first ``count`` test-split images of ``class_name`` in the run's split.json."""
+    split = json.loads((run_dir / "split.json").read_text())
+    index = split["classes"].index(class_name)
+    paths = [Path(split["root"]) / rel for rel, label in split["test"] if label == index]
+    assert len(paths) >= count, f"only {len(paths)} test images of class {class_name}"
+    return paths[:count]
+
+
+def write_video(path: Path, images: list[Path], frames: int, fourcc: str = "mp4v", fps: float = 30.0) -> Path:
+    """``frames`` frames cycling through ``images`` (each resized to FRAME_SIZE²)."""
+    decoded = [cv2.resize(cv2.imread(str(p)), (FRAME_SIZE, FRAME_SIZE), interpolation=cv2.INTER_AREA) for p in images]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, (FRAME_SIZE, FRAME_SIZE))
+    assert writer.isOpened(), f"cannot write {path} with {fourcc}"
+    for i in range(frames):
+        writer.write(decoded[i % len(decoded)])
+    writer.release()
+    return path
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def count_frames(path: Path) -> tuple[int, tuple[int, int]]:
+    cap = cv2.VideoCapture(str(path))
+    assert cap.isOpened(), f"{path} is not a readable video"
+    count, shape = 0, (0, 0)
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        count, shape = count + 1, frame.shape[:2]
+    cap.release()
+    return count, shape
+
+
+def webcam_cli(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "service.webcam", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})
+
+
+@pytest.fixture(scope="module")
+def digit_clip(sign_digits_run, tmp_path_factory) -> Path:
+    """20 frames of class 2, then 20 of class 7: ten different test-split photos per class."""
+    frames = [p for name in ("2", "7") for p in split_test_images(sign_digits_run, name, 10) * 2]
+    decoded = [cv2.resize(cv2.imread(str(p)), (FRAME_SIZE, FRAME_SIZE), interpolation=cv2.INTER_AREA) for p in frames]
+    path = tmp_path_factory.mktemp("clip") / "digits_2_then_7.mp4"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 30.0, (FRAME_SIZE, FRAME_SIZE))
+    for image in decoded:
+        writer.write(image)
+    writer.release()
+    return path
+
+
+def assert_recognises_2_then_7(lines: list[dict]) -> None:
+    assert [line["index"] for line in lines] == list(range(40))
+    # After the smoothing window has filled with one class, the steadied label is that class.
+    assert lines[19]["label"] == "2" and lines[39]["label"] == "7"
+    assert sum(line["label"] == "2" for line in lines[8:20]) >= 10
+    assert sum(line["label"] == "7" for line in lines[28:40]) >= 10
+
+
+# ----------------------------------------------------------------------------- local mode, real model
+
+
+@pytest.mark.slow
+def test_headless_local_run_names_the_gesture_and_writes_outputs(sign_digits_run, digit_clip, tmp_path):
+    out, jsonl = tmp_path / "annotated.mp4", tmp_path / "predictions.jsonl"
+    proc = webcam_cli("--checkpoint", str(sign_digits_run / "best.pt"), "--source", str(digit_clip), "--headless",
+                      "--smooth", "8", "--threshold", "0.3", "--output", str(out), "--jsonl", str(jsonl),
+                      "--snapshot-at", "15", "--snapshot-dir", str(tmp_path / "shots"))
+    assert proc.returncode == EXIT_OK, proc.stderr
+    lines = read_jsonl(jsonl)
+    assert set(lines[0]) >= {"index", "timestamp", "label", "score", "latency_ms"}
+    assert_recognises_2_then_7(lines)
+    assert all(line["latency_ms"] > 0 and 0 <= line["score"] <= 1 for line in lines)
+    assert [line["timestamp"] for line in lines] == sorted(line["timestamp"] for line in lines)
+    frames, (height, width) = count_frames(out)
+    assert frames == 40 and width >= 480  # small frames are enlarged so the overlay is legible
+    snapshot = cv2.imread(str(tmp_path / "shots" / "snapshot-000015.png"))
+    assert snapshot is not None and snapshot.shape[:2] == (height, width)
+    summary = [line for line in proc.stdout.splitlines() if line.startswith("summary:")]
+    assert len(summary) == 1 and "40 frames" in summary[0] and "FPS" in summary[0] and "p95" in summary[0]
+
+
+@pytest.mark.slow
+def test_vote_smoothing_and_roi_on_an_image_sequence(sign_digits_run, tmp_path):
+    """Image-sequence source, majority vote, and a ROI crop: the photo sits in the middle of a bigger frame."""
+    images = split_test_images(sign_digits_run, "5", 6)
+    for i in range(12):
+        photo = cv2.resize(cv2.imread(str(images[i % len(images)])), (FRAME_SIZE, FRAME_SIZE))
+        frame = np.full((FRAME_SIZE * 2, FRAME_SIZE * 2, 3), 40, np.uint8)  # dark border the ROI must cut off
+        frame[FRAME_SIZE // 2 : FRAME_SIZE * 3 // 2, FRAME_SIZE // 2 : FRAME_SIZE * 3 // 2] = photo
+        cv2.imwrite(str(tmp_path / f"{i:04d}.png"), frame)
+    seen = []
+    engine = LocalEngine.load(str(sign_digits_run / "best.pt"), device="cpu")
+    recording = lambda bgr: seen.append(bgr.shape) or engine(bgr)  # noqa: E731
+    recording.name = engine.name
+    summary = run(Stream.open(str(tmp_path / "%04d.png")), recording,
+                  Options(roi=0.5, smooth=5, vote=True, threshold=0.3, jsonl=tmp_path / "p.jsonl"), log=lambda m: None)
+    assert summary.frames == 12 and summary.error is None
+    assert seen == [(FRAME_SIZE, FRAME_SIZE, 3)] * 12
+    assert summary.labels[-1] == "5"
+
+
+# ----------------------------------------------------------------------------- remote mode, real bentoml serve
+
+
+@pytest.fixture(scope="module")
+def gesture_server(sign_digits_run, tmp_path_factory):
+    """``bentoml serve`` on a free 127.0.0.1 port, serving the fixture run from a private model store."""
+    home = tmp_path_factory.mktemp("bentoml-home")
+    env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "1", "NO_ALBUMENTATIONS_UPDATE": "1"}
+    subprocess.run([sys.executable, "-m", "service.import_model", str(sign_digits_run / "best.pt")], cwd=REPO, env=env,
+                   check=True, capture_output=True, timeout=300)
+    with serve_process(bentoml_home=home, ready_timeout=300, log_path=home / "serve.log") as server:
+        yield server.url
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_headless_remote_run_against_a_real_service(gesture_server, digit_clip, tmp_path):
+    out, jsonl = tmp_path / "annotated.avi", tmp_path / "predictions.jsonl"
+    proc = webcam_cli("--url", gesture_server, "--source", str(digit_clip), "--headless", "--smooth", "8",
+                      "--threshold", "0.3", "--output", str(out), "--jsonl", str(jsonl))
+    assert proc.returncode == EXIT_OK, proc.stderr
+    lines = read_jsonl(jsonl)
+    assert_recognises_2_then_7(lines)
+    assert not any("error" in line for line in lines)
+    assert count_frames(out)[0] == 40
+    assert "40 frames" in proc.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_remote_answers_match_the_local_model(gesture_server, sign_digits_run, digit_clip):
+    """Same frames, same model: the service's probabilities equal the local ones up to JPEG transport."""
+    local = LocalEngine.load(str(sign_digits_run / "best.pt"), device="cpu")
+    remote = RemoteEngine(gesture_server, timeout=30)
+    cap = cv2.VideoCapture(str(digit_clip))
+    ok, frame = cap.read()
+    cap.release()
+    assert ok
+    here, there = local(frame), remote(frame)
+    assert set(here) == set(there)  # every class comes back, not just the service's default top 5
+    assert max(here, key=here.get) == max(there, key=there.get)
+    assert max(abs(here[c] - there[c]) for c in here) < 0.1
+    assert remote.model and remote.model.startswith("gesture-classifier:")
+    remote.close()
+
+
+# ----------------------------------------------------------------------------- smoothing and rejection
+
+
+def test_smoother_averages_probabilities_over_the_window():
+    smoother = Smoother(3, threshold=0.0)
+    smoother.update({"a": 0.9, "b": 0.1})
+    smoother.update({"a": 0.2, "b": 0.8})
+    steady = smoother.update({"a": 0.8, "b": 0.2})
+    assert steady.label == "a" and steady.score == pytest.approx((0.9 + 0.2 + 0.8) / 3)
+    assert smoother.update({"a": 0.1, "b": 0.9}).label == "b"  # window moved on: (0.2+0.8+0.1)/3 < 0.5
+
+
+def test_smoother_majority_vote_ignores_one_odd_frame():
+    smoother = Smoother(5, vote=True)
+    for scores in ({"a": 0.6, "b": 0.4},) * 3 + ({"a": 0.0, "b": 1.0},):
+        result = smoother.update(scores)
+    assert result.label == "a"  # averaging would say b: (0.6*3)/4 = 0.45 < (0.4*3+1)/4 = 0.55
+    assert Smoother(4).update({"a": 0.0, "b": 1.0}).label == "b"
+
+
+def test_threshold_and_none_class_mean_no_gesture():
+    assert Smoother(1, threshold=0.7).update({"a": 0.6, "b": 0.4}).label is None
+    assert Smoother(1).update({"none": 0.8, "a": 0.2}).label is None
+    assert Smoother(3, vote=True, threshold=0.7).update({"a": 0.6, "b": 0.4}).label is None
+
+
+def test_remote_answers_with_partial_top_k_line_up():
+    smoother = Smoother(2)
+    smoother.update({"a": 0.5, "b": 0.3})
+    result = smoother.update({"c": 0.6, "a": 0.35})
+    assert result.label == "a" and result.score == pytest.approx(0.425)
+
+
+# ----------------------------------------------------------------------------- capture thread
+
+
+class StubbornCamera:
+    """A live source that delivers ``frames`` frames and then nothing (an unplugged camera)."""
+
+    def __init__(self, frames: int):
+        self.frames, self.released = frames, False
+
+    def read(self):
+        if self.frames <= 0:
+            return False, None
+        self.frames -= 1
+        time.sleep(0.002)
+        return True, np.zeros((8, 8, 3), np.uint8)
+
+    def release(self):
+        self.released = True
+
+
+def test_camera_that_disappears_ends_the_stream_with_a_message():
+    camera = StubbornCamera(5)
+    with FrameGrabber(camera, live=True, drop_stale=True, description="camera 0", lost_after_s=0.2) as grabber:
+        while grabber.latest(timeout=5) is not None:
+            pass
+    assert "camera 0 stopped delivering frames" in grabber.error
+    assert camera.released
+
+
+def test_live_capture_drops_stale_frames_and_serves_the_newest(tmp_path, sign_digits):
+    video = write_video(tmp_path / "clip.avi", sorted((sign_digits / "4").iterdir())[:5], 60, fourcc="MJPG")
+    grabber = FrameGrabber(cv2.VideoCapture(str(video)), live=False, drop_stale=True, pace_fps=300)
+    taken = []
+    with grabber:
+        while (frame := grabber.latest(timeout=5)) is not None:
+            taken.append(frame.index)
+            time.sleep(0.03)  # a slow model: about 10 frames arrive meanwhile
+    assert taken == sorted(taken) and taken[-1] == 59  # in order, and always up to the newest
+    assert grabber.dropped == 60 - len(taken) > 0
+
+
+def test_file_as_fast_as_possible_hands_over_every_frame(tmp_path, sign_digits):
+    video = write_video(tmp_path / "clip.mp4", sorted((sign_digits / "4").iterdir())[:5], 25)
+    with FrameGrabber(cv2.VideoCapture(str(video)), live=False, drop_stale=False) as grabber:
+        taken = []
+        while (frame := grabber.latest(timeout=5)) is not None:
+            taken.append(frame.index)
+            time.sleep(0.005)
+    assert taken == list(range(25)) and grabber.dropped == 0
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+@pytest.fixture(scope="module")
+def short_clip(tmp_path_factory, sign_digits) -> Path:
+    return write_video(tmp_path_factory.mktemp("short") / "short.mp4", sorted((sign_digits / "1").iterdir())[:6], 12)
+
+
+@pytest.mark.parametrize("source, message", [
+    ("missing.mp4", "no such video file"),
+    ("notes.mp4", "not a video"),
+    ("frames/%04d.png", "no files match"),
+    ("folder", "is a folder"),
+    ("9", "cannot open camera 9"),  # no camera on this machine (nor on CI)
+])
+def test_bad_source_is_a_clear_error(tmp_path, monkeypatch, source, message, random_head_checkpoint):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.mp4").write_text("this is not a video\n")
+    (tmp_path / "folder").mkdir()
+    logged = []
+    code = main(["--checkpoint", str(random_head_checkpoint), "--source", source, "--headless"], log=logged.append)
+    assert code == EXIT_USAGE
+    assert logged[-1].startswith("error: ") and message in logged[-1]
+
+
+def test_missing_checkpoint_is_a_clear_error(tmp_path, short_clip):
+    logged = []
+    code = main(["--checkpoint", str(tmp_path / "nope.pt"), "--source", str(short_clip), "--headless"], log=logged.append)
+    assert code == EXIT_USAGE and "does not exist" in logged[-1]
+
+
+def test_bad_url_lists_the_expected_form(short_clip):
+    logged = []
+    assert main(["--url", "localhost:3000", "--source", str(short_clip), "--headless"], log=logged.append) == EXIT_USAGE
+    assert "http://HOST:PORT" in logged[-1]
+
+
+def test_server_down_keeps_processing_frames_and_reports_the_outage(short_clip, tmp_path):
+    """Closed port, no --headless and no display: falls back to headless, processes every frame, exits cleanly."""
+    jsonl = tmp_path / "p.jsonl"
+    env = {"DISPLAY": "", "WAYLAND_DISPLAY": ""}
+    proc = webcam_cli("--url", f"http://127.0.0.1:{free_port()}", "--source", str(short_clip), "--timeout", "0.5",
+                      "--jsonl", str(jsonl), "--output", str(tmp_path / "out.avi"), env=env, timeout=120)
+    assert proc.returncode == EXIT_OUTAGE, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "no display" in proc.stderr and "running headless" in proc.stderr
+    assert "connection refused" in proc.stderr and "still showing frames" in proc.stderr
+    lines = read_jsonl(jsonl)
+    assert [line["index"] for line in lines] == list(range(12))
+    assert all(line["label"] is None and "not reachable" in line["error"] for line in lines)
+    assert count_frames(tmp_path / "out.avi")[0] == 12  # frames kept flowing into the preview/video
+    assert "no answer from the server for 12 frames" in proc.stdout
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):  # noqa: N802 (http.server's naming)
+        self.server.requests += 1
+        self.rfile.read(int(self.headers["Content-Length"]))
+        if self.server.mode == "hang":
+            time.sleep(1.5)
+        body = b'{"error": "model exploded"}' if self.server.mode == "error" else b"not json"
+        try:
+            self.send_response(500 if self.server.mode == "error" else 200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up waiting, as it should
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def misbehaving_server():
+    servers = []
+
+    def start(mode: str) -> str:
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        server.mode, server.requests, server.daemon_threads = mode, 0, True
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("mode, message", [("error", "HTTP 500: model exploded"), ("garbage", "something other than a prediction"),
+                                           ("hang", "did not answer within 0.3 s")])
+def test_server_errors_become_an_outage_not_a_crash(misbehaving_server, short_clip, mode, message):
+    server = misbehaving_server(mode)
+    engine = RemoteEngine(f"http://127.0.0.1:{server.server_address[1]}", timeout=0.3)
+    with pytest.raises(ServerError, match=message):
+        engine(np.zeros((64, 64, 3), np.uint8))
+    logged = []
+    summary = run(Stream.open(str(short_clip)), engine, Options(), log=logged.append)
+    assert summary.frames == 12 and summary.outage_frames == 12 and summary.exit_code == EXIT_OUTAGE
+    assert sum(message in m for m in logged) == 1  # reported once, not once per frame
+    assert server.requests < 12  # while out, frames are shown without waiting on the server each time
+
+
+def test_recognizer_recovers_when_the_server_answers_again(monkeypatch, random_head_checkpoint):
+    classifier = load_classifier(random_head_checkpoint, device="cpu")
+    local = LocalEngine(classifier)
+    failing = {"on": True}
+
+    def flaky(bgr):
+        if failing["on"]:
+            raise ServerError("server down")
+        return local(bgr)
+
+    flaky.name = "flaky"
+    logged = []
+    recognizer = Recognizer(flaky, Smoother(3), log=logged.append)
+    monkeypatch.setattr("service.webcam.RETRY_AFTER_S", 0.0)
+    frame = Frame(0, np.zeros((64, 64, 3), np.uint8), 0.0)
+    assert recognizer(frame, 0.0).error == "server down"
+    failing["on"] = False
+    result = recognizer(frame, 0.1)
+    assert result.error is None and result.prediction is not None and recognizer.outage is None
+    assert any("answers again" in m for m in logged)
