@@ -1,0 +1,229 @@
+"""HTTP serving speed: p50 latency and throughput for N concurrent single-image clients, on
+/predict (one model call per request) and /predict_batched (BentoML adaptive batching).
+
+    .venv/bin/python -m benchmarks.serve_latency                     # efficientnet_lite0 @224, 16 clients, 20 s each
+    .venv/bin/python -m benchmarks.serve_latency --checkpoint runs/NAME/best.pt --duration 30 --json out.json
+
+Everything is real: the checkpoint goes through ``python -m service.import_model`` into a private
+BentoML store, ``bentoml serve`` runs on a free 127.0.0.1 port, and the clients post JPEG files
+(sign-digits photos, or generated ones when ../shared/data is absent) as multipart uploads. Without
+--checkpoint the model has ImageNet weights and an untrained head: speed does not depend on the head.
+
+Reusable pieces: ``running_service`` (import + serve) and ``drive`` (concurrent clients for a bounded time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from service.server_process import REPO, RunningServer, serve_process
+
+DATA = REPO.parent / "shared" / "data" / "sign-digits"
+ROUTES = ("predict", "predict_batched")
+
+
+@dataclass
+class LoadResult:
+    route: str
+    clients: int
+    seconds: float
+    latencies_ms: list[float] = field(repr=False)
+    errors: dict[str, int]
+    mean_batch_size: float | None = None
+
+    @property
+    def requests(self) -> int:
+        return len(self.latencies_ms)
+
+    def percentile(self, q: float) -> float:
+        return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else float("nan")
+
+    @property
+    def throughput(self) -> float:
+        return self.requests / self.seconds if self.seconds else 0.0
+
+    def summary(self) -> dict:
+        return {"route": self.route, "clients": self.clients, "seconds": round(self.seconds, 1), "requests": self.requests,
+                "p50_ms": round(self.percentile(50), 1), "p90_ms": round(self.percentile(90), 1),
+                "p99_ms": round(self.percentile(99), 1), "throughput_rps": round(self.throughput, 2),
+                "errors": self.errors, "mean_batch_size": self.mean_batch_size}
+
+
+def make_checkpoint(path: Path, backbone: str = "efficientnet_lite0", image_size: int | None = None, num_classes: int = 10) -> Path:
+    """ImageNet weights (when available offline) and a random head: the speed of a fine-tuned model."""
+    import torch
+
+    from gesture_core import build_model, get_backbone, save_checkpoint
+    from gesture_core.weights import WeightsUnavailableError
+
+    spec = get_backbone(backbone)
+    torch.manual_seed(0)
+    try:
+        model = build_model(backbone, num_classes, "imagenet")
+    except WeightsUnavailableError:
+        model = build_model(backbone, num_classes, "none")
+    data_config = spec.data_config.with_input_size(image_size) if image_size else spec.data_config
+    return save_checkpoint(path, model=model, backbone=spec.name, classes=[str(i) for i in range(num_classes)],
+                           data_config=data_config, train_config={"note": "benchmark: untrained head"})
+
+
+def import_model(checkpoint: Path, bentoml_home: Path) -> str:
+    env = {**os.environ, "BENTOML_HOME": str(bentoml_home), "BENTOML_DO_NOT_TRACK": "1"}
+    done = subprocess.run([sys.executable, "-m", "service.import_model", str(checkpoint)], cwd=REPO, env=env,
+                          capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"import_model failed:\n{done.stderr}")
+    return done.stdout.strip()
+
+
+@contextlib.contextmanager
+def running_service(checkpoint: Path, env: Mapping[str, str] | None = None) -> Iterator[RunningServer]:
+    """Import ``checkpoint`` into a throw-away BentoML home and serve it on 127.0.0.1."""
+    with tempfile.TemporaryDirectory(prefix="bentoml-bench-") as home:
+        import_model(checkpoint, Path(home))
+        with serve_process(bentoml_home=home, env=env) as server:
+            yield server
+
+
+def load_images(limit: int = 40) -> list[bytes]:
+    """JPEG bytes of real sign-digit photos (mostly 100x100), spread over the classes."""
+    if DATA.is_dir():
+        paths = [p for d in sorted(DATA.iterdir()) if d.is_dir() for p in sorted(d.glob("*.JPG"))[:8] if p.stat().st_size < 200_000]
+        return [p.read_bytes() for p in paths[:: max(1, len(paths) // limit)][:limit]]
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    images = []
+    for _ in range(limit):
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 255, (100, 100, 3), dtype=np.uint8)).save(buf, "JPEG")
+        images.append(buf.getvalue())
+    return images
+
+
+def drive(url: str, route: str, images: Sequence[bytes], *, clients: int = 16, duration: float = 20.0,
+          warmup: float = 3.0, timeout: float = 60.0) -> LoadResult:
+    """``clients`` threads, each posting one image at a time to ``route`` (multipart ``image``) in a
+    closed loop; latencies of requests started during the ``duration`` after ``warmup`` count."""
+    start = time.perf_counter() + warmup
+    stop = start + duration
+    latencies: list[float] = []
+    errors: Counter[str] = Counter()
+    lock = threading.Lock()
+
+    def client(index: int) -> None:
+        with httpx.Client(base_url=url, timeout=timeout) as http:
+            i = index
+            while (sent := time.perf_counter()) < stop:
+                data = images[i % len(images)]
+                i += clients
+                try:
+                    resp = http.post(f"/{route}", files={"image": ("image.jpg", data, "image/jpeg")})
+                    outcome = None if resp.status_code == 200 else f"HTTP {resp.status_code}"
+                except httpx.HTTPError as err:
+                    outcome = type(err).__name__
+                elapsed_ms = (time.perf_counter() - sent) * 1000
+                if sent >= start:
+                    with lock:
+                        if outcome is None:
+                            latencies.append(elapsed_ms)
+                        else:
+                            errors[outcome] += 1
+
+    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    seconds = max(time.perf_counter(), stop) - start  # requests started before `stop` may finish after it
+    return LoadResult(f"/{route}", clients, seconds, latencies, dict(errors))
+
+
+def batch_size_stats(metrics_text: str, route: str = "classify_crops") -> tuple[float, float]:
+    """(sum, count) of BentoML's adaptive batch size histogram for ``route``."""
+    def value(kind: str) -> float:
+        found = re.findall(rf'bentoml_service_adaptive_batch_size_{kind}{{[^}}]*method_name="{route}"[^}}]*}} ([0-9.e+]+)', metrics_text)
+        return sum(float(v) for v in found)
+
+    return value("sum"), value("count")
+
+
+def measure(server: RunningServer, routes: Sequence[str], images: Sequence[bytes], clients: int, duration: float, warmup: float) -> list[LoadResult]:
+    results = []
+    for route in routes:
+        before = batch_size_stats(httpx.get(f"{server.url}/metrics").text)
+        result = drive(server.url, route, images, clients=clients, duration=duration, warmup=warmup)
+        after = batch_size_stats(httpx.get(f"{server.url}/metrics").text)
+        if after[1] > before[1]:
+            result.mean_batch_size = round((after[0] - before[0]) / (after[1] - before[1]), 2)
+        results.append(result)
+    return results
+
+
+def machine() -> str:
+    """The hardware, and how busy it was: figures from a shared machine are only comparable within one run."""
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, {gpu}, torch {torch.__version__}, load average {load}"
+
+
+def format_table(results: Sequence[LoadResult]) -> str:
+    rows = ["| endpoint | clients | requests | p50 ms | p90 ms | throughput img/s | mean batch | errors |", "|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        s = r.summary()
+        rows.append(f"| `{r.route}` | {r.clients} | {r.requests} | {s['p50_ms']:.0f} | {s['p90_ms']:.0f} | {s['throughput_rps']:.1f} | "
+                    f"{s['mean_batch_size'] or 1} | {sum(r.errors.values())} |")
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.serve_latency", description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", type=Path, help="a training checkpoint (default: efficientnet_lite0, random head)")
+    p.add_argument("--backbone", default="efficientnet_lite0", help="without --checkpoint: the backbone to time")
+    p.add_argument("--image-size", type=int, help="without --checkpoint: input size (default: the backbone's)")
+    p.add_argument("--clients", type=int, default=16)
+    p.add_argument("--duration", type=float, default=20.0, help="measured seconds per endpoint")
+    p.add_argument("--warmup", type=float, default=5.0, help="seconds per endpoint before measuring (BentoML's batcher calibrates itself first)")
+    p.add_argument("--routes", default=",".join(ROUTES), help=f"comma-separated, from {', '.join(ROUTES)}")
+    p.add_argument("--json", type=Path, help="also write the results here")
+    args = p.parse_args(argv)
+    routes = [r.strip().lstrip("/") for r in args.routes.split(",") if r.strip()]
+    if unknown := sorted(set(routes) - set(ROUTES)):
+        p.error(f"--routes {','.join(unknown)}: choose from {', '.join(ROUTES)}")
+    images = load_images()
+    load_before = machine()
+    with tempfile.TemporaryDirectory(prefix="serve-bench-") as tmp:
+        checkpoint = args.checkpoint or make_checkpoint(Path(tmp) / "bench.pt", args.backbone, args.image_size)
+        with running_service(checkpoint) as server:
+            info = httpx.post(f"{server.url}/info").json()
+            results = measure(server, routes, images, args.clients, args.duration, args.warmup)
+    print(f"{info['backbone']} @ {info['input_size']} px on {info['device']}; {len(images)} JPEGs, "
+          f"{args.clients} clients, {args.duration:.0f} s per endpoint\nbefore: {load_before}\nafter:  {machine()}")
+    print(format_table(results))
+    if args.json:
+        args.json.write_text(json.dumps({"model": info, "machine_before": load_before, "machine_after": machine(), "results": [r.summary() for r in results]}, indent=2))
+    return 0 if all(r.requests for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
