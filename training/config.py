@@ -28,6 +28,7 @@ class TrainConfig:
     freeze: str = "none"
     head_epochs: int = 0
     patience: int = 0  # early stopping on val top-1; 0 disables
+    cache_features: str = "auto"  # frozen epochs on cached backbone features: auto (with augment "none") | on | off
     # augmentation
     augment: str = "default"
     flip: bool = True

@@ -29,6 +29,7 @@ from training.augment import PRESETS, build_eval_transform, build_train_transfor
 from training.config import TrainConfig
 from training.data import DatasetError, ImageDataset, SeededSampler, Splits, index_seed, load_splits, make_loader
 from training.engine import EpochResult, build_optimizer, predict_logits, train_one_epoch, warmup_cosine
+from training.features import CACHE_CHOICES, FrozenFeatures, use_feature_cache
 from training.report import classification_metrics, format_summary, plot_curves, write_history, write_json, write_report
 
 RESUMABLE_OVERRIDES = ("epochs", "workers", "device", "patience")
@@ -65,6 +66,7 @@ def build_parser(*, suppress_defaults: bool = False) -> argparse.ArgumentParser:
     g.add_argument("--class-weights", action="store_true", default=default(False), help="weight the loss by inverse class frequency")
     g.add_argument("--freeze", choices=("none", "backbone"), default=default(d.freeze), help="backbone = linear probe")
     g.add_argument("--head-epochs", type=cli.int_at_least(0), default=default(d.head_epochs), help="staged: train only the head for N epochs, then unfreeze")
+    g.add_argument("--cache-features", choices=CACHE_CHOICES, default=default(d.cache_features), help="frozen epochs train the head on backbone features computed once (auto: when --augment none; on: also with augmentation, which those epochs then skip)")
     g.add_argument("--patience", type=cli.int_at_least(0), default=default(d.patience), help="early stopping after N epochs without val improvement (0: off)")
     g = p.add_argument_group("augmentation")
     g.add_argument("--augment", choices=PRESETS, default=default(d.augment))
@@ -237,15 +239,19 @@ def train(cfg: TrainConfig, resume: Path | None = None) -> Path:
     print(f"{cfg.backbone} on {run.splits.root}: {len(run.splits.classes)} classes, split {run.splits.counts()}, "
           f"{len(run.splits.skipped)} files skipped; device {run.device}{' (AMP)' if run.amp else ''}; run folder {run.out}")
     bad_epochs = 0
+    features = frozen_features(run)
     try:
         for epoch in range(state["epoch"], cfg.epochs):
             frozen = cfg.freeze == "backbone" or epoch < cfg.head_epochs
             freeze_backbone(run.model, run.backbone, frozen)
             sampler.set_epoch(epoch)
             torch.manual_seed(index_seed(cfg.seed, epoch, 1))  # dropout & co. depend only on (seed, epoch)
-            result = train_one_epoch(run.model, train_loader, optimizer, scheduler, run.device, aux_weight=run.backbone.aux_weight, label_smoothing=cfg.label_smoothing, class_weights=class_weight_tensor(run), amp=run.amp, scaler=scaler, channels_last=run.channels_last, desc=f"epoch {epoch + 1}/{cfg.epochs}")
+            if frozen and features is not None:
+                result, (val_metrics, val_loss, val_failed) = cached_frozen_epoch(run, features, optimizer, scheduler, sampler)
+            else:
+                result = train_one_epoch(run.model, train_loader, optimizer, scheduler, run.device, aux_weight=run.backbone.aux_weight, label_smoothing=cfg.label_smoothing, class_weights=class_weight_tensor(run), amp=run.amp, scaler=scaler, channels_last=run.channels_last, desc=f"epoch {epoch + 1}/{cfg.epochs}")
+                val_metrics, val_loss, val_failed = evaluate_split(run, val_loader, run.splits.val, "val")
             failed.update(run.splits.train[i].path for i in result.failed)
-            val_metrics, val_loss, val_failed = evaluate_split(run, val_loader, run.splits.val, "val")
             failed.update(val_failed)
             row = history_row(epoch, optimizer, result, val_metrics, val_loss, frozen)
             state["history"].append(row)
@@ -266,6 +272,28 @@ def train(cfg: TrainConfig, resume: Path | None = None) -> Path:
         raise SystemExit(130) from None
     finish(run, state, test_loader, failed)
     return run.out
+
+
+def frozen_features(run: Run) -> FrozenFeatures | None:
+    """Cached backbone features for the frozen epochs (training.features), or None where the cache does not apply."""
+    cfg = run.cfg
+    if not (cfg.freeze == "backbone" or cfg.head_epochs) or not use_feature_cache(cfg.cache_features, cfg.augment):
+        return None
+    note = "" if cfg.augment == "none" else f" (--cache-features on: these epochs skip --augment {cfg.augment})"
+    print(f"frozen-backbone epochs train the head on cached features{note}")
+    splits = {"train": run.splits.train, "val": run.splits.val}
+    return FrozenFeatures(run.model, run.backbone, run.data_config, splits, device=run.device, workers=cfg.workers)
+
+
+def cached_frozen_epoch(run: Run, features: FrozenFeatures, optimizer, scheduler, sampler: SeededSampler) -> tuple[EpochResult, tuple[dict[str, Any], float, list[str]]]:
+    """train_one_epoch + evaluate_split("val") for a frozen epoch, on cached features: same batches, steps and metrics."""
+    cfg = run.cfg
+    order = [index for index, _ in sampler]
+    result = features.train_epoch(optimizer, scheduler, order, batch_size=cfg.batch_size, drop_last=len(run.splits.train) > cfg.batch_size, label_smoothing=cfg.label_smoothing, class_weights=class_weight_tensor(run))
+    logits, targets, failed = features.logits("val")
+    metrics = classification_metrics(logits, targets, run.splits.classes)
+    loss = float(torch.nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(targets))) if len(targets) else float("nan")
+    return result, (metrics, loss, [run.splits.val[i].path for i in failed])
 
 
 def history_row(epoch: int, optimizer, result: EpochResult, val_metrics: dict, val_loss: float, frozen: bool) -> dict[str, Any]:

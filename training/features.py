@@ -1,0 +1,232 @@
+"""Cached backbone features for frozen-backbone training (a linear probe, or the frozen phase of a staged run).
+
+While the backbone is frozen, its output for an image never changes, so it is computed once — through
+the fastest inference engine (``gesture_core.engines``, OpenVINO on CPU) — and the head is trained on
+the stored features: every epoch after the first takes seconds instead of a pass over all the images.
+
+The cache key covers everything the features depend on: the frozen network (architecture and weights,
+hashed), the preprocessing (DataConfig) and every image file's content hash, so a changed file, other
+weights or another input size never reuse stale features. Files live under
+``$GESTURE_CACHE_DIR/features`` (default ``~/.cache/gesture-service/features``).
+
+Trade-off: cached features are those of the deterministic evaluation view (the shared Preprocess).
+They are exact for ``--augment none`` (its training view *is* the evaluation view), which is why
+``--cache-features auto`` turns the cache on only then; ``--cache-features on`` also caches with
+augmentation, training the frozen phase without it (much faster, usually a little less accurate).
+Dropout inside the frozen part is off (features are computed once, in eval mode); a dropout layer right
+before the head is still applied to the cached features during training, as in the uncached run.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from gesture_core.backbones import Backbone, drop_aux, get_submodule_or_none, set_submodule
+from gesture_core.checkpoint import atomic_torch_save
+from gesture_core.engines import build_engine, cache_root, model_fingerprint
+from gesture_core.preprocess import DataConfig
+from training.augment import build_eval_transform
+from training.data import ImageDataset, Sample, make_loader
+from training.engine import IGNORE_LABEL, EpochResult, classification_loss
+
+CACHE_CHOICES = ("auto", "on", "off")
+FEATURES_FORMAT_VERSION = 1
+EXTRACT_BATCH = 64
+
+
+def use_feature_cache(cache_features: str, augment: str) -> bool:
+    """Whether frozen epochs train on cached features (see the module docstring for the trade-off)."""
+    if cache_features not in CACHE_CHOICES:
+        raise ValueError(f"--cache-features {cache_features!r}: choose one of {', '.join(CACHE_CHOICES)}")
+    return cache_features == "on" or (cache_features == "auto" and augment == "none")
+
+
+def feature_extractor(model: nn.Module, backbone: Backbone) -> nn.Module:
+    """A copy of ``model`` with its main head replaced by Identity (and no auxiliary heads), in eval mode."""
+    features = copy.deepcopy(model)
+    drop_aux(features)
+    set_submodule(features, backbone.heads[0], nn.Identity())
+    return features.eval()
+
+
+def head_dropout(model: nn.Module, backbone: Backbone) -> float:
+    """The rate of a Dropout applied right before the main head (VGG, MobileNetV3, GoogLeNet), else 0."""
+    previous = None
+    for name, module in model.named_modules():
+        if name == backbone.heads[0]:
+            return float(previous.p) if isinstance(previous, nn.Dropout) else 0.0
+        if not any(True for _ in module.children()):
+            previous = module
+    return 0.0
+
+
+@dataclass
+class CachedSplit:
+    features: torch.Tensor  # (N, D) float32
+    labels: torch.Tensor  # (N,) int64, IGNORE_LABEL where the image failed to decode
+
+    @property
+    def failed(self) -> list[int]:
+        return (self.labels == IGNORE_LABEL).nonzero().flatten().tolist()
+
+
+def file_digest(path: str) -> str:
+    try:
+        with open(path, "rb") as f:
+            return hashlib.blake2b(f.read(), digest_size=16).hexdigest()
+    except OSError:
+        return "unreadable"  # the loader reports it; a file that appears later changes the key
+
+
+def cache_key(extractor_fingerprint: str, data_config: DataConfig, samples: Sequence[Sample]) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    h.update(json.dumps([FEATURES_FORMAT_VERSION, extractor_fingerprint, data_config.to_dict()], sort_keys=True).encode())
+    for sample in samples:
+        h.update(f"{file_digest(sample.path)}:{sample.label};".encode())
+    return h.hexdigest()
+
+
+def cached_features(
+    extractor: nn.Module,
+    samples: Sequence[Sample],
+    data_config: DataConfig,
+    *,
+    device: torch.device,
+    workers: int = 2,
+    desc: str = "features",
+) -> CachedSplit:
+    """Features of ``samples`` (eval view), loaded from the cache or computed once and stored."""
+    shape = (data_config.in_chans, data_config.input_size, data_config.input_size)
+    key = cache_key(model_fingerprint(extractor, shape), data_config, samples)
+    path = cache_root() / "features" / f"{key}.pt"
+    if path.is_file():
+        try:
+            stored = torch.load(path, map_location="cpu", weights_only=True)
+            return CachedSplit(stored["features"], stored["labels"])
+        except Exception:  # a corrupt cache file is recomputed, never fatal
+            path.unlink(missing_ok=True)
+    split = extract_features(extractor, samples, data_config, device=device, workers=workers, desc=desc)
+    atomic_torch_save({"features": split.features, "labels": split.labels}, path)
+    return split
+
+
+@torch.inference_mode()
+def extract_features(
+    extractor: nn.Module,
+    samples: Sequence[Sample],
+    data_config: DataConfig,
+    *,
+    device: torch.device,
+    workers: int = 2,
+    desc: str = "features",
+) -> CachedSplit:
+    shape = (data_config.in_chans, data_config.input_size, data_config.input_size)
+    engine = build_engine(extractor, engine="auto", precision="fp32", device=device, input_shape=shape)
+    dataset = ImageDataset(samples, build_eval_transform(data_config), min_side=data_config.resize_size, placeholder_shape=shape)
+    loader = make_loader(dataset, batch_size=EXTRACT_BATCH, workers=workers, pin_memory=device.type == "cuda")
+    features, labels = [], []
+    for images, target, _ in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, mininterval=1.0, disable=None):
+        features.append(engine(images).float().flatten(1).cpu())
+        labels.append(target.long())
+    if not features:
+        return CachedSplit(torch.zeros((0, 0)), torch.zeros(0, dtype=torch.long))
+    return CachedSplit(torch.cat(features), torch.cat(labels))
+
+
+class FrozenFeatures:
+    """The train/val(/test) features of a run, and the head trained on them.
+
+    ``head`` is the model's own main head module, so training it here updates the model in place and
+    the run's optimizer, scheduler, checkpoints and resume work exactly as for uncached epochs.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        backbone: Backbone,
+        data_config: DataConfig,
+        splits: dict[str, Sequence[Sample]],
+        *,
+        device: torch.device,
+        workers: int,
+    ):
+        self.model, self.backbone, self.data_config, self.device, self.workers = model, backbone, data_config, device, workers
+        self.samples = dict(splits)
+        self.head = get_submodule_or_none(model, backbone.heads[0])
+        self.dropout = head_dropout(model, backbone)
+        self._cache: dict[str, CachedSplit] = {}
+
+    def split(self, name: str) -> CachedSplit:
+        if name not in self._cache:
+            extractor = feature_extractor(self.model, self.backbone).to(self.device)
+            for split_name, samples in self.samples.items():  # one extractor (one export) for all splits
+                if split_name not in self._cache:
+                    found = cached_features(
+                        extractor,
+                        samples,
+                        self.data_config,
+                        device=self.device,
+                        workers=self.workers,
+                        desc=f"features {split_name}",
+                    )
+                    self._cache[split_name] = CachedSplit(found.features.to(self.device), found.labels.to(self.device))
+        return self._cache[name]
+
+    def train_epoch(
+        self,
+        optimizer,
+        scheduler,
+        order: Sequence[int],
+        *,
+        batch_size: int,
+        drop_last: bool,
+        label_smoothing: float = 0.0,
+        class_weights: torch.Tensor | None = None,
+    ) -> EpochResult:
+        """One epoch over the cached train features in ``order`` (the run's sampler order, so batches match)."""
+        start = time.perf_counter()
+        data = self.split("train")
+        self.head.train()
+        order = torch.as_tensor(list(order), dtype=torch.long, device=self.device)
+        stop = len(order) - len(order) % batch_size if drop_last else len(order)
+        total_loss, correct, seen = 0.0, 0, 0
+        for begin in range(0, stop, batch_size):
+            index = order[begin : begin + batch_size]
+            features, target = data.features[index], data.labels[index]
+            if self.dropout:
+                features = F.dropout(features, self.dropout, training=True)
+            logits = self.head(features)
+            loss = classification_loss(
+                logits, target, aux_weight=0.0, label_smoothing=label_smoothing, class_weights=class_weights
+            )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            valid = target != IGNORE_LABEL
+            n = int(valid.sum())
+            total_loss += loss.item() * n
+            correct += int((logits.argmax(1) == target)[valid].sum())
+            seen += n
+        failed = sorted(set(data.failed) & set(order[:stop].tolist()))
+        return EpochResult(total_loss / max(seen, 1), correct / max(seen, 1), seen, time.perf_counter() - start, failed)
+
+    @torch.inference_mode()
+    def logits(self, name: str) -> tuple[np.ndarray, np.ndarray, list[int]]:
+        """(logits, targets, failed indices) of the head on a cached split, like ``training.engine.predict_logits``."""
+        data = self.split(name)
+        self.head.eval()
+        keep = data.labels != IGNORE_LABEL
+        logits = self.head(data.features[keep]).float().cpu().numpy()
+        return logits, data.labels[keep].cpu().numpy(), data.failed
