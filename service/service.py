@@ -18,16 +18,18 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
 import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
+import aiohttp
 import anyio
 import bentoml
 import numpy as np
 import torch
-from bentoml.exceptions import BadInput, BentoMLException, NotFound
+from bentoml.exceptions import BadInput, BentoMLException, NotFound, ServiceUnavailable
 from pydantic import AfterValidator, BaseModel, Field
 
 from gesture_core import Classifier, ImageDecodeError, decode_probs, load_classifier
@@ -39,6 +41,9 @@ LIMITS = settings.Limits.from_env()
 BATCHING = settings.BatchingConfig.from_env()
 MODEL_TAG = settings.model_tag()
 CUDA = torch.cuda.is_available()
+INTERNAL_CALL_ATTEMPTS = 3
+
+logger = logging.getLogger("bentoml.service.gesture")
 
 
 class ModelNotImported(NotFound):
@@ -164,9 +169,8 @@ class GestureClassifier:
         """Same contract as /predict; concurrent requests are classified together (adaptive batching)."""
         data = await anyio.to_thread.run_sync(self.one_upload, image, image_b64)
         crop = await anyio.to_thread.run_sync(self.decode, data, "image")
-        # Inside a server this call goes through BentoML's batching dispatcher; bad images never get there.
-        probs = await self.to_async.classify_crops([base64.b64encode(crop.tobytes()).decode("ascii")])
-        return self.prediction(np.asarray(probs[0], dtype=np.float32), top_k, threshold)
+        probs = await self.batched_probabilities(crop)
+        return self.prediction(np.asarray(probs, dtype=np.float32), top_k, threshold)
 
     @bentoml.api(batchable=True, max_batch_size=BATCHING.max_batch_size, max_latency_ms=BATCHING.max_latency_ms)
     def classify_crops(self, crops: list[Crop]) -> list[list[float]]:
@@ -225,6 +229,21 @@ class GestureClassifier:
         if len(raw) != self.crop_bytes:
             raise BadInput(f"a crop must be {self.crop_bytes:,} bytes, got {len(raw):,}")
         return np.frombuffer(raw, np.uint8).reshape(self.crop_shape)
+
+    async def batched_probabilities(self, crop: np.ndarray) -> list[float]:
+        """One crop through /classify_crops: inside a server this call goes through BentoML's batching
+        dispatcher (outside one, straight to the method). Bad images never get this far."""
+        payload = [base64.b64encode(crop.tobytes()).decode("ascii")]
+        for attempt in range(1, INTERNAL_CALL_ATTEMPTS + 1):
+            try:
+                return (await self.to_async.classify_crops(payload))[0]
+            except (aiohttp.ClientConnectionError, RuntimeError) as err:
+                # BentoML 1.4.39's in-process client replaces its HTTP session every 100 calls and
+                # cuts the calls still running on the old one; classifying again is safe.
+                if isinstance(err, RuntimeError) and "Session is closed" not in str(err):
+                    raise
+                logger.warning("internal /classify_crops call cut (%s), attempt %d of %d", err, attempt, INTERNAL_CALL_ATTEMPTS)
+        raise ServiceUnavailable("the batching step kept failing; retry the request")
 
     def classify(self, crops: Sequence[np.ndarray]) -> np.ndarray:
         batch = torch.stack([self.preprocess.normalize(c) for c in crops])
