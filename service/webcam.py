@@ -28,7 +28,7 @@ import numpy as np
 from gesture_core import Prediction
 from service.sources import SourceError, describe_source, is_live, open_source, parse_source
 from service.webcam_capture import Frame, FrameGrabber
-from service.webcam_inference import Engine, LocalEngine, RemoteEngine, ServerError, Smoother
+from service.webcam_inference import Engine, LocalEngine, RemoteEngine, ServerError, Smoother, default_threads
 from service.webcam_overlay import OverlayInfo, centred_roi, render
 
 EXIT_OK, EXIT_SOURCE_LOST, EXIT_USAGE, EXIT_OUTAGE = 0, 1, 2, 3
@@ -358,6 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     engine.add_argument("--checkpoint", type=Path, help="run locally with this checkpoint (RUN/best.pt)")
     engine.add_argument("--url", help="ask the HTTP service instead, e.g. http://127.0.0.1:3000")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="local mode: where the model runs (auto: GPU if available)")
+    p.add_argument("--threads", type=_number(int, 1), default=default_threads(), help="local mode: CPU threads for the model (default: cores - 1, one is left for capture and drawing)")
     p.add_argument("--timeout", type=_number(float, 0.0, low_open=True), default=2.0, help="remote mode: seconds to wait for an answer")
     p.add_argument("--realtime", action="store_true", help="files: play at the file's fps and drop frames inference cannot keep up with (default: every frame, as fast as possible)")
     p.add_argument("--roi", type=_number(float, 0.0, 1.0, low_open=True), nargs="?", const=0.6, default=None, metavar="FRACTION",
@@ -385,7 +386,7 @@ def options_from_args(args: argparse.Namespace) -> Options:
 def make_engine(args: argparse.Namespace) -> Engine:
     if args.url:
         return RemoteEngine(args.url, timeout=args.timeout)
-    return LocalEngine.load(str(args.checkpoint), device=args.device)
+    return LocalEngine.load(str(args.checkpoint), device=args.device, threads=args.threads)
 
 
 def main(argv: list[str] | None = None, log: Log = _stderr) -> int:
