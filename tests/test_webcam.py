@@ -389,3 +389,33 @@ def test_recognizer_recovers_when_the_server_answers_again(monkeypatch, random_h
     result = recognizer(frame, 0.1)
     assert result.error is None and result.prediction is not None and recognizer.outage is None
     assert any("answers again" in m for m in logged)
+
+
+# ----------------------------------------------------------------------------- window keys (no GUI here: scripted)
+
+
+class ScriptedGui:
+    """Stands in for OpenCV's highgui (absent from opencv-python-headless): replays key presses."""
+
+    def __init__(self, keys: list[str | None]):
+        self.keys = [ord(k) if k else -1 for k in keys]
+        self.shown, self.destroyed = 0, False
+
+    def install(self, monkeypatch):
+        monkeypatch.setattr(cv2, "namedWindow", lambda *a: None)
+        monkeypatch.setattr(cv2, "imshow", lambda *a: setattr(self, "shown", self.shown + 1))
+        monkeypatch.setattr(cv2, "waitKey", lambda *a: self.keys.pop(0) if self.keys else -1)
+        monkeypatch.setattr(cv2, "getWindowProperty", lambda *a: 1.0)
+        monkeypatch.setattr(cv2, "destroyWindow", lambda *a: setattr(self, "destroyed", True))
+
+
+def test_keys_snapshot_pause_and_quit(monkeypatch, tmp_path, short_clip, random_head_checkpoint):
+    from service.webcam import Window
+
+    # frame 0, frame 1: s, frame 2: space -> paused (shown again, then s, then space resumes), frame 3, frame 4: q
+    gui = ScriptedGui([None, "s", " ", None, "s", " ", None, "q"])
+    gui.install(monkeypatch)
+    engine = LocalEngine(load_classifier(random_head_checkpoint, device="cpu"))
+    summary = run(Stream.open(str(short_clip)), engine, Options(snapshot_dir=tmp_path), window=Window(), log=lambda m: None)
+    assert summary.frames == 5 and gui.destroyed
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["snapshot-000001.png", "snapshot-000002.png"]
