@@ -205,20 +205,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float, default=20.0, help="measured seconds per endpoint")
     p.add_argument("--warmup", type=float, default=5.0, help="seconds per endpoint before measuring (BentoML's batcher calibrates itself first)")
     p.add_argument("--routes", default=",".join(ROUTES), help=f"comma-separated, from {', '.join(ROUTES)}")
+    p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="server environment, e.g. GESTURE_TORCH_THREADS=1 (repeatable)")
     p.add_argument("--json", type=Path, help="also write the results here")
     args = p.parse_args(argv)
     routes = [r.strip().lstrip("/") for r in args.routes.split(",") if r.strip()]
     if unknown := sorted(set(routes) - set(ROUTES)):
         p.error(f"--routes {','.join(unknown)}: choose from {', '.join(ROUTES)}")
+    server_env = dict(item.split("=", 1) for item in args.env if "=" in item)
+    if len(server_env) != len(args.env):
+        p.error("--env takes NAME=VALUE")
     images = load_images()
     load_before = machine()
     with tempfile.TemporaryDirectory(prefix="serve-bench-") as tmp:
         checkpoint = args.checkpoint or make_checkpoint(Path(tmp) / "bench.pt", args.backbone, args.image_size)
-        with running_service(checkpoint) as server:
+        with running_service(checkpoint, server_env) as server:
             info = httpx.post(f"{server.url}/info").json()
             results = measure(server, routes, images, args.clients, args.duration, args.warmup)
     print(f"{info['backbone']} @ {info['input_size']} px on {info['device']}; {len(images)} JPEGs, "
-          f"{args.clients} clients, {args.duration:.0f} s per endpoint\nbefore: {load_before}\nafter:  {machine()}")
+          f"{args.clients} clients, {args.duration:.0f} s per endpoint, server env {server_env or '-'}\nbefore: {load_before}\nafter:  {machine()}")
     print(format_table(results))
     if args.json:
         args.json.write_text(json.dumps({"model": info, "machine_before": load_before, "machine_after": machine(), "results": [r.summary() for r in results]}, indent=2))

@@ -137,10 +137,13 @@ class GestureClassifier:
     def __init__(self) -> None:
         stored = find_model(packaged_model_ref() or type(self).model_ref)
         self.limits = settings.Limits.from_env()
+        if threads := settings.torch_threads():
+            torch.set_num_threads(threads)
         self.model_tag = str(stored.tag)
         self.metadata = dict(stored.info.metadata)
         # Loaded once here, before the server reports ready; never on a request.
-        self.classifier: Classifier = load_classifier(stored.path_of(CHECKPOINT_FILE), device=settings.device())
+        self.classifier: Classifier = load_classifier(stored.path_of(CHECKPOINT_FILE), device=settings.device(),
+                                                      engine=settings.engine(), precision=settings.precision())
         self.preprocess = self.classifier.preprocess
         size = self.preprocess.config.input_size
         self.crop_shape = (size, size, 3)

@@ -2,6 +2,9 @@
 
     GESTURE_MODEL              model tag in the BentoML store     (default gesture-classifier:latest)
     GESTURE_DEVICE             auto | cpu | cuda                  (default auto: CUDA when available)
+    GESTURE_TORCH_THREADS      CPU threads per model call         (default: PyTorch's, one per core)
+    GESTURE_ENGINE             auto | torch | compile | onnx | openvino  (default auto: fastest installed)
+    GESTURE_PRECISION          fp32 | bf16 | fp16                 (default fp32; see README, Speed)
     GESTURE_MAX_UPLOAD_MB      largest request body, in MB        (default 16)
     GESTURE_MAX_PIXELS         largest decoded image, in pixels   (default 40000000)
     GESTURE_MAX_BATCH_IMAGES   most images per /predict_batch     (default 32)
@@ -22,16 +25,17 @@ class SettingsError(ValueError):
     pass
 
 
-def env_int(name: str, default: int, *, minimum: int = 1) -> int:
+def env_int(name: str, default: int | None, *, minimum: int = 1) -> int | None:
     raw = os.environ.get(name, "").strip()
     if not raw:
         return default
+    problem = f"{name}={raw!r}: expected a whole number >= {minimum} (default {'unset' if default is None else default})"
     try:
         value = int(raw)
     except ValueError:
-        raise SettingsError(f"{name}={raw!r}: expected a whole number >= {minimum} (default {default})") from None
+        raise SettingsError(problem) from None
     if value < minimum:
-        raise SettingsError(f"{name}={raw!r}: expected a whole number >= {minimum} (default {default})")
+        raise SettingsError(problem)
     return value
 
 
@@ -75,5 +79,21 @@ def model_tag() -> str:
     return os.environ.get("GESTURE_MODEL", "").strip() or DEFAULT_MODEL_TAG
 
 
+def torch_threads() -> int | None:
+    return env_int("GESTURE_TORCH_THREADS", None)
+
+
 def device() -> str:
     return env_choice("GESTURE_DEVICE", "auto", DEVICES)
+
+
+def engine() -> str:
+    from gesture_core.engines import ENGINE_CHOICES
+
+    return env_choice("GESTURE_ENGINE", "auto", ENGINE_CHOICES)
+
+
+def precision() -> str:
+    from gesture_core.engines import PRECISIONS
+
+    return env_choice("GESTURE_PRECISION", "fp32", PRECISIONS)
