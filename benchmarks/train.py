@@ -1,0 +1,225 @@
+"""Training speed: full fine-tune step rate vs the matmul ceiling, the data loader's own rate, and
+frozen-backbone (linear-probe) epochs with and without the feature cache.
+
+    .venv/bin/python -m benchmarks.train --quick
+    .venv/bin/python -m benchmarks.train --json --keep-run runs/bench-flowers-probe
+
+1. Full fine-tune: ``training.engine.train_one_epoch`` (AdamW, real loss) on in-memory batches, so the
+   figure is the model's step rate alone: as ``training.finetune`` runs it on CPU (fp32), with
+   channels-last memory, and with bf16 autocast + channels-last; FLOPs of forward + backward counted
+   by PyTorch, against the fp32 matmul ceiling measured in this process.
+2. Loader: the training DataLoader (decode at reduced size, default augmentation, 2 workers) alone,
+   on real photos; the ratio to the step rate says whether data loading can starve the model.
+3. Frozen backbone: the real command ``python -m training.finetune --freeze backbone --augment none``
+   on flowers (3670 photos, efficientnet_lite0) with an empty feature cache: wall time of the whole
+   run and the time of each epoch; then one epoch of the same run with ``--cache-features off``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from benchmarks.common import describe_machine, emit, machine, matmul_ceiling, note
+from gesture_core import build_model, get_backbone
+from training.augment import build_train_transform
+from training.data import ImageDataset, SeededSampler, load_splits, make_loader
+from training.engine import build_optimizer, train_one_epoch, warmup_cosine
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data"
+VARIANTS = {  # name: (channels_last, bf16 autocast)
+    "fp32 (as finetune on CPU)": (False, False),
+    "fp32 channels-last": (True, False),
+    "bf16 autocast channels-last": (True, True),
+}
+STEP_COLUMNS = [
+    ("backbone", "backbone", "s"), ("variant", "variant", "s"), ("batch", "batch", "d"), ("img_per_s", "img/s", ".1f"),
+    ("train_gflops_per_img", "GFLOP/img (fwd+bwd)", ".1f"), ("achieved_gflops", "GFLOP/s", ".0f"),
+    ("ceiling_gflops", "fp32 ceiling", ".0f"), ("pct_of_ceiling", "% of fp32 ceiling", ".0f"),
+]  # fmt: skip
+LOADER_COLUMNS = [("data", "data", "s"), ("workers", "workers", "d"), ("img_per_s", "loader img/s", ".0f"),
+                  ("vs_fp32_step", "× fp32 step rate", ".1f"), ("vs_best_step", "× best step rate", ".1f")]  # fmt: skip
+FROZEN_COLUMNS = [
+    ("data", "data", "s"), ("images", "images", "d"), ("cache", "feature cache", "s"), ("epochs", "epochs", "d"),
+    ("first_epoch_s", "epoch 1 s", ".1f"), ("later_epoch_s", "later epochs s (max)", ".3f"),
+    ("speedup_after_first", "epoch 1 / later", ".0f"), ("wall_s", "whole run wall s", ".1f"), ("test_top1", "test top-1", ".2%"),
+]  # fmt: skip
+
+
+def train_flops_per_image(model: torch.nn.Module, size: int) -> float:
+    with FlopCounterMode(display=False) as counter:
+        model(torch.zeros(2, 3, size, size)).sum().backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops() / 2 / 1e9
+
+
+def step_rates(backbone: str, batch: int, steps: int, ceiling: float) -> list[dict[str, Any]]:
+    spec = get_backbone(backbone)
+    size = spec.data_config.input_size
+    images, target = torch.randn(batch, 3, size, size), torch.randint(0, 10, (batch,))
+    flops = train_flops_per_image(build_model(backbone, 10, "none"), size)
+    rows = []
+    for variant, (channels_last, amp) in VARIANTS.items():
+        torch.manual_seed(0)
+        model = build_model(backbone, 10, "none", aux=True)
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        optimizer = build_optimizer(model, spec, opt="adamw", lr=1e-3, backbone_lr_mult=0.1, weight_decay=0.05, momentum=0.9)
+        scheduler = warmup_cosine(optimizer, total_steps=1000, warmup_steps=1)
+
+        def run(n: int, model=model, optimizer=optimizer, scheduler=scheduler, amp=amp, channels_last=channels_last):
+            batches = [(images, target, torch.arange(batch))] * n
+            return train_one_epoch(
+                model,
+                batches,
+                optimizer,
+                scheduler,
+                torch.device("cpu"),
+                aux_weight=spec.aux_weight,
+                amp=amp,
+                channels_last=channels_last,
+            )
+
+        run(1)  # first step: allocation and kernel selection
+        rate = max(run(1).img_per_s for _ in range(steps))  # best step: other jobs share this machine
+        rows.append({"backbone": backbone, "variant": variant, "batch": batch, "img_per_s": round(rate, 2),
+                     "train_gflops_per_img": round(flops, 2), "achieved_gflops": round(rate * flops, 1),
+                     "ceiling_gflops": round(ceiling, 1), "pct_of_ceiling": round(100 * rate * flops / ceiling, 1), "kind": "train_step"})  # fmt: skip
+        note(f"  {backbone} {variant}: {rate:.1f} img/s, {rows[-1]['pct_of_ceiling']:.0f}% of the fp32 ceiling")
+    return rows
+
+
+def loader_rate(data: Path, backbone: str, workers: int, batches: int, batch: int = 32) -> float:
+    config = get_backbone(backbone).data_config
+    splits = load_splits(data, val_split=0.0, test_split=0.0)
+    dataset = ImageDataset(splits.train, build_train_transform(config), min_side=config.resize_size)
+    loader = make_loader(dataset, batch_size=batch, workers=workers, sampler=SeededSampler(len(dataset), 0), drop_last=True)
+    batches = min(batches, len(loader) - 1)
+    iterator = iter(loader)
+    next(iterator)  # worker start-up is paid once per run (persistent workers), not per epoch
+    start, seen = time.perf_counter(), 0
+    for _ in range(batches):
+        images, _, _ = next(iterator)
+        seen += len(images)
+    rate = seen / (time.perf_counter() - start)
+    del iterator, loader
+    return rate
+
+
+def subset_folder(data: Path, per_class: int, dest: Path) -> Path:
+    """An ImageFolder of symlinks to the first ``per_class`` photos of each class."""
+    for folder in sorted(p for p in data.iterdir() if p.is_dir()):
+        (dest / folder.name).mkdir(parents=True)
+        for photo in sorted(folder.iterdir())[:per_class]:
+            (dest / folder.name / photo.name).symlink_to(photo.resolve())
+    return dest
+
+
+def finetune_run(data: Path, out: Path, cache_dir: Path, *extra: str) -> tuple[float, list[dict[str, str]], str]:
+    command = [sys.executable, "-m", "training.finetune", "--data", str(data), "--backbone", "efficientnet_lite0",
+               "--freeze", "backbone", "--augment", "none", "--out", str(out), "--workers", "2", *extra]  # fmt: skip
+    env = {**os.environ, "GESTURE_CACHE_DIR": str(cache_dir), "NO_ALBUMENTATIONS_UPDATE": "1"}
+    start = time.perf_counter()
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    return wall, list(csv.DictReader((out / "history.csv").open())), " ".join(["python", *command[1:]])
+
+
+def frozen_rows(
+    data: Path, epochs: int, test_per_class: int, uncached_data: Path, tmp: Path, keep_run: Path | None
+) -> list[dict[str, Any]]:
+    import json
+
+    out = keep_run or tmp / "probe"
+    if out.exists():
+        shutil.rmtree(out)
+    wall, history, command = finetune_run(
+        data, out, tmp / "cache", "--epochs", str(epochs), "--test-per-class", str(test_per_class)
+    )
+    seconds = [float(r["epoch_seconds"]) for r in history]
+    test_top1 = json.loads((out / "metrics.json").read_text())["test"]["top1"]
+    images = sum(json.loads((out / "split.json").read_text())[s].__len__() for s in ("train", "val", "test"))
+    later = max(seconds[1:]) if len(seconds) > 1 else None
+    rows = [{"data": data.name, "images": images, "cache": "on (empty at start)", "epochs": epochs, "first_epoch_s": seconds[0],
+             "later_epoch_s": later, "speedup_after_first": seconds[0] / max(later, 1e-3) if later is not None else None,
+             "wall_s": round(wall, 1), "test_top1": test_top1, "command": command, "kind": "frozen"}]  # fmt: skip
+    note(f"  linear probe with cache: {wall:.1f} s wall, epoch 1 {seconds[0]:.1f} s, later epochs <= {later} s")
+    wall, history, command = finetune_run(
+        uncached_data, tmp / "uncached", tmp / "cache-off", "--epochs", "1", "--cache-features", "off"
+    )
+    images = sum(
+        len(v) for k, v in json.loads((tmp / "uncached" / "split.json").read_text()).items() if k in ("train", "val", "test")
+    )
+    rows.append({"data": uncached_data.name, "images": images, "cache": "off", "epochs": 1, "first_epoch_s": float(history[0]["epoch_seconds"]),
+                 "later_epoch_s": None, "speedup_after_first": None, "wall_s": round(wall, 1), "test_top1": None, "command": command, "kind": "frozen"})  # fmt: skip
+    note(f"  one uncached frozen epoch: {rows[-1]['first_epoch_s']:.1f} s")
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.train", description=__doc__.split("\n\n")[0])
+    p.add_argument("--backbone", default="resnet18", help="for the full fine-tune step rate")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--data", type=Path, default=SHARED / "flowers", help="photos for the loader and the linear probe")
+    p.add_argument("--epochs", type=int, default=5, help="linear-probe epochs")
+    p.add_argument(
+        "--keep-run", type=Path, help="keep the linear-probe run folder here (benchmarks.inference --accuracy reads it)"
+    )
+    p.add_argument("--test-per-class", type=int, default=100, help="linear probe: test photos per class (as in the README)")
+    p.add_argument("--skip", nargs="*", default=[], choices=("steps", "loader", "frozen"))
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="fewer steps; the uncached epoch on 60 photos per class (under 2 minutes on a quiet 2-core machine)",
+    )
+    p.add_argument("--json", action="store_true", help="JSON lines instead of tables")
+    args = p.parse_args(argv)
+    if not args.data.is_dir():
+        p.error(f"--data {args.data}: not a folder (the benchmark needs real photos, e.g. ../shared/data/flowers)")
+    info = machine()
+    note(f"machine: {describe_machine(info)}")
+    ceiling = matmul_ceiling(torch.float32, seconds=1.0 if args.quick else 3.0)
+    note(f"fp32 matmul ceiling: {ceiling:.0f} GFLOP/s")
+    steps = []
+    if "steps" not in args.skip:
+        steps = step_rates(args.backbone, args.batch, 2 if args.quick else 5, ceiling)
+        emit(steps, STEP_COLUMNS, as_json=args.json, title=f"Full fine-tune step rate ({describe_machine(info)})")
+    if "loader" not in args.skip:
+        workers = [2] if args.quick else [0, 2]
+        rows = []
+        for w in workers:
+            rate = loader_rate(args.data, args.backbone, w, 8 if args.quick else 30, args.batch)
+            fp32 = steps[0]["img_per_s"] if steps else None
+            best = max(s["img_per_s"] for s in steps) if steps else None
+            rows.append({"data": args.data.name, "workers": w, "img_per_s": round(rate, 1), "vs_fp32_step": rate / fp32 if fp32 else None,
+                         "vs_best_step": rate / best if best else None, "kind": "loader"})  # fmt: skip
+            note(f"  loader, {w} workers: {rate:.0f} img/s")
+        emit(rows, LOADER_COLUMNS, as_json=args.json, title="Training data loader alone (decode + default augmentation)")
+    if "frozen" not in args.skip:
+        with tempfile.TemporaryDirectory(prefix="train-bench-") as tmp:
+            tmp = Path(tmp)
+            uncached = subset_folder(args.data, 60, tmp / f"{args.data.name}-60-per-class") if args.quick else args.data
+            rows = frozen_rows(args.data, args.epochs, args.test_per_class, uncached, tmp, args.keep_run)
+        emit(rows, FROZEN_COLUMNS, as_json=args.json, title="Frozen backbone (efficientnet_lite0, --augment none): feature cache")
+        if not args.json:
+            for r in rows:
+                print(f"    {r['command']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
