@@ -1,0 +1,108 @@
+"""HTTP service speed: the real ``bentoml serve`` on 127.0.0.1 under 1, 4 and 16 concurrent clients,
+plain (/predict) and adaptive-batched (/predict_batched), against the engine's own batched throughput.
+
+    .venv/bin/python -m benchmarks.serve --quick
+    .venv/bin/python -m benchmarks.serve --engine openvino --precision bf16 --clients 16 --duration 20 --json
+
+Each client posts one real photo at a time (multipart JPEG) in a closed loop for a bounded time;
+requests/s, latency percentiles and errors come from the clients. The reference is the same checkpoint
+loaded with the same engine and precision (GESTURE_ENGINE / GESTURE_PRECISION, passed to the service)
+in this process, timed on preprocessed batches of 16 while the server is idle: what the model alone
+can do. The server, the clients and that measurement share the machine's cores.
+Server and client code are ``benchmarks.serve_latency``'s (``running_service``, ``drive``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import httpx
+import torch
+
+from benchmarks.common import best_rate, describe_machine, emit, machine, note
+from benchmarks.serve_latency import ROUTES, batch_size_stats, drive, load_images, make_checkpoint, running_service
+from gesture_core import load_classifier
+from gesture_core.engines import ENGINE_CHOICES, PRECISIONS
+
+COLUMNS = [
+    ("route", "endpoint", "s"), ("clients", "clients", "d"), ("requests", "requests", "d"), ("req_per_s", "req/s", ".1f"),
+    ("p50_ms", "p50 ms", ".0f"), ("p95_ms", "p95 ms", ".0f"), ("p99_ms", "p99 ms", ".0f"), ("p99_over_p50", "p99/p50", ".2f"),
+    ("errors", "errors", "d"), ("mean_batch", "mean batch", ".1f"), ("pct_of_engine", "% of engine batched img/s", ".0f"),
+]  # fmt: skip
+
+
+def engine_throughput(checkpoint: Path, engine: str, precision: str, images: list[bytes], batch: int, seconds: float) -> tuple[float, str]:
+    """img/s of the model alone on preprocessed batches, loaded exactly as the service loads it."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        classifier = load_classifier(checkpoint, "cpu", engine=engine, precision=precision)
+    crops = [classifier.preprocess.crop(classifier.preprocess.read(data)) for data in images]
+    x = torch.stack([classifier.preprocess.normalize(crops[i % len(crops)]) for i in range(batch)])
+    classifier.probs(x)
+    rate = best_rate(lambda: classifier.probs(x), items=batch, seconds=seconds, windows=3)
+    return rate, f"{classifier.engine.name}/{classifier.engine.precision}"
+
+
+def load_test(url: str, route: str, images: list[bytes], clients: int, duration: float, warmup: float, reference: float) -> dict[str, Any]:
+    before = batch_size_stats(httpx.get(f"{url}/metrics").text)
+    result = drive(url, route, images, clients=clients, duration=duration, warmup=warmup)
+    after = batch_size_stats(httpx.get(f"{url}/metrics").text)
+    mean_batch = (after[0] - before[0]) / (after[1] - before[1]) if after[1] > before[1] else (1.0 if route == "predict" else None)
+    p50, p99 = result.percentile(50), result.percentile(99)
+    return {
+        "route": f"/{route}", "clients": clients, "seconds": round(result.seconds, 1), "requests": result.requests,
+        "req_per_s": round(result.throughput, 2), "p50_ms": round(p50, 1), "p95_ms": round(result.percentile(95), 1),
+        "p99_ms": round(p99, 1), "p99_over_p50": round(p99 / p50, 2) if p50 else None,
+        "errors": sum(result.errors.values()), "error_kinds": result.errors, "mean_batch": mean_batch,
+        "engine_img_per_s": round(reference, 2), "pct_of_engine": round(100 * result.throughput / reference, 1), "kind": "serve",
+    }  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.serve", description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", type=Path, help="default: efficientnet_lite0 with ImageNet weights and a random 10-class head")
+    p.add_argument("--backbone", default="efficientnet_lite0", help="without --checkpoint")
+    p.add_argument("--engine", default="auto", choices=ENGINE_CHOICES, help="GESTURE_ENGINE for the service")
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS, help="GESTURE_PRECISION for the service")
+    p.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
+    p.add_argument("--routes", nargs="+", choices=ROUTES, default=list(ROUTES))
+    p.add_argument("--duration", type=float, default=15.0, help="measured seconds per endpoint and client count")
+    p.add_argument("--warmup", type=float, default=3.0, help="seconds of load before measuring (the adaptive batcher calibrates itself)")
+    p.add_argument("--quick", action="store_true", help="4 s per measurement, 1 s warm-up (under 2 minutes)")
+    p.add_argument("--json", action="store_true", help="JSON lines instead of a table")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.duration, args.warmup = 4.0, 1.0
+    info = machine()
+    note(f"machine: {describe_machine(info)}")
+    images = load_images()
+    env = {"GESTURE_ENGINE": args.engine, "GESTURE_PRECISION": args.precision}
+    with tempfile.TemporaryDirectory(prefix="serve-bench-") as tmp:
+        checkpoint = args.checkpoint or make_checkpoint(Path(tmp) / "bench.pt", args.backbone)
+        with running_service(checkpoint, env=env) as server:
+            served = httpx.post(f"{server.url}/info").json()
+            # Measured while the server idles, so both sides of the ratio had the cores to themselves.
+            reference, engine_name = engine_throughput(checkpoint, args.engine, args.precision, images, 16, 3.0 if args.quick else 8.0)
+            note(f"{served['backbone']} @ {served['input_size']} px, engine {engine_name}: {reference:.1f} img/s at batch 16 (no HTTP)")
+            rows = []
+            for clients in args.clients:
+                for route in args.routes:
+                    rows.append(load_test(server.url, route, images, clients, args.duration, args.warmup, reference))
+                    r = rows[-1]
+                    note(f"  {r['route']} x{clients}: {r['req_per_s']:.1f} req/s, p50 {r['p50_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms, "
+                         f"{r['errors']} errors, {r['pct_of_engine']:.0f}% of the engine")  # fmt: skip
+    for r in rows:
+        r.update(backbone=served["backbone"], engine=engine_name, input_size=served["input_size"])
+    title = (f"HTTP service, {served['backbone']} @ {served['input_size']} px, engine {engine_name} "
+             f"({reference:.1f} img/s batched without HTTP); {describe_machine(info)}")  # fmt: skip
+    emit(rows, COLUMNS, as_json=args.json, title=title)
+    return 0 if all(r["requests"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
