@@ -178,6 +178,37 @@ def measure(server: RunningServer, routes: Sequence[str], images: Sequence[bytes
     return results
 
 
+def model_cost(checkpoint: Path, batch_sizes: Sequence[int] = (1, 8), threads: int | None = None, rounds: int = 5) -> dict[int, float]:
+    """Bare model time per image (ms) at each batch size, run in a worker thread like the service does,
+    interleaving the sizes so that a busy machine affects them alike."""
+    import torch
+
+    from gesture_core import load_classifier
+
+    classifier = load_classifier(checkpoint, device="auto")
+    size = classifier.data_config.input_size
+    batches = {bs: torch.randn(bs, classifier.data_config.in_chans, size, size) for bs in batch_sizes}
+    spent = dict.fromkeys(batch_sizes, 0.0)
+    images = max(batch_sizes)
+
+    def run() -> None:
+        if threads:
+            torch.set_num_threads(threads)
+        for bs in batch_sizes:
+            classifier.logits(batches[bs])  # warm-up
+        for _ in range(rounds):
+            for bs in batch_sizes:
+                start = time.perf_counter()
+                for _ in range(max(1, images // bs)):
+                    classifier.logits(batches[bs])
+                spent[bs] += time.perf_counter() - start
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    worker.join()
+    return {bs: round(spent[bs] * 1000 / (rounds * max(1, images // bs) * bs), 1) for bs in batch_sizes}
+
+
 def machine() -> str:
     """The hardware, and how busy it was: figures from a shared machine are only comparable within one run."""
     import torch
@@ -206,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=float, default=5.0, help="seconds per endpoint before measuring (BentoML's batcher calibrates itself first)")
     p.add_argument("--routes", default=",".join(ROUTES), help=f"comma-separated, from {', '.join(ROUTES)}")
     p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="server environment, e.g. GESTURE_TORCH_THREADS=1 (repeatable)")
+    p.add_argument("--model-only", action="store_true", help="time the bare model at batch sizes 1 and 8 instead (no server)")
     p.add_argument("--json", type=Path, help="also write the results here")
     args = p.parse_args(argv)
     routes = [r.strip().lstrip("/") for r in args.routes.split(",") if r.strip()]
@@ -214,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
     server_env = dict(item.split("=", 1) for item in args.env if "=" in item)
     if len(server_env) != len(args.env):
         p.error("--env takes NAME=VALUE")
+    if args.model_only:
+        return model_only(args, server_env)
     images = load_images()
     load_before = machine()
     with tempfile.TemporaryDirectory(prefix="serve-bench-") as tmp:
@@ -227,6 +261,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps({"model": info, "machine_before": load_before, "machine_after": machine(), "results": [r.summary() for r in results]}, indent=2))
     return 0 if all(r.requests for r in results) else 1
+
+
+def model_only(args: argparse.Namespace, server_env: Mapping[str, str]) -> int:
+    threads = int(server_env["GESTURE_TORCH_THREADS"]) if "GESTURE_TORCH_THREADS" in server_env else None
+    with tempfile.TemporaryDirectory(prefix="serve-bench-") as tmp:
+        checkpoint = args.checkpoint or make_checkpoint(Path(tmp) / "bench.pt", args.backbone, args.image_size)
+        cost = model_cost(checkpoint, threads=threads)
+    print(f"bare model, {threads or 'default'} torch threads; {machine()}")
+    for bs, ms in cost.items():
+        print(f"batch {bs:>2}: {ms:.1f} ms per image")
+    return 0
 
 
 if __name__ == "__main__":
