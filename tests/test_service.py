@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -198,6 +199,21 @@ def test_pixel_limit_is_configurable(stored_model, monkeypatch):
     with pytest.raises(BadInput, match="above the limit of 5,000"):
         asyncio.run(small.predict(image_b64=b64(jpeg(0, 96))))  # 9216 pixels
     assert asyncio.run(small.predict(image_b64=b64(jpeg(0, 64)))).label is not None
+
+
+@pytest.mark.parametrize("name,value,phrase", [
+    ("GESTURE_MAX_UPLOAD_MB", "lots", "expected a whole number >= 1"),
+    ("GESTURE_MAX_PIXELS", "0", "expected a whole number >= 1"),
+    ("GESTURE_BATCH_SIZE", "1", ">= 2"),
+    ("GESTURE_DEVICE", "tpu", "choose one of auto, cpu, cuda"),
+    ("GESTURE_TORCH_THREADS", "-1", "(default unset)"),
+])
+def test_malformed_settings_are_refused_with_the_valid_range(monkeypatch, name, value, phrase):
+    from service import settings
+
+    monkeypatch.setenv(name, value)
+    with pytest.raises(settings.SettingsError, match=re.escape(phrase)):
+        settings.Limits.from_env(), settings.BatchingConfig.from_env(), settings.device(), settings.torch_threads()
 
 
 def test_info_describes_the_served_model(svc):

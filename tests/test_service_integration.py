@@ -123,14 +123,18 @@ def test_missing_model_fails_start_up_with_import_instructions(tmp_path):
             pass
 
 
-def test_bentoml_build_packages_the_imported_model(home, model_tag):
-    done = run_cli(["-m", "bentoml", "build", "--output", "tag"], home)
+def test_bentoml_build_packages_and_pins_the_imported_model(tmp_path, random_head_checkpoint):
+    built_with = import_cli(random_head_checkpoint, tmp_path)
+    done = run_cli(["-m", "bentoml", "build", "--output", "tag"], tmp_path)
     assert done.returncode == 0, done.stderr + done.stdout
     bento_tag = done.stdout.strip().splitlines()[-1].removeprefix("__tag__:")
-    info = run_cli(["-m", "bentoml", "get", bento_tag, "-o", "json"], home)
+    info = run_cli(["-m", "bentoml", "get", bento_tag, "-o", "json"], tmp_path)
     assert info.returncode == 0, info.stderr
-    services = json.loads(info.stdout)["services"]
-    assert [m["tag"] for m in services[0]["models"]] == [model_tag]
+    assert [m["tag"] for m in json.loads(info.stdout)["services"][0]["models"]] == [built_with]
+    newer = import_cli(random_head_checkpoint, tmp_path)  # now "latest" is another version
+    assert newer != built_with
+    with serve_process(bentoml_home=tmp_path, target=bento_tag) as server:
+        assert httpx.post(f"{server.url}/info", timeout=60).json()["model"] == built_with
 
 
 @pytest.mark.slow
