@@ -180,7 +180,7 @@ def build_from_checkpoint(ckpt: dict[str, Any], *, training: bool = False) -> nn
 def load_classifier(
     path: str | os.PathLike,
     device: str | torch.device = "auto",
-    engine: str = "torch",
+    engine: str = "auto",
     precision: str = "fp32",
 ) -> Classifier:
     """The checkpoint as a ready Classifier. ``engine``: auto | torch | compile | onnx | openvino (auto: the

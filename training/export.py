@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     out = Path(args.out) if args.out else args.checkpoint.parent / f"model{SUFFIX[args.format]}"
     try:
-        classifier = load_classifier(args.checkpoint, "cpu")  # parity is defined on CPU fp32
+        classifier = load_classifier(args.checkpoint, "cpu", engine="torch")  # parity is defined against eager PyTorch, CPU fp32
         images = parity_images(args.checkpoint, args.images, args.max_images)
         export(classifier, args.format, out, **({"opset": args.opset} if args.format == "onnx" else {}))
         print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB): {classifier.backbone}, {len(classifier.classes)} classes, metadata: {', '.join(export_metadata(classifier))}")
