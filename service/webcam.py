@@ -26,6 +26,7 @@ import cv2
 import numpy as np
 
 from gesture_core import Prediction
+from gesture_core.engines import ENGINE_CHOICES, PRECISIONS
 from service.sources import SourceError, describe_source, is_live, open_source, parse_source
 from service.webcam_capture import Frame, FrameGrabber
 from service.webcam_inference import Engine, LocalEngine, RemoteEngine, ServerError, Smoother, default_threads
@@ -358,6 +359,8 @@ def build_parser() -> argparse.ArgumentParser:
     engine.add_argument("--checkpoint", type=Path, help="run locally with this checkpoint (RUN/best.pt)")
     engine.add_argument("--url", help="ask the HTTP service instead, e.g. http://127.0.0.1:3000")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="local mode: where the model runs (auto: GPU if available)")
+    p.add_argument("--engine", default="auto", choices=ENGINE_CHOICES, help="local mode: inference engine (auto: the fastest installed, OpenVINO on CPU)")
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS, help="local mode: fp32, or bf16/fp16 where the engine and hardware support it")
     p.add_argument("--threads", type=_number(int, 1), default=default_threads(), help="local mode: CPU threads for the model (default: cores - 1, one is left for capture and drawing)")
     p.add_argument("--timeout", type=_number(float, 0.0, low_open=True), default=2.0, help="remote mode: seconds to wait for an answer")
     p.add_argument("--realtime", action="store_true", help="files: play at the file's fps and drop frames inference cannot keep up with (default: every frame, as fast as possible)")
@@ -386,7 +389,7 @@ def options_from_args(args: argparse.Namespace) -> Options:
 def make_engine(args: argparse.Namespace) -> Engine:
     if args.url:
         return RemoteEngine(args.url, timeout=args.timeout)
-    return LocalEngine.load(str(args.checkpoint), device=args.device, threads=args.threads)
+    return LocalEngine.load(str(args.checkpoint), device=args.device, threads=args.threads, engine=args.engine, precision=args.precision)
 
 
 def main(argv: list[str] | None = None, log: Log = _stderr) -> int:

@@ -56,13 +56,14 @@ class LocalEngine:
         self.name = f"{classifier.backbone} ({classifier.device.type})"
 
     @classmethod
-    def load(cls, checkpoint: str, device: str = "auto", threads: int | None = None) -> LocalEngine:
-        """``threads``: CPU threads for the model (torch.set_num_threads); None leaves torch's default."""
+    def load(cls, checkpoint: str, device: str = "auto", threads: int | None = None, engine: str = "auto", precision: str = "fp32") -> LocalEngine:
+        """``threads``: CPU threads for the model (torch.set_num_threads); None leaves torch's default.
+        ``engine``/``precision``: see gesture_core.engines (auto: OpenVINO on CPU when installed)."""
         if threads:
             torch.set_num_threads(threads)
-        engine = cls(load_classifier(checkpoint, device=device))
-        engine.warm_up()
-        return engine
+        local = cls(load_classifier(checkpoint, device=device, engine=engine, precision=precision))
+        local.warm_up()
+        return local
 
     def warm_up(self) -> None:
         """The first forward pass allocates and picks kernels; keep it out of the latency figures."""
