@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from gesture_core import build_model, get_backbone, save_checkpoint
+from gesture_core.engines import ENGINE_CHOICES
 from service.server_process import serve_process
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,7 +38,8 @@ SUMMARY = re.compile(r"summary: (\d+) frames \((\d+) stale dropped\) in ([\d.]+)
 
 def make_clip(path: Path, frames: int, size: tuple[int, int] = (640, 480), fps: float = 30.0) -> Path:
     """A webcam-sized clip cycling through real photos (synthetic noise if the data is absent)."""
-    photos = sorted(p for d in sorted(DATA.iterdir()) for p in sorted(d.iterdir())[:3]) if DATA.is_dir() else []
+    folders = sorted(d for d in DATA.iterdir() if d.is_dir()) if DATA.is_dir() else []
+    photos = [p for d in folders for p in sorted(d.iterdir())[:3]]
     rng = np.random.default_rng(0)
     images = [cv2.resize(cv2.imread(str(p)), size) for p in photos] or [
         rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8) for _ in range(10)]
@@ -82,13 +84,14 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.webcam", description=__doc__.split("\n\n")[0])
     p.add_argument("--backbones", nargs="+", default=["efficientnet_lite0", "resnet18"])
     p.add_argument("--modes", nargs="+", choices=("local", "remote"), default=["local", "remote"])
+    p.add_argument("--engines", nargs="+", choices=ENGINE_CHOICES, default=["torch", "openvino"], help="local inference engines to measure")
     p.add_argument("--frames", type=int, default=300, help="length of the test clip")
     p.add_argument("--image-size", type=int, help="model input size (default: the backbone's, 224)")
     p.add_argument("--realtime", action="store_true", help="also play the clip at its 30 fps and count dropped frames")
     args = p.parse_args(argv)
 
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-          f"CUDA {'yes' if torch.cuda.is_available() else 'no'}")
+    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start, "
+          f"torch {torch.__version__}, CUDA {'yes' if torch.cuda.is_available() else 'no'}")
     rows = []
     with tempfile.TemporaryDirectory(prefix="webcam-bench-") as tmp:
         tmp = Path(tmp)
@@ -96,10 +99,11 @@ def main(argv: list[str] | None = None) -> int:
         for backbone in args.backbones:
             ckpt = make_checkpoint(tmp, backbone, args.image_size)
             runs = []
-            if "local" in args.modes:
-                runs.append(("local", ["--checkpoint", str(ckpt), "--source", str(clip)]))
+            for engine in args.engines if "local" in args.modes else ():
+                local = ["--checkpoint", str(ckpt), "--source", str(clip), "--engine", engine]
+                runs.append((f"local {engine}", local))
                 if args.realtime:
-                    runs.append(("local --realtime", ["--checkpoint", str(ckpt), "--source", str(clip), "--realtime"]))
+                    runs.append((f"local {engine} --realtime", [*local, "--realtime"]))
             for mode, cli in runs:
                 rows.append({"backbone": backbone, "mode": mode, **measure(cli)})
                 print(_row(rows[-1]), flush=True)
@@ -109,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
                 with bentoml_server(ckpt, home) as url:
                     rows.append({"backbone": backbone, "mode": "remote", **measure(["--url", url, "--source", str(clip)])})
                     print(_row(rows[-1]), flush=True)
+    print(f"load average {os.getloadavg()[0]:.1f} at the end")
     print("\n| backbone | mode | frames | dropped | FPS | latency p50 | latency p95 |\n| --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         print(f"| {r['backbone']} | {r['mode']} | {r['frames']} | {r['dropped']} | {r['fps']:.1f} | {r['p50_ms']:.1f} ms | {r['p95_ms']:.1f} ms |")
@@ -116,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _row(r: dict) -> str:
-    return (f"{r['backbone']:<18} {r['mode']:<17} {r['frames']:>4} frames, {r['dropped']:>3} dropped: {r['fps']:6.1f} FPS, "
+    return (f"{r['backbone']:<18} {r['mode']:<26} {r['frames']:>4} frames, {r['dropped']:>3} dropped: {r['fps']:6.1f} FPS, "
             f"p50 {r['p50_ms']:6.1f} ms, p95 {r['p95_ms']:6.1f} ms   [{r['command']}]")
 
 

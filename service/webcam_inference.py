@@ -53,7 +53,7 @@ def default_threads() -> int:
 class LocalEngine:
     def __init__(self, classifier: Classifier):
         self.classifier = classifier
-        self.name = f"{classifier.backbone} ({classifier.device.type})"
+        self.name = f"{classifier.backbone} ({classifier.engine.name} {classifier.device.type})"
 
     @classmethod
     def load(cls, checkpoint: str, device: str = "auto", threads: int | None = None, engine: str = "auto", precision: str = "fp32") -> LocalEngine:
