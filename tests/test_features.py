@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import pytest
@@ -45,7 +46,7 @@ def test_cached_linear_probe_trains_the_same_head_as_the_uncached_one(dataset, t
     monkeypatch.setattr(features_mod, "extract_features", lambda *a, **k: calls.append(1) or real(*a, **k))
     cached = finetune.train(probe_config(dataset, tmp_path / "cached", cache_features="auto"))
     plain = finetune.train(probe_config(dataset, tmp_path / "plain", cache_features="off"))
-    assert len(calls) == 2  # train and val features, computed once for both epochs
+    assert len(calls) == 3  # train, val and test features, each computed once for the whole run
     for a, b in zip(history(cached), history(plain), strict=True):
         assert float(a["train_loss"]) == pytest.approx(float(b["train_loss"]), abs=1e-4)
         assert float(a["val_loss"]) == pytest.approx(float(b["val_loss"]), abs=1e-4)
@@ -54,6 +55,8 @@ def test_cached_linear_probe_trains_the_same_head_as_the_uncached_one(dataset, t
     state_b = torch.load(plain / "best.pt", weights_only=True)["model"]
     for key in state_a:
         torch.testing.assert_close(state_a[key], state_b[key], rtol=0, atol=1e-4)
+    test_a, test_b = (json.loads((run / "metrics.json").read_text())["test"] for run in (cached, plain))
+    assert test_a["confusion_matrix"] == test_b["confusion_matrix"] and test_a["n"] == test_b["n"] > 0
 
 
 def test_a_staged_run_uses_the_cache_for_its_frozen_phase_only(dataset, tmp_path, monkeypatch):

@@ -24,6 +24,7 @@ import hashlib
 import json
 import time
 from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,6 +44,18 @@ from training.engine import IGNORE_LABEL, EpochResult, classification_loss
 CACHE_CHOICES = ("auto", "on", "off")
 FEATURES_FORMAT_VERSION = 1
 EXTRACT_BATCH = 64
+
+
+@contextmanager
+def torch_threads(count: int):
+    """The head's tiny matmuls gain nothing from more threads, and on a busy machine every extra thread
+    turns each small op into a wait for a descheduled sibling (milliseconds instead of microseconds)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def use_feature_cache(cache_features: str, augment: str) -> bool:
@@ -196,8 +209,16 @@ class FrozenFeatures:
     ) -> EpochResult:
         """One epoch over the cached train features in ``order`` (the run's sampler order, so batches match)."""
         start = time.perf_counter()
-        data = self.split("train")
-        self.head.train()
+        data = self.split("train")  # the first call computes (or loads) every split's features
+        with torch_threads(1):
+            self.head.train()
+            result = self._train_batches(data, optimizer, scheduler, order, batch_size, drop_last, label_smoothing, class_weights)
+        result.seconds = time.perf_counter() - start
+        return result
+
+    def _train_batches(
+        self, data: CachedSplit, optimizer, scheduler, order, batch_size, drop_last, label_smoothing, class_weights
+    ) -> EpochResult:
         order = torch.as_tensor(list(order), dtype=torch.long, device=self.device)
         stop = len(order) - len(order) % batch_size if drop_last else len(order)
         total_loss, correct, seen = 0.0, 0, 0
@@ -220,7 +241,7 @@ class FrozenFeatures:
             correct += int((logits.argmax(1) == target)[valid].sum())
             seen += n
         failed = sorted(set(data.failed) & set(order[:stop].tolist()))
-        return EpochResult(total_loss / max(seen, 1), correct / max(seen, 1), seen, time.perf_counter() - start, failed)
+        return EpochResult(total_loss / max(seen, 1), correct / max(seen, 1), seen, 0.0, failed)
 
     @torch.inference_mode()
     def logits(self, name: str) -> tuple[np.ndarray, np.ndarray, list[int]]:
@@ -228,5 +249,8 @@ class FrozenFeatures:
         data = self.split(name)
         self.head.eval()
         keep = data.labels != IGNORE_LABEL
-        logits = self.head(data.features[keep]).float().cpu().numpy()
+        if not bool(keep.any()):
+            return np.zeros((0, 0), np.float32), np.zeros(0, np.int64), data.failed
+        with torch_threads(1):
+            logits = self.head(data.features[keep]).float().cpu().numpy()
         return logits, data.labels[keep].cpu().numpy(), data.failed

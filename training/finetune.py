@@ -270,7 +270,7 @@ def train(cfg: TrainConfig, resume: Path | None = None) -> Path:
     except KeyboardInterrupt:
         print(f"\ninterrupted; continue with: python -m training.finetune --resume {run.out / 'last.pt'}", file=sys.stderr)
         raise SystemExit(130) from None
-    finish(run, state, test_loader, failed)
+    finish(run, state, test_loader, failed, features)
     return run.out
 
 
@@ -282,6 +282,8 @@ def frozen_features(run: Run) -> FrozenFeatures | None:
     note = "" if cfg.augment == "none" else f" (--cache-features on: these epochs skip --augment {cfg.augment})"
     print(f"frozen-backbone epochs train the head on cached features{note}")
     splits = {"train": run.splits.train, "val": run.splits.val}
+    if cfg.freeze == "backbone":
+        splits["test"] = run.splits.test
     return FrozenFeatures(run.model, run.backbone, run.data_config, splits, device=run.device, workers=cfg.workers)
 
 
@@ -290,10 +292,15 @@ def cached_frozen_epoch(run: Run, features: FrozenFeatures, optimizer, scheduler
     cfg = run.cfg
     order = [index for index, _ in sampler]
     result = features.train_epoch(optimizer, scheduler, order, batch_size=cfg.batch_size, drop_last=len(run.splits.train) > cfg.batch_size, label_smoothing=cfg.label_smoothing, class_weights=class_weight_tensor(run))
-    logits, targets, failed = features.logits("val")
+    return result, cached_evaluation(run, features, "val")
+
+
+def cached_evaluation(run: Run, features: FrozenFeatures, split: str) -> tuple[dict[str, Any], float, list[str]]:
+    """evaluate_split on cached features: (metrics, loss, paths that failed to decode)."""
+    logits, targets, failed = features.logits(split)
     metrics = classification_metrics(logits, targets, run.splits.classes)
     loss = float(torch.nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(targets))) if len(targets) else float("nan")
-    return result, (metrics, loss, [run.splits.val[i].path for i in failed])
+    return metrics, loss, [getattr(run.splits, split)[i].path for i in failed]
 
 
 def history_row(epoch: int, optimizer, result: EpochResult, val_metrics: dict, val_loss: float, frozen: bool) -> dict[str, Any]:
@@ -351,12 +358,15 @@ def restore_training_state(run: Run, resume: Path, optimizer, scheduler, scaler)
     return {"epoch": ckpt["epoch"], "history": ckpt["history"], "best": ckpt["best"] or None, "failed": ckpt.get("failed", [])}
 
 
-def finish(run: Run, state: dict[str, Any], test_loader, failed: set[str]) -> None:
+def finish(run: Run, state: dict[str, Any], test_loader, failed: set[str], features: FrozenFeatures | None = None) -> None:
     """Test the best checkpoint and write the report."""
     best_path = run.out / "best.pt"
     best = load_checkpoint(best_path)
     load_matching(run.model, best["model"], what=str(best_path))
-    test_metrics, _, test_failed = evaluate_split(run, test_loader, run.splits.test, "test")
+    if features is not None and run.cfg.freeze == "backbone":  # the backbone never changed: its cached test features are exact
+        test_metrics, _, test_failed = cached_evaluation(run, features, "test")
+    else:
+        test_metrics, _, test_failed = evaluate_split(run, test_loader, run.splits.test, "test")
     failed.update(test_failed)
     skipped = run.splits.skipped + [{"path": p, "reason": "failed to decode during training"} for p in sorted(failed)]
     metrics = {
