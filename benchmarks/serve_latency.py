@@ -178,14 +178,15 @@ def measure(server: RunningServer, routes: Sequence[str], images: Sequence[bytes
     return results
 
 
-def model_cost(checkpoint: Path, batch_sizes: Sequence[int] = (1, 8), threads: int | None = None, rounds: int = 5) -> dict[int, float]:
+def model_cost(checkpoint: Path, batch_sizes: Sequence[int] = (1, 8), threads: int | None = None, rounds: int = 5,
+               engine: str = "auto") -> tuple[str, dict[int, float]]:
     """Bare model time per image (ms) at each batch size, run in a worker thread like the service does,
     interleaving the sizes so that a busy machine affects them alike."""
     import torch
 
     from gesture_core import load_classifier
 
-    classifier = load_classifier(checkpoint, device="auto")
+    classifier = load_classifier(checkpoint, device="auto", engine=engine)
     size = classifier.data_config.input_size
     batches = {bs: torch.randn(bs, classifier.data_config.in_chans, size, size) for bs in batch_sizes}
     spent = dict.fromkeys(batch_sizes, 0.0)
@@ -206,7 +207,8 @@ def model_cost(checkpoint: Path, batch_sizes: Sequence[int] = (1, 8), threads: i
     worker = threading.Thread(target=run)
     worker.start()
     worker.join()
-    return {bs: round(spent[bs] * 1000 / (rounds * max(1, images // bs) * bs), 1) for bs in batch_sizes}
+    per_image = {bs: round(spent[bs] * 1000 / (rounds * max(1, images // bs) * bs), 1) for bs in batch_sizes}
+    return f"{classifier.engine.name}/{classifier.engine.precision}", per_image
 
 
 def machine() -> str:
@@ -255,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         with running_service(checkpoint, server_env) as server:
             info = httpx.post(f"{server.url}/info").json()
             results = measure(server, routes, images, args.clients, args.duration, args.warmup)
-    print(f"{info['backbone']} @ {info['input_size']} px on {info['device']}; {len(images)} JPEGs, "
+    print(f"{info['backbone']} @ {info['input_size']} px on {info['device']} ({info['engine']}); {len(images)} JPEGs, "
           f"{args.clients} clients, {args.duration:.0f} s per endpoint, server env {server_env or '-'}\nbefore: {load_before}\nafter:  {machine()}")
     print(format_table(results))
     if args.json:
@@ -267,8 +269,8 @@ def model_only(args: argparse.Namespace, server_env: Mapping[str, str]) -> int:
     threads = int(server_env["GESTURE_TORCH_THREADS"]) if "GESTURE_TORCH_THREADS" in server_env else None
     with tempfile.TemporaryDirectory(prefix="serve-bench-") as tmp:
         checkpoint = args.checkpoint or make_checkpoint(Path(tmp) / "bench.pt", args.backbone, args.image_size)
-        cost = model_cost(checkpoint, threads=threads)
-    print(f"bare model, {threads or 'default'} torch threads; {machine()}")
+        engine, cost = model_cost(checkpoint, threads=threads, engine=server_env.get("GESTURE_ENGINE", "auto"))
+    print(f"bare model, engine {engine}, {threads or 'default'} torch threads; {machine()}")
     for bs, ms in cost.items():
         print(f"batch {bs:>2}: {ms:.1f} ms per image")
     return 0

@@ -83,6 +83,7 @@ class ModelInfo(BaseModel):
     metrics: dict[str, Any] = Field(description="validation/test top-1, top-5 and image counts from training")
     data_fingerprint: dict[str, Any] = Field(description="sha256 of the training split file lists")
     device: str
+    engine: str = Field(description="what runs the model: torch, compile, onnx or openvino, and its precision")
     limits: dict[str, int]
     batching: dict[str, int]
 
@@ -191,6 +192,7 @@ class GestureClassifier:
             input_size=c.input_size, resize_size=c.resize_size, mean=list(c.mean), std=list(c.std),
             interpolation=c.interpolation, metrics=self.metadata.get("metrics", {}),
             data_fingerprint=self.metadata.get("data_fingerprint", {}), device=str(self.classifier.device),
+            engine=f"{self.classifier.engine.name}/{self.classifier.engine.precision}",
             limits={"max_upload_bytes": LIMITS.max_upload_bytes, "max_pixels": self.limits.max_pixels,
                     "max_batch_images": self.limits.max_batch_images},
             batching={"max_batch_size": BATCHING.max_batch_size, "max_latency_ms": BATCHING.max_latency_ms},

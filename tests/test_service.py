@@ -221,6 +221,19 @@ def test_info_describes_the_served_model(svc):
     assert info["backbone"] == "efficientnet_lite0" and info["classes"] == [str(i) for i in range(10)]
     assert info["input_size"] == 128 and info["model"] == svc.model_tag
     assert info["metrics"]["test"]["top1"] == 0.1 and info["device"] == "cpu"
+    assert info["engine"] == f"{svc.classifier.engine.name}/fp32"
+
+
+def test_engine_is_configurable(stored_model, random_head_checkpoint, monkeypatch):
+    from service.service import GestureClassifier
+
+    monkeypatch.setenv("GESTURE_ENGINE", "torch")
+    eager = GestureClassifier()
+    assert eager.info().engine == "torch/fp32"
+    reference = load_classifier(random_head_checkpoint, device="cpu", engine="torch")
+    data = jpeg(4)
+    result = asyncio.run(eager.predict(image_b64=b64(data), top_k=10)).model_dump()
+    assert_matches_reference(result, reference.predict_proba([data])[0], reference.classes, atol=0)
 
 
 def test_missing_model_says_how_to_import_one(bento_store):
