@@ -84,12 +84,13 @@ def _draw_prediction(canvas: np.ndarray, prediction: Prediction | None, unit: fl
 
 def _draw_speed(canvas: np.ndarray, info: OverlayInfo, unit: float) -> None:
     latency = f"{info.latency_ms:.0f} ms" if info.latency_ms is not None else "- ms"
-    lines = [f"{info.fps:.1f} FPS  {latency}", info.engine]
-    width = int(200 * unit)
+    lines = [(f"{info.fps:.1f} FPS  {latency}", 0.6 * unit, 2), (info.engine, 0.42 * unit, 1)]
+    pad = int(6 * unit)
+    width = min(canvas.shape[1] // 2, max(cv2.getTextSize(t, _FONT, size, th)[0][0] for t, size, th in lines) + 2 * pad)
     x = canvas.shape[1] - width
     _shade(canvas, x, 0, canvas.shape[1], int(50 * unit))
-    for row, text in enumerate(lines):
-        _text(canvas, text[:30], (x + int(6 * unit), int((20 + 22 * row) * unit)), (0.6 if row == 0 else 0.42) * unit, _WHITE, 2 if row == 0 else 1)
+    for row, (text, size, thickness) in enumerate(lines):
+        _text(canvas, text, (x + pad, int((20 + 22 * row) * unit)), size, _WHITE, thickness)
 
 
 def _draw_status(canvas: np.ndarray, status: str, unit: float) -> None:
