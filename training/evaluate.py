@@ -101,19 +101,21 @@ class ViewAverage(nn.Module):
         return probs.view(b, v, -1).mean(1).clamp_min(1e-12).log()
 
 
-def tta_table(classifier: Classifier, samples: list[Sample], modes=TTA_MODES, *, batch_size: int = 64, workers: int = 2) -> list[dict[str, Any]]:
-    """One row per TTA mode: views per image (the cost multiplier), top-1/top-5, change vs no TTA, time."""
-    rows = []
+def tta_table(classifier: Classifier, samples: list[Sample], modes=TTA_MODES, *, batch_size: int = 64, workers: int = 2) -> tuple[list[dict[str, Any]], dict[str, tuple[dict[str, Any], list[str]]]]:
+    """(one row per TTA mode: views per image (the cost multiplier), top-1/top-5, change vs no TTA, time;
+    {mode: evaluate_samples result})."""
+    rows, results = [], {}
     for mode in modes:
         start = time.perf_counter()
-        metrics, _ = evaluate_samples(classifier, samples, batch_size=batch_size, workers=workers, tta=mode)
+        results[mode] = evaluate_samples(classifier, samples, batch_size=batch_size, workers=workers, tta=mode)
         seconds = time.perf_counter() - start
+        metrics = results[mode][0]
         rows.append({"tta": mode, "views": tta_view_count(mode), "top1": metrics["top1"], "top5": metrics["top5"], "n": metrics["n"],
                      "seconds": round(seconds, 2), "ms_per_image": round(1000 * seconds / max(1, metrics["n"]), 2)})
     base = next((r["top1"] for r in rows if r["tta"] == "none"), None)
     for r in rows:
         r["delta_top1"] = None if base is None or r["top1"] is None else r["top1"] - base
-    return rows
+    return rows, results
 
 
 def format_tta_table(rows: list[dict[str, Any]]) -> str:
@@ -134,8 +136,11 @@ def main(argv: list[str] | None = None) -> int:
         samples, skipped, name = select_samples(args.checkpoint, classifier.classes, args.data, args.split)
         if not samples:
             raise DatasetError(f"no images to evaluate in {name}")
-        metrics, failed = evaluate_samples(classifier, samples, batch_size=args.batch_size, workers=args.workers, tta=single)
-        rows = tta_table(classifier, samples, batch_size=args.batch_size, workers=args.workers) if args.tta == "all" else None
+        if args.tta == "all":
+            rows, results = tta_table(classifier, samples, batch_size=args.batch_size, workers=args.workers)
+            metrics, failed = results["none"]
+        else:
+            rows, (metrics, failed) = None, evaluate_samples(classifier, samples, batch_size=args.batch_size, workers=args.workers, tta=single)
     except (CheckpointError, DatasetError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
