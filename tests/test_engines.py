@@ -86,7 +86,7 @@ def test_load_classifier_rejects_an_unavailable_precision_listing_the_choices(ra
 @pytest.mark.parametrize("engine", EXPORTED)
 def test_exported_engines_take_any_batch_size(engine, random_head_checkpoint):
     require(engine)
-    eager = load_classifier(random_head_checkpoint, "cpu")
+    eager = load_classifier(random_head_checkpoint, "cpu", engine="torch")
     fast = load_classifier(random_head_checkpoint, "cpu", engine=engine)
     assert fast.engine.name == engine and eager.engine.name == "torch"
     images = torch.randn(17, 3, 128, 128, generator=torch.Generator().manual_seed(0))
