@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -39,6 +40,9 @@ from training.engine import build_optimizer, train_one_epoch, warmup_cosine
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
+EXTRACTION = re.compile(
+    r"features \w+: (\d+) photos in ([\d.]+) s \(\w+ ([\d.]+) s, \d+ img/s; waiting for decoding (-?[\d.]+) s\)"
+)
 VARIANTS = {  # name: (channels_last, bf16 autocast)
     "fp32 (as finetune on CPU)": (False, False),
     "fp32 channels-last": (True, False),
@@ -55,6 +59,8 @@ FROZEN_COLUMNS = [
     ("data", "data", "s"), ("images", "images", "d"), ("cache", "feature cache", "s"), ("epochs", "epochs", "d"),
     ("first_epoch_s", "epoch 1 s", ".1f"), ("later_epoch_s", "later epochs s (max)", ".3f"),
     ("speedup_after_first", "epoch 1 / later", ".0f"), ("wall_s", "whole run wall s", ".1f"), ("test_top1", "test top-1", ".2%"),
+    ("extract_engine_img_per_s", "extraction: engine img/s", ".0f"), ("extract_wait_s", "extraction: waiting for decoding s", ".1f"),
+    ("other_s", "rest of the run s (start-up, scan, export, report)", ".1f"),
 ]  # fmt: skip
 
 
@@ -127,7 +133,7 @@ def subset_folder(data: Path, per_class: int, dest: Path) -> Path:
     return dest
 
 
-def finetune_run(data: Path, out: Path, cache_dir: Path, *extra: str) -> tuple[float, list[dict[str, str]], str]:
+def finetune_run(data: Path, out: Path, cache_dir: Path, *extra: str) -> tuple[float, list[dict[str, str]], str, str]:
     command = [sys.executable, "-m", "training.finetune", "--data", str(data), "--backbone", "efficientnet_lite0",
                "--freeze", "backbone", "--augment", "none", "--out", str(out), "--workers", "2", *extra]  # fmt: skip
     env = {**os.environ, "GESTURE_CACHE_DIR": str(cache_dir), "NO_ALBUMENTATIONS_UPDATE": "1"}
@@ -136,7 +142,15 @@ def finetune_run(data: Path, out: Path, cache_dir: Path, *extra: str) -> tuple[f
     wall = time.perf_counter() - start
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
-    return wall, list(csv.DictReader((out / "history.csv").open())), " ".join(["python", *command[1:]])
+    return wall, list(csv.DictReader((out / "history.csv").open())), " ".join(["python", *command[1:]]), done.stdout
+
+
+def extraction_profile(stdout: str) -> dict[str, float]:
+    """Sum of training.features' per-split lines: photos, seconds, seconds in the engine, seconds waiting for decoding."""
+    found = EXTRACTION.findall(stdout)
+    photos, total, engine, wait = (sum(float(f[i]) for f in found) for i in (0, 1, 2, 3))
+    return {"extract_photos": int(photos), "extract_s": round(total, 1), "extract_engine_s": round(engine, 1),
+            "extract_engine_img_per_s": round(photos / engine, 1) if engine else None, "extract_wait_s": round(wait, 1)}  # fmt: skip
 
 
 def frozen_rows(
@@ -147,7 +161,7 @@ def frozen_rows(
     out = keep_run or tmp / "probe"
     if out.exists():
         shutil.rmtree(out)
-    wall, history, command = finetune_run(
+    wall, history, command, stdout = finetune_run(
         data, out, tmp / "cache", "--epochs", str(epochs), "--test-per-class", str(test_per_class)
     )
     seconds = [float(r["epoch_seconds"]) for r in history]
@@ -156,9 +170,10 @@ def frozen_rows(
     later = max(seconds[1:]) if len(seconds) > 1 else None
     rows = [{"data": data.name, "images": images, "cache": "on (empty at start)", "epochs": epochs, "first_epoch_s": seconds[0],
              "later_epoch_s": later, "speedup_after_first": seconds[0] / max(later, 1e-3) if later is not None else None,
-             "wall_s": round(wall, 1), "test_top1": test_top1, "command": command, "kind": "frozen"}]  # fmt: skip
+             "wall_s": round(wall, 1), "other_s": round(wall - sum(seconds), 1), "test_top1": test_top1, "command": command,
+             "kind": "frozen", **extraction_profile(stdout)}]  # fmt: skip
     note(f"  linear probe with cache: {wall:.1f} s wall, epoch 1 {seconds[0]:.1f} s, later epochs <= {later} s")
-    wall, history, command = finetune_run(
+    wall, history, command, _ = finetune_run(
         uncached_data, tmp / "uncached", tmp / "cache-off", "--epochs", "1", "--cache-features", "off"
     )
     images = sum(
@@ -184,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--quick",
         action="store_true",
-        help="fewer steps; the uncached epoch on 60 photos per class (under 2 minutes on a quiet 2-core machine)",
+        help="fewer, smaller steps (batch 16); the uncached epoch on 30 photos per class (under 2 minutes on a quiet 2-core machine)",
     )
     p.add_argument("--json", action="store_true", help="JSON lines instead of tables")
     args = p.parse_args(argv)
@@ -196,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     note(f"fp32 matmul ceiling: {ceiling:.0f} GFLOP/s")
     steps = []
     if "steps" not in args.skip:
-        steps = step_rates(args.backbone, args.batch, 2 if args.quick else 5, ceiling)
+        steps = step_rates(args.backbone, min(args.batch, 16) if args.quick else args.batch, 2 if args.quick else 5, ceiling)
         emit(steps, STEP_COLUMNS, as_json=args.json, title=f"Full fine-tune step rate ({describe_machine(info)})")
     if "loader" not in args.skip:
         workers = [2] if args.quick else [0, 2]
@@ -212,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     if "frozen" not in args.skip:
         with tempfile.TemporaryDirectory(prefix="train-bench-") as tmp:
             tmp = Path(tmp)
-            uncached = subset_folder(args.data, 60, tmp / f"{args.data.name}-60-per-class") if args.quick else args.data
+            uncached = subset_folder(args.data, 30, tmp / f"{args.data.name}-30-per-class") if args.quick else args.data
             rows = frozen_rows(args.data, args.epochs, args.test_per_class, uncached, tmp, args.keep_run)
         emit(rows, FROZEN_COLUMNS, as_json=args.json, title="Frozen backbone (efficientnet_lite0, --augment none): feature cache")
         if not args.json:

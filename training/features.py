@@ -23,7 +23,7 @@ import copy
 import hashlib
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from gesture_core.backbones import Backbone, drop_aux, get_submodule_or_none, set_submodule
 from gesture_core.checkpoint import atomic_torch_save
-from gesture_core.engines import build_engine, cache_root, model_fingerprint
+from gesture_core.engines import Engine, build_engine, cache_root, model_fingerprint
 from gesture_core.preprocess import DataConfig
 from training.augment import build_eval_transform
 from training.data import ImageDataset, Sample, make_loader
@@ -118,8 +118,10 @@ def cached_features(
     device: torch.device,
     workers: int = 2,
     desc: str = "features",
+    engine: Callable[[], Engine] | None = None,
 ) -> CachedSplit:
-    """Features of ``samples`` (eval view), loaded from the cache or computed once and stored."""
+    """Features of ``samples`` (eval view), loaded from the cache or computed once and stored.
+    ``engine`` returns the inference engine to compute them with (default: built here)."""
     shape = (data_config.in_chans, data_config.input_size, data_config.input_size)
     key = cache_key(model_fingerprint(extractor, shape), data_config, samples)
     path = cache_root() / "features" / f"{key}.pt"
@@ -129,9 +131,17 @@ def cached_features(
             return CachedSplit(stored["features"], stored["labels"])
         except Exception:  # a corrupt cache file is recomputed, never fatal
             path.unlink(missing_ok=True)
-    split = extract_features(extractor, samples, data_config, device=device, workers=workers, desc=desc)
+    split = extract_features(
+        extractor, samples, data_config, device=device, workers=workers, desc=desc, engine=engine() if engine else None
+    )
     atomic_torch_save({"features": split.features, "labels": split.labels}, path)
     return split
+
+
+def extractor_engine(extractor: nn.Module, data_config: DataConfig, device: torch.device) -> Engine:
+    """The fastest engine for the extractor, in fp32 so cached features match the uncached run's."""
+    shape = (data_config.in_chans, data_config.input_size, data_config.input_size)
+    return build_engine(extractor, engine="auto", precision="fp32", device=device, input_shape=shape)
 
 
 @torch.inference_mode()
@@ -143,15 +153,23 @@ def extract_features(
     device: torch.device,
     workers: int = 2,
     desc: str = "features",
+    engine: Engine | None = None,
 ) -> CachedSplit:
     shape = (data_config.in_chans, data_config.input_size, data_config.input_size)
-    engine = build_engine(extractor, engine="auto", precision="fp32", device=device, input_shape=shape)
+    engine = engine or extractor_engine(extractor, data_config, device)
     dataset = ImageDataset(samples, build_eval_transform(data_config), min_side=data_config.resize_size, placeholder_shape=shape)
     loader = make_loader(dataset, batch_size=EXTRACT_BATCH, workers=workers, pin_memory=device.type == "cuda")
     features, labels = [], []
+    started, in_engine = time.perf_counter(), 0.0
     for images, target, _ in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, mininterval=1.0, disable=None):
+        before = time.perf_counter()
         features.append(engine(images).float().flatten(1).cpu())
+        in_engine += time.perf_counter() - before
         labels.append(target.long())
+    total = time.perf_counter() - started
+    # Where the time goes: the engine, or waiting for the loader to decode (the rest).
+    print(f"{desc}: {len(samples)} photos in {total:.1f} s ({engine.name} {in_engine:.1f} s, "
+          f"{len(samples) / max(in_engine, 1e-9):.0f} img/s; waiting for decoding {total - in_engine:.1f} s)")  # fmt: skip
     if not features:
         return CachedSplit(torch.zeros((0, 0)), torch.zeros(0, dtype=torch.long))
     return CachedSplit(torch.cat(features), torch.cat(labels))
@@ -183,7 +201,14 @@ class FrozenFeatures:
     def split(self, name: str) -> CachedSplit:
         if name not in self._cache:
             extractor = feature_extractor(self.model, self.backbone).to(self.device)
-            for split_name, samples in self.samples.items():  # one extractor (one export) for all splits
+            built: list[Engine] = []  # one engine for every split that misses the cache, none if all hit
+
+            def engine() -> Engine:
+                if not built:
+                    built.append(extractor_engine(extractor, self.data_config, self.device))
+                return built[0]
+
+            for split_name, samples in self.samples.items():
                 if split_name not in self._cache:
                     found = cached_features(
                         extractor,
@@ -192,6 +217,7 @@ class FrozenFeatures:
                         device=self.device,
                         workers=self.workers,
                         desc=f"features {split_name}",
+                        engine=engine,
                     )
                     self._cache[split_name] = CachedSplit(found.features.to(self.device), found.labels.to(self.device))
         return self._cache[name]
