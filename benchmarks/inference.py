@@ -81,7 +81,7 @@ def bench_backbone(name: str, args, ceilings: dict[str, float], device: torch.de
             row = {
                 "backbone": name, "engine": engine_name, "precision": precision, "batch": batch,
                 "img_per_s": round(rate, 2), "ms_per_batch": round(1000 * batch / rate, 2),
-                "gflops_per_img": round(gflops, 3), "achieved_gflops": round(rate * gflops, 1),
+                "gflops_per_img": float(f"{gflops:.4g}"), "achieved_gflops": round(rate * gflops, 1),
                 "ceiling_gflops": round(ceiling, 1), "pct_of_ceiling": round(100 * rate * gflops / ceiling, 1),
                 "speedup_vs_eager": round(rate / eager[batch], 2) if batch in eager else None,
                 "input_size": config.input_size, "build_s": round(build_s, 2), "kind": "speed",

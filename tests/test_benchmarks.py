@@ -1,0 +1,57 @@
+"""The speed benchmarks keep working (shapes of their output, never their timings) and judge targets correctly."""
+
+from __future__ import annotations
+
+import json
+
+from benchmarks import inference, run_all
+
+REQUIRED_KEYS = {"backbone", "engine", "precision", "batch", "img_per_s", "gflops_per_img", "ceiling_gflops", "pct_of_ceiling"}
+
+
+def test_inference_benchmark_emits_one_json_line_per_configuration(capsys):
+    assert (
+        inference.main(
+            ["--backbones", "lenet5", "--batch", "1,3", "--engines", "torch,onnx", "--precisions", "fp32", "--quick", "--json"]
+        )
+        == 0
+    )
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(r["engine"], r["batch"]) for r in rows] == [("torch", 1), ("torch", 3), ("onnx", 1), ("onnx", 3)]
+    for row in rows:
+        assert REQUIRED_KEYS <= set(row) and row["backbone"] == "lenet5" and row["precision"] == "fp32"
+        assert row["img_per_s"] > 0 and row["ceiling_gflops"] > 0
+        expected = 100 * row["img_per_s"] * row["gflops_per_img"] / row["ceiling_gflops"]
+        assert abs(row["pct_of_ceiling"] - expected) <= 0.05 + 0.01 * expected
+    # LeNet-5 at 32x32x3: 352,800 + 240,000 (convs) + 58,920 (linears) multiply-adds = 1.3034 MFLOP
+    assert abs(rows[0]["gflops_per_img"] - 0.0013034) < 1e-6
+
+
+def test_targets_are_judged_from_the_rows():
+    speed = [
+        dict(backbone="resnet18", engine="torch", precision="fp32", batch=16, img_per_s=30.0, pct_of_ceiling=50.0, ceiling_gflops=220.0, speedup_vs_eager=1.0),
+        dict(backbone="resnet18", engine="openvino", precision="fp32", batch=16, img_per_s=58.0, pct_of_ceiling=96.0, ceiling_gflops=220.0, speedup_vs_eager=1.9),
+        dict(backbone="resnet18", engine="openvino", precision="bf16", batch=16, img_per_s=100.0, pct_of_ceiling=90.0, ceiling_gflops=400.0, speedup_vs_eager=3.3),
+    ]  # fmt: skip
+    serve = [dict(route="/predict", clients=16, req_per_s=40.0, pct_of_engine=70.0, engine_img_per_s=57.0, p50_ms=300.0, p99_ms=600.0,
+                  p99_over_p50=2.0, errors=1, requests=400)]  # fmt: skip
+    frozen = [
+        dict(
+            cache="on (empty at start)",
+            images=3670,
+            epochs=5,
+            first_epoch_s=30.0,
+            later_epoch_s=0.1,
+            speedup_after_first=300.0,
+            wall_s=61.0,
+            test_top1=0.9,
+        )
+    ]
+    verdicts = {target: ok for target, _, ok in run_all.targets(speed, [], [], [], frozen, serve, [])}
+    assert verdicts["resnet18, batch 16: engine ≥ 90% of the fp32 ceiling"] is True
+    assert verdicts["resnet18, openvino, batch 16: bf16 ≥ 1.8× fp32"] is False  # 100 / 58 = 1.72
+    assert verdicts["HTTP, 16 clients: ≥ 85% of the engine's batched img/s"] is False
+    assert verdicts["HTTP, 16 clients: p99 ≤ 2.5× p50"] is True
+    assert verdicts["HTTP: zero errors"] is False
+    assert verdicts["cached frozen epochs ≥ 50× faster than the first"] is True
+    assert verdicts["flowers linear probe (3670 photos, efficientnet_lite0) ≤ 60 s wall"] is False
