@@ -176,13 +176,13 @@ def plot_bubbles(path: Path, rows: list[Row], title: str) -> Path:
         ax.scatter(r.gmacs, 100 * r.test_top1, s=area, alpha=0.45, color=colours(i % 10), edgecolors="black", linewidths=0.6)
         tag = "ImageNet" if r.weights == "imagenet" else "scratch"
         ax.annotate(f"{r.backbone} ({tag})\n{r.params / 1e6:.1f} M params, {r.latency_ms:.1f} ms", (r.gmacs, 100 * r.test_top1),
-                    textcoords="offset points", xytext=(8, -4), fontsize=7.5)
+                    textcoords="offset points", xytext=(area**0.5 / 2 + 4, 0), va="center", fontsize=7.5)
     xs = [r.gmacs for r in rows]
     if max(xs) / max(min(xs), 1e-9) > 20:
         ax.set_xscale("log")
     ax.set_xlabel("G multiply-adds per image (GFLOPs = 2 x this)")
     ax.set_ylabel("test top-1 (%)")
-    ax.set_title(title, fontsize=10)
+    ax.set_title(f"{title}\nbubble area: parameters; ms: batch-1 CPU latency", fontsize=9)
     ax.grid(alpha=0.3)
     ax.margins(x=0.35, y=0.15)
     fig.tight_layout()
