@@ -258,8 +258,11 @@ class OnnxRuntimeEngine(_ExportedEngine):
 class OpenVinoEngine(_ExportedEngine):
     """OpenVINO on the CPU; bf16 uses AVX512-BF16/AMX where the CPU has them.
 
-    The LATENCY hint gives every core to each request, which is what a synchronous batch call wants.
-    Infer requests are not thread-safe, so each calling thread gets its own.
+    One image runs on a model compiled for latency (every core on the one request). A batch is split
+    across the streams of a model compiled for throughput (one core each, run in parallel): no core
+    ever waits for another inside a layer, which matters most for depthwise networks and on a busy
+    machine (efficientnet_lite0, batch 16: 1.1-1.2x the latency model's rate on the shared 2-core
+    box). Infer requests are not thread-safe, so each calling thread gets its own.
     """
 
     name = "openvino"
@@ -270,20 +273,34 @@ class OpenVinoEngine(_ExportedEngine):
         import openvino as ov
 
         core = ov.Core()
-        config = {
-            "INFERENCE_PRECISION_HINT": self._OV_PRECISION[precision],
-            "PERFORMANCE_HINT": "LATENCY",
-            "INFERENCE_NUM_THREADS": torch.get_num_threads(),
-        }
-        self.compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
-        self.num_outputs = self.compiled.outputs[0].get_partial_shape()[-1].get_length()
+        model = core.read_model(str(path))
+        threads = torch.get_num_threads()
+        base = {"INFERENCE_PRECISION_HINT": self._OV_PRECISION[precision], "INFERENCE_NUM_THREADS": threads}
+        self.latency_model = core.compile_model(model, "CPU", {**base, "PERFORMANCE_HINT": "LATENCY"})
+        self.throughput_model = core.compile_model(
+            model, "CPU", {**base, "PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": threads}
+        )
+        self.streams = int(self.throughput_model.get_property("NUM_STREAMS"))
+        self.num_outputs = self.latency_model.outputs[0].get_partial_shape()[-1].get_length()
         self._local = threading.local()
 
+    def _requests(self):
+        local = self._local
+        if not hasattr(local, "single"):
+            local.single = self.latency_model.create_infer_request()
+            local.parallel = [self.throughput_model.create_infer_request() for _ in range(self.streams)]
+        return local.single, local.parallel
+
     def _run(self, array: np.ndarray) -> np.ndarray:
-        request = getattr(self._local, "request", None)
-        if request is None:
-            request = self._local.request = self.compiled.create_infer_request()
-        return request.infer([array])[0]
+        single, parallel = self._requests()
+        if len(array) == 1 or self.streams == 1:
+            return single.infer([array])[0]
+        chunks = np.array_split(array, min(self.streams, len(array)))
+        for request, chunk in zip(parallel, chunks, strict=False):
+            request.start_async([np.ascontiguousarray(chunk)])
+        for request, _ in zip(parallel, chunks, strict=False):
+            request.wait()
+        return np.concatenate([request.get_output_tensor(0).data.copy() for request, _ in zip(parallel, chunks, strict=False)])
 
 
 def _openvino_cpu_capabilities() -> tuple[str, ...]:
