@@ -24,9 +24,14 @@ def parity_images(tmp_path_factory) -> list[str]:
     return sorted(str(p) for p in root.rglob("*.png"))
 
 
-def test_onnx_parity_within_1e_4_and_metadata(random_head_checkpoint, parity_images, tmp_path):
+@pytest.fixture(scope="module")
+def exported_onnx(random_head_checkpoint, tmp_path_factory):
     classifier = load_classifier(random_head_checkpoint, "cpu")
-    path = export(classifier, "onnx", tmp_path / "model.onnx")
+    return classifier, export(classifier, "onnx", tmp_path_factory.mktemp("onnx") / "model.onnx")
+
+
+def test_onnx_parity_within_1e_4_and_metadata(exported_onnx, parity_images):
+    classifier, path = exported_onnx
     report = check_parity(classifier, path, "onnx", parity_images, tolerance=1e-4)
     assert report.images == len(parity_images)
     assert report.ok and report.max_abs_diff <= 1e-4
@@ -37,11 +42,10 @@ def test_onnx_parity_within_1e_4_and_metadata(random_head_checkpoint, parity_ima
     assert "centre crop 128x128" in meta["preprocess"]
 
 
-def test_onnx_accepts_any_batch_size(random_head_checkpoint, tmp_path):
+def test_onnx_accepts_any_batch_size(exported_onnx):
     import onnxruntime as ort
 
-    classifier = load_classifier(random_head_checkpoint, "cpu")
-    path = export(classifier, "onnx", tmp_path / "model.onnx")
+    _, path = exported_onnx
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     for n in (1, 5):
         assert session.run(None, {"image": np.zeros((n, 3, 128, 128), np.float32)})[0].shape == (n, 10)
