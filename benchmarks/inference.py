@@ -131,6 +131,21 @@ def accuracy_rows(run: Path, args, device: torch.device) -> list[dict[str, Any]]
     return rows
 
 
+def profile_eager(name: str, batch: int, image_size: int | None) -> str:
+    """Where eager PyTorch spends a forward pass: the top operators by self CPU time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    spec = get_backbone(name)
+    config = spec.data_config.with_input_size(image_size) if image_size else spec.data_config
+    model = build_model(name, 10, "none").eval()
+    x = torch.randn(batch, config.in_chans, config.input_size, config.input_size)
+    with torch.inference_mode():
+        model(x)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            model(x)
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=8)
+
+
 def csv_list(kind, choices=None):
     def parse(text: str):
         values = [kind(v.strip()) for v in text.split(",") if v.strip()]
@@ -159,6 +174,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--accuracy", type=Path, metavar="RUN", help="also measure top-1 on RUN's saved test split (RUN/best.pt, RUN/split.json)"
     )
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="also print the top operators of each backbone's eager forward pass (batch: the largest)",
+    )
     p.add_argument("--quick", action="store_true", help="short timing windows and no torch.compile (under 2 minutes on 2 cores)")
     p.add_argument("--json", action="store_true", help="JSON lines instead of tables")
     return p
@@ -186,6 +206,11 @@ def main(argv: list[str] | None = None) -> int:
         as_json=args.json,
         title=f"Inference speed ({describe_machine(info)}; best of {args.windows} windows)",
     )
+    if args.profile:
+        for name in args.backbones:
+            print(
+                f"\nEager PyTorch, {name}, batch {max(args.batch)}: top operators by self CPU time\n{profile_eager(name, max(args.batch), args.image_size)}"
+            )
     if args.accuracy:
         emit(
             accuracy_rows(args.accuracy, args, device),
