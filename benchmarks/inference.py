@@ -208,9 +208,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.profile:
         for name in args.backbones:
-            print(
-                f"\nEager PyTorch, {name}, batch {max(args.batch)}: top operators by self CPU time\n{profile_eager(name, max(args.batch), args.image_size)}"
-            )
+            table = profile_eager(name, max(args.batch), args.image_size)
+            text = f"\nEager PyTorch, {name}, batch {max(args.batch)}: top operators by self CPU time\n{table}"
+            (note if args.json else print)(text)  # --json keeps stdout to JSON lines
     if args.accuracy:
         emit(
             accuracy_rows(args.accuracy, args, device),
