@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     note(f"fp32 matmul ceiling: {ceiling:.0f} GFLOP/s")
     steps = []
     if "steps" not in args.skip:
-        steps = step_rates(args.backbone, min(args.batch, 16) if args.quick else args.batch, 2 if args.quick else 5, ceiling)
+        steps = step_rates(args.backbone, min(args.batch, 16) if args.quick else args.batch, 4 if args.quick else 6, ceiling)
         emit(steps, STEP_COLUMNS, as_json=args.json, title=f"Full fine-tune step rate ({describe_machine(info)})")
     if "loader" not in args.skip:
         workers = [2] if args.quick else [0, 2]
