@@ -9,10 +9,10 @@ state dict and "no weights" all take the same path.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn

@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
-from typing import Union
 
 import cv2
 import numpy as np
@@ -19,7 +18,7 @@ from PIL import Image, ImageOps
 # Decompression-bomb guard: about 2.5x a 24 MP photo, far beyond anything a classifier needs.
 DEFAULT_MAX_PIXELS = 64_000_000
 
-ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, Image.Image, np.ndarray]
+ImageSource = str | os.PathLike | bytes | bytearray | memoryview | Image.Image | np.ndarray
 
 cv2.setNumThreads(1)  # decoding runs inside loader workers and request handlers; oversubscription hurts
 

@@ -6,8 +6,9 @@ Training evaluation, the HTTP service and the webcam all call this same object, 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
-from typing import Any, Sequence
+from typing import Any
 
 import cv2
 import numpy as np

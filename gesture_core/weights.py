@@ -95,7 +95,7 @@ def _efficientnet_lite0_state_dict() -> dict[str, torch.Tensor]:
         raise WeightsUnavailableError(
             f"efficientnet_lite0 weights file has {len(source)} tensors, timm expects {len(target_keys)}"
         )
-    return dict(zip(target_keys, source.values()))
+    return dict(zip(target_keys, source.values(), strict=True))
 
 
 @contextmanager

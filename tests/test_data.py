@@ -7,8 +7,8 @@ import io
 import pytest
 from PIL import Image
 
-from training.data import DatasetError, ImageDataset, Splits, load_splits
 from tests.helpers import make_image_folder, synthetic_image
+from training.data import DatasetError, ImageDataset, Splits, load_splits
 
 
 def add_bad_files(root):
@@ -97,8 +97,8 @@ def test_untrainable_datasets_are_refused_up_front(tmp_path, layout, message):
 
 
 def test_a_file_that_fails_late_is_ignored_by_the_loss_not_fatal(tmp_path):
-    from training.augment import build_eval_transform
     from gesture_core import get_backbone
+    from training.augment import build_eval_transform
 
     splits = load_splits(make_image_folder(tmp_path / "d", per_class=5), val_split=0.0, test_split=0.0)
     open(splits.train[0].path, "wb").close()  # broken after the scan, as by a concurrent writer

@@ -11,10 +11,10 @@ import torch
 
 import training.finetune as finetune
 from gesture_core import load_classifier
+from tests.helpers import make_image_folder
+from tests.test_data import add_bad_files
 from training.config import TrainConfig
 from training.evaluate import main as evaluate_main
-from tests.test_data import add_bad_files
-from tests.helpers import make_image_folder
 
 ARTEFACTS = ["best.pt", "last.pt", "config.json", "split.json", "history.csv", "metrics.json", "curves.png", "confusion_matrix.png"]
 

@@ -62,7 +62,7 @@ def test_exif_rotation_is_applied(tmp_path):
 @pytest.mark.parametrize("mode", ["L", "RGBA", "CMYK", "I;16", "P", "LA"])
 def test_any_pil_mode_becomes_rgb_uint8(mode, tmp_path):
     rgb = Image.fromarray(synthetic_image(1, seed=2, size=32))
-    img = rgb.convert(mode) if mode != "I;16" else Image.fromarray((np.asarray(rgb.convert("L"), np.uint16) * 257))
+    img = rgb.convert(mode) if mode != "I;16" else Image.fromarray(np.asarray(rgb.convert("L"), np.uint16) * 257)
     fmt = "JPEG" if mode == "CMYK" else "PNG"
     buf = io.BytesIO()
     img.save(buf, format=fmt)

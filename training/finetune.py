@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from gesture_core.backbones import Backbone, build_model, freeze_backbone, get_backbone, load_matching
-from gesture_core.checkpoint import atomic_torch_save, load_checkpoint, resolve_device, save_checkpoint
+from gesture_core.checkpoint import load_checkpoint, resolve_device, save_checkpoint
 from gesture_core.preprocess import DataConfig
 from gesture_core.weights import WeightsUnavailableError
 from training import cli
