@@ -123,7 +123,7 @@ def build_engine(
     try:
         onnx_path = export_onnx(model, tuple(input_shape), cache_dir=cache_dir)
     except Exception as err:  # the exporter raises many types for unsupported ops
-        reason = f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"
+        reason = f"{type(err).__name__}: {(str(err).splitlines() or [''])[0][:300]}"
         if engine == "auto":  # auto must work wherever eager PyTorch does
             warnings.warn(f"ONNX export failed ({reason}); running eager PyTorch instead", stacklevel=2)
             return TorchEngine(model, device, precision if precision in supported_precisions("torch", device) else "fp32")
