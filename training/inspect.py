@@ -241,8 +241,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         summary = inspect_backbone(args.backbone, input_size=args.input_size, in_chans=args.in_channels, num_classes=args.num_classes, depth=args.depth)
-    except (ValueError, RuntimeError) as err:  # e.g. --in-channels 1 on an RGB backbone, or an input too small
+    except ValueError as err:  # e.g. --in-channels 1 on an RGB backbone
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except RuntimeError as err:  # the forward pass failed, usually an input too small for the downsampling
+        print(f"error: {args.backbone} cannot run on a {args.input_size or 'default'}-pixel input (try a larger --input-size): {err}", file=sys.stderr)
         return 2
     print(json.dumps(summary.to_dict(), indent=1) if args.json else format_table(summary))
     return 0
