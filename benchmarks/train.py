@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--quick",
         action="store_true",
-        help="fewer, smaller steps (batch 16); the uncached epoch on 30 photos per class (under 2 minutes on a quiet 2-core machine)",
+        help="3 steps per variant; the uncached epoch on 30 photos per class (under 2 minutes on a quiet 2-core machine)",
     )
     p.add_argument("--json", action="store_true", help="JSON lines instead of tables")
     args = p.parse_args(argv)
@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     note(f"fp32 matmul ceiling: {ceiling:.0f} GFLOP/s")
     steps = []
     if "steps" not in args.skip:
-        steps = step_rates(args.backbone, min(args.batch, 16) if args.quick else args.batch, 4 if args.quick else 6, ceiling)
+        steps = step_rates(args.backbone, args.batch, 3 if args.quick else 6, ceiling)
         emit(steps, STEP_COLUMNS, as_json=args.json, title=f"Full fine-tune step rate ({describe_machine(info)})")
     if "loader" not in args.skip:
         workers = [2] if args.quick else [0, 2]
