@@ -15,13 +15,16 @@ Server and client code are ``benchmarks.serve_latency``'s (``running_service``, 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
+import time
 import warnings
 from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import torch
 
 from benchmarks.common import best_rate, describe_machine, emit, machine, note
@@ -33,33 +36,68 @@ COLUMNS = [
     ("route", "endpoint", "s"), ("clients", "clients", "d"), ("requests", "requests", "d"), ("req_per_s", "req/s", ".1f"),
     ("p50_ms", "p50 ms", ".0f"), ("p95_ms", "p95 ms", ".0f"), ("p99_ms", "p99 ms", ".0f"), ("p99_over_p50", "p99/p50", ".2f"),
     ("errors", "errors", "d"), ("mean_batch", "mean batch", ".1f"), ("pct_of_engine", "% of engine batched img/s", ".0f"),
+    ("server_cpu_ms_per_req", "server CPU ms/req", ".1f"), ("client_cpu_ms_per_req", "client CPU ms/req", ".1f"),
 ]  # fmt: skip
 
 
-def engine_throughput(checkpoint: Path, engine: str, precision: str, images: list[bytes], batch: int, seconds: float) -> tuple[float, str]:
-    """img/s of the model alone on preprocessed batches, loaded exactly as the service loads it."""
+def engine_throughput(
+    checkpoint: Path, engine: str, precision: str, images: list[bytes], batches: tuple[int, ...], seconds: float
+) -> tuple[dict[int, float], str]:
+    """img/s of the model alone on preprocessed batches of each size, loaded exactly as the service loads it."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         classifier = load_classifier(checkpoint, "cpu", engine=engine, precision=precision)
     crops = [classifier.preprocess.crop(classifier.preprocess.read(data)) for data in images]
-    x = torch.stack([classifier.preprocess.normalize(crops[i % len(crops)]) for i in range(batch)])
-    classifier.probs(x)
-    rate = best_rate(lambda: classifier.probs(x), items=batch, seconds=seconds, windows=3)
-    return rate, f"{classifier.engine.name}/{classifier.engine.precision}"
+    rates = {}
+    for batch in batches:
+        x = torch.stack([classifier.preprocess.normalize(crops[i % len(crops)]) for i in range(batch)])
+        classifier.probs(x)
+        rates[batch] = best_rate(lambda x=x: classifier.probs(x), items=batch, seconds=seconds, windows=3)
+    return rates, f"{classifier.engine.name}/{classifier.engine.precision}"
 
 
-def load_test(url: str, route: str, images: list[bytes], clients: int, duration: float, warmup: float, reference: float) -> dict[str, Any]:
+def cpu_seconds(pid: int, *, descendants: bool = True) -> float:
+    """User + system CPU time of a process and (by default) all its descendants (the server and its workers)."""
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *(root.children(recursive=True) if descendants else [])]
+    except psutil.NoSuchProcess:
+        return 0.0
+    total = 0.0
+    for proc in procs:
+        try:
+            t = proc.cpu_times()
+            total += t.user + t.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def load_test(
+    url: str, route: str, images: list[bytes], clients: int, duration: float, warmup: float, reference: float, server_pid: int
+) -> dict[str, Any]:
     before = batch_size_stats(httpx.get(f"{url}/metrics").text)
+    cpu_before, own_before, started = cpu_seconds(server_pid), cpu_seconds(os.getpid(), descendants=False), time.perf_counter()
     result = drive(url, route, images, clients=clients, duration=duration, warmup=warmup)
+    wall = time.perf_counter() - started
+    # Where the cores went, per measured request: the server (HTTP, decoding, model) and the clients.
+    per_request = lambda cpu: 1000 * cpu / wall * result.seconds / max(result.requests, 1)  # noqa: E731
+    server_ms, client_ms = (
+        per_request(cpu_seconds(server_pid) - cpu_before),
+        per_request(cpu_seconds(os.getpid(), descendants=False) - own_before),
+    )  # the server is our child: not counted twice
     after = batch_size_stats(httpx.get(f"{url}/metrics").text)
-    mean_batch = (after[0] - before[0]) / (after[1] - before[1]) if after[1] > before[1] else (1.0 if route == "predict" else None)
+    mean_batch = (
+        (after[0] - before[0]) / (after[1] - before[1]) if after[1] > before[1] else (1.0 if route == "predict" else None)
+    )
     p50, p99 = result.percentile(50), result.percentile(99)
     return {
         "route": f"/{route}", "clients": clients, "seconds": round(result.seconds, 1), "requests": result.requests,
         "req_per_s": round(result.throughput, 2), "p50_ms": round(p50, 1), "p95_ms": round(result.percentile(95), 1),
         "p99_ms": round(p99, 1), "p99_over_p50": round(p99 / p50, 2) if p50 else None,
         "errors": sum(result.errors.values()), "error_kinds": result.errors, "mean_batch": mean_batch,
-        "engine_img_per_s": round(reference, 2), "pct_of_engine": round(100 * result.throughput / reference, 1), "kind": "serve",
+        "engine_img_per_s": round(reference, 2), "pct_of_engine": round(100 * result.throughput / reference, 1),
+        "server_cpu_ms_per_req": round(server_ms, 1), "client_cpu_ms_per_req": round(client_ms, 1), "kind": "serve",
     }  # fmt: skip
 
 
@@ -72,7 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
     p.add_argument("--routes", nargs="+", choices=ROUTES, default=list(ROUTES))
     p.add_argument("--duration", type=float, default=15.0, help="measured seconds per endpoint and client count")
-    p.add_argument("--warmup", type=float, default=3.0, help="seconds of load before measuring (the adaptive batcher calibrates itself)")
+    p.add_argument(
+        "--warmup", type=float, default=3.0, help="seconds of load before measuring (the adaptive batcher calibrates itself)"
+    )
     p.add_argument("--quick", action="store_true", help="4 s per measurement, 1 s warm-up (under 2 minutes)")
     p.add_argument("--json", action="store_true", help="JSON lines instead of a table")
     args = p.parse_args(argv)
@@ -87,19 +127,32 @@ def main(argv: list[str] | None = None) -> int:
         with running_service(checkpoint, env=env) as server:
             served = httpx.post(f"{server.url}/info").json()
             # Measured while the server idles, so both sides of the ratio had the cores to themselves.
-            reference, engine_name = engine_throughput(checkpoint, args.engine, args.precision, images, 16, 3.0 if args.quick else 8.0)
-            note(f"{served['backbone']} @ {served['input_size']} px, engine {engine_name}: {reference:.1f} img/s at batch 16 (no HTTP)")
+            rates, engine_name = engine_throughput(
+                checkpoint, args.engine, args.precision, images, (1, 16), 3.0 if args.quick else 8.0
+            )
+            reference = rates[16]
+            note(
+                f"{served['backbone']} @ {served['input_size']} px, engine {engine_name}: {reference:.1f} img/s at batch 16 (no HTTP)"
+            )
             rows = []
             for clients in args.clients:
                 for route in args.routes:
-                    rows.append(load_test(server.url, route, images, clients, args.duration, args.warmup, reference))
+                    rows.append(
+                        load_test(server.url, route, images, clients, args.duration, args.warmup, reference, server.process.pid)
+                    )
                     r = rows[-1]
                     note(f"  {r['route']} x{clients}: {r['req_per_s']:.1f} req/s, p50 {r['p50_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms, "
                          f"{r['errors']} errors, {r['pct_of_engine']:.0f}% of the engine")  # fmt: skip
     for r in rows:
-        r.update(backbone=served["backbone"], engine=engine_name, input_size=served["input_size"])
+        r.update(
+            backbone=served["backbone"],
+            engine=engine_name,
+            input_size=served["input_size"],
+            engine_batch1_img_per_s=round(rates[1], 2),
+        )
+    note(f"engine alone: {rates[1]:.1f} img/s one image at a time, {rates[16]:.1f} img/s at batch 16")
     title = (f"HTTP service, {served['backbone']} @ {served['input_size']} px, engine {engine_name} "
-             f"({reference:.1f} img/s batched without HTTP); {describe_machine(info)}")  # fmt: skip
+             f"({rates[1]:.1f} img/s one at a time, {reference:.1f} at batch 16, without HTTP); {describe_machine(info)}")  # fmt: skip
     emit(rows, COLUMNS, as_json=args.json, title=title)
     return 0 if all(r["requests"] for r in rows) else 1
 
