@@ -140,7 +140,9 @@ class Run:
 
     @property
     def channels_last(self) -> bool:
-        return self.device.type == "cuda"
+        # NHWC is cuDNN's fast layout, and on CPU it doubles efficientnet_lite0's training step rate
+        # (depthwise convolutions) and speeds resnet18 up by a fifth: benchmarks/train.py measures both
+        return True
 
 
 def prepare_run(cfg: TrainConfig, resume: Path | None) -> Run:
@@ -161,9 +163,7 @@ def prepare_run(cfg: TrainConfig, resume: Path | None) -> Run:
     model = build_model(cfg.backbone, len(splits.classes), weights, aux=True, in_chans=cfg.in_chans)
     device = resolve_device(cfg.device)
     amp = cfg.amp == "on" or (cfg.amp == "auto" and device.type == "cuda")
-    model.to(device)
-    if device.type == "cuda":
-        model.to(memory_format=torch.channels_last)
+    model.to(device, memory_format=torch.channels_last)
     write_json(out / "config.json", cfg.to_dict())
     return Run(cfg, out, splits, backbone, data_config, model, device, amp)
 
