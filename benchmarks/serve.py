@@ -1,5 +1,6 @@
 """HTTP service speed: the real ``bentoml serve`` on 127.0.0.1 under 1, 4 and 16 concurrent clients,
-plain (/predict) and adaptive-batched (/predict_batched), against the engine's own batched throughput.
+/predict (micro-batched inside the worker) and /predict_batched (BentoML's adaptive batching), against
+the engine's own batched throughput.
 
     .venv/bin/python -m benchmarks.serve --quick
     .venv/bin/python -m benchmarks.serve --engine openvino --precision bf16 --clients 16 --duration 20 --json
@@ -73,10 +74,18 @@ def cpu_seconds(pid: int, *, descendants: bool = True) -> float:
     return total
 
 
+def batch_counts(url: str, route: str) -> tuple[float, float]:
+    """(images, model calls) so far: /predict's from /info, /predict_batched's from BentoML's metrics."""
+    if route == "predict":
+        batching = httpx.post(f"{url}/info").json()["batching"]
+        return batching["predict_images"], batching["predict_model_calls"]
+    return batch_size_stats(httpx.get(f"{url}/metrics").text)
+
+
 def load_test(
     url: str, route: str, images: list[bytes], clients: int, duration: float, warmup: float, reference: float, server_pid: int
 ) -> dict[str, Any]:
-    before = batch_size_stats(httpx.get(f"{url}/metrics").text)
+    before = batch_counts(url, route)
     cpu_before, own_before, started = cpu_seconds(server_pid), cpu_seconds(os.getpid(), descendants=False), time.perf_counter()
     result = drive(url, route, images, clients=clients, duration=duration, warmup=warmup)
     wall = time.perf_counter() - started
@@ -86,10 +95,8 @@ def load_test(
         per_request(cpu_seconds(server_pid) - cpu_before),
         per_request(cpu_seconds(os.getpid(), descendants=False) - own_before),
     )  # the server is our child: not counted twice
-    after = batch_size_stats(httpx.get(f"{url}/metrics").text)
-    mean_batch = (
-        (after[0] - before[0]) / (after[1] - before[1]) if after[1] > before[1] else (1.0 if route == "predict" else None)
-    )
+    after = batch_counts(url, route)
+    mean_batch = (after[0] - before[0]) / (after[1] - before[1]) if after[1] > before[1] else None
     p50, p99 = result.percentile(50), result.percentile(99)
     return {
         "route": f"/{route}", "clients": clients, "seconds": round(result.seconds, 1), "requests": result.requests,
@@ -107,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--backbone", default="efficientnet_lite0", help="without --checkpoint")
     p.add_argument("--engine", default="auto", choices=ENGINE_CHOICES, help="GESTURE_ENGINE for the service")
     p.add_argument("--precision", default="fp32", choices=PRECISIONS, help="GESTURE_PRECISION for the service")
+    p.add_argument("--predict-batching", default="on", choices=("on", "off"), help="GESTURE_PREDICT_BATCHING for the service")
     p.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
     p.add_argument("--routes", nargs="+", choices=ROUTES, default=list(ROUTES))
     p.add_argument("--duration", type=float, default=15.0, help="measured seconds per endpoint and client count")
@@ -121,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     info = machine()
     note(f"machine: {describe_machine(info)}")
     images = load_images()
-    env = {"GESTURE_ENGINE": args.engine, "GESTURE_PRECISION": args.precision}
+    env = {"GESTURE_ENGINE": args.engine, "GESTURE_PRECISION": args.precision, "GESTURE_PREDICT_BATCHING": args.predict_batching}
     with tempfile.TemporaryDirectory(prefix="serve-bench-") as tmp:
         checkpoint = args.checkpoint or make_checkpoint(Path(tmp) / "bench.pt", args.backbone)
         with running_service(checkpoint, env=env) as server:

@@ -5,7 +5,8 @@
 Endpoints (all POST, JSON out; the OpenAPI page at / documents them):
     /predict          one image (multipart field ``image``, or JSON ``image_b64``)  -> prediction
     /predict_batch    several images in one request (``images`` / ``images_b64``)   -> [prediction]
-    /predict_batched  like /predict, but concurrent requests share model calls (adaptive batching)
+    /predict_batched  like /predict, through BentoML's adaptive batching (for comparison; /predict
+                      already batches concurrent requests inside the worker, service/microbatch.py)
     /classify_crops   the batchable step behind /predict_batched (preprocessed crops -> probabilities)
     /info             what is being served: backbone, classes, input size, metrics, limits
 BentoML adds /readyz, /livez and /metrics.
@@ -36,6 +37,7 @@ from gesture_core import Classifier, ImageDecodeError, decode_probs, load_classi
 from service import settings
 from service.http_guard import RequestGuard
 from service.import_model import CHECKPOINT_FILE
+from service.microbatch import MicroBatcher
 
 LIMITS = settings.Limits.from_env()
 BATCHING = settings.BatchingConfig.from_env()
@@ -150,14 +152,20 @@ class GestureClassifier:
         self.crop_shape = (size, size, 3)
         self.crop_bytes = size * size * 3
         self._model_lock = threading.Lock()  # one model call at a time: CPU threads are better spent inside it
+        self.batcher: MicroBatcher[np.ndarray, np.ndarray] | None = None
+        if settings.predict_batching():
+            self.batcher = MicroBatcher(self.classify, BATCHING.max_batch_size, name="gesture-model")
+
+    @bentoml.on_shutdown
+    def stop_batcher(self) -> None:
+        if self.batcher is not None:
+            self.batcher.close()
 
     @bentoml.api
     async def predict(self, image: ImageFile = None, image_b64: ImageBase64 = None, top_k: TopK = 5, threshold: Threshold = 0.0) -> PredictionOut:
         """Classify one image: multipart field `image`, or JSON `{"image_b64": ...}`."""
-        data = await anyio.to_thread.run_sync(self.one_upload, image, image_b64)
-        crop = await anyio.to_thread.run_sync(self.decode, data, "image")
-        probs = await anyio.to_thread.run_sync(self.classify, [crop])
-        return self.prediction(probs[0], top_k, threshold)
+        crop = await anyio.to_thread.run_sync(self.upload_crop, image, image_b64)
+        return self.prediction(await self.probabilities(crop), top_k, threshold)
 
     @bentoml.api
     async def predict_batch(self, images: ImageFiles = None, images_b64: list[str] | None = None,
@@ -170,9 +178,8 @@ class GestureClassifier:
 
     @bentoml.api
     async def predict_batched(self, image: ImageFile = None, image_b64: ImageBase64 = None, top_k: TopK = 5, threshold: Threshold = 0.0) -> PredictionOut:
-        """Same contract as /predict; concurrent requests are classified together (adaptive batching)."""
-        data = await anyio.to_thread.run_sync(self.one_upload, image, image_b64)
-        crop = await anyio.to_thread.run_sync(self.decode, data, "image")
+        """Same contract as /predict, batched through BentoML's adaptive batching instead of in the worker."""
+        crop = await anyio.to_thread.run_sync(self.upload_crop, image, image_b64)
         probs = await self.batched_probabilities(crop)
         return self.prediction(np.asarray(probs, dtype=np.float32), top_k, threshold)
 
@@ -195,10 +202,26 @@ class GestureClassifier:
             engine=f"{self.classifier.engine.name}/{self.classifier.engine.precision}",
             limits={"max_upload_bytes": LIMITS.max_upload_bytes, "max_pixels": self.limits.max_pixels,
                     "max_batch_images": self.limits.max_batch_images},
-            batching={"max_batch_size": BATCHING.max_batch_size, "max_latency_ms": BATCHING.max_latency_ms},
+            batching={"max_batch_size": BATCHING.max_batch_size, "max_latency_ms": BATCHING.max_latency_ms,
+                      **self.predict_batch_stats()},
         )
 
     # --- the steps behind the endpoints -------------------------------------------------------
+
+    def upload_crop(self, image: Path | None, image_b64: str | None) -> np.ndarray:
+        return self.decode(self.one_upload(image, image_b64), "image")
+
+    async def probabilities(self, crop: np.ndarray) -> np.ndarray:
+        """One crop's class probabilities: through the worker's micro-batcher, or alone when it is off."""
+        if self.batcher is None:
+            return (await anyio.to_thread.run_sync(self.classify, [crop]))[0]
+        return await self.batcher(crop)
+
+    def predict_batch_stats(self) -> dict[str, int]:
+        """How /predict's model calls were shared so far (benchmarks read the mean batch from it)."""
+        stats = self.batcher.stats if self.batcher is not None else None
+        return {"predict_model_calls": stats.batches if stats else 0, "predict_images": stats.items if stats else 0,
+                "predict_largest_batch": stats.largest if stats else 0}
 
     def one_upload(self, image: Path | None, image_b64: str | None) -> bytes:
         if (image is None) == (image_b64 is None):

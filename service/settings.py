@@ -8,7 +8,8 @@
     GESTURE_MAX_UPLOAD_MB      largest request body, in MB        (default 16)
     GESTURE_MAX_PIXELS         largest decoded image, in pixels   (default 40000000)
     GESTURE_MAX_BATCH_IMAGES   most images per /predict_batch     (default 32)
-    GESTURE_BATCH_SIZE         adaptive batching: largest batch   (default 32)
+    GESTURE_PREDICT_BATCHING   on | off: concurrent /predict requests share model calls (default on)
+    GESTURE_BATCH_SIZE         largest batch, of /predict and of adaptive batching (default 32)
     GESTURE_BATCH_LATENCY_MS   adaptive batching: a request waiting longer gets 503 (default 5000)
 """
 
@@ -65,7 +66,8 @@ class Limits:
 
 @dataclass(frozen=True)
 class BatchingConfig:
-    """BentoML adaptive batching for /predict_batched (fixed when the service class is defined)."""
+    """Largest batch of /predict's micro-batcher and of BentoML's adaptive batching for /predict_batched,
+    and how long adaptive batching lets a request wait (fixed when the service class is defined)."""
 
     max_batch_size: int = 32
     max_latency_ms: int = 5000
@@ -73,6 +75,10 @@ class BatchingConfig:
     @classmethod
     def from_env(cls) -> BatchingConfig:
         return cls(env_int("GESTURE_BATCH_SIZE", 32, minimum=2), env_int("GESTURE_BATCH_LATENCY_MS", 5000, minimum=10))
+
+
+def predict_batching() -> bool:
+    return env_choice("GESTURE_PREDICT_BATCHING", "on", ("on", "off")) == "on"
 
 
 def model_tag() -> str:

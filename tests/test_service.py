@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -146,6 +147,45 @@ def test_predict_batch_and_batched_equal_single_predictions(svc, reference, imag
         assert_matches_reference(result.model_dump(), p, reference.classes)
     single = asyncio.run(svc.predict_batched(image_b64=b64(datas[0]), top_k=10)).model_dump()
     assert_matches_reference(single, probs[0], reference.classes)
+
+
+def test_concurrent_predicts_share_one_model_call(svc, reference, images):
+    """Requests that arrive while the model is busy wait in the micro-batcher, then run as one batch."""
+    datas = [images[i % len(images)][1] for i in range(8)]
+    before = svc.predict_batch_stats()
+
+    async def all_at_once():
+        return await asyncio.gather(*(svc.predict(image_b64=b64(d), top_k=10) for d in datas))
+
+    with ThreadPoolExecutor(1) as pool:
+        with svc._model_lock:  # the model is "busy": the first request holds the model thread
+            pending = pool.submit(asyncio.run, all_at_once())
+            deadline = time.monotonic() + 30
+            # the model thread has taken the first request(s) and waits for the model; the rest queue
+            while svc.batcher.stats.items - before["predict_images"] + svc.batcher._queue.qsize() < len(datas):
+                assert time.monotonic() < deadline and not pending.done(), "requests never queued"
+                time.sleep(0.005)
+        results = pending.result(60)
+    for result, p in zip(results, reference.predict_proba(datas), strict=True):
+        assert_matches_reference(result.model_dump(), p, reference.classes)
+    after = svc.predict_batch_stats()
+    assert after["predict_images"] - before["predict_images"] == len(datas)
+    assert after["predict_model_calls"] - before["predict_model_calls"] == 2  # the busy call, then all the others
+    assert after["predict_largest_batch"] >= len(datas) // 2
+
+
+def test_predict_batching_can_be_turned_off(stored_model, reference, images, monkeypatch):
+    from service import settings
+    from service.service import GestureClassifier
+
+    monkeypatch.setenv("GESTURE_PREDICT_BATCHING", "sometimes")
+    with pytest.raises(settings.SettingsError, match="choose one of on, off"):
+        GestureClassifier()
+    monkeypatch.setenv("GESTURE_PREDICT_BATCHING", "off")
+    plain = GestureClassifier()
+    assert plain.batcher is None and plain.predict_batch_stats()["predict_model_calls"] == 0
+    result = asyncio.run(plain.predict(image_b64=b64(images[0][1]), top_k=10)).model_dump()
+    assert_matches_reference(result, reference.predict_proba([images[0][1]])[0], reference.classes, atol=0)
 
 
 def test_base64_data_url_top_k_and_threshold(svc, reference, images):

@@ -1,0 +1,107 @@
+"""Greedy micro-batching inside the worker, so that concurrent /predict requests share model calls.
+
+One thread runs the model. Each call takes every request that queued while the previous call ran, up
+to ``max_batch_size``. A lone request therefore never waits for a timer, and a busy server batches by
+itself with nothing to tune. Unlike BentoML's adaptive batching there is no internal HTTP hop: a crop
+goes from the request's thread to the model thread as a numpy array.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+_STOP = object()
+
+
+@dataclass
+class BatchStats:
+    batches: int = 0
+    items: int = 0
+    largest: int = 0
+
+    def add(self, size: int) -> None:
+        self.batches += 1
+        self.items += size
+        self.largest = max(self.largest, size)
+
+
+class BatcherClosed(RuntimeError):
+    pass
+
+
+class MicroBatcher(Generic[Item, Result]):
+    """``await batcher(item)`` -> ``run_batch([..., item, ...])[its index]``; ``run_batch`` must return
+    one result per item, in order. An exception in ``run_batch`` fails every request of that batch."""
+
+    def __init__(self, run_batch: Callable[[list[Item]], Sequence[Result]], max_batch_size: int, name: str = "microbatch"):
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        self.run_batch = run_batch
+        self.max_batch_size = max_batch_size
+        self.stats = BatchStats()
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._closed = False
+        self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, item: Item) -> Future[Result]:
+        if self._closed:
+            raise BatcherClosed("the model thread has stopped (server shutting down)")
+        future: Future[Result] = Future()
+        self._queue.put((item, future))
+        return future
+
+    async def __call__(self, item: Item) -> Result:
+        return await asyncio.wrap_future(self.submit(item))
+
+    def close(self, timeout: float | None = 10.0) -> None:
+        """Finish what is queued, then stop the model thread."""
+        if not self._closed:
+            self._closed = True
+            self._queue.put(_STOP)
+            self._thread.join(timeout)
+
+    def _serve(self) -> None:
+        while True:
+            batch, stop = self._next_batch()
+            if batch:
+                self._run(batch)
+            if stop:
+                return
+
+    def _next_batch(self) -> tuple[list[tuple[Item, Future[Result]]], bool]:
+        """Block for one request, then take whatever else is already waiting."""
+        entry = self._queue.get()
+        batch: list[tuple[Item, Future[Result]]] = []
+        while entry is not _STOP:
+            item, future = entry
+            if future.set_running_or_notify_cancel():  # a client that went away costs no model time
+                batch.append((item, future))
+            if len(batch) >= self.max_batch_size:
+                return batch, False
+            try:
+                entry = self._queue.get_nowait()
+            except queue.Empty:
+                return batch, False
+        return batch, True
+
+    def _run(self, batch: list[tuple[Item, Future[Result]]]) -> None:
+        self.stats.add(len(batch))
+        try:
+            results = self.run_batch([item for item, _ in batch])
+            if len(results) != len(batch):
+                raise RuntimeError(f"run_batch returned {len(results)} results for {len(batch)} items")
+        except BaseException as err:  # noqa: BLE001 - every waiting request must hear about it
+            for _, future in batch:
+                future.set_exception(err)
+            return
+        for (_, future), result in zip(batch, results, strict=True):
+            future.set_result(result)

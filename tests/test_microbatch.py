@@ -1,0 +1,114 @@
+"""The worker's micro-batcher: requests that queue while the model runs share its next call."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from service.microbatch import BatcherClosed, MicroBatcher
+
+
+class GatedModel:
+    """Doubles its inputs; the first call waits for ``release`` so that the test can queue requests."""
+
+    def __init__(self, fail_on: int | None = None):
+        self.calls: list[list[int]] = []
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.fail_on = fail_on
+
+    def __call__(self, items: list[int]) -> list[int]:
+        self.calls.append(list(items))
+        if len(self.calls) == 1:
+            self.entered.set()
+            assert self.release.wait(10)
+        if self.fail_on in items:
+            raise ValueError(f"cannot classify {self.fail_on}")
+        return [2 * i for i in items]
+
+
+def wait_until_queued(batcher: MicroBatcher, n: int) -> None:
+    deadline = time.monotonic() + 10
+    while batcher._queue.qsize() < n:
+        assert time.monotonic() < deadline, "requests never reached the queue"
+        time.sleep(0.001)
+
+
+def test_requests_queued_during_a_call_share_the_next_one():
+    model = GatedModel()
+    batcher = MicroBatcher(model, max_batch_size=32)
+    first = batcher.submit(1)
+    assert model.entered.wait(10)
+    waiting = [batcher.submit(i) for i in range(10, 15)]
+    wait_until_queued(batcher, 5)
+    model.release.set()
+    assert first.result(10) == 2 and [f.result(10) for f in waiting] == [20, 22, 24, 26, 28]
+    assert model.calls == [[1], [10, 11, 12, 13, 14]]
+    assert (batcher.stats.batches, batcher.stats.items, batcher.stats.largest) == (2, 6, 5)
+    batcher.close()
+
+
+def test_batches_never_exceed_the_limit():
+    model = GatedModel()
+    batcher = MicroBatcher(model, max_batch_size=3)
+    batcher.submit(0)
+    assert model.entered.wait(10)
+    futures = [batcher.submit(i) for i in range(1, 8)]
+    wait_until_queued(batcher, 7)
+    model.release.set()
+    assert [f.result(10) for f in futures] == [2 * i for i in range(1, 8)]
+    assert [len(c) for c in model.calls] == [1, 3, 3, 1]
+    batcher.close()
+
+
+def test_an_error_fails_its_batch_only_and_the_thread_keeps_serving():
+    model = GatedModel(fail_on=11)
+    batcher = MicroBatcher(model, max_batch_size=32)
+    batcher.submit(1)
+    assert model.entered.wait(10)
+    doomed = [batcher.submit(10), batcher.submit(11)]
+    wait_until_queued(batcher, 2)
+    model.release.set()
+    for future in doomed:
+        with pytest.raises(ValueError, match="cannot classify 11"):
+            future.result(10)
+    assert batcher.submit(5).result(10) == 10
+    batcher.close()
+
+
+def test_a_cancelled_request_costs_no_model_time():
+    model = GatedModel()
+    batcher = MicroBatcher(model, max_batch_size=32)
+    batcher.submit(1)
+    assert model.entered.wait(10)
+    gone, kept = batcher.submit(7), batcher.submit(8)
+    wait_until_queued(batcher, 2)
+    assert gone.cancel()
+    model.release.set()
+    assert kept.result(10) == 16 and model.calls == [[1], [8]]
+    batcher.close()
+
+
+def test_a_wrong_number_of_results_is_an_error_not_a_mix_up():
+    batcher = MicroBatcher(lambda items: items[:-1], max_batch_size=4)
+    with pytest.raises(RuntimeError, match="returned 0 results for 1 items"):
+        batcher.submit(1).result(10)
+    batcher.close()
+
+
+def test_awaiting_from_asyncio_and_closing():
+    batcher = MicroBatcher(lambda items: [i * i for i in items], max_batch_size=8)
+
+    async def many():
+        return await asyncio.gather(*(batcher(i) for i in range(20)))
+
+    assert asyncio.run(many()) == [i * i for i in range(20)]
+    assert batcher.stats.items == 20
+    batcher.close()
+    with pytest.raises(BatcherClosed, match="shutting down"):
+        batcher.submit(1)
+    with pytest.raises(ValueError, match=">= 1"):
+        MicroBatcher(lambda items: items, max_batch_size=0)
