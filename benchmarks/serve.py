@@ -38,6 +38,7 @@ COLUMNS = [
     ("p50_ms", "p50 ms", ".0f"), ("p95_ms", "p95 ms", ".0f"), ("p99_ms", "p99 ms", ".0f"), ("p99_over_p50", "p99/p50", ".2f"),
     ("errors", "errors", "d"), ("mean_batch", "mean batch", ".1f"), ("pct_of_engine", "% of engine batched img/s", ".0f"),
     ("server_cpu_ms_per_req", "server CPU ms/req", ".1f"), ("client_cpu_ms_per_req", "client CPU ms/req", ".1f"),
+    ("cpu_bound_req_per_s", "CPU-bound limit req/s", ".0f"),
 ]  # fmt: skip
 
 
@@ -104,7 +105,10 @@ def load_test(
         "p99_ms": round(p99, 1), "p99_over_p50": round(p99 / p50, 2) if p50 else None,
         "errors": sum(result.errors.values()), "error_kinds": result.errors, "mean_batch": mean_batch,
         "engine_img_per_s": round(reference, 2), "pct_of_engine": round(100 * result.throughput / reference, 1),
-        "server_cpu_ms_per_req": round(server_ms, 1), "client_cpu_ms_per_req": round(client_ms, 1), "kind": "serve",
+        "server_cpu_ms_per_req": round(server_ms, 1), "client_cpu_ms_per_req": round(client_ms, 1),
+        # all cores busy with exactly this work per request: the most this machine could serve
+        "cpu_bound_req_per_s": round(1000 * (os.cpu_count() or 1) / (server_ms + client_ms), 1) if server_ms else None,
+        "kind": "serve",
     }  # fmt: skip
 
 

@@ -160,6 +160,8 @@ class GestureClassifier:
     def stop_batcher(self) -> None:
         if self.batcher is not None:
             self.batcher.close()
+            stats = self.batcher.stats
+            logger.info("model thread stopped: %d /predict images in %d model calls", stats.items, stats.batches)
 
     @bentoml.api
     async def predict(self, image: ImageFile = None, image_b64: ImageBase64 = None, top_k: TopK = 5, threshold: Threshold = 0.0) -> PredictionOut:

@@ -93,6 +93,31 @@ def test_concurrent_clients_on_the_batched_endpoint(http, server):
     assert "bentoml_service_adaptive_batch_size" in http.get("/metrics").text
 
 
+def test_concurrent_clients_share_model_calls_on_predict(http, server):
+    images = [data for _, data in sample_images(include_large=False)]
+    jobs = [images[i % len(images)] for i in range(48)]
+    one_by_one = {d: http.post("/predict", files={"image": ("x.jpg", d)}).json() for d in images}
+    before = http.post("/info").json()["batching"]
+    with ThreadPoolExecutor(16) as pool:
+        served = list(pool.map(lambda d: http.post("/predict", files={"image": ("x.jpg", d)}, data={"top_k": "10"}), jobs))
+    after = http.post("/info").json()["batching"]
+    for data, resp in zip(jobs, served, strict=True):
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["label"] == one_by_one[data]["label"]
+        assert resp.json()["score"] == pytest.approx(one_by_one[data]["score"], abs=1e-5)
+    assert after["predict_images"] - before["predict_images"] == len(jobs)
+    assert 1 <= after["predict_model_calls"] - before["predict_model_calls"] <= len(jobs)
+
+
+def test_shutdown_stops_the_model_thread_cleanly(home, model_tag):
+    with serve_process(bentoml_home=home) as running:
+        image = sample_images(include_large=False)[0][1]
+        assert httpx.post(f"{running.url}/predict", files={"image": ("x.jpg", image)}, timeout=60).status_code == 200
+    assert running.process.returncode is not None
+    assert "Traceback" not in running.log(), running.log()[-3000:]
+    assert "model thread stopped: 1 /predict images in 1 model calls" in running.log(), running.log()[-3000:]
+
+
 @pytest.mark.parametrize("case", sorted(http_bad_requests(UPLOAD_LIMIT_MB * 1024 * 1024)))
 def test_bad_requests_get_4xx_json_and_the_server_keeps_serving(http, server, case):
     resp = http.post("/predict", **http_bad_requests(UPLOAD_LIMIT_MB * 1024 * 1024)[case])
