@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from concurrent.futures import Future
 
 import pytest
 
@@ -30,20 +31,22 @@ class GatedModel:
         return [2 * i for i in items]
 
 
-def wait_until_queued(batcher: MicroBatcher, n: int) -> None:
+def queue_behind_busy_model(batcher: MicroBatcher, model: GatedModel, first: int, items: list[int]) -> tuple[Future, list[Future]]:
+    """Submit ``first`` (which holds the model), then ``items``, and wait until they all wait in the queue."""
+    busy = batcher.submit(first)
+    assert model.entered.wait(10)
+    futures = [batcher.submit(i) for i in items]
     deadline = time.monotonic() + 10
-    while batcher._queue.qsize() < n:
+    while batcher._queue.qsize() < len(items):
         assert time.monotonic() < deadline, "requests never reached the queue"
         time.sleep(0.001)
+    return busy, futures
 
 
 def test_requests_queued_during_a_call_share_the_next_one():
     model = GatedModel()
     batcher = MicroBatcher(model, max_batch_size=32)
-    first = batcher.submit(1)
-    assert model.entered.wait(10)
-    waiting = [batcher.submit(i) for i in range(10, 15)]
-    wait_until_queued(batcher, 5)
+    first, waiting = queue_behind_busy_model(batcher, model, 1, list(range(10, 15)))
     model.release.set()
     assert first.result(10) == 2 and [f.result(10) for f in waiting] == [20, 22, 24, 26, 28]
     assert model.calls == [[1], [10, 11, 12, 13, 14]]
@@ -54,10 +57,7 @@ def test_requests_queued_during_a_call_share_the_next_one():
 def test_batches_never_exceed_the_limit():
     model = GatedModel()
     batcher = MicroBatcher(model, max_batch_size=3)
-    batcher.submit(0)
-    assert model.entered.wait(10)
-    futures = [batcher.submit(i) for i in range(1, 8)]
-    wait_until_queued(batcher, 7)
+    _, futures = queue_behind_busy_model(batcher, model, 0, list(range(1, 8)))
     model.release.set()
     assert [f.result(10) for f in futures] == [2 * i for i in range(1, 8)]
     assert [len(c) for c in model.calls] == [1, 3, 3, 1]
@@ -67,10 +67,7 @@ def test_batches_never_exceed_the_limit():
 def test_an_error_fails_its_batch_only_and_the_thread_keeps_serving():
     model = GatedModel(fail_on=11)
     batcher = MicroBatcher(model, max_batch_size=32)
-    batcher.submit(1)
-    assert model.entered.wait(10)
-    doomed = [batcher.submit(10), batcher.submit(11)]
-    wait_until_queued(batcher, 2)
+    _, doomed = queue_behind_busy_model(batcher, model, 1, [10, 11])
     model.release.set()
     for future in doomed:
         with pytest.raises(ValueError, match="cannot classify 11"):
@@ -82,10 +79,7 @@ def test_an_error_fails_its_batch_only_and_the_thread_keeps_serving():
 def test_a_cancelled_request_costs_no_model_time():
     model = GatedModel()
     batcher = MicroBatcher(model, max_batch_size=32)
-    batcher.submit(1)
-    assert model.entered.wait(10)
-    gone, kept = batcher.submit(7), batcher.submit(8)
-    wait_until_queued(batcher, 2)
+    _, (gone, kept) = queue_behind_busy_model(batcher, model, 1, [7, 8])
     assert gone.cancel()
     model.release.set()
     assert kept.result(10) == 16 and model.calls == [[1], [8]]
