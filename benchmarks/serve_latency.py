@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import http.client
 import io
 import json
 import os
@@ -26,6 +27,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -119,34 +121,50 @@ def load_images(limit: int = 40) -> list[bytes]:
     return images
 
 
+def multipart_body(data: bytes, field: str = "image", filename: str = "image.jpg") -> tuple[bytes, str]:
+    """One file upload, encoded once: a load generator should spend its CPU sending, not encoding."""
+    boundary = "gesture-bench-boundary-7f3a9c"
+    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"{filename}\"\r\n"
+            "Content-Type: image/jpeg\r\n\r\n").encode()
+    return head + data + f"\r\n--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
 def drive(url: str, route: str, images: Sequence[bytes], *, clients: int = 16, duration: float = 20.0,
           warmup: float = 3.0, timeout: float = 60.0) -> LoadResult:
     """``clients`` threads, each posting one image at a time to ``route`` (multipart ``image``) in a
-    closed loop; latencies of requests started during the ``duration`` after ``warmup`` count."""
+    closed loop over a keep-alive connection; latencies of requests started during the ``duration``
+    after ``warmup`` count. The clients use ``http.client`` with bodies encoded in advance (as wrk or
+    hey would), so that on a small machine they take little CPU from the server they measure."""
     start = time.perf_counter() + warmup
     stop = start + duration
     latencies: list[float] = []
     errors: Counter[str] = Counter()
     lock = threading.Lock()
+    bodies = [multipart_body(data) for data in images]
+    address = urllib.parse.urlsplit(url)
 
     def client(index: int) -> None:
-        with httpx.Client(base_url=url, timeout=timeout) as http:
-            i = index
-            while (sent := time.perf_counter()) < stop:
-                data = images[i % len(images)]
-                i += clients
-                try:
-                    resp = http.post(f"/{route}", files={"image": ("image.jpg", data, "image/jpeg")})
-                    outcome = None if resp.status_code == 200 else f"HTTP {resp.status_code}"
-                except httpx.HTTPError as err:
-                    outcome = type(err).__name__
-                elapsed_ms = (time.perf_counter() - sent) * 1000
-                if sent >= start:
-                    with lock:
-                        if outcome is None:
-                            latencies.append(elapsed_ms)
-                        else:
-                            errors[outcome] += 1
+        connection = http.client.HTTPConnection(address.hostname, address.port, timeout=timeout)
+        i = index
+        while (sent := time.perf_counter()) < stop:
+            body, content_type = bodies[i % len(bodies)]
+            i += clients
+            try:
+                connection.request("POST", f"/{route}", body=body, headers={"Content-Type": content_type})
+                resp = connection.getresponse()
+                resp.read()
+                outcome = None if resp.status == 200 else f"HTTP {resp.status}"
+            except (OSError, http.client.HTTPException) as err:
+                outcome = type(err).__name__
+                connection.close()  # reconnects on the next request
+            elapsed_ms = (time.perf_counter() - sent) * 1000
+            if sent >= start:
+                with lock:
+                    if outcome is None:
+                        latencies.append(elapsed_ms)
+                    else:
+                        errors[outcome] += 1
+        connection.close()
 
     threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(clients)]
     for t in threads:
