@@ -21,6 +21,7 @@ import base64
 import binascii
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any
@@ -154,7 +155,18 @@ class GestureClassifier:
         self._model_lock = threading.Lock()  # one model call at a time: CPU threads are better spent inside it
         self.batcher: MicroBatcher[np.ndarray, np.ndarray] | None = None
         if settings.predict_batching():
+            self.warm_up(BATCHING.max_batch_size)
             self.batcher = MicroBatcher(self.classify, BATCHING.max_batch_size, name="gesture-model")
+
+    def warm_up(self, largest: int) -> None:
+        """One model call at every batch size the micro-batcher can form, before the server reports
+        ready: an engine's first call at a new shape is slow (OpenVINO: 50-100 ms more), and under load
+        those first calls would otherwise land on live requests as latency spikes."""
+        started = time.perf_counter()
+        crop = np.zeros(self.crop_shape, np.uint8)
+        for size in range(1, largest + 1):
+            self.classify([crop] * size)
+        logger.info("model warmed up at batch sizes 1-%d in %.1f s", largest, time.perf_counter() - started)
 
     @bentoml.on_shutdown
     def stop_batcher(self) -> None:

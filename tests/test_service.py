@@ -174,6 +174,16 @@ def test_concurrent_predicts_share_one_model_call(svc, reference, images):
     assert after["predict_largest_batch"] >= len(datas) // 2
 
 
+def test_every_batch_size_is_warmed_up_before_serving(stored_model, monkeypatch):
+    from service.service import BATCHING, GestureClassifier
+
+    sizes = []
+    original = GestureClassifier.inner.classify
+    monkeypatch.setattr(GestureClassifier.inner, "classify", lambda self, crops: sizes.append(len(crops)) or original(self, crops))
+    GestureClassifier()
+    assert sizes == list(range(1, BATCHING.max_batch_size + 1))
+
+
 def test_predict_batching_can_be_turned_off(stored_model, reference, images, monkeypatch):
     from service import settings
     from service.service import GestureClassifier
