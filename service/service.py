@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import gc
 import logging
 import threading
 import time
@@ -157,6 +158,10 @@ class GestureClassifier:
         if settings.predict_batching():
             self.warm_up(BATCHING.max_batch_size)
             self.batcher = MicroBatcher(self.classify, BATCHING.max_batch_size, name="gesture-model")
+        # Everything loaded so far lives as long as the worker. Out of the collector's sight, it no
+        # longer makes each full collection walk millions of objects while requests wait.
+        gc.collect()
+        gc.freeze()
 
     def warm_up(self, largest: int) -> None:
         """One model call at every batch size the micro-batcher can form, before the server reports
