@@ -138,12 +138,6 @@ class Run:
     device: torch.device
     amp: bool
 
-    @property
-    def channels_last(self) -> bool:
-        # NHWC is cuDNN's fast layout, and on CPU it doubles efficientnet_lite0's training step rate
-        # (depthwise convolutions) and speeds resnet18 up by a fifth: benchmarks/train.py measures both
-        return True
-
 
 def prepare_run(cfg: TrainConfig, resume: Path | None) -> Run:
     out = resume.parent if resume else Path(cfg.out) if cfg.out else default_run_dir(cfg)
@@ -163,6 +157,8 @@ def prepare_run(cfg: TrainConfig, resume: Path | None) -> Run:
     model = build_model(cfg.backbone, len(splits.classes), weights, aux=True, in_chans=cfg.in_chans)
     device = resolve_device(cfg.device)
     amp = cfg.amp == "on" or (cfg.amp == "auto" and device.type == "cuda")
+    # NHWC weights, and NHWC batches in the loops below (channels_last=True): cuDNN's fast layout, and
+    # on CPU twice efficientnet_lite0's training step rate (benchmarks/train.py measures it)
     model.to(device, memory_format=torch.channels_last)
     write_json(out / "config.json", cfg.to_dict())
     return Run(cfg, out, splits, backbone, data_config, model, device, amp)
@@ -191,7 +187,7 @@ def class_weight_tensor(run: Run) -> torch.Tensor | None:
 
 def evaluate_split(run: Run, loader, samples, name: str) -> tuple[dict[str, Any], float, list[str]]:
     """(metrics, loss, paths that failed to decode) on one split."""
-    logits, targets, failed = predict_logits(run.model, loader, run.device, amp=run.amp, channels_last=run.channels_last, desc=name)
+    logits, targets, failed = predict_logits(run.model, loader, run.device, amp=run.amp, channels_last=True, desc=name)
     metrics = classification_metrics(logits, targets, run.splits.classes)
     loss = float(torch.nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(targets))) if len(targets) else float("nan")
     return metrics, loss, [samples[i].path for i in failed]
@@ -249,7 +245,7 @@ def train(cfg: TrainConfig, resume: Path | None = None) -> Path:
             if frozen and features is not None:
                 result, (val_metrics, val_loss, val_failed) = cached_frozen_epoch(run, features, optimizer, scheduler, sampler)
             else:
-                result = train_one_epoch(run.model, train_loader, optimizer, scheduler, run.device, aux_weight=run.backbone.aux_weight, label_smoothing=cfg.label_smoothing, class_weights=class_weight_tensor(run), amp=run.amp, scaler=scaler, channels_last=run.channels_last, desc=f"epoch {epoch + 1}/{cfg.epochs}")
+                result = train_one_epoch(run.model, train_loader, optimizer, scheduler, run.device, aux_weight=run.backbone.aux_weight, label_smoothing=cfg.label_smoothing, class_weights=class_weight_tensor(run), amp=run.amp, scaler=scaler, channels_last=True, desc=f"epoch {epoch + 1}/{cfg.epochs}")
                 val_metrics, val_loss, val_failed = evaluate_split(run, val_loader, run.splits.val, "val")
             failed.update(run.splits.train[i].path for i in result.failed)
             failed.update(val_failed)
