@@ -92,6 +92,13 @@ def matmul_ceiling(dtype: torch.dtype = torch.float32, *, seconds: float = 2.0, 
     return best_rate(lambda: torch.mm(a, b), items=flops, seconds=seconds, windows=4, sync=sync) / 1e9
 
 
+def rescale_to_ceiling(row: dict[str, Any], ceiling: float) -> None:
+    """Restate a row's percentage against ``ceiling``: the best matmul of the run (start or end). On a
+    shared machine the lower one was measured while other jobs held the cores, and would flatter every row."""
+    row["ceiling_gflops"] = round(ceiling, 1)
+    row["pct_of_ceiling"] = round(100 * row["achieved_gflops"] / ceiling, 1)
+
+
 def emit(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str, str]], *, as_json: bool, title: str = "") -> None:
     """JSON lines on stdout, or a markdown table; ``columns`` are (key, header, format)."""
     if as_json:

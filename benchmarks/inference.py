@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks.common import best_rate, describe_machine, emit, machine, matmul_ceiling, note
+from benchmarks.common import best_rate, describe_machine, emit, machine, matmul_ceiling, note, rescale_to_ceiling
 from gesture_core import build_model, get_backbone, load_classifier
 from gesture_core.engines import ENGINES, PRECISIONS, build_engine, engine_installed, supported_precisions
 
@@ -92,14 +92,6 @@ def bench_backbone(name: str, args, ceilings: dict[str, float], device: torch.de
             )
         del engine
     return rows
-
-
-def rescale(rows: list[dict[str, Any]], ceilings: dict[str, float]) -> None:
-    """Percentages against the best ceiling of the run (start or end): on a shared machine the lower
-    one was measured while other jobs held the cores, and would flatter every row."""
-    for row in rows:
-        row["ceiling_gflops"] = round(ceilings[row["precision"]], 1)
-        row["pct_of_ceiling"] = round(100 * row["achieved_gflops"] / ceilings[row["precision"]], 1)
 
 
 def accuracy_rows(run: Path, args, device: torch.device) -> list[dict[str, Any]]:
@@ -208,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
         rows += bench_backbone(name, args, ceilings, device)
     after = {p: matmul_ceiling(DTYPES[p], seconds=1.0 if args.quick else 3.0, device=args.device) for p in precisions}
     note("matmul ceiling at the end (GFLOP/s): " + ", ".join(f"{p} {c:.0f}" for p, c in after.items()))
-    rescale(rows, {p: max(ceilings[p], after[p]) for p in precisions})
+    for row in rows:
+        rescale_to_ceiling(row, max(ceilings[row["precision"]], after[row["precision"]]))
     emit(
         rows,
         SPEED_COLUMNS,

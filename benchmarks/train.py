@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks.common import describe_machine, emit, machine, matmul_ceiling, note
+from benchmarks.common import describe_machine, emit, machine, matmul_ceiling, note, rescale_to_ceiling
 from gesture_core import build_model, get_backbone
 from training.augment import build_train_transform
 from training.data import ImageDataset, SeededSampler, load_splits, make_loader
@@ -43,9 +43,10 @@ SHARED = REPO.parent / "shared" / "data"
 EXTRACTION = re.compile(
     r"features \w+: (\d+) photos in ([\d.]+) s \(\w+ ([\d.]+) s, \d+ img/s; waiting for decoding (-?[\d.]+) s\)"
 )
+FINETUNE_DEFAULT = "fp32 channels-last (finetune's default)"  # what the fine-tune target is judged on
 VARIANTS = {  # name: (channels_last, bf16 autocast)
     "fp32 NCHW": (False, False),
-    "fp32 channels-last (finetune's default)": (True, False),
+    FINETUNE_DEFAULT: (True, False),
     "bf16 autocast channels-last (finetune --amp on)": (True, True),
 }
 STEP_COLUMNS = [
@@ -214,11 +215,9 @@ def main(argv: list[str] | None = None) -> int:
     steps = []
     if "steps" not in args.skip:
         steps = step_rates(args.backbone, args.batch, 3 if args.quick else 6, ceiling)
-        ceiling = max(
-            ceiling, matmul_ceiling(torch.float32, seconds=1.0 if args.quick else 3.0)
-        )  # the run's best: see inference.rescale
+        ceiling = max(ceiling, matmul_ceiling(torch.float32, seconds=1.0 if args.quick else 3.0))
         for row in steps:
-            row["ceiling_gflops"], row["pct_of_ceiling"] = round(ceiling, 1), round(100 * row["achieved_gflops"] / ceiling, 1)
+            rescale_to_ceiling(row, ceiling)
         emit(steps, STEP_COLUMNS, as_json=args.json, title=f"Full fine-tune step rate ({describe_machine(info)})")
     if "loader" not in args.skip:
         workers = [2] if args.quick else [0, 2]
