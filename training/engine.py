@@ -17,6 +17,7 @@ from tqdm import tqdm
 from gesture_core.backbones import Backbone, head_modules
 
 IGNORE_LABEL = -1  # samples that failed to decode inside a loader worker
+PROGRESS_EVERY = 20  # steps between progress-bar loss/accuracy updates (each one waits for the device)
 
 
 @dataclass
@@ -100,15 +101,20 @@ def train_one_epoch(
     desc: str = "train",
 ) -> EpochResult:
     train_mode(model)
-    total_loss, correct, seen, failed = 0.0, 0, 0, []
+    # Running sums stay on the device: a .item() per step would make the CPU wait for the GPU before
+    # it queues the next step, leaving the GPU idle while kernels are launched.
+    total_loss, correct = torch.zeros((), device=device), torch.zeros((), device=device, dtype=torch.long)
+    seen, failed = 0, []
     start = time.perf_counter()
     bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, mininterval=1.0, disable=None)
-    for images, target, index in bar:
-        failed += index[target == IGNORE_LABEL].tolist()
+    for step, (images, target, index) in enumerate(bar):
+        valid = target != IGNORE_LABEL
+        failed += index[~valid].tolist()
+        n = int(valid.sum())
         images = images.to(device, non_blocking=True)
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        target = target.to(device, non_blocking=True)
+        target, valid = target.to(device, non_blocking=True), valid.to(device, non_blocking=True)
         with autocast_for(device, amp):
             output = model(images)
             loss = classification_loss(output, target, aux_weight=aux_weight, label_smoothing=label_smoothing, class_weights=class_weights)
@@ -122,12 +128,12 @@ def train_one_epoch(
             optimizer.step()
         scheduler.step()
         logits = output[0] if isinstance(output, tuple) else output
-        valid = target != IGNORE_LABEL
-        n = int(valid.sum())
-        total_loss += loss.item() * n
-        correct += int((logits.argmax(1) == target)[valid].sum())
+        total_loss += loss.detach().float() * n
+        correct += ((logits.argmax(1) == target) & valid).sum()
         seen += n
-        bar.set_postfix(loss=f"{total_loss / max(seen, 1):.3f}", acc=f"{correct / max(seen, 1):.3f}")
+        if step % PROGRESS_EVERY == 0 and not bar.disable:
+            bar.set_postfix(loss=f"{total_loss.item() / max(seen, 1):.3f}", acc=f"{correct.item() / max(seen, 1):.3f}")
+    total_loss, correct = total_loss.item(), int(correct.item())
     return EpochResult(total_loss / max(seen, 1), correct / max(seen, 1), seen, time.perf_counter() - start, failed)
 
 

@@ -160,6 +160,8 @@ def prepare_run(cfg: TrainConfig, resume: Path | None) -> Run:
     # NHWC weights, and NHWC batches in the loops below (channels_last=True): cuDNN's fast layout, and
     # on CPU twice efficientnet_lite0's training step rate (benchmarks/train.py measures it)
     model.to(device, memory_format=torch.channels_last)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # one input size for the whole run: time cuDNN's algorithms once
     write_json(out / "config.json", cfg.to_dict())
     return Run(cfg, out, splits, backbone, data_config, model, device, amp)
 
