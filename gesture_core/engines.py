@@ -162,6 +162,9 @@ class TorchEngine(Engine):
     def __init__(self, model: nn.Module, device: torch.device, precision: str = "fp32"):
         super().__init__(device, precision)
         self.model = model.to(device)
+        if device.type == "cuda" and precision == "fp32":
+            # fp32 means fp32: cuDNN's default TF32 convolutions put logits about 1e-2 off (process-wide switch)
+            torch.backends.cudnn.allow_tf32 = False
         self.channels_last = device.type == "cuda"  # cuDNN's fast layout; on CPU it changes nothing for lite0
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
