@@ -74,15 +74,17 @@ def train_flops_per_image(model: torch.nn.Module, size: int) -> float:
     return 3 * counter.get_total_flops() / 1e9
 
 
-def step_rates(backbone: str, batch: int, steps: int, ceiling: float) -> list[dict[str, Any]]:
+def step_rates(backbone: str, batch: int, steps: int, ceiling: float, device: torch.device) -> list[dict[str, Any]]:
     spec = get_backbone(backbone)
     size = spec.data_config.input_size
     images, target = torch.randn(batch, 3, size, size), torch.randint(0, 10, (batch,))
+    # a GPU step is milliseconds: time several in a row, so that launching overlaps with running
+    per_measure = 10 if device.type == "cuda" else 1
     flops = train_flops_per_image(build_model(backbone, 10, "none"), size)
     rows = []
     for variant, (channels_last, amp) in VARIANTS.items():
         torch.manual_seed(0)
-        model = build_model(backbone, 10, "none", aux=True)
+        model = build_model(backbone, 10, "none", aux=True).to(device)
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
         optimizer = build_optimizer(model, spec, opt="adamw", lr=1e-3, backbone_lr_mult=0.1, weight_decay=0.05, momentum=0.9)
@@ -95,14 +97,14 @@ def step_rates(backbone: str, batch: int, steps: int, ceiling: float) -> list[di
                 batches,
                 optimizer,
                 scheduler,
-                torch.device("cpu"),
+                device,
                 aux_weight=spec.aux_weight,
                 amp=amp,
                 channels_last=channels_last,
             )
 
-        run(1)  # first step: allocation and kernel selection
-        rate = max(run(1).img_per_s for _ in range(steps))  # best step: other jobs share this machine
+        run(per_measure)  # first steps: allocation and kernel selection
+        rate = max(run(per_measure).img_per_s for _ in range(steps))  # best step: other jobs share this machine
         rows.append({"backbone": backbone, "variant": variant, "batch": batch, "img_per_s": round(rate, 2),
                      "train_gflops_per_img": round(flops, 2), "achieved_gflops": round(rate * flops, 2),
                      "ceiling_gflops": round(ceiling, 1), "pct_of_ceiling": round(100 * rate * flops / ceiling, 1), "kind": "train_step"})  # fmt: skip
@@ -204,23 +206,26 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="3 steps per variant; the uncached epoch on 30 photos per class (under 2 minutes on a quiet 2-core machine)",
     )
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the step rate is measured")
+    p.add_argument("--loader-workers", type=lambda v: [int(w) for w in v.split(",")], help="comma-separated DataLoader worker counts (default: 2, or 0,2 without --quick)")
     p.add_argument("--json", action="store_true", help="JSON lines instead of tables")
     args = p.parse_args(argv)
     if not args.data.is_dir():
         p.error(f"--data {args.data}: not a folder (the benchmark needs real photos, e.g. ../shared/data/flowers)")
     info = machine()
     note(f"machine: {describe_machine(info)}")
-    ceiling = matmul_ceiling(torch.float32, seconds=1.0 if args.quick else 3.0)
-    note(f"fp32 matmul ceiling: {ceiling:.0f} GFLOP/s")
+    device = torch.device(args.device)
+    ceiling = matmul_ceiling(torch.float32, seconds=1.0 if args.quick else 3.0, device=args.device)
+    note(f"fp32 matmul ceiling on {args.device}: {ceiling:.0f} GFLOP/s")
     steps = []
     if "steps" not in args.skip:
-        steps = step_rates(args.backbone, args.batch, 3 if args.quick else 6, ceiling)
-        ceiling = max(ceiling, matmul_ceiling(torch.float32, seconds=1.0 if args.quick else 3.0))
+        steps = step_rates(args.backbone, args.batch, 3 if args.quick else 6, ceiling, device)
+        ceiling = max(ceiling, matmul_ceiling(torch.float32, seconds=1.0 if args.quick else 3.0, device=args.device))
         for row in steps:
             rescale_to_ceiling(row, ceiling)
         emit(steps, STEP_COLUMNS, as_json=args.json, title=f"Full fine-tune step rate ({describe_machine(info)})")
     if "loader" not in args.skip:
-        workers = [2] if args.quick else [0, 2]
+        workers = args.loader_workers or ([2] if args.quick else [0, 2])
         rows = []
         for w in workers:
             rate = loader_rate(args.data, args.backbone, w, 8 if args.quick else 30, args.batch)

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from benchmarks import inference, run_all
+from tests.helpers import make_image_folder
 
 REQUIRED_KEYS = {"backbone", "engine", "precision", "batch", "img_per_s", "gflops_per_img", "ceiling_gflops", "pct_of_ceiling"}
 
@@ -55,3 +58,25 @@ def test_targets_are_judged_from_the_rows():
     assert verdicts["HTTP: zero errors"] is False
     assert verdicts["cached frozen epochs ≥ 50× faster than the first"] is True
     assert verdicts["flowers linear probe (3670 photos, efficientnet_lite0) ≤ 60 s wall"] is False
+
+
+def test_flowers_recipes_runs_each_recipe_and_reports_val_and_test(tmp_path, monkeypatch, capsys):
+    from benchmarks import flowers_recipes
+
+    data = make_image_folder(tmp_path / "photos", per_class=12, size=48)
+    monkeypatch.setitem(flowers_recipes.RECIPES, "tiny", ["--image-size", "32", "--epochs", "2", "--batch-size", "8"])
+    argv = ["--data", str(data), "--out", str(tmp_path / "runs"), "--only", "tiny", "--test-per-class", "3",
+            "--device", "cpu", "--workers", "0", "--quiet", "--json"]  # fmt: skip
+    assert flowers_recipes.main(argv) == 0
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    metrics = json.loads((tmp_path / "runs" / "tiny" / "metrics.json").read_text())
+    assert row["recipe"] == "tiny" and row["test_top1"] == metrics["test"]["top1"]
+    assert row["test_errors"] == round((1 - metrics["test"]["top1"]) * 9) and 0 <= row["best_val_top1"] <= 1
+
+
+def test_flowers_recipes_refuses_an_unknown_recipe_listing_the_choices(capsys):
+    from benchmarks import flowers_recipes
+
+    with pytest.raises(SystemExit):
+        flowers_recipes.main(["--only", "v9"])
+    assert "choose from v3, 256px-30ep" in capsys.readouterr().err

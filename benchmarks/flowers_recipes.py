@@ -1,0 +1,83 @@
+"""Flowers recipes for efficientnet_lite0, run one after another on the classic split (100 test photos
+per class), with one table at the end: best validation top-1 (what a recipe is chosen by), its epoch,
+test top-1 and wall time.
+
+    .venv/bin/python -m benchmarks.flowers_recipes --device cuda --workers 12
+    .venv/bin/python -m benchmarks.flowers_recipes --only v3 --device cpu --workers 1
+
+Each recipe is a plain ``python -m training.finetune`` command (printed), so any row can be re-run alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from benchmarks.common import emit, note
+
+REPO = Path(__file__).resolve().parents[1]
+COMMON = ["--backbone", "efficientnet_lite0", "--head-epochs", "1", "--lr", "2e-3", "--backbone-lr-mult", "0.3"]
+RECIPES = {
+    "v3": ["--image-size", "256", "--epochs", "12"],
+    "256px-30ep": ["--image-size", "256", "--epochs", "30"],
+    "256px-20ep-ls": ["--image-size", "256", "--epochs", "20", "--label-smoothing", "0.1"],
+    "320px-20ep": ["--image-size", "320", "--epochs", "20"],
+    "288px-25ep-ls": ["--image-size", "288", "--epochs", "25", "--label-smoothing", "0.1"],
+    "256px-40ep-b64": ["--image-size", "256", "--epochs", "40", "--batch-size", "64", "--lr", "3e-3"],
+}
+COLUMNS = [
+    ("recipe", "recipe", "s"), ("best_val_top1", "best val top-1", ".2%"), ("best_epoch", "best epoch", "d"),
+    ("test_top1", "test top-1", ".2%"), ("test_errors", "test errors", "d"), ("wall_s", "wall s", ".0f"), ("flags", "flags", "s"),
+]  # fmt: skip
+
+
+def run_recipe(name: str, args) -> dict:
+    out = args.out / name
+    command = [sys.executable, "-m", "training.finetune", "--data", str(args.data), *COMMON, *RECIPES[name],
+               "--test-per-class", str(args.test_per_class), "--device", args.device, "--workers", str(args.workers), "--seed", str(args.seed), "--out", str(out)]  # fmt: skip
+    note("$ " + shlex.join(command))
+    started = time.perf_counter()
+    subprocess.run(command, cwd=REPO, check=True, stdout=subprocess.DEVNULL if args.quiet else None)
+    wall = time.perf_counter() - started
+    metrics = json.loads((out / "metrics.json").read_text())
+    history = list(csv.DictReader((out / "history.csv").open()))
+    best_val = max(float(r["val_top1"]) for r in history)
+    return {"recipe": name, "best_val_top1": best_val, "best_epoch": metrics["best_epoch"], "test_top1": metrics["test"]["top1"],
+            "test_errors": round((1 - metrics["test"]["top1"]) * metrics["test"]["n"]), "wall_s": wall,
+            "flags": " ".join(RECIPES[name]), "device": args.device}  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.flowers_recipes", description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "flowers")
+    p.add_argument("--out", type=Path, default=REPO / "runs" / "flowers-recipes")
+    p.add_argument("--only", type=lambda v: v.split(","), default=list(RECIPES), help=f"comma-separated, from: {', '.join(RECIPES)}")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0, help="also fixes the split: keep 0 to compare with the README")
+    p.add_argument("--test-per-class", type=int, default=100, help="the classic split: 100 (as in the README)")
+    p.add_argument("--quiet", action="store_true", help="hide each run's own output")
+    p.add_argument("--json", action="store_true", help="JSON lines instead of a table")
+    args = p.parse_args(argv)
+    unknown = [n for n in args.only if n not in RECIPES]
+    if unknown:
+        p.error(f"unknown recipe(s) {', '.join(unknown)}; choose from {', '.join(RECIPES)}")
+    if not args.data.is_dir():
+        p.error(f"--data {args.data}: not a folder (the flowers photos, e.g. ../shared/data/flowers)")
+    rows = []
+    for name in args.only:
+        rows.append(run_recipe(name, args))
+        emit(rows[-1:], COLUMNS, as_json=True) if args.json else note(f"  {name}: {rows[-1]}")
+    if not args.json:
+        emit(rows, COLUMNS, as_json=False, title=f"Flowers, efficientnet_lite0, 100 test photos per class ({args.device})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
