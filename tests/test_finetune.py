@@ -49,8 +49,9 @@ def test_run_folder_has_every_artefact_and_a_complete_report(dataset, tmp_path):
     assert classifier.data_config.input_size == 32 and classifier.metrics["test"]["top1"] == test["top1"]
 
 
-def test_resume_after_interruption_gives_the_same_next_epoch(dataset, tmp_path, monkeypatch):
-    reference = finetune.train(tiny_config(dataset, tmp_path / "a", epochs=3))
+@pytest.mark.parametrize("ema_decay", [0.0, 0.9])
+def test_resume_after_interruption_gives_the_same_next_epoch(dataset, tmp_path, monkeypatch, ema_decay):
+    reference = finetune.train(tiny_config(dataset, tmp_path / "a", epochs=3, ema_decay=ema_decay))
     real_epoch, calls = finetune.train_one_epoch, []
 
     def interrupted(*args, **kwargs):
@@ -61,7 +62,7 @@ def test_resume_after_interruption_gives_the_same_next_epoch(dataset, tmp_path, 
 
     monkeypatch.setattr(finetune, "train_one_epoch", interrupted)
     with pytest.raises(SystemExit) as stop:
-        finetune.train(tiny_config(dataset, tmp_path / "b", epochs=3))
+        finetune.train(tiny_config(dataset, tmp_path / "b", epochs=3, ema_decay=ema_decay))
     assert stop.value.code == 130
     monkeypatch.setattr(finetune, "train_one_epoch", real_epoch)
     assert torch.load(tmp_path / "b" / "last.pt", weights_only=True)["epoch"] == 1
@@ -73,10 +74,21 @@ def test_resume_after_interruption_gives_the_same_next_epoch(dataset, tmp_path, 
     for a, b in zip(history_a, history_b, strict=True):
         assert float(a["train_loss"]) == pytest.approx(float(b["train_loss"]), abs=1e-5)
         assert a["val_top1"] == b["val_top1"]
-    state_a = torch.load(reference / "last.pt", weights_only=True)["model"]
-    state_b = torch.load(resumed / "last.pt", weights_only=True)["model"]
-    for key in state_a:
-        torch.testing.assert_close(state_a[key], state_b[key], rtol=0, atol=1e-5)
+    last_a, last_b = (torch.load(run / "last.pt", weights_only=True) for run in (reference, resumed))
+    for state_a, state_b in [(last_a["model"], last_b["model"])] + ([(last_a["ema"]["model"], last_b["ema"]["model"])] if ema_decay else []):
+        for key in state_a:
+            torch.testing.assert_close(state_a[key], state_b[key], rtol=0, atol=1e-5)
+
+
+def test_ema_weights_are_what_is_validated_kept_and_tested(dataset, tmp_path):
+    out = finetune.train(tiny_config(dataset, tmp_path / "ema", epochs=1, ema_decay=0.9))
+    best, last = (torch.load(out / name, weights_only=True) for name in ("best.pt", "last.pt"))
+    assert last["ema"]["updates"] == 2  # one update per step: 18 training images, batches of 8, partial batch dropped
+    for key, value in best["model"].items():
+        torch.testing.assert_close(value, last["ema"]["model"][key], rtol=0, atol=0)
+    assert any(not torch.equal(value, last["model"][key]) for key, value in best["model"].items())
+    classifier = load_classifier(out / "best.pt", device="cpu")
+    assert classifier.metrics["test"]["top1"] == json.loads((out / "metrics.json").read_text())["test"]["top1"]
 
 
 def test_staged_run_freezes_the_backbone_first(dataset, tmp_path):

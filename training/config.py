@@ -23,6 +23,7 @@ class TrainConfig:
     momentum: float = 0.9
     warmup_epochs: float = 1.0
     label_smoothing: float = 0.1
+    ema_decay: float = 0.0  # 0: no weight averaging
     class_weights: bool = False
     # strategy: freeze="backbone" is a linear probe; head_epochs > 0 trains the head alone first
     freeze: str = "none"

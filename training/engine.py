@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from gesture_core.backbones import Backbone, head_modules
+from training.ema import ModelEma
 
 IGNORE_LABEL = -1  # samples that failed to decode inside a loader worker
 PROGRESS_EVERY = 20  # steps between progress-bar loss/accuracy updates (each one waits for the device)
@@ -98,6 +99,7 @@ def train_one_epoch(
     amp: bool = False,
     scaler: torch.amp.GradScaler | None = None,
     channels_last: bool = False,
+    ema: ModelEma | None = None,
     desc: str = "train",
 ) -> EpochResult:
     train_mode(model)
@@ -127,6 +129,8 @@ def train_one_epoch(
             loss.backward()
             optimizer.step()
         scheduler.step()
+        if ema is not None:
+            ema.update()
         logits = output[0] if isinstance(output, tuple) else output
         total_loss += loss.detach().float() * n
         correct += ((logits.argmax(1) == target) & valid).sum()

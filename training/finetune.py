@@ -28,6 +28,7 @@ from training import cli
 from training.augment import PRESETS, build_eval_transform, build_train_transform
 from training.config import TrainConfig
 from training.data import DatasetError, ImageDataset, SeededSampler, Splits, index_seed, load_splits, make_loader
+from training.ema import ModelEma
 from training.engine import EpochResult, build_optimizer, predict_logits, train_one_epoch, warmup_cosine
 from training.features import CACHE_CHOICES, FrozenFeatures, use_feature_cache
 from training.report import classification_metrics, format_summary, plot_curves, write_history, write_json, write_report
@@ -63,6 +64,7 @@ def build_parser(*, suppress_defaults: bool = False) -> argparse.ArgumentParser:
     g.add_argument("--momentum", type=cli.float_in(0.0, 1.0), default=default(d.momentum), help="SGD momentum")
     g.add_argument("--warmup-epochs", type=cli.float_in(0.0, 1000.0), default=default(d.warmup_epochs))
     g.add_argument("--label-smoothing", type=cli.float_in(0.0, 1.0), default=default(d.label_smoothing))
+    g.add_argument("--ema-decay", type=cli.float_in(0.0, 1.0), default=default(d.ema_decay), help="validate, keep and test an exponential moving average of the weights with this decay per step, e.g. 0.998 (0: off)")
     g.add_argument("--class-weights", action="store_true", default=default(False), help="weight the loss by inverse class frequency")
     g.add_argument("--freeze", choices=("none", "backbone"), default=default(d.freeze), help="backbone = linear probe")
     g.add_argument("--head-epochs", type=cli.int_at_least(0), default=default(d.head_epochs), help="staged: train only the head for N epochs, then unfreeze")
@@ -187,16 +189,16 @@ def class_weight_tensor(run: Run) -> torch.Tensor | None:
     return torch.tensor(weights, dtype=torch.float32, device=run.device)
 
 
-def evaluate_split(run: Run, loader, samples, name: str) -> tuple[dict[str, Any], float, list[str]]:
-    """(metrics, loss, paths that failed to decode) on one split."""
-    logits, targets, failed = predict_logits(run.model, loader, run.device, amp=run.amp, channels_last=True, desc=name)
+def evaluate_split(run: Run, loader, samples, name: str, model: torch.nn.Module | None = None) -> tuple[dict[str, Any], float, list[str]]:
+    """(metrics, loss, paths that failed to decode) on one split, with ``model`` (default: the run's)."""
+    logits, targets, failed = predict_logits(model or run.model, loader, run.device, amp=run.amp, channels_last=True, desc=name)
     metrics = classification_metrics(logits, targets, run.splits.classes)
     loss = float(torch.nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(targets))) if len(targets) else float("nan")
     return metrics, loss, [samples[i].path for i in failed]
 
 
-def checkpoint_extra(run: Run) -> dict[str, Any]:
-    return dict(model=run.model, backbone=run.cfg.backbone, classes=run.splits.classes, data_config=run.data_config, train_config=run.cfg.to_dict())
+def checkpoint_extra(run: Run, model: torch.nn.Module | None = None) -> dict[str, Any]:
+    return dict(model=model or run.model, backbone=run.cfg.backbone, classes=run.splits.classes, data_config=run.data_config, train_config=run.cfg.to_dict())
 
 
 def capture_rng() -> dict[str, Any]:
@@ -230,12 +232,15 @@ def train(cfg: TrainConfig, resume: Path | None = None) -> Path:
     steps = len(train_loader)
     scheduler = warmup_cosine(optimizer, total_steps=cfg.epochs * steps, warmup_steps=round(cfg.warmup_epochs * steps))
     scaler = torch.amp.GradScaler("cuda") if run.amp and run.device.type == "cuda" and not torch.cuda.is_bf16_supported() else None
+    ema = ModelEma(run.model, cfg.ema_decay) if cfg.ema_decay else None
     state = {"epoch": 0, "history": [], "best": None, "failed": []}
     if resume:
-        state = restore_training_state(run, resume, optimizer, scheduler, scaler)
+        state = restore_training_state(run, resume, optimizer, scheduler, scaler, ema)
+    kept = ema.module if ema else run.model  # what is validated, saved as best.pt and tested
     failed: set[str] = set(state["failed"])
     print(f"{cfg.backbone} on {run.splits.root}: {len(run.splits.classes)} classes, split {run.splits.counts()}, "
-          f"{len(run.splits.skipped)} files skipped; device {run.device}{' (AMP)' if run.amp else ''}; run folder {run.out}")
+          f"{len(run.splits.skipped)} files skipped; device {run.device}{' (AMP)' if run.amp else ''}"
+          f"{f'; weight EMA, decay {cfg.ema_decay}' if ema else ''}; run folder {run.out}")
     bad_epochs = 0
     features = frozen_features(run)
     try:
@@ -246,9 +251,11 @@ def train(cfg: TrainConfig, resume: Path | None = None) -> Path:
             torch.manual_seed(index_seed(cfg.seed, epoch, 1))  # dropout & co. depend only on (seed, epoch)
             if frozen and features is not None:
                 result, (val_metrics, val_loss, val_failed) = cached_frozen_epoch(run, features, optimizer, scheduler, sampler)
+                if ema:  # the head trained outside train_one_epoch: the average starts again from here
+                    ema.reset()
             else:
-                result = train_one_epoch(run.model, train_loader, optimizer, scheduler, run.device, aux_weight=run.backbone.aux_weight, label_smoothing=cfg.label_smoothing, class_weights=class_weight_tensor(run), amp=run.amp, scaler=scaler, channels_last=True, desc=f"epoch {epoch + 1}/{cfg.epochs}")
-                val_metrics, val_loss, val_failed = evaluate_split(run, val_loader, run.splits.val, "val")
+                result = train_one_epoch(run.model, train_loader, optimizer, scheduler, run.device, aux_weight=run.backbone.aux_weight, label_smoothing=cfg.label_smoothing, class_weights=class_weight_tensor(run), amp=run.amp, scaler=scaler, channels_last=True, ema=ema, desc=f"epoch {epoch + 1}/{cfg.epochs}")
+                val_metrics, val_loss, val_failed = evaluate_split(run, val_loader, run.splits.val, "val", kept)
             failed.update(run.splits.train[i].path for i in result.failed)
             failed.update(val_failed)
             row = history_row(epoch, optimizer, result, val_metrics, val_loss, frozen)
@@ -256,9 +263,9 @@ def train(cfg: TrainConfig, resume: Path | None = None) -> Path:
             improved = is_improvement(row, state["best"])
             if improved:
                 state["best"] = {"epoch": epoch + 1, "val_top1": row["val_top1"], "val_loss": val_loss}
-                save_checkpoint(run.out / "best.pt", **checkpoint_extra(run), metrics={"val": val_metrics, "best_epoch": epoch + 1})
+                save_checkpoint(run.out / "best.pt", **checkpoint_extra(run, kept), metrics={"val": val_metrics, "best_epoch": epoch + 1})
             state["epoch"], state["failed"] = epoch + 1, sorted(failed)
-            save_training_state(run, optimizer, scheduler, scaler, state)
+            save_training_state(run, optimizer, scheduler, scaler, state, ema)
             write_history(run.out / "history.csv", state["history"])
             print(format_epoch(row, cfg.epochs, improved))
             bad_epochs = 0 if improved else bad_epochs + 1
@@ -329,7 +336,7 @@ def format_epoch(row: dict[str, Any], epochs: int, improved: bool) -> str:
             f"val loss {row['val_loss']:.4f} acc {val}  {row['train_img_per_s']:.1f} img/s{'  *best' if improved else ''}")
 
 
-def save_training_state(run: Run, optimizer, scheduler, scaler, state: dict[str, Any]) -> None:
+def save_training_state(run: Run, optimizer, scheduler, scaler, state: dict[str, Any], ema: ModelEma | None = None) -> None:
     save_checkpoint(
         run.out / "last.pt",
         **checkpoint_extra(run),
@@ -341,12 +348,15 @@ def save_training_state(run: Run, optimizer, scheduler, scaler, state: dict[str,
         best=state["best"] or {},
         failed=state["failed"],
         rng=capture_rng(),
+        ema=ema.state_dict() if ema else {},
     )
 
 
-def restore_training_state(run: Run, resume: Path, optimizer, scheduler, scaler) -> dict[str, Any]:
+def restore_training_state(run: Run, resume: Path, optimizer, scheduler, scaler, ema: ModelEma | None = None) -> dict[str, Any]:
     ckpt = load_checkpoint(resume)
     load_matching(run.model, ckpt["model"], what=f"{resume}")
+    if ema is not None:
+        ema.load_state_dict(ckpt["ema"])
     optimizer.load_state_dict(ckpt["optimizer"])
     scheduler.load_state_dict(ckpt["scheduler"])
     if scaler is not None and ckpt.get("scaler"):
