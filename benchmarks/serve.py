@@ -28,6 +28,7 @@ import httpx
 import psutil
 import torch
 
+from benchmarks import pyspy
 from benchmarks.common import best_rate, describe_machine, emit, machine, note
 from benchmarks.serve_latency import ROUTES, batch_size_stats, drive, load_images, make_checkpoint, running_service
 from gesture_core import load_classifier
@@ -40,6 +41,7 @@ COLUMNS = [
     ("server_cpu_ms_per_req", "server CPU ms/req", ".1f"), ("client_cpu_ms_per_req", "client CPU ms/req", ".1f"),
     ("cpu_bound_req_per_s", "CPU-bound limit req/s", ".0f"),
 ]  # fmt: skip
+PROFILE_COLUMNS = [("category", "Python work (py-spy, running samples)", "s"), ("share", "share", ".0%"), ("ms_per_req", "CPU ms/req", ".2f")]
 
 
 def engine_throughput(
@@ -112,6 +114,17 @@ def load_test(
     }  # fmt: skip
 
 
+def python_profile(server, route: str, images: list[bytes], clients: int, seconds: float, folder: Path) -> list[dict[str, Any]]:
+    """A separate load run under py-spy: CPU ms per request of each kind of Python work in the server."""
+    path = folder / "py-spy.txt"
+    with pyspy.recording(server.process.pid, path, seconds):
+        result = drive(server.url, route, images, clients=clients, duration=seconds, warmup=0.0)
+    rows = pyspy.per_request_ms(pyspy.categorise(path.read_text()), result.requests)
+    for row in rows:
+        row.update(route=f"/{route}", clients=clients, kind="python_profile")
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.serve", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", type=Path, help="default: efficientnet_lite0 with ImageNet weights and a random 10-class head")
@@ -126,8 +139,12 @@ def main(argv: list[str] | None = None) -> int:
         "--warmup", type=float, default=3.0, help="seconds of load before measuring (the adaptive batcher calibrates itself)"
     )
     p.add_argument("--quick", action="store_true", help="4 s per measurement, 1 s warm-up (under 2 minutes)")
+    p.add_argument("--py-spy", action="store_true", help="after the measurements, profile the server's Python threads with py-spy "
+                   "under the largest client count on the first route, and print where their CPU goes per request")
     p.add_argument("--json", action="store_true", help="JSON lines instead of a table")
     args = p.parse_args(argv)
+    if args.py_spy and not pyspy.available():
+        p.error("--py-spy needs py-spy: pip install py-spy (it is in the [dev] extra)")
     if args.quick:
         args.duration, args.warmup = 4.0, 1.0
     info = machine()
@@ -155,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
                     r = rows[-1]
                     note(f"  {r['route']} x{clients}: {r['req_per_s']:.1f} req/s, p50 {r['p50_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms, "
                          f"{r['errors']} errors, {r['pct_of_engine']:.0f}% of the engine")  # fmt: skip
+            if args.py_spy:
+                profile = python_profile(server, args.routes[0], images, max(args.clients), args.duration, Path(tmp))
     for r in rows:
         r.update(
             backbone=served["backbone"],
@@ -166,6 +185,9 @@ def main(argv: list[str] | None = None) -> int:
     title = (f"HTTP service, {served['backbone']} @ {served['input_size']} px, engine {engine_name} "
              f"({rates[1]:.1f} img/s one at a time, {reference:.1f} at batch 16, without HTTP); {describe_machine(info)}")  # fmt: skip
     emit(rows, COLUMNS, as_json=args.json, title=title)
+    if args.py_spy:
+        emit(profile, PROFILE_COLUMNS, as_json=args.json,
+             title=f"Where the server's Python threads spend CPU: /{args.routes[0]}, {max(args.clients)} clients (engine threads not included)")
     return 0 if all(r["requests"] for r in rows) else 1
 
 

@@ -79,4 +79,26 @@ def test_flowers_recipes_refuses_an_unknown_recipe_listing_the_choices(capsys):
 
     with pytest.raises(SystemExit):
         flowers_recipes.main(["--only", "v9"])
-    assert "choose from v3, 256px-30ep" in capsys.readouterr().err
+    assert "choose from v3, v3-ema, 256px-20ep" in capsys.readouterr().err
+
+
+def test_py_spy_samples_are_put_in_the_innermost_matching_category():
+    from benchmarks import pyspy
+
+    process = 'process 7:"python -m bentoml serve service.service:GestureService"'
+    raw = "\n".join([
+        f"{process};run (asyncio/events.py:88);predict (service/service.py:120);load (gesture_core/images.py:40) 30",
+        f"{process};run (asyncio/events.py:88);predict (service/service.py:118);__call__ (gesture_core/preprocess.py:90) 10",
+        f"{process};_serve (service/microbatch.py:75);__call__ (gesture_core/engines.py:230) 5",
+        f"{process};run (asyncio/events.py:88);handle (uvicorn/protocols/http/h11_impl.py:400) 4",
+        f"{process};run (asyncio/events.py:88);parse (python_multipart/multipart.py:1000) 6",
+        f"{process};main (bentoml/_internal/server.py:10) 3",
+        f"{process};select (selectors.py:468) 2",
+    ])  # fmt: skip
+    counts = pyspy.categorise(raw)
+    assert counts == {"JPEG decode": 30, "resize, crop, normalise": 10, "engine call (Python side, and waiting on the engine where that waits busily)": 5,
+                      "HTTP server (uvicorn, h11/httptools, starlette)": 4, "multipart parsing": 6,
+                      "BentoML request/response handling": 3, "other": 2}  # fmt: skip
+    rows = pyspy.per_request_ms(counts, requests=10)
+    assert rows[0]["category"] == "JPEG decode" and rows[0]["ms_per_req"] == pytest.approx(1000 * 30 / pyspy.RATE / 10)
+    assert sum(r["share"] for r in rows) == pytest.approx(1.0)
