@@ -36,3 +36,24 @@ def make_image_folder(root: Path, classes=("fist", "palm", "peace"), per_class: 
         for i in range(per_class):
             write_rgb(root / name / f"{i:03d}{ext}", synthetic_image(label, seed=label * 1000 + i, size=size))
     return root
+
+
+def train_interrupted_in_epoch_2(cfg, monkeypatch) -> int:
+    """``training.finetune.train(cfg)`` with a Ctrl-C during its second epoch; returns the exit code."""
+    import training.finetune as finetune
+
+    real_epoch, calls = finetune.train_one_epoch, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_epoch(*args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(finetune, "train_one_epoch", interrupted)
+        try:
+            finetune.train(cfg)
+        except SystemExit as stop:
+            return stop.code
+    raise AssertionError("training finished without being interrupted")

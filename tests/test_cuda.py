@@ -15,27 +15,20 @@ import pytest
 import torch
 
 import training.finetune as finetune
+from benchmarks.train import subset_folder
 from gesture_core import load_classifier
-from tests.helpers import make_image_folder
+from tests.helpers import make_image_folder, train_interrupted_in_epoch_2
 from training.config import TrainConfig
 from training.data import Splits
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
-def flowers_subset(flowers: Path, dest: Path, per_class: int) -> Path:
-    for folder in sorted(p for p in flowers.iterdir() if p.is_dir()):
-        (dest / folder.name).mkdir(parents=True)
-        for photo in sorted(folder.iterdir())[:per_class]:
-            (dest / folder.name / photo.name).symlink_to(photo.resolve())
-    return dest
-
-
 @pytest.fixture(scope="module")
 def cuda_run(flowers, tmp_path_factory) -> Path:
     """efficientnet_lite0 fine-tuned on 80 flowers per class on the GPU, with AMP (the CUDA default)."""
     root = tmp_path_factory.mktemp("cuda")
-    data = flowers_subset(flowers, root / "flowers", 80)
+    data = subset_folder(flowers, 80, root / "flowers")
     cfg = TrainConfig(backbone="efficientnet_lite0", data=str(data), out=str(root / "run"), device="cuda", epochs=3,
                       image_size=192, lr=2e-3, backbone_lr_mult=0.3, batch_size=32, workers=4, seed=0)  # fmt: skip
     return finetune.train(cfg)
@@ -83,18 +76,7 @@ def test_resume_on_cuda_continues_where_the_run_stopped(tmp_path, monkeypatch):
     config = dict(backbone="mobilenet_v3_large", data=str(data), weights="none", epochs=3, batch_size=8, image_size=32,
                   workers=0, lr=3e-3, warmup_epochs=0.5, val_split=0.2, test_split=0.2, seed=1, device="cuda")  # fmt: skip
     reference = finetune.train(TrainConfig(out=str(tmp_path / "a"), **config))
-    real_epoch, calls = finetune.train_one_epoch, []
-
-    def interrupted(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real_epoch(*args, **kwargs)
-
-    monkeypatch.setattr(finetune, "train_one_epoch", interrupted)
-    with pytest.raises(SystemExit):
-        finetune.train(TrainConfig(out=str(tmp_path / "b"), **config))
-    monkeypatch.setattr(finetune, "train_one_epoch", real_epoch)
+    assert train_interrupted_in_epoch_2(TrainConfig(out=str(tmp_path / "b"), **config), monkeypatch) == 130
     cfg, resume = finetune.parse_config(["--resume", str(tmp_path / "b" / "last.pt")])
     resumed = finetune.train(cfg, resume)
     losses = [[float(r["train_loss"]) for r in csv.DictReader((run / "history.csv").open())] for run in (reference, resumed)]

@@ -11,7 +11,7 @@ import torch
 
 import training.finetune as finetune
 from gesture_core import load_classifier
-from tests.helpers import make_image_folder
+from tests.helpers import make_image_folder, train_interrupted_in_epoch_2
 from tests.test_data import add_bad_files
 from training.config import TrainConfig
 from training.evaluate import main as evaluate_main
@@ -52,19 +52,7 @@ def test_run_folder_has_every_artefact_and_a_complete_report(dataset, tmp_path):
 @pytest.mark.parametrize("ema_decay", [0.0, 0.9])
 def test_resume_after_interruption_gives_the_same_next_epoch(dataset, tmp_path, monkeypatch, ema_decay):
     reference = finetune.train(tiny_config(dataset, tmp_path / "a", epochs=3, ema_decay=ema_decay))
-    real_epoch, calls = finetune.train_one_epoch, []
-
-    def interrupted(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real_epoch(*args, **kwargs)
-
-    monkeypatch.setattr(finetune, "train_one_epoch", interrupted)
-    with pytest.raises(SystemExit) as stop:
-        finetune.train(tiny_config(dataset, tmp_path / "b", epochs=3, ema_decay=ema_decay))
-    assert stop.value.code == 130
-    monkeypatch.setattr(finetune, "train_one_epoch", real_epoch)
+    assert train_interrupted_in_epoch_2(tiny_config(dataset, tmp_path / "b", epochs=3, ema_decay=ema_decay), monkeypatch) == 130
     assert torch.load(tmp_path / "b" / "last.pt", weights_only=True)["epoch"] == 1
 
     cfg, resume = finetune.parse_config(["--resume", str(tmp_path / "b" / "last.pt")])
