@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import subprocess
@@ -148,6 +149,19 @@ def test_missing_model_fails_start_up_with_import_instructions(tmp_path):
             pass
 
 
+def assert_imports_are_packed(src: Path) -> None:
+    """Every project module that the packed code imports is packed too. (Here the editable install would
+    hide a missing one; in a container built from the Bento it is an ImportError at start-up.)"""
+    packed = {p.relative_to(src).as_posix() for p in src.rglob("*.py")}
+    assert "service/service.py" in packed
+    for name in sorted(packed):
+        for node in ast.walk(ast.parse((src / name).read_text())):
+            modules = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level else []
+            for module in (m for m in modules if m.split(".")[0] in {"service", "gesture_core", "training"}):
+                path = module.replace(".", "/")
+                assert f"{path}.py" in packed or f"{path}/__init__.py" in packed, f"{name} imports {module}, which bentofile.yaml does not include"
+
+
 def test_bentoml_build_packages_and_pins_the_imported_model(tmp_path, random_head_checkpoint):
     built_with = import_cli(random_head_checkpoint, tmp_path)
     done = run_cli(["-m", "bentoml", "build", "--output", "tag"], tmp_path)
@@ -158,8 +172,10 @@ def test_bentoml_build_packages_and_pins_the_imported_model(tmp_path, random_hea
     assert [m["tag"] for m in json.loads(info.stdout)["services"][0]["models"]] == [built_with]
     newer = import_cli(random_head_checkpoint, tmp_path)  # now "latest" is another version
     assert newer != built_with
+    assert_imports_are_packed(tmp_path / "bentos" / bento_tag.replace(":", "/") / "src")
     with serve_process(bentoml_home=tmp_path, target=bento_tag) as server:
         assert httpx.post(f"{server.url}/info", timeout=60).json()["model"] == built_with
+        assert httpx.post(f"{server.url}/predict", files={"image": ("ok.jpg", jpeg(0))}, timeout=60).status_code == 200
 
 
 @pytest.mark.slow
