@@ -7,7 +7,8 @@ frozen-backbone (linear-probe) epochs with and without the feature cache.
 1. Full fine-tune: ``training.engine.train_one_epoch`` (AdamW, real loss) on in-memory batches, so the
    figure is the model's step rate alone: as ``training.finetune`` runs it on CPU (fp32), with
    channels-last memory, and with bf16 autocast + channels-last; FLOPs of forward + backward counted
-   by PyTorch, against the fp32 matmul ceiling measured in this process.
+   by PyTorch, against the fp32 matmul ceiling measured in this process. ``--device cuda`` measures
+   the step rate and the ceiling on a GPU instead.
 2. Loader: the training DataLoader (decode at reduced size, default augmentation, 2 workers) alone,
    on real photos; the ratio to the step rate says whether data loading can starve the model.
 3. Frozen backbone: the real command ``python -m training.finetune --freeze backbone --augment none``
