@@ -139,6 +139,8 @@ class Engine(ABC):
     """``engine(batch (N, C, H, W) float32) -> logits (N, K) float32`` on ``engine.device``; thread-safe."""
 
     name: str = ""
+    # True where calls from several threads at once overlap usefully instead of fighting over the cores
+    concurrent_calls: bool = False
 
     def __init__(self, device: torch.device, precision: str):
         self.device = device
@@ -269,6 +271,8 @@ class OpenVinoEngine(_ExportedEngine):
     """
 
     name = "openvino"
+    # each thread's requests queue on the same streams: a second batch starts while the first finishes
+    concurrent_calls = True
     _OV_PRECISION = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
 
     def __init__(self, path: Path, device: torch.device, precision: str, input_shape: tuple[int, ...]):

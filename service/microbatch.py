@@ -1,7 +1,8 @@
 """Greedy micro-batching inside the worker, so that concurrent /predict requests share model calls.
 
-One thread runs the model. Each call takes every request that queued while the previous call ran, up
-to ``max_batch_size``. A lone request therefore never waits for a timer, and a busy server batches by
+A model thread takes every request that queued while its previous call ran, up to
+``max_batch_size``, and runs them as one call. With ``threads=2`` a second thread forms and starts the
+next batch while the first one's call finishes, for engines that overlap calls (OpenVINO's streams). A lone request therefore never waits for a timer, and a busy server batches by
 itself with nothing to tune. Unlike BentoML's adaptive batching there is no internal HTTP hop: a crop
 goes from the request's thread to the model thread as a numpy array.
 """
@@ -41,20 +42,24 @@ class MicroBatcher(Generic[Item, Result]):
     """``await batcher(item)`` -> ``run_batch([..., item, ...])[its index]``; ``run_batch`` must return
     one result per item, in order. An exception in ``run_batch`` fails every request of that batch."""
 
-    def __init__(self, run_batch: Callable[[list[Item]], Sequence[Result]], max_batch_size: int, name: str = "microbatch"):
+    def __init__(self, run_batch: Callable[[list[Item]], Sequence[Result]], max_batch_size: int, name: str = "microbatch", threads: int = 1):
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        if threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
         self.run_batch = run_batch
         self.max_batch_size = max_batch_size
         self.stats = BatchStats()
+        self._stats_lock = threading.Lock()
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._closed = False
-        self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
-        self._thread.start()
+        self._threads = [threading.Thread(target=self._serve, name=f"{name}-{i}", daemon=True) for i in range(threads)]
+        for thread in self._threads:
+            thread.start()
 
     def submit(self, item: Item) -> Future[Result]:
         if self._closed:
-            raise BatcherClosed("the model thread has stopped (server shutting down)")
+            raise BatcherClosed("the model threads have stopped (server shutting down)")
         future: Future[Result] = Future()
         self._queue.put((item, future))
         return future
@@ -63,11 +68,13 @@ class MicroBatcher(Generic[Item, Result]):
         return await asyncio.wrap_future(self.submit(item))
 
     def close(self, timeout: float | None = 10.0) -> None:
-        """Finish what is queued, then stop the model thread."""
+        """Finish what is queued, then stop the model threads."""
         if not self._closed:
             self._closed = True
-            self._queue.put(_STOP)
-            self._thread.join(timeout)
+            for _ in self._threads:
+                self._queue.put(_STOP)
+            for thread in self._threads:
+                thread.join(timeout)
 
     def _serve(self) -> None:
         while True:
@@ -94,7 +101,8 @@ class MicroBatcher(Generic[Item, Result]):
         return batch, True
 
     def _run(self, batch: list[tuple[Item, Future[Result]]]) -> None:
-        self.stats.add(len(batch))
+        with self._stats_lock:
+            self.stats.add(len(batch))
         try:
             results = self.run_batch([item for item, _ in batch])
             if len(results) != len(batch):

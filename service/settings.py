@@ -10,6 +10,7 @@
     GESTURE_MAX_BATCH_IMAGES   most images per /predict_batch     (default 32)
     GESTURE_PREDICT_BATCHING   on | off: concurrent /predict requests share model calls (default on)
     GESTURE_BATCH_SIZE         largest batch, of /predict and of adaptive batching (default 32)
+    GESTURE_MODEL_THREADS      /predict: threads taking batches, where the engine overlaps calls (default 2)
     GESTURE_BATCH_LATENCY_MS   adaptive batching: a request waiting longer gets 503 (default 5000)
 """
 
@@ -79,6 +80,10 @@ class BatchingConfig:
 
 def predict_batching() -> bool:
     return env_choice("GESTURE_PREDICT_BATCHING", "on", ("on", "off")) == "on"
+
+
+def model_threads() -> int:
+    return env_int("GESTURE_MODEL_THREADS", 2)
 
 
 def model_tag() -> str:

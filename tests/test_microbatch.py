@@ -106,3 +106,23 @@ def test_awaiting_from_asyncio_and_closing():
         batcher.submit(1)
     with pytest.raises(ValueError, match=">= 1"):
         MicroBatcher(lambda items: items, max_batch_size=0)
+
+
+def test_several_model_threads_run_batches_at_the_same_time():
+    both_running = threading.Barrier(2, timeout=10)  # passes only if two batches are in run_batch at once
+
+    def run_batch(items):
+        both_running.wait()
+        return items
+
+    batcher = MicroBatcher(run_batch, max_batch_size=1, threads=2)
+    first, second = batcher.submit("a"), batcher.submit("b")
+    assert (first.result(15), second.result(15)) == ("a", "b")
+    assert batcher.stats.batches == 2
+    batcher.close()
+    assert not any(t.is_alive() for t in batcher._threads)
+
+
+def test_thread_count_must_be_positive():
+    with pytest.raises(ValueError, match="threads must be >= 1"):
+        MicroBatcher(lambda items: items, max_batch_size=4, threads=0)

@@ -21,6 +21,7 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from gesture_core import load_classifier
+from gesture_core.engines import engine_installed
 from service import import_model
 from service.http_guard import RequestGuard
 from service.settings import Limits
@@ -158,20 +159,24 @@ def test_concurrent_predicts_share_one_model_call(svc, reference, images):
         return await asyncio.gather(*(svc.predict(image_b64=b64(d), top_k=10) for d in datas))
 
     with ThreadPoolExecutor(1) as pool:
-        with svc._model_lock:  # the model is "busy": the first request holds the model thread
-            pending = pool.submit(asyncio.run, all_at_once())
-            deadline = time.monotonic() + 30
-            # the model thread has taken the first request(s) and waits for the model; the rest queue
-            while svc.batcher.stats.items - before["predict_images"] + svc.batcher._queue.qsize() < len(datas):
-                assert time.monotonic() < deadline and not pending.done(), "requests never queued"
-                time.sleep(0.005)
+        for _ in range(svc.model_threads):  # the model is "busy": each model thread will wait for it
+            svc._model_lock.acquire()
+        pending = pool.submit(asyncio.run, all_at_once())
+        deadline = time.monotonic() + 30
+        # each model thread has taken a first batch and waits for the model; the rest queue
+        while svc.batcher.stats.items - before["predict_images"] + svc.batcher._queue.qsize() < len(datas):
+            assert time.monotonic() < deadline and not pending.done(), "requests never queued"
+            time.sleep(0.005)
+        for _ in range(svc.model_threads):
+            svc._model_lock.release()
         results = pending.result(60)
     for result, p in zip(results, reference.predict_proba(datas), strict=True):
         assert_matches_reference(result.model_dump(), p, reference.classes)
     after = svc.predict_batch_stats()
     assert after["predict_images"] - before["predict_images"] == len(datas)
-    assert after["predict_model_calls"] - before["predict_model_calls"] == 2  # the busy call, then all the others
-    assert after["predict_largest_batch"] >= len(datas) // 2
+    # the calls that waited (one per model thread, at least one request each), then all the others at once
+    assert after["predict_model_calls"] - before["predict_model_calls"] <= svc.model_threads + 1
+    assert after["predict_largest_batch"] >= len(datas) - svc.model_threads
 
 
 def test_every_batch_size_is_warmed_up_before_serving(stored_model, monkeypatch):
@@ -280,10 +285,26 @@ def test_engine_is_configurable(stored_model, random_head_checkpoint, monkeypatc
     monkeypatch.setenv("GESTURE_ENGINE", "torch")
     eager = GestureClassifier()
     assert eager.info().engine == "torch/fp32"
+    assert eager.info().batching["predict_model_threads"] == 1  # eager calls would fight over the cores
     reference = load_classifier(random_head_checkpoint, device="cpu", engine="torch")
     data = jpeg(4)
     result = asyncio.run(eager.predict(image_b64=b64(data), top_k=10)).model_dump()
     assert_matches_reference(result, reference.predict_proba([data])[0], reference.classes, atol=0)
+
+
+def test_openvino_takes_batches_on_several_model_threads(stored_model, monkeypatch):
+    from service import settings
+    from service.service import GestureClassifier
+
+    if not engine_installed("openvino"):
+        pytest.skip("openvino is not installed")
+    monkeypatch.setenv("GESTURE_ENGINE", "openvino")
+    monkeypatch.setenv("GESTURE_MODEL_THREADS", "3")
+    svc = GestureClassifier()
+    assert svc.info().batching["predict_model_threads"] == 3 == len(svc.batcher._threads)
+    monkeypatch.setenv("GESTURE_MODEL_THREADS", "0")
+    with pytest.raises(settings.SettingsError, match="GESTURE_MODEL_THREADS='0': expected a whole number >= 1"):
+        GestureClassifier()
 
 
 def test_missing_model_says_how_to_import_one(bento_store):
