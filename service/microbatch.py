@@ -1,10 +1,11 @@
 """Greedy micro-batching inside the worker, so that concurrent /predict requests share model calls.
 
-A model thread takes every request that queued while its previous call ran, up to
-``max_batch_size``, and runs them as one call. With ``threads=2`` a second thread forms and starts the
-next batch while the first one's call finishes, for engines that overlap calls (OpenVINO's streams). A lone request therefore never waits for a timer, and a busy server batches by
-itself with nothing to tune. Unlike BentoML's adaptive batching there is no internal HTTP hop: a crop
-goes from the request's thread to the model thread as a numpy array.
+A model thread takes every request that queued while its previous call ran, up to ``max_batch_size``,
+and runs them as one call. A lone request therefore never waits for a timer, and a busy server
+batches by itself with nothing to tune. With ``threads=2``, a second thread forms and starts the next
+batch while the first one's call finishes, for engines that overlap calls (OpenVINO's streams).
+Unlike BentoML's adaptive batching there is no internal HTTP hop: a crop goes from the request's
+thread to a model thread as a numpy array.
 """
 
 from __future__ import annotations
