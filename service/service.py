@@ -183,7 +183,7 @@ class GestureClassifier:
         if self.batcher is not None:
             self.batcher.close()
             stats = self.batcher.stats
-            logger.info("model thread stopped: %d /predict images in %d model calls", stats.items, stats.batches)
+            logger.info("model threads stopped: %d /predict images in %d model calls", stats.items, stats.batches)
 
     @bentoml.api
     async def predict(self, image: ImageFile = None, image_b64: ImageBase64 = None, top_k: TopK = 5, threshold: Threshold = 0.0) -> PredictionOut:

@@ -116,7 +116,7 @@ def test_shutdown_stops_the_model_thread_cleanly(home, model_tag):
         assert httpx.post(f"{running.url}/predict", files={"image": ("x.jpg", image)}, timeout=60).status_code == 200
     assert running.process.returncode is not None
     assert "Traceback" not in running.log(), running.log()[-3000:]
-    assert "model thread stopped: 1 /predict images in 1 model calls" in running.log(), running.log()[-3000:]
+    assert "model threads stopped: 1 /predict images in 1 model calls" in running.log(), running.log()[-3000:]
 
 
 @pytest.mark.parametrize("case", sorted(http_bad_requests(UPLOAD_LIMIT_MB * 1024 * 1024)))
