@@ -74,7 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for name in args.only:
         rows.append(run_recipe(name, args))
-        emit(rows[-1:], COLUMNS, as_json=True) if args.json else note(f"  {name}: {rows[-1]}")
+        if args.json:
+            emit(rows[-1:], COLUMNS, as_json=True)
+        else:
+            note(f"  {name}: {rows[-1]}")
     if not args.json:
         emit(rows, COLUMNS, as_json=False, title=f"Flowers, efficientnet_lite0, 100 test photos per class ({args.device})")
     return 0

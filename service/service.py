@@ -156,7 +156,7 @@ class GestureClassifier:
         # One model call at a time, except for engines that overlap calls (OpenVINO's streams): for the
         # others, a core is better spent inside the one call than in a second one competing with it.
         self.model_threads = settings.model_threads() if self.classifier.engine.concurrent_calls else 1
-        self._model_lock = threading.Semaphore(self.model_threads)  # model calls at once, from any endpoint
+        self._model_calls = threading.Semaphore(self.model_threads)  # model calls at once, from any endpoint
         self.batcher: MicroBatcher[np.ndarray, np.ndarray] | None = None
         if settings.predict_batching():
             self.warm_up(BATCHING.max_batch_size)
@@ -299,7 +299,7 @@ class GestureClassifier:
 
     def classify(self, crops: Sequence[np.ndarray]) -> np.ndarray:
         batch = torch.stack([self.preprocess.normalize(c) for c in crops])
-        with self._model_lock, torch.inference_mode():
+        with self._model_calls, torch.inference_mode():
             return self.classifier.probs(batch)
 
     def prediction(self, probs: np.ndarray, top_k: int, threshold: float) -> PredictionOut:

@@ -10,8 +10,8 @@
     GESTURE_MAX_BATCH_IMAGES   most images per /predict_batch     (default 32)
     GESTURE_PREDICT_BATCHING   on | off: concurrent /predict requests share model calls (default on)
     GESTURE_BATCH_SIZE         largest batch, of /predict and of adaptive batching (default 32)
-    GESTURE_MODEL_THREADS      /predict: threads taking batches, where the engine overlaps calls (default 2)
     GESTURE_BATCH_LATENCY_MS   adaptive batching: a request waiting longer gets 503 (default 5000)
+    GESTURE_MODEL_THREADS      /predict: threads taking batches, where the engine overlaps calls (default 2)
 """
 
 from __future__ import annotations

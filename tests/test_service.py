@@ -160,7 +160,7 @@ def test_concurrent_predicts_share_one_model_call(svc, reference, images):
 
     with ThreadPoolExecutor(1) as pool:
         for _ in range(svc.model_threads):  # the model is "busy": each model thread will wait for it
-            svc._model_lock.acquire()
+            svc._model_calls.acquire()
         pending = pool.submit(asyncio.run, all_at_once())
         deadline = time.monotonic() + 30
         # each model thread has taken a first batch and waits for the model; the rest queue
@@ -168,7 +168,7 @@ def test_concurrent_predicts_share_one_model_call(svc, reference, images):
             assert time.monotonic() < deadline and not pending.done(), "requests never queued"
             time.sleep(0.005)
         for _ in range(svc.model_threads):
-            svc._model_lock.release()
+            svc._model_calls.release()
         results = pending.result(60)
     for result, p in zip(results, reference.predict_proba(datas), strict=True):
         assert_matches_reference(result.model_dump(), p, reference.classes)

@@ -28,8 +28,9 @@ class ModelEma:
         self.updates = 0
         self.module = copy.deepcopy(model).eval().requires_grad_(False)
         pairs = list(zip(self.module.state_dict().values(), model.state_dict().values(), strict=True))
-        self._float = [(e, m) for e, m in pairs if e.is_floating_point()]
-        self._other = [(e, m) for e, m in pairs if not e.is_floating_point()]  # BatchNorm's num_batches_tracked
+        self._averaged = [e for e, _ in pairs if e.is_floating_point()]
+        self._live = [m for e, m in pairs if e.is_floating_point()]
+        self._copied = [(e, m) for e, m in pairs if not e.is_floating_point()]  # BatchNorm's num_batches_tracked
 
     def current_decay(self) -> float:
         return min(self.decay, (1 + self.updates) / (10 + self.updates))
@@ -38,16 +39,16 @@ class ModelEma:
     def update(self) -> None:
         """Fold the model's current weights in; call after every optimizer step."""
         self.updates += 1
-        averaged, live = zip(*self._float, strict=True)
-        torch._foreach_lerp_(list(averaged), list(live), 1.0 - self.current_decay())
-        for e, m in self._other:
+        torch._foreach_lerp_(self._averaged, self._live, 1.0 - self.current_decay())
+        for e, m in self._copied:
             e.copy_(m)
 
     @torch.no_grad()
     def reset(self) -> None:
         """Restart the average from the model's current weights (after epochs trained outside ``update``)."""
         self.updates = 0
-        for e, m in self._float + self._other:
+        torch._foreach_copy_(self._averaged, self._live)
+        for e, m in self._copied:
             e.copy_(m)
 
     def state_dict(self) -> dict[str, Any]:
