@@ -135,7 +135,15 @@ def decode_probs(probs: np.ndarray, classes: Sequence[str], *, k: int = 5, thres
 class Classifier:
     """A loaded model with its Preprocess and class names: image in, probabilities out."""
 
-    def __init__(self, model: nn.Module, checkpoint: dict[str, Any], device: torch.device, *, engine: str = "torch", precision: str = "fp32"):
+    def __init__(
+        self,
+        model: nn.Module,
+        checkpoint: dict[str, Any],
+        device: torch.device,
+        *,
+        engine: str = "torch",
+        precision: str = "fp32",
+    ):
         self.model = model.eval().to(device)  # eager PyTorch, for anything that needs the modules (Grad-CAM, hooks)
         self.device = device
         self.checkpoint_meta = {k: v for k, v in checkpoint.items() if k not in ("model", "optimizer", "scheduler", "rng")}
@@ -157,14 +165,22 @@ class Classifier:
         return self.engine(batch)
 
     def probs(self, batch: torch.Tensor) -> np.ndarray:
-        return torch.softmax(self.logits(batch), dim=1).cpu().numpy()
+        return softmax(self.logits(batch).cpu().numpy())
 
     def predict_proba(self, images: Sequence[ImageSource]) -> np.ndarray:
         """Probabilities (N, num_classes) for paths, bytes, PIL images or RGB arrays."""
-        return self.probs(torch.stack([self.preprocess.load(img) for img in images]))
+        return self.probs(self.preprocess.load_batch(images))
 
     def predict(self, image: ImageSource, *, k: int = 5, threshold: float = 0.0) -> Prediction:
         return decode_probs(self.predict_proba([image])[0], self.classes, k=k, threshold=threshold)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax in numpy. torch.softmax, even on a (2, 10) tensor, wakes torch's OpenMP
+    threads, which then spin on the cores the OpenVINO streams need: with it, OpenVINO at batch 2
+    went from 199 to 116 img/s on the 2-core box."""
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
 
 
 def build_from_checkpoint(ckpt: dict[str, Any], *, training: bool = False) -> nn.Module:

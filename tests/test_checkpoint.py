@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from gesture_core import build_model, decode_probs, get_backbone, load_classifier, save_checkpoint
-from gesture_core.checkpoint import CheckpointError, load_checkpoint
+from gesture_core.checkpoint import CheckpointError, load_checkpoint, softmax
 from tests.helpers import synthetic_image
 
 
@@ -17,8 +17,15 @@ def saved(tmp_path):
     backbone = get_backbone("mobilenet_v3_large")
     model = build_model(backbone.name, 3, "none").eval()
     config = backbone.data_config.with_input_size(64)
-    path = save_checkpoint(tmp_path / "run" / "best.pt", model=model, backbone=backbone.name, classes=["fist", "none", "palm"],
-                           data_config=config, train_config={"lr": 0.001, "seed": 0}, metrics={"test": {"top1": 0.9}})
+    path = save_checkpoint(
+        tmp_path / "run" / "best.pt",
+        model=model,
+        backbone=backbone.name,
+        classes=["fist", "none", "palm"],
+        data_config=config,
+        train_config={"lr": 0.001, "seed": 0},
+        metrics={"test": {"top1": 0.9}},
+    )
     return path, model, config
 
 
@@ -69,3 +76,10 @@ def test_decode_probs_top_k_threshold_and_none_class():
     rejected = decode_probs(np.array([0.1, 0.8, 0.1]), classes)
     assert rejected.label is None and rejected.top_k[0][0] == "none"
     assert rejected.to_dict()["top_k"][0] == {"label": "none", "score": pytest.approx(0.8)}
+
+
+def test_probabilities_are_a_stable_softmax_of_the_logits():
+    logits = np.array([[1.0, 2.0, 3.0], [1000.0, 0.0, -1000.0], [-5.0, -5.0, -5.0]], np.float32)
+    probs = softmax(logits)
+    assert np.allclose(probs, torch.softmax(torch.from_numpy(logits), dim=1).numpy(), atol=1e-7)
+    assert np.allclose(probs.sum(axis=1), 1.0) and np.isfinite(probs).all()

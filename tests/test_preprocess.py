@@ -139,3 +139,28 @@ def test_single_channel_config_outputs_one_channel():
     config = get_backbone("lenet5").data_config.with_channels(1)
     out = Preprocess(config)(synthetic_image(0, seed=0, size=48))
     assert out.shape == (1, 32, 32)
+
+
+@pytest.mark.parametrize("in_chans", [3, 1])
+def test_batch_normalisation_equals_the_reference_formula_per_crop(in_chans):
+    config = DataConfig(input_size=24, resize_size=28).with_channels(in_chans)
+    preprocess = Preprocess(config)
+    images = [synthetic_image(i, seed=i, size=40 + 7 * i) for i in range(4)]
+    crops = [preprocess.crop(img) for img in images]  # views into the resized images, as in the service
+    batch = preprocess.normalize_batch(crops)
+    mean, std = np.asarray(config.mean, np.float32) * 255, np.asarray(config.std, np.float32) * 255
+    for crop, out in zip(crops, batch, strict=True):
+        pixels = cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY)[:, :, None] if in_chans == 1 else crop
+        reference = (pixels.astype(np.float32) - mean) / std
+        assert np.abs(out.numpy().transpose(1, 2, 0) - reference).max() < 1e-5
+        assert torch.equal(out, preprocess.normalize(crop))
+    assert batch.shape == (4, in_chans, 24, 24) and batch.dtype == torch.float32 and batch.is_contiguous()
+    assert torch.equal(preprocess.load_batch(images), batch)
+
+
+def test_batch_normalisation_refuses_mixed_sizes_and_empty_batches(preprocess):
+    small, large = np.zeros((96, 96, 3), np.uint8), np.zeros((97, 96, 3), np.uint8)
+    with pytest.raises(ValueError, match="share a size"):
+        preprocess.normalize_batch([small, large])
+    with pytest.raises(ValueError, match="at least one"):
+        preprocess.normalize_batch([])
