@@ -90,11 +90,23 @@ def test_exported_engines_take_any_batch_size(engine, random_head_checkpoint):
     fast = load_classifier(random_head_checkpoint, "cpu", engine=engine)
     assert fast.engine.name == engine and eager.engine.name == "torch"
     images = torch.randn(17, 3, 128, 128, generator=torch.Generator().manual_seed(0))
-    for n in (1, 2, 17):
+    for n in (1, 2, 5, 8, 17):  # OpenVINO: one latency request; 2, 2, 4 and 6 throughput requests
         assert (fast.logits(images[:n]) - eager.logits(images[:n])).abs().max() <= FP32_TOLERANCE
     assert fast.logits(images[:0]).shape == (0, 10)
     with pytest.raises(ValueError, match=r"exported for images of shape \(3, 128, 128\)"):
         fast.logits(torch.zeros(1, 3, 64, 64))
+
+
+def test_openvino_splits_a_batch_into_small_requests_shared_evenly_by_the_streams(random_head_checkpoint):
+    require("openvino")
+    engine = load_classifier(random_head_checkpoint, "cpu", engine="openvino").engine
+    most = engine.IMAGES_PER_REQUEST
+    for images in range(2, 50):
+        count = engine._request_count(images)
+        sizes = [len(chunk) for chunk in np.array_split(np.arange(images), count)]
+        assert max(sizes) <= most and min(sizes) >= 1, (images, sizes)
+        if images >= engine.streams:  # every stream gets the same number of requests
+            assert count % engine.streams == 0, (images, count)
 
 
 def test_export_is_cached_by_weights_and_input_shape(engine_cache):
