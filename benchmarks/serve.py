@@ -40,11 +40,7 @@ COLUMNS = [
     ("server_cpu_ms_per_req", "server CPU ms/req", ".1f"), ("client_cpu_ms_per_req", "client CPU ms/req", ".1f"),
     ("cpu_bound_req_per_s", "CPU-bound limit req/s", ".0f"),
 ]  # fmt: skip
-PROFILE_COLUMNS = [
-    ("category", "Python work (py-spy, running samples)", "s"),
-    ("share", "share", ".0%"),
-    ("ms_per_req", "CPU ms/req", ".2f"),
-]
+PROFILE_COLUMNS = [("category", "Python work (py-spy, running samples)", "s"), ("share", "share", ".0%"), ("ms_per_req", "CPU ms/req", ".2f")]
 
 
 def engine_throughput(
@@ -142,12 +138,8 @@ def main(argv: list[str] | None = None) -> int:
         "--warmup", type=float, default=3.0, help="seconds of load before measuring (the adaptive batcher calibrates itself)"
     )
     p.add_argument("--quick", action="store_true", help="4 s per measurement, 1 s warm-up (under 2 minutes)")
-    p.add_argument(
-        "--py-spy",
-        action="store_true",
-        help="after the measurements, profile the server's Python threads with py-spy "
-        "under the largest client count on the first route, and print where their CPU goes per request",
-    )
+    p.add_argument("--py-spy", action="store_true", help="after the measurements, profile the server's Python threads with py-spy "
+                   "under the largest client count on the first route, and print where their CPU goes per request")
     p.add_argument("--json", action="store_true", help="JSON lines instead of a table")
     args = p.parse_args(argv)
     if args.py_spy and not pyspy.available():
@@ -193,12 +185,8 @@ def main(argv: list[str] | None = None) -> int:
              f"({rates[1]:.1f} img/s one at a time, {reference:.1f} at batch 16, without HTTP); {describe_machine(info)}")  # fmt: skip
     emit(rows, COLUMNS, as_json=args.json, title=title)
     if args.py_spy:
-        emit(
-            profile,
-            PROFILE_COLUMNS,
-            as_json=args.json,
-            title=f"Where the server's Python threads spend CPU: /{args.routes[0]}, {max(args.clients)} clients (engine threads not included)",
-        )
+        emit(profile, PROFILE_COLUMNS, as_json=args.json,
+             title=f"Where the server's Python threads spend CPU: /{args.routes[0]}, {max(args.clients)} clients (engine threads not included)")
     return 0 if all(r["requests"] for r in rows) else 1
 
 

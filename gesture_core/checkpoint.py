@@ -135,15 +135,7 @@ def decode_probs(probs: np.ndarray, classes: Sequence[str], *, k: int = 5, thres
 class Classifier:
     """A loaded model with its Preprocess and class names: image in, probabilities out."""
 
-    def __init__(
-        self,
-        model: nn.Module,
-        checkpoint: dict[str, Any],
-        device: torch.device,
-        *,
-        engine: str = "torch",
-        precision: str = "fp32",
-    ):
+    def __init__(self, model: nn.Module, checkpoint: dict[str, Any], device: torch.device, *, engine: str = "torch", precision: str = "fp32"):
         self.model = model.eval().to(device)  # eager PyTorch, for anything that needs the modules (Grad-CAM, hooks)
         self.device = device
         self.checkpoint_meta = {k: v for k, v in checkpoint.items() if k not in ("model", "optimizer", "scheduler", "rng")}

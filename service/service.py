@@ -125,9 +125,8 @@ Threshold = Annotated[float, Field(ge=0.0, le=1.0, description="below this top s
 # `Path` (not Optional[Path]) with a None default: BentoML 1.4 only treats a plain Path as a file upload.
 ImageFile = Annotated[Path, Field(description="the image file (JPEG, PNG, WebP, BMP, TIFF, ...)")]
 ImageFiles = Annotated[list[Path], Field(description="the image files; repeat the multipart field")]
-ImageBase64 = Annotated[
-    str | None, AfterValidator(check_base64), Field(description="the image file as base64 (or a data: URL), for JSON clients")
-]
+ImageBase64 = Annotated[str | None, AfterValidator(check_base64),
+                        Field(description="the image file as base64 (or a data: URL), for JSON clients")]
 Crop = Annotated[str, AfterValidator(check_crop)]
 
 
@@ -148,9 +147,8 @@ class GestureClassifier:
         self.model_tag = str(stored.tag)
         self.metadata = dict(stored.info.metadata)
         # Loaded once here, before the server reports ready; never on a request.
-        self.classifier: Classifier = load_classifier(
-            stored.path_of(CHECKPOINT_FILE), device=settings.device(), engine=settings.engine(), precision=settings.precision()
-        )
+        self.classifier: Classifier = load_classifier(stored.path_of(CHECKPOINT_FILE), device=settings.device(),
+                                                      engine=settings.engine(), precision=settings.precision())
         self.preprocess = self.classifier.preprocess
         size = self.preprocess.config.input_size
         self.crop_shape = (size, size, 3)
@@ -188,17 +186,14 @@ class GestureClassifier:
             logger.info("model threads stopped: %d /predict images in %d model calls", stats.items, stats.batches)
 
     @bentoml.api
-    async def predict(
-        self, image: ImageFile = None, image_b64: ImageBase64 = None, top_k: TopK = 5, threshold: Threshold = 0.0
-    ) -> PredictionOut:
+    async def predict(self, image: ImageFile = None, image_b64: ImageBase64 = None, top_k: TopK = 5, threshold: Threshold = 0.0) -> PredictionOut:
         """Classify one image: multipart field `image`, or JSON `{"image_b64": ...}`."""
         crop = await anyio.to_thread.run_sync(self.upload_crop, image, image_b64)
         return self.prediction(await self.probabilities(crop), top_k, threshold)
 
     @bentoml.api
-    async def predict_batch(
-        self, images: ImageFiles = None, images_b64: list[str] | None = None, top_k: TopK = 5, threshold: Threshold = 0.0
-    ) -> list[PredictionOut]:
+    async def predict_batch(self, images: ImageFiles = None, images_b64: list[str] | None = None,
+                            top_k: TopK = 5, threshold: Threshold = 0.0) -> list[PredictionOut]:
         """Classify several images in one request (repeat the multipart field `images`, or JSON `images_b64`)."""
         uploads = await anyio.to_thread.run_sync(self.many_uploads, images, images_b64)
         crops = await anyio.to_thread.run_sync(self.decode_all, uploads)
@@ -206,9 +201,7 @@ class GestureClassifier:
         return [self.prediction(p, top_k, threshold) for p in probs]
 
     @bentoml.api
-    async def predict_batched(
-        self, image: ImageFile = None, image_b64: ImageBase64 = None, top_k: TopK = 5, threshold: Threshold = 0.0
-    ) -> PredictionOut:
+    async def predict_batched(self, image: ImageFile = None, image_b64: ImageBase64 = None, top_k: TopK = 5, threshold: Threshold = 0.0) -> PredictionOut:
         """Same contract as /predict, batched through BentoML's adaptive batching instead of in the worker."""
         crop = await anyio.to_thread.run_sync(self.upload_crop, image, image_b64)
         probs = await self.batched_probabilities(crop)
@@ -226,28 +219,15 @@ class GestureClassifier:
         """What is being served."""
         c = self.preprocess.config
         return ModelInfo(
-            model=self.model_tag,
-            backbone=self.classifier.backbone,
-            classes=self.classifier.classes,
-            input_size=c.input_size,
-            resize_size=c.resize_size,
-            mean=list(c.mean),
-            std=list(c.std),
-            interpolation=c.interpolation,
-            metrics=self.metadata.get("metrics", {}),
-            data_fingerprint=self.metadata.get("data_fingerprint", {}),
-            device=str(self.classifier.device),
+            model=self.model_tag, backbone=self.classifier.backbone, classes=self.classifier.classes,
+            input_size=c.input_size, resize_size=c.resize_size, mean=list(c.mean), std=list(c.std),
+            interpolation=c.interpolation, metrics=self.metadata.get("metrics", {}),
+            data_fingerprint=self.metadata.get("data_fingerprint", {}), device=str(self.classifier.device),
             engine=f"{self.classifier.engine.name}/{self.classifier.engine.precision}",
-            limits={
-                "max_upload_bytes": LIMITS.max_upload_bytes,
-                "max_pixels": self.limits.max_pixels,
-                "max_batch_images": self.limits.max_batch_images,
-            },
-            batching={
-                "max_batch_size": BATCHING.max_batch_size,
-                "max_latency_ms": BATCHING.max_latency_ms,
-                **self.predict_batch_stats(),
-            },
+            limits={"max_upload_bytes": LIMITS.max_upload_bytes, "max_pixels": self.limits.max_pixels,
+                    "max_batch_images": self.limits.max_batch_images},
+            batching={"max_batch_size": BATCHING.max_batch_size, "max_latency_ms": BATCHING.max_latency_ms,
+                      **self.predict_batch_stats()},
         )
 
     # --- the steps behind the endpoints -------------------------------------------------------
@@ -264,19 +244,13 @@ class GestureClassifier:
     def predict_batch_stats(self) -> dict[str, int]:
         """How /predict's model calls were shared so far (benchmarks read the mean batch from it)."""
         stats = self.batcher.stats if self.batcher is not None else BatchStats()
-        return {
-            "predict_model_calls": stats.batches,
-            "predict_images": stats.items,
-            "predict_largest_batch": stats.largest,
-            "predict_model_threads": self.model_threads if self.batcher is not None else 0,
-        }
+        return {"predict_model_calls": stats.batches, "predict_images": stats.items, "predict_largest_batch": stats.largest,
+                "predict_model_threads": self.model_threads if self.batcher is not None else 0}
 
     def one_upload(self, image: Path | None, image_b64: str | None) -> bytes:
         if (image is None) == (image_b64 is None):
-            raise BadInput(
-                'send exactly one image: a multipart file field named \'image\', or JSON {"image_b64": "<base64>"}'
-                + ("" if image is None else " (got both)")
-            )
+            raise BadInput("send exactly one image: a multipart file field named 'image', or JSON {\"image_b64\": \"<base64>\"}"
+                           + ("" if image is None else " (got both)"))
         return image.read_bytes() if image is not None else decode_base64(image_b64)
 
     def many_uploads(self, images: list[Path] | None, images_b64: list[str] | None) -> list[bytes]:
@@ -289,9 +263,7 @@ class GestureClassifier:
             except ValueError as err:
                 raise BadInput(f"images_b64[{i}]: {err}") from None
         if len(uploads) > self.limits.max_batch_images:
-            raise BadInput(
-                f"{len(uploads)} images in one request; the limit is {self.limits.max_batch_images} (GESTURE_MAX_BATCH_IMAGES)"
-            )
+            raise BadInput(f"{len(uploads)} images in one request; the limit is {self.limits.max_batch_images} (GESTURE_MAX_BATCH_IMAGES)")
         return uploads
 
     def decode(self, data: bytes, what: str) -> np.ndarray:
@@ -356,9 +328,7 @@ def find_model(ref: bentoml.models.BentoModel) -> bentoml.Model:
             "(or set GESTURE_MODEL=name:version to one listed by `bentoml models list`)."
         )
     if not Path(stored.path_of(CHECKPOINT_FILE)).is_file():
-        raise ModelNotImported(
-            f"model {stored.tag} has no {CHECKPOINT_FILE}; re-import it with python -m service.import_model RUN/best.pt"
-        )
+        raise ModelNotImported(f"model {stored.tag} has no {CHECKPOINT_FILE}; re-import it with python -m service.import_model RUN/best.pt")
     return stored
 
 

@@ -17,15 +17,8 @@ def saved(tmp_path):
     backbone = get_backbone("mobilenet_v3_large")
     model = build_model(backbone.name, 3, "none").eval()
     config = backbone.data_config.with_input_size(64)
-    path = save_checkpoint(
-        tmp_path / "run" / "best.pt",
-        model=model,
-        backbone=backbone.name,
-        classes=["fist", "none", "palm"],
-        data_config=config,
-        train_config={"lr": 0.001, "seed": 0},
-        metrics={"test": {"top1": 0.9}},
-    )
+    path = save_checkpoint(tmp_path / "run" / "best.pt", model=model, backbone=backbone.name, classes=["fist", "none", "palm"],
+                           data_config=config, train_config={"lr": 0.001, "seed": 0}, metrics={"test": {"top1": 0.9}})
     return path, model, config
 
 
