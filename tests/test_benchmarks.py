@@ -60,18 +60,23 @@ def test_targets_are_judged_from_the_rows():
     assert verdicts["flowers linear probe (3670 photos, efficientnet_lite0) ≤ 60 s wall"] is False
 
 
-def test_flowers_recipes_runs_each_recipe_and_reports_val_and_test(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("extra", [[], ["--val-split", "0"]], ids=["with-val", "train+val"])
+def test_flowers_recipes_runs_each_recipe_and_reports_val_and_test(tmp_path, monkeypatch, capsys, extra):
     from benchmarks import flowers_recipes
 
     data = make_image_folder(tmp_path / "photos", per_class=12, size=48)
-    monkeypatch.setitem(flowers_recipes.RECIPES, "tiny", ["--image-size", "32", "--epochs", "2", "--batch-size", "8"])
+    monkeypatch.setitem(flowers_recipes.RECIPES, "tiny", ["--image-size", "32", "--epochs", "2", "--batch-size", "8", *extra])
     argv = ["--data", str(data), "--out", str(tmp_path / "runs"), "--only", "tiny", "--test-per-class", "3",
             "--device", "cpu", "--workers", "0", "--quiet", "--json"]  # fmt: skip
     assert flowers_recipes.main(argv) == 0
     row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     metrics = json.loads((tmp_path / "runs" / "tiny" / "metrics.json").read_text())
     assert row["recipe"] == "tiny" and row["test_top1"] == metrics["test"]["top1"]
-    assert row["test_errors"] == round((1 - metrics["test"]["top1"]) * 9) and 0 <= row["best_val_top1"] <= 1
+    assert row["test_errors"] == round((1 - metrics["test"]["top1"]) * 9)
+    if extra:  # no validation split: nothing to report, and the last epoch is kept
+        assert row["best_val_top1"] is None and row["best_epoch"] == 2
+    else:
+        assert 0 <= row["best_val_top1"] <= 1
 
 
 def test_flowers_recipes_refuses_an_unknown_recipe_listing_the_choices(capsys):
@@ -79,7 +84,7 @@ def test_flowers_recipes_refuses_an_unknown_recipe_listing_the_choices(capsys):
 
     with pytest.raises(SystemExit):
         flowers_recipes.main(["--only", "v9"])
-    assert "choose from v3, v3-ema, 256px-20ep" in capsys.readouterr().err
+    assert "choose from v3, v3-trainval, v3-ema, 256px-20ep" in capsys.readouterr().err
 
 
 def test_py_spy_samples_are_put_in_the_innermost_matching_category():
