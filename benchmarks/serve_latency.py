@@ -79,7 +79,7 @@ def make_checkpoint(path: Path, backbone: str = "efficientnet_lite0", image_size
     spec = get_backbone(backbone)
     torch.manual_seed(0)
     try:
-        model = build_model(backbone, num_classes, "imagenet")
+        model = build_model(backbone, num_classes, "imagenet" if spec.has_imagenet_weights else "none")
     except WeightsUnavailableError:
         model = build_model(backbone, num_classes, "none")
     data_config = spec.data_config.with_input_size(image_size) if image_size else spec.data_config

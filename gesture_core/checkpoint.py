@@ -169,8 +169,8 @@ class Classifier:
 
 def softmax(logits: np.ndarray) -> np.ndarray:
     """Row-wise softmax in numpy. torch.softmax, even on a (2, 10) tensor, wakes torch's OpenMP
-    threads, which then spin on the cores the OpenVINO streams need: with it, OpenVINO at batch 2
-    went from 199 to 116 img/s on the 2-core box."""
+    threads, which then spin on the cores that OpenVINO's streams need (``python -m benchmarks.model_call``
+    measures both)."""
     shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
     return shifted / shifted.sum(axis=1, keepdims=True)
 

@@ -117,10 +117,9 @@ class Preprocess:
     def normalize_batch(self, crops: Sequence[np.ndarray]) -> torch.Tensor:
         """uint8 HWC crops of one size -> one float32 (N, C, H, W) batch, normalised as ``normalize``.
 
-        Each crop is copied once into the batch and the multiply-add runs in place on the whole batch:
-        for 224 px, 0.08 ms of CPU per image against 1.3 ms for normalising crops one by one and then
-        ``torch.stack`` (its copy wakes torch's thread pool), which was a third of the service's own
-        work per request beside the model.
+        Each crop is copied once into the batch and the multiply-add runs in place on the whole batch,
+        with no torch operator: ``torch.stack`` of crops normalised one by one cost far more CPU, as
+        its copy wakes torch's OpenMP threads, which then spin (``python -m benchmarks.model_call``).
         """
         if not crops:
             raise ValueError("normalize_batch needs at least one crop")
@@ -180,9 +179,7 @@ def tta_crops(preprocess: Preprocess, rgb: np.ndarray, mode: str) -> list[np.nda
     _check_tta(mode)
     c = preprocess.config
     if mode == "multiscale":
-        crops = [
-            center_crop(resize_shorter(rgb, round(c.resize_size * f), c.interpolation), c.input_size) for f in MULTISCALE_FACTORS
-        ]
+        crops = [center_crop(resize_shorter(rgb, round(c.resize_size * f), c.interpolation), c.input_size) for f in MULTISCALE_FACTORS]
         return crops + [hflip(v) for v in crops]
     if mode in ("5crop", "10crop"):
         crops = five_crops(resize_shorter(rgb, c.resize_size, c.interpolation), c.input_size)

@@ -107,3 +107,18 @@ def test_py_spy_samples_are_put_in_the_innermost_matching_category():
     rows = pyspy.per_request_ms(counts, requests=10)
     assert rows[0]["category"] == "JPEG decode" and rows[0]["ms_per_req"] == pytest.approx(1000 * 30 / pyspy.RATE / 10)
     assert sum(r["share"] for r in rows) == pytest.approx(1.0)
+
+
+def test_model_call_benchmark_compares_each_step_with_what_it_replaced(capsys):
+    from benchmarks import model_call
+    from gesture_core.engines import engine_installed
+
+    if not engine_installed("openvino"):
+        pytest.skip("OpenVINO is not installed")
+    assert model_call.main(["--backbones", "lenet5", "--quick", "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    variants = [(r["measure"], r["variant"]) for r in rows]
+    assert variants[: len(model_call.REQUEST_SIZES)] == [("images per OpenVINO request", f"{n} per request") for n in model_call.REQUEST_SIZES]
+    assert ("normalise a batch", "Preprocess.normalize_batch") in variants and ("network + softmax", "torch.softmax") in variants
+    assert len(rows) == len(model_call.REQUEST_SIZES) + 2 + 4
+    assert all(r["backbone"] == "lenet5" and r["img_per_s"] > 0 and r["cpu_ms_per_img"] >= 0 for r in rows)
