@@ -56,14 +56,19 @@ def row(backbone: str, measure: str, variant: str, batch: int, result: tuple[flo
             "img_per_s": round(result[0], 2), "cpu_ms_per_img": round(result[1], 3)}  # fmt: skip
 
 
+def input_shape(classifier: Classifier) -> tuple[int, int, int]:
+    config = classifier.data_config
+    return config.in_chans, config.input_size, config.input_size
+
+
 def request_sizes(backbone: str, classifier: Classifier, seconds: float) -> list[dict[str, Any]]:
     """img/s with one request of n images on every stream at once, for each n."""
     engine = classifier.engine
-    size = classifier.data_config.input_size
+    shape = input_shape(classifier)
     requests = [engine.throughput_model.create_infer_request() for _ in range(engine.streams)]
     rows = []
     for n in REQUEST_SIZES:
-        chunk = np.random.default_rng(n).standard_normal((n, 3, size, size), dtype=np.float32)  # RGB backbones
+        chunk = np.random.default_rng(n).standard_normal((n, *shape), dtype=np.float32)
 
         def all_streams(chunk=chunk) -> None:
             for request in requests:
@@ -92,10 +97,9 @@ def normalisation(backbone: str, classifier: Classifier, seconds: float, batch: 
 
 
 def softmax_after_model(backbone: str, classifier: Classifier, seconds: float) -> list[dict[str, Any]]:
-    size = classifier.data_config.input_size
     rows = []
     for batch in (2, 16):
-        x = torch.from_numpy(np.random.default_rng(batch).standard_normal((batch, 3, size, size), dtype=np.float32))
+        x = torch.from_numpy(np.random.default_rng(batch).standard_normal((batch, *input_shape(classifier)), dtype=np.float32))
         with_torch = timed(lambda x=x: torch.softmax(classifier.logits(x), dim=1).numpy(), batch, seconds)
         with_numpy = timed(lambda x=x: classifier.probs(x), batch, seconds)
         rows += [row(backbone, "network + softmax", "torch.softmax", batch, with_torch),

@@ -98,9 +98,6 @@ class Preprocess:
     def from_bgr(self, frame: np.ndarray) -> torch.Tensor:
         return self(bgr_to_rgb(frame))
 
-    def batch(self, images: Sequence[np.ndarray]) -> torch.Tensor:
-        return self.normalize_batch([self.crop(img) for img in images])
-
     def views(self, rgb: np.ndarray, mode: str = "none") -> torch.Tensor:
         """Test-time-augmentation views (see ``TTA_MODES``) as a (views, C, H, W) tensor."""
         return tta_views(self, rgb, mode)
