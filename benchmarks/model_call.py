@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -26,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.common import describe_machine, emit, note
+from benchmarks.common import best_rate_and_cpu, describe_machine, emit, note
 from benchmarks.serve_latency import make_checkpoint
 from gesture_core import Classifier, load_classifier
 from gesture_core.engines import engine_installed
@@ -36,19 +35,10 @@ COLUMNS = [("backbone", "backbone", "s"), ("measure", "measure", "s"), ("variant
            ("img_per_s", "img/s", ".1f"), ("cpu_ms_per_img", "CPU ms/img", ".2f")]  # fmt: skip
 
 
-def timed(call: Callable[[], Any], items: int, seconds: float, windows: int = 3) -> tuple[float, float]:
-    """(img/s, CPU ms per image) of the fastest of ``windows`` windows."""
+def timed(call: Callable[[], Any], items: int, seconds: float) -> tuple[float, float]:
+    """(img/s, CPU ms per image) after one warm-up call."""
     call()
-    best = (0.0, 0.0)
-    for _ in range(windows):
-        calls, cpu, start = 0, time.process_time(), time.perf_counter()
-        while (elapsed := time.perf_counter() - start) < seconds / windows or not calls:
-            call()
-            calls += 1
-        rate = calls * items / elapsed
-        if rate > best[0]:
-            best = (rate, 1e3 * (time.process_time() - cpu) / (calls * items))
-    return best
+    return best_rate_and_cpu(call, items=items, seconds=seconds)
 
 
 def row(backbone: str, measure: str, variant: str, batch: int, result: tuple[float, float]) -> dict[str, Any]:
