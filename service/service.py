@@ -36,6 +36,7 @@ from bentoml.exceptions import BadInput, BentoMLException, NotFound, ServiceUnav
 from pydantic import AfterValidator, BaseModel, Field
 
 from gesture_core import Classifier, ImageDecodeError, decode_probs, load_classifier
+from gesture_core.images import probe_image
 from service import settings
 from service.http_guard import RequestGuard
 from service.import_model import CHECKPOINT_FILE
@@ -134,7 +135,14 @@ def resources() -> dict[str, Any]:
     return {"cpu": "2", "memory": "2Gi", **({"gpu": 1} if CUDA else {})}
 
 
-@bentoml.service(resources=resources(), traffic={"timeout": 30, "max_concurrency": 128}, workers=1)
+def tracing_config() -> dict[str, Any]:
+    """BentoML runs every request through OpenTelemetry's middleware even when no exporter is
+    configured (its default), where no span is ever recorded: 0.3 ms of CPU per request on a 2-core CPU
+    (README, Speed). Unless GESTURE_TRACING=on, every route is excluded from it."""
+    return {} if settings.tracing() else {"excluded_urls": [".*"]}
+
+
+@bentoml.service(resources=resources(), traffic={"timeout": 30, "max_concurrency": 128}, workers=1, tracing=tracing_config())
 class GestureClassifier:
     # At class scope so `bentoml build` packages the model; GESTURE_MODEL picks another one.
     model_ref = LocalModel(MODEL_TAG)
@@ -153,6 +161,7 @@ class GestureClassifier:
         size = self.preprocess.config.input_size
         self.crop_shape = (size, size, 3)
         self.crop_bytes = size * size * 3
+        self.loop_decode_pixels = settings.loop_decode_pixels(self.preprocess.config.resize_size**2)
         # One model call at a time, except for engines that overlap calls (OpenVINO's streams): for the
         # others, a core is better spent inside the one call than in a second one competing with it.
         self.model_threads = settings.model_threads() if self.classifier.engine.concurrent_calls else 1
@@ -167,6 +176,7 @@ class GestureClassifier:
         # 400,000) while every in-flight request waits: p99 went from about 3x p50 to 1.1-1.6x.
         gc.collect()
         gc.freeze()
+        warn_if_tracing_excluded()
 
     def warm_up(self, largest: int) -> None:
         """One model call at every batch size the micro-batcher can form, before the server reports
@@ -188,7 +198,7 @@ class GestureClassifier:
     @bentoml.api
     async def predict(self, image: ImageFile = None, image_b64: ImageBase64 = None, top_k: TopK = 5, threshold: Threshold = 0.0) -> PredictionOut:
         """Classify one image: multipart field `image`, or JSON `{"image_b64": ...}`."""
-        crop = await anyio.to_thread.run_sync(self.upload_crop, image, image_b64)
+        crop = await self.upload_crop(image, image_b64)
         return self.prediction(await self.probabilities(crop), top_k, threshold)
 
     @bentoml.api
@@ -203,7 +213,7 @@ class GestureClassifier:
     @bentoml.api
     async def predict_batched(self, image: ImageFile = None, image_b64: ImageBase64 = None, top_k: TopK = 5, threshold: Threshold = 0.0) -> PredictionOut:
         """Same contract as /predict, batched through BentoML's adaptive batching instead of in the worker."""
-        crop = await anyio.to_thread.run_sync(self.upload_crop, image, image_b64)
+        crop = await self.upload_crop(image, image_b64)
         probs = await self.batched_probabilities(crop)
         return self.prediction(np.asarray(probs, dtype=np.float32), top_k, threshold)
 
@@ -232,8 +242,22 @@ class GestureClassifier:
 
     # --- the steps behind the endpoints -------------------------------------------------------
 
-    def upload_crop(self, image: Path | None, image_b64: str | None) -> np.ndarray:
-        return self.decode(self.one_upload(image, image_b64), "image")
+    async def upload_crop(self, image: Path | None, image_b64: str | None) -> np.ndarray:
+        """The upload's centre crop. A small image is decoded right here, on the event loop: at most the
+        model's resize size squared (256x256: about 0.3 ms) costs less CPU than a hand-off to a worker
+        thread and back. Larger ones decode in a worker thread, so a 12 MP photo never holds up the loop.
+        The upload is read here either way, as BentoML has just written it from this loop."""
+        data = self.one_upload(image, image_b64)
+        if self.decodes_on_loop(data):
+            return self.decode(data, "image")
+        return await anyio.to_thread.run_sync(self.decode, data, "image")
+
+    def decodes_on_loop(self, data: bytes) -> bool:
+        try:
+            _, (width, height) = probe_image(data)
+        except ImageDecodeError:
+            return True  # decode() refuses it at once, with the reason
+        return width * height <= self.loop_decode_pixels
 
     async def probabilities(self, crop: np.ndarray) -> np.ndarray:
         """One crop's class probabilities: through the worker's micro-batcher, or alone when it is off."""
@@ -305,6 +329,15 @@ class GestureClassifier:
     def prediction(self, probs: np.ndarray, top_k: int, threshold: float) -> PredictionOut:
         result = decode_probs(probs, self.classifier.classes, k=top_k, threshold=threshold).to_dict()
         return PredictionOut(**result, model=self.model_tag)
+
+
+def warn_if_tracing_excluded() -> None:
+    from bentoml._internal.configuration.containers import BentoMLContainer
+
+    exporter = BentoMLContainer.config.tracing.exporter_type.get()
+    if exporter and not settings.tracing():
+        logger.warning("BentoML tracing has an exporter (%s), but every route is excluded from tracing: "
+                       "set GESTURE_TRACING=on to trace requests", exporter)
 
 
 def packaged_model_ref() -> LocalModel | None:

@@ -12,6 +12,9 @@
     GESTURE_BATCH_SIZE         largest batch, of /predict and of adaptive batching (default 32)
     GESTURE_BATCH_LATENCY_MS   adaptive batching: a request waiting longer gets 503 (default 5000)
     GESTURE_MODEL_THREADS      /predict: threads taking batches, where the engine overlaps calls (default 2)
+    GESTURE_LOOP_DECODE_PIXELS images up to this size decode on the event loop, larger ones in a worker thread
+                               (default: the model's resize size squared; 0: always a thread)
+    GESTURE_TRACING            on | off: BentoML's OpenTelemetry tracing of requests (default off)
 """
 
 from __future__ import annotations
@@ -84,6 +87,14 @@ def predict_batching() -> bool:
 
 def model_threads() -> int:
     return env_int("GESTURE_MODEL_THREADS", 2)
+
+
+def loop_decode_pixels(default: int) -> int:
+    return env_int("GESTURE_LOOP_DECODE_PIXELS", default, minimum=0)
+
+
+def tracing() -> bool:
+    return env_choice("GESTURE_TRACING", "off", ("on", "off")) == "on"
 
 
 def model_tag() -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -265,6 +266,8 @@ def test_pixel_limit_is_configurable(stored_model, monkeypatch):
     ("GESTURE_BATCH_SIZE", "1", ">= 2"),
     ("GESTURE_DEVICE", "tpu", "choose one of auto, cpu, cuda"),
     ("GESTURE_TORCH_THREADS", "-1", "(default unset)"),
+    ("GESTURE_LOOP_DECODE_PIXELS", "-1", "expected a whole number >= 0"),
+    ("GESTURE_TRACING", "yes", "choose one of on, off"),
 ])
 def test_malformed_settings_are_refused_with_the_valid_range(monkeypatch, name, value, phrase):
     from service import settings
@@ -272,6 +275,7 @@ def test_malformed_settings_are_refused_with_the_valid_range(monkeypatch, name, 
     monkeypatch.setenv(name, value)
     with pytest.raises(settings.SettingsError, match=re.escape(phrase)):
         settings.Limits.from_env(), settings.BatchingConfig.from_env(), settings.device(), settings.torch_threads()
+        settings.loop_decode_pixels(1), settings.tracing()
 
 
 def test_info_describes_the_served_model(svc):
@@ -308,6 +312,65 @@ def test_openvino_takes_batches_on_several_model_threads(stored_model, monkeypat
     monkeypatch.setenv("GESTURE_MODEL_THREADS", "0")
     with pytest.raises(settings.SettingsError, match="GESTURE_MODEL_THREADS='0': expected a whole number >= 1"):
         GestureClassifier()
+
+
+def test_small_images_decode_on_the_event_loop_and_large_ones_in_a_thread(stored_model, reference, monkeypatch):
+    from service.service import GestureClassifier
+
+    monkeypatch.setenv("GESTURE_LOOP_DECODE_PIXELS", "5000")
+    svc = GestureClassifier()
+    decoded_in: list[str] = []
+    decode = svc.decode
+
+    def recording_decode(data: bytes, what: str) -> np.ndarray:
+        decoded_in.append(threading.current_thread().name)
+        return decode(data, what)
+
+    monkeypatch.setattr(svc, "decode", recording_decode)
+    for data in (jpeg(1, 64), jpeg(2, 96)):  # 4,096 and 9,216 pixels
+        result = asyncio.run(svc.predict(image_b64=b64(data), top_k=10)).model_dump()
+        assert_matches_reference(result, reference.predict_proba([data])[0], reference.classes, atol=0)
+    loop = threading.current_thread().name  # asyncio.run runs the loop in this thread
+    assert decoded_in[0] == loop and decoded_in[1] != loop
+    with pytest.raises(BadInput, match="not a recognised image format"):  # refused on the loop, no hand-off
+        asyncio.run(svc.predict(image_b64=b64(b"not an image")))
+    assert decoded_in[2] == loop
+
+
+def test_loop_decoding_defaults_to_the_resize_size_and_can_be_turned_off(stored_model, svc, monkeypatch):
+    from service.service import GestureClassifier
+
+    size = svc.preprocess.config.resize_size
+    assert svc.loop_decode_pixels == size * size
+    assert svc.decodes_on_loop(jpeg(0, size)) and not svc.decodes_on_loop(jpeg(0, size + 1))
+    monkeypatch.setenv("GESTURE_LOOP_DECODE_PIXELS", "0")
+    assert not GestureClassifier().decodes_on_loop(jpeg(0, 8))
+
+
+def test_tracing_is_off_unless_asked_for(stored_model, monkeypatch, caplog):
+    from bentoml._internal.configuration.containers import BentoMLContainer
+    from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+
+    from service.service import GestureClassifier, logger, tracing_config, warn_if_tracing_excluded
+
+    monkeypatch.setattr(logger, "handlers", [caplog.handler])  # BentoML's loggers do not propagate to pytest's
+    app = GestureClassifier.to_asgi()  # the app `bentoml serve` builds, with BentoML's middlewares
+    otel = next(m for m in app.user_middleware if m.cls is OpenTelemetryMiddleware)
+    for route in ("/predict", "/predict_batch", "/info", "/readyz"):
+        assert otel.kwargs["excluded_urls"].url_disabled(f"http://127.0.0.1:3000{route}"), route
+    monkeypatch.setenv("GESTURE_TRACING", "on")
+    assert tracing_config() == {}
+    exporter = BentoMLContainer.config.tracing.exporter_type
+    configured = exporter.get()
+    exporter.set("otlp")  # a user who configured BentoML tracing
+    try:
+        warn_if_tracing_excluded()
+        assert not caplog.records
+        monkeypatch.setenv("GESTURE_TRACING", "off")
+        warn_if_tracing_excluded()
+    finally:
+        exporter.set(configured)
+    assert "exporter (otlp)" in caplog.text and "set GESTURE_TRACING=on" in caplog.text
 
 
 def test_missing_model_says_how_to_import_one(bento_store):
