@@ -5,10 +5,16 @@ inference engines' own threads (OpenVINO, ONNX Runtime) are native and invisible
 profile is exactly the per-request Python work around the model: HTTP, multipart parsing, decoding,
 preprocessing and hand-offs. Each running sample is put in the first category whose pattern occurs in
 its stack, innermost frame first.
+
+Beside the samples, ``cpu_by_role`` accounts for every thread's CPU time exactly (from /proc), by what
+the thread is: the event loop, the model threads, the request threads, or the engine's native threads,
+which py-spy cannot see. Only that table says how much of a request's CPU the network itself takes.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import shutil
 import subprocess
@@ -33,6 +39,18 @@ CATEGORIES = [
     ("micro-batcher thread", r"\(service/microbatch\.py"),
     ("our service code", r"\(service/"),
 ]
+
+
+# (role, pattern on the Python thread name), for the per-thread CPU table; threads with no Python
+# frames (the engines' own) are the last role
+THREAD_ROLES = [
+    ("event loop: HTTP, BentoML, middlewares, small-image decoding", r"^MainThread$"),
+    ("model threads: normalise, engine call and softmax (Python side)", r"^gesture-model"),
+    ("request threads: larger-image decoding, /predict_batch", r"^AnyIO worker"),
+    ("other Python threads", r""),
+]
+NATIVE_ROLE = "engine's native threads (the network itself), and other non-Python threads"
+SUPERVISOR_ROLE = "bentoml serve's supervisor process"
 
 
 def executable() -> str | None:
@@ -80,3 +98,41 @@ def per_request_ms(counts: Counter[str], requests: int) -> list[dict[str, float 
     total = sum(counts.values()) or 1
     return [{"category": name, "samples": n, "share": n / total, "ms_per_req": 1000 * n / RATE / max(requests, 1)}
             for name, n in counts.most_common()]  # fmt: skip
+
+
+def thread_names(pid: int) -> dict[int, str]:
+    """OS thread id -> Python thread name, for the Python threads of ``pid`` (``py-spy dump``)."""
+    out = subprocess.run([executable(), "dump", "--pid", str(pid), "--json"], capture_output=True, text=True, timeout=60)
+    if out.returncode != 0:
+        raise RuntimeError(f"py-spy dump failed ({out.returncode}): {out.stderr[-500:]}")
+    return {t["os_thread_id"]: t["thread_name"] or "" for t in json.loads(out.stdout) if t.get("os_thread_id")}
+
+
+def thread_cpu_seconds(pid: int) -> dict[int, float]:
+    """User + system CPU seconds of each thread of ``pid`` so far, from /proc (Linux)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    seconds = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:  # the thread ended
+            continue
+        seconds[int(tid)] = (int(fields[11]) + int(fields[12])) / tick
+    return seconds
+
+
+def thread_role(name: str | None) -> str:
+    if name is None:
+        return NATIVE_ROLE
+    return next(role for role, pattern in THREAD_ROLES if re.search(pattern, name))
+
+
+def cpu_by_role(
+    before: dict[int, float], after: dict[int, float], names: dict[int, str], requests: int, supervisor: bool = False
+) -> Counter[str]:
+    """CPU ms per request of each thread role between two ``thread_cpu_seconds`` snapshots of one process."""
+    ms: Counter[str] = Counter()
+    for tid, seconds in after.items():
+        role = SUPERVISOR_ROLE if supervisor else thread_role(names.get(tid))
+        ms[role] += 1000 * (seconds - before.get(tid, 0.0)) / max(requests, 1)
+    return ms

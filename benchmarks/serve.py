@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 import warnings
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,7 @@ COLUMNS = [
     ("cpu_bound_req_per_s", "CPU-bound limit req/s", ".0f"),
 ]  # fmt: skip
 PROFILE_COLUMNS = [("category", "Python work (py-spy, running samples)", "s"), ("share", "share", ".0%"), ("ms_per_req", "CPU ms/req", ".2f")]
+THREAD_COLUMNS = [("thread", "server threads", "s"), ("ms_per_req", "CPU ms/req", ".2f")]
 
 
 def engine_throughput(
@@ -113,15 +115,38 @@ def load_test(
     }  # fmt: skip
 
 
-def python_profile(server, route: str, images: list[bytes], clients: int, seconds: float, folder: Path) -> list[dict[str, Any]]:
-    """A separate load run under py-spy: CPU ms per request of each kind of Python work in the server."""
+def python_profile(
+    server, route: str, images: list[bytes], clients: int, seconds: float, folder: Path
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """A separate load run under py-spy: CPU ms per request of each kind of Python work in the server
+    (sampled), and of each kind of server thread (counted exactly, the engine's native threads included)."""
     path = folder / "py-spy.txt"
+    processes = server_processes(server.process.pid)
+    names = {pid: pyspy.thread_names(pid) for pid in processes}
+    before = {pid: pyspy.thread_cpu_seconds(pid) for pid in processes}
     with pyspy.recording(server.process.pid, path, seconds):
         result = drive(server.url, route, images, clients=clients, duration=seconds, warmup=0.0)
+    roles: Counter[str] = Counter()
+    for pid in processes:
+        roles.update(pyspy.cpu_by_role(before[pid], pyspy.thread_cpu_seconds(pid), names[pid], result.requests,
+                                       supervisor=pid == server.process.pid))  # fmt: skip
     rows = pyspy.per_request_ms(pyspy.categorise(path.read_text()), result.requests)
-    for row in rows:
-        row.update(route=f"/{route}", clients=clients, kind="python_profile")
-    return rows
+    threads = [{"thread": role, "ms_per_req": ms} for role, ms in roles.most_common()]
+    for row in rows + threads:
+        row.update(route=f"/{route}", clients=clients, kind="python_profile" if "category" in row else "thread_cpu")
+    return rows, threads
+
+
+def server_processes(pid: int) -> list[int]:
+    root = psutil.Process(pid)
+    return [root.pid, *(child.pid for child in root.children(recursive=True))]
+
+
+def service_setting(item: str) -> tuple[str, str]:
+    name, sep, value = item.partition("=")
+    if not sep or not name.startswith("GESTURE_"):
+        raise argparse.ArgumentTypeError(f"{item!r}: expected GESTURE_<SETTING>=VALUE, e.g. GESTURE_TRACING=on")
+    return name, value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -131,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--engine", default="auto", choices=ENGINE_CHOICES, help="GESTURE_ENGINE for the service")
     p.add_argument("--precision", default="fp32", choices=PRECISIONS, help="GESTURE_PRECISION for the service")
     p.add_argument("--predict-batching", default="on", choices=("on", "off"), help="GESTURE_PREDICT_BATCHING for the service")
+    p.add_argument("--service-env", nargs="+", default=[], metavar="NAME=VALUE", type=service_setting,
+                   help="more service settings, e.g. GESTURE_TRACING=on (README: Serving, settings)")
     p.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
     p.add_argument("--routes", nargs="+", choices=ROUTES, default=list(ROUTES))
     p.add_argument("--duration", type=float, default=15.0, help="measured seconds per endpoint and client count")
@@ -150,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     note(f"machine: {describe_machine(info)}")
     images = load_images()
     env = {"GESTURE_ENGINE": args.engine, "GESTURE_PRECISION": args.precision, "GESTURE_PREDICT_BATCHING": args.predict_batching}
+    env.update(args.service_env)
     with tempfile.TemporaryDirectory(prefix="serve-bench-") as tmp:
         checkpoint = args.checkpoint or make_checkpoint(Path(tmp) / "bench.pt", args.backbone)
         with running_service(checkpoint, env=env) as server:
@@ -172,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
                     note(f"  {r['route']} x{clients}: {r['req_per_s']:.1f} req/s, p50 {r['p50_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms, "
                          f"{r['errors']} errors, {r['pct_of_engine']:.0f}% of the engine")  # fmt: skip
             if args.py_spy:
-                profile = python_profile(server, args.routes[0], images, max(args.clients), args.duration, Path(tmp))
+                profile, threads = python_profile(server, args.routes[0], images, max(args.clients), args.duration, Path(tmp))
     for r in rows:
         r.update(
             backbone=served["backbone"],
@@ -187,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.py_spy:
         emit(profile, PROFILE_COLUMNS, as_json=args.json,
              title=f"Where the server's Python threads spend CPU: /{args.routes[0]}, {max(args.clients)} clients (engine threads not included)")
+        emit(threads, THREAD_COLUMNS, as_json=args.json,
+             title=f"CPU per request by server thread, same run (all threads, from /proc; total {sum(t['ms_per_req'] for t in threads):.2f} ms)")
     return 0 if all(r["requests"] for r in rows) else 1
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -107,6 +109,45 @@ def test_py_spy_samples_are_put_in_the_innermost_matching_category():
     rows = pyspy.per_request_ms(counts, requests=10)
     assert rows[0]["category"] == "JPEG decode" and rows[0]["ms_per_req"] == pytest.approx(1000 * 30 / pyspy.RATE / 10)
     assert sum(r["share"] for r in rows) == pytest.approx(1.0)
+
+
+SPINNING_CHILD = """
+import threading, time
+def spin():
+    while time.thread_time() < 0.5:
+        pass
+    print("spun", flush=True)
+    time.sleep(60)
+threading.Thread(target=spin, name="gesture-model-0").start()
+time.sleep(60)
+"""
+
+
+def test_thread_cpu_is_counted_per_thread_role():
+    from benchmarks import pyspy
+
+    if not pyspy.available():
+        pytest.skip("py-spy is not installed")
+    child = subprocess.Popen([sys.executable, "-c", SPINNING_CHILD], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "spun"
+        names = pyspy.thread_names(child.pid)
+        ms = pyspy.cpu_by_role({}, pyspy.thread_cpu_seconds(child.pid), names, requests=2)
+    finally:
+        child.kill()
+    assert sorted(names.values()) == ["MainThread", "gesture-model-0"]
+    model, loop = ms["model threads: normalise, engine call and softmax (Python side)"], ms[pyspy.THREAD_ROLES[0][0]]
+    assert model == pytest.approx(250, abs=30) and loop < model  # 0.5 s of the thread's CPU over 2 requests
+    assert pyspy.thread_role(None) == pyspy.NATIVE_ROLE and pyspy.thread_role("Thread-3") == "other Python threads"
+
+
+def test_serve_benchmark_takes_only_service_settings(capsys):
+    from benchmarks import serve
+
+    assert serve.service_setting("GESTURE_TRACING=on") == ("GESTURE_TRACING", "on")
+    with pytest.raises(SystemExit):
+        serve.main(["--service-env", "TRACING=on"])
+    assert "expected GESTURE_<SETTING>=VALUE" in capsys.readouterr().err
 
 
 def test_model_call_benchmark_compares_each_step_with_what_it_replaced(capsys):
