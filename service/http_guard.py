@@ -8,13 +8,15 @@
 * Gives every 4xx the same JSON object ``{"error": reason, ...}``: BentoML 1.4.39 wraps the message
   of its own 4xx exceptions in a one-element list (bentoml/BentoML#4232), which clients would have
   to special-case.
+* Offers the body it has read to a route's shortcut, which may answer the request itself (see
+  ``service.service.predict_shortcut``); otherwise the request goes on to BentoML.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import parse_qsl
 
 from python_multipart.multipart import parse_options_header
@@ -24,6 +26,8 @@ Message = dict[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+# (scope, body, send) -> whether it answered the request
+Shortcut = Callable[[Scope, bytes, Send], Awaitable[bool]]
 
 # A client that declares a body above the limit still gets to send it (and then read the 413)
 # as long as it is at most this many times the limit; beyond that we answer at once and the
@@ -32,11 +36,14 @@ DRAIN_FACTOR = 8
 
 
 class RequestGuard:
-    def __init__(self, app: ASGIApp, max_body_bytes: int, file_fields: Mapping[str, frozenset[str]] | None = None) -> None:
-        """``file_fields``: route -> names of its file-upload fields (routes not listed take no files)."""
+    def __init__(self, app: ASGIApp, max_body_bytes: int, file_fields: Mapping[str, frozenset[str]] | None = None,
+                 shortcuts: Mapping[str, Shortcut] | None = None) -> None:
+        """``file_fields``: route -> names of its file-upload fields (routes not listed take no files).
+        ``shortcuts``: route -> a function offered each accepted body of that route first."""
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.file_fields = dict(file_fields or {})
+        self.shortcuts = dict(shortcuts or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -55,6 +62,9 @@ class RequestGuard:
         problem = form_problem(scope, body, self.file_fields.get(scope["path"], frozenset()))
         if problem:
             return await send_json(send, 400, {"error": problem})
+        shortcut = self.shortcuts.get(scope["path"])
+        if shortcut is not None and await shortcut(scope, body, send):
+            return None
         await self.app(scope, replay(body, receive), send)
 
     def too_large(self, size: int, at_least: bool = False) -> str:
@@ -98,27 +108,41 @@ def form_problem(scope: Scope, body: bytes, file_fields: frozenset[str]) -> str 
     return None
 
 
+class FormPart(NamedTuple):
+    name: str
+    is_file: bool
+    content: bytes | None  # None when the part does not end with the CRLF that precedes a delimiter
+
+
 def multipart_fields(body: bytes, boundary: bytes) -> list[tuple[str, bool]] | None:
-    """[(field name, is a file)] from the part headers, or None when the body is not multipart.
-    Splitting on the boundary is exact: by definition it never occurs inside a part."""
+    """[(field name, is a file)] from the part headers, or None when the body is not multipart."""
+    parts = multipart_parts(body, boundary)
+    return None if parts is None else [(part.name, part.is_file) for part in parts]
+
+
+def multipart_parts(body: bytes, boundary: bytes) -> list[FormPart] | None:
+    """The parts of a multipart body, or None when it is not one. Splitting on the boundary is exact:
+    by definition it never occurs inside a part."""
     if not boundary:
         return None
     segments = body.split(b"--" + boundary)
     if len(segments) < 2:
         return None
-    fields = []
+    parts = []
     for segment in segments[1:]:
         if segment.startswith(b"--"):  # closing delimiter
             break
-        head, found, _ = segment.partition(b"\r\n\r\n")
+        head, found, content = segment.partition(b"\r\n\r\n")
         if not found:
             return None
         disposition = next((line.split(b":", 1)[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-disposition:")), None)
         if disposition is None:
             return None
         _, params = parse_options_header(disposition.strip())
-        fields.append((params.get(b"name", b"").decode("utf-8", "replace"), b"filename" in params))
-    return fields
+        # the CRLF before the next delimiter belongs to the delimiter (RFC 2046)
+        data = content[:-2] if content.endswith(b"\r\n") else None
+        parts.append(FormPart(params.get(b"name", b"").decode("utf-8", "replace"), b"filename" in params, data))
+    return parts
 
 
 async def drain(receive: Receive) -> None:

@@ -15,6 +15,8 @@
     GESTURE_LOOP_DECODE_PIXELS images up to this size decode on the event loop, larger ones in a worker thread
                                (default: the model's resize size squared; 0: always a thread)
     GESTURE_TRACING            on | off: BentoML's OpenTelemetry tracing of requests (default off)
+    GESTURE_PREDICT_SHORTCUT   on | off: answer plain multipart /predict requests before BentoML's IO layer
+                               (default on; always off with tracing on)
 """
 
 from __future__ import annotations
@@ -91,6 +93,10 @@ def model_threads() -> int:
 
 def loop_decode_pixels(default: int) -> int:
     return env_int("GESTURE_LOOP_DECODE_PIXELS", default, minimum=0)
+
+
+def predict_shortcut() -> bool:
+    return env_choice("GESTURE_PREDICT_SHORTCUT", "on", ("on", "off")) == "on"
 
 
 def tracing() -> bool:

@@ -392,6 +392,74 @@ def test_http_predict_multipart_and_json(client, reference, images):
     assert as_json.json() == multipart.json()
 
 
+SHORTCUT_CASES = {
+    "plain": {},
+    "top_k": {"top_k": "3"},
+    "threshold_rejects": {"top_k": "10", "threshold": "0.999"},
+    "threshold_as_text": {"threshold": " 0.5"},
+}
+
+
+@pytest.mark.parametrize("case", SHORTCUT_CASES)
+def test_predict_shortcut_answers_exactly_as_bentoml(client, images, monkeypatch, case):
+    from service import service
+
+    answered = []
+    parse = service.plain_predict_request
+    monkeypatch.setattr(service, "plain_predict_request", lambda *a: answered.append(parse(*a)) or answered[-1])
+    name, data = images[2]
+    post = lambda: client.post("/predict", files={"image": (name, data, "image/jpeg")}, data=SHORTCUT_CASES[case])  # noqa: E731
+    shortcut = post()
+    monkeypatch.setattr(service, "PREDICT_SHORTCUT", False)
+    bentoml_path = post()
+    assert len(answered) == 1 and answered[0] is not None  # the first answer came from the shortcut, the second not
+    assert shortcut.status_code == bentoml_path.status_code == 200
+    assert shortcut.content == bentoml_path.content
+    assert without_date(shortcut.headers) == without_date(bentoml_path.headers)
+
+
+def without_date(headers) -> dict[str, str]:
+    return {k: v for k, v in headers.items() if k != "date"}
+
+
+@pytest.mark.parametrize("case", ["top_k_zero", "file_text", "file_empty", "file_truncated_jpeg", "wrong_field_name"])
+def test_requests_the_predict_shortcut_leaves_to_bentoml_get_bentoml_answers(client, monkeypatch, case):
+    from service import service
+
+    kwargs = http_bad_requests(DEFAULT_UPLOAD_LIMIT)[case]
+    shortcut = client.post("/predict", **kwargs)
+    monkeypatch.setattr(service, "PREDICT_SHORTCUT", False)
+    bentoml_path = client.post("/predict", **kwargs)
+    assert 400 <= shortcut.status_code < 500 and shortcut.status_code == bentoml_path.status_code
+    assert shortcut.json() == bentoml_path.json()
+
+
+def test_only_plain_multipart_predicts_take_the_shortcut():
+    from service.service import PlainPredict, plain_predict_request
+
+    def request(*parts: tuple[str, str | None, bytes], content_type: bytes = b"multipart/form-data; boundary=XyZ"):
+        body = b"".join(
+            b"--XyZ\r\nContent-Disposition: form-data; name=\"%s\"%s\r\n\r\n%s\r\n"
+            % (name.encode(), b"" if filename is None else b'; filename="%s"' % filename.encode(), content)
+            for name, filename, content in parts) + b"--XyZ--\r\n"
+        return plain_predict_request({"headers": [(b"content-type", content_type)]}, body)
+
+    image = ("image", "a.jpg", b"JPEG bytes")
+    assert request(image) == PlainPredict(b"JPEG bytes", 5, 0.0)  # the endpoint's own defaults
+    assert request(image, ("top_k", None, b"2"), ("threshold", None, b"0.25")) == PlainPredict(b"JPEG bytes", 2, 0.25)
+    for not_plain in [
+        request(image, content_type=b"application/json"),
+        request(image, image),  # two images
+        request(("images", "a.jpg", b"x")),  # wrong field
+        request(image, ("top_k", None, b"2"), ("top_k", None, b"3")),  # a repeated value
+        request(image, ("crop", None, b"1")),  # a field /predict does not take
+        request(image, ("top_k", None, b"0")),  # out of range: BentoML words the error
+        request(image, ("image_b64", None, b"AAAA")),
+        request(image, ("threshold", None, b"\xff")),  # not UTF-8
+    ]:
+        assert not_plain is None
+
+
 def test_http_batch_endpoints(client, reference, images):
     datas = [d for _, d in images[:4]]
     resp = client.post("/predict_batch", files=[("images", (f"{i}.jpg", d)) for i, d in enumerate(datas)], data={"top_k": "10"})
