@@ -26,8 +26,8 @@ Message = dict[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-# (scope, body, send) -> whether it answered the request
-Shortcut = Callable[[Scope, bytes, Send], Awaitable[bool]]
+# (the parts of a multipart body, send) -> whether it answered the request
+Shortcut = Callable[[list["FormPart"], Send], Awaitable[bool]]
 
 # A client that declares a body above the limit still gets to send it (and then read the 413)
 # as long as it is at most this many times the limit; beyond that we answer at once and the
@@ -39,7 +39,7 @@ class RequestGuard:
     def __init__(self, app: ASGIApp, max_body_bytes: int, file_fields: Mapping[str, frozenset[str]] | None = None,
                  shortcuts: Mapping[str, Shortcut] | None = None) -> None:
         """``file_fields``: route -> names of its file-upload fields (routes not listed take no files).
-        ``shortcuts``: route -> a function offered each accepted body of that route first."""
+        ``shortcuts``: route -> a function offered the parts of each accepted multipart body of that route first."""
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.file_fields = dict(file_fields or {})
@@ -59,11 +59,12 @@ class RequestGuard:
         body, size = await read_body(receive, self.max_body_bytes)
         if body is None:
             return await send_json(send, 413, {"error": self.too_large(size, at_least=True)})
-        problem = form_problem(scope, body, self.file_fields.get(scope["path"], frozenset()))
+        media_type, parts = form_parts(scope, body)
+        problem = form_problem(media_type, body, parts, self.file_fields.get(scope["path"], frozenset()))
         if problem:
             return await send_json(send, 400, {"error": problem})
         shortcut = self.shortcuts.get(scope["path"])
-        if shortcut is not None and await shortcut(scope, body, send):
+        if shortcut is not None and parts and await shortcut(parts, send):
             return None
         await self.app(scope, replay(body, receive), send)
 
@@ -87,9 +88,16 @@ def declared_length(scope: Scope) -> int | None:
         return None
 
 
-def form_problem(scope: Scope, body: bytes, file_fields: frozenset[str]) -> str | None:
-    """Why a form body does not fit the endpoint's file fields, or None (also for non-form bodies)."""
+def form_parts(scope: Scope, body: bytes) -> tuple[bytes, list[FormPart] | None]:
+    """(the body's media type, its parts when it is well-formed multipart/form-data, else None)"""
     media_type, options = parse_options_header(header(scope, b"content-type") or b"")
+    if media_type != b"multipart/form-data":
+        return media_type, None
+    return media_type, multipart_parts(body, options.get(b"boundary", b""))
+
+
+def form_problem(media_type: bytes, body: bytes, parts: list[FormPart] | None, file_fields: frozenset[str]) -> str | None:
+    """Why a form body does not fit the endpoint's file fields, or None (also for non-form bodies)."""
     expected = ", ".join(f"'{f}'" for f in sorted(file_fields)) or "none"
     if media_type == b"application/x-www-form-urlencoded":
         sent = {name for name, _ in parse_qsl(body.decode("latin-1"), keep_blank_values=True)}
@@ -97,10 +105,9 @@ def form_problem(scope: Scope, body: bytes, file_fields: frozenset[str]) -> str 
         return f"field '{clash[0]}' must be a file in a multipart/form-data upload (e.g. curl -F {clash[0]}=@photo.jpg)" if clash else None
     if media_type != b"multipart/form-data":
         return None
-    parts = multipart_fields(body, options.get(b"boundary", b""))
     if parts is None:
         return "malformed multipart/form-data body (missing or wrong boundary)"
-    for name, is_file in parts:
+    for name, is_file, _ in parts:
         if is_file and name not in file_fields:
             return f"unexpected file field '{name}'; this endpoint takes files in: {expected}"
         if not is_file and name in file_fields:
@@ -112,12 +119,6 @@ class FormPart(NamedTuple):
     name: str
     is_file: bool
     content: bytes | None  # None when the part does not end with the CRLF that precedes a delimiter
-
-
-def multipart_fields(body: bytes, boundary: bytes) -> list[tuple[str, bool]] | None:
-    """[(field name, is a file)] from the part headers, or None when the body is not multipart."""
-    parts = multipart_parts(body, boundary)
-    return None if parts is None else [(part.name, part.is_file) for part in parts]
 
 
 def multipart_parts(body: bytes, boundary: bytes) -> list[FormPart] | None:

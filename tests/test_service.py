@@ -435,6 +435,7 @@ def test_requests_the_predict_shortcut_leaves_to_bentoml_get_bentoml_answers(cli
 
 
 def test_only_plain_multipart_predicts_take_the_shortcut():
+    from service.http_guard import form_parts
     from service.service import PlainPredict, plain_predict_request
 
     def request(*parts: tuple[str, str | None, bytes], content_type: bytes = b"multipart/form-data; boundary=XyZ"):
@@ -442,7 +443,8 @@ def test_only_plain_multipart_predicts_take_the_shortcut():
             b"--XyZ\r\nContent-Disposition: form-data; name=\"%s\"%s\r\n\r\n%s\r\n"
             % (name.encode(), b"" if filename is None else b'; filename="%s"' % filename.encode(), content)
             for name, filename, content in parts) + b"--XyZ--\r\n"
-        return plain_predict_request({"headers": [(b"content-type", content_type)]}, body)
+        _, form = form_parts({"headers": [(b"content-type", content_type)]}, body)
+        return plain_predict_request(form) if form else None  # the guard offers multipart bodies only
 
     image = ("image", "a.jpg", b"JPEG bytes")
     assert request(image) == PlainPredict(b"JPEG bytes", 5, 0.0)  # the endpoint's own defaults
