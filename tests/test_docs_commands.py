@@ -33,7 +33,9 @@ PROJECT_PACKAGES = ("training", "service", "benchmarks")
 SHELL_SEPARATORS = {"&&", "||", "|", ";", "&"}
 FENCED_BLOCK = re.compile(r"^```(\w*)\n(.*?)^```", re.MULTILINE | re.DOTALL)
 INLINE_CODE = re.compile(r"`([^`]+)`")
-PYTHON_PROGRAM = re.compile(r"(?:.*/)?python(?:3(?:\.\d+)?)?")
+# What runs a module with -m: python (any path or version), or torchrun for distributed training.
+LAUNCHER = re.compile(r"(?:\S*/)?(?:python(?:3(?:\.\d+)?)?|torchrun)")
+RUNS_A_MODULE = re.compile(rf"(?:^|\s){LAUNCHER.pattern}\s(?:.*\s)?-m\s")
 
 
 def fenced_blocks(text: str, language: str) -> list[tuple[int, str]]:
@@ -50,15 +52,26 @@ def inline_commands(text: str) -> list[tuple[int, str]]:
     """(line number, text) of every inline code span outside fenced blocks that runs ``python -m``."""
     prose = without_fenced_blocks(text)
     return [(prose.count("\n", 0, m.start()) + 1, m.group(1).replace("\n", " "))
-            for m in INLINE_CODE.finditer(prose) if re.match(r"(?:\S*/)?python3? -m ", m.group(1))]  # fmt: skip
+            for m in INLINE_CODE.finditer(prose) if LAUNCHER.match(m.group(1)) and RUNS_A_MODULE.search(m.group(1))]  # fmt: skip
+
+
+def logical_lines(block: str) -> list[tuple[int, str]]:
+    """(line offset, text) of each shell line of BLOCK, with its continuation lines joined to it."""
+    joined, parts, start = [], [], 0
+    for offset, line in enumerate(block.split("\n")):
+        start = offset if not parts else start
+        parts.append(line.removesuffix("\\"))
+        if not line.endswith("\\"):
+            joined.append((start, " ".join(parts)))
+            parts = []
+    return joined
 
 
 def shell_commands(block: str) -> list[tuple[int, list[str]]]:
-    """(line offset, words) of every command of a bash block; continuation lines are joined."""
+    """(line offset, words) of every command of a bash block that runs a module with -m."""
     commands = []
-    lines = block.replace("\\\n", " ").split("\n")
-    for offset, line in enumerate(lines):
-        if not re.search(r"python\S* -m ", line):
+    for offset, line in logical_lines(block):
+        if not RUNS_A_MODULE.search(line):
             continue  # output shown beside the commands (JSON, tables) is not shell
         lexer = shlex.shlex(line, posix=True, punctuation_chars=True)
         lexer.whitespace_split = True
@@ -74,10 +87,13 @@ def shell_commands(block: str) -> list[tuple[int, list[str]]]:
 
 
 def project_invocation(words: list[str]) -> tuple[str, list[str]] | None:
-    """(module, argv) when WORDS run ``python -m <one of this project's modules> ARGS``."""
-    for i, word in enumerate(words[:-2]):
-        if PYTHON_PROGRAM.fullmatch(word) and words[i + 1] == "-m" and words[i + 2].split(".")[0] in PROJECT_PACKAGES:
-            return words[i + 2], words[i + 3 :]
+    """(module, argv) when WORDS run ``python|torchrun [OPTIONS] -m <one of this project's modules> ARGS``."""
+    for i, word in enumerate(words):
+        if LAUNCHER.fullmatch(word) and "-m" in words[i + 1 :]:
+            module_at = words.index("-m", i + 1) + 1
+            if module_at < len(words) and words[module_at].split(".")[0] in PROJECT_PACKAGES:
+                return words[module_at], words[module_at + 1 :]
+            return None
     return None
 
 
@@ -152,6 +168,18 @@ def parse_errors(module_name: str, argv: list[str]) -> str | None:
         except SystemExit as stop:  # --help and --version exit with 0 once they have printed
             return None if stop.code in (0, None) else f"exited with {stop.code}"
     raise AssertionError(f"{module_name}.main() returned without calling parse_args")
+
+
+def test_commands_are_found_behind_variables_wrappers_and_launchers():
+    block = "# train\nOMP_NUM_THREADS=1 time .venv/bin/python -m training.finetune --data d \\\n    --epochs 3 && echo done\n"
+    block += "torchrun --standalone --nproc-per-node 2 -m training.finetune --data d\n.venv/bin/python -m pytest -q\n"
+    found = [(offset, project_invocation(words)) for offset, words in shell_commands(block)]
+    assert found == [
+        (1, ("training.finetune", ["--data", "d", "--epochs", "3"])),
+        (1, None),  # echo done
+        (3, ("training.finetune", ["--data", "d"])),
+        (4, None),  # not one of this project's modules
+    ]
 
 
 def test_the_docs_show_commands_of_every_part():
