@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 COMMON = ["--backbone", "efficientnet_lite0", "--head-epochs", "1", "--lr", "2e-3", "--backbone-lr-mult", "0.3"]
 RECIPES = {  # label smoothing is 0.1 in all of them (the default)
     "v3": ["--image-size", "256", "--epochs", "12"],
-    "v3-trainval": ["--image-size", "256", "--epochs", "12", "--val-split", "0"],  # the README's recipe: no val, last epoch
+    "v3-trainval": ["--image-size", "256", "--epochs", "12", "--val-split", "0"],  # the published flowers recipe (docs/training.md): no val, last epoch
     "v3-ema": ["--image-size", "256", "--epochs", "12", "--ema-decay", "0.998"],
     "256px-20ep": ["--image-size", "256", "--epochs", "20"],
     "256px-30ep": ["--image-size", "256", "--epochs", "30"],
@@ -64,8 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", type=lambda v: v.split(","), default=list(RECIPES), help=f"comma-separated, from: {', '.join(RECIPES)}")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--seed", type=int, default=0, help="also fixes the split: keep 0 to compare with the README")
-    p.add_argument("--test-per-class", type=int, default=100, help="the classic split: 100 (as in the README)")
+    p.add_argument("--seed", type=int, default=0, help="also fixes the split: keep 0 to compare with docs/training.md")
+    p.add_argument("--test-per-class", type=int, default=100, help="the classic split: 100 (as in docs/training.md)")
     p.add_argument("--quiet", action="store_true", help="hide each run's own output")
     p.add_argument("--json", action="store_true", help="JSON lines instead of a table")
     args = p.parse_args(argv)

@@ -1,7 +1,7 @@
-"""Every speed benchmark, then one table of results against the targets (README, "Speed").
+"""Every speed benchmark, then one table of results against the targets (docs/performance.md, "Results").
 
-    .venv/bin/python -m benchmarks.run_all --quick                  # ~6 minutes on a quiet 2-core machine
-    .venv/bin/python -m benchmarks.run_all --quick --write-readme   # also replace the results in README.md
+    .venv/bin/python -m benchmarks.run_all --quick                # ~6 minutes on a quiet 2-core machine
+    .venv/bin/python -m benchmarks.run_all --quick --write-docs   # also replace the results in docs/performance.md
 
 Runs, in order: ``benchmarks.train`` (keeping its flowers linear-probe run), ``benchmarks.inference``
 (with ``--accuracy`` on that run, for the bf16 top-1 check), ``benchmarks.serve`` and
@@ -24,7 +24,9 @@ from typing import Any
 from benchmarks.common import describe_machine, machine, note
 
 REPO = Path(__file__).resolve().parents[1]
-README_START, README_END = "<!-- speed-results:start -->", "<!-- speed-results:end -->"
+# The generated block lives in the docs page, never in README.md, whose headline table is updated by hand.
+PERFORMANCE_PAGE = REPO / "docs" / "performance.md"
+RESULTS_START, RESULTS_END = "<!-- speed-results:start -->", "<!-- speed-results:end -->"
 
 
 def run(name: str, args: list[str], out: Path) -> tuple[list[dict[str, Any]], str]:
@@ -233,21 +235,21 @@ def render(rows: list[tuple[str, str, bool | None]], info: dict, command: str, r
     return "\n".join(lines)
 
 
-def write_readme(block: str) -> None:
-    readme = REPO / "README.md"
-    text = readme.read_text()
-    if README_START not in text or README_END not in text:
-        raise SystemExit(f"README.md has no {README_START} … {README_END} block (inside the speed section)")
-    head, rest = text.split(README_START, 1)
-    _, tail = rest.split(README_END, 1)
-    readme.write_text(f"{head}{README_START}\n{block}\n{README_END}{tail}")
+def write_results_block(block: str, page: Path) -> None:
+    """Replace what lies between PAGE's speed-results markers with BLOCK; the rest of the page is kept."""
+    text = page.read_text()
+    if RESULTS_START not in text or RESULTS_END not in text:
+        raise SystemExit(f"{page} has no {RESULTS_START} … {RESULTS_END} block (under its Results heading)")
+    head, rest = text.split(RESULTS_START, 1)
+    _, tail = rest.split(RESULTS_END, 1)
+    page.write_text(f"{head}{RESULTS_START}\n{block}\n{RESULTS_END}{tail}")
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.run_all", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="every benchmark in its quick mode")
     p.add_argument("--out", type=Path, help="where raw results go (default runs/benchmarks/<time>)")
-    p.add_argument("--write-readme", action="store_true", help=f"replace the {README_START} block of README.md with the results")
+    p.add_argument("--write-docs", action="store_true", help=f"replace the {RESULTS_START} block of docs/performance.md with the results")
     p.add_argument("--skip", nargs="*", default=[], choices=("train", "inference", "serve", "webcam"))
     args = p.parse_args(argv)
     out = args.out or REPO / "runs" / "benchmarks" / time.strftime("%Y%m%d-%H%M%S")
@@ -282,9 +284,9 @@ def main(argv: list[str] | None = None) -> int:
     block = render(rows, info, "python -m benchmarks.run_all" + (" --quick" if args.quick else ""), results)
     (out / "targets.md").write_text(block + "\n")
     print(block)
-    if args.write_readme:
-        write_readme(block)
-        note("README.md updated")
+    if args.write_docs:
+        write_results_block(block, PERFORMANCE_PAGE)
+        note(f"{PERFORMANCE_PAGE} updated")
     return 0
 
 

@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--precision", default="fp32", choices=PRECISIONS, help="GESTURE_PRECISION for the service")
     p.add_argument("--predict-batching", default="on", choices=("on", "off"), help="GESTURE_PREDICT_BATCHING for the service")
     p.add_argument("--service-env", nargs="+", default=[], metavar="NAME=VALUE", type=service_setting,
-                   help="more service settings, e.g. GESTURE_TRACING=on (README: Serving, settings)")
+                   help="more service settings, e.g. GESTURE_TRACING=on (docs/serving.md, Settings)")
     p.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
     p.add_argument("--routes", nargs="+", choices=ROUTES, default=list(ROUTES))
     p.add_argument("--duration", type=float, default=15.0, help="measured seconds per endpoint and client count")

@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--keep-run", type=Path, help="keep the linear-probe run folder here (benchmarks.inference --accuracy reads it)"
     )
-    p.add_argument("--test-per-class", type=int, default=100, help="linear probe: test photos per class (as in the README)")
+    p.add_argument("--test-per-class", type=int, default=100, help="linear probe: test photos per class (the classic split, as in docs/training.md)")
     p.add_argument("--skip", nargs="*", default=[], choices=("steps", "loader", "frozen"))
     p.add_argument(
         "--quick",

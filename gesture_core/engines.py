@@ -277,7 +277,7 @@ class OpenVinoEngine(_ExportedEngine):
     # A batch goes out as requests of a few images each, queued on the streams. Small requests keep a
     # depthwise network's activations in the core's cache: on the 2-core box, efficientnet_lite0 ran
     # fastest at 1-3 images per request and 10-15% slower at 8-16, mobilenet_v3_large was best at
-    # 3-8, and resnet18 did not care (python -m benchmarks.model_call, README "Speed").
+    # 3-8, and resnet18 did not care (measured by python -m benchmarks.model_call).
     IMAGES_PER_REQUEST = 3
 
     def __init__(self, path: Path, device: torch.device, precision: str, input_shape: tuple[int, ...]):

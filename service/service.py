@@ -141,8 +141,8 @@ def resources() -> dict[str, Any]:
 def tracing_config() -> dict[str, Any]:
     """BentoML runs every request through OpenTelemetry's middleware even when no exporter is
     configured (its default), where no span is ever recorded: 4 to 5 points of /predict's throughput
-    against the engine's on a 2-core CPU (README, Speed). Unless GESTURE_TRACING=on, every route is
-    excluded from it."""
+    against the engine's on a 2-core CPU (A/B runs of `python -m benchmarks.serve --quick --clients 16 --routes predict`,
+    adding `--service-env GESTURE_TRACING=on`). Unless GESTURE_TRACING=on, every route is excluded from it."""
     return {} if settings.tracing() else {"excluded_urls": [".*"]}
 
 
@@ -253,7 +253,9 @@ class GestureClassifier:
     async def crop_of(self, data: bytes) -> np.ndarray:
         """The image's centre crop. A small image (at most the model's resize size squared) is decoded
         right here, on the event loop, which costs less CPU than a hand-off to a worker thread and back
-        (README, Speed). Larger ones decode in a worker thread, so a 12 MP photo never holds up the loop."""
+        (A/B runs of `python -m benchmarks.serve --quick --clients 16 --routes predict`, adding
+        `--service-env GESTURE_LOOP_DECODE_PIXELS=0`). Larger ones decode in a worker thread, so a 12 MP
+        photo never holds up the loop."""
         if self.decodes_on_loop(data):
             return self.decode(data, "image")
         return await anyio.to_thread.run_sync(self.decode, data, "image")
@@ -347,7 +349,8 @@ async def predict_shortcut(parts: list[FormPart], send: Send) -> bool:
     """Answer a plain multipart /predict (one `image` file, and optionally `top_k` and `threshold`)
     before Starlette's routing and BentoML's IO layer: no temp file for the upload, no Request or
     Response object. On a 2-core CPU that saves about 1 ms of CPU per request and raises /predict's
-    throughput by about 10% (README, Speed). The values go through the endpoint's own BentoML input model and the
+    throughput by about 10% (A/B runs of `python -m benchmarks.serve --quick --clients 16 --routes predict`, adding
+    `--service-env GESTURE_PREDICT_SHORTCUT=off`). The values go through the endpoint's own BentoML input model and the
     methods behind `predict` compute the answer, so it is BentoML's answer byte for byte (tested).
     Any other request, or one that fails, goes on to BentoML, which alone validates and words errors."""
     request = plain_predict_request(parts) if PREDICT_SHORTCUT else None

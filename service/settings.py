@@ -4,7 +4,7 @@
     GESTURE_DEVICE             auto | cpu | cuda                  (default auto: CUDA when available)
     GESTURE_TORCH_THREADS      CPU threads per model call         (default: PyTorch's, one per core)
     GESTURE_ENGINE             auto | torch | compile | onnx | openvino  (default auto: fastest installed)
-    GESTURE_PRECISION          fp32 | bf16 | fp16                 (default fp32; see README, Speed)
+    GESTURE_PRECISION          fp32 | bf16 | fp16                 (default fp32; bf16 measured by benchmarks.inference)
     GESTURE_MAX_UPLOAD_MB      largest request body, in MB        (default 16)
     GESTURE_MAX_PIXELS         largest decoded image, in pixels   (default 40000000)
     GESTURE_MAX_BATCH_IMAGES   most images per /predict_batch     (default 32)

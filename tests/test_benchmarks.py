@@ -62,6 +62,34 @@ def test_targets_are_judged_from_the_rows():
     assert verdicts["flowers linear probe (3670 photos, efficientnet_lite0) ≤ 60 s wall"] is False
 
 
+def test_write_docs_replaces_only_the_results_block(tmp_path):
+    start, end = run_all.RESULTS_START, run_all.RESULTS_END
+    page = tmp_path / "performance.md"
+    page.write_text(f"# Performance\nmethod\n{start}\nold table\n{end}\nanalysis\n")
+    run_all.write_results_block("new table", page)
+    assert page.read_text() == f"# Performance\nmethod\n{start}\nnew table\n{end}\nanalysis\n"
+    page.write_text("# Performance\nno markers\n")
+    with pytest.raises(SystemExit, match="speed-results:start"):
+        run_all.write_results_block("new table", page)
+    assert page.read_text() == "# Performance\nno markers\n"
+
+
+def test_run_all_write_docs_rewrites_the_block_of_the_performance_page(tmp_path, monkeypatch):
+    real_page, readme = run_all.PERFORMANCE_PAGE, run_all.REPO / "README.md"
+    assert real_page == run_all.REPO / "docs" / "performance.md"
+    page = tmp_path / "performance.md"
+    page.write_text(real_page.read_text())
+    readme_before = readme.read_text()
+    monkeypatch.setattr(run_all, "PERFORMANCE_PAGE", page)
+    skip_every_benchmark = ["--skip", "train", "inference", "serve", "webcam"]
+    assert run_all.main([*skip_every_benchmark, "--out", str(tmp_path / "out"), "--write-docs"]) == 0
+    before, after = real_page.read_text(), page.read_text()
+    start, end = run_all.RESULTS_START, run_all.RESULTS_END
+    assert after.split(start)[0] == before.split(start)[0] and after.split(end)[1] == before.split(end)[1]
+    assert after.split(start)[1].split(end)[0].startswith("\nMeasured with `python -m benchmarks.run_all` on ")
+    assert readme.read_text() == readme_before and start not in readme_before  # generated blocks never go into the README
+
+
 @pytest.mark.parametrize("extra", [[], ["--val-split", "0"]], ids=["with-val", "train+val"])
 def test_flowers_recipes_runs_each_recipe_and_reports_val_and_test(tmp_path, monkeypatch, capsys, extra):
     from benchmarks import flowers_recipes

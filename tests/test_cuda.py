@@ -1,7 +1,7 @@
 """The CUDA paths: mixed-precision channels-last fine-tuning, resume, and the inference engines on a GPU.
 
 CI has no GPU, so these are skipped there; on a machine with one, `pytest tests/test_cuda.py` runs
-them (README, "Speed", records the last such run).
+them (docs/performance.md, "GPU", records the last such run).
 """
 
 from __future__ import annotations

@@ -58,7 +58,7 @@ def test_auto_picks_an_installed_engine_that_supports_the_precision():
     name = resolve_engine("auto", "fp32", "cpu")
     assert name in available_engines("cpu")
     if engine_installed("openvino"):
-        assert name == "openvino"  # the fastest on CPU (see README, Speed)
+        assert name == "openvino"  # the fastest on CPU (python -m benchmarks.inference)
 
 
 @pytest.mark.parametrize(
