@@ -19,7 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from gesture_core.checkpoint import CheckpointError, Classifier, load_classifier
+from gesture_core.checkpoint import CheckpointError
+from gesture_core.classifier import Classifier, load_classifier
 from gesture_core.preprocess import TTA_MODES, DataConfig, Preprocess, tta_view_count
 from training import cli
 from training.augment import build_eval_transform
