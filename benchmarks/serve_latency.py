@@ -36,7 +36,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from service.server_process import REPO, RunningServer, serve_process
+from benchmarks.server_process import REPO, RunningServer, serve_process
 
 DATA = REPO.parent / "shared" / "data" / "sign-digits"
 ROUTES = ("predict", "predict_batched")

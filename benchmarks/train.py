@@ -4,7 +4,7 @@ frozen-backbone (linear-probe) epochs with and without the feature cache.
     .venv/bin/python -m benchmarks.train --quick
     .venv/bin/python -m benchmarks.train --json --keep-run runs/bench-flowers-probe
 
-1. Full fine-tune: ``training.engine.train_one_epoch`` (AdamW, real loss) on in-memory batches, so the
+1. Full fine-tune: ``training.loop.train_one_epoch`` (AdamW, real loss) on in-memory batches, so the
    figure is the model's step rate alone: as ``training.finetune`` runs it on CPU (fp32), with
    channels-last memory, and with bf16 autocast + channels-last; FLOPs of forward + backward counted
    by PyTorch, against the fp32 matmul ceiling measured in this process. ``--device cuda`` measures
@@ -37,7 +37,7 @@ from benchmarks.common import describe_machine, emit, machine, matmul_ceiling, n
 from gesture_core import build_model, get_backbone
 from training.augment import build_train_transform
 from training.data import ImageDataset, SeededSampler, load_splits, make_loader
-from training.engine import build_optimizer, train_one_epoch, warmup_cosine
+from training.loop import build_optimizer, train_one_epoch, warmup_cosine
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"

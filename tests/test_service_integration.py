@@ -20,8 +20,8 @@ import httpx
 import numpy as np
 import pytest
 
+from benchmarks.server_process import REPO, ServerStartError, serve_process
 from gesture_core import load_classifier
-from service.server_process import REPO, ServerStartError, serve_process
 from tests.service_inputs import ambiguous_requests, b64, http_bad_requests, jpeg, sample_images
 
 pytestmark = pytest.mark.integration

@@ -25,7 +25,7 @@ from gesture_core.preprocess import TTA_MODES, DataConfig, Preprocess, tta_view_
 from training import cli
 from training.augment import build_eval_transform
 from training.data import DatasetError, ImageDataset, Sample, Splits, load_folder, make_loader
-from training.engine import predict_logits
+from training.loop import predict_logits
 from training.report import classification_metrics, format_summary, write_json, write_report
 
 TTA_CHOICES = (*TTA_MODES, "all")
