@@ -195,18 +195,23 @@ class GestureClassifier:
 
     async def crop(self, upload: Path | bytes, what: str) -> np.ndarray:
         """The upload's centre crop, made in a worker thread so that a large photo never holds up the event loop."""
-        return await anyio.to_thread.run_sync(self.crop_now, upload, what)
-
-    def crop_now(self, upload: Path | bytes, what: str) -> np.ndarray:
-        data = upload.read_bytes() if isinstance(upload, Path) else upload  # bytes: errors never show the temp path
-        try:
-            return self.classifier.crop(data, max_pixels=self.settings.max_pixels)
-        except ImageDecodeError as err:
-            raise BadInput(f"{what}: {err}") from None
+        return await anyio.to_thread.run_sync(crop_upload, self.classifier, upload, what, self.settings.max_pixels)
 
     def prediction(self, probs: np.ndarray, top_k: int, threshold: float) -> PredictionOut:
-        result = decode_probs(probs, self.classifier.classes, k=top_k, threshold=threshold).to_dict()
-        return PredictionOut(**result, model=self.model_tag)
+        return prediction_out(probs, self.classifier.classes, top_k, threshold, self.model_tag)
+
+
+def crop_upload(classifier: Classifier, upload: Path | bytes, what: str, max_pixels: int) -> np.ndarray:
+    """``classifier.crop`` of an upload, or BadInput (400) saying what is wrong with the image."""
+    data = upload.read_bytes() if isinstance(upload, Path) else upload  # bytes: errors never show the temp path
+    try:
+        return classifier.crop(data, max_pixels=max_pixels)
+    except ImageDecodeError as err:
+        raise BadInput(f"{what}: {err}") from None
+
+
+def prediction_out(probs: np.ndarray, classes: list[str], top_k: int, threshold: float, model_tag: str) -> PredictionOut:
+    return PredictionOut(**decode_probs(probs, classes, k=top_k, threshold=threshold).to_dict(), model=model_tag)
 
 
 def packaged_model_ref() -> LocalModel | None:
