@@ -207,6 +207,16 @@ def assert_imports_are_packed(src: Path) -> None:
                 assert f"{path}.py" in packed or f"{path}/__init__.py" in packed, f"{name} imports {module}, which bentofile.yaml does not include"
 
 
+def assert_containerizable(bento: Path) -> None:
+    """What `bentoml containerize` builds from: the Dockerfile with the system packages, and the pins."""
+    dockerfile = next(bento.glob("env/docker/Dockerfile"), None)
+    assert dockerfile is not None, sorted(p.relative_to(bento).as_posix() for p in bento.rglob("*") if "src" not in p.parts)
+    text = dockerfile.read_text()
+    assert "libglib2.0-0" in text and "libgomp1" in text and "3.11" in text, text[:2000]
+    requirements = (bento / "env" / "python" / "requirements.txt").read_text()
+    assert "torch==2.14.1" in requirements and "bentoml==1.4.39" in requirements and "openvino" in requirements
+
+
 def test_bentoml_build_packages_and_pins_the_imported_model(tmp_path, random_head_checkpoint):
     built_with = import_cli(random_head_checkpoint, tmp_path)
     done = run_cli(["-m", "bentoml", "build", "--output", "tag"], tmp_path)
@@ -217,7 +227,9 @@ def test_bentoml_build_packages_and_pins_the_imported_model(tmp_path, random_hea
     assert [m["tag"] for m in json.loads(info.stdout)["services"][0]["models"]] == [built_with]
     newer = import_cli(random_head_checkpoint, tmp_path)  # now "latest" is another version
     assert newer != built_with
-    assert_imports_are_packed(tmp_path / "bentos" / bento_tag.replace(":", "/") / "src")
+    bento = tmp_path / "bentos" / bento_tag.replace(":", "/")
+    assert_imports_are_packed(bento / "src")
+    assert_containerizable(bento)
     with serve_process(bentoml_home=tmp_path, target=bento_tag) as server:
         assert httpx.post(f"{server.url}/info", timeout=60).json()["model"] == built_with
         assert httpx.post(f"{server.url}/predict", files={"image": ("ok.jpg", jpeg(0))}, timeout=60).status_code == 200
