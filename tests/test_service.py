@@ -263,6 +263,24 @@ def test_settings_defaults_and_scale_out():
         Settings().batch_size = 1
 
 
+def test_the_service_takes_workers_resources_and_tracing_from_the_settings(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.helpers import REPO
+
+    show = "from service.service import GestureClassifier as G; import json; print(json.dumps(G.config))"
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "BENTOML_HOME": str(tmp_path),
+           "GESTURE_DEVICE": "cuda", "GESTURE_GPUS": "3", "GESTURE_TRACING": "on"}
+    done = subprocess.run([sys.executable, "-c", show], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    config = json.loads(done.stdout.strip().splitlines()[-1])
+    assert config["workers"] == 3 and config["resources"] == {"gpu": 3} and not config.get("tracing")
+    from service.service import SETTINGS, GestureClassifier
+
+    assert GestureClassifier.config["workers"] == SETTINGS.workers and GestureClassifier.config["tracing"] == {"excluded_urls": [".*"]}
+    assert "max_concurrency" not in GestureClassifier.config["traffic"]  # the guard's, counted once a body has arrived
+
+
 def test_a_bad_setting_stops_the_service_at_import(tmp_path):
     import subprocess
     import sys
