@@ -33,7 +33,7 @@ from gesture_core import Classifier, ImageDecodeError, decode_probs
 from service.http_guard import EndpointFields, RequestGuard
 from service.import_model import CHECKPOINT_FILE
 from service.microbatch import MicroBatcher
-from service.settings import Settings
+from service.settings import REQUEST_TIMEOUT_S, Settings
 
 SETTINGS = Settings.from_env()  # once, at start-up: the service's resources and workers depend on it
 
@@ -113,7 +113,7 @@ ImagesBase64 = Annotated[list[Annotated[str, AfterValidator(check_base64)]] | No
 @bentoml.service(
     resources=SETTINGS.resources(),
     workers=SETTINGS.workers,
-    traffic={"timeout": 30},  # the concurrency limit is the request guard's, counted once a body has arrived
+    traffic={"timeout": REQUEST_TIMEOUT_S},  # the concurrency limit is the request guard's, counted once a body has arrived
     # BentoML's OpenTelemetry middleware costs CPU on every request even with no exporter configured.
     tracing={} if SETTINGS.tracing else {"excluded_urls": [".*"]},
 )

@@ -31,7 +31,7 @@ from gesture_core.runtime import Runtime, SettingsError, env_choice, env_int
 DEFAULT_MODEL_TAG = "gesture-classifier:latest"
 REQUEST_TIMEOUT_S = 30  # BentoML answers 504 to a request still running after this
 
-__all__ = ["DEFAULT_MODEL_TAG", "Settings", "SettingsError"]
+__all__ = ["DEFAULT_MODEL_TAG", "REQUEST_TIMEOUT_S", "Settings", "SettingsError"]
 
 
 @dataclass(frozen=True)
