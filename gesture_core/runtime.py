@@ -78,13 +78,13 @@ class Runtime:
         return load_classifier(checkpoint, device=self.device, engine=self.engine, precision=self.precision)
 
 
-def add_runtime_arguments(parser: argparse.ArgumentParser, *, default_threads: int | None = None) -> None:
+def add_runtime_arguments(parser: argparse.ArgumentParser, *, default_threads: int | None = None, threads_help: str = "unset: PyTorch's, one per core") -> None:
     """--device, --engine, --precision and --threads: the command-line face of ``Runtime``."""
     g = parser.add_argument_group("runtime (the service reads the same from GESTURE_DEVICE, GESTURE_ENGINE, GESTURE_PRECISION, GESTURE_THREADS)")
     g.add_argument("--device", default="auto", choices=DEVICES, help="where the model runs (auto: a GPU when there is one)")
     g.add_argument("--engine", default="auto", choices=ENGINE_CHOICES, help="inference engine (auto: the fastest installed, OpenVINO on CPU)")
     g.add_argument("--precision", default="fp32", choices=PRECISIONS, help="fp32, or bf16/fp16 where the engine and hardware support them")
-    g.add_argument("--threads", type=positive_int, default=default_threads, help="CPU threads for the model (default: PyTorch's, one per core)")
+    g.add_argument("--threads", type=positive_int, default=default_threads, help=f"CPU threads for the model ({threads_help})")
 
 
 def positive_int(text: str) -> int:

@@ -436,3 +436,13 @@ def test_guard_gives_a_slow_body_408_and_counts_only_complete_bodies():
     answers = asyncio.run(scenario())
     assert answers[0]["status"] == 408 and (b"connection", b"close") in answers[0]["headers"]
     assert b"GESTURE_BODY_TIMEOUT_S" in answers[1]["body"]
+
+
+def test_the_webcam_and_the_service_read_the_same_runtime():
+    from service.webcam.demo import build_parser
+
+    args = build_parser().parse_args(["--checkpoint", "x.pt", "--device", "cpu", "--engine", "onnx", "--precision", "bf16", "--threads", "3"])
+    env = {"GESTURE_DEVICE": "cpu", "GESTURE_ENGINE": "onnx", "GESTURE_PRECISION": "bf16", "GESTURE_THREADS": "3"}
+    assert Runtime.from_args(args) == Runtime.from_env(env) == Settings.from_env(env).runtime == Runtime("cpu", "onnx", "bf16", 3)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--checkpoint", "x.pt", "--threads", "0"])

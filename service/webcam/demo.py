@@ -373,8 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--snapshot-dir", type=Path, default=Path("snapshots"), help="where s (and --snapshot-at) save PNGs")
     p.add_argument("--snapshot-at", type=_number(int, 0), nargs="+", default=(), metavar="INDEX", help="save these frames as PNG (headless screenshots)")
     p.add_argument("--max-frames", type=_number(int, 1), help="stop after this many processed frames")
-    # local mode; by default one core is left for capture and drawing
-    add_runtime_arguments(p, default_threads=default_threads())
+    add_runtime_arguments(p, default_threads=default_threads(), threads_help="the cores but one, left for capture and drawing")
     return p
 
 
