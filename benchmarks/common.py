@@ -1,25 +1,29 @@
-"""What the speed benchmarks share: the machine's description, the matmul ceiling, noise-resistant
+"""What the speed benchmarks share: the machine's description, the GEMM ceiling, noise-resistant
 timing, and printing a table or JSON lines.
 
 Timing is "best of several short windows": on a machine shared with other jobs, a window in which
 another process took the cores says nothing about our code, so the fastest window is the estimate of
-what the code does on the hardware. The ceiling is measured the same way, in the same process, so the
-percentage of the ceiling compares like with like.
+what the code does on the hardware. The ceiling is the best large GEMM of torch, ONNX Runtime and
+OpenVINO in the row's precision, measured the same way, with the theoretical peak stated beside it.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import platform
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 MATMUL_SIZE = 2048
+GEMM_FLOPS = 2 * MATMUL_SIZE**3  # a multiply and an add per term
+FMA_PIPES = 2  # per core, on current AMD and Intel server cores
 
 
 def cpu_model() -> str:
@@ -92,21 +96,139 @@ def best_rate_and_cpu(
     return best
 
 
-def matmul_ceiling(dtype: torch.dtype = torch.float32, *, seconds: float = 2.0, device: str = "cpu") -> float:
-    """GFLOP/s of a large square matmul: what this process can get from the hardware in ``dtype``."""
+@dataclass(frozen=True)
+class Ceiling:
+    """The most GFLOP/s this machine gave in one precision: the best large GEMM among the installed
+    libraries (``by_library``), beside the theoretical peak from the core count, SIMD width and clock."""
+
+    precision: str
+    gflops: float
+    library: str
+    by_library: dict[str, float]
+    peak_gflops: float | None
+    peak_formula: str
+
+    def describe(self) -> str:
+        libraries = ", ".join(f"{name} {rate:.0f}" for name, rate in self.by_library.items())
+        peak = f"{self.peak_gflops:.0f} GFLOP/s = {self.peak_formula}" if self.peak_gflops else self.peak_formula
+        return f"{self.precision}: {self.gflops:.0f} GFLOP/s ({self.library}; GEMM {MATMUL_SIZE}² by library: {libraries}); theoretical peak {peak}"
+
+
+def gemm_ceiling(precision: str = "fp32", *, seconds: float = 2.0, device: str = "cpu") -> Ceiling:
+    """The best of a large square GEMM in ``precision`` through torch, ONNX Runtime and OpenVINO (those
+    installed, and on the CPU for the last two). One library alone is no ceiling: on AMD CPUs MKL's
+    torch.mm is far from the hardware's peak, and models run through OpenVINO went past it."""
+    rates = {"torch": torch_gemm(precision, seconds, device)}
+    if device == "cpu":
+        for name, measure in (("onnxruntime", onnxruntime_gemm), ("openvino", openvino_gemm)):
+            rate = measure(precision, seconds)
+            if rate:
+                rates[name] = rate
+    rates = {name: round(rate, 1) for name, rate in rates.items()}
+    library = max(rates, key=rates.__getitem__)
+    peak, formula = theoretical_peak(precision) if device == "cpu" else (None, "not computed for GPUs")
+    return Ceiling(precision, rates[library], library, rates, peak, formula)
+
+
+def best_ceiling(first: Ceiling, second: Ceiling) -> Ceiling:
+    """Of two measurements of the same ceiling (a run's start and end), the higher: on a shared
+    machine the lower one was measured while other jobs held the cores, and would flatter every row."""
+    return first if first.gflops >= second.gflops else second
+
+
+def torch_gemm(precision: str, seconds: float, device: str) -> float:
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     a = torch.randn(MATMUL_SIZE, MATMUL_SIZE, device=device).to(dtype)
     b = torch.randn(MATMUL_SIZE, MATMUL_SIZE, device=device).to(dtype)
     torch.mm(a, b)
     sync = torch.cuda.synchronize if device == "cuda" else None
-    flops = 2 * MATMUL_SIZE**3
-    return best_rate(lambda: torch.mm(a, b), items=flops, seconds=seconds, windows=4, sync=sync) / 1e9
+    return best_rate(lambda: torch.mm(a, b), items=GEMM_FLOPS, seconds=seconds, windows=4, sync=sync) / 1e9
 
 
-def rescale_to_ceiling(row: dict[str, Any], ceiling: float) -> None:
-    """Restate a row's percentage against ``ceiling``: the best matmul of the run (start or end). On a
-    shared machine the lower one was measured while other jobs held the cores, and would flatter every row."""
-    row["ceiling_gflops"] = round(ceiling, 1)
-    row["pct_of_ceiling"] = round(100 * row["achieved_gflops"] / ceiling, 1)
+def gemm_onnx_model():
+    """An ONNX graph of one fp32 MatMul: A (input) x B (a constant), both MATMUL_SIZE square."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = numpy_helper.from_array(np.random.default_rng(0).standard_normal((MATMUL_SIZE, MATMUL_SIZE), np.float32), "B")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["A", "B"], ["C"])], "gemm",
+        [helper.make_tensor_value_info("A", TensorProto.FLOAT, [MATMUL_SIZE, MATMUL_SIZE])],
+        [helper.make_tensor_value_info("C", TensorProto.FLOAT, [MATMUL_SIZE, MATMUL_SIZE])], [weights],
+    )  # fmt: skip
+    return onnx.helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def onnxruntime_gemm(precision: str, seconds: float) -> float | None:
+    """ONNX Runtime's CPU provider runs MatMul in fp32 only."""
+    if precision != "fp32" or importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnx") is None:
+        return None
+    import numpy as np
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    session = ort.InferenceSession(gemm_onnx_model().SerializeToString(), options, providers=["CPUExecutionProvider"])
+    a = np.random.default_rng(1).standard_normal((MATMUL_SIZE, MATMUL_SIZE), np.float32)
+    session.run(None, {"A": a})
+    return best_rate(lambda: session.run(None, {"A": a}), items=GEMM_FLOPS, seconds=seconds, windows=4) / 1e9
+
+
+def openvino_gemm(precision: str, seconds: float) -> float | None:
+    """OpenVINO's CPU plugin, with the precision as its inference hint (as gesture_core.engines sets it)."""
+    if importlib.util.find_spec("openvino") is None or importlib.util.find_spec("onnx") is None:
+        return None
+    import numpy as np
+    import openvino as ov
+
+    core = ov.Core()
+    hint = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}[precision]
+    if precision != "fp32" and precision.upper() not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        return None
+    model = core.read_model(gemm_onnx_model().SerializeToString(), b"")
+    compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": hint, "INFERENCE_NUM_THREADS": torch.get_num_threads(),
+                                                 "PERFORMANCE_HINT": "LATENCY"})
+    request = compiled.create_infer_request()
+    a = np.random.default_rng(1).standard_normal((MATMUL_SIZE, MATMUL_SIZE), np.float32)
+    request.infer([a])
+    return best_rate(lambda: request.infer([a]), items=GEMM_FLOPS, seconds=seconds, windows=4) / 1e9
+
+
+def theoretical_peak(precision: str) -> tuple[float | None, str]:
+    """(GFLOP/s, the formula) from cores x SIMD lanes x 2 (a fused multiply-add) x FMA pipes x clock.
+    The datapath is 256 bits on AMD cores (Zen 4 runs AVX-512 as two 256-bit halves), 512 on Intel
+    cores with AVX-512, else 256 with AVX2; two FMA pipes per core. bf16 dot products (AVX512_BF16)
+    and fp16 arithmetic (AVX512_FP16) do twice the fp32 lanes; AMX is not counted."""
+    ghz = max_clock_ghz()
+    if ghz is None:
+        return None, "unknown (no clock speed in /proc/cpuinfo or cpufreq)"
+    flags, cores = cpu_flags(), os.cpu_count() or 1
+    width = 512 if "avx512f" in flags and "AMD" not in cpu_model() else 256 if ("avx2" in flags or "avx512f" in flags) else 128
+    lanes = width // 32 * (2 if (precision == "bf16" and "avx512_bf16" in flags) or (precision == "fp16" and "avx512_fp16" in flags) else 1)
+    peak = cores * lanes * 2 * FMA_PIPES * ghz
+    return round(peak, 1), f"{cores} cores x {lanes} {precision} lanes ({width}-bit) x 2 (FMA) x {FMA_PIPES} FMA pipes x {ghz:.2f} GHz"
+
+
+def max_clock_ghz() -> float | None:
+    try:
+        return int(open("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq").read()) / 1e6
+    except (OSError, ValueError):
+        pass
+    try:
+        return max(float(line.split(":")[1]) for line in open("/proc/cpuinfo") if line.startswith("cpu MHz")) / 1e3
+    except (OSError, ValueError):
+        return None
+
+
+def rescale_to_ceiling(row: dict[str, Any], ceiling: Ceiling) -> None:
+    """State a row's percentage against ``ceiling``; a row above 100% means the ceiling is wrong, and says so."""
+    row["ceiling_gflops"] = round(ceiling.gflops, 1)
+    row["ceiling_library"] = ceiling.library
+    row["peak_gflops"] = ceiling.peak_gflops
+    row["pct_of_ceiling"] = round(100 * row["achieved_gflops"] / ceiling.gflops, 1)
+    if row["pct_of_ceiling"] > 100:
+        note(f"warning: a row reaches {row['pct_of_ceiling']:.0f}% of the {ceiling.precision} ceiling, which is then no ceiling: {row}")
 
 
 def emit(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str, str]], *, as_json: bool, title: str = "") -> None:

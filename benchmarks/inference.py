@@ -1,13 +1,15 @@
 """Inference speed per backbone x engine x precision x batch size, against the hardware ceiling
-measured in the same process (a large matmul), and optionally the accuracy of each engine.
+measured in the same process, and optionally the accuracy of each engine.
 
     .venv/bin/python -m benchmarks.inference --quick
     .venv/bin/python -m benchmarks.inference --backbones resnet18,efficientnet_lite0 --batch 1,16 --json
     .venv/bin/python -m benchmarks.inference --backbones efficientnet_lite0 --accuracy runs/flowers-probe
 
 JSON lines carry backbone, engine, precision, batch, img_per_s, gflops_per_img, ceiling_gflops,
-pct_of_ceiling (and speedup_vs_eager, the eager fp32 rate at the same batch). The ceiling of a row is
-the matmul rate in the row's precision (fp32 rows: fp32 matmul). Weights are random (speed does not
+pct_of_ceiling, peak_gflops (and speedup_vs_eager, the eager fp32 rate at the same batch). The ceiling
+of a row is the best large GEMM in the row's precision among torch, ONNX Runtime and OpenVINO
+(``benchmarks.common.gemm_ceiling``), the higher of a measurement at the start and one at the end; the
+theoretical peak (cores x SIMD lanes x FMA x clock) is printed beside it. Weights are random (speed does not
 depend on them) except for ``--accuracy RUN``, which loads RUN/best.pt and reports top-1 on the run's
 saved test split for every engine and precision, and the agreement with eager fp32.
 """
@@ -25,11 +27,20 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks.common import best_rate, describe_machine, emit, machine, matmul_ceiling, note, rescale_to_ceiling
+from benchmarks.common import (
+    Ceiling,
+    best_ceiling,
+    best_rate,
+    describe_machine,
+    emit,
+    gemm_ceiling,
+    machine,
+    note,
+    rescale_to_ceiling,
+)
 from gesture_core import build_model, get_backbone, load_classifier
 from gesture_core.engines import ENGINES, PRECISIONS, build_engine, engine_installed, supported_precisions
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 SPEED_COLUMNS = [
     ("backbone", "backbone", "s"), ("engine", "engine", "s"), ("precision", "precision", "s"), ("batch", "batch", "d"),
     ("img_per_s", "img/s", ".1f"), ("ms_per_batch", "ms/batch", ".1f"), ("gflops_per_img", "GFLOP/img", ".2f"),
@@ -54,7 +65,7 @@ def configurations(engines: list[str], precisions: list[str], device: torch.devi
     return [(e, p) for e in engines if engine_installed(e) for p in precisions if p in supported_precisions(e, device)]
 
 
-def bench_backbone(name: str, args, ceilings: dict[str, float], device: torch.device) -> list[dict[str, Any]]:
+def bench_backbone(name: str, args, ceilings: dict[str, Ceiling], device: torch.device) -> list[dict[str, Any]]:
     spec = get_backbone(name)
     config = spec.data_config.with_input_size(args.image_size) if args.image_size else spec.data_config
     shape = (config.in_chans, config.input_size, config.input_size)
@@ -77,15 +88,14 @@ def bench_backbone(name: str, args, ceilings: dict[str, float], device: torch.de
             rate = best_rate(lambda x=x, engine=engine: engine(x), items=batch, seconds=args.seconds, windows=args.windows)
             if (engine_name, precision) == ("torch", "fp32"):
                 eager[batch] = rate
-            ceiling = ceilings[precision]
             row = {
                 "backbone": name, "engine": engine_name, "precision": precision, "batch": batch,
                 "img_per_s": round(rate, 2), "ms_per_batch": round(1000 * batch / rate, 2),
                 "gflops_per_img": float(f"{gflops:.4g}"), "achieved_gflops": round(rate * gflops, 2),
-                "ceiling_gflops": round(ceiling, 1), "pct_of_ceiling": round(100 * rate * gflops / ceiling, 1),
                 "speedup_vs_eager": round(rate / eager[batch], 2) if batch in eager else None,
                 "input_size": config.input_size, "build_s": round(build_s, 2), "kind": "speed",
             }  # fmt: skip
+            rescale_to_ceiling(row, ceilings[precision])
             rows.append(row)
             note(
                 f"  {name} {engine_name} {precision} batch {batch}: {rate:.1f} img/s, {row['pct_of_ceiling']:.0f}% of the {precision} ceiling"
@@ -193,15 +203,17 @@ def main(argv: list[str] | None = None) -> int:
     info = machine()
     note(f"machine: {describe_machine(info)}")
     precisions = sorted({p for _, p in configurations(args.engines, args.precisions, device)}, key=PRECISIONS.index)
-    ceilings = {p: matmul_ceiling(DTYPES[p], seconds=1.0 if args.quick else 3.0, device=args.device) for p in precisions}
-    note("matmul ceiling (GFLOP/s): " + ", ".join(f"{p} {c:.0f}" for p, c in ceilings.items()))
+    ceilings = {p: gemm_ceiling(p, seconds=1.0 if args.quick else 3.0, device=args.device) for p in precisions}
+    for ceiling in ceilings.values():
+        note(f"ceiling {ceiling.describe()}")
     rows = []
     for name in args.backbones:
         rows += bench_backbone(name, args, ceilings, device)
-    after = {p: matmul_ceiling(DTYPES[p], seconds=1.0 if args.quick else 3.0, device=args.device) for p in precisions}
-    note("matmul ceiling at the end (GFLOP/s): " + ", ".join(f"{p} {c:.0f}" for p, c in after.items()))
+    for p in precisions:  # again at the end: the higher of the two is the ceiling
+        ceilings[p] = best_ceiling(ceilings[p], gemm_ceiling(p, seconds=1.0 if args.quick else 3.0, device=args.device))
+        note(f"ceiling at the end {ceilings[p].describe()}")
     for row in rows:
-        rescale_to_ceiling(row, max(ceilings[row["precision"]], after[row["precision"]]))
+        rescale_to_ceiling(row, ceilings[row["precision"]])
     emit(
         rows,
         SPEED_COLUMNS,

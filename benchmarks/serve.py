@@ -1,6 +1,6 @@
-"""HTTP service speed: the real ``bentoml serve`` on 127.0.0.1 under 1, 4 and 16 concurrent clients,
-/predict (micro-batched inside the worker) and /predict_batched (BentoML's adaptive batching), against
-the engine's own batched throughput.
+"""HTTP service speed: the real ``bentoml serve`` on 127.0.0.1 under 1, 4 and 16 concurrent clients on
+/predict, against the engine's own batched throughput; ``--batching microbatch adaptive`` adds the A/B
+of the service's micro-batcher against BentoML's adaptive batching (benchmarks/adaptive_service.py).
 
     .venv/bin/python -m benchmarks.serve --quick
     .venv/bin/python -m benchmarks.serve --engine openvino --precision bf16 --clients 16 --duration 20 --json
@@ -30,12 +30,12 @@ import psutil
 
 from benchmarks import pyspy
 from benchmarks.common import best_rate, describe_machine, emit, machine, note
-from benchmarks.serve_latency import ROUTES, batch_size_stats, drive, load_images, make_checkpoint, running_service
+from benchmarks.serve_latency import TARGETS, batch_size_stats, drive, load_images, make_checkpoint, running_service
 from gesture_core import load_classifier
 from gesture_core.engines import ENGINE_CHOICES, PRECISIONS
 
 COLUMNS = [
-    ("route", "endpoint", "s"), ("clients", "clients", "d"), ("requests", "requests", "d"), ("req_per_s", "req/s", ".1f"),
+    ("route", "endpoint", "s"), ("batching", "batching", "s"), ("clients", "clients", "d"), ("requests", "requests", "d"), ("req_per_s", "req/s", ".1f"),
     ("p50_ms", "p50 ms", ".0f"), ("p95_ms", "p95 ms", ".0f"), ("p99_ms", "p99 ms", ".0f"), ("p99_over_p50", "p99/p50", ".2f"),
     ("errors", "errors", "d"), ("mean_batch", "mean batch", ".1f"), ("pct_of_engine", "% of engine batched img/s", ".0f"),
     ("server_cpu_ms_per_req", "server CPU ms/req", ".1f"), ("client_cpu_ms_per_req", "client CPU ms/req", ".1f"),
@@ -52,12 +52,12 @@ def engine_throughput(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         classifier = load_classifier(checkpoint, "cpu", engine=engine, precision=precision)
-    crops = [classifier.preprocess.crop(classifier.preprocess.read(data)) for data in images]
+    crops = [classifier.crop(data) for data in images]
     rates = {}
     for batch in batches:
-        x = classifier.preprocess.normalize_batch([crops[i % len(crops)] for i in range(batch)])
-        classifier.probs(x)
-        rates[batch] = best_rate(lambda x=x: classifier.probs(x), items=batch, seconds=seconds, windows=3)
+        x = [crops[i % len(crops)] for i in range(batch)]
+        classifier.classify(x)
+        rates[batch] = best_rate(lambda x=x: classifier.classify(x), items=batch, seconds=seconds, windows=3)
     return rates, f"{classifier.engine.name}/{classifier.engine.precision}"
 
 
@@ -78,20 +78,20 @@ def cpu_seconds(pid: int, *, descendants: bool = True) -> float:
     return total
 
 
-def batch_counts(url: str, route: str) -> tuple[float, float]:
-    """(images, model calls) so far: /predict's from /info, /predict_batched's from BentoML's metrics."""
-    if route == "predict":
-        batching = httpx.post(f"{url}/info").json()["batching"]
-        return batching["predict_images"], batching["predict_model_calls"]
+def batch_counts(url: str, batching: str) -> tuple[float, float]:
+    """(images, model calls) so far: the micro-batcher's from /info, adaptive batching's from BentoML's metrics."""
+    if batching == "microbatch":
+        counts = httpx.post(f"{url}/info").json()["batching"]
+        return counts["images"], counts["model_calls"]
     return batch_size_stats(httpx.get(f"{url}/metrics").text)
 
 
 def load_test(
-    url: str, route: str, images: list[bytes], clients: int, duration: float, warmup: float, reference: float, server_pid: int
+    url: str, batching: str, images: list[bytes], clients: int, duration: float, warmup: float, reference: float, server_pid: int
 ) -> dict[str, Any]:
-    before = batch_counts(url, route)
+    before = batch_counts(url, batching)
     cpu_before, own_before, started = cpu_seconds(server_pid), cpu_seconds(os.getpid(), descendants=False), time.perf_counter()
-    result = drive(url, route, images, clients=clients, duration=duration, warmup=warmup)
+    result = drive(url, "predict", images, clients=clients, duration=duration, warmup=warmup)
     wall = time.perf_counter() - started
     # Where the cores went, per measured request: the server (HTTP, decoding, model) and the clients.
     per_request = lambda cpu: 1000 * cpu / wall * result.seconds / max(result.requests, 1)  # noqa: E731
@@ -99,11 +99,11 @@ def load_test(
         per_request(cpu_seconds(server_pid) - cpu_before),
         per_request(cpu_seconds(os.getpid(), descendants=False) - own_before),
     )  # the server is our child: not counted twice
-    after = batch_counts(url, route)
+    after = batch_counts(url, batching)
     mean_batch = (after[0] - before[0]) / (after[1] - before[1]) if after[1] > before[1] else None
     p50, p99 = result.percentile(50), result.percentile(99)
     return {
-        "route": f"/{route}", "clients": clients, "seconds": round(result.seconds, 1), "requests": result.requests,
+        "route": "/predict", "batching": batching, "clients": clients, "seconds": round(result.seconds, 1), "requests": result.requests,
         "req_per_s": round(result.throughput, 2), "p50_ms": round(p50, 1), "p95_ms": round(result.percentile(95), 1),
         "p99_ms": round(p99, 1), "p99_over_p50": round(p99 / p50, 2) if p50 else None,
         "errors": sum(result.errors.values()), "error_kinds": result.errors, "mean_batch": mean_batch,
@@ -116,7 +116,7 @@ def load_test(
 
 
 def python_profile(
-    server, route: str, images: list[bytes], clients: int, seconds: float, folder: Path
+    server, images: list[bytes], clients: int, seconds: float, folder: Path
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """A separate load run under py-spy: CPU ms per request of each kind of Python work in the server
     (sampled), and of each kind of server thread (counted exactly, the engine's native threads included)."""
@@ -125,7 +125,7 @@ def python_profile(
     names = {pid: pyspy.thread_names(pid) for pid in processes}
     before = {pid: pyspy.thread_cpu_seconds(pid) for pid in processes}
     with pyspy.recording(server.process.pid, path, seconds):
-        result = drive(server.url, route, images, clients=clients, duration=seconds, warmup=0.0)
+        result = drive(server.url, "predict", images, clients=clients, duration=seconds, warmup=0.0)
     roles: Counter[str] = Counter()
     for pid in processes:
         roles.update(pyspy.cpu_by_role(before[pid], pyspy.thread_cpu_seconds(pid), names[pid], result.requests,
@@ -133,7 +133,7 @@ def python_profile(
     rows = pyspy.per_request_ms(pyspy.categorise(path.read_text()), result.requests)
     threads = [{"thread": role, "ms_per_req": ms} for role, ms in roles.most_common()]
     for row in rows + threads:
-        row.update(route=f"/{route}", clients=clients, kind="python_profile" if "category" in row else "thread_cpu")
+        row.update(route="/predict", clients=clients, kind="python_profile" if "category" in row else "thread_cpu")
     return rows, threads
 
 
@@ -155,18 +155,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--backbone", default="efficientnet_lite0", help="without --checkpoint")
     p.add_argument("--engine", default="auto", choices=ENGINE_CHOICES, help="GESTURE_ENGINE for the service")
     p.add_argument("--precision", default="fp32", choices=PRECISIONS, help="GESTURE_PRECISION for the service")
-    p.add_argument("--predict-batching", default="on", choices=("on", "off"), help="GESTURE_PREDICT_BATCHING for the service")
     p.add_argument("--service-env", nargs="+", default=[], metavar="NAME=VALUE", type=service_setting,
                    help="more service settings, e.g. GESTURE_TRACING=on (docs/serving.md, Settings)")
     p.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
-    p.add_argument("--routes", nargs="+", choices=ROUTES, default=list(ROUTES))
+    p.add_argument("--batching", nargs="+", choices=list(TARGETS), default=["microbatch"],
+                   help="microbatch: the service; adaptive: the A/B with BentoML's adaptive batching")
     p.add_argument("--duration", type=float, default=15.0, help="measured seconds per endpoint and client count")
     p.add_argument(
         "--warmup", type=float, default=3.0, help="seconds of load before measuring (the adaptive batcher calibrates itself)"
     )
     p.add_argument("--quick", action="store_true", help="4 s per measurement, 1 s warm-up (under 2 minutes)")
     p.add_argument("--py-spy", action="store_true", help="after the measurements, profile the server's Python threads with py-spy "
-                   "under the largest client count on the first route, and print where their CPU goes per request")
+                   "under the largest client count, and print where their CPU goes per request")
     p.add_argument("--json", action="store_true", help="JSON lines instead of a table")
     args = p.parse_args(argv)
     if args.py_spy and not pyspy.available():
@@ -176,31 +176,25 @@ def main(argv: list[str] | None = None) -> int:
     info = machine()
     note(f"machine: {describe_machine(info)}")
     images = load_images()
-    env = {"GESTURE_ENGINE": args.engine, "GESTURE_PRECISION": args.precision, "GESTURE_PREDICT_BATCHING": args.predict_batching}
+    env = {"GESTURE_ENGINE": args.engine, "GESTURE_PRECISION": args.precision}
     env.update(args.service_env)
     with tempfile.TemporaryDirectory(prefix="serve-bench-") as tmp:
         checkpoint = args.checkpoint or make_checkpoint(Path(tmp) / "bench.pt", args.backbone)
-        with running_service(checkpoint, env=env) as server:
-            served = httpx.post(f"{server.url}/info").json()
-            # Measured while the server idles, so both sides of the ratio had the cores to themselves.
-            rates, engine_name = engine_throughput(
-                checkpoint, args.engine, args.precision, images, (1, 16), 3.0 if args.quick else 8.0
-            )
-            reference = rates[16]
-            note(
-                f"{served['backbone']} @ {served['input_size']} px, engine {engine_name}: {reference:.1f} img/s at batch 16 (no HTTP)"
-            )
-            rows = []
-            for clients in args.clients:
-                for route in args.routes:
-                    rows.append(
-                        load_test(server.url, route, images, clients, args.duration, args.warmup, reference, server.process.pid)
-                    )
+        rows, rates = [], {}
+        for batching in args.batching:
+            with running_service(checkpoint, env=env, target=TARGETS[batching]) as server:
+                served = httpx.post(f"{server.url}/info").json()
+                if not rates:  # measured while the server idles, so both sides of the ratio had the cores to themselves
+                    rates, engine_name = engine_throughput(checkpoint, args.engine, args.precision, images, (1, 16), 3.0 if args.quick else 8.0)
+                    note(f"{served['backbone']} @ {served['input_size']} px, engine {engine_name}: {rates[16]:.1f} img/s at batch 16 (no HTTP)")
+                for clients in args.clients:
+                    rows.append(load_test(server.url, batching, images, clients, args.duration, args.warmup, rates[16], server.process.pid))
                     r = rows[-1]
-                    note(f"  {r['route']} x{clients}: {r['req_per_s']:.1f} req/s, p50 {r['p50_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms, "
+                    note(f"  /predict ({batching}) x{clients}: {r['req_per_s']:.1f} req/s, p50 {r['p50_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms, "
                          f"{r['errors']} errors, {r['pct_of_engine']:.0f}% of the engine")  # fmt: skip
-            if args.py_spy:
-                profile, threads = python_profile(server, args.routes[0], images, max(args.clients), args.duration, Path(tmp))
+                if args.py_spy and batching == args.batching[0]:
+                    profile, threads = python_profile(server, images, max(args.clients), args.duration, Path(tmp))
+    reference = rates[16]
     for r in rows:
         r.update(
             backbone=served["backbone"],
@@ -214,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     emit(rows, COLUMNS, as_json=args.json, title=title)
     if args.py_spy:
         emit(profile, PROFILE_COLUMNS, as_json=args.json,
-             title=f"Where the server's Python threads spend CPU: /{args.routes[0]}, {max(args.clients)} clients (engine threads not included)")
+             title=f"Where the server's Python threads spend CPU: /predict ({args.batching[0]}), {max(args.clients)} clients (engine threads not included)")
         emit(threads, THREAD_COLUMNS, as_json=args.json,
              title=f"CPU per request by server thread, same run (all threads, from /proc; total {sum(t['ms_per_req'] for t in threads):.2f} ms)")
     return 0 if all(r["requests"] for r in rows) else 1

@@ -1,5 +1,6 @@
-"""HTTP serving speed: p50 latency and throughput for N concurrent single-image clients, on
-/predict (one model call per request) and /predict_batched (BentoML adaptive batching).
+"""HTTP serving speed: p50 latency and throughput for N concurrent single-image clients on /predict,
+batched by the worker's micro-batcher (the service) or by BentoML's adaptive batching (the A/B in
+benchmarks/adaptive_service.py).
 
     .venv/bin/python -m benchmarks.serve_latency                     # efficientnet_lite0 @224, 16 clients, 20 s each
     .venv/bin/python -m benchmarks.serve_latency --checkpoint runs/NAME/best.pt --duration 30 --json out.json
@@ -36,10 +37,11 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from service.server_process import REPO, RunningServer, serve_process
+from benchmarks.server_process import REPO, SERVICE_TARGET, RunningServer, serve_process
 
 DATA = REPO.parent / "shared" / "data" / "sign-digits"
-ROUTES = ("predict", "predict_batched")
+# batching -> the service that `bentoml serve` runs; both answer POST /predict with the same contract
+TARGETS = {"microbatch": SERVICE_TARGET, "adaptive": "benchmarks.adaptive_service:AdaptiveGestureClassifier"}
 
 
 @dataclass
@@ -97,11 +99,11 @@ def import_model(checkpoint: Path, bentoml_home: Path) -> str:
 
 
 @contextlib.contextmanager
-def running_service(checkpoint: Path, env: Mapping[str, str] | None = None) -> Iterator[RunningServer]:
+def running_service(checkpoint: Path, env: Mapping[str, str] | None = None, target: str = SERVICE_TARGET) -> Iterator[RunningServer]:
     """Import ``checkpoint`` into a throw-away BentoML home and serve it on 127.0.0.1."""
     with tempfile.TemporaryDirectory(prefix="bentoml-bench-") as home:
         import_model(checkpoint, Path(home))
-        with serve_process(bentoml_home=home, env=env) as server:
+        with serve_process(bentoml_home=home, env=env, target=target) as server:
             yield server
 
 
@@ -175,7 +177,7 @@ def drive(url: str, route: str, images: Sequence[bytes], *, clients: int = 16, d
     return LoadResult(f"/{route}", clients, seconds, latencies, dict(errors))
 
 
-def batch_size_stats(metrics_text: str, route: str = "classify_crops") -> tuple[float, float]:
+def batch_size_stats(metrics_text: str, route: str = "classify") -> tuple[float, float]:
     """(sum, count) of BentoML's adaptive batch size histogram for ``route``."""
     def value(kind: str) -> float:
         found = re.findall(rf'bentoml_service_adaptive_batch_size_{kind}{{[^}}]*method_name="{route}"[^}}]*}} ([0-9.e+]+)', metrics_text)
@@ -184,16 +186,14 @@ def batch_size_stats(metrics_text: str, route: str = "classify_crops") -> tuple[
     return value("sum"), value("count")
 
 
-def measure(server: RunningServer, routes: Sequence[str], images: Sequence[bytes], clients: int, duration: float, warmup: float) -> list[LoadResult]:
-    results = []
-    for route in routes:
-        before = batch_size_stats(httpx.get(f"{server.url}/metrics").text)
-        result = drive(server.url, route, images, clients=clients, duration=duration, warmup=warmup)
-        after = batch_size_stats(httpx.get(f"{server.url}/metrics").text)
-        if after[1] > before[1]:
-            result.mean_batch_size = round((after[0] - before[0]) / (after[1] - before[1]), 2)
-        results.append(result)
-    return results
+def measure(server: RunningServer, batching: str, images: Sequence[bytes], clients: int, duration: float, warmup: float) -> LoadResult:
+    before = batch_size_stats(httpx.get(f"{server.url}/metrics").text)
+    result = drive(server.url, "predict", images, clients=clients, duration=duration, warmup=warmup)
+    after = batch_size_stats(httpx.get(f"{server.url}/metrics").text)
+    if after[1] > before[1]:
+        result.mean_batch_size = round((after[0] - before[0]) / (after[1] - before[1]), 2)
+    result.route = f"/predict ({batching})"
+    return result
 
 
 def model_cost(checkpoint: Path, batch_sizes: Sequence[int] = (1, 8), threads: int | None = None, rounds: int = 5,
@@ -255,14 +255,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clients", type=int, default=16)
     p.add_argument("--duration", type=float, default=20.0, help="measured seconds per endpoint")
     p.add_argument("--warmup", type=float, default=5.0, help="seconds per endpoint before measuring (BentoML's batcher calibrates itself first)")
-    p.add_argument("--routes", default=",".join(ROUTES), help=f"comma-separated, from {', '.join(ROUTES)}")
-    p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="server environment, e.g. GESTURE_TORCH_THREADS=1 (repeatable)")
+    p.add_argument("--batching", default="microbatch,adaptive", help=f"comma-separated, from {', '.join(TARGETS)}")
+    p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="server environment, e.g. GESTURE_THREADS=1 (repeatable)")
     p.add_argument("--model-only", action="store_true", help="time the bare model at batch sizes 1 and 8 instead (no server)")
     p.add_argument("--json", type=Path, help="also write the results here")
     args = p.parse_args(argv)
-    routes = [r.strip().lstrip("/") for r in args.routes.split(",") if r.strip()]
-    if unknown := sorted(set(routes) - set(ROUTES)):
-        p.error(f"--routes {','.join(unknown)}: choose from {', '.join(ROUTES)}")
+    batchings = [b.strip() for b in args.batching.split(",") if b.strip()]
+    if unknown := sorted(set(batchings) - set(TARGETS)):
+        p.error(f"--batching {','.join(unknown)}: choose from {', '.join(TARGETS)}")
     server_env = dict(item.split("=", 1) for item in args.env if "=" in item)
     if len(server_env) != len(args.env):
         p.error("--env takes NAME=VALUE")
@@ -272,9 +272,11 @@ def main(argv: list[str] | None = None) -> int:
     load_before = machine()
     with tempfile.TemporaryDirectory(prefix="serve-bench-") as tmp:
         checkpoint = args.checkpoint or make_checkpoint(Path(tmp) / "bench.pt", args.backbone, args.image_size)
-        with running_service(checkpoint, server_env) as server:
-            info = httpx.post(f"{server.url}/info").json()
-            results = measure(server, routes, images, args.clients, args.duration, args.warmup)
+        results = []
+        for batching in batchings:
+            with running_service(checkpoint, server_env, TARGETS[batching]) as server:
+                info = httpx.post(f"{server.url}/info").json()
+                results.append(measure(server, batching, images, args.clients, args.duration, args.warmup))
     print(f"{info['backbone']} @ {info['input_size']} px on {info['device']} ({info['engine']}); {len(images)} JPEGs, "
           f"{args.clients} clients, {args.duration:.0f} s per endpoint, server env {server_env or '-'}\nbefore: {load_before}\nafter:  {machine()}")
     print(format_table(results))
@@ -284,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def model_only(args: argparse.Namespace, server_env: Mapping[str, str]) -> int:
-    threads = int(server_env["GESTURE_TORCH_THREADS"]) if "GESTURE_TORCH_THREADS" in server_env else None
+    threads = int(server_env["GESTURE_THREADS"]) if "GESTURE_THREADS" in server_env else None
     with tempfile.TemporaryDirectory(prefix="serve-bench-") as tmp:
         checkpoint = args.checkpoint or make_checkpoint(Path(tmp) / "bench.pt", args.backbone, args.image_size)
         engine, cost = model_cost(checkpoint, threads=threads, engine=server_env.get("GESTURE_ENGINE", "auto"))

@@ -4,7 +4,7 @@ frozen-backbone (linear-probe) epochs with and without the feature cache.
     .venv/bin/python -m benchmarks.train --quick
     .venv/bin/python -m benchmarks.train --json --keep-run runs/bench-flowers-probe
 
-1. Full fine-tune: ``training.engine.train_one_epoch`` (AdamW, real loss) on in-memory batches, so the
+1. Full fine-tune: ``training.loop.train_one_epoch`` (AdamW, real loss) on in-memory batches, so the
    figure is the model's step rate alone: as ``training.finetune`` runs it on CPU (fp32), with
    channels-last memory, and with bf16 autocast + channels-last; FLOPs of forward + backward counted
    by PyTorch, against the fp32 matmul ceiling measured in this process. ``--device cuda`` measures
@@ -33,11 +33,11 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks.common import describe_machine, emit, machine, matmul_ceiling, note, rescale_to_ceiling
+from benchmarks.common import Ceiling, best_ceiling, describe_machine, emit, gemm_ceiling, machine, note, rescale_to_ceiling
 from gesture_core import build_model, get_backbone
 from training.augment import build_train_transform
 from training.data import ImageDataset, SeededSampler, load_splits, make_loader
-from training.engine import build_optimizer, train_one_epoch, warmup_cosine
+from training.loop import build_optimizer, train_one_epoch, warmup_cosine
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
@@ -75,7 +75,7 @@ def train_flops_per_image(model: torch.nn.Module, size: int) -> float:
     return 3 * counter.get_total_flops() / 1e9
 
 
-def step_rates(backbone: str, batch: int, steps: int, ceiling: float, device: torch.device) -> list[dict[str, Any]]:
+def step_rates(backbone: str, batch: int, steps: int, ceiling: Ceiling, device: torch.device) -> list[dict[str, Any]]:
     spec = get_backbone(backbone)
     size = spec.data_config.input_size
     images, target = torch.randn(batch, 3, size, size), torch.randint(0, 10, (batch,))
@@ -108,7 +108,8 @@ def step_rates(backbone: str, batch: int, steps: int, ceiling: float, device: to
         rate = max(run(per_measure).img_per_s for _ in range(steps))  # best step: other jobs share this machine
         rows.append({"backbone": backbone, "variant": variant, "batch": batch, "img_per_s": round(rate, 2),
                      "train_gflops_per_img": round(flops, 2), "achieved_gflops": round(rate * flops, 2),
-                     "ceiling_gflops": round(ceiling, 1), "pct_of_ceiling": round(100 * rate * flops / ceiling, 1), "kind": "train_step"})  # fmt: skip
+                     "kind": "train_step"})  # fmt: skip
+        rescale_to_ceiling(rows[-1], ceiling)
         note(f"  {backbone} {variant}: {rate:.1f} img/s, {rows[-1]['pct_of_ceiling']:.0f}% of the fp32 ceiling")
     return rows
 
@@ -216,12 +217,12 @@ def main(argv: list[str] | None = None) -> int:
     info = machine()
     note(f"machine: {describe_machine(info)}")
     device = torch.device(args.device)
-    ceiling = matmul_ceiling(torch.float32, seconds=1.0 if args.quick else 3.0, device=args.device)
-    note(f"fp32 matmul ceiling on {args.device}: {ceiling:.0f} GFLOP/s")
+    ceiling = gemm_ceiling("fp32", seconds=1.0 if args.quick else 3.0, device=args.device)
+    note(f"ceiling on {args.device}: {ceiling.describe()}")
     steps = []
     if "steps" not in args.skip:
         steps = step_rates(args.backbone, args.batch, 3 if args.quick else 6, ceiling, device)
-        ceiling = max(ceiling, matmul_ceiling(torch.float32, seconds=1.0 if args.quick else 3.0, device=args.device))
+        ceiling = best_ceiling(ceiling, gemm_ceiling("fp32", seconds=1.0 if args.quick else 3.0, device=args.device))
         for row in steps:
             rescale_to_ceiling(row, ceiling)
         emit(steps, STEP_COLUMNS, as_json=args.json, title=f"Full fine-tune step rate ({describe_machine(info)})")

@@ -27,9 +27,9 @@ import cv2
 import numpy as np
 import torch
 
+from benchmarks.server_process import serve_process
 from gesture_core import build_model, get_backbone, save_checkpoint
 from gesture_core.engines import ENGINE_CHOICES
-from service.server_process import serve_process
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "sign-digits"

@@ -2,19 +2,13 @@
 
 image -> Preprocess -> backbone+head -> probabilities -> label, each step in exactly one place:
 ``images`` decodes, ``preprocess`` normalises, ``backbones`` builds models, ``weights`` finds
-pretrained weights, ``checkpoint`` stores and rebuilds a classifier.
+pretrained weights, ``checkpoint`` stores a model, ``classifier`` rebuilds it and owns the
+pipeline (``crop`` per image, ``classify`` per batch, ``predict`` both), ``runtime`` says where it runs.
 """
 
 from gesture_core.backbones import BACKBONES, build_model, get_backbone, list_backbones
-from gesture_core.checkpoint import (
-    Classifier,
-    Prediction,
-    decode_probs,
-    load_checkpoint,
-    load_classifier,
-    resolve_device,
-    save_checkpoint,
-)
+from gesture_core.checkpoint import load_checkpoint, resolve_device, save_checkpoint
+from gesture_core.classifier import Classifier, Prediction, decode_probs, load_classifier
 from gesture_core.images import ImageDecodeError, read_rgb
 from gesture_core.preprocess import DataConfig, Preprocess
 from gesture_core.weights import WeightsUnavailableError

@@ -1,4 +1,4 @@
-"""The checkpoint format and ``load_classifier``, which rebuilds a ready-to-use model from it alone.
+"""The checkpoint format; ``gesture_core.classifier.load_classifier`` rebuilds a ready-to-use model from it alone.
 
 A checkpoint is a plain dict of tensors and primitives (so ``torch.load(weights_only=True)`` reads
 it, and a checkpoint can never execute code):
@@ -15,22 +15,17 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from gesture_core.backbones import build_model, drop_aux, get_backbone, load_matching
-from gesture_core.engines import Engine, build_engine
-from gesture_core.images import ImageSource
-from gesture_core.preprocess import DataConfig, Preprocess
+from gesture_core.preprocess import DataConfig
 
 CHECKPOINT_FORMAT = "gesture-checkpoint"
 CHECKPOINT_VERSION = 1
-REJECT_CLASS = "none"  # a class with this name means "no gesture" to the service and the webcam
 
 
 class CheckpointError(ValueError):
@@ -109,72 +104,6 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return device
 
 
-@dataclass(frozen=True)
-class Prediction:
-    label: str | None  # None when rejected (below threshold, or the "none" class)
-    score: float
-    top_k: list[tuple[str, float]] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "label": self.label,
-            "score": self.score,
-            "top_k": [{"label": label, "score": score} for label, score in self.top_k],
-        }
-
-
-def decode_probs(probs: np.ndarray, classes: Sequence[str], *, k: int = 5, threshold: float = 0.0) -> Prediction:
-    """probabilities -> label: top-k, and rejection below ``threshold`` or on the ``none`` class."""
-    order = np.argsort(-probs)[: max(1, min(k, len(classes)))]
-    top = [(classes[i], float(probs[i])) for i in order]
-    label, score = top[0]
-    rejected = score < threshold or label == REJECT_CLASS
-    return Prediction(None if rejected else label, score, top)
-
-
-class Classifier:
-    """A loaded model with its Preprocess and class names: image in, probabilities out."""
-
-    def __init__(self, model: nn.Module, checkpoint: dict[str, Any], device: torch.device, *, engine: str = "torch", precision: str = "fp32"):
-        self.model = model.eval().to(device)  # eager PyTorch, for anything that needs the modules (Grad-CAM, hooks)
-        self.device = device
-        self.checkpoint_meta = {k: v for k, v in checkpoint.items() if k not in ("model", "optimizer", "scheduler", "rng")}
-        self.backbone: str = checkpoint["backbone"]
-        self.classes: list[str] = list(checkpoint["classes"])
-        self.data_config = DataConfig.from_dict(checkpoint["data_config"])
-        self.train_config: dict[str, Any] = checkpoint.get("train_config", {})
-        self.metrics: dict[str, Any] = checkpoint.get("metrics", {})
-        self.preprocess = Preprocess(self.data_config)
-        shape = (self.data_config.in_chans, self.data_config.input_size, self.data_config.input_size)
-        # What logits/probs/predict run on (gesture_core.engines): eager, compiled, ONNX Runtime or OpenVINO.
-        self.engine: Engine = build_engine(self.model, engine=engine, precision=precision, device=device, input_shape=shape)
-
-    def __repr__(self) -> str:
-        return f"Classifier({self.backbone}, {len(self.classes)} classes, {self.preprocess}, device={self.device}, engine={self.engine.name}/{self.engine.precision})"
-
-    def logits(self, batch: torch.Tensor) -> torch.Tensor:
-        """float32 logits (N, num_classes) for a preprocessed batch, from the classifier's engine."""
-        return self.engine(batch)
-
-    def probs(self, batch: torch.Tensor) -> np.ndarray:
-        return softmax(self.logits(batch).cpu().numpy())
-
-    def predict_proba(self, images: Sequence[ImageSource]) -> np.ndarray:
-        """Probabilities (N, num_classes) for paths, bytes, PIL images or RGB arrays."""
-        return self.probs(self.preprocess.load_batch(images))
-
-    def predict(self, image: ImageSource, *, k: int = 5, threshold: float = 0.0) -> Prediction:
-        return decode_probs(self.predict_proba([image])[0], self.classes, k=k, threshold=threshold)
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax in numpy. torch.softmax, even on a (2, 10) tensor, wakes torch's OpenMP
-    threads, which then spin on the cores that OpenVINO's streams need (``python -m benchmarks.model_call``
-    measures both)."""
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return shifted / shifted.sum(axis=1, keepdims=True)
-
-
 def build_from_checkpoint(ckpt: dict[str, Any], *, training: bool = False) -> nn.Module:
     """The architecture of ``ckpt`` with its weights; aux classifiers only when ``training``."""
     backbone = get_backbone(ckpt["backbone"])
@@ -184,15 +113,3 @@ def build_from_checkpoint(ckpt: dict[str, Any], *, training: bool = False) -> nn
     if not training:
         drop_aux(model)
     return model
-
-
-def load_classifier(
-    path: str | os.PathLike,
-    device: str | torch.device = "auto",
-    engine: str = "auto",
-    precision: str = "fp32",
-) -> Classifier:
-    """The checkpoint as a ready Classifier. ``engine``: auto | torch | compile | onnx | openvino (auto: the
-    fastest installed for the device); ``precision``: fp32 | bf16 | fp16 where the engine supports it."""
-    ckpt = load_checkpoint(path)
-    return Classifier(build_from_checkpoint(ckpt), ckpt, resolve_device(device), engine=engine, precision=precision)

@@ -1,21 +1,27 @@
-"""ASGI middleware in front of every route of the service.
+"""ASGI middleware in front of the service's routes, for what BentoML 1.4.39 cannot do itself.
 
-* Refuses request bodies above the upload limit with 413 before BentoML parses them (BentoML 1.4
-  has no request size limit of its own: ``api_server.max_request_size`` was removed).
-* Checks the field names of form uploads against the endpoint: BentoML 1.4.39 answers a file in an
-  unknown field with a 500 (it JSON-decodes the file's bytes), and text in a file field with an
-  attempt to download it as a URL.
-* Gives every 4xx the same JSON object ``{"error": reason, ...}``: BentoML 1.4.39 wraps the message
-  of its own 4xx exceptions in a one-element list (bentoml/BentoML#4232), which clients would have
-  to special-case.
-* Offers the body it has read to a route's shortcut, which may answer the request itself (see
-  ``service.service.predict_shortcut``); otherwise the request goes on to BentoML.
+* **Body size:** refuses request bodies above the upload limit with 413 before anything parses them
+  (BentoML 1.4 has no request size limit of its own: ``api_server.max_request_size`` was removed).
+* **Slow clients:** a client has ``body_timeout_s`` to send its whole body, else 408; and the
+  concurrency limit counts a request only once its body is complete. BentoML's own limit
+  (``traffic.max_concurrency``) counts from the headers, and user middlewares run inside it, so
+  clients that trickle their bodies one byte a second would hold every slot (issue #17).
+* **Ambiguous or misplaced fields:** an endpoint's fields against its BentoML input model. BentoML
+  keeps the first of two ``image`` files and the last of two ``top_k`` values, ignores unknown
+  fields, answers a file in an unknown field with a 500 (it JSON-decodes the bytes) and text in a
+  file field with an attempt to download it as a URL.
+* **JSON errors:** every error response is ``{"error": reason, ...}``. BentoML 1.4.39 wraps its own
+  4xx messages in a one-element list (bentoml/BentoML#4232), and Starlette answers unknown routes
+  (404) and wrong methods (405) in plain text.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any, NamedTuple
 from urllib.parse import parse_qsl
 
@@ -26,8 +32,6 @@ Message = dict[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-# (the parts of a multipart body, send) -> whether it answered the request
-Shortcut = Callable[[list["FormPart"], Send], Awaitable[bool]]
 
 # A client that declares a body above the limit still gets to send it (and then read the 413)
 # as long as it is at most this many times the limit; beyond that we answer at once and the
@@ -35,42 +39,147 @@ Shortcut = Callable[[list["FormPart"], Send], Awaitable[bool]]
 DRAIN_FACTOR = 8
 
 
+@dataclass(frozen=True)
+class EndpointFields:
+    """The fields one endpoint takes: its file fields, and the fields that may repeat (lists)."""
+
+    names: frozenset[str]
+    files: frozenset[str] = frozenset()
+    repeatable: frozenset[str] = frozenset()
+
+
 class RequestGuard:
-    def __init__(self, app: ASGIApp, max_body_bytes: int, file_fields: Mapping[str, frozenset[str]] | None = None,
-                 shortcuts: Mapping[str, Shortcut] | None = None) -> None:
-        """``file_fields``: route -> names of its file-upload fields (routes not listed take no files).
-        ``shortcuts``: route -> a function offered the parts of each accepted multipart body of that route first."""
+    def __init__(self, app: ASGIApp, endpoints: Mapping[str, EndpointFields], *, max_body_bytes: int,
+                 body_timeout_s: float, max_concurrency: int) -> None:
+        """``endpoints``: route -> its fields; only POSTs to these routes are read and counted."""
         self.app = app
+        self.endpoints = dict(endpoints)
         self.max_body_bytes = max_body_bytes
-        self.file_fields = dict(file_fields or {})
-        self.shortcuts = dict(shortcuts or {})
+        self.body_timeout_s = body_timeout_s
+        self.max_concurrency = max_concurrency
+        self.in_progress = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        send = reshape_client_errors(send)
-        if scope["method"] in ("GET", "HEAD", "OPTIONS"):
+        send = json_errors(send, scope)
+        fields = self.endpoints.get(scope["path"])
+        if fields is None or scope["method"] != "POST":  # Starlette answers 404/405, made JSON above
             return await self.app(scope, receive, send)
         declared = declared_length(scope)
         if declared is not None and declared > self.max_body_bytes:
             if declared <= DRAIN_FACTOR * self.max_body_bytes:
                 await drain(receive)
-            return await send_json(send, 413, {"error": self.too_large(declared)})
-        body, size = await read_body(receive, self.max_body_bytes)
+            return await send_json(send, 413, self.too_large(declared))
+        try:
+            async with asyncio.timeout(self.body_timeout_s):
+                body, size = await read_body(receive, self.max_body_bytes)
+        except TimeoutError:
+            return await send_json(send, 408, f"the request body did not arrive within {self.body_timeout_s:g} s "
+                                   "(server setting GESTURE_BODY_TIMEOUT_S)", close=True)
         if body is None:
-            return await send_json(send, 413, {"error": self.too_large(size, at_least=True)})
-        media_type, parts = form_parts(scope, body)
-        problem = form_problem(media_type, body, parts, self.file_fields.get(scope["path"], frozenset()))
+            return await send_json(send, 413, self.too_large(size, at_least=True))
+        problem = fields_problem(scope, body, fields)
         if problem:
-            return await send_json(send, 400, {"error": problem})
-        shortcut = self.shortcuts.get(scope["path"])
-        if shortcut is not None and parts and await shortcut(parts, send):
-            return None
-        await self.app(scope, replay(body, receive), send)
+            return await send_json(send, 400, problem)
+        if self.in_progress >= self.max_concurrency:
+            return await send_json(send, 429, f"server busy: {self.in_progress} requests in progress, the limit of this "
+                                   "worker (server setting GESTURE_MAX_CONCURRENCY); retry shortly", retry_after=1)
+        self.in_progress += 1
+        try:
+            await self.app(scope, replay(body, receive), send)
+        finally:
+            self.in_progress -= 1
 
     def too_large(self, size: int, at_least: bool = False) -> str:
         return (f"request body is {'more than ' if at_least else ''}{size:,} bytes; the limit is "
                 f"{self.max_body_bytes:,} bytes (server setting GESTURE_MAX_UPLOAD_MB)")
+
+
+# --- the fields of a body ----------------------------------------------------------------------------
+
+
+class FormPart(NamedTuple):
+    name: str
+    is_file: bool
+
+
+def fields_problem(scope: Scope, body: bytes, fields: EndpointFields) -> str | None:
+    """Why a body's fields do not fit the endpoint, or None (also for bodies BentoML words errors for)."""
+    media_type, options = parse_options_header(header(scope, b"content-type") or b"")
+    if media_type == b"multipart/form-data":
+        parts = multipart_parts(body, options.get(b"boundary", b""))
+        if parts is None:
+            return "malformed multipart/form-data body (missing or wrong boundary)"
+    elif media_type == b"application/x-www-form-urlencoded":
+        parts = [FormPart(name, False) for name, _ in parse_qsl(body.decode("latin-1"), keep_blank_values=True)]
+    elif media_type in (b"application/json", b""):
+        parts = json_keys(body)
+    else:
+        return None
+    return parts_problem(parts or [], fields)
+
+
+def parts_problem(parts: list[FormPart], fields: EndpointFields) -> str | None:
+    takes = ", ".join(sorted(fields.names)) or "nothing"
+    seen: set[str] = set()
+    for name, is_file in parts:
+        if name not in fields.names:
+            return f"unexpected field '{name}'; this endpoint takes: {takes}"
+        if is_file and name not in fields.files:
+            return f"field '{name}' must be text, not a file; this endpoint takes files in: {quoted(fields.files)}"
+        if not is_file and name in fields.files:
+            return f"field '{name}' must be a file in a multipart/form-data upload (e.g. curl -F {name}=@photo.jpg), not text"
+        if name in seen and name not in fields.repeatable:
+            return f"field '{name}' was sent more than once; it takes one value" + (
+                f" (several images: repeat {quoted(fields.repeatable)} on /predict_batch)" if is_file else "")
+        seen.add(name)
+    return None
+
+
+def quoted(names: Iterable[str]) -> str:
+    return ", ".join(f"'{n}'" for n in sorted(names)) or "none"
+
+
+def json_keys(body: bytes) -> list[FormPart] | None:
+    """The top-level keys of a JSON object, repeats included; None when it is not one (BentoML words that error)."""
+    keys: list[list[FormPart]] = []
+
+    def collect(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        keys.append([FormPart(k, False) for k, _ in pairs])
+        return dict(pairs)
+
+    try:
+        top = json.loads(body, object_pairs_hook=collect) if body.strip() else None
+    except ValueError:
+        return None
+    return keys[-1] if isinstance(top, dict) else None  # the outermost object is the last one closed
+
+
+def multipart_parts(body: bytes, boundary: bytes) -> list[FormPart] | None:
+    """The parts of a multipart body, or None when it is not one. Splitting on the boundary is exact:
+    by definition it never occurs inside a part."""
+    if not boundary:
+        return None
+    segments = body.split(b"--" + boundary)
+    if len(segments) < 2:
+        return None
+    parts = []
+    for segment in segments[1:]:
+        if segment.startswith(b"--"):  # closing delimiter
+            break
+        head, found, _ = segment.partition(b"\r\n\r\n")
+        if not found:
+            return None
+        disposition = next((line.split(b":", 1)[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-disposition:")), None)
+        if disposition is None:
+            return None
+        _, params = parse_options_header(disposition.strip())
+        parts.append(FormPart(params.get(b"name", b"").decode("utf-8", "replace"), b"filename" in params))
+    return parts
+
+
+# --- reading and answering ---------------------------------------------------------------------------
 
 
 def header(scope: Scope, wanted: bytes) -> bytes | None:
@@ -86,64 +195,6 @@ def declared_length(scope: Scope) -> int | None:
         return None if value is None else int(value)
     except ValueError:
         return None
-
-
-def form_parts(scope: Scope, body: bytes) -> tuple[bytes, list[FormPart] | None]:
-    """(the body's media type, its parts when it is well-formed multipart/form-data, else None)"""
-    media_type, options = parse_options_header(header(scope, b"content-type") or b"")
-    if media_type != b"multipart/form-data":
-        return media_type, None
-    return media_type, multipart_parts(body, options.get(b"boundary", b""))
-
-
-def form_problem(media_type: bytes, body: bytes, parts: list[FormPart] | None, file_fields: frozenset[str]) -> str | None:
-    """Why a form body does not fit the endpoint's file fields, or None (also for non-form bodies)."""
-    expected = ", ".join(f"'{f}'" for f in sorted(file_fields)) or "none"
-    if media_type == b"application/x-www-form-urlencoded":
-        sent = {name for name, _ in parse_qsl(body.decode("latin-1"), keep_blank_values=True)}
-        clash = sorted(sent & file_fields)
-        return f"field '{clash[0]}' must be a file in a multipart/form-data upload (e.g. curl -F {clash[0]}=@photo.jpg)" if clash else None
-    if media_type != b"multipart/form-data":
-        return None
-    if parts is None:
-        return "malformed multipart/form-data body (missing or wrong boundary)"
-    for name, is_file, _ in parts:
-        if is_file and name not in file_fields:
-            return f"unexpected file field '{name}'; this endpoint takes files in: {expected}"
-        if not is_file and name in file_fields:
-            return f"field '{name}' must be a file upload (e.g. curl -F {name}=@photo.jpg), not text"
-    return None
-
-
-class FormPart(NamedTuple):
-    name: str
-    is_file: bool
-    content: bytes | None  # None when the part does not end with the CRLF that precedes a delimiter
-
-
-def multipart_parts(body: bytes, boundary: bytes) -> list[FormPart] | None:
-    """The parts of a multipart body, or None when it is not one. Splitting on the boundary is exact:
-    by definition it never occurs inside a part."""
-    if not boundary:
-        return None
-    segments = body.split(b"--" + boundary)
-    if len(segments) < 2:
-        return None
-    parts = []
-    for segment in segments[1:]:
-        if segment.startswith(b"--"):  # closing delimiter
-            break
-        head, found, content = segment.partition(b"\r\n\r\n")
-        if not found:
-            return None
-        disposition = next((line.split(b":", 1)[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-disposition:")), None)
-        if disposition is None:
-            return None
-        _, params = parse_options_header(disposition.strip())
-        # the CRLF before the next delimiter belongs to the delimiter (RFC 2046)
-        data = content[:-2] if content.endswith(b"\r\n") else None
-        parts.append(FormPart(params.get(b"name", b"").decode("utf-8", "replace"), b"filename" in params, data))
-    return parts
 
 
 async def drain(receive: Receive) -> None:
@@ -184,22 +235,27 @@ def replay(body: bytes, receive: Receive) -> Receive:
     return receive_again
 
 
-async def send_json(send: Send, status: int, payload: dict[str, Any]) -> None:
-    body = json.dumps(payload).encode()
+async def send_json(send: Send, status: int, error: str, *, close: bool = False, retry_after: int | None = None) -> None:
+    body = json.dumps({"error": error}).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if close:  # the client may still be sending; uvicorn then closes the connection after the answer
+        headers.append((b"connection", b"close"))
+    if retry_after is not None:
+        headers.append((b"retry-after", str(retry_after).encode()))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
-def reshape_client_errors(send: Send) -> Send:
-    """Rewrite a 4xx JSON body ``[{"error": ...}]`` to ``{"error": ...}``; everything else passes through."""
+def json_errors(send: Send, scope: Scope) -> Send:
+    """Every error response as ``{"error": ...}``: BentoML's ``[{"error": ...}]`` unwrapped, and plain-text
+    errors (Starlette's 404 and 405) rewritten; everything else passes through untouched."""
     held: Message | None = None
     chunks: list[bytes] = []
 
     async def send_reshaped(message: Message) -> None:
         nonlocal held
         if message["type"] == "http.response.start":
-            if 400 <= message["status"] < 500 and is_json(message.get("headers", [])):
+            if message["status"] >= 400:
                 held = message
                 return
             return await send(message)
@@ -208,24 +264,40 @@ def reshape_client_errors(send: Send) -> Send:
         chunks.append(message.get("body", b""))
         if message.get("more_body", False):
             return
-        body = unwrap_error_list(b"".join(chunks))
-        headers = [(k, v) for k, v in held.get("headers", []) if k.lower() != b"content-length"]
-        headers.append((b"content-length", str(len(body)).encode()))
+        headers = [(k, v) for k, v in held.get("headers", []) if k.lower() not in (b"content-length", b"content-type")]
+        body = error_json(held["status"], b"".join(chunks), dict(held.get("headers", [])), scope)
+        headers += [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
         await send({**held, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
     return send_reshaped
 
 
-def is_json(headers: list[tuple[bytes, bytes]]) -> bool:
-    return any(k.lower() == b"content-type" and v.startswith(b"application/json") for k, v in headers)
-
-
-def unwrap_error_list(body: bytes) -> bytes:
+def error_json(status: int, body: bytes, headers: dict[bytes, bytes], scope: Scope) -> bytes:
     try:
         payload = json.loads(body)
     except ValueError:
-        return body
+        payload = None
     if isinstance(payload, list) and len(payload) == 1 and isinstance(payload[0], dict) and "error" in payload[0]:
-        return json.dumps(payload[0]).encode()
-    return body
+        payload = payload[0]
+    if isinstance(payload, dict) and "error" in payload:
+        return json.dumps({**payload, "error": with_field_names(payload)}).encode()
+    return json.dumps({"error": plain_error(status, body, headers, scope)}).encode()
+
+
+def with_field_names(payload: dict[str, Any]) -> Any:
+    """BentoML's validation errors say "1 validation error for Input" and name the fields only in
+    ``detail``: the reason gets them, e.g. "top_k: Input should be a valid integer"."""
+    detail = payload.get("detail")
+    if not isinstance(detail, list) or not all(isinstance(d, dict) and "msg" in d for d in detail):
+        return payload["error"]
+    return "; ".join(f"{'.'.join(str(part) for part in d.get('loc', ())) or 'body'}: {d['msg']}" for d in detail)
+
+
+def plain_error(status: int, body: bytes, headers: dict[bytes, bytes], scope: Scope) -> str:
+    target = f"{scope['method']} {scope['path']}"
+    if status == 404:
+        return f"no such endpoint: {target} (the API is listed at GET /docs.json)"
+    if status == 405:
+        return f"{target}: method not allowed; use {headers.get(b'allow', b'POST').decode()}"
+    return body.decode("utf-8", "replace").strip() or HTTPStatus(status).phrase

@@ -4,7 +4,7 @@ A model thread takes every request that queued while its previous call ran, up t
 and runs them as one call. A lone request therefore never waits for a timer, and a busy server
 batches by itself with nothing to tune. With ``threads=2``, a second thread forms and starts the next
 batch while the first one's call finishes, for engines that overlap calls (OpenVINO's streams).
-Unlike BentoML's adaptive batching there is no internal HTTP hop: a crop goes from the request's
+Unlike BentoML's adaptive batching (benchmarks/batching.py compares the two) there is no HTTP hop: a crop goes from the request's
 thread to a model thread as a numpy array.
 """
 
@@ -54,8 +54,8 @@ class MicroBatcher(Generic[Item, Result]):
         self._stats_lock = threading.Lock()
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._closed = False
-        self._threads = [threading.Thread(target=self._serve, name=f"{name}-{i}", daemon=True) for i in range(threads)]
-        for thread in self._threads:
+        self.threads = [threading.Thread(target=self._serve, name=f"{name}-{i}", daemon=True) for i in range(threads)]
+        for thread in self.threads:
             thread.start()
 
     def submit(self, item: Item) -> Future[Result]:
@@ -72,9 +72,9 @@ class MicroBatcher(Generic[Item, Result]):
         """Finish what is queued, then stop the model threads."""
         if not self._closed:
             self._closed = True
-            for _ in self._threads:
+            for _ in self.threads:
                 self._queue.put(_STOP)
-            for thread in self._threads:
+            for thread in self.threads:
                 thread.join(timeout)
 
     def _serve(self) -> None:

@@ -1,127 +1,96 @@
-"""Service settings from environment variables, checked once at start-up with messages that say what is valid.
+"""The service's settings: environment variables, read once at start-up into one frozen object, with
+messages that name the variable and what is valid.
 
-    GESTURE_MODEL              model tag in the BentoML store     (default gesture-classifier:latest)
-    GESTURE_DEVICE             auto | cpu | cuda                  (default auto: CUDA when available)
-    GESTURE_TORCH_THREADS      CPU threads per model call         (default: PyTorch's, one per core)
-    GESTURE_ENGINE             auto | torch | compile | onnx | openvino  (default auto: fastest installed)
-    GESTURE_PRECISION          fp32 | bf16 | fp16                 (default fp32; bf16 measured by benchmarks.inference)
-    GESTURE_MAX_UPLOAD_MB      largest request body, in MB        (default 16)
-    GESTURE_MAX_PIXELS         largest decoded image, in pixels   (default 40000000)
-    GESTURE_MAX_BATCH_IMAGES   most images per /predict_batch     (default 32)
-    GESTURE_PREDICT_BATCHING   on | off: concurrent /predict requests share model calls (default on)
-    GESTURE_BATCH_SIZE         largest batch, of /predict and of adaptive batching (default 32)
-    GESTURE_BATCH_LATENCY_MS   adaptive batching: a request waiting longer gets 503 (default 5000)
-    GESTURE_MODEL_THREADS      /predict: threads taking batches, where the engine overlaps calls (default 2)
-    GESTURE_LOOP_DECODE_PIXELS images up to this size decode on the event loop, larger ones in a worker thread
-                               (default: the model's resize size squared; 0: always a thread)
-    GESTURE_TRACING            on | off: BentoML's OpenTelemetry tracing of requests (default off)
-    GESTURE_PREDICT_SHORTCUT   on | off: answer plain multipart /predict requests before BentoML's IO layer
-                               (default on; always off with tracing on)
+    GESTURE_MODEL            model tag in the BentoML store              (default gesture-classifier:latest)
+    GESTURE_DEVICE           auto | cpu | cuda                           (default auto: CUDA when available)
+    GESTURE_ENGINE           auto | torch | compile | onnx | openvino    (default auto: the fastest installed)
+    GESTURE_PRECISION        fp32 | bf16 | fp16                          (default fp32)
+    GESTURE_THREADS          CPU threads per model call                  (default: PyTorch's, one per core)
+    GESTURE_GPUS             GPUs to serve on, one worker each           (default: every visible GPU; 0 on CPU)
+    GESTURE_WORKERS          worker processes when serving on the CPU    (default 1)
+    GESTURE_MAX_CONCURRENCY  requests in progress at once, per service   (default 128; more get 429)
+    GESTURE_BATCH_SIZE       most images per model call; also the most per /predict_batch request (default 32)
+    GESTURE_MAX_UPLOAD_MB    largest request body, in MB                 (default 16)
+    GESTURE_MAX_PIXELS       largest decoded image, in pixels            (default 40000000)
+    GESTURE_BODY_TIMEOUT_S   seconds a client has to send its whole request body (default 10; then 408)
+    GESTURE_TRACING          on | off: BentoML's OpenTelemetry tracing   (default off)
+
+The first four are ``gesture_core.runtime.Runtime``, which the webcam demo takes as --device, --engine,
+--precision and --threads.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from gesture_core.runtime import Runtime, SettingsError, env_choice, env_int
 
 DEFAULT_MODEL_TAG = "gesture-classifier:latest"
-DEVICES = ("auto", "cpu", "cuda")
+REQUEST_TIMEOUT_S = 30  # BentoML answers 504 to a request still running after this
 
-
-class SettingsError(ValueError):
-    pass
-
-
-def env_int(name: str, default: int | None, *, minimum: int = 1) -> int | None:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    problem = f"{name}={raw!r}: expected a whole number >= {minimum} (default {'unset' if default is None else default})"
-    try:
-        value = int(raw)
-    except ValueError:
-        raise SettingsError(problem) from None
-    if value < minimum:
-        raise SettingsError(problem)
-    return value
-
-
-def env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
-    value = os.environ.get(name, "").strip() or default
-    if value not in choices:
-        raise SettingsError(f"{name}={value!r}: choose one of {', '.join(choices)}")
-    return value
+__all__ = ["DEFAULT_MODEL_TAG", "REQUEST_TIMEOUT_S", "Settings", "SettingsError"]
 
 
 @dataclass(frozen=True)
-class Limits:
-    """What one request may ask of the server; all configurable, all enforced before any decoding."""
-
+class Settings:
+    model_tag: str = DEFAULT_MODEL_TAG
+    runtime: Runtime = field(default_factory=Runtime)
+    gpus: int = 0
+    cpu_workers: int = 1
+    max_concurrency: int = 128
+    batch_size: int = 32
     max_upload_bytes: int = 16 * 1024 * 1024
     max_pixels: int = 40_000_000
-    max_batch_images: int = 32
+    body_timeout_s: int = 10
+    tracing: bool = False
 
     @classmethod
-    def from_env(cls) -> Limits:
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        runtime = Runtime.from_env(env)
+        gpus = env_int(env, "GESTURE_GPUS", visible_gpus() if runtime.device != "cpu" else 0, minimum=0)
+        if gpus and runtime.device == "cpu":
+            raise SettingsError(f"GESTURE_GPUS={gpus} with GESTURE_DEVICE=cpu: set GESTURE_GPUS=0, or GESTURE_DEVICE to auto or cuda")
         return cls(
-            max_upload_bytes=env_int("GESTURE_MAX_UPLOAD_MB", 16) * 1024 * 1024,
-            max_pixels=env_int("GESTURE_MAX_PIXELS", 40_000_000),
-            max_batch_images=env_int("GESTURE_MAX_BATCH_IMAGES", 32),
+            model_tag=env.get("GESTURE_MODEL", "").strip() or DEFAULT_MODEL_TAG,
+            runtime=runtime,
+            gpus=gpus,
+            cpu_workers=env_int(env, "GESTURE_WORKERS", 1),
+            max_concurrency=env_int(env, "GESTURE_MAX_CONCURRENCY", 128),
+            batch_size=env_int(env, "GESTURE_BATCH_SIZE", 32),
+            max_upload_bytes=env_int(env, "GESTURE_MAX_UPLOAD_MB", 16) * 1024 * 1024,
+            max_pixels=env_int(env, "GESTURE_MAX_PIXELS", 40_000_000),
+            body_timeout_s=env_int(env, "GESTURE_BODY_TIMEOUT_S", 10),
+            tracing=env_choice(env, "GESTURE_TRACING", "off", ("on", "off")) == "on",
         )
 
+    @property
+    def workers(self) -> int:
+        """One worker per GPU (BentoML gives each its own CUDA_VISIBLE_DEVICES), else the CPU workers."""
+        return self.gpus or self.cpu_workers
 
-@dataclass(frozen=True)
-class BatchingConfig:
-    """Largest batch of /predict's micro-batcher and of BentoML's adaptive batching for /predict_batched,
-    and how long adaptive batching lets a request wait (fixed when the service class is defined)."""
+    @property
+    def concurrency_per_worker(self) -> int:
+        return -(-self.max_concurrency // self.workers)
 
-    max_batch_size: int = 32
-    max_latency_ms: int = 5000
+    def resources(self) -> dict[str, Any]:
+        return {"gpu": self.gpus} if self.gpus else {"cpu": str(os.cpu_count() or 1)}
 
-    @classmethod
-    def from_env(cls) -> BatchingConfig:
-        return cls(env_int("GESTURE_BATCH_SIZE", 32, minimum=2), env_int("GESTURE_BATCH_LATENCY_MS", 5000, minimum=10))
-
-
-def predict_batching() -> bool:
-    return env_choice("GESTURE_PREDICT_BATCHING", "on", ("on", "off")) == "on"
-
-
-def model_threads() -> int:
-    return env_int("GESTURE_MODEL_THREADS", 2)
-
-
-def loop_decode_pixels(default: int) -> int:
-    return env_int("GESTURE_LOOP_DECODE_PIXELS", default, minimum=0)
+    def describe(self) -> dict[str, Any]:
+        """What /info reports: the settings as this worker runs them."""
+        return {
+            "model": self.model_tag, "device": self.runtime.device, "engine": self.runtime.engine,
+            "precision": self.runtime.precision, "threads": self.runtime.threads, "gpus": self.gpus,
+            "workers": self.workers, "max_concurrency": self.max_concurrency, "batch_size": self.batch_size,
+            "max_upload_bytes": self.max_upload_bytes, "max_pixels": self.max_pixels,
+            "body_timeout_s": self.body_timeout_s, "tracing": self.tracing,
+        }
 
 
-def predict_shortcut() -> bool:
-    return env_choice("GESTURE_PREDICT_SHORTCUT", "on", ("on", "off")) == "on"
+def visible_gpus() -> int:
+    import torch
 
-
-def tracing() -> bool:
-    return env_choice("GESTURE_TRACING", "off", ("on", "off")) == "on"
-
-
-def model_tag() -> str:
-    return os.environ.get("GESTURE_MODEL", "").strip() or DEFAULT_MODEL_TAG
-
-
-def torch_threads() -> int | None:
-    return env_int("GESTURE_TORCH_THREADS", None)
-
-
-def device() -> str:
-    return env_choice("GESTURE_DEVICE", "auto", DEVICES)
-
-
-def engine() -> str:
-    from gesture_core.engines import ENGINE_CHOICES
-
-    return env_choice("GESTURE_ENGINE", "auto", ENGINE_CHOICES)
-
-
-def precision() -> str:
-    from gesture_core.engines import PRECISIONS
-
-    return env_choice("GESTURE_PRECISION", "fp32", PRECISIONS)
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0

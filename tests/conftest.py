@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+# BentoML's documented home variable, set before anything imports bentoml: models imported in-process
+# by the tests land in a throw-away store, never in the developer's ~/bentoml.
+os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="bentoml-home-tests-")
+atexit.register(shutil.rmtree, os.environ["BENTOML_HOME"], ignore_errors=True)
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -94,3 +94,23 @@ def http_bad_requests(upload_limit_bytes: int) -> dict[str, dict]:
         "upload_over_limit": {"files": {"image": ("big.jpg", b"\xff" * (upload_limit_bytes + 1))}},
     })
     return cases
+
+
+def ambiguous_requests() -> dict[str, tuple[dict, int, str]]:
+    """name -> (keyword arguments for httpx/TestClient ``request``, the status, a phrase of the JSON reason)."""
+    image = jpeg(1)
+    return {
+        "two_image_files": ({"method": "POST", "url": "/predict", "files": [("image", ("a.jpg", image)), ("image", ("b.jpg", image))]},
+                            400, "field 'image' was sent more than once"),
+        "top_k_twice": ({"method": "POST", "url": "/predict", "files": {"image": ("a.jpg", image)}, "data": {"top_k": ["1", "3"]}},
+                        400, "field 'top_k' was sent more than once"),
+        "top_k_twice_in_json": ({"method": "POST", "url": "/predict", "content": b'{"image_b64": "%s", "top_k": 1, "top_k": 3}' % b64(image).encode(),
+                                 "headers": {"content-type": "application/json"}}, 400, "field 'top_k' was sent more than once"),
+        "top_k_true": ({"method": "POST", "url": "/predict", "json": {"image_b64": b64(image), "top_k": True}}, 400, "top_k: Input should be a valid integer"),
+        "top_k_true_in_a_form": ({"method": "POST", "url": "/predict", "files": {"image": ("a.jpg", image)}, "data": {"top_k": "true"}}, 400, "top_k: Input should be a valid integer"),
+        "unknown_field": ({"method": "POST", "url": "/predict", "files": {"image": ("a.jpg", image)}, "data": {"topk": "3"}},
+                          400, "unexpected field 'topk'; this endpoint takes: image, image_b64, threshold, top_k"),
+        "put_predict": ({"method": "PUT", "url": "/predict", "files": {"image": ("a.jpg", image)}}, 405, "PUT /predict: method not allowed; use POST"),
+        "get_predict": ({"method": "GET", "url": "/predict"}, 405, "GET /predict: method not allowed; use POST"),
+        "file_to_unknown_route": ({"method": "POST", "url": "/classify", "files": {"image": ("a.jpg", image)}}, 404, "no such endpoint: POST /classify"),
+    }

@@ -12,7 +12,7 @@ from gesture_core import build_model, get_backbone, list_backbones
 from gesture_core.backbones import freeze_backbone, head_modules
 from gesture_core.checkpoint import build_from_checkpoint, load_checkpoint, save_checkpoint
 from gesture_core.weights import WeightsUnavailableError, torchvision_weights
-from training.engine import classification_loss
+from training.loop import classification_loss
 
 REQUIRED = [
     *(f"resnet{d}" for d in (18, 34, 50, 101, 152)),

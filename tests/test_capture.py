@@ -1,4 +1,4 @@
-"""service.capture and service.sources on real video files written by the test with cv2.VideoWriter."""
+"""service.webcam.capture and service.webcam.sources on real video files written by the test with cv2.VideoWriter."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import cv2
 import numpy as np
 import pytest
 
-from service import capture
-from service.capture import ImageFolderWriter, LiveState, draw_overlay, due_saves, handle_key, main
-from service.sources import SourceError, describe_source, is_live, open_source, parse_source, read_frames
+from service.webcam import capture
+from service.webcam.capture import ImageFolderWriter, LiveState, draw_overlay, due_saves, handle_key, main
+from service.webcam.sources import SourceError, describe_source, is_live, open_source, parse_source, read_frames
 from tests.helpers import REPO, synthetic_image
 
 FRAMES = 30
@@ -224,7 +224,7 @@ def test_cli_runs_as_a_module_and_service_never_imports_training(tmp_path: Path)
     code = (
         "import sys, runpy; sys.argv = ['capture', '--out', sys.argv[1], '--source', sys.argv[2], "
         "'--headless', '--every', '5', '--label', 'fist'];\n"
-        "try:\n    runpy.run_module('service.capture', run_name='__main__')\n"
+        "try:\n    runpy.run_module('service.webcam.capture', run_name='__main__')\n"
         "except SystemExit as e:\n    assert e.code == 0, e.code\n"
         "bad = [m for m in sys.modules if m == 'training' or m.startswith('training.')]\n"
         "assert not bad, bad\n"

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from gesture_core import build_model, decode_probs, get_backbone, load_classifier, save_checkpoint
-from gesture_core.checkpoint import CheckpointError, load_checkpoint, softmax
+from gesture_core.checkpoint import CheckpointError, load_checkpoint
+from gesture_core.classifier import softmax
 from tests.helpers import synthetic_image
 
 

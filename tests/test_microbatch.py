@@ -120,7 +120,7 @@ def test_several_model_threads_run_batches_at_the_same_time():
     assert (first.result(15), second.result(15)) == ("a", "b")
     assert batcher.stats.batches == 2
     batcher.close()
-    assert not any(t.is_alive() for t in batcher._threads)
+    assert not any(t.is_alive() for t in batcher.threads)
 
 
 def test_thread_count_must_be_positive():

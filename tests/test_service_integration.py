@@ -4,20 +4,25 @@
 from __future__ import annotations
 
 import ast
+import contextlib
 import json
 import os
+import socket
 import subprocess
 import sys
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
 import pytest
 
+from benchmarks.server_process import REPO, ServerStartError, serve_process
 from gesture_core import load_classifier
-from service.server_process import REPO, ServerStartError, serve_process
-from tests.service_inputs import http_bad_requests, jpeg, sample_images
+from tests.service_inputs import ambiguous_requests, b64, http_bad_requests, jpeg, sample_images
 
 pytestmark = pytest.mark.integration
 
@@ -47,8 +52,7 @@ def model_tag(home, random_head_checkpoint):
 
 @pytest.fixture(scope="module")
 def server(home, model_tag):
-    # A generous batching deadline: on a busy CI machine BentoML would otherwise shed load with 503s.
-    env = {"GESTURE_MAX_UPLOAD_MB": str(UPLOAD_LIMIT_MB), "GESTURE_BATCH_LATENCY_MS": "60000"}
+    env = {"GESTURE_MAX_UPLOAD_MB": str(UPLOAD_LIMIT_MB)}
     with serve_process(bentoml_home=home, env=env) as running:
         yield running
 
@@ -74,24 +78,12 @@ def test_served_predictions_equal_load_classifier(http, model_tag, random_head_c
         assert single.status_code == 200, single.text
         assert single.json()["model"] == model_tag
         assert_same_as_local(single.json(), probs, local.classes, atol=1e-5)
-        batched = http.post("/predict_batched", files={"image": (name, data)}, data={"top_k": "10"})
-        assert_same_as_local(batched.json(), probs, local.classes, atol=1e-5)
+        as_json = http.post("/predict", json={"image_b64": b64(data), "top_k": 10})
+        assert as_json.json() == single.json()
     batch = http.post("/predict_batch", files=[("images", item) for item in images], data={"top_k": "10"})
     assert batch.status_code == 200, batch.text
     for served, probs in zip(batch.json(), reference, strict=True):
         assert_same_as_local(served, probs, local.classes, atol=1e-5)
-
-
-def test_concurrent_clients_on_the_batched_endpoint(http, server):
-    images = [data for _, data in sample_images(include_large=False)]
-    jobs = [images[i % len(images)] for i in range(32)]
-    with ThreadPoolExecutor(16) as pool:
-        served = list(pool.map(lambda d: http.post("/predict_batched", files={"image": ("x.jpg", d)}).json(), jobs))
-    one_by_one = {d: http.post("/predict", files={"image": ("x.jpg", d)}).json() for d in images}
-    for data, result in zip(jobs, served, strict=True):
-        assert result["label"] == one_by_one[data]["label"]
-        assert result["score"] == pytest.approx(one_by_one[data]["score"], abs=1e-5)
-    assert "bentoml_service_adaptive_batch_size" in http.get("/metrics").text
 
 
 def test_concurrent_clients_share_model_calls_on_predict(http, server):
@@ -106,8 +98,8 @@ def test_concurrent_clients_share_model_calls_on_predict(http, server):
         assert resp.status_code == 200, resp.text
         assert resp.json()["label"] == one_by_one[data]["label"]
         assert resp.json()["score"] == pytest.approx(one_by_one[data]["score"], abs=1e-5)
-    assert after["predict_images"] - before["predict_images"] == len(jobs)
-    assert 1 <= after["predict_model_calls"] - before["predict_model_calls"] <= len(jobs)
+    assert after["images"] - before["images"] == len(jobs)
+    assert 1 <= after["model_calls"] - before["model_calls"] <= len(jobs)
 
 
 def test_shutdown_stops_the_model_thread_cleanly(home, model_tag):
@@ -116,7 +108,7 @@ def test_shutdown_stops_the_model_thread_cleanly(home, model_tag):
         assert httpx.post(f"{running.url}/predict", files={"image": ("x.jpg", image)}, timeout=60).status_code == 200
     assert running.process.returncode is not None
     assert "Traceback" not in running.log(), running.log()[-3000:]
-    assert "model threads stopped: 1 /predict images in 1 model calls" in running.log(), running.log()[-3000:]
+    assert "model threads stopped: 1 images in 1 model calls" in running.log(), running.log()[-3000:]
 
 
 @pytest.mark.parametrize("case", sorted(http_bad_requests(UPLOAD_LIMIT_MB * 1024 * 1024)))
@@ -128,6 +120,13 @@ def test_bad_requests_get_4xx_json_and_the_server_keeps_serving(http, server, ca
     assert http.post("/predict", files={"image": ("ok.jpg", jpeg(0))}).status_code == 200
 
 
+@pytest.mark.parametrize("case", sorted(ambiguous_requests()))
+def test_ambiguous_requests_get_the_reason_in_json(http, case):
+    request, status, phrase = ambiguous_requests()[case]
+    resp = http.request(**request)
+    assert resp.status_code == status and phrase in resp.json()["error"], resp.text
+
+
 def test_fifty_megabyte_upload_is_refused(http):
     resp = http.post("/predict", files={"image": ("huge.jpg", os.urandom(50 * 1024 * 1024))})
     assert resp.status_code == 413 and "GESTURE_MAX_UPLOAD_MB" in resp.json()["error"]
@@ -137,10 +136,56 @@ def test_health_info_and_openapi(http, model_tag):
     for path in ("/readyz", "/livez", "/metrics", "/docs.json"):
         assert http.get(path).status_code == 200, path
     info = http.post("/info").json()
-    assert info["model"] == model_tag and info["limits"]["max_upload_bytes"] == UPLOAD_LIMIT_MB * 1024 * 1024
-    assert info["batching"]["max_latency_ms"] == 60000
+    assert info["model"] == model_tag and info["settings"]["max_upload_bytes"] == UPLOAD_LIMIT_MB * 1024 * 1024
     paths = http.get("/docs.json").json()["paths"]
-    assert {"/predict", "/predict_batch", "/predict_batched", "/info"} <= set(paths)
+    assert {"/predict", "/predict_batch", "/info"} <= set(paths) and not {"/predict_batched", "/classify_crops"} & set(paths)
+    assert "request_total" in http.get("/metrics").text
+
+
+SLOW_CLIENTS = 6  # against a concurrency limit of 2: BentoML's own limit would lock every other client out
+
+
+def start_slow_upload(url: str, declared: int = 10_000) -> socket.socket:
+    """A client that sends its headers and the first byte of a body it never finishes."""
+    parts = urlsplit(url)
+    sock = socket.create_connection((parts.hostname, parts.port), timeout=60)
+    sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: %d\r\n\r\n{" % declared)
+    return sock
+
+
+def trickle(sockets: list[socket.socket], stop: threading.Event) -> None:
+    """One more byte a second on every socket, until the server hangs up on it."""
+    while not stop.wait(1.0):
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.send(b" ")
+
+
+def test_slow_clients_hold_no_concurrency_slot_and_get_408(home, model_tag):
+    env = {"GESTURE_MAX_CONCURRENCY": "2", "GESTURE_BODY_TIMEOUT_S": "4"}
+    with serve_process(bentoml_home=home, env=env) as server:
+        started = time.monotonic()
+        slow = [start_slow_upload(server.url) for _ in range(SLOW_CLIENTS)]
+        stop = threading.Event()
+        trickler = threading.Thread(target=trickle, args=(slow, stop), daemon=True)
+        trickler.start()
+        try:
+            time.sleep(0.5)  # the slow requests have reached the service
+            with httpx.Client(base_url=server.url, timeout=60) as http:
+                for seed in range(4):
+                    resp = http.post("/predict", files={"image": ("ok.jpg", jpeg(seed))})
+                    assert resp.status_code == 200, resp.text
+            answers = [sock.recv(4096) for sock in slow]
+            waited = time.monotonic() - started
+        finally:
+            stop.set()
+            trickler.join()
+            for sock in slow:
+                sock.close()
+    for answer in answers:
+        assert answer.startswith(b"HTTP/1.1 408") and b"GESTURE_BODY_TIMEOUT_S" in answer, answer
+    assert waited >= 3.5  # they were given their time, not refused at once
 
 
 def test_missing_model_fails_start_up_with_import_instructions(tmp_path):
@@ -162,6 +207,16 @@ def assert_imports_are_packed(src: Path) -> None:
                 assert f"{path}.py" in packed or f"{path}/__init__.py" in packed, f"{name} imports {module}, which bentofile.yaml does not include"
 
 
+def assert_containerizable(bento: Path) -> None:
+    """What `bentoml containerize` builds from: the Dockerfile with the system packages, and the pins."""
+    dockerfile = next(bento.glob("env/docker/Dockerfile"), None)
+    assert dockerfile is not None, sorted(p.relative_to(bento).as_posix() for p in bento.rglob("*") if "src" not in p.parts)
+    text = dockerfile.read_text()
+    assert "libglib2.0-0" in text and "libgomp1" in text and "3.11" in text, text[:2000]
+    requirements = (bento / "env" / "python" / "requirements.txt").read_text()
+    assert "torch==2.14.1" in requirements and "bentoml==1.4.39" in requirements and "openvino" in requirements
+
+
 def test_bentoml_build_packages_and_pins_the_imported_model(tmp_path, random_head_checkpoint):
     built_with = import_cli(random_head_checkpoint, tmp_path)
     done = run_cli(["-m", "bentoml", "build", "--output", "tag"], tmp_path)
@@ -172,7 +227,9 @@ def test_bentoml_build_packages_and_pins_the_imported_model(tmp_path, random_hea
     assert [m["tag"] for m in json.loads(info.stdout)["services"][0]["models"]] == [built_with]
     newer = import_cli(random_head_checkpoint, tmp_path)  # now "latest" is another version
     assert newer != built_with
-    assert_imports_are_packed(tmp_path / "bentos" / bento_tag.replace(":", "/") / "src")
+    bento = tmp_path / "bentos" / bento_tag.replace(":", "/")
+    assert_imports_are_packed(bento / "src")
+    assert_containerizable(bento)
     with serve_process(bentoml_home=tmp_path, target=bento_tag) as server:
         assert httpx.post(f"{server.url}/info", timeout=60).json()["model"] == built_with
         assert httpx.post(f"{server.url}/predict", files={"image": ("ok.jpg", jpeg(0))}, timeout=60).status_code == 200

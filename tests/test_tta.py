@@ -11,7 +11,7 @@ import torch
 from gesture_core import DataConfig, Preprocess, build_model, load_classifier, save_checkpoint
 from gesture_core.preprocess import TTA_MODES, tta_crops, tta_view_count
 from tests.helpers import synthetic_image
-from training.data import load_folder
+from training.data import Sample, load_folder
 from training.evaluate import evaluate_samples, main
 
 CONFIG = DataConfig(input_size=32, resize_size=40)
@@ -52,7 +52,7 @@ def count_images_through(model: torch.nn.Module) -> list[int]:
 
 
 def test_10crop_runs_exactly_ten_forward_passes_per_image(tiny_checkpoint, image_folder):
-    classifier = load_classifier(tiny_checkpoint, "cpu")
+    classifier = load_classifier(tiny_checkpoint, "cpu", engine="torch")  # the forward hooks count what runs
     samples, _ = load_folder(image_folder, classifier.classes)
     seen = count_images_through(classifier.model)
     plain, _ = evaluate_samples(classifier, samples, batch_size=16, workers=0)
@@ -64,7 +64,7 @@ def test_10crop_runs_exactly_ten_forward_passes_per_image(tiny_checkpoint, image
 
 
 def test_flip_agrees_with_hand_averaged_probabilities(tiny_checkpoint, image_folder):
-    classifier = load_classifier(tiny_checkpoint, "cpu")
+    classifier = load_classifier(tiny_checkpoint, "cpu", engine="torch")  # the forward hooks count what runs
     samples, _ = load_folder(image_folder, classifier.classes)
     metrics, _ = evaluate_samples(classifier, samples, batch_size=8, workers=0, tta="flip")
     pre = classifier.preprocess
@@ -81,3 +81,15 @@ def test_cli_tta_all_writes_the_table(tiny_checkpoint, image_folder, tmp_path, c
     assert all(r["n"] == 36 and 0.0 <= r["top1"] <= 1.0 for r in rows)
     assert "| 10crop | 10x |" in (out / "tta.md").read_text()
     assert "forward passes per image" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("tta", ["none", "flip"])
+def test_a_file_that_fails_to_decode_is_reported_and_the_others_are_evaluated(tiny_checkpoint, image_folder, tmp_path, tta):
+    classifier = load_classifier(tiny_checkpoint, "cpu", engine="torch")
+    samples, _ = load_folder(image_folder, classifier.classes)
+    junk = tmp_path / "junk.png"
+    junk.write_bytes(b"not an image")
+    with_junk = [*samples[:3], Sample(str(junk), 0), *samples[3:]]
+    metrics, failed = evaluate_samples(classifier, with_junk, batch_size=4, workers=0, tta=tta)
+    clean, _ = evaluate_samples(classifier, samples, batch_size=4, workers=0, tta=tta)
+    assert failed == [str(junk)] and metrics == clean

@@ -19,11 +19,12 @@ import cv2
 import numpy as np
 import pytest
 
+from benchmarks.server_process import free_port, serve_process
 from gesture_core import load_classifier
-from service.server_process import free_port, serve_process
-from service.webcam import EXIT_OK, EXIT_OUTAGE, EXIT_USAGE, Options, Recognizer, Stream, main, run
-from service.webcam_capture import Frame, FrameGrabber
-from service.webcam_inference import LocalEngine, RemoteEngine, ServerError, Smoother
+from gesture_core.runtime import Runtime
+from service.webcam.demo import EXIT_OK, EXIT_OUTAGE, EXIT_USAGE, Options, Recognizer, Stream, main, run
+from service.webcam.grabber import Frame, FrameGrabber
+from service.webcam.scoring import LocalScorer, RemoteScorer, ServerError, Smoother
 from tests.helpers import REPO
 
 FRAME_SIZE = 128  # sign-digits images are mostly 100x100 (three are 3024x3024): one size for the video
@@ -125,7 +126,7 @@ def test_vote_smoothing_and_roi_on_an_image_sequence(sign_digits_run, tmp_path):
         frame[FRAME_SIZE // 2 : FRAME_SIZE * 3 // 2, FRAME_SIZE // 2 : FRAME_SIZE * 3 // 2] = photo
         cv2.imwrite(str(tmp_path / f"{i:04d}.png"), frame)
     seen = []
-    engine = LocalEngine.load(str(sign_digits_run / "best.pt"), device="cpu")
+    engine = LocalScorer.load(str(sign_digits_run / "best.pt"), Runtime(device="cpu"))
     recording = lambda bgr: seen.append(bgr.shape) or engine(bgr)  # noqa: E731
     recording.name = engine.name
     summary = run(Stream.open(str(tmp_path / "%04d.png")), recording,
@@ -167,8 +168,8 @@ def test_headless_remote_run_against_a_real_service(gesture_server, digit_clip, 
 @pytest.mark.integration
 def test_remote_answers_match_the_local_model(gesture_server, sign_digits_run, digit_clip):
     """Same frames, same model: the service's probabilities equal the local ones up to JPEG transport."""
-    local = LocalEngine.load(str(sign_digits_run / "best.pt"), device="cpu")
-    remote = RemoteEngine(gesture_server, timeout=30)
+    local = LocalScorer.load(str(sign_digits_run / "best.pt"), Runtime(device="cpu"))
+    remote = RemoteScorer(gesture_server, timeout=30)
     cap = cv2.VideoCapture(str(digit_clip))
     ok, frame = cap.read()
     cap.release()
@@ -359,7 +360,7 @@ def misbehaving_server():
                                            ("hang", "did not answer within 0.3 s")])
 def test_server_errors_become_an_outage_not_a_crash(misbehaving_server, short_clip, mode, message):
     server = misbehaving_server(mode)
-    engine = RemoteEngine(f"http://127.0.0.1:{server.server_address[1]}", timeout=0.3)
+    engine = RemoteScorer(f"http://127.0.0.1:{server.server_address[1]}", timeout=0.3)
     with pytest.raises(ServerError, match=message):
         engine(np.zeros((64, 64, 3), np.uint8))
     logged = []
@@ -371,7 +372,7 @@ def test_server_errors_become_an_outage_not_a_crash(misbehaving_server, short_cl
 
 def test_recognizer_recovers_when_the_server_answers_again(monkeypatch, random_head_checkpoint):
     classifier = load_classifier(random_head_checkpoint, device="cpu")
-    local = LocalEngine(classifier)
+    local = LocalScorer(classifier)
     failing = {"on": True}
 
     def flaky(bgr):
@@ -382,7 +383,7 @@ def test_recognizer_recovers_when_the_server_answers_again(monkeypatch, random_h
     flaky.name = "flaky"
     logged = []
     recognizer = Recognizer(flaky, Smoother(3), log=logged.append)
-    monkeypatch.setattr("service.webcam.RETRY_AFTER_S", 0.0)
+    monkeypatch.setattr("service.webcam.demo.RETRY_AFTER_S", 0.0)
     frame = Frame(0, np.zeros((64, 64, 3), np.uint8), 0.0)
     assert recognizer(frame, 0.0).error == "server down"
     failing["on"] = False
@@ -410,12 +411,12 @@ class ScriptedGui:
 
 
 def test_keys_snapshot_pause_and_quit(monkeypatch, tmp_path, short_clip, random_head_checkpoint):
-    from service.webcam import Window
+    from service.webcam.demo import Window
 
     # frame 0, frame 1: s, frame 2: space -> paused (shown again, then s, then space resumes), frame 3, frame 4: q
     gui = ScriptedGui([None, "s", " ", None, "s", " ", None, "q"])
     gui.install(monkeypatch)
-    engine = LocalEngine(load_classifier(random_head_checkpoint, device="cpu"))
+    engine = LocalScorer(load_classifier(random_head_checkpoint, device="cpu"))
     summary = run(Stream.open(str(short_clip)), engine, Options(snapshot_dir=tmp_path), window=Window(), log=lambda m: None)
     assert summary.frames == 5 and gui.destroyed
     assert sorted(p.name for p in tmp_path.iterdir()) == ["snapshot-000001.png", "snapshot-000002.png"]

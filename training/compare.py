@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from gesture_core.backbones import get_backbone
-from gesture_core.checkpoint import load_classifier
+from gesture_core.classifier import load_classifier
 from gesture_core.weights import WeightsUnavailableError, imagenet_weights_file
 from training import cli
 from training.config import TrainConfig

@@ -4,8 +4,8 @@
     python -m training.evaluate --checkpoint RUN/best.pt --data path/to/folder --out eval/
     python -m training.evaluate --checkpoint RUN/best.pt --tta all   # multi-crop table: top-1 vs cost
 
-Uses the checkpoint's own Preprocess (``load_classifier``), exactly as the service does; test-time
-augmentation views are built from that same Preprocess (``Preprocess.views``).
+Runs the checkpoint's own Classifier (``crop`` per image, ``classify`` per batch), exactly as the
+service does; test-time augmentation views are crops from that same Preprocess (``tta_crops``).
 """
 
 from __future__ import annotations
@@ -16,15 +16,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-from torch import nn
 
-from gesture_core.checkpoint import CheckpointError, Classifier, load_classifier
-from gesture_core.preprocess import TTA_MODES, DataConfig, Preprocess, tta_view_count
+from gesture_core.checkpoint import CheckpointError
+from gesture_core.classifier import Classifier, load_classifier
+from gesture_core.preprocess import TTA_MODES, DataConfig, Preprocess, tta_crops, tta_view_count
 from training import cli
-from training.augment import build_eval_transform
 from training.data import DatasetError, ImageDataset, Sample, Splits, load_folder, make_loader
-from training.engine import predict_logits
+from training.loop import IGNORE_LABEL
 from training.report import classification_metrics, format_summary, write_json, write_report
 
 TTA_CHOICES = (*TTA_MODES, "all")
@@ -59,46 +59,44 @@ def select_samples(checkpoint: Path, classes: list[str], data: str | None, split
 
 
 def evaluate_samples(classifier: Classifier, samples: list[Sample], *, batch_size: int = 64, workers: int = 2, tta: str = "none") -> tuple[dict[str, Any], list[str]]:
-    """(metrics, paths that failed to decode) for labelled samples, through the checkpoint's Preprocess.
+    """(metrics, paths that failed to decode) for labelled samples, through the Classifier's own pipeline:
+    the checkpoint's Preprocess crops each image (in the loader's workers), ``Classifier.classify`` runs
+    the crops, as the service and the webcam do.
 
     With ``tta`` other than "none", each image is seen as ``tta_view_count(tta)`` views and the
-    softmax probabilities are averaged over them (so the "logits" ranked are log mean probabilities).
+    probabilities are averaged over them; the scores ranked are the log of the (mean) probabilities.
     """
     dc = classifier.data_config
     views = tta_view_count(tta)
-    if tta == "none":
-        transform, shape, model = build_eval_transform(dc), (dc.in_chans, dc.input_size, dc.input_size), classifier.model
-    else:
-        transform, shape, model = TTATransform(dc, tta), (views, dc.in_chans, dc.input_size, dc.input_size), ViewAverage(classifier.model)
-    dataset = ImageDataset(samples, transform, min_side=dc.resize_size, placeholder_shape=shape)
+    dataset = ImageDataset(samples, CropViews(dc, tta), min_side=dc.resize_size, placeholder_shape=(views, dc.input_size, dc.input_size, 3))
     # Fewer images per batch under TTA, so one batch holds about as many views as without it.
-    loader = make_loader(dataset, batch_size=max(1, batch_size // views), workers=workers, pin_memory=classifier.device.type == "cuda")
-    logits, targets, failed = predict_logits(model, loader, classifier.device)
-    return classification_metrics(logits, targets, classifier.classes), [samples[i].path for i in failed]
+    loader = make_loader(dataset, batch_size=max(1, batch_size // views), workers=workers, pin_memory=False)
+    scores, targets, failed = [], [], []
+    for crops, target, index in loader:
+        keep = target != IGNORE_LABEL
+        failed += index[~keep].tolist()
+        if keep.any():
+            kept = crops[keep].numpy()  # (images, views, H, W, 3)
+            probs = classifier.classify(list(kept.reshape(-1, *kept.shape[2:])))
+            scores.append(np.log(probs.reshape(len(kept), views, -1).mean(1).clip(1e-12)))
+            targets.append(target[keep].numpy())
+    if not scores:  # every file failed to decode
+        scores, targets = [np.zeros((0, len(classifier.classes)))], [np.zeros(0, np.int64)]
+    metrics = classification_metrics(np.concatenate(scores), np.concatenate(targets), classifier.classes)
+    return metrics, [samples[i].path for i in failed]
 
 
-class TTATransform:
-    """(rgb, seed) -> (views, C, H, W) from the shared Preprocess; picklable for loader workers."""
+class CropViews:
+    """(rgb, seed) -> the views' uint8 crops from the shared Preprocess, (views, H, W, 3), as float32
+    so that they batch with the loader's placeholders for files that fail to decode; picklable for
+    loader workers."""
 
     def __init__(self, config: DataConfig, mode: str):
         self.preprocess, self.mode = Preprocess(config), mode
         tta_view_count(mode)  # rejects unknown modes up front
 
-    def __call__(self, rgb, seed: int = 0) -> torch.Tensor:
-        return self.preprocess.views(rgb, self.mode)
-
-
-class ViewAverage(nn.Module):
-    """(B, V, C, H, W) -> log of the softmax probabilities averaged over the V views of each image."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, views: torch.Tensor) -> torch.Tensor:
-        b, v = views.shape[:2]
-        probs = torch.softmax(self.model(views.flatten(0, 1)).float(), dim=1)
-        return probs.view(b, v, -1).mean(1).clamp_min(1e-12).log()
+    def __call__(self, rgb: np.ndarray, seed: int = 0) -> torch.Tensor:
+        return torch.from_numpy(np.stack(tta_crops(self.preprocess, rgb, self.mode))).float()
 
 
 def tta_table(classifier: Classifier, samples: list[Sample], modes=TTA_MODES, *, batch_size: int = 64, workers: int = 2) -> tuple[list[dict[str, Any]], dict[str, tuple[dict[str, Any], list[str]]]]:
@@ -132,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     single = "none" if args.tta == "all" else args.tta
     try:
-        classifier = load_classifier(args.checkpoint, args.device)
+        # eager PyTorch, the reference engine: evaluation reproduces the run's own test metrics
+        classifier = load_classifier(args.checkpoint, args.device, engine="torch")
         samples, skipped, name = select_samples(args.checkpoint, classifier.classes, args.data, args.split)
         if not samples:
             raise DatasetError(f"no images to evaluate in {name}")

@@ -28,7 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from gesture_core.checkpoint import CheckpointError, Classifier, load_classifier
+from gesture_core.checkpoint import CheckpointError
+from gesture_core.classifier import Classifier, load_classifier
 from gesture_core.images import ImageDecodeError
 from training import cli
 from training.data import IMAGE_EXTENSIONS, DatasetError, Splits

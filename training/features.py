@@ -39,7 +39,7 @@ from gesture_core.engines import Engine, build_engine, cache_root, model_fingerp
 from gesture_core.preprocess import DataConfig
 from training.augment import build_eval_transform
 from training.data import ImageDataset, Sample, make_loader
-from training.engine import IGNORE_LABEL, EpochResult, classification_loss
+from training.loop import IGNORE_LABEL, EpochResult, classification_loss
 
 CACHE_CHOICES = ("auto", "on", "off")
 FEATURES_FORMAT_VERSION = 1
@@ -271,7 +271,7 @@ class FrozenFeatures:
 
     @torch.inference_mode()
     def logits(self, name: str) -> tuple[np.ndarray, np.ndarray, list[int]]:
-        """(logits, targets, failed indices) of the head on a cached split, like ``training.engine.predict_logits``."""
+        """(logits, targets, failed indices) of the head on a cached split, like ``training.loop.predict_logits``."""
         data = self.split(name)
         self.head.eval()
         keep = data.labels != IGNORE_LABEL

@@ -29,8 +29,8 @@ from training.augment import PRESETS, build_eval_transform, build_train_transfor
 from training.config import TrainConfig
 from training.data import DatasetError, ImageDataset, SeededSampler, Splits, index_seed, load_splits, make_loader
 from training.ema import ModelEma
-from training.engine import EpochResult, build_optimizer, predict_logits, train_one_epoch, warmup_cosine
 from training.features import CACHE_CHOICES, FrozenFeatures, use_feature_cache
+from training.loop import EpochResult, build_optimizer, predict_logits, train_one_epoch, warmup_cosine
 from training.report import classification_metrics, format_summary, plot_curves, write_history, write_json, write_report
 
 RESUMABLE_OVERRIDES = ("epochs", "workers", "device", "patience")

@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gesture_core.checkpoint import CheckpointError, Classifier, load_classifier
+from gesture_core.checkpoint import CheckpointError
+from gesture_core.classifier import Classifier, load_classifier
 from gesture_core.images import ImageDecodeError
 from training import cli
 

@@ -1,8 +1,8 @@
 """Record your own gesture dataset from a webcam (or a video file) straight into the ImageFolder layout.
 
-    python -m service.capture --out datasets/my-gestures --classes fist,palm,peace,none
-    python -m service.capture --out datasets/my-gestures --classes fist,palm,peace,none --roi
-    python -m service.capture --out datasets/my-gestures --source clip.mp4 --headless --every 5 --label palm
+    python -m service.webcam.capture --out datasets/my-gestures --classes fist,palm,peace,none
+    python -m service.webcam.capture --out datasets/my-gestures --classes fist,palm,peace,none --roi
+    python -m service.webcam.capture --out datasets/my-gestures --source clip.mp4 --headless --every 5 --label palm
 
 Live preview keys: 1-9 save one frame of that class (hold the key to save a stream), SPACE starts or
 stops recording the selected class (one frame every --every frames), b records a timed burst of
@@ -30,9 +30,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from service.sources import SourceError, describe_source, is_live, open_source, read_frames
-from service.webcam import display_problem
-from service.webcam_overlay import centred_roi  # the webcam demo's box: captured crops match what it classifies
+from service.webcam.demo import display_problem
+from service.webcam.overlay import centred_roi  # the webcam demo's box: captured crops match what it classifies
+from service.webcam.sources import SourceError, describe_source, is_live, open_source, read_frames
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 MAX_KEYED_CLASSES = 9
@@ -295,7 +295,7 @@ def _positive(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m service.capture", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="python -m service.webcam.capture", description=__doc__.split("\n\n")[0],
                                 epilog=NONE_TIP, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("--out", type=Path, required=True, help="dataset folder; images go to OUT/<class>/")
     p.add_argument(

@@ -26,11 +26,11 @@ import cv2
 import numpy as np
 
 from gesture_core import Prediction
-from gesture_core.engines import ENGINE_CHOICES, PRECISIONS
-from service.sources import SourceError, describe_source, is_live, open_source, parse_source
-from service.webcam_capture import Frame, FrameGrabber
-from service.webcam_inference import Engine, LocalEngine, RemoteEngine, ServerError, Smoother, default_threads
-from service.webcam_overlay import OverlayInfo, centred_roi, render
+from gesture_core.runtime import Runtime, add_runtime_arguments
+from service.webcam.grabber import Frame, FrameGrabber
+from service.webcam.overlay import OverlayInfo, centred_roi, render
+from service.webcam.scoring import LocalScorer, RemoteScorer, Scorer, ServerError, Smoother, default_threads
+from service.webcam.sources import SourceError, describe_source, is_live, open_source, parse_source
 
 EXIT_OK, EXIT_SOURCE_LOST, EXIT_USAGE, EXIT_OUTAGE = 0, 1, 2, 3
 RETRY_AFTER_S = 1.0  # during an outage, ask the server again this often; frames keep flowing meanwhile
@@ -138,8 +138,8 @@ class Summary:
 class Recognizer:
     """Frame in, smoothed prediction out; a failing server becomes an outage, not an exception."""
 
-    def __init__(self, engine: Engine, smoother: Smoother, *, roi: float | None = None, log: Log = _stderr):
-        self.engine, self.smoother, self.roi, self.log = engine, smoother, roi, log
+    def __init__(self, scorer: Scorer, smoother: Smoother, *, roi: float | None = None, log: Log = _stderr):
+        self.scorer, self.smoother, self.roi, self.log = scorer, smoother, roi, log
         self.outage: str | None = None
         self._retry_at = 0.0
 
@@ -153,13 +153,13 @@ class Recognizer:
         crop = frame.image[box[1] : box[3], box[0] : box[2]] if box else frame.image
         start = time.perf_counter()
         try:
-            scores = self.engine(crop)
+            scores = self.scorer(crop)
         except ServerError as err:
             return self._outage(frame, timestamp, str(err))
         smoothed, raw = self.smoother.update(scores), self.smoother.decide(scores)
         latency = (time.perf_counter() - start) * 1000.0
         if self.outage:
-            self.log(f"{self.engine.name} answers again (frame {frame.index})")
+            self.log(f"{self.scorer.name} answers again (frame {frame.index})")
             self.outage = None
         return FrameResult(frame.index, timestamp, smoothed, raw, latency)
 
@@ -265,10 +265,10 @@ def display_problem() -> str | None:
     return None
 
 
-def run(stream: Stream, engine: Engine, options: Options, *, window: Window | None = None, log: Log = _stderr) -> Summary:
+def run(stream: Stream, scorer: Scorer, options: Options, *, window: Window | None = None, log: Log = _stderr) -> Summary:
     """The recognition loop: newest frame -> prediction -> overlay -> outputs/window, until the source ends or q."""
     smoother = Smoother(options.smooth, vote=options.vote, threshold=options.threshold, k=options.top_k)
-    recognizer = Recognizer(engine, smoother, roi=options.roi, log=log)
+    recognizer = Recognizer(scorer, smoother, roi=options.roi, log=log)
     mirror = stream.camera if options.mirror is None else options.mirror
     pace = (stream.fps or UNKNOWN_FPS) if options.realtime and not stream.live else None
     grabber = FrameGrabber(stream.capture, live=stream.live, drop_stale=stream.live or options.realtime, pace_fps=pace,
@@ -292,7 +292,7 @@ def run(stream: Stream, engine: Engine, options: Options, *, window: Window | No
                 if result.latency_ms is not None:
                     summary.latencies_ms.append(result.latency_ms)
                 summary.outage_frames += result.error is not None
-                info = OverlayInfo(result.prediction, meter.tick(), result.latency_ms, engine.name,
+                info = OverlayInfo(result.prediction, meter.tick(), result.latency_ms, scorer.name,
                                    recognizer.crop_box(frame.image), result.error)
                 canvas = render(frame.image, info, mirror=mirror)
                 outputs.write(result, canvas)
@@ -317,7 +317,7 @@ def run(stream: Stream, engine: Engine, options: Options, *, window: Window | No
 
 
 def _paused(info: OverlayInfo) -> OverlayInfo:
-    return OverlayInfo(info.prediction, info.fps, info.latency_ms, info.engine, info.roi, info.status, paused=True)
+    return OverlayInfo(info.prediction, info.fps, info.latency_ms, info.scorer, info.roi, info.status, paused=True)
 
 
 def _pause(window: Window, canvas: np.ndarray, outputs: Outputs, index: int) -> str | None:
@@ -355,13 +355,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--source", default="0", help="camera index (0), video file, image pattern (frames/%%04d.jpg) or rtsp:// / http:// URL")
-    engine = p.add_mutually_exclusive_group(required=True)
-    engine.add_argument("--checkpoint", type=Path, help="run locally with this checkpoint (RUN/best.pt)")
-    engine.add_argument("--url", help="ask the HTTP service instead, e.g. http://127.0.0.1:3000")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="local mode: where the model runs (auto: GPU if available)")
-    p.add_argument("--engine", default="auto", choices=ENGINE_CHOICES, help="local mode: inference engine (auto: the fastest installed, OpenVINO on CPU)")
-    p.add_argument("--precision", default="fp32", choices=PRECISIONS, help="local mode: fp32, or bf16/fp16 where the engine and hardware support it")
-    p.add_argument("--threads", type=_number(int, 1), default=default_threads(), help="local mode: CPU threads for the model (default: cores - 1, one is left for capture and drawing)")
+    scorer = p.add_mutually_exclusive_group(required=True)
+    scorer.add_argument("--checkpoint", type=Path, help="run locally with this checkpoint (RUN/best.pt)")
+    scorer.add_argument("--url", help="ask the HTTP service instead, e.g. http://127.0.0.1:3000")
     p.add_argument("--timeout", type=_number(float, 0.0, low_open=True), default=2.0, help="remote mode: seconds to wait for an answer")
     p.add_argument("--realtime", action="store_true", help="files: play at the file's fps and drop frames inference cannot keep up with (default: every frame, as fast as possible)")
     p.add_argument("--roi", type=_number(float, 0.0, 1.0, low_open=True), nargs="?", const=0.6, default=None, metavar="FRACTION",
@@ -377,6 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--snapshot-dir", type=Path, default=Path("snapshots"), help="where s (and --snapshot-at) save PNGs")
     p.add_argument("--snapshot-at", type=_number(int, 0), nargs="+", default=(), metavar="INDEX", help="save these frames as PNG (headless screenshots)")
     p.add_argument("--max-frames", type=_number(int, 1), help="stop after this many processed frames")
+    add_runtime_arguments(p, default_threads=default_threads(), threads_help="the cores but one, left for capture and drawing")
     return p
 
 
@@ -386,10 +383,10 @@ def options_from_args(args: argparse.Namespace) -> Options:
                    snapshot_dir=args.snapshot_dir, snapshot_at=tuple(args.snapshot_at), max_frames=args.max_frames)
 
 
-def make_engine(args: argparse.Namespace) -> Engine:
+def make_scorer(args: argparse.Namespace) -> Scorer:
     if args.url:
-        return RemoteEngine(args.url, timeout=args.timeout)
-    return LocalEngine.load(str(args.checkpoint), device=args.device, threads=args.threads, engine=args.engine, precision=args.precision)
+        return RemoteScorer(args.url, timeout=args.timeout)
+    return LocalScorer.load(str(args.checkpoint), Runtime.from_args(args))
 
 
 def main(argv: list[str] | None = None, log: Log = _stderr) -> int:
@@ -404,19 +401,19 @@ def main(argv: list[str] | None = None, log: Log = _stderr) -> int:
         log(f"error: {err}")
         return EXIT_USAGE
     try:
-        engine = make_engine(args)
+        scorer = make_scorer(args)
     except Exception as err:  # bad checkpoint, CUDA missing, bad URL: one line, no traceback
         stream.capture.release()
         log(f"error: {err}")
         return EXIT_USAGE
-    log(f"{stream.description} -> {engine.name}" + (" (window: q quit, s snapshot, space pause)" if show_window else " (headless)"))
+    log(f"{stream.description} -> {scorer.name}" + (" (window: q quit, s snapshot, space pause)" if show_window else " (headless)"))
     try:
-        summary = run(stream, engine, options_from_args(args), window=Window() if show_window else None, log=log)
+        summary = run(stream, scorer, options_from_args(args), window=Window() if show_window else None, log=log)
     except OSError as err:
         log(f"error: {err}")
         return EXIT_SOURCE_LOST
     finally:
-        engine.close()
+        scorer.close()
     print(summary.line(), flush=True)
     if summary.error:
         log(f"error: {summary.error}")

@@ -22,7 +22,7 @@ class OverlayInfo:
     prediction: Prediction | None  # None before the first answer, or during an outage
     fps: float
     latency_ms: float | None
-    engine: str
+    scorer: str
     roi: tuple[int, int, int, int] | None = None  # x0, y0, x1, y1 in frame pixels
     status: str | None = None  # e.g. the outage message, shown as a red line
     paused: bool = False
@@ -84,7 +84,7 @@ def _draw_prediction(canvas: np.ndarray, prediction: Prediction | None, unit: fl
 
 def _draw_speed(canvas: np.ndarray, info: OverlayInfo, unit: float) -> None:
     latency = f"{info.latency_ms:.0f} ms" if info.latency_ms is not None else "- ms"
-    lines = [(f"{info.fps:.1f} FPS  {latency}", 0.6 * unit, 2), (info.engine, 0.42 * unit, 1)]
+    lines = [(f"{info.fps:.1f} FPS  {latency}", 0.6 * unit, 2), (info.scorer, 0.42 * unit, 1)]
     pad = int(6 * unit)
     width = min(canvas.shape[1] // 2, max(cv2.getTextSize(t, _FONT, size, th)[0][0] for t, size, th in lines) + 2 * pad)
     x = canvas.shape[1] - width

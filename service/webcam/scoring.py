@@ -1,7 +1,7 @@
 """What turns a frame into class scores for the webcam demo: a local model or the HTTP service,
 and the temporal smoothing that keeps the shown label steady.
 
-Both engines take a BGR frame (as OpenCV captures it) and return ``{label: probability}``; the
+Both scorers take a BGR frame (as OpenCV captures it) and return ``{label: probability}``; the
 local engine returns every class, and the remote one asks the service for every class too.
 """
 
@@ -19,12 +19,13 @@ import cv2
 import numpy as np
 import torch
 
-from gesture_core import Classifier, Prediction, decode_probs, load_classifier
+from gesture_core import Classifier, Prediction, decode_probs
+from gesture_core.runtime import Runtime
 
 Scores = dict[str, float]
 
 
-class Engine(Protocol):
+class Scorer(Protocol):
     name: str
 
     def __call__(self, bgr: np.ndarray) -> Scores: ...
@@ -36,11 +37,6 @@ class ServerError(RuntimeError):
     """The service is unreachable, too slow, or answered an error; ``str(err)`` is user-facing."""
 
 
-def predict_probs(classifier: Classifier, bgr: np.ndarray) -> np.ndarray:
-    """The one local model call (preprocess + forward + softmax); faster engines plug in here."""
-    return classifier.probs(classifier.preprocess.from_bgr(bgr).unsqueeze(0))[0]
-
-
 def default_threads() -> int:
     """Model threads for the live loop: all cores but one, which capture, drawing and encoding need.
 
@@ -50,18 +46,15 @@ def default_threads() -> int:
     return max(1, (os.cpu_count() or 1) - 1)
 
 
-class LocalEngine:
+class LocalScorer:
     def __init__(self, classifier: Classifier):
         self.classifier = classifier
         self.name = f"{classifier.backbone} ({classifier.engine.name} {classifier.device.type})"
 
     @classmethod
-    def load(cls, checkpoint: str, device: str = "auto", threads: int | None = None, engine: str = "auto", precision: str = "fp32") -> LocalEngine:
-        """``threads``: CPU threads for the model (torch.set_num_threads); None leaves torch's default.
-        ``engine``/``precision``: see gesture_core.engines (auto: OpenVINO on CPU when installed)."""
-        if threads:
-            torch.set_num_threads(threads)
-        local = cls(load_classifier(checkpoint, device=device, engine=engine, precision=precision))
+    def load(cls, checkpoint: str, runtime: Runtime = Runtime()) -> LocalScorer:
+        """The checkpoint, running where ``runtime`` says (device, engine, precision, CPU threads)."""
+        local = cls(runtime.load(checkpoint))
         local.warm_up()
         return local
 
@@ -71,7 +64,7 @@ class LocalEngine:
         self(np.zeros((size, size, 3), np.uint8))
 
     def __call__(self, bgr: np.ndarray) -> Scores:
-        probs = predict_probs(self.classifier, bgr)
+        probs = self.classifier.classify([self.classifier.crop(bgr, bgr=True)])[0]
         return dict(zip(self.classifier.classes, probs.tolist(), strict=True))
 
     def close(self) -> None:
@@ -84,7 +77,7 @@ class LocalEngine:
 REMOTE_TOP_K = 1000
 
 
-class RemoteEngine:
+class RemoteScorer:
     """POSTs each frame as JPEG (multipart field ``image``) to ``URL/predict`` over one kept-alive connection."""
 
     def __init__(self, url: str, *, timeout: float = 2.0, jpeg_quality: int = 90):

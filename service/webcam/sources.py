@@ -1,6 +1,6 @@
 """Open a frame source (camera, video file, image sequence, stream URL) with one call.
 
-    from service.sources import SourceError, open_source, read_frames
+    from service.webcam.sources import SourceError, open_source, read_frames
 
     try:
         cap = open_source("0")            # or 0, "clip.mp4", "frames/%04d.jpg", "rtsp://host/stream"

@@ -1,0 +1,5 @@
+import sys
+
+from service.webcam.demo import main
+
+sys.exit(main())
