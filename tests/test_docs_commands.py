@@ -17,9 +17,10 @@ the repository, and every ``#anchor`` to a heading of the page it names.
 from __future__ import annotations
 
 import argparse
-import importlib
 import re
+import runpy
 import shlex
+import sys
 from pathlib import Path
 from unittest import mock
 
@@ -148,8 +149,8 @@ class _Refused(BaseException):
 
 
 def parse_errors(module_name: str, argv: list[str]) -> str | None:
-    """None when MODULE's main() parses ARGV, else argparse's message."""
-    module = importlib.import_module(module_name)
+    """None when `python -m MODULE ARGV` parses its arguments, else argparse's message. The module runs
+    as `python -m` runs it (a package through its __main__), stopped right after parsing."""
     parse_args = argparse.ArgumentParser.parse_args
 
     def parse_then_stop(parser, args=None, namespace=None):
@@ -160,14 +161,15 @@ def parse_errors(module_name: str, argv: list[str]) -> str | None:
 
     with mock.patch.object(argparse.ArgumentParser, "parse_args", parse_then_stop), mock.patch.object(argparse.ArgumentParser, "error", refuse):
         try:
-            module.main(argv)
+            with mock.patch.object(sys, "argv", [module_name, *argv]):
+                runpy.run_module(module_name, run_name="__main__", alter_sys=True)
         except _Parsed:
             return None
         except _Refused as refused:
             return str(refused)
         except SystemExit as stop:  # --help and --version exit with 0 once they have printed
             return None if stop.code in (0, None) else f"exited with {stop.code}"
-    raise AssertionError(f"{module_name}.main() returned without calling parse_args")
+    raise AssertionError(f"python -m {module_name} returned without calling parse_args")
 
 
 def test_commands_are_found_behind_variables_wrappers_and_launchers():
