@@ -39,6 +39,7 @@ from pydantic import AfterValidator, BaseModel, Field
 from gesture_core import Classifier, ImageDecodeError, decode_probs, load_classifier
 from gesture_core.images import probe_image
 from service import settings
+from service.browser_demo import DEMO_PATH, allow_cors_origins, demo_app
 from service.http_guard import FormPart, RequestGuard, Send
 from service.import_model import CHECKPOINT_FILE
 from service.microbatch import BatchStats, MicroBatcher
@@ -146,6 +147,7 @@ def tracing_config() -> dict[str, Any]:
     return {} if settings.tracing() else {"excluded_urls": [".*"]}
 
 
+@bentoml.asgi_app(demo_app(), path=DEMO_PATH)  # the browser demo
 @bentoml.service(resources=resources(), traffic={"timeout": 30, "max_concurrency": 128}, workers=1, tracing=tracing_config())
 class GestureClassifier:
     # At class scope so `bentoml build` packages the model; GESTURE_MODEL picks another one.
@@ -422,6 +424,7 @@ def find_model(ref: bentoml.models.BentoModel) -> bentoml.Model:
     return stored
 
 
+allow_cors_origins(GestureClassifier)  # first, so that the request guard's answers carry CORS headers too
 GestureClassifier.add_asgi_middleware(
     RequestGuard,
     max_body_bytes=LIMITS.max_upload_bytes,
