@@ -196,6 +196,14 @@ def test_outage_is_shown_and_the_page_recovers(server, open_page):
 
 @pytest.mark.integration
 @pytest.mark.slow
+def test_scores_below_the_threshold_show_no_gesture(server, open_page):
+    browser = open_page(f"{server.url}/demo/?threshold=0.9999")
+    labels = shown_labels(browser, 5)
+    assert labels.count("no gesture") >= 4, labels
+
+
+@pytest.mark.integration
+@pytest.mark.slow
 def test_a_refused_frame_shows_the_servers_reason(server, open_page, camera_video):
     browser = open_page(f"{server.url}/demo/?threshold=1.5")
     reason = httpx.post(f"{server.url}/predict", files={"image": ("x.jpg", jpeg(0))}, data={"threshold": "1.5"}, timeout=60).json()

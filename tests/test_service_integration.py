@@ -172,10 +172,13 @@ def test_bentoml_build_packages_and_pins_the_imported_model(tmp_path, random_hea
     assert [m["tag"] for m in json.loads(info.stdout)["services"][0]["models"]] == [built_with]
     newer = import_cli(random_head_checkpoint, tmp_path)  # now "latest" is another version
     assert newer != built_with
-    assert_imports_are_packed(tmp_path / "bentos" / bento_tag.replace(":", "/") / "src")
+    src = tmp_path / "bentos" / bento_tag.replace(":", "/") / "src"
+    assert_imports_are_packed(src)
+    assert {p.name for p in (src / "service" / "demo").iterdir()} >= {"index.html", "demo.js", "demo.css"}  # the /demo page
     with serve_process(bentoml_home=tmp_path, target=bento_tag) as server:
         assert httpx.post(f"{server.url}/info", timeout=60).json()["model"] == built_with
         assert httpx.post(f"{server.url}/predict", files={"image": ("ok.jpg", jpeg(0))}, timeout=60).status_code == 200
+        assert "demo.js" in httpx.get(f"{server.url}/demo/", timeout=60).text
 
 
 @pytest.mark.slow

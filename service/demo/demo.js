@@ -167,8 +167,10 @@ class Smoother {
     this.rejectClasses = new Set();
   }
 
+  // after an outage or a refusal: the server may come back with another model
   reset() {
     this.history = [];
+    this.rejectClasses.clear();
   }
 
   update(answer, window, threshold) {
@@ -253,7 +255,7 @@ function smoothWindow() {
 // --- the loop ------------------------------------------------------------------------------------
 
 // One request at a time, each with the newest frame: frames that arrive meanwhile are never queued,
-// so the page runs as fast as the server answers and never falls behind the camera.
+// so the page keeps the pace of the slower of camera and server, and never falls behind the camera.
 async function recognise() {
   const smoother = new Smoother();
   let info = null;
@@ -264,9 +266,11 @@ async function recognise() {
       continue;
     }
     try {
-      info ??= await post("/info"); // again after an outage: the restarted server may serve another model
-      showInfo(info);
-      modelResize = info.resize_size;
+      if (info === null) {
+        info = await post("/info"); // again after an outage: the restarted server may serve another model
+        showInfo(info);
+        modelResize = info.resize_size;
+      }
       await frameAfter(sentFrame);
       sentFrame = cameraFrames;
       const jpeg = await frameJpeg();
