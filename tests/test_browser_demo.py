@@ -213,6 +213,17 @@ def test_a_refused_frame_shows_the_servers_reason(server, open_page, camera_vide
     assert browser.evaluate(text_of("answers")) == "0"
 
 
+@pytest.mark.integration
+@pytest.mark.slow
+def test_the_upload_limit_applies_to_the_page(server, open_page):
+    """The page's requests take the same path as any client's: too large a frame gets the guard's 413, with its reason."""
+    browser = open_page(f"{server.url}/demo/")
+    too_large = 2 * UPLOAD_LIMIT_MB * 1024 * 1024
+    refusal = browser.evaluate(f"predict(new Blob([new Uint8Array({too_large})], {{type: 'image/jpeg'}})).then(() => 'answered', err => err.message)")
+    assert refusal.startswith("/predict answered HTTP 413: request body is ")
+    assert refusal.endswith(f"the limit is {UPLOAD_LIMIT_MB * 1024 * 1024:,} bytes (server setting GESTURE_MAX_UPLOAD_MB)")
+
+
 def cors_headers(url: str, origin: str) -> dict[str, str | None]:
     """The CORS answer header of a prediction, of a request the guard refuses (413), and of a preflight."""
     with httpx.Client(base_url=url, timeout=60, headers={"Origin": origin}) as http:
