@@ -113,7 +113,7 @@ def camera_video(sign_digits_run, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(home, chromium) -> Iterator[RestartableServer]:
+def server(chromium, home) -> Iterator[RestartableServer]:
     server = RestartableServer(home, free_port())
     server.start()
     yield server
@@ -262,7 +262,7 @@ def test_cors_is_closed_by_default(server, open_page):
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_cors_setting_lets_a_page_elsewhere_use_the_service(home, open_page):
+def test_cors_setting_lets_a_page_elsewhere_use_the_service(open_page, home):
     with page_elsewhere() as origin:
         server = RestartableServer(home, free_port(), env={CORS_ORIGINS_ENV: origin})
         server.start()
