@@ -30,6 +30,7 @@ from bentoml.exceptions import BadInput, NotFound
 from pydantic import AfterValidator, BaseModel, Field, StrictFloat, StrictInt
 
 from gesture_core import Classifier, ImageDecodeError, decode_probs
+from service.browser_demo import DEMO_PATH, allow_cors_origins, demo_app
 from service.http_guard import EndpointFields, RequestGuard
 from service.import_model import CHECKPOINT_FILE
 from service.microbatch import MicroBatcher
@@ -110,6 +111,7 @@ ImagesBase64 = Annotated[list[Annotated[str, AfterValidator(check_base64)]] | No
                          Field(description="the image files as base64 (or data: URLs), for JSON clients")]
 
 
+@bentoml.asgi_app(demo_app(), path=DEMO_PATH)  # the browser demo page (docs/webcam.md)
 @bentoml.service(
     resources=SETTINGS.resources(),
     workers=SETTINGS.workers,
@@ -244,6 +246,7 @@ def endpoint_fields(api: Any) -> EndpointFields:
     return EndpointFields(frozenset(spec.model_fields), frozenset(spec.multipart_fields), frozenset(lists))
 
 
+allow_cors_origins(GestureClassifier, SETTINGS.cors_origins)  # first, so that the request guard's answers carry CORS headers too
 GestureClassifier.add_asgi_middleware(
     RequestGuard,
     endpoints={api.route: endpoint_fields(api) for api in GestureClassifier.apis.values()},

@@ -14,6 +14,8 @@ messages that name the variable and what is valid.
     GESTURE_MAX_PIXELS       largest decoded image, in pixels            (default 40000000)
     GESTURE_BODY_TIMEOUT_S   seconds a client has to send its whole request body (default 10; then 408)
     GESTURE_TRACING          on | off: BentoML's OpenTelemetry tracing   (default off)
+    GESTURE_CORS_ORIGINS     origins allowed to call the API from a page served elsewhere, comma-separated;
+                             * allows any (default none: the /demo page is same-origin and needs none)
 
 The first four are ``gesture_core.runtime.Runtime``, which the webcam demo takes as --device, --engine,
 --precision and --threads.
@@ -25,6 +27,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from gesture_core.runtime import Runtime, SettingsError, env_choice, env_int
 
@@ -46,6 +49,7 @@ class Settings:
     max_pixels: int = 40_000_000
     body_timeout_s: int = 10
     tracing: bool = False
+    cors_origins: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -65,6 +69,7 @@ class Settings:
             max_pixels=env_int(env, "GESTURE_MAX_PIXELS", 40_000_000),
             body_timeout_s=env_int(env, "GESTURE_BODY_TIMEOUT_S", 10),
             tracing=env_choice(env, "GESTURE_TRACING", "off", ("on", "off")) == "on",
+            cors_origins=cors_origins(env.get("GESTURE_CORS_ORIGINS", "")),
         )
 
     @property
@@ -86,8 +91,19 @@ class Settings:
             "precision": self.runtime.precision, "threads": self.runtime.threads, "gpus": self.gpus,
             "workers": self.workers, "max_concurrency": self.max_concurrency, "batch_size": self.batch_size,
             "max_upload_bytes": self.max_upload_bytes, "max_pixels": self.max_pixels,
-            "body_timeout_s": self.body_timeout_s, "tracing": self.tracing,
+            "body_timeout_s": self.body_timeout_s, "tracing": self.tracing, "cors_origins": list(self.cors_origins),
         }
+
+
+def cors_origins(raw: str) -> tuple[str, ...]:
+    """GESTURE_CORS_ORIGINS's origins, each checked to be scheme://host[:port] (what a browser sends)."""
+    origins = tuple(item.strip().rstrip("/") for item in raw.split(",") if item.strip())
+    for origin in origins:
+        parts = urlsplit(origin)
+        if origin != "*" and (parts.scheme not in ("http", "https") or not parts.hostname or parts.path or parts.query):
+            raise SettingsError(f"GESTURE_CORS_ORIGINS={raw!r}: {origin!r} is not an origin; give http(s)://HOST[:PORT] "
+                                "(comma-separated for several), or * for any")
+    return origins
 
 
 def visible_gpus() -> int:

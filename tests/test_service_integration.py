@@ -229,6 +229,7 @@ def test_bentoml_build_packages_and_pins_the_imported_model(tmp_path, random_hea
     assert newer != built_with
     bento = tmp_path / "bentos" / bento_tag.replace(":", "/")
     assert_imports_are_packed(bento / "src")
+    assert {p.name for p in (bento / "src" / "service" / "demo").iterdir()} >= {"index.html", "demo.js", "demo.css"}  # the /demo page
     assert_containerizable(bento)
     with serve_process(bentoml_home=tmp_path, target=bento_tag) as server:
         assert httpx.post(f"{server.url}/info", timeout=60).json()["model"] == built_with

@@ -1,0 +1,308 @@
+// The browser demo: camera frames go to the service's /predict, its answers are smoothed and shown.
+// Plain JavaScript with no build step and nothing fetched from elsewhere: it works offline, from
+// the service alone. Settings come from the URL (?smooth=5&threshold=0.5&roi=0.6&server=URL) and
+// the controls on the page.
+"use strict";
+
+const params = new URLSearchParams(location.search);
+// Same origin by default. ?server=URL asks another service, which must allow this page's origin
+// (GESTURE_CORS_ORIGINS on that server).
+const SERVER = (params.get("server") || "").replace(/\/+$/, "");
+const SERVER_NAME = SERVER || location.origin;
+const RETRY_MS = 1000; // during an outage or after a refusal, ask again this often
+const TIMEOUT_MS = 10000; // a request still unanswered by then counts as an outage
+const JPEG_QUALITY = 0.9; // as the OpenCV demo's remote mode
+const ALL_CLASSES = 1000; // top_k: every class, so that smoothing averages whole probability vectors
+const SHOWN_CLASSES = 3;
+const FPS_WINDOW = 30; // answers per second over the last this many answers
+const FRAME_WAIT_MS = 1000; // longest wait for a new camera frame (a frozen camera still gets answers)
+
+const $ = (id) => document.getElementById(id);
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+class Outage extends Error {} // no answer at all: the server is down, unreachable or too slow
+class Refusal extends Error {} // the server answered with an error; the message is its reason
+
+// --- talking to the service --------------------------------------------------------------------
+
+async function post(path, body) {
+  let response;
+  try {
+    response = await fetch(SERVER + path, { method: "POST", body, signal: AbortSignal.timeout(TIMEOUT_MS) });
+  } catch (err) {
+    if (err.name === "TimeoutError") throw new Outage(`${SERVER_NAME} did not answer within ${TIMEOUT_MS / 1000} s`);
+    const cors = SERVER ? ", or it does not allow this page's origin (server setting GESTURE_CORS_ORIGINS)" : "";
+    throw new Outage(`${SERVER_NAME} is not reachable: is the service running${cors}?`);
+  }
+  const text = await response.text();
+  if (!response.ok) throw new Refusal(`${path} answered HTTP ${response.status}: ${errorReason(text)}`);
+  return JSON.parse(text);
+}
+
+// The service answers every error with JSON {"error": reason}, and a refused field with "detail":
+// [{loc, msg}, ...] as well; anything else is shown as it came.
+function errorReason(text) {
+  try {
+    const answer = JSON.parse(text);
+    const details = Array.isArray(answer.detail) ? answer.detail.map((d) => `${(d.loc || []).join(".")}: ${d.msg}`).join("; ") : answer.detail;
+    return [answer.error, details].filter(Boolean).join(": ") || text;
+  } catch {
+    return text.trim().slice(0, 300) || "(empty body)";
+  }
+}
+
+function predict(jpeg) {
+  const form = new FormData();
+  form.append("image", jpeg, "frame.jpg");
+  form.append("top_k", String(ALL_CLASSES));
+  form.append("threshold", $("threshold").value); // the server checks it, and says why when it refuses
+  return post("/predict", form);
+}
+
+// --- the camera ----------------------------------------------------------------------------------
+
+let stream = null;
+
+async function startCamera(deviceId) {
+  if (!navigator.mediaDevices) {
+    throw new Error("this page has no camera access: browsers allow it only on https:// or http://localhost (see docs/webcam.md)");
+  }
+  stream?.getTracks().forEach((track) => track.stop());
+  stream = null;
+  const video = deviceId ? { deviceId: { exact: deviceId } } : true;
+  try {
+    stream = await navigator.mediaDevices.getUserMedia({ video, audio: false });
+  } catch (err) {
+    throw new Error(`no camera: ${err.name === "NotAllowedError" ? "access was refused; allow it in the address bar" : err.message}`);
+  }
+  $("preview").srcObject = stream;
+  await listCameras(stream.getVideoTracks()[0].getSettings().deviceId);
+}
+
+// Camera names are only readable once the page may use a camera, so the list is filled after that.
+async function listCameras(activeId) {
+  const cameras = (await navigator.mediaDevices.enumerateDevices()).filter((d) => d.kind === "videoinput");
+  const select = $("camera");
+  select.replaceChildren(...cameras.map((camera, i) => new Option(camera.label || `camera ${i + 1}`, camera.deviceId)));
+  select.value = activeId;
+}
+
+// Counts the frames the camera delivers, so that no frame is classified twice (as in the OpenCV demo):
+// with a fast server the page waits for the camera, and FPS is frames classified per second.
+let cameraFrames = 0;
+let onCameraFrame = () => {};
+
+function countFrames(video) {
+  if (!video.requestVideoFrameCallback) return; // then every request takes whatever frame is current
+  const tick = () => {
+    cameraFrames += 1;
+    onCameraFrame();
+    video.requestVideoFrameCallback(tick);
+  };
+  video.requestVideoFrameCallback(tick);
+}
+
+function frameAfter(sent) {
+  if (cameraFrames !== sent || !$("preview").requestVideoFrameCallback) return Promise.resolve();
+  return new Promise((resolve) => {
+    onCameraFrame = resolve;
+    setTimeout(resolve, FRAME_WAIT_MS);
+  });
+}
+
+function cameraReady() {
+  const video = $("preview");
+  return stream !== null && video.readyState >= video.HAVE_CURRENT_DATA && video.videoWidth > 0;
+}
+
+// --- frames --------------------------------------------------------------------------------------
+
+const canvas = document.createElement("canvas");
+let modelResize = null; // the model's resize size, from /info
+
+function roiFraction() {
+  return $("use-roi").checked ? Number(params.get("roi")) || 0.6 : null;
+}
+
+// The part of the frame that is classified: all of it, or a centred square (fraction of the shorter side).
+function cropBox(width, height) {
+  const fraction = roiFraction();
+  if (!fraction) return { x: 0, y: 0, width, height };
+  const side = Math.max(1, Math.round(Math.min(width, height) * fraction));
+  return { x: Math.floor((width - side) / 2), y: Math.floor((height - side) / 2), width: side, height: side };
+}
+
+// The newest camera frame as JPEG (not mirrored: the model was trained on what the camera sees). Its
+// shorter side is cut to twice the model's resize size at most: less to upload and decode, same crop.
+function frameJpeg() {
+  const video = $("preview");
+  const box = cropBox(video.videoWidth, video.videoHeight);
+  const scale = modelResize ? Math.min(1, (2 * modelResize) / Math.min(box.width, box.height)) : 1;
+  canvas.width = Math.round(box.width * scale);
+  canvas.height = Math.round(box.height * scale);
+  canvas.getContext("2d").drawImage(video, box.x, box.y, box.width, box.height, 0, 0, canvas.width, canvas.height);
+  return new Promise((resolve, reject) =>
+    canvas.toBlob((blob) => (blob ? resolve(blob) : reject(new Error("could not encode the frame as JPEG"))), "image/jpeg", JPEG_QUALITY));
+}
+
+function drawRoi() {
+  const video = $("preview");
+  const box = $("roi");
+  box.hidden = !roiFraction() || !video.videoWidth;
+  if (box.hidden) return;
+  const crop = cropBox(video.videoWidth, video.videoHeight);
+  // where object-fit: contain puts the picture in the element; a centred square is the same mirrored
+  const scale = Math.min(video.clientWidth / video.videoWidth, video.clientHeight / video.videoHeight);
+  const left = (video.clientWidth - scale * video.videoWidth) / 2 + scale * crop.x;
+  const top = (video.clientHeight - scale * video.videoHeight) / 2 + scale * crop.y;
+  Object.assign(box.style, { left: `${left}px`, top: `${top}px`, width: `${scale * crop.width}px`, height: `${scale * crop.height}px` });
+}
+
+// --- smoothing -----------------------------------------------------------------------------------
+
+// Averages the probabilities of the last N answers, as the OpenCV demo does (service/webcam_inference.py).
+class Smoother {
+  constructor() {
+    this.history = [];
+    this.rejectClasses = new Set();
+  }
+
+  // after an outage or a refusal: the server may come back with another model
+  reset() {
+    this.history = [];
+    this.rejectClasses.clear();
+  }
+
+  update(answer, window, threshold) {
+    // The server names no label for a frame below the threshold or of one of the model's reject
+    // ("no gesture") classes. Those classes are learnt from its answers, so the page follows the
+    // model's own rule instead of a copy of it.
+    if (answer.label === null && answer.score >= threshold) this.rejectClasses.add(answer.top_k[0].label);
+    this.history.push(new Map(answer.top_k.map((item) => [item.label, item.score])));
+    this.history.splice(0, this.history.length - window);
+    const mean = new Map();
+    for (const scores of this.history) {
+      for (const [label, score] of scores) mean.set(label, (mean.get(label) || 0) + score / this.history.length);
+    }
+    const top = [...mean].sort((a, b) => b[1] - a[1]).slice(0, SHOWN_CLASSES);
+    const [best, score] = top[0];
+    return { label: score < threshold || this.rejectClasses.has(best) ? null : best, score, top };
+  }
+}
+
+// --- what the page shows -------------------------------------------------------------------------
+
+const answerTimes = [];
+let answers = 0;
+
+function showInfo(info) {
+  const test = info.metrics?.test;
+  const accuracy = test?.top1 != null ? `test accuracy ${(100 * test.top1).toFixed(1)}% on ${test.n} images` : "no test accuracy recorded";
+  $("info").textContent = `${info.backbone} · ${info.classes.length} classes: ${info.classes.join(", ")} · ${accuracy} · ${info.model}`;
+}
+
+function showPrediction(prediction, latencyMs) {
+  const label = $("label");
+  label.textContent = prediction.label ?? "no gesture";
+  label.className = prediction.label === null ? "label rejected" : "label";
+  $("score").textContent = `${(100 * prediction.score).toFixed(0)}% over the last ${smoothWindow()} answers`;
+  $("top3").replaceChildren(...prediction.top.map(([name, score]) => bar(name, score)));
+  answerTimes.push(performance.now());
+  answerTimes.splice(0, answerTimes.length - FPS_WINDOW);
+  const seconds = (answerTimes.at(-1) - answerTimes[0]) / 1000;
+  if (seconds > 0) $("fps").textContent = `${((answerTimes.length - 1) / seconds).toFixed(1)} FPS`;
+  $("latency").textContent = `${latencyMs.toFixed(0)} ms`;
+  $("answers").textContent = String(++answers);
+}
+
+function bar(name, score) {
+  const row = document.createElement("li");
+  const label = Object.assign(document.createElement("span"), { textContent: name });
+  const track = Object.assign(document.createElement("span"), { className: "bar" });
+  const fill = Object.assign(document.createElement("span"), { className: "fill" });
+  fill.style.cssText = `display:block;width:${(100 * score).toFixed(1)}%`;
+  track.append(fill);
+  const value = Object.assign(document.createElement("span"), { className: "value", textContent: `${(100 * score).toFixed(0)}%` });
+  row.append(label, track, value);
+  return row;
+}
+
+function showProblem(err) {
+  const status = $("status");
+  status.hidden = false;
+  if (err instanceof Outage) {
+    status.textContent = `Server outage: ${err.message}. Retrying every ${RETRY_MS / 1000} s; the page recovers by itself.`;
+    const label = $("label");
+    label.textContent = "no answer";
+    label.className = "label waiting";
+  } else if (err instanceof Refusal) {
+    status.textContent = `The server refused the frame: ${err.message}`;
+  } else {
+    status.textContent = `Problem: ${err.message}`;
+  }
+  answerTimes.length = 0;
+}
+
+function clearProblem() {
+  $("status").hidden = true;
+  $("status").textContent = "";
+}
+
+function smoothWindow() {
+  return Math.max(1, Math.round(Number($("smooth").value)) || 1);
+}
+
+// --- the loop ------------------------------------------------------------------------------------
+
+// One request at a time, each with the newest frame: frames that arrive meanwhile are never queued,
+// so the page keeps the pace of the slower of camera and server, and never falls behind the camera.
+async function recognise() {
+  const smoother = new Smoother();
+  let info = null;
+  let sentFrame = -1;
+  for (;;) {
+    if (!cameraReady()) {
+      await sleep(100);
+      continue;
+    }
+    try {
+      if (info === null) {
+        info = await post("/info"); // again after an outage: the restarted server may serve another model
+        showInfo(info);
+        modelResize = info.resize_size;
+      }
+      await frameAfter(sentFrame);
+      sentFrame = cameraFrames;
+      const jpeg = await frameJpeg();
+      const started = performance.now();
+      const answer = await predict(jpeg);
+      const latencyMs = performance.now() - started;
+      showPrediction(smoother.update(answer, smoothWindow(), Number($("threshold").value)), latencyMs);
+      clearProblem();
+    } catch (err) {
+      if (err instanceof Outage) info = null;
+      smoother.reset(); // old answers must not stand in for frames the server never classified
+      showProblem(err);
+      await sleep(RETRY_MS);
+    }
+  }
+}
+
+async function main() {
+  $("smooth").value = params.get("smooth") || "5";
+  $("threshold").value = params.get("threshold") || "0.5";
+  $("use-roi").checked = params.has("roi");
+  $("use-roi").addEventListener("change", drawRoi);
+  $("preview").addEventListener("loadedmetadata", drawRoi);
+  window.addEventListener("resize", drawRoi);
+  countFrames($("preview"));
+  $("camera").addEventListener("change", (event) => startCamera(event.target.value).catch(showProblem));
+  recognise();
+  try {
+    await startCamera(null);
+  } catch (err) {
+    showProblem(err);
+  }
+}
+
+main();

@@ -1,0 +1,275 @@
+"""The browser demo (/demo): a real `bentoml serve` of the fine-tuned sign-digits model and headless
+Chromium, whose fake camera plays a video of real sign-digit photos.
+
+GESTURE_SAVE_SCREENSHOT=1 saves the page, as the first test sees it, to docs/browser-demo.png."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import itertools
+import json
+import os
+import re
+import threading
+from collections.abc import Iterator
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import cv2
+import httpx
+import pytest
+
+from benchmarks.server_process import REPO, RunningServer, ServerStartError, free_port, serve_process
+from service.browser_demo import PAGE_DIR
+from service.settings import SettingsError, cors_origins
+from tests.chromium import Chromium, find_chromium, write_y4m
+from tests.service_inputs import jpeg
+from tests.test_service_integration import import_cli
+
+CORS_ORIGINS_ENV = "GESTURE_CORS_ORIGINS"
+DIGIT = "4"  # the sign the fake camera shows
+FRAMES_PER_PHOTO, VIDEO_FPS, VIDEO_SIDE = 3, 10, 240
+SAMPLED_ANSWERS = 30
+SCREENSHOT = REPO / "docs" / "browser-demo.png"
+OTHER_ORIGIN = "http://elsewhere.example"
+UPLOAD_LIMIT_MB = 1  # the page's frames are far smaller
+
+# --- the page and its setting, without a server ----------------------------------------------------
+
+
+def test_page_loads_nothing_from_elsewhere():
+    html = (PAGE_DIR / "index.html").read_text()
+    references = re.findall(r'(?:src|href)="([^"]+)"', html)
+    assert sorted(references) == ["demo.css", "demo.js"]
+    assert all((PAGE_DIR / name).is_file() for name in references)
+    assert "url(" not in (PAGE_DIR / "demo.css").read_text() and "import " not in (PAGE_DIR / "demo.js").read_text()
+
+
+def test_cors_origins_setting():
+    assert cors_origins("") == ()
+    assert cors_origins(" https://demo.example.org/, http://127.0.0.1:8080 ") == ("https://demo.example.org", "http://127.0.0.1:8080")
+    for bad in ("demo.example.org", "https://demo.example.org/page", "ftp://demo.example.org"):
+        with pytest.raises(SettingsError, match=r"http\(s\)://HOST\[:PORT\].*or \* for any"):
+            cors_origins(bad)
+
+
+@pytest.mark.integration
+def test_malformed_cors_setting_stops_start_up(tmp_path):
+    with pytest.raises(ServerStartError, match=r"GESTURE_CORS_ORIGINS='demo\.example\.org'.*is not an origin"):
+        with serve_process(bentoml_home=tmp_path, env={CORS_ORIGINS_ENV: "demo.example.org"}, ready_timeout=120):
+            pass
+
+
+# --- in a real browser, against a real server --------------------------------------------------------
+
+
+class RestartableServer:
+    """`bentoml serve` on one fixed port, which a test may stop and start again (the page stays open)."""
+
+    def __init__(self, home: Path, port: int, env: dict[str, str] | None = None):
+        self.home, self.port = home, port
+        self.env = {"GESTURE_MAX_UPLOAD_MB": str(UPLOAD_LIMIT_MB), **(env or {})}
+        self.running: RunningServer | None = None
+        self._stack = contextlib.ExitStack()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.running = self._stack.enter_context(serve_process(bentoml_home=self.home, port=self.port, env=self.env))
+
+    def stop(self) -> None:
+        self._stack.close()
+        self.running = None
+
+
+@pytest.fixture(scope="module")
+def chromium() -> str:
+    path = find_chromium()
+    if path is None:
+        pytest.skip("no Chromium on PATH: install Debian's chromium package (apt-get install chromium; .ci/run does)")
+    pytest.importorskip("websocket", reason="websocket-client (in the [dev] extra) drives Chromium")
+    return path
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory, sign_digits_run) -> Path:
+    home = tmp_path_factory.mktemp("bentoml-home")
+    import_cli(sign_digits_run / "best.pt", home)
+    return home
+
+
+@pytest.fixture(scope="module")
+def camera_video(sign_digits_run, tmp_path_factory) -> Path:
+    """The test split's photos of one digit (never seen in training), each held for a few frames."""
+    split = json.loads((sign_digits_run / "split.json").read_text())
+    photos = [Path(split["root"]) / rel for rel, label in split["test"] if split["classes"][label] == DIGIT]
+    frames = [cv2.resize(cv2.imread(str(photo)), (VIDEO_SIDE, VIDEO_SIDE), interpolation=cv2.INTER_CUBIC) for photo in photos]
+    return write_y4m(tmp_path_factory.mktemp("camera") / f"digit-{DIGIT}.y4m", [f for f in frames for _ in range(FRAMES_PER_PHOTO)], VIDEO_FPS)
+
+
+@pytest.fixture(scope="module")
+def server(chromium, home) -> Iterator[RestartableServer]:
+    server = RestartableServer(home, free_port())
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def open_page(chromium, camera_video, tmp_path):
+    """open_page(url) -> a Chromium showing it, with the digit video as its camera; closed after the test."""
+    numbers = itertools.count()
+    with contextlib.ExitStack() as stack:
+        def open_(url: str) -> Chromium:
+            work_dir = tmp_path / f"browser-{next(numbers)}"
+            work_dir.mkdir()
+            browser = stack.enter_context(Chromium.launch(work_dir, fake_camera=camera_video, executable=chromium))
+            browser.navigate(url)
+            return browser
+        yield open_
+
+
+def text_of(element_id: str) -> str:
+    return f"document.getElementById('{element_id}').textContent"
+
+
+def answers_after(browser: Chromium, count: int, timeout: float = 180.0) -> int:
+    return int(browser.wait_for(f"Number({text_of('answers')}) > {count} && Number({text_of('answers')})", f"answer after {count}", timeout))
+
+
+def shown_labels(browser: Chromium, answers: int) -> list[str]:
+    """The label the page shows after each of the next ``answers`` answers."""
+    labels: dict[int, str] = {}
+    seen = answers_after(browser, 0)
+    while len(labels) < answers:
+        count, label = browser.evaluate(f"[Number({text_of('answers')}), {text_of('label')}]")
+        if count > seen:
+            labels[count] = label
+            seen = count
+        else:
+            browser.wait_for(f"Number({text_of('answers')}) > {seen}", "next answer", timeout=60)
+    return list(labels.values())
+
+
+def status_of(browser: Chromium) -> str | None:
+    return browser.evaluate("document.getElementById('status').hidden ? null : document.getElementById('status').textContent")
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_page_names_the_digit_the_camera_shows(server, open_page, sign_digits_run):
+    browser = open_page(f"{server.url}/demo/")
+    labels = shown_labels(browser, SAMPLED_ANSWERS)
+    assert labels.count(DIGIT) >= 0.8 * len(labels), labels
+    assert status_of(browser) is None
+    assert re.fullmatch(r"\d+\.\d FPS", browser.evaluate(text_of("fps"))) and float(browser.evaluate(text_of("fps")).split()[0]) > 0
+    assert re.fullmatch(r"\d+ ms", browser.evaluate(text_of("latency")))
+    bars = browser.evaluate("[...document.querySelectorAll('#top3 li')].map(li => li.innerText.split(/\\s+/)[0])")
+    assert len(bars) == 3 and bars[0] == DIGIT
+    test = json.loads((sign_digits_run / "metrics.json").read_text())["test"]
+    info = browser.evaluate(text_of("info"))
+    assert info.startswith("efficientnet_lite0 · 10 classes: 0, 1, 2") and f"test accuracy {100 * test['top1']:.1f}% on {test['n']} images" in info
+    if os.environ.get("GESTURE_SAVE_SCREENSHOT"):
+        browser.screenshot(SCREENSHOT)
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_outage_is_shown_and_the_page_recovers(server, open_page):
+    browser = open_page(f"{server.url}/demo/")
+    answers_after(browser, 1)
+    server.stop()
+    browser.wait_for("document.getElementById('status').textContent.startsWith('Server outage')", "outage message", timeout=60)
+    assert f"127.0.0.1:{server.port} is not reachable" in status_of(browser)
+    assert browser.evaluate(text_of("label")) == "no answer"
+    server.start()
+    before = int(browser.evaluate(text_of("answers")))
+    answers_after(browser, before + 2)
+    assert status_of(browser) is None
+    assert shown_labels(browser, 5).count(DIGIT) >= 3
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_scores_below_the_threshold_show_no_gesture(server, open_page):
+    browser = open_page(f"{server.url}/demo/?threshold=0.9999")
+    labels = shown_labels(browser, 5)
+    assert labels.count("no gesture") >= 4, labels
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_a_refused_frame_shows_the_servers_reason(server, open_page, camera_video):
+    browser = open_page(f"{server.url}/demo/?threshold=1.5")
+    reason = httpx.post(f"{server.url}/predict", files={"image": ("x.jpg", jpeg(0))}, data={"threshold": "1.5"}, timeout=60).json()
+    shown = browser.wait_for(f"{text_of('status')}.includes('HTTP 400')", "refusal", timeout=120) and status_of(browser)
+    assert shown.startswith(f"The server refused the frame: /predict answered HTTP 400: {reason['error']}: threshold: ")
+    assert reason["detail"][0]["msg"] in shown  # "Input should be less than or equal to 1"
+    assert browser.evaluate(text_of("answers")) == "0"
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_the_upload_limit_applies_to_the_page(server, open_page):
+    """The page's requests take the same path as any client's: too large a frame gets the guard's 413, with its reason."""
+    browser = open_page(f"{server.url}/demo/")
+    too_large = 2 * UPLOAD_LIMIT_MB * 1024 * 1024
+    refusal = browser.evaluate(f"predict(new Blob([new Uint8Array({too_large})], {{type: 'image/jpeg'}})).then(() => 'answered', err => err.message)")
+    assert refusal.startswith("/predict answered HTTP 413: request body is ")
+    assert refusal.endswith(f"the limit is {UPLOAD_LIMIT_MB * 1024 * 1024:,} bytes (server setting GESTURE_MAX_UPLOAD_MB)")
+
+
+def cors_headers(url: str, origin: str) -> dict[str, str | None]:
+    """The CORS answer header of a prediction, of a request the guard refuses (413), and of a preflight."""
+    with httpx.Client(base_url=url, timeout=60, headers={"Origin": origin}) as http:
+        answers = {
+            "predict": http.post("/predict", files={"image": ("x.jpg", jpeg(0))}),
+            "too large": http.post("/predict", files={"image": ("x.jpg", b"\0" * (2 * UPLOAD_LIMIT_MB * 1024 * 1024))}),
+            "preflight": http.options("/predict", headers={"Access-Control-Request-Method": "POST",
+                                                          "Access-Control-Request-Headers": "content-type"}),
+        }
+    return {name: resp.headers.get("access-control-allow-origin") for name, resp in answers.items()}
+
+
+@contextlib.contextmanager
+def page_elsewhere() -> Iterator[str]:
+    """The demo's files served by a plain HTTP server on another port: another origin."""
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(PAGE_DIR))
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_cors_is_closed_by_default(server, open_page):
+    assert cors_headers(server.url, OTHER_ORIGIN) == {"predict": None, "too large": None, "preflight": None}
+    with page_elsewhere() as origin:
+        browser = open_page(f"{origin}/index.html?server={server.url}")
+        shown = browser.wait_for(f"{text_of('status')}.includes('GESTURE_CORS_ORIGINS')", "refusal by the browser", timeout=120)
+        assert shown and browser.evaluate(text_of("answers")) == "0"
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_cors_setting_lets_a_page_elsewhere_use_the_service(open_page, home):
+    with page_elsewhere() as origin:
+        server = RestartableServer(home, free_port(), env={CORS_ORIGINS_ENV: origin})
+        server.start()
+        try:
+            assert cors_headers(server.url, origin) == {"predict": origin, "too large": origin, "preflight": origin}
+            assert cors_headers(server.url, OTHER_ORIGIN) == {"predict": None, "too large": None, "preflight": None}
+            browser = open_page(f"{origin}/index.html?server={server.url}")
+            assert shown_labels(browser, 5).count(DIGIT) >= 3
+        finally:
+            server.stop()
+
+
