@@ -34,6 +34,11 @@ def png_bomb(width: int = 50_000, height: int = 50_000) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 1024)) + chunk(b"IEND", b"")
 
 
+def png_strip(width: int, height: int) -> bytes:
+    """A real black PNG of ``width`` x ``height`` (a 39000x1 strip is under 200 bytes)."""
+    return encode(Image.new("RGB", (width, height)), "PNG")
+
+
 def odd_formats() -> dict[str, bytes]:
     """Valid images in modes a webcam never produces: the service must decode them like read_rgb does."""
     rgb = Image.fromarray(synthetic_image(1, 7, 96))

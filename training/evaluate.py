@@ -23,7 +23,7 @@ from gesture_core.checkpoint import CheckpointError, Classifier, load_classifier
 from gesture_core.preprocess import TTA_MODES, DataConfig, Preprocess, tta_view_count
 from training import cli
 from training.augment import build_eval_transform
-from training.data import DatasetError, ImageDataset, Sample, Splits, load_folder, make_loader
+from training.data import DatasetError, ImageDataset, Sample, Splits, failure_reports, load_folder, make_loader
 from training.engine import predict_logits
 from training.report import classification_metrics, format_summary, write_json, write_report
 
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     suffix = "" if args.tta == "none" else f"-tta-{args.tta}"
     out = Path(args.out) if args.out else args.checkpoint.parent / f"eval-{name}{suffix}"
     out.mkdir(parents=True, exist_ok=True)
-    skipped += [{"path": p, "reason": "failed to decode"} for p in failed]
+    skipped += failure_reports(failed, classifier.data_config.resize_size)
     report = {"backbone": classifier.backbone, "classes": classifier.classes, "checkpoint": str(args.checkpoint), "data": name,
               "tta": single, "views_per_image": tta_view_count(single), "test": metrics, "skipped": skipped}
     write_report(out, report, classifier.classes)

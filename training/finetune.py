@@ -27,7 +27,7 @@ from gesture_core.weights import WeightsUnavailableError
 from training import cli
 from training.augment import PRESETS, build_eval_transform, build_train_transform
 from training.config import TrainConfig
-from training.data import DatasetError, ImageDataset, SeededSampler, Splits, index_seed, load_splits, make_loader
+from training.data import DatasetError, ImageDataset, SeededSampler, Splits, failure_reports, index_seed, load_splits, make_loader
 from training.ema import ModelEma
 from training.engine import EpochResult, build_optimizer, predict_logits, train_one_epoch, warmup_cosine
 from training.features import CACHE_CHOICES, FrozenFeatures, use_feature_cache
@@ -376,7 +376,7 @@ def finish(run: Run, state: dict[str, Any], test_loader, failed: set[str], featu
     else:
         test_metrics, _, test_failed = evaluate_split(run, test_loader, run.splits.test, "test")
     failed.update(test_failed)
-    skipped = run.splits.skipped + [{"path": p, "reason": "failed to decode during training"} for p in sorted(failed)]
+    skipped = run.splits.skipped + failure_reports(sorted(failed), run.data_config.resize_size)
     metrics = {
         "backbone": run.cfg.backbone,
         "classes": run.splits.classes,
