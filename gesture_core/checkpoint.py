@@ -31,10 +31,17 @@ from gesture_core.preprocess import DataConfig, Preprocess
 CHECKPOINT_FORMAT = "gesture-checkpoint"
 CHECKPOINT_VERSION = 1
 REJECT_CLASS = "none"  # a class with this name means "no gesture" to the service and the webcam
+REQUIRED_KEYS = ("backbone", "classes", "data_config", "model")
+# mkstemp names of atomic_torch_save's temporary files: ".best.pt.<random>.tmp"
+PARTIAL_SAVE_PATTERN = ".*.pt.*.tmp"
 
 
 class CheckpointError(ValueError):
     pass
+
+
+class CheckpointSaveError(CheckpointError):
+    """A checkpoint could not be written (disk full, no permission); the message says what is kept."""
 
 
 def save_checkpoint(
@@ -73,10 +80,27 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise CheckpointSaveError(save_failure(path, err)) from None
         raise
     return path
+
+
+def save_failure(path: Path, err: OSError) -> str:
+    kept = f"the previous {path.name} is kept unchanged" if path.exists() else f"no {path.name} was written"
+    return f"cannot write {path}: {err.strerror or err}; {kept} and the partial file was removed"
+
+
+def remove_partial_saves(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files of saves that were killed before their rename (a crash, a kill -9,
+    a power cut): up to a checkpoint's size each, they are never read. Returns what was removed."""
+    removed = []
+    for tmp in sorted(Path(folder).glob(PARTIAL_SAVE_PATTERN)):
+        tmp.unlink(missing_ok=True)
+        removed.append(tmp)
+    return removed
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
@@ -91,6 +115,15 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"{path} is not a {CHECKPOINT_FORMAT} file written by training.finetune")
     if ckpt.get("version", 0) > CHECKPOINT_VERSION:
         raise CheckpointError(f"{path} has format version {ckpt['version']}; this code reads up to {CHECKPOINT_VERSION}")
+    if missing := [key for key in REQUIRED_KEYS if key not in ckpt]:
+        raise CheckpointError(f"{path} is an incomplete {CHECKPOINT_FORMAT} file: it lacks {', '.join(missing)} "
+                              f"(a checkpoint holds {', '.join(REQUIRED_KEYS)})")
+    if not isinstance(ckpt["classes"], list) or not ckpt["classes"] or not all(isinstance(c, str) for c in ckpt["classes"]):
+        raise CheckpointError(f"{path}: 'classes' must be a non-empty list of class names, got {ckpt['classes']!r:.80}")
+    try:
+        DataConfig.from_dict(ckpt["data_config"])
+    except (TypeError, KeyError, ValueError) as err:
+        raise CheckpointError(f"{path}: unusable data_config ({type(err).__name__}: {err})") from None
     return ckpt
 
 
@@ -195,4 +228,25 @@ def load_classifier(
     """The checkpoint as a ready Classifier. ``engine``: auto | torch | compile | onnx | openvino (auto: the
     fastest installed for the device); ``precision``: fp32 | bf16 | fp16 where the engine supports it."""
     ckpt = load_checkpoint(path)
-    return Classifier(build_from_checkpoint(ckpt), ckpt, resolve_device(device), engine=engine, precision=precision)
+    try:
+        model = build_from_checkpoint(ckpt)
+    except ValueError as err:  # an unknown backbone, or weights whose names or shapes do not fit it
+        raise CheckpointError(f"{path}: {err}") from None
+    return Classifier(model, ckpt, resolve_device(device), engine=engine, precision=precision)
+
+
+def load_verified_classifier(path: str | os.PathLike, device: str | torch.device = "auto", engine: str = "auto",
+                             precision: str = "fp32") -> Classifier:
+    """``load_classifier``, then one blank image through the whole inference path: a checkpoint that
+    the service could not serve is a CheckpointError with the reason, before anyone relies on it."""
+    classifier = load_classifier(path, device, engine, precision)
+    size = classifier.data_config.input_size
+    try:
+        with torch.inference_mode():
+            probs = classifier.probs(classifier.preprocess.normalize_batch([np.zeros((size, size, 3), np.uint8)]))
+    except (RuntimeError, ValueError) as err:
+        raise CheckpointError(f"{path}: a test image does not run through the model ({' '.join(str(err).split())[:300]})") from None
+    if probs.shape != (1, len(classifier.classes)) or not np.isfinite(probs).all():
+        raise CheckpointError(f"{path}: the model answers a test image with {probs.shape[-1]} probabilities "
+                              f"({'finite' if np.isfinite(probs).all() else 'not finite'}) for {len(classifier.classes)} classes")
+    return classifier

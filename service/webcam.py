@@ -26,6 +26,7 @@ import cv2
 import numpy as np
 
 from gesture_core import Prediction
+from gesture_core.cli import command
 from gesture_core.engines import ENGINE_CHOICES, PRECISIONS
 from service.sources import SourceError, describe_source, is_live, open_source, parse_source
 from service.webcam_capture import Frame, FrameGrabber
@@ -392,6 +393,7 @@ def make_engine(args: argparse.Namespace) -> Engine:
     return LocalEngine.load(str(args.checkpoint), device=args.device, threads=args.threads, engine=args.engine, precision=args.precision)
 
 
+@command
 def main(argv: list[str] | None = None, log: Log = _stderr) -> int:
     args = build_parser().parse_args(argv)
     show_window = not args.headless

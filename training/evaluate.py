@@ -19,7 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from gesture_core.checkpoint import CheckpointError, Classifier, load_classifier
+from gesture_core.checkpoint import Classifier, load_classifier
+from gesture_core.cli import command
 from gesture_core.preprocess import TTA_MODES, DataConfig, Preprocess, tta_view_count
 from training import cli
 from training.augment import build_eval_transform
@@ -128,22 +129,19 @@ def format_tta_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     single = "none" if args.tta == "all" else args.tta
-    try:
-        classifier = load_classifier(args.checkpoint, args.device)
-        samples, skipped, name = select_samples(args.checkpoint, classifier.classes, args.data, args.split)
-        if not samples:
-            raise DatasetError(f"no images to evaluate in {name}")
-        if args.tta == "all":
-            rows, results = tta_table(classifier, samples, batch_size=args.batch_size, workers=args.workers)
-            metrics, failed = results["none"]
-        else:
-            rows, (metrics, failed) = None, evaluate_samples(classifier, samples, batch_size=args.batch_size, workers=args.workers, tta=single)
-    except (CheckpointError, DatasetError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    classifier = load_classifier(args.checkpoint, args.device)
+    samples, skipped, name = select_samples(args.checkpoint, classifier.classes, args.data, args.split)
+    if not samples:
+        raise DatasetError(f"no images to evaluate in {name}")
+    if args.tta == "all":
+        rows, results = tta_table(classifier, samples, batch_size=args.batch_size, workers=args.workers)
+        metrics, failed = results["none"]
+    else:
+        rows, (metrics, failed) = None, evaluate_samples(classifier, samples, batch_size=args.batch_size, workers=args.workers, tta=single)
     suffix = "" if args.tta == "none" else f"-tta-{args.tta}"
     out = Path(args.out) if args.out else args.checkpoint.parent / f"eval-{name}{suffix}"
     out.mkdir(parents=True, exist_ok=True)
