@@ -96,13 +96,15 @@ class Preprocess:
         return read_rgb(source, min_side=self.config.resize_size, **read_kwargs)
 
     def pixel_work(self, data: bytes) -> int:
-        """Pixels that decoding these bytes and resizing them to the model's size produce, from the
-        header alone; the service decodes on its event loop only what is cheap by this measure. An
-        image that ``read`` would refuse from its header raises ImageDecodeError here too."""
+        """The larger of the decoded image and its copy resized to the model's size, in pixels, from
+        the header alone: what decoding these bytes costs. A tiny strip is cheap to decode and costly
+        to resize, so counting decoded pixels alone would misjudge it. The service decodes on its event
+        loop only what is cheap by this measure. An image that ``read`` refuses from its header raises
+        ImageDecodeError here too."""
         _, (width, height) = probe_image(data)
         check_dimensions(width, height, max_pixels=None)
         resized_width, resized_height = resized_size(width, height, self.config.resize_size)
-        return width * height + resized_width * resized_height
+        return max(width * height, resized_width * resized_height)
 
     def from_bgr(self, frame: np.ndarray) -> torch.Tensor:
         return self(bgr_to_rgb(frame))

@@ -37,7 +37,7 @@ from bentoml.exceptions import BadInput, BentoMLException, NotFound, ServiceUnav
 from pydantic import AfterValidator, BaseModel, Field
 
 from gesture_core import Classifier, ImageDecodeError, decode_probs, load_classifier
-from gesture_core.images import probe_image
+from gesture_core.checkpoint import load_verified_classifier
 from service import settings
 from service.http_guard import FormPart, RequestGuard, Send
 from service.import_model import CHECKPOINT_FILE
@@ -55,6 +55,10 @@ logger = logging.getLogger("bentoml.service.gesture")
 
 
 class ModelNotImported(NotFound):
+    pass
+
+
+class ModelNotServable(BentoMLException):
     pass
 
 
@@ -192,6 +196,21 @@ class GestureClassifier:
             self.classify([crop] * size)
         logger.info("model warmed up at batch sizes 1-%d in %.1f s", largest, time.perf_counter() - started)
 
+    @bentoml.on_deployment
+    def check_model() -> None:
+        """Runs once in `bentoml serve`'s main process, before any worker starts: a model that cannot
+        be loaded and run stops the server here, with the reason. Failing in a worker's __init__
+        instead, it would make BentoML restart the worker every few seconds, for ever."""
+        stored = find_model(packaged_model_ref() or GestureClassifier.inner.model_ref)
+        try:
+            load_verified_classifier(stored.path_of(CHECKPOINT_FILE), device=settings.device(), engine=settings.engine(),
+                                     precision=settings.precision())
+        except ValueError as err:  # the checkpoint, or a setting or engine that cannot run it
+            raise ModelNotServable(f"model {stored.tag} cannot be served: {err}. Import a working checkpoint with "
+                                   "python -m service.import_model RUN/best.pt, or set GESTURE_MODEL to another version "
+                                   "(bentoml models list).") from None
+        logger.info("model %s loads and runs", stored.tag)
+
     @bentoml.on_shutdown
     def stop_batcher(self) -> None:
         if self.batcher is not None:
@@ -260,10 +279,9 @@ class GestureClassifier:
 
     def decodes_on_loop(self, data: bytes) -> bool:
         try:
-            _, (width, height) = probe_image(data)
+            return self.preprocess.pixel_work(data) <= self.loop_decode_pixels
         except ImageDecodeError:
             return True  # decode() refuses it at once, with the reason
-        return width * height <= self.loop_decode_pixels
 
     async def probabilities(self, crop: np.ndarray) -> np.ndarray:
         """One crop's class probabilities: through the worker's micro-batcher, or alone when it is off."""

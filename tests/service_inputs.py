@@ -61,6 +61,11 @@ def bad_uploads() -> dict[str, tuple[bytes, str]]:
         "truncated_jpeg": (whole[: len(whole) * 2 // 3], "truncated"),
         "decompression_bomb": (png_bomb(), "too large"),
         "garbage_after_jpeg_header": (whole[:200] + bytes(range(256)) * 8, "truncated"),
+        "jpeg_cut_before_its_header": (whole[:40], "truncated JPEG"),
+        # Tiny files that resizing the shorter side to the model's size would make huge (+1.7 GB for 39000x1).
+        "strip_39000x1": (png_strip(39_000, 1), "extreme aspect ratio"),
+        "strip_1000000x1": (png_strip(1_000_000, 1), "extreme aspect ratio"),
+        "strip_1x12000": (png_strip(1, 12_000), "extreme aspect ratio"),
     }
 
 

@@ -26,7 +26,7 @@ from gesture_core.engines import engine_installed
 from service import import_model
 from service.http_guard import RequestGuard
 from service.settings import Limits
-from tests.service_inputs import b64, bad_uploads, http_bad_requests, jpeg, odd_formats, sample_images
+from tests.service_inputs import b64, bad_uploads, http_bad_requests, jpeg, odd_formats, png_strip, sample_images
 
 DEFAULT_UPLOAD_LIMIT = Limits().max_upload_bytes
 
@@ -317,7 +317,7 @@ def test_openvino_takes_batches_on_several_model_threads(stored_model, monkeypat
 def test_small_images_decode_on_the_event_loop_and_large_ones_in_a_thread(stored_model, reference, monkeypatch):
     from service.service import GestureClassifier
 
-    monkeypatch.setenv("GESTURE_LOOP_DECODE_PIXELS", "5000")
+    monkeypatch.setenv("GESTURE_LOOP_DECODE_PIXELS", "40000")  # between the two images below, above the model's resize size²
     svc = GestureClassifier()
     decoded_in: list[str] = []
     decode = svc.decode
@@ -327,7 +327,7 @@ def test_small_images_decode_on_the_event_loop_and_large_ones_in_a_thread(stored
         return decode(data, what)
 
     monkeypatch.setattr(svc, "decode", recording_decode)
-    for data in (jpeg(1, 64), jpeg(2, 96)):  # 4,096 and 9,216 pixels
+    for data in (jpeg(1, 160), jpeg(2, 256)):  # 25,600 and 65,536 pixels
         result = asyncio.run(svc.predict(image_b64=b64(data), top_k=10)).model_dump()
         assert_matches_reference(result, reference.predict_proba([data])[0], reference.classes, atol=0)
     loop = threading.current_thread().name  # asyncio.run runs the loop in this thread
@@ -343,6 +343,7 @@ def test_loop_decoding_defaults_to_the_resize_size_and_can_be_turned_off(stored_
     size = svc.preprocess.config.resize_size
     assert svc.loop_decode_pixels == size * size
     assert svc.decodes_on_loop(jpeg(0, size)) and not svc.decodes_on_loop(jpeg(0, size + 1))
+    assert not svc.decodes_on_loop(png_strip(20 * 12, 12))  # 2,880 pixels to decode, 20x the resize size² once resized
     monkeypatch.setenv("GESTURE_LOOP_DECODE_PIXELS", "0")
     assert not GestureClassifier().decodes_on_loop(jpeg(0, 8))
 
