@@ -88,3 +88,21 @@ def test_a_large_png_costs_at_most_twice_its_decoded_size(tmp_path):
     assert done.returncode == 0, done.stderr
     side, grew = done.stdout.split()
     assert side == "4000" and float(grew) < 2.2 * 4000 * 4000 * 3 / 2**20, f"peak grew {float(grew):.0f} MB"
+
+
+def test_training_reports_the_real_reason_of_a_file_that_fails_in_the_loader(tmp_path):
+    """A PNG whose header is fine passes the scan; its corrupt pixel data fails only inside the loader,
+    and the run's report keeps the decoder's reason instead of a generic 'failed to decode'."""
+    import json
+
+    import training.finetune as finetune
+    from tests.helpers import make_image_folder
+    from tests.test_finetune import tiny_config
+
+    root = make_image_folder(tmp_path / "gestures", per_class=6, size=40)
+    good = png_strip(40, 40)
+    at = good.index(b"IDAT") + 8
+    (root / "palm" / "corrupt-pixels.png").write_bytes(good[:at] + b"\xde\xad" * 40 + good[at + 80:])
+    out = finetune.train(tiny_config(root, tmp_path / "run", epochs=1, val_split=0.0, test_split=0.0))
+    skipped = {s["path"].rsplit("/", 1)[-1]: s["reason"] for s in json.loads((out / "metrics.json").read_text())["skipped"]}
+    assert skipped["corrupt-pixels.png"].startswith("corrupt or truncated image ("), skipped
