@@ -47,11 +47,15 @@ def edited_checkpoint(source, target, **changes):
     return target
 
 
-def test_resume_from_a_truncated_file(run, tmp_path, capsys):
+def test_resume_from_a_truncated_file(run, tmp_path):
+    """Through `python -m`, as a user runs it: stderr is the one line, nothing before or after it."""
     cut = tmp_path / "last.pt"
     cut.write_bytes((run / "last.pt").read_bytes()[:5000])
-    assert finetune.main(["--resume", str(cut)]) == 2
-    assert "is not a readable checkpoint" in one_error_line(capsys)
+    done = subprocess.run([sys.executable, "-m", "training.finetune", "--resume", str(cut)], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: ") and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "is not a readable checkpoint (truncated" in done.stderr
 
 
 def test_resume_from_best_pt_points_to_last_pt(run, capsys):

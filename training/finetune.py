@@ -431,5 +431,6 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     started = time.perf_counter()
     code = main()
-    print(f"finished in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    if code == 0:  # after an error, its one line is all there is to say
+        print(f"finished in {time.perf_counter() - started:.0f} s", file=sys.stderr)
     sys.exit(code)
