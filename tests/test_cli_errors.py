@@ -125,3 +125,10 @@ def test_a_run_cleans_up_partial_saves_of_an_interrupted_one(run, tmp_path, caps
     assert "removed 2 partial checkpoint file(s) left by an interrupted save" in capsys.readouterr().out
     assert not any(path.exists() for path in litter) and all(path.exists() for path in keep)
     assert remove_partial_saves(folder) == []
+
+
+def test_a_file_system_error_is_one_line_with_the_path(dataset, capsys):
+    """An OSError (here: a run folder that cannot be created) goes through the same handler."""
+    argv = ["--data", str(dataset), "--out", "/dev/null/run", "--backbone", "mobilenet_v3_large", "--weights", "none"]
+    assert finetune.main(argv) == 2
+    assert one_error_line(capsys) == "error: /dev/null/run: Not a directory"
