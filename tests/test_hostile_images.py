@@ -106,3 +106,17 @@ def test_training_reports_the_real_reason_of_a_file_that_fails_in_the_loader(tmp
     out = finetune.train(tiny_config(root, tmp_path / "run", epochs=1, val_split=0.0, test_split=0.0))
     skipped = {s["path"].rsplit("/", 1)[-1]: s["reason"] for s in json.loads((out / "metrics.json").read_text())["skipped"]}
     assert skipped["corrupt-pixels.png"].startswith("corrupt or truncated image ("), skipped
+
+
+def test_training_skips_and_reports_an_extreme_aspect_ratio(tmp_path):
+    from tests.helpers import make_image_folder
+    from training.check import build_report
+    from training.data import load_splits
+
+    root = make_image_folder(tmp_path / "gestures", per_class=4, size=40)
+    (root / "fist" / "strip.png").write_bytes(png_strip(39_000, 1))
+    splits = load_splits(root, val_split=0.0, test_split=0.0)
+    assert [(s["path"].rsplit("/", 1)[-1], s["reason"]) for s in splits.skipped] == [
+        ("strip.png", "extreme aspect ratio: 39000x1 is 39,000:1, above the limit of 20:1")]
+    assert all(not s.path.endswith("strip.png") for s in splits.train)
+    assert build_report(root, workers=1)["skipped_by_reason"] == {"extreme aspect ratio": 1}

@@ -221,6 +221,7 @@ _REASON_KINDS = (
     ("truncated", "truncated"),
     ("unreadable", "unreadable"),
     ("regular file", "not a regular file"),
+    ("aspect ratio", "extreme aspect ratio"),
     ("too large", "too large"),
     ("above the limit", "too large"),
 )
