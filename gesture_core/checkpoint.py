@@ -26,10 +26,17 @@ from gesture_core.preprocess import DataConfig
 
 CHECKPOINT_FORMAT = "gesture-checkpoint"
 CHECKPOINT_VERSION = 1
+REQUIRED_KEYS = ("backbone", "classes", "data_config", "model")
+# mkstemp names of atomic_torch_save's temporary files: ".best.pt.<random>.tmp"
+PARTIAL_SAVE_PATTERN = ".*.pt.*.tmp"
 
 
 class CheckpointError(ValueError):
     pass
+
+
+class CheckpointSaveError(CheckpointError):
+    """A checkpoint could not be written (disk full, no permission); the message says what is kept."""
 
 
 def save_checkpoint(
@@ -68,10 +75,27 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise CheckpointSaveError(save_failure(path, err)) from None
         raise
     return path
+
+
+def save_failure(path: Path, err: OSError) -> str:
+    kept = f"the previous {path.name} is kept unchanged" if path.exists() else f"no {path.name} was written"
+    return f"cannot write {path}: {err.strerror or err}; {kept} and the partial file was removed"
+
+
+def remove_partial_saves(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files of saves that were killed before their rename (a crash, a kill -9,
+    a power cut): up to a checkpoint's size each, they are never read. Returns what was removed."""
+    removed = []
+    for tmp in sorted(Path(folder).glob(PARTIAL_SAVE_PATTERN)):
+        tmp.unlink(missing_ok=True)
+        removed.append(tmp)
+    return removed
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
@@ -81,11 +105,21 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise CheckpointError(f"{path} is not a readable checkpoint: {err}") from None
+        reason = " ".join(str(err).split())[:200]
+        raise CheckpointError(f"{path} is not a readable checkpoint (truncated, corrupt, or not written by torch.save: {reason})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a {CHECKPOINT_FORMAT} file written by training.finetune")
     if ckpt.get("version", 0) > CHECKPOINT_VERSION:
         raise CheckpointError(f"{path} has format version {ckpt['version']}; this code reads up to {CHECKPOINT_VERSION}")
+    if missing := [key for key in REQUIRED_KEYS if key not in ckpt]:
+        raise CheckpointError(f"{path} is an incomplete {CHECKPOINT_FORMAT} file: it lacks {', '.join(missing)} "
+                              f"(a checkpoint holds {', '.join(REQUIRED_KEYS)})")
+    if not isinstance(ckpt["classes"], list) or not ckpt["classes"] or not all(isinstance(c, str) for c in ckpt["classes"]):
+        raise CheckpointError(f"{path}: 'classes' must be a non-empty list of class names, got {ckpt['classes']!r:.80}")
+    try:
+        DataConfig.from_dict(ckpt["data_config"])
+    except (TypeError, KeyError, ValueError) as err:
+        raise CheckpointError(f"{path}: unusable data_config ({type(err).__name__}: {err})") from None
     return ckpt
 
 

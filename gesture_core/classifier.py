@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from gesture_core.checkpoint import build_from_checkpoint, load_checkpoint, resolve_device
+from gesture_core.checkpoint import CheckpointError, build_from_checkpoint, load_checkpoint, resolve_device
 from gesture_core.engines import Engine, build_engine
 from gesture_core.images import ImageSource, bgr_to_rgb
 from gesture_core.preprocess import DataConfig, Preprocess
@@ -122,4 +122,24 @@ def load_classifier(
     """The checkpoint as a ready Classifier. ``engine``: auto | torch | compile | onnx | openvino (auto: the
     fastest installed for the device); ``precision``: fp32 | bf16 | fp16 where the engine supports it."""
     ckpt = load_checkpoint(path)
-    return Classifier(build_from_checkpoint(ckpt), ckpt, resolve_device(device), engine=engine, precision=precision)
+    try:
+        model = build_from_checkpoint(ckpt)
+    except ValueError as err:  # an unknown backbone, or weights whose names or shapes do not fit it
+        raise CheckpointError(f"{path}: {err}") from None
+    return Classifier(model, ckpt, resolve_device(device), engine=engine, precision=precision)
+
+
+def load_verified_classifier(path: str | os.PathLike, device: str | torch.device = "auto", engine: str = "auto",
+                             precision: str = "fp32") -> Classifier:
+    """``load_classifier``, then one blank image through the whole inference path: a checkpoint that
+    the service could not serve is a CheckpointError with the reason, before anyone relies on it."""
+    classifier = load_classifier(path, device, engine, precision)
+    size = classifier.data_config.input_size
+    try:
+        probs = classifier.classify([np.zeros((size, size, classifier.data_config.in_chans), np.uint8)])
+    except (RuntimeError, ValueError) as err:
+        raise CheckpointError(f"{path}: a test image does not run through the model ({' '.join(str(err).split())[:300]})") from None
+    if probs.shape != (1, len(classifier.classes)) or not np.isfinite(probs).all():
+        raise CheckpointError(f"{path}: the model answers a test image with {probs.shape[-1]} probabilities "
+                              f"({'finite' if np.isfinite(probs).all() else 'not finite'}) for {len(classifier.classes)} classes")
+    return classifier

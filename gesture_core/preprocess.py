@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import torch
 
-from gesture_core.images import ImageSource, bgr_to_rgb, read_rgb
+from gesture_core.images import ImageSource, bgr_to_rgb, check_dimensions, read_rgb
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -140,14 +140,22 @@ class Preprocess:
 
 
 def resize_shorter(rgb: np.ndarray, size: int, interpolation: str = "bilinear") -> np.ndarray:
+    """Scale the shorter side to ``size``. An array too elongated for that (``MAX_ASPECT_RATIO``) is
+    refused with ImageDecodeError before the resized array is allocated."""
     h, w = rgb.shape[:2]
-    scale = size / min(h, w)
-    if scale == 1.0:
+    check_dimensions(w, h, max_pixels=None)
+    new_w, new_h = resized_size(w, h, size)
+    if (new_w, new_h) == (w, h):
         return rgb
-    new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
     # INTER_AREA antialiases when shrinking, as PIL/torchvision resizing does.
-    flag = cv2.INTER_AREA if scale < 1.0 else _UPSCALE[interpolation]
+    flag = cv2.INTER_AREA if min(h, w) > size else _UPSCALE[interpolation]
     return cv2.resize(rgb, (new_w, new_h), interpolation=flag)
+
+
+def resized_size(width: int, height: int, size: int) -> tuple[int, int]:
+    """(width, height) after scaling the shorter side to ``size``."""
+    scale = size / min(width, height)
+    return max(size, round(width * scale)), max(size, round(height * scale))
 
 
 def center_crop(rgb: np.ndarray, size: int) -> np.ndarray:

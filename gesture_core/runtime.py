@@ -70,12 +70,13 @@ class Runtime:
         return cls(device=args.device, engine=args.engine, precision=args.precision, threads=args.threads)
 
     def load(self, checkpoint):
-        """The checkpoint as a ready Classifier, running as this runtime says."""
-        from gesture_core.classifier import load_classifier
+        """The checkpoint as a ready Classifier, running as this runtime says, checked with one blank
+        image through the whole inference path (a CheckpointError with the reason otherwise)."""
+        from gesture_core.classifier import load_verified_classifier
 
         if self.threads:
             torch.set_num_threads(self.threads)
-        return load_classifier(checkpoint, device=self.device, engine=self.engine, precision=self.precision)
+        return load_verified_classifier(checkpoint, device=self.device, engine=self.engine, precision=self.precision)
 
 
 def add_runtime_arguments(parser: argparse.ArgumentParser, *, default_threads: int | None = None, threads_help: str = "unset: PyTorch's, one per core") -> None:

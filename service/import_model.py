@@ -19,7 +19,8 @@ from typing import Any
 
 import bentoml
 
-from gesture_core.checkpoint import CheckpointError, load_checkpoint
+from gesture_core.cli import command
+from gesture_core.runtime import Runtime
 
 DEFAULT_MODEL_NAME = "gesture-classifier"
 CHECKPOINT_FILE = "checkpoint.pt"  # name of the checkpoint inside the stored model's folder
@@ -70,9 +71,12 @@ def model_metadata(checkpoint_path: Path, ckpt: dict[str, Any]) -> dict[str, Any
 
 
 def import_checkpoint(checkpoint: str | Path, name: str = DEFAULT_MODEL_NAME) -> bentoml.Model:
-    """Validate ``checkpoint`` (a training run's best.pt) and store a copy; returns the stored model."""
+    """Check that ``checkpoint`` (a training run's best.pt) loads and runs exactly as the service will
+    load and run it, and store a copy; returns the stored model. A checkpoint that fails is refused
+    (CheckpointError, with the reason) before anything is stored."""
     path = Path(checkpoint)
-    ckpt = load_checkpoint(path)  # refuses anything that is not a gesture checkpoint
+    classifier = Runtime.from_env().load(path)  # as the service will load it (GESTURE_DEVICE, _ENGINE, _PRECISION)
+    ckpt = classifier.checkpoint_meta  # everything but the weights
     metadata = model_metadata(path, ckpt)
     test_top1 = metadata["metrics"].get("test", {}).get("top1")
     labels = {
@@ -107,13 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        model = import_checkpoint(args.checkpoint, args.name)
-    except CheckpointError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    model = import_checkpoint(args.checkpoint, args.name)
     meta = model.info.metadata
     print(f"imported {args.checkpoint}: {meta['backbone']}, {len(meta['classes'])} classes, input {meta['input_size']} px", file=sys.stderr)
     print(model.tag)

@@ -26,7 +26,7 @@ from typing import Annotated, Any
 import anyio
 import bentoml
 import numpy as np
-from bentoml.exceptions import BadInput, NotFound
+from bentoml.exceptions import BadInput, BentoMLException, NotFound
 from pydantic import AfterValidator, BaseModel, Field, StrictFloat, StrictInt
 
 from gesture_core import Classifier, ImageDecodeError, decode_probs
@@ -42,6 +42,10 @@ logger = logging.getLogger("bentoml.service.gesture")
 
 
 class ModelNotImported(NotFound):
+    pass
+
+
+class ModelNotServable(BentoMLException):
     pass
 
 
@@ -150,6 +154,20 @@ class GestureClassifier:
         for batch in range(1, largest + 1):
             self.classifier.classify([crop] * batch)
         logger.info("model warmed up at batch sizes 1-%d in %.1f s", largest, time.perf_counter() - started)
+
+    @bentoml.on_deployment
+    def check_model() -> None:
+        """Runs once in `bentoml serve`'s main process, before any worker starts: a model that cannot
+        be loaded and run stops the server here, with the reason. Failing in a worker's __init__
+        instead, it would make BentoML restart the worker every few seconds, for ever."""
+        stored = find_model(packaged_model_ref() or GestureClassifier.inner.model_ref)
+        try:
+            SETTINGS.runtime.load(stored.path_of(CHECKPOINT_FILE))
+        except ValueError as err:  # the checkpoint, or a setting or engine that cannot run it
+            raise ModelNotServable(f"model {stored.tag} cannot be served: {err}. Import a working checkpoint with "
+                                   "python -m service.import_model RUN/best.pt, or set GESTURE_MODEL to another version "
+                                   "(bentoml models list).") from None
+        logger.info("model %s loads and runs", stored.tag)
 
     @bentoml.on_shutdown
     def stop_batcher(self) -> None:

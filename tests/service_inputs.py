@@ -34,6 +34,11 @@ def png_bomb(width: int = 50_000, height: int = 50_000) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 1024)) + chunk(b"IEND", b"")
 
 
+def png_strip(width: int, height: int) -> bytes:
+    """A real black PNG of ``width`` x ``height`` (a 39000x1 strip is under 200 bytes)."""
+    return encode(Image.new("RGB", (width, height)), "PNG")
+
+
 def odd_formats() -> dict[str, bytes]:
     """Valid images in modes a webcam never produces: the service must decode them like read_rgb does."""
     rgb = Image.fromarray(synthetic_image(1, 7, 96))
@@ -56,6 +61,11 @@ def bad_uploads() -> dict[str, tuple[bytes, str]]:
         "truncated_jpeg": (whole[: len(whole) * 2 // 3], "truncated"),
         "decompression_bomb": (png_bomb(), "too large"),
         "garbage_after_jpeg_header": (whole[:200] + bytes(range(256)) * 8, "truncated"),
+        "jpeg_cut_before_its_header": (whole[:40], "truncated JPEG"),
+        # Tiny files that resizing the shorter side to the model's size would make huge (+1.7 GB for 39000x1).
+        "strip_39000x1": (png_strip(39_000, 1), "extreme aspect ratio"),
+        "strip_1000000x1": (png_strip(1_000_000, 1), "extreme aspect ratio"),
+        "strip_1x12000": (png_strip(1, 12_000), "extreme aspect ratio"),
     }
 
 

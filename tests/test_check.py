@@ -56,13 +56,14 @@ def test_report_finds_every_problem(messy: Path):
     assert r["imbalance_ratio"] == round(27 / 6, 2)
 
     reasons = {Path(s["path"]).name: s["reason"] for s in r["skipped"]}
-    assert reasons["corrupt.jpg"] == "not a recognised image format"
+    # A JPEG start-of-image marker, then bytes that end inside the first segment: cut before its header.
+    assert reasons["corrupt.jpg"] == "truncated JPEG (no end-of-image marker)"
     assert reasons["empty.jpg"].startswith("empty file")
     assert reasons["notes.txt"] == "not an image file extension"
     assert "truncated" in reasons["truncated.jpg"]
     assert "Too many levels of symbolic links" in reasons["loop.jpg"]
     assert reasons["pipe.jpg"].startswith("not a regular file")
-    expected = {"non-image": 2, "empty (0 bytes)": 1, "truncated": 1, "unreadable": 1, "not a regular file": 1}
+    expected = {"non-image": 1, "empty (0 bytes)": 1, "truncated": 2, "unreadable": 1, "not a regular file": 1}
     assert r["skipped_by_reason"] == expected
 
     dup = r["duplicates"]

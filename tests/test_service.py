@@ -161,7 +161,7 @@ def test_every_batch_size_is_warmed_up_before_serving(stored_model, monkeypatch)
     original = Classifier.classify
     monkeypatch.setattr(Classifier, "classify", lambda self, crops: sizes.append(len(crops)) or original(self, crops))
     service_with(batch_size=6)
-    assert sizes == list(range(1, 7))
+    assert sizes == [1, *range(1, 7)]  # the load check's blank image (Runtime.load), then the warm-up at every size
 
 
 def test_base64_data_url_top_k_and_threshold(svc, images):

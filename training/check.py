@@ -30,6 +30,7 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
+from gesture_core.cli import command
 from gesture_core.images import ImageDecodeError, decode_rgb, probe_image
 from training.data import SPLITS, DatasetError, is_presplit, scan_class_folders
 from training.data import _printable as printable  # non-UTF-8 names, made printable and JSON-safe
@@ -220,6 +221,7 @@ _REASON_KINDS = (
     ("truncated", "truncated"),
     ("unreadable", "unreadable"),
     ("regular file", "not a regular file"),
+    ("aspect ratio", "extreme aspect ratio"),
     ("too large", "too large"),
     ("above the limit", "too large"),
 )
@@ -350,6 +352,7 @@ def format_report(r: dict) -> str:
     return "\n".join(lines)
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.check", description=__doc__.split("\n\n")[0])
     parser.add_argument("dir", type=Path, metavar="DIR", help="ImageFolder or pre-split train/val/test folder")

@@ -27,10 +27,10 @@ import torch
 
 from gesture_core.backbones import get_backbone
 from gesture_core.classifier import load_classifier
+from gesture_core.cli import command
 from gesture_core.weights import WeightsUnavailableError, imagenet_weights_file
 from training import cli
 from training.config import TrainConfig
-from training.data import DatasetError
 from training.inspect import summarize
 
 RECIPE_IGNORED = ("out", "workers", "device")  # may differ without changing what is trained
@@ -224,6 +224,7 @@ def backbone_list(text: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     out = Path(args.out) if args.out else Path("runs") / f"compare-{Path(args.data).name}"
@@ -232,16 +233,12 @@ def main(argv: list[str] | None = None) -> int:
                        backbone_lr_mult=args.backbone_lr_mult, flip=args.flip, test_per_class=args.test_per_class, seed=args.seed,
                        workers=args.workers, device=args.device)
     rows = []
-    try:
-        for name in args.backbones:
-            weights = offline_weights(name) if args.weights == "auto" else args.weights
-            cfg = replace(base, backbone=name, weights=weights, out=str(out / "runs" / name))
-            run, reused = train_or_reuse(cfg, retrain=args.retrain)
-            print(f"{'reusing' if reused else 'trained'} {run} ({name}, weights {weights})")
-            rows.append(measure_run(run, latency_runs=args.latency_runs))
-    except (DatasetError, WeightsUnavailableError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    for name in args.backbones:
+        weights = offline_weights(name) if args.weights == "auto" else args.weights
+        cfg = replace(base, backbone=name, weights=weights, out=str(out / "runs" / name))
+        run, reused = train_or_reuse(cfg, retrain=args.retrain)
+        print(f"{'reusing' if reused else 'trained'} {run} ({name}, weights {weights})")
+        rows.append(measure_run(run, latency_runs=args.latency_runs))
     write_tables(out, rows)
     size = f"{args.image_size}px" if args.image_size else "native size"
     plot_bubbles(out / "comparison.png", rows, f"{Path(args.data).name}: {args.epochs} epochs at {size}, same recipe (threads: {torch.get_num_threads()})")

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from gesture_core.images import ImageDecodeError, decode_rgb, jpeg_is_complete, probe_image
+from gesture_core.images import TRUNCATED_JPEG, ImageDecodeError, check_dimensions, decode_rgb, jpeg_is_complete, probe_image
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm"}
 SPLITS = ("train", "val", "test")
@@ -133,9 +133,10 @@ def check_image_file(path: str) -> str | None:
     if not data:
         return "empty file (0 bytes)"
     try:
-        fmt, _ = probe_image(data)
+        fmt, (width, height) = probe_image(data)
+        check_dimensions(width, height)
         if fmt == "JPEG" and not jpeg_is_complete(data):
-            return "truncated JPEG (no end-of-image marker)"
+            return TRUNCATED_JPEG
     except ImageDecodeError as err:
         return str(err)
     return None
@@ -256,11 +257,31 @@ class ImageDataset(Dataset):
         index, seed = item if isinstance(item, tuple) else (item, index_seed(0, 0, item))
         sample = self.samples[index]
         try:
-            with open(sample.path, "rb") as f:
-                rgb = decode_rgb(f.read(), min_side=self.min_side)
-            return self.transform(rgb, seed), sample.label, index
+            return self.transform(decode_file(sample.path, self.min_side), seed), sample.label, index
         except (ImageDecodeError, OSError):
             return torch.zeros(self.placeholder_shape), -1, index
+
+
+def failure_reports(paths: Sequence[str], min_side: int | None = None) -> list[dict[str, str]]:
+    """{"path", "reason"} for files that failed in an ImageDataset's loader. Its workers report only
+    an index, so each file is decoded again here (failures are rare) to recover its real reason."""
+    return [{"path": path, "reason": decode_failure(path, min_side)} for path in paths]
+
+
+def decode_file(path: str, min_side: int | None = None) -> np.ndarray:
+    with open(path, "rb") as f:
+        return decode_rgb(f.read(), min_side=min_side)
+
+
+def decode_failure(path: str, min_side: int | None = None) -> str:
+    """Why ``path`` does not decode, as the loader would decode it."""
+    try:
+        decode_file(path, min_side)
+    except ImageDecodeError as err:
+        return str(err)
+    except OSError as err:
+        return f"unreadable: {err.strerror or err}"
+    return "failed to decode during the run, decodes now (the file changed meanwhile)"
 
 
 def index_seed(seed: int, epoch: int, index: int) -> int:

@@ -19,11 +19,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from gesture_core.checkpoint import CheckpointError
 from gesture_core.classifier import Classifier, load_classifier
+from gesture_core.cli import command
 from gesture_core.preprocess import TTA_MODES, DataConfig, Preprocess, tta_crops, tta_view_count
 from training import cli
-from training.data import DatasetError, ImageDataset, Sample, Splits, load_folder, make_loader
+from training.data import DatasetError, ImageDataset, Sample, Splits, failure_reports, load_folder, make_loader
 from training.loop import IGNORE_LABEL
 from training.report import classification_metrics, format_summary, write_json, write_report
 
@@ -126,27 +126,24 @@ def format_tta_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     single = "none" if args.tta == "all" else args.tta
-    try:
-        # eager PyTorch, the reference engine: evaluation reproduces the run's own test metrics
-        classifier = load_classifier(args.checkpoint, args.device, engine="torch")
-        samples, skipped, name = select_samples(args.checkpoint, classifier.classes, args.data, args.split)
-        if not samples:
-            raise DatasetError(f"no images to evaluate in {name}")
-        if args.tta == "all":
-            rows, results = tta_table(classifier, samples, batch_size=args.batch_size, workers=args.workers)
-            metrics, failed = results["none"]
-        else:
-            rows, (metrics, failed) = None, evaluate_samples(classifier, samples, batch_size=args.batch_size, workers=args.workers, tta=single)
-    except (CheckpointError, DatasetError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    # eager PyTorch, the reference engine: evaluation reproduces the run's own test metrics
+    classifier = load_classifier(args.checkpoint, args.device, engine="torch")
+    samples, skipped, name = select_samples(args.checkpoint, classifier.classes, args.data, args.split)
+    if not samples:
+        raise DatasetError(f"no images to evaluate in {name}")
+    if args.tta == "all":
+        rows, results = tta_table(classifier, samples, batch_size=args.batch_size, workers=args.workers)
+        metrics, failed = results["none"]
+    else:
+        rows, (metrics, failed) = None, evaluate_samples(classifier, samples, batch_size=args.batch_size, workers=args.workers, tta=single)
     suffix = "" if args.tta == "none" else f"-tta-{args.tta}"
     out = Path(args.out) if args.out else args.checkpoint.parent / f"eval-{name}{suffix}"
     out.mkdir(parents=True, exist_ok=True)
-    skipped += [{"path": p, "reason": "failed to decode"} for p in failed]
+    skipped += failure_reports(failed, classifier.data_config.resize_size)
     report = {"backbone": classifier.backbone, "classes": classifier.classes, "checkpoint": str(args.checkpoint), "data": name,
               "tta": single, "views_per_image": tta_view_count(single), "test": metrics, "skipped": skipped}
     write_report(out, report, classifier.classes)

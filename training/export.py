@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from gesture_core.checkpoint import CheckpointError
 from gesture_core.classifier import Classifier, load_classifier
+from gesture_core.cli import command
 from gesture_core.images import ImageDecodeError
 from training import cli
 from training.data import IMAGE_EXTENSIONS, DatasetError, Splits
@@ -218,18 +218,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     out = Path(args.out) if args.out else args.checkpoint.parent / f"model{SUFFIX[args.format]}"
-    try:
-        classifier = load_classifier(args.checkpoint, "cpu", engine="torch")  # parity is defined against eager PyTorch, CPU fp32
-        images = parity_images(args.checkpoint, args.images, args.max_images)
-        export(classifier, args.format, out, **({"opset": args.opset} if args.format == "onnx" else {}))
-        print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB): {classifier.backbone}, {len(classifier.classes)} classes, metadata: {', '.join(export_metadata(classifier))}")
-        report = check_parity(classifier, out, args.format, images, tolerance=args.tolerance)
-    except (CheckpointError, DatasetError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    classifier = load_classifier(args.checkpoint, "cpu", engine="torch")  # parity is defined against eager PyTorch, CPU fp32
+    images = parity_images(args.checkpoint, args.images, args.max_images)
+    export(classifier, args.format, out, **({"opset": args.opset} if args.format == "onnx" else {}))
+    print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB): {classifier.backbone}, {len(classifier.classes)} classes, metadata: {', '.join(export_metadata(classifier))}")
+    report = check_parity(classifier, out, args.format, images, tolerance=args.tolerance)
     Path(f"{out}.parity.json").write_text(json.dumps({**asdict(report), "ok": report.ok, "format": args.format}, indent=2))
     print(report.describe())
     return 0 if report.ok else 1

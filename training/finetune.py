@@ -21,19 +21,27 @@ import numpy as np
 import torch
 
 from gesture_core.backbones import Backbone, build_model, freeze_backbone, get_backbone, load_matching
-from gesture_core.checkpoint import load_checkpoint, resolve_device, save_checkpoint
+from gesture_core.checkpoint import (
+    CheckpointError,
+    CheckpointSaveError,
+    load_checkpoint,
+    remove_partial_saves,
+    resolve_device,
+    save_checkpoint,
+)
+from gesture_core.cli import command
 from gesture_core.preprocess import DataConfig
-from gesture_core.weights import WeightsUnavailableError
 from training import cli
 from training.augment import PRESETS, build_eval_transform, build_train_transform
 from training.config import TrainConfig
-from training.data import DatasetError, ImageDataset, SeededSampler, Splits, index_seed, load_splits, make_loader
+from training.data import DatasetError, ImageDataset, SeededSampler, Splits, failure_reports, index_seed, load_splits, make_loader
 from training.ema import ModelEma
 from training.features import CACHE_CHOICES, FrozenFeatures, use_feature_cache
 from training.loop import EpochResult, build_optimizer, predict_logits, train_one_epoch, warmup_cosine
 from training.report import classification_metrics, format_summary, plot_curves, write_history, write_json, write_report
 
 RESUMABLE_OVERRIDES = ("epochs", "workers", "device", "patience")
+TRAINING_STATE = ("optimizer", "scheduler", "epoch", "history", "best", "rng")  # what last.pt adds to a checkpoint
 
 
 def build_parser(*, suppress_defaults: bool = False) -> argparse.ArgumentParser:
@@ -90,7 +98,7 @@ def parse_config(argv: list[str] | None = None) -> tuple[TrainConfig, Path | Non
     args = parser.parse_args(argv)
     if args.resume is not None:
         explicit = vars(build_parser(suppress_defaults=True).parse_args(argv))
-        cfg = TrainConfig.from_dict(load_checkpoint(args.resume)["train_config"])
+        cfg = TrainConfig.from_dict(load_training_state(args.resume)["train_config"])
         for key in RESUMABLE_OVERRIDES:
             if key in explicit:
                 setattr(cfg, key, explicit[key])
@@ -145,6 +153,8 @@ def prepare_run(cfg: TrainConfig, resume: Path | None) -> Run:
     out = resume.parent if resume else Path(cfg.out) if cfg.out else default_run_dir(cfg)
     out.mkdir(parents=True, exist_ok=True)
     cfg.out = str(out)
+    if removed := remove_partial_saves(out):
+        print(f"removed {len(removed)} partial checkpoint file(s) left by an interrupted save: {', '.join(p.name for p in removed)}")
     if resume and (out / "split.json").exists():
         splits = Splits.load(out / "split.json")
     else:
@@ -275,6 +285,10 @@ def train(cfg: TrainConfig, resume: Path | None = None) -> Path:
     except KeyboardInterrupt:
         print(f"\ninterrupted; continue with: python -m training.finetune --resume {run.out / 'last.pt'}", file=sys.stderr)
         raise SystemExit(130) from None
+    except CheckpointSaveError as err:
+        last = run.out / "last.pt"
+        resume = f"; once there is room, continue with: python -m training.finetune --resume {last}" if last.exists() else ""
+        raise CheckpointSaveError(f"{err}{resume}") from None
     finish(run, state, test_loader, failed, features)
     return run.out
 
@@ -352,8 +366,17 @@ def save_training_state(run: Run, optimizer, scheduler, scaler, state: dict[str,
     )
 
 
+def load_training_state(path: Path) -> dict[str, Any]:
+    """A checkpoint to resume from: a last.pt, with the optimizer, scheduler and progress that best.pt lacks."""
+    ckpt = load_checkpoint(path)
+    if missing := [key for key in TRAINING_STATE if key not in ckpt]:
+        raise CheckpointError(f"{path} has no training state to resume from (it lacks {', '.join(missing)}): "
+                              f"resume from the run's last.pt, e.g. --resume {path.parent / 'last.pt'}")
+    return ckpt
+
+
 def restore_training_state(run: Run, resume: Path, optimizer, scheduler, scaler, ema: ModelEma | None = None) -> dict[str, Any]:
-    ckpt = load_checkpoint(resume)
+    ckpt = load_training_state(resume)
     load_matching(run.model, ckpt["model"], what=f"{resume}")
     if ema is not None:
         ema.load_state_dict(ckpt["ema"])
@@ -376,7 +399,7 @@ def finish(run: Run, state: dict[str, Any], test_loader, failed: set[str], featu
     else:
         test_metrics, _, test_failed = evaluate_split(run, test_loader, run.splits.test, "test")
     failed.update(test_failed)
-    skipped = run.splits.skipped + [{"path": p, "reason": "failed to decode during training"} for p in sorted(failed)]
+    skipped = run.splits.skipped + failure_reports(sorted(failed), run.data_config.resize_size)
     metrics = {
         "backbone": run.cfg.backbone,
         "classes": run.splits.classes,
@@ -398,18 +421,16 @@ def finish(run: Run, state: dict[str, Any], test_loader, failed: set[str], featu
     print(f"results in {run.out}/ (best.pt, metrics.json, curves.png, confusion_matrix.png)")
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     cfg, resume = parse_config(argv)
-    try:
-        train(cfg, resume)
-    except (DatasetError, WeightsUnavailableError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    train(cfg, resume)
     return 0
 
 
 if __name__ == "__main__":
     started = time.perf_counter()
     code = main()
-    print(f"finished in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    if code == 0:  # after an error, its one line is all there is to say
+        print(f"finished in {time.perf_counter() - started:.0f} s", file=sys.stderr)
     sys.exit(code)

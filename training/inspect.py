@@ -24,6 +24,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from gesture_core.backbones import build_model, get_backbone
+from gesture_core.cli import command
 from training import cli
 
 BYTES_PER_ELEMENT = 4  # fp32 activations
@@ -237,13 +238,11 @@ def human(n: float) -> str:
     return f"{n:.0f}"
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         summary = inspect_backbone(args.backbone, input_size=args.input_size, in_chans=args.in_channels, num_classes=args.num_classes, depth=args.depth)
-    except ValueError as err:  # e.g. --in-channels 1 on an RGB backbone
-        print(f"error: {err}", file=sys.stderr)
-        return 2
     except RuntimeError as err:  # the forward pass failed, usually an input too small for the downsampling
         print(f"error: {args.backbone} cannot run on a {args.input_size or 'default'}-pixel input (try a larger --input-size): {err}", file=sys.stderr)
         return 2

@@ -36,6 +36,7 @@ from typing import BinaryIO
 
 from tqdm import tqdm
 
+from gesture_core.cli import command
 from training.data import IMAGE_EXTENSIONS, SPLITS, DatasetError
 
 DEFAULT_ROOT = Path("datasets")
@@ -495,6 +496,7 @@ def print_catalogue() -> None:
         )
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.prepare", description=__doc__.split("\n\n")[0])
     parser.add_argument("name", nargs="?", metavar="NAME", help=f"one of: {', '.join(CATALOGUE)}")

@@ -23,9 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gesture_core.checkpoint import CheckpointError
 from gesture_core.classifier import Classifier, load_classifier
-from gesture_core.images import ImageDecodeError
+from gesture_core.cli import command
 from training import cli
 
 
@@ -225,15 +224,12 @@ def class_indices(classifier: Classifier, names: list[str]) -> list[int]:
     return [classifier.classes.index(n) for n in names]
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        classifier = load_classifier(args.checkpoint, args.device)
-        extra = class_indices(classifier, args.classes)
-        rgb = classifier.preprocess.read(args.image)
-    except (CheckpointError, ImageDecodeError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    classifier = load_classifier(args.checkpoint, args.device)
+    extra = class_indices(classifier, args.classes)
+    rgb = classifier.preprocess.read(args.image)
     out = Path(args.out) if args.out else args.checkpoint.parent / f"visualize-{args.image.stem}"
     out.mkdir(parents=True, exist_ok=True)
     view = classifier.preprocess.crop(rgb)

@@ -30,6 +30,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from gesture_core.cli import command
 from service.webcam.demo import display_problem
 from service.webcam.overlay import centred_roi  # the webcam demo's box: captured crops match what it classifies
 from service.webcam.sources import SourceError, describe_source, is_live, open_source, read_frames
@@ -315,6 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)

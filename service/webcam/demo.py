@@ -26,6 +26,7 @@ import cv2
 import numpy as np
 
 from gesture_core import Prediction
+from gesture_core.cli import command
 from gesture_core.runtime import Runtime, add_runtime_arguments
 from service.webcam.grabber import Frame, FrameGrabber
 from service.webcam.overlay import OverlayInfo, centred_roi, render
@@ -389,6 +390,7 @@ def make_scorer(args: argparse.Namespace) -> Scorer:
     return LocalScorer.load(str(args.checkpoint), Runtime.from_args(args))
 
 
+@command
 def main(argv: list[str] | None = None, log: Log = _stderr) -> int:
     args = build_parser().parse_args(argv)
     show_window = not args.headless

@@ -1,0 +1,271 @@
+"""Hostile input against the real ``bentoml serve`` on 127.0.0.1 (loopback only): each class of bad
+request from issue #17, the status each one gets, the worker's peak RSS growth per request, and the
+latency of normal clients while slow clients hold connections open.
+
+    .venv/bin/python -m benchmarks.hostile --quick        # well under 2 minutes on an idle 2-core machine
+    .venv/bin/python -m benchmarks.hostile --slow-seconds 45 --checkpoint runs/NAME/best.pt
+
+Classes: aspect-ratio bombs (tiny strips that resizing would make huge, alone and three at once),
+large images (legal ones up to the pixel limit, and bombs past it), malformed uploads, ambiguous
+requests, and slow clients (each sends its request body at 1 byte per second, reconnecting whenever
+the server lets go). Peak RSS growth is the worker's high-water mark (reset through
+/proc/PID/clear_refs before each request) minus its RSS before it. The last lines judge the issue's
+targets: no 5xx, at most 256 MB of growth for any single request, and normal clients all served
+with p99 under 1 s while the slow clients connect; the exit code is 1 when one is missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import select
+import socket
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+
+from benchmarks.common import describe_machine, machine, note
+from benchmarks.serve_latency import drive, load_images, make_checkpoint, running_service
+from tests.service_inputs import http_bad_requests, jpeg, png_strip
+
+RSS_TARGET_MB = 256
+P99_TARGET_MS = 1000
+BOUNDARY = "hostile-7d1e"
+
+
+@dataclass(frozen=True)
+class Attack:
+    kind: str
+    name: str
+    method: str
+    path: str
+    request: dict[str, Any] = field(default_factory=dict, hash=False)  # httpx.request keyword arguments
+    copies: int = 1  # sent at the same time
+
+
+@dataclass
+class Outcome:
+    attack: Attack
+    statuses: list[int]
+    reason: str
+    rss_growth_mb: float
+    seconds: float
+
+
+@dataclass
+class SlowClientReport:
+    connections: int = 0
+    outcomes: Counter[str] = field(default_factory=Counter)
+
+
+def kind_of(case: str) -> str:
+    return "aspect ratio" if "strip" in case else "large image" if "bomb" in case or "over_limit" in case else "malformed"
+
+
+def attacks(upload_limit: int) -> list[Attack]:
+    """The service tests' bad requests (tests/service_inputs.py), and more of each class of the issue."""
+    image, strip = jpeg(1), png_strip(39_000, 1)
+    cases = [Attack(kind_of(name), name, "POST", "/predict", request) for name, request in http_bad_requests(upload_limit).items()]
+    return cases + [
+        Attack("aspect ratio", "three 39000x1 at once", "POST", "/predict", {"files": {"image": ("s.png", strip)}}, copies=3),
+        Attack("aspect ratio", "2000x100 (20:1, legal)", "POST", "/predict", {"files": {"image": ("s.png", png_strip(2_000, 100))}}),
+        Attack("aspect ratio", "39000x1 in /predict_batch", "POST", "/predict_batch", {"files": [("images", ("s.png", strip))]}),
+        Attack("large image", "6320x6320 PNG (at the pixel limit)", "POST", "/predict", {"files": {"image": ("l.png", png_strip(6_320, 6_320))}}),
+        Attack("large image", "7000x7000 PNG (past the limit)", "POST", "/predict", {"files": {"image": ("l.png", png_strip(7_000, 7_000))}}),
+        Attack("ambiguous", "two image files", "POST", "/predict", {"files": [("image", ("a.jpg", image)), ("image", ("b.jpg", image))]}),
+        Attack("ambiguous", "top_k twice", "POST", "/predict", {"files": {"image": ("a.jpg", image)}, "data": {"top_k": ["1", "3"]}}),
+        Attack("ambiguous", "top_k: true", "POST", "/predict", {"files": {"image": ("a.jpg", image)}, "data": {"top_k": "true"}}),
+        Attack("ambiguous", "PUT /predict", "PUT", "/predict", {"files": {"image": ("a.jpg", image)}}),
+        Attack("ambiguous", "file to an unknown route", "POST", "/nowhere", {"files": {"image": ("a.jpg", image)}}),
+        Attack("ambiguous", "GET /predict", "GET", "/predict"),
+    ]
+
+
+def send(url: str, attack: Attack) -> tuple[int, str]:
+    try:
+        response = httpx.request(attack.method, url + attack.path, timeout=120, **attack.request)
+    except httpx.HTTPError as err:
+        return 0, f"{type(err).__name__}: {err}"
+    try:
+        payload = response.json()
+    except ValueError:
+        return response.status_code, "(not JSON) " + response.text[:80]
+    return response.status_code, str(payload.get("error", "")) if isinstance(payload, dict) and "error" in payload else "(ok)"
+
+
+class PeakRss:
+    """The worker's peak RSS during a block, as growth over its RSS just before (Linux /proc)."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+
+    def field_kb(self, name: str) -> int:
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith(name + ":"):
+                return int(line.split()[1])
+        raise RuntimeError(f"/proc/{self.pid}/status has no {name}")
+
+    def measure(self, work: Callable[[], object]) -> tuple[object, float]:
+        Path(f"/proc/{self.pid}/clear_refs").write_text("5")  # high-water mark := current RSS
+        before = self.field_kb("VmRSS")
+        result = work()
+        return result, (self.field_kb("VmHWM") - before) / 1024
+
+
+def worker_pid(server_pid: int) -> int:
+    """The service worker: the descendant of `bentoml serve` with the most memory (it holds the model)."""
+    children = psutil.Process(server_pid).children(recursive=True)
+    return max(children, key=lambda p: p.memory_info().rss).pid
+
+
+def run_attacks(url: str, rss: PeakRss, upload_limit: int) -> list[Outcome]:
+    outcomes = []
+    for attack in attacks(upload_limit):
+        started = time.perf_counter()
+        with ThreadPoolExecutor(attack.copies) as pool:
+            replies, growth = rss.measure(lambda a=attack: list(pool.map(lambda _: send(url, a), range(a.copies))))
+        outcomes.append(Outcome(attack, [s for s, _ in replies], replies[0][1], growth, time.perf_counter() - started))
+        note(f"  {attack.kind:12} {attack.name:38} {outcomes[-1].statuses} +{growth:.0f} MB  {replies[0][1][:90]}")
+    return outcomes
+
+
+def slow_clients(url: str, count: int, stop: threading.Event, report: SlowClientReport) -> None:
+    """``count`` connections that each declare a 1 MB multipart upload and send it at 1 byte per second,
+    reconnecting whenever the server answers or closes; records what the server did to them."""
+    host, port = url.removeprefix("http://").split(":")
+    head = (f"POST /predict HTTP/1.1\r\nHost: {host}\r\nContent-Type: multipart/form-data; boundary={BOUNDARY}\r\n"
+            "Content-Length: 1000000\r\n\r\n").encode()
+
+    def connect() -> socket.socket | None:
+        try:
+            sock = socket.create_connection((host, int(port)), timeout=5)
+            sock.sendall(head)
+            report.connections += 1
+            return sock
+        except OSError:
+            report.outcomes["connect failed"] += 1
+            return None
+
+    socks = [connect() for _ in range(count)]
+    while not stop.wait(1.0):
+        for i, sock in enumerate(socks):
+            if sock is None or answered(sock, report):
+                if sock is not None:
+                    sock.close()
+                socks[i] = connect()
+                continue
+            try:
+                sock.send(b"x")
+            except OSError:
+                report.outcomes["reset"] += 1
+                sock.close()
+                socks[i] = connect()
+    for sock in socks:
+        if sock is not None:
+            sock.close()
+
+
+def answered(sock: socket.socket, report: SlowClientReport) -> bool:
+    """Whether the server has answered or closed this connection (recorded as its status or 'closed')."""
+    readable, _, _ = select.select([sock], [], [], 0)
+    if not readable:
+        return False
+    try:
+        data = sock.recv(256)
+    except OSError:
+        data = b""
+    report.outcomes[data.split(b" ")[1].decode() if data.startswith(b"HTTP/") else "closed"] += 1
+    return True
+
+
+def slow_client_attack(url: str, images: list[bytes], count: int, seconds: float, clients: int) -> tuple[dict, SlowClientReport]:
+    stop, report = threading.Event(), SlowClientReport()
+    attacker = threading.Thread(target=slow_clients, args=(url, count, stop, report), daemon=True)
+    attacker.start()
+    time.sleep(2.0)  # let them connect and start trickling
+    result = drive(url, "predict", images, clients=clients, duration=seconds, warmup=0.0)
+    stop.set()
+    attacker.join(10)
+    return result.summary(), report
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.hostile", description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", type=Path, help="default: efficientnet_lite0 with ImageNet weights and a random 10-class head")
+    p.add_argument("--engine", default="auto", help="GESTURE_ENGINE for the service")
+    p.add_argument("--slow-clients", type=int, default=130)
+    p.add_argument("--slow-seconds", type=float, default=40.0, help="how long normal clients are measured during the slow-client attack")
+    p.add_argument("--normal-clients", type=int, default=4)
+    p.add_argument("--quick", action="store_true", help="a 15 s slow-client attack and a 4 s baseline")
+    args = p.parse_args(argv)
+    baseline_seconds = 4.0 if args.quick else 10.0
+    if args.quick:
+        args.slow_seconds = 15.0
+    started = time.perf_counter()
+    note(f"machine: {describe_machine(machine())}")
+    images = load_images(16)
+    upload_limit = 16 * 1024 * 1024
+    with tempfile.TemporaryDirectory(prefix="hostile-") as tmp:
+        checkpoint = args.checkpoint or make_checkpoint(Path(tmp) / "bench.pt")
+        with running_service(checkpoint, env={"GESTURE_ENGINE": args.engine}) as server:
+            served = httpx.post(f"{server.url}/info").json()
+            note(f"server ready after {time.perf_counter() - started:.0f} s (import, start-up check, worker warm-up): "
+                 f"{served['backbone']} @ {served['input_size']} px, engine {served['engine']}, limits {served['limits']}")
+            rss = PeakRss(worker_pid(server.process.pid))
+            drive(server.url, "predict", images, clients=1, duration=1.0, warmup=0.0)  # first requests warm the worker
+            note("single requests (kind, case, statuses, worker peak RSS growth, reason):")
+            outcomes = run_attacks(server.url, rss, upload_limit)
+            baseline = drive(server.url, "predict", images, clients=args.normal_clients, duration=baseline_seconds, warmup=0.0).summary()
+            note(f"normal clients alone: {baseline}")
+            during, report = slow_client_attack(server.url, images, args.slow_clients, args.slow_seconds, args.normal_clients)
+            alive = server.process.poll() is None
+    print_summary(outcomes, baseline, during, report, args, alive)
+    note(f"finished in {time.perf_counter() - started:.0f} s")
+    return 0 if verdicts(outcomes, during)[1] else 1
+
+
+def verdicts(outcomes: list[Outcome], during: dict) -> tuple[list[str], bool]:
+    server_errors = sum(1 for o in outcomes for s in o.statuses if s >= 500 or s == 0)
+    single = max((o for o in outcomes if o.attack.copies == 1), key=lambda o: o.rss_growth_mb)
+    normal_ok = not during["errors"] and during["requests"] > 0 and during["p99_ms"] < P99_TARGET_MS
+    lines = [
+        f"{'PASS' if not server_errors else 'FAIL'}  5xx or no answer: {server_errors}",
+        f"{'PASS' if single.rss_growth_mb <= RSS_TARGET_MB else 'FAIL'}  largest worker RSS growth for one request: "
+        f"{single.rss_growth_mb:.0f} MB ({single.attack.name}); target <= {RSS_TARGET_MB} MB",
+        f"{'PASS' if normal_ok else 'FAIL'}  normal clients during the slow-client attack: {during['requests']} served, "
+        f"p99 {during['p99_ms']:.0f} ms, refused/failed {during['errors'] or 'none'}; target: all served, p99 < {P99_TARGET_MS} ms",
+    ]
+    return lines, not server_errors and single.rss_growth_mb <= RSS_TARGET_MB and normal_ok
+
+
+def print_summary(outcomes: list[Outcome], baseline: dict, during: dict, report: SlowClientReport, args, alive: bool) -> None:
+    print(f"\nhostile input against bentoml serve on 127.0.0.1; {describe_machine(machine())}")
+    print("\n| class | case | status | worker peak RSS growth | seconds | reason |\n| --- | --- | --- | ---: | ---: | --- |")
+    for o in outcomes:
+        statuses = ", ".join(map(str, o.statuses))
+        print(f"| {o.attack.kind} | {o.attack.name} | {statuses} | {o.rss_growth_mb:.0f} MB | {o.seconds:.2f} | {o.reason[:100]} |")
+    by_kind: dict[str, Counter[int]] = {}
+    for o in outcomes:
+        by_kind.setdefault(o.attack.kind, Counter()).update(o.statuses)
+    print("\nstatus counts: " + "; ".join(f"{kind}: {dict(sorted(c.items()))}" for kind, c in by_kind.items()))
+    print(f"normal clients ({args.normal_clients}, closed loop) alone: {baseline['requests']} requests, p50 {baseline['p50_ms']:.0f} ms, "
+          f"p99 {baseline['p99_ms']:.0f} ms, errors {baseline['errors'] or 'none'}")
+    print(f"with {args.slow_clients} slow clients (1 byte/s, reconnecting) for {args.slow_seconds:.0f} s: {during['requests']} served, "
+          f"p50 {during['p50_ms']:.0f} ms, p99 {during['p99_ms']:.0f} ms, errors {during['errors'] or 'none'}")
+    print(f"slow clients: {report.connections} connections made; what the server did to them: {dict(report.outcomes) or 'nothing (all held open)'}")
+    print(f"server still running afterwards: {alive}")
+    lines, _ = verdicts(outcomes, during)
+    print("\n" + "\n".join(lines))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

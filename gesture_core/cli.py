@@ -1,0 +1,46 @@
+"""How every command (``python -m training.*`` and ``service.*``) reports a user's mistake: one
+``error: <reason>`` line on stderr and exit code 2, never a traceback.
+
+The project's own errors (a bad checkpoint, an undecodable image, a dataset or setting that does not
+fit) are ValueErrors whose message is written for the user, and a file that cannot be read or
+written (missing, no permission, disk full) is an OSError: ``@command`` on a ``main`` turns both
+into that line, so no command needs its own copy of the handler. Anything else is a bug, and keeps
+its traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from typing import ParamSpec
+
+from gesture_core.weights import WeightsUnavailableError
+
+EXIT_USAGE = 2
+USER_ERRORS = (ValueError, OSError, WeightsUnavailableError)
+
+P = ParamSpec("P")
+
+
+def command(main: Callable[P, int]) -> Callable[P, int]:
+    """``main``, with a user's mistake printed as one ``error:`` line and returned as exit code 2."""
+
+    @functools.wraps(main)
+    def run(*args: P.args, **kwargs: P.kwargs) -> int:
+        try:
+            return main(*args, **kwargs)
+        except USER_ERRORS as err:
+            print(f"error: {describe(err)}", file=sys.stderr)
+            return EXIT_USAGE
+
+    return run
+
+
+def describe(err: BaseException) -> str:
+    """The error's message on one line; an OSError as 'file: reason' rather than '[Errno 28] ...'."""
+    if isinstance(err, OSError) and type(err).__str__ is OSError.__str__ and err.strerror:
+        text = f"{err.filename}: {err.strerror}" if err.filename else err.strerror
+    else:
+        text = str(err) or type(err).__name__
+    return " ".join(text.split())

@@ -1,0 +1,134 @@
+"""A user's mistake on any command is one `error:` line and exit code 2, never a traceback; a crash
+or a full disk during a save loses nothing and leaves no litter."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import training.finetune as finetune
+from benchmarks.server_process import REPO
+from gesture_core import checkpoint as checkpoint_module
+from gesture_core.checkpoint import remove_partial_saves
+from tests.helpers import make_image_folder
+from tests.test_finetune import tiny_config
+from training.evaluate import main as evaluate_main
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return make_image_folder(tmp_path_factory.mktemp("data") / "gestures", per_class=6, size=40)
+
+
+@pytest.fixture(scope="module")
+def run(dataset, tmp_path_factory):
+    """A finished one-epoch run: best.pt, last.pt, split.json."""
+    return finetune.train(tiny_config(dataset, tmp_path_factory.mktemp("runs") / "run", epochs=1))
+
+
+def one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: "), err
+    return err
+
+
+def edited_checkpoint(source, target, **changes):
+    ckpt = torch.load(source, weights_only=True)
+    ckpt.update(changes)
+    for key in [k for k, v in changes.items() if v is None]:
+        del ckpt[key]
+    torch.save(ckpt, target)
+    return target
+
+
+def test_resume_from_a_truncated_file(run, tmp_path):
+    """Through `python -m`, as a user runs it: stderr is the one line, nothing before or after it."""
+    cut = tmp_path / "last.pt"
+    cut.write_bytes((run / "last.pt").read_bytes()[:5000])
+    done = subprocess.run([sys.executable, "-m", "training.finetune", "--resume", str(cut)], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: ") and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "is not a readable checkpoint (truncated" in done.stderr
+
+
+def test_resume_from_best_pt_points_to_last_pt(run, capsys):
+    assert finetune.main(["--resume", str(run / "best.pt")]) == 2
+    err = one_error_line(capsys)
+    assert "no training state to resume from" in err and f"--resume {run / 'last.pt'}" in err
+
+
+def test_evaluate_a_checkpoint_whose_shapes_do_not_match(run, tmp_path, capsys):
+    wrong = edited_checkpoint(run / "best.pt", tmp_path / "best.pt", classes=["a", "b", "c", "d", "e"])  # a 3-class head
+    assert evaluate_main(["--checkpoint", str(wrong), "--data", str(run)]) == 2
+    assert "shape mismatch" in one_error_line(capsys)
+
+
+def import_cli(checkpoint, home) -> subprocess.CompletedProcess:
+    env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "1", "GESTURE_ENGINE": "torch"}
+    return subprocess.run([sys.executable, "-m", "service.import_model", str(checkpoint)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize(("change", "reason"), [
+    ({"model": None, "data_config": None}, "lacks data_config, model"),
+    ({"classes": ["a", "b", "c", "d", "e"]}, "shape mismatch"),  # a wrong class count
+])
+def test_import_refuses_a_checkpoint_the_service_could_not_load(run, tmp_path, change, reason):
+    bad = edited_checkpoint(run / "best.pt", tmp_path / "bad.pt", **change)
+    done = import_cli(bad, tmp_path / "home")
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("error: ") and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert reason in done.stderr
+    assert not list((tmp_path / "home").glob("models/*/*")), "a refused checkpoint was stored"
+
+
+def test_full_disk_during_a_save_says_what_is_kept(dataset, tmp_path, monkeypatch, capsys):
+    real_save, saves = torch.save, []
+
+    def save_until_the_disk_is_full(obj, f, *args, **kwargs):
+        saves.append(1)
+        if len(saves) > 2:  # epoch 1 wrote best.pt and last.pt; epoch 2 finds the disk full
+            f.write(b"\0" * 4096)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint_module.torch, "save", save_until_the_disk_is_full)
+    out = tmp_path / "run"
+    argv = ["--data", str(dataset), "--out", str(out), "--backbone", "mobilenet_v3_large", "--weights", "none",
+            "--epochs", "2", "--image-size", "32", "--workers", "0", "--batch-size", "8"]
+    assert finetune.main(argv) == 2
+    err = one_error_line(capsys)
+    assert "No space left on device" in err and "is kept unchanged and the partial file was removed" in err
+    assert f"--resume {out / 'last.pt'}" in err
+    monkeypatch.undo()
+    assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 1
+    assert not list(out.glob(".*.tmp"))
+
+
+def test_a_run_cleans_up_partial_saves_of_an_interrupted_one(run, tmp_path, capsys):
+    folder = tmp_path / "run"
+    shutil.copytree(run, folder)
+    litter = [folder / ".last.pt.k2j_x9aq.tmp", folder / ".best.pt.0f3hs8d1.tmp"]
+    for path in litter:
+        path.write_bytes(b"\0" * 1000)  # what a kill -9 during torch.save leaves
+    keep = [folder / "notes.tmp", folder / ".hidden.pt"]
+    for path in keep:
+        path.write_text("not ours")
+    assert finetune.main(["--resume", str(folder / "last.pt")]) == 0
+    assert "removed 2 partial checkpoint file(s) left by an interrupted save" in capsys.readouterr().out
+    assert not any(path.exists() for path in litter) and all(path.exists() for path in keep)
+    assert remove_partial_saves(folder) == []
+
+
+def test_a_file_system_error_is_one_line_with_the_path(dataset, capsys):
+    """An OSError (here: a run folder that cannot be created) goes through the same handler."""
+    argv = ["--data", str(dataset), "--out", "/dev/null/run", "--backbone", "mobilenet_v3_large", "--weights", "none"]
+    assert finetune.main(argv) == 2
+    assert one_error_line(capsys) == "error: /dev/null/run: Not a directory"

@@ -1,0 +1,115 @@
+"""Images built to cost far more than their size: refused from the header, before any allocation,
+by the shared core that training, evaluation, the service and the webcam all decode through."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+from benchmarks.server_process import REPO
+from gesture_core import DataConfig, ImageDecodeError, Preprocess, read_rgb
+from gesture_core.images import MAX_ASPECT_RATIO, TRUNCATED_JPEG
+from tests.service_inputs import jpeg, png_strip
+
+
+@pytest.fixture(scope="module")
+def preprocess() -> Preprocess:
+    return Preprocess(DataConfig())
+
+
+def run_python(code: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120, env={**os.environ, **env})
+
+
+@pytest.mark.parametrize(("width", "height"), [(39_000, 1), (1_000_000, 1), (12_000, 1), (1, 5_000), (2_100, 100)])
+def test_extreme_aspect_ratios_are_refused_before_any_allocation(preprocess, width, height):
+    data = png_strip(width, height)  # unguarded, the resize of a 39000x1 strip allocates 7.7 GB
+    with pytest.raises(ImageDecodeError, match=rf"extreme aspect ratio: {width}x{height} .* limit of {MAX_ASPECT_RATIO}:1"):
+        preprocess.load(data)
+
+
+def test_elongated_images_within_the_limit_still_classify(preprocess):
+    tensor = preprocess.load(png_strip(MAX_ASPECT_RATIO * 10, 10))
+    assert tensor.shape == (3, 224, 224)
+
+
+def test_arrays_and_frames_are_bounded_too(preprocess):
+    with pytest.raises(ImageDecodeError, match="extreme aspect ratio"):
+        preprocess(np.zeros((1, 4_000, 3), np.uint8))  # what a webcam frame or a caller's array reaches
+    with pytest.raises(ImageDecodeError, match="no pixels"):
+        read_rgb(np.zeros((0, 4, 3), np.uint8))
+
+
+def test_an_opencv_failure_is_a_decode_error_not_a_crash(tmp_path):
+    """OpenCV's own pixel limit, set low, makes its decoder raise cv2.error on a small PNG."""
+    path = tmp_path / "small.png"
+    cv2.imwrite(str(path), np.zeros((20, 20, 3), np.uint8))
+    code = ("import sys; from gesture_core import ImageDecodeError, read_rgb\n"
+            f"try: read_rgb({str(path)!r})\n"
+            "except ImageDecodeError as err: print(err); sys.exit(3)\n")
+    done = run_python(code, OPENCV_IO_MAX_IMAGE_PIXELS="100")
+    assert done.returncode == 3, done.stderr
+    assert "corrupt or undecodable PNG (pixels <= CV_IO_MAX_IMAGE_PIXELS)" in done.stdout
+
+
+@pytest.mark.parametrize("cut", [3, 10, 100, 1000])
+def test_a_jpeg_cut_anywhere_gets_the_truncated_jpeg_message(cut):
+    with pytest.raises(ImageDecodeError, match=rf"^{TRUNCATED_JPEG.replace('(', '[(]').replace(')', '[)]')}$"):
+        read_rgb(jpeg(0, 160)[:cut])
+
+
+def test_a_png_cut_before_its_header_names_the_format():
+    with pytest.raises(ImageDecodeError, match="truncated or corrupt PNG"):
+        read_rgb(png_strip(50, 50)[:12])
+
+
+def test_a_large_png_costs_at_most_twice_its_decoded_size(tmp_path):
+    """OpenCV's PNG decoder peaks at about twice the decoded image (46 MB here), and the conversion to
+    RGB adds nothing: so a pixel limit of 40,000,000 (the service's) bounds a request near 240 MB."""
+    path = tmp_path / "large.png"
+    cv2.imwrite(str(path), np.zeros((4000, 4000, 3), np.uint8))
+    code = ("import resource; from pathlib import Path; from gesture_core import read_rgb\n"
+            f"data = Path({str(path)!r}).read_bytes()\n"
+            "peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024\n"
+            "before = peak(); rgb = read_rgb(data); print(rgb.shape[0], peak() - before)\n")
+    done = run_python(code)
+    assert done.returncode == 0, done.stderr
+    side, grew = done.stdout.split()
+    assert side == "4000" and float(grew) < 2.2 * 4000 * 4000 * 3 / 2**20, f"peak grew {float(grew):.0f} MB"
+
+
+def test_training_reports_the_real_reason_of_a_file_that_fails_in_the_loader(tmp_path):
+    """A PNG whose header is fine passes the scan; its corrupt pixel data fails only inside the loader,
+    and the run's report keeps the decoder's reason instead of a generic 'failed to decode'."""
+    import json
+
+    import training.finetune as finetune
+    from tests.helpers import make_image_folder
+    from tests.test_finetune import tiny_config
+
+    root = make_image_folder(tmp_path / "gestures", per_class=6, size=40)
+    good = png_strip(40, 40)
+    at = good.index(b"IDAT") + 8
+    (root / "palm" / "corrupt-pixels.png").write_bytes(good[:at] + b"\xde\xad" * 40 + good[at + 80:])
+    out = finetune.train(tiny_config(root, tmp_path / "run", epochs=1, val_split=0.0, test_split=0.0))
+    skipped = {s["path"].rsplit("/", 1)[-1]: s["reason"] for s in json.loads((out / "metrics.json").read_text())["skipped"]}
+    assert skipped["corrupt-pixels.png"].startswith("corrupt or truncated image ("), skipped
+
+
+def test_training_skips_and_reports_an_extreme_aspect_ratio(tmp_path):
+    from tests.helpers import make_image_folder
+    from training.check import build_report
+    from training.data import load_splits
+
+    root = make_image_folder(tmp_path / "gestures", per_class=4, size=40)
+    (root / "fist" / "strip.png").write_bytes(png_strip(39_000, 1))
+    splits = load_splits(root, val_split=0.0, test_split=0.0)
+    assert [(s["path"].rsplit("/", 1)[-1], s["reason"]) for s in splits.skipped] == [
+        ("strip.png", "extreme aspect ratio: 39000x1 is 39,000:1, above the limit of 20:1")]
+    assert all(not s.path.endswith("strip.png") for s in splits.train)
+    assert build_report(root, workers=1)["skipped_by_reason"] == {"extreme aspect ratio": 1}
