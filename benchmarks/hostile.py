@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         with running_service(checkpoint, env={"GESTURE_ENGINE": args.engine}) as server:
             served = httpx.post(f"{server.url}/info").json()
             note(f"server ready after {time.perf_counter() - started:.0f} s (import, start-up check, worker warm-up): "
-                 f"{served['backbone']} @ {served['input_size']} px, engine {served['engine']}, limits {served['limits']}")
+                 f"{served['backbone']} @ {served['input_size']} px, engine {served['engine']}, settings {served['settings']}")
             rss = PeakRss(worker_pid(server.process.pid))
             drive(server.url, "predict", images, clients=1, duration=1.0, warmup=0.0)  # first requests warm the worker
             note("single requests (kind, case, statuses, worker peak RSS growth, reason):")

@@ -28,6 +28,8 @@ import pytest
 
 from tests.helpers import REPO
 
+pytestmark = pytest.mark.filterwarnings("ignore:.*found in sys.modules.*:RuntimeWarning")  # runpy, for modules the test imported before
+
 COMMAND_PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 LINK_PAGES = [*COMMAND_PAGES, REPO / "datasets" / "README.md"]
 PROJECT_PACKAGES = ("training", "service", "benchmarks")
