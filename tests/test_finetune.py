@@ -11,7 +11,7 @@ import torch
 
 import training.finetune as finetune
 from gesture_core import load_classifier
-from tests.helpers import make_image_folder, train_interrupted_in_epoch_2
+from tests.helpers import count_calls, make_image_folder, train_interrupted_in_epoch_2
 from tests.test_data import add_bad_files
 from training.config import TrainConfig
 from training.evaluate import main as evaluate_main
@@ -50,15 +50,23 @@ def test_run_folder_has_every_artefact_and_a_complete_report(dataset, tmp_path):
 
 
 @pytest.mark.parametrize("ema_decay", [0.0, 0.9])
-def test_resume_after_interruption_gives_the_same_next_epoch(dataset, tmp_path, monkeypatch, ema_decay):
+def test_resume_after_interruption_gives_the_same_next_epoch(dataset, tmp_path, monkeypatch, capsys, ema_decay):
     reference = finetune.train(tiny_config(dataset, tmp_path / "a", epochs=3, ema_decay=ema_decay))
     assert train_interrupted_in_epoch_2(tiny_config(dataset, tmp_path / "b", epochs=3, ema_decay=ema_decay), monkeypatch) == 130
-    assert torch.load(tmp_path / "b" / "last.pt", weights_only=True)["epoch"] == 1
+    interrupted = torch.load(tmp_path / "b" / "last.pt", weights_only=True)
+    assert interrupted["epoch"] == 1
+    capsys.readouterr()
 
     cfg, resume = finetune.parse_config(["--resume", str(tmp_path / "b" / "last.pt")])
+    epochs_trained = count_calls(monkeypatch, finetune, "train_one_epoch")
     resumed = finetune.train(cfg, resume)
+    # A resume that ignored last.pt would retrain from epoch 1 and, seeded, reach the same weights:
+    # what tells them apart is that only the two missing epochs run, after the interrupted run's own first one.
+    assert len(epochs_trained) == 2
+    assert f"resuming {tmp_path / 'b' / 'last.pt'} after epoch 1" in capsys.readouterr().out
     history_a = list(csv.DictReader((reference / "history.csv").open()))
     history_b = list(csv.DictReader((resumed / "history.csv").open()))
+    assert history_b[0] == {key: str(value) for key, value in interrupted["history"][0].items()}  # its own row, timings included
     for a, b in zip(history_a, history_b, strict=True):
         assert float(a["train_loss"]) == pytest.approx(float(b["train_loss"]), abs=1e-5)
         assert a["val_top1"] == b["val_top1"]
