@@ -38,12 +38,12 @@ def make_image_folder(root: Path, classes=("fist", "palm", "peace"), per_class: 
     return root
 
 
-def count_calls(monkeypatch, owner, name: str) -> list[tuple]:
-    """Replace ``owner.name`` by a pass-through that records each call's positional arguments."""
+def count_calls(monkeypatch, owner, name: str) -> list[tuple[tuple, dict]]:
+    """Replace ``owner.name`` by a pass-through that records each call's (args, kwargs)."""
     real, calls = getattr(owner, name), []
 
     def recorded(*args, **kwargs):
-        calls.append(args)
+        calls.append((args, kwargs))
         return real(*args, **kwargs)
 
     monkeypatch.setattr(owner, name, recorded)

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import csv
 import json
+import struct
 import urllib.error
+import zlib
 
+import numpy as np
 import pytest
 import torch
 
@@ -203,3 +206,115 @@ def test_efficientnet_lite0_fine_tune_on_sign_digits_reaches_95_percent(sign_dig
     assert metrics["backbone"] == "efficientnet_lite0"
     assert metrics["test"]["n"] >= 400  # the seeded 20% split of 2062 images
     assert metrics["test"]["top1"] >= 0.95
+
+
+# --- options run for real: tiny data, 32 px, seconds each ------------------------------------------
+
+
+def cli_args(data, out, *extra: str) -> list[str]:
+    """The command line of tiny_config."""
+    return ["--data", str(data), "--out", str(out), "--backbone", "mobilenet_v3_large", "--weights", "none",
+            "--image-size", "32", "--epochs", "1", "--batch-size", "8", "--workers", "0", "--val-split", "0.2",
+            "--test-split", "0.2", "--seed", "1", *extra]  # fmt: skip
+
+
+def test_patience_stops_after_that_many_epochs_without_improvement(dataset, tmp_path, capsys):
+    out = finetune.train(tiny_config(dataset, tmp_path / "run", epochs=4, patience=1))
+    rows = [{**r, "val_top1": float(r["val_top1"]), "val_loss": float(r["val_loss"])} for r in csv.DictReader((out / "history.csv").open())]
+    best, stale = None, []
+    for row in rows:  # the epoch at which `patience` (1) epochs in a row brought no improvement
+        improved = finetune.is_improvement(row, best)
+        best = row if improved else best
+        stale.append(not improved)
+    assert stale.index(True) == len(rows) - 1 < 3  # stopped right there, before --epochs 4
+    assert json.loads((out / "metrics.json").read_text())["epochs_run"] == len(rows)
+    assert "early stopping: val top-1 has not improved for 1 epochs" in capsys.readouterr().out
+
+
+def test_sgd_run_steps_with_nesterov_momentum(dataset, tmp_path):
+    assert finetune.main(cli_args(dataset, tmp_path / "run", "--opt", "sgd", "--momentum", "0.8")) == 0
+    optimizer = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["optimizer"]
+    assert [(g["momentum"], g["nesterov"]) for g in optimizer["param_groups"]] == [(0.8, True)] * 2
+    assert {key for state in optimizer["state"].values() for key in state} == {"momentum_buffer"}  # AdamW keeps exp_avg
+
+
+def test_class_weights_are_the_inverse_class_frequencies_and_change_the_loss(tmp_path, monkeypatch):
+    data = make_image_folder(tmp_path / "imbalanced", classes=("fist", "palm"), per_class=5, size=48)
+    make_image_folder(tmp_path / "more", classes=("fist",), per_class=15, size=48)
+    for i, path in enumerate(sorted((tmp_path / "more" / "fist").iterdir())):
+        path.rename(data / "fist" / f"extra{i}.png")
+    epochs = count_calls(monkeypatch, finetune, "train_one_epoch")
+    assert finetune.main(cli_args(data, tmp_path / "weighted", "--class-weights")) == 0
+    assert finetune.main(cli_args(data, tmp_path / "plain")) == 0
+    counts = np.bincount([label for _, label in json.loads((tmp_path / "weighted" / "split.json").read_text())["train"]])
+    (_, weighted), (_, plain) = epochs
+    assert plain["class_weights"] is None
+    np.testing.assert_allclose(weighted["class_weights"].numpy(), counts.sum() / (2 * counts), rtol=1e-6)
+    assert counts[0] > counts[1] and weighted["class_weights"][0] < weighted["class_weights"][1]
+    losses = [float(next(csv.DictReader((tmp_path / run / "history.csv").open()))["train_loss"]) for run in ("weighted", "plain")]
+    assert losses[0] != losses[1]
+
+
+def test_cpu_amp_trains_in_bfloat16(dataset, tmp_path, monkeypatch, capsys):
+    real_epoch, dtypes = finetune.train_one_epoch, set()
+
+    def watched(model, *args, **kwargs):
+        hook = model.register_forward_hook(lambda module, inputs, output: dtypes.add(output.dtype))
+        try:
+            return real_epoch(model, *args, **kwargs)
+        finally:
+            hook.remove()
+
+    monkeypatch.setattr(finetune, "train_one_epoch", watched)
+    assert finetune.main(cli_args(dataset, tmp_path / "run", "--device", "cpu", "--amp", "on")) == 0
+    assert dtypes == {torch.bfloat16}
+    assert "device cpu (AMP)" in capsys.readouterr().out
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["test"]["n"] == 6
+
+
+def corrupt_png(path) -> str:
+    """A PNG whose header is valid (so the up-front scan keeps it) and whose pixel data is not."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", 48, 48, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", b"not zlib data" * 20) + chunk(b"IEND", b""))
+    return str(path)
+
+
+def test_files_that_fail_to_decode_during_training_are_listed_in_metrics(dataset, tmp_path):
+    corrupt = {corrupt_png(dataset / cls / f"corrupt{i}.png") for cls in ("fist", "palm", "peace") for i in range(2)}
+    out = finetune.train(tiny_config(dataset, tmp_path / "run", epochs=1))
+    split = json.loads((out / "split.json").read_text())
+    in_train = {str(dataset / rel) for rel, _ in split["train"]} & corrupt
+    assert in_train  # the seeded split puts some in train, where the loss must ignore them
+    metrics = json.loads((out / "metrics.json").read_text())
+    listed = {s["path"] for s in metrics["skipped"] if s["reason"] == "failed to decode during training"}
+    assert listed == corrupt
+    held_out = sum(str(dataset / rel) in corrupt for rel, _ in split["test"])
+    assert metrics["test"]["n"] == len(split["test"]) - held_out
+    assert np.isfinite(float(next(csv.DictReader((out / "history.csv").open()))["train_loss"]))
+
+
+def test_the_loss_ignores_a_sample_that_failed_to_decode(tmp_path):
+    """train_one_epoch on the same images with and without an undecodable one: same loss, one failure."""
+    from torch.utils.data import DataLoader
+
+    from gesture_core import build_model, get_backbone
+    from training.augment import build_eval_transform
+    from training.data import ImageDataset, Sample
+    from training.engine import build_optimizer, train_one_epoch, warmup_cosine
+
+    good = [Sample(str(p), i % 3) for i, p in enumerate(sorted(make_image_folder(tmp_path / "d", per_class=2).rglob("*.png")))]
+    bad = Sample(corrupt_png(tmp_path / "corrupt.png"), 1)
+    backbone = get_backbone("lenet5")  # no BatchNorm or dropout: samples do not affect each other
+    results = []
+    for samples in (good, good[:3] + [bad] + good[3:]):
+        torch.manual_seed(0)
+        model = build_model("lenet5", 3, "none")
+        optimizer = build_optimizer(model, backbone, opt="sgd", lr=1e-3, backbone_lr_mult=1.0, weight_decay=0.0, momentum=0.9)
+        loader = DataLoader(ImageDataset(samples, build_eval_transform(backbone.data_config), placeholder_shape=(3, 32, 32)), batch_size=len(samples))
+        results.append(train_one_epoch(model, loader, optimizer, warmup_cosine(optimizer, total_steps=1, warmup_steps=0), torch.device("cpu")))
+    without, with_bad = results
+    assert with_bad.failed == [3] and with_bad.images == without.images == len(good)
+    assert with_bad.loss == pytest.approx(without.loss, rel=1e-6)
