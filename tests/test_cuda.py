@@ -21,7 +21,7 @@ from tests.helpers import count_calls, make_image_folder, train_interrupted_in_e
 from training.config import TrainConfig
 from training.data import Splits
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (torch.cuda.is_available() is False here)")
 
 
 @pytest.fixture(scope="module")
