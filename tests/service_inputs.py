@@ -94,3 +94,40 @@ def http_bad_requests(upload_limit_bytes: int) -> dict[str, dict]:
         "upload_over_limit": {"files": {"image": ("big.jpg", b"\xff" * (upload_limit_bytes + 1))}},
     })
     return cases
+
+
+NOT_A_FILE = "field 'image' must be a file"  # README: "must be a file upload (e.g. curl -F image=@photo.jpg)"
+
+
+def expected_refusal(case: str, upload_limit_bytes: int) -> tuple[int, str, tuple[list[str], str] | None]:
+    """(status, a phrase of the "error" reason, (loc, type) of the first "detail" entry or None) for each
+    case of ``http_bad_requests``: the README's table of bad input, case by case."""
+    validation = "validation error for Input"
+    return {
+        "file_text": (400, "image: not a recognised image format", None),
+        "file_empty": (400, "image: empty file (0 bytes)", None),
+        "file_truncated_jpeg": (400, "image: truncated JPEG (no end-of-image marker)", None),
+        "file_garbage_after_jpeg_header": (400, "image: truncated JPEG (no end-of-image marker)", None),
+        "file_decompression_bomb": (400, "image: image too large (Image size (2500000000 pixels)", None),
+        "empty_body": (400, "send exactly one image: a multipart file field named 'image', or JSON {\"image_b64\"", None),
+        "wrong_field_name": (400, "unexpected file field 'file'; this endpoint takes files in: 'image'", None),
+        "text_in_file_field": (400, NOT_A_FILE, None),
+        "urlencoded": (400, NOT_A_FILE, None),
+        "multipart_without_boundary": (400, "malformed multipart/form-data body (missing or wrong boundary)", None),
+        "raw_jpeg_body": (400, validation, ([], "json_invalid")),
+        "not_json": (400, validation, ([], "json_invalid")),
+        "bad_base64": (400, validation, (["image_b64"], "value_error")),
+        "path_instead_of_file": (400, validation, (["image"], "path_type")),
+        "top_k_zero": (400, validation, (["top_k"], "greater_than_equal")),
+        "threshold_above_one": (400, validation, (["threshold"], "less_than_equal")),
+        "upload_over_limit": (413, f"the limit is {upload_limit_bytes:,} bytes (server setting GESTURE_MAX_UPLOAD_MB)", None),
+    }[case]
+
+
+def assert_refused_as_documented(response, case: str, upload_limit_bytes: int) -> None:
+    status, phrase, detail = expected_refusal(case, upload_limit_bytes)
+    assert response.status_code == status, (case, response.status_code, response.text)
+    body = response.json()
+    assert isinstance(body, dict) and phrase in body["error"], (case, body)
+    if detail is not None:
+        assert [body["detail"][0]["loc"], body["detail"][0]["type"]] == list(detail), (case, body)

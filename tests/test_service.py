@@ -21,12 +21,21 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from gesture_core import load_classifier
+from gesture_core import ImageDecodeError, load_classifier
 from gesture_core.engines import engine_installed
 from service import import_model
 from service.http_guard import RequestGuard
 from service.settings import Limits
-from tests.service_inputs import b64, bad_uploads, http_bad_requests, jpeg, odd_formats, sample_images
+from tests.service_inputs import (
+    assert_refused_as_documented,
+    b64,
+    bad_uploads,
+    expected_refusal,
+    http_bad_requests,
+    jpeg,
+    odd_formats,
+    sample_images,
+)
 
 DEFAULT_UPLOAD_LIMIT = Limits().max_upload_bytes
 
@@ -81,6 +90,8 @@ def scores(prediction: dict) -> dict[str, float]:
 def assert_matches_reference(prediction: dict, probs: np.ndarray, classes: list[str], atol: float = 1e-5) -> None:
     best = int(np.argmax(probs))
     assert prediction["label"] == classes[best]
+    assert prediction["top_k"] and prediction["top_k"][0]["label"] == classes[best], prediction  # an empty top_k checks nothing
+    assert prediction["score"] == pytest.approx(float(probs[best]), abs=atol)
     for label, score in scores(prediction).items():
         assert score == pytest.approx(float(probs[classes.index(label)]), abs=atol)
 
@@ -153,34 +164,57 @@ def test_predict_batch_and_batched_equal_single_predictions(svc, reference, imag
 
 def test_concurrent_predicts_share_one_model_call(stored_model, reference, images, monkeypatch):
     """Requests that arrive while the model is busy wait in the micro-batcher, then run as one batch.
-    One model thread, so that the batches that form are exactly predictable (several threads are
-    covered in test_microbatch.py)."""
+    The first request holds the model (an Event) until the seven others have queued, so the batches
+    are exactly [1, 7] however slow the machine; one model thread (several: test_microbatch.py)."""
+    from service import microbatch
     from service.service import GestureClassifier
 
     monkeypatch.setenv("GESTURE_MODEL_THREADS", "1")
+    classify, submit = GestureClassifier.inner.classify, microbatch.MicroBatcher.submit
+    serving, calls, queued = threading.Event(), [], []
+    model_busy, release = threading.Event(), threading.Event()
+
+    def held_classify(self, crops):
+        if serving.is_set():  # not the warm-up
+            calls.append(len(crops))
+            if len(calls) == 1:
+                model_busy.set()
+                assert release.wait(120), "the other requests never queued"
+        return classify(self, crops)
+
+    def counted_submit(self, item):
+        future = submit(self, item)
+        queued.append(future)  # after the real submit: the item is in the queue by now
+        return future
+
+    monkeypatch.setattr(GestureClassifier.inner, "classify", held_classify)
+    monkeypatch.setattr(microbatch.MicroBatcher, "submit", counted_submit)
     svc = GestureClassifier()
+    serving.set()
     datas = [images[i % len(images)][1] for i in range(8)]
-    before = svc.predict_batch_stats()
 
-    async def all_at_once():
-        return await asyncio.gather(*(svc.predict(image_b64=b64(d), top_k=10) for d in datas))
+    async def predict_all(batch: list[bytes]):
+        return await asyncio.gather(*(svc.predict(image_b64=b64(d), top_k=10) for d in batch))
 
-    with ThreadPoolExecutor(1) as pool:
-        with svc._model_calls:  # the model is "busy": the first request holds the model thread
-            pending = pool.submit(asyncio.run, all_at_once())
-            deadline = time.monotonic() + 30
-            # the model thread has taken the first request(s) and waits for the model; the rest queue
-            while svc.batcher.stats.items - before["predict_images"] + svc.batcher._queue.qsize() < len(datas):
-                assert time.monotonic() < deadline and not pending.done(), "requests never queued"
-                time.sleep(0.005)
-        results = pending.result(60)
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            first = pool.submit(asyncio.run, predict_all(datas[:1]))
+            assert model_busy.wait(120), "the first request never reached the model"
+            others = pool.submit(asyncio.run, predict_all(datas[1:]))
+            deadline = time.monotonic() + 120
+            while len(queued) < len(datas):
+                assert time.monotonic() < deadline and not others.done(), f"{len(queued)} of {len(datas)} requests queued"
+                time.sleep(0.01)
+            release.set()
+            results = first.result(120) + others.result(120)
+    finally:
+        release.set()
+        svc.stop_batcher()
+    assert calls == [1, 7]
     for result, p in zip(results, reference.predict_proba(datas), strict=True):
         assert_matches_reference(result.model_dump(), p, reference.classes)
-    after = svc.predict_batch_stats()
-    assert after["predict_images"] - before["predict_images"] == len(datas)
-    assert after["predict_model_calls"] - before["predict_model_calls"] == 2  # the busy call, then all the others
-    assert after["predict_largest_batch"] >= len(datas) // 2
-    svc.stop_batcher()
+    stats = svc.predict_batch_stats()
+    assert (stats["predict_model_calls"], stats["predict_images"], stats["predict_largest_batch"]) == (2, 8, 7)
 
 
 def test_every_batch_size_is_warmed_up_before_serving(stored_model, monkeypatch):
@@ -224,14 +258,15 @@ def test_bad_images_raise_bad_input_with_a_reason(svc, name):
         asyncio.run(svc.predict(image_b64=b64(data)))
 
 
-def test_corrupt_jpeg_body_is_bad_input(svc):
+def test_corrupt_jpeg_body_is_refused_like_load_classifier_refuses_it(svc, reference):
     whole = jpeg(2, 160)
     corrupt = whole[:300] + bytes(len(whole) - 302) + b"\xff\xd9"  # valid header and end marker, zeroed data
-    try:
-        result = asyncio.run(svc.predict(image_b64=b64(corrupt)))
-    except BadInput:
-        return
-    assert result.label is not None  # a decoder that conceals the damage must still give a normal answer
+    with pytest.raises(ImageDecodeError) as local:
+        reference.predict_proba([corrupt])
+    assert "corrupt or truncated image" in str(local.value)  # what the installed decoders make of it
+    with pytest.raises(BadInput) as served:
+        asyncio.run(svc.predict(image_b64=b64(corrupt)))
+    assert str(served.value) == f"image: {local.value}"
 
 
 def test_odd_image_modes_are_decoded_like_read_rgb(svc, reference):
@@ -495,12 +530,14 @@ BAD_REQUESTS = http_bad_requests(DEFAULT_UPLOAD_LIMIT)
 
 @pytest.mark.parametrize("case", sorted(BAD_REQUESTS))
 @pytest.mark.parametrize("route", ["/predict", "/predict_batched"])
-def test_http_bad_requests_get_4xx_with_a_json_reason(client, route, case):
-    resp = client.post(route, **BAD_REQUESTS[case])
-    assert 400 <= resp.status_code < 500, resp.text
-    body = resp.json()
-    assert isinstance(body, dict) and body["error"], body
+def test_http_bad_requests_get_the_documented_status_and_reason(client, route, case):
+    assert_refused_as_documented(client.post(route, **BAD_REQUESTS[case]), case, DEFAULT_UPLOAD_LIMIT)
     assert client.get("/readyz").status_code == 200
+
+
+def test_every_bad_request_has_a_documented_answer():
+    for case in BAD_REQUESTS:
+        expected_refusal(case, DEFAULT_UPLOAD_LIMIT)  # a KeyError names a case added without its expected answer
 
 
 def test_http_batch_names_the_bad_image(client):

@@ -17,7 +17,7 @@ import pytest
 
 from gesture_core import load_classifier
 from service.server_process import REPO, ServerStartError, serve_process
-from tests.service_inputs import http_bad_requests, jpeg, sample_images
+from tests.service_inputs import assert_refused_as_documented, http_bad_requests, jpeg, sample_images
 
 pytestmark = pytest.mark.integration
 
@@ -61,6 +61,8 @@ def http(server):
 
 def assert_same_as_local(served: dict, probs: np.ndarray, classes: list[str], atol: float) -> None:
     assert served["label"] == classes[int(np.argmax(probs))]
+    assert served["top_k"] and served["top_k"][0]["label"] == served["label"], served  # an empty top_k checks nothing
+    assert served["score"] == pytest.approx(float(probs.max()), abs=atol)
     for item in served["top_k"]:
         assert item["score"] == pytest.approx(float(probs[classes.index(item["label"])]), abs=atol)
 
@@ -106,8 +108,12 @@ def test_concurrent_clients_share_model_calls_on_predict(http, server):
         assert resp.status_code == 200, resp.text
         assert resp.json()["label"] == one_by_one[data]["label"]
         assert resp.json()["score"] == pytest.approx(one_by_one[data]["score"], abs=1e-5)
+    # /info's counters come from the micro-batcher: with batching off they stay at 0, and a batcher that
+    # stopped merging requests would make one model call per image. 16 clients against one model call
+    # at a time always leave requests waiting for the next call.
     assert after["predict_images"] - before["predict_images"] == len(jobs)
-    assert 1 <= after["predict_model_calls"] - before["predict_model_calls"] <= len(jobs)
+    assert after["predict_model_calls"] - before["predict_model_calls"] < len(jobs)
+    assert after["predict_largest_batch"] >= 2
 
 
 def test_shutdown_stops_the_model_thread_cleanly(home, model_tag):
@@ -120,10 +126,9 @@ def test_shutdown_stops_the_model_thread_cleanly(home, model_tag):
 
 
 @pytest.mark.parametrize("case", sorted(http_bad_requests(UPLOAD_LIMIT_MB * 1024 * 1024)))
-def test_bad_requests_get_4xx_json_and_the_server_keeps_serving(http, server, case):
-    resp = http.post("/predict", **http_bad_requests(UPLOAD_LIMIT_MB * 1024 * 1024)[case])
-    assert 400 <= resp.status_code < 500, resp.text
-    assert isinstance(resp.json(), dict) and resp.json()["error"]
+def test_bad_requests_get_the_documented_answer_and_the_server_keeps_serving(http, server, case):
+    limit = UPLOAD_LIMIT_MB * 1024 * 1024
+    assert_refused_as_documented(http.post("/predict", **http_bad_requests(limit)[case]), case, limit)
     assert server.process.poll() is None
     assert http.post("/predict", files={"image": ("ok.jpg", jpeg(0))}).status_code == 200
 
