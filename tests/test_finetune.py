@@ -288,9 +288,10 @@ def test_files_that_fail_to_decode_during_training_are_listed_in_metrics(dataset
     split = json.loads((out / "split.json").read_text())
     in_train = {str(dataset / rel) for rel, _ in split["train"]} & corrupt
     assert in_train  # the seeded split puts some in train, where the loss must ignore them
+    assert not corrupt & {s["path"] for s in split["skipped"]}  # the up-front scan passed them...
     metrics = json.loads((out / "metrics.json").read_text())
-    listed = {s["path"] for s in metrics["skipped"] if s["reason"] == "failed to decode during training"}
-    assert listed == corrupt
+    listed = {s["path"]: s["reason"] for s in metrics["skipped"]}
+    assert corrupt <= set(listed) and all(listed[path] for path in corrupt)  # ...training found and reported them
     held_out = sum(str(dataset / rel) in corrupt for rel, _ in split["test"])
     assert metrics["test"]["n"] == len(split["test"]) - held_out
     assert np.isfinite(float(next(csv.DictReader((out / "history.csv").open()))["train_loss"]))
@@ -303,7 +304,7 @@ def test_the_loss_ignores_a_sample_that_failed_to_decode(tmp_path):
     from gesture_core import build_model, get_backbone
     from training.augment import build_eval_transform
     from training.data import ImageDataset, Sample
-    from training.engine import build_optimizer, train_one_epoch, warmup_cosine
+    from training.finetune import build_optimizer, train_one_epoch, warmup_cosine  # the training loop's, as finetune uses them
 
     good = [Sample(str(p), i % 3) for i, p in enumerate(sorted(make_image_folder(tmp_path / "d", per_class=2).rglob("*.png")))]
     bad = Sample(corrupt_png(tmp_path / "corrupt.png"), 1)
