@@ -30,9 +30,8 @@ def _shared(name: str) -> Path:
 
 # Every cache folder the code (or a library under it) reads or writes: ONNX/OpenVINO exports and
 # training's feature cache (GESTURE_CACHE_DIR), torchvision's weight downloads (TORCH_HOME), and the
-# XDG cache that matplotlib, huggingface_hub and others fall back to. BENTOML_HOME too, for any
-# `bentoml` process a test starts without naming its own home.
-USER_CACHE_VARIABLES = ("GESTURE_CACHE_DIR", "TORCH_HOME", "XDG_CACHE_HOME", "BENTOML_HOME")
+# XDG cache that matplotlib, huggingface_hub and others fall back to.
+USER_CACHE_VARIABLES = ("GESTURE_CACHE_DIR", "TORCH_HOME", "XDG_CACHE_HOME")
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -220,5 +220,5 @@ def test_exports_and_downloads_stay_out_of_the_users_cache_folders(tmp_path_fact
     from gesture_core.weights import torch_cache_dir
 
     session = tmp_path_factory.getbasetemp()
-    for folder in (cache_root(), torch_cache_dir(), Path(os.environ["XDG_CACHE_HOME"]), Path(os.environ["BENTOML_HOME"])):
+    for folder in (cache_root(), torch_cache_dir(), Path(os.environ["XDG_CACHE_HOME"])):
         assert session in folder.parents, folder
