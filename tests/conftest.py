@@ -34,6 +34,24 @@ def _shared(name: str) -> Path:
     return path
 
 
+# Every cache folder the code (or a library under it) reads or writes: ONNX/OpenVINO exports and
+# training's feature cache (GESTURE_CACHE_DIR), torchvision's weight downloads (TORCH_HOME), and the
+# XDG cache that matplotlib, huggingface_hub and others fall back to.
+USER_CACHE_VARIABLES = ("GESTURE_CACHE_DIR", "TORCH_HOME", "XDG_CACHE_HOME")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_cache_folders(tmp_path_factory):
+    """No test reads or writes the user's cache folders: a stale export there could hide a regression,
+    and a test run must not leave files behind. One fresh folder per session (subprocesses inherit it);
+    tests that exercise a cache on its own point GESTURE_CACHE_DIR at their own tmp_path."""
+    root = tmp_path_factory.mktemp("caches")
+    with pytest.MonkeyPatch.context() as patch:
+        for name in USER_CACHE_VARIABLES:
+            patch.setenv(name, str(root / name.lower()))
+        yield root
+
+
 @pytest.fixture(scope="session")
 def sign_digits() -> Path:
     return _shared("sign-digits")

@@ -38,6 +38,18 @@ def make_image_folder(root: Path, classes=("fist", "palm", "peace"), per_class: 
     return root
 
 
+def count_calls(monkeypatch, owner, name: str) -> list[tuple[tuple, dict]]:
+    """Replace ``owner.name`` by a pass-through that records each call's (args, kwargs)."""
+    real, calls = getattr(owner, name), []
+
+    def recorded(*args, **kwargs):
+        calls.append((args, kwargs))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, recorded)
+    return calls
+
+
 def train_interrupted_in_epoch_2(cfg, monkeypatch) -> int:
     """``training.finetune.train(cfg)`` with a Ctrl-C during its second epoch; returns the exit code."""
     import training.finetune as finetune

@@ -124,3 +124,47 @@ def ambiguous_requests() -> dict[str, tuple[dict, int, str]]:
         "get_predict": ({"method": "GET", "url": "/predict"}, 405, "GET /predict: method not allowed; use POST"),
         "file_to_unknown_route": ({"method": "POST", "url": "/classify", "files": {"image": ("a.jpg", image)}}, 404, "no such endpoint: POST /classify"),
     }
+
+
+NOT_A_FILE = "field 'image' must be a file"  # README: "must be a file upload (e.g. curl -F image=@photo.jpg)"
+
+
+def expected_refusal(case: str, upload_limit_bytes: int) -> tuple[int, str, tuple[list[str], str] | None]:
+    """(status, a phrase of the reason, and for validation errors the (loc, type) of the first "detail"
+    entry, whose "msg" then holds the phrase) for each case of ``http_bad_requests``: the README's table
+    of bad input, case by case."""
+    return {
+        "file_text": (400, "image: not a recognised image format", None),
+        "file_empty": (400, "image: empty file (0 bytes)", None),
+        "file_truncated_jpeg": (400, "image: truncated JPEG (no end-of-image marker)", None),
+        "file_garbage_after_jpeg_header": (400, "image: truncated JPEG (no end-of-image marker)", None),
+        "file_jpeg_cut_before_its_header": (400, "image: truncated JPEG (no end-of-image marker)", None),
+        "file_strip_39000x1": (400, "image: extreme aspect ratio: 39000x1 is 39,000:1, above the limit of 20:1", None),
+        "file_strip_1000000x1": (400, "image: extreme aspect ratio: 1000000x1 is 1,000,000:1, above the limit of 20:1", None),
+        "file_strip_1x12000": (400, "image: extreme aspect ratio: 1x12000 is 12,000:1, above the limit of 20:1", None),
+        "file_decompression_bomb": (400, "image: image too large (Image size (2500000000 pixels)", None),
+        "empty_body": (400, "send exactly one image: a multipart file field named 'image', or JSON {\"image_b64\"", None),
+        "wrong_field_name": (400, "'file'; this endpoint takes", None),
+        "text_in_file_field": (400, NOT_A_FILE, None),
+        "urlencoded": (400, NOT_A_FILE, None),
+        "multipart_without_boundary": (400, "malformed multipart/form-data body (missing or wrong boundary)", None),
+        "raw_jpeg_body": (400, "Invalid JSON", ([], "json_invalid")),
+        "not_json": (400, "Invalid JSON", ([], "json_invalid")),
+        "bad_base64": (400, "not valid base64", (["image_b64"], "value_error")),
+        "path_instead_of_file": (400, NOT_A_FILE, None),
+        "top_k_zero": (400, "Input should be greater than or equal to 1", (["top_k"], "greater_than_equal")),
+        "threshold_above_one": (400, "Input should be less than or equal to 1", (["threshold"], "less_than_equal")),
+        "upload_over_limit": (413, f"the limit is {upload_limit_bytes:,} bytes (server setting GESTURE_MAX_UPLOAD_MB)", None),
+    }[case]
+
+
+def assert_refused_as_documented(response, case: str, upload_limit_bytes: int) -> None:
+    status, phrase, detail = expected_refusal(case, upload_limit_bytes)
+    assert response.status_code == status, (case, response.status_code, response.text)
+    body = response.json()
+    assert isinstance(body, dict) and body["error"], (case, body)
+    if detail is None:
+        assert phrase in body["error"], (case, body)
+    else:
+        first = body["detail"][0]
+        assert [first["loc"], first["type"]] == list(detail) and phrase in first["msg"], (case, body)

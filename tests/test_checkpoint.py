@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import os
+import signal
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -9,7 +16,9 @@ import torch
 from gesture_core import build_model, decode_probs, get_backbone, load_classifier, save_checkpoint
 from gesture_core.checkpoint import CheckpointError, load_checkpoint
 from gesture_core.classifier import softmax
-from tests.helpers import synthetic_image
+from tests.helpers import REPO, synthetic_image
+
+REAL_TORCH_SAVE = torch.save
 
 
 @pytest.fixture
@@ -42,8 +51,50 @@ def test_checkpoint_is_plain_data_loadable_with_weights_only(saved):
     assert {"format", "version", "backbone", "classes", "data_config", "train_config", "model"} <= set(ckpt)
 
 
-def test_save_is_atomic_no_temp_files_left(saved):
-    assert [p.name for p in saved[0].parent.iterdir()] == ["best.pt"]
+def half_written_save(obj, f, *args, **kwargs):
+    """torch.save (to a file object or a path) that writes half the checkpoint and then fails, like a full disk."""
+    whole = io.BytesIO()
+    REAL_TORCH_SAVE(obj, whole, *args, **kwargs)
+    with open(f, "wb") if isinstance(f, str | os.PathLike) else contextlib.nullcontext(f) as out:
+        out.write(whole.getvalue()[: len(whole.getvalue()) // 2])
+    raise OSError(28, "No space left on device")
+
+
+def test_interrupted_save_keeps_the_previous_checkpoint(saved, monkeypatch):
+    path, model, _ = saved
+    previous = path.read_bytes()
+    monkeypatch.setattr(torch, "save", half_written_save)
+    with pytest.raises((OSError, CheckpointError), match="No space left"):  # the error, or the project's wording of it
+        save_checkpoint(path, model=build_model("mobilenet_v3_large", 3, "none"), backbone="mobilenet_v3_large",
+                        classes=["a", "b", "c"], data_config=saved[2], train_config={})
+    assert path.read_bytes() == previous
+    assert load_checkpoint(path)["classes"] == ["fist", "none", "palm"]
+    assert [p.name for p in path.parent.iterdir()] == ["best.pt"]  # the half-written temporary file is gone
+
+
+KILLED_MID_SAVE = """
+import contextlib, io, os, signal, sys, torch
+from gesture_core.checkpoint import atomic_torch_save
+real_save = torch.save
+def killed_half_way(obj, f):
+    whole = io.BytesIO()
+    real_save(obj, whole)
+    with open(f, "wb") if isinstance(f, str | os.PathLike) else contextlib.nullcontext(f) as out:
+        out.write(whole.getvalue()[: len(whole.getvalue()) // 2])
+        out.flush()
+        os.kill(os.getpid(), signal.SIGKILL)  # no except or finally clause runs
+torch.save = killed_half_way
+atomic_torch_save({"format": "new", "weights": torch.zeros(1000)}, sys.argv[1])
+"""
+
+
+def test_a_process_killed_mid_save_leaves_the_previous_checkpoint(saved):
+    path = saved[0]
+    previous = path.read_bytes()
+    done = subprocess.run([sys.executable, "-c", KILLED_MID_SAVE, str(path)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    assert path.read_bytes() == previous
+    assert load_checkpoint(path)["classes"] == ["fist", "none", "palm"]
 
 
 @pytest.mark.parametrize("content, message", [(b"garbage", "not a readable checkpoint"), (None, "does not exist")])

@@ -17,11 +17,11 @@ import torch
 import training.finetune as finetune
 from benchmarks.train import subset_folder
 from gesture_core import load_classifier
-from tests.helpers import make_image_folder, train_interrupted_in_epoch_2
+from tests.helpers import count_calls, make_image_folder, train_interrupted_in_epoch_2
 from training.config import TrainConfig
 from training.data import Splits
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (torch.cuda.is_available() is False here)")
 
 
 @pytest.fixture(scope="module")
@@ -71,14 +71,21 @@ def test_gpu_engines_agree_with_eager_fp32(cuda_run, engine, precision):
         assert diff <= 1e-3
 
 
-def test_resume_on_cuda_continues_where_the_run_stopped(tmp_path, monkeypatch):
+def test_resume_on_cuda_continues_where_the_run_stopped(tmp_path, monkeypatch, capsys):
     data = make_image_folder(tmp_path / "gestures", per_class=10, size=48)
     config = dict(backbone="mobilenet_v3_large", data=str(data), weights="none", epochs=3, batch_size=8, image_size=32,
                   workers=0, lr=3e-3, warmup_epochs=0.5, val_split=0.2, test_split=0.2, seed=1, device="cuda")  # fmt: skip
     reference = finetune.train(TrainConfig(out=str(tmp_path / "a"), **config))
     assert train_interrupted_in_epoch_2(TrainConfig(out=str(tmp_path / "b"), **config), monkeypatch) == 130
+    interrupted = torch.load(tmp_path / "b" / "last.pt", weights_only=True)
+    capsys.readouterr()
     cfg, resume = finetune.parse_config(["--resume", str(tmp_path / "b" / "last.pt")])
+    epochs_trained = count_calls(monkeypatch, finetune, "train_one_epoch")
     resumed = finetune.train(cfg, resume)
-    losses = [[float(r["train_loss"]) for r in csv.DictReader((run / "history.csv").open())] for run in (reference, resumed)]
+    # seeded, a resume that ignored last.pt would give the same losses: it would train 3 epochs, though
+    assert len(epochs_trained) == 2 and "after epoch 1" in capsys.readouterr().out
+    rows = [list(csv.DictReader((run / "history.csv").open())) for run in (reference, resumed)]
+    assert rows[1][0] == {key: str(value) for key, value in interrupted["history"][0].items()}
+    losses = [[float(r["train_loss"]) for r in run_rows] for run_rows in rows]
     print(f"\ntrain loss per epoch, uninterrupted {losses[0]}, resumed {losses[1]}")
     np.testing.assert_allclose(losses[1], losses[0], rtol=1e-3)  # GPU kernels are not bitwise deterministic

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import csv
 import json
+import struct
 import urllib.error
+import zlib
 
+import numpy as np
 import pytest
 import torch
 
 import training.finetune as finetune
 from gesture_core import load_classifier
-from tests.helpers import make_image_folder, train_interrupted_in_epoch_2
+from tests.helpers import count_calls, make_image_folder, train_interrupted_in_epoch_2
 from tests.test_data import add_bad_files
 from training.config import TrainConfig
 from training.evaluate import main as evaluate_main
@@ -50,15 +53,23 @@ def test_run_folder_has_every_artefact_and_a_complete_report(dataset, tmp_path):
 
 
 @pytest.mark.parametrize("ema_decay", [0.0, 0.9])
-def test_resume_after_interruption_gives_the_same_next_epoch(dataset, tmp_path, monkeypatch, ema_decay):
+def test_resume_after_interruption_gives_the_same_next_epoch(dataset, tmp_path, monkeypatch, capsys, ema_decay):
     reference = finetune.train(tiny_config(dataset, tmp_path / "a", epochs=3, ema_decay=ema_decay))
     assert train_interrupted_in_epoch_2(tiny_config(dataset, tmp_path / "b", epochs=3, ema_decay=ema_decay), monkeypatch) == 130
-    assert torch.load(tmp_path / "b" / "last.pt", weights_only=True)["epoch"] == 1
+    interrupted = torch.load(tmp_path / "b" / "last.pt", weights_only=True)
+    assert interrupted["epoch"] == 1
+    capsys.readouterr()
 
     cfg, resume = finetune.parse_config(["--resume", str(tmp_path / "b" / "last.pt")])
+    epochs_trained = count_calls(monkeypatch, finetune, "train_one_epoch")
     resumed = finetune.train(cfg, resume)
+    # A resume that ignored last.pt would retrain from epoch 1 and, seeded, reach the same weights:
+    # what tells them apart is that only the two missing epochs run, after the interrupted run's own first one.
+    assert len(epochs_trained) == 2
+    assert f"resuming {tmp_path / 'b' / 'last.pt'} after epoch 1" in capsys.readouterr().out
     history_a = list(csv.DictReader((reference / "history.csv").open()))
     history_b = list(csv.DictReader((resumed / "history.csv").open()))
+    assert history_b[0] == {key: str(value) for key, value in interrupted["history"][0].items()}  # its own row, timings included
     for a, b in zip(history_a, history_b, strict=True):
         assert float(a["train_loss"]) == pytest.approx(float(b["train_loss"]), abs=1e-5)
         assert a["val_top1"] == b["val_top1"]
@@ -79,24 +90,62 @@ def test_ema_weights_are_what_is_validated_kept_and_tested(dataset, tmp_path):
     assert classifier.metrics["test"]["top1"] == json.loads((out / "metrics.json").read_text())["test"]["top1"]
 
 
-def test_staged_run_freezes_the_backbone_first(dataset, tmp_path):
+def weights_around_each_epoch(monkeypatch) -> list[tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]]:
+    """(state before, state after) of the model for every epoch that training.finetune trains."""
+    real_epoch, epochs = finetune.train_one_epoch, []
+    copy = lambda model: {k: v.detach().clone() for k, v in model.state_dict().items()}  # noqa: E731
+
+    def recorded(model, *args, **kwargs):
+        before = copy(model)
+        result = real_epoch(model, *args, **kwargs)
+        epochs.append((before, copy(model)))
+        return result
+
+    monkeypatch.setattr(finetune, "train_one_epoch", recorded)
+    return epochs
+
+
+def head_keys(name: str) -> set[str]:
+    """State-dict keys of the classifier heads (what a frozen backbone still trains)."""
+    from gesture_core.backbones import build_model, get_backbone, head_modules
+
+    model, backbone = build_model(name, 3, "none"), get_backbone(name)
+    names = {id(m): n for n, m in model.named_modules()}
+    return {f"{names[id(head)]}.{key}" for head in head_modules(model, backbone) for key in head.state_dict()}
+
+
+def changed(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor], keys) -> list[str]:
+    return sorted(k for k in keys if not torch.equal(before[k], after[k]))
+
+
+def test_staged_run_freezes_the_backbone_first(dataset, tmp_path, monkeypatch):
+    epochs = weights_around_each_epoch(monkeypatch)
     out = finetune.train(tiny_config(dataset, tmp_path / "staged", epochs=2, head_epochs=1))
+    head = head_keys("mobilenet_v3_large")
+    (first_before, first_after), (second_before, second_after) = epochs
+    backbone = set(first_before) - head
+    assert changed(first_before, first_after, backbone) == []  # weights and BatchNorm statistics alike
+    assert changed(first_before, first_after, head) == sorted(head)
+    assert len(changed(second_before, second_after, backbone)) > len(backbone) // 2
     rows = list(csv.DictReader((out / "history.csv").open()))
     assert [r["frozen_backbone"] for r in rows] == ["True", "False"]
 
 
-def test_linear_probe_leaves_backbone_weights_untouched(dataset, tmp_path):
+def test_linear_probe_leaves_backbone_weights_untouched(dataset, tmp_path, monkeypatch):
     torch.manual_seed(0)
     from gesture_core import build_model
 
     init = tmp_path / "init.pth"
     torch.save(build_model("mobilenet_v3_large", 1000, "none").state_dict(), init)
+    epochs = weights_around_each_epoch(monkeypatch)
     out = finetune.train(tiny_config(dataset, tmp_path / "probe", weights=str(init), freeze="backbone", epochs=1))
     before = torch.load(init, weights_only=True)
     after = torch.load(out / "last.pt", weights_only=True)["model"]
-    assert torch.equal(before["features.0.0.weight"], after["features.0.0.weight"])
-    assert torch.equal(before["features.1.block.0.1.running_mean"], after["features.1.block.0.1.running_mean"])
-    assert not torch.equal(before["classifier.0.weight"], after["classifier.0.weight"]) or after["classifier.3.weight"].shape[0] == 3
+    head = head_keys("mobilenet_v3_large")
+    backbone = set(after) - head
+    assert changed(before, after, backbone) == []  # the file's weights, loaded and kept, BatchNorm statistics too
+    ((epoch_before, epoch_after),) = epochs
+    assert changed(epoch_before, epoch_after, head) == sorted(head)  # while the head trained
 
 
 def test_evaluate_reproduces_the_run_test_metrics(dataset, tmp_path):
@@ -157,3 +206,116 @@ def test_efficientnet_lite0_fine_tune_on_sign_digits_reaches_95_percent(sign_dig
     assert metrics["backbone"] == "efficientnet_lite0"
     assert metrics["test"]["n"] >= 400  # the seeded 20% split of 2062 images
     assert metrics["test"]["top1"] >= 0.95
+
+
+# --- options run for real: tiny data, 32 px, seconds each ------------------------------------------
+
+
+def cli_args(data, out, *extra: str) -> list[str]:
+    """The command line of tiny_config."""
+    return ["--data", str(data), "--out", str(out), "--backbone", "mobilenet_v3_large", "--weights", "none",
+            "--image-size", "32", "--epochs", "1", "--batch-size", "8", "--workers", "0", "--val-split", "0.2",
+            "--test-split", "0.2", "--seed", "1", *extra]  # fmt: skip
+
+
+def test_patience_stops_after_that_many_epochs_without_improvement(dataset, tmp_path, capsys):
+    out = finetune.train(tiny_config(dataset, tmp_path / "run", epochs=4, patience=1))
+    rows = [{**r, "val_top1": float(r["val_top1"]), "val_loss": float(r["val_loss"])} for r in csv.DictReader((out / "history.csv").open())]
+    best, stale = None, []
+    for row in rows:  # the epoch at which `patience` (1) epochs in a row brought no improvement
+        improved = finetune.is_improvement(row, best)
+        best = row if improved else best
+        stale.append(not improved)
+    assert stale.index(True) == len(rows) - 1 < 3  # stopped right there, before --epochs 4
+    assert json.loads((out / "metrics.json").read_text())["epochs_run"] == len(rows)
+    assert "early stopping: val top-1 has not improved for 1 epochs" in capsys.readouterr().out
+
+
+def test_sgd_run_steps_with_nesterov_momentum(dataset, tmp_path):
+    assert finetune.main(cli_args(dataset, tmp_path / "run", "--opt", "sgd", "--momentum", "0.8")) == 0
+    optimizer = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["optimizer"]
+    assert [(g["momentum"], g["nesterov"]) for g in optimizer["param_groups"]] == [(0.8, True)] * 2
+    assert {key for state in optimizer["state"].values() for key in state} == {"momentum_buffer"}  # AdamW keeps exp_avg
+
+
+def test_class_weights_are_the_inverse_class_frequencies_and_change_the_loss(tmp_path, monkeypatch):
+    data = make_image_folder(tmp_path / "imbalanced", classes=("fist", "palm"), per_class=5, size=48)
+    make_image_folder(tmp_path / "more", classes=("fist",), per_class=15, size=48)
+    for i, path in enumerate(sorted((tmp_path / "more" / "fist").iterdir())):
+        path.rename(data / "fist" / f"extra{i}.png")
+    epochs = count_calls(monkeypatch, finetune, "train_one_epoch")
+    assert finetune.main(cli_args(data, tmp_path / "weighted", "--class-weights")) == 0
+    assert finetune.main(cli_args(data, tmp_path / "plain")) == 0
+    counts = np.bincount([label for _, label in json.loads((tmp_path / "weighted" / "split.json").read_text())["train"]])
+    (_, weighted), (_, plain) = epochs
+    assert plain["class_weights"] is None
+    np.testing.assert_allclose(weighted["class_weights"].numpy(), counts.sum() / (2 * counts), rtol=1e-6)
+    assert counts[0] > counts[1] and weighted["class_weights"][0] < weighted["class_weights"][1]
+    losses = [float(next(csv.DictReader((tmp_path / run / "history.csv").open()))["train_loss"]) for run in ("weighted", "plain")]
+    assert losses[0] != losses[1]
+
+
+def test_cpu_amp_trains_in_bfloat16(dataset, tmp_path, monkeypatch, capsys):
+    real_epoch, dtypes = finetune.train_one_epoch, set()
+
+    def watched(model, *args, **kwargs):
+        hook = model.register_forward_hook(lambda module, inputs, output: dtypes.add(output.dtype))
+        try:
+            return real_epoch(model, *args, **kwargs)
+        finally:
+            hook.remove()
+
+    monkeypatch.setattr(finetune, "train_one_epoch", watched)
+    assert finetune.main(cli_args(dataset, tmp_path / "run", "--device", "cpu", "--amp", "on")) == 0
+    assert dtypes == {torch.bfloat16}
+    assert "device cpu (AMP)" in capsys.readouterr().out
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["test"]["n"] == 6
+
+
+def corrupt_png(path) -> str:
+    """A PNG whose header is valid (so the up-front scan keeps it) and whose pixel data is not."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", 48, 48, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", b"not zlib data" * 20) + chunk(b"IEND", b""))
+    return str(path)
+
+
+def test_files_that_fail_to_decode_during_training_are_listed_in_metrics(dataset, tmp_path):
+    corrupt = {corrupt_png(dataset / cls / f"corrupt{i}.png") for cls in ("fist", "palm", "peace") for i in range(2)}
+    out = finetune.train(tiny_config(dataset, tmp_path / "run", epochs=1))
+    split = json.loads((out / "split.json").read_text())
+    in_train = {str(dataset / rel) for rel, _ in split["train"]} & corrupt
+    assert in_train  # the seeded split puts some in train, where the loss must ignore them
+    assert not corrupt & {s["path"] for s in split["skipped"]}  # the up-front scan passed them...
+    metrics = json.loads((out / "metrics.json").read_text())
+    listed = {s["path"]: s["reason"] for s in metrics["skipped"]}
+    assert corrupt <= set(listed) and all(listed[path] for path in corrupt)  # ...training found and reported them
+    held_out = sum(str(dataset / rel) in corrupt for rel, _ in split["test"])
+    assert metrics["test"]["n"] == len(split["test"]) - held_out
+    assert np.isfinite(float(next(csv.DictReader((out / "history.csv").open()))["train_loss"]))
+
+
+def test_the_loss_ignores_a_sample_that_failed_to_decode(tmp_path):
+    """train_one_epoch on the same images with and without an undecodable one: same loss, one failure."""
+    from torch.utils.data import DataLoader
+
+    from gesture_core import build_model, get_backbone
+    from training.augment import build_eval_transform
+    from training.data import ImageDataset, Sample
+    from training.finetune import build_optimizer, train_one_epoch, warmup_cosine  # the training loop's, as finetune uses them
+
+    good = [Sample(str(p), i % 3) for i, p in enumerate(sorted(make_image_folder(tmp_path / "d", per_class=2).rglob("*.png")))]
+    bad = Sample(corrupt_png(tmp_path / "corrupt.png"), 1)
+    backbone = get_backbone("lenet5")  # no BatchNorm or dropout: samples do not affect each other
+    results = []
+    for samples in (good, good[:3] + [bad] + good[3:]):
+        torch.manual_seed(0)
+        model = build_model("lenet5", 3, "none")
+        optimizer = build_optimizer(model, backbone, opt="sgd", lr=1e-3, backbone_lr_mult=1.0, weight_decay=0.0, momentum=0.9)
+        loader = DataLoader(ImageDataset(samples, build_eval_transform(backbone.data_config), placeholder_shape=(3, 32, 32)), batch_size=len(samples))
+        results.append(train_one_epoch(model, loader, optimizer, warmup_cosine(optimizer, total_steps=1, warmup_steps=0), torch.device("cpu")))
+    without, with_bad = results
+    assert with_bad.failed == [3] and with_bad.images == without.images == len(good)
+    assert with_bad.loss == pytest.approx(without.loss, rel=1e-6)

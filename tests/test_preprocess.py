@@ -68,7 +68,13 @@ def test_any_pil_mode_becomes_rgb_uint8(mode, tmp_path):
     img.save(buf, format=fmt)
     out = read_rgb(buf.getvalue())
     assert out.shape == (32, 32, 3) and out.dtype == np.uint8
-    assert out.max() > 100  # content survived, not an all-black conversion
+    grey = np.repeat(np.asarray(rgb.convert("L"))[..., None], 3, axis=2)
+    exact = {"L": grey, "LA": grey, "I;16": grey, "RGBA": np.asarray(rgb), "P": np.asarray(img.convert("RGB"))}  # P: its palette's colours
+    if mode in exact:
+        np.testing.assert_array_equal(out, exact[mode])
+    else:  # a lossy JPEG: close to the original colours per channel (inverted CMYK or swapped channels are far off)
+        error = np.abs(out.astype(int) - np.asarray(rgb, int)).mean(axis=(0, 1))
+        assert error.max() < 12, error
 
 
 def test_sixteen_bit_png_keeps_its_range(tmp_path):

@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -20,12 +22,22 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from gesture_core import load_classifier
+from gesture_core import ImageDecodeError, load_classifier
 from gesture_core.runtime import Runtime
 from service import import_model
 from service.http_guard import EndpointFields, RequestGuard
 from service.settings import Settings, SettingsError
-from tests.service_inputs import ambiguous_requests, b64, bad_uploads, http_bad_requests, jpeg, odd_formats, sample_images
+from tests.service_inputs import (
+    ambiguous_requests,
+    assert_refused_as_documented,
+    b64,
+    bad_uploads,
+    expected_refusal,
+    http_bad_requests,
+    jpeg,
+    odd_formats,
+    sample_images,
+)
 
 DEFAULT_UPLOAD_LIMIT = Settings().max_upload_bytes
 
@@ -71,6 +83,8 @@ def scores(prediction: dict) -> dict[str, float]:
 def assert_matches_reference(prediction: dict, probs: np.ndarray, classes: list[str], atol: float = 1e-5) -> None:
     best = int(np.argmax(probs))
     assert prediction["label"] == classes[best]
+    assert prediction["top_k"] and prediction["top_k"][0]["label"] == classes[best], prediction  # an empty top_k checks nothing
+    assert prediction["score"] == pytest.approx(float(probs[best]), abs=atol)
     for label, score in scores(prediction).items():
         assert score == pytest.approx(float(probs[classes.index(label)]), abs=atol)
 
@@ -138,20 +152,58 @@ def test_predict_batch_equals_single_predictions(svc, reference, images):
         assert_matches_reference(result.model_dump(), p, reference.classes)
 
 
-def test_concurrent_predicts_share_model_calls(svc, reference, images):
-    datas = [images[i % len(images)][1] for i in range(24)]
-    before = svc.info().batching
+def test_concurrent_predicts_share_one_model_call(stored_model, reference, images, monkeypatch):
+    """Requests that arrive while the model is busy wait in the micro-batcher, then run as one batch.
+    The first request holds the model call (an Event) until the seven others have queued, so the
+    batches are exactly [1, 7] however slow the machine; eager torch, so one model thread."""
+    from gesture_core.classifier import Classifier
+    from service import microbatch
 
-    async def all_at_once():
-        return await asyncio.gather(*(svc.predict(image_b64=b64(d), top_k=10) for d in datas))
+    classify, submit = Classifier.classify, microbatch.MicroBatcher.submit
+    serving, calls, queued = threading.Event(), [], []
+    model_busy, release = threading.Event(), threading.Event()
 
-    results = asyncio.run(all_at_once())
+    def held_classify(self, crops):
+        if serving.is_set():  # not the warm-up
+            calls.append(len(crops))
+            if len(calls) == 1:
+                model_busy.set()
+                assert release.wait(120), "the other requests never queued"
+        return classify(self, crops)
+
+    def counted_submit(self, item):
+        future = submit(self, item)
+        queued.append(future)  # after the real submit: the item is in the queue by now
+        return future
+
+    monkeypatch.setattr(Classifier, "classify", held_classify)
+    monkeypatch.setattr(microbatch.MicroBatcher, "submit", counted_submit)
+    svc = service_with(runtime=Runtime(engine="torch"))
+    serving.set()
+    datas = [images[i % len(images)][1] for i in range(8)]
+
+    async def predict_all(batch: list[bytes]):
+        return await asyncio.gather(*(svc.predict(image_b64=b64(d), top_k=10) for d in batch))
+
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            first = pool.submit(asyncio.run, predict_all(datas[:1]))
+            assert model_busy.wait(120), "the first request never reached the model"
+            others = pool.submit(asyncio.run, predict_all(datas[1:]))
+            deadline = time.monotonic() + 120
+            while len(queued) < len(datas):
+                assert time.monotonic() < deadline and not others.done(), f"{len(queued)} of {len(datas)} requests queued"
+                time.sleep(0.01)
+            release.set()
+            results = first.result(120) + others.result(120)
+    finally:
+        release.set()
+        svc.stop_batcher()
+    assert calls == [1, 7]
     for result, p in zip(results, reference.predict_proba(datas), strict=True):
         assert_matches_reference(result.model_dump(), p, reference.classes)
-    after = svc.info().batching
-    assert after["images"] - before["images"] == len(datas)
-    assert after["model_calls"] - before["model_calls"] < len(datas)  # some requests shared a call
-    assert after["largest_batch"] >= 2
+    stats = svc.info().batching
+    assert (stats["model_calls"], stats["images"], stats["largest_batch"]) == (2, 8, 7)
 
 
 def test_every_batch_size_is_warmed_up_before_serving(stored_model, monkeypatch):
@@ -179,6 +231,17 @@ def test_bad_images_raise_bad_input_with_a_reason(svc, name):
     data, phrase = bad_uploads()[name]
     with pytest.raises(BadInput, match=phrase):
         asyncio.run(svc.predict(image_b64=b64(data)))
+
+
+def test_corrupt_jpeg_body_is_refused_like_load_classifier_refuses_it(svc, reference):
+    whole = jpeg(2, 160)
+    corrupt = whole[:300] + bytes(len(whole) - 302) + b"\xff\xd9"  # valid header and end marker, zeroed data
+    with pytest.raises(ImageDecodeError) as local:
+        reference.predict_proba([corrupt])
+    assert "corrupt or truncated image" in str(local.value)  # what the installed decoders make of it
+    with pytest.raises(BadInput) as served:
+        asyncio.run(svc.predict(image_b64=b64(corrupt)))
+    assert str(served.value) == f"image: {local.value}"
 
 
 def test_odd_image_modes_are_decoded_like_load_classifier(svc, reference):
@@ -334,12 +397,14 @@ BAD_REQUESTS = http_bad_requests(DEFAULT_UPLOAD_LIMIT)
 
 
 @pytest.mark.parametrize("case", sorted(BAD_REQUESTS))
-def test_http_bad_requests_get_4xx_with_a_json_reason(client, case):
-    resp = client.post("/predict", **BAD_REQUESTS[case])
-    assert 400 <= resp.status_code < 500, resp.text
-    body = resp.json()
-    assert isinstance(body, dict) and body["error"], body
+def test_http_bad_requests_get_the_documented_status_and_reason(client, case):
+    assert_refused_as_documented(client.post("/predict", **BAD_REQUESTS[case]), case, DEFAULT_UPLOAD_LIMIT)
     assert client.get("/readyz").status_code == 200
+
+
+def test_every_bad_request_has_a_documented_answer():
+    for case in BAD_REQUESTS:
+        expected_refusal(case, DEFAULT_UPLOAD_LIMIT)  # a KeyError names a case added without its expected answer
 
 
 @pytest.mark.parametrize("case", sorted(ambiguous_requests()))

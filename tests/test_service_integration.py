@@ -22,7 +22,7 @@ import pytest
 
 from benchmarks.server_process import REPO, ServerStartError, serve_process
 from gesture_core import load_classifier
-from tests.service_inputs import ambiguous_requests, b64, http_bad_requests, jpeg, sample_images
+from tests.service_inputs import ambiguous_requests, assert_refused_as_documented, b64, http_bad_requests, jpeg, sample_images
 
 pytestmark = pytest.mark.integration
 
@@ -65,6 +65,8 @@ def http(server):
 
 def assert_same_as_local(served: dict, probs: np.ndarray, classes: list[str], atol: float) -> None:
     assert served["label"] == classes[int(np.argmax(probs))]
+    assert served["top_k"] and served["top_k"][0]["label"] == served["label"], served  # an empty top_k checks nothing
+    assert served["score"] == pytest.approx(float(probs.max()), abs=atol)
     for item in served["top_k"]:
         assert item["score"] == pytest.approx(float(probs[classes.index(item["label"])]), abs=atol)
 
@@ -98,8 +100,12 @@ def test_concurrent_clients_share_model_calls_on_predict(http, server):
         assert resp.status_code == 200, resp.text
         assert resp.json()["label"] == one_by_one[data]["label"]
         assert resp.json()["score"] == pytest.approx(one_by_one[data]["score"], abs=1e-5)
+    # /info's counters come from the micro-batcher: a batcher that stopped merging requests would make
+    # one model call per image. 16 clients against one model call at a time always leave requests
+    # waiting for the next call.
     assert after["images"] - before["images"] == len(jobs)
-    assert 1 <= after["model_calls"] - before["model_calls"] <= len(jobs)
+    assert after["model_calls"] - before["model_calls"] < len(jobs)
+    assert after["largest_batch"] >= 2
 
 
 def test_shutdown_stops_the_model_thread_cleanly(home, model_tag):
@@ -112,10 +118,9 @@ def test_shutdown_stops_the_model_thread_cleanly(home, model_tag):
 
 
 @pytest.mark.parametrize("case", sorted(http_bad_requests(UPLOAD_LIMIT_MB * 1024 * 1024)))
-def test_bad_requests_get_4xx_json_and_the_server_keeps_serving(http, server, case):
-    resp = http.post("/predict", **http_bad_requests(UPLOAD_LIMIT_MB * 1024 * 1024)[case])
-    assert 400 <= resp.status_code < 500, resp.text
-    assert isinstance(resp.json(), dict) and resp.json()["error"]
+def test_bad_requests_get_the_documented_answer_and_the_server_keeps_serving(http, server, case):
+    limit = UPLOAD_LIMIT_MB * 1024 * 1024
+    assert_refused_as_documented(http.post("/predict", **http_bad_requests(limit)[case]), case, limit)
     assert server.process.poll() is None
     assert http.post("/predict", files={"image": ("ok.jpg", jpeg(0))}).status_code == 200
 

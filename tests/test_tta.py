@@ -10,7 +10,8 @@ import torch
 
 from gesture_core import DataConfig, Preprocess, build_model, load_classifier, save_checkpoint
 from gesture_core.preprocess import TTA_MODES, tta_crops, tta_view_count
-from tests.helpers import synthetic_image
+from tests.helpers import count_calls, synthetic_image
+from training import evaluate
 from training.data import Sample, load_folder
 from training.evaluate import evaluate_samples, main
 
@@ -63,14 +64,25 @@ def test_10crop_runs_exactly_ten_forward_passes_per_image(tiny_checkpoint, image
     assert ten["n"] == plain["n"] == len(samples)
 
 
-def test_flip_agrees_with_hand_averaged_probabilities(tiny_checkpoint, image_folder):
-    classifier = load_classifier(tiny_checkpoint, "cpu", engine="torch")  # the forward hooks count what runs
+def test_flip_averages_each_images_probabilities_with_its_mirrors(tmp_path, image_folder, monkeypatch):
+    torch.manual_seed(0)
+    model = build_model("lenet5", 3, "none", in_chans=3)
+    with torch.no_grad():
+        model.fc.weight.mul_(30)  # confident, so that a view's answer visibly depends on the view
+    path = save_checkpoint(tmp_path / "sharp" / "best.pt", model=model, backbone="lenet5", classes=["fist", "palm", "peace"],
+                           data_config=CONFIG, train_config={})
+    classifier = load_classifier(path, "cpu", engine="torch")
     samples, _ = load_folder(image_folder, classifier.classes)
-    metrics, _ = evaluate_samples(classifier, samples, batch_size=8, workers=0, tta="flip")
     pre = classifier.preprocess
-    probs = np.stack([classifier.probs(pre.views(pre.read(s.path), "flip")).mean(0) for s in samples])
-    labels = np.array([s.label for s in samples])
-    assert metrics["top1"] == pytest.approx(float((probs.argmax(1) == labels).mean()))
+    plain = torch.stack([pre(pre.read(s.path)) for s in samples])
+    plain_probs, mirrored_probs = classifier.probs(plain), classifier.probs(plain.flip(3))  # the mirror, by hand
+    assert np.abs(plain_probs - mirrored_probs).max() > 0.05  # so a "flip" that dropped the mirror would be caught
+    scored = count_calls(monkeypatch, evaluate, "classification_metrics")  # the per-image scores the metrics rank
+    metrics, _ = evaluate_samples(classifier, samples, batch_size=8, workers=0, tta="flip")
+    ((log_mean_probs, targets, _), _), = scored
+    np.testing.assert_allclose(np.exp(log_mean_probs), (plain_probs + mirrored_probs) / 2, rtol=0, atol=1e-5)
+    assert list(targets) == [s.label for s in samples]
+    assert metrics["top1"] == pytest.approx(float(((plain_probs + mirrored_probs).argmax(1) == targets).mean()))
 
 
 def test_cli_tta_all_writes_the_table(tiny_checkpoint, image_folder, tmp_path, capsys):

@@ -47,11 +47,36 @@ def build_train_transform(
             A.ToGray(p=0.05),
         ]
     if pca_lighting:
-        steps.append(A.FancyPCA(alpha=0.1, p=1.0))
+        steps.append(AlexNetLighting(alpha=0.1))
     if config.in_chans == 1:
         steps.append(A.ToGray(num_output_channels=1, p=1.0))
     steps += [A.Normalize(mean=config.mean, std=config.std, max_pixel_value=255.0), ToTensorV2()]
     return SeededTransform(A.Compose(steps))
+
+
+# ImageNet's RGB principal components (pixels in [0, 1]), as published with fb.resnet.torch.
+IMAGENET_PCA_EIGVAL = np.array([0.2175, 0.0188, 0.0045], np.float32)
+IMAGENET_PCA_EIGVEC = np.array([[-0.5675, 0.7192, 0.4009], [-0.5808, -0.0045, -0.8140], [-0.5836, -0.6948, 0.4203]], np.float32)
+
+
+class AlexNetLighting(A.ImageOnlyTransform):
+    """AlexNet's PCA colour noise (Krizhevsky et al. 2012, 4.1): one RGB offset per image, the principal
+    components weighted by their eigenvalues times alpha ~ N(0, ``alpha``), added to every pixel.
+    (albumentations' FancyPCA scales each pixel's deviation from the mean instead: a contrast change.)"""
+
+    def __init__(self, alpha: float = 0.1, p: float = 1.0):
+        super().__init__(p=p)
+        self.alpha = alpha
+
+    def get_params(self) -> dict[str, np.ndarray]:
+        weights = self.random_generator.normal(0.0, self.alpha, 3).astype(np.float32) * IMAGENET_PCA_EIGVAL
+        return {"offset": 255.0 * IMAGENET_PCA_EIGVEC @ weights}
+
+    def apply(self, img: np.ndarray, offset: np.ndarray, **params) -> np.ndarray:
+        return np.clip(np.rint(img.astype(np.float32) + offset), 0, 255).astype(np.uint8)
+
+    def get_transform_init_args_names(self) -> tuple[str, ...]:
+        return ("alpha",)
 
 
 class SeededTransform:
