@@ -1,0 +1,211 @@
+"""Training on several processes: real ``torchrun --nproc_per_node 2`` on CPU (gloo), real sign-digits photos.
+
+The comparison run is the single process that computes what the two processes compute together: the
+same global batch (1 x 32 against 2 x 16) and so, by the linear scaling rule, the same peak LR
+(--lr 3e-3 against 2 x 1.5e-3). With the backbone frozen (its BatchNorm keeps ImageNet statistics)
+and efficientnet_lite0 free of dropout, the two runs see the same images with the same augmentation
+in the same steps, so their losses agree to float rounding: any error in sharding, seeds, gradient
+averaging or the LR rule shows, and the test top-1 comparison cannot be flaky.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import training.finetune as finetune
+from gesture_core import load_classifier
+from tests.helpers import REPO, make_image_folder, train_interrupted_in_epoch_2
+from tests.test_finetune import ARTEFACTS, tiny_config
+from training.data import SeededSampler
+from training.distributed import ShardedSeededSampler, continue_schedule, scaled_lr
+from training.engine import build_optimizer, warmup_cosine
+
+PER_CLASS = 40  # sign-digits photos per class copied into the test's dataset: 20 for test, 20 for training
+EPOCHS = 4
+RECIPE = ["--backbone", "efficientnet_lite0", "--image-size", "96", "--freeze", "backbone", "--cache-features", "off",
+          "--augment", "light", "--no-flip", "--epochs", str(EPOCHS), "--val-split", "0", "--test-per-class", "20",
+          "--warmup-epochs", "0.3", "--workers", "0"]  # fmt: skip
+ONE_PROCESS = ["--batch-size", "32", "--lr", "3e-3"]
+TWO_PROCESSES = ["--batch-size", "16", "--lr", "1.5e-3"]  # the same global batch and peak LR
+TORCHRUN = Path(sys.executable).with_name("torchrun")
+
+
+def environment() -> dict[str, str]:
+    # one thread per process: on a busy 2-core machine more threads only wait for each other
+    return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "NO_ALBUMENTATIONS_UPDATE": "1"}
+
+
+def torchrun(args: list[str], *, cwd: Path, logs: Path) -> subprocess.Popen:
+    """``torchrun --standalone --nproc_per_node 2 -m training.finetune ARGS``, each rank's output in its own files under ``logs``."""
+    command = [str(TORCHRUN), "--standalone", "--nproc_per_node", "2", "--log-dir", str(logs), "--redirects", "3",
+               "-m", "training.finetune", *args]  # fmt: skip
+    return subprocess.Popen(command, cwd=cwd, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def finished(process: subprocess.Popen, timeout: float = 300) -> str:
+    output, _ = process.communicate(timeout=timeout)
+    assert process.returncode == 0, output[-3000:]
+    return output
+
+
+def rank_output(logs: Path, rank: int) -> str:
+    """Everything rank ``rank`` wrote to stdout and stderr, over every torchrun launch logged under ``logs``."""
+    return "".join(p.read_text() for p in sorted(logs.glob(f"*/attempt_*/{rank}/std*.log")))
+
+
+def history(run: Path) -> list[dict[str, str]]:
+    return list(csv.DictReader((run / "history.csv").open()))
+
+
+def kill_after_epoch(process: subprocess.Popen, run: Path, epoch: int, timeout: float = 300) -> None:
+    """SIGTERM to torchrun (which ends its ranks) as soon as ``epoch`` is in the run's history."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        if (run / "history.csv").exists() and any(line.startswith(f"{epoch},") for line in (run / "history.csv").read_text().splitlines()):
+            process.send_signal(signal.SIGTERM)
+            process.communicate(timeout=60)
+            return
+        time.sleep(0.05)
+    process.kill()
+    raise AssertionError(f"epoch {epoch} never finished: {process.communicate()[0][-3000:]}")
+
+
+@pytest.fixture(scope="module")
+def digits_subset(sign_digits, tmp_path_factory) -> Path:
+    """The first PER_CLASS photos of each sign-digits class (real files, copied)."""
+    root = tmp_path_factory.mktemp("subset") / "digits"
+    for folder in sorted(p for p in sign_digits.iterdir() if p.is_dir()):
+        (root / folder.name).mkdir(parents=True)
+        for photo in sorted(folder.iterdir())[:PER_CLASS]:
+            shutil.copy(photo, root / folder.name / photo.name)
+    return root
+
+
+def test_shards_interleave_one_order_with_its_augmentation_seeds():
+    single = list(SeededSampler(10, seed=3))
+    shards = [ShardedSeededSampler(10, seed=3, rank=r, world_size=3) for r in range(3)]
+    items = [list(s) for s in shards]
+    assert [len(i) for i in items] == [4, 4, 4] == [len(s) for s in shards]  # every rank takes the same number of steps
+    interleaved = [items[r][k] for k in range(4) for r in range(3)]
+    assert interleaved == single + single[:2]  # one order, padded by its first items; the same seed per sample
+    assert shards[0].global_order() == interleaved
+    shards[1].set_epoch(1)
+    assert list(shards[1]) != items[1]  # a new order every epoch
+
+
+def test_a_schedule_moves_to_another_world_size():
+    """A checkpoint of N processes continues in M with M's peak LR and steps per epoch."""
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
+
+    def schedule(world: int, steps_per_epoch: int):
+        from gesture_core.backbones import get_backbone
+
+        optimizer = build_optimizer(model, get_backbone("resnet18"), opt="adamw", lr=scaled_lr(1e-3, world), backbone_lr_mult=0.1, weight_decay=0.0, momentum=0.9)
+        return optimizer, warmup_cosine(optimizer, total_steps=4 * steps_per_epoch, warmup_steps=steps_per_epoch)
+
+    two, two_scheduler = schedule(2, 5)
+    for _ in range(2 * 5):  # two epochs of 5 steps under 2 processes
+        two.step()
+        two_scheduler.step()
+    one, one_scheduler = schedule(1, 10)
+    peaks = [g["initial_lr"] for g in one.param_groups]
+    one.load_state_dict(two.state_dict())
+    one_scheduler.load_state_dict(two_scheduler.state_dict())
+    continue_schedule(one, one_scheduler, peak_lrs=peaks, step=2 * 10)
+    fresh, fresh_scheduler = schedule(1, 10)
+    for _ in range(2 * 10):
+        fresh.step()
+        fresh_scheduler.step()
+    assert [g["lr"] for g in one.param_groups] == pytest.approx([g["lr"] for g in fresh.param_groups], rel=1e-12)
+    one_scheduler.step()
+    fresh_scheduler.step()
+    assert [g["lr"] for g in one.param_groups] == pytest.approx([g["lr"] for g in fresh.param_groups], rel=1e-12)
+
+
+@pytest.mark.slow
+def test_two_processes_train_like_one_write_once_and_resume_after_a_kill(digits_subset, tmp_path):
+    alone = subprocess.run([sys.executable, "-m", "training.finetune", "--data", str(digits_subset), *RECIPE, *ONE_PROCESS,
+                            "--out", str(tmp_path / "one")], cwd=tmp_path, env=environment(), capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    assert json.loads((tmp_path / "one" / "config.json").read_text())["world_size"] == 1
+
+    work, logs = tmp_path / "work", tmp_path / "logs"
+    work.mkdir()
+    run = work / "runs" / "digits-efficientnet_lite0"  # the default run folder: one, not one per rank
+    kill_after_epoch(torchrun(["--data", str(digits_subset), *RECIPE, *TWO_PROCESSES], cwd=work, logs=logs), run, epoch=2)
+    assert torch.load(run / "last.pt", weights_only=True)["epoch"] == 2 and not (run / "metrics.json").exists()
+    output = finished(torchrun(["--resume", str(run / "last.pt")], cwd=work, logs=logs))
+
+    assert [p.name for p in (work / "runs").iterdir()] == [run.name]
+    assert sorted(p.name for p in run.iterdir()) == sorted(ARTEFACTS)  # no second writer's temporary files either
+    assert rank_output(logs, 1) == ""  # rank 1 prints nothing (it had no error)
+    rank0 = rank_output(logs, 0)
+    assert "world size 2 (gloo): global batch 2 x 16 = 32" in rank0 and "resuming" in rank0 and "test set" in rank0, output[-3000:]
+    assert json.loads((run / "config.json").read_text())["world_size"] == 2
+
+    one, two = history(tmp_path / "one"), history(run)
+    assert [int(r["epoch"]) for r in two] == list(range(1, EPOCHS + 1))
+    for a, b in zip(one, two, strict=True):  # same samples, seeds and steps: the same losses (float rounding aside)
+        assert float(b["train_loss"]) == pytest.approx(float(a["train_loss"]), abs=2e-3)
+        assert float(b["lr"]) == pytest.approx(float(a["lr"]), rel=1e-9)
+    top1_one = json.loads((tmp_path / "one" / "metrics.json").read_text())["test"]["top1"]
+    top1_two = json.loads((run / "metrics.json").read_text())["test"]["top1"]
+    assert top1_one > 0.4  # well above chance (10 classes): a comparison that means something
+    assert abs(top1_two - top1_one) <= 0.02
+
+    checkpoint = torch.load(run / "best.pt", weights_only=True)
+    assert not any(key.startswith("module.") for key in checkpoint["model"])
+    classifier = load_classifier(run / "best.pt", device="cpu", engine="torch")
+    split = json.loads((run / "split.json").read_text())
+    photos = [Path(split["root"]) / path for path, _ in split["test"][:40]]
+    labels = [classifier.classes[label] for _, label in split["test"][:40]]
+    predicted = [classifier.predict(str(p)).label for p in photos]
+    assert sum(p == t for p, t in zip(predicted, labels, strict=True)) / len(photos) > 0.4
+
+    # the two-process checkpoint continues in one process: here, its final test again
+    alone_again = tmp_path / "in-one"
+    shutil.copytree(run, alone_again)
+    (alone_again / "metrics.json").unlink()
+    cfg, resume = finetune.parse_config(["--resume", str(alone_again / "last.pt")])
+    finetune.train(cfg, resume)
+    assert json.loads((alone_again / "metrics.json").read_text())["test"]["top1"] == top1_two
+
+
+@pytest.mark.slow
+def test_a_one_process_checkpoint_resumes_under_two(tmp_path, monkeypatch):
+    """Staged run: the head alone in one process, interrupted; the unfrozen epoch under torchrun (DDP over the whole model)."""
+    data = make_image_folder(tmp_path / "gestures", per_class=10, size=48)
+    cfg = tiny_config(data, tmp_path / "run", epochs=3, head_epochs=1, batch_size=4)  # 18 training images
+    assert train_interrupted_in_epoch_2(cfg, monkeypatch) == 130
+    one_process_lr = float(history(tmp_path / "run")[0]["lr"])
+    finished(torchrun(["--resume", str(tmp_path / "run" / "last.pt")], cwd=tmp_path, logs=tmp_path / "logs"))
+    rows = history(tmp_path / "run")
+    assert [(r["epoch"], r["frozen_backbone"]) for r in rows] == [("1", "True"), ("2", "False"), ("3", "False")]
+    assert float(rows[0]["lr"]) == one_process_lr
+    # under 2 processes: 2 steps per epoch (9 images per rank, batches of 4), 1 of warm-up, peak 2 x 3e-3;
+    # after epoch 2, step 4 of 6: the schedule continues at the epoch reached, not at one process's step 4
+    assert float(rows[1]["lr"]) == pytest.approx(scaled_lr(3e-3, 2) * 0.5 * (1 + math.cos(math.pi * 3 / 5)), rel=1e-9)
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["world_size"] == 2
+    assert load_classifier(tmp_path / "run" / "best.pt", device="cpu", engine="torch").classes == ["fist", "palm", "peace"]
+
+
+@pytest.mark.slow
+def test_rank_zero_error_ends_the_job_with_that_error(tmp_path):
+    process = torchrun(["--data", str(tmp_path / "missing"), "--weights", "none"], cwd=tmp_path, logs=tmp_path / "logs")
+    output, _ = process.communicate(timeout=180)  # a hang would time out here
+    assert process.returncode != 0
+    assert "error: --data" in rank_output(tmp_path / "logs", 0) and "catalogue" in rank_output(tmp_path / "logs", 0)
+    assert rank_output(tmp_path / "logs", 1) == ""
+    assert "rank      : 0" in output and "exitcode  : 2" in output  # torchrun names rank 0 as the root cause
