@@ -40,18 +40,55 @@ RECIPE = ["--backbone", "efficientnet_lite0", "--image-size", "96", "--freeze", 
 ONE_PROCESS = ["--batch-size", "32", "--lr", "3e-3"]
 TWO_PROCESSES = ["--batch-size", "16", "--lr", "1.5e-3"]  # the same global batch and peak LR
 TORCHRUN = Path(sys.executable).with_name("torchrun")
+# Loaded by every Python process started with the watch on: an audit hook (PEP 578) that records each
+# file a torchrun rank opens for writing under WATCH_ROOT, in WATCH_ROOT/../writes/rank<RANK>.log.
+WRITES_WATCH = """
+import os, sys
+if "RANK" in os.environ and os.environ.get("WATCH_ROOT"):
+    root = os.environ["WATCH_ROOT"]
+    folder = os.path.join(os.path.dirname(root), "writes")
+    os.makedirs(folder, exist_ok=True)
+    log = open(os.path.join(folder, "rank" + os.environ["RANK"] + ".log"), "a", buffering=1)
+    writing = os.O_WRONLY | os.O_RDWR | os.O_CREAT
+
+    def under_root(path):
+        return isinstance(path, (str, os.PathLike)) and os.path.abspath(path).startswith(root)
+
+    def watch(event, args):
+        if event == "open" and under_root(args[0]):
+            mode, flags = args[1], args[2]
+            if (mode is not None and any(c in mode for c in "wax+")) or (mode is None and flags & writing):
+                log.write(os.path.abspath(args[0]) + "\\n")
+        elif event == "os.rename" and under_root(args[1]):
+            log.write(os.path.abspath(args[1]) + "\\n")
+
+    sys.addaudithook(watch)
+"""
 
 
-def environment() -> dict[str, str]:
-    # one thread per process: on a busy 2-core machine more threads only wait for each other
-    return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "NO_ALBUMENTATIONS_UPDATE": "1"}
+def environment(watch: Path | None = None) -> dict[str, str]:
+    """One thread per process (on a busy 2-core machine more threads only wait for each other); with
+    ``watch``, every rank's writes under that folder are recorded (see ``writes``)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "NO_ALBUMENTATIONS_UPDATE": "1"}
+    if watch is not None:
+        hooks = watch.parent / "hooks"
+        hooks.mkdir(exist_ok=True)
+        (hooks / "sitecustomize.py").write_text(WRITES_WATCH)
+        env.update(PYTHONPATH=f"{hooks}{os.pathsep}{REPO}", WATCH_ROOT=str(watch))
+    return env
 
 
-def torchrun(args: list[str], *, cwd: Path, logs: Path) -> subprocess.Popen:
+def writes(watch: Path, rank: int) -> set[str]:
+    """The files rank ``rank`` opened for writing (or renamed into place) under ``watch``."""
+    log = watch.parent / "writes" / f"rank{rank}.log"
+    return {os.path.relpath(line, watch) for line in log.read_text().splitlines()} if log.exists() else set()
+
+
+def torchrun(args: list[str], *, cwd: Path, logs: Path, watch: Path | None = None) -> subprocess.Popen:
     """``torchrun --standalone --nproc_per_node 2 -m training.finetune ARGS``, each rank's output in its own files under ``logs``."""
     command = [str(TORCHRUN), "--standalone", "--nproc_per_node", "2", "--log-dir", str(logs), "--redirects", "3",
                "-m", "training.finetune", *args]  # fmt: skip
-    return subprocess.Popen(command, cwd=cwd, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(command, cwd=cwd, env=environment(watch), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def finished(process: subprocess.Popen, timeout: float = 300) -> str:
@@ -144,12 +181,15 @@ def test_two_processes_train_like_one_write_once_and_resume_after_a_kill(digits_
     work, logs = tmp_path / "work", tmp_path / "logs"
     work.mkdir()
     run = work / "runs" / "digits-efficientnet_lite0"  # the default run folder: one, not one per rank
-    kill_after_epoch(torchrun(["--data", str(digits_subset), *RECIPE, *TWO_PROCESSES], cwd=work, logs=logs), run, epoch=2)
+    kill_after_epoch(torchrun(["--data", str(digits_subset), *RECIPE, *TWO_PROCESSES], cwd=work, logs=logs, watch=work), run, epoch=2)
     assert torch.load(run / "last.pt", weights_only=True)["epoch"] == 2 and not (run / "metrics.json").exists()
-    output = finished(torchrun(["--resume", str(run / "last.pt")], cwd=work, logs=logs))
+    output = finished(torchrun(["--resume", str(run / "last.pt")], cwd=work, logs=logs, watch=work))
 
     assert [p.name for p in (work / "runs").iterdir()] == [run.name]
-    assert sorted(p.name for p in run.iterdir()) == sorted(ARTEFACTS)  # no second writer's temporary files either
+    assert sorted(p.name for p in run.iterdir()) == sorted(ARTEFACTS)
+    assert writes(work, 1) == set()  # only rank 0 wrote files
+    assert {str(Path(p).parent) for p in writes(work, 0)} == {str(run.relative_to(work))}
+    assert {f"{run.relative_to(work)}/{name}" for name in ARTEFACTS} <= writes(work, 0)
     assert rank_output(logs, 1) == ""  # rank 1 prints nothing (it had no error)
     rank0 = rank_output(logs, 0)
     assert "world size 2 (gloo): global batch 2 x 16 = 32" in rank0 and "resuming" in rank0 and "test set" in rank0, output[-3000:]
@@ -202,6 +242,25 @@ def test_a_one_process_checkpoint_resumes_under_two(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
+def test_cached_features_train_the_head_under_two_processes_as_in_one(tmp_path, monkeypatch):
+    """Linear probe on the feature cache (--augment none): rank 0 extracts and caches, the other rank
+    loads; every rank trains the head on the global batches, as one process with that batch does."""
+    monkeypatch.setenv("GESTURE_CACHE_DIR", str(tmp_path / "cache"))
+    data = make_image_folder(tmp_path / "gestures", per_class=10, size=48)
+    probe = ["--backbone", "mobilenet_v3_large", "--weights", "none", "--image-size", "32", "--freeze", "backbone",
+             "--augment", "none", "--epochs", "2", "--val-split", "0.2", "--test-split", "0.2", "--workers", "0", "--seed", "1"]  # fmt: skip
+    finished(torchrun(["--data", str(data), *probe, "--batch-size", "4", "--lr", "3e-3", "--out", str(tmp_path / "two")], cwd=tmp_path, logs=tmp_path / "logs"))
+    assert "features train: 18 photos" in rank_output(tmp_path / "logs", 0) and rank_output(tmp_path / "logs", 1) == ""
+    cached = sorted(p.name for p in (tmp_path / "cache" / "features").iterdir())
+    assert len(cached) == 3 and all(name.endswith(".pt") and not name.startswith(".") for name in cached)  # train, val, test; no partial file
+    assert finetune.main(["--data", str(data), *probe, "--batch-size", "8", "--lr", "6e-3", "--out", str(tmp_path / "one")]) == 0
+    assert sorted(p.name for p in (tmp_path / "cache" / "features").iterdir()) == cached  # one process found them all
+    for a, b in zip(history(tmp_path / "one"), history(tmp_path / "two"), strict=True):
+        assert float(b["train_loss"]) == pytest.approx(float(a["train_loss"]), abs=1e-5)
+        assert a["val_top1"] == b["val_top1"]
+
+
+@pytest.mark.slow
 def test_rank_zero_error_ends_the_job_with_that_error(tmp_path):
     process = torchrun(["--data", str(tmp_path / "missing"), "--weights", "none"], cwd=tmp_path, logs=tmp_path / "logs")
     output, _ = process.communicate(timeout=180)  # a hang would time out here
@@ -209,3 +268,18 @@ def test_rank_zero_error_ends_the_job_with_that_error(tmp_path):
     assert "error: --data" in rank_output(tmp_path / "logs", 0) and "catalogue" in rank_output(tmp_path / "logs", 0)
     assert rank_output(tmp_path / "logs", 1) == ""
     assert "rank      : 0" in output and "exitcode  : 2" in output  # torchrun names rank 0 as the root cause
+
+
+@pytest.mark.slow
+def test_training_benchmark_reports_each_process_and_the_total(tmp_path):
+    command = [str(TORCHRUN), "--standalone", "--nproc_per_node", "2", "-m", "benchmarks.train", "--backbone", "lenet5",
+               "--batch", "8", "--skip", "loader", "frozen", "--quick", "--json"]  # fmt: skip
+    done = subprocess.run(command, cwd=tmp_path, env=environment(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [json.loads(line) for line in done.stdout.splitlines()]  # rank 0's rows only
+    assert len(rows) == 3
+    for row in rows:
+        assert row["processes"] == 2 and row["batch"] == 8 and len(row["img_per_s_by_process"]) == 2
+        assert min(row["img_per_s_by_process"]) > 0
+        assert row["img_per_s"] == pytest.approx(sum(row["img_per_s_by_process"]), abs=0.05)
+        assert row["img_per_s_per_process"] == pytest.approx(row["img_per_s"] / 2, abs=0.05)

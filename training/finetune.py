@@ -260,6 +260,8 @@ def train(cfg: TrainConfig, resume: Path | None = None) -> Path:
           f"{f'; weight EMA, decay {cfg.ema_decay}' if ema else ''}; {distributed_note(cfg, lr)}run folder {run.out}")
     bad_epochs = 0
     features = frozen_features(run)
+    if features is not None and (cfg.freeze == "backbone" or state["epoch"] < cfg.head_epochs):
+        distributed.main_first(lambda: features.split("train"))  # rank 0 extracts and caches every split; the others load them
     trainer, trainer_frozen = run.model, None  # what train_one_epoch runs: the model, in DDP under torchrun
     try:
         for epoch in range(state["epoch"], cfg.epochs):
@@ -328,10 +330,7 @@ def frozen_features(run: Run) -> FrozenFeatures | None:
     splits = {"train": run.splits.train, "val": run.splits.val}
     if cfg.freeze == "backbone":
         splits["test"] = run.splits.test
-    features = FrozenFeatures(run.model, run.backbone, run.data_config, splits, device=run.device, workers=cfg.workers)
-    # rank 0 computes (or loads) and caches every split's features, then the other ranks load them
-    distributed.main_first(lambda: features.split("train"))
-    return features
+    return FrozenFeatures(run.model, run.backbone, run.data_config, splits, device=run.device, workers=cfg.workers)
 
 
 def cached_frozen_epoch(run: Run, features: FrozenFeatures, optimizer, scheduler, sampler: ShardedSeededSampler) -> tuple[EpochResult, tuple[dict[str, Any], float, list[str]]]:
