@@ -261,13 +261,24 @@ def test_cached_features_train_the_head_under_two_processes_as_in_one(tmp_path, 
 
 
 @pytest.mark.slow
-def test_rank_zero_error_ends_the_job_with_that_error(tmp_path):
-    process = torchrun(["--data", str(tmp_path / "missing"), "--weights", "none"], cwd=tmp_path, logs=tmp_path / "logs")
+@pytest.mark.parametrize(
+    "args, message, only_rank_0_fails",
+    [
+        (["--data", "{tmp}/missing"], "error: --data", True),  # found by rank 0; rank 1, waiting for it, stops cleanly
+        (["--data", "{tmp}", "--sync-bn", "--out", "{tmp}/run"], "error: --sync-bn needs CUDA", False),  # found by every rank
+    ],
+    ids=["rank-0-error", "every-rank-error"],
+)
+def test_an_error_ends_the_job_with_that_error_and_writes_nothing(tmp_path, args, message, only_rank_0_fails):
+    args = [a.format(tmp=tmp_path) for a in args]
+    process = torchrun([*args, "--weights", "none"], cwd=tmp_path, logs=tmp_path / "logs")
     output, _ = process.communicate(timeout=180)  # a hang would time out here
     assert process.returncode != 0
-    assert "error: --data" in rank_output(tmp_path / "logs", 0) and "catalogue" in rank_output(tmp_path / "logs", 0)
+    assert message in rank_output(tmp_path / "logs", 0) and "Traceback" not in rank_output(tmp_path / "logs", 0)
     assert rank_output(tmp_path / "logs", 1) == ""
-    assert "rank      : 0" in output and "exitcode  : 2" in output  # torchrun names rank 0 as the root cause
+    assert "rank      : 0" in output and "exitcode  : 2" in output  # torchrun's failure summary names rank 0
+    assert ("<NO_OTHER_FAILURES>" in output) == only_rank_0_fails  # not rank 1 killed while it waited
+    assert not (tmp_path / "run").exists() and not (tmp_path / "runs").exists()
 
 
 @pytest.mark.slow

@@ -209,13 +209,15 @@ def for_training(model: nn.Module, device: torch.device) -> nn.Module:
     return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
 
 
-def convert_sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
-    """``--sync-bn``: BatchNorm statistics over the global batch (PyTorch syncs them on GPUs only)."""
-    if not is_distributed():
-        return model
-    if device.type != "cuda":
+def check_sync_bn(device: torch.device) -> None:
+    """``--sync-bn`` under torchrun needs GPUs: PyTorch's SyncBatchNorm syncs CUDA tensors only."""
+    if is_distributed() and device.type != "cuda":
         raise ValueError("--sync-bn needs CUDA: PyTorch's SyncBatchNorm runs on GPUs only (on CPU, leave --sync-bn off)")
-    return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+
+def convert_sync_batchnorm(model: nn.Module) -> nn.Module:
+    """``--sync-bn``: BatchNorm statistics over the global batch (``check_sync_bn`` first)."""
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model) if is_distributed() else model
 
 
 def broadcast_weights(model: nn.Module) -> None:

@@ -147,17 +147,19 @@ class Run:
 def run_folder_and_splits(cfg: TrainConfig, resume: Path | None) -> tuple[Path, Splits]:
     """The run folder (created) and the dataset split (scanned and saved, or reloaded on resume)."""
     out = resume.parent if resume else Path(cfg.out) if cfg.out else default_run_dir(cfg)
-    out.mkdir(parents=True, exist_ok=True)
     if resume and (out / "split.json").exists():
-        splits = Splits.load(out / "split.json")
-    else:
-        root = resolve_data_dir(cfg.data)
-        splits = load_splits(root, val_split=cfg.val_split, test_split=cfg.test_split, test_per_class=cfg.test_per_class, seed=cfg.seed)
-        splits.save(out / "split.json")
+        return out, Splits.load(out / "split.json")
+    root = resolve_data_dir(cfg.data)
+    splits = load_splits(root, val_split=cfg.val_split, test_split=cfg.test_split, test_per_class=cfg.test_per_class, seed=cfg.seed)
+    out.mkdir(parents=True, exist_ok=True)  # after the scan: a dataset that cannot be trained on leaves no folder behind
+    splits.save(out / "split.json")
     return out, splits
 
 
 def prepare_run(cfg: TrainConfig, resume: Path | None) -> Run:
+    device = distributed.local_device(cfg.device)
+    if cfg.sync_bn:
+        distributed.check_sync_bn(device)  # before anything is written
     # rank 0 alone picks the folder and scans the dataset; the other ranks receive both
     out, splits = distributed.from_main(lambda: run_folder_and_splits(cfg, resume))
     cfg.out, cfg.world_size = str(out), distributed.world_size()
@@ -167,9 +169,8 @@ def prepare_run(cfg: TrainConfig, resume: Path | None) -> Run:
         data_config = data_config.with_input_size(cfg.image_size)
     weights = "none" if resume else cfg.weights  # resuming loads the run's own weights below
     model = build_model(cfg.backbone, len(splits.classes), weights, aux=True, in_chans=cfg.in_chans)
-    device = distributed.local_device(cfg.device)
     if cfg.sync_bn:
-        model = distributed.convert_sync_batchnorm(model, device)
+        model = distributed.convert_sync_batchnorm(model)
     amp = cfg.amp == "on" or (cfg.amp == "auto" and device.type == "cuda")
     # NHWC weights, and NHWC batches in the loops below (channels_last=True): cuDNN's fast layout, and
     # on CPU twice efficientnet_lite0's training step rate (benchmarks/train.py measures it)
