@@ -277,9 +277,8 @@ def train(cfg: TrainConfig, resume: Path | None = None) -> Path:
                 if ema:  # the head trained outside train_one_epoch: the average starts again from here
                     ema.reset()
             else:
-                result = train_one_epoch(trainer, train_loader, optimizer, scheduler, run.device, aux_weight=run.backbone.aux_weight, label_smoothing=cfg.label_smoothing, class_weights=class_weight_tensor(run), amp=run.amp, scaler=scaler, channels_last=True, ema=ema, desc=f"epoch {epoch + 1}/{cfg.epochs}")
+                result = distributed.combine_epoch(train_one_epoch(trainer, train_loader, optimizer, scheduler, run.device, aux_weight=run.backbone.aux_weight, label_smoothing=cfg.label_smoothing, class_weights=class_weight_tensor(run), amp=run.amp, scaler=scaler, channels_last=True, ema=ema, desc=f"epoch {epoch + 1}/{cfg.epochs}"))  # every rank's shard as one
                 val_metrics, val_loss, val_failed = evaluate_split(run, val_loader, run.splits.val, "val", kept)
-            result = distributed.combine_epoch(result)
             failed.update(run.splits.train[i].path for i in result.failed)
             failed.update(val_failed)
             row = history_row(epoch, optimizer, result, val_metrics, val_loss, frozen)
