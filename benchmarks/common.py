@@ -248,5 +248,6 @@ def emit(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str, str]]
 
 
 def note(message: str) -> None:
-    """Progress and context on stderr, so --json output stays pure JSON lines."""
-    print(message, file=sys.stderr, flush=True)
+    """Progress and context on stderr, so --json output stays pure JSON lines; under torchrun, rank 0's only."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(message, file=sys.stderr, flush=True)

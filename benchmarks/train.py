@@ -3,12 +3,16 @@ frozen-backbone (linear-probe) epochs with and without the feature cache.
 
     .venv/bin/python -m benchmarks.train --quick
     .venv/bin/python -m benchmarks.train --json --keep-run runs/bench-flowers-probe
+    .venv/bin/torchrun --standalone --nproc_per_node 2 -m benchmarks.train --skip loader frozen --quick
 
 1. Full fine-tune: ``training.loop.train_one_epoch`` (AdamW, real loss) on in-memory batches, so the
    figure is the model's step rate alone: as ``training.finetune`` runs it on CPU (fp32), with
    channels-last memory, and with bf16 autocast + channels-last; FLOPs of forward + backward counted
    by PyTorch, against the fp32 matmul ceiling measured in this process. ``--device cuda`` measures
-   the step rate and the ceiling on a GPU instead.
+   the step rate and the ceiling on a GPU instead. Under torchrun, every process trains the model in
+   DistributedDataParallel (gloo on CPU, NCCL on CUDA) on its own batch of ``--batch``: img/s per
+   process and in total (the sum over processes); the other sections are single-process measurements
+   and are skipped there.
 2. Loader: the training DataLoader (decode at reduced size, default augmentation, 2 workers) alone,
    on real photos; the ratio to the step rate says whether data loading can starve the model.
 3. Frozen backbone: the real command ``python -m training.finetune --freeze backbone --augment none``
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import os
 import re
 import shutil
@@ -35,6 +40,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.common import Ceiling, best_ceiling, describe_machine, emit, gemm_ceiling, machine, note, rescale_to_ceiling
 from gesture_core import build_model, get_backbone
+from training import distributed
 from training.augment import build_train_transform
 from training.data import ImageDataset, SeededSampler, load_splits, make_loader
 from training.loop import build_optimizer, train_one_epoch, warmup_cosine
@@ -51,7 +57,8 @@ VARIANTS = {  # name: (channels_last, bf16 autocast)
     "bf16 autocast channels-last (finetune --amp on)": (True, True),
 }
 STEP_COLUMNS = [
-    ("backbone", "backbone", "s"), ("variant", "variant", "s"), ("batch", "batch", "d"), ("img_per_s", "img/s", ".1f"),
+    ("backbone", "backbone", "s"), ("variant", "variant", "s"), ("processes", "processes", "d"), ("batch", "batch per process", "d"),
+    ("img_per_s_per_process", "img/s per process (mean)", ".1f"), ("img_per_s", "img/s (total)", ".1f"),
     ("train_gflops_per_img", "GFLOP/img (fwd+bwd)", ".1f"), ("achieved_gflops", "GFLOP/s", ".0f"),
     ("ceiling_gflops", "fp32 ceiling", ".0f"), ("pct_of_ceiling", "% of fp32 ceiling", ".0f"),
 ]  # fmt: skip
@@ -82,19 +89,21 @@ def step_rates(backbone: str, batch: int, steps: int, ceiling: Ceiling, device: 
     # a GPU step is milliseconds: time several in a row, so that launching overlaps with running
     per_measure = 10 if device.type == "cuda" else 1
     flops = train_flops_per_image(build_model(backbone, 10, "none"), size)
+    processes = distributed.world_size()
     rows = []
     for variant, (channels_last, amp) in VARIANTS.items():
         torch.manual_seed(0)
         model = build_model(backbone, 10, "none", aux=True).to(device)
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
+        trainer = distributed.for_training(model, device)  # DDP under torchrun: gradients averaged every step
         optimizer = build_optimizer(model, spec, opt="adamw", lr=1e-3, backbone_lr_mult=0.1, weight_decay=0.05, momentum=0.9)
         scheduler = warmup_cosine(optimizer, total_steps=1000, warmup_steps=1)
 
-        def run(n: int, model=model, optimizer=optimizer, scheduler=scheduler, amp=amp, channels_last=channels_last):
+        def run(n: int, trainer=trainer, optimizer=optimizer, scheduler=scheduler, amp=amp, channels_last=channels_last):
             batches = [(images, target, torch.arange(batch))] * n
             return train_one_epoch(
-                model,
+                trainer,
                 batches,
                 optimizer,
                 scheduler,
@@ -106,11 +115,13 @@ def step_rates(backbone: str, batch: int, steps: int, ceiling: Ceiling, device: 
 
         run(per_measure)  # first steps: allocation and kernel selection
         rate = max(run(per_measure).img_per_s for _ in range(steps))  # best step: other jobs share this machine
-        rows.append({"backbone": backbone, "variant": variant, "batch": batch, "img_per_s": round(rate, 2),
-                     "train_gflops_per_img": round(flops, 2), "achieved_gflops": round(rate * flops, 2),
-                     "kind": "train_step"})  # fmt: skip
+        by_process = distributed.gather(rate)
+        total = sum(by_process)
+        rows.append({"backbone": backbone, "variant": variant, "processes": processes, "batch": batch, "img_per_s": round(total, 2),
+                     "img_per_s_per_process": round(total / processes, 2), "img_per_s_by_process": [round(r, 2) for r in by_process],
+                     "train_gflops_per_img": round(flops, 2), "achieved_gflops": round(total * flops, 2), "kind": "train_step"})  # fmt: skip
         rescale_to_ceiling(rows[-1], ceiling)
-        note(f"  {backbone} {variant}: {rate:.1f} img/s, {rows[-1]['pct_of_ceiling']:.0f}% of the fp32 ceiling")
+        note(f"  {backbone} {variant}: {total:.1f} img/s (by process: {', '.join(f'{r:.1f}' for r in by_process)}), {rows[-1]['pct_of_ceiling']:.0f}% of the fp32 ceiling")
     return rows
 
 
@@ -192,6 +203,12 @@ def frozen_rows(
     return rows
 
 
+def total_ceiling(*, seconds: float, device: str) -> Ceiling:
+    """The fp32 GEMM ceiling of all processes at once (each measures its own, at the same time)."""
+    ceiling = gemm_ceiling("fp32", seconds=seconds, device=device)
+    return dataclasses.replace(ceiling, gflops=sum(distributed.gather(ceiling.gflops)))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.train", description=__doc__.split("\n\n")[0])
     p.add_argument("--backbone", default="resnet18", help="for the full fine-tune step rate")
@@ -214,15 +231,19 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if not args.data.is_dir():
         p.error(f"--data {args.data}: not a folder (the benchmark needs real photos, e.g. ../shared/data/flowers)")
+    device = distributed.init_distributed(args.device)  # under torchrun: join the other processes
+    if distributed.is_distributed() and {"loader", "frozen"} - set(args.skip):
+        note("under torchrun only the step rate is measured (--skip loader frozen)")
+        args.skip = sorted({*args.skip, "loader", "frozen"})
     info = machine()
-    note(f"machine: {describe_machine(info)}")
+    note(f"machine: {describe_machine(info)}; {distributed.describe()}")
     device = torch.device(args.device)
-    ceiling = gemm_ceiling("fp32", seconds=1.0 if args.quick else 3.0, device=args.device)
-    note(f"ceiling on {args.device}: {ceiling.describe()}")
+    ceiling = total_ceiling(seconds=1.0 if args.quick else 3.0, device=args.device)
+    note(f"ceiling on {args.device}, all processes: {ceiling.describe()}")
     steps = []
     if "steps" not in args.skip:
         steps = step_rates(args.backbone, args.batch, 3 if args.quick else 6, ceiling, device)
-        ceiling = best_ceiling(ceiling, gemm_ceiling("fp32", seconds=1.0 if args.quick else 3.0, device=args.device))
+        ceiling = best_ceiling(ceiling, total_ceiling(seconds=1.0 if args.quick else 3.0, device=args.device))
         for row in steps:
             rescale_to_ceiling(row, ceiling)
         emit(steps, STEP_COLUMNS, as_json=args.json, title=f"Full fine-tune step rate ({describe_machine(info)})")
@@ -246,6 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.json:
             for r in rows:
                 print(f"    {r['command']}")
+    distributed.close_distributed()
     return 0
 
 

@@ -45,6 +45,9 @@ class TrainConfig:
     amp: str = "auto"
     workers: int = 2
     out: str = ""
+    # distributed (torchrun): world_size is recorded, not chosen; it is set at the start of each run
+    sync_bn: bool = False
+    world_size: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -31,7 +31,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from gesture_core.backbones import Backbone, drop_aux, get_submodule_or_none, set_submodule
 from gesture_core.checkpoint import atomic_torch_save
@@ -39,7 +38,7 @@ from gesture_core.engines import Engine, build_engine, cache_root, model_fingerp
 from gesture_core.preprocess import DataConfig
 from training.augment import build_eval_transform
 from training.data import ImageDataset, Sample, make_loader
-from training.loop import IGNORE_LABEL, EpochResult, classification_loss
+from training.loop import IGNORE_LABEL, EpochResult, classification_loss, progress_bar
 
 CACHE_CHOICES = ("auto", "on", "off")
 FEATURES_FORMAT_VERSION = 1
@@ -161,7 +160,7 @@ def extract_features(
     loader = make_loader(dataset, batch_size=EXTRACT_BATCH, workers=workers, pin_memory=device.type == "cuda")
     features, labels = [], []
     started, in_engine = time.perf_counter(), 0.0
-    for images, target, _ in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, mininterval=1.0, disable=None):
+    for images, target, _ in progress_bar(loader, desc):
         before = time.perf_counter()
         features.append(engine(images).float().flatten(1).cpu())
         in_engine += time.perf_counter() - before

@@ -2,6 +2,7 @@
 
     python -m training.finetune --data ../shared/data/sign-digits --backbone efficientnet_lite0 --no-flip
     python -m training.finetune --resume runs/sign-digits-efficientnet_lite0/last.pt
+    torchrun --standalone --nproc_per_node 2 -m training.finetune --data ... (several processes: training.distributed)
 
 The run folder holds best.pt, last.pt, config.json, split.json, history.csv, metrics.json,
 curves.png and confusion_matrix.png.
@@ -26,15 +27,15 @@ from gesture_core.checkpoint import (
     CheckpointSaveError,
     load_checkpoint,
     remove_partial_saves,
-    resolve_device,
     save_checkpoint,
 )
-from gesture_core.cli import command
+from gesture_core.cli import EXIT_USAGE, USER_ERRORS, command
 from gesture_core.preprocess import DataConfig
-from training import cli
+from training import cli, distributed
 from training.augment import PRESETS, build_eval_transform, build_train_transform
 from training.config import TrainConfig
-from training.data import DatasetError, ImageDataset, SeededSampler, Splits, failure_reports, index_seed, load_splits, make_loader
+from training.data import DatasetError, ImageDataset, Splits, failure_reports, index_seed, load_splits, make_loader
+from training.distributed import ShardedSeededSampler, is_main_process
 from training.ema import ModelEma
 from training.features import CACHE_CHOICES, FrozenFeatures, use_feature_cache
 from training.loop import EpochResult, build_optimizer, predict_logits, train_one_epoch, warmup_cosine
@@ -90,6 +91,7 @@ def build_parser(*, suppress_defaults: bool = False) -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=default(d.seed))
     g.add_argument("--out", default=default(None), help="run folder (default: runs/<data>-<backbone>, numbered if taken)")
     g.add_argument("--resume", type=cli.existing_file, default=default(None), help="continue an interrupted run from RUN/last.pt")
+    g.add_argument("--sync-bn", action="store_true", default=default(False), help="under torchrun on GPUs: BatchNorm statistics over the global batch")
     return p
 
 
@@ -149,45 +151,58 @@ class Run:
     amp: bool
 
 
-def prepare_run(cfg: TrainConfig, resume: Path | None) -> Run:
+def run_folder_and_splits(cfg: TrainConfig, resume: Path | None) -> tuple[Path, Splits]:
+    """The run folder (created) and the dataset split (scanned and saved, or reloaded on resume)."""
     out = resume.parent if resume else Path(cfg.out) if cfg.out else default_run_dir(cfg)
-    out.mkdir(parents=True, exist_ok=True)
-    cfg.out = str(out)
-    if removed := remove_partial_saves(out):
-        print(f"removed {len(removed)} partial checkpoint file(s) left by an interrupted save: {', '.join(p.name for p in removed)}")
     if resume and (out / "split.json").exists():
         splits = Splits.load(out / "split.json")
     else:
         root = resolve_data_dir(cfg.data)
         splits = load_splits(root, val_split=cfg.val_split, test_split=cfg.test_split, test_per_class=cfg.test_per_class, seed=cfg.seed)
+        out.mkdir(parents=True, exist_ok=True)  # after the scan: a dataset that cannot be trained on leaves no folder behind
         splits.save(out / "split.json")
+    if removed := remove_partial_saves(out):
+        print(f"removed {len(removed)} partial checkpoint file(s) left by an interrupted save: {', '.join(p.name for p in removed)}")
+    return out, splits
+
+
+def prepare_run(cfg: TrainConfig, resume: Path | None) -> Run:
+    device = distributed.local_device(cfg.device)
+    if cfg.sync_bn:
+        distributed.check_sync_bn(device)  # before anything is written
+    # rank 0 alone picks the folder and scans the dataset; the other ranks receive both
+    out, splits = distributed.from_main(lambda: run_folder_and_splits(cfg, resume))
+    cfg.out, cfg.world_size = str(out), distributed.world_size()
     backbone = get_backbone(cfg.backbone)
     data_config = backbone.data_config.with_channels(cfg.in_chans)
     if cfg.image_size:
         data_config = data_config.with_input_size(cfg.image_size)
     weights = "none" if resume else cfg.weights  # resuming loads the run's own weights below
     model = build_model(cfg.backbone, len(splits.classes), weights, aux=True, in_chans=cfg.in_chans)
-    device = resolve_device(cfg.device)
+    if cfg.sync_bn:
+        model = distributed.convert_sync_batchnorm(model)
     amp = cfg.amp == "on" or (cfg.amp == "auto" and device.type == "cuda")
     # NHWC weights, and NHWC batches in the loops below (channels_last=True): cuDNN's fast layout, and
     # on CPU twice efficientnet_lite0's training step rate (benchmarks/train.py measures it)
     model.to(device, memory_format=torch.channels_last)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # one input size for the whole run: time cuDNN's algorithms once
-    write_json(out / "config.json", cfg.to_dict())
+    if is_main_process():
+        write_json(out / "config.json", cfg.to_dict())
     return Run(cfg, out, splits, backbone, data_config, model, device, amp)
 
 
-def make_loaders(run: Run) -> tuple[Any, SeededSampler, Any, Any]:
+def make_loaders(run: Run) -> tuple[Any, ShardedSeededSampler, Any, Any]:
     cfg, dc = run.cfg, run.data_config
     shape = (dc.in_chans, dc.input_size, dc.input_size)
     train_tf = build_train_transform(dc, preset=cfg.augment, flip=cfg.flip, pca_lighting=cfg.pca_lighting, scale_jitter=cfg.scale_jitter)
     eval_tf = build_eval_transform(dc)
     pin = run.device.type == "cuda"
-    sampler = SeededSampler(len(run.splits.train), cfg.seed)
-    train = make_loader(ImageDataset(run.splits.train, train_tf, min_side=dc.resize_size, placeholder_shape=shape), batch_size=cfg.batch_size, workers=cfg.workers, sampler=sampler, pin_memory=pin, drop_last=len(run.splits.train) > cfg.batch_size)
-    val = make_loader(ImageDataset(run.splits.val, eval_tf, min_side=dc.resize_size, placeholder_shape=shape), batch_size=cfg.batch_size * 2, workers=cfg.workers, pin_memory=pin)
-    test = make_loader(ImageDataset(run.splits.test, eval_tf, min_side=dc.resize_size, placeholder_shape=shape), batch_size=cfg.batch_size * 2, workers=cfg.workers, pin_memory=pin)
+    sampler = ShardedSeededSampler(len(run.splits.train), cfg.seed, rank=distributed.rank(), world_size=distributed.world_size())
+    train = make_loader(ImageDataset(run.splits.train, train_tf, min_side=dc.resize_size, placeholder_shape=shape), batch_size=cfg.batch_size, workers=cfg.workers, sampler=sampler, pin_memory=pin, drop_last=len(sampler) > cfg.batch_size)
+    # evaluation is sharded too: each rank predicts its share, evaluate_split gathers them
+    val = make_loader(ImageDataset(distributed.shard(run.splits.val), eval_tf, min_side=dc.resize_size, placeholder_shape=shape), batch_size=cfg.batch_size * 2, workers=cfg.workers, pin_memory=pin)
+    test = make_loader(ImageDataset(distributed.shard(run.splits.test), eval_tf, min_side=dc.resize_size, placeholder_shape=shape), batch_size=cfg.batch_size * 2, workers=cfg.workers, pin_memory=pin)
     return train, sampler, val, test
 
 
@@ -200,8 +215,10 @@ def class_weight_tensor(run: Run) -> torch.Tensor | None:
 
 
 def evaluate_split(run: Run, loader, samples, name: str, model: torch.nn.Module | None = None) -> tuple[dict[str, Any], float, list[str]]:
-    """(metrics, loss, paths that failed to decode) on one split, with ``model`` (default: the run's)."""
+    """(metrics, loss, paths that failed to decode) on one split, with ``model`` (default: the run's);
+    ``loader`` holds this rank's shard of ``samples``."""
     logits, targets, failed = predict_logits(model or run.model, loader, run.device, amp=run.amp, channels_last=True, desc=name)
+    logits, targets, failed = distributed.gather_predictions(logits, targets, failed, len(loader.dataset))
     metrics = classification_metrics(logits, targets, run.splits.classes)
     loss = float(torch.nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(targets))) if len(targets) else float("nan")
     return metrics, loss, [samples[i].path for i in failed]
@@ -238,25 +255,31 @@ def train(cfg: TrainConfig, resume: Path | None = None) -> Path:
     seed_everything(cfg.seed)
     run = prepare_run(cfg, resume)
     train_loader, sampler, val_loader, test_loader = make_loaders(run)
-    optimizer = build_optimizer(run.model, run.backbone, opt=cfg.opt, lr=cfg.lr, backbone_lr_mult=cfg.backbone_lr_mult, weight_decay=cfg.weight_decay, momentum=cfg.momentum)
+    lr = distributed.scaled_lr(cfg.lr, cfg.world_size)
+    optimizer = build_optimizer(run.model, run.backbone, opt=cfg.opt, lr=lr, backbone_lr_mult=cfg.backbone_lr_mult, weight_decay=cfg.weight_decay, momentum=cfg.momentum)
     steps = len(train_loader)
     scheduler = warmup_cosine(optimizer, total_steps=cfg.epochs * steps, warmup_steps=round(cfg.warmup_epochs * steps))
     scaler = torch.amp.GradScaler("cuda") if run.amp and run.device.type == "cuda" and not torch.cuda.is_bf16_supported() else None
     ema = ModelEma(run.model, cfg.ema_decay) if cfg.ema_decay else None
     state = {"epoch": 0, "history": [], "best": None, "failed": []}
     if resume:
-        state = restore_training_state(run, resume, optimizer, scheduler, scaler, ema)
+        state = restore_training_state(run, resume, optimizer, scheduler, scaler, ema, steps_per_epoch=steps)
     kept = ema.module if ema else run.model  # what is validated, saved as best.pt and tested
     failed: set[str] = set(state["failed"])
     print(f"{cfg.backbone} on {run.splits.root}: {len(run.splits.classes)} classes, split {run.splits.counts()}, "
           f"{len(run.splits.skipped)} files skipped; device {run.device}{' (AMP)' if run.amp else ''}"
-          f"{f'; weight EMA, decay {cfg.ema_decay}' if ema else ''}; run folder {run.out}")
+          f"{f'; weight EMA, decay {cfg.ema_decay}' if ema else ''}; {distributed_note(cfg, lr)}run folder {run.out}")
     bad_epochs = 0
     features = frozen_features(run)
+    if features is not None and (cfg.freeze == "backbone" or state["epoch"] < cfg.head_epochs):
+        distributed.main_first(lambda: features.split("train"))  # rank 0 extracts and caches every split; the others load them
+    trainer, trainer_frozen = run.model, None  # what train_one_epoch runs: the model, in DDP under torchrun
     try:
         for epoch in range(state["epoch"], cfg.epochs):
             frozen = cfg.freeze == "backbone" or epoch < cfg.head_epochs
             freeze_backbone(run.model, run.backbone, frozen)
+            if frozen != trainer_frozen and not (frozen and features is not None):
+                trainer, trainer_frozen = distributed.for_training(run.model, run.device), frozen
             sampler.set_epoch(epoch)
             torch.manual_seed(index_seed(cfg.seed, epoch, 1))  # dropout & co. depend only on (seed, epoch)
             if frozen and features is not None:
@@ -264,26 +287,28 @@ def train(cfg: TrainConfig, resume: Path | None = None) -> Path:
                 if ema:  # the head trained outside train_one_epoch: the average starts again from here
                     ema.reset()
             else:
-                result = train_one_epoch(run.model, train_loader, optimizer, scheduler, run.device, aux_weight=run.backbone.aux_weight, label_smoothing=cfg.label_smoothing, class_weights=class_weight_tensor(run), amp=run.amp, scaler=scaler, channels_last=True, ema=ema, desc=f"epoch {epoch + 1}/{cfg.epochs}")
+                result = distributed.combine_epoch(train_one_epoch(trainer, train_loader, optimizer, scheduler, run.device, aux_weight=run.backbone.aux_weight, label_smoothing=cfg.label_smoothing, class_weights=class_weight_tensor(run), amp=run.amp, scaler=scaler, channels_last=True, ema=ema, desc=f"epoch {epoch + 1}/{cfg.epochs}"))  # every rank's shard as one
                 val_metrics, val_loss, val_failed = evaluate_split(run, val_loader, run.splits.val, "val", kept)
             failed.update(run.splits.train[i].path for i in result.failed)
             failed.update(val_failed)
             row = history_row(epoch, optimizer, result, val_metrics, val_loss, frozen)
-            state["history"].append(row)
             improved = is_improvement(row, state["best"])
+            row, improved = distributed.from_main(lambda: (row, improved))  # noqa: B023 - rank 0's, so every rank decides alike
+            state["history"].append(row)
             if improved:
                 state["best"] = {"epoch": epoch + 1, "val_top1": row["val_top1"], "val_loss": val_loss}
-                save_checkpoint(run.out / "best.pt", **checkpoint_extra(run, kept), metrics={"val": val_metrics, "best_epoch": epoch + 1})
             state["epoch"], state["failed"] = epoch + 1, sorted(failed)
-            save_training_state(run, optimizer, scheduler, scaler, state, ema)
-            write_history(run.out / "history.csv", state["history"])
+            if is_main_process():
+                save_epoch(run, optimizer, scheduler, scaler, state, ema, best_metrics={"val": val_metrics, "best_epoch": epoch + 1} if improved else None)
             print(format_epoch(row, cfg.epochs, improved))
             bad_epochs = 0 if improved else bad_epochs + 1
             if cfg.patience and bad_epochs >= cfg.patience:
                 print(f"early stopping: val top-1 has not improved for {cfg.patience} epochs")
                 break
     except KeyboardInterrupt:
-        print(f"\ninterrupted; continue with: python -m training.finetune --resume {run.out / 'last.pt'}", file=sys.stderr)
+        launcher = "torchrun ..." if distributed.is_distributed() else "python"
+        if is_main_process():
+            print(f"\ninterrupted; continue with: {launcher} -m training.finetune --resume {run.out / 'last.pt'}", file=sys.stderr)
         raise SystemExit(130) from None
     except CheckpointSaveError as err:
         last = run.out / "last.pt"
@@ -291,6 +316,22 @@ def train(cfg: TrainConfig, resume: Path | None = None) -> Path:
         raise CheckpointSaveError(f"{err}{resume}") from None
     finish(run, state, test_loader, failed, features)
     return run.out
+
+
+def distributed_note(cfg: TrainConfig, lr: float) -> str:
+    """The start-up line's part on processes: world size and, for several, the global batch and LR rule."""
+    if cfg.world_size == 1:
+        return "world size 1; "
+    return (f"{distributed.describe()}: global batch {cfg.world_size} x {cfg.batch_size} = {cfg.world_size * cfg.batch_size}, "
+            f"peak lr {lr:g} = {cfg.world_size} x --lr {cfg.lr:g} (linear scaling); ")
+
+
+def save_epoch(run: Run, optimizer, scheduler, scaler, state: dict[str, Any], ema: ModelEma | None, best_metrics: dict[str, Any] | None) -> None:
+    """best.pt when the epoch improved (``best_metrics``), then last.pt and history.csv."""
+    if best_metrics is not None:
+        save_checkpoint(run.out / "best.pt", **checkpoint_extra(run, ema.module if ema else run.model), metrics=best_metrics)
+    save_training_state(run, optimizer, scheduler, scaler, state, ema)
+    write_history(run.out / "history.csv", state["history"])
 
 
 def frozen_features(run: Run) -> FrozenFeatures | None:
@@ -306,11 +347,13 @@ def frozen_features(run: Run) -> FrozenFeatures | None:
     return FrozenFeatures(run.model, run.backbone, run.data_config, splits, device=run.device, workers=cfg.workers)
 
 
-def cached_frozen_epoch(run: Run, features: FrozenFeatures, optimizer, scheduler, sampler: SeededSampler) -> tuple[EpochResult, tuple[dict[str, Any], float, list[str]]]:
-    """train_one_epoch + evaluate_split("val") for a frozen epoch, on cached features: same batches, steps and metrics."""
+def cached_frozen_epoch(run: Run, features: FrozenFeatures, optimizer, scheduler, sampler: ShardedSeededSampler) -> tuple[EpochResult, tuple[dict[str, Any], float, list[str]]]:
+    """train_one_epoch + evaluate_split("val") for a frozen epoch, on cached features: same batches, steps and metrics.
+    Under torchrun every rank trains the head alike on the global batches (the union of the ranks'
+    batches), which is what DDP would compute, without communication."""
     cfg = run.cfg
-    order = [index for index, _ in sampler]
-    result = features.train_epoch(optimizer, scheduler, order, batch_size=cfg.batch_size, drop_last=len(run.splits.train) > cfg.batch_size, label_smoothing=cfg.label_smoothing, class_weights=class_weight_tensor(run))
+    order = [index for index, _ in sampler.global_order()]
+    result = features.train_epoch(optimizer, scheduler, order, batch_size=cfg.batch_size * sampler.world_size, drop_last=len(sampler) > cfg.batch_size, label_smoothing=cfg.label_smoothing, class_weights=class_weight_tensor(run))
     return result, cached_evaluation(run, features, "val")
 
 
@@ -375,13 +418,16 @@ def load_training_state(path: Path) -> dict[str, Any]:
     return ckpt
 
 
-def restore_training_state(run: Run, resume: Path, optimizer, scheduler, scaler, ema: ModelEma | None = None) -> dict[str, Any]:
+def restore_training_state(run: Run, resume: Path, optimizer, scheduler, scaler, ema: ModelEma | None = None, *, steps_per_epoch: int) -> dict[str, Any]:
     ckpt = load_training_state(resume)
     load_matching(run.model, ckpt["model"], what=f"{resume}")
     if ema is not None:
         ema.load_state_dict(ckpt["ema"])
+    peak_lrs = [group["initial_lr"] for group in optimizer.param_groups]
     optimizer.load_state_dict(ckpt["optimizer"])
     scheduler.load_state_dict(ckpt["scheduler"])
+    # this run's world size may differ from the checkpoint's: its peak LRs and steps per epoch apply
+    distributed.continue_schedule(optimizer, scheduler, peak_lrs=peak_lrs, step=ckpt["epoch"] * steps_per_epoch)
     if scaler is not None and ckpt.get("scaler"):
         scaler.load_state_dict(ckpt["scaler"])
     restore_rng(ckpt["rng"])
@@ -390,15 +436,19 @@ def restore_training_state(run: Run, resume: Path, optimizer, scheduler, scaler,
 
 
 def finish(run: Run, state: dict[str, Any], test_loader, failed: set[str], features: FrozenFeatures | None = None) -> None:
-    """Test the best checkpoint and write the report."""
+    """Test the best checkpoint and write the report (rank 0; the other ranks test their shards)."""
     best_path = run.out / "best.pt"
-    best = load_checkpoint(best_path)
-    load_matching(run.model, best["model"], what=str(best_path))
+    best = load_checkpoint(best_path) if is_main_process() else None
+    if best is not None:
+        load_matching(run.model, best["model"], what=str(best_path))
+    distributed.broadcast_weights(run.model)  # rank 0's file may be on rank 0's machine only
     if features is not None and run.cfg.freeze == "backbone":  # the backbone never changed: its cached test features are exact
         test_metrics, _, test_failed = cached_evaluation(run, features, "test")
     else:
         test_metrics, _, test_failed = evaluate_split(run, test_loader, run.splits.test, "test")
     failed.update(test_failed)
+    if not is_main_process():
+        return
     skipped = run.splits.skipped + failure_reports(sorted(failed), run.data_config.resize_size)
     metrics = {
         "backbone": run.cfg.backbone,
@@ -424,13 +474,25 @@ def finish(run: Run, state: dict[str, Any], test_loader, failed: set[str], featu
 @command
 def main(argv: list[str] | None = None) -> int:
     cfg, resume = parse_config(argv)
-    train(cfg, resume)
+    try:
+        distributed.init_distributed(cfg.device)  # under torchrun: join the other processes
+        train(cfg, resume)
+    except distributed.RankZeroFailed:
+        return 0  # rank 0 reports the error and fails the job
+    except USER_ERRORS:
+        if not is_main_process():  # every rank raises rank 0's error; rank 0 alone says it
+            return EXIT_USAGE
+        raise  # @command prints it as one error: line
+    finally:
+        distributed.close_distributed()
     return 0
 
 
 if __name__ == "__main__":
+    from torch.distributed.elastic.multiprocessing.errors import record
+
     started = time.perf_counter()
-    code = main()
-    if code == 0:  # after an error, its one line is all there is to say
+    code = record(main)()  # under torchrun, an unexpected error's traceback reaches its failure summary
+    if code == 0 and is_main_process():  # after an error, its one line is all there is to say
         print(f"finished in {time.perf_counter() - started:.0f} s", file=sys.stderr)
     sys.exit(code)

@@ -34,6 +34,12 @@ class EpochResult:
         return self.images / max(self.seconds, 1e-9)
 
 
+def progress_bar(iterable, desc: str) -> tqdm:
+    """A transient progress bar on a terminal; none on the ranks other than 0 of a distributed run."""
+    quiet = torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_rank() != 0
+    return tqdm(iterable, desc=desc, leave=False, dynamic_ncols=True, mininterval=1.0, disable=True if quiet else None)
+
+
 def build_optimizer(model: nn.Module, backbone: Backbone, *, opt: str, lr: float, backbone_lr_mult: float, weight_decay: float, momentum: float) -> torch.optim.Optimizer:
     """Two groups, head and backbone, so the pretrained layers can learn more slowly (or not at all).
 
@@ -108,7 +114,7 @@ def train_one_epoch(
     total_loss, correct = torch.zeros((), device=device), torch.zeros((), device=device, dtype=torch.long)
     seen, failed = 0, []
     start = time.perf_counter()
-    bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, mininterval=1.0, disable=None)
+    bar = progress_bar(loader, desc)
     for step, (images, target, index) in enumerate(bar):
         valid = target != IGNORE_LABEL
         failed += index[~valid].tolist()
@@ -146,7 +152,7 @@ def predict_logits(model: nn.Module, loader: DataLoader, device: torch.device, *
     """(logits, targets, failed indices) over a loader of (image, label, index) in dataset order."""
     model.eval()
     all_logits, all_targets, failed = [], [], []
-    for images, target, index in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, mininterval=1.0, disable=None):
+    for images, target, index in progress_bar(loader, desc):
         keep = target != IGNORE_LABEL
         failed += index[~keep].tolist()
         images = images.to(device, non_blocking=True)

@@ -1,0 +1,296 @@
+"""Training on several processes: real ``torchrun --nproc_per_node 2`` on CPU (gloo), real sign-digits photos.
+
+The comparison run is the single process that computes what the two processes compute together: the
+same global batch (1 x 32 against 2 x 16) and so, by the linear scaling rule, the same peak LR
+(--lr 3e-3 against 2 x 1.5e-3). With the backbone frozen (its BatchNorm keeps ImageNet statistics)
+and efficientnet_lite0 free of dropout, the two runs see the same images with the same augmentation
+in the same steps, so their losses agree to float rounding: any error in sharding, seeds, gradient
+averaging or the LR rule shows, and the test top-1 comparison cannot be flaky.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from training.engine import build_optimizer, warmup_cosine
+
+import training.finetune as finetune
+from gesture_core import load_classifier
+from tests.helpers import REPO, make_image_folder, train_interrupted_in_epoch_2
+from tests.test_finetune import ARTEFACTS, tiny_config
+from training.data import SeededSampler
+from training.distributed import ShardedSeededSampler, continue_schedule, scaled_lr
+
+PER_CLASS = 40  # sign-digits photos per class copied into the test's dataset: 20 for test, 20 for training
+EPOCHS = 4
+RECIPE = ["--backbone", "efficientnet_lite0", "--image-size", "96", "--freeze", "backbone", "--cache-features", "off",
+          "--augment", "light", "--no-flip", "--epochs", str(EPOCHS), "--val-split", "0", "--test-per-class", "20",
+          "--warmup-epochs", "0.3", "--workers", "0"]  # fmt: skip
+ONE_PROCESS = ["--batch-size", "32", "--lr", "3e-3"]
+TWO_PROCESSES = ["--batch-size", "16", "--lr", "1.5e-3"]  # the same global batch and peak LR
+TORCHRUN = Path(sys.executable).with_name("torchrun")
+# Loaded by every Python process started with the watch on: an audit hook (PEP 578) that records each
+# file a torchrun rank opens for writing under WATCH_ROOT, in WATCH_ROOT/../writes/rank<RANK>.log.
+WRITES_WATCH = """
+import os, sys
+if "RANK" in os.environ and os.environ.get("WATCH_ROOT"):
+    root = os.environ["WATCH_ROOT"]
+    folder = os.path.join(os.path.dirname(root), "writes")
+    os.makedirs(folder, exist_ok=True)
+    log = open(os.path.join(folder, "rank" + os.environ["RANK"] + ".log"), "a", buffering=1)
+    writing = os.O_WRONLY | os.O_RDWR | os.O_CREAT
+
+    def under_root(path):
+        return isinstance(path, (str, os.PathLike)) and os.path.abspath(path).startswith(root)
+
+    def watch(event, args):
+        if event == "open" and under_root(args[0]):
+            mode, flags = args[1], args[2]
+            if (mode is not None and any(c in mode for c in "wax+")) or (mode is None and flags & writing):
+                log.write(os.path.abspath(args[0]) + "\\n")
+        elif event == "os.rename" and under_root(args[1]):
+            log.write(os.path.abspath(args[1]) + "\\n")
+
+    sys.addaudithook(watch)
+"""
+
+
+def environment(watch: Path | None = None) -> dict[str, str]:
+    """One thread per process (on a busy 2-core machine more threads only wait for each other); with
+    ``watch``, every rank's writes under that folder are recorded (see ``writes``)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "NO_ALBUMENTATIONS_UPDATE": "1"}
+    if watch is not None:
+        hooks = watch.parent / "hooks"
+        hooks.mkdir(exist_ok=True)
+        (hooks / "sitecustomize.py").write_text(WRITES_WATCH)
+        env.update(PYTHONPATH=f"{hooks}{os.pathsep}{REPO}", WATCH_ROOT=str(watch))
+    return env
+
+
+def writes(watch: Path, rank: int) -> set[str]:
+    """The files rank ``rank`` opened for writing (or renamed into place) under ``watch``."""
+    log = watch.parent / "writes" / f"rank{rank}.log"
+    return {os.path.relpath(line, watch) for line in log.read_text().splitlines()} if log.exists() else set()
+
+
+def torchrun(args: list[str], *, cwd: Path, logs: Path, watch: Path | None = None) -> subprocess.Popen:
+    """``torchrun --standalone --nproc_per_node 2 -m training.finetune ARGS``, each rank's output in its own files under ``logs``."""
+    command = [str(TORCHRUN), "--standalone", "--nproc_per_node", "2", "--log-dir", str(logs), "--redirects", "3",
+               "-m", "training.finetune", *args]  # fmt: skip
+    return subprocess.Popen(command, cwd=cwd, env=environment(watch), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def finished(process: subprocess.Popen, timeout: float = 300) -> str:
+    output, _ = process.communicate(timeout=timeout)
+    assert process.returncode == 0, output[-3000:]
+    return output
+
+
+def rank_output(logs: Path, rank: int) -> str:
+    """Everything rank ``rank`` wrote to stdout and stderr, over every torchrun launch logged under ``logs``."""
+    return "".join(p.read_text() for p in sorted(logs.glob(f"*/attempt_*/{rank}/std*.log")))
+
+
+def history(run: Path) -> list[dict[str, str]]:
+    return list(csv.DictReader((run / "history.csv").open()))
+
+
+def kill_after_epoch(process: subprocess.Popen, run: Path, epoch: int, timeout: float = 300) -> None:
+    """SIGTERM to torchrun (which ends its ranks) as soon as ``epoch`` is in the run's history."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        if (run / "history.csv").exists() and any(line.startswith(f"{epoch},") for line in (run / "history.csv").read_text().splitlines()):
+            process.send_signal(signal.SIGTERM)
+            process.communicate(timeout=60)
+            return
+        time.sleep(0.05)
+    process.kill()
+    raise AssertionError(f"epoch {epoch} never finished: {process.communicate()[0][-3000:]}")
+
+
+@pytest.fixture(scope="module")
+def digits_subset(sign_digits, tmp_path_factory) -> Path:
+    """The first PER_CLASS photos of each sign-digits class (real files, copied)."""
+    root = tmp_path_factory.mktemp("subset") / "digits"
+    for folder in sorted(p for p in sign_digits.iterdir() if p.is_dir()):
+        (root / folder.name).mkdir(parents=True)
+        for photo in sorted(folder.iterdir())[:PER_CLASS]:
+            shutil.copy(photo, root / folder.name / photo.name)
+    return root
+
+
+def test_shards_interleave_one_order_with_its_augmentation_seeds():
+    single = list(SeededSampler(10, seed=3))
+    shards = [ShardedSeededSampler(10, seed=3, rank=r, world_size=3) for r in range(3)]
+    items = [list(s) for s in shards]
+    assert [len(i) for i in items] == [4, 4, 4] == [len(s) for s in shards]  # every rank takes the same number of steps
+    interleaved = [items[r][k] for k in range(4) for r in range(3)]
+    assert interleaved == single + single[:2]  # one order, padded by its first items; the same seed per sample
+    assert shards[0].global_order() == interleaved
+    shards[1].set_epoch(1)
+    assert list(shards[1]) != items[1]  # a new order every epoch
+
+
+def test_a_schedule_moves_to_another_world_size():
+    """A checkpoint of N processes continues in M with M's peak LR and steps per epoch."""
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
+
+    def schedule(world: int, steps_per_epoch: int):
+        from gesture_core.backbones import get_backbone
+
+        optimizer = build_optimizer(model, get_backbone("resnet18"), opt="adamw", lr=scaled_lr(1e-3, world), backbone_lr_mult=0.1, weight_decay=0.0, momentum=0.9)
+        return optimizer, warmup_cosine(optimizer, total_steps=4 * steps_per_epoch, warmup_steps=steps_per_epoch)
+
+    two, two_scheduler = schedule(2, 5)
+    for _ in range(2 * 5):  # two epochs of 5 steps under 2 processes
+        two.step()
+        two_scheduler.step()
+    one, one_scheduler = schedule(1, 10)
+    peaks = [g["initial_lr"] for g in one.param_groups]
+    one.load_state_dict(two.state_dict())
+    one_scheduler.load_state_dict(two_scheduler.state_dict())
+    continue_schedule(one, one_scheduler, peak_lrs=peaks, step=2 * 10)
+    fresh, fresh_scheduler = schedule(1, 10)
+    for _ in range(2 * 10):
+        fresh.step()
+        fresh_scheduler.step()
+    assert [g["lr"] for g in one.param_groups] == pytest.approx([g["lr"] for g in fresh.param_groups], rel=1e-12)
+    one_scheduler.step()
+    fresh_scheduler.step()
+    assert [g["lr"] for g in one.param_groups] == pytest.approx([g["lr"] for g in fresh.param_groups], rel=1e-12)
+
+
+@pytest.mark.slow
+def test_two_processes_train_like_one_write_once_and_resume_after_a_kill(digits_subset, tmp_path):
+    alone = subprocess.run([sys.executable, "-m", "training.finetune", "--data", str(digits_subset), *RECIPE, *ONE_PROCESS,
+                            "--out", str(tmp_path / "one")], cwd=tmp_path, env=environment(), capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    assert json.loads((tmp_path / "one" / "config.json").read_text())["world_size"] == 1
+
+    work, logs = tmp_path / "work", tmp_path / "logs"
+    work.mkdir()
+    run = work / "runs" / "digits-efficientnet_lite0"  # the default run folder: one, not one per rank
+    kill_after_epoch(torchrun(["--data", str(digits_subset), *RECIPE, *TWO_PROCESSES], cwd=work, logs=logs, watch=work), run, epoch=2)
+    assert torch.load(run / "last.pt", weights_only=True)["epoch"] == 2 and not (run / "metrics.json").exists()
+    output = finished(torchrun(["--resume", str(run / "last.pt")], cwd=work, logs=logs, watch=work))
+
+    assert [p.name for p in (work / "runs").iterdir()] == [run.name]
+    assert sorted(p.name for p in run.iterdir()) == sorted(ARTEFACTS)
+    assert writes(work, 1) == set()  # only rank 0 wrote files
+    assert {str(Path(p).parent) for p in writes(work, 0)} == {str(run.relative_to(work))}
+    assert {f"{run.relative_to(work)}/{name}" for name in ARTEFACTS} <= writes(work, 0)
+    assert rank_output(logs, 1) == ""  # rank 1 prints nothing (it had no error)
+    rank0 = rank_output(logs, 0)
+    assert "world size 2 (gloo): global batch 2 x 16 = 32" in rank0 and "resuming" in rank0 and "test set" in rank0, output[-3000:]
+    assert json.loads((run / "config.json").read_text())["world_size"] == 2
+
+    one, two = history(tmp_path / "one"), history(run)
+    assert [int(r["epoch"]) for r in two] == list(range(1, EPOCHS + 1))
+    for a, b in zip(one, two, strict=True):  # same samples, seeds and steps: the same losses (float rounding aside)
+        assert float(b["train_loss"]) == pytest.approx(float(a["train_loss"]), abs=2e-3)
+        assert float(b["lr"]) == pytest.approx(float(a["lr"]), rel=1e-9)
+    top1_one = json.loads((tmp_path / "one" / "metrics.json").read_text())["test"]["top1"]
+    top1_two = json.loads((run / "metrics.json").read_text())["test"]["top1"]
+    assert top1_one > 0.4  # well above chance (10 classes): a comparison that means something
+    assert abs(top1_two - top1_one) <= 0.02
+
+    checkpoint = torch.load(run / "best.pt", weights_only=True)
+    assert not any(key.startswith("module.") for key in checkpoint["model"])
+    classifier = load_classifier(run / "best.pt", device="cpu", engine="torch")
+    split = json.loads((run / "split.json").read_text())
+    photos = [Path(split["root"]) / path for path, _ in split["test"][:40]]
+    labels = [classifier.classes[label] for _, label in split["test"][:40]]
+    predicted = [classifier.predict(str(p)).label for p in photos]
+    assert sum(p == t for p, t in zip(predicted, labels, strict=True)) / len(photos) > 0.4
+
+    # the two-process checkpoint continues in one process: here, its final test again
+    alone_again = tmp_path / "in-one"
+    shutil.copytree(run, alone_again)
+    (alone_again / "metrics.json").unlink()
+    cfg, resume = finetune.parse_config(["--resume", str(alone_again / "last.pt")])
+    finetune.train(cfg, resume)
+    assert json.loads((alone_again / "metrics.json").read_text())["test"]["top1"] == top1_two
+
+
+@pytest.mark.slow
+def test_a_one_process_checkpoint_resumes_under_two(tmp_path, monkeypatch):
+    """Staged run: the head alone in one process, interrupted; the unfrozen epoch under torchrun (DDP over the whole model)."""
+    data = make_image_folder(tmp_path / "gestures", per_class=10, size=48)
+    cfg = tiny_config(data, tmp_path / "run", epochs=3, head_epochs=1, batch_size=4)  # 18 training images
+    assert train_interrupted_in_epoch_2(cfg, monkeypatch) == 130
+    one_process_lr = float(history(tmp_path / "run")[0]["lr"])
+    finished(torchrun(["--resume", str(tmp_path / "run" / "last.pt")], cwd=tmp_path, logs=tmp_path / "logs"))
+    rows = history(tmp_path / "run")
+    assert [(r["epoch"], r["frozen_backbone"]) for r in rows] == [("1", "True"), ("2", "False"), ("3", "False")]
+    assert float(rows[0]["lr"]) == one_process_lr
+    # under 2 processes: 2 steps per epoch (9 images per rank, batches of 4), 1 of warm-up, peak 2 x 3e-3;
+    # after epoch 2, step 4 of 6: the schedule continues at the epoch reached, not at one process's step 4
+    assert float(rows[1]["lr"]) == pytest.approx(scaled_lr(3e-3, 2) * 0.5 * (1 + math.cos(math.pi * 3 / 5)), rel=1e-9)
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["world_size"] == 2
+    assert load_classifier(tmp_path / "run" / "best.pt", device="cpu", engine="torch").classes == ["fist", "palm", "peace"]
+
+
+@pytest.mark.slow
+def test_cached_features_train_the_head_under_two_processes_as_in_one(tmp_path, monkeypatch):
+    """Linear probe on the feature cache (--augment none): rank 0 extracts and caches, the other rank
+    loads; every rank trains the head on the global batches, as one process with that batch does."""
+    monkeypatch.setenv("GESTURE_CACHE_DIR", str(tmp_path / "cache"))
+    data = make_image_folder(tmp_path / "gestures", per_class=10, size=48)
+    probe = ["--backbone", "mobilenet_v3_large", "--weights", "none", "--image-size", "32", "--freeze", "backbone",
+             "--augment", "none", "--epochs", "2", "--val-split", "0.2", "--test-split", "0.2", "--workers", "0", "--seed", "1"]  # fmt: skip
+    finished(torchrun(["--data", str(data), *probe, "--batch-size", "4", "--lr", "3e-3", "--out", str(tmp_path / "two")], cwd=tmp_path, logs=tmp_path / "logs"))
+    assert "features train: 18 photos" in rank_output(tmp_path / "logs", 0) and rank_output(tmp_path / "logs", 1) == ""
+    cached = sorted(p.name for p in (tmp_path / "cache" / "features").iterdir())
+    assert len(cached) == 3 and all(name.endswith(".pt") and not name.startswith(".") for name in cached)  # train, val, test; no partial file
+    assert finetune.main(["--data", str(data), *probe, "--batch-size", "8", "--lr", "6e-3", "--out", str(tmp_path / "one")]) == 0
+    assert sorted(p.name for p in (tmp_path / "cache" / "features").iterdir()) == cached  # one process found them all
+    for a, b in zip(history(tmp_path / "one"), history(tmp_path / "two"), strict=True):
+        assert float(b["train_loss"]) == pytest.approx(float(a["train_loss"]), abs=1e-5)
+        assert a["val_top1"] == b["val_top1"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "args, message, only_rank_0_fails",
+    [
+        (["--data", "{tmp}/missing"], "error: --data", True),  # found by rank 0; rank 1, waiting for it, stops cleanly
+        (["--data", "{tmp}", "--sync-bn", "--out", "{tmp}/run"], "error: --sync-bn needs CUDA", False),  # found by every rank
+    ],
+    ids=["rank-0-error", "every-rank-error"],
+)
+def test_an_error_ends_the_job_with_that_error_and_writes_nothing(tmp_path, args, message, only_rank_0_fails):
+    args = [a.format(tmp=tmp_path) for a in args]
+    process = torchrun([*args, "--weights", "none"], cwd=tmp_path, logs=tmp_path / "logs")
+    output, _ = process.communicate(timeout=180)  # a hang would time out here
+    assert process.returncode != 0
+    assert message in rank_output(tmp_path / "logs", 0) and "Traceback" not in rank_output(tmp_path / "logs", 0)
+    assert rank_output(tmp_path / "logs", 1) == ""
+    assert "rank      : 0" in output and "exitcode  : 2" in output  # torchrun's failure summary names rank 0
+    assert ("<NO_OTHER_FAILURES>" in output) == only_rank_0_fails  # not rank 1 killed while it waited
+    assert not (tmp_path / "run").exists() and not (tmp_path / "runs").exists()
+
+
+@pytest.mark.slow
+def test_training_benchmark_reports_each_process_and_the_total(tmp_path):
+    command = [str(TORCHRUN), "--standalone", "--nproc_per_node", "2", "-m", "benchmarks.train", "--backbone", "lenet5",
+               "--batch", "8", "--skip", "loader", "frozen", "--quick", "--json"]  # fmt: skip
+    done = subprocess.run(command, cwd=tmp_path, env=environment(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [json.loads(line) for line in done.stdout.splitlines()]  # rank 0's rows only
+    assert len(rows) == 3
+    for row in rows:
+        assert row["processes"] == 2 and row["batch"] == 8 and len(row["img_per_s_by_process"]) == 2
+        assert min(row["img_per_s_by_process"]) > 0
+        assert row["img_per_s"] == pytest.approx(sum(row["img_per_s_by_process"]), abs=0.05)
+        assert row["img_per_s_per_process"] == pytest.approx(row["img_per_s"] / 2, abs=0.05)
