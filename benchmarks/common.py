@@ -36,6 +36,14 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_family() -> int | None:
+    """/proc/cpuinfo's "cpu family" (AMD: 25 is Zen 3/4, 26 is Zen 5), where the kernel gives it."""
+    try:
+        return int(next(line for line in open("/proc/cpuinfo") if line.startswith("cpu family")).split(":", 1)[1])
+    except (OSError, StopIteration, ValueError):
+        return None
+
+
 def cpu_flags() -> list[str]:
     """The vector extensions that decide CPU inference speed (AVX-512, bf16, AMX, VNNI)."""
     try:
@@ -197,14 +205,16 @@ def openvino_gemm(precision: str, seconds: float) -> float | None:
 
 def theoretical_peak(precision: str) -> tuple[float | None, str]:
     """(GFLOP/s, the formula) from cores x SIMD lanes x 2 (a fused multiply-add) x FMA pipes x clock.
-    The datapath is 256 bits on AMD cores (Zen 4 runs AVX-512 as two 256-bit halves), 512 on Intel
-    cores with AVX-512, else 256 with AVX2; two FMA pipes per core. bf16 dot products (AVX512_BF16)
+    The datapath is 512 bits on Intel cores with AVX-512 and on AMD Zen 5 (CPU family 26), 256 bits on
+    Zen 4 (which runs AVX-512 as two 256-bit halves) and with AVX2; two FMA pipes per core. The clock is
+    the highest the kernel reports; in a VM that may be the base clock, below what the core boosts to. bf16 dot products (AVX512_BF16)
     and fp16 arithmetic (AVX512_FP16) do twice the fp32 lanes; AMX is not counted."""
     ghz = max_clock_ghz()
     if ghz is None:
         return None, "unknown (no clock speed in /proc/cpuinfo or cpufreq)"
     flags, cores = cpu_flags(), os.cpu_count() or 1
-    width = 512 if "avx512f" in flags and "AMD" not in cpu_model() else 256 if ("avx2" in flags or "avx512f" in flags) else 128
+    full_avx512 = "avx512f" in flags and ("AMD" not in cpu_model() or (cpu_family() or 0) >= 26)
+    width = 512 if full_avx512 else 256 if ("avx2" in flags or "avx512f" in flags) else 128
     lanes = width // 32 * (2 if (precision == "bf16" and "avx512_bf16" in flags) or (precision == "fp16" and "avx512_fp16" in flags) else 1)
     peak = cores * lanes * 2 * FMA_PIPES * ghz
     return round(peak, 1), f"{cores} cores x {lanes} {precision} lanes ({width}-bit) x 2 (FMA) x {FMA_PIPES} FMA pipes x {ghz:.2f} GHz"

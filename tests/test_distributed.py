@@ -23,7 +23,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from training.engine import build_optimizer, warmup_cosine
 
 import training.finetune as finetune
 from gesture_core import load_classifier
@@ -31,6 +30,7 @@ from tests.helpers import REPO, make_image_folder, train_interrupted_in_epoch_2
 from tests.test_finetune import ARTEFACTS, tiny_config
 from training.data import SeededSampler
 from training.distributed import ShardedSeededSampler, continue_schedule, scaled_lr
+from training.loop import build_optimizer, warmup_cosine
 
 PER_CLASS = 40  # sign-digits photos per class copied into the test's dataset: 20 for test, 20 for training
 EPOCHS = 4

@@ -37,7 +37,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from gesture_core.checkpoint import resolve_device
 from training.data import SeededSampler
-from training.engine import EpochResult
+from training.loop import EpochResult
 
 T = TypeVar("T")
 TIMEOUT_ENV = "GESTURE_DIST_TIMEOUT_S"
