@@ -7,6 +7,7 @@ it, and a checkpoint can never execute code):
     backbone     registry name              classes   list of class names, index order
     data_config  DataConfig.to_dict()       train_config  the run's TrainConfig as a dict
     model        state dict                 metrics   optional evaluation results
+    rejection    optional: reject classes, temperature and threshold (gesture_core.rejection)
     (+ optimizer/scheduler/epoch/rng state in last.pt, for --resume)
 """
 
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,10 +28,10 @@ from gesture_core.backbones import build_model, drop_aux, get_backbone, load_mat
 from gesture_core.engines import Engine, build_engine
 from gesture_core.images import ImageSource
 from gesture_core.preprocess import DataConfig, Preprocess
+from gesture_core.rejection import Rejection, is_reject_name
 
 CHECKPOINT_FORMAT = "gesture-checkpoint"
 CHECKPOINT_VERSION = 1
-REJECT_CLASS = "none"  # a class with this name means "no gesture" to the service and the webcam
 
 
 class CheckpointError(ValueError):
@@ -111,7 +112,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 @dataclass(frozen=True)
 class Prediction:
-    label: str | None  # None when rejected (below threshold, or the "none" class)
+    label: str | None  # None when rejected (below threshold, or a "no gesture" class)
     score: float
     top_k: list[tuple[str, float]] = field(default_factory=list)
 
@@ -123,12 +124,14 @@ class Prediction:
         }
 
 
-def decode_probs(probs: np.ndarray, classes: Sequence[str], *, k: int = 5, threshold: float = 0.0) -> Prediction:
-    """probabilities -> label: top-k, and rejection below ``threshold`` or on the ``none`` class."""
+def decode_probs(probs: np.ndarray, classes: Sequence[str], *, k: int = 5, threshold: float = 0.0,
+                 reject_classes: Collection[str] | None = None) -> Prediction:
+    """probabilities -> label: top-k, and rejection below ``threshold`` or on a reject class
+    (``reject_classes``; None: the classes with a common "no gesture" name, gesture_core.rejection)."""
     order = np.argsort(-probs)[: max(1, min(k, len(classes)))]
     top = [(classes[i], float(probs[i])) for i in order]
     label, score = top[0]
-    rejected = score < threshold or label == REJECT_CLASS
+    rejected = score < threshold or (is_reject_name(label) if reject_classes is None else label in reject_classes)
     return Prediction(None if rejected else label, score, top)
 
 
@@ -145,6 +148,7 @@ class Classifier:
         self.train_config: dict[str, Any] = checkpoint.get("train_config", {})
         self.metrics: dict[str, Any] = checkpoint.get("metrics", {})
         self.preprocess = Preprocess(self.data_config)
+        self.rejection = Rejection.from_checkpoint(checkpoint)  # temperature, reject classes, threshold
         shape = (self.data_config.in_chans, self.data_config.input_size, self.data_config.input_size)
         # What logits/probs/predict run on (gesture_core.engines): eager, compiled, ONNX Runtime or OpenVINO.
         self.engine: Engine = build_engine(self.model, engine=engine, precision=precision, device=device, input_shape=shape)
@@ -157,14 +161,21 @@ class Classifier:
         return self.engine(batch)
 
     def probs(self, batch: torch.Tensor) -> np.ndarray:
-        return softmax(self.logits(batch).cpu().numpy())
+        """Calibrated probabilities: the one place the stored temperature is applied."""
+        return softmax(self.rejection.scale(self.logits(batch).cpu().numpy()))
 
     def predict_proba(self, images: Sequence[ImageSource]) -> np.ndarray:
         """Probabilities (N, num_classes) for paths, bytes, PIL images or RGB arrays."""
         return self.probs(self.preprocess.load_batch(images))
 
-    def predict(self, image: ImageSource, *, k: int = 5, threshold: float = 0.0) -> Prediction:
-        return decode_probs(self.predict_proba([image])[0], self.classes, k=k, threshold=threshold)
+    def predict(self, image: ImageSource, *, k: int = 5, threshold: float | None = None) -> Prediction:
+        return self.decide(self.predict_proba([image])[0], k=k, threshold=threshold)
+
+    def decide(self, probs: np.ndarray, *, k: int = 5, threshold: float | None = None) -> Prediction:
+        """One image's probabilities -> Prediction, with the stored reject classes and threshold
+        (``threshold`` overrides the stored one; it must lie in 0-1)."""
+        return decode_probs(probs, self.classes, k=k, threshold=self.rejection.threshold_or(threshold),
+                            reject_classes=self.rejection.reject_classes)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
