@@ -36,7 +36,7 @@ import torch
 from bentoml.exceptions import BadInput, BentoMLException, NotFound, ServiceUnavailable
 from pydantic import AfterValidator, BaseModel, Field
 
-from gesture_core import Classifier, ImageDecodeError, decode_probs, load_classifier
+from gesture_core import Classifier, ImageDecodeError, load_classifier
 from gesture_core.images import probe_image
 from service import settings
 from service.http_guard import FormPart, RequestGuard, Send
@@ -73,7 +73,7 @@ class LabelScore(BaseModel):
 
 
 class PredictionOut(BaseModel):
-    label: str | None = Field(description="the gesture; null when rejected (top score below `threshold`, or the 'none' class)")
+    label: str | None = Field(description="the gesture; null when rejected (top score below `threshold`, or a 'no gesture' class such as none or nothing)")
     score: float = Field(description="probability of the top class")
     top_k: list[LabelScore] = Field(description="the k most probable classes, best first")
     model: str = Field(description="name:version of the served model")
@@ -94,6 +94,8 @@ class ModelInfo(BaseModel):
     engine: str = Field(description="what runs the model: torch, compile, onnx or openvino, and its precision")
     limits: dict[str, int]
     batching: dict[str, int] = Field(description="batch limits, and /predict's model calls and images since start-up")
+    rejection: dict[str, Any] = Field(description="'no gesture': reject classes, temperature, the default threshold and how it was chosen; "
+                                                  "calibration says 'uncalibrated' for checkpoints from before calibration")
 
 
 def check_base64(value: str | None) -> str | None:
@@ -125,7 +127,8 @@ def decode_base64(value: str, what: str = "image_b64") -> bytes:
 
 
 TopK = Annotated[int, Field(ge=1, le=1000, description="how many classes to list in top_k")]
-Threshold = Annotated[float, Field(ge=0.0, le=1.0, description="below this top score the label is null")]
+Threshold = Annotated[float | None, Field(ge=0.0, le=1.0, description="between 0 and 1: below this top score the label is null "
+                                                                         "(default: the model's calibrated threshold, shown by /info)")]
 # `Path` (not Optional[Path]) with a None default: BentoML 1.4 only treats a plain Path as a file upload.
 ImageFile = Annotated[Path, Field(description="the image file (JPEG, PNG, WebP, BMP, TIFF, ...)")]
 ImageFiles = Annotated[list[Path], Field(description="the image files; repeat the multipart field")]
@@ -200,14 +203,14 @@ class GestureClassifier:
             logger.info("model threads stopped: %d /predict images in %d model calls", stats.items, stats.batches)
 
     @bentoml.api
-    async def predict(self, image: ImageFile = None, image_b64: ImageBase64 = None, top_k: TopK = 5, threshold: Threshold = 0.0) -> PredictionOut:
+    async def predict(self, image: ImageFile = None, image_b64: ImageBase64 = None, top_k: TopK = 5, threshold: Threshold = None) -> PredictionOut:
         """Classify one image: multipart field `image`, or JSON `{"image_b64": ...}`."""
         crop = await self.upload_crop(image, image_b64)
         return self.prediction(await self.probabilities(crop), top_k, threshold)
 
     @bentoml.api
     async def predict_batch(self, images: ImageFiles = None, images_b64: list[str] | None = None,
-                            top_k: TopK = 5, threshold: Threshold = 0.0) -> list[PredictionOut]:
+                            top_k: TopK = 5, threshold: Threshold = None) -> list[PredictionOut]:
         """Classify several images in one request (repeat the multipart field `images`, or JSON `images_b64`)."""
         uploads = await anyio.to_thread.run_sync(self.many_uploads, images, images_b64)
         crops = await anyio.to_thread.run_sync(self.decode_all, uploads)
@@ -215,7 +218,7 @@ class GestureClassifier:
         return [self.prediction(p, top_k, threshold) for p in probs]
 
     @bentoml.api
-    async def predict_batched(self, image: ImageFile = None, image_b64: ImageBase64 = None, top_k: TopK = 5, threshold: Threshold = 0.0) -> PredictionOut:
+    async def predict_batched(self, image: ImageFile = None, image_b64: ImageBase64 = None, top_k: TopK = 5, threshold: Threshold = None) -> PredictionOut:
         """Same contract as /predict, batched through BentoML's adaptive batching instead of in the worker."""
         crop = await self.upload_crop(image, image_b64)
         probs = await self.batched_probabilities(crop)
@@ -242,6 +245,7 @@ class GestureClassifier:
                     "max_batch_images": self.limits.max_batch_images},
             batching={"max_batch_size": BATCHING.max_batch_size, "max_latency_ms": BATCHING.max_latency_ms,
                       **self.predict_batch_stats()},
+            rejection=self.classifier.rejection.info(),
         )
 
     # --- the steps behind the endpoints -------------------------------------------------------
@@ -332,15 +336,15 @@ class GestureClassifier:
         with self._model_calls, torch.inference_mode():
             return self.classifier.probs(batch)
 
-    def prediction(self, probs: np.ndarray, top_k: int, threshold: float) -> PredictionOut:
-        result = decode_probs(probs, self.classifier.classes, k=top_k, threshold=threshold).to_dict()
+    def prediction(self, probs: np.ndarray, top_k: int, threshold: float | None) -> PredictionOut:
+        result = self.classifier.decide(probs, k=top_k, threshold=threshold).to_dict()
         return PredictionOut(**result, model=self.model_tag)
 
 
 class PlainPredict(NamedTuple):
     image: bytes
     top_k: int
-    threshold: float
+    threshold: float | None
 
 
 async def predict_shortcut(parts: list[FormPart], send: Send) -> bool:

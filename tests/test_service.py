@@ -447,7 +447,7 @@ def test_only_plain_multipart_predicts_take_the_shortcut():
         return plain_predict_request(form) if form else None  # the guard offers multipart bodies only
 
     image = ("image", "a.jpg", b"JPEG bytes")
-    assert request(image) == PlainPredict(b"JPEG bytes", 5, 0.0)  # the endpoint's own defaults
+    assert request(image) == PlainPredict(b"JPEG bytes", 5, None)  # the endpoint's own defaults (None: the model's threshold)
     assert request(image, ("top_k", None, b"2"), ("threshold", None, b"0.25")) == PlainPredict(b"JPEG bytes", 2, 0.25)
     for not_plain in [
         request(image, content_type=b"application/json"),

@@ -61,6 +61,7 @@ class SplitOutputs:
     features: np.ndarray
     logits: np.ndarray
     targets: np.ndarray
+    index: np.ndarray  # of each row in the samples given (images that failed to decode have none)
 
 
 @torch.inference_mode()
@@ -73,7 +74,7 @@ def split_outputs(model: torch.nn.Module, backbone: str, samples: Sequence[Sampl
     features = split.features[keep]
     head = get_submodule_or_none(model, spec.heads[0]).eval()
     logits = head(features.to(device)).float().cpu() if len(features) else torch.zeros((0, 0))
-    return SplitOutputs(features.numpy(), logits.numpy(), split.labels[keep].numpy())
+    return SplitOutputs(features.numpy(), logits.numpy(), split.labels[keep].numpy(), keep.nonzero().flatten().numpy())
 
 
 # --- calibration --------------------------------------------------------------------------------
