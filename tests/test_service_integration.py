@@ -139,6 +139,7 @@ def test_health_info_and_openapi(http, model_tag):
     info = http.post("/info").json()
     assert info["model"] == model_tag and info["limits"]["max_upload_bytes"] == UPLOAD_LIMIT_MB * 1024 * 1024
     assert info["batching"]["max_latency_ms"] == 60000
+    assert info["rejection"]["calibration"] == "uncalibrated" and info["rejection"]["threshold"] == 0.0  # a checkpoint without calibration
     paths = http.get("/docs.json").json()["paths"]
     assert {"/predict", "/predict_batch", "/predict_batched", "/info"} <= set(paths)
 
