@@ -1,6 +1,6 @@
 """How well "no gesture" works on ../shared/data/asl-alphabet: the open-set table of docs/no-gesture.md.
 
-    .venv/bin/python -m benchmarks.open_set --quick       # linear probe at 96 px: minutes on 2 CPU cores
+    .venv/bin/python -m benchmarks.open_set --quick       # linear probe on cached features (224 px): minutes on 2 CPU cores
     .venv/bin/python -m benchmarks.open_set               # fine-tune at 128 px, 3 epochs
     .venv/bin/python -m benchmarks.open_set --json --out runs/open-set
 
@@ -43,7 +43,7 @@ ASL = REPO.parent / "shared" / "data" / "asl-alphabet"
 OPEN20_KNOWN = [chr(c) for c in range(ord("A"), ord("T") + 1)] + ["nothing"]
 TEST_SHARE, VAL_SHARE = 0.2, 0.1
 RECIPES = {  # both: no flips (a mirrored sign is another hand), nothing else changed from the defaults
-    "quick": dict(freeze="backbone", augment="none", epochs=8, image_size=96, lr=3e-3, flip=False),
+    "quick": dict(freeze="backbone", augment="none", epochs=10, lr=3e-3, flip=False),
     "full": dict(epochs=3, image_size=128, lr=3e-3, backbone_lr_mult=0.3, warmup_epochs=0.5, flip=False),
 }
 
@@ -106,7 +106,7 @@ def format_open_set_table(results: list[dict[str, Any]]) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks.open_set", description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="linear probe on cached features at 96 px (minutes) instead of a 128 px fine-tune")
+    p.add_argument("--quick", action="store_true", help="linear probe on cached features (minutes) instead of a 128 px fine-tune")
     p.add_argument("--scenarios", default="all29,open20", help="comma-separated: all29, open20")
     p.add_argument("--data", type=Path, default=ASL, help="the asl-alphabet folder")
     p.add_argument("--out", type=Path, default=None, help="keep the runs here (default: a temporary folder)")
