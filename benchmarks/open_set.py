@@ -124,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     note(f"{describe_machine()}; recipe {recipe}")
     results = []
     with tempfile.TemporaryDirectory(prefix="open-set-") as tmp:
-        work, out = Path(tmp), args.out or Path(tmp) / "runs"
+        # with --out, the split folders stay beside the runs, so training.evaluate can use their split.json later
+        work, out = (args.out / "data", args.out) if args.out else (Path(tmp), Path(tmp) / "runs")
         all_classes = sorted(p.name for p in args.data.iterdir() if p.is_dir())
         for name in args.scenarios.split(","):
             if name == "all29":

@@ -244,8 +244,10 @@ def open_set_report(val: SplitOutputs, test: SplitOutputs, rejection: Rejection,
 
 
 def plot_tradeoff(path: Path, outputs: SplitOutputs, rejection: Rejection, classes: Sequence[str], title: str) -> Path:
-    """Accepted-gesture accuracy against the false-accept rate (or, without reject-class images, against
-    the share of gestures rejected) as the threshold moves from 0 to 1; the chosen one marked."""
+    """Left: accepted-gesture accuracy against the false-accept rate (or, without reject-class images,
+    against the share of gestures rejected) as the threshold moves from 0 to 1. Right: the same rates
+    against the threshold, which still shows the trade-off when no reject-class image is ever accepted.
+    The chosen threshold is marked on both."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -253,15 +255,20 @@ def plot_tradeoff(path: Path, outputs: SplitOutputs, rejection: Rejection, class
 
     reject = [list(classes).index(c) for c in rejection.reject_classes]
     outcome = Outcome.of(acceptance_scores(outputs, rejection.temperature, reject), outputs, reject)
-    sweep = outcome.at(np.linspace(0, 1, 201))
-    chosen = outcome.at(np.array([rejection.threshold]))
+    thresholds = np.linspace(0, 1, 201)
+    sweep, chosen = outcome.at(thresholds), outcome.at(np.array([rejection.threshold]))
     x_key, x_label = ("false_accept", "false-accept rate on reject-class images") if (~outcome.gesture).any() else ("gesture_rejected", "share of gesture images rejected")
-    fig, ax = plt.subplots(figsize=(6, 4.2))
+    fig, (ax, by_threshold) = plt.subplots(1, 2, figsize=(11, 4.2))
     ax.plot(sweep[x_key], sweep["accepted_accuracy"], marker=".", markersize=3)
     ax.scatter(chosen[x_key], chosen["accepted_accuracy"], color="red", zorder=3, label=f"threshold {rejection.threshold:.3f} (T = {rejection.temperature:.2f})")
     ax.set(xlabel=x_label, ylabel="accuracy of accepted gestures", title=title)
-    ax.grid(alpha=0.3)
-    ax.legend()
+    for key, label in (("accepted_accuracy", "accuracy of accepted gestures"), ("recall", "gesture recall"), (x_key, x_label)):
+        by_threshold.plot(thresholds, sweep[key], label=label)
+    by_threshold.axvline(rejection.threshold, color="red", linestyle="--", label="chosen threshold")
+    by_threshold.set(xlabel="threshold on the calibrated top probability", ylim=(-0.02, 1.02), title="as the threshold moves")
+    for axis in (ax, by_threshold):
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

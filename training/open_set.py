@@ -147,6 +147,8 @@ def evaluate_open_set(classifier: Classifier, samples: Sequence[Sample], *, thre
     rejection = classifier.rejection
     threshold = rejection.threshold_or(threshold)
     known = outputs_of(classifier, samples, workers=workers, desc="open-set features")
+    if len(known.targets) == 0:
+        return {**rejection.info(), "threshold": threshold, "test": {"n": 0}}  # every image failed to decode: reported as skipped
     write_predictions(out / "predictions.csv", classifier, samples, known, threshold)
     report = {**rejection.info(), "threshold": threshold, "test": operating_point(known, rejection, classifier.classes, threshold)}
     print(format_open_set(report))
