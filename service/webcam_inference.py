@@ -33,6 +33,8 @@ class Engine(Protocol):
 
     def __call__(self, bgr: np.ndarray) -> Scores: ...
 
+    def rejection(self) -> Rejection | None: ...  # the model's "no gesture" rule, None if unknown
+
     def close(self) -> None: ...
 
 
