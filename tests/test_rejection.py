@@ -17,7 +17,7 @@ from gesture_core import build_model, get_backbone, load_checkpoint, load_classi
 from gesture_core.rejection import Rejection, find_reject_classes
 from service.webcam_inference import UNCALIBRATED_WEBCAM_THRESHOLD, LocalEngine, decision_rule
 from tests.helpers import REPO, make_image_folder, synthetic_image
-from training.calibrate import expected_calibration_error, fit_temperature, split_outputs
+from training.calibrate import SplitOutputs, calibrate, expected_calibration_error, fit_temperature, split_outputs
 from training.data import Splits
 
 
@@ -139,3 +139,15 @@ def test_load_classifier_applies_the_stored_threshold_and_classes(calibrated_run
         assert len(prediction.top_k) == 5  # a rejected prediction keeps its top-k
     report = json.loads((calibrated_run / "eval" / "metrics.json").read_text())["open_set"]
     assert report["threshold"] == stored["threshold"] and report["calibration"] == "calibrated"
+
+
+def test_a_reject_class_without_validation_images_warns_and_falls_back_to_the_known_classes_rule():
+    rng = np.random.default_rng(0)
+    targets = np.repeat([0, 1], 20)  # classes fist, palm; the reject class "none" (index 2) has no validation image
+    logits = rng.normal(0, 1, (40, 3)).astype(np.float32)
+    logits[np.arange(40), targets] += 3.0
+    val = SplitOutputs(np.zeros((40, 1), np.float32), logits, targets, np.arange(40))
+    with pytest.warns(UserWarning, match="none have no validation images"):
+        rejection = calibrate(val, ["fist", "palm", "none"], ["none"], target_recall=0.9)
+    assert rejection.calibrated and rejection.reject_classes == ("none",) and rejection.rule.startswith("known classes only")
+    assert 0.0 < rejection.threshold <= 1.0
