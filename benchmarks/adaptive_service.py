@@ -62,11 +62,11 @@ class AdaptiveGestureClassifier:
         self.model_tag, self.classifier = load_stored_classifier()  # for its crop: the product's own decoding
 
     @bentoml.api
-    async def predict(self, image: ImageFile = None, image_b64: ImageBase64 = None, top_k: TopK = 5, threshold: Threshold = 0.0) -> PredictionOut:
+    async def predict(self, image: ImageFile = None, image_b64: ImageBase64 = None, top_k: TopK = 5, threshold: Threshold = None) -> PredictionOut:
         upload = image if image is not None else decode_base64(image_b64)
         crop = await anyio.to_thread.run_sync(crop_upload, self.classifier, upload, "image", SETTINGS.max_pixels)
         probs = await self.model.to_async.classify(crop[None])
-        return prediction_out(np.asarray(probs)[0], self.classifier.classes, top_k, threshold, self.model_tag)
+        return prediction_out(self.classifier, np.asarray(probs)[0], top_k, threshold, self.model_tag)
 
     @bentoml.api
     def info(self) -> dict:

@@ -7,6 +7,7 @@ it, and a checkpoint can never execute code):
     backbone     registry name              classes   list of class names, index order
     data_config  DataConfig.to_dict()       train_config  the run's TrainConfig as a dict
     model        state dict                 metrics   optional evaluation results
+    rejection    optional: reject classes, temperature and threshold (gesture_core.rejection)
     (+ optimizer/scheduler/epoch/rng state in last.pt, for --resume)
 """
 

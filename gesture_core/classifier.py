@@ -13,7 +13,7 @@ still run the model once for many requests, with the same answer as ``predict`` 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,13 +25,12 @@ from gesture_core.checkpoint import CheckpointError, build_from_checkpoint, load
 from gesture_core.engines import Engine, build_engine
 from gesture_core.images import ImageSource, bgr_to_rgb
 from gesture_core.preprocess import DataConfig, Preprocess
-
-REJECT_CLASS = "none"  # a class with this name means "no gesture" to the service and the webcam
+from gesture_core.rejection import Rejection, is_reject_name
 
 
 @dataclass(frozen=True)
 class Prediction:
-    label: str | None  # None when rejected (below threshold, or the "none" class)
+    label: str | None  # None when rejected (below threshold, or a "no gesture" class)
     score: float
     top_k: list[tuple[str, float]] = field(default_factory=list)
 
@@ -43,12 +42,14 @@ class Prediction:
         }
 
 
-def decode_probs(probs: np.ndarray, classes: Sequence[str], *, k: int = 5, threshold: float = 0.0) -> Prediction:
-    """probabilities -> label: top-k, and rejection below ``threshold`` or on the ``none`` class."""
+def decode_probs(probs: np.ndarray, classes: Sequence[str], *, k: int = 5, threshold: float = 0.0,
+                 reject_classes: Collection[str] | None = None) -> Prediction:
+    """probabilities -> label: top-k, and rejection below ``threshold`` or on a reject class
+    (``reject_classes``; None: the classes with a common "no gesture" name, gesture_core.rejection)."""
     order = np.argsort(-probs)[: max(1, min(k, len(classes)))]
     top = [(classes[i], float(probs[i])) for i in order]
     label, score = top[0]
-    rejected = score < threshold or label == REJECT_CLASS
+    rejected = score < threshold or (is_reject_name(label) if reject_classes is None else label in reject_classes)
     return Prediction(None if rejected else label, score, top)
 
 
@@ -65,6 +66,7 @@ class Classifier:
         self.train_config: dict[str, Any] = checkpoint.get("train_config", {})
         self.metrics: dict[str, Any] = checkpoint.get("metrics", {})
         self.preprocess = Preprocess(self.data_config)
+        self.rejection = Rejection.from_checkpoint(checkpoint)  # temperature, reject classes, threshold
         shape = (self.data_config.in_chans, self.data_config.input_size, self.data_config.input_size)
         # What classify runs on (gesture_core.engines): eager, compiled, ONNX Runtime or OpenVINO.
         self.engine: Engine = build_engine(self.model, engine=engine, precision=precision, device=device, input_shape=shape)
@@ -86,9 +88,15 @@ class Classifier:
         """Crops made by ``crop`` -> class probabilities (N, num_classes), in one model call."""
         return self.probs(self.preprocess.normalize_batch(crops))
 
-    def predict(self, image: ImageSource, *, k: int = 5, threshold: float = 0.0, bgr: bool = False) -> Prediction:
-        """``crop`` then ``classify``, then the label: top-k, and rejection below ``threshold``."""
-        return decode_probs(self.classify([self.crop(image, bgr=bgr)])[0], self.classes, k=k, threshold=threshold)
+    def predict(self, image: ImageSource, *, k: int = 5, threshold: float | None = None, bgr: bool = False) -> Prediction:
+        """``crop`` then ``classify``, then ``decide``."""
+        return self.decide(self.classify([self.crop(image, bgr=bgr)])[0], k=k, threshold=threshold)
+
+    def decide(self, probs: np.ndarray, *, k: int = 5, threshold: float | None = None) -> Prediction:
+        """One image's probabilities -> Prediction: top-k, and "no gesture" (label None) on the stored
+        reject classes or below the threshold (``threshold`` overrides the stored one; it must lie in 0-1)."""
+        return decode_probs(probs, self.classes, k=k, threshold=self.rejection.threshold_or(threshold),
+                            reject_classes=self.rejection.reject_classes)
 
     def predict_proba(self, images: Sequence[ImageSource]) -> np.ndarray:
         """Probabilities (N, num_classes) for several images, as one batch."""
@@ -102,7 +110,8 @@ class Classifier:
             return self.engine(batch)
 
     def probs(self, batch: torch.Tensor) -> np.ndarray:
-        return softmax(self.logits(batch).cpu().numpy())
+        """Calibrated probabilities: the one place the stored temperature is applied."""
+        return softmax(self.rejection.scale(self.logits(batch).cpu().numpy()))
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -29,7 +29,7 @@ import numpy as np
 from bentoml.exceptions import BadInput, BentoMLException, NotFound
 from pydantic import AfterValidator, BaseModel, Field, StrictFloat, StrictInt
 
-from gesture_core import Classifier, ImageDecodeError, decode_probs
+from gesture_core import Classifier, ImageDecodeError
 from service.browser_demo import DEMO_PATH, allow_cors_origins, demo_app
 from service.http_guard import EndpointFields, RequestGuard
 from service.import_model import CHECKPOINT_FILE
@@ -64,7 +64,7 @@ class LabelScore(BaseModel):
 
 
 class PredictionOut(BaseModel):
-    label: str | None = Field(description="the gesture; null when rejected (top score below `threshold`, or the 'none' class)")
+    label: str | None = Field(description="the gesture; null when rejected (top score below `threshold`, or a 'no gesture' class such as none or nothing)")
     score: float = Field(description="probability of the top class")
     top_k: list[LabelScore] = Field(description="the k most probable classes, best first")
     model: str = Field(description="name:version of the served model")
@@ -85,6 +85,8 @@ class ModelInfo(BaseModel):
     engine: str = Field(description="what runs the model: torch, compile, onnx or openvino, and its precision")
     settings: dict[str, Any] = Field(description="the service's settings, as read at start-up")
     batching: dict[str, int] = Field(description="model calls and images since start-up, and the largest batch")
+    rejection: dict[str, Any] = Field(description="'no gesture': reject classes, temperature, the default threshold and how it was chosen; "
+                                                  "calibration says 'uncalibrated' for checkpoints from before calibration")
 
 
 def decode_base64(value: str) -> bytes:
@@ -105,7 +107,8 @@ def check_base64(value: str | None) -> str | None:
 
 # Strict: `true` is not 1, and "3" in JSON is not 3 (multipart text is JSON-decoded by BentoML first).
 TopK = Annotated[StrictInt, Field(ge=1, le=1000, description="how many classes to list in top_k")]
-Threshold = Annotated[StrictFloat, Field(ge=0.0, le=1.0, description="below this top score the label is null")]
+Threshold = Annotated[StrictFloat | None, Field(ge=0.0, le=1.0, description="between 0 and 1: below this top score the label is null "
+                                                                               "(default: the model's calibrated threshold, shown by /info)")]
 # `Path` (not Optional[Path]) with a None default: BentoML 1.4 only treats a plain Path as a file upload.
 ImageFile = Annotated[Path, Field(description="the image file (JPEG, PNG, WebP, BMP, TIFF, ...)")]
 ImageFiles = Annotated[list[Path], Field(description="the image files; repeat the multipart field")]
@@ -176,7 +179,7 @@ class GestureClassifier:
         logger.info("model threads stopped: %d images in %d model calls", stats.items, stats.batches)
 
     @bentoml.api
-    async def predict(self, image: ImageFile = None, image_b64: ImageBase64 = None, top_k: TopK = 5, threshold: Threshold = 0.0) -> PredictionOut:
+    async def predict(self, image: ImageFile = None, image_b64: ImageBase64 = None, top_k: TopK = 5, threshold: Threshold = None) -> PredictionOut:
         """Classify one image: multipart field `image`, or JSON `{"image_b64": ...}`."""
         if (image is None) == (image_b64 is None):
             raise BadInput("send exactly one image: a multipart file field named 'image', or JSON {\"image_b64\": \"<base64>\"}"
@@ -186,7 +189,7 @@ class GestureClassifier:
 
     @bentoml.api
     async def predict_batch(self, images: ImageFiles = None, images_b64: ImagesBase64 = None,
-                            top_k: TopK = 5, threshold: Threshold = 0.0) -> list[PredictionOut]:
+                            top_k: TopK = 5, threshold: Threshold = None) -> list[PredictionOut]:
         """Classify several images in one request (repeat the multipart field `images`, or JSON `images_b64`)."""
         uploads: list[Path | bytes] = [*(images or []), *(decode_base64(b) for b in images_b64 or [])]
         if not uploads:
@@ -211,14 +214,15 @@ class GestureClassifier:
             settings={**self.settings.describe(), "model": self.model_tag},
             batching={"model_calls": stats.batches, "images": stats.items, "largest_batch": stats.largest,
                       "model_threads": len(self.batcher.threads)},
+            rejection=self.classifier.rejection.info(),
         )
 
     async def crop(self, upload: Path | bytes, what: str) -> np.ndarray:
         """The upload's centre crop, made in a worker thread so that a large photo never holds up the event loop."""
         return await anyio.to_thread.run_sync(crop_upload, self.classifier, upload, what, self.settings.max_pixels)
 
-    def prediction(self, probs: np.ndarray, top_k: int, threshold: float) -> PredictionOut:
-        return prediction_out(probs, self.classifier.classes, top_k, threshold, self.model_tag)
+    def prediction(self, probs: np.ndarray, top_k: int, threshold: float | None) -> PredictionOut:
+        return prediction_out(self.classifier, probs, top_k, threshold, self.model_tag)
 
 
 def crop_upload(classifier: Classifier, upload: Path | bytes, what: str, max_pixels: int) -> np.ndarray:
@@ -230,8 +234,9 @@ def crop_upload(classifier: Classifier, upload: Path | bytes, what: str, max_pix
         raise BadInput(f"{what}: {err}") from None
 
 
-def prediction_out(probs: np.ndarray, classes: list[str], top_k: int, threshold: float, model_tag: str) -> PredictionOut:
-    return PredictionOut(**decode_probs(probs, classes, k=top_k, threshold=threshold).to_dict(), model=model_tag)
+def prediction_out(classifier: Classifier, probs: np.ndarray, top_k: int, threshold: float | None, model_tag: str) -> PredictionOut:
+    """The classifier's own decision: its reject classes, and its stored threshold unless one is given."""
+    return PredictionOut(**classifier.decide(probs, k=top_k, threshold=threshold).to_dict(), model=model_tag)
 
 
 def packaged_model_ref() -> LocalModel | None:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from service.webcam import capture
-from service.webcam.capture import ImageFolderWriter, LiveState, draw_overlay, due_saves, handle_key, main
+from service.webcam.capture import ImageFolderWriter, LiveState, draw_overlay, due_saves, handle_key, main, with_reject_class
 from service.webcam.sources import SourceError, describe_source, is_live, open_source, parse_source, read_frames
 from tests.helpers import REPO, synthetic_image
 
@@ -186,6 +186,17 @@ def test_keys_select_save_record_and_burst():
     assert state.roi == capture.DEFAULT_ROI
     handle_key(ord("q"), state, 0.0, burst=3)
     assert state.quit
+
+
+def test_key_n_counts_down_then_records_the_no_gesture_class():
+    assert with_reject_class(["fist", "palm"]) == ["fist", "palm", "none"]
+    assert with_reject_class(["fist", "Nothing"]) == ["fist", "Nothing"]
+    state = LiveState(["fist", "background", "palm"])
+    handle_key(ord("n"), state, 10.0, burst=2)
+    assert state.label == "background" and state.burst_left == 2
+    assert due_saves(state, 0, 12.9, every=1) == []  # still counting down
+    assert due_saves(state, 1, 13.0, every=1) == ["background"] and due_saves(state, 2, 13.1, every=1) == ["background"]
+    assert due_saves(state, 3, 13.2, every=1) == [] and state.burst_left == 0
 
 
 def test_overlay_draws_on_a_copy_and_marks_recording():

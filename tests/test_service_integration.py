@@ -142,6 +142,7 @@ def test_health_info_and_openapi(http, model_tag):
         assert http.get(path).status_code == 200, path
     info = http.post("/info").json()
     assert info["model"] == model_tag and info["settings"]["max_upload_bytes"] == UPLOAD_LIMIT_MB * 1024 * 1024
+    assert info["rejection"]["calibration"] == "uncalibrated" and info["rejection"]["threshold"] == 0.0  # a checkpoint without calibration
     paths = http.get("/docs.json").json()["paths"]
     assert {"/predict", "/predict_batch", "/info"} <= set(paths) and not {"/predict_batched", "/classify_crops"} & set(paths)
     assert "request_total" in http.get("/metrics").text

@@ -29,6 +29,9 @@ class TrainConfig:
     freeze: str = "none"
     head_epochs: int = 0
     patience: int = 0  # early stopping on val top-1; 0 disables
+    # "no gesture" (training.calibrate): None finds reject classes by name, [""] turns them off
+    reject_classes: list[str] | None = None
+    reject_target_recall: float = 0.99
     cache_features: str = "auto"  # frozen epochs on cached backbone features: auto (with augment "none") | on | off
     # augmentation
     augment: str = "default"

@@ -25,6 +25,7 @@ from gesture_core.preprocess import TTA_MODES, DataConfig, Preprocess, tta_crops
 from training import cli
 from training.data import DatasetError, ImageDataset, Sample, Splits, failure_reports, load_folder, make_loader
 from training.loop import IGNORE_LABEL
+from training.open_set import evaluate_open_set
 from training.report import classification_metrics, format_summary, write_json, write_report
 
 TTA_CHOICES = (*TTA_MODES, "all")
@@ -41,6 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--tta", choices=TTA_CHOICES, default="none",
                    help="test-time augmentation: flip, 5crop/10crop (AlexNet), multiscale (3 scales x flip); all: a table of every mode")
+    p.add_argument("--threshold", type=cli.float_in(0.0, 1.0, high_inclusive=True), default=None,
+                   help="'no gesture' below this calibrated score, 0-1 (default: the checkpoint's threshold)")
+    p.add_argument("--unknown", metavar="DIR", default=None,
+                   help="folder of gestures the model never learned (one folder per gesture): how many are rejected, and the worst cases")
     return p
 
 
@@ -146,6 +151,12 @@ def main(argv: list[str] | None = None) -> int:
     skipped += failure_reports(failed, classifier.data_config.resize_size)
     report = {"backbone": classifier.backbone, "classes": classifier.classes, "checkpoint": str(args.checkpoint), "data": name,
               "tta": single, "views_per_image": tta_view_count(single), "test": metrics, "skipped": skipped}
+    if single == "none":  # the open-set check decides as the service does: one view per image
+        try:
+            report["open_set"] = evaluate_open_set(classifier, samples, threshold=args.threshold, unknown_dir=args.unknown, out=out, workers=args.workers)
+        except DatasetError as err:
+            print(f"error: --unknown: {err}", file=sys.stderr)
+            return 2
     write_report(out, report, classifier.classes)
     title = f"{classifier.backbone} on {name}" + ("" if single == "none" else f", TTA {single} ({tta_view_count(single)} views/image)")
     print(format_summary(metrics, f"{title}:"))

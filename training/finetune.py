@@ -31,8 +31,10 @@ from gesture_core.checkpoint import (
 )
 from gesture_core.cli import EXIT_USAGE, USER_ERRORS, command
 from gesture_core.preprocess import DataConfig
+from gesture_core.rejection import find_reject_classes
 from training import cli, distributed
 from training.augment import PRESETS, build_eval_transform, build_train_transform
+from training.calibrate import add_rejection_args, calibrate_model, format_open_set
 from training.config import TrainConfig
 from training.data import DatasetError, ImageDataset, Splits, failure_reports, index_seed, load_splits, make_loader
 from training.distributed import ShardedSeededSampler, is_main_process
@@ -79,6 +81,7 @@ def build_parser(*, suppress_defaults: bool = False) -> argparse.ArgumentParser:
     g.add_argument("--head-epochs", type=cli.int_at_least(0), default=default(d.head_epochs), help="staged: train only the head for N epochs, then unfreeze")
     g.add_argument("--cache-features", choices=CACHE_CHOICES, default=default(d.cache_features), help="frozen epochs train the head on backbone features computed once (auto: when --augment none; on: also with augmentation, which those epochs then skip)")
     g.add_argument("--patience", type=cli.int_at_least(0), default=default(d.patience), help="early stopping after N epochs without val improvement (0: off)")
+    add_rejection_args(p.add_argument_group("no gesture (docs/no-gesture.md)"))
     g = p.add_argument_group("augmentation")
     g.add_argument("--augment", choices=PRESETS, default=default(d.augment))
     g.add_argument("--no-flip", dest="flip", action="store_false", default=default(True), help="no horizontal flips (for gestures whose meaning is mirrored)")
@@ -254,6 +257,7 @@ def train(cfg: TrainConfig, resume: Path | None = None) -> Path:
     """Run (or continue) fine-tuning; returns the run folder."""
     seed_everything(cfg.seed)
     run = prepare_run(cfg, resume)
+    find_reject_classes(run.splits.classes, cfg.reject_classes)  # a misspelt --reject-class fails before training
     train_loader, sampler, val_loader, test_loader = make_loaders(run)
     lr = distributed.scaled_lr(cfg.lr, cfg.world_size)
     optimizer = build_optimizer(run.model, run.backbone, opt=cfg.opt, lr=lr, backbone_lr_mult=cfg.backbone_lr_mult, weight_decay=cfg.weight_decay, momentum=cfg.momentum)
@@ -460,15 +464,18 @@ def finish(run: Run, state: dict[str, Any], test_loader, failed: set[str], featu
         "test": test_metrics,
         "skipped": skipped,
     }
-    save_checkpoint(best_path, **checkpoint_extra(run), metrics=metrics)
+    rejection, metrics["open_set"] = calibrate_model(run.model, run.cfg.backbone, run.splits, run.data_config, device=run.device, requested=run.cfg.reject_classes,
+                                                     target_recall=run.cfg.reject_target_recall, out=run.out, workers=run.cfg.workers)
+    save_checkpoint(best_path, **checkpoint_extra(run), metrics=metrics, rejection=rejection.to_dict())
     write_report(run.out, metrics, run.splits.classes)
     plot_curves(run.out / "curves.png", state["history"])
     print(format_summary(test_metrics, f"\ntest set, best epoch {metrics['best_epoch']}:"))
+    print(format_open_set(metrics["open_set"]))
     if skipped:
         listed = "\n".join(f"  {s['path']}: {s['reason']}" for s in skipped[:10])
         more = f"\n  … and {len(skipped) - 10} more (metrics.json lists all)" if len(skipped) > 10 else ""
         print(f"{len(skipped)} file(s) skipped:\n{listed}{more}")
-    print(f"results in {run.out}/ (best.pt, metrics.json, curves.png, confusion_matrix.png)")
+    print(f"results in {run.out}/ (best.pt, metrics.json, curves.png, confusion_matrix.png, open_set.png)")
 
 
 @command

@@ -6,14 +6,15 @@
 
 Live preview keys: 1-9 save one frame of that class (hold the key to save a stream), SPACE starts or
 stops recording the selected class (one frame every --every frames), b records a timed burst of
---burst frames after a 3-second countdown, r toggles the ROI box, u deletes the last saved image,
+--burst frames after a 3-second countdown, n does the same for the "no gesture" class (added as
+``none`` when --classes has none of its names), r toggles the ROI box, u deletes the last saved image,
 q or Esc quits. The overlay shows the class being recorded and how many images each class has.
 
 Images go to OUT/<class>/<class>-<session>-<n>.jpg, opened with O_EXCL so an existing file is
 never overwritten, and written whole or not at all: if the disk fills up the half-written file is
 removed, capture stops with a clear message, and every image saved before stays. With ``--roi``
 only the centred square (the same box the webcam demo classifies) is saved. Record a ``none``
-class too (background, hands at rest, half-gestures): the webcam demo uses it to say "no gesture".
+class too (NONE_TIP says what goes in it): training calibrates the "no gesture" threshold on it.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import cv2
 import numpy as np
 
 from gesture_core.cli import command
+from gesture_core.rejection import is_reject_name
 from service.webcam.demo import display_problem
 from service.webcam.overlay import centred_roi  # the webcam demo's box: captured crops match what it classifies
 from service.webcam.sources import SourceError, describe_source, is_live, open_source, read_frames
@@ -39,7 +41,9 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 MAX_KEYED_CLASSES = 9
 DEFAULT_ROI = 0.6  # the webcam demo's default --roi
 COUNTDOWN_S = 3.0
-NONE_TIP = "tip: record a 'none' class too (background, hands at rest): the webcam demo uses it to reject non-gestures"
+NONE_TIP = ("tip: record a 'none' class too (key n: a 3-second countdown, then a burst): the empty scene, hands at rest or "
+            "passing by, half-made signs and signs you do not train, other people. Training calibrates the 'no gesture' "
+            "threshold on it (docs/no-gesture.md)")
 _CLASS_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*$")
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 
@@ -183,6 +187,9 @@ def handle_key(key: int, state: LiveState, now: float, *, burst: int) -> None:
         state.say(f"recording {state.label}" if state.recording else "stopped", now)
     elif char == "b":
         state.burst_left, state.burst_starts_at = burst, now + COUNTDOWN_S
+    elif char == "n" and (reject := [i for i, name in enumerate(state.classes) if is_reject_name(name)]):
+        state.selected = reject[0]
+        state.burst_left, state.burst_starts_at = burst, now + COUNTDOWN_S
     elif char == "r":
         if state.roi is None:
             state.roi = state.last_roi
@@ -230,8 +237,8 @@ def draw_overlay(frame: np.ndarray, state: LiveState, counts: dict[str, int], no
         status = state.message
     if status:
         _text(canvas, status, (10, canvas.shape[0] - 40), (60, 60, 230))
-    hint = "1-9 save  space rec  b burst  r roi  u undo  q quit"
-    if "none" not in state.classes:
+    hint = "1-9 save  space rec  b burst  n no-gesture burst  r roi  u undo  q quit"
+    if not any(map(is_reject_name, state.classes)):
         hint = "add a 'none' class to reject non-gestures | " + hint
     _text(canvas, hint, (10, canvas.shape[0] - 14), (200, 200, 200), 0.45)
     return canvas
@@ -277,6 +284,13 @@ def class_list(text: str) -> list[str]:
     if len(set(names)) != len(names):
         raise argparse.ArgumentTypeError(f"duplicate class names in {text!r}")
     return names
+
+
+def with_reject_class(classes: list[str]) -> list[str]:
+    """``classes``, plus ``none`` when none of them is a "no gesture" name and a key is free for it."""
+    if any(map(is_reject_name, classes)) or len(classes) >= MAX_KEYED_CLASSES:
+        return classes
+    return [*classes, "none"]
 
 
 def _fraction(text: str) -> float:
@@ -348,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     except SourceError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    writer = ImageFolderWriter(args.out, [args.label] if args.headless else classes, quality=args.quality)
+    writer = ImageFolderWriter(args.out, [args.label] if args.headless else with_reject_class(classes), quality=args.quality)
     try:
         if args.headless:
             capture_headless(cap, writer, args.label, every=args.every, roi=args.roi, max_images=args.max)
@@ -356,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"recording from {describe_source(args.source)} into {args.out}; keys: 1-9 save, space record, b burst, q quit")
             fps = cap.get(cv2.CAP_PROP_FPS) or 30
             wait_ms = 1 if is_live(args.source) else max(1, round(1000 / fps))
-            capture_live(cap, writer, LiveState(classes, roi=args.roi), every=args.every, burst=args.burst, wait_ms=wait_ms)
+            capture_live(cap, writer, LiveState(writer.classes, roi=args.roi), every=args.every, burst=args.burst, wait_ms=wait_ms)
     except CaptureError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -364,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nstopped; totals: {writer.summary()}", file=sys.stderr)
     finally:
         cap.release()
-    if "none" not in (args.classes or []) and not (args.out / "none").is_dir():
+    if not any(map(is_reject_name, [*(args.classes or []), *writer.classes])) and not (args.out / "none").is_dir():
         print(NONE_TIP, file=sys.stderr)
     return 0
 

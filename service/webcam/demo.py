@@ -30,7 +30,7 @@ from gesture_core.cli import command
 from gesture_core.runtime import Runtime, add_runtime_arguments
 from service.webcam.grabber import Frame, FrameGrabber
 from service.webcam.overlay import OverlayInfo, centred_roi, render
-from service.webcam.scoring import LocalScorer, RemoteScorer, Scorer, ServerError, Smoother, default_threads
+from service.webcam.scoring import LocalScorer, RemoteScorer, Scorer, ServerError, Smoother, decision_rule, default_threads
 from service.webcam.sources import SourceError, describe_source, is_live, open_source, parse_source
 
 EXIT_OK, EXIT_SOURCE_LOST, EXIT_USAGE, EXIT_OUTAGE = 0, 1, 2, 3
@@ -52,7 +52,7 @@ class Options:
     mirror: bool | None = None  # None: mirror cameras (a selfie view), not files or streams
     smooth: int = 5
     vote: bool = False
-    threshold: float = 0.5
+    threshold: float | None = None  # None: the model's calibrated threshold (0.5 for models from before calibration)
     top_k: int = 3
     output: Path | None = None
     jsonl: Path | None = None
@@ -268,7 +268,8 @@ def display_problem() -> str | None:
 
 def run(stream: Stream, scorer: Scorer, options: Options, *, window: Window | None = None, log: Log = _stderr) -> Summary:
     """The recognition loop: newest frame -> prediction -> overlay -> outputs/window, until the source ends or q."""
-    smoother = Smoother(options.smooth, vote=options.vote, threshold=options.threshold, k=options.top_k)
+    threshold, reject_classes = decision_rule(scorer, options.threshold)
+    smoother = Smoother(options.smooth, vote=options.vote, threshold=threshold, k=options.top_k, reject_classes=reject_classes)
     recognizer = Recognizer(scorer, smoother, roi=options.roi, log=log)
     mirror = stream.camera if options.mirror is None else options.mirror
     pace = (stream.fps or UNKNOWN_FPS) if options.realtime and not stream.live else None
@@ -366,7 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mirror", action=argparse.BooleanOptionalAction, default=None, help="mirror the preview (default: on for cameras)")
     p.add_argument("--smooth", type=_number(int, 1), default=5, metavar="N", help="smooth over the last N frames")
     p.add_argument("--vote", action="store_true", help="smooth by majority vote of per-frame labels instead of averaging probabilities")
-    p.add_argument("--threshold", type=_number(float, 0.0, 1.0), default=0.5, help="show 'no gesture' below this score")
+    p.add_argument("--threshold", type=_number(float, 0.0, 1.0), default=None,
+                   help="show 'no gesture' below this score, 0-1 (default: the model's calibrated threshold; 0.5 for models from before calibration)")
     p.add_argument("--top-k", type=_number(int, 1, 10), default=3, help="bars in the overlay")
     p.add_argument("--headless", action="store_true", help="no window (servers, tests); use --output/--jsonl to keep results")
     p.add_argument("--output", type=Path, help="write the annotated video here (.mp4 mp4v or .avi MJPG)")

@@ -20,7 +20,11 @@ import numpy as np
 import torch
 
 from gesture_core import Classifier, Prediction, decode_probs
+from gesture_core.rejection import Rejection
 from gesture_core.runtime import Runtime
+
+# What the webcam showed as "no gesture" before thresholds were calibrated; checkpoints from then keep it.
+UNCALIBRATED_WEBCAM_THRESHOLD = 0.5
 
 Scores = dict[str, float]
 
@@ -29,6 +33,8 @@ class Scorer(Protocol):
     name: str
 
     def __call__(self, bgr: np.ndarray) -> Scores: ...
+
+    def rejection(self) -> Rejection | None: ...  # the model's "no gesture" rule, None if unknown
 
     def close(self) -> None: ...
 
@@ -67,6 +73,9 @@ class LocalScorer:
         probs = self.classifier.classify([self.classifier.crop(bgr, bgr=True)])[0]
         return dict(zip(self.classifier.classes, probs.tolist(), strict=True))
 
+    def rejection(self) -> Rejection:
+        return self.classifier.rejection
+
     def close(self) -> None:
         if self.classifier.device.type == "cuda":
             torch.cuda.empty_cache()
@@ -89,6 +98,7 @@ class RemoteScorer:
         self.model: str | None = None  # what the service says it runs, from its answers
         self._scheme, self._host, self._port = parts.scheme, parts.hostname, parts.port
         self._path = parts.path.rstrip("/") + "/predict"
+        self._info_path = parts.path.rstrip("/") + "/info"
         self._timeout = timeout
         self._jpeg_params = [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality]
         self._connection: http.client.HTTPConnection | None = None
@@ -115,10 +125,21 @@ class RemoteScorer:
             b'Content-Disposition: form-data; name="image"; filename="frame.jpg"\r\n',
             b"Content-Type: image/jpeg\r\n\r\n", jpeg, f"\r\n--{boundary}--\r\n".encode(),
         ])
-        headers = {"Content-Type": f"multipart/form-data; boundary={boundary}", "Accept": "application/json"}
+        return self._send(self._path, body, f"multipart/form-data; boundary={boundary}")
+
+    def rejection(self) -> Rejection | None:
+        """The served model's "no gesture" rule, from /info; None if the service does not say."""
+        try:
+            status, body = self._send(self._info_path, b"{}", "application/json")
+            return Rejection.from_checkpoint(json.loads(body)) if status == 200 else None
+        except (ServerError, ValueError, KeyError, TypeError):
+            return None
+
+    def _send(self, path: str, body: bytes, content_type: str) -> tuple[int, bytes]:
+        headers = {"Content-Type": content_type, "Accept": "application/json"}
         try:
             connection = self._connect()
-            connection.request("POST", self._path, body=body, headers=headers)
+            connection.request("POST", path, body=body, headers=headers)
             response = connection.getresponse()
             return response.status, response.read()
         except TimeoutError:
@@ -161,14 +182,15 @@ def _error_text(body: bytes, limit: int = 200) -> str:
 class Smoother:
     """Steadies the label over the last ``window`` frames: averaged probabilities, or a majority vote.
 
-    Rejection ("no gesture", label None) comes from ``decode_probs``: below ``threshold``, or the
-    model's ``none`` class. In vote mode each frame votes with its own (thresholded) label.
+    Rejection ("no gesture", label None) comes from ``decode_probs``: below ``threshold``, or one of
+    ``reject_classes`` (None: the classes with a common "no gesture" name). In vote mode each frame
+    votes with its own (thresholded) label.
     """
 
-    def __init__(self, window: int = 1, *, vote: bool = False, threshold: float = 0.0, k: int = 3):
+    def __init__(self, window: int = 1, *, vote: bool = False, threshold: float = 0.0, k: int = 3, reject_classes: tuple[str, ...] | None = None):
         if window < 1:
             raise ValueError(f"smoothing window must be >= 1 frame, got {window}")
-        self.window, self.vote, self.threshold, self.k = window, vote, threshold, k
+        self.window, self.vote, self.threshold, self.k, self.reject_classes = window, vote, threshold, k, reject_classes
         self._history: deque[Scores] = deque(maxlen=window)
         self._classes: list[str] = []  # first-seen order, so remote answers with varying top_k line up
 
@@ -181,7 +203,7 @@ class Smoother:
                 self._classes.append(label)
         self._history.append(scores)
         mean = np.mean([self._vector(s) for s in self._history], axis=0)
-        averaged = decode_probs(mean, self._classes, k=self.k, threshold=self.threshold)
+        averaged = decode_probs(mean, self._classes, k=self.k, threshold=self.threshold, reject_classes=self.reject_classes)
         if not self.vote:
             return averaged
         votes = [self.decide(s).label for s in self._history]
@@ -194,7 +216,16 @@ class Smoother:
     def decide(self, scores: Scores) -> Prediction:
         """One frame on its own, with the same threshold and rejection rules."""
         classes = list(scores)
-        return decode_probs(np.asarray([scores[c] for c in classes]), classes, k=self.k, threshold=self.threshold)
+        return decode_probs(np.asarray([scores[c] for c in classes]), classes, k=self.k, threshold=self.threshold, reject_classes=self.reject_classes)
 
     def _vector(self, scores: Scores) -> np.ndarray:
         return np.asarray([scores.get(label, 0.0) for label in self._classes], np.float64)
+
+
+def decision_rule(scorer: Scorer, threshold: float | None) -> tuple[float, tuple[str, ...] | None]:
+    """(threshold, reject classes) for the live loop: ``threshold`` if given, else the model's calibrated
+    one; a model from before calibration (or a service that does not say) keeps the old 0.5."""
+    rejection = scorer.rejection() if hasattr(scorer, "rejection") else None
+    if threshold is None:
+        threshold = rejection.threshold if rejection is not None and rejection.calibrated else UNCALIBRATED_WEBCAM_THRESHOLD
+    return threshold, rejection.reject_classes if rejection is not None else None

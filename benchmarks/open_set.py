@@ -1,0 +1,150 @@
+"""How well "no gesture" works on ../shared/data/asl-alphabet: the open-set table of docs/no-gesture.md.
+
+    .venv/bin/python -m benchmarks.open_set --quick       # linear probe on cached features (224 px): minutes on 2 CPU cores
+    .venv/bin/python -m benchmarks.open_set               # fine-tune at 128 px, 3 epochs
+    .venv/bin/python -m benchmarks.open_set --json --out runs/open-set
+
+Two scenarios, each trained with the project's defaults for rejection (reject classes by name,
+calibrated temperature and threshold):
+- all29: every class (the letters, del, space, nothing); ``nothing`` is the reject class;
+- open20: the letters A-T plus ``nothing``; U-Z, del and space are never learned and go to the
+  open-set check (``training.evaluate --unknown``'s computation).
+For each: top-1, gesture recall with and without the threshold, the false-accept rate on ``nothing``,
+AUROC, ECE before/after calibration, the share of never-learned signs rejected, and the same rule
+applied to three scores (max-softmax, energy, cosine to the class means of the backbone's features).
+
+The frames come from videos, so neighbouring frames are near-duplicates. Until training.data splits by
+recording, this benchmark writes a pre-split folder of symbolic links (in a temporary folder, never the
+data) where each class's test and val images are contiguous blocks of frame numbers: the highest 20%
+for test, the next 10% for val, the rest for training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import describe_machine, note
+from gesture_core import load_classifier
+from training.calibrate import DEFAULT_TARGET_RECALL
+from training.config import TrainConfig
+from training.data import Splits
+from training.finetune import train
+from training.open_set import compare_scores, format_score_table, outputs_of, unknown_samples
+
+REPO = Path(__file__).resolve().parents[1]
+ASL = REPO.parent / "shared" / "data" / "asl-alphabet"
+OPEN20_KNOWN = [chr(c) for c in range(ord("A"), ord("T") + 1)] + ["nothing"]
+TEST_SHARE, VAL_SHARE = 0.2, 0.1
+RECIPES = {  # both: no flips (a mirrored sign is another hand), nothing else changed from the defaults
+    "quick": dict(freeze="backbone", augment="none", epochs=10, lr=3e-3, flip=False),
+    "full": dict(epochs=3, image_size=128, lr=3e-3, backbone_lr_mult=0.3, warmup_epochs=0.5, flip=False),
+}
+
+
+def frame_number(path: Path) -> int:
+    digits = re.findall(r"\d+", path.stem)
+    return int(digits[-1]) if digits else 0
+
+
+def block_split(source: Path, classes: list[str], dest: Path) -> Path:
+    """dest/{train,val,test}/<class>/ of links to ``source``'s images, split in contiguous frame-number blocks."""
+    for cls in classes:
+        frames = sorted((p for p in (source / cls).iterdir() if p.is_file()), key=frame_number)
+        n_test, n_val = round(TEST_SHARE * len(frames)), round(VAL_SHARE * len(frames))
+        parts = {"train": frames[: len(frames) - n_test - n_val], "val": frames[len(frames) - n_test - n_val : len(frames) - n_test],
+                 "test": frames[len(frames) - n_test :]}
+        for split, paths in parts.items():
+            (dest / split / cls).mkdir(parents=True, exist_ok=True)
+            for path in paths:
+                (dest / split / cls / path.name).symlink_to(path.resolve())
+    return dest
+
+
+def unknown_folder(source: Path, known: list[str], dest: Path) -> Path:
+    dest.mkdir(parents=True, exist_ok=True)
+    for cls in sorted(p.name for p in source.iterdir() if p.is_dir() and p.name not in known):
+        (dest / cls).symlink_to((source / cls).resolve(), target_is_directory=True)
+    return dest
+
+
+def run_scenario(name: str, data: Path, unknown: Path | None, recipe: dict[str, Any], out: Path, workers: int) -> dict[str, Any]:
+    started = time.perf_counter()
+    run = train(TrainConfig(backbone="efficientnet_lite0", data=str(data), out=str(out / name), workers=workers, **recipe))
+    seconds = time.perf_counter() - started
+    metrics = json.loads((run / "metrics.json").read_text())
+    classifier = load_classifier(run / "best.pt", device="cpu", engine="torch")
+    splits = Splits.load(run / "split.json")
+    outputs = {split: outputs_of(classifier, getattr(splits, split), workers=workers, desc=f"{name} {split}") for split in ("train", "val", "test")}
+    unknown_outputs = outputs_of(classifier, unknown_samples(unknown), workers=workers, desc=f"{name} unknown") if unknown else None
+    scores = compare_scores(outputs["train"], outputs["val"], outputs["test"], unknown_outputs, classifier.classes, classifier.rejection,
+                            classifier.train_config.get("reject_target_recall", DEFAULT_TARGET_RECALL))
+    return {"scenario": name, "classes": len(classifier.classes), "train_seconds": round(seconds), "top1": metrics["test"]["top1"],
+            "open_set": metrics["open_set"], "scores": scores}
+
+
+def format_open_set_table(results: list[dict[str, Any]]) -> str:
+    pct = lambda x: "n/a" if x is None else f"{100 * x:.2f}%"  # noqa: E731
+    lines = ["| scenario | classes | test top-1 | T | threshold | gesture recall (no threshold) | gesture recall | gesture precision | "
+             "nothing false-accept (no threshold) | nothing false-accept | AUROC | ECE before -> after | never-learned signs rejected |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in results:
+        o, t = r["open_set"], r["open_set"]["test"]
+        shipped = next(s for s in r["scores"] if s["score"] == "max_softmax")
+        lines.append(f"| {r['scenario']} | {r['classes']} | {pct(r['top1'])} | {o['temperature']:.3f} | {o['threshold']:.4f} | "
+                     f"{pct(t['gesture_recall_unthresholded'])} | {pct(t['gesture_recall'])} | {pct(t['gesture_precision'])} | "
+                     f"{pct(t['false_accept_rate_unthresholded'])} | {pct(t['false_accept_rate'])} | {t['auroc']:.4f} | "
+                     f"{pct(t['ece_before'])} -> {pct(t['ece_after'])} | {pct(shipped.get('unknown_rejection_rate'))} |")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.open_set", description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="linear probe on cached features (minutes) instead of a 128 px fine-tune")
+    p.add_argument("--scenarios", default="all29,open20", help="comma-separated: all29, open20")
+    p.add_argument("--data", type=Path, default=ASL, help="the asl-alphabet folder")
+    p.add_argument("--out", type=Path, default=None, help="keep the runs here (default: a temporary folder)")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--json", action="store_true", help="one JSON line per scenario instead of tables")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if not args.data.is_dir():
+        print(f"error: {args.data} not found (the asl-alphabet set lives in ../shared/data)", file=sys.stderr)
+        return 2
+    recipe = RECIPES["quick" if args.quick else "full"]
+    note(f"{describe_machine()}; recipe {recipe}")
+    results = []
+    with tempfile.TemporaryDirectory(prefix="open-set-") as tmp:
+        # with --out, the split folders stay beside the runs, so training.evaluate can use their split.json later
+        work, out = (args.out / "data", args.out) if args.out else (Path(tmp), Path(tmp) / "runs")
+        all_classes = sorted(p.name for p in args.data.iterdir() if p.is_dir())
+        for name in args.scenarios.split(","):
+            if name == "all29":
+                data, unknown = block_split(args.data, all_classes, work / "all29"), None
+            elif name == "open20":
+                data, unknown = block_split(args.data, OPEN20_KNOWN, work / "open20"), unknown_folder(args.data, OPEN20_KNOWN, work / "unknown")
+            else:
+                print(f"error: --scenarios {name!r}: choose all29 or open20", file=sys.stderr)
+                return 2
+            result = run_scenario(name, data, unknown, recipe, out, args.workers)
+            results.append(result)
+            if args.json:
+                print(json.dumps(result), flush=True)
+    if not args.json:
+        print(format_open_set_table(results))
+        for r in results:
+            print(f"\n{r['scenario']}: the threshold rule applied to each score (test split; never-learned signs where given)\n{format_score_table(r['scores'])}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

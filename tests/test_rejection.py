@@ -1,0 +1,153 @@
+"""Saying "no gesture": reject-class names, calibration on real data, the stored threshold, old checkpoints."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from gesture_core import build_model, get_backbone, load_checkpoint, load_classifier, save_checkpoint
+from gesture_core.rejection import Rejection, find_reject_classes
+from service.webcam.scoring import UNCALIBRATED_WEBCAM_THRESHOLD, LocalScorer, decision_rule
+from tests.helpers import REPO, make_image_folder, synthetic_image
+from training.calibrate import SplitOutputs, calibrate, expected_calibration_error, fit_temperature, split_outputs
+from training.data import Splits
+
+
+def run_module(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", *args], cwd=REPO, capture_output=True, text=True, timeout=900)
+
+
+@pytest.mark.parametrize("name", ["none", "None", "no_gesture", "No-Gesture", "nothing", "NOTHING", "background", "Other", "no gesture"])
+def test_common_no_gesture_names_are_recognised_in_any_case(name):
+    assert find_reject_classes(["fist", name, "palm"]) == [name]
+
+
+def test_reject_class_flag_names_classes_or_turns_the_rule_off():
+    classes = ["fist", "nothing", "palm", "rest_pose"]
+    assert find_reject_classes(classes) == ["nothing"]
+    assert find_reject_classes(classes, ["REST_POSE", "palm"]) == ["palm", "rest_pose"]
+    assert find_reject_classes(classes, [""]) == []
+    with pytest.raises(ValueError, match="choose from fist, nothing, palm, rest_pose"):
+        find_reject_classes(classes, ["thumbs_up"])
+
+
+def test_a_threshold_outside_0_1_is_refused_with_the_range(random_head_checkpoint):
+    classifier = load_classifier(random_head_checkpoint, device="cpu", engine="torch")
+    for bad in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="between 0 and 1"):
+            classifier.predict(synthetic_image(0, seed=0), threshold=bad)
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        Rejection(threshold=2.0)
+    done = run_module("training.evaluate", "--checkpoint", str(random_head_checkpoint), "--threshold", "1.5")
+    assert done.returncode == 2 and "must be in [0.0, 1.0]" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_checkpoint_from_before_calibration_loads_uncalibrated(tmp_path):
+    torch.manual_seed(0)
+    backbone = get_backbone("mobilenet_v3_large")
+    path = save_checkpoint(tmp_path / "old.pt", model=build_model(backbone.name, 3, "none"), backbone=backbone.name,
+                           classes=["fist", "Nothing", "palm"], data_config=backbone.data_config.with_input_size(64), train_config={})
+    assert "rejection" not in load_checkpoint(path)  # what every checkpoint written before this change looks like
+    classifier = load_classifier(path, device="cpu", engine="torch")
+    rejection = classifier.rejection
+    assert (rejection.threshold, rejection.temperature, rejection.calibrated) == (0.0, 1.0, False)
+    assert rejection.info()["calibration"] == "uncalibrated" and rejection.reject_classes == ("Nothing",)
+    probs = np.array([0.1, 0.8, 0.1])  # "Nothing" on top: no gesture, even in an old checkpoint
+    assert classifier.decide(probs).label is None and [c for c, _ in classifier.decide(probs).top_k] == ["Nothing", "fist", "palm"]
+    assert decision_rule(LocalScorer(classifier), None) == (UNCALIBRATED_WEBCAM_THRESHOLD, ("Nothing",))
+
+
+def test_reject_classes_are_stored_in_the_checkpoint(tmp_path):
+    """A real (tiny) training run stores what --reject-class says; recalibrating finds names or turns them off."""
+    data = make_image_folder(tmp_path / "data", classes=("Background", "fist", "palm"), per_class=10)
+    run = tmp_path / "run"
+    done = run_module("training.finetune", "--data", str(data), "--out", str(run), "--epochs", "2", "--image-size", "64",
+                      "--freeze", "backbone", "--augment", "none", "--val-split", "0.3", "--workers", "0", "--reject-class", "palm")
+    assert done.returncode == 0, done.stderr[-3000:]
+    stored = load_checkpoint(run / "best.pt")["rejection"]
+    assert stored["reject_classes"] == ["palm"] and stored["calibrated"] and 0.0 <= stored["threshold"] <= 1.0
+    report = json.loads((run / "metrics.json").read_text())["open_set"]
+    assert report["reject_classes"] == ["palm"] and {"gesture_recall", "false_accept_rate", "auroc", "ece_after"} <= set(report["test"])
+    assert (run / "open_set.png").stat().st_size > 0
+    for flag, expected in ((["--reject-class", ""], []), ([], ["Background"])):
+        done = run_module("training.calibrate", "--checkpoint", str(run / "best.pt"), "--workers", "0", *flag)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert load_checkpoint(run / "best.pt")["rejection"]["reject_classes"] == expected
+        assert load_classifier(run / "best.pt", device="cpu", engine="torch").rejection.reject_classes == tuple(expected)
+
+
+def test_a_misspelt_reject_class_fails_before_training(image_folder, tmp_path):
+    done = run_module("training.finetune", "--data", str(image_folder), "--out", str(tmp_path / "run"), "--reject-class", "nothing")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "--reject-class 'nothing': not a class of this data; choose from fist, palm, peace" in done.stderr
+    assert not (tmp_path / "run" / "best.pt").exists()
+
+
+@pytest.mark.slow
+def test_the_fitted_temperature_lowers_ece_on_held_out_real_data(sign_digits_run):
+    """Fitted on sign-digits' validation split, judged on its test split (which it never saw)."""
+    ckpt = load_checkpoint(sign_digits_run / "best.pt")
+    model = load_classifier(sign_digits_run / "best.pt", device="cpu", engine="torch").model
+    splits = Splits.load(sign_digits_run / "split.json")
+    val, test = (split_outputs(model, ckpt["backbone"], getattr(splits, s), load_classifier(sign_digits_run / "best.pt", device="cpu", engine="torch").data_config,
+                               device=torch.device("cpu"), workers=0) for s in ("val", "test"))
+    temperature = fit_temperature(val.logits, val.targets)
+    softmax = lambda z: np.exp(z - z.max(1, keepdims=True)) / np.exp(z - z.max(1, keepdims=True)).sum(1, keepdims=True)  # noqa: E731
+    before = expected_calibration_error(softmax(test.logits), test.targets)
+    after = expected_calibration_error(softmax(test.logits / temperature), test.targets)
+    assert temperature != pytest.approx(1.0, abs=0.02)
+    assert after < 0.7 * before, (temperature, before, after)
+
+
+@pytest.fixture(scope="module")
+def calibrated_run(sign_digits_run, tmp_path_factory) -> Path:
+    """The sign-digits run recalibrated with the digit 0 as its "no gesture" class, evaluated on its test split."""
+    run = tmp_path_factory.mktemp("calibrated")
+    for name in ("best.pt", "split.json", "metrics.json"):
+        shutil.copy(sign_digits_run / name, run / name)
+    done = run_module("training.calibrate", "--checkpoint", str(run / "best.pt"), "--reject-class", "0")
+    assert done.returncode == 0, done.stderr[-3000:]
+    done = run_module("training.evaluate", "--checkpoint", str(run / "best.pt"), "--out", str(run / "eval"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    return run
+
+
+def evaluate_decisions(run: Path) -> list[dict[str, str]]:
+    with (run / "eval" / "predictions.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.slow
+def test_load_classifier_applies_the_stored_threshold_and_classes(calibrated_run):
+    classifier = load_classifier(calibrated_run / "best.pt", device="cpu", engine="torch")
+    stored = load_checkpoint(calibrated_run / "best.pt")["rejection"]
+    assert classifier.rejection.threshold == stored["threshold"] > 0 and classifier.rejection.reject_classes == ("0",)
+    rows = evaluate_decisions(calibrated_run)
+    by_threshold = [r for r in rows if r["label"] == "" and r["top_class"] != "0"]
+    assert by_threshold, "the test split has no image rejected by the threshold alone: this test could not fail for it"
+    for row in by_threshold + [r for r in rows if r["top_class"] == "0"][:3] + [r for r in rows if r["label"]][:5]:
+        prediction = classifier.predict(Path(row["path"]).read_bytes())
+        assert (prediction.label or "") == row["label"] and prediction.score == pytest.approx(float(row["score"]), abs=1e-4)
+        assert len(prediction.top_k) == 5  # a rejected prediction keeps its top-k
+    report = json.loads((calibrated_run / "eval" / "metrics.json").read_text())["open_set"]
+    assert report["threshold"] == stored["threshold"] and report["calibration"] == "calibrated"
+
+
+def test_a_reject_class_without_validation_images_warns_and_falls_back_to_the_known_classes_rule():
+    rng = np.random.default_rng(0)
+    targets = np.repeat([0, 1], 20)  # classes fist, palm; the reject class "none" (index 2) has no validation image
+    logits = rng.normal(0, 1, (40, 3)).astype(np.float32)
+    logits[np.arange(40), targets] += 3.0
+    val = SplitOutputs(np.zeros((40, 1), np.float32), logits, targets, np.arange(40))
+    with pytest.warns(UserWarning, match="none have no validation images"):
+        rejection = calibrate(val, ["fist", "palm", "none"], ["none"], target_recall=0.9)
+    assert rejection.calibrated and rejection.reject_classes == ("none",) and rejection.rule.startswith("known classes only")
+    assert 0.0 < rejection.threshold <= 1.0

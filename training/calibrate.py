@@ -1,0 +1,358 @@
+"""Calibrate a classifier and choose its "no gesture" threshold on the validation split.
+
+    python -m training.calibrate --checkpoint RUN/best.pt                       # (re)calibrate a run
+    python -m training.calibrate --checkpoint RUN/best.pt --reject-class nothing --reject-target-recall 0.99
+
+Training runs this after the test (training.finetune); this command does it again for a finished or
+older run, from its split.json. Steps (docs/no-gesture.md):
+
+1. temperature: one number T, fitted by LBFGS to minimise the negative log-likelihood of the
+   validation logits divided by T (Guo et al., 2017); it changes no prediction, only the confidence;
+2. threshold, on the calibrated top probability (a prediction of a reject class is always rejected):
+   - with reject-class images in validation: among thresholds keeping gesture recall at least
+     ``target_recall`` x the unthresholded recall, the lowest false-accept rate on the reject-class
+     images, and of those the highest threshold (it also turns away uncertain gestures);
+   - without: the highest threshold keeping gesture recall at least ``target_recall`` x the
+     unthresholded recall. Weaker: it never sees a non-gesture, so it only bounds the cost;
+3. the report: metrics.json ``open_set`` (threshold, temperature, gesture recall and precision at the
+   threshold, false-accept rate, AUROC, ECE before/after) and open_set.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from gesture_core.backbones import get_backbone, get_submodule_or_none
+from gesture_core.checkpoint import (
+    atomic_torch_save,
+    build_from_checkpoint,
+    load_checkpoint,
+    resolve_device,
+)
+from gesture_core.classifier import softmax
+from gesture_core.cli import command
+from gesture_core.preprocess import DataConfig
+from gesture_core.rejection import Rejection, find_reject_classes
+from training import cli
+from training.config import TrainConfig
+from training.data import DatasetError, Sample, Splits
+from training.features import cached_features, feature_extractor
+from training.report import write_json
+
+DEFAULT_TARGET_RECALL = TrainConfig().reject_target_recall
+ECE_BINS = 15
+SCORES = ("max_softmax", "energy", "feature_cosine")
+DEFAULT_SCORE = "max_softmax"  # the one the product thresholds: docs/no-gesture.md has the comparison
+
+
+@dataclass
+class SplitOutputs:
+    """What the model says about one split: penultimate features, logits and true labels (decoded images only)."""
+
+    features: np.ndarray
+    logits: np.ndarray
+    targets: np.ndarray
+    index: np.ndarray  # of each row in the samples given (images that failed to decode have none)
+
+
+@torch.inference_mode()
+def split_outputs(model: torch.nn.Module, backbone: str, samples: Sequence[Sample], data_config: DataConfig, *,
+                  device: torch.device, workers: int = 2, desc: str = "calibration") -> SplitOutputs:
+    """Features through the feature cache (training.features), and the logits from them through the head."""
+    spec = get_backbone(backbone)
+    split = cached_features(feature_extractor(model, spec), samples, data_config, device=device, workers=workers, desc=desc)
+    keep = split.labels >= 0
+    features = split.features[keep]
+    head = get_submodule_or_none(model, spec.heads[0]).eval()
+    logits = head(features.to(device)).float().cpu() if len(features) else torch.zeros((0, 0))
+    return SplitOutputs(features.numpy(), logits.numpy(), split.labels[keep].numpy(), keep.nonzero().flatten().numpy())
+
+
+# --- calibration --------------------------------------------------------------------------------
+
+def fit_temperature(logits: np.ndarray, targets: np.ndarray) -> float:
+    """The T > 0 minimising NLL(softmax(logits / T)); 1.0 for an empty split.
+
+    The targets keep 1 / (n + 2) of their mass spread over all classes (Laplace's rule of succession:
+    after n validation images without an error, the next one is wrong with probability about 1 / (n + 2)).
+    Without it, a validation split the model gets entirely right drives T towards 0 (the NLL keeps
+    falling as every score goes to 1.0), and no threshold can then tell anything apart."""
+    if len(targets) == 0:
+        return 1.0
+    x, y = torch.from_numpy(logits).double(), torch.from_numpy(targets).long()
+    pseudo_error = 1.0 / (len(targets) + 2)
+    log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)  # T = exp(log_t) stays positive
+    optimizer = torch.optim.LBFGS([log_t], lr=0.1, max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = torch.nn.functional.cross_entropy(x / log_t.exp(), y, label_smoothing=pseudo_error)
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return float(log_t.detach().exp())
+
+
+def expected_calibration_error(probs: np.ndarray, targets: np.ndarray, bins: int = ECE_BINS) -> float | None:
+    """Mean |accuracy - confidence| over equal-width confidence bins, weighted by images per bin."""
+    if len(targets) == 0:
+        return None
+    confidence, correct = probs.max(1), probs.argmax(1) == targets
+    which = np.minimum((confidence * bins).astype(int), bins - 1)
+    gap = sum(abs(correct[which == b].mean() - confidence[which == b].mean()) * (which == b).sum() for b in range(bins) if (which == b).any())
+    return float(gap / len(targets))
+
+
+# --- scores and thresholds ----------------------------------------------------------------------
+
+def class_means(outputs: SplitOutputs, classes: int) -> np.ndarray:
+    """(classes, D) unit-length mean of each class's unit-length features (zeros for an absent class)."""
+    unit = outputs.features / np.maximum(np.linalg.norm(outputs.features, axis=1, keepdims=True), 1e-12)
+    means = np.zeros((classes, unit.shape[1]), np.float32)
+    for c in range(classes):
+        if (outputs.targets == c).any():
+            mean = unit[outputs.targets == c].mean(0)
+            means[c] = mean / max(np.linalg.norm(mean), 1e-12)
+    return means
+
+
+def acceptance_scores(outputs: SplitOutputs, temperature: float, reject: Sequence[int], kind: str = DEFAULT_SCORE,
+                      means: np.ndarray | None = None) -> np.ndarray:
+    """Per image, how much it looks like a known gesture (higher: accept); -inf where the top class is a reject class.
+
+    max_softmax: the calibrated top probability; energy: T x logsumexp(logits / T) (Liu et al., 2020);
+    feature_cosine: cosine similarity of the features to the nearest gesture class mean (``means``)."""
+    scaled = outputs.logits / temperature
+    if kind == "max_softmax":
+        score = softmax(scaled).max(1)
+    elif kind == "energy":
+        top = scaled.max(1)
+        score = temperature * (top + np.log(np.exp(scaled - top[:, None]).sum(1)))
+    elif kind == "feature_cosine":
+        unit = outputs.features / np.maximum(np.linalg.norm(outputs.features, axis=1, keepdims=True), 1e-12)
+        gestures = np.setdiff1d(np.arange(len(means)), list(reject))
+        score = (unit @ means[gestures].T).max(1)
+    else:
+        raise ValueError(f"score {kind!r}: choose one of {', '.join(SCORES)}")
+    return np.where(np.isin(outputs.logits.argmax(1), list(reject)), -np.inf, score).astype(np.float64)
+
+
+@dataclass
+class Outcome:
+    """The images of a labelled split as rejection sees them."""
+
+    scores: np.ndarray
+    correct_gesture: np.ndarray  # a gesture image whose top class is its own
+    gesture: np.ndarray  # the true class is a gesture (not a reject class)
+
+    @classmethod
+    def of(cls, scores: np.ndarray, outputs: SplitOutputs, reject: Sequence[int]) -> Outcome:
+        gesture = ~np.isin(outputs.targets, list(reject))
+        return cls(scores, gesture & (outputs.logits.argmax(1) == outputs.targets), gesture)
+
+    def at(self, thresholds: np.ndarray) -> dict[str, np.ndarray]:
+        """Rates at each threshold (accepted: score >= threshold)."""
+        accepted = lambda mask: len(self.scores[mask]) - np.searchsorted(np.sort(self.scores[mask]), thresholds, "left")  # noqa: E731
+        n_gesture, n_reject = self.gesture.sum(), (~self.gesture).sum()
+        correct, wrong_gesture, false_accepts = accepted(self.correct_gesture), accepted(self.gesture & ~self.correct_gesture), accepted(~self.gesture)
+        return {
+            "recall": correct / max(n_gesture, 1),
+            "precision": np.divide(correct, correct + wrong_gesture + false_accepts, out=np.ones(len(thresholds)), where=(correct + wrong_gesture + false_accepts) > 0),
+            "accepted_accuracy": np.divide(correct, correct + wrong_gesture, out=np.ones(len(thresholds)), where=(correct + wrong_gesture) > 0),
+            "false_accept": false_accepts / n_reject if n_reject else np.full(len(thresholds), np.nan),
+            "gesture_rejected": 1 - (correct + wrong_gesture) / max(n_gesture, 1),
+        }
+
+
+def choose_threshold(outcome: Outcome, target_recall: float, floor: float) -> tuple[float, str]:
+    """(threshold, rule in words), by the rules in this module's docstring; ``floor`` accepts everything."""
+    finite = outcome.scores[np.isfinite(outcome.scores)]
+    candidates = np.unique(np.concatenate([[floor], finite[finite >= floor]]))
+    rates = outcome.at(candidates)
+    feasible = rates["recall"] >= target_recall * rates["recall"][0] - 1e-12  # candidates[0] is the floor
+    if not (~outcome.gesture).any():
+        rule = f"known classes only: highest threshold keeping gesture recall >= {target_recall:g} x unthresholded (weaker: no reject-class images)"
+        return float(candidates[feasible].max()), rule
+    lowest = rates["false_accept"][feasible].min()
+    best = feasible & (rates["false_accept"] <= lowest + 1e-12)
+    rule = f"lowest false-accept rate on reject-class images keeping gesture recall >= {target_recall:g} x unthresholded; of those, the highest threshold"
+    return float(candidates[best].max()), rule
+
+
+def auroc(positive: np.ndarray, negative: np.ndarray) -> float | None:
+    """P(score of a positive > score of a negative), ties counting half (the Mann-Whitney U statistic)."""
+    if len(positive) == 0 or len(negative) == 0:
+        return None
+    both = np.concatenate([positive, negative])
+    _, inverse, counts = np.unique(both, return_inverse=True, return_counts=True)
+    ranks = (np.cumsum(counts) - (counts - 1) / 2)[inverse]  # average rank of tied values, 1-based
+    u = ranks[: len(positive)].sum() - len(positive) * (len(positive) + 1) / 2
+    return float(u / (len(positive) * len(negative)))
+
+
+# --- the whole step ----------------------------------------------------------------------------
+
+def calibrate(val: SplitOutputs, classes: Sequence[str], reject_classes: Sequence[str], *, target_recall: float = DEFAULT_TARGET_RECALL) -> Rejection:
+    """The Rejection (temperature and threshold) that validation supports; uncalibrated without validation images."""
+    if len(val.targets) == 0:
+        warnings.warn("no validation images: the model keeps temperature 1 and the old default threshold", stacklevel=2)
+        return Rejection(tuple(reject_classes), rule="uncalibrated: no validation images")
+    reject = [list(classes).index(c) for c in reject_classes]
+    missing = [c for c, i in zip(reject_classes, reject, strict=True) if not (val.targets == i).any()]
+    if missing:
+        warnings.warn(f"reject class(es) {', '.join(missing)} have no validation images: the threshold falls back to the known-classes rule", stacklevel=2)
+    temperature = fit_temperature(val.logits, val.targets)
+    present = [i for i in reject if (val.targets == i).any()]
+    outcome = Outcome.of(acceptance_scores(val, temperature, reject), val, present)
+    threshold, rule = choose_threshold(outcome, target_recall, floor=0.0)
+    return Rejection(tuple(reject_classes), temperature, min(threshold, 1.0), True, rule)
+
+
+def operating_point(outputs: SplitOutputs, rejection: Rejection, classes: Sequence[str], threshold: float | None = None) -> dict[str, Any]:
+    """metrics.json's open_set numbers for one split at the rejection's (or the given) threshold."""
+    if len(outputs.targets) == 0:
+        return {"n": 0}
+    reject = [list(classes).index(c) for c in rejection.reject_classes]
+    scores = acceptance_scores(outputs, rejection.temperature, reject)
+    outcome = Outcome.of(scores, outputs, reject)
+    threshold = rejection.threshold_or(threshold)
+    at, unthresholded = outcome.at(np.array([threshold])), outcome.at(np.array([0.0]))
+    value = lambda rates, key: None if np.isnan(rates[key][0]) else round(float(rates[key][0]), 5)  # noqa: E731
+    return {
+        "n": int(len(outputs.targets)), "gesture_images": int(outcome.gesture.sum()), "reject_images": int((~outcome.gesture).sum()),
+        "threshold": threshold, "gesture_recall": value(at, "recall"), "gesture_recall_unthresholded": value(unthresholded, "recall"),
+        "gesture_precision": value(at, "precision"), "false_accept_rate": value(at, "false_accept"),
+        "false_accept_rate_unthresholded": value(unthresholded, "false_accept"),
+        "auroc": auroc(scores[outcome.gesture], scores[~outcome.gesture]),
+        "ece_before": expected_calibration_error(softmax(outputs.logits), outputs.targets),
+        "ece_after": expected_calibration_error(softmax(outputs.logits / rejection.temperature), outputs.targets),
+    }
+
+
+def open_set_report(val: SplitOutputs, test: SplitOutputs, rejection: Rejection, classes: Sequence[str]) -> dict[str, Any]:
+    return {**rejection.info(), "val": operating_point(val, rejection, classes), "test": operating_point(test, rejection, classes)}
+
+
+def plot_tradeoff(path: Path, outputs: SplitOutputs, rejection: Rejection, classes: Sequence[str], title: str) -> Path:
+    """Left: accepted-gesture accuracy against the false-accept rate (or, without reject-class images,
+    against the share of gestures rejected) as the threshold moves from 0 to 1. Right: the same rates
+    against the threshold, which still shows the trade-off when no reject-class image is ever accepted.
+    The chosen threshold is marked on both."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    reject = [list(classes).index(c) for c in rejection.reject_classes]
+    outcome = Outcome.of(acceptance_scores(outputs, rejection.temperature, reject), outputs, reject)
+    thresholds = np.linspace(0, 1, 201)
+    sweep, chosen = outcome.at(thresholds), outcome.at(np.array([rejection.threshold]))
+    x_key, x_label = ("false_accept", "false-accept rate on reject-class images") if (~outcome.gesture).any() else ("gesture_rejected", "share of gesture images rejected")
+    fig, (ax, by_threshold) = plt.subplots(1, 2, figsize=(11, 4.2))
+    ax.plot(sweep[x_key], sweep["accepted_accuracy"], marker=".", markersize=3)
+    ax.scatter(chosen[x_key], chosen["accepted_accuracy"], color="red", zorder=3, label=f"threshold {rejection.threshold:.3f} (T = {rejection.temperature:.2f})")
+    ax.set(xlabel=x_label, ylabel="accuracy of accepted gestures", title=title)
+    for key, label in (("accepted_accuracy", "accuracy of accepted gestures"), ("recall", "gesture recall"), (x_key, x_label)):
+        by_threshold.plot(thresholds, sweep[key], label=label)
+    by_threshold.axvline(rejection.threshold, color="red", linestyle="--", label="chosen threshold")
+    by_threshold.set(xlabel="threshold on the calibrated top probability", ylim=(-0.02, 1.02), title="as the threshold moves")
+    for axis in (ax, by_threshold):
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def calibrate_outputs(val: SplitOutputs, test: SplitOutputs, classes: Sequence[str], requested: Sequence[str] | None,
+                      target_recall: float, out: Path) -> tuple[Rejection, dict[str, Any]]:
+    """Calibrate, then the report (returned, and open_set.png in ``out``)."""
+    rejection = calibrate(val, classes, find_reject_classes(classes, requested), target_recall=target_recall)
+    report = open_set_report(val, test, rejection, classes)
+    if len(test.targets):
+        plot_tradeoff(out / "open_set.png", test, rejection, classes, f"test split: {len(test.targets)} images")
+    return rejection, report
+
+
+def calibrate_model(model: torch.nn.Module, backbone: str, splits: Splits, data_config: DataConfig, *, device: torch.device,
+                    requested: Sequence[str] | None, target_recall: float, out: Path, workers: int = 2) -> tuple[Rejection, dict[str, Any]]:
+    """calibrate_outputs on a model's validation and test splits."""
+    val, test = (split_outputs(model, backbone, getattr(splits, name), data_config, device=device, workers=workers, desc=f"{name} features")
+                 for name in ("val", "test"))
+    return calibrate_outputs(val, test, splits.classes, requested, target_recall, out)
+
+
+def format_open_set(report: dict[str, Any]) -> str:
+    test = report["test"]
+    if not test["n"]:
+        return f"no gesture: reject classes {', '.join(report['reject_classes']) or '(none)'}; {report['rule']}"
+    pct = lambda x: "n/a" if x is None else f"{100 * x:.2f}%"  # noqa: E731
+    return (f"no gesture: reject classes {', '.join(report['reject_classes']) or '(none)'}; temperature {report['temperature']:.3f}, "
+            f"threshold {report['threshold']:.4f} ({report['calibration']})\n"
+            f"  test: gesture recall {pct(test['gesture_recall'])} (unthresholded {pct(test['gesture_recall_unthresholded'])}), "
+            f"precision {pct(test['gesture_precision'])}, false-accept rate {pct(test['false_accept_rate'])}, "
+            f"AUROC {'n/a' if test['auroc'] is None else round(test['auroc'], 4)}, ECE {pct(test['ece_before'])} -> {pct(test['ece_after'])}")
+
+
+# --- the command ----------------------------------------------------------------------------------
+
+def add_rejection_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    parser.add_argument("--reject-class", dest="reject_classes", action="append", default=None, metavar="NAME",
+                        help="a class meaning 'no gesture' (repeatable; default: classes named none, no_gesture, nothing, background, other, ...; '' for none)")
+    parser.add_argument("--reject-target-recall", type=cli.float_in(0.0, 1.0, high_inclusive=True), default=DEFAULT_TARGET_RECALL,
+                        help="the chosen threshold keeps gesture recall at least this fraction of the unthresholded recall")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m training.calibrate", description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--checkpoint", type=cli.existing_file, required=True, help="RUN/best.pt (rewritten with the calibration)")
+    add_rejection_args(p)
+    p.add_argument("--workers", type=cli.int_at_least(0), default=2)
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    return p
+
+
+def recalibrate(checkpoint: Path, requested: Sequence[str] | None, target_recall: float, *, device: str = "auto", workers: int = 2) -> dict[str, Any]:
+    """Calibrate a run's checkpoint on its split.json; rewrites the checkpoint and RUN/metrics.json's open_set."""
+    ckpt = load_checkpoint(checkpoint)
+    split_file = checkpoint.parent / "split.json"
+    if not split_file.exists():
+        raise DatasetError(f"{split_file} not found: calibration needs the run's validation split")
+    splits = Splits.load(split_file)
+    if splits.classes != list(ckpt["classes"]):
+        raise DatasetError(f"{split_file} classes {splits.classes} differ from the checkpoint's {ckpt['classes']}")
+    model = build_from_checkpoint(ckpt).eval()
+    rejection, report = calibrate_model(model, ckpt["backbone"], splits, DataConfig.from_dict(ckpt["data_config"]), device=resolve_device(device),
+                                        requested=requested, target_recall=target_recall, out=checkpoint.parent, workers=workers)
+    ckpt["rejection"] = rejection.to_dict()
+    ckpt["metrics"] = {**ckpt.get("metrics", {}), "open_set": report}
+    atomic_torch_save(ckpt, checkpoint)
+    metrics_file = checkpoint.parent / "metrics.json"
+    if metrics_file.exists():
+        write_json(metrics_file, {**json.loads(metrics_file.read_text()), "open_set": report})
+    return report
+
+
+@command
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    report = recalibrate(args.checkpoint, args.reject_classes, args.reject_target_recall, device=args.device, workers=args.workers)
+    print(format_open_set(report))
+    print(f"calibrated {args.checkpoint}; report in {args.checkpoint.parent}/metrics.json (open_set) and open_set.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

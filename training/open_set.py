@@ -1,0 +1,163 @@
+"""Open-set checks of a calibrated checkpoint: its rejection on labelled images, on gestures it never
+learned (``training.evaluate --unknown DIR``), and the comparison of rejection scores.
+
+Every number here uses the same decision as the service: the checkpoint's temperature, reject classes
+and threshold (``gesture_core.rejection``), on features and logits from ``training.calibrate.split_outputs``
+(cached, so evaluating the split that training calibrated on costs no second pass).
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gesture_core.classifier import Classifier, softmax
+from gesture_core.rejection import Rejection
+from training.calibrate import (
+    SCORES,
+    Outcome,
+    SplitOutputs,
+    acceptance_scores,
+    auroc,
+    choose_threshold,
+    class_means,
+    format_open_set,
+    operating_point,
+    split_outputs,
+)
+from training.data import Sample, scan_class_folders
+
+WORST_CASES = 12
+
+
+def outputs_of(classifier: Classifier, samples: Sequence[Sample], *, workers: int = 2, desc: str = "open-set") -> SplitOutputs:
+    return split_outputs(classifier.model, classifier.backbone, samples, classifier.data_config, device=classifier.device, workers=workers, desc=desc)
+
+
+def reject_indices(classifier: Classifier) -> list[int]:
+    return [classifier.classes.index(c) for c in classifier.rejection.reject_classes]
+
+
+def unknown_samples(folder: str | Path) -> list[Sample]:
+    """Every image under ``folder`` (ImageFolder layout: one folder per unknown gesture). Their label is
+    a placeholder 0 (-1 marks an image that failed to decode); nothing reads it."""
+    by_class = scan_class_folders(Path(folder), [])
+    return [Sample(path, 0) for paths in by_class.values() for path in paths]
+
+
+def write_predictions(path: Path, classifier: Classifier, samples: Sequence[Sample], outputs: SplitOutputs, threshold: float) -> Path:
+    """One row per image: its path, true class, the label the service would answer (empty: rejected) and score."""
+    probs = softmax(classifier.rejection.scale(outputs.logits))
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "true", "label", "top_class", "score"])
+        for row, index in enumerate(outputs.index):
+            decided = classifier.decide(probs[row], k=1, threshold=threshold)
+            writer.writerow([samples[index].path, classifier.classes[samples[index].label], decided.label or "", decided.top_k[0][0], f"{decided.score:.6f}"])
+    return path
+
+
+def unknown_report(classifier: Classifier, known: SplitOutputs, unknown: SplitOutputs, threshold: float) -> dict[str, Any]:
+    """How many images of never-learned gestures are rejected at ``threshold``, and how well the score
+    separates them from the known gestures (AUROC)."""
+    rejection: Rejection = classifier.rejection
+    reject = reject_indices(classifier)
+    known_scores = acceptance_scores(known, rejection.temperature, reject)
+    known_gestures = known_scores[~np.isin(known.targets, reject)]
+    scores = acceptance_scores(unknown, rejection.temperature, reject)
+    return {"images": int(len(scores)), "threshold": threshold, "rejected": int((scores < threshold).sum()),
+            "rejection_rate": float((scores < threshold).mean()) if len(scores) else None,
+            "auroc_known_vs_unknown": auroc(known_gestures, scores)}
+
+
+def plot_worst_cases(path: Path, classifier: Classifier, samples: Sequence[Sample], unknown: SplitOutputs, threshold: float) -> Path | None:
+    """The unknown images the model accepted most confidently, with the label it gave them."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from gesture_core.images import read_rgb
+
+    scores = acceptance_scores(unknown, classifier.rejection.temperature, reject_indices(classifier))
+    worst = [i for i in np.argsort(-scores)[:WORST_CASES] if scores[i] >= threshold]
+    if not worst:
+        return None
+    cols = min(4, len(worst))
+    rows = (len(worst) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3.2 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, i in zip(axes.flat, worst, strict=False):
+        sample = samples[unknown.index[i]]
+        ax.imshow(read_rgb(sample.path))
+        ax.set_title(f"{Path(sample.path).parent.name}/{Path(sample.path).name}\nseen as {classifier.classes[unknown.logits[i].argmax()]} ({scores[i]:.3f})", fontsize=8)
+    fig.suptitle(f"never-learned gestures accepted most confidently (threshold {threshold:.3f})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def compare_scores(train: SplitOutputs, val: SplitOutputs, test: SplitOutputs, unknown: SplitOutputs | None, classes: Sequence[str],
+                   rejection: Rejection, target_recall: float) -> list[dict[str, Any]]:
+    """One row per score: its threshold chosen on validation by the same rule as the shipped one, and on
+    the test split and the unknown images, how it separates gestures from the rest (AUROC) and what it
+    accepts and rejects at that threshold."""
+    reject = [list(classes).index(c) for c in rejection.reject_classes]
+    means = class_means(train, len(classes))
+    rows = []
+    for kind in SCORES:
+        score = lambda outputs: acceptance_scores(outputs, rejection.temperature, reject, kind, means)  # noqa: E731, B023
+        val_scores = score(val)
+        floor = 0.0 if kind == "max_softmax" else float(val_scores[np.isfinite(val_scores)].min())
+        threshold, _ = choose_threshold(Outcome.of(val_scores, val, reject), target_recall, floor)
+        outcome = Outcome.of(score(test), test, reject)
+        at = outcome.at(np.array([threshold]))
+        row = {"score": kind, "threshold": threshold, "test_gesture_recall": float(at["recall"][0]),
+               "test_false_accept_rate": None if np.isnan(at["false_accept"][0]) else float(at["false_accept"][0]),
+               "test_auroc_reject": auroc(outcome.scores[outcome.gesture], outcome.scores[~outcome.gesture])}
+        if unknown is not None:
+            unknown_scores = score(unknown)
+            row |= {"unknown_rejection_rate": float((unknown_scores < threshold).mean()),
+                    "auroc_known_vs_unknown": auroc(outcome.scores[outcome.gesture], unknown_scores)}
+        rows.append(row)
+    return rows
+
+
+def format_score_table(rows: list[dict[str, Any]]) -> str:
+    pct = lambda x: "n/a" if x is None else f"{100 * x:.2f}%"  # noqa: E731
+    num = lambda x: "n/a" if x is None else f"{x:.4f}"  # noqa: E731
+    lines = ["| score | gesture recall | false-accept (reject class) | AUROC vs reject class | unknown rejected | AUROC vs unknown |",
+             "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        lines.append(f"| {r['score']} | {pct(r['test_gesture_recall'])} | {pct(r['test_false_accept_rate'])} | {num(r['test_auroc_reject'])} | "
+                     f"{pct(r.get('unknown_rejection_rate'))} | {num(r.get('auroc_known_vs_unknown'))} |")
+    return "\n".join(lines)
+
+
+def evaluate_open_set(classifier: Classifier, samples: Sequence[Sample], *, threshold: float | None, unknown_dir: str | None,
+                      out: Path, workers: int = 2) -> dict[str, Any]:
+    """evaluate's open_set section: the rejection on ``samples`` (and predictions.csv), and with ``unknown_dir``
+    the rejection of never-learned gestures (and unknown_worst.png)."""
+    rejection = classifier.rejection
+    threshold = rejection.threshold_or(threshold)
+    known = outputs_of(classifier, samples, workers=workers, desc="open-set features")
+    if len(known.targets) == 0:
+        return {**rejection.info(), "threshold": threshold, "test": {"n": 0}}  # every image failed to decode: reported as skipped
+    write_predictions(out / "predictions.csv", classifier, samples, known, threshold)
+    report = {**rejection.info(), "threshold": threshold, "test": operating_point(known, rejection, classifier.classes, threshold)}
+    print(format_open_set(report))
+    if unknown_dir is not None:
+        unknown_list = unknown_samples(unknown_dir)
+        unknown = outputs_of(classifier, unknown_list, workers=workers, desc="unknown features")
+        report["unknown"] = {"folder": str(unknown_dir), **unknown_report(classifier, known, unknown, threshold)}
+        worst = plot_worst_cases(out / "unknown_worst.png", classifier, unknown_list, unknown, threshold)
+        rate = report["unknown"]["rejection_rate"]
+        print(f"never-learned gestures in {unknown_dir}: {report['unknown']['rejected']} of {report['unknown']['images']} rejected"
+              f" ({'n/a' if rate is None else f'{100 * rate:.2f}%'}) at threshold {threshold:.4f}" + (f"; most confident accepts in {worst}" if worst else ""))
+    return report
