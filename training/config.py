@@ -32,19 +32,25 @@ class TrainConfig:
     cache_features: str = "auto"  # frozen epochs on cached backbone features: auto (with augment "none") | on | off
     # augmentation
     augment: str = "default"
-    flip: bool = True
+    flip: str = "auto"  # auto | on | off; auto: off when class names are direction-sensitive (training.augment.resolve_flip)
     pca_lighting: bool = False
     scale_jitter: bool = False
     # data split
     val_split: float = 0.1
     test_split: float = 0.2
     test_per_class: int | None = None
+    group_by: str = "auto"  # auto | none | session | frames | REGEX (training.grouping)
+    crop: str = "auto"  # auto | center | letterbox | resize: the input geometry, stored in the checkpoint's data config
     # runtime
     seed: int = 0
     device: str = "auto"
     amp: str = "auto"
     workers: int = 2
     out: str = ""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.flip, bool):  # configs and checkpoints written before --flip auto|on|off
+            self.flip = "on" if self.flip else "off"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
