@@ -6,10 +6,13 @@ import os
 import re
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 
 import training.finetune as finetune
-from tests.helpers import SHARED_DATA, synthetic_image, write_rgb
+from tests.helpers import PALETTE, SHARED_DATA, synthetic_image, write_rgb
+from training.check import build_report
 from training.data import DatasetError, load_splits
 from training.grouping import NUMBERED_NAME, assign_groups
 
@@ -126,3 +129,29 @@ def test_photos_with_unrelated_names_are_split_one_by_one(tmp_path):
         for i in range(10):
             write_rgb(tmp_path / "d" / cls / f"{i * 7919 + 13}_{'abcdefghij'[i]}x_n.jpg", synthetic_image(label, seed=i, size=32))
     assert load_splits(tmp_path / "d").grouping["rule"] == "none"
+
+
+def write_recording(root: Path, cls: str, label: int, frames: range) -> None:
+    """A still scene with a disc creeping 1 px per frame: neighbouring frames are near-identical."""
+    for n in frames:
+        img = np.full((48, 64, 3), 40, np.uint8)
+        cv2.circle(img, (10 + n, 24), 8, PALETTE[label], -1)
+        write_rgb(root / cls / f"{cls}_{n:04d}.png", img)
+
+
+def test_check_warns_that_near_identical_neighbours_straddle_the_folders_split(tmp_path):
+    for label, cls in enumerate(("fist", "palm")):
+        write_recording(tmp_path / "d" / "train", cls, label, range(0, 30))
+        write_recording(tmp_path / "d" / "test", cls, label, range(30, 40))
+    report = build_report(tmp_path / "d", workers=1)
+    assert report["neighbour_twins"]["pairs"] == 2 * 39 and report["neighbour_twins"]["straddling"] == 2
+    assert any("straddle train/, val/ and test/" in w for w in report["warnings"])
+
+
+def test_check_counts_what_a_frame_by_frame_split_would_separate(tmp_path):
+    for label, cls in enumerate(("fist", "palm")):
+        write_recording(tmp_path / "d", cls, label, range(60))
+    twins = build_report(tmp_path / "d", workers=1)["neighbour_twins"]
+    assert twins["default_rule"] == "frames" and twins["pairs"] == 2 * 59
+    # 20 blocks of 3 frames per class: only block boundaries can straddle, far fewer than frame by frame.
+    assert twins["straddling_auto"] <= 2 * 12 < twins["straddling_none"]

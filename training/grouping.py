@@ -104,16 +104,16 @@ def _by_frames(by_class: dict[str, list[str]]) -> Grouping:
         block = max(1, math.ceil(len(paths) / SEQUENCE_BLOCKS))
         block_sizes.append(block)
         groups[cls] = {p: p for p in paths}
-        for stem, frames in _sequences(paths).items():
+        for stem, frames in sequences(paths).items():
             for rank, path in enumerate(frames):
                 groups[cls][path] = f"{stem}#{rank // block}"
     example = next((Path(p).name for paths in by_class.values() for p in paths if NUMBERED_NAME.match(_name(p))), "")
-    sizes = f"{min(block_sizes)}-{max(block_sizes)}" if block_sizes and min(block_sizes) != max(block_sizes) else f"{block_sizes[0] if block_sizes else 1}"
-    return Grouping("frames", f"numbered frame sequences (stem + running number, e.g. {example}): "
-                    f"{SEQUENCE_BLOCKS} contiguous blocks per class ({sizes} frames each), each block stays in one split", groups)  # fmt: skip
+    sizes = "-".join(str(n) for n in sorted({min(block_sizes, default=1), max(block_sizes, default=1)}))
+    return Grouping("frames", f"numbered frame sequences (stem + running number, e.g. {example}): blocks of {sizes} neighbouring "
+                    f"frames (about {SEQUENCE_BLOCKS} per class), each block in one split", groups)  # fmt: skip
 
 
-def _sequences(paths: Iterable[str]) -> dict[str, list[str]]:
+def sequences(paths: Iterable[str]) -> dict[str, list[str]]:
     """{stem: paths in running-number order} for the file names that are stem + number."""
     by_stem: dict[str, list[tuple[int, str]]] = {}
     for path in paths:
