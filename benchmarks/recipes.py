@@ -62,21 +62,23 @@ def run_one(data: Path, dataset: str, budget: int, backbone: str, recipe: str, d
     """One finetune run (or its stored result): the table row."""
     out = args.out / "runs" / run_key(dataset, budget, backbone, recipe)
     command = finetune_command(data, budget, backbone, recipe, dataset_flags, args) + ["--out", str(out)]
-    metrics_file, wall = out / "metrics.json", None
+    metrics, wall = run_finetune(command, out, quiet=args.quiet)
+    return {"dataset": dataset, "budget": budget, "backbone": backbone, "recipe": recipe, "test_top1": metrics["test"]["top1"],
+            "val_top1": (metrics.get("val") or {}).get("top1"), "best_epoch": metrics["best_epoch"], "wall_s": wall,
+            "flags": shlex.join(RECIPES[recipe])}  # fmt: skip
+
+
+def run_finetune(command: list[str], out: Path, *, quiet: bool = False) -> tuple[dict, float | None]:
+    """(metrics.json, wall seconds) of ``command`` writing to ``out``; read back, not rerun, when out holds metrics.json."""
+    metrics_file, wall_file = out / "metrics.json", out / "wall_s.txt"
     if metrics_file.exists():
         note(f"reusing {out}")
     else:
         note("$ " + shlex.join(command))
         started = time.perf_counter()
-        subprocess.run(command, cwd=REPO, check=True, stdout=subprocess.DEVNULL if args.quiet else None)
-        wall = round(time.perf_counter() - started, 1)
-        (out / "wall_s.txt").write_text(f"{wall}\n")
-    metrics = json.loads(metrics_file.read_text())
-    if wall is None and (out / "wall_s.txt").exists():
-        wall = float((out / "wall_s.txt").read_text())
-    return {"dataset": dataset, "budget": budget, "backbone": backbone, "recipe": recipe, "test_top1": metrics["test"]["top1"],
-            "val_top1": (metrics.get("val") or {}).get("top1"), "best_epoch": metrics["best_epoch"], "wall_s": wall,
-            "flags": shlex.join(RECIPES[recipe])}  # fmt: skip
+        subprocess.run(command, cwd=REPO, check=True, stdout=subprocess.DEVNULL if quiet else None)
+        wall_file.write_text(f"{time.perf_counter() - started:.1f}\n")
+    return json.loads(metrics_file.read_text()), float(wall_file.read_text()) if wall_file.exists() else None
 
 
 def with_gaps(rows: list[dict]) -> list[dict]:
