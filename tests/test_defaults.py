@@ -58,7 +58,9 @@ def test_start_up_settles_flip_says_why_and_stores_it(tmp_path, capsys, classes,
 def test_old_no_flip_and_boolean_configs_still_work():
     cfg, _ = finetune.parse_config(["--data", "x", "--no-flip"])
     assert cfg.flip == "off"
-    assert TrainConfig.from_dict({"flip": True}).flip == "on" and TrainConfig.from_dict({"flip": False}).flip == "off"
+    old = TrainConfig.from_dict({"flip": True})  # a config.json from before --flip auto|on|off
+    assert (old.flip, old.crop, old.group_by) == ("on", "center", "none")  # resumed as it ran, not re-decided
+    assert TrainConfig.from_dict({"flip": False}).flip == "off" and TrainConfig.from_dict({}).crop == "auto"
 
 
 def test_help_shows_every_default(capsys):

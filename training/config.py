@@ -58,4 +58,6 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         known = {f.name for f in fields(cls)}
+        if isinstance(d.get("flip"), bool):  # written before the auto choices: resume it as it ran, centre crop and all
+            d = {"crop": "center", "group_by": "none", **d}
         return cls(**{k: v for k, v in d.items() if k in known})
