@@ -4,7 +4,8 @@ the frame does not reach. Trains one model per ``--crop`` mode on the same frame
 prints test top-1 for each, with the share of hand area the centre square cuts off.
 
     .venv/bin/python -m benchmarks.whole_frame                                    # 40 per class, 3 epochs, 128 px
-    .venv/bin/python -m benchmarks.whole_frame --per-class 15 --epochs 1 --image-size 96   # a small version
+    .venv/bin/python -m benchmarks.whole_frame --probe --epochs 30              # small: linear probes on cached features
+    .venv/bin/python -m benchmarks.whole_frame --as-is --source ../shared/data/flowers --probe --epochs 30   # real photos, no pasting
 
 The frames go to OUT/data (made once, seeded); runs to OUT/runs/<crop>, read back if already there.
 """
@@ -20,7 +21,7 @@ import cv2
 import numpy as np
 
 from benchmarks.common import describe_machine, emit
-from benchmarks.recipes import REPO, SHARED_DATA, run_finetune
+from benchmarks.recipes import REPO, SHARED_DATA, quick_subset, run_finetune
 from gesture_core.images import read_rgb
 from gesture_core.preprocess import CROP_MODES
 from training.data import IMAGE_EXTENSIONS
@@ -65,6 +66,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=REPO / "runs" / "whole-frame", help="frames, runs and whole_frame.json")
     p.add_argument("--workers", type=int, default=2, help="data-loading processes per run")
     p.add_argument("--seed", type=int, default=0, help="frames, split and training")
+    p.add_argument("--as-is", action="store_true", help="the source's own images (the first --per-class of each class, linked), "
+                   "not pasted on scenes: what the whole frame costs or gains on real photos")
+    p.add_argument("--probe", action="store_true", help="linear probe (--freeze backbone --augment none): the backbone's features of "
+                   "each geometry, computed once, so many epochs cost little; a small CPU's version of the comparison")
     args = p.parse_args(argv)
     for folder in (args.source, args.backgrounds):
         if not folder.is_dir():
@@ -72,23 +77,30 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [c for c in args.crops if c not in CROP_MODES]
     if unknown:
         p.error(f"unknown crop mode(s) {', '.join(unknown)}; choose from {', '.join(CROP_MODES)}")
-    data = args.out / f"data-{args.per_class}-{args.seed}"
-    marker = data / "hand_area_cut_by_centre.txt"
-    if not marker.exists():
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.write_text(f"{synthesize(args.source, args.backgrounds, data, args.per_class, args.seed):.4f}\n")
+    if args.as_is:
+        data = quick_subset(args.source, args.out / f"{args.source.name}-as-is-{args.per_class}", args.per_class)
+        scene = f"{args.source.name} photos as they are"
+    else:
+        data = args.out / f"data-{args.per_class}-{args.seed}"
+        marker = data / "hand_area_cut_by_centre.txt"
+        if not marker.exists():
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.write_text(f"{synthesize(args.source, args.backgrounds, data, args.per_class, args.seed):.4f}\n")
+        scene = (f"{args.source.name} hands on {FRAME_W}x{FRAME_H} scenes (the centre square cuts "
+                 f"{float(marker.read_text()):.0%} of the hand area on average)")  # fmt: skip
     rows = []
     for crop in args.crops:
-        out = args.out / "runs" / f"{crop}-{args.per_class}pc-{args.epochs}ep-{args.image_size}px-s{args.seed}"
-        command = [sys.executable, "-m", "training.finetune", "--data", str(data), "--crop", crop, "--group-by", "none",
+        kind = "probe" if args.probe else "finetune"
+        out = args.out / "runs" / f"{data.name}-{crop}-{kind}-{args.per_class}pc-{args.epochs}ep-{args.image_size}px-s{args.seed}"
+        probe = ["--freeze", "backbone", "--augment", "none"] if args.probe else []
+        command = [sys.executable, "-m", "training.finetune", "--data", str(data), "--crop", crop, "--group-by", "none", *probe,
                    "--epochs", str(args.epochs), "--image-size", str(args.image_size), "--workers", str(args.workers),
                    "--seed", str(args.seed), "--out", str(out)]  # fmt: skip
         metrics, wall = run_finetune(command, out, quiet=True)
         rows.append({"crop": crop, "test_top1": metrics["test"]["top1"], "best_epoch": metrics["best_epoch"], "wall_s": wall})
-    title = (f"Whole frame vs centre crop: {args.source.name} hands on {FRAME_W}x{FRAME_H} scenes, {args.per_class} per class, "
-             f"{args.epochs} epochs at {args.image_size} px; the centre square cuts {float(marker.read_text()):.0%} of the hand area "
-             f"on average ({describe_machine()})")  # fmt: skip
-    (args.out / "whole_frame.json").write_text(json.dumps({"title": title, "rows": rows}, indent=1))
+    title = (f"Whole frame vs centre crop: {scene}, {args.per_class} per class, {args.epochs} epochs at {args.image_size} px"
+             f"{', linear probe' if args.probe else ''} ({describe_machine()})")  # fmt: skip
+    (args.out / f"{data.name}.json").write_text(json.dumps({"title": title, "rows": rows}, indent=1))
     emit(rows, COLUMNS, as_json=False, title=title)
     return 0
 
