@@ -1,6 +1,7 @@
 """Fine-tune an ImageNet backbone on a folder of images.
 
-    python -m training.finetune --data ../shared/data/sign-digits --backbone efficientnet_lite0 --no-flip
+    python -m training.finetune --data ../shared/data/sign-digits --epochs 3 --image-size 160
+    python -m training.finetune --data datasets/my-gestures --flip off --group-by "^(clip[0-9]+)_"
     python -m training.finetune --resume runs/sign-digits-efficientnet_lite0/last.pt
 
 The run folder holds best.pt, last.pt, config.json, split.json, history.csv, metrics.json,
