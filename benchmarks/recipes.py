@@ -42,7 +42,7 @@ RECIPES = {  # flags on top of the defaults; "defaults" adds none
     "backbone-mult-0.1": ["--backbone-lr-mult", "0.1"],
     "flip-off": ["--flip", "off"],
     "flip-on": ["--flip", "on"],
-    "crop-center": ["--crop", "center"],
+    "crop-auto": ["--crop", "auto"],  # letterbox where most images are 1.2:1 or wider (flowers), else the centre crop
     "fp32": ["--amp", "off"],
     "ema": ["--ema-decay", "0.998"],
 }

@@ -60,7 +60,7 @@ def test_old_no_flip_and_boolean_configs_still_work():
     assert cfg.flip == "off"
     old = TrainConfig.from_dict({"flip": True})  # a config.json from before --flip auto|on|off
     assert (old.flip, old.crop, old.group_by) == ("on", "center", "none")  # resumed as it ran, not re-decided
-    assert TrainConfig.from_dict({"flip": False}).flip == "off" and TrainConfig.from_dict({}).crop == "auto"
+    assert TrainConfig.from_dict({"flip": False}).flip == "off" and TrainConfig.from_dict({}).group_by == "auto"
 
 
 def test_help_shows_every_default(capsys):

@@ -106,7 +106,7 @@ def test_crop_auto_picks_the_whole_frame_for_wide_images_and_stores_it(tmp_path,
         for i in range(8):
             write_rgb(tmp_path / "d" / cls / f"shot{i * 37}.jpg", synthetic_image(label, seed=i, size=64)[:48])  # 4:3
     cfg = TrainConfig(backbone="lenet5", data=str(tmp_path / "d"), out=str(tmp_path / "run"), weights="none", epochs=1,
-                      image_size=32, workers=0, val_split=0.25, test_split=0.25)  # fmt: skip
+                      image_size=32, workers=0, val_split=0.25, test_split=0.25, crop="auto")  # fmt: skip
     out = finetune.train(cfg)
     assert "input geometry: letterbox, the whole frame (--crop auto: 8 of 8 sampled images are 1.2:1 or wider)" in capsys.readouterr().out
     assert load_checkpoint(out / "best.pt")["data_config"]["crop"] == "letterbox"

@@ -40,7 +40,9 @@ class TrainConfig:
     test_split: float = 0.2
     test_per_class: int | None = None
     group_by: str = "auto"  # auto | none | session | frames | REGEX (training.grouping)
-    crop: str = "auto"  # auto | center | letterbox | resize: the input geometry, stored in the checkpoint's data config
+    # auto | center | letterbox | resize: the input geometry, stored in the checkpoint's data config. Not auto by default:
+    # on hands pasted anywhere on 4:3 scenes the centre crop scored higher (docs/training.md, benchmarks.whole_frame)
+    crop: str = "center"
     # runtime
     seed: int = 0
     device: str = "auto"

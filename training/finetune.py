@@ -67,7 +67,7 @@ def build_parser(*, suppress_defaults: bool = False) -> argparse.ArgumentParser:
                    help="keep images taken together in one split: auto (capture sessions or numbered frame sequences, from the "
                         "file names), session, frames, none (one by one), or a regex whose first group names the recording")  # fmt: skip
     g.add_argument("--crop", choices=CROP_CHOICES, default=default(d.crop), help="input geometry: center crop, or the whole frame "
-                   "(letterbox: padded square; resize: squeezed); auto: letterbox when most training images are far from square")
+                   "(letterbox: padded square; resize: squeezed); auto: letterbox when most training images are far from square (docs/training.md measures both)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=cli.int_at_least(1), default=default(d.epochs), help="passes over the training images")
     g.add_argument("--batch-size", type=cli.int_at_least(1), default=default(d.batch_size), help="images per step")
