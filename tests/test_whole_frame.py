@@ -111,3 +111,13 @@ def test_crop_auto_picks_the_whole_frame_for_wide_images_and_stores_it(tmp_path,
     assert "input geometry: letterbox, the whole frame (--crop auto: 8 of 8 sampled images are 1.2:1 or wider)" in capsys.readouterr().out
     assert load_checkpoint(out / "best.pt")["data_config"]["crop"] == "letterbox"
     assert json.loads((out / "config.json").read_text())["crop"] == "letterbox"
+
+
+def test_exported_metadata_describes_the_whole_frame_geometry(tmp_path):
+    from training.export import export_metadata
+
+    config = get_backbone("lenet5").data_config.with_crop("letterbox")
+    path = save_checkpoint(tmp_path / "best.pt", model=build_model("lenet5", 2, "none"), backbone="lenet5", classes=["a", "b"],
+                           data_config=config, train_config={})  # fmt: skip
+    recipe = export_metadata(load_classifier(path, device="cpu", engine="torch"))["preprocess"]
+    assert "resize longer side to 32" in recipe and "pad to 32x32" in recipe and "centre crop" not in recipe
