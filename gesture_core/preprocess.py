@@ -20,6 +20,11 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 _UPSCALE = {"bilinear": cv2.INTER_LINEAR, "bicubic": cv2.INTER_CUBIC, "nearest": cv2.INTER_NEAREST}
+# center: shorter side to resize_size, then the centre input_size square (ImageNet's eval crop).
+# letterbox: the whole frame, longer side to input_size, padded to a square with the mean colour.
+# resize: the whole frame squeezed to input_size x input_size (aspect ratio not kept).
+CROP_MODES = ("center", "letterbox", "resize")
+WHOLE_FRAME_MODES = ("letterbox", "resize")
 
 
 @dataclass(frozen=True)
@@ -32,10 +37,13 @@ class DataConfig:
     std: tuple[float, ...] = IMAGENET_STD
     interpolation: str = "bilinear"
     in_chans: int = 3
+    crop: str = "center"  # one of CROP_MODES; checkpoints written before whole-frame modes have none: center
 
     def __post_init__(self) -> None:
         if self.interpolation not in _UPSCALE:
             raise ValueError(f"interpolation {self.interpolation!r}: choose one of {sorted(_UPSCALE)}")
+        if self.crop not in CROP_MODES:
+            raise ValueError(f"crop {self.crop!r}: choose one of {', '.join(CROP_MODES)}")
         if len(self.mean) != self.in_chans or len(self.std) != self.in_chans:
             raise ValueError(f"mean/std need {self.in_chans} values, got {self.mean} / {self.std}")
 
@@ -46,6 +54,9 @@ class DataConfig:
     def with_input_size(self, size: int) -> DataConfig:
         """Same crop ratio at another resolution (e.g. ``--image-size 160``)."""
         return replace(self, input_size=size, resize_size=max(size, round(size / self.crop_pct)))
+
+    def with_crop(self, crop: str) -> DataConfig:
+        return replace(self, crop=crop)
 
     def with_channels(self, in_chans: int) -> DataConfig:
         if in_chans == self.in_chans:
@@ -67,7 +78,7 @@ class DataConfig:
 
 
 class Preprocess:
-    """Resize the shorter side to ``resize_size``, centre-crop ``input_size``, normalise."""
+    """Bring the image to ``input_size``² as ``config.crop`` says (see CROP_MODES), then normalise."""
 
     def __init__(self, config: DataConfig):
         self.config = config
@@ -79,7 +90,7 @@ class Preprocess:
 
     def __repr__(self) -> str:
         c = self.config
-        return f"Preprocess(resize={c.resize_size}, crop={c.input_size}, mean={c.mean}, std={c.std})"
+        return f"Preprocess(resize={c.resize_size}, crop={c.input_size} {c.crop}, mean={c.mean}, std={c.std})"
 
     def __call__(self, rgb: np.ndarray) -> torch.Tensor:
         return self.normalize(self.crop(rgb))
@@ -104,8 +115,12 @@ class Preprocess:
 
     def crop(self, rgb: np.ndarray) -> np.ndarray:
         """The deterministic geometric part: uint8 HWC in, uint8 ``input_size``² out."""
-        resized = resize_shorter(rgb, self.config.resize_size, self.config.interpolation)
-        return center_crop(resized, self.config.input_size)
+        c = self.config
+        if c.crop == "letterbox":
+            return letterbox(rgb, c.input_size, c.interpolation, pad=tuple(round(255 * m) for m in c.mean))
+        if c.crop == "resize":
+            return resize_to(rgb, (c.input_size, c.input_size), c.interpolation)
+        return center_crop(resize_shorter(rgb, c.resize_size, c.interpolation), c.input_size)
 
     def normalize(self, rgb: np.ndarray) -> torch.Tensor:
         """uint8 HWC (already ``input_size``) -> float32 CHW, normalised with the backbone's mean/std."""
@@ -145,11 +160,29 @@ def resize_shorter(rgb: np.ndarray, size: int, interpolation: str = "bilinear") 
     h, w = rgb.shape[:2]
     check_dimensions(w, h, max_pixels=None)
     new_w, new_h = resized_size(w, h, size)
-    if (new_w, new_h) == (w, h):
+    return resize_to(rgb, (new_h, new_w), interpolation)
+
+
+def resize_to(rgb: np.ndarray, hw: tuple[int, int], interpolation: str = "bilinear") -> np.ndarray:
+    if rgb.shape[:2] == hw:
         return rgb
     # INTER_AREA antialiases when shrinking, as PIL/torchvision resizing does.
-    flag = cv2.INTER_AREA if min(h, w) > size else _UPSCALE[interpolation]
-    return cv2.resize(rgb, (new_w, new_h), interpolation=flag)
+    shrinking = hw[0] * hw[1] < rgb.shape[0] * rgb.shape[1]
+    flag = cv2.INTER_AREA if shrinking else _UPSCALE[interpolation]
+    resized = cv2.resize(rgb, (hw[1], hw[0]), interpolation=flag)
+    return resized[:, :, None] if resized.ndim == 2 and rgb.ndim == 3 else resized
+
+
+def letterbox(rgb: np.ndarray, size: int, interpolation: str = "bilinear", pad: tuple[int, ...] = (0, 0, 0)) -> np.ndarray:
+    """The whole image, longer side ``size``, centred on a ``size``² canvas of colour ``pad``."""
+    h, w = rgb.shape[:2]
+    scale = size / max(h, w)
+    new_h, new_w = max(1, min(size, round(h * scale))), max(1, min(size, round(w * scale)))
+    canvas = np.empty((size, size, rgb.shape[2]), np.uint8)
+    canvas[:] = np.asarray(pad[: rgb.shape[2]], np.uint8)
+    top, left = (size - new_h) // 2, (size - new_w) // 2
+    canvas[top : top + new_h, left : left + new_w] = resize_to(rgb, (new_h, new_w), interpolation)
+    return canvas
 
 
 def resized_size(width: int, height: int, size: int) -> tuple[int, int]:
@@ -183,6 +216,8 @@ def tta_crops(preprocess: Preprocess, rgb: np.ndarray, mode: str) -> list[np.nda
     """
     _check_tta(mode)
     c = preprocess.config
+    if c.crop != "center" and mode not in ("none", "flip"):
+        raise ValueError(f"TTA mode {mode!r} takes crops; this model sees whole frames ({c.crop}): choose none or flip")
     if mode == "multiscale":
         crops = [center_crop(resize_shorter(rgb, round(c.resize_size * f), c.interpolation), c.input_size) for f in MULTISCALE_FACTORS]
         return crops + [hflip(v) for v in crops]

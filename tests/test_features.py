@@ -30,9 +30,11 @@ def dataset(tmp_path):
 
 
 def probe_config(data, out, **overrides) -> TrainConfig:
-    """resnet18 at 32 px: BatchNorm (frozen, so in eval mode) and no dropout, so both paths must agree exactly."""
+    """resnet18 at 32 px: BatchNorm (frozen, so in eval mode) and no dropout, so both paths must agree exactly.
+
+    fp32 (amp off): the cache computes features in fp32, while --amp auto trains in bf16 on CPUs that have it."""
     base = dict(backbone="resnet18", data=str(data), out=str(out), weights="none", epochs=2, batch_size=8, image_size=32,
-                workers=0, lr=3e-3, warmup_epochs=0.5, val_split=0.2, test_split=0.2, seed=1, freeze="backbone", augment="none")  # fmt: skip
+                workers=0, lr=3e-3, warmup_epochs=0.5, val_split=0.2, test_split=0.2, seed=1, freeze="backbone", augment="none", amp="off")  # fmt: skip
     return TrainConfig(**{**base, **overrides})
 
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Sequence
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # its update check would hang offline
 
@@ -13,9 +14,17 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from albumentations.pytorch import ToTensorV2  # noqa: E402
 
-from gesture_core.preprocess import DataConfig, Preprocess  # noqa: E402
+from gesture_core.images import ImageDecodeError, probe_image  # noqa: E402
+from gesture_core.preprocess import CROP_MODES, WHOLE_FRAME_MODES, DataConfig, Preprocess  # noqa: E402
 
 PRESETS = ("default", "light", "none")
+FLIP_CHOICES = ("auto", "on", "off")
+# Words whose meaning a mirror image reverses. Whole words only ("bright", "upright" and the ASL
+# letters "L" and "R" are not directions), matched in snake_case, kebab-case and camelCase names.
+DIRECTION_WORDS = frozenset({
+    "left", "right", "leftward", "rightward", "leftwards", "rightwards", "lft", "rgt", "rght",
+    "clockwise", "anticlockwise", "counterclockwise", "cw", "ccw",
+})  # fmt: skip
 Transform = Callable[[np.ndarray, int], torch.Tensor]
 
 
@@ -79,6 +88,64 @@ class AlexNetLighting(A.ImageOnlyTransform):
         return ("alpha",)
 
 
+def name_words(name: str) -> list[str]:
+    """Lower-case words of a class name: "swipeLeft" -> swipe, left; "point_right2" -> point, right, 2."""
+    return [w.lower() for w in re.findall(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+", name)]
+
+
+def direction_sensitive(classes: Sequence[str]) -> list[str]:
+    """The class names a horizontal flip would turn into another class (left <-> right, clockwise <-> anticlockwise)."""
+    return [c for c in classes if DIRECTION_WORDS.intersection(name_words(c))]
+
+
+def resolve_flip(setting: str, classes: Sequence[str]) -> tuple[bool, str]:
+    """(flip or not, the start-up line that says why) for ``--flip auto|on|off``.
+
+    auto flips, because a mirrored hand is the same gesture made with the other hand (left-handed
+    users, mirrored cameras), unless a class name says its meaning has a direction.
+    """
+    if setting not in FLIP_CHOICES:
+        raise ValueError(f"--flip {setting!r}: choose one of {', '.join(FLIP_CHOICES)}")
+    if setting != "auto":
+        return setting == "on", f"horizontal flips {setting} (--flip {setting})"
+    directional = direction_sensitive(classes)
+    if directional:
+        return False, f"horizontal flips off (--flip auto): class names are direction-sensitive ({', '.join(directional)}); --flip on overrides"
+    return True, "horizontal flips on (--flip auto: no class name has a direction such as left/right; --flip off for mirrored meanings)"
+
+
+CROP_CHOICES = ("auto", *CROP_MODES)
+FAR_FROM_SQUARE = 1.2  # longer/shorter side: 4:3 webcam frames (1.33) are, 5:4 and squarer photos are not
+ASPECT_SAMPLE = 200  # image headers read to decide --crop auto
+
+
+def resolve_crop(setting: str, paths: Sequence[str], whole_frame: str = "letterbox") -> tuple[str, str]:
+    """(crop mode, the start-up line that says why) for ``--crop auto|center|letterbox|resize``.
+
+    auto keeps the whole frame (``whole_frame``) when most training images are far from square: the
+    centre square of a 4:3 webcam frame drops a quarter of its width, where a pointing hand often is.
+    """
+    if setting not in CROP_CHOICES:
+        raise ValueError(f"--crop {setting!r}: choose one of {', '.join(CROP_CHOICES)}")
+    if setting != "auto":
+        return setting, f"input geometry: {setting} (--crop {setting})"
+    step = max(1, len(paths) // ASPECT_SAMPLE)
+    ratios = [r for r in (_aspect(p) for p in paths[::step]) if r is not None]
+    far = sum(r >= FAR_FROM_SQUARE for r in ratios)
+    if ratios and far > len(ratios) / 2:
+        return whole_frame, f"input geometry: {whole_frame}, the whole frame (--crop auto: {far} of {len(ratios)} sampled images are {FAR_FROM_SQUARE}:1 or wider)"
+    return "center", f"input geometry: center crop (--crop auto: {len(ratios) - far} of {len(ratios)} sampled images are near square)"
+
+
+def _aspect(path: str) -> float | None:
+    try:
+        with open(path, "rb") as f:
+            _, (w, h) = probe_image(f.read())
+    except (OSError, ImageDecodeError):
+        return None
+    return max(w, h) / max(1, min(w, h))
+
+
 class SeededTransform:
     """Picklable (loader workers may be spawned), and reseeded per sample for reproducibility."""
 
@@ -92,6 +159,8 @@ class SeededTransform:
 
 def _geometry(config: DataConfig, preset: str, scale_jitter: bool) -> list[A.BasicTransform]:
     size = config.input_size
+    if config.crop in WHOLE_FRAME_MODES:
+        return _whole_frame_geometry(config, preset)
     if scale_jitter:
         sides = list(range(config.resize_size, 2 * config.resize_size + 1, 8))
         return [A.SmallestMaxSize(max_size=sides, area_for_downscale="image"), A.RandomCrop(size, size)]
@@ -99,6 +168,20 @@ def _geometry(config: DataConfig, preset: str, scale_jitter: bool) -> list[A.Bas
         return [A.SmallestMaxSize(max_size=config.resize_size, area_for_downscale="image"), A.RandomCrop(size, size)]
     # Milder than ImageNet's (0.08, 1): a crop that loses the fingers changes a gesture's label.
     return [A.RandomResizedCrop(size=(size, size), scale=(0.35, 1.0), area_for_downscale="image")]
+
+
+def _whole_frame_geometry(config: DataConfig, preset: str) -> list[A.BasicTransform]:
+    """The eval geometry (letterbox or squeeze to a square), then a mild random zoom: the gesture may sit
+    anywhere in the frame, so a crop as tight as the centre-crop recipe's could cut it out."""
+    size = config.input_size
+    if config.crop == "letterbox":
+        pad = tuple(round(255 * m) for m in config.mean)
+        steps = [A.LongestMaxSize(max_size=size, area_for_downscale="image"), A.PadIfNeeded(size, size, border_mode=cv2.BORDER_CONSTANT, fill=pad)]
+    else:
+        steps = [A.Resize(size, size, area_for_downscale="image")]
+    if preset == "default":
+        steps.append(A.RandomResizedCrop(size=(size, size), scale=(0.7, 1.0), ratio=(0.9, 1.1), area_for_downscale="image"))
+    return steps
 
 
 class EvalTransform:

@@ -27,18 +27,26 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
+import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
 from gesture_core.cli import command
 from gesture_core.images import ImageDecodeError, decode_rgb, probe_image
+from training.config import TrainConfig
 from training.data import SPLITS, DatasetError, is_presplit, scan_class_folders
 from training.data import _printable as printable  # non-UTF-8 names, made printable and JSON-safe
+from training.grouping import assign_groups, grouped_split, sequences
 
 FEW_IMAGES = 20  # below this a class is too small to learn and to test reliably
 IMBALANCE_WARN = 3.0  # max/min class size
 OUTLIER_FACTOR = 16  # pixel count this many times the median: a stray full-resolution photo
 LARGE_SIDE = 4000
+THUMB = 16  # grayscale thumbnail side for comparing neighbouring frames
+NEAR_IDENTICAL = 6.0  # mean absolute thumbnail difference (0-255): frames of a still scene; unrelated photos differ by 15+
+_DEFAULTS = TrainConfig()
+DEFAULT_SPLIT = {"val_split": _DEFAULTS.val_split, "test_split": _DEFAULTS.test_split, "test_per_class": _DEFAULTS.test_per_class, "seed": _DEFAULTS.seed}
 
 
 @dataclass
@@ -52,6 +60,7 @@ class ImageInfo:
     width: int = 0
     height: int = 0
     error: str | None = None
+    thumb: np.ndarray | None = None  # THUMB x THUMB grayscale, when decoded
 
 
 def is_utf8_name(path: str) -> bool:
@@ -74,7 +83,8 @@ def inspect_image(path: str, split: str, label: str, *, decode: bool) -> ImageIn
             info.mode = img.mode
         if decode:
             # Reduced-size JPEG decoding still reads every byte, so truncation and garbage surface here.
-            decode_rgb(data, min_side=64)
+            rgb = decode_rgb(data, min_side=64)
+            info.thumb = cv2.resize(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), (THUMB, THUMB), interpolation=cv2.INTER_AREA).astype(np.float32)
     except ImageDecodeError as err:
         info.error = str(err)
     except OSError as err:
@@ -163,6 +173,32 @@ def _duplicates(infos: list[ImageInfo], root: Path) -> dict:
     return out
 
 
+def _neighbour_twins(infos: list[ImageInfo], layout: str) -> dict:
+    """Near-identical neighbouring frames (numbered sequences, training.grouping) and how many pairs a split
+    puts on two sides: the folders' own split for a pre-split layout, else training's default grouped split."""
+    by_path = {i.path: i for i in infos if i.thumb is not None}
+    by_class: dict[str, list[str]] = defaultdict(list)
+    for info in by_path.values():
+        by_class[info.label].append(info.path)
+    pairs = [(a, b) for paths in by_class.values() for run in sequences(paths).values() for a, b in zip(run, run[1:], strict=False)
+             if float(np.abs(by_path[a].thumb - by_path[b].thumb).mean()) < NEAR_IDENTICAL]  # fmt: skip
+    out = {"pairs": len(pairs), "examples": [[printable(os.path.basename(p)) for p in pair] for pair in pairs[:3]]}
+    if layout == "presplit":
+        side = {p: i.split for p, i in by_path.items()}
+        out["straddling"] = sum(side[a] != side[b] for a, b in pairs)
+        return out
+    for rule in ("auto", "none"):
+        try:
+            grouping = assign_groups(dict(by_class), rule)
+            parts = grouped_split(dict(by_class), grouping, **DEFAULT_SPLIT)
+        except DatasetError:
+            continue
+        side = {p: split for split, classes in parts.items() for paths in classes.values() for p in paths}
+        out[f"straddling_{rule}"] = sum(side[a] != side[b] for a, b in pairs)
+        out.setdefault("default_rule", grouping.rule)
+    return out
+
+
 def build_report(root: Path, *, decode: bool = True, workers: int = 2) -> dict:
     """The whole report as a JSON-ready dict; ``report["fatal"]`` lists what makes training impossible."""
     root = Path(root)
@@ -201,6 +237,7 @@ def build_report(root: Path, *, decode: bool = True, workers: int = 2) -> dict:
         + [s["path"] for s in skipped if "\ufffd" in s["path"]],
         image_stats=_size_stats(infos),
         duplicates=_duplicates(infos, root),
+        neighbour_twins=_neighbour_twins(good, layout),
     )
     report["fatal"] += _fatal(report, root, per_split, layout)
     report["warnings"] += _warnings(report, per_split, layout)
@@ -268,6 +305,7 @@ def _warnings(report: dict, per_split: dict[str, dict[str, int]], layout: str) -
         w.append(f"{dup['across_classes']} image(s) appear under more than one class (identical content, conflicting labels)")
     if dup["within_class"]:
         w.append(f"{dup['within_class']} group(s) of identical images within a class (harmless, but they inflate the counts)")
+    w += _twin_warnings(report["neighbour_twins"])
     if report["skipped"]:
         kinds = ", ".join(f"{n} {k}" for k, n in report["skipped_by_reason"].items())
         w.append(f"{len(report['skipped'])} file(s) skipped: {kinds}")
@@ -284,6 +322,23 @@ def _warnings(report: dict, per_split: dict[str, dict[str, int]], layout: str) -
             f"{len(report['non_utf8_names'])} file name(s) are not valid UTF-8 (shown with \ufffd); some tools will choke on them"
         )
     return w
+
+
+def _twin_warnings(twins: dict) -> list[str]:
+    if not twins.get("pairs"):
+        return []
+    example = " ~ ".join(twins["examples"][0])
+    found = f"{twins['pairs']} pair(s) of near-identical neighbouring frames (e.g. {example})"
+    if twins.get("straddling"):
+        return [f"{found}: {twins['straddling']} of them straddle train/, val/ and test/, so the test shows frames the model has "
+                "nearly seen; split whole recordings between the folders"]  # fmt: skip
+    if twins.get("straddling_auto"):
+        return [f"{found}: {twins['straddling_auto']} would straddle train/val/test in training's default split "
+                f"(--group-by auto: {twins['default_rule']}); name files <recording>-<n> or pass --group-by REGEX to keep recordings whole"]  # fmt: skip
+    if twins.get("straddling_none"):
+        return [f"{found}: a frame-by-frame split (--group-by none) would put {twins['straddling_none']} of them on both sides "
+                f"of a split; keep the default --group-by auto ({twins['default_rule']}), which keeps them together"]  # fmt: skip
+    return []
 
 
 def _split_warnings(per_split: dict[str, dict[str, int]]) -> list[str]:

@@ -6,6 +6,19 @@ import argparse
 from pathlib import Path
 
 from gesture_core.backbones import list_backbones
+from training.grouping import check_group_by
+
+
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` shows every option's default: "off" for switches, nothing where the help already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        help_text = action.help or ""
+        if "(default" in help_text or action.default in (None, argparse.SUPPRESS) or not action.option_strings:
+            return help_text
+        if action.default is False:
+            return f"{help_text} (default: off)"
+        return super()._get_help_string(action)
 
 
 def int_at_least(low: int):
@@ -49,6 +62,13 @@ def existing_file(text: str) -> Path:
     if not Path(text).is_file():
         raise argparse.ArgumentTypeError(f"{text}: no such file")
     return Path(text)
+
+
+def group_by_arg(text: str) -> str:
+    try:
+        return check_group_by(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def add_backbone_arg(parser: argparse.ArgumentParser, **kwargs) -> None:

@@ -17,11 +17,11 @@ class TrainConfig:
     in_chans: int = 3
     # optimisation
     opt: str = "adamw"
-    lr: float = 1e-3
-    backbone_lr_mult: float = 0.1  # discriminative LR: pretrained layers move slower than the new head
+    lr: float = 3e-3  # with backbone_lr_mult 0.3 and warmup_epochs 0.5: the tuned sign-digits recipe (docs/training.md)
+    backbone_lr_mult: float = 0.3  # discriminative LR: pretrained layers move slower than the new head
     weight_decay: float = 0.05
     momentum: float = 0.9
-    warmup_epochs: float = 1.0
+    warmup_epochs: float = 0.5
     label_smoothing: float = 0.1
     ema_decay: float = 0.0  # 0: no weight averaging
     class_weights: bool = False
@@ -35,13 +35,17 @@ class TrainConfig:
     cache_features: str = "auto"  # frozen epochs on cached backbone features: auto (with augment "none") | on | off
     # augmentation
     augment: str = "default"
-    flip: bool = True
+    flip: str = "auto"  # auto | on | off; auto: off when class names are direction-sensitive (training.augment.resolve_flip)
     pca_lighting: bool = False
     scale_jitter: bool = False
     # data split
     val_split: float = 0.1
     test_split: float = 0.2
     test_per_class: int | None = None
+    group_by: str = "auto"  # auto | none | session | frames | REGEX (training.grouping)
+    # auto | center | letterbox | resize: the input geometry, stored in the checkpoint's data config. Not auto by default:
+    # on hands pasted anywhere on 4:3 scenes the centre crop scored higher (docs/training.md, benchmarks.whole_frame)
+    crop: str = "center"
     # runtime
     seed: int = 0
     device: str = "auto"
@@ -52,10 +56,16 @@ class TrainConfig:
     sync_bn: bool = False
     world_size: int = 1
 
+    def __post_init__(self) -> None:
+        if isinstance(self.flip, bool):  # configs and checkpoints written before --flip auto|on|off
+            self.flip = "on" if self.flip else "off"
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         known = {f.name for f in fields(cls)}
+        if isinstance(d.get("flip"), bool):  # written before the auto choices: resume it as it ran, centre crop and all
+            d = {"crop": "center", "group_by": "none", **d}
         return cls(**{k: v for k, v in d.items() if k in known})

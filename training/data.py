@@ -19,13 +19,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from gesture_core.images import TRUNCATED_JPEG, ImageDecodeError, check_dimensions, decode_rgb, jpeg_is_complete, probe_image
+from training.grouping import DatasetError, assign_groups, grouped_split
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm"}
 SPLITS = ("train", "val", "test")
-
-
-class DatasetError(ValueError):
-    """A dataset that cannot be trained on; the message says why and what to do."""
 
 
 @dataclass(frozen=True)
@@ -43,6 +40,7 @@ class Splits:
     test: list[Sample]
     skipped: list[dict[str, str]] = field(default_factory=list)  # {"path", "reason"}
     layout: str = "imagefolder"
+    grouping: dict = field(default_factory=dict)  # training.grouping.Grouping.to_json(): rule, description, warnings
 
     def counts(self) -> dict[str, int]:
         return {name: len(getattr(self, name)) for name in SPLITS}
@@ -55,13 +53,14 @@ class Splits:
             "classes": self.classes,
             **{name: rel(getattr(self, name)) for name in SPLITS},
             "skipped": self.skipped,
+            "grouping": self.grouping,
         }
 
     @classmethod
     def from_json(cls, d: dict, root: str | None = None) -> Splits:
         root = root or d["root"]
         load = lambda name: [Sample(os.path.join(root, p), int(y)) for p, y in d[name]]  # noqa: E731
-        return cls(root, d["classes"], load("train"), load("val"), load("test"), d.get("skipped", []), d["layout"])
+        return cls(root, d["classes"], load("train"), load("val"), load("test"), d.get("skipped", []), d["layout"], d.get("grouping", {}))
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(self.to_json(), indent=1))
@@ -160,31 +159,6 @@ def _require_trainable(by_class: dict[str, list[str]], root: Path) -> None:
         raise DatasetError(f"{root}: only one class ({', '.join(by_class)}); a classifier needs at least two class folders")
 
 
-def stratified_split(
-    by_class: dict[str, list[str]],
-    *,
-    val_split: float,
-    test_split: float,
-    test_per_class: int | None,
-    seed: int,
-) -> dict[str, dict[str, list[str]]]:
-    """Per-class seeded shuffle, then test / val / train, so every split keeps the class balance."""
-    rng = np.random.default_rng(seed)
-    out: dict[str, dict[str, list[str]]] = {s: {} for s in SPLITS}
-    for cls, paths in by_class.items():
-        paths = [paths[i] for i in rng.permutation(len(paths))]
-        n_test = test_per_class if test_per_class is not None else round(test_split * len(paths))
-        n_val = round(val_split * len(paths))
-        if n_test + n_val >= len(paths):
-            raise DatasetError(
-                f"class {cls!r} has {len(paths)} images, too few for {n_test} test + {n_val} val + at least 1 train"
-            )
-        out["test"][cls], out["val"][cls], out["train"][cls] = (
-            paths[:n_test], paths[n_test : n_test + n_val], paths[n_test + n_val :],
-        )  # fmt: skip
-    return out
-
-
 def load_splits(
     root: str | os.PathLike,
     *,
@@ -192,7 +166,9 @@ def load_splits(
     test_split: float = 0.2,
     test_per_class: int | None = None,
     seed: int = 0,
+    group_by: str = "auto",
 ) -> Splits:
+    """Scan ``root`` and split it per class, by group (training.grouping: ``group_by`` is a rule or a regex)."""
     root = Path(root)
     skipped: list[dict[str, str]] = []
     if is_presplit(root):
@@ -200,23 +176,21 @@ def load_splits(
         classes = sorted(parts["train"])
         _require_trainable(parts["train"], root / "train")
         _check_same_classes(parts, classes, root)
+        grouping = assign_groups(parts["train"], group_by)
         if "val" not in parts:
-            parts["train"], parts["val"] = _carve(parts["train"], val_split, seed)
+            carved = grouped_split(parts["train"], grouping, val_split=val_split, test_split=0.0, test_per_class=None, seed=seed)
+            parts["train"], parts["val"] = carved["train"], carved["val"]
         samples = {s: _to_samples(parts[s], classes) for s in SPLITS}
-        return Splits(str(root), classes, samples["train"], samples["val"], samples["test"], skipped, "presplit")
+        return Splits(str(root), classes, samples["train"], samples["val"], samples["test"], skipped, "presplit", grouping.to_json())
     by_class = scan_class_folders(root, skipped)
     if not any(by_class.values()):
         raise DatasetError(f"{root}: no images found (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
     _require_trainable(by_class, root)
     classes = sorted(by_class)
-    parts = stratified_split(by_class, val_split=val_split, test_split=test_split, test_per_class=test_per_class, seed=seed)
+    grouping = assign_groups(by_class, group_by)
+    parts = grouped_split(by_class, grouping, val_split=val_split, test_split=test_split, test_per_class=test_per_class, seed=seed)
     samples = {s: _to_samples(parts[s], classes) for s in SPLITS}
-    return Splits(str(root), classes, samples["train"], samples["val"], samples["test"], skipped, "imagefolder")
-
-
-def _carve(train: dict[str, list[str]], val_split: float, seed: int):
-    parts = stratified_split(train, val_split=val_split, test_split=0.0, test_per_class=None, seed=seed)
-    return parts["train"], parts["val"]
+    return Splits(str(root), classes, samples["train"], samples["val"], samples["test"], skipped, "imagefolder", grouping.to_json())
 
 
 def _check_same_classes(parts: dict[str, dict[str, list[str]]], classes: list[str], root: Path) -> None:

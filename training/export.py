@@ -63,9 +63,13 @@ def export_metadata(classifier: Classifier) -> dict[str, str]:
     """String key/values (ONNX metadata_props only holds strings)."""
     c = classifier.data_config
     ops = "grayscale, " if c.in_chans == 1 else ""
-    recipe = (f"RGB uint8 -> resize shorter side to {c.resize_size} ({c.interpolation}; area when shrinking) -> "
-              f"centre crop {c.input_size}x{c.input_size} -> {ops}float32 (x/255 - mean)/std with mean {list(c.mean)}, "
-              f"std {list(c.std)} -> NCHW")
+    geometry = {  # gesture_core.preprocess.CROP_MODES
+        "center": f"resize shorter side to {c.resize_size} ({c.interpolation}; area when shrinking) -> centre crop {c.input_size}x{c.input_size}",
+        "letterbox": f"resize longer side to {c.input_size} ({c.interpolation}; area when shrinking) -> pad to {c.input_size}x{c.input_size} "
+                     f"with the mean colour, centred",
+        "resize": f"resize to {c.input_size}x{c.input_size} ({c.interpolation}; area when shrinking)",
+    }[c.crop]  # fmt: skip
+    recipe = f"RGB uint8 -> {geometry} -> {ops}float32 (x/255 - mean)/std with mean {list(c.mean)}, std {list(c.std)} -> NCHW"
     return {
         "format": "gesture-classifier",
         "backbone": classifier.backbone,

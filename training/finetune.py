@@ -1,6 +1,7 @@
 """Fine-tune an ImageNet backbone on a folder of images.
 
-    python -m training.finetune --data ../shared/data/sign-digits --backbone efficientnet_lite0 --no-flip
+    python -m training.finetune --data ../shared/data/sign-digits --epochs 3 --image-size 160
+    python -m training.finetune --data datasets/my-gestures --flip off --group-by "^(clip[0-9]+)_"
     python -m training.finetune --resume runs/sign-digits-efficientnet_lite0/last.pt
     torchrun --standalone --nproc_per_node 2 -m training.finetune --data ... (several processes: training.distributed)
 
@@ -33,14 +34,22 @@ from gesture_core.cli import EXIT_USAGE, USER_ERRORS, command
 from gesture_core.preprocess import DataConfig
 from gesture_core.rejection import find_reject_classes
 from training import cli, distributed
-from training.augment import PRESETS, build_eval_transform, build_train_transform
+from training.augment import (
+    CROP_CHOICES,
+    FLIP_CHOICES,
+    PRESETS,
+    build_eval_transform,
+    build_train_transform,
+    resolve_crop,
+    resolve_flip,
+)
 from training.calibrate import add_rejection_args, calibrate_model, format_open_set
 from training.config import TrainConfig
 from training.data import DatasetError, ImageDataset, Splits, failure_reports, index_seed, load_splits, make_loader
 from training.distributed import ShardedSeededSampler, is_main_process
 from training.ema import ModelEma
 from training.features import CACHE_CHOICES, FrozenFeatures, use_feature_cache
-from training.loop import EpochResult, build_optimizer, predict_logits, train_one_epoch, warmup_cosine
+from training.loop import AMP_CHOICES, EpochResult, build_optimizer, predict_logits, resolve_amp, train_one_epoch, warmup_cosine
 from training.report import classification_metrics, format_summary, plot_curves, write_history, write_json, write_report
 
 RESUMABLE_OVERRIDES = ("epochs", "workers", "device", "patience")
@@ -54,7 +63,7 @@ def build_parser(*, suppress_defaults: bool = False) -> argparse.ArgumentParser:
         prog="python -m training.finetune",
         description="Fine-tune an ImageNet-pretrained CNN on an ImageFolder dataset.",
         argument_default=argparse.SUPPRESS if suppress_defaults else None,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=cli.DefaultsHelpFormatter,
     )
     g = p.add_argument_group("model and data")
     cli.add_backbone_arg(g, default=default(d.backbone))
@@ -64,17 +73,22 @@ def build_parser(*, suppress_defaults: bool = False) -> argparse.ArgumentParser:
     g.add_argument("--in-channels", dest="in_chans", type=int, choices=(1, 3), default=default(3), help="1 for grayscale (lenet5 only)")
     g.add_argument("--val-split", type=cli.float_in(0.0, 0.9), default=default(d.val_split), help="fraction per class held out for model selection")
     g.add_argument("--test-split", type=cli.float_in(0.0, 0.9), default=default(d.test_split), help="fraction per class held out for the final test")
-    g.add_argument("--test-per-class", type=cli.int_at_least(1), default=default(None), help="hold out exactly N test images per class instead")
+    g.add_argument("--test-per-class", type=cli.int_at_least(1), default=default(None), help="hold out exactly N test images per class instead (default: off)")
+    g.add_argument("--group-by", type=cli.group_by_arg, default=default(d.group_by), metavar="RULE|REGEX",
+                   help="keep images taken together in one split: auto (capture sessions or numbered frame sequences, from the "
+                        "file names), session, frames, none (one by one), or a regex whose first group names the recording")  # fmt: skip
+    g.add_argument("--crop", choices=CROP_CHOICES, default=default(d.crop), help="input geometry: center crop, or the whole frame "
+                   "(letterbox: padded square; resize: squeezed); auto: letterbox when most training images are far from square (docs/training.md measures both)")
     g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=cli.int_at_least(1), default=default(d.epochs))
-    g.add_argument("--batch-size", type=cli.int_at_least(1), default=default(d.batch_size))
-    g.add_argument("--opt", choices=("adamw", "sgd"), default=default(d.opt))
+    g.add_argument("--epochs", type=cli.int_at_least(1), default=default(d.epochs), help="passes over the training images")
+    g.add_argument("--batch-size", type=cli.int_at_least(1), default=default(d.batch_size), help="images per step")
+    g.add_argument("--opt", choices=("adamw", "sgd"), default=default(d.opt), help="optimizer")
     g.add_argument("--lr", type=cli.positive_float, default=default(d.lr), help="head learning rate (peak)")
     g.add_argument("--backbone-lr-mult", type=cli.float_in(0.0, 1.0, high_inclusive=True), default=default(d.backbone_lr_mult), help="backbone LR = lr x this")
-    g.add_argument("--weight-decay", type=cli.float_in(0.0, 1.0), default=default(d.weight_decay))
+    g.add_argument("--weight-decay", type=cli.float_in(0.0, 1.0), default=default(d.weight_decay), help="decoupled weight decay (AdamW) or L2 (SGD)")
     g.add_argument("--momentum", type=cli.float_in(0.0, 1.0), default=default(d.momentum), help="SGD momentum")
-    g.add_argument("--warmup-epochs", type=cli.float_in(0.0, 1000.0), default=default(d.warmup_epochs))
-    g.add_argument("--label-smoothing", type=cli.float_in(0.0, 1.0), default=default(d.label_smoothing))
+    g.add_argument("--warmup-epochs", type=cli.float_in(0.0, 1000.0), default=default(d.warmup_epochs), help="linear LR warmup, then cosine decay")
+    g.add_argument("--label-smoothing", type=cli.float_in(0.0, 1.0), default=default(d.label_smoothing), help="cross-entropy label smoothing")
     g.add_argument("--ema-decay", type=cli.float_in(0.0, 1.0), default=default(d.ema_decay), help="validate, keep and test an exponential moving average of the weights with this decay per step, e.g. 0.998 (0: off)")
     g.add_argument("--class-weights", action="store_true", default=default(False), help="weight the loss by inverse class frequency")
     g.add_argument("--freeze", choices=("none", "backbone"), default=default(d.freeze), help="backbone = linear probe")
@@ -83,15 +97,17 @@ def build_parser(*, suppress_defaults: bool = False) -> argparse.ArgumentParser:
     g.add_argument("--patience", type=cli.int_at_least(0), default=default(d.patience), help="early stopping after N epochs without val improvement (0: off)")
     add_rejection_args(p.add_argument_group("no gesture (docs/no-gesture.md)"))
     g = p.add_argument_group("augmentation")
-    g.add_argument("--augment", choices=PRESETS, default=default(d.augment))
-    g.add_argument("--no-flip", dest="flip", action="store_false", default=default(True), help="no horizontal flips (for gestures whose meaning is mirrored)")
+    g.add_argument("--augment", choices=PRESETS, default=default(d.augment), help="training augmentation preset")
+    g.add_argument("--flip", choices=FLIP_CHOICES, default=default(d.flip), help="horizontal flips in training; auto: off when a class "
+                   "name has a direction (left, right, clockwise, ...), since a mirror swaps those classes, else on")
+    g.add_argument("--no-flip", dest="flip", action="store_const", const="off", default=argparse.SUPPRESS, help="same as --flip off")
     g.add_argument("--pca-lighting", action="store_true", default=default(False), help="AlexNet-style PCA colour noise")
     g.add_argument("--scale-jitter", action="store_true", default=default(False), help="VGG-style scale jitter instead of random resized crops")
     g = p.add_argument_group("runtime")
-    g.add_argument("--device", choices=("auto", "cpu", "cuda"), default=default(d.device))
-    g.add_argument("--amp", choices=("auto", "on", "off"), default=default(d.amp), help="mixed precision (auto: on for CUDA)")
+    g.add_argument("--device", choices=("auto", "cpu", "cuda"), default=default(d.device), help="auto: CUDA when available")
+    g.add_argument("--amp", choices=AMP_CHOICES, default=default(d.amp), help="mixed precision (auto: on for CUDA, and bf16 on CPUs with native bf16)")
     g.add_argument("--workers", type=cli.int_at_least(0), default=default(d.workers), help="data-loading processes")
-    g.add_argument("--seed", type=int, default=default(d.seed))
+    g.add_argument("--seed", type=int, default=default(d.seed), help="fixes the split, the initial head and the augmentation")
     g.add_argument("--out", default=default(None), help="run folder (default: runs/<data>-<backbone>, numbered if taken)")
     g.add_argument("--resume", type=cli.existing_file, default=default(None), help="continue an interrupted run from RUN/last.pt")
     g.add_argument("--sync-bn", action="store_true", default=default(False), help="under torchrun on GPUs: BatchNorm statistics over the global batch")
@@ -161,7 +177,7 @@ def run_folder_and_splits(cfg: TrainConfig, resume: Path | None) -> tuple[Path, 
         splits = Splits.load(out / "split.json")
     else:
         root = resolve_data_dir(cfg.data)
-        splits = load_splits(root, val_split=cfg.val_split, test_split=cfg.test_split, test_per_class=cfg.test_per_class, seed=cfg.seed)
+        splits = load_splits(root, val_split=cfg.val_split, test_split=cfg.test_split, test_per_class=cfg.test_per_class, seed=cfg.seed, group_by=cfg.group_by)
         out.mkdir(parents=True, exist_ok=True)  # after the scan: a dataset that cannot be trained on leaves no folder behind
         splits.save(out / "split.json")
     if removed := remove_partial_saves(out):
@@ -180,11 +196,13 @@ def prepare_run(cfg: TrainConfig, resume: Path | None) -> Run:
     data_config = backbone.data_config.with_channels(cfg.in_chans)
     if cfg.image_size:
         data_config = data_config.with_input_size(cfg.image_size)
+    data_config = resolve_data_choices(cfg, splits, data_config)
     weights = "none" if resume else cfg.weights  # resuming loads the run's own weights below
     model = build_model(cfg.backbone, len(splits.classes), weights, aux=True, in_chans=cfg.in_chans)
     if cfg.sync_bn:
         model = distributed.convert_sync_batchnorm(model)
-    amp = cfg.amp == "on" or (cfg.amp == "auto" and device.type == "cuda")
+    amp, why = resolve_amp(cfg.amp, device)
+    print(why)
     # NHWC weights, and NHWC batches in the loops below (channels_last=True): cuDNN's fast layout, and
     # on CPU twice efficientnet_lite0's training step rate (benchmarks/train.py measures it)
     model.to(device, memory_format=torch.channels_last)
@@ -195,10 +213,29 @@ def prepare_run(cfg: TrainConfig, resume: Path | None) -> Run:
     return Run(cfg, out, splits, backbone, data_config, model, device, amp)
 
 
+def resolve_data_choices(cfg: TrainConfig, splits: Splits, data_config: DataConfig) -> DataConfig:
+    """Settle --flip auto and --crop auto from the data, saying why in one line each, and report the split's grouping.
+
+    The settled values replace "auto" in ``cfg`` (config.json, the checkpoint), so a resumed run keeps them.
+    """
+    grouping = splits.grouping or {}
+    if grouping:
+        print(f"split: {grouping['description']}")
+    for warning in grouping.get("warnings", []):
+        print(f"warning: {warning}", file=sys.stderr)
+    flip, why = resolve_flip(cfg.flip, splits.classes)
+    cfg.flip = "on" if flip else "off"
+    crop, why_crop = resolve_crop(cfg.crop, [s.path for s in splits.train])
+    cfg.crop = crop
+    print(why)
+    print(why_crop)
+    return data_config.with_crop(crop)
+
+
 def make_loaders(run: Run) -> tuple[Any, ShardedSeededSampler, Any, Any]:
     cfg, dc = run.cfg, run.data_config
     shape = (dc.in_chans, dc.input_size, dc.input_size)
-    train_tf = build_train_transform(dc, preset=cfg.augment, flip=cfg.flip, pca_lighting=cfg.pca_lighting, scale_jitter=cfg.scale_jitter)
+    train_tf = build_train_transform(dc, preset=cfg.augment, flip=cfg.flip == "on", pca_lighting=cfg.pca_lighting, scale_jitter=cfg.scale_jitter)
     eval_tf = build_eval_transform(dc)
     pin = run.device.type == "cuda"
     sampler = ShardedSeededSampler(len(run.splits.train), cfg.seed, rank=distributed.rank(), world_size=distributed.world_size())

@@ -15,6 +15,11 @@ never overwritten, and written whole or not at all: if the disk fills up the hal
 removed, capture stops with a clear message, and every image saved before stays. With ``--roi``
 only the centred square (the same box the webcam demo classifies) is saved. Record a ``none``
 class too (NONE_TIP says what goes in it): training calibrates the "no gesture" threshold on it.
+
+Training reads these names: it keeps each session whole in one split (``--group-by auto``), so record
+every class in at least three sessions (train, validation, test); with one session per class it can
+only hold out the session's last frames, and says so. Name a class whose meaning has a direction
+with the word (``point_left``, ``swipe_right``): training then turns horizontal flips off (``--flip auto``).
 """
 
 from __future__ import annotations

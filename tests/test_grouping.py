@@ -1,0 +1,157 @@
+"""Grouped splits: images taken together (a capture session, a run of video frames) never straddle a split."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+import training.finetune as finetune
+from tests.helpers import PALETTE, SHARED_DATA, synthetic_image, write_rgb
+from training.check import build_report
+from training.data import DatasetError, load_splits
+from training.grouping import NUMBERED_NAME, assign_groups
+
+
+def group_of(path: str, grouping: dict) -> tuple[str, str]:
+    """(class, group): groups are per class (one capture session records several classes)."""
+    cls = Path(path).parent.name
+    return cls, grouping[cls][path]
+
+
+def assert_no_group_on_two_sides(splits, groups: dict) -> None:
+    side = {}
+    for name in ("train", "val", "test"):
+        for sample in getattr(splits, name):
+            key = group_of(sample.path, groups)
+            assert side.setdefault(key, name) == name, f"group {key} is in {side[key]} and {name}"
+
+
+def write_sessions(root: Path, sessions: dict[str, int], per_session: int = 4) -> Path:
+    """Capture-tool names: <class>-<YYYYmmdd-HHMMSS>-<n>.jpg, ``sessions[class]`` sessions each."""
+    for label, (cls, count) in enumerate(sessions.items()):
+        for s in range(count):
+            for n in range(per_session):
+                write_rgb(root / cls / f"{cls}-2026010{s % 9 + 1}-1200{s:02d}-{n:05d}.jpg", synthetic_image(label, seed=s * 100 + n, size=32))
+    return root
+
+
+@pytest.fixture(scope="module")
+def asl_alphabet() -> Path:
+    path = SHARED_DATA / "asl-alphabet"
+    if not path.is_dir():
+        pytest.skip(f"{path} not present (real data lives in ../shared/data)")
+    return path
+
+
+def test_real_asl_frames_are_detected_as_sequences_and_kept_in_blocks(asl_alphabet):
+    names = sorted(os.listdir(asl_alphabet / "A"))
+    assert all(NUMBERED_NAME.match(Path(n).stem) for n in names)  # A1008.jpg, A110.jpg: stem "A" + frame number
+    splits = load_splits(asl_alphabet, seed=0)
+    assert splits.grouping["rule"] == "frames" and "e.g. A" in splits.grouping["description"]
+    by_class = {c: sorted(str(p) for p in (asl_alphabet / c).iterdir()) for c in splits.classes}
+    groups = assign_groups(by_class, "auto").groups
+    assert_no_group_on_two_sides(splits, groups)
+    # Blocks are runs of neighbouring frame numbers: every test frame of class A has a test neighbour.
+    numbers = {int(re.sub(r"\D", "", Path(s.path).stem)): name for name in ("train", "val", "test")
+               for s in getattr(splits, name) if Path(s.path).parent.name == "A"}  # fmt: skip
+    ordered = [numbers[n] for n in sorted(numbers)]
+    runs = sum(1 for a, b in zip(ordered, ordered[1:], strict=False) if a != b)
+    assert runs <= 2 * 6  # 20 blocks, 6 of them held out: at most 12 train/held-out boundaries
+    assert {len(splits.val), len(splits.test)} == {29 * 12, 29 * 24}  # 2 and 4 blocks of 6 frames per class
+
+
+def test_frame_by_frame_split_would_straddle(asl_alphabet):
+    """The guard above can fail: a split that ignores the frames puts neighbours on both sides."""
+    splits = load_splits(asl_alphabet, seed=0, group_by="none")
+    ordered = sorted((int(re.sub(r"\D", "", Path(s.path).stem)), name) for name in ("train", "val", "test")
+                     for s in getattr(splits, name) if Path(s.path).parent.name == "A")  # fmt: skip
+    assert sum(1 for a, b in zip(ordered, ordered[1:], strict=False) if a[1] != b[1]) > 2 * 6
+
+
+def test_capture_sessions_are_groups(tmp_path):
+    root = write_sessions(tmp_path / "d", {"fist": 6, "palm": 6})
+    splits = load_splits(root, val_split=0.2, test_split=0.2, seed=1)
+    assert splits.grouping["rule"] == "session"
+    by_class = {c: sorted(str(p) for p in (root / c).iterdir()) for c in splits.classes}
+    assert_no_group_on_two_sides(splits, assign_groups(by_class, "session").groups)
+    assert splits.counts() == {"train": 32, "val": 8, "test": 8}
+
+
+def test_presplit_val_is_carved_by_group(tmp_path):
+    write_sessions(tmp_path / "d" / "train", {"fist": 5, "palm": 5})
+    write_sessions(tmp_path / "d" / "test", {"fist": 1, "palm": 1})
+    splits = load_splits(tmp_path / "d", val_split=0.2, seed=0)
+    assert splits.layout == "presplit" and splits.grouping["rule"] == "session"
+    by_class = {c: sorted(str(p) for p in (tmp_path / "d" / "train" / c).iterdir()) for c in splits.classes}
+    groups = assign_groups(by_class, "session").groups
+    assert {group_of(s.path, groups) for s in splits.val}.isdisjoint(group_of(s.path, groups) for s in splits.train)
+    assert len(splits.val) == 8
+
+
+def test_group_by_regex_that_matches_nothing_is_a_one_line_error(tmp_path, capsys):
+    root = write_sessions(tmp_path / "d", {"fist": 3, "palm": 3})
+    with pytest.raises(DatasetError, match="matches no file name"):
+        load_splits(root, group_by=r"take(\d+)")
+    code = finetune.main(["--data", str(root), "--group-by", r"take(\d+)", "--out", str(tmp_path / "run"), "--weights", "none"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: --group-by") and "auto, none, session, frames" in err[0]
+
+
+def test_invalid_regex_is_refused_by_the_parser(capsys):
+    with pytest.raises(SystemExit) as stop:
+        finetune.parse_config(["--data", "x", "--group-by", "take(("])
+    assert stop.value.code == 2 and "not a valid regular expression" in capsys.readouterr().err
+
+
+def test_too_few_groups_for_val_and_test_is_an_error(tmp_path):
+    root = write_sessions(tmp_path / "d", {"fist": 2, "palm": 5})
+    with pytest.raises(DatasetError, match=r"class 'fist' has only 2 groups .*--val-split"):
+        load_splits(root, val_split=0.2, test_split=0.2)
+
+
+def test_one_recording_per_class_is_allowed_with_a_warning_naming_it(tmp_path):
+    root = write_sessions(tmp_path / "d", {"fist": 1, "palm": 5}, per_session=10)
+    splits = load_splits(root, val_split=0.2, test_split=0.2, seed=0)
+    [warning] = splits.grouping["warnings"]
+    assert "fist" in warning and "palm" not in warning
+    fist = {name: sorted(Path(s.path).name for s in getattr(splits, name) if s.label == 0) for name in ("train", "val", "test")}
+    assert fist["test"] == [f"fist-20260101-120000-{n:05d}.jpg" for n in (8, 9)]  # the end of the recording is held out
+    assert len(fist["val"]) == 2 and len(fist["train"]) == 6
+
+
+def test_photos_with_unrelated_names_are_split_one_by_one(tmp_path):
+    for label, cls in enumerate(("daisy", "rose")):
+        for i in range(10):
+            write_rgb(tmp_path / "d" / cls / f"{i * 7919 + 13}_{'abcdefghij'[i]}x_n.jpg", synthetic_image(label, seed=i, size=32))
+    assert load_splits(tmp_path / "d").grouping["rule"] == "none"
+
+
+def write_recording(root: Path, cls: str, label: int, frames: range) -> None:
+    """A still scene with a disc creeping 1 px per frame: neighbouring frames are near-identical."""
+    for n in frames:
+        img = np.full((48, 64, 3), 40, np.uint8)
+        cv2.circle(img, (10 + n, 24), 8, PALETTE[label], -1)
+        write_rgb(root / cls / f"{cls}_{n:04d}.png", img)
+
+
+def test_check_warns_that_near_identical_neighbours_straddle_the_folders_split(tmp_path):
+    for label, cls in enumerate(("fist", "palm")):
+        write_recording(tmp_path / "d" / "train", cls, label, range(0, 30))
+        write_recording(tmp_path / "d" / "test", cls, label, range(30, 40))
+    report = build_report(tmp_path / "d", workers=1)
+    assert report["neighbour_twins"]["pairs"] == 2 * 39 and report["neighbour_twins"]["straddling"] == 2
+    assert any("straddle train/, val/ and test/" in w for w in report["warnings"])
+
+
+def test_check_counts_what_a_frame_by_frame_split_would_separate(tmp_path):
+    for label, cls in enumerate(("fist", "palm")):
+        write_recording(tmp_path / "d", cls, label, range(60))
+    twins = build_report(tmp_path / "d", workers=1)["neighbour_twins"]
+    assert twins["default_rule"] == "frames" and twins["pairs"] == 2 * 59
+    # 20 blocks of 3 frames per class: only block boundaries can straddle, far fewer than frame by frame.
+    assert twins["straddling_auto"] <= 2 * 12 < twins["straddling_none"]

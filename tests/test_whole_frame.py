@@ -1,0 +1,123 @@
+"""Whole-frame input (--crop letterbox|resize): kept in the checkpoint, and the same pixels in training
+evaluation, load_classifier and the served model."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import httpx
+import numpy as np
+import pytest
+import torch
+
+import training.finetune as finetune
+from benchmarks.server_process import serve_process
+from gesture_core import DataConfig, Preprocess, get_backbone, load_checkpoint, load_classifier, save_checkpoint
+from gesture_core.backbones import build_model
+from tests.helpers import synthetic_image, write_rgb
+from tests.test_service_integration import assert_same_as_local, import_cli
+from training.augment import build_eval_transform
+from training.config import TrainConfig
+from training.data import ImageDataset, Sample
+
+
+def wide_frame(hand_x: int, seed: int = 0, size=(90, 160)) -> np.ndarray:
+    """A 16:9 frame of dark noise with a red 'hand' centred at column ``hand_x``."""
+    rng = np.random.default_rng(seed)
+    frame = rng.integers(0, 60, (*size, 3), dtype=np.uint8)
+    cv2.circle(frame, (hand_x, size[0] // 2), max(12, size[0] // 10), (230, 30, 30), -1)
+    return frame
+
+
+def red_pixels(crop: np.ndarray) -> int:
+    return int(((crop[:, :, 0] > 180) & (crop[:, :, 1] < 80)).sum())
+
+
+@pytest.mark.parametrize("crop", ["letterbox", "resize"])
+def test_whole_frame_keeps_a_hand_at_the_edge_that_the_centre_crop_drops(crop):
+    frame = wide_frame(hand_x=14)
+    centre = DataConfig(input_size=64, resize_size=64)
+    assert red_pixels(Preprocess(centre).crop(frame)) == 0
+    whole = Preprocess(centre.with_crop(crop)).crop(frame)
+    assert whole.shape == (64, 64, 3) and red_pixels(whole) > 50
+    if crop == "letterbox":  # padding in the mean colour, above and below the 16:9 frame
+        assert (whole[:5] == np.array([round(255 * m) for m in centre.mean], np.uint8)).all()
+
+
+def test_old_checkpoints_without_a_crop_keep_the_centre_crop():
+    stored = DataConfig().to_dict()
+    del stored["crop"]
+    assert DataConfig.from_dict(stored).crop == "center"
+    with pytest.raises(ValueError, match="center, letterbox, resize"):
+        DataConfig(crop="zoom")
+
+
+@pytest.fixture(scope="module")
+def letterbox_checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    config = get_backbone("efficientnet_lite0").data_config.with_input_size(96).with_crop("letterbox")
+    path = tmp_path_factory.mktemp("letterbox") / "best.pt"
+    save_checkpoint(path, model=build_model("efficientnet_lite0", 4, "imagenet"), backbone="efficientnet_lite0",
+                    classes=["fist", "left", "palm", "right"], data_config=config, train_config={"crop": "letterbox"})  # fmt: skip
+    return path
+
+
+@pytest.fixture(scope="module")
+def wide_jpegs(tmp_path_factory) -> list:
+    folder = tmp_path_factory.mktemp("frames")
+    return [write_rgb(folder / f"frame{i}.jpg", wide_frame(hand_x=x, seed=i, size=(480, 640))) for i, x in enumerate((30, 320, 610))]
+
+
+@pytest.mark.integration
+def test_training_eval_load_classifier_and_the_service_see_the_same_whole_frame(letterbox_checkpoint, wide_jpegs, tmp_path):
+    classifier = load_classifier(letterbox_checkpoint, device="cpu", engine="torch")
+    config = DataConfig.from_dict(load_checkpoint(letterbox_checkpoint)["data_config"])
+    assert config.crop == "letterbox" and classifier.data_config == config
+    training_eval = ImageDataset([Sample(str(p), 0) for p in wide_jpegs], build_eval_transform(config), min_side=config.resize_size)
+    from_training = torch.stack([training_eval[i][0] for i in range(len(wide_jpegs))])
+    assert torch.equal(from_training, classifier.preprocess.load_batch(wide_jpegs))
+    # The hand at x=30 of 640 is outside the centre square; the served model must still see it.
+    assert red_pixels(classifier.preprocess.denormalize(from_training[0])) > 20
+
+    served_probs = serve_and_predict(letterbox_checkpoint, wide_jpegs, tmp_path / "home")
+    reference = classifier.predict_proba([p.read_bytes() for p in wide_jpegs])
+    centre = load_classifier(letterbox_checkpoint, device="cpu", engine="torch")
+    centre.preprocess = Preprocess(config.with_crop("center"))
+    centre_probs = centre.predict_proba([p.read_bytes() for p in wide_jpegs])
+    for served, probs, other in zip(served_probs, reference, centre_probs, strict=True):
+        assert_same_as_local(served, probs, classifier.classes, atol=1e-4)
+        assert np.abs(probs - other).max() > 1e-3  # so the comparison above can tell the crops apart
+
+
+def serve_and_predict(checkpoint, images, home) -> list[dict]:
+    """/predict answers of a real `bentoml serve` of ``checkpoint`` (torch engine, as the reference)."""
+    import_cli(checkpoint, home)
+    env = {"GESTURE_ENGINE": "torch"}
+    with serve_process(bentoml_home=home, env=env, ready_timeout=600) as server:  # generous: a loaded 2-core machine starts it slowly
+        with httpx.Client(base_url=server.url, timeout=120) as http:
+            answers = [http.post("/predict", files={"image": (p.name, p.read_bytes(), "image/jpeg")}, data={"top_k": "4"}) for p in images]
+    assert all(a.status_code == 200 for a in answers), [a.text for a in answers]
+    return [a.json() for a in answers]
+
+
+def test_crop_auto_picks_the_whole_frame_for_wide_images_and_stores_it(tmp_path, capsys):
+    for label, cls in enumerate(("fist", "palm")):
+        for i in range(8):
+            write_rgb(tmp_path / "d" / cls / f"shot{i * 37}.jpg", synthetic_image(label, seed=i, size=64)[:48])  # 4:3
+    cfg = TrainConfig(backbone="lenet5", data=str(tmp_path / "d"), out=str(tmp_path / "run"), weights="none", epochs=1,
+                      image_size=32, workers=0, val_split=0.25, test_split=0.25, crop="auto")  # fmt: skip
+    out = finetune.train(cfg)
+    assert "input geometry: letterbox, the whole frame (--crop auto: 8 of 8 sampled images are 1.2:1 or wider)" in capsys.readouterr().out
+    assert load_checkpoint(out / "best.pt")["data_config"]["crop"] == "letterbox"
+    assert json.loads((out / "config.json").read_text())["crop"] == "letterbox"
+
+
+def test_exported_metadata_describes_the_whole_frame_geometry(tmp_path):
+    from training.export import export_metadata
+
+    config = get_backbone("lenet5").data_config.with_crop("letterbox")
+    path = save_checkpoint(tmp_path / "best.pt", model=build_model("lenet5", 2, "none"), backbone="lenet5", classes=["a", "b"],
+                           data_config=config, train_config={})  # fmt: skip
+    recipe = export_metadata(load_classifier(path, device="cpu", engine="torch"))["preprocess"]
+    assert "resize longer side to 32" in recipe and "pad to 32x32" in recipe and "centre crop" not in recipe

@@ -1,0 +1,238 @@
+"""Grouped splits: images that were taken together go to the same split.
+
+Frames of one recording (or photos of one burst) look alike, so a frame-by-frame split puts
+near-twins on both sides and validation and test scores come out too high. Here each image gets a
+group key, and validation and test take whole groups:
+
+- ``session``: the capture tool's names, ``<class>-<YYYYmmdd-HHMMSS>-<n>.jpg`` (one group per session);
+- ``frames``: numbered frame sequences, name stem + running number (``A1008.jpg``, ``IMG_1118.JPG``,
+  ``0001.png``), cut into SEQUENCE_BLOCKS contiguous blocks per class;
+- a regular expression (``--group-by REGEX``): its first capture group (or the whole match) on the
+  file's path inside its class folder;
+- ``none``: every image is its own group (the old frame-by-frame split);
+- ``auto`` (the default): ``session`` or ``frames`` where they describe the file names, else ``none``.
+
+A class with a single group (one recording) cannot be split honestly: it is split in file order
+instead (train first, then val, then test, as the last part of a recording is held out) and named in
+a warning. A class with more groups, but too few for each of train, val and test, is an error.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+GROUP_BY_RULES = ("auto", "none", "session", "frames")
+SESSION_NAME = re.compile(r"-(\d{8}-\d{6})-\d+$")  # service.webcam.capture: <class>-<YYYYmmdd-HHMMSS>-<n>
+NUMBERED_NAME = re.compile(r"^(.*?)(\d+)$")
+SEQUENCE_BLOCKS = 20  # blocks per class: 10% val and 20% test are then 2 and 4 whole blocks
+AUTO_COVERAGE = 0.9  # a rule applies when it names at least this share of the images
+MIN_FRAMES_PER_STEM = 5  # fewer files per stem are numbered photos, not frame sequences
+
+
+class DatasetError(ValueError):
+    """A dataset that cannot be trained on (or split honestly); the message says why and what to do.
+
+    Defined here, where the splits are made, and imported by training.data with everything else."""
+
+
+@dataclass
+class Grouping:
+    """Which rule grouped the images, and each image's group within its class."""
+
+    rule: str  # none | session | frames | regex
+    description: str
+    groups: dict[str, dict[str, str]]  # class -> path -> group key
+    warnings: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {"rule": self.rule, "description": self.description, "warnings": self.warnings}
+
+
+def check_group_by(text: str) -> str:
+    """``text`` if it is a rule name or a regular expression that compiles, else ValueError."""
+    if text in GROUP_BY_RULES:
+        return text
+    try:
+        re.compile(text)
+    except re.error as err:
+        raise ValueError(f"--group-by {text!r}: not a valid regular expression ({err}); or choose one of {', '.join(GROUP_BY_RULES)}") from None
+    return text
+
+
+def assign_groups(by_class: dict[str, list[str]], group_by: str = "auto") -> Grouping:
+    """Group every image of ``by_class`` ({class: [paths]}) by the rule ``group_by``."""
+    if group_by == "none":
+        return _each_alone(by_class)
+    if group_by == "session":
+        return _by_session(by_class)
+    if group_by == "frames":
+        return _by_frames(by_class)
+    if group_by == "auto":
+        for rule in (_by_session, _by_frames):
+            grouping = rule(by_class)
+            if _coverage(grouping, by_class) >= AUTO_COVERAGE and _looks_grouped(grouping):
+                return grouping
+        return _each_alone(by_class, "no capture sessions or numbered frame sequences in the file names: images split one by one")
+    return _by_regex(by_class, group_by)
+
+
+def _each_alone(by_class: dict[str, list[str]], description: str = "--group-by none: images split one by one") -> Grouping:
+    return Grouping("none", description, {c: {p: p for p in paths} for c, paths in by_class.items()})
+
+
+def _name(path: str) -> str:
+    return Path(path).stem
+
+
+def _by_session(by_class: dict[str, list[str]]) -> Grouping:
+    groups = {}
+    for cls, paths in by_class.items():
+        groups[cls] = {p: (m.group(1) if (m := SESSION_NAME.search(_name(p))) else p) for p in paths}
+    return Grouping("session", "capture sessions (<class>-<session>-<n>.jpg): each session stays in one split", groups)
+
+
+def _by_frames(by_class: dict[str, list[str]]) -> Grouping:
+    groups, block_sizes = {}, []
+    for cls, paths in by_class.items():
+        block = max(1, math.ceil(len(paths) / SEQUENCE_BLOCKS))
+        block_sizes.append(block)
+        groups[cls] = {p: p for p in paths}
+        for stem, frames in sequences(paths).items():
+            for rank, path in enumerate(frames):
+                groups[cls][path] = f"{stem}#{rank // block}"
+    example = next((Path(p).name for paths in by_class.values() for p in paths if NUMBERED_NAME.match(_name(p))), "")
+    sizes = "-".join(str(n) for n in sorted({min(block_sizes, default=1), max(block_sizes, default=1)}))
+    return Grouping("frames", f"numbered frame sequences (stem + running number, e.g. {example}): blocks of {sizes} neighbouring "
+                    f"frames (about {SEQUENCE_BLOCKS} per class), each block in one split", groups)  # fmt: skip
+
+
+def sequences(paths: Iterable[str]) -> dict[str, list[str]]:
+    """{stem: paths in running-number order} for the file names that are stem + number."""
+    by_stem: dict[str, list[tuple[int, str]]] = {}
+    for path in paths:
+        if m := NUMBERED_NAME.match(_name(path)):
+            by_stem.setdefault(m.group(1), []).append((int(m.group(2)), path))
+    return {stem: [p for _, p in sorted(frames)] for stem, frames in by_stem.items()}
+
+
+def _by_regex(by_class: dict[str, list[str]], pattern: str) -> Grouping:
+    regex = re.compile(pattern)
+    groups, unmatched, total = {}, [], 0
+    for cls, paths in by_class.items():
+        groups[cls] = {}
+        for path in paths:
+            total += 1
+            m = regex.search(_relative_name(path, cls))
+            if m is None:
+                unmatched.append(path)
+                groups[cls][path] = path
+            else:
+                groups[cls][path] = next((g for g in m.groups() if g is not None), m.group(0))
+    if total and len(unmatched) == total:
+        example = Path(next(p for paths in by_class.values() for p in paths)).name
+        raise DatasetError(f"--group-by {pattern!r} matches no file name (e.g. {example}); use a pattern that finds the recording "
+                            f"in the name, or one of {', '.join(GROUP_BY_RULES)}")  # fmt: skip
+    grouping = Grouping("regex", f"--group-by {pattern!r}: files with the same match stay in one split", groups)
+    if unmatched:
+        grouping.warnings.append(f"--group-by {pattern!r} matches no group in {len(unmatched)} file(s) (e.g. {Path(unmatched[0]).name}): each is its own group")
+    return grouping
+
+
+def _relative_name(path: str, cls: str) -> str:
+    parts = Path(path).parts
+    return "/".join(parts[parts.index(cls) + 1 :]) if cls in parts else Path(path).name
+
+
+def _coverage(grouping: Grouping, by_class: dict[str, list[str]]) -> float:
+    total = sum(len(paths) for paths in by_class.values())
+    grouped = sum(1 for cls in grouping.groups.values() for path, key in cls.items() if key != path)
+    return grouped / total if total else 0.0
+
+
+def _looks_grouped(grouping: Grouping) -> bool:
+    if grouping.rule != "frames":
+        return True
+    stems = Counter((cls, key.rsplit("#", 1)[0]) for cls, members in grouping.groups.items() for path, key in members.items() if key != path)
+    files = sum(stems.values())
+    return bool(stems) and files / len(stems) >= MIN_FRAMES_PER_STEM
+
+
+def grouped_split(
+    by_class: dict[str, list[str]],
+    grouping: Grouping,
+    *,
+    val_split: float,
+    test_split: float,
+    test_per_class: int | None,
+    seed: int,
+) -> dict[str, dict[str, list[str]]]:
+    """{split: {class: paths}}: per class, a seeded shuffle of whole groups, then test / val / train.
+
+    Each held-out split takes groups while that brings its count closer to its share (at least one
+    group when the share is not zero); train keeps the rest. Single-group classes are split in file
+    order and recorded in ``grouping.warnings``.
+    """
+    rng = np.random.default_rng(seed)
+    out: dict[str, dict[str, list[str]]] = {"train": {}, "val": {}, "test": {}}
+    single: list[str] = []
+    for cls, paths in by_class.items():
+        n_test = test_per_class if test_per_class is not None else round(test_split * len(paths))
+        n_val = round(val_split * len(paths))
+        if n_test + n_val >= len(paths):
+            raise DatasetError(f"class {cls!r} has {len(paths)} images, too few for {n_test} test + {n_val} val + at least 1 train")
+        members = _members(paths, grouping.groups[cls])
+        if len(members) == 1 and n_test + n_val:
+            single.append(cls)
+            ordered = _file_order(paths)
+            cut_train, cut_val = len(ordered) - n_test - n_val, len(ordered) - n_test
+            out["train"][cls], out["val"][cls], out["test"][cls] = ordered[:cut_train], ordered[cut_train:cut_val], ordered[cut_val:]
+            continue
+        keys = [list(members)[i] for i in rng.permutation(len(members))]
+        out["test"][cls], keys = _take(keys, members, n_test)
+        out["val"][cls], keys = _take(keys, members, n_val)
+        if not keys:
+            raise DatasetError(_too_few_groups(cls, len(members), grouping))
+        out["train"][cls] = [p for key in keys for p in members[key]]
+    if single:
+        grouping.warnings.append(f"one recording (group) in class(es) {', '.join(single)}: no honest split is possible, so their "
+                                 "val and test are the last frames of that recording; record another session for a true test")  # fmt: skip
+    return out
+
+
+def _members(paths: list[str], groups: dict[str, str]) -> dict[str, list[str]]:
+    members: dict[str, list[str]] = {}
+    for path in paths:
+        members.setdefault(groups[path], []).append(path)
+    return members
+
+
+def _file_order(paths: list[str]) -> list[str]:
+    """Running-number order where names are numbered (frame 9 before frame 10), else name order."""
+    def key(path: str):
+        m = NUMBERED_NAME.match(_name(path))
+        return (m.group(1), int(m.group(2)), path) if m else (_name(path), -1, path)
+
+    return sorted(paths, key=key)
+
+
+def _take(keys: list[str], members: dict[str, list[str]], wanted: int) -> tuple[list[str], list[str]]:
+    """(paths of the groups taken for ``wanted`` images, keys left)."""
+    taken: list[str] = []
+    for i, key in enumerate(keys):
+        size = len(members[key])
+        if not wanted or (taken and len(taken) + size / 2 > wanted):
+            return taken, keys[i:]
+        taken += members[key]
+    return taken, []
+
+
+def _too_few_groups(cls: str, n_groups: int, grouping: Grouping) -> str:
+    return (f"class {cls!r} has only {n_groups} groups ({grouping.rule}), too few for a test group, a validation group and a "
+            "training group: add recordings, lower --val-split or --test-split (0 turns one off), or choose another --group-by")  # fmt: skip
