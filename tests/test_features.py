@@ -67,10 +67,14 @@ def test_a_staged_run_uses_the_cache_for_its_frozen_phase_only(dataset, tmp_path
     real_epoch, real_extract = finetune.train_one_epoch, features_mod.extract_features
     monkeypatch.setattr(finetune, "train_one_epoch", lambda *a, **k: uncached_epochs.append(1) or real_epoch(*a, **k))
     monkeypatch.setattr(features_mod, "extract_features", lambda *a, **k: extractions.append(1) or real_extract(*a, **k))
+    calibrated_after, real_calibrate = [], finetune.calibrate_model
+    monkeypatch.setattr(finetune, "calibrate_model", lambda *a, **k: calibrated_after.append(len(extractions)) or real_calibrate(*a, **k))
     run = finetune.train(probe_config(dataset, tmp_path / "staged", freeze="none", head_epochs=2, epochs=3))
     assert [row["frozen_backbone"] for row in history(run)] == ["True", "True", "False"]
     assert uncached_epochs == [1]  # only the unfrozen epoch went through the images
-    assert extractions == []  # the frozen phase reused the linear probe's cached features
+    # the frozen phase reused the linear probe's cached features; calibration, after training, then
+    # extracts the fine-tuned backbone's own
+    assert calibrated_after == [0]
 
 
 def test_cache_is_keyed_by_file_content(dataset, monkeypatch):
