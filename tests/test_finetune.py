@@ -19,7 +19,7 @@ from tests.test_data import add_bad_files
 from training.config import TrainConfig
 from training.evaluate import main as evaluate_main
 
-ARTEFACTS = ["best.pt", "last.pt", "config.json", "split.json", "history.csv", "metrics.json", "curves.png", "confusion_matrix.png"]
+ARTEFACTS = ["best.pt", "last.pt", "config.json", "split.json", "history.csv", "metrics.json", "curves.png", "confusion_matrix.png", "open_set.png"]
 
 
 def tiny_config(data, out, **overrides) -> TrainConfig:

@@ -63,9 +63,11 @@ def http(server):
         yield client
 
 
-def assert_same_as_local(served: dict, probs: np.ndarray, classes: list[str], atol: float) -> None:
-    assert served["label"] == classes[int(np.argmax(probs))]
-    assert served["top_k"] and served["top_k"][0]["label"] == served["label"], served  # an empty top_k checks nothing
+def assert_same_as_local(served: dict, probs: np.ndarray, classes: list[str], atol: float, label: str | None = "top") -> None:
+    """``label``: what the local classifier decides (None: "no gesture"); "top" for a model that never rejects."""
+    top = classes[int(np.argmax(probs))]
+    assert served["label"] == (top if label == "top" else label), served
+    assert served["top_k"] and served["top_k"][0]["label"] == top, served  # an empty top_k checks nothing
     assert served["score"] == pytest.approx(float(probs.max()), abs=atol)
     for item in served["top_k"]:
         assert item["score"] == pytest.approx(float(probs[classes.index(item["label"])]), abs=atol)
@@ -264,6 +266,7 @@ def test_served_fine_tuned_model_recognises_sign_digits(sign_digits_run, tmp_pat
             data = (root / rel).read_bytes()
             served = http.post("/predict", files={"image": (rel, data)}).json()
             assert served["model"] == tag
-            assert_same_as_local(served, local.predict_proba([data])[0], local.classes, atol=1e-5)
+            probs = local.predict_proba([data])[0]
+            assert_same_as_local(served, probs, local.classes, atol=1e-5, label=local.decide(probs).label)  # its calibrated threshold too
             correct += served["label"] == local.classes[label]
     assert correct / len(test_items) >= 0.5  # a 3-epoch fine-tune; chance is 0.1
