@@ -79,6 +79,7 @@ class ModelInfo(BaseModel):
     mean: list[float]
     std: list[float]
     interpolation: str
+    crop: str = Field(description="how an image becomes the model's square: center, letterbox or resize (the whole frame)")
     metrics: dict[str, Any] = Field(description="validation/test top-1, top-5 and image counts from training")
     data_fingerprint: dict[str, Any] = Field(description="sha256 of the training split file lists")
     device: str
@@ -208,7 +209,7 @@ class GestureClassifier:
         return ModelInfo(
             model=self.model_tag, backbone=self.classifier.backbone, classes=self.classifier.classes,
             input_size=c.input_size, resize_size=c.resize_size, mean=list(c.mean), std=list(c.std),
-            interpolation=c.interpolation, metrics=self.metadata.get("metrics", {}),
+            interpolation=c.interpolation, crop=c.crop, metrics=self.metadata.get("metrics", {}),
             data_fingerprint=self.metadata.get("data_fingerprint", {}), device=str(self.classifier.device),
             engine=f"{self.classifier.engine.name}/{self.classifier.engine.precision}",
             settings={**self.settings.describe(), "model": self.model_tag},

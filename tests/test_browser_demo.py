@@ -172,6 +172,9 @@ def test_page_names_the_digit_the_camera_shows(server, open_page, sign_digits_ru
     test = json.loads((sign_digits_run / "metrics.json").read_text())["test"]
     info = browser.evaluate(text_of("info"))
     assert info.startswith("efficientnet_lite0 · 10 classes: 0, 1, 2") and f"test accuracy {100 * test['top1']:.1f}% on {test['n']} images" in info
+    rejection = httpx.post(f"{server.url}/info", timeout=60).json()["rejection"]
+    assert rejection["calibration"] == "calibrated"  # the page follows the model's own threshold, as the OpenCV demo does
+    assert float(browser.evaluate("document.getElementById('threshold').value")) == pytest.approx(rejection["threshold"])
     if os.environ.get("GESTURE_SAVE_SCREENSHOT"):
         browser.screenshot(SCREENSHOT)
 

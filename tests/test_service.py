@@ -270,7 +270,7 @@ def test_pixel_limit_is_a_setting(stored_model):
 def test_info_describes_the_served_model_and_its_settings(svc):
     info = svc.info().model_dump()
     assert info["backbone"] == "efficientnet_lite0" and info["classes"] == [str(i) for i in range(10)]
-    assert info["input_size"] == 128 and info["model"] == svc.model_tag
+    assert info["input_size"] == 128 and info["model"] == svc.model_tag and info["crop"] == "center"
     assert info["metrics"]["test"]["top1"] == 0.1 and info["device"] == "cpu"
     assert info["engine"] == f"{svc.classifier.engine.name}/fp32"
     assert info["settings"] == {**svc.settings.describe(), "model": svc.model_tag}

@@ -96,6 +96,7 @@ def serve_and_predict(checkpoint, images, home) -> list[dict]:
     env = {"GESTURE_ENGINE": "torch"}
     with serve_process(bentoml_home=home, env=env, ready_timeout=600) as server:  # generous: a loaded 2-core machine starts it slowly
         with httpx.Client(base_url=server.url, timeout=120) as http:
+            assert http.post("/info").json()["crop"] == "letterbox"  # /info says how the served model sees a frame
             answers = [http.post("/predict", files={"image": (p.name, p.read_bytes(), "image/jpeg")}, data={"top_k": "4"}) for p in images]
     assert all(a.status_code == 200 for a in answers), [a.text for a in answers]
     return [a.json() for a in answers]

@@ -14,6 +14,7 @@ const TIMEOUT_MS = 10000; // a request still unanswered by then counts as an out
 const JPEG_QUALITY = 0.9; // as the OpenCV demo's remote mode
 const ALL_CLASSES = 1000; // top_k: every class, so that smoothing averages whole probability vectors
 const SHOWN_CLASSES = 3;
+const UNCALIBRATED_THRESHOLD = 0.5; // the OpenCV demo's "no gesture" threshold for models from before calibration
 const FPS_WINDOW = 30; // answers per second over the last this many answers
 const FRAME_WAIT_MS = 1000; // longest wait for a new camera frame (a frozen camera still gets answers)
 
@@ -160,24 +161,19 @@ function drawRoi() {
 
 // --- smoothing -----------------------------------------------------------------------------------
 
-// Averages the probabilities of the last N answers, as the OpenCV demo does (service/webcam_inference.py).
+// Averages the probabilities of the last N answers, as the OpenCV demo does (service/webcam/scoring.py).
 class Smoother {
   constructor() {
     this.history = [];
     this.rejectClasses = new Set();
   }
 
-  // after an outage or a refusal: the server may come back with another model
+  // after an outage or a refusal: old answers must not stand in for frames the server never classified
   reset() {
     this.history = [];
-    this.rejectClasses.clear();
   }
 
   update(answer, window, threshold) {
-    // The server names no label for a frame below the threshold or of one of the model's reject
-    // ("no gesture") classes. Those classes are learnt from its answers, so the page follows the
-    // model's own rule instead of a copy of it.
-    if (answer.label === null && answer.score >= threshold) this.rejectClasses.add(answer.top_k[0].label);
     this.history.push(new Map(answer.top_k.map((item) => [item.label, item.score])));
     this.history.splice(0, this.history.length - window);
     const mean = new Map();
@@ -194,6 +190,16 @@ class Smoother {
 
 const answerTimes = [];
 let answers = 0;
+
+// The model's own "no gesture" rule, from /info: its reject classes, and its calibrated threshold
+// unless the URL sets one (models from before calibration: 0.5, as in the OpenCV demo).
+function followModel(info, smoother) {
+  const rejection = info.rejection || {};
+  smoother.rejectClasses = new Set(rejection.reject_classes || []);
+  if (!params.has("threshold")) {
+    $("threshold").value = String(rejection.calibration === "calibrated" ? rejection.threshold : UNCALIBRATED_THRESHOLD);
+  }
+}
 
 function showInfo(info) {
   const test = info.metrics?.test;
@@ -269,6 +275,7 @@ async function recognise() {
       if (info === null) {
         info = await post("/info"); // again after an outage: the restarted server may serve another model
         showInfo(info);
+        followModel(info, smoother);
         modelResize = info.resize_size;
       }
       await frameAfter(sentFrame);
