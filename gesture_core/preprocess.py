@@ -87,6 +87,7 @@ class Preprocess:
         # (x - mean*255) / (std*255) folded into one multiply-add per pixel.
         self._scale = (1.0 / std).astype(np.float32)
         self._shift = (-mean / std).astype(np.float32)
+        self._pad = tuple(round(255 * m) for m in config.mean)  # letterbox borders: the mean colour, 0 once normalised
 
     def __repr__(self) -> str:
         c = self.config
@@ -117,7 +118,7 @@ class Preprocess:
         """The deterministic geometric part: uint8 HWC in, uint8 ``input_size``² out."""
         c = self.config
         if c.crop == "letterbox":
-            return letterbox(rgb, c.input_size, c.interpolation, pad=tuple(round(255 * m) for m in c.mean))
+            return letterbox(rgb, c.input_size, c.interpolation, pad=self._pad)
         if c.crop == "resize":
             return resize_to(rgb, (c.input_size, c.input_size), c.interpolation)
         return center_crop(resize_shorter(rgb, c.resize_size, c.interpolation), c.input_size)

@@ -122,3 +122,14 @@ def test_exported_metadata_describes_the_whole_frame_geometry(tmp_path):
                            data_config=config, train_config={})  # fmt: skip
     recipe = export_metadata(load_classifier(path, device="cpu", engine="torch"))["preprocess"]
     assert "resize longer side to 32" in recipe and "pad to 32x32" in recipe and "centre crop" not in recipe
+
+
+@pytest.mark.parametrize("crop", ["letterbox", "resize"])
+def test_training_geometry_starts_from_the_served_whole_frame(crop):
+    """Training's whole-frame step is Preprocess.crop itself (interpolation and pad colour included)."""
+    from training.augment import _whole_frame_geometry
+
+    config = get_backbone("efficientnet_lite0").data_config.with_input_size(96).with_crop(crop)
+    frame = cv2.resize(synthetic_image(1, seed=5, size=64), (640, 360))  # a 16:9 frame
+    trained = _whole_frame_geometry(config, preset="light")[0](image=frame)["image"]
+    assert np.array_equal(trained, Preprocess(config).crop(frame))

@@ -170,16 +170,24 @@ def _geometry(config: DataConfig, preset: str, scale_jitter: bool) -> list[A.Bas
     return [A.RandomResizedCrop(size=(size, size), scale=(0.35, 1.0), area_for_downscale="image")]
 
 
+class WholeFrame(A.ImageOnlyTransform):
+    """``Preprocess.crop`` of a whole-frame data config, as an albumentations step."""
+
+    def __init__(self, config: DataConfig, p: float = 1.0):
+        super().__init__(p=p)
+        self.preprocess = Preprocess(config)
+
+    def apply(self, img: np.ndarray, **params) -> np.ndarray:
+        return self.preprocess.crop(img)
+
+
 def _whole_frame_geometry(config: DataConfig, preset: str) -> list[A.BasicTransform]:
-    """The eval geometry (letterbox or squeeze to a square), then a mild random zoom: the gesture may sit
-    anywhere in the frame, so a crop as tight as the centre-crop recipe's could cut it out."""
-    size = config.input_size
-    if config.crop == "letterbox":
-        pad = tuple(round(255 * m) for m in config.mean)
-        steps = [A.LongestMaxSize(max_size=size, area_for_downscale="image"), A.PadIfNeeded(size, size, border_mode=cv2.BORDER_CONSTANT, fill=pad)]
-    else:
-        steps = [A.Resize(size, size, area_for_downscale="image")]
+    """The eval geometry itself (``Preprocess.crop``: letterbox or squeeze to a square, so training sees
+    frames exactly as the service will), then a mild random zoom: the gesture may sit anywhere in the
+    frame, so a crop as tight as the centre-crop recipe's could cut it out."""
+    steps = [WholeFrame(config)]
     if preset == "default":
+        size = config.input_size
         steps.append(A.RandomResizedCrop(size=(size, size), scale=(0.7, 1.0), ratio=(0.9, 1.1), area_for_downscale="image"))
     return steps
 
