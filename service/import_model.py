@@ -20,6 +20,7 @@ from typing import Any
 import bentoml
 
 from gesture_core.cli import command
+from gesture_core.preprocess import DataConfig
 from gesture_core.runtime import Runtime
 
 DEFAULT_MODEL_NAME = "gesture-classifier"
@@ -56,13 +57,14 @@ def data_fingerprint(checkpoint_path: Path, ckpt: dict[str, Any]) -> dict[str, A
 
 
 def model_metadata(checkpoint_path: Path, ckpt: dict[str, Any]) -> dict[str, Any]:
-    data_config = ckpt["data_config"]
+    data_config = DataConfig.from_dict(ckpt["data_config"])
     return {
         "backbone": ckpt["backbone"],
         "classes": list(ckpt["classes"]),
-        "input_size": int(data_config["input_size"]),
-        "resize_size": int(data_config["resize_size"]),
-        "in_chans": int(data_config.get("in_chans", 3)),
+        "input_size": data_config.input_size,
+        "resize_size": data_config.resize_size,
+        "in_chans": data_config.in_chans,
+        "crop": data_config.crop,
         "metrics": metric_summary(ckpt.get("metrics", {})),
         "data_fingerprint": data_fingerprint(checkpoint_path, ckpt),
         "source_checkpoint": str(checkpoint_path.resolve()),

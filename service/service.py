@@ -153,8 +153,8 @@ class GestureClassifier:
         """One model call at every batch size the model threads can form, before the server reports
         ready: an engine's first call at a new shape is slow (OpenVINO: 50-100 ms more)."""
         started = time.perf_counter()
-        size = self.classifier.data_config.input_size
-        crop = np.zeros((size, size, 3), np.uint8)
+        c = self.classifier.data_config
+        crop = np.zeros((c.input_size, c.input_size, c.in_chans), np.uint8)
         for batch in range(1, largest + 1):
             self.classifier.classify([crop] * batch)
         logger.info("model warmed up at batch sizes 1-%d in %.1f s", largest, time.perf_counter() - started)
