@@ -213,13 +213,13 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     note(f"machine: {describe_machine(machine())}")
     images = load_images(16)
-    upload_limit = 16 * 1024 * 1024
     with tempfile.TemporaryDirectory(prefix="hostile-") as tmp:
         checkpoint = args.checkpoint or make_checkpoint(Path(tmp) / "bench.pt")
         with running_service(checkpoint, env={"GESTURE_ENGINE": args.engine}) as server:
             served = httpx.post(f"{server.url}/info").json()
             note(f"server ready after {time.perf_counter() - started:.0f} s (import, start-up check, worker warm-up): "
                  f"{served['backbone']} @ {served['input_size']} px, engine {served['engine']}, settings {served['settings']}")
+            upload_limit = served["settings"]["max_upload_bytes"]  # the server's own limit (GESTURE_MAX_UPLOAD_MB)
             rss = PeakRss(worker_pid(server.process.pid))
             drive(server.url, "predict", images, clients=1, duration=1.0, warmup=0.0)  # first requests warm the worker
             note("single requests (kind, case, statuses, worker peak RSS growth, reason):")
