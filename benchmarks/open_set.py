@@ -1,8 +1,8 @@
 """How well "no gesture" works on ../shared/data/asl-alphabet: the open-set table of docs/no-gesture.md.
 
     .venv/bin/python -m benchmarks.open_set --quick       # linear probe on cached features (224 px): minutes on 2 CPU cores
-    .venv/bin/python -m benchmarks.open_set               # fine-tune at 128 px, 3 epochs
-    .venv/bin/python -m benchmarks.open_set --json --out runs/open-set
+    .venv/bin/python -m benchmarks.open_set               # training.finetune's defaults (10 epochs at 224 px)
+    .venv/bin/python -m benchmarks.open_set --epochs 3 --image-size 128 --out runs/open-set
 
 Two scenarios, each trained with the project's defaults for rejection (reject classes by name,
 calibrated temperature and threshold):
@@ -13,17 +13,16 @@ For each: top-1, gesture recall with and without the threshold, the false-accept
 AUROC, ECE before/after calibration, the share of never-learned signs rejected, and the same rule
 applied to three scores (max-softmax, energy, cosine to the class means of the backbone's features).
 
-The frames come from videos, so neighbouring frames are near-duplicates. Until training.data splits by
-recording, this benchmark writes a pre-split folder of symbolic links (in a temporary folder, never the
-data) where each class's test and val images are contiguous blocks of frame numbers: the highest 20%
-for test, the next 10% for val, the rest for training.
+The frames come from videos, so neighbouring frames are near-duplicates: the splits are training's
+own grouped splits (``--group-by auto`` finds the numbered frame sequences and holds out whole
+blocks of frames), exactly what a user running ``training.finetune`` on this folder gets. open20
+trains on a folder of links to the known classes' folders (in a temporary folder, never the data).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import tempfile
 import time
@@ -41,37 +40,22 @@ from training.open_set import compare_scores, format_score_table, outputs_of, un
 REPO = Path(__file__).resolve().parents[1]
 ASL = REPO.parent / "shared" / "data" / "asl-alphabet"
 OPEN20_KNOWN = [chr(c) for c in range(ord("A"), ord("T") + 1)] + ["nothing"]
-TEST_SHARE, VAL_SHARE = 0.2, 0.1
-RECIPES = {  # both: no flips (a mirrored sign is another hand), nothing else changed from the defaults
-    "quick": dict(freeze="backbone", augment="none", epochs=10, lr=3e-3, flip=False),
-    "full": dict(epochs=3, image_size=128, lr=3e-3, backbone_lr_mult=0.3, warmup_epochs=0.5, flip=False),
+RECIPES = {
+    "quick": dict(freeze="backbone", augment="none", epochs=10),  # a linear probe on cached features
+    "full": dict(),  # training.finetune's defaults
 }
 
 
-def frame_number(path: Path) -> int:
-    digits = re.findall(r"\d+", path.stem)
-    return int(digits[-1]) if digits else 0
-
-
-def block_split(source: Path, classes: list[str], dest: Path) -> Path:
-    """dest/{train,val,test}/<class>/ of links to ``source``'s images, split in contiguous frame-number blocks."""
+def class_folder_links(source: Path, classes: list[str], dest: Path) -> Path:
+    """dest/<class> -> source/<class> for each of ``classes``: an ImageFolder of a subset of the classes."""
+    dest.mkdir(parents=True, exist_ok=True)
     for cls in classes:
-        frames = sorted((p for p in (source / cls).iterdir() if p.is_file()), key=frame_number)
-        n_test, n_val = round(TEST_SHARE * len(frames)), round(VAL_SHARE * len(frames))
-        parts = {"train": frames[: len(frames) - n_test - n_val], "val": frames[len(frames) - n_test - n_val : len(frames) - n_test],
-                 "test": frames[len(frames) - n_test :]}
-        for split, paths in parts.items():
-            (dest / split / cls).mkdir(parents=True, exist_ok=True)
-            for path in paths:
-                (dest / split / cls / path.name).symlink_to(path.resolve())
+        (dest / cls).symlink_to((source / cls).resolve(), target_is_directory=True)
     return dest
 
 
 def unknown_folder(source: Path, known: list[str], dest: Path) -> Path:
-    dest.mkdir(parents=True, exist_ok=True)
-    for cls in sorted(p.name for p in source.iterdir() if p.is_dir() and p.name not in known):
-        (dest / cls).symlink_to((source / cls).resolve(), target_is_directory=True)
-    return dest
+    return class_folder_links(source, sorted(p.name for p in source.iterdir() if p.is_dir() and p.name not in known), dest)
 
 
 def run_scenario(name: str, data: Path, unknown: Path | None, recipe: dict[str, Any], out: Path, workers: int) -> dict[str, Any]:
@@ -106,7 +90,9 @@ def format_open_set_table(results: list[dict[str, Any]]) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks.open_set", description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="linear probe on cached features (minutes) instead of a 128 px fine-tune")
+    p.add_argument("--quick", action="store_true", help="linear probe on cached features (minutes) instead of a fine-tune")
+    p.add_argument("--epochs", type=int, default=None, help="passes over the training images (default: training.finetune's)")
+    p.add_argument("--image-size", type=int, default=None, help="input size (default: the backbone's)")
     p.add_argument("--scenarios", default="all29,open20", help="comma-separated: all29, open20")
     p.add_argument("--data", type=Path, default=ASL, help="the asl-alphabet folder")
     p.add_argument("--out", type=Path, default=None, help="keep the runs here (default: a temporary folder)")
@@ -120,18 +106,18 @@ def main(argv: list[str] | None = None) -> int:
     if not args.data.is_dir():
         print(f"error: {args.data} not found (the asl-alphabet set lives in ../shared/data)", file=sys.stderr)
         return 2
-    recipe = RECIPES["quick" if args.quick else "full"]
+    recipe = dict(RECIPES["quick" if args.quick else "full"])
+    recipe.update({key: value for key, value in (("epochs", args.epochs), ("image_size", args.image_size)) if value is not None})
     note(f"{describe_machine()}; recipe {recipe}")
     results = []
     with tempfile.TemporaryDirectory(prefix="open-set-") as tmp:
         # with --out, the split folders stay beside the runs, so training.evaluate can use their split.json later
         work, out = (args.out / "data", args.out) if args.out else (Path(tmp), Path(tmp) / "runs")
-        all_classes = sorted(p.name for p in args.data.iterdir() if p.is_dir())
         for name in args.scenarios.split(","):
             if name == "all29":
-                data, unknown = block_split(args.data, all_classes, work / "all29"), None
+                data, unknown = args.data, None
             elif name == "open20":
-                data, unknown = block_split(args.data, OPEN20_KNOWN, work / "open20"), unknown_folder(args.data, OPEN20_KNOWN, work / "unknown")
+                data, unknown = class_folder_links(args.data, OPEN20_KNOWN, work / "open20"), unknown_folder(args.data, OPEN20_KNOWN, work / "unknown")
             else:
                 print(f"error: --scenarios {name!r}: choose all29 or open20", file=sys.stderr)
                 return 2
