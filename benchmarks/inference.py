@@ -8,7 +8,7 @@ measured in the same process, and optionally the accuracy of each engine.
 JSON lines carry backbone, engine, precision, batch, img_per_s, gflops_per_img, ceiling_gflops,
 pct_of_ceiling, peak_gflops (and speedup_vs_eager, the eager fp32 rate at the same batch). The ceiling
 of a row is the best large GEMM in the row's precision among torch, ONNX Runtime and OpenVINO
-(``benchmarks.common.gemm_ceiling``), the higher of a measurement at the start and one at the end; the
+(``benchmarks.common.hardware_ceiling``), the higher of a measurement at the start and one at the end; the
 theoretical peak (cores x SIMD lanes x FMA x clock) is printed beside it. Weights are random (speed does not
 depend on them) except for ``--accuracy RUN``, which loads RUN/best.pt and reports top-1 on the run's
 saved test split for every engine and precision, and the agreement with eager fp32.
@@ -33,7 +33,7 @@ from benchmarks.common import (
     best_rate,
     describe_machine,
     emit,
-    gemm_ceiling,
+    hardware_ceiling,
     machine,
     note,
     rescale_to_ceiling,
@@ -203,14 +203,14 @@ def main(argv: list[str] | None = None) -> int:
     info = machine()
     note(f"machine: {describe_machine(info)}")
     precisions = sorted({p for _, p in configurations(args.engines, args.precisions, device)}, key=PRECISIONS.index)
-    ceilings = {p: gemm_ceiling(p, seconds=1.0 if args.quick else 3.0, device=args.device) for p in precisions}
+    ceilings = {p: hardware_ceiling(p, seconds=1.0 if args.quick else 3.0, device=args.device) for p in precisions}
     for ceiling in ceilings.values():
         note(f"ceiling {ceiling.describe()}")
     rows = []
     for name in args.backbones:
         rows += bench_backbone(name, args, ceilings, device)
     for p in precisions:  # again at the end: the higher of the two is the ceiling
-        ceilings[p] = best_ceiling(ceilings[p], gemm_ceiling(p, seconds=1.0 if args.quick else 3.0, device=args.device))
+        ceilings[p] = best_ceiling(ceilings[p], hardware_ceiling(p, seconds=1.0 if args.quick else 3.0, device=args.device))
         note(f"ceiling at the end {ceilings[p].describe()}")
     for row in rows:
         rescale_to_ceiling(row, ceilings[row["precision"]])

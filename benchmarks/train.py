@@ -1,4 +1,4 @@
-"""Training speed: full fine-tune step rate vs the matmul ceiling, the data loader's own rate, and
+"""Training speed: full fine-tune step rate vs the hardware ceiling, the data loader's own rate, and
 frozen-backbone (linear-probe) epochs with and without the feature cache.
 
     .venv/bin/python -m benchmarks.train --quick
@@ -8,8 +8,9 @@ frozen-backbone (linear-probe) epochs with and without the feature cache.
 1. Full fine-tune: ``training.loop.train_one_epoch`` (AdamW, real loss) on in-memory batches, so the
    figure is the model's step rate alone: as ``training.finetune`` runs it on CPU (fp32), with
    channels-last memory, and with bf16 autocast + channels-last; FLOPs of forward + backward counted
-   by PyTorch, against the fp32 matmul ceiling measured in this process. ``--device cuda`` measures
-   the step rate and the ceiling on a GPU instead. Under torchrun, every process trains the model in
+   by PyTorch, against the ceiling of the row's precision measured in this process (fp32 rows
+   against the fp32 ceiling, bf16 autocast against the bf16 one: ``benchmarks.common.hardware_ceiling``).
+   ``--device cuda`` measures the step rate and the ceiling on a GPU instead. Under torchrun, every process trains the model in
    DistributedDataParallel (gloo on CPU, NCCL on CUDA) on its own batch of ``--batch``: img/s per
    process and in total (the sum over processes); the other sections are single-process measurements
    and are skipped there.
@@ -38,29 +39,36 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks.common import Ceiling, best_ceiling, describe_machine, emit, gemm_ceiling, machine, note, rescale_to_ceiling
+from benchmarks.common import Ceiling, best_ceiling, describe_machine, emit, hardware_ceiling, machine, note, rescale_to_ceiling
 from gesture_core import build_model, get_backbone
 from training import distributed
 from training.augment import build_train_transform
 from training.data import ImageDataset, SeededSampler, load_splits, make_loader
-from training.loop import build_optimizer, train_one_epoch, warmup_cosine
+from training.loop import build_optimizer, resolve_amp, train_one_epoch, warmup_cosine
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
 EXTRACTION = re.compile(
     r"features \w+: (\d+) photos in ([\d.]+) s \(\w+ ([\d.]+) s, \d+ img/s; waiting for decoding (-?[\d.]+) s\)"
 )
-FINETUNE_DEFAULT = "fp32 channels-last (finetune's default)"  # what the fine-tune target is judged on
 VARIANTS = {  # name: (channels_last, bf16 autocast)
     "fp32 NCHW": (False, False),
-    FINETUNE_DEFAULT: (True, False),
+    "fp32 channels-last (finetune --amp off)": (True, False),
     "bf16 autocast channels-last (finetune --amp on)": (True, True),
 }
+
+
+def finetune_default_variant(device: str = "cpu") -> str:
+    """The variant ``training.finetune`` runs with no flags on ``device`` (``--amp auto``): the one the
+    fine-tune target is judged on."""
+    amp, _ = resolve_amp("auto", torch.device(device))
+    return next(name for name, (channels_last, bf16) in VARIANTS.items() if channels_last and bf16 == amp)
+PRECISIONS = ("fp32", "bf16")  # of the variants: fp32, and bf16 autocast
 STEP_COLUMNS = [
     ("backbone", "backbone", "s"), ("variant", "variant", "s"), ("processes", "processes", "d"), ("batch", "batch per process", "d"),
     ("img_per_s_per_process", "img/s per process (mean)", ".1f"), ("img_per_s", "img/s (total)", ".1f"),
     ("train_gflops_per_img", "GFLOP/img (fwd+bwd)", ".1f"), ("achieved_gflops", "GFLOP/s", ".0f"),
-    ("ceiling_gflops", "fp32 ceiling", ".0f"), ("pct_of_ceiling", "% of fp32 ceiling", ".0f"),
+    ("precision", "precision", "s"), ("ceiling_gflops", "ceiling GFLOP/s", ".0f"), ("pct_of_ceiling", "% of ceiling", ".0f"),
 ]  # fmt: skip
 LOADER_COLUMNS = [("data", "data", "s"), ("workers", "workers", "d"), ("img_per_s", "loader img/s", ".0f"),
                   ("vs_fp32_step", "× fp32 step rate", ".1f"), ("vs_best_step", "× best step rate", ".1f")]  # fmt: skip
@@ -82,7 +90,7 @@ def train_flops_per_image(model: torch.nn.Module, size: int) -> float:
     return 3 * counter.get_total_flops() / 1e9
 
 
-def step_rates(backbone: str, batch: int, steps: int, ceiling: Ceiling, device: torch.device) -> list[dict[str, Any]]:
+def step_rates(backbone: str, batch: int, steps: int, ceilings: dict[str, Ceiling], device: torch.device) -> list[dict[str, Any]]:
     spec = get_backbone(backbone)
     size = spec.data_config.input_size
     images, target = torch.randn(batch, 3, size, size), torch.randint(0, 10, (batch,))
@@ -117,11 +125,13 @@ def step_rates(backbone: str, batch: int, steps: int, ceiling: Ceiling, device: 
         rate = max(run(per_measure).img_per_s for _ in range(steps))  # best step: other jobs share this machine
         by_process = distributed.gather(rate)
         total = sum(by_process)
-        rows.append({"backbone": backbone, "variant": variant, "processes": processes, "batch": batch, "img_per_s": round(total, 2),
+        precision = "bf16" if amp else "fp32"
+        rows.append({"backbone": backbone, "variant": variant, "precision": precision, "processes": processes, "batch": batch, "img_per_s": round(total, 2),
                      "img_per_s_per_process": round(total / processes, 2), "img_per_s_by_process": [round(r, 2) for r in by_process],
                      "train_gflops_per_img": round(flops, 2), "achieved_gflops": round(total * flops, 2), "kind": "train_step"})  # fmt: skip
-        rescale_to_ceiling(rows[-1], ceiling)
-        note(f"  {backbone} {variant}: {total:.1f} img/s (by process: {', '.join(f'{r:.1f}' for r in by_process)}), {rows[-1]['pct_of_ceiling']:.0f}% of the fp32 ceiling")
+        rescale_to_ceiling(rows[-1], ceilings[precision])
+        note(f"  {backbone} {variant}: {total:.1f} img/s (by process: {', '.join(f'{r:.1f}' for r in by_process)}), "
+             f"{rows[-1]['pct_of_ceiling']:.0f}% of the {precision} ceiling")
     return rows
 
 
@@ -203,9 +213,9 @@ def frozen_rows(
     return rows
 
 
-def total_ceiling(*, seconds: float, device: str) -> Ceiling:
-    """The fp32 GEMM ceiling of all processes at once (each measures its own, at the same time)."""
-    ceiling = gemm_ceiling("fp32", seconds=seconds, device=device)
+def total_ceiling(precision: str, *, seconds: float, device: str) -> Ceiling:
+    """The ceiling of all processes at once in ``precision`` (each measures its own, at the same time)."""
+    ceiling = hardware_ceiling(precision, seconds=seconds, device=device)
     return dataclasses.replace(ceiling, gflops=sum(distributed.gather(ceiling.gflops)))
 
 
@@ -238,14 +248,16 @@ def main(argv: list[str] | None = None) -> int:
     info = machine()
     note(f"machine: {describe_machine(info)}; {distributed.describe()}")
     device = torch.device(args.device)
-    ceiling = total_ceiling(seconds=1.0 if args.quick else 3.0, device=args.device)
-    note(f"ceiling on {args.device}, all processes: {ceiling.describe()}")
+    seconds = 1.0 if args.quick else 3.0
+    ceilings = {p: total_ceiling(p, seconds=seconds, device=args.device) for p in PRECISIONS}
+    for ceiling in ceilings.values():
+        note(f"ceiling on {args.device}, all processes: {ceiling.describe()}")
     steps = []
     if "steps" not in args.skip:
-        steps = step_rates(args.backbone, args.batch, 3 if args.quick else 6, ceiling, device)
-        ceiling = best_ceiling(ceiling, total_ceiling(seconds=1.0 if args.quick else 3.0, device=args.device))
+        steps = step_rates(args.backbone, args.batch, 3 if args.quick else 6, ceilings, device)
+        ceilings = {p: best_ceiling(c, total_ceiling(p, seconds=seconds, device=args.device)) for p, c in ceilings.items()}
         for row in steps:
-            rescale_to_ceiling(row, ceiling)
+            rescale_to_ceiling(row, ceilings[row["precision"]])
         emit(steps, STEP_COLUMNS, as_json=args.json, title=f"Full fine-tune step rate ({describe_machine(info)})")
     if "loader" not in args.skip:
         workers = args.loader_workers or ([2] if args.quick else [0, 2])
