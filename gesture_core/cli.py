@@ -15,10 +15,11 @@ import sys
 from collections.abc import Callable
 from typing import ParamSpec
 
+from gesture_core.hands import HandModelsUnavailableError
 from gesture_core.weights import WeightsUnavailableError
 
 EXIT_USAGE = 2
-USER_ERRORS = (ValueError, OSError, WeightsUnavailableError)
+USER_ERRORS = (ValueError, OSError, WeightsUnavailableError, HandModelsUnavailableError)
 
 P = ParamSpec("P")
 

@@ -4,6 +4,7 @@
     python -m training.prepare flowers102              # -> datasets/flowers102/{train,val,test}/<class>/<image>
     python -m training.prepare sign-digits --archive ~/Downloads/master.zip   # offline: a file fetched by hand
     python -m training.prepare --list
+    python -m training.prepare hand-models             # -> the hand detector's models, in the cache (docs/hands.md)
 
 Downloads go to ``ROOT/.downloads/NAME/FILE.part`` and resume with an HTTP Range request after an
 interruption. Every file is checked against the sha256 its publisher (or TensorFlow Datasets) records;
@@ -22,8 +23,10 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -37,6 +40,7 @@ from typing import BinaryIO
 from tqdm import tqdm
 
 from gesture_core.cli import command
+from gesture_core.hands import HAND_MODEL_FILES, MODELS_WHEEL, HandModelFile, hand_models_dir
 from training.data import IMAGE_EXTENSIONS, SPLITS, DatasetError
 
 DEFAULT_ROOT = Path("datasets")
@@ -483,6 +487,93 @@ def _require_layout(entry: Entry, counts: dict[str, int], files: dict[str, Path]
             raise PrepareError(f"{entry.name}: archive gave no images for split(s) {', '.join(missing)}")
 
 
+# --------------------------------------------------------------------------- hand models
+
+HAND_MODELS = "hand-models"
+# One fixed platform wheel, whatever the host: the same file, so the same models, everywhere (the
+# .tflite files are plain data; the wheel's own code is never installed or run).
+WHEEL_PLATFORM = ("--only-binary=:all:", "--platform", "manylinux_2_28_x86_64", "--python-version", "3.11",
+                  "--implementation", "cp", "--abi", "cp311")  # fmt: skip
+WHEEL_FILE = "mediapipe-0.10.21-cp311-cp311-manylinux_2_28_x86_64.whl"
+WHEEL_PAGE = "https://pypi.org/project/mediapipe/0.10.21/#files"
+LICENCE_MEMBER = "mediapipe-0.10.21.dist-info/LICENSE"
+PIP_TIMEOUT_S = 60  # the whole pip run, offline included (it retries once, with its own 15 s connection timeout)
+
+
+def hand_models_ready(folder: Path) -> bool:
+    """True when every model file is in ``folder`` with its expected sha256 (hashing 8 MB takes milliseconds)."""
+    return all((folder / f.name).is_file() and sha256_of(folder / f.name) == f.sha256 for f in HAND_MODEL_FILES)
+
+
+def download_models_wheel(folder: Path) -> Path:
+    """``pip download`` the mediapipe wheel into ``folder``; one PrepareError line when pip cannot."""
+    hint = f"download {WHEEL_FILE} by hand from {WHEEL_PAGE}, then run: python -m training.prepare {HAND_MODELS} --wheel PATH"
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", *WHEEL_PLATFORM, "--dest", str(folder),
+           "--timeout", "15", "--retries", "1", "--progress-bar", "off", MODELS_WHEEL]  # fmt: skip
+    print(f"{HAND_MODELS}: downloading {MODELS_WHEEL} (35 MB) with pip ...", file=sys.stderr)
+    try:
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=PIP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise PrepareError(f"pip could not download {MODELS_WHEEL} within {PIP_TIMEOUT_S} s (offline?); {hint}") from None
+    wheels = sorted(folder.glob("mediapipe-*.whl"))
+    if result.returncode != 0 or not wheels:
+        raise PrepareError(f"pip could not download {MODELS_WHEEL} ({pip_failure(result.stdout + result.stderr)}; offline?); {hint}")
+    return wheels[0]
+
+
+def pip_failure(output: str) -> str:
+    """The reason in pip's output, in a few words: the unreachable index, else pip's last ERROR line."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    indexes = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("Looking in indexes:")), "the package index")
+    if any("Failed to establish a new connection" in line or "connection broken" in line for line in lines):
+        return f"cannot connect to {indexes}"
+    return next((line for line in reversed(lines) if line.startswith("ERROR")), lines[-1] if lines else "pip printed nothing")
+
+
+def extract_hand_models(wheel: Path, folder: Path) -> None:
+    """Copy the model files (and the wheel's Apache-2.0 LICENSE) out of ``wheel``, each checked before it is written."""
+    try:
+        with zipfile.ZipFile(wheel) as zf:
+            payloads = {f.name: _checked_member(zf, f, wheel) for f in HAND_MODEL_FILES}
+            licence = zf.read(LICENCE_MEMBER) if LICENCE_MEMBER in zf.namelist() else None
+    except (zipfile.BadZipFile, EOFError, zlib.error) as err:
+        raise PrepareError(f"{wheel} is not a readable wheel ({err}); download {WHEEL_FILE} again from {WHEEL_PAGE}") from None
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, data in {**payloads, **({"LICENSE": licence} if licence else {})}.items():
+        partial = folder / f".{name}.partial-{os.getpid()}"
+        partial.write_bytes(data)
+        partial.replace(folder / name)  # a model file is either complete or absent
+
+
+def _checked_member(zf: zipfile.ZipFile, model: HandModelFile, wheel: Path) -> bytes:
+    try:
+        data = zf.read(model.wheel_member)
+    except KeyError:
+        raise PrepareError(f"{wheel} has no {model.wheel_member}: not the {MODELS_WHEEL} wheel (use {WHEEL_FILE})") from None
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != model.sha256:
+        raise PrepareError(
+            f"{wheel}: {model.wheel_member} has sha256 {digest}, expected {model.sha256} "
+            f"(not the {MODELS_WHEEL} wheel, or a damaged one); nothing was written"
+        )
+    return data
+
+
+def prepare_hand_models(wheel: Path | None = None, folder: Path | None = None) -> tuple[Path, bool]:
+    """(folder holding the verified hand models, whether this call put them there); downloads only when needed."""
+    folder = folder if folder is not None else hand_models_dir()
+    if hand_models_ready(folder):
+        return folder, False
+    if wheel is not None:
+        if not wheel.is_file():
+            raise PrepareError(f"--wheel {wheel}: no such file (expected {WHEEL_FILE} from {WHEEL_PAGE})")
+        extract_hand_models(wheel, folder)
+    else:
+        with tempfile.TemporaryDirectory(prefix="mediapipe-wheel-") as tmp:
+            extract_hand_models(download_models_wheel(Path(tmp)), folder)
+    return folder, True
+
+
 # --------------------------------------------------------------------------- command line
 
 
@@ -494,24 +585,39 @@ def print_catalogue() -> None:
             f"{entry.name:14s} {entry.title}\n{'':14s} {entry.images:,} images, {entry.classes} classes, {entry.layout}, "
             f"{size}; licence: {entry.licence}\n{'':14s} {entry.homepage}"
         )
+    print(
+        f"{HAND_MODELS:14s} MediaPipe's palm detector and hand-landmark model, from the {MODELS_WHEEL} wheel, "
+        f"into {hand_models_dir()}\n{'':14s} 8 MB of models (35 MB download); licence: Apache-2.0\n{'':14s} {WHEEL_PAGE}"
+    )
 
 
 @command
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.prepare", description=__doc__.split("\n\n")[0])
-    parser.add_argument("name", nargs="?", metavar="NAME", help=f"one of: {', '.join(CATALOGUE)}")
+    names = (*CATALOGUE, HAND_MODELS)
+    parser.add_argument("name", nargs="?", metavar="NAME", help=f"one of: {', '.join(names)}")
     parser.add_argument("--root", type=Path, default=DEFAULT_ROOT, help="where datasets live (default: datasets/)")
     parser.add_argument("--archive", type=Path, help="an archive downloaded by hand (or a folder holding the files): no download")
     parser.add_argument("--keep-archive", action="store_true", help="keep the downloaded archive after unpacking")
+    parser.add_argument("--wheel", type=Path, help=f"{HAND_MODELS} only: the {MODELS_WHEEL} wheel downloaded by hand: no download")
     parser.add_argument("--list", action="store_true", help="list the catalogue and exit")
     args = parser.parse_args(argv)
     if args.list:
         print_catalogue()
         return 0
     if args.name is None:
-        parser.error(f"NAME is required; choose one of: {', '.join(CATALOGUE)}")
-    if args.name not in CATALOGUE:
-        parser.error(f"unknown dataset {args.name!r}; choose one of: {', '.join(CATALOGUE)}")
+        parser.error(f"NAME is required; choose one of: {', '.join(names)}")
+    if args.name not in names:
+        parser.error(f"unknown dataset {args.name!r}; choose one of: {', '.join(names)}")
+    if args.name != HAND_MODELS and args.wheel is not None:
+        parser.error(f"--wheel is for {HAND_MODELS} only; a dataset takes --archive PATH")
+    if args.name == HAND_MODELS:
+        if args.archive is not None:
+            parser.error(f"{HAND_MODELS} takes --wheel PATH (the {MODELS_WHEEL} wheel), not --archive")
+        # a PrepareError here reaches @command: one "error:" line and exit code 2
+        folder, fetched = prepare_hand_models(args.wheel)
+        print(f"{HAND_MODELS}: {'prepared' if fetched else 'already prepared'} at {folder}")
+        return 0
     already = read_marker(args.root / args.name) is not None
     try:
         out = prepare_dataset(args.name, args.root, args.archive, keep_archive=args.keep_archive)
