@@ -4,6 +4,7 @@ of the service's micro-batcher against BentoML's adaptive batching (benchmarks/a
 
     .venv/bin/python -m benchmarks.serve --quick
     .venv/bin/python -m benchmarks.serve --engine openvino --precision bf16 --clients 16 --duration 20 --json
+    .venv/bin/python -m benchmarks.serve --image-size 160 --clients 64 --duration 60   # overload: fairness and memory
 
 Each client posts one real photo at a time (multipart JPEG) in a closed loop for a bounded time;
 requests/s, latency percentiles and errors come from the clients. The reference is the same checkpoint
@@ -19,6 +20,7 @@ import argparse
 import os
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from collections import Counter
@@ -39,7 +41,8 @@ COLUMNS = [
     ("p50_ms", "p50 ms", ".0f"), ("p95_ms", "p95 ms", ".0f"), ("p99_ms", "p99 ms", ".0f"), ("p99_over_p50", "p99/p50", ".2f"),
     ("errors", "errors", "d"), ("mean_batch", "mean batch", ".1f"), ("pct_of_engine", "% of engine batched img/s", ".0f"),
     ("server_cpu_ms_per_req", "server CPU ms/req", ".1f"), ("client_cpu_ms_per_req", "client CPU ms/req", ".1f"),
-    ("cpu_bound_req_per_s", "CPU-bound limit req/s", ".0f"),
+    ("cpu_bound_req_per_s", "CPU-bound limit req/s", ".0f"), ("rss_mb", "server RSS MB after warm-up", ".0f"),
+    ("rss_growth_mb", "RSS growth MB while measured", "+.0f"),
 ]  # fmt: skip
 PROFILE_COLUMNS = [("category", "Python work (py-spy, running samples)", "s"), ("share", "share", ".0%"), ("ms_per_req", "CPU ms/req", ".2f")]
 THREAD_COLUMNS = [("thread", "server threads", "s"), ("ms_per_req", "CPU ms/req", ".2f")]
@@ -86,13 +89,50 @@ def batch_counts(url: str, batching: str) -> tuple[float, float]:
     return batch_size_stats(httpx.get(f"{url}/metrics").text)
 
 
+def rss_mb(pid: int) -> float:
+    """Resident memory of the server and all its processes (the workers hold the model)."""
+    try:
+        root = psutil.Process(pid)
+        return sum(proc.memory_info().rss for proc in (root, *root.children(recursive=True))) / 2**20
+    except psutil.NoSuchProcess:
+        return 0.0
+
+
+class RssSampler:
+    """The server's RSS every ``interval`` seconds in a thread, while a load runs: flat memory under
+    load means the samples after warm-up stay level."""
+
+    def __init__(self, pid: int, interval: float = 0.5):
+        self.pid, self.interval, self.samples = pid, interval, []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.samples.append((time.perf_counter(), rss_mb(self.pid)))
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def after(self, moment: float) -> list[float]:
+        return [mb for t, mb in self.samples if t >= moment] or [rss_mb(self.pid)]
+
+
 def load_test(
     url: str, batching: str, images: list[bytes], clients: int, duration: float, warmup: float, reference: float, server_pid: int
 ) -> dict[str, Any]:
     before = batch_counts(url, batching)
     cpu_before, own_before, started = cpu_seconds(server_pid), cpu_seconds(os.getpid(), descendants=False), time.perf_counter()
-    result = drive(url, "predict", images, clients=clients, duration=duration, warmup=warmup)
+    with RssSampler(server_pid) as memory:
+        result = drive(url, "predict", images, clients=clients, duration=duration, warmup=warmup)
     wall = time.perf_counter() - started
+    measured_rss = memory.after(started + warmup)
     # Where the cores went, per measured request: the server (HTTP, decoding, model) and the clients.
     per_request = lambda cpu: 1000 * cpu / wall * result.seconds / max(result.requests, 1)  # noqa: E731
     server_ms, client_ms = (
@@ -111,7 +151,7 @@ def load_test(
         "server_cpu_ms_per_req": round(server_ms, 1), "client_cpu_ms_per_req": round(client_ms, 1),
         # all cores busy with exactly this work per request: the most this machine could serve
         "cpu_bound_req_per_s": round(1000 * (os.cpu_count() or 1) / (server_ms + client_ms), 1) if server_ms else None,
-        "kind": "serve",
+        "rss_mb": round(measured_rss[0]), "rss_growth_mb": round(measured_rss[-1] - measured_rss[0]), "kind": "serve",
     }  # fmt: skip
 
 
@@ -153,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.serve", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", type=Path, help="default: efficientnet_lite0 with ImageNet weights and a random 10-class head")
     p.add_argument("--backbone", default="efficientnet_lite0", help="without --checkpoint")
+    p.add_argument("--image-size", type=int, help="without --checkpoint: input size (default: the backbone's)")
     p.add_argument("--engine", default="auto", choices=ENGINE_CHOICES, help="GESTURE_ENGINE for the service")
     p.add_argument("--precision", default="fp32", choices=PRECISIONS, help="GESTURE_PRECISION for the service")
     p.add_argument("--service-env", nargs="+", default=[], metavar="NAME=VALUE", type=service_setting,
@@ -179,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     env = {"GESTURE_ENGINE": args.engine, "GESTURE_PRECISION": args.precision}
     env.update(args.service_env)
     with tempfile.TemporaryDirectory(prefix="serve-bench-") as tmp:
-        checkpoint = args.checkpoint or make_checkpoint(Path(tmp) / "bench.pt", args.backbone)
+        checkpoint = args.checkpoint or make_checkpoint(Path(tmp) / "bench.pt", args.backbone, args.image_size)
         rows, rates = [], {}
         for batching in args.batching:
             with running_service(checkpoint, env=env, target=TARGETS[batching]) as server:

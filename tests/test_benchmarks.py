@@ -226,3 +226,17 @@ def test_model_call_benchmark_compares_each_step_with_what_it_replaced(capsys):
     assert ("normalise a batch", "Preprocess.normalize_batch") in variants and ("network + softmax", "torch.softmax") in variants
     assert len(rows) == len(model_call.REQUEST_SIZES) + 2 + 4
     assert all(r["backbone"] == "lenet5" and r["img_per_s"] > 0 and r["cpu_ms_per_img"] >= 0 for r in rows)
+
+
+def test_serve_benchmark_measures_a_real_server_and_its_memory(capsys):
+    """A real bentoml serve under two clients: every row has requests, latencies and the server's RSS."""
+    from benchmarks import serve
+
+    argv = ["--backbone", "lenet5", "--clients", "2", "--duration", "1.5", "--warmup", "0.5", "--json"]
+    assert serve.main(argv) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert [r["clients"] for r in rows] == [2]
+    row = rows[0]
+    assert row["requests"] > 0 and row["errors"] == 0 and row["p50_ms"] > 0 and row["input_size"] == 32
+    assert row["rss_mb"] > 100  # the server's processes hold torch and the model
+    assert abs(row["rss_growth_mb"]) < row["rss_mb"]
