@@ -218,18 +218,22 @@ def resolve_data_choices(cfg: TrainConfig, splits: Splits, data_config: DataConf
 
     The settled values replace "auto" in ``cfg`` (config.json, the checkpoint), so a resumed run keeps them.
     """
+    # rank 0 decides (--crop auto reads the training images' headers) and alone says why; the others follow
+    cfg.flip, cfg.crop, lines = distributed.from_main(lambda: data_choices(cfg, splits))
+    if is_main_process():
+        for to_stderr, line in lines:
+            print(line, file=sys.stderr if to_stderr else sys.stdout)
+    return data_config.with_crop(cfg.crop)
+
+
+def data_choices(cfg: TrainConfig, splits: Splits) -> tuple[str, str, list[tuple[bool, str]]]:
+    """(flip on|off, crop mode, the lines that say why: (to stderr?, text))."""
     grouping = splits.grouping or {}
-    if grouping:
-        print(f"split: {grouping['description']}")
-    for warning in grouping.get("warnings", []):
-        print(f"warning: {warning}", file=sys.stderr)
+    lines = [(False, f"split: {grouping['description']}")] if grouping else []
+    lines += [(True, f"warning: {warning}") for warning in grouping.get("warnings", [])]
     flip, why = resolve_flip(cfg.flip, splits.classes)
-    cfg.flip = "on" if flip else "off"
     crop, why_crop = resolve_crop(cfg.crop, [s.path for s in splits.train])
-    cfg.crop = crop
-    print(why)
-    print(why_crop)
-    return data_config.with_crop(crop)
+    return ("on" if flip else "off"), crop, [*lines, (False, why), (False, why_crop)]
 
 
 def make_loaders(run: Run) -> tuple[Any, ShardedSeededSampler, Any, Any]:
