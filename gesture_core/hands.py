@@ -367,7 +367,9 @@ class HandLocaliser:
 
     ``landmarks=True`` (the default) runs the landmark model on each palm's square: a tighter square,
     the presence score (hands below ``min_presence`` are dropped) and handedness, for about 2x the cost
-    of palm detection alone per hand. ``max_hands`` keeps the best-scoring ones.
+    of palm detection alone per hand. ``max_hands`` keeps the best-scoring ones. ``threads`` is LiteRT's
+    thread count (None: its own choice); 1 was faster than 2 on the 2-core machine of docs/hands.md, and
+    leaves the other core to the classifier.
     Raises ``HandModelsUnavailableError`` (one line) when ai-edge-litert or the model files are missing.
     """
 
@@ -379,7 +381,7 @@ class HandLocaliser:
         max_hands: int = 2,
         min_palm_score: float = MIN_PALM_SCORE,
         min_presence: float = MIN_PRESENCE,
-        threads: int | None = None,
+        threads: int | None = 1,
     ):
         if max_hands < 1:
             raise ValueError(f"max_hands must be 1 or more, got {max_hands}")
