@@ -8,11 +8,24 @@ image to a label that the service, the webcam, evaluation and the benchmarks all
 
 Splitting ``crop`` from ``classify`` is what lets a server decode each upload in its own thread and
 still run the model once for many requests, with the same answer as ``predict`` by construction.
+
+A hands-mode model (``data_config.hands``, trained with ``--hands``) classifies each hand that
+``gesture_core.hands`` finds, not the frame:
+
+    rgb, hands = classifier.find_hands(image)   # decode, then the hand localiser (built once, lazily)
+    crops = classifier.hand_crops(rgb, hands)   # one uint8 input_size² crop per hand
+    probs = classifier.classify(crops)          # as above (skip it when there is no hand)
+    frame = classifier.decide_hands(hands, probs)   # FramePrediction: one answer per hand + the frame's
+    frame = classifier.predict_hands(image)     # the four together
+    classifier.predict(image)                   # == predict_hands(image).frame
+
+``crop`` refuses a hands-mode model (one crop per frame would skip the hands).
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,7 +36,8 @@ from torch import nn
 
 from gesture_core.checkpoint import CheckpointError, build_from_checkpoint, load_checkpoint, resolve_device
 from gesture_core.engines import Engine, build_engine
-from gesture_core.images import ImageSource, bgr_to_rgb
+from gesture_core.hands import Hand, HandLocaliser, hand_crop
+from gesture_core.images import DEFAULT_MAX_PIXELS, ImageSource, bgr_to_rgb, read_rgb
 from gesture_core.preprocess import DataConfig, Preprocess
 from gesture_core.rejection import Rejection, is_reject_name
 
@@ -40,6 +54,52 @@ class Prediction:
             "score": self.score,
             "top_k": [{"label": label, "score": score} for label, score in self.top_k],
         }
+
+
+@dataclass(frozen=True)
+class HandPrediction:
+    """One hand of a frame and what the classifier says of its crop."""
+
+    hand: Hand
+    prediction: Prediction
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"box": [x0, y0, x1, y1], "handedness": "left" | "right", "hand_score", "label", "score", "top_k"}``
+        (box in frame pixels; handedness in MediaPipe's mirrored convention, docs/hands.md)."""
+        return {"box": [int(v) for v in self.hand.box], "handedness": self.hand.handedness, "hand_score": float(self.hand.score),
+                **self.prediction.to_dict()}
+
+
+@dataclass(frozen=True)
+class FramePrediction:
+    """A hands-mode model's answer for one frame: each hand's, and the frame's own (``frame``).
+
+    The frame's answer: the accepted hand (label not None) with the highest score; when every hand is
+    rejected, the rejected prediction of the hand with the highest score (label None, its score and
+    top-k kept); when no hand is found, a rejection with score 0 and no top-k. ``source`` is the index
+    in ``hands`` of the hand the frame's answer comes from (None when there is no hand).
+    """
+
+    hands: list[HandPrediction]
+    frame: Prediction
+    source: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{**frame.to_dict(), "hands": [HandPrediction.to_dict(), ...]}``, best hand (by the localiser) first."""
+        return {**self.frame.to_dict(), "hands": [hand.to_dict() for hand in self.hands]}
+
+
+NO_HAND = Prediction(None, 0.0, [])  # the frame's answer when no hand is found: "no gesture"
+
+
+def frame_source(predictions: Sequence[Prediction]) -> int | None:
+    """Which hand answers for the frame (FramePrediction's rule): the accepted one with the highest
+    score, else the highest score of all, None when there is no hand."""
+    if not predictions:
+        return None
+    accepted = [i for i, p in enumerate(predictions) if p.label is not None]
+    candidates = accepted or range(len(predictions))
+    return max(candidates, key=lambda i: predictions[i].score)
 
 
 def decode_probs(probs: np.ndarray, classes: Sequence[str], *, k: int = 5, threshold: float = 0.0,
@@ -68,6 +128,8 @@ class Classifier:
         self.preprocess = Preprocess(self.data_config)
         self.rejection = Rejection.from_checkpoint(checkpoint)  # temperature, reject classes, threshold
         shape = (self.data_config.in_chans, self.data_config.input_size, self.data_config.input_size)
+        self._localiser: HandLocaliser | None = None
+        self._localiser_lock = threading.Lock()
         # What classify runs on (gesture_core.engines): eager, compiled, ONNX Runtime or OpenVINO.
         self.engine: Engine = build_engine(self.model, engine=engine, precision=precision, device=device, input_shape=shape)
 
@@ -80,7 +142,11 @@ class Classifier:
         """One image -> its uint8 ``input_size``² centre crop (decode, resize, crop; CPU only).
         ``image``: a path, encoded bytes, a PIL image or an RGB array; ``bgr=True`` for an OpenCV frame.
         ``read_kwargs`` go to ``gesture_core.images.read_rgb`` (e.g. ``max_pixels``).
-        Raises ``ImageDecodeError`` with a user-facing reason."""
+        Raises ``ImageDecodeError`` with a user-facing reason, and ValueError for a hands-mode model,
+        which takes one crop per hand: ``find_hands`` then ``hand_crops``."""
+        if self.hands_mode:
+            raise ValueError("this model classifies hand crops (trained with --hands): use find_hands(image) "
+                             "then hand_crops(rgb, hands), or predict_hands(image), instead of crop(image)")
         rgb = bgr_to_rgb(image) if bgr else self.preprocess.read(image, **read_kwargs)
         return self.preprocess.crop(rgb)
 
@@ -89,7 +155,9 @@ class Classifier:
         return self.probs(self.preprocess.normalize_batch(crops))
 
     def predict(self, image: ImageSource, *, k: int = 5, threshold: float | None = None, bgr: bool = False) -> Prediction:
-        """``crop`` then ``classify``, then ``decide``."""
+        """``crop`` then ``classify``, then ``decide``; for a hands-mode model, ``predict_hands(...).frame``."""
+        if self.hands_mode:
+            return self.predict_hands(image, k=k, threshold=threshold, bgr=bgr).frame
         return self.decide(self.classify([self.crop(image, bgr=bgr)])[0], k=k, threshold=threshold)
 
     def decide(self, probs: np.ndarray, *, k: int = 5, threshold: float | None = None) -> Prediction:
@@ -99,8 +167,68 @@ class Classifier:
                             reject_classes=self.rejection.reject_classes)
 
     def predict_proba(self, images: Sequence[ImageSource]) -> np.ndarray:
-        """Probabilities (N, num_classes) for several images, as one batch."""
+        """Probabilities (N, num_classes) for several images, as one batch (not for a hands-mode model: see ``crop``)."""
         return self.classify([self.crop(image) for image in images])
+
+    # --- hands mode: one crop per hand (docs/hands.md) ------------------------------------------------
+
+    @property
+    def hands_mode(self) -> bool:
+        """True for a model trained on hand crops (``--hands``): it classifies each hand, not the frame."""
+        return self.data_config.hands
+
+    @property
+    def localiser(self) -> HandLocaliser:
+        """The hand localiser, built on first use (once, whichever thread asks first) with the settings
+        training's crop cache uses. Raises ``HandModelsUnavailableError`` (one line naming the command
+        to run) without the ``[hands]`` extra or the prepared models."""
+        if self._localiser is None:
+            with self._localiser_lock:
+                if self._localiser is None:
+                    self._localiser = HandLocaliser()
+        return self._localiser
+
+    @localiser.setter
+    def localiser(self, localiser: HandLocaliser) -> None:
+        """Use this localiser instead (e.g. one shared with a HandTracker); its settings should be the
+        defaults, which training's crop cache used, or the crops differ from training's."""
+        self._localiser = localiser
+
+    def find_hands(self, image: ImageSource, *, bgr: bool = False, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, list[Hand]]:
+        """(the decoded RGB frame, its hands best first). Decoded at full size (a far hand needs every
+        pixel), with ``read_rgb``'s limits; ``bgr=True`` for an OpenCV frame. Raises ``ImageDecodeError``
+        with a user-facing reason, and ``HandModelsUnavailableError`` as ``localiser`` does."""
+        rgb = bgr_to_rgb(image) if bgr else read_rgb(image, max_pixels=max_pixels)
+        return rgb, self.localiser.find(rgb)
+
+    def hand_crops(self, rgb: np.ndarray, hands: Sequence[Hand]) -> list[np.ndarray]:
+        """One uint8 ``input_size``² crop per hand (``hand_crop``, then this model's Preprocess geometry):
+        what ``classify`` takes, and what training saw."""
+        return [self.preprocess.crop(hand_crop(rgb, hand, self.data_config)) for hand in hands]
+
+    def decide_hands(self, hands: Sequence[Hand], probs: np.ndarray | Sequence[np.ndarray], *, k: int = 5,
+                     threshold: float | None = None) -> FramePrediction:
+        """Each hand's probabilities (``classify`` of ``hand_crops``; empty when there is no hand) ->
+        ``decide`` per hand, and the frame's answer by FramePrediction's rule."""
+        if len(probs) != len(hands):
+            raise ValueError(f"decide_hands needs one row of probabilities per hand: {len(hands)} hands, {len(probs)} rows")
+        per_hand = [HandPrediction(hand, self.decide(row, k=k, threshold=threshold)) for hand, row in zip(hands, probs, strict=True)]
+        if not per_hand:
+            self.rejection.threshold_or(threshold)  # a bad threshold is an error with or without hands
+        source = frame_source([h.prediction for h in per_hand])
+        return FramePrediction(per_hand, NO_HAND if source is None else per_hand[source].prediction, source)
+
+    def predict_hands(self, image: ImageSource, *, k: int = 5, threshold: float | None = None, bgr: bool = False,
+                      hands: Sequence[Hand] | None = None) -> FramePrediction:
+        """``find_hands`` (or the ``hands`` given, e.g. from a HandTracker on this frame), ``hand_crops``,
+        ``classify`` and ``decide_hands``."""
+        if hands is None:
+            rgb, hands = self.find_hands(image, bgr=bgr)
+        else:
+            rgb = bgr_to_rgb(image) if bgr else read_rgb(image)
+        crops = self.hand_crops(rgb, hands)
+        probs = self.classify(crops) if crops else np.zeros((0, len(self.classes)), np.float32)
+        return self.decide_hands(hands, probs, k=k, threshold=threshold)
 
     # --- below the pipeline: already normalised tensors ------------------------------------------------
 

@@ -27,11 +27,15 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
 
 from gesture_core.engines import cache_root
+
+if TYPE_CHECKING:
+    from gesture_core.preprocess import DataConfig
 
 # --------------------------------------------------------------------------- the model files
 
@@ -244,6 +248,33 @@ def crop_hand(rgb: np.ndarray, hand: Hand | RotatedSquare, size: int) -> np.ndar
     return crop_square(np.ascontiguousarray(rgb, dtype=np.uint8), square, size)
 
 
+def hand_crop(rgb: np.ndarray, hand: Hand | RotatedSquare, data_config: DataConfig) -> np.ndarray:
+    """What a hands-mode model (``DataConfig.hands``) sees of one hand, before its ``Preprocess``: the
+    upright ``resize_size``² crop. Training's crop cache and serving both call this, so they agree by
+    construction; ``Preprocess.crop`` then brings it to ``input_size`` as it does any image."""
+    return crop_hand(rgb, hand, data_config.resize_size)
+
+
+def hand_to_dict(hand: Hand) -> dict[str, Any]:
+    """A hand as JSON-ready values (training's crop cache stores them); the palm detection is left out."""
+    s = hand.square
+    return {
+        "box": list(hand.box), "square": [s.cx, s.cy, s.size, s.angle], "score": hand.score,
+        "handedness": hand.handedness, "handedness_score": hand.handedness_score,
+        "landmarks": [list(p) for p in hand.landmarks] if hand.landmarks is not None else None,
+    }  # fmt: skip
+
+
+def hand_from_dict(d: dict[str, Any]) -> Hand:
+    """``hand_to_dict``'s inverse (``palm`` is None, as for a tracked hand)."""
+    landmarks = d.get("landmarks")
+    return Hand(
+        box=tuple(int(v) for v in d["box"]), square=RotatedSquare(*(float(v) for v in d["square"])), score=float(d["score"]),
+        handedness=d.get("handedness"), handedness_score=d.get("handedness_score"),
+        landmarks=tuple((float(x), float(y)) for x, y in landmarks) if landmarks is not None else None,
+    )  # fmt: skip
+
+
 def distinct_hands(hands: Sequence[Hand], limit: int) -> list[Hand]:
     """The best-scoring hands, at most ``limit``, dropping any whose box overlaps a better one's by SAME_HAND_IOU."""
     kept: list[Hand] = []
@@ -396,6 +427,13 @@ class HandLocaliser:
         self._anchors = palm_anchors()
         self.palm_calls = 0  # palm detections run so far (the tracker's tests and benchmark count them)
         self.landmark_calls = 0
+
+    def settings(self) -> dict[str, Any]:
+        """Everything ``find``'s answer depends on (the models by their sha256), e.g. for a cache key."""
+        return {
+            "landmarks": self.uses_landmarks, "max_hands": self.max_hands, "min_palm_score": self.min_palm_score,
+            "min_presence": self.min_presence, "models": {f.name: f.sha256 for f in HAND_MODEL_FILES},
+        }  # fmt: skip
 
     def detect_palms(self, rgb: np.ndarray) -> list[Palm]:
         """Every palm above ``min_palm_score`` after weighted NMS, best first, in frame pixels."""

@@ -38,12 +38,17 @@ class DataConfig:
     interpolation: str = "bilinear"
     in_chans: int = 3
     crop: str = "center"  # one of CROP_MODES; checkpoints written before whole-frame modes have none: center
+    # each hand found by gesture_core.hands is cropped (gesture_core.hands.hand_crop), then classified;
+    # checkpoints written before hand crops have none: False
+    hands: bool = False
 
     def __post_init__(self) -> None:
         if self.interpolation not in _UPSCALE:
             raise ValueError(f"interpolation {self.interpolation!r}: choose one of {sorted(_UPSCALE)}")
         if self.crop not in CROP_MODES:
             raise ValueError(f"crop {self.crop!r}: choose one of {', '.join(CROP_MODES)}")
+        if not isinstance(self.hands, bool):
+            raise ValueError(f"hands must be True or False, got {self.hands!r}")
         if len(self.mean) != self.in_chans or len(self.std) != self.in_chans:
             raise ValueError(f"mean/std need {self.in_chans} values, got {self.mean} / {self.std}")
 
@@ -57,6 +62,9 @@ class DataConfig:
 
     def with_crop(self, crop: str) -> DataConfig:
         return replace(self, crop=crop)
+
+    def with_hands(self, hands: bool) -> DataConfig:
+        return replace(self, hands=bool(hands))
 
     def with_channels(self, in_chans: int) -> DataConfig:
         if in_chans == self.in_chans:
@@ -78,7 +86,10 @@ class DataConfig:
 
 
 class Preprocess:
-    """Bring the image to ``input_size``² as ``config.crop`` says (see CROP_MODES), then normalise."""
+    """Bring the image to ``input_size``² as ``config.crop`` says (see CROP_MODES), then normalise.
+
+    With ``config.hands`` the image given is a hand crop (``gesture_core.hands.hand_crop``, a
+    ``resize_size``² square), and the same geometry applies to it as to any image."""
 
     def __init__(self, config: DataConfig):
         self.config = config
@@ -91,7 +102,8 @@ class Preprocess:
 
     def __repr__(self) -> str:
         c = self.config
-        return f"Preprocess(resize={c.resize_size}, crop={c.input_size} {c.crop}, mean={c.mean}, std={c.std})"
+        hands = ", of each hand" if c.hands else ""
+        return f"Preprocess(resize={c.resize_size}, crop={c.input_size} {c.crop}{hands}, mean={c.mean}, std={c.std})"
 
     def __call__(self, rgb: np.ndarray) -> torch.Tensor:
         return self.normalize(self.crop(rgb))

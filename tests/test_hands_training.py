@@ -1,0 +1,227 @@
+"""Hand-crop mode (``DataConfig.hands``, ``--hands``): the Classifier's per-hand API, training's crop
+cache, and evaluation, with the real MediaPipe models through LiteRT (from a real
+``training.prepare hand-models`` run, as tests/test_hands.py gets them) and real ASL photos.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from gesture_core import build_model, get_backbone, save_checkpoint
+from gesture_core.classifier import NO_HAND, FramePrediction, HandPrediction, load_classifier
+from gesture_core.hands import (
+    HandLocaliser,
+    HandTracker,
+    box_iou,
+    crop_hand,
+    hand_crop,
+    hand_from_dict,
+    hand_models_dir,
+    hand_to_dict,
+)
+from gesture_core.preprocess import DataConfig, Preprocess
+from tests.helpers import SHARED_DATA
+from training import prepare
+
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("ai_edge_litert") is None,
+    reason='ai-edge-litert is not installed (pip install -e ".[hands]"); it runs the hand models',
+)
+
+ASL = SHARED_DATA / "asl-alphabet"
+FRAME_W, FRAME_H = 640, 480
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    return cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+
+
+def paste(background: np.ndarray, photo: np.ndarray, side: int, x: int, y: int) -> np.ndarray:
+    frame = background.copy()
+    frame[y : y + side, x : x + side] = cv2.resize(photo, (side, side), interpolation=cv2.INTER_AREA)
+    return frame
+
+
+@pytest.fixture(scope="session")
+def asl() -> Path:
+    if not ASL.is_dir():
+        pytest.skip(f"{ASL} not present (real data lives in ../shared/data)")
+    return ASL
+
+
+@pytest.fixture(scope="session")
+def hand_models(private_cache_folders) -> Path:
+    """The real prepare command, as a user runs it, into the session's GESTURE_CACHE_DIR."""
+    assert prepare.main(["hand-models"]) == 0
+    return hand_models_dir()
+
+
+@pytest.fixture(scope="session")
+def scene(asl) -> np.ndarray:
+    """A 640x480 empty scene: an ASL 'nothing' frame (no hand) scaled up."""
+    empty = read_rgb(sorted((asl / "nothing").iterdir())[0])
+    return cv2.resize(empty, (FRAME_W, FRAME_H), interpolation=cv2.INTER_LINEAR)
+
+
+@pytest.fixture(scope="session")
+def two_hand_frame(asl, scene) -> np.ndarray:
+    """Two ASL hands (letters A and L) pasted side by side at 240 px."""
+    frame = paste(scene, read_rgb(sorted((asl / "A").iterdir())[0]), 240, 40, 120)
+    return paste(frame, read_rgb(sorted((asl / "L").iterdir())[0]), 240, 360, 120)
+
+
+def hands_checkpoint(path: Path, *, hands: bool, classes=("A", "L", "nothing")) -> Path:
+    """efficientnet_lite0 with ImageNet weights and an untrained head, at 96 px, hands mode or not."""
+    torch.manual_seed(0)
+    backbone = get_backbone("efficientnet_lite0")
+    model = build_model("efficientnet_lite0", len(classes), "imagenet")
+    save_checkpoint(path, model=model, backbone=backbone.name, classes=list(classes),
+                    data_config=backbone.data_config.with_input_size(96).with_hands(hands), train_config={"seed": 0},
+                    metrics={})  # fmt: skip
+    return path
+
+
+@pytest.fixture(scope="session")
+def hands_classifier(tmp_path_factory, hand_models):
+    return load_classifier(hands_checkpoint(tmp_path_factory.mktemp("hands") / "best.pt", hands=True), "cpu", engine="torch")
+
+
+# --------------------------------------------------------------------------- the stored mode
+
+
+def test_hands_is_stored_and_old_configs_load_without_it():
+    config = DataConfig().with_hands(True)
+    assert config.to_dict()["hands"] is True and DataConfig.from_dict(config.to_dict()) == config
+    old = DataConfig().to_dict()
+    del old["hands"]  # a checkpoint written before hand crops
+    assert DataConfig.from_dict(old).hands is False
+    with pytest.raises(ValueError, match="hands must be True or False"):
+        DataConfig(hands="yes")
+
+
+def test_hand_crop_is_the_resize_size_crop_then_preprocess_applies(two_hand_frame, hand_models):
+    config = DataConfig(input_size=96, resize_size=110, hands=True)
+    hand = HandLocaliser(hand_models).find(two_hand_frame)[0]
+    crop = hand_crop(two_hand_frame, hand, config)
+    assert crop.shape == (110, 110, 3) and np.array_equal(crop, crop_hand(two_hand_frame, hand, 110))
+    assert Preprocess(config).crop(crop).shape == (96, 96, 3)
+
+
+def test_hand_round_trips_through_its_dict(two_hand_frame, hand_models):
+    hand = HandLocaliser(hand_models).find(two_hand_frame)[0]
+    back = hand_from_dict(hand_to_dict(hand))
+    assert back.box == hand.box and back.square == hand.square and back.score == hand.score
+    assert back.handedness == hand.handedness and back.landmarks == hand.landmarks
+
+
+# --------------------------------------------------------------------------- the Classifier
+
+
+def test_classifier_finds_both_hands_and_answers_each(hands_classifier, two_hand_frame):
+    assert hands_classifier.hands_mode
+    rgb, hands = hands_classifier.find_hands(two_hand_frame)
+    assert np.array_equal(rgb, two_hand_frame) and len(hands) == 2
+    placed = [(40, 120, 280, 360), (360, 120, 600, 360)]
+    assert sorted(max(range(2), key=lambda i: box_iou(hand.box, placed[i])) for hand in hands) == [0, 1]
+    crops = hands_classifier.hand_crops(rgb, hands)
+    assert [c.shape for c in crops] == [(96, 96, 3)] * 2
+    expected = [Preprocess(hands_classifier.data_config).crop(crop_hand(rgb, h, hands_classifier.data_config.resize_size)) for h in hands]
+    assert all(np.array_equal(a, b) for a, b in zip(crops, expected, strict=True))
+    probs = hands_classifier.classify(crops)
+    frame = hands_classifier.decide_hands(hands, probs, k=2)
+    assert [h.prediction for h in frame.hands] == [hands_classifier.decide(row, k=2) for row in probs]
+    assert frame == hands_classifier.predict_hands(two_hand_frame, k=2)
+
+
+def test_predict_of_a_hands_model_is_the_frame_answer(hands_classifier, two_hand_frame, tmp_path):
+    path = tmp_path / "frame.png"
+    cv2.imwrite(str(path), cv2.cvtColor(two_hand_frame, cv2.COLOR_RGB2BGR))
+    frame = hands_classifier.predict_hands(path)
+    assert hands_classifier.predict(path) == frame.frame
+    bgr = cv2.cvtColor(two_hand_frame, cv2.COLOR_RGB2BGR)
+    assert hands_classifier.predict(bgr, bgr=True) == frame.frame
+
+
+def test_crop_refuses_a_hands_model(hands_classifier, two_hand_frame):
+    with pytest.raises(ValueError, match="find_hands.*hand_crops"):
+        hands_classifier.crop(two_hand_frame)
+
+
+def test_no_hand_is_no_gesture(hands_classifier, scene):
+    frame = hands_classifier.predict_hands(scene)
+    assert frame.hands == [] and frame.frame == NO_HAND and frame.source is None
+    assert frame.frame.label is None
+    assert frame.to_dict() == {"label": None, "score": 0.0, "top_k": [], "hands": []}
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        hands_classifier.predict_hands(scene, threshold=2.0)
+
+
+def test_tracked_hands_are_classified_as_given(hands_classifier, two_hand_frame):
+    tracker = HandTracker(hands_classifier.localiser)
+    hands = tracker.update(two_hand_frame)
+    given = hands_classifier.predict_hands(two_hand_frame, hands=hands)
+    assert [h.hand for h in given.hands] == hands
+    assert hands_classifier.predict_hands(two_hand_frame, hands=[]).frame == NO_HAND
+
+
+def test_frame_answer_rule(hands_classifier, two_hand_frame):
+    """Accepted hand with the highest score; all rejected: the best rejected one; the rule is the docstring's."""
+    _, hands = hands_classifier.find_hands(two_hand_frame)
+    a, l_, nothing = np.eye(3, dtype=np.float32)
+    low_a = np.array([0.6, 0.2, 0.2], np.float32)
+    frame = hands_classifier.decide_hands(hands, np.stack([low_a, l_]))  # both accepted: the higher score
+    assert frame.source == 1 and frame.frame.label == "L"
+    frame = hands_classifier.decide_hands(hands, np.stack([low_a, nothing]))  # 'nothing' is rejected: the other
+    assert frame.source == 0 and frame.frame.label == "A"
+    frame = hands_classifier.decide_hands(hands, np.stack([low_a, nothing]), threshold=0.7)  # both rejected
+    assert frame.source == 1 and frame.frame.label is None and frame.frame.score == 1.0
+    with pytest.raises(ValueError, match="one row of probabilities per hand"):
+        hands_classifier.decide_hands(hands, np.stack([a]))
+
+
+def test_frame_to_dict(hands_classifier, two_hand_frame):
+    frame = hands_classifier.predict_hands(two_hand_frame, k=2)
+    d = frame.to_dict()
+    assert {k: d[k] for k in ("label", "score", "top_k")} == frame.frame.to_dict()
+    assert len(d["hands"]) == 2
+    for hand, out in zip(frame.hands, d["hands"], strict=True):
+        assert isinstance(hand, HandPrediction)
+        assert out["box"] == list(hand.hand.box) and out["handedness"] in ("left", "right")
+        assert out["hand_score"] == pytest.approx(hand.hand.score) and out["label"] == hand.prediction.label
+        assert len(out["top_k"]) == 2
+    assert isinstance(frame, FramePrediction)
+
+
+def test_localiser_is_built_once_across_threads(tmp_path, hand_models):
+    from concurrent.futures import ThreadPoolExecutor
+
+    classifier = load_classifier(hands_checkpoint(tmp_path / "best.pt", hands=True), "cpu", engine="torch")
+    with ThreadPoolExecutor(4) as pool:
+        built = list(pool.map(lambda _: classifier.localiser, range(8)))
+    assert all(localiser is built[0] for localiser in built)
+
+
+def test_missing_models_are_one_clear_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("GESTURE_CACHE_DIR", str(tmp_path / "empty-cache"))
+    classifier = load_classifier(hands_checkpoint(tmp_path / "best.pt", hands=True), "cpu", engine="torch")
+    from gesture_core.hands import HandModelsUnavailableError
+
+    with pytest.raises(HandModelsUnavailableError, match="training.prepare hand-models"):
+        classifier.predict_hands(np.zeros((48, 64, 3), np.uint8))
+
+
+def test_a_model_without_hands_is_unchanged(tmp_path, two_hand_frame, monkeypatch):
+    def no_localiser(*args, **kwargs):
+        raise AssertionError("a model without hands mode built a hand localiser")
+
+    monkeypatch.setattr("gesture_core.classifier.HandLocaliser", no_localiser)
+    classifier = load_classifier(hands_checkpoint(tmp_path / "best.pt", hands=False), "cpu", engine="torch")
+    assert not classifier.hands_mode and classifier.data_config.hands is False
+    probs = classifier.classify([classifier.crop(two_hand_frame)])[0]
+    assert classifier.predict(two_hand_frame) == classifier.decide(probs)
