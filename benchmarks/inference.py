@@ -7,7 +7,7 @@ measured in the same process, and optionally the accuracy of each engine.
 
 JSON lines carry backbone, engine, precision, batch, img_per_s, gflops_per_img, ceiling_gflops,
 pct_of_ceiling, peak_gflops (and speedup_vs_eager, the eager fp32 rate at the same batch). The ceiling
-of a row is the best large GEMM in the row's precision among torch, ONNX Runtime and OpenVINO
+of a row is the best large GEMM or 3x3 convolution in the row's precision among torch, ONNX Runtime and OpenVINO
 (``benchmarks.common.hardware_ceiling``), the higher of a measurement at the start and one at the end; the
 theoretical peak (cores x SIMD lanes x FMA x clock) is printed beside it. Weights are random (speed does not
 depend on them) except for ``--accuracy RUN``, which loads RUN/best.pt and reports top-1 on the run's
@@ -44,7 +44,7 @@ from gesture_core.engines import ENGINES, PRECISIONS, build_engine, engine_insta
 SPEED_COLUMNS = [
     ("backbone", "backbone", "s"), ("engine", "engine", "s"), ("precision", "precision", "s"), ("batch", "batch", "d"),
     ("img_per_s", "img/s", ".1f"), ("ms_per_batch", "ms/batch", ".1f"), ("gflops_per_img", "GFLOP/img", ".2f"),
-    ("achieved_gflops", "GFLOP/s", ".0f"), ("ceiling_gflops", "ceiling GFLOP/s", ".0f"),
+    ("achieved_gflops", "GFLOP/s", ".0f"), ("ceiling_gflops", "ceiling GFLOP/s", ".0f"), ("ceiling_kernel", "ceiling kernel", "s"),
     ("pct_of_ceiling", "% of ceiling", ".0f"), ("speedup_vs_eager", "× eager fp32", ".2f"), ("build_s", "load s", ".1f"),
 ]  # fmt: skip
 ACCURACY_COLUMNS = [

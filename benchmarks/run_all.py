@@ -216,7 +216,7 @@ def render(rows: list[tuple[str, str, bool | None]], info: dict, command: str, r
              "| target | measured | |", "|---|---|---|", *[f"| {t} | {m} | {verdict(ok)} |" for t, m, ok in rows]]  # fmt: skip
     sections = [
         (
-            "Inference (best of short windows; ceiling = the best large GEMM of torch, ONNX Runtime and OpenVINO in the row's precision, same process)",
+            "Inference (best of short windows; ceiling = the best large GEMM or 3×3 convolution of torch, ONNX Runtime and OpenVINO in the row's precision, same process)",
             kind("inference", "speed"),
             SPEED_COLUMNS,
         ),

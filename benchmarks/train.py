@@ -68,7 +68,8 @@ STEP_COLUMNS = [
     ("backbone", "backbone", "s"), ("variant", "variant", "s"), ("processes", "processes", "d"), ("batch", "batch per process", "d"),
     ("img_per_s_per_process", "img/s per process (mean)", ".1f"), ("img_per_s", "img/s (total)", ".1f"),
     ("train_gflops_per_img", "GFLOP/img (fwd+bwd)", ".1f"), ("achieved_gflops", "GFLOP/s", ".0f"),
-    ("precision", "precision", "s"), ("ceiling_gflops", "ceiling GFLOP/s", ".0f"), ("pct_of_ceiling", "% of ceiling", ".0f"),
+    ("precision", "precision", "s"), ("ceiling_gflops", "ceiling GFLOP/s", ".0f"), ("ceiling_kernel", "ceiling kernel", "s"),
+    ("pct_of_ceiling", "% of ceiling", ".0f"),
 ]  # fmt: skip
 LOADER_COLUMNS = [("data", "data", "s"), ("workers", "workers", "d"), ("img_per_s", "loader img/s", ".0f"),
                   ("vs_fp32_step", "× fp32 step rate", ".1f"), ("vs_best_step", "× best step rate", ".1f")]  # fmt: skip
