@@ -225,3 +225,148 @@ def test_a_model_without_hands_is_unchanged(tmp_path, two_hand_frame, monkeypatc
     assert not classifier.hands_mode and classifier.data_config.hands is False
     probs = classifier.classify([classifier.crop(two_hand_frame)])[0]
     assert classifier.predict(two_hand_frame) == classifier.decide(probs)
+
+
+# --------------------------------------------------------------------------- training and evaluation
+
+LETTERS = ("C", "V", "Y")  # letters whose photos the localiser finds (18-20 of the first 20); 'nothing' has no hand
+PER_CLASS = 20
+
+
+@pytest.fixture(scope="module")
+def asl_subset(asl, tmp_path_factory) -> Path:
+    """The first 20 photos of 3 letters and of 'nothing', copied: a real, small hands dataset."""
+    root = tmp_path_factory.mktemp("asl-subset")
+    for name in (*LETTERS, "nothing"):
+        (root / name).mkdir()
+        for path in sorted((asl / name).iterdir())[:PER_CLASS]:
+            (root / name / path.name).write_bytes(path.read_bytes())
+    return root
+
+
+@pytest.fixture(scope="module")
+def crop_cache(hand_models, tmp_path_factory) -> Path:
+    """A cache folder of its own (the crop cache starts empty), with the prepared hand models in it."""
+    root = tmp_path_factory.mktemp("cache")
+    (root / "hand-models").symlink_to(hand_models, target_is_directory=True)
+    return root
+
+
+def finetune(data: Path, out: Path, *extra: str) -> None:
+    from training import finetune as finetune_module
+
+    args = ["--data", str(data), "--out", str(out), "--epochs", "1", "--image-size", "64", "--batch-size", "16", "--workers", "0", *extra]
+    assert finetune_module.main(args) == 0
+
+
+@pytest.fixture(scope="module")
+def hands_run(asl_subset, crop_cache, tmp_path_factory):
+    """Two --hands runs on the same data: the first fills the crop cache, the second reads it. (run folder, stdout of each)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("GESTURE_CACHE_DIR", str(crop_cache))
+        runs, outputs, files = tmp_path_factory.mktemp("runs"), [], []
+        for name in ("first", "second"):
+            with _captured() as text:
+                finetune(asl_subset, runs / name, "--hands")
+            outputs.append(text())
+            files.append(sorted(crop_cache.glob("hand-crops/*/*")))
+        yield {"run": runs / "first", "again": runs / "second", "stdout": outputs, "crop_files": files[0], "files_after_second": files[1]}
+
+
+class _captured:
+    """stdout of in-process code, as text (pytest's capsys is function-scoped; these runs are shared)."""
+
+    def __enter__(self):
+        import contextlib
+        import io
+
+        self.buffer = io.StringIO()
+        self.redirect = contextlib.redirect_stdout(self.buffer)
+        self.redirect.__enter__()
+        return self.buffer.getvalue
+
+    def __exit__(self, *exc):
+        self.redirect.__exit__(*exc)
+        print(self.buffer.getvalue())  # still shown when a test fails
+
+
+def read_json(path: Path) -> dict:
+    import json
+
+    return json.loads(path.read_text())
+
+
+def test_hands_run_stores_the_mode(hands_run):
+    ckpt = torch.load(hands_run["run"] / "best.pt", map_location="cpu", weights_only=False)
+    assert ckpt["data_config"]["hands"] is True and ckpt["train_config"]["hands"] is True
+    classifier = load_classifier(hands_run["run"] / "best.pt", "cpu", engine="torch")
+    assert classifier.hands_mode
+
+
+def test_crops_are_made_once_and_reused(hands_run, asl_subset):
+    images = sum(1 for _ in asl_subset.glob("*/*.jpg"))
+    first, second = hands_run["stdout"]
+    assert f"hand crops: {images} images, {images} run through the hand localiser now, 0 from the cache" in first
+    assert f"hand crops: {images} images, 0 run through the hand localiser now, {images} from the cache" in second
+    indexes = [p for p in hands_run["crop_files"] if p.suffix == ".json"]
+    pngs = [p for p in hands_run["crop_files"] if p.suffix == ".png"]
+    no_hand = sum(read_json(hands_run["run"] / "metrics.json")["hands"]["no_hand"].values())
+    assert len(indexes) == images and len({p.name.split("-")[0] for p in pngs}) == images - no_hand  # one entry per image, crops where a hand is
+    assert hands_run["files_after_second"] == hands_run["crop_files"]
+    assert read_json(hands_run["again"] / "metrics.json")["hands"]["detected"] == 0
+
+
+def test_no_hand_images_are_reported(hands_run, asl_subset):
+    metrics = read_json(hands_run["run"] / "metrics.json")
+    hands = metrics["hands"]
+    no_hand = [path for paths in hands["no_hand_files"].values() for path in paths]
+    nothing = {str(p) for p in (asl_subset / "nothing").iterdir()}
+    assert nothing <= set(no_hand)  # every empty frame is reported, in whichever split it fell
+    assert sum(hands["no_hand"].values()) == len(no_hand) and "skipped in training" in hands["policy"]
+    assert f"no hand found in {len(no_hand)} of {PER_CLASS * 4} images" in hands_run["stdout"][0]
+    assert any(Path(p).name in hands_run["stdout"][0] for p in no_hand)
+    # training learnt from crops of the images with a hand only
+    assert metrics["split"]["train"] == hands["images"]["train"] - hands["no_hand"]["train"]
+
+
+def test_every_test_image_is_scored_and_no_hand_is_no_gesture(hands_run):
+    split = read_json(hands_run["run"] / "split.json")
+    metrics = read_json(hands_run["run"] / "metrics.json")
+    test = metrics["test"]
+    assert test["n"] == len(split["test"])  # none dropped
+    nothing_tests = [p for p, label in split["test"] if split["classes"][label] == "nothing"]
+    assert nothing_tests and test["no_answer"]["per_class"]["nothing"] == len(nothing_tests)
+    assert test["no_answer"]["counted_as"] == "nothing"
+    assert test["per_class"]["nothing"]["recall"] == 1.0
+    assert test["no_answer"]["n"] == metrics["hands"]["no_hand"]["test"]
+
+
+def test_evaluate_and_predict_agree(hands_run, crop_cache, monkeypatch):
+    from training import evaluate
+
+    monkeypatch.setenv("GESTURE_CACHE_DIR", str(crop_cache))
+    run = hands_run["run"]
+    out = run / "eval-again"
+    assert evaluate.main(["--checkpoint", str(run / "best.pt"), "--workers", "0", "--out", str(out)]) == 0
+    evaluated = read_json(out / "metrics.json")["test"]
+    assert evaluated == read_json(run / "metrics.json")["test"]
+    # the service's path: load_classifier(...).predict on each whole image, hands found afresh
+    classifier = load_classifier(run / "best.pt", "cpu", engine="torch")
+    split = read_json(run / "split.json")
+    classes = split["classes"]
+    matrix = np.zeros((len(classes), len(classes)), int)
+    for rel, label in split["test"]:
+        prediction = classifier.predict(Path(split["root"]) / rel, k=1)
+        answered = prediction.top_k[0][0] if prediction.top_k else "nothing"  # no hand: 'no gesture', counted as nothing
+        matrix[label, classes.index(answered)] += 1
+    assert matrix.tolist() == evaluated["confusion_matrix"]
+
+
+def test_a_run_without_hands_is_unchanged(asl_subset, crop_cache, tmp_path, monkeypatch):
+    monkeypatch.setenv("GESTURE_CACHE_DIR", str(crop_cache))
+    finetune(asl_subset, tmp_path / "plain")
+    ckpt = torch.load(tmp_path / "plain" / "best.pt", map_location="cpu", weights_only=False)
+    assert ckpt["data_config"]["hands"] is False
+    metrics = read_json(tmp_path / "plain" / "metrics.json")
+    assert "hands" not in metrics and "no_answer" not in metrics["test"]
+    assert metrics["test"]["n"] == len(read_json(tmp_path / "plain" / "split.json")["test"])

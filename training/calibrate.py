@@ -47,6 +47,7 @@ from training import cli
 from training.config import TrainConfig
 from training.data import DatasetError, Sample, Splits
 from training.features import cached_features, feature_extractor
+from training.hand_crops import HandCropCache, hand_crop_splits
 from training.report import write_json
 
 DEFAULT_TARGET_RECALL = TrainConfig().reject_target_recall
@@ -334,7 +335,10 @@ def recalibrate(checkpoint: Path, requested: Sequence[str] | None, target_recall
     if splits.classes != list(ckpt["classes"]):
         raise DatasetError(f"{split_file} classes {splits.classes} differ from the checkpoint's {ckpt['classes']}")
     model = build_from_checkpoint(ckpt).eval()
-    rejection, report = calibrate_model(model, ckpt["backbone"], splits, DataConfig.from_dict(ckpt["data_config"]), device=resolve_device(device),
+    data_config = DataConfig.from_dict(ckpt["data_config"])
+    if data_config.hands:  # the model learnt hand crops (--hands): calibrate on the same crops, from the cache
+        splits, _ = hand_crop_splits(splits, HandCropCache(data_config))
+    rejection, report = calibrate_model(model, ckpt["backbone"], splits, data_config, device=resolve_device(device),
                                         requested=requested, target_recall=target_recall, out=checkpoint.parent, workers=workers)
     ckpt["rejection"] = rejection.to_dict()
     ckpt["metrics"] = {**ckpt.get("metrics", {}), "open_set": report}

@@ -46,6 +46,8 @@ class TrainConfig:
     # auto | center | letterbox | resize: the input geometry, stored in the checkpoint's data config. Not auto by default:
     # on hands pasted anywhere on 4:3 scenes the centre crop scored higher (docs/training.md, benchmarks.whole_frame)
     crop: str = "center"
+    # classify each hand found by gesture_core.hands instead of the frame (training.hand_crops; docs/hands.md)
+    hands: bool = False
     # runtime
     seed: int = 0
     device: str = "auto"

@@ -6,6 +6,8 @@
 
 Runs the checkpoint's own Classifier (``crop`` per image, ``classify`` per batch), exactly as the
 service does; test-time augmentation views are crops from that same Preprocess (``tta_crops``).
+A hands-mode checkpoint (``--hands``) is scored on whole images through the Classifier's hands
+pipeline (``training.hand_crops``): every image counts, one with no hand found as "no gesture".
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from gesture_core.cli import command
 from gesture_core.preprocess import TTA_MODES, DataConfig, Preprocess, tta_crops, tta_view_count
 from training import cli
 from training.data import DatasetError, ImageDataset, Sample, Splits, failure_reports, load_folder, make_loader
+from training.hand_crops import HandCropCache, crop_samples, frame_metrics, frame_outputs
 from training.loop import IGNORE_LABEL
 from training.open_set import evaluate_open_set
 from training.report import classification_metrics, format_summary, write_json, write_report
@@ -140,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     samples, skipped, name = select_samples(args.checkpoint, classifier.classes, args.data, args.split)
     if not samples:
         raise DatasetError(f"no images to evaluate in {name}")
+    if classifier.hands_mode:
+        return evaluate_hands(classifier, samples, skipped, name, args)
     if args.tta == "all":
         rows, results = tta_table(classifier, samples, batch_size=args.batch_size, workers=args.workers)
         metrics, failed = results["none"]
@@ -165,6 +170,35 @@ def main(argv: list[str] | None = None) -> int:
         table = format_tta_table(rows)
         (out / "tta.md").write_text(table + "\n")
         print(f"\ntest-time augmentation on {name} ({metrics['n']} images):\n{table}")
+    if skipped:
+        print(f"{len(skipped)} file(s) skipped (listed in {out / 'metrics.json'})")
+    print(f"report in {out}/")
+    return 0
+
+
+def evaluate_hands(classifier: Classifier, samples: list[Sample], skipped: list[dict[str, str]], name: str, args: argparse.Namespace) -> int:
+    """A hands-mode checkpoint: frames through the Classifier's hands pipeline, hand crops from the
+    cache (made by the classifier's own localiser where missing); the open-set report on the crops."""
+    if args.tta != "none":
+        raise ValueError(f"--tta {args.tta}: test-time augmentation is not defined for a hands-mode model (trained with --hands); choose none")
+    if args.unknown is not None:
+        raise ValueError("--unknown is not supported yet for a hands-mode model (trained with --hands); evaluate without it")
+    cache = HandCropCache(classifier.data_config, localiser=lambda: classifier.localiser)
+    outputs = frame_outputs(classifier, samples, cache, batch_size=args.batch_size, threshold=args.threshold)
+    metrics = frame_metrics(classifier, outputs)
+    out = Path(args.out) if args.out else args.checkpoint.parent / f"eval-{name}"
+    out.mkdir(parents=True, exist_ok=True)
+    skipped += [{"path": samples[i].path, "reason": cache.entry(samples[i].path).error} for i in outputs.failed]
+    report = {"backbone": classifier.backbone, "classes": classifier.classes, "checkpoint": str(args.checkpoint), "data": name,
+              "tta": "none", "views_per_image": 1, "hands": True, "test": metrics, "skipped": skipped}
+    crops = crop_samples(samples, cache)
+    if crops:
+        report["open_set"] = evaluate_open_set(classifier, crops, threshold=args.threshold, unknown_dir=None, out=out, workers=args.workers)
+    write_report(out, report, classifier.classes)
+    print(format_summary(metrics, f"{classifier.backbone} on {name}, hand crops:"))
+    no_hand = metrics["no_answer"]
+    counted = f"counted as {no_hand['counted_as']!r}" if no_hand["counted_as"] else "each a miss (the model has no 'no gesture' class)"
+    print(f"  no hand found in {no_hand['n']} of {metrics['n']} images: answered 'no gesture', {counted}")
     if skipped:
         print(f"{len(skipped)} file(s) skipped (listed in {out / 'metrics.json'})")
     print(f"report in {out}/")

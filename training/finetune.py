@@ -30,6 +30,7 @@ from gesture_core.checkpoint import (
     remove_partial_saves,
     save_checkpoint,
 )
+from gesture_core.classifier import load_classifier
 from gesture_core.cli import EXIT_USAGE, USER_ERRORS, command
 from gesture_core.preprocess import DataConfig
 from gesture_core.rejection import find_reject_classes
@@ -49,6 +50,7 @@ from training.data import DatasetError, ImageDataset, Splits, failure_reports, i
 from training.distributed import ShardedSeededSampler, is_main_process
 from training.ema import ModelEma
 from training.features import CACHE_CHOICES, FrozenFeatures, use_feature_cache
+from training.hand_crops import HandCropCache, HandCropReport, frame_metrics, frame_outputs, hand_crop_splits
 from training.loop import AMP_CHOICES, EpochResult, build_optimizer, predict_logits, resolve_amp, train_one_epoch, warmup_cosine
 from training.report import classification_metrics, format_summary, plot_curves, write_history, write_json, write_report
 
@@ -79,6 +81,8 @@ def build_parser(*, suppress_defaults: bool = False) -> argparse.ArgumentParser:
                         "file names), session, frames, none (one by one), or a regex whose first group names the recording")  # fmt: skip
     g.add_argument("--crop", choices=CROP_CHOICES, default=default(d.crop), help="input geometry: center crop, or the whole frame "
                    "(letterbox: padded square; resize: squeezed); auto: letterbox when most training images are far from square (docs/training.md measures both)")
+    g.add_argument("--hands", action="store_true", default=default(False), help="find the hands first (gesture_core.hands, the [hands] "
+                   "extra) and learn from each image's hand crop, cached; the model then answers per hand (docs/hands.md)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=cli.int_at_least(1), default=default(d.epochs), help="passes over the training images")
     g.add_argument("--batch-size", type=cli.int_at_least(1), default=default(d.batch_size), help="images per step")
@@ -168,6 +172,10 @@ class Run:
     model: torch.nn.Module
     device: torch.device
     amp: bool
+    # --hands: the split as scanned (whole images; ``splits`` then holds their hand crops), the crop cache and its report
+    source_splits: Splits | None = None
+    hand_crops: HandCropCache | None = None
+    hand_report: HandCropReport | None = None
 
 
 def run_folder_and_splits(cfg: TrainConfig, resume: Path | None) -> tuple[Path, Splits]:
@@ -196,7 +204,11 @@ def prepare_run(cfg: TrainConfig, resume: Path | None) -> Run:
     data_config = backbone.data_config.with_channels(cfg.in_chans)
     if cfg.image_size:
         data_config = data_config.with_input_size(cfg.image_size)
-    data_config = resolve_data_choices(cfg, splits, data_config)
+    data_config = resolve_data_choices(cfg, splits, data_config).with_hands(cfg.hands)
+    source_splits, cache, report = None, None, None
+    if cfg.hands:
+        source_splits, cache = splits, HandCropCache(data_config)
+        splits, report = crop_hands(splits, cache)
     weights = "none" if resume else cfg.weights  # resuming loads the run's own weights below
     model = build_model(cfg.backbone, len(splits.classes), weights, aux=True, in_chans=cfg.in_chans)
     if cfg.sync_bn:
@@ -210,7 +222,19 @@ def prepare_run(cfg: TrainConfig, resume: Path | None) -> Run:
         torch.backends.cudnn.benchmark = True  # one input size for the whole run: time cuDNN's algorithms once
     if is_main_process():
         write_json(out / "config.json", cfg.to_dict())
-    return Run(cfg, out, splits, backbone, data_config, model, device, amp)
+    return Run(cfg, out, splits, backbone, data_config, model, device, amp, source_splits, cache, report)
+
+
+def crop_hands(splits: Splits, cache: HandCropCache) -> tuple[Splits, HandCropReport]:
+    """The split's hand crops (training.hand_crops): rank 0 finds the hands and fills the cache, then
+    the other ranks read it. Says how many images have no hand, and what that means."""
+    crops, report = distributed.main_first(lambda: hand_crop_splits(splits, cache))
+    if is_main_process():
+        print(report.summary())
+    if not crops.train:
+        raise DatasetError(f"--hands: no hand found in any of the {len(splits.train)} training images; "
+                           "train without --hands, or on photos where the hand is at least ~10% of the frame's width (docs/hands.md)")
+    return crops, report
 
 
 def resolve_data_choices(cfg: TrainConfig, splits: Splits, data_config: DataConfig) -> DataConfig:
@@ -232,7 +256,10 @@ def data_choices(cfg: TrainConfig, splits: Splits) -> tuple[str, str, list[tuple
     lines = [(False, f"split: {grouping['description']}")] if grouping else []
     lines += [(True, f"warning: {warning}") for warning in grouping.get("warnings", [])]
     flip, why = resolve_flip(cfg.flip, splits.classes)
-    crop, why_crop = resolve_crop(cfg.crop, [s.path for s in splits.train])
+    if cfg.hands and cfg.crop == "auto":  # the frames' shape says nothing about hand crops, which are square
+        crop, why_crop = "center", "input geometry: center crop of each hand's square crop (--crop auto with --hands)"
+    else:
+        crop, why_crop = resolve_crop(cfg.crop, [s.path for s in splits.train])
     return ("on" if flip else "off"), crop, [*lines, (False, why), (False, why_crop)]
 
 
@@ -487,11 +514,10 @@ def finish(run: Run, state: dict[str, Any], test_loader, failed: set[str], featu
     if best is not None:
         load_matching(run.model, best["model"], what=str(best_path))
     distributed.broadcast_weights(run.model)  # rank 0's file may be on rank 0's machine only
-    if features is not None and run.cfg.freeze == "backbone":  # the backbone never changed: its cached test features are exact
-        test_metrics, _, test_failed = cached_evaluation(run, features, "test")
-    else:
-        test_metrics, _, test_failed = evaluate_split(run, test_loader, run.splits.test, "test")
-    failed.update(test_failed)
+    test_metrics = None
+    if run.hand_crops is None:  # --hands scores whole frames through the Classifier, after calibration (below)
+        test_metrics, test_failed = test_crops(run, test_loader, features)
+        failed.update(test_failed)
     if not is_main_process():
         return
     skipped = run.splits.skipped + failure_reports(sorted(failed), run.data_config.resize_size)
@@ -508,15 +534,46 @@ def finish(run: Run, state: dict[str, Any], test_loader, failed: set[str], featu
     rejection, metrics["open_set"] = calibrate_model(run.model, run.cfg.backbone, run.splits, run.data_config, device=run.device, requested=run.cfg.reject_classes,
                                                      target_recall=run.cfg.reject_target_recall, out=run.out, workers=run.cfg.workers)
     save_checkpoint(best_path, **checkpoint_extra(run), metrics=metrics, rejection=rejection.to_dict())
+    if run.hand_crops is not None:
+        test_metrics = metrics["test"] = test_frames(run, best_path, metrics)
+        save_checkpoint(best_path, **checkpoint_extra(run), metrics=metrics, rejection=rejection.to_dict())
     write_report(run.out, metrics, run.splits.classes)
     plot_curves(run.out / "curves.png", state["history"])
     print(format_summary(test_metrics, f"\ntest set, best epoch {metrics['best_epoch']}:"))
+    if run.hand_crops is not None:
+        print(format_no_hand(test_metrics))
     print(format_open_set(metrics["open_set"]))
+    skipped = metrics["skipped"]
     if skipped:
         listed = "\n".join(f"  {s['path']}: {s['reason']}" for s in skipped[:10])
         more = f"\n  … and {len(skipped) - 10} more (metrics.json lists all)" if len(skipped) > 10 else ""
         print(f"{len(skipped)} file(s) skipped:\n{listed}{more}")
     print(f"results in {run.out}/ (best.pt, metrics.json, curves.png, confusion_matrix.png, open_set.png)")
+
+
+def test_crops(run: Run, test_loader, features: FrozenFeatures | None) -> tuple[dict[str, Any], list[str]]:
+    """(test metrics, paths that failed to decode) of the model on the test split's crops (every rank its shard)."""
+    if features is not None and run.cfg.freeze == "backbone":  # the backbone never changed: its cached test features are exact
+        metrics, _, failed = cached_evaluation(run, features, "test")
+    else:
+        metrics, _, failed = evaluate_split(run, test_loader, run.splits.test, "test")
+    return metrics, failed
+
+
+def test_frames(run: Run, best_path: Path, metrics: dict[str, Any]) -> dict[str, Any]:
+    """--hands: the saved best.pt, loaded as the service loads it, on every test image (whole frames,
+    no-hand ones included: training.hand_crops's policy); the crop report goes into ``metrics``."""
+    classifier = load_classifier(best_path, run.device, engine="torch")
+    outputs = frame_outputs(classifier, run.source_splits.test, run.hand_crops, batch_size=run.cfg.batch_size * 2, desc="test frames")
+    metrics["hands"] = run.hand_report.to_json()
+    metrics["skipped"] = metrics["skipped"] + run.hand_report.failed
+    return frame_metrics(classifier, outputs)
+
+
+def format_no_hand(test_metrics: dict[str, Any]) -> str:
+    block = test_metrics.get("no_answer") or {}
+    counted = f"counted as {block['counted_as']!r}" if block.get("counted_as") else "each a miss (the model has no 'no gesture' class)"
+    return f"  no hand found in {block.get('n', 0)} of {test_metrics['n']} test images: answered 'no gesture', {counted}"
 
 
 @command

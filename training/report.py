@@ -11,31 +11,52 @@ from typing import Any
 import numpy as np
 
 
-def classification_metrics(logits: np.ndarray, targets: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
+def classification_metrics(logits: np.ndarray, targets: np.ndarray, classes: Sequence[str], *,
+                           no_answer: np.ndarray | None = None, no_answer_class: int | None = None) -> dict[str, Any]:
     """top-1/top-5 (fractions), per-class precision/recall/F1/support and the confusion matrix
-    (rows: true class, columns: predicted)."""
+    (rows: true class, columns: predicted).
+
+    ``no_answer`` (optional): a mask of the images the model gave no answer for (hands mode: no hand
+    found); their logits are ignored. Each counts as a prediction of ``no_answer_class`` (the "no
+    gesture" class) in top-1 and top-5 when it is given, else as a miss for every class, kept out of
+    the confusion matrix but in the support and the recall. The result then has a ``no_answer`` block.
+    """
     n = len(classes)
     if len(targets) == 0:
         return {"top1": None, "top5": None, "n": 0, "per_class": {}, "confusion_matrix": np.zeros((n, n), int).tolist()}
     pred = logits.argmax(1)
     k = min(5, n)
-    topk = np.argsort(-logits, axis=1)[:, :k]
-    cm = np.bincount(targets * n + pred, minlength=n * n).reshape(n, n)
+    topk_hit = (np.argsort(-logits, axis=1)[:, :k] == targets[:, None]).any(1)
+    missing = np.zeros(len(targets), bool) if no_answer is None else np.asarray(no_answer, bool)
+    if missing.any():
+        pred = np.where(missing, -1 if no_answer_class is None else no_answer_class, pred)
+        topk_hit = np.where(missing, pred == targets, topk_hit)
+    answered = pred >= 0
+    cm = np.bincount(targets[answered] * n + pred[answered], minlength=n * n).reshape(n, n)
+    unanswered = np.bincount(targets[~answered], minlength=n)  # counted as misses: in the support, not the matrix
     tp = np.diag(cm).astype(float)
+    support = cm.sum(1) + unanswered
     precision = np.divide(tp, cm.sum(0), out=np.zeros(n), where=cm.sum(0) > 0)
-    recall = np.divide(tp, cm.sum(1), out=np.zeros(n), where=cm.sum(1) > 0)
+    recall = np.divide(tp, support, out=np.zeros(n), where=support > 0)
     f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(n), where=(precision + recall) > 0)
     per_class = {
-        c: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]), "support": int(cm[i].sum())}
+        c: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]), "support": int(support[i])}
         for i, c in enumerate(classes)
     }
-    return {
+    metrics = {
         "top1": float((pred == targets).mean()),
-        "top5": float((topk == targets[:, None]).any(1).mean()),
+        "top5": float(topk_hit.mean()),
         "n": int(len(targets)),
         "per_class": per_class,
         "confusion_matrix": cm.tolist(),
     }
+    if no_answer is not None:
+        metrics["no_answer"] = {
+            "n": int(missing.sum()),
+            "counted_as": None if no_answer_class is None else classes[no_answer_class],
+            "per_class": {c: int(count) for c, count in zip(classes, np.bincount(targets[missing], minlength=n), strict=True)},
+        }
+    return metrics
 
 
 def write_json(path: Path, obj: Any) -> None:
