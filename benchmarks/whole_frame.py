@@ -35,6 +35,19 @@ def images_in(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
+def scene_frame(path: Path, size: tuple[int, int]) -> np.ndarray:
+    """A background photo as a (width, height) frame."""
+    return cv2.resize(read_rgb(path), size, interpolation=cv2.INTER_AREA)
+
+
+def paste_at_random(frame: np.ndarray, photo: np.ndarray, side: int, rng: np.random.Generator) -> tuple[int, int]:
+    """``photo`` resized to ``side``² and pasted, in place, wholly inside ``frame`` at a random place; returns (x, y)."""
+    height, width = frame.shape[:2]
+    x, y = int(rng.integers(0, width - side + 1)), int(rng.integers(0, height - side + 1))
+    frame[y : y + side, x : x + side] = cv2.resize(photo, (side, side), interpolation=cv2.INTER_AREA)
+    return x, y
+
+
 def synthesize(source: Path, backgrounds: Path, out: Path, per_class: int, seed: int) -> float:
     """Write OUT/<class>/<class>_<i>.jpg; returns the mean share of hand area outside the frame's centre square."""
     rng = np.random.default_rng(seed)
@@ -43,11 +56,9 @@ def synthesize(source: Path, backgrounds: Path, out: Path, per_class: int, seed:
     for cls in sorted(p.name for p in source.iterdir() if p.is_dir()):
         (out / cls).mkdir(parents=True, exist_ok=True)
         for i, hand_path in enumerate(images_in(source / cls)[:per_class]):
-            frame = cv2.resize(read_rgb(scenes[rng.integers(len(scenes))]), (FRAME_W, FRAME_H), interpolation=cv2.INTER_AREA)
+            frame = scene_frame(scenes[rng.integers(len(scenes))], (FRAME_W, FRAME_H))
             side = int(FRAME_H * rng.uniform(*HAND_HEIGHT))
-            hand = cv2.resize(read_rgb(hand_path), (side, side), interpolation=cv2.INTER_AREA)
-            x, y = int(rng.integers(0, FRAME_W - side + 1)), int(rng.integers(0, FRAME_H - side + 1))
-            frame[y : y + side, x : x + side] = hand
+            x, _ = paste_at_random(frame, read_rgb(hand_path), side, rng)
             left = (FRAME_W - FRAME_H) // 2  # the centre square spans [left, left + FRAME_H)
             cut.append(1 - max(0, min(x + side, left + FRAME_H) - max(x, left)) / side)
             cv2.imwrite(str(out / cls / f"{cls}_{i}.jpg"), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 92])
