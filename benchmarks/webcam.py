@@ -2,11 +2,15 @@
 
     .venv/bin/python -m benchmarks.webcam                       # efficientnet_lite0 + resnet18, local + remote
     .venv/bin/python -m benchmarks.webcam --backbones efficientnet_lite0 --modes local --frames 300
+    .venv/bin/python -m benchmarks.webcam --backbones efficientnet_lite0 --modes hands --engines openvino
 
 Each measurement is the real command line (``python -m service.webcam ... --headless``) on a
 640x480 clip made from sign-digits photos; the figures are its summary line. Weights are random
 ("none"): speed does not depend on them. Remote mode imports the checkpoint into a private
-BentoML store and starts ``bentoml serve`` on a free 127.0.0.1 port.
+BentoML store and starts ``bentoml serve`` on a free 127.0.0.1 port. Hands mode runs a checkpoint
+trained (so it says) on hand crops, locally, on a clip of an ASL hand sliding across an empty room
+(benchmarks.hands' video): the HandTracker, a crop per hand and the model, with how often palm
+detection ran. It needs the hand models (python -m training.prepare hand-models) and ../shared/data/asl-alphabet.
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ from gesture_core.engines import ENGINE_CHOICES
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "sign-digits"
 SUMMARY = re.compile(r"summary: (\d+) frames \((\d+) stale dropped\) in ([\d.]+) s, ([\d.]+) FPS, latency p50 ([\d.]+) ms, p95 ([\d.]+) ms")
+PALM_DETECTIONS = re.compile(r"palm detection on (\d+) of \d+ frames")
+ASL = DATA.parent / "asl-alphabet"
 
 
 def make_clip(path: Path, frames: int, size: tuple[int, int] = (640, 480), fps: float = 30.0) -> Path:
@@ -50,10 +56,26 @@ def make_clip(path: Path, frames: int, size: tuple[int, int] = (640, 480), fps: 
     return path
 
 
-def make_checkpoint(folder: Path, backbone: str, image_size: int | None) -> Path:
+def make_hands_clip(path: Path, frames: int, fps: float = 30.0) -> Path:
+    """A 640x480 clip of one ASL hand sliding across an empty room of the same set (benchmarks.hands' video)."""
+    from benchmarks.hands import read_rgb, video
+
+    if not ASL.is_dir():
+        raise SystemExit(f"error: hands mode needs the ASL photos in {ASL}")
+    room = cv2.resize(read_rgb(sorted((ASL / "nothing").iterdir())[0]), (640, 480))
+    hand = read_rgb(sorted((ASL / "A").iterdir())[0])
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (640, 480))
+    for frame in video(room, hand, frames, sliding=True):
+        writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    writer.release()
+    return path
+
+
+def make_checkpoint(folder: Path, backbone: str, image_size: int | None, *, hands: bool = False) -> Path:
     spec = get_backbone(backbone)
     config = spec.data_config if image_size is None else spec.data_config.with_input_size(image_size)
-    path = folder / f"{backbone}-{config.input_size}" / "best.pt"
+    config = config.with_hands(hands)
+    path = folder / f"{backbone}-{config.input_size}{'-hands' if hands else ''}" / "best.pt"
     save_checkpoint(path, model=build_model(backbone, 10, "none"), backbone=spec.name, classes=[str(i) for i in range(10)],
                     data_config=config, train_config={"weights": "none", "purpose": "speed benchmark"})
     return path
@@ -76,14 +98,17 @@ def measure(args: list[str]) -> dict:
     if proc.returncode != 0 or not match:
         raise RuntimeError(f"{shlex.join(command)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     frames, dropped, seconds, fps, p50, p95 = match.groups()
+    palm = PALM_DETECTIONS.search(proc.stdout)
     return {"frames": int(frames), "dropped": int(dropped), "seconds": float(seconds), "fps": float(fps),
-            "p50_ms": float(p50), "p95_ms": float(p95), "command": "python -m service.webcam " + shlex.join([*args, "--headless"])}
+            "p50_ms": float(p50), "p95_ms": float(p95), "palm_detections": int(palm.group(1)) if palm else None,
+            "command": "python -m service.webcam " + shlex.join([*args, "--headless"])}
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.webcam", description=__doc__.split("\n\n")[0])
     p.add_argument("--backbones", nargs="+", default=["efficientnet_lite0", "resnet18"])
-    p.add_argument("--modes", nargs="+", choices=("local", "remote"), default=["local", "remote"])
+    p.add_argument("--modes", nargs="+", choices=("local", "remote", "hands"), default=["local", "remote"],
+                   help="hands: a hand-crop model, locally, on a clip of a moving hand")
     p.add_argument("--engines", nargs="+", choices=ENGINE_CHOICES, default=["torch", "openvino"], help="local inference engines to measure")
     p.add_argument("--frames", type=int, default=300, help="length of the test clip")
     p.add_argument("--image-size", type=int, help="model input size (default: the backbone's, 224)")
@@ -96,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="webcam-bench-") as tmp:
         tmp = Path(tmp)
         clip = make_clip(tmp / "clip.mp4", args.frames)
+        hands_clip = make_hands_clip(tmp / "hands.mp4", args.frames) if "hands" in args.modes else None
         for backbone in args.backbones:
             ckpt = make_checkpoint(tmp, backbone, args.image_size)
             runs = []
@@ -104,6 +130,13 @@ def main(argv: list[str] | None = None) -> int:
                 runs.append((f"local {engine}", local))
                 if args.realtime:
                     runs.append((f"local {engine} --realtime", [*local, "--realtime"]))
+            if "hands" in args.modes:
+                hands_ckpt = make_checkpoint(tmp, backbone, args.image_size, hands=True)
+                for engine in args.engines:
+                    hands = ["--checkpoint", str(hands_ckpt), "--source", str(hands_clip), "--engine", engine]
+                    runs.append((f"local {engine}, hand crops", hands))
+                    if args.realtime:
+                        runs.append((f"local {engine}, hand crops, --realtime", [*hands, "--realtime"]))
             for mode, cli in runs:
                 rows.append({"backbone": backbone, "mode": mode, **measure(cli)})
                 print(_row(rows[-1]), flush=True)
@@ -116,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"load average {os.getloadavg()[0]:.1f} at the end")
     print("\n| backbone | mode | frames | dropped | FPS | latency p50 | latency p95 |\n| --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
-        print(f"| {r['backbone']} | {r['mode']} | {r['frames']} | {r['dropped']} | {r['fps']:.1f} | {r['p50_ms']:.1f} ms | {r['p95_ms']:.1f} ms |")
+        mode = r["mode"] + (f" (palm detection on {r['palm_detections']} frames)" if r["palm_detections"] is not None else "")
+        print(f"| {r['backbone']} | {mode} | {r['frames']} | {r['dropped']} | {r['fps']:.1f} | {r['p50_ms']:.1f} ms | {r['p95_ms']:.1f} ms |")
     return 0
 
 

@@ -5,7 +5,8 @@ and runs them as one call. A lone request therefore never waits for a timer, and
 batches by itself with nothing to tune. With ``threads=2``, a second thread forms and starts the next
 batch while the first one's call finishes, for engines that overlap calls (OpenVINO's streams).
 Unlike BentoML's adaptive batching (benchmarks/batching.py compares the two) there is no HTTP hop: a crop goes from the request's
-thread to a model thread as a numpy array.
+thread to a model thread as a numpy array. ``many`` submits several items of one request (the hands of
+one frame) as a group that always lands in one model call, never split across two.
 """
 
 from __future__ import annotations
@@ -59,14 +60,25 @@ class MicroBatcher(Generic[Item, Result]):
             thread.start()
 
     def submit(self, item: Item) -> Future[Result]:
+        return self.submit_group([item])[0]
+
+    def submit_group(self, items: Sequence[Item]) -> list[Future[Result]]:
+        """Futures for ``items``, which the model threads take together: one model call for the group
+        (a group larger than ``max_batch_size`` goes in chunks of that size)."""
         if self._closed:
             raise BatcherClosed("the model threads have stopped (server shutting down)")
-        future: Future[Result] = Future()
-        self._queue.put((item, future))
-        return future
+        futures: list[Future[Result]] = [Future() for _ in items]
+        entries = list(zip(items, futures, strict=True))
+        for start in range(0, len(entries), self.max_batch_size):
+            self._queue.put(entries[start : start + self.max_batch_size])
+        return futures
 
     async def __call__(self, item: Item) -> Result:
         return await asyncio.wrap_future(self.submit(item))
+
+    async def many(self, items: Sequence[Item]) -> list[Result]:
+        """``[run_batch(...)[i] for each item]``, the items sharing one model call (see ``submit_group``)."""
+        return list(await asyncio.gather(*(asyncio.wrap_future(f) for f in self.submit_group(items))))
 
     def close(self, timeout: float | None = 10.0) -> None:
         """Finish what is queued, then stop the model threads."""
@@ -78,28 +90,31 @@ class MicroBatcher(Generic[Item, Result]):
                 thread.join(timeout)
 
     def _serve(self) -> None:
+        held = None  # a group that did not fit into this thread's last batch: it starts the next one
         while True:
-            batch, stop = self._next_batch()
+            batch, stop, held = self._next_batch(held)
             if batch:
                 self._run(batch)
             if stop:
                 return
 
-    def _next_batch(self) -> tuple[list[tuple[Item, Future[Result]]], bool]:
-        """Block for one request, then take whatever else is already waiting."""
-        entry = self._queue.get()
+    def _next_batch(self, held: Any = None) -> tuple[list[tuple[Item, Future[Result]]], bool, Any]:
+        """Block for one request (or start from ``held``), then take whatever else is already waiting.
+        Returns the batch, whether to stop, and a group left for the next batch because it did not fit."""
+        entry = held if held is not None else self._queue.get()
         batch: list[tuple[Item, Future[Result]]] = []
         while entry is not _STOP:
-            item, future = entry
-            if future.set_running_or_notify_cancel():  # a client that went away costs no model time
-                batch.append((item, future))
+            if batch and len(batch) + len(entry) > self.max_batch_size:
+                return batch, False, entry  # a group is never split between two model calls
+            # a client that went away costs no model time
+            batch.extend((item, future) for item, future in entry if future.set_running_or_notify_cancel())
             if len(batch) >= self.max_batch_size:
-                return batch, False
+                return batch, False, None
             try:
                 entry = self._queue.get_nowait()
             except queue.Empty:
-                return batch, False
-        return batch, True
+                return batch, False, None
+        return batch, True, None
 
     def _run(self, batch: list[tuple[Item, Future[Result]]]) -> None:
         with self._stats_lock:

@@ -9,7 +9,9 @@ BentoML adds /readyz, /livez, /metrics and the OpenAPI page at /. Settings: serv
 
 Every answer comes from the checkpoint's own ``Classifier``: ``crop`` per upload in a worker thread,
 then ``classify`` on the model threads, which batch concurrent requests (service/microbatch.py), so a
-served prediction is ``load_classifier(checkpoint).predict(image)`` by construction.
+served prediction is ``load_classifier(checkpoint).predict(image)`` by construction. A model trained
+on hand crops finds the hands in the worker thread instead (service/hand_crops.py), its crops share one
+model call, and the answer is ``predict_hands(image)``'s: the frame's label plus one answer per hand.
 """
 
 from __future__ import annotations
@@ -30,7 +32,9 @@ from bentoml.exceptions import BadInput, BentoMLException, NotFound
 from pydantic import AfterValidator, BaseModel, Field, StrictFloat, StrictInt
 
 from gesture_core import Classifier, ImageDecodeError
+from gesture_core.hands import Hand
 from service.browser_demo import DEMO_PATH, allow_cors_origins, demo_app
+from service.hand_crops import check_localiser, find_hand_crops, warm_up_localiser
 from service.http_guard import EndpointFields, RequestGuard
 from service.import_model import CHECKPOINT_FILE
 from service.microbatch import MicroBatcher
@@ -63,11 +67,25 @@ class LabelScore(BaseModel):
     score: float
 
 
+class HandOut(BaseModel):
+    box: list[int] = Field(description="x0, y0, x1, y1: the hand's box in the uploaded image's pixels")
+    handedness: str | None = Field(description="left or right, as MediaPipe labels a mirrored (selfie) image: "
+                                               "in a picture that is not mirrored, left is the person's right hand")
+    hand_score: float = Field(description="the hand detector's confidence that a hand is there (0-1)")
+    label: str | None = Field(description="this hand's gesture; null when rejected, by the same rule as the frame's label")
+    score: float = Field(description="probability of this hand's top class")
+    top_k: list[LabelScore] = Field(description="this hand's k most probable classes, best first")
+
+
 class PredictionOut(BaseModel):
-    label: str | None = Field(description="the gesture; null when rejected (top score below `threshold`, or a 'no gesture' class such as none or nothing)")
-    score: float = Field(description="probability of the top class")
-    top_k: list[LabelScore] = Field(description="the k most probable classes, best first")
+    label: str | None = Field(description="the gesture; null when rejected (top score below `threshold`, or a 'no gesture' class such as none or nothing). "
+                                          "Hand-crop models: the label of the accepted hand with the highest score; null when no hand is accepted or found")
+    score: float = Field(description="probability of the top class (hand-crop models: of the hand the label comes from; 0 when no hand is found)")
+    top_k: list[LabelScore] = Field(description="the k most probable classes, best first (hand-crop models: that hand's; empty when no hand is found)")
     model: str = Field(description="name:version of the served model")
+    hands: list[HandOut] | None = Field(default=None, description=(
+        "always present. Models trained on hand crops (/info: hands is true): one answer per hand found, best first, "
+        "[] when there is none. Models that classify the whole image: null"))
 
 
 class ModelInfo(BaseModel):
@@ -80,6 +98,7 @@ class ModelInfo(BaseModel):
     std: list[float]
     interpolation: str
     crop: str = Field(description="how an image becomes the model's square: center, letterbox or resize (the whole frame)")
+    hands: bool = Field(description="true: the model classifies hand crops, so /predict finds the hands first and answers per hand")
     metrics: dict[str, Any] = Field(description="validation/test top-1, top-5 and image counts from training")
     data_fingerprint: dict[str, Any] = Field(description="sha256 of the training split file lists")
     device: str
@@ -142,6 +161,8 @@ class GestureClassifier:
         # batch forms and starts while one finishes; for the others a core is better spent inside the call.
         threads = 2 if self.classifier.engine.concurrent_calls else 1
         self.warm_up(settings.batch_size)
+        if self.classifier.hands_mode:
+            warm_up_localiser(self.classifier)
         self.batcher = MicroBatcher(self.classifier.classify, settings.batch_size, name="gesture-model", threads=threads)
         # Everything loaded so far lives as long as the worker. Out of the collector's sight, it no
         # longer makes each full collection walk torch's, BentoML's and the model's objects (over
@@ -166,11 +187,13 @@ class GestureClassifier:
         instead, it would make BentoML restart the worker every few seconds, for ever."""
         stored = find_model(packaged_model_ref() or GestureClassifier.inner.model_ref)
         try:
-            SETTINGS.runtime.load(stored.path_of(CHECKPOINT_FILE))
+            classifier = SETTINGS.runtime.load(stored.path_of(CHECKPOINT_FILE))
         except ValueError as err:  # the checkpoint, or a setting or engine that cannot run it
             raise ModelNotServable(f"model {stored.tag} cannot be served: {err}. Import a working checkpoint with "
                                    "python -m service.import_model RUN/best.pt, or set GESTURE_MODEL to another version "
                                    "(bentoml models list).") from None
+        if problem := check_localiser(classifier):
+            raise ModelNotServable(f"model {stored.tag} cannot be served: {problem}")
         logger.info("model %s loads and runs", stored.tag)
 
     @bentoml.on_shutdown
@@ -185,7 +208,10 @@ class GestureClassifier:
         if (image is None) == (image_b64 is None):
             raise BadInput("send exactly one image: a multipart file field named 'image', or JSON {\"image_b64\": \"<base64>\"}"
                            + ("" if image is None else " (got both)"))
-        crop = await self.crop(image if image is not None else decode_base64(image_b64), "image")
+        upload = image if image is not None else decode_base64(image_b64)
+        if self.classifier.hands_mode:
+            return await self.predict_hands(upload, "image", top_k, threshold)
+        crop = await self.crop(upload, "image")
         return self.prediction(await self.batcher(crop), top_k, threshold)
 
     @bentoml.api
@@ -197,6 +223,10 @@ class GestureClassifier:
             raise BadInput("send at least one image: repeat the multipart file field 'images', or JSON {\"images_b64\": [...]}")
         if len(uploads) > self.settings.batch_size:
             raise BadInput(f"{len(uploads)} images in one request; the limit is {self.settings.batch_size} (GESTURE_BATCH_SIZE)")
+        if self.classifier.hands_mode:
+            found = [await self.find_hands(upload, f"images[{i}]") for i, upload in enumerate(uploads)]
+            probs = await asyncio.gather(*(self.batcher.many(crops) for _, crops in found))
+            return [self.hands_prediction(hands, p, top_k, threshold) for (hands, _), p in zip(found, probs, strict=True)]
         crops = [await self.crop(upload, f"images[{i}]") for i, upload in enumerate(uploads)]
         probs = await asyncio.gather(*(self.batcher(crop) for crop in crops))
         return [self.prediction(p, top_k, threshold) for p in probs]
@@ -209,7 +239,7 @@ class GestureClassifier:
         return ModelInfo(
             model=self.model_tag, backbone=self.classifier.backbone, classes=self.classifier.classes,
             input_size=c.input_size, resize_size=c.resize_size, mean=list(c.mean), std=list(c.std),
-            interpolation=c.interpolation, crop=c.crop, metrics=self.metadata.get("metrics", {}),
+            interpolation=c.interpolation, crop=c.crop, hands=c.hands, metrics=self.metadata.get("metrics", {}),
             data_fingerprint=self.metadata.get("data_fingerprint", {}), device=str(self.classifier.device),
             engine=f"{self.classifier.engine.name}/{self.classifier.engine.precision}",
             settings={**self.settings.describe(), "model": self.model_tag},
@@ -224,6 +254,20 @@ class GestureClassifier:
 
     def prediction(self, probs: np.ndarray, top_k: int, threshold: float | None) -> PredictionOut:
         return prediction_out(self.classifier, probs, top_k, threshold, self.model_tag)
+
+    async def predict_hands(self, upload: Path | bytes, what: str, top_k: int, threshold: float | None) -> PredictionOut:
+        """A hand-crop model: the hands found in a worker thread, their crops in one model call."""
+        hands, crops = await self.find_hands(upload, what)
+        return self.hands_prediction(hands, await self.batcher.many(crops), top_k, threshold)
+
+    async def find_hands(self, upload: Path | bytes, what: str) -> tuple[list[Hand], list[np.ndarray]]:
+        """The upload's hands and their crops, found in a worker thread (hand detection never holds up the event loop)."""
+        return await anyio.to_thread.run_sync(find_hand_crops, self.classifier, upload, what, self.settings.max_pixels)
+
+    def hands_prediction(self, hands: list[Hand], probs: list[np.ndarray], top_k: int, threshold: float | None) -> PredictionOut:
+        """The classifier's own per-hand and frame decisions (``Classifier.decide_hands``)."""
+        frame = self.classifier.decide_hands(hands, probs, k=top_k, threshold=threshold)
+        return PredictionOut(**frame.to_dict(), model=self.model_tag)
 
 
 def crop_upload(classifier: Classifier, upload: Path | bytes, what: str, max_pixels: int) -> np.ndarray:

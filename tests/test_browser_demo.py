@@ -24,6 +24,14 @@ from benchmarks.server_process import REPO, RunningServer, ServerStartError, fre
 from service.browser_demo import PAGE_DIR
 from service.settings import SettingsError, cors_origins
 from tests.chromium import Chromium, find_chromium, write_y4m
+from tests.hand_scenes import (
+    HAND_CLASSES,
+    NEEDS_LITERT,
+    hand_models,  # noqa: F401 - a fixture
+    jpeg_bytes,
+    one_hand_scene,
+    save_hands_checkpoint,
+)
 from tests.service_inputs import jpeg
 from tests.test_service_integration import import_cli
 
@@ -169,6 +177,7 @@ def test_page_names_the_digit_the_camera_shows(server, open_page, sign_digits_ru
     assert re.fullmatch(r"\d+ ms", browser.evaluate(text_of("latency")))
     bars = browser.evaluate("[...document.querySelectorAll('#top3 li')].map(li => li.innerText.split(/\\s+/)[0])")
     assert len(bars) == 3 and bars[0] == DIGIT
+    assert browser.evaluate(HAND_BOXES) == []  # a whole-image model: no hand boxes
     test = json.loads((sign_digits_run / "metrics.json").read_text())["test"]
     info = browser.evaluate(text_of("info"))
     assert info.startswith("efficientnet_lite0 · 10 classes: 0, 1, 2") and f"test accuracy {100 * test['top1']:.1f}% on {test['n']} images" in info
@@ -276,3 +285,51 @@ def test_cors_setting_lets_a_page_elsewhere_use_the_service(open_page, home):
             server.stop()
 
 
+
+
+# --- a hand-crop model: a box and a label per hand ------------------------------------------------
+
+# Each drawn hand: its box relative to the preview element, and its label.
+HAND_BOXES = """[...document.querySelectorAll('#hands .hand')].map(box => {
+  const r = box.getBoundingClientRect(), v = document.getElementById('preview').getBoundingClientRect();
+  return {left: r.left - v.left, top: r.top - v.top, width: r.width, height: r.height, label: box.innerText};
+})"""
+
+
+@pytest.fixture(scope="module")
+def hands_server(chromium, hand_models, tmp_path_factory) -> Iterator[RestartableServer]:  # noqa: F811 - the fixture imported above
+    home = tmp_path_factory.mktemp("bentoml-home-hands")
+    import_cli(save_hands_checkpoint(home / "hands-model" / "best.pt"), home)
+    server = RestartableServer(home, free_port())
+    server.start()
+    yield server
+    server.stop()
+
+
+@NEEDS_LITERT
+@pytest.mark.integration
+@pytest.mark.slow
+def test_page_draws_each_hand_with_its_label(hands_server, chromium, tmp_path):
+    """The fake camera shows one hand in a room; the page draws its box where the hand is in the
+    (mirrored) preview, labelled with the hand's own answer."""
+    scene = one_hand_scene()
+    camera = write_y4m(tmp_path / "hand.y4m", [scene] * 10, VIDEO_FPS)
+    expected = httpx.post(f"{hands_server.url}/predict", files={"image": ("scene.jpg", jpeg_bytes(scene))}, data={"threshold": "0"},
+                          timeout=60).json()["hands"]
+    assert len(expected) == 1
+    with Chromium.launch(tmp_path, fake_camera=camera, executable=chromium) as browser:
+        browser.navigate(f"{hands_server.url}/demo/?threshold=0")
+        answers_after(browser, 3)
+        boxes = browser.wait_for(f"({HAND_BOXES}).length === 1 && {HAND_BOXES}", "one hand box")
+        width, height = browser.evaluate("[document.getElementById('preview').clientWidth, document.getElementById('preview').clientHeight]")
+        assert "finds the hands first" in browser.evaluate(text_of("info"))
+    (box,) = boxes
+    # where the served box lies in the preview: scaled to fit the element, then mirrored (a selfie view)
+    scale = min(width / scene.shape[1], height / scene.shape[0])
+    left, top = (width - scale * scene.shape[1]) / 2, (height - scale * scene.shape[0]) / 2
+    x0, y0, x1, y1 = expected[0]["box"]
+    want = {"left": left + scale * (scene.shape[1] - x1), "top": top + scale * y0, "width": scale * (x1 - x0), "height": scale * (y1 - y0)}
+    for key, value in want.items():  # the camera's frames went through its YUV 4:2:0 and JPEG: a few pixels
+        assert box[key] == pytest.approx(value, abs=0.05 * want["width"]), (box, want)
+    label, percent = box["label"].rsplit(" ", 1)
+    assert label in HAND_CLASSES and re.fullmatch(r"\d+%", percent), box["label"]  # threshold 0: the hand is named

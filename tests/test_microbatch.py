@@ -126,3 +126,29 @@ def test_several_model_threads_run_batches_at_the_same_time():
 def test_thread_count_must_be_positive():
     with pytest.raises(ValueError, match="threads must be >= 1"):
         MicroBatcher(lambda items: items, max_batch_size=4, threads=0)
+
+
+def test_a_group_is_one_model_call_and_is_never_split():
+    """The hands of one frame: a group lands in one call, even when single requests were queued first
+    and the group would overflow their batch (it then starts the next one)."""
+    model = GatedModel()
+    batcher = MicroBatcher(model, max_batch_size=4)
+    busy, singles = queue_behind_busy_model(batcher, model, 0, [1, 2, 3])
+    group = batcher.submit_group([10, 11])
+    model.release.set()
+    assert busy.result(10) == 0 and [f.result(10) for f in singles] == [2, 4, 6] and [f.result(10) for f in group] == [20, 22]
+    assert model.calls == [[0], [1, 2, 3], [10, 11]]
+    assert asyncio.run(batcher.many([5, 6, 7])) == [10, 12, 14] and model.calls[-1] == [5, 6, 7]
+    assert asyncio.run(batcher.many([])) == []
+    batcher.close()
+
+
+def test_a_group_larger_than_a_batch_goes_in_chunks_of_the_limit():
+    model = GatedModel()
+    batcher = MicroBatcher(model, max_batch_size=2)
+    busy, _ = queue_behind_busy_model(batcher, model, 0, [])
+    group = batcher.submit_group([1, 2, 3])
+    model.release.set()
+    assert [f.result(10) for f in group] == [2, 4, 6] and busy.result(10) == 0
+    assert model.calls == [[0], [1, 2], [3]]
+    batcher.close()

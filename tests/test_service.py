@@ -143,6 +143,7 @@ def test_predict_equals_load_classifier(svc, reference, images, tmp_path):
         expected = reference.predict(data, k=10)
         assert result["label"] == expected.label and scores(result) == dict(expected.top_k)  # the same pipeline: bit-identical
         assert result["model"] == svc.model_tag and result["model"].startswith("gesture-classifier:")
+        assert result["hands"] is None  # a whole-image model: no per-hand answers (tests/test_hands_service.py has them)
 
 
 def test_predict_batch_equals_single_predictions(svc, reference, images):
@@ -270,7 +271,7 @@ def test_pixel_limit_is_a_setting(stored_model):
 def test_info_describes_the_served_model_and_its_settings(svc):
     info = svc.info().model_dump()
     assert info["backbone"] == "efficientnet_lite0" and info["classes"] == [str(i) for i in range(10)]
-    assert info["input_size"] == 128 and info["model"] == svc.model_tag and info["crop"] == "center"
+    assert info["input_size"] == 128 and info["model"] == svc.model_tag and info["crop"] == "center" and info["hands"] is False
     assert info["metrics"]["test"]["top1"] == 0.1 and info["device"] == "cpu"
     assert info["engine"] == f"{svc.classifier.engine.name}/fp32"
     assert info["settings"] == {**svc.settings.describe(), "model": svc.model_tag}

@@ -81,6 +81,7 @@ def test_served_predictions_equal_load_classifier(http, model_tag, random_head_c
         single = http.post("/predict", files={"image": (name, data, "image/jpeg")}, data={"top_k": "10"})
         assert single.status_code == 200, single.text
         assert single.json()["model"] == model_tag
+        assert single.json()["hands"] is None  # a whole-image model: the key is there, null (docs/serving.md)
         assert_same_as_local(single.json(), probs, local.classes, atol=1e-5)
         as_json = http.post("/predict", json={"image_b64": b64(data), "top_k": 10})
         assert as_json.json() == single.json()

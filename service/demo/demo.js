@@ -120,6 +120,7 @@ function cameraReady() {
 
 const canvas = document.createElement("canvas");
 let modelResize = null; // the model's resize size, from /info
+let modelHands = false; // from /info: the model classifies hand crops, and /predict answers per hand
 
 function roiFraction() {
   return $("use-roi").checked ? Number(params.get("roi")) || 0.6 : null;
@@ -135,15 +136,18 @@ function cropBox(width, height) {
 
 // The newest camera frame as JPEG (not mirrored: the model was trained on what the camera sees). Its
 // shorter side is cut to twice the model's resize size at most: less to upload and decode, same crop.
+// A hand-crop model finds the hands in the whole frame, small ones too: its frames keep their size.
+// Returns the JPEG and where it lies in the camera frame (to draw the hands' boxes back on it).
 function frameJpeg() {
   const video = $("preview");
   const box = cropBox(video.videoWidth, video.videoHeight);
-  const scale = modelResize ? Math.min(1, (2 * modelResize) / Math.min(box.width, box.height)) : 1;
+  const scale = modelResize && !modelHands ? Math.min(1, (2 * modelResize) / Math.min(box.width, box.height)) : 1;
   canvas.width = Math.round(box.width * scale);
   canvas.height = Math.round(box.height * scale);
   canvas.getContext("2d").drawImage(video, box.x, box.y, box.width, box.height, 0, 0, canvas.width, canvas.height);
+  const placed = { x: box.x, y: box.y, scaleX: canvas.width / box.width, scaleY: canvas.height / box.height };
   return new Promise((resolve, reject) =>
-    canvas.toBlob((blob) => (blob ? resolve(blob) : reject(new Error("could not encode the frame as JPEG"))), "image/jpeg", JPEG_QUALITY));
+    canvas.toBlob((blob) => (blob ? resolve({ jpeg: blob, placed }) : reject(new Error("could not encode the frame as JPEG"))), "image/jpeg", JPEG_QUALITY));
 }
 
 function drawRoi() {
@@ -157,6 +161,35 @@ function drawRoi() {
   const left = (video.clientWidth - scale * video.videoWidth) / 2 + scale * crop.x;
   const top = (video.clientHeight - scale * video.videoHeight) / 2 + scale * crop.y;
   Object.assign(box.style, { left: `${left}px`, top: `${top}px`, width: `${scale * crop.width}px`, height: `${scale * crop.height}px` });
+}
+
+// Where a camera-frame box is drawn in the preview element: object-fit: contain, then mirrored (the
+// preview is a selfie view; the frames sent are not mirrored).
+function previewRect(x0, y0, x1, y1) {
+  const video = $("preview");
+  const scale = Math.min(video.clientWidth / video.videoWidth, video.clientHeight / video.videoHeight);
+  const left = (video.clientWidth - scale * video.videoWidth) / 2;
+  const top = (video.clientHeight - scale * video.videoHeight) / 2;
+  return { left: left + scale * (video.videoWidth - x1), top: top + scale * y0, width: scale * (x1 - x0), height: scale * (y1 - y0) };
+}
+
+// One box per hand of the answer (hand-crop models), with the hand's own label: its boxes are in the
+// sent JPEG's pixels, `placed` says where that JPEG lies in the camera frame.
+function drawHands(hands, placed) {
+  const layer = $("hands");
+  if (!Array.isArray(hands)) {
+    layer.replaceChildren();
+    return;
+  }
+  layer.replaceChildren(...hands.map((hand) => {
+    const [x0, y0, x1, y1] = hand.box;
+    const rect = previewRect(placed.x + x0 / placed.scaleX, placed.y + y0 / placed.scaleY, placed.x + x1 / placed.scaleX, placed.y + y1 / placed.scaleY);
+    const box = Object.assign(document.createElement("div"), { className: hand.label === null ? "hand rejected" : "hand" });
+    Object.assign(box.style, { left: `${rect.left}px`, top: `${rect.top}px`, width: `${rect.width}px`, height: `${rect.height}px` });
+    const text = `${hand.label ?? "no gesture"} ${(100 * hand.score).toFixed(0)}%`;
+    box.append(Object.assign(document.createElement("span"), { className: "hand-label", textContent: text }));
+    return box;
+  }));
 }
 
 // --- smoothing -----------------------------------------------------------------------------------
@@ -181,6 +214,8 @@ class Smoother {
       for (const [label, score] of scores) mean.set(label, (mean.get(label) || 0) + score / this.history.length);
     }
     const top = [...mean].sort((a, b) => b[1] - a[1]).slice(0, SHOWN_CLASSES);
+    // no hand found (a hand-crop model answers with an empty top_k) counts 0 for every class
+    if (top.length === 0 || top[0][1] <= 0) return { label: null, score: 0, top };
     const [best, score] = top[0];
     return { label: score < threshold || this.rejectClasses.has(best) ? null : best, score, top };
   }
@@ -204,7 +239,8 @@ function followModel(info, smoother) {
 function showInfo(info) {
   const test = info.metrics?.test;
   const accuracy = test?.top1 != null ? `test accuracy ${(100 * test.top1).toFixed(1)}% on ${test.n} images` : "no test accuracy recorded";
-  $("info").textContent = `${info.backbone} · ${info.classes.length} classes: ${info.classes.join(", ")} · ${accuracy} · ${info.model}`;
+  const hands = info.hands ? " · finds the hands first, one answer per hand" : "";
+  $("info").textContent = `${info.backbone} · ${info.classes.length} classes: ${info.classes.join(", ")} · ${accuracy}${hands} · ${info.model}`;
 }
 
 function showPrediction(prediction, latencyMs) {
@@ -277,17 +313,20 @@ async function recognise() {
         showInfo(info);
         followModel(info, smoother);
         modelResize = info.resize_size;
+        modelHands = Boolean(info.hands);
       }
       await frameAfter(sentFrame);
       sentFrame = cameraFrames;
-      const jpeg = await frameJpeg();
+      const { jpeg, placed } = await frameJpeg();
       const started = performance.now();
       const answer = await predict(jpeg);
       const latencyMs = performance.now() - started;
       showPrediction(smoother.update(answer, smoothWindow(), Number($("threshold").value)), latencyMs);
+      drawHands(answer.hands, placed);
       clearProblem();
     } catch (err) {
       if (err instanceof Outage) info = null;
+      drawHands(null); // boxes of an old answer must not stay on a live picture
       smoother.reset(); // old answers must not stand in for frames the server never classified
       showProblem(err);
       await sleep(RETRY_MS);

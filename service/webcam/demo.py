@@ -7,7 +7,8 @@
 
 Keys in the window: q / Esc quit, s save a snapshot, space pause. Capture runs in its own thread
 and the recogniser always takes the newest frame (``webcam_capture``); ``run`` is the loop, usable
-without the command line or a window.
+without the command line or a window. A model trained on hand crops gets a box and a label per hand,
+and the smoothed frame-level label of the best accepted hand (``scoring.decide_hands``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import cv2
@@ -30,7 +31,18 @@ from gesture_core.cli import command
 from gesture_core.runtime import Runtime, add_runtime_arguments
 from service.webcam.grabber import Frame, FrameGrabber
 from service.webcam.overlay import OverlayInfo, centred_roi, render
-from service.webcam.scoring import LocalScorer, RemoteScorer, Scorer, ServerError, Smoother, decision_rule, default_threads
+from service.webcam.scoring import (
+    HandResult,
+    HandsAnswer,
+    LocalScorer,
+    RemoteScorer,
+    Scorer,
+    ServerError,
+    Smoother,
+    decide_hands,
+    decision_rule,
+    default_threads,
+)
 from service.webcam.sources import SourceError, describe_source, is_live, open_source, parse_source
 
 EXIT_OK, EXIT_SOURCE_LOST, EXIT_USAGE, EXIT_OUTAGE = 0, 1, 2, 3
@@ -87,6 +99,7 @@ class FrameResult:
     raw: Prediction | None  # this frame alone
     latency_ms: float | None  # preprocess + model (or HTTP round trip) + smoothing
     error: str | None = None
+    hands: tuple[HandResult, ...] | None = None  # hand-crop models: each hand found, with its own decision
 
     def to_json(self) -> dict:
         p = self.prediction
@@ -99,6 +112,9 @@ class FrameResult:
             "raw_label": self.raw.label if self.raw else None,
             "raw_score": round(self.raw.score, 5) if self.raw else None,
         }
+        if self.hands is not None:  # only for hand-crop models: other models' lines stay as they were
+            line["hands"] = [{"box": list(h.box), "handedness": h.handedness, "hand_score": round(h.hand_score, 5),
+                              "label": h.prediction.label, "score": round(h.prediction.score, 5)} for h in self.hands]
         if self.error:
             line["error"] = self.error
         return line
@@ -113,6 +129,7 @@ class Summary:
     outage_frames: int = 0
     error: str | None = None  # the source disappeared mid-stream
     labels: list[str | None] = field(default_factory=list)  # smoothed label per processed frame
+    palm_detections: int | None = None  # hand-crop models, locally: frames on which palm detection ran
 
     @property
     def mean_fps(self) -> float:
@@ -131,6 +148,8 @@ class Summary:
         p50, p95 = self.latency_percentile(50), self.latency_percentile(95)
         latency = f"latency p50 {p50:.1f} ms, p95 {p95:.1f} ms" if p50 is not None else "no predictions"
         text = f"summary: {self.frames} frames ({self.dropped} stale dropped) in {self.seconds:.2f} s, {self.mean_fps:.1f} FPS, {latency}"
+        if self.palm_detections is not None:
+            text += f"; palm detection on {self.palm_detections} of {self.frames} frames"
         if self.outage_frames:
             text += f"; no answer from the server for {self.outage_frames} frames"
         return text
@@ -154,15 +173,18 @@ class Recognizer:
         crop = frame.image[box[1] : box[3], box[0] : box[2]] if box else frame.image
         start = time.perf_counter()
         try:
-            scores = self.scorer(crop)
+            answer = self.scorer(crop)
         except ServerError as err:
             return self._outage(frame, timestamp, str(err))
-        smoothed, raw = self.smoother.update(scores), self.smoother.decide(scores)
+        hands = None
+        if isinstance(answer, HandsAnswer):  # a hand-crop model: the frame's scores are its best accepted hand's
+            hands, answer = decide_hands(answer, self.smoother, offset=box[:2] if box else (0, 0))
+        smoothed, raw = self.smoother.update(answer), self.smoother.decide(answer)
         latency = (time.perf_counter() - start) * 1000.0
         if self.outage:
             self.log(f"{self.scorer.name} answers again (frame {frame.index})")
             self.outage = None
-        return FrameResult(frame.index, timestamp, smoothed, raw, latency)
+        return FrameResult(frame.index, timestamp, smoothed, raw, latency, hands=hands)
 
     def _outage(self, frame: Frame, timestamp: float, message: str) -> FrameResult:
         if message != self.outage:
@@ -295,7 +317,7 @@ def run(stream: Stream, scorer: Scorer, options: Options, *, window: Window | No
                     summary.latencies_ms.append(result.latency_ms)
                 summary.outage_frames += result.error is not None
                 info = OverlayInfo(result.prediction, meter.tick(), result.latency_ms, scorer.name,
-                                   recognizer.crop_box(frame.image), result.error)
+                                   recognizer.crop_box(frame.image), result.error, hands=result.hands or ())
                 canvas = render(frame.image, info, mirror=mirror)
                 outputs.write(result, canvas)
                 if window:
@@ -308,6 +330,7 @@ def run(stream: Stream, scorer: Scorer, options: Options, *, window: Window | No
                         break
         summary.dropped = grabber.dropped
         summary.error = grabber.error
+        summary.palm_detections = getattr(scorer, "palm_detections", None)
     except KeyboardInterrupt:
         log("interrupted")
     finally:
@@ -319,7 +342,7 @@ def run(stream: Stream, scorer: Scorer, options: Options, *, window: Window | No
 
 
 def _paused(info: OverlayInfo) -> OverlayInfo:
-    return OverlayInfo(info.prediction, info.fps, info.latency_ms, info.scorer, info.roi, info.status, paused=True)
+    return replace(info, paused=True)
 
 
 def _pause(window: Window, canvas: np.ndarray, outputs: Outputs, index: int) -> str | None:

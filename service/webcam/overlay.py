@@ -1,4 +1,5 @@
-"""Drawing the webcam overlay: label and score, top-k bars, FPS and latency, ROI box, status line."""
+"""Drawing the webcam overlay: label and score, top-k bars, FPS and latency, ROI box, status line,
+and for hand-crop models a box and a label per hand."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import cv2
 import numpy as np
 
 from gesture_core import Prediction
+from service.webcam.scoring import HandResult
 
 # Small frames (100x100 test clips) are enlarged for display so the text stays legible.
 MIN_CANVAS_WIDTH = 480
@@ -15,6 +17,8 @@ NO_GESTURE = "no gesture"
 
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 _WHITE, _GREEN, _GREY, _RED, _BLACK = (255, 255, 255), (80, 220, 80), (160, 160, 160), (60, 60, 230), (0, 0, 0)
+# Hand boxes: a named gesture in the label's green, "no gesture" in amber (grey would vanish on a grey wall).
+HAND_ACCEPTED, HAND_REJECTED = _GREEN, (0, 190, 255)
 
 
 @dataclass(frozen=True)
@@ -26,6 +30,7 @@ class OverlayInfo:
     roi: tuple[int, int, int, int] | None = None  # x0, y0, x1, y1 in frame pixels
     status: str | None = None  # e.g. the outage message, shown as a red line
     paused: bool = False
+    hands: tuple[HandResult, ...] = ()  # hand-crop models: a box and a label each
 
 
 def centred_roi(shape: tuple[int, ...], fraction: float) -> tuple[int, int, int, int]:
@@ -43,11 +48,14 @@ def render(frame: np.ndarray, info: OverlayInfo, *, mirror: bool = False) -> np.
     if canvas.shape[1] < MIN_CANVAS_WIDTH:
         scale = MIN_CANVAS_WIDTH / canvas.shape[1]
         canvas = cv2.resize(canvas, None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR)
+    thickness = max(2, round(canvas.shape[1] / 320))
     if info.roi is not None:
-        _draw_roi(canvas, info.roi, scale, mirror, frame.shape[1], thickness=max(2, round(canvas.shape[1] / 320)))
+        _draw_roi(canvas, info.roi, scale, mirror, frame.shape[1], thickness=thickness)
     unit = max(0.75, canvas.shape[1] / 640)  # text size follows the canvas width
     _draw_prediction(canvas, info.prediction, unit)
     _draw_speed(canvas, info, unit)
+    for hand in info.hands:  # over the panels: a hand near the top still shows its label
+        _draw_hand(canvas, hand, scale, mirror, frame.shape[1], thickness, unit)
     if info.status:
         _draw_status(canvas, info.status, unit)
     if info.paused:
@@ -56,11 +64,31 @@ def render(frame: np.ndarray, info: OverlayInfo, *, mirror: bool = False) -> np.
 
 
 def _draw_roi(canvas: np.ndarray, roi: tuple[int, int, int, int], scale: float, mirror: bool, width: int, thickness: int) -> None:
-    x0, y0, x1, y1 = roi
+    p0, p1 = canvas_box(roi, scale, mirror, width)
+    cv2.rectangle(canvas, p0, p1, _GREEN, thickness)
+
+
+def canvas_box(box: tuple[int, int, int, int], scale: float, mirror: bool, width: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """A frame box's corners on the canvas (enlarged by ``scale``, mirrored like the picture)."""
+    x0, y0, x1, y1 = box
     if mirror:
         x0, x1 = width - x1, width - x0
-    p0, p1 = (round(x0 * scale), round(y0 * scale)), (round(x1 * scale) - 1, round(y1 * scale) - 1)
-    cv2.rectangle(canvas, p0, p1, _GREEN, thickness)
+    return (round(x0 * scale), round(y0 * scale)), (round(x1 * scale) - 1, round(y1 * scale) - 1)
+
+
+def _draw_hand(canvas: np.ndarray, hand: HandResult, scale: float, mirror: bool, width: int, thickness: int, unit: float) -> None:
+    """The hand's box, and its own label and score on a shaded tab above it (inside it at the top edge)."""
+    (x0, y0), (x1, y1) = canvas_box(hand.box, scale, mirror, width)
+    accepted = hand.prediction.label is not None
+    colour = HAND_ACCEPTED if accepted else HAND_REJECTED
+    cv2.rectangle(canvas, (x0, y0), (x1, y1), colour, thickness)
+    text = f"{hand.prediction.label if accepted else NO_GESTURE} {hand.prediction.score:.0%}"
+    size = 0.6 * unit
+    (text_w, text_h), _ = cv2.getTextSize(text.replace("…", "..."), _FONT, size, 2)
+    tab_h = text_h + int(10 * unit)
+    top = y0 - tab_h if y0 - tab_h >= 0 else y0 + thickness
+    _shade(canvas, x0, top, x0 + text_w + int(10 * unit), top + tab_h)
+    _text(canvas, text, (x0 + int(5 * unit), top + tab_h - int(5 * unit)), size, colour, 2)
 
 
 def _draw_prediction(canvas: np.ndarray, prediction: Prediction | None, unit: float) -> None:

@@ -2,7 +2,10 @@
 and the temporal smoothing that keeps the shown label steady.
 
 Both scorers take a BGR frame (as OpenCV captures it) and return ``{label: probability}``; the
-local engine returns every class, and the remote one asks the service for every class too.
+local engine returns every class, and the remote one asks the service for every class too. For a
+model trained on hand crops (``DataConfig.hands``) they return ``HandsAnswer`` instead: each hand
+found, with its box and its own ``{label: probability}``. Locally a ``HandTracker`` finds them, so
+palm detection runs only every few frames; the service finds them in each frame it is sent.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import json
 import os
 import uuid
 from collections import Counter, deque
+from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import urlsplit
 
@@ -20,6 +24,9 @@ import numpy as np
 import torch
 
 from gesture_core import Classifier, Prediction, decode_probs
+from gesture_core.classifier import frame_source
+from gesture_core.hands import HandTracker
+from gesture_core.images import bgr_to_rgb
 from gesture_core.rejection import Rejection
 from gesture_core.runtime import Runtime
 
@@ -27,12 +34,40 @@ from gesture_core.runtime import Runtime
 UNCALIBRATED_WEBCAM_THRESHOLD = 0.5
 
 Scores = dict[str, float]
+Box = tuple[int, int, int, int]  # x0, y0, x1, y1 in frame pixels
+
+
+@dataclass(frozen=True)
+class HandScores:
+    """One hand that a hand-crop model found in a frame: where it is, and its class probabilities."""
+
+    box: Box
+    handedness: str | None
+    hand_score: float  # the hand detector's confidence that a hand is there
+    scores: Scores
+
+
+@dataclass(frozen=True)
+class HandsAnswer:
+    """A hand-crop model's answer for one frame: the hands found, best first (none: empty)."""
+
+    hands: tuple[HandScores, ...]
+
+
+@dataclass(frozen=True)
+class HandResult:
+    """One hand as the live loop shows it: its box in the frame and its own decision (label None: no gesture)."""
+
+    box: Box
+    handedness: str | None
+    hand_score: float
+    prediction: Prediction
 
 
 class Scorer(Protocol):
     name: str
 
-    def __call__(self, bgr: np.ndarray) -> Scores: ...
+    def __call__(self, bgr: np.ndarray) -> Scores | HandsAnswer: ...
 
     def rejection(self) -> Rejection | None: ...  # the model's "no gesture" rule, None if unknown
 
@@ -52,10 +87,20 @@ def default_threads() -> int:
     return max(1, (os.cpu_count() or 1) - 1)
 
 
+# Palm detection at least this often while hands are tracked (HandTracker's default; docs/hands.md).
+REDETECT_EVERY = 10
+
+
 class LocalScorer:
-    def __init__(self, classifier: Classifier):
+    def __init__(self, classifier: Classifier, *, redetect_every: int = REDETECT_EVERY):
         self.classifier = classifier
         self.name = f"{classifier.backbone} ({classifier.engine.name} {classifier.device.type})"
+        # A hand-crop model follows the hands from frame to frame: the landmark model on last frame's
+        # squares, and palm detection only when a hand is lost or every `redetect_every` frames.
+        self.tracker = HandTracker(classifier.localiser, redetect_every=redetect_every) if classifier.hands_mode else None
+        if self.tracker is not None:
+            self.name += ", hand crops"
+        self._palm_calls_before = 0
 
     @classmethod
     def load(cls, checkpoint: str, runtime: Runtime = Runtime()) -> LocalScorer:
@@ -67,10 +112,36 @@ class LocalScorer:
     def warm_up(self) -> None:
         """The first forward pass allocates and picks kernels; keep it out of the latency figures."""
         size = self.classifier.data_config.input_size
-        self(np.zeros((size, size, 3), np.uint8))
+        if self.tracker is None:
+            self(np.zeros((size, size, 3), np.uint8))
+            return
+        self.classifier.classify([np.zeros((size, size, self.classifier.data_config.in_chans), np.uint8)])
+        self.tracker.update(np.zeros((size, size, 3), np.uint8))  # LiteRT's first run is slow too
+        self.tracker.reset()
+        self._palm_calls_before = self.classifier.localiser.palm_calls
 
-    def __call__(self, bgr: np.ndarray) -> Scores:
+    def __call__(self, bgr: np.ndarray) -> Scores | HandsAnswer:
+        if self.tracker is not None:
+            return self.score_hands(bgr)
         probs = self.classifier.classify([self.classifier.crop(bgr, bgr=True)])[0]
+        return self._scores(probs)
+
+    def score_hands(self, bgr: np.ndarray) -> HandsAnswer:
+        """The tracked hands of this frame, each crop classified; all crops of a frame in one model call."""
+        rgb = bgr_to_rgb(bgr)
+        hands = self.tracker.update(rgb)
+        if not hands:
+            return HandsAnswer(())
+        probs = self.classifier.classify(self.classifier.hand_crops(rgb, hands))
+        return HandsAnswer(tuple(HandScores(tuple(hand.box), hand.handedness, float(hand.score), self._scores(p))
+                                 for hand, p in zip(hands, probs, strict=True)))
+
+    @property
+    def palm_detections(self) -> int | None:
+        """Palm detections run since the warm-up (hand-crop models); None for whole-image models."""
+        return None if self.tracker is None else self.classifier.localiser.palm_calls - self._palm_calls_before
+
+    def _scores(self, probs: np.ndarray) -> Scores:
         return dict(zip(self.classifier.classes, probs.tolist(), strict=True))
 
     def rejection(self) -> Rejection:
@@ -103,7 +174,7 @@ class RemoteScorer:
         self._jpeg_params = [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality]
         self._connection: http.client.HTTPConnection | None = None
 
-    def __call__(self, bgr: np.ndarray) -> Scores:
+    def __call__(self, bgr: np.ndarray) -> Scores | HandsAnswer:
         ok, jpeg = cv2.imencode(".jpg", bgr, self._jpeg_params)
         if not ok:
             raise RuntimeError("could not encode the frame as JPEG")
@@ -158,14 +229,23 @@ class RemoteScorer:
             self._connection = cls(self._host, self._port, timeout=self._timeout)
         return self._connection
 
-    def _parse(self, body: bytes) -> Scores:
+    def _parse(self, body: bytes) -> Scores | HandsAnswer:
+        """The answer's top_k; for a hand-crop model (``hands`` is a list, null otherwise) each hand's."""
         try:
             answer = json.loads(body)
-            scores = {str(item["label"]): float(item["score"]) for item in answer["top_k"]}
-        except (ValueError, KeyError, TypeError):
+            scores = _top_k_scores(answer)
+            hands = answer.get("hands")
+            if hands is not None:
+                scores = HandsAnswer(tuple(HandScores(tuple(int(v) for v in hand["box"]), hand.get("handedness"),
+                                                      float(hand["hand_score"]), _top_k_scores(hand)) for hand in hands))
+        except (ValueError, KeyError, TypeError, AttributeError):
             raise ServerError(f"{self.url}/predict answered something other than a prediction: {_error_text(body)}") from None
         self.model = answer.get("model") or self.model
         return scores
+
+
+def _top_k_scores(answer: dict) -> Scores:
+    return {str(item["label"]): float(item["score"]) for item in answer["top_k"]}
 
 
 def _error_text(body: bytes, limit: int = 200) -> str:
@@ -184,7 +264,8 @@ class Smoother:
 
     Rejection ("no gesture", label None) comes from ``decode_probs``: below ``threshold``, or one of
     ``reject_classes`` (None: the classes with a common "no gesture" name). In vote mode each frame
-    votes with its own (thresholded) label.
+    votes with its own (thresholded) label. A frame with no scores (a hand-crop model that found no
+    accepted hand) is "no gesture": it counts as probability 0 for every class in the average.
     """
 
     def __init__(self, window: int = 1, *, vote: bool = False, threshold: float = 0.0, k: int = 3, reject_classes: tuple[str, ...] | None = None):
@@ -203,7 +284,7 @@ class Smoother:
                 self._classes.append(label)
         self._history.append(scores)
         mean = np.mean([self._vector(s) for s in self._history], axis=0)
-        averaged = decode_probs(mean, self._classes, k=self.k, threshold=self.threshold, reject_classes=self.reject_classes)
+        averaged = self._decode(mean, self._classes)
         if not self.vote:
             return averaged
         votes = [self.decide(s).label for s in self._history]
@@ -216,10 +297,27 @@ class Smoother:
     def decide(self, scores: Scores) -> Prediction:
         """One frame on its own, with the same threshold and rejection rules."""
         classes = list(scores)
-        return decode_probs(np.asarray([scores[c] for c in classes]), classes, k=self.k, threshold=self.threshold, reject_classes=self.reject_classes)
+        return self._decode(np.asarray([scores[c] for c in classes], np.float64), classes)
+
+    def _decode(self, probs: np.ndarray, classes: list[str]) -> Prediction:
+        if not classes or probs.max() <= 0.0:  # no evidence at all (no hand) is no gesture, even at threshold 0
+            return Prediction(None, 0.0, [])
+        return decode_probs(probs, classes, k=self.k, threshold=self.threshold, reject_classes=self.reject_classes)
 
     def _vector(self, scores: Scores) -> np.ndarray:
         return np.asarray([scores.get(label, 0.0) for label in self._classes], np.float64)
+
+
+def decide_hands(answer: HandsAnswer, smoother: Smoother, offset: tuple[int, int] = (0, 0)) -> tuple[tuple[HandResult, ...], Scores]:
+    """Each hand's own decision (the smoother's threshold and reject classes), and the frame's scores
+    for smoothing: those of the hand the frame's answer comes from (``Classifier.decide_hands``'s rule,
+    ``frame_source``: the accepted hand with the highest score, else the best rejected one), none
+    without a hand. ``offset``: where the scored image sits in the frame (the ROI's corner)."""
+    dx, dy = offset
+    hands = tuple(HandResult((h.box[0] + dx, h.box[1] + dy, h.box[2] + dx, h.box[3] + dy), h.handedness, h.hand_score,
+                             smoother.decide(h.scores)) for h in answer.hands)
+    source = frame_source([hand.prediction for hand in hands])
+    return hands, (answer.hands[source].scores if source is not None else {})
 
 
 def decision_rule(scorer: Scorer, threshold: float | None) -> tuple[float, tuple[str, ...] | None]:
