@@ -417,6 +417,7 @@ class HandLocaliser:
         if max_hands < 1:
             raise ValueError(f"max_hands must be 1 or more, got {max_hands}")
         folder = Path(models_dir) if models_dir is not None else hand_models_dir()
+        self.models_dir = folder
         self.uses_landmarks = landmarks
         self.max_hands, self.min_palm_score, self.min_presence = max_hands, min_palm_score, min_presence
         self._palm_model = _Model(_model_path(folder, PALM_MODEL), threads, ["Identity", "Identity_1"])

@@ -15,7 +15,8 @@ import numpy as np
 from bentoml.exceptions import BadInput
 
 from gesture_core import Classifier, ImageDecodeError
-from gesture_core.hands import Hand, HandModelsUnavailableError
+from gesture_core.hands import Hand, HandLocaliser, HandModelsUnavailableError
+from service.import_model import HAND_MODELS_FOLDER
 
 logger = logging.getLogger("bentoml.service.gesture")
 
@@ -38,6 +39,13 @@ def warm_up_localiser(classifier: Classifier) -> None:
     started = time.perf_counter()
     classifier.localiser.find(np.zeros((*WARM_UP_FRAME, 3), np.uint8))
     logger.info("hand localiser warmed up in %.1f s", time.perf_counter() - started)
+
+
+def use_stored_hand_models(classifier: Classifier, stored_folder: Path) -> None:
+    """A hand-crop model imported with its detector's files (service.import_model) uses those, so a
+    Bento or a container serves it with no prepare step; one imported without them uses the cache's."""
+    if classifier.hands_mode and (stored_folder / HAND_MODELS_FOLDER).is_dir():
+        classifier.localiser = HandLocaliser(stored_folder / HAND_MODELS_FOLDER)
 
 
 def check_localiser(classifier: Classifier) -> str | None:

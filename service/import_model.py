@@ -4,7 +4,9 @@
 
 The stored model is the checkpoint file itself plus metadata that answers "what is this model?"
 without loading it: backbone, classes, input size, validation/test metrics and a fingerprint of the
-data it was trained on. The service loads it with ``gesture_core.load_classifier``.
+data it was trained on. The service loads it with ``gesture_core.load_classifier``. A model trained on
+hand crops (``--hands``) also carries the hand detector's two model files (``hand-models/``), so the
+model is complete wherever it goes: ``bentoml build`` packs it, and a container needs no prepare step.
 """
 
 from __future__ import annotations
@@ -20,11 +22,13 @@ from typing import Any
 import bentoml
 
 from gesture_core.cli import command
+from gesture_core.hands import HAND_MODEL_FILES
 from gesture_core.preprocess import DataConfig
 from gesture_core.runtime import Runtime
 
 DEFAULT_MODEL_NAME = "gesture-classifier"
 CHECKPOINT_FILE = "checkpoint.pt"  # name of the checkpoint inside the stored model's folder
+HAND_MODELS_FOLDER = "hand-models"  # hand-crop models: the detector's files, inside the stored model's folder
 SUMMARY_METRICS = ("top1", "top5", "n")
 
 
@@ -65,6 +69,7 @@ def model_metadata(checkpoint_path: Path, ckpt: dict[str, Any]) -> dict[str, Any
         "resize_size": data_config.resize_size,
         "in_chans": data_config.in_chans,
         "crop": data_config.crop,
+        "hands": data_config.hands,
         "metrics": metric_summary(ckpt.get("metrics", {})),
         "data_fingerprint": data_fingerprint(checkpoint_path, ckpt),
         "source_checkpoint": str(checkpoint_path.resolve()),
@@ -88,9 +93,19 @@ def import_checkpoint(checkpoint: str | Path, name: str = DEFAULT_MODEL_NAME) ->
         "test_top1": "n/a" if test_top1 is None else f"{test_top1:.4f}",
         "data": metadata["data_fingerprint"]["sha256"][:12],
     }
+    hand_files = hand_model_files(classifier.localiser.models_dir) if classifier.hands_mode else []  # builds it: fails before storing
     with bentoml.models.create(name, labels=labels, metadata=metadata) as model:
         shutil.copyfile(path, model.path_of(CHECKPOINT_FILE))
+        for file in hand_files:
+            target = Path(model.path_of(HAND_MODELS_FOLDER)) / file.name
+            target.parent.mkdir(exist_ok=True)
+            shutil.copyfile(file, target)
     return model
+
+
+def hand_model_files(folder: Path) -> list[Path]:
+    """The hand detector's files that a hand-crop model is stored with: both models and their licence."""
+    return [folder / name for name in (*(f.name for f in HAND_MODEL_FILES), "LICENSE") if (folder / name).is_file()]
 
 
 def model_name(value: str) -> str:

@@ -34,7 +34,7 @@ from pydantic import AfterValidator, BaseModel, Field, StrictFloat, StrictInt
 from gesture_core import Classifier, ImageDecodeError
 from gesture_core.hands import Hand
 from service.browser_demo import DEMO_PATH, allow_cors_origins, demo_app
-from service.hand_crops import check_localiser, find_hand_crops, warm_up_localiser
+from service.hand_crops import check_localiser, find_hand_crops, use_stored_hand_models, warm_up_localiser
 from service.http_guard import EndpointFields, RequestGuard
 from service.import_model import CHECKPOINT_FILE
 from service.microbatch import MicroBatcher
@@ -157,6 +157,7 @@ class GestureClassifier:
         self.metadata = dict(stored.info.metadata)
         # Loaded once here, before the server reports ready; never on a request.
         self.classifier: Classifier = settings.runtime.load(stored.path_of(CHECKPOINT_FILE))
+        use_stored_hand_models(self.classifier, Path(stored.path))
         # Engines that overlap calls (OpenVINO's streams) get a second model thread, so that the next
         # batch forms and starts while one finishes; for the others a core is better spent inside the call.
         threads = 2 if self.classifier.engine.concurrent_calls else 1
@@ -188,6 +189,7 @@ class GestureClassifier:
         stored = find_model(packaged_model_ref() or GestureClassifier.inner.model_ref)
         try:
             classifier = SETTINGS.runtime.load(stored.path_of(CHECKPOINT_FILE))
+            use_stored_hand_models(classifier, Path(stored.path))
         except ValueError as err:  # the checkpoint, or a setting or engine that cannot run it
             raise ModelNotServable(f"model {stored.tag} cannot be served: {err}. Import a working checkpoint with "
                                    "python -m service.import_model RUN/best.pt, or set GESTURE_MODEL to another version "

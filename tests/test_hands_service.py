@@ -158,12 +158,16 @@ print(json.dumps({"hands": answer["hands"], "info_hands": svc.info().hands, "lit
 @pytest.mark.parametrize("model", ["whole image", "hand crops"])
 def test_litert_is_loaded_for_hand_crop_models_only(model, random_head_checkpoint, hands_checkpoint, scenes, tmp_path):
     """A fresh process serving a whole-image model answers hands: null and never imports ai_edge_litert;
-    the same process on a hand-crop model does (so the check can fail)."""
+    the same process on a hand-crop model does (so the check can fail). The hand-crop model serves with
+    an empty cache: the detector's files travel inside the stored model (service.import_model)."""
     home, image = tmp_path / "bentoml", tmp_path / "scene.jpg"
     image.write_bytes(scenes["one"])
     import_cli(random_head_checkpoint if model == "whole image" else hands_checkpoint, home)
+    stored_hand_models = sorted(p.name for p in home.glob(f"models/*/*/{import_model.HAND_MODELS_FOLDER}/*"))
+    assert stored_hand_models == ([] if model == "whole image" else ["LICENSE", "hand_landmark_full.tflite", "palm_detection_full.tflite"])
     done = subprocess.run([sys.executable, "-c", WHOLE_IMAGE_PROBE, str(image)], cwd=REPO, capture_output=True, text=True, timeout=300,
-                          env={**__import__("os").environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "1"})
+                          env={**__import__("os").environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "1",
+                               "GESTURE_CACHE_DIR": str(tmp_path / "empty-cache")})
     assert done.returncode == 0, done.stderr[-3000:]
     answer = json.loads(done.stdout.strip().splitlines()[-1])
     if model == "whole image":
