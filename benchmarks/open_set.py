@@ -29,12 +29,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from benchmarks.common import describe_machine, note
 from gesture_core import load_classifier
-from training.calibrate import DEFAULT_TARGET_RECALL
+from training.calibrate import DEFAULT_TARGET_RECALL, SplitOutputs
 from training.config import TrainConfig
 from training.data import Splits
 from training.finetune import train
+from training.grouping import sequences
 from training.open_set import compare_scores, format_score_table, outputs_of, unknown_samples
 
 REPO = Path(__file__).resolve().parents[1]
@@ -58,6 +61,28 @@ def unknown_folder(source: Path, known: list[str], dest: Path) -> Path:
     return class_folder_links(source, sorted(p.name for p in source.iterdir() if p.is_dir() and p.name not in known), dest)
 
 
+def neighbour_check(splits: Splits, test: SplitOutputs) -> dict[str, Any]:
+    """Test top-1 on the frames whose neighbour in their recording (running-number order) is a training
+    frame, and on the others: the same accuracy on both means the grouped split leaks nothing through
+    near-twin neighbours; a higher one next to training frames would mean it does."""
+    split_of = {s.path: name for name in ("train", "val", "test") for s in getattr(splits, name)}
+    by_class: dict[int, list[str]] = {}
+    for name in ("train", "val", "test"):
+        for s in getattr(splits, name):
+            by_class.setdefault(s.label, []).append(s.path)
+    beside_train = set()
+    for paths in by_class.values():
+        for frames in sequences(paths).values():
+            for i, path in enumerate(frames):
+                neighbours = frames[max(i - 1, 0) : i] + frames[i + 1 : i + 2]
+                if split_of[path] == "test" and any(split_of[n] == "train" for n in neighbours):
+                    beside_train.add(path)
+    correct = test.logits.argmax(1) == test.targets
+    near = np.array([splits.test[i].path in beside_train for i in test.index])
+    top1 = lambda mask: float(correct[mask].mean()) if mask.any() else None  # noqa: E731
+    return {"beside_train": int(near.sum()), "top1_beside_train": top1(near), "others": int((~near).sum()), "top1_others": top1(~near)}
+
+
 def run_scenario(name: str, data: Path, unknown: Path | None, recipe: dict[str, Any], out: Path, workers: int) -> dict[str, Any]:
     started = time.perf_counter()
     run = train(TrainConfig(backbone="efficientnet_lite0", data=str(data), out=str(out / name), workers=workers, **recipe))
@@ -70,7 +95,7 @@ def run_scenario(name: str, data: Path, unknown: Path | None, recipe: dict[str, 
     scores = compare_scores(outputs["train"], outputs["val"], outputs["test"], unknown_outputs, classifier.classes, classifier.rejection,
                             classifier.train_config.get("reject_target_recall", DEFAULT_TARGET_RECALL))
     return {"scenario": name, "classes": len(classifier.classes), "train_seconds": round(seconds), "top1": metrics["test"]["top1"],
-            "open_set": metrics["open_set"], "scores": scores}
+            "open_set": metrics["open_set"], "scores": scores, "neighbours": neighbour_check(splits, outputs["test"])}
 
 
 def format_open_set_table(results: list[dict[str, Any]]) -> str:
@@ -127,6 +152,11 @@ def main(argv: list[str] | None = None) -> int:
                 print(json.dumps(result), flush=True)
     if not args.json:
         print(format_open_set_table(results))
+        print("\n| scenario | test frames next to a training frame | their top-1 | other test frames | their top-1 |\n| --- | ---: | ---: | ---: | ---: |")
+        for r in results:
+            n = r["neighbours"]
+            pct = lambda x: "n/a" if x is None else f"{100 * x:.2f}%"  # noqa: E731
+            print(f"| {r['scenario']} | {n['beside_train']} | {pct(n['top1_beside_train'])} | {n['others']} | {pct(n['top1_others'])} |")
         for r in results:
             print(f"\n{r['scenario']}: the threshold rule applied to each score (test split; never-learned signs where given)\n{format_score_table(r['scores'])}")
     return 0
