@@ -97,3 +97,14 @@ def sign_digits_run(sign_digits, request) -> Path:
     shutil.rmtree(out)
     cfg = TrainConfig(backbone="efficientnet_lite0", data=str(sign_digits), out=str(out), **SIGN_DIGITS_RECIPE)
     return train(cfg)
+
+
+@pytest.fixture(scope="session")
+def hand_models(private_cache_folders) -> Path:
+    """The real ``python -m training.prepare hand-models`` into the session's GESTURE_CACHE_DIR, which
+    the servers and commands the tests start inherit."""
+    from gesture_core.hands import hand_models_dir
+    from training import prepare
+
+    assert prepare.main(["hand-models"]) == 0
+    return hand_models_dir()

@@ -28,6 +28,10 @@ def asl_folder() -> Path:
     return ASL
 
 
+def read_rgb(path: Path) -> np.ndarray:
+    return cv2.cvtColor(read_bgr(path), cv2.COLOR_BGR2RGB)
+
+
 def read_bgr(path: Path) -> np.ndarray:
     image = cv2.imread(str(path))
     assert image is not None, f"cannot read {path}"
@@ -45,7 +49,7 @@ def empty_scene() -> np.ndarray:
 
 
 def paste(frame: np.ndarray, photo: np.ndarray, side: int, x: int, y: int) -> np.ndarray:
-    """A copy of ``frame`` with ``photo`` scaled to ``side``² at ``(x, y)``."""
+    """A copy of ``frame`` with ``photo`` scaled to ``side``² at ``(x, y)`` (same channel order in, out)."""
     out = frame.copy()
     out[y : y + side, x : x + side] = cv2.resize(photo, (side, side), interpolation=cv2.INTER_AREA)
     return out
@@ -104,14 +108,3 @@ def litert_missing() -> bool:
 
 
 NEEDS_LITERT = pytest.mark.skipif(litert_missing(), reason='ai-edge-litert is not installed (pip install -e ".[hands]"); it runs the hand models')
-
-
-@pytest.fixture(scope="session")
-def hand_models(private_cache_folders) -> Path:
-    """The real ``python -m training.prepare hand-models`` into the session's GESTURE_CACHE_DIR, which
-    the servers and commands the tests start inherit."""
-    from gesture_core.hands import hand_models_dir
-    from training import prepare
-
-    assert prepare.main(["hand-models"]) == 0
-    return hand_models_dir()

@@ -27,7 +27,6 @@ from tests.chromium import Chromium, find_chromium, write_y4m
 from tests.hand_scenes import (
     HAND_CLASSES,
     NEEDS_LITERT,
-    hand_models,  # noqa: F401 - a fixture
     jpeg_bytes,
     one_hand_scene,
     save_hands_checkpoint,
@@ -297,7 +296,7 @@ HAND_BOXES = """[...document.querySelectorAll('#hands .hand')].map(box => {
 
 
 @pytest.fixture(scope="module")
-def hands_server(chromium, hand_models, tmp_path_factory) -> Iterator[RestartableServer]:  # noqa: F811 - the fixture imported above
+def hands_server(chromium, hand_models, tmp_path_factory) -> Iterator[RestartableServer]:
     home = tmp_path_factory.mktemp("bentoml-home-hands")
     import_cli(save_hands_checkpoint(home / "hands-model" / "best.pt"), home)
     server = RestartableServer(home, free_port())

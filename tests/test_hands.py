@@ -34,9 +34,9 @@ from gesture_core.hands import (
     RotatedSquare,
     box_iou,
     crop_hand,
-    hand_models_dir,
     palm_anchors,
 )
+from tests.hand_scenes import asl_folder, paste, read_rgb
 from tests.helpers import REPO, SHARED_DATA
 from training import prepare
 
@@ -52,32 +52,15 @@ FRAME_W, FRAME_H = 640, 480
 LETTERS = "ABCDEFGHIKLOVWY"
 
 
-def read_rgb(path: Path) -> np.ndarray:
-    return cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
-
 
 def first_image(folder: Path) -> Path:
     return sorted(folder.iterdir())[0]
 
 
-def paste(background: np.ndarray, photo: np.ndarray, side: int, x: int, y: int) -> np.ndarray:
-    frame = background.copy()
-    frame[y : y + side, x : x + side] = cv2.resize(photo, (side, side), interpolation=cv2.INTER_AREA)
-    return frame
-
 
 @pytest.fixture(scope="session")
 def asl() -> Path:
-    if not ASL.is_dir():
-        pytest.skip(f"{ASL} not present (real data lives in ../shared/data)")
-    return ASL
-
-
-@pytest.fixture(scope="session")
-def hand_models(private_cache_folders) -> Path:
-    """The real prepare command, as a user runs it, into the session's GESTURE_CACHE_DIR."""
-    assert prepare.main(["hand-models"]) == 0
-    return hand_models_dir()
+    return asl_folder()
 
 
 @pytest.fixture(scope="session")

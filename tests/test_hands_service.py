@@ -34,7 +34,6 @@ from service.webcam.scoring import HandResult, HandsAnswer, HandScores, LocalSco
 from tests.hand_scenes import (
     NEEDS_LITERT,
     empty_scene,
-    hand_models,  # noqa: F401 - a fixture
     jpeg_bytes,
     moving_hand_frames,
     one_hand_scene,
@@ -50,7 +49,7 @@ CLIP_FRAMES = 30
 
 
 @pytest.fixture(scope="module")
-def hands_checkpoint(tmp_path_factory, hand_models) -> Path:  # noqa: F811 - the fixture above
+def hands_checkpoint(tmp_path_factory, hand_models) -> Path:
     return save_hands_checkpoint(tmp_path_factory.mktemp("hands-model") / "best.pt")
 
 

@@ -22,12 +22,11 @@ from gesture_core.hands import (
     crop_hand,
     hand_crop,
     hand_from_dict,
-    hand_models_dir,
     hand_to_dict,
 )
 from gesture_core.preprocess import DataConfig, Preprocess
+from tests.hand_scenes import asl_folder, paste, read_rgb
 from tests.helpers import SHARED_DATA
-from training import prepare
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("ai_edge_litert") is None,
@@ -38,28 +37,11 @@ ASL = SHARED_DATA / "asl-alphabet"
 FRAME_W, FRAME_H = 640, 480
 
 
-def read_rgb(path: Path) -> np.ndarray:
-    return cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
-
-
-def paste(background: np.ndarray, photo: np.ndarray, side: int, x: int, y: int) -> np.ndarray:
-    frame = background.copy()
-    frame[y : y + side, x : x + side] = cv2.resize(photo, (side, side), interpolation=cv2.INTER_AREA)
-    return frame
 
 
 @pytest.fixture(scope="session")
 def asl() -> Path:
-    if not ASL.is_dir():
-        pytest.skip(f"{ASL} not present (real data lives in ../shared/data)")
-    return ASL
-
-
-@pytest.fixture(scope="session")
-def hand_models(private_cache_folders) -> Path:
-    """The real prepare command, as a user runs it, into the session's GESTURE_CACHE_DIR."""
-    assert prepare.main(["hand-models"]) == 0
-    return hand_models_dir()
+    return asl_folder()
 
 
 @pytest.fixture(scope="session")
