@@ -1,16 +1,25 @@
 """Accuracy against hand size: whole-frame input (letterbox) against hand crops (--hands), on
 synthetic 640x480 frames made of real ASL hand photos pasted at several sizes onto real scenes.
 
-    .venv/bin/python -m benchmarks.hand_size --quick      # 4 letters, 40 photos each, 4 sizes (minutes on 2 cores)
-    .venv/bin/python -m benchmarks.hand_size              # 6 letters, all 120 photos each, 6 sizes
+    .venv/bin/python -m benchmarks.hand_size --quick      # 4 letters, 40 photos each, 5 sizes (minutes on 2 cores)
+    .venv/bin/python -m benchmarks.hand_size              # 6 letters, all 120 photos each, 8 sizes
 
 Honest split: each letter's photos (the signer's 200x200 video frames) are split by training's own
 grouped split (``--group-by frames``: blocks of neighbouring frame numbers), so no test photo, nor a
 frame next to one, is ever pasted into a training frame. Scenes are split too: even-numbered
 background photos (ASL 'nothing' frames and flower photos) for training, odd ones for the test.
 
-Training frames paste each training photo at random sizes (log-uniform over the test sizes' range)
-and places. Both models are trained the same way, linear probes on cached features (``--freeze
+Sizes: a whole 200x200 photo fits the 4:3 frame up to 75% of the frame's width (hands of about a
+quarter of it). Larger hands are a photo larger than the frame, of which the frame shows a random
+window that keeps the whole hand in view: the hand is found on the photo alone (the scene's ground
+truth) with the project's HandLocaliser, its landmarks' extent grown by HAND_MARGIN. Test photos whose
+hand is not found alone, or does not fit the frame at the largest size, are left out of those sizes
+(counted in the title), and the test photos shown there are the same at each of them; the table adds
+the largest whole-photo size on those same photos, to compare like with like.
+
+Training frames paste each training photo at random sizes (log-uniform over the test sizes' range,
+up to the largest at which the frame still shows the photo's whole hand, or the whole photo when no
+hand is found on it alone) and places. Both models are trained the same way, linear probes on cached features (``--freeze
 backbone --augment none``), one on the whole frame (``--crop letterbox``) and one on hand crops
 (``--hands``). Each test photo is then pasted once at every size, and both models are scored there
 through their Classifier (as the service answers): a hand crop model answers "no gesture" where the
@@ -26,6 +35,7 @@ import argparse
 import json
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import cv2
@@ -33,9 +43,10 @@ import numpy as np
 
 from benchmarks.common import describe_machine, emit, note
 from benchmarks.recipes import REPO, SHARED_DATA, run_finetune
-from benchmarks.whole_frame import images_in, paste_at_random, scene_frame
+from benchmarks.whole_frame import images_in, paste_at_random, placements, scene_frame
 from gesture_core.classifier import Classifier, load_classifier
 from gesture_core.cli import command
+from gesture_core.hands import HandLocaliser
 from gesture_core.images import read_rgb
 from training.data import Sample, load_folder
 from training.evaluate import evaluate_samples
@@ -43,15 +54,19 @@ from training.grouping import assign_groups, grouped_split
 from training.hand_crops import HandCropCache, frame_metrics, frame_outputs
 
 FRAME_W, FRAME_H = 640, 480
-# The pasted photo's side as a share of the frame width; the hand itself spans about 0.36 of the
-# photo's width (median, landmarks), so these are hands of about 4-27% of the frame's width. A whole
-# 200x200 photo fits a 4:3 frame up to 0.75 of its width.
-SIDES = (0.12, 0.18, 0.25, 0.35, 0.5, 0.75)
-QUICK_SIDES = (0.12, 0.25, 0.5, 0.75)
+# The pasted photo's side as a share of the frame width; the hand itself spans about a third of the
+# photo's width (landmarks), so these are hands of about 5-50% of the frame's width. A whole 200x200
+# photo fits a 4:3 frame up to 0.75 of its width; above that the frame shows a window of the photo
+# that keeps the hand, as found on the photo alone, wholly in view (``hand_on_photo``).
+SIDES = (0.12, 0.18, 0.25, 0.35, 0.5, 0.75, 1.0, 1.4)
+QUICK_SIDES = (0.12, 0.25, 0.5, 0.75, 1.4)
+# What must stay in view: the landmarks' extent grown by this share of its larger side on every side
+# (the landmarks are joints: the skin reaches past the knuckles and the fingertips' points).
+HAND_MARGIN = 0.1
 LETTERS = "A,B,C,L,V,Y"
 QUICK_LETTERS = "A,C,V,Y"
 MODES = {"whole frame (letterbox)": ["--crop", "letterbox"], "hand crops (--hands)": ["--hands"]}
-COLUMNS = [("side", "photo side, % of frame width", ".0f"), ("hand_width", "hand width, % of frame (median)", ".1f"),
+COLUMNS = [("side", "photo side, % of frame width", ".0f"), ("photos", "test photos", "s"), ("hand_width", "hand width, % of frame (median)", ".1f"),
            ("n", "test frames", "d"), ("whole_frame", "whole frame top-1", ".1%"), ("hands", "hand crops top-1", ".1%"),
            ("gain_pt", "hand crops - whole frame, points", "+.1f"), ("no_hand", "no hand found", ".1%"),
            ("hands_found_top1", "hand crops top-1 where a hand was found", ".1%")]  # fmt: skip
@@ -78,29 +93,88 @@ def write_frame(path: Path, frame: np.ndarray) -> None:
     cv2.imwrite(str(path), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 92])
 
 
+Box = tuple[float, float, float, float]
+
+
+def hand_on_photo(localiser: HandLocaliser, photo: np.ndarray, margin: float = HAND_MARGIN) -> Box | None:
+    """The hand on the photo alone (the scene's ground truth), as (x0, y0, x1, y1) shares of the photo: the best
+    hand's landmark extent grown by ``margin`` of its larger side, clipped to the photo; None when none is found."""
+    hands = localiser.find(photo)
+    if not hands or hands[0].landmarks is None:
+        return None
+    points = np.asarray(hands[0].landmarks)
+    low, high = points.min(0), points.max(0)
+    grow = margin * float((high - low).max())
+    height, width = photo.shape[:2]
+    scale = np.array([width, height], dtype=float)
+    low, high = np.clip((low - grow) / scale, 0, 1), np.clip((high + grow) / scale, 0, 1)
+    return (float(low[0]), float(low[1]), float(high[0]), float(high[1]))
+
+
+def side_px(share: float) -> int:
+    return round(FRAME_W * share)
+
+
+def shows(side: int, keep: Box | None) -> bool:
+    """Whether a 640x480 frame can show a ``side``² paste of a photo whole, or else its hand ``keep`` whole."""
+    return placements(side, keep, (FRAME_W, FRAME_H)) is not None
+
+
+def paste_scene(scene: Path, photo: np.ndarray, side: int, rng: np.random.Generator, keep: Box | None) -> np.ndarray:
+    frame = scene_frame(scene, (FRAME_W, FRAME_H))
+    paste_at_random(frame, photo, side, rng, keep)
+    return frame
+
+
 def synthesize(photos: dict[str, dict[str, list[str]]], scenes: list[Path], out: Path, *, sides: tuple[float, ...],
-               pastes: int, seed: int) -> None:  # fmt: skip
+               pastes: int, seed: int, localiser: HandLocaliser) -> dict:  # fmt: skip
     """OUT/{train,val}/<letter>/ (each photo ``pastes`` times at random sizes) and OUT/sizes/<side>/<letter>/
-    (each test photo once per size), on the split's own scenes; OUT/test holds every size (finetune's test)."""
+    (each test photo once per size), on the split's own scenes; OUT/test holds every size (finetune's test).
+
+    Sizes the whole photo does not fit are shown through a window that keeps the photo's hand in view, so
+    they need the hand found on the photo alone: a training photo's sizes are drawn log-uniformly over the
+    test sizes' range, up to the largest at which the frame can still show its whole hand (the whole photo,
+    when no hand is found on it). Those sizes' test frames are made of the test photos whose hand is found
+    alone and fits the frame at the largest size, the same photos at each (named in the returned summary)."""
     rng = np.random.default_rng(seed)
     train_scenes, test_scenes = scenes[0::2], scenes[1::2]
     low, high = np.log(min(sides)), np.log(max(sides))
+    hands = {path: hand_on_photo(localiser, read_rgb(path)) for split in photos.values() for paths in split.values() for path in paths}
+    truncated = Counter()
     for split in ("train", "val"):
         for letter, paths in photos[split].items():
             for i, path in enumerate(paths):
+                photo, keep = read_rgb(path), hands[path]
                 for k in range(pastes):
-                    frame = scene_frame(train_scenes[rng.integers(len(train_scenes))], (FRAME_W, FRAME_H))
-                    side = min(FRAME_H, round(FRAME_W * float(np.exp(rng.uniform(low, high)))))
-                    paste_at_random(frame, read_rgb(path), side, rng)
-                    write_frame(out / split / letter / f"{letter}_{i}_{k}.jpg", frame)
+                    scene = train_scenes[rng.integers(len(train_scenes))]
+                    side = side_px(float(np.exp(rng.uniform(low, high))))
+                    if not shows(side, keep):  # drawn again until shown: log-uniform up to this photo's limit
+                        truncated["no hand found alone" if keep is None else "hand too big for the frame"] += 1
+                        while not shows(side, keep):
+                            side = side_px(float(np.exp(rng.uniform(low, high))))
+                    write_frame(out / split / letter / f"{letter}_{i}_{k}.jpg", paste_scene(scene, photo, side, rng, keep))
+    largest = side_px(max(sides))
+    windowed, skipped = [], Counter()
     for letter, paths in photos["test"].items():
         for i, path in enumerate(paths):
+            photo, keep = read_rgb(path), hands[path]
+            shown_large = shows(largest, keep)
+            if shown_large:
+                windowed.append(f"{letter}_{i}")
+            elif not shows(largest, None):
+                skipped["no hand found alone" if keep is None else "hand too big for the frame"] += 1
             for side_share in sides:
-                frame = scene_frame(test_scenes[rng.integers(len(test_scenes))], (FRAME_W, FRAME_H))
-                paste_at_random(frame, read_rgb(path), min(FRAME_H, round(FRAME_W * side_share)), rng)
+                side = side_px(side_share)
+                if not shows(side, None) and not shown_large:
+                    continue  # a window needs this photo at every such size: the same test photos at each
+                frame = paste_scene(test_scenes[rng.integers(len(test_scenes))], photo, side, rng, keep)
                 name = f"{letter}_{i}_{round(100 * side_share)}.jpg"
                 write_frame(out / "sizes" / f"{round(100 * side_share)}" / letter / name, frame)
                 write_frame(out / "test" / letter / name, frame)
+    return {"splits": {s: {c: len(v) for c, v in d.items()} for s, d in photos.items()},
+            "hand not found alone": {s: sum(hands[p] is None for v in d.values() for p in v) for s, d in photos.items()},
+            "training draws redrawn smaller": dict(truncated), "test photos windowed": windowed,
+            "test photos not windowed": dict(skipped)}  # fmt: skip
 
 
 # --------------------------------------------------------------------------- scoring
@@ -162,27 +236,40 @@ def main(argv: list[str] | None = None) -> int:
     per_class = args.per_class or (40 if args.quick else 120)
     pastes = args.pastes or (1 if args.quick else 2)
     sides = QUICK_SIDES if args.quick else SIDES
-    data = args.out / f"data-{''.join(letters)}-{per_class}pc-{pastes}x-s{args.seed}"
+    data = args.out / f"data-{''.join(letters)}-{per_class}pc-{pastes}x-s{args.seed}-to{round(100 * max(sides))}"
     if not (data / "done").exists():
         started = time.perf_counter()
         photos = split_photos(args.asl, letters, per_class, args.seed)
-        synthesize(photos, background_photos(args.asl, args.flowers, 120), data, sides=sides, pastes=pastes, seed=args.seed)
-        (data / "done").write_text(json.dumps({s: {c: len(v) for c, v in d.items()} for s, d in photos.items()}) + "\n")
+        summary = synthesize(photos, background_photos(args.asl, args.flowers, 120), data, sides=sides, pastes=pastes,
+                             seed=args.seed, localiser=HandLocaliser())  # fmt: skip
+        (data / "done").write_text(json.dumps(summary) + "\n")
         note(f"frames written to {data} in {time.perf_counter() - started:.0f} s")
+    summary = json.loads((data / "done").read_text())
     models = {mode: train(data, args.out / "runs", mode, args) for mode in MODES}
     whole, hands = (load_classifier(models[mode][0], "cpu", engine="torch") for mode in MODES)
+    windowed = set(summary["test photos windowed"])
+    largest_whole = max(side for side in sides if side_px(side) <= FRAME_H)
     rows = []
     for side in sides:
         samples, _ = load_folder(data / "sizes" / f"{round(100 * side)}", whole.classes)
-        scores = hand_crops_scores(hands, samples)
-        whole_top1 = whole_frame_top1(whole, samples)
-        rows.append({"side": 100 * side, "hand_width": scores["hand_width"], "n": len(samples), "whole_frame": whole_top1,
-                     "hands": scores["top1"], "gain_pt": 100 * (scores["top1"] - whole_top1), "no_hand": scores["no_hand"],
-                     "hands_found_top1": scores["found_top1"]})  # fmt: skip
-    split_counts = json.loads((data / "done").read_text())
-    title = (f"Accuracy against hand size: {len(letters)} ASL letters ({', '.join(letters)}), photos per split {split_counts}, "
+        subsets = [("all", samples)] if side_px(side) <= FRAME_H else []
+        if side_px(side) > FRAME_H or (side == largest_whole and len(windowed) < len(samples)):
+            # the windowed sizes' photos; at the largest whole-photo size too, to compare like with like
+            subsets.append(("hand found alone", [s for s in samples if Path(s.path).stem.rsplit("_", 1)[0] in windowed]))
+        for photos, subset in subsets:
+            scores = hand_crops_scores(hands, subset)
+            whole_top1 = whole_frame_top1(whole, subset)
+            rows.append({"side": 100 * side, "photos": photos, "hand_width": scores["hand_width"], "n": len(subset),
+                         "whole_frame": whole_top1, "hands": scores["top1"], "gain_pt": 100 * (scores["top1"] - whole_top1),
+                         "no_hand": scores["no_hand"], "hands_found_top1": scores["found_top1"]})  # fmt: skip
+    windowed_letters = Counter(name.split("_")[0] for name in windowed)
+    title = (f"Accuracy against hand size: {len(letters)} ASL letters ({', '.join(letters)}), photos per split {summary['splits']}, "
              f"{FRAME_W}x{FRAME_H} frames, linear probes of efficientnet_lite0 at {args.image_size} px, {args.epochs} epochs; "
-             f"training wall s: {', '.join(f'{m} {w:.0f}' for m, (_, w) in models.items() if w is not None)} ({describe_machine()})")  # fmt: skip
+             f"training wall s: {', '.join(f'{m} {w:.0f}' for m, (_, w) in models.items() if w is not None)} ({describe_machine()}). "
+             f"Photos with no hand found on the photo alone, per split: {summary['hand not found alone']}; training draws "
+             f"redrawn smaller: {summary['training draws redrawn smaller']}. Sizes above {100 * largest_whole:.0f}% show a window of "
+             f"the photo: {len(windowed)} test photos ({dict(sorted(windowed_letters.items()))}); not shown there: "
+             f"{summary['test photos not windowed']}")  # fmt: skip
     (args.out / f"{data.name}.json").write_text(json.dumps({"title": title, "rows": rows}, indent=1))
     emit(rows, COLUMNS, as_json=False, title=title)
     return 0

@@ -40,11 +40,39 @@ def scene_frame(path: Path, size: tuple[int, int]) -> np.ndarray:
     return cv2.resize(read_rgb(path), size, interpolation=cv2.INTER_AREA)
 
 
-def paste_at_random(frame: np.ndarray, photo: np.ndarray, side: int, rng: np.random.Generator) -> tuple[int, int]:
-    """``photo`` resized to ``side``² and pasted, in place, wholly inside ``frame`` at a random place; returns (x, y)."""
+def placements(side: int, keep: tuple[float, float, float, float] | None, frame_size: tuple[int, int]) -> list[tuple[int, int]] | None:
+    """Where a ``side``² photo's top-left may go in a (width, height) frame, as [(x_low, x_high), (y_low, y_high)]
+    (inclusive): wholly inside the frame along an axis where it fits; where it does not, overhanging the frame
+    (negative offsets) so that ``keep``, a box (x0, y0, x1, y1) in shares of the photo, stays wholly in view.
+    ``None`` when the photo does not fit and ``keep`` is None or larger than the frame along an axis."""
+    ranges = []
+    for axis, dim in enumerate(frame_size):
+        if side <= dim:
+            ranges.append((0, dim - side))
+            continue
+        if keep is None:
+            return None
+        start, end = int(np.floor(keep[axis] * side)), int(np.ceil(keep[axis + 2] * side))  # keep's pixels in the photo
+        low, high = max(dim - side, -start), min(0, dim - end)
+        if low > high:
+            return None
+        ranges.append((low, high))
+    return ranges
+
+
+def paste_at_random(frame: np.ndarray, photo: np.ndarray, side: int, rng: np.random.Generator,
+                    keep: tuple[float, float, float, float] | None = None) -> tuple[int, int]:  # fmt: skip
+    """``photo`` resized to ``side``² and pasted, in place, at a random place: wholly inside ``frame``, or where it
+    is larger than the frame, a random window of it that keeps ``keep`` (see ``placements``) wholly in view.
+    Returns the photo's top-left (x, y) in frame pixels, negative where it overhangs. Raises ValueError when
+    no place shows what must be kept."""
     height, width = frame.shape[:2]
-    x, y = int(rng.integers(0, width - side + 1)), int(rng.integers(0, height - side + 1))
-    frame[y : y + side, x : x + side] = cv2.resize(photo, (side, side), interpolation=cv2.INTER_AREA)
+    ranges = placements(side, keep, (width, height))
+    if ranges is None:
+        raise ValueError(f"a {side}px photo does not fit a {width}x{height} frame with {keep} kept in view")
+    x, y = (int(rng.integers(low, high + 1)) for low, high in ranges)
+    resized = cv2.resize(photo, (side, side), interpolation=cv2.INTER_AREA)
+    frame[max(0, y) : min(height, y + side), max(0, x) : min(width, x + side)] = resized[max(0, -y) : height - y, max(0, -x) : width - x]
     return x, y
 
 
