@@ -108,3 +108,18 @@ def hand_models(private_cache_folders) -> Path:
 
     assert prepare.main(["hand-models"]) == 0
     return hand_models_dir()
+
+
+@pytest.fixture(autouse=True)
+def default_sigchld():
+    """Every test starts with SIGCHLD at its default. torch's DataLoader installs a Python SIGCHLD
+    handler in the process that iterates it with worker processes (the tests train in-process), and
+    leaves it there. Later in the same process, after the in-process hand-crop service and webcam
+    tests (LiteRT, BentoML and OpenCV threads), delivering SIGCHLD to that handler when any
+    subprocess exited crashed pytest with a kernel SIGSEGV (gdb: si_code SI_KERNEL, the main thread
+    in read() or the eval loop). In the product the two never share a process: training runs the
+    DataLoader, the service and the webcam do not."""
+    import signal
+
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    yield
