@@ -1,10 +1,13 @@
 """HTTP service speed: the real ``bentoml serve`` on 127.0.0.1 under 1, 4 and 16 concurrent clients on
 /predict, against the engine's own batched throughput; ``--batching microbatch adaptive`` adds the A/B
-of the service's micro-batcher against BentoML's adaptive batching (benchmarks/adaptive_service.py).
+of the service's micro-batcher against BentoML's adaptive batching (benchmarks/adaptive_service.py), and
+``floor`` the same /predict with no model behind it (benchmarks/bentoml_floor.py): BentoML's own CPU per
+request, and from it the most /predict could serve if this project's code cost nothing.
 
     .venv/bin/python -m benchmarks.serve --quick
     .venv/bin/python -m benchmarks.serve --engine openvino --precision bf16 --clients 16 --duration 20 --json
     .venv/bin/python -m benchmarks.serve --image-size 160 --clients 64 --duration 60   # overload: fairness and memory
+    .venv/bin/python -m benchmarks.serve --clients 16 --batching microbatch floor     # the service against BentoML's floor
 
 Each client posts one real photo at a time (multipart JPEG) in a closed loop for a bounded time;
 requests/s, latency percentiles and errors come from the clients. The reference is the same checkpoint
@@ -45,6 +48,8 @@ COLUMNS = [
     ("rss_growth_mb", "RSS growth MB while measured", "+.0f"),
 ]  # fmt: skip
 PROFILE_COLUMNS = [("category", "Python work (py-spy, running samples)", "s"), ("share", "share", ".0%"), ("ms_per_req", "CPU ms/req", ".2f")]
+# batching -> the service `bentoml serve` runs; "floor" answers without a model (benchmarks/bentoml_floor.py)
+SERVICES = {**TARGETS, "floor": "benchmarks.bentoml_floor:BentoMLFloor"}
 THREAD_COLUMNS = [("thread", "server threads", "s"), ("ms_per_req", "CPU ms/req", ".2f")]
 
 
@@ -83,6 +88,8 @@ def cpu_seconds(pid: int, *, descendants: bool = True) -> float:
 
 def batch_counts(url: str, batching: str) -> tuple[float, float]:
     """(images, model calls) so far: the micro-batcher's from /info, adaptive batching's from BentoML's metrics."""
+    if batching == "floor":
+        return 0.0, 0.0
     if batching == "microbatch":
         counts = httpx.post(f"{url}/info").json()["batching"]
         return counts["images"], counts["model_calls"]
@@ -147,12 +154,29 @@ def load_test(
         "req_per_s": round(result.throughput, 2), "p50_ms": round(p50, 1), "p95_ms": round(result.percentile(95), 1),
         "p99_ms": round(p99, 1), "p99_over_p50": round(p99 / p50, 2) if p50 else None,
         "errors": sum(result.errors.values()), "error_kinds": result.errors, "mean_batch": mean_batch,
-        "engine_img_per_s": round(reference, 2), "pct_of_engine": round(100 * result.throughput / reference, 1),
-        "server_cpu_ms_per_req": round(server_ms, 1), "client_cpu_ms_per_req": round(client_ms, 1),
+        "engine_img_per_s": round(reference, 2),
+        "pct_of_engine": round(100 * result.throughput / reference, 1) if batching != "floor" else None,  # no model: no share of it
+        "server_cpu_ms_per_req": round(server_ms, 2), "client_cpu_ms_per_req": round(client_ms, 2),
         # all cores busy with exactly this work per request: the most this machine could serve
         "cpu_bound_req_per_s": round(1000 * (os.cpu_count() or 1) / (server_ms + client_ms), 1) if server_ms else None,
         "rss_mb": round(measured_rss[0]), "rss_growth_mb": round(measured_rss[-1] - measured_rss[0]), "kind": "serve",
     }  # fmt: skip
+
+
+def floor_bound(rows: list[dict[str, Any]], engine_img_per_s: float) -> str | None:
+    """The most /predict can serve through BentoML on these cores: the engine's CPU per image (all
+    cores busy at its batched rate) plus BentoML's own server CPU and the client's per request, as the
+    floor run measured them at the largest client count; this project's code counted as free."""
+    floor = max((r for r in rows if r["batching"] == "floor"), key=lambda r: r["clients"], default=None)
+    if floor is None or not floor["requests"]:
+        return None
+    cores = os.cpu_count() or 1
+    engine_ms = 1000 * cores / engine_img_per_s
+    bound = 1000 * cores / (engine_ms + floor["server_cpu_ms_per_req"] + floor["client_cpu_ms_per_req"])
+    return (f"BentoML's own path (no model, {floor['clients']} clients): {floor['server_cpu_ms_per_req']:.2f} ms server CPU and "
+            f"{floor['client_cpu_ms_per_req']:.2f} ms client CPU per request; with the engine's {engine_ms:.2f} ms per image on "
+            f"{cores} cores, /predict can serve at most {bound:.1f} req/s = {100 * bound / engine_img_per_s:.0f}% of the engine, "
+            "even if decoding, cropping and batching cost nothing")
 
 
 def python_profile(
@@ -199,8 +223,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--service-env", nargs="+", default=[], metavar="NAME=VALUE", type=service_setting,
                    help="more service settings, e.g. GESTURE_TRACING=on (docs/serving.md, Settings)")
     p.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
-    p.add_argument("--batching", nargs="+", choices=list(TARGETS), default=["microbatch"],
-                   help="microbatch: the service; adaptive: the A/B with BentoML's adaptive batching")
+    p.add_argument("--batching", nargs="+", choices=list(SERVICES), default=["microbatch"],
+                   help="microbatch: the service; adaptive: the A/B with BentoML's adaptive batching; "
+                        "floor: the same /predict with no model (BentoML's own cost)")
     p.add_argument("--duration", type=float, default=15.0, help="measured seconds per endpoint and client count")
     p.add_argument(
         "--warmup", type=float, default=3.0, help="seconds of load before measuring (the adaptive batcher calibrates itself)"
@@ -212,6 +237,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.py_spy and not pyspy.available():
         p.error("--py-spy needs py-spy: pip install py-spy (it is in the [dev] extra)")
+    if args.batching == ["floor"]:
+        p.error("--batching floor is measured beside a service with a model: add microbatch or adaptive")
+    args.batching.sort(key=lambda batching: batching == "floor")  # the model's service first: /info names what was measured
     if args.quick:
         args.duration, args.warmup = 4.0, 1.0
     info = machine()
@@ -223,8 +251,9 @@ def main(argv: list[str] | None = None) -> int:
         checkpoint = args.checkpoint or make_checkpoint(Path(tmp) / "bench.pt", args.backbone, args.image_size)
         rows, rates = [], {}
         for batching in args.batching:
-            with running_service(checkpoint, env=env, target=TARGETS[batching]) as server:
-                served = httpx.post(f"{server.url}/info").json()
+            with running_service(checkpoint, env=env, target=SERVICES[batching]) as server:
+                if batching != "floor":
+                    served = httpx.post(f"{server.url}/info").json()
                 if not rates:  # measured while the server idles, so both sides of the ratio had the cores to themselves
                     rates, engine_name = engine_throughput(checkpoint, args.engine, args.precision, images, (1, 16), 3.0 if args.quick else 8.0)
                     note(f"{served['backbone']} @ {served['input_size']} px, engine {engine_name}: {rates[16]:.1f} img/s at batch 16 (no HTTP)")
@@ -232,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
                     rows.append(load_test(server.url, batching, images, clients, args.duration, args.warmup, rates[16], server.process.pid))
                     r = rows[-1]
                     note(f"  /predict ({batching}) x{clients}: {r['req_per_s']:.1f} req/s, p50 {r['p50_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms, "
-                         f"{r['errors']} errors, {r['pct_of_engine']:.0f}% of the engine")  # fmt: skip
+                         f"{r['errors']} errors" + ("" if r["pct_of_engine"] is None else f", {r['pct_of_engine']:.0f}% of the engine"))  # fmt: skip
                 if args.py_spy and batching == args.batching[0]:
                     profile, threads = python_profile(server, images, max(args.clients), args.duration, Path(tmp))
     reference = rates[16]
@@ -244,6 +273,8 @@ def main(argv: list[str] | None = None) -> int:
             engine_batch1_img_per_s=round(rates[1], 2),
         )
     note(f"engine alone: {rates[1]:.1f} img/s one image at a time, {rates[16]:.1f} img/s at batch 16")
+    if floor := floor_bound(rows, reference):
+        note(floor)
     title = (f"HTTP service, {served['backbone']} @ {served['input_size']} px, engine {engine_name} "
              f"({rates[1]:.1f} img/s one at a time, {reference:.1f} at batch 16, without HTTP); {describe_machine(info)}")  # fmt: skip
     emit(rows, COLUMNS, as_json=args.json, title=title)

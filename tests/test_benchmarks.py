@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -229,14 +230,33 @@ def test_model_call_benchmark_compares_each_step_with_what_it_replaced(capsys):
 
 
 def test_serve_benchmark_measures_a_real_server_and_its_memory(capsys):
-    """A real bentoml serve under two clients: every row has requests, latencies and the server's RSS."""
+    """Real bentoml serves under two clients, the service and BentoML's floor (the same /predict with no
+    model): every row has requests, latencies and the server's RSS, and the floor gives the bound."""
     from benchmarks import serve
 
-    argv = ["--backbone", "lenet5", "--clients", "2", "--duration", "1.5", "--warmup", "0.5", "--json"]
+    argv = ["--backbone", "lenet5", "--clients", "2", "--duration", "1.5", "--warmup", "0.5", "--json", "--batching", "floor", "microbatch"]
     assert serve.main(argv) == 0
-    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
-    assert [r["clients"] for r in rows] == [2]
-    row = rows[0]
-    assert row["requests"] > 0 and row["errors"] == 0 and row["p50_ms"] > 0 and row["input_size"] == 32
-    assert row["rss_mb"] > 100  # the server's processes hold torch and the model
-    assert abs(row["rss_growth_mb"]) < row["rss_mb"]
+    out = capsys.readouterr()
+    rows = [json.loads(line) for line in out.out.splitlines() if line.startswith("{")]
+    assert [(r["batching"], r["clients"]) for r in rows] == [("microbatch", 2), ("floor", 2)]  # the model's service first
+    for row in rows:
+        assert row["requests"] > 0 and row["errors"] == 0 and row["p50_ms"] > 0 and row["input_size"] == 32
+        assert row["rss_mb"] > 100  # the server's processes hold torch (the floor's imports the service module)
+        assert abs(row["rss_growth_mb"]) < row["rss_mb"]
+    assert rows[0]["pct_of_engine"] > 0 and rows[1]["pct_of_engine"] is None and rows[1]["server_cpu_ms_per_req"] > 0
+    assert "/predict can serve at most" in out.err
+
+
+def test_the_floor_bounds_predict_by_the_engine_plus_bentomls_own_cost(capsys):
+    from benchmarks import serve
+
+    floor = {"batching": "floor", "clients": 16, "requests": 100, "server_cpu_ms_per_req": 0.5, "client_cpu_ms_per_req": 0.1}
+    cores = os.cpu_count() or 1
+    engine = 1000 * cores / 6.0  # 6 ms of the cores per image
+    text = serve.floor_bound([{**floor, "clients": 1, "server_cpu_ms_per_req": 9.0}, floor], engine)
+    bound = 1000 * cores / 6.6
+    assert f"{bound:.1f} req/s = {100 * bound / engine:.0f}% of the engine" in text and "16 clients" in text
+    assert serve.floor_bound([{**floor, "batching": "microbatch"}], engine) is None
+    with pytest.raises(SystemExit):
+        serve.main(["--batching", "floor"])
+    assert "add microbatch or adaptive" in capsys.readouterr().err
