@@ -39,6 +39,9 @@ from benchmarks.serve_latency import TARGETS, batch_size_stats, drive, load_imag
 from gesture_core import load_classifier
 from gesture_core.engines import ENGINE_CHOICES, PRECISIONS
 
+# batching -> the service `bentoml serve` runs; "floor" answers without a model (benchmarks/bentoml_floor.py)
+SERVICES = {**TARGETS, "floor": "benchmarks.bentoml_floor:BentoMLFloor"}
+
 COLUMNS = [
     ("route", "endpoint", "s"), ("batching", "batching", "s"), ("clients", "clients", "d"), ("requests", "requests", "d"), ("req_per_s", "req/s", ".1f"),
     ("p50_ms", "p50 ms", ".0f"), ("p95_ms", "p95 ms", ".0f"), ("p99_ms", "p99 ms", ".0f"), ("p99_over_p50", "p99/p50", ".2f"),
@@ -48,8 +51,6 @@ COLUMNS = [
     ("rss_growth_mb", "RSS growth MB while measured", "+.0f"),
 ]  # fmt: skip
 PROFILE_COLUMNS = [("category", "Python work (py-spy, running samples)", "s"), ("share", "share", ".0%"), ("ms_per_req", "CPU ms/req", ".2f")]
-# batching -> the service `bentoml serve` runs; "floor" answers without a model (benchmarks/bentoml_floor.py)
-SERVICES = {**TARGETS, "floor": "benchmarks.bentoml_floor:BentoMLFloor"}
 THREAD_COLUMNS = [("thread", "server threads", "s"), ("ms_per_req", "CPU ms/req", ".2f")]
 
 
