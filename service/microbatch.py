@@ -42,7 +42,8 @@ class BatcherClosed(RuntimeError):
 
 class MicroBatcher(Generic[Item, Result]):
     """``await batcher(item)`` -> ``run_batch([..., item, ...])[its index]``; ``run_batch`` must return
-    one result per item, in order. An exception in ``run_batch`` fails every request of that batch."""
+    one result per item, in order. An exception in ``run_batch`` fails every request of that batch; an
+    exception returned in an item's place fails that item's request alone (an upload that does not decode)."""
 
     def __init__(self, run_batch: Callable[[list[Item]], Sequence[Result]], max_batch_size: int, name: str = "microbatch", threads: int = 1):
         if max_batch_size < 1:
@@ -128,4 +129,7 @@ class MicroBatcher(Generic[Item, Result]):
                 future.set_exception(err)
             return
         for (_, future), result in zip(batch, results, strict=True):
-            future.set_result(result)
+            if isinstance(result, BaseException):
+                future.set_exception(result)
+            else:
+                future.set_result(result)

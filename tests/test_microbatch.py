@@ -76,6 +76,21 @@ def test_an_error_fails_its_batch_only_and_the_thread_keeps_serving():
     batcher.close()
 
 
+def test_an_exception_returned_for_one_item_fails_that_request_alone():
+    def run_batch(items: list[int]) -> list[int | Exception]:
+        return [ValueError(f"item {i} does not decode") if i < 0 else 2 * i for i in items]
+
+    model = GatedModel()
+    batcher = MicroBatcher(lambda items: model(items) and run_batch(items), max_batch_size=32)
+    _, (good, bad, other) = queue_behind_busy_model(batcher, model, 1, [10, -1, 12])
+    model.release.set()
+    with pytest.raises(ValueError, match="item -1 does not decode"):
+        bad.result(10)
+    assert (good.result(10), other.result(10)) == (20, 24)
+    assert model.calls[1] == [10, -1, 12]  # one model call, shared
+    batcher.close()
+
+
 def test_a_cancelled_request_costs_no_model_time():
     model = GatedModel()
     batcher = MicroBatcher(model, max_batch_size=32)

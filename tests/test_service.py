@@ -32,6 +32,7 @@ from tests.service_inputs import (
     assert_refused_as_documented,
     b64,
     bad_uploads,
+    encode,
     expected_refusal,
     http_bad_requests,
     jpeg,
@@ -249,6 +250,32 @@ def test_odd_image_modes_are_decoded_like_load_classifier(svc, reference):
     for name, data in odd_formats().items():
         result = asyncio.run(svc.predict(image_b64=b64(data), top_k=10)).model_dump()
         assert_matches_reference(result, reference.predict_proba([data])[0], reference.classes, atol=0), name
+
+
+def test_small_uploads_are_cropped_in_the_batch_and_large_ones_first_to_the_same_answer(svc, reference):
+    from PIL import Image
+
+    from service.service import SMALL_UPLOAD_BYTES, Upload
+
+    small = jpeg(4)
+    large = encode(Image.fromarray(np.random.default_rng(0).integers(0, 256, (420, 420, 3), np.uint8)), "PNG")  # noise: no compression
+    assert len(small) <= SMALL_UPLOAD_BYTES < len(large)
+    assert isinstance(asyncio.run(svc.model_input(small, "image")), Upload)  # decoded later, by a model thread
+    assert isinstance(asyncio.run(svc.model_input(large, "image")), np.ndarray)  # cropped now, in a worker thread
+    for data in (small, large):
+        result = asyncio.run(svc.predict(image_b64=b64(data), top_k=10)).model_dump()
+        expected = reference.predict(data, k=10)
+        assert result["label"] == expected.label and scores(result) == dict(expected.top_k)
+
+
+def test_an_upload_that_does_not_decode_fails_alone_in_a_shared_model_call(svc, reference):
+    from service.service import Upload
+
+    good, crop = jpeg(1), reference.crop(jpeg(2))
+    results = svc.classify_uploads([Upload(good, "images[0]"), Upload(b"not an image", "images[1]"), crop])
+    assert isinstance(results[1], BadInput) and str(results[1]).startswith("images[1]: ")
+    np.testing.assert_array_equal(np.stack([results[0], results[2]]), reference.classify([reference.crop(good), crop]))
+    assert isinstance(svc.classify_uploads([Upload(b"", "image")])[0], BadInput)  # nothing to classify: no model call
 
 
 def test_missing_image_and_too_many_images(svc, images):
