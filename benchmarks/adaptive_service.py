@@ -16,20 +16,9 @@ import anyio
 import bentoml
 import numpy as np
 
-from service.import_model import CHECKPOINT_FILE
-from service.service import (
-    SETTINGS,
-    ImageBase64,
-    ImageFile,
-    LocalModel,
-    PredictionOut,
-    Threshold,
-    TopK,
-    crop_upload,
-    decode_base64,
-    find_model,
-    prediction_out,
-)
+from service.import_model import CHECKPOINT_FILE, LocalModel, find_model
+from service.schemas import ImageBase64, ImageFile, PredictionOut, Threshold, TopK, decode_base64
+from service.service import SETTINGS, crop_upload, prediction_out
 
 MAX_LATENCY_MS = 10_000  # generous: the comparison is about throughput, not about BentoML shedding load with 503s
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import bentoml
 
-from service.service import ImageBase64, ImageFile, LabelScore, PredictionOut, Threshold, TopK
+from service.schemas import ImageBase64, ImageFile, LabelScore, PredictionOut, Threshold, TopK
 from service.settings import REQUEST_TIMEOUT_S
 
 ANSWER = PredictionOut(label="0", score=0.9, top_k=[LabelScore(label=str(i), score=0.9 / (i + 1)) for i in range(5)],

@@ -121,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scenarios", default="all29,open20", help="comma-separated: all29, open20")
     p.add_argument("--data", type=Path, default=ASL, help="the asl-alphabet folder")
     p.add_argument("--out", type=Path, default=None, help="keep the runs here (default: a temporary folder)")
+    p.add_argument("--seed", type=int, default=0, help="training.finetune's --seed: another split and initialisation")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--json", action="store_true", help="one JSON line per scenario instead of tables")
     return p
@@ -132,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {args.data} not found (the asl-alphabet set lives in ../shared/data)", file=sys.stderr)
         return 2
     recipe = dict(RECIPES["quick" if args.quick else "full"])
-    recipe.update({key: value for key, value in (("epochs", args.epochs), ("image_size", args.image_size)) if value is not None})
+    recipe.update({key: value for key, value in (("epochs", args.epochs), ("image_size", args.image_size)) if value is not None}, seed=args.seed)
     note(f"{describe_machine()}; recipe {recipe}")
     results = []
     with tempfile.TemporaryDirectory(prefix="open-set-") as tmp:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import bentoml
+from bentoml.exceptions import NotFound
 
 from gesture_core.cli import command
 from gesture_core.hands import HAND_MODEL_FILES
@@ -30,6 +31,33 @@ DEFAULT_MODEL_NAME = "gesture-classifier"
 CHECKPOINT_FILE = "checkpoint.pt"  # name of the checkpoint inside the stored model's folder
 HAND_MODELS_FOLDER = "hand-models"  # hand-crop models: the detector's files, inside the stored model's folder
 SUMMARY_METRICS = ("top1", "top5", "n")
+
+
+class ModelNotImported(NotFound):
+    pass
+
+
+class LocalModel(bentoml.models.BentoModel):
+    """A model from the local store only: a missing model fails start-up saying how to import one,
+    instead of BentoML's attempt to pull it from BentoCloud."""
+
+    def resolve(self, base_path: Any = None) -> bentoml.Model:
+        find_model(self)
+        return super().resolve(base_path)
+
+
+def find_model(ref: bentoml.models.BentoModel) -> bentoml.Model:
+    """The stored model, or a start-up error that says how to import one (never a BentoCloud lookup)."""
+    stored = ref.stored
+    if stored is None:
+        raise ModelNotImported(
+            f"no model {ref.tag} in the local BentoML model store (`bentoml models list`; BENTOML_HOME moves it). "
+            "Import a training run first:  python -m service.import_model RUN/best.pt  "
+            "(or set GESTURE_MODEL=name:version to one listed by `bentoml models list`)."
+        )
+    if not Path(stored.path_of(CHECKPOINT_FILE)).is_file():
+        raise ModelNotImported(f"model {stored.tag} has no {CHECKPOINT_FILE}; re-import it with python -m service.import_model RUN/best.pt")
+    return stored
 
 
 def metric_summary(metrics: dict[str, Any]) -> dict[str, Any]:

@@ -10,139 +10,59 @@ BentoML adds /readyz, /livez, /metrics and the OpenAPI page at /. Settings: serv
 Every answer comes from the checkpoint's own ``Classifier``: ``crop`` per upload, then ``classify`` on
 the model threads, which batch concurrent requests (service/microbatch.py), so a served prediction is
 ``load_classifier(checkpoint).predict(image)`` by construction. A small upload is cropped on the model
-thread as part of its batch, a large one in a worker thread of its own first (``SMALL_UPLOAD_BYTES``). A model trained
-on hand crops finds the hands in the worker thread instead (service/hand_crops.py), its crops share one
-model call, and the answer is ``predict_hands(image)``'s: the frame's label plus one answer per hand.
+thread as part of its batch, a large one in a worker thread of its own first (``SMALL_UPLOAD_BYTES``).
+A model trained on hand crops finds the hands in a worker thread instead (service/hand_crops.py), its
+crops share one model call, and the answer is ``predict_hands(image)``'s: the frame's label plus one
+answer per hand. The request and response types are in service/schemas.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import gc
 import logging
 import time
 from pathlib import Path
-from typing import Annotated, Any, NamedTuple
+from typing import Any, NamedTuple
 
 import anyio
 import bentoml
 import numpy as np
-from bentoml.exceptions import BadInput, BentoMLException, NotFound
-from pydantic import AfterValidator, BaseModel, Field, StrictFloat, StrictInt
+from bentoml.exceptions import BadInput, BentoMLException
 
 from gesture_core import Classifier, ImageDecodeError
 from gesture_core.hands import Hand
 from service.browser_demo import DEMO_PATH, allow_cors_origins, demo_app
 from service.hand_crops import check_localiser, find_hand_crops, use_stored_hand_models, warm_up_localiser
 from service.http_guard import EndpointFields, RequestGuard
-from service.import_model import CHECKPOINT_FILE
+from service.import_model import CHECKPOINT_FILE, LocalModel, find_model
 from service.microbatch import MicroBatcher
+from service.schemas import (
+    ImageBase64,
+    ImageFile,
+    ImageFiles,
+    ImagesBase64,
+    ModelInfo,
+    PredictionOut,
+    Threshold,
+    TopK,
+    decode_base64,
+)
 from service.settings import REQUEST_TIMEOUT_S, Settings
 
 SETTINGS = Settings.from_env()  # once, at start-up: the service's resources and workers depend on it
 
 # Uploads up to this size are decoded and cropped on a model thread, in their batch: for the small
 # images a webcam sends (a 640x480 JPEG is 30-100 KB), a hop through a worker thread of their own cost
-# more CPU than the decoding, and /predict served about 5% more requests without it (docs/performance.md).
+# more CPU than the decoding, and /predict served about 4% more requests without it (docs/performance.md).
 # Larger uploads still get a thread of their own, so that one big photo never holds up a whole batch.
 SMALL_UPLOAD_BYTES = 256 * 1024
 
 logger = logging.getLogger("bentoml.service.gesture")
 
 
-class ModelNotImported(NotFound):
-    pass
-
-
 class ModelNotServable(BentoMLException):
     pass
-
-
-class LocalModel(bentoml.models.BentoModel):
-    """A model from the local store only: a missing model fails start-up saying how to import one,
-    instead of BentoML's attempt to pull it from BentoCloud."""
-
-    def resolve(self, base_path: Any = None) -> bentoml.Model:
-        find_model(self)
-        return super().resolve(base_path)
-
-
-class LabelScore(BaseModel):
-    label: str
-    score: float
-
-
-class HandOut(BaseModel):
-    box: list[int] = Field(description="x0, y0, x1, y1: the hand's box in the uploaded image's pixels")
-    handedness: str | None = Field(description="left or right, as MediaPipe labels a mirrored (selfie) image: "
-                                               "in a picture that is not mirrored, left is the person's right hand")
-    hand_score: float = Field(description="the hand detector's confidence that a hand is there (0-1)")
-    label: str | None = Field(description="this hand's gesture; null when rejected, by the same rule as the frame's label")
-    score: float = Field(description="probability of this hand's top class")
-    top_k: list[LabelScore] = Field(description="this hand's k most probable classes, best first")
-
-
-class PredictionOut(BaseModel):
-    label: str | None = Field(description="the gesture; null when rejected (top score below `threshold`, or a 'no gesture' class such as none or nothing). "
-                                          "Hand-crop models: the label of the accepted hand with the highest score; null when no hand is accepted or found")
-    score: float = Field(description="probability of the top class (hand-crop models: of the hand the label comes from; 0 when no hand is found)")
-    top_k: list[LabelScore] = Field(description="the k most probable classes, best first (hand-crop models: that hand's; empty when no hand is found)")
-    model: str = Field(description="name:version of the served model")
-    hands: list[HandOut] | None = Field(default=None, description=(
-        "always present. Models trained on hand crops (/info: hands is true): one answer per hand found, best first, "
-        "[] when there is none. Models that classify the whole image: null"))
-
-
-class ModelInfo(BaseModel):
-    model: str
-    backbone: str
-    classes: list[str]
-    input_size: int
-    resize_size: int
-    mean: list[float]
-    std: list[float]
-    interpolation: str
-    crop: str = Field(description="how an image becomes the model's square: center, letterbox or resize (the whole frame)")
-    hands: bool = Field(description="true: the model classifies hand crops, so /predict finds the hands first and answers per hand")
-    metrics: dict[str, Any] = Field(description="validation/test top-1, top-5 and image counts from training")
-    data_fingerprint: dict[str, Any] = Field(description="sha256 of the training split file lists")
-    device: str
-    engine: str = Field(description="what runs the model: torch, compile, onnx or openvino, and its precision")
-    settings: dict[str, Any] = Field(description="the service's settings, as read at start-up")
-    batching: dict[str, int] = Field(description="model calls and images since start-up, and the largest batch")
-    rejection: dict[str, Any] = Field(description="'no gesture': reject classes, temperature, the default threshold and how it was chosen; "
-                                                  "calibration says 'uncalibrated' for checkpoints from before calibration")
-
-
-def decode_base64(value: str) -> bytes:
-    """Plain base64 or a browser data URL (``data:image/jpeg;base64,...``)."""
-    if value.startswith("data:") and "," in value:
-        value = value.split(",", 1)[1]
-    try:
-        return base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError):
-        raise ValueError("not valid base64") from None
-
-
-def check_base64(value: str | None) -> str | None:
-    if value is not None:
-        decode_base64(value)
-    return value
-
-
-# Strict: `true` is not 1, and "3" in JSON is not 3 (multipart text is JSON-decoded by BentoML first).
-TopK = Annotated[StrictInt, Field(ge=1, le=1000, description="how many classes to list in top_k")]
-Threshold = Annotated[StrictFloat | None, Field(ge=0.0, le=1.0, description="between 0 and 1: below this top score the label is null "
-                                                                               "(default: the model's calibrated threshold, shown by /info)")]
-# `Path` (not Optional[Path]) with a None default: BentoML 1.4 only treats a plain Path as a file upload.
-ImageFile = Annotated[Path, Field(description="the image file (JPEG, PNG, WebP, BMP, TIFF, ...)")]
-ImageFiles = Annotated[list[Path], Field(description="the image files; repeat the multipart field")]
-ImageBase64 = Annotated[str | None, AfterValidator(check_base64),
-                        Field(description="the image file as base64 (or a data: URL), for JSON clients")]
-ImagesBase64 = Annotated[list[Annotated[str, AfterValidator(check_base64)]] | None,
-                         Field(description="the image files as base64 (or data: URLs), for JSON clients")]
 
 
 @bentoml.asgi_app(demo_app(), path=DEMO_PATH)  # the browser demo page (docs/webcam.md)
@@ -326,20 +246,6 @@ def packaged_model_ref() -> LocalModel | None:
         return None
     info = next(s for s in bento.info.services if s.name == GestureClassifier.name)
     return LocalModel(info.models[0].tag) if info.models else None
-
-
-def find_model(ref: bentoml.models.BentoModel) -> bentoml.Model:
-    """The stored model, or a start-up error that says how to import one (never a BentoCloud lookup)."""
-    stored = ref.stored
-    if stored is None:
-        raise ModelNotImported(
-            f"no model {ref.tag} in the local BentoML model store (`bentoml models list`; BENTOML_HOME moves it). "
-            "Import a training run first:  python -m service.import_model RUN/best.pt  "
-            "(or set GESTURE_MODEL=name:version to one listed by `bentoml models list`)."
-        )
-    if not Path(stored.path_of(CHECKPOINT_FILE)).is_file():
-        raise ModelNotImported(f"model {stored.tag} has no {CHECKPOINT_FILE}; re-import it with python -m service.import_model RUN/best.pt")
-    return stored
 
 
 def endpoint_fields(api: Any) -> EndpointFields:

@@ -75,7 +75,8 @@ def b64(data: bytes) -> str:
 def svc(hands_checkpoint):
     """The service class on the hands model. Its model is pinned (not "latest"), so that the other test
     modules' services, which take the latest model of the shared test store, never get this one."""
-    from service.service import GestureClassifier, LocalModel
+    from service.import_model import LocalModel
+    from service.service import GestureClassifier
 
     stored = import_model.import_checkpoint(hands_checkpoint)
     with pytest.MonkeyPatch.context() as patch:

@@ -314,7 +314,7 @@ def test_engine_is_a_setting_and_eager_torch_gets_one_model_thread(stored_model,
 
 
 def test_missing_model_says_how_to_import_one(stored_model):
-    from service.service import LocalModel, ModelNotImported
+    from service.import_model import LocalModel, ModelNotImported
 
     with pytest.raises(ModelNotImported, match=r"python -m service\.import_model RUN/best\.pt"):
         LocalModel("no-such-model:latest").resolve()

@@ -1,0 +1,89 @@
+"""The service's request and response types: what /predict, /predict_batch and /info take and answer.
+
+BentoML builds each endpoint's input model, its OpenAPI page and its validation errors from these.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, Field, StrictFloat, StrictInt
+
+
+class LabelScore(BaseModel):
+    label: str
+    score: float
+
+
+class HandOut(BaseModel):
+    box: list[int] = Field(description="x0, y0, x1, y1: the hand's box in the uploaded image's pixels")
+    handedness: str | None = Field(description="left or right, as MediaPipe labels a mirrored (selfie) image: "
+                                               "in a picture that is not mirrored, left is the person's right hand")
+    hand_score: float = Field(description="the hand detector's confidence that a hand is there (0-1)")
+    label: str | None = Field(description="this hand's gesture; null when rejected, by the same rule as the frame's label")
+    score: float = Field(description="probability of this hand's top class")
+    top_k: list[LabelScore] = Field(description="this hand's k most probable classes, best first")
+
+
+class PredictionOut(BaseModel):
+    label: str | None = Field(description="the gesture; null when rejected (top score below `threshold`, or a 'no gesture' class such as none or nothing). "
+                                          "Hand-crop models: the label of the accepted hand with the highest score; null when no hand is accepted or found")
+    score: float = Field(description="probability of the top class (hand-crop models: of the hand the label comes from; 0 when no hand is found)")
+    top_k: list[LabelScore] = Field(description="the k most probable classes, best first (hand-crop models: that hand's; empty when no hand is found)")
+    model: str = Field(description="name:version of the served model")
+    hands: list[HandOut] | None = Field(default=None, description=(
+        "always present. Models trained on hand crops (/info: hands is true): one answer per hand found, best first, "
+        "[] when there is none. Models that classify the whole image: null"))
+
+
+class ModelInfo(BaseModel):
+    model: str
+    backbone: str
+    classes: list[str]
+    input_size: int
+    resize_size: int
+    mean: list[float]
+    std: list[float]
+    interpolation: str
+    crop: str = Field(description="how an image becomes the model's square: center, letterbox or resize (the whole frame)")
+    hands: bool = Field(description="true: the model classifies hand crops, so /predict finds the hands first and answers per hand")
+    metrics: dict[str, Any] = Field(description="validation/test top-1, top-5 and image counts from training")
+    data_fingerprint: dict[str, Any] = Field(description="sha256 of the training split file lists")
+    device: str
+    engine: str = Field(description="what runs the model: torch, compile, onnx or openvino, and its precision")
+    settings: dict[str, Any] = Field(description="the service's settings, as read at start-up")
+    batching: dict[str, int] = Field(description="model calls and images since start-up, and the largest batch")
+    rejection: dict[str, Any] = Field(description="'no gesture': reject classes, temperature, the default threshold and how it was chosen; "
+                                                  "calibration says 'uncalibrated' for checkpoints from before calibration")
+
+
+def decode_base64(value: str) -> bytes:
+    """Plain base64 or a browser data URL (``data:image/jpeg;base64,...``)."""
+    if value.startswith("data:") and "," in value:
+        value = value.split(",", 1)[1]
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("not valid base64") from None
+
+
+def check_base64(value: str | None) -> str | None:
+    if value is not None:
+        decode_base64(value)
+    return value
+
+
+# Strict: `true` is not 1, and "3" in JSON is not 3 (multipart text is JSON-decoded by BentoML first).
+TopK = Annotated[StrictInt, Field(ge=1, le=1000, description="how many classes to list in top_k")]
+Threshold = Annotated[StrictFloat | None, Field(ge=0.0, le=1.0, description="between 0 and 1: below this top score the label is null "
+                                                                               "(default: the model's calibrated threshold, shown by /info)")]
+# `Path` (not Optional[Path]) with a None default: BentoML 1.4 only treats a plain Path as a file upload.
+ImageFile = Annotated[Path, Field(description="the image file (JPEG, PNG, WebP, BMP, TIFF, ...)")]
+ImageFiles = Annotated[list[Path], Field(description="the image files; repeat the multipart field")]
+ImageBase64 = Annotated[str | None, AfterValidator(check_base64),
+                        Field(description="the image file as base64 (or a data: URL), for JSON clients")]
+ImagesBase64 = Annotated[list[Annotated[str, AfterValidator(check_base64)]] | None,
+                         Field(description="the image files as base64 (or data: URLs), for JSON clients")]
