@@ -156,7 +156,9 @@ class GestureClassifier:
             probs = await asyncio.gather(*(self.batcher.many(crops) for _, crops in found))
             return [self.hands_prediction(hands, p, top_k, threshold) for (hands, _), p in zip(found, probs, strict=True)]
         inputs = [await self.model_input(upload, f"images[{i}]") for i, upload in enumerate(uploads)]
-        probs = await asyncio.gather(*(self.batcher(item) for item in inputs))
+        probs = await asyncio.gather(*(self.batcher(item) for item in inputs), return_exceptions=True)
+        if failed := next((p for p in probs if isinstance(p, BaseException)), None):
+            raise failed  # the first image that does not decode, in the order sent
         return [self.prediction(p, top_k, threshold) for p in probs]
 
     @bentoml.api

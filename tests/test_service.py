@@ -446,6 +446,9 @@ def test_http_ambiguous_requests_are_refused_with_the_reason(client, case):
 def test_http_batch_names_the_bad_image(client):
     resp = client.post("/predict_batch", files=[("images", ("a.jpg", jpeg(0))), ("images", ("b.jpg", b"junk"))])
     assert resp.status_code == 400 and resp.json()["error"].startswith("images[1]:")
+    two_bad = [("images", ("a.jpg", jpeg(0))), ("images", ("b.txt", b"junk")), ("images", ("c.jpg", b""))]
+    resp = client.post("/predict_batch", files=two_bad)
+    assert resp.status_code == 400 and resp.json()["error"].startswith("images[1]:")  # the first in the order sent
     wrong_field = client.post("/predict_batch", files={"image": ("a.jpg", jpeg(0))})
     assert wrong_field.status_code == 400 and "unexpected field 'image'" in wrong_field.json()["error"]
 
