@@ -4,8 +4,9 @@ A model thread takes every request that queued while its previous call ran, up t
 and runs them as one call. A lone request therefore never waits for a timer, and a busy server
 batches by itself with nothing to tune. With ``threads=2``, a second thread forms and starts the next
 batch while the first one's call finishes, for engines that overlap calls (OpenVINO's streams).
-Unlike BentoML's adaptive batching (benchmarks/batching.py compares the two) there is no HTTP hop: a crop goes from the request's
-thread to a model thread as a numpy array. ``many`` submits several items of one request (the hands of
+Unlike BentoML's adaptive batching (``benchmarks.serve --batching microbatch adaptive`` compares the
+two) there is no HTTP hop: a request's item (a crop, or a small upload the model thread decodes) goes
+to a model thread as a Python object. ``many`` submits several items of one request (the hands of
 one frame) as a group that always lands in one model call, never split across two.
 """
 
