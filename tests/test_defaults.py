@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 
@@ -89,3 +90,12 @@ def test_amp_auto_follows_this_cpu():
     else:
         assert not amp and "fp32" in line
     assert resolve_amp("off", torch.device("cpu"))[0] is False and resolve_amp("on", torch.device("cpu"))[0] is True
+
+
+@pytest.mark.parametrize("command", ["calibrate", "compare", "evaluate", "export", "inspect", "visualize"])
+def test_every_training_command_help_reads_its_defaults_once(command):
+    """The other training commands share finetune's formatter: no "(default: None)", and an option whose
+    help already says its default does not say it twice."""
+    text = importlib.import_module(f"training.{command}").build_parser().format_help()
+    assert "(default: None)" not in text and "(default: True)" not in text
+    assert not re.search(r"\(default[^)]*\)\s*\(default", text), text

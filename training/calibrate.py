@@ -317,7 +317,7 @@ def add_rejection_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m training.calibrate", description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m training.calibrate", description=__doc__.split("\n")[0], formatter_class=cli.DefaultsHelpFormatter)
     p.add_argument("--checkpoint", type=cli.existing_file, required=True, help="RUN/best.pt (rewritten with the calibration)")
     add_rejection_args(p)
     p.add_argument("--workers", type=cli.int_at_least(0), default=2)

@@ -16,7 +16,7 @@ class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         help_text = action.help or ""
         if "(default" in help_text or action.default in (None, argparse.SUPPRESS) or not action.option_strings:
             return help_text
-        if action.default is False:
+        if action.nargs == 0 and action.default != action.const:  # a switch (store_true or store_false) not given
             return f"{help_text} (default: off)"
         return super()._get_help_string(action)
 

@@ -192,7 +192,7 @@ def plot_bubbles(path: Path, rows: list[Row], title: str) -> Path:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m training.compare", description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m training.compare", description=__doc__.split("\n")[0], formatter_class=cli.DefaultsHelpFormatter)
     p.add_argument("--data", required=True, help="ImageFolder (or catalogue name) every backbone is trained on")
     p.add_argument("--backbones", type=backbone_list, required=True, help="comma-separated registry names")
     p.add_argument("--weights", choices=("auto", "imagenet", "none"), default="auto", help="auto: ImageNet where the weights are on disk, else from scratch")

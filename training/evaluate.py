@@ -35,7 +35,7 @@ TTA_CHOICES = (*TTA_MODES, "all")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.split("\n")[0], formatter_class=cli.DefaultsHelpFormatter)
     p.add_argument("--checkpoint", type=cli.existing_file, required=True, help="RUN/best.pt")
     p.add_argument("--data", default=None, help="ImageFolder to evaluate as a whole (default: the run's saved test split)")
     p.add_argument("--split", choices=("test", "val", "train"), default="test", help="which saved split, without --data")

@@ -211,7 +211,7 @@ def export(classifier: Classifier, fmt: str, path: Path, **kwargs: Any) -> Path:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m training.export", description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m training.export", description=__doc__.split("\n")[0], formatter_class=cli.DefaultsHelpFormatter)
     p.add_argument("--checkpoint", type=cli.existing_file, required=True, help="RUN/best.pt")
     p.add_argument("--format", choices=FORMATS, required=True)
     p.add_argument("--out", default=None, help="output file (default: RUN/model.onnx or RUN/model.torchscript.pt)")

@@ -83,7 +83,7 @@ class ModelSummary:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m training.inspect", description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m training.inspect", description=__doc__.split("\n")[0], formatter_class=cli.DefaultsHelpFormatter)
     cli.add_backbone_arg(p, required=True)
     p.add_argument("--input-size", type=cli.int_at_least(8), default=None, help="square input side (default: the backbone's, e.g. 224)")
     p.add_argument("--in-channels", type=int, choices=(1, 3), default=3, help="1 for grayscale (lenet5 only)")

@@ -207,7 +207,7 @@ def save_gradcam(path: Path, view: np.ndarray, cams: list[GradCam]) -> Path:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m training.visualize", description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m training.visualize", description=__doc__.split("\n")[0], formatter_class=cli.DefaultsHelpFormatter)
     p.add_argument("--checkpoint", type=cli.existing_file, required=True, help="RUN/best.pt")
     p.add_argument("--image", type=cli.existing_file, required=True)
     p.add_argument("--class", dest="classes", action="append", default=[], metavar="NAME", help="also explain this class (repeatable)")
