@@ -7,6 +7,7 @@ without loading it: backbone, classes, input size, validation/test metrics and a
 data it was trained on. The service loads it with ``gesture_core.load_classifier``. A model trained on
 hand crops (``--hands``) also carries the hand detector's two model files (``hand-models/``), so the
 model is complete wherever it goes: ``bentoml build`` packs it, and a container needs no prepare step.
+The service finds it again with ``find_model`` and ``LocalModel``, which never look beyond the local store.
 """
 
 from __future__ import annotations
