@@ -53,8 +53,8 @@ from service.settings import REQUEST_TIMEOUT_S, Settings
 SETTINGS = Settings.from_env()  # once, at start-up: the service's resources and workers depend on it
 
 # Uploads up to this size are decoded and cropped on a model thread, in their batch: for the small
-# images a webcam sends (a 640x480 JPEG is 30-100 KB), a hop through a worker thread of their own cost
-# more CPU than the decoding, and /predict served about 4% more requests without it (docs/performance.md).
+# images a webcam sends (a 640x480 JPEG is 30-100 KB) that saves a hand-over to a worker thread and
+# back per request, and /predict served about 4% more requests without it (docs/performance.md).
 # Larger uploads still get a thread of their own, so that one big photo never holds up a whole batch.
 SMALL_UPLOAD_BYTES = 256 * 1024
 
