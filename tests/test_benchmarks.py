@@ -241,7 +241,7 @@ def test_serve_benchmark_measures_a_real_server_and_its_memory(capsys):
     assert [(r["batching"], r["clients"]) for r in rows] == [("microbatch", 2), ("floor", 2)]  # the model's service first
     for row in rows:
         assert row["requests"] > 0 and row["errors"] == 0 and row["p50_ms"] > 0 and row["input_size"] == 32
-        assert row["rss_mb"] > 100  # the server's processes hold torch (the floor's imports the service module)
+        assert row["rss_mb"] > 100  # the server's processes hold torch (the floor's too: the service's settings import gesture_core)
         assert abs(row["rss_growth_mb"]) < row["rss_mb"]
     assert rows[0]["pct_of_engine"] > 0 and rows[1]["pct_of_engine"] is None and rows[1]["server_cpu_ms_per_req"] > 0
     assert "/predict can serve at most" in out.err
