@@ -66,15 +66,29 @@ if "RANK" in os.environ and os.environ.get("WATCH_ROOT"):
 """
 
 
-def environment(watch: Path | None = None) -> dict[str, str]:
+# Loaded with slow_peers on: every rank but 0 takes two seconds to exit, as one with a lot to release
+# may. Rank 0 failing first would then find them still running, and torchrun would end them (SIGTERM).
+SLOW_EXIT = """
+import atexit, os, time
+if os.environ.get("RANK", "0") != "0":
+    atexit.register(time.sleep, 2.0)
+"""
+
+
+def environment(watch: Path | None = None, *, slow_peers_in: Path | None = None) -> dict[str, str]:
     """One thread per process (on a busy 2-core machine more threads only wait for each other); with
-    ``watch``, every rank's writes under that folder are recorded (see ``writes``)."""
+    ``watch``, every rank's writes under that folder are recorded (see ``writes``); with
+    ``slow_peers_in`` (a folder for the hook), ranks other than 0 are slow to exit."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "NO_ALBUMENTATIONS_UPDATE": "1"}
+    hooks = [(watch.parent, WRITES_WATCH)] if watch is not None else []
+    hooks += [(slow_peers_in, SLOW_EXIT)] if slow_peers_in is not None else []
+    if hooks:
+        folder = hooks[0][0] / "hooks"
+        folder.mkdir(exist_ok=True)
+        (folder / "sitecustomize.py").write_text("\n".join(code for _, code in hooks))
+        env.update(PYTHONPATH=f"{folder}{os.pathsep}{REPO}")
     if watch is not None:
-        hooks = watch.parent / "hooks"
-        hooks.mkdir(exist_ok=True)
-        (hooks / "sitecustomize.py").write_text(WRITES_WATCH)
-        env.update(PYTHONPATH=f"{hooks}{os.pathsep}{REPO}", WATCH_ROOT=str(watch))
+        env.update(WATCH_ROOT=str(watch))
     return env
 
 
@@ -84,11 +98,12 @@ def writes(watch: Path, rank: int) -> set[str]:
     return {os.path.relpath(line, watch) for line in log.read_text().splitlines()} if log.exists() else set()
 
 
-def torchrun(args: list[str], *, cwd: Path, logs: Path, watch: Path | None = None) -> subprocess.Popen:
+def torchrun(args: list[str], *, cwd: Path, logs: Path, watch: Path | None = None, slow_peers: bool = False) -> subprocess.Popen:
     """``torchrun --standalone --nproc_per_node 2 -m training.finetune ARGS``, each rank's output in its own files under ``logs``."""
     command = [str(TORCHRUN), "--standalone", "--nproc_per_node", "2", "--log-dir", str(logs), "--redirects", "3",
                "-m", "training.finetune", *args]  # fmt: skip
-    return subprocess.Popen(command, cwd=cwd, env=environment(watch), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(command, cwd=cwd, env=environment(watch, slow_peers_in=logs.parent if slow_peers else None),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def finished(process: subprocess.Popen, timeout: float = 300) -> str:
@@ -262,22 +277,23 @@ def test_cached_features_train_the_head_under_two_processes_as_in_one(tmp_path, 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "args, message, only_rank_0_fails",
+    "args, message, only_rank_0_fails, slow_peers",
     [
-        (["--data", "{tmp}/missing"], "error: --data", True),  # found by rank 0; rank 1, waiting for it, stops cleanly
-        (["--data", "{tmp}", "--sync-bn", "--out", "{tmp}/run"], "error: --sync-bn needs CUDA", False),  # found by every rank
+        (["--data", "{tmp}/missing"], "error: --data", True, False),  # found by rank 0; rank 1, waiting for it, stops cleanly
+        (["--data", "{tmp}/missing"], "error: --data", True, True),  # ... even when rank 1 takes longer to exit than rank 0
+        (["--data", "{tmp}", "--sync-bn", "--out", "{tmp}/run"], "error: --sync-bn needs CUDA", False, False),  # found by every rank
     ],
-    ids=["rank-0-error", "every-rank-error"],
+    ids=["rank-0-error", "rank-0-error-slow-peer", "every-rank-error"],
 )
-def test_an_error_ends_the_job_with_that_error_and_writes_nothing(tmp_path, args, message, only_rank_0_fails):
+def test_an_error_ends_the_job_with_that_error_and_writes_nothing(tmp_path, args, message, only_rank_0_fails, slow_peers):
     args = [a.format(tmp=tmp_path) for a in args]
-    process = torchrun([*args, "--weights", "none"], cwd=tmp_path, logs=tmp_path / "logs")
+    process = torchrun([*args, "--weights", "none"], cwd=tmp_path, logs=tmp_path / "logs", slow_peers=slow_peers)
     output, _ = process.communicate(timeout=180)  # a hang would time out here
     assert process.returncode != 0
     assert message in rank_output(tmp_path / "logs", 0) and "Traceback" not in rank_output(tmp_path / "logs", 0)
     assert rank_output(tmp_path / "logs", 1) == ""
     assert "rank      : 0" in output and "exitcode  : 2" in output  # torchrun's failure summary names rank 0
-    assert ("<NO_OTHER_FAILURES>" in output) == only_rank_0_fails  # not rank 1 killed while it waited
+    assert ("<NO_OTHER_FAILURES>" in output) == only_rank_0_fails, output  # not rank 1 ended by torchrun while it stopped
     assert not (tmp_path / "run").exists() and not (tmp_path / "runs").exists()
 
 

@@ -15,7 +15,9 @@ Rules the training loop follows (see docs/distributed.md):
   reaches the other ranks through ``from_main`` / ``main_first``, which also carry rank 0's error to
   them, so no rank waits at a collective for a peer that has failed;
 - a rank that fails exits non-zero, and torchrun then ends the others; the process group's timeout
-  (``GESTURE_DIST_TIMEOUT_S``) bounds any wait that is left.
+  (``GESTURE_DIST_TIMEOUT_S``) bounds any wait that is left. When rank 0 has told the others about its
+  error, it leaves only after they have (``close_distributed``), so torchrun ends no rank that was
+  already stopping and names rank 0 alone.
 """
 
 from __future__ import annotations
@@ -24,12 +26,14 @@ import math
 import os
 import pickle
 import sys
+import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from datetime import timedelta
 from typing import Any, TypeVar
 
 import numpy as np
+import psutil
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -42,6 +46,8 @@ from training.loop import EpochResult
 T = TypeVar("T")
 TIMEOUT_ENV = "GESTURE_DIST_TIMEOUT_S"
 DEFAULT_TIMEOUT_S = 1800  # torch's own default for gloo; long enough for rank 0 to extract a large feature cache
+PEERS_EXIT_TIMEOUT_S = 30.0  # how long rank 0 waits for the ranks it told to stop; a rank exits in about a second
+_told_peers_to_stop = False  # set on rank 0 once it has sent the other ranks its error
 
 
 class RankZeroFailed(Exception):
@@ -102,6 +108,28 @@ def silence_output() -> None:
 def close_distributed() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+        if _told_peers_to_stop:
+            wait_for_local_peers_to_exit(PEERS_EXIT_TIMEOUT_S)
+
+
+def wait_for_local_peers_to_exit(timeout_s: float) -> None:
+    """Wait until this machine's other ranks (torchrun's other worker processes) have exited. torchrun
+    ends the ranks still running as soon as one fails and lists each as a failure of its own (SIGTERM),
+    so rank 0 failing first would bury its error among ranks that were stopping cleanly."""
+    agent = psutil.Process().parent() if "TORCHELASTIC_RUN_ID" in os.environ else None  # torchrun's agent starts every rank
+    peers = [p for p in (agent.children() if agent else []) if p.pid != os.getpid()]
+    deadline = time.monotonic() + timeout_s
+    while peers and time.monotonic() < deadline:
+        peers = [p for p in peers if still_running(p)]
+        time.sleep(0.01)
+
+
+def still_running(process: psutil.Process) -> bool:
+    """True until ``process`` has exited (a zombie not yet reaped by its parent has exited)."""
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def describe() -> str:
@@ -134,6 +162,9 @@ def _share_outcome(outcome: tuple[str, Any]) -> tuple[str, Any]:
             outcome = ("error", RuntimeError(f"{type(outcome[1]).__name__}: {outcome[1]}"))
     box = [outcome]
     dist.broadcast_object_list(box, src=0)
+    if box[0][0] == "error" and is_main_process():
+        global _told_peers_to_stop
+        _told_peers_to_stop = True
     return box[0]
 
 
