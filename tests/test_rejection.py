@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,16 @@ from gesture_core import build_model, get_backbone, load_checkpoint, load_classi
 from gesture_core.rejection import Rejection, find_reject_classes
 from service.webcam.scoring import UNCALIBRATED_WEBCAM_THRESHOLD, LocalScorer, decision_rule
 from tests.helpers import REPO, make_image_folder, synthetic_image
-from training.calibrate import SplitOutputs, calibrate, expected_calibration_error, fit_temperature, split_outputs
+from training.calibrate import (
+    Outcome,
+    SplitOutputs,
+    acceptance_scores,
+    calibrate,
+    choose_threshold,
+    expected_calibration_error,
+    fit_temperature,
+    split_outputs,
+)
 from training.data import Splits
 
 
@@ -151,3 +161,41 @@ def test_a_reject_class_without_validation_images_warns_and_falls_back_to_the_kn
         rejection = calibrate(val, ["fist", "palm", "none"], ["none"], target_recall=0.9)
     assert rejection.calibrated and rejection.reject_classes == ("none",) and rejection.rule.startswith("known classes only")
     assert 0.0 < rejection.threshold <= 1.0
+
+
+def outputs_with_scores(correct_scores: list[float], reject_scores: list[float]) -> SplitOutputs:
+    """Validation outputs of a 2-gesture + 'none' model whose calibrated top probabilities (T = 1) are
+    the given ones: every gesture image is classified right, every reject image is taken for gesture 0."""
+    rows = []
+    for score, target in [(p, i % 2) for i, p in enumerate(correct_scores)] + [(p, 2) for p in reject_scores]:
+        top = target if target < 2 else 0
+        rest = (1 - score) / 2  # the other two classes share what is left
+        logits = np.log(np.full(3, rest))
+        logits[top] = np.log(score)
+        rows.append((logits, target))
+    logits, targets = np.array([r[0] for r in rows], np.float32), np.array([r[1] for r in rows])
+    return SplitOutputs(np.zeros((len(rows), 1), np.float32), logits, targets, np.arange(len(rows)))
+
+
+@pytest.mark.parametrize("gestures, lost", [(336, 2), (250, 1), (120, 0)])
+def test_the_threshold_keeps_the_target_recall_on_new_images_not_just_on_validation(gestures, lost):
+    # Gesture scores 0.50, 0.51, ... (all right), reject-class images below them: any threshold up to the
+    # lowest gesture score rejects them all; above it, each step loses one more gesture. At a 0.99
+    # target, k lost of n is allowed while (k + 1) / (n + 1) <= 1%: validation's own k / n <= 1% would
+    # allow one more (3 of 336, 2 of 250, 1 of 120) and lose more than 1% of new images.
+    correct = [0.5 + 0.49 * i / gestures for i in range(gestures)]
+    val = outputs_with_scores(correct, [0.3] * 20)
+    outcome = Outcome.of(acceptance_scores(val, 1.0, [2]), val, [2])
+    threshold, rule = choose_threshold(outcome, 0.99, floor=0.0)
+    assert sum(c < threshold - 1e-6 for c in correct) == lost, (threshold, rule)
+    assert "new images" in rule
+
+
+def test_too_few_validation_gestures_for_the_target_keep_the_floor_and_say_so():
+    correct = [0.5 + 0.4 * i / 60 for i in range(60)]  # 60 gestures: even losing none, (0 + 1) / 61 > 1%
+    with pytest.warns(UserWarning, match=r"60 validation gesture images are too few .* \(about 99 needed\)"):
+        rejection = calibrate(outputs_with_scores(correct, [0.3] * 10), ["fist", "palm", "none"], ["none"], target_recall=0.99)
+    assert rejection.threshold == 0.0  # only predictions of 'none' are rejected
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # at 0.95, 60 are enough
+        assert calibrate(outputs_with_scores(correct, [0.3] * 10), ["fist", "palm", "none"], ["none"], target_recall=0.95).threshold > 0.3

@@ -9,11 +9,13 @@ older run, from its split.json. Steps (docs/no-gesture.md):
 1. temperature: one number T, fitted by LBFGS to minimise the negative log-likelihood of the
    validation logits divided by T (Guo et al., 2017); it changes no prediction, only the confidence;
 2. threshold, on the calibrated top probability (a prediction of a reject class is always rejected):
-   - with reject-class images in validation: among thresholds keeping gesture recall at least
-     ``target_recall`` x the unthresholded recall, the lowest false-accept rate on the reject-class
-     images, and of those the highest threshold (it also turns away uncertain gestures);
-   - without: the highest threshold keeping gesture recall at least ``target_recall`` x the
-     unthresholded recall. Weaker: it never sees a non-gesture, so it only bounds the cost;
+   - with reject-class images in validation: among thresholds keeping gesture recall on new images
+     at least ``target_recall`` x the unthresholded recall, the lowest false-accept rate on the
+     reject-class images, and of those the highest threshold (it also turns away uncertain gestures);
+   - without: the highest threshold keeping gesture recall on new images at least ``target_recall`` x
+     the unthresholded recall. Weaker: it never sees a non-gesture, so it only bounds the cost;
+   "on new images": the validation count is corrected for the finite split (``keeps_recall_on_new_images``),
+   so with fewer than about 100 validation gestures a 0.99 target keeps the floor (no threshold);
 3. the report: metrics.json ``open_set`` (threshold, temperature, gesture recall and precision at the
    threshold, false-accept rate, AUROC, ECE before/after) and open_set.png.
 """
@@ -181,14 +183,27 @@ def choose_threshold(outcome: Outcome, target_recall: float, floor: float) -> tu
     finite = outcome.scores[np.isfinite(outcome.scores)]
     candidates = np.unique(np.concatenate([[floor], finite[finite >= floor]]))
     rates = outcome.at(candidates)
-    feasible = rates["recall"] >= target_recall * rates["recall"][0] - 1e-12  # candidates[0] is the floor
+    feasible = keeps_recall_on_new_images(rates["recall"], int(outcome.gesture.sum()), target_recall)
+    bound = f"gesture recall >= {target_recall:g} x unthresholded on new images (conformal risk control)"
     if not (~outcome.gesture).any():
-        rule = f"known classes only: highest threshold keeping gesture recall >= {target_recall:g} x unthresholded (weaker: no reject-class images)"
-        return float(candidates[feasible].max()), rule
+        return float(candidates[feasible].max()), f"known classes only: highest threshold keeping {bound} (weaker: no reject-class images)"
     lowest = rates["false_accept"][feasible].min()
     best = feasible & (rates["false_accept"] <= lowest + 1e-12)
-    rule = f"lowest false-accept rate on reject-class images keeping gesture recall >= {target_recall:g} x unthresholded; of those, the highest threshold"
-    return float(candidates[best].max()), rule
+    return float(candidates[best].max()), f"lowest false-accept rate on reject-class images keeping {bound}; of those, the highest threshold"
+
+
+def keeps_recall_on_new_images(recall: np.ndarray, gestures: int, target_recall: float) -> np.ndarray:
+    """Which thresholds keep the expected recall on new images at least ``target_recall`` x the
+    unthresholded recall (``recall[0]``, at the floor, which is always kept).
+
+    A threshold picked because it loses at most k of n validation gestures loses about (k + 1) / (n + 1)
+    of new ones, not k / n: it sits just below the (k + 1)-th lowest score, and a new image is equally
+    likely to fall anywhere among the n + 1. So the allowance is spent with that correction (conformal
+    risk control, Angelopoulos et al. 2022): (k + 1) / (n + 1) <= (1 - target_recall) x recall[0]."""
+    lost = np.rint((recall[0] - recall) * gestures)  # k: validation gestures right without the threshold and turned away by it
+    feasible = (lost + 1) / (gestures + 1) <= (1 - target_recall) * recall[0] + 1e-12
+    feasible[0] = True
+    return feasible
 
 
 def auroc(positive: np.ndarray, negative: np.ndarray) -> float | None:
@@ -216,8 +231,20 @@ def calibrate(val: SplitOutputs, classes: Sequence[str], reject_classes: Sequenc
     temperature = fit_temperature(val.logits, val.targets)
     present = [i for i in reject if (val.targets == i).any()]
     outcome = Outcome.of(acceptance_scores(val, temperature, reject), val, present)
+    warn_if_too_few_gestures(outcome, target_recall)
     threshold, rule = choose_threshold(outcome, target_recall, floor=0.0)
     return Rejection(tuple(reject_classes), temperature, min(threshold, 1.0), True, rule)
+
+
+def warn_if_too_few_gestures(outcome: Outcome, target_recall: float) -> None:
+    """Warn when validation has too few gesture images for any threshold to keep the target on new
+    images: then only predictions of a reject class are rejected."""
+    gestures, right = int(outcome.gesture.sum()), outcome.correct_gesture.sum() / max(int(outcome.gesture.sum()), 1)
+    if target_recall < 1 and right > 0 and 1 / (gestures + 1) > (1 - target_recall) * right:  # at 1, the floor is what was asked
+        needed = int(np.ceil(1 / ((1 - target_recall) * right))) - 1
+        warnings.warn(f"{gestures} validation gesture images are too few to keep gesture recall >= {target_recall:g} x unthresholded "
+                      f"on new images (about {needed} needed): no threshold, only reject-class predictions are rejected; "
+                      "add validation images or lower --reject-target-recall", stacklevel=3)
 
 
 def operating_point(outputs: SplitOutputs, rejection: Rejection, classes: Sequence[str], threshold: float | None = None) -> dict[str, Any]:
