@@ -239,8 +239,10 @@ def calibrate(val: SplitOutputs, classes: Sequence[str], reject_classes: Sequenc
 def warn_if_too_few_gestures(outcome: Outcome, target_recall: float) -> None:
     """Warn when validation has too few gesture images for any threshold to keep the target on new
     images: then only predictions of a reject class are rejected."""
-    gestures, right = int(outcome.gesture.sum()), outcome.correct_gesture.sum() / max(int(outcome.gesture.sum()), 1)
-    if target_recall < 1 and right > 0 and 1 / (gestures + 1) > (1 - target_recall) * right:  # at 1, the floor is what was asked
+    gestures = int(outcome.gesture.sum())
+    right = outcome.correct_gesture.sum() / max(gestures, 1)
+    losing_none = keeps_recall_on_new_images(np.array([right, right]), gestures, target_recall)[1]  # the rule's own test, at k = 0
+    if target_recall < 1 and right > 0 and not losing_none:  # at 1, the floor is what was asked
         needed = int(np.ceil(1 / ((1 - target_recall) * right))) - 1
         warnings.warn(f"{gestures} validation gesture images are too few to keep gesture recall >= {target_recall:g} x unthresholded "
                       f"on new images (about {needed} needed): no threshold, only reject-class predictions are rejected; "
