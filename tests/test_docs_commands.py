@@ -195,6 +195,8 @@ def test_the_docs_show_commands_of_every_part():
 @pytest.mark.parametrize(("module_name", "argv"), COMMANDS)
 def test_documented_command_parses(module_name: str, argv: list[str], tmp_path: Path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    if missing := [v for v in argv if v.startswith("../shared/data/") and not (REPO / v).exists()]:
+        pytest.skip(f"{missing[0]} not present (real data lives in ../shared/data)")
     error = parse_errors(module_name, with_placeholders(argv, tmp_path))
     assert error is None, f"python -m {module_name} {shlex.join(argv)}\n  -> {error}"
 
