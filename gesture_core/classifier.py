@@ -37,7 +37,7 @@ from torch import nn
 from gesture_core.checkpoint import CheckpointError, build_from_checkpoint, load_checkpoint, resolve_device
 from gesture_core.engines import Engine, build_engine
 from gesture_core.hands import Hand, HandLocaliser, hand_crop
-from gesture_core.images import DEFAULT_MAX_PIXELS, ImageSource, bgr_to_rgb, read_rgb
+from gesture_core.images import ImageSource, bgr_to_rgb, read_rgb
 from gesture_core.preprocess import DataConfig, Preprocess
 from gesture_core.rejection import Rejection, is_reject_name
 
@@ -194,11 +194,12 @@ class Classifier:
         defaults, which training's crop cache used, or the crops differ from training's."""
         self._localiser = localiser
 
-    def find_hands(self, image: ImageSource, *, bgr: bool = False, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, list[Hand]]:
+    def find_hands(self, image: ImageSource, *, bgr: bool = False, **read_kwargs: Any) -> tuple[np.ndarray, list[Hand]]:
         """(the decoded RGB frame, its hands best first). Decoded at full size (a far hand needs every
-        pixel), with ``read_rgb``'s limits; ``bgr=True`` for an OpenCV frame. Raises ``ImageDecodeError``
-        with a user-facing reason, and ``HandModelsUnavailableError`` as ``localiser`` does."""
-        rgb = bgr_to_rgb(image) if bgr else read_rgb(image, max_pixels=max_pixels)
+        pixel), with ``read_rgb``'s limits (``read_kwargs``, e.g. ``max_pixels``); ``bgr=True`` for an
+        OpenCV frame. Raises ``ImageDecodeError`` with a user-facing reason, and
+        ``HandModelsUnavailableError`` as ``localiser`` does."""
+        rgb = bgr_to_rgb(image) if bgr else read_rgb(image, **read_kwargs)
         return rgb, self.localiser.find(rgb)
 
     def hand_crops(self, rgb: np.ndarray, hands: Sequence[Hand]) -> list[np.ndarray]:

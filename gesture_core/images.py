@@ -23,6 +23,14 @@ DEFAULT_MAX_PIXELS = 64_000_000
 # become a 256 x 9,984,000 array (7.7 GB). 20:1 keeps any resize under 20x the model's own square
 # and is far beyond real photos (flowers, the widest dataset here, peaks at 5.5:1; phone panoramas ~10:1).
 MAX_ASPECT_RATIO = 20
+# A lossless or WebP file can declare tens of millions of flat pixels in a few kilobytes: a 6000x6000
+# black PNG is 115 KB and takes 0.4 s and 108 MB to decode (``python -m benchmarks.decode_cost``). Where ``max_pixels_per_byte`` is
+# given (the HTTP service, whose uploads come from anyone), such an image above SMALL_IMAGE_PIXELS may
+# declare at most that many pixels per byte of its file, so that decoding costs about what the upload
+# does. The shared sets' photos saved as PNG take 0.95-2.67 bytes a pixel, far inside the service's
+# 16 pixels a byte. JPEG is exempt: it is decoded at reduced scale where the model allows (``min_side``;
+# a flat 6000x6000 JPEG in 7 ms), and the models that decode in full (hand crops) pay 0.14 s there.
+SMALL_IMAGE_PIXELS = 2_000_000  # about a 1080p frame: any file may be this large
 TRUNCATED_JPEG = "truncated JPEG (no end-of-image marker)"
 # File signatures, to name the format of a file whose header is cut or corrupt.
 SIGNATURES = {b"\xff\xd8\xff": "JPEG", b"\x89PNG\r\n\x1a\n": "PNG", b"GIF8": "GIF", b"II*\x00": "TIFF", b"MM\x00*": "TIFF"}
@@ -41,11 +49,14 @@ def read_rgb(
     *,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     min_side: int | None = None,
+    max_pixels_per_byte: float | None = None,
 ) -> np.ndarray:
     """Return the image as a contiguous RGB uint8 array of shape (H, W, 3).
 
     ``min_side`` lets JPEG decoding run at 1/2, 1/4 or 1/8 scale while the shorter side stays at
     least that large: a 3024x3024 photo resized to 256 anyway decodes about 30x faster.
+    ``max_pixels_per_byte`` refuses files that declare far more pixels than their size explains
+    (see SMALL_IMAGE_PIXELS); it applies to encoded files only.
     """
     if isinstance(source, np.ndarray):
         rgb = _array_to_rgb(source)
@@ -56,7 +67,7 @@ def read_rgb(
         with _pil_errors_as_decode_errors():
             return _pil_to_rgb(source)
     if isinstance(source, (bytes, bytearray, memoryview)):
-        return decode_rgb(bytes(source), max_pixels=max_pixels, min_side=min_side)
+        return decode_rgb(bytes(source), max_pixels=max_pixels, min_side=min_side, max_pixels_per_byte=max_pixels_per_byte)
     path = Path(source)
     try:
         data = path.read_bytes()
@@ -65,16 +76,19 @@ def read_rgb(
     except OSError as err:
         raise ImageDecodeError(f"{path}: cannot read ({err.strerror or err})") from None
     try:
-        return decode_rgb(data, max_pixels=max_pixels, min_side=min_side)
+        return decode_rgb(data, max_pixels=max_pixels, min_side=min_side, max_pixels_per_byte=max_pixels_per_byte)
     except ImageDecodeError as err:
         raise ImageDecodeError(f"{path}: {err}") from None
 
 
-def decode_rgb(data: bytes, *, max_pixels: int | None = DEFAULT_MAX_PIXELS, min_side: int | None = None) -> np.ndarray:
+def decode_rgb(data: bytes, *, max_pixels: int | None = DEFAULT_MAX_PIXELS, min_side: int | None = None,
+               max_pixels_per_byte: float | None = None) -> np.ndarray:
     if not data:
         raise ImageDecodeError("empty file (0 bytes)")
     fmt, (width, height) = probe_image(data)
     check_dimensions(width, height, max_pixels=max_pixels)
+    if max_pixels_per_byte is not None and fmt != "JPEG":
+        check_file_size(width, height, len(data), max_pixels_per_byte)
     if fmt == "JPEG" and not jpeg_is_complete(data):
         raise ImageDecodeError(TRUNCATED_JPEG)
     if fmt in ("JPEG", "PNG", "WEBP", "BMP", "TIFF"):
@@ -104,6 +118,18 @@ def check_dimensions(width: int, height: int, *, max_pixels: int | None = DEFAUL
     if ratio > max_aspect_ratio:
         raise ImageDecodeError(
             f"extreme aspect ratio: {width}x{height} is {ratio:,.0f}:1, above the limit of {max_aspect_ratio:g}:1"
+        )
+
+
+def check_file_size(width: int, height: int, size_bytes: int, max_pixels_per_byte: float) -> None:
+    """Refuse, from the header, an image above SMALL_IMAGE_PIXELS that declares more than
+    ``max_pixels_per_byte`` pixels per byte of its file: a small upload must not cost a large decode."""
+    pixels = width * height
+    if pixels > SMALL_IMAGE_PIXELS and pixels > max_pixels_per_byte * size_bytes:
+        raise ImageDecodeError(
+            f"image too large for its file size: {width}x{height} = {pixels:,} pixels in {size_bytes:,} bytes; "
+            f"above {SMALL_IMAGE_PIXELS:,} pixels the limit is {max_pixels_per_byte:g} pixels per byte "
+            "(send a photo, as JPEG, or scale it down)"
         )
 
 

@@ -23,12 +23,13 @@ logger = logging.getLogger("bentoml.service.gesture")
 WARM_UP_FRAME = (480, 640)  # a webcam frame's height and width
 
 
-def find_hand_crops(classifier: Classifier, upload: Path | bytes, what: str, max_pixels: int) -> tuple[list[Hand], list[np.ndarray]]:
+def find_hand_crops(classifier: Classifier, upload: Path | bytes, what: str, limits: dict[str, float]) -> tuple[list[Hand], list[np.ndarray]]:
     """The upload's hands (best first) and one model crop per hand, or BadInput (400) saying what is
-    wrong with the image. Runs in a worker thread: decoding and hand detection take milliseconds."""
+    wrong with the image (``limits``: ``Settings.decode_limits``). Runs in a worker thread: decoding and
+    hand detection take milliseconds."""
     data = upload.read_bytes() if isinstance(upload, Path) else upload  # bytes: errors never show the temp path
     try:
-        rgb, hands = classifier.find_hands(data, max_pixels=max_pixels)
+        rgb, hands = classifier.find_hands(data, **limits)
     except ImageDecodeError as err:
         raise BadInput(f"{what}: {err}") from None
     return hands, classifier.hand_crops(rgb, hands)

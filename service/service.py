@@ -185,7 +185,7 @@ class GestureClassifier:
         size = upload.stat().st_size if isinstance(upload, Path) else len(upload)
         if size <= SMALL_UPLOAD_BYTES:
             return Upload(upload, what)
-        return await anyio.to_thread.run_sync(crop_upload, self.classifier, upload, what, self.settings.max_pixels)
+        return await anyio.to_thread.run_sync(crop_upload, self.classifier, upload, what, self.settings.decode_limits())
 
     def classify_uploads(self, items: list[Upload | np.ndarray]) -> list[np.ndarray | Exception]:
         """One model call (on a model thread) for a batch of crops and small uploads; an upload that does
@@ -194,7 +194,7 @@ class GestureClassifier:
         crops: dict[int, np.ndarray] = {}
         for i, item in enumerate(items):
             try:
-                crops[i] = crop_upload(self.classifier, *item, self.settings.max_pixels) if isinstance(item, Upload) else item
+                crops[i] = crop_upload(self.classifier, *item, self.settings.decode_limits()) if isinstance(item, Upload) else item
             except Exception as err:  # noqa: BLE001 - BadInput for an image that does not decode: that request's alone
                 results[i] = err
         if crops:
@@ -212,7 +212,7 @@ class GestureClassifier:
 
     async def find_hands(self, upload: Path | bytes, what: str) -> tuple[list[Hand], list[np.ndarray]]:
         """The upload's hands and their crops, found in a worker thread (hand detection never holds up the event loop)."""
-        return await anyio.to_thread.run_sync(find_hand_crops, self.classifier, upload, what, self.settings.max_pixels)
+        return await anyio.to_thread.run_sync(find_hand_crops, self.classifier, upload, what, self.settings.decode_limits())
 
     def hands_prediction(self, hands: list[Hand], probs: list[np.ndarray], top_k: int, threshold: float | None) -> PredictionOut:
         """The classifier's own per-hand and frame decisions (``Classifier.decide_hands``)."""
@@ -227,11 +227,12 @@ class Upload(NamedTuple):
     what: str
 
 
-def crop_upload(classifier: Classifier, upload: Path | bytes, what: str, max_pixels: int) -> np.ndarray:
-    """``classifier.crop`` of an upload, or BadInput (400) saying what is wrong with the image."""
+def crop_upload(classifier: Classifier, upload: Path | bytes, what: str, limits: dict[str, float]) -> np.ndarray:
+    """``classifier.crop`` of an upload within the decoding ``limits`` (``Settings.decode_limits``), or
+    BadInput (400) saying what is wrong with the image."""
     data = upload.read_bytes() if isinstance(upload, Path) else upload  # bytes: errors never show the temp path
     try:
-        return classifier.crop(data, max_pixels=max_pixels)
+        return classifier.crop(data, **limits)
     except ImageDecodeError as err:
         raise BadInput(f"{what}: {err}") from None
 

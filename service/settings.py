@@ -47,6 +47,7 @@ class Settings:
     batch_size: int = 32
     max_upload_bytes: int = 16 * 1024 * 1024
     max_pixels: int = 40_000_000
+    max_pixels_per_byte: float = 16.0  # not a variable: see gesture_core.images.SMALL_IMAGE_PIXELS
     body_timeout_s: int = 10
     tracing: bool = False
     cors_origins: tuple[str, ...] = ()
@@ -84,6 +85,10 @@ class Settings:
     def resources(self) -> dict[str, Any]:
         return {"gpu": self.gpus} if self.gpus else {"cpu": str(os.cpu_count() or 1)}
 
+    def decode_limits(self) -> dict[str, float]:
+        """``read_rgb``'s limits for an upload: its pixels, and its pixels per byte of file."""
+        return {"max_pixels": self.max_pixels, "max_pixels_per_byte": self.max_pixels_per_byte}
+
     def describe(self) -> dict[str, Any]:
         """What /info reports: the settings as this worker runs them."""
         return {
@@ -91,6 +96,7 @@ class Settings:
             "precision": self.runtime.precision, "threads": self.runtime.threads, "gpus": self.gpus,
             "workers": self.workers, "max_concurrency": self.max_concurrency, "batch_size": self.batch_size,
             "max_upload_bytes": self.max_upload_bytes, "max_pixels": self.max_pixels,
+            "max_pixels_per_byte": self.max_pixels_per_byte,
             "body_timeout_s": self.body_timeout_s, "tracing": self.tracing, "cors_origins": list(self.cors_origins),
         }
 

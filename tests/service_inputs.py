@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import base64
+import functools
 import io
 import struct
 import zlib
 
+import cv2
 import numpy as np
 from PIL import Image
 
@@ -39,6 +41,24 @@ def png_strip(width: int, height: int) -> bytes:
     return encode(Image.new("RGB", (width, height)), "PNG")
 
 
+def png_with_noise_rows(width: int, height: int, every: int = 32) -> bytes:
+    """A black PNG with a row of random pixels every ``every`` rows: as many pixels per byte (about 10
+    at 6320x6320) as a structured image, so it passes the service's file-size check and is decoded whole."""
+    pixels = np.zeros((height, width, 3), np.uint8)
+    pixels[::every] = np.random.default_rng(0).integers(0, 256, pixels[::every].shape, np.uint8)
+    ok, encoded = cv2.imencode(".png", pixels)
+    assert ok
+    return encoded.tobytes()
+
+
+@functools.cache
+def flat_png(width: int = 6000, height: int = 6000) -> bytes:
+    """A real, valid black PNG: 105 KB that takes about 0.4 s and 108 MB to decode at 6000x6000 (benchmarks.decode_cost)."""
+    ok, encoded = cv2.imencode(".png", np.zeros((height, width, 3), np.uint8), [cv2.IMWRITE_PNG_COMPRESSION, 9])
+    assert ok
+    return encoded.tobytes()
+
+
 def odd_formats() -> dict[str, bytes]:
     """Valid images in modes a webcam never produces: the service must decode them like read_rgb does."""
     rgb = Image.fromarray(synthetic_image(1, 7, 96))
@@ -66,6 +86,8 @@ def bad_uploads() -> dict[str, tuple[bytes, str]]:
         "strip_39000x1": (png_strip(39_000, 1), "extreme aspect ratio"),
         "strip_1000000x1": (png_strip(1_000_000, 1), "extreme aspect ratio"),
         "strip_1x12000": (png_strip(1, 12_000), "extreme aspect ratio"),
+        # Valid, under the pixel limit, and tiny: refused from the header, as too many pixels for its bytes.
+        "flat_png_6000x6000": (flat_png(), "too large for its file size"),
     }
 
 
@@ -143,6 +165,7 @@ def expected_refusal(case: str, upload_limit_bytes: int) -> tuple[int, str, tupl
         "file_strip_1000000x1": (400, "image: extreme aspect ratio: 1000000x1 is 1,000,000:1, above the limit of 20:1", None),
         "file_strip_1x12000": (400, "image: extreme aspect ratio: 1x12000 is 12,000:1, above the limit of 20:1", None),
         "file_decompression_bomb": (400, "image: image too large (Image size (2500000000 pixels)", None),
+        "file_flat_png_6000x6000": (400, "image: image too large for its file size: 6000x6000 = 36,000,000 pixels in", None),
         "empty_body": (400, "send exactly one image: a multipart file field named 'image', or JSON {\"image_b64\"", None),
         "wrong_field_name": (400, "'file'; this endpoint takes", None),
         "text_in_file_field": (400, NOT_A_FILE, None),

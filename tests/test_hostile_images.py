@@ -13,8 +13,8 @@ import pytest
 
 from benchmarks.server_process import REPO
 from gesture_core import DataConfig, ImageDecodeError, Preprocess, read_rgb
-from gesture_core.images import MAX_ASPECT_RATIO, TRUNCATED_JPEG
-from tests.service_inputs import jpeg, png_strip
+from gesture_core.images import MAX_ASPECT_RATIO, SMALL_IMAGE_PIXELS, TRUNCATED_JPEG, check_file_size, decode_rgb
+from tests.service_inputs import flat_png, jpeg, png_strip
 
 
 @pytest.fixture(scope="module")
@@ -113,3 +113,34 @@ def test_training_skips_and_reports_an_extreme_aspect_ratio(tmp_path):
         ("strip.png", "extreme aspect ratio: 39000x1 is 39,000:1, above the limit of 20:1")]
     assert all(not s.path.endswith("strip.png") for s in splits.train)
     assert build_report(root, workers=1)["skipped_by_reason"] == {"extreme aspect ratio": 1}
+
+
+@pytest.mark.parametrize(("width", "height", "size_bytes", "refused"), [
+    (2000, 1000, 1, False),            # SMALL_IMAGE_PIXELS: any file may be this large
+    (2000, 1001, 1, True),
+    (4000, 4000, 1_000_000, False),    # 16 pixels a byte, the service's limit
+    (4000, 4000, 999_999, True),
+])
+def test_a_file_may_declare_only_so_many_pixels_per_byte(width, height, size_bytes, refused):
+    assert SMALL_IMAGE_PIXELS == 2_000_000
+    if refused:
+        with pytest.raises(ImageDecodeError, match="too large for its file size"):
+            check_file_size(width, height, size_bytes, max_pixels_per_byte=16)
+    else:
+        check_file_size(width, height, size_bytes, max_pixels_per_byte=16)
+
+
+def test_a_tiny_flat_png_is_refused_from_its_header_where_uploads_are_limited():
+    data = flat_png()
+    assert len(data) < 200_000
+    with pytest.raises(ImageDecodeError, match=r"6000x6000 = 36,000,000 pixels in [\d,]+ bytes"):
+        read_rgb(data, max_pixels_per_byte=16)
+    assert decode_rgb(data, max_pixels_per_byte=None).shape == (6000, 6000, 3)  # training reads the user's own files as they are
+
+
+def test_photos_and_jpegs_pass_the_pixels_per_byte_limit():
+    noise = np.random.default_rng(0).integers(0, 256, (1500, 2000, 3), np.uint8)  # 3 MP: above the floor, like a photo
+    ok, png = cv2.imencode(".png", noise)
+    assert read_rgb(png.tobytes(), max_pixels_per_byte=16).shape == (1500, 2000, 3)
+    ok, flat_jpeg = cv2.imencode(".jpg", np.zeros((4000, 4000, 3), np.uint8))  # JPEG decodes at reduced scale instead
+    assert read_rgb(flat_jpeg.tobytes(), max_pixels_per_byte=16, min_side=256).shape == (1000, 1000, 3)

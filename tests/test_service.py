@@ -25,6 +25,7 @@ from starlette.testclient import TestClient
 from gesture_core import ImageDecodeError, load_classifier
 from gesture_core.runtime import Runtime
 from service import import_model
+from service.hand_crops import find_hand_crops
 from service.http_guard import EndpointFields, RequestGuard
 from service.settings import Settings, SettingsError
 from tests.service_inputs import (
@@ -34,6 +35,7 @@ from tests.service_inputs import (
     bad_uploads,
     encode,
     expected_refusal,
+    flat_png,
     http_bad_requests,
     jpeg,
     odd_formats,
@@ -233,6 +235,12 @@ def test_bad_images_raise_bad_input_with_a_reason(svc, name):
     data, phrase = bad_uploads()[name]
     with pytest.raises(BadInput, match=phrase):
         asyncio.run(svc.predict(image_b64=b64(data)))
+
+
+def test_hand_crop_models_decode_uploads_within_the_same_limits(reference):
+    # find_hand_crops decodes before it looks for hands, so any classifier shows which limits it applies.
+    with pytest.raises(BadInput, match="image: image too large for its file size"):
+        find_hand_crops(reference, flat_png(), "image", Settings().decode_limits())
 
 
 def test_corrupt_jpeg_body_is_refused_like_load_classifier_refuses_it(svc, reference):

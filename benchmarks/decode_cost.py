@@ -1,0 +1,90 @@
+"""What decoding costs against what the file weighs: the figures behind the service's pixels-per-byte
+limit (``gesture_core.images.SMALL_IMAGE_PIXELS``).
+
+    .venv/bin/python -m benchmarks.decode_cost
+
+Prints, for flat (black) images of a few sizes, the file's bytes, its pixels per byte and the time and
+memory a full decode takes with the limit off, and whether the service's limit refuses it; then the
+bytes per pixel of real photos from each shared set, re-encoded as PNG, and of their own JPEGs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import time
+
+import cv2
+import numpy as np
+
+from benchmarks.common import describe_machine
+from benchmarks.recipes import SHARED_DATA
+from gesture_core import ImageDecodeError, read_rgb
+from service.settings import Settings
+
+FLAT_SIZES = [(2000, 1500), (4000, 3000), (6000, 6000), (6324, 6324)]
+
+
+def flat(fmt: str, width: int, height: int) -> bytes:
+    ok, encoded = cv2.imencode(fmt, np.zeros((height, width, 3), np.uint8))
+    assert ok
+    return encoded.tobytes()
+
+
+def decode_seconds(data: bytes, **read_kwargs) -> float:
+    started = time.perf_counter()
+    read_rgb(data, max_pixels=None, **read_kwargs)
+    return time.perf_counter() - started
+
+
+def refused(data: bytes) -> str:
+    try:
+        read_rgb(data, **Settings().decode_limits(), min_side=256)
+    except ImageDecodeError:
+        return "refused"
+    return "decoded"
+
+
+def flat_rows() -> None:
+    print("| image | file bytes | pixels per byte | full decode | decode for a 224 px model | decoded MB (full) | the service |\n"
+          "| --- | ---: | ---: | ---: | ---: | ---: | --- |")
+    for fmt in (".png", ".jpg"):
+        for width, height in FLAT_SIZES:
+            data = flat(fmt, width, height)
+            full = min(decode_seconds(data) for _ in range(3))
+            reduced = min(decode_seconds(data, min_side=256) for _ in range(3))  # a 224 px model's resize size
+            print(f"| flat {width}x{height} {fmt[1:].upper()} | {len(data):,} | {width * height / len(data):.1f} | "
+                  f"{full * 1000:.0f} ms | {reduced * 1000:.0f} ms | {width * height * 3 / 1e6:.0f} | {refused(data)} |")
+
+
+def photo_rows(per_set: int) -> None:
+    print(f"\n| shared set ({per_set} photos each) | as PNG: bytes per pixel, min-median-max | their own JPEG files: min-median-max |\n| --- | --- | --- |")
+    rng = random.Random(0)
+    for name in ("sign-digits", "flowers", "asl-alphabet"):
+        files = sorted(p for p in (SHARED_DATA / name).rglob("*") if p.suffix.lower() in (".jpg", ".jpeg"))
+        if not files:
+            print(f"| {name} | (not found in {SHARED_DATA}) | |")
+            continue
+        png, jpeg = [], []
+        for path in rng.sample(files, min(per_set, len(files))):
+            image = cv2.imread(str(path))
+            pixels = image.shape[0] * image.shape[1]
+            png.append(len(cv2.imencode(".png", image)[1]) / pixels)
+            jpeg.append(path.stat().st_size / pixels)
+        spread = lambda v: f"{min(v):.2f} - {np.median(v):.2f} - {max(v):.2f}"  # noqa: E731
+        print(f"| {name} | {spread(png)} | {spread(jpeg)} |")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.decode_cost", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
+    p.add_argument("--photos", type=int, default=20, help="photos sampled from each shared set")
+    args = p.parse_args(argv)
+    print(describe_machine(), "\n")
+    flat_rows()
+    photo_rows(args.photos)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
