@@ -58,7 +58,8 @@ def flat_rows() -> None:
 
 
 def photo_rows(per_set: int) -> None:
-    print(f"\n| shared set ({per_set} photos each) | as PNG: bytes per pixel, min-median-max | their own JPEG files: min-median-max |\n| --- | --- | --- |")
+    print(f"\n| shared set ({per_set} photos each) | as PNG: bytes per pixel, min-median-max | their own JPEG files: min-median-max |\n"
+          "| --- | --- | --- |")
     rng = random.Random(0)
     for name in ("sign-digits", "flowers", "asl-alphabet"):
         files = sorted(p for p in (SHARED_DATA / name).rglob("*") if p.suffix.lower() in (".jpg", ".jpeg"))

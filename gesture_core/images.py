@@ -24,12 +24,13 @@ DEFAULT_MAX_PIXELS = 64_000_000
 # and is far beyond real photos (flowers, the widest dataset here, peaks at 5.5:1; phone panoramas ~10:1).
 MAX_ASPECT_RATIO = 20
 # A lossless or WebP file can declare tens of millions of flat pixels in a few kilobytes: a 6000x6000
-# black PNG is 115 KB and takes 0.4 s and 108 MB to decode (``python -m benchmarks.decode_cost``). Where ``max_pixels_per_byte`` is
-# given (the HTTP service, whose uploads come from anyone), such an image above SMALL_IMAGE_PIXELS may
-# declare at most that many pixels per byte of its file, so that decoding costs about what the upload
-# does. The shared sets' photos saved as PNG take 0.95-2.67 bytes a pixel, far inside the service's
-# 16 pixels a byte. JPEG is exempt: it is decoded at reduced scale where the model allows (``min_side``;
-# a flat 6000x6000 JPEG in 7 ms), and the models that decode in full (hand crops) pay 0.14 s there.
+# black PNG is 115 KB and takes 0.4 s and 108 MB to decode (``python -m benchmarks.decode_cost``).
+# Where ``max_pixels_per_byte`` is given (the HTTP service, whose uploads come from anyone), such an
+# image above SMALL_IMAGE_PIXELS may declare at most that many pixels per byte of its file, so that
+# decoding costs about what the upload does. The shared sets' photos saved as PNG take 0.95-2.67 bytes
+# a pixel, far inside the service's 16 pixels a byte. JPEG is exempt: it is decoded at reduced scale
+# where the model allows (``min_side``; a flat 6000x6000 JPEG in 7 ms), and the models that decode in
+# full (hand crops) pay 0.14 s there.
 SMALL_IMAGE_PIXELS = 2_000_000  # about a 1080p frame: any file may be this large
 TRUNCATED_JPEG = "truncated JPEG (no end-of-image marker)"
 # File signatures, to name the format of a file whose header is cut or corrupt.

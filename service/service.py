@@ -56,6 +56,8 @@ SETTINGS = Settings.from_env()  # once, at start-up: the service's resources and
 # images a webcam sends (a 640x480 JPEG is 30-100 KB) that saves a hand-over to a worker thread and
 # back per request, and /predict served about 4% more requests without it (docs/performance.md).
 # Larger uploads still get a thread of their own, so that one big photo never holds up a whole batch.
+# A small file cannot hide a big decode: above 2 MP, Settings.max_pixels_per_byte holds one of 256 KB
+# to 4.2 MP (gesture_core.images.SMALL_IMAGE_PIXELS), and a JPEG decodes at reduced scale.
 SMALL_UPLOAD_BYTES = 256 * 1024
 
 logger = logging.getLogger("bentoml.service.gesture")
