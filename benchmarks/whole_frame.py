@@ -61,9 +61,10 @@ def placements(side: int, keep: tuple[float, float, float, float] | None, frame_
 
 
 def paste_at_random(frame: np.ndarray, photo: np.ndarray, side: int, rng: np.random.Generator,
-                    keep: tuple[float, float, float, float] | None = None) -> tuple[int, int]:  # fmt: skip
+                    keep: tuple[float, float, float, float] | None = None, at_edge: bool = False) -> tuple[int, int]:  # fmt: skip
     """``photo`` resized to ``side``² and pasted, in place, at a random place: wholly inside ``frame``, or where it
     is larger than the frame, a random window of it that keeps ``keep`` (see ``placements``) wholly in view.
+    ``at_edge``: against the frame's left or right edge, at random (the farthest x along that axis).
     Returns the photo's top-left (x, y) in frame pixels, negative where it overhangs. Raises ValueError when
     no place shows what must be kept."""
     height, width = frame.shape[:2]
@@ -71,13 +72,16 @@ def paste_at_random(frame: np.ndarray, photo: np.ndarray, side: int, rng: np.ran
     if ranges is None:
         raise ValueError(f"a {side}px photo does not fit a {width}x{height} frame with {keep} kept in view")
     x, y = (int(rng.integers(low, high + 1)) for low, high in ranges)
+    if at_edge:
+        x = ranges[0][int(rng.integers(2))]
     resized = cv2.resize(photo, (side, side), interpolation=cv2.INTER_AREA)
     frame[max(0, y) : min(height, y + side), max(0, x) : min(width, x + side)] = resized[max(0, -y) : height - y, max(0, -x) : width - x]
     return x, y
 
 
-def synthesize(source: Path, backgrounds: Path, out: Path, per_class: int, seed: int) -> float:
-    """Write OUT/<class>/<class>_<i>.jpg; returns the mean share of hand area outside the frame's centre square."""
+def synthesize(source: Path, backgrounds: Path, out: Path, per_class: int, seed: int, placement: str = "anywhere") -> float:
+    """Write OUT/<class>/<class>_<i>.jpg; returns the mean share of hand area outside the frame's centre square.
+    ``placement``: ``anywhere`` in the frame, or against its left or right ``edges`` (a hand pointing sideways)."""
     rng = np.random.default_rng(seed)
     scenes = images_in(backgrounds)
     cut = []
@@ -86,7 +90,7 @@ def synthesize(source: Path, backgrounds: Path, out: Path, per_class: int, seed:
         for i, hand_path in enumerate(images_in(source / cls)[:per_class]):
             frame = scene_frame(scenes[rng.integers(len(scenes))], (FRAME_W, FRAME_H))
             side = int(FRAME_H * rng.uniform(*HAND_HEIGHT))
-            x, _ = paste_at_random(frame, read_rgb(hand_path), side, rng)
+            x, _ = paste_at_random(frame, read_rgb(hand_path), side, rng, at_edge=placement == "edges")
             left = (FRAME_W - FRAME_H) // 2  # the centre square spans [left, left + FRAME_H)
             cut.append(1 - max(0, min(x + side, left + FRAME_H) - max(x, left)) / side)
             cv2.imwrite(str(out / cls / f"{cls}_{i}.jpg"), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 92])
@@ -105,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=REPO / "runs" / "whole-frame", help="frames, runs and whole_frame.json")
     p.add_argument("--workers", type=int, default=2, help="data-loading processes per run")
     p.add_argument("--seed", type=int, default=0, help="frames, split and training")
+    p.add_argument("--placement", choices=("anywhere", "edges"), default="anywhere",
+                   help="where the hands go: anywhere in the frame, or against its left or right edge (pointing sideways)")
     p.add_argument("--as-is", action="store_true", help="the source's own images (the first --per-class of each class, linked), "
                    "not pasted on scenes: what the whole frame costs or gains on real photos")
     p.add_argument("--probe", action="store_true", help="linear probe (--freeze backbone --augment none): the backbone's features of "
@@ -120,12 +126,13 @@ def main(argv: list[str] | None = None) -> int:
         data = quick_subset(args.source, args.out / f"{args.source.name}-as-is-{args.per_class}", args.per_class)
         scene = f"{args.source.name} photos as they are"
     else:
-        data = args.out / f"data-{args.per_class}-{args.seed}"
+        data = args.out / f"data-{args.per_class}-{args.seed}{'' if args.placement == 'anywhere' else '-edges'}"
         marker = data / "hand_area_cut_by_centre.txt"
         if not marker.exists():
             marker.parent.mkdir(parents=True, exist_ok=True)
-            marker.write_text(f"{synthesize(args.source, args.backgrounds, data, args.per_class, args.seed):.4f}\n")
-        scene = (f"{args.source.name} hands on {FRAME_W}x{FRAME_H} scenes (the centre square cuts "
+            marker.write_text(f"{synthesize(args.source, args.backgrounds, data, args.per_class, args.seed, args.placement):.4f}\n")
+        scene = (f"{args.source.name} hands {'on' if args.placement == 'anywhere' else 'at the left or right edge of'} "
+                 f"{FRAME_W}x{FRAME_H} scenes (the centre square cuts "
                  f"{float(marker.read_text()):.0%} of the hand area on average)")  # fmt: skip
     rows = []
     for crop in args.crops:

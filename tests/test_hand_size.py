@@ -75,3 +75,13 @@ def test_the_real_hand_found_on_the_photo_alone_is_found_whole_in_the_windowed_f
 
 def test_a_photo_whose_hand_is_not_found_alone_has_no_box(localiser):
     assert hand_on_photo(localiser, rgb(empty_scene())) is None
+
+
+def test_hands_placed_at_the_edges_touch_the_left_or_right_border():
+    sides = set()
+    for seed in range(20):
+        frame = np.zeros((FRAME_H, FRAME_W, 3), np.uint8)
+        x, y = paste_at_random(frame, marked_photo(), 100, np.random.default_rng(seed), at_edge=True)
+        assert x in (0, FRAME_W - 100) and 0 <= y <= FRAME_H - 100
+        sides.add(x)
+    assert sides == {0, FRAME_W - 100}  # both edges, at random
