@@ -42,7 +42,7 @@ RECIPES = {  # flags on top of the defaults; "defaults" adds none
     "backbone-mult-0.1": ["--backbone-lr-mult", "0.1"],
     "flip-off": ["--flip", "off"],
     "flip-on": ["--flip", "on"],
-    "crop-auto": ["--crop", "auto"],  # letterbox where most images are 1.2:1 or wider (flowers), else the centre crop
+    "crop-resize": ["--crop", "resize"],  # the whole frame everywhere (auto keeps it for wide recordings only)
     "fp32": ["--amp", "off"],
     "ema": ["--ema-decay", "0.998"],
 }

@@ -4,6 +4,7 @@ evaluation, load_classifier and the served model."""
 from __future__ import annotations
 
 import json
+import re
 
 import cv2
 import httpx
@@ -102,16 +103,28 @@ def serve_and_predict(checkpoint, images, home) -> list[dict]:
     return [a.json() for a in answers]
 
 
-def test_crop_auto_picks_the_whole_frame_for_wide_images_and_stores_it(tmp_path, capsys):
+def wide_run(tmp_path, name) -> TrainConfig:
+    """A tiny run on 4:3 images named by ``name(class, i)``, with the default --crop auto."""
     for label, cls in enumerate(("fist", "palm")):
-        for i in range(8):
-            write_rgb(tmp_path / "d" / cls / f"shot{i * 37}.jpg", synthetic_image(label, seed=i, size=64)[:48])  # 4:3
-    cfg = TrainConfig(backbone="lenet5", data=str(tmp_path / "d"), out=str(tmp_path / "run"), weights="none", epochs=1,
-                      image_size=32, workers=0, val_split=0.25, test_split=0.25, crop="auto")  # fmt: skip
-    out = finetune.train(cfg)
-    assert "input geometry: letterbox, the whole frame (--crop auto: 8 of 8 sampled images are 1.2:1 or wider)" in capsys.readouterr().out
-    assert load_checkpoint(out / "best.pt")["data_config"]["crop"] == "letterbox"
-    assert json.loads((out / "config.json").read_text())["crop"] == "letterbox"
+        for i in range(12):
+            write_rgb(tmp_path / "d" / cls / name(cls, i), synthetic_image(label, seed=i, size=64)[:48])  # 4:3
+    return TrainConfig(backbone="lenet5", data=str(tmp_path / "d"), out=str(tmp_path / "run"), weights="none", epochs=1,
+                       image_size=32, workers=0, val_split=0.25, test_split=0.25)  # fmt: skip
+
+
+def test_the_default_crop_auto_keeps_the_whole_frame_of_wide_recordings_and_stores_it(tmp_path, capsys):
+    # the capture tool's names: four sessions per class, so the split finds recordings
+    out = finetune.train(wide_run(tmp_path, lambda cls, i: f"{cls}-20260101-12000{i % 4}-{i}.jpg"))
+    assert re.search(r"input geometry: resize, the whole frame \(--crop auto: recordings, (\d+) of \1 sampled images are 1.2:1 or wider\)",
+                     capsys.readouterr().out)
+    assert load_checkpoint(out / "best.pt")["data_config"]["crop"] == "resize"
+    assert json.loads((out / "config.json").read_text())["crop"] == "resize"
+
+
+def test_the_default_crop_auto_keeps_the_centre_of_wide_photos_taken_one_by_one(tmp_path, capsys):
+    out = finetune.train(wide_run(tmp_path, lambda cls, i: f"{'abcdefghijkl'[i]}{cls}.jpg"))
+    assert "input geometry: center crop (--crop auto: photos taken one by one, framed around their subject" in capsys.readouterr().out
+    assert load_checkpoint(out / "best.pt")["data_config"]["crop"] == "center"
 
 
 def test_exported_metadata_describes_the_whole_frame_geometry(tmp_path):

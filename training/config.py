@@ -43,9 +43,10 @@ class TrainConfig:
     test_split: float = 0.2
     test_per_class: int | None = None
     group_by: str = "auto"  # auto | none | session | frames | REGEX (training.grouping)
-    # auto | center | letterbox | resize: the input geometry, stored in the checkpoint's data config. Not auto by default:
-    # on hands pasted anywhere on 4:3 scenes the centre crop scored higher (docs/training.md, benchmarks.whole_frame)
-    crop: str = "center"
+    # auto | center | letterbox | resize: the input geometry, stored in the checkpoint's data config. auto keeps the
+    # whole frame of wide recordings: fine-tuned on hands at the edge of 4:3 scenes the centre crop scored 49.67%
+    # against 93.67% (docs/training.md, benchmarks.whole_frame)
+    crop: str = "auto"
     # classify each hand found by gesture_core.hands instead of the frame (training.hand_crops; docs/hands.md)
     hands: bool = False
     # runtime

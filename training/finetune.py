@@ -80,7 +80,8 @@ def build_parser(*, suppress_defaults: bool = False) -> argparse.ArgumentParser:
                    help="keep images taken together in one split: auto (capture sessions or numbered frame sequences, from the "
                         "file names), session, frames, none (one by one), or a regex whose first group names the recording")  # fmt: skip
     g.add_argument("--crop", choices=CROP_CHOICES, default=default(d.crop), help="input geometry: center crop, or the whole frame "
-                   "(letterbox: padded square; resize: squeezed); auto: letterbox when most training images are far from square (docs/training.md measures both)")
+                   "(letterbox: padded square; resize: squeezed); auto: resize for recordings (sessions, frame sequences) of mostly 1.2:1 or "
+                   "wider frames, else center (docs/training.md)")
     g.add_argument("--hands", action="store_true", default=default(False), help="find the hands first (gesture_core.hands, the [hands] "
                    "extra) and learn from each image's hand crop, cached; the model then answers per hand (docs/hands.md)")
     g = p.add_argument_group("optimisation")
@@ -259,7 +260,8 @@ def data_choices(cfg: TrainConfig, splits: Splits) -> tuple[str, str, list[tuple
     if cfg.hands and cfg.crop == "auto":  # the frames' shape says nothing about hand crops, which are square
         crop, why_crop = "center", "input geometry: center crop of each hand's square crop (--crop auto with --hands)"
     else:
-        crop, why_crop = resolve_crop(cfg.crop, [s.path for s in splits.train])
+        recordings = grouping.get("rule", "none") != "none"  # capture sessions, frame sequences or a --group-by pattern
+        crop, why_crop = resolve_crop(cfg.crop, [s.path for s in splits.train], recordings)
     return ("on" if flip else "off"), crop, [*lines, (False, why), (False, why_crop)]
 
 
