@@ -44,9 +44,9 @@ CATEGORIES = [
 # (role, pattern on the Python thread name), for the per-thread CPU table; threads with no Python
 # frames (the engines' own) are the last role
 THREAD_ROLES = [
-    ("event loop: HTTP, BentoML, middlewares, small-image decoding", r"^MainThread$"),
-    ("model threads: normalise, engine call and softmax (Python side)", r"^gesture-model"),
-    ("request threads: larger-image decoding, /predict_batch", r"^AnyIO worker"),
+    ("event loop: HTTP, BentoML, middlewares", r"^MainThread$"),
+    ("model threads: decoding and cropping small uploads, normalise, engine call and softmax (Python side)", r"^gesture-model"),
+    ("request threads: decoding and cropping uploads over 256 KB, finding hands", r"^AnyIO worker"),
     ("other Python threads", r""),
 ]
 NATIVE_ROLE = "engine's native threads (the network itself), and other non-Python threads"
