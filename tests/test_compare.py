@@ -9,7 +9,8 @@ import pytest
 
 from gesture_core import build_model, read_rgb
 from tests.helpers import make_image_folder
-from training.compare import main, offline_weights
+from training.compare import main, offline_weights, recipe_difference
+from training.config import TrainConfig
 
 ARGS = ["--backbones", "lenet5,resnet18", "--epochs", "1", "--image-size", "32", "--weights", "none",
         "--batch-size", "16", "--workers", "0", "--latency-runs", "2"]
@@ -55,6 +56,12 @@ def test_finished_runs_are_reused_and_recipe_changes_refused(comparison, data, c
     changed = [a if a != "1" else "2" for a in ARGS]  # --epochs 2
     assert main(["--data", str(data), "--out", str(comparison), *changed]) == 2
     assert "epochs: 1 in the run, 2 wanted" in capsys.readouterr().err
+
+
+def test_a_settled_auto_matches_auto_and_an_explicit_choice_must_match():
+    run = TrainConfig(data="d", crop="resize", flip="off").to_dict()  # what a run stores once auto has settled
+    assert recipe_difference(run, TrainConfig(data="d")) == []  # flip and crop default to auto
+    assert recipe_difference(run, TrainConfig(data="d", crop="center")) == ["crop: 'resize' in the run, 'center' wanted"]
 
 
 def test_auto_weights_only_where_they_are_offline():

@@ -34,6 +34,8 @@ from training.config import TrainConfig
 from training.inspect import summarize
 
 RECIPE_IGNORED = ("out", "workers", "device")  # may differ without changing what is trained
+# A run stores what its `auto` settled to (training.finetune.data_choices), decided from the same data
+SETTLED_FROM_AUTO = ("flip", "crop")
 
 
 @dataclass
@@ -70,7 +72,8 @@ def recipe_difference(saved: dict[str, Any], wanted: TrainConfig) -> list[str]:
     # Through TrainConfig, so options added since the run was trained compare as their defaults.
     saved = TrainConfig.from_dict(saved).to_dict()
     want = wanted.to_dict()
-    return [f"{k}: {saved.get(k)!r} in the run, {v!r} wanted" for k, v in want.items() if k not in RECIPE_IGNORED and saved.get(k) != v]
+    return [f"{k}: {saved.get(k)!r} in the run, {v!r} wanted" for k, v in want.items()
+            if k not in RECIPE_IGNORED and saved.get(k) != v and not (k in SETTLED_FROM_AUTO and v == "auto")]
 
 
 def train_or_reuse(cfg: TrainConfig, *, retrain: bool) -> tuple[Path, bool]:
