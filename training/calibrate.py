@@ -201,9 +201,15 @@ def keeps_recall_on_new_images(recall: np.ndarray, gestures: int, target_recall:
     likely to fall anywhere among the n + 1. So the allowance is spent with that correction (conformal
     risk control, Angelopoulos et al. 2022): (k + 1) / (n + 1) <= (1 - target_recall) x recall[0]."""
     lost = np.rint((recall[0] - recall) * gestures)  # k: validation gestures right without the threshold and turned away by it
-    feasible = (lost + 1) / (gestures + 1) <= (1 - target_recall) * recall[0] + 1e-12
+    feasible = within_allowance(lost, gestures, recall[0], target_recall)
     feasible[0] = True
     return feasible
+
+
+def within_allowance(lost: np.ndarray | int, gestures: int, recall: float, target_recall: float) -> np.ndarray | bool:
+    """The rule's inequality: losing ``lost`` of ``gestures`` validation gestures keeps the expected
+    recall on new images at least ``target_recall`` x ``recall`` (the unthresholded recall)."""
+    return (lost + 1) / (gestures + 1) <= (1 - target_recall) * recall + 1e-12
 
 
 def auroc(positive: np.ndarray, negative: np.ndarray) -> float | None:
@@ -241,8 +247,7 @@ def warn_if_too_few_gestures(outcome: Outcome, target_recall: float) -> None:
     images: then only predictions of a reject class are rejected."""
     gestures = int(outcome.gesture.sum())
     right = outcome.correct_gesture.sum() / max(gestures, 1)
-    losing_none = keeps_recall_on_new_images(np.array([right, right]), gestures, target_recall)[1]  # the rule's own test, at k = 0
-    if target_recall < 1 and right > 0 and not losing_none:  # at 1, the floor is what was asked
+    if target_recall < 1 and right > 0 and not within_allowance(0, gestures, right, target_recall):  # at 1, the floor is what was asked
         needed = int(np.ceil(1 / ((1 - target_recall) * right))) - 1
         warnings.warn(f"{gestures} validation gesture images are too few to keep gesture recall >= {target_recall:g} x unthresholded "
                       f"on new images (about {needed} needed): no threshold, only reject-class predictions are rejected; "
