@@ -81,6 +81,7 @@ class GestureClassifier:
 
     def __init__(self, settings: Settings = SETTINGS) -> None:
         self.settings = settings
+        self.decode_limits = settings.decode_limits()  # once: every upload is decoded within them
         stored = find_model(packaged_model_ref() or type(self).model_ref)
         self.model_tag = str(stored.tag)
         self.metadata = dict(stored.info.metadata)
@@ -187,7 +188,7 @@ class GestureClassifier:
         size = upload.stat().st_size if isinstance(upload, Path) else len(upload)
         if size <= SMALL_UPLOAD_BYTES:
             return Upload(upload, what)
-        return await anyio.to_thread.run_sync(crop_upload, self.classifier, upload, what, self.settings.decode_limits())
+        return await anyio.to_thread.run_sync(crop_upload, self.classifier, upload, what, self.decode_limits)
 
     def classify_uploads(self, items: list[Upload | np.ndarray]) -> list[np.ndarray | Exception]:
         """One model call (on a model thread) for a batch of crops and small uploads; an upload that does
@@ -196,7 +197,7 @@ class GestureClassifier:
         crops: dict[int, np.ndarray] = {}
         for i, item in enumerate(items):
             try:
-                crops[i] = crop_upload(self.classifier, *item, self.settings.decode_limits()) if isinstance(item, Upload) else item
+                crops[i] = crop_upload(self.classifier, *item, self.decode_limits) if isinstance(item, Upload) else item
             except Exception as err:  # noqa: BLE001 - BadInput for an image that does not decode: that request's alone
                 results[i] = err
         if crops:
@@ -214,7 +215,7 @@ class GestureClassifier:
 
     async def find_hands(self, upload: Path | bytes, what: str) -> tuple[list[Hand], list[np.ndarray]]:
         """The upload's hands and their crops, found in a worker thread (hand detection never holds up the event loop)."""
-        return await anyio.to_thread.run_sync(find_hand_crops, self.classifier, upload, what, self.settings.decode_limits())
+        return await anyio.to_thread.run_sync(find_hand_crops, self.classifier, upload, what, self.decode_limits)
 
     def hands_prediction(self, hands: list[Hand], probs: list[np.ndarray], top_k: int, threshold: float | None) -> PredictionOut:
         """The classifier's own per-hand and frame decisions (``Classifier.decide_hands``)."""

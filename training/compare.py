@@ -30,12 +30,10 @@ from gesture_core.classifier import load_classifier
 from gesture_core.cli import command
 from gesture_core.weights import WeightsUnavailableError, imagenet_weights_file
 from training import cli
-from training.config import TrainConfig
+from training.config import SETTLED_FROM_AUTO, TrainConfig
 from training.inspect import summarize
 
 RECIPE_IGNORED = ("out", "workers", "device")  # may differ without changing what is trained
-# A run stores what its `auto` settled to (training.finetune.data_choices), decided from the same data
-SETTLED_FROM_AUTO = ("flip", "crop")
 
 
 @dataclass

@@ -5,6 +5,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+# Options whose `auto` a run settles from its data at start-up (training.finetune.resolve_data_choices); the
+# settled value replaces `auto` in config.json and the checkpoint.
+SETTLED_FROM_AUTO = ("flip", "crop")
+
 
 @dataclass
 class TrainConfig:
