@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import replace
 
 import pytest
 
 from gesture_core import build_model, read_rgb
 from tests.helpers import make_image_folder
-from training.compare import main, offline_weights, recipe_difference
+from tests.test_whole_frame import wide_run
+from training import finetune
+from training.compare import main, offline_weights, recipe_difference, settled_on
 from training.config import TrainConfig
 
 ARGS = ["--backbones", "lenet5,resnet18", "--epochs", "1", "--image-size", "32", "--weights", "none",
@@ -58,10 +61,17 @@ def test_finished_runs_are_reused_and_recipe_changes_refused(comparison, data, c
     assert "epochs: 1 in the run, 2 wanted" in capsys.readouterr().err
 
 
-def test_a_settled_auto_matches_auto_and_an_explicit_choice_must_match():
-    run = TrainConfig(data="d", crop="resize", flip="off").to_dict()  # what a run stores once auto has settled
-    assert recipe_difference(run, TrainConfig(data="d")) == []  # flip and crop default to auto
-    assert recipe_difference(run, TrainConfig(data="d", crop="center")) == ["crop: 'resize' in the run, 'center' wanted"]
+def test_auto_matches_a_run_only_where_it_would_settle_the_same_on_that_data(tmp_path):
+    """On wide recordings ``--crop auto`` means the whole frame: a run that stored it is reused for
+    ``auto``; one trained with an explicit ``--crop center`` on the same data is not."""
+    out = finetune.train(wide_run(tmp_path, lambda cls, i: f"{cls}-20260101-12000{i % 4}-{i}.jpg"))
+    saved = json.loads((out / "config.json").read_text())
+    wanted = TrainConfig.from_dict({**saved, "flip": "auto", "crop": "auto"})
+    assert settled_on(wanted, out).crop == "resize"
+    assert recipe_difference(saved, settled_on(wanted, out)) == []
+    explicit_center = {**saved, "crop": "center"}
+    assert recipe_difference(explicit_center, settled_on(wanted, out)) == ["crop: 'center' in the run, 'resize' wanted"]
+    assert recipe_difference(saved, settled_on(replace(wanted, crop="center"), out)) == ["crop: 'resize' in the run, 'center' wanted"]
 
 
 def test_auto_weights_only_where_they_are_offline():

@@ -67,20 +67,34 @@ def offline_weights(name: str) -> str:
 
 
 def recipe_difference(saved: dict[str, Any], wanted: TrainConfig) -> list[str]:
+    """What differs between a run's config.json and the recipe ``wanted`` (its ``auto`` choices settled: ``settled_on``)."""
     # Through TrainConfig, so options added since the run was trained compare as their defaults.
     saved = TrainConfig.from_dict(saved).to_dict()
     want = wanted.to_dict()
-    return [f"{k}: {saved.get(k)!r} in the run, {v!r} wanted" for k, v in want.items()
-            if k not in RECIPE_IGNORED and saved.get(k) != v and not (k in SETTLED_FROM_AUTO and v == "auto")]
+    return [f"{k}: {saved.get(k)!r} in the run, {v!r} wanted" for k, v in want.items() if k not in RECIPE_IGNORED and saved.get(k) != v]
+
+
+def settled_on(wanted: TrainConfig, run: Path) -> TrainConfig:
+    """``wanted`` with flip and crop ``auto`` settled as training settles them, on the run's own split.
+
+    A run stores what its ``auto`` became, so a run trained with an explicit choice is reused for
+    ``auto`` only where ``auto`` would have chosen the same on that data."""
+    if all(getattr(wanted, key) != "auto" for key in SETTLED_FROM_AUTO):
+        return wanted
+    from training.data import Splits
+    from training.finetune import data_choices
+
+    flip, crop, _ = data_choices(wanted, Splits.load(run / "split.json"))
+    return replace(wanted, flip=flip, crop=crop)
 
 
 def train_or_reuse(cfg: TrainConfig, *, retrain: bool) -> tuple[Path, bool]:
     """(run folder, reused?)."""
     run = Path(cfg.out)
-    finished = (run / "best.pt").is_file() and (run / "metrics.json").is_file() and (run / "config.json").is_file()
+    finished = all((run / name).is_file() for name in ("best.pt", "metrics.json", "config.json", "split.json"))
     if finished and not retrain:
         saved = json.loads((run / "config.json").read_text())
-        differences = recipe_difference(saved, cfg)
+        differences = recipe_difference(saved, settled_on(cfg, run))
         if differences:
             raise ValueError(f"{run} was trained with another recipe ({'; '.join(differences)}); pass --retrain to overwrite it, or another --out")
         if "test" in json.loads((run / "metrics.json").read_text()):
