@@ -10,6 +10,11 @@
   keeps the first of two ``image`` files and the last of two ``top_k`` values, ignores unknown
   fields, answers a file in an unknown field with a 500 (it JSON-decodes the bytes) and text in a
   file field with an attempt to download it as a URL.
+* **Multipart bodies BentoML's form parsing chokes on:** Starlette's ``Request.form`` (python-multipart
+  inside) raises on more headers per part, or longer header lines, than python-multipart allows, and
+  on more parts, or a longer text field, than ``Request.form``'s defaults allow; BentoML 1.4.39 answers
+  those with a 500. It also names each upload's temporary file after the upload's file name, so a
+  name longer than the file system allows is a 500 as well. These get a 400 with the limit here.
 * **JSON errors:** every error response is ``{"error": reason, ...}``. BentoML 1.4.39 wraps its own
   4xx messages in a one-element list (bentoml/BentoML#4232), and Starlette answers unknown routes
   (404) and wrong methods (405) in plain text.
@@ -18,6 +23,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -25,7 +31,8 @@ from http import HTTPStatus
 from typing import Any, NamedTuple
 from urllib.parse import parse_qsl
 
-from python_multipart.multipart import parse_options_header
+from python_multipart.multipart import DEFAULT_MAX_HEADER_COUNT, DEFAULT_MAX_HEADER_SIZE, parse_options_header
+from starlette.requests import Request
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -37,6 +44,14 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 # as long as it is at most this many times the limit; beyond that we answer at once and the
 # connection is closed while the client may still be uploading.
 DRAIN_FACTOR = 8
+# What BentoML's form parsing allows (module docstring): Request.form's own defaults, which BentoML uses.
+FORM_LIMITS = {name: p.default for name, p in inspect.signature(Request.form).parameters.items() if p.default is not p.empty}
+# Under the 255 bytes a file name may have, less the temporary file's own prefix ("tmp" and 8 characters).
+MAX_FILENAME_BYTES = 200
+
+
+class BadMultipart(ValueError):
+    """A multipart body that BentoML's form parsing would fail on with a 500; ``str(err)`` is the reason."""
 
 
 @dataclass(frozen=True)
@@ -108,7 +123,10 @@ def fields_problem(scope: Scope, body: bytes, fields: EndpointFields) -> str | N
     """Why a body's fields do not fit the endpoint, or None (also for bodies BentoML words errors for)."""
     media_type, options = parse_options_header(header(scope, b"content-type") or b"")
     if media_type == b"multipart/form-data":
-        parts = multipart_parts(body, options.get(b"boundary", b""))
+        try:
+            parts = multipart_parts(body, options.get(b"boundary", b""))
+        except BadMultipart as err:
+            return str(err)
         if parts is None:
             return "malformed multipart/form-data body (missing or wrong boundary)"
     elif media_type == b"application/x-www-form-urlencoded":
@@ -151,14 +169,15 @@ def json_keys(body: bytes) -> list[FormPart] | None:
 
     try:
         top = json.loads(body, object_pairs_hook=collect) if body.strip() else None
-    except ValueError:
+    except (ValueError, RecursionError):  # arrays or objects nested past Python's recursion limit: not ours to word either
         return None
     return keys[-1] if isinstance(top, dict) else None  # the outermost object is the last one closed
 
 
 def multipart_parts(body: bytes, boundary: bytes) -> list[FormPart] | None:
-    """The parts of a multipart body, or None when it is not one. Splitting on the boundary is exact:
-    by definition it never occurs inside a part."""
+    """The parts of a multipart body, or None when it is not one; BadMultipart for a body within the
+    upload limit that BentoML's form parsing would fail on. Splitting on the boundary is exact: by
+    definition it never occurs inside a part."""
     if not boundary:
         return None
     segments = body.split(b"--" + boundary)
@@ -168,15 +187,40 @@ def multipart_parts(body: bytes, boundary: bytes) -> list[FormPart] | None:
     for segment in segments[1:]:
         if segment.startswith(b"--"):  # closing delimiter
             break
-        head, found, _ = segment.partition(b"\r\n\r\n")
+        head, found, content = segment.partition(b"\r\n\r\n")
         if not found:
             return None
-        disposition = next((line.split(b":", 1)[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-disposition:")), None)
+        lines = [line for line in head.split(b"\r\n") if line]
+        disposition = next((line.split(b":", 1)[1] for line in lines if line.lower().startswith(b"content-disposition:")), None)
         if disposition is None:
             return None
         _, params = parse_options_header(disposition.strip())
-        parts.append(FormPart(params.get(b"name", b"").decode("utf-8", "replace"), b"filename" in params))
+        part = FormPart(params.get(b"name", b"").decode("utf-8", "replace"), b"filename" in params)
+        check_part(part, lines, params.get(b"filename", b""), len(content) - 2)  # the CRLF before the next boundary
+        parts.append(part)
+    check_part_counts(parts)
     return parts
+
+
+def check_part(part: FormPart, header_lines: list[bytes], filename: bytes, size: int) -> None:
+    """BadMultipart if one part breaks a limit of BentoML's form parsing (module docstring)."""
+    if len(header_lines) > DEFAULT_MAX_HEADER_COUNT:
+        raise BadMultipart(f"field '{part.name}' has {len(header_lines)} part headers; the limit is {DEFAULT_MAX_HEADER_COUNT}")
+    longest = max(map(len, header_lines))
+    if longest > DEFAULT_MAX_HEADER_SIZE:
+        raise BadMultipart(f"a part header of field '{part.name}' is {longest:,} bytes; the limit is {DEFAULT_MAX_HEADER_SIZE:,}")
+    stored_as = len(filename.rsplit(b"/", 1)[-1])  # BentoML keeps what os.path.basename keeps
+    if stored_as > MAX_FILENAME_BYTES:
+        raise BadMultipart(f"the file name in field '{part.name}' is {stored_as:,} bytes; the limit is {MAX_FILENAME_BYTES} (rename the file)")
+    if not part.is_file and size > FORM_LIMITS["max_part_size"]:
+        raise BadMultipart(f"text field '{part.name}' is {size:,} bytes; the limit is {FORM_LIMITS['max_part_size']:,}")
+
+
+def check_part_counts(parts: list[FormPart]) -> None:
+    files = sum(part.is_file for part in parts)
+    for count, what, limit in ((files, "files", FORM_LIMITS["max_files"]), (len(parts) - files, "text fields", FORM_LIMITS["max_fields"])):
+        if count > limit:
+            raise BadMultipart(f"{count:,} {what} in one request; the limit is {limit:,}")
 
 
 # --- reading and answering ---------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import functools
 import io
+import re
 import struct
 import zlib
 
@@ -59,6 +60,23 @@ def flat_png(width: int = 6000, height: int = 6000) -> bytes:
     return encoded.tobytes()
 
 
+@functools.cache
+def progressive_jpeg(width: int, height: int, repeated_scans: int = 0) -> bytes:
+    """A real black progressive JPEG (libjpeg's ten scans), with its first luma AC scan repeated
+    ``repeated_scans`` more times before the end. libjpeg decodes it, with a warning, and every repeat
+    costs a pass over every block of the image for under 100 bytes of file: the JPEG scan bomb
+    (libjpeg-turbo's LJT-01-003)."""
+    data = encode(Image.new("RGB", (width, height)), "JPEG", progressive=True, quality=90)
+    if not repeated_scans:
+        return data
+    markers = [m.start() for m in re.finditer(rb"\xff(?=[^\x00\xd0-\xd7\xff])", data)] + [len(data)]
+    scans = [data[start:end] for start, end in zip(markers, markers[1:], strict=False) if data[start + 1] == 0xDA]
+    # A scan: marker, length (2 bytes), component count, (component, tables) for each, then Ss, Se, Ah|Al.
+    luma_ac = next(s for s in scans if s[4] == 1 and s[5] == 1 and s[7] > 0 and s[9] >> 4 == 0)
+    end = data.rindex(b"\xff\xd9")
+    return data[:end] + luma_ac * repeated_scans + data[end:]
+
+
 def odd_formats() -> dict[str, bytes]:
     """Valid images in modes a webcam never produces: the service must decode them like read_rgb does."""
     rgb = Image.fromarray(synthetic_image(1, 7, 96))
@@ -88,6 +106,10 @@ def bad_uploads() -> dict[str, tuple[bytes, str]]:
         "strip_1x12000": (png_strip(1, 12_000), "extreme aspect ratio"),
         # Valid, under the pixel limit, and tiny: refused from the header, as too many pixels for its bytes.
         "flat_png_6000x6000": (flat_png(), "too large for its file size"),
+        # Progressive JPEG keeps the full-size coefficients at any decoding scale, so it is held to the same limit.
+        "flat_progressive_jpeg_4000x4000": (progressive_jpeg(4000, 4000), "too large for its file size"),
+        # Small and under every size limit, but 1000 extra passes over the image (a second at 4000x4000).
+        "jpeg_scan_bomb": (progressive_jpeg(1000, 1000, repeated_scans=1000), "scans, above the limit"),
     }
 
 
@@ -107,6 +129,21 @@ def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
+BOUNDARY = "gesture-test-boundary"
+
+
+def form_part(name: str, content: bytes, filename: str | None = None, headers: tuple[str, ...] = ()) -> bytes:
+    """One part of a multipart/form-data body, written by hand so that it can break the rules."""
+    disposition = f'Content-Disposition: form-data; name="{name}"' + (f'; filename="{filename}"' if filename is not None else "")
+    lines = [disposition, *headers, *(["Content-Type: image/jpeg"] if filename is not None else [])]
+    return f"--{BOUNDARY}\r\n".encode() + "\r\n".join(lines).encode() + b"\r\n\r\n" + content + b"\r\n"
+
+
+def multipart(*parts: bytes) -> dict:
+    """``post`` keyword arguments for a multipart body made of ``parts`` (``form_part``)."""
+    return {"content": b"".join(parts) + f"--{BOUNDARY}--\r\n".encode(), "headers": {"content-type": f"multipart/form-data; boundary={BOUNDARY}"}}
+
+
 def http_bad_requests(upload_limit_bytes: int) -> dict[str, dict]:
     """name -> keyword arguments for httpx/TestClient ``post``: each must get a 4xx with a JSON reason."""
     image = jpeg(1)
@@ -124,6 +161,14 @@ def http_bad_requests(upload_limit_bytes: int) -> dict[str, dict]:
         "threshold_above_one": {"json": {"image_b64": b64(image), "threshold": 1.5}},
         "multipart_without_boundary": {"content": b"xx", "headers": {"content-type": "multipart/form-data"}},
         "upload_over_limit": {"files": {"image": ("big.jpg", b"\xff" * (upload_limit_bytes + 1))}},
+        # Bodies that BentoML's own parsing answered with a 500 (service/http_guard.py says why).
+        "json_nested_deeper_than_the_parser_allows": {"content": b'{"image_b64": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+                                                      "headers": {"content-type": "application/json"}},
+        "part_with_too_many_headers": multipart(form_part("image", image, "a.jpg", headers=tuple(f"X-Note-{i}: x" for i in range(9)))),
+        "part_header_line_over_limit": multipart(form_part("image", image, "a.jpg", headers=("X-Note: " + "x" * 5_000,))),
+        "file_name_over_limit": multipart(form_part("image", image, "a" * 296 + ".jpg")),
+        "text_field_over_limit": multipart(form_part("image", image, "a.jpg"), form_part("top_k", b" " * 2_000_000 + b"3")),
+        "over_a_thousand_files": multipart(*[form_part("image", b"x", "a.jpg")] * 1_001),
     })
     return cases
 
@@ -178,6 +223,14 @@ def expected_refusal(case: str, upload_limit_bytes: int) -> tuple[int, str, tupl
         "top_k_zero": (400, "Input should be greater than or equal to 1", (["top_k"], "greater_than_equal")),
         "threshold_above_one": (400, "Input should be less than or equal to 1", (["threshold"], "less_than_equal")),
         "upload_over_limit": (413, f"the limit is {upload_limit_bytes:,} bytes (server setting GESTURE_MAX_UPLOAD_MB)", None),
+        "file_flat_progressive_jpeg_4000x4000": (400, "image: image too large for its file size: 4000x4000 = 16,000,000 pixels in", None),
+        "file_jpeg_scan_bomb": (400, "image: JPEG with 1,010 scans, above the limit of 100", None),
+        "json_nested_deeper_than_the_parser_allows": (400, "Invalid JSON: recursion limit exceeded", ([], "json_invalid")),
+        "part_with_too_many_headers": (400, "field 'image' has 11 part headers; the limit is 8", None),
+        "part_header_line_over_limit": (400, "a part header of field 'image' is 5,008 bytes; the limit is 4,224", None),
+        "file_name_over_limit": (400, "the file name in field 'image' is 300 bytes; the limit is 200 (rename the file)", None),
+        "text_field_over_limit": (400, "text field 'top_k' is 2,000,001 bytes; the limit is 1,048,576", None),
+        "over_a_thousand_files": (400, "1,001 files in one request; the limit is 1,000", None),
     }[case]
 
 
