@@ -1,11 +1,13 @@
 """What decoding costs against what the file weighs: the figures behind the service's pixels-per-byte
-limit (``gesture_core.images.SMALL_IMAGE_PIXELS``).
+limit (``gesture_core.images.SMALL_IMAGE_PIXELS``) and the scan limit on JPEG (``MAX_JPEG_SCANS``).
 
     .venv/bin/python -m benchmarks.decode_cost
 
 Prints, for flat (black) images of a few sizes, the file's bytes, its pixels per byte and the time and
-memory a full decode takes with the limit off, and whether the service's limit refuses it; then the
-bytes per pixel of real photos from each shared set, re-encoded as PNG, and of their own JPEGs.
+memory a full decode takes with the limit off, and whether the service's limit refuses it; then, for
+progressive JPEGs with extra scans, what decoding them would cost without the scan limit; then the
+bytes per pixel of real photos from each shared set, re-encoded as PNG, and of their own JPEGs, and
+the most scans any of their JPEG files has.
 """
 
 from __future__ import annotations
@@ -20,9 +22,12 @@ import numpy as np
 from benchmarks.common import describe_machine
 from benchmarks.recipes import SHARED_DATA
 from gesture_core import DataConfig, ImageDecodeError, read_rgb
+from gesture_core.images import jpeg_scans, reduced_jpeg_flag
 from service.settings import Settings
+from tests.service_inputs import progressive_jpeg
 
 FLAT_SIZES = [(2000, 1500), (4000, 3000), (6000, 6000), (6324, 6324)]
+SCAN_CASES = [(2000, 1000, 0), (2000, 1000, 90), (2000, 1000, 1000), (4000, 4000, 1000), (8000, 8000, 1000)]
 MODEL_RESIZE = DataConfig().resize_size  # the default model's: what Preprocess.read asks JPEG decoding for
 
 
@@ -58,14 +63,28 @@ def flat_rows() -> None:
                   f"{full * 1000:.0f} ms | {reduced * 1000:.0f} ms | {width * height * 3 / 1e6:.0f} | {refused(data)} |")
 
 
+def scan_rows() -> None:
+    """Progressive JPEGs with one scan repeated: the decoder's time at the model's scale without the
+    scan limit (OpenCV called directly, as read_rgb would call it), and what read_rgb says now."""
+    print("\n| progressive JPEG, black | scans | file bytes | decode at the model's scale, no scan limit | the service |\n"
+          "| --- | ---: | ---: | ---: | --- |")
+    for width, height, repeated in SCAN_CASES:
+        data = progressive_jpeg(width, height, repeated)
+        flag = reduced_jpeg_flag("JPEG", width, height, MODEL_RESIZE)
+        started = time.perf_counter()
+        cv2.imdecode(np.frombuffer(data, np.uint8), flag)
+        seconds = time.perf_counter() - started
+        print(f"| {width}x{height} | {jpeg_scans(data)[1]} | {len(data):,} | {seconds * 1000:,.0f} ms | {refused(data)} |")
+
+
 def photo_rows(per_set: int) -> None:
-    print(f"\n| shared set ({per_set} photos each) | as PNG: bytes per pixel, min-median-max | their own JPEG files: min-median-max |\n"
-          "| --- | --- | --- |")
+    print(f"\n| shared set ({per_set} photos each) | as PNG: bytes per pixel, min-median-max | their own JPEG files: min-median-max | "
+          "most scans of any of its JPEG files (all files) |\n| --- | --- | --- | ---: |")
     rng = random.Random(0)
     for name in ("sign-digits", "flowers", "asl-alphabet"):
         files = sorted(p for p in (SHARED_DATA / name).rglob("*") if p.suffix.lower() in (".jpg", ".jpeg"))
         if not files:
-            print(f"| {name} | (not found in {SHARED_DATA}) | |")
+            print(f"| {name} | (not found in {SHARED_DATA}) | | |")
             continue
         png, jpeg = [], []
         for path in rng.sample(files, min(per_set, len(files))):
@@ -74,7 +93,8 @@ def photo_rows(per_set: int) -> None:
             png.append(len(cv2.imencode(".png", image)[1]) / pixels)
             jpeg.append(path.stat().st_size / pixels)
         spread = lambda v: f"{min(v):.2f} - {np.median(v):.2f} - {max(v):.2f}"  # noqa: E731
-        print(f"| {name} | {spread(png)} | {spread(jpeg)} |")
+        most_scans = max(jpeg_scans(path.read_bytes())[1] for path in files)
+        print(f"| {name} | {spread(png)} | {spread(jpeg)} | {most_scans} |")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     print(describe_machine(), "\n")
     flat_rows()
+    scan_rows()
     photo_rows(args.photos)
     return 0
 

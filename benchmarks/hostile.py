@@ -6,7 +6,8 @@ latency of normal clients while slow clients hold connections open.
     .venv/bin/python -m benchmarks.hostile --slow-seconds 45 --checkpoint runs/NAME/best.pt
 
 Classes: aspect-ratio bombs (tiny strips that resizing would make huge, alone and three at once),
-large images (legal ones up to the pixel limit, and bombs past it), malformed uploads, ambiguous
+large images (legal ones up to the pixel limit, and bombs past it), JPEG scan bombs (progressive files
+whose every extra scan costs a pass over the whole image), malformed uploads, ambiguous
 requests, and slow clients (each sends its request body at 1 byte per second, reconnecting whenever
 the server lets go). Peak RSS growth is the worker's high-water mark (reset through
 /proc/PID/clear_refs before each request) minus its RSS before it. The last lines judge the issue's
@@ -35,7 +36,7 @@ import psutil
 
 from benchmarks.common import describe_machine, machine, note
 from benchmarks.serve_latency import drive, load_images, make_checkpoint, running_service
-from tests.service_inputs import http_bad_requests, jpeg, png_strip, png_with_noise_rows
+from tests.service_inputs import http_bad_requests, jpeg, png_strip, png_with_noise_rows, progressive_jpeg
 
 RSS_TARGET_MB = 256
 P99_TARGET_MS = 1000
@@ -68,7 +69,7 @@ class SlowClientReport:
 
 
 def kind_of(case: str) -> str:
-    return "aspect ratio" if "strip" in case else "large image" if any(w in case for w in ("bomb", "over_limit", "flat")) else "malformed"
+    return "aspect ratio" if "strip" in case else "many scans" if "scan" in case else "large image" if any(w in case for w in ("bomb", "over_limit", "flat")) else "malformed"
 
 
 def attacks(upload_limit: int) -> list[Attack]:
@@ -81,6 +82,10 @@ def attacks(upload_limit: int) -> list[Attack]:
         Attack("aspect ratio", "39000x1 in /predict_batch", "POST", "/predict_batch", {"files": [("images", ("s.png", strip))]}),
         Attack("large image", "6320x6320 PNG (at the pixel limit)", "POST", "/predict", {"files": {"image": ("l.png", png_with_noise_rows(6_320, 6_320))}}),
         Attack("large image", "7000x7000 PNG (past the limit)", "POST", "/predict", {"files": {"image": ("l.png", png_strip(7_000, 7_000))}}),
+        Attack("many scans", "progressive 2000x1000 JPEG, 100 scans (at the limit, legal)", "POST", "/predict",
+               {"files": {"image": ("p.jpg", progressive_jpeg(2_000, 1_000, repeated_scans=90))}}),
+        Attack("many scans", "progressive 4000x4000 JPEG, 1,010 scans", "POST", "/predict",
+               {"files": {"image": ("p.jpg", progressive_jpeg(4_000, 4_000, repeated_scans=1_000))}}),
         Attack("ambiguous", "two image files", "POST", "/predict", {"files": [("image", ("a.jpg", image)), ("image", ("b.jpg", image))]}),
         Attack("ambiguous", "top_k twice", "POST", "/predict", {"files": {"image": ("a.jpg", image)}, "data": {"top_k": ["1", "3"]}}),
         Attack("ambiguous", "top_k: true", "POST", "/predict", {"files": {"image": ("a.jpg", image)}, "data": {"top_k": "true"}}),

@@ -28,11 +28,19 @@ MAX_ASPECT_RATIO = 20
 # Where ``max_pixels_per_byte`` is given (the HTTP service, whose uploads come from anyone), such an
 # image above SMALL_IMAGE_PIXELS may declare at most that many pixels per byte of its file, so that
 # decoding costs about what the upload does. The shared sets' photos saved as PNG take 0.95-2.67 bytes
-# a pixel, far inside the service's 16 pixels a byte. JPEG is exempt: it is decoded at reduced scale
-# where the model allows (``min_side``; a flat 6000x6000 JPEG in 7 ms), and the models that decode in
-# full (hand crops) pay 0.14 s there.
+# a pixel, far inside the service's 16 pixels a byte. Baseline JPEG is exempt: it is decoded at
+# reduced scale where the model allows (``min_side``; a flat 6000x6000 JPEG in 7 ms), and the models
+# that decode in full (hand crops) pay 0.14 s there. Progressive JPEG is not: its decoder keeps every
+# coefficient of the full-size image, whatever the scale.
 SMALL_IMAGE_PIXELS = 2_000_000  # about a 1080p frame: any file may be this large
+# A progressive JPEG is decoded scan by scan, and every scan walks every block of the image, however
+# little it holds: a scan of an 8000x8000 image can take 95 bytes, and 1000 repeated ones took 4.6 s
+# to decode (``python -m benchmarks.decode_cost``). The JPEG standard allows any number of scans
+# (libjpeg-turbo calls this LJT-01-003 and leaves the limit to the application); ordinary encoders
+# write one (baseline) or about 10 (libjpeg's progression), mozjpeg a few more. Applied everywhere.
+MAX_JPEG_SCANS = 100
 TRUNCATED_JPEG = "truncated JPEG (no end-of-image marker)"
+PROGRESSIVE_FRAMES = {0xC2, 0xC6, 0xCA, 0xCE}  # start-of-frame markers of progressive JPEG (Huffman and arithmetic)
 # File signatures, to name the format of a file whose header is cut or corrupt.
 SIGNATURES = {b"\xff\xd8\xff": "JPEG", b"\x89PNG\r\n\x1a\n": "PNG", b"GIF8": "GIF", b"II*\x00": "TIFF", b"MM\x00*": "TIFF"}
 
@@ -88,12 +96,17 @@ def decode_rgb(data: bytes, *, max_pixels: int | None = DEFAULT_MAX_PIXELS, min_
         raise ImageDecodeError("empty file (0 bytes)")
     fmt, (width, height) = probe_image(data)
     check_dimensions(width, height, max_pixels=max_pixels)
-    if max_pixels_per_byte is not None and fmt != "JPEG":
+    progressive, scans = jpeg_scans(data) if data.startswith(b"\xff\xd8") else (False, 0)
+    if scans > MAX_JPEG_SCANS:
+        raise ImageDecodeError(f"JPEG with {scans:,} scans, above the limit of {MAX_JPEG_SCANS} "
+                               "(an ordinary JPEG has 1, a progressive one about 10): re-save it")
+    # A progressive JPEG keeps every coefficient of the full-size image while it decodes, at any scale.
+    if max_pixels_per_byte is not None and (fmt != "JPEG" or progressive):
         check_file_size(width, height, len(data), max_pixels_per_byte)
     if fmt == "JPEG" and not jpeg_is_complete(data):
         raise ImageDecodeError(TRUNCATED_JPEG)
     if fmt in ("JPEG", "PNG", "WEBP", "BMP", "TIFF"):
-        flag = _reduced_flag(fmt, width, height, min_side)
+        flag = reduced_jpeg_flag(fmt, width, height, min_side)
         try:
             bgr = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
             if bgr is not None and bgr.ndim == 3 and bgr.shape[2] == 3:
@@ -134,6 +147,27 @@ def check_file_size(width: int, height: int, size_bytes: int, max_pixels_per_byt
         )
 
 
+def jpeg_scans(data: bytes) -> tuple[bool, int]:
+    """(progressive, number of scans) of a JPEG, from its markers, without decoding anything.
+
+    The segments before the first scan are walked by their lengths (so an EXIF thumbnail's markers are
+    not counted); from there every start-of-scan marker counts: inside entropy-coded data a 0xFF byte
+    is always followed by 0x00 or a restart marker, never by 0xDA."""
+    i, progressive = 2, False
+    while i + 4 <= len(data) and data[i] == 0xFF:
+        marker = data[i + 1]
+        if marker == 0xFF or marker == 0x01 or 0xD0 <= marker <= 0xD8:  # fill byte, or a marker without a length
+            i += 1 if marker == 0xFF else 2
+            continue
+        if marker == 0xD9:
+            break
+        if marker == 0xDA:
+            return progressive, data.count(b"\xff\xda", i)
+        progressive |= marker in PROGRESSIVE_FRAMES
+        i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+    return progressive, 0  # no scan before the end or a corrupt marker: the decoder reports it
+
+
 def opencv_reason(err: cv2.error) -> str:
     """The one-line reason inside OpenCV's multi-line error text."""
     return getattr(err, "err", "") or str(err).strip().splitlines()[-1]
@@ -170,7 +204,9 @@ def jpeg_is_complete(data: bytes) -> bool:
     return b"\xff\xd9" in data[-32:] or data.rstrip(b"\x00\r\n ").endswith(b"\xff\xd9")
 
 
-def _reduced_flag(fmt: str, width: int, height: int, min_side: int | None) -> int:
+def reduced_jpeg_flag(fmt: str, width: int, height: int, min_side: int | None) -> int:
+    """OpenCV's flag to decode a JPEG at 1/8, 1/4 or 1/2 scale, keeping its shorter side at least
+    twice ``min_side``; full scale for other formats or without ``min_side``."""
     if fmt != "JPEG" or not min_side:
         return cv2.IMREAD_COLOR
     short = min(width, height)

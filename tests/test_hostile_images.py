@@ -10,11 +10,20 @@ import sys
 import cv2
 import numpy as np
 import pytest
+from PIL import Image
 
 from benchmarks.server_process import REPO
 from gesture_core import DataConfig, ImageDecodeError, Preprocess, read_rgb
-from gesture_core.images import MAX_ASPECT_RATIO, SMALL_IMAGE_PIXELS, TRUNCATED_JPEG, check_file_size, decode_rgb
-from tests.service_inputs import flat_png, jpeg, png_strip
+from gesture_core.images import (
+    MAX_ASPECT_RATIO,
+    MAX_JPEG_SCANS,
+    SMALL_IMAGE_PIXELS,
+    TRUNCATED_JPEG,
+    check_file_size,
+    decode_rgb,
+    jpeg_scans,
+)
+from tests.service_inputs import encode, flat_png, jpeg, png_strip, progressive_jpeg
 
 
 @pytest.fixture(scope="module")
@@ -144,3 +153,40 @@ def test_photos_and_jpegs_pass_the_pixels_per_byte_limit():
     assert read_rgb(png.tobytes(), max_pixels_per_byte=16).shape == (1500, 2000, 3)
     ok, flat_jpeg = cv2.imencode(".jpg", np.zeros((4000, 4000, 3), np.uint8))  # JPEG decodes at reduced scale instead
     assert read_rgb(flat_jpeg.tobytes(), max_pixels_per_byte=16, min_side=256).shape == (1000, 1000, 3)
+
+
+def test_a_jpeg_scan_bomb_is_refused_from_its_markers_everywhere():
+    """1000 repeated scans of a 1000x1000 image: 18 KB of file, under every size limit. Counted from
+    the markers before decoding, for uploads and for training's own files alike."""
+    data = progressive_jpeg(1000, 1000, repeated_scans=1000)
+    assert len(data) < 20_000
+    with pytest.raises(ImageDecodeError, match=r"^JPEG with 1,010 scans, above the limit of 100 "):
+        read_rgb(data, max_pixels=None)
+
+
+def test_the_scan_limit_is_inclusive():
+    assert MAX_JPEG_SCANS == 100
+    assert read_rgb(progressive_jpeg(64, 64, repeated_scans=90)).shape == (64, 64, 3)
+    with pytest.raises(ImageDecodeError, match="101 scans"):
+        read_rgb(progressive_jpeg(64, 64, repeated_scans=91))
+
+
+def test_scans_are_counted_from_the_first_scan_on():
+    """Start-of-scan bytes inside a segment before the image data (a comment here; an EXIF thumbnail's
+    own markers in a camera file) are not scans of the image."""
+    image = Image.fromarray(np.zeros((48, 64, 3), np.uint8))
+    baseline = encode(image, "JPEG", comment=b"\xff\xda" * 500)
+    assert jpeg_scans(baseline) == (False, 1)
+    assert jpeg_scans(encode(image, "JPEG", progressive=True)) == (True, 10)
+    assert jpeg_scans(b"\xff\xd8\xff\xd9") == (False, 0)  # no scan at all: left to the decoder's error
+    assert jpeg_scans(jpeg(0)[:30]) == (False, 0)
+
+
+def test_a_progressive_jpeg_is_held_to_the_pixels_per_byte_limit_and_photos_pass_it():
+    flat = progressive_jpeg(4000, 4000)  # 94 KB; its decoder keeps 16 MP of coefficients at any scale
+    with pytest.raises(ImageDecodeError, match="too large for its file size"):
+        read_rgb(flat, max_pixels_per_byte=16, min_side=256)
+    assert read_rgb(flat, min_side=256).shape == (1000, 1000, 3)  # a user's own file: no such limit
+    noise = np.random.default_rng(0).integers(0, 256, (1500, 2000, 3), np.uint8)  # 3 MP, like a photo
+    photo = encode(Image.fromarray(noise), "JPEG", progressive=True, quality=75)
+    assert read_rgb(photo, max_pixels_per_byte=16, min_side=256).shape[:2] == (750, 1000)
