@@ -7,7 +7,8 @@ latency of normal clients while slow clients hold connections open.
 
 Classes: aspect-ratio bombs (tiny strips that resizing would make huge, alone and three at once),
 large images (legal ones up to the pixel limit, and bombs past it), JPEG scan bombs (progressive files
-whose every extra scan costs a pass over the whole image), malformed uploads, ambiguous
+whose every extra scan costs a pass over the whole image), costly bodies (deep JSON, or thousands of
+keys, form fields or multipart parts, which would take seconds to parse), malformed uploads, ambiguous
 requests, and slow clients (each sends its request body at 1 byte per second, reconnecting whenever
 the server lets go). Peak RSS growth is the worker's high-water mark (reset through
 /proc/PID/clear_refs before each request) minus its RSS before it. The last lines judge the issue's
@@ -68,8 +69,18 @@ class SlowClientReport:
     outcomes: Counter[str] = field(default_factory=Counter)
 
 
+# A case's class, by the first words its name contains (tests/service_inputs.py names them).
+KINDS = (
+    (("nested_100000", "keys", "1001_fields", "2500_parts", "thousand"), "costly body"),  # seconds of parsing on the event loop
+    (("part_", "file_name", "text_field"), "malformed"),  # multipart that BentoML's form parsing fails on
+    (("strip",), "aspect ratio"),
+    (("scan",), "many scans"),
+    (("bomb", "over_limit", "flat"), "large image"),
+)
+
+
 def kind_of(case: str) -> str:
-    return "aspect ratio" if "strip" in case else "many scans" if "scan" in case else "large image" if any(w in case for w in ("bomb", "over_limit", "flat")) else "malformed"
+    return next((kind for words, kind in KINDS if any(word in case for word in words)), "malformed")
 
 
 def attacks(upload_limit: int) -> list[Attack]:
@@ -86,6 +97,10 @@ def attacks(upload_limit: int) -> list[Attack]:
                {"files": {"image": ("p.jpg", progressive_jpeg(2_000, 1_000, repeated_scans=90))}}),
         Attack("many scans", "progressive 4000x4000 JPEG, 1,010 scans", "POST", "/predict",
                {"files": {"image": ("p.jpg", progressive_jpeg(4_000, 4_000, repeated_scans=1_000))}}),
+        Attack("costly body", "JSON object of 1,000,000 keys (12 MB)", "POST", "/predict",
+               {"content": ("{" + ",".join(f'"k{i}":0' for i in range(1_000_000)) + "}").encode(), "headers": {"content-type": "application/json"}}),
+        Attack("costly body", "2,000,000 urlencoded fields (16 MB)", "POST", "/predict",
+               {"content": b"&".join([b"top_k=1"] * 2_000_000), "headers": {"content-type": "application/x-www-form-urlencoded"}}),
         Attack("ambiguous", "two image files", "POST", "/predict", {"files": [("image", ("a.jpg", image)), ("image", ("b.jpg", image))]}),
         Attack("ambiguous", "top_k twice", "POST", "/predict", {"files": {"image": ("a.jpg", image)}, "data": {"top_k": ["1", "3"]}}),
         Attack("ambiguous", "top_k: true", "POST", "/predict", {"files": {"image": ("a.jpg", image)}, "data": {"top_k": "true"}}),
