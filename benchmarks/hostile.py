@@ -101,6 +101,8 @@ def attacks(upload_limit: int) -> list[Attack]:
                {"content": ("{" + ",".join(f'"k{i}":0' for i in range(1_000_000)) + "}").encode(), "headers": {"content-type": "application/json"}}),
         Attack("costly body", "2,000,000 urlencoded fields (16 MB)", "POST", "/predict",
                {"content": b"&".join([b"top_k=1"] * 2_000_000), "headers": {"content-type": "application/x-www-form-urlencoded"}}),
+        # Read by uvicorn's HTTP parser before any middleware runs; BentoML passes it no header limit.
+        Attack("large header", "10 MB request header (GET /readyz)", "GET", "/readyz", {"headers": {"X-Padding": "a" * 10_000_000}}),
         Attack("ambiguous", "two image files", "POST", "/predict", {"files": [("image", ("a.jpg", image)), ("image", ("b.jpg", image))]}),
         Attack("ambiguous", "top_k twice", "POST", "/predict", {"files": {"image": ("a.jpg", image)}, "data": {"top_k": ["1", "3"]}}),
         Attack("ambiguous", "top_k: true", "POST", "/predict", {"files": {"image": ("a.jpg", image)}, "data": {"top_k": "true"}}),

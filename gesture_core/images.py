@@ -34,7 +34,7 @@ MAX_ASPECT_RATIO = 20
 # coefficient of the full-size image, whatever the scale.
 SMALL_IMAGE_PIXELS = 2_000_000  # about a 1080p frame: any file may be this large
 # A progressive JPEG is decoded scan by scan, and every scan walks every block of the image, however
-# little it holds: a scan of an 8000x8000 image can take 95 bytes, and 1000 repeated ones took 4.6 s
+# little it holds: a scan of an 8000x8000 image can take 95 bytes, and 1000 repeated ones took 3.2 s
 # to decode (``python -m benchmarks.decode_cost``). The JPEG standard allows any number of scans
 # (libjpeg-turbo calls this LJT-01-003 and leaves the limit to the application); ordinary encoders
 # write one (baseline) or about 10 (libjpeg's progression), mozjpeg a few more. Applied everywhere.
