@@ -155,7 +155,8 @@ def too_many_to_parse(media_type: bytes, boundary: bytes, body: bytes) -> str | 
         return f"{parts:,} parts in one multipart body; the limit is {most:,}"
     if media_type == b"application/x-www-form-urlencoded" and (fields := body.count(b"&") + 1) > FORM_LIMITS["max_fields"]:
         return f"{fields:,} form fields in one request; the limit is {FORM_LIMITS['max_fields']:,}"
-    if media_type in (b"application/json", b"") and (marks := sum(map(body.count, JSON_PUNCTUATION))) > MAX_JSON_PUNCTUATION:
+    looks_like_json = media_type in (b"application/json", b"") and body.lstrip()[:1] in (b"{", b"[")  # not an image sent raw
+    if looks_like_json and (marks := sum(map(body.count, JSON_PUNCTUATION))) > MAX_JSON_PUNCTUATION:
         return (f"JSON body too complex: {marks:,} commas, colons and brackets, above the limit of {MAX_JSON_PUNCTUATION:,} "
                 '(the endpoints take a flat object such as {"image_b64": "<base64>", "top_k": 3})')
     return None

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from bentoml.exceptions import BadInput
+from PIL import Image
 from python_multipart.multipart import DEFAULT_MAX_HEADER_SIZE
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -449,6 +450,13 @@ def test_multipart_bodies_at_the_limits_of_bentomls_parsing_are_served(client):
                      form_part("top_k", b" " * (FORM_LIMITS["max_part_size"] - 1) + b"3"))
     resp = client.post("/predict", **body)
     assert resp.status_code == 200 and len(resp.json()["top_k"]) == 3, resp.text
+
+
+def test_a_raw_image_without_a_content_type_is_not_counted_as_json(client):
+    data = encode(Image.fromarray(np.random.default_rng(0).integers(0, 256, (400, 400, 3), np.uint8)), "JPEG")
+    assert sum(map(data.count, (b",", b":", b"{", b"["))) > 1000  # as many as a JSON body of a thousand values
+    resp = client.post("/predict", content=data, headers={"content-type": ""})
+    assert resp.status_code == 400 and "Invalid JSON" in resp.json()["error"], resp.text
 
 
 def test_every_bad_request_has_a_documented_answer():
