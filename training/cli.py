@@ -52,6 +52,15 @@ def positive_float(text: str) -> float:
     return float_in(1e-12, float("inf"))(text)
 
 
+def add_flip_arguments(parser, default: str) -> None:
+    """``--flip auto|on|off`` and ``--no-flip`` (its old spelling), the same in every command that trains."""
+    from training.augment import FLIP_CHOICES  # albumentations: only for the commands that train
+
+    parser.add_argument("--flip", choices=FLIP_CHOICES, default=default, help="horizontal flips in training; auto: off when a "
+                        "class name has a direction (left, right, clockwise, ...), since a mirror swaps those classes, else on")
+    parser.add_argument("--no-flip", dest="flip", action="store_const", const="off", default=argparse.SUPPRESS, help="same as --flip off")
+
+
 def weights_arg(text: str) -> str:
     if text in ("imagenet", "none") or Path(text).is_file():
         return text

@@ -30,7 +30,6 @@ from gesture_core.classifier import load_classifier
 from gesture_core.cli import command
 from gesture_core.weights import WeightsUnavailableError, imagenet_weights_file
 from training import cli
-from training.augment import FLIP_CHOICES
 from training.config import SETTLED_FROM_AUTO, TrainConfig
 from training.inspect import summarize
 
@@ -217,9 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=cli.int_at_least(1), default=32)
     p.add_argument("--lr", type=cli.positive_float, default=1e-3)
     p.add_argument("--backbone-lr-mult", type=cli.float_in(0.0, 1.0, high_inclusive=True), default=1.0, help="1.0: the whole net learns at --lr (from-scratch rows need it)")
-    p.add_argument("--flip", choices=FLIP_CHOICES, default="auto", help="horizontal flips in training, as in training.finetune; "
-                   "auto: off when a class name has a direction (left, right, ...)")
-    p.add_argument("--no-flip", dest="flip", action="store_const", const="off", default=argparse.SUPPRESS, help="same as --flip off")
+    cli.add_flip_arguments(p, "auto")
     p.add_argument("--test-per-class", type=cli.int_at_least(1), default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=cli.int_at_least(0), default=2)

@@ -37,7 +37,6 @@ from gesture_core.rejection import find_reject_classes
 from training import cli, distributed
 from training.augment import (
     CROP_CHOICES,
-    FLIP_CHOICES,
     PRESETS,
     build_eval_transform,
     build_train_transform,
@@ -103,9 +102,7 @@ def build_parser(*, suppress_defaults: bool = False) -> argparse.ArgumentParser:
     add_rejection_args(p.add_argument_group("no gesture (docs/no-gesture.md)"))
     g = p.add_argument_group("augmentation")
     g.add_argument("--augment", choices=PRESETS, default=default(d.augment), help="training augmentation preset")
-    g.add_argument("--flip", choices=FLIP_CHOICES, default=default(d.flip), help="horizontal flips in training; auto: off when a class "
-                   "name has a direction (left, right, clockwise, ...), since a mirror swaps those classes, else on")
-    g.add_argument("--no-flip", dest="flip", action="store_const", const="off", default=argparse.SUPPRESS, help="same as --flip off")
+    cli.add_flip_arguments(g, default(d.flip))
     g.add_argument("--pca-lighting", action="store_true", default=default(False), help="AlexNet-style PCA colour noise")
     g.add_argument("--scale-jitter", action="store_true", default=default(False), help="VGG-style scale jitter instead of random resized crops")
     g = p.add_argument_group("runtime")
