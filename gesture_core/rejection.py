@@ -16,31 +16,60 @@ calibrated, and ``decide`` applies the classes and threshold, so the service, th
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
-# Names that datasets use for "no gesture" (HaGRID: no_gesture; the Kaggle ASL alphabet: nothing).
-# Compared after lower-casing and turning spaces and dashes into underscores.
-REJECT_NAMES = frozenset({
-    "none", "no_gesture", "nogesture", "nothing", "background", "other", "others", "unknown",
-    "no_hand", "no_hands", "empty", "negative", "idle", "rest", "blank",
+from gesture_core.class_names import name_words
+
+# What "no gesture" classes are called (HaGRID: no_gesture; Jester: "No gesture", "Doing other things";
+# the Kaggle ASL alphabet: nothing), read as words of the name (gesture_core.class_names.name_words), so
+# that case, separators, camelCase and a number to order the folders ("00_none") do not matter.
+# A name is one of these words, alone or beside a filler word:
+NOTHING_WORDS = frozenset({
+    "none", "nothing", "background", "other", "others", "unknown", "empty", "negative", "negatives",
+    "idle", "rest", "blank", "neutral", "null", "void", "noise", "garbage", "misc",
 })
+FILLER_WORDS = frozenset({
+    "class", "label", "category", "doing", "thing", "things", "stuff", "scene", "frame", "frames",
+    "gesture", "gestures", "sign", "signs", "hand", "hands", "at", "only",
+})
+# ... or a negation before what is absent: "no_gesture", "no hands", "not a gesture", "NoSign".
+NEGATIONS = ("no", "non", "not", "without")
+ABSENT_WORDS = frozenset({
+    "gesture", "gestures", "hand", "hands", "sign", "signs", "action", "actions", "motion", "motions",
+    "object", "objects", "person", "people", "one", "body",
+})
+ABSENT_FILLERS = frozenset({"a", "any", "detected", "present", "visible", "shown", "in", "view", "frame", "class"})
 # What a checkpoint from before calibration decides with: the threshold callers used then (the service
 # and evaluate used 0; the webcam keeps its own old default, 0.5, for these checkpoints).
 UNCALIBRATED_THRESHOLD = 0.0
 THRESHOLD_RANGE = "between 0 and 1"
 
 
-def normalised_name(name: str) -> str:
-    return re.sub(r"[\s\-]+", "_", name.strip().lower())
-
-
 def is_reject_name(name: str) -> bool:
-    return normalised_name(name) in REJECT_NAMES
+    """Whether a class name says "no gesture": one of NOTHING_WORDS beside filler words, or a negation
+    and what is absent. Yes: "none", "No Gesture", "00_nothing", "_background_", "noHands",
+    "not_a_gesture", "Doing other things", "hands at rest", "other_gestures". No: "no" and "not"
+    (signs), "rest_pose", "fist", "0"."""
+    words = [w for w in name_words(name) if not w.isdigit()]
+    if len(words) == 1:  # "nogesture", "nohands": one word glued from two
+        words = glued_negation(words[0]) or words
+    if len(words) > 1 and words[0] in NEGATIONS:
+        rest = [w for w in words[1:] if w not in ABSENT_FILLERS]
+        return bool(rest) and all(w in ABSENT_WORDS for w in rest)
+    core = [w for w in words if w not in FILLER_WORDS]
+    return len(core) == 1 and core[0] in NOTHING_WORDS
+
+
+def glued_negation(word: str) -> list[str] | None:
+    """"nogesture" -> no, gesture; None when ``word`` is not a negation glued to an ABSENT_WORDS word."""
+    for negation in NEGATIONS:
+        if word.startswith(negation) and word[len(negation):] in ABSENT_WORDS:
+            return [negation, word[len(negation):]]
+    return None
 
 
 def find_reject_classes(classes: Sequence[str], requested: Iterable[str] | None = None) -> list[str]:

@@ -26,6 +26,7 @@ from training.calibrate import (
     choose_threshold,
     expected_calibration_error,
     fit_temperature,
+    reject_choice,
     split_outputs,
 )
 from training.data import Splits
@@ -35,9 +36,28 @@ def run_module(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", *args], cwd=REPO, capture_output=True, text=True, timeout=900)
 
 
-@pytest.mark.parametrize("name", ["none", "None", "no_gesture", "No-Gesture", "nothing", "NOTHING", "background", "Other", "no gesture"])
-def test_common_no_gesture_names_are_recognised_in_any_case(name):
+@pytest.mark.parametrize("name", [
+    "none", "None", "no_gesture", "No-Gesture", "nothing", "NOTHING", "background", "Other", "no gesture",  # HaGRID, ASL, Jester
+    "NoGesture", "NOGESTURE", "nohands", "No hand detected", "not_a_gesture", "non-gesture", "Doing other things",
+    "00_none", "3-nothing", "_background_", "class_none", "other_gestures", "hands at rest", "neutral", "Idle",
+])  # fmt: skip
+def test_no_gesture_names_are_recognised_in_any_spelling(name):
     assert find_reject_classes(["fist", name, "palm"]) == [name]
+
+
+@pytest.mark.parametrize("name", ["no", "NOT", "rest_pose", "nothing_but_net", "open_hand", "hand", "one", "0", "L", "del", "noted"])
+def test_gestures_and_signs_are_not_taken_for_no_gesture(name):
+    assert find_reject_classes(["fist", name, "palm"]) == []
+
+
+def test_start_up_says_which_classes_mean_no_gesture_and_why():
+    assert reject_choice(["fist", "00_none"], None) == ("no gesture: 00_none (a no-gesture name; --reject-class NAME "
+                                                       "to choose, '' for none)")
+    assert reject_choice(["fist", "palm"], None).startswith("no gesture: no class has a no-gesture name (none, nothing, ")
+    assert reject_choice(["fist", "none", "palm"], ["palm"]) == "no gesture: palm (--reject-class)"
+    assert reject_choice(["fist", "none"], [""]).startswith("no gesture: no reject class (--reject-class '')")
+    with pytest.raises(ValueError, match="choose from fist, none"):
+        reject_choice(["fist", "none"], ["nothing"])
 
 
 def test_reject_class_flag_names_classes_or_turns_the_rule_off():
@@ -82,6 +102,7 @@ def test_reject_classes_are_stored_in_the_checkpoint(tmp_path):
     done = run_module("training.finetune", "--data", str(data), "--out", str(run), "--epochs", "2", "--image-size", "64",
                       "--freeze", "backbone", "--augment", "none", "--val-split", "0.3", "--workers", "0", "--reject-class", "palm")
     assert done.returncode == 0, done.stderr[-3000:]
+    assert "no gesture: palm (--reject-class)" in done.stdout
     stored = load_checkpoint(run / "best.pt")["rejection"]
     assert stored["reject_classes"] == ["palm"] and stored["calibrated"] and 0.0 <= stored["threshold"] <= 1.0
     report = json.loads((run / "metrics.json").read_text())["open_set"]

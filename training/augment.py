@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Callable, Sequence
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # its update check would hang offline
@@ -14,6 +13,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from albumentations.pytorch import ToTensorV2  # noqa: E402
 
+from gesture_core.class_names import name_words  # noqa: E402
 from gesture_core.images import ImageDecodeError, probe_image  # noqa: E402
 from gesture_core.preprocess import CROP_MODES, WHOLE_FRAME_MODES, DataConfig, Preprocess  # noqa: E402
 
@@ -86,11 +86,6 @@ class AlexNetLighting(A.ImageOnlyTransform):
 
     def get_transform_init_args_names(self) -> tuple[str, ...]:
         return ("alpha",)
-
-
-def name_words(name: str) -> list[str]:
-    """Lower-case words of a class name: "swipeLeft" -> swipe, left; "point_right2" -> point, right, 2."""
-    return [w.lower() for w in re.findall(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+", name)]
 
 
 def direction_sensitive(classes: Sequence[str]) -> list[str]:

@@ -350,6 +350,19 @@ def add_rejection_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup
                         help="the chosen threshold keeps gesture recall at least this fraction of the unthresholded recall")
 
 
+def reject_choice(classes: Sequence[str], requested: Sequence[str] | None) -> str:
+    """The start-up line that says which classes mean "no gesture" and why; ValueError (listing the
+    classes) for a --reject-class that is not one of them."""
+    found = find_reject_classes(classes, requested)
+    named = ", ".join(found)
+    if requested is not None:
+        return f"no gesture: {named} (--reject-class)" if found else "no gesture: no reject class (--reject-class ''); a threshold alone rejects"
+    if found:
+        return f"no gesture: {named} (a no-gesture name; --reject-class NAME to choose, '' for none)"
+    return ("no gesture: no class has a no-gesture name (none, nothing, no_gesture, background, ...); a threshold alone "
+            "rejects (--reject-class NAME to name one)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m training.calibrate", description=__doc__.split("\n")[0], formatter_class=cli.DefaultsHelpFormatter)
     p.add_argument("--checkpoint", type=cli.existing_file, required=True, help="RUN/best.pt (rewritten with the calibration)")

@@ -33,7 +33,6 @@ from gesture_core.checkpoint import (
 from gesture_core.classifier import load_classifier
 from gesture_core.cli import EXIT_USAGE, USER_ERRORS, command
 from gesture_core.preprocess import DataConfig
-from gesture_core.rejection import find_reject_classes
 from training import cli, distributed
 from training.augment import (
     CROP_CHOICES,
@@ -43,7 +42,7 @@ from training.augment import (
     resolve_crop,
     resolve_flip,
 )
-from training.calibrate import add_rejection_args, calibrate_model, format_open_set
+from training.calibrate import add_rejection_args, calibrate_model, format_open_set, reject_choice
 from training.config import TrainConfig
 from training.data import DatasetError, ImageDataset, Splits, failure_reports, index_seed, load_splits, make_loader
 from training.distributed import ShardedSeededSampler, is_main_process
@@ -324,7 +323,9 @@ def train(cfg: TrainConfig, resume: Path | None = None) -> Path:
     """Run (or continue) fine-tuning; returns the run folder."""
     seed_everything(cfg.seed)
     run = prepare_run(cfg, resume)
-    find_reject_classes(run.splits.classes, cfg.reject_classes)  # a misspelt --reject-class fails before training
+    reject_line = reject_choice(run.splits.classes, cfg.reject_classes)  # a misspelt --reject-class fails before training
+    if is_main_process():
+        print(reject_line)
     train_loader, sampler, val_loader, test_loader = make_loaders(run)
     lr = distributed.scaled_lr(cfg.lr, cfg.world_size)
     optimizer = build_optimizer(run.model, run.backbone, opt=cfg.opt, lr=lr, backbone_lr_mult=cfg.backbone_lr_mult, weight_decay=cfg.weight_decay, momentum=cfg.momentum)

@@ -1,0 +1,14 @@
+"""Reading class names as words: the folder names users give their classes are the only description
+of them, and some choices depend on it (no flips for left/right classes, "no gesture" classes)."""
+
+from __future__ import annotations
+
+import re
+
+WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+")
+
+
+def name_words(name: str) -> list[str]:
+    """Lower-case words of a class name in snake_case, kebab-case, camelCase or with spaces:
+    "swipeLeft" -> swipe, left; "point_right2" -> point, right, 2; "00-No Gesture" -> 00, no, gesture."""
+    return [w.lower() for w in WORD.findall(name)]
