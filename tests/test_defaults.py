@@ -21,6 +21,7 @@ from training.loop import cpu_native_bf16, resolve_amp
     (["point_left", "point_right", "fist"], ["point_left", "point_right"]),
     (["swipeLeft", "SwipeRight", "turn-CW", "rotate_anticlockwise", "LEFT_HAND"], ["swipeLeft", "SwipeRight", "turn-CW", "rotate_anticlockwise", "LEFT_HAND"]),
     (["Bright", "upright", "leftover", "copyright", "L", "R", "right-ish"], ["right-ish"]),
+    (["swipeleft", "swiperight", "pointingleft", "lefthand", "rightturn", "alright", "righteous", "leftovers"], ["swipeleft", "swiperight", "pointingleft", "lefthand", "rightturn"]),
     ([str(d) for d in range(10)], []),
 ])  # fmt: skip
 def test_direction_words_are_found_as_whole_words_only(names, sensitive):

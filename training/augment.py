@@ -25,6 +25,13 @@ DIRECTION_WORDS = frozenset({
     "left", "right", "leftward", "rightward", "leftwards", "rightwards", "lft", "rgt", "rght",
     "clockwise", "anticlockwise", "counterclockwise", "cw", "ccw",
 })  # fmt: skip
+# Names written in one lower-case word ("swipeleft", "lefthand") are split only where the other part is
+# one of these, so that "bright", "upright", "copyright" and "leftover" stay words of their own.
+GLUED_TO_DIRECTION = frozenset({
+    "swipe", "swiping", "point", "pointing", "turn", "turning", "move", "moving", "slide", "sliding", "go",
+    "thumb", "thumbs", "hand", "arrow", "look", "rotate", "rotating", "wave", "waving", "tilt", "push",
+    "scroll", "shift", "to", "roll", "flick", "palm", "finger", "fist", "side",
+})  # fmt: skip
 Transform = Callable[[np.ndarray, int], torch.Tensor]
 
 
@@ -90,7 +97,13 @@ class AlexNetLighting(A.ImageOnlyTransform):
 
 def direction_sensitive(classes: Sequence[str]) -> list[str]:
     """The class names a horizontal flip would turn into another class (left <-> right, clockwise <-> anticlockwise)."""
-    return [c for c in classes if DIRECTION_WORDS.intersection(name_words(c))]
+    return [c for c in classes if any(w in DIRECTION_WORDS or glued_direction(w) for w in name_words(c))]
+
+
+def glued_direction(word: str) -> bool:
+    """"swipeleft", "rightturn", "lefthand": a direction glued to a gesture word (GLUED_TO_DIRECTION)."""
+    return any(word.endswith(d) and word[: -len(d)] in GLUED_TO_DIRECTION or word.startswith(d) and word[len(d):] in GLUED_TO_DIRECTION
+               for d in ("left", "right"))
 
 
 def resolve_flip(setting: str, classes: Sequence[str]) -> tuple[bool, str]:
