@@ -71,8 +71,8 @@ def neighbour_check(splits: Splits, test: SplitOutputs) -> dict[str, Any]:
         for s in getattr(splits, name):
             by_class.setdefault(s.label, []).append(s.path)
     beside_train = set()
-    for paths in by_class.values():
-        for frames in sequences(paths).values():
+    for label, paths in by_class.items():
+        for frames in sequences(paths, splits.classes[label]).values():
             for i, path in enumerate(frames):
                 neighbours = frames[max(i - 1, 0) : i] + frames[i + 1 : i + 2]
                 if split_of[path] == "test" and any(split_of[n] == "train" for n in neighbours):

@@ -14,7 +14,7 @@ import training.finetune as finetune
 from tests.helpers import PALETTE, SHARED_DATA, synthetic_image, write_rgb
 from training.check import build_report
 from training.data import DatasetError, load_splits
-from training.grouping import NUMBERED_NAME, assign_groups
+from training.grouping import NUMBERED_NAME, assign_groups, sequences
 
 
 def group_of(path: str, grouping: dict) -> tuple[str, str]:
@@ -93,13 +93,56 @@ def test_presplit_val_is_carved_by_group(tmp_path):
     assert len(splits.val) == 8
 
 
+def write_clips(root: Path, clips: dict[str, int], frames: int = 6) -> Path:
+    """Video frames extracted one folder per clip: <class>/clip<k>/<nnnn>.jpg, the numbering restarting in every clip."""
+    for label, (cls, count) in enumerate(clips.items()):
+        for k in range(count):
+            for n in range(frames):
+                write_rgb(root / cls / f"clip{k}" / f"{n + 1:04d}.jpg", synthetic_image(label, seed=k * 100 + n, size=32))
+    return root
+
+
+def clip_sides(splits) -> dict[tuple[str, str], set[str]]:
+    """(class, clip folder) -> the splits its frames went to."""
+    sides: dict[tuple[str, str], set[str]] = {}
+    for name in ("train", "val", "test"):
+        for sample in getattr(splits, name):
+            path = Path(sample.path)
+            sides.setdefault((path.parent.parent.name, path.parent.name), set()).add(name)
+    return sides
+
+
+def test_subfolders_of_a_class_folder_are_recordings(tmp_path):
+    root = write_clips(tmp_path / "d", {"fist": 5, "palm": 5})
+    splits = load_splits(root, val_split=0.2, test_split=0.2, seed=0)
+    assert splits.grouping["rule"] == "folders" and "e.g. fist/clip0/" in splits.grouping["description"]
+    sides = clip_sides(splits)
+    assert len(sides) == 10 and all(len(s) == 1 for s in sides.values()), sides
+    assert splits.counts() == {"train": 36, "val": 12, "test": 12}
+
+
+def test_two_clips_per_class_fall_back_to_frame_blocks_within_each_clip(tmp_path):
+    """Two folders leave no folder for one of train, val and test; frames then form sequences per folder,
+    so a block never joins frame 3 of one clip to frame 3 of another."""
+    root = write_clips(tmp_path / "d", {"fist": 2, "palm": 2}, frames=20)
+    splits = load_splits(root, val_split=0.1, test_split=0.2, seed=0)
+    assert splits.grouping["rule"] == "frames"
+    by_class = {c: sorted(str(p) for p in (root / c).rglob("*.jpg")) for c in splits.classes}
+    for cls, members in assign_groups(by_class, "auto").groups.items():
+        blocks: dict[str, set[str]] = {}
+        for path, key in members.items():
+            blocks.setdefault(key, set()).add(Path(path).parent.name)
+        assert all(len(clips) == 1 for clips in blocks.values()), (cls, blocks)
+    assert sequences(by_class["fist"], "fist").keys() == {"clip0", "clip1"}
+
+
 def test_group_by_regex_that_matches_nothing_is_a_one_line_error(tmp_path, capsys):
     root = write_sessions(tmp_path / "d", {"fist": 3, "palm": 3})
     with pytest.raises(DatasetError, match="matches no file name"):
         load_splits(root, group_by=r"take(\d+)")
     code = finetune.main(["--data", str(root), "--group-by", r"take(\d+)", "--out", str(tmp_path / "run"), "--weights", "none"])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and err[0].startswith("error: --group-by") and "auto, none, session, frames" in err[0]
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: --group-by") and "auto, none, session, folders, frames" in err[0]
 
 
 def test_invalid_regex_is_refused_by_the_parser(capsys):

@@ -180,7 +180,7 @@ def _neighbour_twins(infos: list[ImageInfo], layout: str) -> dict:
     by_class: dict[str, list[str]] = defaultdict(list)
     for info in by_path.values():
         by_class[info.label].append(info.path)
-    pairs = [(a, b) for paths in by_class.values() for run in sequences(paths).values() for a, b in zip(run, run[1:], strict=False)
+    pairs = [(a, b) for cls, paths in by_class.items() for run in sequences(paths, cls).values() for a, b in zip(run, run[1:], strict=False)
              if float(np.abs(by_path[a].thumb - by_path[b].thumb).mean()) < NEAR_IDENTICAL]  # fmt: skip
     out = {"pairs": len(pairs), "examples": [[printable(os.path.basename(p)) for p in pair] for pair in pairs[:3]]}
     if layout == "presplit":

@@ -75,10 +75,10 @@ def build_parser(*, suppress_defaults: bool = False) -> argparse.ArgumentParser:
     g.add_argument("--test-split", type=cli.float_in(0.0, 0.9), default=default(d.test_split), help="fraction per class held out for the final test")
     g.add_argument("--test-per-class", type=cli.int_at_least(1), default=default(None), help="hold out exactly N test images per class instead (default: off)")
     g.add_argument("--group-by", type=cli.group_by_arg, default=default(d.group_by), metavar="RULE|REGEX",
-                   help="keep images taken together in one split: auto (capture sessions or numbered frame sequences, from the "
-                        "file names), session, frames, none (one by one), or a regex whose first group names the recording")  # fmt: skip
+                   help="keep images taken together in one split: auto (capture sessions, subfolders of the class folders, or "
+                        "numbered frame sequences), session, folders, frames, none (one by one), or a regex whose first group names the recording")  # fmt: skip
     g.add_argument("--crop", choices=CROP_CHOICES, default=default(d.crop), help="input geometry: center crop, or the whole frame "
-                   "(letterbox: padded square; resize: squeezed); auto: resize for recordings (sessions, frame sequences) of mostly 1.2:1 or "
+                   "(letterbox: padded square; resize: squeezed); auto: resize for recordings (sessions, subfolders, frame sequences) of mostly 1.2:1 or "
                    "wider frames, else center (docs/training.md)")
     g.add_argument("--hands", action="store_true", default=default(False), help="find the hands first (gesture_core.hands, the [hands] "
                    "extra) and learn from each image's hand crop, cached; the model then answers per hand (docs/hands.md)")

@@ -5,12 +5,15 @@ near-twins on both sides and validation and test scores come out too high. Here 
 group key, and validation and test take whole groups:
 
 - ``session``: the capture tool's names, ``<class>-<YYYYmmdd-HHMMSS>-<n>.jpg`` (one group per session);
+- ``folders``: each subfolder of a class folder (``fist/clip07/0001.jpg``: a video's frames, one
+  person's or one day's photos) is one group;
 - ``frames``: numbered frame sequences, name stem + running number (``A1008.jpg``, ``IMG_1118.JPG``,
-  ``0001.png``), cut into SEQUENCE_BLOCKS contiguous blocks per class;
+  ``0001.png``; a sequence per subfolder), cut into SEQUENCE_BLOCKS contiguous blocks per class;
 - a regular expression (``--group-by REGEX``): its first capture group (or the whole match) on the
   file's path inside its class folder;
 - ``none``: every image is its own group (the old frame-by-frame split);
-- ``auto`` (the default): ``session`` or ``frames`` where they describe the file names, else ``none``.
+- ``auto`` (the default): ``session``, ``folders`` or ``frames``, the first that describes the files,
+  else ``none``.
 
 A class with a single group (one recording) cannot be split honestly: it is split in file order
 instead (train first, then val, then test, as the last part of a recording is held out) and named in
@@ -28,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-GROUP_BY_RULES = ("auto", "none", "session", "frames")
+GROUP_BY_RULES = ("auto", "none", "session", "folders", "frames")
 SESSION_NAME = re.compile(r"-(\d{8}-\d{6})-\d+$")  # service.webcam.capture: <class>-<YYYYmmdd-HHMMSS>-<n>
 NUMBERED_NAME = re.compile(r"^(.*?)(\d+)$")
 SEQUENCE_BLOCKS = 20  # blocks per class: 10% val and 20% test are then 2 and 4 whole blocks
@@ -72,10 +75,12 @@ def assign_groups(by_class: dict[str, list[str]], group_by: str = "auto") -> Gro
         return _each_alone(by_class)
     if group_by == "session":
         return _by_session(by_class)
+    if group_by == "folders":
+        return _by_folder(by_class)
     if group_by == "frames":
         return _by_frames(by_class)
     if group_by == "auto":
-        for rule in (_by_session, _by_frames):
+        for rule in (_by_session, _by_folder, _by_frames):
             grouping = rule(by_class)
             if _coverage(grouping, by_class) >= AUTO_COVERAGE and _looks_grouped(grouping):
                 return grouping
@@ -98,13 +103,24 @@ def _by_session(by_class: dict[str, list[str]]) -> Grouping:
     return Grouping("session", "capture sessions (<class>-<session>-<n>.jpg): each session stays in one split", groups)
 
 
+def _by_folder(by_class: dict[str, list[str]]) -> Grouping:
+    groups = {cls: {p: (_subfolder(p, cls).split("/", 1)[0] or p) for p in paths} for cls, paths in by_class.items()}
+    example = next((f"{cls}/{key}/" for cls, members in groups.items() for p, key in members.items() if key != p), "<class>/<folder>/")
+    return Grouping("folders", f"subfolders of the class folders (e.g. {example}): each subfolder stays in one split", groups)
+
+
+def _subfolder(path: str, cls: str) -> str:
+    """The folder of ``path`` inside its class folder ("clip07", "anna/day2"), "" when it lies in the class folder itself."""
+    return str(Path(_relative_name(path, cls)).parent).removeprefix(".")
+
+
 def _by_frames(by_class: dict[str, list[str]]) -> Grouping:
     groups, block_sizes = {}, []
     for cls, paths in by_class.items():
         block = max(1, math.ceil(len(paths) / SEQUENCE_BLOCKS))
         block_sizes.append(block)
         groups[cls] = {p: p for p in paths}
-        for stem, frames in sequences(paths).items():
+        for stem, frames in sequences(paths, cls).items():
             for rank, path in enumerate(frames):
                 groups[cls][path] = f"{stem}#{rank // block}"
     example = next((Path(p).name for paths in by_class.values() for p in paths if NUMBERED_NAME.match(_name(p))), "")
@@ -113,12 +129,13 @@ def _by_frames(by_class: dict[str, list[str]]) -> Grouping:
                     f"frames (about {SEQUENCE_BLOCKS} per class), each block in one split", groups)  # fmt: skip
 
 
-def sequences(paths: Iterable[str]) -> dict[str, list[str]]:
-    """{stem: paths in running-number order} for the file names that are stem + number."""
+def sequences(paths: Iterable[str], cls: str) -> dict[str, list[str]]:
+    """{stem: paths in running-number order} for the file names that are stem + number; frames in different
+    subfolders of the class folder ``cls`` are different sequences ("clip1/0001.png" is not next to "clip2/0002.png")."""
     by_stem: dict[str, list[tuple[int, str]]] = {}
     for path in paths:
         if m := NUMBERED_NAME.match(_name(path)):
-            by_stem.setdefault(m.group(1), []).append((int(m.group(2)), path))
+            by_stem.setdefault("/".join(filter(None, (_subfolder(path, cls), m.group(1)))), []).append((int(m.group(2)), path))
     return {stem: [p for _, p in sorted(frames)] for stem, frames in by_stem.items()}
 
 
@@ -146,8 +163,13 @@ def _by_regex(by_class: dict[str, list[str]], pattern: str) -> Grouping:
 
 
 def _relative_name(path: str, cls: str) -> str:
+    """``path`` inside its class folder, the last folder named ``cls`` on the path ("fist/clip07/0001.jpg" -> "clip07/0001.jpg")."""
     parts = Path(path).parts
-    return "/".join(parts[parts.index(cls) + 1 :]) if cls in parts else Path(path).name
+    folders = parts[:-1]
+    if cls not in folders:
+        return parts[-1]
+    inside = len(folders) - folders[::-1].index(cls)  # the index after the class folder
+    return "/".join(parts[inside:])
 
 
 def _coverage(grouping: Grouping, by_class: dict[str, list[str]]) -> float:
@@ -157,6 +179,8 @@ def _coverage(grouping: Grouping, by_class: dict[str, list[str]]) -> float:
 
 
 def _looks_grouped(grouping: Grouping) -> bool:
+    if grouping.rule == "folders":  # 2 folders in a class leave no group for one of train, val and test
+        return all(len(set(members.values())) != 2 for members in grouping.groups.values())
     if grouping.rule != "frames":
         return True
     stems = Counter((cls, key.rsplit("#", 1)[0]) for cls, members in grouping.groups.items() for path, key in members.items() if key != path)
