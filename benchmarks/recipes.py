@@ -33,7 +33,7 @@ DATASETS = {
     "asl-alphabet": ["--image-size", "160"],
 }
 BUDGETS = (3, 10)
-BACKBONES = ("efficientnet_lite0", "efficientnet_lite2")
+BACKBONES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 RECIPES = {  # flags on top of the defaults; "defaults" adds none
     "defaults": [],
     "old-defaults": ["--lr", "1e-3", "--backbone-lr-mult", "0.1", "--warmup-epochs", "1", "--flip", "on", "--crop", "center", "--amp", "off"],
