@@ -122,8 +122,8 @@ def test_subfolders_of_a_class_folder_are_recordings(tmp_path):
 
 
 def test_two_clips_per_class_fall_back_to_frame_blocks_within_each_clip(tmp_path):
-    """Two folders leave no folder for one of train, val and test; frames then form sequences per folder,
-    so a block never joins frame 3 of one clip to frame 3 of another."""
+    """Two folders leave no folder for one of train, val and test (and one may be a mere wrapper, "fist/images/");
+    frames then form sequences per folder, so a block never joins frame 3 of one clip to frame 3 of another."""
     root = write_clips(tmp_path / "d", {"fist": 2, "palm": 2}, frames=20)
     splits = load_splits(root, val_split=0.1, test_split=0.2, seed=0)
     assert splits.grouping["rule"] == "frames"
@@ -134,6 +134,8 @@ def test_two_clips_per_class_fall_back_to_frame_blocks_within_each_clip(tmp_path
             blocks.setdefault(key, set()).add(Path(path).parent.name)
         assert all(len(clips) == 1 for clips in blocks.values()), (cls, blocks)
     assert sequences(by_class["fist"], "fist").keys() == {"clip0", "clip1"}
+    wrapped = write_clips(tmp_path / "wrapped", {"fist": 1, "palm": 1}, frames=20)  # fist/clip0/: a wrapper folder per class
+    assert load_splits(wrapped, val_split=0.1, test_split=0.2, seed=0).grouping["rule"] == "frames"
 
 
 def test_group_by_regex_that_matches_nothing_is_a_one_line_error(tmp_path, capsys):

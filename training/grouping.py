@@ -179,8 +179,8 @@ def _coverage(grouping: Grouping, by_class: dict[str, list[str]]) -> float:
 
 
 def _looks_grouped(grouping: Grouping) -> bool:
-    if grouping.rule == "folders":  # 2 folders in a class leave no group for one of train, val and test
-        return all(len(set(members.values())) != 2 for members in grouping.groups.values())
+    if grouping.rule == "folders":  # fewer than 3 per class: one wrapper folder ("fist/images/"), or no folder left for train, val or test
+        return all(len(set(members.values())) >= 3 for members in grouping.groups.values())
     if grouping.rule != "frames":
         return True
     stems = Counter((cls, key.rsplit("#", 1)[0]) for cls, members in grouping.groups.items() for path, key in members.items() if key != path)
