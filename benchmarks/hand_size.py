@@ -205,7 +205,7 @@ def hand_crops_scores(classifier: Classifier, samples: list[Sample]) -> dict[str
 def train(data: Path, runs: Path, mode: str, args: argparse.Namespace) -> tuple[Path, float | None]:
     out = runs / f"{data.name}-{'hands' if '--hands' in MODES[mode] else 'letterbox'}-{args.epochs}ep-{args.image_size}px"
     cmd = [sys.executable, "-m", "training.finetune", "--data", str(data), *MODES[mode], "--group-by", "none",
-           "--freeze", "backbone", "--augment", "none", "--epochs", str(args.epochs), "--image-size", str(args.image_size),
+           "--backbone", args.backbone, "--freeze", "backbone", "--augment", "none", "--epochs", str(args.epochs), "--image-size", str(args.image_size),
            "--workers", str(args.workers), "--seed", str(args.seed), "--out", str(out)]  # fmt: skip
     _, wall = run_finetune(cmd, out, quiet=True)
     return out / "best.pt", wall
@@ -223,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pastes", type=int, default=None, help="training frames per training photo (default 2; --quick 1)")
     p.add_argument("--epochs", type=int, default=30, help="linear-probe epochs (cached features: cheap)")
     p.add_argument("--image-size", type=int, default=128, help="model input size, both modes")
+    p.add_argument("--backbone", default="efficientnet_lite0", help="the model the documented figures were measured with")
     p.add_argument("--workers", type=int, default=2, help="data-loading processes per run")
     p.add_argument("--seed", type=int, default=0, help="split, frames and training")
     p.add_argument("--out", type=Path, default=REPO / "runs" / "hand-size", help="frames, runs and hand_size.json")

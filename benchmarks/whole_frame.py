@@ -107,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--image-size", type=int, default=128, help="model input size")
     p.add_argument("--crops", type=lambda t: t.split(","), default=list(CROP_MODES), help=f"comma-separated, from {', '.join(CROP_MODES)}")
     p.add_argument("--out", type=Path, default=REPO / "runs" / "whole-frame", help="frames, runs and whole_frame.json")
+    p.add_argument("--backbone", default="efficientnet_lite0", help="the model the documented figures were measured with")
     p.add_argument("--workers", type=int, default=2, help="data-loading processes per run")
     p.add_argument("--seed", type=int, default=0, help="frames, split and training")
     p.add_argument("--placement", choices=("anywhere", "edges"), default="anywhere",
@@ -140,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         out = args.out / "runs" / f"{data.name}-{crop}-{kind}-{args.per_class}pc-{args.epochs}ep-{args.image_size}px-s{args.seed}"
         probe = ["--freeze", "backbone", "--augment", "none"] if args.probe else []
         command = [sys.executable, "-m", "training.finetune", "--data", str(data), "--crop", crop, "--group-by", "none", *probe,
-                   "--epochs", str(args.epochs), "--image-size", str(args.image_size), "--workers", str(args.workers),
+                   "--backbone", args.backbone, "--epochs", str(args.epochs), "--image-size", str(args.image_size), "--workers", str(args.workers),
                    "--seed", str(args.seed), "--out", str(out)]  # fmt: skip
         metrics, wall = run_finetune(command, out, quiet=True)
         rows.append({"crop": crop, "test_top1": metrics["test"]["top1"], "best_epoch": metrics["best_epoch"], "wall_s": wall})
