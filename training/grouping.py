@@ -111,7 +111,8 @@ def _by_folder(by_class: dict[str, list[str]]) -> Grouping:
 
 def _subfolder(path: str, cls: str) -> str:
     """The folder of ``path`` inside its class folder ("clip07", "anna/day2"), "" when it lies in the class folder itself."""
-    return str(Path(_relative_name(path, cls)).parent).removeprefix(".")
+    folder = str(Path(_relative_name(path, cls)).parent)
+    return "" if folder == "." else folder
 
 
 def _by_frames(by_class: dict[str, list[str]]) -> Grouping:
