@@ -12,7 +12,8 @@ SETTLED_FROM_AUTO = ("flip", "crop")
 
 @dataclass
 class TrainConfig:
-    # at least as good as lite0 on every dataset and budget of the recipe sweep, +1.4 points on flowers (docs/training.md#backbones)
+    # the recipe sweep's pick over lite0: +1.4 points on flowers at 10 epochs, level or better on 4 of the 5 other
+    # datasets x budgets, 0.8 behind on flowers at 3 epochs (docs/training.md#backbones)
     backbone: str = "efficientnet_lite1"
     data: str = ""
     weights: str = "imagenet"
