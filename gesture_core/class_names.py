@@ -4,6 +4,7 @@ of them, and some choices depend on it (no flips for left/right classes, "no ges
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 
 WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+")
 
@@ -12,3 +13,13 @@ def name_words(name: str) -> list[str]:
     """Lower-case words of a class name in snake_case, kebab-case, camelCase or with spaces:
     "swipeLeft" -> swipe, left; "point_right2" -> point, right, 2; "00-No Gesture" -> 00, no, gesture."""
     return [w.lower() for w in WORD.findall(name)]
+
+
+def unglue(word: str, firsts: Collection[str], seconds: Collection[str]) -> list[str] | None:
+    """A lower-case word written as two glued ones, the first from ``firsts`` and the second from
+    ``seconds`` ("nogesture" -> no, gesture), else None. Only known pairs split, so that "bright"
+    and "note" stay words."""
+    for first in firsts:
+        if word.startswith(first) and word[len(first):] in seconds:
+            return [first, word[len(first):]]
+    return None

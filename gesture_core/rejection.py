@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from gesture_core.class_names import name_words
+from gesture_core.class_names import name_words, unglue
 
 # What "no gesture" classes are called (HaGRID: no_gesture; Jester: "No gesture", "Doing other things";
 # the Kaggle ASL alphabet: nothing), read as words of the name (gesture_core.class_names.name_words), so
@@ -56,20 +56,12 @@ def is_reject_name(name: str) -> bool:
     (signs), "rest_pose", "fist", "0"."""
     words = [w for w in name_words(name) if not w.isdigit()]
     if len(words) == 1:  # "nogesture", "nohands": one word glued from two
-        words = glued_negation(words[0]) or words
+        words = unglue(words[0], NEGATIONS, ABSENT_WORDS) or words
     if len(words) > 1 and words[0] in NEGATIONS:
         rest = [w for w in words[1:] if w not in ABSENT_FILLERS]
         return bool(rest) and all(w in ABSENT_WORDS for w in rest)
     core = [w for w in words if w not in FILLER_WORDS]
     return len(core) == 1 and core[0] in NOTHING_WORDS
-
-
-def glued_negation(word: str) -> list[str] | None:
-    """"nogesture" -> no, gesture; None when ``word`` is not a negation glued to an ABSENT_WORDS word."""
-    for negation in NEGATIONS:
-        if word.startswith(negation) and word[len(negation):] in ABSENT_WORDS:
-            return [negation, word[len(negation):]]
-    return None
 
 
 def find_reject_classes(classes: Sequence[str], requested: Iterable[str] | None = None) -> list[str]:

@@ -13,7 +13,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from albumentations.pytorch import ToTensorV2  # noqa: E402
 
-from gesture_core.class_names import name_words  # noqa: E402
+from gesture_core.class_names import name_words, unglue  # noqa: E402
 from gesture_core.images import ImageDecodeError, probe_image  # noqa: E402
 from gesture_core.preprocess import CROP_MODES, WHOLE_FRAME_MODES, DataConfig, Preprocess  # noqa: E402
 
@@ -102,8 +102,7 @@ def direction_sensitive(classes: Sequence[str]) -> list[str]:
 
 def glued_direction(word: str) -> bool:
     """"swipeleft", "rightturn", "lefthand": a direction glued to a gesture word (GLUED_TO_DIRECTION)."""
-    return any(word.endswith(d) and word[: -len(d)] in GLUED_TO_DIRECTION or word.startswith(d) and word[len(d):] in GLUED_TO_DIRECTION
-               for d in ("left", "right"))
+    return bool(unglue(word, GLUED_TO_DIRECTION, ("left", "right")) or unglue(word, ("left", "right"), GLUED_TO_DIRECTION))
 
 
 def resolve_flip(setting: str, classes: Sequence[str]) -> tuple[bool, str]:
