@@ -1,8 +1,8 @@
 """How well "no gesture" works on ../shared/data/asl-alphabet: the open-set table of docs/no-gesture.md.
 
-    .venv/bin/python -m benchmarks.open_set --quick       # linear probe on cached features (224 px): minutes on 2 CPU cores
-    .venv/bin/python -m benchmarks.open_set               # training.finetune's defaults (10 epochs at 224 px)
-    .venv/bin/python -m benchmarks.open_set --epochs 3 --image-size 128 --out runs/open-set
+    .venv/bin/python -m benchmarks.open_set --quick       # linear probe on cached features: minutes on 2 CPU cores
+    .venv/bin/python -m benchmarks.open_set               # training.finetune's defaults (its backbone, 10 epochs)
+    .venv/bin/python -m benchmarks.open_set --backbone efficientnet_lite0 --epochs 3 --image-size 128 --out runs/open-set
 
 Two scenarios, each trained with the project's defaults for rejection (reject classes by name,
 calibrated temperature and threshold):
@@ -34,6 +34,7 @@ import numpy as np
 from benchmarks.common import describe_machine, note
 from gesture_core import load_classifier
 from training.calibrate import DEFAULT_TARGET_RECALL, SplitOutputs
+from training.cli import add_backbone_arg
 from training.config import TrainConfig
 from training.data import Splits
 from training.finetune import train
@@ -85,7 +86,7 @@ def neighbour_check(splits: Splits, test: SplitOutputs) -> dict[str, Any]:
 
 def run_scenario(name: str, data: Path, unknown: Path | None, recipe: dict[str, Any], out: Path, workers: int) -> dict[str, Any]:
     started = time.perf_counter()
-    run = train(TrainConfig(backbone="efficientnet_lite0", data=str(data), out=str(out / name), workers=workers, **recipe))
+    run = train(TrainConfig(data=str(data), out=str(out / name), workers=workers, **recipe))
     seconds = time.perf_counter() - started
     metrics = json.loads((run / "metrics.json").read_text())
     classifier = load_classifier(run / "best.pt", device="cpu", engine="torch")
@@ -116,6 +117,7 @@ def format_open_set_table(results: list[dict[str, Any]]) -> str:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks.open_set", description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="linear probe on cached features (minutes) instead of a fine-tune")
+    add_backbone_arg(p, default=TrainConfig.backbone)  # training.finetune's default, so that the table shows what the defaults give
     p.add_argument("--epochs", type=int, default=None, help="passes over the training images (default: training.finetune's)")
     p.add_argument("--image-size", type=int, default=None, help="input size (default: the backbone's)")
     p.add_argument("--scenarios", default="all29,open20", help="comma-separated: all29, open20")
@@ -133,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {args.data} not found (the asl-alphabet set lives in ../shared/data)", file=sys.stderr)
         return 2
     recipe = dict(RECIPES["quick" if args.quick else "full"])
-    recipe.update({key: value for key, value in (("epochs", args.epochs), ("image_size", args.image_size)) if value is not None}, seed=args.seed)
+    recipe.update({key: value for key, value in (("epochs", args.epochs), ("image_size", args.image_size)) if value is not None},
+                  backbone=args.backbone, seed=args.seed)
     note(f"{describe_machine()}; recipe {recipe}")
     results = []
     with tempfile.TemporaryDirectory(prefix="open-set-") as tmp:
