@@ -1,6 +1,8 @@
 """The recipe sweep behind training.finetune's defaults: datasets x epoch budgets x backbones x recipes,
 each a plain ``python -m training.finetune`` run, with one table of test top-1 at the end (JSON and
-markdown) and each recipe's gap to the best one found for that dataset, budget and backbone.
+markdown) and each recipe's gap to the best one found for that dataset, budget and backbone; a second
+table sets what a run with no flags gets against the best run of any backbone and recipe (issue 14's
+criterion).
 
     .venv/bin/python -m benchmarks.recipes                      # the full sweep (hours on a GPU, days on 2 cores)
     .venv/bin/python -m benchmarks.recipes --datasets sign-digits --budgets 3 --recipes defaults,flip-off
@@ -23,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from benchmarks.common import describe_machine, note
+from training.config import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -105,6 +108,22 @@ def markdown_table(rows: list[dict], recipes: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def defaults_table(rows: list[dict], default_backbone: str) -> str:
+    """Issue 14's criterion, one line per dataset and budget: what a run with no flags gets (the
+    default backbone's ``defaults``) against the best of every backbone and recipe that ran."""
+    cells: dict[tuple, list[dict]] = {}
+    for r in rows:
+        cells.setdefault((r["dataset"], r["budget"]), []).append(r)
+    lines = [f"| dataset | epochs | no flags ({default_backbone}) | best run | its backbone and recipe | no flags - best |",
+             "|---|---:|---:|---:|---|---:|"]
+    for (dataset, budget), runs in cells.items():
+        best = max(runs, key=lambda r: r["test_top1"])
+        plain = next((r for r in runs if r["backbone"] == default_backbone and r["recipe"] == "defaults"), None)
+        ours, gap = (f"{plain['test_top1']:.2%}", f"{100 * (plain['test_top1'] - best['test_top1']):+.2f} pt") if plain else ("not run", "")
+        lines.append(f"| {dataset} | {budget} | {ours} | {best['test_top1']:.2%} | {best['backbone']} {best['recipe']} | {gap} |")
+    return "\n".join(lines) + "\n"
+
+
 def quick_subset(source: Path, dest: Path, per_class: int) -> Path:
     """DEST/<class>/ with symlinks to the first ``per_class`` images of each class of SOURCE (nothing copied)."""
     for folder in sorted(p for p in source.iterdir() if p.is_dir()):
@@ -166,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = with_gaps(rows)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "recipes.json").write_text(json.dumps({"machine": describe_machine(), "quick": args.quick, "rows": rows}, indent=1))
-    table = markdown_table(rows, args.recipes)
+    table = markdown_table(rows, args.recipes) + "\n" + defaults_table(rows, TrainConfig.backbone)
     (args.out / "recipes.md").write_text(f"Test top-1 per recipe ({describe_machine()}{', --quick' if args.quick else ''})\n\n{table}")
     print(table)
     return 0

@@ -27,6 +27,7 @@ def test_quick_sweep_writes_json_and_markdown_and_resumes(data_root, tmp_path, c
     assert max(r["gap_to_best_pt"] for r in rows) == 0.0 and all(r["gap_to_best_pt"] <= 0 for r in rows)
     table = (tmp_path / "sweep" / "recipes.md").read_text()
     assert "| gestures | 1 | efficientnet_lite0 |" in table and "defaults - best" in table
+    assert "| gestures | 1 | not run |" in table  # no flags means the default backbone, which --quick does not train
     # each quick dataset is a folder of links to the originals: nothing copied
     assert all(p.is_symlink() for p in (tmp_path / "sweep" / "quick-data" / "gestures" / "fist").iterdir())
 
@@ -34,6 +35,16 @@ def test_quick_sweep_writes_json_and_markdown_and_resumes(data_root, tmp_path, c
     assert recipes.main(argv) == 0  # resumed: every run is read back, none repeated
     assert capsys.readouterr().err.count("reusing") == 2
     assert json.loads((tmp_path / "sweep" / "recipes.json").read_text())["rows"] == rows
+
+
+def test_defaults_table_sets_no_flags_against_the_best_of_any_backbone():
+    rows = [{"dataset": "flowers", "budget": 3, "backbone": "efficientnet_lite0", "recipe": "defaults", "test_top1": 0.946},
+            {"dataset": "flowers", "budget": 3, "backbone": "efficientnet_lite1", "recipe": "defaults", "test_top1": 0.938},
+            {"dataset": "flowers", "budget": 3, "backbone": "efficientnet_lite1", "recipe": "ema", "test_top1": 0.940},
+            {"dataset": "sign-digits", "budget": 3, "backbone": "efficientnet_lite0", "recipe": "defaults", "test_top1": 0.99}]
+    lines = recipes.defaults_table(rows, "efficientnet_lite1").splitlines()
+    assert "| flowers | 3 | 93.80% | 94.60% | efficientnet_lite0 defaults | -0.80 pt |" in lines
+    assert "| sign-digits | 3 | not run | 99.00% | efficientnet_lite0 defaults |  |" in lines
 
 
 def test_unknown_recipe_or_dataset_is_refused_with_the_choices(data_root, capsys):
