@@ -149,16 +149,21 @@ def answers_after(browser: Chromium, count: int, timeout: float = 180.0) -> int:
 
 def shown_labels(browser: Chromium, answers: int) -> list[str]:
     """The label the page shows after each of the next ``answers`` answers."""
-    labels: dict[int, str] = {}
+    return [label for label, _ in shown_answers(browser, answers)]
+
+
+def shown_answers(browser: Chromium, answers: int) -> list[tuple[str, str]]:
+    """(label, score line) the page shows after each of the next ``answers`` answers."""
+    shown: dict[int, tuple[str, str]] = {}
     seen = answers_after(browser, 0)
-    while len(labels) < answers:
-        count, label = browser.evaluate(f"[Number({text_of('answers')}), {text_of('label')}]")
+    while len(shown) < answers:
+        count, label, score = browser.evaluate(f"[Number({text_of('answers')}), {text_of('label')}, {text_of('score')}]")
         if count > seen:
-            labels[count] = label
+            shown[count] = (label, score)
             seen = count
         else:
             browser.wait_for(f"Number({text_of('answers')}) > {seen}", "next answer", timeout=60)
-    return list(labels.values())
+    return list(shown.values())
 
 
 def status_of(browser: Chromium) -> str | None:
@@ -207,8 +212,13 @@ def test_outage_is_shown_and_the_page_recovers(server, open_page):
 @pytest.mark.slow
 def test_scores_below_the_threshold_show_no_gesture(server, open_page):
     browser = open_page(f"{server.url}/demo/?threshold=0.9999")
-    labels = shown_labels(browser, 5)
-    assert labels.count("no gesture") >= 4, labels
+    assert browser.evaluate("document.getElementById('threshold').value") == "0.9999"  # the URL's, not the model's
+    answers = shown_answers(browser, 8)
+    # How many smoothed scores reach 0.9999 depends on how sure the trained model is (a model trained
+    # in fp32 on one CPU was surer than one trained in bf16 on another), so the test checks the rule on
+    # each answer: a gesture is shown only with a score that rounds to 100%.
+    assert all(label == "no gesture" or score.startswith("100%") for label, score in answers), answers
+    assert any(label == "no gesture" for label, _ in answers), answers
 
 
 @pytest.mark.integration
