@@ -48,6 +48,23 @@ def test_the_ceiling_is_the_best_gemm_or_convolution_of_the_installed_libraries_
     assert "theoretical peak" in ceiling.describe()
 
 
+def test_a_gemm_too_slow_for_the_budget_is_measured_at_a_quarter_size(monkeypatch):
+    """torch's bf16 GEMM on a CPU without native bf16 ran at 0.3 GFLOP/s: one full call took about a
+    minute, and two torchrun processes measuring it held a 2-core machine for over nine minutes."""
+    from benchmarks import common
+
+    sizes = []
+
+    def fake_rate(kernel, precision, seconds, device, windows=4):
+        sizes.append(kernel.input_shape[0])
+        return 0.3 if precision == "bf16" else 100.0
+
+    monkeypatch.setattr(common, "_torch_rate", fake_rate)
+    assert common.torch_rate(common.GEMM, "bf16", 1.0, "cpu") == 0.3 and sizes == [common.MATMUL_SIZE // 4]
+    sizes.clear()
+    assert common.torch_rate(common.GEMM, "fp32", 1.0, "cpu") == 100.0 and sizes == [common.MATMUL_SIZE // 4, common.MATMUL_SIZE]
+
+
 def test_targets_are_judged_from_the_rows():
     speed = [
         dict(backbone="resnet18", engine="torch", precision="fp32", batch=16, img_per_s=30.0, pct_of_ceiling=50.0, ceiling_gflops=220.0, speedup_vs_eager=1.0),
