@@ -20,11 +20,11 @@ import cv2
 import numpy as np
 
 from benchmarks.common import describe_machine
+from benchmarks.hostile_inputs import progressive_jpeg
 from benchmarks.recipes import SHARED_DATA
 from gesture_core import DataConfig, ImageDecodeError, read_rgb
 from gesture_core.images import jpeg_scans, reduced_jpeg_flag
 from service.settings import Settings
-from tests.service_inputs import progressive_jpeg
 
 FLAT_SIZES = [(2000, 1500), (4000, 3000), (6000, 6000), (6324, 6324)]
 SCAN_CASES = [(2000, 1000, 0), (2000, 1000, 90), (2000, 1000, 1000), (4000, 4000, 1000), (8000, 8000, 1000)]

@@ -36,8 +36,8 @@ import httpx
 import psutil
 
 from benchmarks.common import describe_machine, machine, note
+from benchmarks.hostile_inputs import http_bad_requests, noise_jpeg, png_strip, png_with_noise_rows, progressive_jpeg
 from benchmarks.serve_latency import drive, load_images, make_checkpoint, running_service
-from tests.service_inputs import http_bad_requests, jpeg, png_strip, png_with_noise_rows, progressive_jpeg
 
 RSS_TARGET_MB = 256
 P99_TARGET_MS = 1000
@@ -69,7 +69,7 @@ class SlowClientReport:
     outcomes: Counter[str] = field(default_factory=Counter)
 
 
-# A case's class, by the first words its name contains (tests/service_inputs.py names them).
+# A case's class, by the first words its name contains (benchmarks/hostile_inputs.py names them).
 KINDS = (
     (("nested_100000", "keys", "1001_fields", "2500_parts", "thousand"), "costly body"),  # seconds of parsing on the event loop
     (("part_", "file_name", "text_field"), "malformed"),  # multipart that BentoML's form parsing fails on
@@ -84,8 +84,8 @@ def kind_of(case: str) -> str:
 
 
 def attacks(upload_limit: int) -> list[Attack]:
-    """The service tests' bad requests (tests/service_inputs.py), and more of each class of the issue."""
-    image, strip = jpeg(1), png_strip(39_000, 1)
+    """The service tests' bad requests (benchmarks/hostile_inputs.py), and more of each class of the issue."""
+    image, strip = noise_jpeg(1), png_strip(39_000, 1)
     cases = [Attack(kind_of(name), name, "POST", "/predict", request) for name, request in http_bad_requests(upload_limit).items()]
     return cases + [
         Attack("aspect ratio", "three 39000x1 at once", "POST", "/predict", {"files": {"image": ("s.png", strip)}}, copies=3),

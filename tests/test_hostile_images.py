@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from benchmarks.hostile_inputs import encode, flat_png, png_strip, progressive_jpeg
 from benchmarks.server_process import REPO
 from gesture_core import DataConfig, ImageDecodeError, Preprocess, read_rgb
 from gesture_core.images import (
@@ -23,7 +24,7 @@ from gesture_core.images import (
     decode_rgb,
     jpeg_scans,
 )
-from tests.service_inputs import encode, flat_png, jpeg, png_strip, progressive_jpeg
+from tests.service_inputs import jpeg
 
 
 @pytest.fixture(scope="module")

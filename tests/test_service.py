@@ -24,6 +24,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
+from benchmarks.hostile_inputs import b64, bad_uploads, encode, flat_png, form_part, http_bad_requests, multipart
 from gesture_core import ImageDecodeError, load_classifier
 from gesture_core.runtime import Runtime
 from service import import_model
@@ -33,15 +34,8 @@ from service.settings import Settings, SettingsError
 from tests.service_inputs import (
     ambiguous_requests,
     assert_refused_as_documented,
-    b64,
-    bad_uploads,
-    encode,
     expected_refusal,
-    flat_png,
-    form_part,
-    http_bad_requests,
     jpeg,
-    multipart,
     odd_formats,
     sample_images,
 )

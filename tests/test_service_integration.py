@@ -20,9 +20,10 @@ import httpx
 import numpy as np
 import pytest
 
+from benchmarks.hostile_inputs import b64, http_bad_requests
 from benchmarks.server_process import REPO, ServerStartError, serve_process
 from gesture_core import load_classifier
-from tests.service_inputs import ambiguous_requests, assert_refused_as_documented, b64, http_bad_requests, jpeg, sample_images
+from tests.service_inputs import ambiguous_requests, assert_refused_as_documented, jpeg, sample_images
 
 pytestmark = pytest.mark.integration
 
