@@ -133,6 +133,10 @@ class Kernel:
     weight_shape: tuple[int, ...]
     flops: int
 
+    @property
+    def is_matmul(self) -> bool:
+        return len(self.input_shape) == 2  # else a 3x3 convolution over NCHW
+
 
 # A GEMM alone is no ceiling for CNNs: ONNX Runtime and OpenVINO ran resnet18 past their own GEMM
 # (blocked layouts, and 3x3 kernels cheaper than the direct convolution the models' FLOPs count).
@@ -192,7 +196,7 @@ def torch_rate(kernel: Kernel, precision: str, seconds: float, device: str) -> f
 def _torch_rate(kernel: Kernel, precision: str, seconds: float, device: str, windows: int = 4) -> float:
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     x, w = (torch.from_numpy(a).to(device=device, dtype=dtype) for a in _operands(kernel))
-    if kernel.name == "GEMM":
+    if kernel.is_matmul:
         call = lambda: torch.mm(x, w)  # noqa: E731
     else:  # channels-last: the layout training and the fast engines use
         x, w = x.contiguous(memory_format=torch.channels_last), w.contiguous(memory_format=torch.channels_last)
@@ -209,7 +213,7 @@ def kernel_onnx_model(kernel: Kernel):
     from onnx import TensorProto, helper, numpy_helper
 
     weights = numpy_helper.from_array(_operands(kernel)[1], "W")
-    if kernel is GEMM:
+    if kernel.is_matmul:
         node, output_shape = helper.make_node("MatMul", ["X", "W"], ["Y"]), list(kernel.input_shape)
     else:
         node = helper.make_node("Conv", ["X", "W"], ["Y"], kernel_shape=[3, 3], pads=[1, 1, 1, 1])

@@ -1,5 +1,6 @@
-"""Hostile uploads, made as real encoded files: ``benchmarks.hostile`` and ``benchmarks.decode_cost``
-send them to the service, and the service tests check that each is refused as the README documents."""
+"""Hostile uploads, made as real encoded files: ``benchmarks.hostile`` sends them to a real service,
+``benchmarks.decode_cost`` measures what decoding them costs, and the service tests check that each
+is refused as the README documents."""
 
 from __future__ import annotations
 
