@@ -32,14 +32,14 @@ from typing import Any
 import numpy as np
 
 from benchmarks.common import describe_machine, note
-from gesture_core import load_classifier
-from training.calibrate import DEFAULT_TARGET_RECALL, SplitOutputs
+from benchmarks.rejection_scores import score_comparison
+from training.calibrate import SplitOutputs
 from training.cli import add_backbone_arg
 from training.config import TrainConfig
 from training.data import Splits
 from training.finetune import train
 from training.grouping import sequences
-from training.open_set import compare_scores, format_score_table, outputs_of, unknown_samples
+from training.open_set import format_score_table
 
 REPO = Path(__file__).resolve().parents[1]
 ASL = REPO.parent / "shared" / "data" / "asl-alphabet"
@@ -89,14 +89,9 @@ def run_scenario(name: str, data: Path, unknown: Path | None, recipe: dict[str, 
     run = train(TrainConfig(data=str(data), out=str(out / name), workers=workers, **recipe))
     seconds = time.perf_counter() - started
     metrics = json.loads((run / "metrics.json").read_text())
-    classifier = load_classifier(run / "best.pt", device="cpu", engine="torch")
-    splits = Splits.load(run / "split.json")
-    outputs = {split: outputs_of(classifier, getattr(splits, split), workers=workers, desc=f"{name} {split}") for split in ("train", "val", "test")}
-    unknown_outputs = outputs_of(classifier, unknown_samples(unknown), workers=workers, desc=f"{name} unknown") if unknown else None
-    scores = compare_scores(outputs["train"], outputs["val"], outputs["test"], unknown_outputs, classifier.classes, classifier.rejection,
-                            classifier.train_config.get("reject_target_recall", DEFAULT_TARGET_RECALL))
-    return {"scenario": name, "classes": len(classifier.classes), "train_seconds": round(seconds), "top1": metrics["test"]["top1"],
-            "open_set": metrics["open_set"], "scores": scores, "neighbours": neighbour_check(splits, outputs["test"])}
+    scores, outputs = score_comparison(run, unknown, workers)
+    return {"scenario": name, "classes": len(outputs["splits"].classes), "train_seconds": round(seconds), "top1": metrics["test"]["top1"],
+            "open_set": metrics["open_set"], "scores": scores, "neighbours": neighbour_check(outputs["splits"], outputs["test"])}
 
 
 def format_open_set_table(results: list[dict[str, Any]]) -> str:
