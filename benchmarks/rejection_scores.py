@@ -40,7 +40,7 @@ def score_comparison(run: Path, unknown: Path | None, workers: int = 2) -> tuple
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.rejection_scores", description=__doc__.split("\n")[0])
     p.add_argument("--run", type=Path, required=True, help="a training run's folder (best.pt and split.json)")
-    p.add_argument("--unknown", type=Path, default=None, help="images the model never learned, one folder per kind")
+    p.add_argument("--unknown", type=Path, default=None, help="images the model never learned, in any layout (loose, or one folder per kind)")
     p.add_argument("--workers", type=int, default=2)
     args = p.parse_args(argv)
     missing = [str(path) for path in (args.run / "best.pt", args.run / "split.json", args.unknown) if path is not None and not path.exists()]

@@ -172,6 +172,41 @@ def test_load_classifier_applies_the_stored_threshold_and_classes(calibrated_run
     assert report["threshold"] == stored["threshold"] and report["calibration"] == "calibrated"
 
 
+@pytest.mark.slow
+def test_evaluate_unknown_rejects_what_the_classifier_rejects_in_any_layout_and_reports_what_it_skipped(calibrated_run, flowers, tmp_path):
+    # never-learned images as people collect them: some loose in the folder, some in a subfolder,
+    # beside a corrupt JPEG and a text file, which are reported, not fatal
+    unknown = tmp_path / "unknown"
+    (unknown / "roses").mkdir(parents=True)
+    loose = sorted((flowers / "daisy").iterdir())[:4]
+    nested = sorted((flowers / "roses").iterdir())[:4]
+    for path in loose:
+        shutil.copy(path, unknown / path.name)
+    for path in nested:
+        shutil.copy(path, unknown / "roses" / path.name)
+    (unknown / "broken.jpg").write_bytes(loose[0].read_bytes()[:200])
+    (unknown / "notes.txt").write_text("not an image")
+    done = run_module("training.evaluate", "--checkpoint", str(calibrated_run / "best.pt"), "--unknown", str(unknown),
+                      "--out", str(tmp_path / "eval"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    classifier = load_classifier(calibrated_run / "best.pt", device="cpu", engine="torch")
+    rejected = [classifier.predict(path.read_bytes()).label is None for path in loose + nested]
+    assert report["open_set"]["unknown"]["images"] == 8
+    assert report["open_set"]["unknown"]["rejected"] == sum(rejected)
+    assert {Path(s["path"]).name for s in report["skipped"]} >= {"broken.jpg", "notes.txt"}
+
+
+@pytest.mark.slow
+def test_evaluate_refuses_an_unknown_folder_without_images_before_evaluating(calibrated_run, tmp_path):
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    for folder in (tmp_path / "empty", tmp_path / "missing"):
+        done = run_module("training.evaluate", "--checkpoint", str(calibrated_run / "best.pt"), "--unknown", str(folder),
+                          "--out", str(tmp_path / "eval"))
+        assert done.returncode == 2 and done.stderr.startswith("error: --unknown: ") and "Traceback" not in done.stderr
+        assert not (tmp_path / "eval").exists()  # refused before the evaluation, which writes its report there
+
+
 def test_a_reject_class_without_validation_images_warns_and_falls_back_to_the_known_classes_rule():
     rng = np.random.default_rng(0)
     targets = np.repeat([0, 1], 20)  # classes fist, palm; the reject class "none" (index 2) has no validation image

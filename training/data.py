@@ -89,6 +89,29 @@ def scan_class_folders(root: Path, skipped: list[dict[str, str]], ignored: list[
     return {name: _valid_images(root / name, skipped, ignored) for name in classes}
 
 
+def scan_images(root: Path, skipped: list[dict[str, str]]) -> list[str]:
+    """Every valid image under ``root``, whatever the layout: directly in it, in class folders, or
+    deeper; invalid files are appended to ``skipped``. A symlinked folder directly in ``root`` is
+    followed (as scan_class_folders follows a symlinked class folder); deeper ones are not."""
+    if not root.is_dir():
+        raise DatasetError(f"{root} is not a folder")
+    found = []
+    for entry in sorted(root.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        if entry.is_dir():
+            found += _valid_images(entry, skipped)
+        else:
+            reason = check_image_file(str(entry))
+            if reason is None:
+                found.append(str(entry))
+            else:
+                skipped.append({"path": _printable(str(entry)), "reason": reason})
+    if not found:
+        raise DatasetError(f"{root}: no images found (looked for {', '.join(sorted(IMAGE_EXTENSIONS))}, in it and its subfolders)")
+    return found
+
+
 def _valid_images(folder: Path, skipped: list[dict[str, str]], ignored: list[dict[str, str]] | None = None) -> list[str]:
     found = []
     # followlinks=False: a symlink loop cannot recurse forever.

@@ -28,7 +28,7 @@ from training import cli
 from training.data import DatasetError, ImageDataset, Sample, Splits, failure_reports, load_folder, make_loader
 from training.hand_crops import HandCropCache, crop_samples, frame_metrics, frame_outputs
 from training.loop import IGNORE_LABEL
-from training.open_set import evaluate_open_set
+from training.open_set import evaluate_open_set, unknown_samples
 from training.report import classification_metrics, format_summary, write_json, write_report
 
 TTA_CHOICES = (*TTA_MODES, "all")
@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=cli.float_in(0.0, 1.0, high_inclusive=True), default=None,
                    help="'no gesture' below this calibrated score, 0-1 (default: the checkpoint's threshold)")
     p.add_argument("--unknown", metavar="DIR", default=None,
-                   help="folder of gestures the model never learned (one folder per gesture): how many are rejected, and the worst cases")
+                   help="folder of gestures the model never learned (one folder per gesture, or the images directly): how many are rejected, and the worst cases")
     return p
 
 
@@ -143,6 +143,12 @@ def main(argv: list[str] | None = None) -> int:
     samples, skipped, name = select_samples(args.checkpoint, classifier.classes, args.data, args.split)
     if not samples:
         raise DatasetError(f"no images to evaluate in {name}")
+    unknown_skipped: list[dict[str, str]] = []
+    try:  # before the long part: a wrong --unknown folder fails in a second, not after the evaluation
+        unknown = None if args.unknown is None or classifier.hands_mode else unknown_samples(args.unknown, unknown_skipped)
+    except DatasetError as err:
+        print(f"error: --unknown: {err}", file=sys.stderr)
+        return 2
     if classifier.hands_mode:
         return evaluate_hands(classifier, samples, skipped, name, args)
     if args.tta == "all":
@@ -157,11 +163,10 @@ def main(argv: list[str] | None = None) -> int:
     report = {"backbone": classifier.backbone, "classes": classifier.classes, "checkpoint": str(args.checkpoint), "data": name,
               "tta": single, "views_per_image": tta_view_count(single), "test": metrics, "skipped": skipped}
     if single == "none":  # the open-set check decides as the service does: one view per image
-        try:
-            report["open_set"] = evaluate_open_set(classifier, samples, threshold=args.threshold, unknown_dir=args.unknown, out=out, workers=args.workers)
-        except DatasetError as err:
-            print(f"error: --unknown: {err}", file=sys.stderr)
-            return 2
+        report["open_set"] = evaluate_open_set(classifier, samples, threshold=args.threshold, unknown_dir=args.unknown, out=out,
+                                               workers=args.workers, unknown_list=unknown)
+        failed_unknown = report["open_set"].get("unknown", {}).get("failed_to_decode", [])
+        skipped += unknown_skipped + [{"path": path, "reason": "--unknown image that failed to decode"} for path in failed_unknown]
     write_report(out, report, classifier.classes)
     title = f"{classifier.backbone} on {name}" + ("" if single == "none" else f", TTA {single} ({tta_view_count(single)} views/image)")
     print(format_summary(metrics, f"{title}:"))

@@ -29,7 +29,7 @@ from training.calibrate import (
     operating_point,
     split_outputs,
 )
-from training.data import Sample, scan_class_folders
+from training.data import Sample, scan_images
 
 WORST_CASES = 12
 # compare_scores' like-for-like column: every score's threshold set where it turns away this share of
@@ -45,11 +45,11 @@ def reject_indices(classifier: Classifier) -> list[int]:
     return [classifier.classes.index(c) for c in classifier.rejection.reject_classes]
 
 
-def unknown_samples(folder: str | Path) -> list[Sample]:
-    """Every image under ``folder`` (ImageFolder layout: one folder per unknown gesture). Their label is
-    a placeholder 0 (-1 marks an image that failed to decode); nothing reads it."""
-    by_class = scan_class_folders(Path(folder), [])
-    return [Sample(path, 0) for paths in by_class.values() for path in paths]
+def unknown_samples(folder: str | Path, skipped: list[dict[str, str]] | None = None) -> list[Sample]:
+    """Every image under ``folder``, in any layout (one folder per unknown gesture, or the images
+    themselves); files that are not valid images go to ``skipped``. Their label is a placeholder 0
+    (-1 marks an image that failed to decode); nothing reads it. DatasetError when there is no image."""
+    return [Sample(path, 0) for path in scan_images(Path(folder), [] if skipped is None else skipped)]
 
 
 def write_predictions(path: Path, classifier: Classifier, samples: Sequence[Sample], outputs: SplitOutputs, threshold: float) -> Path:
@@ -154,9 +154,10 @@ def format_score_table(rows: list[dict[str, Any]]) -> str:
 
 
 def evaluate_open_set(classifier: Classifier, samples: Sequence[Sample], *, threshold: float | None, unknown_dir: str | None,
-                      out: Path, workers: int = 2) -> dict[str, Any]:
+                      out: Path, workers: int = 2, unknown_list: Sequence[Sample] | None = None) -> dict[str, Any]:
     """evaluate's open_set section: the rejection on ``samples`` (and predictions.csv), and with ``unknown_dir``
-    the rejection of never-learned gestures (and unknown_worst.png)."""
+    the rejection of never-learned gestures (and unknown_worst.png); ``unknown_list``: its images, if
+    already scanned (``unknown_samples``)."""
     rejection = classifier.rejection
     threshold = rejection.threshold_or(threshold)
     known = outputs_of(classifier, samples, workers=workers, desc="open-set features")
@@ -166,9 +167,10 @@ def evaluate_open_set(classifier: Classifier, samples: Sequence[Sample], *, thre
     report = {**rejection.info(), "threshold": threshold, "test": operating_point(known, rejection, classifier.classes, threshold)}
     print(format_open_set(report))
     if unknown_dir is not None:
-        unknown_list = unknown_samples(unknown_dir)
+        unknown_list = unknown_samples(unknown_dir) if unknown_list is None else unknown_list
         unknown = outputs_of(classifier, unknown_list, workers=workers, desc="unknown features")
-        report["unknown"] = {"folder": str(unknown_dir), **unknown_report(classifier, known, unknown, threshold)}
+        report["unknown"] = {"folder": str(unknown_dir), **unknown_report(classifier, known, unknown, threshold),
+                             "failed_to_decode": [unknown_list[i].path for i in sorted(set(range(len(unknown_list))) - set(unknown.index.tolist()))]}
         worst = plot_worst_cases(out / "unknown_worst.png", classifier, unknown_list, unknown, threshold)
         rate = report["unknown"]["rejection_rate"]
         print(f"never-learned gestures in {unknown_dir}: {report['unknown']['rejected']} of {report['unknown']['images']} rejected"
