@@ -8,13 +8,14 @@ pipeline (``crop`` per image, ``classify`` per batch, ``predict`` both), ``runti
 
 from gesture_core.backbones import BACKBONES, build_model, get_backbone, list_backbones
 from gesture_core.checkpoint import load_checkpoint, resolve_device, save_checkpoint
-from gesture_core.classifier import Classifier, Prediction, decode_probs, load_classifier
+from gesture_core.classifier import Classifier, ClassScores, Prediction, decode_probs, load_classifier
 from gesture_core.images import ImageDecodeError, read_rgb
 from gesture_core.preprocess import DataConfig, Preprocess
 from gesture_core.weights import WeightsUnavailableError
 
 __all__ = [
     "BACKBONES",
+    "ClassScores",
     "Classifier",
     "DataConfig",
     "ImageDecodeError",

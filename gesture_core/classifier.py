@@ -4,7 +4,9 @@ image to a label that the service, the webcam, evaluation and the benchmarks all
     classifier = load_classifier("RUN/best.pt")
     crop = classifier.crop(image)               # per image, on the CPU: decode, resize, centre-crop
     probs = classifier.classify([crop, ...])    # per batch: normalise, run the engine, softmax
-    prediction = classifier.predict(image)      # the two together, then top-k and rejection
+    scores = classifier.classify_scores([crop, ...])  # the same, with the gesture score rejection uses
+    prediction = classifier.decide(scores[0])   # top-k and rejection ("no gesture": label None)
+    prediction = classifier.predict(image)      # crop, classify_scores and decide together
 
 Splitting ``crop`` from ``classify`` is what lets a server decode each upload in its own thread and
 still run the model once for many requests, with the same answer as ``predict`` by construction.
@@ -14,8 +16,8 @@ A hands-mode model (``data_config.hands``, trained with ``--hands``) classifies 
 
     rgb, hands = classifier.find_hands(image)   # decode, then the hand localiser (built once, lazily)
     crops = classifier.hand_crops(rgb, hands)   # one uint8 input_size² crop per hand
-    probs = classifier.classify(crops)          # as above (skip it when there is no hand)
-    frame = classifier.decide_hands(hands, probs)   # FramePrediction: one answer per hand + the frame's
+    scores = classifier.classify_scores(crops)  # as above (skip it when there is no hand)
+    frame = classifier.decide_hands(hands, scores)  # FramePrediction: one answer per hand + the frame's
     frame = classifier.predict_hands(image)     # the four together
     classifier.predict(image)                   # == predict_hands(image).frame
 
@@ -28,7 +30,7 @@ import os
 import threading
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -39,7 +41,7 @@ from gesture_core.engines import Engine, build_engine
 from gesture_core.hands import Hand, HandLocaliser, hand_crop
 from gesture_core.images import ImageSource, bgr_to_rgb, read_rgb
 from gesture_core.preprocess import DataConfig, Preprocess
-from gesture_core.rejection import Rejection, is_reject_name
+from gesture_core.rejection import Rejection, is_reject_name, softmax
 
 
 @dataclass(frozen=True)
@@ -47,13 +49,24 @@ class Prediction:
     label: str | None  # None when rejected (below threshold, or a "no gesture" class)
     score: float
     top_k: list[tuple[str, float]] = field(default_factory=list)
+    # what the threshold applied to when it is not ``score`` (a model calibrated with --reject-score
+    # energy: gesture_core.rejection); None when it is ``score``, the calibrated top probability
+    gesture_score: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "label": self.label,
             "score": self.score,
             "top_k": [{"label": label, "score": score} for label, score in self.top_k],
+            "gesture_score": self.gesture_score,
         }
+
+
+class ClassScores(NamedTuple):
+    """One image's model output as ``Classifier.decide`` takes it (``Classifier.classify_scores``)."""
+
+    probs: np.ndarray  # (classes,) calibrated probabilities
+    gesture: float | None  # the score the threshold applies to, 0-1; None: the top probability
 
 
 @dataclass(frozen=True)
@@ -103,14 +116,16 @@ def frame_source(predictions: Sequence[Prediction]) -> int | None:
 
 
 def decode_probs(probs: np.ndarray, classes: Sequence[str], *, k: int = 5, threshold: float = 0.0,
-                 reject_classes: Collection[str] | None = None) -> Prediction:
+                 reject_classes: Collection[str] | None = None, gesture: float | None = None) -> Prediction:
     """probabilities -> label: top-k, and rejection below ``threshold`` or on a reject class
-    (``reject_classes``; None: the classes with a common "no gesture" name, gesture_core.rejection)."""
+    (``reject_classes``; None: the classes with a common "no gesture" name, gesture_core.rejection).
+    The threshold applies to ``gesture`` when given, else to the top probability."""
     order = np.argsort(-probs)[: max(1, min(k, len(classes)))]
     top = [(classes[i], float(probs[i])) for i in order]
     label, score = top[0]
-    rejected = score < threshold or (is_reject_name(label) if reject_classes is None else label in reject_classes)
-    return Prediction(None if rejected else label, score, top)
+    below = (score if gesture is None else gesture) < threshold
+    rejected = below or (is_reject_name(label) if reject_classes is None else label in reject_classes)
+    return Prediction(None if rejected else label, score, top, None if gesture is None else float(gesture))
 
 
 class Classifier:
@@ -154,17 +169,31 @@ class Classifier:
         """Crops made by ``crop`` -> class probabilities (N, num_classes), in one model call."""
         return self.probs(self.preprocess.normalize_batch(crops))
 
+    def classify_scores(self, crops: Sequence[np.ndarray]) -> list[ClassScores]:
+        """Crops made by ``crop`` -> what ``decide`` takes, one per crop, in one model call: the
+        probabilities, and the gesture score when the model's threshold applies to another score."""
+        logits = self.logits(self.preprocess.normalize_batch(crops)).cpu().numpy()
+        probs = softmax(self.rejection.scale(logits))
+        if self.rejection.score == "max_softmax":
+            return [ClassScores(row, None) for row in probs]
+        return [ClassScores(row, float(g)) for row, g in zip(probs, self.rejection.gesture_scores(logits), strict=True)]
+
     def predict(self, image: ImageSource, *, k: int = 5, threshold: float | None = None, bgr: bool = False) -> Prediction:
-        """``crop`` then ``classify``, then ``decide``; for a hands-mode model, ``predict_hands(...).frame``."""
+        """``crop`` then ``classify_scores``, then ``decide``; for a hands-mode model, ``predict_hands(...).frame``."""
         if self.hands_mode:
             return self.predict_hands(image, k=k, threshold=threshold, bgr=bgr).frame
-        return self.decide(self.classify([self.crop(image, bgr=bgr)])[0], k=k, threshold=threshold)
+        return self.decide(self.classify_scores([self.crop(image, bgr=bgr)])[0], k=k, threshold=threshold)
 
-    def decide(self, probs: np.ndarray, *, k: int = 5, threshold: float | None = None) -> Prediction:
-        """One image's probabilities -> Prediction: top-k, and "no gesture" (label None) on the stored
-        reject classes or below the threshold (``threshold`` overrides the stored one; it must lie in 0-1)."""
+    def decide(self, scores: ClassScores | np.ndarray, *, k: int = 5, threshold: float | None = None) -> Prediction:
+        """One image's ``classify_scores`` -> Prediction: top-k, and "no gesture" (label None) on the stored
+        reject classes or below the threshold (``threshold`` overrides the stored one; it must lie in 0-1).
+        A row of ``classify``'s probabilities will do for a model whose threshold applies to them (max_softmax)."""
+        probs, gesture = scores if isinstance(scores, ClassScores) else (scores, None)
+        if gesture is None and self.rejection.score != "max_softmax":
+            raise ValueError(f"this model's threshold applies to its {self.rejection.score} score, which probabilities alone do not "
+                             "give: decide a row of classify_scores(crops), not of classify(crops)")
         return decode_probs(probs, self.classes, k=k, threshold=self.rejection.threshold_or(threshold),
-                            reject_classes=self.rejection.reject_classes)
+                            reject_classes=self.rejection.reject_classes, gesture=gesture)
 
     def predict_proba(self, images: Sequence[ImageSource]) -> np.ndarray:
         """Probabilities (N, num_classes) for several images, as one batch (not for a hands-mode model: see ``crop``)."""
@@ -207,9 +236,9 @@ class Classifier:
         what ``classify`` takes, and what training saw."""
         return [self.preprocess.crop(hand_crop(rgb, hand, self.data_config)) for hand in hands]
 
-    def decide_hands(self, hands: Sequence[Hand], probs: np.ndarray | Sequence[np.ndarray], *, k: int = 5,
+    def decide_hands(self, hands: Sequence[Hand], probs: Sequence[ClassScores] | np.ndarray, *, k: int = 5,
                      threshold: float | None = None) -> FramePrediction:
-        """Each hand's probabilities (``classify`` of ``hand_crops``; empty when there is no hand) ->
+        """Each hand's scores (``classify_scores`` of ``hand_crops``; empty when there is no hand) ->
         ``decide`` per hand, and the frame's answer by FramePrediction's rule."""
         if len(probs) != len(hands):
             raise ValueError(f"decide_hands needs one row of probabilities per hand: {len(hands)} hands, {len(probs)} rows")
@@ -228,8 +257,7 @@ class Classifier:
         else:
             rgb = bgr_to_rgb(image) if bgr else read_rgb(image)
         crops = self.hand_crops(rgb, hands)
-        probs = self.classify(crops) if crops else np.zeros((0, len(self.classes)), np.float32)
-        return self.decide_hands(hands, probs, k=k, threshold=threshold)
+        return self.decide_hands(hands, self.classify_scores(crops) if crops else [], k=k, threshold=threshold)
 
     # --- below the pipeline: already normalised tensors ------------------------------------------------
 
@@ -241,14 +269,6 @@ class Classifier:
     def probs(self, batch: torch.Tensor) -> np.ndarray:
         """Calibrated probabilities: the one place the stored temperature is applied."""
         return softmax(self.rejection.scale(self.logits(batch).cpu().numpy()))
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax in numpy. torch.softmax, even on a (2, 10) tensor, wakes torch's OpenMP
-    threads, which then spin on the cores that OpenVINO's streams need (``python -m benchmarks.model_call``
-    measures both)."""
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return shifted / shifted.sum(axis=1, keepdims=True)
 
 
 def load_classifier(

@@ -4,9 +4,13 @@ A checkpoint written by training since this module exists holds a ``rejection`` 
 
     reject_classes  class names that mean "no gesture" (a prediction of one of them has label None)
     temperature     logits are divided by it before the softmax (fitted on validation; 1.0 = none)
-    threshold       below this calibrated top probability the label is None (chosen on validation)
+    threshold       below this gesture score the label is None (chosen on validation)
     calibrated      False for checkpoints from before calibration: old default threshold, no temperature
     rule            how the threshold was chosen, in words (docs/no-gesture.md explains each rule)
+    score           what the threshold applies to, always 0-1 (``SCORES``):
+                    max_softmax: the calibrated top probability (the default; the only one before this field);
+                    energy: T x logsumexp(logits / T) (Liu et al., 2020), as the share of the validation
+                    gesture images whose energy is at most as high (``reference`` holds theirs, sorted)
 
 The Classifier applies the temperature once, in ``probs``, so every probability shown anywhere is
 calibrated, and ``decide`` applies the classes and threshold, so the service, the webcam, evaluate and
@@ -47,6 +51,7 @@ ABSENT_FILLERS = frozenset({"a", "any", "detected", "present", "visible", "shown
 # and evaluate used 0; the webcam keeps its own old default, 0.5, for these checkpoints).
 UNCALIBRATED_THRESHOLD = 0.0
 THRESHOLD_RANGE = "between 0 and 1"
+SCORES = ("max_softmax", "energy")
 
 
 def is_reject_name(name: str) -> bool:
@@ -92,11 +97,15 @@ class Rejection:
     threshold: float = UNCALIBRATED_THRESHOLD
     calibrated: bool = False
     rule: str = "uncalibrated: a checkpoint from before calibration"
+    score: str = "max_softmax"
+    reference: tuple[float, ...] = ()  # energy: the validation gesture images' energies, sorted
 
     def __post_init__(self) -> None:
         check_threshold(self.threshold)
         if not self.temperature > 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature!r}")
+        if self.score not in SCORES:
+            raise ValueError(f"rejection score {self.score!r}: choose one of {', '.join(SCORES)}")
 
     @classmethod
     def from_checkpoint(cls, checkpoint: dict[str, Any]) -> Rejection:
@@ -105,14 +114,17 @@ class Rejection:
         if not stored:
             return cls(tuple(find_reject_classes(checkpoint["classes"])))
         return cls(tuple(stored["reject_classes"]), float(stored["temperature"]), float(stored["threshold"]),
-                   bool(stored["calibrated"]), str(stored.get("rule", "")))
+                   bool(stored["calibrated"]), str(stored.get("rule", "")), str(stored.get("score", "max_softmax")),
+                   tuple(float(v) for v in stored.get("reference", ())))
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "reject_classes": list(self.reject_classes)}
+        return {**asdict(self), "reject_classes": list(self.reject_classes), "reference": list(self.reference)}
 
     def info(self) -> dict[str, Any]:
-        """What /info and reports show: the stored values, and "calibrated" or "uncalibrated"."""
-        return {**self.to_dict(), "calibration": "calibrated" if self.calibrated else "uncalibrated"}
+        """What /info and reports show: the stored values (the energy reference as its size), and
+        "calibrated" or "uncalibrated"."""
+        shown = {k: v for k, v in self.to_dict().items() if k != "reference"}
+        return {**shown, "reference_images": len(self.reference), "calibration": "calibrated" if self.calibrated else "uncalibrated"}
 
     def scale(self, logits: np.ndarray) -> np.ndarray:
         """Logits divided by the temperature: their softmax is the calibrated probability."""
@@ -120,3 +132,34 @@ class Rejection:
 
     def threshold_or(self, override: float | None) -> float:
         return self.threshold if override is None else check_threshold(override)
+
+    def gesture_scores(self, logits: np.ndarray) -> np.ndarray:
+        """(N,) what the threshold applies to, 0-1, from the raw logits (N, classes): the calibrated top
+        probability, or the energy's rank among the validation gestures' (``score``)."""
+        scaled = self.scale(logits)
+        if self.score == "max_softmax":
+            return softmax(scaled).max(1)
+        if not self.reference:  # e.g. a Rejection read from /info, which shows the reference's size only
+            raise ValueError("the energy score needs the validation gestures' energies (reference) to put it on a 0-1 scale")
+        return energy_rank(energy(scaled, self.temperature), self.reference)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax in numpy. torch.softmax, even on a (2, 10) tensor, wakes torch's OpenMP
+    threads, which then spin on the cores that OpenVINO's streams need (``python -m benchmarks.model_call``
+    measures both)."""
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
+
+
+def energy(scaled_logits: np.ndarray, temperature: float) -> np.ndarray:
+    """(N,) T x logsumexp(logits / T), from logits already divided by T: higher is more like a learned class."""
+    top = scaled_logits.max(1)
+    return temperature * (top + np.log(np.exp(scaled_logits - top[:, None]).sum(1)))
+
+
+def energy_rank(values: np.ndarray, reference: Sequence[float]) -> np.ndarray:
+    """The share of ``reference`` (sorted) at or below each value: 0 under all of it, 1 from its top up.
+    At or below, so that a threshold at a validation gesture's rank accepts exactly the energies from
+    that gesture's up, as a threshold on the energy itself would (training.calibrate picks it there)."""
+    return (np.searchsorted(np.asarray(reference), values, side="right") / len(reference)).astype(np.float64)

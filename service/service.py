@@ -7,7 +7,7 @@
     POST /info           what is served: model, classes, preprocessing, settings, batching
 BentoML adds /readyz, /livez, /metrics and the OpenAPI page at /. Settings: service/settings.py.
 
-Every answer comes from the checkpoint's own ``Classifier``: ``crop`` per upload, then ``classify`` on
+Every answer comes from the checkpoint's own ``Classifier``: ``crop`` per upload, then ``classify_scores`` on
 the model threads, which batch concurrent requests (service/microbatch.py), so a served prediction is
 ``load_classifier(checkpoint).predict(image)`` by construction. A small upload is cropped on the model
 thread as part of its batch, a large one in a worker thread of its own first (``SMALL_UPLOAD_BYTES``).
@@ -30,7 +30,7 @@ import bentoml
 import numpy as np
 from bentoml.exceptions import BadInput, BentoMLException
 
-from gesture_core import Classifier, ImageDecodeError
+from gesture_core import Classifier, ClassScores, ImageDecodeError
 from gesture_core.hands import Hand
 from service.browser_demo import DEMO_PATH, allow_cors_origins, demo_app
 from service.hand_crops import check_localiser, find_hand_crops, use_stored_hand_models, warm_up_localiser
@@ -156,13 +156,13 @@ class GestureClassifier:
             raise BadInput(f"{len(uploads)} images in one request; the limit is {self.settings.batch_size} (GESTURE_BATCH_SIZE)")
         if self.classifier.hands_mode:
             found = [await self.find_hands(upload, f"images[{i}]") for i, upload in enumerate(uploads)]
-            probs = await asyncio.gather(*(self.batcher.many(crops) for _, crops in found))
-            return [self.hands_prediction(hands, p, top_k, threshold) for (hands, _), p in zip(found, probs, strict=True)]
+            scores = await asyncio.gather(*(self.batcher.many(crops) for _, crops in found))
+            return [self.hands_prediction(hands, p, top_k, threshold) for (hands, _), p in zip(found, scores, strict=True)]
         inputs = [await self.model_input(upload, f"images[{i}]") for i, upload in enumerate(uploads)]
-        probs = await asyncio.gather(*(self.batcher(item) for item in inputs), return_exceptions=True)
-        if failed := next((p for p in probs if isinstance(p, BaseException)), None):
+        scores = await asyncio.gather(*(self.batcher(item) for item in inputs), return_exceptions=True)
+        if failed := next((p for p in scores if isinstance(p, BaseException)), None):
             raise failed  # the first image that does not decode, in the order sent
-        return [self.prediction(p, top_k, threshold) for p in probs]
+        return [self.prediction(p, top_k, threshold) for p in scores]
 
     @bentoml.api
     def info(self) -> ModelInfo:
@@ -190,10 +190,10 @@ class GestureClassifier:
             return Upload(upload, what)
         return await anyio.to_thread.run_sync(crop_upload, self.classifier, upload, what, self.decode_limits)
 
-    def classify_uploads(self, items: list[Upload | np.ndarray]) -> list[np.ndarray | Exception]:
+    def classify_uploads(self, items: list[Upload | np.ndarray]) -> list[ClassScores | Exception]:
         """One model call (on a model thread) for a batch of crops and small uploads; an upload that does
         not decode gets its BadInput in its place, which fails that request alone."""
-        results: list[np.ndarray | Exception | None] = [None] * len(items)
+        results: list[ClassScores | Exception | None] = [None] * len(items)
         crops: dict[int, np.ndarray] = {}
         for i, item in enumerate(items):
             try:
@@ -201,12 +201,12 @@ class GestureClassifier:
             except Exception as err:  # noqa: BLE001 - BadInput for an image that does not decode: that request's alone
                 results[i] = err
         if crops:
-            for i, probs in zip(crops, self.classifier.classify(list(crops.values())), strict=True):
-                results[i] = probs
+            for i, scores in zip(crops, self.classifier.classify_scores(list(crops.values())), strict=True):
+                results[i] = scores
         return results
 
-    def prediction(self, probs: np.ndarray, top_k: int, threshold: float | None) -> PredictionOut:
-        return prediction_out(self.classifier, probs, top_k, threshold, self.model_tag)
+    def prediction(self, scores: ClassScores, top_k: int, threshold: float | None) -> PredictionOut:
+        return prediction_out(self.classifier, scores, top_k, threshold, self.model_tag)
 
     async def predict_hands(self, upload: Path | bytes, what: str, top_k: int, threshold: float | None) -> PredictionOut:
         """A hand-crop model: the hands found in a worker thread, their crops in one model call."""
@@ -217,9 +217,9 @@ class GestureClassifier:
         """The upload's hands and their crops, found in a worker thread (hand detection never holds up the event loop)."""
         return await anyio.to_thread.run_sync(find_hand_crops, self.classifier, upload, what, self.decode_limits)
 
-    def hands_prediction(self, hands: list[Hand], probs: list[np.ndarray], top_k: int, threshold: float | None) -> PredictionOut:
+    def hands_prediction(self, hands: list[Hand], scores: list[ClassScores], top_k: int, threshold: float | None) -> PredictionOut:
         """The classifier's own per-hand and frame decisions (``Classifier.decide_hands``)."""
-        frame = self.classifier.decide_hands(hands, probs, k=top_k, threshold=threshold)
+        frame = self.classifier.decide_hands(hands, scores, k=top_k, threshold=threshold)
         return PredictionOut(**frame.to_dict(), model=self.model_tag)
 
 
@@ -240,9 +240,9 @@ def crop_upload(classifier: Classifier, upload: Path | bytes, what: str, limits:
         raise BadInput(f"{what}: {err}") from None
 
 
-def prediction_out(classifier: Classifier, probs: np.ndarray, top_k: int, threshold: float | None, model_tag: str) -> PredictionOut:
+def prediction_out(classifier: Classifier, scores: ClassScores, top_k: int, threshold: float | None, model_tag: str) -> PredictionOut:
     """The classifier's own decision: its reject classes, and its stored threshold unless one is given."""
-    return PredictionOut(**classifier.decide(probs, k=top_k, threshold=threshold).to_dict(), model=model_tag)
+    return PredictionOut(**classifier.decide(scores, k=top_k, threshold=threshold).to_dict(), model=model_tag)
 
 
 def packaged_model_ref() -> LocalModel | None:

@@ -139,7 +139,7 @@ def test_no_hand_is_no_gesture(hands_classifier, scene):
     frame = hands_classifier.predict_hands(scene)
     assert frame.hands == [] and frame.frame == NO_HAND and frame.source is None
     assert frame.frame.label is None
-    assert frame.to_dict() == {"label": None, "score": 0.0, "top_k": [], "hands": []}
+    assert frame.to_dict() == {"label": None, "score": 0.0, "top_k": [], "gesture_score": None, "hands": []}
     with pytest.raises(ValueError, match="between 0 and 1"):
         hands_classifier.predict_hands(scene, threshold=2.0)
 
@@ -170,7 +170,7 @@ def test_frame_answer_rule(hands_classifier, two_hand_frame):
 def test_frame_to_dict(hands_classifier, two_hand_frame):
     frame = hands_classifier.predict_hands(two_hand_frame, k=2)
     d = frame.to_dict()
-    assert {k: d[k] for k in ("label", "score", "top_k")} == frame.frame.to_dict()
+    assert {k: d[k] for k in ("label", "score", "top_k", "gesture_score")} == frame.frame.to_dict()
     assert len(d["hands"]) == 2
     for hand, out in zip(frame.hands, d["hands"], strict=True):
         assert isinstance(hand, HandPrediction)

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-from gesture_core import build_model, get_backbone, load_checkpoint, load_classifier, save_checkpoint
+from gesture_core import build_model, get_backbone, load_checkpoint, load_classifier, read_rgb, save_checkpoint
 from gesture_core.rejection import Rejection, find_reject_classes
-from service.webcam.scoring import UNCALIBRATED_WEBCAM_THRESHOLD, LocalScorer, decision_rule
+from service.webcam.scoring import UNCALIBRATED_WEBCAM_THRESHOLD, LocalScorer, Smoother, decision_rule
 from tests.helpers import REPO, make_image_folder, synthetic_image
 from training.calibrate import (
     Outcome,
@@ -95,6 +95,48 @@ def test_a_checkpoint_from_before_calibration_loads_uncalibrated(tmp_path):
     assert decision_rule(LocalScorer(classifier), None) == (UNCALIBRATED_WEBCAM_THRESHOLD, ("Nothing",))
 
 
+def test_the_energy_score_is_its_rank_among_the_validation_gestures_and_is_stored(tmp_path):
+    rejection = Rejection(("none",), 1.0, 0.25, True, "rule", "energy", (0.5, 1.0, 2.0, 4.0))
+    logits = np.full((3, 3), -60.0)
+    logits[:, 0] = [0.0, 1.5, 5.0]  # energies (logsumexp at T = 1) of about 0, 1.5 and 5
+    np.testing.assert_allclose(rejection.gesture_scores(logits), [0.0, 0.5, 1.0])  # below all, above two of four, above all
+    stored = Rejection.from_checkpoint({"classes": ["fist", "palm", "none"], "rejection": rejection.to_dict()})
+    assert stored == rejection and "reference" not in rejection.info() and rejection.info()["reference_images"] == 4
+    with pytest.raises(ValueError, match="choose one of max_softmax, energy"):
+        Rejection(score="entropy")
+    # a Classifier that thresholds energy refuses to decide from probabilities alone, which cannot give it
+    torch.manual_seed(0)
+    backbone = get_backbone("mobilenet_v3_large")
+    path = save_checkpoint(tmp_path / "energy.pt", model=build_model(backbone.name, 3, "none"), backbone=backbone.name,
+                           classes=["fist", "palm", "none"], data_config=backbone.data_config.with_input_size(64), train_config={},
+                           rejection=rejection.to_dict())
+    classifier = load_classifier(path, device="cpu", engine="torch")
+    with pytest.raises(ValueError, match="classify_scores"):
+        classifier.decide(np.array([0.8, 0.1, 0.1]))
+    image = synthetic_image(0, seed=0)
+    scores = classifier.classify_scores([classifier.crop(image)])[0]
+    assert scores.gesture is not None and classifier.predict(image).gesture_score == pytest.approx(scores.gesture)
+    assert classifier.decide(scores._replace(gesture=0.2)).label is None  # below the 0.25 threshold, whatever the top probability
+    assert classifier.decide(scores._replace(gesture=0.3), threshold=0.0).label in ("fist", "palm", None)
+
+
+def test_calibrating_on_energy_keeps_the_recall_rule_on_its_rank():
+    # 300 validation gestures, all right, with energies between 1 and 30, and 20 reject-class images taken for gesture 0
+    logits = np.full((320, 3), -60.0)
+    targets = np.array([i % 2 for i in range(300)] + [2] * 20)
+    logits[np.arange(300), targets[:300]] = np.random.default_rng(0).uniform(1, 30, 300)
+    logits[300:, 0] = 0.5  # the reject images: lower energy than every gesture
+    val = SplitOutputs(np.zeros((320, 1), np.float32), logits.astype(np.float32), targets, np.arange(320))
+    rejection = calibrate(val, ["fist", "palm", "none"], ["none"], target_recall=0.99, score="energy")
+    assert rejection.score == "energy" and len(rejection.reference) == 300 and rejection.rule.startswith("energy score: ")
+    assert 0.0 <= rejection.threshold <= 1.0
+    # each validation gesture's rank counts itself: 1/300 ... 300/300, none tied with the one below
+    np.testing.assert_allclose(np.sort(rejection.gesture_scores(val.logits)[:300]), np.arange(1, 301) / 300)
+    kept = rejection.gesture_scores(val.logits)[:300] >= rejection.threshold
+    assert 297 <= kept.sum() < 300  # spends the allowance on new images ((k+1)/(n+1) <= 1%: k = 2) on the lowest energies
+    assert (rejection.gesture_scores(val.logits)[300:] < rejection.threshold).all()
+
+
 def test_reject_classes_are_stored_in_the_checkpoint(tmp_path):
     """A real (tiny) training run stores what --reject-class says; recalibrating finds names or turns them off."""
     data = make_image_folder(tmp_path / "data", classes=("Background", "fist", "palm"), per_class=10)
@@ -138,17 +180,34 @@ def test_the_fitted_temperature_lowers_ece_on_held_out_real_data(sign_digits_run
     assert after < 0.7 * before, (temperature, before, after)
 
 
-@pytest.fixture(scope="module")
-def calibrated_run(sign_digits_run, tmp_path_factory) -> Path:
-    """The sign-digits run recalibrated with the digit 0 as its "no gesture" class, evaluated on its test split."""
-    run = tmp_path_factory.mktemp("calibrated")
+def calibrated_copy(sign_digits_run: Path, run: Path, *flags: str) -> Path:
+    """The sign-digits run copied to ``run``, recalibrated with the digit 0 as its "no gesture" class
+    (and ``flags``), and evaluated on its test split."""
     for name in ("best.pt", "split.json", "metrics.json"):
         shutil.copy(sign_digits_run / name, run / name)
-    done = run_module("training.calibrate", "--checkpoint", str(run / "best.pt"), "--reject-class", "0")
+    done = run_module("training.calibrate", "--checkpoint", str(run / "best.pt"), "--reject-class", "0", *flags)
     assert done.returncode == 0, done.stderr[-3000:]
     done = run_module("training.evaluate", "--checkpoint", str(run / "best.pt"), "--out", str(run / "eval"))
     assert done.returncode == 0, done.stderr[-3000:]
     return run
+
+
+@pytest.fixture(scope="module")
+def calibrated_run(sign_digits_run, tmp_path_factory) -> Path:
+    """The sign-digits run with digit 0 as "no gesture", thresholded on the calibrated top probability."""
+    return calibrated_copy(sign_digits_run, tmp_path_factory.mktemp("calibrated"))
+
+
+@pytest.fixture(scope="module")
+def energy_run(sign_digits_run, tmp_path_factory) -> Path:
+    """The same, thresholded on the energy score (--reject-score energy)."""
+    return calibrated_copy(sign_digits_run, tmp_path_factory.mktemp("energy"), "--reject-score", "energy")
+
+
+@pytest.fixture(params=["calibrated_run", "energy_run"], ids=["max_softmax", "energy"])
+def scored_run(request) -> Path:
+    """Each way of scoring "no gesture" in turn."""
+    return request.getfixturevalue(request.param)
 
 
 def evaluate_decisions(run: Path) -> list[dict[str, str]]:
@@ -157,17 +216,25 @@ def evaluate_decisions(run: Path) -> list[dict[str, str]]:
 
 
 @pytest.mark.slow
-def test_load_classifier_applies_the_stored_threshold_and_classes(calibrated_run):
+def test_load_classifier_applies_the_stored_threshold_and_classes(scored_run):
+    calibrated_run = scored_run
     classifier = load_classifier(calibrated_run / "best.pt", device="cpu", engine="torch")
     stored = load_checkpoint(calibrated_run / "best.pt")["rejection"]
     assert classifier.rejection.threshold == stored["threshold"] > 0 and classifier.rejection.reject_classes == ("0",)
+    assert classifier.rejection.score == stored["score"] == ("energy" if calibrated_run.name.startswith("energy") else "max_softmax")
     rows = evaluate_decisions(calibrated_run)
     by_threshold = [r for r in rows if r["label"] == "" and r["top_class"] != "0"]
     assert by_threshold, "the test split has no image rejected by the threshold alone: this test could not fail for it"
+    webcam, smoother = LocalScorer(classifier), Smoother(threshold=classifier.rejection.threshold, reject_classes=("0",), k=5)
     for row in by_threshold + [r for r in rows if r["top_class"] == "0"][:3] + [r for r in rows if r["label"]][:5]:
         prediction = classifier.predict(Path(row["path"]).read_bytes())
         assert (prediction.label or "") == row["label"] and prediction.score == pytest.approx(float(row["score"]), abs=1e-4)
         assert len(prediction.top_k) == 5  # a rejected prediction keeps its top-k
+        assert (prediction.gesture_score is None) == (classifier.rejection.score == "max_softmax") == (row["gesture_score"] == "")
+        if prediction.gesture_score is not None:
+            assert prediction.gesture_score == pytest.approx(float(row["gesture_score"]), abs=1e-3)
+        rgb = read_rgb(row["path"])  # the webcam decides a frame as the Classifier does, whatever the score
+        assert smoother.decide(webcam(np.ascontiguousarray(rgb[..., ::-1]))).label == classifier.predict(rgb).label
     report = json.loads((calibrated_run / "eval" / "metrics.json").read_text())["open_set"]
     assert report["threshold"] == stored["threshold"] and report["calibration"] == "calibrated"
 

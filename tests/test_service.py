@@ -161,7 +161,7 @@ def test_concurrent_predicts_share_one_model_call(stored_model, reference, image
     from gesture_core.classifier import Classifier
     from service import microbatch
 
-    classify, submit = Classifier.classify, microbatch.MicroBatcher.submit
+    classify, submit = Classifier.classify_scores, microbatch.MicroBatcher.submit
     serving, calls, queued = threading.Event(), [], []
     model_busy, release = threading.Event(), threading.Event()
 
@@ -178,7 +178,7 @@ def test_concurrent_predicts_share_one_model_call(stored_model, reference, image
         queued.append(future)  # after the real submit: the item is in the queue by now
         return future
 
-    monkeypatch.setattr(Classifier, "classify", held_classify)
+    monkeypatch.setattr(Classifier, "classify_scores", held_classify)
     monkeypatch.setattr(microbatch.MicroBatcher, "submit", counted_submit)
     svc = service_with(runtime=Runtime(engine="torch"))
     serving.set()
@@ -280,7 +280,7 @@ def test_an_upload_that_does_not_decode_fails_alone_in_a_shared_model_call(svc, 
     good, crop = jpeg(1), reference.crop(jpeg(2))
     results = svc.classify_uploads([Upload(good, "images[0]"), Upload(b"not an image", "images[1]"), crop])
     assert isinstance(results[1], BadInput) and str(results[1]).startswith("images[1]: ")
-    np.testing.assert_array_equal(np.stack([results[0], results[2]]), reference.classify([reference.crop(good), crop]))
+    np.testing.assert_array_equal(np.stack([results[0].probs, results[2].probs]), reference.classify([reference.crop(good), crop]))
     assert isinstance(svc.classify_uploads([Upload(b"", "image")])[0], BadInput)  # nothing to classify: no model call
 
 

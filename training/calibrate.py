@@ -27,7 +27,7 @@ import json
 import sys
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,10 +41,10 @@ from gesture_core.checkpoint import (
     load_checkpoint,
     resolve_device,
 )
-from gesture_core.classifier import softmax
 from gesture_core.cli import command
 from gesture_core.preprocess import DataConfig
-from gesture_core.rejection import Rejection, find_reject_classes
+from gesture_core.rejection import SCORES as PRODUCT_SCORES
+from gesture_core.rejection import Rejection, energy, find_reject_classes, softmax
 from training import cli
 from training.config import TrainConfig
 from training.data import DatasetError, Sample, Splits
@@ -55,7 +55,9 @@ from training.report import write_json
 DEFAULT_TARGET_RECALL = TrainConfig().reject_target_recall
 ECE_BINS = 15
 SCORES = ("max_softmax", "energy", "feature_cosine")
-DEFAULT_SCORE = "max_softmax"  # the one the product thresholds: docs/no-gesture.md has the comparison
+DEFAULT_SCORE = "max_softmax"  # the one the product thresholds by default: docs/no-gesture.md has the comparison
+SCORE_AXIS = {"max_softmax": "threshold on the calibrated top probability",
+              "energy": "threshold on the energy's rank among the validation gestures"}
 
 
 @dataclass
@@ -140,8 +142,7 @@ def acceptance_scores(outputs: SplitOutputs, temperature: float, reject: Sequenc
     if kind == "max_softmax":
         score = softmax(scaled).max(1)
     elif kind == "energy":
-        top = scaled.max(1)
-        score = temperature * (top + np.log(np.exp(scaled - top[:, None]).sum(1)))
+        score = energy(scaled, temperature)
     elif kind == "feature_cosine":
         unit = outputs.features / np.maximum(np.linalg.norm(outputs.features, axis=1, keepdims=True), 1e-12)
         gestures = np.setdiff1d(np.arange(len(means)), list(reject))
@@ -149,6 +150,13 @@ def acceptance_scores(outputs: SplitOutputs, temperature: float, reject: Sequenc
     else:
         raise ValueError(f"score {kind!r}: choose one of {', '.join(SCORES)}")
     return np.where(np.isin(outputs.logits.argmax(1), list(reject)), -np.inf, score).astype(np.float64)
+
+
+def product_scores(outputs: SplitOutputs, rejection: Rejection, reject: Sequence[int]) -> np.ndarray:
+    """Per image, the gesture score the Classifier thresholds (``Rejection.gesture_scores``), -inf where
+    the top class is a reject class (always rejected)."""
+    score = rejection.gesture_scores(outputs.logits) if len(outputs.logits) else np.zeros(0)
+    return np.where(np.isin(outputs.logits.argmax(1), list(reject)), -np.inf, score).astype(np.float64) if len(score) else score
 
 
 @dataclass
@@ -225,8 +233,9 @@ def auroc(positive: np.ndarray, negative: np.ndarray) -> float | None:
 
 # --- the whole step ----------------------------------------------------------------------------
 
-def calibrate(val: SplitOutputs, classes: Sequence[str], reject_classes: Sequence[str], *, target_recall: float = DEFAULT_TARGET_RECALL) -> Rejection:
-    """The Rejection (temperature and threshold) that validation supports; uncalibrated without validation images."""
+def calibrate(val: SplitOutputs, classes: Sequence[str], reject_classes: Sequence[str], *, target_recall: float = DEFAULT_TARGET_RECALL,
+              score: str = DEFAULT_SCORE) -> Rejection:
+    """The Rejection (temperature, threshold on ``score``) that validation supports; uncalibrated without validation images."""
     if len(val.targets) == 0:
         warnings.warn("no validation images: the model keeps temperature 1 and the old default threshold", stacklevel=2)
         return Rejection(tuple(reject_classes), rule="uncalibrated: no validation images")
@@ -236,10 +245,23 @@ def calibrate(val: SplitOutputs, classes: Sequence[str], reject_classes: Sequenc
         warnings.warn(f"reject class(es) {', '.join(missing)} have no validation images: the threshold falls back to the known-classes rule", stacklevel=2)
     temperature = fit_temperature(val.logits, val.targets)
     present = [i for i in reject if (val.targets == i).any()]
-    outcome = Outcome.of(acceptance_scores(val, temperature, reject), val, present)
+    unscored = Rejection(tuple(reject_classes), temperature)
+    if score == "energy":
+        unscored = replace(unscored, score=score, reference=energy_reference(val, unscored, reject))
+    outcome = Outcome.of(product_scores(val, unscored, reject), val, present)
     warn_if_too_few_gestures(outcome, target_recall)
     threshold, rule = choose_threshold(outcome, target_recall, floor=0.0)
-    return Rejection(tuple(reject_classes), temperature, min(threshold, 1.0), True, rule)
+    return replace(unscored, threshold=min(threshold, 1.0), calibrated=True, rule=rule if score == DEFAULT_SCORE else f"{score} score: {rule}")
+
+
+def energy_reference(val: SplitOutputs, rejection: Rejection, reject: Sequence[int]) -> tuple[float, ...]:
+    """The validation gesture images' energies, sorted: the energy score's 0-1 scale (gesture_core.rejection).
+    Computed exactly as ``Rejection.gesture_scores`` computes them, and not rounded, so that each
+    validation gesture's rank counts itself (a rounded-up value would not)."""
+    gestures = val.logits[~np.isin(val.targets, list(reject))]
+    if not len(gestures):
+        raise DatasetError("--reject-score energy needs gesture images in the validation split to put the energy on a 0-1 scale")
+    return tuple(np.sort(energy(rejection.scale(gestures), rejection.temperature)).tolist())
 
 
 def warn_if_too_few_gestures(outcome: Outcome, target_recall: float) -> None:
@@ -259,8 +281,7 @@ def operating_point(outputs: SplitOutputs, rejection: Rejection, classes: Sequen
     if len(outputs.targets) == 0:
         return {"n": 0}
     reject = [list(classes).index(c) for c in rejection.reject_classes]
-    scores = acceptance_scores(outputs, rejection.temperature, reject)
-    outcome = Outcome.of(scores, outputs, reject)
+    outcome = Outcome.of(product_scores(outputs, rejection, reject), outputs, reject)
     threshold = rejection.threshold_or(threshold)
     at, unthresholded = outcome.at(np.array([threshold])), outcome.at(np.array([0.0]))
     value = lambda rates, key: None if np.isnan(rates[key][0]) else round(float(rates[key][0]), 5)  # noqa: E731
@@ -269,7 +290,7 @@ def operating_point(outputs: SplitOutputs, rejection: Rejection, classes: Sequen
         "threshold": threshold, "gesture_recall": value(at, "recall"), "gesture_recall_unthresholded": value(unthresholded, "recall"),
         "gesture_precision": value(at, "precision"), "false_accept_rate": value(at, "false_accept"),
         "false_accept_rate_unthresholded": value(unthresholded, "false_accept"),
-        "auroc": auroc(scores[outcome.gesture], scores[~outcome.gesture]),
+        "auroc": auroc(outcome.scores[outcome.gesture], outcome.scores[~outcome.gesture]),
         "ece_before": expected_calibration_error(softmax(outputs.logits), outputs.targets),
         "ece_after": expected_calibration_error(softmax(outputs.logits / rejection.temperature), outputs.targets),
     }
@@ -290,7 +311,7 @@ def plot_tradeoff(path: Path, outputs: SplitOutputs, rejection: Rejection, class
     import matplotlib.pyplot as plt
 
     reject = [list(classes).index(c) for c in rejection.reject_classes]
-    outcome = Outcome.of(acceptance_scores(outputs, rejection.temperature, reject), outputs, reject)
+    outcome = Outcome.of(product_scores(outputs, rejection, reject), outputs, reject)
     thresholds = np.linspace(0, 1, 201)
     sweep, chosen = outcome.at(thresholds), outcome.at(np.array([rejection.threshold]))
     x_key, x_label = ("false_accept", "false-accept rate on reject-class images") if (~outcome.gesture).any() else ("gesture_rejected", "share of gesture images rejected")
@@ -301,7 +322,7 @@ def plot_tradeoff(path: Path, outputs: SplitOutputs, rejection: Rejection, class
     for key, label in (("accepted_accuracy", "accuracy of accepted gestures"), ("recall", "gesture recall"), (x_key, x_label)):
         by_threshold.plot(thresholds, sweep[key], label=label)
     by_threshold.axvline(rejection.threshold, color="red", linestyle="--", label="chosen threshold")
-    by_threshold.set(xlabel="threshold on the calibrated top probability", ylim=(-0.02, 1.02), title="as the threshold moves")
+    by_threshold.set(xlabel=SCORE_AXIS[rejection.score], ylim=(-0.02, 1.02), title="as the threshold moves")
     for axis in (ax, by_threshold):
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
@@ -312,9 +333,9 @@ def plot_tradeoff(path: Path, outputs: SplitOutputs, rejection: Rejection, class
 
 
 def calibrate_outputs(val: SplitOutputs, test: SplitOutputs, classes: Sequence[str], requested: Sequence[str] | None,
-                      target_recall: float, out: Path) -> tuple[Rejection, dict[str, Any]]:
+                      target_recall: float, out: Path, score: str = DEFAULT_SCORE) -> tuple[Rejection, dict[str, Any]]:
     """Calibrate, then the report (returned, and open_set.png in ``out``)."""
-    rejection = calibrate(val, classes, find_reject_classes(classes, requested), target_recall=target_recall)
+    rejection = calibrate(val, classes, find_reject_classes(classes, requested), target_recall=target_recall, score=score)
     report = open_set_report(val, test, rejection, classes)
     if len(test.targets):
         plot_tradeoff(out / "open_set.png", test, rejection, classes, f"test split: {len(test.targets)} images")
@@ -322,11 +343,12 @@ def calibrate_outputs(val: SplitOutputs, test: SplitOutputs, classes: Sequence[s
 
 
 def calibrate_model(model: torch.nn.Module, backbone: str, splits: Splits, data_config: DataConfig, *, device: torch.device,
-                    requested: Sequence[str] | None, target_recall: float, out: Path, workers: int = 2) -> tuple[Rejection, dict[str, Any]]:
+                    requested: Sequence[str] | None, target_recall: float, out: Path, workers: int = 2,
+                    score: str = DEFAULT_SCORE) -> tuple[Rejection, dict[str, Any]]:
     """calibrate_outputs on a model's validation and test splits."""
     val, test = (split_outputs(model, backbone, getattr(splits, name), data_config, device=device, workers=workers, desc=f"{name} features")
                  for name in ("val", "test"))
-    return calibrate_outputs(val, test, splits.classes, requested, target_recall, out)
+    return calibrate_outputs(val, test, splits.classes, requested, target_recall, out, score)
 
 
 def format_open_set(report: dict[str, Any]) -> str:
@@ -335,7 +357,7 @@ def format_open_set(report: dict[str, Any]) -> str:
         return f"no gesture: reject classes {', '.join(report['reject_classes']) or '(none)'}; {report['rule']}"
     pct = lambda x: "n/a" if x is None else f"{100 * x:.2f}%"  # noqa: E731
     return (f"no gesture: reject classes {', '.join(report['reject_classes']) or '(none)'}; temperature {report['temperature']:.3f}, "
-            f"threshold {report['threshold']:.4f} ({report['calibration']})\n"
+            f"threshold {report['threshold']:.4f}{'' if report.get('score', DEFAULT_SCORE) == DEFAULT_SCORE else ' on the ' + report['score'] + ' rank'} ({report['calibration']})\n"
             f"  test: gesture recall {pct(test['gesture_recall'])} (unthresholded {pct(test['gesture_recall_unthresholded'])}), "
             f"precision {pct(test['gesture_precision'])}, false-accept rate {pct(test['false_accept_rate'])}, "
             f"AUROC {'n/a' if test['auroc'] is None else round(test['auroc'], 4)}, ECE {pct(test['ece_before'])} -> {pct(test['ece_after'])}")
@@ -348,6 +370,8 @@ def add_rejection_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup
                         help="a class meaning 'no gesture' (repeatable; default: classes named none, no_gesture, nothing, background, other, ...; '' for none)")
     parser.add_argument("--reject-target-recall", type=cli.float_in(0.0, 1.0, high_inclusive=True), default=DEFAULT_TARGET_RECALL,
                         help="the chosen threshold keeps gesture recall at least this fraction of the unthresholded recall")
+    parser.add_argument("--reject-score", choices=PRODUCT_SCORES, default=DEFAULT_SCORE,
+                        help="what the threshold applies to: the calibrated top probability, or the energy (docs/no-gesture.md#which-score)")
 
 
 def reject_choice(classes: Sequence[str], requested: Sequence[str] | None) -> str:
@@ -372,7 +396,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def recalibrate(checkpoint: Path, requested: Sequence[str] | None, target_recall: float, *, device: str = "auto", workers: int = 2) -> dict[str, Any]:
+def recalibrate(checkpoint: Path, requested: Sequence[str] | None, target_recall: float, *, device: str = "auto", workers: int = 2,
+                score: str = DEFAULT_SCORE) -> dict[str, Any]:
     """Calibrate a run's checkpoint on its split.json; rewrites the checkpoint and RUN/metrics.json's open_set."""
     ckpt = load_checkpoint(checkpoint)
     split_file = checkpoint.parent / "split.json"
@@ -386,7 +411,7 @@ def recalibrate(checkpoint: Path, requested: Sequence[str] | None, target_recall
     if data_config.hands:  # the model learnt hand crops (--hands): calibrate on the same crops, from the cache
         splits, _ = hand_crop_splits(splits, HandCropCache(data_config))
     rejection, report = calibrate_model(model, ckpt["backbone"], splits, data_config, device=resolve_device(device),
-                                        requested=requested, target_recall=target_recall, out=checkpoint.parent, workers=workers)
+                                        requested=requested, target_recall=target_recall, out=checkpoint.parent, workers=workers, score=score)
     ckpt["rejection"] = rejection.to_dict()
     ckpt["metrics"] = {**ckpt.get("metrics", {}), "open_set": report}
     atomic_torch_save(ckpt, checkpoint)
@@ -399,7 +424,8 @@ def recalibrate(checkpoint: Path, requested: Sequence[str] | None, target_recall
 @command
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    report = recalibrate(args.checkpoint, args.reject_classes, args.reject_target_recall, device=args.device, workers=args.workers)
+    report = recalibrate(args.checkpoint, args.reject_classes, args.reject_target_recall, device=args.device, workers=args.workers,
+                         score=args.reject_score)
     print(format_open_set(report))
     print(f"calibrated {args.checkpoint}; report in {args.checkpoint.parent}/metrics.json (open_set) and open_set.png")
     return 0

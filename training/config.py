@@ -38,6 +38,7 @@ class TrainConfig:
     # "no gesture" (training.calibrate): None finds reject classes by name, [""] turns them off
     reject_classes: list[str] | None = None
     reject_target_recall: float = 0.99
+    reject_score: str = "max_softmax"  # what the threshold applies to (gesture_core.rejection.SCORES)
     cache_features: str = "auto"  # frozen epochs on cached backbone features: auto (with augment "none") | on | off
     # augmentation
     augment: str = "default"

@@ -532,7 +532,8 @@ def finish(run: Run, state: dict[str, Any], test_loader, failed: set[str], featu
         "skipped": skipped,
     }
     rejection, metrics["open_set"] = calibrate_model(run.model, run.cfg.backbone, run.splits, run.data_config, device=run.device, requested=run.cfg.reject_classes,
-                                                     target_recall=run.cfg.reject_target_recall, out=run.out, workers=run.cfg.workers)
+                                                     target_recall=run.cfg.reject_target_recall, out=run.out, workers=run.cfg.workers,
+                                                     score=run.cfg.reject_score)
     save_checkpoint(best_path, **checkpoint_extra(run), metrics=metrics, rejection=rejection.to_dict())
     if run.hand_crops is not None:
         test_metrics = metrics["test"] = test_frames(run, best_path, metrics)

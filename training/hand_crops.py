@@ -234,16 +234,16 @@ def frame_outputs(classifier: Classifier, samples: Sequence[Sample], cache: Hand
     for start in range(0, len(entries), batch_size):
         chunk = list(zip(samples[start : start + batch_size], entries[start : start + batch_size], strict=True))
         crops = [classifier.preprocess.crop(decode_file(path)) for _, entry in chunk for path in entry.crops]
-        probs = classifier.classify(crops) if crops else np.zeros((0, len(classifier.classes)), np.float32)
+        scores = classifier.classify_scores(crops) if crops else []
         offset = 0
         for i, (sample, entry) in enumerate(chunk):
             if entry.error is not None:
                 failed.append(start + i)
                 continue
-            mine = probs[offset : offset + len(entry.hands)]
+            mine = scores[offset : offset + len(entry.hands)]
             offset += len(entry.hands)
             frame = classifier.decide_hands(entry.hands, mine, k=1, threshold=threshold)
-            rows.append(mine[frame.source] if frame.source is not None else np.zeros(len(classifier.classes), np.float32))
+            rows.append(mine[frame.source].probs if frame.source is not None else np.zeros(len(classifier.classes), np.float32))
             targets.append(sample.label)
             no_hand.append(frame.source is None)
             labels.append(frame.frame.label)

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from gesture_core.classifier import Classifier, softmax
-from gesture_core.rejection import Rejection
+from gesture_core.classifier import Classifier, ClassScores
+from gesture_core.rejection import Rejection, softmax
 from training.calibrate import (
     SCORES,
     Outcome,
@@ -27,6 +27,7 @@ from training.calibrate import (
     class_means,
     format_open_set,
     operating_point,
+    product_scores,
     split_outputs,
 )
 from training.data import Sample, scan_images
@@ -54,13 +55,16 @@ def unknown_samples(folder: str | Path, skipped: list[dict[str, str]] | None = N
 
 def write_predictions(path: Path, classifier: Classifier, samples: Sequence[Sample], outputs: SplitOutputs, threshold: float) -> Path:
     """One row per image: its path, true class, the label the service would answer (empty: rejected) and score."""
-    probs = softmax(classifier.rejection.scale(outputs.logits))
+    rejection = classifier.rejection
+    probs = softmax(rejection.scale(outputs.logits))
+    gesture = rejection.gesture_scores(outputs.logits) if rejection.score != "max_softmax" else [None] * len(probs)
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["path", "true", "label", "top_class", "score"])
+        writer.writerow(["path", "true", "label", "top_class", "score", "gesture_score"])
         for row, index in enumerate(outputs.index):
-            decided = classifier.decide(probs[row], k=1, threshold=threshold)
-            writer.writerow([samples[index].path, classifier.classes[samples[index].label], decided.label or "", decided.top_k[0][0], f"{decided.score:.6f}"])
+            decided = classifier.decide(ClassScores(probs[row], gesture[row]), k=1, threshold=threshold)
+            writer.writerow([samples[index].path, classifier.classes[samples[index].label], decided.label or "", decided.top_k[0][0],
+                             f"{decided.score:.6f}", "" if decided.gesture_score is None else f"{decided.gesture_score:.6f}"])
     return path
 
 
@@ -69,9 +73,9 @@ def unknown_report(classifier: Classifier, known: SplitOutputs, unknown: SplitOu
     separates them from the known gestures (AUROC)."""
     rejection: Rejection = classifier.rejection
     reject = reject_indices(classifier)
-    known_scores = acceptance_scores(known, rejection.temperature, reject)
+    known_scores = product_scores(known, rejection, reject)
     known_gestures = known_scores[~np.isin(known.targets, reject)]
-    scores = acceptance_scores(unknown, rejection.temperature, reject)
+    scores = product_scores(unknown, rejection, reject)
     return {"images": int(len(scores)), "threshold": threshold, "rejected": int((scores < threshold).sum()),
             "rejection_rate": float((scores < threshold).mean()) if len(scores) else None,
             "auroc_known_vs_unknown": auroc(known_gestures, scores)}
@@ -86,7 +90,7 @@ def plot_worst_cases(path: Path, classifier: Classifier, samples: Sequence[Sampl
 
     from gesture_core.images import read_rgb
 
-    scores = acceptance_scores(unknown, classifier.rejection.temperature, reject_indices(classifier))
+    scores = product_scores(unknown, classifier.rejection, reject_indices(classifier))
     worst = [i for i in np.argsort(-scores)[:WORST_CASES] if scores[i] >= threshold]
     if not worst:
         return None

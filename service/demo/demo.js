@@ -207,17 +207,23 @@ class Smoother {
   }
 
   update(answer, window, threshold) {
-    this.history.push(new Map(answer.top_k.map((item) => [item.label, item.score])));
+    const scores = new Map(answer.top_k.map((item) => [item.label, item.score]));
+    // a model calibrated with --reject-score energy thresholds its gesture score, not the top probability
+    scores.gesture = answer.gesture_score ?? null;
+    this.history.push(scores);
     this.history.splice(0, this.history.length - window);
     const mean = new Map();
-    for (const scores of this.history) {
-      for (const [label, score] of scores) mean.set(label, (mean.get(label) || 0) + score / this.history.length);
+    for (const frame of this.history) {
+      for (const [label, score] of frame) mean.set(label, (mean.get(label) || 0) + score / this.history.length);
     }
     const top = [...mean].sort((a, b) => b[1] - a[1]).slice(0, SHOWN_CLASSES);
     // no hand found (a hand-crop model answers with an empty top_k) counts 0 for every class
     if (top.length === 0 || top[0][1] <= 0) return { label: null, score: 0, top };
     const [best, score] = top[0];
-    return { label: score < threshold || this.rejectClasses.has(best) ? null : best, score, top };
+    const gestured = this.history.filter((frame) => frame.gesture !== null);
+    // the frames' mean gesture score (a frame without one counts 0), as the OpenCV demo's Smoother does
+    const gesture = gestured.length ? this.history.reduce((sum, frame) => sum + (frame.gesture || 0), 0) / this.history.length : score;
+    return { label: gesture < threshold || this.rejectClasses.has(best) ? null : best, score, top };
   }
 }
 

@@ -16,14 +16,14 @@ import os
 import uuid
 from collections import Counter, deque
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import cv2
 import numpy as np
 import torch
 
-from gesture_core import Classifier, Prediction, decode_probs
+from gesture_core import Classifier, ClassScores, Prediction, decode_probs
 from gesture_core.classifier import frame_source
 from gesture_core.hands import HandTracker
 from gesture_core.images import bgr_to_rgb
@@ -33,7 +33,22 @@ from gesture_core.runtime import Runtime
 # What the webcam showed as "no gesture" before thresholds were calibrated; checkpoints from then keep it.
 UNCALIBRATED_WEBCAM_THRESHOLD = 0.5
 
-Scores = dict[str, float]
+
+
+class Scores(dict[str, float]):
+    """``{label: probability}`` for one frame (or hand), and ``gesture``: the score the model's threshold
+    applies to when it is not the top probability (a model calibrated with ``--reject-score energy``),
+    else None. A plain dict works wherever Scores is taken, as one with ``gesture`` None."""
+
+    def __init__(self, probs: Any = (), gesture: float | None = None):
+        super().__init__(probs)
+        self.gesture = gesture
+
+
+def gesture_of(scores: dict[str, float]) -> float | None:
+    return getattr(scores, "gesture", None)
+
+
 Box = tuple[int, int, int, int]  # x0, y0, x1, y1 in frame pixels
 
 
@@ -123,8 +138,7 @@ class LocalScorer:
     def __call__(self, bgr: np.ndarray) -> Scores | HandsAnswer:
         if self.tracker is not None:
             return self.score_hands(bgr)
-        probs = self.classifier.classify([self.classifier.crop(bgr, bgr=True)])[0]
-        return self._scores(probs)
+        return self._scores(self.classifier.classify_scores([self.classifier.crop(bgr, bgr=True)])[0])
 
     def score_hands(self, bgr: np.ndarray) -> HandsAnswer:
         """The tracked hands of this frame, each crop classified; all crops of a frame in one model call."""
@@ -132,17 +146,17 @@ class LocalScorer:
         hands = self.tracker.update(rgb)
         if not hands:
             return HandsAnswer(())
-        probs = self.classifier.classify(self.classifier.hand_crops(rgb, hands))
-        return HandsAnswer(tuple(HandScores(tuple(hand.box), hand.handedness, float(hand.score), self._scores(p))
-                                 for hand, p in zip(hands, probs, strict=True)))
+        scores = self.classifier.classify_scores(self.classifier.hand_crops(rgb, hands))
+        return HandsAnswer(tuple(HandScores(tuple(hand.box), hand.handedness, float(hand.score), self._scores(s))
+                                 for hand, s in zip(hands, scores, strict=True)))
 
     @property
     def palm_detections(self) -> int | None:
         """Palm detections run since the warm-up (hand-crop models); None for whole-image models."""
         return None if self.tracker is None else self.classifier.localiser.palm_calls - self._palm_calls_before
 
-    def _scores(self, probs: np.ndarray) -> Scores:
-        return dict(zip(self.classifier.classes, probs.tolist(), strict=True))
+    def _scores(self, scores: ClassScores) -> Scores:
+        return Scores(zip(self.classifier.classes, scores.probs.tolist(), strict=True), scores.gesture)
 
     def rejection(self) -> Rejection:
         return self.classifier.rejection
@@ -245,7 +259,8 @@ class RemoteScorer:
 
 
 def _top_k_scores(answer: dict) -> Scores:
-    return {str(item["label"]): float(item["score"]) for item in answer["top_k"]}
+    gesture = answer.get("gesture_score")
+    return Scores({str(item["label"]): float(item["score"]) for item in answer["top_k"]}, None if gesture is None else float(gesture))
 
 
 def _error_text(body: bytes, limit: int = 200) -> str:
@@ -284,7 +299,7 @@ class Smoother:
                 self._classes.append(label)
         self._history.append(scores)
         mean = np.mean([self._vector(s) for s in self._history], axis=0)
-        averaged = self._decode(mean, self._classes)
+        averaged = self._decode(mean, self._classes, self._mean_gesture())
         if not self.vote:
             return averaged
         votes = [self.decide(s).label for s in self._history]
@@ -297,12 +312,19 @@ class Smoother:
     def decide(self, scores: Scores) -> Prediction:
         """One frame on its own, with the same threshold and rejection rules."""
         classes = list(scores)
-        return self._decode(np.asarray([scores[c] for c in classes], np.float64), classes)
+        return self._decode(np.asarray([scores[c] for c in classes], np.float64), classes, gesture_of(scores))
 
-    def _decode(self, probs: np.ndarray, classes: list[str]) -> Prediction:
+    def _decode(self, probs: np.ndarray, classes: list[str], gesture: float | None = None) -> Prediction:
         if not classes or probs.max() <= 0.0:  # no evidence at all (no hand) is no gesture, even at threshold 0
             return Prediction(None, 0.0, [])
-        return decode_probs(probs, classes, k=self.k, threshold=self.threshold, reject_classes=self.reject_classes)
+        return decode_probs(probs, classes, k=self.k, threshold=self.threshold, reject_classes=self.reject_classes, gesture=gesture)
+
+    def _mean_gesture(self) -> float | None:
+        """The frames' mean gesture score, for a model whose threshold applies to one (a frame without a
+        hand counts 0, as its probabilities do); None for a model whose threshold applies to the top probability."""
+        if all(gesture_of(s) is None for s in self._history):
+            return None
+        return float(np.mean([gesture_of(s) or 0.0 for s in self._history]))
 
     def _vector(self, scores: Scores) -> np.ndarray:
         return np.asarray([scores.get(label, 0.0) for label in self._classes], np.float64)
