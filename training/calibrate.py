@@ -2,13 +2,15 @@
 
     python -m training.calibrate --checkpoint RUN/best.pt                       # (re)calibrate a run
     python -m training.calibrate --checkpoint RUN/best.pt --reject-class nothing --reject-target-recall 0.99
+    python -m training.calibrate --checkpoint RUN/best.pt --reject-score energy    # threshold the energy instead
 
 Training runs this after the test (training.finetune); this command does it again for a finished or
 older run, from its split.json. Steps (docs/no-gesture.md):
 
 1. temperature: one number T, fitted by LBFGS to minimise the negative log-likelihood of the
    validation logits divided by T (Guo et al., 2017); it changes no prediction, only the confidence;
-2. threshold, on the calibrated top probability (a prediction of a reject class is always rejected):
+2. threshold, on the calibrated top probability, or with ``--reject-score energy`` on the energy's rank
+   among the validation gestures' (gesture_core.rejection); a prediction of a reject class is always rejected:
    - with reject-class images in validation: among thresholds keeping gesture recall on new images
      at least ``target_recall`` x the unthresholded recall, the lowest false-accept rate on the
      reject-class images, and of those the highest threshold (it also turns away uncertain gestures);
@@ -155,8 +157,10 @@ def acceptance_scores(outputs: SplitOutputs, temperature: float, reject: Sequenc
 def product_scores(outputs: SplitOutputs, rejection: Rejection, reject: Sequence[int]) -> np.ndarray:
     """Per image, the gesture score the Classifier thresholds (``Rejection.gesture_scores``), -inf where
     the top class is a reject class (always rejected)."""
-    score = rejection.gesture_scores(outputs.logits) if len(outputs.logits) else np.zeros(0)
-    return np.where(np.isin(outputs.logits.argmax(1), list(reject)), -np.inf, score).astype(np.float64) if len(score) else score
+    if not len(outputs.logits):
+        return np.zeros(0)
+    score = rejection.gesture_scores(outputs.logits)
+    return np.where(np.isin(outputs.logits.argmax(1), list(reject)), -np.inf, score).astype(np.float64)
 
 
 @dataclass

@@ -34,7 +34,6 @@ from gesture_core.runtime import Runtime
 UNCALIBRATED_WEBCAM_THRESHOLD = 0.5
 
 
-
 class Scores(dict[str, float]):
     """``{label: probability}`` for one frame (or hand), and ``gesture``: the score the model's threshold
     applies to when it is not the top probability (a model calibrated with ``--reject-score energy``),
