@@ -89,9 +89,9 @@ def run_scenario(name: str, data: Path, unknown: Path | None, recipe: dict[str, 
     run = train(TrainConfig(data=str(data), out=str(out / name), workers=workers, **recipe))
     seconds = time.perf_counter() - started
     metrics = json.loads((run / "metrics.json").read_text())
-    scores, outputs = score_comparison(run, unknown, workers)
-    return {"scenario": name, "classes": len(outputs["splits"].classes), "train_seconds": round(seconds), "top1": metrics["test"]["top1"],
-            "open_set": metrics["open_set"], "scores": scores, "neighbours": neighbour_check(outputs["splits"], outputs["test"])}
+    scores, splits, test = score_comparison(run, unknown, workers)
+    return {"scenario": name, "classes": len(splits.classes), "train_seconds": round(seconds), "top1": metrics["test"]["top1"],
+            "open_set": metrics["open_set"], "scores": scores, "neighbours": neighbour_check(splits, test)}
 
 
 def format_open_set_table(results: list[dict[str, Any]]) -> str:

@@ -172,7 +172,10 @@ class Classifier:
     def classify_scores(self, crops: Sequence[np.ndarray]) -> list[ClassScores]:
         """Crops made by ``crop`` -> what ``decide`` takes, one per crop, in one model call: the
         probabilities, and the gesture score when the model's threshold applies to another score."""
-        logits = self.logits(self.preprocess.normalize_batch(crops)).cpu().numpy()
+        return self.scores_from_logits(self.logits(self.preprocess.normalize_batch(crops)).cpu().numpy())
+
+    def scores_from_logits(self, logits: np.ndarray) -> list[ClassScores]:
+        """Raw logits (N, num_classes) -> ``classify_scores``' answer: the one place both are made from them."""
         probs = softmax(self.rejection.scale(logits))
         if self.rejection.score == "max_softmax":
             return [ClassScores(row, None) for row in probs]
@@ -236,13 +239,13 @@ class Classifier:
         what ``classify`` takes, and what training saw."""
         return [self.preprocess.crop(hand_crop(rgb, hand, self.data_config)) for hand in hands]
 
-    def decide_hands(self, hands: Sequence[Hand], probs: Sequence[ClassScores] | np.ndarray, *, k: int = 5,
+    def decide_hands(self, hands: Sequence[Hand], scores: Sequence[ClassScores] | np.ndarray, *, k: int = 5,
                      threshold: float | None = None) -> FramePrediction:
         """Each hand's scores (``classify_scores`` of ``hand_crops``; empty when there is no hand) ->
         ``decide`` per hand, and the frame's answer by FramePrediction's rule."""
-        if len(probs) != len(hands):
-            raise ValueError(f"decide_hands needs one row of probabilities per hand: {len(hands)} hands, {len(probs)} rows")
-        per_hand = [HandPrediction(hand, self.decide(row, k=k, threshold=threshold)) for hand, row in zip(hands, probs, strict=True)]
+        if len(scores) != len(hands):
+            raise ValueError(f"decide_hands needs one row of probabilities per hand: {len(hands)} hands, {len(scores)} rows")
+        per_hand = [HandPrediction(hand, self.decide(row, k=k, threshold=threshold)) for hand, row in zip(hands, scores, strict=True)]
         if not per_hand:
             self.rejection.threshold_or(threshold)  # a bad threshold is an error with or without hands
         source = frame_source([h.prediction for h in per_hand])

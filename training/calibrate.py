@@ -151,6 +151,11 @@ def acceptance_scores(outputs: SplitOutputs, temperature: float, reject: Sequenc
         score = (unit @ means[gestures].T).max(1)
     else:
         raise ValueError(f"score {kind!r}: choose one of {', '.join(SCORES)}")
+    return refuse_reject_predictions(outputs, reject, score)
+
+
+def refuse_reject_predictions(outputs: SplitOutputs, reject: Sequence[int], score: np.ndarray) -> np.ndarray:
+    """``score`` as float64, with -inf where the top class is a reject class (such a prediction is always rejected)."""
     return np.where(np.isin(outputs.logits.argmax(1), list(reject)), -np.inf, score).astype(np.float64)
 
 
@@ -159,8 +164,7 @@ def product_scores(outputs: SplitOutputs, rejection: Rejection, reject: Sequence
     the top class is a reject class (always rejected)."""
     if not len(outputs.logits):
         return np.zeros(0)
-    score = rejection.gesture_scores(outputs.logits)
-    return np.where(np.isin(outputs.logits.argmax(1), list(reject)), -np.inf, score).astype(np.float64)
+    return refuse_reject_predictions(outputs, reject, rejection.gesture_scores(outputs.logits))
 
 
 @dataclass

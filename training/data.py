@@ -95,18 +95,8 @@ def scan_images(root: Path, skipped: list[dict[str, str]]) -> list[str]:
     followed (as scan_class_folders follows a symlinked class folder); deeper ones are not."""
     if not root.is_dir():
         raise DatasetError(f"{root} is not a folder")
-    found = []
-    for entry in sorted(root.iterdir()):
-        if entry.name.startswith("."):
-            continue
-        if entry.is_dir():
-            found += _valid_images(entry, skipped)
-        else:
-            reason = check_image_file(str(entry))
-            if reason is None:
-                found.append(str(entry))
-            else:
-                skipped.append({"path": _printable(str(entry)), "reason": reason})
+    linked = sorted(d for d in root.iterdir() if d.is_symlink() and d.is_dir() and not d.name.startswith("."))
+    found = _valid_images(root, skipped) + [path for folder in linked for path in _valid_images(folder, skipped)]
     if not found:
         raise DatasetError(f"{root}: no images found (looked for {', '.join(sorted(IMAGE_EXTENSIONS))}, in it and its subfolders)")
     return found

@@ -163,8 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     report = {"backbone": classifier.backbone, "classes": classifier.classes, "checkpoint": str(args.checkpoint), "data": name,
               "tta": single, "views_per_image": tta_view_count(single), "test": metrics, "skipped": skipped}
     if single == "none":  # the open-set check decides as the service does: one view per image
-        report["open_set"] = evaluate_open_set(classifier, samples, threshold=args.threshold, unknown_dir=args.unknown, out=out,
-                                               workers=args.workers, unknown_list=unknown)
+        report["open_set"] = evaluate_open_set(classifier, samples, threshold=args.threshold, out=out, workers=args.workers,
+                                               unknown=None if unknown is None else (args.unknown, unknown))
         failed_unknown = report["open_set"].get("unknown", {}).get("failed_to_decode", [])
         skipped += unknown_skipped + [{"path": path, "reason": "--unknown image that failed to decode"} for path in failed_unknown]
     write_report(out, report, classifier.classes)
@@ -198,7 +198,7 @@ def evaluate_hands(classifier: Classifier, samples: list[Sample], skipped: list[
               "tta": "none", "views_per_image": 1, "hands": True, "test": metrics, "skipped": skipped}
     crops = crop_samples(samples, cache)
     if crops:
-        report["open_set"] = evaluate_open_set(classifier, crops, threshold=args.threshold, unknown_dir=None, out=out, workers=args.workers)
+        report["open_set"] = evaluate_open_set(classifier, crops, threshold=args.threshold, out=out, workers=args.workers)
     write_report(out, report, classifier.classes)
     print(format_summary(metrics, f"{classifier.backbone} on {name}, hand crops:"))
     no_hand = metrics["no_answer"]

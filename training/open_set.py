@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from gesture_core.classifier import Classifier, ClassScores
-from gesture_core.rejection import Rejection, softmax
+from gesture_core.classifier import Classifier
+from gesture_core.rejection import Rejection
 from training.calibrate import (
     SCORES,
     Outcome,
@@ -55,14 +55,12 @@ def unknown_samples(folder: str | Path, skipped: list[dict[str, str]] | None = N
 
 def write_predictions(path: Path, classifier: Classifier, samples: Sequence[Sample], outputs: SplitOutputs, threshold: float) -> Path:
     """One row per image: its path, true class, the label the service would answer (empty: rejected) and score."""
-    rejection = classifier.rejection
-    probs = softmax(rejection.scale(outputs.logits))
-    gesture = rejection.gesture_scores(outputs.logits) if rejection.score != "max_softmax" else [None] * len(probs)
+    scores = classifier.scores_from_logits(outputs.logits)
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["path", "true", "label", "top_class", "score", "gesture_score"])
         for row, index in enumerate(outputs.index):
-            decided = classifier.decide(ClassScores(probs[row], gesture[row]), k=1, threshold=threshold)
+            decided = classifier.decide(scores[row], k=1, threshold=threshold)
             writer.writerow([samples[index].path, classifier.classes[samples[index].label], decided.label or "", decided.top_k[0][0],
                              f"{decided.score:.6f}", "" if decided.gesture_score is None else f"{decided.gesture_score:.6f}"])
     return path
@@ -157,11 +155,10 @@ def format_score_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def evaluate_open_set(classifier: Classifier, samples: Sequence[Sample], *, threshold: float | None, unknown_dir: str | None,
-                      out: Path, workers: int = 2, unknown_list: Sequence[Sample] | None = None) -> dict[str, Any]:
-    """evaluate's open_set section: the rejection on ``samples`` (and predictions.csv), and with ``unknown_dir``
-    the rejection of never-learned gestures (and unknown_worst.png); ``unknown_list``: its images, if
-    already scanned (``unknown_samples``)."""
+def evaluate_open_set(classifier: Classifier, samples: Sequence[Sample], *, threshold: float | None, out: Path, workers: int = 2,
+                      unknown: tuple[str, Sequence[Sample]] | None = None) -> dict[str, Any]:
+    """evaluate's open_set section: the rejection on ``samples`` (and predictions.csv), and with ``unknown``
+    (a folder and its images, ``unknown_samples``) the rejection of never-learned gestures (and unknown_worst.png)."""
     rejection = classifier.rejection
     threshold = rejection.threshold_or(threshold)
     known = outputs_of(classifier, samples, workers=workers, desc="open-set features")
@@ -170,12 +167,12 @@ def evaluate_open_set(classifier: Classifier, samples: Sequence[Sample], *, thre
     write_predictions(out / "predictions.csv", classifier, samples, known, threshold)
     report = {**rejection.info(), "threshold": threshold, "test": operating_point(known, rejection, classifier.classes, threshold)}
     print(format_open_set(report))
-    if unknown_dir is not None:
-        unknown_list = unknown_samples(unknown_dir) if unknown_list is None else unknown_list
-        unknown = outputs_of(classifier, unknown_list, workers=workers, desc="unknown features")
-        report["unknown"] = {"folder": str(unknown_dir), **unknown_report(classifier, known, unknown, threshold),
-                             "failed_to_decode": [unknown_list[i].path for i in sorted(set(range(len(unknown_list))) - set(unknown.index.tolist()))]}
-        worst = plot_worst_cases(out / "unknown_worst.png", classifier, unknown_list, unknown, threshold)
+    if unknown is not None:
+        unknown_dir, unknown_list = unknown
+        decoded = outputs_of(classifier, unknown_list, workers=workers, desc="unknown features")
+        report["unknown"] = {"folder": str(unknown_dir), **unknown_report(classifier, known, decoded, threshold),
+                             "failed_to_decode": [unknown_list[i].path for i in sorted(set(range(len(unknown_list))) - set(decoded.index.tolist()))]}
+        worst = plot_worst_cases(out / "unknown_worst.png", classifier, unknown_list, decoded, threshold)
         rate = report["unknown"]["rejection_rate"]
         print(f"never-learned gestures in {unknown_dir}: {report['unknown']['rejected']} of {report['unknown']['images']} rejected"
               f" ({'n/a' if rate is None else f'{100 * rate:.2f}%'}) at threshold {threshold:.4f}" + (f"; most confident accepts in {worst}" if worst else ""))
