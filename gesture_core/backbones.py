@@ -8,6 +8,7 @@ state dict and "no weights" all take the same path.
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -228,6 +229,35 @@ def freeze_backbone(model: nn.Module, backbone: Backbone, frozen: bool = True) -
     for head in head_modules(model, backbone):
         for p in head.parameters():
             p.requires_grad = True
+
+
+class LogitsAndFeatures(nn.Module):
+    """``model`` with one output, (N, classes + D): the logits, then the penultimate features (what goes
+    into the main head). One output, so that every engine (gesture_core.engines) runs and exports it as
+    it runs the model; ``body`` shares every parameter with ``model`` (no copy of the weights)."""
+
+    def __init__(self, model: nn.Module, head_path: str):
+        super().__init__()
+        self.head = model.get_submodule(head_path)
+        self.body = _shallow_copy_without(model, head_path.split("."))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = self.body(x)
+        return torch.cat([self.head(features), features], 1)
+
+
+def with_features(model: nn.Module, backbone: Backbone) -> LogitsAndFeatures:
+    """``model`` answering its logits and its penultimate features together (LogitsAndFeatures)."""
+    return LogitsAndFeatures(model, backbone.heads[0]).eval()
+
+
+def _shallow_copy_without(module: nn.Module, path: list[str]) -> nn.Module:
+    """A copy of ``module`` whose submodule at ``path`` is Identity; modules off the path are shared, not copied."""
+    twin = copy.copy(module)
+    twin._modules = dict(module._modules)  # a copy of the dict, so the original keeps its head
+    child = path[0]
+    twin._modules[child] = nn.Identity() if len(path) == 1 else _shallow_copy_without(module._modules[child], path[1:])
+    return twin
 
 
 def get_submodule_or_none(model: nn.Module, path: str) -> nn.Module | None:

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from gesture_core.backbones import get_backbone, with_features
 from gesture_core.checkpoint import CheckpointError, build_from_checkpoint, load_checkpoint, resolve_device
 from gesture_core.engines import Engine, build_engine
 from gesture_core.hands import Hand, HandLocaliser, hand_crop
@@ -87,8 +88,9 @@ class HandPrediction:
 class FramePrediction:
     """A hands-mode model's answer for one frame: each hand's, and the frame's own (``frame``).
 
-    The frame's answer: the accepted hand (label not None) with the highest score; when every hand is
-    rejected, the rejected prediction of the hand with the highest score (label None, its score and
+    The frame's answer: the accepted hand (label not None) with the highest gesture score (what the
+    threshold applies to: ``Prediction.gesture_score``, else the top probability); when every hand is
+    rejected, the rejected prediction of the hand with the highest such score (label None, its score and
     top-k kept); when no hand is found, a rejection with score 0 and no top-k. ``source`` is the index
     in ``hands`` of the hand the frame's answer comes from (None when there is no hand).
     """
@@ -107,12 +109,17 @@ NO_HAND = Prediction(None, 0.0, [])  # the frame's answer when no hand is found:
 
 def frame_source(predictions: Sequence[Prediction]) -> int | None:
     """Which hand answers for the frame (FramePrediction's rule): the accepted one with the highest
-    score, else the highest score of all, None when there is no hand."""
+    gesture score, else the highest of all, None when there is no hand."""
     if not predictions:
         return None
     accepted = [i for i, p in enumerate(predictions) if p.label is not None]
     candidates = accepted or range(len(predictions))
-    return max(candidates, key=lambda i: predictions[i].score)
+    return max(candidates, key=lambda i: thresholded_score(predictions[i]))
+
+
+def thresholded_score(prediction: Prediction) -> float:
+    """What the threshold applied to: the gesture score where the model has one, else the top probability."""
+    return prediction.score if prediction.gesture_score is None else prediction.gesture_score
 
 
 def decode_probs(probs: np.ndarray, classes: Sequence[str], *, k: int = 5, threshold: float = 0.0,
@@ -145,8 +152,10 @@ class Classifier:
         shape = (self.data_config.in_chans, self.data_config.input_size, self.data_config.input_size)
         self._localiser: HandLocaliser | None = None
         self._localiser_lock = threading.Lock()
-        # What classify runs on (gesture_core.engines): eager, compiled, ONNX Runtime or OpenVINO.
-        self.engine: Engine = build_engine(self.model, engine=engine, precision=precision, device=device, input_shape=shape)
+        # What classify runs on (gesture_core.engines): eager, compiled, ONNX Runtime or OpenVINO; for a
+        # feature score, the same network answering its penultimate features beside the logits.
+        network = with_features(self.model, get_backbone(self.backbone)) if self.rejection.needs_features else self.model
+        self.engine: Engine = build_engine(network, engine=engine, precision=precision, device=device, input_shape=shape)
 
     def __repr__(self) -> str:
         return f"Classifier({self.backbone}, {len(self.classes)} classes, {self.preprocess}, device={self.device}, engine={self.engine.name}/{self.engine.precision})"
@@ -172,14 +181,15 @@ class Classifier:
     def classify_scores(self, crops: Sequence[np.ndarray]) -> list[ClassScores]:
         """Crops made by ``crop`` -> what ``decide`` takes, one per crop, in one model call: the
         probabilities, and the gesture score when the model's threshold applies to another score."""
-        return self.scores_from_logits(self.logits(self.preprocess.normalize_batch(crops)).cpu().numpy())
+        return self.scores_from_logits(*self.logits_and_features(self.preprocess.normalize_batch(crops)))
 
-    def scores_from_logits(self, logits: np.ndarray) -> list[ClassScores]:
-        """Raw logits (N, num_classes) -> ``classify_scores``' answer: the one place both are made from them."""
+    def scores_from_logits(self, logits: np.ndarray, features: np.ndarray | None = None) -> list[ClassScores]:
+        """Raw logits (N, num_classes), and the penultimate features for a feature score -> ``classify_scores``'
+        answer: the one place both are made from them."""
         probs = softmax(self.rejection.scale(logits))
         if self.rejection.score == "max_softmax":
             return [ClassScores(row, None) for row in probs]
-        return [ClassScores(row, float(g)) for row, g in zip(probs, self.rejection.gesture_scores(logits), strict=True)]
+        return [ClassScores(row, float(g)) for row, g in zip(probs, self.rejection.gesture_scores(logits, features), strict=True)]
 
     def predict(self, image: ImageSource, *, k: int = 5, threshold: float | None = None, bgr: bool = False) -> Prediction:
         """``crop`` then ``classify_scores``, then ``decide``; for a hands-mode model, ``predict_hands(...).frame``."""
@@ -267,7 +277,15 @@ class Classifier:
     def logits(self, batch: torch.Tensor) -> torch.Tensor:
         """float32 logits (N, num_classes) for a preprocessed batch, from the classifier's engine."""
         with torch.inference_mode():
-            return self.engine(batch)
+            return self.engine(batch)[:, : len(self.classes)]
+
+    def logits_and_features(self, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
+        """(logits (N, num_classes), penultimate features (N, D) or None when the rejection score does
+        not use them), from one engine call."""
+        with torch.inference_mode():
+            out = self.engine(batch).cpu().numpy()
+        classes = len(self.classes)
+        return out[:, :classes], (out[:, classes:] if self.rejection.needs_features else None)
 
     def probs(self, batch: torch.Tensor) -> np.ndarray:
         """Calibrated probabilities: the one place the stored temperature is applied."""

@@ -9,8 +9,11 @@ A checkpoint written by training since this module exists holds a ``rejection`` 
     rule            how the threshold was chosen, in words (docs/no-gesture.md explains each rule)
     score           what the threshold applies to, always 0-1 (``SCORES``):
                     max_softmax: the calibrated top probability (the default; the only one before this field);
-                    energy: T x logsumexp(logits / T) (Liu et al., 2020), as the share of the validation
-                    gesture images whose energy is at most as high (``reference`` holds theirs, sorted)
+                    energy: T x logsumexp(logits / T) (Liu et al., 2020);
+                    feature_cosine: the cosine similarity of the image's penultimate features to the nearest
+                    gesture class's mean training features (``feature_means``, unit length);
+                    the last two as their rank: the share of the validation gesture images whose raw score
+                    is at most as high (``reference`` holds theirs, sorted)
 
 The Classifier applies the temperature once, in ``probs``, so every probability shown anywhere is
 calibrated, and ``decide`` applies the classes and threshold, so the service, the webcam, evaluate and
@@ -22,6 +25,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -51,7 +55,7 @@ ABSENT_FILLERS = frozenset({"a", "any", "detected", "present", "visible", "shown
 # and evaluate used 0; the webcam keeps its own old default, 0.5, for these checkpoints).
 UNCALIBRATED_THRESHOLD = 0.0
 THRESHOLD_RANGE = "between 0 and 1"
-SCORES = ("max_softmax", "energy")
+SCORES = ("max_softmax", "energy", "feature_cosine")
 
 
 def is_reject_name(name: str) -> bool:
@@ -98,7 +102,8 @@ class Rejection:
     calibrated: bool = False
     rule: str = "uncalibrated: a checkpoint from before calibration"
     score: str = "max_softmax"
-    reference: tuple[float, ...] = ()  # energy: the validation gesture images' energies, sorted
+    reference: tuple[float, ...] = ()  # energy, feature_cosine: the validation gesture images' raw scores, sorted
+    feature_means: tuple[tuple[float, ...], ...] = ()  # feature_cosine: one unit-length mean per gesture class
 
     def __post_init__(self) -> None:
         check_threshold(self.threshold)
@@ -115,16 +120,28 @@ class Rejection:
             return cls(tuple(find_reject_classes(checkpoint["classes"])))
         return cls(tuple(stored["reject_classes"]), float(stored["temperature"]), float(stored["threshold"]),
                    bool(stored["calibrated"]), str(stored.get("rule", "")), str(stored.get("score", "max_softmax")),
-                   tuple(float(v) for v in stored.get("reference", ())))
+                   tuple(float(v) for v in stored.get("reference", ())),
+                   tuple(tuple(float(v) for v in mean) for mean in stored.get("feature_means", ())))
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "reject_classes": list(self.reject_classes), "reference": list(self.reference)}
+        return {**asdict(self), "reject_classes": list(self.reject_classes), "reference": list(self.reference),
+                "feature_means": [list(mean) for mean in self.feature_means]}
 
     def info(self) -> dict[str, Any]:
-        """What /info and reports show: the stored values (the energy reference as its size), and
-        "calibrated" or "uncalibrated"."""
-        shown = {k: v for k, v in self.to_dict().items() if k != "reference"}
-        return {**shown, "reference_images": len(self.reference), "calibration": "calibrated" if self.calibrated else "uncalibrated"}
+        """What /info and reports show: the stored values (the reference and class means as their sizes),
+        and "calibrated" or "uncalibrated"."""
+        shown = {k: v for k, v in self.to_dict().items() if k not in ("reference", "feature_means")}
+        return {**shown, "reference_images": len(self.reference), "feature_means": len(self.feature_means),
+                "calibration": "calibrated" if self.calibrated else "uncalibrated"}
+
+    @property
+    def needs_features(self) -> bool:
+        """Whether the score needs the penultimate features besides the logits (gesture_core.backbones.with_features)."""
+        return self.score == "feature_cosine"
+
+    @cached_property
+    def _means(self) -> np.ndarray:
+        return np.asarray(self.feature_means, np.float64)
 
     def scale(self, logits: np.ndarray) -> np.ndarray:
         """Logits divided by the temperature: their softmax is the calibrated probability."""
@@ -133,15 +150,29 @@ class Rejection:
     def threshold_or(self, override: float | None) -> float:
         return self.threshold if override is None else check_threshold(override)
 
-    def gesture_scores(self, logits: np.ndarray) -> np.ndarray:
-        """(N,) what the threshold applies to, 0-1, from the raw logits (N, classes): the calibrated top
-        probability, or the energy's rank among the validation gestures' (``score``)."""
-        scaled = self.scale(logits)
+    def gesture_scores(self, logits: np.ndarray, features: np.ndarray | None = None) -> np.ndarray:
+        """(N,) what the threshold applies to, 0-1, from the raw logits (N, classes) and, for
+        feature_cosine, the penultimate features (N, D): the calibrated top probability, or the raw
+        score's rank among the validation gestures' (``score``)."""
         if self.score == "max_softmax":
-            return softmax(scaled).max(1)
+            return softmax(self.scale(logits)).max(1)
         if not self.reference:  # e.g. a Rejection read from /info, which shows the reference's size only
-            raise ValueError("the energy score needs the validation gestures' energies (reference) to put it on a 0-1 scale")
-        return energy_rank(energy(scaled, self.temperature), self.reference)
+            raise ValueError(f"the {self.score} score needs the validation gestures' scores (reference) to put it on a 0-1 scale")
+        return reference_rank(self.raw_scores(logits, features), self.reference)
+
+    def raw_scores(self, logits: np.ndarray, features: np.ndarray | None = None) -> np.ndarray:
+        """(N,) the energy or the feature cosine before it is ranked: higher is more like a learned gesture."""
+        if self.score == "energy":
+            return energy(self.scale(logits), self.temperature)
+        if self.score != "feature_cosine":
+            raise ValueError(f"the {self.score} score has no raw form: choose energy or feature_cosine")
+        if features is None or not self.feature_means:
+            raise ValueError("the feature_cosine score needs the penultimate features and the class means (feature_means)")
+        # float64 and einsum, not a float32 matmul: BLAS sums a row in an order that depends on the batch,
+        # and a validation gesture scored in another batch than its reference value must still rank itself
+        unit = features.astype(np.float64)
+        unit /= np.maximum(np.linalg.norm(unit, axis=1, keepdims=True), 1e-12)
+        return np.einsum("nd,cd->nc", unit, self._means).max(1)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -158,7 +189,7 @@ def energy(scaled_logits: np.ndarray, temperature: float) -> np.ndarray:
     return temperature * (top + np.log(np.exp(scaled_logits - top[:, None]).sum(1)))
 
 
-def energy_rank(values: np.ndarray, reference: Sequence[float]) -> np.ndarray:
+def reference_rank(values: np.ndarray, reference: Sequence[float]) -> np.ndarray:
     """The share of ``reference`` (sorted) at or below each value: 0 under all of it, 1 from its top up.
     At or below, so that a threshold at a validation gesture's rank accepts exactly the energies from
     that gesture's up, as a threshold on the energy itself would (training.calibrate picks it there)."""

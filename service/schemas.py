@@ -27,18 +27,18 @@ class HandOut(BaseModel):
     score: float = Field(description="probability of this hand's top class")
     top_k: list[LabelScore] = Field(description="this hand's k most probable classes, best first")
     gesture_score: float | None = Field(default=None, description=(
-        "what the threshold applied to, 0-1, for a model calibrated with --reject-score energy (/info: rejection.score): "
-        "the energy's rank among the validation gestures'; null when the threshold applies to `score`"))
+        "what the threshold applied to, 0-1, for a model calibrated with --reject-score energy or feature_cosine (/info: "
+        "rejection.score): that score's rank among the validation gestures'; null when the threshold applies to `score`"))
 
 
 class PredictionOut(BaseModel):
     label: str | None = Field(description="the gesture; null when rejected (top score, or `gesture_score` where it is given, below `threshold`, or a 'no gesture' class such as none or nothing). "
-                                          "Hand-crop models: the label of the accepted hand with the highest score; null when no hand is accepted or found")
+                                          "Hand-crop models: the label of the accepted hand with the highest gesture_score (else score); null when no hand is accepted or found")
     score: float = Field(description="probability of the top class (hand-crop models: of the hand the label comes from; 0 when no hand is found)")
     top_k: list[LabelScore] = Field(description="the k most probable classes, best first (hand-crop models: that hand's; empty when no hand is found)")
     gesture_score: float | None = Field(default=None, description=(
-        "what the threshold applied to, 0-1, for a model calibrated with --reject-score energy (/info: rejection.score): "
-        "the energy's rank among the validation gestures'; null when the threshold applies to `score`"))
+        "what the threshold applied to, 0-1, for a model calibrated with --reject-score energy or feature_cosine (/info: "
+        "rejection.score): that score's rank among the validation gestures'; null when the threshold applies to `score`"))
     model: str = Field(description="name:version of the served model")
     hands: list[HandOut] | None = Field(default=None, description=(
         "always present. Models trained on hand crops (/info: hands is true): one answer per hand found, best first, "

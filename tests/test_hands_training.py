@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from gesture_core import build_model, get_backbone, save_checkpoint
-from gesture_core.classifier import NO_HAND, FramePrediction, HandPrediction, load_classifier
+from gesture_core.classifier import NO_HAND, FramePrediction, HandPrediction, Prediction, frame_source, load_classifier
 from gesture_core.hands import (
     HandLocaliser,
     HandTracker,
@@ -165,6 +165,16 @@ def test_frame_answer_rule(hands_classifier, two_hand_frame):
     assert frame.source == 1 and frame.frame.label is None and frame.frame.score == 1.0
     with pytest.raises(ValueError, match="one row of probabilities per hand"):
         hands_classifier.decide_hands(hands, np.stack([a]))
+
+
+def test_the_frame_answer_follows_the_gesture_score_where_the_model_thresholds_one():
+    """An energy or feature-score model thresholds its gesture score, so the frame's hand is the one
+    that looks most like a learned gesture by that score, not the one with the highest top probability."""
+    sure_but_odd = Prediction("A", 0.95, [("A", 0.95)], gesture_score=0.2)
+    typical = Prediction("L", 0.70, [("L", 0.70)], gesture_score=0.9)
+    assert frame_source([sure_but_odd, typical]) == 1
+    assert frame_source([Prediction("A", 0.95), Prediction("L", 0.70)]) == 0  # max-softmax: the top probability
+    assert frame_source([Prediction(None, 0.95, gesture_score=0.01), Prediction(None, 0.6, gesture_score=0.02)]) == 1
 
 
 def test_frame_to_dict(hands_classifier, two_hand_frame):

@@ -29,7 +29,7 @@ from training.calibrate import (
     reject_choice,
     split_outputs,
 )
-from training.data import Splits
+from training.data import DatasetError, Splits
 
 
 def run_module(*args: str) -> subprocess.CompletedProcess:
@@ -121,6 +121,66 @@ def test_the_energy_score_is_its_rank_among_the_validation_gestures_and_is_store
     assert classifier.decide(scores._replace(gesture=0.3)).label == (None if top == "none" else top)  # above it: the top class
 
 
+def test_the_feature_score_is_the_cosine_to_the_nearest_gesture_mean_ranked_and_is_stored():
+    rejection = Rejection(("none",), 1.0, 0.25, True, "rule", "feature_cosine", (0.2, 0.4, 0.6, 0.8), ((1.0, 0.0), (0.0, 1.0)))
+    features = np.array([[3.0, 0.0], [1.0, 1.0], [-1.0, 0.0]], np.float32)  # cosines to the nearest mean: 1, 0.707, 0
+    np.testing.assert_allclose(rejection.raw_scores(np.zeros((3, 3)), features), [1.0, 2 ** -0.5, 0.0], atol=1e-6)
+    np.testing.assert_allclose(rejection.gesture_scores(np.zeros((3, 3)), features), [1.0, 0.75, 0.0])  # ranks among the four
+    stored = Rejection.from_checkpoint({"classes": ["fist", "palm", "none"], "rejection": rejection.to_dict()})
+    assert stored == rejection and stored.needs_features and not Rejection().needs_features
+    assert "reference" not in rejection.info() and rejection.info()["feature_means"] == 2  # /info shows the count, not 2 x D numbers
+    with pytest.raises(ValueError, match="needs the penultimate features"):
+        rejection.gesture_scores(np.zeros((3, 3)))
+
+
+@pytest.mark.parametrize("engine", ["torch", "onnx", "openvino"])
+def test_a_feature_score_classifier_gets_the_training_features_from_one_engine_call(engine, tmp_path):
+    """The engine runs the network with its penultimate features beside the logits: the same logits as the
+    plain network, and the features training's cache computes (what the class means come from)."""
+    from training.features import feature_extractor
+
+    torch.manual_seed(0)
+    backbone = get_backbone("mobilenet_v3_large")  # the head is nested (classifier.3), behind a Dropout
+    model = build_model(backbone.name, 3, "none").eval()
+    means = np.random.default_rng(0).normal(size=(2, 1280)).astype(np.float32)
+    means /= np.linalg.norm(means, axis=1, keepdims=True)
+    rejection = Rejection(("none",), 1.3, 0.5, True, "rule", "feature_cosine", tuple(np.linspace(-0.1, 0.1, 9).tolist()),
+                          tuple(tuple(m.tolist()) for m in means))
+    path = save_checkpoint(tmp_path / "feature.pt", model=model, backbone=backbone.name, classes=["fist", "palm", "none"],
+                           data_config=backbone.data_config.with_input_size(64), train_config={}, rejection=rejection.to_dict())
+    classifier = load_classifier(path, device="cpu", engine=engine)
+    crops = [classifier.crop(synthetic_image(i, seed=1)) for i in range(4)]
+    batch = classifier.preprocess.normalize_batch(crops)
+    logits, features = classifier.logits_and_features(batch)
+    with torch.inference_mode():
+        np.testing.assert_allclose(logits, model(batch).numpy(), atol=2e-4)
+        np.testing.assert_allclose(features, feature_extractor(model, backbone)(batch).numpy(), atol=2e-4)
+    assert classifier.logits(batch).shape == (4, 3)
+    scores = classifier.classify_scores(crops)
+    np.testing.assert_allclose([s.gesture for s in scores], rejection.gesture_scores(logits, features))
+    assert classifier.predict(synthetic_image(0, seed=1)).gesture_score == pytest.approx(scores[0].gesture)
+    assert model.classifier[3].out_features == 3  # the network itself still ends in its head
+
+
+def test_calibrating_on_the_feature_score_ranks_each_validation_gesture_itself_in_any_batch():
+    # a validation gesture scored alone (the webcam) or among others must land on its own reference
+    # value, not a rounding below it: ranks 1/n ... n/n, whatever the batch (a float32 matmul fails this)
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(3, 256))
+    split = lambda n: SplitOutputs((centres[np.arange(n) % 3] + rng.normal(size=(n, 256))).astype(np.float32),  # noqa: E731
+                                   np.eye(3, dtype=np.float32)[np.arange(n) % 3] * 5, np.arange(n) % 3, np.arange(n))
+    train, val = split(300), split(330)
+    rejection = calibrate(val, ["fist", "palm", "none"], ["none"], target_recall=0.99, score="feature_cosine", train=train)
+    assert rejection.score == "feature_cosine" and len(rejection.feature_means) == 2 and len(rejection.reference) == 220
+    gestures = val.targets != 2
+    alone = np.concatenate([rejection.gesture_scores(val.logits[i : i + 1], val.features[i : i + 1]) for i in range(330)])
+    together = rejection.gesture_scores(val.logits, val.features)
+    np.testing.assert_array_equal(alone, together)
+    np.testing.assert_allclose(np.sort(together[gestures]), np.arange(1, 221) / 220)
+    with pytest.raises(DatasetError, match="training images"):
+        calibrate(val, ["fist", "palm", "none"], ["none"], score="feature_cosine", train=None)
+
+
 def test_calibrating_on_energy_keeps_the_recall_rule_on_its_rank():
     # 300 validation gestures, all right, with energies between 1 and 30, and 20 reject-class images taken for gesture 0
     logits = np.full((320, 3), -60.0)
@@ -205,7 +265,16 @@ def energy_run(sign_digits_run, tmp_path_factory) -> Path:
     return calibrated_copy(sign_digits_run, tmp_path_factory.mktemp("energy"), "--reject-score", "energy")
 
 
-@pytest.fixture(params=["calibrated_run", "energy_run"], ids=["max_softmax", "energy"])
+@pytest.fixture(scope="module")
+def feature_run(sign_digits_run, tmp_path_factory) -> Path:
+    """The same, thresholded on the features' cosine to the class means (--reject-score feature_cosine)."""
+    return calibrated_copy(sign_digits_run, tmp_path_factory.mktemp("feature"), "--reject-score", "feature_cosine")
+
+
+SCORE_OF_RUN = {"calibrated": "max_softmax", "energy": "energy", "feature": "feature_cosine"}  # by the fixture's folder
+
+
+@pytest.fixture(params=["calibrated_run", "energy_run", "feature_run"], ids=["max_softmax", "energy", "feature_cosine"])
 def scored_run(request) -> Path:
     """Each way of scoring "no gesture" in turn."""
     return request.getfixturevalue(request.param)
@@ -222,7 +291,7 @@ def test_load_classifier_applies_the_stored_threshold_and_classes(scored_run):
     classifier = load_classifier(calibrated_run / "best.pt", device="cpu", engine="torch")
     stored = load_checkpoint(calibrated_run / "best.pt")["rejection"]
     assert classifier.rejection.threshold == stored["threshold"] > 0 and classifier.rejection.reject_classes == ("0",)
-    assert classifier.rejection.score == stored["score"] == ("energy" if calibrated_run.name.startswith("energy") else "max_softmax")
+    assert classifier.rejection.score == stored["score"] == SCORE_OF_RUN[calibrated_run.name.rstrip("0123456789")]
     rows = evaluate_decisions(calibrated_run)
     by_threshold = [r for r in rows if r["label"] == "" and r["top_class"] != "0"]
     assert by_threshold, "the test split has no image rejected by the threshold alone: this test could not fail for it"
@@ -309,7 +378,7 @@ def test_the_threshold_keeps_the_target_recall_on_new_images_not_just_on_validat
     # allow one more (3 of 336, 2 of 250, 1 of 120) and lose more than 1% of new images.
     correct = [0.5 + 0.49 * i / gestures for i in range(gestures)]
     val = outputs_with_scores(correct, [0.3] * 20)
-    outcome = Outcome.of(acceptance_scores(val, 1.0, [2]), val, [2])
+    outcome = Outcome.of(acceptance_scores(val, Rejection(), [2]), val, [2])
     threshold, rule = choose_threshold(outcome, 0.99, floor=0.0)
     assert sum(c < threshold - 1e-6 for c in correct) == lost, (threshold, rule)
     assert "new images" in rule

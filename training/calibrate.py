@@ -3,13 +3,15 @@
     python -m training.calibrate --checkpoint RUN/best.pt                       # (re)calibrate a run
     python -m training.calibrate --checkpoint RUN/best.pt --reject-class nothing --reject-target-recall 0.99
     python -m training.calibrate --checkpoint RUN/best.pt --reject-score energy    # threshold the energy instead
+    python -m training.calibrate --checkpoint RUN/best.pt --reject-score feature_cosine  # or the features' cosine to the class means
 
 Training runs this after the test (training.finetune); this command does it again for a finished or
 older run, from its split.json. Steps (docs/no-gesture.md):
 
 1. temperature: one number T, fitted by LBFGS to minimise the negative log-likelihood of the
    validation logits divided by T (Guo et al., 2017); it changes no prediction, only the confidence;
-2. threshold, on the calibrated top probability, or with ``--reject-score energy`` on the energy's rank
+2. threshold, on the calibrated top probability, or with ``--reject-score energy`` (or ``feature_cosine``:
+   the features' cosine to the nearest gesture class's mean training features) on that score's rank
    among the validation gestures' (gesture_core.rejection); a prediction of a reject class is always rejected:
    - with reject-class images in validation: among thresholds keeping gesture recall on new images
      at least ``target_recall`` x the unthresholded recall, the lowest false-accept rate on the
@@ -45,8 +47,7 @@ from gesture_core.checkpoint import (
 )
 from gesture_core.cli import command
 from gesture_core.preprocess import DataConfig
-from gesture_core.rejection import SCORES as PRODUCT_SCORES
-from gesture_core.rejection import Rejection, energy, find_reject_classes, softmax
+from gesture_core.rejection import SCORES, Rejection, find_reject_classes, softmax
 from training import cli
 from training.config import TrainConfig
 from training.data import DatasetError, Sample, Splits
@@ -56,10 +57,10 @@ from training.report import write_json
 
 DEFAULT_TARGET_RECALL = TrainConfig().reject_target_recall
 ECE_BINS = 15
-SCORES = ("max_softmax", "energy", "feature_cosine")
 DEFAULT_SCORE = "max_softmax"  # the one the product thresholds by default: docs/no-gesture.md has the comparison
 SCORE_AXIS = {"max_softmax": "threshold on the calibrated top probability",
-              "energy": "threshold on the energy's rank among the validation gestures"}
+              "energy": "threshold on the energy's rank among the validation gestures",
+              "feature_cosine": "threshold on the feature cosine's rank among the validation gestures"}
 
 
 @dataclass
@@ -123,6 +124,12 @@ def expected_calibration_error(probs: np.ndarray, targets: np.ndarray, bins: int
 
 # --- scores and thresholds ----------------------------------------------------------------------
 
+def gesture_means(train: SplitOutputs, classes: int, reject: Sequence[int]) -> tuple[tuple[float, ...], ...]:
+    """The feature_cosine score's class means (``Rejection.feature_means``): ``class_means`` of the gesture classes."""
+    means = class_means(train, classes)
+    return tuple(tuple(means[c].tolist()) for c in range(classes) if c not in set(reject))
+
+
 def class_means(outputs: SplitOutputs, classes: int) -> np.ndarray:
     """(classes, D) unit-length mean of each class's unit-length features (zeros for an absent class)."""
     unit = outputs.features / np.maximum(np.linalg.norm(outputs.features, axis=1, keepdims=True), 1e-12)
@@ -134,23 +141,15 @@ def class_means(outputs: SplitOutputs, classes: int) -> np.ndarray:
     return means
 
 
-def acceptance_scores(outputs: SplitOutputs, temperature: float, reject: Sequence[int], kind: str = DEFAULT_SCORE,
-                      means: np.ndarray | None = None) -> np.ndarray:
-    """Per image, how much it looks like a known gesture (higher: accept); -inf where the top class is a reject class.
-
-    max_softmax: the calibrated top probability; energy: T x logsumexp(logits / T) (Liu et al., 2020);
-    feature_cosine: cosine similarity of the features to the nearest gesture class mean (``means``)."""
-    scaled = outputs.logits / temperature
-    if kind == "max_softmax":
-        score = softmax(scaled).max(1)
-    elif kind == "energy":
-        score = energy(scaled, temperature)
-    elif kind == "feature_cosine":
-        unit = outputs.features / np.maximum(np.linalg.norm(outputs.features, axis=1, keepdims=True), 1e-12)
-        gestures = np.setdiff1d(np.arange(len(means)), list(reject))
-        score = (unit @ means[gestures].T).max(1)
+def acceptance_scores(outputs: SplitOutputs, rejection: Rejection, reject: Sequence[int]) -> np.ndarray:
+    """Per image, how much it looks like a known gesture before any ranking (higher: accept); -inf where
+    the top class is a reject class. max_softmax: the calibrated top probability; energy: T x
+    logsumexp(logits / T) (Liu et al., 2020); feature_cosine: the features' cosine similarity to the
+    nearest gesture class mean (``Rejection.raw_scores``)."""
+    if rejection.score == "max_softmax":
+        score = softmax(rejection.scale(outputs.logits)).max(1)
     else:
-        raise ValueError(f"score {kind!r}: choose one of {', '.join(SCORES)}")
+        score = rejection.raw_scores(outputs.logits, outputs.features)
     return refuse_reject_predictions(outputs, reject, score)
 
 
@@ -164,7 +163,7 @@ def product_scores(outputs: SplitOutputs, rejection: Rejection, reject: Sequence
     the top class is a reject class (always rejected)."""
     if not len(outputs.logits):
         return np.zeros(0)
-    return refuse_reject_predictions(outputs, reject, rejection.gesture_scores(outputs.logits))
+    return refuse_reject_predictions(outputs, reject, rejection.gesture_scores(outputs.logits, outputs.features))
 
 
 @dataclass
@@ -242,8 +241,9 @@ def auroc(positive: np.ndarray, negative: np.ndarray) -> float | None:
 # --- the whole step ----------------------------------------------------------------------------
 
 def calibrate(val: SplitOutputs, classes: Sequence[str], reject_classes: Sequence[str], *, target_recall: float = DEFAULT_TARGET_RECALL,
-              score: str = DEFAULT_SCORE) -> Rejection:
-    """The Rejection (temperature, threshold on ``score``) that validation supports; uncalibrated without validation images."""
+              score: str = DEFAULT_SCORE, train: SplitOutputs | None = None) -> Rejection:
+    """The Rejection (temperature, threshold on ``score``) that validation supports; uncalibrated without
+    validation images. ``train``: the training split's outputs, for the feature_cosine score's class means."""
     if len(val.targets) == 0:
         warnings.warn("no validation images: the model keeps temperature 1 and the old default threshold", stacklevel=2)
         return Rejection(tuple(reject_classes), rule="uncalibrated: no validation images")
@@ -254,22 +254,26 @@ def calibrate(val: SplitOutputs, classes: Sequence[str], reject_classes: Sequenc
     temperature = fit_temperature(val.logits, val.targets)
     present = [i for i in reject if (val.targets == i).any()]
     unscored = Rejection(tuple(reject_classes), temperature)
-    if score == "energy":
-        unscored = replace(unscored, score=score, reference=energy_reference(val, unscored, reject))
+    if score != "max_softmax":
+        means = gesture_means(train, len(classes), reject) if score == "feature_cosine" and train is not None else ()
+        if score == "feature_cosine" and not any(any(mean) for mean in means):
+            raise DatasetError("--reject-score feature_cosine needs training images of the gesture classes for their mean features")
+        unscored = replace(unscored, score=score, feature_means=means)
+        unscored = replace(unscored, reference=score_reference(val, unscored, reject))
     outcome = Outcome.of(product_scores(val, unscored, reject), val, present)
     warn_if_too_few_gestures(outcome, target_recall)
     threshold, rule = choose_threshold(outcome, target_recall, floor=0.0)
     return replace(unscored, threshold=min(threshold, 1.0), calibrated=True, rule=rule if score == DEFAULT_SCORE else f"{score} score: {rule}")
 
 
-def energy_reference(val: SplitOutputs, rejection: Rejection, reject: Sequence[int]) -> tuple[float, ...]:
-    """The validation gesture images' energies, sorted: the energy score's 0-1 scale (gesture_core.rejection).
-    Computed exactly as ``Rejection.gesture_scores`` computes them, and not rounded, so that each
-    validation gesture's rank counts itself (a rounded-up value would not)."""
-    gestures = val.logits[~np.isin(val.targets, list(reject))]
-    if not len(gestures):
-        raise DatasetError("--reject-score energy needs gesture images in the validation split to put the energy on a 0-1 scale")
-    return tuple(np.sort(energy(rejection.scale(gestures), rejection.temperature)).tolist())
+def score_reference(val: SplitOutputs, rejection: Rejection, reject: Sequence[int]) -> tuple[float, ...]:
+    """The validation gesture images' raw scores (energies or feature cosines), sorted: the score's 0-1
+    scale (gesture_core.rejection). Computed exactly as ``Rejection.gesture_scores`` computes them, and
+    not rounded, so that each validation gesture's rank counts itself (a rounded-up value would not)."""
+    gesture = ~np.isin(val.targets, list(reject))
+    if not gesture.any():
+        raise DatasetError(f"--reject-score {rejection.score} needs gesture images in the validation split to put the score on a 0-1 scale")
+    return tuple(np.sort(rejection.raw_scores(val.logits[gesture], val.features[gesture])).tolist())
 
 
 def warn_if_too_few_gestures(outcome: Outcome, target_recall: float) -> None:
@@ -341,9 +345,9 @@ def plot_tradeoff(path: Path, outputs: SplitOutputs, rejection: Rejection, class
 
 
 def calibrate_outputs(val: SplitOutputs, test: SplitOutputs, classes: Sequence[str], requested: Sequence[str] | None,
-                      target_recall: float, out: Path, score: str = DEFAULT_SCORE) -> tuple[Rejection, dict[str, Any]]:
+                      target_recall: float, out: Path, score: str = DEFAULT_SCORE, train: SplitOutputs | None = None) -> tuple[Rejection, dict[str, Any]]:
     """Calibrate, then the report (returned, and open_set.png in ``out``)."""
-    rejection = calibrate(val, classes, find_reject_classes(classes, requested), target_recall=target_recall, score=score)
+    rejection = calibrate(val, classes, find_reject_classes(classes, requested), target_recall=target_recall, score=score, train=train)
     report = open_set_report(val, test, rejection, classes)
     if len(test.targets):
         plot_tradeoff(out / "open_set.png", test, rejection, classes, f"test split: {len(test.targets)} images")
@@ -353,10 +357,10 @@ def calibrate_outputs(val: SplitOutputs, test: SplitOutputs, classes: Sequence[s
 def calibrate_model(model: torch.nn.Module, backbone: str, splits: Splits, data_config: DataConfig, *, device: torch.device,
                     requested: Sequence[str] | None, target_recall: float, out: Path, workers: int = 2,
                     score: str = DEFAULT_SCORE) -> tuple[Rejection, dict[str, Any]]:
-    """calibrate_outputs on a model's validation and test splits."""
-    val, test = (split_outputs(model, backbone, getattr(splits, name), data_config, device=device, workers=workers, desc=f"{name} features")
-                 for name in ("val", "test"))
-    return calibrate_outputs(val, test, splits.classes, requested, target_recall, out, score)
+    """calibrate_outputs on a model's validation and test splits (and its training split, for feature_cosine's class means)."""
+    outputs = lambda name: split_outputs(model, backbone, getattr(splits, name), data_config, device=device, workers=workers, desc=f"{name} features")  # noqa: E731
+    train = outputs("train") if score == "feature_cosine" else None
+    return calibrate_outputs(outputs("val"), outputs("test"), splits.classes, requested, target_recall, out, score, train)
 
 
 def format_open_set(report: dict[str, Any]) -> str:
@@ -378,8 +382,9 @@ def add_rejection_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup
                         help="a class meaning 'no gesture' (repeatable; default: classes named none, no_gesture, nothing, background, other, ...; '' for none)")
     parser.add_argument("--reject-target-recall", type=cli.float_in(0.0, 1.0, high_inclusive=True), default=DEFAULT_TARGET_RECALL,
                         help="the chosen threshold keeps gesture recall at least this fraction of the unthresholded recall")
-    parser.add_argument("--reject-score", choices=PRODUCT_SCORES, default=DEFAULT_SCORE,
-                        help="what the threshold applies to: the calibrated top probability, or the energy (docs/no-gesture.md#which-score)")
+    parser.add_argument("--reject-score", choices=SCORES, default=DEFAULT_SCORE,
+                        help="what the threshold applies to: the calibrated top probability, the energy, or the features' cosine "
+                             "to the nearest gesture class mean (docs/no-gesture.md#which-score)")
 
 
 def reject_choice(classes: Sequence[str], requested: Sequence[str] | None) -> str:

@@ -24,8 +24,8 @@ from training.calibrate import (
     acceptance_scores,
     auroc,
     choose_threshold,
-    class_means,
     format_open_set,
+    gesture_means,
     operating_point,
     product_scores,
     split_outputs,
@@ -55,7 +55,7 @@ def unknown_samples(folder: str | Path, skipped: list[dict[str, str]] | None = N
 
 def write_predictions(path: Path, classifier: Classifier, samples: Sequence[Sample], outputs: SplitOutputs, threshold: float) -> Path:
     """One row per image: its path, true class, the label the service would answer (empty: rejected) and score."""
-    scores = classifier.scores_from_logits(outputs.logits)
+    scores = classifier.scores_from_logits(outputs.logits, outputs.features)
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["path", "true", "label", "top_class", "score", "gesture_score"])
@@ -114,10 +114,11 @@ def compare_scores(train: SplitOutputs, val: SplitOutputs, test: SplitOutputs, u
     the test split and the unknown images, how it separates gestures from the rest (AUROC) and what it
     accepts and rejects at that threshold."""
     reject = [list(classes).index(c) for c in rejection.reject_classes]
-    means = class_means(train, len(classes))
+    means = gesture_means(train, len(classes), reject)
     rows = []
     for kind in SCORES:
-        score = lambda outputs: acceptance_scores(outputs, rejection.temperature, reject, kind, means)  # noqa: E731, B023
+        scored = Rejection(rejection.reject_classes, rejection.temperature, score=kind, feature_means=means if kind == "feature_cosine" else ())
+        score = lambda outputs: acceptance_scores(outputs, scored, reject)  # noqa: E731, B023
         val_scores = score(val)
         floor = 0.0 if kind == "max_softmax" else float(val_scores[np.isfinite(val_scores)].min())
         threshold, _ = choose_threshold(Outcome.of(val_scores, val, reject), target_recall, floor)

@@ -36,7 +36,7 @@ UNCALIBRATED_WEBCAM_THRESHOLD = 0.5
 
 class Scores(dict[str, float]):
     """``{label: probability}`` for one frame (or hand), and ``gesture``: the score the model's threshold
-    applies to when it is not the top probability (a model calibrated with ``--reject-score energy``),
+    applies to when it is not the top probability (a model calibrated with ``--reject-score energy`` or ``feature_cosine``),
     else None. A plain dict works wherever Scores is taken, as one with ``gesture`` None."""
 
     def __init__(self, probs: Any = (), gesture: float | None = None):
@@ -332,7 +332,7 @@ class Smoother:
 def decide_hands(answer: HandsAnswer, smoother: Smoother, offset: tuple[int, int] = (0, 0)) -> tuple[tuple[HandResult, ...], Scores]:
     """Each hand's own decision (the smoother's threshold and reject classes), and the frame's scores
     for smoothing: those of the hand the frame's answer comes from (``Classifier.decide_hands``'s rule,
-    ``frame_source``: the accepted hand with the highest score, else the best rejected one), none
+    ``frame_source``: the accepted hand with the highest gesture score, else the best rejected one), none
     without a hand. ``offset``: where the scored image sits in the frame (the ROI's corner)."""
     dx, dy = offset
     hands = tuple(HandResult((h.box[0] + dx, h.box[1] + dy, h.box[2] + dx, h.box[3] + dy), h.handedness, h.hand_score,
