@@ -131,7 +131,7 @@ class Rejection:
         """What /info and reports show: the stored values (the reference and class means as their sizes),
         and "calibrated" or "uncalibrated"."""
         shown = {k: v for k, v in self.to_dict().items() if k not in ("reference", "feature_means")}
-        return {**shown, "reference_images": len(self.reference), "feature_means": len(self.feature_means),
+        return {**shown, "reference_images": len(self.reference), "feature_mean_classes": len(self.feature_means),
                 "calibration": "calibrated" if self.calibrated else "uncalibrated"}
 
     @property
@@ -191,6 +191,6 @@ def energy(scaled_logits: np.ndarray, temperature: float) -> np.ndarray:
 
 def reference_rank(values: np.ndarray, reference: Sequence[float]) -> np.ndarray:
     """The share of ``reference`` (sorted) at or below each value: 0 under all of it, 1 from its top up.
-    At or below, so that a threshold at a validation gesture's rank accepts exactly the energies from
-    that gesture's up, as a threshold on the energy itself would (training.calibrate picks it there)."""
+    At or below, so that a threshold at a validation gesture's rank accepts exactly the raw scores from
+    that gesture's up, as a threshold on the raw score itself would (training.calibrate picks it there)."""
     return (np.searchsorted(np.asarray(reference), values, side="right") / len(reference)).astype(np.float64)

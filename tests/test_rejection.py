@@ -128,7 +128,8 @@ def test_the_feature_score_is_the_cosine_to_the_nearest_gesture_mean_ranked_and_
     np.testing.assert_allclose(rejection.gesture_scores(np.zeros((3, 3)), features), [1.0, 0.75, 0.0])  # ranks among the four
     stored = Rejection.from_checkpoint({"classes": ["fist", "palm", "none"], "rejection": rejection.to_dict()})
     assert stored == rejection and stored.needs_features and not Rejection().needs_features
-    assert "reference" not in rejection.info() and rejection.info()["feature_means"] == 2  # /info shows the count, not 2 x D numbers
+    assert "reference" not in rejection.info() and "feature_means" not in rejection.info()  # /info shows counts, not 2 x D numbers
+    assert rejection.info()["feature_mean_classes"] == 2 and Rejection.from_checkpoint({"classes": [], "rejection": rejection.info()}).score == "feature_cosine"
     with pytest.raises(ValueError, match="needs the penultimate features"):
         rejection.gesture_scores(np.zeros((3, 3)))
 
@@ -203,11 +204,15 @@ def test_reject_classes_are_stored_in_the_checkpoint(tmp_path):
     data = make_image_folder(tmp_path / "data", classes=("Background", "fist", "palm"), per_class=10)
     run = tmp_path / "run"
     done = run_module("training.finetune", "--data", str(data), "--out", str(run), "--epochs", "2", "--image-size", "64",
-                      "--freeze", "backbone", "--augment", "none", "--val-split", "0.3", "--workers", "0", "--reject-class", "palm")
+                      "--freeze", "backbone", "--augment", "none", "--val-split", "0.3", "--workers", "0", "--reject-class", "palm",
+                      "--reject-score", "feature_cosine")
     assert done.returncode == 0, done.stderr[-3000:]
     assert "no gesture: palm (--reject-class)" in done.stdout
     stored = load_checkpoint(run / "best.pt")["rejection"]
     assert stored["reject_classes"] == ["palm"] and stored["calibrated"] and 0.0 <= stored["threshold"] <= 1.0
+    # training's own calibration stores the feature score: a mean per gesture class (Background, fist), from the training split
+    assert stored["score"] == "feature_cosine" and len(stored["feature_means"]) == 2 and len(stored["reference"]) > 0
+    assert load_classifier(run / "best.pt", device="cpu", engine="torch").predict(synthetic_image(0, seed=0)).gesture_score is not None
     report = json.loads((run / "metrics.json").read_text())["open_set"]
     assert report["reject_classes"] == ["palm"] and {"gesture_recall", "false_accept_rate", "auroc", "ece_after"} <= set(report["test"])
     assert (run / "open_set.png").stat().st_size > 0
@@ -215,6 +220,7 @@ def test_reject_classes_are_stored_in_the_checkpoint(tmp_path):
         done = run_module("training.calibrate", "--checkpoint", str(run / "best.pt"), "--workers", "0", *flag)
         assert done.returncode == 0, done.stderr[-3000:]
         assert load_checkpoint(run / "best.pt")["rejection"]["reject_classes"] == expected
+        assert load_checkpoint(run / "best.pt")["rejection"]["feature_means"] == []  # recalibrated on the default score
         assert load_classifier(run / "best.pt", device="cpu", engine="torch").rejection.reject_classes == tuple(expected)
 
 
