@@ -12,8 +12,10 @@ A checkpoint written by training since this module exists holds a ``rejection`` 
                     energy: T x logsumexp(logits / T) (Liu et al., 2020);
                     feature_cosine: the cosine similarity of the image's penultimate features to the nearest
                     gesture class's mean training features (``feature_means``, unit length);
-                    the last two as their rank: the share of the validation gesture images whose raw score
-                    is at most as high (``reference`` holds theirs, sorted)
+                    these two as their rank: the share of the validation gesture images whose raw score
+                    is at most as high (``reference`` holds theirs, sorted);
+                    energy_and_feature: the lower of the two ranks (``reference`` holds the energies,
+                    ``feature_reference`` the cosines): an image must look like a learned gesture to both
 
 The Classifier applies the temperature once, in ``probs``, so every probability shown anywhere is
 calibrated, and ``decide`` applies the classes and threshold, so the service, the webcam, evaluate and
@@ -55,7 +57,7 @@ ABSENT_FILLERS = frozenset({"a", "any", "detected", "present", "visible", "shown
 # and evaluate used 0; the webcam keeps its own old default, 0.5, for these checkpoints).
 UNCALIBRATED_THRESHOLD = 0.0
 THRESHOLD_RANGE = "between 0 and 1"
-SCORES = ("max_softmax", "energy", "feature_cosine")
+SCORES = ("max_softmax", "energy", "feature_cosine", "energy_and_feature")
 
 
 def is_reject_name(name: str) -> bool:
@@ -102,8 +104,9 @@ class Rejection:
     calibrated: bool = False
     rule: str = "uncalibrated: a checkpoint from before calibration"
     score: str = "max_softmax"
-    reference: tuple[float, ...] = ()  # energy, feature_cosine: the validation gesture images' raw scores, sorted
-    feature_means: tuple[tuple[float, ...], ...] = ()  # feature_cosine: one unit-length mean per gesture class
+    reference: tuple[float, ...] = ()  # the validation gesture images' raw scores, sorted (energy_and_feature: energies)
+    feature_means: tuple[tuple[float, ...], ...] = ()  # feature_cosine, energy_and_feature: a unit-length mean per gesture class
+    feature_reference: tuple[float, ...] = ()  # energy_and_feature: the validation gesture images' cosines, sorted
 
     def __post_init__(self) -> None:
         check_threshold(self.threshold)
@@ -121,23 +124,24 @@ class Rejection:
         return cls(tuple(stored["reject_classes"]), float(stored["temperature"]), float(stored["threshold"]),
                    bool(stored["calibrated"]), str(stored.get("rule", "")), str(stored.get("score", "max_softmax")),
                    tuple(float(v) for v in stored.get("reference", ())),
-                   tuple(tuple(float(v) for v in mean) for mean in stored.get("feature_means", ())))
+                   tuple(tuple(float(v) for v in mean) for mean in stored.get("feature_means", ())),
+                   tuple(float(v) for v in stored.get("feature_reference", ())))
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "reject_classes": list(self.reject_classes), "reference": list(self.reference),
-                "feature_means": [list(mean) for mean in self.feature_means]}
+                "feature_means": [list(mean) for mean in self.feature_means], "feature_reference": list(self.feature_reference)}
 
     def info(self) -> dict[str, Any]:
         """What /info and reports show: the stored values (the reference and class means as their sizes),
         and "calibrated" or "uncalibrated"."""
-        shown = {k: v for k, v in self.to_dict().items() if k not in ("reference", "feature_means")}
+        shown = {k: v for k, v in self.to_dict().items() if k not in ("reference", "feature_means", "feature_reference")}
         return {**shown, "reference_images": len(self.reference), "feature_mean_classes": len(self.feature_means),
                 "calibration": "calibrated" if self.calibrated else "uncalibrated"}
 
     @property
     def needs_features(self) -> bool:
         """Whether the score needs the penultimate features besides the logits (gesture_core.backbones.with_features)."""
-        return self.score == "feature_cosine"
+        return self.score in ("feature_cosine", "energy_and_feature")
 
     @cached_property
     def _means(self) -> np.ndarray:
@@ -156,18 +160,24 @@ class Rejection:
         score's rank among the validation gestures' (``score``)."""
         if self.score == "max_softmax":
             return softmax(self.scale(logits)).max(1)
-        if not self.reference:  # e.g. a Rejection read from /info, which shows the reference's size only
+        if not self.reference or (self.score == "energy_and_feature" and not self.feature_reference):
+            # e.g. a Rejection read from /info, which shows the references' sizes only
             raise ValueError(f"the {self.score} score needs the validation gestures' scores (reference) to put it on a 0-1 scale")
+        if self.score == "energy_and_feature":
+            energies, cosines = self.raw_scores(logits, features, "energy"), self.raw_scores(logits, features, "feature_cosine")
+            return np.minimum(reference_rank(energies, self.reference), reference_rank(cosines, self.feature_reference))
         return reference_rank(self.raw_scores(logits, features), self.reference)
 
-    def raw_scores(self, logits: np.ndarray, features: np.ndarray | None = None) -> np.ndarray:
-        """(N,) the energy or the feature cosine before it is ranked: higher is more like a learned gesture."""
-        if self.score == "energy":
+    def raw_scores(self, logits: np.ndarray, features: np.ndarray | None = None, kind: str | None = None) -> np.ndarray:
+        """(N,) the energy or the feature cosine (``kind``, default ``score``) before it is ranked: higher
+        is more like a learned gesture."""
+        kind = kind or self.score
+        if kind == "energy":
             return energy(self.scale(logits), self.temperature)
-        if self.score != "feature_cosine":
-            raise ValueError(f"the {self.score} score has no raw form: choose energy or feature_cosine")
+        if kind != "feature_cosine":
+            raise ValueError(f"the {kind} score has no single raw form: choose energy or feature_cosine")
         if features is None or not self.feature_means:
-            raise ValueError("the feature_cosine score needs the penultimate features and the class means (feature_means)")
+            raise ValueError(f"the {self.score} score needs the penultimate features and the class means (feature_means)")
         # float64 and einsum, not a float32 matmul: BLAS sums a row in an order that depends on the batch,
         # and a validation gesture scored in another batch than its reference value must still rank itself
         unit = features.astype(np.float64)

@@ -182,6 +182,35 @@ def test_calibrating_on_the_feature_score_ranks_each_validation_gesture_itself_i
         calibrate(val, ["fist", "palm", "none"], ["none"], score="feature_cosine", train=None)
 
 
+def test_energy_and_feature_is_the_lower_of_the_two_ranks_and_is_stored():
+    rejection = Rejection(("none",), 1.0, 0.25, True, "rule", "energy_and_feature", (0.5, 1.0, 2.0, 4.0), ((1.0, 0.0), (0.0, 1.0)),
+                          (0.2, 0.4, 0.6, 0.8))
+    logits = np.full((3, 3), -60.0)
+    logits[:, 0] = [5.0, 1.5, 0.0]  # energy ranks 1, 0.5, 0
+    features = np.array([[1.0, 1.0], [3.0, 0.0], [3.0, 0.0]], np.float32)  # cosine ranks 0.75, 1, 1
+    np.testing.assert_allclose(rejection.gesture_scores(logits, features), [0.75, 0.5, 0.0])
+    stored = Rejection.from_checkpoint({"classes": ["fist", "palm", "none"], "rejection": rejection.to_dict()})
+    assert stored == rejection and stored.needs_features and "feature_reference" not in rejection.info()
+    with pytest.raises(ValueError, match="reference"):
+        Rejection.from_checkpoint({"classes": [], "rejection": rejection.info()}).gesture_scores(logits, features)
+
+
+def test_calibrating_on_energy_and_feature_ranks_each_score_on_its_own_validation_values():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(3, 64))
+    targets = np.arange(330) % 3
+    logits = (np.eye(3)[targets] * rng.uniform(2, 9, (330, 1))).astype(np.float32)
+    val = SplitOutputs((centres[targets] + rng.normal(size=(330, 64))).astype(np.float32), logits, targets, np.arange(330))
+    train = SplitOutputs((centres[targets] + rng.normal(size=(330, 64))).astype(np.float32), logits, targets, np.arange(330))
+    both = calibrate(val, ["fist", "palm", "none"], ["none"], target_recall=0.99, score="energy_and_feature", train=train)
+    single = {kind: calibrate(val, ["fist", "palm", "none"], ["none"], target_recall=0.99, score=kind, train=train)
+              for kind in ("energy", "feature_cosine")}
+    assert both.reference == single["energy"].reference and both.feature_reference == single["feature_cosine"].reference
+    expected = np.minimum(*(single[kind].gesture_scores(val.logits, val.features) for kind in ("energy", "feature_cosine")))
+    np.testing.assert_array_equal(both.gesture_scores(val.logits, val.features), expected)
+    assert 0.0 < both.threshold <= 1.0 and both.rule.startswith("energy_and_feature score: ")
+
+
 def test_calibrating_on_energy_keeps_the_recall_rule_on_its_rank():
     # 300 validation gestures, all right, with energies between 1 and 30, and 20 reject-class images taken for gesture 0
     logits = np.full((320, 3), -60.0)
@@ -277,10 +306,16 @@ def feature_run(sign_digits_run, tmp_path_factory) -> Path:
     return calibrated_copy(sign_digits_run, tmp_path_factory.mktemp("feature"), "--reject-score", "feature_cosine")
 
 
-SCORE_OF_RUN = {"calibrated": "max_softmax", "energy": "energy", "feature": "feature_cosine"}  # by the fixture's folder
+@pytest.fixture(scope="module")
+def both_run(sign_digits_run, tmp_path_factory) -> Path:
+    """The same, thresholded on the lower of the energy's and the feature cosine's ranks (--reject-score energy_and_feature)."""
+    return calibrated_copy(sign_digits_run, tmp_path_factory.mktemp("both"), "--reject-score", "energy_and_feature")
 
 
-@pytest.fixture(params=["calibrated_run", "energy_run", "feature_run"], ids=["max_softmax", "energy", "feature_cosine"])
+SCORE_OF_RUN = {"calibrated": "max_softmax", "energy": "energy", "feature": "feature_cosine", "both": "energy_and_feature"}  # by folder
+
+
+@pytest.fixture(params=["calibrated_run", "energy_run", "feature_run", "both_run"], ids=["max_softmax", "energy", "feature_cosine", "energy_and_feature"])
 def scored_run(request) -> Path:
     """Each way of scoring "no gesture" in turn."""
     return request.getfixturevalue(request.param)

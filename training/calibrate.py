@@ -12,7 +12,8 @@ older run, from its split.json. Steps (docs/no-gesture.md):
    validation logits divided by T (Guo et al., 2017); it changes no prediction, only the confidence;
 2. threshold, on the calibrated top probability, or with ``--reject-score energy`` (or ``feature_cosine``:
    the features' cosine to the nearest gesture class's mean training features) on that score's rank
-   among the validation gestures' (gesture_core.rejection); a prediction of a reject class is always rejected:
+   among the validation gestures' (``energy_and_feature``: the lower of the two ranks; gesture_core.rejection);
+   a prediction of a reject class is always rejected:
    - with reject-class images in validation: among thresholds keeping gesture recall on new images
      at least ``target_recall`` x the unthresholded recall, the lowest false-accept rate on the
      reject-class images, and of those the highest threshold (it also turns away uncertain gestures);
@@ -60,7 +61,8 @@ ECE_BINS = 15
 DEFAULT_SCORE = "max_softmax"  # the one the product thresholds by default: docs/no-gesture.md has the comparison
 SCORE_AXIS = {"max_softmax": "threshold on the calibrated top probability",
               "energy": "threshold on the energy's rank among the validation gestures",
-              "feature_cosine": "threshold on the feature cosine's rank among the validation gestures"}
+              "feature_cosine": "threshold on the feature cosine's rank among the validation gestures",
+              "energy_and_feature": "threshold on the lower of the energy's and the feature cosine's ranks"}
 
 
 @dataclass
@@ -255,25 +257,35 @@ def calibrate(val: SplitOutputs, classes: Sequence[str], reject_classes: Sequenc
     present = [i for i in reject if (val.targets == i).any()]
     unscored = Rejection(tuple(reject_classes), temperature)
     if score != "max_softmax":
-        means = gesture_means(train, len(classes), reject) if score == "feature_cosine" and train is not None else ()
-        if score == "feature_cosine" and not any(any(mean) for mean in means):
-            raise DatasetError("--reject-score feature_cosine needs training images of the gesture classes for their mean features")
-        unscored = replace(unscored, score=score, feature_means=means)
-        unscored = replace(unscored, reference=score_reference(val, unscored, reject))
+        unscored = ranked(replace(unscored, score=score), val, train, classes, reject)
     outcome = Outcome.of(product_scores(val, unscored, reject), val, present)
     warn_if_too_few_gestures(outcome, target_recall)
     threshold, rule = choose_threshold(outcome, target_recall, floor=0.0)
     return replace(unscored, threshold=min(threshold, 1.0), calibrated=True, rule=rule if score == DEFAULT_SCORE else f"{score} score: {rule}")
 
 
-def score_reference(val: SplitOutputs, rejection: Rejection, reject: Sequence[int]) -> tuple[float, ...]:
-    """The validation gesture images' raw scores (energies or feature cosines), sorted: the score's 0-1
-    scale (gesture_core.rejection). Computed exactly as ``Rejection.gesture_scores`` computes them, and
-    not rounded, so that each validation gesture's rank counts itself (a rounded-up value would not)."""
+def ranked(rejection: Rejection, val: SplitOutputs, train: SplitOutputs | None, classes: Sequence[str], reject: Sequence[int]) -> Rejection:
+    """``rejection`` (energy, feature_cosine or energy_and_feature) with what ranks its score: the class
+    means from ``train`` where it needs features, and the validation gestures' raw scores."""
+    if rejection.needs_features:
+        means = gesture_means(train, len(classes), reject) if train is not None else ()
+        if not any(any(mean) for mean in means):
+            raise DatasetError(f"--reject-score {rejection.score} needs training images of the gesture classes for their mean features")
+        rejection = replace(rejection, feature_means=means)
+    if rejection.score == "energy_and_feature":
+        return replace(rejection, reference=score_reference(val, rejection, reject, "energy"),
+                       feature_reference=score_reference(val, rejection, reject, "feature_cosine"))
+    return replace(rejection, reference=score_reference(val, rejection, reject, rejection.score))
+
+
+def score_reference(val: SplitOutputs, rejection: Rejection, reject: Sequence[int], kind: str) -> tuple[float, ...]:
+    """The validation gesture images' raw scores of ``kind`` (energies or feature cosines), sorted: the
+    score's 0-1 scale (gesture_core.rejection). Computed exactly as ``Rejection.gesture_scores`` computes
+    them, and not rounded, so that each validation gesture's rank counts itself (a rounded-up value would not)."""
     gesture = ~np.isin(val.targets, list(reject))
     if not gesture.any():
         raise DatasetError(f"--reject-score {rejection.score} needs gesture images in the validation split to put the score on a 0-1 scale")
-    return tuple(np.sort(rejection.raw_scores(val.logits[gesture], val.features[gesture])).tolist())
+    return tuple(np.sort(rejection.raw_scores(val.logits[gesture], val.features[gesture], kind)).tolist())
 
 
 def warn_if_too_few_gestures(outcome: Outcome, target_recall: float) -> None:
@@ -359,7 +371,7 @@ def calibrate_model(model: torch.nn.Module, backbone: str, splits: Splits, data_
                     score: str = DEFAULT_SCORE) -> tuple[Rejection, dict[str, Any]]:
     """calibrate_outputs on a model's validation and test splits (and its training split, for feature_cosine's class means)."""
     outputs = lambda name: split_outputs(model, backbone, getattr(splits, name), data_config, device=device, workers=workers, desc=f"{name} features")  # noqa: E731
-    train = outputs("train") if score == "feature_cosine" else None
+    train = outputs("train") if Rejection(score=score).needs_features else None
     return calibrate_outputs(outputs("val"), outputs("test"), splits.classes, requested, target_recall, out, score, train)
 
 
@@ -383,8 +395,8 @@ def add_rejection_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup
     parser.add_argument("--reject-target-recall", type=cli.float_in(0.0, 1.0, high_inclusive=True), default=DEFAULT_TARGET_RECALL,
                         help="the chosen threshold keeps gesture recall at least this fraction of the unthresholded recall")
     parser.add_argument("--reject-score", choices=SCORES, default=DEFAULT_SCORE,
-                        help="what the threshold applies to: the calibrated top probability, the energy, or the features' cosine "
-                             "to the nearest gesture class mean (docs/no-gesture.md#which-score)")
+                        help="what the threshold applies to: the calibrated top probability, the energy, the features' cosine "
+                             "to the nearest gesture class mean, or the lower of the last two's ranks (docs/no-gesture.md#which-score)")
 
 
 def reject_choice(classes: Sequence[str], requested: Sequence[str] | None) -> str:

@@ -28,6 +28,7 @@ from training.calibrate import (
     gesture_means,
     operating_point,
     product_scores,
+    ranked,
     split_outputs,
 )
 from training.data import Sample, scan_images
@@ -118,9 +119,13 @@ def compare_scores(train: SplitOutputs, val: SplitOutputs, test: SplitOutputs, u
     rows = []
     for kind in SCORES:
         scored = Rejection(rejection.reject_classes, rejection.temperature, score=kind, feature_means=means if kind == "feature_cosine" else ())
-        score = lambda outputs: acceptance_scores(outputs, scored, reject)  # noqa: E731, B023
+        if kind == "energy_and_feature":  # no single raw score: the product's ranks, set on validation
+            scored = ranked(scored, val, train, classes, reject)
+            score = lambda outputs: product_scores(outputs, scored, reject)  # noqa: E731, B023
+        else:
+            score = lambda outputs: acceptance_scores(outputs, scored, reject)  # noqa: E731, B023
         val_scores = score(val)
-        floor = 0.0 if kind == "max_softmax" else float(val_scores[np.isfinite(val_scores)].min())
+        floor = 0.0 if kind in ("max_softmax", "energy_and_feature") else float(val_scores[np.isfinite(val_scores)].min())
         threshold, _ = choose_threshold(Outcome.of(val_scores, val, reject), target_recall, floor)
         outcome = Outcome.of(score(test), test, reject)
         at = outcome.at(np.array([threshold]))
