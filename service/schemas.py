@@ -27,7 +27,7 @@ class HandOut(BaseModel):
     score: float = Field(description="probability of this hand's top class")
     top_k: list[LabelScore] = Field(description="this hand's k most probable classes, best first")
     gesture_score: float | None = Field(default=None, description=(
-        "what the threshold applied to, 0-1, for a model calibrated with --reject-score energy or feature_cosine (/info: "
+        "what the threshold applied to, 0-1, for a model calibrated with another --reject-score than max_softmax (/info: "
         "rejection.score): that score's rank among the validation gestures'; null when the threshold applies to `score`"))
 
 
@@ -37,7 +37,7 @@ class PredictionOut(BaseModel):
     score: float = Field(description="probability of the top class (hand-crop models: of the hand the label comes from; 0 when no hand is found)")
     top_k: list[LabelScore] = Field(description="the k most probable classes, best first (hand-crop models: that hand's; empty when no hand is found)")
     gesture_score: float | None = Field(default=None, description=(
-        "what the threshold applied to, 0-1, for a model calibrated with --reject-score energy or feature_cosine (/info: "
+        "what the threshold applied to, 0-1, for a model calibrated with another --reject-score than max_softmax (/info: "
         "rejection.score): that score's rank among the validation gestures'; null when the threshold applies to `score`"))
     model: str = Field(description="name:version of the served model")
     hands: list[HandOut] | None = Field(default=None, description=(

@@ -87,10 +87,14 @@ def sign_digits_run(sign_digits, request) -> Path:
     Kept in pytest's cache between local sessions (keyed by the recipe) so developers do not retrain
     for every test file; CI starts from a clean clone and always trains. GESTURE_RETRAIN=1 forces it.
     """
+    from dataclasses import asdict
+
     from training.config import TrainConfig
     from training.finetune import train
 
-    key = hashlib.sha1(json.dumps(SIGN_DIGITS_RECIPE, sort_keys=True).encode()).hexdigest()[:10]
+    # keyed by every setting the run trains with, defaults included: a changed default retrains
+    settings = {k: v for k, v in asdict(TrainConfig(backbone="efficientnet_lite0", **SIGN_DIGITS_RECIPE)).items() if k not in ("data", "out")}
+    key = hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:10]
     out = Path(request.config.cache.mkdir(f"sign-digits-run-{key}"))
     if (out / "metrics.json").exists() and (out / "best.pt").exists() and not os.environ.get("GESTURE_RETRAIN"):
         return out

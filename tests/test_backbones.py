@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from gesture_core import build_model, get_backbone, list_backbones
-from gesture_core.backbones import freeze_backbone, head_modules
+from gesture_core.backbones import freeze_backbone, get_submodule_or_none, head_modules
 from gesture_core.checkpoint import build_from_checkpoint, load_checkpoint, save_checkpoint
 from gesture_core.weights import WeightsUnavailableError, torchvision_weights
 from training.loop import classification_loss
@@ -138,3 +138,22 @@ def test_weights_that_do_not_fit_are_refused_with_the_reason(tmp_path):
 def test_unknown_backbone_lists_choices():
     with pytest.raises(ValueError, match="resnet18.*efficientnet_lite0"):
         get_backbone("resnet9000")
+
+
+@pytest.mark.parametrize("name", ["resnet18", "vgg11", "googlenet", "inception_v3", "alexnet", "densenet121", "mobilenet_v3_large",
+                                  "efficientnet_lite0", "lenet5"])
+def test_with_features_answers_the_logits_then_what_goes_into_the_head(name):
+    """One output for the feature scores (gesture_core.rejection): the model's own logits, then the
+    features its head takes, for every kind of head path (fc, classifier.6, classifier.3, classifier)."""
+    from gesture_core.backbones import with_features
+    from training.features import feature_extractor
+
+    torch.manual_seed(0)
+    backbone = get_backbone(name)
+    model = build_model(name, 5, "none").eval()
+    x = torch.randn(2, 3, 32 if name == "lenet5" else 96, 32 if name == "lenet5" else 96)
+    with torch.no_grad():
+        both = with_features(model, backbone)(x)
+        torch.testing.assert_close(both[:, :5], model(x), rtol=0, atol=0)
+        torch.testing.assert_close(both[:, 5:], feature_extractor(model, backbone)(x), rtol=0, atol=0)
+    assert get_submodule_or_none(model, backbone.heads[0]).out_features == 5  # the model keeps its head

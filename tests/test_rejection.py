@@ -29,7 +29,7 @@ from training.calibrate import (
     reject_choice,
     split_outputs,
 )
-from training.data import DatasetError, Splits
+from training.data import Splits
 
 
 def run_module(*args: str) -> subprocess.CompletedProcess:
@@ -178,8 +178,8 @@ def test_calibrating_on_the_feature_score_ranks_each_validation_gesture_itself_i
     together = rejection.gesture_scores(val.logits, val.features)
     np.testing.assert_array_equal(alone, together)
     np.testing.assert_allclose(np.sort(together[gestures]), np.arange(1, 221) / 220)
-    with pytest.raises(DatasetError, match="training images"):
-        calibrate(val, ["fist", "palm", "none"], ["none"], score="feature_cosine", train=None)
+    with pytest.warns(UserWarning, match="training images.*max_softmax"):  # nothing to take the means from: the top probability
+        assert calibrate(val, ["fist", "palm", "none"], ["none"], score="feature_cosine", train=None).score == "max_softmax"
 
 
 def test_energy_and_feature_is_the_lower_of_the_two_ranks_and_is_stored():
@@ -249,7 +249,8 @@ def test_reject_classes_are_stored_in_the_checkpoint(tmp_path):
         done = run_module("training.calibrate", "--checkpoint", str(run / "best.pt"), "--workers", "0", *flag)
         assert done.returncode == 0, done.stderr[-3000:]
         assert load_checkpoint(run / "best.pt")["rejection"]["reject_classes"] == expected
-        assert load_checkpoint(run / "best.pt")["rejection"]["feature_means"] == []  # recalibrated on the default score
+        recalibrated = load_checkpoint(run / "best.pt")["rejection"]  # on the default score: a mean per gesture class
+        assert recalibrated["score"] == "energy_and_feature" and len(recalibrated["feature_means"]) == 3 - len(expected)
         assert load_classifier(run / "best.pt", device="cpu", engine="torch").rejection.reject_classes == tuple(expected)
 
 
@@ -291,7 +292,7 @@ def calibrated_copy(sign_digits_run: Path, run: Path, *flags: str) -> Path:
 @pytest.fixture(scope="module")
 def calibrated_run(sign_digits_run, tmp_path_factory) -> Path:
     """The sign-digits run with digit 0 as "no gesture", thresholded on the calibrated top probability."""
-    return calibrated_copy(sign_digits_run, tmp_path_factory.mktemp("calibrated"))
+    return calibrated_copy(sign_digits_run, tmp_path_factory.mktemp("calibrated"), "--reject-score", "max_softmax")
 
 
 @pytest.fixture(scope="module")
@@ -392,7 +393,7 @@ def test_a_reject_class_without_validation_images_warns_and_falls_back_to_the_kn
     logits[np.arange(40), targets] += 3.0
     val = SplitOutputs(np.zeros((40, 1), np.float32), logits, targets, np.arange(40))
     with pytest.warns(UserWarning, match="none have no validation images"):
-        rejection = calibrate(val, ["fist", "palm", "none"], ["none"], target_recall=0.9)
+        rejection = calibrate(val, ["fist", "palm", "none"], ["none"], target_recall=0.9, score="max_softmax")
     assert rejection.calibrated and rejection.reject_classes == ("none",) and rejection.rule.startswith("known classes only")
     assert 0.0 < rejection.threshold <= 1.0
 
@@ -428,8 +429,8 @@ def test_the_threshold_keeps_the_target_recall_on_new_images_not_just_on_validat
 def test_too_few_validation_gestures_for_the_target_keep_the_floor_and_say_so():
     correct = [0.5 + 0.4 * i / 60 for i in range(60)]  # 60 gestures: even losing none, (0 + 1) / 61 > 1%
     with pytest.warns(UserWarning, match=r"60 validation gesture images are too few .* \(about 99 needed\)"):
-        rejection = calibrate(outputs_with_scores(correct, [0.3] * 10), ["fist", "palm", "none"], ["none"], target_recall=0.99)
+        rejection = calibrate(outputs_with_scores(correct, [0.3] * 10), ["fist", "palm", "none"], ["none"], target_recall=0.99, score="max_softmax")
     assert rejection.threshold == 0.0  # only predictions of 'none' are rejected
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # at 0.95, 60 are enough
-        assert calibrate(outputs_with_scores(correct, [0.3] * 10), ["fist", "palm", "none"], ["none"], target_recall=0.95).threshold > 0.3
+        assert calibrate(outputs_with_scores(correct, [0.3] * 10), ["fist", "palm", "none"], ["none"], target_recall=0.95, score="max_softmax").threshold > 0.3

@@ -58,7 +58,7 @@ from training.report import write_json
 
 DEFAULT_TARGET_RECALL = TrainConfig().reject_target_recall
 ECE_BINS = 15
-DEFAULT_SCORE = "max_softmax"  # the one the product thresholds by default: docs/no-gesture.md has the comparison
+DEFAULT_SCORE = TrainConfig().reject_score  # what the product thresholds by default: docs/no-gesture.md has the comparison
 SCORE_AXIS = {"max_softmax": "threshold on the calibrated top probability",
               "energy": "threshold on the energy's rank among the validation gestures",
               "feature_cosine": "threshold on the feature cosine's rank among the validation gestures",
@@ -257,11 +257,15 @@ def calibrate(val: SplitOutputs, classes: Sequence[str], reject_classes: Sequenc
     present = [i for i in reject if (val.targets == i).any()]
     unscored = Rejection(tuple(reject_classes), temperature)
     if score != "max_softmax":
-        unscored = ranked(replace(unscored, score=score), val, train, classes, reject)
+        try:
+            unscored = ranked(replace(unscored, score=score), val, train, classes, reject)
+        except DatasetError as err:  # e.g. a validation split of reject-class images only: nothing to rank against
+            warnings.warn(f"{err}; the threshold applies to the calibrated top probability (max_softmax) instead", stacklevel=2)
+            score = "max_softmax"
     outcome = Outcome.of(product_scores(val, unscored, reject), val, present)
     warn_if_too_few_gestures(outcome, target_recall)
     threshold, rule = choose_threshold(outcome, target_recall, floor=0.0)
-    return replace(unscored, threshold=min(threshold, 1.0), calibrated=True, rule=rule if score == DEFAULT_SCORE else f"{score} score: {rule}")
+    return replace(unscored, threshold=min(threshold, 1.0), calibrated=True, rule=rule if score == "max_softmax" else f"{score} score: {rule}")
 
 
 def ranked(rejection: Rejection, val: SplitOutputs, train: SplitOutputs | None, classes: Sequence[str], reject: Sequence[int]) -> Rejection:
@@ -381,7 +385,7 @@ def format_open_set(report: dict[str, Any]) -> str:
         return f"no gesture: reject classes {', '.join(report['reject_classes']) or '(none)'}; {report['rule']}"
     pct = lambda x: "n/a" if x is None else f"{100 * x:.2f}%"  # noqa: E731
     return (f"no gesture: reject classes {', '.join(report['reject_classes']) or '(none)'}; temperature {report['temperature']:.3f}, "
-            f"threshold {report['threshold']:.4f}{'' if report.get('score', DEFAULT_SCORE) == DEFAULT_SCORE else ' on the ' + report['score'] + ' rank'} ({report['calibration']})\n"
+            f"threshold {report['threshold']:.4f}{'' if report.get('score', 'max_softmax') == 'max_softmax' else ' on the ' + report['score'] + ' rank'} ({report['calibration']})\n"
             f"  test: gesture recall {pct(test['gesture_recall'])} (unthresholded {pct(test['gesture_recall_unthresholded'])}), "
             f"precision {pct(test['gesture_precision'])}, false-accept rate {pct(test['false_accept_rate'])}, "
             f"AUROC {'n/a' if test['auroc'] is None else round(test['auroc'], 4)}, ECE {pct(test['ece_before'])} -> {pct(test['ece_after'])}")

@@ -38,7 +38,9 @@ class TrainConfig:
     # "no gesture" (training.calibrate): None finds reject classes by name, [""] turns them off
     reject_classes: list[str] | None = None
     reject_target_recall: float = 0.99
-    reject_score: str = "max_softmax"  # what the threshold applies to (gesture_core.rejection.SCORES)
+    # what the threshold applies to (gesture_core.rejection.SCORES): the lower of the energy's and the feature
+    # cosine's ranks, which turned away more non-gestures than max-softmax in every comparison (docs/no-gesture.md)
+    reject_score: str = "energy_and_feature"
     cache_features: str = "auto"  # frozen epochs on cached backbone features: auto (with augment "none") | on | off
     # augmentation
     augment: str = "default"

@@ -208,7 +208,7 @@ class Smoother {
 
   update(answer, window, threshold) {
     const scores = new Map(answer.top_k.map((item) => [item.label, item.score]));
-    // a model calibrated with --reject-score energy or feature_cosine thresholds its gesture score, not the top probability
+    // a model calibrated with another --reject-score than max_softmax thresholds its gesture score, not the top probability
     scores.gesture = answer.gesture_score ?? null;
     this.history.push(scores);
     this.history.splice(0, this.history.length - window);

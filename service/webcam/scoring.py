@@ -36,7 +36,7 @@ UNCALIBRATED_WEBCAM_THRESHOLD = 0.5
 
 class Scores(dict[str, float]):
     """``{label: probability}`` for one frame (or hand), and ``gesture``: the score the model's threshold
-    applies to when it is not the top probability (a model calibrated with ``--reject-score energy`` or ``feature_cosine``),
+    applies to when it is not the top probability (a model calibrated with another ``--reject-score`` than max_softmax),
     else None. A plain dict works wherever Scores is taken, as one with ``gesture`` None."""
 
     def __init__(self, probs: Any = (), gesture: float | None = None):
