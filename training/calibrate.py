@@ -127,7 +127,7 @@ def expected_calibration_error(probs: np.ndarray, targets: np.ndarray, bins: int
 # --- scores and thresholds ----------------------------------------------------------------------
 
 def gesture_means(train: SplitOutputs, classes: int, reject: Sequence[int]) -> tuple[tuple[float, ...], ...]:
-    """The feature_cosine score's class means (``Rejection.feature_means``): ``class_means`` of the gesture classes."""
+    """The feature scores' class means (``Rejection.feature_means``): ``class_means`` of the gesture classes."""
     means = class_means(train, classes)
     return tuple(tuple(means[c].tolist()) for c in range(classes) if c not in set(reject))
 
@@ -245,7 +245,7 @@ def auroc(positive: np.ndarray, negative: np.ndarray) -> float | None:
 def calibrate(val: SplitOutputs, classes: Sequence[str], reject_classes: Sequence[str], *, target_recall: float = DEFAULT_TARGET_RECALL,
               score: str = DEFAULT_SCORE, train: SplitOutputs | None = None) -> Rejection:
     """The Rejection (temperature, threshold on ``score``) that validation supports; uncalibrated without
-    validation images. ``train``: the training split's outputs, for the feature_cosine score's class means."""
+    validation images. ``train``: the training split's outputs, for the feature scores' class means."""
     if len(val.targets) == 0:
         warnings.warn("no validation images: the model keeps temperature 1 and the old default threshold", stacklevel=2)
         return Rejection(tuple(reject_classes), rule="uncalibrated: no validation images")
@@ -373,7 +373,7 @@ def calibrate_outputs(val: SplitOutputs, test: SplitOutputs, classes: Sequence[s
 def calibrate_model(model: torch.nn.Module, backbone: str, splits: Splits, data_config: DataConfig, *, device: torch.device,
                     requested: Sequence[str] | None, target_recall: float, out: Path, workers: int = 2,
                     score: str = DEFAULT_SCORE) -> tuple[Rejection, dict[str, Any]]:
-    """calibrate_outputs on a model's validation and test splits (and its training split, for feature_cosine's class means)."""
+    """calibrate_outputs on a model's validation and test splits (and its training split, for the feature scores' class means)."""
     outputs = lambda name: split_outputs(model, backbone, getattr(splits, name), data_config, device=device, workers=workers, desc=f"{name} features")  # noqa: E731
     train = outputs("train") if Rejection(score=score).needs_features else None
     return calibrate_outputs(outputs("val"), outputs("test"), splits.classes, requested, target_recall, out, score, train)
