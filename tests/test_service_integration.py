@@ -272,7 +272,10 @@ def test_served_fine_tuned_model_recognises_sign_digits(sign_digits_run, tmp_pat
             data = (root / rel).read_bytes()
             served = http.post("/predict", files={"image": (rel, data)}).json()
             assert served["model"] == tag
-            probs = local.predict_proba([data])[0]
-            assert_same_as_local(served, probs, local.classes, atol=1e-5, label=local.decide(probs).label)  # its calibrated threshold too
+            probs, expected = local.predict_proba([data])[0], local.predict(data)
+            assert_same_as_local(served, probs, local.classes, atol=1e-5, label=expected.label)  # its calibrated threshold too
+            assert (served["gesture_score"] is None) == (expected.gesture_score is None)  # the default score gives one
+            if expected.gesture_score is not None:
+                assert served["gesture_score"] == pytest.approx(expected.gesture_score, abs=0.01)
             correct += served["label"] == local.classes[label]
     assert correct / len(test_items) >= 0.5  # a 3-epoch fine-tune; chance is 0.1
