@@ -155,9 +155,9 @@ class Rejection:
         return self.threshold if override is None else check_threshold(override)
 
     def gesture_scores(self, logits: np.ndarray, features: np.ndarray | None = None) -> np.ndarray:
-        """(N,) what the threshold applies to, 0-1, from the raw logits (N, classes) and, for
-        feature_cosine, the penultimate features (N, D): the calibrated top probability, or the raw
-        score's rank among the validation gestures' (``score``)."""
+        """(N,) what the threshold applies to, 0-1, from the raw logits (N, classes) and, for the
+        feature scores, the penultimate features (N, D): the calibrated top probability, or the raw
+        score's rank among the validation gestures' (the lower of two ranks for energy_and_feature)."""
         if self.score == "max_softmax":
             return softmax(self.scale(logits)).max(1)
         if not self.reference or (self.score == "energy_and_feature" and not self.feature_reference):
