@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from gesture_core import build_model, get_backbone, load_checkpoint, load_classifier, read_rgb, save_checkpoint
-from gesture_core.rejection import Rejection, find_reject_classes
+from gesture_core.rejection import SCORES, Rejection, find_reject_classes
 from service.webcam.scoring import UNCALIBRATED_WEBCAM_THRESHOLD, LocalScorer, Smoother, decision_rule
 from tests.helpers import REPO, make_image_folder, synthetic_image
 from training.calibrate import (
@@ -290,36 +290,35 @@ def calibrated_copy(sign_digits_run: Path, run: Path, *flags: str) -> Path:
 
 
 @pytest.fixture(scope="module")
-def calibrated_run(sign_digits_run, tmp_path_factory) -> Path:
-    """The sign-digits run with digit 0 as "no gesture", thresholded on the calibrated top probability."""
-    return calibrated_copy(sign_digits_run, tmp_path_factory.mktemp("calibrated"), "--reject-score", "max_softmax")
+def scored_copies(sign_digits_run, tmp_path_factory):
+    """``copy_scored_by(score)``: the sign-digits run recalibrated with digit 0 as "no gesture" and
+    thresholded on ``score`` (--reject-score), one copy per score, made on first use."""
+    made: dict[str, Path] = {}
+
+    def copy_scored_by(score: str) -> Path:
+        if score not in made:
+            made[score] = calibrated_copy(sign_digits_run, tmp_path_factory.mktemp(score), "--reject-score", score)
+        return made[score]
+
+    return copy_scored_by
 
 
 @pytest.fixture(scope="module")
-def energy_run(sign_digits_run, tmp_path_factory) -> Path:
-    """The same, thresholded on the energy score (--reject-score energy)."""
-    return calibrated_copy(sign_digits_run, tmp_path_factory.mktemp("energy"), "--reject-score", "energy")
+def calibrated_run(scored_copies) -> Path:
+    """Thresholded on the calibrated top probability."""
+    return scored_copies("max_softmax")
 
 
 @pytest.fixture(scope="module")
-def feature_run(sign_digits_run, tmp_path_factory) -> Path:
-    """The same, thresholded on the features' cosine to the class means (--reject-score feature_cosine)."""
-    return calibrated_copy(sign_digits_run, tmp_path_factory.mktemp("feature"), "--reject-score", "feature_cosine")
+def energy_run(scored_copies) -> Path:
+    """Thresholded on the energy's rank."""
+    return scored_copies("energy")
 
 
-@pytest.fixture(scope="module")
-def both_run(sign_digits_run, tmp_path_factory) -> Path:
-    """The same, thresholded on the lower of the energy's and the feature cosine's ranks (--reject-score energy_and_feature)."""
-    return calibrated_copy(sign_digits_run, tmp_path_factory.mktemp("both"), "--reject-score", "energy_and_feature")
-
-
-SCORE_OF_RUN = {"calibrated": "max_softmax", "energy": "energy", "feature": "feature_cosine", "both": "energy_and_feature"}  # by folder
-
-
-@pytest.fixture(params=["calibrated_run", "energy_run", "feature_run", "both_run"], ids=["max_softmax", "energy", "feature_cosine", "energy_and_feature"])
-def scored_run(request) -> Path:
-    """Each way of scoring "no gesture" in turn."""
-    return request.getfixturevalue(request.param)
+@pytest.fixture(params=SCORES)
+def scored_run(request, scored_copies) -> tuple[str, Path]:
+    """(score, run) for each way of scoring "no gesture" in turn."""
+    return request.param, scored_copies(request.param)
 
 
 def evaluate_decisions(run: Path) -> list[dict[str, str]]:
@@ -329,11 +328,11 @@ def evaluate_decisions(run: Path) -> list[dict[str, str]]:
 
 @pytest.mark.slow
 def test_load_classifier_applies_the_stored_threshold_and_classes(scored_run):
-    calibrated_run = scored_run
+    score, calibrated_run = scored_run
     classifier = load_classifier(calibrated_run / "best.pt", device="cpu", engine="torch")
     stored = load_checkpoint(calibrated_run / "best.pt")["rejection"]
     assert classifier.rejection.threshold == stored["threshold"] > 0 and classifier.rejection.reject_classes == ("0",)
-    assert classifier.rejection.score == stored["score"] == SCORE_OF_RUN[calibrated_run.name.rstrip("0123456789")]
+    assert classifier.rejection.score == stored["score"] == score
     rows = evaluate_decisions(calibrated_run)
     by_threshold = [r for r in rows if r["label"] == "" and r["top_class"] != "0"]
     assert by_threshold, "the test split has no image rejected by the threshold alone: this test could not fail for it"

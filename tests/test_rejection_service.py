@@ -14,13 +14,13 @@ import pytest
 from benchmarks.server_process import REPO, serve_process
 from gesture_core import load_classifier
 from service.webcam.scoring import LocalScorer, RemoteScorer, decision_rule
-from tests.test_rejection import both_run, calibrated_run, energy_run, evaluate_decisions, feature_run, scored_run  # noqa: F401 - the fixtures are shared
+from tests.test_rejection import evaluate_decisions, scored_copies, scored_run  # noqa: F401 - the fixtures are shared
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def test_served_labels_are_null_where_evaluate_rejects(scored_run, tmp_path):  # noqa: F811
-    run = scored_run
+    _, run = scored_run
     env = {"BENTOML_HOME": str(tmp_path), "BENTOML_DO_NOT_TRACK": "1"}
     done = subprocess.run([sys.executable, "-m", "service.import_model", str(run / "best.pt")], cwd=REPO,
                           env={**os.environ, **env}, capture_output=True, text=True, timeout=300)
