@@ -108,3 +108,96 @@ def test_cli_fails_loudly_above_tolerance(small_run, monkeypatch, capsys):
 def test_cli_errors_are_clear(small_run, tmp_path, capsys):
     assert main(["--checkpoint", str(small_run), "--format", "onnx", "--images", str(tmp_path / "missing")]) == 2
     assert "no such file or folder" in capsys.readouterr().err
+
+
+def recipe_decisions(meta: dict, logits: np.ndarray, features: np.ndarray) -> list[str | None]:
+    """The metadata's "decision" recipe for energy_and_feature, written out here from its words, not
+    from gesture_core: what a user of the file without this repository would write."""
+    rule, classes = meta["rejection"], meta["classes"]
+    t = rule["temperature"]
+    scaled = logits / t
+    top = scaled.max(1, keepdims=True)
+    energies = t * (top[:, 0] + np.log(np.exp(scaled - top).sum(1)))
+    unit = features / np.linalg.norm(features, axis=1, keepdims=True)
+    cosines = (unit @ np.asarray(rule["feature_means"]).T).max(1)
+
+    def rank(x, reference):
+        return np.array([np.mean(np.asarray(reference) <= v) for v in x])
+
+    gesture = np.minimum(rank(energies, rule["reference"]), rank(cosines, rule["feature_reference"]))
+    labels = [classes[i] for i in logits.argmax(1)]
+    return [None if label in rule["reject_classes"] or g < rule["threshold"] else label for label, g in zip(labels, gesture, strict=True)]
+
+
+@pytest.fixture(scope="module")
+def feature_score_checkpoint(random_head_checkpoint, parity_images, tmp_path_factory):
+    """The random-head checkpoint with an energy_and_feature rule made from the parity images' own
+    outputs (references, class means), a temperature and a reject class: some are turned away."""
+    from gesture_core.backbones import get_backbone, with_features
+    from gesture_core.rejection import Rejection, energy
+
+    state = torch.load(random_head_checkpoint, weights_only=True)
+    classifier = load_classifier(random_head_checkpoint, "cpu", engine="torch")
+    batch = torch.stack([classifier.preprocess.load(p) for p in parity_images])
+    with torch.inference_mode():
+        out = with_features(classifier.model, get_backbone(classifier.backbone))(batch).numpy().astype(np.float64)
+    logits, features = out[:, :10], out[:, 10:]
+    unit = features / np.linalg.norm(features, axis=1, keepdims=True)
+    means = unit[:4]
+
+    def floats(values):
+        return tuple(float(v) for v in values)
+
+    def between(values):  # references between the images' own scores, so that no image sits on one
+        ordered = np.sort(values)
+        return floats((ordered[1:] + ordered[:-1]) / 2)
+
+    rule = Rejection(("3",), 1.7, 0.5, True, "test rule", "energy_and_feature", between(energy(logits / 1.7, 1.7)),
+                     tuple(map(floats, means)), between((unit @ means.T).max(1)))
+    path = tmp_path_factory.mktemp("feature-ckpt") / "best.pt"
+    torch.save({**state, "rejection": rule.to_dict()}, path)
+    return path
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated")
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_an_exported_feature_score_model_carries_its_no_gesture_rule(feature_score_checkpoint, parity_images, fmt, tmp_path):
+    classifier = load_classifier(feature_score_checkpoint, "cpu", engine="torch")
+    path = export(classifier, fmt, tmp_path / f"model{export_module.SUFFIX[fmt]}")
+    report = check_parity(classifier, path, fmt, parity_images)
+    assert report.ok and report.max_abs_feature_diff is not None and report.max_abs_feature_diff <= 1e-4
+    assert report.decision_agreement == 1.0
+    meta = read_metadata(path)
+    assert meta["rejection"] == classifier.rejection.to_dict()
+    assert "min(rank(" in meta["decision"] and "features: float32[N,1280]" in meta["output"]
+
+    batch = torch.stack([classifier.preprocess.load(p) for p in parity_images])
+    logits, features = export_module.ExportedRunner(path, fmt)(batch)
+    expected = [classifier.predict(p).label for p in parity_images]
+    assert recipe_decisions(meta, logits, features) == expected
+    rejected = expected.count(None)
+    assert 0 < rejected < len(expected), "the rule should turn some images away and accept others"
+    assert report.no_gesture == rejected
+
+
+def test_a_max_softmax_export_has_one_output_and_its_threshold(exported_onnx):
+    _, path = exported_onnx
+    meta = read_metadata(path)
+    assert meta["rejection"]["score"] == "max_softmax" and "softmax(logits / temperature).max()" in meta["decision"]
+    assert "features" not in meta["output"]
+
+
+def test_a_file_exported_before_the_rule_was_stored_reads_as_uncalibrated(small_run, tmp_path):
+    import onnx
+
+    path = export(load_classifier(small_run, "cpu", engine="torch"), "onnx", tmp_path / "old.onnx")
+    proto = onnx.load(str(path))
+    kept = [(p.key, p.value) for p in proto.metadata_props if p.key not in ("rejection", "decision", "classes")]
+    del proto.metadata_props[:]
+    for key, value in kept + [("classes", json.dumps(["fist", "none", "peace"]))]:
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(proto, str(path))
+    rule = read_metadata(path)["rejection"]
+    assert rule["calibrated"] is False and rule["threshold"] == 0.0 and rule["temperature"] == 1.0
+    assert rule["reject_classes"] == ["none"]  # by name, as the checkpoint's own loader decides

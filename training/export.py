@@ -5,12 +5,18 @@
 
 The exported file carries everything needed to use it without this repository: ONNX in
 ``metadata_props``, TorchScript as the extra file ``gesture_metadata.json`` (keys: backbone, classes,
-data_config, preprocess, input, output). The model takes a float32 NCHW batch named ``image``,
-already preprocessed as ``preprocess`` describes, and returns ``logits``.
+data_config, preprocess, input, output, rejection, decision). The model takes a float32 NCHW batch
+named ``image``, already preprocessed as ``preprocess`` describes, and returns ``logits``; a model
+whose "no gesture" score uses the penultimate features (``--reject-score feature_cosine`` or
+``energy_and_feature``) returns ``features`` too. ``rejection`` is the checkpoint's stored rule
+(gesture_core.rejection.Rejection.to_dict: temperature, threshold, reject classes, the validation
+references and class means), and ``decision`` says in words how it turns the outputs into a label
+or "no gesture".
 
 After writing, the file is run on real images (the run's saved test split, or ``--images``) next
-to the PyTorch model; the maximum |Δlogit| and the top-1 label agreement are reported, and the
-command exits with status 1 when the difference is above ``--tolerance``.
+to the PyTorch model; the maximum |Δlogit| (and |Δfeature|), the top-1 label agreement and the
+agreement of the decisions (label or "no gesture", made from the file's outputs and metadata alone)
+are reported, and the command exits with status 1 when a difference is above ``--tolerance``.
 """
 
 from __future__ import annotations
@@ -27,40 +33,49 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
-from gesture_core.classifier import Classifier, load_classifier
+from gesture_core.backbones import get_backbone, with_features
+from gesture_core.classifier import Classifier, decode_probs, load_classifier
 from gesture_core.cli import command
 from gesture_core.images import ImageDecodeError
+from gesture_core.rejection import Rejection, softmax
 from training import cli
 from training.data import IMAGE_EXTENSIONS, DatasetError, Splits
 
 FORMATS = ("onnx", "torchscript")
 SUFFIX = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
 METADATA_FILE = "gesture_metadata.json"  # TorchScript extra file
-INPUT_NAME, OUTPUT_NAME = "image", "logits"
+INPUT_NAME, OUTPUT_NAME, FEATURES_NAME = "image", "logits", "features"
 DEFAULT_TOLERANCE = 1e-4  # fp32 on CPU; kernels differ in summation order, not in maths
 
 
 @dataclass
 class ParityReport:
     images: int
-    max_abs_diff: float
+    max_abs_diff: float  # over the logits
     mean_abs_diff: float
     label_agreement: float  # fraction of images with the same top-1 class
     tolerance: float
+    decision_agreement: float  # fraction with the same label or "no gesture" (the file's decision from its metadata)
+    max_abs_feature_diff: float | None = None  # when the file outputs features
+    no_gesture: int = 0  # images the PyTorch model turns away ("no gesture"), so agreement covers both answers
 
     @property
     def ok(self) -> bool:
-        return self.max_abs_diff <= self.tolerance
+        return max(self.max_abs_diff, self.max_abs_feature_diff or 0.0) <= self.tolerance
 
     def describe(self) -> str:
         verdict = "OK" if self.ok else f"FAILED (above tolerance {self.tolerance:g})"
-        return (f"parity on {self.images} images: max |Δlogit| {self.max_abs_diff:.3g}, mean {self.mean_abs_diff:.3g}, "
-                f"top-1 agreement {self.label_agreement:.2%} -> {verdict}")
+        features = "" if self.max_abs_feature_diff is None else f", max |Δfeature| {self.max_abs_feature_diff:.3g}"
+        return (f"parity on {self.images} images: max |Δlogit| {self.max_abs_diff:.3g}, mean {self.mean_abs_diff:.3g}{features}, "
+                f"top-1 agreement {self.label_agreement:.2%}, decision agreement {self.decision_agreement:.2%} "
+                f"({self.no_gesture} no gesture) -> {verdict}")
 
 
 def export_metadata(classifier: Classifier) -> dict[str, str]:
     """String key/values (ONNX metadata_props only holds strings)."""
+    rejection = classifier.rejection
     c = classifier.data_config
     ops = "grayscale, " if c.in_chans == 1 else ""
     geometry = {  # gesture_core.preprocess.CROP_MODES
@@ -77,8 +92,55 @@ def export_metadata(classifier: Classifier) -> dict[str, str]:
         "data_config": json.dumps(c.to_dict()),
         "preprocess": recipe,
         "input": f"{INPUT_NAME}: float32[N,{c.in_chans},{c.input_size},{c.input_size}]",
-        "output": f"{OUTPUT_NAME}: float32[N,{len(classifier.classes)}] (softmax for probabilities)",
+        "output": f"{OUTPUT_NAME}: float32[N,{len(classifier.classes)}] (softmax of logits / rejection.temperature for probabilities)"
+                  + (f"; {FEATURES_NAME}: float32[N,{len(rejection.feature_means[0])}] (penultimate features)" if rejection.needs_features else ""),
+        "rejection": json.dumps(rejection.to_dict()),
+        "decision": decision_recipe(rejection),
     }
+
+
+# How each score is made from the file's outputs and the stored rejection (gesture_core.rejection.Rejection)
+SCORE_RECIPES = {
+    "max_softmax": "gesture score = the top probability, softmax(logits / temperature).max()",
+    "energy": "gesture score = rank(temperature * logsumexp(logits / temperature), reference)",
+    "feature_cosine": "gesture score = rank(max over feature_means of the cosine of features to the mean, reference)",
+    "energy_and_feature": "gesture score = min(rank(temperature * logsumexp(logits / temperature), reference), "
+                          "rank(max over feature_means of the cosine of features to the mean, feature_reference))",
+}
+RANK_RECIPE = "; rank(x, r) = the share of the sorted list r at or below x (0-1)"
+
+
+def decision_recipe(rejection: Rejection) -> str:
+    """In words: the outputs and the stored rejection -> a label or "no gesture" (None)."""
+    rank = RANK_RECIPE if rejection.score != "max_softmax" else ""
+    return (f"label = classes[argmax(logits)], or no gesture (None) when it is one of rejection.reject_classes "
+            f"or its gesture score is below rejection.threshold; {SCORE_RECIPES[rejection.score]}{rank}")
+
+
+def exported_network(classifier: Classifier) -> nn.Module:
+    """The network to export: the model, or the model answering (logits, features) for a feature score."""
+    model = classifier.model.cpu().eval()
+    if not classifier.rejection.needs_features:
+        return model
+    # .eval(): the exporters put a module back in the mode it had, and a new module is in train mode,
+    # which would leave the classifier's shared layers in it (batch statistics in every later call)
+    return SplitOutputs(with_features(model, get_backbone(classifier.backbone)), len(classifier.classes)).eval()
+
+
+class SplitOutputs(nn.Module):
+    """LogitsAndFeatures' one output as two, so that the exported file names them (logits, features)."""
+
+    def __init__(self, network: nn.Module, classes: int):
+        super().__init__()
+        self.network, self.classes = network, classes
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.network(x)
+        return out[:, : self.classes], out[:, self.classes :]
+
+
+def output_names(classifier: Classifier) -> list[str]:
+    return [OUTPUT_NAME, FEATURES_NAME] if classifier.rejection.needs_features else [OUTPUT_NAME]
 
 
 def _example(classifier: Classifier, batch: int = 2) -> torch.Tensor:
@@ -100,11 +162,11 @@ def quiet_deprecations():
 def export_onnx(classifier: Classifier, path: Path, *, opset: int = 17) -> Path:
     import onnx
 
-    model = classifier.model.cpu().eval()
+    outputs = output_names(classifier)
     with quiet_deprecations():
-        torch.onnx.export(model, (_example(classifier),), str(path), dynamo=False, opset_version=opset,
-                          input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                          dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+        torch.onnx.export(exported_network(classifier), (_example(classifier),), str(path), dynamo=False, opset_version=opset,
+                          input_names=[INPUT_NAME], output_names=outputs,
+                          dynamic_axes={name: {0: "batch"} for name in [INPUT_NAME, *outputs]})
     proto = onnx.load(str(path))
     for key, value in export_metadata(classifier).items():
         entry = proto.metadata_props.add()
@@ -115,15 +177,16 @@ def export_onnx(classifier: Classifier, path: Path, *, opset: int = 17) -> Path:
 
 
 def export_torchscript(classifier: Classifier, path: Path) -> Path:
-    model = classifier.model.cpu().eval()
     with quiet_deprecations(), torch.no_grad():
-        traced = torch.jit.trace(model, _example(classifier))
+        traced = torch.jit.trace(exported_network(classifier), _example(classifier))
         torch.jit.save(traced, str(path), _extra_files={METADATA_FILE: json.dumps(export_metadata(classifier))})
     return path
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
-    """The metadata of an exported file, with classes and data_config decoded from JSON."""
+    """The metadata of an exported file, with classes, data_config and rejection decoded from JSON
+    (a file exported before the rejection was stored gets what its checkpoint would: reject classes by
+    name, no temperature, the uncalibrated threshold)."""
     path = Path(path)
     if path.suffix == ".onnx":
         import onnx
@@ -136,11 +199,14 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
         raw = json.loads(files[METADATA_FILE] or "{}")
     if raw.get("format") != "gesture-classifier":
         raise ValueError(f"{path} has no gesture-classifier metadata (export it with python -m training.export)")
-    return {**raw, "classes": json.loads(raw["classes"]), "data_config": json.loads(raw["data_config"])}
+    classes = json.loads(raw["classes"])
+    rejection = json.loads(raw["rejection"]) if "rejection" in raw else Rejection.from_checkpoint({"classes": classes}).to_dict()
+    return {**raw, "classes": classes, "data_config": json.loads(raw["data_config"]), "rejection": rejection}
 
 
 class ExportedRunner:
-    """Runs an exported file on a preprocessed batch: (N, C, H, W) float32 -> (N, classes) logits."""
+    """Runs an exported file on a preprocessed batch: (N, C, H, W) float32 -> ((N, classes) logits,
+    (N, D) features or None when the file has no features output)."""
 
     def __init__(self, path: Path, fmt: str):
         self.fmt = fmt
@@ -152,11 +218,23 @@ class ExportedRunner:
             with quiet_deprecations():
                 self.module = torch.jit.load(str(path), map_location="cpu").eval()
 
-    def __call__(self, batch: torch.Tensor) -> np.ndarray:
+    def __call__(self, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
         if self.fmt == "onnx":
-            return self.session.run([OUTPUT_NAME], {INPUT_NAME: batch.numpy()})[0]
-        with torch.inference_mode():
-            return self.module(batch).float().numpy()
+            outputs = self.session.run(None, {INPUT_NAME: batch.numpy()})
+        else:
+            with torch.inference_mode():
+                out = self.module(batch)
+            outputs = [t.float().numpy() for t in (out if isinstance(out, tuple) else (out,))]
+        return outputs[0], (outputs[1] if len(outputs) > 1 else None)
+
+
+def exported_decisions(metadata: dict[str, Any], logits: np.ndarray, features: np.ndarray | None) -> list[str | None]:
+    """The label, or None for "no gesture", of each image, from an exported file's outputs and metadata alone."""
+    rejection = Rejection.from_checkpoint({"rejection": metadata["rejection"], "classes": metadata["classes"]})
+    probs = softmax(rejection.scale(logits))
+    gestures = [None] * len(probs) if rejection.score == "max_softmax" else rejection.gesture_scores(logits, features)
+    return [decode_probs(row, metadata["classes"], k=1, threshold=rejection.threshold, reject_classes=rejection.reject_classes,
+                         gesture=gesture).label for row, gesture in zip(probs, gestures, strict=True)]
 
 
 def parity_images(checkpoint: Path, images: list[str] | None, limit: int) -> list[str]:
@@ -183,7 +261,7 @@ def parity_images(checkpoint: Path, images: list[str] | None, limit: int) -> lis
 
 
 def check_parity(classifier: Classifier, exported: Path, fmt: str, images: list[str], *, tolerance: float = DEFAULT_TOLERANCE, batch_size: int = 16) -> ParityReport:
-    runner = ExportedRunner(exported, fmt)
+    runner, metadata = ExportedRunner(exported, fmt), read_metadata(exported)
     tensors = []
     for path in images:
         try:
@@ -192,15 +270,22 @@ def check_parity(classifier: Classifier, exported: Path, fmt: str, images: list[
             print(f"  skipping {path}: {err}", file=sys.stderr)
     if not tensors:
         raise DatasetError("none of the parity images could be decoded")
-    diffs, agree = [], 0
+    diffs, feature_diffs, agree, same_decision, no_gesture = [], [], 0, 0, 0
     for i in range(0, len(tensors), batch_size):
         batch = torch.stack(tensors[i : i + batch_size])
-        ours = classifier.logits(batch).cpu().numpy()
-        theirs = runner(batch)
+        ours, our_features = classifier.logits_and_features(batch)
+        theirs, their_features = runner(batch)
         diffs.append(np.abs(ours - theirs).ravel())
+        if their_features is not None:
+            feature_diffs.append(np.abs(our_features - their_features).ravel())
         agree += int((ours.argmax(1) == theirs.argmax(1)).sum())
+        decided = [classifier.decide(scores).label for scores in classifier.scores_from_logits(ours, our_features)]
+        no_gesture += decided.count(None)
+        same_decision += sum(a == b for a, b in zip(decided, exported_decisions(metadata, theirs, their_features), strict=True))
     diff = np.concatenate(diffs)
-    return ParityReport(len(tensors), float(diff.max()), float(diff.mean()), agree / len(tensors), tolerance)
+    feature_diff = float(np.concatenate(feature_diffs).max()) if feature_diffs else None
+    return ParityReport(len(tensors), float(diff.max()), float(diff.mean()), agree / len(tensors), tolerance,
+                        same_decision / len(tensors), feature_diff, no_gesture)
 
 
 def export(classifier: Classifier, fmt: str, path: Path, **kwargs: Any) -> Path:
