@@ -201,3 +201,13 @@ def test_a_file_exported_before_the_rule_was_stored_reads_as_uncalibrated(small_
     rule = read_metadata(path)["rejection"]
     assert rule["calibrated"] is False and rule["threshold"] == 0.0 and rule["temperature"] == 1.0
     assert rule["reject_classes"] == ["none"]  # by name, as the checkpoint's own loader decides
+
+
+def test_a_hand_crop_models_recipe_starts_from_each_hand(tmp_path):
+    from training.export import export_metadata
+
+    config = DataConfig(input_size=32, resize_size=36).with_hands(True)
+    path = save_checkpoint(tmp_path / "best.pt", model=build_model("lenet5", 2, "none"), backbone="lenet5", classes=["a", "b"],
+                           data_config=config, train_config={})  # fmt: skip
+    recipe = export_metadata(load_classifier(path, device="cpu", engine="torch"))["preprocess"]
+    assert recipe.startswith("RGB uint8 -> one upright 36x36 crop per hand") and "centre crop 32x32" in recipe

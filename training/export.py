@@ -84,7 +84,9 @@ def export_metadata(classifier: Classifier) -> dict[str, str]:
                      f"with the mean colour, centred",
         "resize": f"resize to {c.input_size}x{c.input_size} ({c.interpolation}; area when shrinking)",
     }[c.crop]  # fmt: skip
-    recipe = f"RGB uint8 -> {geometry} -> {ops}float32 (x/255 - mean)/std with mean {list(c.mean)}, std {list(c.std)} -> NCHW"
+    hands = (f"one upright {c.resize_size}x{c.resize_size} crop per hand that MediaPipe's palm detector and hand landmarks "
+             "find (gesture_core.hands.hand_crop, docs/hands.md), each -> ") if c.hands else ""
+    recipe = f"RGB uint8 -> {hands}{geometry} -> {ops}float32 (x/255 - mean)/std with mean {list(c.mean)}, std {list(c.std)} -> NCHW"
     return {
         "format": "gesture-classifier",
         "backbone": classifier.backbone,
