@@ -186,10 +186,10 @@ class Classifier:
     def scores_from_logits(self, logits: np.ndarray, features: np.ndarray | None = None) -> list[ClassScores]:
         """Raw logits (N, num_classes), and the penultimate features for a feature score -> ``classify_scores``'
         answer: the one place both are made from them."""
-        probs = softmax(self.rejection.scale(logits))
-        if self.rejection.score == "max_softmax":
+        probs, gestures = self.rejection.probabilities_and_gestures(logits, features)
+        if gestures is None:
             return [ClassScores(row, None) for row in probs]
-        return [ClassScores(row, float(g)) for row, g in zip(probs, self.rejection.gesture_scores(logits, features), strict=True)]
+        return [ClassScores(row, float(g)) for row, g in zip(probs, gestures, strict=True)]
 
     def predict(self, image: ImageSource, *, k: int = 5, threshold: float | None = None, bgr: bool = False) -> Prediction:
         """``crop`` then ``classify_scores``, then ``decide``; for a hands-mode model, ``predict_hands(...).frame``."""

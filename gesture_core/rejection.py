@@ -154,6 +154,12 @@ class Rejection:
     def threshold_or(self, override: float | None) -> float:
         return self.threshold if override is None else check_threshold(override)
 
+    def probabilities_and_gestures(self, logits: np.ndarray, features: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+        """(the calibrated probabilities (N, classes), the gesture scores (N,), or None for max_softmax,
+        whose threshold applies to the top probability itself): what a decision needs from the raw outputs."""
+        probs = softmax(self.scale(logits))
+        return probs, (None if self.score == "max_softmax" else self.gesture_scores(logits, features))
+
     def gesture_scores(self, logits: np.ndarray, features: np.ndarray | None = None) -> np.ndarray:
         """(N,) what the threshold applies to, 0-1, from the raw logits (N, classes) and, for the
         feature scores, the penultimate features (N, D): the calibrated top probability, or the raw

@@ -39,7 +39,7 @@ from gesture_core.backbones import get_backbone, with_features
 from gesture_core.classifier import Classifier, decode_probs, load_classifier
 from gesture_core.cli import command
 from gesture_core.images import ImageDecodeError
-from gesture_core.rejection import Rejection, softmax
+from gesture_core.rejection import Rejection
 from training import cli
 from training.data import IMAGE_EXTENSIONS, DatasetError, Splits
 
@@ -233,10 +233,9 @@ class ExportedRunner:
 def exported_decisions(metadata: dict[str, Any], logits: np.ndarray, features: np.ndarray | None) -> list[str | None]:
     """The label, or None for "no gesture", of each image, from an exported file's outputs and metadata alone."""
     rejection = Rejection.from_checkpoint({"rejection": metadata["rejection"], "classes": metadata["classes"]})
-    probs = softmax(rejection.scale(logits))
-    gestures = [None] * len(probs) if rejection.score == "max_softmax" else rejection.gesture_scores(logits, features)
+    probs, gestures = rejection.probabilities_and_gestures(logits, features)
     return [decode_probs(row, metadata["classes"], k=1, threshold=rejection.threshold, reject_classes=rejection.reject_classes,
-                         gesture=gesture).label for row, gesture in zip(probs, gestures, strict=True)]
+                         gesture=None if gestures is None else gestures[i]).label for i, row in enumerate(probs)]
 
 
 def parity_images(checkpoint: Path, images: list[str] | None, limit: int) -> list[str]:
