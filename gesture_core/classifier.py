@@ -41,7 +41,7 @@ from gesture_core.checkpoint import CheckpointError, build_from_checkpoint, load
 from gesture_core.engines import Engine, build_engine
 from gesture_core.hands import Hand, HandLocaliser, hand_crop
 from gesture_core.images import ImageSource, bgr_to_rgb, read_rgb
-from gesture_core.preprocess import DataConfig, Preprocess
+from gesture_core.preprocess import DataConfig, Preprocess, evaluation_geometry
 from gesture_core.rejection import Rejection, is_reject_name, softmax
 
 
@@ -297,10 +297,18 @@ def load_classifier(
     device: str | torch.device = "auto",
     engine: str = "auto",
     precision: str = "fp32",
+    *,
+    input_size: int | None = None,
+    crop_pct: float | None = None,
 ) -> Classifier:
     """The checkpoint as a ready Classifier. ``engine``: auto | torch | compile | onnx | openvino (auto: the
-    fastest installed for the device); ``precision``: fp32 | bf16 | fp16 where the engine supports it."""
+    fastest installed for the device); ``precision``: fp32 | bf16 | fp16 where the engine supports it.
+    ``input_size`` / ``crop_pct`` see the model at another geometry than its stored one
+    (``gesture_core.preprocess.evaluation_geometry``; for evaluation, not serving)."""
     ckpt = load_checkpoint(path)
+    if input_size is not None or crop_pct is not None:
+        stored = DataConfig.from_dict(ckpt["data_config"])
+        ckpt = {**ckpt, "data_config": evaluation_geometry(stored, input_size, crop_pct).to_dict()}
     try:
         model = build_from_checkpoint(ckpt)
     except ValueError as err:  # an unknown backbone, or weights whose names or shapes do not fit it

@@ -60,6 +60,12 @@ class DataConfig:
         """Same crop ratio at another resolution (e.g. ``--image-size 160``)."""
         return replace(self, input_size=size, resize_size=max(size, round(size / self.crop_pct)))
 
+    def with_crop_pct(self, crop_pct: float) -> DataConfig:
+        """The centre crop's share of the shorter side (timm's ``crop_pct``; 1.0: the whole side)."""
+        if not 0.0 < crop_pct <= 1.0:
+            raise ValueError(f"crop_pct {crop_pct}: choose a fraction of the shorter side in (0, 1]")
+        return replace(self, resize_size=max(self.input_size, round(self.input_size / crop_pct)))
+
     def with_crop(self, crop: str) -> DataConfig:
         return replace(self, crop=crop)
 
@@ -83,6 +89,18 @@ class DataConfig:
         d = dict(d)
         d["mean"], d["std"] = tuple(d["mean"]), tuple(d["std"])
         return cls(**d)
+
+
+def evaluation_geometry(config: DataConfig, input_size: int | None = None, crop_pct: float | None = None) -> DataConfig:
+    """The same model seen at another input size and/or centre-crop share, as timm's ``validate.py
+    --img-size --crop-pct`` does: for measuring what the stored geometry costs or gains."""
+    if config.hands:
+        raise ValueError("a hands-mode model (trained with --hands) sees each hand's crop at its trained size; "
+                         "evaluate it without --image-size and --crop-pct")
+    if crop_pct is not None and config.crop != "center":
+        raise ValueError(f"--crop-pct sets the centre crop; this model keeps the whole frame (crop={config.crop}): use --image-size alone")
+    seen = config if input_size is None else config.with_input_size(input_size)
+    return seen if crop_pct is None else seen.with_crop_pct(crop_pct)
 
 
 class Preprocess:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from gesture_core import DataConfig, Preprocess, build_model, load_classifier, save_checkpoint
-from gesture_core.preprocess import TTA_MODES, tta_crops, tta_view_count
+from gesture_core.preprocess import TTA_MODES, evaluation_geometry, tta_crops, tta_view_count
 from tests.helpers import count_calls, synthetic_image
 from training import evaluate
 from training.data import Sample, load_folder
@@ -105,3 +105,35 @@ def test_a_file_that_fails_to_decode_is_reported_and_the_others_are_evaluated(ti
     metrics, failed = evaluate_samples(classifier, with_junk, batch_size=4, workers=0, tta=tta)
     clean, _ = evaluate_samples(classifier, samples, batch_size=4, workers=0, tta=tta)
     assert failed == [str(junk)] and metrics == clean
+
+
+def test_another_geometry_is_what_the_model_sees_and_the_report_says_so(tiny_checkpoint, image_folder, tmp_path):
+    # timm's validate --img-size --crop-pct: the stored 32 px crop of a 40 px side becomes 48 px of the whole side
+    seen = load_classifier(tiny_checkpoint, "cpu", engine="torch", input_size=48, crop_pct=1.0)
+    assert (seen.data_config.input_size, seen.data_config.resize_size) == (48, 48)
+    stored = load_classifier(tiny_checkpoint, "cpu", engine="torch")
+    assert (stored.data_config.input_size, stored.data_config.resize_size) == (32, 40)  # the file is untouched
+    samples, _ = load_folder(image_folder, seen.classes)
+    by_hand = Preprocess(DataConfig(input_size=48, resize_size=48))
+    batch = torch.stack([by_hand(by_hand.read(s.path)) for s in samples])
+    expected = float((seen.probs(batch).argmax(1) == np.array([s.label for s in samples])).mean())
+    assert main(["--checkpoint", str(tiny_checkpoint), "--data", str(image_folder), "--image-size", "48", "--crop-pct", "1",
+                 "--workers", "0"]) == 0
+    report = json.loads((tiny_checkpoint.parent / f"eval-{image_folder.name}-48px-crop1" / "metrics.json").read_text())
+    assert (report["data_config"]["input_size"], report["data_config"]["resize_size"]) == (48, 48)
+    assert report["test"]["top1"] == pytest.approx(expected)
+    plain, _ = evaluate_samples(stored, samples, batch_size=16, workers=0)
+    assert plain["n"] == report["test"]["n"] == len(samples)
+
+
+def test_geometry_refusals_name_what_to_do_instead(tiny_checkpoint, image_folder, capsys):
+    with pytest.raises(ValueError, match=r"\(0, 1\]"):
+        CONFIG.with_crop_pct(1.5)
+    with pytest.raises(ValueError, match="use --image-size alone"):
+        evaluation_geometry(CONFIG.with_crop("letterbox"), crop_pct=0.9)
+    assert evaluation_geometry(CONFIG.with_crop("letterbox"), input_size=64).input_size == 64
+    with pytest.raises(ValueError, match="without --image-size and --crop-pct"):
+        evaluation_geometry(CONFIG.with_hands(True), input_size=64)
+    with pytest.raises(SystemExit):
+        main(["--checkpoint", str(tiny_checkpoint), "--data", str(image_folder), "--crop-pct", "0"])
+    assert "--crop-pct: must be in [0.05, 1.0]" in capsys.readouterr().err

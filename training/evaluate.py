@@ -3,6 +3,7 @@
     python -m training.evaluate --checkpoint runs/sign-digits-efficientnet_lite1/best.pt
     python -m training.evaluate --checkpoint RUN/best.pt --data path/to/folder --out eval/
     python -m training.evaluate --checkpoint RUN/best.pt --tta all   # multi-crop table: top-1 vs cost
+    python -m training.evaluate --checkpoint RUN/best.pt --image-size 272 --crop-pct 1.0   # another geometry
 
 Runs the checkpoint's own Classifier (``crop`` per image, ``classify`` per batch), exactly as the
 service does; test-time augmentation views are crops from that same Preprocess (``tta_crops``).
@@ -47,6 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="test-time augmentation: flip, 5crop/10crop (AlexNet), multiscale (3 scales x flip); all: a table of every mode")
     p.add_argument("--threshold", type=cli.float_in(0.0, 1.0, high_inclusive=True), default=None,
                    help="'no gesture' below this calibrated score, 0-1 (default: the checkpoint's threshold)")
+    p.add_argument("--image-size", type=cli.int_at_least(32), default=None,
+                   help="see the model at this input size, same crop share (default: the checkpoint's)")
+    p.add_argument("--crop-pct", type=cli.float_in(0.05, 1.0, high_inclusive=True), default=None,
+                   help="centre crop's share of the shorter side, 1.0 for all of it (default: the checkpoint's)")
     p.add_argument("--unknown", metavar="DIR", default=None,
                    help="folder of gestures the model never learned (one folder per gesture, or the images directly): how many are rejected, and the worst cases")
     return p
@@ -139,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     single = "none" if args.tta == "all" else args.tta
     # eager PyTorch, the reference engine: evaluation reproduces the run's own test metrics
-    classifier = load_classifier(args.checkpoint, args.device, engine="torch")
+    classifier = load_classifier(args.checkpoint, args.device, engine="torch", input_size=args.image_size, crop_pct=args.crop_pct)
     samples, skipped, name = select_samples(args.checkpoint, classifier.classes, args.data, args.split)
     if not samples:
         raise DatasetError(f"no images to evaluate in {name}")
@@ -156,12 +161,13 @@ def main(argv: list[str] | None = None) -> int:
         metrics, failed = results["none"]
     else:
         rows, (metrics, failed) = None, evaluate_samples(classifier, samples, batch_size=args.batch_size, workers=args.workers, tta=single)
-    suffix = "" if args.tta == "none" else f"-tta-{args.tta}"
+    suffix = ("" if args.tta == "none" else f"-tta-{args.tta}") + geometry_suffix(args)
     out = Path(args.out) if args.out else args.checkpoint.parent / f"eval-{name}{suffix}"
     out.mkdir(parents=True, exist_ok=True)
     skipped += failure_reports(failed, classifier.data_config.resize_size)
     report = {"backbone": classifier.backbone, "classes": classifier.classes, "checkpoint": str(args.checkpoint), "data": name,
-              "tta": single, "views_per_image": tta_view_count(single), "test": metrics, "skipped": skipped}
+              "tta": single, "views_per_image": tta_view_count(single), "data_config": classifier.data_config.to_dict(),
+              "test": metrics, "skipped": skipped}
     if single == "none":  # the open-set check decides as the service does: one view per image
         report["open_set"] = evaluate_open_set(classifier, samples, threshold=args.threshold, out=out, workers=args.workers,
                                                unknown=None if unknown is None else (args.unknown, unknown))
@@ -169,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
         skipped += unknown_skipped + [{"path": path, "reason": "--unknown image that failed to decode"} for path in failed_unknown]
     write_report(out, report, classifier.classes)
     title = f"{classifier.backbone} on {name}" + ("" if single == "none" else f", TTA {single} ({tta_view_count(single)} views/image)")
+    if geometry_suffix(args):
+        title += f", seen as {classifier.preprocess}"
     print(format_summary(metrics, f"{title}:"))
     if rows is not None:
         write_json(out / "tta.json", rows)
@@ -179,6 +187,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{len(skipped)} file(s) skipped (listed in {out / 'metrics.json'})")
     print(f"report in {out}/")
     return 0
+
+
+def geometry_suffix(args: argparse.Namespace) -> str:
+    """The report folder's mark for a geometry other than the checkpoint's, so it is not overwritten."""
+    size = "" if args.image_size is None else f"-{args.image_size}px"
+    return size + ("" if args.crop_pct is None else f"-crop{args.crop_pct:g}")
 
 
 def evaluate_hands(classifier: Classifier, samples: list[Sample], skipped: list[dict[str, str]], name: str, args: argparse.Namespace) -> int:
