@@ -77,6 +77,18 @@ def progressive_jpeg(width: int, height: int, repeated_scans: int = 0) -> bytes:
     return data[:end] + luma_ac * repeated_scans + data[end:]
 
 
+def empty_frames() -> dict[str, np.ndarray]:
+    """RGB frames with nothing in them, as a webcam shows when nobody is there: a covered lens, blank
+    walls, a dark room's sensor noise. Each decodes and classifies; only "no gesture" is right."""
+    rng = np.random.default_rng(0)
+    frames = {f"uniform {level}": np.full((240, 320, 3), level, np.uint8) for level in (0, 16, 128, 255)}
+    frames["skin-coloured wall"] = np.full((240, 320, 3), (224, 172, 105), np.uint8)
+    frames["dark sensor noise"] = rng.integers(0, 20, (240, 320, 3), dtype=np.uint8)
+    frames["bright noise"] = rng.integers(0, 256, (240, 320, 3), dtype=np.uint8)
+    frames["gradient"] = np.tile(np.linspace(0, 255, 320, dtype=np.uint8)[None, :, None], (240, 1, 3))
+    return frames
+
+
 def bad_uploads() -> dict[str, tuple[bytes, str]]:
     """name -> (file bytes, a phrase the 4xx reason must contain)."""
     whole = noise_jpeg(3, 160)

@@ -277,3 +277,18 @@ def test_the_floor_bounds_predict_by_the_engine_plus_bentomls_own_cost(capsys):
     with pytest.raises(SystemExit):
         serve.main(["--batching", "floor"])
     assert "add microbatch or adaptive" in capsys.readouterr().err
+
+
+def test_empty_frames_benchmark_answers_every_frame_through_the_classifier(random_head_checkpoint, capsys):
+    from benchmarks import empty_frames
+    from benchmarks.hostile_inputs import empty_frames as frames
+    from gesture_core import load_classifier
+
+    assert empty_frames.main([str(random_head_checkpoint)]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    classifier = load_classifier(random_head_checkpoint, device="cpu", engine="torch")
+    expected = [(name, classifier.predict(frame)) for name, frame in frames().items()]
+    assert len(rows) == len(expected) == 8
+    for row, (name, p) in zip(rows, expected, strict=True):
+        assert row.startswith(f"| {name} | {p.label or 'no gesture'} | {p.top_k[0][0]} ({p.top_k[0][1]:.3f}) |"), row
+    assert empty_frames.main(["missing.pt"]) == 2

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from benchmarks.hostile_inputs import empty_frames
 from gesture_core import build_model, get_backbone, load_checkpoint, load_classifier, read_rgb, save_checkpoint
 from gesture_core.rejection import SCORES, Rejection, find_reject_classes
 from service.webcam.scoring import UNCALIBRATED_WEBCAM_THRESHOLD, LocalScorer, Smoother, decision_rule
@@ -29,6 +30,7 @@ from training.calibrate import (
     reject_choice,
     split_outputs,
 )
+from training.config import TrainConfig
 from training.data import Splits
 
 
@@ -324,6 +326,17 @@ def scored_run(request, scored_copies) -> tuple[str, Path]:
 def evaluate_decisions(run: Path) -> list[dict[str, str]]:
     with (run / "eval" / "predictions.csv").open() as f:
         return list(csv.DictReader(f))
+
+
+@pytest.mark.slow
+def test_frames_with_nothing_in_them_are_no_gesture_with_the_default_score(sign_digits_run):
+    # sign-digits has no "no gesture" class, so only the threshold can turn these away; with the
+    # calibrated top probability (max_softmax) a lite1 sign-digits model took a black frame for a "2"
+    classifier = load_classifier(sign_digits_run / "best.pt", "cpu", engine="torch")
+    assert classifier.rejection.score == TrainConfig().reject_score and not classifier.rejection.reject_classes
+    answers = {name: classifier.predict(frame) for name, frame in empty_frames().items()}
+    accepted = {name: (p.label, round(p.score, 3), p.gesture_score) for name, p in answers.items() if p.label is not None}
+    assert not accepted, accepted
 
 
 @pytest.mark.slow
