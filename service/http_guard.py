@@ -9,7 +9,8 @@
 * **Ambiguous or misplaced fields:** an endpoint's fields against its BentoML input model. BentoML
   keeps the first of two ``image`` files and the last of two ``top_k`` values, ignores unknown
   fields, answers a file in an unknown field with a 500 (it JSON-decodes the bytes) and text in a
-  file field with an attempt to download it as a URL.
+  file field with an attempt to download it as a URL. An image sent as the raw body it reads as JSON,
+  answering "Invalid JSON"; here the answer says how to send it.
 * **Multipart bodies BentoML's form parsing chokes on:** Starlette's ``Request.form`` (python-multipart
   inside) raises on more headers per part, or longer header lines, than python-multipart allows, and
   on more parts, or a longer text field, than ``Request.form``'s defaults allow; BentoML 1.4.39 answers
@@ -144,6 +145,10 @@ def fields_problem(scope: Scope, body: bytes, fields: EndpointFields) -> str | N
         parts = [FormPart(name, False) for name, _ in parse_qsl(body.decode("latin-1"), keep_blank_values=True)]
     elif media_type in (b"application/json", b""):
         parts = json_keys(body)
+    elif media_type.startswith((b"image/", b"video/")) or media_type == b"application/octet-stream":
+        # BentoML reads such a body as JSON and answers "Invalid JSON", which does not say what to send
+        return (f"a raw {media_type.decode('latin-1')} body is not taken: send the image as a multipart file field "
+                f'(curl -F image=@photo.jpg) or as JSON {{"image_b64": "<base64>"}}; this endpoint takes: {", ".join(sorted(fields.names))}')
     else:
         return None
     return parts_problem(parts or [], fields)
