@@ -107,7 +107,7 @@ def test_a_file_that_fails_to_decode_is_reported_and_the_others_are_evaluated(ti
     assert failed == [str(junk)] and metrics == clean
 
 
-def test_another_geometry_is_what_the_model_sees_and_the_report_says_so(tiny_checkpoint, image_folder, tmp_path):
+def test_another_geometry_is_what_the_model_sees_and_the_report_says_so(tiny_checkpoint, image_folder):
     # timm's validate --img-size --crop-pct: the stored 32 px crop of a 40 px side becomes 48 px of the whole side
     seen = load_classifier(tiny_checkpoint, "cpu", engine="torch", input_size=48, crop_pct=1.0)
     assert (seen.data_config.input_size, seen.data_config.resize_size) == (48, 48)
