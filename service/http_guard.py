@@ -146,7 +146,8 @@ def fields_problem(scope: Scope, body: bytes, fields: EndpointFields) -> str | N
     elif media_type in (b"application/json", b""):
         parts = json_keys(body)
     elif media_type.startswith((b"image/", b"video/")) or media_type == b"application/octet-stream":
-        # BentoML reads such a body as JSON and answers "Invalid JSON", which does not say what to send
+        # BentoML reads such a body as JSON and answers "Invalid JSON", which does not say what to send.
+        # Only these types: a browser's fetch() sends a JSON string as text/plain, which BentoML parses fine.
         return (f"a raw {media_type.decode('latin-1')} body is not taken: send the image as a multipart file field "
                 f'(curl -F image=@photo.jpg) or as JSON {{"image_b64": "<base64>"}}; this endpoint takes: {", ".join(sorted(fields.names))}')
     else:
