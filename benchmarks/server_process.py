@@ -64,7 +64,9 @@ def serve_process(
     child_env = {**os.environ, "BENTOML_DO_NOT_TRACK": "1", "NO_ALBUMENTATIONS_UPDATE": "1", **(env or {})}
     if bentoml_home is not None:
         child_env["BENTOML_HOME"] = str(bentoml_home)
-    log = Path(log_path) if log_path else Path(tempfile.mkstemp(prefix="bentoml-serve-", suffix=".log")[1])
+    # A log the caller did not ask to keep is deleted with the server: a failure to start quotes its tail.
+    own_log = log_path is None
+    log = Path(tempfile.mkstemp(prefix="bentoml-serve-", suffix=".log")[1]) if own_log else Path(log_path)
     cmd = [sys.executable, "-m", "bentoml", "serve", target, "--host", host, "--port", str(port)]
     with log.open("wb") as log_file:
         process = subprocess.Popen(cmd, cwd=REPO, env=child_env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
@@ -74,6 +76,8 @@ def serve_process(
         yield server
     finally:
         stop(process)
+        if own_log:
+            log.unlink(missing_ok=True)
 
 
 def wait_ready(server: RunningServer, timeout: float) -> None:

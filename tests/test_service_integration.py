@@ -112,8 +112,8 @@ def test_concurrent_clients_share_model_calls_on_predict(http, server):
     assert after["largest_batch"] >= 2
 
 
-def test_shutdown_stops_the_model_thread_cleanly(home, model_tag):
-    with serve_process(bentoml_home=home) as running:
+def test_shutdown_stops_the_model_thread_cleanly(home, model_tag, tmp_path):
+    with serve_process(bentoml_home=home, log_path=tmp_path / "serve.log") as running:
         image = sample_images(include_large=False)[0][1]
         assert httpx.post(f"{running.url}/predict", files={"image": ("x.jpg", image)}, timeout=60).status_code == 200
     assert running.process.returncode is not None
