@@ -95,10 +95,11 @@ def evaluation_geometry(config: DataConfig, input_size: int | None = None, crop_
     """The same model seen at another input size and/or centre-crop share, as timm's ``validate.py
     --img-size --crop-pct`` does: for measuring what the stored geometry costs or gains."""
     if config.hands:
-        raise ValueError("a hands-mode model (trained with --hands) sees each hand's crop at its trained size; "
-                         "evaluate it without --image-size and --crop-pct")
+        raise ValueError("a hands-mode model sees each hand's crop at its trained size: "
+                         "evaluate it at its stored geometry (no input size or crop share)")
     if crop_pct is not None and config.crop != "center":
-        raise ValueError(f"--crop-pct sets the centre crop; this model keeps the whole frame (crop={config.crop}): use --image-size alone")
+        raise ValueError(f"a crop share sets the centre crop; this model keeps the whole frame (crop={config.crop}): "
+                         "change the input size alone")
     seen = config if input_size is None else config.with_input_size(input_size)
     return seen if crop_pct is None else seen.with_crop_pct(crop_pct)
 

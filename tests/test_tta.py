@@ -129,10 +129,10 @@ def test_another_geometry_is_what_the_model_sees_and_the_report_says_so(tiny_che
 def test_geometry_refusals_name_what_to_do_instead(tiny_checkpoint, image_folder, capsys):
     with pytest.raises(ValueError, match=r"\(0, 1\]"):
         CONFIG.with_crop_pct(1.5)
-    with pytest.raises(ValueError, match="use --image-size alone"):
+    with pytest.raises(ValueError, match="change the input size alone"):
         evaluation_geometry(CONFIG.with_crop("letterbox"), crop_pct=0.9)
     assert evaluation_geometry(CONFIG.with_crop("letterbox"), input_size=64).input_size == 64
-    with pytest.raises(ValueError, match="without --image-size and --crop-pct"):
+    with pytest.raises(ValueError, match="at its stored geometry"):
         evaluation_geometry(CONFIG.with_hands(True), input_size=64)
     with pytest.raises(SystemExit):
         main(["--checkpoint", str(tiny_checkpoint), "--data", str(image_folder), "--crop-pct", "0"])
