@@ -24,6 +24,7 @@ from torch import nn
 
 from gesture_core.backbones import build_model, drop_aux, get_backbone, load_matching
 from gesture_core.preprocess import DataConfig
+from gesture_core.weights import unreadable_reason
 
 CHECKPOINT_FORMAT = "gesture-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -106,8 +107,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        reason = " ".join(str(err).split())[:200]
-        raise CheckpointError(f"{path} is not a readable checkpoint (truncated, corrupt, or not written by torch.save: {reason})") from None
+        raise CheckpointError(f"{path} is not a readable checkpoint: {unreadable_reason(err)}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a {CHECKPOINT_FORMAT} file written by training.finetune")
     if ckpt.get("version", 0) > CHECKPOINT_VERSION:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import importlib
 import os
+import pickle
+import re
 import socket
 from contextlib import contextmanager
 from pathlib import Path
@@ -65,6 +67,19 @@ def load_imagenet_state_dict(name: str) -> dict[str, torch.Tensor]:
         ) from None
 
 
+def unreadable_reason(err: Exception) -> str:
+    """Why ``torch.load(weights_only=True)`` could not read a file, in one line. torch's own message
+    for a refused object suggests ``weights_only=False``, which would run the file's code: not advice
+    to pass on about a file someone handed us."""
+    text = " ".join(str(err).split())
+    if isinstance(err, pickle.UnpicklingError) and (found := re.search(r"GLOBAL (\S+)", text)):
+        return (f"it holds a Python object ({found.group(1)}) that a weights-only load does not run; "
+                "save the plain state dict instead: torch.save(model.state_dict(), PATH)")
+    # The unpickler's own words for random bytes ("list index out of range", "Unsupported operand 35") say nothing.
+    detail = "" if isinstance(err, (pickle.UnpicklingError, IndexError, KeyError, EOFError)) else f" ({text.split('. ')[0][:160]})"
+    return f"truncated, corrupt, or not written by torch.save{detail}"
+
+
 def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
     """A plain state dict, or one of our checkpoints, or a {"state_dict": ...} wrapper."""
     if not path.is_file():
@@ -72,7 +87,7 @@ def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise WeightsUnavailableError(f"--weights {path}: not a loadable state dict ({err})") from None
+        raise WeightsUnavailableError(f"--weights {path}: not a loadable state dict ({unreadable_reason(err)})") from None
     for key in ("model", "state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import io
 import os
@@ -16,6 +17,7 @@ import torch
 from gesture_core import build_model, decode_probs, get_backbone, load_classifier, save_checkpoint
 from gesture_core.checkpoint import CheckpointError, load_checkpoint
 from gesture_core.classifier import softmax
+from gesture_core.weights import WeightsUnavailableError, load_state_dict_file
 from tests.helpers import REPO, synthetic_image
 
 REAL_TORCH_SAVE = torch.save
@@ -104,6 +106,18 @@ def test_bad_checkpoint_files_give_clear_errors(tmp_path, content, message):
         path.write_bytes(content)
     with pytest.raises(CheckpointError, match=message):
         load_checkpoint(path)
+
+
+def test_a_file_of_python_objects_is_refused_without_advice_to_run_it(tmp_path):
+    path = tmp_path / "pickled.pt"
+    torch.save({"model": collections.OrderedDict(), "hook": contextlib.nullcontext()}, path)  # an arbitrary object
+    with pytest.raises(CheckpointError) as refused:
+        load_checkpoint(path)
+    reason = str(refused.value)
+    assert "contextlib.nullcontext" in reason and "torch.save(model.state_dict(), PATH)" in reason, reason
+    assert "weights_only" not in reason  # torch's own message suggests weights_only=False, which would run the file
+    with pytest.raises(WeightsUnavailableError, match="contextlib.nullcontext"):
+        load_state_dict_file(path)
 
 
 def test_a_foreign_state_dict_is_not_mistaken_for_a_checkpoint(tmp_path):

@@ -55,7 +55,7 @@ def test_resume_from_a_truncated_file(run, tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 2
     assert done.stderr.startswith("error: ") and len(done.stderr.strip().splitlines()) == 1, done.stderr
-    assert "is not a readable checkpoint (truncated" in done.stderr
+    assert "is not a readable checkpoint: truncated" in done.stderr
 
 
 def test_resume_from_best_pt_points_to_last_pt(run, capsys):
