@@ -157,6 +157,22 @@ def test_evaluate_reproduces_the_run_test_metrics(dataset, tmp_path):
     assert (tmp_path / "ev" / "confusion_matrix.png").exists()
 
 
+def test_train_size_trains_smaller_and_keeps_the_served_size_everywhere_else(dataset, tmp_path, capsys):
+    """--train-size: training batches at that size; validation, the test, the checkpoint and so the
+    service at --image-size; `evaluate` on the checkpoint reproduces the run's test."""
+    cfg = tiny_config(dataset, tmp_path / "run", epochs=1, image_size=40, train_size=32)
+    train_loader, _, val_loader, test_loader = finetune.make_loaders(finetune.prepare_run(cfg, None))
+    assert next(iter(train_loader))[0].shape[-2:] == (32, 32)
+    assert next(iter(val_loader))[0].shape[-2:] == next(iter(test_loader))[0].shape[-2:] == (40, 40)
+    out = finetune.train(cfg)
+    assert "trains at 32 px, validates, tests and serves at 40 px" in capsys.readouterr().out
+    classifier = load_classifier(out / "best.pt", device="cpu")
+    assert classifier.data_config.input_size == 40 and classifier.train_config["train_size"] == 32
+    assert evaluate_main(["--checkpoint", str(out / "best.pt"), "--workers", "0", "--out", str(tmp_path / "ev")]) == 0
+    again = json.loads((tmp_path / "ev" / "metrics.json").read_text())["test"]
+    assert again["confusion_matrix"] == json.loads((out / "metrics.json").read_text())["test"]["confusion_matrix"]
+
+
 def test_evaluate_on_a_whole_folder(dataset, tmp_path):
     out = finetune.train(tiny_config(dataset, tmp_path / "run", epochs=1))
     assert evaluate_main(["--checkpoint", str(out / "best.pt"), "--data", str(dataset), "--workers", "0"]) == 0
@@ -173,6 +189,7 @@ def test_evaluate_on_a_whole_folder(dataset, tmp_path):
         (["--lr", "-1"], "must be in"),
         (["--weights", "/no/such/file.pth"], "choose imagenet, none"),
         (["--image-size", "8"], "must be >= 32"),
+        (["--train-size", "8"], "must be >= 32"),
         (["--device", "tpu"], "invalid choice"),
     ],
 )

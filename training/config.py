@@ -20,6 +20,7 @@ class TrainConfig:
     epochs: int = 10
     batch_size: int = 32
     image_size: int | None = None  # None: the backbone's own input size
+    train_size: int | None = None  # training crops' size; None: the input size (evaluation and serving keep image_size)
     in_chans: int = 3
     # optimisation
     opt: str = "adamw"

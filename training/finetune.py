@@ -70,6 +70,10 @@ def build_parser(*, suppress_defaults: bool = False) -> argparse.ArgumentParser:
     g.add_argument("--data", default=default(None), help="ImageFolder (or pre-split train/val/test) folder, or a catalogue name such as flowers")
     g.add_argument("--weights", type=cli.weights_arg, default=default(d.weights), help="imagenet | none | PATH to a state dict")
     g.add_argument("--image-size", type=cli.int_at_least(32), default=default(None), help="input size (default: the backbone's)")
+    g.add_argument("--train-size", type=cli.int_at_least(32), default=default(None),
+                   help="train on random crops of this size while validation, the test, the checkpoint and serving keep "
+                        "--image-size (FixRes: training's random crops show objects larger than the evaluation's centre crop; "
+                        "docs/understanding.md) (default: the input size)")  # fmt: skip
     g.add_argument("--in-channels", dest="in_chans", type=int, choices=(1, 3), default=default(3), help="1 for grayscale (lenet5 only)")
     g.add_argument("--val-split", type=cli.float_in(0.0, 0.9), default=default(d.val_split), help="fraction per class held out for model selection")
     g.add_argument("--test-split", type=cli.float_in(0.0, 0.9), default=default(d.test_split), help="fraction per class held out for the final test")
@@ -264,11 +268,12 @@ def data_choices(cfg: TrainConfig, splits: Splits) -> tuple[str, str, list[tuple
 def make_loaders(run: Run) -> tuple[Any, ShardedSeededSampler, Any, Any]:
     cfg, dc = run.cfg, run.data_config
     shape = (dc.in_chans, dc.input_size, dc.input_size)
-    train_tf = build_train_transform(dc, preset=cfg.augment, flip=cfg.flip == "on", pca_lighting=cfg.pca_lighting, scale_jitter=cfg.scale_jitter)
+    train_size = cfg.train_size or dc.input_size
+    train_tf = build_train_transform(dc, preset=cfg.augment, flip=cfg.flip == "on", pca_lighting=cfg.pca_lighting, scale_jitter=cfg.scale_jitter, size=train_size)
     eval_tf = build_eval_transform(dc)
     pin = run.device.type == "cuda"
     sampler = ShardedSeededSampler(len(run.splits.train), cfg.seed, rank=distributed.rank(), world_size=distributed.world_size())
-    train = make_loader(ImageDataset(run.splits.train, train_tf, min_side=dc.resize_size, placeholder_shape=shape), batch_size=cfg.batch_size, workers=cfg.workers, sampler=sampler, pin_memory=pin, drop_last=len(sampler) > cfg.batch_size)
+    train = make_loader(ImageDataset(run.splits.train, train_tf, min_side=dc.resize_size, placeholder_shape=(dc.in_chans, train_size, train_size)), batch_size=cfg.batch_size, workers=cfg.workers, sampler=sampler, pin_memory=pin, drop_last=len(sampler) > cfg.batch_size)
     # evaluation is sharded too: each rank predicts its share, evaluate_split gathers them
     val = make_loader(ImageDataset(distributed.shard(run.splits.val), eval_tf, min_side=dc.resize_size, placeholder_shape=shape), batch_size=cfg.batch_size * 2, workers=cfg.workers, pin_memory=pin)
     test = make_loader(ImageDataset(distributed.shard(run.splits.test), eval_tf, min_side=dc.resize_size, placeholder_shape=shape), batch_size=cfg.batch_size * 2, workers=cfg.workers, pin_memory=pin)
@@ -339,7 +344,7 @@ def train(cfg: TrainConfig, resume: Path | None = None) -> Path:
     kept = ema.module if ema else run.model  # what is validated, saved as best.pt and tested
     failed: set[str] = set(state["failed"])
     print(f"{cfg.backbone} on {run.splits.root}: {len(run.splits.classes)} classes, split {run.splits.counts()}, "
-          f"{len(run.splits.skipped)} files skipped; device {run.device}{' (AMP)' if run.amp else ''}"
+          f"{len(run.splits.skipped)} files skipped; {size_note(cfg, run.data_config)}; device {run.device}{' (AMP)' if run.amp else ''}"
           f"{f'; weight EMA, decay {cfg.ema_decay}' if ema else ''}; {distributed_note(cfg, lr)}run folder {run.out}")
     bad_epochs = 0
     features = frozen_features(run)
@@ -388,6 +393,13 @@ def train(cfg: TrainConfig, resume: Path | None = None) -> Path:
         raise CheckpointSaveError(f"{err}{resume}") from None
     finish(run, state, test_loader, failed, features)
     return run.out
+
+
+def size_note(cfg: TrainConfig, dc: DataConfig) -> str:
+    """The start-up line's part on input sizes: one, or --train-size's training size and the served one."""
+    if cfg.train_size in (None, dc.input_size):
+        return f"{dc.input_size} px"
+    return f"trains at {cfg.train_size} px, validates, tests and serves at {dc.input_size} px"
 
 
 def distributed_note(cfg: TrainConfig, lr: float) -> str:
