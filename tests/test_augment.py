@@ -122,11 +122,11 @@ def test_same_batches_whatever_the_number_of_workers(tmp_path):
 @pytest.mark.parametrize("crop", ["center", "letterbox", "resize"])
 @pytest.mark.parametrize("preset", ["default", "light", "none"])
 def test_train_size_sets_the_training_images_size_in_every_geometry(crop, preset):
-    """--train-size: training images come out at that size whatever the preset and crop mode; the
-    config itself (what the checkpoint stores and the service uses) keeps its own size."""
+    """--train-size: the served config scaled to that size gives training images of that size whatever
+    the preset and crop mode; the served config (what the checkpoint stores and the service uses) keeps its own."""
     served = config(40, 46).with_crop(crop)
     image = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)  # 4:3, as a webcam frame
-    smaller = build_train_transform(served, preset=preset, size=32)
+    smaller = build_train_transform(served.with_input_size(32), preset=preset)
     assert {tuple(smaller(image, seed).shape) for seed in range(8)} == {(3, 32, 32)}
     assert tuple(build_train_transform(served, preset=preset)(image, 0).shape) == (3, 40, 40)
     assert served.input_size == 40
@@ -136,7 +136,7 @@ def test_train_size_keeps_the_crop_share_of_the_light_preset():
     """The light preset is the evaluation's resize and random crop; at a smaller training size it keeps
     the served config's crop share (24 of 32 -> 18 of 24), so the crop only moves, as at full size."""
     image = noise(32)
-    light = build_train_transform(config(24, 32), preset="light", flip=False, size=18)
+    light = build_train_transform(config(24, 32).with_input_size(18), preset="light", flip=False)
     resized_side = {round(shorter_side_before_the_crop(pixels(light(RAMP, seed)))) for seed in SEEDS}
     assert resized_side == {24}
     assert tuple(light(image, 0).shape) == (3, 18, 18)

@@ -42,22 +42,19 @@ def build_train_transform(
     flip: bool = True,
     pca_lighting: bool = False,
     scale_jitter: bool = False,
-    size: int | None = None,
 ) -> Transform:
     """(rgb uint8 HWC, seed) -> normalised tensor; the seed makes each sample's augmentation reproducible.
 
     ``flip=False`` for gestures whose meaning changes when mirrored; ``pca_lighting`` is AlexNet's
     (Krizhevsky et al. 2012) colour noise; ``scale_jitter`` is VGG's training-scale jitter (shorter side
-    uniformly in [S, 2S] then a random crop) in place of the random resized crop. ``size`` (default:
-    ``config.input_size``) is the training images' size: ``config``'s geometry scaled to it, as
-    ``--train-size`` trains smaller than the model is evaluated and served.
+    uniformly in [S, 2S] then a random crop) in place of the random resized crop. The images come out
+    at ``config.input_size`` (``--train-size`` passes the served config scaled to its size).
     """
     if preset not in PRESETS:
         raise ValueError(f"augmentation preset {preset!r}: choose one of {', '.join(PRESETS)}")
-    geometry = config if size in (None, config.input_size) else config.with_input_size(size)
     if preset == "none":
-        return build_eval_transform(geometry)
-    steps: list[A.BasicTransform] = _geometry(geometry, preset, scale_jitter)
+        return build_eval_transform(config)
+    steps: list[A.BasicTransform] = _geometry(config, preset, scale_jitter)
     if flip:
         steps.append(A.HorizontalFlip(p=0.5))
     if preset == "default":

@@ -267,13 +267,12 @@ def data_choices(cfg: TrainConfig, splits: Splits) -> tuple[str, str, list[tuple
 
 def make_loaders(run: Run) -> tuple[Any, ShardedSeededSampler, Any, Any]:
     cfg, dc = run.cfg, run.data_config
-    shape = (dc.in_chans, dc.input_size, dc.input_size)
-    train_size = cfg.train_size or dc.input_size
-    train_tf = build_train_transform(dc, preset=cfg.augment, flip=cfg.flip == "on", pca_lighting=cfg.pca_lighting, scale_jitter=cfg.scale_jitter, size=train_size)
+    shape, trained = (dc.in_chans, dc.input_size, dc.input_size), training_geometry(cfg, dc)
+    train_tf = build_train_transform(trained, preset=cfg.augment, flip=cfg.flip == "on", pca_lighting=cfg.pca_lighting, scale_jitter=cfg.scale_jitter)
     eval_tf = build_eval_transform(dc)
     pin = run.device.type == "cuda"
     sampler = ShardedSeededSampler(len(run.splits.train), cfg.seed, rank=distributed.rank(), world_size=distributed.world_size())
-    train = make_loader(ImageDataset(run.splits.train, train_tf, min_side=dc.resize_size, placeholder_shape=(dc.in_chans, train_size, train_size)), batch_size=cfg.batch_size, workers=cfg.workers, sampler=sampler, pin_memory=pin, drop_last=len(sampler) > cfg.batch_size)
+    train = make_loader(ImageDataset(run.splits.train, train_tf, min_side=dc.resize_size, placeholder_shape=(dc.in_chans, trained.input_size, trained.input_size)), batch_size=cfg.batch_size, workers=cfg.workers, sampler=sampler, pin_memory=pin, drop_last=len(sampler) > cfg.batch_size)
     # evaluation is sharded too: each rank predicts its share, evaluate_split gathers them
     val = make_loader(ImageDataset(distributed.shard(run.splits.val), eval_tf, min_side=dc.resize_size, placeholder_shape=shape), batch_size=cfg.batch_size * 2, workers=cfg.workers, pin_memory=pin)
     test = make_loader(ImageDataset(distributed.shard(run.splits.test), eval_tf, min_side=dc.resize_size, placeholder_shape=shape), batch_size=cfg.batch_size * 2, workers=cfg.workers, pin_memory=pin)
@@ -395,11 +394,17 @@ def train(cfg: TrainConfig, resume: Path | None = None) -> Path:
     return run.out
 
 
+def training_geometry(cfg: TrainConfig, dc: DataConfig) -> DataConfig:
+    """The served data config ``dc`` scaled to --train-size for the training images (``dc`` itself without it)."""
+    return dc.with_input_size(cfg.train_size) if cfg.train_size else dc
+
+
 def size_note(cfg: TrainConfig, dc: DataConfig) -> str:
     """The start-up line's part on input sizes: one, or --train-size's training size and the served one."""
-    if cfg.train_size in (None, dc.input_size):
+    trained = training_geometry(cfg, dc).input_size
+    if trained == dc.input_size:
         return f"{dc.input_size} px"
-    return f"trains at {cfg.train_size} px, validates, tests and serves at {dc.input_size} px"
+    return f"trains at {trained} px, validates, tests and serves at {dc.input_size} px"
 
 
 def distributed_note(cfg: TrainConfig, lr: float) -> str:
