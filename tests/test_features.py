@@ -48,7 +48,7 @@ def test_cached_linear_probe_trains_the_same_head_as_the_uncached_one(dataset, t
     monkeypatch.setattr(features_mod, "extract_features", lambda *a, **k: calls.append(1) or real(*a, **k))
     cached = finetune.train(probe_config(dataset, tmp_path / "cached", cache_features="auto"))
     plain = finetune.train(probe_config(dataset, tmp_path / "plain", cache_features="off"))
-    assert len(calls) == 3  # train, val and test features, each computed once for the whole run
+    assert len(calls) == 3  # train, val (the frozen epochs) and test (calibration) features, each computed once
     for a, b in zip(history(cached), history(plain), strict=True):
         assert float(a["train_loss"]) == pytest.approx(float(b["train_loss"]), abs=1e-4)
         assert float(a["val_loss"]) == pytest.approx(float(b["val_loss"]), abs=1e-4)

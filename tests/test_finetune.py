@@ -14,6 +14,7 @@ import torch
 
 import training.finetune as finetune
 from gesture_core import load_classifier
+from gesture_core.classifier import Classifier
 from tests.helpers import count_calls, make_image_folder, train_interrupted_in_epoch_2
 from tests.test_data import add_bad_files
 from training.config import TrainConfig
@@ -157,13 +158,27 @@ def test_evaluate_reproduces_the_run_test_metrics(dataset, tmp_path):
     assert (tmp_path / "ev" / "confusion_matrix.png").exists()
 
 
+def test_the_run_tests_best_pt_as_served_whatever_the_training_precision(dataset, tmp_path, monkeypatch):
+    """The reported test figure is the fp32 Classifier's answer on the saved best.pt, not the
+    training model's (bf16 autocast here): what the run reports is what the service gives."""
+    classified = []
+    real = Classifier.classify
+    monkeypatch.setattr(Classifier, "classify", lambda self, crops: classified.append((self.engine.precision, len(crops))) or real(self, crops))
+    out = finetune.train(tiny_config(dataset, tmp_path / "run", epochs=1, amp="on"))
+    test = json.loads((out / "metrics.json").read_text())["test"]
+    assert {precision for precision, _ in classified} == {"fp32"}
+    assert sum(n for _, n in classified) == test["n"] > 0  # every test image, through classify
+    assert evaluate_main(["--checkpoint", str(out / "best.pt"), "--workers", "0", "--out", str(tmp_path / "ev")]) == 0
+    assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["test"] == test
+
+
 def test_train_size_trains_smaller_and_keeps_the_served_size_everywhere_else(dataset, tmp_path, capsys):
     """--train-size: training batches at that size; validation, the test, the checkpoint and so the
     service at --image-size; `evaluate` on the checkpoint reproduces the run's test."""
     cfg = tiny_config(dataset, tmp_path / "run", epochs=1, image_size=40, train_size=32)
-    train_loader, _, val_loader, test_loader = finetune.make_loaders(finetune.prepare_run(cfg, None))
+    train_loader, _, val_loader = finetune.make_loaders(finetune.prepare_run(cfg, None))
     assert next(iter(train_loader))[0].shape[-2:] == (32, 32)
-    assert next(iter(val_loader))[0].shape[-2:] == next(iter(test_loader))[0].shape[-2:] == (40, 40)
+    assert next(iter(val_loader))[0].shape[-2:] == (40, 40)
     out = finetune.train(cfg)
     assert "trains at 32 px, validates, tests and serves at 40 px" in capsys.readouterr().out
     classifier = load_classifier(out / "best.pt", device="cpu")

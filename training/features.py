@@ -175,7 +175,7 @@ def extract_features(
 
 
 class FrozenFeatures:
-    """The train/val(/test) features of a run, and the head trained on them.
+    """The train and val features of a run, and the head trained on them.
 
     ``head`` is the model's own main head module, so training it here updates the model in place and
     the run's optimizer, scheduler, checkpoints and resume work exactly as for uncached epochs.

@@ -47,6 +47,7 @@ from training.config import TrainConfig
 from training.data import DatasetError, ImageDataset, Splits, failure_reports, index_seed, load_splits, make_loader
 from training.distributed import ShardedSeededSampler, is_main_process
 from training.ema import ModelEma
+from training.evaluate import evaluate_samples
 from training.features import CACHE_CHOICES, FrozenFeatures, use_feature_cache
 from training.hand_crops import HandCropCache, HandCropReport, frame_metrics, frame_outputs, hand_crop_splits
 from training.loop import AMP_CHOICES, EpochResult, build_optimizer, predict_logits, resolve_amp, train_one_epoch, warmup_cosine
@@ -265,7 +266,8 @@ def data_choices(cfg: TrainConfig, splits: Splits) -> tuple[str, str, list[tuple
     return ("on" if flip else "off"), crop, [*lines, (False, why), (False, why_crop)]
 
 
-def make_loaders(run: Run) -> tuple[Any, ShardedSeededSampler, Any, Any]:
+def make_loaders(run: Run) -> tuple[Any, ShardedSeededSampler, Any]:
+    """(training loader, its sampler, validation loader); the test goes through the Classifier (test_served)."""
     cfg, dc = run.cfg, run.data_config
     shape, trained = (dc.in_chans, dc.input_size, dc.input_size), training_geometry(cfg, dc)
     train_tf = build_train_transform(trained, preset=cfg.augment, flip=cfg.flip == "on", pca_lighting=cfg.pca_lighting, scale_jitter=cfg.scale_jitter)
@@ -273,10 +275,9 @@ def make_loaders(run: Run) -> tuple[Any, ShardedSeededSampler, Any, Any]:
     pin = run.device.type == "cuda"
     sampler = ShardedSeededSampler(len(run.splits.train), cfg.seed, rank=distributed.rank(), world_size=distributed.world_size())
     train = make_loader(ImageDataset(run.splits.train, train_tf, min_side=dc.resize_size, placeholder_shape=(dc.in_chans, trained.input_size, trained.input_size)), batch_size=cfg.batch_size, workers=cfg.workers, sampler=sampler, pin_memory=pin, drop_last=len(sampler) > cfg.batch_size)
-    # evaluation is sharded too: each rank predicts its share, evaluate_split gathers them
+    # validation is sharded too: each rank predicts its share, evaluate_split gathers them
     val = make_loader(ImageDataset(distributed.shard(run.splits.val), eval_tf, min_side=dc.resize_size, placeholder_shape=shape), batch_size=cfg.batch_size * 2, workers=cfg.workers, pin_memory=pin)
-    test = make_loader(ImageDataset(distributed.shard(run.splits.test), eval_tf, min_side=dc.resize_size, placeholder_shape=shape), batch_size=cfg.batch_size * 2, workers=cfg.workers, pin_memory=pin)
-    return train, sampler, val, test
+    return train, sampler, val
 
 
 def class_weight_tensor(run: Run) -> torch.Tensor | None:
@@ -330,7 +331,7 @@ def train(cfg: TrainConfig, resume: Path | None = None) -> Path:
     reject_line = reject_choice(run.splits.classes, cfg.reject_classes)  # a misspelt --reject-class fails before training
     if is_main_process():
         print(reject_line)
-    train_loader, sampler, val_loader, test_loader = make_loaders(run)
+    train_loader, sampler, val_loader = make_loaders(run)
     lr = distributed.scaled_lr(cfg.lr, cfg.world_size)
     optimizer = build_optimizer(run.model, run.backbone, opt=cfg.opt, lr=lr, backbone_lr_mult=cfg.backbone_lr_mult, weight_decay=cfg.weight_decay, momentum=cfg.momentum)
     steps = len(train_loader)
@@ -390,7 +391,7 @@ def train(cfg: TrainConfig, resume: Path | None = None) -> Path:
         last = run.out / "last.pt"
         resume = f"; once there is room, continue with: python -m training.finetune --resume {last}" if last.exists() else ""
         raise CheckpointSaveError(f"{err}{resume}") from None
-    finish(run, state, test_loader, failed, features)
+    finish(run, state, failed)
     return run.out
 
 
@@ -431,8 +432,6 @@ def frozen_features(run: Run) -> FrozenFeatures | None:
     note = "" if cfg.augment == "none" else f" (--cache-features on: these epochs skip --augment {cfg.augment})"
     print(f"frozen-backbone epochs train the head on cached features{note}")
     splits = {"train": run.splits.train, "val": run.splits.val}
-    if cfg.freeze == "backbone":
-        splits["test"] = run.splits.test
     return FrozenFeatures(run.model, run.backbone, run.data_config, splits, device=run.device, workers=cfg.workers)
 
 
@@ -524,20 +523,15 @@ def restore_training_state(run: Run, resume: Path, optimizer, scheduler, scaler,
     return {"epoch": ckpt["epoch"], "history": ckpt["history"], "best": ckpt["best"] or None, "failed": ckpt.get("failed", [])}
 
 
-def finish(run: Run, state: dict[str, Any], test_loader, failed: set[str], features: FrozenFeatures | None = None) -> None:
-    """Test the best checkpoint and write the report (rank 0; the other ranks test their shards)."""
+def finish(run: Run, state: dict[str, Any], failed: set[str]) -> None:
+    """Calibrate the best checkpoint, test it as the service loads it, and write the report (rank 0)."""
     best_path = run.out / "best.pt"
     best = load_checkpoint(best_path) if is_main_process() else None
     if best is not None:
         load_matching(run.model, best["model"], what=str(best_path))
     distributed.broadcast_weights(run.model)  # rank 0's file may be on rank 0's machine only
-    test_metrics = None
-    if run.hand_crops is None:  # --hands scores whole frames through the Classifier, after calibration (below)
-        test_metrics, test_failed = test_crops(run, test_loader, features)
-        failed.update(test_failed)
     if not is_main_process():
         return
-    skipped = run.splits.skipped + failure_reports(sorted(failed), run.data_config.resize_size)
     metrics = {
         "backbone": run.cfg.backbone,
         "classes": run.splits.classes,
@@ -545,16 +539,15 @@ def finish(run: Run, state: dict[str, Any], test_loader, failed: set[str], featu
         "epochs_run": state["epoch"],
         "split": run.splits.counts(),
         "val": best["metrics"].get("val"),
-        "test": test_metrics,
-        "skipped": skipped,
+        "test": None,
+        "skipped": run.splits.skipped + failure_reports(sorted(failed), run.data_config.resize_size),
     }
     rejection, metrics["open_set"] = calibrate_model(run.model, run.cfg.backbone, run.splits, run.data_config, device=run.device, requested=run.cfg.reject_classes,
                                                      target_recall=run.cfg.reject_target_recall, out=run.out, workers=run.cfg.workers,
                                                      score=run.cfg.reject_score)
     save_checkpoint(best_path, **checkpoint_extra(run), metrics=metrics, rejection=rejection.to_dict())
-    if run.hand_crops is not None:
-        test_metrics = metrics["test"] = test_frames(run, best_path, metrics)
-        save_checkpoint(best_path, **checkpoint_extra(run), metrics=metrics, rejection=rejection.to_dict())
+    test_metrics = metrics["test"] = test_served(run, best_path, metrics, failed)
+    save_checkpoint(best_path, **checkpoint_extra(run), metrics=metrics, rejection=rejection.to_dict())
     write_report(run.out, metrics, run.splits.classes)
     plot_curves(run.out / "curves.png", state["history"])
     print(format_summary(test_metrics, f"\ntest set, best epoch {metrics['best_epoch']}:"))
@@ -569,13 +562,16 @@ def finish(run: Run, state: dict[str, Any], test_loader, failed: set[str], featu
     print(f"results in {run.out}/ (best.pt, metrics.json, curves.png, confusion_matrix.png, open_set.png)")
 
 
-def test_crops(run: Run, test_loader, features: FrozenFeatures | None) -> tuple[dict[str, Any], list[str]]:
-    """(test metrics, paths that failed to decode) of the model on the test split's crops (every rank its shard)."""
-    if features is not None and run.cfg.freeze == "backbone":  # the backbone never changed: its cached test features are exact
-        metrics, _, failed = cached_evaluation(run, features, "test")
-    else:
-        metrics, _, failed = evaluate_split(run, test_loader, run.splits.test, "test")
-    return metrics, failed
+def test_served(run: Run, best_path: Path, metrics: dict[str, Any], failed: set[str]) -> dict[str, Any]:
+    """The test split through the saved best.pt's Classifier, loaded as ``training.evaluate`` loads it
+    (eager PyTorch, fp32): the figure reported is the one the service gives, whatever precision
+    training ran in. Test files that fail to decode join ``metrics["skipped"]``."""
+    if run.hand_crops is not None:
+        return test_frames(run, best_path, metrics)
+    classifier = load_classifier(best_path, run.device, engine="torch")
+    test_metrics, test_failed = evaluate_samples(classifier, run.splits.test, batch_size=run.cfg.batch_size * 2, workers=run.cfg.workers)
+    metrics["skipped"] = metrics["skipped"] + failure_reports(sorted(set(test_failed) - failed), run.data_config.resize_size)
+    return test_metrics
 
 
 def test_frames(run: Run, best_path: Path, metrics: dict[str, Any]) -> dict[str, Any]:
