@@ -107,7 +107,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise CheckpointError(f"{path} is not a readable checkpoint: {unreadable_reason(err)}") from None
+        raise CheckpointError(f"{path} is not a readable checkpoint: {unreadable_reason(err, path)}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a {CHECKPOINT_FORMAT} file written by training.finetune")
     if ckpt.get("version", 0) > CHECKPOINT_VERSION:

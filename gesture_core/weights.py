@@ -67,17 +67,28 @@ def load_imagenet_state_dict(name: str) -> dict[str, torch.Tensor]:
         ) from None
 
 
-def unreadable_reason(err: Exception) -> str:
-    """Why ``torch.load(weights_only=True)`` could not read a file, in one line. torch's own message
+def unreadable_reason(err: Exception, path: Path) -> str:
+    """Why ``torch.load(path, weights_only=True)`` failed with ``err``, in one line. torch's own message
     for a refused object suggests ``weights_only=False``, which would run the file's code: not advice
     to pass on about a file someone handed us."""
-    text = " ".join(str(err).split())
-    if isinstance(err, pickle.UnpicklingError) and (found := re.search(r"GLOBAL (\S+)", text)):
-        return (f"it holds a Python object ({found.group(1)}) that a weights-only load does not run; "
+    if isinstance(err, pickle.UnpicklingError) and (objects := refused_objects(err, path)):
+        named = ", ".join(objects[:3]) + (f" and {len(objects) - 3} more" if len(objects) > 3 else "")
+        return (f"it holds Python objects ({named}) that a weights-only load does not run; "
                 "save the plain state dict instead: torch.save(model.state_dict(), PATH)")
     # The unpickler's own words for random bytes ("list index out of range", "Unsupported operand 35") say nothing.
+    text = " ".join(str(err).split())
     detail = "" if isinstance(err, (pickle.UnpicklingError, IndexError, KeyError, EOFError)) else f" ({text.split('. ')[0][:160]})"
     return f"truncated, corrupt, or not written by torch.save{detail}"
+
+
+def refused_objects(err: pickle.UnpicklingError, path: Path) -> list[str]:
+    """The classes and functions in the file that a weights-only load refuses, from torch's public scan
+    of its pickle (which runs nothing); for a file the scan cannot read, the one the error names."""
+    try:
+        return torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:
+        found = re.search(r"GLOBAL (\S+)", " ".join(str(err).split()))
+        return [found.group(1)] if found else []
 
 
 def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
@@ -87,7 +98,7 @@ def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise WeightsUnavailableError(f"--weights {path}: not a loadable state dict ({unreadable_reason(err)})") from None
+        raise WeightsUnavailableError(f"--weights {path}: not a loadable state dict ({unreadable_reason(err, path)})") from None
     for key in ("model", "state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
