@@ -148,8 +148,8 @@ def targets(
     if steps:
         from benchmarks.train import finetune_default_variant  # lazily, like the tables: this process only orchestrates
 
-        default_variant = finetune_default_variant("cpu")
-        best, default = max(steps, key=lambda r: r["pct_of_ceiling"]), next(r for r in steps if r["variant"] == default_variant)
+        best = max(steps, key=lambda r: r["pct_of_ceiling"])
+        default = next(r for r in steps if r["variant"] == finetune_default_variant(r["backbone"], "cpu"))
         out.append(
             (
                 "full fine-tune (finetune's default precision) ≥ 80% of the ceiling in its precision",

@@ -58,10 +58,10 @@ VARIANTS = {  # name: (channels_last, bf16 autocast)
 }
 
 
-def finetune_default_variant(device: str = "cpu") -> str:
-    """The variant ``training.finetune`` runs with no flags on ``device`` (``--amp auto``): the one the
-    fine-tune target is judged on."""
-    amp, _ = resolve_amp("auto", torch.device(device))
+def finetune_default_variant(backbone: str, device: str = "cpu") -> str:
+    """The variant ``training.finetune --backbone backbone`` runs with no other flag on ``device``
+    (``--amp auto``, which depends on both): the one the fine-tune target is judged on."""
+    amp, _ = resolve_amp("auto", torch.device(device), get_backbone(backbone))
     return next(name for name, (channels_last, bf16) in VARIANTS.items() if channels_last and bf16 == amp)
 PRECISIONS = ("fp32", "bf16")  # of the variants: fp32, and bf16 autocast
 STEP_COLUMNS = [

@@ -33,6 +33,9 @@ class Backbone:
     source: str  # "torchvision", "timm" or "scratch"
     aux_weight: float = 0.0  # loss weight of auxiliary classifiers during training
     fixed_data_config: DataConfig | None = None
+    # built mostly of depthwise-separable blocks: on a CPU with AMX they train faster in fp32 than in
+    # bf16, the reverse of dense backbones (training.loop.resolve_amp; docs/training.md, Mixed precision)
+    depthwise: bool = False
 
     @cached_property
     def data_config(self) -> DataConfig:
@@ -48,7 +51,7 @@ class Backbone:
         return self.builder(num_classes=num_classes, aux=aux and self.aux_weight > 0, in_chans=in_chans)
 
 
-def _torchvision(name: str, heads: tuple[str, ...] = ("fc",), aux_weight: float = 0.0, **kwargs) -> Backbone:
+def _torchvision(name: str, heads: tuple[str, ...] = ("fc",), aux_weight: float = 0.0, depthwise: bool = False, **kwargs) -> Backbone:
     import torchvision
 
     def builder(num_classes: int, aux: bool, in_chans: int) -> nn.Module:
@@ -59,7 +62,7 @@ def _torchvision(name: str, heads: tuple[str, ...] = ("fc",), aux_weight: float 
             extra.update(aux_logits=aux, transform_input=True, init_weights=False)
         return torchvision.models.get_model(name, weights=None, num_classes=num_classes, **extra)
 
-    return Backbone(name, builder, heads, "torchvision", aux_weight)
+    return Backbone(name, builder, heads, "torchvision", aux_weight, depthwise=depthwise)
 
 
 def _require_rgb(name: str, in_chans: int) -> None:
@@ -81,7 +84,7 @@ def _efficientnet_lite(name: str) -> Backbone:
 
     input_size, resize_size = EFFICIENTNET_LITE_SIZES[name]
     config = DataConfig(input_size=input_size, resize_size=resize_size, mean=(0.5,) * 3, std=(0.5,) * 3, interpolation="bicubic")
-    return Backbone(name, builder, ("classifier",), "timm", fixed_data_config=config)
+    return Backbone(name, builder, ("classifier",), "timm", fixed_data_config=config, depthwise=True)
 
 
 class LeNet5(nn.Module):
@@ -123,7 +126,7 @@ def _registry() -> dict[str, Backbone]:
         _torchvision("inception_v3", ("fc", "AuxLogits.fc"), aux_weight=0.4),  # torchvision's recipe
         _torchvision("alexnet", ("classifier.6",)),
         _torchvision("densenet121", ("classifier",)),
-        _torchvision("mobilenet_v3_large", ("classifier.3",)),
+        _torchvision("mobilenet_v3_large", ("classifier.3",), depthwise=True),
         *(_efficientnet_lite(name) for name in EFFICIENTNET_LITE_SIZES),
         _lenet5(),
     ]

@@ -88,13 +88,13 @@ def test_targets_are_judged_from_the_rows():
     from benchmarks.train import VARIANTS, finetune_default_variant
 
     steps = [dict(backbone="resnet18", variant=name, precision="bf16" if bf16 else "fp32", img_per_s=30.0,
-                  pct_of_ceiling=85.0 if name == finetune_default_variant("cpu") else 60.0) for name, (_, bf16) in VARIANTS.items()]  # fmt: skip
+                  pct_of_ceiling=85.0 if name == finetune_default_variant("resnet18", "cpu") else 60.0) for name, (_, bf16) in VARIANTS.items()]  # fmt: skip
     measured = {target: (text, ok) for target, text, ok in run_all.targets(speed, [], steps, [], frozen, serve, [])}
     verdicts = {target: ok for target, (_, ok) in measured.items()}
     assert verdicts["resnet18, batch 16: engine ≥ 90% of the fp32 ceiling (best GEMM or 3×3 convolution of the installed libraries)"] is True
     # judged on the variant finetune runs with no flags here, against the ceiling of that variant's precision
     text, ok = measured["full fine-tune (finetune's default precision) ≥ 80% of the ceiling in its precision"]
-    assert ok is True and finetune_default_variant("cpu") in text
+    assert ok is True and finetune_default_variant("resnet18", "cpu") in text
     assert verdicts["resnet18, openvino, batch 16: bf16 ≥ 1.8× fp32"] is False  # 100 / 58 = 1.72
     assert verdicts["HTTP, 16 clients on /predict: ≥ 75% of the engine's batched img/s"] is False  # 70%
     assert verdicts["HTTP, 16 clients: p99 ≤ 2.5× p50"] is True

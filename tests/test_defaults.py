@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import training.finetune as finetune
+from gesture_core import get_backbone
 from tests.helpers import make_image_folder
 from training.augment import direction_sensitive, resolve_flip
 from training.config import TrainConfig
@@ -82,6 +83,49 @@ def test_native_bf16_is_read_from_the_cpu_flags(tmp_path):
     without.write_text("processor\t: 0\nflags\t\t: fpu sse avx2\n")
     assert cpu_native_bf16(str(with_flag)) == "avx512_bf16" and cpu_native_bf16(str(without)) is None
     assert cpu_native_bf16(str(tmp_path / "missing")) is None
+
+
+ZEN5_FLAGS = "fpu sse avx2 avx512f avx512_bf16 avx512_vnni"  # native bf16 in the vector units, no AMX
+AMX_XEON_FLAGS = "fpu sse avx2 avx512f avx512_bf16 amx_bf16 amx_tile amx_int8"
+AVX2_FLAGS = "fpu sse avx2"
+
+
+@pytest.mark.parametrize(
+    "flags, backbone, amp",
+    [
+        (ZEN5_FLAGS, "efficientnet_lite1", True),  # bf16 everywhere without AMX
+        (ZEN5_FLAGS, "resnet18", True),
+        (AMX_XEON_FLAGS, "resnet18", True),  # AMX: dense convolutions 2.4x faster in bf16
+        (AMX_XEON_FLAGS, "efficientnet_lite1", False),  # AMX: depthwise backbones faster in fp32
+        (AMX_XEON_FLAGS, "efficientnet_lite0", False),
+        (AMX_XEON_FLAGS, "mobilenet_v3_large", False),
+        (AVX2_FLAGS, "resnet18", False),  # emulated bf16: fp32
+        (AVX2_FLAGS, "efficientnet_lite1", False),
+    ],
+)
+def test_amp_auto_depends_on_the_cpu_and_the_backbone(tmp_path, flags, backbone, amp):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+    on, line = resolve_amp("auto", torch.device("cpu"), get_backbone(backbone), cpuinfo=str(cpuinfo))
+    assert on is amp
+    assert line.startswith("mixed precision on: bf16" if amp else "mixed precision off: fp32")
+    if "amx_bf16" in flags and not amp:
+        assert backbone in line and "amx_bf16" in line and "--amp on" in line  # says why, and how to override
+    # an explicit choice wins, and a CUDA device always gets autocast
+    assert resolve_amp("on", torch.device("cpu"), get_backbone(backbone), cpuinfo=str(cpuinfo))[0] is True
+    assert resolve_amp("off", torch.device("cpu"), get_backbone(backbone), cpuinfo=str(cpuinfo))[0] is False
+    assert resolve_amp("auto", torch.device("cuda"), get_backbone(backbone), cpuinfo=str(cpuinfo))[0] is True
+
+
+def test_the_depthwise_flag_matches_each_backbones_convolutions():
+    """``Backbone.depthwise`` (which --amp auto reads) is declared in the registry; check it against
+    the built networks: a fifth or more of a depthwise backbone's convolutions are depthwise (MobileNetV3:
+    a quarter, beside its squeeze-excitation convolutions; EfficientNet-Lite: a third), none of
+    a dense one's."""
+    for name in ("resnet18", "densenet121", "mobilenet_v3_large", "efficientnet_lite0", "efficientnet_lite2"):
+        convs = [m for m in get_backbone(name).build(10).modules() if isinstance(m, torch.nn.Conv2d)]
+        share = sum(m.groups > 1 and m.groups == m.in_channels for m in convs) / len(convs)
+        assert (share >= 1 / 5) is get_backbone(name).depthwise and (share == 0) is (not get_backbone(name).depthwise), (name, share)
 
 
 def test_amp_auto_follows_this_cpu():

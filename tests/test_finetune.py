@@ -292,7 +292,8 @@ def test_class_weights_are_the_inverse_class_frequencies_and_change_the_loss(tmp
     assert losses[0] != losses[1]
 
 
-def test_cpu_amp_trains_in_bfloat16(dataset, tmp_path, monkeypatch, capsys):
+def watch_training_dtypes(monkeypatch) -> set[torch.dtype]:
+    """The dtypes of the model's outputs in every training step of the runs that follow."""
     real_epoch, dtypes = finetune.train_one_epoch, set()
 
     def watched(model, *args, **kwargs):
@@ -303,10 +304,27 @@ def test_cpu_amp_trains_in_bfloat16(dataset, tmp_path, monkeypatch, capsys):
             hook.remove()
 
     monkeypatch.setattr(finetune, "train_one_epoch", watched)
+    return dtypes
+
+
+def test_cpu_amp_trains_in_bfloat16(dataset, tmp_path, monkeypatch, capsys):
+    dtypes = watch_training_dtypes(monkeypatch)
     assert finetune.main(cli_args(dataset, tmp_path / "run", "--device", "cpu", "--amp", "on")) == 0
     assert dtypes == {torch.bfloat16}
     assert "device cpu (AMP)" in capsys.readouterr().out
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["test"]["n"] == 6
+
+
+def test_amp_auto_trains_a_depthwise_backbone_in_fp32_on_an_amx_cpu(dataset, tmp_path, monkeypatch, capsys):
+    """The run passes its backbone to --amp auto: mobilenet_v3_large (tiny_config's) on a CPU whose
+    flags list amx_bf16 trains in fp32 and says why at start-up."""
+    import training.loop
+
+    monkeypatch.setattr(training.loop, "cpu_flags", lambda cpuinfo=None: {"avx512f", "avx512_bf16", "amx_bf16", "amx_tile"})
+    dtypes = watch_training_dtypes(monkeypatch)
+    assert finetune.main(cli_args(dataset, tmp_path / "run", "--device", "cpu", "--amp", "auto")) == 0
+    assert dtypes == {torch.float32}
+    assert "mixed precision off: fp32 (--amp auto: mobilenet_v3_large is built of depthwise" in capsys.readouterr().out
 
 
 def corrupt_png(path) -> str:

@@ -111,7 +111,7 @@ def build_parser(*, suppress_defaults: bool = False) -> argparse.ArgumentParser:
     g.add_argument("--scale-jitter", action="store_true", default=default(False), help="VGG-style scale jitter instead of random resized crops")
     g = p.add_argument_group("runtime")
     g.add_argument("--device", choices=("auto", "cpu", "cuda"), default=default(d.device), help="auto: CUDA when available")
-    g.add_argument("--amp", choices=AMP_CHOICES, default=default(d.amp), help="mixed precision (auto: on for CUDA, and bf16 on CPUs with native bf16)")
+    g.add_argument("--amp", choices=AMP_CHOICES, default=default(d.amp), help="mixed precision (auto: on for CUDA, and bf16 on CPUs with native bf16, but fp32 for depthwise backbones on CPUs with AMX)")
     g.add_argument("--workers", type=cli.int_at_least(0), default=default(d.workers), help="data-loading processes")
     g.add_argument("--seed", type=int, default=default(d.seed), help="fixes the split, the initial head and the augmentation")
     g.add_argument("--out", default=default(None), help="run folder (default: runs/<data>-<backbone>, numbered if taken)")
@@ -215,7 +215,7 @@ def prepare_run(cfg: TrainConfig, resume: Path | None) -> Run:
     model = build_model(cfg.backbone, len(splits.classes), weights, aux=True, in_chans=cfg.in_chans)
     if cfg.sync_bn:
         model = distributed.convert_sync_batchnorm(model)
-    amp, why = resolve_amp(cfg.amp, device)
+    amp, why = resolve_amp(cfg.amp, device, backbone)
     print(why)
     # NHWC weights, and NHWC batches in the loops below (channels_last=True): cuDNN's fast layout, and
     # on CPU twice efficientnet_lite0's training step rate (benchmarks/train.py measures it)

@@ -87,25 +87,33 @@ def classification_loss(output, target: torch.Tensor, *, aux_weight: float, labe
 
 AMP_CHOICES = ("auto", "on", "off")
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of CPUs that compute in bf16 natively
+PROC_CPUINFO = "/proc/cpuinfo"
 
 
-def cpu_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> str | None:
-    """The CPU flag that makes bf16 training fast here (avx512_bf16 or amx_bf16), or None (and None off Linux)."""
+def cpu_flags(cpuinfo: str = PROC_CPUINFO) -> set[str]:
+    """The CPU's feature flags from ``/proc/cpuinfo`` (empty off Linux)."""
     try:
         with open(cpuinfo) as lines:
-            flags = set(next((line for line in lines if line.startswith("flags")), "").split())
+            return set(next((line for line in lines if line.startswith("flags")), "").split())
     except OSError:
-        return None
+        return set()
+
+
+def cpu_native_bf16(cpuinfo: str = PROC_CPUINFO) -> str | None:
+    """The CPU flag that makes bf16 training fast here (avx512_bf16 or amx_bf16), or None (and None off Linux)."""
+    flags = cpu_flags(cpuinfo)
     return next((flag for flag in NATIVE_BF16_FLAGS if flag in flags), None)
 
 
-def resolve_amp(setting: str, device: torch.device) -> tuple[bool, str]:
+def resolve_amp(setting: str, device: torch.device, backbone: Backbone | None = None, *, cpuinfo: str = PROC_CPUINFO) -> tuple[bool, str]:
     """(mixed precision or not, the start-up line that says why) for ``--amp auto|on|off``.
 
     auto: on for CUDA, and on CPUs with native bf16, where dense backbones train about twice as fast
-    (resnet18 steps, ``python -m benchmarks.train``) but the depthwise EfficientNet-Lite ones gain
-    little or lose (docs/training.md, Mixed precision); plain fp32 on other CPUs, where bf16 is
-    emulated and slower.
+    (resnet18 steps, ``python -m benchmarks.train``); plain fp32 on other CPUs, where bf16 is
+    emulated and slower. One exception, measured on an Intel Xeon with AMX: there the depthwise
+    backbones (``Backbone.depthwise``: EfficientNet-Lite, MobileNetV3) trained 13-25% faster in fp32,
+    because the matrix units speed up dense convolutions and not depthwise ones, while bf16 adds
+    conversions; so auto keeps them in fp32 on an ``amx_bf16`` CPU (docs/training.md, Mixed precision).
     """
     if setting not in AMP_CHOICES:
         raise ValueError(f"--amp {setting!r}: choose one of {', '.join(AMP_CHOICES)}")
@@ -113,10 +121,15 @@ def resolve_amp(setting: str, device: torch.device) -> tuple[bool, str]:
         return setting == "on", f"mixed precision {setting} (--amp {setting})"
     if device.type == "cuda":
         return True, "mixed precision on (--amp auto: CUDA)"
-    flag = cpu_native_bf16() if device.type == "cpu" else None
-    if flag:
-        return True, f"mixed precision on: bf16 (--amp auto: this CPU has {flag}; --amp off for fp32)"
-    return False, "mixed precision off: fp32 (--amp auto: no native bf16 on this device)"
+    native = cpu_native_bf16(cpuinfo) if device.type == "cpu" else None
+    if native is None:
+        return False, "mixed precision off: fp32 (--amp auto: no native bf16 on this device)"
+    if backbone is not None and backbone.depthwise and "amx_bf16" in cpu_flags(cpuinfo):
+        return False, (
+            f"mixed precision off: fp32 (--amp auto: {backbone.name} is built of depthwise convolutions, "
+            "which train faster in fp32 than in bf16 on this amx_bf16 CPU; --amp on for bf16)"
+        )
+    return True, f"mixed precision on: bf16 (--amp auto: this CPU has {native}; --amp off for fp32)"
 
 
 def autocast_for(device: torch.device, enabled: bool):
