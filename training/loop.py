@@ -111,10 +111,10 @@ def resolve_amp(setting: str, device: torch.device, backbone: Backbone | None = 
     auto: on for CUDA, and on CPUs with native bf16, where dense backbones train about twice as fast
     (resnet18 steps, ``python -m benchmarks.train``); plain fp32 on other CPUs, where bf16 is
     emulated and slower. One exception, measured on an Intel Xeon with AMX: there the depthwise
-    backbones (``Backbone.depthwise``: EfficientNet-Lite, MobileNetV3) trained 13-25% faster in fp32,
-    because the matrix units speed up dense convolutions and not depthwise ones, while bf16 adds
-    conversions; so auto keeps them in fp32 on an ``amx_bf16`` CPU (docs/training.md, Mixed precision).
-    """
+    backbones (``Backbone.depthwise``: EfficientNet-Lite, MobileNetV3) trained 13-25% faster in fp32
+    (likely because the matrix units speed up dense convolutions, not depthwise ones, while bf16 adds
+    conversions; not profiled), so auto keeps them in fp32 on an ``amx_bf16`` CPU (docs/training.md,
+    Mixed precision)."""
     if setting not in AMP_CHOICES:
         raise ValueError(f"--amp {setting!r}: choose one of {', '.join(AMP_CHOICES)}")
     if setting != "auto":
