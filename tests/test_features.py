@@ -48,7 +48,9 @@ def test_cached_linear_probe_trains_the_same_head_as_the_uncached_one(dataset, t
     monkeypatch.setattr(features_mod, "extract_features", lambda *a, **k: calls.append(1) or real(*a, **k))
     cached = finetune.train(probe_config(dataset, tmp_path / "cached", cache_features="auto"))
     plain = finetune.train(probe_config(dataset, tmp_path / "plain", cache_features="off"))
-    assert len(calls) == 3  # train, val (the frozen epochs) and test (calibration) features, each computed once
+    # train and val features (the frozen epochs; calibration reuses them), each computed once; the test
+    # split goes through the saved checkpoint's Classifier instead, once, for the metrics and "no gesture"
+    assert len(calls) == 2
     for a, b in zip(history(cached), history(plain), strict=True):
         assert float(a["train_loss"]) == pytest.approx(float(b["train_loss"]), abs=1e-4)
         assert float(a["val_loss"]) == pytest.approx(float(b["val_loss"]), abs=1e-4)
@@ -67,8 +69,8 @@ def test_a_staged_run_uses_the_cache_for_its_frozen_phase_only(dataset, tmp_path
     real_epoch, real_extract = finetune.train_one_epoch, features_mod.extract_features
     monkeypatch.setattr(finetune, "train_one_epoch", lambda *a, **k: uncached_epochs.append(1) or real_epoch(*a, **k))
     monkeypatch.setattr(features_mod, "extract_features", lambda *a, **k: extractions.append(1) or real_extract(*a, **k))
-    calibrated_after, real_calibrate = [], finetune.calibrate_model
-    monkeypatch.setattr(finetune, "calibrate_model", lambda *a, **k: calibrated_after.append(len(extractions)) or real_calibrate(*a, **k))
+    calibrated_after, real_calibrate = [], finetune.fit_rejection
+    monkeypatch.setattr(finetune, "fit_rejection", lambda *a, **k: calibrated_after.append(len(extractions)) or real_calibrate(*a, **k))
     run = finetune.train(probe_config(dataset, tmp_path / "staged", freeze="none", head_epochs=2, epochs=3))
     assert [row["frozen_backbone"] for row in history(run)] == ["True", "True", "False"]
     assert uncached_epochs == [1]  # only the unfrozen epoch went through the images

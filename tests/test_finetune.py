@@ -159,17 +159,19 @@ def test_evaluate_reproduces_the_run_test_metrics(dataset, tmp_path):
 
 
 def test_the_run_tests_best_pt_as_served_whatever_the_training_precision(dataset, tmp_path, monkeypatch):
-    """The reported test figure is the fp32 Classifier's answer on the saved best.pt, not the
-    training model's (bf16 autocast here): what the run reports is what the service gives."""
-    classified = []
-    real = Classifier.classify
-    monkeypatch.setattr(Classifier, "classify", lambda self, crops: classified.append((self.engine.precision, len(crops))) or real(self, crops))
+    """The reported test figures are the fp32 Classifier's answers on the saved best.pt, not the
+    training model's (bf16 autocast here): what the run reports is what the service gives. The test
+    split goes through the Classifier once, for both the metrics and the "no gesture" report."""
+    served = []
+    real = Classifier.logits_and_features
+    monkeypatch.setattr(Classifier, "logits_and_features", lambda self, batch: served.append((self.engine.precision, len(batch))) or real(self, batch))
     out = finetune.train(tiny_config(dataset, tmp_path / "run", epochs=1, amp="on"))
-    test = json.loads((out / "metrics.json").read_text())["test"]
-    assert {precision for precision, _ in classified} == {"fp32"}
-    assert sum(n for _, n in classified) == test["n"] > 0  # every test image, through classify
+    metrics = json.loads((out / "metrics.json").read_text())
+    test = metrics["test"]
+    assert {precision for precision, _ in served} == {"fp32"}
+    assert sum(n for _, n in served) == test["n"] == metrics["open_set"]["test"]["n"] > 0  # every test image, once
     assert evaluate_main(["--checkpoint", str(out / "best.pt"), "--workers", "0", "--out", str(tmp_path / "ev")]) == 0
-    assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["test"] == test
+    assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["test"] == test  # Classifier.classify agrees
 
 
 def test_train_size_trains_smaller_and_keeps_the_served_size_everywhere_else(dataset, tmp_path, capsys):

@@ -360,23 +360,32 @@ def plot_tradeoff(path: Path, outputs: SplitOutputs, rejection: Rejection, class
     return path
 
 
-def calibrate_outputs(val: SplitOutputs, test: SplitOutputs, classes: Sequence[str], requested: Sequence[str] | None,
-                      target_recall: float, out: Path, score: str = DEFAULT_SCORE, train: SplitOutputs | None = None) -> tuple[Rejection, dict[str, Any]]:
-    """Calibrate, then the report (returned, and open_set.png in ``out``)."""
-    rejection = calibrate(val, classes, find_reject_classes(classes, requested), target_recall=target_recall, score=score, train=train)
-    report = open_set_report(val, test, rejection, classes)
+def open_set_results(val: SplitOutputs, test: SplitOutputs, rejection: Rejection, classes: Sequence[str], out: Path) -> dict[str, Any]:
+    """metrics.json's open_set block, and open_set.png in ``out`` for a test split with images."""
     if len(test.targets):
         plot_tradeoff(out / "open_set.png", test, rejection, classes, f"test split: {len(test.targets)} images")
-    return rejection, report
+    return open_set_report(val, test, rejection, classes)
+
+
+def fit_rejection(model: torch.nn.Module, backbone: str, splits: Splits, data_config: DataConfig, *, device: torch.device,
+                  requested: Sequence[str] | None, target_recall: float, workers: int = 2,
+                  score: str = DEFAULT_SCORE) -> tuple[Rejection, SplitOutputs]:
+    """(the Rejection a model's validation split supports, that split's outputs): ``calibrate`` on its
+    validation split (and its training split, for the feature scores' class means), through the feature cache."""
+    outputs = lambda name: split_outputs(model, backbone, getattr(splits, name), data_config, device=device, workers=workers, desc=f"{name} features")  # noqa: E731
+    train = outputs("train") if Rejection(score=score).needs_features else None
+    val = outputs("val")
+    return calibrate(val, splits.classes, find_reject_classes(splits.classes, requested), target_recall=target_recall, score=score, train=train), val
 
 
 def calibrate_model(model: torch.nn.Module, backbone: str, splits: Splits, data_config: DataConfig, *, device: torch.device,
                     requested: Sequence[str] | None, target_recall: float, out: Path, workers: int = 2,
                     score: str = DEFAULT_SCORE) -> tuple[Rejection, dict[str, Any]]:
-    """calibrate_outputs on a model's validation and test splits (and its training split, for the feature scores' class means)."""
-    outputs = lambda name: split_outputs(model, backbone, getattr(splits, name), data_config, device=device, workers=workers, desc=f"{name} features")  # noqa: E731
-    train = outputs("train") if Rejection(score=score).needs_features else None
-    return calibrate_outputs(outputs("val"), outputs("test"), splits.classes, requested, target_recall, out, score, train)
+    """``fit_rejection``, then the open-set report on the test split, through the feature cache too."""
+    rejection, val = fit_rejection(model, backbone, splits, data_config, device=device, requested=requested, target_recall=target_recall,
+                                   workers=workers, score=score)
+    test = split_outputs(model, backbone, splits.test, data_config, device=device, workers=workers, desc="test features")
+    return rejection, open_set_results(val, test, rejection, splits.classes, out)
 
 
 def format_open_set(report: dict[str, Any]) -> str:

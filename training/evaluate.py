@@ -26,6 +26,7 @@ from gesture_core.classifier import Classifier, load_classifier
 from gesture_core.cli import command
 from gesture_core.preprocess import TTA_MODES, DataConfig, Preprocess, tta_crops, tta_view_count
 from training import cli
+from training.calibrate import SplitOutputs
 from training.data import DatasetError, ImageDataset, Sample, Splits, failure_reports, load_folder, make_loader
 from training.hand_crops import HandCropCache, crop_samples, frame_metrics, frame_outputs
 from training.loop import IGNORE_LABEL
@@ -79,24 +80,50 @@ def evaluate_samples(classifier: Classifier, samples: list[Sample], *, batch_siz
     With ``tta`` other than "none", each image is seen as ``tta_view_count(tta)`` views and the
     probabilities are averaged over them; the scores ranked are the log of the (mean) probabilities.
     """
+    views = tta_view_count(tta)
+    scores, targets, failed = [], [], []
+    for crops, target, _ in crop_batches(classifier, samples, tta, batch_size, workers, failed):
+        probs = classifier.classify(list(crops.reshape(-1, *crops.shape[2:])))
+        scores.append(np.log(probs.reshape(len(crops), views, -1).mean(1).clip(1e-12)))
+        targets.append(target)
+    if not scores:  # every file failed to decode
+        scores, targets = [np.zeros((0, len(classifier.classes)))], [np.zeros(0, np.int64)]
+    metrics = classification_metrics(np.concatenate(scores), np.concatenate(targets), classifier.classes)
+    return metrics, failed
+
+
+def served_outputs(classifier: Classifier, samples: list[Sample], *, batch_size: int = 64, workers: int = 2) -> tuple[SplitOutputs, list[str]]:
+    """(logits and penultimate features as the Classifier computes them, paths that failed to decode):
+    ``crop``, then the one engine call behind ``classify_scores``. Ranked, the logits give
+    ``evaluate_samples``' metrics (the temperature keeps their order); with the features they give the
+    "no gesture" figures the service's own scores would."""
+    logits, features, targets, index, failed = [], [], [], [], []
+    for crops, target, kept in crop_batches(classifier, samples, "none", batch_size, workers, failed):
+        batch_logits, batch_features = classifier.logits_and_features(classifier.preprocess.normalize_batch(list(crops[:, 0])))
+        logits.append(batch_logits)
+        features.append(batch_features if batch_features is not None else np.zeros((len(crops), 0), np.float32))
+        targets.append(target)
+        index.append(kept)
+    if not logits:  # every file failed to decode
+        logits, features, targets, index = [np.zeros((0, len(classifier.classes)), np.float32)], [np.zeros((0, 0), np.float32)], [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+    outputs = SplitOutputs(np.concatenate(features), np.concatenate(logits), np.concatenate(targets), np.concatenate(index))
+    return outputs, failed
+
+
+def crop_batches(classifier: Classifier, samples: list[Sample], tta: str, batch_size: int, workers: int, failed: list[str]):
+    """Batches of (crops (images, views, H, W, 3) as uint8-valued float32, labels, indexes in ``samples``)
+    of the images that decoded, cropped by the checkpoint's Preprocess in the loader's workers; the
+    paths of those that did not go to ``failed``."""
     dc = classifier.data_config
     views = tta_view_count(tta)
     dataset = ImageDataset(samples, CropViews(dc, tta), min_side=dc.resize_size, placeholder_shape=(views, dc.input_size, dc.input_size, 3))
     # Fewer images per batch under TTA, so one batch holds about as many views as without it.
     loader = make_loader(dataset, batch_size=max(1, batch_size // views), workers=workers, pin_memory=False)
-    scores, targets, failed = [], [], []
     for crops, target, index in loader:
         keep = target != IGNORE_LABEL
-        failed += index[~keep].tolist()
+        failed += [samples[i].path for i in index[~keep].tolist()]
         if keep.any():
-            kept = crops[keep].numpy()  # (images, views, H, W, 3)
-            probs = classifier.classify(list(kept.reshape(-1, *kept.shape[2:])))
-            scores.append(np.log(probs.reshape(len(kept), views, -1).mean(1).clip(1e-12)))
-            targets.append(target[keep].numpy())
-    if not scores:  # every file failed to decode
-        scores, targets = [np.zeros((0, len(classifier.classes)))], [np.zeros(0, np.int64)]
-    metrics = classification_metrics(np.concatenate(scores), np.concatenate(targets), classifier.classes)
-    return metrics, [samples[i].path for i in failed]
+            yield crops[keep].numpy(), target[keep].numpy(), index[keep].numpy()
 
 
 class CropViews:

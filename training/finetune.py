@@ -42,12 +42,20 @@ from training.augment import (
     resolve_crop,
     resolve_flip,
 )
-from training.calibrate import add_rejection_args, calibrate_model, format_open_set, reject_choice
+from training.calibrate import (
+    SplitOutputs,
+    add_rejection_args,
+    fit_rejection,
+    format_open_set,
+    open_set_results,
+    reject_choice,
+    split_outputs,
+)
 from training.config import TrainConfig
 from training.data import DatasetError, ImageDataset, Splits, failure_reports, index_seed, load_splits, make_loader
 from training.distributed import ShardedSeededSampler, is_main_process
 from training.ema import ModelEma
-from training.evaluate import evaluate_samples
+from training.evaluate import served_outputs
 from training.features import CACHE_CHOICES, FrozenFeatures, use_feature_cache
 from training.hand_crops import HandCropCache, HandCropReport, frame_metrics, frame_outputs, hand_crop_splits
 from training.loop import AMP_CHOICES, EpochResult, build_optimizer, predict_logits, resolve_amp, train_one_epoch, warmup_cosine
@@ -542,11 +550,12 @@ def finish(run: Run, state: dict[str, Any], failed: set[str]) -> None:
         "test": None,
         "skipped": run.splits.skipped + failure_reports(sorted(failed), run.data_config.resize_size),
     }
-    rejection, metrics["open_set"] = calibrate_model(run.model, run.cfg.backbone, run.splits, run.data_config, device=run.device, requested=run.cfg.reject_classes,
-                                                     target_recall=run.cfg.reject_target_recall, out=run.out, workers=run.cfg.workers,
-                                                     score=run.cfg.reject_score)
-    save_checkpoint(best_path, **checkpoint_extra(run), metrics=metrics, rejection=rejection.to_dict())
-    test_metrics = metrics["test"] = test_served(run, best_path, metrics, failed)
+    rejection, val_outputs = fit_rejection(run.model, run.cfg.backbone, run.splits, run.data_config, device=run.device, requested=run.cfg.reject_classes,
+                                           target_recall=run.cfg.reject_target_recall, workers=run.cfg.workers, score=run.cfg.reject_score)
+    save_checkpoint(best_path, **checkpoint_extra(run), metrics=metrics, rejection=rejection.to_dict())  # what load_classifier reads
+    test_metrics, test_outputs = test_served(run, best_path, metrics, failed)
+    metrics["test"] = test_metrics
+    metrics["open_set"] = open_set_results(val_outputs, test_outputs, rejection, run.splits.classes, run.out)
     save_checkpoint(best_path, **checkpoint_extra(run), metrics=metrics, rejection=rejection.to_dict())
     write_report(run.out, metrics, run.splits.classes)
     plot_curves(run.out / "curves.png", state["history"])
@@ -562,16 +571,18 @@ def finish(run: Run, state: dict[str, Any], failed: set[str]) -> None:
     print(f"results in {run.out}/ (best.pt, metrics.json, curves.png, confusion_matrix.png, open_set.png)")
 
 
-def test_served(run: Run, best_path: Path, metrics: dict[str, Any], failed: set[str]) -> dict[str, Any]:
-    """The test split through the saved best.pt's Classifier, loaded as ``training.evaluate`` loads it
-    (eager PyTorch, fp32): the figure reported is the one the service gives, whatever precision
-    training ran in. Test files that fail to decode join ``metrics["skipped"]``."""
-    if run.hand_crops is not None:
-        return test_frames(run, best_path, metrics)
+def test_served(run: Run, best_path: Path, metrics: dict[str, Any], failed: set[str]) -> tuple[dict[str, Any], SplitOutputs]:
+    """(test metrics, the test split's outputs for the "no gesture" report) from the saved best.pt's
+    Classifier, loaded as ``training.evaluate`` loads it (eager PyTorch, fp32): the figures reported
+    are the ones the service gives, whatever precision training ran in, and the test split is read
+    once. Test files that fail to decode join ``metrics["skipped"]``."""
+    if run.hand_crops is not None:  # the report on the hand crops, as calibration sees them
+        crops = split_outputs(run.model, run.cfg.backbone, run.splits.test, run.data_config, device=run.device, workers=run.cfg.workers, desc="test features")
+        return test_frames(run, best_path, metrics), crops
     classifier = load_classifier(best_path, run.device, engine="torch")
-    test_metrics, test_failed = evaluate_samples(classifier, run.splits.test, batch_size=run.cfg.batch_size * 2, workers=run.cfg.workers)
+    outputs, test_failed = served_outputs(classifier, run.splits.test, batch_size=run.cfg.batch_size * 2, workers=run.cfg.workers)
     metrics["skipped"] = metrics["skipped"] + failure_reports(sorted(set(test_failed) - failed), run.data_config.resize_size)
-    return test_metrics
+    return classification_metrics(outputs.logits, outputs.targets, classifier.classes), outputs
 
 
 def test_frames(run: Run, best_path: Path, metrics: dict[str, Any]) -> dict[str, Any]:
