@@ -181,7 +181,12 @@ class Classifier:
     def classify_scores(self, crops: Sequence[np.ndarray]) -> list[ClassScores]:
         """Crops made by ``crop`` -> what ``decide`` takes, one per crop, in one model call: the
         probabilities, and the gesture score when the model's threshold applies to another score."""
-        return self.scores_from_logits(*self.logits_and_features(self.preprocess.normalize_batch(crops)))
+        return self.scores_from_logits(*self.classify_logits(crops))
+
+    def classify_logits(self, crops: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
+        """Crops made by ``crop`` -> (raw logits, penultimate features or None), in one model call: what
+        ``classify_scores`` scores, for callers that keep the raw outputs (training's served test)."""
+        return self.logits_and_features(self.preprocess.normalize_batch(crops))
 
     def scores_from_logits(self, logits: np.ndarray, features: np.ndarray | None = None) -> list[ClassScores]:
         """Raw logits (N, num_classes), and the penultimate features for a feature score -> ``classify_scores``'

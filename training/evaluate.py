@@ -94,12 +94,12 @@ def evaluate_samples(classifier: Classifier, samples: list[Sample], *, batch_siz
 
 def served_outputs(classifier: Classifier, samples: list[Sample], *, batch_size: int = 64, workers: int = 2) -> tuple[SplitOutputs, list[str]]:
     """(logits and penultimate features as the Classifier computes them, paths that failed to decode):
-    ``crop``, then the one engine call behind ``classify_scores``. Ranked, the logits give
+    ``crop``, then ``classify_logits`` (the model call behind ``classify_scores``). Ranked, the logits give
     ``evaluate_samples``' metrics (the temperature keeps their order); with the features they give the
     "no gesture" figures the service's own scores would."""
     logits, features, targets, index, failed = [], [], [], [], []
     for crops, target, kept in crop_batches(classifier, samples, "none", batch_size, workers, failed):
-        batch_logits, batch_features = classifier.logits_and_features(classifier.preprocess.normalize_batch(list(crops[:, 0])))
+        batch_logits, batch_features = classifier.classify_logits(list(crops[:, 0]))
         logits.append(batch_logits)
         features.append(batch_features if batch_features is not None else np.zeros((len(crops), 0), np.float32))
         targets.append(target)

@@ -99,9 +99,10 @@ def cpu_flags(cpuinfo: str = PROC_CPUINFO) -> set[str]:
         return set()
 
 
-def cpu_native_bf16(cpuinfo: str = PROC_CPUINFO) -> str | None:
-    """The CPU flag that makes bf16 training fast here (avx512_bf16 or amx_bf16), or None (and None off Linux)."""
-    flags = cpu_flags(cpuinfo)
+def cpu_native_bf16(cpuinfo: str = PROC_CPUINFO, flags: set[str] | None = None) -> str | None:
+    """The CPU flag that makes bf16 training fast here (avx512_bf16 or amx_bf16), or None (and None off
+    Linux); from ``flags`` when the caller has already read them."""
+    flags = cpu_flags(cpuinfo) if flags is None else flags
     return next((flag for flag in NATIVE_BF16_FLAGS if flag in flags), None)
 
 
@@ -121,10 +122,11 @@ def resolve_amp(setting: str, device: torch.device, backbone: Backbone | None = 
         return setting == "on", f"mixed precision {setting} (--amp {setting})"
     if device.type == "cuda":
         return True, "mixed precision on (--amp auto: CUDA)"
-    native = cpu_native_bf16(cpuinfo) if device.type == "cpu" else None
+    flags = cpu_flags(cpuinfo) if device.type == "cpu" else set()
+    native = cpu_native_bf16(flags=flags)
     if native is None:
         return False, "mixed precision off: fp32 (--amp auto: no native bf16 on this device)"
-    if backbone is not None and backbone.depthwise and "amx_bf16" in cpu_flags(cpuinfo):
+    if backbone is not None and backbone.depthwise and "amx_bf16" in flags:
         return False, (
             f"mixed precision off: fp32 (--amp auto: {backbone.name} is built of depthwise convolutions, "
             "which train faster in fp32 than in bf16 on this amx_bf16 CPU; --amp on for bf16)"
