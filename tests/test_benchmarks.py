@@ -292,3 +292,44 @@ def test_empty_frames_benchmark_answers_every_frame_through_the_classifier(rando
     for row, (name, p) in zip(rows, expected, strict=True):
         assert row.startswith(f"| {name} | {p.label or 'no gesture'} | {p.top_k[0][0]} ({p.top_k[0][1]:.3f}) |"), row
     assert empty_frames.main(["missing.pt"]) == 2
+
+
+def test_shared_errors_counts_each_runs_misses_as_its_test_metrics_do(sign_digits_run, random_head_checkpoint, tmp_path, capsys):
+    """A trained run and an untrained head on the same saved split: each run's misses match its own test
+    top-1, and "missed by every run" is exactly the images both got wrong."""
+    import shutil
+
+    from benchmarks import shared_errors
+
+    untrained = tmp_path / "untrained"
+    untrained.mkdir()
+    shutil.copy(random_head_checkpoint, untrained / "best.pt")
+    shutil.copy(sign_digits_run / "split.json", untrained / "split.json")
+    out = tmp_path / "report"
+    assert shared_errors.main([str(sign_digits_run), str(untrained), "--out", str(out), "--workers", "0"]) == 0
+    answers = [shared_errors.run_answers(run, workers=0) for run in (sign_digits_run, untrained)]
+    truth = answers[0][1]
+    missed = [{p for p, label in a.items() if label != truth[p]} for a, _ in answers]
+    test = json.loads((sign_digits_run / "metrics.json").read_text())["test"]
+    assert len(missed[0]) == round((1 - test["top1"]) * test["n"])
+    assert len(missed[1]) > len(truth) / 2  # an untrained head misses most images
+    report = (out / "shared_errors.md").read_text()
+    assert f"| 1 of 2 | {len(missed[0] | missed[1])} |" in report
+    assert f"| 2 of 2 | {len(missed[0] & missed[1])} |" in report
+    assert sorted(line.split(" | ")[0][2:] for line in report.splitlines() if line.startswith("| /")) == sorted(missed[0] & missed[1])
+    assert (out / "shared_errors.png").exists() == bool(missed[0] & missed[1])
+
+
+def test_shared_errors_refuses_runs_with_different_test_splits(sign_digits_run, tmp_path, capsys):
+    from benchmarks import shared_errors
+
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "best.pt").write_bytes((sign_digits_run / "best.pt").read_bytes())
+    split = json.loads((sign_digits_run / "split.json").read_text())
+    split["test"] = split["test"][1:]
+    (other / "split.json").write_text(json.dumps(split))
+    assert shared_errors.main([str(sign_digits_run), str(other)]) == 2
+    assert "different test splits" in capsys.readouterr().err
+    assert shared_errors.main([str(sign_digits_run), str(tmp_path / "missing")]) == 2
+    assert "not a finished run" in capsys.readouterr().err

@@ -1,0 +1,98 @@
+"""Which test images every run gets wrong: the hard core of a test split, to look at by eye.
+
+    .venv/bin/python -m benchmarks.shared_errors runs/A runs/B [runs/C ...] [--out DIR]
+
+The runs must share one saved test split (the same data, seed and split flags). Each run's
+``best.pt`` classifies that split as the service would (``training.evaluate.served_outputs``). When
+several backbones, precisions and schedules all miss the same photo, more training is unlikely to
+fix it: look at those photos before tuning for the last points. The table counts the images missed
+by at least k of the n runs; ``shared_errors.md`` lists the images every run missed, with each run's
+answer, and ``shared_errors.png`` shows them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from gesture_core import load_classifier
+from gesture_core.cli import command
+from gesture_core.images import read_rgb
+from training.data import Splits
+from training.evaluate import served_outputs
+
+TILE = 160
+
+
+def run_answers(run: Path, workers: int) -> tuple[dict[str, str], dict[str, str]]:
+    """({test path: predicted class}, {test path: true class}) for the run's best.pt on its saved test split."""
+    classifier = load_classifier(run / "best.pt", device="cpu", engine="torch")
+    test = Splits.load(run / "split.json").test
+    outputs, _ = served_outputs(classifier, test, workers=workers)
+    predicted = outputs.logits.argmax(1)
+    paths = [test[i].path for i in outputs.index]
+    return ({p: classifier.classes[c] for p, c in zip(paths, predicted, strict=True)},
+            {p: classifier.classes[t] for p, t in zip(paths, outputs.targets, strict=True)})
+
+
+def miss_counts(answers: list[dict[str, str]], truth: dict[str, str]) -> dict[str, int]:
+    """How many runs missed each test image (images every run decoded)."""
+    common = set(truth).intersection(*answers)
+    return {p: sum(a[p] != truth[p] for a in answers) for p in sorted(common)}
+
+
+def contact_sheet(paths: list[str], captions: list[str], out: Path, columns: int = 6) -> None:
+    tiles = []
+    for path, caption in zip(paths, captions, strict=True):
+        tile = cv2.resize(read_rgb(path)[:, :, ::-1], (TILE, TILE), interpolation=cv2.INTER_AREA)
+        cv2.rectangle(tile, (0, TILE - 18), (TILE, TILE), (0, 0, 0), -1)
+        cv2.putText(tile, caption, (3, TILE - 5), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1, cv2.LINE_AA)
+        tiles.append(tile)
+    tiles += [np.zeros_like(tiles[0])] * (-len(tiles) % columns)
+    rows = [np.hstack(tiles[i:i + columns]) for i in range(0, len(tiles), columns)]
+    cv2.imwrite(str(out), np.vstack(rows))
+
+
+def report(runs: list[Path], answers: list[dict[str, str]], truth: dict[str, str], out: Path) -> list[str]:
+    counts = miss_counts(answers, truth)
+    n = len(runs)
+    lines = [f"{len(counts)} test images, {n} runs: " + ", ".join(f"{r} {sum(a[p] != truth[p] for p in counts)} missed" for r, a in zip(runs, answers, strict=True)),
+             "", "| missed by at least | images |", "| ---: | ---: |"]
+    lines += [f"| {k} of {n} | {sum(c >= k for c in counts.values())} |" for k in range(1, n + 1)]
+    every = [p for p, c in counts.items() if c == n]
+    lines += ["", f"missed by every run ({len(every)}):", "", "| image | true class | answers |", "| --- | --- | --- |"]
+    lines += [f"| {p} | {truth[p]} | {', '.join(a[p] for a in answers)} |" for p in every]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "shared_errors.md").write_text("\n".join(lines) + "\n")
+    if every:
+        contact_sheet(every, [f"{truth[p]} -> {answers[0][p]}" for p in every], out / "shared_errors.png")
+    return lines
+
+
+@command
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("runs", nargs="+", type=Path, help="run folders (RUN/best.pt and RUN/split.json) that share one test split")
+    p.add_argument("--out", type=Path, default=None, help="report folder (default: the first run's shared-errors/)")
+    p.add_argument("--workers", type=int, default=2)
+    args = p.parse_args(argv)
+    if len(args.runs) < 2:
+        p.error("give two or more run folders")
+    missing = [str(r) for r in args.runs if not (r / "best.pt").is_file() or not (r / "split.json").is_file()]
+    if missing:
+        raise ValueError(f"not a finished run (needs best.pt and split.json): {', '.join(missing)}")
+    tests = [sorted(s.path for s in Splits.load(r / "split.json").test) for r in args.runs]
+    if any(t != tests[0] for t in tests):
+        raise ValueError("the runs have different test splits: give runs made with the same data, --seed and split flags")
+    results = [run_answers(r, args.workers) for r in args.runs]
+    lines = report(args.runs, [a for a, _ in results], results[0][1], args.out or args.runs[0] / "shared-errors")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
