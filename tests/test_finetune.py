@@ -7,6 +7,7 @@ import json
 import struct
 import urllib.error
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -156,6 +157,35 @@ def test_evaluate_reproduces_the_run_test_metrics(dataset, tmp_path):
     original = json.loads((out / "metrics.json").read_text())["test"]
     assert again["top1"] == original["top1"] and again["confusion_matrix"] == original["confusion_matrix"]
     assert (tmp_path / "ev" / "confusion_matrix.png").exists()
+    # the test mistakes, most confident first: the same list from the run and from evaluate, matching the matrix
+    mistakes = json.loads((out / "metrics.json").read_text())["test_mistakes"]
+    assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["test_mistakes"] == mistakes
+    cm = original["confusion_matrix"]
+    assert len(mistakes) == original["n"] - sum(cm[i][i] for i in range(len(cm))) > 0  # an untrained 1-epoch model errs
+    classes = ["fist", "palm", "peace"]
+    assert sorted((classes.index(m["true"]), classes.index(m["predicted"])) for m in mistakes) == sorted(
+        (i, j) for i, row in enumerate(cm) for j, count in enumerate(row) if i != j for _ in range(count))
+    assert [m["probability"] for m in mistakes] == sorted((m["probability"] for m in mistakes), reverse=True)
+    assert all(Path(m["path"]).parent.name == m["true"] for m in mistakes)
+    assert (out / "test_mistakes.png").exists() and (tmp_path / "ev" / "test_mistakes.png").exists()
+    assert "test_mistakes" not in load_classifier(out / "best.pt", device="cpu").metrics  # file paths stay out of the model
+
+
+def test_top_mistakes_puts_the_most_confident_first_at_the_calibrated_temperature():
+    from types import SimpleNamespace
+
+    from training.data import Sample
+    from training.report import MISTAKES_LISTED, top_mistakes
+
+    logits = np.array([[0.0, 3.0], [1.0, 0.0], [0.0, 1.0], [0.0, 2.0], [5.0, 0.0]], np.float32)
+    outputs = SimpleNamespace(logits=logits, targets=np.array([0, 0, 0, 0, 1]), index=np.array([4, 3, 2, 1, 0]))
+    samples = [Sample(f"img{i}.jpg", 0) for i in range(5)]
+    mistakes = top_mistakes(samples, outputs, ["a", "b"], temperature=2.0)
+    assert [m["path"] for m in mistakes] == ["img0.jpg", "img4.jpg", "img1.jpg", "img2.jpg"]  # rows 4, 0, 3, 2 by confidence
+    assert mistakes[1] == {"path": "img4.jpg", "true": "a", "predicted": "b", "probability": round(float(1 / (1 + np.exp(-1.5))), 4)}
+    many = SimpleNamespace(logits=np.tile([[0.0, 1.0]], (MISTAKES_LISTED + 5, 1)), targets=np.zeros(MISTAKES_LISTED + 5, int),
+                           index=np.arange(MISTAKES_LISTED + 5))
+    assert len(top_mistakes([Sample("x.jpg", 0)] * (MISTAKES_LISTED + 5), many, ["a", "b"])) == MISTAKES_LISTED
 
 
 def test_the_run_tests_best_pt_as_served_whatever_the_training_precision(dataset, tmp_path, monkeypatch):

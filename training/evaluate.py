@@ -31,7 +31,7 @@ from training.data import DatasetError, ImageDataset, Sample, Splits, failure_re
 from training.hand_crops import HandCropCache, crop_samples, frame_metrics, frame_outputs
 from training.loop import IGNORE_LABEL
 from training.open_set import evaluate_open_set, unknown_samples
-from training.report import classification_metrics, format_summary, write_json, write_report
+from training.report import classification_metrics, format_summary, plot_mistakes, top_mistakes, write_json, write_report
 
 TTA_CHOICES = (*TTA_MODES, "all")
 
@@ -196,8 +196,10 @@ def main(argv: list[str] | None = None) -> int:
               "tta": single, "views_per_image": tta_view_count(single), "data_config": classifier.data_config.to_dict(),
               "test": metrics, "skipped": skipped}
     if single == "none":  # the open-set check decides as the service does: one view per image
-        report["open_set"] = evaluate_open_set(classifier, samples, threshold=args.threshold, out=out, workers=args.workers,
-                                               unknown=None if unknown is None else (args.unknown, unknown))
+        report["open_set"], outputs = evaluate_open_set(classifier, samples, threshold=args.threshold, out=out, workers=args.workers,
+                                                        unknown=None if unknown is None else (args.unknown, unknown))
+        report["test_mistakes"] = top_mistakes(samples, outputs, classifier.classes, temperature=classifier.rejection.temperature)
+        plot_mistakes(out / "test_mistakes.png", report["test_mistakes"])
         failed_unknown = report["open_set"].get("unknown", {}).get("failed_to_decode", [])
         skipped += unknown_skipped + [{"path": path, "reason": "--unknown image that failed to decode"} for path in failed_unknown]
     write_report(out, report, classifier.classes)
@@ -239,7 +241,7 @@ def evaluate_hands(classifier: Classifier, samples: list[Sample], skipped: list[
               "tta": "none", "views_per_image": 1, "hands": True, "test": metrics, "skipped": skipped}
     crops = crop_samples(samples, cache)
     if crops:
-        report["open_set"] = evaluate_open_set(classifier, crops, threshold=args.threshold, out=out, workers=args.workers)
+        report["open_set"], _ = evaluate_open_set(classifier, crops, threshold=args.threshold, out=out, workers=args.workers)
     write_report(out, report, classifier.classes)
     print(format_summary(metrics, f"{classifier.backbone} on {name}, hand crops:"))
     no_hand = metrics["no_answer"]

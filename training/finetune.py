@@ -59,7 +59,16 @@ from training.evaluate import served_outputs
 from training.features import CACHE_CHOICES, FrozenFeatures, use_feature_cache
 from training.hand_crops import HandCropCache, HandCropReport, frame_metrics, frame_outputs, hand_crop_splits
 from training.loop import AMP_CHOICES, EpochResult, build_optimizer, predict_logits, resolve_amp, train_one_epoch, warmup_cosine
-from training.report import classification_metrics, format_summary, plot_curves, write_history, write_json, write_report
+from training.report import (
+    classification_metrics,
+    format_summary,
+    plot_curves,
+    plot_mistakes,
+    top_mistakes,
+    write_history,
+    write_json,
+    write_report,
+)
 
 RESUMABLE_OVERRIDES = ("epochs", "workers", "device", "patience")
 TRAINING_STATE = ("optimizer", "scheduler", "epoch", "history", "best", "rng")  # what last.pt adds to a checkpoint
@@ -557,6 +566,9 @@ def finish(run: Run, state: dict[str, Any], failed: set[str]) -> None:
     metrics["test"] = test_metrics
     metrics["open_set"] = open_set_results(val_outputs, test_outputs, rejection, run.splits.classes, run.out)
     save_checkpoint(best_path, **checkpoint_extra(run), metrics=metrics, rejection=rejection.to_dict())
+    if run.hand_crops is None:  # metrics.json only (file paths stay out of the checkpoint); in hands mode the test is per frame
+        metrics["test_mistakes"] = top_mistakes(run.splits.test, test_outputs, run.splits.classes, temperature=rejection.temperature)
+        plot_mistakes(run.out / "test_mistakes.png", metrics["test_mistakes"])
     write_report(run.out, metrics, run.splits.classes)
     plot_curves(run.out / "curves.png", state["history"])
     print(format_summary(test_metrics, f"\ntest set, best epoch {metrics['best_epoch']}:"))
@@ -568,7 +580,8 @@ def finish(run: Run, state: dict[str, Any], failed: set[str]) -> None:
         listed = "\n".join(f"  {s['path']}: {s['reason']}" for s in skipped[:10])
         more = f"\n  … and {len(skipped) - 10} more (metrics.json lists all)" if len(skipped) > 10 else ""
         print(f"{len(skipped)} file(s) skipped:\n{listed}{more}")
-    print(f"results in {run.out}/ (best.pt, metrics.json, curves.png, confusion_matrix.png, open_set.png)")
+    mistakes = ", test_mistakes.png: the most confident mistakes, where wrong labels show up" if metrics.get("test_mistakes") else ""
+    print(f"results in {run.out}/ (best.pt, metrics.json, curves.png, confusion_matrix.png, open_set.png{mistakes})")
 
 
 def test_served(run: Run, best_path: Path, metrics: dict[str, Any], failed: set[str]) -> tuple[dict[str, Any], SplitOutputs]:

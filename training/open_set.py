@@ -162,14 +162,15 @@ def format_score_table(rows: list[dict[str, Any]]) -> str:
 
 
 def evaluate_open_set(classifier: Classifier, samples: Sequence[Sample], *, threshold: float | None, out: Path, workers: int = 2,
-                      unknown: tuple[str, Sequence[Sample]] | None = None) -> dict[str, Any]:
-    """evaluate's open_set section: the rejection on ``samples`` (and predictions.csv), and with ``unknown``
-    (a folder and its images, ``unknown_samples``) the rejection of never-learned gestures (and unknown_worst.png)."""
+                      unknown: tuple[str, Sequence[Sample]] | None = None) -> tuple[dict[str, Any], SplitOutputs]:
+    """(evaluate's open_set section, the outputs of ``samples``): the rejection on ``samples`` (and
+    predictions.csv), and with ``unknown`` (a folder and its images, ``unknown_samples``) the rejection of
+    never-learned gestures (and unknown_worst.png)."""
     rejection = classifier.rejection
     threshold = rejection.threshold_or(threshold)
     known = outputs_of(classifier, samples, workers=workers, desc="open-set features")
     if len(known.targets) == 0:
-        return {**rejection.info(), "threshold": threshold, "test": {"n": 0}}  # every image failed to decode: reported as skipped
+        return {**rejection.info(), "threshold": threshold, "test": {"n": 0}}, known  # every image failed to decode: reported as skipped
     write_predictions(out / "predictions.csv", classifier, samples, known, threshold)
     report = {**rejection.info(), "threshold": threshold, "test": operating_point(known, rejection, classifier.classes, threshold)}
     print(format_open_set(report))
@@ -182,4 +183,4 @@ def evaluate_open_set(classifier: Classifier, samples: Sequence[Sample], *, thre
         rate = report["unknown"]["rejection_rate"]
         print(f"never-learned gestures in {unknown_dir}: {report['unknown']['rejected']} of {report['unknown']['images']} rejected"
               f" ({'n/a' if rate is None else f'{100 * rate:.2f}%'}) at threshold {threshold:.4f}" + (f"; most confident accepts in {worst}" if worst else ""))
-    return report
+    return report, known

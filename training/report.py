@@ -116,6 +116,59 @@ def plot_confusion(path: Path, cm: Sequence[Sequence[int]], classes: Sequence[st
     plt.close(fig)
 
 
+MISTAKES_SHOWN = 16  # in test_mistakes.png; metrics.json lists up to MISTAKES_LISTED
+MISTAKES_LISTED = 100
+
+
+def top_mistakes(samples: Sequence[Any], outputs: Any, classes: Sequence[str], *, temperature: float = 1.0) -> list[dict[str, Any]]:
+    """The images of ``samples`` the model got wrong, the most confident mistake first (fastai's top losses).
+
+    ``outputs`` is the split's SplitOutputs (logits, targets, and the index of each row in ``samples``).
+    A photo the model is sure belongs to another class is as often a wrong label or a photo of nothing
+    in particular as a model error (docs/training.md, flowers), so these are the first ones to look at
+    before tuning for the last points. Probabilities are calibrated (``temperature``)."""
+    if len(outputs.targets) == 0:
+        return []
+    scaled = outputs.logits / temperature
+    probs = np.exp(scaled - scaled.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    pred = probs.argmax(1)
+    wrong = np.flatnonzero(pred != outputs.targets)
+    order = wrong[np.argsort(-probs[wrong, pred[wrong]], kind="stable")][:MISTAKES_LISTED]
+    return [{"path": samples[outputs.index[i]].path, "true": classes[outputs.targets[i]], "predicted": classes[pred[i]],
+             "probability": round(float(probs[i, pred[i]]), 4)} for i in order]
+
+
+def plot_mistakes(path: Path, mistakes: Sequence[dict[str, Any]]) -> Path | None:
+    """test_mistakes.png: the first MISTAKES_SHOWN of ``top_mistakes``, each captioned true -> predicted."""
+    if not mistakes:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from gesture_core.images import ImageDecodeError, read_rgb
+
+    shown = list(mistakes[:MISTAKES_SHOWN])
+    cols = min(4, len(shown))
+    rows = (len(shown) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3.2 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, m in zip(axes.flat, shown, strict=False):
+        try:
+            ax.imshow(read_rgb(m["path"]))
+        except (ImageDecodeError, OSError):  # moved or deleted since the test: keep the caption
+            pass
+        ax.set_title(f"{Path(m['path']).name}\n{m['true']} -> {m['predicted']} ({m['probability']:.2f})", fontsize=8)
+    fig.suptitle(f"test mistakes, most confident first ({len(shown)} of {len(mistakes)}): wrong labels show up here")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def format_summary(metrics: dict[str, Any], title: str) -> str:
     """A per-class table plus totals, for the terminal."""
     lines = [title]
