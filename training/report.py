@@ -153,7 +153,7 @@ def plot_mistakes(path: Path, mistakes: Sequence[dict[str, Any]]) -> Path | None
     shown = list(mistakes[:MISTAKES_SHOWN])
     cols = min(4, len(shown))
     rows = (len(shown) + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3.2 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3.5 * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, m in zip(axes.flat, shown, strict=False):
