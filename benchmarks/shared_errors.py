@@ -16,16 +16,11 @@ import argparse
 import sys
 from pathlib import Path
 
-import cv2
-import numpy as np
-
 from gesture_core import load_classifier
 from gesture_core.cli import command
-from gesture_core.images import read_rgb
 from training.data import Splits
 from training.evaluate import served_outputs
-
-TILE = 160
+from training.report import plot_image_grid
 
 
 def run_answers(run: Path, workers: int) -> tuple[dict[str, str], dict[str, str]]:
@@ -45,18 +40,6 @@ def miss_counts(answers: list[dict[str, str]], truth: dict[str, str]) -> dict[st
     return {p: sum(a[p] != truth[p] for a in answers) for p in sorted(common)}
 
 
-def contact_sheet(paths: list[str], captions: list[str], out: Path, columns: int = 6) -> None:
-    tiles = []
-    for path, caption in zip(paths, captions, strict=True):
-        tile = cv2.resize(read_rgb(path)[:, :, ::-1], (TILE, TILE), interpolation=cv2.INTER_AREA)
-        cv2.rectangle(tile, (0, TILE - 18), (TILE, TILE), (0, 0, 0), -1)
-        cv2.putText(tile, caption, (3, TILE - 5), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1, cv2.LINE_AA)
-        tiles.append(tile)
-    tiles += [np.zeros_like(tiles[0])] * (-len(tiles) % columns)
-    rows = [np.hstack(tiles[i:i + columns]) for i in range(0, len(tiles), columns)]
-    cv2.imwrite(str(out), np.vstack(rows))
-
-
 def report(runs: list[Path], answers: list[dict[str, str]], truth: dict[str, str], out: Path) -> list[str]:
     counts = miss_counts(answers, truth)
     n = len(runs)
@@ -68,8 +51,8 @@ def report(runs: list[Path], answers: list[dict[str, str]], truth: dict[str, str
     lines += [f"| {p} | {truth[p]} | {', '.join(a[p] for a in answers)} |" for p in every]
     out.mkdir(parents=True, exist_ok=True)
     (out / "shared_errors.md").write_text("\n".join(lines) + "\n")
-    if every:
-        contact_sheet(every, [f"{truth[p]} -> {answers[0][p]}" for p in every], out / "shared_errors.png")
+    captions = [f"{Path(p).name}\n{truth[p]} -> {' / '.join(a[p] for a in answers)}" for p in every]
+    plot_image_grid(out / "shared_errors.png", every, captions, f"missed by all {n} runs: true class -> each run's answer")
     return lines
 
 

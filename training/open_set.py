@@ -32,6 +32,7 @@ from training.calibrate import (
     split_outputs,
 )
 from training.data import Sample, scan_images
+from training.report import plot_image_grid
 
 WORST_CASES = 12
 # compare_scores' like-for-like column: every score's threshold set where it turns away this share of
@@ -82,31 +83,12 @@ def unknown_report(classifier: Classifier, known: SplitOutputs, unknown: SplitOu
 
 def plot_worst_cases(path: Path, classifier: Classifier, samples: Sequence[Sample], unknown: SplitOutputs, threshold: float) -> Path | None:
     """The unknown images the model accepted most confidently, with the label it gave them."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from gesture_core.images import read_rgb
-
     scores = product_scores(unknown, classifier.rejection, reject_indices(classifier))
     worst = [i for i in np.argsort(-scores)[:WORST_CASES] if scores[i] >= threshold]
-    if not worst:
-        return None
-    cols = min(4, len(worst))
-    rows = (len(worst) + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3.2 * rows), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, i in zip(axes.flat, worst, strict=False):
-        sample = samples[unknown.index[i]]
-        ax.imshow(read_rgb(sample.path))
-        ax.set_title(f"{Path(sample.path).parent.name}/{Path(sample.path).name}\nseen as {classifier.classes[unknown.logits[i].argmax()]} ({scores[i]:.3f})", fontsize=8)
-    fig.suptitle(f"never-learned gestures accepted most confidently (threshold {threshold:.3f})")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    images = [samples[unknown.index[i]].path for i in worst]
+    captions = [f"{Path(p).parent.name}/{Path(p).name}\nseen as {classifier.classes[unknown.logits[i].argmax()]} ({scores[i]:.3f})"
+                for p, i in zip(images, worst, strict=True)]
+    return plot_image_grid(path, images, captions, f"never-learned gestures accepted most confidently (threshold {threshold:.3f})")
 
 
 def compare_scores(train: SplitOutputs, val: SplitOutputs, test: SplitOutputs, unknown: SplitOutputs | None, classes: Sequence[str],

@@ -141,7 +141,15 @@ def top_mistakes(samples: Sequence[Any], outputs: Any, classes: Sequence[str], *
 
 def plot_mistakes(path: Path, mistakes: Sequence[dict[str, Any]]) -> Path | None:
     """test_mistakes.png: the first MISTAKES_SHOWN of ``top_mistakes``, each captioned true -> predicted."""
-    if not mistakes:
+    shown = mistakes[:MISTAKES_SHOWN]
+    captions = [f"{Path(m['path']).name}\n{m['true']} -> {m['predicted']} ({m['probability']:.2f})" for m in shown]
+    listed = f"{len(mistakes)} listed in metrics.json" if len(mistakes) == MISTAKES_LISTED else f"{len(mistakes)} in all"
+    return plot_image_grid(path, [m["path"] for m in shown], captions, f"test mistakes, most confident first ({len(shown)} of {listed}): wrong labels show up here")
+
+
+def plot_image_grid(path: Path, images: Sequence[str], captions: Sequence[str], title: str) -> Path | None:
+    """Image files in a grid of four columns, each under its caption (None when there are none)."""
+    if not images:
         return None
     import matplotlib
 
@@ -150,19 +158,18 @@ def plot_mistakes(path: Path, mistakes: Sequence[dict[str, Any]]) -> Path | None
 
     from gesture_core.images import ImageDecodeError, read_rgb
 
-    shown = list(mistakes[:MISTAKES_SHOWN])
-    cols = min(4, len(shown))
-    rows = (len(shown) + cols - 1) // cols
+    cols = min(4, len(images))
+    rows = (len(images) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3.5 * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for ax, m in zip(axes.flat, shown, strict=False):
+    for ax, image, caption in zip(axes.flat, images, captions, strict=False):
         try:
-            ax.imshow(read_rgb(m["path"]))
-        except (ImageDecodeError, OSError):  # moved or deleted since the test: keep the caption
+            ax.imshow(read_rgb(image))
+        except (ImageDecodeError, OSError):  # moved or deleted since it was scored: keep the caption
             pass
-        ax.set_title(f"{Path(m['path']).name}\n{m['true']} -> {m['predicted']} ({m['probability']:.2f})", fontsize=8)
-    fig.suptitle(f"test mistakes, most confident first ({len(shown)} of {len(mistakes)}): wrong labels show up here")
+        ax.set_title(caption, fontsize=8)
+    fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
