@@ -124,9 +124,9 @@ def top_mistakes(samples: Sequence[Any], outputs: Any, classes: Sequence[str], *
     """The images of ``samples`` the model got wrong, the most confident mistake first (fastai's top losses).
 
     ``outputs`` is the split's SplitOutputs (logits, targets, and the index of each row in ``samples``).
-    A photo the model is sure belongs to another class is as often a wrong label or a photo of nothing
-    in particular as a model error (docs/training.md, flowers), so these are the first ones to look at
-    before tuning for the last points. Probabilities are calibrated (``temperature``)."""
+    A photo the model is sure belongs to another class may be a wrong label or a photo of nothing in
+    particular (on flowers, 4-7 of 500 test photos: docs/training.md), so these are the first ones to
+    look at before tuning for the last points. Probabilities are calibrated (``temperature``)."""
     if len(outputs.targets) == 0:
         return []
     scaled = outputs.logits / temperature
