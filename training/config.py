@@ -12,8 +12,9 @@ SETTLED_FROM_AUTO = ("flip", "crop")
 
 @dataclass
 class TrainConfig:
-    # the recipe sweep's pick over lite0 (+1.4 points on flowers at 10 epochs on one split); over two splits the two are
-    # within 0.6 points everywhere, so it stays; lite0 is the cheaper choice (docs/training.md#backbones)
+    # the recipe sweep's pick over lite0 (+1.4 points on flowers at 10 epochs on one split). Over three splits lite0 leads
+    # on the gesture sets at 3 epochs and is cheaper: it should return once its "no gesture" figures are re-measured
+    # (docs/training.md#backbones)
     backbone: str = "efficientnet_lite1"
     data: str = ""
     weights: str = "imagenet"
