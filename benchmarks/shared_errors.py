@@ -18,15 +18,16 @@ from pathlib import Path
 
 from gesture_core import load_classifier
 from gesture_core.cli import command
-from training.data import Splits
+from training.data import Sample, Splits
 from training.evaluate import served_outputs
 from training.report import plot_image_grid
 
 
-def run_answers(run: Path, workers: int) -> tuple[dict[str, str], dict[str, str]]:
-    """({test path: predicted class}, {test path: true class}) for the run's best.pt on its saved test split."""
+def run_answers(run: Path, workers: int, test: list[Sample] | None = None) -> tuple[dict[str, str], dict[str, str]]:
+    """({test path: predicted class}, {test path: true class}) for the run's best.pt on its saved test split
+    (``test``, when the caller has loaded it)."""
     classifier = load_classifier(run / "best.pt", device="cpu", engine="torch")
-    test = Splits.load(run / "split.json").test
+    test = Splits.load(run / "split.json").test if test is None else test
     outputs, _ = served_outputs(classifier, test, workers=workers)
     predicted = outputs.logits.argmax(1)
     paths = [test[i].path for i in outputs.index]
@@ -68,10 +69,10 @@ def main(argv: list[str] | None = None) -> int:
     missing = [str(r) for r in args.runs if not (r / "best.pt").is_file() or not (r / "split.json").is_file()]
     if missing:
         raise ValueError(f"not a finished run (needs best.pt and split.json): {', '.join(missing)}")
-    tests = [sorted(s.path for s in Splits.load(r / "split.json").test) for r in args.runs]
-    if any(t != tests[0] for t in tests):
+    tests = [Splits.load(r / "split.json").test for r in args.runs]
+    if any(sorted(s.path for s in t) != sorted(s.path for s in tests[0]) for t in tests):
         raise ValueError("the runs have different test splits: give runs made with the same data, --seed and split flags")
-    results = [run_answers(r, args.workers) for r in args.runs]
+    results = [run_answers(r, args.workers, test) for r, test in zip(args.runs, tests, strict=True)]
     lines = report(args.runs, [a for a, _ in results], results[0][1], args.out or args.runs[0] / "shared-errors")
     print("\n".join(lines))
     return 0

@@ -174,18 +174,19 @@ def test_evaluate_reproduces_the_run_test_metrics(dataset, tmp_path):
 def test_top_mistakes_puts_the_most_confident_first_at_the_calibrated_temperature():
     from types import SimpleNamespace
 
+    from gesture_core.rejection import Rejection
     from training.data import Sample
     from training.report import MISTAKES_LISTED, top_mistakes
 
     logits = np.array([[0.0, 3.0], [1.0, 0.0], [0.0, 1.0], [0.0, 2.0], [5.0, 0.0]], np.float32)
     outputs = SimpleNamespace(logits=logits, targets=np.array([0, 0, 0, 0, 1]), index=np.array([4, 3, 2, 1, 0]))
     samples = [Sample(f"img{i}.jpg", 0) for i in range(5)]
-    mistakes = top_mistakes(samples, outputs, ["a", "b"], temperature=2.0)
+    mistakes = top_mistakes(samples, outputs, ["a", "b"], Rejection(temperature=2.0))
     assert [m["path"] for m in mistakes] == ["img0.jpg", "img4.jpg", "img1.jpg", "img2.jpg"]  # rows 4, 0, 3, 2 by confidence
     assert mistakes[1] == {"path": "img4.jpg", "true": "a", "predicted": "b", "probability": round(float(1 / (1 + np.exp(-1.5))), 4)}
     many = SimpleNamespace(logits=np.tile([[0.0, 1.0]], (MISTAKES_LISTED + 5, 1)), targets=np.zeros(MISTAKES_LISTED + 5, int),
                            index=np.arange(MISTAKES_LISTED + 5))
-    assert len(top_mistakes([Sample("x.jpg", 0)] * (MISTAKES_LISTED + 5), many, ["a", "b"])) == MISTAKES_LISTED
+    assert len(top_mistakes([Sample("x.jpg", 0)] * (MISTAKES_LISTED + 5), many, ["a", "b"], Rejection())) == MISTAKES_LISTED
 
 
 def test_the_run_tests_best_pt_as_served_whatever_the_training_precision(dataset, tmp_path, monkeypatch):

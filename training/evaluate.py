@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     if single == "none":  # the open-set check decides as the service does: one view per image
         report["open_set"], outputs = evaluate_open_set(classifier, samples, threshold=args.threshold, out=out, workers=args.workers,
                                                         unknown=None if unknown is None else (args.unknown, unknown))
-        report["test_mistakes"] = top_mistakes(samples, outputs, classifier.classes, temperature=classifier.rejection.temperature)
+        report["test_mistakes"] = top_mistakes(samples, outputs, classifier.classes, classifier.rejection)
         plot_mistakes(out / "test_mistakes.png", report["test_mistakes"])
         failed_unknown = report["open_set"].get("unknown", {}).get("failed_to_decode", [])
         skipped += unknown_skipped + [{"path": path, "reason": "--unknown image that failed to decode"} for path in failed_unknown]

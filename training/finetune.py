@@ -567,7 +567,7 @@ def finish(run: Run, state: dict[str, Any], failed: set[str]) -> None:
     metrics["open_set"] = open_set_results(val_outputs, test_outputs, rejection, run.splits.classes, run.out)
     save_checkpoint(best_path, **checkpoint_extra(run), metrics=metrics, rejection=rejection.to_dict())
     if run.hand_crops is None:  # metrics.json only (file paths stay out of the checkpoint); in hands mode the test is per frame
-        metrics["test_mistakes"] = top_mistakes(run.splits.test, test_outputs, run.splits.classes, temperature=rejection.temperature)
+        metrics["test_mistakes"] = top_mistakes(run.splits.test, test_outputs, run.splits.classes, rejection)
         plot_mistakes(run.out / "test_mistakes.png", metrics["test_mistakes"])
     write_report(run.out, metrics, run.splits.classes)
     plot_curves(run.out / "curves.png", state["history"])

@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from gesture_core.rejection import Rejection, softmax
+
 
 def classification_metrics(logits: np.ndarray, targets: np.ndarray, classes: Sequence[str], *,
                            no_answer: np.ndarray | None = None, no_answer_class: int | None = None) -> dict[str, Any]:
@@ -120,18 +122,17 @@ MISTAKES_SHOWN = 16  # in test_mistakes.png; metrics.json lists up to MISTAKES_L
 MISTAKES_LISTED = 100
 
 
-def top_mistakes(samples: Sequence[Any], outputs: Any, classes: Sequence[str], *, temperature: float = 1.0) -> list[dict[str, Any]]:
+def top_mistakes(samples: Sequence[Any], outputs: Any, classes: Sequence[str], rejection: Rejection) -> list[dict[str, Any]]:
     """The images of ``samples`` the model got wrong, the most confident mistake first (fastai's top losses).
 
-    ``outputs`` is the split's SplitOutputs (logits, targets, and the index of each row in ``samples``).
+    ``outputs`` is the split's SplitOutputs (logits, targets, and the index of each row in ``samples``);
+    the probabilities are the calibrated ones the service reports (``rejection``'s temperature).
     A photo the model is sure belongs to another class may be a wrong label or a photo of nothing in
     particular (on flowers, 4-7 of 500 test photos: docs/training.md), so these are the first ones to
-    look at before tuning for the last points. Probabilities are calibrated (``temperature``)."""
+    look at before tuning for the last points."""
     if len(outputs.targets) == 0:
         return []
-    scaled = outputs.logits / temperature
-    probs = np.exp(scaled - scaled.max(1, keepdims=True))
-    probs /= probs.sum(1, keepdims=True)
+    probs = softmax(rejection.scale(outputs.logits))
     pred = probs.argmax(1)
     wrong = np.flatnonzero(pred != outputs.targets)
     order = wrong[np.argsort(-probs[wrong, pred[wrong]], kind="stable")][:MISTAKES_LISTED]
