@@ -1,6 +1,6 @@
 """What a model answers for frames with nothing in them (``benchmarks.hostile_inputs.empty_frames``).
 
-    .venv/bin/python -m benchmarks.empty_frames runs/sign-digits-efficientnet_lite1/best.pt [MORE.pt ...]
+    .venv/bin/python -m benchmarks.empty_frames runs/sign-digits-efficientnet_lite0/best.pt [MORE.pt ...]
 
 A covered lens, a blank wall or a dark room is the commonest "no gesture" a webcam sees. Each frame
 goes through the checkpoint's own Classifier, as the service and the webcam send it; the table shows

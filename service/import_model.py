@@ -1,6 +1,6 @@
 """Put a training run's checkpoint into the BentoML model store, so ``bentoml serve`` and ``bentoml build`` find it.
 
-    python -m service.import_model runs/sign-digits-efficientnet_lite1/best.pt [--name gesture-classifier]
+    python -m service.import_model runs/sign-digits-efficientnet_lite0/best.pt [--name gesture-classifier]
 
 The stored model is the checkpoint file itself plus metadata that answers "what is this model?"
 without loading it: backbone, classes, input size, validation/test metrics and a fingerprint of the

@@ -1,6 +1,6 @@
 """Re-evaluate a checkpoint on its run's saved test split, or on any ImageFolder.
 
-    python -m training.evaluate --checkpoint runs/sign-digits-efficientnet_lite1/best.pt
+    python -m training.evaluate --checkpoint runs/sign-digits-efficientnet_lite0/best.pt
     python -m training.evaluate --checkpoint RUN/best.pt --data path/to/folder --out eval/
     python -m training.evaluate --checkpoint RUN/best.pt --tta all   # multi-crop table: top-1 vs cost
     python -m training.evaluate --checkpoint RUN/best.pt --image-size 272 --crop-pct 1.0   # another geometry

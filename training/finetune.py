@@ -2,7 +2,7 @@
 
     python -m training.finetune --data ../shared/data/sign-digits --epochs 3 --image-size 160
     python -m training.finetune --data datasets/my-gestures --flip off --group-by "^(clip[0-9]+)_"
-    python -m training.finetune --resume runs/sign-digits-efficientnet_lite1/last.pt
+    python -m training.finetune --resume runs/sign-digits-efficientnet_lite0/last.pt
     torchrun --standalone --nproc_per_node 2 -m training.finetune --data ... (several processes: training.distributed)
 
 The run folder holds best.pt, last.pt, config.json, split.json, history.csv, metrics.json,
