@@ -101,7 +101,8 @@ def format_open_set_table(results: list[dict[str, Any]]) -> str:
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in results:
         o, t = r["open_set"], r["open_set"]["test"]
-        shipped = next(s for s in r["scores"] if s["score"] == "max_softmax")
+        # the score the run's threshold applies to (checkpoints from before the key thresholded max_softmax)
+        shipped = next(s for s in r["scores"] if s["score"] == o.get("score", "max_softmax"))
         lines.append(f"| {r['scenario']} | {r['classes']} | {pct(r['top1'])} | {o['temperature']:.3f} | {o['threshold']:.4f} | "
                      f"{pct(t['gesture_recall_unthresholded'])} | {pct(t['gesture_recall'])} | {pct(t['gesture_precision'])} | "
                      f"{pct(t['false_accept_rate_unthresholded'])} | {pct(t['false_accept_rate'])} | {t['auroc']:.4f} | "
