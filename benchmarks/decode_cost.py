@@ -7,20 +7,23 @@ Prints, for flat (black) images of a few sizes, the file's bytes, its pixels per
 memory a full decode takes with the limit off, and whether the service's limit refuses it; then, for
 progressive JPEGs with extra scans, what decoding them would cost without the scan limit; then the
 bytes per pixel of real photos from each shared set, re-encoded as PNG, and of their own JPEGs, and
-the most scans any of their JPEG files has.
+the most scans any of their JPEG files has; and what merely opening an ICO file costs in PIL, which
+is why only ``gesture_core.images.DECODED_FORMATS`` are ever opened.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import random
 import time
 
 import cv2
 import numpy as np
+from PIL import Image
 
 from benchmarks.common import describe_machine
-from benchmarks.hostile_inputs import progressive_jpeg
+from benchmarks.hostile_inputs import ico_holding_png, progressive_jpeg
 from benchmarks.recipes import SHARED_DATA
 from gesture_core import DataConfig, ImageDecodeError, read_rgb
 from gesture_core.images import jpeg_scans, reduced_jpeg_flag
@@ -77,6 +80,20 @@ def scan_rows() -> None:
         print(f"| {width}x{height} | {jpeg_scans(data)[1]} | {len(data):,} | {seconds * 1000:,.0f} ms | {refused(data)} |")
 
 
+def format_rows() -> None:
+    """An ICO whose icon is a large flat PNG: its directory claims 256x256, and PIL's ICO reader decodes
+    the PNG inside while it opens the file. Timed: PIL's own open, as a probe of any format would run it."""
+    print("\n| ICO holding a black PNG | file bytes | PIL's Image.open alone (any format allowed) | size it reports | the service |\n"
+          "| --- | ---: | ---: | --- | --- |")
+    for side in (4000, 8000):
+        data = ico_holding_png(side, side)
+        started = time.perf_counter()
+        with Image.open(io.BytesIO(data)) as img:
+            size = img.size
+        seconds = time.perf_counter() - started
+        print(f"| {side}x{side} | {len(data):,} | {seconds * 1000:,.0f} ms | {size[0]}x{size[1]} | {refused(data)} |")
+
+
 def photo_rows(per_set: int) -> None:
     print(f"\n| shared set ({per_set} photos each) | as PNG: bytes per pixel, min-median-max | their own JPEG files: min-median-max | "
           "most scans of any of its JPEG files (all files) |\n| --- | --- | --- | ---: |")
@@ -105,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     print(describe_machine(), "\n")
     flat_rows()
     scan_rows()
+    format_rows()
     photo_rows(args.photos)
     return 0
 

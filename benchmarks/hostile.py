@@ -76,6 +76,7 @@ KINDS = (
     (("strip",), "aspect ratio"),
     (("scan",), "many scans"),
     (("bomb", "over_limit", "flat"), "large image"),
+    (("ico_", "_eps"), "other format"),  # read by PIL, not decoded by the product
 )
 
 

@@ -77,6 +77,16 @@ def progressive_jpeg(width: int, height: int, repeated_scans: int = 0) -> bytes:
     return data[:end] + luma_ac * repeated_scans + data[end:]
 
 
+@functools.cache
+def ico_holding_png(width: int = 8000, height: int = 8000) -> bytes:
+    """An ICO file whose one icon is a flat PNG of ``width`` x ``height`` (186 KB at 8000x8000). Its
+    directory says 256x256, and PIL's ICO reader decodes the PNG as it opens the file, so reading
+    "the header" with PIL costs the whole decode."""
+    png = encode(Image.new("RGB", (width, height)), "PNG", optimize=True)
+    directory = struct.pack("<HHH", 0, 1, 1) + struct.pack("<BBBBHHII", 0, 0, 0, 0, 1, 32, len(png), 22)
+    return directory + png
+
+
 def empty_frames() -> dict[str, np.ndarray]:
     """RGB frames with nothing in them, as a webcam shows when nobody is there: a covered lens, blank
     walls, a dark room's sensor noise. Each decodes and classifies; only "no gesture" is right."""
@@ -109,6 +119,9 @@ def bad_uploads() -> dict[str, tuple[bytes, str]]:
         "flat_progressive_jpeg_4000x4000": (progressive_jpeg(4000, 4000), "too large for its file size"),
         # Small and under every size limit, but 1000 extra passes over the image (a second at 4000x4000).
         "jpeg_scan_bomb": (progressive_jpeg(1000, 1000, repeated_scans=1000), "scans, above the limit"),
+        # Formats PIL reads and the product does not: refused by name from their first bytes, unparsed.
+        "ico_holding_an_8000x8000_png": (ico_holding_png(), "unsupported image format ICO"),
+        "eps": (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 640 480\n%%EndComments\nshowpage\n", "unsupported image format EPS"),
     }
 
 

@@ -41,6 +41,12 @@ SMALL_IMAGE_PIXELS = 2_000_000  # about a 1080p frame: any file may be this larg
 MAX_JPEG_SCANS = 100
 TRUNCATED_JPEG = "truncated JPEG (no end-of-image marker)"
 PROGRESSIVE_FRAMES = {0xC2, 0xC6, 0xCA, 0xCE}  # start-of-frame markers of progressive JPEG (Huffman and arithmetic)
+# The formats decoded, by PIL's reader names (PPM reads PBM/PGM/PPM; JPEG also reads a phone's MPO).
+# Nothing else is opened, not even to read its header: some of PIL's other readers decode the whole
+# image as they open it (an ICO or CUR file holding an 8000x8000 PNG cost 1.5 s and 250 MB to "probe"),
+# EPS runs Ghostscript, and the rest (PSD, FITS, DDS, ...) are parsers nobody sends a gesture in.
+DECODED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF", "PPM")
+SUPPORTED = "JPEG, PNG, WebP, BMP, TIFF, GIF or PPM/PGM"
 # File signatures, to name the format of a file whose header is cut or corrupt.
 SIGNATURES = {b"\xff\xd8\xff": "JPEG", b"\x89PNG\r\n\x1a\n": "PNG", b"GIF8": "GIF", b"II*\x00": "TIFF", b"MM\x00*": "TIFF"}
 
@@ -176,7 +182,7 @@ def opencv_reason(err: cv2.error) -> str:
 def probe_image(data: bytes) -> tuple[str, tuple[int, int]]:
     """Read only the header: (format, (width, height)). Cheap, and safe against bombs."""
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        with Image.open(io.BytesIO(data), formats=DECODED_FORMATS) as img:
             return (img.format or "unknown"), img.size
     except Image.DecompressionBombError as err:
         raise ImageDecodeError(f"image too large ({err})") from None
@@ -191,7 +197,20 @@ def unreadable_header(data: bytes) -> str:
         return TRUNCATED_JPEG
     if fmt is not None:
         return f"truncated or corrupt {fmt} (its image header cannot be read)"
+    other = other_format(data)
+    if other is not None:
+        return f"unsupported image format {other}: send {SUPPORTED}"
     return "not a recognised image format"
+
+
+def other_format(data: bytes) -> str | None:
+    """The name of a format PIL knows but the product does not decode, from the same 16-byte prefix
+    test PIL itself runs before opening a file (``Image.OPEN``'s accept functions); nothing is parsed."""
+    Image.init()
+    for name, (_, accept) in Image.OPEN.items():
+        if name not in DECODED_FORMATS and accept is not None and accept(data[:16]):
+            return name
+    return None
 
 
 def bgr_to_rgb(frame: np.ndarray) -> np.ndarray:
@@ -218,7 +237,7 @@ def reduced_jpeg_flag(fmt: str, width: int, height: int, min_side: int | None) -
 
 
 def _decode_with_pil(data: bytes) -> np.ndarray:
-    with _pil_errors_as_decode_errors(), Image.open(io.BytesIO(data)) as img:
+    with _pil_errors_as_decode_errors(), Image.open(io.BytesIO(data), formats=DECODED_FORMATS) as img:
         img.load()
         return _pil_to_rgb(img)
 

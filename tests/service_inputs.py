@@ -95,6 +95,8 @@ def expected_refusal(case: str, upload_limit_bytes: int) -> tuple[int, str, tupl
         "upload_over_limit": (413, f"the limit is {upload_limit_bytes:,} bytes (server setting GESTURE_MAX_UPLOAD_MB)", None),
         "file_flat_progressive_jpeg_4000x4000": (400, "image: image too large for its file size: 4000x4000 = 16,000,000 pixels in", None),
         "file_jpeg_scan_bomb": (400, "image: JPEG with 1,010 scans, above the limit of 100", None),
+        "file_ico_holding_an_8000x8000_png": (400, "image: unsupported image format ICO: send JPEG, PNG, WebP, BMP, TIFF, GIF or PPM/PGM", None),
+        "file_eps": (400, "image: unsupported image format EPS: send JPEG, PNG, WebP, BMP, TIFF, GIF or PPM/PGM", None),
         "json_nested_deeper_than_the_parser_allows": (400, "Invalid JSON: recursion limit exceeded", ([], "json_invalid")),
         "json_nested_100000_deep": (400, "JSON body too complex: 100,002 commas, colons and brackets, above the limit of 1,000", None),
         "json_of_200000_keys": (400, "JSON body too complex: 400,000 commas, colons and brackets, above the limit of 1,000", None),

@@ -279,6 +279,15 @@ def test_the_floor_bounds_predict_by_the_engine_plus_bentomls_own_cost(capsys):
     assert "add microbatch or adaptive" in capsys.readouterr().err
 
 
+def test_decode_cost_shows_pil_decoding_an_ico_to_open_it_and_the_service_refusing_it(capsys):
+    from benchmarks import decode_cost
+
+    decode_cost.format_rows()
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith(("| 4000x4000", "| 8000x8000"))]
+    # PIL reports the PNG's own size, not the 256x256 the ICO's directory claims: it decoded the image to open it
+    assert [row.split(" | ")[3:] for row in rows] == [["4000x4000", "refused |"], ["8000x8000", "refused |"]]
+
+
 def test_empty_frames_benchmark_answers_every_frame_through_the_classifier(random_head_checkpoint, capsys):
     from benchmarks import empty_frames
     from benchmarks.hostile_inputs import empty_frames as frames

@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from benchmarks.hostile_inputs import encode, flat_png, png_strip, progressive_jpeg
+from benchmarks.hostile_inputs import encode, flat_png, ico_holding_png, png_strip, progressive_jpeg
 from benchmarks.server_process import REPO
 from gesture_core import DataConfig, ImageDecodeError, Preprocess, read_rgb
 from gesture_core.images import (
+    DECODED_FORMATS,
     MAX_ASPECT_RATIO,
     MAX_JPEG_SCANS,
     SMALL_IMAGE_PIXELS,
@@ -191,3 +192,32 @@ def test_a_progressive_jpeg_is_held_to_the_pixels_per_byte_limit_and_photos_pass
     noise = np.random.default_rng(0).integers(0, 256, (1500, 2000, 3), np.uint8)  # 3 MP, like a photo
     photo = encode(Image.fromarray(noise), "JPEG", progressive=True, quality=75)
     assert read_rgb(photo, max_pixels_per_byte=16, min_side=256).shape[:2] == (750, 1000)
+
+
+OTHER_FORMATS = {  # formats PIL reads: each is refused by name, without its reader ever running
+    "ICO": lambda: ico_holding_png(),  # PIL's ICO reader decodes the 8000x8000 PNG inside as it opens the file
+    "EPS": lambda: b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 640 480\n%%EndComments\nshowpage\n",  # PIL runs Ghostscript on it
+    "PCX": lambda: encode(Image.new("RGB", (64, 48)), "PCX"),
+    "SGI": lambda: encode(Image.new("RGB", (64, 48)), "SGI"),
+    "QOI": lambda: encode(Image.new("RGB", (64, 48)), "QOI"),
+    "JPEG2000": lambda: encode(Image.new("RGB", (64, 48)), "JPEG2000"),
+    "DDS": lambda: encode(Image.new("RGB", (64, 48)), "DDS"),
+}
+
+
+@pytest.mark.parametrize("fmt", sorted(OTHER_FORMATS))
+def test_formats_the_product_does_not_decode_are_refused_by_name_unopened(fmt, monkeypatch):
+    data = OTHER_FORMATS[fmt]()
+    opened = []
+    real_open = Image.open
+    monkeypatch.setattr(Image, "open", lambda fp, mode="r", formats=None: opened.append(formats) or real_open(fp, mode, formats))
+    with pytest.raises(ImageDecodeError, match=f"^unsupported image format {fmt}: send JPEG, PNG, WebP, BMP, TIFF, GIF or PPM/PGM$"):
+        decode_rgb(data, max_pixels_per_byte=16.0)
+    assert opened and all(formats == DECODED_FORMATS for formats in opened)  # PIL was only ever asked for the decoded formats
+
+
+@pytest.mark.parametrize(("fmt", "mode"), [("JPEG", "RGB"), ("PNG", "RGBA"), ("WEBP", "RGB"), ("BMP", "RGB"), ("TIFF", "I;16"),
+                                           ("GIF", "P"), ("PPM", "RGB"), ("PPM", "L"), ("PPM", "1")])  # fmt: skip
+def test_every_supported_format_decodes(fmt, mode):
+    pixels = np.random.default_rng(0).integers(0, 256, (48, 64, 3), np.uint8)
+    assert decode_rgb(encode(Image.fromarray(pixels).convert(mode), fmt)).shape == (48, 64, 3)
