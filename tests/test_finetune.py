@@ -189,6 +189,18 @@ def test_top_mistakes_puts_the_most_confident_first_at_the_calibrated_temperatur
     assert len(top_mistakes([Sample("x.jpg", 0)] * (MISTAKES_LISTED + 5), many, ["a", "b"], Rejection())) == MISTAKES_LISTED
 
 
+def test_frames_with_no_hand_are_mistakes_unless_they_are_no_gesture_and_come_last():
+    from training.report import rank_mistakes
+
+    probs = np.array([[0.1, 0.9, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.6, 0.4, 0.0], [0.0, 0.2, 0.8]], np.float32)
+    targets, no_hand = np.array([0, 1, 2, 1, 2]), np.array([False, True, True, False, False])
+    mistakes = rank_mistakes([f"f{i}.jpg" for i in range(5)], probs, targets, ["a", "b", "nothing"], no_hand, no_hand_class=2)
+    assert [(m["path"], m["predicted"], m["probability"]) for m in mistakes] == [
+        ("f0.jpg", "b", 0.9), ("f3.jpg", "a", 0.6), ("f1.jpg", "no hand found", 0.0)]  # f2: no hand in a "nothing" frame is right
+    without = rank_mistakes([f"f{i}.jpg" for i in range(5)], probs, targets, ["a", "b", "nothing"], no_hand, no_hand_class=None)
+    assert [m["path"] for m in without] == ["f0.jpg", "f3.jpg", "f1.jpg", "f2.jpg"]  # a model with no "no gesture" class: each a miss
+
+
 def test_the_run_tests_best_pt_as_served_whatever_the_training_precision(dataset, tmp_path, monkeypatch):
     """The reported test figures are the fp32 Classifier's answers on the saved best.pt, not the
     training model's (bf16 autocast here): what the run reports is what the service gives. The test

@@ -347,11 +347,49 @@ def test_evaluate_and_predict_agree(hands_run, crop_cache, monkeypatch):
     split = read_json(run / "split.json")
     classes = split["classes"]
     matrix = np.zeros((len(classes), len(classes)), int)
+    wrong = {}
     for rel, label in split["test"]:
         prediction = classifier.predict(Path(split["root"]) / rel, k=1)
         answered = prediction.top_k[0][0] if prediction.top_k else "nothing"  # no hand: 'no gesture', counted as nothing
         matrix[label, classes.index(answered)] += 1
+        if answered != classes[label]:
+            wrong[str(Path(split["root"]) / rel)] = prediction.top_k[0] if prediction.top_k else ("no hand found", 0.0)
     assert matrix.tolist() == evaluated["confusion_matrix"]
+    # test_mistakes lists those whole frames, as predict answers them, the most confident first
+    mistakes = read_json(run / "metrics.json")["test_mistakes"]
+    assert wrong, "every test frame was right: this check could not fail"
+    assert read_json(out / "metrics.json")["test_mistakes"] == mistakes
+    assert {m["path"]: m["predicted"] for m in mistakes} == {path: label for path, (label, _) in wrong.items()}
+    assert [m["probability"] for m in mistakes] == pytest.approx([wrong[m["path"]][1] for m in mistakes], abs=1e-3)
+    assert [m["probability"] for m in mistakes] == sorted((m["probability"] for m in mistakes), reverse=True)
+    assert (run / "test_mistakes.png").exists() and (out / "test_mistakes.png").exists()
+
+
+def test_evaluate_unknown_answers_each_never_learned_frame_as_the_service_does(hands_run, crop_cache, asl, flowers, tmp_path, monkeypatch):
+    from training import evaluate
+
+    monkeypatch.setenv("GESTURE_CACHE_DIR", str(crop_cache))
+    unknown = tmp_path / "unknown"
+    for name in ("B", "L"):  # letters the model never learned, with a hand in the frame
+        (unknown / name).mkdir(parents=True)
+        for path in sorted((asl / name).iterdir())[:4]:
+            (unknown / name / path.name).write_bytes(path.read_bytes())
+    photos = sorted((flowers / "daisy").iterdir())[:3]  # no hand at all
+    for path in photos:
+        (unknown / path.name).write_bytes(path.read_bytes())
+    (unknown / "broken.jpg").write_bytes(photos[0].read_bytes()[:300])
+    (unknown / "notes.txt").write_text("not an image")
+    run, out = hands_run["run"], tmp_path / "eval"
+    assert evaluate.main(["--checkpoint", str(run / "best.pt"), "--workers", "0", "--unknown", str(unknown), "--out", str(out)]) == 0
+    report = read_json(out / "metrics.json")
+    found = report["open_set"]["unknown"]
+    classifier = load_classifier(run / "best.pt", "cpu", engine="torch")
+    images = sorted(p for p in unknown.rglob("*.jpg") if p.name != "broken.jpg")
+    answers = [classifier.predict_hands(path.read_bytes()) for path in images]
+    assert found["images"] == len(images) == 11
+    assert found["rejected"] == sum(a.frame.label is None for a in answers)
+    assert found["no_hand"] == sum(a.source is None for a in answers) >= len(photos)
+    assert {Path(s["path"]).name for s in report["skipped"]} >= {"broken.jpg", "notes.txt"}  # found at the scan, reported
 
 
 def test_a_run_without_hands_is_unchanged(asl_subset, crop_cache, tmp_path, monkeypatch):

@@ -28,7 +28,7 @@ from gesture_core.preprocess import TTA_MODES, DataConfig, Preprocess, tta_crops
 from training import cli
 from training.calibrate import SplitOutputs
 from training.data import DatasetError, ImageDataset, Sample, Splits, failure_reports, load_folder, make_loader
-from training.hand_crops import HandCropCache, crop_samples, frame_metrics, frame_outputs
+from training.hand_crops import HandCropCache, crop_samples, format_no_hand, frame_metrics, frame_mistakes, frame_outputs
 from training.loop import IGNORE_LABEL
 from training.open_set import evaluate_open_set, unknown_samples
 from training.report import classification_metrics, format_summary, plot_mistakes, top_mistakes, write_json, write_report
@@ -177,12 +177,12 @@ def main(argv: list[str] | None = None) -> int:
         raise DatasetError(f"no images to evaluate in {name}")
     unknown_skipped: list[dict[str, str]] = []
     try:  # before the long part: a wrong --unknown folder fails in a second, not after the evaluation
-        unknown = None if args.unknown is None or classifier.hands_mode else unknown_samples(args.unknown, unknown_skipped)
+        unknown = None if args.unknown is None else unknown_samples(args.unknown, unknown_skipped)
     except DatasetError as err:
         print(f"error: --unknown: {err}", file=sys.stderr)
         return 2
     if classifier.hands_mode:
-        return evaluate_hands(classifier, samples, skipped, name, args)
+        return evaluate_hands(classifier, samples, skipped + unknown_skipped, name, args, unknown)
     if args.tta == "all":
         rows, results = tta_table(classifier, samples, batch_size=args.batch_size, workers=args.workers)
         metrics, failed = results["none"]
@@ -224,13 +224,13 @@ def geometry_suffix(args: argparse.Namespace) -> str:
     return size + ("" if args.crop_pct is None else f"-crop{args.crop_pct:g}")
 
 
-def evaluate_hands(classifier: Classifier, samples: list[Sample], skipped: list[dict[str, str]], name: str, args: argparse.Namespace) -> int:
+def evaluate_hands(classifier: Classifier, samples: list[Sample], skipped: list[dict[str, str]], name: str, args: argparse.Namespace,
+                   unknown: list[Sample] | None = None) -> int:  # fmt: skip
     """A hands-mode checkpoint: frames through the Classifier's hands pipeline, hand crops from the
-    cache (made by the classifier's own localiser where missing); the open-set report on the crops."""
+    cache (made by the classifier's own localiser where missing); the open-set report on the crops,
+    and with ``unknown`` how many of those frames get "no gesture", as the service answers them."""
     if args.tta != "none":
         raise ValueError(f"--tta {args.tta}: test-time augmentation is not defined for a hands-mode model (trained with --hands); choose none")
-    if args.unknown is not None:
-        raise ValueError("--unknown is not supported yet for a hands-mode model (trained with --hands); evaluate without it")
     cache = HandCropCache(classifier.data_config, localiser=lambda: classifier.localiser)
     outputs = frame_outputs(classifier, samples, cache, batch_size=args.batch_size, threshold=args.threshold)
     metrics = frame_metrics(classifier, outputs)
@@ -242,15 +242,33 @@ def evaluate_hands(classifier: Classifier, samples: list[Sample], skipped: list[
     crops = crop_samples(samples, cache)
     if crops:
         report["open_set"], _ = evaluate_open_set(classifier, crops, threshold=args.threshold, out=out, workers=args.workers)
+    if unknown:
+        report.setdefault("open_set", {})["unknown"] = unknown_frames(classifier, unknown, cache, args)
+        skipped += [{"path": path, "reason": "--unknown image that failed to decode"} for path in report["open_set"]["unknown"]["failed_to_decode"]]
+    report["test_mistakes"] = frame_mistakes(classifier, samples, outputs)
+    plot_mistakes(out / "test_mistakes.png", report["test_mistakes"])
     write_report(out, report, classifier.classes)
     print(format_summary(metrics, f"{classifier.backbone} on {name}, hand crops:"))
-    no_hand = metrics["no_answer"]
-    counted = f"counted as {no_hand['counted_as']!r}" if no_hand["counted_as"] else "each a miss (the model has no 'no gesture' class)"
-    print(f"  no hand found in {no_hand['n']} of {metrics['n']} images: answered 'no gesture', {counted}")
+    print(format_no_hand(metrics))
     if skipped:
         print(f"{len(skipped)} file(s) skipped (listed in {out / 'metrics.json'})")
     print(f"report in {out}/")
     return 0
+
+
+def unknown_frames(classifier: Classifier, unknown: list[Sample], cache: HandCropCache, args: argparse.Namespace) -> dict[str, Any]:
+    """--unknown for a hands-mode model: each image as the service answers it (its hands found, each
+    hand's crop scored, ``decide_hands``): rejected when the frame's answer is "no gesture", because
+    no hand was found or no hand was accepted."""
+    frames = frame_outputs(classifier, unknown, cache, batch_size=args.batch_size, threshold=args.threshold, desc="unknown frames")
+    rejected = sum(label is None for label in frames.labels)
+    report = {"folder": str(args.unknown), "images": len(frames.labels), "rejected": rejected,
+              "rejection_rate": rejected / len(frames.labels) if frames.labels else None, "no_hand": int(frames.no_hand.sum()),
+              "threshold": classifier.rejection.threshold_or(args.threshold), "failed_to_decode": [unknown[i].path for i in frames.failed]}
+    rate = "n/a" if report["rejection_rate"] is None else f"{100 * report['rejection_rate']:.2f}%"
+    print(f"never-learned gestures in {args.unknown}: {rejected} of {report['images']} answered 'no gesture' ({rate}; "
+          f"no hand found in {report['no_hand']}) at threshold {report['threshold']:.4f}")
+    return report
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ from gesture_core.checkpoint import (
     remove_partial_saves,
     save_checkpoint,
 )
-from gesture_core.classifier import load_classifier
+from gesture_core.classifier import Classifier, load_classifier
 from gesture_core.cli import EXIT_USAGE, USER_ERRORS, command
 from gesture_core.preprocess import DataConfig
 from training import cli, distributed
@@ -57,7 +57,15 @@ from training.distributed import ShardedSeededSampler, is_main_process
 from training.ema import ModelEma
 from training.evaluate import served_outputs
 from training.features import CACHE_CHOICES, FrozenFeatures, use_feature_cache
-from training.hand_crops import HandCropCache, HandCropReport, frame_metrics, frame_outputs, hand_crop_splits
+from training.hand_crops import (
+    HandCropCache,
+    HandCropReport,
+    format_no_hand,
+    frame_metrics,
+    frame_mistakes,
+    frame_outputs,
+    hand_crop_splits,
+)
 from training.loop import AMP_CHOICES, EpochResult, build_optimizer, predict_logits, resolve_amp, train_one_epoch, warmup_cosine
 from training.report import (
     classification_metrics,
@@ -562,13 +570,12 @@ def finish(run: Run, state: dict[str, Any], failed: set[str]) -> None:
     rejection, val_outputs = fit_rejection(run.model, run.cfg.backbone, run.splits, run.data_config, device=run.device, requested=run.cfg.reject_classes,
                                            target_recall=run.cfg.reject_target_recall, workers=run.cfg.workers, score=run.cfg.reject_score)
     save_checkpoint(best_path, **checkpoint_extra(run), metrics=metrics, rejection=rejection.to_dict())  # what load_classifier reads
-    test_metrics, test_outputs = test_served(run, best_path, metrics, failed)
+    test_metrics, test_outputs, mistakes = test_served(run, best_path, metrics, failed)
     metrics["test"] = test_metrics
     metrics["open_set"] = open_set_results(val_outputs, test_outputs, rejection, run.splits.classes, run.out)
     save_checkpoint(best_path, **checkpoint_extra(run), metrics=metrics, rejection=rejection.to_dict())
-    if run.hand_crops is None:  # metrics.json only (file paths stay out of the checkpoint); in hands mode the test is per frame
-        metrics["test_mistakes"] = top_mistakes(run.splits.test, test_outputs, run.splits.classes, rejection)
-        plot_mistakes(run.out / "test_mistakes.png", metrics["test_mistakes"])
+    metrics["test_mistakes"] = mistakes  # metrics.json only: file paths stay out of the checkpoint
+    plot_mistakes(run.out / "test_mistakes.png", mistakes)
     write_report(run.out, metrics, run.splits.classes)
     plot_curves(run.out / "curves.png", state["history"])
     print(format_summary(test_metrics, f"\ntest set, best epoch {metrics['best_epoch']}:"))
@@ -584,34 +591,29 @@ def finish(run: Run, state: dict[str, Any], failed: set[str]) -> None:
     print(f"results in {run.out}/ (best.pt, metrics.json, curves.png, confusion_matrix.png, open_set.png{mistakes})")
 
 
-def test_served(run: Run, best_path: Path, metrics: dict[str, Any], failed: set[str]) -> tuple[dict[str, Any], SplitOutputs]:
-    """(test metrics, the test split's outputs for the "no gesture" report) from the saved best.pt's
-    Classifier, loaded as ``training.evaluate`` loads it (eager PyTorch, fp32): the figures reported
-    are the ones the service gives, whatever precision training ran in, and the test split is read
-    once. Test files that fail to decode join ``metrics["skipped"]``."""
-    if run.hand_crops is not None:  # the report on the hand crops, as calibration sees them
-        crops = split_outputs(run.model, run.cfg.backbone, run.splits.test, run.data_config, device=run.device, workers=run.cfg.workers, desc="test features")
-        return test_frames(run, best_path, metrics), crops
+def test_served(run: Run, best_path: Path, metrics: dict[str, Any], failed: set[str]) -> tuple[dict[str, Any], SplitOutputs, list[dict[str, Any]]]:
+    """(test metrics, the test split's outputs for the "no gesture" report, its most confident
+    mistakes) from the saved best.pt's Classifier, loaded as ``training.evaluate`` loads it (eager
+    PyTorch, fp32): the figures reported are the ones the service gives, whatever precision training
+    ran in, and the test split is read once. Test files that fail to decode join ``metrics["skipped"]``."""
     classifier = load_classifier(best_path, run.device, engine="torch")
+    if run.hand_crops is not None:  # the "no gesture" report on the hand crops, as calibration sees them
+        crops = split_outputs(run.model, run.cfg.backbone, run.splits.test, run.data_config, device=run.device, workers=run.cfg.workers, desc="test features")
+        test_metrics, mistakes = test_frames(run, classifier, metrics)
+        return test_metrics, crops, mistakes
     outputs, test_failed = served_outputs(classifier, run.splits.test, batch_size=run.cfg.batch_size * 2, workers=run.cfg.workers)
     metrics["skipped"] = metrics["skipped"] + failure_reports(sorted(set(test_failed) - failed), run.data_config.resize_size)
-    return classification_metrics(outputs.logits, outputs.targets, classifier.classes), outputs
+    return classification_metrics(outputs.logits, outputs.targets, classifier.classes), outputs, top_mistakes(run.splits.test, outputs, classifier.classes, classifier.rejection)
 
 
-def test_frames(run: Run, best_path: Path, metrics: dict[str, Any]) -> dict[str, Any]:
-    """--hands: the saved best.pt, loaded as the service loads it, on every test image (whole frames,
-    no-hand ones included: training.hand_crops's policy); the crop report goes into ``metrics``."""
-    classifier = load_classifier(best_path, run.device, engine="torch")
-    outputs = frame_outputs(classifier, run.source_splits.test, run.hand_crops, batch_size=run.cfg.batch_size * 2, desc="test frames")
+def test_frames(run: Run, classifier: Classifier, metrics: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """--hands: (test metrics, most confident mistakes) of the saved best.pt, loaded as the service
+    loads it, on every test image (whole frames, no-hand ones included: training.hand_crops's
+    policy); the crop report goes into ``metrics``."""
+    frames = frame_outputs(classifier, run.source_splits.test, run.hand_crops, batch_size=run.cfg.batch_size * 2, desc="test frames")
     metrics["hands"] = run.hand_report.to_json()
     metrics["skipped"] = metrics["skipped"] + run.hand_report.failed
-    return frame_metrics(classifier, outputs)
-
-
-def format_no_hand(test_metrics: dict[str, Any]) -> str:
-    block = test_metrics.get("no_answer") or {}
-    counted = f"counted as {block['counted_as']!r}" if block.get("counted_as") else "each a miss (the model has no 'no gesture' class)"
-    return f"  no hand found in {block.get('n', 0)} of {test_metrics['n']} test images: answered 'no gesture', {counted}"
+    return frame_metrics(classifier, frames), frame_mistakes(classifier, run.source_splits.test, frames)
 
 
 @command

@@ -44,7 +44,7 @@ from gesture_core.preprocess import DataConfig
 from training.data import Sample, Splits, decode_file
 from training.features import file_digest
 from training.loop import progress_bar
-from training.report import classification_metrics
+from training.report import classification_metrics, rank_mistakes
 
 HAND_CROPS_FORMAT_VERSION = 1
 POLICY = ("no hand found: skipped in training and validation; in the test, answered 'no gesture' "
@@ -255,10 +255,30 @@ def frame_outputs(classifier: Classifier, samples: Sequence[Sample], cache: Hand
 def frame_metrics(classifier: Classifier, outputs: FrameOutputs) -> dict[str, Any]:
     """classification_metrics on frames: an image with no hand counts as the first "no gesture" class
     (a miss when the model has none); ``hands`` adds how many had none."""
-    reject = [classifier.classes.index(c) for c in classifier.rejection.reject_classes]
     scores = np.log(outputs.probs.clip(1e-12))
     return classification_metrics(scores, outputs.targets, classifier.classes, no_answer=outputs.no_hand,
-                                  no_answer_class=reject[0] if reject else None)  # fmt: skip
+                                  no_answer_class=no_hand_class(classifier))  # fmt: skip
+
+
+def frame_mistakes(classifier: Classifier, samples: Sequence[Sample], outputs: FrameOutputs) -> list[dict[str, Any]]:
+    """``top_mistakes`` per frame (what test_mistakes.png shows): the whole images, each with the
+    label of the hand its answer came from, or "no hand found" after the confident mistakes."""
+    failed = set(outputs.failed)
+    paths = [sample.path for i, sample in enumerate(samples) if i not in failed]
+    return rank_mistakes(paths, outputs.probs, outputs.targets, classifier.classes, outputs.no_hand, no_hand_class(classifier))
+
+
+def no_hand_class(classifier: Classifier) -> int | None:
+    """The class a frame with no hand counts as: the first "no gesture" class, if the model has one."""
+    reject = [classifier.classes.index(c) for c in classifier.rejection.reject_classes]
+    return reject[0] if reject else None
+
+
+def format_no_hand(test_metrics: dict[str, Any]) -> str:
+    """One line for the console: how many frames had no hand, and what they counted as."""
+    block = test_metrics.get("no_answer") or {}
+    counted = f"counted as {block['counted_as']!r}" if block.get("counted_as") else "each a miss (the model has no 'no gesture' class)"
+    return f"  no hand found in {block.get('n', 0)} of {test_metrics['n']} images: answered 'no gesture', {counted}"
 
 
 def crop_samples(samples: Sequence[Sample], cache: HandCropCache) -> list[Sample]:

@@ -132,12 +132,27 @@ def top_mistakes(samples: Sequence[Any], outputs: Any, classes: Sequence[str], r
     look at before tuning for the last points."""
     if len(outputs.targets) == 0:
         return []
-    probs = softmax(rejection.scale(outputs.logits))
+    paths = [samples[i].path for i in outputs.index]
+    return rank_mistakes(paths, softmax(rejection.scale(outputs.logits)), outputs.targets, classes)
+
+
+NO_HAND_FOUND = "no hand found"  # what a hands-mode mistake "predicted" when the model never saw a hand
+
+
+def rank_mistakes(paths: Sequence[str], probs: np.ndarray, targets: np.ndarray, classes: Sequence[str],
+                  no_hand: np.ndarray | None = None, no_hand_class: int | None = None) -> list[dict[str, Any]]:  # fmt: skip
+    """``top_mistakes`` on rows of probabilities. With ``no_hand`` (hands mode, one row per frame), a
+    frame where no hand was found is a mistake unless its label is ``no_hand_class``, the "no gesture"
+    class it counts as; it is listed after the confident mistakes, since it has no probability."""
     pred = probs.argmax(1)
-    wrong = np.flatnonzero(pred != outputs.targets)
-    order = wrong[np.argsort(-probs[wrong, pred[wrong]], kind="stable")][:MISTAKES_LISTED]
-    return [{"path": samples[outputs.index[i]].path, "true": classes[outputs.targets[i]], "predicted": classes[pred[i]],
-             "probability": round(float(probs[i, pred[i]]), 4)} for i in order]
+    wrong = pred != targets
+    if no_hand is not None:
+        wrong = np.where(no_hand, targets != (-1 if no_hand_class is None else no_hand_class), wrong)
+    confidence = probs[np.arange(len(pred)), pred] * (1 if no_hand is None else ~no_hand)
+    order = np.flatnonzero(wrong)
+    order = order[np.argsort(-confidence[order], kind="stable")][:MISTAKES_LISTED]
+    return [{"path": paths[i], "true": classes[targets[i]], "predicted": NO_HAND_FOUND if no_hand is not None and no_hand[i] else classes[pred[i]],
+             "probability": round(float(confidence[i]), 4)} for i in order]
 
 
 def plot_mistakes(path: Path, mistakes: Sequence[dict[str, Any]]) -> Path | None:
