@@ -32,7 +32,7 @@ from tests.hand_scenes import (
     save_hands_checkpoint,
 )
 from tests.service_inputs import jpeg
-from tests.test_rejection import energy_run, scored_copies  # noqa: F401 - the fixtures are shared
+from tests.test_rejection import energy_run  # noqa: F401 - the fixture is shared
 from tests.test_service_integration import import_cli
 
 CORS_ORIGINS_ENV = "GESTURE_CORS_ORIGINS"

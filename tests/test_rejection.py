@@ -279,36 +279,6 @@ def test_the_fitted_temperature_lowers_ece_on_held_out_real_data(sign_digits_run
     assert after < 0.7 * before, (temperature, before, after)
 
 
-def calibrated_copy(sign_digits_run: Path, run: Path, *flags: str) -> Path:
-    """The sign-digits run copied to ``run``, recalibrated with the digit 0 as its "no gesture" class
-    (and ``flags``), and evaluated on its test split."""
-    for name in ("best.pt", "split.json", "metrics.json"):
-        shutil.copy(sign_digits_run / name, run / name)
-    done = run_module("training.calibrate", "--checkpoint", str(run / "best.pt"), "--reject-class", "0", *flags)
-    assert done.returncode == 0, done.stderr[-3000:]
-    done = run_module("training.evaluate", "--checkpoint", str(run / "best.pt"), "--out", str(run / "eval"))
-    assert done.returncode == 0, done.stderr[-3000:]
-    return run
-
-
-@pytest.fixture(scope="module")
-def scored_copies(sign_digits_run, tmp_path_factory):
-    """``copy_scored_by(score)``: the sign-digits run recalibrated with digit 0 as "no gesture" and
-    thresholded on ``score`` (--reject-score), one copy per score, made on first use."""
-    made: dict[str, Path] = {}
-
-    def copy_scored_by(score: str) -> Path:
-        if score not in made:
-            # recall 0.97 rather than the default 0.99: the threshold then rejects about 3% of the gestures,
-            # so the test split has images that only the threshold rejects on any CPU's model (at 0.99,
-            # about 4 of 389 were expected, and some CPUs' models had none for one score or another)
-            made[score] = calibrated_copy(sign_digits_run, tmp_path_factory.mktemp(score), "--reject-score", score,
-                                          "--reject-target-recall", "0.97")
-        return made[score]
-
-    return copy_scored_by
-
-
 @pytest.fixture(scope="module")
 def calibrated_run(scored_copies) -> Path:
     """Thresholded on the calibrated top probability."""

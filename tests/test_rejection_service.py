@@ -14,7 +14,7 @@ import pytest
 from benchmarks.server_process import REPO, serve_process
 from gesture_core import load_classifier
 from service.webcam.scoring import LocalScorer, RemoteScorer, decision_rule
-from tests.test_rejection import evaluate_decisions, scored_copies, scored_run  # noqa: F401 - the fixtures are shared
+from tests.test_rejection import evaluate_decisions, scored_run  # noqa: F401 - the fixture is shared
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
