@@ -32,7 +32,7 @@ import asyncio
 import inspect
 import json
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from http import HTTPStatus
 from typing import Any, NamedTuple
 from urllib.parse import parse_qsl
@@ -71,6 +71,7 @@ class EndpointFields:
     names: frozenset[str]
     files: frozenset[str] = frozenset()
     repeatable: frozenset[str] = frozenset()
+    several: str = ""  # where several files go instead ("'images' on /predict_batch"); RequestGuard fills it in
 
 
 class RequestGuard:
@@ -78,7 +79,9 @@ class RequestGuard:
                  body_timeout_s: float, max_concurrency: int) -> None:
         """``endpoints``: route -> its fields; only POSTs to these routes are read and counted."""
         self.app = app
-        self.endpoints = dict(endpoints)
+        # A file field sent twice where one is taken: the answer names the endpoints that take several.
+        several = " or ".join(f"{quoted(f.repeatable & f.files)} on {route}" for route, f in endpoints.items() if f.repeatable & f.files)
+        self.endpoints = {route: replace(f, several=several) for route, f in endpoints.items()}
         self.max_body_bytes = max_body_bytes
         self.body_timeout_s = body_timeout_s
         self.max_concurrency = max_concurrency
@@ -179,7 +182,7 @@ def parts_problem(parts: list[FormPart], fields: EndpointFields) -> str | None:
             return f"field '{name}' must be a file in a multipart/form-data upload (e.g. curl -F {name}=@photo.jpg), not text"
         if name in seen and name not in fields.repeatable:
             return f"field '{name}' was sent more than once; it takes one value" + (
-                f" (several images: repeat {quoted(fields.repeatable)} on /predict_batch)" if is_file else "")
+                f" (several images: repeat {fields.several})" if is_file and fields.several else "")
         seen.add(name)
     return None
 

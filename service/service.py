@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -59,6 +60,10 @@ SETTINGS = Settings.from_env()  # once, at start-up: the service's resources and
 # A small file cannot hide a big decode: above 2 MP, Settings.max_pixels_per_byte holds one of 256 KB
 # to 4.2 MP (gesture_core.images.SMALL_IMAGE_PIXELS), and a JPEG decodes at reduced scale.
 SMALL_UPLOAD_BYTES = 256 * 1024
+# Those worker threads come from AnyIO's pool, which runs up to 40 at once, and one upload at the pixel
+# limit takes about 256 MB to decode: 16 of them sent together grew the worker by GBs (docs/reliability.md).
+# Decoding is CPU-bound, so more at once than cores gains nothing; this many bound what they can hold.
+DECODES_AT_ONCE = min(4, len(os.sched_getaffinity(0)))
 
 logger = logging.getLogger("bentoml.service.gesture")
 
@@ -95,6 +100,7 @@ class GestureClassifier:
         if self.classifier.hands_mode:
             warm_up_localiser(self.classifier)
         self.batcher = MicroBatcher(self.classify_uploads, settings.batch_size, name="gesture-model", threads=threads)
+        self.decode_slots = anyio.CapacityLimiter(DECODES_AT_ONCE)  # the worker threads that decode large uploads
         # Everything loaded so far lives as long as the worker. Out of the collector's sight, it no
         # longer makes each full collection walk torch's, BentoML's and the model's objects (over
         # 400,000) while every in-flight request waits: p99 went from about 3x p50 to 1.1-1.6x.
@@ -188,7 +194,7 @@ class GestureClassifier:
         size = upload.stat().st_size if isinstance(upload, Path) else len(upload)
         if size <= SMALL_UPLOAD_BYTES:
             return Upload(upload, what)
-        return await anyio.to_thread.run_sync(crop_upload, self.classifier, upload, what, self.decode_limits)
+        return await anyio.to_thread.run_sync(crop_upload, self.classifier, upload, what, self.decode_limits, limiter=self.decode_slots)
 
     def classify_uploads(self, items: list[Upload | np.ndarray]) -> list[ClassScores | Exception]:
         """One model call (on a model thread) for a batch of crops and small uploads; an upload that does
@@ -215,7 +221,7 @@ class GestureClassifier:
 
     async def find_hands(self, upload: Path | bytes, what: str) -> tuple[list[Hand], list[np.ndarray]]:
         """The upload's hands and their crops, found in a worker thread (hand detection never holds up the event loop)."""
-        return await anyio.to_thread.run_sync(find_hand_crops, self.classifier, upload, what, self.decode_limits)
+        return await anyio.to_thread.run_sync(find_hand_crops, self.classifier, upload, what, self.decode_limits, limiter=self.decode_slots)
 
     def hands_prediction(self, hands: list[Hand], scores: list[ClassScores], top_k: int, threshold: float | None) -> PredictionOut:
         """The classifier's own per-hand and frame decisions (``Classifier.decide_hands``)."""

@@ -46,7 +46,7 @@ def ambiguous_requests() -> dict[str, tuple[dict, int, str]]:
     image = jpeg(1)
     return {
         "two_image_files": ({"method": "POST", "url": "/predict", "files": [("image", ("a.jpg", image)), ("image", ("b.jpg", image))]},
-                            400, "field 'image' was sent more than once"),
+                            400, "field 'image' was sent more than once; it takes one value (several images: repeat 'images' on /predict_batch)"),
         "top_k_twice": ({"method": "POST", "url": "/predict", "files": {"image": ("a.jpg", image)}, "data": {"top_k": ["1", "3"]}},
                         400, "field 'top_k' was sent more than once"),
         "top_k_twice_in_json": ({"method": "POST", "url": "/predict", "content": b'{"image_b64": "%s", "top_k": 1, "top_k": 3}' % b64(image).encode(),
