@@ -66,12 +66,19 @@ class ModelInfo(BaseModel):
                                                   "calibration says 'uncalibrated' for checkpoints from before calibration")
 
 
+# The URL-safe alphabet's two letters, as the standard one spells them (JWT-style encoders, Python's urlsafe_b64encode).
+URL_SAFE = str.maketrans("-_", "+/")
+
+
 def decode_base64(value: str) -> bytes:
-    """Plain base64 or a browser data URL (``data:image/jpeg;base64,...``)."""
+    """Base64 as encoders write it: plain or URL-safe, with or without its padding, wrapped over lines
+    (``base64 photo.jpg`` breaks every 76 characters, as MIME does), or a browser data URL
+    (``data:image/jpeg;base64,...``). Anything else outside the alphabet is refused."""
     if value.startswith("data:") and "," in value:
         value = value.split(",", 1)[1]
+    value = "".join(value.split()).translate(URL_SAFE)
     try:
-        return base64.b64decode(value, validate=True)
+        return base64.b64decode(value + "=" * (-len(value) % 4), validate=True)
     except (binascii.Error, ValueError):
         raise ValueError("not valid base64") from None
 

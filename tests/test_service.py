@@ -30,6 +30,7 @@ from gesture_core.runtime import Runtime
 from service import import_model
 from service.hand_crops import find_hand_crops
 from service.http_guard import FORM_LIMITS, MAX_FILENAME_BYTES, EndpointFields, RequestGuard
+from service.schemas import decode_base64
 from service.settings import Settings, SettingsError
 from tests.service_inputs import (
     ambiguous_requests,
@@ -226,6 +227,19 @@ def test_base64_data_url_top_k_and_threshold(svc, images):
     assert [s["score"] for s in plain["top_k"]] == sorted((s["score"] for s in plain["top_k"]), reverse=True)
     rejected = asyncio.run(svc.predict(image_b64=b64(data), threshold=1.0)).model_dump()
     assert rejected["label"] is None and rejected["score"] == plain["score"]
+
+
+def test_base64_as_encoders_write_it_is_the_same_image(svc, images):
+    import base64
+
+    data = images[0][1]
+    plain = asyncio.run(svc.predict(image_b64=b64(data), top_k=3)).model_dump()
+    wrapped = "\n".join(b64(data)[i : i + 76] for i in range(0, len(b64(data)), 76)) + "\n"  # `base64 photo.jpg`
+    for variant in (wrapped, "data:image/jpeg;base64," + wrapped, base64.urlsafe_b64encode(data).decode().rstrip("="), " " + b64(data) + "\r\n"):
+        assert asyncio.run(svc.predict(image_b64=variant, top_k=3)).model_dump() == plain
+    for garbage in (b64(data)[:-8] + "!!!!" + b64(data)[-4:], "a", "ab=c"):
+        with pytest.raises(ValueError, match="not valid base64"):
+            decode_base64(garbage)
 
 
 @pytest.mark.parametrize("name", sorted(bad_uploads()))
