@@ -248,8 +248,9 @@ def test_evaluate_on_a_whole_folder(dataset, tmp_path):
         (["--val-split", "1.5"], "must be in"),
         (["--lr", "-1"], "must be in"),
         (["--weights", "/no/such/file.pth"], "choose imagenet, none"),
-        (["--image-size", "8"], "must be >= 32"),
-        (["--train-size", "8"], "must be >= 32"),
+        (["--image-size", "8"], "must be in [32, 1024], got 8"),
+        (["--train-size", "8"], "must be in [32, 1024], got 8"),
+        (["--image-size", "100000"], "must be in [32, 1024], got 100000"),  # asked OpenCV for 30 GB, and died with a traceback
         (["--device", "tpu"], "invalid choice"),
     ],
 )

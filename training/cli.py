@@ -21,17 +21,23 @@ class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def int_at_least(low: int):
+def int_at_least(low: int, high: int | None = None):
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}" if high is None else f"must be in [{low}, {high}], got {value}")
         return value
 
     return parse
+
+
+# Input sizes: 32 px is the smallest the backbones' strides leave a feature map for, and above 1024 px
+# one training image takes gigabytes on the way through augmentation (100,000 px asked OpenCV for 30 GB)
+# while the largest input of a backbone here is 299 px (inception_v3).
+image_size = int_at_least(32, 1024)
 
 
 def float_in(low: float, high: float, *, high_inclusive: bool = False):

@@ -212,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backbones", type=backbone_list, required=True, help="comma-separated registry names")
     p.add_argument("--weights", choices=("auto", "imagenet", "none"), default="auto", help="auto: ImageNet where the weights are on disk, else from scratch")
     p.add_argument("--epochs", type=cli.int_at_least(1), default=5)
-    p.add_argument("--image-size", type=cli.int_at_least(32), default=None, help="one input size for all (default: each backbone's)")
+    p.add_argument("--image-size", type=cli.image_size, default=None, help="one input size for all (default: each backbone's)")
     p.add_argument("--batch-size", type=cli.int_at_least(1), default=32)
     p.add_argument("--lr", type=cli.positive_float, default=1e-3)
     p.add_argument("--backbone-lr-mult", type=cli.float_in(0.0, 1.0, high_inclusive=True), default=1.0, help="1.0: the whole net learns at --lr (from-scratch rows need it)")

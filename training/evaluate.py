@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="test-time augmentation: flip, 5crop/10crop (AlexNet), multiscale (3 scales x flip); all: a table of every mode")
     p.add_argument("--threshold", type=cli.float_in(0.0, 1.0, high_inclusive=True), default=None,
                    help="'no gesture' below this calibrated score, 0-1 (default: the checkpoint's threshold)")
-    p.add_argument("--image-size", type=cli.int_at_least(32), default=None,
+    p.add_argument("--image-size", type=cli.image_size, default=None,
                    help="see the model at this input size, same crop share (default: the checkpoint's)")
     p.add_argument("--crop-pct", type=cli.float_in(0.05, 1.0, high_inclusive=True), default=None,
                    help="centre crop's share of the shorter side, 1.0 for all of it (default: the checkpoint's)")

@@ -95,8 +95,8 @@ def build_parser(*, suppress_defaults: bool = False) -> argparse.ArgumentParser:
     cli.add_backbone_arg(g, default=default(d.backbone))
     g.add_argument("--data", default=default(None), help="ImageFolder (or pre-split train/val/test) folder, or a catalogue name such as flowers")
     g.add_argument("--weights", type=cli.weights_arg, default=default(d.weights), help="imagenet | none | PATH to a state dict")
-    g.add_argument("--image-size", type=cli.int_at_least(32), default=default(None), help="input size (default: the backbone's)")
-    g.add_argument("--train-size", type=cli.int_at_least(32), default=default(None),
+    g.add_argument("--image-size", type=cli.image_size, default=default(None), help="input size (default: the backbone's)")
+    g.add_argument("--train-size", type=cli.image_size, default=default(None),
                    help="train on random crops of this size while validation, the test, the checkpoint and serving keep "
                         "--image-size (FixRes: training's random crops show objects larger than the evaluation's centre crop; "
                         "docs/understanding.md) (default: the input size)")  # fmt: skip
