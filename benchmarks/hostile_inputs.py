@@ -105,6 +105,7 @@ def bad_uploads() -> dict[str, tuple[bytes, str]]:
     return {
         "text": (b"this is not an image\n" * 20, "not a recognised image format"),
         "empty": (b"", "empty"),
+        "three_bytes": (b"hi\n", "not a recognised image format"),  # shorter than some of PIL's format tests read
         "truncated_jpeg": (whole[: len(whole) * 2 // 3], "truncated"),
         "decompression_bomb": (png_bomb(), "too large"),
         "garbage_after_jpeg_header": (whole[:200] + bytes(range(256)) * 8, "truncated"),

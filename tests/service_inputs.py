@@ -73,6 +73,7 @@ def expected_refusal(case: str, upload_limit_bytes: int) -> tuple[int, str, tupl
     return {
         "file_text": (400, "image: not a recognised image format", None),
         "file_empty": (400, "image: empty file (0 bytes)", None),
+        "file_three_bytes": (400, "image: not a recognised image format", None),
         "file_truncated_jpeg": (400, "image: truncated JPEG (no end-of-image marker)", None),
         "file_garbage_after_jpeg_header": (400, "image: truncated JPEG (no end-of-image marker)", None),
         "file_jpeg_cut_before_its_header": (400, "image: truncated JPEG (no end-of-image marker)", None),

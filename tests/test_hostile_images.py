@@ -221,3 +221,16 @@ def test_formats_the_product_does_not_decode_are_refused_by_name_unopened(fmt, m
 def test_every_supported_format_decodes(fmt, mode):
     pixels = np.random.default_rng(0).integers(0, 256, (48, 64, 3), np.uint8)
     assert decode_rgb(encode(Image.fromarray(pixels).convert(mode), fmt)).shape == (48, 64, 3)
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "GIF", "WEBP", "TIFF", "BMP", "PPM", "ICO", "PSD"])
+def test_any_prefix_of_any_file_is_a_decode_error_and_nothing_else(fmt):
+    """The first bytes of a file, cut anywhere: each gets ImageDecodeError (a 400 with its reason in the
+    service, a skipped file in training), never another exception (a 500, a traceback)."""
+    if fmt in ("ICO", "PSD"):  # formats refused by name: the ICO's first 4000 bytes, a PSD's header
+        whole = ico_holding_png()[:4000] if fmt == "ICO" else b"8BPS\x00\x01" + bytes(40)
+    else:
+        whole = encode(Image.fromarray(np.random.default_rng(0).integers(0, 256, (24, 32, 3), np.uint8)), fmt)
+    for cut in [*range(1, 64), len(whole) // 2]:
+        with pytest.raises(ImageDecodeError):
+            decode_rgb(whole[:cut], max_pixels_per_byte=16.0)
