@@ -9,6 +9,7 @@ from __future__ import annotations
 import http.server
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -289,6 +290,28 @@ def test_bad_source_is_a_clear_error(tmp_path, monkeypatch, source, message, ran
     code = main(["--checkpoint", str(random_head_checkpoint), "--source", source, "--headless"], log=logged.append)
     assert code == EXIT_USAGE
     assert logged[-1].startswith("error: ") and message in logged[-1]
+
+
+def test_a_file_cut_short_and_a_sequence_with_a_bad_frame_say_what_was_not_read(tmp_path, sign_digits, random_head_checkpoint):
+    """Both play what decodes and end with exit code 0, as OpenCV stops there; the warning says the rest was never seen."""
+    photos = sorted((sign_digits / "1").iterdir())[:6]
+    whole = write_video(tmp_path / "whole.avi", photos, 30, fourcc="MJPG").read_bytes()
+    (tmp_path / "cut.avi").write_bytes(whole[: len(whole) // 2])
+    (tmp_path / "frames").mkdir()
+    for i, photo in enumerate(photos):
+        (tmp_path / "frames" / f"{i:03d}.jpg").write_bytes(photo.read_bytes() if i != 2 else b"not a jpeg")
+    (tmp_path / "frames" / "notes.jpg").write_bytes(b"not numbered: not part of the sequence")
+    runs = {}
+    for name, source, extra in [("whole", tmp_path / "whole.avi", []), ("cut", tmp_path / "cut.avi", []),
+                                ("frames", tmp_path / "frames" / "%03d.jpg", []), ("first frames", tmp_path / "cut.avi", ["--max-frames", "3"])]:
+        logged = []
+        code = main(["--checkpoint", str(random_head_checkpoint), "--source", str(source), "--headless", *extra], log=logged.append)
+        runs[name] = (code, [line for line in logged if line.startswith("warning: ")])
+    assert runs["whole"] == (0, []) and runs["first frames"] == (0, [])  # stopped by --max-frames: nothing to warn about
+    code, [warning] = runs["cut"]
+    assert code == 0 and re.search(r"cut.avi ended after \d+ of the 30 frames it declares: the rest does not decode", warning)
+    code, [warning] = runs["frames"]
+    assert code == 0 and "OpenCV reads 2 of the 6 files that match it" in warning
 
 
 def test_missing_checkpoint_is_a_clear_error(tmp_path, short_clip):

@@ -48,6 +48,7 @@ class FrameGrabber:
         self._stop = False
         self._thread = threading.Thread(target=self._run, name="frame-grabber", daemon=True)
         self.error: str | None = None  # set when a live source disappears or reading raises
+        self.warning: str | None = None  # set when a file ends well before the frames it declares
         self.read_count = 0
         self.dropped = 0
 
@@ -104,6 +105,7 @@ class FrameGrabber:
             now = time.perf_counter()
             if not ok or image is None:
                 if not self._live:
+                    self.warning = ended_early(self._capture, self.read_count, self._description)
                     return  # end of file
                 failing_since = failing_since or now
                 if now - failing_since >= self._lost_after_s:
@@ -129,3 +131,14 @@ class FrameGrabber:
                 self.dropped += 1
             self._pending = frame
             self._cond.notify_all()
+
+
+def ended_early(capture: cv2.VideoCapture, frames_read: int, description: str) -> str | None:
+    """A file whose container declares more frames than could be read: the rest does not decode (the
+    file was cut short, or a frame is corrupt), which the summary alone would not show. Containers may
+    round their count, so a frame or 5% short is not reported."""
+    declared = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+    if declared - frames_read < max(2, 0.05 * declared):
+        return None
+    return (f"{description} ended after {frames_read} of the {declared} frames it declares: "
+            "the rest does not decode (a truncated or corrupt file?)")

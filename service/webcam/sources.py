@@ -33,7 +33,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-__all__ = ["SourceError", "open_source", "parse_source", "is_live", "describe_source", "read_frames"]
+__all__ = ["SourceError", "open_source", "parse_source", "is_live", "describe_source", "read_frames", "unread_files"]
 
 # Streams: long enough for a slow network camera, short enough that a typo does not look like a hang.
 STREAM_TIMEOUT_MS = 5000
@@ -144,6 +144,22 @@ def _require_file(source: str) -> None:
         raise SourceError(f"{source}: no such video file (for a camera pass its index, e.g. --source 0)")
     if not os.access(path, os.R_OK):
         raise SourceError(f"{source}: permission denied")
+
+
+def unread_files(spec: int | str | os.PathLike, cap: cv2.VideoCapture) -> str | None:
+    """An image sequence that OpenCV will stop reading before its last file: it reads from the first
+    number on and stops at the first number missing or the first file that does not decode, and
+    would say nothing. What to tell the user, or None."""
+    source = parse_source(spec)
+    if not isinstance(source, str) or _URL.match(source) or not _SEQUENCE.search(source):
+        return None
+    numbered = re.compile(_SEQUENCE.sub(r"\\d+", re.escape(Path(source).name)))  # f%03d.jpg -> f\d+\.jpg
+    matching = sum(1 for path in Path(source).parent.iterdir() if numbered.fullmatch(path.name))
+    readable = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+    if matching <= readable:
+        return None
+    return (f"image sequence {source}: OpenCV reads {readable} of the {matching} files that match it; it stops at the "
+            "first number missing from the sequence or the first file that does not decode")
 
 
 def _require_sequence(pattern: str) -> None:
