@@ -5,13 +5,15 @@ The project's own errors (a bad checkpoint, an undecodable image, a dataset or s
 fit) are ValueErrors whose message is written for the user, and a file that cannot be read or
 written (missing, no permission, disk full) is an OSError: ``@command`` on a ``main`` turns both
 into that line, so no command needs its own copy of the handler. Anything else is a bug, and keeps
-its traceback.
+its traceback. A warning is one ``warning: <message>`` line too, not the file, line and code that
+raised it.
 """
 
 from __future__ import annotations
 
 import functools
 import sys
+import warnings
 from collections.abc import Callable
 from typing import ParamSpec
 
@@ -29,6 +31,7 @@ def command(main: Callable[P, int]) -> Callable[P, int]:
 
     @functools.wraps(main)
     def run(*args: P.args, **kwargs: P.kwargs) -> int:
+        warnings.formatwarning = one_line_warning
         try:
             return main(*args, **kwargs)
         except USER_ERRORS as err:
@@ -36,6 +39,11 @@ def command(main: Callable[P, int]) -> Callable[P, int]:
             return EXIT_USAGE
 
     return run
+
+
+def one_line_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int, line: str | None = None) -> str:
+    """``warnings.formatwarning`` for a command: what a user reads, without the source line behind it."""
+    return f"warning: {' '.join(str(message).split())}\n"
 
 
 def describe(err: BaseException) -> str:

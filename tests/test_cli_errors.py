@@ -132,3 +132,23 @@ def test_a_file_system_error_is_one_line_with_the_path(dataset, capsys):
     argv = ["--data", str(dataset), "--out", "/dev/null/run", "--backbone", "mobilenet_v3_large", "--weights", "none"]
     assert finetune.main(argv) == 2
     assert one_error_line(capsys) == "error: /dev/null/run: Not a directory"
+
+
+def test_a_commands_warnings_are_one_line_each_without_the_code_behind_them(dataset, tmp_path):
+    """A 6-image-per-class folder warns twice: calibration has too few validation images for its target,
+    and a 2-image class has no test image. Each is one `warning:` line, not Python's file:line and source."""
+    data = shutil.copytree(dataset, tmp_path / "data")
+    first = sorted(data.iterdir())[0]
+    (data / "tiny").mkdir()
+    for path in sorted(first.iterdir())[:2]:
+        shutil.copy(path, data / "tiny" / path.name)
+    done = subprocess.run([sys.executable, "-m", "training.finetune", "--data", str(data), "--out", str(tmp_path / "run"),
+                           "--backbone", "mobilenet_v3_large", "--weights", "none", "--epochs", "1", "--image-size", "32",
+                           "--workers", "0"], cwd=REPO, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    output = done.stdout + done.stderr
+    warned = [line for line in output.splitlines() if "warning:" in line.lower()]
+    assert any("validation gesture images are too few" in line for line in warned), output
+    assert any("too few images to hold one out for the test: tiny (2)" in line for line in warned), output
+    assert all(line.startswith("warning: ") for line in warned), warned
+    assert "Warning:" not in output and ".py:" not in output

@@ -169,6 +169,17 @@ def test_one_recording_per_class_is_allowed_with_a_warning_naming_it(tmp_path):
     assert len(fist["val"]) == 2 and len(fist["train"]) == 6
 
 
+def test_a_class_too_small_to_have_a_test_image_is_named_in_a_warning(tmp_path):
+    for label, (cls, count) in enumerate({"daisy": 10, "rose": 10, "tulip": 2}.items()):
+        for i in range(count):
+            write_rgb(tmp_path / "d" / cls / f"{i * 7919 + 13}_{'abcdefghij'[i]}x_n.jpg", synthetic_image(label, seed=i, size=32))
+    splits = load_splits(tmp_path / "d", val_split=0.1, test_split=0.2, seed=0)
+    assert not [s for s in splits.test if s.label == 2]  # round(0.2 x 2) = 0: nothing of tulip is tested
+    [warning] = splits.grouping["warnings"]
+    assert "too few images to hold one out for the test: tulip (2)" in warning and "daisy" not in warning
+    assert load_splits(tmp_path / "d", val_split=0.1, test_per_class=1, seed=0).grouping["warnings"] == []  # one each: all measured
+
+
 def test_photos_with_unrelated_names_are_split_one_by_one(tmp_path):
     for label, cls in enumerate(("daisy", "rose")):
         for i in range(10):

@@ -207,11 +207,14 @@ def grouped_split(
     rng = np.random.default_rng(seed)
     out: dict[str, dict[str, list[str]]] = {"train": {}, "val": {}, "test": {}}
     single: list[str] = []
+    unmeasured: list[str] = []
     for cls, paths in by_class.items():
         n_test = test_per_class if test_per_class is not None else round(test_split * len(paths))
         n_val = round(val_split * len(paths))
         if n_test + n_val >= len(paths):
             raise DatasetError(f"class {cls!r} has {len(paths)} images, too few for {n_test} test + {n_val} val + at least 1 train")
+        if (test_per_class if test_per_class is not None else test_split) and not n_test:
+            unmeasured.append(f"{cls} ({len(paths)})")
         members = _members(paths, grouping.groups[cls])
         if len(members) == 1 and n_test + n_val:
             single.append(cls)
@@ -228,6 +231,9 @@ def grouped_split(
     if single:
         grouping.warnings.append(f"one recording (group) in class(es) {', '.join(single)}: no honest split is possible, so their "
                                  "val and test are the last frames of that recording; record another session for a true test")  # fmt: skip
+    if unmeasured:
+        grouping.warnings.append(f"class(es) with too few images to hold one out for the test: {', '.join(unmeasured)}; the model "
+                                 f"learns them, but no figure measures them (add images: {test_split:.0%} of a class is its test)")  # fmt: skip
     return out
 
 

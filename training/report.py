@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,10 @@ from typing import Any
 import numpy as np
 
 from gesture_core.rejection import Rejection, softmax
+
+# A class name in a script or an emoji that matplotlib's font lacks is drawn as a box in the plots;
+# matplotlib warns once per figure and glyph, which says nothing a user can act on.
+warnings.filterwarnings("ignore", message=r"Glyph \d+ .* missing from font", category=UserWarning)
 
 
 def classification_metrics(logits: np.ndarray, targets: np.ndarray, classes: Sequence[str], *,
