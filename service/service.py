@@ -61,9 +61,11 @@ SETTINGS = Settings.from_env()  # once, at start-up: the service's resources and
 # to 4.2 MP (gesture_core.images.SMALL_IMAGE_PIXELS), and a JPEG decodes at reduced scale.
 SMALL_UPLOAD_BYTES = 256 * 1024
 # Those worker threads come from AnyIO's pool, which runs up to 40 at once, and one upload at the pixel
-# limit takes about 256 MB to decode: 16 of them sent together grew the worker by GBs (docs/reliability.md).
-# Decoding is CPU-bound, so more at once than cores gains nothing; this many bound what they can hold.
-DECODES_AT_ONCE = min(4, len(os.sched_getaffinity(0)))
+# limit takes about 256 MB to decode: 16 of them sent together grew the worker by 2,977 MB
+# (``python -m benchmarks.hostile``, docs/reliability.md). Decoding is CPU-bound, so more at once than
+# cores gains nothing; this many bound what they can hold.
+CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1  # Linux: the ones we may use
+DECODES_AT_ONCE = min(4, CORES)
 
 logger = logging.getLogger("bentoml.service.gesture")
 
