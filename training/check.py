@@ -33,7 +33,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from gesture_core.cli import command
-from gesture_core.images import ImageDecodeError, decode_rgb, probe_image
+from gesture_core.images import DECODED_FORMATS, ImageDecodeError, decode_rgb, probe_image
 from training.config import TrainConfig
 from training.data import SPLITS, DatasetError, is_presplit, scan_class_folders
 from training.data import _printable as printable  # non-UTF-8 names, made printable and JSON-safe
@@ -79,7 +79,7 @@ def inspect_image(path: str, split: str, label: str, *, decode: bool) -> ImageIn
             data = f.read()
         info.sha256 = hashlib.sha256(data).hexdigest()
         info.format, (info.width, info.height) = probe_image(data)
-        with Image.open(io.BytesIO(data)) as img:
+        with Image.open(io.BytesIO(data), formats=DECODED_FORMATS) as img:  # the readers probe_image allowed
             info.mode = img.mode
         if decode:
             # Reduced-size JPEG decoding still reads every byte, so truncation and garbage surface here.
