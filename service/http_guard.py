@@ -218,9 +218,10 @@ def multipart_parts(body: bytes, boundary: bytes) -> list[FormPart] | None:
     most = FORM_LIMITS["max_files"] + FORM_LIMITS["max_fields"]
     if len(segments) - 2 > most:  # before the loop below, which would take seconds over 16 MB of tiny parts
         raise BadMultipart(f"{len(segments) - 2:,} parts in one multipart body; the limit is {most:,}")
-    parts = []
+    parts, closed = [], False
     for segment in segments[1:]:
         if segment.startswith(b"--"):  # closing delimiter
+            closed = True
             break
         head, found, content = segment.partition(b"\r\n\r\n")
         if not found:
@@ -233,6 +234,8 @@ def multipart_parts(body: bytes, boundary: bytes) -> list[FormPart] | None:
         part = FormPart(params.get(b"name", b"").decode("utf-8", "replace"), b"filename" in params)
         check_part(part, lines, params.get(b"filename", b""), len(content) - 2)  # the CRLF before the next boundary
         parts.append(part)
+    if not closed:  # BentoML would drop the last part and answer as if the image had not been sent
+        raise BadMultipart("malformed multipart/form-data body: no closing boundary (was the upload cut short?)")
     check_part_counts(parts)
     return parts
 

@@ -87,6 +87,7 @@ def expected_refusal(case: str, upload_limit_bytes: int) -> tuple[int, str, tupl
         "text_in_file_field": (400, NOT_A_FILE, None),
         "urlencoded": (400, NOT_A_FILE, None),
         "multipart_without_boundary": (400, "malformed multipart/form-data body (missing or wrong boundary)", None),
+        "multipart_cut_short": (400, "malformed multipart/form-data body: no closing boundary (was the upload cut short?)", None),
         "raw_jpeg_body": (400, "a raw image/jpeg body is not taken: send the image as a multipart file field", None),
         "not_json": (400, "Invalid JSON", ([], "json_invalid")),
         "bad_base64": (400, "not valid base64", (["image_b64"], "value_error")),
