@@ -156,6 +156,7 @@ def http_bad_requests(upload_limit_bytes: int) -> dict[str, dict]:
         "urlencoded": {"content": b"image=hello", "headers": {"content-type": "application/x-www-form-urlencoded"}},
         "raw_jpeg_body": {"content": image, "headers": {"content-type": "image/jpeg"}},
         "not_json": {"content": b"{not json", "headers": {"content-type": "application/json"}},
+        "json_with_byte_order_mark": {"content": b'\xef\xbb\xbf{"image_b64": "%s"}' % b64(image).encode(), "headers": {"content-type": "application/json"}},
         "bad_base64": {"json": {"image_b64": "!!!"}},
         "path_instead_of_file": {"json": {"image": "/etc/passwd"}},
         "top_k_zero": {"files": {"image": ("a.jpg", image)}, "data": {"top_k": "0"}},

@@ -58,6 +58,7 @@ JSON_PUNCTUATION = (b",", b":", b"{", b"[")
 MAX_JSON_PUNCTUATION = 1000
 # Under the 255 bytes a file name may have, less the temporary file's own prefix ("tmp" and 8 characters).
 MAX_FILENAME_BYTES = 200
+BYTE_ORDER_MARK = b"\xef\xbb\xbf"  # what Windows editors and PowerShell 5's -Encoding utf8 put before a JSON file
 
 
 class BadMultipart(ValueError):
@@ -147,6 +148,9 @@ def fields_problem(scope: Scope, body: bytes, fields: EndpointFields) -> str | N
     elif media_type == b"application/x-www-form-urlencoded":
         parts = [FormPart(name, False) for name, _ in parse_qsl(body.decode("latin-1"), keep_blank_values=True)]
     elif media_type in (b"application/json", b""):
+        if body.startswith(BYTE_ORDER_MARK):  # BentoML's parser says only "expected value at line 1 column 1"
+            return ("the JSON body starts with a UTF-8 byte-order mark (EF BB BF), which JSON does not allow: "
+                    "save the file as UTF-8 without BOM (PowerShell: -Encoding utf8NoBOM)")
         parts = json_keys(body)
     elif media_type.startswith((b"image/", b"video/")) or media_type == b"application/octet-stream":
         # BentoML reads such a body as JSON and answers "Invalid JSON", which does not say what to send.

@@ -90,6 +90,7 @@ def expected_refusal(case: str, upload_limit_bytes: int) -> tuple[int, str, tupl
         "multipart_cut_short": (400, "malformed multipart/form-data body: no closing boundary (was the upload cut short?)", None),
         "raw_jpeg_body": (400, "a raw image/jpeg body is not taken: send the image as a multipart file field", None),
         "not_json": (400, "Invalid JSON", ([], "json_invalid")),
+        "json_with_byte_order_mark": (400, "the JSON body starts with a UTF-8 byte-order mark (EF BB BF), which JSON does not allow", None),
         "bad_base64": (400, "not valid base64", (["image_b64"], "value_error")),
         "path_instead_of_file": (400, NOT_A_FILE, None),
         "top_k_zero": (400, "Input should be greater than or equal to 1", (["top_k"], "greater_than_equal")),
