@@ -220,6 +220,11 @@ class Classifier:
     # --- hands mode: one crop per hand (docs/hands.md) ------------------------------------------------
 
     @property
+    def reject_indices(self) -> list[int]:
+        """The indices of the "no gesture" classes, in ``classes``."""
+        return [self.classes.index(c) for c in self.rejection.reject_classes]
+
+    @property
     def hands_mode(self) -> bool:
         """True for a model trained on hand crops (``--hands``): it classifies each hand, not the frame."""
         return self.data_config.hands

@@ -270,8 +270,7 @@ def frame_mistakes(classifier: Classifier, samples: Sequence[Sample], outputs: F
 
 def no_hand_class(classifier: Classifier) -> int | None:
     """The class a frame with no hand counts as: the first "no gesture" class, if the model has one."""
-    reject = [classifier.classes.index(c) for c in classifier.rejection.reject_classes]
-    return reject[0] if reject else None
+    return next(iter(classifier.reject_indices), None)
 
 
 def format_no_hand(test_metrics: dict[str, Any]) -> str:

@@ -44,10 +44,6 @@ def outputs_of(classifier: Classifier, samples: Sequence[Sample], *, workers: in
     return split_outputs(classifier.model, classifier.backbone, samples, classifier.data_config, device=classifier.device, workers=workers, desc=desc)
 
 
-def reject_indices(classifier: Classifier) -> list[int]:
-    return [classifier.classes.index(c) for c in classifier.rejection.reject_classes]
-
-
 def unknown_samples(folder: str | Path, skipped: list[dict[str, str]] | None = None) -> list[Sample]:
     """Every image under ``folder``, in any layout (one folder per unknown gesture, or the images
     themselves); files that are not valid images go to ``skipped``. Their label is a placeholder 0
@@ -72,7 +68,7 @@ def unknown_report(classifier: Classifier, known: SplitOutputs, unknown: SplitOu
     """How many images of never-learned gestures are rejected at ``threshold``, and how well the score
     separates them from the known gestures (AUROC)."""
     rejection: Rejection = classifier.rejection
-    reject = reject_indices(classifier)
+    reject = classifier.reject_indices
     known_scores = product_scores(known, rejection, reject)
     known_gestures = known_scores[~np.isin(known.targets, reject)]
     scores = product_scores(unknown, rejection, reject)
@@ -83,7 +79,7 @@ def unknown_report(classifier: Classifier, known: SplitOutputs, unknown: SplitOu
 
 def plot_worst_cases(path: Path, classifier: Classifier, samples: Sequence[Sample], unknown: SplitOutputs, threshold: float) -> Path | None:
     """The unknown images the model accepted most confidently, with the label it gave them."""
-    scores = product_scores(unknown, classifier.rejection, reject_indices(classifier))
+    scores = product_scores(unknown, classifier.rejection, classifier.reject_indices)
     worst = [i for i in np.argsort(-scores)[:WORST_CASES] if scores[i] >= threshold]
     images = [samples[unknown.index[i]].path for i in worst]
     captions = [f"{Path(p).parent.name}/{Path(p).name}\nseen as {classifier.classes[unknown.logits[i].argmax()]} ({scores[i]:.3f})"
