@@ -23,7 +23,6 @@ Every failure is a ``SourceError`` whose message names the source and says what 
 
 from __future__ import annotations
 
-import glob
 import os
 import re
 from collections.abc import Iterator
@@ -153,8 +152,7 @@ def unread_files(spec: int | str | os.PathLike, cap: cv2.VideoCapture) -> str | 
     source = parse_source(spec)
     if not isinstance(source, str) or _URL.match(source) or not _SEQUENCE.search(source):
         return None
-    numbered = re.compile(_SEQUENCE.sub(r"\\d+", re.escape(Path(source).name)))  # f%03d.jpg -> f\d+\.jpg
-    matching = sum(1 for path in Path(source).parent.iterdir() if numbered.fullmatch(path.name))
+    matching = len(_sequence_files(source))
     readable = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
     if matching <= readable:
         return None
@@ -162,7 +160,13 @@ def unread_files(spec: int | str | os.PathLike, cap: cv2.VideoCapture) -> str | 
             "first number missing from the sequence or the first file that does not decode")
 
 
+def _sequence_files(pattern: str) -> list[Path]:
+    """The files an image-sequence pattern names: ``f%03d.jpg`` -> every ``f<digits>.jpg`` beside it."""
+    folder, numbered = Path(pattern).parent, re.compile(_SEQUENCE.sub(r"\\d+", re.escape(Path(pattern).name)))
+    return [path for path in folder.iterdir() if numbered.fullmatch(path.name)] if folder.is_dir() else []
+
+
 def _require_sequence(pattern: str) -> None:
-    if not glob.glob(_SEQUENCE.sub("*", glob.escape(pattern))):
+    if not _sequence_files(pattern):
         example = _SEQUENCE.sub(lambda m: m.group(0) % 0, pattern)
         raise SourceError(f"image sequence {pattern}: no files match (expected e.g. {example})")
