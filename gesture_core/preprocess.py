@@ -24,6 +24,9 @@ _UPSCALE = {"bilinear": cv2.INTER_LINEAR, "bicubic": cv2.INTER_CUBIC, "nearest":
 # letterbox: the whole frame, longer side to input_size, padded to a square with the mean colour.
 # resize: the whole frame squeezed to input_size x input_size (aspect ratio not kept).
 CROP_MODES = ("center", "letterbox", "resize")
+# Above this, one image takes gigabytes on its way through resizing and augmentation (an input of
+# 100,000 px asked OpenCV for 30 GB), while the largest input of a backbone here is 299 px (inception_v3).
+MAX_INPUT_SIZE = 1024
 WHOLE_FRAME_MODES = ("letterbox", "resize")
 
 
@@ -51,6 +54,8 @@ class DataConfig:
             raise ValueError(f"hands must be True or False, got {self.hands!r}")
         if len(self.mean) != self.in_chans or len(self.std) != self.in_chans:
             raise ValueError(f"mean/std need {self.in_chans} values, got {self.mean} / {self.std}")
+        if self.input_size > MAX_INPUT_SIZE:
+            raise ValueError(f"input size {self.input_size} px: at most {MAX_INPUT_SIZE}")
 
     @property
     def crop_pct(self) -> float:

@@ -40,6 +40,18 @@ def test_normalisation_uses_the_data_config():
     assert torch.allclose(out[:, 0, 0], torch.tensor([1.0, 3.0, 1.0]))
 
 
+def test_an_input_size_no_image_should_take_is_refused_by_the_data_config_itself():
+    """The limit lives with the data config, so the CLIs, load_classifier(input_size=...) and a
+    checkpoint all get it; a 100,000 px input once asked OpenCV for 30 GB."""
+    from gesture_core.preprocess import MAX_INPUT_SIZE
+
+    assert DataConfig().with_input_size(MAX_INPUT_SIZE).input_size == MAX_INPUT_SIZE
+    with pytest.raises(ValueError, match=f"input size 100000 px: at most {MAX_INPUT_SIZE}"):
+        DataConfig().with_input_size(100_000)
+    with pytest.raises(ValueError, match="at most"):
+        DataConfig(input_size=MAX_INPUT_SIZE + 1, resize_size=MAX_INPUT_SIZE + 1)
+
+
 def test_resize_shorter_side_then_centre_crop():
     config = DataConfig(input_size=4, resize_size=8)
     img = np.zeros((16, 32, 3), np.uint8)

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from gesture_core.backbones import list_backbones
+from gesture_core.preprocess import MAX_INPUT_SIZE
 from training.grouping import check_group_by
 
 
@@ -34,10 +35,9 @@ def int_at_least(low: int, high: int | None = None):
     return parse
 
 
-# Input sizes: 32 px is the smallest the backbones' strides leave a feature map for, and above 1024 px
-# one training image takes gigabytes on the way through augmentation (100,000 px asked OpenCV for 30 GB)
-# while the largest input of a backbone here is 299 px (inception_v3).
-image_size = int_at_least(32, 1024)
+# Input sizes: 32 px is the smallest the backbones' strides leave a feature map for; the largest is the
+# data config's own limit (gesture_core.preprocess), refused here with the flag's name.
+image_size = int_at_least(32, MAX_INPUT_SIZE)
 
 
 def float_in(low: float, high: float, *, high_inclusive: bool = False):
