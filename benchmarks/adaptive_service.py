@@ -17,7 +17,7 @@ import bentoml
 import numpy as np
 
 from service.import_model import CHECKPOINT_FILE, LocalModel, find_model
-from service.schemas import ImageBase64, ImageFile, PredictionOut, Threshold, TopK, decode_base64
+from service.schemas import ImageBase64, ImageFile, PredictionOut, Threshold, TopK
 from service.service import SETTINGS, crop_upload, prediction_out
 
 MAX_LATENCY_MS = 10_000  # generous: the comparison is about throughput, not about BentoML shedding load with 503s
@@ -52,7 +52,7 @@ class AdaptiveGestureClassifier:
 
     @bentoml.api
     async def predict(self, image: ImageFile = None, image_b64: ImageBase64 = None, top_k: TopK = 5, threshold: Threshold = None) -> PredictionOut:
-        upload = image if image is not None else decode_base64(image_b64)
+        upload = image if image is not None else image_b64
         crop = await anyio.to_thread.run_sync(crop_upload, self.classifier, upload, "image", SETTINGS.max_pixels)
         probs = await self.model.to_async.classify(crop[None])
         return prediction_out(self.classifier, np.asarray(probs)[0], top_k, threshold, self.model_tag)

@@ -47,7 +47,6 @@ from service.schemas import (
     PredictionOut,
     Threshold,
     TopK,
-    decode_base64,
 )
 from service.settings import REQUEST_TIMEOUT_S, Settings
 
@@ -148,7 +147,7 @@ class GestureClassifier:
         if (image is None) == (image_b64 is None):
             raise BadInput("send exactly one image: a multipart file field named 'image', or JSON {\"image_b64\": \"<base64>\"}"
                            + ("" if image is None else " (got both)"))
-        upload = image if image is not None else decode_base64(image_b64)
+        upload = image if image is not None else image_b64
         if self.classifier.hands_mode:
             return await self.predict_hands(upload, "image", top_k, threshold)
         return self.prediction(await self.batcher(await self.model_input(upload, "image")), top_k, threshold)
@@ -157,7 +156,7 @@ class GestureClassifier:
     async def predict_batch(self, images: ImageFiles = None, images_b64: ImagesBase64 = None,
                             top_k: TopK = 5, threshold: Threshold = None) -> list[PredictionOut]:
         """Classify several images in one request (repeat the multipart field `images`, or JSON `images_b64`)."""
-        uploads: list[Path | bytes] = [*(images or []), *(decode_base64(b) for b in images_b64 or [])]
+        uploads: list[Path | bytes] = [*(images or []), *(images_b64 or [])]
         if not uploads:
             raise BadInput("send at least one image: repeat the multipart file field 'images', or JSON {\"images_b64\": [...]}")
         if len(uploads) > self.settings.batch_size:

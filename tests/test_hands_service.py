@@ -87,7 +87,7 @@ def svc(hands_checkpoint):
 
 
 def served(svc, data: bytes, **fields) -> dict:
-    return asyncio.run(svc.predict(image_b64=b64(data), **fields)).model_dump()
+    return asyncio.run(svc.predict(image_b64=data, **fields)).model_dump()
 
 
 def test_predict_answers_per_hand_as_predict_hands_does(svc, reference, scenes):
@@ -122,7 +122,7 @@ def test_no_hand_is_no_gesture_and_a_threshold_applies_per_hand(svc, scenes):
 
 def test_predict_batch_answers_per_image(svc, reference, scenes):
     names = ["two", "empty", "one"]
-    answers = asyncio.run(svc.predict_batch(images_b64=[b64(scenes[n]) for n in names], top_k=2))
+    answers = asyncio.run(svc.predict_batch(images_b64=[scenes[n] for n in names], top_k=2))
     for name, answer in zip(names, answers, strict=True):
         assert answer.model_dump() == {**reference.predict_hands(scenes[name], k=2).to_dict(), "model": svc.model_tag}, name
 
@@ -150,7 +150,7 @@ WHOLE_IMAGE_PROBE = """
 import asyncio, base64, json, sys
 from service.service import GestureClassifier
 svc = GestureClassifier.inner()
-answer = asyncio.run(svc.predict(image_b64=base64.b64encode(open(sys.argv[1], "rb").read()).decode())).model_dump()
+answer = asyncio.run(svc.predict(image_b64=open(sys.argv[1], "rb").read())).model_dump()
 print(json.dumps({"hands": answer["hands"], "info_hands": svc.info().hands, "litert": "ai_edge_litert" in sys.modules}))
 """
 

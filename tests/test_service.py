@@ -150,7 +150,7 @@ def test_predict_equals_load_classifier(svc, reference, images, tmp_path):
 
 def test_predict_batch_equals_single_predictions(svc, reference, images):
     datas = [data for _, data in images]
-    batch = asyncio.run(svc.predict_batch(images_b64=[b64(d) for d in datas], top_k=10))
+    batch = asyncio.run(svc.predict_batch(images_b64=datas, top_k=10))
     for result, p in zip(batch, reference.predict_proba(datas), strict=True):
         assert_matches_reference(result.model_dump(), p, reference.classes)
 
@@ -186,7 +186,7 @@ def test_concurrent_predicts_share_one_model_call(stored_model, reference, image
     datas = [images[i % len(images)][1] for i in range(8)]
 
     async def predict_all(batch: list[bytes]):
-        return await asyncio.gather(*(svc.predict(image_b64=b64(d), top_k=10) for d in batch))
+        return await asyncio.gather(*(svc.predict(image_b64=d, top_k=10) for d in batch))
 
     try:
         with ThreadPoolExecutor(2) as pool:
@@ -219,34 +219,50 @@ def test_every_batch_size_is_warmed_up_before_serving(stored_model, monkeypatch)
     assert sizes == [1, *range(1, 7)]  # the load check's blank image (Runtime.load), then the warm-up at every size
 
 
+def validated(endpoint: str, body: dict):
+    """The endpoint's arguments as BentoML hands them over: its input model, validated from JSON."""
+    from service.service import GestureClassifier
+
+    return dict(GestureClassifier.apis[endpoint].input_spec.model_validate_json(json.dumps(body)))
+
+
 def test_base64_data_url_top_k_and_threshold(svc, images):
     data = images[0][1]
-    plain = asyncio.run(svc.predict(image_b64=b64(data), top_k=3)).model_dump()
-    data_url = asyncio.run(svc.predict(image_b64="data:image/jpeg;base64," + b64(data), top_k=3)).model_dump()
+    plain = asyncio.run(svc.predict(**validated("predict", {"image_b64": b64(data), "top_k": 3}))).model_dump()
+    data_url = asyncio.run(svc.predict(**validated("predict", {"image_b64": "data:image/jpeg;base64," + b64(data), "top_k": 3}))).model_dump()
     assert plain == data_url and len(plain["top_k"]) == 3
     assert [s["score"] for s in plain["top_k"]] == sorted((s["score"] for s in plain["top_k"]), reverse=True)
-    rejected = asyncio.run(svc.predict(image_b64=b64(data), threshold=1.0)).model_dump()
+    rejected = asyncio.run(svc.predict(image_b64=data, threshold=1.0)).model_dump()
     assert rejected["label"] is None and rejected["score"] == plain["score"]
 
 
-def test_base64_as_encoders_write_it_is_the_same_image(svc, images):
+def test_base64_as_encoders_write_it_is_decoded_once_into_the_image(svc, images):
     import base64
 
     data = images[0][1]
-    plain = asyncio.run(svc.predict(image_b64=b64(data), top_k=3)).model_dump()
     wrapped = "\n".join(b64(data)[i : i + 76] for i in range(0, len(b64(data)), 76)) + "\n"  # `base64 photo.jpg`
-    for variant in (wrapped, "data:image/jpeg;base64," + wrapped, base64.urlsafe_b64encode(data).decode().rstrip("="), " " + b64(data) + "\r\n"):
-        assert asyncio.run(svc.predict(image_b64=variant, top_k=3)).model_dump() == plain
+    for variant in (b64(data), wrapped, "data:image/jpeg;base64," + wrapped, base64.urlsafe_b64encode(data).decode().rstrip("="), " " + b64(data) + "\r\n"):
+        assert validated("predict", {"image_b64": variant})["image_b64"] == data  # the handler gets the image's bytes
+        assert validated("predict_batch", {"images_b64": [variant, b64(data)]})["images_b64"] == [data, data]
     for garbage in (b64(data)[:-8] + "!!!!" + b64(data)[-4:], "a", "ab=c"):
         with pytest.raises(ValueError, match="not valid base64"):
-            decode_base64(garbage)
+            decode_base64(garbage.encode())
+        with pytest.raises(ValueError, match="not valid base64"):
+            validated("predict", {"image_b64": garbage})
+    assert "base64" in json.dumps(svc_openapi_field("predict", "image_b64"))
+
+
+def svc_openapi_field(endpoint: str, field: str) -> dict:
+    from service.service import GestureClassifier
+
+    return GestureClassifier.apis[endpoint].input_spec.model_json_schema()["properties"][field]
 
 
 @pytest.mark.parametrize("name", sorted(bad_uploads()))
 def test_bad_images_raise_bad_input_with_a_reason(svc, name):
     data, phrase = bad_uploads()[name]
     with pytest.raises(BadInput, match=phrase):
-        asyncio.run(svc.predict(image_b64=b64(data)))
+        asyncio.run(svc.predict(image_b64=data))
 
 
 def test_hand_crop_models_decode_uploads_within_the_same_limits(reference):
@@ -262,13 +278,13 @@ def test_corrupt_jpeg_body_is_refused_like_load_classifier_refuses_it(svc, refer
         reference.predict_proba([corrupt])
     assert "corrupt or truncated image" in str(local.value)  # what the installed decoders make of it
     with pytest.raises(BadInput) as served:
-        asyncio.run(svc.predict(image_b64=b64(corrupt)))
+        asyncio.run(svc.predict(image_b64=corrupt))
     assert str(served.value) == f"image: {local.value}"
 
 
 def test_odd_image_modes_are_decoded_like_load_classifier(svc, reference):
     for name, data in odd_formats().items():
-        result = asyncio.run(svc.predict(image_b64=b64(data), top_k=10)).model_dump()
+        result = asyncio.run(svc.predict(image_b64=data, top_k=10)).model_dump()
         assert_matches_reference(result, reference.predict_proba([data])[0], reference.classes, atol=0), name
 
 
@@ -283,7 +299,7 @@ def test_small_uploads_are_cropped_in_the_batch_and_large_ones_first_to_the_same
     assert isinstance(asyncio.run(svc.model_input(small, "image")), Upload)  # decoded later, by a model thread
     assert isinstance(asyncio.run(svc.model_input(large, "image")), np.ndarray)  # cropped now, in a worker thread
     for data in (small, large):
-        result = asyncio.run(svc.predict(image_b64=b64(data), top_k=10)).model_dump()
+        result = asyncio.run(svc.predict(image_b64=data, top_k=10)).model_dump()
         expected = reference.predict(data, k=10)
         assert result["label"] == expected.label and scores(result) == dict(expected.top_k)
 
@@ -318,7 +334,7 @@ def test_large_uploads_are_decoded_a_few_at_a_time_whatever_arrives_together(svc
     assert len(large) > module.SMALL_UPLOAD_BYTES
 
     async def together(count: int):
-        return await asyncio.gather(*(svc.predict(image_b64=b64(large), top_k=1) for _ in range(count)))
+        return await asyncio.gather(*(svc.predict(image_b64=large, top_k=1) for _ in range(count)))
 
     answers = asyncio.run(together(3 * module.DECODES_AT_ONCE))
     assert most == module.DECODES_AT_ONCE
@@ -339,8 +355,8 @@ def test_missing_image_and_too_many_images(svc, images):
     with pytest.raises(BadInput, match="multipart file field named 'image'"):
         asyncio.run(svc.predict())
     with pytest.raises(BadInput, match="got both"):
-        asyncio.run(svc.predict(image=Path("x.jpg"), image_b64="AAAA"))
-    too_many = [b64(images[0][1])] * (svc.settings.batch_size + 1)
+        asyncio.run(svc.predict(image=Path("x.jpg"), image_b64=b"\0"))
+    too_many = [images[0][1]] * (svc.settings.batch_size + 1)
     with pytest.raises(BadInput, match="GESTURE_BATCH_SIZE"):
         asyncio.run(svc.predict_batch(images_b64=too_many))
 
@@ -348,8 +364,8 @@ def test_missing_image_and_too_many_images(svc, images):
 def test_pixel_limit_is_a_setting(stored_model):
     small = service_with(max_pixels=5000)
     with pytest.raises(BadInput, match="above the limit of 5,000"):
-        asyncio.run(small.predict(image_b64=b64(jpeg(0, 96))))  # 9216 pixels
-    assert asyncio.run(small.predict(image_b64=b64(jpeg(0, 64)))).label is not None
+        asyncio.run(small.predict(image_b64=jpeg(0, 96)))  # 9216 pixels
+    assert asyncio.run(small.predict(image_b64=jpeg(0, 64))).label is not None
 
 
 def test_info_describes_the_served_model_and_its_settings(svc):
@@ -366,7 +382,7 @@ def test_engine_is_a_setting_and_eager_torch_gets_one_model_thread(stored_model,
     assert eager.info().engine == "torch/fp32" and eager.info().batching["model_threads"] == 1
     reference = load_classifier(random_head_checkpoint, device="cpu", engine="torch")
     data = jpeg(4)
-    result = asyncio.run(eager.predict(image_b64=b64(data), top_k=10)).model_dump()
+    result = asyncio.run(eager.predict(image_b64=data, top_k=10)).model_dump()
     assert_matches_reference(result, reference.predict_proba([data])[0], reference.classes, atol=0)
 
 
@@ -458,6 +474,23 @@ def test_http_predict_batch(client, reference, images):
     assert resp.status_code == 200, resp.text
     assert len(resp.json()) == len(datas)
     for result, p in zip(resp.json(), reference.predict_proba(datas), strict=True):
+        assert_matches_reference(result, p, reference.classes)
+
+
+def test_http_json_images_are_decoded_from_base64_once(client, reference, images, monkeypatch):
+    import service.schemas
+
+    decodes = []
+    original = service.schemas.base64.b64decode
+    monkeypatch.setattr(service.schemas.base64, "b64decode", lambda *a, **k: decodes.append(1) or original(*a, **k))
+    datas = [d for _, d in images[:3]]
+    one = client.post("/predict", json={"image_b64": b64(datas[0]), "top_k": 10})
+    assert one.status_code == 200, one.text
+    assert len(decodes) == 1
+    several = client.post("/predict_batch", json={"images_b64": [b64(d) for d in datas], "top_k": 10})
+    assert several.status_code == 200, several.text
+    assert len(decodes) == 1 + len(datas)
+    for result, p in zip(several.json(), reference.predict_proba(datas), strict=True):
         assert_matches_reference(result, p, reference.classes)
 
 
