@@ -365,7 +365,7 @@ def test_evaluate_and_predict_agree(hands_run, crop_cache, monkeypatch):
     assert (run / "test_mistakes.png").exists() and (out / "test_mistakes.png").exists()
 
 
-def test_evaluate_unknown_answers_each_never_learned_frame_as_the_service_does(hands_run, crop_cache, asl, flowers, tmp_path, monkeypatch):
+def test_evaluate_unknown_answers_each_never_learned_frame_as_the_service_does(hands_run, crop_cache, asl, flowers, tmp_path, monkeypatch, capsys):
     from training import evaluate
 
     monkeypatch.setenv("GESTURE_CACHE_DIR", str(crop_cache))
@@ -389,6 +389,8 @@ def test_evaluate_unknown_answers_each_never_learned_frame_as_the_service_does(h
     assert found["images"] == len(images) == 11
     assert found["rejected"] == sum(a.frame.label is None for a in answers)
     assert found["no_hand"] == sum(a.source is None for a in answers) >= len(photos)
+    assert (f"never-learned gestures in {unknown}: {found['rejected']} of 11 answered 'no gesture' "
+            f"({100 * found['rejection_rate']:.2f}%; no hand found in {found['no_hand']})") in capsys.readouterr().out
     assert {Path(s["path"]).name for s in report["skipped"]} >= {"broken.jpg", "notes.txt"}  # found at the scan, reported
 
 

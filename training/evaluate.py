@@ -30,7 +30,7 @@ from training.calibrate import SplitOutputs
 from training.data import DatasetError, ImageDataset, Sample, Splits, failure_reports, load_folder, make_loader
 from training.hand_crops import HandCropCache, crop_samples, format_no_hand, frame_metrics, frame_mistakes, frame_outputs
 from training.loop import IGNORE_LABEL
-from training.open_set import evaluate_open_set, unknown_samples
+from training.open_set import evaluate_open_set, format_unknown, unknown_samples
 from training.report import classification_metrics, format_summary, plot_mistakes, top_mistakes, write_json, write_report
 
 TTA_CHOICES = (*TTA_MODES, "all")
@@ -265,9 +265,7 @@ def unknown_frames(classifier: Classifier, unknown: list[Sample], cache: HandCro
     report = {"folder": str(args.unknown), "images": len(frames.labels), "rejected": rejected,
               "rejection_rate": rejected / len(frames.labels) if frames.labels else None, "no_hand": int(frames.no_hand.sum()),
               "threshold": classifier.rejection.threshold_or(args.threshold), "failed_to_decode": [unknown[i].path for i in frames.failed]}
-    rate = "n/a" if report["rejection_rate"] is None else f"{100 * report['rejection_rate']:.2f}%"
-    print(f"never-learned gestures in {args.unknown}: {rejected} of {report['images']} answered 'no gesture' ({rate}; "
-          f"no hand found in {report['no_hand']}) at threshold {report['threshold']:.4f}")
+    print(format_unknown(report, report["threshold"], f"; no hand found in {report['no_hand']}"))
     return report
 
 

@@ -158,7 +158,12 @@ def evaluate_open_set(classifier: Classifier, samples: Sequence[Sample], *, thre
         report["unknown"] = {"folder": str(unknown_dir), **unknown_report(classifier, known, decoded, threshold),
                              "failed_to_decode": [unknown_list[i].path for i in sorted(set(range(len(unknown_list))) - set(decoded.index.tolist()))]}
         worst = plot_worst_cases(out / "unknown_worst.png", classifier, unknown_list, decoded, threshold)
-        rate = report["unknown"]["rejection_rate"]
-        print(f"never-learned gestures in {unknown_dir}: {report['unknown']['rejected']} of {report['unknown']['images']} rejected"
-              f" ({'n/a' if rate is None else f'{100 * rate:.2f}%'}) at threshold {threshold:.4f}" + (f"; most confident accepts in {worst}" if worst else ""))
+        print(format_unknown(report["unknown"], threshold) + (f"; most confident accepts in {worst}" if worst else ""))
     return report, known
+
+
+def format_unknown(unknown: dict[str, Any], threshold: float, detail: str = "") -> str:
+    """The line ``--unknown`` prints: how many never-learned gestures were answered "no gesture"."""
+    rate = "n/a" if unknown["rejection_rate"] is None else f"{100 * unknown['rejection_rate']:.2f}%"
+    return (f"never-learned gestures in {unknown['folder']}: {unknown['rejected']} of {unknown['images']} answered "
+            f"'no gesture' ({rate}{detail}) at threshold {threshold:.4f}")
