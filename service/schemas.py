@@ -92,9 +92,9 @@ class Base64Image:
     """A JSON field holding an image as base64 (``decode_base64``), decoded once as the request is
     validated: the endpoint receives the image's bytes, and the OpenAPI page shows a base64 string.
 
-    A type of its own rather than ``Annotated[bytes, ...]``: BentoML 1.4 (``patch_annotation``) applies
-    the metadata of an ``Annotated`` type twice when it sits inside ``| None`` or ``list[...]``, which
-    would decode every image twice (pydantic's ``EncodedBytes`` refuses to run at all there)."""
+    A type of its own rather than pydantic's ``Annotated[bytes, EncodedBytes(...)]``: BentoML 1.4
+    (``patch_annotation``) wraps an ``Annotated`` type inside ``| None`` or ``list[...]`` in its own
+    metadata once more, and ``EncodedBytes`` then refuses to build the endpoint's input model."""
 
     @classmethod
     def __get_pydantic_core_schema__(cls, source: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
