@@ -26,7 +26,7 @@ from benchmarks.common import describe_machine
 from benchmarks.hostile_inputs import ico_holding_png, progressive_jpeg
 from benchmarks.recipes import SHARED_DATA
 from gesture_core import DataConfig, ImageDecodeError, read_rgb
-from gesture_core.images import jpeg_scans, reduced_jpeg_flag
+from gesture_core.images import jpeg_layout, reduced_jpeg_flag
 from service.settings import Settings
 
 FLAT_SIZES = [(2000, 1500), (4000, 3000), (6000, 6000), (6324, 6324)]
@@ -77,7 +77,7 @@ def scan_rows() -> None:
         started = time.perf_counter()
         cv2.imdecode(np.frombuffer(data, np.uint8), flag)
         seconds = time.perf_counter() - started
-        print(f"| {width}x{height} | {jpeg_scans(data)[1]} | {len(data):,} | {seconds * 1000:,.0f} ms | {refused(data)} |")
+        print(f"| {width}x{height} | {jpeg_layout(data).scans} | {len(data):,} | {seconds * 1000:,.0f} ms | {refused(data)} |")
 
 
 def format_rows() -> None:
@@ -110,7 +110,7 @@ def photo_rows(per_set: int) -> None:
             png.append(len(cv2.imencode(".png", image)[1]) / pixels)
             jpeg.append(path.stat().st_size / pixels)
         spread = lambda v: f"{min(v):.2f} - {np.median(v):.2f} - {max(v):.2f}"  # noqa: E731
-        most_scans = max(jpeg_scans(path.read_bytes())[1] for path in files)
+        most_scans = max(jpeg_layout(path.read_bytes()).scans for path in files)
         print(f"| {name} | {spread(png)} | {spread(jpeg)} | {most_scans} |")
 
 

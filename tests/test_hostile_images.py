@@ -3,6 +3,7 @@ by the shared core that training, evaluation, the service and the webcam all dec
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
@@ -23,7 +24,8 @@ from gesture_core.images import (
     TRUNCATED_JPEG,
     check_file_size,
     decode_rgb,
-    jpeg_scans,
+    jpeg_layout,
+    probe_image,
 )
 from tests.service_inputs import jpeg
 
@@ -173,15 +175,37 @@ def test_the_scan_limit_is_inclusive():
         read_rgb(progressive_jpeg(64, 64, repeated_scans=91))
 
 
+def pil_header(data: bytes) -> tuple[str, tuple[int, int]]:
+    with Image.open(io.BytesIO(data), formats=DECODED_FORMATS) as img:
+        return ("JPEG" if img.format == "MPO" else img.format), img.size  # a phone's MPO is a JPEG with more pictures after it
+
+
+def test_the_jpeg_probe_reads_the_size_pil_reads(sign_digits, flowers):
+    """probe_image reads a JPEG's size from its own markers (PIL's reader parses the EXIF block too):
+    the same answer as PIL's on every photo of the shared sets and on JPEGs of every kind an encoder writes."""
+    real = [p.read_bytes() for p in sorted(sign_digits.parent.rglob("*")) if p.suffix.lower() in (".jpg", ".jpeg")]
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (37, 61, 3), np.uint8))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: the stored size is still the one the frame header gives
+    kinds = [encode(image, "JPEG"), encode(image, "JPEG", progressive=True), encode(image.convert("L"), "JPEG"),
+             encode(image.convert("CMYK"), "JPEG"), encode(image, "JPEG", exif=exif.tobytes()),
+             encode(image, "JPEG", comment=b"\xff\xc0\x00\x11\x08\x7f\xff\x7f\xff"),  # a frame header's bytes inside a comment
+             encode(image, "JPEG", restart_marker_blocks=1, subsampling=0), encode(image.resize((1, 1)), "JPEG")]
+    assert len(real) > 5000
+    for data in real + kinds:
+        assert probe_image(data) == pil_header(data)
+    assert jpeg_layout(kinds[5]).size == (61, 37)
+
+
 def test_scans_are_counted_from_the_first_scan_on():
     """Start-of-scan bytes inside a segment before the image data (a comment here; an EXIF thumbnail's
     own markers in a camera file) are not scans of the image."""
     image = Image.fromarray(np.zeros((48, 64, 3), np.uint8))
     baseline = encode(image, "JPEG", comment=b"\xff\xda" * 500)
-    assert jpeg_scans(baseline) == (False, 1)
-    assert jpeg_scans(encode(image, "JPEG", progressive=True)) == (True, 10)
-    assert jpeg_scans(b"\xff\xd8\xff\xd9") == (False, 0)  # no scan at all: left to the decoder's error
-    assert jpeg_scans(jpeg(0)[:30]) == (False, 0)
+    assert jpeg_layout(baseline) == ((64, 48), False, 1)
+    assert jpeg_layout(encode(image, "JPEG", progressive=True)) == ((64, 48), True, 10)
+    assert jpeg_layout(b"\xff\xd8\xff\xd9") == (None, False, 0)  # no scan at all: left to the decoder's error
+    assert jpeg_layout(jpeg(0)[:30]) == (None, False, 0)
 
 
 def test_a_progressive_jpeg_is_held_to_the_pixels_per_byte_limit_and_photos_pass_it():
