@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.hostile_inputs import ico_holding_png
 from tests.helpers import make_image_folder, synthetic_image, write_rgb
 from training.check import build_report, main
 
@@ -22,6 +23,8 @@ def messy(tmp_path: Path) -> Path:
     (root / "fist" / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 definitely not a jpeg" * 10)
     (root / "fist" / "empty.jpg").write_bytes(b"")
     (root / "palm" / "notes.txt").write_text("a non-image")
+    (root / "fist" / "clip.MP4").write_bytes(b"\0\0\0\x18ftypmp42")  # a recording dropped in among the photos
+    (root / "peace" / "icon.png").write_bytes(ico_holding_png(64, 64))  # named .png, but an ICO
     good = (root / "palm" / "000.jpg").read_bytes()
     (root / "palm" / "truncated.jpg").write_bytes(good[: len(good) // 2])
     shutil.copy(root / "fist" / "000.jpg", root / "peace" / "copied-from-fist.jpg")  # conflicting labels
@@ -60,10 +63,13 @@ def test_report_finds_every_problem(messy: Path):
     assert reasons["corrupt.jpg"] == "truncated JPEG (no end-of-image marker)"
     assert reasons["empty.jpg"].startswith("empty file")
     assert reasons["notes.txt"] == "not an image file extension"
+    assert reasons["clip.MP4"].startswith("a video: save its frames as images first (python -m service.webcam.capture --source VIDEO")
+    assert reasons["icon.png"].startswith("unsupported image format ICO")
     assert "truncated" in reasons["truncated.jpg"]
     assert "Too many levels of symbolic links" in reasons["loop.jpg"]
     assert reasons["pipe.jpg"].startswith("not a regular file")
-    expected = {"non-image": 1, "empty (0 bytes)": 1, "truncated": 2, "unreadable": 1, "not a regular file": 1}
+    expected = {"non-image": 1, "empty (0 bytes)": 1, "truncated": 2, "unreadable": 1, "not a regular file": 1,
+                "video (save its frames as images first)": 1, "unsupported format": 1}
     assert r["skipped_by_reason"] == expected
 
     dup = r["duplicates"]
@@ -81,7 +87,7 @@ def test_report_finds_every_problem(messy: Path):
     warnings = "\n".join(r["warnings"])
     assert "fewer than 20 images: peace (6)" in warnings
     assert "more than one class" in warnings
-    assert "6 file(s) skipped" in warnings
+    assert "8 file(s) skipped" in warnings
     assert "deeper than the layout" in warnings
     assert "not valid UTF-8" in warnings
     assert r["image_stats"]["modes"] == {"RGB": 59}

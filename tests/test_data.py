@@ -76,6 +76,8 @@ def test_split_round_trips_through_json(tmp_path):
         ("single_class", "only one class"),
         ("no_images", "no images found"),
         ("no_folders", "no class folders"),
+        ("videos", r"no images found .*; it holds 2 video file\(s\): save their frames as images first \(python -m service.webcam.capture"),
+        ("videos_at_the_top", r"no class folders; .*; it holds 1 video file\(s\): save their frames"),
     ],
 )
 def test_untrainable_datasets_are_refused_up_front(tmp_path, layout, message):
@@ -89,6 +91,13 @@ def test_untrainable_datasets_are_refused_up_front(tmp_path, layout, message):
         (root / "fist").mkdir(parents=True)
         (root / "palm").mkdir()
         (root / "palm" / "readme.txt").write_text("x")
+    elif layout == "videos":  # one recording per class, as a phone saves them
+        for name in ("fist", "palm"):
+            (root / name).mkdir(parents=True)
+            (root / name / "take1.mov").write_bytes(b"\0\0\0\x14ftypqt  ")
+    elif layout == "videos_at_the_top":
+        root.mkdir()
+        (root / "fist.mp4").write_bytes(b"\0\0\0\x18ftypmp42")
     else:
         root.mkdir()
         (root / "loose.jpg").write_bytes(b"x")

@@ -252,6 +252,8 @@ def _imbalance(totals: Counter) -> float | None:
 
 
 _REASON_KINDS = (
+    ("a video:", "video (save its frames as images first)"),
+    ("unsupported image format", "unsupported format"),
     ("file extension", "non-image"),
     ("not a recognised image", "non-image"),
     ("empty file", "empty (0 bytes)"),

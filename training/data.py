@@ -22,6 +22,9 @@ from gesture_core.images import TRUNCATED_JPEG, ImageDecodeError, check_dimensio
 from training.grouping import DatasetError, assign_groups, grouped_split
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm"}
+# Recordings people drop into a class folder, expecting their frames to be trained on.
+VIDEO_EXTENSIONS = {".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".3gp"}
+VIDEO_TO_FRAMES = "python -m service.webcam.capture --source VIDEO --headless --label CLASS --out DATASET"
 SPLITS = ("train", "val", "test")
 
 
@@ -85,7 +88,8 @@ def scan_class_folders(root: Path, skipped: list[dict[str, str]], ignored: list[
         raise DatasetError(f"{root} is not a folder")
     classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not classes:
-        raise DatasetError(f"{root} has no class folders; expected {root}/<class>/<image> (ImageFolder layout)")
+        raise DatasetError(f"{root} has no class folders; expected {root}/<class>/<image> (ImageFolder layout)"
+                           + videos_hint(list(root.iterdir())))
     return {name: _valid_images(root / name, skipped, ignored) for name in classes}
 
 
@@ -98,8 +102,19 @@ def scan_images(root: Path, skipped: list[dict[str, str]]) -> list[str]:
     linked = sorted(d for d in root.iterdir() if d.is_symlink() and d.is_dir() and not d.name.startswith("."))
     found = _valid_images(root, skipped) + [path for folder in linked for path in _valid_images(folder, skipped)]
     if not found:
-        raise DatasetError(f"{root}: no images found (looked for {', '.join(sorted(IMAGE_EXTENSIONS))}, in it and its subfolders)")
+        raise DatasetError(no_images(root, skipped, "in it and its subfolders"))
     return found
+
+
+def no_images(root: Path, skipped: list[dict[str, str]], where: str) -> str:
+    """Why a dataset has nothing to train on, and what to do with the videos it holds, if any."""
+    return (f"{root}: no images found (looked for {', '.join(sorted(IMAGE_EXTENSIONS))}, {where})"
+            + videos_hint([entry["path"] for entry in skipped]))
+
+
+def videos_hint(paths: list[str] | list[Path]) -> str:
+    videos = sum(Path(path).suffix.lower() in VIDEO_EXTENSIONS for path in paths)
+    return f"; it holds {videos} video file(s): save their frames as images first ({VIDEO_TO_FRAMES}, for each)" if videos else ""
 
 
 def _valid_images(folder: Path, skipped: list[dict[str, str]], ignored: list[dict[str, str]] | None = None) -> list[str]:
@@ -133,7 +148,10 @@ def _note_ignored(dirpath: str, dirnames: list[str], filenames: list[str], ignor
 
 def check_image_file(path: str) -> str | None:
     """None if ``path`` looks like a decodable image, else the reason it is skipped."""
-    if Path(path).suffix.lower() not in IMAGE_EXTENSIONS:
+    suffix = Path(path).suffix.lower()
+    if suffix in VIDEO_EXTENSIONS:
+        return f"a video: save its frames as images first ({VIDEO_TO_FRAMES}; docs/datasets.md)"
+    if suffix not in IMAGE_EXTENSIONS:
         return "not an image file extension"
     try:
         if not stat.S_ISREG(os.stat(path).st_mode):
@@ -197,7 +215,7 @@ def load_splits(
         return Splits(str(root), classes, samples["train"], samples["val"], samples["test"], skipped, "presplit", grouping.to_json())
     by_class = scan_class_folders(root, skipped)
     if not any(by_class.values()):
-        raise DatasetError(f"{root}: no images found (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
+        raise DatasetError(no_images(root, skipped, "in its class folders"))
     _require_trainable(by_class, root)
     classes = sorted(by_class)
     grouping = assign_groups(by_class, group_by)
