@@ -369,7 +369,7 @@ def train(cfg: TrainConfig, resume: Path | None = None) -> Path:
     kept = ema.module if ema else run.model  # what is validated, saved as best.pt and tested
     failed: set[str] = set(state["failed"])
     print(f"{cfg.backbone} on {run.splits.root}: {len(run.splits.classes)} classes, split {run.splits.counts()}, "
-          f"{len(run.splits.skipped)} files skipped; {size_note(cfg, run.data_config)}; device {run.device}{' (AMP)' if run.amp else ''}"
+          f"{len(run.splits.skipped)} file(s) skipped; {size_note(cfg, run.data_config)}; device {run.device}{' (AMP)' if run.amp else ''}"
           f"{f'; weight EMA, decay {cfg.ema_decay}' if ema else ''}; {distributed_note(cfg, lr)}run folder {run.out}")
     bad_epochs = 0
     features = frozen_features(run)
