@@ -43,6 +43,7 @@ from benchmarks.serve_latency import drive, load_images, make_checkpoint, runnin
 RSS_TARGET_MB = 256
 TOGETHER_TARGET_MB = 4 * RSS_TARGET_MB  # large uploads sent together: at most 4 decodes at once
 P99_TARGET_MS = 1000
+LOG_TARGET_BYTES = 1024  # server log per refused request: a line or two, not a traceback (service/logs.py)
 BOUNDARY = "hostile-7d1e"
 
 
@@ -251,21 +252,25 @@ def main(argv: list[str] | None = None) -> int:
             rss = PeakRss(worker_pid(server.process.pid))
             drive(server.url, "predict", images, clients=1, duration=1.0, warmup=0.0)  # first requests warm the worker
             note("single requests (kind, case, statuses, worker peak RSS growth, reason):")
+            log_before = len(server.log())
             outcomes = run_attacks(server.url, rss, upload_limit)
+            logged = server.log()[log_before:]
+            logged = {"bytes_per_request": len(logged) / sum(len(o.statuses) for o in outcomes), "tracebacks": logged.count("Traceback")}
             baseline = drive(server.url, "predict", images, clients=args.normal_clients, duration=baseline_seconds, warmup=0.0).summary()
             note(f"normal clients alone: {baseline}")
             during, report = slow_client_attack(server.url, images, args.slow_clients, args.slow_seconds, args.normal_clients)
             alive = server.process.poll() is None
-    print_summary(outcomes, baseline, during, report, args, alive)
+    print_summary(outcomes, baseline, during, report, args, alive, logged)
     note(f"finished in {time.perf_counter() - started:.0f} s")
-    return 0 if verdicts(outcomes, during)[1] else 1
+    return 0 if verdicts(outcomes, during, logged)[1] else 1
 
 
-def verdicts(outcomes: list[Outcome], during: dict) -> tuple[list[str], bool]:
+def verdicts(outcomes: list[Outcome], during: dict, logged: dict) -> tuple[list[str], bool]:
     server_errors = sum(1 for o in outcomes for s in o.statuses if s >= 500 or s == 0)
     single = max((o for o in outcomes if o.attack.copies == 1), key=lambda o: o.rss_growth_mb)
     together = max((o for o in outcomes if o.attack.copies > 1), key=lambda o: o.rss_growth_mb)
     normal_ok = not during["errors"] and during["requests"] > 0 and during["p99_ms"] < P99_TARGET_MS
+    log_ok = logged["bytes_per_request"] <= LOG_TARGET_BYTES and not logged["tracebacks"]
     lines = [
         f"{'PASS' if not server_errors else 'FAIL'}  5xx or no answer: {server_errors}",
         f"{'PASS' if single.rss_growth_mb <= RSS_TARGET_MB else 'FAIL'}  largest worker RSS growth for one request: "
@@ -274,11 +279,14 @@ def verdicts(outcomes: list[Outcome], during: dict) -> tuple[list[str], bool]:
         f"{together.rss_growth_mb:.0f} MB ({together.attack.name}); target <= {TOGETHER_TARGET_MB} MB",
         f"{'PASS' if normal_ok else 'FAIL'}  normal clients during the slow-client attack: {during['requests']} served, "
         f"p99 {during['p99_ms']:.0f} ms, refused/failed {during['errors'] or 'none'}; target: all served, p99 < {P99_TARGET_MS} ms",
+        f"{'PASS' if log_ok else 'FAIL'}  server log per request above: {logged['bytes_per_request']:,.0f} bytes, "
+        f"{logged['tracebacks']} traceback(s); target <= {LOG_TARGET_BYTES:,} bytes, no traceback",
     ]
-    return lines, not server_errors and single.rss_growth_mb <= RSS_TARGET_MB and together.rss_growth_mb <= TOGETHER_TARGET_MB and normal_ok
+    return lines, (not server_errors and single.rss_growth_mb <= RSS_TARGET_MB and together.rss_growth_mb <= TOGETHER_TARGET_MB
+                   and normal_ok and log_ok)
 
 
-def print_summary(outcomes: list[Outcome], baseline: dict, during: dict, report: SlowClientReport, args, alive: bool) -> None:
+def print_summary(outcomes: list[Outcome], baseline: dict, during: dict, report: SlowClientReport, args, alive: bool, logged: dict) -> None:
     print(f"\nhostile input against bentoml serve on 127.0.0.1; {describe_machine(machine())}")
     print("\n| class | case | status | worker peak RSS growth | seconds | reason |\n| --- | --- | --- | ---: | ---: | --- |")
     for o in outcomes:
@@ -294,7 +302,7 @@ def print_summary(outcomes: list[Outcome], baseline: dict, during: dict, report:
           f"p50 {during['p50_ms']:.0f} ms, p99 {during['p99_ms']:.0f} ms, errors {during['errors'] or 'none'}")
     print(f"slow clients: {report.connections} connections made; what the server did to them: {dict(report.outcomes) or 'nothing (all held open)'}")
     print(f"server still running afterwards: {alive}")
-    lines, _ = verdicts(outcomes, during)
+    lines, _ = verdicts(outcomes, during, logged)
     print("\n" + "\n".join(lines))
 
 

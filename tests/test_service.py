@@ -650,3 +650,33 @@ def test_the_webcam_and_the_service_read_the_same_runtime():
     assert Runtime.from_args(args) == Runtime.from_env(env) == Settings.from_env(env).runtime == Runtime("cpu", "onnx", "bf16", 3)
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--checkpoint", "x.pt", "--threads", "0"])
+
+
+@pytest.mark.parametrize("error, line", [
+    (BadInput("image: not a recognised image format"), "Refused /predict [POST] (400): image: not a recognised image format"),
+    ("validation", "Refused /predict [POST] (400): top_k: Input should be greater than or equal to 1"),
+    (RuntimeError("engine failed"), None),
+])
+def test_a_refused_request_is_one_warning_line_and_a_server_error_keeps_its_traceback(error, line):
+    import logging
+    import sys
+
+    from service.logs import RefusedRequestsInOneLine
+
+    if error == "validation":
+        from service.service import GestureClassifier
+
+        try:
+            GestureClassifier.apis["predict"].input_spec.model_validate({"top_k": 0})
+        except Exception as err:  # noqa: BLE001 - pydantic's ValidationError, as BentoML meets it
+            error = err
+    try:
+        raise error
+    except Exception:  # noqa: BLE001
+        record = logging.LogRecord("bentoml", logging.ERROR, __file__, 1, "Exception on %s [%s]", ("/predict", "POST"), sys.exc_info())
+    assert RefusedRequestsInOneLine().filter(record)
+    formatted = logging.Formatter("%(levelname)s %(message)s").format(record)
+    if line is None:  # the server's own failure: unchanged
+        assert formatted.startswith("ERROR Exception on /predict [POST]\nTraceback") and "engine failed" in formatted
+    else:
+        assert formatted == f"WARNING {line}"

@@ -129,6 +129,16 @@ def test_bad_requests_get_the_documented_answer_and_the_server_keeps_serving(htt
     assert http.post("/predict", files={"image": ("ok.jpg", jpeg(0))}).status_code == 200
 
 
+def test_refused_requests_are_logged_in_one_line_each(http, server):
+    """BentoML logs each one as an ERROR with a 3 KB traceback; service/logs.py makes it one line."""
+    assert http.post("/predict", json={"image_b64": "!!"}).status_code == 400
+    assert http.post("/predict", files={"image": ("a.jpg", b"not an image")}).status_code == 400
+    log = server.log()
+    assert "Traceback" not in log, log[-3000:]
+    assert "[WARNING] [entry_service:GestureClassifier:1] Refused /predict [POST] (400): image_b64: Value error, not valid base64" in log
+    assert "Refused /predict [POST] (400): image: not a recognised image format" in log
+
+
 @pytest.mark.parametrize("case", sorted(ambiguous_requests()))
 def test_ambiguous_requests_get_the_reason_in_json(http, case):
     request, status, phrase = ambiguous_requests()[case]

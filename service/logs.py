@@ -1,0 +1,46 @@
+"""A refused request is one WARNING line in the server's log, not an ERROR with a traceback.
+
+BentoML 1.4.39 logs every exception an endpoint ends with as an ERROR with its traceback, the
+client's mistakes included: a validation error (``top_k`` of 0, bad base64) and a ``BadInput`` (an
+image that does not decode) each wrote about 3 KB of traceback (``api_endpoint_wrapper`` calls
+``log_exception`` for every one). Any client could fill the log, and bury real errors in it, by
+sending bad requests. This filter, on the logger BentoML writes them to, turns those of a 4xx
+into one line with the reason the client got; a server error (5xx) keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+
+from bentoml.exceptions import BentoMLException
+from pydantic import ValidationError
+
+# Where BentoML's ``log_exception`` writes (a logger's name, not an import of the module).
+BENTOML_REQUEST_ERRORS = "bentoml._internal.server.http_app"
+
+
+class RefusedRequestsInOneLine(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        refused = client_error(record.exc_info[1] if record.exc_info else None)
+        if refused is not None:
+            status, reason = refused
+            record.msg, record.args = f"{record.getMessage().replace('Exception on', 'Refused', 1)} ({status}): {reason}", ()
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.exc_info = record.exc_text = None
+        return True
+
+
+def client_error(error: BaseException | None) -> tuple[int, str] | None:
+    """(the status, the reason) a client was given, for an exception that is the client's mistake; else None."""
+    if isinstance(error, ValidationError):  # BentoML answers these with a 400
+        return 400, "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in error.errors(include_url=False))
+    if isinstance(error, BentoMLException) and error.error_code < HTTPStatus.INTERNAL_SERVER_ERROR:
+        return int(error.error_code), str(error)
+    return None
+
+
+def log_refused_requests_in_one_line() -> None:
+    logger = logging.getLogger(BENTOML_REQUEST_ERRORS)
+    if not any(isinstance(f, RefusedRequestsInOneLine) for f in logger.filters):
+        logger.addFilter(RefusedRequestsInOneLine())
