@@ -161,6 +161,7 @@ def http_bad_requests(upload_limit_bytes: int) -> dict[str, dict]:
         "path_instead_of_file": {"json": {"image": "/etc/passwd"}},
         "top_k_zero": {"files": {"image": ("a.jpg", image)}, "data": {"top_k": "0"}},
         "threshold_above_one": {"json": {"image_b64": b64(image), "threshold": 1.5}},
+        "threshold_nan": {"content": b'{"image_b64": "%s", "threshold": NaN}' % b64(image).encode(), "headers": {"content-type": "application/json"}},
         "multipart_without_boundary": {"content": b"xx", "headers": {"content-type": "multipart/form-data"}},
         "multipart_cut_short": {"content": form_part("image", image, "a.jpg")[:-200], "headers": multipart()["headers"]},
         "upload_over_limit": {"files": {"image": ("big.jpg", b"\xff" * (upload_limit_bytes + 1))}},

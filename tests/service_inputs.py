@@ -95,6 +95,7 @@ def expected_refusal(case: str, upload_limit_bytes: int) -> tuple[int, str, tupl
         "path_instead_of_file": (400, NOT_A_FILE, None),
         "top_k_zero": (400, "Input should be greater than or equal to 1", (["top_k"], "greater_than_equal")),
         "threshold_above_one": (400, "Input should be less than or equal to 1", (["threshold"], "less_than_equal")),
+        "threshold_nan": (400, "Input should be a finite number", (["threshold"], "finite_number")),
         "upload_over_limit": (413, f"the limit is {upload_limit_bytes:,} bytes (server setting GESTURE_MAX_UPLOAD_MB)", None),
         "file_flat_progressive_jpeg_4000x4000": (400, "image: image too large for its file size: 4000x4000 = 16,000,000 pixels in", None),
         "file_jpeg_scan_bomb": (400, "image: JPEG with 1,010 scans, above the limit of 100", None),
