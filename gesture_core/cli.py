@@ -11,10 +11,12 @@ raised it.
 
 from __future__ import annotations
 
+import argparse
 import functools
 import sys
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import ParamSpec
 
 from gesture_core.hands import HandModelsUnavailableError
@@ -53,3 +55,22 @@ def describe(err: BaseException) -> str:
     else:
         text = str(err) or type(err).__name__
     return " ".join(text.split())
+
+
+def checkpoint_arg(in_run_folder: str) -> Callable[[str], Path]:
+    """An argparse type for a checkpoint: a file, or a training run's folder, meaning its
+    ``in_run_folder`` file (``best.pt`` to evaluate or serve, ``last.pt`` to resume), as people pass them."""
+
+    def checkpoint(text: str) -> Path:
+        path = Path(text)
+        if path.is_dir():
+            if not (path / in_run_folder).is_file():
+                raise argparse.ArgumentTypeError(f"{text} is a folder without {in_run_folder}: pass a checkpoint file, "
+                                                 f"or a run folder written by training.finetune (RUN/{in_run_folder})")
+            return path / in_run_folder
+        if not path.is_file():
+            raise argparse.ArgumentTypeError(f"{text}: no such file" if not path.exists() else f"{text} is not a regular file")
+        return path
+
+    return checkpoint
+

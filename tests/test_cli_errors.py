@@ -3,6 +3,7 @@ or a full disk during a save loses nothing and leaves no litter."""
 
 from __future__ import annotations
 
+import argparse
 import errno
 import os
 import shutil
@@ -64,6 +65,21 @@ def test_resume_from_best_pt_points_to_last_pt(run, capsys):
     assert "no training state to resume from" in err and f"--resume {run / 'last.pt'}" in err
 
 
+def test_a_run_folder_stands_for_its_checkpoint(run, tmp_path):
+    from gesture_core.cli import checkpoint_arg
+
+    assert checkpoint_arg("best.pt")(str(run)) == run / "best.pt"
+    assert checkpoint_arg("last.pt")(str(run)) == run / "last.pt"
+    assert checkpoint_arg("best.pt")(str(run / "last.pt")) == run / "last.pt"  # a file is taken as it is
+    with pytest.raises(argparse.ArgumentTypeError, match=r"is a folder without best.pt: pass a checkpoint file, or a run folder written by"):
+        checkpoint_arg("best.pt")(str(tmp_path))
+    with pytest.raises(argparse.ArgumentTypeError, match="no such file"):
+        checkpoint_arg("best.pt")(str(tmp_path / "nope.pt"))
+    os.mkfifo(tmp_path / "pipe.pt")
+    with pytest.raises(argparse.ArgumentTypeError, match="is not a regular file"):
+        checkpoint_arg("best.pt")(str(tmp_path / "pipe.pt"))
+
+
 def test_evaluate_a_checkpoint_whose_shapes_do_not_match(run, tmp_path, capsys):
     wrong = edited_checkpoint(run / "best.pt", tmp_path / "best.pt", classes=["a", "b", "c", "d", "e"])  # a 3-class head
     assert evaluate_main(["--checkpoint", str(wrong), "--data", str(run)]) == 2
@@ -121,7 +137,7 @@ def test_a_run_cleans_up_partial_saves_of_an_interrupted_one(run, tmp_path, caps
     keep = [folder / "notes.tmp", folder / ".hidden.pt"]
     for path in keep:
         path.write_text("not ours")
-    assert finetune.main(["--resume", str(folder / "last.pt")]) == 0
+    assert finetune.main(["--resume", str(folder)]) == 0  # the run folder: its last.pt
     assert "removed 2 partial checkpoint file(s) left by an interrupted save" in capsys.readouterr().out
     assert not any(path.exists() for path in litter) and all(path.exists() for path in keep)
     assert remove_partial_saves(folder) == []

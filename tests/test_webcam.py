@@ -314,10 +314,13 @@ def test_a_file_cut_short_and_a_sequence_with_a_bad_frame_say_what_was_not_read(
     assert code == 0 and "OpenCV reads 2 of the 6 files that match it" in warning
 
 
-def test_missing_checkpoint_is_a_clear_error(tmp_path, short_clip):
-    logged = []
-    code = main(["--checkpoint", str(tmp_path / "nope.pt"), "--source", str(short_clip), "--headless"], log=logged.append)
-    assert code == EXIT_USAGE and "does not exist" in logged[-1]
+def test_missing_checkpoint_is_a_clear_error(tmp_path, short_clip, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--checkpoint", str(tmp_path / "nope.pt"), "--source", str(short_clip), "--headless"])
+    assert exit_.value.code == EXIT_USAGE and f"argument --checkpoint: {tmp_path / 'nope.pt'}: no such file" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--checkpoint", str(tmp_path), "--source", str(short_clip), "--headless"])
+    assert "is a folder without best.pt" in capsys.readouterr().err
 
 
 def test_bad_url_lists_the_expected_form(short_clip):

@@ -46,7 +46,7 @@ from gesture_core.checkpoint import (
     load_checkpoint,
     resolve_device,
 )
-from gesture_core.cli import command
+from gesture_core.cli import checkpoint_arg, command
 from gesture_core.preprocess import DataConfig
 from gesture_core.rejection import SCORES, Rejection, find_reject_classes, softmax
 from training import cli
@@ -427,7 +427,7 @@ def reject_choice(classes: Sequence[str], requested: Sequence[str] | None) -> st
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m training.calibrate", description=__doc__.split("\n")[0], formatter_class=cli.DefaultsHelpFormatter)
-    p.add_argument("--checkpoint", type=cli.existing_file, required=True, help="RUN/best.pt (rewritten with the calibration)")
+    p.add_argument("--checkpoint", type=checkpoint_arg("best.pt"), required=True, help="RUN/best.pt, or the run folder RUN (rewritten with the calibration)")
     add_rejection_args(p)
     p.add_argument("--workers", type=cli.int_at_least(0), default=2)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from gesture_core.classifier import Classifier, load_classifier
-from gesture_core.cli import command
+from gesture_core.cli import checkpoint_arg, command
 from gesture_core.preprocess import TTA_MODES, DataConfig, Preprocess, tta_crops, tta_view_count
 from training import cli
 from training.calibrate import SplitOutputs
@@ -38,7 +38,7 @@ TTA_CHOICES = (*TTA_MODES, "all")
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.split("\n")[0], formatter_class=cli.DefaultsHelpFormatter)
-    p.add_argument("--checkpoint", type=cli.existing_file, required=True, help="RUN/best.pt")
+    p.add_argument("--checkpoint", type=checkpoint_arg("best.pt"), required=True, help="RUN/best.pt, or the run folder RUN")
     p.add_argument("--data", default=None, help="ImageFolder to evaluate as a whole (default: the run's saved test split)")
     p.add_argument("--split", choices=("test", "val", "train"), default="test", help="which saved split, without --data")
     p.add_argument("--out", default=None, help="report folder (default: RUN/eval-<split or folder name>)")

@@ -37,7 +37,7 @@ from torch import nn
 
 from gesture_core.backbones import get_backbone, with_features
 from gesture_core.classifier import Classifier, decode_probs, load_classifier
-from gesture_core.cli import command
+from gesture_core.cli import checkpoint_arg, command
 from gesture_core.images import ImageDecodeError
 from gesture_core.rejection import Rejection
 from training import cli
@@ -298,7 +298,7 @@ def export(classifier: Classifier, fmt: str, path: Path, **kwargs: Any) -> Path:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m training.export", description=__doc__.split("\n")[0], formatter_class=cli.DefaultsHelpFormatter)
-    p.add_argument("--checkpoint", type=cli.existing_file, required=True, help="RUN/best.pt")
+    p.add_argument("--checkpoint", type=checkpoint_arg("best.pt"), required=True, help="RUN/best.pt, or the run folder RUN")
     p.add_argument("--format", choices=FORMATS, required=True)
     p.add_argument("--out", default=None, help="output file (default: RUN/model.onnx or RUN/model.torchscript.pt)")
     p.add_argument("--images", nargs="+", default=None, help="images or folders for the parity check (default: the run's test split)")

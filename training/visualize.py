@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gesture_core.classifier import Classifier, load_classifier
-from gesture_core.cli import command
+from gesture_core.cli import checkpoint_arg, command
 from training import cli
 
 
@@ -208,7 +208,7 @@ def save_gradcam(path: Path, view: np.ndarray, cams: list[GradCam]) -> Path:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m training.visualize", description=__doc__.split("\n")[0], formatter_class=cli.DefaultsHelpFormatter)
-    p.add_argument("--checkpoint", type=cli.existing_file, required=True, help="RUN/best.pt")
+    p.add_argument("--checkpoint", type=checkpoint_arg("best.pt"), required=True, help="RUN/best.pt, or the run folder RUN")
     p.add_argument("--image", type=cli.existing_file, required=True)
     p.add_argument("--class", dest="classes", action="append", default=[], metavar="NAME", help="also explain this class (repeatable)")
     p.add_argument("--out", default=None, help="output folder (default: RUN/visualize-<image name>)")

@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 
 from gesture_core import Prediction
-from gesture_core.cli import command
+from gesture_core.cli import checkpoint_arg, command
 from gesture_core.runtime import Runtime, add_runtime_arguments
 from service.webcam.grabber import Frame, FrameGrabber
 from service.webcam.overlay import OverlayInfo, centred_roi, render
@@ -384,7 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--source", default="0", help="camera index (0), video file, image pattern (frames/%%04d.jpg) or rtsp:// / http:// URL")
     scorer = p.add_mutually_exclusive_group(required=True)
-    scorer.add_argument("--checkpoint", type=Path, help="run locally with this checkpoint (RUN/best.pt)")
+    scorer.add_argument("--checkpoint", type=checkpoint_arg("best.pt"), help="run locally with this checkpoint (RUN/best.pt, or the run folder RUN)")
     scorer.add_argument("--url", help="ask the HTTP service instead, e.g. http://127.0.0.1:3000")
     p.add_argument("--timeout", type=_number(float, 0.0, low_open=True), default=2.0, help="remote mode: seconds to wait for an answer")
     p.add_argument("--realtime", action="store_true", help="files: play at the file's fps and drop frames inference cannot keep up with (default: every frame, as fast as possible)")
