@@ -139,6 +139,8 @@ def test_existing_files_are_counted_and_kept(tmp_path: Path):
         (["--headless"], "--headless needs --label"),
         (["--classes", "a/b,c"], "invalid class name(s) 'a/b'"),
         (["--classes", "fist,fist"], "duplicate class names"),
+        (["--headless", "--label", "/etc"], "argument --label: invalid class name(s) '/etc'"),  # alone, without --classes
+        (["--headless", "--label", "fist,palm"], "argument --label: one class name, got 'fist,palm'"),
         (["--headless", "--label", "x", "--every", "0"], "expected a whole number >= 1"),
         (["--classes", ",".join(f"c{i}" for i in range(10))], "at most 9 classes"),
     ],

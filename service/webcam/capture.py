@@ -291,6 +291,14 @@ def class_list(text: str) -> list[str]:
     return names
 
 
+def class_name(text: str) -> str:
+    """One class name, by ``class_list``'s rules (it becomes a folder name under --out)."""
+    names = class_list(text)
+    if len(names) != 1:
+        raise argparse.ArgumentTypeError(f"one class name, got {text!r}")
+    return names[0]
+
+
 def with_reject_class(classes: list[str]) -> list[str]:
     """``classes``, plus ``none`` when none of them is a "no gesture" name and a key is free for it."""
     if any(map(is_reject_name, classes)) or len(classes) >= MAX_KEYED_CLASSES:
@@ -330,7 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--burst", type=_positive, default=30, help="frames per timed burst, key b (default 30)")
     p.add_argument("--quality", type=_positive, default=95, help="JPEG quality 1-100 (default 95)")
     p.add_argument("--headless", action="store_true", help="no window: save every --every-th frame as --label")
-    p.add_argument("--label", help="with --headless: the class of every saved frame")
+    p.add_argument("--label", type=class_name, help="with --headless: the class of every saved frame")
     p.add_argument("--max", type=_positive, default=None, help="with --headless: stop after saving this many")
     return p
 
@@ -347,7 +355,6 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--headless needs --label CLASS (the class of every saved frame)")
         if args.classes and args.label not in args.classes:
             parser.error(f"--label {args.label!r} is not one of --classes: {', '.join(args.classes)}")
-        class_list(args.label)  # same naming rules
     else:
         if not classes:
             parser.error("--classes is required for the live preview (e.g. --classes fist,palm,peace,none)")
