@@ -80,6 +80,14 @@ def test_a_run_folder_stands_for_its_checkpoint(run, tmp_path):
         checkpoint_arg("best.pt")(str(tmp_path / "pipe.pt"))
 
 
+def test_evaluate_on_a_folder_of_videos_says_how_to_make_frames(run, tmp_path, capsys):
+    for name in torch.load(run / "best.pt", weights_only=True)["classes"][:2]:
+        (tmp_path / "videos" / name).mkdir(parents=True)
+        (tmp_path / "videos" / name / "take1.mp4").write_bytes(b"\0\0\0\x18ftypmp42")
+    assert evaluate_main(["--checkpoint", str(run), "--data", str(tmp_path / "videos")]) == 2
+    assert "no images to evaluate in videos; it holds 2 video file(s): save their frames as images first" in one_error_line(capsys)
+
+
 def test_evaluate_a_checkpoint_whose_shapes_do_not_match(run, tmp_path, capsys):
     wrong = edited_checkpoint(run / "best.pt", tmp_path / "best.pt", classes=["a", "b", "c", "d", "e"])  # a 3-class head
     assert evaluate_main(["--checkpoint", str(wrong), "--data", str(run)]) == 2

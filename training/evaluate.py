@@ -27,7 +27,7 @@ from gesture_core.cli import checkpoint_arg, command
 from gesture_core.preprocess import TTA_MODES, DataConfig, Preprocess, tta_crops, tta_view_count
 from training import cli
 from training.calibrate import SplitOutputs
-from training.data import DatasetError, ImageDataset, Sample, Splits, failure_reports, load_folder, make_loader
+from training.data import DatasetError, ImageDataset, Sample, Splits, failure_reports, load_folder, make_loader, videos_hint
 from training.hand_crops import HandCropCache, crop_samples, format_no_hand, frame_metrics, frame_mistakes, frame_outputs
 from training.loop import IGNORE_LABEL
 from training.open_set import evaluate_open_set, format_unknown, unknown_samples
@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     classifier = load_classifier(args.checkpoint, args.device, engine="torch", input_size=args.image_size, crop_pct=args.crop_pct)
     samples, skipped, name = select_samples(args.checkpoint, classifier.classes, args.data, args.split)
     if not samples:
-        raise DatasetError(f"no images to evaluate in {name}")
+        raise DatasetError(f"no images to evaluate in {name}" + videos_hint([entry["path"] for entry in skipped]))
     unknown_skipped: list[dict[str, str]] = []
     try:  # before the long part: a wrong --unknown folder fails in a second, not after the evaluation
         unknown = None if args.unknown is None else unknown_samples(args.unknown, unknown_skipped)
