@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from benchmarks.common import describe_machine
-from benchmarks.hostile_inputs import ico_holding_png, progressive_jpeg
+from benchmarks.hostile_inputs import ico_holding_png, many_header_units, progressive_jpeg
 from benchmarks.recipes import SHARED_DATA
 from gesture_core import DataConfig, ImageDecodeError, read_rgb
 from gesture_core.images import jpeg_layout, reduced_jpeg_flag
@@ -94,6 +94,21 @@ def format_rows() -> None:
         print(f"| {side}x{side} | {len(data):,} | {seconds * 1000:,.0f} ms | {size[0]}x{size[1]} | {refused(data)} |")
 
 
+def header_rows() -> None:
+    """16 MB files whose header is padded with the smallest units of their format: what PIL's own
+    open takes to parse them (any probe through PIL ran it), and what read_rgb says now."""
+    print("\n| 16 MB header of | units | PIL's Image.open alone | the service |\n| --- | ---: | ---: | --- |")
+    for fmt, units in (("JPEG", 4 * 1024 * 1024), ("PNG", 1398101), ("GIF", 6710886), ("PPM", 16 * 1024 * 1024)):
+        data = many_header_units(fmt, units)
+        started = time.perf_counter()
+        with Image.open(io.BytesIO(data)) as img:
+            img.size  # noqa: B018 - opening is the work measured
+        pil_ms = (time.perf_counter() - started) * 1000
+        started = time.perf_counter()
+        answer = refused(data)
+        print(f"| {fmt} | {units:,} | {pil_ms:,.0f} ms | {answer} in {(time.perf_counter() - started) * 1000:.1f} ms |")
+
+
 def photo_rows(per_set: int) -> None:
     print(f"\n| shared set ({per_set} photos each) | as PNG: bytes per pixel, min-median-max | their own JPEG files: min-median-max | "
           "most scans of any of its JPEG files (all files) |\n| --- | --- | --- | ---: |")
@@ -123,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     flat_rows()
     scan_rows()
     format_rows()
+    header_rows()
     photo_rows(args.photos)
     return 0
 

@@ -40,6 +40,15 @@ SMALL_IMAGE_PIXELS = 2_000_000  # about a 1080p frame: any file may be this larg
 # (libjpeg-turbo calls this LJT-01-003 and leaves the limit to the application); ordinary encoders
 # write one (baseline) or about 10 (libjpeg's progression), mozjpeg a few more. Applied everywhere.
 MAX_JPEG_SCANS = 100
+# Before any pixel, PIL's readers parse a file's header unit by unit in Python: a 16 MB JPEG of 4-byte
+# comment segments took 5.1 s to open, a PNG of 1.4 million empty text chunks 5.4 s (and libpng then
+# wrote a warning line for each), a GIF of comment blocks 2.5 s, a PPM with 8 million comment lines
+# 5.4 s (``python -m benchmarks.decode_cost``). A photo has a few dozen (the shared sets' JPEGs: at
+# most 13 segments before the image data), so more than these are refused, after a walk that stops at
+# the limit. Room is left for what editors write: an ICC profile in up to 255 JPEG segments, XMP in a
+# GIF as a few hundred sub-blocks; PNG's is lower, since libpng writes a warning line for each bad
+# chunk. Applied everywhere. Format -> (what is counted, the most allowed).
+HEADER_LIMITS = {"JPEG": ("segments", 1000), "PNG": ("chunks", 100), "GIF": ("blocks", 1000), "PPM": ("header bytes", 4096)}
 TRUNCATED_JPEG = "truncated JPEG (no end-of-image marker)"
 # Start-of-frame markers (C4 is a Huffman table, C8 reserved, CC an arithmetic-coding table), and those of progressive JPEG.
 FRAME_MARKERS = {*range(0xC0, 0xD0)} - {0xC4, 0xC8, 0xCC}
@@ -106,7 +115,7 @@ def decode_rgb(data: bytes, *, max_pixels: int | None = DEFAULT_MAX_PIXELS, min_
         raise ImageDecodeError("empty file (0 bytes)")
     fmt, (width, height) = probe_image(data)
     check_dimensions(width, height, max_pixels=max_pixels)
-    _, progressive, scans = jpeg_layout(data) if data.startswith(b"\xff\xd8") else JpegLayout(None, False, 0)
+    progressive, scans = jpeg_layout(data)[1:3] if data.startswith(b"\xff\xd8") else (False, 0)
     if scans > MAX_JPEG_SCANS:
         raise ImageDecodeError(f"JPEG with {scans:,} scans, above the limit of {MAX_JPEG_SCANS} "
                                "(an ordinary JPEG has 1, a progressive one about 10): re-save it")
@@ -161,6 +170,7 @@ class JpegLayout(NamedTuple):
     size: tuple[int, int] | None  # (width, height) from the start-of-frame segment; None if there is none before the scans
     progressive: bool
     scans: int
+    segments: int = 0  # before the first scan; the walk stops past HEADER_LIMITS["JPEG"]
 
 
 def jpeg_layout(data: bytes) -> JpegLayout:
@@ -170,21 +180,76 @@ def jpeg_layout(data: bytes) -> JpegLayout:
     The segments before the first scan are walked by their lengths (so an EXIF thumbnail's markers are
     not counted); from there every start-of-scan marker counts: inside entropy-coded data a 0xFF byte
     is always followed by 0x00 or a restart marker, never by 0xDA."""
-    i, size, progressive = 2, None, False
-    while i + 4 <= len(data) and data[i] == 0xFF:
+    i, size, progressive, segments = 2, None, False, 0
+    while i + 4 <= len(data) and data[i] == 0xFF and segments <= HEADER_LIMITS["JPEG"][1]:
         marker = data[i + 1]
         if marker == 0xFF or marker == 0x01 or 0xD0 <= marker <= 0xD8:  # fill byte, or a marker without a length
             i += 1 if marker == 0xFF else 2
+            segments += marker != 0xFF
             continue
         if marker == 0xD9:
             break
         if marker == 0xDA:
-            return JpegLayout(size, progressive, data.count(b"\xff\xda", i))
+            return JpegLayout(size, progressive, data.count(b"\xff\xda", i), segments)
         if marker in FRAME_MARKERS and size is None and i + 9 <= len(data):  # length, precision, height, width
             size = int.from_bytes(data[i + 7:i + 9], "big"), int.from_bytes(data[i + 5:i + 7], "big")
             progressive = marker in PROGRESSIVE_FRAMES
         i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
-    return JpegLayout(size, progressive, 0)  # no scan before the end or a corrupt marker: the decoder reports it
+        segments += 1
+    return JpegLayout(size, progressive, 0, segments)  # no scan before the end or a corrupt marker: the decoder reports it
+
+
+def header_units(data: bytes) -> tuple[str, int]:
+    """(format, how many) of the units PIL would parse one by one before any pixel of a PNG (its
+    chunks before the image data), a GIF (its blocks and sub-blocks before the first image) or a PPM
+    (its header bytes), each walk stopping past the format's limit (``HEADER_LIMITS``); a JPEG's are
+    ``jpeg_layout``'s segments. ("", 0) for other formats."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "PNG", png_chunks_before_image(data)
+    if data.startswith((b"GIF87a", b"GIF89a")):
+        return "GIF", gif_blocks_before_image(data)
+    if len(data) > 2 and data[0] == ord("P") and data[1] in b"123456" and data[2] in b" \t\r\n#":
+        return "PPM", ppm_header_bytes(data)
+    return "", 0
+
+
+def png_chunks_before_image(data: bytes) -> int:
+    i, chunks = 8, 0
+    while i + 8 <= len(data) and data[i + 4:i + 8] != b"IDAT" and chunks <= HEADER_LIMITS["PNG"][1]:
+        i += 12 + int.from_bytes(data[i:i + 4], "big")  # length, type, data, CRC
+        chunks += 1
+    return chunks
+
+
+def gif_blocks_before_image(data: bytes) -> int:
+    flags = data[10] if len(data) > 10 else 0
+    i, blocks, limit = 13 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0), 0, HEADER_LIMITS["GIF"][1]  # after the colour table
+    while i < len(data) and data[i] == 0x21 and blocks <= limit:  # an extension: its label, then sub-blocks
+        i += 2
+        while i < len(data) and data[i] and blocks <= limit:
+            i += 1 + data[i]
+            blocks += 1
+        i += 1
+        blocks += 1
+    return blocks
+
+
+def ppm_header_bytes(data: bytes) -> int:
+    """Bytes up to the raster: magic, width, height and (but for P1/P4) maxval, with comments; past
+    the limit the count stops there."""
+    needed = 3 if data[1] in b"14" else 4
+    i, tokens, end = 0, 0, min(len(data), HEADER_LIMITS["PPM"][1] + 1)
+    while i < end and tokens < needed:
+        if data[i] == ord("#"):
+            newline = data.find(b"\n", i, end)
+            i = end if newline < 0 else newline + 1
+        elif data[i] in b" \t\r\n":
+            i += 1
+        else:
+            while i < end and data[i] not in b" \t\r\n#":
+                i += 1
+            tokens += 1
+    return i if tokens == needed else end
 
 
 def opencv_reason(err: cv2.error) -> str:
@@ -195,11 +260,18 @@ def opencv_reason(err: cv2.error) -> str:
 def probe_image(data: bytes) -> tuple[str, tuple[int, int]]:
     """Read only the header: (format, (width, height)). Cheap, and safe against bombs.
 
+    A file whose header holds more units than any photo (``HEADER_LIMITS``) is refused first, after
+    a walk that stops at the limit: PIL would parse each of them in Python.
     A JPEG's size comes from its own start-of-frame segment: PIL's reader also parses the EXIF block
     as it opens one (for its DPI), which made the probe cost twice what OpenCV takes to decode a
     100x100 photo. A JPEG whose markers do not give a size before its first scan goes to PIL, whose
     errors are the better reason."""
-    if data.startswith(b"\xff\xd8\xff") and (layout := jpeg_layout(data)).size and layout.scans:
+    layout = jpeg_layout(data) if data.startswith(b"\xff\xd8") else None
+    fmt, count = ("JPEG", layout.segments) if layout else header_units(data)
+    if fmt and count > HEADER_LIMITS[fmt][1]:
+        what, limit = HEADER_LIMITS[fmt]
+        raise ImageDecodeError(f"{fmt} with more than {limit:,} {what} before its pixels, far more than any photo: re-save it")
+    if layout and layout.size and layout.scans and data.startswith(b"\xff\xd8\xff"):
         return "JPEG", layout.size
     try:
         with Image.open(io.BytesIO(data), formats=DECODED_FORMATS) as img:

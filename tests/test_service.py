@@ -645,11 +645,11 @@ def test_guard_gives_a_slow_body_408_and_counts_only_complete_bodies():
 def test_the_webcam_and_the_service_read_the_same_runtime():
     from service.webcam.demo import build_parser
 
-    args = build_parser().parse_args(["--checkpoint", "x.pt", "--device", "cpu", "--engine", "onnx", "--precision", "bf16", "--threads", "3"])
+    args = build_parser().parse_args(["--url", "http://127.0.0.1:3000", "--device", "cpu", "--engine", "onnx", "--precision", "bf16", "--threads", "3"])
     env = {"GESTURE_DEVICE": "cpu", "GESTURE_ENGINE": "onnx", "GESTURE_PRECISION": "bf16", "GESTURE_THREADS": "3"}
     assert Runtime.from_args(args) == Runtime.from_env(env) == Settings.from_env(env).runtime == Runtime("cpu", "onnx", "bf16", 3)
     with pytest.raises(SystemExit):
-        build_parser().parse_args(["--checkpoint", "x.pt", "--threads", "0"])
+        build_parser().parse_args(["--url", "http://127.0.0.1:3000", "--threads", "0"])
 
 
 @pytest.mark.parametrize("error, line", [
