@@ -103,7 +103,7 @@ def many_header_units(fmt: str, units: int) -> bytes:
     """A valid 32x32 image of ``fmt`` (JPEG, PNG, GIF, PPM) whose header is padded with ``units`` of
     the smallest unit its format allows, all before the pixels: empty comment segments (JPEG), empty
     text chunks (PNG), one-byte comment extensions (GIF: two units each, the extension and its
-    sub-block), or comment lines (PPM: one unit a byte)."""
+    sub-block), comment lines (PPM: one unit a byte), or private tags in its directory (TIFF)."""
     pixels = Image.fromarray(np.zeros((32, 32, 3), np.uint8))
     if fmt == "JPEG":
         data = encode(pixels, "JPEG")
@@ -118,7 +118,16 @@ def many_header_units(fmt: str, units: int) -> bytes:
         return data[:13 + table] + b"\x21\xfe\x01x\x00" * (units // 2) + data[13 + table:]  # after the global colour table
     if fmt == "PPM":
         return b"P6\n" + b"#\n" * (units // 2) + b"32 32\n255\n" + bytes(32 * 32 * 3)
-    raise ValueError(f"fmt {fmt!r}: choose JPEG, PNG, GIF or PPM")
+    if fmt == "TIFF":  # the directory's own 9 entries, then private tags, one SHORT each
+        tags = [(256, 32), (257, 32), (258, 8), (259, 1), (262, 2), (273, 0), (277, 3), (278, 32), (279, 32 * 32 * 3)]
+        if units > 65535:
+            raise ValueError(f"a TIFF directory holds at most 65,535 entries, not {units:,}")
+        tags = sorted(tags + [(1000 + i % 30000, 0) for i in range(max(0, units - len(tags)))])  # unassigned tag numbers
+        pixels_at = 8 + 2 + 12 * len(tags) + 4
+        directory = b"".join(struct.pack("<HHII", tag, 4 if tag in (273, 279) else 3, 1, pixels_at if tag == 273 else value)
+                             for tag, value in tags)
+        return b"II*\x00" + struct.pack("<IH", 8, len(tags)) + directory + bytes(4) + bytes(32 * 32 * 3)
+    raise ValueError(f"fmt {fmt!r}: choose JPEG, PNG, GIF, PPM or TIFF")
 
 
 def bad_uploads() -> dict[str, tuple[bytes, str]]:
@@ -150,6 +159,7 @@ def bad_uploads() -> dict[str, tuple[bytes, str]]:
         "png_of_2000_chunks": (many_header_units("PNG", 2000), "PNG with more than 100 chunks before its pixels"),
         "gif_of_2000_blocks": (many_header_units("GIF", 2000), "GIF with more than 1,000 blocks before its pixels"),
         "ppm_with_a_10000_byte_header": (many_header_units("PPM", 10_000), "PPM with more than 4,096 header bytes before its pixels"),
+        "tiff_of_2000_directory_entries": (many_header_units("TIFF", 2000), "TIFF with more than 1,000 directory entries before its pixels"),
     }
 
 

@@ -48,7 +48,8 @@ MAX_JPEG_SCANS = 100
 # the limit. Room is left for what editors write: an ICC profile in up to 255 JPEG segments, XMP in a
 # GIF as a few hundred sub-blocks; PNG's is lower, since libpng writes a warning line for each bad
 # chunk. Applied everywhere. Format -> (what is counted, the most allowed).
-HEADER_LIMITS = {"JPEG": ("segments", 1000), "PNG": ("chunks", 100), "GIF": ("blocks", 1000), "PPM": ("header bytes", 4096)}
+HEADER_LIMITS = {"JPEG": ("segments", 1000), "PNG": ("chunks", 100), "GIF": ("blocks", 1000), "PPM": ("header bytes", 4096),
+                 "TIFF": ("directory entries", 1000)}
 TRUNCATED_JPEG = "truncated JPEG (no end-of-image marker)"
 # Start-of-frame markers (C4 is a Huffman table, C8 reserved, CC an arithmetic-coding table), and those of progressive JPEG.
 FRAME_MARKERS = {*range(0xC0, 0xD0)} - {0xC4, 0xC8, 0xCC}
@@ -201,15 +202,19 @@ def jpeg_layout(data: bytes) -> JpegLayout:
 
 def header_units(data: bytes) -> tuple[str, int]:
     """(format, how many) of the units PIL would parse one by one before any pixel of a PNG (its
-    chunks before the image data), a GIF (its blocks and sub-blocks before the first image) or a PPM
-    (its header bytes), each walk stopping past the format's limit (``HEADER_LIMITS``); a JPEG's are
-    ``jpeg_layout``'s segments. ("", 0) for other formats."""
+    chunks before the image data), a GIF (its blocks and sub-blocks before the first image), a PPM
+    (its header bytes) or a TIFF (the entries of its first directory), each walk stopping past the
+    format's limit (``HEADER_LIMITS``); a JPEG's are ``jpeg_layout``'s segments. ("", 0) for other formats."""
     if data.startswith(b"\x89PNG\r\n\x1a\n"):
         return "PNG", png_chunks_before_image(data)
     if data.startswith((b"GIF87a", b"GIF89a")):
         return "GIF", gif_blocks_before_image(data)
     if len(data) > 2 and data[0] == ord("P") and data[1] in b"123456" and data[2] in b" \t\r\n#":
         return "PPM", ppm_header_bytes(data)
+    if data.startswith((b"II*\x00", b"MM\x00*")):  # a TIFF's first directory: its entry count, at the offset the header gives
+        order = "little" if data[0] == ord("I") else "big"
+        offset = int.from_bytes(data[4:8], order)
+        return "TIFF", int.from_bytes(data[offset:offset + 2], order) if offset + 2 <= len(data) else 0
     return "", 0
 
 

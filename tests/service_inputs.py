@@ -105,6 +105,7 @@ def expected_refusal(case: str, upload_limit_bytes: int) -> tuple[int, str, tupl
         "file_png_of_2000_chunks": (400, "image: PNG with more than 100 chunks before its pixels, far more than any photo", None),
         "file_gif_of_2000_blocks": (400, "image: GIF with more than 1,000 blocks before its pixels, far more than any photo", None),
         "file_ppm_with_a_10000_byte_header": (400, "image: PPM with more than 4,096 header bytes before its pixels", None),
+        "file_tiff_of_2000_directory_entries": (400, "image: TIFF with more than 1,000 directory entries before its pixels", None),
         "json_nested_deeper_than_the_parser_allows": (400, "Invalid JSON: recursion limit exceeded", ([], "json_invalid")),
         "json_nested_100000_deep": (400, "JSON body too complex: 100,002 commas, colons and brackets, above the limit of 1,000", None),
         "json_of_200000_keys": (400, "JSON body too complex: 400,000 commas, colons and brackets, above the limit of 1,000", None),
