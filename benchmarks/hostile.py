@@ -78,6 +78,7 @@ KINDS = (
     (("part_", "file_name", "text_field"), "malformed"),  # multipart that BentoML's form parsing fails on
     (("strip",), "aspect ratio"),
     (("scan",), "many scans"),
+    (("_segments", "_chunks", "_blocks", "_byte_header", "_entries"), "costly header"),  # parsed unit by unit by PIL
     (("bomb", "over_limit", "flat"), "large image"),
     (("ico_", "_eps"), "other format"),  # read by PIL, not decoded by the product
 )
