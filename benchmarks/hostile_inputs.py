@@ -156,10 +156,10 @@ def bad_uploads() -> dict[str, tuple[bytes, str]]:
         "eps": (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 640 480\n%%EndComments\nshowpage\n", "unsupported image format EPS"),
         # Headers of a few KB that PIL would parse unit by unit in Python (16 MB of them: 2.5-5.4 s).
         "jpeg_of_2000_segments": (many_header_units("JPEG", 2000), "JPEG with more than 1,000 segments before its pixels"),
-        "png_of_2000_chunks": (many_header_units("PNG", 2000), "PNG with more than 100 chunks before its pixels"),
+        "png_of_2000_chunks": (many_header_units("PNG", 2000), "PNG with more than 100 chunks besides its pixels"),
         "gif_of_2000_blocks": (many_header_units("GIF", 2000), "GIF with more than 1,000 blocks before its pixels"),
-        "ppm_with_a_10000_byte_header": (many_header_units("PPM", 10_000), "PPM with more than 4,096 header bytes before its pixels"),
-        "tiff_of_2000_directory_entries": (many_header_units("TIFF", 2000), "TIFF with more than 1,000 directory entries before its pixels"),
+        "ppm_with_a_10000_byte_header": (many_header_units("PPM", 10_000), "PPM with more than 4,096 header bytes, far more than any photo"),
+        "tiff_of_2000_directory_entries": (many_header_units("TIFF", 2000), "TIFF with more than 1,000 directory entries, far more than any photo"),
     }
 
 

@@ -42,14 +42,15 @@ SMALL_IMAGE_PIXELS = 2_000_000  # about a 1080p frame: any file may be this larg
 MAX_JPEG_SCANS = 100
 # Before any pixel, PIL's readers parse a file's header unit by unit in Python: a 16 MB JPEG of 4-byte
 # comment segments took 5.1 s to open, a PNG of 1.4 million empty text chunks 5.4 s (and libpng then
-# wrote a warning line for each), a GIF of comment blocks 2.5 s, a PPM with 8 million comment lines
+# wrote a warning line for each, as it did for such chunks after the image data), a GIF of comment blocks 2.5 s, a PPM with 8 million comment lines
 # 5.4 s (``python -m benchmarks.decode_cost``). A photo has a few dozen (the shared sets' JPEGs: at
 # most 13 segments before the image data), so more than these are refused, after a walk that stops at
 # the limit. Room is left for what editors write: an ICC profile in up to 255 JPEG segments, XMP in a
 # GIF as a few hundred sub-blocks; PNG's is lower, since libpng writes a warning line for each bad
 # chunk. Applied everywhere. Format -> (what is counted, the most allowed).
-HEADER_LIMITS = {"JPEG": ("segments", 1000), "PNG": ("chunks", 100), "GIF": ("blocks", 1000), "PPM": ("header bytes", 4096),
-                 "TIFF": ("directory entries", 1000)}
+HEADER_LIMITS = {"JPEG": ("segments before its pixels", 1000), "PNG": ("chunks besides its pixels", 100),
+                 "GIF": ("blocks before its pixels", 1000), "PPM": ("header bytes", 4096), "TIFF": ("directory entries", 1000)}
+PNG_CHUNKS_WALKED = 20_000
 TRUNCATED_JPEG = "truncated JPEG (no end-of-image marker)"
 # Start-of-frame markers (C4 is a Huffman table, C8 reserved, CC an arithmetic-coding table), and those of progressive JPEG.
 FRAME_MARKERS = {*range(0xC0, 0xD0)} - {0xC4, 0xC8, 0xCC}
@@ -202,11 +203,11 @@ def jpeg_layout(data: bytes) -> JpegLayout:
 
 def header_units(data: bytes) -> tuple[str, int]:
     """(format, how many) of the units PIL would parse one by one before any pixel of a PNG (its
-    chunks before the image data), a GIF (its blocks and sub-blocks before the first image), a PPM
+    chunks besides the image data, which libpng reads), a GIF (its blocks and sub-blocks before the first image), a PPM
     (its header bytes) or a TIFF (the entries of its first directory), each walk stopping past the
     format's limit (``HEADER_LIMITS``); a JPEG's are ``jpeg_layout``'s segments. ("", 0) for other formats."""
     if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "PNG", png_chunks_before_image(data)
+        return "PNG", png_chunks_besides_pixels(data)
     if data.startswith((b"GIF87a", b"GIF89a")):
         return "GIF", gif_blocks_before_image(data)
     if len(data) > 2 and data[0] == ord("P") and data[1] in b"123456" and data[2] in b" \t\r\n#":
@@ -218,11 +219,17 @@ def header_units(data: bytes) -> tuple[str, int]:
     return "", 0
 
 
-def png_chunks_before_image(data: bytes) -> int:
-    i, chunks = 8, 0
-    while i + 8 <= len(data) and data[i + 4:i + 8] != b"IDAT" and chunks <= HEADER_LIMITS["PNG"][1]:
+def png_chunks_besides_pixels(data: bytes) -> int:
+    """A PNG's chunks other than image data, before it and after it: libpng (OpenCV) reads the ones
+    after it too, and writes a warning line for each bad one. A walk of more than PNG_CHUNKS_WALKED
+    chunks in all counts as over the limit (a 16 MB PNG in libpng's 8 KB chunks has about 2,000)."""
+    i, chunks, walked, limit = 8, 0, 0, HEADER_LIMITS["PNG"][1]
+    while i + 8 <= len(data) and chunks <= limit:
+        if walked > PNG_CHUNKS_WALKED:
+            return limit + 1
+        chunks += data[i + 4:i + 8] != b"IDAT"
+        walked += 1
         i += 12 + int.from_bytes(data[i:i + 4], "big")  # length, type, data, CRC
-        chunks += 1
     return chunks
 
 
@@ -275,7 +282,7 @@ def probe_image(data: bytes) -> tuple[str, tuple[int, int]]:
     fmt, count = ("JPEG", layout.segments) if layout else header_units(data)
     if fmt and count > HEADER_LIMITS[fmt][1]:
         what, limit = HEADER_LIMITS[fmt]
-        raise ImageDecodeError(f"{fmt} with more than {limit:,} {what} before its pixels, far more than any photo: re-save it")
+        raise ImageDecodeError(f"{fmt} with more than {limit:,} {what}, far more than any photo: re-save it")
     if layout and layout.size and layout.scans and data.startswith(b"\xff\xd8\xff"):
         return "JPEG", layout.size
     try:

@@ -7,6 +7,7 @@ import io
 import os
 import subprocess
 import sys
+import zlib
 
 import cv2
 import numpy as np
@@ -21,6 +22,7 @@ from gesture_core.images import (
     HEADER_LIMITS,
     MAX_ASPECT_RATIO,
     MAX_JPEG_SCANS,
+    PNG_CHUNKS_WALKED,
     SMALL_IMAGE_PIXELS,
     TRUNCATED_JPEG,
     check_file_size,
@@ -207,9 +209,25 @@ def test_a_header_of_more_units_than_any_photo_is_refused_before_pil_parses_it(f
     opened = []
     monkeypatch.setattr(Image, "open", lambda *a, **k: opened.append(1))
     for units in (limit + 20, 65535 if fmt == "TIFF" else 4 * 1024 * 1024):  # the most a TIFF directory can hold
-        with pytest.raises(ImageDecodeError, match=f"^{fmt} with more than {limit:,} {what} before its pixels"):
+        with pytest.raises(ImageDecodeError, match=f"^{fmt} with more than {limit:,} {what}, far more than any photo"):
             decode_rgb(many_header_units(fmt, units))
     assert opened == []  # refused before PIL saw it
+
+
+def test_a_png_is_held_to_its_chunk_limit_after_its_pixels_too():
+    """libpng (OpenCV's decoder) reads the chunks after the image data as well: 1.4 million empty text
+    chunks there took 3.1 s and wrote 1.4 million warning lines. Image data may come in many chunks."""
+    png = encode(Image.fromarray(np.zeros((32, 32, 3), np.uint8)), "PNG")
+    end = png.index(b"IEND") - 4
+
+    def chunks(kind: bytes, count: int) -> bytes:
+        return (b"\x00\x00\x00\x00" + kind + zlib.crc32(kind).to_bytes(4, "big")) * count
+
+    with pytest.raises(ImageDecodeError, match="^PNG with more than 100 chunks besides its pixels"):
+        decode_rgb(png[:end] + chunks(b"tEXt", 200) + png[end:])
+    assert decode_rgb(png[:end] + chunks(b"IDAT", 5000) + png[end:]).shape == (32, 32, 3)
+    with pytest.raises(ImageDecodeError, match="^PNG with more than 100 chunks"):
+        decode_rgb(png[:end] + chunks(b"IDAT", PNG_CHUNKS_WALKED + 10) + png[end:])
 
 
 def test_scans_are_counted_from_the_first_scan_on():
