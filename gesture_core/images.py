@@ -40,14 +40,14 @@ SMALL_IMAGE_PIXELS = 2_000_000  # about a 1080p frame: any file may be this larg
 # (libjpeg-turbo calls this LJT-01-003 and leaves the limit to the application); ordinary encoders
 # write one (baseline) or about 10 (libjpeg's progression), mozjpeg a few more. Applied everywhere.
 MAX_JPEG_SCANS = 100
-# Before any pixel, PIL's readers parse a file's header unit by unit in Python: a 16 MB JPEG of 4-byte
-# comment segments took 5.1 s to open, a PNG of 1.4 million empty text chunks 5.4 s (and libpng then
-# wrote a warning line for each, as it did for such chunks after the image data), a GIF of comment blocks 2.5 s, a PPM with 8 million comment lines
-# 5.4 s (``python -m benchmarks.decode_cost``). A photo has a few dozen (the shared sets' JPEGs: at
-# most 13 segments before the image data), so more than these are refused, after a walk that stops at
-# the limit. Room is left for what editors write: an ICC profile in up to 255 JPEG segments, XMP in a
-# GIF as a few hundred sub-blocks; PNG's is lower, since libpng writes a warning line for each bad
-# chunk. Applied everywhere. Format -> (what is counted, the most allowed).
+# Before any pixel, PIL's readers parse a file's header unit by unit in Python: a 16 MB file padded
+# with the smallest units of its format (empty JPEG comment segments, empty PNG text chunks, GIF
+# comment blocks, PPM comment lines) took PIL 2-6 s to open, and libpng wrote a warning line for each
+# such PNG chunk, after the pixel data as well (``python -m benchmarks.decode_cost``). A photo has a
+# few dozen (the shared sets' JPEGs: at most 13 segments before the image data), so more than these
+# are refused, after a walk that stops at the limit. Room is left for what editors write: an ICC
+# profile in up to 255 JPEG segments, XMP in a GIF as a few hundred sub-blocks; PNG's is lower, for
+# libpng's warning lines. Applied everywhere. Format -> (what is counted, the most allowed).
 HEADER_LIMITS = {"JPEG": ("segments before its pixels", 1000), "PNG": ("chunks besides its pixels", 100),
                  "GIF": ("blocks before its pixels", 1000), "PPM": ("header bytes", 4096), "TIFF": ("directory entries", 1000)}
 PNG_CHUNKS_WALKED = 20_000
@@ -187,7 +187,7 @@ def jpeg_layout(data: bytes) -> JpegLayout:
         marker = data[i + 1]
         if marker == 0xFF or marker == 0x01 or 0xD0 <= marker <= 0xD8:  # fill byte, or a marker without a length
             i += 1 if marker == 0xFF else 2
-            segments += marker != 0xFF
+            segments += 1  # fill bytes too: 16 MB of them would otherwise be 16 million steps of this walk
             continue
         if marker == 0xD9:
             break
@@ -202,20 +202,22 @@ def jpeg_layout(data: bytes) -> JpegLayout:
 
 
 def header_units(data: bytes) -> tuple[str, int]:
-    """(format, how many) of the units PIL would parse one by one before any pixel of a PNG (its
-    chunks besides the image data, which libpng reads), a GIF (its blocks and sub-blocks before the first image), a PPM
-    (its header bytes) or a TIFF (the entries of its first directory), each walk stopping past the
-    format's limit (``HEADER_LIMITS``); a JPEG's are ``jpeg_layout``'s segments. ("", 0) for other formats."""
+    """(format, how many) of the units PIL would parse one by one before any pixel of a PNG (its chunks
+    besides the image data, which libpng reads), a GIF (its blocks and sub-blocks before the first
+    image), a PPM (its header bytes) or a TIFF (the entries of its first directory), each walk stopping
+    past the format's limit (``HEADER_LIMITS``); a JPEG's are ``jpeg_layout``'s segments. ("", 0) for
+    other formats."""
     if data.startswith(b"\x89PNG\r\n\x1a\n"):
         return "PNG", png_chunks_besides_pixels(data)
     if data.startswith((b"GIF87a", b"GIF89a")):
         return "GIF", gif_blocks_before_image(data)
     if len(data) > 2 and data[0] == ord("P") and data[1] in b"123456" and data[2] in b" \t\r\n#":
         return "PPM", ppm_header_bytes(data)
-    if data.startswith((b"II*\x00", b"MM\x00*")):  # a TIFF's first directory: its entry count, at the offset the header gives
-        order = "little" if data[0] == ord("I") else "big"
-        offset = int.from_bytes(data[4:8], order)
-        return "TIFF", int.from_bytes(data[offset:offset + 2], order) if offset + 2 <= len(data) else 0
+    if data.startswith((b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")):  # the entry count of the first directory
+        order, big = "little" if data[0] == ord("I") else "big", data[2:4] in (b"+\x00", b"\x00+")  # BigTIFF: 8-byte fields
+        offset = int.from_bytes(data[8:16] if big else data[4:8], order)
+        width = 8 if big else 2
+        return "TIFF", int.from_bytes(data[offset:offset + width], order) if offset + width <= len(data) else 0
     return "", 0
 
 

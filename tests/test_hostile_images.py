@@ -214,6 +214,17 @@ def test_a_header_of_more_units_than_any_photo_is_refused_before_pil_parses_it(f
     assert opened == []  # refused before PIL saw it
 
 
+def test_jpeg_fill_bytes_count_as_units_and_a_bigtiff_directory_is_counted_too():
+    """0xFF fill bytes may pad a JPEG's markers: 16 MB of them would be 16 million steps of any walk."""
+    data = jpeg(0)
+    assert decode_rgb(data[:2] + b"\xff" * 10 + data[2:]).ndim == 3  # a few, as encoders may write: fine
+    with pytest.raises(ImageDecodeError, match="^JPEG with more than 1,000 segments before its pixels"):
+        decode_rgb(data[:2] + b"\xff" * (16 * 1024 * 1024) + data[2:])
+    bigtiff = b"II+\x00" + (8).to_bytes(2, "little") + bytes(2) + (16).to_bytes(8, "little") + (50_000).to_bytes(8, "little")
+    with pytest.raises(ImageDecodeError, match="^TIFF with more than 1,000 directory entries"):
+        decode_rgb(bigtiff + bytes(20 * 50_000))
+
+
 def test_a_png_is_held_to_its_chunk_limit_after_its_pixels_too():
     """libpng (OpenCV's decoder) reads the chunks after the image data as well: 1.4 million empty text
     chunks there took 3.1 s and wrote 1.4 million warning lines. Image data may come in many chunks."""
