@@ -73,4 +73,3 @@ def checkpoint_arg(in_run_folder: str) -> Callable[[str], Path]:
         return path
 
     return checkpoint
-

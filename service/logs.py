@@ -2,7 +2,7 @@
 
 BentoML 1.4.39 logs every exception an endpoint ends with as an ERROR with its traceback, the
 client's mistakes included: a validation error (``top_k`` of 0, bad base64) and a ``BadInput`` (an
-image that does not decode) each wrote about 3 KB of traceback (``api_endpoint_wrapper`` calls
+image that does not decode) each wrote a traceback of some 30 lines (``api_endpoint_wrapper`` calls
 ``log_exception`` for every one). Any client could fill the log, and bury real errors in it, by
 sending bad requests. This filter, on the logger BentoML writes them to, turns those of a 4xx
 into one line with the reason the client got; a server error (5xx) keeps its traceback.

@@ -249,10 +249,10 @@ def test_base64_as_encoders_write_it_is_decoded_once_into_the_image(svc, images)
             decode_base64(garbage.encode())
         with pytest.raises(ValueError, match="not valid base64"):
             validated("predict", {"image_b64": garbage})
-    assert "base64" in json.dumps(svc_openapi_field("predict", "image_b64"))
+    assert "base64" in json.dumps(openapi_field("predict", "image_b64"))
 
 
-def svc_openapi_field(endpoint: str, field: str) -> dict:
+def openapi_field(endpoint: str, field: str) -> dict:
     from service.service import GestureClassifier
 
     return GestureClassifier.apis[endpoint].input_spec.model_json_schema()["properties"][field]

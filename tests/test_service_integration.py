@@ -130,7 +130,7 @@ def test_bad_requests_get_the_documented_answer_and_the_server_keeps_serving(htt
 
 
 def test_refused_requests_are_logged_in_one_line_each(http, server):
-    """BentoML logs each one as an ERROR with a 3 KB traceback; service/logs.py makes it one line."""
+    """BentoML logs each one as an ERROR with its traceback; service/logs.py makes it one line."""
     assert http.post("/predict", json={"image_b64": "!!"}).status_code == 400
     assert http.post("/predict", files={"image": ("a.jpg", b"not an image")}).status_code == 400
     log = server.log()
