@@ -7,8 +7,10 @@ Prints, for flat (black) images of a few sizes, the file's bytes, its pixels per
 memory a full decode takes with the limit off, and whether the service's limit refuses it; then, for
 progressive JPEGs with extra scans, what decoding them would cost without the scan limit; then the
 bytes per pixel of real photos from each shared set, re-encoded as PNG, and of their own JPEGs, and
-the most scans any of their JPEG files has; and what merely opening an ICO file costs in PIL, which
-is why only ``gesture_core.images.DECODED_FORMATS`` are ever opened.
+the most scans any of their JPEG files has; what merely opening an ICO file costs in PIL, which
+is why only ``gesture_core.images.DECODED_FORMATS`` are ever opened; what PIL takes to open 16 MB
+headers of the smallest units (``HEADER_LIMITS``); and what the header read before every decode
+costs beside the decode itself.
 """
 
 from __future__ import annotations
@@ -27,8 +29,9 @@ from PIL import Image
 from benchmarks.common import describe_machine
 from benchmarks.hostile_inputs import ico_holding_png, many_header_units, progressive_jpeg
 from benchmarks.recipes import SHARED_DATA
+from benchmarks.serve_latency import load_images
 from gesture_core import DataConfig, ImageDecodeError, read_rgb
-from gesture_core.images import jpeg_layout, reduced_jpeg_flag
+from gesture_core.images import jpeg_layout, probe_image, reduced_jpeg_flag
 from service.settings import Settings
 
 FLAT_SIZES = [(2000, 1500), (4000, 3000), (6000, 6000), (6324, 6324)]
@@ -136,6 +139,25 @@ def stderr_lines(work) -> int:
         return sink.read().count(b"\n")
 
 
+def probe_rows() -> None:
+    """The header read that comes before every decode, on the HTTP benchmark's photos (sign-digits,
+    mostly 100x100 JPEGs with EXIF): PIL's own open (what probe_image ran for a JPEG before it read the
+    markers itself), probe_image now, and OpenCV's decode of the whole image, per photo."""
+    photos = load_images()
+    rows = [("PIL's Image.open and size", lambda d: Image.open(io.BytesIO(d)).size), ("probe_image", probe_image),
+            ("OpenCV's decode of the whole photo", lambda d: cv2.imdecode(np.frombuffer(d, np.uint8), cv2.IMREAD_COLOR)),
+            ("read_rgb: probe, checks and decode", read_rgb)]
+    print(f"\n| on {len(photos)} sign-digit photos | ms per photo, best of 5 rounds |\n| --- | ---: |")
+    for name, work in rows:
+        best = float("inf")
+        for _ in range(5):
+            started = time.perf_counter()
+            for data in photos:
+                work(data)
+            best = min(best, (time.perf_counter() - started) / len(photos))
+        print(f"| {name} | {best * 1000:.3f} |")
+
+
 def photo_rows(per_set: int) -> None:
     print(f"\n| shared set ({per_set} photos each) | as PNG: bytes per pixel, min-median-max | their own JPEG files: min-median-max | "
           "most scans of any of its JPEG files (all files) |\n| --- | --- | --- | ---: |")
@@ -166,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     scan_rows()
     format_rows()
     header_rows()
+    probe_rows()
     photo_rows(args.photos)
     return 0
 
