@@ -155,8 +155,11 @@ def gesture_server(sign_digits_run, tmp_path_factory):
 @pytest.mark.integration
 def test_headless_remote_run_against_a_real_service(gesture_server, digit_clip, tmp_path):
     out, jsonl = tmp_path / "annotated.avi", tmp_path / "predictions.jsonl"
+    # The served model's own calibrated threshold, as a user gets it. A fixed --threshold 0.3 applies to
+    # the gesture score, a rank among the validation gestures, and sat at the edge for some frames after
+    # their JPEG trip to the server, for a model trained on one CPU of the pool (an AMD Zen 4).
     proc = webcam_cli("--url", gesture_server, "--source", str(digit_clip), "--headless", "--smooth", "8",
-                      "--threshold", "0.3", "--output", str(out), "--jsonl", str(jsonl))
+                      "--output", str(out), "--jsonl", str(jsonl))
     assert proc.returncode == EXIT_OK, proc.stderr
     lines = read_jsonl(jsonl)
     assert_recognises_2_then_7(lines)
