@@ -22,6 +22,8 @@ from gesture_core.preprocess import DataConfig
 from gesture_core.weights import load_imagenet_state_dict, load_state_dict_file
 
 IMAGENET_CLASSES = 1000
+# The smallest input most backbones take: below it their five stride-2 stages leave no feature map.
+MIN_INPUT_SIZE = 32
 WEIGHT_CHOICES = ("imagenet", "none", "PATH")
 
 
@@ -36,6 +38,10 @@ class Backbone:
     # built mostly of depthwise-separable blocks: on a CPU with AMX they train faster in fp32 than in
     # bf16, the reverse of dense backbones (training.loop.resolve_amp; docs/training.md, Mixed precision)
     depthwise: bool = False
+    # The smallest input size its layers leave a feature map for, and that its auxiliary classifiers
+    # (training only) take; both measured, and checked by tests/test_backbones.py.
+    min_input_size: int = MIN_INPUT_SIZE
+    aux_min_input_size: int = MIN_INPUT_SIZE
 
     @cached_property
     def data_config(self) -> DataConfig:
@@ -47,11 +53,22 @@ class Backbone:
     def has_imagenet_weights(self) -> bool:
         return self.source != "scratch"
 
+    def check_input_size(self, size: int, what: str = "input size") -> None:
+        if size < self.min_input_size:
+            raise ValueError(f"{what} {size} px is too small for {self.name}: its layers take at least "
+                             f"{self.min_input_size} px (choose {self.min_input_size} or more, or another backbone)")
+
+    def trains_aux(self, size: int) -> bool:
+        """Whether its auxiliary classifiers train at ``size``: they are a training aid of GoogLeNet and
+        Inception, and Inception's only fit inputs of its own 299 px or more."""
+        return self.aux_weight > 0 and size >= self.aux_min_input_size
+
     def build(self, num_classes: int, *, aux: bool = False, in_chans: int = 3) -> nn.Module:
         return self.builder(num_classes=num_classes, aux=aux and self.aux_weight > 0, in_chans=in_chans)
 
 
-def _torchvision(name: str, heads: tuple[str, ...] = ("fc",), aux_weight: float = 0.0, depthwise: bool = False, **kwargs) -> Backbone:
+def _torchvision(name: str, heads: tuple[str, ...] = ("fc",), aux_weight: float = 0.0, depthwise: bool = False,
+                 min_input_size: int = MIN_INPUT_SIZE, aux_min_input_size: int = MIN_INPUT_SIZE, **kwargs) -> Backbone:
     import torchvision
 
     def builder(num_classes: int, aux: bool, in_chans: int) -> nn.Module:
@@ -62,7 +79,8 @@ def _torchvision(name: str, heads: tuple[str, ...] = ("fc",), aux_weight: float 
             extra.update(aux_logits=aux, transform_input=True, init_weights=False)
         return torchvision.models.get_model(name, weights=None, num_classes=num_classes, **extra)
 
-    return Backbone(name, builder, heads, "torchvision", aux_weight, depthwise=depthwise)
+    return Backbone(name, builder, heads, "torchvision", aux_weight, depthwise=depthwise,
+                    min_input_size=min_input_size, aux_min_input_size=aux_min_input_size)
 
 
 def _require_rgb(name: str, in_chans: int) -> None:
@@ -123,8 +141,9 @@ def _registry() -> dict[str, Backbone]:
         entries += [_torchvision(f"vgg{depth}", ("classifier.6",)), _torchvision(f"vgg{depth}_bn", ("classifier.6",))]
     entries += [
         _torchvision("googlenet", ("fc", "aux1.fc2", "aux2.fc2"), aux_weight=0.3),  # 0.3 as in Szegedy et al.
-        _torchvision("inception_v3", ("fc", "AuxLogits.fc"), aux_weight=0.4),  # torchvision's recipe
-        _torchvision("alexnet", ("classifier.6",)),
+        _torchvision("inception_v3", ("fc", "AuxLogits.fc"), aux_weight=0.4,  # torchvision's recipe
+                     min_input_size=75, aux_min_input_size=299),
+        _torchvision("alexnet", ("classifier.6",), min_input_size=63),
         _torchvision("densenet121", ("classifier",)),
         _torchvision("mobilenet_v3_large", ("classifier.3",), depthwise=True),
         *(_efficientnet_lite(name) for name in EFFICIENTNET_LITE_SIZES),

@@ -320,8 +320,10 @@ def load_classifier(
         stored = DataConfig.from_dict(ckpt["data_config"])
         ckpt = {**ckpt, "data_config": evaluation_geometry(stored, input_size, crop_pct).to_dict()}
     try:
+        if input_size is not None:
+            get_backbone(ckpt["backbone"]).check_input_size(input_size)
         model = build_from_checkpoint(ckpt)
-    except ValueError as err:  # an unknown backbone, or weights whose names or shapes do not fit it
+    except ValueError as err:  # an unknown backbone, an input it cannot take, or weights whose names or shapes do not fit it
         raise CheckpointError(f"{path}: {err}") from None
     return Classifier(model, ckpt, resolve_device(device), engine=engine, precision=precision)
 

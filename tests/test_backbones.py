@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from gesture_core import build_model, get_backbone, list_backbones
-from gesture_core.backbones import freeze_backbone, get_submodule_or_none, head_modules
+from gesture_core.backbones import MIN_INPUT_SIZE, freeze_backbone, get_submodule_or_none, head_modules
 from gesture_core.checkpoint import build_from_checkpoint, load_checkpoint, save_checkpoint
 from gesture_core.weights import WeightsUnavailableError, torchvision_weights
 from training.loop import classification_loss
@@ -27,12 +27,30 @@ def test_registry_has_every_required_backbone():
 
 
 @pytest.mark.parametrize("name", REQUIRED)
-def test_builds_without_weights_and_outputs_num_classes(name):
+def test_builds_without_weights_and_outputs_num_classes_down_to_its_smallest_input(name):
+    """The registry's smallest input is the one the layers take: every net pools adaptively above it,
+    and one pixel less fails where it is above the common floor (so the check refuses no size that works)."""
+    backbone = get_backbone(name)
     model = build_model(name, 7, "none").eval()
-    size = 80 if name != "lenet5" else 32  # every net pools adaptively; 80 is above Inception's minimum
     with torch.no_grad():
-        out = model(torch.randn(2, 3, size, size))
-    assert out.shape == (2, 7)
+        assert model(torch.randn(2, 3, backbone.min_input_size, backbone.min_input_size)).shape == (2, 7)
+        if backbone.min_input_size > MIN_INPUT_SIZE:
+            with pytest.raises(RuntimeError):
+                model(torch.randn(2, 3, backbone.min_input_size - 1, backbone.min_input_size - 1))
+    with pytest.raises(ValueError, match=f"too small for {name}: its layers take at least {backbone.min_input_size} px"):
+        backbone.check_input_size(backbone.min_input_size - 1)
+
+
+@pytest.mark.parametrize("name", ["googlenet", "inception_v3"])
+def test_auxiliary_classifiers_train_down_to_their_smallest_input(name):
+    backbone = get_backbone(name)
+    size = backbone.aux_min_input_size
+    model = build_model(name, 5, "none", aux=True).train()
+    assert backbone.trains_aux(size) and len(model(torch.randn(2, 3, size, size))) > 1
+    if size > MIN_INPUT_SIZE:
+        assert not backbone.trains_aux(size - 1)
+        with pytest.raises(RuntimeError):
+            model(torch.randn(2, 3, size - 1, size - 1))
 
 
 @pytest.mark.parametrize("name", ["resnet18", "efficientnet_lite0", "googlenet", "vgg11"])

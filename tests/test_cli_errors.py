@@ -94,6 +94,20 @@ def test_evaluate_a_checkpoint_whose_shapes_do_not_match(run, tmp_path, capsys):
     assert "shape mismatch" in one_error_line(capsys)
 
 
+def test_an_input_size_below_what_the_backbone_takes_is_refused_before_anything_is_written(dataset, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["--data", str(dataset), "--backbone", "alexnet", "--weights", "none", "--image-size", "48", "--out", str(out)]
+    assert finetune.main(argv) == 2
+    assert "--image-size 48 px is too small for alexnet: its layers take at least 63 px" in one_error_line(capsys)
+    assert not out.exists()
+
+
+def test_evaluate_at_an_input_size_the_backbone_cannot_take(run, tmp_path, capsys):
+    inception = edited_checkpoint(run / "best.pt", tmp_path / "best.pt", backbone="inception_v3")  # refused before its weights are read
+    assert evaluate_main(["--checkpoint", str(inception), "--data", str(run), "--image-size", "64"]) == 2
+    assert "input size 64 px is too small for inception_v3: its layers take at least 75 px" in one_error_line(capsys)
+
+
 def import_cli(checkpoint, home) -> subprocess.CompletedProcess:
     env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "1", "GESTURE_ENGINE": "torch"}
     return subprocess.run([sys.executable, "-m", "service.import_model", str(checkpoint)], cwd=REPO, env=env,

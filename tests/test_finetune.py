@@ -420,3 +420,11 @@ def test_the_loss_ignores_a_sample_that_failed_to_decode(tmp_path):
     without, with_bad = results
     assert with_bad.failed == [3] and with_bad.images == without.images == len(good)
     assert with_bad.loss == pytest.approx(without.loss, rel=1e-6)
+
+
+def test_inception_trains_below_its_auxiliary_classifiers_input_without_them(dataset, tmp_path, capsys):
+    """Inception's auxiliary classifier takes 299 px or more: a smaller --image-size trains without it
+    and says so, where it once stopped at the first batch with a traceback."""
+    out = finetune.train(tiny_config(dataset, tmp_path / "run", backbone="inception_v3", image_size=80, epochs=1))
+    assert "auxiliary classifiers off: inception_v3's take inputs of 299 px or more, this run trains at 80 px" in capsys.readouterr().out
+    assert (out / "best.pt").is_file()

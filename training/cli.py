@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from gesture_core.backbones import list_backbones
+from gesture_core.backbones import MIN_INPUT_SIZE, list_backbones
 from gesture_core.preprocess import MAX_INPUT_SIZE
 from training.grouping import check_group_by
 
@@ -35,9 +35,10 @@ def int_at_least(low: int, high: int | None = None):
     return parse
 
 
-# Input sizes: 32 px is the smallest the backbones' strides leave a feature map for; the largest is the
-# data config's own limit (gesture_core.preprocess), refused here with the flag's name.
-image_size = int_at_least(32, MAX_INPUT_SIZE)
+# Input sizes: the smallest any backbone takes, and the data config's own limit (gesture_core.preprocess),
+# refused here with the flag's name; a backbone that needs more says so once it is known
+# (Backbone.check_input_size).
+image_size = int_at_least(MIN_INPUT_SIZE, MAX_INPUT_SIZE)
 
 
 def float_in(low: float, high: float, *, high_inclusive: bool = False):

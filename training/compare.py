@@ -242,6 +242,9 @@ def backbone_list(text: str) -> list[str]:
 @command
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.image_size:  # every backbone before the first run, not after an hour of others
+        for name in args.backbones:
+            get_backbone(name).check_input_size(args.image_size, what="--image-size")
     out = Path(args.out) if args.out else Path("runs") / f"compare-{Path(args.data).name}"
     out.mkdir(parents=True, exist_ok=True)
     base = TrainConfig(data=args.data, epochs=args.epochs, image_size=args.image_size, batch_size=args.batch_size, lr=args.lr,

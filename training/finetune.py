@@ -224,10 +224,11 @@ def prepare_run(cfg: TrainConfig, resume: Path | None) -> Run:
     device = distributed.local_device(cfg.device)
     if cfg.sync_bn:
         distributed.check_sync_bn(device)  # before anything is written
+    backbone = get_backbone(cfg.backbone)
+    check_input_sizes(cfg, backbone)  # the same
     # rank 0 alone picks the folder and scans the dataset; the other ranks receive both
     out, splits = distributed.from_main(lambda: run_folder_and_splits(cfg, resume))
     cfg.out, cfg.world_size = str(out), distributed.world_size()
-    backbone = get_backbone(cfg.backbone)
     data_config = backbone.data_config.with_channels(cfg.in_chans)
     if cfg.image_size:
         data_config = data_config.with_input_size(cfg.image_size)
@@ -237,7 +238,7 @@ def prepare_run(cfg: TrainConfig, resume: Path | None) -> Run:
         source_splits, cache = splits, HandCropCache(data_config)
         splits, report = crop_hands(splits, cache)
     weights = "none" if resume else cfg.weights  # resuming loads the run's own weights below
-    model = build_model(cfg.backbone, len(splits.classes), weights, aux=True, in_chans=cfg.in_chans)
+    model = build_model(cfg.backbone, len(splits.classes), weights, aux=trains_aux(cfg, backbone, data_config), in_chans=cfg.in_chans)
     if cfg.sync_bn:
         model = distributed.convert_sync_batchnorm(model)
     amp, why = resolve_amp(cfg.amp, device, backbone)
@@ -250,6 +251,23 @@ def prepare_run(cfg: TrainConfig, resume: Path | None) -> Run:
     if is_main_process():
         write_json(out / "config.json", cfg.to_dict())
     return Run(cfg, out, splits, backbone, data_config, model, device, amp, source_splits, cache, report)
+
+
+def check_input_sizes(cfg: TrainConfig, backbone: Backbone) -> None:
+    for flag, size in (("--image-size", cfg.image_size), ("--train-size", cfg.train_size)):
+        if size:
+            backbone.check_input_size(size, what=flag)
+
+
+def trains_aux(cfg: TrainConfig, backbone: Backbone, dc: DataConfig) -> bool:
+    """Whether the backbone's auxiliary classifiers train (GoogLeNet, Inception), saying so when a
+    smaller input than theirs turns them off."""
+    size = training_geometry(cfg, dc).input_size
+    aux = backbone.trains_aux(size)
+    if backbone.aux_weight and not aux and is_main_process():
+        print(f"auxiliary classifiers off: {backbone.name}'s take inputs of {backbone.aux_min_input_size} px or more, "
+              f"this run trains at {size} px")
+    return aux
 
 
 def crop_hands(splits: Splits, cache: HandCropCache) -> tuple[Splits, HandCropReport]:
