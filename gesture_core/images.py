@@ -51,6 +51,10 @@ MAX_JPEG_SCANS = 100
 HEADER_LIMITS = {"JPEG": ("segments before its pixels", 1000), "PNG": ("chunks besides its pixels", 100),
                  "GIF": ("blocks before its pixels", 1000), "PPM": ("header bytes", 4096), "TIFF": ("directory entries", 1000)}
 PNG_CHUNKS_WALKED = 20_000
+# The chunks that decide a PNG's pixels, and its orientation (eXIf). The rest (text, times, colour
+# profiles, which neither decoder applies here) are left out before decoding: libpng writes a warning
+# line to the server's stderr for each malformed one, and any client could send 100 a request.
+PNG_PIXEL_CHUNKS = frozenset({b"IHDR", b"PLTE", b"tRNS", b"IDAT", b"IEND", b"eXIf"})
 TRUNCATED_JPEG = "truncated JPEG (no end-of-image marker)"
 # Start-of-frame markers (C4 is a Huffman table, C8 reserved, CC an arithmetic-coding table), and those of progressive JPEG.
 FRAME_MARKERS = {*range(0xC0, 0xD0)} - {0xC4, 0xC8, 0xCC}
@@ -126,6 +130,8 @@ def decode_rgb(data: bytes, *, max_pixels: int | None = DEFAULT_MAX_PIXELS, min_
         check_file_size(width, height, len(data), max_pixels_per_byte)
     if fmt == "JPEG" and not jpeg_is_complete(data):
         raise ImageDecodeError(TRUNCATED_JPEG)
+    if fmt == "PNG":
+        data = png_pixel_chunks_only(data)
     if fmt in ("JPEG", "PNG", "WEBP", "BMP", "TIFF"):
         flag = reduced_jpeg_flag(fmt, width, height, min_side)
         try:
@@ -233,6 +239,23 @@ def png_chunks_besides_pixels(data: bytes) -> int:
         walked += 1
         i += 12 + int.from_bytes(data[i:i + 4], "big")  # length, type, data, CRC
     return chunks
+
+
+def png_pixel_chunks_only(data: bytes) -> bytes:
+    """The PNG with only its ``PNG_PIXEL_CHUNKS`` (every image-data chunk, the first of each other kind),
+    in their order, each chunk's bytes as they were; ``data`` itself where that is all it holds. A chunk
+    cut short stays cut short, for the decoder to report."""
+    kept, seen, i = [data[:8]], set(), 8
+    while i + 8 <= len(data):
+        kind, end = data[i + 4:i + 8], i + 12 + int.from_bytes(data[i:i + 4], "big")
+        if kind in PNG_PIXEL_CHUNKS and (kind == b"IDAT" or kind not in seen):
+            kept.append(data[i:end])
+            seen.add(kind)
+        i = end
+        if kind == b"IEND":
+            break
+    kept.append(data[i:])  # bytes too few for a chunk
+    return data if sum(map(len, kept)) == len(data) else b"".join(kept)
 
 
 def gif_blocks_before_image(data: bytes) -> int:

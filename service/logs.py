@@ -1,4 +1,5 @@
-"""A refused request is one WARNING line in the server's log, not an ERROR with a traceback.
+"""A refused request is one WARNING line in the server's log, not an ERROR with a traceback, and an
+upload's oddities write nothing there.
 
 BentoML 1.4.39 logs every exception an endpoint ends with as an ERROR with its traceback, the
 client's mistakes included: a validation error (``top_k`` of 0, bad base64) and a ``BadInput`` (an
@@ -13,6 +14,7 @@ from __future__ import annotations
 import logging
 from http import HTTPStatus
 
+import cv2
 from bentoml.exceptions import BentoMLException
 from pydantic import ValidationError
 
@@ -44,3 +46,12 @@ def log_refused_requests_in_one_line() -> None:
     logger = logging.getLogger(BENTOML_REQUEST_ERRORS)
     if not any(isinstance(f, RefusedRequestsInOneLine) for f in logger.filters):
         logger.addFilter(RefusedRequestsInOneLine())
+
+
+def keep_decoder_warnings_out_of_the_log() -> None:
+    """OpenCV logs a WARN line for each oddity of a file it decodes: a TIFF's unknown tags were one line
+    each, up to the 1,000 directory entries allowed, so any client could write about 130 KB of log a
+    request. They describe the client's file, which is answered or refused with its reason. (PNG's
+    libpng warnings bypass this level: ``gesture_core.images.png_pixel_chunks_only`` leaves out the
+    chunks they are about.)"""
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)

@@ -17,6 +17,7 @@ from PIL import Image
 from benchmarks.hostile_inputs import encode, flat_png, ico_holding_png, many_header_units, png_strip, progressive_jpeg
 from benchmarks.server_process import REPO
 from gesture_core import DataConfig, ImageDecodeError, Preprocess, read_rgb
+from gesture_core import images as images_module
 from gesture_core.images import (
     DECODED_FORMATS,
     HEADER_LIMITS,
@@ -239,6 +240,44 @@ def test_a_png_is_held_to_its_chunk_limit_after_its_pixels_too():
     assert decode_rgb(png[:end] + chunks(b"IDAT", 5000) + png[end:]).shape == (32, 32, 3)
     with pytest.raises(ImageDecodeError, match="^PNG with more than 100 chunks"):
         decode_rgb(png[:end] + chunks(b"IDAT", PNG_CHUNKS_WALKED + 10) + png[end:])
+
+
+def test_a_pngs_malformed_chunks_write_nothing_to_the_servers_stderr(capfd):
+    """libpng wrote one warning line per malformed chunk, under the limit too: 95 empty text chunks,
+    before and after the pixels, were 95 lines on stderr for each upload."""
+    pixels = np.random.default_rng(0).integers(0, 256, (32, 32, 3), np.uint8)
+    png = encode(Image.fromarray(pixels), "PNG")
+    end = png.index(b"IEND") - 4
+    empty_text = b"\x00\x00\x00\x00tEXt" + zlib.crc32(b"tEXt").to_bytes(4, "big")
+    noisy = png[:33] + empty_text * 50 + png[33:end] + empty_text * 45 + png[end:]  # 33: after the signature and IHDR
+    capfd.readouterr()
+    assert np.array_equal(decode_rgb(noisy), pixels)
+    assert capfd.readouterr().err == ""
+    assert "libpng warning: tEXt: too short" in run_python(  # what libpng itself says of them
+        f"import cv2, numpy as np; cv2.imdecode(np.frombuffer(bytes.fromhex('{noisy.hex()}'), np.uint8), cv2.IMREAD_COLOR)").stderr
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "P", "LA", "I;16"])
+def test_png_chunks_left_out_before_decoding_change_no_pixel(mode, monkeypatch):
+    """Text, colour profile, resolution, transparency and an EXIF orientation: the pixels (and the
+    orientation) are those of the whole file, by either decoder (RGBA, LA and 16-bit go through PIL)."""
+    from PIL import PngImagePlugin
+
+    rng = np.random.default_rng(1)
+    img = Image.fromarray(rng.integers(0, 256, (24, 40, 3), np.uint8)).convert(mode if mode != "I;16" else "RGB")
+    if mode == "I;16":
+        img = Image.fromarray(rng.integers(0, 65536, (24, 40), np.uint16))
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Comment", "made by a test")
+    info.add_itxt("Description", "ünïcode", zip=True)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated 90 degrees
+    extra = {"transparency": 3} if mode == "P" else {}
+    data = encode(img, "PNG", pnginfo=info, dpi=(300, 300), icc_profile=b"\0" * 128, exif=exif, **extra)
+    assert {b"tEXt", b"iTXt", b"pHYs", b"iCCP", b"eXIf"} <= {data[i + 4:i + 8] for i in range(8, len(data) - 8)}
+    decoded = decode_rgb(data)
+    monkeypatch.setattr(images_module, "png_pixel_chunks_only", lambda data: data)
+    assert np.array_equal(decoded, decode_rgb(data)) and decoded.shape == (40, 24, 3)
 
 
 def test_scans_are_counted_from_the_first_scan_on():

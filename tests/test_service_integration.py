@@ -20,7 +20,7 @@ import httpx
 import numpy as np
 import pytest
 
-from benchmarks.hostile_inputs import b64, http_bad_requests
+from benchmarks.hostile_inputs import b64, http_bad_requests, many_header_units
 from benchmarks.server_process import REPO, ServerStartError, serve_process
 from gesture_core import load_classifier
 from tests.service_inputs import ambiguous_requests, assert_refused_as_documented, jpeg, sample_images
@@ -137,6 +137,18 @@ def test_refused_requests_are_logged_in_one_line_each(http, server):
     assert "Traceback" not in log, log[-3000:]
     assert "[WARNING] [entry_service:GestureClassifier:1] Refused /predict [POST] (400): image_b64: Value error, not valid base64" in log
     assert "Refused /predict [POST] (400): image: not a recognised image format" in log
+
+
+@pytest.mark.parametrize("fmt, units, warning", [("PNG", 95, "libpng warning"), ("TIFF", 990, "TIFF_Warning")])
+def test_an_uploads_oddities_write_nothing_to_the_log(http, server, fmt, units, warning):
+    """A legal file with many malformed chunks or unknown tags: its decoder warned of each, one log
+    line apiece (about 130 KB a request for the TIFF)."""
+    before = len(server.log())
+    resp = http.post("/predict", files={"image": (f"odd.{fmt.lower()}", many_header_units(fmt, units))})
+    assert resp.status_code == 200, resp.text
+    assert http.post("/predict", files={"image": ("ok.jpg", jpeg(0))}).status_code == 200  # its log lines are written by now
+    logged = server.log()[before:]
+    assert warning not in logged and len(logged) < 2000, logged[:3000]
 
 
 @pytest.mark.parametrize("case", sorted(ambiguous_requests()))
