@@ -225,7 +225,7 @@ def prepare_run(cfg: TrainConfig, resume: Path | None) -> Run:
     if cfg.sync_bn:
         distributed.check_sync_bn(device)  # before anything is written
     backbone = get_backbone(cfg.backbone)
-    check_input_sizes(cfg, backbone)  # the same
+    check_input_sizes(cfg, backbone)  # also before anything is written
     # rank 0 alone picks the folder and scans the dataset; the other ranks receive both
     out, splits = distributed.from_main(lambda: run_folder_and_splits(cfg, resume))
     cfg.out, cfg.world_size = str(out), distributed.world_size()
