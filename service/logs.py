@@ -5,8 +5,10 @@ BentoML 1.4.39 logs every exception an endpoint ends with as an ERROR with its t
 client's mistakes included: a validation error (``top_k`` of 0, bad base64) and a ``BadInput`` (an
 image that does not decode) each wrote a traceback of some 30 lines (``api_endpoint_wrapper`` calls
 ``log_exception`` for every one). Any client could fill the log, and bury real errors in it, by
-sending bad requests. This filter, on the logger BentoML writes them to, turns those of a 4xx
-into one line with the reason the client got; a server error (5xx) keeps its traceback.
+sending bad requests. This filter turns those of a 4xx into one line with the reason the client
+got; a server error (5xx) keeps its traceback. It sits on the handlers of BentoML's public
+``bentoml`` logger, through which every ``bentoml.*`` record of a server is written (a filter on a
+logger sees only that logger's own records, and the one BentoML writes these to is private).
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ import cv2
 from bentoml.exceptions import BentoMLException
 from pydantic import ValidationError
 
-# Where BentoML's ``log_exception`` writes (a logger's name, not an import of the module).
-BENTOML_REQUEST_ERRORS = "bentoml._internal.server.http_app"
+# BentoML's server logging writes every record of its package through this logger's handlers.
+BENTOML_LOGGER = "bentoml"
 
 
 class RefusedRequestsInOneLine(logging.Filter):
@@ -43,9 +45,12 @@ def client_error(error: BaseException | None) -> tuple[int, str] | None:
 
 
 def log_refused_requests_in_one_line() -> None:
-    logger = logging.getLogger(BENTOML_REQUEST_ERRORS)
-    if not any(isinstance(f, RefusedRequestsInOneLine) for f in logger.filters):
-        logger.addFilter(RefusedRequestsInOneLine())
+    """On each handler of the ``bentoml`` logger, ahead of BentoML's own filter, which copies the level
+    into the bracketed name its format prints. A server worker configures its logging before it loads
+    the service module, which calls this, so the handlers are there."""
+    for handler in logging.getLogger(BENTOML_LOGGER).handlers:
+        if not any(isinstance(f, RefusedRequestsInOneLine) for f in handler.filters):
+            handler.filters.insert(0, RefusedRequestsInOneLine())
 
 
 def keep_decoder_warnings_out_of_the_log() -> None:
