@@ -119,9 +119,9 @@ def decode_rgb(data: bytes, *, max_pixels: int | None = DEFAULT_MAX_PIXELS, min_
                max_pixels_per_byte: float | None = None) -> np.ndarray:
     if not data:
         raise ImageDecodeError("empty file (0 bytes)")
-    fmt, (width, height) = probe_image(data)
+    fmt, (width, height), layout = probe_layout(data)
     check_dimensions(width, height, max_pixels=max_pixels)
-    progressive, scans = jpeg_layout(data)[1:3] if data.startswith(b"\xff\xd8") else (False, 0)
+    progressive, scans = (layout.progressive, layout.scans) if layout else (False, 0)
     if scans > MAX_JPEG_SCANS:
         raise ImageDecodeError(f"JPEG with {scans:,} scans, above the limit of {MAX_JPEG_SCANS} "
                                "(an ordinary JPEG has 1, a progressive one about 10): re-save it")
@@ -295,7 +295,12 @@ def opencv_reason(err: cv2.error) -> str:
 
 
 def probe_image(data: bytes) -> tuple[str, tuple[int, int]]:
-    """Read only the header: (format, (width, height)). Cheap, and safe against bombs.
+    """Read only the header: (format, (width, height)). Cheap, and safe against bombs (``probe_layout``)."""
+    return probe_layout(data)[:2]
+
+
+def probe_layout(data: bytes) -> tuple[str, tuple[int, int], JpegLayout | None]:
+    """``probe_image``, with a JPEG's layout (its scans, for the decoder's scan limit) from the same walk.
 
     A file whose header holds more units than any photo (``HEADER_LIMITS``) is refused first, after
     a walk that stops at the limit: PIL would parse each of them in Python.
@@ -309,10 +314,10 @@ def probe_image(data: bytes) -> tuple[str, tuple[int, int]]:
         what, limit = HEADER_LIMITS[fmt]
         raise ImageDecodeError(f"{fmt} with more than {limit:,} {what}, far more than any photo: re-save it")
     if layout and layout.size and layout.scans and data.startswith(b"\xff\xd8\xff"):
-        return "JPEG", layout.size
+        return "JPEG", layout.size, layout
     try:
         with Image.open(io.BytesIO(data), formats=DECODED_FORMATS) as img:
-            return (img.format or "unknown"), img.size
+            return (img.format or "unknown"), img.size, layout
     except Image.DecompressionBombError as err:
         raise ImageDecodeError(f"image too large ({err})") from None
     except Exception:  # PIL raises a zoo of types for garbage input
