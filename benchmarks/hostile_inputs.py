@@ -100,7 +100,7 @@ def empty_frames() -> dict[str, np.ndarray]:
 
 
 def many_header_units(fmt: str, units: int) -> bytes:
-    """A valid 32x32 image of ``fmt`` (JPEG, PNG, GIF, PPM) whose header is padded with ``units`` of
+    """A valid 32x32 image of ``fmt`` (JPEG, PNG, GIF, PPM, TIFF) whose header is padded with ``units`` of
     the smallest unit its format allows, all before the pixels: empty comment segments (JPEG), empty
     text chunks (PNG), one-byte comment extensions (GIF: two units each, the extension and its
     sub-block), comment lines (PPM: one unit a byte), or private tags in its directory (TIFF)."""
