@@ -134,6 +134,7 @@ def decode_rgb(data: bytes, *, max_pixels: int | None = DEFAULT_MAX_PIXELS, min_
         data = png_pixel_chunks_only(data)
     if fmt in ("JPEG", "PNG", "WEBP", "BMP", "TIFF"):
         flag = reduced_jpeg_flag(fmt, width, height, min_side)
+        keep_decoder_warnings_quiet()
         try:
             bgr = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
             if bgr is not None and bgr.ndim == 3 and bgr.shape[2] == 3:
@@ -142,6 +143,17 @@ def decode_rgb(data: bytes, *, max_pixels: int | None = DEFAULT_MAX_PIXELS, min_
         except cv2.error as err:
             raise ImageDecodeError(f"corrupt or undecodable {fmt} ({opencv_reason(err)})") from None
     return _decode_with_pil(data)
+
+
+def keep_decoder_warnings_quiet() -> None:
+    """OpenCV logs a WARN line for each oddity of a file it decodes: a TIFF's unknown tags were a line
+    each, so a folder of TIFFs with a vendor's tags wrote a few lines per photo per epoch, and any
+    client of the service about 130 KB per request (up to the 1,000 directory entries allowed). The
+    file is decoded, or refused with this module's reason, either way. Errors still print, and a
+    lower level set by the program is kept. (libpng's warnings bypass this level:
+    ``png_pixel_chunks_only`` leaves out the chunks they are about.)"""
+    if cv2.utils.logging.getLogLevel() > cv2.utils.logging.LOG_LEVEL_ERROR:
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
 
 
 def check_dimensions(width: int, height: int, *, max_pixels: int | None = DEFAULT_MAX_PIXELS,

@@ -9,6 +9,7 @@ sending bad requests. This filter turns those of a 4xx into one line with the re
 got; a server error (5xx) keeps its traceback. It sits on the handlers of BentoML's public
 ``bentoml`` logger, through which every ``bentoml.*`` record of a server is written (a filter on a
 logger sees only that logger's own records, and the one BentoML writes these to is private).
+(An upload's decoder warnings are kept out by ``gesture_core.images.keep_decoder_warnings_quiet``.)
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from __future__ import annotations
 import logging
 from http import HTTPStatus
 
-import cv2
 from bentoml.exceptions import BentoMLException
 from pydantic import ValidationError
 
@@ -52,11 +52,3 @@ def log_refused_requests_in_one_line() -> None:
         if not any(isinstance(f, RefusedRequestsInOneLine) for f in handler.filters):
             handler.filters.insert(0, RefusedRequestsInOneLine())
 
-
-def keep_decoder_warnings_out_of_the_log() -> None:
-    """OpenCV logs a WARN line for each oddity of a file it decodes: a TIFF's unknown tags were one line
-    each, up to the 1,000 directory entries allowed, so any client could write about 130 KB of log a
-    request. They describe the client's file, which is answered or refused with its reason. (PNG's
-    libpng warnings bypass this level: ``gesture_core.images.png_pixel_chunks_only`` leaves out the
-    chunks they are about.)"""
-    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)

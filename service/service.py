@@ -37,7 +37,7 @@ from service.browser_demo import DEMO_PATH, allow_cors_origins, demo_app
 from service.hand_crops import check_localiser, find_hand_crops, use_stored_hand_models, warm_up_localiser
 from service.http_guard import EndpointFields, RequestGuard
 from service.import_model import CHECKPOINT_FILE, LocalModel, find_model
-from service.logs import keep_decoder_warnings_out_of_the_log, log_refused_requests_in_one_line
+from service.logs import log_refused_requests_in_one_line
 from service.microbatch import MicroBatcher
 from service.schemas import (
     ImageBase64,
@@ -270,7 +270,6 @@ def endpoint_fields(api: Any) -> EndpointFields:
 
 
 log_refused_requests_in_one_line()
-keep_decoder_warnings_out_of_the_log()
 allow_cors_origins(GestureClassifier, SETTINGS.cors_origins)  # first, so that the request guard's answers carry CORS headers too
 GestureClassifier.add_asgi_middleware(
     RequestGuard,

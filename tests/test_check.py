@@ -155,3 +155,22 @@ def test_real_flowers_counts_and_duplicates(flowers: Path):
     assert r["counts"] == {"daisy": 633, "dandelion": 898, "roses": 641, "sunflowers": 699, "tulips": 799}
     assert r["imbalance_ratio"] == round(898 / 633, 2)
     assert r["duplicates"]["across_classes"] >= 1  # the same photo filed under roses and tulips
+
+
+def test_tiffs_with_vendor_tags_read_without_decoder_warnings(tmp_path: Path):
+    """A folder of TIFFs whose directories hold a camera's private tags: OpenCV wrote a warning line
+    per tag for each photo, on every read (each epoch of training too), through ``read_rgb``."""
+    import subprocess
+    import sys
+
+    from benchmarks.hostile_inputs import many_header_units
+
+    for name in ("fist", "palm"):
+        (tmp_path / "tiffs" / name).mkdir(parents=True)
+        for i in range(3):
+            (tmp_path / "tiffs" / name / f"{i}.tif").write_bytes(many_header_units("TIFF", 20))
+    done = subprocess.run([sys.executable, "-m", "training.check", str(tmp_path / "tiffs"), "--json", str(tmp_path / "r.json")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads((tmp_path / "r.json").read_text())["counts"] == {"fist": 3, "palm": 3}
+    assert "TIFF_Warning" not in done.stdout + done.stderr and "WARN" not in done.stderr, done.stderr[:2000]
