@@ -25,6 +25,7 @@ import pytest
 import torch
 
 import training.finetune as finetune
+from benchmarks.server_process import free_port
 from gesture_core import load_classifier
 from tests.helpers import REPO, make_image_folder, train_interrupted_in_epoch_2
 from tests.test_finetune import ARTEFACTS, tiny_config
@@ -237,6 +238,39 @@ def test_two_processes_train_like_one_write_once_and_resume_after_a_kill(digits_
     cfg, resume = finetune.parse_config(["--resume", str(alone_again / "last.pt")])
     finetune.train(cfg, resume)
     assert json.loads((alone_again / "metrics.json").read_text())["test"]["top1"] == top1_two
+
+
+@pytest.mark.slow
+def test_two_machines_meet_at_a_rendezvous_and_one_writes_the_run(digits_subset, tmp_path):
+    """docs/distributed.md's two-machine command, as two torchrun agents (one process each) that share
+    nothing but the data's path and the rendezvous address: each has its own working folder, home and
+    feature cache, as two machines would. Frozen epochs train on cached features, which rank 0 writes
+    and the other ranks read, or compute where they cannot see rank 0's disk."""
+    port = free_port()
+    agents = []
+    for node in (0, 1):
+        machine = tmp_path / f"machine{node}"
+        (machine / "home").mkdir(parents=True)
+        env = {**environment(), "HOME": str(machine / "home"), "GESTURE_CACHE_DIR": str(machine / "cache")}
+        command = [str(TORCHRUN), "--nnodes", "2", "--nproc_per_node", "1", "--rdzv-backend", "c10d",
+                   "--rdzv-endpoint", f"127.0.0.1:{port}", "--log-dir", str(machine / "logs"), "--redirects", "3",
+                   "-m", "training.finetune", "--data", str(digits_subset), *RECIPE, "--epochs", "2", "--cache-features", "on",
+                   *ONE_PROCESS]  # fmt: skip
+        agents.append(subprocess.Popen(command, cwd=machine, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    for agent in agents:
+        finished(agent)
+
+    ran = [tmp_path / f"machine{node}" for node in (0, 1) if (tmp_path / f"machine{node}" / "runs").exists()]
+    assert len(ran) == 1, "one run folder, written by rank 0's machine only"  # the rendezvous numbers the ranks
+    run = ran[0] / "runs" / "digits-efficientnet_lite0"
+    assert json.loads((run / "config.json").read_text())["world_size"] == 2
+    assert [int(r["epoch"]) for r in history(run)] == [1, 2]
+    assert json.loads((run / "metrics.json").read_text())["test"]["top1"] > 0.4  # well above chance (10 classes)
+    printed = {machine.name: rank_output(machine / "logs", 0) for machine in (tmp_path / "machine0", tmp_path / "machine1")}  # local rank 0 on each
+    assert "world size 2 (gloo): global batch 2 x 32 = 64" in printed[ran[0].name]
+    for node in (0, 1):  # rank 0 cached the frozen backbone's features; the other machine, not finding them, its own
+        assert list((tmp_path / f"machine{node}" / "cache" / "features").glob("*.pt")), node
+    assert [text for name, text in printed.items() if name != ran[0].name] == [""]  # the other machine's rank prints nothing
 
 
 @pytest.mark.slow
