@@ -11,7 +11,7 @@ import torch
 from gesture_core import DataConfig, Preprocess, build_model, load_classifier, save_checkpoint
 from tests.helpers import SHARED_DATA, make_image_folder
 from training import export as export_module
-from training.export import check_parity, export, main, read_metadata
+from training.export import check_parity, export, main, parity_inputs, read_metadata
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +32,7 @@ def exported_onnx(random_head_checkpoint, tmp_path_factory):
 
 def test_onnx_parity_within_1e_4_and_metadata(exported_onnx, parity_images):
     classifier, path = exported_onnx
-    report = check_parity(classifier, path, "onnx", parity_images, tolerance=1e-4)
+    report = check_parity(classifier, path, "onnx", parity_inputs(classifier, parity_images), tolerance=1e-4)
     assert report.images == len(parity_images)
     assert report.ok and report.max_abs_diff <= 1e-4
     assert report.label_agreement == 1.0
@@ -110,6 +110,17 @@ def test_cli_errors_are_clear(small_run, tmp_path, capsys):
     assert "no such file or folder" in capsys.readouterr().err
 
 
+def test_no_model_file_when_no_parity_image_decodes(small_run, tmp_path, capsys):
+    """The model was written first, and stayed there, unchecked, when the parity check could not run."""
+    bad = tmp_path / "notes.jpg"
+    bad.write_text("not a photo")
+    out = tmp_path / "model.onnx"
+    assert main(["--checkpoint", str(small_run), "--format", "onnx", "--out", str(out), "--images", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "error: none of the 1 parity images could be decoded" in err and f"skipping {bad}: " in err and f"{bad}: {bad}" not in err
+    assert not out.exists()
+
+
 def recipe_decisions(meta: dict, logits: np.ndarray, features: np.ndarray) -> list[str | None]:
     """The metadata's "decision" recipe for energy_and_feature, written out here from its words, not
     from gesture_core: what a user of the file without this repository would write."""
@@ -164,7 +175,7 @@ def feature_score_checkpoint(random_head_checkpoint, parity_images, tmp_path_fac
 def test_an_exported_feature_score_model_carries_its_no_gesture_rule(feature_score_checkpoint, parity_images, fmt, tmp_path):
     classifier = load_classifier(feature_score_checkpoint, "cpu", engine="torch")
     path = export(classifier, fmt, tmp_path / f"model{export_module.SUFFIX[fmt]}")
-    report = check_parity(classifier, path, fmt, parity_images)
+    report = check_parity(classifier, path, fmt, parity_inputs(classifier, parity_images))
     assert report.ok and report.max_abs_feature_diff is not None and report.max_abs_feature_diff <= 1e-4
     assert report.decision_agreement == 1.0
     meta = read_metadata(path)

@@ -261,16 +261,23 @@ def parity_images(checkpoint: Path, images: list[str] | None, limit: int) -> lis
     return found[::step][:limit]
 
 
-def check_parity(classifier: Classifier, exported: Path, fmt: str, images: list[str], *, tolerance: float = DEFAULT_TOLERANCE, batch_size: int = 16) -> ParityReport:
-    runner, metadata = ExportedRunner(exported, fmt), read_metadata(exported)
+def parity_inputs(classifier: Classifier, images: list[str]) -> list[torch.Tensor]:
+    """The parity images as the model's inputs, each undecodable one skipped and said; a DatasetError
+    when none is left. Run before the export, so that a check that cannot run leaves no model file."""
     tensors = []
     for path in images:
         try:
             tensors.append(classifier.preprocess.load(path))
         except ImageDecodeError as err:
-            print(f"  skipping {path}: {err}", file=sys.stderr)
+            print(f"  skipping {err}", file=sys.stderr)  # the reason names the file
     if not tensors:
-        raise DatasetError("none of the parity images could be decoded")
+        raise DatasetError(f"none of the {len(images)} parity images could be decoded: pass --images FILES_OR_FOLDERS")
+    return tensors
+
+
+def check_parity(classifier: Classifier, exported: Path, fmt: str, tensors: list[torch.Tensor], *, tolerance: float = DEFAULT_TOLERANCE,
+                 batch_size: int = 16) -> ParityReport:
+    runner, metadata = ExportedRunner(exported, fmt), read_metadata(exported)
     diffs, feature_diffs, agree, same_decision, no_gesture = [], [], 0, 0, 0
     for i in range(0, len(tensors), batch_size):
         batch = torch.stack(tensors[i : i + batch_size])
@@ -313,10 +320,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     out = Path(args.out) if args.out else args.checkpoint.parent / f"model{SUFFIX[args.format]}"
     classifier = load_classifier(args.checkpoint, "cpu", engine="torch")  # parity is defined against eager PyTorch, CPU fp32
-    images = parity_images(args.checkpoint, args.images, args.max_images)
+    inputs = parity_inputs(classifier, parity_images(args.checkpoint, args.images, args.max_images))
     export(classifier, args.format, out, **({"opset": args.opset} if args.format == "onnx" else {}))
     print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB): {classifier.backbone}, {len(classifier.classes)} classes, metadata: {', '.join(export_metadata(classifier))}")
-    report = check_parity(classifier, out, args.format, images, tolerance=args.tolerance)
+    report = check_parity(classifier, out, args.format, inputs, tolerance=args.tolerance)
     Path(f"{out}.parity.json").write_text(json.dumps({**asdict(report), "ok": report.ok, "format": args.format}, indent=2))
     print(report.describe())
     return 0 if report.ok else 1
