@@ -13,14 +13,11 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
-import shlex
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 from benchmarks.common import emit, note
+from benchmarks.recipes import run_finetune
 
 REPO = Path(__file__).resolve().parents[1]
 COMMON = ["--backbone", "efficientnet_lite0", "--head-epochs", "1", "--lr", "2e-3", "--backbone-lr-mult", "0.3"]
@@ -44,11 +41,7 @@ def run_recipe(name: str, args) -> dict:
     out = args.out / name
     command = [sys.executable, "-m", "training.finetune", "--data", str(args.data), *COMMON, *RECIPES[name],
                "--test-per-class", str(args.test_per_class), "--device", args.device, "--workers", str(args.workers), "--seed", str(args.seed), "--out", str(out)]  # fmt: skip
-    note("$ " + shlex.join(command))
-    started = time.perf_counter()
-    subprocess.run(command, cwd=REPO, check=True, stdout=subprocess.DEVNULL if args.quiet else None)
-    wall = time.perf_counter() - started
-    metrics = json.loads((out / "metrics.json").read_text())
+    metrics, wall = run_finetune(command, out, quiet=args.quiet)  # a finished run is read back, an interrupted one resumed
     history = list(csv.DictReader((out / "history.csv").open()))
     scored = [float(r["val_top1"]) for r in history if r["val_top1"]]  # empty without a validation split
     best_val = max(scored) if scored else None

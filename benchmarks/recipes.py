@@ -72,11 +72,14 @@ def run_one(data: Path, dataset: str, budget: int, backbone: str, recipe: str, d
 
 
 def run_finetune(command: list[str], out: Path, *, quiet: bool = False) -> tuple[dict, float | None]:
-    """(metrics.json, wall seconds) of ``command`` writing to ``out``; read back, not rerun, when out holds metrics.json."""
+    """(metrics.json, wall seconds) of ``command`` writing to ``out``; read back, not rerun, when out holds
+    metrics.json, and resumed where it holds an interrupted run (last.pt)."""
     metrics_file, wall_file = out / "metrics.json", out / "wall_s.txt"
     if metrics_file.exists():
         note(f"reusing {out}")
     else:
+        if (out / "last.pt").exists():  # the wall time is then the resumed part's
+            command = [*command[:command.index("training.finetune") + 1], "--resume", str(out)]
         note("$ " + shlex.join(command))
         started = time.perf_counter()
         subprocess.run(command, cwd=REPO, check=True, stdout=subprocess.DEVNULL if quiet else None)

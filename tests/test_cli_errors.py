@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import json
 import os
 import shutil
 import subprocess
@@ -102,6 +103,21 @@ def test_an_input_size_below_what_the_backbone_takes_is_refused_before_anything_
     assert not out.exists()
 
 
+@pytest.mark.parametrize("flags, reason", [
+    (["--reject-class", "bogus"], "--reject-class 'bogus': not a class of this data"),
+    (["--weights", "NOTES"], "NOTES"),
+])  # fmt: skip
+def test_a_run_that_cannot_start_leaves_no_folder(dataset, tmp_path, capsys, flags, reason):
+    """Each left a run folder holding split.json (and config.json) for a run that never started."""
+    notes = tmp_path / "notes.pt"
+    notes.write_text("not a state dict")
+    out = tmp_path / "run"
+    argv = ["--data", str(dataset), "--backbone", "mobilenet_v3_large", "--weights", "none", "--epochs", "1", "--out", str(out)]
+    assert finetune.main(argv + [str(notes) if f == "NOTES" else f for f in flags]) == 2
+    assert reason.replace("NOTES", str(notes)) in one_error_line(capsys)
+    assert not out.exists()
+
+
 def test_evaluate_at_an_input_size_the_backbone_cannot_take(run, tmp_path, capsys):
     inception = edited_checkpoint(run / "best.pt", tmp_path / "best.pt", backbone="inception_v3")  # refused before its weights are read
     assert evaluate_main(["--checkpoint", str(inception), "--data", str(run), "--image-size", "64"]) == 2
@@ -163,6 +179,58 @@ def test_a_run_cleans_up_partial_saves_of_an_interrupted_one(run, tmp_path, caps
     assert "removed 2 partial checkpoint file(s) left by an interrupted save" in capsys.readouterr().out
     assert not any(path.exists() for path in litter) and all(path.exists() for path in keep)
     assert remove_partial_saves(folder) == []
+
+
+def test_a_new_run_never_overwrites_one_at_its_out(run, dataset, tmp_path, capsys):
+    """An --out that holds a trained model or an interrupted run: a new run replaced its checkpoints,
+    exit 0, not a word said."""
+    folder = tmp_path / "run"
+    shutil.copytree(run, folder)
+    before = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+    argv = ["--data", str(dataset), "--out", str(folder), "--backbone", "mobilenet_v3_large", "--weights", "none", "--epochs", "1"]
+    assert finetune.main(argv) == 2
+    assert f"--out {folder} holds a trained model (best.pt): pass another --out" in one_error_line(capsys)
+    for name in ("best.pt", "metrics.json"):
+        (folder / name).unlink()
+    assert finetune.main(argv) == 2
+    assert f"holds an interrupted run: continue it with --resume {folder}, or pass another --out" in one_error_line(capsys)
+    assert {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()} == {k: v for k, v in before.items() if k not in ("best.pt", "metrics.json")}
+
+
+def test_a_run_whose_images_moved_is_refused_before_anything_is_rewritten(run, tmp_path, capsys):
+    """evaluate and calibrate on a run whose split.json points where the images no longer are: each
+    image was skipped as a failed decode, evaluate reported "(no images evaluated)" and calibrate
+    replaced the run's calibration with an uncalibrated one; both exited 0."""
+    from training.calibrate import main as calibrate_main
+
+    folder = tmp_path / "run"
+    shutil.copytree(run, folder)
+    split = json.loads((folder / "split.json").read_text())
+    (folder / "split.json").write_text(json.dumps({**split, "root": str(tmp_path / "moved-away")}))
+    checkpoint = (folder / "best.pt").read_bytes()
+    assert evaluate_main(["--checkpoint", str(folder), "--workers", "0", "--out", str(tmp_path / "eval")]) == 2
+    assert "none of the" in (err := one_error_line(capsys)) and "test images" in err and "pass --data FOLDER" in err
+    assert calibrate_main(["--checkpoint", str(folder), "--workers", "0"]) == 2
+    assert f"validation images {folder / 'split.json'} lists can be opened" in one_error_line(capsys)
+    assert (folder / "best.pt").read_bytes() == checkpoint and not (tmp_path / "eval").exists()
+
+    (folder / "split.json").write_text("{not json")
+    assert evaluate_main(["--checkpoint", str(folder), "--workers", "0"]) == 2
+    assert f"{folder / 'split.json'} is not a split file written by training.finetune" in one_error_line(capsys)
+
+
+def test_evaluate_where_no_image_decodes_any_more(run, tmp_path, capsys):
+    """The run's test images are all there, and all corrupt now: it reported "(no images evaluated)", exit 0."""
+    folder, images = tmp_path / "run", tmp_path / "images"
+    shutil.copytree(run, folder)
+    split = json.loads((folder / "split.json").read_text())
+    shutil.copytree(split["root"], images)
+    (folder / "split.json").write_text(json.dumps({**split, "root": str(images)}))
+    for path, _ in split["test"]:
+        (images / path).write_bytes(b"\xff\xd8\xff\xe0 not a jpeg any more" * 20)
+    assert evaluate_main(["--checkpoint", str(folder), "--workers", "0", "--out", str(tmp_path / "eval")]) == 2
+    assert f"none of the {len(split['test'])} images of test could be decoded (e.g. " in one_error_line(capsys)
+    assert not (tmp_path / "eval").exists()
 
 
 def test_a_file_system_error_is_one_line_with_the_path(dataset, capsys):

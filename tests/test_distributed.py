@@ -240,24 +240,29 @@ def test_two_processes_train_like_one_write_once_and_resume_after_a_kill(digits_
     assert json.loads((alone_again / "metrics.json").read_text())["test"]["top1"] == top1_two
 
 
-@pytest.mark.slow
-def test_two_machines_meet_at_a_rendezvous_and_one_writes_the_run(digits_subset, tmp_path):
-    """docs/distributed.md's two-machine command, as two torchrun agents (one process each) that share
-    nothing but the data's path and the rendezvous address: each has its own working folder, home and
-    feature cache, as two machines would. Frozen epochs train on cached features, which rank 0 writes
-    and the other ranks read, or compute where they cannot see rank 0's disk."""
-    port = free_port()
-    agents = []
+def two_machines(tmp_path: Path, args: list[str], *, data: Path | None = None, env: dict[str, str] | None = None) -> list[subprocess.Popen]:
+    """docs/distributed.md's two-machine command, as two torchrun agents (one process each) on
+    127.0.0.1 that share nothing but the rendezvous address: each has its own working folder, home and
+    feature cache, as two machines would. With ``data``, the first machine alone has it, as ./data."""
+    port, agents = free_port(), []
     for node in (0, 1):
         machine = tmp_path / f"machine{node}"
         (machine / "home").mkdir(parents=True)
-        env = {**environment(), "HOME": str(machine / "home"), "GESTURE_CACHE_DIR": str(machine / "cache")}
+        if data is not None and node == 0:
+            shutil.copytree(data, machine / "data")
+        machine_env = {**environment(), "HOME": str(machine / "home"), "GESTURE_CACHE_DIR": str(machine / "cache"), **(env or {})}
         command = [str(TORCHRUN), "--nnodes", "2", "--nproc_per_node", "1", "--rdzv-backend", "c10d",
                    "--rdzv-endpoint", f"127.0.0.1:{port}", "--log-dir", str(machine / "logs"), "--redirects", "3",
-                   "-m", "training.finetune", "--data", str(digits_subset), *RECIPE, "--epochs", "2", "--cache-features", "on",
-                   *ONE_PROCESS]  # fmt: skip
-        agents.append(subprocess.Popen(command, cwd=machine, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-    for agent in agents:
+                   "-m", "training.finetune", *args]  # fmt: skip
+        agents.append(subprocess.Popen(command, cwd=machine, env=machine_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    return agents
+
+
+@pytest.mark.slow
+def test_two_machines_meet_at_a_rendezvous_and_one_writes_the_run(digits_subset, tmp_path):
+    """Frozen epochs train on cached features, which rank 0 writes and the other ranks read, or
+    compute where they cannot see rank 0's disk."""
+    for agent in two_machines(tmp_path, ["--data", str(digits_subset), *RECIPE, "--epochs", "2", "--cache-features", "on", *ONE_PROCESS]):
         finished(agent)
 
     ran = [tmp_path / f"machine{node}" for node in (0, 1) if (tmp_path / f"machine{node}" / "runs").exists()]
@@ -271,6 +276,44 @@ def test_two_machines_meet_at_a_rendezvous_and_one_writes_the_run(digits_subset,
     for node in (0, 1):  # rank 0 cached the frozen backbone's features; the other machine, not finding them, its own
         assert list((tmp_path / f"machine{node}" / "cache" / "features").glob("*.pt")), node
     assert [text for name, text in printed.items() if name != ran[0].name] == [""]  # the other machine's rank prints nothing
+
+
+@pytest.mark.slow
+def test_a_machine_without_the_images_stops_every_machine_at_once(digits_subset, tmp_path):
+    """The second machine lacks the dataset. Its missing images were taken for corrupt ones and
+    skipped: the job trained on the first machine's shard alone and ended well. Whichever machine
+    the rendezvous makes rank 0, both now stop before training, each saying why, and write nothing."""
+    agents = two_machines(tmp_path, ["--data", "data", *RECIPE, *ONE_PROCESS], data=digits_subset)
+    printed = []
+    for agent in agents:
+        output, _ = agent.communicate(timeout=300)
+        assert agent.returncode != 0, output[-3000:]
+        printed.append(output)
+    for machine, output in zip((tmp_path / "machine0", tmp_path / "machine1"), printed, strict=True):
+        said = rank_output(machine / "logs", 0)
+        assert "error: " in said and "Traceback" not in said, output[-3000:]
+        assert not (machine / "runs").exists()
+    said = rank_output(tmp_path / "machine0" / "logs", 0) + rank_output(tmp_path / "machine1" / "logs", 0)
+    assert "the images must be at the same path on each" in said or "--data data: not a folder" in said, said
+
+
+@pytest.mark.slow
+def test_a_machine_without_the_resume_file_ends_the_wait_with_one_line(digits_subset, tmp_path):
+    """The run folder is on the first machine only. The second stops at its command line, before the
+    processes meet; the first waits for it until the process group's timeout, then says why in one
+    line, where it ended with a traceback of torch's store."""
+    run = tmp_path / "machine0" / "runs" / "r"
+    alone = subprocess.run([sys.executable, "-m", "training.finetune", "--data", str(digits_subset), *RECIPE, "--epochs", "1",
+                            "--out", str(run)], env=environment(), capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    agents = two_machines(tmp_path, ["--resume", "runs/r"], env={"GESTURE_DIST_TIMEOUT_S": "15"})
+    for agent in agents:
+        output, _ = agent.communicate(timeout=300)
+        assert agent.returncode != 0, output[-3000:]
+    assert "argument --resume: runs/r: no such file" in rank_output(tmp_path / "machine1" / "logs", 0)
+    waited = rank_output(tmp_path / "machine0" / "logs", 0)
+    assert "error: not every process joined within 15 s" in waited and "GESTURE_DIST_TIMEOUT_S" in waited, waited[-3000:]
+    assert "Traceback" not in waited
 
 
 @pytest.mark.slow

@@ -51,7 +51,7 @@ from gesture_core.preprocess import DataConfig
 from gesture_core.rejection import SCORES, Rejection, find_reject_classes, softmax
 from training import cli
 from training.config import TrainConfig
-from training.data import DatasetError, Sample, Splits
+from training.data import DatasetError, Sample, Splits, check_split_readable
 from training.features import cached_features, feature_extractor
 from training.hand_crops import HandCropCache, hand_crop_splits
 from training.report import write_json
@@ -446,6 +446,7 @@ def recalibrate(checkpoint: Path, requested: Sequence[str] | None, target_recall
         raise DatasetError(f"{split_file} classes {splits.classes} differ from the checkpoint's {ckpt['classes']}")
     model = build_from_checkpoint(ckpt).eval()
     data_config = DataConfig.from_dict(ckpt["data_config"])
+    check_split_readable(splits.val, "validation", split_file, f"put them back under {splits.root} to calibrate this run")
     if data_config.hands:  # the model learnt hand crops (--hands): calibrate on the same crops, from the cache
         splits, _ = hand_crop_splits(splits, HandCropCache(data_config))
     rejection, report = calibrate_model(model, ckpt["backbone"], splits, data_config, device=resolve_device(device),

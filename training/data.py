@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import stat
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,7 +70,24 @@ class Splits:
 
     @classmethod
     def load(cls, path: Path) -> Splits:
-        return cls.from_json(json.loads(path.read_text()))
+        try:
+            return cls.from_json(json.loads(path.read_text()))
+        except (ValueError, KeyError, TypeError) as err:
+            raise DatasetError(f"{path} is not a split file written by training.finetune ({type(err).__name__}: {err})") from None
+
+
+def unreadable(paths: Iterable[str]) -> list[str]:
+    """The files among ``paths`` this process cannot open: moved or deleted since the split was made,
+    or, on another machine, not at the path rank 0 found them."""
+    return [p for p in paths if not os.access(p, os.R_OK)]
+
+
+def check_split_readable(samples: Sequence[Sample], what: str, split_file: Path, hint: str) -> None:
+    """A DatasetError when not one of a saved split's images can be opened any more: each would be
+    skipped as a failed decode, and the command would go on with nothing."""
+    if samples and len(missing := unreadable(s.path for s in samples)) == len(samples):
+        raise DatasetError(f"none of the {len(samples):,} {what} images {split_file} lists can be opened (e.g. {missing[0]}): "
+                           f"moved since training? {hint}")
 
 
 def is_presplit(root: Path) -> bool:

@@ -14,7 +14,9 @@ Rules the training loop follows (see docs/distributed.md):
 - rank 0 alone decides what is shared (run folder, dataset scan) and writes files; what it builds
   reaches the other ranks through ``from_main`` / ``main_first``, which also carry rank 0's error to
   them, so no rank waits at a collective for a peer that has failed;
-- a rank that fails exits non-zero, and torchrun then ends the others; the process group's timeout
+- what each rank must find on its own machine (the images) is checked on every rank before anything
+  is written (``check_every_rank``), and the first problem stops them all;
+- a rank that fails exits non-zero, and torchrun then ends the others on its machine; the process group's timeout
   (``GESTURE_DIST_TIMEOUT_S``) bounds any wait that is left. When rank 0 has told the others about its
   error, it leaves only after they have (``close_distributed``), so torchrun ends no rank that was
   already stopping and names rank 0 alone.
@@ -25,6 +27,7 @@ from __future__ import annotations
 import math
 import os
 import pickle
+import socket
 import sys
 import time
 import warnings
@@ -48,6 +51,10 @@ TIMEOUT_ENV = "GESTURE_DIST_TIMEOUT_S"
 DEFAULT_TIMEOUT_S = 1800  # torch's own default for gloo; long enough for rank 0 to extract a large feature cache
 PEERS_EXIT_TIMEOUT_S = 30.0  # how long rank 0 waits for the ranks it told to stop; a rank exits in about a second
 _told_peers_to_stop = False  # set on rank 0 once it has sent the other ranks its error
+
+
+class PeersDidNotJoin(ConnectionError):
+    """The process group's start-up wait ended before every rank had joined."""
 
 
 class RankZeroFailed(Exception):
@@ -76,6 +83,12 @@ def is_main_process() -> bool:
     return rank() == 0 if is_distributed() else int(os.environ.get("RANK", "0")) == 0
 
 
+def rank_zero_is_elsewhere() -> bool:
+    """Whether rank 0 runs on another machine: torchrun numbers the machines (GROUP_RANK) as it numbers
+    the ranks, so rank 0 is on machine 0."""
+    return int(os.environ.get("GROUP_RANK", "0")) != 0
+
+
 def init_distributed(device: str) -> torch.device:
     """Join torchrun's process group if launched by it with several processes; the device of this rank."""
     if not launched_by_torchrun() or int(os.environ["WORLD_SIZE"]) == 1 or is_distributed():
@@ -83,7 +96,12 @@ def init_distributed(device: str) -> torch.device:
     device_here = local_device(device)
     backend = "nccl" if device_here.type == "cuda" else "gloo"
     timeout = timedelta(seconds=float(os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT_S)))
-    dist.init_process_group(backend, timeout=timeout, device_id=device_here if device_here.type == "cuda" else None)
+    try:
+        dist.init_process_group(backend, timeout=timeout, device_id=device_here if device_here.type == "cuda" else None)
+    except dist.DistStoreError as err:  # torchrun ends a machine's own ranks; a machine that stopped early, only this wait
+        raise PeersDidNotJoin(f"not every process joined within {timeout.total_seconds():.0f} s ({err}): one stopped before "
+                              f"it could (its machine's output says why, e.g. a --resume file missing there), or cannot reach "
+                              f"this one; {TIMEOUT_ENV} sets the wait") from None
     if dist.get_rank() != 0:
         silence_output()
     return device_here
@@ -135,6 +153,27 @@ def still_running(process: psutil.Process) -> bool:
 def describe() -> str:
     """The start-up line's note, e.g. "world size 2 (gloo)"."""
     return f"world size {world_size()}" + (f" ({dist.get_backend()})" if is_distributed() else "")
+
+
+class PeerCannotGoOn(ValueError):
+    """What ``check_every_rank`` found wrong on one of the ranks, raised on all of them."""
+
+
+def check_every_rank(check: Callable[[], str | None]) -> None:
+    """``check()`` on every rank: the first problem a rank finds (None: none) is raised on every rank,
+    naming that rank and its machine, so that no rank goes on without the others or waits for one that
+    has stopped. The rank that found it also prints it: on another machine than rank 0's, it is what
+    that machine's torchrun shows."""
+    if not is_distributed():
+        return
+    problem = check()
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr)
+    found = [(r, host, p) for r, (host, p) in enumerate(gather((socket.gethostname(), problem))) if p is not None]
+    if found:
+        r, host, first = found[0]
+        others = f" (and on {len(found) - 1} other rank(s))" if len(found) > 1 else ""
+        raise PeerCannotGoOn(f"rank {r} on {host}: {first}{others}")
 
 
 def scaled_lr(lr: float, processes: int) -> float:

@@ -27,7 +27,17 @@ from gesture_core.cli import checkpoint_arg, command
 from gesture_core.preprocess import TTA_MODES, DataConfig, Preprocess, tta_crops, tta_view_count
 from training import cli
 from training.calibrate import SplitOutputs
-from training.data import DatasetError, ImageDataset, Sample, Splits, failure_reports, load_folder, make_loader, videos_hint
+from training.data import (
+    DatasetError,
+    ImageDataset,
+    Sample,
+    Splits,
+    check_split_readable,
+    failure_reports,
+    load_folder,
+    make_loader,
+    videos_hint,
+)
 from training.hand_crops import HandCropCache, crop_samples, format_no_hand, frame_metrics, frame_mistakes, frame_outputs
 from training.loop import IGNORE_LABEL
 from training.open_set import evaluate_open_set, format_unknown, unknown_samples
@@ -69,6 +79,7 @@ def select_samples(checkpoint: Path, classes: list[str], data: str | None, split
     splits = Splits.load(split_file)
     if splits.classes != classes:
         raise DatasetError(f"{split_file} classes {splits.classes} differ from the checkpoint's {classes}")
+    check_split_readable(getattr(splits, split), split, split_file, "pass --data FOLDER to evaluate on the images where they are now")
     return getattr(splits, split), [], split
 
 
@@ -188,6 +199,9 @@ def main(argv: list[str] | None = None) -> int:
         metrics, failed = results["none"]
     else:
         rows, (metrics, failed) = None, evaluate_samples(classifier, samples, batch_size=args.batch_size, workers=args.workers, tta=single)
+    if len(failed) == len(samples):  # before the report: a folder of metrics over no image says nothing true
+        first = failure_reports(failed[:1], classifier.data_config.resize_size)[0]
+        raise DatasetError(f"none of the {len(samples):,} images of {name} could be decoded (e.g. {first['path']}: {first['reason']})")
     suffix = ("" if args.tta == "none" else f"-tta-{args.tta}") + geometry_suffix(args)
     out = Path(args.out) if args.out else args.checkpoint.parent / f"eval-{name}{suffix}"
     out.mkdir(parents=True, exist_ok=True)

@@ -52,7 +52,7 @@ from training.calibrate import (
     split_outputs,
 )
 from training.config import TrainConfig
-from training.data import DatasetError, ImageDataset, Splits, failure_reports, index_seed, load_splits, make_loader
+from training.data import DatasetError, ImageDataset, Splits, failure_reports, index_seed, load_splits, make_loader, unreadable
 from training.distributed import ShardedSeededSampler, is_main_process
 from training.ema import ModelEma
 from training.evaluate import served_outputs
@@ -163,7 +163,18 @@ def parse_config(argv: list[str] | None = None) -> tuple[TrainConfig, Path | Non
         parser.error("--in-channels 1 is only supported by lenet5")
     if cfg.head_epochs >= cfg.epochs and cfg.freeze == "none" and cfg.head_epochs:
         parser.error(f"--head-epochs {cfg.head_epochs} must be smaller than --epochs {cfg.epochs}")
+    if cfg.out and (taken := run_already_in(Path(cfg.out))):
+        raise FileExistsError(taken)
     return cfg, None
+
+
+def run_already_in(out: Path) -> str | None:
+    """Why ``--out`` cannot take a new run: it holds one, whose checkpoints a new run would overwrite."""
+    if (out / "best.pt").is_file() or (out / "metrics.json").is_file():
+        return f"--out {out} holds a trained model (best.pt): pass another --out, or delete that folder to train there again"
+    if (out / "last.pt").is_file():
+        return f"--out {out} holds an interrupted run: continue it with --resume {out}, or pass another --out"
+    return None
 
 
 def resolve_data_dir(data: str) -> Path:
@@ -206,18 +217,34 @@ class Run:
 
 
 def run_folder_and_splits(cfg: TrainConfig, resume: Path | None) -> tuple[Path, Splits]:
-    """The run folder (created) and the dataset split (scanned and saved, or reloaded on resume)."""
+    """The run folder (not created yet) and the dataset split (scanned, or reloaded on resume)."""
     out = resume.parent if resume else Path(cfg.out) if cfg.out else default_run_dir(cfg)
     if resume and (out / "split.json").exists():
-        splits = Splits.load(out / "split.json")
-    else:
-        root = resolve_data_dir(cfg.data)
-        splits = load_splits(root, val_split=cfg.val_split, test_split=cfg.test_split, test_per_class=cfg.test_per_class, seed=cfg.seed, group_by=cfg.group_by)
-        out.mkdir(parents=True, exist_ok=True)  # after the scan: a dataset that cannot be trained on leaves no folder behind
+        return out, Splits.load(out / "split.json")
+    root = resolve_data_dir(cfg.data)
+    return out, load_splits(root, val_split=cfg.val_split, test_split=cfg.test_split, test_per_class=cfg.test_per_class, seed=cfg.seed, group_by=cfg.group_by)
+
+
+def write_run_folder(out: Path, splits: Splits, resume: Path | None) -> None:
+    """Create the run folder and save the split (a resumed run's is there), once every rank can read
+    the images and the model is built: a run that cannot start leaves no folder behind."""
+    if not (resume and (out / "split.json").exists()):
+        out.mkdir(parents=True, exist_ok=True)
         splits.save(out / "split.json")
     if removed := remove_partial_saves(out):
         print(f"removed {len(removed)} partial checkpoint file(s) left by an interrupted save: {', '.join(p.name for p in removed)}")
-    return out, splits
+
+
+def images_missing_here(splits: Splits) -> str | None:
+    """On a rank other than 0: which of the images rank 0 scanned this machine cannot read. A missing
+    image would otherwise be taken for a corrupt one, and skipped: a machine without the dataset
+    would train on nothing, and the run would look like one of half its size."""
+    paths = [s.path for s in (*splits.train, *splits.val)]
+    missing = unreadable(paths)
+    if not missing:
+        return None
+    return (f"cannot read {len(missing):,} of the {len(paths):,} training and validation images rank 0 found, "
+            f"e.g. {missing[0]}: on several machines, the images must be at the same path on each (docs/distributed.md)")
 
 
 def prepare_run(cfg: TrainConfig, resume: Path | None) -> Run:
@@ -228,7 +255,9 @@ def prepare_run(cfg: TrainConfig, resume: Path | None) -> Run:
     check_input_sizes(cfg, backbone)  # also before anything is written
     # rank 0 alone picks the folder and scans the dataset; the other ranks receive both
     out, splits = distributed.from_main(lambda: run_folder_and_splits(cfg, resume))
-    cfg.out, cfg.world_size = str(out), distributed.world_size()
+    distributed.check_every_rank(lambda: None if is_main_process() else images_missing_here(splits))
+    cfg.out, cfg.world_size, scanned = str(out), distributed.world_size(), splits
+    reject_line = reject_choice(splits.classes, cfg.reject_classes)  # a misspelt --reject-class fails before training
     data_config = backbone.data_config.with_channels(cfg.in_chans)
     if cfg.image_size:
         data_config = data_config.with_input_size(cfg.image_size)
@@ -248,8 +277,10 @@ def prepare_run(cfg: TrainConfig, resume: Path | None) -> Run:
     model.to(device, memory_format=torch.channels_last)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # one input size for the whole run: time cuDNN's algorithms once
+    distributed.from_main(lambda: write_run_folder(out, scanned, resume))  # last: a run that cannot start writes nothing
     if is_main_process():
         write_json(out / "config.json", cfg.to_dict())
+        print(reject_line)
     return Run(cfg, out, splits, backbone, data_config, model, device, amp, source_splits, cache, report)
 
 
@@ -371,9 +402,6 @@ def train(cfg: TrainConfig, resume: Path | None = None) -> Path:
     """Run (or continue) fine-tuning; returns the run folder."""
     seed_everything(cfg.seed)
     run = prepare_run(cfg, resume)
-    reject_line = reject_choice(run.splits.classes, cfg.reject_classes)  # a misspelt --reject-class fails before training
-    if is_main_process():
-        print(reject_line)
     train_loader, sampler, val_loader = make_loaders(run)
     lr = distributed.scaled_lr(cfg.lr, cfg.world_size)
     optimizer = build_optimizer(run.model, run.backbone, opt=cfg.opt, lr=lr, backbone_lr_mult=cfg.backbone_lr_mult, weight_decay=cfg.weight_decay, momentum=cfg.momentum)
@@ -640,7 +668,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         distributed.init_distributed(cfg.device)  # under torchrun: join the other processes
         train(cfg, resume)
-    except distributed.RankZeroFailed:
+    except distributed.RankZeroFailed as failed:
+        if distributed.rank_zero_is_elsewhere():  # this machine's torchrun would otherwise end as if all went well
+            print(f"error: rank 0, on another machine, stopped: {failed}", file=sys.stderr)
+            return EXIT_USAGE
         return 0  # rank 0 reports the error and fails the job
     except USER_ERRORS:
         if not is_main_process():  # every rank raises rank 0's error; rank 0 alone says it
