@@ -57,6 +57,27 @@ def describe(err: BaseException) -> str:
     return " ".join(text.split())
 
 
+def output_arg(kind: str, suffixes: tuple[str, ...] = ()) -> Callable[[str], Path]:
+    """An argparse type for a ``kind`` ("file" or "folder") the command will create: refused at once
+    where a file or folder is in the way, or the file name has none of ``suffixes``, rather than when
+    the first result is written (after the work, and with the operating system's words)."""
+
+    def output(text: str) -> Path:
+        path = Path(text)
+        if kind == "file" and path.is_dir():
+            raise argparse.ArgumentTypeError(f"{text} is a folder: pass a file name")
+        if kind == "folder" and path.exists() and not path.is_dir():
+            raise argparse.ArgumentTypeError(f"{text} is a file: pass a folder")
+        if suffixes and path.suffix.lower() not in suffixes:
+            raise argparse.ArgumentTypeError(f"{text}: the file name must end in {' or '.join(suffixes)}")
+        blocking = next((parent for parent in path.parents if parent.exists()), None)
+        if blocking is not None and not blocking.is_dir():
+            raise argparse.ArgumentTypeError(f"{text}: {blocking} is a file, not a folder")
+        return path
+
+    return output
+
+
 def checkpoint_arg(in_run_folder: str) -> Callable[[str], Path]:
     """An argparse type for a checkpoint: a file, or a training run's folder, meaning its
     ``in_run_folder`` file (``best.pt`` to evaluate or serve, ``last.pt`` to resume), as people pass them."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import functools
 import json
 import os
 import shutil
@@ -231,6 +232,31 @@ def test_evaluate_where_no_image_decodes_any_more(run, tmp_path, capsys):
     assert evaluate_main(["--checkpoint", str(folder), "--workers", "0", "--out", str(tmp_path / "eval")]) == 2
     assert f"none of the {len(split['test'])} images of test could be decoded (e.g. " in one_error_line(capsys)
     assert not (tmp_path / "eval").exists()
+
+
+@pytest.mark.parametrize("command, flags, reason", [
+    ("service.webcam.demo", ["--jsonl", "FILE/log.jsonl"], "argument --jsonl: FILE/log.jsonl: FILE is a file, not a folder"),
+    ("service.webcam.demo", ["--jsonl", "FOLDER"], "argument --jsonl: FOLDER is a folder: pass a file name"),
+    ("service.webcam.demo", ["--snapshot-dir", "FILE"], "argument --snapshot-dir: FILE is a file: pass a folder"),
+    ("service.webcam.demo", ["--output", "FOLDER/out.xyz"], "argument --output: FOLDER/out.xyz: the file name must end in .mp4 or .avi"),
+    ("training.check", ["--json", "FOLDER", "FOLDER"], "argument --json: FOLDER is a folder: pass a file name"),
+    ("training.check", ["--workers", "-3", "FOLDER"], "argument --workers"),
+    ("training.export", ["--out", "FOLDER", "--format", "onnx", "--checkpoint", "RUN"], "argument --out: FOLDER is a folder: pass a file name"),
+    ("training.visualize", ["--image", "FOLDER", "--checkpoint", "RUN"], "argument --image: FOLDER is a folder: pass an image file"),
+])  # fmt: skip
+def test_an_output_or_input_path_of_the_wrong_kind_is_refused_before_the_work(run, tmp_path, capsys, command, flags, reason):
+    """Each was found when the first result was written (after the work, in the operating system's
+    words: "[Errno 17] File exists"), was silently clamped, or was called missing while it was a folder."""
+    import importlib
+
+    (tmp_path / "file").write_text("a file")
+    (tmp_path / "folder").mkdir()
+    names = {"FILE": str(tmp_path / "file"), "FOLDER": str(tmp_path / "folder"), "RUN": str(run)}
+    expand = lambda text: functools.reduce(lambda t, kv: t.replace(*kv), names.items(), text)  # noqa: E731
+    with pytest.raises(SystemExit) as exited:
+        importlib.import_module(command).main([expand(f) for f in flags])
+    assert exited.value.code == 2
+    assert expand(reason) in capsys.readouterr().err
 
 
 def test_a_file_system_error_is_one_line_with_the_path(dataset, capsys):

@@ -59,3 +59,15 @@ def test_cli_json_and_errors(capsys):
     assert data["totals"]["flops"] == 2 * data["totals"]["macs"]
     assert main(["--backbone", "resnet18", "--in-channels", "1"]) == 2
     assert "lenet5 only" in capsys.readouterr().err
+
+
+def test_an_input_too_large_for_memory_is_not_called_too_small(monkeypatch, capsys):
+    """torch's allocation failure read "cannot run on a 50000-pixel input (try a larger --input-size)"."""
+    import training.inspect as inspect_module
+
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] data. DefaultCPUAllocator: can't allocate memory: you tried to allocate 30000000000 bytes")
+
+    monkeypatch.setattr(inspect_module, "inspect_backbone", out_of_memory)
+    assert main(["--backbone", "lenet5", "--input-size", "50000"]) == 2
+    assert capsys.readouterr().err == "error: lenet5 on a 50000-pixel input needs more memory than this machine has (try a smaller --input-size)\n"

@@ -32,8 +32,9 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from gesture_core.cli import command
+from gesture_core.cli import command, output_arg
 from gesture_core.images import DECODED_FORMATS, ImageDecodeError, decode_rgb, probe_image
+from training.cli import int_at_least
 from training.config import TrainConfig
 from training.data import SPLITS, DatasetError, is_presplit, scan_class_folders
 from training.data import _printable as printable  # non-UTF-8 names, made printable and JSON-safe
@@ -413,9 +414,9 @@ def format_report(r: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.check", description=__doc__.split("\n\n")[0])
     parser.add_argument("dir", type=Path, metavar="DIR", help="ImageFolder or pre-split train/val/test folder")
-    parser.add_argument("--json", type=Path, metavar="FILE", help="also write the full report as JSON")
+    parser.add_argument("--json", type=output_arg("file"), metavar="FILE", help="also write the full report as JSON")
     parser.add_argument("--fast", action="store_true", help="read headers only, skip the full decode of each image")
-    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="decoding threads")
+    parser.add_argument("--workers", type=int_at_least(1), default=min(4, os.cpu_count() or 1), help="decoding threads")
     args = parser.parse_args(argv)
     report = build_report(args.dir, decode=not args.fast, workers=args.workers)
     print(format_report(report))

@@ -75,6 +75,8 @@ def weights_arg(text: str) -> str:
 
 
 def existing_file(text: str) -> Path:
+    if Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a folder: pass an image file")
     if not Path(text).is_file():
         raise argparse.ArgumentTypeError(f"{text}: no such file")
     return Path(text)

@@ -37,7 +37,7 @@ from torch import nn
 
 from gesture_core.backbones import get_backbone, with_features
 from gesture_core.classifier import Classifier, decode_probs, load_classifier
-from gesture_core.cli import checkpoint_arg, command
+from gesture_core.cli import checkpoint_arg, command, output_arg
 from gesture_core.images import ImageDecodeError
 from gesture_core.rejection import Rejection
 from training import cli
@@ -307,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m training.export", description=__doc__.split("\n")[0], formatter_class=cli.DefaultsHelpFormatter)
     p.add_argument("--checkpoint", type=checkpoint_arg("best.pt"), required=True, help="RUN/best.pt, or the run folder RUN")
     p.add_argument("--format", choices=FORMATS, required=True)
-    p.add_argument("--out", default=None, help="output file (default: RUN/model.onnx or RUN/model.torchscript.pt)")
+    p.add_argument("--out", type=output_arg("file"), default=None, help="output file (default: RUN/model.onnx or RUN/model.torchscript.pt)")
     p.add_argument("--images", nargs="+", default=None, help="images or folders for the parity check (default: the run's test split)")
     p.add_argument("--max-images", type=cli.int_at_least(1), default=64, help="parity images used at most")
     p.add_argument("--tolerance", type=cli.float_in(0.0, float("inf")), default=DEFAULT_TOLERANCE, help="max |Δlogit| allowed")

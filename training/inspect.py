@@ -24,7 +24,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from gesture_core.backbones import build_model, get_backbone
-from gesture_core.cli import command
+from gesture_core.cli import command, describe
 from training import cli
 
 BYTES_PER_ELEMENT = 4  # fp32 activations
@@ -243,8 +243,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         summary = inspect_backbone(args.backbone, input_size=args.input_size, in_chans=args.in_channels, num_classes=args.num_classes, depth=args.depth)
-    except RuntimeError as err:  # the forward pass failed, usually an input too small for the downsampling
-        print(f"error: {args.backbone} cannot run on a {args.input_size or 'default'}-pixel input (try a larger --input-size): {err}", file=sys.stderr)
+    except (RuntimeError, MemoryError) as err:  # the forward pass failed: an input too small for the downsampling, or too large for memory
+        size = f"a {args.input_size or 'default'}-pixel input"
+        if isinstance(err, MemoryError) or "allocate" in str(err):
+            print(f"error: {args.backbone} on {size} needs more memory than this machine has (try a smaller --input-size)", file=sys.stderr)
+        else:
+            print(f"error: {args.backbone} cannot run on {size} (try a larger --input-size): {describe(err)}", file=sys.stderr)
         return 2
     print(json.dumps(summary.to_dict(), indent=1) if args.json else format_table(summary))
     return 0

@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 
 from gesture_core import Prediction
-from gesture_core.cli import checkpoint_arg, command
+from gesture_core.cli import checkpoint_arg, command, output_arg
 from gesture_core.runtime import Runtime, add_runtime_arguments
 from service.webcam.grabber import Frame, FrameGrabber
 from service.webcam.overlay import OverlayInfo, centred_roi, render
@@ -47,6 +47,7 @@ from service.webcam.sources import SourceError, describe_source, is_live, open_s
 
 EXIT_OK, EXIT_SOURCE_LOST, EXIT_USAGE, EXIT_OUTAGE = 0, 1, 2, 3
 RETRY_AFTER_S = 1.0  # during an outage, ask the server again this often; frames keep flowing meanwhile
+VIDEO_SUFFIXES = (".mp4", ".avi")  # what the annotated video is written as: mp4v, or MJPG for .avi
 UNKNOWN_FPS = 30.0  # for cameras and image sequences that do not report a frame rate
 WINDOW_TITLE = "gesture recognition (q quit, s snapshot, space pause)"
 
@@ -397,9 +398,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="show 'no gesture' below this score, 0-1 (default: the model's calibrated threshold; 0.5 for models from before calibration)")
     p.add_argument("--top-k", type=_number(int, 1, 10), default=3, help="bars in the overlay")
     p.add_argument("--headless", action="store_true", help="no window (servers, tests); use --output/--jsonl to keep results")
-    p.add_argument("--output", type=Path, help="write the annotated video here (.mp4 mp4v or .avi MJPG)")
-    p.add_argument("--jsonl", type=Path, help="write one JSON line per frame: index, timestamp, label, score, latency_ms")
-    p.add_argument("--snapshot-dir", type=Path, default=Path("snapshots"), help="where s (and --snapshot-at) save PNGs")
+    p.add_argument("--output", type=output_arg("file", VIDEO_SUFFIXES), help="write the annotated video here (.mp4 mp4v or .avi MJPG)")
+    p.add_argument("--jsonl", type=output_arg("file"), help="write one JSON line per frame: index, timestamp, label, score, latency_ms")
+    p.add_argument("--snapshot-dir", type=output_arg("folder"), default=Path("snapshots"), help="where s (and --snapshot-at) save PNGs")
     p.add_argument("--snapshot-at", type=_number(int, 0), nargs="+", default=(), metavar="INDEX", help="save these frames as PNG (headless screenshots)")
     p.add_argument("--max-frames", type=_number(int, 1), help="stop after this many processed frames")
     add_runtime_arguments(p, default_threads=default_threads(), threads_help="the cores but one, left for capture and drawing")
