@@ -252,6 +252,7 @@ def test_evaluate_on_a_whole_folder(dataset, tmp_path):
         (["--train-size", "8"], "must be in [32, 1024], got 8"),
         (["--image-size", "100000"], "must be in [32, 1024], got 100000"),  # asked OpenCV for 30 GB, and died with a traceback
         (["--device", "tpu"], "invalid choice"),
+        (["--val-split", "0.5", "--test-split", "0.6"], "--val-split 0.5 and --test-split 0.6 leave no training images"),
     ],
 )
 def test_out_of_range_flags_are_refused_at_parsing(argv, message, capsys, tmp_path):

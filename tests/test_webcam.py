@@ -102,8 +102,9 @@ def test_headless_local_run_names_the_gesture_and_writes_outputs(sign_digits_run
     out, jsonl = tmp_path / "annotated.mp4", tmp_path / "predictions.jsonl"
     proc = webcam_cli("--checkpoint", str(sign_digits_run / "best.pt"), "--source", str(digit_clip), "--headless",
                       "--smooth", "8", "--threshold", "0.3", "--output", str(out), "--jsonl", str(jsonl),
-                      "--snapshot-at", "15", "--snapshot-dir", str(tmp_path / "shots"))
+                      "--snapshot-at", "15", "400", "--snapshot-dir", str(tmp_path / "shots"))
     assert proc.returncode == EXIT_OK, proc.stderr
+    assert "warning: no snapshot of frame 400: the run ended after 40 frames" in proc.stderr  # a clip of 40 frames
     lines = read_jsonl(jsonl)
     assert set(lines[0]) >= {"index", "timestamp", "label", "score", "latency_ms"}
     assert_recognises_2_then_7(lines)

@@ -161,6 +161,8 @@ def parse_config(argv: list[str] | None = None) -> tuple[TrainConfig, Path | Non
     cfg = TrainConfig.from_dict({k: ("" if v is None and k == "out" else v) for k, v in values.items()})
     if cfg.in_chans == 1 and cfg.backbone != "lenet5":
         parser.error("--in-channels 1 is only supported by lenet5")
+    if cfg.val_split + cfg.test_split >= 1 and not cfg.test_per_class:
+        parser.error(f"--val-split {cfg.val_split} and --test-split {cfg.test_split} leave no training images: they must add up to less than 1")
     if cfg.head_epochs >= cfg.epochs and cfg.freeze == "none" and cfg.head_epochs:
         parser.error(f"--head-epochs {cfg.head_epochs} must be smaller than --epochs {cfg.epochs}")
     if cfg.out and (taken := run_already_in(Path(cfg.out))):

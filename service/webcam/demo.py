@@ -218,6 +218,7 @@ class Outputs:
         self.options, self.fps, self.log = options, fps, log
         self._writer: cv2.VideoWriter | None = None
         self._jsonl = None
+        self.saved: set[int] = set()  # frame indices saved as snapshots
         if options.jsonl:
             options.jsonl.parent.mkdir(parents=True, exist_ok=True)
             self._jsonl = options.jsonl.open("w", encoding="utf-8")
@@ -235,8 +236,13 @@ class Outputs:
         path.parent.mkdir(parents=True, exist_ok=True)
         if not cv2.imwrite(str(path), canvas):
             raise OSError(f"could not write snapshot {path}")
+        self.saved.add(index)
         self.log(f"saved {path}")
         return path
+
+    def missed_snapshots(self) -> list[int]:
+        """The --snapshot-at frames the run never reached (the source ended first, or --max-frames)."""
+        return sorted(set(self.options.snapshot_at) - self.saved)
 
     def close(self) -> None:
         if self._writer is not None:
@@ -340,6 +346,8 @@ def run(stream: Stream, scorer: Scorer, options: Options, *, window: Window | No
     finally:
         summary.seconds = time.perf_counter() - start
         outputs.close()
+        if missed := outputs.missed_snapshots():
+            log(f"warning: no snapshot of frame {', '.join(map(str, missed))}: the run ended after {summary.frames} frames")
         if window:
             window.close()
     return summary
