@@ -140,6 +140,7 @@ def test_offline_fails_fast_with_one_line_naming_url_and_archive(tmp_path, monke
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "Traceback" not in err
     assert url in err and "--archive PATH" in err and "offline?" in err
+    assert not (tmp_path / "datasets").exists()  # an empty datasets/.downloads/offline/ was left in the working folder
 
 
 class RangeHandler(http.server.BaseHTTPRequestHandler):

@@ -283,7 +283,6 @@ def _offline_hint(entry: Entry, remote: Remote, dest: Path) -> str:
 def download(remote: Remote, dest: Path, *, entry: Entry) -> Path:
     """Fetch ``remote`` to ``dest``, resuming ``dest.part`` with an HTTP Range request when one exists."""
     part = dest.with_name(dest.name + ".part")
-    dest.parent.mkdir(parents=True, exist_ok=True)
     have = part.stat().st_size if part.exists() else 0
     request = urllib.request.Request(remote.url, headers={"User-Agent": "gesture-service-prepare/1"})
     if have:
@@ -306,6 +305,7 @@ def download(remote: Remote, dest: Path, *, entry: Entry) -> Path:
             have = 0  # server ignored Range: start over
         length = response.headers.get("Content-Length")
         total = have + int(length) if length and length.isdigit() else remote.size
+        dest.parent.mkdir(parents=True, exist_ok=True)  # now that there is something to keep: offline leaves no folder
         try:
             with (
                 open(part, "ab" if resumed else "wb") as out,
@@ -397,8 +397,8 @@ def fetch(entry: Entry, root: Path, archive: Path | None) -> tuple[dict[str, Pat
 
 
 def _require_space(folder: Path, size: int | None) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    free = shutil.disk_usage(folder).free
+    existing = next(p for p in (folder, *folder.parents) if p.exists())  # created only once the download starts
+    free = shutil.disk_usage(existing).free
     if size and free < 2.2 * size:  # archive + unpacked copy
         raise PrepareError(f"not enough disk space in {folder}: {free / 1e9:.1f} GB free, about {2.2 * size / 1e9:.1f} GB needed")
 
