@@ -172,8 +172,8 @@ def parse_config(argv: list[str] | None = None) -> tuple[TrainConfig, Path | Non
 
 def run_already_in(out: Path) -> str | None:
     """Why ``--out`` cannot take a new run: it holds one, whose checkpoints a new run would overwrite."""
-    if (out / "best.pt").is_file() or (out / "metrics.json").is_file():
-        return f"--out {out} holds a trained model (best.pt): pass another --out, or delete that folder to train there again"
+    if trained := [name for name in ("best.pt", "metrics.json") if (out / name).is_file()]:
+        return f"--out {out} holds a trained model ({trained[0]}): pass another --out, or delete that folder to train there again"
     if (out / "last.pt").is_file():
         return f"--out {out} holds an interrupted run: continue it with --resume {out}, or pass another --out"
     return None
