@@ -81,12 +81,13 @@ def find_reject_classes(classes: Sequence[str], requested: Iterable[str] | None 
     if requested is None:
         return [c for c in classes if is_reject_name(c)]
     requested = [name for name in requested if name != ""]
-    by_name = {c.lower(): c for c in classes}
-    unknown = [name for name in requested if name.lower() not in by_name]
-    if unknown:
+    by_name = {c.lower(): c for c in reversed(classes)}  # the first of classes differing only in case, when none is named exactly
+    by_name.update({c: c for c in classes})  # an exact name wins: "A" is A, not a
+    found = {name: by_name.get(name, by_name.get(name.lower())) for name in requested}
+    if unknown := [name for name, c in found.items() if c is None]:
         raise ValueError(f"--reject-class {', '.join(map(repr, unknown))}: not a class of this data; "
                          f"choose from {', '.join(classes)} (or '' for no reject class)")
-    return sorted({by_name[name.lower()] for name in requested}, key=list(classes).index)
+    return sorted(set(found.values()), key=list(classes).index)
 
 
 def check_threshold(value: float, what: str = "threshold") -> float:

@@ -69,6 +69,9 @@ def test_reject_class_flag_names_classes_or_turns_the_rule_off():
     assert find_reject_classes(classes, [""]) == []
     with pytest.raises(ValueError, match="choose from fist, nothing, palm, rest_pose"):
         find_reject_classes(classes, ["thumbs_up"])
+    # classes that differ only in case: the exact name is the one meant (the last of them was taken)
+    assert find_reject_classes(["A", "a", "nothing"], ["A"]) == ["A"]
+    assert find_reject_classes(["A", "a", "nothing"], ["a"]) == ["a"]
 
 
 def test_a_threshold_outside_0_1_is_refused_with_the_range(random_head_checkpoint):
