@@ -425,3 +425,14 @@ def test_too_few_validation_gestures_for_the_target_keep_the_floor_and_say_so():
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # at 0.95, 60 are enough
         assert calibrate(outputs_with_scores(correct, [0.3] * 10), ["fist", "palm", "none"], ["none"], target_recall=0.95, score="max_softmax").threshold > 0.3
+
+
+def test_a_validation_split_no_better_than_chance_does_not_flatten_every_probability():
+    """Three validation images, all wrong: the fitted temperature was 5,281,606 and every answer then
+    read 1/3 for each class, in the checkpoint, the service and /info."""
+    logits = np.array([[4.0, 0.0, -1.0], [0.0, 3.0, -2.0], [-1.0, 0.0, 5.0]])
+    with pytest.warns(UserWarning, match=r"kept at 10.0, the end of its range 0.05-10.0 \(validation top-1 0%\)"):
+        assert fit_temperature(logits, np.array([1, 2, 0])) == 10.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a model that is right on most of them: fitted as before, no warning
+        assert 0.05 < fit_temperature(logits, np.array([0, 1, 1])) < 10.0

@@ -58,6 +58,9 @@ from training.report import write_json
 
 DEFAULT_TARGET_RECALL = TrainConfig().reject_target_recall
 ECE_BINS = 15
+# A fitted temperature stays within these: past 10 every probability tends to 1 / classes, which is where
+# a validation split the model does no better than chance on (a few images, say) drives it.
+TEMPERATURE_RANGE = (0.05, 10.0)
 DEFAULT_SCORE = TrainConfig().reject_score  # what the product thresholds by default: docs/no-gesture.md has the comparison
 SCORE_AXIS = {"max_softmax": "threshold on the calibrated top probability",
               "energy": "threshold on the energy's rank among the validation gestures",
@@ -91,7 +94,7 @@ def split_outputs(model: torch.nn.Module, backbone: str, samples: Sequence[Sampl
 # --- calibration --------------------------------------------------------------------------------
 
 def fit_temperature(logits: np.ndarray, targets: np.ndarray) -> float:
-    """The T > 0 minimising NLL(softmax(logits / T)); 1.0 for an empty split.
+    """The T > 0 minimising NLL(softmax(logits / T)), within TEMPERATURE_RANGE; 1.0 for an empty split.
 
     The targets keep 1 / (n + 2) of their mass spread over all classes (Laplace's rule of succession:
     after n validation images without an error, the next one is wrong with probability about 1 / (n + 2)).
@@ -111,7 +114,13 @@ def fit_temperature(logits: np.ndarray, targets: np.ndarray) -> float:
         return loss
 
     optimizer.step(closure)
-    return float(log_t.detach().exp())
+    fitted = float(log_t.detach().exp())
+    low, high = TEMPERATURE_RANGE
+    if not low <= fitted <= high:
+        top1 = float((logits.argmax(1) == targets).mean())
+        warnings.warn(f"the temperature that fits the {len(targets)} validation images is {fitted:.3g}: kept at {min(max(fitted, low), high)}, "
+                      f"the end of its range {low}-{high} (validation top-1 {top1:.0%}); more validation images would calibrate it", stacklevel=2)
+    return min(max(fitted, low), high)
 
 
 def expected_calibration_error(probs: np.ndarray, targets: np.ndarray, bins: int = ECE_BINS) -> float | None:
