@@ -66,6 +66,7 @@ PROGRESSIVE_FRAMES = {0xC2, 0xC6, 0xCA, 0xCE}
 # DDS, ...) are parsers nobody sends a gesture in.
 DECODED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF", "PPM")
 SUPPORTED = "JPEG, PNG, WebP, BMP, TIFF, GIF or PPM/PGM"
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm"})  # the files taken as images
 # File signatures, to name the format of a file whose header is cut or corrupt.
 SIGNATURES = {b"\xff\xd8\xff": "JPEG", b"\x89PNG\r\n\x1a\n": "PNG", b"GIF8": "GIF", b"II*\x00": "TIFF", b"MM\x00*": "TIFF"}
 
@@ -363,8 +364,12 @@ def other_format(data: bytes) -> str | None:
 
 
 def bgr_to_rgb(frame: np.ndarray) -> np.ndarray:
-    """OpenCV frames (webcam, video files) are BGR; everything downstream expects RGB."""
-    return cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+    """An OpenCV frame (webcam, video file; BGR, or grayscale, BGRA, 16-bit as ``cv2.imread(...,
+    IMREAD_UNCHANGED)`` gives them) as RGB uint8, what everything downstream expects: a 16-bit frame
+    was normalised as if it were 8-bit, and scored as noise."""
+    if frame.ndim == 3 and frame.shape[2] in (3, 4):
+        frame = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB if frame.shape[2] == 3 else cv2.COLOR_BGRA2RGB)
+    return _array_to_rgb(frame)
 
 
 def jpeg_is_complete(data: bytes) -> bool:

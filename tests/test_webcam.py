@@ -297,7 +297,8 @@ def test_bad_source_is_a_clear_error(tmp_path, monkeypatch, source, message, ran
 
 
 def test_a_file_cut_short_and_a_sequence_with_a_bad_frame_say_what_was_not_read(tmp_path, sign_digits, random_head_checkpoint):
-    """Both play what decodes and end with exit code 0, as OpenCV stops there; the warning says the rest was never seen."""
+    """Both play what decodes and end with exit code 0; the warning says what was never seen (the rest
+    of the video, as OpenCV stops there; the one image that does not decode)."""
     photos = sorted((sign_digits / "1").iterdir())[:6]
     whole = write_video(tmp_path / "whole.avi", photos, 30, fourcc="MJPG").read_bytes()
     (tmp_path / "cut.avi").write_bytes(whole[: len(whole) // 2])
@@ -314,8 +315,8 @@ def test_a_file_cut_short_and_a_sequence_with_a_bad_frame_say_what_was_not_read(
     assert runs["whole"] == (0, []) and runs["first frames"] == (0, [])  # stopped by --max-frames: nothing to warn about
     code, [warning] = runs["cut"]
     assert code == 0 and re.search(r"cut.avi ended after \d+ of the 30 frames it declares: the rest does not decode", warning)
-    code, [warning] = runs["frames"]
-    assert code == 0 and "OpenCV reads 2 of the 6 files that match it" in warning
+    code, [warning] = runs["frames"]  # OpenCV's reader stopped at the bad file: 2 of the 6 were read, with a warning
+    assert code == 0 and re.search(r"frames/%03d.jpg: skipped 1 of its 6 files, which do not decode: .*002.jpg", warning), warning
 
 
 def test_missing_checkpoint_is_a_clear_error(tmp_path, short_clip, capsys):
@@ -450,3 +451,47 @@ def test_keys_snapshot_pause_and_quit(monkeypatch, tmp_path, short_clip, random_
     summary = run(Stream.open(str(short_clip)), engine, Options(snapshot_dir=tmp_path), window=Window(), log=lambda m: None)
     assert summary.frames == 5 and gui.destroyed
     assert sorted(p.name for p in tmp_path.iterdir()) == ["snapshot-000001.png", "snapshot-000002.png"]
+
+
+def test_images_reach_the_model_as_predict_decodes_them(tmp_path, sign_digits, random_head_checkpoint):
+    """An image sequence of a grayscale, a 16-bit and a 4-channel PNG, and one photo stored rotated with
+    an EXIF orientation. OpenCV's readers passed the first three on as they were (the overlay then
+    failed: "could not broadcast", or a cv2.error traceback for 16 bits) and ignored the orientation
+    (the model saw the photo on its side): each frame now scores as ``Classifier.predict`` scores the file."""
+    from PIL import Image
+
+    photo = Image.open(sorted((sign_digits / "3").iterdir())[0]).convert("RGB").resize((120, 90))
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    photo.convert("L").save(frames / "000.png")
+    cv2.imwrite(str(frames / "001.png"), cv2.cvtColor(np.asarray(photo), cv2.COLOR_RGB2BGR).astype(np.uint16) * 257)
+    rgba = photo.convert("RGBA")
+    rgba.putalpha(128)
+    rgba.save(frames / "002.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored turned a quarter to the left: a viewer turns it back a quarter to the right
+    photo.transpose(Image.Transpose.ROTATE_90).save(tmp_path / "rotated.jpg", exif=exif, quality=95)
+    classifier = load_classifier(random_head_checkpoint, device="cpu", engine="torch")
+    for source, files in [(frames / "%03d.png", sorted(frames.iterdir())), (tmp_path / "rotated.jpg", [tmp_path / "rotated.jpg"])]:
+        jsonl = tmp_path / f"{Path(source).stem}.jsonl"
+        logged = []
+        code = main(["--checkpoint", str(random_head_checkpoint), "--source", str(source), "--headless", "--engine", "torch",
+                     "--smooth", "1", "--threshold", "0", "--jsonl", str(jsonl)], log=logged.append)  # fmt: skip
+        assert code == EXIT_OK, logged
+        lines = read_jsonl(jsonl)
+        expected = [classifier.predict(str(path), threshold=0) for path in files]
+        assert [line["label"] for line in lines] == [p.label for p in expected], (logged, lines)
+        assert [line["score"] for line in lines] == pytest.approx([p.score for p in expected], abs=1e-4)
+
+
+def test_a_frame_of_any_opencv_kind_scores_as_its_file(tmp_path, sign_digits, random_head_checkpoint):
+    """``predict(frame, bgr=True)`` on a 16-bit frame normalised it as if it were 8-bit (scored noise)."""
+    photo = cv2.imread(str(sorted((sign_digits / "3").iterdir())[0]))
+    classifier = load_classifier(random_head_checkpoint, device="cpu", engine="torch")
+    kinds = {"16-bit": photo.astype(np.uint16) * 257, "gray": cv2.cvtColor(photo, cv2.COLOR_BGR2GRAY),
+             "bgra": cv2.cvtColor(photo, cv2.COLOR_BGR2BGRA)}  # fmt: skip
+    for kind, frame in kinds.items():
+        cv2.imwrite(str(tmp_path / f"{kind}.png"), frame)
+        from_frame = classifier.predict(frame, bgr=True, threshold=0)
+        from_file = classifier.predict(str(tmp_path / f"{kind}.png"), threshold=0)
+        assert (from_frame.label, from_frame.score) == (from_file.label, pytest.approx(from_file.score, abs=1e-6)), kind

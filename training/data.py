@@ -18,10 +18,18 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from gesture_core.images import TRUNCATED_JPEG, ImageDecodeError, check_dimensions, decode_rgb, jpeg_is_complete, probe_image
+from gesture_core.images import (
+    IMAGE_SUFFIXES,
+    TRUNCATED_JPEG,
+    ImageDecodeError,
+    check_dimensions,
+    decode_rgb,
+    jpeg_is_complete,
+    probe_image,
+)
 from training.grouping import DatasetError, assign_groups, grouped_split
 
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm"}
+IMAGE_EXTENSIONS = IMAGE_SUFFIXES
 # Recordings people drop into a class folder, expecting their frames to be trained on.
 VIDEO_EXTENSIONS = {".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".3gp"}
 VIDEO_TO_FRAMES = "python -m service.webcam.capture --source VIDEO --headless --label CLASS --out DATASET"

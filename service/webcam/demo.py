@@ -43,7 +43,7 @@ from service.webcam.scoring import (
     decision_rule,
     default_threads,
 )
-from service.webcam.sources import SourceError, describe_source, is_live, open_source, parse_source, unread_files
+from service.webcam.sources import SourceError, describe_source, is_live, open_source, parse_source
 
 EXIT_OK, EXIT_SOURCE_LOST, EXIT_USAGE, EXIT_OUTAGE = 0, 1, 2, 3
 RETRY_AFTER_S = 1.0  # during an outage, ask the server again this often; frames keep flowing meanwhile
@@ -81,7 +81,6 @@ class Stream:
     live: bool
     camera: bool
     fps: float  # 0 when unknown
-    warning: str | None = None  # an image sequence whose later files will not be read (sources.unread_files)
 
     @classmethod
     def open(cls, spec: int | str) -> Stream:
@@ -90,7 +89,7 @@ class Stream:
         capture = open_source(source)
         fps = capture.get(cv2.CAP_PROP_FPS)
         fps = fps if fps and 0 < fps < 1000 else 0.0
-        return cls(capture, describe_source(source), is_live(source), isinstance(source, int), fps, unread_files(source, capture))
+        return cls(capture, describe_source(source), is_live(source), isinstance(source, int), fps)
 
 
 @dataclass(frozen=True)
@@ -130,7 +129,7 @@ class Summary:
     latencies_ms: list[float] = field(default_factory=list)
     outage_frames: int = 0
     error: str | None = None  # the source disappeared mid-stream
-    warning: str | None = None  # a file ended well before the frames it declares (grabber.ended_early)
+    warning: str | None = None  # a file ended well before the frames it declares, or images that do not decode (grabber.ended_early)
     labels: list[str | None] = field(default_factory=list)  # smoothed label per processed frame
     palm_detections: int | None = None  # hand-crop models, locally: frames on which palm detection ran
 
@@ -446,8 +445,6 @@ def main(argv: list[str] | None = None, log: Log = _stderr) -> int:
         log(f"error: {err}")
         return EXIT_USAGE
     log(f"{stream.description} -> {scorer.name}" + (" (window: q quit, s snapshot, space pause)" if show_window else " (headless)"))
-    if stream.warning:
-        log(f"warning: {stream.warning}")
     try:
         summary = run(stream, scorer, options_from_args(args), window=Window() if show_window else None, log=log)
     except OSError as err:

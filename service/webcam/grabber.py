@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from service.webcam.sources import ImageFiles
+
 # A live source that fails this long in a row is gone (unplugged camera, dropped stream);
 # single failed reads happen and are retried.
 LOST_AFTER_S = 2.0
@@ -48,7 +50,7 @@ class FrameGrabber:
         self._stop = False
         self._thread = threading.Thread(target=self._run, name="frame-grabber", daemon=True)
         self.error: str | None = None  # set when a live source disappears or reading raises
-        self.warning: str | None = None  # set when a file ends well before the frames it declares
+        self.warning: str | None = None  # set when a file ends well before the frames it declares, or images do not decode
         self.read_count = 0
         self.dropped = 0
 
@@ -133,10 +135,12 @@ class FrameGrabber:
             self._cond.notify_all()
 
 
-def ended_early(capture: cv2.VideoCapture, frames_read: int, description: str) -> str | None:
+def ended_early(capture: cv2.VideoCapture | ImageFiles, frames_read: int, description: str) -> str | None:
     """A file whose container declares more frames than could be read: the rest does not decode (the
     file was cut short, or a frame is corrupt), which the summary alone would not show. Containers may
-    round their count, so a frame or 5% short is not reported."""
+    round their count, so a frame or 5% short is not reported. Images: the files that did not decode."""
+    if isinstance(capture, ImageFiles):
+        return capture.skipped_note(description)
     declared = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
     if declared - frames_read < max(2, 0.05 * declared):
         return None

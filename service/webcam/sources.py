@@ -15,8 +15,13 @@
 * an integer, or a string of digits: a camera device index (``0`` is the default webcam);
 * ``scheme://...`` (rtsp, http, https, udp, tcp, file): a stream opened through FFmpeg with short
   open/read timeouts, so an unreachable host fails in seconds instead of hanging;
-* a path containing ``%d``-style placeholder (``frames/%04d.png``): an image sequence;
+* a path containing ``%d``-style placeholder (``frames/%04d.png``): an image sequence, every file
+  that matches it in number order;
+* the path of an image file (``.jpg``, ``.png``, ...): that one image;
 * any other string: a video file path.
+
+Images (sequences and single files) are read by ``ImageFiles`` through ``gesture_core.images.read_rgb``,
+the decoder of training, ``Classifier.predict`` and the service, so each frame has the pixels they see.
 
 Every failure is a ``SourceError`` whose message names the source and says what to try.
 """
@@ -32,7 +37,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-__all__ = ["SourceError", "open_source", "parse_source", "is_live", "describe_source", "read_frames", "unread_files"]
+from gesture_core.images import IMAGE_SUFFIXES, ImageDecodeError, read_rgb
+
+__all__ = ["SourceError", "ImageFiles", "open_source", "parse_source", "is_live", "describe_source", "read_frames"]
 
 # Streams: long enough for a slow network camera, short enough that a typo does not look like a hang.
 STREAM_TIMEOUT_MS = 5000
@@ -72,11 +79,48 @@ def describe_source(spec: int | str | os.PathLike) -> str:
         return f"stream {source}"
     if _SEQUENCE.search(source):
         return f"image sequence {source}"
+    if Path(source).suffix.lower() in IMAGE_SUFFIXES:
+        return f"image {source}"
     return f"video file {source}"
 
 
-def open_source(spec: int | str | os.PathLike) -> cv2.VideoCapture:
-    """Return an opened ``cv2.VideoCapture`` for ``spec``, or raise ``SourceError``. The caller releases it."""
+class ImageFiles:
+    """Still images as a frame source, with what the webcam reads of a ``cv2.VideoCapture`` (``read``,
+    ``get``, ``isOpened``, ``release``). Each file is decoded by ``read_rgb``, as training, ``predict``
+    and the service decode it: OpenCV's image-sequence reader ignored the EXIF orientation, passed
+    grayscale, 16-bit and 4-channel frames on as they were (the overlay then failed), and stopped at
+    the first number missing. A file that does not decode is skipped, and ``skipped`` says why."""
+
+    def __init__(self, paths: list[Path]):
+        self.paths, self.next, self.skipped = paths, 0, []
+
+    def isOpened(self) -> bool:  # noqa: N802 - cv2.VideoCapture's name
+        return bool(self.paths)
+
+    def read(self) -> tuple[bool, np.ndarray | None]:
+        while self.next < len(self.paths):
+            path, self.next = self.paths[self.next], self.next + 1
+            try:
+                return True, cv2.cvtColor(read_rgb(path), cv2.COLOR_RGB2BGR)
+            except ImageDecodeError as err:
+                self.skipped.append(str(err))
+        return False, None
+
+    def get(self, prop: int) -> float:
+        return float(len(self.paths)) if prop == cv2.CAP_PROP_FRAME_COUNT else 0.0  # no frame rate: the caller's default
+
+    def release(self) -> None:
+        self.next = len(self.paths)
+
+    def skipped_note(self, description: str) -> str | None:
+        if not self.skipped:
+            return None
+        more = f" (and {len(self.skipped) - 1} more)" if len(self.skipped) > 1 else ""
+        return f"{description}: skipped {len(self.skipped)} of its {len(self.paths)} files, which do not decode: {self.skipped[0]}{more}"
+
+
+def open_source(spec: int | str | os.PathLike) -> cv2.VideoCapture | ImageFiles:
+    """Return an opened ``cv2.VideoCapture`` (or ``ImageFiles``) for ``spec``, or raise ``SourceError``. The caller releases it."""
     source = parse_source(spec)
     with _quiet_opencv():
         cap, hint = _open(source)
@@ -86,7 +130,7 @@ def open_source(spec: int | str | os.PathLike) -> cv2.VideoCapture:
     return cap
 
 
-def _open(source: int | str) -> tuple[cv2.VideoCapture, str]:
+def _open(source: int | str) -> tuple[cv2.VideoCapture | ImageFiles, str]:
     if isinstance(source, int):
         cap = cv2.VideoCapture(source)
         hint = "is a camera attached and not in use by another program? Use --source VIDEO_FILE to run from a file"
@@ -96,8 +140,10 @@ def _open(source: int | str) -> tuple[cv2.VideoCapture, str]:
         hint = f"check the URL and that the stream is reachable (opening times out after {STREAM_TIMEOUT_MS / 1000:g} s)"
     elif _SEQUENCE.search(source):
         _require_sequence(source)
-        cap = cv2.VideoCapture(source, cv2.CAP_IMAGES)
-        hint = "the images must be numbered consecutively and readable by OpenCV"
+        cap, hint = ImageFiles(_sequence_files(source)), "no files match"
+    elif Path(source).suffix.lower() in IMAGE_SUFFIXES:
+        _require_file(source, "image")
+        cap, hint = ImageFiles([Path(source)]), "no such image"
     else:
         _require_file(source)
         cap = cv2.VideoCapture(source)
@@ -116,7 +162,7 @@ def _quiet_opencv() -> Iterator[None]:
         cv2.utils.logging.setLogLevel(level)
 
 
-def read_frames(cap: cv2.VideoCapture, *, max_failures: int = 30) -> Iterator[np.ndarray]:
+def read_frames(cap: cv2.VideoCapture | ImageFiles, *, max_failures: int = 30) -> Iterator[np.ndarray]:
     """Yield BGR frames until the source ends; a live source may drop a few frames before it counts as ended."""
     failures = 0
     while True:
@@ -130,40 +176,26 @@ def read_frames(cap: cv2.VideoCapture, *, max_failures: int = 30) -> Iterator[np
             return
 
 
-def _is_live_capture(cap: cv2.VideoCapture) -> bool:
+def _is_live_capture(cap: cv2.VideoCapture | ImageFiles) -> bool:
     # Files and sequences report a frame count; cameras and streams report 0 or -1.
     return cap.get(cv2.CAP_PROP_FRAME_COUNT) <= 0
 
 
-def _require_file(source: str) -> None:
+def _require_file(source: str, kind: str = "video") -> None:
     path = Path(source)
     if path.is_dir():
         raise SourceError(f"{source} is a folder; for an image sequence pass a pattern such as {path / '%04d.jpg'}")
     if not path.is_file():
-        raise SourceError(f"{source}: no such video file (for a camera pass its index, e.g. --source 0)")
+        raise SourceError(f"{source}: no such {kind} file (for a camera pass its index, e.g. --source 0)")
     if not os.access(path, os.R_OK):
         raise SourceError(f"{source}: permission denied")
 
 
-def unread_files(spec: int | str | os.PathLike, cap: cv2.VideoCapture) -> str | None:
-    """An image sequence that OpenCV will stop reading before its last file: it reads from the first
-    number on and stops at the first number missing or the first file that does not decode, and
-    would say nothing. What to tell the user, or None."""
-    source = parse_source(spec)
-    if not isinstance(source, str) or _URL.match(source) or not _SEQUENCE.search(source):
-        return None
-    matching = len(_sequence_files(source))
-    readable = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
-    if matching <= readable:
-        return None
-    return (f"image sequence {source}: OpenCV reads {readable} of the {matching} files that match it; it stops at the "
-            "first number missing from the sequence or the first file that does not decode")
-
-
 def _sequence_files(pattern: str) -> list[Path]:
-    """The files an image-sequence pattern names: ``f%03d.jpg`` -> every ``f<digits>.jpg`` beside it."""
-    folder, numbered = Path(pattern).parent, re.compile(_SEQUENCE.sub(r"\\d+", re.escape(Path(pattern).name)))
-    return [path for path in folder.iterdir() if numbered.fullmatch(path.name)] if folder.is_dir() else []
+    """The files an image-sequence pattern names, in number order: ``f%03d.jpg`` -> every ``f<digits>.jpg`` beside it."""
+    folder, numbered = Path(pattern).parent, re.compile(_SEQUENCE.sub(r"(\\d+)", re.escape(Path(pattern).name)))
+    found = [(match, path) for path in folder.iterdir() if (match := numbered.fullmatch(path.name))] if folder.is_dir() else []
+    return [path for match, path in sorted(found, key=lambda item: (tuple(map(int, item[0].groups())), item[1].name))]
 
 
 def _require_sequence(pattern: str) -> None:
