@@ -230,6 +230,8 @@ def test_sources_open_files_sequences_and_reject_the_rest(tmp_path: Path, video:
         open_source(str(tmp_path / "none%03d.png"))
     with pytest.raises(SourceError, match="camera index must be >= 0"):
         parse_source(-1)
+    with pytest.raises(SourceError, match="camera index must be >= 0, got -1"):  # as typed: "no such video file" before
+        parse_source("-1")
 
 
 def test_cli_runs_as_a_module_and_service_never_imports_training(tmp_path: Path):

@@ -62,6 +62,8 @@ def parse_source(spec: int | str | os.PathLike) -> int | str:
     text = os.fspath(spec).strip()
     if not text:
         raise SourceError("empty source: give a camera index (0), a video file, an image pattern (frames/%04d.jpg) or a URL")
+    if re.fullmatch(r"-\d+", text) and not Path(text).exists():
+        raise SourceError(f"camera index must be >= 0, got {text}")
     return int(text) if text.isdigit() else text
 
 
