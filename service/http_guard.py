@@ -21,6 +21,8 @@
   first, at C speed (a count of the bytes, or the one split of a multipart body): more parts or
   fields than ``Request.form`` allows, or more JSON punctuation than a flat object needs, get a 400
   before any parsing in Python.
+* **Media types in any case:** BentoML picks a body's parser by the Content-Type's exact text, so
+  ``Multipart/Form-Data`` is lowered before BentoML reads it.
 * **JSON errors:** every error response is ``{"error": reason, ...}``. BentoML 1.4.39 wraps its own
   4xx messages in a one-element list (bentoml/BentoML#4232), and Starlette answers unknown routes
   (404) and wrong methods (405) in plain text.
@@ -116,7 +118,7 @@ class RequestGuard:
                                    "worker (server setting GESTURE_MAX_CONCURRENCY); retry shortly", retry_after=1)
         self.in_progress += 1
         try:
-            await self.app(scope, replay(body, receive), send)
+            await self.app(with_lowercase_media_type(scope), replay(body, receive), send)
         finally:
             self.in_progress -= 1
 
@@ -266,6 +268,19 @@ def check_part_counts(parts: list[FormPart]) -> None:
 
 
 # --- reading and answering ---------------------------------------------------------------------------
+
+
+def with_lowercase_media_type(scope: Scope) -> Scope:
+    """The scope, its Content-Type's media type in lower case. Media types are case-insensitive (RFC 9110,
+    8.3.1), but BentoML 1.4.39 picks a body's parser by the header's exact text, and parsed a
+    "Multipart/Form-Data" body as JSON ("Invalid JSON")."""
+    headers = [(name, lowercase_media_type(value) if name.lower() == b"content-type" else value) for name, value in scope.get("headers", [])]
+    return {**scope, "headers": headers} if headers != scope.get("headers", []) else scope
+
+
+def lowercase_media_type(value: bytes) -> bytes:
+    media_type, separator, parameters = value.partition(b";")  # the parameters keep their case: a boundary is case-sensitive
+    return media_type.lower() + separator + parameters
 
 
 def header(scope: Scope, wanted: bytes) -> bytes | None:

@@ -151,6 +151,18 @@ def test_an_uploads_oddities_write_nothing_to_the_log(http, server, fmt, units, 
     assert warning not in logged and len(logged) < 2000, logged[:3000]
 
 
+@pytest.mark.parametrize("content_type", ["Multipart/Form-Data", "MULTIPART/FORM-DATA"])
+def test_a_media_type_in_any_case_is_read_as_that_type(http, content_type):
+    """Media types are case-insensitive; BentoML read this multipart body as JSON ("Invalid JSON")."""
+    boundary = "Ab0-CaseSensitive"  # a boundary keeps its case
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.jpg\"\r\nContent-Type: image/jpeg\r\n\r\n".encode()
+            + jpeg(0) + f"\r\n--{boundary}--\r\n".encode())
+    resp = http.post("/predict", content=body, headers={"Content-Type": f"{content_type}; boundary={boundary}"})
+    expected = http.post("/predict", files={"image": ("a.jpg", jpeg(0))})
+    assert resp.status_code == 200, resp.text
+    assert resp.json() == expected.json()
+
+
 @pytest.mark.parametrize("case", sorted(ambiguous_requests()))
 def test_ambiguous_requests_get_the_reason_in_json(http, case):
     request, status, phrase = ambiguous_requests()[case]
