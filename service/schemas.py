@@ -75,7 +75,7 @@ def decode_base64(value: bytes) -> bytes:
     """Base64 as encoders write it: plain or URL-safe, with or without its padding, wrapped over lines
     (``base64 photo.jpg`` breaks every 76 characters, as MIME does), or a browser data URL
     (``data:image/jpeg;base64,...``). Anything else outside the alphabet is refused."""
-    if value.startswith(b"data:") and b"," in value:
+    if value[:16].lstrip()[:5].lower() == b"data:" and b"," in value:  # a URL scheme is case-insensitive (RFC 3986)
         value = value.split(b",", 1)[1]
     try:  # most clients send it plain: normalising every body first would cost more than the decode itself
         return base64.b64decode(value, validate=True)

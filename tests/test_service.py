@@ -241,7 +241,8 @@ def test_base64_as_encoders_write_it_is_decoded_once_into_the_image(svc, images)
 
     data = images[0][1]
     wrapped = "\n".join(b64(data)[i : i + 76] for i in range(0, len(b64(data)), 76)) + "\n"  # `base64 photo.jpg`
-    for variant in (b64(data), wrapped, "data:image/jpeg;base64," + wrapped, base64.urlsafe_b64encode(data).decode().rstrip("="), " " + b64(data) + "\r\n"):
+    for variant in (b64(data), wrapped, "data:image/jpeg;base64," + wrapped, base64.urlsafe_b64encode(data).decode().rstrip("="), " " + b64(data) + "\r\n",
+                    "DATA:image/jpeg;base64," + b64(data), " data:image/jpeg;base64," + b64(data)):  # a scheme in any case; a space before it
         assert validated("predict", {"image_b64": variant})["image_b64"] == data  # the handler gets the image's bytes
         assert validated("predict_batch", {"images_b64": [variant, b64(data)]})["images_b64"] == [data, data]
     for garbage in (b64(data)[:-8] + "!!!!" + b64(data)[-4:], "a", "ab=c"):
