@@ -148,25 +148,26 @@ class GestureClassifier:
         if (image is None) == (image_b64 is None):
             raise BadInput("send exactly one image: a multipart file field named 'image', or JSON {\"image_b64\": \"<base64>\"}"
                            + ("" if image is None else " (got both)"))
-        upload = image if image is not None else image_b64
+        upload, field = (image, "image") if image is not None else (image_b64, "image_b64")  # the field a reason names
         if self.classifier.hands_mode:
-            return await self.predict_hands(upload, "image", top_k, threshold)
-        return self.prediction(await self.batcher(await self.model_input(upload, "image")), top_k, threshold)
+            return await self.predict_hands(upload, field, top_k, threshold)
+        return self.prediction(await self.batcher(await self.model_input(upload, field)), top_k, threshold)
 
     @bentoml.api
     async def predict_batch(self, images: ImageFiles = None, images_b64: ImagesBase64 = None,
                             top_k: TopK = 5, threshold: Threshold = None) -> list[PredictionOut]:
         """Classify several images in one request (repeat the multipart field `images`, or JSON `images_b64`)."""
         uploads: list[Path | bytes] = [*(images or []), *(images_b64 or [])]
+        fields = [f"images[{i}]" for i in range(len(images or []))] + [f"images_b64[{i}]" for i in range(len(images_b64 or []))]
         if not uploads:
             raise BadInput("send at least one image: repeat the multipart file field 'images', or JSON {\"images_b64\": [...]}")
         if len(uploads) > self.settings.batch_size:
             raise BadInput(f"{len(uploads)} images in one request; the limit is {self.settings.batch_size} (GESTURE_BATCH_SIZE)")
         if self.classifier.hands_mode:
-            found = [await self.find_hands(upload, f"images[{i}]") for i, upload in enumerate(uploads)]
+            found = [await self.find_hands(upload, field) for upload, field in zip(uploads, fields, strict=True)]
             scores = await asyncio.gather(*(self.batcher.many(crops) for _, crops in found))
             return [self.hands_prediction(hands, p, top_k, threshold) for (hands, _), p in zip(found, scores, strict=True)]
-        inputs = [await self.model_input(upload, f"images[{i}]") for i, upload in enumerate(uploads)]
+        inputs = [await self.model_input(upload, field) for upload, field in zip(uploads, fields, strict=True)]
         scores = await asyncio.gather(*(self.batcher(item) for item in inputs), return_exceptions=True)
         if failed := next((p for p in scores if isinstance(p, BaseException)), None):
             raise failed  # the first image that does not decode, in the order sent

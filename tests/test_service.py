@@ -280,7 +280,9 @@ def test_corrupt_jpeg_body_is_refused_like_load_classifier_refuses_it(svc, refer
     assert "corrupt or truncated image" in str(local.value)  # what the installed decoders make of it
     with pytest.raises(BadInput) as served:
         asyncio.run(svc.predict(image_b64=corrupt))
-    assert str(served.value) == f"image: {local.value}"
+    assert str(served.value) == f"image_b64: {local.value}"  # the field it came in ("image:" before, which it was not)
+    with pytest.raises(BadInput, match=r"^images_b64\[1\]: "):  # "images[1]" before
+        asyncio.run(svc.predict_batch(images_b64=[whole, corrupt]))
 
 
 def test_odd_image_modes_are_decoded_like_load_classifier(svc, reference):
