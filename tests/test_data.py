@@ -62,6 +62,30 @@ def test_presplit_layout_is_used_as_is(tmp_path):
     assert splits.layout == "presplit" and splits.counts() == {"train": 24, "val": 6, "test": 9}
 
 
+def test_a_presplit_class_absent_from_val_or_test_is_said(tmp_path):
+    """It passed silently: model selection and calibration never saw the class, or the test never measured it."""
+    make_image_folder(tmp_path / "d" / "train", per_class=6)
+    make_image_folder(tmp_path / "d" / "val", classes=("fist", "palm"), per_class=2)
+    make_image_folder(tmp_path / "d" / "test", classes=("fist",), per_class=2)
+    with pytest.warns(UserWarning) as said:
+        load_splits(tmp_path / "d")
+    assert [str(w.message) for w in said] == [
+        f"{tmp_path / 'd'}/val has no images of peace: the model is chosen and calibrated without them",
+        f"{tmp_path / 'd'}/test has no images of palm, peace: the test does not measure them"]
+
+
+def test_a_class_name_written_decomposed_is_the_same_class(tmp_path):
+    """macOS writes "ñandú" decomposed (NFD): its test folder was "a class missing from train"."""
+    import unicodedata
+
+    name = "ñandú"
+    make_image_folder(tmp_path / "d" / "train", classes=(unicodedata.normalize("NFC", name), "palm"), per_class=4)
+    make_image_folder(tmp_path / "d" / "test", classes=(unicodedata.normalize("NFD", name), "palm"), per_class=2)
+    splits = load_splits(tmp_path / "d")
+    assert splits.classes == ["palm", unicodedata.normalize("NFC", name)]
+    assert sorted(s.label for s in splits.test) == [0, 0, 1, 1]
+
+
 def test_split_round_trips_through_json(tmp_path):
     splits = load_splits(make_image_folder(tmp_path / "d", per_class=10))
     splits.save(tmp_path / "split.json")

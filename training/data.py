@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 import stat
+import unicodedata
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,11 +113,14 @@ def scan_class_folders(root: Path, skipped: list[dict[str, str]], ignored: list[
     """
     if not root.is_dir():
         raise DatasetError(f"{root} is not a folder")
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    if not classes:
+    folders = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not folders:
         raise DatasetError(f"{root} has no class folders; expected {root}/<class>/<image> (ImageFolder layout)"
                            + videos_hint(list(root.iterdir())))
-    return {name: _valid_images(root / name, skipped, ignored) for name in classes}
+    by_class: dict[str, list[str]] = {}
+    for folder in folders:  # a class is its name in NFC: macOS writes "ñandú" decomposed (NFD), Linux and Windows composed
+        by_class.setdefault(unicodedata.normalize("NFC", folder), []).extend(_valid_images(root / folder, skipped, ignored))
+    return dict(sorted(by_class.items()))
 
 
 def scan_images(root: Path, skipped: list[dict[str, str]]) -> list[str]:
@@ -254,6 +259,9 @@ def _check_same_classes(parts: dict[str, dict[str, list[str]]], classes: list[st
         extra = sorted(set(by_class) - set(classes))
         if extra:
             raise DatasetError(f"{root}/{name} has classes missing from {root}/train: {', '.join(extra)}")
+        if absent := [c for c in classes if not by_class.get(c)]:
+            unseen = "the model is chosen and calibrated without them" if name == "val" else "the test does not measure them"
+            warnings.warn(f"{root}/{name} has no images of {', '.join(absent)}: {unseen}", stacklevel=3)
 
 
 def load_folder(root: str | os.PathLike, classes: Sequence[str]) -> tuple[list[Sample], list[dict[str, str]]]:
