@@ -174,3 +174,12 @@ def test_tiffs_with_vendor_tags_read_without_decoder_warnings(tmp_path: Path):
     assert done.returncode == 0, done.stderr
     assert json.loads((tmp_path / "r.json").read_text())["counts"] == {"fist": 3, "palm": 3}
     assert "TIFF_Warning" not in done.stdout + done.stderr and "WARN" not in done.stderr, done.stderr[:2000]
+
+
+def test_class_names_that_differ_only_in_case_are_warned_of(tmp_path):
+    """Two classes here, one folder on a case-insensitive file system (macOS, Windows)."""
+    root = make_image_folder(tmp_path / "d", classes=("A", "a", "b"), per_class=3)
+    if len([p for p in root.iterdir() if p.is_dir()]) < 3:
+        pytest.skip("this file system does not tell A from a")
+    report = build_report(root, workers=1)
+    assert any("class names that differ only in case: A and a" in w for w in report["warnings"]), report["warnings"]

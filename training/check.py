@@ -295,6 +295,12 @@ def _warnings(report: dict, per_split: dict[str, dict[str, int]], layout: str) -
         w.append(
             f"class imbalance {ratio:g}:1 (largest/smallest); consider --class-weights or collecting more of the small classes"
         )
+    by_case: dict[str, list[str]] = {}
+    for c in report["classes"]:
+        by_case.setdefault(c.casefold(), []).append(c)
+    if same := [names for names in by_case.values() if len(names) > 1]:
+        w.append("class names that differ only in case: " + "; ".join(" and ".join(names) for names in same)
+                 + ": on macOS and Windows they are one folder, so a copy of this dataset there merges them")
     if layout == "presplit":
         w += _split_warnings(per_split)
     elif set(report["classes"]) & set(SPLITS):
