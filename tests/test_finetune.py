@@ -429,3 +429,11 @@ def test_inception_trains_below_its_auxiliary_classifiers_input_without_them(dat
     out = finetune.train(tiny_config(dataset, tmp_path / "run", backbone="inception_v3", image_size=80, epochs=1))
     assert "auxiliary classifiers off: inception_v3's take inputs of 299 px or more, this run trains at 80 px" in capsys.readouterr().out
     assert (out / "best.pt").is_file()
+
+
+def test_an_epoch_without_validation_images_says_so():
+    """It read "val loss nan acc n/a  *best": a loss that is no number, and a best chosen by nothing."""
+    row = {"epoch": 2, "train_loss": 0.5, "train_top1": 0.8, "val_loss": float("nan"), "val_top1": None, "train_img_per_s": 40.0}
+    line = finetune.format_epoch(row, 3, improved=True)
+    assert "no validation images (the last epoch is kept)" in line and "nan" not in line and "*best" not in line
+    assert "val loss 0.3000 acc 90.00%" in finetune.format_epoch({**row, "val_loss": 0.3, "val_top1": 0.9}, 3, improved=True)

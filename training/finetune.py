@@ -549,9 +549,9 @@ def is_improvement(row: dict[str, Any], best: dict[str, Any] | None) -> bool:
 
 
 def format_epoch(row: dict[str, Any], epochs: int, improved: bool) -> str:
-    val = "n/a" if row["val_top1"] is None else f"{row['val_top1']:.2%}"
+    val = "no validation images (the last epoch is kept)" if row["val_top1"] is None else f"val loss {row['val_loss']:.4f} acc {row['val_top1']:.2%}"
     return (f"epoch {row['epoch']:>3}/{epochs}  train loss {row['train_loss']:.4f} acc {row['train_top1']:.2%}  "
-            f"val loss {row['val_loss']:.4f} acc {val}  {row['train_img_per_s']:.1f} img/s{'  *best' if improved else ''}")
+            f"{val}  {row['train_img_per_s']:.1f} img/s{'  *best' if improved and row['val_top1'] is not None else ''}")
 
 
 def save_training_state(run: Run, optimizer, scheduler, scaler, state: dict[str, Any], ema: ModelEma | None = None) -> None:
