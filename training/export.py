@@ -319,6 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     out = Path(args.out) if args.out else args.checkpoint.parent / f"model{SUFFIX[args.format]}"
+    if (out.suffix.lower() == ".onnx") != (args.format == "onnx"):  # the file is read back by its suffix, for the parity check
+        raise ValueError(f"--out {out}: a {args.format} file's name must end in {'.onnx' if args.format == 'onnx' else '.pt (e.g. model.torchscript.pt)'}")
     classifier = load_classifier(args.checkpoint, "cpu", engine="torch")  # parity is defined against eager PyTorch, CPU fp32
     inputs = parity_inputs(classifier, parity_images(args.checkpoint, args.images, args.max_images))
     export(classifier, args.format, out, **({"opset": args.opset} if args.format == "onnx" else {}))
