@@ -55,3 +55,15 @@ def test_cli_writes_pngs_and_rejects_unknown_class(random_head_checkpoint, tmp_p
     assert "Grad-CAM at bn2" in capsys.readouterr().out
     assert main(["--checkpoint", str(random_head_checkpoint), "--image", str(image), "--class", "seven", "--out", str(out)]) == 2
     assert "choose from 0, 1, 2" in capsys.readouterr().err
+
+
+def test_gradcam_states_the_calibrated_probability_predict_gives(random_head_checkpoint, tmp_path):
+    """It printed the softmax of the raw logits: 0.522 where predict, evaluate and the service said 0.678."""
+    ckpt = torch.load(random_head_checkpoint, weights_only=True)
+    ckpt["rejection"] = {**ckpt.get("rejection", {}), "reject_classes": [], "temperature": 0.5, "threshold": 0.0, "calibrated": True}
+    torch.save(ckpt, tmp_path / "calibrated.pt")
+    classifier = load_classifier(tmp_path / "calibrated.pt", "cpu")
+    assert classifier.rejection.temperature == 0.5
+    rgb = classifier.preprocess.read(real_or_synthetic_image(tmp_path))
+    cam = grad_cam(classifier, rgb)
+    assert cam.probability == pytest.approx(float(classifier.predict_proba([rgb])[0].max()), abs=1e-4)

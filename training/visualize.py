@@ -124,7 +124,7 @@ def grad_cam(classifier: Classifier, rgb: np.ndarray, class_index: int | None = 
     try:
         with torch.enable_grad():
             logits = model(batch.requires_grad_(True)).float()
-            probs = torch.softmax(logits, dim=1)[0]
+            probs = torch.softmax(logits.detach() / classifier.rejection.temperature, dim=1)[0]  # calibrated, as predict says it
             index = int(probs.argmax()) if class_index is None else class_index
             activation = held["activation"]
             (grad,) = torch.autograd.grad(logits[0, index], activation)
