@@ -211,3 +211,17 @@ def test_check_counts_what_a_frame_by_frame_split_would_separate(tmp_path):
     assert twins["default_rule"] == "frames" and twins["pairs"] == 2 * 59
     # 20 blocks of 3 frames per class: only block boundaries can straddle, far fewer than frame by frame.
     assert twins["straddling_auto"] <= 2 * 12 < twins["straddling_none"]
+
+
+def test_two_captures_started_in_the_same_second_are_two_sessions(tmp_path):
+    """Both were <class>-20261203-234424-<n>.jpg: two recordings, one group."""
+    import numpy as np
+
+    from service.webcam.capture import ImageFolderWriter
+    from training.grouping import SESSION_NAME
+
+    saved = ImageFolderWriter(tmp_path, ["d1"]).save("d1", np.zeros((8, 8, 3), np.uint8))  # what the capture tool writes
+    assert SESSION_NAME.search(saved.stem).group(1).endswith(f"p{os.getpid()}")
+
+    names = ["d1-20261203-234424p4101-00001.jpg", "d1-20261203-234424p4102-00001.jpg", "d1-20261203-234424-00001.jpg"]
+    assert [SESSION_NAME.search(n.removesuffix(".jpg")).group(1) for n in names] == ["20261203-234424p4101", "20261203-234424p4102", "20261203-234424"]

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 GROUP_BY_RULES = ("auto", "none", "session", "folders", "frames")
-SESSION_NAME = re.compile(r"-(\d{8}-\d{6})-\d+$")  # service.webcam.capture: <class>-<YYYYmmdd-HHMMSS>-<n>
+SESSION_NAME = re.compile(r"-(\d{8}-\d{6}(?:p\d+)?)-\d+$")  # service.webcam.capture: <class>-<YYYYmmdd-HHMMSS>p<pid>-<n> (p<pid> since 2026-12-04)
 NUMBERED_NAME = re.compile(r"^(.*?)(\d+)$")
 SEQUENCE_BLOCKS = 20  # blocks per class: 10% val and 20% test are then 2 and 4 whole blocks
 AUTO_COVERAGE = 0.9  # a rule applies when it names at least this share of the images

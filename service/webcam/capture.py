@@ -73,7 +73,8 @@ class ImageFolderWriter:
 
     def __init__(self, out: Path, classes: list[str], *, quality: int = 95):
         self.out, self.classes, self.quality = Path(out), list(classes), quality
-        self.session = time.strftime("%Y%m%d-%H%M%S")
+        # The process id too: two captures started in the same second took one name, and their recordings became one group.
+        self.session = f"{time.strftime('%Y%m%d-%H%M%S')}p{os.getpid()}"
         self.saved: list[Path] = []
         self.counts = {name: _count_images(self.out / name) for name in self.classes}
         self._next = {name: 0 for name in self.classes}
