@@ -272,3 +272,21 @@ def test_live_loop_with_scripted_keys(tmp_path: Path, monkeypatch, capsys):
     red = (60, 60, 230)
     assert tuple(shown[5][20, 460]) == red and tuple(shown[2][20, 460]) != red  # REC dot only while recording
     assert "saved 2 image(s) this session" in capsys.readouterr().out
+
+
+def test_headless_says_what_it_could_not_read_and_fails_when_nothing_was(tmp_path: Path, capsys):
+    """One image of three that does not decode was passed over in silence; none readable exited 0, "saved 0"."""
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i in range(3):
+        good = np.full((40, 60, 3), 40 * i, np.uint8)
+        (frames / f"{i:03d}.jpg").write_bytes(cv2.imencode(".jpg", good)[1].tobytes() if i != 1 else b"not a jpeg")
+    args = ["--headless", "--label", "palm", "--every", "1", "--out", str(tmp_path / "data"), "--source", str(frames / "%03d.jpg")]
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    assert "saved 2 image(s) of 'palm'" in captured.out
+    assert "warning: image sequence" in captured.err and "skipped 1 of its 3 files, which do not decode" in captured.err
+    (frames / "000.jpg").write_bytes(b"not a jpeg either")
+    (frames / "002.jpg").write_bytes(b"nor this")
+    assert main(args) == 1
+    assert "error: no frame of image sequence" in capsys.readouterr().err

@@ -39,6 +39,7 @@ import numpy as np
 from gesture_core.cli import command
 from gesture_core.rejection import is_reject_name
 from service.webcam.demo import display_problem
+from service.webcam.grabber import ended_early
 from service.webcam.overlay import centred_roi  # the webcam demo's box: captured crops match what it classifies
 from service.webcam.sources import SourceError, describe_source, is_live, open_source, read_frames
 
@@ -141,16 +142,21 @@ def region(frame: np.ndarray, roi: float | None) -> np.ndarray:
 
 
 def capture_headless(cap: cv2.VideoCapture, writer: ImageFolderWriter, label: str, *, every: int, roi: float | None,
-                     max_images: int | None, log=print) -> int:  # fmt: skip
-    """Save every ``every``-th frame as ``label``; returns how many were saved."""
-    saved = 0
+                     max_images: int | None, description: str = "the source", log=print) -> int:  # fmt: skip
+    """Save every ``every``-th frame as ``label``; returns how many were saved. What the source held
+    but could not be read (a video cut short, images that do not decode) is said, as the webcam says it."""
+    saved, read = 0, 0
     for index, frame in enumerate(read_frames(cap)):
+        read = index + 1
         if index % every:
             continue
         writer.save(label, region(frame, roi))
         saved += 1
         if max_images is not None and saved >= max_images:
             break
+    else:  # the source ended: did it end early?
+        if note := ended_early(cap, read, description):
+            print(f"warning: {note}", file=sys.stderr)
     log(f"saved {saved} image(s) of {label!r} to {writer.out / label}; totals: {writer.summary()}")
     return saved
 
@@ -378,7 +384,10 @@ def main(argv: list[str] | None = None) -> int:
     writer = ImageFolderWriter(args.out, [args.label] if args.headless else with_reject_class(classes), quality=args.quality)
     try:
         if args.headless:
-            capture_headless(cap, writer, args.label, every=args.every, roi=args.roi, max_images=args.max)
+            if not capture_headless(cap, writer, args.label, every=args.every, roi=args.roi, max_images=args.max,
+                                    description=describe_source(args.source)):
+                print(f"error: no frame of {describe_source(args.source)} could be read", file=sys.stderr)
+                return 1
         else:
             print(f"recording from {describe_source(args.source)} into {args.out}; keys: 1-9 save, space record, b burst, q quit")
             fps = cap.get(cv2.CAP_PROP_FPS) or 30
