@@ -137,3 +137,16 @@ def test_geometry_refusals_name_what_to_do_instead(tiny_checkpoint, image_folder
     with pytest.raises(SystemExit):
         main(["--checkpoint", str(tiny_checkpoint), "--data", str(image_folder), "--crop-pct", "0"])
     assert "--crop-pct: must be in [0.05, 1.0]" in capsys.readouterr().err
+
+
+def test_tta_all_on_a_whole_frame_model_runs_the_modes_that_apply(image_folder, tmp_path, capsys):
+    """It evaluated none and flip, then stopped at 5crop ("takes crops"), with no report written."""
+    from dataclasses import replace
+
+    path = tmp_path / "run" / "best.pt"
+    save_checkpoint(path, model=build_model("lenet5", 3, "none", in_chans=3), backbone="lenet5",
+                    classes=["fist", "palm", "peace"], data_config=replace(CONFIG, crop="resize"), train_config={})
+    out = tmp_path / "eval"
+    assert main(["--checkpoint", str(path), "--data", str(image_folder), "--tta", "all", "--workers", "0", "--out", str(out)]) == 0
+    assert [r["tta"] for r in json.loads((out / "tta.json").read_text())] == ["none", "flip"]
+    assert "the crop modes do not apply" in capsys.readouterr().out

@@ -195,7 +195,10 @@ def main(argv: list[str] | None = None) -> int:
     if classifier.hands_mode:
         return evaluate_hands(classifier, samples, skipped + unknown_skipped, name, args, unknown)
     if args.tta == "all":
-        rows, results = tta_table(classifier, samples, batch_size=args.batch_size, workers=args.workers)
+        modes = TTA_MODES if classifier.data_config.crop == "center" else ("none", "flip")
+        if modes != TTA_MODES:  # the other modes take crops, and this model sees whole frames
+            print(f"--tta all: none and flip ({classifier.backbone} sees whole frames, {classifier.data_config.crop}: the crop modes do not apply)")
+        rows, results = tta_table(classifier, samples, modes, batch_size=args.batch_size, workers=args.workers)
         metrics, failed = results["none"]
     else:
         rows, (metrics, failed) = None, evaluate_samples(classifier, samples, batch_size=args.batch_size, workers=args.workers, tta=single)
