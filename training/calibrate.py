@@ -397,12 +397,17 @@ def calibrate_model(model: torch.nn.Module, backbone: str, splits: Splits, data_
     return rejection, open_set_results(val, test, rejection, splits.classes, out)
 
 
+def reject_classes_phrase(classes: Sequence[str]) -> str:
+    """"reject classes nothing, other", or "no reject class": "(none)" read as a class named none."""
+    return f"reject classes {', '.join(classes)}" if classes else "no reject class"
+
+
 def format_open_set(report: dict[str, Any]) -> str:
     test = report["test"]
     if not test["n"]:
-        return f"no gesture: reject classes {', '.join(report['reject_classes']) or '(none)'}; {report['rule']}"
+        return f"no gesture: {reject_classes_phrase(report['reject_classes'])}; {report['rule']}"
     pct = lambda x: "n/a" if x is None else f"{100 * x:.2f}%"  # noqa: E731
-    return (f"no gesture: reject classes {', '.join(report['reject_classes']) or '(none)'}; temperature {report['temperature']:.3f}, "
+    return (f"no gesture: {reject_classes_phrase(report['reject_classes'])}; temperature {report['temperature']:.3f}, "
             f"threshold {report['threshold']:.4f}{'' if report.get('score', 'max_softmax') == 'max_softmax' else ' on the ' + report['score'] + ' rank'} ({report['calibration']})\n"
             f"  test: gesture recall {pct(test['gesture_recall'])} (unthresholded {pct(test['gesture_recall_unthresholded'])}), "
             f"precision {pct(test['gesture_precision'])}, false-accept rate {pct(test['false_accept_rate'])}, "

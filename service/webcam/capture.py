@@ -50,6 +50,9 @@ COUNTDOWN_S = 3.0
 NONE_TIP = ("tip: record a 'none' class too (key n: a 3-second countdown, then a burst): the empty scene, hands at rest or "
             "passing by, half-made signs and signs you do not train, other people. Training calibrates the 'no gesture' "
             "threshold on it (docs/no-gesture.md)")
+HEADLESS_NONE_TIP = ("tip: record a 'none' class too (--label none, from a clip of no gesture): the empty scene, hands at rest "
+                     "or passing by, half-made signs and signs you do not train, other people. Training calibrates the 'no "
+                     "gesture' threshold on it (docs/no-gesture.md)")
 _CLASS_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*$")
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 
@@ -401,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         cap.release()
     if not any(map(is_reject_name, [*(args.classes or []), *writer.classes])) and not (args.out / "none").is_dir():
-        print(NONE_TIP, file=sys.stderr)
+        print(NONE_TIP if not args.headless else HEADLESS_NONE_TIP, file=sys.stderr)
     return 0
 
 
