@@ -274,8 +274,11 @@ def with_lowercase_media_type(scope: Scope) -> Scope:
     """The scope, its Content-Type's media type in lower case. Media types are case-insensitive (RFC 9110,
     8.3.1), but BentoML 1.4.39 picks a body's parser by the header's exact text, and parsed a
     "Multipart/Form-Data" body as JSON ("Invalid JSON")."""
+    value = header(scope, b"content-type")
+    if value is None or value.partition(b";")[0].islower() or not value.partition(b";")[0].strip():  # nearly every request: nothing to copy
+        return scope
     headers = [(name, lowercase_media_type(value) if name.lower() == b"content-type" else value) for name, value in scope.get("headers", [])]
-    return {**scope, "headers": headers} if headers != scope.get("headers", []) else scope
+    return {**scope, "headers": headers}
 
 
 def lowercase_media_type(value: bytes) -> bytes:
