@@ -301,19 +301,23 @@ def test_a_machine_without_the_images_stops_every_machine_at_once(digits_subset,
 def test_a_machine_without_the_resume_file_ends_the_wait_with_one_line(digits_subset, tmp_path):
     """The run folder is on the first machine only. The second stops at its command line, before the
     processes meet; the first waits for it until the process group's timeout, then says why in one
-    line, where it ended with a traceback of torch's store."""
+    line, where it ended with a traceback of torch's store. Rank 0 runs with the variables torchrun
+    gives it (and rank 1 never comes): under two real torchrun agents, when the second agent leaves
+    before the first has started its rank, the first agent waits out torchrun's own join timeout
+    instead, and which of the two happens depends on the machines' load (docs/distributed.md)."""
     run = tmp_path / "machine0" / "runs" / "r"
     alone = subprocess.run([sys.executable, "-m", "training.finetune", "--data", str(digits_subset), *RECIPE, "--epochs", "1",
                             "--out", str(run)], env=environment(), capture_output=True, text=True, timeout=300)  # fmt: skip
     assert alone.returncode == 0, alone.stderr[-3000:]
-    agents = two_machines(tmp_path, ["--resume", "runs/r"], env={"GESTURE_DIST_TIMEOUT_S": "15"})
-    for agent in agents:
-        output, _ = agent.communicate(timeout=300)
-        assert agent.returncode != 0, output[-3000:]
-    assert "argument --resume: runs/r: no such file" in rank_output(tmp_path / "machine1" / "logs", 0)
-    waited = rank_output(tmp_path / "machine0" / "logs", 0)
-    assert "error: not every process joined within 15 s" in waited and "GESTURE_DIST_TIMEOUT_S" in waited, waited[-3000:]
-    assert "Traceback" not in waited
+    (tmp_path / "machine1").mkdir()
+    ranks = {"WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "GESTURE_DIST_TIMEOUT_S": "10"}
+    stopped, waited = (subprocess.run([sys.executable, "-m", "training.finetune", "--resume", "runs/r"], cwd=tmp_path / f"machine{rank}",
+                                      env={**environment(), **ranks, "RANK": str(rank), "LOCAL_RANK": "0", "GROUP_RANK": str(rank)},
+                                      capture_output=True, text=True, timeout=300) for rank in (1, 0))  # fmt: skip
+    assert stopped.returncode == 2 and "argument --resume: runs/r: no such file" in stopped.stderr, stopped.stderr[-3000:]
+    assert waited.returncode != 0 and "Traceback" not in waited.stderr, waited.stderr[-3000:]
+    assert "error: not every process joined within 10 s" in waited.stderr and "GESTURE_DIST_TIMEOUT_S" in waited.stderr, waited.stderr[-3000:]
+    assert not (tmp_path / "machine1" / "runs").exists()
 
 
 @pytest.mark.slow
