@@ -152,6 +152,20 @@ def test_bad_arguments_are_usage_errors(tmp_path: Path, capsys, argv, message):
     assert message in capsys.readouterr().err
 
 
+def test_a_class_folder_given_as_out_is_refused_before_anything_is_saved(tmp_path: Path, capsys):
+    """--out is the dataset folder: a class folder there (by its name, or by the images it holds)
+    filed every frame one level too deep, and training read them all as that one class."""
+    dataset = tmp_path / "gestures"
+    (dataset / "palm").mkdir(parents=True)
+    cv2.imwrite(str(dataset / "palm" / "mine.jpg"), synthetic_image(0, 1))
+    for out, label in ((dataset / "fist", "fist"), (dataset / "palm", "fist")):
+        with pytest.raises(SystemExit) as exc:
+            main(["--out", str(out), "--source", str(tmp_path / "missing.mp4"), "--headless", "--label", label])
+        assert exc.value.code == 2
+        assert f"--out is the dataset folder (e.g. --out {dataset})" in capsys.readouterr().err
+    assert sorted(p.relative_to(dataset).as_posix() for p in dataset.rglob("*")) == ["palm", "palm/mine.jpg"]
+
+
 def test_unopenable_sources_give_one_clear_line(tmp_path: Path, capsys):
     assert main(["--out", str(tmp_path / "ds"), "--source", str(tmp_path / "missing.mp4"), "--headless", "--label", "x"]) == 1
     assert "no such video file" in capsys.readouterr().err

@@ -332,6 +332,17 @@ def _positive(text: str) -> int:
     return int(text)
 
 
+def class_folder_given_as_out(out: Path, classes: list[str]) -> str | None:
+    """Why ``out`` looks like one class's folder rather than the dataset folder, or None. Images go
+    to OUT/<class>/, so such an --out filed every frame one level too deep, where training reads them
+    all as that one class (a class folder is read recursively)."""
+    if out.name in classes:
+        return f"--out {out} ends in the class name {out.name!r}, so images would go to {out / out.name}/"
+    if _count_images(out):
+        return f"--out {out} holds images itself, as a class folder does, and images go to OUT/<class>/"
+    return None
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m service.webcam.capture", description=__doc__.split("\n\n")[0],
                                 epilog=NONE_TIP, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
@@ -379,6 +390,8 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return 1
+    if problem := class_folder_given_as_out(args.out, classes):
+        parser.error(f"{problem}: --out is the dataset folder (e.g. --out {args.out.parent})")
     try:
         cap = open_source(args.source)
     except SourceError as err:
