@@ -22,9 +22,8 @@ import numpy as np
 
 from benchmarks.common import describe_machine, emit
 from benchmarks.recipes import REPO, SHARED_DATA, quick_subset, run_finetune
-from gesture_core.images import read_rgb
+from gesture_core.images import IMAGE_SUFFIXES, read_rgb
 from gesture_core.preprocess import CROP_MODES
-from training.data import IMAGE_EXTENSIONS
 
 FRAME_W, FRAME_H = 320, 240  # 4:3, a webcam's shape
 HAND_HEIGHT = (0.35, 0.6)  # of the frame height
@@ -32,7 +31,7 @@ COLUMNS = [("crop", "crop", "s"), ("test_top1", "test top-1", ".2%"), ("best_epo
 
 
 def images_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def scene_frame(path: Path, size: tuple[int, int]) -> np.ndarray:

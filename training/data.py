@@ -31,7 +31,6 @@ from gesture_core.images import (
 )
 from training.grouping import DatasetError, assign_groups, grouped_split
 
-IMAGE_EXTENSIONS = IMAGE_SUFFIXES
 # Recordings people drop into a class folder, expecting their frames to be trained on.
 VIDEO_EXTENSIONS = {".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".3gp"}
 VIDEO_TO_FRAMES = "python -m service.webcam.capture --source VIDEO --headless --label CLASS --out DATASET"
@@ -138,7 +137,7 @@ def scan_images(root: Path, skipped: list[dict[str, str]]) -> list[str]:
 
 def no_images(root: Path, skipped: list[dict[str, str]], where: str) -> str:
     """Why a dataset has nothing to train on, and what to do with the videos it holds, if any."""
-    return (f"{root}: no images found (looked for {', '.join(sorted(IMAGE_EXTENSIONS))}, {where})"
+    return (f"{root}: no images found (looked for {', '.join(sorted(IMAGE_SUFFIXES))}, {where})"
             + videos_hint([entry["path"] for entry in skipped]))
 
 
@@ -181,7 +180,7 @@ def check_image_file(path: str) -> str | None:
     suffix = Path(path).suffix.lower()
     if suffix in VIDEO_EXTENSIONS:
         return f"a video: save its frames as images first ({VIDEO_TO_FRAMES}; docs/datasets.md)"
-    if suffix not in IMAGE_EXTENSIONS:
+    if suffix not in IMAGE_SUFFIXES:
         return "not an image file extension"
     try:
         if not stat.S_ISREG(os.stat(path).st_mode):

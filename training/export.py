@@ -38,10 +38,10 @@ from torch import nn
 from gesture_core.backbones import get_backbone, with_features
 from gesture_core.classifier import Classifier, decode_probs, load_classifier
 from gesture_core.cli import checkpoint_arg, command, output_arg
-from gesture_core.images import ImageDecodeError
+from gesture_core.images import IMAGE_SUFFIXES, ImageDecodeError
 from gesture_core.rejection import Rejection
 from training import cli
-from training.data import IMAGE_EXTENSIONS, DatasetError, Splits
+from training.data import DatasetError, Splits
 
 FORMATS = ("onnx", "torchscript")
 SUFFIX = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
@@ -244,7 +244,7 @@ def parity_images(checkpoint: Path, images: list[str] | None, limit: int) -> lis
         found: list[str] = []
         for item in map(Path, images):
             if item.is_dir():
-                found += sorted(str(p) for p in item.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+                found += sorted(str(p) for p in item.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
             elif item.is_file():
                 found.append(str(item))
             else:

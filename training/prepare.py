@@ -41,7 +41,8 @@ from tqdm import tqdm
 
 from gesture_core.cli import command
 from gesture_core.hands import HAND_MODEL_FILES, MODELS_WHEEL, HandModelFile, hand_models_dir
-from training.data import IMAGE_EXTENSIONS, SPLITS, DatasetError
+from gesture_core.images import IMAGE_SUFFIXES
+from training.data import SPLITS, DatasetError
 
 DEFAULT_ROOT = Path("datasets")
 MARKER = ".prepared.json"
@@ -111,7 +112,7 @@ def _safe_parts(name: str) -> list[str] | None:
 
 
 def _is_image_name(name: str) -> bool:
-    return PurePosixPath(name).suffix.lower() in IMAGE_EXTENSIONS
+    return PurePosixPath(name).suffix.lower() in IMAGE_SUFFIXES
 
 
 def _copy_member(opener: Callable[[], BinaryIO], dest: Path) -> None:
