@@ -405,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"error: no frame of {describe_source(args.source)} could be read", file=sys.stderr)
                 return 1
         else:
-            print(f"recording from {describe_source(args.source)} into {args.out}; keys: 1-9 save, space record, b burst, q quit")
+            print(f"recording from {describe_source(args.source)} into {args.out}; keys: 1-9 save, space record, b burst, n no-gesture burst, u undo, q quit")
             fps = cap.get(cv2.CAP_PROP_FPS) or 30
             wait_ms = 1 if is_live(args.source) else max(1, round(1000 / fps))
             capture_live(cap, writer, LiveState(writer.classes, roi=args.roi), every=args.every, burst=args.burst, wait_ms=wait_ms)
