@@ -10,6 +10,7 @@ import io
 import re
 import struct
 import zlib
+from collections.abc import Callable
 
 import cv2
 import numpy as np
@@ -182,6 +183,10 @@ def multipart(*parts: bytes) -> dict:
     return {"content": b"".join(parts) + f"--{BOUNDARY}--\r\n".encode(), "headers": {"content-type": f"multipart/form-data; boundary={BOUNDARY}"}}
 
 
+def with_content(request: dict, change: Callable[[bytes], bytes]) -> dict:
+    return {**request, "content": change(request["content"])}
+
+
 def http_bad_requests(upload_limit_bytes: int) -> dict[str, dict]:
     """name -> keyword arguments for httpx/TestClient ``post``: each must get a 4xx with a JSON reason."""
     image = noise_jpeg(1)
@@ -217,5 +222,12 @@ def http_bad_requests(upload_limit_bytes: int) -> dict[str, dict]:
         "file_name_over_limit": multipart(form_part("image", image, "a" * 296 + ".jpg")),
         "text_field_over_limit": multipart(form_part("image", image, "a.jpg"), form_part("top_k", b" " * 2_000_000 + b"3")),
         "over_a_thousand_files": multipart(*[form_part("image", b"x", "a.jpg")] * 1_001),
+        # Bodies python-multipart refuses (BentoML answered a 500), or reads otherwise than a split would.
+        "multipart_with_a_preamble": with_content(multipart(form_part("image", image, "a.jpg")), lambda body: b"hello\r\n" + body),
+        "multipart_header_without_a_colon": multipart(form_part("image", image, "a.jpg", headers=("X-Note x",))),
+        "part_named_twice": multipart(form_part("image", image, "a.jpg", headers=('Content-Disposition: form-data; name="top_k"; filename="x"',))),
+        # An answer that quoted the field's name whole was six times the size of the request.
+        "top_k_of_a_million_characters": {"json": {"image_b64": b64(image), "top_k": "x" * 1_000_000}},
+        "unknown_field_of_a_million_characters": {"content": b"\x01" * 1_000_000 + b"=1", "headers": {"content-type": "application/x-www-form-urlencoded"}},
     })
     return cases

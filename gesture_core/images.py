@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
@@ -331,8 +332,10 @@ def probe_layout(data: bytes) -> tuple[str, tuple[int, int], JpegLayout | None]:
     try:
         with Image.open(io.BytesIO(data), formats=DECODED_FORMATS) as img:
             return (img.format or "unknown"), img.size, layout
-    except Image.DecompressionBombError as err:
-        raise ImageDecodeError(f"image too large ({err})") from None
+    except Image.DecompressionBombError as err:  # PIL's own limit, far above ours: its number would mislead
+        declared = re.search(r"\((\d+) pixels\)", str(err))
+        pixels = f"{int(declared.group(1)):,} pixels" if declared else "more pixels than PIL opens"
+        raise ImageDecodeError(f"image too large: its header declares {pixels}, far more than any photo") from None
     except Exception:  # PIL raises a zoo of types for garbage input
         raise ImageDecodeError(unreadable_header(data)) from None
 

@@ -15,7 +15,10 @@
   inside) raises on more headers per part, or longer header lines, than python-multipart allows, and
   on more parts, or a longer text field, than ``Request.form``'s defaults allow; BentoML 1.4.39 answers
   those with a 500. It also names each upload's temporary file after the upload's file name, so a
-  name longer than the file system allows is a 500 as well. These get a 400 with the limit here.
+  name longer than the file system allows is a 500 as well. These get a 400 with the limit here, and
+  so does any body python-multipart refuses (text before the first boundary, a header line without a
+  colon, ...): the guard runs the same parser with the same limits, which also makes the part headers
+  it checks the ones BentoML acts on (of two Content-Disposition headers, Starlette keeps the last).
 * **Bodies that cost seconds to parse:** 16 MB of tiny form fields, multipart parts or JSON values
   take Python seconds to parse, on the event loop, so every other request waits. Their count is taken
   first, at C speed (a count of the bytes, or the one split of a multipart body): more parts or
@@ -39,8 +42,11 @@ from http import HTTPStatus
 from typing import Any, NamedTuple
 from urllib.parse import parse_qsl
 
-from python_multipart.multipart import DEFAULT_MAX_HEADER_COUNT, DEFAULT_MAX_HEADER_SIZE, parse_options_header
+from python_multipart.exceptions import MultipartParseError
+from python_multipart.multipart import DEFAULT_MAX_HEADER_COUNT, DEFAULT_MAX_HEADER_SIZE, MultipartParser, parse_options_header
 from starlette.requests import Request
+
+from gesture_core.images import SIGNATURES
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -99,9 +105,8 @@ class RequestGuard:
             return await self.app(scope, receive, send)
         declared = declared_length(scope)
         if declared is not None and declared > self.max_body_bytes:
-            if declared <= DRAIN_FACTOR * self.max_body_bytes:
-                await drain(receive)
-            return await send_json(send, 413, self.too_large(declared))
+            drained = declared <= DRAIN_FACTOR * self.max_body_bytes and await drain(receive, self.body_timeout_s)
+            return await send_json(send, 413, self.too_large(declared), close=not drained)
         try:
             async with asyncio.timeout(self.body_timeout_s):
                 body, size = await read_body(receive, self.max_body_bytes)
@@ -138,6 +143,10 @@ class FormPart(NamedTuple):
 def fields_problem(scope: Scope, body: bytes, fields: EndpointFields) -> str | None:
     """Why a body's fields do not fit the endpoint, or None (also for bodies BentoML words errors for)."""
     media_type, options = parse_options_header(header(scope, b"content-type") or b"")
+    if media_type != b"multipart/form-data" and body.startswith(tuple(SIGNATURES)):
+        # An image sent as the body itself, whatever the Content-Type says (curl --data-binary sends
+        # it as a urlencoded form): BentoML answered "Invalid JSON", or quoted the bytes as a field name.
+        return raw_body_problem(media_type, body, fields)
     if problem := too_many_to_parse(media_type, body):
         return problem
     if media_type == b"multipart/form-data":
@@ -157,11 +166,18 @@ def fields_problem(scope: Scope, body: bytes, fields: EndpointFields) -> str | N
     elif media_type.startswith((b"image/", b"video/")) or media_type == b"application/octet-stream":
         # BentoML reads such a body as JSON and answers "Invalid JSON", which does not say what to send.
         # Only these types: a browser's fetch() sends a JSON string as text/plain, which BentoML parses fine.
-        return (f"a raw {media_type.decode('latin-1')} body is not taken: send the image as a multipart file field "
-                f'(curl -F image=@photo.jpg) or as JSON {{"image_b64": "<base64>"}}; this endpoint takes: {", ".join(sorted(fields.names))}')
+        return raw_body_problem(media_type, body, fields)
     else:
         return None
     return parts_problem(parts or [], fields)
+
+
+def raw_body_problem(media_type: bytes, body: bytes, fields: EndpointFields) -> str:
+    sent_as = media_type.decode("latin-1") or "no Content-Type"
+    image = next((name for magic, name in SIGNATURES.items() if body.startswith(magic)), None)
+    what = f"a raw {sent_as} body" if image is None or media_type.startswith(b"image/") else f"a raw {image} body (sent as {sent_as})"
+    return (f"{what} is not taken: send the image as a multipart file field (curl -F image=@photo.jpg) "
+            f'or as JSON {{"image_b64": "<base64>"}}; this endpoint takes: {", ".join(sorted(fields.names))}')
 
 
 def too_many_to_parse(media_type: bytes, body: bytes) -> str | None:
@@ -181,9 +197,9 @@ def parts_problem(parts: list[FormPart], fields: EndpointFields) -> str | None:
     seen: set[str] = set()
     for name, is_file in parts:
         if name not in fields.names:
-            return f"unexpected field '{name}'; this endpoint takes: {takes}"
+            return f"unexpected field '{shown(name)}'; this endpoint takes: {takes}"
         if is_file and name not in fields.files:
-            return f"field '{name}' must be text, not a file; this endpoint takes files in: {quoted(fields.files)}"
+            return f"field '{shown(name)}' must be text, not a file; this endpoint takes files in: {quoted(fields.files)}"
         if not is_file and name in fields.files:
             return f"field '{name}' must be a file in a multipart/form-data upload (e.g. curl -F {name}=@photo.jpg), not text"
         if name in seen and name not in fields.repeatable:
@@ -191,6 +207,12 @@ def parts_problem(parts: list[FormPart], fields: EndpointFields) -> str | None:
                 f" (several images: repeat {fields.several})" if is_file and fields.several else "")
         seen.add(name)
     return None
+
+
+def shown(name: str, most: int = 60) -> str:
+    """A field name the client chose, as a reason quotes it: cut short, so that an answer never grows
+    with what was sent (a 15 MB urlencoded body of one unknown name was quoted back as 90 MB)."""
+    return name if len(name) <= most else f"{name[:most]}... ({len(name):,} characters)"
 
 
 def quoted(names: Iterable[str]) -> str:
@@ -212,52 +234,89 @@ def json_keys(body: bytes) -> list[FormPart] | None:
     return keys[-1] if isinstance(top, dict) else None  # the outermost object is the last one closed
 
 
+class PartHeads:
+    """MultipartParser callbacks that keep what the guard checks of each part: its Content-Disposition
+    (the last one, as Starlette keeps) and its size."""
+
+    def __init__(self) -> None:
+        self.parts: list[list] = []  # [disposition, size] per part
+        self.closed = False
+        self._name = self._value = b""
+
+    def callbacks(self) -> dict[str, Callable[..., None]]:
+        return {"on_part_begin": self.begin, "on_header_field": self.field, "on_header_value": self.value,
+                "on_header_end": self.header_end, "on_part_data": self.data, "on_end": self.end}  # fmt: skip
+
+    def begin(self) -> None:
+        self.parts.append([b"", 0])
+
+    def field(self, data: bytes, start: int, end: int) -> None:
+        self._name += data[start:end]
+
+    def value(self, data: bytes, start: int, end: int) -> None:
+        self._value += data[start:end]
+
+    def header_end(self) -> None:
+        if self._name.lower() == b"content-disposition":
+            self.parts[-1][0] = self._value
+        self._name = self._value = b""
+
+    def data(self, data: bytes, start: int, end: int) -> None:
+        self.parts[-1][1] += end - start
+
+    def end(self) -> None:
+        self.closed = True
+
+    def field_name(self) -> str:
+        """The name of the part being read, as far as its headers have come."""
+        name = parse_options_header(self.parts[-1][0])[1].get(b"name") if self.parts else None
+        return f"field '{shown(name.decode('utf-8', 'replace'))}'" if name else "a part"
+
+
 def multipart_parts(body: bytes, boundary: bytes) -> list[FormPart] | None:
     """The parts of a multipart body, or None when it is not one; BadMultipart for a body within the
-    upload limit that BentoML's form parsing would fail on. Splitting on the boundary is exact: by
-    definition it never occurs inside a part."""
-    if not boundary:
-        return None
-    segments = body.split(b"--" + boundary)
-    if len(segments) < 2:
+    upload limit that BentoML's form parsing would fail on. The body is read by python-multipart with
+    the limits of Starlette's ``Request.form``, which BentoML calls: whatever that refuses (a 500 from
+    BentoML) is refused here with a 400, and the part headers checked are the ones BentoML acts on."""
+    if not boundary or (marks := body.count(b"--" + boundary)) == 0:
         return None
     most = FORM_LIMITS["max_files"] + FORM_LIMITS["max_fields"]
-    if len(segments) - 2 > most:  # before the loop below, which would take seconds over 16 MB of tiny parts
-        raise BadMultipart(f"{len(segments) - 2:,} parts in one multipart body; the limit is {most:,}")
-    parts, closed = [], False
-    for segment in segments[1:]:
-        if segment.startswith(b"--"):  # closing delimiter
-            closed = True
-            break
-        head, found, content = segment.partition(b"\r\n\r\n")
-        if not found:
-            return None
-        lines = [line for line in head.split(b"\r\n") if line]
-        disposition = next((line.split(b":", 1)[1] for line in lines if line.lower().startswith(b"content-disposition:")), None)
-        if disposition is None:
-            return None
-        _, params = parse_options_header(disposition.strip())
-        part = FormPart(params.get(b"name", b"").decode("utf-8", "replace"), b"filename" in params)
-        check_part(part, lines, params.get(b"filename", b""), len(content) - 2)  # the CRLF before the next boundary
-        parts.append(part)
-    if not closed:  # BentoML would drop the last part and answer as if the image had not been sent
+    if marks - 1 > most:  # at C speed (the closing delimiter is a mark too): parsing 16 MB of tiny parts takes Python seconds
+        raise BadMultipart(f"{marks - 1:,} parts in one multipart body; the limit is {most:,}")
+    heads = PartHeads()
+    try:
+        MultipartParser(boundary, heads.callbacks()).write(body)
+    except MultipartParseError as err:
+        raise BadMultipart(parse_error(err, heads.field_name())) from None
+    if not heads.closed:  # BentoML would drop the last part and answer as if the image had not been sent
         raise BadMultipart("malformed multipart/form-data body: no closing boundary (was the upload cut short?)")
+    parts = []
+    for disposition, size in heads.parts:
+        _, params = parse_options_header(disposition)
+        if b"name" not in params:
+            raise BadMultipart('a part of the multipart body has no field name (Content-Disposition: form-data; name="...")')
+        part = FormPart(params[b"name"].decode("utf-8", "replace"), b"filename" in params)
+        check_part(part, params.get(b"filename", b""), size)
+        parts.append(part)
     check_part_counts(parts)
     return parts
 
 
-def check_part(part: FormPart, header_lines: list[bytes], filename: bytes, size: int) -> None:
+def parse_error(err: MultipartParseError, where: str) -> str:
+    if "header count" in str(err):
+        return f"{where} has more than {DEFAULT_MAX_HEADER_COUNT} part headers; the limit is {DEFAULT_MAX_HEADER_COUNT}"
+    if "header size" in str(err):
+        return f"a part header of {where} is over {DEFAULT_MAX_HEADER_SIZE:,} bytes; the limit is {DEFAULT_MAX_HEADER_SIZE:,}"
+    return f"malformed multipart/form-data body: {err} (python-multipart, the parser BentoML uses)"
+
+
+def check_part(part: FormPart, filename: bytes, size: int) -> None:
     """BadMultipart if one part breaks a limit of BentoML's form parsing (module docstring)."""
-    if len(header_lines) > DEFAULT_MAX_HEADER_COUNT:
-        raise BadMultipart(f"field '{part.name}' has {len(header_lines)} part headers; the limit is {DEFAULT_MAX_HEADER_COUNT}")
-    longest = max(map(len, header_lines))
-    if longest > DEFAULT_MAX_HEADER_SIZE:
-        raise BadMultipart(f"a part header of field '{part.name}' is {longest:,} bytes; the limit is {DEFAULT_MAX_HEADER_SIZE:,}")
     stored_as = len(filename.rsplit(b"/", 1)[-1])  # BentoML keeps what os.path.basename keeps
     if stored_as > MAX_FILENAME_BYTES:
-        raise BadMultipart(f"the file name in field '{part.name}' is {stored_as:,} bytes; the limit is {MAX_FILENAME_BYTES} (rename the file)")
+        raise BadMultipart(f"the file name in field '{shown(part.name)}' is {stored_as:,} bytes; the limit is {MAX_FILENAME_BYTES} (rename the file)")
     if not part.is_file and size > FORM_LIMITS["max_part_size"]:
-        raise BadMultipart(f"text field '{part.name}' is {size:,} bytes; the limit is {FORM_LIMITS['max_part_size']:,}")
+        raise BadMultipart(f"text field '{shown(part.name)}' is {size:,} bytes; the limit is {FORM_LIMITS['max_part_size']:,}")
 
 
 def check_part_counts(parts: list[FormPart]) -> None:
@@ -301,11 +360,17 @@ def declared_length(scope: Scope) -> int | None:
         return None
 
 
-async def drain(receive: Receive) -> None:
-    while True:
-        message = await receive()
-        if message["type"] != "http.request" or not message.get("more_body", False):
-            return
+async def drain(receive: Receive, timeout_s: float) -> bool:
+    """Read and drop a body, for at most ``timeout_s`` (a client that declares a body and never sends
+    it held the connection until BentoML's 504); whether it all arrived."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            while True:
+                message = await receive()
+                if message["type"] != "http.request" or not message.get("more_body", False):
+                    return True
+    except TimeoutError:
+        return False
 
 
 async def read_body(receive: Receive, limit: int) -> tuple[bytes | None, int]:

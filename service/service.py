@@ -157,8 +157,11 @@ class GestureClassifier:
     async def predict_batch(self, images: ImageFiles = None, images_b64: ImagesBase64 = None,
                             top_k: TopK = 5, threshold: Threshold = None) -> list[PredictionOut]:
         """Classify several images in one request (repeat the multipart field `images`, or JSON `images_b64`)."""
-        uploads: list[Path | bytes] = [*(images or []), *(images_b64 or [])]
-        fields = [f"images[{i}]" for i in range(len(images or []))] + [f"images_b64[{i}]" for i in range(len(images_b64 or []))]
+        if images and images_b64:  # one way only: the answers come in the order of one list
+            raise BadInput("send the images one way: repeat the multipart file field 'images', or JSON {\"images_b64\": [...]} (got both)")
+        uploads: list[Path | bytes] = list(images or images_b64 or [])
+        field = "images" if images else "images_b64"
+        fields = [f"{field}[{i}]" for i in range(len(uploads))]
         if not uploads:
             raise BadInput("send at least one image: repeat the multipart file field 'images', or JSON {\"images_b64\": [...]}")
         if len(uploads) > self.settings.batch_size:

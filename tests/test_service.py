@@ -533,11 +533,15 @@ def test_multipart_bodies_at_the_limits_of_bentomls_parsing_are_served(client):
     assert resp.status_code == 200 and len(resp.json()["top_k"]) == 3, resp.text
 
 
-def test_a_raw_image_without_a_content_type_is_not_counted_as_json(client):
+def test_a_raw_image_under_any_content_type_is_told_how_to_send_it(client):
+    """Not counted as JSON either (it holds as many commas and brackets as a JSON body of a thousand values)."""
     data = encode(Image.fromarray(np.random.default_rng(0).integers(0, 256, (400, 400, 3), np.uint8)), "JPEG")
-    assert sum(map(data.count, (b",", b":", b"{", b"["))) > 1000  # as many as a JSON body of a thousand values
-    resp = client.post("/predict", content=data, headers={"content-type": ""})
-    assert resp.status_code == 400 and "Invalid JSON" in resp.json()["error"], resp.text
+    assert sum(map(data.count, (b",", b":", b"{", b"["))) > 1000
+    for content_type, sent_as in (("", "no Content-Type"), ("application/x-www-form-urlencoded", "application/x-www-form-urlencoded"),
+                                  ("text/plain", "text/plain")):  # fmt: skip
+        resp = client.post("/predict", content=data, headers={"content-type": content_type})  # the second: curl --data-binary @photo.jpg
+        assert resp.status_code == 400, resp.text
+        assert resp.json()["error"].startswith(f"a raw JPEG body (sent as {sent_as}) is not taken: send the image as a multipart file field")
 
 
 def test_every_bad_request_has_a_documented_answer():
@@ -643,6 +647,29 @@ def test_guard_gives_a_slow_body_408_and_counts_only_complete_bodies():
     answers = asyncio.run(scenario())
     assert answers[0]["status"] == 408 and (b"connection", b"close") in answers[0]["headers"]
     assert b"GESTURE_BODY_TIMEOUT_S" in answers[1]["body"]
+
+
+def test_guard_answers_a_declared_oversized_body_that_never_comes_within_the_body_timeout():
+    """The 413 waits for the body it drains, but no longer than a body may take: a client that
+    declared 2 MB and sent nothing held the connection until BentoML's 504, 30 s later."""
+
+    async def scenario():
+        guard = guarded_app(body_timeout_s=0.2)
+        answers: list[dict] = []
+
+        async def nothing():
+            await asyncio.sleep(3600)
+
+        async def record(message):
+            answers.append(message)
+
+        scope = {"type": "http", "method": "POST", "path": "/echo", "headers": [(b"content-length", b"2000")], "query_string": b""}
+        await asyncio.wait_for(guard(scope, nothing, record), 5)
+        return answers
+
+    answers = asyncio.run(scenario())
+    assert answers[0]["status"] == 413 and (b"connection", b"close") in answers[0]["headers"]
+    assert b"request body is 2,000 bytes; the limit is 1,000 bytes" in answers[1]["body"]
 
 
 def test_the_webcam_and_the_service_read_the_same_runtime():
