@@ -21,7 +21,7 @@
   it checks the ones BentoML acts on (of two Content-Disposition headers, Starlette keeps the last).
 * **Bodies that cost seconds to parse:** 16 MB of tiny form fields, multipart parts or JSON values
   take Python seconds to parse, on the event loop, so every other request waits. Their count is taken
-  first, at C speed (a count of the bytes, or the one split of a multipart body): more parts or
+  first, at C speed (a count of bytes, or of a multipart body's boundaries): more parts or
   fields than ``Request.form`` allows, or more JSON punctuation than a flat object needs, get a 400
   before any parsing in Python.
 * **Media types in any case:** BentoML picks a body's parser by the Content-Type's exact text, so
@@ -182,7 +182,7 @@ def raw_body_problem(media_type: bytes, body: bytes, fields: EndpointFields) -> 
 
 def too_many_to_parse(media_type: bytes, body: bytes) -> str | None:
     """Why a form or JSON body holds too many fields or values to be worth parsing, counted without
-    parsing it (multipart parts are counted by ``multipart_parts``, from its one split)."""
+    parsing it (multipart parts are counted by ``multipart_parts``, from its boundaries)."""
     if media_type == b"application/x-www-form-urlencoded" and (fields := body.count(b"&") + 1) > FORM_LIMITS["max_fields"]:
         return f"{fields:,} form fields in one request; the limit is {FORM_LIMITS['max_fields']:,}"
     looks_like_json = media_type in (b"application/json", b"") and body.lstrip()[:1] in (b"{", b"[")  # not an image sent raw
@@ -212,7 +212,8 @@ def parts_problem(parts: list[FormPart], fields: EndpointFields) -> str | None:
 def shown(name: str, most: int = 60) -> str:
     """A field name the client chose, as a reason quotes it: cut short, so that an answer never grows
     with what was sent (a 15 MB urlencoded body of one unknown name was quoted back as 90 MB)."""
-    return name if len(name) <= most else f"{name[:most]}... ({len(name):,} characters)"
+    visible = "".join(c if c.isprintable() else repr(c)[1:-1] for c in name[:most])  # a control character as \x01
+    return visible if len(name) <= most else f"{visible}... ({len(name):,} characters)"
 
 
 def quoted(names: Iterable[str]) -> str:

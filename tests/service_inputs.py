@@ -122,7 +122,7 @@ def expected_refusal(case: str, upload_limit_bytes: int) -> tuple[int, str, tupl
         "multipart_header_without_a_colon": (400, "malformed multipart/form-data body: Found invalid character 32 in header", None),
         "part_named_twice": (400, "field 'top_k' must be text, not a file", None),  # the disposition BentoML acts on: the last
         "top_k_of_a_million_characters": (400, "Input should be a valid integer", (["top_k"], "int_type")),
-        "unknown_field_of_a_million_characters": (400, "unexpected field '\x01\x01", None),
+        "unknown_field_of_a_million_characters": (400, r"unexpected field '\x01\x01", None),
     }[case]
 
 
