@@ -52,13 +52,18 @@ def count_calls(monkeypatch, owner, name: str) -> list[tuple[tuple, dict]]:
 
 def train_interrupted_in_epoch_2(cfg, monkeypatch) -> int:
     """``training.finetune.train(cfg)`` with a Ctrl-C during its second epoch; returns the exit code."""
+    return train_interrupted_in_epoch(cfg, monkeypatch, 2)
+
+
+def train_interrupted_in_epoch(cfg, monkeypatch, epoch: int) -> int:
+    """``training.finetune.train(cfg)`` with a Ctrl-C during epoch ``epoch``; returns the exit code."""
     import training.finetune as finetune
 
     real_epoch, calls = finetune.train_one_epoch, []
 
     def interrupted(*args, **kwargs):
         calls.append(1)
-        if len(calls) == 2:
+        if len(calls) == epoch:
             raise KeyboardInterrupt
         return real_epoch(*args, **kwargs)
 

@@ -16,7 +16,7 @@ import torch
 import training.finetune as finetune
 from gesture_core import load_classifier
 from gesture_core.classifier import Classifier
-from tests.helpers import count_calls, make_image_folder, train_interrupted_in_epoch_2
+from tests.helpers import count_calls, make_image_folder, train_interrupted_in_epoch, train_interrupted_in_epoch_2
 from tests.test_data import add_bad_files
 from training.config import TrainConfig
 from training.evaluate import main as evaluate_main
@@ -437,3 +437,12 @@ def test_an_epoch_without_validation_images_says_so():
     line = finetune.format_epoch(row, 3, improved=True)
     assert "no validation images (the last epoch is kept)" in line and "nan" not in line and "*best" not in line
     assert "val loss 0.3000 acc 90.00%" in finetune.format_epoch({**row, "val_loss": 0.3, "val_top1": 0.9}, 3, improved=True)
+
+
+def test_a_ctrl_c_before_the_first_checkpoint_says_there_is_nothing_to_resume(dataset, tmp_path, monkeypatch, capsys):
+    """It gave a --resume command for a last.pt that did not exist; the same command then starts again."""
+    cfg = tiny_config(dataset, tmp_path / "run", epochs=2)
+    assert train_interrupted_in_epoch(cfg, monkeypatch, 1) == 130
+    assert "interrupted before the first epoch ended: there is no last.pt to resume from; start again" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "last.pt").exists()
+    assert finetune.train(cfg).exists()

@@ -172,10 +172,10 @@ def parse_config(argv: list[str] | None = None) -> tuple[TrainConfig, Path | Non
 
 def run_already_in(out: Path) -> str | None:
     """Why ``--out`` cannot take a new run: it holds one, whose checkpoints a new run would overwrite."""
+    if (out / "last.pt").is_file() and not (out / "metrics.json").is_file():  # best.pt is written from the first epoch on
+        return f"--out {out} holds an interrupted run: continue it with --resume {out}, or pass another --out"
     if trained := [name for name in ("best.pt", "metrics.json") if (out / name).is_file()]:
         return f"--out {out} holds a trained model ({trained[0]}): pass another --out, or delete that folder to train there again"
-    if (out / "last.pt").is_file():
-        return f"--out {out} holds an interrupted run: continue it with --resume {out}, or pass another --out"
     return None
 
 
@@ -457,8 +457,10 @@ def train(cfg: TrainConfig, resume: Path | None = None) -> Path:
                 break
     except KeyboardInterrupt:
         launcher = "torchrun ..." if distributed.is_distributed() else "python"
-        if is_main_process():
+        if is_main_process() and (run.out / "last.pt").is_file():
             print(f"\ninterrupted; continue with: {launcher} -m training.finetune --resume {run.out / 'last.pt'}", file=sys.stderr)
+        elif is_main_process():  # nothing to resume from before the first epoch's checkpoint
+            print("\ninterrupted before the first epoch ended: there is no last.pt to resume from; start again", file=sys.stderr)
         raise SystemExit(130) from None
     except CheckpointSaveError as err:
         last = run.out / "last.pt"
