@@ -283,3 +283,22 @@ def test_a_commands_warnings_are_one_line_each_without_the_code_behind_them(data
     assert any("too few images to hold one out for the test: tiny (2)" in line for line in warned), output
     assert all(line.startswith("warning: ") for line in warned), warned
     assert "Warning:" not in output and ".py:" not in output
+
+
+def test_resume_after_the_images_moved_stops_before_it_replaces_the_model(tmp_path, capsys):
+    """Every image was skipped as a failed decode: an epoch of nothing, and best.pt replaced, exit 0."""
+    data = make_image_folder(tmp_path / "gestures", per_class=6, size=40)
+    run = finetune.train(tiny_config(data, tmp_path / "run", epochs=1))
+    best = (run / "best.pt").read_bytes()
+    data.rename(tmp_path / "moved")
+    assert finetune.main(["--resume", str(run), "--epochs", "2"]) == 2
+    err = one_error_line(capsys)
+    assert "none of the" in err and f"put them back under {data} to continue this run" in err
+    assert (run / "best.pt").read_bytes() == best
+
+
+def test_resume_refuses_the_flags_it_would_ignore(run, capsys):
+    with pytest.raises(SystemExit) as stop:
+        finetune.main(["--resume", str(run), "--data", "elsewhere", "--backbone", "resnet18"])
+    assert stop.value.code == 2
+    assert "--resume continues the run as it was configured; it takes only --epochs, --workers, --device, --patience, not --backbone, --data" in capsys.readouterr().err

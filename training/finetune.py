@@ -52,7 +52,17 @@ from training.calibrate import (
     split_outputs,
 )
 from training.config import TrainConfig
-from training.data import DatasetError, ImageDataset, Splits, failure_reports, index_seed, load_splits, make_loader, unreadable
+from training.data import (
+    DatasetError,
+    ImageDataset,
+    Splits,
+    check_split_readable,
+    failure_reports,
+    index_seed,
+    load_splits,
+    make_loader,
+    unreadable,
+)
 from training.distributed import ShardedSeededSampler, is_main_process
 from training.ema import ModelEma
 from training.evaluate import served_outputs
@@ -150,6 +160,11 @@ def parse_config(argv: list[str] | None = None) -> tuple[TrainConfig, Path | Non
     args = parser.parse_args(argv)
     if args.resume is not None:
         explicit = vars(build_parser(suppress_defaults=True).parse_args(argv))
+        unset = vars(build_parser(suppress_defaults=True).parse_args([]))  # the few options whose defaults stay
+        given = {key for key, value in explicit.items() if key not in unset or unset[key] != value}
+        if ignored := sorted(given - {"resume", *RESUMABLE_OVERRIDES}):  # they were dropped without a word
+            parser.error(f"--resume continues the run as it was configured; it takes only "
+                         f"{', '.join('--' + k for k in RESUMABLE_OVERRIDES)}, not {', '.join('--' + k.replace('_', '-') for k in ignored)}")
         cfg = TrainConfig.from_dict(load_training_state(args.resume)["train_config"])
         for key in RESUMABLE_OVERRIDES:
             if key in explicit:
@@ -222,7 +237,10 @@ def run_folder_and_splits(cfg: TrainConfig, resume: Path | None) -> tuple[Path, 
     """The run folder (not created yet) and the dataset split (scanned, or reloaded on resume)."""
     out = resume.parent if resume else Path(cfg.out) if cfg.out else default_run_dir(cfg)
     if resume and (out / "split.json").exists():
-        return out, Splits.load(out / "split.json")
+        splits = Splits.load(out / "split.json")
+        # Each image would be skipped as a failed decode: the run went on with nothing and replaced best.pt.
+        check_split_readable(splits.train, "training", out / "split.json", f"put them back under {splits.root} to continue this run")
+        return out, splits
     root = resolve_data_dir(cfg.data)
     return out, load_splits(root, val_split=cfg.val_split, test_split=cfg.test_split, test_per_class=cfg.test_per_class, seed=cfg.seed, group_by=cfg.group_by)
 
