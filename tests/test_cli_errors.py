@@ -302,3 +302,14 @@ def test_resume_refuses_the_flags_it_would_ignore(run, capsys):
         finetune.main(["--resume", str(run), "--data", "elsewhere", "--backbone", "resnet18"])
     assert stop.value.code == 2
     assert "--resume continues the run as it was configured; it takes only --epochs, --workers, --device, --patience, not --backbone, --data" in capsys.readouterr().err
+
+
+def test_a_run_folder_inside_the_data_is_refused(dataset, tmp_path, monkeypatch, capsys):
+    """The next run on that folder read the run's plots as a class of their own."""
+    argv = ["--data", str(dataset), "--backbone", "mobilenet_v3_large", "--weights", "none", "--epochs", "1"]
+    assert finetune.main([*argv, "--out", str(dataset / "run")]) == 2
+    assert f"the run folder {dataset / 'run'} is inside --data {dataset}" in one_error_line(capsys)
+    monkeypatch.chdir(dataset)  # the default --out, runs/NAME, is under the current folder
+    assert finetune.main(["--data", ".", *argv[2:]]) == 2
+    assert "pass an --out outside it (the default is runs/ in the current folder)" in one_error_line(capsys)
+    assert sorted(p.name for p in dataset.iterdir()) == ["fist", "palm", "peace"]

@@ -242,6 +242,9 @@ def run_folder_and_splits(cfg: TrainConfig, resume: Path | None) -> tuple[Path, 
         check_split_readable(splits.train, "training", out / "split.json", f"put them back under {splits.root} to continue this run")
         return out, splits
     root = resolve_data_dir(cfg.data)
+    if out.resolve().is_relative_to(root.resolve()):  # its plots would be a class of the next run on that folder
+        raise DatasetError(f"the run folder {out} is inside --data {root}, where the next run would read it as a class: "
+                           f"pass an --out outside it{'' if cfg.out else ' (the default is runs/ in the current folder)'}")
     return out, load_splits(root, val_split=cfg.val_split, test_split=cfg.test_split, test_per_class=cfg.test_per_class, seed=cfg.seed, group_by=cfg.group_by)
 
 
