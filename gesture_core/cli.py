@@ -78,6 +78,21 @@ def output_arg(kind: str, suffixes: tuple[str, ...] = ()) -> Callable[[str], Pat
     return output
 
 
+RUN_FILES = ("best.pt", "last.pt", "metrics.json", "config.json")  # what training.finetune writes into its run folder
+
+
+def check_output_spares_inputs(flag: str, out: Path, inputs: dict[str, Path | None]) -> None:
+    """A ValueError when writing ``out`` would destroy what the command reads or what training wrote:
+    one of ``inputs`` (flag -> path) itself, a run's checkpoint or metrics, or a run's own folder as a
+    report folder (its metrics.json and plots would be replaced)."""
+    for name, path in inputs.items():
+        if path is not None and out.exists() and path.exists() and out.resolve() == path.resolve():
+            raise ValueError(f"{flag} {out} is the {name} it reads: pass another {flag}")
+    folder = out if out.is_dir() else out.parent
+    if (folder / "config.json").is_file() and (folder / "best.pt").is_file() and (out.is_dir() or out.name in RUN_FILES):
+        raise ValueError(f"{flag} {out} would replace a training run's {'files' if out.is_dir() else out.name} in {folder}: pass another {flag}")
+
+
 def checkpoint_arg(in_run_folder: str) -> Callable[[str], Path]:
     """An argparse type for a checkpoint: a file, or a training run's folder, meaning its
     ``in_run_folder`` file (``best.pt`` to evaluate or serve, ``last.pt`` to resume), as people pass them."""

@@ -313,3 +313,33 @@ def test_a_run_folder_inside_the_data_is_refused(dataset, tmp_path, monkeypatch,
     assert finetune.main(["--data", ".", *argv[2:]]) == 2
     assert "pass an --out outside it (the default is runs/ in the current folder)" in one_error_line(capsys)
     assert sorted(p.name for p in dataset.iterdir()) == ["fist", "palm", "peace"]
+
+
+def test_an_output_that_would_destroy_an_input_or_a_run_is_refused(run, tmp_path, capsys):
+    """export --out RUN/best.pt wrote TorchScript over the checkpoint, evaluate --out RUN replaced the
+    run's metrics.json and plots, and the webcam's --output over its --source video truncated it."""
+    import cv2
+    import numpy as np
+
+    from service.webcam.demo import main as webcam_main
+    from training.export import main as export_main
+
+    folder = tmp_path / "run"
+    shutil.copytree(run, folder)
+    before = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+    assert export_main(["--checkpoint", str(folder), "--format", "torchscript", "--out", str(folder / "best.pt")]) == 2
+    assert f"--out {folder / 'best.pt'} is the --checkpoint it reads" in one_error_line(capsys)
+    assert export_main(["--checkpoint", str(folder), "--format", "torchscript", "--out", str(folder / "last.pt")]) == 2
+    assert f"would replace a training run's last.pt in {folder}" in one_error_line(capsys)
+    assert evaluate_main(["--checkpoint", str(folder), "--out", str(folder)]) == 2
+    assert f"--out {folder} would replace a training run's files in {folder}" in one_error_line(capsys)
+    assert {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()} == before
+    video = tmp_path / "clip.mp4"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 30.0, (64, 64))
+    for i in range(5):
+        writer.write(np.full((64, 64, 3), 40 * i, np.uint8))
+    writer.release()
+    recorded = video.read_bytes()
+    assert webcam_main(["--checkpoint", str(folder), "--source", str(video), "--headless", "--output", str(video)]) == 2
+    assert f"--output {video} is the --source it reads" in one_error_line(capsys)
+    assert video.read_bytes() == recorded

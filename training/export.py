@@ -37,7 +37,7 @@ from torch import nn
 
 from gesture_core.backbones import get_backbone, with_features
 from gesture_core.classifier import Classifier, decode_probs, load_classifier
-from gesture_core.cli import checkpoint_arg, command, output_arg
+from gesture_core.cli import check_output_spares_inputs, checkpoint_arg, command, output_arg
 from gesture_core.images import IMAGE_SUFFIXES, ImageDecodeError
 from gesture_core.rejection import Rejection
 from training import cli
@@ -321,6 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out) if args.out else args.checkpoint.parent / f"model{SUFFIX[args.format]}"
     if (out.suffix.lower() == ".onnx") != (args.format == "onnx"):  # the file is read back by its suffix, for the parity check
         raise ValueError(f"--out {out}: a {args.format} file's name must end in {'.onnx' if args.format == 'onnx' else '.pt (e.g. model.torchscript.pt)'}")
+    check_output_spares_inputs("--out", out, {"--checkpoint": args.checkpoint})
     classifier = load_classifier(args.checkpoint, "cpu", engine="torch")  # parity is defined against eager PyTorch, CPU fp32
     inputs = parity_inputs(classifier, parity_images(args.checkpoint, args.images, args.max_images))
     export(classifier, args.format, out, **({"opset": args.opset} if args.format == "onnx" else {}))

@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 
 from gesture_core import Prediction
-from gesture_core.cli import checkpoint_arg, command, output_arg
+from gesture_core.cli import check_output_spares_inputs, checkpoint_arg, command, output_arg
 from gesture_core.runtime import Runtime, add_runtime_arguments
 from service.webcam.grabber import Frame, FrameGrabber
 from service.webcam.overlay import OverlayInfo, centred_roi, render
@@ -429,6 +429,10 @@ def make_scorer(args: argparse.Namespace) -> Scorer:
 @command
 def main(argv: list[str] | None = None, log: Log = _stderr) -> int:
     args = build_parser().parse_args(argv)
+    source = Path(args.source)  # a camera index or URL is no file, and spares itself
+    for flag, out in (("--output", args.output), ("--jsonl", args.jsonl)):
+        if out is not None:  # writing the video being read truncated it
+            check_output_spares_inputs(flag, out, {"--source": source, "--checkpoint": args.checkpoint})
     show_window = not args.headless
     if show_window and (problem := display_problem()):
         log(f"no display: {problem}; running headless (add --output/--jsonl to keep the results)")
