@@ -446,3 +446,18 @@ def test_a_ctrl_c_before_the_first_checkpoint_says_there_is_nothing_to_resume(da
     assert "interrupted before the first epoch ended: there is no last.pt to resume from; start again" in capsys.readouterr().err
     assert not (tmp_path / "run" / "last.pt").exists()
     assert finetune.train(cfg).exists()
+
+
+def test_file_names_that_are_not_utf8_train_and_evaluate_to_the_end(tmp_path):
+    """Such a name (its bytes as surrogates in Python) made matplotlib raise while plotting the test
+    mistakes, after training and before metrics.json; evaluate stopped halfway through predictions.csv."""
+    import os
+
+    data = make_image_folder(tmp_path / "gestures", per_class=10, size=48)
+    for image in sorted(data.glob("*/*")):
+        os.rename(image, os.fsdecode(os.fsencode(image.parent) + b"/\xff" + os.fsencode(image.name)))
+    run = finetune.train(tiny_config(data, tmp_path / "run", epochs=1))
+    assert json.loads((run / "metrics.json").read_text())["test"]["top1"] is not None
+    assert evaluate_main(["--checkpoint", str(run), "--out", str(tmp_path / "eval")]) == 0
+    listed = (tmp_path / "eval" / "predictions.csv").read_bytes().splitlines()[1:]
+    assert listed and all(os.path.exists(line.split(b",")[0]) for line in listed)  # the names as they are on disk

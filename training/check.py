@@ -37,7 +37,7 @@ from gesture_core.images import DECODED_FORMATS, ImageDecodeError, decode_rgb, p
 from training.cli import int_at_least
 from training.config import TrainConfig
 from training.data import SPLITS, DatasetError, is_presplit, scan_class_folders
-from training.data import _printable as printable  # non-UTF-8 names, made printable and JSON-safe
+from training.data import printable_path as printable  # non-UTF-8 names, made printable and JSON-safe
 from training.grouping import assign_groups, grouped_split, sequences
 
 FEW_IMAGES = 20  # below this a class is too small to learn and to test reliably
@@ -328,7 +328,7 @@ def _warnings(report: dict, per_split: dict[str, dict[str, int]], layout: str) -
         )
     if report["non_utf8_names"]:
         w.append(
-            f"{len(report['non_utf8_names'])} file name(s) are not valid UTF-8 (shown with \ufffd); some tools will choke on them"
+            f"{len(report['non_utf8_names'])} file name(s) are not valid UTF-8 (shown with \ufffd); training reads them, but other tools may not"
         )
     return w
 

@@ -161,7 +161,7 @@ def _valid_images(folder: Path, skipped: list[dict[str, str]], ignored: list[dic
             if reason is None:
                 found.append(path)
             else:
-                skipped.append({"path": _printable(path), "reason": reason})
+                skipped.append({"path": printable_path(path), "reason": reason})
     return found
 
 
@@ -169,10 +169,10 @@ def _note_ignored(dirpath: str, dirnames: list[str], filenames: list[str], ignor
     for name in dirnames:
         path = os.path.join(dirpath, name)
         if name.startswith("."):
-            ignored.append({"path": _printable(path), "reason": "hidden folder"})
+            ignored.append({"path": printable_path(path), "reason": "hidden folder"})
         elif os.path.islink(path):
-            ignored.append({"path": _printable(path), "reason": "symlinked folder (not followed)"})
-    ignored.extend({"path": _printable(os.path.join(dirpath, n)), "reason": "hidden file"} for n in filenames if n.startswith("."))
+            ignored.append({"path": printable_path(path), "reason": "symlinked folder (not followed)"})
+    ignored.extend({"path": printable_path(os.path.join(dirpath, n)), "reason": "hidden file"} for n in filenames if n.startswith("."))
 
 
 def check_image_file(path: str) -> str | None:
@@ -201,7 +201,7 @@ def check_image_file(path: str) -> str | None:
     return None
 
 
-def _printable(path: str) -> str:
+def printable_path(path: str) -> str:
     # Non-UTF-8 file names must still be reportable in JSON.
     return path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 

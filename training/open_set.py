@@ -54,7 +54,8 @@ def unknown_samples(folder: str | Path, skipped: list[dict[str, str]] | None = N
 def write_predictions(path: Path, classifier: Classifier, samples: Sequence[Sample], outputs: SplitOutputs, threshold: float) -> Path:
     """One row per image: its path, true class, the label the service would answer (empty: rejected) and score."""
     scores = classifier.scores_from_logits(outputs.logits, outputs.features)
-    with path.open("w", newline="") as f:
+    # surrogateescape: a file name that is not UTF-8 is written back as the bytes it has on disk
+    with path.open("w", newline="", encoding="utf-8", errors="surrogateescape") as f:
         writer = csv.writer(f)
         writer.writerow(["path", "true", "label", "top_class", "score", "gesture_score"])
         for row, index in enumerate(outputs.index):

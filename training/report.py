@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from gesture_core.rejection import Rejection, softmax
+from training.data import printable_path
 
 # A class name in a script or an emoji that matplotlib's font lacks is drawn as a box in the plots;
 # matplotlib warns once per figure and glyph, which says nothing a user can act on.
@@ -163,7 +164,8 @@ def rank_mistakes(paths: Sequence[str], probs: np.ndarray, targets: np.ndarray, 
 def plot_mistakes(path: Path, mistakes: Sequence[dict[str, Any]]) -> Path | None:
     """test_mistakes.png: the first MISTAKES_SHOWN of ``top_mistakes``, each captioned true -> predicted."""
     shown = mistakes[:MISTAKES_SHOWN]
-    captions = [f"{Path(m['path']).name}\n{m['true']} -> {m['predicted']} ({m['probability']:.2f})" for m in shown]
+    # A file name that is not UTF-8 (its bytes as surrogates) made matplotlib raise, after the training.
+    captions = [f"{printable_path(Path(m['path']).name)}\n{m['true']} -> {m['predicted']} ({m['probability']:.2f})" for m in shown]
     listed = f"{len(mistakes)} listed in metrics.json" if len(mistakes) == MISTAKES_LISTED else f"{len(mistakes)} in all"
     return plot_image_grid(path, [m["path"] for m in shown], captions, f"test mistakes, most confident first ({len(shown)} of {listed}): wrong labels show up here")
 
