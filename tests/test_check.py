@@ -12,6 +12,7 @@ import pytest
 from benchmarks.hostile_inputs import ico_holding_png
 from tests.helpers import make_image_folder, synthetic_image, write_rgb
 from training.check import build_report, main
+from training.data import DatasetError, load_splits
 
 
 @pytest.fixture
@@ -118,6 +119,16 @@ def test_presplit_leakage_and_missing_classes(tmp_path: Path):
     assert "train/test leakage: 1 image(s)" in warnings
     assert "test/ lacks class(es) present in train/: b" in warnings
     assert "no val/ folder" in warnings
+
+
+def test_a_presplit_class_that_training_refuses_is_fatal(tmp_path: Path):
+    """check called it a warning "(training will refuse)" and then said OK to train, exit 0."""
+    root = tmp_path / "split"
+    make_image_folder(root / "train", classes=("a", "b"), per_class=6)
+    make_image_folder(root / "test", classes=("a", "b", "c"), per_class=2)
+    assert build_report(root)["fatal"] == [f"{root}/test has classes missing from {root}/train: c"]
+    with pytest.raises(DatasetError, match=f"{root}/test has classes missing from {root}/train: c"):
+        load_splits(root)  # the same words as training's
 
 
 @pytest.mark.parametrize(

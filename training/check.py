@@ -277,6 +277,11 @@ def _fatal(report: dict, root: Path, per_split: dict[str, dict[str, int]], layou
     with_images = [c for c, n in report["counts"].items() if n]
     if len(with_images) < 2:
         return [f"{root}: only one class with images ({', '.join(with_images)}); a classifier needs at least two"]
+    if layout == "presplit":  # training refuses these, so check must not say "OK to train"
+        train = set(per_split.get("train", {}))
+        if extra := [f"{root}/{split} has classes missing from {root}/train: {', '.join(sorted(set(counts) - train))}"
+                     for split, counts in per_split.items() if split != "train" and set(counts) - train]:  # fmt: skip
+            return extra
     trained_on = per_split["train" if layout == "presplit" else "all"]
     empty = sorted(c for c, n in trained_on.items() if n == 0)
     if empty:
@@ -355,11 +360,8 @@ def _split_warnings(per_split: dict[str, dict[str, int]]) -> list[str]:
     train = set(per_split.get("train", {}))
     for split, counts in per_split.items():
         if split != "train" and set(counts) != train:
-            missing, extra = sorted(train - set(counts)), sorted(set(counts) - train)
-            if missing:
+            if missing := sorted(train - set(counts)):
                 w.append(f"{split}/ lacks class(es) present in train/: {', '.join(missing)}")
-            if extra:
-                w.append(f"{split}/ has class(es) missing from train/ (training will refuse): {', '.join(extra)}")
         empty = sorted(c for c, n in counts.items() if n == 0)
         if empty:
             w.append(f"{split}/ has empty class folder(s): {', '.join(empty)}")
