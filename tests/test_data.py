@@ -74,6 +74,14 @@ def test_a_presplit_class_absent_from_val_or_test_is_said(tmp_path):
         f"{tmp_path / 'd'}/test has no images of palm, peace: the test does not measure them"]
 
 
+def test_a_test_folder_beside_the_class_folders_is_said_to_be_trained_as_a_class(tmp_path):
+    """Half a pre-split layout (class folders and a test/ of the same classes) trained "test" as a class, silently."""
+    make_image_folder(tmp_path / "d", per_class=6)
+    make_image_folder(tmp_path / "d" / "test", classes=("fist",), per_class=6)
+    with pytest.warns(UserWarning, match="has class folder\\(s\\) named test, trained as classes: a pre-split layout needs both train/ and test/"):
+        assert load_splits(tmp_path / "d").classes == ["fist", "palm", "peace", "test"]
+
+
 def test_a_class_name_written_decomposed_is_the_same_class(tmp_path):
     """macOS writes "ñandú" decomposed (NFD): its test folder was "a class missing from train"."""
     import unicodedata

@@ -247,6 +247,9 @@ def load_splits(
         raise DatasetError(no_images(root, skipped, "in its class folders"))
     _require_trainable(by_class, root)
     classes = sorted(by_class)
+    if split_named := sorted(set(classes) & set(SPLITS)):  # half a pre-split layout: trained as a class, without a word
+        warnings.warn(f"{root} has class folder(s) named {', '.join(split_named)}, trained as classes: a pre-split layout "
+                      f"needs both train/ and test/ (docs/datasets.md)", stacklevel=2)
     grouping = assign_groups(by_class, group_by)
     parts = grouped_split(by_class, grouping, val_split=val_split, test_split=test_split, test_per_class=test_per_class, seed=seed)
     samples = {s: _to_samples(parts[s], classes) for s in SPLITS}
