@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from bentoml.exceptions import BadInput
 from PIL import Image
 from python_multipart.multipart import DEFAULT_MAX_HEADER_SIZE
@@ -132,6 +133,11 @@ def test_import_cli_prints_the_tag_and_rejects_non_checkpoints(stored_model, ran
     assert "not a readable checkpoint" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         import_model.main([str(random_head_checkpoint), "--name", "Bad Name!"])
+    last = tmp_path / "run" / "last.pt"  # what finetune adds to a checkpoint for --resume
+    last.parent.mkdir()
+    torch.save({**torch.load(random_head_checkpoint, weights_only=True), "epoch": 3, "optimizer": {}}, last)
+    assert import_model.main([str(last)]) == 2  # it stored the latest epoch's weights, uncalibrated, as the model to serve
+    assert f"import the run's best.pt, e.g. python -m service.import_model {last.parent}" in capsys.readouterr().err
 
 
 # --- the service class, called directly -----------------------------------------------------------
