@@ -100,6 +100,14 @@ def remove_partial_saves(folder: str | os.PathLike) -> list[Path]:
     return removed
 
 
+def check_not_training_state(path: Path, ckpt: dict[str, Any], command: str) -> None:
+    """A CheckpointError for a run's last.pt (it has an epoch to resume from) where a command takes the
+    run's model: its weights are the latest epoch's, not the best, and not calibrated for "no gesture"."""
+    if "epoch" in ckpt:
+        raise CheckpointError(f"{path} is a run's training state (last.pt: the latest epoch, not calibrated), not its model: "
+                              f"pass the run's best.pt, e.g. python -m {command} {path.parent}")
+
+
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():

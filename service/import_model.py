@@ -23,7 +23,7 @@ from typing import Any
 import bentoml
 from bentoml.exceptions import NotFound
 
-from gesture_core.checkpoint import CheckpointError
+from gesture_core.checkpoint import check_not_training_state
 from gesture_core.cli import checkpoint_arg, command
 from gesture_core.hands import HAND_MODEL_FILES
 from gesture_core.preprocess import DataConfig
@@ -114,9 +114,7 @@ def import_checkpoint(checkpoint: str | Path, name: str = DEFAULT_MODEL_NAME) ->
     path = Path(checkpoint)
     classifier = Runtime.from_env().load(path)  # as the service will load it (GESTURE_DEVICE, _ENGINE, _PRECISION)
     ckpt = classifier.checkpoint_meta  # everything but the weights
-    if "epoch" in ckpt:  # the service would answer with the latest epoch's weights, and no calibrated "no gesture"
-        raise CheckpointError(f"{path} is a run's training state (last.pt: the latest epoch, not calibrated), not its model: "
-                              f"import the run's best.pt, e.g. python -m service.import_model {path.parent}")
+    check_not_training_state(path, ckpt, "service.import_model")  # the service would answer with the latest epoch, uncalibrated
     metadata = model_metadata(path, ckpt)
     test_top1 = metadata["metrics"].get("test", {}).get("top1")
     labels = {

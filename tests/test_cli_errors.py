@@ -343,3 +343,15 @@ def test_an_output_that_would_destroy_an_input_or_a_run_is_refused(run, tmp_path
     assert webcam_main(["--checkpoint", str(folder), "--source", str(video), "--headless", "--output", str(video)]) == 2
     assert f"--output {video} is the --source it reads" in one_error_line(capsys)
     assert video.read_bytes() == recorded
+
+
+def test_calibrate_refuses_a_runs_last_pt(run, tmp_path, capsys):
+    """It calibrated the latest epoch and wrote that into the run's metrics.json and open_set.png, the best model's report."""
+    from training.calibrate import main as calibrate_main
+
+    folder = tmp_path / "run"
+    shutil.copytree(run, folder)
+    before = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+    assert calibrate_main(["--checkpoint", str(folder / "last.pt")]) == 2
+    assert f"pass the run's best.pt, e.g. python -m training.calibrate --checkpoint {folder}" in one_error_line(capsys)
+    assert {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()} == before

@@ -137,7 +137,7 @@ def test_import_cli_prints_the_tag_and_rejects_non_checkpoints(stored_model, ran
     last.parent.mkdir()
     torch.save({**torch.load(random_head_checkpoint, weights_only=True), "epoch": 3, "optimizer": {}}, last)
     assert import_model.main([str(last)]) == 2  # it stored the latest epoch's weights, uncalibrated, as the model to serve
-    assert f"import the run's best.pt, e.g. python -m service.import_model {last.parent}" in capsys.readouterr().err
+    assert f"pass the run's best.pt, e.g. python -m service.import_model {last.parent}" in capsys.readouterr().err
 
 
 # --- the service class, called directly -----------------------------------------------------------

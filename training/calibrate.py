@@ -43,6 +43,7 @@ from gesture_core.backbones import get_backbone, get_submodule_or_none
 from gesture_core.checkpoint import (
     atomic_torch_save,
     build_from_checkpoint,
+    check_not_training_state,
     load_checkpoint,
     resolve_device,
 )
@@ -452,6 +453,7 @@ def recalibrate(checkpoint: Path, requested: Sequence[str] | None, target_recall
                 score: str = DEFAULT_SCORE) -> dict[str, Any]:
     """Calibrate a run's checkpoint on its split.json; rewrites the checkpoint and RUN/metrics.json's open_set."""
     ckpt = load_checkpoint(checkpoint)
+    check_not_training_state(checkpoint, ckpt, "training.calibrate --checkpoint")  # it rewrote the run's report from last.pt
     split_file = checkpoint.parent / "split.json"
     if not split_file.exists():
         raise DatasetError(f"{split_file} not found: calibration needs the run's validation split")
