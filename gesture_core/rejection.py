@@ -87,6 +87,8 @@ def find_reject_classes(classes: Sequence[str], requested: Iterable[str] | None 
     if unknown := [name for name, c in found.items() if c is None]:
         raise ValueError(f"--reject-class {', '.join(map(repr, unknown))}: not a class of this data; "
                          f"choose from {', '.join(classes)} (or '' for no reject class)")
+    if classes and set(found.values()) == set(classes):  # the model would answer "no gesture" to everything
+        raise ValueError(f"--reject-class names every class ({', '.join(classes)}): at least one must be a gesture")
     return sorted(set(found.values()), key=list(classes).index)
 
 

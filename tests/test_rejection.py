@@ -60,6 +60,8 @@ def test_start_up_says_which_classes_mean_no_gesture_and_why():
     assert reject_choice(["fist", "none"], [""]).startswith("no gesture: no reject class (--reject-class '')")
     with pytest.raises(ValueError, match="choose from fist, none"):
         reject_choice(["fist", "none"], ["nothing"])
+    with pytest.raises(ValueError, match="names every class \\(fist, none\\): at least one must be a gesture"):
+        reject_choice(["fist", "none"], ["none", "FIST"])  # a model that rejects every image, trained and calibrated as one
 
 
 def test_reject_class_flag_names_classes_or_turns_the_rule_off():
