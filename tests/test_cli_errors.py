@@ -355,3 +355,17 @@ def test_calibrate_refuses_a_runs_last_pt(run, tmp_path, capsys):
     assert calibrate_main(["--checkpoint", str(folder / "last.pt")]) == 2
     assert f"pass the run's best.pt, e.g. python -m training.calibrate --checkpoint {folder}" in one_error_line(capsys)
     assert {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()} == before
+
+
+@pytest.mark.parametrize("module", ["training.finetune", "training.evaluate", "training.compare", "training.visualize", "service.webcam.capture"])
+def test_an_out_folder_that_is_a_file_is_refused_at_once(module, tmp_path, capsys):
+    """It was "error: X: File exists", after the data was scanned (or the model trained)."""
+    import importlib
+
+    taken = tmp_path / "notes.txt"
+    taken.write_text("mine")
+    with pytest.raises(SystemExit) as stop:
+        importlib.import_module(module).build_parser().parse_args(["--out", str(taken)])
+    assert stop.value.code == 2
+    assert f"argument --out: {taken} is a file: pass a folder" in capsys.readouterr().err
+    assert taken.read_text() == "mine"

@@ -124,11 +124,17 @@ def looks_like_path(value: str) -> bool:
     return "/" in value or re.fullmatch(r"\.[A-Za-z][A-Za-z0-9]*", Path(value).suffix) is not None
 
 
+OUTPUT_FLAGS = ("--out", "--output", "--jsonl", "--snapshot-dir", "--json")
+
+
 def with_placeholders(argv: list[str], scratch: Path) -> list[str]:
     """ARGV with the paths that exist in the repository made absolute, and empty stand-ins in SCRATCH
     (the working directory) for the relative ones that do not."""
     resolved = []
-    for value in argv:
+    for flag, value in zip(["", *argv], argv, strict=False):
+        if flag in OUTPUT_FLAGS:  # made by the command: a stand-in would be in its way
+            resolved.append(value)
+            continue
         if looks_like_path(value) and (REPO / value).exists():
             value = str(REPO / value)
         elif looks_like_path(value) and not Path(value).is_absolute() and ".." not in Path(value).parts:

@@ -27,7 +27,7 @@ import torch
 
 from gesture_core.backbones import get_backbone
 from gesture_core.classifier import load_classifier
-from gesture_core.cli import command
+from gesture_core.cli import command, output_arg
 from gesture_core.weights import WeightsUnavailableError, imagenet_weights_file
 from training import cli
 from training.config import SETTLED_FROM_AUTO, TrainConfig
@@ -222,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=cli.int_at_least(0), default=2)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="for training; latency is always measured on the CPU")
     p.add_argument("--latency-runs", type=cli.int_at_least(1), default=20)
-    p.add_argument("--out", default=None, help="comparison folder (default: runs/compare-<data name>)")
+    p.add_argument("--out", type=output_arg("folder"), default=None, help="comparison folder (default: runs/compare-<data name>)")
     p.add_argument("--retrain", action="store_true", help="train again even where a finished run exists")
     return p
 

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from gesture_core.classifier import Classifier, load_classifier
-from gesture_core.cli import check_output_spares_inputs, checkpoint_arg, command
+from gesture_core.cli import check_output_spares_inputs, checkpoint_arg, command, output_arg
 from gesture_core.preprocess import TTA_MODES, DataConfig, Preprocess, tta_crops, tta_view_count
 from training import cli
 from training.calibrate import SplitOutputs
@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", type=checkpoint_arg("best.pt"), required=True, help="RUN/best.pt, or the run folder RUN")
     p.add_argument("--data", default=None, help="ImageFolder to evaluate as a whole (default: the run's saved test split)")
     p.add_argument("--split", choices=("test", "val", "train"), default="test", help="which saved split, without --data")
-    p.add_argument("--out", default=None, help="report folder (default: RUN/eval-<split or folder name>)")
+    p.add_argument("--out", type=output_arg("folder"), default=None, help="report folder (default: RUN/eval-<split or folder name>)")
     p.add_argument("--batch-size", type=cli.int_at_least(1), default=64)
     p.add_argument("--workers", type=cli.int_at_least(0), default=2)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")

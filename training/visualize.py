@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gesture_core.classifier import Classifier, load_classifier
-from gesture_core.cli import checkpoint_arg, command
+from gesture_core.cli import checkpoint_arg, command, output_arg
 from training import cli
 
 
@@ -211,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", type=checkpoint_arg("best.pt"), required=True, help="RUN/best.pt, or the run folder RUN")
     p.add_argument("--image", type=cli.existing_file, required=True)
     p.add_argument("--class", dest="classes", action="append", default=[], metavar="NAME", help="also explain this class (repeatable)")
-    p.add_argument("--out", default=None, help="output folder (default: RUN/visualize-<image name>)")
+    p.add_argument("--out", type=output_arg("folder"), default=None, help="output folder (default: RUN/visualize-<image name>)")
     p.add_argument("--channels", type=cli.int_at_least(1), default=16, help="feature maps shown per stage")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu")
     return p

@@ -36,7 +36,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from gesture_core.cli import command
+from gesture_core.cli import command, output_arg
 from gesture_core.rejection import is_reject_name
 from service.webcam.demo import display_problem
 from service.webcam.grabber import ended_early
@@ -346,7 +346,7 @@ def class_folder_given_as_out(out: Path, classes: list[str]) -> str | None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m service.webcam.capture", description=__doc__.split("\n\n")[0],
                                 epilog=NONE_TIP, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    p.add_argument("--out", type=Path, required=True, help="dataset folder; images go to OUT/<class>/")
+    p.add_argument("--out", type=output_arg("folder"), required=True, help="dataset folder; images go to OUT/<class>/")
     p.add_argument(
         "--classes", type=class_list, help="comma-separated class names, keys 1-9 in this order (e.g. fist,palm,peace,none)"
     )
