@@ -106,6 +106,9 @@ def checkpoint_arg(in_run_folder: str) -> Callable[[str], Path]:
             return path / in_run_folder
         if not path.is_file():
             raise argparse.ArgumentTypeError(f"{text}: no such file" if not path.exists() else f"{text} is not a regular file")
+        if path.suffix.lower() == ".onnx":  # it was "not written by torch.save", which does not say what to pass
+            raise argparse.ArgumentTypeError(f"{text} is an ONNX export (training.export writes them for other runtimes): "
+                                             f"pass the run's checkpoint, RUN/{in_run_folder}, or the run folder RUN")
         return path
 
     return checkpoint

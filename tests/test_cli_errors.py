@@ -369,3 +369,22 @@ def test_an_out_folder_that_is_a_file_is_refused_at_once(module, tmp_path, capsy
     assert stop.value.code == 2
     assert f"argument --out: {taken} is a file: pass a folder" in capsys.readouterr().err
     assert taken.read_text() == "mine"
+
+
+def test_evaluating_last_pt_keeps_best_pts_evaluation(run, tmp_path):
+    """Both wrote RUN/eval-test: evaluating the last epoch replaced the model's own evaluation."""
+    folder = tmp_path / "run"
+    shutil.copytree(run, folder)
+    assert evaluate_main(["--checkpoint", str(folder / "best.pt")]) == 0
+    kept = (folder / "eval-test" / "metrics.json").read_bytes()
+    assert evaluate_main(["--checkpoint", str(folder / "last.pt")]) == 0
+    assert (folder / "eval-test" / "metrics.json").read_bytes() == kept
+    assert json.loads((folder / "eval-test-last" / "metrics.json").read_text())["checkpoint"] == str(folder / "last.pt")
+
+
+def test_an_onnx_export_given_as_a_checkpoint_is_named(tmp_path, capsys):
+    exported = tmp_path / "model.onnx"
+    exported.write_bytes(b"\x08\x07onnx")
+    with pytest.raises(SystemExit):
+        evaluate_main(["--checkpoint", str(exported)])
+    assert f"{exported} is an ONNX export (training.export writes them for other runtimes): pass the run's checkpoint" in capsys.readouterr().err

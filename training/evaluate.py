@@ -177,6 +177,11 @@ def format_tta_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def checkpoint_suffix(checkpoint: Path) -> str:
+    """"" for the run's model (best.pt); "-last" for last.pt, whose evaluation replaced best.pt's in the same folder."""
+    return "" if checkpoint.name == "best.pt" else f"-{checkpoint.stem}"
+
+
 @command
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
@@ -208,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         first = failure_reports(failed[:1], classifier.data_config.resize_size)[0]
         raise DatasetError(f"none of the {len(samples):,} images of {name} could be decoded (e.g. {first['path']}: {first['reason']})")
     suffix = ("" if args.tta == "none" else f"-tta-{args.tta}") + geometry_suffix(args)
-    out = Path(args.out) if args.out else args.checkpoint.parent / f"eval-{name}{suffix}"
+    out = Path(args.out) if args.out else args.checkpoint.parent / f"eval-{name}{suffix}{checkpoint_suffix(args.checkpoint)}"
     out.mkdir(parents=True, exist_ok=True)
     skipped += failure_reports(failed, classifier.data_config.resize_size)
     report = {"backbone": classifier.backbone, "classes": classifier.classes, "checkpoint": str(args.checkpoint), "data": name,
@@ -253,7 +258,7 @@ def evaluate_hands(classifier: Classifier, samples: list[Sample], skipped: list[
     cache = HandCropCache(classifier.data_config, localiser=lambda: classifier.localiser)
     outputs = frame_outputs(classifier, samples, cache, batch_size=args.batch_size, threshold=args.threshold)
     metrics = frame_metrics(classifier, outputs)
-    out = Path(args.out) if args.out else args.checkpoint.parent / f"eval-{name}"
+    out = Path(args.out) if args.out else args.checkpoint.parent / f"eval-{name}{checkpoint_suffix(args.checkpoint)}"
     out.mkdir(parents=True, exist_ok=True)
     skipped += [{"path": samples[i].path, "reason": cache.entry(samples[i].path).error} for i in outputs.failed]
     report = {"backbone": classifier.backbone, "classes": classifier.classes, "checkpoint": str(args.checkpoint), "data": name,
