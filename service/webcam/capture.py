@@ -338,8 +338,8 @@ def class_folder_given_as_out(out: Path, classes: list[str]) -> str | None:
     all as that one class (a class folder is read recursively)."""
     if out.name in classes:
         return f"--out {out} ends in the class name {out.name!r}, so images would go to {out / out.name}/"
-    if _count_images(out):
-        return f"--out {out} holds images itself, as a class folder does, and images go to OUT/<class>/"
+    if _count_images(out) and not any(entry.is_dir() for entry in out.iterdir()):  # a dataset's stray photo is no class folder
+        return f"--out {out} holds images and no folders, as a class folder does, and images go to OUT/<class>/"
     return None
 
 
