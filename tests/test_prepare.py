@@ -263,3 +263,13 @@ def test_catalogue_entries_are_complete_and_checksums_are_real_or_declared_absen
                 assert re.fullmatch(r"[0-9a-f]{64}", remote.sha256)
                 assert "TensorFlow Datasets" in entry.checksum_source
     assert CATALOGUE["flowers102"].layout == "presplit"
+
+
+def test_a_mistyped_archive_or_wheel_is_a_usage_error(tmp_path, capsys):
+    """It exited 1, the code of a failed download, after naming the dataset's source."""
+    for flag in ("--archive", "--wheel"):
+        with pytest.raises(SystemExit) as stop:
+            main(["tiny-digits", "--root", str(tmp_path), flag, str(tmp_path / "master.zip")])
+        assert stop.value.code == 2
+        assert f"argument {flag}: {tmp_path / 'master.zip'}: no such file or folder" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

@@ -592,15 +592,22 @@ def print_catalogue() -> None:
     )
 
 
+def existing_path(text: str) -> Path:
+    """A file or folder given by hand: a mistyped one is a usage error (exit 2), not a failed download (1)."""
+    if not Path(text).exists():
+        raise argparse.ArgumentTypeError(f"{text}: no such file or folder")
+    return Path(text)
+
+
 @command
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.prepare", description=__doc__.split("\n\n")[0])
     names = (*CATALOGUE, HAND_MODELS)
     parser.add_argument("name", nargs="?", metavar="NAME", help=f"one of: {', '.join(names)}")
     parser.add_argument("--root", type=Path, default=DEFAULT_ROOT, help="where datasets live (default: datasets/)")
-    parser.add_argument("--archive", type=Path, help="an archive downloaded by hand (or a folder holding the files): no download")
+    parser.add_argument("--archive", type=existing_path, help="an archive downloaded by hand (or a folder holding the files): no download")
     parser.add_argument("--keep-archive", action="store_true", help="keep the downloaded archive after unpacking")
-    parser.add_argument("--wheel", type=Path, help=f"{HAND_MODELS} only: the {MODELS_WHEEL} wheel downloaded by hand: no download")
+    parser.add_argument("--wheel", type=existing_path, help=f"{HAND_MODELS} only: the {MODELS_WHEEL} wheel downloaded by hand: no download")
     parser.add_argument("--list", action="store_true", help="list the catalogue and exit")
     args = parser.parse_args(argv)
     if args.list:
