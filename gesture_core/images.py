@@ -340,9 +340,14 @@ def probe_layout(data: bytes) -> tuple[str, tuple[int, int], JpegLayout | None]:
         raise ImageDecodeError(unreadable_header(data)) from None
 
 
+def signature_format(data: bytes) -> str | None:
+    """The decoded format whose signature ``data`` starts with (JPEG, PNG, GIF, TIFF), or None."""
+    return next((name for magic, name in SIGNATURES.items() if data.startswith(magic)), None)
+
+
 def unreadable_header(data: bytes) -> str:
     """Why a file's header cannot be read: a known format cut short or corrupt, or no image at all."""
-    fmt = next((name for magic, name in SIGNATURES.items() if data.startswith(magic)), None)
+    fmt = signature_format(data)
     if fmt == "JPEG" and not jpeg_is_complete(data):
         return TRUNCATED_JPEG
     if fmt is not None:

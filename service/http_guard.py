@@ -46,7 +46,7 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import DEFAULT_MAX_HEADER_COUNT, DEFAULT_MAX_HEADER_SIZE, MultipartParser, parse_options_header
 from starlette.requests import Request
 
-from gesture_core.images import SIGNATURES
+from gesture_core.images import signature_format
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -143,7 +143,7 @@ class FormPart(NamedTuple):
 def fields_problem(scope: Scope, body: bytes, fields: EndpointFields) -> str | None:
     """Why a body's fields do not fit the endpoint, or None (also for bodies BentoML words errors for)."""
     media_type, options = parse_options_header(header(scope, b"content-type") or b"")
-    if media_type != b"multipart/form-data" and body.startswith(tuple(SIGNATURES)):
+    if media_type != b"multipart/form-data" and signature_format(body):
         # An image sent as the body itself, whatever the Content-Type says (curl --data-binary sends
         # it as a urlencoded form): BentoML answered "Invalid JSON", or quoted the bytes as a field name.
         return raw_body_problem(media_type, body, fields)
@@ -174,7 +174,7 @@ def fields_problem(scope: Scope, body: bytes, fields: EndpointFields) -> str | N
 
 def raw_body_problem(media_type: bytes, body: bytes, fields: EndpointFields) -> str:
     sent_as = media_type.decode("latin-1") or "no Content-Type"
-    image = next((name for magic, name in SIGNATURES.items() if body.startswith(magic)), None)
+    image = signature_format(body)
     what = f"a raw {sent_as} body" if image is None or media_type.startswith(b"image/") else f"a raw {image} body (sent as {sent_as})"
     return (f"{what} is not taken: send the image as a multipart file field (curl -F image=@photo.jpg) "
             f'or as JSON {{"image_b64": "<base64>"}}; this endpoint takes: {", ".join(sorted(fields.names))}')

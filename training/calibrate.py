@@ -31,7 +31,7 @@ import argparse
 import json
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -417,12 +417,13 @@ def format_open_set(report: dict[str, Any]) -> str:
 
 # --- the command ----------------------------------------------------------------------------------
 
-def add_rejection_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
-    parser.add_argument("--reject-class", dest="reject_classes", action="append", default=None, metavar="NAME",
+def add_rejection_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup, default: Callable[[Any], Any] = lambda value: value) -> None:
+    """``default`` maps each default (finetune's parser for --resume maps them all to SUPPRESS, to see what was given)."""
+    parser.add_argument("--reject-class", dest="reject_classes", action="append", default=default(None), metavar="NAME",
                         help="a class meaning 'no gesture' (repeatable; default: classes named none, no_gesture, nothing, background, other, ...; '' for none)")
-    parser.add_argument("--reject-target-recall", type=cli.float_in(0.0, 1.0, high_inclusive=True), default=DEFAULT_TARGET_RECALL,
+    parser.add_argument("--reject-target-recall", type=cli.float_in(0.0, 1.0, high_inclusive=True), default=default(DEFAULT_TARGET_RECALL),
                         help="the chosen threshold keeps gesture recall at least this fraction of the unthresholded recall")
-    parser.add_argument("--reject-score", choices=SCORES, default=DEFAULT_SCORE,
+    parser.add_argument("--reject-score", choices=SCORES, default=default(DEFAULT_SCORE),
                         help="what the threshold applies to: the calibrated top probability, the energy, the features' cosine "
                              "to the nearest gesture class mean, or the lower of the last two's ranks (docs/no-gesture.md#which-score)")
 

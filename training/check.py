@@ -36,7 +36,7 @@ from gesture_core.cli import command, output_arg
 from gesture_core.images import DECODED_FORMATS, ImageDecodeError, decode_rgb, probe_image
 from training.cli import int_at_least
 from training.config import TrainConfig
-from training.data import SPLITS, DatasetError, is_presplit, scan_class_folders
+from training.data import SPLITS, DatasetError, classes_missing_from_train, is_presplit, scan_class_folders
 from training.data import printable_path as printable  # non-UTF-8 names, made printable and JSON-safe
 from training.grouping import assign_groups, grouped_split, sequences
 
@@ -277,11 +277,8 @@ def _fatal(report: dict, root: Path, per_split: dict[str, dict[str, int]], layou
     with_images = [c for c, n in report["counts"].items() if n]
     if len(with_images) < 2:
         return [f"{root}: only one class with images ({', '.join(with_images)}); a classifier needs at least two"]
-    if layout == "presplit":  # training refuses these, so check must not say "OK to train"
-        train = set(per_split.get("train", {}))
-        if extra := [f"{root}/{split} has classes missing from {root}/train: {', '.join(sorted(set(counts) - train))}"
-                     for split, counts in per_split.items() if split != "train" and set(counts) - train]:  # fmt: skip
-            return extra
+    if layout == "presplit" and (missing := classes_missing_from_train(per_split, root)):  # training refuses these
+        return missing
     trained_on = per_split["train" if layout == "presplit" else "all"]
     empty = sorted(c for c, n in trained_on.items() if n == 0)
     if empty:

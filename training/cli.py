@@ -82,6 +82,13 @@ def existing_file(text: str) -> Path:
     return Path(text)
 
 
+def existing_path(text: str) -> Path:
+    """A file or folder given by hand: a mistyped one is a usage error (exit 2), not a failed download (1)."""
+    if not Path(text).exists():
+        raise argparse.ArgumentTypeError(f"{text}: no such file or folder")
+    return Path(text)
+
+
 def group_by_arg(text: str) -> str:
     try:
         return check_group_by(text)

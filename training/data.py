@@ -12,7 +12,7 @@ import os
 import stat
 import unicodedata
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -256,11 +256,17 @@ def load_splits(
     return Splits(str(root), classes, samples["train"], samples["val"], samples["test"], skipped, "imagefolder", grouping.to_json())
 
 
+def classes_missing_from_train(classes_by_split: Mapping[str, Iterable[str]], root: Path) -> list[str]:
+    """Why a pre-split folder cannot be trained on: a val/ or test/ class that train/ lacks (training.check says the same)."""
+    train = set(classes_by_split["train"])
+    return [f"{root}/{name} has classes missing from {root}/train: {', '.join(sorted(set(names) - train))}"
+            for name, names in classes_by_split.items() if set(names) - train]  # fmt: skip
+
+
 def _check_same_classes(parts: dict[str, dict[str, list[str]]], classes: list[str], root: Path) -> None:
+    if missing := classes_missing_from_train(parts, root):
+        raise DatasetError(missing[0])
     for name, by_class in parts.items():
-        extra = sorted(set(by_class) - set(classes))
-        if extra:
-            raise DatasetError(f"{root}/{name} has classes missing from {root}/train: {', '.join(extra)}")
         if absent := [c for c in classes if not by_class.get(c)]:
             unseen = "the model is chosen and calibrated without them" if name == "val" else "the test does not measure them"
             warnings.warn(f"{root}/{name} has no images of {', '.join(absent)}: {unseen}", stacklevel=3)

@@ -138,7 +138,7 @@ def build_parser(*, suppress_defaults: bool = False) -> argparse.ArgumentParser:
     g.add_argument("--head-epochs", type=cli.int_at_least(0), default=default(d.head_epochs), help="staged: train only the head for N epochs, then unfreeze")
     g.add_argument("--cache-features", choices=CACHE_CHOICES, default=default(d.cache_features), help="frozen epochs train the head on backbone features computed once (auto: when --augment none; on: also with augmentation, which those epochs then skip)")
     g.add_argument("--patience", type=cli.int_at_least(0), default=default(d.patience), help="early stopping after N epochs without val improvement (0: off)")
-    add_rejection_args(p.add_argument_group("no gesture (docs/no-gesture.md)"))
+    add_rejection_args(p.add_argument_group("no gesture (docs/no-gesture.md)"), default)
     g = p.add_argument_group("augmentation")
     g.add_argument("--augment", choices=PRESETS, default=default(d.augment), help="training augmentation preset")
     cli.add_flip_arguments(g, default(d.flip))
@@ -160,9 +160,7 @@ def parse_config(argv: list[str] | None = None) -> tuple[TrainConfig, Path | Non
     args = parser.parse_args(argv)
     if args.resume is not None:
         explicit = vars(build_parser(suppress_defaults=True).parse_args(argv))
-        unset = vars(build_parser(suppress_defaults=True).parse_args([]))  # the few options whose defaults stay
-        given = {key for key, value in explicit.items() if key not in unset or unset[key] != value}
-        if ignored := sorted(given - {"resume", *RESUMABLE_OVERRIDES}):  # they were dropped without a word
+        if ignored := sorted(set(explicit) - {"resume", *RESUMABLE_OVERRIDES}):  # they were dropped without a word
             parser.error(f"--resume continues the run as it was configured; it takes only "
                          f"{', '.join('--' + k for k in RESUMABLE_OVERRIDES)}, not {', '.join('--' + k.replace('_', '-') for k in ignored)}")
         cfg = TrainConfig.from_dict(load_training_state(args.resume)["train_config"])

@@ -42,6 +42,7 @@ from tqdm import tqdm
 from gesture_core.cli import command
 from gesture_core.hands import HAND_MODEL_FILES, MODELS_WHEEL, HandModelFile, hand_models_dir
 from gesture_core.images import IMAGE_SUFFIXES
+from training.cli import existing_path
 from training.data import SPLITS, DatasetError
 
 DEFAULT_ROOT = Path("datasets")
@@ -590,13 +591,6 @@ def print_catalogue() -> None:
         f"{HAND_MODELS:14s} MediaPipe's palm detector and hand-landmark model, from the {MODELS_WHEEL} wheel, "
         f"into {hand_models_dir()}\n{'':14s} 8 MB of models (35 MB download); licence: Apache-2.0\n{'':14s} {WHEEL_PAGE}"
     )
-
-
-def existing_path(text: str) -> Path:
-    """A file or folder given by hand: a mistyped one is a usage error (exit 2), not a failed download (1)."""
-    if not Path(text).exists():
-        raise argparse.ArgumentTypeError(f"{text}: no such file or folder")
-    return Path(text)
 
 
 @command
