@@ -177,12 +177,16 @@ def test_offline_without_a_wheel_gives_one_error_line_and_exit_2(tmp_path, monke
     assert not (tmp_path / "cache" / "hand-models").exists()
 
 
-def test_wheel_flag_belongs_to_hand_models_only(capsys):
+def test_wheel_flag_belongs_to_hand_models_only(tmp_path, capsys):
+    # files that exist, so the check under test is the pairing, not the paths
+    wheel, archive = tmp_path / "x.whl", tmp_path / "x.zip"
+    wheel.write_bytes(b"PK")
+    archive.write_bytes(b"PK")
     with pytest.raises(SystemExit) as exc:
-        prepare.main(["flowers", "--wheel", "x.whl"])
+        prepare.main(["flowers", "--wheel", str(wheel)])
     assert exc.value.code == 2 and "--wheel is for hand-models only" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        prepare.main(["hand-models", "--archive", "x.zip"])
+        prepare.main(["hand-models", "--archive", str(archive)])
     assert "takes --wheel PATH" in capsys.readouterr().err
 
 
