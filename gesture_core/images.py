@@ -71,6 +71,9 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".
 # File signatures, to name the format of a file whose header is cut or corrupt.
 SIGNATURES = {b"\xff\xd8\xff": "JPEG", b"\x89PNG\r\n\x1a\n": "PNG", b"GIF8": "GIF", b"II*\x00": "TIFF", b"MM\x00*": "TIFF"}
 
+# TGA has no signature, and an uncompressed colour TGA starts with the four bytes that mark a CUR.
+SHARED_SIGNATURES = {"CUR": "CUR or TGA"}
+
 ImageSource = str | os.PathLike | bytes | bytearray | memoryview | Image.Image | np.ndarray
 
 cv2.setNumThreads(1)  # decoding runs inside loader workers and request handlers; oversubscription hurts
@@ -136,12 +139,18 @@ def decode_rgb(data: bytes, *, max_pixels: int | None = DEFAULT_MAX_PIXELS, min_
         data = png_pixel_chunks_only(data)
     if fmt in ("JPEG", "PNG", "WEBP", "BMP", "TIFF"):
         flag = reduced_jpeg_flag(fmt, width, height, min_side)
+        # A TIFF may hold float samples (0-1), which IMREAD_COLOR casts to 8 bits unscaled: all black.
+        # Its own depth and channels instead; _array_to_rgb scales them.
+        flag = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR if fmt == "TIFF" else flag
         keep_decoder_warnings_quiet()
         try:
             bgr = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
             if bgr is not None and bgr.ndim == 3 and bgr.shape[2] == 3:
                 # In place: no third full-size array next to OpenCV's decoding buffer and its result.
-                return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB, dst=bgr)
+                rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB, dst=bgr)
+                return rgb if rgb.dtype == np.uint8 else _array_to_rgb(rgb)
+            if bgr is not None and bgr.ndim == 2:
+                return _array_to_rgb(bgr)
         except cv2.error as err:
             raise ImageDecodeError(f"corrupt or undecodable {fmt} ({opencv_reason(err)})") from None
     return _decode_with_pil(data)
@@ -235,9 +244,11 @@ def header_units(data: bytes) -> tuple[str, int]:
         return "PPM", ppm_header_bytes(data)
     if data.startswith((b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")):  # the entry count of the first directory
         order, big = "little" if data[0] == ord("I") else "big", data[2:4] in (b"+\x00", b"\x00+")  # BigTIFF: 8-byte fields
+        header, width = (16, 8) if big else (8, 2)
         offset = int.from_bytes(data[8:16] if big else data[4:8], order)
-        width = 8 if big else 2
-        return "TIFF", int.from_bytes(data[offset:offset + width], order) if offset + width <= len(data) else 0
+        # A directory inside the header, or past the end, is a cut file: PIL's reader names it.
+        inside = header <= offset and offset + width <= len(data)
+        return "TIFF", int.from_bytes(data[offset:offset + width], order) if inside else 0
     return "", 0
 
 
@@ -337,7 +348,26 @@ def probe_layout(data: bytes) -> tuple[str, tuple[int, int], JpegLayout | None]:
         pixels = f"{int(declared.group(1)):,} pixels" if declared else "more pixels than PIL opens"
         raise ImageDecodeError(f"image too large: its header declares {pixels}, far more than any photo") from None
     except Exception:  # PIL raises a zoo of types for garbage input
-        raise ImageDecodeError(unreadable_header(data)) from None
+        size = tiff_size(data) if fmt == "TIFF" else None
+        if size is None:
+            raise ImageDecodeError(unreadable_header(data)) from None
+        return "TIFF", size, layout  # a sample layout PIL has no mode for (3-channel float): OpenCV reads it
+
+
+def tiff_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from the first directory of a classic TIFF, or None: for the layouts PIL will
+    not open, whose size the dimension checks still need before OpenCV decodes them."""
+    if not data.startswith((b"II*\x00", b"MM\x00*")) or len(data) < 8:
+        return None
+    order = "little" if data[0] == ord("I") else "big"
+    offset = int.from_bytes(data[4:8], order)
+    count = int.from_bytes(data[offset:offset + 2], order) if offset >= 8 else 0
+    found = {}
+    for entry in range(offset + 2, min(offset + 2 + 12 * count, len(data) - 11), 12):
+        tag, kind = int.from_bytes(data[entry:entry + 2], order), int.from_bytes(data[entry + 2:entry + 4], order)
+        if tag in (256, 257) and kind in (3, 4):  # ImageWidth, ImageLength; SHORT or LONG
+            found[tag] = int.from_bytes(data[entry + 8:entry + (10 if kind == 3 else 12)], order)
+    return (found[256], found[257]) if len(found) == 2 else None
 
 
 def signature_format(data: bytes) -> str | None:
@@ -365,7 +395,7 @@ def other_format(data: bytes) -> str | None:
     for name, (_, accept) in Image.OPEN.items():
         try:  # some tests read a few bytes whatever the length: PIL itself catches their struct.error
             if name not in DECODED_FORMATS and accept is not None and accept(data[:16]):
-                return name
+                return SHARED_SIGNATURES.get(name, name)
         except Exception:  # noqa: BLE001, S112 - a test that cannot read this prefix does not recognise it
             continue
     return None
@@ -416,6 +446,8 @@ def _pil_errors_as_decode_errors() -> Iterator[None]:
 
 def _pil_to_rgb(img: Image.Image) -> np.ndarray:
     img = ImageOps.exif_transpose(img)
+    if img.mode == "F":  # float samples: converting to RGB would clip 0-1 to black
+        return _array_to_rgb(np.asarray(img))
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         arr = np.asarray(img, dtype=np.float64)
         top = 65535.0 if arr.max(initial=0) > 255 else 255.0
@@ -428,8 +460,10 @@ def _pil_to_rgb(img: Image.Image) -> np.ndarray:
 def _array_to_rgb(arr: np.ndarray) -> np.ndarray:
     if arr.dtype == np.uint16:
         arr = (arr >> 8).astype(np.uint8)
+    elif arr.dtype.kind == "f":
+        arr = _float_to_uint8(arr)
     elif arr.dtype != np.uint8:
-        raise ImageDecodeError(f"expected a uint8 image array, got dtype {arr.dtype}")
+        raise ImageDecodeError(f"expected a uint8, uint16 or float image array, got dtype {arr.dtype}")
     if arr.ndim == 2:
         arr = np.repeat(arr[:, :, None], 3, axis=2)
     elif arr.ndim == 3 and arr.shape[2] == 1:
@@ -439,3 +473,12 @@ def _array_to_rgb(arr: np.ndarray) -> np.ndarray:
     elif not (arr.ndim == 3 and arr.shape[2] == 3):
         raise ImageDecodeError(f"expected an HxW, HxWx1, HxWx3 or HxWx4 image array, got shape {arr.shape}")
     return np.ascontiguousarray(arr)
+
+
+def _float_to_uint8(arr: np.ndarray) -> np.ndarray:
+    """Float pixels as 8 bits: 0-1 is the convention (TIFF, scikit-image, torchvision), and values
+    above 1 are read as 0-255, the range of an 8-bit image saved as floats."""
+    if not np.isfinite(arr).all():
+        raise ImageDecodeError("float image with NaN or infinite pixels: re-save it as 8-bit")
+    top = 255.0 if arr.max(initial=0.0) > 1.0 else 1.0
+    return (np.clip(arr, 0.0, top) * (255.0 / top)).round().astype(np.uint8)

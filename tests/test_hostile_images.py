@@ -309,6 +309,7 @@ OTHER_FORMATS = {  # formats PIL reads: each is refused by name, without its rea
     "QOI": lambda: encode(Image.new("RGB", (64, 48)), "QOI"),
     "JPEG2000": lambda: encode(Image.new("RGB", (64, 48)), "JPEG2000"),
     "DDS": lambda: encode(Image.new("RGB", (64, 48)), "DDS"),
+    "CUR or TGA": lambda: encode(Image.new("RGB", (64, 48)), "TGA"),  # TGA has no signature; its first bytes are a CUR's
 }
 
 
@@ -341,3 +342,29 @@ def test_any_prefix_of_any_file_is_a_decode_error_and_nothing_else(fmt):
     for cut in [*range(1, 64), len(whole) // 2]:
         with pytest.raises(ImageDecodeError):
             decode_rgb(whole[:cut], max_pixels_per_byte=16.0)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("top", [1.0, 255.0])
+def test_a_float_tiff_is_scaled_not_cast_to_black(channels, top):
+    """Float samples are 0-1 by convention (0-255 when an 8-bit image was saved as floats): OpenCV's
+    colour decode cast them to 8 bits unscaled, a black image; PIL has no mode for 3-channel floats."""
+    ramp = np.linspace(0.0, 1.0, 48 * 64, dtype=np.float32).reshape(48, 64)
+    pixels = np.dstack([ramp] * channels).squeeze() * np.float32(top)
+    rgb = decode_rgb(cv2.imencode(".tiff", pixels)[1].tobytes())
+    assert rgb.shape == (48, 64, 3) and rgb.dtype == np.uint8
+    assert rgb.min() == 0 and rgb.max() == 255 and abs(float(rgb.mean()) - 127.5) < 1
+
+
+def test_a_float_tiff_with_nan_pixels_is_refused_by_reason():
+    with pytest.raises(ImageDecodeError, match="NaN or infinite"):
+        decode_rgb(cv2.imencode(".tiff", np.full((8, 8, 3), np.nan, np.float32))[1].tobytes())
+
+
+def test_a_tiff_cut_inside_its_header_is_called_truncated():
+    """Its directory offset, read from missing bytes, pointed at the file's own first bytes, whose
+    "entry count" (the byte-order mark) was refused as a header of thousands of units."""
+    whole = encode(Image.new("RGB", (32, 24)), "TIFF")
+    for cut in range(4, 8):
+        with pytest.raises(ImageDecodeError, match="^truncated or corrupt TIFF"):
+            decode_rgb(whole[:cut])
