@@ -455,13 +455,19 @@ def error_json(status: int, body: bytes, headers: dict[bytes, bytes], scope: Sco
     return json.dumps({"error": plain_error(status, body, headers, scope)}).encode()
 
 
+# What pydantic's reason leaves out: images_b64 as one base64 string, in JSON or in a form field
+# (which BentoML parses as JSON), reads "Input should be a valid list" and says nothing of the shape.
+VALIDATION_HINTS = {(("images_b64",), "list_type"): ': send a JSON array of base64 strings, ["<base64>", ...], in a form field too'}
+
+
 def with_field_names(payload: dict[str, Any]) -> Any:
     """BentoML's validation errors say "1 validation error for Input" and name the fields only in
     ``detail``: the reason gets them, e.g. "top_k: Input should be a valid integer"."""
     detail = payload.get("detail")
     if not isinstance(detail, list) or not all(isinstance(d, dict) and "msg" in d for d in detail):
         return payload["error"]
-    return "; ".join(f"{'.'.join(str(part) for part in d.get('loc', ())) or 'body'}: {d['msg']}" for d in detail)
+    return "; ".join(f"{'.'.join(str(part) for part in d.get('loc', ())) or 'body'}: {d['msg']}"
+                     f"{VALIDATION_HINTS.get((tuple(d.get('loc', ())), d.get('type')), '')}" for d in detail)
 
 
 def plain_error(status: int, body: bytes, headers: dict[bytes, bytes], scope: Scope) -> str:
