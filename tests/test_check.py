@@ -194,3 +194,19 @@ def test_class_names_that_differ_only_in_case_are_warned_of(tmp_path):
         pytest.skip("this file system does not tell A from a")
     report = build_report(root, workers=1)
     assert any("class names that differ only in case: A and a" in w for w in report["warnings"]), report["warnings"]
+
+
+def test_a_broken_symlink_class_folder_is_reported_not_dropped(tmp_path):
+    """A class folder linked from an unmounted drive: the run would train a model without that class."""
+    root = make_image_folder(tmp_path / "data", ("fist", "palm"), per_class=10)
+    os.symlink(tmp_path / "unmounted" / "thumbs_up", root / "thumbs_up")
+    with pytest.warns(UserWarning, match="1 broken symlink.*thumbs_up"):
+        r = build_report(root)
+    assert r["classes"] == ["fist", "palm"]
+    reasons = {Path(s["path"]).name: s["reason"] for s in r["skipped"]}
+    assert reasons["thumbs_up"] == f"broken symlink: its target {tmp_path / 'unmounted' / 'thumbs_up'} does not exist"
+    assert r["skipped_by_reason"] == {"broken symlink": 1}
+    assert any("1 file(s) skipped: 1 broken symlink" in w for w in r["warnings"])
+    with pytest.warns(UserWarning, match="broken symlink"):
+        splits = load_splits(root, seed=0)
+    assert any(s["reason"].startswith("broken symlink") for s in splits.skipped)

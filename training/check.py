@@ -259,6 +259,7 @@ _REASON_KINDS = (
     ("not a recognised image", "non-image"),
     ("empty file", "empty (0 bytes)"),
     ("truncated", "truncated"),
+    ("broken symlink", "broken symlink"),
     ("unreadable", "unreadable"),
     ("regular file", "not a regular file"),
     ("aspect ratio", "extreme aspect ratio"),

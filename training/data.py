@@ -113,6 +113,7 @@ def scan_class_folders(root: Path, skipped: list[dict[str, str]], ignored: list[
     if not root.is_dir():
         raise DatasetError(f"{root} is not a folder")
     folders = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    note_broken_links(root, skipped)
     if not folders:
         raise DatasetError(f"{root} has no class folders; expected {root}/<class>/<image> (ImageFolder layout)"
                            + videos_hint(list(root.iterdir())))
@@ -120,6 +121,18 @@ def scan_class_folders(root: Path, skipped: list[dict[str, str]], ignored: list[
     for folder in folders:  # a class is its name in NFC: macOS writes "ñandú" decomposed (NFD), Linux and Windows composed
         by_class.setdefault(unicodedata.normalize("NFC", folder), []).extend(_valid_images(root / folder, skipped, ignored))
     return dict(sorted(by_class.items()))
+
+
+def note_broken_links(root: Path, skipped: list[dict[str, str]]) -> None:
+    """A symlink in the dataset folder whose target is gone (an unmounted drive, a moved folder) is
+    most likely a class folder: it is skipped like a bad file, and said at start-up, since a run
+    without it trains a model that lacks a whole class."""
+    broken = sorted(d for d in root.iterdir() if d.is_symlink() and not d.exists() and not d.name.startswith("."))
+    for link in broken:
+        skipped.append({"path": printable_path(str(link)), "reason": f"broken symlink: its target {printable_path(os.readlink(link))} does not exist"})
+    if broken:
+        warnings.warn(f"{root}: {len(broken)} broken symlink(s), not read (a class folder on an unmounted drive?): "
+                      f"{', '.join(printable_path(d.name) for d in broken[:5])}{' …' if len(broken) > 5 else ''}", stacklevel=3)
 
 
 def scan_images(root: Path, skipped: list[dict[str, str]]) -> list[str]:
