@@ -26,6 +26,8 @@
   before any parsing in Python.
 * **Media types in any case:** BentoML picks a body's parser by the Content-Type's exact text, so
   ``Multipart/Form-Data`` is lowered before BentoML reads it.
+* **Compressed bodies:** a body with a ``Content-Encoding`` gets 415 (RFC 7694): neither BentoML nor
+  Starlette decompresses requests, so it failed as invalid JSON or a malformed form.
 * **JSON errors:** every error response is ``{"error": reason, ...}``. BentoML 1.4.39 wraps its own
   4xx messages in a one-element list (bentoml/BentoML#4232), and Starlette answers unknown routes
   (404) and wrong methods (405) in plain text.
@@ -115,6 +117,8 @@ class RequestGuard:
                                    "(server setting GESTURE_BODY_TIMEOUT_S)", close=True)
         if body is None:
             return await send_json(send, 413, self.too_large(size, at_least=True))
+        if coding := encoded_body(scope):
+            return await send_json(send, 415, f"a request body in Content-Encoding {shown(coding)} is not taken: send it uncompressed")
         problem = fields_problem(scope, body, fields)
         if problem:
             return await send_json(send, 400, problem)
@@ -344,6 +348,13 @@ def with_lowercase_media_type(scope: Scope) -> Scope:
 def lowercase_media_type(value: bytes) -> bytes:
     media_type, separator, parameters = value.partition(b";")  # the parameters keep their case: a boundary is case-sensitive
     return media_type.lower() + separator + parameters
+
+
+def encoded_body(scope: Scope) -> str | None:
+    """The Content-Encoding of a compressed request body, or None. Neither BentoML nor Starlette
+    decompresses a request: a gzipped JSON body was "Invalid JSON", a gzipped form "malformed multipart"."""
+    coding = (header(scope, b"content-encoding") or b"").decode("latin-1").strip()
+    return coding if coding and coding.lower() != "identity" else None
 
 
 def header(scope: Scope, wanted: bytes) -> bytes | None:
