@@ -39,6 +39,8 @@ def int_at_least(low: int, high: int | None = None):
 # refused here with the flag's name; a backbone that needs more says so once it is known
 # (Backbone.check_input_size).
 image_size = int_at_least(MIN_INPUT_SIZE, MAX_INPUT_SIZE)
+# NumPy's seeds: -1 failed deep in the run as "expected non-negative integer", 2**64 as an overflow.
+seed = int_at_least(0, 2**32 - 1)
 
 
 def float_in(low: float, high: float, *, high_inclusive: bool = False):

@@ -218,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backbone-lr-mult", type=cli.float_in(0.0, 1.0, high_inclusive=True), default=1.0, help="1.0: the whole net learns at --lr (from-scratch rows need it)")
     cli.add_flip_arguments(p, "auto")
     p.add_argument("--test-per-class", type=cli.int_at_least(1), default=None)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=cli.seed, default=0)
     p.add_argument("--workers", type=cli.int_at_least(0), default=2)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="for training; latency is always measured on the CPU")
     p.add_argument("--latency-runs", type=cli.int_at_least(1), default=20)
