@@ -221,6 +221,7 @@ def http_bad_requests(upload_limit_bytes: int) -> dict[str, dict]:
         "part_with_too_many_headers": multipart(form_part("image", image, "a.jpg", headers=tuple(f"X-Note-{i}: x" for i in range(9)))),
         "part_header_line_over_limit": multipart(form_part("image", image, "a.jpg", headers=("X-Note: " + "x" * 5_000,))),
         "file_name_over_limit": multipart(form_part("image", image, "a" * 296 + ".jpg")),
+        "file_name_with_a_nul_byte": multipart(form_part("image", image, "a\x00.jpg")),
         "text_field_over_limit": multipart(form_part("image", image, "a.jpg"), form_part("top_k", b" " * 2_000_000 + b"3")),
         "over_a_thousand_files": multipart(*[form_part("image", b"x", "a.jpg")] * 1_001),
         # Bodies python-multipart refuses (BentoML answered a 500), or reads otherwise than a split would.

@@ -317,6 +317,8 @@ def parse_error(err: MultipartParseError, where: str) -> str:
 
 def check_part(part: FormPart, filename: bytes, size: int) -> None:
     """BadMultipart if one part breaks a limit of BentoML's form parsing (module docstring)."""
+    if b"\x00" in filename:  # BentoML names a temporary file after it: "Value error, embedded null byte"
+        raise BadMultipart(f"the file name in field '{shown(part.name)}' holds a NUL byte (rename the file)")
     stored_as = len(filename.rsplit(b"/", 1)[-1])  # BentoML keeps what os.path.basename keeps
     if stored_as > MAX_FILENAME_BYTES:
         raise BadMultipart(f"the file name in field '{shown(part.name)}' is {stored_as:,} bytes; the limit is {MAX_FILENAME_BYTES} (rename the file)")
@@ -466,9 +468,14 @@ def error_json(status: int, body: bytes, headers: dict[bytes, bytes], scope: Sco
     return json.dumps({"error": plain_error(status, body, headers, scope)}).encode()
 
 
-# What pydantic's reason leaves out: images_b64 as one base64 string, in JSON or in a form field
-# (which BentoML parses as JSON), reads "Input should be a valid list" and says nothing of the shape.
-VALIDATION_HINTS = {(("images_b64",), "list_type"): ': send a JSON array of base64 strings, ["<base64>", ...], in a form field too'}
+# What pydantic's reason leaves out, by field and error type: images_b64 as one base64 string, in JSON or
+# in a form field (which BentoML parses as JSON), read "Input should be a valid list", and a number
+# where base64 goes "Input should be a valid bytes"; neither says what to send.
+VALIDATION_HINTS = {
+    ("images_b64", "list_type"): ': send a JSON array of base64 strings, ["<base64>", ...], in a form field too',
+    ("images_b64", "bytes_type"): ": each image is a base64 string (or a data: URL)",
+    ("image_b64", "bytes_type"): ": send the image as a base64 string (or a data: URL)",
+}
 
 
 def with_field_names(payload: dict[str, Any]) -> Any:
@@ -478,7 +485,7 @@ def with_field_names(payload: dict[str, Any]) -> Any:
     if not isinstance(detail, list) or not all(isinstance(d, dict) and "msg" in d for d in detail):
         return payload["error"]
     return "; ".join(f"{'.'.join(str(part) for part in d.get('loc', ())) or 'body'}: {d['msg']}"
-                     f"{VALIDATION_HINTS.get((tuple(d.get('loc', ())), d.get('type')), '')}" for d in detail)
+                     f"{VALIDATION_HINTS.get((next(iter(d.get('loc', ())), ''), d.get('type')), '')}" for d in detail)
 
 
 def plain_error(status: int, body: bytes, headers: dict[bytes, bytes], scope: Scope) -> str:
