@@ -145,11 +145,12 @@ def decode_rgb(data: bytes, *, max_pixels: int | None = DEFAULT_MAX_PIXELS, min_
         keep_decoder_warnings_quiet()
         try:
             bgr = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
-            if bgr is not None and bgr.ndim == 3 and bgr.shape[2] == 3:
+            scalable = bgr is not None and (bgr.dtype in (np.uint8, np.uint16) or bgr.dtype.kind == "f")  # else PIL's scaling
+            if scalable and bgr.ndim == 3 and bgr.shape[2] == 3:
                 # In place: no third full-size array next to OpenCV's decoding buffer and its result.
                 rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB, dst=bgr)
                 return rgb if rgb.dtype == np.uint8 else _array_to_rgb(rgb)
-            if bgr is not None and bgr.ndim == 2:
+            if scalable and bgr.ndim == 2:
                 return _array_to_rgb(bgr)
         except cv2.error as err:
             raise ImageDecodeError(f"corrupt or undecodable {fmt} ({opencv_reason(err)})") from None

@@ -324,7 +324,7 @@ def test_formats_the_product_does_not_decode_are_refused_by_name_unopened(fmt, m
     assert opened and all(formats == DECODED_FORMATS for formats in opened)  # PIL was only ever asked for the decoded formats
 
 
-@pytest.mark.parametrize(("fmt", "mode"), [("JPEG", "RGB"), ("PNG", "RGBA"), ("WEBP", "RGB"), ("BMP", "RGB"), ("TIFF", "I;16"),
+@pytest.mark.parametrize(("fmt", "mode"), [("JPEG", "RGB"), ("PNG", "RGBA"), ("WEBP", "RGB"), ("BMP", "RGB"), ("TIFF", "I;16"), ("TIFF", "I"), ("TIFF", "F"),
                                            ("GIF", "P"), ("PPM", "RGB"), ("PPM", "L"), ("PPM", "1")])  # fmt: skip
 def test_every_supported_format_decodes(fmt, mode):
     pixels = np.random.default_rng(0).integers(0, 256, (48, 64, 3), np.uint8)
