@@ -71,6 +71,9 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".
 # File signatures, to name the format of a file whose header is cut or corrupt.
 SIGNATURES = {b"\xff\xd8\xff": "JPEG", b"\x89PNG\r\n\x1a\n": "PNG", b"GIF8": "GIF", b"II*\x00": "TIFF", b"MM\x00*": "TIFF"}
 
+# Float or 32-bit TIFF samples are decoded at their own depth, 4 bytes each where every other image is
+# decoded to 1: the pixel limit for them is an eighth, so that one costs no more memory than a photo.
+DEEP_SAMPLE_DIVISOR = 8
 # TGA has no signature, and an uncompressed colour TGA starts with the four bytes that mark a CUR.
 SHARED_SIGNATURES = {"CUR": "CUR or TGA"}
 
@@ -139,9 +142,11 @@ def decode_rgb(data: bytes, *, max_pixels: int | None = DEFAULT_MAX_PIXELS, min_
         data = png_pixel_chunks_only(data)
     if fmt in ("JPEG", "PNG", "WEBP", "BMP", "TIFF"):
         flag = reduced_jpeg_flag(fmt, width, height, min_side)
-        # A TIFF may hold float samples (0-1), which IMREAD_COLOR casts to 8 bits unscaled: all black.
-        # Its own depth and channels instead; _array_to_rgb scales them.
-        flag = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR if fmt == "TIFF" else flag
+        if fmt == "TIFF" and tiff_has_deep_samples(data):
+            # Float samples (0-1) IMREAD_COLOR casts to 8 bits unscaled: all black. Decoded at their own
+            # depth instead, and scaled by _array_to_rgb, at 4 bytes a sample: hence a lower pixel limit.
+            check_deep_dimensions(width, height, max_pixels)
+            flag = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR
         keep_decoder_warnings_quiet()
         try:
             bgr = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
@@ -355,20 +360,45 @@ def probe_layout(data: bytes) -> tuple[str, tuple[int, int], JpegLayout | None]:
         return "TIFF", size, layout  # a sample layout PIL has no mode for (3-channel float): OpenCV reads it
 
 
-def tiff_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) from the first directory of a classic TIFF, or None: for the layouts PIL will
-    not open, whose size the dimension checks still need before OpenCV decodes them."""
+def tiff_fields(data: bytes) -> dict[int, int]:
+    """{tag: first value} of the SHORT and LONG fields in a classic TIFF's first directory ({} for
+    anything else); the walk is bounded by ``header_units``' limit on entries, checked first."""
     if not data.startswith((b"II*\x00", b"MM\x00*")) or len(data) < 8:
-        return None
+        return {}
     order = "little" if data[0] == ord("I") else "big"
     offset = int.from_bytes(data[4:8], order)
     count = int.from_bytes(data[offset:offset + 2], order) if offset >= 8 else 0
-    found = {}
+    fields = {}
     for entry in range(offset + 2, min(offset + 2 + 12 * count, len(data) - 11), 12):
-        tag, kind = int.from_bytes(data[entry:entry + 2], order), int.from_bytes(data[entry + 2:entry + 4], order)
-        if tag in (256, 257) and kind in (3, 4):  # ImageWidth, ImageLength; SHORT or LONG
-            found[tag] = int.from_bytes(data[entry + 8:entry + (10 if kind == 3 else 12)], order)
-    return (found[256], found[257]) if len(found) == 2 else None
+        tag, kind, values = (int.from_bytes(data[entry + a:entry + b], order) for a, b in ((0, 2), (2, 4), (4, 8)))
+        size = {3: 2, 4: 4}.get(kind)  # SHORT, LONG
+        if size is None or values < 1:
+            continue
+        # Values that fit in the entry's 4 bytes are in it; longer lists (one per sample) at an offset.
+        at = entry + 8 if values * size <= 4 else int.from_bytes(data[entry + 8:entry + 12], order)
+        if at + size <= len(data):
+            fields[tag] = int.from_bytes(data[at:at + size], order)
+    return fields
+
+
+def tiff_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) of a classic TIFF, or None: for the layouts PIL will not open, whose size the
+    dimension checks still need before OpenCV decodes them."""
+    fields = tiff_fields(data)
+    return (fields[256], fields[257]) if 256 in fields and 257 in fields else None  # ImageWidth, ImageLength
+
+
+def tiff_has_deep_samples(data: bytes) -> bool:
+    """Float samples (SampleFormat 3), or more than 16 bits a sample: what OpenCV's 8-bit decode gets wrong."""
+    fields = tiff_fields(data)
+    return fields.get(339, 1) == 3 or fields.get(258, 8) > 16  # SampleFormat, BitsPerSample
+
+
+def check_deep_dimensions(width: int, height: int, max_pixels: int | None) -> None:
+    limit = max_pixels // DEEP_SAMPLE_DIVISOR if max_pixels is not None else None
+    if limit is not None and width * height > limit:
+        raise ImageDecodeError(f"image too large: a TIFF of 32-bit samples, {width}x{height} = {width * height:,} pixels, "
+                               f"above the limit of {limit:,} for such samples: re-save it as 8-bit")
 
 
 def signature_format(data: bytes) -> str | None:
@@ -482,4 +512,6 @@ def _float_to_uint8(arr: np.ndarray) -> np.ndarray:
     if not np.isfinite(arr).all():
         raise ImageDecodeError("float image with NaN or infinite pixels: re-save it as 8-bit")
     top = 255.0 if arr.max(initial=0.0) > 1.0 else 1.0
-    return (np.clip(arr, 0.0, top) * (255.0 / top)).round().astype(np.uint8)
+    scaled = np.clip(arr, 0.0, top)  # one copy (the caller's array is left as it is), then in place
+    scaled *= 255.0 / top
+    return np.rint(scaled, out=scaled).astype(np.uint8)

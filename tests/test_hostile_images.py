@@ -356,6 +356,14 @@ def test_a_float_tiff_is_scaled_not_cast_to_black(channels, top):
     assert rgb.min() == 0 and rgb.max() == 255 and abs(float(rgb.mean()) - 127.5) < 1
 
 
+def test_a_float_tiff_is_held_to_an_eighth_of_the_pixel_limit_as_it_decodes_at_4_bytes_a_sample():
+    pixels = np.random.default_rng(0).random((40, 50, 3), dtype=np.float32)
+    with pytest.raises(ImageDecodeError, match=r"a TIFF of 32-bit samples, 50x40 = 2,000 pixels, above the limit of 1,000 for such"):
+        decode_rgb(cv2.imencode(".tiff", pixels)[1].tobytes(), max_pixels=8_000)
+    assert decode_rgb(cv2.imencode(".tiff", (pixels * 255).astype(np.uint8))[1].tobytes(), max_pixels=8_000).shape == (40, 50, 3)
+    assert decode_rgb(cv2.imencode(".tiff", pixels)[1].tobytes(), max_pixels=16_000).shape == (40, 50, 3)
+
+
 def test_a_float_tiff_with_nan_pixels_is_refused_by_reason():
     with pytest.raises(ImageDecodeError, match="NaN or infinite"):
         decode_rgb(cv2.imencode(".tiff", np.full((8, 8, 3), np.nan, np.float32))[1].tobytes())
