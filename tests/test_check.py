@@ -210,3 +210,17 @@ def test_a_broken_symlink_class_folder_is_reported_not_dropped(tmp_path):
     with pytest.warns(UserWarning, match="broken symlink"):
         splits = load_splits(root, seed=0)
     assert any(s["reason"].startswith("broken symlink") for s in splits.skipped)
+
+
+def test_class_folders_one_level_too_deep_are_pointed_out(tmp_path):
+    """anna/fist, bob/fist: the run would learn to tell anna from bob. The same sub-folders in every
+    class folder are also what a per-person layout looks like, so the warning names both readings."""
+    root = tmp_path / "data"
+    for person in ("anna", "bob"):
+        make_image_folder(root / person, ("fist", "palm"), per_class=4)
+    r = build_report(root)
+    assert r["classes"] == ["anna", "bob"] and r["same_subfolders"] == ["fist", "palm"]
+    assert any("every class folder holds the same sub-folders (fist, palm)" in w and "<gesture>/<person>/<image>" in w
+               for w in r["warnings"])
+    make_image_folder(root / "carol", ("fist",), per_class=4)  # not the same sub-folders: no such warning
+    assert build_report(root)["same_subfolders"] == []

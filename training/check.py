@@ -127,6 +127,21 @@ def _nested(paths: dict[str, dict[str, list[str]]], root: Path, layout: str) -> 
     return deep
 
 
+def _same_subfolders(paths: dict[str, dict[str, list[str]]], root: Path, layout: str) -> list[str]:
+    """The sub-folder names every class folder holds, when they all hold the same two or more: people
+    or sessions (fist/anna, palm/anna), or the gestures themselves one level too deep (anna/fist,
+    bob/fist), which trains a model to tell the people apart. Only the user can tell which."""
+    names: dict[str, set[str]] = {}
+    for split, by_class in paths.items():
+        base = root / split if layout == "presplit" else root
+        for label, files in by_class.items():
+            parts = (Path(p).relative_to(base / label).parts for p in files)
+            names.setdefault(label, set()).update(found[0] for found in parts if len(found) > 1)
+    sets = list(names.values())
+    shared = sets[0] if sets and len(sets) > 1 and all(found == sets[0] for found in sets) else set()
+    return sorted(printable(name) for name in shared) if len(shared) > 1 else []
+
+
 def _size_stats(infos: list[ImageInfo]) -> dict:
     ok = [i for i in infos if i.error is None]
     if not ok:
@@ -234,6 +249,7 @@ def build_report(root: Path, *, decode: bool = True, workers: int = 2) -> dict:
         skipped_by_reason=dict(Counter(_reason_kind(s["reason"]) for s in skipped).most_common()),
         ignored=ignored + _stray_entries(root, layout),
         nested=[printable(p) for p in _nested(paths, root, layout)],
+        same_subfolders=_same_subfolders(paths, root, layout),
         non_utf8_names=[printable(i.path) for i in infos if not is_utf8_name(i.path)]
         + [s["path"] for s in skipped if "\ufffd" in s["path"]],
         image_stats=_size_stats(infos),
@@ -329,6 +345,10 @@ def _warnings(report: dict, per_split: dict[str, dict[str, int]], layout: str) -
         w.append(
             f"{len(report['nested'])} image(s) in sub-folders deeper than the layout (used, labelled by their top class folder)"
         )
+    if shared := report["same_subfolders"]:
+        shown = ", ".join(shared[:6]) + (", ..." if len(shared) > 6 else "")
+        w.append(f"every class folder holds the same sub-folders ({shown}): taken as people or sessions, each kept in one split; "
+                 f"if they are the gestures, the classes are one level down: make it <gesture>/<person>/<image>")
     if report["non_utf8_names"]:
         w.append(
             f"{len(report['non_utf8_names'])} file name(s) are not valid UTF-8 (shown with \ufffd); training reads them, but other tools may not"
