@@ -484,8 +484,14 @@ def with_field_names(payload: dict[str, Any]) -> Any:
     detail = payload.get("detail")
     if not isinstance(detail, list) or not all(isinstance(d, dict) and "msg" in d for d in detail):
         return payload["error"]
-    return "; ".join(f"{'.'.join(str(part) for part in d.get('loc', ())) or 'body'}: {d['msg']}"
-                     f"{VALIDATION_HINTS.get((next(iter(d.get('loc', ())), ''), d.get('type')), '')}" for d in detail)
+    return "; ".join(map(field_reason, detail))
+
+
+def field_reason(error: dict[str, Any]) -> str:
+    """One of pydantic's errors as "field: reason", with the hint its field and type have, if any."""
+    loc = [str(part) for part in error.get("loc", ())]
+    hint = VALIDATION_HINTS.get((loc[0] if loc else "", error.get("type")), "")
+    return f"{'.'.join(loc) or 'body'}: {error['msg']}{hint}"
 
 
 def plain_error(status: int, body: bytes, headers: dict[bytes, bytes], scope: Scope) -> str:
