@@ -463,3 +463,18 @@ def test_file_names_that_are_not_utf8_train_and_evaluate_to_the_end(tmp_path):
     assert evaluate_main(["--checkpoint", str(run), "--out", str(tmp_path / "eval")]) == 0
     listed = (tmp_path / "eval" / "predictions.csv").read_bytes().splitlines()[1:]
     assert listed and all(os.path.exists(line.split(b",")[0]) for line in listed)  # the names as they are on disk
+
+
+def test_resuming_a_finished_run_is_refused_and_leaves_its_model_as_it_is(dataset, tmp_path, capsys):
+    """It calibrated best.pt again with the run's own settings and rewrote the report, over a later
+    training.calibrate; now only --epochs above those trained continues it."""
+    run = finetune.train(tiny_config(dataset, tmp_path / "run", epochs=1))
+    before = (run / "best.pt").read_bytes()
+    for extra, message in (([], "finished after epoch 1 (its report, metrics.json, is there): nothing to resume"),
+                           (["--epochs", "1"], "--epochs 1: " + str(run / "last.pt") + " has trained 1 epoch(s) already")):
+        with pytest.raises(SystemExit) as stop:
+            finetune.parse_config(["--resume", str(run), *extra])
+        assert stop.value.code == 2 and message in capsys.readouterr().err
+    assert (run / "best.pt").read_bytes() == before
+    cfg, resume = finetune.parse_config(["--resume", str(run), "--epochs", "2"])
+    assert cfg.epochs == 2 and resume == run / "last.pt"

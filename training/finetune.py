@@ -163,10 +163,13 @@ def parse_config(argv: list[str] | None = None) -> tuple[TrainConfig, Path | Non
         if ignored := sorted(set(explicit) - {"resume", *RESUMABLE_OVERRIDES}):  # they were dropped without a word
             parser.error(f"--resume continues the run as it was configured; it takes only "
                          f"{', '.join('--' + k for k in RESUMABLE_OVERRIDES)}, not {', '.join('--' + k.replace('_', '-') for k in ignored)}")
-        cfg = TrainConfig.from_dict(load_training_state(args.resume)["train_config"])
+        state = load_training_state(args.resume)
+        cfg = TrainConfig.from_dict(state["train_config"])
         for key in RESUMABLE_OVERRIDES:
             if key in explicit:
                 setattr(cfg, key, explicit[key])
+        if problem := nothing_to_resume(args.resume, state["epoch"], cfg.epochs, epochs_given="epochs" in explicit):
+            parser.error(problem)
         return cfg, args.resume
     if args.data is None:
         parser.error("--data is required (a folder, or a catalogue name such as flowers)")
@@ -181,6 +184,20 @@ def parse_config(argv: list[str] | None = None) -> tuple[TrainConfig, Path | Non
     if cfg.out and (taken := run_already_in(Path(cfg.out))):
         raise FileExistsError(taken)
     return cfg, None
+
+
+def nothing_to_resume(last: Path, trained: int, epochs: int, *, epochs_given: bool) -> str | None:
+    """Why resuming would only redo a run's end: calibrating best.pt again with the run's settings
+    and rewriting its report, over a later ``training.calibrate``. A run is finished when its report
+    (metrics.json, written last) is as new as last.pt."""
+    report = last.parent / "metrics.json"
+    finished = report.is_file() and report.stat().st_mtime >= last.stat().st_mtime
+    if epochs < trained or (epochs == trained and finished and epochs_given):
+        return f"--epochs {epochs}: {last} has trained {trained} epoch(s) already; pass more to train it further"
+    if finished and not epochs_given:
+        return (f"{last.parent} finished after epoch {trained} (its report, metrics.json, is there): nothing to resume; "
+                f"to train it further, pass --epochs above {trained}")
+    return None
 
 
 def run_already_in(out: Path) -> str | None:
