@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import ParamSpec
 
@@ -91,6 +92,24 @@ def check_output_spares_inputs(flag: str, out: Path, inputs: dict[str, Path | No
     folder = out if out.is_dir() else out.parent
     if (folder / "config.json").is_file() and (folder / "best.pt").is_file() and (out.is_dir() or out.name in RUN_FILES):
         raise ValueError(f"{flag} {out} would replace a training run's {'files' if out.is_dir() else out.name} in {folder}: pass another {flag}")
+
+
+def check_output_outside_datasets(flag: str, out: Path, datasets: Iterable[Path | None]) -> None:
+    """A ValueError when ``out`` lies inside a dataset folder: a report written into a class folder
+    was read by the next training run as photos of that class (its JSON replaced one in the probe)."""
+    target = out.expanduser().resolve()
+    for root in datasets:
+        if root is not None and root.is_dir() and target.is_relative_to(root.expanduser().resolve()):
+            raise ValueError(f"{flag} {out} is inside the dataset {root}, where training would read what it writes: pass another {flag}")
+
+
+def run_dataset(checkpoint: Path) -> Path | None:
+    """The dataset folder a run trained on (its config.json's ``data``), or None."""
+    try:
+        data = json.loads((checkpoint.parent / "config.json").read_text()).get("data")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return Path(data) if isinstance(data, str) and data else None
 
 
 def checkpoint_arg(in_run_folder: str) -> Callable[[str], Path]:

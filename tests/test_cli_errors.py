@@ -390,3 +390,24 @@ def test_an_onnx_export_given_as_a_checkpoint_is_named(tmp_path, capsys):
     with pytest.raises(SystemExit):
         evaluate_main(["--checkpoint", str(exported)])
     assert f"{exported} is an ONNX export (training.export writes them for other runtimes): pass the run's checkpoint" in capsys.readouterr().err
+
+
+def test_a_report_written_inside_the_dataset_is_refused(run, dataset, tmp_path, capsys):
+    """check --json into a class folder replaced a photo with its JSON; evaluate's and visualize's
+    PNGs in a class folder were the next run's photos of that class."""
+    from training.check import main as check_main
+    from training.visualize import main as visualize_main
+
+    photo = next((dataset / "fist").iterdir())
+    before = {p: p.read_bytes() for p in dataset.rglob("*") if p.is_file()}
+    with pytest.raises(SystemExit) as stop:
+        check_main([str(dataset), "--json", str(photo)])
+    assert stop.value.code == 2 and f"--json {photo} is inside the dataset {dataset}" in capsys.readouterr().err
+    assert evaluate_main(["--checkpoint", str(run), "--out", str(dataset / "fist")]) == 2  # the run's own dataset
+    assert f"--out {dataset / 'fist'} is inside the dataset {dataset}, where training would read what it writes" in one_error_line(capsys)
+    other = make_image_folder(tmp_path / "other", per_class=2, size=40)
+    assert evaluate_main(["--checkpoint", str(run), "--data", str(other), "--out", str(other / "reports")]) == 2
+    assert f"is inside the dataset {other}" in one_error_line(capsys)
+    assert visualize_main(["--checkpoint", str(run), "--image", str(photo), "--out", str(dataset / "palm")]) == 2
+    assert f"--out {dataset / 'palm'} is inside the dataset {dataset}" in one_error_line(capsys)
+    assert {p: p.read_bytes() for p in dataset.rglob("*") if p.is_file()} == before

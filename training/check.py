@@ -32,7 +32,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from gesture_core.cli import command, output_arg
+from gesture_core.cli import check_output_outside_datasets, command, output_arg
 from gesture_core.images import DECODED_FORMATS, ImageDecodeError, decode_rgb, probe_image
 from training.cli import int_at_least
 from training.config import TrainConfig
@@ -444,6 +444,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fast", action="store_true", help="read headers only, skip the full decode of each image")
     parser.add_argument("--workers", type=int_at_least(1), default=min(4, os.cpu_count() or 1), help="decoding threads")
     args = parser.parse_args(argv)
+    if args.json:  # its JSON replaced a photo of the class folder it was written into
+        try:
+            check_output_outside_datasets("--json", args.json, [args.dir])
+        except ValueError as err:
+            parser.error(str(err))
     report = build_report(args.dir, decode=not args.fast, workers=args.workers)
     print(format_report(report))
     if args.json:

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from gesture_core.classifier import Classifier, load_classifier
-from gesture_core.cli import check_output_spares_inputs, checkpoint_arg, command, output_arg
+from gesture_core.cli import check_output_outside_datasets, check_output_spares_inputs, checkpoint_arg, command, output_arg, run_dataset
 from gesture_core.preprocess import TTA_MODES, DataConfig, Preprocess, tta_crops, tta_view_count
 from training import cli
 from training.calibrate import SplitOutputs
@@ -187,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.out:  # the run's own folder held its training report, which this one replaced
         check_output_spares_inputs("--out", Path(args.out), {"--checkpoint": args.checkpoint})
+        check_output_outside_datasets("--out", Path(args.out), [args.data and Path(args.data), run_dataset(args.checkpoint)])
     single = "none" if args.tta == "all" else args.tta
     # eager PyTorch, the reference engine: evaluation reproduces the run's own test metrics
     classifier = load_classifier(args.checkpoint, args.device, engine="torch", input_size=args.image_size, crop_pct=args.crop_pct)
