@@ -24,6 +24,7 @@ from torch import nn
 
 from gesture_core.backbones import build_model, drop_aux, get_backbone, load_matching
 from gesture_core.preprocess import DataConfig
+from gesture_core.rejection import Rejection
 from gesture_core.weights import unreadable_reason
 
 CHECKPOINT_FORMAT = "gesture-checkpoint"
@@ -118,17 +119,23 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"{path} is not a readable checkpoint: {unreadable_reason(err, path)}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a {CHECKPOINT_FORMAT} file written by training.finetune")
-    if ckpt.get("version", 0) > CHECKPOINT_VERSION:
-        raise CheckpointError(f"{path} has format version {ckpt['version']}; this code reads up to {CHECKPOINT_VERSION}")
+    version = ckpt.get("version", 0)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise CheckpointError(f"{path}: 'version' must be an integer, got {version!r:.40}")
+    if version > CHECKPOINT_VERSION:
+        raise CheckpointError(f"{path} has format version {version}; this code reads up to {CHECKPOINT_VERSION}")
     if missing := [key for key in REQUIRED_KEYS if key not in ckpt]:
         raise CheckpointError(f"{path} is an incomplete {CHECKPOINT_FORMAT} file: it lacks {', '.join(missing)} "
                               f"(a checkpoint holds {', '.join(REQUIRED_KEYS)})")
     if not isinstance(ckpt["classes"], list) or not ckpt["classes"] or not all(isinstance(c, str) for c in ckpt["classes"]):
         raise CheckpointError(f"{path}: 'classes' must be a non-empty list of class names, got {ckpt['classes']!r:.80}")
-    try:
-        DataConfig.from_dict(ckpt["data_config"])
-    except (TypeError, KeyError, ValueError) as err:
-        raise CheckpointError(f"{path}: unusable data_config ({type(err).__name__}: {err})") from None
+    if twice := sorted({c for c in ckpt["classes"] if ckpt["classes"].count(c) > 1}):
+        raise CheckpointError(f"{path}: 'classes' names {', '.join(twice)[:80]} more than once; each class is one output")
+    for field, read in (("data_config", lambda: DataConfig.from_dict(ckpt["data_config"])), ("rejection", lambda: Rejection.from_checkpoint(ckpt))):
+        try:
+            read()
+        except (TypeError, KeyError, ValueError, AttributeError) as err:
+            raise CheckpointError(f"{path}: unusable {field} ({type(err).__name__}: {str(err)[:200]})") from None
     return ckpt
 
 

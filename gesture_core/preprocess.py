@@ -6,6 +6,8 @@ Training evaluation, the HTTP service and the webcam all call this same object, 
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
@@ -54,8 +56,18 @@ class DataConfig:
             raise ValueError(f"hands must be True or False, got {self.hands!r}")
         if len(self.mean) != self.in_chans or len(self.std) != self.in_chans:
             raise ValueError(f"mean/std need {self.in_chans} values, got {self.mean} / {self.std}")
+        if not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in (self.input_size, self.resize_size, self.in_chans)):
+            raise ValueError(f"input_size, resize_size and in_chans must be integers, got {self.input_size!r}, {self.resize_size!r}, {self.in_chans!r}")
         if self.input_size > MAX_INPUT_SIZE:
             raise ValueError(f"input size {self.input_size} px: at most {MAX_INPUT_SIZE}")
+        if self.input_size < 1:
+            raise ValueError(f"input size {self.input_size} px: at least 1")
+        if self.resize_size < self.input_size:
+            raise ValueError(f"resize size {self.resize_size} px is below the input size {self.input_size} px it is cropped to")
+        # A std of 0 divided every pixel by 0: the model saw NaN and answered a uniform guess.
+        if not all(isinstance(v, numbers.Real) and math.isfinite(v) for v in self.mean) or not all(
+                isinstance(v, numbers.Real) and math.isfinite(v) and v > 0 for v in self.std):
+            raise ValueError(f"mean must be finite numbers and std finite numbers above 0, got {self.mean} / {self.std}")
 
     @property
     def crop_pct(self) -> float:

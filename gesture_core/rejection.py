@@ -124,6 +124,8 @@ class Rejection:
         stored = checkpoint.get("rejection")
         if not stored:
             return cls(tuple(find_reject_classes(checkpoint["classes"])))
+        if not isinstance(stored, dict):
+            raise TypeError(f"it must be a mapping of the rule's values, got {type(stored).__name__}")
         return cls(tuple(stored["reject_classes"]), float(stored["temperature"]), float(stored["threshold"]),
                    bool(stored["calibrated"]), str(stored.get("rule", "")), str(stored.get("score", "max_softmax")),
                    tuple(float(v) for v in stored.get("reference", ())),

@@ -170,6 +170,7 @@ def test_full_disk_during_a_save_says_what_is_kept(dataset, tmp_path, monkeypatc
 def test_a_run_cleans_up_partial_saves_of_an_interrupted_one(run, tmp_path, capsys):
     folder = tmp_path / "run"
     shutil.copytree(run, folder)
+    (folder / "metrics.json").unlink()  # interrupted before its report: a finished run is not resumed
     litter = [folder / ".last.pt.k2j_x9aq.tmp", folder / ".best.pt.0f3hs8d1.tmp"]
     for path in litter:
         path.write_bytes(b"\0" * 1000)  # what a kill -9 during torch.save leaves
@@ -411,3 +412,24 @@ def test_a_report_written_inside_the_dataset_is_refused(run, dataset, tmp_path, 
     assert visualize_main(["--checkpoint", str(run), "--image", str(photo), "--out", str(dataset / "palm")]) == 2
     assert f"--out {dataset / 'palm'} is inside the dataset {dataset}" in one_error_line(capsys)
     assert {p: p.read_bytes() for p in dataset.rglob("*") if p.is_file()} == before
+
+
+def data_config_of(run, **changes):
+    return {**torch.load(run / "best.pt", weights_only=True)["data_config"], **changes}
+
+
+@pytest.mark.parametrize(("change", "reason"), [
+    (lambda run: {"version": "2"}, "'version' must be an integer, got '2'"),
+    (lambda run: {"rejection": "x"}, "unusable rejection (TypeError: it must be a mapping of the rule's values, got str)"),
+    (lambda run: {"rejection": {"threshold": "x"}}, "unusable rejection (KeyError: 'reject_classes')"),
+    (lambda run: {"classes": ["fist", "fist", "peace"]}, "'classes' names fist more than once"),
+    (lambda run: {"data_config": data_config_of(run, input_size=-5)}, "unusable data_config (ValueError: input size -5 px: at least 1)"),
+    (lambda run: {"data_config": data_config_of(run, std=[0.0, 0.0, 0.0])}, "std finite numbers above 0"),
+    (lambda run: {"data_config": data_config_of(run, resize_size=8)}, "resize size 8 px is below the input size"),
+])  # fmt: skip
+def test_a_checkpoint_with_fields_of_the_wrong_kind_is_one_line_naming_the_field(run, tmp_path, capsys, change, reason):
+    """Each was a traceback (TypeError, KeyError, a kernel-size RuntimeError in export), or a model
+    evaluated at NaN (std 0), which import_model stored for serving."""
+    bad = edited_checkpoint(run / "best.pt", tmp_path / "best.pt", **change(run))
+    assert evaluate_main(["--checkpoint", str(bad), "--data", str(run)]) == 2
+    assert reason in one_error_line(capsys)
