@@ -433,3 +433,16 @@ def test_a_checkpoint_with_fields_of_the_wrong_kind_is_one_line_naming_the_field
     bad = edited_checkpoint(run / "best.pt", tmp_path / "best.pt", **change(run))
     assert evaluate_main(["--checkpoint", str(bad), "--data", str(run)]) == 2
     assert reason in one_error_line(capsys)
+
+
+@pytest.mark.parametrize(("command", "argv", "reason"), [
+    ("training.export", ["--format", "onnx", "--opset", "999"], "argument --opset: must be in [13, 20], got 999"),  # a traceback
+    ("training.evaluate", ["--workers", "99999"], "argument --workers: must be in [0, "),  # killed for memory
+    ("training.calibrate", ["--workers", "99999"], "argument --workers: must be in [0, "),
+])  # fmt: skip
+def test_numbers_beyond_what_the_tool_can_use_are_usage_errors(run, command, argv, reason, capsys):
+    import importlib
+
+    with pytest.raises(SystemExit) as stop:
+        importlib.import_module(command).main(["--checkpoint", str(run), *argv])
+    assert stop.value.code == 2 and reason in capsys.readouterr().err

@@ -252,7 +252,8 @@ def test_evaluate_on_a_whole_folder(dataset, tmp_path):
         (["--train-size", "8"], "must be in [32, 1024], got 8"),
         (["--image-size", "100000"], "must be in [32, 1024], got 100000"),
         (["--seed", "-1"], "argument --seed: must be in [0, 4294967295], got -1"),  # NumPy refused it mid-run
-        (["--seed", "99999999999999999999"], "argument --seed: must be in [0, 4294967295]"),  # asked OpenCV for 30 GB, and died with a traceback
+        (["--seed", "99999999999999999999"], "argument --seed: must be in [0, 4294967295]"),
+        (["--workers", "99999"], "argument --workers: must be in [0, "),  # the processes exhausted the memory  # asked OpenCV for 30 GB, and died with a traceback
         (["--device", "tpu"], "invalid choice"),
         (["--val-split", "0.5", "--test-split", "0.6"], "--val-split 0.5 and --test-split 0.6 leave no training images"),
     ],

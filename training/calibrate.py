@@ -445,7 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m training.calibrate", description=__doc__.split("\n")[0], formatter_class=cli.DefaultsHelpFormatter)
     p.add_argument("--checkpoint", type=checkpoint_arg("best.pt"), required=True, help="RUN/best.pt, or the run folder RUN (rewritten with the calibration)")
     add_rejection_args(p)
-    p.add_argument("--workers", type=cli.int_at_least(0), default=2)
+    p.add_argument("--workers", type=cli.workers, default=2)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     return p
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from gesture_core.backbones import MIN_INPUT_SIZE, list_backbones
@@ -39,6 +40,9 @@ def int_at_least(low: int, high: int | None = None):
 # refused here with the flag's name; a backbone that needs more says so once it is known
 # (Backbone.check_input_size).
 image_size = int_at_least(MIN_INPUT_SIZE, MAX_INPUT_SIZE)
+# Data-loading processes (or decoding threads): 99,999 of them exhausted the machine's memory and the
+# process was killed; more than 4 a core never helps, and 32 is allowed anywhere.
+workers = int_at_least(0, max(32, 4 * (os.cpu_count() or 1)))
 # NumPy's seeds: -1 failed deep in the run as "expected non-negative integer", 2**64 as an overflow.
 seed = int_at_least(0, 2**32 - 1)
 

@@ -219,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli.add_flip_arguments(p, "auto")
     p.add_argument("--test-per-class", type=cli.int_at_least(1), default=None)
     p.add_argument("--seed", type=cli.seed, default=0)
-    p.add_argument("--workers", type=cli.int_at_least(0), default=2)
+    p.add_argument("--workers", type=cli.workers, default=2)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="for training; latency is always measured on the CPU")
     p.add_argument("--latency-runs", type=cli.int_at_least(1), default=20)
     p.add_argument("--out", type=output_arg("folder"), default=None, help="comparison folder (default: runs/compare-<data name>)")

@@ -23,7 +23,14 @@ import numpy as np
 import torch
 
 from gesture_core.classifier import Classifier, load_classifier
-from gesture_core.cli import check_output_outside_datasets, check_output_spares_inputs, checkpoint_arg, command, output_arg, run_dataset
+from gesture_core.cli import (
+    check_output_outside_datasets,
+    check_output_spares_inputs,
+    checkpoint_arg,
+    command,
+    output_arg,
+    run_dataset,
+)
 from gesture_core.preprocess import TTA_MODES, DataConfig, Preprocess, tta_crops, tta_view_count
 from training import cli
 from training.calibrate import SplitOutputs
@@ -53,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=("test", "val", "train"), default="test", help="which saved split, without --data")
     p.add_argument("--out", type=output_arg("folder"), default=None, help="report folder (default: RUN/eval-<split or folder name>)")
     p.add_argument("--batch-size", type=cli.int_at_least(1), default=64)
-    p.add_argument("--workers", type=cli.int_at_least(0), default=2)
+    p.add_argument("--workers", type=cli.workers, default=2)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--tta", choices=TTA_CHOICES, default="none",
                    help="test-time augmentation: flip, 5crop/10crop (AlexNet), multiscale (3 scales x flip); all: a table of every mode")

@@ -311,7 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", nargs="+", default=None, help="images or folders for the parity check (default: the run's test split)")
     p.add_argument("--max-images", type=cli.int_at_least(1), default=64, help="parity images used at most")
     p.add_argument("--tolerance", type=cli.float_in(0.0, float("inf")), default=DEFAULT_TOLERANCE, help="max |Δlogit| allowed")
-    p.add_argument("--opset", type=cli.int_at_least(13), default=17, help="ONNX opset")
+    # torch.onnx's TorchScript exporter (dynamo=False, above) writes opsets 13-20 in torch 2.14: 999 was a traceback.
+    p.add_argument("--opset", type=cli.int_at_least(13, 20), default=17, help="ONNX opset")
     return p
 
 

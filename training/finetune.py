@@ -147,7 +147,7 @@ def build_parser(*, suppress_defaults: bool = False) -> argparse.ArgumentParser:
     g = p.add_argument_group("runtime")
     g.add_argument("--device", choices=("auto", "cpu", "cuda"), default=default(d.device), help="auto: CUDA when available")
     g.add_argument("--amp", choices=AMP_CHOICES, default=default(d.amp), help="mixed precision (auto: on for CUDA, and bf16 on CPUs with native bf16, but fp32 for depthwise backbones on CPUs with AMX)")
-    g.add_argument("--workers", type=cli.int_at_least(0), default=default(d.workers), help="data-loading processes")
+    g.add_argument("--workers", type=cli.workers, default=default(d.workers), help="data-loading processes")
     g.add_argument("--seed", type=cli.seed, default=default(d.seed), help="fixes the split, the initial head and the augmentation")
     g.add_argument("--out", type=lambda text: str(output_arg("folder")(text)), default=default(None), help="run folder (default: runs/<data>-<backbone>, numbered if taken)")
     g.add_argument("--resume", type=checkpoint_arg("last.pt"), default=default(None), help="continue an interrupted run from RUN/last.pt (or the run folder RUN)")
