@@ -92,3 +92,18 @@ def test_unknown_backbone_lists_choices(data, capsys):
     with pytest.raises(SystemExit):
         main(["--data", str(data), "--backbones", "resnet18,alexnett"])
     assert "choose one of" in capsys.readouterr().err
+
+
+def test_a_reused_runs_broken_config_is_named(comparison, data, tmp_path, capsys):
+    """A config.json holding a list was an AttributeError traceback; an invalid one a JSON error
+    that named no file."""
+    import shutil
+
+    out = tmp_path / "cmp"
+    shutil.copytree(comparison, out)
+    config = out / "runs" / "lenet5" / "config.json"
+    for text, reason in (("[1, 2]", f"{config} holds list, not the object a run writes"), ("{broken", f"{config} is not valid JSON")):
+        config.write_text(text)
+        capsys.readouterr()
+        assert main(["--data", str(data), "--out", str(out), *ARGS]) == 2
+        assert reason in capsys.readouterr().err

@@ -88,16 +88,28 @@ def settled_on(wanted: TrainConfig, run: Path) -> TrainConfig:
     return replace(wanted, flip=flip, crop=crop)
 
 
+def run_json(path: Path) -> dict[str, Any]:
+    """A run's JSON file, which must hold an object: a broken one is named, where it was a traceback
+    (a list) or a JSON error that named no file."""
+    try:
+        value = json.loads(path.read_text())
+    except ValueError as err:
+        raise ValueError(f"{path} is not valid JSON ({err}): pass --retrain to train that run again, or another --out") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{path} holds {type(value).__name__}, not the object a run writes: pass --retrain, or another --out")
+    return value
+
+
 def train_or_reuse(cfg: TrainConfig, *, retrain: bool) -> tuple[Path, bool]:
     """(run folder, reused?)."""
     run = Path(cfg.out)
     finished = all((run / name).is_file() for name in ("best.pt", "metrics.json", "config.json", "split.json"))
     if finished and not retrain:
-        saved = json.loads((run / "config.json").read_text())
+        saved, metrics = (run_json(run / name) for name in ("config.json", "metrics.json"))
         differences = recipe_difference(saved, settled_on(cfg, run))
         if differences:
             raise ValueError(f"{run} was trained with another recipe ({'; '.join(differences)}); pass --retrain to overwrite it, or another --out")
-        if "test" in json.loads((run / "metrics.json").read_text()):
+        if "test" in metrics:
             return run, True
     from training.finetune import train
 
