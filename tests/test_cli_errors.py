@@ -446,3 +446,11 @@ def test_numbers_beyond_what_the_tool_can_use_are_usage_errors(run, command, arg
     with pytest.raises(SystemExit) as stop:
         importlib.import_module(command).main(["--checkpoint", str(run), *argv])
     assert stop.value.code == 2 and reason in capsys.readouterr().err
+
+
+def test_evaluate_on_only_broken_images_says_why_they_were_skipped(run, tmp_path, capsys):
+    for name in ("fist", "palm"):
+        (tmp_path / "broken" / name).mkdir(parents=True)
+        (tmp_path / "broken" / name / "0.png").write_text("not a picture")
+    assert evaluate_main(["--checkpoint", str(run), "--data", str(tmp_path / "broken")]) == 2
+    assert "no images to evaluate in broken: 2 image file(s) skipped, e.g. " in one_error_line(capsys)

@@ -107,6 +107,7 @@ def test_split_round_trips_through_json(tmp_path):
         ("empty_class", "no usable images: peace"),
         ("single_class", "only one class"),
         ("no_images", "no images found"),
+        ("only_broken_images", r"no usable images in its class folders: 4 image file\(s\) skipped, e\.g\. .*fist/0\.png: not a recognised image format"),
         ("no_folders", "no class folders"),
         ("videos", r"no images found .*; it holds 2 video file\(s\): save their frames as images first \(python -m service.webcam.capture"),
         ("videos_at_the_top", r"no class folders; .*; it holds 1 video file\(s\): save their frames"),
@@ -123,6 +124,11 @@ def test_untrainable_datasets_are_refused_up_front(tmp_path, layout, message):
         (root / "fist").mkdir(parents=True)
         (root / "palm").mkdir()
         (root / "palm" / "readme.txt").write_text("x")
+    elif layout == "only_broken_images":  # it said "no images found (looked for .png, ...)" beside them
+        for name in ("fist", "palm"):
+            (root / name).mkdir(parents=True)
+            for i in range(2):
+                (root / name / f"{i}.png").write_text("not a picture")
     elif layout == "videos":  # one recording per class, as a phone saves them
         for name in ("fist", "palm"):
             (root / name).mkdir(parents=True)

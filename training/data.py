@@ -150,8 +150,16 @@ def scan_images(root: Path, skipped: list[dict[str, str]]) -> list[str]:
 
 def no_images(root: Path, skipped: list[dict[str, str]], where: str) -> str:
     """Why a dataset has nothing to train on, and what to do with the videos it holds, if any."""
+    if note := skipped_images_note(skipped):  # "no images found" beside a folder of .png files did not say why
+        return f"{root}: no usable images {where}{note}" + videos_hint([entry["path"] for entry in skipped])
     return (f"{root}: no images found (looked for {', '.join(sorted(IMAGE_SUFFIXES))}, {where})"
             + videos_hint([entry["path"] for entry in skipped]))
+
+
+def skipped_images_note(skipped: list[dict[str, str]]) -> str:
+    """": N image file(s) skipped, e.g. PATH: REASON" for the image files among ``skipped``, or ""."""
+    images = [entry for entry in skipped if Path(entry["path"]).suffix.lower() in IMAGE_SUFFIXES]
+    return f": {len(images)} image file(s) skipped, e.g. {images[0]['path']}: {images[0]['reason']}" if images else ""
 
 
 def videos_hint(paths: list[str] | list[Path]) -> str:

@@ -43,6 +43,7 @@ from training.data import (
     failure_reports,
     load_folder,
     make_loader,
+    skipped_images_note,
     videos_hint,
 )
 from training.hand_crops import HandCropCache, crop_samples, format_no_hand, frame_metrics, frame_mistakes, frame_outputs
@@ -200,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     classifier = load_classifier(args.checkpoint, args.device, engine="torch", input_size=args.image_size, crop_pct=args.crop_pct)
     samples, skipped, name = select_samples(args.checkpoint, classifier.classes, args.data, args.split)
     if not samples:
-        raise DatasetError(f"no images to evaluate in {name}" + videos_hint([entry["path"] for entry in skipped]))
+        raise DatasetError(f"no images to evaluate in {name}{skipped_images_note(skipped)}" + videos_hint([entry["path"] for entry in skipped]))
     unknown_skipped: list[dict[str, str]] = []
     try:  # before the long part: a wrong --unknown folder fails in a second, not after the evaluation
         unknown = None if args.unknown is None else unknown_samples(args.unknown, unknown_skipped)
