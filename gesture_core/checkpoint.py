@@ -77,6 +77,7 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
+        as_umask_allows(tmp)
         os.replace(tmp, path)
     except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
@@ -84,6 +85,14 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
             raise CheckpointSaveError(save_failure(path, err)) from None
         raise
     return path
+
+
+def as_umask_allows(path: str | os.PathLike) -> None:
+    """The mode a plain ``open`` would have given: mkstemp makes its file 0600 and os.replace keeps
+    it, so best.pt was readable by its owner alone (a service running as another user could not load it)."""
+    umask = os.umask(0o022)  # the only way to read it; set back at once
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
 
 
 def save_failure(path: Path, err: OSError) -> str:

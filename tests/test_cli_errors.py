@@ -454,3 +454,16 @@ def test_evaluate_on_only_broken_images_says_why_they_were_skipped(run, tmp_path
         (tmp_path / "broken" / name / "0.png").write_text("not a picture")
     assert evaluate_main(["--checkpoint", str(run), "--data", str(tmp_path / "broken")]) == 2
     assert "no images to evaluate in broken: 2 image file(s) skipped, e.g. " in one_error_line(capsys)
+
+
+def test_checkpoints_get_the_mode_the_umask_allows_not_mkstemps_0600(tmp_path):
+    """A best.pt readable by its owner alone could not be loaded by a service running as another user."""
+    from gesture_core.checkpoint import atomic_torch_save
+
+    old = os.umask(0o022)
+    try:
+        assert atomic_torch_save({"x": 1}, tmp_path / "best.pt").stat().st_mode & 0o777 == 0o644
+        os.umask(0o077)
+        assert atomic_torch_save({"x": 1}, tmp_path / "private.pt").stat().st_mode & 0o777 == 0o600
+    finally:
+        os.umask(old)

@@ -36,6 +36,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from gesture_core.checkpoint import as_umask_allows
 from gesture_core.classifier import Classifier
 from gesture_core.engines import cache_root
 from gesture_core.hands import Hand, HandLocaliser, hand_crop, hand_from_dict, hand_to_dict
@@ -146,6 +147,7 @@ def write_bytes_atomic(path: Path, data: bytes) -> Path:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        as_umask_allows(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
