@@ -348,7 +348,7 @@ def test_an_output_that_would_destroy_an_input_or_a_run_is_refused(run, tmp_path
     assert video.read_bytes() == recorded
 
 
-def test_calibrate_refuses_a_runs_last_pt(run, tmp_path, capsys):
+def test_calibrate_and_export_refuse_a_runs_last_pt(run, tmp_path, capsys):
     """It calibrated the latest epoch and wrote that into the run's metrics.json and open_set.png, the best model's report."""
     from training.calibrate import main as calibrate_main
 
@@ -357,6 +357,11 @@ def test_calibrate_refuses_a_runs_last_pt(run, tmp_path, capsys):
     before = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
     assert calibrate_main(["--checkpoint", str(folder / "last.pt")]) == 2
     assert f"pass the run's best.pt, e.g. python -m training.calibrate --checkpoint {folder}" in one_error_line(capsys)
+    assert {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()} == before
+    from training.export import main as export_main  # it shipped the latest epoch, uncalibrated, as model.onnx
+
+    assert export_main(["--checkpoint", str(folder / "last.pt"), "--format", "onnx"]) == 2
+    assert f"pass the run's best.pt, e.g. python -m training.export --checkpoint {folder}" in one_error_line(capsys)
     assert {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()} == before
 
 

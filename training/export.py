@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from gesture_core.backbones import get_backbone, with_features
+from gesture_core.checkpoint import check_not_training_state
 from gesture_core.classifier import Classifier, decode_probs, load_classifier
 from gesture_core.cli import check_output_spares_inputs, checkpoint_arg, command, output_arg
 from gesture_core.images import IMAGE_SUFFIXES, ImageDecodeError
@@ -324,6 +325,8 @@ def main(argv: list[str] | None = None) -> int:
         raise ValueError(f"--out {out}: a {args.format} file's name must end in {'.onnx' if args.format == 'onnx' else '.pt (e.g. model.torchscript.pt)'}")
     check_output_spares_inputs("--out", out, {"--checkpoint": args.checkpoint})
     classifier = load_classifier(args.checkpoint, "cpu", engine="torch")  # parity is defined against eager PyTorch, CPU fp32
+    # a deployment of last.pt ships the latest epoch, uncalibrated, as import_model refuses to
+    check_not_training_state(args.checkpoint, classifier.checkpoint_meta, "training.export --checkpoint")
     inputs = parity_inputs(classifier, parity_images(args.checkpoint, args.images, args.max_images))
     export(classifier, args.format, out, **({"opset": args.opset} if args.format == "onnx" else {}))
     print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB): {classifier.backbone}, {len(classifier.classes)} classes, metadata: {', '.join(export_metadata(classifier))}")
