@@ -167,11 +167,11 @@ def test_a_class_folder_given_as_out_is_refused_before_anything_is_saved(tmp_pat
 
 
 def test_unopenable_sources_give_one_clear_line(tmp_path: Path, capsys):
-    assert main(["--out", str(tmp_path / "ds"), "--source", str(tmp_path / "missing.mp4"), "--headless", "--label", "x"]) == 1
+    assert main(["--out", str(tmp_path / "ds"), "--source", str(tmp_path / "missing.mp4"), "--headless", "--label", "x"]) == 2  # as the demo
     assert "no such video file" in capsys.readouterr().err
     garbage = tmp_path / "garbage.mp4"
     garbage.write_bytes(b"\0not a video" * 100)
-    assert main(["--out", str(tmp_path / "ds"), "--source", str(garbage), "--headless", "--label", "x"]) == 1
+    assert main(["--out", str(tmp_path / "ds"), "--source", str(garbage), "--headless", "--label", "x"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: cannot open video file") and len(err.splitlines()) == 1
     assert not (tmp_path / "ds").exists()
@@ -179,7 +179,7 @@ def test_unopenable_sources_give_one_clear_line(tmp_path: Path, capsys):
 
 def test_live_mode_without_a_display_says_so(tmp_path: Path, capsys, monkeypatch):
     monkeypatch.setattr(capture, "display_problem", lambda: "no DISPLAY or WAYLAND_DISPLAY is set")
-    assert main(["--out", str(tmp_path / "ds"), "--classes", "fist,none"]) == 1
+    assert main(["--out", str(tmp_path / "ds"), "--classes", "fist,none"]) == 2
     err = capsys.readouterr().err
     assert "cannot open a preview window: no DISPLAY" in err and "--headless --label" in err
 

@@ -36,7 +36,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from gesture_core.cli import command, output_arg
+from gesture_core.cli import EXIT_USAGE, command, output_arg
 from gesture_core.rejection import is_reject_name
 from service.webcam.demo import display_problem
 from service.webcam.grabber import ended_early
@@ -389,14 +389,14 @@ def main(argv: list[str] | None = None) -> int:
                 f"error: cannot open a preview window: {problem}. Use --headless --label CLASS to record without one",
                 file=sys.stderr,
             )
-            return 1
+            return EXIT_USAGE
     if problem := class_folder_given_as_out(args.out, classes):
         parser.error(f"{problem}: --out is the dataset folder (e.g. --out {args.out.parent})")
     try:
         cap = open_source(args.source)
-    except SourceError as err:
+    except SourceError as err:  # the exit code of the webcam demo for the same mistake
         print(f"error: {err}", file=sys.stderr)
-        return 1
+        return EXIT_USAGE
     writer = ImageFolderWriter(args.out, [args.label] if args.headless else with_reject_class(classes), quality=args.quality)
     try:
         if args.headless:
