@@ -311,7 +311,8 @@ def test_a_machine_without_the_resume_file_ends_the_wait_with_one_line(digits_su
     assert alone.returncode == 0, alone.stderr[-3000:]
     (tmp_path / "machine1").mkdir()
     ranks = {"WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "GESTURE_DIST_TIMEOUT_S": "10"}
-    stopped, waited = (subprocess.run([sys.executable, "-m", "training.finetune", "--resume", "runs/r"], cwd=tmp_path / f"machine{rank}",
+    # --epochs 2: the run finished its one epoch, and a finished run is resumed only to train further
+    stopped, waited = (subprocess.run([sys.executable, "-m", "training.finetune", "--resume", "runs/r", "--epochs", "2"], cwd=tmp_path / f"machine{rank}",
                                       env={**environment(), **ranks, "RANK": str(rank), "LOCAL_RANK": "0", "GROUP_RANK": str(rank)},
                                       capture_output=True, text=True, timeout=300) for rank in (1, 0))  # fmt: skip
     assert stopped.returncode == 2 and "argument --resume: runs/r: no such file" in stopped.stderr, stopped.stderr[-3000:]
