@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import sys
 import warnings
 from collections.abc import Callable, Iterable
@@ -103,12 +102,9 @@ def check_output_outside_datasets(flag: str, out: Path, datasets: Iterable[Path 
             raise ValueError(f"{flag} {out} is inside the dataset {root}, where training would read what it writes: pass another {flag}")
 
 
-def run_dataset(checkpoint: Path) -> Path | None:
-    """The dataset folder a run trained on (its config.json's ``data``), or None."""
-    try:
-        data = json.loads((checkpoint.parent / "config.json").read_text()).get("data")
-    except (OSError, ValueError, AttributeError):
-        return None
+def trained_on(train_config: dict) -> Path | None:
+    """The dataset folder a model was trained on, from the run's config stored in its checkpoint, or None."""
+    data = train_config.get("data")
     return Path(data) if isinstance(data, str) and data else None
 
 

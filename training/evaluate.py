@@ -29,7 +29,7 @@ from gesture_core.cli import (
     checkpoint_arg,
     command,
     output_arg,
-    run_dataset,
+    trained_on,
 )
 from gesture_core.preprocess import TTA_MODES, DataConfig, Preprocess, tta_crops, tta_view_count
 from training import cli
@@ -195,10 +195,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.out:  # the run's own folder held its training report, which this one replaced
         check_output_spares_inputs("--out", Path(args.out), {"--checkpoint": args.checkpoint})
-        check_output_outside_datasets("--out", Path(args.out), [args.data and Path(args.data), run_dataset(args.checkpoint)])
     single = "none" if args.tta == "all" else args.tta
     # eager PyTorch, the reference engine: evaluation reproduces the run's own test metrics
     classifier = load_classifier(args.checkpoint, args.device, engine="torch", input_size=args.image_size, crop_pct=args.crop_pct)
+    if args.out:
+        check_output_outside_datasets("--out", Path(args.out), [args.data and Path(args.data), trained_on(classifier.train_config)])
     samples, skipped, name = select_samples(args.checkpoint, classifier.classes, args.data, args.split)
     if not samples:
         raise DatasetError(f"no images to evaluate in {name}{skipped_images_note(skipped)}" + videos_hint([entry["path"] for entry in skipped]))

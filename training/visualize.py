@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gesture_core.classifier import Classifier, load_classifier
-from gesture_core.cli import check_output_outside_datasets, checkpoint_arg, command, output_arg, run_dataset
+from gesture_core.cli import check_output_outside_datasets, checkpoint_arg, command, output_arg, trained_on
 from training import cli
 
 
@@ -227,9 +227,9 @@ def class_indices(classifier: Classifier, names: list[str]) -> list[int]:
 @command
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.out:  # its PNGs in a class folder were the next run's photos of that class
-        check_output_outside_datasets("--out", Path(args.out), [run_dataset(args.checkpoint)])
     classifier = load_classifier(args.checkpoint, args.device)
+    if args.out:  # its PNGs in a class folder were the next run's photos of that class
+        check_output_outside_datasets("--out", Path(args.out), [trained_on(classifier.train_config)])
     extra = class_indices(classifier, args.classes)
     rgb = classifier.preprocess.read(args.image)
     out = Path(args.out) if args.out else args.checkpoint.parent / f"visualize-{args.image.stem}"
