@@ -188,10 +188,8 @@ def parse_config(argv: list[str] | None = None) -> tuple[TrainConfig, Path | Non
 
 def nothing_to_resume(last: Path, trained: int, epochs: int, *, epochs_given: bool) -> str | None:
     """Why resuming would only redo a run's end: calibrating best.pt again with the run's settings
-    and rewriting its report, over a later ``training.calibrate``. A run is finished when its report
-    (metrics.json, written last) is as new as last.pt."""
-    report = last.parent / "metrics.json"
-    finished = report.is_file() and report.stat().st_mtime >= last.stat().st_mtime
+    and rewriting its report, over a later ``training.calibrate``."""
+    finished = run_finished(last.parent)
     if epochs < trained or (epochs == trained and finished and epochs_given):
         return f"--epochs {epochs}: {last} has trained {trained} epoch(s) already; pass more to train it further"
     if finished and not epochs_given:
@@ -200,9 +198,16 @@ def nothing_to_resume(last: Path, trained: int, epochs: int, *, epochs_given: bo
     return None
 
 
+def run_finished(out: Path) -> bool:
+    """Whether the run in ``out`` ended: its report (metrics.json, written last) is as new as its last.pt.
+    A run trained further and interrupted again has an older report: it is interrupted."""
+    report, last = out / "metrics.json", out / "last.pt"
+    return report.is_file() and (not last.is_file() or report.stat().st_mtime >= last.stat().st_mtime)
+
+
 def run_already_in(out: Path) -> str | None:
     """Why ``--out`` cannot take a new run: it holds one, whose checkpoints a new run would overwrite."""
-    if (out / "last.pt").is_file() and not (out / "metrics.json").is_file():  # best.pt is written from the first epoch on
+    if (out / "last.pt").is_file() and not run_finished(out):  # best.pt is written from the first epoch on
         return f"--out {out} holds an interrupted run: continue it with --resume {out}, or pass another --out"
     if trained := [name for name in ("best.pt", "metrics.json") if (out / name).is_file()]:
         return f"--out {out} holds a trained model ({trained[0]}): pass another --out, or delete that folder to train there again"
