@@ -249,13 +249,18 @@ def header_units(data: bytes) -> tuple[str, int]:
     if len(data) > 2 and data[0] == ord("P") and data[1] in b"123456" and data[2] in b" \t\r\n#":
         return "PPM", ppm_header_bytes(data)
     if data.startswith((b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")):  # the entry count of the first directory
-        order, big = "little" if data[0] == ord("I") else "big", data[2:4] in (b"+\x00", b"\x00+")  # BigTIFF: 8-byte fields
-        header, width = (16, 8) if big else (8, 2)
-        offset = int.from_bytes(data[8:16] if big else data[4:8], order)
-        # A directory inside the header, or past the end, is a cut file: PIL's reader names it.
-        inside = header <= offset and offset + width <= len(data)
-        return "TIFF", int.from_bytes(data[offset:offset + width], order) if inside else 0
+        return "TIFF", tiff_directory(data)[2]
     return "", 0
+
+
+def tiff_directory(data: bytes) -> tuple[str, int, int]:
+    """(byte order, offset, entry count) of a TIFF's or BigTIFF's first directory; a count of 0 where
+    the directory lies inside the header or past the end, a cut file that PIL's reader names."""
+    order, big = "little" if data[0] == ord("I") else "big", data[2:4] in (b"+\x00", b"\x00+")  # BigTIFF: 8-byte fields
+    header, width = (16, 8) if big else (8, 2)
+    offset = int.from_bytes(data[8:16] if big else data[4:8], order)
+    inside = header <= offset and offset + width <= len(data)
+    return order, offset, int.from_bytes(data[offset:offset + width], order) if inside else 0
 
 
 def png_chunks_besides_pixels(data: bytes) -> int:
@@ -363,11 +368,9 @@ def probe_layout(data: bytes) -> tuple[str, tuple[int, int], JpegLayout | None]:
 def tiff_fields(data: bytes) -> dict[int, int]:
     """{tag: first value} of the SHORT and LONG fields in a classic TIFF's first directory ({} for
     anything else); the walk is bounded by ``header_units``' limit on entries, checked first."""
-    if not data.startswith((b"II*\x00", b"MM\x00*")) or len(data) < 8:
+    if not data.startswith((b"II*\x00", b"MM\x00*")):  # BigTIFF's 20-byte entries are not read
         return {}
-    order = "little" if data[0] == ord("I") else "big"
-    offset = int.from_bytes(data[4:8], order)
-    count = int.from_bytes(data[offset:offset + 2], order) if offset >= 8 else 0
+    order, offset, count = tiff_directory(data)
     fields = {}
     for entry in range(offset + 2, min(offset + 2 + 12 * count, len(data) - 11), 12):
         tag, kind, values = (int.from_bytes(data[entry + a:entry + b], order) for a, b in ((0, 2), (2, 4), (4, 8)))
