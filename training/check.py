@@ -23,6 +23,7 @@ import os
 import statistics
 import sys
 from collections import Counter, defaultdict
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,27 +119,26 @@ def _stray_entries(root: Path, layout: str) -> list[dict]:
     return stray
 
 
-def _nested(paths: dict[str, dict[str, list[str]]], root: Path, layout: str) -> list[str]:
+def _deeper(paths: dict[str, dict[str, list[str]]], root: Path, layout: str) -> list[tuple[str, str, str]]:
+    """(class, its sub-folder, path) of each image below a class folder's own level."""
     deep = []
     for split, by_class in paths.items():
         base = root / split if layout == "presplit" else root
         for label, files in by_class.items():
-            deep += [p for p in files if len(Path(p).relative_to(base / label).parts) > 1]
+            parts = ((p, Path(p).relative_to(base / label).parts) for p in files)
+            deep += [(label, below[0], p) for p, below in parts if len(below) > 1]
     return deep
 
 
-def _same_subfolders(paths: dict[str, dict[str, list[str]]], root: Path, layout: str) -> list[str]:
+def _same_subfolders(deep: list[tuple[str, str, str]], classes: Iterable[str]) -> list[str]:
     """The sub-folder names every class folder holds, when they all hold the same two or more: people
     or sessions (fist/anna, palm/anna), or the gestures themselves one level too deep (anna/fist,
     bob/fist), which trains a model to tell the people apart. Only the user can tell which."""
-    names: dict[str, set[str]] = {}
-    for split, by_class in paths.items():
-        base = root / split if layout == "presplit" else root
-        for label, files in by_class.items():
-            parts = (Path(p).relative_to(base / label).parts for p in files)
-            names.setdefault(label, set()).update(found[0] for found in parts if len(found) > 1)
+    names: dict[str, set[str]] = {label: set() for label in classes}
+    for label, folder, _ in deep:
+        names[label].add(folder)
     sets = list(names.values())
-    shared = sets[0] if sets and len(sets) > 1 and all(found == sets[0] for found in sets) else set()
+    shared = sets[0] if len(sets) > 1 and all(found == sets[0] for found in sets) else set()
     return sorted(printable(name) for name in shared) if len(shared) > 1 else []
 
 
@@ -239,6 +239,7 @@ def build_report(root: Path, *, decode: bool = True, workers: int = 2) -> dict:
     for counts in per_split.values():
         totals.update(counts)
     classes = sorted(totals)
+    deep = _deeper(paths, root, layout)
     report.update(
         classes=classes,
         counts={c: totals[c] for c in classes},
@@ -248,8 +249,8 @@ def build_report(root: Path, *, decode: bool = True, workers: int = 2) -> dict:
         skipped=sorted(skipped, key=lambda s: s["path"]),
         skipped_by_reason=dict(Counter(_reason_kind(s["reason"]) for s in skipped).most_common()),
         ignored=ignored + _stray_entries(root, layout),
-        nested=[printable(p) for p in _nested(paths, root, layout)],
-        same_subfolders=_same_subfolders(paths, root, layout),
+        nested=[printable(p) for _, _, p in deep],
+        same_subfolders=_same_subfolders(deep, classes),
         non_utf8_names=[printable(i.path) for i in infos if not is_utf8_name(i.path)]
         + [s["path"] for s in skipped if "\ufffd" in s["path"]],
         image_stats=_size_stats(infos),
