@@ -147,9 +147,13 @@ def test_fatal_problems_exit_nonzero(tmp_path: Path, capsys, build, message):
     assert message in capsys.readouterr().out
 
 
-def test_missing_folder_is_fatal_not_a_traceback(tmp_path: Path, capsys):
-    assert main([str(tmp_path / "nope")]) == 1
-    assert "is not a folder" in capsys.readouterr().out
+def test_missing_folder_is_a_usage_error_not_a_traceback(tmp_path: Path, capsys):
+    (tmp_path / "photo.jpg").write_bytes(b"")
+    for path in (tmp_path / "nope", tmp_path / "photo.jpg"):
+        with pytest.raises(SystemExit) as exit_:
+            main([str(path)])
+        assert exit_.value.code == 2  # as finetune's --data: the path is the user's mistake
+        assert f"DIR {path}: not a folder" in capsys.readouterr().err
 
 
 def test_real_sign_digits_finds_the_three_huge_images(sign_digits: Path):

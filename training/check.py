@@ -10,7 +10,7 @@ and non-image files, exact duplicates (content hash) within a class, across clas
 splits (train/test leakage), image sizes and colour modes, and oversized outliers.
 
 Exit status: 0 when the folder can be trained on (warnings or not), 1 for fatal problems (no
-images, a single class, not a folder), 2 for bad arguments.
+images, a single class), 2 for bad arguments (a DIR that is not a folder, as in training).
 """
 
 from __future__ import annotations
@@ -445,6 +445,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fast", action="store_true", help="read headers only, skip the full decode of each image")
     parser.add_argument("--workers", type=int_at_least(1), default=min(4, os.cpu_count() or 1), help="decoding threads")
     args = parser.parse_args(argv)
+    if not args.dir.is_dir():  # a typo in the path is the user's mistake, as in finetune --data
+        parser.error(f"DIR {args.dir}: not a folder")
     if args.json:  # its JSON replaced a photo of the class folder it was written into
         try:
             check_output_outside_datasets("--json", args.json, [args.dir])
