@@ -146,7 +146,7 @@ def model_name(value: str) -> str:
         raise argparse.ArgumentTypeError(str(err)) from None
     if tag.version is not None:
         raise argparse.ArgumentTypeError(f"{value!r}: give a name only; the store assigns the version")
-    return tag.name
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -163,6 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     model = import_checkpoint(args.checkpoint, args.name)
+    if model.tag.name != args.name:  # BentoML stores names lower-cased; say so rather than rename silently
+        print(f"note: stored as {model.tag.name!r}: BentoML model names are lower case", file=sys.stderr)
     meta = model.info.metadata
     print(f"imported {args.checkpoint}: {meta['backbone']}, {len(meta['classes'])} classes, input {meta['input_size']} px", file=sys.stderr)
     print(model.tag)

@@ -127,6 +127,10 @@ def test_import_cli_prints_the_tag_and_rejects_non_checkpoints(stored_model, ran
     assert import_model.main([str(random_head_checkpoint), "--name", "cli-test"]) == 0
     tag = capsys.readouterr().out.strip()
     assert tag.startswith("cli-test:")
+    assert import_model.main([str(random_head_checkpoint), "--name", "CLI-Test"]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("cli-test:")  # the store lower-cases names, and the user is told
+    assert "note: stored as 'cli-test': BentoML model names are lower case" in err
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a checkpoint")
     assert import_model.main([str(junk)]) == 2
