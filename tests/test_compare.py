@@ -107,3 +107,19 @@ def test_a_reused_runs_broken_config_is_named(comparison, data, tmp_path, capsys
         capsys.readouterr()
         assert main(["--data", str(data), "--out", str(out), *ARGS]) == 2
         assert reason in capsys.readouterr().err
+
+
+def test_out_into_a_run_folder_or_the_dataset_is_refused_before_anything_is_written(comparison, data, capsys):
+    """The tables landed beside a run's best.pt, and an --out inside the data left a folder the
+    next run read as an empty class."""
+    run = comparison / "runs" / "lenet5"
+    inside = data / "reports"
+    for out, reason in ((run, f"--out {run} would replace a training run's files in {run}"),
+                        (inside, f"--out {inside} is inside the dataset {data}")):
+        before = sorted(p.name for p in out.parent.iterdir())
+        with pytest.raises(SystemExit) as exit_:
+            main(["--data", str(data), "--out", str(out), *ARGS])
+        assert exit_.value.code == 2
+        assert reason in capsys.readouterr().err
+        assert sorted(p.name for p in out.parent.iterdir()) == before
+    assert not inside.exists()

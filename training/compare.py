@@ -27,7 +27,7 @@ import torch
 
 from gesture_core.backbones import get_backbone
 from gesture_core.classifier import load_classifier
-from gesture_core.cli import command, output_arg
+from gesture_core.cli import check_output_outside_datasets, check_output_spares_inputs, command, output_arg
 from gesture_core.weights import WeightsUnavailableError, imagenet_weights_file
 from training import cli
 from training.config import SETTLED_FROM_AUTO, TrainConfig
@@ -253,11 +253,17 @@ def backbone_list(text: str) -> list[str]:
 
 @command
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    out = Path(args.out) if args.out else Path("runs") / f"compare-{Path(args.data).name}"
+    try:  # a run folder's own files, or a class folder of the data, are no place for the tables and runs
+        check_output_spares_inputs("--out", out, {})
+        check_output_outside_datasets("--out", out, [Path(args.data)])
+    except ValueError as err:
+        parser.error(str(err))
     if args.image_size:  # every backbone before the first run, not after an hour of others
         for name in args.backbones:
             get_backbone(name).check_input_size(args.image_size, what="--image-size")
-    out = Path(args.out) if args.out else Path("runs") / f"compare-{Path(args.data).name}"
     out.mkdir(parents=True, exist_ok=True)
     base = TrainConfig(data=args.data, epochs=args.epochs, image_size=args.image_size, batch_size=args.batch_size, lr=args.lr,
                        backbone_lr_mult=args.backbone_lr_mult, flip=args.flip, test_per_class=args.test_per_class, seed=args.seed,
