@@ -472,3 +472,19 @@ def test_checkpoints_get_the_mode_the_umask_allows_not_mkstemps_0600(tmp_path):
         assert atomic_torch_save({"x": 1}, tmp_path / "private.pt").stat().st_mode & 0o777 == 0o600
     finally:
         os.umask(old)
+
+
+def test_resume_after_split_json_was_edited_names_the_split_not_the_checkpoint(run, tmp_path, capsys):
+    """A class removed from split.json was reported as last.pt's "size mismatch" for the head."""
+    import shutil
+
+    folder = shutil.copytree(run, tmp_path / "run")
+    split = json.loads((folder / "split.json").read_text())
+    kept = split["classes"][:-1]
+    edited = {**split, "classes": kept, **{part: [item for item in split[part] if item[1] < len(kept)] for part in ("train", "val", "test")}}
+    (folder / "split.json").write_text(json.dumps(edited))
+    best = (folder / "best.pt").read_bytes()
+    assert finetune.main(["--resume", str(folder), "--epochs", "2"]) == 2
+    err = one_error_line(capsys)
+    assert f"{folder / 'split.json'} lists the classes {', '.join(kept)}, but {folder / 'last.pt'} was trained on {', '.join(split['classes'])}" in err
+    assert (folder / "best.pt").read_bytes() == best

@@ -624,6 +624,9 @@ def load_training_state(path: Path) -> dict[str, Any]:
 
 def restore_training_state(run: Run, resume: Path, optimizer, scheduler, scaler, ema: ModelEma | None = None, *, steps_per_epoch: int) -> dict[str, Any]:
     ckpt = load_training_state(resume)
+    if ckpt["classes"] != run.splits.classes:  # else the head's shape mismatch blamed last.pt for an edited split.json
+        raise DatasetError(f"{run.out / 'split.json'} lists the classes {', '.join(run.splits.classes)}, but {resume} was trained on "
+                           f"{', '.join(ckpt['classes'])}: restore the run's split.json, or train a new run")
     load_matching(run.model, ckpt["model"], what=f"{resume}")
     if ema is not None:
         ema.load_state_dict(ckpt["ema"])
