@@ -132,6 +132,20 @@ def many_header_units(fmt: str, units: int) -> bytes:
     raise ValueError(f"fmt {fmt!r}: choose JPEG, PNG, GIF, PPM or TIFF")
 
 
+def float_bigtiff(pixels: np.ndarray) -> bytes:
+    """An uncompressed one-strip little-endian BigTIFF of float32 samples, (H, W) or (H, W, 3): neither
+    OpenCV nor PIL writes one, and PIL cannot open the colour kind."""
+    pixels = np.ascontiguousarray(pixels, "<f4")
+    height, width, channels = *pixels.shape[:2], 1 if pixels.ndim == 2 else pixels.shape[2]
+    fields = [(256, 4, [width]), (257, 4, [height]), (258, 3, [32] * channels), (259, 3, [1]), (262, 3, [2 if channels == 3 else 1]),
+              (273, 16, [0]), (277, 3, [channels]), (278, 4, [height]), (279, 16, [pixels.nbytes]), (284, 3, [1]), (339, 3, [3] * channels)]
+    pixels_at = 16 + 8 + 20 * len(fields) + 8  # header, entry count, entries, next-directory offset
+    sizes = {3: "H", 4: "I", 16: "Q"}  # SHORT, LONG, LONG8: up to 8 bytes of values sit in the entry
+    directory = b"".join(struct.pack("<HHQ", tag, kind, len(values)) + struct.pack(f"<{len(values)}{sizes[kind]}", *([pixels_at] if tag == 273 else values)).ljust(8, b"\0")
+                         for tag, kind, values in fields)
+    return b"II+\x00" + struct.pack("<HHQQ", 8, 0, 16, len(fields)) + directory + bytes(8) + pixels.tobytes()
+
+
 def bad_uploads() -> dict[str, tuple[bytes, str]]:
     """name -> (file bytes, a phrase the 4xx reason must contain)."""
     whole = noise_jpeg(3, 160)

@@ -366,26 +366,30 @@ def probe_layout(data: bytes) -> tuple[str, tuple[int, int], JpegLayout | None]:
 
 
 def tiff_fields(data: bytes) -> dict[int, int]:
-    """{tag: first value} of the SHORT and LONG fields in a classic TIFF's first directory ({} for
-    anything else); the walk is bounded by ``header_units``' limit on entries, checked first."""
-    if not data.startswith((b"II*\x00", b"MM\x00*")):  # BigTIFF's 20-byte entries are not read
+    """{tag: first value} of the SHORT, LONG and LONG8 fields in a TIFF's or BigTIFF's first directory
+    ({} for anything else); the walk is bounded by ``header_units``' limit on entries, checked first."""
+    if not data.startswith((b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")):
         return {}
     order, offset, count = tiff_directory(data)
+    # BigTIFF: an 8-byte entry count, then 20-byte entries whose values fit in 8 bytes; classic: 2, 12 and 4.
+    counted, entry_size, inline = (8, 20, 8) if data[2:4] in (b"+\x00", b"\x00+") else (2, 12, 4)
     fields = {}
-    for entry in range(offset + 2, min(offset + 2 + 12 * count, len(data) - 11), 12):
-        tag, kind, values = (int.from_bytes(data[entry + a:entry + b], order) for a, b in ((0, 2), (2, 4), (4, 8)))
-        size = {3: 2, 4: 4}.get(kind)  # SHORT, LONG
+    first = offset + counted
+    for entry in range(first, min(first + entry_size * count, len(data) - entry_size + 1), entry_size):
+        tag, kind, values = (int.from_bytes(data[entry + a:entry + b], order) for a, b in ((0, 2), (2, 4), (4, 4 + inline)))
+        size = {3: 2, 4: 4, 16: 8}.get(kind)  # SHORT, LONG, LONG8
         if size is None or values < 1:
             continue
-        # Values that fit in the entry's 4 bytes are in it; longer lists (one per sample) at an offset.
-        at = entry + 8 if values * size <= 4 else int.from_bytes(data[entry + 8:entry + 12], order)
+        # Values that fit in the entry are in it; longer lists (one per sample) at an offset.
+        value = entry + 4 + inline
+        at = value if values * size <= inline else int.from_bytes(data[value:value + inline], order)
         if at + size <= len(data):
             fields[tag] = int.from_bytes(data[at:at + size], order)
     return fields
 
 
 def tiff_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) of a classic TIFF, or None: for the layouts PIL will not open, whose size the
+    """(width, height) of a TIFF, or None: for the layouts PIL will not open, whose size the
     dimension checks still need before OpenCV decodes them."""
     fields = tiff_fields(data)
     return (fields[256], fields[257]) if 256 in fields and 257 in fields else None  # ImageWidth, ImageLength

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from benchmarks.hostile_inputs import encode, flat_png, ico_holding_png, many_header_units, png_strip, progressive_jpeg
+from benchmarks.hostile_inputs import encode, flat_png, float_bigtiff, ico_holding_png, many_header_units, png_strip, progressive_jpeg
 from benchmarks.server_process import REPO
 from gesture_core import DataConfig, ImageDecodeError, Preprocess, read_rgb
 from gesture_core import images as images_module
@@ -362,6 +362,18 @@ def test_a_float_tiff_is_held_to_an_eighth_of_the_pixel_limit_as_it_decodes_at_4
         decode_rgb(cv2.imencode(".tiff", pixels)[1].tobytes(), max_pixels=8_000)
     assert decode_rgb(cv2.imencode(".tiff", (pixels * 255).astype(np.uint8))[1].tobytes(), max_pixels=8_000).shape == (40, 50, 3)
     assert decode_rgb(cv2.imencode(".tiff", pixels)[1].tobytes(), max_pixels=16_000).shape == (40, 50, 3)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_a_float_bigtiff_is_scaled_and_held_to_the_same_limit(channels):
+    """Colour floats in a BigTIFF were "not a recognised image format": PIL cannot open them, and only
+    classic TIFF directories were read for their size."""
+    ramp = np.linspace(0.0, 1.0, 48 * 64, dtype=np.float32).reshape(48, 64)
+    data = float_bigtiff(np.dstack([ramp] * channels).squeeze())
+    rgb = decode_rgb(data)
+    assert rgb.shape == (48, 64, 3) and rgb.min() == 0 and rgb.max() == 255 and abs(float(rgb.mean()) - 127.5) < 1
+    with pytest.raises(ImageDecodeError, match=r"64x48 = 3,072 pixels, above the limit of 1,000"):
+        decode_rgb(data, max_pixels=8_000)
 
 
 def test_a_float_tiff_with_nan_pixels_is_refused_by_reason():
