@@ -128,7 +128,8 @@ def decode_rgb(data: bytes, *, max_pixels: int | None = DEFAULT_MAX_PIXELS, min_
     if not data:
         raise ImageDecodeError("empty file (0 bytes)")
     fmt, (width, height), layout = probe_layout(data)
-    check_dimensions(width, height, max_pixels=max_pixels)
+    deep = fmt == "TIFF" and tiff_has_deep_samples(data)
+    check_dimensions(width, height, max_pixels=max_pixels, deep_samples=deep)
     progressive, scans = (layout.progressive, layout.scans) if layout else (False, 0)
     if scans > MAX_JPEG_SCANS:
         raise ImageDecodeError(f"JPEG with {scans:,} scans, above the limit of {MAX_JPEG_SCANS} "
@@ -142,10 +143,9 @@ def decode_rgb(data: bytes, *, max_pixels: int | None = DEFAULT_MAX_PIXELS, min_
         data = png_pixel_chunks_only(data)
     if fmt in ("JPEG", "PNG", "WEBP", "BMP", "TIFF"):
         flag = reduced_jpeg_flag(fmt, width, height, min_side)
-        if fmt == "TIFF" and tiff_has_deep_samples(data):
+        if deep:
             # Float samples (0-1) IMREAD_COLOR casts to 8 bits unscaled: all black. Decoded at their own
             # depth instead, and scaled by _array_to_rgb, at 4 bytes a sample: hence a lower pixel limit.
-            check_deep_dimensions(width, height, max_pixels)
             flag = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR
         keep_decoder_warnings_quiet()
         try:
@@ -174,15 +174,19 @@ def keep_decoder_warnings_quiet() -> None:
 
 
 def check_dimensions(width: int, height: int, *, max_pixels: int | None = DEFAULT_MAX_PIXELS,
-                     max_aspect_ratio: float = MAX_ASPECT_RATIO) -> None:
+                     max_aspect_ratio: float = MAX_ASPECT_RATIO, deep_samples: bool = False) -> None:
     """Refuse, from the size alone and before anything is allocated, an image whose decoding or
     resizing would cost far more memory and time than any photo: too many pixels, or so elongated
-    that scaling its shorter side up to the model's size makes a huge array."""
+    that scaling its shorter side up to the model's size makes a huge array. A TIFF of 32-bit samples
+    (``deep_samples``) decodes at 4 bytes a sample before it is scaled: a lower pixel limit."""
     if width < 1 or height < 1:
         raise ImageDecodeError(f"image has no pixels ({width}x{height})")
+    if max_pixels is not None and deep_samples:
+        max_pixels //= DEEP_SAMPLE_DIVISOR
     if max_pixels is not None and width * height > max_pixels:
+        kind, advice = ("a TIFF of 32-bit samples, ", " for such samples: re-save it as 8-bit") if deep_samples else ("", "")
         raise ImageDecodeError(
-            f"image too large: {width}x{height} = {width * height:,} pixels, above the limit of {max_pixels:,}"
+            f"image too large: {kind}{width}x{height} = {width * height:,} pixels, above the limit of {max_pixels:,}{advice}"
         )
     ratio = max(width, height) / min(width, height)
     if ratio > max_aspect_ratio:
@@ -399,13 +403,6 @@ def tiff_has_deep_samples(data: bytes) -> bool:
     """Float samples (SampleFormat 3), or more than 16 bits a sample: what OpenCV's 8-bit decode gets wrong."""
     fields = tiff_fields(data)
     return fields.get(339, 1) == 3 or fields.get(258, 8) > 16  # SampleFormat, BitsPerSample
-
-
-def check_deep_dimensions(width: int, height: int, max_pixels: int | None) -> None:
-    limit = max_pixels // DEEP_SAMPLE_DIVISOR if max_pixels is not None else None
-    if limit is not None and width * height > limit:
-        raise ImageDecodeError(f"image too large: a TIFF of 32-bit samples, {width}x{height} = {width * height:,} pixels, "
-                               f"above the limit of {limit:,} for such samples: re-save it as 8-bit")
 
 
 def signature_format(data: bytes) -> str | None:
