@@ -26,8 +26,9 @@
   before any parsing in Python.
 * **Media types in any case:** BentoML picks a body's parser by the Content-Type's exact text, so
   ``Multipart/Form-Data`` is lowered before BentoML reads it.
-* **Compressed bodies:** a body with a ``Content-Encoding`` gets 415 (RFC 7694): neither BentoML nor
-  Starlette decompresses requests, so it failed as invalid JSON or a malformed form.
+* **Compressed bodies:** a body with a ``Content-Encoding`` gets 415 (RFC 7694) from its headers,
+  before it is read: neither BentoML nor Starlette decompresses requests, so it failed as invalid
+  JSON or a malformed form.
 * **JSON errors:** every error response is ``{"error": reason, ...}``. BentoML 1.4.39 wraps its own
   4xx messages in a one-element list (bentoml/BentoML#4232), and Starlette answers unknown routes
   (404) and wrong methods (405) in plain text.
@@ -109,6 +110,10 @@ class RequestGuard:
         if declared is not None and declared > self.max_body_bytes:
             drained = declared <= DRAIN_FACTOR * self.max_body_bytes and await drain(receive, self.body_timeout_s)
             return await send_json(send, 413, self.too_large(declared), close=not drained)
+        if coding := encoded_body(scope):  # refused from its headers: the body is dropped unread
+            drained = declared is not None and await drain(receive, self.body_timeout_s)
+            return await send_json(send, 415, f"a request body in Content-Encoding {shown(coding)} is not taken: send it uncompressed",
+                                   close=not drained)
         try:
             async with asyncio.timeout(self.body_timeout_s):
                 body, size = await read_body(receive, self.max_body_bytes)
@@ -117,8 +122,6 @@ class RequestGuard:
                                    "(server setting GESTURE_BODY_TIMEOUT_S)", close=True)
         if body is None:
             return await send_json(send, 413, self.too_large(size, at_least=True))
-        if coding := encoded_body(scope):
-            return await send_json(send, 415, f"a request body in Content-Encoding {shown(coding)} is not taken: send it uncompressed")
         problem = fields_problem(scope, body, fields)
         if problem:
             return await send_json(send, 400, problem)

@@ -682,6 +682,34 @@ def test_guard_answers_a_declared_oversized_body_that_never_comes_within_the_bod
     assert b"request body is 2,000 bytes; the limit is 1,000 bytes" in answers[1]["body"]
 
 
+def test_guard_refuses_a_compressed_body_from_its_headers_without_reading_it():
+    """The 415 came after the whole body was read into memory; a chunked one (no length to drain by)
+    is answered at once, and its connection closed."""
+
+    async def scenario(headers):
+        guard = guarded_app(body_timeout_s=30)
+        answers: list[dict] = []
+
+        async def endless():  # a compressed upload that never ends: reading it would wait for the timeout
+            await asyncio.sleep(0)
+            return {"type": "http.request", "body": b"x" * 100, "more_body": True}
+
+        async def record(message):
+            answers.append(message)
+
+        scope = {"type": "http", "method": "POST", "path": "/echo", "headers": headers, "query_string": b""}
+        await asyncio.wait_for(guard(scope, endless, record), 2)
+        return answers
+
+    chunked = asyncio.run(scenario([(b"content-encoding", b"gzip")]))
+    assert chunked[0]["status"] == 415 and (b"connection", b"close") in chunked[0]["headers"]
+    assert b"Content-Encoding gzip is not taken: send it uncompressed" in chunked[1]["body"]
+    client = TestClient(guarded_app())
+    sized = client.post("/echo", content=b"x" * 500, headers={"Content-Encoding": "br"})
+    assert sized.status_code == 415 and sized.headers.get("connection") != "close"  # a body of known length is drained
+    assert client.post("/echo", content=b"x" * 500, headers={"Content-Encoding": "identity"}).json() == {"length": 500}
+
+
 def test_the_webcam_and_the_service_read_the_same_runtime():
     from service.webcam.demo import build_parser
 
