@@ -40,7 +40,7 @@ import asyncio
 import inspect
 import json
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any, NamedTuple
 from urllib.parse import parse_qsl
@@ -83,7 +83,6 @@ class EndpointFields:
     names: frozenset[str]
     files: frozenset[str] = frozenset()
     repeatable: frozenset[str] = frozenset()
-    several: str = ""  # where several files go instead ("'images' on /predict_batch"); RequestGuard fills it in
 
 
 class RequestGuard:
@@ -91,9 +90,9 @@ class RequestGuard:
                  body_timeout_s: float, max_concurrency: int) -> None:
         """``endpoints``: route -> its fields; only POSTs to these routes are read and counted."""
         self.app = app
-        # A file field sent twice where one is taken: the answer names the endpoints that take several.
-        several = " or ".join(f"{quoted(f.repeatable & f.files)} on {route}" for route, f in endpoints.items() if f.repeatable & f.files)
-        self.endpoints = {route: replace(f, several=several) for route, f in endpoints.items()}
+        self.endpoints = dict(endpoints)
+        # A file field sent twice where one is taken: the answer names where several files go instead.
+        self.several_files = " or ".join(f"{quoted(f.repeatable & f.files)} on {route}" for route, f in endpoints.items() if f.repeatable & f.files)
         self.max_body_bytes = max_body_bytes
         self.body_timeout_s = body_timeout_s
         self.max_concurrency = max_concurrency
@@ -122,7 +121,7 @@ class RequestGuard:
                                    "(server setting GESTURE_BODY_TIMEOUT_S)", close=True)
         if body is None:
             return await send_json(send, 413, self.too_large(size, at_least=True))
-        problem = fields_problem(scope, body, fields)
+        problem = fields_problem(scope, body, fields, self.several_files)
         if problem:
             return await send_json(send, 400, problem)
         if self.in_progress >= self.max_concurrency:
@@ -147,8 +146,9 @@ class FormPart(NamedTuple):
     is_file: bool
 
 
-def fields_problem(scope: Scope, body: bytes, fields: EndpointFields) -> str | None:
-    """Why a body's fields do not fit the endpoint, or None (also for bodies BentoML words errors for)."""
+def fields_problem(scope: Scope, body: bytes, fields: EndpointFields, several_files: str = "") -> str | None:
+    """Why a body's fields do not fit the endpoint, or None (also for bodies BentoML words errors for).
+    ``several_files``: where several files go instead ("'images' on /predict_batch"), for the answer."""
     media_type, options = parse_options_header(header(scope, b"content-type") or b"")
     if media_type != b"multipart/form-data" and signature_format(body):
         # An image sent as the body itself, whatever the Content-Type says (curl --data-binary sends
@@ -176,7 +176,7 @@ def fields_problem(scope: Scope, body: bytes, fields: EndpointFields) -> str | N
         return raw_body_problem(media_type, body, fields)
     else:
         return None
-    return parts_problem(parts or [], fields)
+    return parts_problem(parts or [], fields, several_files)
 
 
 def raw_body_problem(media_type: bytes, body: bytes, fields: EndpointFields) -> str:
@@ -199,7 +199,7 @@ def too_many_to_parse(media_type: bytes, body: bytes) -> str | None:
     return None
 
 
-def parts_problem(parts: list[FormPart], fields: EndpointFields) -> str | None:
+def parts_problem(parts: list[FormPart], fields: EndpointFields, several_files: str = "") -> str | None:
     takes = ", ".join(sorted(fields.names)) or "nothing"
     seen: set[str] = set()
     for name, is_file in parts:
@@ -211,7 +211,7 @@ def parts_problem(parts: list[FormPart], fields: EndpointFields) -> str | None:
             return f"field '{name}' must be a file in a multipart/form-data upload (e.g. curl -F {name}=@photo.jpg), not text"
         if name in seen and name not in fields.repeatable:
             return f"field '{name}' was sent more than once; it takes one value" + (
-                f" (several images: repeat {fields.several})" if is_file and fields.several else "")
+                f" (several images: repeat {several_files})" if is_file and several_files else "")
         seen.add(name)
     return None
 
