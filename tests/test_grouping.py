@@ -225,3 +225,23 @@ def test_two_captures_started_in_the_same_second_are_two_sessions(tmp_path):
 
     names = ["d1-20261203-234424p4101-00001.jpg", "d1-20261203-234424p4102-00001.jpg", "d1-20261203-234424-00001.jpg"]
     assert [SESSION_NAME.search(n.removesuffix(".jpg")).group(1) for n in names] == ["20261203-234424p4101", "20261203-234424p4102", "20261203-234424"]
+
+
+def test_a_wrapper_folder_every_clip_of_a_class_sits_in_is_looked_through(tmp_path):
+    """fist/images/clip0/0001.jpg: the first folder level was the wrapper, one group per class, so the
+    folders rule failed and the frames rule cut the clips into blocks instead of keeping each whole."""
+    plain = write_clips(tmp_path / "plain", {"fist": 5, "palm": 5})
+    wrapped = tmp_path / "wrapped"
+    for cls in ("fist", "palm"):
+        (wrapped / cls).mkdir(parents=True)
+        (plain / cls).rename(wrapped / cls / "images")
+    splits = load_splits(wrapped, val_split=0.2, test_split=0.2, seed=0)
+    assert splits.grouping["rule"] == "folders" and "e.g. fist/images/clip0/" in splits.grouping["description"]
+    sides: dict[tuple[str, str], set[str]] = {}
+    for name in ("train", "val", "test"):
+        for sample in getattr(splits, name):
+            sides.setdefault((Path(sample.path).parts[-4], Path(sample.path).parent.name), set()).add(name)
+    assert len(sides) == 10 and all(len(s) == 1 for s in sides.values()), sides
+    deeper = {"fist": [f"d/fist/anna/day{d}/{n}.jpg" for d in (1, 2) for n in range(3)] + ["d/fist/bob/1.jpg", "d/fist/loose.jpg"]}
+    groups = assign_groups(deeper, "folders").groups["fist"]  # no shared wrapper: one person's days stay together
+    assert {groups[p] for p in deeper["fist"]} == {"anna", "bob", "d/fist/loose.jpg"}

@@ -6,7 +6,7 @@ group key, and validation and test take whole groups:
 
 - ``session``: the capture tool's names, ``<class>-<YYYYmmdd-HHMMSS>-<n>.jpg`` (one group per session);
 - ``folders``: each subfolder of a class folder (``fist/clip07/0001.jpg``: a video's frames, one
-  person's or one day's photos) is one group;
+  person's or one day's photos) is one group, past a wrapper folder all of the class's images share;
 - ``frames``: numbered frame sequences, name stem + running number (``A1008.jpg``, ``IMG_1118.JPG``,
   ``0001.png``; a sequence per subfolder), cut into SEQUENCE_BLOCKS contiguous blocks per class;
 - a regular expression (``--group-by REGEX``): its first capture group (or the whole match) on the
@@ -104,9 +104,20 @@ def _by_session(by_class: dict[str, list[str]]) -> Grouping:
 
 
 def _by_folder(by_class: dict[str, list[str]]) -> Grouping:
-    groups = {cls: {p: (_subfolder(p, cls).split("/", 1)[0] or p) for p in paths} for cls, paths in by_class.items()}
+    groups = {cls: _folder_groups(paths, cls) for cls, paths in by_class.items()}
     example = next((f"{cls}/{key}/" for cls, members in groups.items() for p, key in members.items() if key != p), "<class>/<folder>/")
     return Grouping("folders", f"subfolders of the class folders (e.g. {example}): each subfolder stays in one split", groups)
+
+
+def _folder_groups(paths: list[str], cls: str) -> dict[str, str]:
+    """{path: its group}: the first folder under the class folder, past the folders every subfoldered
+    image shares ("fist/images/clip07/0001.jpg" -> "images/clip07" when all of fist's are in images/);
+    an image in the class folder itself is its own group."""
+    folders = {p: _subfolder(p, cls).split("/") for p in paths if _subfolder(p, cls)}
+    shared = 0
+    while folders and all(len(parts) > shared + 1 for parts in folders.values()) and len({parts[shared] for parts in folders.values()}) == 1:
+        shared += 1  # a wrapper folder that every image of the class is in: it tells no recording from another
+    return {p: "/".join(folders[p][:shared + 1]) if p in folders else p for p in paths}
 
 
 def _subfolder(path: str, cls: str) -> str:
