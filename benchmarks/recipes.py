@@ -8,8 +8,8 @@ criterion).
     .venv/bin/python -m benchmarks.recipes --datasets sign-digits --budgets 3 --recipes defaults,flip-off
     .venv/bin/python -m benchmarks.recipes --quick              # a few images per class, 1 epoch, 64 px: minutes
 
-Resumable: a run whose folder already holds metrics.json is read, not repeated, so an interrupted
-sweep continues where it stopped (delete OUT/runs/<run> to redo one). Results go to OUT/recipes.json
+Resumable: a finished run (its metrics.json as new as its last.pt) is read, not repeated, and an
+interrupted one is resumed, so an interrupted sweep continues where it stopped (delete OUT/runs/<run> to redo one). Results go to OUT/recipes.json
 and OUT/recipes.md.
 """
 
@@ -26,6 +26,7 @@ from pathlib import Path
 
 from benchmarks.common import describe_machine, note
 from training.config import TrainConfig
+from training.finetune import run_finished
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -73,9 +74,9 @@ def run_one(data: Path, dataset: str, budget: int, backbone: str, recipe: str, d
 
 def run_finetune(command: list[str], out: Path, *, quiet: bool = False) -> tuple[dict, float | None]:
     """(metrics.json, wall seconds) of ``command`` writing to ``out``; read back, not rerun, when out holds
-    metrics.json, and resumed where it holds an interrupted run (last.pt)."""
+    a finished run, and resumed where it holds an interrupted one (``training.finetune.run_finished``)."""
     metrics_file, wall_file = out / "metrics.json", out / "wall_s.txt"
-    if metrics_file.exists():
+    if run_finished(out):  # not merely a metrics.json: a run trained further and interrupted has an older one
         note(f"reusing {out}")
     else:
         if (out / "last.pt").exists():  # the wall time is then the resumed part's

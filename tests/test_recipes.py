@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -38,6 +39,14 @@ def test_quick_sweep_writes_json_and_markdown_and_resumes(data_root, tmp_path, c
     assert recipes.main(argv) == 0  # resumed: every run is read back, none repeated
     assert capsys.readouterr().err.count("reusing") == 2
     assert json.loads((tmp_path / "sweep" / "recipes.json").read_text())["rows"] == rows
+
+    run = tmp_path / "sweep" / "runs" / recipes.run_key("gestures", 1, "efficientnet_lite0", "defaults")
+    report = (run / "metrics.json").stat().st_mtime
+    os.utime(run / "last.pt", (report + 60, report + 60))  # trained further, then interrupted: its report is older
+    assert recipes.main(argv) == 0
+    said = capsys.readouterr().err
+    assert said.count("reusing") == 1 and f"--resume {run}" in said  # resumed, not read back as finished
+    assert (run / "metrics.json").stat().st_mtime > report
 
 
 def test_defaults_table_sets_no_flags_against_the_best_of_any_backbone():
