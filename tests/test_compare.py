@@ -61,6 +61,21 @@ def test_finished_runs_are_reused_and_recipe_changes_refused(comparison, data, c
     assert "epochs: 1 in the run, 2 wanted" in capsys.readouterr().err
 
 
+def test_an_interrupted_run_is_resumed_not_trained_again(comparison, data, tmp_path, capsys):
+    import os
+    import shutil
+
+    out = shutil.copytree(comparison, tmp_path / "cmp")
+    run = out / "runs" / "lenet5"
+    report = (run / "metrics.json").stat().st_mtime
+    os.utime(run / "last.pt", (report + 60, report + 60))  # trained further, then interrupted
+    capsys.readouterr()
+    assert main(["--data", str(data), "--out", str(out), *ARGS]) == 0
+    said = capsys.readouterr().out
+    assert f"resuming {run / 'last.pt'} after epoch 1" in said and f"trained {run} (lenet5" in said
+    assert f"reusing {out / 'runs' / 'resnet18'} (resnet18" in said
+
+
 def test_auto_matches_a_run_only_where_it_would_settle_the_same_on_that_data(tmp_path):
     """On wide recordings ``--crop auto`` means the whole frame: a run that stored it is reused for
     ``auto``; one trained with an explicit ``--crop center`` on the same data is not."""

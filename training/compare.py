@@ -101,18 +101,18 @@ def run_json(path: Path) -> dict[str, Any]:
 
 
 def train_or_reuse(cfg: TrainConfig, *, retrain: bool) -> tuple[Path, bool]:
-    """(run folder, reused?)."""
+    """(run folder, reused?): a finished run of the same recipe is read back, an interrupted one continued."""
+    from training.finetune import load_training_state, run_finished, train
+
     run = Path(cfg.out)
-    finished = all((run / name).is_file() for name in ("best.pt", "metrics.json", "config.json", "split.json"))
-    if finished and not retrain:
-        saved, metrics = (run_json(run / name) for name in ("config.json", "metrics.json"))
-        differences = recipe_difference(saved, settled_on(cfg, run))
+    if not retrain and all((run / name).is_file() for name in ("config.json", "split.json")):
+        differences = recipe_difference(run_json(run / "config.json"), settled_on(cfg, run))
         if differences:
             raise ValueError(f"{run} was trained with another recipe ({'; '.join(differences)}); pass --retrain to overwrite it, or another --out")
-        if "test" in metrics:
+        if run_finished(run) and (run / "best.pt").is_file() and "test" in run_json(run / "metrics.json"):
             return run, True
-    from training.finetune import train
-
+        if (last := run / "last.pt").is_file() and not run_finished(run):  # it was trained from scratch again
+            return train(TrainConfig.from_dict(load_training_state(last)["train_config"]), resume=last), False
     return train(cfg), False
 
 
