@@ -14,7 +14,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from benchmarks.hostile_inputs import encode, flat_png, float_bigtiff, ico_holding_png, many_header_units, png_strip, progressive_jpeg
+from benchmarks.hostile_inputs import (
+    encode,
+    flat_png,
+    float_bigtiff,
+    ico_holding_png,
+    many_header_units,
+    png_strip,
+    progressive_jpeg,
+)
 from benchmarks.server_process import REPO
 from gesture_core import DataConfig, ImageDecodeError, Preprocess, read_rgb
 from gesture_core import images as images_module
