@@ -9,8 +9,8 @@ criterion).
     .venv/bin/python -m benchmarks.recipes --quick              # a few images per class, 1 epoch, 64 px: minutes
 
 Resumable: a finished run (its metrics.json as new as its last.pt) is read, not repeated, and an
-interrupted one is resumed, so an interrupted sweep continues where it stopped (delete OUT/runs/<run> to redo one). Results go to OUT/recipes.json
-and OUT/recipes.md.
+interrupted one is resumed, so an interrupted sweep continues where it stopped (delete OUT/runs/<run>
+to redo one). Results go to OUT/recipes.json and OUT/recipes.md.
 """
 
 from __future__ import annotations

@@ -111,7 +111,7 @@ def train_or_reuse(cfg: TrainConfig, *, retrain: bool) -> tuple[Path, bool]:
             raise ValueError(f"{run} was trained with another recipe ({'; '.join(differences)}); pass --retrain to overwrite it, or another --out")
         if run_finished(run) and (run / "best.pt").is_file() and "test" in run_json(run / "metrics.json"):
             return run, True
-        if (last := run / "last.pt").is_file() and not run_finished(run):  # it was trained from scratch again
+        if (last := run / "last.pt").is_file() and not run_finished(run):  # continued, where it was trained from scratch again
             return train(TrainConfig.from_dict(load_training_state(last)["train_config"]), resume=last), False
     return train(cfg), False
 
