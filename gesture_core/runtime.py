@@ -21,22 +21,25 @@ import torch
 from gesture_core.engines import ENGINE_CHOICES, PRECISIONS
 
 DEVICES = ("auto", "cpu", "cuda")
+# More threads than this only oversubscribe the cores; a huge number failed deep in torch as an overflow.
+MOST_THREADS = max(32, 4 * (os.cpu_count() or 1))
 
 
 class SettingsError(ValueError):
     """A setting with a value that is not allowed; the message names the setting and the valid values."""
 
 
-def env_int(env: Mapping[str, str], name: str, default: int | None, *, minimum: int = 1) -> int | None:
+def env_int(env: Mapping[str, str], name: str, default: int | None, *, minimum: int = 1, maximum: int | None = None) -> int | None:
     raw = env.get(name, "").strip()
     if not raw:
         return default
-    problem = f"{name}={raw!r}: expected a whole number >= {minimum} (default {'unset' if default is None else default})"
+    allowed = f">= {minimum}" if maximum is None else f"from {minimum} to {maximum:,}"
+    problem = f"{name}={raw!r}: expected a whole number {allowed} (default {'unset' if default is None else default})"
     try:
         value = int(raw)
     except ValueError:
         raise SettingsError(problem) from None
-    if value < minimum:
+    if value < minimum or (maximum is not None and value > maximum):
         raise SettingsError(problem)
     return value
 
@@ -62,7 +65,7 @@ class Runtime:
             device=env_choice(env, "GESTURE_DEVICE", "auto", DEVICES),
             engine=env_choice(env, "GESTURE_ENGINE", "auto", ENGINE_CHOICES),
             precision=env_choice(env, "GESTURE_PRECISION", "fp32", PRECISIONS),
-            threads=env_int(env, "GESTURE_THREADS", None),
+            threads=env_int(env, "GESTURE_THREADS", None, maximum=MOST_THREADS),
         )
 
     @classmethod
@@ -85,14 +88,16 @@ def add_runtime_arguments(parser: argparse.ArgumentParser, *, default_threads: i
     g.add_argument("--device", default="auto", choices=DEVICES, help="where the model runs (auto: a GPU when there is one)")
     g.add_argument("--engine", default="auto", choices=ENGINE_CHOICES, help="inference engine (auto: the fastest installed, OpenVINO on CPU)")
     g.add_argument("--precision", default="fp32", choices=PRECISIONS, help="fp32, or bf16/fp16 where the engine and hardware support them")
-    g.add_argument("--threads", type=positive_int, default=default_threads, help=f"CPU threads for the model ({threads_help})")
+    g.add_argument("--threads", type=thread_count, default=default_threads, help=f"CPU threads for the model ({threads_help})")
 
 
-def positive_int(text: str) -> int:
+def thread_count(text: str) -> int:
+    """--threads: a whole number from 1 to MOST_THREADS."""
+    problem = f"expected a whole number from 1 to {MOST_THREADS}, got {text!r}"
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+        raise argparse.ArgumentTypeError(problem) from None
+    if not 1 <= value <= MOST_THREADS:
+        raise argparse.ArgumentTypeError(problem)
     return value

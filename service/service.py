@@ -22,6 +22,7 @@ import asyncio
 import gc
 import logging
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -49,9 +50,26 @@ from service.schemas import (
     Threshold,
     TopK,
 )
-from service.settings import REQUEST_TIMEOUT_S, Settings
+from service.settings import REQUEST_TIMEOUT_S, Settings, SettingsError, hardware_problem, unknown_settings
 
-SETTINGS = Settings.from_env()  # once, at start-up: the service's resources and workers depend on it
+
+def read_settings() -> Settings:
+    """The settings, once, at start-up. A deployer's typo stops it with one line naming the variable
+    (exit 2), where BentoML printed the import's 60-line traceback; doubtful ones are warned about."""
+    try:
+        settings = Settings.from_env()
+    except SettingsError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    problems = [("warning", w) for w in unknown_settings(os.environ)] + [p for p in [hardware_problem(settings)] if p]
+    for kind, why in problems:
+        print(f"{kind}: {why}", file=sys.stderr)
+    if any(kind == "error" for kind, _ in problems):
+        raise SystemExit(2)
+    return settings
+
+
+SETTINGS = read_settings()  # the service's resources and workers depend on it
 
 # Uploads up to this size are decoded and cropped on a model thread, in their batch: for the small
 # images a webcam sends (a 640x480 JPEG is 30-100 KB) that saves a hand-over to a worker thread and

@@ -17,6 +17,9 @@ messages that name the variable and what is valid.
     GESTURE_CORS_ORIGINS     origins allowed to call the API from a page served elsewhere, comma-separated;
                              * allows any (default none: the /demo page is same-origin and needs none)
 
+A malformed value stops start-up with one line naming the variable; a GESTURE_ variable that is not
+one of these (a misspelt name) is warned about, as are GPU settings this machine cannot meet.
+
 The first four are ``gesture_core.runtime.Runtime``, which the webcam demo takes as --device, --engine,
 --precision and --threads.
 """
@@ -29,10 +32,23 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from gesture_core.runtime import Runtime, SettingsError, env_choice, env_int
+import bentoml
+
+from gesture_core.runtime import MOST_THREADS, Runtime, SettingsError, env_choice, env_int
 
 DEFAULT_MODEL_TAG = "gesture-classifier:latest"
 REQUEST_TIMEOUT_S = 30  # BentoML answers 504 to a request still running after this
+# Warm-up runs the model once at every batch size up to GESTURE_BATCH_SIZE before /readyz: N(N+1)/2
+# images, about 33,000 at this bound, where 10,000 would have kept a CPU worker unready for hours.
+MOST_BATCH_SIZE = 256
+MOST_UPLOAD_MB = 1024  # each request in progress holds its body in memory
+MOST_PIXELS = 250_000_000  # a PNG decode peaks at about 6 bytes per pixel: 1.5 GB for one upload
+MOST_BODY_TIMEOUT_S = 3600
+MOST_CONCURRENCY = 100_000
+SETTING_NAMES = ("GESTURE_MODEL", "GESTURE_DEVICE", "GESTURE_ENGINE", "GESTURE_PRECISION", "GESTURE_THREADS", "GESTURE_GPUS",
+                 "GESTURE_WORKERS", "GESTURE_MAX_CONCURRENCY", "GESTURE_BATCH_SIZE", "GESTURE_MAX_UPLOAD_MB", "GESTURE_MAX_PIXELS",
+                 "GESTURE_BODY_TIMEOUT_S", "GESTURE_TRACING", "GESTURE_CORS_ORIGINS")
+READ_ELSEWHERE = ("GESTURE_CACHE_DIR", "GESTURE_DIST_TIMEOUT_S")  # the engines' cache folder; training's
 
 __all__ = ["DEFAULT_MODEL_TAG", "REQUEST_TIMEOUT_S", "Settings", "SettingsError"]
 
@@ -56,22 +72,26 @@ class Settings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
         runtime = Runtime.from_env(env)
-        gpus = env_int(env, "GESTURE_GPUS", visible_gpus() if runtime.device != "cpu" else 0, minimum=0)
+        gpus = env_int(env, "GESTURE_GPUS", visible_gpus() if runtime.device != "cpu" else 0, minimum=0, maximum=MOST_THREADS)
         if gpus and runtime.device == "cpu":
             raise SettingsError(f"GESTURE_GPUS={gpus} with GESTURE_DEVICE=cpu: set GESTURE_GPUS=0, or GESTURE_DEVICE to auto or cuda")
-        return cls(
-            model_tag=env.get("GESTURE_MODEL", "").strip() or DEFAULT_MODEL_TAG,
+        settings = cls(
+            model_tag=model_tag(env.get("GESTURE_MODEL", "")),
             runtime=runtime,
             gpus=gpus,
-            cpu_workers=env_int(env, "GESTURE_WORKERS", 1),
-            max_concurrency=env_int(env, "GESTURE_MAX_CONCURRENCY", 128),
-            batch_size=env_int(env, "GESTURE_BATCH_SIZE", 32),
-            max_upload_bytes=env_int(env, "GESTURE_MAX_UPLOAD_MB", 16) * 1024 * 1024,
-            max_pixels=env_int(env, "GESTURE_MAX_PIXELS", 40_000_000),
-            body_timeout_s=env_int(env, "GESTURE_BODY_TIMEOUT_S", 10),
+            cpu_workers=env_int(env, "GESTURE_WORKERS", 1, maximum=MOST_THREADS),
+            max_concurrency=env_int(env, "GESTURE_MAX_CONCURRENCY", 128, maximum=MOST_CONCURRENCY),
+            batch_size=env_int(env, "GESTURE_BATCH_SIZE", 32, maximum=MOST_BATCH_SIZE),
+            max_upload_bytes=env_int(env, "GESTURE_MAX_UPLOAD_MB", 16, maximum=MOST_UPLOAD_MB) * 1024 * 1024,
+            max_pixels=env_int(env, "GESTURE_MAX_PIXELS", 40_000_000, maximum=MOST_PIXELS),
+            body_timeout_s=env_int(env, "GESTURE_BODY_TIMEOUT_S", 10, maximum=MOST_BODY_TIMEOUT_S),
             tracing=env_choice(env, "GESTURE_TRACING", "off", ("on", "off")) == "on",
             cors_origins=cors_origins(env.get("GESTURE_CORS_ORIGINS", "")),
         )
+        if settings.max_concurrency < settings.workers:  # each worker takes at least one request at a time
+            raise SettingsError(f"GESTURE_MAX_CONCURRENCY={settings.max_concurrency} is below the {settings.workers} workers, each of which "
+                                f"takes at least one request at a time: set it to {settings.workers} or more")
+        return settings
 
     @property
     def workers(self) -> int:
@@ -101,15 +121,58 @@ class Settings:
         }
 
 
+def model_tag(raw: str) -> str:
+    """GESTURE_MODEL as a valid BentoML tag (name[:version]); unset or blank: the default."""
+    try:
+        return str(bentoml.Tag.from_taglike(raw.strip() or DEFAULT_MODEL_TAG))
+    except ValueError as err:
+        raise SettingsError(f"GESTURE_MODEL={raw!r}: {err} (e.g. gesture-classifier:latest; see bentoml models list)") from None
+
+
 def cors_origins(raw: str) -> tuple[str, ...]:
-    """GESTURE_CORS_ORIGINS's origins, each checked to be scheme://host[:port] (what a browser sends)."""
+    """GESTURE_CORS_ORIGINS's origins, each checked to be scheme://host[:port] and written as a browser
+    sends it in its Origin header (lower case, no default port), which is matched exactly."""
     origins = tuple(item.strip().rstrip("/") for item in raw.split(",") if item.strip())
-    for origin in origins:
-        parts = urlsplit(origin)
-        if origin != "*" and (parts.scheme not in ("http", "https") or not parts.hostname or parts.path or parts.query):
-            raise SettingsError(f"GESTURE_CORS_ORIGINS={raw!r}: {origin!r} is not an origin; give http(s)://HOST[:PORT] "
-                                "(comma-separated for several), or * for any")
-    return origins
+    return tuple(origin if origin == "*" else browser_origin(origin, raw) for origin in origins)
+
+
+def browser_origin(origin: str, raw: str) -> str:
+    problem = (f"GESTURE_CORS_ORIGINS={raw!r}: {origin!r} is not an origin; give http(s)://HOST[:PORT] "
+               "(comma-separated for several), or * for any")
+    parts = urlsplit(origin)
+    try:
+        port = parts.port
+    except ValueError:  # not a number, or above 65535
+        raise SettingsError(problem) from None
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https") or not parts.hostname or parts.path or parts.query or parts.username or " " in origin:
+        raise SettingsError(problem)
+    default = {"http": 80, "https": 443}[scheme]
+    return f"{scheme}://{parts.hostname}" + (f":{port}" if port not in (None, default) else "")
+
+
+def unknown_settings(env: Mapping[str, str]) -> list[str]:
+    """A warning for each GESTURE_ variable the service does not read (a misspelt one was ignored)."""
+    import difflib
+
+    warnings = []
+    for name in sorted(n for n in env if n.upper().startswith("GESTURE_") and n not in SETTING_NAMES + READ_ELSEWHERE):
+        close = difflib.get_close_matches(name.upper(), SETTING_NAMES, n=1, cutoff=0.8)
+        guess = f"did you mean {close[0]}? " if close else ""
+        warnings.append(f"{name} is not a setting of the service and is ignored: {guess}(settings: {', '.join(SETTING_NAMES)})")
+    return warnings
+
+
+def hardware_problem(settings: Settings) -> tuple[str, str] | None:
+    """("error" or "warning", why) when the GPU settings do not fit this machine, else None."""
+    if settings.runtime.device != "cuda" and not settings.gpus:
+        return None
+    visible = visible_gpus()
+    if settings.runtime.device == "cuda" and not visible:  # the model could not load on any worker
+        return "error", "GESTURE_DEVICE=cuda, but no CUDA GPU is visible here: set GESTURE_DEVICE to auto or cpu"
+    if settings.gpus > visible:  # BentoML starts the workers all the same, some sharing a GPU or on the CPU
+        return "warning", f"GESTURE_GPUS={settings.gpus}, but {visible} CUDA GPU(s) are visible here: set GESTURE_GPUS to {visible} or fewer"
+    return None
 
 
 def visible_gpus() -> int:

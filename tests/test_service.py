@@ -27,12 +27,13 @@ from starlette.testclient import TestClient
 
 from benchmarks.hostile_inputs import b64, bad_uploads, encode, flat_png, form_part, http_bad_requests, multipart
 from gesture_core import ImageDecodeError, load_classifier
-from gesture_core.runtime import Runtime
+from gesture_core.runtime import MOST_THREADS, Runtime
 from service import import_model
+from service import settings as settings_module
 from service.hand_crops import find_hand_crops
 from service.http_guard import FORM_LIMITS, MAX_FILENAME_BYTES, EndpointFields, RequestGuard
 from service.schemas import decode_base64
-from service.settings import Settings, SettingsError
+from service.settings import Settings, SettingsError, hardware_problem, unknown_settings
 from tests.service_inputs import (
     ambiguous_requests,
     assert_refused_as_documented,
@@ -410,18 +411,24 @@ def test_missing_model_says_how_to_import_one(stored_model):
 
 
 @pytest.mark.parametrize("name,value,phrase", [
-    ("GESTURE_MAX_UPLOAD_MB", "lots", "GESTURE_MAX_UPLOAD_MB='lots': expected a whole number >= 1 (default 16)"),
-    ("GESTURE_MAX_PIXELS", "0", "expected a whole number >= 1"),
-    ("GESTURE_BATCH_SIZE", "0", "GESTURE_BATCH_SIZE='0': expected a whole number >= 1"),
+    ("GESTURE_MAX_UPLOAD_MB", "lots", "GESTURE_MAX_UPLOAD_MB='lots': expected a whole number from 1 to 1,024 (default 16)"),
+    ("GESTURE_MAX_PIXELS", "0", "expected a whole number from 1 to 250,000,000"),
+    ("GESTURE_BATCH_SIZE", "0", "GESTURE_BATCH_SIZE='0': expected a whole number from 1 to 256"),
     ("GESTURE_DEVICE", "tpu", "GESTURE_DEVICE='tpu': choose one of auto, cpu, cuda"),
     ("GESTURE_ENGINE", "tensorrt", "choose one of auto, torch, compile, onnx, openvino"),
     ("GESTURE_PRECISION", "int8", "choose one of fp32, bf16, fp16"),
     ("GESTURE_THREADS", "-1", "(default unset)"),
-    ("GESTURE_GPUS", "two", "GESTURE_GPUS='two': expected a whole number >= 0"),
-    ("GESTURE_WORKERS", "0", "GESTURE_WORKERS='0': expected a whole number >= 1"),
-    ("GESTURE_MAX_CONCURRENCY", "1.5", "expected a whole number >= 1 (default 128)"),
+    ("GESTURE_GPUS", "two", "GESTURE_GPUS='two': expected a whole number from 0 to"),
+    ("GESTURE_WORKERS", "0", "GESTURE_WORKERS='0': expected a whole number from 1 to"),
+    ("GESTURE_MAX_CONCURRENCY", "1.5", "expected a whole number from 1 to 100,000 (default 128)"),
     ("GESTURE_BODY_TIMEOUT_S", "-3", "GESTURE_BODY_TIMEOUT_S='-3'"),
     ("GESTURE_TRACING", "yes", "GESTURE_TRACING='yes': choose one of on, off"),
+    # bounded: a huge thread count failed deep in torch, and warm-up runs every batch size up to the largest
+    ("GESTURE_THREADS", "99999999999999999999999", f"expected a whole number from 1 to {MOST_THREADS}"),
+    ("GESTURE_BATCH_SIZE", "10000", "GESTURE_BATCH_SIZE='10000': expected a whole number from 1 to 256 (default 32)"),
+    ("GESTURE_MAX_UPLOAD_MB", "100000", "from 1 to 1,024"),
+    ("GESTURE_WORKERS", "100000", f"from 1 to {MOST_THREADS}"),
+    ("GESTURE_MODEL", "no such tag!!", "GESTURE_MODEL='no such tag!!': no such tag!! is not a valid BentoML tag"),
 ])
 def test_malformed_settings_are_refused_with_the_valid_range(name, value, phrase):
     with pytest.raises(SettingsError, match=re.escape(phrase)):
@@ -438,6 +445,24 @@ def test_settings_defaults_and_scale_out():
         Settings.from_env({"GESTURE_DEVICE": "cpu", "GESTURE_GPUS": "2"})
     with pytest.raises(Exception, match="frozen|cannot assign"):
         Settings().batch_size = 1
+    # 1 over 4 workers was 1 each, 4 in all: each worker takes at least one request
+    with pytest.raises(SettingsError, match="GESTURE_MAX_CONCURRENCY=1 is below the 4 workers"):
+        Settings.from_env({"GESTURE_DEVICE": "cpu", "GESTURE_WORKERS": "4", "GESTURE_MAX_CONCURRENCY": "1"})
+
+
+def test_misspelt_settings_and_gpus_this_machine_lacks_are_said(monkeypatch):
+    env = {"GESTURE_BATCHSIZE": "8", "gesture_workers": "2", "GESTURE_CACHE_DIR": "/tmp", "GESTURE_THREADS": "2"}
+    warned = unknown_settings(env)
+    assert len(warned) == 2 and warned[0].startswith("GESTURE_BATCHSIZE is not a setting of the service and is ignored: did you mean GESTURE_BATCH_SIZE?")
+    assert warned[1].startswith("gesture_workers is not a setting") and "GESTURE_WORKERS" in warned[1]
+    monkeypatch.setattr(settings_module, "visible_gpus", lambda: 0)
+    assert hardware_problem(Settings.from_env({"GESTURE_DEVICE": "cpu"})) is None
+    assert hardware_problem(Settings.from_env({"GESTURE_DEVICE": "cuda"})) == (
+        "error", "GESTURE_DEVICE=cuda, but no CUDA GPU is visible here: set GESTURE_DEVICE to auto or cpu")
+    monkeypatch.setattr(settings_module, "visible_gpus", lambda: 1)
+    assert hardware_problem(Settings.from_env({"GESTURE_GPUS": "2"})) == (
+        "warning", "GESTURE_GPUS=2, but 1 CUDA GPU(s) are visible here: set GESTURE_GPUS to 1 or fewer")
+    assert hardware_problem(Settings.from_env({"GESTURE_GPUS": "1"})) is None
 
 
 def test_the_service_takes_workers_resources_and_tracing_from_the_settings(tmp_path):
@@ -448,10 +473,12 @@ def test_the_service_takes_workers_resources_and_tracing_from_the_settings(tmp_p
 
     show = "from service.service import GestureClassifier as G; import json; print(json.dumps(G.config))"
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "BENTOML_HOME": str(tmp_path),
-           "GESTURE_DEVICE": "cuda", "GESTURE_GPUS": "3", "GESTURE_TRACING": "on"}
+           "GESTURE_GPUS": "3", "GESTURE_TRACING": "on"}
     done = subprocess.run([sys.executable, "-c", show], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     config = json.loads(done.stdout.strip().splitlines()[-1])
     assert config["workers"] == 3 and config["resources"] == {"gpu": 3} and not config.get("tracing")
+    if not torch.cuda.is_available():  # more GPUs than the machine has: started, and said
+        assert "warning: GESTURE_GPUS=3, but 0 CUDA GPU(s) are visible here" in done.stderr
     from service.service import SETTINGS, GestureClassifier
 
     assert GestureClassifier.config["workers"] == SETTINGS.workers and GestureClassifier.config["tracing"] == {"excluded_urls": [".*"]}
@@ -466,7 +493,9 @@ def test_a_bad_setting_stops_the_service_at_import(tmp_path):
 
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "BENTOML_HOME": str(tmp_path), "GESTURE_MAX_UPLOAD_MB": "lots"}
     done = subprocess.run([sys.executable, "-c", "import service.service"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
-    assert done.returncode != 0 and "GESTURE_MAX_UPLOAD_MB='lots'" in done.stderr
+    # one line naming the variable, where bentoml serve printed the import's 64-line traceback
+    assert done.returncode == 2 and done.stderr.strip().splitlines() == [
+        "error: GESTURE_MAX_UPLOAD_MB='lots': expected a whole number from 1 to 1,024 (default 16)"], done.stderr
 
 
 # --- HTTP through the ASGI app ---------------------------------------------------------------------
