@@ -224,9 +224,11 @@ def test_a_hand_crop_models_recipe_starts_from_each_hand(tmp_path):
     assert recipe.startswith("RGB uint8 -> one upright 36x36 crop per hand") and "centre crop 32x32" in recipe
 
 
-@pytest.mark.parametrize("fmt, name", [("onnx", "model"), ("torchscript", "model.onnx")])
-def test_an_out_name_of_the_other_format_is_refused_before_the_export(small_run, tmp_path, capsys, fmt, name):
+@pytest.mark.parametrize("fmt, name, kind", [("onnx", "model", "an ONNX file needs a name ending in .onnx after a stem, e.g. model.onnx"),
+                                             ("onnx", ".onnx", "an ONNX file"),  # a hidden file's whole name: it has no suffix
+                                             ("torchscript", "model.onnx", "a TorchScript file needs a name ending in .pt")])
+def test_an_out_name_of_the_other_format_is_refused_before_the_export(small_run, tmp_path, capsys, fmt, name, kind):
     """The file was written, then read back as the other format for the parity check: a traceback."""
     assert main(["--checkpoint", str(small_run), "--format", fmt, "--out", str(tmp_path / name)]) == 2
-    assert f"--out {tmp_path / name}: a {fmt} file's name must end in" in capsys.readouterr().err
+    assert f"--out {tmp_path / name}: {kind}" in capsys.readouterr().err
     assert not (tmp_path / name).exists()

@@ -322,7 +322,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     out = Path(args.out) if args.out else args.checkpoint.parent / f"model{SUFFIX[args.format]}"
     if (out.suffix.lower() == ".onnx") != (args.format == "onnx"):  # the file is read back by its suffix, for the parity check
-        raise ValueError(f"--out {out}: a {args.format} file's name must end in {'.onnx' if args.format == 'onnx' else '.pt (e.g. model.torchscript.pt)'}")
+        kind, example = ("an ONNX", "model.onnx") if args.format == "onnx" else ("a TorchScript", "model.torchscript.pt")
+        raise ValueError(f"--out {out}: {kind} file needs a name ending in {Path(example).suffix} after a stem, e.g. {example}")
     check_output_spares_inputs("--out", out, {"--checkpoint": args.checkpoint})
     classifier = load_classifier(args.checkpoint, "cpu", engine="torch")  # parity is defined against eager PyTorch, CPU fp32
     # a deployment of last.pt ships the latest epoch, uncalibrated, as import_model refuses to
