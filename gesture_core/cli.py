@@ -63,6 +63,7 @@ def output_arg(kind: str, suffixes: tuple[str, ...] = ()) -> Callable[[str], Pat
     the first result is written (after the work, and with the operating system's words)."""
 
     def output(text: str) -> Path:
+        refuse_empty_path(text, f"a {kind} name")
         path = Path(text)
         if kind == "file" and path.is_dir():
             raise argparse.ArgumentTypeError(f"{text} is a folder: pass a file name")
@@ -76,6 +77,13 @@ def output_arg(kind: str, suffixes: tuple[str, ...] = ()) -> Callable[[str], Pat
         return path
 
     return output
+
+
+def refuse_empty_path(text: str, expected: str) -> None:
+    """An ArgumentTypeError for an empty path: Path("") is the current folder, so "" passed for a
+    file read as "a folder without best.pt", and for a folder wrote into the current one."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"empty path: pass {expected}")
 
 
 RUN_FILES = ("best.pt", "last.pt", "metrics.json", "config.json")  # what training.finetune writes into its run folder
@@ -113,6 +121,7 @@ def checkpoint_arg(in_run_folder: str) -> Callable[[str], Path]:
     ``in_run_folder`` file (``best.pt`` to evaluate or serve, ``last.pt`` to resume), as people pass them."""
 
     def checkpoint(text: str) -> Path:
+        refuse_empty_path(text, f"a checkpoint file or a run folder (RUN/{in_run_folder}, or RUN)")
         path = Path(text)
         if path.is_dir():
             if not (path / in_run_folder).is_file():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -143,6 +144,9 @@ def test_existing_files_are_counted_and_kept(tmp_path: Path):
         (["--headless", "--label", "fist,palm"], "argument --label: one class name, got 'fist,palm'"),
         (["--headless", "--label", "x", "--every", "0"], "expected a whole number >= 1"),
         (["--classes", ",".join(f"c{i}" for i in range(10))], "at most 9 classes"),
+        (["--headless", "--label", "x", "--every", "²"], "argument --every: expected a whole number >= 1, got '²'"),  # isdigit() took it
+        (["--headless", "--label", "x", "--roi", "nan"], "argument --roi: must be in (0, 1], got nan"),
+        (["--headless", "--label", "x", "--out", ""], "argument --out: empty path: pass a folder name"),  # was the current folder
     ],
 )
 def test_bad_arguments_are_usage_errors(tmp_path: Path, capsys, argv, message):
@@ -302,5 +306,47 @@ def test_headless_says_what_it_could_not_read_and_fails_when_nothing_was(tmp_pat
     assert "warning: image sequence" in captured.err and "skipped 1 of its 3 files, which do not decode" in captured.err
     (frames / "000.jpg").write_bytes(b"not a jpeg either")
     (frames / "002.jpg").write_bytes(b"nor this")
-    assert main(args) == 1
-    assert "error: no frame of image sequence" in capsys.readouterr().err
+    assert main(args) == 2  # a source that gives no frame is no source, as the webcam demo says (it exited 1)
+    err = capsys.readouterr().err
+    assert err.startswith("error: image sequence") and "none of its 3 files decodes as an image" in err and len(err.splitlines()) == 1
+
+
+def test_an_existing_file_named_with_percent_d_is_that_file(tmp_path: Path, capsys):
+    """"50%done.avi" and "100%dark.png" were read as image-sequence patterns: "no files match"."""
+    video = write_video(tmp_path / "50%done.avi", "MJPG")
+    cv2.imwrite(str(tmp_path / "100%dark.png"), synthetic_image(0, 1))
+    assert describe_source(str(video)) == f"video file {video}"
+    for source, frames in ((video, FRAMES), (tmp_path / "100%dark.png", 1)):
+        cap = open_source(str(source))
+        assert sum(1 for _ in read_frames(cap)) == frames
+        cap.release()
+    assert main(["--out", str(tmp_path / "ds"), "--source", str(video), "--headless", "--label", "x", "--every", "10"]) == 0
+    assert len(jpgs(tmp_path / "ds" / "x")) == 3
+
+
+def test_a_camera_index_opencv_cannot_take_is_a_usage_error(tmp_path: Path, capsys):
+    """Beyond a C int, cv2.VideoCapture raised cv2.error: a traceback and exit code 1."""
+    argv = ["--out", str(tmp_path / "ds"), "--headless", "--label", "x", "--source", "99999999999999999999"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: camera index 99999999999999999999 is too large") and len(err.splitlines()) == 1
+    assert parse_source("2147483647") == 2147483647 and parse_source("²") == "²"  # only ASCII digits are an index
+
+
+def test_an_out_that_cannot_be_written_is_refused_before_the_source_opens(tmp_path: Path, capsys):
+    """/proc takes no folder, even from root: it stopped at the first image saved, exit code 1."""
+    argv = ["--out", "/proc/ds", "--headless", "--label", "x", "--source", str(tmp_path / "missing.mp4")]
+    assert main(argv) == 2
+    assert capsys.readouterr().err == "error: --out /proc/ds: cannot write there: No such file or directory\n"
+
+
+def test_a_named_pipe_in_an_image_sequence_is_passed_over_not_waited_on(tmp_path: Path):
+    """Reading a FIFO waits for a writer: capture hung for ever on a sequence with one in it."""
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    os.mkfifo(frames / "000.jpg")
+    cv2.imwrite(str(frames / "001.jpg"), synthetic_image(0, 1))
+    argv = ["--out", str(tmp_path / "ds"), "--source", str(frames / "%03d.jpg"), "--headless", "--label", "x", "--every", "1"]
+    done = subprocess.run([sys.executable, "-m", "service.webcam.capture", *argv], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert len(jpgs(tmp_path / "ds" / "x")) == 1

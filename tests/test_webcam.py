@@ -285,15 +285,33 @@ def short_clip(tmp_path_factory, sign_digits) -> Path:
     ("frames/%04d.png", "no files match"),
     ("folder", "is a folder"),
     ("9", "cannot open camera 9"),  # no camera on this machine (nor on CI)
+    # OpenCV takes a C int: a bigger index was a cv2.error traceback
+    ("99999999999999999999", "camera index 99999999999999999999 is too large: a source is a camera index (0 to 2147483647)"),
+    ("2147483648", "camera index 2147483648 is too large"),
+    ("²", "²: no such video file (a source is a camera index"),  # a digit to str.isdigit(), not to int(): "invalid literal"
+    ("/dev/null", "/dev/null is a character device, not a video file"),  # it said "no such video file"
+    ("pipe.mp4", "pipe.mp4 is a named pipe (FIFO), not a video file"),  # refused before opening, which would wait for a writer
+    # Not one frame to read: these ran, printed "summary: 0 frames", and exited 0
+    ("empty.avi", "cannot read video file empty.avi: not one frame decodes"),
+    ("notes.jpg", "image notes.jpg does not decode as an image (its name ends in .jpg): not a recognised image format"),
+    ("clip.jpg", "image clip.jpg does not decode as an image"),  # a video renamed .jpg
+    ("bad/%03d.jpg", "image sequence bad/%03d.jpg: none of its 2 files decodes as an image: bad/000.jpg"),
 ])
-def test_bad_source_is_a_clear_error(tmp_path, monkeypatch, source, message, random_head_checkpoint):
+def test_bad_source_is_a_clear_error(tmp_path, monkeypatch, source, message, random_head_checkpoint, short_clip):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "notes.mp4").write_text("this is not a video\n")
     (tmp_path / "folder").mkdir()
+    os.mkfifo(tmp_path / "pipe.mp4")
+    cv2.VideoWriter("empty.avi", cv2.VideoWriter_fourcc(*"MJPG"), 30.0, (FRAME_SIZE, FRAME_SIZE)).release()  # no frame written
+    (tmp_path / "notes.jpg").write_text("this is not an image\n")
+    (tmp_path / "clip.jpg").write_bytes(short_clip.read_bytes())
+    (tmp_path / "bad").mkdir()
+    for name in ("000.jpg", "001.jpg"):
+        (tmp_path / "bad" / name).write_bytes(b"not a jpeg")
     logged = []
     code = main(["--checkpoint", str(random_head_checkpoint), "--source", source, "--headless"], log=logged.append)
     assert code == EXIT_USAGE
-    assert logged[-1].startswith("error: ") and message in logged[-1]
+    assert logged[-1].startswith("error: ") and message in logged[-1], logged
 
 
 def test_a_file_cut_short_and_a_sequence_with_a_bad_frame_say_what_was_not_read(tmp_path, sign_digits, random_head_checkpoint):
@@ -326,12 +344,78 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path, short_clip, capsys):
     with pytest.raises(SystemExit):
         main(["--checkpoint", str(tmp_path), "--source", str(short_clip), "--headless"])
     assert "is a folder without best.pt" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # "" is Path("."): it was "argument --checkpoint:  is a folder without best.pt"
+        main(["--checkpoint", "", "--source", str(short_clip), "--headless"])
+    assert "argument --checkpoint: empty path: pass a checkpoint file or a run folder" in capsys.readouterr().err
 
 
-def test_bad_url_lists_the_expected_form(short_clip):
+@pytest.mark.parametrize("url, message", [
+    ("localhost:3000", "'localhost:3000' is not an http(s) URL: expected http://HOST:PORT"),
+    ("", "empty: expected http://HOST:PORT"),  # it ran the local model: "checkpoint None does not exist"
+    ("http://127.0.0.1:99999", "'http://127.0.0.1:99999': the port must be a number from 1 to 65535"),  # "Port out of range 0-65535"
+    ("http://127.0.0.1:0", "'http://127.0.0.1:0': the port must be a number from 1 to 65535"),
+])
+def test_bad_url_is_refused_when_parsed_and_lists_the_expected_form(short_clip, capsys, url, message):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--url", url, "--source", str(short_clip), "--headless"])
+    assert exit_.value.code == EXIT_USAGE and f"argument --url: {message}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag, value", [("--threshold", "nan"), ("--roi", "nan"), ("--timeout", "nan"), ("--timeout", "inf")])
+def test_float_flags_refuse_nan_and_infinity(tmp_path, short_clip, capsys, flag, value):
+    """NaN passed every range check ("--threshold nan" acted as 0; "--roi nan" failed at the first frame)."""
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")  # refused before it is read, or the test fails on it
+    with pytest.raises(SystemExit) as exit_:
+        main(["--checkpoint", str(tmp_path / "junk.pt"), "--source", str(short_clip), "--headless", flag, value])
+    assert exit_.value.code == EXIT_USAGE and f"argument {flag}: expected a finite number, got '{value}'" in capsys.readouterr().err
+
+
+def test_a_smoothing_window_too_large_to_allocate_is_refused(tmp_path, short_clip, capsys):
+    """A deque that long raised OverflowError, a traceback, after the model had loaded."""
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(SystemExit):
+        main(["--checkpoint", str(tmp_path / "junk.pt"), "--source", str(short_clip), "--headless", "--smooth", "99999999999999999999"])
+    assert "argument --smooth: must be in [1, 10000]" in capsys.readouterr().err
+
+
+def test_two_outputs_naming_one_file_are_refused(tmp_path, monkeypatch, short_clip, random_head_checkpoint, capsys):
+    """--jsonl and --output on one file: the run wrote the video, then JSON lines over it."""
+    monkeypatch.chdir(tmp_path)
+    code = main(["--checkpoint", str(random_head_checkpoint), "--source", str(short_clip), "--headless",
+                 "--output", "out.mp4", "--jsonl", str(tmp_path / "out.mp4")])  # fmt: skip
+    assert code == EXIT_USAGE and not (tmp_path / "out.mp4").exists()
+    assert capsys.readouterr().err == f"error: --jsonl {tmp_path / 'out.mp4'} is the --output file: pass another --jsonl\n"
+
+
+@pytest.mark.parametrize("flags", [["--jsonl", "/proc/nope.jsonl"], ["--output", "/proc/x.mp4"],
+                                   ["--snapshot-dir", "/proc/snaps", "--snapshot-at", "0"]])
+def test_an_output_that_cannot_be_written_is_refused_before_the_model_loads(tmp_path, short_clip, capsys, flags):
+    """/proc takes no new file, even from root (as the tests run, where permission bits stop nothing). These
+    loaded the model, then failed with exit code 1 (a lost camera's) and "[Errno 2] ..."."""
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")  # loading it would be the error, had the model loaded first
+    code = main(["--checkpoint", str(tmp_path / "junk.pt"), "--source", str(short_clip), "--headless", *flags])
+    assert code == EXIT_USAGE
+    assert capsys.readouterr().err == f"error: {flags[0]} {flags[1]}: cannot write there: No such file or directory\n"
+
+
+def test_a_snapshot_that_fails_is_not_reported_as_a_run_that_ended(tmp_path, short_clip, random_head_checkpoint):
+    """A snapshot that cannot be written ends the run with its own error, without "no snapshot of frame 0:
+    the run ended after 1 frames", which blamed the source."""
     logged = []
-    assert main(["--url", "localhost:3000", "--source", str(short_clip), "--headless"], log=logged.append) == EXIT_USAGE
-    assert "http://HOST:PORT" in logged[-1]
+    engine = LocalScorer(load_classifier(random_head_checkpoint, device="cpu"))
+    with pytest.raises(OSError):
+        run(Stream.open(str(short_clip)), engine, Options(snapshot_dir=Path("/proc/snaps"), snapshot_at=(0,)), log=logged.append)
+    assert not any("no snapshot of frame" in line for line in logged), logged
+
+
+def test_a_snapshot_key_that_cannot_write_is_one_error_line_not_a_lost_camera(monkeypatch, short_clip, random_head_checkpoint):
+    """s in the window, into a --snapshot-dir that takes no file: exit code 1 (a lost camera's) and "[Errno 2] ..." before."""
+    ScriptedGui(["s"]).install(monkeypatch)
+    monkeypatch.setattr("service.webcam.demo.display_problem", lambda: None)
+    logged = []
+    code = main(["--checkpoint", str(random_head_checkpoint), "--source", str(short_clip), "--snapshot-dir", "/proc/snaps"],
+                log=logged.append)  # fmt: skip
+    assert code == EXIT_USAGE and logged[-1] == "error: /proc/snaps: No such file or directory", logged
 
 
 def test_server_down_keeps_processing_frames_and_reports_the_outage(short_clip, tmp_path):

@@ -38,7 +38,7 @@ import numpy as np
 
 from gesture_core.cli import EXIT_USAGE, command, output_arg
 from gesture_core.rejection import is_reject_name
-from service.webcam.demo import display_problem
+from service.webcam.demo import check_writable, display_problem
 from service.webcam.grabber import ended_early
 from service.webcam.overlay import centred_roi  # the webcam demo's box: captured crops match what it classifies
 from service.webcam.sources import SourceError, describe_source, is_live, open_source, read_frames
@@ -327,7 +327,7 @@ def _fraction(text: str) -> float:
 
 
 def _positive(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:  # "²" is a digit to isdigit(), not to int()
         raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
     return int(text)
 
@@ -392,6 +392,7 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_USAGE
     if problem := class_folder_given_as_out(args.out, classes):
         parser.error(f"{problem}: --out is the dataset folder (e.g. --out {args.out.parent})")
+    check_writable("--out", args.out, "folder")  # before the source opens, not at the first image saved
     try:
         cap = open_source(args.source)
     except SourceError as err:  # the exit code of the webcam demo for the same mistake

@@ -14,20 +14,24 @@ and the smoothed frame-level label of the best accepted hand (``scoring.decide_h
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import math
 import os
 import sys
+import tempfile
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import cv2
 import numpy as np
 
 from gesture_core import Prediction
-from gesture_core.cli import check_output_spares_inputs, checkpoint_arg, command, output_arg
+from gesture_core.cli import check_output_spares_inputs, checkpoint_arg, command, describe, output_arg
 from gesture_core.runtime import Runtime, add_runtime_arguments
 from service.webcam.grabber import Frame, FrameGrabber
 from service.webcam.overlay import OverlayInfo, centred_roi, render
@@ -47,7 +51,9 @@ from service.webcam.sources import SourceError, describe_source, is_live, open_s
 
 EXIT_OK, EXIT_SOURCE_LOST, EXIT_USAGE, EXIT_OUTAGE = 0, 1, 2, 3
 RETRY_AFTER_S = 1.0  # during an outage, ask the server again this often; frames keep flowing meanwhile
+URL_FORM = "expected http://HOST:PORT or https://HOST:PORT (e.g. http://127.0.0.1:3000)"
 VIDEO_SUFFIXES = (".mp4", ".avi")  # what the annotated video is written as: mp4v, or MJPG for .avi
+MAX_SMOOTH = 10_000  # frames (5 minutes at 30 fps); a window past a C ssize_t crashed with OverflowError
 UNKNOWN_FPS = 30.0  # for cameras and image sequences that do not report a frame rate
 WINDOW_TITLE = "gesture recognition (q quit, s snapshot, space pause)"
 
@@ -261,6 +267,32 @@ class Outputs:
         return self._writer
 
 
+def check_writable(flag: str, path: Path, kind: str = "file") -> None:
+    """A ValueError naming ``flag`` when ``path`` (a "file" or a "folder") cannot be written, said before the
+    model loads rather than after it, with exit code 1 and "[Errno 2] ...". Nothing is left behind: an existing
+    file is opened for appending (its bytes stay), otherwise a temporary file is made in the nearest existing folder."""
+    try:
+        if kind == "file" and path.is_file():
+            path.open("ab").close()
+        elif kind == "file" and path.exists():  # /dev/null and the like: not opened, as a pipe would wait for a reader
+            if not os.access(path, os.W_OK):
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+        else:
+            folder = path if kind == "folder" else path.parent
+            tempfile.TemporaryFile(dir=next(up for up in (folder, *folder.parents) if up.exists())).close()
+    except OSError as err:
+        raise ValueError(f"{flag} {path}: cannot write there: {err.strerror or err}") from None
+
+
+def check_outputs_differ(outputs: dict[str, Path | None]) -> None:
+    """A ValueError when two flags name one file: the annotated video held the JSON lines."""
+    given = [(flag, path) for flag, path in outputs.items() if path is not None]
+    for i, (flag, path) in enumerate(given):
+        for other, other_path in given[i + 1 :]:
+            if os.path.realpath(path) == os.path.realpath(other_path) or (path.exists() and other_path.exists() and path.samefile(other_path)):
+                raise ValueError(f"{other} {other_path} is the {flag} file: pass another {other}")
+
+
 class Window:
     """The OpenCV preview window and its keys."""
 
@@ -345,10 +377,10 @@ def run(stream: Stream, scorer: Scorer, options: Options, *, window: Window | No
     finally:
         summary.seconds = time.perf_counter() - start
         outputs.close()
-        if missed := outputs.missed_snapshots():
-            log(f"warning: no snapshot of frame {', '.join(map(str, missed))}: the run ended after {summary.frames} frames")
         if window:
             window.close()
+    if missed := outputs.missed_snapshots():  # not after a failure: "the run ended" would hide it
+        log(f"warning: no snapshot of frame {', '.join(map(str, missed))}: the run ended after {summary.frames} frames")
     return summary
 
 
@@ -376,12 +408,31 @@ def _number(kind: type, low: float, high: float | None = None, *, low_open: bool
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}") from None
+        if kind is float and not math.isfinite(value):  # NaN passes every comparison below, and inf any missing bound
+            raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
         if value < low or (low_open and value == low) or (high is not None and value > high):
             bounds = f"{'(' if low_open else '['}{low}, {high if high is not None else 'inf'}]"
             raise argparse.ArgumentTypeError(f"must be in {bounds}, got {value}")
         return value
 
     return parse
+
+
+def url_arg(text: str) -> str:
+    """--url, checked when parsed: an empty one ran the local model (``checkpoint None does not exist``),
+    and a bad port failed at the first frame without naming --url."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"empty: {URL_FORM}")
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an http(s) URL: {URL_FORM}")
+    try:
+        port = parts.port
+    except ValueError:  # not a number, or above 65535
+        port = -1
+    if port is not None and not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r}: the port must be a number from 1 to 65535: {URL_FORM}")
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -393,13 +444,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", default="0", help="camera index (0), video file, image pattern (frames/%%04d.jpg) or rtsp:// / http:// URL")
     scorer = p.add_mutually_exclusive_group(required=True)
     scorer.add_argument("--checkpoint", type=checkpoint_arg("best.pt"), help="run locally with this checkpoint (RUN/best.pt, or the run folder RUN)")
-    scorer.add_argument("--url", help="ask the HTTP service instead, e.g. http://127.0.0.1:3000")
+    scorer.add_argument("--url", type=url_arg, help="ask the HTTP service instead, e.g. http://127.0.0.1:3000")
     p.add_argument("--timeout", type=_number(float, 0.0, low_open=True), default=2.0, help="remote mode: seconds to wait for an answer")
     p.add_argument("--realtime", action="store_true", help="files: play at the file's fps and drop frames inference cannot keep up with (default: every frame, as fast as possible)")
     p.add_argument("--roi", type=_number(float, 0.0, 1.0, low_open=True), nargs="?", const=0.6, default=None, metavar="FRACTION",
                    help="classify only a centred square box of FRACTION of the shorter side (0.6 if given without a value)")
     p.add_argument("--mirror", action=argparse.BooleanOptionalAction, default=None, help="mirror the preview (default: on for cameras)")
-    p.add_argument("--smooth", type=_number(int, 1), default=5, metavar="N", help="smooth over the last N frames")
+    p.add_argument("--smooth", type=_number(int, 1, MAX_SMOOTH), default=5, metavar="N", help="smooth over the last N frames")
     p.add_argument("--vote", action="store_true", help="smooth by majority vote of per-frame labels instead of averaging probabilities")
     p.add_argument("--threshold", type=_number(float, 0.0, 1.0), default=None,
                    help="show 'no gesture' below this score, 0-1 (default: the model's calibrated threshold; 0.5 for models from before calibration)")
@@ -426,13 +477,23 @@ def make_scorer(args: argparse.Namespace) -> Scorer:
     return LocalScorer.load(str(args.checkpoint), Runtime.from_args(args))
 
 
+def check_outputs(args: argparse.Namespace) -> None:
+    """Outputs that would destroy an input, name one file twice, or cannot be written: a ValueError, before
+    the source opens and the model loads."""
+    files = {"--output": args.output, "--jsonl": args.jsonl}
+    for flag, out in files.items():
+        if out is not None:  # writing the video being read truncated it; a camera index or URL is no file
+            check_output_spares_inputs(flag, out, {"--source": Path(args.source), "--checkpoint": args.checkpoint})
+            check_writable(flag, out)
+    check_outputs_differ(files)
+    if args.snapshot_at:
+        check_writable("--snapshot-dir", args.snapshot_dir, "folder")
+
+
 @command
 def main(argv: list[str] | None = None, log: Log = _stderr) -> int:
     args = build_parser().parse_args(argv)
-    source = Path(args.source)  # a camera index or URL is no file, and spares itself
-    for flag, out in (("--output", args.output), ("--jsonl", args.jsonl)):
-        if out is not None:  # writing the video being read truncated it
-            check_output_spares_inputs(flag, out, {"--source": source, "--checkpoint": args.checkpoint})
+    check_outputs(args)
     show_window = not args.headless
     if show_window and (problem := display_problem()):
         log(f"no display: {problem}; running headless (add --output/--jsonl to keep the results)")
@@ -451,9 +512,9 @@ def main(argv: list[str] | None = None, log: Log = _stderr) -> int:
     log(f"{stream.description} -> {scorer.name}" + (" (window: q quit, s snapshot, space pause)" if show_window else " (headless)"))
     try:
         summary = run(stream, scorer, options_from_args(args), window=Window() if show_window else None, log=log)
-    except OSError as err:
-        log(f"error: {err}")
-        return EXIT_SOURCE_LOST
+    except OSError as err:  # an output that became unwritable (disk full): not a lost source
+        log(f"error: {describe(err)}")
+        return EXIT_USAGE
     finally:
         scorer.close()
     print(summary.line(), flush=True)

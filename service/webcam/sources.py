@@ -12,16 +12,20 @@
 
 ``spec`` forms (see ``parse_source``):
 
-* an integer, or a string of digits: a camera device index (``0`` is the default webcam);
+* an integer, or a string of ASCII digits: a camera device index (``0`` is the default webcam), at
+  most ``CAMERA_INDEX_MAX`` (OpenCV takes it as a C int);
 * ``scheme://...`` (rtsp, http, https, udp, tcp, file): a stream opened through FFmpeg with short
   open/read timeouts, so an unreachable host fails in seconds instead of hanging;
 * a path containing ``%d``-style placeholder (``frames/%04d.png``): an image sequence, every file
-  that matches it in number order;
+  that matches it in number order, unless a file of that very name exists (``50%done.mp4``);
 * the path of an image file (``.jpg``, ``.png``, ...): that one image;
 * any other string: a video file path.
 
 Images (sequences and single files) are read by ``ImageFiles`` through ``gesture_core.images.read_rgb``,
 the decoder of training, ``Classifier.predict`` and the service, so each frame has the pixels they see.
+
+A file or sequence from which not one frame can be read is refused by ``open_source`` too, as a
+file that does not open is: it is not a video (or image) the tools can use.
 
 Every failure is a ``SourceError`` whose message names the source and says what to try.
 """
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -45,6 +50,10 @@ __all__ = ["SourceError", "ImageFiles", "open_source", "parse_source", "is_live"
 STREAM_TIMEOUT_MS = 5000
 _URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 _SEQUENCE = re.compile(r"%0?\d*d")
+VIDEO_HINT = "the file is not a video OpenCV/FFmpeg can decode (try re-encoding it as H.264 .mp4 or MJPG .avi)"
+CAMERA_INDEX_MAX = 2**31 - 1  # OpenCV takes a camera index as a C int; a larger one raised cv2.error
+SOURCE_FORMS = (f"a camera index (0 to {CAMERA_INDEX_MAX}), a video or image file, an image pattern (frames/%04d.jpg) "
+                "or a stream URL (rtsp://, http://)")
 
 
 class SourceError(RuntimeError):
@@ -54,17 +63,25 @@ class SourceError(RuntimeError):
 def parse_source(spec: int | str | os.PathLike) -> int | str:
     """Normalise a ``--source`` value: camera index (int) or a string (URL, pattern or file path)."""
     if isinstance(spec, bool):
-        raise SourceError(f"invalid source {spec!r}: give a camera index, a video file, an image pattern or a URL")
+        raise SourceError(f"invalid source {spec!r}: a source is {SOURCE_FORMS}")
     if isinstance(spec, int):
-        if spec < 0:
-            raise SourceError(f"camera index must be >= 0, got {spec}")
-        return spec
+        return _camera_index(str(spec))
     text = os.fspath(spec).strip()
     if not text:
-        raise SourceError("empty source: give a camera index (0), a video file, an image pattern (frames/%04d.jpg) or a URL")
-    if re.fullmatch(r"-\d+", text) and not Path(text).exists():
+        raise SourceError(f"empty source: a source is {SOURCE_FORMS}")
+    # ASCII digits only: "²" passed str.isdigit() and int() refused it
+    if re.fullmatch(r"[0-9]+", text) or (re.fullmatch(r"-[0-9]+", text) and not os.path.exists(text)):
+        return _camera_index(text)
+    return text
+
+
+def _camera_index(text: str) -> int:
+    """``text``: ASCII digits, maybe after a minus. Their length is checked first: int() refuses over 4300 digits."""
+    if text.startswith("-"):
         raise SourceError(f"camera index must be >= 0, got {text}")
-    return int(text) if text.isdigit() else text
+    if len(text.lstrip("0")) > len(str(CAMERA_INDEX_MAX)) or int(text) > CAMERA_INDEX_MAX:
+        raise SourceError(f"camera index {text} is too large: a source is {SOURCE_FORMS}")
+    return int(text)
 
 
 def is_live(spec: int | str | os.PathLike) -> bool:
@@ -75,15 +92,17 @@ def is_live(spec: int | str | os.PathLike) -> bool:
 
 def describe_source(spec: int | str | os.PathLike) -> str:
     source = parse_source(spec)
+    return f"{_kind(source)} {source}"
+
+
+def _kind(source: int | str) -> str:
     if isinstance(source, int):
-        return f"camera {source}"
+        return "camera"
     if _URL.match(source):
-        return f"stream {source}"
-    if _SEQUENCE.search(source):
-        return f"image sequence {source}"
-    if Path(source).suffix.lower() in IMAGE_SUFFIXES:
-        return f"image {source}"
-    return f"video file {source}"
+        return "stream"
+    if _SEQUENCE.search(source) and not os.path.lexists(source):  # an existing "50%done.mp4" is that file
+        return "image sequence"
+    return "image" if Path(source).suffix.lower() in IMAGE_SUFFIXES else "video file"
 
 
 class ImageFiles:
@@ -114,6 +133,16 @@ class ImageFiles:
     def release(self) -> None:
         self.next = len(self.paths)
 
+    def require_a_frame(self, description: str) -> None:
+        """Raise ``SourceError`` when not one file decodes; otherwise start again from the first file."""
+        if self.read()[0]:
+            self.next, self.skipped = 0, []
+        elif len(self.paths) == 1:  # the reason read_rgb gives starts with the file's name, which the description has
+            reason = self.skipped[0].removeprefix(f"{self.paths[0]}: ")
+            raise SourceError(f"{description} does not decode as an image (its name ends in {self.paths[0].suffix}): {reason}")
+        else:
+            raise SourceError(f"{description}: none of its {len(self.paths)} files decodes as an image: {self.skipped[0]}")
+
     def skipped_note(self, description: str) -> str | None:
         if not self.skipped:
             return None
@@ -122,8 +151,23 @@ class ImageFiles:
 
 
 def open_source(spec: int | str | os.PathLike) -> cv2.VideoCapture | ImageFiles:
-    """Return an opened ``cv2.VideoCapture`` (or ``ImageFiles``) for ``spec``, or raise ``SourceError``. The caller releases it."""
+    """Return an opened ``cv2.VideoCapture`` (or ``ImageFiles``) for ``spec``, or raise ``SourceError``. The caller releases it.
+    A file or sequence must give at least one frame: one that gives none is no video (or image) at all."""
     source = parse_source(spec)
+    cap = _opened(source)
+    if isinstance(cap, ImageFiles):
+        cap.require_a_frame(describe_source(source))
+    elif not is_live(source):  # read its first frame, then open it again to play it from the start
+        with _quiet_opencv():
+            has_a_frame = cap.read()[0]
+        cap.release()
+        if not has_a_frame:
+            raise SourceError(f"cannot read {describe_source(source)}: not one frame decodes; {VIDEO_HINT}")
+        cap = _opened(source)
+    return cap
+
+
+def _opened(source: int | str) -> cv2.VideoCapture | ImageFiles:
     with _quiet_opencv():
         cap, hint = _open(source)
     if not cap.isOpened():
@@ -133,23 +177,23 @@ def open_source(spec: int | str | os.PathLike) -> cv2.VideoCapture | ImageFiles:
 
 
 def _open(source: int | str) -> tuple[cv2.VideoCapture | ImageFiles, str]:
-    if isinstance(source, int):
+    kind = _kind(source)
+    if kind == "camera":
         cap = cv2.VideoCapture(source)
         hint = "is a camera attached and not in use by another program? Use --source VIDEO_FILE to run from a file"
-    elif _URL.match(source):
+    elif kind == "stream":
         params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, STREAM_TIMEOUT_MS, cv2.CAP_PROP_READ_TIMEOUT_MSEC, STREAM_TIMEOUT_MS]
         cap = cv2.VideoCapture(source, cv2.CAP_FFMPEG, params)
         hint = f"check the URL and that the stream is reachable (opening times out after {STREAM_TIMEOUT_MS / 1000:g} s)"
-    elif _SEQUENCE.search(source):
+    elif kind == "image sequence":
         _require_sequence(source)
         cap, hint = ImageFiles(_sequence_files(source)), "no files match"
-    elif Path(source).suffix.lower() in IMAGE_SUFFIXES:
+    elif kind == "image":
         _require_file(source, "image")
         cap, hint = ImageFiles([Path(source)]), "no such image"
     else:
         _require_file(source)
-        cap = cv2.VideoCapture(source)
-        hint = "the file is not a video OpenCV/FFmpeg can decode (try re-encoding it as H.264 .mp4 or MJPG .avi)"
+        cap, hint = cv2.VideoCapture(source), VIDEO_HINT
     return cap, hint
 
 
@@ -187,16 +231,27 @@ def _require_file(source: str, kind: str = "video") -> None:
     path = Path(source)
     if path.is_dir():
         raise SourceError(f"{source} is a folder; for an image sequence pass a pattern such as {path / '%04d.jpg'}")
-    if not path.is_file():
-        raise SourceError(f"{source}: no such {kind} file (for a camera pass its index, e.g. --source 0)")
+    if not path.exists():
+        raise SourceError(f"{source}: no such {kind} file (a source is {SOURCE_FORMS})")
+    if not path.is_file():  # refused before opening: reading a named pipe waits for a writer, maybe forever
+        raise SourceError(f"{source} is {_special_file(path)}, not a {kind} file (for a camera pass its index, e.g. --source 0)")
     if not os.access(path, os.R_OK):
         raise SourceError(f"{source}: permission denied")
+
+
+def _special_file(path: Path) -> str:
+    mode = path.stat().st_mode
+    kinds = [(stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a named pipe (FIFO)"),
+             (stat.S_ISSOCK, "a socket")]
+    return next((name for is_kind, name in kinds if is_kind(mode)), "not a regular file")
 
 
 def _sequence_files(pattern: str) -> list[Path]:
     """The files an image-sequence pattern names, in number order: ``f%03d.jpg`` -> every ``f<digits>.jpg`` beside it."""
     folder, numbered = Path(pattern).parent, re.compile(_SEQUENCE.sub(r"(\\d+)", re.escape(Path(pattern).name)))
-    found = [(match, path) for path in folder.iterdir() if (match := numbered.fullmatch(path.name))] if folder.is_dir() else []
+    paths = folder.iterdir() if folder.is_dir() else ()
+    # Regular files only: reading a named pipe that matches would wait for a writer, maybe forever.
+    found = [(match, path) for path in paths if (match := numbered.fullmatch(path.name)) and path.is_file()]
     return [path for match, path in sorted(found, key=lambda item: (tuple(map(int, item[0].groups())), item[1].name))]
 
 
