@@ -228,3 +228,22 @@ def test_class_folders_one_level_too_deep_are_pointed_out(tmp_path):
                for w in r["warnings"])
     make_image_folder(root / "carol", ("fist",), per_class=4)  # not the same sub-folders: no such warning
     assert build_report(root)["same_subfolders"] == []
+
+
+def test_a_class_folder_named_in_decomposed_unicode_is_checked_and_two_spellings_are_warned_of(tmp_path, capsys):
+    """macOS writes "café" decomposed (NFD): check failed on it with a path error, where training reads it
+    as the composed class; a folder in each spelling was merged into one class without a word."""
+    import unicodedata
+    import warnings
+
+    root = make_image_folder(tmp_path / "data", classes=("palm",), per_class=3, size=32)
+    decomposed, composed = (unicodedata.normalize(form, "café") for form in ("NFD", "NFC"))
+    for name, seed in ((decomposed, 1), (composed, 2)):
+        write_rgb(root / name / "nested" / "000.png", synthetic_image(seed, seed=seed))
+    (root / decomposed / "001.png").write_bytes((root / "palm" / "000.png").read_bytes())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        r = build_report(root, workers=1)
+    assert r["classes"] == [composed, "palm"] and r["counts"][composed] == 3
+    assert sorted(r["nested"]) == sorted(str(root / name / "nested" / "000.png") for name in (decomposed, composed))
+    assert any(f"class folder(s) {composed} exist in two Unicode spellings" in str(w.message) for w in caught)

@@ -125,7 +125,8 @@ def _deeper(paths: dict[str, dict[str, list[str]]], root: Path, layout: str) -> 
     for split, by_class in paths.items():
         base = root / split if layout == "presplit" else root
         for label, files in by_class.items():
-            parts = ((p, Path(p).relative_to(base / label).parts) for p in files)
+            # below the class folder as it is on disk: its name may be decomposed (NFD), where the label is composed
+            parts = ((p, Path(p).relative_to(base).parts[1:]) for p in files)
             deep += [(label, below[0], p) for p, below in parts if len(below) > 1]
     return deep
 

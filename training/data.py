@@ -118,8 +118,13 @@ def scan_class_folders(root: Path, skipped: list[dict[str, str]], ignored: list[
         raise DatasetError(f"{root} has no class folders; expected {root}/<class>/<image> (ImageFolder layout)"
                            + videos_hint(list(root.iterdir())))
     by_class: dict[str, list[str]] = {}
+    spellings: dict[str, list[str]] = {}
     for folder in folders:  # a class is its name in NFC: macOS writes "ñandú" decomposed (NFD), Linux and Windows composed
+        spellings.setdefault(unicodedata.normalize("NFC", folder), []).append(folder)
         by_class.setdefault(unicodedata.normalize("NFC", folder), []).extend(_valid_images(root / folder, skipped, ignored))
+    if merged := [name for name, found in spellings.items() if len(found) > 1]:
+        warnings.warn(f"{root}: class folder(s) {', '.join(merged)} exist in two Unicode spellings (composed and decomposed, as macOS "
+                      "writes names), which look the same: each is read as one class, with the images of both", stacklevel=2)
     return dict(sorted(by_class.items()))
 
 
