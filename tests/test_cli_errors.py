@@ -198,6 +198,20 @@ def test_a_new_run_never_overwrites_one_at_its_out(run, dataset, tmp_path, capsy
     assert {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()} == {k: v for k, v in before.items() if k != "metrics.json"}
 
 
+def test_a_run_stopped_between_its_first_best_pt_and_last_pt_can_start_again(run, dataset, tmp_path, capsys):
+    """Killed after the first epoch's best.pt and before its last.pt: --resume had no last.pt, and a new
+    run at that --out was refused as "a trained model", so only deleting the folder by hand went on."""
+    folder = tmp_path / "run"
+    shutil.copytree(run, folder)
+    for name in ("last.pt", "metrics.json"):
+        (folder / name).unlink()
+    (folder / ".last.pt.k9.tmp").write_bytes(b"")  # the save the kill cut short
+    argv = ["--data", str(dataset), "--out", str(folder), "--backbone", "mobilenet_v3_large", "--weights", "none", "--epochs", "1",
+            "--image-size", "32", "--workers", "0"]
+    assert finetune.main(argv) == 0
+    assert (folder / "last.pt").is_file() and (folder / "metrics.json").is_file() and not list(folder.glob(".last.pt.*"))
+
+
 def test_a_run_whose_images_moved_is_refused_before_anything_is_rewritten(run, tmp_path, capsys):
     """evaluate and calibrate on a run whose split.json points where the images no longer are: each
     image was skipped as a failed decode, evaluate reported "(no images evaluated)" and calibrate

@@ -209,6 +209,8 @@ def run_already_in(out: Path) -> str | None:
     """Why ``--out`` cannot take a new run: it holds one, whose checkpoints a new run would overwrite."""
     if (out / "last.pt").is_file() and not run_finished(out):  # best.pt is written from the first epoch on
         return f"--out {out} holds an interrupted run: continue it with --resume {out}, or pass another --out"
+    if not (out / "last.pt").is_file() and not (out / "metrics.json").is_file():
+        return None  # stopped between the first epoch's best.pt and last.pt: nothing to resume, so it starts again there
     if trained := [name for name in ("best.pt", "metrics.json") if (out / name).is_file()]:
         return f"--out {out} holds a trained model ({trained[0]}): pass another --out, or delete that folder to train there again"
     return None
