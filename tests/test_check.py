@@ -247,3 +247,24 @@ def test_a_class_folder_named_in_decomposed_unicode_is_checked_and_two_spellings
     assert r["classes"] == [composed, "palm"] and r["counts"][composed] == 3
     assert sorted(r["nested"]) == sorted(str(root / name / "nested" / "000.png") for name in (decomposed, composed))
     assert any(f"class folder(s) {composed} exist in two Unicode spellings" in str(w.message) for w in caught)
+
+
+def test_a_folder_beside_train_and_test_is_warned_of_in_check_and_training(tmp_path):
+    """presplit/extra/ (a class meant for train/) was dropped by training without a word, and check
+    only counted it in a note."""
+    import warnings
+
+    root = tmp_path / "split"
+    make_image_folder(root / "train", classes=("a", "b"), per_class=6, size=32)
+    for i in range(2):
+        for label, cls in enumerate("ab"):
+            write_rgb(root / "test" / cls / f"t{i}.png", synthetic_image(label, seed=7000 + 10 * label + i))
+    write_rgb(root / "extra" / "0.png", synthetic_image(2, seed=9))
+    assert any("folder(s) extra beside train/ and test/ are not read" in w for w in build_report(root, workers=1)["warnings"])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        splits = load_splits(root, test_per_class=3)
+    said = [str(w.message) for w in caught]
+    assert any("folder(s) extra beside train/ and test/ are not read" in m for m in said), said
+    assert any("its test/ folder is the test set, and --test-per-class 3 is not used" in m for m in said), said
+    assert splits.classes == ["a", "b"] and len(splits.test) == 4

@@ -502,3 +502,16 @@ def test_resume_after_split_json_was_edited_names_the_split_not_the_checkpoint(r
     err = one_error_line(capsys)
     assert f"{folder / 'split.json'} lists the classes {', '.join(kept)}, but {folder / 'last.pt'} was trained on {', '.join(split['classes'])}" in err
     assert (folder / "best.pt").read_bytes() == best
+
+
+@pytest.mark.parametrize("flag", [["--test-split", "0.5"], ["--test-per-class", "2"]])
+def test_test_split_flags_for_a_presplit_folder_are_refused_not_ignored(tmp_path, capsys, flag):
+    """Its test/ folder is the test set: the flags were dropped without a word, and the split came out as without them."""
+    root = tmp_path / "presplit"
+    make_image_folder(root / "train", per_class=4, size=32)
+    make_image_folder(root / "test", per_class=2, size=32)
+    with pytest.raises(SystemExit) as stop:
+        finetune.main(["--data", str(root), "--out", str(tmp_path / "run"), *flag])
+    assert stop.value.code == 2
+    assert f"{flag[0]} does not apply to {root}: its test/ folder is the test set (a pre-split layout); drop it" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

@@ -37,7 +37,7 @@ from gesture_core.cli import check_output_outside_datasets, command, output_arg
 from gesture_core.images import DECODED_FORMATS, ImageDecodeError, decode_rgb, probe_image
 from training.cli import int_at_least
 from training.config import TrainConfig
-from training.data import SPLITS, DatasetError, classes_missing_from_train, is_presplit, scan_class_folders
+from training.data import SPLITS, DatasetError, classes_missing_from_train, folders_beside_splits, is_presplit, scan_class_folders
 from training.data import printable_path as printable  # non-UTF-8 names, made printable and JSON-safe
 from training.grouping import assign_groups, grouped_split, sequences
 
@@ -260,6 +260,8 @@ def build_report(root: Path, *, decode: bool = True, workers: int = 2) -> dict:
     )
     report["fatal"] += _fatal(report, root, per_split, layout)
     report["warnings"] += _warnings(report, per_split, layout)
+    if layout == "presplit" and (beside := folders_beside_splits(root)):  # training passes them over too, with a warning
+        report["warnings"].append(f"folder(s) {', '.join(map(printable, beside))} beside train/ and test/ are not read: a class meant for train/?")
     reasons = Counter(i["reason"] for i in report["ignored"])
     report["notes"] = [f"ignored: {n} {r}" for r, n in reasons.most_common()]
     return report

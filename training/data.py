@@ -258,6 +258,11 @@ def load_splits(
     root = Path(root)
     skipped: list[dict[str, str]] = []
     if is_presplit(root):
+        if beside := folders_beside_splits(root):  # most likely a class meant for train/: the model would lack it
+            warnings.warn(f"{root}: folder(s) {', '.join(beside)} beside train/ and test/ are not read: a pre-split layout takes its "
+                          "classes from train/, val/ and test/ only", stacklevel=2)
+        if test_per_class is not None:
+            warnings.warn(f"{root} is pre-split: its test/ folder is the test set, and --test-per-class {test_per_class} is not used", stacklevel=2)
         parts = {s: scan_class_folders(root / s, skipped) for s in SPLITS if (root / s).is_dir()}
         classes = sorted(parts["train"])
         _require_trainable(parts["train"], root / "train")
@@ -280,6 +285,11 @@ def load_splits(
     parts = grouped_split(by_class, grouping, val_split=val_split, test_split=test_split, test_per_class=test_per_class, seed=seed)
     samples = {s: _to_samples(parts[s], classes) for s in SPLITS}
     return Splits(str(root), classes, samples["train"], samples["val"], samples["test"], skipped, "imagefolder", grouping.to_json())
+
+
+def folders_beside_splits(root: Path) -> list[str]:
+    """The folders of a pre-split ``root`` other than train/, val/ and test/ (hidden ones aside)."""
+    return sorted(d.name for d in root.iterdir() if d.is_dir() and d.name not in SPLITS and not d.name.startswith("."))
 
 
 def classes_missing_from_train(classes_by_split: Mapping[str, Iterable[str]], root: Path) -> list[str]:

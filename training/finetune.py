@@ -59,6 +59,7 @@ from training.data import (
     check_split_readable,
     failure_reports,
     index_seed,
+    is_presplit,
     load_splits,
     make_loader,
     unreadable,
@@ -181,9 +182,19 @@ def parse_config(argv: list[str] | None = None) -> tuple[TrainConfig, Path | Non
         parser.error(f"--val-split {cfg.val_split} and --test-split {cfg.test_split} leave no training images: they must add up to less than 1")
     if cfg.head_epochs >= cfg.epochs and cfg.freeze == "none" and cfg.head_epochs:
         parser.error(f"--head-epochs {cfg.head_epochs} must be smaller than --epochs {cfg.epochs}")
+    if (unused := test_flags_a_test_folder_overrides(argv, cfg.data)):  # they were ignored without a word
+        parser.error(f"{unused} does not apply to {cfg.data}: its test/ folder is the test set (a pre-split layout); drop it")
     if cfg.out and (taken := run_already_in(Path(cfg.out))):
         raise FileExistsError(taken)
     return cfg, None
+
+
+def test_flags_a_test_folder_overrides(argv: list[str] | None, data: str) -> str:
+    """"--test-split" or "--test-per-class" when given for a pre-split folder, whose test/ is the test set; else ""."""
+    if not (Path(data).is_dir() and is_presplit(Path(data))):
+        return ""
+    explicit = vars(build_parser(suppress_defaults=True).parse_args(argv))
+    return next((f"--{key.replace('_', '-')}" for key in ("test_split", "test_per_class") if key in explicit), "")
 
 
 def nothing_to_resume(last: Path, trained: int, epochs: int, *, epochs_given: bool) -> str | None:
