@@ -245,3 +245,11 @@ def test_a_wrapper_folder_every_clip_of_a_class_sits_in_is_looked_through(tmp_pa
     deeper = {"fist": [f"d/fist/anna/day{d}/{n}.jpg" for d in (1, 2) for n in range(3)] + ["d/fist/bob/1.jpg", "d/fist/loose.jpg"]}
     groups = assign_groups(deeper, "folders").groups["fist"]  # no shared wrapper: one person's days stay together
     assert {groups[p] for p in deeper["fist"]} == {"anna", "bob", "d/fist/loose.jpg"}
+
+
+@pytest.mark.parametrize("rule", ["session", "folders", "frames"])
+def test_a_named_rule_that_groups_no_image_is_an_error_as_a_regex_is(rule):
+    """It split image by image while the start-up line described groups that were not there."""
+    flat = {"fist": [f"d/fist/photo-{c}.jpg" for c in "abc"], "palm": [f"d/palm/photo-{c}.jpg" for c in "abc"]}
+    with pytest.raises(DatasetError, match=rf"--group-by {rule}: no image is .* \(e\.g\. photo-a\.jpg\); use one of auto, none"):
+        assign_groups(flat, rule)

@@ -73,12 +73,9 @@ def assign_groups(by_class: dict[str, list[str]], group_by: str = "auto") -> Gro
     """Group every image of ``by_class`` ({class: [paths]}) by the rule ``group_by``."""
     if group_by == "none":
         return _each_alone(by_class)
-    if group_by == "session":
-        return _by_session(by_class)
-    if group_by == "folders":
-        return _by_folder(by_class)
-    if group_by == "frames":
-        return _by_frames(by_class)
+    named = {"session": _by_session, "folders": _by_folder, "frames": _by_frames}
+    if group_by in named:
+        return _describing_some(named[group_by](by_class), by_class)
     if group_by == "auto":
         for rule in (_by_session, _by_folder, _by_frames):
             grouping = rule(by_class)
@@ -86,6 +83,19 @@ def assign_groups(by_class: dict[str, list[str]], group_by: str = "auto") -> Gro
                 return grouping
         return _each_alone(by_class, "no capture sessions or numbered frame sequences in the file names: images split one by one")
     return _by_regex(by_class, group_by)
+
+
+RULE_FINDS = {"session": "a capture-tool name (<class>-<session>-<n>.jpg)", "folders": "in a sub-folder of its class folder",
+              "frames": "a numbered frame (stem + running number)"}
+
+
+def _describing_some(grouping: Grouping, by_class: dict[str, list[str]]) -> Grouping:
+    """``grouping`` of a rule the user named, unless it groups no image: that split one by one, under the rule's name."""
+    if by_class and any(by_class.values()) and _coverage(grouping, by_class) == 0:
+        example = Path(next(p for paths in by_class.values() for p in paths)).name
+        raise DatasetError(f"--group-by {grouping.rule}: no image is {RULE_FINDS[grouping.rule]} (e.g. {example}); "
+                           f"use one of {', '.join(GROUP_BY_RULES)}, or a regular expression that finds the recording in the name")
+    return grouping
 
 
 def _each_alone(by_class: dict[str, list[str]], description: str = "--group-by none: images split one by one") -> Grouping:
