@@ -67,7 +67,7 @@ PROGRESSIVE_FRAMES = {0xC2, 0xC6, 0xCA, 0xCE}
 # DDS, ...) are parsers nobody sends a gesture in.
 DECODED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF", "PPM")
 SUPPORTED = "JPEG, PNG, WebP, BMP, TIFF, GIF or PPM/PGM"
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm"})  # the files taken as images
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jfif", ".jpe", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm"})  # the files taken as images
 # File signatures, to name the format of a file whose header is cut or corrupt.
 SIGNATURES = {b"\xff\xd8\xff": "JPEG", b"\x89PNG\r\n\x1a\n": "PNG", b"GIF8": "GIF", b"II*\x00": "TIFF", b"MM\x00*": "TIFF"}
 

@@ -268,3 +268,12 @@ def test_a_folder_beside_train_and_test_is_warned_of_in_check_and_training(tmp_p
     assert any("folder(s) extra beside train/ and test/ are not read" in m for m in said), said
     assert any("its test/ folder is the test set, and --test-per-class 3 is not used" in m for m in said), said
     assert splits.classes == ["a", "b"] and len(splits.test) == 4
+
+
+def test_jpegs_named_jfif_or_jpe_are_images(tmp_path):
+    """Windows saves JPEGs from a browser as .jfif: they were skipped as "not an image file extension"."""
+    root = make_image_folder(tmp_path / "data", classes=("a", "b"), per_class=2, size=32, ext=".jpg")
+    for i, suffix in enumerate((".jfif", ".jpe", ".JFIF")):
+        (root / "a" / f"saved-{i}{suffix}").write_bytes((root / "a" / "000.jpg").read_bytes())
+    r = build_report(root, workers=1)
+    assert r["counts"] == {"a": 5, "b": 2} and r["skipped"] == []

@@ -145,6 +145,7 @@ def test_group_by_regex_that_matches_nothing_is_a_one_line_error(tmp_path, capsy
     code = finetune.main(["--data", str(root), "--group-by", r"take(\d+)", "--out", str(tmp_path / "run"), "--weights", "none"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("error: --group-by") and "auto, none, session, folders, frames" in err[0]
+    assert r"--group-by 'take(\d+)' matches" in err[0]  # as typed: repr doubled the backslash
 
 
 def test_invalid_regex_is_refused_by_the_parser(capsys):

@@ -148,7 +148,7 @@ def _by_frames(by_class: dict[str, list[str]]) -> Grouping:
     example = next((Path(p).name for paths in by_class.values() for p in paths if NUMBERED_NAME.match(_name(p))), "")
     sizes = "-".join(str(n) for n in sorted({min(block_sizes, default=1), max(block_sizes, default=1)}))
     return Grouping("frames", f"numbered frame sequences (stem + running number, e.g. {example}): blocks of {sizes} neighbouring "
-                    f"frames (about {SEQUENCE_BLOCKS} per class), each block in one split", groups)  # fmt: skip
+                    f"frames (about {SEQUENCE_BLOCKS} blocks per class), each block in one split", groups)  # fmt: skip
 
 
 def sequences(paths: Iterable[str], cls: str) -> dict[str, list[str]]:
@@ -176,11 +176,11 @@ def _by_regex(by_class: dict[str, list[str]], pattern: str) -> Grouping:
                 groups[cls][path] = next((g for g in m.groups() if g is not None), m.group(0))
     if total and len(unmatched) == total:
         example = Path(next(p for paths in by_class.values() for p in paths)).name
-        raise DatasetError(f"--group-by {pattern!r} matches no file name (e.g. {example}); use a pattern that finds the recording "
+        raise DatasetError(f"--group-by '{pattern}' matches no file name (e.g. {example}); use a pattern that finds the recording "
                             f"in the name, or one of {', '.join(GROUP_BY_RULES)}")  # fmt: skip
-    grouping = Grouping("regex", f"--group-by {pattern!r}: files with the same match stay in one split", groups)
+    grouping = Grouping("regex", f"--group-by '{pattern}': files with the same match stay in one split", groups)
     if unmatched:
-        grouping.warnings.append(f"--group-by {pattern!r} matches no group in {len(unmatched)} file(s) (e.g. {Path(unmatched[0]).name}): each is its own group")
+        grouping.warnings.append(f"--group-by '{pattern}' matches no group in {len(unmatched)} file(s) (e.g. {Path(unmatched[0]).name}): each is its own group")
     return grouping
 
 
