@@ -257,6 +257,7 @@ def test_evaluate_where_no_image_decodes_any_more(run, tmp_path, capsys):
     ("training.check", ["--workers", "-3", "FOLDER"], "argument --workers"),
     ("training.export", ["--out", "FOLDER", "--format", "onnx", "--checkpoint", "RUN"], "argument --out: FOLDER is a folder: pass a file name"),
     ("training.visualize", ["--image", "FOLDER", "--checkpoint", "RUN"], "argument --image: FOLDER is a folder: pass an image file"),
+    ("training.prepare", ["flowers", "--root", "FILE"], "argument --root: FILE is a file: pass a folder"),  # its offline hint named FILE/.downloads/
 ])  # fmt: skip
 def test_an_output_or_input_path_of_the_wrong_kind_is_refused_before_the_work(run, tmp_path, capsys, command, flags, reason):
     """Each was found when the first result was written (after the work, in the operating system's

@@ -39,7 +39,7 @@ from typing import BinaryIO
 
 from tqdm import tqdm
 
-from gesture_core.cli import command
+from gesture_core.cli import command, output_arg
 from gesture_core.hands import HAND_MODEL_FILES, MODELS_WHEEL, HandModelFile, hand_models_dir
 from gesture_core.images import IMAGE_SUFFIXES
 from training.cli import existing_path
@@ -598,7 +598,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.prepare", description=__doc__.split("\n\n")[0])
     names = (*CATALOGUE, HAND_MODELS)
     parser.add_argument("name", nargs="?", metavar="NAME", help=f"one of: {', '.join(names)}")
-    parser.add_argument("--root", type=Path, default=DEFAULT_ROOT, help="where datasets live (default: datasets/)")
+    parser.add_argument("--root", type=output_arg("folder"), default=DEFAULT_ROOT, help="where datasets live (default: datasets/)")
     parser.add_argument("--archive", type=existing_path, help="an archive downloaded by hand (or a folder holding the files): no download")
     parser.add_argument("--keep-archive", action="store_true", help="keep the downloaded archive after unpacking")
     parser.add_argument("--wheel", type=existing_path, help=f"{HAND_MODELS} only: the {MODELS_WHEEL} wheel downloaded by hand: no download")
