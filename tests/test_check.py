@@ -99,7 +99,7 @@ def test_cli_writes_json_and_exits_zero_with_warnings(messy: Path, tmp_path: Pat
     out = tmp_path / "reports" / "report.json"
     assert main([str(messy), "--json", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "WARNING: 1 image(s) appear under more than one class" in text
+    assert "WARNING: 1 set(s) of identical images appear under more than one class" in text
     assert "OK to train" in text
     report = json.loads(out.read_text(encoding="utf-8"))  # valid JSON despite the non-UTF-8 name
     assert report["counts"]["peace"] == 6

@@ -334,7 +334,7 @@ def _warnings(report: dict, per_split: dict[str, dict[str, int]], layout: str) -
     if dup["across_splits"]:
         w.append(f"train/test leakage: {dup['across_splits']} image(s) appear in more than one split (identical content)")
     if dup["across_classes"]:
-        w.append(f"{dup['across_classes']} image(s) appear under more than one class (identical content, conflicting labels)")
+        w.append(f"{dup['across_classes']} set(s) of identical images appear under more than one class (conflicting labels)")
     if dup["within_class"]:
         w.append(f"{dup['within_class']} group(s) of identical images within a class (harmless, but they inflate the counts)")
     w += _twin_warnings(report["neighbour_twins"])
@@ -422,8 +422,9 @@ def format_report(r: dict) -> str:
         for x in s["large"][:10]:
             lines.append(f"  large: {x['path']} {x['size']} ({x['bytes'] / 1e6:.1f} MB)")
     d = r["duplicates"]
-    lines.append(f"duplicates (identical content): {len(d['groups'])} group(s), {d['extra_copies']} extra copies "
-                 f"({d['within_class']} within a class, {d['across_classes']} across classes, {d['across_splits']} across splits)")  # fmt: skip
+    # the counts in brackets are of groups: one group of 18 copies in 3 classes read as "17 extra copies (1 across classes)"
+    lines.append(f"duplicates (identical content): {len(d['groups'])} group(s) ({d['within_class']} within a class, {d['across_classes']} "
+                 f"across classes, {d['across_splits']} across splits), {d['extra_copies']} extra copies")  # fmt: skip
     for g in d["groups"][:10]:
         lines.append(f"  {'/'.join(g['kinds'])}: " + "  ==  ".join(g["files"]))
     if len(d["groups"]) > 10:
