@@ -52,7 +52,7 @@ from gesture_core.preprocess import DataConfig
 from gesture_core.rejection import SCORES, Rejection, find_reject_classes, softmax
 from training import cli
 from training.config import TrainConfig
-from training.data import DatasetError, Sample, Splits, check_split_readable
+from training.data import DatasetError, Sample, Splits, check_image_file, check_split_readable
 from training.features import cached_features, feature_extractor
 from training.hand_crops import HandCropCache, hand_crop_splits
 from training.report import write_json
@@ -463,9 +463,11 @@ def recalibrate(checkpoint: Path, requested: Sequence[str] | None, target_recall
         raise DatasetError(f"{split_file} classes {splits.classes} differ from the checkpoint's {ckpt['classes']}")
     model = build_from_checkpoint(ckpt).eval()
     data_config = DataConfig.from_dict(ckpt["data_config"])
-    check_split_readable(splits.val, "validation", split_file, f"put them back under {splits.root} to calibrate this run")
+    splits = usable_splits(splits, split_file)
     if data_config.hands:  # the model learnt hand crops (--hands): calibrate on the same crops, from the cache
         splits, _ = hand_crop_splits(splits, HandCropCache(data_config))
+        if not splits.val:
+            raise DatasetError(f"no hand found in any validation image {split_file} lists: nothing to calibrate on")
     rejection, report = calibrate_model(model, ckpt["backbone"], splits, data_config, device=resolve_device(device),
                                         requested=requested, target_recall=target_recall, out=checkpoint.parent, workers=workers, score=score)
     ckpt["rejection"] = rejection.to_dict()
@@ -475,6 +477,29 @@ def recalibrate(checkpoint: Path, requested: Sequence[str] | None, target_recall
     if metrics_file.exists():
         write_json(metrics_file, {**json.loads(metrics_file.read_text()), "open_set": report})
     return report
+
+
+def usable_splits(splits: Splits, split_file: Path) -> Splits:
+    """``splits`` with the validation and test images that are missing or not images any more left out,
+    each split's count and first such file said in a warning (they were skipped without a word, and the
+    counts printed were the split file's); a DatasetError when no validation image is left to calibrate on."""
+    if not splits.val:  # calibrate() would keep the old threshold and call the checkpoint calibrated
+        raise DatasetError(f"{split_file} lists no validation images: nothing to calibrate on; train the run with a validation "
+                           "split (--val-split above 0, or a val/ folder in a pre-split dataset)")
+    check_split_readable(splits.val, "validation", split_file, f"put them back under {splits.root} to calibrate this run")
+    val = usable(splits.val, "validation")
+    if not val:
+        raise DatasetError(f"none of the {len(splits.val):,} validation images {split_file} lists is an image any more "
+                           f"(e.g. {splits.val[0].path}: {check_image_file(splits.val[0].path)}): nothing to calibrate on")
+    return replace(splits, val=val, test=usable(splits.test, "test"))
+
+
+def usable(samples: list[Sample], what: str) -> list[Sample]:
+    """The samples whose files are there and read as images; one warning for the rest, naming the first."""
+    reasons = [check_image_file(s.path) for s in samples]
+    if skipped := [(s.path, reason) for s, reason in zip(samples, reasons, strict=True) if reason is not None]:
+        warnings.warn(f"{len(skipped)} of the {len(samples)} {what} images skipped, e.g. {skipped[0][0]}: {skipped[0][1]}", stacklevel=3)
+    return [s for s, reason in zip(samples, reasons, strict=True) if reason is None]
 
 
 @command

@@ -14,8 +14,14 @@ pipeline (``training.hand_crops``): every image counts, one with no hand found a
 from __future__ import annotations
 
 import argparse
+import functools
+import json
+import os
 import sys
 import time
+import unicodedata
+import warnings
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +47,7 @@ from training.data import (
     Splits,
     check_split_readable,
     failure_reports,
+    is_presplit,
     load_folder,
     make_loader,
     skipped_images_note,
@@ -57,9 +64,10 @@ TTA_CHOICES = (*TTA_MODES, "all")
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.split("\n")[0], formatter_class=cli.DefaultsHelpFormatter)
     p.add_argument("--checkpoint", type=checkpoint_arg("best.pt"), required=True, help="RUN/best.pt, or the run folder RUN")
-    p.add_argument("--data", default=None, help="ImageFolder to evaluate as a whole (default: the run's saved test split)")
+    p.add_argument("--data", default=None, help="ImageFolder to evaluate as a whole, or a pre-split dataset's test/ (default: the run's saved test split)")
     p.add_argument("--split", choices=("test", "val", "train"), default="test", help="which saved split, without --data")
-    p.add_argument("--out", type=output_arg("folder"), default=None, help="report folder (default: RUN/eval-<split or folder name>)")
+    p.add_argument("--out", type=output_arg("folder"), default=None,
+                   help="report folder (default: RUN/eval-<split or folder name>, numbered if it holds a report of other data)")
     p.add_argument("--batch-size", type=cli.int_at_least(1), default=64)
     p.add_argument("--workers", type=cli.workers, default=2)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
@@ -89,6 +97,100 @@ def select_samples(checkpoint: Path, classes: list[str], data: str | None, split
         raise DatasetError(f"{split_file} classes {splits.classes} differ from the checkpoint's {classes}")
     check_split_readable(getattr(splits, split), split, split_file, "pass --data FOLDER to evaluate on the images where they are now")
     return getattr(splits, split), [], split
+
+
+def split_folder(data: str | None) -> str | None:
+    """--data as given, or DATA/test for a pre-split dataset (DATA/{train,test}/<class>): its train/ and
+    test/ are splits, not classes, and its test split is what a model of it is scored on (as training
+    takes the same folder: training.data.load_splits)."""
+    if data is None or not is_presplit(Path(data)):
+        return data
+    test = str(Path(data) / "test")
+    print(f"--data {data} is a pre-split dataset (train/, test/): evaluating its test split, {test} "
+          f"(pass --data {Path(data) / 'train'} or {Path(data) / 'val'} for another split)")
+    return test
+
+
+def file_keys(paths: Iterable[str]) -> set[str]:
+    """One key per file however its path is spelt (relative, absolute, through a symlinked folder);
+    each folder is resolved once, since a dataset holds many files per folder."""
+    real = functools.cache(os.path.realpath)
+    return {os.path.join(real(os.path.dirname(os.path.abspath(p))), os.path.basename(p)) for p in paths}
+
+
+def run_images(checkpoint: Path, names: tuple[str, ...]) -> set[str]:
+    """``file_keys`` of the images RUN/split.json lists in the splits ``names``; none without a readable split.json
+    (it only feeds warnings and checks about overlap, and --data does not need it)."""
+    try:
+        splits = Splits.load(checkpoint.parent / "split.json")
+    except (OSError, DatasetError):
+        return set()
+    return file_keys(s.path for name in names for s in getattr(splits, name))
+
+
+def warn_if_trained_on(samples: list[Sample], checkpoint: Path) -> None:
+    """A warning when --data holds images the run trained on: the model has seen them, so their score says
+    little about new images."""
+    if trained := len(file_keys(s.path for s in samples) & run_images(checkpoint, ("train",))):
+        warnings.warn(f"{trained:,} of the {len(samples):,} images evaluated are the run's training images "
+                      f"({checkpoint.parent / 'split.json'} lists them): the score is inflated by them; evaluate images "
+                      "the run did not train on (without --data: its saved test split)", stacklevel=2)
+
+
+def check_unknown(folder: str, unknown: list[Sample], classifier: Classifier, checkpoint: Path) -> None:
+    """A DatasetError when --unknown holds gestures the model learned: "answered 'no gesture'" would count
+    its right answers as failures, so no figure from such a folder means what the report says. Refused,
+    not warned: the check takes a second, before the evaluation, and the fix (another folder) is plain.
+    A folder named after a reject class is fine: its images should be answered "no gesture"."""
+    learned = {fold(c) for c in classifier.classes} - {fold(c) for c in classifier.rejection.reject_classes}
+    subfolders = {fold(d.name) for d in Path(folder).iterdir() if d.is_dir()}
+    if named := sorted(learned & subfolders):
+        raise DatasetError(f"{folder} has folder(s) named after gestures the model learned: {', '.join(named)}; "
+                           "pass a folder of gestures it never learned")
+    if seen := len(file_keys(s.path for s in unknown) & run_images(checkpoint, ("train", "val", "test"))):
+        raise DatasetError(f"{seen:,} of the {len(unknown):,} images in {folder} are the run's own images of the classes it learned "
+                           f"({checkpoint.parent / 'split.json'} lists them); pass a folder of gestures it never learned")
+
+
+def fold(name: str) -> str:
+    """A class name as compared: "Fist" and a macOS-decomposed "ñ" are the same gesture."""
+    return unicodedata.normalize("NFC", name).casefold()
+
+
+def data_source(data: str | None, split: str) -> str:
+    """What a report is of, stored in it: the data folder, or the run's saved split (relative: a run folder may move)."""
+    return str(Path(data).resolve()) if data is not None else f"the run's {split} split (split.json)"
+
+
+def report_folder(args: argparse.Namespace, name: str, source: str, suffix: str) -> Path:
+    """--out, or RUN/eval-<name><suffix>, numbered (-2, -3, ...) as training numbers a taken run folder when
+    that one holds a report of other data: x1/test and x2/test both made RUN/eval-test, each replacing
+    the other's report. A report of the same data is replaced, as re-evaluating it should."""
+    if args.out:
+        return Path(args.out)
+    base = args.checkpoint.parent / f"eval-{name}{suffix}"
+    candidate, n = base, 1
+    while not takes_report_of(candidate, source):
+        n += 1
+        candidate = base.with_name(f"{base.name}-{n}")
+    if candidate != base:
+        print(f"{base} holds the report of {report_source(base)}: this one goes to {candidate}/")
+    return candidate
+
+
+def takes_report_of(folder: Path, source: str) -> bool:
+    """Whether ``folder`` may hold the report of ``source``: new, empty, or holding one of the same data."""
+    if not folder.exists():
+        return True
+    return folder.is_dir() and (not any(folder.iterdir()) or report_source(folder) == source)
+
+
+def report_source(folder: Path) -> str:
+    """The data an earlier report in ``folder`` is of; a report from before reports named it (or no report) is taken for other data."""
+    try:
+        return str(json.loads((folder / "metrics.json").read_text())["source"])
+    except (OSError, ValueError, TypeError, KeyError):
+        return "data it does not name"
 
 
 def evaluate_samples(classifier: Classifier, samples: list[Sample], *, batch_size: int = 64, workers: int = 2, tta: str = "none") -> tuple[dict[str, Any], list[str]]:
@@ -200,17 +302,23 @@ def main(argv: list[str] | None = None) -> int:
     classifier = load_classifier(args.checkpoint, args.device, engine="torch", input_size=args.image_size, crop_pct=args.crop_pct)
     if args.out:
         check_output_outside_datasets("--out", Path(args.out), [args.data and Path(args.data), trained_on(classifier.train_config)])
-    samples, skipped, name = select_samples(args.checkpoint, classifier.classes, args.data, args.split)
+    data = split_folder(args.data)
+    samples, skipped, name = select_samples(args.checkpoint, classifier.classes, data, args.split)
     if not samples:
         raise DatasetError(f"no images to evaluate in {name}{skipped_images_note(skipped)}" + videos_hint([entry["path"] for entry in skipped]))
+    if data is not None:
+        warn_if_trained_on(samples, args.checkpoint)
     unknown_skipped: list[dict[str, str]] = []
     try:  # before the long part: a wrong --unknown folder fails in a second, not after the evaluation
         unknown = None if args.unknown is None else unknown_samples(args.unknown, unknown_skipped)
+        if unknown:
+            check_unknown(args.unknown, unknown, classifier, args.checkpoint)
     except DatasetError as err:
         print(f"error: --unknown: {err}", file=sys.stderr)
         return 2
+    source = data_source(data, args.split)
     if classifier.hands_mode:
-        return evaluate_hands(classifier, samples, skipped + unknown_skipped, name, args, unknown)
+        return evaluate_hands(classifier, samples, skipped + unknown_skipped, name, args, unknown, source)
     if args.tta == "all":
         modes = TTA_MODES if classifier.data_config.crop == "center" else ("none", "flip")
         if modes != TTA_MODES:  # the other modes take crops, and this model sees whole frames
@@ -223,10 +331,10 @@ def main(argv: list[str] | None = None) -> int:
         first = failure_reports(failed[:1], classifier.data_config.resize_size)[0]
         raise DatasetError(f"none of the {len(samples):,} images of {name} could be decoded (e.g. {first['path']}: {first['reason']})")
     suffix = ("" if args.tta == "none" else f"-tta-{args.tta}") + geometry_suffix(args)
-    out = Path(args.out) if args.out else args.checkpoint.parent / f"eval-{name}{suffix}{checkpoint_suffix(args.checkpoint)}"
+    out = report_folder(args, name, source, suffix + checkpoint_suffix(args.checkpoint))
     out.mkdir(parents=True, exist_ok=True)
     skipped += failure_reports(failed, classifier.data_config.resize_size)
-    report = {"backbone": classifier.backbone, "classes": classifier.classes, "checkpoint": str(args.checkpoint), "data": name,
+    report = {"backbone": classifier.backbone, "classes": classifier.classes, "checkpoint": str(args.checkpoint), "data": name, "source": source,
               "tta": single, "views_per_image": tta_view_count(single), "data_config": classifier.data_config.to_dict(),
               "test": metrics, "skipped": skipped}
     if single == "none":  # the open-set check decides as the service does: one view per image
@@ -259,7 +367,7 @@ def geometry_suffix(args: argparse.Namespace) -> str:
 
 
 def evaluate_hands(classifier: Classifier, samples: list[Sample], skipped: list[dict[str, str]], name: str, args: argparse.Namespace,
-                   unknown: list[Sample] | None = None) -> int:  # fmt: skip
+                   unknown: list[Sample] | None, source: str) -> int:  # fmt: skip
     """A hands-mode checkpoint: frames through the Classifier's hands pipeline, hand crops from the
     cache (made by the classifier's own localiser where missing); the open-set report on the crops,
     and with ``unknown`` how many of those frames get "no gesture", as the service answers them."""
@@ -268,10 +376,10 @@ def evaluate_hands(classifier: Classifier, samples: list[Sample], skipped: list[
     cache = HandCropCache(classifier.data_config, localiser=lambda: classifier.localiser)
     outputs = frame_outputs(classifier, samples, cache, batch_size=args.batch_size, threshold=args.threshold)
     metrics = frame_metrics(classifier, outputs)
-    out = Path(args.out) if args.out else args.checkpoint.parent / f"eval-{name}{checkpoint_suffix(args.checkpoint)}"
+    out = report_folder(args, name, source, checkpoint_suffix(args.checkpoint))
     out.mkdir(parents=True, exist_ok=True)
     skipped += [{"path": samples[i].path, "reason": cache.entry(samples[i].path).error} for i in outputs.failed]
-    report = {"backbone": classifier.backbone, "classes": classifier.classes, "checkpoint": str(args.checkpoint), "data": name,
+    report = {"backbone": classifier.backbone, "classes": classifier.classes, "checkpoint": str(args.checkpoint), "data": name, "source": source,
               "tta": "none", "views_per_image": 1, "hands": True, "test": metrics, "skipped": skipped}
     crops = crop_samples(samples, cache)
     if crops:
