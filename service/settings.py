@@ -45,6 +45,7 @@ MOST_UPLOAD_MB = 1024  # each request in progress holds its body in memory
 MOST_PIXELS = 250_000_000  # a PNG decode peaks at about 6 bytes per pixel: 1.5 GB for one upload
 MOST_BODY_TIMEOUT_S = 3600
 MOST_CONCURRENCY = 100_000
+MOST_GPUS = 64  # more than one machine holds
 SETTING_NAMES = ("GESTURE_MODEL", "GESTURE_DEVICE", "GESTURE_ENGINE", "GESTURE_PRECISION", "GESTURE_THREADS", "GESTURE_GPUS",
                  "GESTURE_WORKERS", "GESTURE_MAX_CONCURRENCY", "GESTURE_BATCH_SIZE", "GESTURE_MAX_UPLOAD_MB", "GESTURE_MAX_PIXELS",
                  "GESTURE_BODY_TIMEOUT_S", "GESTURE_TRACING", "GESTURE_CORS_ORIGINS")
@@ -72,7 +73,7 @@ class Settings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
         runtime = Runtime.from_env(env)
-        gpus = env_int(env, "GESTURE_GPUS", visible_gpus() if runtime.device != "cpu" else 0, minimum=0, maximum=MOST_THREADS)
+        gpus = env_int(env, "GESTURE_GPUS", visible_gpus() if runtime.device != "cpu" else 0, minimum=0, maximum=MOST_GPUS)
         if gpus and runtime.device == "cpu":
             raise SettingsError(f"GESTURE_GPUS={gpus} with GESTURE_DEVICE=cpu: set GESTURE_GPUS=0, or GESTURE_DEVICE to auto or cuda")
         settings = cls(
@@ -147,8 +148,9 @@ def browser_origin(origin: str, raw: str) -> str:
     scheme = parts.scheme.lower()
     if scheme not in ("http", "https") or not parts.hostname or parts.path or parts.query or parts.username or " " in origin:
         raise SettingsError(problem)
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname  # an IPv6 address keeps its brackets
     default = {"http": 80, "https": 443}[scheme]
-    return f"{scheme}://{parts.hostname}" + (f":{port}" if port not in (None, default) else "")
+    return f"{scheme}://{host}" + (f":{port}" if port not in (None, default) else "")
 
 
 def unknown_settings(env: Mapping[str, str]) -> list[str]:

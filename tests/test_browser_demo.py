@@ -59,6 +59,7 @@ def test_cors_origins_setting():
     assert cors_origins(" https://demo.example.org/, http://127.0.0.1:8080 ") == ("https://demo.example.org", "http://127.0.0.1:8080")
     # written as a browser sends its Origin header, which CORS matches exactly: HTTP://A.B never matched http://a.b
     assert cors_origins("HTTPS://Demo.Example.ORG:443,http://a.b:80,http://a.b:8080") == ("https://demo.example.org", "http://a.b", "http://a.b:8080")
+    assert cors_origins("http://[::1]:3000") == ("http://[::1]:3000",)
     for bad in ("demo.example.org", "https://demo.example.org/page", "ftp://demo.example.org", "http://a b", "http://a.b:99999",
                 "http://a.b:port", "http://user@a.b"):
         with pytest.raises(SettingsError, match=r"http\(s\)://HOST\[:PORT\].*or \* for any"):
