@@ -7,6 +7,7 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from benchmarks.hostile_inputs import ico_holding_png
@@ -277,3 +278,13 @@ def test_jpegs_named_jfif_or_jpe_are_images(tmp_path):
         (root / "a" / f"saved-{i}{suffix}").write_bytes((root / "a" / "000.jpg").read_bytes())
     r = build_report(root, workers=1)
     assert r["counts"] == {"a": 5, "b": 2} and r["skipped"] == []
+
+
+def test_images_too_small_to_hold_a_hand_are_warned_of(tmp_path):
+    """A 1x1 image trained as a photo of its class, scaled up to the input, without a word."""
+    root = make_image_folder(tmp_path / "data", classes=("a", "b"), per_class=2, size=32)
+    for name, side in (("dot.png", 1), ("icon.png", 8), ("small.png", 16)):
+        write_rgb(root / "a" / name, np.random.default_rng(side).integers(0, 256, (side, side, 3), dtype=np.uint8))
+    r = build_report(root, workers=1)
+    assert [x["size"] for x in r["image_stats"]["tiny"]] == ["1x1", "8x8"]
+    assert any(w.startswith("2 image(s) under 16 px on a side") and "dot.png 1x1" in w for w in r["warnings"]), r["warnings"]

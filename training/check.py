@@ -45,6 +45,7 @@ FEW_IMAGES = 20  # below this a class is too small to learn and to test reliably
 IMBALANCE_WARN = 3.0  # max/min class size
 OUTLIER_FACTOR = 16  # pixel count this many times the median: a stray full-resolution photo
 LARGE_SIDE = 4000
+TINY_SIDE = 16  # a shorter side below this is scaled up many times to any backbone's input: an icon, not a photo
 THUMB = 16  # grayscale thumbnail side for comparing neighbouring frames
 NEAR_IDENTICAL = 6.0  # mean absolute thumbnail difference (0-255): frames of a still scene; unrelated photos differ by 15+
 _DEFAULTS = TrainConfig()
@@ -162,6 +163,7 @@ def _size_stats(infos: list[ImageInfo]) -> dict:
         "large": [
             {"path": printable(i.path), "size": f"{i.width}x{i.height}", "bytes": os.path.getsize(i.path)} for i in outliers
         ],
+        "tiny": [{"path": printable(i.path), "size": f"{i.width}x{i.height}"} for i in ok if min(i.width, i.height) < TINY_SIDE],
     }
 
 
@@ -345,6 +347,9 @@ def _warnings(report: dict, per_split: dict[str, dict[str, int]], layout: str) -
     if large:
         w.append(f"{len(large)} image(s) far larger than the rest (slow to decode): "
                  + ", ".join(f"{Path(x['path']).name} {x['size']}" for x in large[:5]) + (" ..." if len(large) > 5 else ""))  # fmt: skip
+    if tiny := report["image_stats"].get("tiny", []):  # trained on all the same, scaled up to the input size
+        w.append(f"{len(tiny)} image(s) under {TINY_SIDE} px on a side, scaled up many times to the model's input: "
+                 + ", ".join(f"{Path(x['path']).name} {x['size']}" for x in tiny[:5]) + (" ..." if len(tiny) > 5 else ""))  # fmt: skip
     if report["nested"]:
         w.append(
             f"{len(report['nested'])} image(s) in sub-folders deeper than the layout (used, labelled by their top class folder)"
