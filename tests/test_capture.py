@@ -240,6 +240,7 @@ def test_sources_open_files_sequences_and_reject_the_rest(tmp_path: Path, video:
     assert sum(1 for _ in read_frames(cap)) == 4
     cap.release()
     assert parse_source("0") == 0 and parse_source(" 2 ") == 2 and parse_source("clip.mp4") == "clip.mp4"
+    assert parse_source("/dev/video2") == 2 and describe_source("/dev/video0") == "camera 0"  # Linux's name for the camera
     assert is_live(0) and is_live("rtsp://cam/stream") and not is_live(str(video)) and not is_live("file:///x.mp4")
     assert describe_source("frames/%04d.jpg") == "image sequence frames/%04d.jpg"
     with pytest.raises(SourceError, match="is a folder"):

@@ -13,7 +13,7 @@
 ``spec`` forms (see ``parse_source``):
 
 * an integer, or a string of ASCII digits: a camera device index (``0`` is the default webcam), at
-  most ``CAMERA_INDEX_MAX`` (OpenCV takes it as a C int);
+  most ``CAMERA_INDEX_MAX`` (OpenCV takes it as a C int); ``/dev/videoN`` is camera N;
 * ``scheme://...`` (rtsp, http, https, udp, tcp, file): a stream opened through FFmpeg with short
   open/read timeouts, so an unreachable host fails in seconds instead of hanging;
 * a path containing ``%d``-style placeholder (``frames/%04d.png``): an image sequence, every file
@@ -72,6 +72,8 @@ def parse_source(spec: int | str | os.PathLike) -> int | str:
     # ASCII digits only: "²" passed str.isdigit() and int() refused it
     if re.fullmatch(r"[0-9]+", text) or (re.fullmatch(r"-[0-9]+", text) and not os.path.exists(text)):
         return _camera_index(text)
+    if video_device := re.fullmatch(r"/dev/video([0-9]+)", text):  # Linux's name for camera N, as ffmpeg and v4l2 take it
+        return _camera_index(video_device.group(1))
     return text
 
 
