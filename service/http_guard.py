@@ -46,7 +46,13 @@ from typing import Any, NamedTuple
 from urllib.parse import parse_qsl
 
 from python_multipart.exceptions import MultipartParseError
-from python_multipart.multipart import DEFAULT_MAX_HEADER_COUNT, DEFAULT_MAX_HEADER_SIZE, MultipartParser, parse_options_header
+from python_multipart.multipart import (
+    DEFAULT_MAX_HEADER_COUNT,
+    DEFAULT_MAX_HEADER_SIZE,
+    MAX_BOUNDARY_LENGTH,
+    MultipartParser,
+    parse_options_header,
+)
 from starlette.requests import Request
 
 from gesture_core.images import signature_format
@@ -121,7 +127,7 @@ class RequestGuard:
                                    "(server setting GESTURE_BODY_TIMEOUT_S)", close=True)
         if body is None:
             return await send_json(send, 413, self.too_large(size, at_least=True))
-        problem = fields_problem(scope, body, fields, self.several_files)
+        problem = query_problem(scope) or fields_problem(scope, body, fields, self.several_files)
         if problem:
             return await send_json(send, 400, problem)
         if self.in_progress >= self.max_concurrency:
@@ -177,6 +183,15 @@ def fields_problem(scope: Scope, body: bytes, fields: EndpointFields, several_fi
     else:
         return None
     return parts_problem(parts or [], fields, several_files)
+
+
+def query_problem(scope: Scope) -> str | None:
+    """A query string on an endpoint that reads only its body: ``/predict?top_k=1`` was answered with
+    the default top_k, as if the parameter had been heard."""
+    if query := scope.get("query_string", b""):
+        return (f"query parameters are not read ({shown(query.decode('latin-1'))}): send them in the body, "
+                "as form fields or JSON keys (e.g. -F top_k=1)")
+    return None
 
 
 def raw_body_problem(media_type: bytes, body: bytes, fields: EndpointFields) -> str:
@@ -286,6 +301,8 @@ def multipart_parts(body: bytes, boundary: bytes) -> list[FormPart] | None:
     upload limit that BentoML's form parsing would fail on. The body is read by python-multipart with
     the limits of Starlette's ``Request.form``, which BentoML calls: whatever that refuses (a 500 from
     BentoML) is refused here with a 400, and the part headers checked are the ones BentoML acts on."""
+    if len(boundary) > MAX_BOUNDARY_LENGTH:  # the parser raises outside its parse errors: a 500, 30 s later (RFC 2046 allows 70)
+        raise BadMultipart(f"the multipart boundary is {len(boundary):,} bytes; the limit is {MAX_BOUNDARY_LENGTH} (RFC 2046 allows 70)")
     if not boundary or (marks := body.count(b"--" + boundary)) == 0:
         return None
     most = FORM_LIMITS["max_files"] + FORM_LIMITS["max_fields"]

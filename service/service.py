@@ -203,7 +203,7 @@ class GestureClassifier:
             model=self.model_tag, backbone=self.classifier.backbone, classes=self.classifier.classes,
             input_size=c.input_size, resize_size=c.resize_size, mean=list(c.mean), std=list(c.std),
             interpolation=c.interpolation, crop=c.crop, hands=c.hands, metrics=self.metadata.get("metrics", {}),
-            data_fingerprint=self.metadata.get("data_fingerprint", {}), device=str(self.classifier.device),
+            data_fingerprint=without_local_path(self.metadata.get("data_fingerprint", {})), device=str(self.classifier.device),
             engine=f"{self.classifier.engine.name}/{self.classifier.engine.precision}",
             settings={**self.settings.describe(), "model": self.model_tag},
             batching={"model_calls": stats.batches, "images": stats.items, "largest_batch": stats.largest,
@@ -300,3 +300,10 @@ GestureClassifier.add_asgi_middleware(
     body_timeout_s=SETTINGS.body_timeout_s,
     max_concurrency=SETTINGS.concurrency_per_worker,
 )
+
+
+def without_local_path(fingerprint: dict[str, Any]) -> dict[str, Any]:
+    """The data fingerprint as /info shows it: the training data's folder name, not where it lay on
+    the training machine (an absolute path told any caller about that machine's file system)."""
+    source = fingerprint.get("source")
+    return {**fingerprint, "source": Path(source).name} if isinstance(source, str) and source else fingerprint

@@ -652,6 +652,28 @@ def test_guard_checks_form_fields(guarded):
     assert "'top_k' was sent more than once" in guarded.post("/echo", content=b'{"top_k": 1, "top_k": 2}').json()["error"]
 
 
+def test_guard_refuses_a_boundary_the_parser_cannot_take_and_query_parameters(guarded):
+    """A boundary over 256 bytes raised python-multipart's own error past the guard: a plain-text 500,
+    30 s later. A query string was not read at all: ?top_k=1 was answered with the default."""
+    boundary = "Z" * 300
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.jpg\"\r\n\r\n123\r\n"
+            f"--{boundary}--\r\n").encode()
+    long = guarded.post("/echo", content=body, headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    assert long.status_code == 400 and long.json() == {"error": "the multipart boundary is 300 bytes; the limit is 256 (RFC 2046 allows 70)"}
+    ok = body.replace(boundary.encode(), b"Z" * 250)
+    assert guarded.post("/echo", content=ok, headers={"Content-Type": f"multipart/form-data; boundary={'Z' * 250}"}).status_code == 200
+    query = guarded.post("/echo?top_k=1", files={"image": ("a.jpg", b"1")})
+    assert query.status_code == 400 and query.json()["error"].startswith("query parameters are not read (top_k=1): send them in the body")
+
+
+def test_info_shows_the_training_data_by_name_not_by_its_path_on_that_machine():
+    from service.service import without_local_path
+
+    fingerprint = {"sha256": "ab" * 32, "source": "/home/anna/private/gestures", "counts": {"train": 3}}
+    assert without_local_path(fingerprint) == {**fingerprint, "source": "gestures"}
+    assert without_local_path({}) == {} and without_local_path({"source": "flowers"})["source"] == "flowers"
+
+
 def test_guard_makes_every_error_json(guarded):
     assert guarded.post("/bad").json() == {"error": "bad thing"}
     missing = guarded.post("/nowhere", files={"image": ("a.jpg", b"1")})
