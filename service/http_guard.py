@@ -162,6 +162,8 @@ def fields_problem(scope: Scope, body: bytes, fields: EndpointFields, several_fi
         return raw_body_problem(media_type, body, fields)
     if problem := too_many_to_parse(media_type, body):
         return problem
+    if media_type.startswith(b"multipart/") and media_type != b"multipart/form-data":  # BentoML read it as JSON: "Invalid JSON"
+        return f"a {shown(media_type.decode('latin-1'))} body is not taken: send multipart/form-data (curl -F image=@photo.jpg) or JSON"
     if media_type == b"multipart/form-data":
         try:
             parts = multipart_parts(body, options.get(b"boundary", b""))

@@ -662,6 +662,8 @@ def test_guard_refuses_a_boundary_the_parser_cannot_take_and_query_parameters(gu
     assert long.status_code == 400 and long.json() == {"error": "the multipart boundary is 300 bytes; the limit is 256 (RFC 2046 allows 70)"}
     ok = body.replace(boundary.encode(), b"Z" * 250)
     assert guarded.post("/echo", content=ok, headers={"Content-Type": f"multipart/form-data; boundary={'Z' * 250}"}).status_code == 200
+    mixed = guarded.post("/echo", content=body, headers={"Content-Type": f"multipart/mixed; boundary={'Z' * 250}"})
+    assert mixed.status_code == 400 and mixed.json()["error"].startswith("a multipart/mixed body is not taken: send multipart/form-data")
     query = guarded.post("/echo?top_k=1", files={"image": ("a.jpg", b"1")})
     assert query.status_code == 400 and query.json()["error"].startswith("query parameters are not read (top_k=1): send them in the body")
 
