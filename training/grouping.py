@@ -90,7 +90,8 @@ RULE_FINDS = {"session": "a capture-tool name (<class>-<session>-<n>.jpg)", "fol
 
 
 def _describing_some(grouping: Grouping, by_class: dict[str, list[str]]) -> Grouping:
-    """``grouping`` of a rule the user named, unless it groups no image: that split one by one, under the rule's name."""
+    """``grouping``, made by a rule the user named; a DatasetError when it groups no image, where the split went
+    image by image under a start-up line that described the rule's groups."""
     if by_class and any(by_class.values()) and _coverage(grouping, by_class) == 0:
         example = Path(next(p for paths in by_class.values() for p in paths)).name
         raise DatasetError(f"--group-by {grouping.rule}: no image is {RULE_FINDS[grouping.rule]} (e.g. {example}); "
