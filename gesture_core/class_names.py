@@ -4,7 +4,20 @@ of them, and some choices depend on it (no flips for left/right classes, "no ges
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Collection
+
+
+def class_name(folder: str) -> str:
+    """The class a folder name stands for: its Unicode NFC form, as macOS writes "ñandú" decomposed (NFD)
+    where Linux and Windows write it composed; both are one class."""
+    return unicodedata.normalize("NFC", folder)
+
+
+def name_key(name: str) -> str:
+    """A class name as names are compared for sameness: "Fist", "fist" and a decomposed spelling are one gesture."""
+    return class_name(name).casefold()
+
 
 WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+")
 

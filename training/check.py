@@ -33,6 +33,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from gesture_core.class_names import name_key
 from gesture_core.cli import check_output_outside_datasets, command, output_arg
 from gesture_core.images import DECODED_FORMATS, ImageDecodeError, decode_rgb, probe_image
 from training.cli import int_at_least
@@ -322,7 +323,7 @@ def _warnings(report: dict, per_split: dict[str, dict[str, int]], layout: str) -
         )
     by_case: dict[str, list[str]] = {}
     for c in report["classes"]:
-        by_case.setdefault(c.casefold(), []).append(c)
+        by_case.setdefault(name_key(c), []).append(c)
     if same := [names for names in by_case.values() if len(names) > 1]:
         w.append("class names that differ only in case: " + "; ".join(" and ".join(names) for names in same)
                  + ": on macOS and Windows they are one folder, so a copy of this dataset there merges them")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import stat
-import unicodedata
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from gesture_core.class_names import class_name
 from gesture_core.images import (
     IMAGE_SUFFIXES,
     TRUNCATED_JPEG,
@@ -119,9 +119,9 @@ def scan_class_folders(root: Path, skipped: list[dict[str, str]], ignored: list[
                            + videos_hint(list(root.iterdir())))
     by_class: dict[str, list[str]] = {}
     spellings: dict[str, list[str]] = {}
-    for folder in folders:  # a class is its name in NFC: macOS writes "ñandú" decomposed (NFD), Linux and Windows composed
-        spellings.setdefault(unicodedata.normalize("NFC", folder), []).append(folder)
-        by_class.setdefault(unicodedata.normalize("NFC", folder), []).extend(_valid_images(root / folder, skipped, ignored))
+    for folder in folders:
+        spellings.setdefault(class_name(folder), []).append(folder)
+        by_class.setdefault(class_name(folder), []).extend(_valid_images(root / folder, skipped, ignored))
     if merged := [name for name, found in spellings.items() if len(found) > 1]:
         warnings.warn(f"{root}: class folder(s) {', '.join(merged)} exist in two Unicode spellings (composed and decomposed, as macOS "
                       "writes names), which look the same: each is read as one class, with the images of both", stacklevel=2)
