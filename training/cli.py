@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import os
+from collections.abc import Callable
 from pathlib import Path
 
 from gesture_core.backbones import MIN_INPUT_SIZE, list_backbones
 from gesture_core.preprocess import MAX_INPUT_SIZE
+from gesture_core.runtime import MOST_THREADS
 from training.grouping import check_group_by
 
 
@@ -41,8 +42,17 @@ def int_at_least(low: int, high: int | None = None):
 # (Backbone.check_input_size).
 image_size = int_at_least(MIN_INPUT_SIZE, MAX_INPUT_SIZE)
 # Data-loading processes (or decoding threads): 99,999 of them exhausted the machine's memory and the
-# process was killed; more than 4 a core never helps, and 32 is allowed anywhere.
-workers = int_at_least(0, max(32, 4 * (os.cpu_count() or 1)))
+# process was killed; the bound on the model's threads (more than 4 a core never helps) holds them too.
+workers = int_at_least(0, MOST_THREADS)
+
+
+def first_free_folder(base: Path, free: Callable[[Path], bool] = lambda folder: not folder.exists()) -> Path:
+    """``base``, or the first of base-2, base-3, ... that is ``free`` (by default: not there yet)."""
+    candidate, n = base, 1
+    while not free(candidate):
+        n += 1
+        candidate = base.with_name(f"{base.name}-{n}")
+    return candidate
 # NumPy's seeds: -1 failed deep in the run as "expected non-negative integer", 2**64 as an overflow.
 seed = int_at_least(0, 2**32 - 1)
 

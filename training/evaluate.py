@@ -19,7 +19,6 @@ import json
 import os
 import sys
 import time
-import unicodedata
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from gesture_core.class_names import name_key
 from gesture_core.classifier import Classifier, load_classifier
 from gesture_core.cli import (
     check_output_outside_datasets,
@@ -142,19 +142,14 @@ def check_unknown(folder: str, unknown: list[Sample], classifier: Classifier, ch
     its right answers as failures, so no figure from such a folder means what the report says. Refused,
     not warned: the check takes a second, before the evaluation, and the fix (another folder) is plain.
     A folder named after a reject class is fine: its images should be answered "no gesture"."""
-    learned = {fold(c) for c in classifier.classes} - {fold(c) for c in classifier.rejection.reject_classes}
-    subfolders = {fold(d.name) for d in Path(folder).iterdir() if d.is_dir()}
+    learned = {name_key(c) for c in classifier.classes} - {name_key(c) for c in classifier.rejection.reject_classes}
+    subfolders = {name_key(d.name) for d in Path(folder).iterdir() if d.is_dir()}
     if named := sorted(learned & subfolders):
         raise DatasetError(f"{folder} has folder(s) named after gestures the model learned: {', '.join(named)}; "
                            "pass a folder of gestures it never learned")
     if seen := len(file_keys(s.path for s in unknown) & run_images(checkpoint, ("train", "val", "test"))):
         raise DatasetError(f"{seen:,} of the {len(unknown):,} images in {folder} are the run's own images of the classes it learned "
                            f"({checkpoint.parent / 'split.json'} lists them); pass a folder of gestures it never learned")
-
-
-def fold(name: str) -> str:
-    """A class name as compared: "Fist" and a macOS-decomposed "ñ" are the same gesture."""
-    return unicodedata.normalize("NFC", name).casefold()
 
 
 def data_source(data: str | None, split: str) -> str:
@@ -169,10 +164,7 @@ def report_folder(args: argparse.Namespace, name: str, source: str, suffix: str)
     if args.out:
         return Path(args.out)
     base = args.checkpoint.parent / f"eval-{name}{suffix}"
-    candidate, n = base, 1
-    while not takes_report_of(candidate, source):
-        n += 1
-        candidate = base.with_name(f"{base.name}-{n}")
+    candidate = cli.first_free_folder(base, lambda folder: takes_report_of(folder, source))
     if candidate != base:
         print(f"{base} holds the report of {report_source(base)}: this one goes to {candidate}/")
     return candidate

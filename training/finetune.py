@@ -240,12 +240,7 @@ def resolve_data_dir(data: str) -> Path:
 
 
 def default_run_dir(cfg: TrainConfig) -> Path:
-    base = Path("runs") / f"{Path(cfg.data).name or 'data'}-{cfg.backbone}"
-    candidate, n = base, 1
-    while candidate.exists():
-        n += 1
-        candidate = base.with_name(f"{base.name}-{n}")
-    return candidate
+    return cli.first_free_folder(Path("runs") / f"{Path(cfg.data).name or 'data'}-{cfg.backbone}")
 
 
 @dataclass
