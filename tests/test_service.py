@@ -450,6 +450,17 @@ def test_settings_defaults_and_scale_out():
         Settings.from_env({"GESTURE_DEVICE": "cpu", "GESTURE_WORKERS": "4", "GESTURE_MAX_CONCURRENCY": "1"})
 
 
+def test_every_variable_the_settings_read_is_a_known_name():
+    """SETTING_NAMES is what a misspelt name is checked against: a setting read but left out of it would be
+    warned about as unknown."""
+    import inspect
+
+    from gesture_core import runtime
+
+    read = set(re.findall(r'"(GESTURE_[A-Z_]+)"', inspect.getsource(Settings.from_env) + inspect.getsource(runtime.Runtime.from_env)))
+    assert read == set(settings_module.SETTING_NAMES)
+
+
 def test_misspelt_settings_and_gpus_this_machine_lacks_are_said(monkeypatch):
     env = {"GESTURE_BATCHSIZE": "8", "gesture_workers": "2", "GESTURE_CACHE_DIR": "/tmp", "GESTURE_THREADS": "2"}
     warned = unknown_settings(env)
