@@ -30,7 +30,7 @@ from gesture_core import load_classifier
 from tests.helpers import REPO, make_image_folder, train_interrupted_in_epoch_2
 from tests.test_finetune import ARTEFACTS, tiny_config
 from training.data import SeededSampler
-from training.distributed import ShardedSeededSampler, continue_schedule, scaled_lr
+from training.distributed import ShardedSeededSampler, continue_schedule, local_device, scaled_lr
 from training.loop import build_optimizer, warmup_cosine
 
 PER_CLASS = 40  # sign-digits photos per class copied into the test's dataset: 20 for test, 20 for training
@@ -156,6 +156,32 @@ def test_shards_interleave_one_order_with_its_augmentation_seeds():
     assert shards[0].global_order() == interleaved
     shards[1].set_epoch(1)
     assert list(shards[1]) != items[1]  # a new order every epoch
+
+
+def test_more_processes_than_gpus_is_a_usage_error_naming_the_gpu_count(monkeypatch):
+    """torchrun --nproc_per_node 2 on a one-GPU machine: rank 1 would ask for cuda:1 ("invalid device
+    ordinal" traceback), and NCCL refuses two ranks on one GPU. (The real launch was checked on an H200.)"""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
+    for name, value in {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"}.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError, match=r"started 2 processes on this machine, which has 1 GPU\(s\).*--nproc_per_node 1"):
+        local_device("cuda")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert local_device("auto") == torch.device("cuda", 0)
+
+
+def test_a_rank_that_fails_before_joining_says_why(image_folder, tmp_path, monkeypatch, capsys):
+    """Rank 0 waits to join and is stopped by torchrun, so the failing rank's line is the only one the
+    user gets (it said nothing on the H200 until this was fixed)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    for name, value in {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"}.items():
+        monkeypatch.setenv(name, value)
+    assert finetune.main(["--data", str(image_folder), "--device", "cuda", "--out", str(tmp_path / "run")]) == 2
+    assert "error: torchrun started 2 processes on this machine, which has 1 GPU(s)" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_schedule_moves_to_another_world_size():

@@ -111,7 +111,12 @@ def local_device(device: str) -> torch.device:
     """``--device`` for this process: under torchrun, CUDA means the GPU at LOCAL_RANK."""
     resolved = resolve_device(device)
     if resolved.type == "cuda" and resolved.index is None and launched_by_torchrun():
-        resolved = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        local_rank, gpus = int(os.environ.get("LOCAL_RANK", 0)), torch.cuda.device_count()
+        if local_rank >= gpus:  # else CUDA's "invalid device ordinal" traceback; NCCL takes one GPU per process
+            raise ValueError(f"torchrun started {os.environ.get('LOCAL_WORLD_SIZE', local_rank + 1)} processes on this machine, "
+                             f"which has {gpus} GPU(s): NCCL needs one GPU per process, so use --nproc_per_node {gpus} "
+                             "(or --device cpu to train on the CPU with gloo)")
+        resolved = torch.device("cuda", local_rank)
         torch.cuda.set_device(resolved)
     return resolved
 

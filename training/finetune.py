@@ -730,8 +730,8 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_USAGE
         return 0  # rank 0 reports the error and fails the job
     except USER_ERRORS:
-        if not is_main_process():  # every rank raises rank 0's error; rank 0 alone says it
-            return EXIT_USAGE
+        if not is_main_process() and distributed.is_distributed():  # every rank raises rank 0's error; rank 0 alone says it
+            return EXIT_USAGE  # (before joining, an error is this rank's own, e.g. no GPU at its LOCAL_RANK: it says it)
         raise  # @command prints it as one error: line
     finally:
         distributed.close_distributed()
