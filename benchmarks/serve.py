@@ -8,12 +8,13 @@ request, and from it the most /predict could serve if this project's code cost n
     .venv/bin/python -m benchmarks.serve --engine openvino --precision bf16 --clients 16 --duration 20 --json
     .venv/bin/python -m benchmarks.serve --image-size 160 --clients 64 --duration 60   # overload: fairness and memory
     .venv/bin/python -m benchmarks.serve --clients 16 --batching microbatch floor     # the service against BentoML's floor
+    .venv/bin/python -m benchmarks.serve --device cuda --engine-batch 32 --clients 1 16 32 64   # on a GPU
 
 Each client posts one real photo at a time (multipart JPEG) in a closed loop for a bounded time;
 requests/s, latency percentiles and errors come from the clients. The reference is the same checkpoint
 loaded with the same engine and precision (GESTURE_ENGINE / GESTURE_PRECISION, passed to the service)
-in this process, timed on preprocessed batches of 16 while the server is idle: what the model alone
-can do. The server, the clients and that measurement share the machine's cores.
+in this process, timed on preprocessed batches of 16 (``--engine-batch``; 32 on a GPU) while the server
+is idle: what the model alone can do. The server, the clients and that measurement share the machine's cores.
 Server and client code are ``benchmarks.serve_latency``'s (``running_service``, ``drive``).
 """
 
@@ -38,6 +39,7 @@ from benchmarks.common import best_rate, describe_machine, emit, machine, note
 from benchmarks.serve_latency import TARGETS, batch_size_stats, drive, load_images, make_checkpoint, running_service
 from gesture_core import load_classifier
 from gesture_core.engines import ENGINE_CHOICES, PRECISIONS
+from gesture_core.runtime import DEVICES
 
 # batching -> the service `bentoml serve` runs; "floor" answers without a model (benchmarks/bentoml_floor.py)
 SERVICES = {**TARGETS, "floor": "benchmarks.bentoml_floor:BentoMLFloor"}
@@ -55,12 +57,12 @@ THREAD_COLUMNS = [("thread", "server threads", "s"), ("ms_per_req", "CPU ms/req"
 
 
 def engine_throughput(
-    checkpoint: Path, engine: str, precision: str, images: list[bytes], batches: tuple[int, ...], seconds: float
+    checkpoint: Path, device: str, engine: str, precision: str, images: list[bytes], batches: tuple[int, ...], seconds: float
 ) -> tuple[dict[int, float], str]:
     """img/s of the model alone on preprocessed batches of each size, loaded exactly as the service loads it."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        classifier = load_classifier(checkpoint, "cpu", engine=engine, precision=precision)
+        classifier = load_classifier(checkpoint, device, engine=engine, precision=precision)
     crops = [classifier.crop(data) for data in images]
     rates = {}
     for batch in batches:
@@ -219,11 +221,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoint", type=Path, help="default: efficientnet_lite0 with ImageNet weights and a random 10-class head")
     p.add_argument("--backbone", default="efficientnet_lite0", help="without --checkpoint")
     p.add_argument("--image-size", type=int, help="without --checkpoint: input size (default: the backbone's)")
+    p.add_argument("--device", default="auto", choices=DEVICES, help="GESTURE_DEVICE for the service, and where the engine alone is timed")
     p.add_argument("--engine", default="auto", choices=ENGINE_CHOICES, help="GESTURE_ENGINE for the service")
     p.add_argument("--precision", default="fp32", choices=PRECISIONS, help="GESTURE_PRECISION for the service")
     p.add_argument("--service-env", nargs="+", default=[], metavar="NAME=VALUE", type=service_setting,
                    help="more service settings, e.g. GESTURE_TRACING=on (docs/serving.md, Settings)")
     p.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
+    p.add_argument("--engine-batch", type=int, default=16,
+                   help="the batch size of the reference (the engine alone); the targets use 16 on a CPU and 32 on a GPU")
     p.add_argument("--batching", nargs="+", choices=list(SERVICES), default=["microbatch"],
                    help="microbatch: the service; adaptive: the A/B with BentoML's adaptive batching; "
                         "floor: the same /predict with no model (BentoML's own cost)")
@@ -246,7 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     info = machine()
     note(f"machine: {describe_machine(info)}")
     images = load_images()
-    env = {"GESTURE_ENGINE": args.engine, "GESTURE_PRECISION": args.precision}
+    batch = args.engine_batch
+    env = {"GESTURE_DEVICE": args.device, "GESTURE_ENGINE": args.engine, "GESTURE_PRECISION": args.precision}
     env.update(args.service_env)
     with tempfile.TemporaryDirectory(prefix="serve-bench-") as tmp:
         checkpoint = args.checkpoint or make_checkpoint(Path(tmp) / "bench.pt", args.backbone, args.image_size)
@@ -256,16 +262,17 @@ def main(argv: list[str] | None = None) -> int:
                 if batching != "floor":
                     served = httpx.post(f"{server.url}/info").json()
                 if not rates:  # measured while the server idles, so both sides of the ratio had the cores to themselves
-                    rates, engine_name = engine_throughput(checkpoint, args.engine, args.precision, images, (1, 16), 3.0 if args.quick else 8.0)
-                    note(f"{served['backbone']} @ {served['input_size']} px, engine {engine_name}: {rates[16]:.1f} img/s at batch 16 (no HTTP)")
+                    rates, engine_name = engine_throughput(checkpoint, args.device, args.engine, args.precision, images,
+                                                           (1, batch), 3.0 if args.quick else 8.0)  # fmt: skip
+                    note(f"{served['backbone']} @ {served['input_size']} px, engine {engine_name}: {rates[batch]:.1f} img/s at batch {batch} (no HTTP)")
                 for clients in args.clients:
-                    rows.append(load_test(server.url, batching, images, clients, args.duration, args.warmup, rates[16], server.process.pid))
+                    rows.append(load_test(server.url, batching, images, clients, args.duration, args.warmup, rates[batch], server.process.pid))
                     r = rows[-1]
                     note(f"  /predict ({batching}) x{clients}: {r['req_per_s']:.1f} req/s, p50 {r['p50_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms, "
                          f"{r['errors']} errors" + ("" if r["pct_of_engine"] is None else f", {r['pct_of_engine']:.0f}% of the engine"))  # fmt: skip
                 if args.py_spy and batching == args.batching[0]:
                     profile, threads = python_profile(server, images, max(args.clients), args.duration, Path(tmp))
-    reference = rates[16]
+    reference = rates[batch]
     for r in rows:
         r.update(
             backbone=served["backbone"],
@@ -273,11 +280,11 @@ def main(argv: list[str] | None = None) -> int:
             input_size=served["input_size"],
             engine_batch1_img_per_s=round(rates[1], 2),
         )
-    note(f"engine alone: {rates[1]:.1f} img/s one image at a time, {rates[16]:.1f} img/s at batch 16")
+    note(f"engine alone: {rates[1]:.1f} img/s one image at a time, {reference:.1f} img/s at batch {batch}")
     if floor := floor_bound(rows, reference):
         note(floor)
     title = (f"HTTP service, {served['backbone']} @ {served['input_size']} px, engine {engine_name} "
-             f"({rates[1]:.1f} img/s one at a time, {reference:.1f} at batch 16, without HTTP); {describe_machine(info)}")  # fmt: skip
+             f"({rates[1]:.1f} img/s one at a time, {reference:.1f} at batch {batch}, without HTTP); {describe_machine(info)}")  # fmt: skip
     emit(rows, COLUMNS, as_json=args.json, title=title)
     if args.py_spy:
         emit(profile, PROFILE_COLUMNS, as_json=args.json,
