@@ -49,11 +49,12 @@ class AdaptiveGestureClassifier:
 
     def __init__(self) -> None:
         self.model_tag, self.classifier = load_stored_classifier()  # for its crop: the product's own decoding
+        self.decode_limits = SETTINGS.decode_limits()
 
     @bentoml.api
     async def predict(self, image: ImageFile = None, image_b64: ImageBase64 = None, top_k: TopK = 5, threshold: Threshold = None) -> PredictionOut:
         upload = image if image is not None else image_b64
-        crop = await anyio.to_thread.run_sync(crop_upload, self.classifier, upload, "image", SETTINGS.max_pixels)
+        crop = await anyio.to_thread.run_sync(crop_upload, self.classifier, upload, "image", self.decode_limits)
         probs = await self.model.to_async.classify(crop[None])
         return prediction_out(self.classifier, np.asarray(probs)[0], top_k, threshold, self.model_tag)
 

@@ -247,20 +247,25 @@ def test_model_call_benchmark_compares_each_step_with_what_it_replaced(capsys):
 
 
 def test_serve_benchmark_measures_a_real_server_and_its_memory(capsys):
-    """Real bentoml serves under two clients, the service and BentoML's floor (the same /predict with no
-    model): every row has requests, latencies and the server's RSS, and the floor gives the bound."""
+    """Real bentoml serves under two clients, the service, the A/B's adaptive batching and BentoML's floor
+    (the same /predict with no model): every row has requests, latencies and the server's RSS, and the
+    floor gives the bound. (The adaptive side once answered every request with a 500 for weeks.)"""
     from benchmarks import serve
 
-    argv = ["--backbone", "lenet5", "--clients", "2", "--duration", "1.5", "--warmup", "0.5", "--json", "--batching", "floor", "microbatch"]
+    argv = ["--backbone", "lenet5", "--clients", "2", "--duration", "1.5", "--warmup", "0.5", "--json", "--batching", "floor", "microbatch", "adaptive"]
     assert serve.main(argv) == 0
     out = capsys.readouterr()
     rows = [json.loads(line) for line in out.out.splitlines() if line.startswith("{")]
-    assert [(r["batching"], r["clients"]) for r in rows] == [("microbatch", 2), ("floor", 2)]  # the model's service first
+    assert [(r["batching"], r["clients"]) for r in rows] == [("microbatch", 2), ("adaptive", 2), ("floor", 2)]  # the model's first
     for row in rows:
-        assert row["requests"] > 0 and row["errors"] == 0 and row["p50_ms"] > 0 and row["input_size"] == 32
+        # the adaptive side calls its model service over BentoML's own client, which now and then meets a
+        # closed keep-alive connection ("Server disconnected", BentoML issues #3669 and #4238): a few 500s
+        allowed = row["requests"] // 20 if row["batching"] == "adaptive" else 0
+        assert row["requests"] > 0 and row["errors"] <= allowed and row["p50_ms"] > 0 and row["input_size"] == 32
         assert row["rss_mb"] > 100  # the server's processes hold torch (the floor's too: the service's settings import gesture_core)
         assert abs(row["rss_growth_mb"]) < row["rss_mb"]
-    assert rows[0]["pct_of_engine"] > 0 and rows[1]["pct_of_engine"] is None and rows[1]["server_cpu_ms_per_req"] > 0
+    assert rows[0]["pct_of_engine"] > 0 and rows[1]["pct_of_engine"] > 0
+    assert rows[2]["pct_of_engine"] is None and rows[2]["server_cpu_ms_per_req"] > 0
     assert "/predict can serve at most" in out.err
 
 
