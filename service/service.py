@@ -111,7 +111,8 @@ class GestureClassifier:
         self.model_tag = str(stored.tag)
         self.metadata = dict(stored.info.metadata)
         # Loaded once here, before the server reports ready; never on a request.
-        self.classifier: Classifier = settings.runtime.load(stored.path_of(CHECKPOINT_FILE))
+        runtime = settings.runtime_for_worker(bentoml.server_context.worker_index)  # its own GPU, where there are several
+        self.classifier: Classifier = runtime.load(stored.path_of(CHECKPOINT_FILE))
         use_stored_hand_models(self.classifier, Path(stored.path))
         # Engines that overlap calls (OpenVINO's streams) get a second model thread, so that the next
         # batch forms and starts while one finishes; for the others a core is better spent inside the call.

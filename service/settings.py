@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -96,8 +96,17 @@ class Settings:
 
     @property
     def workers(self) -> int:
-        """One worker per GPU (BentoML gives each its own CUDA_VISIBLE_DEVICES), else the CPU workers."""
+        """One worker per GPU (``runtime_for_worker`` gives each its own), else the CPU workers."""
         return self.gpus or self.cpu_workers
+
+    def runtime_for_worker(self, worker_index: int | None) -> Runtime:
+        """The runtime of BentoML worker ``worker_index`` (1, 2, ...; None outside a server). BentoML
+        shows every worker of a service all the GPUs it assigned to it (one CUDA_VISIBLE_DEVICES) and
+        leaves the choice to the service, as its workers guide does: worker i takes GPU i - 1, where
+        plain "cuda" would put every worker on GPU 0."""
+        if not self.gpus or worker_index is None:
+            return self.runtime
+        return replace(self.runtime, device=f"cuda:{(worker_index - 1) % self.gpus}")
 
     @property
     def concurrency_per_worker(self) -> int:
