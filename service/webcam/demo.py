@@ -245,6 +245,14 @@ class Outputs:
         self.log(f"saved {path}")
         return path
 
+    def snapshot_on_key(self, canvas: np.ndarray, index: int) -> None:
+        """The s key: a snapshot that cannot be written is said and the run goes on. The camera and the
+        other outputs still work, and the user can press s again after freeing the folder."""
+        try:
+            self.snapshot(canvas, index)
+        except OSError as err:
+            self.log(f"warning: no snapshot of frame {index}: {err.strerror or err} ({self.options.snapshot_dir})")
+
     def missed_snapshots(self) -> list[int]:
         """The --snapshot-at frames the run never reached (the source ended first, or --max-frames)."""
         return sorted(set(self.options.snapshot_at) - self.saved)
@@ -363,7 +371,7 @@ def run(stream: Stream, scorer: Scorer, options: Options, *, window: Window | No
                 if window:
                     action = window.show(canvas)
                     if action == "snapshot":
-                        outputs.snapshot(canvas, frame.index)
+                        outputs.snapshot_on_key(canvas, frame.index)
                     elif action == "pause":
                         action = _pause(window, render(frame.image, _paused(info), mirror=mirror), outputs, frame.index)
                     if action == "quit":
@@ -394,7 +402,7 @@ def _pause(window: Window, canvas: np.ndarray, outputs: Outputs, index: int) -> 
     while True:
         action = window.poll(30)
         if action == "snapshot":
-            outputs.snapshot(canvas, index)
+            outputs.snapshot_on_key(canvas, index)
         elif action in ("pause", "quit"):
             return None if action == "pause" else "quit"
 
