@@ -14,6 +14,12 @@ def class_name(folder: str) -> str:
     return unicodedata.normalize("NFC", folder)
 
 
+def has_control_characters(name: str) -> bool:
+    """A newline, tab, escape or other control character: a class name is printed in tables, logs,
+    CSV reports and the webcam overlay, where one would break a row or drive the terminal."""
+    return any(unicodedata.category(c) == "Cc" for c in name)
+
+
 def name_key(name: str) -> str:
     """A class name as names are compared for sameness: "Fist", "fist" and a decomposed spelling are one gesture."""
     return class_name(name).casefold()

@@ -250,6 +250,19 @@ def test_a_class_folder_named_in_decomposed_unicode_is_checked_and_two_spellings
     assert any(f"class folder(s) {composed} exist in two Unicode spellings" in str(w.message) for w in caught)
 
 
+def test_a_class_folder_named_with_a_control_character_is_refused_by_check_and_training(tmp_path, capsys):
+    """A newline split check's table row in two, and an escape character in a class name reached the
+    terminal as it was (it could recolour or rewrite the screen); the class name is printed everywhere."""
+    import training.finetune as finetune
+
+    root = make_image_folder(tmp_path / "data", classes=("fi\nst", "pa\x1blm", "peace"), per_class=3, size=32)
+    r = build_report(root, workers=1)
+    assert r["fatal"] == [f"{root}: class folder name(s) 'fi\\nst', 'pa\\x1blm' hold a control character (a newline, tab or escape), "
+                          "which would break every table, log and overlay that names the class: rename them"]
+    assert finetune.main(["--data", str(root), "--out", str(tmp_path / "run")]) == 2
+    assert "error: " in capsys.readouterr().err and not (tmp_path / "run").exists()
+
+
 def test_a_folder_beside_train_and_test_is_warned_of_in_check_and_training(tmp_path):
     """presplit/extra/ (a class meant for train/) was dropped by training without a word, and check
     only counted it in a note."""

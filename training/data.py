@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from gesture_core.class_names import class_name
+from gesture_core.class_names import class_name, has_control_characters
 from gesture_core.images import (
     IMAGE_SUFFIXES,
     TRUNCATED_JPEG,
@@ -117,6 +117,9 @@ def scan_class_folders(root: Path, skipped: list[dict[str, str]], ignored: list[
     if not folders:
         raise DatasetError(f"{root} has no class folders; expected {root}/<class>/<image> (ImageFolder layout)"
                            + videos_hint(list(root.iterdir())))
+    if unprintable := [folder for folder in folders if has_control_characters(folder)]:
+        raise DatasetError(f"{root}: class folder name(s) {', '.join(map(repr, unprintable))} hold a control character (a newline, "
+                           "tab or escape), which would break every table, log and overlay that names the class: rename them")
     by_class: dict[str, list[str]] = {}
     spellings: dict[str, list[str]] = {}
     for folder in folders:
