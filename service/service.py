@@ -62,8 +62,11 @@ def read_settings() -> Settings:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
     problems = [("warning", w) for w in unknown_settings(os.environ)] + [p for p in [hardware_problem(settings)] if p]
+    # Every worker imports this module again: warnings are said once, by the process that starts them.
+    in_a_worker = bentoml.server_context.worker_index is not None
     for kind, why in problems:
-        print(f"{kind}: {why}", file=sys.stderr)
+        if kind == "error" or not in_a_worker:
+            print(f"{kind}: {why}", file=sys.stderr)
     if any(kind == "error" for kind, _ in problems):
         raise SystemExit(2)
     return settings

@@ -112,13 +112,17 @@ def test_concurrent_clients_share_model_calls_on_predict(http, server):
     assert after["largest_batch"] >= 2
 
 
-def test_shutdown_stops_the_model_thread_cleanly(home, model_tag, tmp_path):
-    with serve_process(bentoml_home=home, log_path=tmp_path / "serve.log") as running:
+def test_shutdown_stops_the_model_thread_cleanly_and_start_up_warns_once(home, model_tag, tmp_path):
+    """Two workers and a misspelt setting: the warning is said once, by the process that starts them
+    (each worker imports the service too, and said it again)."""
+    env = {"GESTURE_WORKERS": "2", "GESTURE_BATCHSIZE": "8"}
+    with serve_process(bentoml_home=home, log_path=tmp_path / "serve.log", env=env) as running:
         image = sample_images(include_large=False)[0][1]
         assert httpx.post(f"{running.url}/predict", files={"image": ("x.jpg", image)}, timeout=60).status_code == 200
     assert running.process.returncode is not None
     assert "Traceback" not in running.log(), running.log()[-3000:]
     assert "model threads stopped: 1 images in 1 model calls" in running.log(), running.log()[-3000:]
+    assert running.log().count("warning: GESTURE_BATCHSIZE is not a setting") == 1, running.log()[-3000:]
 
 
 @pytest.mark.parametrize("case", sorted(http_bad_requests(UPLOAD_LIMIT_MB * 1024 * 1024)))
