@@ -50,7 +50,7 @@ from service.schemas import (
     Threshold,
     TopK,
 )
-from service.settings import REQUEST_TIMEOUT_S, Settings, SettingsError, hardware_problem, unknown_settings
+from service.settings import REQUEST_TIMEOUT_S, Settings, SettingsError, hardware_problem, unknown_settings, visible_gpus
 
 
 def read_settings() -> Settings:
@@ -114,7 +114,7 @@ class GestureClassifier:
         self.model_tag = str(stored.tag)
         self.metadata = dict(stored.info.metadata)
         # Loaded once here, before the server reports ready; never on a request.
-        runtime = settings.runtime_for_worker(bentoml.server_context.worker_index)  # its own GPU, where there are several
+        runtime = settings.runtime_for_worker(bentoml.server_context.worker_index, visible_gpus())  # its own GPU, where there are several
         self.classifier: Classifier = runtime.load(stored.path_of(CHECKPOINT_FILE))
         use_stored_hand_models(self.classifier, Path(stored.path))
         # Engines that overlap calls (OpenVINO's streams) get a second model thread, so that the next

@@ -99,14 +99,15 @@ class Settings:
         """One worker per GPU (``runtime_for_worker`` gives each its own), else the CPU workers."""
         return self.gpus or self.cpu_workers
 
-    def runtime_for_worker(self, worker_index: int | None) -> Runtime:
-        """The runtime of BentoML worker ``worker_index`` (1, 2, ...; None outside a server). BentoML
-        shows every worker of a service all the GPUs it assigned to it (one CUDA_VISIBLE_DEVICES) and
-        leaves the choice to the service, as its workers guide does: worker i takes GPU i - 1, where
-        plain "cuda" would put every worker on GPU 0."""
-        if not self.gpus or worker_index is None:
+    def runtime_for_worker(self, worker_index: int | None, visible: int) -> Runtime:
+        """The runtime of BentoML worker ``worker_index`` (1, 2, ...; None outside a server) that sees
+        ``visible`` GPUs. BentoML shows every worker of a service all the GPUs it assigned to it (one
+        CUDA_VISIBLE_DEVICES) and leaves the choice to the service, as its workers guide does: worker i
+        takes GPU i - 1, where plain "cuda" would put every worker on GPU 0. With more GPUs asked for
+        than there are (a warning at start-up), the extra workers share them instead of failing."""
+        if not self.gpus or worker_index is None or visible < 1:
             return self.runtime
-        return replace(self.runtime, device=f"cuda:{(worker_index - 1) % self.gpus}")
+        return replace(self.runtime, device=f"cuda:{(worker_index - 1) % min(self.gpus, visible)}")
 
     @property
     def concurrency_per_worker(self) -> int:

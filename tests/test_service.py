@@ -442,8 +442,10 @@ def test_settings_defaults_and_scale_out():
     gpus = Settings.from_env({"GESTURE_DEVICE": "cuda", "GESTURE_GPUS": "4", "GESTURE_WORKERS": "9"})
     assert gpus.workers == 4 and gpus.resources() == {"gpu": 4}  # one worker per GPU
     # BentoML shows each worker all 4 GPUs: worker i (from 1) loads the model on GPU i - 1, not all on GPU 0
-    assert [gpus.runtime_for_worker(i).device for i in (1, 2, 4)] == ["cuda:0", "cuda:1", "cuda:3"]
-    assert gpus.runtime_for_worker(None) == gpus.runtime and cpu.runtime_for_worker(2) == cpu.runtime
+    assert [gpus.runtime_for_worker(i, visible=4).device for i in (1, 2, 4)] == ["cuda:0", "cuda:1", "cuda:3"]
+    assert gpus.runtime_for_worker(None, visible=4) == gpus.runtime and cpu.runtime_for_worker(2, visible=0) == cpu.runtime
+    # 4 asked for, 2 there (warned at start-up): workers 3 and 4 share them, where cuda:2 would fail to load
+    assert [gpus.runtime_for_worker(i, visible=2).device for i in (1, 2, 3, 4)] == ["cuda:0", "cuda:1", "cuda:0", "cuda:1"]
     with pytest.raises(SettingsError, match="GESTURE_GPUS=2 with GESTURE_DEVICE=cpu"):
         Settings.from_env({"GESTURE_DEVICE": "cpu", "GESTURE_GPUS": "2"})
     with pytest.raises(Exception, match="frozen|cannot assign"):
