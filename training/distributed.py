@@ -53,6 +53,11 @@ PEERS_EXIT_TIMEOUT_S = 30.0  # how long rank 0 waits for the ranks it told to st
 _told_peers_to_stop = False  # set on rank 0 once it has sent the other ranks its error
 
 
+class NoGpuForThisRank(ValueError):
+    """More processes on this machine than it has GPUs: an error of this rank alone, raised before the
+    group forms, so it says it itself (rank 0 is still waiting to join, and torchrun stops it)."""
+
+
 class PeersDidNotJoin(ConnectionError):
     """The process group's start-up wait ended before every rank had joined."""
 
@@ -113,7 +118,7 @@ def local_device(device: str) -> torch.device:
     if resolved.type == "cuda" and resolved.index is None and launched_by_torchrun():
         local_rank, gpus = int(os.environ.get("LOCAL_RANK", 0)), torch.cuda.device_count()
         if local_rank >= gpus:  # else CUDA's "invalid device ordinal" traceback; NCCL takes one GPU per process
-            raise ValueError(f"torchrun started {os.environ.get('LOCAL_WORLD_SIZE', local_rank + 1)} processes on this machine, "
+            raise NoGpuForThisRank(f"torchrun started {os.environ.get('LOCAL_WORLD_SIZE', local_rank + 1)} processes on this machine, "
                              f"which has {gpus} GPU(s): NCCL needs one GPU per process, so use --nproc_per_node {gpus} "
                              "(or --device cpu to train on the CPU with gloo)")
         resolved = torch.device("cuda", local_rank)

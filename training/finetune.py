@@ -729,9 +729,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: rank 0, on another machine, stopped: {failed}", file=sys.stderr)
             return EXIT_USAGE
         return 0  # rank 0 reports the error and fails the job
-    except USER_ERRORS:
-        if not is_main_process() and distributed.is_distributed():  # every rank raises rank 0's error; rank 0 alone says it
-            return EXIT_USAGE  # (before joining, an error is this rank's own, e.g. no GPU at its LOCAL_RANK: it says it)
+    except USER_ERRORS as err:
+        if not is_main_process() and not isinstance(err, distributed.NoGpuForThisRank):  # every rank raises rank 0's error;
+            return EXIT_USAGE  # rank 0 alone says it, but not this one: rank 0 has its GPU and is waiting to join
         raise  # @command prints it as one error: line
     finally:
         distributed.close_distributed()
