@@ -8,12 +8,12 @@ request, and from it the most /predict could serve if this project's code cost n
     .venv/bin/python -m benchmarks.serve --engine openvino --precision bf16 --clients 16 --duration 20 --json
     .venv/bin/python -m benchmarks.serve --image-size 160 --clients 64 --duration 60   # overload: fairness and memory
     .venv/bin/python -m benchmarks.serve --clients 16 --batching microbatch floor     # the service against BentoML's floor
-    .venv/bin/python -m benchmarks.serve --device cuda --engine-batch 32 --clients 1 16 32 64   # on a GPU
+    .venv/bin/python -m benchmarks.serve --device cuda --clients 1 16 32 64      # on a GPU: the engine at batch 32
 
 Each client posts one real photo at a time (multipart JPEG) in a closed loop for a bounded time;
 requests/s, latency percentiles and errors come from the clients. The reference is the same checkpoint
 loaded with the same engine and precision (GESTURE_ENGINE / GESTURE_PRECISION, passed to the service)
-in this process, timed on preprocessed batches of 16 (``--engine-batch``; 32 on a GPU) while the server
+in this process, timed on preprocessed batches of 16 (32 on a GPU; ``--engine-batch``) while the server
 is idle: what the model alone can do. The server, the clients and that measurement share the machine's cores.
 Server and client code are ``benchmarks.serve_latency``'s (``running_service``, ``drive``).
 """
@@ -38,8 +38,11 @@ from benchmarks import pyspy
 from benchmarks.common import best_rate, describe_machine, emit, machine, note
 from benchmarks.serve_latency import TARGETS, batch_size_stats, drive, load_images, make_checkpoint, running_service
 from gesture_core import load_classifier
+from gesture_core.checkpoint import resolve_device
 from gesture_core.engines import ENGINE_CHOICES, PRECISIONS
 from gesture_core.runtime import DEVICES
+from service.settings import MOST_BATCH_SIZE
+from training.cli import int_at_least
 
 # batching -> the service `bentoml serve` runs; "floor" answers without a model (benchmarks/bentoml_floor.py)
 SERVICES = {**TARGETS, "floor": "benchmarks.bentoml_floor:BentoMLFloor"}
@@ -227,8 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--service-env", nargs="+", default=[], metavar="NAME=VALUE", type=service_setting,
                    help="more service settings, e.g. GESTURE_TRACING=on (docs/serving.md, Settings)")
     p.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
-    p.add_argument("--engine-batch", type=int, default=16,
-                   help="the batch size of the reference (the engine alone); the targets use 16 on a CPU and 32 on a GPU")
+    p.add_argument("--engine-batch", type=int_at_least(1, MOST_BATCH_SIZE), help="the batch size of the reference, the engine alone (default: 16 on a CPU, "
+                   "32 on a GPU, as the targets use)")
     p.add_argument("--batching", nargs="+", choices=list(SERVICES), default=["microbatch"],
                    help="microbatch: the service; adaptive: the A/B with BentoML's adaptive batching; "
                         "floor: the same /predict with no model (BentoML's own cost)")
@@ -251,8 +254,14 @@ def main(argv: list[str] | None = None) -> int:
     info = machine()
     note(f"machine: {describe_machine(info)}")
     images = load_images()
-    batch = args.engine_batch
+    try:
+        on_gpu = resolve_device(args.device).type == "cuda"
+    except ValueError as err:  # --device cuda where there is none
+        p.error(str(err))
+    batch = args.engine_batch or (32 if on_gpu else 16)
     env = {"GESTURE_DEVICE": args.device, "GESTURE_ENGINE": args.engine, "GESTURE_PRECISION": args.precision}
+    if on_gpu:  # one worker on one GPU, as the engine alone is timed (GESTURE_GPUS=N in --service-env for more)
+        env["GESTURE_GPUS"] = "1"
     env.update(args.service_env)
     with tempfile.TemporaryDirectory(prefix="serve-bench-") as tmp:
         checkpoint = args.checkpoint or make_checkpoint(Path(tmp) / "bench.pt", args.backbone, args.image_size)
@@ -281,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
             engine_batch1_img_per_s=round(rates[1], 2),
         )
     note(f"engine alone: {rates[1]:.1f} img/s one image at a time, {reference:.1f} img/s at batch {batch}")
-    if floor := floor_bound(rows, reference):
+    if not on_gpu and (floor := floor_bound(rows, reference)):  # a bound in CPU time: no meaning for a GPU's engine
         note(floor)
     title = (f"HTTP service, {served['backbone']} @ {served['input_size']} px, engine {engine_name} "
              f"({rates[1]:.1f} img/s one at a time, {reference:.1f} at batch {batch}, without HTTP); {describe_machine(info)}")  # fmt: skip
