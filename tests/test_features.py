@@ -97,6 +97,18 @@ def test_cache_is_keyed_by_file_content(dataset, monkeypatch):
     torch.testing.assert_close(changed.features[1:], first.features[1:])
 
 
+def test_the_feature_line_counts_only_the_photos_that_decode(dataset, capsys):
+    """A file that fails to decode goes through as a placeholder; the line counted it as a photo."""
+    splits = load_splits(dataset, val_split=0.0, test_split=0.0)
+    samples = splits.train[:4]
+    Path(samples[1].path).write_bytes(Path(samples[1].path).read_bytes()[:40])  # a header, then nothing
+    backbone = get_backbone("lenet5")
+    extractor = feature_extractor(build_model("lenet5", 3, "none"), backbone)
+    features_mod.extract_features(extractor, samples, backbone.data_config, device=torch.device("cpu"), workers=0, desc="val features")
+    line = capsys.readouterr().out
+    assert line.startswith("val features: 3 photos in ") and line.rstrip().endswith("; 1 file(s) did not decode and are left out"), line
+
+
 @pytest.mark.parametrize(
     "cache, augment, expected",
     [("auto", "none", True), ("auto", "default", False), ("on", "default", True), ("off", "none", False)],

@@ -166,9 +166,12 @@ def extract_features(
         in_engine += time.perf_counter() - before
         labels.append(target.long())
     total = time.perf_counter() - started
-    # Where the time goes: the engine, or waiting for the loader to decode (the rest).
-    print(f"{desc}: {len(samples)} photos in {total:.1f} s ({engine.name} {in_engine:.1f} s, "
-          f"{len(samples) / max(in_engine, 1e-9):.0f} img/s; waiting for decoding {total - in_engine:.1f} s)")  # fmt: skip
+    # Where the time goes: the engine, or waiting for the loader to decode (the rest). A file that does
+    # not decode went through as a placeholder (label -1): it is no photo of the split.
+    failed = int(sum((t < 0).sum() for t in labels))
+    print(f"{desc}: {len(samples) - failed} photos in {total:.1f} s ({engine.name} {in_engine:.1f} s, "
+          f"{len(samples) / max(in_engine, 1e-9):.0f} img/s; waiting for decoding {total - in_engine:.1f} s)"
+          + (f"; {failed} file(s) did not decode and are left out" if failed else ""))  # fmt: skip
     if not features:
         return CachedSplit(torch.zeros((0, 0)), torch.zeros(0, dtype=torch.long))
     return CachedSplit(torch.cat(features), torch.cat(labels))
