@@ -119,8 +119,8 @@ def local_device(device: str) -> torch.device:
         local_rank, gpus = int(os.environ.get("LOCAL_RANK", 0)), torch.cuda.device_count()
         if local_rank >= gpus:  # else CUDA's "invalid device ordinal" traceback; NCCL takes one GPU per process
             raise NoGpuForThisRank(f"torchrun started {os.environ.get('LOCAL_WORLD_SIZE', local_rank + 1)} processes on this machine, "
-                             f"which has {gpus} GPU(s): NCCL needs one GPU per process, so use --nproc_per_node {gpus} "
-                             "(or --device cpu to train on the CPU with gloo)")
+                                   f"which has {gpus} GPU(s): NCCL needs one GPU per process, so use --nproc_per_node {gpus} "
+                                   "(or --device cpu to train on the CPU with gloo)")
         resolved = torch.device("cuda", local_rank)
         torch.cuda.set_device(resolved)
     return resolved
