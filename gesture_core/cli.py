@@ -12,8 +12,11 @@ raised it.
 from __future__ import annotations
 
 import argparse
+import errno
 import functools
+import os
 import sys
+import tempfile
 import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -99,6 +102,32 @@ def check_output_spares_inputs(flag: str, out: Path, inputs: dict[str, Path | No
     folder = out if out.is_dir() else out.parent
     if (folder / "config.json").is_file() and (folder / "best.pt").is_file() and (out.is_dir() or out.name in RUN_FILES):
         raise ValueError(f"{flag} {out} would replace a training run's {'files' if out.is_dir() else out.name} in {folder}: pass another {flag}")
+
+
+def check_writable(flag: str, path: Path, kind: str = "file") -> None:
+    """A ValueError naming ``flag`` when ``path`` (a "file" or a "folder") cannot be written, said before the
+    work starts rather than at the first write, after it. Nothing is left behind: an existing
+    file is opened for appending (its bytes stay), otherwise a temporary file is made in the nearest existing folder."""
+    try:
+        if kind == "file" and path.is_file():
+            path.open("ab").close()
+        elif kind == "file" and path.exists():  # /dev/null and the like: not opened, as a pipe would wait for a reader
+            if not os.access(path, os.W_OK):
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+        else:
+            folder = path if kind == "folder" else path.parent
+            tempfile.TemporaryFile(dir=next(up for up in (folder, *folder.parents) if up.exists())).close()
+    except OSError as err:
+        raise ValueError(f"{flag} {path}: cannot write there: {err.strerror or err}") from None
+
+
+def check_outputs_differ(outputs: dict[str, Path | None]) -> None:
+    """A ValueError when two flags name one file: the annotated video held the JSON lines."""
+    given = [(flag, path) for flag, path in outputs.items() if path is not None]
+    for i, (flag, path) in enumerate(given):
+        for other, other_path in given[i + 1 :]:
+            if os.path.realpath(path) == os.path.realpath(other_path) or (path.exists() and other_path.exists() and path.samefile(other_path)):
+                raise ValueError(f"{other} {other_path} is the {flag} file: pass another {other}")
 
 
 def check_output_outside_datasets(flag: str, out: Path, datasets: Iterable[Path | None]) -> None:

@@ -36,9 +36,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from gesture_core.cli import EXIT_USAGE, command, output_arg
+from gesture_core.cli import EXIT_USAGE, check_writable, command, output_arg
 from gesture_core.rejection import is_reject_name
-from service.webcam.demo import check_writable, display_problem
+from service.webcam.demo import display_problem
 from service.webcam.grabber import ended_early
 from service.webcam.overlay import centred_roi  # the webcam demo's box: captured crops match what it classifies
 from service.webcam.sources import SourceError, describe_source, is_live, open_source, read_frames

@@ -14,12 +14,10 @@ and the smoothed frame-level label of the best accepted hand (``scoring.decide_h
 from __future__ import annotations
 
 import argparse
-import errno
 import json
 import math
 import os
 import sys
-import tempfile
 import time
 from collections import deque
 from collections.abc import Callable
@@ -31,7 +29,15 @@ import cv2
 import numpy as np
 
 from gesture_core import Prediction
-from gesture_core.cli import check_output_spares_inputs, checkpoint_arg, command, describe, output_arg
+from gesture_core.cli import (
+    check_output_spares_inputs,
+    check_outputs_differ,
+    check_writable,
+    checkpoint_arg,
+    command,
+    describe,
+    output_arg,
+)
 from gesture_core.runtime import Runtime, add_runtime_arguments
 from service.webcam.grabber import Frame, FrameGrabber
 from service.webcam.overlay import OverlayInfo, centred_roi, render
@@ -273,32 +279,6 @@ class Outputs:
             if not self._writer.isOpened():
                 raise OSError(f"cannot write video {path}: use a .mp4 (mp4v) or .avi (MJPG) file name in a writable folder")
         return self._writer
-
-
-def check_writable(flag: str, path: Path, kind: str = "file") -> None:
-    """A ValueError naming ``flag`` when ``path`` (a "file" or a "folder") cannot be written, said before the
-    model loads rather than after it, with exit code 1 and "[Errno 2] ...". Nothing is left behind: an existing
-    file is opened for appending (its bytes stay), otherwise a temporary file is made in the nearest existing folder."""
-    try:
-        if kind == "file" and path.is_file():
-            path.open("ab").close()
-        elif kind == "file" and path.exists():  # /dev/null and the like: not opened, as a pipe would wait for a reader
-            if not os.access(path, os.W_OK):
-                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
-        else:
-            folder = path if kind == "folder" else path.parent
-            tempfile.TemporaryFile(dir=next(up for up in (folder, *folder.parents) if up.exists())).close()
-    except OSError as err:
-        raise ValueError(f"{flag} {path}: cannot write there: {err.strerror or err}") from None
-
-
-def check_outputs_differ(outputs: dict[str, Path | None]) -> None:
-    """A ValueError when two flags name one file: the annotated video held the JSON lines."""
-    given = [(flag, path) for flag, path in outputs.items() if path is not None]
-    for i, (flag, path) in enumerate(given):
-        for other, other_path in given[i + 1 :]:
-            if os.path.realpath(path) == os.path.realpath(other_path) or (path.exists() and other_path.exists() and path.samefile(other_path)):
-                raise ValueError(f"{other} {other_path} is the {flag} file: pass another {other}")
 
 
 class Window:
