@@ -44,6 +44,8 @@ image_size = int_at_least(MIN_INPUT_SIZE, MAX_INPUT_SIZE)
 # Data-loading processes (or decoding threads): 99,999 of them exhausted the machine's memory and the
 # process was killed; the bound on the model's threads (more than 4 a core never helps) holds them too.
 workers = int_at_least(0, MOST_THREADS)
+# NumPy's seeds: -1 failed deep in the run as "expected non-negative integer", 2**64 as an overflow.
+seed = int_at_least(0, 2**32 - 1)
 
 
 def first_free_folder(base: Path, free: Callable[[Path], bool] = lambda folder: not folder.exists()) -> Path:
@@ -53,8 +55,6 @@ def first_free_folder(base: Path, free: Callable[[Path], bool] = lambda folder: 
         n += 1
         candidate = base.with_name(f"{base.name}-{n}")
     return candidate
-# NumPy's seeds: -1 failed deep in the run as "expected non-negative integer", 2**64 as an overflow.
-seed = int_at_least(0, 2**32 - 1)
 
 
 def float_in(low: float, high: float, *, high_inclusive: bool = False):

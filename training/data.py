@@ -123,8 +123,9 @@ def scan_class_folders(root: Path, skipped: list[dict[str, str]], ignored: list[
     by_class: dict[str, list[str]] = {}
     spellings: dict[str, list[str]] = {}
     for folder in folders:
-        spellings.setdefault(class_name(folder), []).append(folder)
-        by_class.setdefault(class_name(folder), []).extend(_valid_images(root / folder, skipped, ignored))
+        name = class_name(folder)
+        spellings.setdefault(name, []).append(folder)
+        by_class.setdefault(name, []).extend(_valid_images(root / folder, skipped, ignored))
     if merged := [name for name, found in spellings.items() if len(found) > 1]:
         warnings.warn(f"{root}: class folder(s) {', '.join(merged)} exist in two Unicode spellings (composed and decomposed, as macOS "
                       "writes names), which look the same: each is read as one class, with the images of both", stacklevel=2)
