@@ -33,6 +33,44 @@ from tests.helpers import REPO, SHARED_DATA, make_image_folder  # noqa: E402
 SIGN_DIGITS_RECIPE = dict(epochs=3, image_size=128, lr=3e-3, backbone_lr_mult=0.3, warmup_epochs=0.5, flip=False, workers=2, seed=0, amp="off")
 
 
+# A full disk shows up as dozens of unrelated errors (a CI run once ended that way, most likely for lack of
+# room), so a run says how much room its temporary files had: at the start in the header, and the least it
+# had between tests in the summary at the end, which CI's log keeps.
+LOW_DISK_GB = 2.0  # a run keeps at most about 1.5 GB of temporary files at once
+_least_free: dict[str, object] = {"gb": float("inf"), "after": "the start"}
+
+
+def _free_gb(config: pytest.Config) -> tuple[Path, float]:
+    folder = Path(config.option.basetemp or tempfile.gettempdir()).resolve()
+    while not folder.exists():  # --basetemp may name a folder not made yet
+        folder = folder.parent
+    return folder, shutil.disk_usage(folder).free / 1e9
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    folder, free = _free_gb(config)
+    _least_free.update(gb=free, after="the start")
+    warning = f" (WARNING: under {LOW_DISK_GB:g} GB; training tests may fail for lack of room)" if free < LOW_DISK_GB else ""
+    return f"temporary files: {folder}, {free:.1f} GB free{warning}"
+
+
+def pytest_runtest_teardown(item: pytest.Item) -> None:
+    # before the test's tmp_path is removed, so its own files count
+    _, free = _free_gb(item.config)
+    if free < _least_free["gb"]:
+        _least_free.update(gb=free, after=item.nodeid)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    folder, _ = _free_gb(config)
+    gb, after = _least_free["gb"], _least_free["after"]
+    if gb == float("inf"):
+        return
+    low = gb < LOW_DISK_GB
+    terminalreporter.write_line(f"temporary files: the least free space in {folder} was {gb:.1f} GB, after {after}"
+                                + (f"; under {LOW_DISK_GB:g} GB, errors may be for lack of room" if low else ""), red=low)
+
+
 def _shared(name: str) -> Path:
     path = SHARED_DATA / name
     if not path.is_dir():
