@@ -9,8 +9,9 @@ progressive JPEGs with extra scans, what decoding them would cost without the sc
 bytes per pixel of real photos from each shared set, re-encoded as PNG, and of their own JPEGs, and
 the most scans any of their JPEG files has; what merely opening an ICO file costs in PIL, which
 is why only ``gesture_core.images.DECODED_FORMATS`` are ever opened; what PIL takes to open 16 MB
-headers of the smallest units (``HEADER_LIMITS``); and what the header read before every decode
-costs beside the decode itself.
+headers of the smallest units (``HEADER_LIMITS``); what PIL's Python decoders take for PBM, PGM and PPM
+uploads near the size limit, against the product's decode; and what the header read before every
+decode costs beside the decode itself.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import numpy as np
 from PIL import Image
 
 from benchmarks.common import describe_machine
-from benchmarks.hostile_inputs import ico_holding_png, many_header_units, progressive_jpeg
+from benchmarks.hostile_inputs import ico_holding_png, many_header_units, netpbm, progressive_jpeg
 from benchmarks.recipes import SHARED_DATA
 from benchmarks.serve_latency import load_images
 from gesture_core import DataConfig, ImageDecodeError, read_rgb
@@ -125,6 +126,28 @@ def header_rows() -> None:
         print(f"| {fmt} | {units:,} | {spent_ms:,.0f} ms{warnings} | {answer} in {(time.perf_counter() - started) * 1000:.1f} ms |")
 
 
+def netpbm_rows() -> None:
+    """PBM/PGM/PPM files of black pixels, each just under the service's 16 MB upload limit: PIL's
+    decode (open, load and convert to RGB; what read_rgb ran before) and read_rgb's now, best of 3."""
+    print("\n| PBM, PGM or PPM, black, under 16 MB | file bytes | PIL's decode | read_rgb | the service |\n"
+          "| --- | ---: | ---: | ---: | --- |")
+    cases = [("plain PPM (P3), 1630x1630", 3, (1630, 1630, 3), 255), ("plain PGM (P2), 2800x2800", 2, (2800, 2800), 255),
+             ("binary PPM (P6) of maxval 1, 2300x2300", 6, (2300, 2300, 3), 1),
+             ("binary PGM (P5) of maxval 1000, 2800x2800", 5, (2800, 2800), 1000),
+             ("binary PPM (P6) of maxval 255, 2300x2300", 6, (2300, 2300, 3), 255)]
+    for name, kind, shape, maxval in cases:
+        data = netpbm(kind, np.zeros(shape, np.uint16), maxval)
+        pil = min(timed(lambda d=data: Image.open(io.BytesIO(d)).convert("RGB")) for _ in range(3))
+        ours = min(decode_seconds(data) for _ in range(3))
+        print(f"| {name} | {len(data):,} | {pil * 1000:,.0f} ms | {ours * 1000:,.1f} ms | {refused(data)} |")
+
+
+def timed(work) -> float:
+    started = time.perf_counter()
+    work()
+    return time.perf_counter() - started
+
+
 def stderr_lines(work) -> int:
     """Lines a native library writes to the process's stderr (file descriptor 2) while ``work`` runs."""
     with tempfile.TemporaryFile() as sink:
@@ -188,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     scan_rows()
     format_rows()
     header_rows()
+    netpbm_rows()
     probe_rows()
     photo_rows(args.photos)
     return 0

@@ -7,7 +7,8 @@ latency of normal clients while slow clients hold connections open.
 
 Classes: aspect-ratio bombs (tiny strips that resizing would make huge, alone and three at once),
 large images (legal ones up to the pixel limit, and bombs past it), JPEG scan bombs (progressive files
-whose every extra scan costs a pass over the whole image), costly bodies (deep JSON, or thousands of
+whose every extra scan costs a pass over the whole image), costly decoders (PPM that PIL decodes in
+Python), costly bodies (deep JSON, or thousands of
 keys, form fields or multipart parts, which would take seconds to parse), malformed uploads, ambiguous
 requests, and slow clients (each sends its request body at 1 byte per second, reconnecting whenever
 the server lets go). Peak RSS growth is the worker's high-water mark (reset through
@@ -34,12 +35,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import psutil
 
 from benchmarks.common import describe_machine, machine, note
 from benchmarks.hostile_inputs import (
     http_bad_requests,
     many_header_units,
+    netpbm,
     noise_jpeg,
     png_strip,
     png_with_noise_rows,
@@ -112,6 +115,11 @@ def attacks(upload_limit: int) -> list[Attack]:
                {"files": {"image": ("h.png", many_header_units("PNG", 95))}}),  # libpng warns of each
         Attack("costly header", "TIFF of 990 unknown tags (under the limit, legal)", "POST", "/predict",
                {"files": {"image": ("h.tif", many_header_units("TIFF", 990))}}),  # OpenCV warns of each
+        # Formats PIL decodes in Python: PBM/PGM/PPM of plain text, or binary of any maxval but 255 (6.3 s for this one).
+        Attack("costly decoder", "binary PPM of maxval 1, 2300x2300 (16 MB, legal)", "POST", "/predict",
+               {"files": {"image": ("p.ppm", netpbm(6, np.zeros((2_300, 2_300, 3), np.uint8), maxval=1))}}),
+        Attack("costly decoder", "plain-text PPM, 1630x1630 (16 MB, legal)", "POST", "/predict",
+               {"files": {"image": ("p.ppm", netpbm(3, np.zeros((1_630, 1_630, 3), np.uint8)))}}),
         Attack("many scans", "progressive 2000x1000 JPEG, 100 scans (at the limit, legal)", "POST", "/predict",
                {"files": {"image": ("p.jpg", progressive_jpeg(2_000, 1_000, repeated_scans=90))}}),
         Attack("many scans", "progressive 4000x4000 JPEG, 1,010 scans", "POST", "/predict",

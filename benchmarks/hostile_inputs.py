@@ -146,6 +146,19 @@ def float_bigtiff(pixels: np.ndarray) -> bytes:
     return b"II+\x00" + struct.pack("<HHQQ", 8, 0, 16, len(fields)) + directory + bytes(8) + pixels.tobytes()
 
 
+def netpbm(kind: int, samples: np.ndarray, maxval: int = 255) -> bytes:
+    """A PBM, PGM or PPM (``kind`` 1-6) of ``samples``: (H, W) for P1, P2, P4 and P5 (0/1 for the
+    bitmaps, 1 black), (H, W, 3) for P3 and P6; 2-byte samples in the binary kinds above maxval 255.
+    The plain (text) kinds and the binary ones of any maxval but 255 are what PIL decodes in Python."""
+    height, width = samples.shape[:2]
+    header = f"P{kind}\n{width} {height}\n" + ("" if kind in (1, 4) else f"{maxval}\n")
+    if kind in (1, 2, 3):
+        return header.encode() + " ".join(map(str, samples.ravel().tolist())).encode() + b"\n"
+    if kind == 4:
+        return header.encode() + np.packbits(samples.astype(np.uint8), axis=1).tobytes()
+    return header.encode() + samples.astype(">u2" if maxval > 255 else np.uint8).tobytes()
+
+
 def bad_uploads() -> dict[str, tuple[bytes, str]]:
     """name -> (file bytes, a phrase the 4xx reason must contain)."""
     whole = noise_jpeg(3, 160)

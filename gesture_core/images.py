@@ -141,6 +141,8 @@ def decode_rgb(data: bytes, *, max_pixels: int | None = DEFAULT_MAX_PIXELS, min_
         raise ImageDecodeError(TRUNCATED_JPEG)
     if fmt == "PNG":
         data = png_pixel_chunks_only(data)
+    if fmt == "PPM":
+        return _decode_netpbm(data)
     if fmt in ("JPEG", "PNG", "WEBP", "BMP", "TIFF"):
         flag = reduced_jpeg_flag(fmt, width, height, min_side)
         if deep:
@@ -314,19 +316,26 @@ def gif_blocks_before_image(data: bytes) -> int:
 def ppm_header_bytes(data: bytes) -> int:
     """Bytes up to the raster: magic, width, height and (but for P1/P4) maxval, with comments; past
     the limit the count stops there."""
+    return ppm_header(data)[0]
+
+
+def ppm_header(data: bytes) -> tuple[int, list[bytes]]:
+    """(where the header's last token ends, its tokens: magic, width, height and, but for P1/P4,
+    maxval), walking at most the header limit's bytes; fewer tokens where the limit or the file ends first."""
     needed = 3 if data[1] in b"14" else 4
-    i, tokens, end = 0, 0, min(len(data), HEADER_LIMITS["PPM"][1] + 1)
-    while i < end and tokens < needed:
+    i, tokens, end = 0, [], min(len(data), HEADER_LIMITS["PPM"][1] + 1)
+    while i < end and len(tokens) < needed:
         if data[i] == ord("#"):
             newline = data.find(b"\n", i, end)
             i = end if newline < 0 else newline + 1
         elif data[i] in b" \t\r\n":
             i += 1
         else:
+            start = i
             while i < end and data[i] not in b" \t\r\n#":
                 i += 1
-            tokens += 1
-    return i if tokens == needed else end
+            tokens.append(data[start:i])
+    return (i if len(tokens) == needed else end), tokens
 
 
 def opencv_reason(err: cv2.error) -> str:
@@ -461,6 +470,63 @@ def reduced_jpeg_flag(fmt: str, width: int, height: int, min_side: int | None) -
         if short // factor >= 2 * min_side:
             return flag
     return cv2.IMREAD_COLOR
+
+
+def _decode_netpbm(data: bytes) -> np.ndarray:
+    """A PBM, PGM or PPM (P1-P6) in native code, its samples scaled from the file's maxval to 0-255.
+
+    PIL decodes the plain (text) kinds, and the binary ones of any maxval but 255, in Python: just
+    under the service's 16 MB upload limit, a binary PPM of maxval 1 took it 6.1 s and a plain PPM
+    2.4 s, where this takes 23-38 ms (``python -m benchmarks.decode_cost``). A binary raster is read as it lies in the file; OpenCV
+    parses the plain ones, and scales their samples itself when they fit 8 bits."""
+    end, tokens = ppm_header(data)
+    try:
+        width, height, maxval = int(tokens[1]), int(tokens[2]), int(tokens[3]) if len(tokens) == 4 else 1
+    except (IndexError, ValueError):
+        raise ImageDecodeError("corrupt PPM header (width, height or maxval is not a number)") from None
+    if not 0 < maxval < 65536:
+        raise ImageDecodeError(f"corrupt PPM header: maxval {maxval}, outside 1-65535")
+    if data[1] in b"456":
+        samples = _netpbm_raster(memoryview(data)[end + 1:], data[1:2], width, height, maxval)  # after the header's one whitespace byte
+    else:
+        samples = _plain_netpbm(data)
+        maxval = 255 if samples.dtype == np.uint8 else maxval  # OpenCV scales 8-bit plain samples itself
+    if maxval != 255:
+        levels = np.arange(65536 if samples.dtype.itemsize == 2 else 256)
+        samples = np.rint(np.minimum(levels, maxval) * (255.0 / maxval)).astype(np.uint8)[samples]
+    rgb = _array_to_rgb(samples.astype(np.uint8, copy=False))
+    return rgb if rgb.flags.writeable else rgb.copy()  # a raster read as it lies is a view of the file's bytes
+
+
+def _netpbm_raster(raster: memoryview, kind: bytes, width: int, height: int, maxval: int) -> np.ndarray:
+    """The samples of a binary PBM (P4: a bit a pixel, 1 is black), PGM (P5) or PPM (P6), unscaled."""
+    if kind == b"4":
+        row_bytes = (width + 7) // 8
+        bits = _netpbm_samples(raster, np.dtype(np.uint8), (height, row_bytes))
+        return (1 - np.unpackbits(bits, axis=1)[:, :width]).astype(np.uint8)  # maxval 1, and 1 is black
+    dtype = np.dtype(">u2" if maxval > 255 else np.uint8)
+    return _netpbm_samples(raster, dtype, (height, width, 3 if kind == b"6" else 1))
+
+
+def _netpbm_samples(raster: memoryview, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
+    size = int(np.prod(shape)) * dtype.itemsize
+    if len(raster) < size:
+        raise ImageDecodeError(f"truncated PPM: {len(raster):,} of the {size:,} raster bytes its header declares")
+    return np.frombuffer(raster, dtype, count=size // dtype.itemsize).reshape(shape)
+
+
+def _plain_netpbm(data: bytes) -> np.ndarray:
+    """The samples of a plain (text) PBM, PGM or PPM, as OpenCV reads them."""
+    if data[-1:] not in b" \t\r\n":
+        data += b"\n"  # OpenCV's reader needs a separator after the last sample, as the format has it
+    keep_decoder_warnings_quiet()
+    try:
+        samples = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
+    except cv2.error as err:
+        raise ImageDecodeError(f"corrupt or undecodable PPM ({opencv_reason(err)})") from None
+    if samples is None:
+        raise ImageDecodeError("corrupt or truncated PPM (a sample is missing or not a number)")
+    return cv2.cvtColor(samples, cv2.COLOR_BGR2RGB) if samples.ndim == 3 else samples
 
 
 def _decode_with_pil(data: bytes) -> np.ndarray:

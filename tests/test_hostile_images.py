@@ -20,6 +20,7 @@ from benchmarks.hostile_inputs import (
     float_bigtiff,
     ico_holding_png,
     many_header_units,
+    netpbm,
     png_strip,
     progressive_jpeg,
 )
@@ -337,6 +338,44 @@ def test_formats_the_product_does_not_decode_are_refused_by_name_unopened(fmt, m
 def test_every_supported_format_decodes(fmt, mode):
     pixels = np.random.default_rng(0).integers(0, 256, (48, 64, 3), np.uint8)
     assert decode_rgb(encode(Image.fromarray(pixels).convert(mode), fmt)).shape == (48, 64, 3)
+
+
+@pytest.fixture
+def pil_netpbm_decoders_fail(monkeypatch):
+    """PIL's decoders for the plain kinds and for binary ones of any maxval but 255 run in Python: a
+    16 MB binary PPM of maxval 1 took 6.3 s (``python -m benchmarks.decode_cost``). None may run."""
+    from PIL import PpmImagePlugin
+
+    def fail(*_):
+        raise AssertionError("PIL's Python PPM decoder ran")
+
+    monkeypatch.setattr(PpmImagePlugin.PpmDecoder, "decode", fail)
+    monkeypatch.setattr(PpmImagePlugin.PpmPlainDecoder, "decode", fail)
+
+
+@pytest.mark.parametrize(("kind", "maxval"), [(1, 1), (4, 1), *((k, m) for k in (2, 3, 5, 6) for m in (1, 15, 255, 1000, 65535))])
+def test_pbm_pgm_and_ppm_are_scaled_from_their_maxval_without_pils_python_decoders(kind, maxval, pil_netpbm_decoders_fail):
+    shape = (5, 11) if kind in (1, 2, 4, 5) else (5, 11, 3)
+    samples = np.random.default_rng(kind).integers(0, maxval + 1, shape)
+    samples.flat[0] = maxval  # the brightest sample, and for the bitmaps (1 is black) the darkest
+    rgb = decode_rgb(netpbm(kind, samples, maxval))
+    expected = 255 * (1 - samples) if kind in (1, 4) else np.rint(samples * (255 / maxval))
+    assert rgb.shape == (5, 11, 3) and rgb.dtype == np.uint8 and rgb.flags.writeable
+    assert np.array_equal(rgb, np.broadcast_to(expected[..., None] if samples.ndim == 2 else expected, rgb.shape))
+
+
+def test_a_ppm_with_a_sample_above_its_maxval_missing_or_not_a_number_is_a_decode_error(pil_netpbm_decoders_fail):
+    assert decode_rgb(b"P6\n2 1\n15\n" + bytes([15, 200, 0, 1, 2, 3])).ravel()[:2].tolist() == [255, 255]  # clipped to maxval
+    assert decode_rgb(b"P2\n2 1\n255\n7 9").ravel()[::3].tolist() == [7, 9]  # no separator after the last sample
+    for data, reason in [(b"P3\n2 1\n255\n1 2 3 4 x 6\n", "a sample is missing or not a number"),
+                         (b"P3\n2 1\n255\n1 2 3 4 5\n", "a sample is missing or not a number"),
+                         (b"P2\n2 1\n255\n-1 2\n", "a sample is missing or not a number"),
+                         (b"P2\n2 1\n255\n" + b"9" * 100_000 + b" 2\n", "a sample is missing or not a number"),
+                         (b"P6\n20 20\n255\n" + bytes(100), "truncated PPM: 100 of the 1,200 raster bytes its header declares"),
+                         (b"P5\n20 20\n1000\n" + bytes(799), "truncated PPM: 799 of the 800 raster bytes"),
+                         (b"P4\n20 2\n" + bytes(5), "truncated PPM: 5 of the 6 raster bytes")]:
+        with pytest.raises(ImageDecodeError, match=reason):
+            decode_rgb(data)
 
 
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG", "GIF", "WEBP", "TIFF", "BMP", "PPM", "ICO", "PSD"])
