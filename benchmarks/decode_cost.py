@@ -9,7 +9,7 @@ progressive JPEGs with extra scans, what decoding them would cost without the sc
 bytes per pixel of real photos from each shared set, re-encoded as PNG, and of their own JPEGs, and
 the most scans any of their JPEG files has; what merely opening an ICO file costs in PIL, which
 is why only ``gesture_core.images.DECODED_FORMATS`` are ever opened; what PIL takes to open 16 MB
-headers of the smallest units (``HEADER_LIMITS``); what PIL's Python decoders take for PBM, PGM and PPM
+headers of the smallest units (``HEADER_LIMITS``) and a PNG's text chunks; what PIL's Python decoders take for PBM, PGM and PPM
 uploads near the size limit, against the product's decode; and what the header read before every
 decode costs beside the decode itself.
 """
@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image
 
 from benchmarks.common import describe_machine
-from benchmarks.hostile_inputs import ico_holding_png, many_header_units, netpbm, progressive_jpeg
+from benchmarks.hostile_inputs import ico_holding_png, many_header_units, netpbm, png_with_text_chunks, progressive_jpeg
 from benchmarks.recipes import SHARED_DATA
 from benchmarks.serve_latency import load_images
 from gesture_core import DataConfig, ImageDecodeError, read_rgb
@@ -126,6 +126,25 @@ def header_rows() -> None:
         print(f"| {fmt} | {units:,} | {spent_ms:,.0f} ms{warnings} | {answer} in {(time.perf_counter() - started) * 1000:.1f} ms |")
 
 
+def png_text_rows() -> None:
+    """A PNG of 95 text chunks of 1 MB each: PIL's open (what probe_image ran for a PNG before it read
+    the IHDR chunk itself), and read_rgb now, best of 3."""
+    data = png_with_text_chunks()
+    pil, answer = float("inf"), "opened"
+    for _ in range(3):
+        started = time.perf_counter()
+        try:
+            with Image.open(io.BytesIO(data)):
+                pass
+        except Exception as err:  # noqa: BLE001 - what PIL says is the row's point
+            answer = f"{type(err).__name__}: {err}"
+        pil = min(pil, time.perf_counter() - started)
+    print("\n| PNG, 64x64, 95 text chunks of 1 MB | file bytes | PIL's Image.open alone | PIL says | read_rgb | the service |\n"
+          "| --- | ---: | ---: | --- | ---: | --- |")
+    print(f"| zTXt before the pixels | {len(data):,} | {pil * 1000:,.0f} ms | {answer} | "
+          f"{min(decode_seconds(data) for _ in range(3)) * 1000:.1f} ms | {refused(data)} |")
+
+
 def netpbm_rows() -> None:
     """PBM/PGM/PPM files of black pixels, each just under the service's 16 MB upload limit: PIL's
     decode (open, load and convert to RGB; what read_rgb ran before) and read_rgb's now, best of 3."""
@@ -211,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     scan_rows()
     format_rows()
     header_rows()
+    png_text_rows()
     netpbm_rows()
     probe_rows()
     photo_rows(args.photos)

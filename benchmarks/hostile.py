@@ -46,6 +46,7 @@ from benchmarks.hostile_inputs import (
     noise_jpeg,
     png_strip,
     png_with_noise_rows,
+    png_with_text_chunks,
     progressive_jpeg,
 )
 from benchmarks.serve_latency import drive, load_images, make_checkpoint, running_service
@@ -115,6 +116,8 @@ def attacks(upload_limit: int) -> list[Attack]:
                {"files": {"image": ("h.png", many_header_units("PNG", 95))}}),  # libpng warns of each
         Attack("costly header", "TIFF of 990 unknown tags (under the limit, legal)", "POST", "/predict",
                {"files": {"image": ("h.tif", many_header_units("TIFF", 990))}}),  # OpenCV warns of each
+        Attack("costly header", "PNG of 95 text chunks of 1 MB each (108 KB, legal)", "POST", "/predict",
+               {"files": {"image": ("t.png", png_with_text_chunks())}}),  # PIL's reader inflated each to open it
         # Formats PIL decodes in Python: PBM/PGM/PPM of plain text, or binary of any maxval but 255 (6.3 s for this one).
         Attack("costly decoder", "binary PPM of maxval 1, 2300x2300 (16 MB, legal)", "POST", "/predict",
                {"files": {"image": ("p.ppm", netpbm(6, np.zeros((2_300, 2_300, 3), np.uint8), maxval=1))}}),

@@ -146,6 +146,15 @@ def float_bigtiff(pixels: np.ndarray) -> bytes:
     return b"II+\x00" + struct.pack("<HHQQ", 8, 0, 16, len(fields)) + directory + bytes(8) + pixels.tobytes()
 
 
+def png_with_text_chunks(count: int = 95, text_bytes: int = 1_000_000) -> bytes:
+    """A 64x64 noise PNG with ``count`` compressed text chunks (zTXt) of ``text_bytes`` each before its
+    pixels: under the chunk limit, and about 1 KB a chunk, but PIL's reader inflates every one to open it."""
+    text = b"k\x00\x00" + zlib.compress(b"a" * text_bytes, 9)
+    chunk = len(text).to_bytes(4, "big") + b"zTXt" + text + zlib.crc32(b"zTXt" + text).to_bytes(4, "big")
+    png = encode(Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), np.uint8)), "PNG")
+    return png[:33] + chunk * count + png[33:]  # after the signature and IHDR
+
+
 def netpbm(kind: int, samples: np.ndarray, maxval: int = 255) -> bytes:
     """A PBM, PGM or PPM (``kind`` 1-6) of ``samples``: (H, W) for P1, P2, P4 and P5 (0/1 for the
     bitmaps, 1 black), (H, W, 3) for P3 and P6; 2-byte samples in the binary kinds above maxval 255.
