@@ -106,7 +106,8 @@ def header_rows() -> None:
     whose padding follows its pixels, which libpng (OpenCV's decoder) reads, warning for each chunk."""
     print("\n| 16 MB header of (TIFF: the largest directory) | units | PIL's Image.open alone (OpenCV's decode for the last row) | the service |\n"
           "| --- | ---: | ---: | --- |")
-    cases = [("JPEG", 4 * 1024 * 1024), ("PNG", 1398101), ("GIF", 6710886), ("PPM", 16 * 1024 * 1024), ("TIFF", 65535)]
+    cases = [("JPEG", 4 * 1024 * 1024), ("PNG", 1398101), ("GIF", 6710886), ("PPM", 16 * 1024 * 1024), ("PFM", 16 * 1024 * 1024),
+             ("TIFF", 65535)]
     for fmt, units in [*cases, ("PNG, after its pixels", 1398101)]:
         data = many_header_units(fmt.split(",")[0], units)
         if fmt.endswith("pixels"):

@@ -102,10 +102,10 @@ def empty_frames() -> dict[str, np.ndarray]:
 
 
 def many_header_units(fmt: str, units: int) -> bytes:
-    """A valid 32x32 image of ``fmt`` (JPEG, PNG, GIF, PPM, TIFF) whose header is padded with ``units`` of
+    """A valid 32x32 image of ``fmt`` (JPEG, PNG, GIF, PPM, PFM, TIFF) whose header is padded with ``units`` of
     the smallest unit its format allows, all before the pixels: empty comment segments (JPEG), empty
     text chunks (PNG), one-byte comment extensions (GIF: two units each, the extension and its
-    sub-block), comment lines (PPM: one unit a byte), or private tags in its directory (TIFF)."""
+    sub-block), comment lines (PPM, PFM: one unit a byte), or private tags in its directory (TIFF)."""
     pixels = Image.fromarray(np.zeros((32, 32, 3), np.uint8))
     if fmt == "JPEG":
         data = encode(pixels, "JPEG")
@@ -120,6 +120,8 @@ def many_header_units(fmt: str, units: int) -> bytes:
         return data[:13 + table] + b"\x21\xfe\x01x\x00" * (units // 2) + data[13 + table:]  # after the global colour table
     if fmt == "PPM":
         return b"P6\n" + b"#\n" * (units // 2) + b"32 32\n255\n" + bytes(32 * 32 * 3)
+    if fmt == "PFM":  # the grey float map PIL's PPM reader also opens
+        return b"Pf\n" + b"#\n" * (units // 2) + b"32 32\n-1.0\n" + bytes(32 * 32 * 4)
     if fmt == "TIFF":  # the directory's own 9 entries, then private tags, one SHORT each
         tags = [(256, 32), (257, 32), (258, 8), (259, 1), (262, 2), (273, 0), (277, 3), (278, 32), (279, 32 * 32 * 3)]
         if units > 65535:
@@ -129,7 +131,7 @@ def many_header_units(fmt: str, units: int) -> bytes:
         directory = b"".join(struct.pack("<HHII", tag, 4 if tag in (273, 279) else 3, 1, pixels_at if tag == 273 else value)
                              for tag, value in tags)
         return b"II*\x00" + struct.pack("<IH", 8, len(tags)) + directory + bytes(4) + bytes(32 * 32 * 3)
-    raise ValueError(f"fmt {fmt!r}: choose JPEG, PNG, GIF, PPM or TIFF")
+    raise ValueError(f"fmt {fmt!r}: choose JPEG, PNG, GIF, PPM, PFM or TIFF")
 
 
 def float_bigtiff(pixels: np.ndarray) -> bytes:

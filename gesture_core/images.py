@@ -68,6 +68,11 @@ PROGRESSIVE_FRAMES = {0xC2, 0xC6, 0xCA, 0xCE}
 # DDS, ...) are parsers nobody sends a gesture in.
 DECODED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF", "PPM")
 SUPPORTED = "JPEG, PNG, WebP, BMP, TIFF, GIF or PPM/PGM"
+# The kinds of PPM decoded: PBM, PGM and PPM (P1-P6, in native code) and the grey float map (Pf, through
+# PIL's C reader). PIL's PPM reader also opens its own variants (P0CMYK, and PyP, PyRGBA and PyCMYK "for
+# test purposes only"), which are refused like any other format; each magic is one header token.
+NETPBM_KINDS = (b"P1", b"P2", b"P3", b"P4", b"P5", b"P6")
+PIL_PPM_MAGICS = (*NETPBM_KINDS, b"Pf", b"P0CMYK", b"PyP", b"PyRGBA", b"PyCMYK")
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jfif", ".jpe", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm"})  # the files taken as images
 # File signatures, to name the format of a file whose header is cut or corrupt.
 SIGNATURES = {b"\xff\xd8\xff": "JPEG", b"\x89PNG\r\n\x1a\n": "PNG", b"GIF8": "GIF", b"II*\x00": "TIFF", b"MM\x00*": "TIFF"}
@@ -142,7 +147,7 @@ def decode_rgb(data: bytes, *, max_pixels: int | None = DEFAULT_MAX_PIXELS, min_
         raise ImageDecodeError(TRUNCATED_JPEG)
     if fmt == "PNG":
         data = png_pixel_chunks_only(data)
-    if fmt == "PPM":
+    if fmt == "PPM" and data[:2] in NETPBM_KINDS:
         return _decode_netpbm(data)
     if fmt in ("JPEG", "PNG", "WEBP", "BMP", "TIFF"):
         flag = reduced_jpeg_flag(fmt, width, height, min_side)
@@ -253,7 +258,7 @@ def header_units(data: bytes) -> tuple[str, int]:
         return "PNG", png_chunks_besides_pixels(data)
     if data.startswith((b"GIF87a", b"GIF89a")):
         return "GIF", gif_blocks_before_image(data)
-    if len(data) > 2 and data[0] == ord("P") and data[1] in b"123456" and data[2] in b" \t\r\n#":
+    if ppm_magic(data):
         return "PPM", ppm_header_bytes(data)
     if data.startswith((b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")):  # the entry count of the first directory
         return "TIFF", tiff_directory(data)[2]
@@ -335,7 +340,7 @@ def ppm_header_bytes(data: bytes) -> int:
 def ppm_header(data: bytes) -> tuple[int, list[bytes]]:
     """(where the header's last token ends, its tokens: magic, width, height and, but for P1/P4,
     maxval), walking at most the header limit's bytes; fewer tokens where the limit or the file ends first."""
-    needed = 3 if data[1] in b"14" else 4
+    needed = 3 if data[:2] in (b"P1", b"P4") else 4
     i, tokens, end = 0, [], min(len(data), HEADER_LIMITS["PPM"][1] + 1)
     while i < end and len(tokens) < needed:
         if data[i] == ord("#"):
@@ -349,6 +354,11 @@ def ppm_header(data: bytes) -> tuple[int, list[bytes]]:
                 i += 1
             tokens.append(data[start:i])
     return (i if len(tokens) == needed else end), tokens
+
+
+def ppm_magic(data: bytes) -> bytes | None:
+    """The magic of a file PIL's PPM reader opens (``PIL_PPM_MAGICS``), ending at a separator; else None."""
+    return next((m for m in PIL_PPM_MAGICS if data.startswith(m) and data[len(m):len(m) + 1] in (b" ", b"\t", b"\r", b"\n", b"#")), None)
 
 
 def opencv_reason(err: cv2.error) -> str:
@@ -375,6 +385,8 @@ def probe_layout(data: bytes) -> tuple[str, tuple[int, int], JpegLayout | None]:
     if fmt and count > HEADER_LIMITS[fmt][1]:
         what, limit = HEADER_LIMITS[fmt]
         raise ImageDecodeError(f"{fmt} with more than {limit:,} {what}, far more than any photo: re-save it")
+    if fmt == "PPM" and ppm_magic(data) not in (*NETPBM_KINDS, b"Pf"):
+        raise ImageDecodeError(f"unsupported image format {ppm_magic(data).decode()} (a PPM variant of PIL's own): send {SUPPORTED}")
     if layout and layout.size and layout.scans and data.startswith(b"\xff\xd8\xff"):
         return "JPEG", layout.size, layout
     if fmt == "PNG" and (size := png_size(data)):

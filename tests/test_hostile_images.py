@@ -352,7 +352,7 @@ def test_formats_the_product_does_not_decode_are_refused_by_name_unopened(fmt, m
 
 
 @pytest.mark.parametrize(("fmt", "mode"), [("JPEG", "RGB"), ("PNG", "RGBA"), ("WEBP", "RGB"), ("BMP", "RGB"), ("TIFF", "I;16"), ("TIFF", "I"), ("TIFF", "F"),
-                                           ("GIF", "P"), ("PPM", "RGB"), ("PPM", "L"), ("PPM", "1")])  # fmt: skip
+                                           ("GIF", "P"), ("PPM", "RGB"), ("PPM", "L"), ("PPM", "1"), ("PPM", "F")])  # fmt: skip
 def test_every_supported_format_decodes(fmt, mode):
     pixels = np.random.default_rng(0).integers(0, 256, (48, 64, 3), np.uint8)
     assert decode_rgb(encode(Image.fromarray(pixels).convert(mode), fmt)).shape == (48, 64, 3)
@@ -380,6 +380,22 @@ def test_pbm_pgm_and_ppm_are_scaled_from_their_maxval_without_pils_python_decode
     expected = 255 * (1 - samples) if kind in (1, 4) else np.rint(samples * (255 / maxval))
     assert rgb.shape == (5, 11, 3) and rgb.dtype == np.uint8 and rgb.flags.writeable
     assert np.array_equal(rgb, np.broadcast_to(expected[..., None] if samples.ndim == 2 else expected, rgb.shape))
+
+
+def test_pils_own_ppm_variants_are_refused_by_name_and_every_ppm_header_is_held_to_the_limit(monkeypatch):
+    """PIL's PPM reader also opens a grey float map (Pf, decoded) and variants of its own (P0CMYK, and
+    Py* "for test purposes only", refused), and parses any of their headers in Python: the walk that
+    limits a header's bytes knew only P1-P6, and 16 MB of comment lines after "Pf" took PIL 3.1 s
+    (``python -m benchmarks.decode_cost``)."""
+    for magic in (b"P0CMYK", b"PyP", b"PyRGBA", b"PyCMYK"):
+        with pytest.raises(ImageDecodeError, match=f"^unsupported image format {magic.decode()} \\(a PPM variant of PIL's own\\): send JPEG"):
+            decode_rgb(magic + b"\n4 4\n255\n" + bytes(64))
+    with pytest.raises(ImageDecodeError, match="^not a recognised image format$"):  # text that starts with "Py"
+        decode_rgb(b"Pyramid of text, not an image\n" * 10)
+    monkeypatch.setattr(Image, "open", lambda *a, **k: pytest.fail("PIL opened the file"))
+    for data in (many_header_units("PFM", 16 * 1024 * 1024), b"P0CMYK\n" + many_header_units("PPM", 16 * 1024 * 1024)[3:]):
+        with pytest.raises(ImageDecodeError, match="^PPM with more than 4,096 header bytes"):
+            decode_rgb(data)
 
 
 def test_a_ppm_with_a_sample_above_its_maxval_missing_or_not_a_number_is_a_decode_error(pil_netpbm_decoders_fail):
