@@ -9,7 +9,7 @@ progressive JPEGs with extra scans, what decoding them would cost without the sc
 bytes per pixel of real photos from each shared set, re-encoded as PNG, and of their own JPEGs, and
 the most scans any of their JPEG files has; what merely opening an ICO file costs in PIL, which
 is why only ``gesture_core.images.DECODED_FORMATS`` are ever opened; what PIL takes to open 16 MB
-headers of the smallest units (``HEADER_LIMITS``) and a PNG's text chunks; what PIL's Python decoders take for PBM, PGM and PPM
+headers of the smallest units (``HEADER_LIMITS``), a PNG's text chunks and a TIFF's strip offsets; what PIL's Python decoders take for PBM, PGM and PPM
 uploads near the size limit, against the product's decode; and what the header read before every
 decode costs beside the decode itself.
 """
@@ -28,7 +28,14 @@ import numpy as np
 from PIL import Image
 
 from benchmarks.common import describe_machine
-from benchmarks.hostile_inputs import ico_holding_png, many_header_units, netpbm, png_with_text_chunks, progressive_jpeg
+from benchmarks.hostile_inputs import (
+    ico_holding_png,
+    many_header_units,
+    netpbm,
+    png_with_text_chunks,
+    progressive_jpeg,
+    tiff_of_strips,
+)
 from benchmarks.recipes import SHARED_DATA
 from benchmarks.serve_latency import load_images
 from gesture_core import DataConfig, ImageDecodeError, read_rgb
@@ -146,6 +153,22 @@ def png_text_rows() -> None:
           f"{min(decode_seconds(data) for _ in range(3)) * 1000:.1f} ms | {refused(data)} |")
 
 
+def tiff_strip_rows() -> None:
+    """TIFFs whose directory lists 2,000,000 strip offsets (16 MB): PIL's open (what probe_image ran
+    for a TIFF before it read the directory itself), and what read_rgb says now."""
+    print("\n| TIFF of 2,000,000 strip offsets | file bytes | PIL's Image.open alone | read_rgb | the service |\n"
+          "| --- | ---: | ---: | ---: | --- |")
+    for width, height in ((2, 2_000_000), (2000, 2000)):
+        data = tiff_of_strips(width, height, 2_000_000)
+        started = time.perf_counter()
+        with Image.open(io.BytesIO(data)):
+            pass
+        pil = time.perf_counter() - started
+        started = time.perf_counter()
+        answer = refused(data)
+        print(f"| {width}x{height} | {len(data):,} | {pil * 1000:,.0f} ms | {(time.perf_counter() - started) * 1000:.1f} ms | {answer} |")
+
+
 def netpbm_rows() -> None:
     """PBM/PGM/PPM files of black pixels, each just under the service's 16 MB upload limit: PIL's
     decode (open, load and convert to RGB; what read_rgb ran before) and read_rgb's now, best of 3."""
@@ -232,6 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     format_rows()
     header_rows()
     png_text_rows()
+    tiff_strip_rows()
     netpbm_rows()
     probe_rows()
     photo_rows(args.photos)

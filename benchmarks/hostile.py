@@ -48,6 +48,7 @@ from benchmarks.hostile_inputs import (
     png_with_noise_rows,
     png_with_text_chunks,
     progressive_jpeg,
+    tiff_of_strips,
 )
 from benchmarks.serve_latency import drive, load_images, make_checkpoint, running_service
 
@@ -118,6 +119,8 @@ def attacks(upload_limit: int) -> list[Attack]:
                {"files": {"image": ("h.tif", many_header_units("TIFF", 990))}}),  # OpenCV warns of each
         Attack("costly header", "PNG of 95 text chunks of 1 MB each (108 KB, legal)", "POST", "/predict",
                {"files": {"image": ("t.png", png_with_text_chunks())}}),  # PIL's reader inflated each to open it
+        Attack("costly header", "TIFF of 2,000,000 strip offsets for 2000x2000 (16 MB)", "POST", "/predict",
+               {"files": {"image": ("s.tif", tiff_of_strips(2_000, 2_000, 2_000_000))}}),  # PIL's reader made an object for each
         # Formats PIL decodes in Python: PBM/PGM/PPM of plain text, or binary of any maxval but 255 (6.3 s for this one).
         Attack("costly decoder", "binary PPM of maxval 1, 2300x2300 (16 MB, legal)", "POST", "/predict",
                {"files": {"image": ("p.ppm", netpbm(6, np.zeros((2_300, 2_300, 3), np.uint8), maxval=1))}}),

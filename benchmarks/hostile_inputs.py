@@ -157,6 +157,19 @@ def png_with_text_chunks(count: int = 95, text_bytes: int = 1_000_000) -> bytes:
     return png[:33] + chunk * count + png[33:]  # after the signature and IHDR
 
 
+def tiff_of_strips(width: int, height: int, strips: int) -> bytes:
+    """A black 8-bit grey TIFF whose directory lists ``strips`` strip offsets, one row a strip, all at
+    the same row of pixels: 8 bytes of file a strip, each an object in Python for PIL's reader."""
+    entries = [(256, 4, 1, width), (257, 4, 1, height), (258, 3, 1, 8), (259, 3, 1, 1), (262, 3, 1, 1), (273, 4, strips, 0),
+               (277, 3, 1, 1), (278, 4, 1, 1), (279, 4, strips, 0), (284, 3, 1, 1)]
+    offsets_at = 8 + 2 + 12 * len(entries) + 4
+    counts_at, pixels_at = offsets_at + 4 * strips, offsets_at + 8 * strips
+    values = {273: offsets_at if strips > 1 else pixels_at, 279: counts_at if strips > 1 else width}
+    directory = b"".join(struct.pack("<HHII", tag, kind, count, values.get(tag, value)) for tag, kind, count, value in entries)
+    offsets, counts = struct.pack(f"<{strips}I", *[pixels_at] * strips), struct.pack(f"<{strips}I", *[width] * strips)
+    return b"II*\x00" + struct.pack("<IH", 8, len(entries)) + directory + bytes(4) + offsets + counts + bytes(width)
+
+
 def netpbm(kind: int, samples: np.ndarray, maxval: int = 255) -> bytes:
     """A PBM, PGM or PPM (``kind`` 1-6) of ``samples``: (H, W) for P1, P2, P4 and P5 (0/1 for the
     bitmaps, 1 black), (H, W, 3) for P3 and P6; 2-byte samples in the binary kinds above maxval 255.

@@ -136,6 +136,8 @@ def decode_rgb(data: bytes, *, max_pixels: int | None = DEFAULT_MAX_PIXELS, min_
     fmt, (width, height), layout = probe_layout(data)
     deep = fmt == "TIFF" and tiff_has_deep_samples(data)
     check_dimensions(width, height, max_pixels=max_pixels, deep_samples=deep)
+    if fmt == "TIFF" and (problem := tiff_pieces_problem(data, width, height)):
+        raise ImageDecodeError(problem)
     progressive, scans = (layout.progressive, layout.scans) if layout else (False, 0)
     if scans > MAX_JPEG_SCANS:
         raise ImageDecodeError(f"JPEG with {scans:,} scans, above the limit of {MAX_JPEG_SCANS} "
@@ -391,6 +393,8 @@ def probe_layout(data: bytes) -> tuple[str, tuple[int, int], JpegLayout | None]:
         return "JPEG", layout.size, layout
     if fmt == "PNG" and (size := png_size(data)):
         return "PNG", size, None
+    if fmt == "TIFF" and (size := tiff_size(data)):
+        return "TIFF", size, None  # PIL's reader makes an object per strip or tile to open it (tiff_pieces_problem)
     try:
         with Image.open(io.BytesIO(data), formats=DECODED_FORMATS) as img:
             return (img.format or "unknown"), img.size, layout
@@ -407,13 +411,20 @@ def probe_layout(data: bytes) -> tuple[str, tuple[int, int], JpegLayout | None]:
 
 def tiff_fields(data: bytes) -> dict[int, int]:
     """{tag: first value} of the SHORT, LONG and LONG8 fields in a TIFF's or BigTIFF's first directory
-    ({} for anything else); the walk is bounded by ``header_units``' limit on entries, checked first."""
+    ({} for anything else)."""
+    return {tag: first for tag, (_, first) in tiff_entries(data).items()}
+
+
+def tiff_entries(data: bytes) -> dict[int, tuple[int, int]]:
+    """{tag: (how many values, the first)} of the SHORT, LONG and LONG8 fields in a TIFF's or BigTIFF's
+    first directory ({} for anything else); the walk is bounded by ``header_units``' limit on entries,
+    checked first."""
     if not data.startswith((b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")):
         return {}
     order, offset, count = tiff_directory(data)
     # BigTIFF: an 8-byte entry count, then 20-byte entries whose values fit in 8 bytes; classic: 2, 12 and 4.
     counted, entry_size, inline = (8, 20, 8) if data[2:4] in (b"+\x00", b"\x00+") else (2, 12, 4)
-    fields = {}
+    entries = {}
     first = offset + counted
     for entry in range(first, min(first + entry_size * count, len(data) - entry_size + 1), entry_size):
         tag, kind, values = (int.from_bytes(data[entry + a:entry + b], order) for a, b in ((0, 2), (2, 4), (4, 4 + inline)))
@@ -424,13 +435,36 @@ def tiff_fields(data: bytes) -> dict[int, int]:
         value = entry + 4 + inline
         at = value if values * size <= inline else int.from_bytes(data[value:value + inline], order)
         if at + size <= len(data):
-            fields[tag] = int.from_bytes(data[at:at + size], order)
-    return fields
+            entries[tag] = (values, int.from_bytes(data[at:at + size], order))
+    return entries
+
+
+def tiff_pieces_problem(data: bytes, width: int, height: int) -> str | None:
+    """Why a TIFF's strips or tiles would cost more to read than its size explains, or None: tiles
+    under the 16x16 the format requires, or more strip or tile offsets than such an image has strips or
+    tiles. PIL's reader makes an object for every offset in Python: 2,000,000 of them, 16 MB of file,
+    took it 4.4 s to open (``python -m benchmarks.decode_cost``)."""
+    entries = tiff_entries(data)
+
+    def field(tag: int, default: int) -> int:
+        return entries.get(tag, (0, default))[1]
+
+    planes = field(277, 1) if field(284, 1) == 2 else 1  # SamplesPerPixel, where PlanarConfiguration keeps each apart
+    if 322 in entries or 324 in entries:  # TileWidth, TileOffsets
+        tile_width, tile_height = field(322, 0), field(323, 0)
+        if tile_width < 16 or tile_height < 16:
+            return f"TIFF tiles of {tile_width}x{tile_height}, under the 16x16 the format requires: re-save it"
+        kind, offsets, room = "tile", entries.get(324, (0, 0))[0], -(-width // tile_width) * -(-height // tile_height) * planes
+    else:
+        rows = min(max(field(278, height), 1), height)  # RowsPerStrip: by default the whole image
+        kind, offsets, room = "strip", entries.get(273, (0, 0))[0], -(-height // rows) * planes
+    if offsets > room:
+        return f"TIFF with {offsets:,} {kind} offsets, more than the {room:,} {kind}s of its {width}x{height} image: re-save it"
+    return None
 
 
 def tiff_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) of a TIFF, or None: for the layouts PIL will not open, whose size the
-    dimension checks still need before OpenCV decodes them."""
+    """(width, height) of a TIFF from its first directory, or None where it has none to read."""
     fields = tiff_fields(data)
     return (fields[256], fields[257]) if 256 in fields and 257 in fields else None  # ImageWidth, ImageLength
 

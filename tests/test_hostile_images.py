@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import os
+import struct
 import subprocess
 import sys
 import zlib
@@ -24,6 +25,7 @@ from benchmarks.hostile_inputs import (
     png_strip,
     png_with_text_chunks,
     progressive_jpeg,
+    tiff_of_strips,
 )
 from benchmarks.server_process import REPO
 from gesture_core import DataConfig, ImageDecodeError, Preprocess, read_rgb
@@ -460,6 +462,27 @@ def test_a_float_bigtiff_is_scaled_and_held_to_the_same_limit(channels):
 def test_a_float_tiff_with_nan_pixels_is_refused_by_reason():
     with pytest.raises(ImageDecodeError, match="NaN or infinite"):
         decode_rgb(cv2.imencode(".tiff", np.full((8, 8, 3), np.nan, np.float32))[1].tobytes())
+
+
+def test_a_tiffs_size_is_read_from_its_directory_and_its_strips_and_tiles_are_held_to_that_size(monkeypatch):
+    """PIL's reader makes an object for every strip or tile offset in Python, whatever the image's size:
+    2,000,000 of them (16 MB) took it 4.4 s to open before the size could be checked."""
+    pixels = np.random.default_rng(0).integers(0, 256, (30, 40, 3), np.uint8)
+    kinds = [encode(Image.fromarray(pixels).convert(mode), "TIFF", **options) for mode, options in
+             [("RGB", {}), ("L", {}), ("1", {}), ("CMYK", {}), ("I;16", {}), ("RGB", {"compression": "tiff_lzw"}),
+              ("RGB", {"compression": "jpeg"}), ("RGB", {"save_all": True, "append_images": [Image.new("RGB", (9, 9))]})]]
+    assert [probe_image(data)[1] for data in kinds] == [pil_header(data)[1] for data in kinds] == [(40, 30)] * len(kinds)
+    expected = [decode_rgb(data) for data in kinds]
+    monkeypatch.setattr(Image, "open", lambda *a, **k: pytest.fail("PIL opened a TIFF"))
+    assert all(np.array_equal(decode_rgb(data), rgb) for data, rgb in zip(kinds, expected, strict=True))
+    assert decode_rgb(tiff_of_strips(64, 48, 48)).shape == (48, 64, 3)  # one strip a row, as scanners write
+    with pytest.raises(ImageDecodeError, match="^TIFF with 2,000,000 strip offsets, more than the 2,000 strips of its 2000x2000 image"):
+        decode_rgb(tiff_of_strips(2000, 2000, 2_000_000))
+    with pytest.raises(ImageDecodeError, match="^extreme aspect ratio: 2x2000000"):
+        decode_rgb(tiff_of_strips(2, 2_000_000, 2_000_000))
+    tiled = tiff_of_strips(64, 48, 48).replace(struct.pack("<HHII", 278, 4, 1, 1), struct.pack("<HHII", 322, 4, 1, 1))
+    with pytest.raises(ImageDecodeError, match="^TIFF tiles of 1x0, under the 16x16 the format requires"):
+        decode_rgb(tiled)
 
 
 def test_a_tiff_cut_inside_its_header_is_called_truncated():
