@@ -9,7 +9,7 @@ progressive JPEGs with extra scans, what decoding them would cost without the sc
 bytes per pixel of real photos from each shared set, re-encoded as PNG, and of their own JPEGs, and
 the most scans any of their JPEG files has; what merely opening an ICO file costs in PIL, which
 is why only ``gesture_core.images.DECODED_FORMATS`` are ever opened; what PIL takes to open 16 MB
-headers of the smallest units (``HEADER_LIMITS``), a PNG's text chunks and a TIFF's strip offsets; what PIL's Python decoders take for PBM, PGM and PPM
+headers of the smallest units (``HEADER_LIMITS``), a PNG's text chunks, a TIFF's strip offsets and EXIF blocks; what PIL's Python decoders take for PBM, PGM and PPM
 uploads near the size limit, against the product's decode; and what the header read before every
 decode costs beside the decode itself.
 """
@@ -29,12 +29,14 @@ from PIL import Image
 
 from benchmarks.common import describe_machine
 from benchmarks.hostile_inputs import (
+    exif_bomb,
     ico_holding_png,
     many_header_units,
     netpbm,
     png_with_text_chunks,
     progressive_jpeg,
     tiff_of_strips,
+    with_exif,
 )
 from benchmarks.recipes import SHARED_DATA
 from benchmarks.serve_latency import load_images
@@ -169,6 +171,21 @@ def tiff_strip_rows() -> None:
         print(f"| {width}x{height} | {len(data):,} | {pil * 1000:,.0f} ms | {(time.perf_counter() - started) * 1000:.1f} ms | {answer} |")
 
 
+def exif_rows() -> None:
+    """PNG and WebP files whose EXIF block lists 65,535 entries that all point at one 200 KB value:
+    OpenCV's decode (which parses the block for the orientation), and what read_rgb says now."""
+    print("\n| EXIF of 65,535 entries on one 200 KB value | file bytes | OpenCV's decode | read_rgb | the service |\n"
+          "| --- | ---: | ---: | ---: | --- |")
+    for fmt in ("PNG", "WEBP"):
+        data = with_exif(fmt, exif_bomb())
+        started = time.perf_counter()
+        cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        opencv = time.perf_counter() - started
+        started = time.perf_counter()
+        answer = refused(data)
+        print(f"| {fmt} | {len(data):,} | {opencv * 1000:,.0f} ms | {(time.perf_counter() - started) * 1000:.1f} ms | {answer} |")
+
+
 def netpbm_rows() -> None:
     """PBM/PGM/PPM files of black pixels, each just under the service's 16 MB upload limit: PIL's
     decode (open, load and convert to RGB; what read_rgb ran before) and read_rgb's now, best of 3."""
@@ -256,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     header_rows()
     png_text_rows()
     tiff_strip_rows()
+    exif_rows()
     netpbm_rows()
     probe_rows()
     photo_rows(args.photos)

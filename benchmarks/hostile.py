@@ -40,6 +40,7 @@ import psutil
 
 from benchmarks.common import describe_machine, machine, note
 from benchmarks.hostile_inputs import (
+    exif_bomb,
     http_bad_requests,
     many_header_units,
     netpbm,
@@ -49,6 +50,7 @@ from benchmarks.hostile_inputs import (
     png_with_text_chunks,
     progressive_jpeg,
     tiff_of_strips,
+    with_exif,
 )
 from benchmarks.serve_latency import drive, load_images, make_checkpoint, running_service
 
@@ -121,6 +123,10 @@ def attacks(upload_limit: int) -> list[Attack]:
                {"files": {"image": ("t.png", png_with_text_chunks())}}),  # PIL's reader inflated each to open it
         Attack("costly header", "TIFF of 2,000,000 strip offsets for 2000x2000 (16 MB)", "POST", "/predict",
                {"files": {"image": ("s.tif", tiff_of_strips(2_000, 2_000, 2_000_000))}}),  # PIL's reader made an object for each
+        Attack("costly header", "PNG whose EXIF has 65,535 entries on one 200 KB value (1 MB)", "POST", "/predict",
+               {"files": {"image": ("e.png", with_exif("PNG", exif_bomb()))}}),  # OpenCV copied the value for each
+        Attack("costly header", "WebP whose EXIF has 65,535 entries on one 200 KB value (1 MB)", "POST", "/predict",
+               {"files": {"image": ("e.webp", with_exif("WEBP", exif_bomb()))}}),
         # Formats PIL decodes in Python: PBM/PGM/PPM of plain text, or binary of any maxval but 255 (6.3 s for this one).
         Attack("costly decoder", "binary PPM of maxval 1, 2300x2300 (16 MB, legal)", "POST", "/predict",
                {"files": {"image": ("p.ppm", netpbm(6, np.zeros((2_300, 2_300, 3), np.uint8), maxval=1))}}),

@@ -170,6 +170,20 @@ def tiff_of_strips(width: int, height: int, strips: int) -> bytes:
     return b"II*\x00" + struct.pack("<IH", 8, len(entries)) + directory + bytes(4) + offsets + counts + bytes(width)
 
 
+def exif_bomb(entries: int = 65_535, value_bytes: int = 200_000) -> bytes:
+    """An EXIF block (a little-endian TIFF directory) of ``entries`` ImageDescription entries that all
+    point at one ``value_bytes`` string: a decoder that copies each entry's value copies it that often."""
+    value_at = 8 + 2 + 12 * entries + 4
+    return (b"II*\x00" + struct.pack("<IH", 8, entries) + struct.pack("<HHII", 0x010E, 2, value_bytes, value_at) * entries
+            + bytes(4) + b"A" * value_bytes)
+
+
+def with_exif(fmt: str, exif: bytes) -> bytes:
+    """A 64x64 noise image of ``fmt`` (PNG: an eXIf chunk, WEBP: an EXIF chunk) carrying ``exif``."""
+    pixels = Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), np.uint8))
+    return encode(pixels, fmt, exif=exif, **({"lossless": True} if fmt == "WEBP" else {}))
+
+
 def netpbm(kind: int, samples: np.ndarray, maxval: int = 255) -> bytes:
     """A PBM, PGM or PPM (``kind`` 1-6) of ``samples``: (H, W) for P1, P2, P4 and P5 (0/1 for the
     bitmaps, 1 black), (H, W, 3) for P3 and P6; 2-byte samples in the binary kinds above maxval 255.

@@ -53,6 +53,11 @@ MAX_JPEG_SCANS = 100
 HEADER_LIMITS = {"JPEG": ("segments before its pixels", 1000), "PNG": ("chunks besides its pixels", 100),
                  "GIF": ("blocks before its pixels", 1000), "PPM": ("header bytes", 4096), "TIFF": ("directory entries", 1000)}
 PNG_CHUNKS_WALKED = 20_000
+# OpenCV's decoders read the EXIF block of a PNG (its eXIf chunk) or a WebP (its EXIF chunk) for the
+# orientation, and copy every entry's value: 65,535 entries that all point at one 200 KB value, a 1 MB
+# file, took 475 ms to decode as a PNG and 494 ms as a WebP (``python -m benchmarks.decode_cost``). A JPEG's EXIF fits in one 64 KB segment, so
+# no camera writes a larger block; a larger one is refused. Applied everywhere.
+MAX_EXIF_BYTES = 65_535
 # The chunks that decide a PNG's pixels, and its orientation (eXIf). The rest (text, times, colour
 # profiles, which neither decoder applies here) are left out before decoding: libpng writes a warning
 # line to the server's stderr for each malformed one, and any client could send 100 a request.
@@ -291,6 +296,25 @@ def png_chunks_besides_pixels(data: bytes) -> int:
     return chunks
 
 
+def exif_block_bytes(data: bytes) -> int:
+    """The size of a PNG's first eXIf chunk, or of a WebP's EXIF chunk where its header says it has one
+    (libwebp reads it only then); 0 for none and for other formats. Both walks are bounded: a PNG's by
+    ``header_units``, checked first, a WebP's at PNG_CHUNKS_WALKED chunks (an animated one has one a frame)."""
+    png = data.startswith(b"\x89PNG\r\n\x1a\n")
+    if not png and not (data.startswith(b"RIFF") and data[8:16] == b"WEBPVP8X" and len(data) > 20 and data[20] & 0x08):
+        return 0
+    # A PNG chunk: length (big-endian), type, data, CRC; a WebP (RIFF) chunk: type, length (little-endian), data, a pad byte to even.
+    i, order, kind = (8, "big", b"eXIf") if png else (12, "little", b"EXIF")
+    for _ in range(PNG_CHUNKS_WALKED):
+        if i + 8 > len(data) or data[i + 4:i + 8] == b"IEND":
+            return 0
+        length = int.from_bytes(data[i:i + 4] if png else data[i + 4:i + 8], order)
+        if data[i + 4:i + 8] == kind if png else data[i:i + 4] == kind:
+            return length
+        i += 12 + length if png else 8 + length + (length & 1)
+    raise ImageDecodeError(f"{'PNG' if png else 'WebP'} with more than {PNG_CHUNKS_WALKED:,} chunks before its EXIF block, far more than any photo: re-save it")
+
+
 def png_size(data: bytes) -> tuple[int, int] | None:
     """(width, height) from a PNG's IHDR chunk, which comes first, when it is whole and its CRC holds;
     else None, and PIL names what is wrong. PIL's reader decompresses every text chunk and colour
@@ -387,6 +411,9 @@ def probe_layout(data: bytes) -> tuple[str, tuple[int, int], JpegLayout | None]:
     if fmt and count > HEADER_LIMITS[fmt][1]:
         what, limit = HEADER_LIMITS[fmt]
         raise ImageDecodeError(f"{fmt} with more than {limit:,} {what}, far more than any photo: re-save it")
+    if (exif := exif_block_bytes(data)) > MAX_EXIF_BYTES:
+        raise ImageDecodeError(f"{'PNG' if fmt == 'PNG' else 'WebP'} with an EXIF block of {exif:,} bytes, above the limit of {MAX_EXIF_BYTES:,} "
+                               "(a JPEG's can be no larger): re-save it")
     if fmt == "PPM" and ppm_magic(data) not in (*NETPBM_KINDS, b"Pf"):
         raise ImageDecodeError(f"unsupported image format {ppm_magic(data).decode()} (a PPM variant of PIL's own): send {SUPPORTED}")
     if layout and layout.size and layout.scans and data.startswith(b"\xff\xd8\xff"):

@@ -17,6 +17,7 @@ from PIL import Image
 
 from benchmarks.hostile_inputs import (
     encode,
+    exif_bomb,
     flat_png,
     float_bigtiff,
     ico_holding_png,
@@ -26,6 +27,7 @@ from benchmarks.hostile_inputs import (
     png_with_text_chunks,
     progressive_jpeg,
     tiff_of_strips,
+    with_exif,
 )
 from benchmarks.server_process import REPO
 from gesture_core import DataConfig, ImageDecodeError, Preprocess, read_rgb
@@ -34,6 +36,7 @@ from gesture_core.images import (
     DECODED_FORMATS,
     HEADER_LIMITS,
     MAX_ASPECT_RATIO,
+    MAX_EXIF_BYTES,
     MAX_JPEG_SCANS,
     PNG_CHUNKS_WALKED,
     SMALL_IMAGE_PIXELS,
@@ -269,6 +272,20 @@ def test_a_png_is_read_without_pils_reader_so_its_text_chunks_are_never_decompre
     assert [probe_image(data) for data in kinds] == [("PNG", (40, 30))] * len(kinds)
     assert probe_image(with_text) == ("PNG", (64, 64))
     assert all(np.array_equal(decode_rgb(data), rgb) for data, rgb in zip([*kinds, with_text], expected, strict=True))
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "WEBP"])
+def test_an_exif_block_larger_than_a_jpeg_can_hold_is_refused_and_a_real_one_still_turns_the_image(fmt):
+    """OpenCV copies every EXIF entry's value as it reads the orientation: 65,535 entries on one 200 KB
+    value (a 1 MB file) took it 475-494 ms. A JPEG's EXIF fits in 64 KB, a PNG's or a WebP's did not have to."""
+    with pytest.raises(ImageDecodeError, match=f"^{'PNG' if fmt == 'PNG' else 'WebP'} with an EXIF block of {len(exif_bomb()):,} bytes, above the limit of 65,535"):
+        decode_rgb(with_exif(fmt, exif_bomb()))
+    assert MAX_EXIF_BYTES == 65_535
+    turned = Image.Exif()
+    turned[0x0112] = 6  # rotate 90 degrees clockwise to view
+    plain = decode_rgb(encode(Image.open(io.BytesIO(with_exif(fmt, b""))).convert("RGB"), fmt, **({"lossless": True} if fmt == "WEBP" else {})))
+    assert np.array_equal(decode_rgb(with_exif(fmt, turned.tobytes())), np.rot90(plain, k=-1))
+    assert decode_rgb(with_exif(fmt, exif_bomb(5_000, 10))).shape == (64, 64, 3)  # 60 KB: under the limit
 
 
 def test_a_pngs_malformed_chunks_write_nothing_to_the_servers_stderr(capfd):
