@@ -9,9 +9,10 @@ progressive JPEGs with extra scans, what decoding them would cost without the sc
 bytes per pixel of real photos from each shared set, re-encoded as PNG, and of their own JPEGs, and
 the most scans any of their JPEG files has; what merely opening an ICO file costs in PIL, which
 is why only ``gesture_core.images.DECODED_FORMATS`` are ever opened; what PIL takes to open 16 MB
-headers of the smallest units (``HEADER_LIMITS``), a PNG's text chunks, a TIFF's strip offsets and EXIF blocks; what PIL's Python decoders take for PBM, PGM and PPM
-uploads near the size limit, against the product's decode; and what the header read before every
-decode costs beside the decode itself.
+headers of the smallest units (``HEADER_LIMITS``), a PNG's text chunks and a TIFF's strip offsets;
+what OpenCV takes for an EXIF block of many entries on one value; what PIL's Python decoders take for
+PBM, PGM and PPM uploads near the size limit, against the product's decode; and what the header read
+before every decode costs beside the decode itself.
 """
 
 from __future__ import annotations

@@ -55,8 +55,9 @@ HEADER_LIMITS = {"JPEG": ("segments before its pixels", 1000), "PNG": ("chunks b
 PNG_CHUNKS_WALKED = 20_000
 # OpenCV's decoders read the EXIF block of a PNG (its eXIf chunk) or a WebP (its EXIF chunk) for the
 # orientation, and copy every entry's value: 65,535 entries that all point at one 200 KB value, a 1 MB
-# file, took 475 ms to decode as a PNG and 494 ms as a WebP (``python -m benchmarks.decode_cost``). A JPEG's EXIF fits in one 64 KB segment, so
-# no camera writes a larger block; a larger one is refused. Applied everywhere.
+# file, took 475 ms to decode as a PNG and 494 ms as a WebP (``python -m benchmarks.decode_cost``).
+# A JPEG's EXIF fits in one 64 KB segment, so no camera writes a larger block; a larger one is
+# refused. Applied everywhere.
 MAX_EXIF_BYTES = 65_535
 # The chunks that decide a PNG's pixels, and its orientation (eXIf). The rest (text, times, colour
 # profiles, which neither decoder applies here) are left out before decoding: libpng writes a warning
@@ -320,8 +321,8 @@ def png_size(data: bytes) -> tuple[int, int] | None:
     else None, and PIL names what is wrong. PIL's reader decompresses every text chunk and colour
     profile before the pixels as it opens a file, only to refuse the file past 64 MB of them: 95 text
     chunks of 1 MB each, a 108 KB PNG, took it 144 ms and were called a corrupt PNG
-    (``python -m benchmarks.decode_cost``). Those chunks are
-    left out before decoding (``png_pixel_chunks_only``), so no reader ever parses them."""
+    (``python -m benchmarks.decode_cost``). Those chunks are left out before decoding
+    (``png_pixel_chunks_only``), so no reader ever parses them."""
     if len(data) < 33 or data[8:16] != b"\x00\x00\x00\x0dIHDR" or zlib.crc32(data[12:29]) != int.from_bytes(data[29:33], "big"):
         return None
     return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
@@ -405,7 +406,8 @@ def probe_layout(data: bytes) -> tuple[str, tuple[int, int], JpegLayout | None]:
     A JPEG's size comes from its own start-of-frame segment: PIL's reader also parses the EXIF block
     as it opens one (for its DPI), which made the probe cost twice what OpenCV takes to decode a
     100x100 photo. A JPEG whose markers do not give a size before its first scan goes to PIL, whose
-    errors are the better reason. A PNG's comes from its IHDR chunk (``png_size``)."""
+    errors are the better reason. A PNG's comes from its IHDR chunk (``png_size``), and a TIFF's from
+    its first directory (``tiff_pieces_problem`` says why)."""
     layout = jpeg_layout(data) if data.startswith(b"\xff\xd8") else None
     fmt, count = ("JPEG", layout.segments) if layout else header_units(data)
     if fmt and count > HEADER_LIMITS[fmt][1]:
@@ -565,8 +567,9 @@ def _decode_netpbm(data: bytes) -> np.ndarray:
 
     PIL decodes the plain (text) kinds, and the binary ones of any maxval but 255, in Python: just
     under the service's 16 MB upload limit, a binary PPM of maxval 1 took it 6.1 s and a plain PPM
-    2.4 s, where this takes 23-38 ms (``python -m benchmarks.decode_cost``). A binary raster is read as it lies in the file; OpenCV
-    parses the plain ones, and scales their samples itself when they fit 8 bits."""
+    2.4 s, where this takes 23-48 ms (``python -m benchmarks.decode_cost``). A binary raster is read
+    as it lies in the file; OpenCV parses the plain ones, and scales their samples itself when they
+    fit 8 bits."""
     end, tokens = ppm_header(data)
     try:
         width, height, maxval = int(tokens[1]), int(tokens[2]), int(tokens[3]) if len(tokens) == 4 else 1

@@ -283,7 +283,7 @@ def test_an_exif_block_larger_than_a_jpeg_can_hold_is_refused_and_a_real_one_sti
     assert MAX_EXIF_BYTES == 65_535
     turned = Image.Exif()
     turned[0x0112] = 6  # rotate 90 degrees clockwise to view
-    plain = decode_rgb(encode(Image.open(io.BytesIO(with_exif(fmt, b""))).convert("RGB"), fmt, **({"lossless": True} if fmt == "WEBP" else {})))
+    plain = decode_rgb(with_exif(fmt, b""))
     assert np.array_equal(decode_rgb(with_exif(fmt, turned.tobytes())), np.rot90(plain, k=-1))
     assert decode_rgb(with_exif(fmt, exif_bomb(5_000, 10))).shape == (64, 64, 3)  # 60 KB: under the limit
 
@@ -380,7 +380,7 @@ def test_every_supported_format_decodes(fmt, mode):
 @pytest.fixture
 def pil_netpbm_decoders_fail(monkeypatch):
     """PIL's decoders for the plain kinds and for binary ones of any maxval but 255 run in Python: a
-    16 MB binary PPM of maxval 1 took 6.3 s (``python -m benchmarks.decode_cost``). None may run."""
+    16 MB binary PPM of maxval 1 took 6.1-6.3 s (``python -m benchmarks.decode_cost``). None may run."""
     from PIL import PpmImagePlugin
 
     def fail(*_):
