@@ -10,7 +10,8 @@ bytes per pixel of real photos from each shared set, re-encoded as PNG, and of t
 the most scans any of their JPEG files has; what merely opening an ICO file costs in PIL, which
 is why only ``gesture_core.images.DECODED_FORMATS`` are ever opened; what PIL takes to open 16 MB
 headers of the smallest units (``HEADER_LIMITS``), a PNG's text chunks and a TIFF's strip offsets;
-what OpenCV takes for an EXIF block of many entries on one value; what PIL's Python decoders take for
+what OpenCV takes for an EXIF block of many entries on one value, and for a PNG whose compressed
+data goes on after its image; what PIL's Python decoders take for
 PBM, PGM and PPM uploads near the size limit, against the product's decode; and what the header read
 before every decode costs beside the decode itself.
 """
@@ -34,6 +35,7 @@ from benchmarks.hostile_inputs import (
     ico_holding_png,
     many_header_units,
     netpbm,
+    png_of_rows,
     png_with_text_chunks,
     progressive_jpeg,
     tiff_of_strips,
@@ -187,6 +189,27 @@ def exif_rows() -> None:
         print(f"| {fmt} | {len(data):,} | {opencv * 1000:,.0f} ms | {(time.perf_counter() - started) * 1000:.1f} ms | {answer} |")
 
 
+def png_tail_rows() -> None:
+    """A 64x64 PNG whose compressed data goes on with zeros after the image: OpenCV's decode (libpng
+    inflates all of it) against read_rgb with the service's limits, which inflates it first and stops;
+    then what that check costs on a photo-sized PNG (a flowers photo resized to 2000x1500), best of 5."""
+    print("\n| PNG of a 64x64 image, then zeros in its compressed data | file bytes | OpenCV's decode | read_rgb, service limits | the service |\n"
+          "| --- | ---: | ---: | ---: | --- |")
+    pixels = np.random.default_rng(0).integers(0, 256, (64, 64, 3), np.uint8)
+    for extra in (100 << 20, 1 << 30):
+        data = png_of_rows(pixels, extra_zeros=extra)
+        opencv = timed(lambda d=data: cv2.imdecode(np.frombuffer(d, np.uint8), cv2.IMREAD_COLOR))
+        started = time.perf_counter()
+        answer = refused(data)
+        print(f"| {extra >> 20:,} MB of zeros | {len(data):,} | {opencv * 1000:,.0f} ms | {(time.perf_counter() - started) * 1000:.1f} ms | {answer} |")
+    photos = sorted((SHARED_DATA / "flowers").rglob("*.jpg"))[:1]
+    if photos:
+        data = cv2.imencode(".png", cv2.resize(cv2.imread(str(photos[0])), (2000, 1500)))[1].tobytes()
+        plain, checked = (min(timed(lambda c=check: read_rgb(data, check_png_data=c)) for _ in range(5)) for check in (False, True))
+        print(f"\n{photos[0].name} as a 2000x1500 PNG ({len(data):,} bytes): read_rgb {plain * 1000:.0f} ms, "
+              f"{checked * 1000:.0f} ms with check_png_data (the service's)")
+
+
 def netpbm_rows() -> None:
     """PBM/PGM/PPM files of black pixels, each just under the service's 16 MB upload limit: PIL's
     decode (open, load and convert to RGB; what read_rgb ran before) and read_rgb's now, best of 3."""
@@ -275,6 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     png_text_rows()
     tiff_strip_rows()
     exif_rows()
+    png_tail_rows()
     netpbm_rows()
     probe_rows()
     photo_rows(args.photos)

@@ -45,6 +45,7 @@ from benchmarks.hostile_inputs import (
     many_header_units,
     netpbm,
     noise_jpeg,
+    png_of_rows,
     png_strip,
     png_with_noise_rows,
     png_with_text_chunks,
@@ -127,6 +128,8 @@ def attacks(upload_limit: int) -> list[Attack]:
                {"files": {"image": ("e.png", with_exif("PNG", exif_bomb()))}}),  # OpenCV copied the value for each
         Attack("costly header", "WebP whose EXIF has 65,535 entries on one 200 KB value (1 MB)", "POST", "/predict",
                {"files": {"image": ("e.webp", with_exif("WEBP", exif_bomb()))}}),
+        Attack("costly header", "PNG of 64x64 then 1 GB of zeros in its compressed data (1 MB)", "POST", "/predict",
+               {"files": {"image": ("z.png", png_of_rows(np.zeros((64, 64, 3), np.uint8), extra_zeros=1 << 30))}}),  # libpng inflated it all
         # Formats PIL decodes in Python: PBM/PGM/PPM of plain text, or binary of any maxval but 255 (6.3 s for this one).
         Attack("costly decoder", "binary PPM of maxval 1, 2300x2300 (16 MB, legal)", "POST", "/predict",
                {"files": {"image": ("p.ppm", netpbm(6, np.zeros((2_300, 2_300, 3), np.uint8), maxval=1))}}),

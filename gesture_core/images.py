@@ -63,6 +63,10 @@ MAX_EXIF_BYTES = 65_535
 # profiles, which neither decoder applies here) are left out before decoding: libpng writes a warning
 # line to the server's stderr for each malformed one, and any client could send 100 a request.
 PNG_PIXEL_CHUNKS = frozenset({b"IHDR", b"PLTE", b"tRNS", b"IDAT", b"IEND", b"eXIf"})
+# Samples a pixel for each PNG colour type (grey, RGB, palette, grey and alpha, RGBA), and the seven
+# passes of an interlaced (Adam7) image: first column, first row, column step, row step.
+PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
+ADAM7_PASSES = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
 TRUNCATED_JPEG = "truncated JPEG (no end-of-image marker)"
 # Start-of-frame markers (C4 is a Huffman table, C8 reserved, CC an arithmetic-coding table), and those of progressive JPEG.
 FRAME_MARKERS = {*range(0xC0, 0xD0)} - {0xC4, 0xC8, 0xCC}
@@ -104,13 +108,16 @@ def read_rgb(
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     min_side: int | None = None,
     max_pixels_per_byte: float | None = None,
+    check_png_data: bool = False,
 ) -> np.ndarray:
     """Return the image as a contiguous RGB uint8 array of shape (H, W, 3).
 
     ``min_side`` lets JPEG decoding run at 1/2, 1/4 or 1/8 scale while the shorter side stays at
     least that large: a 3024x3024 photo resized to 256 anyway decodes about 30x faster.
     ``max_pixels_per_byte`` refuses files that declare far more pixels than their size explains
-    (see SMALL_IMAGE_PIXELS); it applies to encoded files only.
+    (see SMALL_IMAGE_PIXELS); it applies to encoded files only. ``check_png_data`` refuses a PNG whose
+    compressed image data holds more than its image (``png_data_past_its_image``), at the cost of
+    inflating it once more. The service sets both; the user's own files are read without them.
     """
     if isinstance(source, np.ndarray):
         rgb = _array_to_rgb(source)
@@ -121,7 +128,8 @@ def read_rgb(
         with _pil_errors_as_decode_errors():
             return _pil_to_rgb(source)
     if isinstance(source, (bytes, bytearray, memoryview)):
-        return decode_rgb(bytes(source), max_pixels=max_pixels, min_side=min_side, max_pixels_per_byte=max_pixels_per_byte)
+        return decode_rgb(bytes(source), max_pixels=max_pixels, min_side=min_side, max_pixels_per_byte=max_pixels_per_byte,
+                          check_png_data=check_png_data)
     path = Path(source)
     try:
         data = path.read_bytes()
@@ -130,13 +138,14 @@ def read_rgb(
     except OSError as err:
         raise ImageDecodeError(f"{path}: cannot read ({err.strerror or err})") from None
     try:
-        return decode_rgb(data, max_pixels=max_pixels, min_side=min_side, max_pixels_per_byte=max_pixels_per_byte)
+        return decode_rgb(data, max_pixels=max_pixels, min_side=min_side, max_pixels_per_byte=max_pixels_per_byte,
+                          check_png_data=check_png_data)
     except ImageDecodeError as err:
         raise ImageDecodeError(f"{path}: {err}") from None
 
 
 def decode_rgb(data: bytes, *, max_pixels: int | None = DEFAULT_MAX_PIXELS, min_side: int | None = None,
-               max_pixels_per_byte: float | None = None) -> np.ndarray:
+               max_pixels_per_byte: float | None = None, check_png_data: bool = False) -> np.ndarray:
     if not data:
         raise ImageDecodeError("empty file (0 bytes)")
     fmt, (width, height), layout = probe_layout(data)
@@ -155,6 +164,8 @@ def decode_rgb(data: bytes, *, max_pixels: int | None = DEFAULT_MAX_PIXELS, min_
         raise ImageDecodeError(TRUNCATED_JPEG)
     if fmt == "PNG":
         data = png_pixel_chunks_only(data)
+        if check_png_data and png_data_past_its_image(data):
+            raise ImageDecodeError(f"PNG whose compressed image data holds more than its {width}x{height} image: re-save it")
     if fmt == "PPM" and data[:2] in NETPBM_KINDS:
         return _decode_netpbm(data)
     if fmt in ("JPEG", "PNG", "WEBP", "BMP", "TIFF"):
@@ -326,6 +337,44 @@ def png_size(data: bytes) -> tuple[int, int] | None:
     if len(data) < 33 or data[8:16] != b"\x00\x00\x00\x0dIHDR" or zlib.crc32(data[12:29]) != int.from_bytes(data[29:33], "big"):
         return None
     return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+def png_image_bytes(data: bytes) -> int | None:
+    """How many bytes a PNG's image data inflates to, from its IHDR chunk: each row's samples and its
+    filter byte, in each of the seven passes when it is interlaced; None where IHDR cannot tell."""
+    size = png_size(data)
+    if size is None or data[25] not in PNG_CHANNELS:
+        return None
+    (width, height), bits = size, data[24] * PNG_CHANNELS[data[25]]  # bit depth x samples a pixel
+    total = 0
+    for x0, y0, dx, dy in ADAM7_PASSES if data[28] == 1 else ((0, 0, 1, 1),):
+        columns, rows = -(-max(width - x0, 0) // dx), -(-max(height - y0, 0) // dy)
+        total += rows * (1 + -(-columns * bits // 8)) if columns else 0
+    return total
+
+
+def png_data_past_its_image(data: bytes) -> bool:
+    """Whether a PNG's compressed image data inflates to more than its image. libpng (OpenCV's decoder)
+    inflates all of it, the part after the image too: a 1 MB PNG of a 64x64 image followed by 1 GB of
+    zeros in its compressed data took 2.1 s to decode (``python -m benchmarks.decode_cost``). This inflates
+    the data 1 MB at a time and stops past the image's size; a stream zlib cannot read is left to the
+    decoder, whose reason is better."""
+    expected, inflater, produced, i = png_image_bytes(data), zlib.decompressobj(), 0, 8
+    for _ in range(PNG_CHUNKS_WALKED if expected is not None else 0):
+        if i + 8 > len(data) or data[i + 4:i + 8] == b"IEND" or inflater.eof:
+            break
+        length = int.from_bytes(data[i:i + 4], "big")
+        pending = data[i + 8:i + 8 + length] if data[i + 4:i + 8] == b"IDAT" else b""
+        while pending and not inflater.eof:
+            try:
+                produced += len(inflater.decompress(pending, 1 << 20))
+            except zlib.error:
+                return False
+            if produced > expected:
+                return True
+            pending = inflater.unconsumed_tail
+        i += 12 + length
+    return False
 
 
 def png_pixel_chunks_only(data: bytes) -> bytes:

@@ -116,9 +116,10 @@ class Settings:
     def resources(self) -> dict[str, Any]:
         return {"gpu": self.gpus} if self.gpus else {"cpu": str(os.cpu_count() or 1)}
 
-    def decode_limits(self) -> dict[str, float]:
-        """``read_rgb``'s limits for an upload: its pixels, and its pixels per byte of file."""
-        return {"max_pixels": self.max_pixels, "max_pixels_per_byte": self.max_pixels_per_byte}
+    def decode_limits(self) -> dict[str, float | bool]:
+        """``read_rgb``'s limits for an upload: its pixels, its pixels per byte of file, and a PNG's
+        compressed data no larger than its image."""
+        return {"max_pixels": self.max_pixels, "max_pixels_per_byte": self.max_pixels_per_byte, "check_png_data": True}
 
     def describe(self) -> dict[str, Any]:
         """What /info reports: the settings as this worker runs them."""

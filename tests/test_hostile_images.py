@@ -23,6 +23,7 @@ from benchmarks.hostile_inputs import (
     ico_holding_png,
     many_header_units,
     netpbm,
+    png_of_rows,
     png_strip,
     png_with_text_chunks,
     progressive_jpeg,
@@ -46,6 +47,7 @@ from gesture_core.images import (
     jpeg_layout,
     probe_image,
 )
+from service.settings import Settings
 from tests.service_inputs import jpeg
 
 
@@ -286,6 +288,37 @@ def test_an_exif_block_larger_than_a_jpeg_can_hold_is_refused_and_a_real_one_sti
     plain = decode_rgb(with_exif(fmt, b""))
     assert np.array_equal(decode_rgb(with_exif(fmt, turned.tobytes())), np.rot90(plain, k=-1))
     assert decode_rgb(with_exif(fmt, exif_bomb(5_000, 10))).shape == (64, 64, 3)  # 60 KB: under the limit
+
+
+def test_a_png_whose_compressed_data_holds_more_than_its_image_is_refused_where_uploads_are_read():
+    """libpng inflates all of a PNG's compressed data, past the image's end too: a 64x64 image followed
+    by 1 GB of zeros, a 1 MB file, took 2.1 s to decode. The service inflates it first, 1 MB at a time,
+    and stops past the image's size, which it reads from IHDR for every kind of PNG."""
+    pixels = np.random.default_rng(0).integers(0, 256, (37, 45, 3), np.uint8)
+    image = Image.fromarray(pixels)
+    kinds = [encode(image.convert(mode), "PNG", **options) for mode, options in
+             [("RGB", {}), ("RGBA", {}), ("L", {}), ("LA", {}), ("1", {}), ("I;16", {}), ("P", {}), ("P", {"bits": 4}), ("P", {"bits": 2}), ("P", {"bits": 1})]]
+    kinds += [cv2.imencode(".png", pixels.astype(np.uint16) * 257)[1].tobytes(), png_of_rows(pixels), png_of_rows(pixels, interlaced=True)]
+    for data in kinds:
+        inflated = zlib.decompress(b"".join(data[i + 8:i + 8 + n] for i, n in png_chunk_spans(data, b"IDAT")))
+        assert images_module.png_image_bytes(data) == len(inflated)
+        assert decode_rgb(data, check_png_data=True).shape == (37, 45, 3)
+    assert np.array_equal(decode_rgb(png_of_rows(pixels, interlaced=True), check_png_data=True), pixels)
+    bomb = png_of_rows(pixels, extra_zeros=1 << 30)
+    assert len(bomb) < 1_100_000
+    with pytest.raises(ImageDecodeError, match="^PNG whose compressed image data holds more than its 45x37 image: re-save it$"):
+        decode_rgb(bomb, check_png_data=True)
+    assert decode_rgb(png_of_rows(pixels, extra_zeros=100), check_png_data=False).shape == (37, 45, 3)  # the user's own files: not checked
+    assert Settings().decode_limits()["check_png_data"] is True
+
+
+def png_chunk_spans(data: bytes, kind: bytes) -> list[tuple[int, int]]:
+    spans, i = [], 8
+    while i + 8 <= len(data):
+        length = int.from_bytes(data[i:i + 4], "big")
+        spans += [(i, length)] if data[i + 4:i + 8] == kind else []
+        i += 12 + length
+    return spans
 
 
 def test_a_pngs_malformed_chunks_write_nothing_to_the_servers_stderr(capfd):
