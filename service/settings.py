@@ -118,7 +118,7 @@ class Settings:
 
     def decode_limits(self) -> dict[str, float | bool]:
         """``read_rgb``'s limits for an upload: its pixels, its pixels per byte of file, and a PNG's
-        compressed data no larger than its image."""
+        compressed data inflating to no more than its image."""
         return {"max_pixels": self.max_pixels, "max_pixels_per_byte": self.max_pixels_per_byte, "check_png_data": True}
 
     def describe(self) -> dict[str, Any]:
