@@ -30,13 +30,15 @@ def noise_jpeg(seed: int = 1, size: int = 96) -> bytes:
     return encode(Image.fromarray(pixels), "JPEG", quality=90)
 
 
+def png_chunk(kind: bytes, body: bytes) -> bytes:
+    """One PNG chunk: length, type, data and CRC."""
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
 def png_bomb(width: int = 50_000, height: int = 50_000) -> bytes:
     """A ~100-byte PNG whose header declares ``width`` x ``height`` RGB pixels (7.5 GB decoded)."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 1024)) + chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", zlib.compress(b"\x00" * 1024)) + png_chunk(b"IEND", b"")
 
 
 def png_strip(width: int, height: int) -> bytes:
@@ -151,8 +153,7 @@ def float_bigtiff(pixels: np.ndarray) -> bytes:
 def png_with_text_chunks(count: int = 95, text_bytes: int = 1_000_000) -> bytes:
     """A 64x64 noise PNG with ``count`` compressed text chunks (zTXt) of ``text_bytes`` each before its
     pixels: under the chunk limit, and about 1 KB a chunk, but PIL's reader inflates every one to open it."""
-    text = b"k\x00\x00" + zlib.compress(b"a" * text_bytes, 9)
-    chunk = len(text).to_bytes(4, "big") + b"zTXt" + text + zlib.crc32(b"zTXt" + text).to_bytes(4, "big")
+    chunk = png_chunk(b"zTXt", b"k\x00\x00" + zlib.compress(b"a" * text_bytes, 9))
     png = encode(Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), np.uint8)), "PNG")
     return png[:33] + chunk * count + png[33:]  # after the signature and IHDR
 
@@ -188,9 +189,6 @@ def png_of_rows(pixels: np.ndarray, interlaced: bool = False, extra_zeros: int =
     """An 8-bit RGB PNG of ``pixels`` written by hand, so that it can be interlaced (Adam7, which
     neither OpenCV nor PIL writes) or carry ``extra_zeros`` bytes of zeros after the image inside its
     compressed data, which inflate for nothing (1 GB from about 1 MB of file)."""
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
     height, width = pixels.shape[:2]
     passes = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2)) if interlaced else ((0, 0, 1, 1),)
     rows = b"".join(b"\x00" + row.tobytes() for x0, y0, dx, dy in passes for row in pixels[y0::dy, x0::dx] if row.size)
@@ -198,7 +196,7 @@ def png_of_rows(pixels: np.ndarray, interlaced: bool = False, extra_zeros: int =
     stream = deflate.compress(rows) + b"".join(deflate.compress(bytes(1 << 20)) for _ in range(extra_zeros >> 20))
     stream += deflate.compress(bytes(extra_zeros & ((1 << 20) - 1))) + deflate.flush()
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, int(interlaced))
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", stream) + chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", stream) + png_chunk(b"IEND", b"")
 
 
 def netpbm(kind: int, samples: np.ndarray, maxval: int = 255) -> bytes:

@@ -8,6 +8,7 @@ handled once, with one error type whose message can be shown to a user.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import os
 import re
@@ -149,9 +150,10 @@ def decode_rgb(data: bytes, *, max_pixels: int | None = DEFAULT_MAX_PIXELS, min_
     if not data:
         raise ImageDecodeError("empty file (0 bytes)")
     fmt, (width, height), layout = probe_layout(data)
-    deep = fmt == "TIFF" and tiff_has_deep_samples(data)
+    tiff = tiff_entries(data) if fmt == "TIFF" else {}
+    deep = tiff_has_deep_samples(tiff)
     check_dimensions(width, height, max_pixels=max_pixels, deep_samples=deep)
-    if fmt == "TIFF" and (problem := tiff_pieces_problem(data, width, height)):
+    if problem := tiff_pieces_problem(tiff, width, height):
         raise ImageDecodeError(problem)
     progressive, scans = (layout.progressive, layout.scans) if layout else (False, 0)
     if scans > MAX_JPEG_SCANS:
@@ -294,37 +296,51 @@ def tiff_directory(data: bytes) -> tuple[str, int, int]:
     return order, offset, int.from_bytes(data[offset:offset + width], order) if inside else 0
 
 
+def png_chunks(data: bytes) -> Iterator[tuple[bytes, int, int]]:
+    """(type, where its data starts, its length) of a PNG's chunks in file order, at most
+    PNG_CHUNKS_WALKED + 2 of them: a chunk is its length (big-endian), type, data and CRC."""
+    i = 8
+    for _ in range(PNG_CHUNKS_WALKED + 2):
+        if i + 8 > len(data):
+            return
+        length = int.from_bytes(data[i:i + 4], "big")
+        yield data[i + 4:i + 8], i + 8, length
+        i += 12 + length
+
+
 def png_chunks_besides_pixels(data: bytes) -> int:
     """A PNG's chunks other than image data, before it and after it: libpng (OpenCV) reads the ones
     after it too, and writes a warning line for each bad one. A walk of more than PNG_CHUNKS_WALKED
     chunks in all counts as over the limit (a 16 MB PNG in libpng's 8 KB chunks has about 2,000)."""
-    i, chunks, walked, limit = 8, 0, 0, HEADER_LIMITS["PNG"][1]
-    while i + 8 <= len(data) and chunks <= limit:
+    chunks, limit = 0, HEADER_LIMITS["PNG"][1]
+    for walked, (kind, _, _) in enumerate(png_chunks(data)):
         if walked > PNG_CHUNKS_WALKED:
             return limit + 1
-        chunks += data[i + 4:i + 8] != b"IDAT"
-        walked += 1
-        i += 12 + int.from_bytes(data[i:i + 4], "big")  # length, type, data, CRC
+        chunks += kind != b"IDAT"
+        if chunks > limit:
+            break
     return chunks
 
 
 def exif_block_bytes(data: bytes) -> int:
     """The size of a PNG's first eXIf chunk, or of a WebP's EXIF chunk where its header says it has one
-    (libwebp reads it only then); 0 for none and for other formats. Both walks are bounded: a PNG's by
-    ``header_units``, checked first, a WebP's at PNG_CHUNKS_WALKED chunks (an animated one has one a frame)."""
-    png = data.startswith(b"\x89PNG\r\n\x1a\n")
-    if not png and not (data.startswith(b"RIFF") and data[8:16] == b"WEBPVP8X" and len(data) > 20 and data[20] & 0x08):
+    (libwebp reads it only then); 0 for none and for other formats."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        for kind, _, length in png_chunks(data):
+            if kind in (b"eXIf", b"IEND"):
+                return length if kind == b"eXIf" else 0
         return 0
-    # A PNG chunk: length (big-endian), type, data, CRC; a WebP (RIFF) chunk: type, length (little-endian), data, a pad byte to even.
-    i, order, kind = (8, "big", b"eXIf") if png else (12, "little", b"EXIF")
-    for _ in range(PNG_CHUNKS_WALKED):
-        if i + 8 > len(data) or data[i + 4:i + 8] == b"IEND":
+    if not (data.startswith(b"RIFF") and data[8:16] == b"WEBPVP8X" and len(data) > 20 and data[20] & 0x08):
+        return 0
+    i = 12  # a RIFF chunk: type, length (little-endian), data, a pad byte to an even length
+    for _ in range(PNG_CHUNKS_WALKED):  # an animated WebP has a chunk a frame
+        if i + 8 > len(data):
             return 0
-        length = int.from_bytes(data[i:i + 4] if png else data[i + 4:i + 8], order)
-        if data[i + 4:i + 8] == kind if png else data[i:i + 4] == kind:
+        length = int.from_bytes(data[i + 4:i + 8], "little")
+        if data[i:i + 4] == b"EXIF":
             return length
-        i += 12 + length if png else 8 + length + (length & 1)
-    raise ImageDecodeError(f"{'PNG' if png else 'WebP'} with more than {PNG_CHUNKS_WALKED:,} chunks before its EXIF block, far more than any photo: re-save it")
+        i += 8 + length + (length & 1)
+    raise ImageDecodeError(f"WebP with more than {PNG_CHUNKS_WALKED:,} chunks before its EXIF block, far more than any photo: re-save it")
 
 
 def png_size(data: bytes) -> tuple[int, int] | None:
@@ -359,12 +375,11 @@ def png_data_past_its_image(data: bytes) -> bool:
     zeros in its compressed data took 2.1 s to decode (``python -m benchmarks.decode_cost``). This inflates
     the data 1 MB at a time and stops past the image's size; a stream zlib cannot read is left to the
     decoder, whose reason is better."""
-    expected, inflater, produced, i = png_image_bytes(data), zlib.decompressobj(), 0, 8
-    for _ in range(PNG_CHUNKS_WALKED if expected is not None else 0):
-        if i + 8 > len(data) or data[i + 4:i + 8] == b"IEND" or inflater.eof:
+    expected, inflater, produced = png_image_bytes(data), zlib.decompressobj(), 0
+    for kind, start, length in png_chunks(data) if expected is not None else ():
+        if kind == b"IEND" or inflater.eof:
             break
-        length = int.from_bytes(data[i:i + 4], "big")
-        pending = data[i + 8:i + 8 + length] if data[i + 4:i + 8] == b"IDAT" else b""
+        pending = data[start:start + length] if kind == b"IDAT" else b""
         while pending and not inflater.eof:
             try:
                 produced += len(inflater.decompress(pending, 1 << 20))
@@ -373,7 +388,6 @@ def png_data_past_its_image(data: bytes) -> bool:
             if produced > expected:
                 return True
             pending = inflater.unconsumed_tail
-        i += 12 + length
     return False
 
 
@@ -381,16 +395,15 @@ def png_pixel_chunks_only(data: bytes) -> bytes:
     """The PNG with only its ``PNG_PIXEL_CHUNKS`` (every image-data chunk, the first of each other kind),
     in their order, each chunk's bytes as they were; ``data`` itself where that is all it holds. A chunk
     cut short stays cut short, for the decoder to report."""
-    kept, seen, i = [data[:8]], set(), 8
-    while i + 8 <= len(data):
-        kind, end = data[i + 4:i + 8], i + 12 + int.from_bytes(data[i:i + 4], "big")
+    kept, seen, end = [data[:8]], set(), 8
+    for kind, start, length in png_chunks(data):
+        end = start + length + 4  # past its CRC
         if kind in PNG_PIXEL_CHUNKS and (kind == b"IDAT" or kind not in seen):
-            kept.append(data[i:end])
+            kept.append(data[start - 8:end])
             seen.add(kind)
-        i = end
         if kind == b"IEND":
             break
-    kept.append(data[i:])  # bytes too few for a chunk
+    kept.append(data[end:])  # bytes too few for a chunk
     return data if sum(map(len, kept)) == len(data) else b"".join(kept)
 
 
@@ -465,8 +478,8 @@ def probe_layout(data: bytes) -> tuple[str, tuple[int, int], JpegLayout | None]:
     if (exif := exif_block_bytes(data)) > MAX_EXIF_BYTES:
         raise ImageDecodeError(f"{'PNG' if fmt == 'PNG' else 'WebP'} with an EXIF block of {exif:,} bytes, above the limit of {MAX_EXIF_BYTES:,} "
                                "(a JPEG's can be no larger): re-save it")
-    if fmt == "PPM" and ppm_magic(data) not in (*NETPBM_KINDS, b"Pf"):
-        raise ImageDecodeError(f"unsupported image format {ppm_magic(data).decode()} (a PPM variant of PIL's own): send {SUPPORTED}")
+    if fmt == "PPM" and (magic := ppm_magic(data)) not in (*NETPBM_KINDS, b"Pf"):
+        raise ImageDecodeError(f"unsupported image format {magic.decode()} (a PPM variant of PIL's own): send {SUPPORTED}")
     if layout and layout.size and layout.scans and data.startswith(b"\xff\xd8\xff"):
         return "JPEG", layout.size, layout
     if fmt == "PNG" and (size := png_size(data)):
@@ -481,16 +494,7 @@ def probe_layout(data: bytes) -> tuple[str, tuple[int, int], JpegLayout | None]:
         pixels = f"{int(declared.group(1)):,} pixels" if declared else "more pixels than PIL opens"
         raise ImageDecodeError(f"image too large: its header declares {pixels}, far more than any photo") from None
     except Exception:  # PIL raises a zoo of types for garbage input
-        size = tiff_size(data) if fmt == "TIFF" else None
-        if size is None:
-            raise ImageDecodeError(unreadable_header(data)) from None
-        return "TIFF", size, layout  # a sample layout PIL has no mode for (3-channel float): OpenCV reads it
-
-
-def tiff_fields(data: bytes) -> dict[int, int]:
-    """{tag: first value} of the SHORT, LONG and LONG8 fields in a TIFF's or BigTIFF's first directory
-    ({} for anything else)."""
-    return {tag: first for tag, (_, first) in tiff_entries(data).items()}
+        raise ImageDecodeError(unreadable_header(data)) from None
 
 
 def tiff_entries(data: bytes) -> dict[int, tuple[int, int]]:
@@ -517,16 +521,19 @@ def tiff_entries(data: bytes) -> dict[int, tuple[int, int]]:
     return entries
 
 
-def tiff_pieces_problem(data: bytes, width: int, height: int) -> str | None:
-    """Why a TIFF's strips or tiles would cost more to read than its size explains, or None: tiles
-    under the 16x16 the format requires, or more strip or tile offsets than such an image has strips or
-    tiles. PIL's reader makes an object for every offset in Python: 2,000,000 of them, 16 MB of file,
-    took it 4.4 s to open (``python -m benchmarks.decode_cost``)."""
-    entries = tiff_entries(data)
+def tiff_field(entries: dict[int, tuple[int, int]], tag: int, default: int) -> int:
+    """The first value of a field of ``tiff_entries``, or ``default`` where the directory has none."""
+    return entries.get(tag, (0, default))[1]
 
-    def field(tag: int, default: int) -> int:
-        return entries.get(tag, (0, default))[1]
 
+def tiff_pieces_problem(entries: dict[int, tuple[int, int]], width: int, height: int) -> str | None:
+    """Why a TIFF's strips or tiles (``tiff_entries``; {} for other formats) would cost more to read
+    than its size explains, or None: tiles under the 16x16 the format requires, or more strip or tile
+    offsets than such an image has strips or tiles. PIL's reader makes an object for every offset in
+    Python: 2,000,000 of them, 16 MB of file, took it 4.4 s to open (``python -m benchmarks.decode_cost``)."""
+    if not entries:
+        return None
+    field = functools.partial(tiff_field, entries)
     planes = field(277, 1) if field(284, 1) == 2 else 1  # SamplesPerPixel, where PlanarConfiguration keeps each apart
     if 322 in entries or 324 in entries:  # TileWidth, TileOffsets
         tile_width, tile_height = field(322, 0), field(323, 0)
@@ -543,14 +550,14 @@ def tiff_pieces_problem(data: bytes, width: int, height: int) -> str | None:
 
 def tiff_size(data: bytes) -> tuple[int, int] | None:
     """(width, height) of a TIFF from its first directory, or None where it has none to read."""
-    fields = tiff_fields(data)
-    return (fields[256], fields[257]) if 256 in fields and 257 in fields else None  # ImageWidth, ImageLength
+    entries = tiff_entries(data)
+    return (entries[256][1], entries[257][1]) if 256 in entries and 257 in entries else None  # ImageWidth, ImageLength
 
 
-def tiff_has_deep_samples(data: bytes) -> bool:
-    """Float samples (SampleFormat 3), or more than 16 bits a sample: what OpenCV's 8-bit decode gets wrong."""
-    fields = tiff_fields(data)
-    return fields.get(339, 1) == 3 or fields.get(258, 8) > 16  # SampleFormat, BitsPerSample
+def tiff_has_deep_samples(entries: dict[int, tuple[int, int]]) -> bool:
+    """Float samples (SampleFormat 3), or more than 16 bits a sample, in a TIFF's ``tiff_entries``
+    ({} for other formats): what OpenCV's 8-bit decode gets wrong."""
+    return tiff_field(entries, 339, 1) == 3 or tiff_field(entries, 258, 8) > 16  # SampleFormat, BitsPerSample
 
 
 def signature_format(data: bytes) -> str | None:

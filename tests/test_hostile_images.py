@@ -300,7 +300,7 @@ def test_a_png_whose_compressed_data_holds_more_than_its_image_is_refused_where_
              [("RGB", {}), ("RGBA", {}), ("L", {}), ("LA", {}), ("1", {}), ("I;16", {}), ("P", {}), ("P", {"bits": 4}), ("P", {"bits": 2}), ("P", {"bits": 1})]]
     kinds += [cv2.imencode(".png", pixels.astype(np.uint16) * 257)[1].tobytes(), png_of_rows(pixels), png_of_rows(pixels, interlaced=True)]
     for data in kinds:
-        inflated = zlib.decompress(b"".join(data[i + 8:i + 8 + n] for i, n in png_chunk_spans(data, b"IDAT")))
+        inflated = zlib.decompress(b"".join(data[i:i + n] for kind, i, n in images_module.png_chunks(data) if kind == b"IDAT"))
         assert images_module.png_image_bytes(data) == len(inflated)
         assert decode_rgb(data, check_png_data=True).shape == (37, 45, 3)
     assert np.array_equal(decode_rgb(png_of_rows(pixels, interlaced=True), check_png_data=True), pixels)
@@ -310,15 +310,6 @@ def test_a_png_whose_compressed_data_holds_more_than_its_image_is_refused_where_
         decode_rgb(bomb, check_png_data=True)
     assert decode_rgb(png_of_rows(pixels, extra_zeros=100), check_png_data=False).shape == (37, 45, 3)  # the user's own files: not checked
     assert Settings().decode_limits()["check_png_data"] is True
-
-
-def png_chunk_spans(data: bytes, kind: bytes) -> list[tuple[int, int]]:
-    spans, i = [], 8
-    while i + 8 <= len(data):
-        length = int.from_bytes(data[i:i + 4], "big")
-        spans += [(i, length)] if data[i + 4:i + 8] == kind else []
-        i += 12 + length
-    return spans
 
 
 def test_a_pngs_malformed_chunks_write_nothing_to_the_servers_stderr(capfd):
