@@ -7,11 +7,12 @@ Prints, for flat (black) images of a few sizes, the file's bytes, its pixels per
 memory a full decode takes with the limit off, and whether the service's limit refuses it; then, for
 progressive JPEGs with extra scans, what decoding them would cost without the scan limit; then the
 bytes per pixel of real photos from each shared set, re-encoded as PNG, and of their own JPEGs, and
-the most scans any of their JPEG files has; what merely opening an ICO file costs in PIL, which
+the most scans any of their JPEG files has and the fewest bits of image data per 8x8 block; what merely opening an ICO file costs in PIL, which
 is why only ``gesture_core.images.DECODED_FORMATS`` are ever opened; what PIL takes to open 16 MB
 headers of the smallest units (``HEADER_LIMITS``), a PNG's text chunks and a TIFF's strip offsets;
 what OpenCV takes for an EXIF block of many entries on one value, and for a PNG whose compressed
-data goes on after its image; what PIL's Python decoders take for
+data goes on after its image; what JPEGs of a few hundred bytes that declare 6000x6000 pixels
+(arithmetic-coded, lossless, or cut after the header) cost OpenCV; what PIL's Python decoders take for
 PBM, PGM and PPM uploads near the size limit, against the product's decode; and what the header read
 before every decode costs beside the decode itself.
 """
@@ -33,6 +34,8 @@ from benchmarks.common import describe_machine
 from benchmarks.hostile_inputs import (
     exif_bomb,
     ico_holding_png,
+    jpeg_cut_after_its_header,
+    jpeg_without_image_data,
     many_header_units,
     netpbm,
     png_of_rows,
@@ -202,6 +205,24 @@ def png_tail_rows() -> None:
               f"{checked * 1000:.0f} ms with check_png_data (the service's)")
 
 
+def jpeg_kind_rows() -> None:
+    """JPEGs declaring 6000x6000 black pixels: a real baseline one, then files of a few hundred bytes that
+    libjpeg decodes all the same (arithmetic-coded or lossless with no image data, a baseline one cut
+    after its header), decoded by OpenCV at the default model's scale and in full (what the hand-crop
+    models ask for), best of 3; and what the service makes of each."""
+    print("\n| JPEG, 6000x6000 | file bytes | OpenCV's decode at the model's scale | in full | the service |\n"
+          "| --- | ---: | ---: | ---: | --- |")
+    cases = [("baseline, Huffman-coded (a real encoder's)", flat(".jpg", 6000, 6000)),
+             ("arithmetic-coded, no image data", jpeg_without_image_data(6000, 6000, "arithmetic")),
+             ("lossless, no image data", jpeg_without_image_data(6000, 6000, "lossless")),
+             ("baseline, cut after its header", jpeg_cut_after_its_header(6000, 6000))]
+    reduced = reduced_jpeg_flag("JPEG", 6000, 6000, MODEL_RESIZE)
+    for name, data in cases:
+        scaled, full = (min(timed(lambda d=data, f=flag: cv2.imdecode(np.frombuffer(d, np.uint8), f)) for _ in range(3))
+                        for flag in (reduced, cv2.IMREAD_COLOR))
+        print(f"| {name} | {len(data):,} | {scaled * 1000:,.0f} ms | {full * 1000:,.0f} ms | {refused(data)} |")
+
+
 def netpbm_rows() -> None:
     """PBM/PGM/PPM files of black pixels, each just under the service's 16 MB upload limit: PIL's
     decode (open, load and convert to RGB; what read_rgb ran before) and read_rgb's now, best of 3."""
@@ -270,12 +291,13 @@ def probe_rows() -> None:
 
 def photo_rows(per_set: int) -> None:
     print(f"\n| shared set ({per_set} photos each) | as PNG: bytes per pixel, min-median-max | their own JPEG files: min-median-max | "
-          "most scans of any of its JPEG files (all files) |\n| --- | --- | --- | ---: |")
+          "most scans of any of its JPEG files (all files) | fewest bits of image data per 8x8 block (all files; a complete baseline JPEG has at least 2) |\n"
+          "| --- | --- | --- | ---: | ---: |")
     rng = random.Random(0)
     for name in ("sign-digits", "flowers", "asl-alphabet"):
         files = sorted(p for p in (SHARED_DATA / name).rglob("*") if p.suffix.lower() in (".jpg", ".jpeg"))
         if not files:
-            print(f"| {name} | (not found in {SHARED_DATA}) | | |")
+            print(f"| {name} | (not found in {SHARED_DATA}) | | | |")
             continue
         png, jpeg = [], []
         for path in rng.sample(files, min(per_set, len(files))):
@@ -284,8 +306,9 @@ def photo_rows(per_set: int) -> None:
             png.append(len(cv2.imencode(".png", image)[1]) / pixels)
             jpeg.append(path.stat().st_size / pixels)
         spread = lambda v: f"{min(v):.2f} - {np.median(v):.2f} - {max(v):.2f}"  # noqa: E731
-        most_scans = max(jpeg_layout(path.read_bytes()).scans for path in files)
-        print(f"| {name} | {spread(png)} | {spread(jpeg)} | {most_scans} |")
+        layouts = [jpeg_layout(path.read_bytes()) for path in files]
+        fewest_bits = min(layout.scan_bytes * 8 / layout.blocks for layout in layouts)
+        print(f"| {name} | {spread(png)} | {spread(jpeg)} | {max(layout.scans for layout in layouts)} | {fewest_bits:.1f} |")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -302,6 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     tiff_strip_rows()
     exif_rows()
     png_tail_rows()
+    jpeg_kind_rows()
     netpbm_rows()
     probe_rows()
     photo_rows(args.photos)

@@ -94,7 +94,7 @@ KINDS = (
     (("strip",), "aspect ratio"),
     (("scan",), "many scans"),
     (("_segments", "_chunks", "_blocks", "_byte_header", "_entries"), "costly header"),  # parsed unit by unit by PIL
-    (("bomb", "over_limit", "flat"), "large image"),
+    (("bomb", "over_limit", "flat", "_6000x6000"), "large image"),
     (("ico_", "_eps"), "other format"),  # read by PIL, not decoded by the product
 )
 

@@ -81,6 +81,33 @@ def progressive_jpeg(width: int, height: int, repeated_scans: int = 0) -> bytes:
     return data[:end] + luma_ac * repeated_scans + data[end:]
 
 
+def jpeg_segment(marker: int, body: bytes) -> bytes:
+    """One JPEG marker segment: 0xFF, the marker, the length and the body."""
+    return struct.pack(">BBH", 0xFF, marker, len(body) + 2) + body
+
+
+def jpeg_without_image_data(width: int, height: int, kind: str) -> bytes:
+    """A colour JPEG of ``width`` x ``height`` (three components, no subsampling) whose one scan holds no
+    image data, which libjpeg decodes anyway as if zeros followed: ``"arithmetic"`` (arithmetic-coded
+    sequential, SOF9, 106 bytes; the standard lets an encoder drop the trailing zero bytes of such data,
+    and libjpeg says nothing) or ``"lossless"`` (SOF3 with one 1-bit Huffman code, 67 bytes; a warning)."""
+    frame, tables, scan_tail = {"arithmetic": (0xC9, jpeg_segment(0xDB, b"\x00" + bytes([1] * 64)), b"\x00\x3f\x00"),
+                                "lossless": (0xC3, jpeg_segment(0xC4, b"\x00" + bytes([1] + [0] * 15) + b"\x00"), b"\x01\x00\x00")}[kind]
+    components = b"".join(bytes([c, 0x11, 0]) for c in (1, 2, 3))
+    scan = jpeg_segment(0xDA, b"\x03" + b"".join(bytes([c, 0]) for c in (1, 2, 3)) + scan_tail)
+    padding = b"\x00" * 8 if kind == "lossless" else b""
+    return b"\xff\xd8" + tables + jpeg_segment(frame, struct.pack(">BHHB", 8, height, width, 3) + components) + scan + padding + b"\xff\xd9"
+
+
+@functools.cache
+def jpeg_cut_after_its_header(width: int, height: int) -> bytes:
+    """A real black baseline JPEG of ``width`` x ``height`` with its image data cut out and its end marker
+    kept: about 600 bytes, which libjpeg decodes whole, with a warning, as if zeros followed."""
+    data = encode(Image.new("RGB", (width, height)), "JPEG")
+    scan = data.index(b"\xff\xda")
+    return data[:scan + 2 + int.from_bytes(data[scan + 2:scan + 4], "big")] + b"\xff\xd9"
+
+
 @functools.cache
 def ico_holding_png(width: int = 8000, height: int = 8000) -> bytes:
     """An ICO file whose one icon is a flat PNG of ``width`` x ``height`` (186 KB at 8000x8000). Its
@@ -233,6 +260,11 @@ def bad_uploads() -> dict[str, tuple[bytes, str]]:
         "flat_progressive_jpeg_4000x4000": (progressive_jpeg(4000, 4000), "too large for its file size"),
         # Small and under every size limit, but 1000 extra passes over the image (a second at 4000x4000).
         "jpeg_scan_bomb": (progressive_jpeg(1000, 1000, repeated_scans=1000), "scans, above the limit"),
+        # JPEGs of a few hundred bytes that libjpeg decodes as 6000x6000 images: arithmetic-coded or lossless
+        # ones are held to the pixels-per-byte limit, and a baseline one needs two bits per 8x8 block.
+        "arithmetic_coded_jpeg_6000x6000": (jpeg_without_image_data(6000, 6000, "arithmetic"), "too large for its file size"),
+        "lossless_jpeg_6000x6000": (jpeg_without_image_data(6000, 6000, "lossless"), "too large for its file size"),
+        "jpeg_cut_after_its_header_6000x6000": (jpeg_cut_after_its_header(6000, 6000), "truncated JPEG: its 6000x6000 image needs"),
         # Formats PIL reads and the product does not: refused by name from their first bytes, unparsed.
         "ico_holding_an_8000x8000_png": (ico_holding_png(), "unsupported image format ICO"),
         "eps": (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 640 480\n%%EndComments\nshowpage\n", "unsupported image format EPS"),

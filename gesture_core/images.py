@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import io
+import math
 import os
 import re
 import zlib
@@ -32,10 +33,13 @@ MAX_ASPECT_RATIO = 20
 # Where ``max_pixels_per_byte`` is given (the HTTP service, whose uploads come from anyone), such an
 # image above SMALL_IMAGE_PIXELS may declare at most that many pixels per byte of its file, so that
 # decoding costs about what the upload does. The shared sets' photos saved as PNG take 0.95-2.67 bytes
-# a pixel, far inside the service's 16 pixels a byte. Baseline JPEG is exempt: it is decoded at
-# reduced scale where the model allows (``min_side``; a flat 6000x6000 JPEG in 7 ms), and the models
-# that decode in full (hand crops) pay 0.14 s there. Progressive JPEG is not: its decoder keeps every
-# coefficient of the full-size image, whatever the scale.
+# a pixel, far inside the service's 16 pixels a byte. Huffman-coded sequential JPEG (what cameras,
+# phones and browsers write) is exempt: every 8x8 block takes at least two bits, so a flat 6000x6000
+# one is still 422 KB, and it is decoded at reduced scale where the model allows (``min_side``; 10 ms),
+# while the models that decode in full (hand crops) pay 0.14 s there. Other JPEGs are not: a
+# progressive one keeps every coefficient of the full-size image whatever the scale, an
+# arithmetic-coded one holds that flat 6000x6000 image in 128 bytes, and a lossless one has no
+# reduced scale (``python -m benchmarks.decode_cost``).
 SMALL_IMAGE_PIXELS = 2_000_000  # about a 1080p frame: any file may be this large
 # A progressive JPEG is decoded scan by scan, and every scan walks every block of the image, however
 # little it holds: a scan of an 8000x8000 image can take 95 bytes, and 1000 repeated ones took 3.2 s
@@ -69,9 +73,11 @@ PNG_PIXEL_CHUNKS = frozenset({b"IHDR", b"PLTE", b"tRNS", b"IDAT", b"IEND", b"eXI
 PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
 ADAM7_PASSES = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
 TRUNCATED_JPEG = "truncated JPEG (no end-of-image marker)"
-# Start-of-frame markers (C4 is a Huffman table, C8 reserved, CC an arithmetic-coding table), and those of progressive JPEG.
+# Start-of-frame markers (C4 is a Huffman table, C8 reserved, CC an arithmetic-coding table), and the
+# Huffman-coded sequential ones (baseline C0, extended C1): the only JPEGs exempt from the
+# pixels-per-byte limit (above).
 FRAME_MARKERS = {*range(0xC0, 0xD0)} - {0xC4, 0xC8, 0xCC}
-PROGRESSIVE_FRAMES = {0xC2, 0xC6, 0xCA, 0xCE}
+HUFFMAN_SEQUENTIAL_FRAMES = {0xC0, 0xC1}
 # The formats decoded, by PIL's reader names (PPM reads PBM/PGM/PPM; JPEG also reads a phone's MPO).
 # Nothing else is opened, not even to read its header: some of PIL's other readers decode the whole
 # image as they open it (an ICO holding an 8000x8000 PNG: 64 million pixels decoded, 219 ms, just to
@@ -155,12 +161,15 @@ def decode_rgb(data: bytes, *, max_pixels: int | None = DEFAULT_MAX_PIXELS, min_
     check_dimensions(width, height, max_pixels=max_pixels, deep_samples=deep)
     if problem := tiff_pieces_problem(tiff, width, height):
         raise ImageDecodeError(problem)
-    progressive, scans = (layout.progressive, layout.scans) if layout else (False, 0)
-    if scans > MAX_JPEG_SCANS:
-        raise ImageDecodeError(f"JPEG with {scans:,} scans, above the limit of {MAX_JPEG_SCANS} "
+    if layout and layout.scans > MAX_JPEG_SCANS:
+        raise ImageDecodeError(f"JPEG with {layout.scans:,} scans, above the limit of {MAX_JPEG_SCANS} "
                                "(an ordinary JPEG has 1, a progressive one about 10): re-save it")
-    # A progressive JPEG keeps every coefficient of the full-size image while it decodes, at any scale.
-    if max_pixels_per_byte is not None and (fmt != "JPEG" or progressive):
+    if layout and layout.scans and layout.huffman_sequential and layout.scan_bytes * 4 < layout.blocks:
+        # Each block takes at least two bits (its DC and end-of-block codes). libjpeg decodes data that
+        # ends early as if zeros followed, with only a warning: a 6000x6000 cut to 625 bytes decoded.
+        raise ImageDecodeError(f"truncated JPEG: its {width}x{height} image needs at least {math.ceil(layout.blocks / 4):,} "
+                               f"bytes of image data, and the file holds {layout.scan_bytes:,}: re-save it")
+    if max_pixels_per_byte is not None and not (layout and layout.huffman_sequential):
         check_file_size(width, height, len(data), max_pixels_per_byte)
     if fmt == "JPEG" and not jpeg_is_complete(data):
         raise ImageDecodeError(TRUNCATED_JPEG)
@@ -238,19 +247,25 @@ def check_file_size(width: int, height: int, size_bytes: int, max_pixels_per_byt
 
 class JpegLayout(NamedTuple):
     size: tuple[int, int] | None  # (width, height) from the start-of-frame segment; None if there is none before the scans
-    progressive: bool
+    frame: int | None  # the start-of-frame marker (0xC0 baseline, 0xC2 progressive, 0xC9 arithmetic, ...)
     scans: int
     segments: int = 0  # before the first scan; the walk stops past HEADER_LIMITS["JPEG"]
+    blocks: int = 0  # the 8x8 blocks of every component, from the frame's sampling factors
+    scan_bytes: int = 0  # from the first start-of-scan marker to the end of the file
+
+    @property
+    def huffman_sequential(self) -> bool:
+        return self.frame in HUFFMAN_SEQUENTIAL_FRAMES
 
 
 def jpeg_layout(data: bytes) -> JpegLayout:
-    """A JPEG's size, whether it is progressive and its number of scans, from its markers, without
-    decoding anything.
+    """A JPEG's size, its kind (start-of-frame marker) and its number of scans, from its markers,
+    without decoding anything.
 
     The segments before the first scan are walked by their lengths (so an EXIF thumbnail's markers are
     not counted); from there every start-of-scan marker counts: inside entropy-coded data a 0xFF byte
     is always followed by 0x00 or a restart marker, never by 0xDA."""
-    i, size, progressive, segments = 2, None, False, 0
+    i, size, frame, segments, blocks = 2, None, None, 0, 0
     while i + 4 <= len(data) and data[i] == 0xFF and segments <= HEADER_LIMITS["JPEG"][1]:
         marker = data[i + 1]
         if marker == 0xFF or marker == 0x01 or 0xD0 <= marker <= 0xD8:  # fill byte, or a marker without a length
@@ -259,14 +274,26 @@ def jpeg_layout(data: bytes) -> JpegLayout:
             continue
         if marker == 0xD9:
             break
+        length = int.from_bytes(data[i + 2:i + 4], "big")
         if marker == 0xDA:
-            return JpegLayout(size, progressive, data.count(b"\xff\xda", i), segments)
+            return JpegLayout(size, frame, data.count(b"\xff\xda", i), segments, blocks, max(0, len(data) - i - 2 - length))
         if marker in FRAME_MARKERS and size is None and i + 9 <= len(data):  # length, precision, height, width
             size = int.from_bytes(data[i + 7:i + 9], "big"), int.from_bytes(data[i + 5:i + 7], "big")
-            progressive = marker in PROGRESSIVE_FRAMES
-        i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+            frame, blocks = marker, frame_blocks(data[i + 4:i + 2 + length])
+        i += 2 + length
         segments += 1
-    return JpegLayout(size, progressive, 0, segments)  # no scan before the end or a corrupt marker: the decoder reports it
+    return JpegLayout(size, frame, 0, segments, blocks)  # no scan before the end or a corrupt marker: the decoder reports it
+
+
+def frame_blocks(frame: bytes) -> int:
+    """The 8x8 blocks a JPEG's start-of-frame segment (its body: precision, height, width, then each
+    component's id, sampling factors and table) declares, over all its components; 0 if it is corrupt."""
+    height, width = int.from_bytes(frame[1:3], "big"), int.from_bytes(frame[3:5], "big")
+    factors = [(byte >> 4, byte & 15) for byte in frame[7:6 + 3 * frame[5]:3]] if len(frame) > 5 else []
+    if not factors or min(min(pair) for pair in factors) == 0:
+        return 0
+    most_h, most_v = max(h for h, _ in factors), max(v for _, v in factors)
+    return sum(math.ceil(math.ceil(width * h / most_h) / 8) * math.ceil(math.ceil(height * v / most_v) / 8) for h, v in factors)
 
 
 def header_units(data: bytes) -> tuple[str, int]:

@@ -21,6 +21,8 @@ from benchmarks.hostile_inputs import (
     flat_png,
     float_bigtiff,
     ico_holding_png,
+    jpeg_cut_after_its_header,
+    jpeg_without_image_data,
     many_header_units,
     netpbm,
     png_of_rows,
@@ -355,10 +357,10 @@ def test_scans_are_counted_from_the_first_scan_on():
     own markers in a camera file) are not scans of the image."""
     image = Image.fromarray(np.zeros((48, 64, 3), np.uint8))
     baseline = encode(image, "JPEG", comment=b"\xff\xda" * 500)
-    assert jpeg_layout(baseline)[:3] == ((64, 48), False, 1)
-    assert jpeg_layout(encode(image, "JPEG", progressive=True))[:3] == ((64, 48), True, 10)
-    assert jpeg_layout(b"\xff\xd8\xff\xd9")[:3] == (None, False, 0)  # no scan at all: left to the decoder's error
-    assert jpeg_layout(jpeg(0)[:30])[:3] == (None, False, 0)
+    assert jpeg_layout(baseline)[:3] == ((64, 48), 0xC0, 1)
+    assert jpeg_layout(encode(image, "JPEG", progressive=True))[:3] == ((64, 48), 0xC2, 10)
+    assert jpeg_layout(b"\xff\xd8\xff\xd9")[:3] == (None, None, 0)  # no scan at all: left to the decoder's error
+    assert jpeg_layout(jpeg(0)[:30])[:3] == (None, None, 0)
 
 
 def test_a_progressive_jpeg_is_held_to_the_pixels_per_byte_limit_and_photos_pass_it():
@@ -369,6 +371,40 @@ def test_a_progressive_jpeg_is_held_to_the_pixels_per_byte_limit_and_photos_pass
     noise = np.random.default_rng(0).integers(0, 256, (1500, 2000, 3), np.uint8)  # 3 MP, like a photo
     photo = encode(Image.fromarray(noise), "JPEG", progressive=True, quality=75)
     assert read_rgb(photo, max_pixels_per_byte=16, min_side=256).shape[:2] == (750, 1000)
+
+
+
+@pytest.mark.parametrize("kind", ["arithmetic", "lossless"])
+def test_arithmetic_coded_and_lossless_jpegs_are_held_to_the_pixels_per_byte_limit(kind):
+    """Only Huffman-coded sequential JPEG is exempt: an arithmetic-coded flat image takes a few bytes, and
+    a lossless one decodes at full size whatever the model's scale (106 and 67 bytes decoded as
+    6000x6000, 0.1-0.35 s each, before)."""
+    bomb = jpeg_without_image_data(6000, 6000, kind)
+    assert len(bomb) < 200 and cv2.imdecode(np.frombuffer(bomb, np.uint8), cv2.IMREAD_REDUCED_COLOR_8) is not None
+    with pytest.raises(ImageDecodeError, match="too large for its file size: 6000x6000"):
+        read_rgb(bomb, **Settings().decode_limits(), min_side=256)
+    small = jpeg_without_image_data(640, 480, kind)  # below SMALL_IMAGE_PIXELS any file may be that small
+    assert read_rgb(small, **Settings().decode_limits(), min_side=256).shape == (480, 640, 3)
+
+
+def test_a_jpeg_whose_image_data_is_cut_short_is_refused_everywhere():
+    """libjpeg decodes a scan that ends early as if zeros followed (a warning, not an error), so a
+    6000x6000 baseline JPEG cut to 600 bytes decoded as a whole one; every block needs two bits."""
+    for width, height in ((6000, 6000), (640, 480)):
+        cut = jpeg_cut_after_its_header(width, height)
+        with pytest.raises(ImageDecodeError, match=rf"^truncated JPEG: its {width}x{height} image needs at least [\d,]+ bytes of image data, and the file holds 2: re-save it$"):
+            read_rgb(cut)  # a user's own file, as training reads it, as well as an upload
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB"])
+def test_the_smallest_complete_jpegs_pass_the_image_data_check(mode):
+    """A flat image with optimised Huffman tables is the least data a baseline JPEG can hold (one 1-bit
+    code for its DC and one for its end of block), and it is not taken for a cut one."""
+    data = encode(Image.new(mode, (2000, 1000)), "JPEG", optimize=True, subsampling=2)
+    layout = jpeg_layout(data)
+    assert layout.blocks == {"L": 250 * 125, "RGB": 250 * 125 + 2 * 125 * 63}[mode]  # 4:2:0 chroma: 1000x500, 63 block rows
+    assert layout.scan_bytes * 4 < layout.blocks * 1.1  # within 10% of the two-bit floor
+    assert read_rgb(data).shape == (1000, 2000, 3)
 
 
 OTHER_FORMATS = {  # formats PIL reads: each is refused by name, without its reader ever running
