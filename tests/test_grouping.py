@@ -14,7 +14,7 @@ import training.finetune as finetune
 from tests.helpers import PALETTE, SHARED_DATA, synthetic_image, write_rgb
 from training.check import build_report
 from training.data import DatasetError, load_splits
-from training.grouping import NUMBERED_NAME, assign_groups, sequences
+from training.grouping import assign_groups, running_numbers, sequences
 
 
 def group_of(path: str, grouping: dict) -> tuple[str, str]:
@@ -50,7 +50,7 @@ def asl_alphabet() -> Path:
 
 def test_real_asl_frames_are_detected_as_sequences_and_kept_in_blocks(asl_alphabet):
     names = sorted(os.listdir(asl_alphabet / "A"))
-    assert all(NUMBERED_NAME.match(Path(n).stem) for n in names)  # A1008.jpg, A110.jpg: stem "A" + frame number
+    assert {running_numbers([Path(n).stem for n in names])[Path(n).stem][0] for n in names} == {"A"}  # A1008.jpg, A110.jpg: "A" + frame number
     splits = load_splits(asl_alphabet, seed=0)
     assert splits.grouping["rule"] == "frames" and "e.g. A" in splits.grouping["description"]
     by_class = {c: sorted(str(p) for p in (asl_alphabet / c).iterdir()) for c in splits.classes}
@@ -186,6 +186,26 @@ def test_photos_with_unrelated_names_are_split_one_by_one(tmp_path):
         for i in range(10):
             write_rgb(tmp_path / "d" / cls / f"{i * 7919 + 13}_{'abcdefghij'[i]}x_n.jpg", synthetic_image(label, seed=i, size=32))
     assert load_splits(tmp_path / "d").grouping["rule"] == "none"
+
+
+
+@pytest.mark.parametrize("pattern", ["rec{r}-{n:04d}-{cls}.png", "{cls} take{r} ({n}).png", "clip{r}_{n:03d}_640x480.png", "{cls}_{r}_{n}.png"])
+def test_the_running_number_is_found_anywhere_in_the_name_and_each_recording_is_a_sequence(tmp_path, pattern):
+    """Frames named with a number and then more (a class name, a constant size, Windows' "name (17)"):
+    the running number is the last one that changes, so they are split in blocks (they were split
+    frame by frame), and the rest of the name tells one recording from another."""
+    frame_of = {}  # file name -> (recording, frame)
+    for label, cls in enumerate(("left", "right")):
+        for r in range(3):
+            for n in range(20):
+                frame_of[pattern.format(cls=cls, r=r, n=n)] = (r, n)
+                write_rgb(tmp_path / "d" / cls / pattern.format(cls=cls, r=r, n=n), synthetic_image(label, seed=r * 100 + n, size=16))
+    by_class = {c: sorted(str(p) for p in (tmp_path / "d" / c).iterdir()) for c in ("left", "right")}
+    runs = sorted([frame_of[Path(p).name] for p in run] for run in sequences(by_class["left"], "left").values())
+    assert runs == [[(r, n) for n in range(20)] for r in range(3)]  # one recording each, in frame order (9 before 10)
+    splits = load_splits(tmp_path / "d", seed=0)
+    assert splits.grouping["rule"] == "frames"
+    assert_no_group_on_two_sides(splits, assign_groups(by_class, "auto").groups)
 
 
 def write_recording(root: Path, cls: str, label: int, frames: range) -> None:

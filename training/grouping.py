@@ -7,8 +7,9 @@ group key, and validation and test take whole groups:
 - ``session``: the capture tool's names, ``<class>-<YYYYmmdd-HHMMSS>-<n>.jpg`` (one group per session);
 - ``folders``: each subfolder of a class folder (``fist/clip07/0001.jpg``: a video's frames, one
   person's or one day's photos) is one group, past a wrapper folder all of the class's images share;
-- ``frames``: numbered frame sequences, name stem + running number (``A1008.jpg``, ``IMG_1118.JPG``,
-  ``0001.png``; a sequence per subfolder), cut into SEQUENCE_BLOCKS contiguous blocks per class;
+- ``frames``: numbered frame sequences, a name with a running number (``A1008.jpg``, ``IMG_1118.JPG``,
+  ``0001.png``, ``rec2-0017-left.jpg``, ``left (17).jpg``; a sequence per subfolder and per recording
+  the rest of the name tells apart), cut into SEQUENCE_BLOCKS contiguous blocks per class;
 - a regular expression (``--group-by REGEX``): its first capture group (or the whole match) on the
   file's path inside its class folder;
 - ``none``: every image is its own group (the old frame-by-frame split);
@@ -33,7 +34,7 @@ import numpy as np
 
 GROUP_BY_RULES = ("auto", "none", "session", "folders", "frames")
 SESSION_NAME = re.compile(r"-(\d{8}-\d{6}(?:p\d+)?)-\d+$")  # service.webcam.capture: <class>-<YYYYmmdd-HHMMSS>p<pid>-<n> (p<pid> since 2026-12-04)
-NUMBERED_NAME = re.compile(r"^(.*?)(\d+)$")
+DIGIT_RUNS = re.compile(r"\d+")
 SEQUENCE_BLOCKS = 20  # blocks per class: 10% val and 20% test are then 2 and 4 whole blocks
 AUTO_COVERAGE = 0.9  # a rule applies when it names at least this share of the images
 MIN_FRAMES_PER_STEM = 5  # fewer files per stem are numbered photos, not frame sequences
@@ -86,7 +87,7 @@ def assign_groups(by_class: dict[str, list[str]], group_by: str = "auto") -> Gro
 
 
 RULE_FINDS = {"session": "a capture-tool name (<class>-<session>-<n>.jpg)", "folders": "in a sub-folder of its class folder",
-              "frames": "a numbered frame (stem + running number)"}
+              "frames": "a numbered frame (a running number in the name)"}
 
 
 def _describing_some(grouping: Grouping, by_class: dict[str, list[str]]) -> Grouping:
@@ -146,20 +147,46 @@ def _by_frames(by_class: dict[str, list[str]]) -> Grouping:
         for stem, frames in sequences(paths, cls).items():
             for rank, path in enumerate(frames):
                 groups[cls][path] = f"{stem}#{rank // block}"
-    example = next((Path(p).name for paths in by_class.values() for p in paths if NUMBERED_NAME.match(_name(p))), "")
+    example = next((Path(p).name for cls, paths in by_class.items() for run in sequences(paths, cls).values() for p in run), "")
     sizes = "-".join(str(n) for n in sorted({min(block_sizes, default=1), max(block_sizes, default=1)}))
-    return Grouping("frames", f"numbered frame sequences (stem + running number, e.g. {example}): blocks of {sizes} neighbouring "
+    return Grouping("frames", f"numbered frame sequences (a running number in the name, e.g. {example}): blocks of {sizes} neighbouring "
                     f"frames (about {SEQUENCE_BLOCKS} blocks per class), each block in one split", groups)  # fmt: skip
 
 
 def sequences(paths: Iterable[str], cls: str) -> dict[str, list[str]]:
-    """{stem: paths in running-number order} for the file names that are stem + number; frames in different
+    """{stem: paths in running-number order} for the numbered file names (``running_numbers``); frames in different
     subfolders of the class folder ``cls`` are different sequences ("clip1/0001.png" is not next to "clip2/0002.png")."""
-    by_stem: dict[str, list[tuple[int, str]]] = {}
+    by_folder: dict[str, list[str]] = {}
     for path in paths:
-        if m := NUMBERED_NAME.match(_name(path)):
-            by_stem.setdefault("/".join(filter(None, (_subfolder(path, cls), m.group(1)))), []).append((int(m.group(2)), path))
+        by_folder.setdefault(_subfolder(path, cls), []).append(path)
+    by_stem: dict[str, list[tuple[int, str]]] = {}
+    for folder, members in by_folder.items():
+        numbered = running_numbers([_name(p) for p in members])
+        for path in members:
+            if (found := numbered.get(_name(path))) is not None:
+                by_stem.setdefault("/".join(filter(None, (folder, found[0]))), []).append((found[1], path))
     return {stem: [p for _, p in sorted(frames)] for stem, frames in by_stem.items()}
+
+
+def running_numbers(names: Iterable[str]) -> dict[str, tuple[str, int]]:
+    """{name: (stem, running number)} for the names that hold a number. Names alike but for their
+    digits share a pattern, and its running number is the last run of digits that differs between
+    them: the frame counter of "rec2-0017-left", "clip_017_640x480" or "left (17)", not the constant
+    "480" after it (the last run, for a name alone in its pattern). The stem is the name without it,
+    so that each recording is a sequence of its own: "rec2-*-left", or "A" for "A1008"."""
+    patterns: dict[str, list[tuple[str, list[re.Match]]]] = {}
+    for name in names:
+        if runs := list(DIGIT_RUNS.finditer(name)):
+            patterns.setdefault(DIGIT_RUNS.sub("0", name), []).append((name, runs))
+    numbered = {}
+    for members in patterns.values():
+        count = len(members[0][1])
+        varying = [i for i in range(count) if len({int(runs[i].group()) for _, runs in members}) > 1]
+        at = varying[-1] if varying else count - 1
+        for name, runs in members:
+            run, rest = runs[at], name[runs[at].end():]
+            numbered[name] = (name[:run.start()] + (f"*{rest}" if rest else ""), int(run.group()))
+    return numbered
 
 
 def _by_regex(by_class: dict[str, list[str]], pattern: str) -> Grouping:
@@ -268,9 +295,11 @@ def _members(paths: list[str], groups: dict[str, str]) -> dict[str, list[str]]:
 
 def _file_order(paths: list[str]) -> list[str]:
     """Running-number order where names are numbered (frame 9 before frame 10), else name order."""
+    numbered = running_numbers(_name(p) for p in paths)
+
     def key(path: str):
-        m = NUMBERED_NAME.match(_name(path))
-        return (m.group(1), int(m.group(2)), path) if m else (_name(path), -1, path)
+        stem, number = numbered.get(_name(path), (_name(path), -1))
+        return stem, number, path
 
     return sorted(paths, key=key)
 
