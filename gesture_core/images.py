@@ -35,11 +35,11 @@ MAX_ASPECT_RATIO = 20
 # decoding costs about what the upload does. The shared sets' photos saved as PNG take 0.95-2.67 bytes
 # a pixel, far inside the service's 16 pixels a byte. Huffman-coded sequential JPEG (what cameras,
 # phones and browsers write) is exempt: every 8x8 block takes at least two bits, so a flat 6000x6000
-# one is still 422 KB, and it is decoded at reduced scale where the model allows (``min_side``; 10 ms),
-# while the models that decode in full (hand crops) pay 0.14 s there. Other JPEGs are not: a
-# progressive one keeps every coefficient of the full-size image whatever the scale, an
-# arithmetic-coded one holds that flat 6000x6000 image in 128 bytes, and a lossless one has no
-# reduced scale (``python -m benchmarks.decode_cost``).
+# one is still 563 KB, and it is decoded at reduced scale where the model allows (``min_side``; 10 ms),
+# while the models that decode in full (hand crops) pay 0.1-0.16 s there. Other JPEGs are not: a
+# progressive one keeps every coefficient of the full-size image whatever the scale, libjpeg decoded
+# an arithmetic-coded 6000x6000 of 106 bytes, and a lossless one has no reduced scale
+# (``python -m benchmarks.decode_cost``).
 SMALL_IMAGE_PIXELS = 2_000_000  # about a 1080p frame: any file may be this large
 # A progressive JPEG is decoded scan by scan, and every scan walks every block of the image, however
 # little it holds: a scan of an 8000x8000 image can take 95 bytes, and 1000 repeated ones took 3.2 s
