@@ -9,8 +9,9 @@ Classes: aspect-ratio bombs (tiny strips that resizing would make huge, alone an
 large images (legal ones up to the pixel limit, and bombs past it), JPEG scan bombs (progressive files
 whose every extra scan costs a pass over the whole image), costly decoders (PPM that PIL decodes in
 Python), costly bodies (deep JSON, or thousands of
-keys, form fields or multipart parts, which would take seconds to parse), malformed uploads, ambiguous
-requests, and slow clients (each sends its request body at 1 byte per second, reconnecting whenever
+keys, form fields or multipart parts, which would take seconds to parse), large headers (10 MB of one,
+a Content-Type of 1,600,000 parameters, 200,000 cookies), malformed uploads, ambiguous requests, and
+slow clients (each sends its request body at 1 byte per second, reconnecting whenever
 the server lets go). Peak RSS growth is the worker's high-water mark (reset through
 /proc/PID/clear_refs before each request) minus its RSS before it. The last lines judge the issue's
 targets: no 5xx, at most 256 MB of growth for any single request (1 GB for 16 large ones sent
@@ -41,8 +42,10 @@ import psutil
 from benchmarks.common import describe_machine, machine, note
 from benchmarks.hostile_inputs import (
     exif_bomb,
+    form_part,
     http_bad_requests,
     many_header_units,
+    multipart,
     netpbm,
     noise_jpeg,
     png_of_rows,
@@ -145,6 +148,11 @@ def attacks(upload_limit: int) -> list[Attack]:
                {"content": b"&".join([b"top_k=1"] * 2_000_000), "headers": {"content-type": "application/x-www-form-urlencoded"}}),
         # Read by uvicorn's HTTP parser before any middleware runs; BentoML passes it no header limit.
         Attack("large header", "10 MB request header (GET /readyz)", "GET", "/readyz", {"headers": {"X-Padding": "a" * 10_000_000}}),
+        # Parsed again in Python, parameter by parameter, by every layer that reads the media type.
+        Attack("large header", "Content-Type of 1,600,000 parameters (8 MB)", "POST", "/predict",
+               with_parameters(multipart(form_part("image", image, "a.jpg")), 1_600_000)),
+        Attack("large header", "200,000 Cookie headers", "POST", "/predict",
+               {"files": {"image": ("a.jpg", image)}, "headers": [("cookie", "a=b")] * 200_000}),
         Attack("ambiguous", "two image files", "POST", "/predict", {"files": [("image", ("a.jpg", image)), ("image", ("b.jpg", image))]}),
         Attack("ambiguous", "top_k twice", "POST", "/predict", {"files": {"image": ("a.jpg", image)}, "data": {"top_k": ["1", "3"]}}),
         Attack("ambiguous", "top_k: true", "POST", "/predict", {"files": {"image": ("a.jpg", image)}, "data": {"top_k": "true"}}),
@@ -152,6 +160,11 @@ def attacks(upload_limit: int) -> list[Attack]:
         Attack("ambiguous", "file to an unknown route", "POST", "/nowhere", {"files": {"image": ("a.jpg", image)}}),
         Attack("ambiguous", "GET /predict", "GET", "/predict"),
     ]
+
+
+def with_parameters(request: dict, count: int) -> dict:
+    """``request`` with ``count`` more parameters on its Content-Type ("; a=b" each)."""
+    return {**request, "headers": {"content-type": request["headers"]["content-type"] + "; a=b" * count}}
 
 
 def send(url: str, attack: Attack) -> tuple[int, str]:

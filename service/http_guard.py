@@ -29,6 +29,9 @@
 * **Compressed bodies:** a body with a ``Content-Encoding`` gets 415 (RFC 7694) from its headers,
   before it is read: neither BentoML nor Starlette decompresses requests, so it failed as invalid
   JSON or a malformed form.
+* **Header size:** request headers over ``MAX_HEADER_BYTES`` in all get 431 before anything reads
+  them. uvicorn's HTTP parser (httptools) has no limit and BentoML passes it none, and header values
+  are parsed again in Python, parameter by parameter, by every layer that reads a media type.
 * **JSON errors:** every error response is ``{"error": reason, ...}``. BentoML 1.4.39 wraps its own
   4xx messages in a one-element list (bentoml/BentoML#4232), and Starlette answers unknown routes
   (404) and wrong methods (405) in plain text.
@@ -75,6 +78,11 @@ JSON_PUNCTUATION = (b",", b":", b"{", b"[")
 MAX_JSON_PUNCTUATION = 1000
 # Under the 255 bytes a file name may have, less the temporary file's own prefix ("tmp" and 8 characters).
 MAX_FILENAME_BYTES = 200
+# Request headers, all together: each name and value and the 4 bytes of ": " and CRLF. A Content-Type
+# of 1,600,000 parameters (8 MB) took the service 5.2 s to answer, as each layer that reads the media
+# type parsed them in Python (``python -m benchmarks.hostile``, docs/reliability.md). Browsers send a
+# few KB; nginx allows 32 KB by default.
+MAX_HEADER_BYTES = 64 * 1024
 BYTE_ORDER_MARK = b"\xef\xbb\xbf"  # what Windows editors and PowerShell 5's -Encoding utf8 put before a JSON file
 
 
@@ -108,6 +116,9 @@ class RequestGuard:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         send = json_errors(send, scope)
+        if header_bytes(scope) > MAX_HEADER_BYTES:
+            return await send_json(send, 431, f"request headers over {MAX_HEADER_BYTES:,} bytes in all; a browser sends a few KB "
+                                   "(is a header, a cookie or the Content-Type repeated or padded?)", close=True)
         fields = self.endpoints.get(scope["path"])
         if fields is None or scope["method"] != "POST":  # Starlette answers 404/405, made JSON above
             return await self.app(scope, receive, send)
@@ -386,6 +397,16 @@ def header(scope: Scope, wanted: bytes) -> bytes | None:
         if name.lower() == wanted:
             return value
     return None
+
+
+def header_bytes(scope: Scope) -> int:
+    """The bytes of a request's headers (names, values, ": " and CRLF), counted until past MAX_HEADER_BYTES."""
+    total = 0
+    for name, value in scope["headers"]:
+        total += len(name) + len(value) + 4
+        if total > MAX_HEADER_BYTES:
+            break
+    return total
 
 
 def declared_length(scope: Scope) -> int | None:

@@ -1,5 +1,5 @@
-"""A refused request is one WARNING line in the server's log, not an ERROR with a traceback, and an
-upload's oddities write nothing there.
+"""A refused request is one WARNING line in the server's log, not an ERROR with a traceback, an
+upload's oddities write nothing there, and no line is longer than MAX_LINE_CHARS.
 
 BentoML 1.4.39 logs every exception an endpoint ends with as an ERROR with its traceback, the
 client's mistakes included: a validation error (``top_k`` of 0, bad base64) and a ``BadInput`` (an
@@ -10,6 +10,11 @@ got; a server error (5xx) keeps its traceback. It sits on the handlers of BentoM
 ``bentoml`` logger, through which every ``bentoml.*`` record of a server is written (a filter on a
 logger sees only that logger's own records, and the one BentoML writes these to is private).
 (An upload's decoder warnings are kept out by ``gesture_core.images.keep_decoder_warnings_quiet``.)
+
+A client also chooses part of what some lines hold: BentoML's access line quotes the request's
+Content-Type whole, so one request with a Content-Type of 8 MB wrote 8 MB to the log (the request
+guard now refuses headers that large, but the access line is written outside it). Every line of the
+``bentoml`` loggers is cut at MAX_LINE_CHARS, its length said.
 """
 
 from __future__ import annotations
@@ -22,6 +27,9 @@ from pydantic import ValidationError
 
 # BentoML's server logging writes every record of its package through this logger's handlers.
 BENTOML_LOGGER = "bentoml"
+# A log line's message, before the handler's prefix; a traceback below it is not counted. The longest
+# lines a server writes otherwise are access lines of about 200 characters.
+MAX_LINE_CHARS = 2000
 
 
 class RefusedRequestsInOneLine(logging.Filter):
@@ -35,6 +43,14 @@ class RefusedRequestsInOneLine(logging.Filter):
         return True
 
 
+class LinesCutShort(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if len(message) > MAX_LINE_CHARS:
+            record.msg, record.args = f"{message[:MAX_LINE_CHARS]}... (cut: {len(message):,} characters)", ()
+        return True
+
+
 def client_error(error: BaseException | None) -> tuple[int, str] | None:
     """(the status, the reason) a client was given, for an exception that is the client's mistake; else None."""
     if isinstance(error, ValidationError):  # BentoML answers these with a 400
@@ -44,11 +60,12 @@ def client_error(error: BaseException | None) -> tuple[int, str] | None:
     return None
 
 
-def log_refused_requests_in_one_line() -> None:
-    """On each handler of the ``bentoml`` logger, ahead of BentoML's own filter, which copies the level
-    into the bracketed name its format prints. A server worker configures its logging before it loads
-    the service module, which calls this, so the handlers are there."""
+def keep_the_log_short() -> None:
+    """Both filters on each handler of the ``bentoml`` logger, ahead of BentoML's own filter, which copies
+    the level into the bracketed name its format prints. A server worker configures its logging before
+    it loads the service module, which calls this, so the handlers are there."""
     for handler in logging.getLogger(BENTOML_LOGGER).handlers:
-        if not any(isinstance(f, RefusedRequestsInOneLine) for f in handler.filters):
-            handler.filters.insert(0, RefusedRequestsInOneLine())
+        for kind in (LinesCutShort, RefusedRequestsInOneLine):  # each inserted first: the refusal's line is then cut too
+            if not any(isinstance(f, kind) for f in handler.filters):
+                handler.filters.insert(0, kind())
 

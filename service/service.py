@@ -38,7 +38,7 @@ from service.browser_demo import DEMO_PATH, allow_cors_origins, demo_app
 from service.hand_crops import check_localiser, find_hand_crops, use_stored_hand_models, warm_up_localiser
 from service.http_guard import EndpointFields, RequestGuard
 from service.import_model import CHECKPOINT_FILE, LocalModel, find_model
-from service.logs import log_refused_requests_in_one_line
+from service.logs import keep_the_log_short
 from service.microbatch import MicroBatcher
 from service.schemas import (
     ImageBase64,
@@ -295,7 +295,7 @@ def endpoint_fields(api: Any) -> EndpointFields:
     return EndpointFields(frozenset(spec.model_fields), frozenset(spec.multipart_fields), frozenset(lists))
 
 
-log_refused_requests_in_one_line()
+keep_the_log_short()
 allow_cors_origins(GestureClassifier, SETTINGS.cors_origins)  # first, so that the request guard's answers carry CORS headers too
 GestureClassifier.add_asgi_middleware(
     RequestGuard,

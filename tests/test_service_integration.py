@@ -7,6 +7,7 @@ import ast
 import contextlib
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -141,6 +142,21 @@ def test_refused_requests_are_logged_in_one_line_each(http, server):
     assert "Traceback" not in log, log[-3000:]
     assert "[WARNING] [entry_service:GestureClassifier:1] Refused /predict [POST] (400): image_b64: Value error, not valid base64" in log
     assert "Refused /predict [POST] (400): image: not a recognised image format" in log
+
+
+def test_headers_are_bounded_and_no_log_line_quotes_one_whole(http, server):
+    """BentoML's access line quotes the Content-Type whole: one of 8 MB wrote 8 MB to the log (and took
+    5.2 s to answer). Past the header limit: 431; under it, the line is cut short."""
+    body = (b'--b\r\nContent-Disposition: form-data; name="image"; filename="a.jpg"\r\nContent-Type: image/jpeg\r\n\r\n'
+            + jpeg(0) + b"\r\n--b--\r\n")
+    before = len(server.log())
+    padded = http.post("/predict", content=body, headers={"Content-Type": "multipart/form-data; boundary=b" + "; a=b" * 10_000})  # 50 KB
+    assert padded.status_code == 200, padded.text
+    assert http.post("/predict", files={"image": ("ok.jpg", jpeg(0))}).status_code == 200  # its access line is written by now
+    logged = server.log()[before:]
+    assert re.search(r"\.\.\. \(cut: 50,\d{3} characters\)", logged) and len(logged) < 6000, logged[:3000]
+    over = http.post("/predict", content=body, headers={"Content-Type": "multipart/form-data; boundary=b" + "; a=b" * 20_000})
+    assert over.status_code == 431 and over.json()["error"].startswith("request headers over 65,536 bytes in all")
 
 
 @pytest.mark.parametrize("fmt, units, warning", [("PNG", 95, "libpng warning"), ("TIFF", 990, "TIFF_Warning")])
