@@ -538,7 +538,7 @@ def field_reason(error: dict[str, Any]) -> str:
 
 
 def plain_error(status: int, body: bytes, headers: dict[bytes, bytes], scope: Scope) -> str:
-    target = f"{scope['method']} {scope['path']}"
+    target = f"{shown(scope['method'], 20)} {shown(scope['path'], 200)}"  # a 60 KB path was answered with a 60 KB reason
     if status == 404:
         return f"no such endpoint: {target} (the API is listed at GET /docs.json)"
     if status == 405:

@@ -724,6 +724,8 @@ def test_guard_makes_every_error_json(guarded):
     assert guarded.post("/bad").json() == {"error": "bad thing"}
     missing = guarded.post("/nowhere", files={"image": ("a.jpg", b"1")})
     assert missing.status_code == 404 and missing.json()["error"].startswith("no such endpoint: POST /nowhere")
+    far = guarded.get("/" + "a" * 60_000)  # the path is cut short: an answer never grows with what was sent
+    assert far.status_code == 404 and far.json()["error"] == f"no such endpoint: GET /{'a' * 199}... (60,001 characters) (the API is listed at GET /docs.json)"
     wrong_method = guarded.get("/echo")
     assert wrong_method.status_code == 405 and wrong_method.json()["error"] == "GET /echo: method not allowed; use POST"
 
