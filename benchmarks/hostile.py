@@ -142,6 +142,9 @@ def attacks(upload_limit: int) -> list[Attack]:
                {"files": {"image": ("p.jpg", progressive_jpeg(2_000, 1_000, repeated_scans=90))}}),
         Attack("many scans", "progressive 4000x4000 JPEG, 1,010 scans", "POST", "/predict",
                {"files": {"image": ("p.jpg", progressive_jpeg(4_000, 4_000, repeated_scans=1_000))}}),
+        # BentoML writes each upload to a temporary file before /predict_batch can count them.
+        Attack("costly body", "1,000 one-byte files to /predict_batch", "POST", "/predict_batch",
+               {"files": [("images", (f"{i}.jpg", b"x")) for i in range(1_000)]}),
         Attack("costly body", "JSON object of 1,000,000 keys (12 MB)", "POST", "/predict",
                {"content": ("{" + ",".join(f'"k{i}":0' for i in range(1_000_000)) + "}").encode(), "headers": {"content-type": "application/json"}}),
         Attack("costly body", "2,000,000 urlencoded fields (16 MB)", "POST", "/predict",

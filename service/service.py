@@ -36,7 +36,7 @@ from gesture_core import Classifier, ClassScores, ImageDecodeError
 from gesture_core.hands import Hand
 from service.browser_demo import DEMO_PATH, allow_cors_origins, demo_app
 from service.hand_crops import check_localiser, find_hand_crops, use_stored_hand_models, warm_up_localiser
-from service.http_guard import EndpointFields, RequestGuard
+from service.http_guard import EndpointFields, RequestGuard, too_many_images
 from service.import_model import CHECKPOINT_FILE, LocalModel, find_model
 from service.logs import keep_the_log_short
 from service.microbatch import MicroBatcher
@@ -187,7 +187,7 @@ class GestureClassifier:
         if not uploads:
             raise BadInput("send at least one image: repeat the multipart file field 'images', or JSON {\"images_b64\": [...]}")
         if len(uploads) > self.settings.batch_size:
-            raise BadInput(f"{len(uploads)} images in one request; the limit is {self.settings.batch_size} (GESTURE_BATCH_SIZE)")
+            raise BadInput(too_many_images(len(uploads), self.settings.batch_size))
         if self.classifier.hands_mode:
             found = [await self.find_hands(upload, field) for upload, field in zip(uploads, fields, strict=True)]
             scores = await asyncio.gather(*(self.batcher.many(crops) for _, crops in found))
@@ -289,10 +289,11 @@ def packaged_model_ref() -> LocalModel | None:
 
 
 def endpoint_fields(api: Any) -> EndpointFields:
-    """An endpoint's fields, from its BentoML input model: which take files, and which are lists."""
+    """An endpoint's fields, from its BentoML input model: which take files, and which are lists; and
+    the most images a request may send."""
     spec = api.input_spec
     lists = {name for name, info in spec.model_fields.items() if "list[" in str(info.annotation).lower()}
-    return EndpointFields(frozenset(spec.model_fields), frozenset(spec.multipart_fields), frozenset(lists))
+    return EndpointFields(frozenset(spec.model_fields), frozenset(spec.multipart_fields), frozenset(lists), SETTINGS.batch_size)
 
 
 keep_the_log_short()
