@@ -98,7 +98,7 @@ class EndpointFields:
     files: frozenset[str] = frozenset()
     repeatable: frozenset[str] = frozenset()
     # The most files one request may send. BentoML writes each upload to a temporary file before the
-    # endpoint can count them: 1,000 one-byte files held the event loop for 0.3 s before /predict_batch
+    # endpoint can count them: 1,000 one-byte files took the server 0.33 s before /predict_batch
     # refused them (a normal request takes about 12 ms of CPU in all).
     most_files: int | None = None
 

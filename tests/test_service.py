@@ -702,7 +702,7 @@ def test_guard_refuses_headers_over_the_limit_before_anything_parses_them(guarde
 
 def test_guard_refuses_more_images_than_a_request_may_send_before_bentoml_stores_them():
     """BentoML writes every upload to a temporary file before the endpoint counts them: 1,000 one-byte
-    files held the event loop for 0.3 s before /predict_batch refused them."""
+    files took the server 0.33 s before /predict_batch refused them."""
     fields = EndpointFields(frozenset({"images"}), frozenset({"images"}), frozenset({"images"}), most_files=2)
     app = Starlette(routes=[Route("/echo", echo_length, methods=["POST"])])
     with TestClient(RequestGuard(app, {"/echo": fields}, max_body_bytes=10_000, body_timeout_s=5, max_concurrency=8)) as guarded:
