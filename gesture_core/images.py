@@ -155,8 +155,7 @@ def decode_rgb(data: bytes, *, max_pixels: int | None = DEFAULT_MAX_PIXELS, min_
                max_pixels_per_byte: float | None = None, check_png_data: bool = False) -> np.ndarray:
     if not data:
         raise ImageDecodeError("empty file (0 bytes)")
-    fmt, (width, height), layout = probe_layout(data)
-    tiff = tiff_entries(data) if fmt == "TIFF" else {}
+    fmt, (width, height), layout, tiff = probe_layout(data)
     deep = tiff_has_deep_samples(tiff)
     check_dimensions(width, height, max_pixels=max_pixels, deep_samples=deep)
     if problem := tiff_pieces_problem(tiff, width, height):
@@ -487,8 +486,18 @@ def probe_image(data: bytes) -> tuple[str, tuple[int, int]]:
     return probe_layout(data)[:2]
 
 
-def probe_layout(data: bytes) -> tuple[str, tuple[int, int], JpegLayout | None]:
-    """``probe_image``, with a JPEG's layout (its scans, for the decoder's scan limit) from the same walk.
+class Probe(NamedTuple):
+    """What a file's header says: its format and size, and what the decoder's checks read of it besides."""
+
+    format: str
+    size: tuple[int, int]
+    jpeg: JpegLayout | None = None  # a JPEG's markers: its scans and image data (``jpeg_layout``)
+    tiff: dict[int, tuple[int, int]] = {}  # a TIFF's first directory (``tiff_entries``), never changed
+
+
+def probe_layout(data: bytes) -> Probe:
+    """``probe_image``, with a JPEG's layout (its scans, for the decoder's scan limit) from the same walk,
+    and a TIFF's first directory, read once for its size and the decoder's checks.
 
     A file whose header holds more units than any photo (``HEADER_LIMITS``) is refused first, after
     a walk that stops at the limit: PIL would parse each of them in Python.
@@ -508,14 +517,15 @@ def probe_layout(data: bytes) -> tuple[str, tuple[int, int], JpegLayout | None]:
     if fmt == "PPM" and (magic := ppm_magic(data)) not in (*NETPBM_KINDS, b"Pf"):
         raise ImageDecodeError(f"unsupported image format {magic.decode()} (a PPM variant of PIL's own): send {SUPPORTED}")
     if layout and layout.size and layout.scans and data.startswith(b"\xff\xd8\xff"):
-        return "JPEG", layout.size, layout
+        return Probe("JPEG", layout.size, layout)
     if fmt == "PNG" and (size := png_size(data)):
-        return "PNG", size, None
-    if fmt == "TIFF" and (size := tiff_size(data)):
-        return "TIFF", size, None  # PIL's reader makes an object per strip or tile to open it (tiff_pieces_problem)
+        return Probe("PNG", size)
+    tiff = tiff_entries(data) if fmt == "TIFF" else {}
+    if size := tiff_size(tiff):
+        return Probe("TIFF", size, tiff=tiff)  # PIL's reader makes an object per strip or tile to open it (tiff_pieces_problem)
     try:
         with Image.open(io.BytesIO(data), formats=DECODED_FORMATS) as img:
-            return (img.format or "unknown"), img.size, layout
+            return Probe(img.format or "unknown", img.size, layout, tiff)
     except Image.DecompressionBombError as err:  # PIL's own limit, far above ours: its number would mislead
         declared = re.search(r"\((\d+) pixels\)", str(err))
         pixels = f"{int(declared.group(1)):,} pixels" if declared else "more pixels than PIL opens"
@@ -575,9 +585,8 @@ def tiff_pieces_problem(entries: dict[int, tuple[int, int]], width: int, height:
     return None
 
 
-def tiff_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) of a TIFF from its first directory, or None where it has none to read."""
-    entries = tiff_entries(data)
+def tiff_size(entries: dict[int, tuple[int, int]]) -> tuple[int, int] | None:
+    """(width, height) from a TIFF's ``tiff_entries``, or None where they hold none."""
     return (entries[256][1], entries[257][1]) if 256 in entries and 257 in entries else None  # ImageWidth, ImageLength
 
 
