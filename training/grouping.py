@@ -139,15 +139,15 @@ def _subfolder(path: str, cls: str) -> str:
 
 
 def _by_frames(by_class: dict[str, list[str]]) -> Grouping:
-    groups, block_sizes = {}, []
+    groups, block_sizes, example = {}, [], ""
     for cls, paths in by_class.items():
         block = max(1, math.ceil(len(paths) / SEQUENCE_BLOCKS))
         block_sizes.append(block)
         groups[cls] = {p: p for p in paths}
         for stem, frames in sequences(paths, cls).items():
+            example = example or Path(frames[0]).name
             for rank, path in enumerate(frames):
                 groups[cls][path] = f"{stem}#{rank // block}"
-    example = next((Path(p).name for cls, paths in by_class.items() for run in sequences(paths, cls).values() for p in run), "")
     sizes = "-".join(str(n) for n in sorted({min(block_sizes, default=1), max(block_sizes, default=1)}))
     return Grouping("frames", f"numbered frame sequences (a running number in the name, e.g. {example}): blocks of {sizes} neighbouring "
                     f"frames (about {SEQUENCE_BLOCKS} blocks per class), each block in one split", groups)  # fmt: skip
