@@ -95,9 +95,7 @@ def scan_rows() -> None:
     for width, height, repeated in SCAN_CASES:
         data = progressive_jpeg(width, height, repeated)
         flag = reduced_jpeg_flag("JPEG", width, height, MODEL_RESIZE)
-        started = time.perf_counter()
-        cv2.imdecode(np.frombuffer(data, np.uint8), flag)
-        seconds = time.perf_counter() - started
+        seconds = timed(lambda d=data, f=flag: opencv_decode(d, f))
         print(f"| {width}x{height} | {jpeg_layout(data).scans} | {len(data):,} | {seconds * 1000:,.0f} ms | {refused(data)} |")
 
 
@@ -131,7 +129,7 @@ def header_rows() -> None:
             data = data[:start] + data[end:data.index(b"IEND") - 4] + data[start:end] + data[data.index(b"IEND") - 4:]
         started, warnings = time.perf_counter(), ""
         if fmt.endswith("pixels"):
-            lines = stderr_lines(lambda d=data: cv2.imdecode(np.frombuffer(d, np.uint8), cv2.IMREAD_COLOR))
+            lines = stderr_lines(lambda d=data: opencv_decode(d))
             warnings = f", {lines:,} lines on stderr"
         else:
             with Image.open(io.BytesIO(data)) as img:
@@ -218,7 +216,7 @@ def jpeg_kind_rows() -> None:
              ("baseline, cut after its header", jpeg_cut_after_its_header(6000, 6000))]
     reduced = reduced_jpeg_flag("JPEG", 6000, 6000, MODEL_RESIZE)
     for name, data in cases:
-        scaled, full = (min(timed(lambda d=data, f=flag: cv2.imdecode(np.frombuffer(d, np.uint8), f)) for _ in range(3))
+        scaled, full = (min(timed(lambda d=data, f=flag: opencv_decode(d, f)) for _ in range(3))
                         for flag in (reduced, cv2.IMREAD_COLOR))
         print(f"| {name} | {len(data):,} | {scaled * 1000:,.0f} ms | {full * 1000:,.0f} ms | {refused(data)} |")
 
@@ -252,8 +250,8 @@ def answered(data: bytes) -> tuple[str, float]:
     return answer, time.perf_counter() - started
 
 
-def opencv_decode(data: bytes) -> None:
-    cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+def opencv_decode(data: bytes, flag: int = cv2.IMREAD_COLOR) -> None:
+    cv2.imdecode(np.frombuffer(data, np.uint8), flag)
 
 
 def stderr_lines(work) -> int:
@@ -276,7 +274,7 @@ def probe_rows() -> None:
     markers itself), probe_image now, and OpenCV's decode of the whole image, per photo."""
     photos = load_images()
     rows = [("PIL's Image.open and size", lambda d: Image.open(io.BytesIO(d)).size), ("probe_image", probe_image),
-            ("OpenCV's decode of the whole photo", lambda d: cv2.imdecode(np.frombuffer(d, np.uint8), cv2.IMREAD_COLOR)),
+            ("OpenCV's decode of the whole photo", opencv_decode),
             ("read_rgb: probe, checks and decode", read_rgb)]
     print(f"\n| on {len(photos)} sign-digit photos | ms per photo, best of 5 rounds |\n| --- | ---: |")
     for name, work in rows:

@@ -17,6 +17,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from gesture_core.images import ADAM7_PASSES
+
 
 def encode(img: Image.Image, fmt: str, **kwargs) -> bytes:
     buf = io.BytesIO()
@@ -217,7 +219,7 @@ def png_of_rows(pixels: np.ndarray, interlaced: bool = False, extra_zeros: int =
     neither OpenCV nor PIL writes) or carry ``extra_zeros`` bytes of zeros after the image inside its
     compressed data, which inflate for nothing (1 GB from about 1 MB of file)."""
     height, width = pixels.shape[:2]
-    passes = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2)) if interlaced else ((0, 0, 1, 1),)
+    passes = ADAM7_PASSES if interlaced else ((0, 0, 1, 1),)
     rows = b"".join(b"\x00" + row.tobytes() for x0, y0, dx, dy in passes for row in pixels[y0::dy, x0::dx] if row.size)
     deflate = zlib.compressobj(9)
     stream = deflate.compress(rows) + b"".join(deflate.compress(bytes(1 << 20)) for _ in range(extra_zeros >> 20))
