@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import io
+from collections import Counter
 
 import pytest
 from PIL import Image
 
-from tests.helpers import make_image_folder, synthetic_image
+from tests.helpers import make_image_folder, synthetic_image, write_rgb
+from training.check import build_report
 from training.data import DatasetError, ImageDataset, Splits, load_splits
 
 
@@ -32,6 +34,36 @@ def test_bad_files_are_skipped_and_reported(tmp_path):
     assert sum(splits.counts().values()) == 30
     reasons = " ".join(s["reason"] for s in splits.skipped)
     assert "0 bytes" in reasons and "truncated" in reasons
+
+
+@pytest.mark.parametrize("layout", ["imagefolder", "presplit"])
+def test_what_an_os_or_a_nas_writes_among_photos_is_neither_a_class_nor_a_photo(tmp_path, layout):
+    """A zip made on macOS has __MACOSX/ beside the class folders (it trained as a class), Synology puts
+    @eaDir/ with a smaller copy of each photo in every folder (they trained as more photos of the class,
+    and leaked across splits), Windows drops Thumbs.db and desktop.ini: each is ignored, and said so."""
+    root = tmp_path / "d"
+    tops = [root / "train", root / "test"] if layout == "presplit" else [root]
+    for top in tops:
+        make_image_folder(top, per_class=6)
+        write_rgb(top / "__MACOSX" / "fist" / "000.jpg", synthetic_image(0, seed=0))
+        write_rgb(top / "fist" / "@eaDir" / "000.jpg" / "SYNOPHOTO_THUMB_M.jpg", synthetic_image(0, seed=0))
+        write_rgb(top / "palm" / "$RECYCLE.BIN" / "S-1-5-21" / "deleted.jpg", synthetic_image(1, seed=0))
+        (top / "peace" / "Thumbs.db").write_bytes(b"Windows thumbnails")
+        (top / "desktop.ini").write_text("[.ShellClassInfo]")
+    (root / "__MACOSX").mkdir(exist_ok=True)
+    splits = load_splits(root, val_split=0.2, test_split=0.2, seed=0)
+    assert splits.classes == ["fist", "palm", "peace"]
+    assert not splits.skipped
+    assert not [s.path for part in ("train", "val", "test") for s in getattr(splits, part) if "@eaDir" in s.path or "RECYCLE" in s.path]
+    assert sum(splits.counts().values()) == 18 * len(tops)
+
+    report = build_report(root)
+    assert report["counts"] == {"fist": 6 * len(tops), "palm": 6 * len(tops), "peace": 6 * len(tops)}
+    ignored = Counter(entry["reason"] for entry in report["ignored"])
+    assert ignored == {"macOS archive metadata": len(tops), "NAS thumbnails or recycle bin (Synology, QNAP)": len(tops),
+                       "drive's system folder": len(tops), "Windows folder thumbnails or settings": 2 * len(tops)}
+    assert not report["skipped"] and not report["nested"]
+    assert not [line for line in report["warnings"] if "skipped" in line or "deeper" in line or "__MACOSX" in line]
 
 
 def test_stratified_split_is_seeded_disjoint_and_balanced(tmp_path):

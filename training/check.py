@@ -38,7 +38,15 @@ from gesture_core.cli import check_output_outside_datasets, command, output_arg
 from gesture_core.images import DECODED_FORMATS, ImageDecodeError, decode_rgb, probe_image
 from training.cli import int_at_least
 from training.config import TrainConfig
-from training.data import SPLITS, DatasetError, classes_missing_from_train, folders_beside_splits, is_presplit, scan_class_folders
+from training.data import (
+    SPLITS,
+    DatasetError,
+    classes_missing_from_train,
+    folders_beside_splits,
+    is_presplit,
+    passed_over,
+    scan_class_folders,
+)
 from training.data import printable_path as printable  # non-UTF-8 names, made printable and JSON-safe
 from training.grouping import assign_groups, grouped_split, sequences
 
@@ -112,11 +120,11 @@ def _stray_entries(root: Path, layout: str) -> list[dict]:
     stray = []
     for top in tops:
         for entry in sorted(os.scandir(top), key=lambda e: e.name):
-            if not entry.name.startswith(".") and not entry.is_dir():
+            if not entry.is_dir() and not passed_over(entry.name, folder=False):
                 stray.append({"path": printable(entry.path), "reason": "file outside any class folder (not used)"})
     if layout == "presplit":
         for entry in sorted(os.scandir(root), key=lambda e: e.name):
-            if not entry.name.startswith(".") and entry.name not in SPLITS:
+            if entry.name not in SPLITS and not passed_over(entry.name, folder=entry.is_dir()):
                 stray.append({"path": printable(entry.path), "reason": "not train/, val/ or test/ (not used)"})
     return stray
 

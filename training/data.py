@@ -35,6 +35,19 @@ from training.grouping import DatasetError, assign_groups, grouped_split
 VIDEO_EXTENSIONS = {".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".3gp"}
 VIDEO_TO_FRAMES = "python -m service.webcam.capture --source VIDEO --headless --label CLASS --out DATASET"
 SPLITS = ("train", "val", "test")
+# What an OS, an archiver or a NAS writes among photos without a leading dot, and is never a class or a
+# photo of one. They are passed over like hidden ones (.DS_Store, .ipynb_checkpoints, .Trashes) and
+# listed as ignored. A zip made on macOS holds __MACOSX/ beside the class folders, which trained as a
+# class of its own (or stopped the run as an empty one); Synology writes @eaDir/ into every photo
+# folder with smaller JPEG copies of each photo, which trained as more photos of the class and
+# leaked across splits. Matched without regard to case, as Windows and macOS name them.
+SYSTEM_FOLDERS = {name.casefold(): reason for names, reason in (
+    (("__MACOSX",), "macOS archive metadata"),
+    (("@eaDir", "#recycle", "#snapshot", "@Recycle", "@Recently-Snapshot"), "NAS thumbnails or recycle bin (Synology, QNAP)"),
+    (("$RECYCLE.BIN", "System Volume Information", "RECYCLER", "lost+found"), "drive's system folder"),
+    (("__pycache__",), "Python cache"),
+) for name in names}
+SYSTEM_FILES = {name.casefold(): "Windows folder thumbnails or settings" for name in ("Thumbs.db", "ehthumbs.db", "desktop.ini")}
 
 
 @dataclass(frozen=True)
@@ -104,15 +117,26 @@ def is_presplit(root: Path) -> bool:
     return all((root / s).is_dir() for s in ("train", "test"))
 
 
+def passed_over(name: str, *, folder: bool) -> str | None:
+    """Why a file or folder of this name is never read as a class or an image ("hidden folder", "macOS
+    archive metadata", ...), or None for one that is."""
+    if name.startswith("."):
+        return "hidden folder" if folder else "hidden file"
+    return (SYSTEM_FOLDERS if folder else SYSTEM_FILES).get(name.casefold())
+
+
 def scan_class_folders(root: Path, skipped: list[dict[str, str]], ignored: list[dict[str, str]] | None = None) -> dict[str, list[str]]:
     """{class name: [valid image paths]}; invalid files are appended to ``skipped``.
 
-    ``ignored`` (optional) collects what is passed over silently: hidden files and folders, and
-    symlinked folders (never followed).
+    ``ignored`` (optional) collects what is passed over silently: hidden and system files and folders
+    (``passed_over``), and symlinked folders (never followed).
     """
     if not root.is_dir():
         raise DatasetError(f"{root} is not a folder")
-    folders = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if ignored is not None:
+        entries = list(root.iterdir())
+        _note_ignored(str(root), [d.name for d in entries if d.is_dir() and not d.is_symlink()], [f.name for f in entries if not f.is_dir()], ignored)
+    folders = sorted(d.name for d in root.iterdir() if d.is_dir() and not passed_over(d.name, folder=True))
     note_broken_links(root, skipped)
     if not folders:
         raise DatasetError(f"{root} has no class folders; expected {root}/<class>/<image> (ImageFolder layout)"
@@ -136,7 +160,7 @@ def note_broken_links(root: Path, skipped: list[dict[str, str]]) -> None:
     """A symlink in the dataset folder whose target is gone (an unmounted drive, a moved folder) is
     most likely a class folder: it is skipped like a bad file, and said at start-up, since a run
     without it trains a model that lacks a whole class."""
-    broken = sorted(d for d in root.iterdir() if d.is_symlink() and not d.exists() and not d.name.startswith("."))
+    broken = sorted(d for d in root.iterdir() if d.is_symlink() and not d.exists() and not passed_over(d.name, folder=True))
     for link in broken:
         skipped.append({"path": printable_path(str(link)), "reason": f"broken symlink: its target {printable_path(os.readlink(link))} does not exist"})
     if broken:
@@ -150,7 +174,7 @@ def scan_images(root: Path, skipped: list[dict[str, str]]) -> list[str]:
     followed (as scan_class_folders follows a symlinked class folder); deeper ones are not."""
     if not root.is_dir():
         raise DatasetError(f"{root} is not a folder")
-    linked = sorted(d for d in root.iterdir() if d.is_symlink() and d.is_dir() and not d.name.startswith("."))
+    linked = sorted(d for d in root.iterdir() if d.is_symlink() and d.is_dir() and not passed_over(d.name, folder=True))
     found = _valid_images(root, skipped) + [path for folder in linked for path in _valid_images(folder, skipped)]
     if not found:
         raise DatasetError(no_images(root, skipped, "in it and its subfolders"))
@@ -182,9 +206,9 @@ def _valid_images(folder: Path, skipped: list[dict[str, str]], ignored: list[dic
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
         if ignored is not None:
             _note_ignored(dirpath, dirnames, filenames, ignored)
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        dirnames[:] = sorted(d for d in dirnames if not passed_over(d, folder=True))
         for name in sorted(filenames):
-            if name.startswith("."):
+            if passed_over(name, folder=False):
                 continue
             path = os.path.join(dirpath, name)
             reason = check_image_file(path)
@@ -198,11 +222,12 @@ def _valid_images(folder: Path, skipped: list[dict[str, str]], ignored: list[dic
 def _note_ignored(dirpath: str, dirnames: list[str], filenames: list[str], ignored: list[dict[str, str]]) -> None:
     for name in dirnames:
         path = os.path.join(dirpath, name)
-        if name.startswith("."):
-            ignored.append({"path": printable_path(path), "reason": "hidden folder"})
+        if reason := passed_over(name, folder=True):
+            ignored.append({"path": printable_path(path), "reason": reason})
         elif os.path.islink(path):
             ignored.append({"path": printable_path(path), "reason": "symlinked folder (not followed)"})
-    ignored.extend({"path": printable_path(os.path.join(dirpath, n)), "reason": "hidden file"} for n in filenames if n.startswith("."))
+    ignored.extend({"path": printable_path(os.path.join(dirpath, n)), "reason": reason}
+                   for n in filenames if (reason := passed_over(n, folder=False)))
 
 
 def check_image_file(path: str) -> str | None:
@@ -292,8 +317,8 @@ def load_splits(
 
 
 def folders_beside_splits(root: Path) -> list[str]:
-    """The folders of a pre-split ``root`` other than train/, val/ and test/ (hidden ones aside)."""
-    return sorted(d.name for d in root.iterdir() if d.is_dir() and d.name not in SPLITS and not d.name.startswith("."))
+    """The folders of a pre-split ``root`` other than train/, val/ and test/ (hidden and system ones aside)."""
+    return sorted(d.name for d in root.iterdir() if d.is_dir() and d.name not in SPLITS and not passed_over(d.name, folder=True))
 
 
 def classes_missing_from_train(classes_by_split: Mapping[str, Iterable[str]], root: Path) -> list[str]:

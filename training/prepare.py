@@ -43,7 +43,7 @@ from gesture_core.cli import command, output_arg
 from gesture_core.hands import HAND_MODEL_FILES, MODELS_WHEEL, HandModelFile, hand_models_dir
 from gesture_core.images import IMAGE_SUFFIXES
 from training.cli import existing_path
-from training.data import SPLITS, DatasetError
+from training.data import SPLITS, DatasetError, passed_over
 
 DEFAULT_ROOT = Path("datasets")
 MARKER = ".prepared.json"
@@ -107,7 +107,7 @@ def _members(archive: Path) -> Iterator[tuple[str, Callable[[], BinaryIO]]]:
 
 def _safe_parts(name: str) -> list[str] | None:
     parts = [p for p in PurePosixPath(name.replace("\\", "/")).parts if p not in ("", ".")]
-    if not parts or parts[0] == "/" or ".." in parts or any(p.startswith(".") or p == "__MACOSX" for p in parts):
+    if not parts or parts[0] == "/" or ".." in parts or any(passed_over(p, folder=True) for p in parts[:-1]) or passed_over(parts[-1], folder=False):
         return None
     return parts
 
@@ -419,7 +419,7 @@ def count_images(out: Path) -> dict[str, int]:
     """{relative class folder: number of image files} of a freshly built copy."""
     counts: dict[str, int] = {}
     for dirpath, _, filenames in os.walk(out):
-        n = sum(1 for f in filenames if not f.startswith(".") and _is_image_name(f))
+        n = sum(1 for f in filenames if not passed_over(f, folder=False) and _is_image_name(f))
         if n:
             counts[Path(dirpath).relative_to(out).as_posix()] = n
     return dict(sorted(counts.items()))
