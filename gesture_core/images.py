@@ -94,6 +94,17 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jfif", ".jpe", ".png", ".bmp", ".
 # File signatures, to name the format of a file whose header is cut or corrupt.
 SIGNATURES = {b"\xff\xd8\xff": "JPEG", b"\x89PNG\r\n\x1a\n": "PNG", b"GIF8": "GIF", b"II*\x00": "TIFF", b"MM\x00*": "TIFF"}
 
+# Photo formats that phones and cameras write and nothing here decodes, named in the refusal instead of
+# "not a recognised image format" (or, in a dataset, "not an image file extension"): HEIF, an iPhone's
+# "High Efficiency" photo and many Android phones', is known by the brand of its ISO-BMFF ftyp box,
+# and in a dataset folder each by its suffix. (PIL names AVIF itself.)
+HEIF_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1")
+PHOTO_SUFFIXES_NOT_DECODED = {
+    ".heic": "HEIC", ".heif": "HEIC", ".hif": "HEIC", ".avif": "AVIF", ".jxl": "JPEG XL",
+    **dict.fromkeys((".dng", ".cr2", ".cr3", ".nef", ".arw", ".raf", ".orf", ".rw2"), "camera raw"),
+}
+FORMAT_NOTES = {"HEIC": "a phone's High Efficiency photo; an iPhone takes JPEG with Settings > Camera > Formats > Most Compatible"}
+
 # Float or 32-bit TIFF samples are decoded at their own depth, 4 bytes each where every other image is
 # decoded to 1: the pixel limit for them is an eighth, so that one costs no more memory than a photo.
 DEEP_SAMPLE_DIVISOR = 8
@@ -610,13 +621,20 @@ def unreadable_header(data: bytes) -> str:
         return f"truncated or corrupt {fmt} (its image header cannot be read)"
     other = other_format(data)
     if other is not None:
-        return f"unsupported image format {other}: send {SUPPORTED}"
+        return unsupported_format(other, f"send {SUPPORTED}")
     return "not a recognised image format"
+
+
+def unsupported_format(name: str, advice: str) -> str:
+    """"unsupported image format NAME (what it is, where that helps): ADVICE"."""
+    return f"unsupported image format {name}{f' ({FORMAT_NOTES[name]})' if name in FORMAT_NOTES else ''}: {advice}"
 
 
 def other_format(data: bytes) -> str | None:
     """The name of a format PIL knows but the product does not decode, from the same 16-byte prefix
     test PIL itself runs before opening a file (``Image.OPEN``'s accept functions); nothing is parsed."""
+    if data[4:8] == b"ftyp" and data[8:12] in HEIF_BRANDS:  # PIL has no HEIF reader to test it
+        return "HEIC"
     Image.init()
     for name, (_, accept) in Image.OPEN.items():
         try:  # some tests read a few bytes whatever the length: PIL itself catches their struct.error

@@ -74,3 +74,11 @@ def train_interrupted_in_epoch(cfg, monkeypatch, epoch: int) -> int:
         except SystemExit as stop:
             return stop.code
     raise AssertionError("training finished without being interrupted")
+
+
+def heic_photo_start() -> bytes:
+    """The first boxes of an iPhone's HEIC photo (ISO-BMFF: ftyp, brand heic, then meta): nothing here
+    decodes HEIC, so they are all a test needs of one."""
+    ftyp = b"ftyp" + b"heic" + bytes(4) + b"mif1" + b"heic"
+    meta = b"meta" + bytes(4) + (8).to_bytes(4, "big") + b"hdlr"
+    return len(ftyp + b"    ").to_bytes(4, "big") + ftyp + len(meta + b"    ").to_bytes(4, "big") + meta

@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 from PIL import Image
 
-from tests.helpers import make_image_folder, synthetic_image, write_rgb
+from tests.helpers import heic_photo_start, make_image_folder, synthetic_image, write_rgb
 from training.check import build_report
 from training.data import DatasetError, ImageDataset, Splits, load_splits
 
@@ -64,6 +64,23 @@ def test_what_an_os_or_a_nas_writes_among_photos_is_neither_a_class_nor_a_photo(
                        "drive's system folder": len(tops), "Windows folder thumbnails or settings": 2 * len(tops)}
     assert not report["skipped"] and not report["nested"]
     assert not [line for line in report["warnings"] if "skipped" in line or "deeper" in line or "__MACOSX" in line]
+
+
+def test_phone_photos_in_a_format_not_decoded_are_named_in_the_error_with_the_way_to_a_jpeg(tmp_path):
+    """A folder of an iPhone's HEIC photos was "no images found (looked for .bmp, .gif, ...)", and each
+    file "not an image file extension"."""
+    root = tmp_path / "d"
+    for name in ("fist", "palm"):
+        (root / name).mkdir(parents=True)
+        (root / name / "IMG_0001.HEIC").write_bytes(heic_photo_start())
+        (root / name / "IMG_0002.dng").write_bytes(b"II*\x00")
+    with pytest.raises(DatasetError, match=r"no usable images in its class folders: 4 image file\(s\) skipped, e\.g\. .*IMG_0001\.HEIC: "
+                                           r"unsupported image format HEIC \(a phone's High Efficiency photo; an iPhone takes JPEG with "
+                                           r"Settings > Camera > Formats > Most Compatible\): save it as JPEG or PNG first"):
+        load_splits(root)
+    report = build_report(root)
+    assert report["skipped_by_reason"] == {"unsupported format": 4}
+    assert any("IMG_0002.dng: unsupported image format camera raw: save it as JPEG" in f"{s['path']}: {s['reason']}" for s in report["skipped"])
 
 
 def test_stratified_split_is_seeded_disjoint_and_balanced(tmp_path):

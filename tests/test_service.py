@@ -34,6 +34,7 @@ from service.hand_crops import find_hand_crops
 from service.http_guard import FORM_LIMITS, MAX_FILENAME_BYTES, MAX_HEADER_BYTES, EndpointFields, RequestGuard
 from service.schemas import decode_base64
 from service.settings import Settings, SettingsError, hardware_problem, unknown_settings
+from tests.helpers import heic_photo_start, synthetic_image
 from tests.service_inputs import (
     ambiguous_requests,
     assert_refused_as_documented,
@@ -275,6 +276,17 @@ def test_bad_images_raise_bad_input_with_a_reason(svc, name):
     data, phrase = bad_uploads()[name]
     with pytest.raises(BadInput, match=phrase):
         asyncio.run(svc.predict(image_b64=data))
+
+
+def test_a_phone_photo_in_a_format_not_decoded_is_named_with_the_way_to_a_jpeg(svc):
+    """An iPhone's HEIC photo was "not a recognised image format"; PIL names AVIF itself."""
+    avif = encode(Image.fromarray(synthetic_image(1, 7, 96)), "AVIF")
+    for data, phrase in ((heic_photo_start(), "image_b64: unsupported image format HEIC (a phone's High Efficiency photo; an iPhone "
+                                                 "takes JPEG with Settings > Camera > Formats > Most Compatible): send JPEG, PNG"),
+                         (avif, "image_b64: unsupported image format AVIF: send JPEG, PNG")):
+        with pytest.raises(BadInput) as refused:
+            asyncio.run(svc.predict(image_b64=data))
+        assert str(refused.value).startswith(phrase)
 
 
 def test_hand_crop_models_decode_uploads_within_the_same_limits(reference):

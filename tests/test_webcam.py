@@ -26,7 +26,7 @@ from gesture_core.runtime import Runtime
 from service.webcam.demo import EXIT_OK, EXIT_OUTAGE, EXIT_USAGE, Options, Recognizer, Stream, main, run
 from service.webcam.grabber import Frame, FrameGrabber
 from service.webcam.scoring import LocalScorer, RemoteScorer, ServerError, Smoother
-from tests.helpers import REPO
+from tests.helpers import REPO, heic_photo_start
 
 FRAME_SIZE = 128  # sign-digits images are mostly 100x100 (three are 3024x3024): one size for the video
 
@@ -295,6 +295,8 @@ def short_clip(tmp_path_factory, sign_digits) -> Path:
     ("empty.avi", "cannot read video file empty.avi: not one frame decodes"),
     ("notes.jpg", "image notes.jpg does not decode as an image (its name ends in .jpg): not a recognised image format"),
     ("clip.jpg", "image clip.jpg does not decode as an image"),  # a video renamed .jpg
+    ("IMG_0001.HEIC", "image IMG_0001.HEIC does not decode as an image (its name ends in .HEIC): unsupported image format HEIC (a phone's "
+                      "High Efficiency photo"),  # it was taken for a video: "not a video OpenCV/FFmpeg can decode"
     ("bad/%03d.jpg", "image sequence bad/%03d.jpg: none of its 2 files decodes as an image: bad/000.jpg"),
 ])
 def test_bad_source_is_a_clear_error(tmp_path, monkeypatch, source, message, random_head_checkpoint, short_clip):
@@ -305,6 +307,7 @@ def test_bad_source_is_a_clear_error(tmp_path, monkeypatch, source, message, ran
     cv2.VideoWriter("empty.avi", cv2.VideoWriter_fourcc(*"MJPG"), 30.0, (FRAME_SIZE, FRAME_SIZE)).release()  # no frame written
     (tmp_path / "notes.jpg").write_text("this is not an image\n")
     (tmp_path / "clip.jpg").write_bytes(short_clip.read_bytes())
+    (tmp_path / "IMG_0001.HEIC").write_bytes(heic_photo_start())
     (tmp_path / "bad").mkdir()
     for name in ("000.jpg", "001.jpg"):
         (tmp_path / "bad" / name).write_bytes(b"not a jpeg")

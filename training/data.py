@@ -22,12 +22,15 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from gesture_core.class_names import class_name, has_control_characters
 from gesture_core.images import (
     IMAGE_SUFFIXES,
+    PHOTO_SUFFIXES_NOT_DECODED,
+    SUPPORTED,
     TRUNCATED_JPEG,
     ImageDecodeError,
     check_dimensions,
     decode_rgb,
     jpeg_is_complete,
     probe_image,
+    unsupported_format,
 )
 from training.grouping import DatasetError, assign_groups, grouped_split
 
@@ -191,7 +194,7 @@ def no_images(root: Path, skipped: list[dict[str, str]], where: str) -> str:
 
 def skipped_images_note(skipped: list[dict[str, str]]) -> str:
     """": N image file(s) skipped, e.g. PATH: REASON" for the image files among ``skipped``, or ""."""
-    images = [entry for entry in skipped if Path(entry["path"]).suffix.lower() in IMAGE_SUFFIXES]
+    images = [entry for entry in skipped if Path(entry["path"]).suffix.lower() in IMAGE_SUFFIXES | PHOTO_SUFFIXES_NOT_DECODED.keys()]
     return f": {len(images)} image file(s) skipped, e.g. {images[0]['path']}: {images[0]['reason']}" if images else ""
 
 
@@ -235,6 +238,8 @@ def check_image_file(path: str) -> str | None:
     suffix = Path(path).suffix.lower()
     if suffix in VIDEO_EXTENSIONS:
         return f"a video: save its frames as images first ({VIDEO_TO_FRAMES}; docs/datasets.md)"
+    if suffix in PHOTO_SUFFIXES_NOT_DECODED:
+        return unsupported_format(PHOTO_SUFFIXES_NOT_DECODED[suffix], f"save it as JPEG or PNG first ({SUPPORTED} are read)")
     if suffix not in IMAGE_SUFFIXES:
         return "not an image file extension"
     try:

@@ -42,7 +42,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from gesture_core.images import IMAGE_SUFFIXES, ImageDecodeError, read_rgb
+from gesture_core.images import IMAGE_SUFFIXES, PHOTO_SUFFIXES_NOT_DECODED, ImageDecodeError, read_rgb
 
 __all__ = ["SourceError", "ImageFiles", "open_source", "parse_source", "is_live", "describe_source", "read_frames"]
 
@@ -104,7 +104,8 @@ def _kind(source: int | str) -> str:
         return "stream"
     if _SEQUENCE.search(source) and not os.path.lexists(source):  # an existing "50%done.mp4" is that file
         return "image sequence"
-    return "image" if Path(source).suffix.lower() in IMAGE_SUFFIXES else "video file"
+    # a phone's HEIC photo too, whose refusal names its format and the way to a JPEG ("not a video" did not)
+    return "image" if Path(source).suffix.lower() in IMAGE_SUFFIXES | PHOTO_SUFFIXES_NOT_DECODED.keys() else "video file"
 
 
 class ImageFiles:
