@@ -201,6 +201,16 @@ def test_class_names_that_differ_only_in_case_are_warned_of(tmp_path):
     assert any("class names that differ only in case: A and a" in w for w in report["warnings"]), report["warnings"]
 
 
+def test_class_names_that_differ_only_in_spaces_or_separators_are_warned_of(tmp_path):
+    """"palm " (a trailing space) and "palm" print alike in every table; thumbs_up and thumbs-up look
+    like one gesture in two folders. Names in another script, or alike only in case, are not this."""
+    classes = ("palm", "palm ", "thumbs_up", "thumbs-up", "ThumbsUp", "拳", "掌", "fist")
+    report = build_report(make_image_folder(tmp_path / "d", classes=classes, per_class=2), workers=1)
+    alike = [w for w in report["warnings"] if w.startswith("class names that differ only in spaces or separators")]
+    assert alike == ["class names that differ only in spaces or separators: 'ThumbsUp' and 'thumbs-up' and 'thumbs_up'; 'palm' and "
+                     "'palm ': each is trained as a class of its own (one gesture in two folders?); rename one to the other"]
+
+
 def test_a_broken_symlink_class_folder_is_reported_not_dropped(tmp_path):
     """A class folder linked from an unmounted drive: the run would train a model without that class."""
     root = make_image_folder(tmp_path / "data", ("fist", "palm"), per_class=10)

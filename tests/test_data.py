@@ -83,6 +83,19 @@ def test_phone_photos_in_a_format_not_decoded_are_named_in_the_error_with_the_wa
     assert any("IMG_0002.dng: unsupported image format camera raw: save it as JPEG" in f"{s['path']}: {s['reason']}" for s in report["skipped"])
 
 
+@pytest.mark.parametrize("layout", ["imagefolder", "presplit"])
+def test_class_folders_alike_but_for_case_spaces_or_separators_are_warned_of_at_start_up(tmp_path, layout):
+    """"palm " (a trailing space) trained beside "palm" as a second class that prints the same."""
+    classes = ("palm", "palm ", "thumbs_up", "thumbs-up", "Fist", "fist", "拳", "掌")
+    tops = ["train", "test"] if layout == "presplit" else [""]
+    for top in tops:
+        make_image_folder(tmp_path / "d" / top, classes=classes, per_class=6)
+    with pytest.warns(UserWarning, match=r"class folders 'Fist' and 'fist'; 'palm' and 'palm '; 'thumbs-up' and 'thumbs_up' differ only "
+                                         r"in case, spaces or separators: each is trained as a class of its own") as said:
+        splits = load_splits(tmp_path / "d", val_split=0.2, test_split=0.2)
+    assert len(splits.classes) == 8 and sum("differ only" in str(w.message) for w in said) == 1
+
+
 def test_stratified_split_is_seeded_disjoint_and_balanced(tmp_path):
     root = make_image_folder(tmp_path / "d", per_class=20)
     a = load_splits(root, val_split=0.1, test_split=0.25, seed=3)

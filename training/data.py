@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from gesture_core.class_names import class_name, has_control_characters
+from gesture_core.class_names import class_name, has_control_characters, name_key
 from gesture_core.images import (
     IMAGE_SUFFIXES,
     PHOTO_SUFFIXES_NOT_DECODED,
@@ -300,6 +301,7 @@ def load_splits(
         parts = {s: scan_class_folders(root / s, skipped) for s in SPLITS if (root / s).is_dir()}
         classes = sorted(parts["train"])
         _require_trainable(parts["train"], root / "train")
+        _warn_of_names_alike(classes, root / "train")
         _check_same_classes(parts, classes, root)
         grouping = assign_groups(parts["train"], group_by)
         if "val" not in parts:
@@ -312,6 +314,7 @@ def load_splits(
         raise DatasetError(no_images(root, skipped, "in its class folders"))
     _require_trainable(by_class, root)
     classes = sorted(by_class)
+    _warn_of_names_alike(classes, root)
     if split_named := sorted(set(classes) & set(SPLITS)):  # half a pre-split layout: trained as a class, without a word
         warnings.warn(f"{root} has class folder(s) named {', '.join(split_named)}, trained as classes: a pre-split layout "
                       f"needs both train/ and test/ (docs/datasets.md)", stacklevel=2)
@@ -319,6 +322,23 @@ def load_splits(
     parts = grouped_split(by_class, grouping, val_split=val_split, test_split=test_split, test_per_class=test_per_class, seed=seed)
     samples = {s: _to_samples(parts[s], classes) for s in SPLITS}
     return Splits(str(root), classes, samples["train"], samples["val"], samples["test"], skipped, "imagefolder", grouping.to_json())
+
+
+def names_alike(classes: Iterable[str]) -> list[list[str]]:
+    """Groups of class names that are one name once case, spaces, '-', '_' and '.' are left out: "palm"
+    and "palm " (a trailing space, unseen in every table), "thumbs_up", "thumbs-up" and "ThumbsUp",
+    "Fist" and "fist". Each is trained as a class of its own, most likely one gesture in two folders."""
+    groups: dict[str, list[str]] = {}
+    for name in classes:
+        groups.setdefault(re.sub(r"[\s_.-]+", "", name_key(name)) or name_key(name), []).append(name)
+    return [names for names in groups.values() if len(names) > 1]
+
+
+def _warn_of_names_alike(classes: list[str], root: Path) -> None:
+    if alike := names_alike(classes):
+        warnings.warn(f"{root}: class folders {'; '.join(' and '.join(map(repr, names)) for names in alike)} differ only in case, "
+                      "spaces or separators: each is trained as a class of its own (one gesture in two folders?); rename one to "
+                      "the other", stacklevel=3)
 
 
 def folders_beside_splits(root: Path) -> list[str]:
