@@ -401,6 +401,23 @@ def test_an_output_that_cannot_be_written_is_refused_before_the_model_loads(tmp_
     assert capsys.readouterr().err == f"error: {flags[0]} {flags[1]}: cannot write there: No such file or directory\n"
 
 
+def test_frames_of_another_size_are_fitted_into_the_output_video_not_dropped(tmp_path, random_head_checkpoint):
+    """Portrait and landscape photos as one image sequence: OpenCV's writer dropped every frame whose size
+    was not the first one's, without a word (5 of these 10 frames were missing from the video)."""
+    for i in range(10):
+        width, height = (160, 120) if i % 2 == 0 else (90, 160)
+        cv2.imwrite(str(tmp_path / f"{i:04d}.png"), np.full((height, width, 3), 20 * i, np.uint8))
+    logged = []
+    out = tmp_path / "annotated.avi"
+    code = main(["--checkpoint", str(random_head_checkpoint), "--source", str(tmp_path / "%04d.png"), "--headless", "--output", str(out)],
+                log=logged.append)  # fmt: skip
+    assert code == EXIT_OK, logged
+    assert count_frames(out) == (10, (360, 480))  # the overlay draws small frames 3 times larger
+    assert [line for line in logged if line.startswith("note: frame")] == [
+        "note: frame 1 is not the size of the first: it and any other such frame are scaled to fit the --output video (480x360 with "
+        "the overlay)"]
+
+
 def test_a_snapshot_that_fails_is_not_reported_as_a_run_that_ended(tmp_path, short_clip, random_head_checkpoint):
     """A snapshot that cannot be written ends the run with its own error, without "no snapshot of frame 0:
     the run ended after 1 frames", which blamed the source."""

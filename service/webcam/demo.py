@@ -228,6 +228,8 @@ class Outputs:
     def __init__(self, options: Options, fps: float, log: Log = _stderr):
         self.options, self.fps, self.log = options, fps, log
         self._writer: cv2.VideoWriter | None = None
+        self._size: tuple[int, int] = (0, 0)  # the video's (height, width), from its first frame
+        self._resized_said = False
         self._jsonl = None
         self.saved: set[int] = set()  # frame indices saved as snapshots
         if options.jsonl:
@@ -238,7 +240,7 @@ class Outputs:
         if self._jsonl:
             self._jsonl.write(json.dumps(result.to_json()) + "\n")
         if self.options.output:
-            self._video(canvas).write(canvas)
+            self._video(canvas).write(self._fitted(canvas, result.index))
         if result.index in self.options.snapshot_at:
             self.snapshot(canvas, result.index)
 
@@ -269,12 +271,29 @@ class Outputs:
         if self._jsonl:
             self._jsonl.close()
 
+    def _fitted(self, canvas: np.ndarray, index: int) -> np.ndarray:
+        """The frame at the video's size, which its first frame set: OpenCV's writer drops a frame of
+        any other size without a word (an image sequence of portrait and landscape photos, a stream
+        that changes resolution), so it is scaled to fit and padded, and the first such frame is said."""
+        height, width = self._size
+        if canvas.shape[:2] == (height, width):
+            return canvas
+        if not self._resized_said:
+            self._resized_said = True
+            self.log(f"note: frame {index} is not the size of the first: it and any other such frame are scaled to fit the "
+                     f"--output video ({width}x{height} with the overlay)")
+        scale = min(width / canvas.shape[1], height / canvas.shape[0])
+        fitted = cv2.resize(canvas, (max(1, round(canvas.shape[1] * scale)), max(1, round(canvas.shape[0] * scale))),
+                            interpolation=cv2.INTER_AREA)
+        top, left = (height - fitted.shape[0]) // 2, (width - fitted.shape[1]) // 2
+        return cv2.copyMakeBorder(fitted, top, height - fitted.shape[0] - top, left, width - fitted.shape[1] - left, cv2.BORDER_CONSTANT)
+
     def _video(self, canvas: np.ndarray) -> cv2.VideoWriter:
         if self._writer is None:
             path = self.options.output
             path.parent.mkdir(parents=True, exist_ok=True)
             fourcc = cv2.VideoWriter_fourcc(*("MJPG" if path.suffix.lower() == ".avi" else "mp4v"))
-            height, width = canvas.shape[:2]
+            height, width = self._size = canvas.shape[:2]
             self._writer = cv2.VideoWriter(str(path), fourcc, self.fps, (width, height))
             if not self._writer.isOpened():
                 raise OSError(f"cannot write video {path}: use a .mp4 (mp4v) or .avi (MJPG) file name in a writable folder")
