@@ -26,7 +26,13 @@ from gesture_core.hands import HandModelsUnavailableError
 from gesture_core.weights import WeightsUnavailableError
 
 EXIT_USAGE = 2
-USER_ERRORS = (ValueError, OSError, WeightsUnavailableError, HandModelsUnavailableError)
+
+
+class OutOfMemory(RuntimeError):
+    """The machine ran out of memory for what a command was asked to do; the message names the flag to lower."""
+
+
+USER_ERRORS = (ValueError, OSError, WeightsUnavailableError, HandModelsUnavailableError, OutOfMemory)
 
 P = ParamSpec("P")
 

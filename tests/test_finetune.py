@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import re
+import signal
 import struct
 import urllib.error
 import zlib
@@ -16,6 +19,7 @@ import torch
 import training.finetune as finetune
 from gesture_core import load_classifier
 from gesture_core.classifier import Classifier
+from gesture_core.cli import OutOfMemory
 from tests.helpers import count_calls, make_image_folder, train_interrupted_in_epoch, train_interrupted_in_epoch_2
 from tests.test_data import add_bad_files
 from training.config import TrainConfig
@@ -449,6 +453,44 @@ def test_a_ctrl_c_before_the_first_checkpoint_says_there_is_nothing_to_resume(da
     assert "interrupted before the first epoch ended: there is no last.pt to resume from; start again" in capsys.readouterr().err
     assert not (tmp_path / "run" / "last.pt").exists()
     assert finetune.train(cfg).exists()
+
+
+def test_a_data_loading_worker_killed_for_memory_is_one_error_line_with_the_resume_command(dataset, tmp_path, monkeypatch):
+    """The kernel's out-of-memory killer ends a loader worker (here the worker kills itself in epoch 2):
+    it was a traceback ending in "DataLoader worker (pid(s) ...) exited unexpectedly"."""
+    from training.data import ImageDataset
+
+    trigger, real_item = tmp_path / "kill-workers", ImageDataset.__getitem__
+
+    def item(self, index):
+        if trigger.exists() and torch.utils.data.get_worker_info() is not None:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real_item(self, index)
+
+    real_save = finetune.save_epoch
+    monkeypatch.setattr(ImageDataset, "__getitem__", item)
+    monkeypatch.setattr(finetune, "save_epoch", lambda *args, **kwargs: (real_save(*args, **kwargs), trigger.touch()))
+    cfg = tiny_config(dataset, tmp_path / "run", epochs=3, workers=2)
+    with pytest.raises(OutOfMemory, match=r"^DataLoader worker \(pid\(s\) [\d, ]+\) exited unexpectedly: most likely out of memory \(RAM\), "
+                                          r"with --workers 2; continue with fewer: python -m training.finetune --resume "
+                                          rf"{re.escape(str(tmp_path / 'run' / 'last.pt'))} --workers 1$"):
+        finetune.train(cfg)
+
+
+@pytest.mark.parametrize("error, said", [
+    (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.19 GiB"),
+     "out of GPU memory (cpu) for mobilenet_v3_large at --batch-size 8: start again with a smaller --batch-size (e.g. 4)"),
+    (RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: not enough memory: you tried to allocate 9663676416 bytes."),
+     "out of memory (RAM) for mobilenet_v3_large at --batch-size 8 with --workers 0: start again with a smaller --batch-size (e.g. 4)"),
+    (MemoryError(), "out of memory (RAM) for mobilenet_v3_large at --batch-size 8 with --workers 0: start again"),
+])
+def test_running_out_of_memory_names_the_flag_to_lower(dataset, tmp_path, monkeypatch, capsys, error, said):
+    """What PyTorch raises when the GPU's memory or the RAM runs out, in the first epoch (a GPU cannot be
+    filled on purpose on the CPU machines the tests run on). It was a traceback."""
+    monkeypatch.setattr(finetune, "train_one_epoch", lambda *args, **kwargs: (_ for _ in ()).throw(error))
+    monkeypatch.setattr(finetune, "parse_config", lambda argv: (tiny_config(dataset, tmp_path / "run"), None))
+    assert finetune.main([]) == 2
+    assert capsys.readouterr().err.splitlines()[-1].startswith(f"error: {said}")
 
 
 def test_file_names_that_are_not_utf8_train_and_evaluate_to_the_end(tmp_path):

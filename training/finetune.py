@@ -31,7 +31,7 @@ from gesture_core.checkpoint import (
     save_checkpoint,
 )
 from gesture_core.classifier import Classifier, load_classifier
-from gesture_core.cli import EXIT_USAGE, USER_ERRORS, checkpoint_arg, command, output_arg
+from gesture_core.cli import EXIT_USAGE, USER_ERRORS, OutOfMemory, checkpoint_arg, command, output_arg
 from gesture_core.preprocess import DataConfig
 from training import cli, distributed
 from training.augment import (
@@ -515,8 +515,32 @@ def train(cfg: TrainConfig, resume: Path | None = None) -> Path:
         last = run.out / "last.pt"
         resume = f"; once there is room, continue with: python -m training.finetune --resume {last}" if last.exists() else ""
         raise CheckpointSaveError(f"{err}{resume}") from None
+    except (torch.OutOfMemoryError, MemoryError, RuntimeError) as err:
+        if (problem := out_of_memory(err, cfg, run)) is None:
+            raise
+        raise OutOfMemory(problem) from None
     finish(run, state, failed)
     return run.out
+
+
+def out_of_memory(err: BaseException, cfg: TrainConfig, run: Run) -> str | None:
+    """What ran out and which flag to lower, for an error that says the machine ran out of memory (else
+    None): the GPU's, the RAM (PyTorch's or NumPy's allocation), or a data-loading worker killed, which on
+    Linux is the kernel's out-of-memory killer. These were tracebacks."""
+    text, last = str(err), run.out / "last.pt"
+    if isinstance(err, torch.OutOfMemoryError):
+        what = f"out of GPU memory ({run.device}) for {cfg.backbone} at --batch-size {cfg.batch_size}"
+    elif isinstance(err, MemoryError) or "DefaultCPUAllocator" in text or "can't allocate memory" in text:
+        what = f"out of memory (RAM) for {cfg.backbone} at --batch-size {cfg.batch_size} with --workers {cfg.workers}"
+    elif "DataLoader worker" in text and ("killed" in text or "exited unexpectedly" in text):
+        what = f"{text.splitlines()[0].rstrip('. ')}: most likely out of memory (RAM), with --workers {cfg.workers}"
+        if last.exists():  # --resume takes --workers
+            return f"{what}; continue with fewer: python -m training.finetune --resume {last} --workers {max(0, cfg.workers // 2)}"
+        return f"{what}: pass fewer --workers or a smaller --batch-size"
+    else:
+        return None
+    # --resume keeps the batch size: a smaller one is a new run
+    return f"{what}: start again with a smaller --batch-size (e.g. {max(1, cfg.batch_size // 2)})"
 
 
 def training_geometry(cfg: TrainConfig, dc: DataConfig) -> DataConfig:
