@@ -47,7 +47,8 @@ class LinesCutShort(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
         if len(message) > MAX_LINE_CHARS:
-            record.msg, record.args = f"{message[:MAX_LINE_CHARS]}... (cut: {len(message):,} characters)", ()
+            message = f"{message[:MAX_LINE_CHARS]}... (cut: {len(message):,} characters)"
+        record.msg, record.args = message, ()  # formatted once: the handler's getMessage has nothing left to fill in
         return True
 
 

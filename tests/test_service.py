@@ -732,8 +732,24 @@ def test_a_log_line_is_cut_at_its_limit_whatever_the_client_sent():
     record = logging.LogRecord("bentoml.access", logging.INFO, __file__, 1, "%s (type=%s)", ("POST /predict", "x" * 10_000), None)
     assert LinesCutShort().filter(record)
     assert record.getMessage() == "POST /predict (type=" + "x" * (MAX_LINE_CHARS - 20) + "... (cut: 10,021 characters)"
-    short = logging.LogRecord("bentoml.access", logging.INFO, __file__, 1, "%s", ("ok",), None)
-    assert LinesCutShort().filter(short) and short.getMessage() == "ok" and short.args == ("ok",)
+
+
+def test_a_log_line_is_formatted_once():
+    """The filter measures the formatted line; the handler formatted it a second time, for every access line."""
+    import logging
+
+    from service.logs import LinesCutShort
+
+    class Counted:
+        calls = 0
+
+        def __str__(self) -> str:
+            Counted.calls += 1
+            return "ok"
+
+    short = logging.LogRecord("bentoml.access", logging.INFO, __file__, 1, "%s", (Counted(),), None)
+    assert LinesCutShort().filter(short) and logging.Formatter("%(message)s").format(short) == "ok"
+    assert Counted.calls == 1
 
 
 def test_info_shows_the_training_data_by_name_not_by_its_path_on_that_machine():
