@@ -137,10 +137,10 @@ def scan_class_folders(root: Path, skipped: list[dict[str, str]], ignored: list[
     """
     if not root.is_dir():
         raise DatasetError(f"{root} is not a folder")
+    entries = list(root.iterdir())
     if ignored is not None:
-        entries = list(root.iterdir())
         _note_ignored(str(root), [d.name for d in entries if d.is_dir() and not d.is_symlink()], [f.name for f in entries if not f.is_dir()], ignored)
-    folders = sorted(d.name for d in root.iterdir() if d.is_dir() and not passed_over(d.name, folder=True))
+    folders = sorted(d.name for d in entries if d.is_dir() and not passed_over(d.name, folder=True))
     note_broken_links(root, skipped)
     if not folders:
         raise DatasetError(f"{root} has no class folders; expected {root}/<class>/<image> (ImageFolder layout)"
