@@ -26,6 +26,7 @@ from gesture_core.runtime import Runtime
 from service.webcam.demo import EXIT_OK, EXIT_OUTAGE, EXIT_USAGE, Options, Recognizer, Stream, main, run
 from service.webcam.grabber import Frame, FrameGrabber
 from service.webcam.scoring import LocalScorer, RemoteScorer, ServerError, Smoother
+from service.webcam.sources import open_source, read_frames
 from tests.helpers import REPO, heic_photo_start
 
 FRAME_SIZE = 128  # sign-digits images are mostly 100x100 (three are 3024x3024): one size for the video
@@ -283,7 +284,9 @@ def short_clip(tmp_path_factory, sign_digits) -> Path:
     ("missing.mp4", "no such video file"),
     ("notes.mp4", "not a video"),
     ("frames/%04d.png", "no files match"),
-    ("folder", "is a folder"),
+    ("folder", "folder is a folder with no image file in it (looked for .bmp, .gif"),
+    ("videos", "videos is a folder with no image file in it (looked for .bmp, .gif, .jfif, .jpe, .jpeg, .jpg, .pgm, .png, .ppm, .tif, "
+               ".tiff, .webp); it holds 1 video file(s): pass one as the source, e.g. --source videos/take1.MOV"),
     ("9", "cannot open camera 9"),  # no camera on this machine (nor on CI)
     # OpenCV takes a C int: a bigger index was a cv2.error traceback
     ("99999999999999999999", "camera index 99999999999999999999 is too large: a source is a camera index (0 to 2147483647)"),
@@ -303,6 +306,8 @@ def test_bad_source_is_a_clear_error(tmp_path, monkeypatch, source, message, ran
     monkeypatch.chdir(tmp_path)
     (tmp_path / "notes.mp4").write_text("this is not a video\n")
     (tmp_path / "folder").mkdir()
+    (tmp_path / "videos").mkdir()
+    (tmp_path / "videos" / "take1.MOV").write_bytes(short_clip.read_bytes())
     os.mkfifo(tmp_path / "pipe.mp4")
     cv2.VideoWriter("empty.avi", cv2.VideoWriter_fourcc(*"MJPG"), 30.0, (FRAME_SIZE, FRAME_SIZE)).release()  # no frame written
     (tmp_path / "notes.jpg").write_text("this is not an image\n")
@@ -338,6 +343,22 @@ def test_a_file_cut_short_and_a_sequence_with_a_bad_frame_say_what_was_not_read(
     assert code == 0 and re.search(r"cut.avi ended after \d+ of the 30 frames it declares: the rest does not decode", warning)
     code, [warning] = runs["frames"]  # OpenCV's reader stopped at the bad file: 2 of the 6 were read, with a warning
     assert code == 0 and re.search(r"frames/%03d.jpg: skipped 1 of its 6 files, which do not decode: .*002.jpg", warning), warning
+
+
+def test_a_folder_source_is_its_images_in_name_order_with_numbers_read_as_numbers(tmp_path, random_head_checkpoint, capsys):
+    """Ultralytics takes a folder as a source; here it was "is a folder; ... pass a pattern such as
+    folder/%04d.jpg", which names like frame2.jpg and IMG_0007 (1).png do not fit."""
+    names = ["frame10.png", "frame2.png", "frame1.png", "Frame3.png", "notes.txt", ".hidden.png"]
+    for i, name in enumerate(names):
+        cv2.imwrite(str(tmp_path / name), np.full((32, 48, 3), 10 * i, np.uint8)) if name.endswith(".png") else (tmp_path / name).write_text("x")
+    (tmp_path / "sub").mkdir()
+    cv2.imwrite(str(tmp_path / "sub" / "frame0.png"), np.zeros((32, 48, 3), np.uint8))
+    cap = open_source(tmp_path)
+    assert cap.paths == [tmp_path / name for name in ("frame1.png", "frame2.png", "Frame3.png", "frame10.png")]
+    assert [int(frame[0, 0, 0]) for frame in read_frames(cap)] == [20, 10, 30, 0]
+    logged = []
+    assert main(["--checkpoint", str(random_head_checkpoint), "--source", str(tmp_path), "--headless"], log=logged.append) == EXIT_OK
+    assert logged[0].startswith(f"image folder {tmp_path} -> ") and "summary: 4 frames" in capsys.readouterr().out
 
 
 def test_missing_checkpoint_is_a_clear_error(tmp_path, short_clip, capsys):

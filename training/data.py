@@ -26,6 +26,7 @@ from gesture_core.images import (
     PHOTO_SUFFIXES_NOT_DECODED,
     SUPPORTED,
     TRUNCATED_JPEG,
+    VIDEO_FILE_SUFFIXES,
     ImageDecodeError,
     check_dimensions,
     decode_rgb,
@@ -35,8 +36,6 @@ from gesture_core.images import (
 )
 from training.grouping import DatasetError, assign_groups, grouped_split
 
-# Recordings people drop into a class folder, expecting their frames to be trained on.
-VIDEO_EXTENSIONS = {".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".3gp"}
 VIDEO_TO_FRAMES = "python -m service.webcam.capture --source VIDEO --headless --label CLASS --out DATASET"
 SPLITS = ("train", "val", "test")
 # What an OS, an archiver or a NAS writes among photos without a leading dot, and is never a class or a
@@ -200,7 +199,7 @@ def skipped_images_note(skipped: list[dict[str, str]]) -> str:
 
 
 def videos_hint(paths: list[str] | list[Path]) -> str:
-    videos = sum(Path(path).suffix.lower() in VIDEO_EXTENSIONS for path in paths)
+    videos = sum(Path(path).suffix.lower() in VIDEO_FILE_SUFFIXES for path in paths)
     return f"; it holds {videos} video file(s): save their frames as images first ({VIDEO_TO_FRAMES}, for each)" if videos else ""
 
 
@@ -237,7 +236,7 @@ def _note_ignored(dirpath: str, dirnames: list[str], filenames: list[str], ignor
 def check_image_file(path: str) -> str | None:
     """None if ``path`` looks like a decodable image, else the reason it is skipped."""
     suffix = Path(path).suffix.lower()
-    if suffix in VIDEO_EXTENSIONS:
+    if suffix in VIDEO_FILE_SUFFIXES:
         return f"a video: save its frames as images first ({VIDEO_TO_FRAMES}; docs/datasets.md)"
     if suffix in PHOTO_SUFFIXES_NOT_DECODED:
         return unsupported_format(PHOTO_SUFFIXES_NOT_DECODED[suffix], f"save it as JPEG or PNG first ({SUPPORTED} are read)")

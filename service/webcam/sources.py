@@ -1,9 +1,9 @@
-"""Open a frame source (camera, video file, image sequence, stream URL) with one call.
+"""Open a frame source (camera, video file, image sequence or folder, stream URL) with one call.
 
     from service.webcam.sources import SourceError, open_source, read_frames
 
     try:
-        cap = open_source("0")            # or 0, "clip.mp4", "frames/%04d.jpg", "rtsp://host/stream"
+        cap = open_source("0")            # or 0, "clip.mp4", "frames/%04d.jpg", "photos/", "rtsp://host/stream"
     except SourceError as err:
         sys.exit(f"error: {err}")         # one line a user can act on
     for frame in read_frames(cap):        # BGR uint8 frames, as OpenCV gives them
@@ -18,6 +18,8 @@
   open/read timeouts, so an unreachable host fails in seconds instead of hanging;
 * a path containing ``%d``-style placeholder (``frames/%04d.png``): an image sequence, every file
   that matches it in number order, unless a file of that very name exists (``50%done.mp4``);
+* a folder: its image files (not its sub-folders'), in name order with numbers read as numbers
+  (``frame2.jpg`` before ``frame10.jpg``), as Ultralytics takes a folder as a source;
 * the path of an image file (``.jpg``, ``.png``, ...): that one image;
 * any other string: a video file path.
 
@@ -42,7 +44,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from gesture_core.images import IMAGE_SUFFIXES, PHOTO_SUFFIXES_NOT_DECODED, ImageDecodeError, read_rgb
+from gesture_core.images import IMAGE_SUFFIXES, PHOTO_SUFFIXES_NOT_DECODED, VIDEO_FILE_SUFFIXES, ImageDecodeError, read_rgb
 
 __all__ = ["SourceError", "ImageFiles", "open_source", "parse_source", "is_live", "describe_source", "read_frames"]
 
@@ -52,7 +54,7 @@ _URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 _SEQUENCE = re.compile(r"%0?\d*d")
 VIDEO_HINT = "the file is not a video OpenCV/FFmpeg can decode (try re-encoding it as H.264 .mp4 or MJPG .avi)"
 CAMERA_INDEX_MAX = 2**31 - 1  # OpenCV takes a camera index as a C int; a larger one raised cv2.error
-SOURCE_FORMS = (f"a camera index (0 to {CAMERA_INDEX_MAX}), a video or image file, an image pattern (frames/%04d.jpg) "
+SOURCE_FORMS = (f"a camera index (0 to {CAMERA_INDEX_MAX}), a video or image file, a folder of images, an image pattern (frames/%04d.jpg) "
                 "or a stream URL (rtsp://, http://)")
 
 
@@ -104,6 +106,8 @@ def _kind(source: int | str) -> str:
         return "stream"
     if _SEQUENCE.search(source) and not os.path.lexists(source):  # an existing "50%done.mp4" is that file
         return "image sequence"
+    if os.path.isdir(source):
+        return "image folder"
     # a phone's HEIC photo too, whose refusal names its format and the way to a JPEG ("not a video" did not)
     return "image" if Path(source).suffix.lower() in IMAGE_SUFFIXES | PHOTO_SUFFIXES_NOT_DECODED.keys() else "video file"
 
@@ -191,6 +195,8 @@ def _open(source: int | str) -> tuple[cv2.VideoCapture | ImageFiles, str]:
     elif kind == "image sequence":
         _require_sequence(source)
         cap, hint = ImageFiles(_sequence_files(source)), "no files match"
+    elif kind == "image folder":
+        cap, hint = ImageFiles(_folder_images(source)), "no image in it"
     elif kind == "image":
         _require_file(source, "image")
         cap, hint = ImageFiles([Path(source)]), "no such image"
@@ -231,9 +237,7 @@ def _is_live_capture(cap: cv2.VideoCapture | ImageFiles) -> bool:
 
 
 def _require_file(source: str, kind: str = "video") -> None:
-    path = Path(source)
-    if path.is_dir():
-        raise SourceError(f"{source} is a folder; for an image sequence pass a pattern such as {path / '%04d.jpg'}")
+    path = Path(source)  # not a folder: that is an image folder source
     if not path.exists():
         raise SourceError(f"{source}: no such {kind} file (a source is {SOURCE_FORMS})")
     if not path.is_file():  # refused before opening: reading a named pipe waits for a writer, maybe forever
@@ -256,6 +260,18 @@ def _sequence_files(pattern: str) -> list[Path]:
     # Regular files only: reading a named pipe that matches would wait for a writer, maybe forever.
     found = [(match, path) for path in paths if (match := numbered.fullmatch(path.name)) and path.is_file()]
     return [path for match, path in sorted(found, key=lambda item: (tuple(map(int, item[0].groups())), item[1].name))]
+
+
+def _folder_images(folder: str) -> list[Path]:
+    """The image files of a folder (not its sub-folders'), in name order with numbers read as numbers;
+    a SourceError, naming its videos if it holds any, when there is none."""
+    files = [path for path in Path(folder).iterdir() if not path.name.startswith(".") and path.is_file()]
+    images = [path for path in files if path.suffix.lower() in IMAGE_SUFFIXES | PHOTO_SUFFIXES_NOT_DECODED.keys()]
+    if not images:
+        videos = [path.name for path in files if path.suffix.lower() in VIDEO_FILE_SUFFIXES]
+        also = f"; it holds {len(videos)} video file(s): pass one as the source, e.g. --source {Path(folder) / videos[0]}" if videos else ""
+        raise SourceError(f"{folder} is a folder with no image file in it (looked for {', '.join(sorted(IMAGE_SUFFIXES))}){also}")
+    return sorted(images, key=lambda path: [int(part) if part.isdigit() else part.casefold() for part in re.split(r"(\d+)", path.name)])
 
 
 def _require_sequence(pattern: str) -> None:
