@@ -26,7 +26,7 @@ from gesture_core.runtime import Runtime
 from service.webcam.demo import EXIT_OK, EXIT_OUTAGE, EXIT_USAGE, Options, Recognizer, Stream, main, run
 from service.webcam.grabber import Frame, FrameGrabber
 from service.webcam.scoring import LocalScorer, RemoteScorer, ServerError, Smoother
-from service.webcam.sources import open_source, read_frames
+from service.webcam.sources import SourceError, open_source, read_frames
 from tests.helpers import REPO, heic_photo_start
 
 FRAME_SIZE = 128  # sign-digits images are mostly 100x100 (three are 3024x3024): one size for the video
@@ -356,6 +356,11 @@ def test_a_folder_source_is_its_images_in_name_order_with_numbers_read_as_number
     cap = open_source(tmp_path)
     assert cap.paths == [tmp_path / name for name in ("frame1.png", "frame2.png", "Frame3.png", "frame10.png")]
     assert [int(frame[0, 0, 0]) for frame in read_frames(cap)] == [20, 10, 30, 0]
+    # A glob, as Ultralytics takes one: what it matches, in the same order; ** reaches sub-folders.
+    assert open_source(str(tmp_path / "frame*.png")).paths == [tmp_path / name for name in ("frame1.png", "frame2.png", "frame10.png")]
+    assert open_source(str(tmp_path / "**" / "*0.png")).paths == [tmp_path / "frame10.png", tmp_path / "sub" / "frame0.png"]
+    with pytest.raises(SourceError, match=r"notes\*: no image file matches \(1 other file\(s\) or folder\(s\) do; a source is"):
+        open_source(str(tmp_path / "notes*"))
     logged = []
     assert main(["--checkpoint", str(random_head_checkpoint), "--source", str(tmp_path), "--headless"], log=logged.append) == EXIT_OK
     assert logged[0].startswith(f"image folder {tmp_path} -> ") and "summary: 4 frames" in capsys.readouterr().out

@@ -351,7 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--classes", type=class_list, help="comma-separated class names, keys 1-9 in this order (e.g. fist,palm,peace,none)"
     )
     p.add_argument(
-        "--source", default="0", help="camera index, video file, image pattern (frames/%%04d.jpg), folder of images or stream URL (default: 0)"
+        "--source", default="0", help="camera index, video file, image pattern (frames/%%04d.jpg), folder of images or glob, or stream URL (default: 0)"
     )
     p.add_argument("--roi", type=_fraction, nargs="?", const=DEFAULT_ROI, default=None, metavar="FRACTION",
                    help=f"save only a centred square of this fraction of the shorter side (default {DEFAULT_ROI})")  # fmt: skip

@@ -20,6 +20,8 @@
   that matches it in number order, unless a file of that very name exists (``50%done.mp4``);
 * a folder: its image files (not its sub-folders'), in name order with numbers read as numbers
   (``frame2.jpg`` before ``frame10.jpg``), as Ultralytics takes a folder as a source;
+* a glob (``photos/*.jpg``, ``takes/**/*.png``) that is not a file's name: the image files it matches, in
+  the same order;
 * the path of an image file (``.jpg``, ``.png``, ...): that one image;
 * any other string: a video file path.
 
@@ -34,6 +36,7 @@ Every failure is a ``SourceError`` whose message names the source and says what 
 
 from __future__ import annotations
 
+import glob
 import os
 import re
 import stat
@@ -52,10 +55,11 @@ __all__ = ["SourceError", "ImageFiles", "open_source", "parse_source", "is_live"
 STREAM_TIMEOUT_MS = 5000
 _URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 _SEQUENCE = re.compile(r"%0?\d*d")
+_GLOB = re.compile(r"[*?[]")
 VIDEO_HINT = "the file is not a video OpenCV/FFmpeg can decode (try re-encoding it as H.264 .mp4 or MJPG .avi)"
 CAMERA_INDEX_MAX = 2**31 - 1  # OpenCV takes a camera index as a C int; a larger one raised cv2.error
 SOURCE_FORMS = (f"a camera index (0 to {CAMERA_INDEX_MAX}), a video or image file, a folder of images, an image pattern (frames/%04d.jpg) "
-                "or a stream URL (rtsp://, http://)")
+                "or glob (photos/*.jpg), or a stream URL (rtsp://, http://)")
 
 
 class SourceError(RuntimeError):
@@ -108,6 +112,8 @@ def _kind(source: int | str) -> str:
         return "image sequence"
     if os.path.isdir(source):
         return "image folder"
+    if _GLOB.search(source) and not os.path.lexists(source):
+        return "image glob"
     # a phone's HEIC photo too, whose refusal names its format and the way to a JPEG ("not a video" did not)
     return "image" if Path(source).suffix.lower() in IMAGE_SUFFIXES | PHOTO_SUFFIXES_NOT_DECODED.keys() else "video file"
 
@@ -197,6 +203,8 @@ def _open(source: int | str) -> tuple[cv2.VideoCapture | ImageFiles, str]:
         cap, hint = ImageFiles(_sequence_files(source)), "no files match"
     elif kind == "image folder":
         cap, hint = ImageFiles(_folder_images(source)), "no image in it"
+    elif kind == "image glob":
+        cap, hint = ImageFiles(_glob_images(source)), "no image matches"
     elif kind == "image":
         _require_file(source, "image")
         cap, hint = ImageFiles([Path(source)]), "no such image"
@@ -271,7 +279,20 @@ def _folder_images(folder: str) -> list[Path]:
         videos = [path.name for path in files if path.suffix.lower() in VIDEO_FILE_SUFFIXES]
         also = f"; it holds {len(videos)} video file(s): pass one as the source, e.g. --source {Path(folder) / videos[0]}" if videos else ""
         raise SourceError(f"{folder} is a folder with no image file in it (looked for {', '.join(sorted(IMAGE_SUFFIXES))}){also}")
-    return sorted(images, key=lambda path: [int(part) if part.isdigit() else part.casefold() for part in re.split(r"(\d+)", path.name)])
+    return sorted(images, key=_name_order)
+
+
+def _glob_images(pattern: str) -> list[Path]:
+    """The image files a glob matches (``**`` for any depth), in ``_name_order``; a SourceError when none does."""
+    paths = [Path(path) for path in glob.glob(pattern, recursive=True)]
+    if not (images := [path for path in paths if path.suffix.lower() in IMAGE_SUFFIXES | PHOTO_SUFFIXES_NOT_DECODED.keys() and path.is_file()]):
+        raise SourceError(f"{pattern}: no image file matches ({len(paths)} other file(s) or folder(s) do; a source is {SOURCE_FORMS})")
+    return sorted(images, key=_name_order)
+
+
+def _name_order(path: Path) -> list:
+    """Folder, then name, with numbers read as numbers: frame2.jpg before frame10.jpg."""
+    return [int(part) if part.isdigit() else part.casefold() for part in re.split(r"(\d+)", str(path))]
 
 
 def _require_sequence(pattern: str) -> None:
