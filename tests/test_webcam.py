@@ -23,7 +23,18 @@ import pytest
 from benchmarks.server_process import free_port, serve_process
 from gesture_core import load_classifier
 from gesture_core.runtime import Runtime
-from service.webcam.demo import EXIT_OK, EXIT_OUTAGE, EXIT_USAGE, Options, Recognizer, Stream, main, run
+from service.webcam.demo import (
+    EXIT_OK,
+    EXIT_OUTAGE,
+    EXIT_USAGE,
+    Options,
+    Recognizer,
+    Stream,
+    build_parser,
+    main,
+    options_from_args,
+    run,
+)
 from service.webcam.grabber import Frame, FrameGrabber
 from service.webcam.scoring import LocalScorer, RemoteScorer, ServerError, Smoother
 from service.webcam.sources import SourceError, open_source, read_frames
@@ -364,6 +375,12 @@ def test_a_folder_source_is_its_images_in_name_order_with_numbers_read_as_number
     logged = []
     assert main(["--checkpoint", str(random_head_checkpoint), "--source", str(tmp_path), "--headless"], log=logged.append) == EXIT_OK
     assert logged[0].startswith(f"image folder {tmp_path} -> ") and "summary: 4 frames" in capsys.readouterr().out
+    # Photos of a folder need not be one recording's frames: each is scored on its own, unless --smooth says otherwise.
+    assert logged[0].endswith("(headless); each image on its own (--smooth N to smooth over N in a row)")
+    parser, folder, sequence = build_parser(), Stream.open(str(tmp_path)), Stream.open(str(tmp_path / "frame%d.png"))
+    assert options_from_args(parser.parse_args(["--url", "http://h:1", "--source", str(tmp_path)]), folder).smooth == 1
+    assert options_from_args(parser.parse_args(["--url", "http://h:1", "--smooth", "3"]), folder).smooth == 3
+    assert options_from_args(parser.parse_args(["--url", "http://h:1"]), sequence).smooth == 5
 
 
 def test_missing_checkpoint_is_a_clear_error(tmp_path, short_clip, capsys):

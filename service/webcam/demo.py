@@ -53,12 +53,13 @@ from service.webcam.scoring import (
     decision_rule,
     default_threads,
 )
-from service.webcam.sources import SourceError, describe_source, is_live, open_source, parse_source
+from service.webcam.sources import SourceError, describe_source, is_live, open_source, parse_source, separate_photos
 
 EXIT_OK, EXIT_SOURCE_LOST, EXIT_USAGE, EXIT_OUTAGE = 0, 1, 2, 3
 RETRY_AFTER_S = 1.0  # during an outage, ask the server again this often; frames keep flowing meanwhile
 URL_FORM = "expected http://HOST:PORT or https://HOST:PORT (e.g. http://127.0.0.1:3000)"
 VIDEO_SUFFIXES = (".mp4", ".avi")  # what the annotated video is written as: mp4v, or MJPG for .avi
+DEFAULT_SMOOTH = 5  # frames: a live camera's label steadies within a sixth of a second at 30 fps
 MAX_SMOOTH = 10_000  # frames (5 minutes at 30 fps); a window past a C ssize_t crashed with OverflowError
 UNKNOWN_FPS = 30.0  # for cameras and image sequences that do not report a frame rate
 WINDOW_TITLE = "gesture recognition (q quit, s snapshot, space pause)"
@@ -75,7 +76,7 @@ class Options:
     realtime: bool = False  # files: play at the file's fps, dropping frames inference cannot keep up with
     roi: float | None = None  # classify only a centred square of this fraction of the shorter side
     mirror: bool | None = None  # None: mirror cameras (a selfie view), not files or streams
-    smooth: int = 5
+    smooth: int = DEFAULT_SMOOTH
     vote: bool = False
     threshold: float | None = None  # None: the model's calibrated threshold (0.5 for models from before calibration)
     top_k: int = 3
@@ -93,6 +94,7 @@ class Stream:
     live: bool
     camera: bool
     fps: float  # 0 when unknown
+    photos: bool = False  # a folder or glob of photos, which need not be frames of one recording
 
     @classmethod
     def open(cls, spec: int | str) -> Stream:
@@ -101,7 +103,7 @@ class Stream:
         capture = open_source(source)
         fps = capture.get(cv2.CAP_PROP_FPS)
         fps = fps if fps and 0 < fps < 1000 else 0.0
-        return cls(capture, describe_source(source), is_live(source), isinstance(source, int), fps)
+        return cls(capture, describe_source(source), is_live(source), isinstance(source, int), fps, separate_photos(source))
 
 
 @dataclass(frozen=True)
@@ -457,7 +459,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--roi", type=_number(float, 0.0, 1.0, low_open=True), nargs="?", const=0.6, default=None, metavar="FRACTION",
                    help="classify only a centred square box of FRACTION of the shorter side (0.6 if given without a value)")
     p.add_argument("--mirror", action=argparse.BooleanOptionalAction, default=None, help="mirror the preview (default: on for cameras)")
-    p.add_argument("--smooth", type=_number(int, 1, MAX_SMOOTH), default=5, metavar="N", help="smooth over the last N frames")
+    p.add_argument("--smooth", type=_number(int, 1, MAX_SMOOTH), default=None, metavar="N",
+                   help=f"smooth over the last N frames (default: {DEFAULT_SMOOTH}; 1, each image on its own, for a folder or glob of photos)")
     p.add_argument("--vote", action="store_true", help="smooth by majority vote of per-frame labels instead of averaging probabilities")
     p.add_argument("--threshold", type=_number(float, 0.0, 1.0), default=None,
                    help="show 'no gesture' below this score, 0-1 (default: the model's calibrated threshold; 0.5 for models from before calibration)")
@@ -472,8 +475,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def options_from_args(args: argparse.Namespace) -> Options:
-    return Options(realtime=args.realtime, roi=args.roi, mirror=args.mirror, smooth=args.smooth, vote=args.vote,
+def options_from_args(args: argparse.Namespace, stream: Stream) -> Options:
+    smooth = args.smooth or (1 if stream.photos else DEFAULT_SMOOTH)  # photos of a folder are not a recording's frames
+    return Options(realtime=args.realtime, roi=args.roi, mirror=args.mirror, smooth=smooth, vote=args.vote,
                    threshold=args.threshold, top_k=args.top_k, output=args.output, jsonl=args.jsonl,
                    snapshot_dir=args.snapshot_dir, snapshot_at=tuple(args.snapshot_at), max_frames=args.max_frames)
 
@@ -516,9 +520,10 @@ def main(argv: list[str] | None = None, log: Log = _stderr) -> int:
         stream.capture.release()
         log(f"error: {err}")
         return EXIT_USAGE
-    log(f"{stream.description} -> {scorer.name}" + (" (window: q quit, s snapshot, space pause)" if show_window else " (headless)"))
+    log(f"{stream.description} -> {scorer.name}" + (" (window: q quit, s snapshot, space pause)" if show_window else " (headless)")
+        + ("; each image on its own (--smooth N to smooth over N in a row)" if stream.photos and args.smooth is None else ""))
     try:
-        summary = run(stream, scorer, options_from_args(args), window=Window() if show_window else None, log=log)
+        summary = run(stream, scorer, options_from_args(args, stream), window=Window() if show_window else None, log=log)
     except OSError as err:  # an output that became unwritable (disk full): not a lost source
         log(f"error: {describe(err)}")
         return EXIT_USAGE

@@ -49,7 +49,7 @@ import numpy as np
 
 from gesture_core.images import IMAGE_SUFFIXES, PHOTO_SUFFIXES_NOT_DECODED, VIDEO_FILE_SUFFIXES, ImageDecodeError, read_rgb
 
-__all__ = ["SourceError", "ImageFiles", "open_source", "parse_source", "is_live", "describe_source", "read_frames"]
+__all__ = ["SourceError", "ImageFiles", "open_source", "parse_source", "is_live", "separate_photos", "describe_source", "read_frames"]
 
 # Streams: long enough for a slow network camera, short enough that a typo does not look like a hang.
 STREAM_TIMEOUT_MS = 5000
@@ -96,6 +96,12 @@ def is_live(spec: int | str | os.PathLike) -> bool:
     """True for cameras and network streams (frames arrive in real time), False for files and sequences."""
     source = parse_source(spec)
     return isinstance(source, int) or (bool(_URL.match(source)) and not source.startswith("file://"))
+
+
+def separate_photos(spec: int | str | os.PathLike) -> bool:
+    """True for a folder or a glob: photos, in name order, that need not be frames of one recording
+    (an image sequence, ``frames/%04d.jpg``, is taken for one)."""
+    return _kind(parse_source(spec)) in ("image folder", "image glob")
 
 
 def describe_source(spec: int | str | os.PathLike) -> str:
