@@ -372,8 +372,12 @@ def test_a_folder_source_is_its_images_in_name_order_with_numbers_read_as_number
     assert open_source(str(tmp_path / "**" / "*0.png")).paths == [tmp_path / "frame10.png", tmp_path / "sub" / "frame0.png"]
     with pytest.raises(SourceError, match=r"notes\*: no image file matches \(1 other file\(s\) or folder\(s\) do; a source is"):
         open_source(str(tmp_path / "notes*"))
-    logged = []
-    assert main(["--checkpoint", str(random_head_checkpoint), "--source", str(tmp_path), "--headless"], log=logged.append) == EXIT_OK
+    logged, jsonl = [], tmp_path / "out" / "p.jsonl"
+    assert main(["--checkpoint", str(random_head_checkpoint), "--source", str(tmp_path), "--headless", "--jsonl", str(jsonl)],
+                log=logged.append) == EXIT_OK  # fmt: skip
+    lines = read_jsonl(jsonl)  # which photo got which label
+    assert [line["file"] for line in lines] == [str(tmp_path / name) for name in ("frame1.png", "frame2.png", "Frame3.png", "frame10.png")]
+    assert all(line["label"] == line["raw_label"] for line in lines)  # each on its own
     assert logged[0].startswith(f"image folder {tmp_path} -> ") and "summary: 4 frames" in capsys.readouterr().out
     # Photos of a folder need not be one recording's frames: each is scored on its own, unless --smooth says otherwise.
     assert logged[0].endswith("(headless); each image on its own (--smooth N to smooth over N in a row)")

@@ -115,6 +115,7 @@ class FrameResult:
     latency_ms: float | None  # preprocess + model (or HTTP round trip) + smoothing
     error: str | None = None
     hands: tuple[HandResult, ...] | None = None  # hand-crop models: each hand found, with its own decision
+    file: str | None = None  # the image file of an image source: which photo got which label
 
     def to_json(self) -> dict:
         p = self.prediction
@@ -132,6 +133,8 @@ class FrameResult:
                               "label": h.prediction.label, "score": round(h.prediction.score, 5)} for h in self.hands]
         if self.error:
             line["error"] = self.error
+        if self.file is not None:  # image sources only: a video's lines stay as they were
+            line["file"] = self.file
         return line
 
 
@@ -183,6 +186,10 @@ class Recognizer:
         return centred_roi(image.shape, self.roi) if self.roi else None
 
     def __call__(self, frame: Frame, timestamp: float) -> FrameResult:
+        result = self._answer(frame, timestamp)
+        return replace(result, file=frame.file) if frame.file is not None else result
+
+    def _answer(self, frame: Frame, timestamp: float) -> FrameResult:
         if self.outage and time.perf_counter() < self._retry_at:
             return FrameResult(frame.index, timestamp, None, None, None, self.outage)
         box = self.crop_box(frame.image)

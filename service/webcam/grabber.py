@@ -26,6 +26,7 @@ class Frame:
     index: int  # position in the stream; gaps are frames dropped as stale
     image: np.ndarray  # BGR, as OpenCV delivers it
     captured: float  # time.perf_counter() when it was read
+    file: str | None = None  # the image file it was decoded from (a folder, glob, sequence or photo as the source)
 
 
 class FrameGrabber:
@@ -121,7 +122,7 @@ class FrameGrabber:
                 if delay > 0:
                     time.sleep(delay)
                 now = time.perf_counter()
-            self._hand_over(Frame(self.read_count, image, now))
+            self._hand_over(Frame(self.read_count, image, now, getattr(self._capture, "last_path", None)))
             self.read_count += 1
 
     def _hand_over(self, frame: Frame) -> None:

@@ -133,6 +133,7 @@ class ImageFiles:
 
     def __init__(self, paths: list[Path]):
         self.paths, self.next, self.skipped = paths, 0, []
+        self.last_path: str | None = None  # the file of the frame ``read`` gave last
 
     def isOpened(self) -> bool:  # noqa: N802 - cv2.VideoCapture's name
         return bool(self.paths)
@@ -141,9 +142,12 @@ class ImageFiles:
         while self.next < len(self.paths):
             path, self.next = self.paths[self.next], self.next + 1
             try:
-                return True, cv2.cvtColor(read_rgb(path), cv2.COLOR_RGB2BGR)
+                frame = cv2.cvtColor(read_rgb(path), cv2.COLOR_RGB2BGR)
             except ImageDecodeError as err:
                 self.skipped.append(str(err))
+                continue
+            self.last_path = str(path)
+            return True, frame
         return False, None
 
     def get(self, prop: int) -> float:
