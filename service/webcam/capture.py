@@ -37,13 +37,13 @@ import cv2
 import numpy as np
 
 from gesture_core.cli import EXIT_USAGE, check_writable, command, output_arg
+from gesture_core.images import IMAGE_SUFFIXES  # the files training reads as images, counted as a class's photos
 from gesture_core.rejection import is_reject_name
 from service.webcam.demo import display_problem
 from service.webcam.grabber import ended_early
 from service.webcam.overlay import centred_roi  # the webcam demo's box: captured crops match what it classifies
 from service.webcam.sources import SourceError, describe_source, is_live, open_source, read_frames
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 MAX_KEYED_CLASSES = 9
 DEFAULT_ROI = 0.6  # the webcam demo's default --roi
 COUNTDOWN_S = 3.0
