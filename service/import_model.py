@@ -63,12 +63,14 @@ def find_model(ref: bentoml.models.BentoModel) -> bentoml.Model:
 
 
 def metric_summary(metrics: dict[str, Any]) -> dict[str, Any]:
-    """top-1/top-5/n of each evaluated split; per-class tables and confusion matrices stay in the run folder."""
+    """top-1/top-5/n of each evaluated split; per-class tables and confusion matrices stay in the run folder.
+    A split without images (``--test-split 0``) has no top-1 (None), which BentoML's metadata cannot hold:
+    it keeps its n alone."""
     summary: dict[str, Any] = {}
     for split in ("val", "test"):
         values = metrics.get(split)
         if isinstance(values, dict):
-            summary[split] = {k: values[k] for k in SUMMARY_METRICS if k in values}
+            summary[split] = {k: values[k] for k in SUMMARY_METRICS if values.get(k) is not None}
     if "best_epoch" in metrics:
         summary["best_epoch"] = metrics["best_epoch"]
     return summary

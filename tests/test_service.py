@@ -109,6 +109,18 @@ def test_import_stores_checkpoint_and_metadata(stored_model, random_head_checkpo
     assert stored_model.info.labels["backbone"] == "efficientnet_lite0"
 
 
+def test_a_run_without_test_images_is_imported(random_head_checkpoint, tmp_path):
+    """A run trained with --test-split 0 has no test top-1 (None), which BentoML's metadata refused:
+    "error: metadata entries must be basic python types like 'str', 'int', or 'complex', got 'NoneType'"."""
+    path = tmp_path / "run" / "best.pt"
+    path.parent.mkdir()
+    ckpt = torch.load(random_head_checkpoint, weights_only=True)
+    torch.save({**ckpt, "metrics": {"val": {"top1": 0.9, "top5": 1.0, "n": 10}, "test": {"top1": None, "top5": None, "n": 0}}}, path)
+    stored = import_model.import_checkpoint(path, name="no-test-split")
+    assert stored.info.metadata["metrics"] == {"val": {"top1": 0.9, "top5": 1.0, "n": 10}, "test": {"n": 0}}
+    assert stored.info.labels["test_top1"] == "n/a"
+
+
 def test_data_fingerprint_follows_the_split_file_lists(tmp_path):
     ckpt = {"classes": ["a", "b"], "train_config": {"data": "/data/x"}, "metrics": {}}
     run = tmp_path / "run"
