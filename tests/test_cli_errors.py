@@ -235,6 +235,17 @@ def test_a_run_whose_images_moved_is_refused_before_anything_is_rewritten(run, t
     assert f"{folder / 'split.json'} is not a split file written by training.finetune" in one_error_line(capsys)
 
 
+def test_evaluate_a_run_without_test_images_says_why_and_what_to_pass(run, tmp_path, capsys):
+    """A run trained with --test-split 0: "error: no images to evaluate in test" said neither."""
+    folder = tmp_path / "run"
+    shutil.copytree(run, folder)
+    split = json.loads((folder / "split.json").read_text())
+    (folder / "split.json").write_text(json.dumps({**split, "test": []}))
+    assert evaluate_main(["--checkpoint", str(folder), "--workers", "0"]) == 2
+    assert one_error_line(capsys) == (f"error: the run's test split is empty ({folder / 'split.json'}; trained with --test-split 0?): "
+                                      f"pass --split val ({len(split['val'])} images) or --data FOLDER")
+
+
 def test_evaluate_where_no_image_decodes_any_more(run, tmp_path, capsys):
     """The run's test images are all there, and all corrupt now: it reported "(no images evaluated)", exit 0."""
     folder, images = tmp_path / "run", tmp_path / "images"

@@ -95,8 +95,12 @@ def select_samples(checkpoint: Path, classes: list[str], data: str | None, split
     splits = Splits.load(split_file)
     if splits.classes != classes:
         raise DatasetError(f"{split_file} classes {splits.classes} differ from the checkpoint's {classes}")
-    check_split_readable(getattr(splits, split), split, split_file, "pass --data FOLDER to evaluate on the images where they are now")
-    return getattr(splits, split), [], split
+    if not (samples := getattr(splits, split)):  # "no images to evaluate in test" did not say why, or what else to do
+        others = ", ".join(f"--split {name} ({len(getattr(splits, name)):,} images)" for name in ("val", "test") if name != split and getattr(splits, name))
+        raise DatasetError(f"the run's {split} split is empty ({split_file}; trained with --{split}-split 0?): pass "  # val or test: train never is
+                           f"{others + ' or ' if others else ''}--data FOLDER")
+    check_split_readable(samples, split, split_file, "pass --data FOLDER to evaluate on the images where they are now")
+    return samples, [], split
 
 
 def split_folder(data: str | None) -> str | None:
