@@ -173,6 +173,8 @@ def test_split_round_trips_through_json(tmp_path):
         ("no_folders", "no class folders"),
         ("videos", r"no images found .*; it holds 2 video file\(s\): save their frames as images first \(python -m service.webcam.capture"),
         ("videos_at_the_top", r"no class folders; .*; it holds 1 video file\(s\): save their frames"),
+        ("a_class_folder", r"d/fist has no class folders; .*; it holds 5 image\(s\) itself, as a class folder does: pass the folder above "
+                           r"it, --data .*/d, whose folders fist, palm, peace are the classes$"),
     ],
 )
 def test_untrainable_datasets_are_refused_up_front(tmp_path, layout, message):
@@ -198,6 +200,8 @@ def test_untrainable_datasets_are_refused_up_front(tmp_path, layout, message):
     elif layout == "videos_at_the_top":
         root.mkdir()
         (root / "fist.mp4").write_bytes(b"\0\0\0\x18ftypmp42")
+    elif layout == "a_class_folder":  # --data my-gestures/fist
+        root = make_image_folder(root, per_class=5) / "fist"
     else:
         root.mkdir()
         (root / "loose.jpg").write_bytes(b"x")

@@ -143,7 +143,7 @@ def scan_class_folders(root: Path, skipped: list[dict[str, str]], ignored: list[
     note_broken_links(root, skipped)
     if not folders:
         raise DatasetError(f"{root} has no class folders; expected {root}/<class>/<image> (ImageFolder layout)"
-                           + videos_hint(list(root.iterdir())))
+                           + (a_class_folder_hint(root, entries) or videos_hint(entries)))
     if unprintable := [folder for folder in folders if has_control_characters(folder)]:
         raise DatasetError(f"{root}: class folder name(s) {', '.join(map(repr, unprintable))} hold a control character (a newline, "
                            "tab or escape), which would break every table, log and overlay that names the class: rename them")
@@ -157,6 +157,17 @@ def scan_class_folders(root: Path, skipped: list[dict[str, str]], ignored: list[
         warnings.warn(f"{root}: class folder(s) {', '.join(merged)} exist in two Unicode spellings (composed and decomposed, as macOS "
                       "writes names), which look the same: each is read as one class, with the images of both", stacklevel=2)
     return dict(sorted(by_class.items()))
+
+
+def a_class_folder_hint(root: Path, entries: list[Path]) -> str:
+    """"; it holds N images itself, as a class folder does: pass the folder above it" for a class folder
+    given as the dataset (``--data my-gestures/fist``), or ""."""
+    images = sum(path.suffix.lower() in IMAGE_SUFFIXES and not passed_over(path.name, folder=False) for path in entries)
+    if not images:
+        return ""
+    siblings = [d.name for d in root.resolve().parent.iterdir() if d.is_dir() and not passed_over(d.name, folder=True)]
+    above = f", --data {root.resolve().parent}, whose folders {', '.join(sorted(siblings)[:5])}{' …' if len(siblings) > 5 else ''} are the classes"
+    return f"; it holds {images:,} image(s) itself, as a class folder does: pass the folder above it{above if len(siblings) > 1 else ''}"
 
 
 def note_broken_links(root: Path, skipped: list[dict[str, str]]) -> None:
