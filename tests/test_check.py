@@ -138,6 +138,9 @@ def test_a_presplit_class_that_training_refuses_is_fatal(tmp_path: Path):
         (lambda root: root.mkdir(), "no class folders"),
         (lambda root: (root / "a").mkdir(parents=True), "no usable images"),
         (lambda root: make_image_folder(root, classes=("only",), per_class=3), "only one class"),
+        (lambda root: make_image_folder(root / "my-gestures", per_class=3),  # a level too high: training names the same folder
+         "only one class with images (my-gestures); a classifier needs at least two; its sub-folders fist, palm, peace hold its images: "
+         "if they are the classes, the dataset is "),
         (lambda root: (make_image_folder(root, classes=("a", "b"), per_class=3), (root / "c").mkdir()), "no usable images: c"),
     ],
 )

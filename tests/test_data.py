@@ -167,14 +167,16 @@ def test_split_round_trips_through_json(tmp_path):
     "layout, message",
     [
         ("empty_class", "no usable images: peace"),
-        ("single_class", "only one class"),
+        ("single_class", r"only one class \(fist\); a classifier needs at least two class folders$"),
+        ("a_folder_too_high", r"d: only one class \(my-gestures\); a classifier needs at least two class folders; its sub-folders fist, palm, "
+                              r"peace hold its images: if they are the classes, the dataset is .*/d/my-gestures$"),
         ("no_images", "no images found"),
         ("only_broken_images", r"no usable images in its class folders: 4 image file\(s\) skipped, e\.g\. .*fist/0\.png: not a recognised image format"),
         ("no_folders", "no class folders"),
         ("videos", r"no images found .*; it holds 2 video file\(s\): save their frames as images first \(python -m service.webcam.capture"),
         ("videos_at_the_top", r"no class folders; .*; it holds 1 video file\(s\): save their frames"),
-        ("a_class_folder", r"d/fist has no class folders; .*; it holds 5 image\(s\) itself, as a class folder does: pass the folder above "
-                           r"it, --data .*/d, whose folders fist, palm, peace are the classes$"),
+        ("a_class_folder", r"d/fist has no class folders; .*; it holds 5 image\(s\) itself, as a class folder does: the dataset is the folder "
+                           r"above it, .*/d, whose folders fist, palm, peace are the classes$"),
     ],
 )
 def test_untrainable_datasets_are_refused_up_front(tmp_path, layout, message):
@@ -200,6 +202,8 @@ def test_untrainable_datasets_are_refused_up_front(tmp_path, layout, message):
     elif layout == "videos_at_the_top":
         root.mkdir()
         (root / "fist.mp4").write_bytes(b"\0\0\0\x18ftypmp42")
+    elif layout == "a_folder_too_high":  # --data datasets, holding my-gestures/<class>/
+        make_image_folder(root / "my-gestures", per_class=5)
     elif layout == "a_class_folder":  # --data my-gestures/fist
         root = make_image_folder(root, per_class=5) / "fist"
     else:

@@ -41,6 +41,7 @@ from training.config import TrainConfig
 from training.data import (
     SPLITS,
     DatasetError,
+    a_dataset_folder_hint,
     classes_missing_from_train,
     folders_beside_splits,
     is_presplit,
@@ -309,7 +310,8 @@ def _fatal(report: dict, root: Path, per_split: dict[str, dict[str, int]], layou
         return [f"{root}: no usable images"]
     with_images = [c for c, n in report["counts"].items() if n]
     if len(with_images) < 2:
-        return [f"{root}: only one class with images ({', '.join(with_images)}); a classifier needs at least two"]
+        return [f"{root}: only one class with images ({', '.join(with_images)}); a classifier needs at least two"
+                + a_dataset_folder_hint(root, report["nested"])]
     if layout == "presplit" and (missing := classes_missing_from_train(per_split, root)):  # training refuses these
         return missing
     trained_on = per_split["train" if layout == "presplit" else "all"]

@@ -160,14 +160,26 @@ def scan_class_folders(root: Path, skipped: list[dict[str, str]], ignored: list[
 
 
 def a_class_folder_hint(root: Path, entries: list[Path]) -> str:
-    """"; it holds N images itself, as a class folder does: pass the folder above it" for a class folder
-    given as the dataset (``--data my-gestures/fist``), or ""."""
+    """"; it holds N images itself, as a class folder does: the dataset is the folder above it" for a
+    class folder given as the dataset (``--data my-gestures/fist``), or ""."""
     images = sum(path.suffix.lower() in IMAGE_SUFFIXES and not passed_over(path.name, folder=False) for path in entries)
     if not images:
         return ""
     siblings = [d.name for d in root.resolve().parent.iterdir() if d.is_dir() and not passed_over(d.name, folder=True)]
-    above = f", --data {root.resolve().parent}, whose folders {', '.join(sorted(siblings)[:5])}{' …' if len(siblings) > 5 else ''} are the classes"
-    return f"; it holds {images:,} image(s) itself, as a class folder does: pass the folder above it{above if len(siblings) > 1 else ''}"
+    above = f", {root.resolve().parent}, whose folders {', '.join(sorted(siblings)[:5])}{' …' if len(siblings) > 5 else ''} are the classes"
+    return f"; it holds {images:,} image(s) itself, as a class folder does: the dataset is the folder above it{above if len(siblings) > 1 else ''}"
+
+
+def a_dataset_folder_hint(root: Path, images: list[str]) -> str:
+    """"; its sub-folders A, B hold its images: if they are the classes, the dataset is ROOT/FOLDER" for
+    a dataset given one level too high (``--data datasets`` holding ``my-gestures/<class>/``), or ""."""
+    parts = [Path(os.path.relpath(path, root)).parts for path in images]
+    inner = sorted({(p[0], p[1]) for p in parts if len(p) > 2})  # (the one class folder, a sub-folder) as they are on disk
+    if len(inner) < 2:
+        return ""
+    names = [sub for _, sub in inner]
+    return (f"; its sub-folders {', '.join(names[:5])}{' …' if len(names) > 5 else ''} hold its images: if they are the classes, "
+            f"the dataset is {root / inner[0][0]}")
 
 
 def note_broken_links(root: Path, skipped: list[dict[str, str]]) -> None:
@@ -287,7 +299,8 @@ def _require_trainable(by_class: dict[str, list[str]], root: Path) -> None:
     if empty:
         raise DatasetError(f"{root}: class folder(s) with no usable images: {', '.join(empty)} (remove them or add images)")
     if len(by_class) < 2:
-        raise DatasetError(f"{root}: only one class ({', '.join(by_class)}); a classifier needs at least two class folders")
+        raise DatasetError(f"{root}: only one class ({', '.join(by_class)}); a classifier needs at least two class folders"
+                           + a_dataset_folder_hint(root, [path for paths in by_class.values() for path in paths]))
 
 
 def load_splits(
