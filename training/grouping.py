@@ -150,7 +150,7 @@ def _by_frames(by_class: dict[str, list[str]]) -> Grouping:
                 groups[cls][path] = f"{stem}#{rank // block}"
     sizes = "-".join(str(n) for n in sorted({min(block_sizes, default=1), max(block_sizes, default=1)}))
     return Grouping("frames", f"numbered frame sequences (a running number in the name, e.g. {example}): blocks of {sizes} neighbouring "
-                    f"frames (about {SEQUENCE_BLOCKS} blocks per class), each block in one split", groups)  # fmt: skip
+                    f"frame{'' if sizes == '1' else 's'} (about {SEQUENCE_BLOCKS} blocks per class), each block in one split", groups)  # fmt: skip
 
 
 def sequences(paths: Iterable[str], cls: str) -> dict[str, list[str]]:
