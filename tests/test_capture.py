@@ -72,6 +72,18 @@ def test_headless_saves_every_nth_frame_and_never_overwrites(video: Path, tmp_pa
     assert "totals: palm 16" in capsys.readouterr().out
 
 
+def test_a_folder_of_photos_is_saved_photo_by_photo_and_a_video_one_frame_in_five(video: Path, tmp_path: Path):
+    """--every's default, one frame in 5, suits a video's near-identical neighbours; from a folder or a
+    glob of photos it kept one photo in 5."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(7):
+        cv2.imwrite(str(photos / f"IMG_{i}.jpg"), synthetic_image(0, i)[:, :, ::-1])
+    for source, label, saved in ((photos, "palm", 7), (photos / "IMG_*.jpg", "fist", 7), (video, "none", len(range(0, FRAMES, 5)))):
+        assert main(["--out", str(tmp_path / "ds"), "--source", str(source), "--headless", "--label", label]) == 0
+        assert len(jpgs(tmp_path / "ds" / label)) == saved, source
+
+
 def test_headless_roi_crop_and_max(tmp_path: Path):
     video = write_video(tmp_path / "clip.avi", "MJPG")
     out = tmp_path / "ds"
