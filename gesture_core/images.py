@@ -105,6 +105,8 @@ PHOTO_SUFFIXES_NOT_DECODED = {
     ".heic": "HEIC", ".heif": "HEIC", ".hif": "HEIC", ".avif": "AVIF", ".jxl": "JPEG XL",
     **dict.fromkeys((".dng", ".cr2", ".cr3", ".nef", ".arw", ".raf", ".orf", ".rw2"), "camera raw"),
 }
+# Files that are photos: the ones decoded, and the ones named in their refusal.
+PHOTO_FILE_SUFFIXES = IMAGE_SUFFIXES | PHOTO_SUFFIXES_NOT_DECODED.keys()
 FORMAT_NOTES = {"HEIC": "a phone's High Efficiency photo; an iPhone takes JPEG with Settings > Camera > Formats > Most Compatible"}
 
 # Float or 32-bit TIFF samples are decoded at their own depth, 4 bytes each where every other image is

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from gesture_core.class_names import class_name, has_control_characters, name_key
 from gesture_core.images import (
     IMAGE_SUFFIXES,
+    PHOTO_FILE_SUFFIXES,
     PHOTO_SUFFIXES_NOT_DECODED,
     SUPPORTED,
     TRUNCATED_JPEG,
@@ -217,7 +218,7 @@ def no_images(root: Path, skipped: list[dict[str, str]], where: str) -> str:
 
 def skipped_images_note(skipped: list[dict[str, str]]) -> str:
     """": N image file(s) skipped, e.g. PATH: REASON" for the image files among ``skipped``, or ""."""
-    images = [entry for entry in skipped if Path(entry["path"]).suffix.lower() in IMAGE_SUFFIXES | PHOTO_SUFFIXES_NOT_DECODED.keys()]
+    images = [entry for entry in skipped if Path(entry["path"]).suffix.lower() in PHOTO_FILE_SUFFIXES]
     return f": {len(images)} image file(s) skipped, e.g. {images[0]['path']}: {images[0]['reason']}" if images else ""
 
 

@@ -47,7 +47,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from gesture_core.images import IMAGE_SUFFIXES, PHOTO_SUFFIXES_NOT_DECODED, VIDEO_FILE_SUFFIXES, ImageDecodeError, read_rgb
+from gesture_core.images import IMAGE_SUFFIXES, PHOTO_FILE_SUFFIXES, VIDEO_FILE_SUFFIXES, ImageDecodeError, read_rgb
 
 __all__ = ["SourceError", "ImageFiles", "open_source", "parse_source", "is_live", "separate_photos", "describe_source", "read_frames"]
 
@@ -121,7 +121,7 @@ def _kind(source: int | str) -> str:
     if _GLOB.search(source) and not os.path.lexists(source):
         return "image glob"
     # a phone's HEIC photo too, whose refusal names its format and the way to a JPEG ("not a video" did not)
-    return "image" if Path(source).suffix.lower() in IMAGE_SUFFIXES | PHOTO_SUFFIXES_NOT_DECODED.keys() else "video file"
+    return "image" if Path(source).suffix.lower() in PHOTO_FILE_SUFFIXES else "video file"
 
 
 class ImageFiles:
@@ -284,7 +284,7 @@ def _folder_images(folder: str) -> list[Path]:
     """The image files of a folder (not its sub-folders'), in name order with numbers read as numbers;
     a SourceError, naming its videos if it holds any, when there is none."""
     files = [path for path in Path(folder).iterdir() if not path.name.startswith(".") and path.is_file()]
-    images = [path for path in files if path.suffix.lower() in IMAGE_SUFFIXES | PHOTO_SUFFIXES_NOT_DECODED.keys()]
+    images = [path for path in files if path.suffix.lower() in PHOTO_FILE_SUFFIXES]
     if not images:
         videos = [path.name for path in files if path.suffix.lower() in VIDEO_FILE_SUFFIXES]
         also = f"; it holds {len(videos)} video file(s): pass one as the source, e.g. --source {Path(folder) / videos[0]}" if videos else ""
@@ -295,7 +295,7 @@ def _folder_images(folder: str) -> list[Path]:
 def _glob_images(pattern: str) -> list[Path]:
     """The image files a glob matches (``**`` for any depth), in ``_name_order``; a SourceError when none does."""
     paths = [Path(path) for path in glob.glob(pattern, recursive=True)]
-    if not (images := [path for path in paths if path.suffix.lower() in IMAGE_SUFFIXES | PHOTO_SUFFIXES_NOT_DECODED.keys() and path.is_file()]):
+    if not (images := [path for path in paths if path.suffix.lower() in PHOTO_FILE_SUFFIXES and path.is_file()]):
         raise SourceError(f"{pattern}: no image file matches ({len(paths)} other file(s) or folder(s) do; a source is {SOURCE_FORMS})")
     return sorted(images, key=_name_order)
 
