@@ -11,7 +11,7 @@ import torch
 from gesture_core import DataConfig, Preprocess, build_model, load_classifier, save_checkpoint
 from tests.helpers import SHARED_DATA, make_image_folder
 from training import export as export_module
-from training.export import check_parity, export, main, parity_inputs, read_metadata
+from training.export import check_parity, chosen_format, export, main, parity_inputs, read_metadata
 
 
 @pytest.fixture(scope="module")
@@ -232,3 +232,22 @@ def test_an_out_name_of_the_other_format_is_refused_before_the_export(small_run,
     assert main(["--checkpoint", str(small_run), "--format", fmt, "--out", str(tmp_path / name)]) == 2
     assert f"--out {tmp_path / name}: {kind}" in capsys.readouterr().err
     assert not (tmp_path / name).exists()
+
+
+@pytest.mark.parametrize("out, fmt", [(None, "onnx"), ("m.onnx", "onnx"), ("m.pt", "torchscript"), ("m.TS", "torchscript")])
+def test_the_format_follows_the_out_name_when_not_given(out, fmt):
+    assert chosen_format(None, out) == fmt
+    assert chosen_format("torchscript", out) == "torchscript"  # a named --format wins; a clash is refused in main
+
+
+def test_an_out_name_that_says_no_format_asks_for_one(small_run, tmp_path, capsys):
+    assert main(["--checkpoint", str(small_run), "--out", str(tmp_path / "model.bin")]) == 2
+    err = capsys.readouterr().err
+    assert "does not say the format: pass --format (onnx, torchscript), or name it .onnx or .pt" in err
+    assert not (tmp_path / "model.bin").exists()
+
+
+def test_export_with_only_an_out_name_writes_that_format(small_run, tmp_path):
+    assert main(["--checkpoint", str(small_run), "--out", str(tmp_path / "model.pt"), "--max-images", "4"]) == 0
+    assert read_metadata(tmp_path / "model.pt")["classes"]
+    assert json.loads((tmp_path / "model.pt.parity.json").read_text())["format"] == "torchscript"

@@ -1,7 +1,7 @@
 """Export a checkpoint to ONNX or TorchScript, with its class names and preprocessing, and prove parity.
 
-    python -m training.export --checkpoint RUN/best.pt --format onnx
-    python -m training.export --checkpoint RUN/best.pt --format torchscript --images photos/ --out model.ts
+    python -m training.export --checkpoint RUN/best.pt                # RUN/model.onnx
+    python -m training.export --checkpoint RUN/best.pt --out model.pt --images photos/   # TorchScript, as the name says
 
 The exported file carries everything needed to use it without this repository: ONNX in
 ``metadata_props``, TorchScript as the extra file ``gesture_metadata.json`` (keys: backbone, classes,
@@ -46,6 +46,8 @@ from training.data import DatasetError, Splits
 
 FORMATS = ("onnx", "torchscript")
 SUFFIX = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
+# the names an --out file of each format usually has, so --format can be left out (as `torch.save` users name a .pt)
+FORMAT_OF_SUFFIX = {".onnx": "onnx", ".pt": "torchscript", ".pth": "torchscript", ".ts": "torchscript", ".torchscript": "torchscript"}
 METADATA_FILE = "gesture_metadata.json"  # TorchScript extra file
 INPUT_NAME, OUTPUT_NAME, FEATURES_NAME = "image", "logits", "features"
 DEFAULT_TOLERANCE = 1e-4  # fp32 on CPU; kernels differ in summation order, not in maths
@@ -307,7 +309,7 @@ def export(classifier: Classifier, fmt: str, path: Path, **kwargs: Any) -> Path:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m training.export", description=__doc__.split("\n")[0], formatter_class=cli.DefaultsHelpFormatter)
     p.add_argument("--checkpoint", type=checkpoint_arg("best.pt"), required=True, help="RUN/best.pt, or the run folder RUN")
-    p.add_argument("--format", choices=FORMATS, required=True)
+    p.add_argument("--format", choices=FORMATS, default=None, help="what to write (default: what --out's name says, .onnx or .pt, else onnx)")
     p.add_argument("--out", type=output_arg("file"), default=None, help="output file (default: RUN/model.onnx or RUN/model.torchscript.pt)")
     p.add_argument("--images", nargs="+", default=None, help="images or folders for the parity check (default: the run's test split)")
     p.add_argument("--max-images", type=cli.int_at_least(1), default=64, help="parity images used at most")
@@ -317,9 +319,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def chosen_format(fmt: str | None, out: str | None) -> str:
+    """--format, else the format --out's name says, else ONNX (the file most runtimes read)."""
+    if fmt or out is None:
+        return fmt or "onnx"
+    if (named := FORMAT_OF_SUFFIX.get(Path(out).suffix.lower())) is None:
+        raise ValueError(f"--out {out}: its name does not say the format: pass --format ({', '.join(FORMATS)}), "
+                         "or name it .onnx or .pt")
+    return named
+
+
 @command
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.format = chosen_format(args.format, args.out)
     out = Path(args.out) if args.out else args.checkpoint.parent / f"model{SUFFIX[args.format]}"
     if (out.suffix.lower() == ".onnx") != (args.format == "onnx"):  # the file is read back by its suffix, for the parity check
         kind, example = ("an ONNX", "model.onnx") if args.format == "onnx" else ("a TorchScript", "model.torchscript.pt")
