@@ -298,6 +298,11 @@ def short_clip(tmp_path_factory, sign_digits) -> Path:
     ("folder", "folder is a folder with no image file in it (looked for .bmp, .gif"),
     ("videos", "videos is a folder with no image file in it (looked for .bmp, .gif, .jfif, .jpe, .jpeg, .jpg, .pgm, .png, .ppm, .tif, "
                ".tiff, .webp); it holds 1 video file(s): pass one as the source, e.g. --source videos/take1.MOV"),
+    # a dataset's folder: its images are in the class folders, one level down
+    ("dataset", "dataset is a folder with no image file in it (looked for .bmp, .gif, .jfif, .jpe, .jpeg, .jpg, .pgm, .png, .ppm, .tif, "
+                ".tiff, .webp); its sub-folders fist, palm hold images: pass one (--source dataset/fist), or all of them with a glob "
+                "(--source 'dataset/*/*')"),
+    ("takes", "its sub-folder left holds images: pass one (--source takes/left)"),
     ("9", "cannot open camera 9"),  # no camera on this machine (nor on CI)
     # OpenCV takes a C int: a bigger index was a cv2.error traceback
     ("99999999999999999999", "camera index 99999999999999999999 is too large: a source is a camera index (0 to 2147483647)"),
@@ -324,6 +329,10 @@ def test_bad_source_is_a_clear_error(tmp_path, monkeypatch, source, message, ran
     (tmp_path / "notes.jpg").write_text("this is not an image\n")
     (tmp_path / "clip.jpg").write_bytes(short_clip.read_bytes())
     (tmp_path / "IMG_0001.HEIC").write_bytes(heic_photo_start())
+    (tmp_path / "dataset" / "empty").mkdir(parents=True)
+    for folder in ("dataset/fist", "dataset/palm", "takes/left"):
+        (tmp_path / folder).mkdir(parents=True)
+        (tmp_path / folder / "1.jpg").write_bytes(b"a photo")
     (tmp_path / "bad").mkdir()
     for name in ("000.jpg", "001.jpg"):
         (tmp_path / "bad" / name).write_bytes(b"not a jpeg")

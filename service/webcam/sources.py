@@ -283,13 +283,32 @@ def _sequence_files(pattern: str) -> list[Path]:
 def _folder_images(folder: str) -> list[Path]:
     """The image files of a folder (not its sub-folders'), in name order with numbers read as numbers;
     a SourceError, naming its videos if it holds any, when there is none."""
-    files = [path for path in Path(folder).iterdir() if not path.name.startswith(".") and path.is_file()]
+    entries = [path for path in Path(folder).iterdir() if not path.name.startswith(".")]
+    files = [path for path in entries if path.is_file()]
     images = [path for path in files if path.suffix.lower() in PHOTO_FILE_SUFFIXES]
     if not images:
         videos = [path.name for path in files if path.suffix.lower() in VIDEO_FILE_SUFFIXES]
         also = f"; it holds {len(videos)} video file(s): pass one as the source, e.g. --source {Path(folder) / videos[0]}" if videos else ""
-        raise SourceError(f"{folder} is a folder with no image file in it (looked for {', '.join(sorted(IMAGE_SUFFIXES))}){also}")
+        raise SourceError(f"{folder} is a folder with no image file in it (looked for {', '.join(sorted(IMAGE_SUFFIXES))}){also or _subfolders_hint(entries)}")
     return sorted(images, key=_name_order)
+
+
+def _subfolders_hint(entries: list[Path]) -> str:
+    """Where a folder's images are one level down (a dataset's class folders), how to pass them."""
+    holding = sorted((path for path in entries if path.is_dir() and _holds_an_image(path)), key=_name_order)
+    if not holding:
+        return ""
+    folder = holding[0].parent
+    names = f"{', '.join(path.name for path in holding[:3])}{', ...' if len(holding) > 3 else ''}"
+    return (f"; its sub-folder{'s' if len(holding) > 1 else ''} {names} hold{'' if len(holding) > 1 else 's'} images: "
+            f"pass one (--source {holding[0]}), or all of them with a glob (--source '{folder}/*/*')")
+
+
+def _holds_an_image(folder: Path) -> bool:
+    try:
+        return any(path.suffix.lower() in PHOTO_FILE_SUFFIXES and not path.name.startswith(".") for path in folder.iterdir())
+    except OSError:  # a sub-folder the user cannot read says nothing about where the images are
+        return False
 
 
 def _glob_images(pattern: str) -> list[Path]:
