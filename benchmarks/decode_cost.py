@@ -11,7 +11,7 @@ the most scans any of their JPEG files has and the fewest bits of image data per
 is why only ``gesture_core.images.DECODED_FORMATS`` are ever opened; what PIL takes to open 16 MB
 headers of the smallest units (``HEADER_LIMITS``), a PNG's text chunks and a TIFF's strip offsets;
 what OpenCV takes for an EXIF block of many entries on one value, and for a PNG whose compressed
-data goes on after its image; what JPEGs of a few hundred bytes that declare 6000x6000 pixels
+data goes on after its image or comes in thousands of chunks; what JPEGs of a few hundred bytes that declare 6000x6000 pixels
 (arithmetic-coded, lossless, or cut after the header) cost OpenCV; what PIL's Python decoders take for
 PBM, PGM and PPM uploads near the size limit, against the product's decode; and what the header read
 before every decode costs beside the decode itself.
@@ -47,7 +47,7 @@ from benchmarks.hostile_inputs import (
 from benchmarks.recipes import SHARED_DATA
 from benchmarks.serve_latency import load_images
 from gesture_core import DataConfig, ImageDecodeError, read_rgb
-from gesture_core.images import jpeg_layout, probe_image, reduced_jpeg_flag
+from gesture_core.images import PNG_CHUNKS_WALKED, jpeg_layout, probe_image, reduced_jpeg_flag
 from service.settings import Settings
 
 FLAT_SIZES = [(2000, 1500), (4000, 3000), (6000, 6000), (6324, 6324)]
@@ -186,6 +186,7 @@ def exif_rows() -> None:
 def png_tail_rows() -> None:
     """A 64x64 PNG whose compressed data goes on with zeros after the image: OpenCV's decode (libpng
     inflates all of it) against read_rgb with the service's limits, which inflates it first and stops;
+    the same image with its compressed data split into many chunks, which every check walks (best of 5);
     then what that check costs on a photo-sized PNG (a flowers photo resized to 2000x1500), best of 5."""
     print("\n| PNG of a 64x64 image, then zeros in its compressed data | file bytes | OpenCV's decode | read_rgb, service limits | the service |\n"
           "| --- | ---: | ---: | ---: | --- |")
@@ -195,6 +196,13 @@ def png_tail_rows() -> None:
         opencv = timed(lambda d=data: opencv_decode(d))
         answer, seconds = answered(data)
         print(f"| {extra >> 20:,} MB of zeros | {len(data):,} | {opencv * 1000:,.0f} ms | {seconds * 1000:.1f} ms | {answer} |")
+    print("\n| PNG of a 64x64 image: its image-data chunks | file bytes | OpenCV's decode | read_rgb, service limits | the service |\n"
+          "| ---: | ---: | ---: | ---: | --- |")
+    for chunks in (1, 2_000, PNG_CHUNKS_WALKED - 2):  # with IHDR and IEND, the most chunks a PNG may have
+        data = png_of_rows(pixels, idat_chunks=chunks)
+        opencv = min(timed(lambda d=data: opencv_decode(d)) for _ in range(5))
+        answer, seconds = min(answered(data) for _ in range(5))
+        print(f"| {chunks:,} | {len(data):,} | {opencv * 1000:.2f} ms | {seconds * 1000:.2f} ms | {answer} |")
     photos = sorted((SHARED_DATA / "flowers").rglob("*.jpg"))[:1]
     if photos:
         data = cv2.imencode(".png", cv2.resize(cv2.imread(str(photos[0])), (2000, 1500)))[1].tobytes()

@@ -214,10 +214,12 @@ def with_exif(fmt: str, exif: bytes) -> bytes:
     return encode(pixels, fmt, exif=exif, **({"lossless": True} if fmt == "WEBP" else {}))
 
 
-def png_of_rows(pixels: np.ndarray, interlaced: bool = False, extra_zeros: int = 0) -> bytes:
+def png_of_rows(pixels: np.ndarray, interlaced: bool = False, extra_zeros: int = 0, idat_chunks: int = 1) -> bytes:
     """An 8-bit RGB PNG of ``pixels`` written by hand, so that it can be interlaced (Adam7, which
-    neither OpenCV nor PIL writes) or carry ``extra_zeros`` bytes of zeros after the image inside its
-    compressed data, which inflate for nothing (1 GB from about 1 MB of file)."""
+    neither OpenCV nor PIL writes), carry ``extra_zeros`` bytes of zeros after the image inside its
+    compressed data, which inflate for nothing (1 GB from about 1 MB of file), or split that data into
+    ``idat_chunks`` chunks (libpng writes one per 8 KB; thousands of a few bytes each cost a reader a
+    step each)."""
     height, width = pixels.shape[:2]
     passes = ADAM7_PASSES if interlaced else ((0, 0, 1, 1),)
     rows = b"".join(b"\x00" + row.tobytes() for x0, y0, dx, dy in passes for row in pixels[y0::dy, x0::dx] if row.size)
@@ -225,7 +227,8 @@ def png_of_rows(pixels: np.ndarray, interlaced: bool = False, extra_zeros: int =
     stream = deflate.compress(rows) + b"".join(deflate.compress(bytes(1 << 20)) for _ in range(extra_zeros >> 20))
     stream += deflate.compress(bytes(extra_zeros & ((1 << 20) - 1))) + deflate.flush()
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, int(interlaced))
-    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", stream) + png_chunk(b"IEND", b"")
+    pieces = (stream[len(stream) * n // idat_chunks:len(stream) * (n + 1) // idat_chunks] for n in range(idat_chunks))
+    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + b"".join(png_chunk(b"IDAT", piece) for piece in pieces) + png_chunk(b"IEND", b"")
 
 
 def netpbm(kind: int, samples: np.ndarray, maxval: int = 255) -> bytes:

@@ -13,6 +13,7 @@ import io
 import math
 import os
 import re
+import struct
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -94,7 +95,8 @@ PIL_PPM_MAGICS = (*NETPBM_KINDS, b"Pf", b"P0CMYK", b"PyP", b"PyRGBA", b"PyCMYK")
 VIDEO_FILE_SUFFIXES = frozenset({".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".3gp"})
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jfif", ".jpe", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm"})  # the files taken as images
 # File signatures, to name the format of a file whose header is cut or corrupt.
-SIGNATURES = {b"\xff\xd8\xff": "JPEG", b"\x89PNG\r\n\x1a\n": "PNG", b"GIF8": "GIF", b"II*\x00": "TIFF", b"MM\x00*": "TIFF"}
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+SIGNATURES = {b"\xff\xd8\xff": "JPEG", PNG_SIGNATURE: "PNG", b"GIF8": "GIF", b"II*\x00": "TIFF", b"MM\x00*": "TIFF"}
 
 # Photo formats that phones and cameras write and nothing here decodes, named in the refusal instead of
 # "not a recognised image format" (or, in a dataset, "not an image file extension"): HEIF, an iPhone's
@@ -170,7 +172,7 @@ def decode_rgb(data: bytes, *, max_pixels: int | None = DEFAULT_MAX_PIXELS, min_
                max_pixels_per_byte: float | None = None, check_png_data: bool = False) -> np.ndarray:
     if not data:
         raise ImageDecodeError("empty file (0 bytes)")
-    fmt, (width, height), layout, tiff = probe_layout(data)
+    fmt, (width, height), layout, tiff, png = probe_layout(data)
     deep = tiff_has_deep_samples(tiff)
     check_dimensions(width, height, max_pixels=max_pixels, deep_samples=deep)
     if problem := tiff_pieces_problem(tiff, width, height):
@@ -187,9 +189,9 @@ def decode_rgb(data: bytes, *, max_pixels: int | None = DEFAULT_MAX_PIXELS, min_
         check_file_size(width, height, len(data), max_pixels_per_byte)
     if fmt == "JPEG" and not jpeg_is_complete(data):
         raise ImageDecodeError(TRUNCATED_JPEG)
-    if fmt == "PNG":
-        data = png_pixel_chunks_only(data)
-        if check_png_data and png_data_past_its_image(data):
+    if fmt == "PNG" and png is not None:
+        data, png = png_pixel_chunks_only(data, png)
+        if check_png_data and png_data_past_its_image(data, png):
             raise ImageDecodeError(f"PNG whose compressed image data holds more than its {width}x{height} image: re-save it")
     if fmt == "PPM" and data[:2] in NETPBM_KINDS:
         return _decode_netpbm(data)
@@ -316,8 +318,8 @@ def header_units(data: bytes) -> tuple[str, int]:
     image), a PPM (its header bytes) or a TIFF (the entries of its first directory), each walk stopping
     past the format's limit (``HEADER_LIMITS``); a JPEG's are ``jpeg_layout``'s segments. ("", 0) for
     other formats."""
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "PNG", png_chunks_besides_pixels(data)
+    if data.startswith(PNG_SIGNATURE):
+        return "PNG", png_chunks_besides_pixels(png_chunks(data))
     if data.startswith((b"GIF87a", b"GIF89a")):
         return "GIF", gif_blocks_before_image(data)
     if ppm_magic(data):
@@ -337,37 +339,34 @@ def tiff_directory(data: bytes) -> tuple[str, int, int]:
     return order, offset, int.from_bytes(data[offset:offset + width], order) if inside else 0
 
 
-def png_chunks(data: bytes) -> Iterator[tuple[bytes, int, int]]:
-    """(type, where its data starts, its length) of a PNG's chunks in file order, at most
-    PNG_CHUNKS_WALKED + 2 of them: a chunk is its length (big-endian), type, data and CRC."""
-    i = 8
-    for _ in range(PNG_CHUNKS_WALKED + 2):
-        if i + 8 > len(data):
-            return
-        length = int.from_bytes(data[i:i + 4], "big")
-        yield data[i + 4:i + 8], i + 8, length
+PngChunk = tuple[bytes, int, int]  # type, where its data starts, its length
+
+
+def png_chunks(data: bytes) -> list[PngChunk]:
+    """A PNG's chunks in file order, at most PNG_CHUNKS_WALKED + 1 of them: a chunk is its length
+    (big-endian), type, data and CRC. Walked once per file and shared by the checks that read it
+    (``Probe.png``): when each check walked them, a 64x64 PNG in 19,998 image-data chunks (252 KB) took
+    the service's decode 43 ms, and 13 ms with one walk (``python -m benchmarks.decode_cost``)."""
+    chunks, i, end = [], 8, len(data)
+    while i + 8 <= end and len(chunks) <= PNG_CHUNKS_WALKED:
+        (length,) = struct.unpack_from(">I", data, i)
+        chunks.append((data[i + 4:i + 8], i + 8, length))
         i += 12 + length
-
-
-def png_chunks_besides_pixels(data: bytes) -> int:
-    """A PNG's chunks other than image data, before it and after it: libpng (OpenCV) reads the ones
-    after it too, and writes a warning line for each bad one. A walk of more than PNG_CHUNKS_WALKED
-    chunks in all counts as over the limit (a 16 MB PNG in libpng's 8 KB chunks has about 2,000)."""
-    chunks, limit = 0, HEADER_LIMITS["PNG"][1]
-    for walked, (kind, _, _) in enumerate(png_chunks(data)):
-        if walked > PNG_CHUNKS_WALKED:
-            return limit + 1
-        chunks += kind != b"IDAT"
-        if chunks > limit:
-            break
     return chunks
 
 
-def exif_block_bytes(data: bytes) -> int:
-    """The size of a PNG's first eXIf chunk, or of a WebP's EXIF chunk where its header says it has one
-    (libwebp reads it only then); 0 for none and for other formats."""
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        for kind, _, length in png_chunks(data):
+def png_chunks_besides_pixels(chunks: list[PngChunk]) -> int:
+    """A PNG's chunks other than image data, before it and after it: libpng (OpenCV) reads the ones
+    after it too, and writes a warning line for each bad one."""
+    return sum(kind != b"IDAT" for kind, _, _ in chunks)
+
+
+def exif_block_bytes(data: bytes, png: list[PngChunk] | None = None) -> int:
+    """The size of a PNG's first eXIf chunk (from ``png``, its chunks, where they were walked already),
+    or of a WebP's EXIF chunk where its header says it has one (libwebp reads it only then); 0 for none
+    and for other formats."""
+    if data.startswith(PNG_SIGNATURE):
+        for kind, _, length in png_chunks(data) if png is None else png:
             if kind in (b"eXIf", b"IEND"):
                 return length if kind == b"eXIf" else 0
         return 0
@@ -410,42 +409,51 @@ def png_image_bytes(data: bytes) -> int | None:
     return total
 
 
-def png_data_past_its_image(data: bytes) -> bool:
+def png_data_past_its_image(data: bytes, chunks: list[PngChunk]) -> bool:
     """Whether a PNG's compressed image data inflates to more than its image. libpng (OpenCV's decoder)
     inflates all of it, the part after the image too: a 1 MB PNG of a 64x64 image followed by 1 GB of
     zeros in its compressed data took 2.1 s to decode (``python -m benchmarks.decode_cost``). This inflates
     the data 1 MB at a time and stops past the image's size; a stream zlib cannot read is left to the
     decoder, whose reason is better."""
-    expected, inflater, produced = png_image_bytes(data), zlib.decompressobj(), 0
-    for kind, start, length in png_chunks(data) if expected is not None else ():
-        if kind == b"IEND" or inflater.eof:
-            break
-        pending = data[start:start + length] if kind == b"IDAT" else b""
-        while pending and not inflater.eof:
-            try:
-                produced += len(inflater.decompress(pending, 1 << 20))
-            except zlib.error:
-                return False
-            if produced > expected:
-                return True
-            pending = inflater.unconsumed_tail
+    if (expected := png_image_bytes(data)) is None:
+        return False
+    ends = next((n for n, (kind, _, _) in enumerate(chunks) if kind == b"IEND"), len(chunks))
+    # One stream, then inflated: a piece per chunk cost a call per chunk, for 20,000 chunks of 12 bytes.
+    pending = b"".join(data[start:start + length] for kind, start, length in chunks[:ends] if kind == b"IDAT")
+    inflater, produced = zlib.decompressobj(), 0
+    while pending and not inflater.eof:
+        try:
+            produced += len(inflater.decompress(pending, 1 << 20))
+        except zlib.error:
+            return False
+        if produced > expected:
+            return True
+        pending = inflater.unconsumed_tail
     return False
 
 
-def png_pixel_chunks_only(data: bytes) -> bytes:
+def png_pixel_chunks_only(data: bytes, chunks: list[PngChunk]) -> tuple[bytes, list[PngChunk]]:
     """The PNG with only its ``PNG_PIXEL_CHUNKS`` (every image-data chunk, the first of each other kind),
-    in their order, each chunk's bytes as they were; ``data`` itself where that is all it holds. A chunk
-    cut short stays cut short, for the decoder to report."""
-    kept, seen, end = [data[:8]], set(), 8
-    for kind, start, length in png_chunks(data):
-        end = start + length + 4  # past its CRC
-        if kind in PNG_PIXEL_CHUNKS and (kind == b"IDAT" or kind not in seen):
-            kept.append(data[start - 8:end])
-            seen.add(kind)
+    in their order, each chunk's bytes as they were, and those chunks where they now start; ``data``
+    and ``chunks`` themselves where that is all it holds. A chunk cut short stays cut short, for the
+    decoder to report."""
+    seen, keep = set(), []
+    for kind, _, _ in chunks:
+        keep.append(kind in PNG_PIXEL_CHUNKS and (kind == b"IDAT" or kind not in seen))
+        seen.add(kind)
         if kind == b"IEND":
             break
-    kept.append(data[end:])  # bytes too few for a chunk
-    return data if sum(map(len, kept)) == len(data) else b"".join(kept)
+    if all(keep):  # no copy of an ordinary PNG, whose chunks are all of these
+        return data, chunks
+    kept, kept_chunks, written = [data[:8]], [], 8
+    for (kind, start, length), wanted in zip(chunks, keep, strict=False):  # keep ends at IEND
+        if wanted:
+            kept.append(data[start - 8:start + length + 4])  # with its CRC
+            kept_chunks.append((kind, written + 8, length))
+            written += len(kept[-1])
+    _, start, length = chunks[len(keep) - 1]
+    kept.append(data[start + length + 4:])  # bytes too few for a chunk
+    return b"".join(kept), kept_chunks
 
 
 def gif_blocks_before_image(data: bytes) -> int:
@@ -508,6 +516,7 @@ class Probe(NamedTuple):
     size: tuple[int, int]
     jpeg: JpegLayout | None = None  # a JPEG's markers: its scans and image data (``jpeg_layout``)
     tiff: dict[int, tuple[int, int]] = {}  # a TIFF's first directory (``tiff_entries``), never changed
+    png: list[PngChunk] | None = None  # a PNG's chunks (``png_chunks``), walked once for every check
 
 
 def probe_layout(data: bytes) -> Probe:
@@ -522,11 +531,14 @@ def probe_layout(data: bytes) -> Probe:
     errors are the better reason. A PNG's comes from its IHDR chunk (``png_size``), and a TIFF's from
     its first directory (``tiff_pieces_problem`` says why)."""
     layout = jpeg_layout(data) if data.startswith(b"\xff\xd8") else None
-    fmt, count = ("JPEG", layout.segments) if layout else header_units(data)
+    png = png_chunks(data) if data.startswith(PNG_SIGNATURE) else None
+    fmt, count = ("JPEG", layout.segments) if layout else ("PNG", png_chunks_besides_pixels(png)) if png is not None else header_units(data)
     if fmt and count > HEADER_LIMITS[fmt][1]:
         what, limit = HEADER_LIMITS[fmt]
         raise ImageDecodeError(f"{fmt} with more than {limit:,} {what}, far more than any photo: re-save it")
-    if (exif := exif_block_bytes(data)) > MAX_EXIF_BYTES:
+    if png is not None and len(png) > PNG_CHUNKS_WALKED:  # image-data chunks: a 16 MB PNG in libpng's 8 KB ones has about 2,000
+        raise ImageDecodeError(f"PNG in more than {PNG_CHUNKS_WALKED:,} chunks, far more than any photo: re-save it")
+    if (exif := exif_block_bytes(data, png)) > MAX_EXIF_BYTES:
         raise ImageDecodeError(f"{'PNG' if fmt == 'PNG' else 'WebP'} with an EXIF block of {exif:,} bytes, above the limit of {MAX_EXIF_BYTES:,} "
                                "(a JPEG's can be no larger): re-save it")
     if fmt == "PPM" and (magic := ppm_magic(data)) not in (*NETPBM_KINDS, b"Pf"):
@@ -534,13 +546,13 @@ def probe_layout(data: bytes) -> Probe:
     if layout and layout.size and layout.scans and data.startswith(b"\xff\xd8\xff"):
         return Probe("JPEG", layout.size, layout)
     if fmt == "PNG" and (size := png_size(data)):
-        return Probe("PNG", size)
+        return Probe("PNG", size, png=png)
     tiff = tiff_entries(data) if fmt == "TIFF" else {}
     if size := tiff_size(tiff):
         return Probe("TIFF", size, tiff=tiff)  # PIL's reader makes an object per strip or tile to open it (tiff_pieces_problem)
     try:
         with Image.open(io.BytesIO(data), formats=DECODED_FORMATS) as img:
-            return Probe(img.format or "unknown", img.size, layout, tiff)
+            return Probe(img.format or "unknown", img.size, layout, tiff, png)
     except Image.DecompressionBombError as err:  # PIL's own limit, far above ours: its number would mislead
         declared = re.search(r"\((\d+) pixels\)", str(err))
         pixels = f"{int(declared.group(1)):,} pixels" if declared else "more pixels than PIL opens"
