@@ -28,6 +28,19 @@ from gesture_core.weights import WeightsUnavailableError
 EXIT_USAGE = 2
 
 
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` shows every option's default: "off" for switches, nothing where the help already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        help_text = action.help or ""
+        nothing = action.default in (None, argparse.SUPPRESS) or action.default in ((), [])  # an empty list: none by default
+        if "(default" in help_text or nothing or not action.option_strings:
+            return help_text
+        if action.nargs == 0 and action.default != action.const:  # a switch (store_true or store_false) not given
+            return f"{help_text} (default: off)"
+        return super()._get_help_string(action)
+
+
 class OutOfMemory(RuntimeError):
     """The machine ran out of memory for what a command was asked to do; the message names the flag to lower."""
 

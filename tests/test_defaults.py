@@ -144,3 +144,20 @@ def test_every_training_command_help_reads_its_defaults_once(command):
     text = importlib.import_module(f"training.{command}").build_parser().format_help()
     assert "(default: None)" not in text and "(default: True)" not in text
     assert not re.search(r"\(default[^)]*\)\s*\(default", text), text
+
+
+@pytest.mark.parametrize("module", ["training.finetune", "training.evaluate", "training.calibrate", "training.export", "training.inspect",
+                                    "training.visualize", "training.compare", "training.check", "training.prepare", "service.import_model",
+                                    "service.webcam.demo", "service.webcam.capture"])
+def test_every_commands_help_says_what_each_option_is_and_no_placeholder_default(module, capsys):
+    """argparse's own formatter wrote "(default: None)" for an option with no default, "(default: False)"
+    for a switch and "(default: ())" for an empty list (the webcam's --help, seven times), and an option
+    without help showed neither what it does nor its default (evaluate's --batch-size, --workers, --device)."""
+    with pytest.raises(SystemExit) as stop:
+        importlib.import_module(module).main(["--help"])
+    assert stop.value.code == 0
+    text = capsys.readouterr().out
+    assert not re.search(r"\(default: (None|True|False|\(\)|\[\])\)", re.sub(r"\s+", " ", text))
+    options = re.split(r"\n  (?=-)", text.split("options:", 1)[1])[1:]  # one per option, as argparse lays them out
+    bare = [entry.strip() for entry in options if "  " not in entry.strip() and "\n" not in entry.strip()]
+    assert not bare, f"options with no help: {bare}"

@@ -12,18 +12,6 @@ from gesture_core.runtime import MOST_THREADS
 from training.grouping import check_group_by
 
 
-class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """``--help`` shows every option's default: "off" for switches, nothing where the help already says it."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        help_text = action.help or ""
-        if "(default" in help_text or action.default in (None, argparse.SUPPRESS) or not action.option_strings:
-            return help_text
-        if action.nargs == 0 and action.default != action.const:  # a switch (store_true or store_false) not given
-            return f"{help_text} (default: off)"
-        return super()._get_help_string(action)
-
-
 def int_at_least(low: int, high: int | None = None):
     def parse(text: str) -> int:
         try:

@@ -27,7 +27,7 @@ import torch
 
 from gesture_core.backbones import get_backbone
 from gesture_core.classifier import load_classifier
-from gesture_core.cli import check_output_outside_datasets, check_output_spares_inputs, command, output_arg
+from gesture_core.cli import DefaultsHelpFormatter, check_output_outside_datasets, check_output_spares_inputs, command, output_arg
 from gesture_core.weights import WeightsUnavailableError, imagenet_weights_file
 from training import cli
 from training.config import SETTLED_FROM_AUTO, TrainConfig
@@ -219,21 +219,21 @@ def plot_bubbles(path: Path, rows: list[Row], title: str) -> Path:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m training.compare", description=__doc__.split("\n")[0], formatter_class=cli.DefaultsHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m training.compare", description=__doc__.split("\n")[0], formatter_class=DefaultsHelpFormatter)
     p.add_argument("--data", required=True, help="ImageFolder (or catalogue name) every backbone is trained on")
     p.add_argument("--backbones", type=backbone_list, required=True, help="comma-separated registry names")
     p.add_argument("--weights", choices=("auto", "imagenet", "none"), default="auto", help="auto: ImageNet where the weights are on disk, else from scratch")
-    p.add_argument("--epochs", type=cli.int_at_least(1), default=5)
+    p.add_argument("--epochs", type=cli.int_at_least(1), default=5, help="passes over the training images, for each backbone")
     p.add_argument("--image-size", type=cli.image_size, default=None, help="one input size for all (default: each backbone's)")
-    p.add_argument("--batch-size", type=cli.int_at_least(1), default=32)
-    p.add_argument("--lr", type=cli.positive_float, default=1e-3)
+    p.add_argument("--batch-size", type=cli.int_at_least(1), default=32, help="images per step")
+    p.add_argument("--lr", type=cli.positive_float, default=1e-3, help="head learning rate (peak)")
     p.add_argument("--backbone-lr-mult", type=cli.float_in(0.0, 1.0, high_inclusive=True), default=1.0, help="1.0: the whole net learns at --lr (from-scratch rows need it)")
     cli.add_flip_arguments(p, "auto")
-    p.add_argument("--test-per-class", type=cli.int_at_least(1), default=None)
-    p.add_argument("--seed", type=cli.seed, default=0)
-    p.add_argument("--workers", type=cli.workers, default=2)
+    p.add_argument("--test-per-class", type=cli.int_at_least(1), default=None, help="hold out exactly N test images per class (default: 20%% of each class, as finetune)")
+    p.add_argument("--seed", type=cli.seed, default=0, help="fixes the split, shared by every backbone, and the training")
+    p.add_argument("--workers", type=cli.workers, default=2, help="data-loading processes (0: decode in this process)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="for training; latency is always measured on the CPU")
-    p.add_argument("--latency-runs", type=cli.int_at_least(1), default=20)
+    p.add_argument("--latency-runs", type=cli.int_at_least(1), default=20, help="timed single-image forward passes per backbone")
     p.add_argument("--out", type=output_arg("folder"), default=None, help="comparison folder (default: runs/compare-<data name>)")
     p.add_argument("--retrain", action="store_true", help="train again even where a finished run exists")
     return p

@@ -30,6 +30,7 @@ import torch
 from gesture_core.class_names import name_key
 from gesture_core.classifier import Classifier, load_classifier
 from gesture_core.cli import (
+    DefaultsHelpFormatter,
     check_output_outside_datasets,
     check_output_spares_inputs,
     checkpoint_arg,
@@ -62,15 +63,15 @@ TTA_CHOICES = (*TTA_MODES, "all")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.split("\n")[0], formatter_class=cli.DefaultsHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.split("\n")[0], formatter_class=DefaultsHelpFormatter)
     p.add_argument("--checkpoint", type=checkpoint_arg("best.pt"), required=True, help="RUN/best.pt, or the run folder RUN")
     p.add_argument("--data", default=None, help="ImageFolder to evaluate as a whole, or a pre-split dataset's test/ (default: the run's saved test split)")
     p.add_argument("--split", choices=("test", "val", "train"), default="test", help="which saved split, without --data")
     p.add_argument("--out", type=output_arg("folder"), default=None,
                    help="report folder (default: RUN/eval-<split or folder name>, numbered if it holds a report of other data)")
-    p.add_argument("--batch-size", type=cli.int_at_least(1), default=64)
-    p.add_argument("--workers", type=cli.workers, default=2)
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--batch-size", type=cli.int_at_least(1), default=64, help="images per forward pass")
+    p.add_argument("--workers", type=cli.workers, default=2, help="data-loading processes (0: decode in this process)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: CUDA when available")
     p.add_argument("--tta", choices=TTA_CHOICES, default="none",
                    help="test-time augmentation: flip, 5crop/10crop (AlexNet), multiscale (3 scales x flip); all: a table of every mode")
     p.add_argument("--threshold", type=cli.float_in(0.0, 1.0, high_inclusive=True), default=None,

@@ -38,7 +38,7 @@ from torch import nn
 from gesture_core.backbones import get_backbone, with_features
 from gesture_core.checkpoint import check_not_training_state
 from gesture_core.classifier import Classifier, decode_probs, load_classifier
-from gesture_core.cli import check_output_spares_inputs, checkpoint_arg, command, output_arg
+from gesture_core.cli import DefaultsHelpFormatter, check_output_spares_inputs, checkpoint_arg, command, output_arg
 from gesture_core.images import IMAGE_SUFFIXES, ImageDecodeError
 from gesture_core.rejection import Rejection
 from training import cli
@@ -307,7 +307,7 @@ def export(classifier: Classifier, fmt: str, path: Path, **kwargs: Any) -> Path:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m training.export", description=__doc__.split("\n")[0], formatter_class=cli.DefaultsHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m training.export", description=__doc__.split("\n")[0], formatter_class=DefaultsHelpFormatter)
     p.add_argument("--checkpoint", type=checkpoint_arg("best.pt"), required=True, help="RUN/best.pt, or the run folder RUN")
     p.add_argument("--format", choices=FORMATS, default=None, help="what to write (default: what --out's name says, .onnx or .pt, else onnx)")
     p.add_argument("--out", type=output_arg("file"), default=None, help="output file (default: RUN/model.onnx or RUN/model.torchscript.pt)")

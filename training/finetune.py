@@ -31,7 +31,7 @@ from gesture_core.checkpoint import (
     save_checkpoint,
 )
 from gesture_core.classifier import Classifier, load_classifier
-from gesture_core.cli import EXIT_USAGE, USER_ERRORS, OutOfMemory, checkpoint_arg, command, output_arg
+from gesture_core.cli import EXIT_USAGE, USER_ERRORS, DefaultsHelpFormatter, OutOfMemory, checkpoint_arg, command, output_arg
 from gesture_core.preprocess import DataConfig
 from training import cli, distributed
 from training.augment import (
@@ -100,7 +100,7 @@ def build_parser(*, suppress_defaults: bool = False) -> argparse.ArgumentParser:
         prog="python -m training.finetune",
         description="Fine-tune an ImageNet-pretrained CNN on an ImageFolder dataset.",
         argument_default=argparse.SUPPRESS if suppress_defaults else None,
-        formatter_class=cli.DefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     g = p.add_argument_group("model and data")
     cli.add_backbone_arg(g, default=default(d.backbone))

@@ -39,7 +39,7 @@ from typing import BinaryIO
 
 from tqdm import tqdm
 
-from gesture_core.cli import command, output_arg
+from gesture_core.cli import DefaultsHelpFormatter, command, output_arg
 from gesture_core.hands import HAND_MODEL_FILES, MODELS_WHEEL, HandModelFile, hand_models_dir
 from gesture_core.images import IMAGE_SUFFIXES
 from training.cli import existing_path
@@ -595,7 +595,8 @@ def print_catalogue() -> None:
 
 @command
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.prepare", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m training.prepare", description=__doc__.split("\n\n")[0],
+                                     formatter_class=DefaultsHelpFormatter)
     names = (*CATALOGUE, HAND_MODELS)
     parser.add_argument("name", nargs="?", metavar="NAME", help=f"one of: {', '.join(names)}")
     parser.add_argument("--root", type=output_arg("folder"), default=DEFAULT_ROOT, help="where datasets live (default: datasets/)")

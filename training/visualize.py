@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gesture_core.classifier import Classifier, load_classifier
-from gesture_core.cli import check_output_outside_datasets, checkpoint_arg, command, output_arg, trained_on
+from gesture_core.cli import DefaultsHelpFormatter, check_output_outside_datasets, checkpoint_arg, command, output_arg, trained_on
 from training import cli
 
 
@@ -207,13 +207,13 @@ def save_gradcam(path: Path, view: np.ndarray, cams: list[GradCam]) -> Path:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m training.visualize", description=__doc__.split("\n")[0], formatter_class=cli.DefaultsHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m training.visualize", description=__doc__.split("\n")[0], formatter_class=DefaultsHelpFormatter)
     p.add_argument("--checkpoint", type=checkpoint_arg("best.pt"), required=True, help="RUN/best.pt, or the run folder RUN")
-    p.add_argument("--image", type=cli.existing_file, required=True)
+    p.add_argument("--image", type=cli.existing_file, required=True, help="the photo to explain")
     p.add_argument("--class", dest="classes", action="append", default=[], metavar="NAME", help="also explain this class (repeatable)")
     p.add_argument("--out", type=output_arg("folder"), default=None, help="output folder (default: RUN/visualize-<image name>)")
     p.add_argument("--channels", type=cli.int_at_least(1), default=16, help="feature maps shown per stage")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu", help="auto: CUDA when available")
     return p
 
 

@@ -30,6 +30,7 @@ import numpy as np
 
 from gesture_core import Prediction
 from gesture_core.cli import (
+    DefaultsHelpFormatter,
     check_output_spares_inputs,
     check_outputs_differ,
     check_writable,
@@ -455,7 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m service.webcam",
         description="Recognise hand gestures live from a webcam, video file, image sequence or stream.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     p.add_argument("--source", default="0", help="camera index (0), video file, image pattern (frames/%%04d.jpg), folder of images or glob (photos/*.jpg), or rtsp:// / http:// URL")
     scorer = p.add_mutually_exclusive_group(required=True)
