@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
@@ -157,6 +158,18 @@ BACKBONES: dict[str, Backbone] = _registry()
 
 def list_backbones() -> list[str]:
     return list(BACKBONES)
+
+
+def registry_name(name: str) -> str:
+    """The registry's name for a backbone written as its papers and other libraries write it: any case,
+    with or without hyphens, underscores or spaces (ResNet-18, EfficientNet-Lite0, VGG16-BN,
+    MobileNetV3-Large); ``name`` itself when none matches, for the caller to list the choices."""
+    key = _spelling(name)
+    return next((known for known in BACKBONES if _spelling(known) == key), name)
+
+
+def _spelling(name: str) -> str:
+    return re.sub(r"[-_\s]", "", name).casefold()
 
 
 def get_backbone(name: str) -> Backbone:

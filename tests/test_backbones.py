@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from gesture_core import build_model, get_backbone, list_backbones
-from gesture_core.backbones import MIN_INPUT_SIZE, freeze_backbone, get_submodule_or_none, head_modules
+from gesture_core.backbones import MIN_INPUT_SIZE, freeze_backbone, get_submodule_or_none, head_modules, registry_name
 from gesture_core.checkpoint import build_from_checkpoint, load_checkpoint, save_checkpoint
 from gesture_core.weights import WeightsUnavailableError, torchvision_weights
 from training.loop import classification_loss
@@ -175,3 +175,19 @@ def test_with_features_answers_the_logits_then_what_goes_into_the_head(name):
         torch.testing.assert_close(both[:, :5], model(x), rtol=0, atol=0)
         torch.testing.assert_close(both[:, 5:], feature_extractor(model, backbone)(x), rtol=0, atol=0)
     assert get_submodule_or_none(model, backbone.heads[0]).out_features == 5  # the model keeps its head
+
+
+@pytest.mark.parametrize("written, name", [("ResNet-18", "resnet18"), ("EfficientNet-Lite0", "efficientnet_lite0"), ("efficientnet-lite2", "efficientnet_lite2"),
+                                           ("VGG16-BN", "vgg16_bn"), ("MobileNetV3-Large", "mobilenet_v3_large"), ("LeNet-5", "lenet5"),
+                                           ("Inception V3", "inception_v3"), ("resnet", "resnet")])
+def test_a_backbone_written_as_papers_write_it_is_the_registrys(written, name):
+    """`--backbone ResNet-18` or `efficientnet-lite0` (timm's and the papers' spellings) was an invalid choice."""
+    from training import compare, finetune
+
+    assert registry_name(written) == name
+    if name in list_backbones():
+        assert finetune.parse_config(["--data", "x", "--backbone", written])[0].backbone == name
+        assert compare.backbone_list(f"{written}, resnet34") == [name, "resnet34"]
+    else:  # no backbone is spelt so: the choices are listed
+        with pytest.raises(SystemExit):
+            finetune.parse_config(["--data", "x", "--backbone", written])

@@ -6,7 +6,7 @@ import argparse
 from collections.abc import Callable
 from pathlib import Path
 
-from gesture_core.backbones import MIN_INPUT_SIZE, list_backbones
+from gesture_core.backbones import MIN_INPUT_SIZE, list_backbones, registry_name
 from gesture_core.preprocess import MAX_INPUT_SIZE
 from gesture_core.runtime import MOST_THREADS
 from training.grouping import check_group_by
@@ -101,4 +101,6 @@ def group_by_arg(text: str) -> str:
 
 
 def add_backbone_arg(parser: argparse.ArgumentParser, **kwargs) -> None:
-    parser.add_argument("--backbone", choices=list_backbones(), metavar="NAME", help=f"one of: {', '.join(list_backbones())}", **kwargs)
+    # ResNet-18 or EfficientNet-Lite0 is taken as the registry's name, resnet18 or efficientnet_lite0
+    parser.add_argument("--backbone", type=registry_name, choices=list_backbones(), metavar="NAME",
+                        help=f"one of: {', '.join(list_backbones())} (in any case, with - or _: ResNet-18 is resnet18)", **kwargs)
