@@ -224,3 +224,22 @@ def test_a_file_that_fails_late_is_ignored_by_the_loss_not_fatal(tmp_path):
     image, label, index = dataset[0]
     assert label == -1 and index == 0 and image.shape == (3, 32, 32)
     assert dataset[1][1] >= 0
+
+
+@pytest.mark.parametrize("val_folder", ["valid", "validation"])
+def test_a_val_folder_named_as_roboflow_or_keras_name_it_is_the_validation_split(tmp_path, val_folder, capsys):
+    """Roboflow exports train/valid/test, and Keras examples use validation/: the folder was passed over
+    with a warning that took it for a class meant for train/, and validation was carved out of train/."""
+    make_image_folder(tmp_path / "d" / "train", per_class=8)
+    make_image_folder(tmp_path / "d" / val_folder, classes=("fist", "palm"), per_class=2)
+    make_image_folder(tmp_path / "d" / "test", per_class=3)
+    with pytest.warns(UserWarning) as said:
+        splits = load_splits(tmp_path / "d")
+    assert splits.layout == "presplit" and splits.counts() == {"train": 24, "val": 4, "test": 9}
+    assert [str(w.message) for w in said] == [f"{tmp_path / 'd' / val_folder} has no images of peace: the model is chosen and calibrated without them"]
+    assert all(f"/{val_folder}/" in s.path for s in splits.val)
+    report = build_report(tmp_path / "d", decode=False)
+    assert report["splits"]["val"] == {"fist": 2, "palm": 2} and not [w for w in report["warnings"] if "not read" in w]
+    (tmp_path / "d" / "val").mkdir()  # two folders for one split: neither can be the one meant
+    with pytest.raises(DatasetError, match=f"d: val/ and {val_folder}/ are both a val split: merge them into one, or move one away"):
+        load_splits(tmp_path / "d")

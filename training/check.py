@@ -48,6 +48,7 @@ from training.data import (
     names_alike,
     passed_over,
     scan_class_folders,
+    split_folders,
 )
 from training.data import printable_path as printable  # non-UTF-8 names, made printable and JSON-safe
 from training.grouping import assign_groups, grouped_split, sequences
@@ -111,14 +112,15 @@ def scan(root: Path) -> tuple[str, dict[str, dict[str, list[str]]], list[dict], 
     skipped: list[dict] = []
     ignored: list[dict] = []
     if is_presplit(root):
-        parts = {s: scan_class_folders(root / s, skipped, ignored) for s in SPLITS if (root / s).is_dir()}
+        parts = {s: scan_class_folders(folder, skipped, ignored) for s, folder in split_folders(root).items()}
         return "presplit", parts, skipped, ignored
     return "imagefolder", {"all": scan_class_folders(root, skipped, ignored)}, skipped, ignored
 
 
 def _stray_entries(root: Path, layout: str) -> list[dict]:
     """Files beside the class folders: training never sees them."""
-    tops = [root / s for s in SPLITS if (root / s).is_dir()] if layout == "presplit" else [root]
+    splits = split_folders(root) if layout == "presplit" else {}
+    tops = list(splits.values()) if layout == "presplit" else [root]
     stray = []
     for top in tops:
         for entry in sorted(os.scandir(top), key=lambda e: e.name):
@@ -126,16 +128,16 @@ def _stray_entries(root: Path, layout: str) -> list[dict]:
                 stray.append({"path": printable(entry.path), "reason": "file outside any class folder (not used)"})
     if layout == "presplit":
         for entry in sorted(os.scandir(root), key=lambda e: e.name):
-            if entry.name not in SPLITS and not passed_over(entry.name, folder=entry.is_dir()):
+            if entry.name not in {folder.name for folder in splits.values()} and not passed_over(entry.name, folder=entry.is_dir()):
                 stray.append({"path": printable(entry.path), "reason": "not train/, val/ or test/ (not used)"})
     return stray
 
 
 def _deeper(paths: dict[str, dict[str, list[str]]], root: Path, layout: str) -> list[tuple[str, str, str]]:
     """(class, its sub-folder, path) of each image below a class folder's own level."""
-    deep = []
+    deep, folders = [], split_folders(root) if layout == "presplit" else {}
     for split, by_class in paths.items():
-        base = root / split if layout == "presplit" else root
+        base = folders.get(split, root)
         for label, files in by_class.items():
             # below the class folder as it is on disk: its name may be decomposed (NFD), where the label is composed
             parts = ((p, Path(p).relative_to(base).parts[1:]) for p in files)

@@ -39,6 +39,9 @@ from training.grouping import DatasetError, assign_groups, grouped_split
 
 VIDEO_TO_FRAMES = "python -m service.webcam.capture --source VIDEO --headless --label CLASS --out DATASET"
 SPLITS = ("train", "val", "test")
+# The folder names a pre-split dataset may give each split: Roboflow exports train/valid/test, and Keras
+# examples use validation/. Training reads them as train, val and test.
+SPLIT_FOLDERS = {"train": ("train",), "val": ("val", "valid", "validation"), "test": ("test",)}
 # What an OS, an archiver or a NAS writes among photos without a leading dot, and is never a class or a
 # photo of one. They are passed over like hidden ones (.DS_Store, .ipynb_checkpoints, .Trashes) and
 # listed as ignored. A zip made on macOS holds __MACOSX/ beside the class folders, which trained as a
@@ -117,8 +120,22 @@ def check_split_readable(samples: Sequence[Sample], what: str, split_file: Path,
 
 
 def is_presplit(root: Path) -> bool:
-    """True for ``ROOT/{train,val,test}/<class>/<img>`` (val optional), False for a plain ImageFolder."""
+    """True for ``ROOT/{train,val,test}/<class>/<img>`` (val optional, or valid/ or validation/), False
+    for a plain ImageFolder."""
     return all((root / s).is_dir() for s in ("train", "test"))
+
+
+def split_folders(root: Path) -> dict[str, Path]:
+    """{split: its folder} of a pre-split ``root``, val/ as any of its names (``SPLIT_FOLDERS``); a
+    DatasetError where two folders claim one split, as neither can be the one meant."""
+    found = {}
+    for split, names in SPLIT_FOLDERS.items():
+        if len(present := [root / name for name in names if (root / name).is_dir()]) > 1:
+            raise DatasetError(f"{root}: {' and '.join(f'{p.name}/' for p in present)} are both a {split} split: merge them into one, "
+                               "or move one away")
+        if present:
+            found[split] = present[0]
+    return found
 
 
 def passed_over(name: str, *, folder: bool) -> str | None:
@@ -322,7 +339,7 @@ def load_splits(
                           "classes from train/, val/ and test/ only", stacklevel=2)
         if test_per_class is not None:
             warnings.warn(f"{root} is pre-split: its test/ folder is the test set, and --test-per-class {test_per_class} is not used", stacklevel=2)
-        parts = {s: scan_class_folders(root / s, skipped) for s in SPLITS if (root / s).is_dir()}
+        parts = {s: scan_class_folders(folder, skipped) for s, folder in split_folders(root).items()}
         classes = sorted(parts["train"])
         _require_trainable(parts["train"], root / "train")
         _warn_of_names_alike(classes, root / "train")
@@ -367,23 +384,25 @@ def _warn_of_names_alike(classes: list[str], root: Path) -> None:
 
 def folders_beside_splits(root: Path) -> list[str]:
     """The folders of a pre-split ``root`` other than train/, val/ and test/ (hidden and system ones aside)."""
-    return sorted(d.name for d in root.iterdir() if d.is_dir() and d.name not in SPLITS and not passed_over(d.name, folder=True))
+    names = {name for names in SPLIT_FOLDERS.values() for name in names}
+    return sorted(d.name for d in root.iterdir() if d.is_dir() and d.name not in names and not passed_over(d.name, folder=True))
 
 
 def classes_missing_from_train(classes_by_split: Mapping[str, Iterable[str]], root: Path) -> list[str]:
     """Why a pre-split folder cannot be trained on: a val/ or test/ class that train/ lacks (training.check says the same)."""
-    train = set(classes_by_split["train"])
-    return [f"{root}/{name} has classes missing from {root}/train: {', '.join(sorted(set(names) - train))}"
+    train, folders = set(classes_by_split["train"]), split_folders(root)
+    return [f"{folders.get(name, root / name)} has classes missing from {root}/train: {', '.join(sorted(set(names) - train))}"
             for name, names in classes_by_split.items() if set(names) - train]  # fmt: skip
 
 
 def _check_same_classes(parts: dict[str, dict[str, list[str]]], classes: list[str], root: Path) -> None:
     if missing := classes_missing_from_train(parts, root):
         raise DatasetError(missing[0])
+    folders = split_folders(root)
     for name, by_class in parts.items():
         if absent := [c for c in classes if not by_class.get(c)]:
             unseen = "the model is chosen and calibrated without them" if name == "val" else "the test does not measure them"
-            warnings.warn(f"{root}/{name} has no images of {', '.join(absent)}: {unseen}", stacklevel=3)
+            warnings.warn(f"{folders[name]} has no images of {', '.join(absent)}: {unseen}", stacklevel=3)
 
 
 def load_folder(root: str | os.PathLike, classes: Sequence[str]) -> tuple[list[Sample], list[dict[str, str]]]:

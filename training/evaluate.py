@@ -52,6 +52,7 @@ from training.data import (
     load_folder,
     make_loader,
     skipped_images_note,
+    split_folders,
     videos_hint,
 )
 from training.hand_crops import HandCropCache, crop_samples, format_no_hand, frame_metrics, frame_mistakes, frame_outputs
@@ -110,10 +111,11 @@ def split_folder(data: str | None) -> str | None:
     takes the same folder: training.data.load_splits)."""
     if data is None or not is_presplit(Path(data)):
         return data
-    test = str(Path(data) / "test")
-    print(f"--data {data} is a pre-split dataset (train/, test/): evaluating its test split, {test} "
-          f"(pass --data {Path(data) / 'train'} or {Path(data) / 'val'} for another split)")
-    return test
+    folders = split_folders(Path(data))
+    others = " or ".join(str(folders[split]) for split in ("train", "val") if split in folders)
+    print(f"--data {data} is a pre-split dataset (train/, test/): evaluating its test split, {folders['test']} "
+          f"(pass --data {others} for another split)")
+    return str(folders["test"])
 
 
 def file_keys(paths: Iterable[str]) -> set[str]:
