@@ -273,3 +273,73 @@ def test_a_mistyped_archive_or_wheel_is_a_usage_error(tmp_path, capsys):
         assert stop.value.code == 2
         assert f"argument {flag}: {tmp_path / 'master.zip'}: no such file or folder" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def _dataset_members(prefix: str, splits: tuple[str, ...] = ("",)) -> dict[str, bytes]:
+    return {f"{prefix}{split}{name}/{i}.jpg": _jpeg(label, i) for split in splits for label, name in enumerate(("fist", "palm")) for i in range(4)}
+
+
+@pytest.mark.parametrize("layout, members, kind", [
+    ("class folders zipped", _dataset_members(""), "zip"),
+    ("the folder zipped", {**_dataset_members("my-data/"), "my-data/README.txt": b"notes", "__MACOSX/my-data/._fist": b"x"}, "zip"),
+    ("Roboflow's export", {**_dataset_members("export/", ("train/", "valid/", "test/")), "export/README.roboflow.txt": b"x"}, "zip"),
+    ("a tarball of the folder", _dataset_members("my-data/"), "tar.gz"),
+])
+def test_a_dataset_archive_given_as_data_is_unpacked_once_and_trained_from_its_folder(tmp_path, monkeypatch, capsys, layout, members, kind):
+    """`--data my-data.zip` was "not a folder, nor a catalogue dataset": Ultralytics takes an archive."""
+    from training.config import TrainConfig
+    from training.data import load_splits
+    from training.finetune import default_run_dir, resolve_data_dir
+
+    monkeypatch.chdir(tmp_path)
+    archive = tmp_path / f"my-data.{kind}"
+    make_zip(archive, members) if kind == "zip" else make_tgz(archive, members)
+    out = resolve_data_dir(str(archive))
+    assert out == Path("datasets/my-data") and (out / MARKER).exists()
+    images, others = sum(n.endswith(".jpg") for n in members), sum(not n.endswith(".jpg") for n in members)
+    said = capsys.readouterr().err
+    assert f"{archive}: {images} images unpacked into datasets/my-data" + (f" ({others} other files left out)" if others else "\n") in said
+    splits = load_splits(out)
+    assert sorted(splits.classes) == ["fist", "palm"] and splits.layout == ("presplit" if "Roboflow" in layout else "imagefolder")
+    assert not list(out.rglob("*.txt")) and not (out / "__MACOSX").exists()  # images only
+    assert resolve_data_dir(str(archive)) == out and "unpacking" not in capsys.readouterr().err  # the same file: reused
+    assert default_run_dir(TrainConfig(data=str(archive))) == Path("runs/my-data-efficientnet_lite0")
+    from training import check
+
+    assert check.main([str(archive), "--fast"]) == 0  # checks the folder training reads
+    assert f"dataset {out.resolve()}\n" in capsys.readouterr().out
+
+
+def test_a_changed_archive_does_not_replace_the_folder_and_a_bad_one_leaves_nothing(tmp_path, monkeypatch):
+    from training.prepare import prepare_archive
+
+    monkeypatch.chdir(tmp_path)
+    archive = make_zip(tmp_path / "gestures.zip", _dataset_members(""))
+    prepare_archive(archive)
+    make_zip(archive, _dataset_members("", ("a/",)))
+    with pytest.raises(PrepareError, match="datasets/gestures exists but was not unpacked from this gestures.zip: pass --data datasets/gestures, "
+                                           "or move it away"):
+        prepare_archive(archive)
+    notes = make_zip(tmp_path / "notes.zip", {"a.txt": b"x", "../../evil.jpg": _jpeg(0, 0)})
+    with pytest.raises(PrepareError, match="notes.zip holds no image files \\(2 other files\\): not a dataset archive"):
+        prepare_archive(notes)
+    (tmp_path / "cut.zip").write_bytes(archive.read_bytes()[:300])
+    with pytest.raises(PrepareError):
+        prepare_archive(tmp_path / "cut.zip")
+    assert sorted(p.name for p in (tmp_path / "datasets").iterdir()) == ["gestures"] and not (tmp_path / "evil.jpg").exists()
+
+
+def test_a_zip_whose_images_would_not_fit_on_the_disk_is_refused_before_unpacking(tmp_path, monkeypatch):
+    """A zip's entries declare their unpacked sizes (and cannot unpack to more): a 256 KB zip of zeros named
+    .jpg declares 256 MB, which would have filled a nearly full disk image by image."""
+    from training.prepare import prepare_archive
+
+    monkeypatch.chdir(tmp_path)
+    with zipfile.ZipFile(tmp_path / "big.zip", "w", zipfile.ZIP_DEFLATED) as zf:
+        with zf.open("fist/0.jpg", "w", force_zip64=True) as member:
+            for _ in range(256):
+                member.write(bytes(1 << 20))
+    monkeypatch.setattr(prepare.shutil, "disk_usage", lambda path: dataclasses.make_dataclass("Usage", ["free"])(128 << 20))
+    with pytest.raises(PrepareError, match=r"not enough disk space in datasets: 0\.1 GB free, about 0\.3 GB needed"):
+        prepare_archive(tmp_path / "big.zip")
+    assert not (tmp_path / "datasets").exists()

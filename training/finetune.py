@@ -228,19 +228,26 @@ def run_already_in(out: Path) -> str | None:
 
 
 def resolve_data_dir(data: str) -> Path:
-    """A folder, or a catalogue name prepared on first use (``python -m training.prepare``)."""
+    """A folder; a zip or tar of one, unpacked into datasets/ on first use; or a catalogue name prepared
+    on first use (``python -m training.prepare``)."""
     path = Path(data).expanduser()
     if path.is_dir():
         return path
-    from training.prepare import CATALOGUE, prepare_dataset
+    from training.prepare import ARCHIVE_SUFFIXES, CATALOGUE, dataset_archive_name, prepare_archive, prepare_dataset
 
+    if dataset_archive_name(path):
+        return prepare_archive(path)
     if data in CATALOGUE:
         return prepare_dataset(data)
-    raise DatasetError(f"--data {data}: not a folder, nor a catalogue dataset ({', '.join(CATALOGUE)})")
+    raise DatasetError(f"--data {data}: not a folder, an archive ({', '.join(ARCHIVE_SUFFIXES)}) nor a catalogue dataset "
+                       f"({', '.join(CATALOGUE)})")
 
 
 def default_run_dir(cfg: TrainConfig) -> Path:
-    return cli.first_free_folder(Path("runs") / f"{Path(cfg.data).name or 'data'}-{cfg.backbone}")
+    from training.prepare import dataset_archive_name
+
+    name = dataset_archive_name(Path(cfg.data).expanduser()) or Path(cfg.data).name  # flowers.zip: runs/flowers-...
+    return cli.first_free_folder(Path("runs") / f"{name or 'data'}-{cfg.backbone}")
 
 
 @dataclass

@@ -43,7 +43,7 @@ from gesture_core.cli import DefaultsHelpFormatter, command, output_arg
 from gesture_core.hands import HAND_MODEL_FILES, MODELS_WHEEL, HandModelFile, hand_models_dir
 from gesture_core.images import IMAGE_SUFFIXES
 from training.cli import existing_path
-from training.data import SPLITS, DatasetError, passed_over
+from training.data import SPLIT_FOLDERS, SPLITS, DatasetError, passed_over
 
 DEFAULT_ROOT = Path("datasets")
 MARKER = ".prepared.json"
@@ -398,11 +398,12 @@ def fetch(entry: Entry, root: Path, archive: Path | None) -> tuple[dict[str, Pat
     return paths, digests, ours
 
 
-def _require_space(folder: Path, size: int | None) -> None:
+def _require_space(folder: Path, size: int | None, factor: float = 2.2) -> None:
+    """Room for ``size`` bytes ``factor`` times: a download's archive and its unpacked copy by default."""
     existing = next(p for p in (folder, *folder.parents) if p.exists())  # created only once the download starts
     free = shutil.disk_usage(existing).free
-    if size and free < 2.2 * size:  # archive + unpacked copy
-        raise PrepareError(f"not enough disk space in {folder}: {free / 1e9:.1f} GB free, about {2.2 * size / 1e9:.1f} GB needed")
+    if size and free < factor * size:
+        raise PrepareError(f"not enough disk space in {folder}: {free / 1e9:.1f} GB free, about {factor * size / 1e9:.1f} GB needed")
 
 
 # --------------------------------------------------------------------------- preparing
@@ -476,6 +477,94 @@ def prepare_dataset(name: str, root: Path = DEFAULT_ROOT, archive: Path | None =
         for path in ours:
             path.unlink(missing_ok=True)
     return out
+
+
+# --------------------------------------------------------------------------- a dataset archive of one's own
+
+ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
+
+
+def dataset_archive_name(path: Path) -> str | None:
+    """The dataset name of a zip or tar file given as --data (its file name without the archive suffix);
+    None for any other path."""
+    suffix = next((s for s in ARCHIVE_SUFFIXES if path.name.lower().endswith(s)), None)
+    if suffix is None or not path.is_file() or len(path.name) == len(suffix):
+        return None
+    return path.name[:-len(suffix)]
+
+
+def prepare_archive(archive: Path, root: Path = DEFAULT_ROOT) -> Path:
+    """A zip or tar of one's own dataset, as Roboflow exports one or as a folder is zipped, unpacked
+    into ``root/<its name>/`` the first time it is given to --data (as Ultralytics does), and that copy
+    reused while the archive is the same file (its sha256). Only image files are unpacked, through the
+    catalogue's own checks (no absolute paths, no ``..``, no links, no hidden or system folders), and a
+    folder that holds everything (a zipped folder rather than its contents) is left out."""
+    if (name := dataset_archive_name(archive)) is None:
+        raise PrepareError(f"{archive}: not a dataset archive (a file ending in {', '.join(ARCHIVE_SUFFIXES)})")
+    out, digest = Path(root) / name, sha256_of(archive)
+    if (read_marker(out) or {}).get("sha256", {}).get(archive.name) == digest:
+        return out
+    if out.exists():
+        raise PrepareError(f"{out} exists but was not unpacked from this {archive.name}: pass --data {out}, or move it away to unpack "
+                           f"{archive} there")
+    _require_space(Path(root), _unpacked_size(archive), factor=1.1)  # the unpacked copy; the archive stays where it is
+    staging = Path(root) / f".{name}.partial-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    print(f"{archive}: unpacking into {out} ...", file=sys.stderr)
+    try:
+        skipped = _unpack_images(archive, staging)
+        top = _dataset_top(staging) if staging.is_dir() else staging
+        counts = count_images(top) if top.is_dir() else {}
+        if not counts:
+            raise PrepareError(f"{archive} holds no image files ({skipped:,} other files): not a dataset archive?")
+        marker = {"name": name, "prepared_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "sha256": {archive.name: digest},
+                  "source": str(archive.resolve()), "images": sum(counts.values()), "other_files_left_out": skipped, "folders": counts}
+        (top / MARKER).write_text(json.dumps(marker, indent=1))
+        top.rename(out)
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error) as err:
+        raise PrepareError(f"{archive} is corrupt or truncated ({err})") from None
+    except OSError as err:
+        if err.errno == errno.ENOSPC:
+            raise PrepareError(f"disk full while unpacking {archive} into {root}: free space and run again") from None
+        raise PrepareError(f"unpacking {archive} failed: {err}") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    print(f"{archive}: {sum(counts.values()):,} images unpacked into {out}" + (f" ({skipped:,} other files left out)" if skipped else ""),
+          file=sys.stderr)
+    return out
+
+
+def _unpacked_size(archive: Path) -> int:
+    """About what unpacking takes on disk: a zip's image files declare their sizes (and cannot unpack to
+    more), a tarball's are its own size (photos do not compress)."""
+    if not zipfile.is_zipfile(archive):
+        return archive.stat().st_size
+    with zipfile.ZipFile(archive) as zf:
+        return sum(info.file_size for info in zf.infolist() if _is_image_name(info.filename))
+
+
+def _unpack_images(archive: Path, dest: Path) -> int:
+    """Every image file of ``archive`` whose path passes ``_safe_parts``, at that path under ``dest``;
+    returns how many other files were left out."""
+    skipped = 0
+    for name, opener in _members(archive):
+        parts = _safe_parts(name)
+        if parts is None or not _is_image_name(name):
+            skipped += 1
+            continue
+        _copy_member(opener, dest.joinpath(*parts))
+    return skipped
+
+
+def _dataset_top(folder: Path) -> Path:
+    """``folder``, or the one folder inside it that holds everything, as often as there is one (a zip of
+    ``my-data/`` rather than of its class folders), but never a split (train/) or a class of images."""
+    while len(entries := [e for e in folder.iterdir() if not passed_over(e.name, folder=e.is_dir())]) == 1 and entries[0].is_dir():
+        inner = entries[0]
+        if inner.name in {name for names in SPLIT_FOLDERS.values() for name in names} or any(e.is_file() for e in inner.iterdir()):
+            break
+        folder = inner
+    return folder
 
 
 def _require_layout(entry: Entry, counts: dict[str, int], files: dict[str, Path]) -> None:
