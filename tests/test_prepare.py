@@ -308,6 +308,9 @@ def test_a_dataset_archive_given_as_data_is_unpacked_once_and_trained_from_its_f
 
     assert check.main([str(archive), "--fast"]) == 0  # checks the folder training reads
     assert f"dataset {out.resolve()}\n" in capsys.readouterr().out
+    from training.evaluate import split_folder
+
+    assert split_folder(str(archive)) == str(out / "test" if splits.layout == "presplit" else out)  # evaluate --data ARCHIVE
 
 
 def test_a_changed_archive_does_not_replace_the_folder_and_a_bad_one_leaves_nothing(tmp_path, monkeypatch):
