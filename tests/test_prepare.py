@@ -346,3 +346,13 @@ def test_a_zip_whose_images_would_not_fit_on_the_disk_is_refused_before_unpackin
     with pytest.raises(PrepareError, match=r"not enough disk space in datasets: 0\.1 GB free, about 0\.3 GB needed"):
         prepare_archive(tmp_path / "big.zip")
     assert not (tmp_path / "datasets").exists()
+
+
+def test_a_folder_that_holds_only_the_archive_names_it(tmp_path, capsys):
+    """A downloaded export left zipped in its folder was "no class folders", with nothing about the zip."""
+    from training import check
+
+    make_zip(tmp_path / "download" / "gestures.zip", _dataset_members(""))
+    assert check.main([str(tmp_path / "download")]) == 1
+    assert (f"{tmp_path / 'download'} has no class folders; expected {tmp_path / 'download'}/<class>/<image> (ImageFolder layout); it holds "
+            f"the archive gestures.zip: pass it instead ({tmp_path / 'download' / 'gestures.zip'}), to be unpacked into datasets/") in capsys.readouterr().out

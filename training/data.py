@@ -161,7 +161,7 @@ def scan_class_folders(root: Path, skipped: list[dict[str, str]], ignored: list[
     note_broken_links(root, skipped)
     if not folders:
         raise DatasetError(f"{root} has no class folders; expected {root}/<class>/<image> (ImageFolder layout)"
-                           + (a_class_folder_hint(root, entries) or videos_hint(entries)))
+                           + (a_class_folder_hint(root, entries) or videos_hint(entries) or archives_hint(entries)))
     if unprintable := [folder for folder in folders if has_control_characters(folder)]:
         raise DatasetError(f"{root}: class folder name(s) {', '.join(map(repr, unprintable))} hold a control character (a newline, "
                            "tab or escape), which would break every table, log and overlay that names the class: rename them")
@@ -237,6 +237,19 @@ def skipped_images_note(skipped: list[dict[str, str]]) -> str:
     """": N image file(s) skipped, e.g. PATH: REASON" for the image files among ``skipped``, or ""."""
     images = [entry for entry in skipped if Path(entry["path"]).suffix.lower() in PHOTO_FILE_SUFFIXES]
     return f": {len(images)} image file(s) skipped, e.g. {images[0]['path']}: {images[0]['reason']}" if images else ""
+
+
+# The dataset archives --data takes (training.prepare.prepare_archive unpacks them).
+ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
+
+
+def archives_hint(paths: list[str] | list[Path]) -> str:
+    """Where a folder with no class folders holds a dataset archive: pass that file instead."""
+    archives = sorted(Path(path) for path in paths if Path(path).name.lower().endswith(ARCHIVE_SUFFIXES) and Path(path).is_file())
+    if not archives:
+        return ""
+    which = f"the archives {', '.join(a.name for a in archives[:3])}: pass one of them" if len(archives) > 1 else f"the archive {archives[0].name}: pass it"
+    return f"; it holds {which} instead ({archives[0]}), to be unpacked into datasets/"
 
 
 def videos_hint(paths: list[str] | list[Path]) -> str:

@@ -43,7 +43,7 @@ from gesture_core.cli import DefaultsHelpFormatter, command, output_arg
 from gesture_core.hands import HAND_MODEL_FILES, MODELS_WHEEL, HandModelFile, hand_models_dir
 from gesture_core.images import IMAGE_SUFFIXES
 from training.cli import existing_path
-from training.data import SPLIT_FOLDERS, SPLITS, DatasetError, passed_over
+from training.data import ARCHIVE_SUFFIXES, SPLIT_FOLDERS, SPLITS, DatasetError, passed_over
 
 DEFAULT_ROOT = Path("datasets")
 MARKER = ".prepared.json"
@@ -480,9 +480,6 @@ def prepare_dataset(name: str, root: Path = DEFAULT_ROOT, archive: Path | None =
 
 
 # --------------------------------------------------------------------------- a dataset archive of one's own
-
-ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
-
 
 def dataset_archive_name(path: Path) -> str | None:
     """The dataset name of a zip or tar file given as --data (its file name without the archive suffix);
