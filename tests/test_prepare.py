@@ -18,6 +18,7 @@ import pytest
 
 from tests.helpers import synthetic_image, write_rgb
 from training import prepare
+from training.data import DatasetError
 from training.prepare import CATALOGUE, MARKER, PrepareError, Remote, class_folders, main, prepare_dataset
 
 
@@ -356,3 +357,23 @@ def test_a_folder_that_holds_only_the_archive_names_it(tmp_path, capsys):
     assert check.main([str(tmp_path / "download")]) == 1
     assert (f"{tmp_path / 'download'} has no class folders; expected {tmp_path / 'download'}/<class>/<image> (ImageFolder layout); it holds "
             f"the archive gestures.zip: pass it instead ({tmp_path / 'download' / 'gestures.zip'}), to be unpacked into datasets/") in capsys.readouterr().out
+
+
+def test_a_dataset_archive_url_given_as_data_is_downloaded_unpacked_and_reused(tmp_path, server, monkeypatch):
+    """`--data https://host/flower_photos.tgz` was "not a folder, nor a catalogue dataset"; Ultralytics takes one."""
+    from training.config import TrainConfig
+    from training.finetune import default_run_dir, resolve_data_dir
+
+    monkeypatch.chdir(tmp_path)
+    out = resolve_data_dir(server)
+    assert out == Path("datasets/flower_photos") and (out / MARKER).exists()
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["daisy", "roses"]  # flower_photos/ inside the tarball: left out
+    assert not list(Path("datasets/.downloads").iterdir())  # the download is deleted once unpacked
+    RangeHandler.seen_ranges.clear()
+    RangeHandler.payload = b""  # a second download would get nothing
+    assert resolve_data_dir(server) == out and default_run_dir(TrainConfig(data=server)) == Path("runs/flower_photos-efficientnet_lite0")
+    with pytest.raises(DatasetError, match="exists but was not unpacked from http://127.0.0.1:[0-9]+/other/flower_photos.tgz: pass --data"):
+        resolve_data_dir(server.replace("/flower_photos", "/other/flower_photos"))
+    with pytest.raises(DatasetError, match="cannot download http://127.0.0.1:1/gestures.zip .*download it by hand, then pass the file: "
+                                           "--data PATH/gestures.zip"):
+        resolve_data_dir("http://127.0.0.1:1/gestures.zip")

@@ -233,20 +233,31 @@ def resolve_data_dir(data: str) -> Path:
     path = Path(data).expanduser()
     if path.is_dir():
         return path
-    from training.prepare import ARCHIVE_SUFFIXES, CATALOGUE, dataset_archive_name, prepare_archive, prepare_dataset
+    from training.prepare import (
+        ARCHIVE_SUFFIXES,
+        CATALOGUE,
+        archive_url_name,
+        dataset_archive_name,
+        prepare_archive,
+        prepare_archive_url,
+        prepare_dataset,
+    )
 
     if dataset_archive_name(path):
         return prepare_archive(path)
+    if archive_url_name(data):
+        return prepare_archive_url(data)
     if data in CATALOGUE:
         return prepare_dataset(data)
-    raise DatasetError(f"--data {data}: not a folder, an archive ({', '.join(ARCHIVE_SUFFIXES)}) nor a catalogue dataset "
-                       f"({', '.join(CATALOGUE)})")
+    raise DatasetError(f"--data {data}: not a folder, an archive ({', '.join(ARCHIVE_SUFFIXES)}) or its http(s) URL, nor a "
+                       f"catalogue dataset ({', '.join(CATALOGUE)})")
 
 
 def default_run_dir(cfg: TrainConfig) -> Path:
-    from training.prepare import dataset_archive_name
+    from training.prepare import archive_stem, archive_url_name, dataset_archive_name
 
-    name = dataset_archive_name(Path(cfg.data).expanduser()) or Path(cfg.data).name  # flowers.zip: runs/flowers-...
+    url_name = archive_url_name(cfg.data)  # https://host/flowers.zip, like flowers.zip: runs/flowers-...
+    name = archive_stem(url_name) if url_name else dataset_archive_name(Path(cfg.data).expanduser()) or Path(cfg.data).name
     return cli.first_free_folder(Path("runs") / f"{name or 'data'}-{cfg.backbone}")
 
 

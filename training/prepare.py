@@ -29,6 +29,7 @@ import tarfile
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import zipfile
 import zlib
@@ -282,8 +283,9 @@ def _offline_hint(entry: Entry, remote: Remote, dest: Path) -> str:
     )
 
 
-def download(remote: Remote, dest: Path, *, entry: Entry) -> Path:
-    """Fetch ``remote`` to ``dest``, resuming ``dest.part`` with an HTTP Range request when one exists."""
+def download(remote: Remote, dest: Path, *, offline_hint: str) -> Path:
+    """Fetch ``remote`` to ``dest``, resuming ``dest.part`` with an HTTP Range request when one exists;
+    a failure says ``offline_hint``, how to do without the download."""
     part = dest.with_name(dest.name + ".part")
     have = part.stat().st_size if part.exists() else 0
     request = urllib.request.Request(remote.url, headers={"User-Agent": "gesture-service-prepare/1"})
@@ -296,11 +298,11 @@ def download(remote: Remote, dest: Path, *, entry: Entry) -> Path:
             part.replace(dest)
             return dest
         raise PrepareError(
-            f"{remote.url}: server answered HTTP {err.code} {err.reason}; {_offline_hint(entry, remote, dest)}"
+            f"{remote.url}: server answered HTTP {err.code} {err.reason}; {offline_hint}"
         ) from None
     except (urllib.error.URLError, OSError) as err:
         reason = getattr(err, "reason", err)
-        raise PrepareError(f"cannot download {remote.url} ({reason}; offline?); {_offline_hint(entry, remote, dest)}") from None
+        raise PrepareError(f"cannot download {remote.url} ({reason}; offline?); {offline_hint}") from None
     with response:
         resumed = have and getattr(response, "status", None) == 206
         if have and not resumed:
@@ -384,7 +386,7 @@ def fetch(entry: Entry, root: Path, archive: Path | None) -> tuple[dict[str, Pat
             print(f"{entry.name}: using {dest} (downloaded earlier)", file=sys.stderr)
         else:
             _require_space(downloads, remote.size)
-            path, user_file = download(remote, dest, entry=entry), False
+            path, user_file = download(remote, dest, offline_hint=_offline_hint(entry, remote, dest)), False
         digests[remote.filename] = verify(path, remote, user_file=user_file)
         if remote.sha256 is None:
             print(
@@ -484,18 +486,50 @@ def prepare_dataset(name: str, root: Path = DEFAULT_ROOT, archive: Path | None =
 def dataset_archive_name(path: Path) -> str | None:
     """The dataset name of a zip or tar file given as --data (its file name without the archive suffix);
     None for any other path."""
-    suffix = next((s for s in ARCHIVE_SUFFIXES if path.name.lower().endswith(s)), None)
-    if suffix is None or not path.is_file() or len(path.name) == len(suffix):
-        return None
-    return path.name[:-len(suffix)]
+    return archive_stem(path.name) if path.is_file() else None
 
 
-def prepare_archive(archive: Path, root: Path = DEFAULT_ROOT) -> Path:
+def archive_stem(filename: str) -> str | None:
+    """``filename`` without its archive suffix (``ARCHIVE_SUFFIXES``); None for another name."""
+    suffix = next((s for s in ARCHIVE_SUFFIXES if filename.lower().endswith(s)), None)
+    return filename[:-len(suffix)] if suffix and len(filename) > len(suffix) else None
+
+
+def archive_url_name(url: str) -> str | None:
+    """The file name of an http(s) URL of a dataset archive (https://host/path/my-data.zip), else None."""
+    parsed = urllib.parse.urlparse(url)
+    filename = PurePosixPath(urllib.parse.unquote(parsed.path)).name
+    return filename if parsed.scheme in ("http", "https") and archive_stem(filename) else None
+
+
+def prepare_archive_url(url: str, root: Path = DEFAULT_ROOT) -> Path:
+    """A dataset archive at an http(s) URL, as Ultralytics takes one: downloaded (resumable) into
+    ``root/.downloads/``, unpacked as ``prepare_archive`` unpacks a local one, and the download
+    deleted. Later runs reuse the unpacked copy of the same URL without downloading again."""
+    filename = archive_url_name(url)
+    if filename is None:
+        raise PrepareError(f"{url}: not the URL of a dataset archive (an http(s) address of a file ending in {', '.join(ARCHIVE_SUFFIXES)})")
+    out = Path(root) / archive_stem(filename)
+    if (read_marker(out) or {}).get("source") == url:
+        return out
+    if out.exists():
+        raise PrepareError(f"{out} exists but was not unpacked from {url}: pass --data {out}, or move it away to download it again")
+    dest = Path(root) / ".downloads" / filename
+    if not dest.is_file():
+        hint = f"download it by hand, then pass the file: --data PATH/{filename}"
+        download(Remote(url, filename, None), dest, offline_hint=hint)
+    out = prepare_archive(dest, root, source=url)
+    dest.unlink()
+    return out
+
+
+def prepare_archive(archive: Path, root: Path = DEFAULT_ROOT, *, source: str | None = None) -> Path:
     """A zip or tar of one's own dataset, as Roboflow exports one or as a folder is zipped, unpacked
     into ``root/<its name>/`` the first time it is given to --data (as Ultralytics does), and that copy
     reused while the archive is the same file (its sha256). Only image files are unpacked, through the
     catalogue's own checks (no absolute paths, no ``..``, no links, no hidden or system folders), and a
-    folder that holds everything (a zipped folder rather than its contents) is left out."""
+    folder that holds everything (a zipped folder rather than its contents) is left out. ``source``:
+    where the archive came from, for the marker (its own path by default)."""
     if (name := dataset_archive_name(archive)) is None:
         raise PrepareError(f"{archive}: not a dataset archive (a file ending in {', '.join(ARCHIVE_SUFFIXES)})")
     out, digest = Path(root) / name, sha256_of(archive)
@@ -515,7 +549,7 @@ def prepare_archive(archive: Path, root: Path = DEFAULT_ROOT) -> Path:
         if not counts:
             raise PrepareError(f"{archive} holds no image files ({skipped:,} other files): not a dataset archive?")
         marker = {"name": name, "prepared_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "sha256": {archive.name: digest},
-                  "source": str(archive.resolve()), "images": sum(counts.values()), "other_files_left_out": skipped, "folders": counts}
+                  "source": source or str(archive.resolve()), "images": sum(counts.values()), "other_files_left_out": skipped, "folders": counts}
         (top / MARKER).write_text(json.dumps(marker, indent=1))
         top.rename(out)
     except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error) as err:
