@@ -58,6 +58,8 @@ MAX_JPEG_SCANS = 100
 # libpng's warning lines. Applied everywhere. Format -> (what is counted, the most allowed).
 HEADER_LIMITS = {"JPEG": ("segments before its pixels", 1000), "PNG": ("chunks besides its pixels", 100),
                  "GIF": ("blocks before its pixels", 1000), "PPM": ("header bytes", 4096), "TIFF": ("directory entries", 1000)}
+# The most chunks a PNG may have in all, image data included (a 16 MB one in libpng's 8 KB chunks has
+# about 2,000); it is refused past them, and its chunks are walked once, up to one past it.
 PNG_CHUNKS_WALKED = 20_000
 # OpenCV's decoders read the EXIF block of a PNG (its eXIf chunk) or a WebP (its EXIF chunk) for the
 # orientation, and copy every entry's value: 65,535 entries that all point at one 200 KB value, a 1 MB
