@@ -314,14 +314,14 @@ def frame_blocks(frame: bytes) -> int:
     return sum(math.ceil(math.ceil(width * h / most_h) / 8) * math.ceil(math.ceil(height * v / most_v) / 8) for h, v in factors)
 
 
-def header_units(data: bytes) -> tuple[str, int]:
+def header_units(data: bytes, png: list[PngChunk] | None) -> tuple[str, int]:
     """(format, how many) of the units PIL would parse one by one before any pixel of a PNG (its chunks
-    besides the image data, which libpng reads), a GIF (its blocks and sub-blocks before the first
-    image), a PPM (its header bytes) or a TIFF (the entries of its first directory), each walk stopping
-    past the format's limit (``HEADER_LIMITS``); a JPEG's are ``jpeg_layout``'s segments. ("", 0) for
-    other formats."""
-    if data.startswith(PNG_SIGNATURE):
-        return "PNG", png_chunks_besides_pixels(png_chunks(data))
+    besides the image data, which libpng reads, counted in ``png``, its ``png_chunks``), a GIF (its
+    blocks and sub-blocks before the first image), a PPM (its header bytes) or a TIFF (the entries of
+    its first directory), each walk stopping past the format's limit (``HEADER_LIMITS``); a JPEG's are
+    ``jpeg_layout``'s segments. ("", 0) for other formats."""
+    if png is not None:
+        return "PNG", png_chunks_besides_pixels(png)
     if data.startswith((b"GIF87a", b"GIF89a")):
         return "GIF", gif_blocks_before_image(data)
     if ppm_magic(data):
@@ -363,12 +363,12 @@ def png_chunks_besides_pixels(chunks: list[PngChunk]) -> int:
     return sum(kind != b"IDAT" for kind, _, _ in chunks)
 
 
-def exif_block_bytes(data: bytes, png: list[PngChunk] | None = None) -> int:
-    """The size of a PNG's first eXIf chunk (from ``png``, its chunks, where they were walked already),
-    or of a WebP's EXIF chunk where its header says it has one (libwebp reads it only then); 0 for none
-    and for other formats."""
-    if data.startswith(PNG_SIGNATURE):
-        for kind, _, length in png_chunks(data) if png is None else png:
+def exif_block_bytes(data: bytes, png: list[PngChunk] | None) -> int:
+    """The size of a PNG's first eXIf chunk (from ``png``, its ``png_chunks``), or of a WebP's EXIF
+    chunk where its header says it has one (libwebp reads it only then); 0 for none and for other
+    formats."""
+    if png is not None:
+        for kind, _, length in png:
             if kind in (b"eXIf", b"IEND"):
                 return length if kind == b"eXIf" else 0
         return 0
@@ -534,7 +534,7 @@ def probe_layout(data: bytes) -> Probe:
     its first directory (``tiff_pieces_problem`` says why)."""
     layout = jpeg_layout(data) if data.startswith(b"\xff\xd8") else None
     png = png_chunks(data) if data.startswith(PNG_SIGNATURE) else None
-    fmt, count = ("JPEG", layout.segments) if layout else ("PNG", png_chunks_besides_pixels(png)) if png is not None else header_units(data)
+    fmt, count = ("JPEG", layout.segments) if layout else header_units(data, png)
     if fmt and count > HEADER_LIMITS[fmt][1]:
         what, limit = HEADER_LIMITS[fmt]
         raise ImageDecodeError(f"{fmt} with more than {limit:,} {what}, far more than any photo: re-save it")
