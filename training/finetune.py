@@ -254,10 +254,9 @@ def resolve_data_dir(data: str) -> Path:
 
 
 def default_run_dir(cfg: TrainConfig) -> Path:
-    from training.prepare import archive_stem, archive_url_name, dataset_archive_name
+    from training.prepare import data_archive_name
 
-    url_name = archive_url_name(cfg.data)  # https://host/flowers.zip, like flowers.zip: runs/flowers-...
-    name = archive_stem(url_name) if url_name else dataset_archive_name(Path(cfg.data).expanduser()) or Path(cfg.data).name
+    name = data_archive_name(cfg.data) or Path(cfg.data).name  # flowers.zip or https://host/flowers.zip: runs/flowers-...
     return cli.first_free_folder(Path("runs") / f"{name or 'data'}-{cfg.backbone}")
 
 

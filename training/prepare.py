@@ -34,6 +34,7 @@ import urllib.request
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
@@ -411,6 +412,27 @@ def _require_space(folder: Path, size: int | None, factor: float = 2.2) -> None:
 # --------------------------------------------------------------------------- preparing
 
 
+@contextmanager
+def _staging(root: Path, name: str, what: str, *, corrupt: str = "", disk_full: str = "") -> Iterator[Path]:
+    """A fresh ``root/.NAME.partial-PID`` to build a copy in, renamed into place by the caller once
+    complete, and removed whatever happens, so an interrupted run never leaves a half copy that looks
+    finished. An archive that does not unpack, or a full disk, is a one-line PrepareError about
+    ``what``, with the advice given for each."""
+    staging = root / f".{name}.partial-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        yield staging
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error) as err:
+        raise PrepareError(f"{what} is corrupt or truncated ({err})" + (f"; {corrupt}" if corrupt else "")) from None
+    except OSError as err:
+        if err.errno == errno.ENOSPC:
+            raise PrepareError(f"disk full while unpacking {what} into {root}; free space and run again"
+                               + (f" ({disk_full})" if disk_full else "")) from None
+        raise PrepareError(f"unpacking {what} failed: {err}") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def read_marker(out: Path) -> dict | None:
     try:
         return json.loads((out / MARKER).read_text())
@@ -441,10 +463,9 @@ def prepare_dataset(name: str, root: Path = DEFAULT_ROOT, archive: Path | None =
     if archive is not None and not archive.exists():
         raise PrepareError(f"--archive {archive}: no such file or folder")
     files, digests, ours = fetch(entry, root, archive)
-    staging = root / f".{name}.partial-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
-        print(f"{name}: unpacking into {out} ...", file=sys.stderr)
+    print(f"{name}: unpacking into {out} ...", file=sys.stderr)
+    with _staging(root, name, f"{name}'s archive", corrupt="delete it and run again",
+                  disk_full=f"the verified download in {root / '.downloads' / name} is kept") as staging:
         entry.build(files, staging)
         counts = count_images(staging)
         _require_layout(entry, counts, files)
@@ -461,20 +482,6 @@ def prepare_dataset(name: str, root: Path = DEFAULT_ROOT, archive: Path | None =
         }
         (staging / MARKER).write_text(json.dumps(marker, indent=1))
         staging.rename(out)
-    except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error) as err:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise PrepareError(f"{name}: archive is corrupt or truncated ({err}); delete it and run again") from None
-    except OSError as err:
-        shutil.rmtree(staging, ignore_errors=True)
-        if err.errno == errno.ENOSPC:
-            raise PrepareError(
-                f"disk full while unpacking {name} into {root}; free space and run again "
-                f"(the verified download in {root / '.downloads' / name} is kept)"
-            ) from None
-        raise PrepareError(f"unpacking {name} failed: {err}") from None
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     if not keep_archive:
         for path in ours:
             path.unlink(missing_ok=True)
@@ -493,6 +500,13 @@ def archive_stem(filename: str) -> str | None:
     """``filename`` without its archive suffix (``ARCHIVE_SUFFIXES``); None for another name."""
     suffix = next((s for s in ARCHIVE_SUFFIXES if filename.lower().endswith(s)), None)
     return filename[:-len(suffix)] if suffix and len(filename) > len(suffix) else None
+
+
+def data_archive_name(data: str) -> str | None:
+    """The dataset name of --data given as an archive file or an archive's http(s) URL
+    (``my-data`` for my-data.zip or https://host/my-data.zip); None for anything else."""
+    url_name = archive_url_name(data)
+    return archive_stem(url_name) if url_name else dataset_archive_name(Path(data).expanduser())
 
 
 def archive_url_name(url: str) -> str | None:
@@ -539,10 +553,8 @@ def prepare_archive(archive: Path, root: Path = DEFAULT_ROOT, *, source: str | N
         raise PrepareError(f"{out} exists but was not unpacked from this {archive.name}: pass --data {out}, or move it away to unpack "
                            f"{archive} there")
     _require_space(Path(root), _unpacked_size(archive), factor=1.1)  # the unpacked copy; the archive stays where it is
-    staging = Path(root) / f".{name}.partial-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
     print(f"{archive}: unpacking into {out} ...", file=sys.stderr)
-    try:
+    with _staging(Path(root), name, str(archive)) as staging:
         skipped = _unpack_images(archive, staging)
         top = _dataset_top(staging) if staging.is_dir() else staging
         counts = count_images(top) if top.is_dir() else {}
@@ -552,14 +564,6 @@ def prepare_archive(archive: Path, root: Path = DEFAULT_ROOT, *, source: str | N
                   "source": source or str(archive.resolve()), "images": sum(counts.values()), "other_files_left_out": skipped, "folders": counts}
         (top / MARKER).write_text(json.dumps(marker, indent=1))
         top.rename(out)
-    except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error) as err:
-        raise PrepareError(f"{archive} is corrupt or truncated ({err})") from None
-    except OSError as err:
-        if err.errno == errno.ENOSPC:
-            raise PrepareError(f"disk full while unpacking {archive} into {root}: free space and run again") from None
-        raise PrepareError(f"unpacking {archive} failed: {err}") from None
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     print(f"{archive}: {sum(counts.values()):,} images unpacked into {out}" + (f" ({skipped:,} other files left out)" if skipped else ""),
           file=sys.stderr)
     return out
