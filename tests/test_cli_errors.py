@@ -199,6 +199,28 @@ def test_a_new_run_never_overwrites_one_at_its_out(run, dataset, tmp_path, capsy
     assert {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()} == {k: v for k, v in before.items() if k != "metrics.json"}
 
 
+def test_a_new_run_is_not_scattered_among_other_files(dataset, tmp_path, capsys):
+    """--out . or --out ~/Desktop: the run wrote best.pt, config.json and its plots among the files
+    there. A folder of other files is refused before anything is written; a new, empty or hidden-files-only
+    folder is taken."""
+    folder = tmp_path / "desktop"
+    (folder / "photos").mkdir(parents=True)
+    for name in ("notes.txt", "todo.md", "config.json"):
+        (folder / name).write_text("mine")
+    argv = ["--data", str(dataset), "--out", str(folder), "--backbone", "mobilenet_v3_large", "--weights", "none", "--epochs", "1",
+            "--image-size", "32", "--workers", "0"]
+    assert finetune.main(argv) == 2
+    assert (f"--out {folder} holds files that are not a training run's (config.json, notes.txt, photos/ and 1 more): "
+            f"pass a new or empty folder, such as {folder / 'run'}") in one_error_line(capsys)
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "notes.txt", "photos", "todo.md"]
+    assert (folder / "config.json").read_text() == "mine"
+    empty = tmp_path / "empty"
+    (empty / ".DS_Store").parent.mkdir()
+    (empty / ".DS_Store").write_bytes(b"")
+    assert finetune.main([*argv[:3], str(empty), *argv[4:]]) == 0
+    assert (empty / "best.pt").is_file()
+
+
 def test_a_run_stopped_between_its_first_best_pt_and_last_pt_can_start_again(run, dataset, tmp_path, capsys):
     """Killed after the first epoch's best.pt and before its last.pt: --resume had no last.pt, and a new
     run at that --out was refused as "a trained model", so only deleting the folder by hand went on."""

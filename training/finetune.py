@@ -217,7 +217,11 @@ def run_finished(out: Path) -> bool:
 
 
 def run_already_in(out: Path) -> str | None:
-    """Why ``--out`` cannot take a new run: it holds one, whose checkpoints a new run would overwrite."""
+    """Why ``--out`` cannot take a new run: it holds one, whose checkpoints a new run would overwrite,
+    or files that are not a run's, which the run's files would be scattered among."""
+    if others := other_files_in(out):
+        return (f"--out {out} holds files that are not a training run's ({others}): pass a new or empty folder, "
+                f"such as {out / 'run'}")
     if (out / "last.pt").is_file() and not run_finished(out):  # best.pt is written from the first epoch on
         return f"--out {out} holds an interrupted run: continue it with --resume {out}, or pass another --out"
     if not (out / "last.pt").is_file() and not (out / "metrics.json").is_file():
@@ -225,6 +229,16 @@ def run_already_in(out: Path) -> str | None:
     if trained := [name for name in ("best.pt", "metrics.json") if (out / name).is_file()]:
         return f"--out {out} holds a trained model ({trained[0]}): pass another --out, or delete that folder to train there again"
     return None
+
+
+def other_files_in(out: Path, shown: int = 3) -> str:
+    """The first entries of ``out`` when it is a folder with entries but not a run's (split.json is the
+    first file a run writes); "" for a new, empty or run folder. --out . or --out ~/Desktop wrote
+    best.pt, config.json and the plots among the files there."""
+    if not out.is_dir() or (out / "split.json").is_file():
+        return ""
+    entries = sorted(entry.name + ("/" if entry.is_dir() else "") for entry in out.iterdir() if not entry.name.startswith("."))  # .DS_Store
+    return ", ".join(entries[:shown]) + (f" and {len(entries) - shown} more" if len(entries) > shown else "")
 
 
 def resolve_data_dir(data: str) -> Path:
