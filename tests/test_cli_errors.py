@@ -629,3 +629,25 @@ def test_evaluate_on_the_training_folder_warns_that_the_score_is_inflated(run, d
     trained = len(json.loads((run / "split.json").read_text())["train"])
     with pytest.warns(UserWarning, match=rf"{trained} of the 18 images evaluated are the run's training images"):
         assert evaluate_main(["--checkpoint", str(run), "--data", str(dataset), "--workers", "0", "--out", str(tmp_path / "eval")]) == 0
+
+
+@pytest.mark.parametrize("module, flag, argv", [
+    ("training.finetune", "--data", ["--data", ""]),
+    ("training.compare", "--data", ["--data", " ", "--backbones", "resnet18"]),
+    ("training.evaluate", "--data", ["--data", "", "--checkpoint", "RUN"]),  # before --checkpoint, whose own check comes first else
+    ("training.evaluate", "--unknown", ["--unknown", "", "--checkpoint", "RUN"]),
+    ("training.export", "--images", ["--images", "photos", "", "--checkpoint", "RUN"]),
+    ("training.check", "DIR", [""]),
+    ("training.prepare", "--archive", ["flowers", "--archive", ""]),
+    ("training.visualize", "--image", ["--image", "", "--checkpoint", "RUN"]),
+])
+def test_an_empty_path_is_refused_not_read_as_the_current_folder(module, flag, argv, capsys):
+    """Path("") is the current folder: --data "" (an unset variable in a script) trained on the
+    folders of the current one ("class folder(s) with no usable images: benchmarks, datasets, ..."),
+    export --images "" checked parity on the images there, and evaluate --unknown "" counted them."""
+    import importlib
+
+    with pytest.raises(SystemExit) as exit_:
+        importlib.import_module(module).main(argv)
+    assert exit_.value.code == 2
+    assert f"argument {flag}: empty path: pass " in capsys.readouterr().err

@@ -69,5 +69,15 @@ def test_an_input_too_large_for_memory_is_not_called_too_small(monkeypatch, caps
         raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] data. DefaultCPUAllocator: can't allocate memory: you tried to allocate 30000000000 bytes")
 
     monkeypatch.setattr(inspect_module, "inspect_backbone", out_of_memory)
-    assert main(["--backbone", "lenet5", "--input-size", "50000"]) == 2
-    assert capsys.readouterr().err == "error: lenet5 on a 50000-pixel input needs more memory than this machine has (try a smaller --input-size)\n"
+    assert main(["--backbone", "lenet5", "--input-size", "1024"]) == 2
+    assert capsys.readouterr().err == "error: lenet5 on a 1024-pixel input needs more memory than this machine has (try a smaller --input-size)\n"
+
+
+def test_an_input_size_beyond_what_training_takes_is_refused_at_the_command_line(capsys):
+    """--input-size 99999999999 reached torch, whose overflow was reported as "cannot run on a
+    99999999999-pixel input (try a larger --input-size)"; the bound is finetune's --image-size's."""
+    for size, bound in (("99999999999", "must be in [32, 1024], got 99999999999"), ("8", "must be in [32, 1024], got 8")):
+        with pytest.raises(SystemExit) as exit_:
+            main(["--backbone", "resnet18", "--input-size", size])
+        assert exit_.value.code == 2
+        assert f"argument --input-size: {bound}" in capsys.readouterr().err

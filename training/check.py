@@ -36,7 +36,7 @@ from tqdm import tqdm
 from gesture_core.class_names import name_key
 from gesture_core.cli import DefaultsHelpFormatter, check_output_outside_datasets, command, output_arg
 from gesture_core.images import DECODED_FORMATS, ImageDecodeError, decode_rgb, probe_image
-from training.cli import int_at_least
+from training.cli import input_path, int_at_least
 from training.config import TrainConfig
 from training.data import (
     SPLITS,
@@ -468,7 +468,7 @@ def format_report(r: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.check", description=__doc__.split("\n\n")[0],
                                      formatter_class=DefaultsHelpFormatter)
-    parser.add_argument("dir", type=Path, metavar="DIR", help="ImageFolder or pre-split train/val/test folder, or a zip or tar of one "
+    parser.add_argument("dir", type=lambda text: Path(input_path("a dataset folder or archive")(text)), metavar="DIR", help="ImageFolder or pre-split train/val/test folder, or a zip or tar of one "
                         "(unpacked into datasets/ as training unpacks it)")
     parser.add_argument("--json", type=output_arg("file"), metavar="FILE", help="also write the full report as JSON")
     parser.add_argument("--fast", action="store_true", help="read headers only, skip the full decode of each image")

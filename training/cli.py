@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from gesture_core.backbones import MIN_INPUT_SIZE, list_backbones, registry_name
+from gesture_core.cli import refuse_empty_path
 from gesture_core.preprocess import MAX_INPUT_SIZE
 from gesture_core.runtime import MOST_THREADS
 from training.grouping import check_group_by
@@ -78,7 +79,19 @@ def weights_arg(text: str) -> str:
     raise argparse.ArgumentTypeError(f"{text!r}: choose imagenet, none, or the path of an existing state-dict file")
 
 
+def input_path(expected: str) -> Callable[[str], str]:
+    """An argparse type for a dataset, folder or file given by hand, kept as typed (a catalogue name or
+    a URL stays a string). "" is refused, naming ``expected``: Path("") is the current folder, so
+    --data "" (an unset variable in a script) trained on whatever folders the current one held."""
+    def parse(text: str) -> str:
+        refuse_empty_path(text, expected)
+        return text
+
+    return parse
+
+
 def existing_file(text: str) -> Path:
+    refuse_empty_path(text, "an image file")
     if Path(text).is_dir():
         raise argparse.ArgumentTypeError(f"{text} is a folder: pass an image file")
     if not Path(text).is_file():
@@ -88,7 +101,7 @@ def existing_file(text: str) -> Path:
 
 def existing_path(text: str) -> Path:
     """A file or folder given by hand: a mistyped one is a usage error (exit 2), not a failed download (1)."""
-    if not Path(text).exists():
+    if not Path(input_path("a file or folder")(text)).exists():
         raise argparse.ArgumentTypeError(f"{text}: no such file or folder")
     return Path(text)
 

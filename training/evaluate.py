@@ -67,7 +67,7 @@ TTA_CHOICES = (*TTA_MODES, "all")
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.split("\n")[0], formatter_class=DefaultsHelpFormatter)
     p.add_argument("--checkpoint", type=checkpoint_arg("best.pt"), required=True, help="RUN/best.pt, or the run folder RUN")
-    p.add_argument("--data", default=None, help="ImageFolder to evaluate as a whole, or a pre-split dataset's test/, or a zip or tar of either (default: the run's saved test split)")
+    p.add_argument("--data", type=cli.input_path("a dataset folder or archive"), default=None, help="ImageFolder to evaluate as a whole, or a pre-split dataset's test/, or a zip or tar of either (default: the run's saved test split)")
     p.add_argument("--split", choices=("test", "val", "train"), default="test", help="which saved split, without --data")
     p.add_argument("--out", type=output_arg("folder"), default=None,
                    help="report folder (default: RUN/eval-<split or folder name>, numbered if it holds a report of other data)")
@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="see the model at this input size, same crop share (default: the checkpoint's)")
     p.add_argument("--crop-pct", type=cli.float_in(0.05, 1.0, high_inclusive=True), default=None,
                    help="centre crop's share of the shorter side, 1.0 for all of it (default: the checkpoint's)")
-    p.add_argument("--unknown", metavar="DIR", default=None,
+    p.add_argument("--unknown", type=cli.input_path("a folder of images"), metavar="DIR", default=None,
                    help="folder of gestures the model never learned (one folder per gesture, or the images directly): how many are rejected, and the worst cases")
     return p
 

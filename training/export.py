@@ -311,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", type=checkpoint_arg("best.pt"), required=True, help="RUN/best.pt, or the run folder RUN")
     p.add_argument("--format", choices=FORMATS, default=None, help="what to write (default: what --out's name says, .onnx or .pt, else onnx)")
     p.add_argument("--out", type=output_arg("file"), default=None, help="output file (default: RUN/model.onnx or RUN/model.torchscript.pt)")
-    p.add_argument("--images", nargs="+", default=None, help="images or folders for the parity check (default: the run's test split)")
+    p.add_argument("--images", type=cli.input_path("an image file or folder"), nargs="+", default=None, help="images or folders for the parity check (default: the run's test split)")
     p.add_argument("--max-images", type=cli.int_at_least(1), default=64, help="parity images used at most")
     p.add_argument("--tolerance", type=cli.float_in(0.0, float("inf")), default=DEFAULT_TOLERANCE, help="max |Δlogit| allowed")
     # torch.onnx's TorchScript exporter (dynamo=False, above) writes opsets 13-20 in torch 2.14: 999 was a traceback.

@@ -85,7 +85,7 @@ class ModelSummary:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m training.inspect", description=__doc__.split("\n")[0], formatter_class=DefaultsHelpFormatter)
     cli.add_backbone_arg(p, required=True)
-    p.add_argument("--input-size", type=cli.int_at_least(8), default=None, help="square input side (default: the backbone's, e.g. 224)")
+    p.add_argument("--input-size", type=cli.image_size, default=None, help="square input side (default: the backbone's, e.g. 224)")
     p.add_argument("--in-channels", type=int, choices=(1, 3), default=3, help="1 for grayscale (lenet5 only)")
     p.add_argument("--num-classes", type=cli.int_at_least(1), default=1000, help="outputs of the last layer (1000: ImageNet's head)")
     p.add_argument("--depth", type=cli.int_at_least(1), default=None, help="rows for modules at this nesting depth (default: every leaf layer)")
