@@ -396,6 +396,25 @@ def test_a_folder_source_is_its_images_in_name_order_with_numbers_read_as_number
     assert options_from_args(parser.parse_args(["--url", "http://h:1"]), sequence).smooth == 5
 
 
+def test_an_animated_gif_plays_as_a_clip_not_as_its_first_frame(sign_digits_run, tmp_path, capsys):
+    """--source wave.gif was taken for a photo: its first frame alone was scored, one answer for the
+    whole clip. OpenCV plays an animated GIF as a video; a one-frame GIF stays a photo."""
+    from PIL import Image
+
+    frames = [p for name in ("2", "7") for p in split_test_images(sign_digits_run, name, 10) * 2]
+    images = [Image.open(p).convert("RGB").resize((FRAME_SIZE, FRAME_SIZE)) for p in frames]
+    clip, still = tmp_path / "digits_2_then_7.gif", tmp_path / "still.gif"
+    images[0].save(clip, save_all=True, append_images=images[1:], duration=66, loop=0)
+    images[0].save(still)
+    logged, jsonl = [], tmp_path / "p.jsonl"
+    argv = ["--checkpoint", str(sign_digits_run / "best.pt"), "--headless", "--smooth", "8", "--threshold", "0.3", "--jsonl", str(jsonl)]
+    assert main([*argv, "--source", str(clip)], log=logged.append) == EXIT_OK
+    assert logged[0].startswith(f"animated GIF {clip} -> ") and "summary: 40 frames" in capsys.readouterr().out
+    assert_recognises_2_then_7(read_jsonl(jsonl))
+    assert main([*argv, "--source", str(still)], log=logged.append) == EXIT_OK
+    assert logged[-1].startswith(f"image {still} -> ") and len(read_jsonl(jsonl)) == 1
+
+
 def test_missing_checkpoint_is_a_clear_error(tmp_path, short_clip, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["--checkpoint", str(tmp_path / "nope.pt"), "--source", str(short_clip), "--headless"])

@@ -458,7 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Recognise hand gestures live from a webcam, video file, image sequence or stream.",
         formatter_class=DefaultsHelpFormatter,
     )
-    p.add_argument("--source", default="0", help="camera index (0), video file, image pattern (frames/%%04d.jpg), folder of images or glob (photos/*.jpg), or rtsp:// / http:// URL")
+    p.add_argument("--source", default="0", help="camera index (0), video file or animated GIF, image pattern (frames/%%04d.jpg), folder of images or glob (photos/*.jpg), or rtsp:// / http:// URL")
     scorer = p.add_mutually_exclusive_group(required=True)
     scorer.add_argument("--checkpoint", type=checkpoint_arg("best.pt"), help="run locally with this checkpoint (RUN/best.pt, or the run folder RUN)")
     scorer.add_argument("--url", type=url_arg, help="ask the HTTP service instead, e.g. http://127.0.0.1:3000")

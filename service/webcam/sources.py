@@ -46,6 +46,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from PIL import Image
 
 from gesture_core.images import IMAGE_SUFFIXES, PHOTO_FILE_SUFFIXES, VIDEO_FILE_SUFFIXES, ImageDecodeError, read_rgb
 
@@ -120,8 +121,19 @@ def _kind(source: int | str) -> str:
         return "image folder"
     if _GLOB.search(source) and not os.path.lexists(source):
         return "image glob"
+    if Path(source).suffix.lower() == ".gif" and _animated_gif(source):
+        return "animated GIF"  # a clip: played frame by frame, as FFmpeg decodes it, not its first frame alone
     # a phone's HEIC photo too, whose refusal names its format and the way to a JPEG ("not a video" did not)
     return "image" if Path(source).suffix.lower() in PHOTO_FILE_SUFFIXES else "video file"
+
+
+def _animated_gif(path: str) -> bool:
+    """Whether the GIF at ``path`` holds more than one frame (PIL reads up to the second one)."""
+    try:
+        with Image.open(path) as gif:
+            return bool(getattr(gif, "is_animated", False))
+    except (OSError, ValueError, Image.DecompressionBombError):  # missing or broken: the image path says why
+        return False
 
 
 class ImageFiles:
@@ -218,7 +230,7 @@ def _open(source: int | str) -> tuple[cv2.VideoCapture | ImageFiles, str]:
     elif kind == "image":
         _require_file(source, "image")
         cap, hint = ImageFiles([Path(source)]), "no such image"
-    else:
+    else:  # a video file or an animated GIF
         _require_file(source)
         cap, hint = cv2.VideoCapture(source), VIDEO_HINT
     return cap, hint
