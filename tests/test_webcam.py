@@ -312,6 +312,9 @@ def short_clip(tmp_path_factory, sign_digits) -> Path:
     ("pipe.mp4", "pipe.mp4 is a named pipe (FIFO), not a video file"),  # refused before opening, which would wait for a writer
     # Not one frame to read: these ran, printed "summary: 0 frames", and exited 0
     ("empty.avi", "cannot read video file empty.avi: not one frame decodes"),
+    # a recording stopped mid-way (the app, the phone, the disk): re-encoding, the hint it got, cannot read it either
+    ("unfinished.mp4", "cannot open video file unfinished.mp4: the recording was never finished: the file has no index (its moov box, "
+                       "written when a recording stops)"),
     ("notes.jpg", "image notes.jpg does not decode as an image (its name ends in .jpg): not a recognised image format"),
     ("clip.jpg", "image clip.jpg does not decode as an image"),  # a video renamed .jpg
     ("IMG_0001.HEIC", "image IMG_0001.HEIC does not decode as an image (its name ends in .HEIC): unsupported image format HEIC (a phone's "
@@ -324,6 +327,7 @@ def test_bad_source_is_a_clear_error(tmp_path, monkeypatch, source, message, ran
     (tmp_path / "folder").mkdir()
     (tmp_path / "videos").mkdir()
     (tmp_path / "videos" / "take1.MOV").write_bytes(short_clip.read_bytes())
+    (tmp_path / "unfinished.mp4").write_bytes(short_clip.read_bytes()[: short_clip.stat().st_size // 2])  # its moov box is last
     os.mkfifo(tmp_path / "pipe.mp4")
     cv2.VideoWriter("empty.avi", cv2.VideoWriter_fourcc(*"MJPG"), 30.0, (FRAME_SIZE, FRAME_SIZE)).release()  # no frame written
     (tmp_path / "notes.jpg").write_text("this is not an image\n")

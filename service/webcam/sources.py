@@ -232,8 +232,32 @@ def _open(source: int | str) -> tuple[cv2.VideoCapture | ImageFiles, str]:
         cap, hint = ImageFiles([Path(source)]), "no such image"
     else:  # a video file or an animated GIF
         _require_file(source)
-        cap, hint = cv2.VideoCapture(source), VIDEO_HINT
+        cap, hint = cv2.VideoCapture(source), _unfinished_recording(source) or VIDEO_HINT
     return cap, hint
+
+
+def _unfinished_recording(path: str, most_boxes: int = 1000) -> str | None:
+    """Why an MP4 or MOV does not open when its recording never finished: the index (the moov box),
+    written last, is missing, so no player can find a frame, and re-encoding, the usual hint, cannot
+    either. None for any other file."""
+    boxes = []
+    try:
+        with open(path, "rb") as file:
+            while len(boxes) < most_boxes and len(header := file.read(8)) == 8:
+                size, kind = int.from_bytes(header[:4], "big"), header[4:]
+                if size == 1 and len(wide := file.read(8)) == 8:  # a 64-bit size follows the type
+                    size, header = int.from_bytes(wide, "big"), header + wide
+                boxes.append(kind)
+                if size == 0 or size < len(header):  # to the end of the file, or not a box at all
+                    break
+                file.seek(size - len(header), os.SEEK_CUR)
+    except OSError:
+        return None
+    if not boxes or boxes[0] != b"ftyp" or b"moov" in boxes:
+        return None
+    return ("the recording was never finished: the file has no index (its moov box, written when a recording stops), "
+            "as when the camera app, the phone or the disk stopped mid-recording; no player can read it, so record it again "
+            "or repair it with a tool such as untrunc")
 
 
 @contextmanager
