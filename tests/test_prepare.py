@@ -290,7 +290,8 @@ def test_a_dataset_archive_given_as_data_is_unpacked_once_and_trained_from_its_f
     """`--data my-data.zip` was "not a folder, nor a catalogue dataset": Ultralytics takes an archive."""
     from training.config import TrainConfig
     from training.data import load_splits
-    from training.finetune import default_run_dir, resolve_data_dir
+    from training.finetune import default_run_dir
+    from training.prepare import resolve_data_dir
 
     monkeypatch.chdir(tmp_path)
     archive = tmp_path / f"my-data.{kind}"
@@ -359,10 +360,11 @@ def test_a_folder_that_holds_only_the_archive_names_it(tmp_path, capsys):
             f"the archive gestures.zip: pass it instead ({tmp_path / 'download' / 'gestures.zip'}), to be unpacked into datasets/") in capsys.readouterr().out
 
 
-def test_a_dataset_archive_url_given_as_data_is_downloaded_unpacked_and_reused(tmp_path, server, monkeypatch):
+def test_a_dataset_archive_url_given_as_data_is_downloaded_unpacked_and_reused(tmp_path, server, monkeypatch, capsys):
     """`--data https://host/flower_photos.tgz` was "not a folder, nor a catalogue dataset"; Ultralytics takes one."""
     from training.config import TrainConfig
-    from training.finetune import default_run_dir, resolve_data_dir
+    from training.finetune import default_run_dir
+    from training.prepare import resolve_data_dir
 
     monkeypatch.chdir(tmp_path)
     out = resolve_data_dir(server)
@@ -372,6 +374,12 @@ def test_a_dataset_archive_url_given_as_data_is_downloaded_unpacked_and_reused(t
     RangeHandler.seen_ranges.clear()
     RangeHandler.payload = b""  # a second download would get nothing
     assert resolve_data_dir(server) == out and default_run_dir(TrainConfig(data=server)) == Path("runs/flower_photos-efficientnet_lite0")
+    from training import check
+    from training.evaluate import split_folder
+
+    assert check.main([server, "--fast"]) == 0  # check and evaluate read the folder training reads: "DIR ...: not a folder"
+    assert f"dataset {out.resolve()}\n" in capsys.readouterr().out
+    assert split_folder(server) == str(out)
     with pytest.raises(DatasetError, match="exists but was not unpacked from http://127.0.0.1:[0-9]+/other/flower_photos.tgz: pass --data"):
         resolve_data_dir(server.replace("/flower_photos", "/other/flower_photos"))
     with pytest.raises(DatasetError, match="cannot download http://127.0.0.1:1/gestures.zip .*download it by hand, then pass the file: "

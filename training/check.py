@@ -52,7 +52,7 @@ from training.data import (
 )
 from training.data import printable_path as printable  # non-UTF-8 names, made printable and JSON-safe
 from training.grouping import assign_groups, grouped_split, sequences
-from training.prepare import dataset_archive_name, prepare_archive
+from training.prepare import resolve_data_dir
 
 FEW_IMAGES = 20  # below this a class is too small to learn and to test reliably
 IMBALANCE_WARN = 3.0  # max/min class size
@@ -468,16 +468,16 @@ def format_report(r: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.check", description=__doc__.split("\n\n")[0],
                                      formatter_class=DefaultsHelpFormatter)
-    parser.add_argument("dir", type=lambda text: Path(input_path("a dataset folder or archive")(text)), metavar="DIR", help="ImageFolder or pre-split train/val/test folder, or a zip or tar of one "
-                        "(unpacked into datasets/ as training unpacks it)")
+    parser.add_argument("dir", type=input_path("a dataset folder, archive or catalogue name"), metavar="DIR", help="ImageFolder or pre-split train/val/test folder, a zip or tar of one or its "
+                        "URL, or a catalogue name: the folder training reads (archives are unpacked into datasets/)")
     parser.add_argument("--json", type=output_arg("file"), metavar="FILE", help="also write the full report as JSON")
     parser.add_argument("--fast", action="store_true", help="read headers only, skip the full decode of each image")
     parser.add_argument("--workers", type=int_at_least(1), default=min(4, os.cpu_count() or 1), help="decoding threads")
     args = parser.parse_args(argv)
-    if dataset_archive_name(args.dir):  # the folder that finetune --data ARCHIVE trains on
-        args.dir = prepare_archive(args.dir)
-    if not args.dir.is_dir():  # a typo in the path is the user's mistake, as in finetune --data
-        parser.error(f"DIR {args.dir}: not a folder")
+    try:  # the folder that finetune --data trains on: an archive or its URL unpacked, a catalogue name prepared
+        args.dir = resolve_data_dir(args.dir, "DIR")
+    except DatasetError as err:  # a typo in the path is the user's mistake, as in finetune --data
+        parser.error(str(err))
     if args.json:  # its JSON replaced a photo of the class folder it was written into
         try:
             check_output_outside_datasets("--json", args.json, [args.dir])

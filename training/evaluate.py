@@ -58,7 +58,7 @@ from training.data import (
 from training.hand_crops import HandCropCache, crop_samples, format_no_hand, frame_metrics, frame_mistakes, frame_outputs
 from training.loop import IGNORE_LABEL
 from training.open_set import evaluate_open_set, format_unknown, unknown_samples
-from training.prepare import dataset_archive_name, prepare_archive
+from training.prepare import resolve_data_dir
 from training.report import classification_metrics, format_summary, plot_mistakes, top_mistakes, write_json, write_report
 
 TTA_CHOICES = (*TTA_MODES, "all")
@@ -67,7 +67,7 @@ TTA_CHOICES = (*TTA_MODES, "all")
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.split("\n")[0], formatter_class=DefaultsHelpFormatter)
     p.add_argument("--checkpoint", type=checkpoint_arg("best.pt"), required=True, help="RUN/best.pt, or the run folder RUN")
-    p.add_argument("--data", type=cli.input_path("a dataset folder or archive"), default=None, help="ImageFolder to evaluate as a whole, or a pre-split dataset's test/, or a zip or tar of either (default: the run's saved test split)")
+    p.add_argument("--data", type=cli.input_path("a dataset folder, archive or catalogue name"), default=None, help="ImageFolder to evaluate as a whole, or a pre-split dataset's test/, or a zip or tar of either, its URL, or a catalogue name (default: the run's saved test split)")
     p.add_argument("--split", choices=("test", "val", "train"), default="test", help="which saved split, without --data")
     p.add_argument("--out", type=output_arg("folder"), default=None,
                    help="report folder (default: RUN/eval-<split or folder name>, numbered if it holds a report of other data)")
@@ -109,9 +109,10 @@ def select_samples(checkpoint: Path, classes: list[str], data: str | None, split
 def split_folder(data: str | None) -> str | None:
     """--data as given, or DATA/test for a pre-split dataset (DATA/{train,test}/<class>): its train/ and
     test/ are splits, not classes, and its test split is what a model of it is scored on (as training
-    takes the same folder: training.data.load_splits). An archive is the folder it unpacks into, as in training."""
-    if data is not None and dataset_archive_name(Path(data)):
-        data = str(prepare_archive(Path(data)))
+    takes the same folder: training.data.load_splits). An archive, its URL or a catalogue name is the
+    folder training reads it from."""
+    if data is not None:
+        data = str(resolve_data_dir(data))
     if data is None or not is_presplit(Path(data)):
         return data
     folders = split_folders(Path(data))

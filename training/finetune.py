@@ -78,6 +78,7 @@ from training.hand_crops import (
     hand_crop_splits,
 )
 from training.loop import AMP_CHOICES, EpochResult, build_optimizer, predict_logits, resolve_amp, train_one_epoch, warmup_cosine
+from training.prepare import data_archive_name, resolve_data_dir
 from training.report import (
     classification_metrics,
     format_summary,
@@ -241,35 +242,7 @@ def other_files_in(out: Path, shown: int = 3) -> str:
     return ", ".join(entries[:shown]) + (f" and {len(entries) - shown} more" if len(entries) > shown else "")
 
 
-def resolve_data_dir(data: str) -> Path:
-    """A folder; a zip or tar of one, unpacked into datasets/ on first use; or a catalogue name prepared
-    on first use (``python -m training.prepare``)."""
-    path = Path(data).expanduser()
-    if path.is_dir():
-        return path
-    from training.prepare import (
-        ARCHIVE_SUFFIXES,
-        CATALOGUE,
-        archive_url_name,
-        dataset_archive_name,
-        prepare_archive,
-        prepare_archive_url,
-        prepare_dataset,
-    )
-
-    if dataset_archive_name(path):
-        return prepare_archive(path)
-    if archive_url_name(data):
-        return prepare_archive_url(data)
-    if data in CATALOGUE:
-        return prepare_dataset(data)
-    raise DatasetError(f"--data {data}: not a folder, an archive ({', '.join(ARCHIVE_SUFFIXES)}) or its http(s) URL, nor a "
-                       f"catalogue dataset ({', '.join(CATALOGUE)})")
-
-
 def default_run_dir(cfg: TrainConfig) -> Path:
-    from training.prepare import data_archive_name
-
     name = data_archive_name(cfg.data) or Path(cfg.data).name  # flowers.zip or https://host/flowers.zip: runs/flowers-...
     return cli.first_free_folder(Path("runs") / f"{name or 'data'}-{cfg.backbone}")
 
@@ -300,7 +273,7 @@ def run_folder_and_splits(cfg: TrainConfig, resume: Path | None) -> tuple[Path, 
         # Each image would be skipped as a failed decode: the run went on with nothing and replaced best.pt.
         check_split_readable(splits.train, "training", out / "split.json", f"put them back under {splits.root} to continue this run")
         return out, splits
-    root = resolve_data_dir(cfg.data)
+    root = resolve_data_dir(cfg.data)  # a folder, an archive or its URL, or a catalogue name
     if out.resolve().is_relative_to(root.resolve()):  # its plots would be a class of the next run on that folder
         raise DatasetError(f"the run folder {out} is inside --data {root}, where the next run would read it as a class: "
                            f"pass an --out outside it{'' if cfg.out else ' (the default is runs/ in the current folder)'}")

@@ -490,6 +490,23 @@ def prepare_dataset(name: str, root: Path = DEFAULT_ROOT, archive: Path | None =
 
 # --------------------------------------------------------------------------- a dataset archive of one's own
 
+def resolve_data_dir(data: str, flag: str = "--data") -> Path:
+    """The dataset folder that ``data`` names, as finetune, check and evaluate all take it: a folder;
+    a zip or tar of one, unpacked into datasets/ on first use; its http(s) URL, downloaded then
+    unpacked; or a catalogue name, prepared on first use (``python -m training.prepare``)."""
+    path = Path(data).expanduser()
+    if path.is_dir():
+        return path
+    if dataset_archive_name(path):
+        return prepare_archive(path)
+    if archive_url_name(data):
+        return prepare_archive_url(data)
+    if data in CATALOGUE:
+        return prepare_dataset(data)
+    raise DatasetError(f"{flag} {data}: not a folder, an archive ({', '.join(ARCHIVE_SUFFIXES)}) or its http(s) URL, nor a "
+                       f"catalogue dataset ({', '.join(CATALOGUE)})")
+
+
 def dataset_archive_name(path: Path) -> str | None:
     """The dataset name of a zip or tar file given as --data (its file name without the archive suffix);
     None for any other path."""
