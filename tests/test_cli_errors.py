@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -83,12 +84,29 @@ def test_a_run_folder_stands_for_its_checkpoint(run, tmp_path):
         checkpoint_arg("best.pt")(str(tmp_path / "pipe.pt"))
 
 
-def test_evaluate_on_a_folder_of_videos_says_how_to_make_frames(run, tmp_path, capsys):
+def test_evaluate_on_a_folder_of_recordings_reads_their_frames_and_says_when_none_decodes(run, tmp_path, monkeypatch, capsys):
+    """It was "no images to evaluate in videos; ... save their frames as images first": evaluate --data
+    takes what finetune --data takes, a dataset of videos too (training.prepare.prepare_videos)."""
+    import cv2
+
+    monkeypatch.chdir(tmp_path)
     for name in torch.load(run / "best.pt", weights_only=True)["classes"][:2]:
         (tmp_path / "videos" / name).mkdir(parents=True)
-        (tmp_path / "videos" / name / "take1.mp4").write_bytes(b"\0\0\0\x18ftypmp42")
-    assert evaluate_main(["--checkpoint", str(run), "--data", str(tmp_path / "videos")]) == 2
-    assert "no images to evaluate in videos; it holds 2 video file(s): save their frames as images first" in one_error_line(capsys)
+        writer = cv2.VideoWriter(str(tmp_path / "videos" / name / "take1.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 15.0, (64, 64))
+        for i in range(10):
+            writer.write(np.full((64, 64, 3), 20 * i, np.uint8))
+        writer.release()
+        (tmp_path / "broken" / name).mkdir(parents=True)
+        (tmp_path / "broken" / name / "take1.mp4").write_bytes(b"\0\0\0\x18ftypmp42")
+    assert evaluate_main(["--checkpoint", str(run), "--data", str(tmp_path / "videos"), "--out", str(tmp_path / "report")]) == 0
+    assert json.loads((tmp_path / "report" / "metrics.json").read_text())["source"] == str(tmp_path / "datasets" / "videos-frames")
+    assert len((tmp_path / "report" / "predictions.csv").read_text().splitlines()) == 1 + 4  # frames 0 and 5 of each
+    capsys.readouterr()
+    assert evaluate_main(["--checkpoint", str(run), "--data", str(tmp_path / "broken")]) == 2
+    started, error = capsys.readouterr().err.splitlines()
+    assert "saving every 5th frame of 2 video(s) into datasets/broken-frames" in started
+    assert error.startswith("error: ") and "broken: not one frame of its 2 video(s) decodes" in error
+    assert not (tmp_path / "datasets" / "broken-frames").exists()
 
 
 def test_evaluate_a_checkpoint_whose_shapes_do_not_match(run, tmp_path, capsys):
@@ -507,6 +525,9 @@ def test_evaluate_on_only_broken_images_says_why_they_were_skipped(run, tmp_path
     for name in ("fist", "palm"):
         (tmp_path / "broken" / name).mkdir(parents=True)
         (tmp_path / "broken" / name / "0.png").write_text("not a picture")
+    capsys.readouterr()
+    assert evaluate_main(["--checkpoint", str(run), "--data", str(tmp_path / "broken")]) == 2
+    assert "saving every 5th frame of 2 video(s) into datasets/broken-frames" in capsys.readouterr().err.splitlines()[0]
     assert evaluate_main(["--checkpoint", str(run), "--data", str(tmp_path / "broken")]) == 2
     assert "no images to evaluate in broken: 2 image file(s) skipped, e.g. " in one_error_line(capsys)
 

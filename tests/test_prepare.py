@@ -385,3 +385,71 @@ def test_a_dataset_archive_url_given_as_data_is_downloaded_unpacked_and_reused(t
     with pytest.raises(DatasetError, match="cannot download http://127.0.0.1:1/gestures.zip .*download it by hand, then pass the file: "
                                            "--data PATH/gestures.zip"):
         resolve_data_dir("http://127.0.0.1:1/gestures.zip")
+
+
+def _recording(path: Path, label: int, seed: int, frames: int = 12) -> Path:
+    """A short video of one class's synthetic images (each frame a new one, as a hand moves)."""
+    import cv2
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 15.0, (64, 64))
+    for i in range(frames):
+        writer.write(cv2.cvtColor(synthetic_image(label, seed * 100 + i), cv2.COLOR_RGB2BGR))
+    writer.release()
+    return path
+
+
+def test_a_dataset_of_recordings_trains_on_their_frames_each_recording_in_one_split(tmp_path, monkeypatch, capsys):
+    """<class>/take1.avi was "no images found ... save their frames as images first", one capture
+    command per video. Now every 5th frame of each is saved once, one folder per recording, so that no
+    recording has frames on both sides of a split; check, finetune and evaluate read the same folder."""
+    from training import check
+    from training.data import load_splits
+    from training.prepare import resolve_data_dir
+
+    monkeypatch.chdir(tmp_path)
+    videos = tmp_path / "takes"
+    for label, cls in enumerate(("point_left", "point_right")):
+        for take in range(1, 6):
+            _recording(videos / cls / f"take{take}.avi", label, 10 * label + take)
+    (videos / "point_left" / "broken.mp4").write_bytes(b"not a video")
+    out = resolve_data_dir(str(videos))
+    assert out == Path("datasets/takes-frames")
+    said = capsys.readouterr().err
+    assert "takes: 30 frames of 10 video(s) saved into datasets/takes-frames; 1 video(s) do not decode: point_left/broken.mp4" in said
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.jpg"))[:3] == [
+        "point_left/take1/000000.jpg", "point_left/take1/000005.jpg", "point_left/take1/000010.jpg"]  # frames 0, 5, 10 of 12
+    splits = load_splits(out, val_split=0.2, test_split=0.2)
+    assert splits.grouping["rule"] == "folders"
+    side = {}
+    for split in ("train", "val", "test"):
+        for sample in getattr(splits, split):
+            recording = Path(sample.path).parent
+            assert side.setdefault(recording, split) == split, f"{recording} is in {side[recording]} and {split}"
+    assert resolve_data_dir(str(videos)) == out and capsys.readouterr().err == ""  # the same videos: reused
+    _recording(videos / "point_right" / "take6.avi", 1, 99)
+    assert resolve_data_dir(str(videos)) == out and (out / "point_right" / "take6" / "000010.jpg").is_file()  # one more: again
+    assert check.main([str(videos), "--fast"]) == 0
+    report = capsys.readouterr().out
+    assert "note: frames of 12 video(s) of" in report and "sub-folders" not in report.replace("one sub-folder per recording", "")
+
+
+def test_a_folder_of_images_is_read_as_it_is_and_videos_that_never_decode_are_refused(tmp_path, monkeypatch):
+    from training.prepare import dataset_videos, resolve_data_dir
+
+    monkeypatch.chdir(tmp_path)
+    photos = tmp_path / "photos"
+    for cls in ("fist", "palm"):
+        write_rgb(photos / cls / "0.jpg", synthetic_image(0, 0))
+    (photos / "fist" / "clip.mp4").write_bytes(b"a stray video among photos: training's own warning names it")
+    assert dataset_videos(photos) == [] and resolve_data_dir(str(photos)) == photos and not (tmp_path / "datasets").exists()
+    loose = tmp_path / "loose"  # videos with no class folder: no class to give their frames
+    _recording(loose / "take1.avi", 0, 1)
+    assert dataset_videos(loose) == [] and resolve_data_dir(str(loose)) == loose
+    broken = tmp_path / "broken"
+    for cls in ("fist", "palm"):
+        (broken / cls).mkdir(parents=True)
+        (broken / cls / "take.mp4").write_bytes(b"not a video")
+    with pytest.raises(PrepareError, match=r"broken: not one frame of its 2 video\(s\) decodes, e.g. fist/take.mp4; re-encode them"):
+        resolve_data_dir(str(broken))
+    assert not (tmp_path / "datasets" / "broken-frames").exists()

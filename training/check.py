@@ -52,7 +52,7 @@ from training.data import (
 )
 from training.data import printable_path as printable  # non-UTF-8 names, made printable and JSON-safe
 from training.grouping import assign_groups, grouped_split, sequences
-from training.prepare import resolve_data_dir
+from training.prepare import read_marker, resolve_data_dir
 
 FEW_IMAGES = 20  # below this a class is too small to learn and to test reliably
 IMBALANCE_WARN = 3.0  # max/min class size
@@ -279,8 +279,20 @@ def build_report(root: Path, *, decode: bool = True, workers: int = 2) -> dict:
     if layout == "presplit" and (beside := folders_beside_splits(root)):  # training passes them over too, with a warning
         report["warnings"].append(f"folder(s) {', '.join(map(printable, beside))} beside train/ and test/ are not read: a class meant for train/?")
     reasons = Counter(i["reason"] for i in report["ignored"])
-    report["notes"] = [f"ignored: {n} {r}" for r, n in reasons.most_common()]
+    report["notes"] = [f"ignored: {n} {r}" for r, n in reasons.most_common()] + _recordings_note(root, report)
     return report
+
+
+def _recordings_note(root: Path, report: dict) -> list[str]:
+    """What a dataset extracted from videos is (training.prepare.prepare_videos); its layout, one
+    sub-folder per recording, is then the tool's own, and the warnings about sub-folders are dropped."""
+    extracted = read_marker(root) or {}
+    if "videos" not in extracted:
+        return []
+    layout_warnings = ("sub-folders deeper than the layout", "every class folder holds the same sub-folders")
+    report["warnings"] = [w for w in report["warnings"] if not any(text in w for text in layout_warnings)]
+    return [f"frames of {len(extracted['videos'])} video(s) of {extracted['source']}, every {extracted['every']}th, one sub-folder "
+            "per recording: training keeps each recording in one split"]
 
 
 def _imbalance(totals: Counter) -> float | None:

@@ -43,7 +43,7 @@ from tqdm import tqdm
 
 from gesture_core.cli import DefaultsHelpFormatter, command, output_arg
 from gesture_core.hands import HAND_MODEL_FILES, MODELS_WHEEL, HandModelFile, hand_models_dir
-from gesture_core.images import IMAGE_SUFFIXES
+from gesture_core.images import IMAGE_SUFFIXES, VIDEO_FILE_SUFFIXES
 from training.cli import existing_path
 from training.data import ARCHIVE_SUFFIXES, SPLIT_FOLDERS, SPLITS, DatasetError, passed_over
 
@@ -496,7 +496,7 @@ def resolve_data_dir(data: str, flag: str = "--data") -> Path:
     unpacked; or a catalogue name, prepared on first use (``python -m training.prepare``)."""
     path = Path(data).expanduser()
     if path.is_dir():
-        return path
+        return prepare_videos(path) if dataset_videos(path) else path
     if dataset_archive_name(path):
         return prepare_archive(path)
     if archive_url_name(data):
@@ -505,6 +505,91 @@ def resolve_data_dir(data: str, flag: str = "--data") -> Path:
         return prepare_dataset(data)
     raise DatasetError(f"{flag} {data}: not a folder, an archive ({', '.join(ARCHIVE_SUFFIXES)}) or its http(s) URL, nor a "
                        f"catalogue dataset ({', '.join(CATALOGUE)})")
+
+
+# Every 5th frame of a recording, as capture's --every: neighbouring frames are near copies.
+VIDEO_FRAME_EVERY = 5
+
+
+def dataset_videos(folder: Path) -> list[Path]:
+    """The video files of a dataset folder that holds videos and not one image (``<class>/take1.mp4``,
+    or under train/ and test/), in name order; [] for any other folder, and for videos beside the class
+    folders, which belong to no class. The walk stops at the first image, so an image dataset costs
+    one file."""
+    videos = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not passed_over(d, folder=True))
+        for name in sorted(filenames):
+            if passed_over(name, folder=False):
+                continue
+            if _is_image_name(name):
+                return []
+            if PurePosixPath(name).suffix.lower() in VIDEO_FILE_SUFFIXES:
+                if Path(dirpath) == folder:
+                    return []  # data.videos_hint says what to do with them
+                videos.append(Path(dirpath) / name)
+    return videos
+
+
+def prepare_videos(folder: Path, root: Path = DEFAULT_ROOT, *, every: int = VIDEO_FRAME_EVERY) -> Path:
+    """A dataset of recordings (``folder/<class>/take1.mp4``) as the images training reads: every
+    ``every``-th frame of each video, into ``root/<folder>-frames/<class>/<video>/000000.jpg`` (the
+    frame's number), one folder per recording, so that a recording stays whole in one split
+    (``--group-by auto`` takes the folders; numbered frames alone would be cut into blocks). Reused
+    while the videos are the same (their sizes and times); extracted again when one is added, removed
+    or changed."""
+    videos = dataset_videos(folder)
+    out = Path(root) / f"{folder.resolve().name}-frames"
+    fingerprint = {v.relative_to(folder).as_posix(): [v.stat().st_size, v.stat().st_mtime_ns] for v in videos}
+    marker = read_marker(out)
+    if marker is not None and marker.get("videos") == fingerprint and marker.get("every") == every:
+        return out
+    if out.exists() and (marker is None or "videos" not in marker):
+        raise PrepareError(f"{out} exists but was not extracted from the videos of {folder}: move it away to extract them there")
+    print(f"{folder}: saving every {every}th frame of {len(videos)} video(s) into {out} ...", file=sys.stderr)
+    with _staging(Path(root), out.name, str(folder)) as staging:
+        frames, unread = _extract_videos(folder, videos, staging, every)
+        if not frames:
+            raise PrepareError(f"{folder}: not one frame of its {len(videos)} video(s) decodes, e.g. {unread[0]}; "
+                               "re-encode them as H.264 .mp4")
+        counts = count_images(staging)
+        (staging / MARKER).write_text(json.dumps({"name": out.name, "prepared_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                                 "source": str(folder.resolve()), "every": every, "videos": fingerprint,
+                                                 "unreadable": unread, "images": frames, "folders": counts}, indent=1))
+        if out.exists():  # an older extraction of these videos: replaced whole
+            shutil.rmtree(out)
+        staging.rename(out)
+    print(f"{folder}: {frames:,} frames of {len(videos) - len(unread)} video(s) saved into {out}"
+          + (f"; {len(unread)} video(s) do not decode: {', '.join(unread[:3])}" if unread else ""), file=sys.stderr)
+    return out
+
+
+def _extract_videos(folder: Path, videos: list[Path], dest: Path, every: int) -> tuple[int, list[str]]:
+    """Every ``every``-th frame of each video as JPEGs in a folder of its own under ``dest``; (frames
+    saved, the videos of which not one frame decodes)."""
+    import cv2
+
+    frames, unread, taken = 0, [], set()
+    for video in videos:
+        relative = video.relative_to(folder)
+        recording = relative.parent / (relative.stem if relative.parent / relative.stem not in taken else relative.name.replace(".", "_"))
+        taken.add(recording)
+        capture, saved, index = cv2.VideoCapture(str(video)), 0, 0
+        while True:
+            ok, frame = capture.read()
+            if not ok:
+                break
+            if index % every == 0:
+                encoded, data = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 95])
+                (dest / recording).mkdir(parents=True, exist_ok=True)
+                (dest / recording / f"{index:06d}.jpg").write_bytes(data.tobytes())
+                saved += 1
+            index += 1
+        capture.release()
+        frames += saved
+        if not saved:
+            unread.append(relative.as_posix())
+    return frames, unread
 
 
 def dataset_archive_name(path: Path) -> str | None:
