@@ -575,12 +575,9 @@ def _extract_videos(folder: Path, videos: list[Path], dest: Path, every: int) ->
         recording = relative.parent / (relative.stem if relative.parent / relative.stem not in taken else relative.name.replace(".", "_"))
         taken.add(recording)
         capture, saved, index = cv2.VideoCapture(str(video)), 0, 0
-        while True:
-            ok, frame = capture.read()
-            if not ok:
-                break
-            if index % every == 0:
-                encoded, data = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 95])
+        while capture.grab():  # the frames passed over are decoded, not converted to BGR
+            if index % every == 0 and (frame := capture.retrieve()[1]) is not None:
+                _, data = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 95])
                 (dest / recording).mkdir(parents=True, exist_ok=True)
                 (dest / recording / f"{index:06d}.jpg").write_bytes(data.tobytes())
                 saved += 1
