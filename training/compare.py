@@ -220,7 +220,7 @@ def plot_bubbles(path: Path, rows: list[Row], title: str) -> Path:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m training.compare", description=__doc__.split("\n")[0], formatter_class=DefaultsHelpFormatter)
-    p.add_argument("--data", type=cli.input_path("a dataset folder, archive or catalogue name"), required=True, help="ImageFolder (or catalogue name) every backbone is trained on")
+    p.add_argument("--data", type=cli.input_path("a dataset folder, archive or catalogue name"), required=True, help="the dataset every backbone is trained on, as finetune --data takes it (a folder, an archive or its URL, or a catalogue name)")
     p.add_argument("--backbones", type=backbone_list, required=True, help="comma-separated registry names")
     p.add_argument("--weights", choices=("auto", "imagenet", "none"), default="auto", help="auto: ImageNet where the weights are on disk, else from scratch")
     p.add_argument("--epochs", type=cli.int_at_least(1), default=5, help="passes over the training images, for each backbone")

@@ -105,7 +105,7 @@ def build_parser(*, suppress_defaults: bool = False) -> argparse.ArgumentParser:
     )
     g = p.add_argument_group("model and data")
     cli.add_backbone_arg(g, default=default(d.backbone))
-    g.add_argument("--data", type=cli.input_path("a dataset folder, archive or catalogue name"), default=default(None), help="ImageFolder (or pre-split train/val/test) folder, or a catalogue name such as flowers")
+    g.add_argument("--data", type=cli.input_path("a dataset folder, archive or catalogue name"), default=default(None), help="ImageFolder (or pre-split train/val/test) folder, a zip or tar of one or its URL, a folder of videos per class, or a catalogue name such as flowers")
     g.add_argument("--weights", type=cli.weights_arg, default=default(d.weights), help="imagenet | none | PATH to a state dict")
     g.add_argument("--image-size", type=cli.image_size, default=default(None), help="input size (default: the backbone's)")
     g.add_argument("--train-size", type=cli.image_size, default=default(None),
