@@ -152,6 +152,9 @@ def test_invalid_regex_is_refused_by_the_parser(capsys):
     with pytest.raises(SystemExit) as stop:
         finetune.parse_config(["--data", "x", "--group-by", "take(("])
     assert stop.value.code == 2 and "not a valid regular expression" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:  # it matched every name alike: one group per class, and a warning
+        finetune.parse_config(["--data", "x", "--group-by", ""])
+    assert stop.value.code == 2 and "argument --group-by: --group-by '': an empty pattern; pass a regular expression" in capsys.readouterr().err
 
 
 def test_too_few_groups_for_val_and_test_is_an_error(tmp_path):

@@ -63,6 +63,9 @@ def check_group_by(text: str) -> str:
     """``text`` if it is a rule name or a regular expression that compiles, else ValueError."""
     if text in GROUP_BY_RULES:
         return text
+    if not text.strip():  # it matched every name alike: each class one group, so no honest split at all
+        raise ValueError(f"--group-by {text!r}: an empty pattern; pass a regular expression that finds the recording in "
+                         f"the file name, or one of {', '.join(GROUP_BY_RULES)}")
     try:
         re.compile(text)
     except re.error as err:
