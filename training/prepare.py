@@ -570,7 +570,7 @@ def _extract_videos(folder: Path, videos: list[Path], dest: Path, every: int) ->
     import cv2
 
     frames, unread, taken = 0, [], set()
-    for video in videos:
+    for video in tqdm(videos, desc="videos", unit="video", disable=None, leave=False):  # a bar on a terminal only
         relative = video.relative_to(folder)
         recording = relative.parent / (relative.stem if relative.parent / relative.stem not in taken else relative.name.replace(".", "_"))
         taken.add(recording)
