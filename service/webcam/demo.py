@@ -167,7 +167,7 @@ class Summary:
     def line(self) -> str:
         p50, p95 = self.latency_percentile(50), self.latency_percentile(95)
         latency = f"latency p50 {p50:.1f} ms, p95 {p95:.1f} ms" if p50 is not None else "no predictions"
-        text = f"summary: {self.frames} frames ({self.dropped} stale dropped) in {self.seconds:.2f} s, {self.mean_fps:.1f} FPS, {latency}"
+        text = f"summary: {self.frames} frame{'' if self.frames == 1 else 's'} ({self.dropped} stale dropped) in {self.seconds:.2f} s, {self.mean_fps:.1f} FPS, {latency}"
         if self.palm_detections is not None:
             text += f"; palm detection on {self.palm_detections} of {self.frames} frames"
         if self.outage_frames:
