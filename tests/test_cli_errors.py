@@ -101,6 +101,15 @@ def test_evaluate_on_a_folder_of_recordings_reads_their_frames_and_says_when_non
     assert evaluate_main(["--checkpoint", str(run), "--data", str(tmp_path / "videos"), "--out", str(tmp_path / "report")]) == 0
     assert json.loads((tmp_path / "report" / "metrics.json").read_text())["source"] == str(tmp_path / "datasets" / "videos-frames")
     assert len((tmp_path / "report" / "predictions.csv").read_text().splitlines()) == 1 + 4  # frames 0 and 5 of each
+    (tmp_path / "waves").mkdir()  # a gesture never learned, recorded: no class folder needed
+    writer = cv2.VideoWriter(str(tmp_path / "waves" / "wave.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 15.0, (64, 64))
+    for i in range(15):
+        writer.write(np.full((64, 64, 3), 200 - 10 * i, np.uint8))
+    writer.release()
+    assert evaluate_main(["--checkpoint", str(run), "--data", str(tmp_path / "videos"), "--unknown", str(tmp_path / "waves"),
+                          "--out", str(tmp_path / "open")]) == 0
+    unknown = json.loads((tmp_path / "open" / "metrics.json").read_text())["open_set"]["unknown"]
+    assert unknown["folder"] == str(tmp_path / "waves") and unknown["images"] == 3  # frames 0, 5 and 10
     capsys.readouterr()
     assert evaluate_main(["--checkpoint", str(run), "--data", str(tmp_path / "broken")]) == 2
     started, error = capsys.readouterr().err.splitlines()

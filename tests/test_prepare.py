@@ -429,6 +429,10 @@ def test_a_dataset_of_recordings_trains_on_their_frames_each_recording_in_one_sp
     assert resolve_data_dir(str(videos)) == out and capsys.readouterr().err == ""  # the same videos: reused
     _recording(videos / "point_right" / "take6.avi", 1, 99)
     assert resolve_data_dir(str(videos)) == out and (out / "point_right" / "take6" / "000010.jpg").is_file()  # one more: again
+    other = tmp_path / "elsewhere" / "takes"  # another folder of that name: its frames would replace these
+    _recording(other / "point_left" / "take1.avi", 0, 7)
+    with pytest.raises(PrepareError, match=r"datasets/takes-frames exists but was not extracted from the videos of .*elsewhere/takes"):
+        resolve_data_dir(str(other))
     assert check.main([str(videos), "--fast"]) == 0
     report = capsys.readouterr().out
     assert "note: frames of 12 video(s) of" in report and "sub-folders" not in report.replace("one sub-folder per recording", "")

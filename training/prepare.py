@@ -511,11 +511,11 @@ def resolve_data_dir(data: str, flag: str = "--data") -> Path:
 VIDEO_FRAME_EVERY = 5
 
 
-def dataset_videos(folder: Path) -> list[Path]:
+def dataset_videos(folder: Path, *, loose: bool = False) -> list[Path]:
     """The video files of a dataset folder that holds videos and not one image (``<class>/take1.mp4``,
     or under train/ and test/), in name order; [] for any other folder, and for videos beside the class
-    folders, which belong to no class. The walk stops at the first image, so an image dataset costs
-    one file."""
+    folders, which belong to no class, unless ``loose`` (a folder of unknown gestures needs no class).
+    The walk stops at the first image, so an image dataset costs one file."""
     videos = []
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames[:] = sorted(d for d in dirnames if not passed_over(d, folder=True))
@@ -525,26 +525,27 @@ def dataset_videos(folder: Path) -> list[Path]:
             if _is_image_name(name):
                 return []
             if PurePosixPath(name).suffix.lower() in VIDEO_FILE_SUFFIXES:
-                if Path(dirpath) == folder:
+                if Path(dirpath) == folder and not loose:
                     return []  # data.videos_hint says what to do with them
                 videos.append(Path(dirpath) / name)
     return videos
 
 
-def prepare_videos(folder: Path, root: Path = DEFAULT_ROOT, *, every: int = VIDEO_FRAME_EVERY) -> Path:
+def prepare_videos(folder: Path, root: Path = DEFAULT_ROOT, *, every: int = VIDEO_FRAME_EVERY, loose: bool = False) -> Path:
     """A dataset of recordings (``folder/<class>/take1.mp4``) as the images training reads: every
     ``every``-th frame of each video, into ``root/<folder>-frames/<class>/<video>/000000.jpg`` (the
     frame's number), one folder per recording, so that a recording stays whole in one split
     (``--group-by auto`` takes the folders; numbered frames alone would be cut into blocks). Reused
     while the videos are the same (their sizes and times); extracted again when one is added, removed
-    or changed."""
-    videos = dataset_videos(folder)
+    or changed. ``loose``: videos in ``folder`` itself too (``dataset_videos``)."""
+    videos = dataset_videos(folder, loose=loose)
     out = Path(root) / f"{folder.resolve().name}-frames"
     fingerprint = {v.relative_to(folder).as_posix(): [v.stat().st_size, v.stat().st_mtime_ns] for v in videos}
     marker = read_marker(out)
     if marker is not None and marker.get("videos") == fingerprint and marker.get("every") == every:
         return out
-    if out.exists() and (marker is None or "videos" not in marker):
+    if out.exists() and (marker is None or "videos" not in marker or marker.get("source") != str(folder.resolve())):
+        # the frames of another folder of the same name: a run that trained on them still reads them
         raise PrepareError(f"{out} exists but was not extracted from the videos of {folder}: move it away to extract them there")
     print(f"{folder}: saving every {every}th frame of {len(videos)} video(s) into {out} ...", file=sys.stderr)
     with _staging(Path(root), out.name, str(folder)) as staging:
