@@ -14,6 +14,7 @@ import threading
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.helpers import synthetic_image, write_rgb
@@ -450,6 +451,22 @@ def test_a_folder_of_images_is_read_as_it_is_and_videos_that_never_decode_are_re
     loose = tmp_path / "loose"  # videos with no class folder: no class to give their frames
     _recording(loose / "take1.avi", 0, 1)
     assert dataset_videos(loose) == [] and resolve_data_dir(str(loose)) == loose
+
+
+def test_frames_larger_than_any_model_input_are_scaled_down(tmp_path, monkeypatch):
+    import cv2
+
+    from training.prepare import resolve_data_dir
+
+    monkeypatch.chdir(tmp_path)
+    for cls in ("fist", "palm"):
+        (tmp_path / "wide" / cls).mkdir(parents=True)
+        writer = cv2.VideoWriter(str(tmp_path / "wide" / cls / "take.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 15.0, (1600, 400))
+        for _ in range(3):
+            writer.write(np.full((400, 1600, 3), 128, np.uint8))
+        writer.release()
+    frame = cv2.imread(str(resolve_data_dir(str(tmp_path / "wide")) / "fist" / "take" / "000000.jpg"))
+    assert frame.shape == (256, 1024, 3)  # the longer side at 1024 (MAX_INPUT_SIZE), the aspect kept
     broken = tmp_path / "broken"
     for cls in ("fist", "palm"):
         (broken / cls).mkdir(parents=True)
