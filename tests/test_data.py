@@ -173,8 +173,9 @@ def test_split_round_trips_through_json(tmp_path):
         ("no_images", "no images found"),
         ("only_broken_images", r"no usable images in its class folders: 4 image file\(s\) skipped, e\.g\. .*fist/0\.png: not a recognised image format"),
         ("no_folders", "no class folders"),
-        ("videos", r"no images found .*; it holds 2 video file\(s\): save their frames as images first \(python -m service.webcam.capture"),
-        ("videos_at_the_top", r"no class folders; .*; it holds 1 video file\(s\): save their frames"),
+        ("videos", r"no images found .*; it holds 2 video file\(s\): put them in one folder per class \(<class>/take1.mp4\), with no photo "
+                   r"beside them, and --data reads every 5th frame of each; or save their frames as images \(python -m service.webcam.capture"),
+        ("videos_at_the_top", r"no class folders; .*; it holds 1 video file\(s\): put them in one folder per class"),
         ("a_class_folder", r"d/fist has no class folders; .*; it holds 5 image\(s\) itself, as a class folder does: the dataset is the folder "
                            r"above it, .*/d, whose folders fist, palm, peace are the classes$"),
     ],

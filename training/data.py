@@ -253,8 +253,11 @@ def archives_hint(paths: list[str] | list[Path]) -> str:
 
 
 def videos_hint(paths: list[str] | list[Path]) -> str:
+    """What to do with the videos of a folder that --data could not read as recordings (they lie beside
+    the class folders, or among photos): sort them, or save their frames."""
     videos = sum(Path(path).suffix.lower() in VIDEO_FILE_SUFFIXES for path in paths)
-    return f"; it holds {videos} video file(s): save their frames as images first ({VIDEO_TO_FRAMES}, for each)" if videos else ""
+    return (f"; it holds {videos} video file(s): put them in one folder per class (<class>/take1.mp4), with no photo beside "
+            f"them, and --data reads every 5th frame of each; or save their frames as images ({VIDEO_TO_FRAMES}, for each)") if videos else ""
 
 
 def _valid_images(folder: Path, skipped: list[dict[str, str]], ignored: list[dict[str, str]] | None = None) -> list[str]:
