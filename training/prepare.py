@@ -489,7 +489,7 @@ def prepare_dataset(name: str, root: Path = DEFAULT_ROOT, archive: Path | None =
     return out
 
 
-# --------------------------------------------------------------------------- a dataset archive of one's own
+# --------------------------------------------------------------------------- what --data names
 
 def resolve_data_dir(data: str, flag: str = "--data") -> Path:
     """The dataset folder that ``data`` names, as finetune, check and evaluate all take it: a folder;
@@ -507,6 +507,8 @@ def resolve_data_dir(data: str, flag: str = "--data") -> Path:
     raise DatasetError(f"{flag} {data}: not a folder, an archive ({', '.join(ARCHIVE_SUFFIXES)}) or its http(s) URL, nor a "
                        f"catalogue dataset ({', '.join(CATALOGUE)})")
 
+
+# --------------------------------------------------------------------------- a dataset of recordings
 
 # Every 5th frame of a recording, as capture's --every: neighbouring frames are near copies.
 VIDEO_FRAME_EVERY = 5
@@ -602,6 +604,8 @@ def _at_most(frame, side: int):
     size = (max(1, round(frame.shape[1] * scale)), max(1, round(frame.shape[0] * scale)))
     return cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
 
+
+# --------------------------------------------------------------------------- a dataset archive of one's own
 
 def dataset_archive_name(path: Path) -> str | None:
     """The dataset name of a zip or tar file given as --data (its file name without the archive suffix);
