@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--crop-pct", type=cli.float_in(0.05, 1.0, high_inclusive=True), default=None,
                    help="centre crop's share of the shorter side, 1.0 for all of it (default: the checkpoint's)")
     p.add_argument("--unknown", type=cli.input_path("a folder of images"), metavar="DIR", default=None,
-                   help="folder of gestures the model never learned (one folder per gesture, or the images directly): how many are rejected, and the worst cases")
+                   help="folder of gestures the model never learned (one folder per gesture, or the images directly; or videos of them, read frame by frame): how many are rejected, and the worst cases")
     return p
 
 
