@@ -451,6 +451,13 @@ def test_a_folder_of_images_is_read_as_it_is_and_videos_that_never_decode_are_re
     loose = tmp_path / "loose"  # videos with no class folder: no class to give their frames
     _recording(loose / "take1.avi", 0, 1)
     assert dataset_videos(loose) == [] and resolve_data_dir(str(loose)) == loose
+    broken = tmp_path / "broken"
+    for cls in ("fist", "palm"):
+        (broken / cls).mkdir(parents=True)
+        (broken / cls / "take.mp4").write_bytes(b"not a video")
+    with pytest.raises(PrepareError, match=r"broken: not one frame of its 2 video\(s\) decodes, e.g. fist/take.mp4; re-encode them"):
+        resolve_data_dir(str(broken))
+    assert not (tmp_path / "datasets" / "broken-frames").exists()
 
 
 def test_frames_larger_than_any_model_input_are_scaled_down(tmp_path, monkeypatch):
@@ -467,10 +474,3 @@ def test_frames_larger_than_any_model_input_are_scaled_down(tmp_path, monkeypatc
         writer.release()
     frame = cv2.imread(str(resolve_data_dir(str(tmp_path / "wide")) / "fist" / "take" / "000000.jpg"))
     assert frame.shape == (256, 1024, 3)  # the longer side at 1024 (MAX_INPUT_SIZE), the aspect kept
-    broken = tmp_path / "broken"
-    for cls in ("fist", "palm"):
-        (broken / cls).mkdir(parents=True)
-        (broken / cls / "take.mp4").write_bytes(b"not a video")
-    with pytest.raises(PrepareError, match=r"broken: not one frame of its 2 video\(s\) decodes, e.g. fist/take.mp4; re-encode them"):
-        resolve_data_dir(str(broken))
-    assert not (tmp_path / "datasets" / "broken-frames").exists()
