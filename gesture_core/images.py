@@ -95,6 +95,9 @@ NETPBM_KINDS = (b"P1", b"P2", b"P3", b"P4", b"P5", b"P6")
 PIL_PPM_MAGICS = (*NETPBM_KINDS, b"Pf", b"P0CMYK", b"PyP", b"PyRGBA", b"PyCMYK")
 # Recordings people put where images go (a class folder, a webcam --source folder): named, not read as images.
 VIDEO_FILE_SUFFIXES = frozenset({".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".3gp"})
+# The frames of a recording kept as images, one in this many, by capture and by training on videos:
+# neighbouring frames are near copies.
+VIDEO_FRAME_EVERY = 5
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jfif", ".jpe", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm"})  # the files taken as images
 # File signatures, to name the format of a file whose header is cut or corrupt.
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

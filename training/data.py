@@ -28,6 +28,7 @@ from gesture_core.images import (
     SUPPORTED,
     TRUNCATED_JPEG,
     VIDEO_FILE_SUFFIXES,
+    VIDEO_FRAME_EVERY,
     ImageDecodeError,
     check_dimensions,
     decode_rgb,
@@ -257,7 +258,7 @@ def videos_hint(paths: list[str] | list[Path]) -> str:
     the class folders, or among photos): sort them, or save their frames."""
     videos = sum(Path(path).suffix.lower() in VIDEO_FILE_SUFFIXES for path in paths)
     return (f"; it holds {videos} video file(s): put them in one folder per class (<class>/take1.mp4), with no photo beside "
-            f"them, and --data reads every 5th frame of each; or save their frames as images ({VIDEO_TO_FRAMES}, for each)") if videos else ""
+            f"them, and --data reads every {VIDEO_FRAME_EVERY}th frame of each; or save their frames as images ({VIDEO_TO_FRAMES}, for each)") if videos else ""
 
 
 def _valid_images(folder: Path, skipped: list[dict[str, str]], ignored: list[dict[str, str]] | None = None) -> list[str]:

@@ -43,7 +43,7 @@ from tqdm import tqdm
 
 from gesture_core.cli import DefaultsHelpFormatter, command, output_arg
 from gesture_core.hands import HAND_MODEL_FILES, MODELS_WHEEL, HandModelFile, hand_models_dir
-from gesture_core.images import IMAGE_SUFFIXES, VIDEO_FILE_SUFFIXES
+from gesture_core.images import IMAGE_SUFFIXES, VIDEO_FILE_SUFFIXES, VIDEO_FRAME_EVERY
 from gesture_core.preprocess import MAX_INPUT_SIZE
 from training.cli import existing_path
 from training.data import ARCHIVE_SUFFIXES, SPLIT_FOLDERS, SPLITS, DatasetError, passed_over
@@ -509,10 +509,6 @@ def resolve_data_dir(data: str, flag: str = "--data") -> Path:
 
 
 # --------------------------------------------------------------------------- a dataset of recordings
-
-# Every 5th frame of a recording, as capture's --every: neighbouring frames are near copies.
-VIDEO_FRAME_EVERY = 5
-
 
 def dataset_videos(folder: Path, *, loose: bool = False) -> list[Path]:
     """The video files of a dataset folder that holds videos and not one image (``<class>/take1.mp4``,

@@ -37,7 +37,10 @@ import cv2
 import numpy as np
 
 from gesture_core.cli import EXIT_USAGE, check_writable, command, output_arg
-from gesture_core.images import IMAGE_SUFFIXES  # the files training reads as images, counted as a class's photos
+from gesture_core.images import (  # IMAGE_SUFFIXES: the files training reads as images, counted as a class's photos
+    IMAGE_SUFFIXES,
+    VIDEO_FRAME_EVERY,
+)
 from gesture_core.rejection import is_reject_name
 from service.webcam.demo import display_problem
 from service.webcam.grabber import ended_early
@@ -45,7 +48,6 @@ from service.webcam.overlay import centred_roi  # the webcam demo's box: capture
 from service.webcam.sources import SourceError, describe_source, is_live, open_source, read_frames, separate_photos
 
 MAX_KEYED_CLASSES = 9
-EVERY = 5  # frames of a video or camera: neighbouring frames are near copies
 DEFAULT_ROI = 0.6  # the webcam demo's default --roi
 COUNTDOWN_S = 3.0
 NONE_TIP = ("tip: record a 'none' class too (key n: a 3-second countdown, then a burst): the empty scene, hands at rest or "
@@ -357,7 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--roi", type=_fraction, nargs="?", const=DEFAULT_ROI, default=None, metavar="FRACTION",
                    help=f"save only a centred square of this fraction of the shorter side (default {DEFAULT_ROI})")  # fmt: skip
     p.add_argument("--every", type=_positive, default=None,
-                   help=f"save one frame in N while recording (default {EVERY}; 1, every photo, for a folder or glob of photos)")
+                   help=f"save one frame in N while recording (default {VIDEO_FRAME_EVERY}; 1, every photo, for a folder or glob of photos)")
     p.add_argument("--burst", type=_positive, default=30, help="frames per timed burst, key b (default 30)")
     p.add_argument("--quality", type=_positive, default=95, help="JPEG quality 1-100 (default 95)")
     p.add_argument("--headless", action="store_true", help="no window: save every --every-th frame as --label")
@@ -400,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
     except SourceError as err:  # the exit code of the webcam demo for the same mistake
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
-    args.every = args.every or (1 if separate_photos(args.source) else EVERY)  # a folder's photos are not a video's frames
+    args.every = args.every or (1 if separate_photos(args.source) else VIDEO_FRAME_EVERY)  # a folder's photos are not a video's frames
     writer = ImageFolderWriter(args.out, [args.label] if args.headless else with_reject_class(classes), quality=args.quality)
     try:
         if args.headless:
