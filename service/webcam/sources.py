@@ -207,6 +207,8 @@ def _opened(source: int | str) -> cv2.VideoCapture | ImageFiles:
         cap, hint = _open(source)
     if not cap.isOpened():
         cap.release()
+        if hint == VIDEO_HINT:  # why a file is no video, read only once it failed to open
+            hint = _unfinished_recording(str(source)) or hint
         raise SourceError(f"cannot open {describe_source(source)}: {hint}")
     return cap
 
@@ -232,7 +234,7 @@ def _open(source: int | str) -> tuple[cv2.VideoCapture | ImageFiles, str]:
         cap, hint = ImageFiles([Path(source)]), "no such image"
     else:  # a video file or an animated GIF
         _require_file(source)
-        cap, hint = cv2.VideoCapture(source), _unfinished_recording(source) or VIDEO_HINT
+        cap, hint = cv2.VideoCapture(source), VIDEO_HINT
     return cap, hint
 
 
