@@ -273,26 +273,28 @@ def build_report(root: Path, *, decode: bool = True, workers: int = 2) -> dict:
         image_stats=_size_stats(infos),
         duplicates=_duplicates(infos, root),
         neighbour_twins=_neighbour_twins(good, layout),
+        recordings=_recordings(root),
     )
     report["fatal"] += _fatal(report, root, per_split, layout)
     report["warnings"] += _warnings(report, per_split, layout)
     if layout == "presplit" and (beside := folders_beside_splits(root)):  # training passes them over too, with a warning
         report["warnings"].append(f"folder(s) {', '.join(map(printable, beside))} beside train/ and test/ are not read: a class meant for train/?")
     reasons = Counter(i["reason"] for i in report["ignored"])
-    report["notes"] = [f"ignored: {n} {r}" for r, n in reasons.most_common()] + _recordings_note(root, report)
+    report["notes"] = [f"ignored: {n} {r}" for r, n in reasons.most_common()]
+    if recordings := report["recordings"]:
+        report["notes"].append(f"frames of {recordings['videos']} video(s) of {recordings['source']}, every {recordings['every']}th, "
+                               "one sub-folder per recording: training keeps each recording in one split")
     return report
 
 
-def _recordings_note(root: Path, report: dict) -> list[str]:
-    """What a dataset extracted from videos is (training.prepare.prepare_videos); its layout, one
-    sub-folder per recording, is then the tool's own, and the warnings about sub-folders are dropped."""
+def _recordings(root: Path) -> dict | None:
+    """Where a dataset was extracted from videos (training.prepare.prepare_videos): its source, the
+    number of videos and the frame step. Its sub-folders, one per recording, are then the tool's own
+    layout, not a user's to be warned about."""
     extracted = read_marker(root) or {}
     if "videos" not in extracted:
-        return []
-    layout_warnings = ("sub-folders deeper than the layout", "every class folder holds the same sub-folders")
-    report["warnings"] = [w for w in report["warnings"] if not any(text in w for text in layout_warnings)]
-    return [f"frames of {len(extracted['videos'])} video(s) of {extracted['source']}, every {extracted['every']}th, one sub-folder "
-            "per recording: training keeps each recording in one split"]
+        return None
+    return {"source": extracted["source"], "videos": len(extracted["videos"]), "every": extracted["every"]}
 
 
 def _imbalance(totals: Counter) -> float | None:
@@ -380,11 +382,11 @@ def _warnings(report: dict, per_split: dict[str, dict[str, int]], layout: str) -
     if tiny := report["image_stats"].get("tiny", []):  # trained on all the same, scaled up to the input size
         w.append(f"{len(tiny)} image(s) under {TINY_SIDE} px on a side, scaled up many times to the model's input: "
                  + ", ".join(f"{Path(x['path']).name} {x['size']}" for x in tiny[:5]) + (" ..." if len(tiny) > 5 else ""))  # fmt: skip
-    if report["nested"]:
+    if report["nested"] and not report["recordings"]:
         w.append(
             f"{len(report['nested'])} image(s) in sub-folders deeper than the layout (used, labelled by their top class folder)"
         )
-    if shared := report["same_subfolders"]:
+    if (shared := report["same_subfolders"]) and not report["recordings"]:
         shown = ", ".join(shared[:6]) + (", ..." if len(shared) > 6 else "")
         w.append(f"every class folder holds the same sub-folders ({shown}): taken as people or sessions, each kept in one split; "
                  f"if they are the gestures, the classes are one level down: make it <gesture>/<person>/<image>")
