@@ -101,7 +101,8 @@ def existing_file(text: str) -> Path:
 
 def existing_path(text: str) -> Path:
     """A file or folder given by hand: a mistyped one is a usage error (exit 2), not a failed download (1)."""
-    if not Path(input_path("a file or folder")(text)).exists():
+    refuse_empty_path(text, "a file or folder")
+    if not Path(text).exists():
         raise argparse.ArgumentTypeError(f"{text}: no such file or folder")
     return Path(text)
 
