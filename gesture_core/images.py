@@ -98,6 +98,7 @@ VIDEO_FILE_SUFFIXES = frozenset({".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v"
 # The frames of a recording kept as images, one in this many, by capture and by training on videos:
 # neighbouring frames are near copies.
 VIDEO_FRAME_EVERY = 5
+FRAME_JPEG_QUALITY = 95  # the JPEG quality those frames are saved at
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jfif", ".jpe", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm"})  # the files taken as images
 # File signatures, to name the format of a file whose header is cut or corrupt.
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -43,7 +43,7 @@ from tqdm import tqdm
 
 from gesture_core.cli import DefaultsHelpFormatter, command, output_arg
 from gesture_core.hands import HAND_MODEL_FILES, MODELS_WHEEL, HandModelFile, hand_models_dir
-from gesture_core.images import IMAGE_SUFFIXES, VIDEO_FILE_SUFFIXES, VIDEO_FRAME_EVERY
+from gesture_core.images import FRAME_JPEG_QUALITY, IMAGE_SUFFIXES, VIDEO_FILE_SUFFIXES, VIDEO_FRAME_EVERY
 from gesture_core.preprocess import MAX_INPUT_SIZE
 from training.cli import existing_path
 from training.data import ARCHIVE_SUFFIXES, SPLIT_FOLDERS, SPLITS, DatasetError, passed_over
@@ -414,11 +414,11 @@ def _require_space(folder: Path, size: int | None, factor: float = 2.2) -> None:
 
 
 @contextmanager
-def _staging(root: Path, name: str, what: str, *, corrupt: str = "", disk_full: str = "") -> Iterator[Path]:
+def _staging(root: Path, name: str, what: str, *, corrupt: str = "", disk_full: str = "", doing: str = "unpacking") -> Iterator[Path]:
     """A fresh ``root/.NAME.partial-PID`` to build a copy in, renamed into place by the caller once
     complete, and removed whatever happens, so an interrupted run never leaves a half copy that looks
     finished. An archive that does not unpack, or a full disk, is a one-line PrepareError about
-    ``what``, with the advice given for each."""
+    ``what``, with the advice given for each; ``doing`` names the work (unpacking an archive)."""
     staging = root / f".{name}.partial-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     try:
@@ -427,9 +427,9 @@ def _staging(root: Path, name: str, what: str, *, corrupt: str = "", disk_full: 
         raise PrepareError(f"{what} is corrupt or truncated ({err})" + (f"; {corrupt}" if corrupt else "")) from None
     except OSError as err:
         if err.errno == errno.ENOSPC:
-            raise PrepareError(f"disk full while unpacking {what} into {root}; free space and run again"
+            raise PrepareError(f"disk full while {doing} {what} into {root}; free space and run again"
                                + (f" ({disk_full})" if disk_full else "")) from None
-        raise PrepareError(f"unpacking {what} failed: {err}") from None
+        raise PrepareError(f"{doing} {what} failed: {err}") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -547,7 +547,7 @@ def prepare_videos(folder: Path, root: Path = DEFAULT_ROOT, *, every: int = VIDE
         # the frames of another folder of the same name: a run that trained on them still reads them
         raise PrepareError(f"{out} exists but was not extracted from the videos of {folder}: move it away to extract them there")
     print(f"{folder}: saving every {every}th frame of {len(videos)} video(s) into {out} ...", file=sys.stderr)
-    with _staging(Path(root), out.name, str(folder)) as staging:
+    with _staging(Path(root), out.name, f"the frames of {folder}", doing="saving") as staging:
         frames, unread = _extract_videos(folder, videos, staging, every)
         if not frames:
             raise PrepareError(f"{folder}: not one frame of its {len(videos)} video(s) decodes, e.g. {unread[0]}; "
@@ -577,7 +577,7 @@ def _extract_videos(folder: Path, videos: list[Path], dest: Path, every: int) ->
         capture, saved, index = cv2.VideoCapture(str(video)), 0, 0
         while capture.grab():  # the frames passed over are decoded, not converted to BGR
             if index % every == 0 and (frame := capture.retrieve()[1]) is not None:
-                _, data = cv2.imencode(".jpg", _at_most(frame, MAX_INPUT_SIZE), [cv2.IMWRITE_JPEG_QUALITY, 95])
+                _, data = cv2.imencode(".jpg", _at_most(frame, MAX_INPUT_SIZE), [cv2.IMWRITE_JPEG_QUALITY, FRAME_JPEG_QUALITY])
                 (dest / recording).mkdir(parents=True, exist_ok=True)
                 (dest / recording / f"{index:06d}.jpg").write_bytes(data.tobytes())
                 saved += 1

@@ -38,6 +38,7 @@ import numpy as np
 
 from gesture_core.cli import EXIT_USAGE, check_writable, command, output_arg
 from gesture_core.images import (  # IMAGE_SUFFIXES: the files training reads as images, counted as a class's photos
+    FRAME_JPEG_QUALITY,
     IMAGE_SUFFIXES,
     VIDEO_FRAME_EVERY,
 )
@@ -78,7 +79,7 @@ def _write_exclusive(path: Path, data: bytes) -> None:
 class ImageFolderWriter:
     """Saves frames as JPEGs under OUT/<class>/, never overwriting, counting what each class holds."""
 
-    def __init__(self, out: Path, classes: list[str], *, quality: int = 95):
+    def __init__(self, out: Path, classes: list[str], *, quality: int = FRAME_JPEG_QUALITY):
         self.out, self.classes, self.quality = Path(out), list(classes), quality
         # The process id too: two captures started in the same second took one name, and their recordings became one group.
         self.session = f"{time.strftime('%Y%m%d-%H%M%S')}p{os.getpid()}"
@@ -361,7 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--every", type=_positive, default=None,
                    help=f"save one frame in N while recording (default {VIDEO_FRAME_EVERY}; 1, every photo, for a folder or glob of photos)")
     p.add_argument("--burst", type=_positive, default=30, help="frames per timed burst, key b (default 30)")
-    p.add_argument("--quality", type=_positive, default=95, help="JPEG quality 1-100 (default 95)")
+    p.add_argument("--quality", type=_positive, default=FRAME_JPEG_QUALITY, help=f"JPEG quality 1-100 (default {FRAME_JPEG_QUALITY})")
     p.add_argument("--headless", action="store_true", help="no window: save every --every-th frame as --label")
     p.add_argument("--label", type=class_name, help="with --headless: the class of every saved frame")
     p.add_argument("--max", type=_positive, default=None, help="with --headless: stop after saving this many")
