@@ -10,13 +10,14 @@ large images (legal ones up to the pixel limit, and bombs past it), JPEG scan bo
 whose every extra scan costs a pass over the whole image), costly decoders (PPM that PIL decodes in
 Python), costly bodies (deep JSON, or thousands of
 keys, form fields or multipart parts, which would take seconds to parse), large headers (10 MB of one,
-a Content-Type of 1,600,000 parameters, 200,000 cookies), malformed uploads, ambiguous requests, and
+a Content-Type of 1,600,000 parameters, 200,000 cookies), malformed uploads, ambiguous requests,
 slow clients (each sends its request body at 1 byte per second, reconnecting whenever
-the server lets go). Peak RSS growth is the worker's high-water mark (reset through
+the server lets go), and idle connections (2,000 that send nothing or an unfinished request line,
+against a server started with Linux's usual soft limit of 1,024 open files). Peak RSS growth is the worker's high-water mark (reset through
 /proc/PID/clear_refs before each request) minus its RSS before it. The last lines judge the issue's
 targets: no 5xx, at most 256 MB of growth for any single request (1 GB for 16 large ones sent
-together), and normal clients all served with p99 under 1 s while the slow clients connect; the exit
-code is 1 when one is missed.
+together), and normal clients all served with p99 under 1 s while the slow clients connect, and
+while the idle connections are held; the exit code is 1 when one is missed.
 """
 
 from __future__ import annotations
@@ -57,10 +58,12 @@ from benchmarks.hostile_inputs import (
     with_exif,
 )
 from benchmarks.serve_latency import drive, load_images, make_checkpoint, running_service
+from service.http_guard import use_the_open_file_hard_limit
 
 RSS_TARGET_MB = 256
 TOGETHER_TARGET_MB = 4 * RSS_TARGET_MB  # large uploads sent together: at most 4 decodes at once
 P99_TARGET_MS = 1000
+STARTING_OPEN_FILE_LIMIT = 1024  # the server starts with Linux's usual soft limit, as in most shells and containers
 LOG_TARGET_BYTES = 1024  # server log per request: a line or two, not a traceback or a decoder's warnings (service/logs.py)
 BOUNDARY = "hostile-7d1e"
 
@@ -254,10 +257,16 @@ def slow_clients(url: str, count: int, stop: threading.Event, report: SlowClient
             sock.close()
 
 
+def readable(sock: socket.socket) -> bool:
+    """Whether the server has sent something or closed the connection (poll: select() stops at fd 1,024)."""
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(0))
+
+
 def answered(sock: socket.socket, report: SlowClientReport) -> bool:
     """Whether the server has answered or closed this connection (recorded as its status or 'closed')."""
-    readable, _, _ = select.select([sock], [], [], 0)
-    if not readable:
+    if not readable(sock):
         return False
     try:
         data = sock.recv(256)
@@ -285,17 +294,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--slow-clients", type=int, default=130)
     p.add_argument("--slow-seconds", type=float, default=40.0, help="how long normal clients are measured during the slow-client attack")
     p.add_argument("--normal-clients", type=int, default=4)
+    p.add_argument("--idle-connections", type=int, default=2000, help="connections opened and held without a complete request")
+    p.add_argument("--idle-seconds", type=float, default=4.0, help="how long normal clients are measured while they are held")
     p.add_argument("--quick", action="store_true", help="a 15 s slow-client attack and a 4 s baseline")
     args = p.parse_args(argv)
     baseline_seconds = 4.0 if args.quick else 10.0
     if args.quick:
         args.slow_seconds = 15.0
     started = time.perf_counter()
+    use_the_open_file_hard_limit()  # this process opens the idle connections
     note(f"machine: {describe_machine(machine())}")
     images = load_images(16)
     with tempfile.TemporaryDirectory(prefix="hostile-") as tmp:
         checkpoint = args.checkpoint or make_checkpoint(Path(tmp) / "bench.pt")
-        with running_service(checkpoint, env={"GESTURE_ENGINE": args.engine}) as server:
+        with running_service(checkpoint, env={"GESTURE_ENGINE": args.engine}, open_file_limit=STARTING_OPEN_FILE_LIMIT) as server:
             served = httpx.post(f"{server.url}/info").json()
             note(f"server ready after {time.perf_counter() - started:.0f} s (import, start-up check, worker warm-up): "
                  f"{served['backbone']} @ {served['input_size']} px, engine {served['engine']}, settings {served['settings']}")
@@ -310,18 +322,51 @@ def main(argv: list[str] | None = None) -> int:
             baseline = drive(server.url, "predict", images, clients=args.normal_clients, duration=baseline_seconds, warmup=0.0).summary()
             note(f"normal clients alone: {baseline}")
             during, report = slow_client_attack(server.url, images, args.slow_clients, args.slow_seconds, args.normal_clients)
+            idle = idle_connection_attack(server.url, images, args.idle_connections, args.normal_clients, args.idle_seconds, rss.pid)
             alive = server.process.poll() is None
-    print_summary(outcomes, baseline, during, report, args, alive, logged)
+    print_summary(outcomes, baseline, during, report, args, alive, logged, idle)
     note(f"finished in {time.perf_counter() - started:.0f} s")
-    return 0 if verdicts(outcomes, during, logged)[1] else 1
+    return 0 if verdicts(outcomes, during, logged, idle)[1] else 1
 
 
-def verdicts(outcomes: list[Outcome], during: dict, logged: dict) -> tuple[list[str], bool]:
+@dataclass
+class IdleReport:
+    count: int
+    held: int  # still open when the normal clients had finished
+    rss_growth_mb: float
+    open_file_limit: int  # the worker's soft limit, as it raised it
+    normal: dict
+
+
+def idle_connection_attack(url: str, images: list[bytes], count: int, clients: int, seconds: float, worker: int) -> IdleReport:
+    """``count`` connections that send nothing (half of them) or an unfinished request line, held
+    while normal clients are measured: uvicorn closes neither kind, so each holds a file descriptor."""
+    host, port = url.removeprefix("http://").split(":")
+    before = psutil.Process(worker).memory_info().rss
+    idle = []
+    try:
+        for i in range(count):
+            sock = socket.create_connection((host, int(port)), timeout=5)
+            if i % 2:
+                sock.sendall(f"POST /predict HTTP/1.1\r\nHost: {host}\r\n".encode())
+            idle.append(sock)
+        time.sleep(1.0)  # accepted by the worker
+        normal = drive(url, "predict", images, clients=clients, duration=seconds, warmup=0.0).summary()
+        growth = (psutil.Process(worker).memory_info().rss - before) / 2**20
+        held = sum(not readable(sock) for sock in idle)
+    finally:
+        for sock in idle:
+            sock.close()
+    return IdleReport(count, held, growth, psutil.Process(worker).rlimit(psutil.RLIMIT_NOFILE)[0], normal)
+
+
+def verdicts(outcomes: list[Outcome], during: dict, logged: dict, idle: IdleReport) -> tuple[list[str], bool]:
     server_errors = sum(1 for o in outcomes for s in o.statuses if s >= 500 or s == 0)
     single = max((o for o in outcomes if o.attack.copies == 1), key=lambda o: o.rss_growth_mb)
     together = max((o for o in outcomes if o.attack.copies > 1), key=lambda o: o.rss_growth_mb)
     normal_ok = not during["errors"] and during["requests"] > 0 and during["p99_ms"] < P99_TARGET_MS
     log_ok = logged["bytes_per_request"] <= LOG_TARGET_BYTES and not logged["tracebacks"]
+    idle_ok = not idle.normal["errors"] and idle.normal["requests"] > 0
     lines = [
         f"{'PASS' if not server_errors else 'FAIL'}  5xx or no answer: {server_errors}",
         f"{'PASS' if single.rss_growth_mb <= RSS_TARGET_MB else 'FAIL'}  largest worker RSS growth for one request: "
@@ -332,12 +377,15 @@ def verdicts(outcomes: list[Outcome], during: dict, logged: dict) -> tuple[list[
         f"p99 {during['p99_ms']:.0f} ms, refused/failed {during['errors'] or 'none'}; target: all served, p99 < {P99_TARGET_MS} ms",
         f"{'PASS' if log_ok else 'FAIL'}  server log per request above: {logged['bytes_per_request']:,.0f} bytes, "
         f"{logged['tracebacks']} traceback(s); target <= {LOG_TARGET_BYTES:,} bytes, no traceback",
+        f"{'PASS' if idle_ok else 'FAIL'}  normal clients while {idle.count:,} idle connections are held: {idle.normal['requests']} served, "
+        f"refused/failed {idle.normal['errors'] or 'none'}; target: all served",
     ]
     return lines, (not server_errors and single.rss_growth_mb <= RSS_TARGET_MB and together.rss_growth_mb <= TOGETHER_TARGET_MB
-                   and normal_ok and log_ok)
+                   and normal_ok and log_ok and idle_ok)
 
 
-def print_summary(outcomes: list[Outcome], baseline: dict, during: dict, report: SlowClientReport, args, alive: bool, logged: dict) -> None:
+def print_summary(outcomes: list[Outcome], baseline: dict, during: dict, report: SlowClientReport, args, alive: bool, logged: dict,
+                  idle: IdleReport) -> None:
     print(f"\nhostile input against bentoml serve on 127.0.0.1; {describe_machine(machine())}")
     print("\n| class | case | status | worker peak RSS growth | seconds | reason |\n| --- | --- | --- | ---: | ---: | --- |")
     for o in outcomes:
@@ -352,8 +400,12 @@ def print_summary(outcomes: list[Outcome], baseline: dict, during: dict, report:
     print(f"with {args.slow_clients} slow clients (1 byte/s, reconnecting) for {args.slow_seconds:.0f} s: {during['requests']} served, "
           f"p50 {during['p50_ms']:.0f} ms, p99 {during['p99_ms']:.0f} ms, errors {during['errors'] or 'none'}")
     print(f"slow clients: {report.connections} connections made; what the server did to them: {dict(report.outcomes) or 'nothing (all held open)'}")
+    print(f"with {idle.count:,} idle connections (half of them an unfinished request line) for {args.idle_seconds:.0f} s: "
+          f"{idle.normal['requests']} served, p50 {idle.normal['p50_ms']:.0f} ms, p99 {idle.normal['p99_ms']:.0f} ms, "
+          f"errors {idle.normal['errors'] or 'none'}; {idle.held:,} still held open by the server; worker RSS {idle.rss_growth_mb:+.0f} MB; "
+          f"its open-file limit {idle.open_file_limit:,} (started under {STARTING_OPEN_FILE_LIMIT:,})")
     print(f"server still running afterwards: {alive}")
-    lines, _ = verdicts(outcomes, during, logged)
+    lines, _ = verdicts(outcomes, during, logged, idle)
     print("\n" + "\n".join(lines))
 
 

@@ -99,11 +99,12 @@ def import_model(checkpoint: Path, bentoml_home: Path) -> str:
 
 
 @contextlib.contextmanager
-def running_service(checkpoint: Path, env: Mapping[str, str] | None = None, target: str = SERVICE_TARGET) -> Iterator[RunningServer]:
+def running_service(checkpoint: Path, env: Mapping[str, str] | None = None, target: str = SERVICE_TARGET,
+                    open_file_limit: int | None = None) -> Iterator[RunningServer]:
     """Import ``checkpoint`` into a throw-away BentoML home and serve it on 127.0.0.1."""
     with tempfile.TemporaryDirectory(prefix="bentoml-bench-") as home:
         import_model(checkpoint, Path(home))
-        with serve_process(bentoml_home=home, env=env, target=target) as server:
+        with serve_process(bentoml_home=home, env=env, target=target, open_file_limit=open_file_limit) as server:
             yield server
 
 

@@ -58,8 +58,10 @@ def serve_process(
     port: int | None = None,
     ready_timeout: float = 180.0,
     log_path: str | os.PathLike | None = None,
+    open_file_limit: int | None = None,
 ) -> Iterator[RunningServer]:
-    """``bentoml serve TARGET`` from the repository root, ready to take requests."""
+    """``bentoml serve TARGET`` from the repository root, ready to take requests. ``open_file_limit``:
+    the soft limit on open files it starts with, as a shell's ``ulimit -n`` or a container's would set."""
     port = port or free_port(host)
     child_env = {**os.environ, "BENTOML_DO_NOT_TRACK": "1", "NO_ALBUMENTATIONS_UPDATE": "1", **(env or {})}
     if bentoml_home is not None:
@@ -69,7 +71,8 @@ def serve_process(
     log = Path(tempfile.mkstemp(prefix="bentoml-serve-", suffix=".log")[1]) if own_log else Path(log_path)
     cmd = [sys.executable, "-m", "bentoml", "serve", target, "--host", host, "--port", str(port)]
     with log.open("wb") as log_file:
-        process = subprocess.Popen(cmd, cwd=REPO, env=child_env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+        with soft_open_file_limit(open_file_limit):
+            process = subprocess.Popen(cmd, cwd=REPO, env=child_env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
     server = RunningServer(f"http://{host}:{port}", process, log)
     try:
         wait_ready(server, ready_timeout)
@@ -78,6 +81,23 @@ def serve_process(
         stop(process)
         if own_log:
             log.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def soft_open_file_limit(limit: int | None) -> Iterator[None]:
+    """This process's soft limit on open files lowered to ``limit`` while it starts a child, which
+    inherits it (the hard limit stays, so it may raise it again)."""
+    if limit is None:
+        yield
+        return
+    import resource  # Unix only, as is lowering the limit
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 def wait_ready(server: RunningServer, timeout: float) -> None:

@@ -32,6 +32,14 @@
 * **Header size:** request headers over ``MAX_HEADER_BYTES`` in all get 431 before anything reads
   them. uvicorn's HTTP parser (httptools) has no limit and BentoML passes it none, and header values
   are parsed again in Python, parameter by parameter, by every layer that reads a media type.
+* **Idle connections:** not middleware, as they never reach it: each open connection holds one of
+  the worker's file descriptors until the client closes it. uvicorn times out only the wait between
+  two requests (``timeout_keep_alive``), not a connection that has yet to send its headers
+  (encode/uvicorn#157), and BentoML builds uvicorn's config itself, with no way to add one. Under
+  Linux's usual soft limit of 1,024 open files, 1,100 connections that sent nothing or half a
+  request locked every other client out: their connections were reset.
+  ``use_the_open_file_hard_limit`` raises the worker's soft limit to its hard one; a timeout for
+  clients that never finish is the ingress's.
 * **JSON errors:** every error response is ``{"error": reason, ...}``. BentoML 1.4.39 wraps its own
   4xx messages in a one-element list (bentoml/BentoML#4232), and Starlette answers unknown routes
   (404) and wrong methods (405) in plain text.
@@ -83,6 +91,8 @@ MAX_FILENAME_BYTES = 200
 # type parsed them in Python (``python -m benchmarks.hostile``, docs/reliability.md). Browsers send a
 # few KB; nginx allows 32 KB by default.
 MAX_HEADER_BYTES = 64 * 1024
+# Where the hard limit is unlimited (macOS): one client host's ports to one server port, at most.
+OPEN_FILES_WITHOUT_A_HARD_LIMIT = 65536
 BYTE_ORDER_MARK = b"\xef\xbb\xbf"  # what Windows editors and PowerShell 5's -Encoding utf8 put before a JSON file
 
 
@@ -555,3 +565,23 @@ def plain_error(status: int, body: bytes, headers: dict[bytes, bytes], scope: Sc
     if status == 405:
         return f"{target}: method not allowed; use {headers.get(b'allow', b'POST').decode()}"
     return body.decode("utf-8", "replace").strip() or HTTPStatus(status).phrase
+
+
+def use_the_open_file_hard_limit() -> tuple[int, int]:
+    """Raise this process's soft limit on open files to its hard limit, as Go's runtime and nginx's
+    ``worker_rlimit_nofile`` do for servers: the soft one is often 1,024, the hard one hundreds of
+    thousands. Nothing in the worker waits on a file descriptor with ``select()``, the only call that
+    breaks above 1,024. Returns (before, after)."""
+    try:
+        import resource
+    except ImportError:  # Windows has no such limit
+        return (-1, -1)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else max(soft, OPEN_FILES_WITHOUT_A_HARD_LIMIT)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        except (ValueError, OSError):  # macOS caps it below an unlimited hard limit (kern.maxfilesperproc)
+            return (soft, soft)
+        return (soft, wanted)
+    return (soft, soft)

@@ -36,7 +36,7 @@ from gesture_core import Classifier, ClassScores, ImageDecodeError
 from gesture_core.hands import Hand
 from service.browser_demo import DEMO_PATH, allow_cors_origins, demo_app
 from service.hand_crops import check_localiser, find_hand_crops, use_stored_hand_models, warm_up_localiser
-from service.http_guard import EndpointFields, RequestGuard, too_many_images
+from service.http_guard import EndpointFields, RequestGuard, too_many_images, use_the_open_file_hard_limit
 from service.import_model import CHECKPOINT_FILE, LocalModel, find_model
 from service.logs import keep_the_log_short
 from service.microbatch import MicroBatcher
@@ -120,6 +120,8 @@ class GestureClassifier:
         # Engines that overlap calls (OpenVINO's streams) get a second model thread, so that the next
         # batch forms and starts while one finishes; for the others a core is better spent inside the call.
         threads = 2 if self.classifier.engine.concurrent_calls else 1
+        if OPEN_FILES[1] > OPEN_FILES[0]:
+            logger.info("open-file limit raised from %d to %d (each connection holds one)", *OPEN_FILES)
         self.warm_up(settings.batch_size)
         if self.classifier.hands_mode:
             warm_up_localiser(self.classifier)
@@ -297,6 +299,7 @@ def endpoint_fields(api: Any) -> EndpointFields:
 
 
 keep_the_log_short()
+OPEN_FILES = use_the_open_file_hard_limit()  # one per connection (service/http_guard.py: idle connections)
 allow_cors_origins(GestureClassifier, SETTINGS.cors_origins)  # first, so that the request guard's answers carry CORS headers too
 GestureClassifier.add_asgi_middleware(
     RequestGuard,

@@ -29,6 +29,7 @@ from tests.service_inputs import ambiguous_requests, assert_refused_as_documente
 pytestmark = pytest.mark.integration
 
 UPLOAD_LIMIT_MB = 4  # below the default, to show the limit is configurable
+USUAL_OPEN_FILE_LIMIT = 1024  # Linux's usual soft limit (ulimit -n), which the module's server starts with
 
 
 def run_cli(args: list[str], home) -> subprocess.CompletedProcess:
@@ -55,7 +56,7 @@ def model_tag(home, random_head_checkpoint):
 @pytest.fixture(scope="module")
 def server(home, model_tag):
     env = {"GESTURE_MAX_UPLOAD_MB": str(UPLOAD_LIMIT_MB)}
-    with serve_process(bentoml_home=home, env=env) as running:
+    with serve_process(bentoml_home=home, env=env, open_file_limit=USUAL_OPEN_FILE_LIMIT) as running:
         yield running
 
 
@@ -263,6 +264,35 @@ def test_slow_clients_hold_no_concurrency_slot_and_get_408(home, model_tag):
     for answer in answers:
         assert answer.startswith(b"HTTP/1.1 408") and b"GESTURE_BODY_TIMEOUT_S" in answer, answer
     assert waited >= 3.5  # they were given their time, not refused at once
+
+
+def test_idle_connections_beyond_the_usual_open_file_limit_lock_no_client_out(http, server):
+    """Connections that send nothing, or an unfinished request, hold a file descriptor each for as
+    long as they stay open: uvicorn has no timeout for them. Started under a soft limit of 1,024 open
+    files, 1,100 of them made the server reset every other connection, until the worker raised its
+    limit to the hard one (service/http_guard.py)."""
+    import resource
+
+    wanted = USUAL_OPEN_FILE_LIMIT + 76
+    if min(resource.getrlimit(resource.RLIMIT_NOFILE)) < wanted + 200:
+        pytest.skip("this process cannot open enough connections")
+    address = urlsplit(server.url)
+    idle = []
+    try:
+        for i in range(wanted):
+            sock = socket.create_connection((address.hostname, address.port), timeout=10)
+            if i % 2:  # half of them begin a request and never finish it
+                sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\n")
+            idle.append(sock)
+        time.sleep(1)  # the worker has accepted them
+        for seed in range(3):
+            with httpx.Client(base_url=server.url, timeout=30) as fresh:  # a new connection each time
+                resp = fresh.post("/predict", files={"image": ("ok.jpg", jpeg(seed))})
+            assert resp.status_code == 200, resp.text
+    finally:
+        for sock in idle:
+            sock.close()
+    assert http.get("/readyz").status_code == 200
 
 
 def test_missing_model_fails_start_up_with_import_instructions(tmp_path):
