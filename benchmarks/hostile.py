@@ -99,7 +99,7 @@ KINDS = (
     (("part_", "file_name", "text_field"), "malformed"),  # multipart that BentoML's form parsing fails on
     (("strip",), "aspect ratio"),
     (("scan",), "many scans"),
-    (("_segments", "_chunks", "_blocks", "_byte_header", "_entries"), "costly header"),  # parsed unit by unit by PIL
+    (("_segments", "_chunks", "_blocks", "_byte_header", "_entries", "_junk"), "costly header"),  # parsed unit by unit by PIL
     (("bomb", "over_limit", "flat", "_6000x6000"), "large image"),
     (("ico_", "_eps"), "other format"),  # read by PIL, not decoded by the product
 )

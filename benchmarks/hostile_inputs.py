@@ -255,6 +255,8 @@ def bad_uploads() -> dict[str, tuple[bytes, str]]:
         "decompression_bomb": (png_bomb(), "too large"),
         "garbage_after_jpeg_header": (whole[:200] + bytes(range(256)) * 8, "truncated"),
         "jpeg_cut_before_its_header": (whole[:40], "truncated JPEG"),
+        # A JPEG header, then 3 MB of zeros and an end marker: PIL skipped the zeros one byte at a time (0.2 s).
+        "jpeg_header_then_3_mb_of_junk": (whole[:20] + bytes(3 << 20) + b"\xff\xd9", "truncated or corrupt JPEG"),
         # Tiny files that resizing the shorter side to the model's size would make huge (+1.7 GB for 39000x1).
         "strip_39000x1": (png_strip(39_000, 1), "extreme aspect ratio"),
         "strip_1000000x1": (png_strip(1_000_000, 1), "extreme aspect ratio"),

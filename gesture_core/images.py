@@ -25,6 +25,10 @@ from PIL import Image, ImageOps
 
 # Decompression-bomb guard: about 2.5x a 24 MP photo, far beyond anything a classifier needs.
 DEFAULT_MAX_PIXELS = 64_000_000
+# The largest file read as an image. 64 MP as an uncompressed TIFF of 16-bit RGBA samples, the
+# largest an image within DEFAULT_MAX_PIXELS can be stored in, is 512 MB. A larger file named .jpg
+# (a video, a disk image) was read whole into memory, in each data-loading worker, only to be refused.
+MAX_IMAGE_FILE_BYTES = 1 << 30
 # Resizing scales the shorter side to the model's size, so a 39000x1 strip (a 198-byte PNG) would
 # become a 256 x 9,984,000 array (7.7 GB). 20:1 keeps any resize under 20x the model's own square
 # and is far beyond real photos (flowers, the widest dataset here, peaks at 5.5:1; phone panoramas ~10:1).
@@ -162,16 +166,29 @@ def read_rgb(
                           check_png_data=check_png_data)
     path = Path(source)
     try:
-        data = path.read_bytes()
+        data = read_image_file(path)
     except FileNotFoundError:
         raise ImageDecodeError(f"{path}: no such file") from None
     except OSError as err:
         raise ImageDecodeError(f"{path}: cannot read ({err.strerror or err})") from None
+    except ImageDecodeError as err:
+        raise ImageDecodeError(f"{path}: {err}") from None
     try:
         return decode_rgb(data, max_pixels=max_pixels, min_side=min_side, max_pixels_per_byte=max_pixels_per_byte,
                           check_png_data=check_png_data)
     except ImageDecodeError as err:
         raise ImageDecodeError(f"{path}: {err}") from None
+
+
+def read_image_file(path: str | os.PathLike) -> bytes:
+    """A file's bytes, for decoding; ImageDecodeError, before any byte is read, for one larger than any
+    image (MAX_IMAGE_FILE_BYTES). OSError as ``open`` raises it."""
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size > MAX_IMAGE_FILE_BYTES:
+            raise ImageDecodeError(f"file too large for an image: {size / 2**30:,.1f} GB, above the limit of {MAX_IMAGE_FILE_BYTES / 2**30:.0f} GB "
+                                   f"(a {DEFAULT_MAX_PIXELS // 1_000_000} MP image needs half that): a video or another file named as an image?")
+        return f.read(MAX_IMAGE_FILE_BYTES + 1)  # no more, should it grow meanwhile
 
 
 def decode_rgb(data: bytes, *, max_pixels: int | None = DEFAULT_MAX_PIXELS, min_side: int | None = None,
@@ -274,6 +291,7 @@ class JpegLayout(NamedTuple):
     segments: int = 0  # before the first scan; the walk stops past HEADER_LIMITS["JPEG"]
     blocks: int = 0  # the 8x8 blocks of every component, from the frame's sampling factors
     scan_bytes: int = 0  # from the first start-of-scan marker to the end of the file
+    corrupt: bool = False  # a segment shorter than its own length field
 
     @property
     def huffman_sequential(self) -> bool:
@@ -286,9 +304,17 @@ def jpeg_layout(data: bytes) -> JpegLayout:
 
     The segments before the first scan are walked by their lengths (so an EXIF thumbnail's markers are
     not counted); from there every start-of-scan marker counts: inside entropy-coded data a 0xFF byte
-    is always followed by 0x00 or a restart marker, never by 0xDA."""
+    is always followed by 0x00 or a restart marker, never by 0xDA. Bytes between two segments that
+    are no marker are skipped to the next 0xFF, as libjpeg and PIL skip them (PIL one byte at a time,
+    in Python: 60 ms a megabyte), each run counting as a segment. A segment whose length is under the
+    two bytes of the length itself makes the file corrupt (``corrupt``), as libjpeg finds it."""
     i, size, frame, segments, blocks = 2, None, None, 0, 0
-    while i + 4 <= len(data) and data[i] == 0xFF and segments <= HEADER_LIMITS["JPEG"][1]:
+    while i + 4 <= len(data) and segments <= HEADER_LIMITS["JPEG"][1]:
+        if data[i] != 0xFF:
+            if (i := data.find(b"\xff", i)) < 0:
+                break
+            segments += 1
+            continue
         marker = data[i + 1]
         if marker == 0xFF or marker == 0x01 or 0xD0 <= marker <= 0xD8:  # fill byte, or a marker without a length
             i += 1 if marker == 0xFF else 2
@@ -297,6 +323,8 @@ def jpeg_layout(data: bytes) -> JpegLayout:
         if marker == 0xD9:
             break
         length = int.from_bytes(data[i + 2:i + 4], "big")
+        if length < 2:
+            return JpegLayout(size, frame, 0, segments, blocks, corrupt=True)
         if marker == 0xDA:
             return JpegLayout(size, frame, data.count(b"\xff\xda", i), segments, blocks, max(0, len(data) - i - 2 - length))
         if marker in FRAME_MARKERS and size is None and i + 9 <= len(data):  # length, precision, height, width
@@ -533,9 +561,9 @@ def probe_layout(data: bytes) -> Probe:
     a walk that stops at the limit: PIL would parse each of them in Python.
     A JPEG's size comes from its own start-of-frame segment: PIL's reader also parses the EXIF block
     as it opens one (for its DPI), which made the probe cost twice what OpenCV takes to decode a
-    100x100 photo. A JPEG whose markers do not give a size before its first scan goes to PIL, whose
-    errors are the better reason. A PNG's comes from its IHDR chunk (``png_size``), and a TIFF's from
-    its first directory (``tiff_pieces_problem`` says why)."""
+    100x100 photo. A PNG's comes from its IHDR chunk (``png_size``), and a TIFF's from
+    its first directory (``tiff_pieces_problem`` says why). A JPEG whose markers give no size before a
+    scan, or a corrupt segment, is refused here as well: neither PIL nor libjpeg would decode it."""
     layout = jpeg_layout(data) if data.startswith(b"\xff\xd8") else None
     png = png_chunks(data) if data.startswith(PNG_SIGNATURE) else None
     fmt, count = ("JPEG", layout.segments) if layout else header_units(data, png)
@@ -549,8 +577,12 @@ def probe_layout(data: bytes) -> Probe:
                                "(a JPEG's can be no larger): re-save it")
     if fmt == "PPM" and (magic := ppm_magic(data)) not in (*NETPBM_KINDS, b"Pf"):
         raise ImageDecodeError(f"unsupported image format {magic.decode()} (a PPM variant of PIL's own): send {SUPPORTED}")
-    if layout and layout.size and layout.scans and data.startswith(b"\xff\xd8\xff"):
-        return Probe("JPEG", layout.size, layout)
+    if layout and data.startswith(b"\xff\xd8\xff"):  # what PIL takes for a JPEG
+        if layout.size and layout.scans and not layout.corrupt:
+            return Probe("JPEG", layout.size, layout)
+        # PIL would walk the same markers, skipping junk between them one byte at a time in Python
+        # while holding the GIL: 1.1 s for a 16 MB upload (jpeg_layout), to fail on it as libjpeg does.
+        raise ImageDecodeError(unreadable_header(data))
     if fmt == "PNG" and (size := png_size(data)):
         return Probe("PNG", size, png=png)
     tiff = tiff_entries(data) if fmt == "TIFF" else {}

@@ -351,6 +351,38 @@ def test_a_zip_whose_images_would_not_fit_on_the_disk_is_refused_before_unpackin
     assert not (tmp_path / "datasets").exists()
 
 
+def test_a_tarball_stops_unpacking_before_its_images_fill_the_disk(tmp_path, monkeypatch):
+    """A tarball's size says nothing of what it unpacks to: 256 KB of gzip here declare 256 MB of
+    "photos", which was unpacked until the disk was full. Unpacking now adds up the sizes the members
+    declare and stops short of the free space, leaving nothing behind."""
+    from training.prepare import prepare_archive
+
+    monkeypatch.chdir(tmp_path)
+    with tarfile.open(tmp_path / "zeros.tar.gz", "w:gz") as tf:
+        for name in ("fist/0.jpg", "palm/0.jpg"):
+            info = tarfile.TarInfo(name)
+            info.size = 128 << 20
+            tf.addfile(info, io.BytesIO(bytes(info.size)))
+    assert (tmp_path / "zeros.tar.gz").stat().st_size < 1 << 20
+    monkeypatch.setattr(prepare.shutil, "disk_usage", lambda path: dataclasses.make_dataclass("Usage", ["free"])(200 << 20))
+    with pytest.raises(PrepareError, match=r"not enough disk space to unpack \S*zeros.tar.gz: its images come to 0\.3 GB or more, "
+                                           r"and 0\.2 GB are free in datasets; free space and run again"):
+        prepare_archive(tmp_path / "zeros.tar.gz")
+    assert not (tmp_path / "datasets").exists() or not any((tmp_path / "datasets").iterdir())
+
+
+def test_a_file_larger_than_any_image_is_left_out_of_an_archive(tmp_path, monkeypatch, capsys):
+    """A video or a disk image named .jpg: unpacked, it was read whole by every scan of the folder."""
+    from training.prepare import prepare_archive
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(prepare, "MAX_IMAGE_FILE_BYTES", 100_000)  # the real limit is 1 GB
+    members = {**_dataset_members(""), "fist/clip.jpg": bytes(100_001)}
+    out = prepare_archive(make_tgz(tmp_path / "gestures.tar.gz", members))
+    assert not (out / "fist" / "clip.jpg").exists() and (out / "fist").is_dir()
+    assert "(1 other files left out)" in capsys.readouterr().err
+
+
 def test_a_folder_that_holds_only_the_archive_names_it(tmp_path, capsys):
     """A downloaded export left zipped in its folder was "no class folders", with nothing about the zip."""
     from training import check

@@ -309,10 +309,10 @@ def test_hand_crop_models_decode_uploads_within_the_same_limits(reference):
 
 def test_corrupt_jpeg_body_is_refused_like_load_classifier_refuses_it(svc, reference):
     whole = jpeg(2, 160)
-    corrupt = whole[:300] + bytes(len(whole) - 302) + b"\xff\xd9"  # valid header and end marker, zeroed data
+    corrupt = whole[:300] + bytes(len(whole) - 302) + b"\xff\xd9"  # its header cut inside a segment, zeros, an end marker
     with pytest.raises(ImageDecodeError) as local:
         reference.predict_proba([corrupt])
-    assert "corrupt or truncated image" in str(local.value)  # what the installed decoders make of it
+    assert "truncated or corrupt JPEG" in str(local.value)  # no image data after the header's segments
     with pytest.raises(BadInput) as served:
         asyncio.run(svc.predict(image_b64=corrupt))
     assert str(served.value) == f"image_b64: {local.value}"  # the field it came in ("image:" before, which it was not)

@@ -14,7 +14,7 @@ import torch  # noqa: E402
 from albumentations.pytorch import ToTensorV2  # noqa: E402
 
 from gesture_core.class_names import name_words, unglue  # noqa: E402
-from gesture_core.images import ImageDecodeError, probe_image  # noqa: E402
+from gesture_core.images import ImageDecodeError, probe_image, read_image_file  # noqa: E402
 from gesture_core.preprocess import CROP_MODES, WHOLE_FRAME_MODES, DataConfig, Preprocess  # noqa: E402
 
 PRESETS = ("default", "light", "none")
@@ -155,8 +155,7 @@ def resolve_crop(setting: str, paths: Sequence[str], recordings: bool, whole_fra
 
 def _aspect(path: str) -> float | None:
     try:
-        with open(path, "rb") as f:
-            _, (w, h) = probe_image(f.read())
+        _, (w, h) = probe_image(read_image_file(path))
     except (OSError, ImageDecodeError):
         return None
     return max(w, h) / max(1, min(w, h))

@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from gesture_core.class_names import name_key
 from gesture_core.cli import DefaultsHelpFormatter, check_output_outside_datasets, command, output_arg
-from gesture_core.images import DECODED_FORMATS, ImageDecodeError, decode_rgb, probe_image
+from gesture_core.images import DECODED_FORMATS, ImageDecodeError, decode_rgb, probe_image, read_image_file
 from training.cli import input_path, int_at_least
 from training.config import TrainConfig
 from training.data import (
@@ -91,8 +91,7 @@ def inspect_image(path: str, split: str, label: str, *, decode: bool) -> ImageIn
     """Hash, header and (unless ``decode`` is False) a full decode of one file the scan accepted."""
     info = ImageInfo(path, split, label)
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        data = read_image_file(path)
         info.sha256 = hashlib.sha256(data).hexdigest()
         info.format, (info.width, info.height) = probe_image(data)
         with Image.open(io.BytesIO(data), formats=DECODED_FORMATS) as img:  # the readers probe_image allowed

@@ -34,6 +34,7 @@ from gesture_core.images import (
     decode_rgb,
     jpeg_is_complete,
     probe_image,
+    read_image_file,
     unsupported_format,
 )
 from training.grouping import DatasetError, assign_groups, grouped_split
@@ -303,10 +304,11 @@ def check_image_file(path: str) -> str | None:
     try:
         if not stat.S_ISREG(os.stat(path).st_mode):
             return "not a regular file (FIFO, socket or device)"  # opening a FIFO would block forever
-        with open(path, "rb") as f:
-            data = f.read()
+        data = read_image_file(path)
     except OSError as err:
         return f"unreadable: {err.strerror or err}"
+    except ImageDecodeError as err:
+        return str(err)
     if not data:
         return "empty file (0 bytes)"
     try:
@@ -465,8 +467,7 @@ def failure_reports(paths: Sequence[str], min_side: int | None = None) -> list[d
 
 
 def decode_file(path: str, min_side: int | None = None) -> np.ndarray:
-    with open(path, "rb") as f:
-        return decode_rgb(f.read(), min_side=min_side)
+    return decode_rgb(read_image_file(path), min_side=min_side)
 
 
 def decode_failure(path: str, min_side: int | None = None) -> str:

@@ -35,6 +35,7 @@ from torch import nn
 from gesture_core.backbones import Backbone, drop_aux, get_submodule_or_none, set_submodule
 from gesture_core.checkpoint import atomic_torch_save
 from gesture_core.engines import Engine, build_engine, cache_root, model_fingerprint
+from gesture_core.images import ImageDecodeError, read_image_file
 from gesture_core.preprocess import DataConfig
 from training.augment import build_eval_transform
 from training.data import ImageDataset, Sample, make_loader
@@ -95,9 +96,8 @@ class CachedSplit:
 
 def file_digest(path: str) -> str:
     try:
-        with open(path, "rb") as f:
-            return hashlib.blake2b(f.read(), digest_size=16).hexdigest()
-    except OSError:
+        return hashlib.blake2b(read_image_file(path), digest_size=16).hexdigest()
+    except (OSError, ImageDecodeError):
         return "unreadable"  # the loader reports it; a file that appears later changes the key
 
 

@@ -37,13 +37,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 from tqdm import tqdm
 
 from gesture_core.cli import DefaultsHelpFormatter, command, output_arg
 from gesture_core.hands import HAND_MODEL_FILES, MODELS_WHEEL, HandModelFile, hand_models_dir
-from gesture_core.images import FRAME_JPEG_QUALITY, IMAGE_SUFFIXES, VIDEO_FILE_SUFFIXES, VIDEO_FRAME_EVERY
+from gesture_core.images import FRAME_JPEG_QUALITY, IMAGE_SUFFIXES, MAX_IMAGE_FILE_BYTES, VIDEO_FILE_SUFFIXES, VIDEO_FRAME_EVERY
 from gesture_core.preprocess import MAX_INPUT_SIZE
 from training.cli import existing_path
 from training.data import ARCHIVE_SUFFIXES, SPLIT_FOLDERS, SPLITS, DatasetError, passed_over
@@ -52,6 +52,8 @@ DEFAULT_ROOT = Path("datasets")
 MARKER = ".prepared.json"
 TIMEOUT_S = 15  # per connection attempt and per read: offline fails in seconds, a stalled server never hangs us
 CHUNK = 1 << 20
+# Unpacking a user's archive stops before its images would take more of the disk's free space than this.
+UNPACK_SHARE_OF_FREE = 0.9
 
 
 class PrepareError(DatasetError):
@@ -91,19 +93,25 @@ class Entry:
 # --------------------------------------------------------------------------- unpacking
 
 
-def _members(archive: Path) -> Iterator[tuple[str, Callable[[], BinaryIO]]]:
-    """(posix path, opener) for every regular file of a tar or zip archive, detected by content."""
+class Member(NamedTuple):
+    name: str  # its posix path in the archive
+    size: int  # bytes, as its header declares them (a zip or tar member cannot unpack to more)
+    open: Callable[[], BinaryIO]
+
+
+def _members(archive: Path) -> Iterator[Member]:
+    """Every regular file of a tar or zip archive, detected by content."""
     if zipfile.is_zipfile(archive):
         with zipfile.ZipFile(archive) as zf:
             for info in zf.infolist():
                 if not info.is_dir():
-                    yield info.filename, lambda info=info: zf.open(info)
+                    yield Member(info.filename, info.file_size, lambda info=info: zf.open(info))
     elif tarfile.is_tarfile(archive):
         # Streaming mode ("r|*"): one pass, constant memory, even for a multi-GB tarball.
         with tarfile.open(archive, "r|*") as tf:
             for member in tf:
                 if member.isfile():  # links and devices are never extracted
-                    yield member.name, lambda member=member: tf.extractfile(member)
+                    yield Member(member.name, member.size, lambda member=member: tf.extractfile(member))
     else:
         raise PrepareError(f"{archive} is neither a zip nor a tar archive (corrupt or wrong file?)")
 
@@ -130,7 +138,7 @@ def class_folders(*prefix: str | None) -> Callable[[dict[str, Path], Path], None
 
     def build(files: dict[str, Path], out: Path) -> None:
         (archive,) = files.values()
-        for name, opener in _members(archive):
+        for name, _, opener in _members(archive):
             parts = _safe_parts(name)
             if parts is None or len(parts) != len(prefix) + 2 or not _is_image_name(name):
                 continue
@@ -149,7 +157,7 @@ def build_flowers102(files: dict[str, Path], out: Path) -> None:
     split_of = {
         int(i): split for key, split in (("trnid", "train"), ("valid", "val"), ("tstid", "test")) for i in setid[key].ravel()
     }
-    for name, opener in _members(files["102flowers.tgz"]):
+    for name, _, opener in _members(files["102flowers.tgz"]):
         stem = PurePosixPath(name).stem  # image_00001
         if not (stem.startswith("image_") and stem[6:].isdigit() and _is_image_name(name)):
             continue
@@ -693,13 +701,21 @@ def _unpacked_size(archive: Path) -> int:
 
 def _unpack_images(archive: Path, dest: Path) -> int:
     """Every image file of ``archive`` whose path passes ``_safe_parts``, at that path under ``dest``;
-    returns how many other files were left out."""
-    skipped = 0
-    for name, opener in _members(archive):
+    returns how many other files were left out. A file larger than any image (a video named .jpg) is
+    one of them. A tarball's size says little of what it unpacks to (a gzipped one of zeros is a
+    thousandth of it), so the images' declared sizes are added up as they come, and unpacking stops
+    before they would take more than ``UNPACK_SHARE_OF_FREE`` of the disk's free space."""
+    skipped, unpacked = 0, 0
+    existing = next(p for p in (dest, *dest.parents) if p.exists())
+    room = UNPACK_SHARE_OF_FREE * shutil.disk_usage(existing).free
+    for name, size, opener in _members(archive):
         parts = _safe_parts(name)
-        if parts is None or not _is_image_name(name):
+        if parts is None or not _is_image_name(name) or size > MAX_IMAGE_FILE_BYTES:
             skipped += 1
             continue
+        if (unpacked := unpacked + size) > room:
+            raise PrepareError(f"not enough disk space to unpack {archive}: its images come to {unpacked / 1e9:.1f} GB or more, "
+                               f"and {room / UNPACK_SHARE_OF_FREE / 1e9:.1f} GB are free in {dest.parent}; free space and run again")
         _copy_member(opener, dest.joinpath(*parts))
     return skipped
 
