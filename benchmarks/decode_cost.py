@@ -9,7 +9,7 @@ progressive JPEGs with extra scans, what decoding them would cost without the sc
 bytes per pixel of real photos from each shared set, re-encoded as PNG, and of their own JPEGs, and
 the most scans any of their JPEG files has and the fewest bits of image data per 8x8 block; what merely opening an ICO file costs in PIL, which
 is why only ``gesture_core.images.DECODED_FORMATS`` are ever opened; what PIL takes to open 16 MB
-headers of the smallest units (``HEADER_LIMITS``), a JPEG header followed by megabytes of junk, a PNG's text chunks and a TIFF's strip offsets;
+headers of the smallest units (``HEADER_LIMITS``), a JPEG's or a GIF's header followed by megabytes of junk, a PNG's text chunks and a TIFF's strip offsets;
 what OpenCV takes for an EXIF block of many entries on one value, and for a PNG whose compressed
 data goes on after its image or comes in thousands of chunks; what JPEGs of a few hundred bytes that declare 6000x6000 pixels
 (arithmetic-coded, lossless, or cut after the header) cost OpenCV; what PIL's Python decoders take for
@@ -33,6 +33,7 @@ from PIL import Image
 from benchmarks.common import describe_machine
 from benchmarks.hostile_inputs import (
     exif_bomb,
+    gif_header_then_junk,
     ico_holding_png,
     jpeg_cut_after_its_header,
     jpeg_without_image_data,
@@ -141,14 +142,15 @@ def header_rows() -> None:
         print(f"| {fmt} | {units:,} | {spent_ms:,.0f} ms{warnings} | {answer} in {(time.perf_counter() - started) * 1000:.1f} ms |")
 
 
-def jpeg_junk_rows() -> None:
-    """16 MB of bytes that are no marker after a JPEG's header: PIL's reader skips them one at a time,
-    in Python, looking for the next marker; the service's walk of the markers skips them with one
-    search."""
-    print("\n| 16 MB JPEG | PIL's Image.open alone | the service |\n| --- | ---: | --- |")
+def junk_rows() -> None:
+    """16 MB of bytes that start no marker or block after a JPEG's or a GIF's header: PIL's readers
+    skip them one at a time, in Python, looking for the next one; the service's walk of the markers
+    skips them with one search (JPEG) or refuses them (GIF, as giflib does)."""
+    print("\n| 16 MB file | PIL's Image.open alone | the service |\n| --- | ---: | --- |")
     app0 = noise_jpeg(3, 160)[:20]
-    cases = {"its APP0 segment, then zeros and an end marker": app0 + bytes(16 << 20) + b"\xff\xd9",
-             "an APP0 segment of length 0, then zeros": b"\xff\xd8\xff\xe0\x00\x00" + bytes(16 << 20)}
+    cases = {"JPEG: its APP0 segment, then zeros and an end marker": app0 + bytes(16 << 20) + b"\xff\xd9",
+             "JPEG: an APP0 segment of length 0, then zeros": b"\xff\xd8\xff\xe0\x00\x00" + bytes(16 << 20),
+             "GIF: its screen descriptor and colour table, then zeros and its trailer": gif_header_then_junk(16 << 20)}
     for name, data in cases.items():
         def pil_open(d=data) -> None:
             try:
@@ -348,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
     scan_rows()
     format_rows()
     header_rows()
-    jpeg_junk_rows()
+    junk_rows()
     png_text_rows()
     tiff_strip_rows()
     exif_rows()

@@ -111,6 +111,14 @@ def jpeg_cut_after_its_header(width: int, height: int) -> bytes:
 
 
 @functools.cache
+def gif_header_then_junk(junk_bytes: int) -> bytes:
+    """A GIF's screen descriptor and colour table, then zeros where its first image should begin, and
+    its trailer."""
+    gif = encode(Image.fromarray(np.random.default_rng(0).integers(0, 256, (16, 16, 3), np.uint8)), "GIF")
+    table = 3 << ((gif[10] & 7) + 1) if gif[10] & 0x80 else 0
+    return gif[:13 + table] + bytes(junk_bytes) + b";"
+
+
 def ico_holding_png(width: int = 8000, height: int = 8000) -> bytes:
     """An ICO file whose one icon is a flat PNG of ``width`` x ``height`` (186 KB at 8000x8000). Its
     directory says 256x256, and PIL's ICO reader decodes the PNG as it opens the file, so reading
@@ -257,6 +265,7 @@ def bad_uploads() -> dict[str, tuple[bytes, str]]:
         "jpeg_cut_before_its_header": (whole[:40], "truncated JPEG"),
         # A JPEG header, then 3 MB of zeros and an end marker: PIL skipped the zeros one byte at a time (0.2 s).
         "jpeg_header_then_3_mb_of_junk": (whole[:20] + bytes(3 << 20) + b"\xff\xd9", "truncated or corrupt JPEG"),
+        "gif_header_then_3_mb_of_junk": (gif_header_then_junk(3 << 20), "truncated or corrupt GIF"),
         # Tiny files that resizing the shorter side to the model's size would make huge (+1.7 GB for 39000x1).
         "strip_39000x1": (png_strip(39_000, 1), "extreme aspect ratio"),
         "strip_1000000x1": (png_strip(1_000_000, 1), "extreme aspect ratio"),

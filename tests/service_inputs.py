@@ -88,6 +88,7 @@ def expected_refusal(case: str, upload_limit_bytes: int) -> tuple[int, str, tupl
         "file_garbage_after_jpeg_header": (400, "image: truncated JPEG (no end-of-image marker)", None),
         "file_jpeg_cut_before_its_header": (400, "image: truncated JPEG (no end-of-image marker)", None),
         "file_jpeg_header_then_3_mb_of_junk": (400, "image: truncated or corrupt JPEG (its image header cannot be read)", None),
+        "file_gif_header_then_3_mb_of_junk": (400, "image: truncated or corrupt GIF (its image header cannot be read)", None),
         "file_strip_39000x1": (400, "image: extreme aspect ratio: 39000x1 is 39,000:1, above the limit of 20:1", None),
         "file_strip_1000000x1": (400, "image: extreme aspect ratio: 1000000x1 is 1,000,000:1, above the limit of 20:1", None),
         "file_strip_1x12000": (400, "image: extreme aspect ratio: 1x12000 is 12,000:1, above the limit of 20:1", None),
