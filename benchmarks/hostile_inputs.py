@@ -263,7 +263,7 @@ def bad_uploads() -> dict[str, tuple[bytes, str]]:
         "decompression_bomb": (png_bomb(), "too large"),
         "garbage_after_jpeg_header": (whole[:200] + bytes(range(256)) * 8, "truncated"),
         "jpeg_cut_before_its_header": (whole[:40], "truncated JPEG"),
-        # A JPEG header, then 3 MB of zeros and an end marker: PIL skipped the zeros one byte at a time (0.2 s).
+        # A JPEG's or a GIF's header, then 3 MB of zeros: PIL skipped them one byte at a time (benchmarks/decode_cost.py).
         "jpeg_header_then_3_mb_of_junk": (whole[:20] + bytes(3 << 20) + b"\xff\xd9", "truncated or corrupt JPEG"),
         "gif_header_then_3_mb_of_junk": (gif_header_then_junk(3 << 20), "truncated or corrupt GIF"),
         # Tiny files that resizing the shorter side to the model's size would make huge (+1.7 GB for 39000x1).

@@ -306,7 +306,7 @@ def jpeg_layout(data: bytes) -> JpegLayout:
     not counted); from there every start-of-scan marker counts: inside entropy-coded data a 0xFF byte
     is always followed by 0x00 or a restart marker, never by 0xDA. Bytes between two segments that
     are no marker are skipped to the next 0xFF, as libjpeg and PIL skip them (PIL one byte at a time,
-    in Python: 60 ms a megabyte), each run counting as a segment. A segment whose length is under the
+    in Python: about 60 ms a megabyte), each run counting as a segment. A segment whose length is under the
     two bytes of the length itself makes the file corrupt (``corrupt``), as libjpeg finds it."""
     i, size, frame, segments, blocks = 2, None, None, 0, 0
     while i + 4 <= len(data) and segments <= HEADER_LIMITS["JPEG"][1]:
@@ -583,7 +583,7 @@ def probe_layout(data: bytes) -> Probe:
                                "(a JPEG's can be no larger): re-save it")
     if fmt == "GIF" and (stop := gif_walk(data)[1]) < len(data) and data[stop] != ord(","):
         # No image where the first one should begin: giflib refuses such a file; PIL skips the bytes
-        # one at a time, in Python, while holding the GIL (1.6 s for a 16 MB upload).
+        # one at a time, in Python, while holding the GIL (1.5 s for 16 MB: python -m benchmarks.decode_cost).
         raise ImageDecodeError(unreadable_header(data))
     if fmt == "PPM" and (magic := ppm_magic(data)) not in (*NETPBM_KINDS, b"Pf"):
         raise ImageDecodeError(f"unsupported image format {magic.decode()} (a PPM variant of PIL's own): send {SUPPORTED}")
@@ -591,7 +591,7 @@ def probe_layout(data: bytes) -> Probe:
         if layout.size and layout.scans and not layout.corrupt:
             return Probe("JPEG", layout.size, layout)
         # PIL would walk the same markers, skipping junk between them one byte at a time in Python
-        # while holding the GIL: 1.1 s for a 16 MB upload (jpeg_layout), to fail on it as libjpeg does.
+        # while holding the GIL: about 1 s for 16 MB (python -m benchmarks.decode_cost), to fail as libjpeg does.
         raise ImageDecodeError(unreadable_header(data))
     if fmt == "PNG" and (size := png_size(data)):
         return Probe("PNG", size, png=png)

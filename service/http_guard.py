@@ -569,8 +569,8 @@ def plain_error(status: int, body: bytes, headers: dict[bytes, bytes], scope: Sc
 
 def use_the_open_file_hard_limit() -> tuple[int, int]:
     """Raise this process's soft limit on open files to its hard limit, as Go's runtime and nginx's
-    ``worker_rlimit_nofile`` do for servers: the soft one is often 1,024, the hard one hundreds of
-    thousands. Nothing in the worker waits on a file descriptor with ``select()``, the only call that
+    ``worker_rlimit_nofile`` do for servers: the soft one is often Linux's default of 1,024, the hard one
+    far higher. Nothing in the worker waits on a file descriptor with ``select()``, the only call that
     breaks above 1,024. Returns (before, after)."""
     try:
         import resource

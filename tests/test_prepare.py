@@ -352,7 +352,7 @@ def test_a_zip_whose_images_would_not_fit_on_the_disk_is_refused_before_unpackin
 
 
 def test_a_tarball_stops_unpacking_before_its_images_fill_the_disk(tmp_path, monkeypatch):
-    """A tarball's size says nothing of what it unpacks to: 256 KB of gzip here declare 256 MB of
+    """A tarball's size says nothing of what it unpacks to: 255 KB of gzip here declare 256 MB of
     "photos", which was unpacked until the disk was full. Unpacking now adds up the sizes the members
     declare and stops short of the free space, leaving nothing behind."""
     from training.prepare import prepare_archive
