@@ -93,7 +93,7 @@ def soft_open_file_limit(limit: int | None) -> Iterator[None]:
     import resource  # Unix only, as is lowering the limit
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(limit, hard), hard))
     try:
         yield
     finally:

@@ -24,6 +24,7 @@ import pytest
 from benchmarks.hostile_inputs import b64, http_bad_requests, many_header_units
 from benchmarks.server_process import REPO, ServerStartError, serve_process
 from gesture_core import load_classifier
+from service.http_guard import use_the_open_file_hard_limit
 from tests.service_inputs import ambiguous_requests, assert_refused_as_documented, jpeg, sample_images
 
 pytestmark = pytest.mark.integration
@@ -271,10 +272,8 @@ def test_idle_connections_beyond_the_usual_open_file_limit_lock_no_client_out(ht
     long as they stay open: uvicorn has no timeout for them. Started under a soft limit of 1,024 open
     files, 1,100 of them made the server reset every other connection, until the worker raised its
     limit to the hard one (service/http_guard.py)."""
-    import resource
-
     wanted = USUAL_OPEN_FILE_LIMIT + 76
-    if min(resource.getrlimit(resource.RLIMIT_NOFILE)) < wanted + 200:
+    if use_the_open_file_hard_limit()[1] < wanted + 200:  # this process opens them
         pytest.skip("this process cannot open enough connections")
     address = urlsplit(server.url)
     idle = []
