@@ -106,6 +106,24 @@ def test_cli_writes_json_and_exits_zero_with_warnings(messy: Path, tmp_path: Pat
     assert report["counts"]["peace"] == 6
 
 
+def test_file_names_that_would_drive_the_terminal_are_shown_escaped(tmp_path: Path, capsys):
+    """A file name may hold a newline (which printed a report line of its own), an escape sequence (which
+    cleared the screen), or a right-to-left override (which shows "x\u202egpj.exe" as "xexe.jpg")."""
+    root = tmp_path / "named"
+    make_image_folder(root, classes=("fist", "palm"), per_class=20)
+    names = ["new\nOK to train.jpg", "clear\x1b[2J.jpg", "x\u202egnp.exe.jpg"]
+    for name in names:
+        shutil.copy(root / "fist" / "000.png", root / "fist" / name)
+    (root / "palm" / "bad\x1b[31m.jpg").write_bytes(b"not an image")
+    assert main([str(root), "--json", str(tmp_path / "report.json")]) == 0
+    text = capsys.readouterr().out
+    assert "\x1b" not in text and "\u202e" not in text and "\nOK to train.jpg" not in text
+    for shown in ("new\\nOK to train.jpg", "clear\\x1b[2J.jpg", "x\\u202egnp.exe.jpg", "bad\\x1b[31m.jpg"):
+        assert shown in text, shown
+    skipped = [Path(item["path"]).name for item in json.loads((tmp_path / "report.json").read_text(encoding="utf-8"))["skipped"]]
+    assert skipped == ["bad\\x1b[31m.jpg"]
+
+
 def test_presplit_leakage_and_missing_classes(tmp_path: Path):
     root = tmp_path / "split"
     make_image_folder(root / "train", classes=("a", "b"), per_class=22)

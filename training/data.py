@@ -321,9 +321,18 @@ def check_image_file(path: str) -> str | None:
     return None
 
 
+# Characters of a file name that would act on the terminal or the line rather than show: control
+# characters (a newline starts a line of its own, an escape sequence can clear the screen or recolour
+# what follows) and the marks that reverse the direction of the text after them ("gpj.exe" shown as
+# "exe.jpg"). Class folders holding them are refused (has_control_characters); any file may.
+UNSHOWN = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
 def printable_path(path: str) -> str:
-    # Non-UTF-8 file names must still be reportable in JSON.
-    return path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    """``path`` as reports print it: a non-UTF-8 name made valid (JSON must hold it), and the characters
+    of ``UNSHOWN`` written as escapes (``\\n``, ``\\x1b``, ``\\u202e``)."""
+    text = path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    return UNSHOWN.sub(lambda found: found.group().encode("unicode_escape").decode("ascii"), text)
 
 
 def _to_samples(by_class: dict[str, list[str]], classes: list[str]) -> list[Sample]:
