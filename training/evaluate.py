@@ -58,7 +58,7 @@ from training.data import (
 from training.hand_crops import HandCropCache, crop_samples, format_no_hand, frame_metrics, frame_mistakes, frame_outputs
 from training.loop import IGNORE_LABEL
 from training.open_set import evaluate_open_set, format_unknown, unknown_samples
-from training.prepare import dataset_videos, prepare_videos, resolve_data_dir
+from training.prepare import as_image_folder, resolve_data_dir
 from training.report import classification_metrics, format_summary, plot_mistakes, top_mistakes, write_json, write_report
 
 TTA_CHOICES = (*TTA_MODES, "all")
@@ -120,13 +120,6 @@ def split_folder(data: str | None) -> str | None:
     print(f"--data {data} is a pre-split dataset (train/, test/): evaluating its test split, {folders['test']} "
           f"(pass --data {others} for another split)")
     return str(folders["test"])
-
-
-def unknown_folder(unknown: str) -> Path:
-    """--unknown as given, or the frames of the recordings it holds (training.prepare.prepare_videos),
-    videos of unknown gestures being what a webcam user records."""
-    folder = Path(unknown)
-    return prepare_videos(folder, loose=True) if folder.is_dir() and dataset_videos(folder, loose=True) else folder
 
 
 def file_keys(paths: Iterable[str]) -> set[str]:
@@ -320,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
         warn_if_trained_on(samples, args.checkpoint)
     unknown_skipped: list[dict[str, str]] = []
     try:  # before the long part: a wrong --unknown folder fails in a second, not after the evaluation
-        unknown = None if args.unknown is None else unknown_samples(unknown_folder(args.unknown), unknown_skipped)
+        unknown = None if args.unknown is None else unknown_samples(as_image_folder(Path(args.unknown), loose=True), unknown_skipped)  # videos: their frames
         if unknown:
             check_unknown(args.unknown, unknown, classifier, args.checkpoint)
     except DatasetError as err:

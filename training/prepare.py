@@ -44,7 +44,7 @@ from tqdm import tqdm
 from gesture_core.cli import DefaultsHelpFormatter, command, output_arg
 from gesture_core.hands import HAND_MODEL_FILES, MODELS_WHEEL, HandModelFile, hand_models_dir
 from gesture_core.images import FRAME_JPEG_QUALITY, IMAGE_SUFFIXES, MAX_IMAGE_FILE_BYTES, VIDEO_FILE_SUFFIXES, VIDEO_FRAME_EVERY
-from gesture_core.preprocess import MAX_INPUT_SIZE
+from gesture_core.preprocess import MAX_INPUT_SIZE, resize_to
 from training.cli import existing_path
 from training.data import ARCHIVE_SUFFIXES, SPLIT_FOLDERS, SPLITS, DatasetError, passed_over
 
@@ -410,10 +410,14 @@ def fetch(entry: Entry, root: Path, archive: Path | None) -> tuple[dict[str, Pat
     return paths, digests, ours
 
 
+def _free_space(folder: Path) -> int:
+    """Free bytes on the disk ``folder`` will be on (it, or its nearest existing parent: it is created later)."""
+    return shutil.disk_usage(next(p for p in (folder, *folder.parents) if p.exists())).free
+
+
 def _require_space(folder: Path, size: int | None, factor: float = 2.2) -> None:
     """Room for ``size`` bytes ``factor`` times: a download's archive and its unpacked copy by default."""
-    existing = next(p for p in (folder, *folder.parents) if p.exists())  # created only once the download starts
-    free = shutil.disk_usage(existing).free
+    free = _free_space(folder)
     if size and free < factor * size:
         raise PrepareError(f"not enough disk space in {folder}: {free / 1e9:.1f} GB free, about {factor * size / 1e9:.1f} GB needed")
 
@@ -505,7 +509,7 @@ def resolve_data_dir(data: str, flag: str = "--data") -> Path:
     unpacked; or a catalogue name, prepared on first use (``python -m training.prepare``)."""
     path = Path(data).expanduser()
     if path.is_dir():
-        return prepare_videos(path) if dataset_videos(path) else path
+        return as_image_folder(path)
     if dataset_archive_name(path):
         return prepare_archive(path)
     if archive_url_name(data):
@@ -538,14 +542,20 @@ def dataset_videos(folder: Path, *, loose: bool = False) -> list[Path]:
     return videos
 
 
-def prepare_videos(folder: Path, root: Path = DEFAULT_ROOT, *, every: int = VIDEO_FRAME_EVERY, loose: bool = False) -> Path:
-    """A dataset of recordings (``folder/<class>/take1.mp4``) as the images training reads: every
-    ``every``-th frame of each video, into ``root/<folder>-frames/<class>/<video>/000000.jpg`` (the
+def as_image_folder(folder: Path, *, loose: bool = False) -> Path:
+    """The folder of images that ``folder`` stands for: itself, or the frames of the recordings it
+    holds where it holds videos and not one image (``dataset_videos``, ``prepare_videos``)."""
+    videos = dataset_videos(folder, loose=loose)
+    return prepare_videos(folder, videos) if videos else folder
+
+
+def prepare_videos(folder: Path, videos: list[Path], root: Path = DEFAULT_ROOT, *, every: int = VIDEO_FRAME_EVERY) -> Path:
+    """A dataset of recordings (``folder/<class>/take1.mp4``, its ``dataset_videos``) as the images
+    training reads: every ``every``-th frame of each video, into ``root/<folder>-frames/<class>/<video>/000000.jpg`` (the
     frame's number), one folder per recording, so that a recording stays whole in one split
     (``--group-by auto`` takes the folders; numbered frames alone would be cut into blocks). Reused
     while the videos are the same (their sizes and times); extracted again when one is added, removed
-    or changed. ``loose``: videos in ``folder`` itself too (``dataset_videos``)."""
-    videos = dataset_videos(folder, loose=loose)
+    or changed."""
     out = Path(root) / f"{folder.resolve().name}-frames"
     fingerprint = {v.relative_to(folder).as_posix(): [v.stat().st_size, v.stat().st_mtime_ns] for v in videos}
     marker = read_marker(out)
@@ -600,13 +610,10 @@ def _extract_videos(folder: Path, videos: list[Path], dest: Path, every: int) ->
 def _at_most(frame, side: int):
     """``frame`` with its longer side scaled down to ``side``: no model takes a larger input, and the
     frames of a 4K phone video would be large JPEGs, each decoded again every epoch."""
-    import cv2
-
     scale = side / max(frame.shape[:2])
     if scale >= 1:
         return frame
-    size = (max(1, round(frame.shape[1] * scale)), max(1, round(frame.shape[0] * scale)))
-    return cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
+    return resize_to(frame, (max(1, round(frame.shape[0] * scale)), max(1, round(frame.shape[1] * scale))))
 
 
 # --------------------------------------------------------------------------- a dataset archive of one's own
@@ -706,8 +713,7 @@ def _unpack_images(archive: Path, dest: Path) -> int:
     thousandth of it), so the images' declared sizes are added up as they come, and unpacking stops
     before they would take more than ``UNPACK_SHARE_OF_FREE`` of the disk's free space."""
     skipped, unpacked = 0, 0
-    existing = next(p for p in (dest, *dest.parents) if p.exists())
-    room = UNPACK_SHARE_OF_FREE * shutil.disk_usage(existing).free
+    room = UNPACK_SHARE_OF_FREE * _free_space(dest)
     for name, size, opener in _members(archive):
         parts = _safe_parts(name)
         if parts is None or not _is_image_name(name) or size > MAX_IMAGE_FILE_BYTES:
