@@ -346,16 +346,16 @@ def frame_blocks(frame: bytes) -> int:
     return sum(math.ceil(math.ceil(width * h / most_h) / 8) * math.ceil(math.ceil(height * v / most_v) / 8) for h, v in factors)
 
 
-def header_units(data: bytes, png: list[PngChunk] | None) -> tuple[str, int]:
+def header_units(data: bytes, png: list[PngChunk] | None, gif: tuple[int, int] | None) -> tuple[str, int]:
     """(format, how many) of the units PIL would parse one by one before any pixel of a PNG (its chunks
     besides the image data, which libpng reads, counted in ``png``, its ``png_chunks``), a GIF (its
-    blocks and sub-blocks before the first image), a PPM (its header bytes) or a TIFF (the entries of
-    its first directory), each walk stopping past the format's limit (``HEADER_LIMITS``); a JPEG's are
-    ``jpeg_layout``'s segments. ("", 0) for other formats."""
+    blocks and sub-blocks before the first image, counted in ``gif``, its ``gif_walk``), a PPM (its
+    header bytes) or a TIFF (the entries of its first directory), each walk stopping past the format's
+    limit (``HEADER_LIMITS``); a JPEG's are ``jpeg_layout``'s segments. ("", 0) for other formats."""
     if png is not None:
         return "PNG", png_chunks_besides_pixels(png)
-    if data.startswith((b"GIF87a", b"GIF89a")):
-        return "GIF", gif_blocks_before_image(data)
+    if gif is not None:
+        return "GIF", gif[0]
     if ppm_magic(data):
         return "PPM", ppm_header_bytes(data)
     if data.startswith((b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")):  # the entry count of the first directory
@@ -490,10 +490,6 @@ def png_pixel_chunks_only(data: bytes, chunks: list[PngChunk]) -> tuple[bytes, l
     return b"".join(kept), kept_chunks
 
 
-def gif_blocks_before_image(data: bytes) -> int:
-    return gif_walk(data)[0]
-
-
 def gif_walk(data: bytes) -> tuple[int, int]:
     """(the blocks and sub-blocks of a GIF's extensions before its first image, where the walk stopped:
     at its first image descriptor, ',', in a whole GIF)."""
@@ -572,7 +568,8 @@ def probe_layout(data: bytes) -> Probe:
     scan, or a corrupt segment, is refused here as well: neither PIL nor libjpeg would decode it."""
     layout = jpeg_layout(data) if data.startswith(b"\xff\xd8") else None
     png = png_chunks(data) if data.startswith(PNG_SIGNATURE) else None
-    fmt, count = ("JPEG", layout.segments) if layout else header_units(data, png)
+    gif = gif_walk(data) if data.startswith((b"GIF87a", b"GIF89a")) else None
+    fmt, count = ("JPEG", layout.segments) if layout else header_units(data, png, gif)
     if fmt and count > HEADER_LIMITS[fmt][1]:
         what, limit = HEADER_LIMITS[fmt]
         raise ImageDecodeError(f"{fmt} with more than {limit:,} {what}, far more than any photo: re-save it")
@@ -581,7 +578,7 @@ def probe_layout(data: bytes) -> Probe:
     if (exif := exif_block_bytes(data, png)) > MAX_EXIF_BYTES:
         raise ImageDecodeError(f"{'PNG' if fmt == 'PNG' else 'WebP'} with an EXIF block of {exif:,} bytes, above the limit of {MAX_EXIF_BYTES:,} "
                                "(a JPEG's can be no larger): re-save it")
-    if fmt == "GIF" and (stop := gif_walk(data)[1]) < len(data) and data[stop] != ord(","):
+    if gif is not None and gif[1] < len(data) and data[gif[1]] != ord(","):
         # No image where the first one should begin: giflib refuses such a file; PIL skips the bytes
         # one at a time, in Python, while holding the GIL (1.5 s for 16 MB: python -m benchmarks.decode_cost).
         raise ImageDecodeError(unreadable_header(data))
