@@ -12,12 +12,14 @@ Python), costly bodies (deep JSON, or thousands of
 keys, form fields or multipart parts, which would take seconds to parse), large headers (10 MB of one,
 a Content-Type of 1,600,000 parameters, 200,000 cookies), malformed uploads, ambiguous requests,
 slow clients (each sends its request body at 1 byte per second, reconnecting whenever
-the server lets go), and idle connections (2,000 that send nothing or an unfinished request line,
-against a server started with Linux's usual soft limit of 1,024 open files). Peak RSS growth is the worker's high-water mark (reset through
+the server lets go), idle connections (2,000 that send nothing or an unfinished request line,
+against a server started with Linux's usual soft limit of 1,024 open files), and held bodies (150
+clients that each send all but the last byte of an upload at the server's limit, then wait). Peak RSS growth is the worker's high-water mark (reset through
 /proc/PID/clear_refs before each request) minus its RSS before it. The last lines judge the issue's
 targets: no 5xx, at most 256 MB of growth for any single request (1 GB for 16 large ones sent
-together), and normal clients all served with p99 under 1 s while the slow clients connect, and
-while the idle connections are held; the exit code is 1 when one is missed.
+together), normal clients all served with p99 under 1 s while the slow clients connect, and while the idle
+connections are held, and the bodies held in memory within their budget (service.http_guard.BodyMemory)
+while normal clients are all served; the exit code is 1 when one is missed.
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ from benchmarks.hostile_inputs import (
     with_exif,
 )
 from benchmarks.serve_latency import drive, load_images, make_checkpoint, running_service
-from service.http_guard import use_the_open_file_hard_limit
+from service.http_guard import BODIES_HELD, use_the_open_file_hard_limit
 
 RSS_TARGET_MB = 256
 TOGETHER_TARGET_MB = 4 * RSS_TARGET_MB  # large uploads sent together: at most 4 decodes at once
@@ -266,13 +268,10 @@ def readable(sock: socket.socket) -> bool:
 
 def answered(sock: socket.socket, report: SlowClientReport) -> bool:
     """Whether the server has answered or closed this connection (recorded as its status or 'closed')."""
-    if not readable(sock):
+    answer = answer_of(sock)
+    if answer == "held":
         return False
-    try:
-        data = sock.recv(256)
-    except OSError:
-        data = b""
-    report.outcomes[data.split(b" ")[1].decode() if data.startswith(b"HTTP/") else "closed"] += 1
+    report.outcomes[answer] += 1
     return True
 
 
@@ -296,6 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--normal-clients", type=int, default=4)
     p.add_argument("--idle-connections", type=int, default=2000, help="connections opened and held without a complete request")
     p.add_argument("--idle-seconds", type=float, default=4.0, help="how long normal clients are measured while they are held")
+    p.add_argument("--held-bodies", type=int, default=150, help="clients that send all but the last byte of an upload at the limit, then wait")
     p.add_argument("--quick", action="store_true", help="a 15 s slow-client attack and a 4 s baseline")
     args = p.parse_args(argv)
     baseline_seconds = 4.0 if args.quick else 10.0
@@ -323,10 +323,11 @@ def main(argv: list[str] | None = None) -> int:
             note(f"normal clients alone: {baseline}")
             during, report = slow_client_attack(server.url, images, args.slow_clients, args.slow_seconds, args.normal_clients)
             idle = idle_connection_attack(server.url, images, args.idle_connections, args.normal_clients, args.idle_seconds, rss.pid)
+            held = held_body_attack(server.url, images, args.held_bodies, args.normal_clients, rss, upload_limit)
             alive = server.process.poll() is None
-    print_summary(outcomes, baseline, during, report, args, alive, logged, idle)
+    print_summary(outcomes, baseline, during, report, args, alive, logged, idle, held)
     note(f"finished in {time.perf_counter() - started:.0f} s")
-    return 0 if verdicts(outcomes, during, logged, idle)[1] else 1
+    return 0 if verdicts(outcomes, during, logged, idle, held)[1] else 1
 
 
 @dataclass
@@ -360,13 +361,70 @@ def idle_connection_attack(url: str, images: list[bytes], count: int, clients: i
     return IdleReport(count, held, growth, psutil.Process(worker).rlimit(psutil.RLIMIT_NOFILE)[0], normal)
 
 
-def verdicts(outcomes: list[Outcome], during: dict, logged: dict, idle: IdleReport) -> tuple[list[str], bool]:
+@dataclass
+class HeldBodyReport:
+    count: int
+    upload_limit: int
+    answers: Counter  # what the server did to the held bodies
+    rss_growth_mb: float  # the worker's peak
+    normal: dict
+
+    @property
+    def budget_mb(self) -> float:
+        return BODIES_HELD * self.upload_limit / 2**20
+
+
+def held_body_attack(url: str, images: list[bytes], count: int, clients: int, rss: PeakRss, upload_limit: int) -> HeldBodyReport:
+    """``count`` connections that each send all but the last byte of an upload at the limit and wait,
+    one after another, while normal clients are measured: every body held is memory of the worker's."""
+    host, port = url.removeprefix("http://").split(":")
+    head = (f"POST /predict HTTP/1.1\r\nHost: {host}\r\nContent-Type: multipart/form-data; boundary={BOUNDARY}\r\n"
+            f"Content-Length: {upload_limit}\r\n\r\n").encode()
+    held: list[socket.socket] = []
+
+    def hold_bodies() -> None:
+        for _ in range(count):
+            sock = socket.create_connection((host, int(port)), timeout=30)
+            held.append(sock)
+            sock.sendall(head + b"x" * (upload_limit - 1))
+
+    def attack() -> dict:
+        attacker = threading.Thread(target=hold_bodies, daemon=True)
+        attacker.start()
+        time.sleep(0.5)  # the first bodies are in
+        normal = drive(url, "predict", images, clients=clients, duration=3.0, warmup=0.0).summary()
+        attacker.join(120)
+        return normal
+
+    try:
+        normal, growth = rss.measure(attack)
+        time.sleep(0.5)  # answers to the last bodies dropped
+        answers = Counter(answer_of(sock) for sock in held)
+    finally:
+        for sock in held:
+            sock.close()
+    return HeldBodyReport(count, upload_limit, answers, growth, normal)
+
+
+def answer_of(sock: socket.socket) -> str:
+    """The status the server answered on this connection, "closed", or "held" when it has not answered."""
+    if not readable(sock):
+        return "held"
+    try:
+        data = sock.recv(256)
+    except OSError:
+        data = b""
+    return data.split(b" ")[1].decode() if data.startswith(b"HTTP/") else "closed"
+
+
+def verdicts(outcomes: list[Outcome], during: dict, logged: dict, idle: IdleReport, held: HeldBodyReport) -> tuple[list[str], bool]:
     server_errors = sum(1 for o in outcomes for s in o.statuses if s >= 500 or s == 0)
     single = max((o for o in outcomes if o.attack.copies == 1), key=lambda o: o.rss_growth_mb)
     together = max((o for o in outcomes if o.attack.copies > 1), key=lambda o: o.rss_growth_mb)
     normal_ok = not during["errors"] and during["requests"] > 0 and during["p99_ms"] < P99_TARGET_MS
     log_ok = logged["bytes_per_request"] <= LOG_TARGET_BYTES and not logged["tracebacks"]
     idle_ok = not idle.normal["errors"] and idle.normal["requests"] > 0
+    held_ok = not held.normal["errors"] and held.normal["requests"] > 0 and held.rss_growth_mb <= held.budget_mb + RSS_TARGET_MB
     lines = [
         f"{'PASS' if not server_errors else 'FAIL'}  5xx or no answer: {server_errors}",
         f"{'PASS' if single.rss_growth_mb <= RSS_TARGET_MB else 'FAIL'}  largest worker RSS growth for one request: "
@@ -379,13 +437,16 @@ def verdicts(outcomes: list[Outcome], during: dict, logged: dict, idle: IdleRepo
         f"{logged['tracebacks']} traceback(s); target <= {LOG_TARGET_BYTES:,} bytes, no traceback",
         f"{'PASS' if idle_ok else 'FAIL'}  normal clients while {idle.count:,} idle connections are held: {idle.normal['requests']} served, "
         f"refused/failed {idle.normal['errors'] or 'none'}; target: all served",
+        f"{'PASS' if held_ok else 'FAIL'}  while {held.count} clients hold unfinished bodies of {held.upload_limit / 2**20:.0f} MB: worker RSS "
+        f"{held.rss_growth_mb:+.0f} MB, normal clients {held.normal['requests']} served, refused/failed {held.normal['errors'] or 'none'}; "
+        f"target: at most {held.budget_mb:,.0f} MB of bodies ({BODIES_HELD} uploads at the limit) + {RSS_TARGET_MB} MB, all served",
     ]
     return lines, (not server_errors and single.rss_growth_mb <= RSS_TARGET_MB and together.rss_growth_mb <= TOGETHER_TARGET_MB
-                   and normal_ok and log_ok and idle_ok)
+                   and normal_ok and log_ok and idle_ok and held_ok)
 
 
 def print_summary(outcomes: list[Outcome], baseline: dict, during: dict, report: SlowClientReport, args, alive: bool, logged: dict,
-                  idle: IdleReport) -> None:
+                  idle: IdleReport, held: HeldBodyReport) -> None:
     print(f"\nhostile input against bentoml serve on 127.0.0.1; {describe_machine(machine())}")
     print("\n| class | case | status | worker peak RSS growth | seconds | reason |\n| --- | --- | --- | ---: | ---: | --- |")
     for o in outcomes:
@@ -404,8 +465,11 @@ def print_summary(outcomes: list[Outcome], baseline: dict, during: dict, report:
           f"{idle.normal['requests']} served, p50 {idle.normal['p50_ms']:.0f} ms, p99 {idle.normal['p99_ms']:.0f} ms, "
           f"errors {idle.normal['errors'] or 'none'}; {idle.held:,} still held open by the server; worker RSS {idle.rss_growth_mb:+.0f} MB; "
           f"its open-file limit {idle.open_file_limit:,} (started under {STARTING_OPEN_FILE_LIMIT:,})")
+    print(f"with {held.count} clients that each sent all but the last byte of {held.upload_limit / 2**20:.0f} MB and wait: "
+          f"{held.normal['requests']} served, p50 {held.normal['p50_ms']:.0f} ms, p99 {held.normal['p99_ms']:.0f} ms, "
+          f"errors {held.normal['errors'] or 'none'}; worker peak RSS {held.rss_growth_mb:+.0f} MB; what the server did to them: {dict(held.answers)}")
     print(f"server still running afterwards: {alive}")
-    lines, _ = verdicts(outcomes, during, logged, idle)
+    lines, _ = verdicts(outcomes, during, logged, idle, held)
     print("\n" + "\n".join(lines))
 
 

@@ -6,6 +6,11 @@
   concurrency limit counts a request only once its body is complete. BentoML's own limit
   (``traffic.max_concurrency``) counts from the headers, and user middlewares run inside it, so
   clients that trickle their bodies one byte a second would hold every slot (issue #17).
+* **Bodies held in memory:** the bodies of the requests a worker is reading or serving hold at most
+  ``BODIES_HELD`` uploads at the size limit in all (1 GB at 16 MB); past that, the bodies that have been
+  arriving the longest are dropped with 503 (``BodyMemory``). uvicorn reads a body as fast as it comes,
+  and BentoML bounds neither a body nor the bodies held, so a thousand clients that each sent 16 MB
+  and then waited would have held 16 GB for their body timeout.
 * **Ambiguous or misplaced fields:** an endpoint's fields against its BentoML input model. BentoML
   keeps the first of two ``image`` files and the last of two ``top_k`` values, ignores unknown
   fields, answers a file in an unknown field with a 500 (it JSON-decodes the bytes) and text in a
@@ -52,6 +57,7 @@ import inspect
 import json
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from http import HTTPStatus
 from typing import Any, NamedTuple
 from urllib.parse import parse_qsl
@@ -91,9 +97,75 @@ MAX_FILENAME_BYTES = 200
 # type parsed them in Python (``python -m benchmarks.hostile``, docs/reliability.md). Browsers send a
 # few KB; nginx allows 32 KB by default.
 MAX_HEADER_BYTES = 64 * 1024
+# The request bodies a worker holds in memory at once, in uploads at the size limit (BodyMemory): 1 GB at the
+# default 16 MB, and about 10,000 webcam frames.
+BODIES_HELD = 64
 # Where the hard limit is unlimited (macOS): one client host's ports to one server port, at most.
 OPEN_FILES_WITHOUT_A_HARD_LIMIT = 65536
 BYTE_ORDER_MARK = b"\xef\xbb\xbf"  # what Windows editors and PowerShell 5's -Encoding utf8 put before a JSON file
+
+
+class NoRoomForBody(Exception):
+    """A request body that would take this worker's bodies past their budget (``BodyMemory``)."""
+
+
+@dataclass(eq=False)
+class Arrival:
+    """One request's body, from its first byte until its request is answered."""
+
+    deadline: asyncio.Timeout | None = None  # the body's timeout while it arrives
+    size: int = 0  # bytes held
+    dropped: bool = False
+
+
+class BodyMemory:
+    """The bytes of request bodies a worker holds, within ``budget``. Bodies are held in memory while they
+    arrive and until their request is answered: 60 clients that each sent 16 MB of a body and then
+    waited held 950 MB of the worker until their body timeout, and a thousand of them would hold 16 GB
+    (``python -m benchmarks.hostile``). uvicorn reads a body as fast as it comes, and BentoML sets no bound.
+    A piece that would pass the budget first drops the bodies that have been arriving the longest,
+    where a client that sent much and then waits sits, so that a normal upload, which arrives in
+    milliseconds, still gets through; a body that has arrived is never dropped: its request is served."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self.held = 0
+        self.arriving: dict[int, Arrival] = {}  # oldest first
+
+    def take(self, arrival: Arrival, size: int) -> None:
+        """Hold ``size`` more bytes for ``arrival``, making room if need be; NoRoomForBody if it is itself the
+        oldest, or was dropped (a piece can come in before the drop ends its task)."""
+        if arrival.dropped:
+            raise NoRoomForBody
+        self.arriving.setdefault(id(arrival), arrival)
+        while self.held + size > self.budget:
+            oldest = next(iter(self.arriving.values()))
+            if oldest is arrival:
+                raise NoRoomForBody
+            self.drop(oldest)
+        arrival.size += size
+        self.held += size
+
+    def drop(self, arrival: Arrival) -> None:
+        """End an arriving body now: its body timeout fires on the loop's next turn, and its bytes go with its task."""
+        del self.arriving[id(arrival)]
+        arrival.dropped = True
+        self.held -= arrival.size
+        arrival.size = 0
+        arrival.deadline.reschedule(asyncio.get_running_loop().time())
+
+    def arrived(self, arrival: Arrival) -> None:
+        self.arriving.pop(id(arrival), None)
+
+    def release(self, arrival: Arrival) -> None:
+        self.arrived(arrival)
+        self.held -= arrival.size
+        arrival.size = 0
+
+    def busy(self, arrival: Arrival) -> str:
+        which = "this one had been arriving the longest" if arrival.dropped else "this one did not fit"
+        return (f"server busy: request bodies fill the {self.budget:,} bytes this worker holds for them "
+                f"({BODIES_HELD} uploads at the limit, server setting GESTURE_MAX_UPLOAD_MB), and {which}; retry shortly")
 
 
 class BadMultipart(ValueError):
@@ -125,6 +197,7 @@ class RequestGuard:
         self.body_timeout_s = body_timeout_s
         self.max_concurrency = max_concurrency
         self.in_progress = 0
+        self.bodies = BodyMemory(BODIES_HELD * max_body_bytes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -144,12 +217,22 @@ class RequestGuard:
             drained = declared is not None and await drain(receive, self.body_timeout_s)
             return await send_json(send, 415, f"a request body in Content-Encoding {shown(coding)} is not taken: send it uncompressed",
                                    close=not drained)
+        arrival = Arrival()
         try:
-            async with asyncio.timeout(self.body_timeout_s):
-                body, size = await read_body(receive, self.max_body_bytes)
-        except TimeoutError:
+            return await self.read_and_serve(scope, receive, send, fields, arrival)
+        finally:
+            self.bodies.release(arrival)
+
+    async def read_and_serve(self, scope: Scope, receive: Receive, send: Send, fields: EndpointFields, arrival: Arrival) -> None:
+        try:
+            async with asyncio.timeout(self.body_timeout_s) as arrival.deadline:
+                body, size = await read_body(receive, self.max_body_bytes, partial(self.bodies.take, arrival))
+        except (TimeoutError, NoRoomForBody) as err:
+            if isinstance(err, NoRoomForBody) or arrival.dropped:
+                return await send_json(send, 503, self.bodies.busy(arrival), close=True, retry_after=1)
             return await send_json(send, 408, f"the request body did not arrive within {self.body_timeout_s:g} s "
                                    "(server setting GESTURE_BODY_TIMEOUT_S)", close=True)
+        self.bodies.arrived(arrival)
         if body is None:
             return await send_json(send, 413, self.too_large(size, at_least=True))
         problem = query_problem(scope) or fields_problem(scope, body, fields, self.several_files)
@@ -451,8 +534,9 @@ async def drain(receive: Receive, timeout_s: float) -> bool:
         return False
 
 
-async def read_body(receive: Receive, limit: int) -> tuple[bytes | None, int]:
-    """(body, size), or (None, bytes seen) as soon as the body passes ``limit``."""
+async def read_body(receive: Receive, limit: int, hold: Callable[[int], None] = lambda size: None) -> tuple[bytes | None, int]:
+    """(body, size), or (None, bytes seen) as soon as the body passes ``limit``; ``hold(size)`` is told
+    of each piece kept, and may raise ``NoRoomForBody``."""
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -463,6 +547,7 @@ async def read_body(receive: Receive, limit: int) -> tuple[bytes | None, int]:
         size += len(chunk)
         if size > limit:
             return None, size
+        hold(len(chunk))
         chunks.append(chunk)
         if not message.get("more_body", False):
             break

@@ -31,7 +31,17 @@ from gesture_core.runtime import MOST_THREADS, Runtime
 from service import import_model
 from service import settings as settings_module
 from service.hand_crops import find_hand_crops
-from service.http_guard import FORM_LIMITS, MAX_FILENAME_BYTES, MAX_HEADER_BYTES, EndpointFields, RequestGuard
+from service.http_guard import (
+    BODIES_HELD,
+    FORM_LIMITS,
+    MAX_FILENAME_BYTES,
+    MAX_HEADER_BYTES,
+    Arrival,
+    BodyMemory,
+    EndpointFields,
+    NoRoomForBody,
+    RequestGuard,
+)
 from service.schemas import decode_base64
 from service.settings import Settings, SettingsError, hardware_problem, unknown_settings
 from tests.helpers import heic_photo_start, synthetic_image
@@ -831,6 +841,71 @@ def test_guard_answers_a_declared_oversized_body_that_never_comes_within_the_bod
     answers = asyncio.run(scenario())
     assert answers[0]["status"] == 413 and (b"connection", b"close") in answers[0]["headers"]
     assert b"request body is 2,000 bytes; the limit is 1,000 bytes" in answers[1]["body"]
+
+
+def test_guard_drops_the_bodies_arriving_the_longest_to_stay_within_its_memory():
+    """Bodies were held without bound while they arrived: 60 clients that each sent 16 MB and waited
+    held 950 MB of the worker until their body timeout. Now the bodies held stay within BODIES_HELD
+    uploads at the limit, a normal request still gets through, and nothing is left counted."""
+    budget = BODIES_HELD * 1000
+    stalled_clients = budget // 800 + 8  # eight more than it holds
+
+    async def scenario():
+        guard = guarded_app(body_timeout_s=30)  # uploads of up to 1,000 bytes
+        answers: dict[int, list[dict]] = {i: [] for i in range(stalled_clients + 1)}
+        most_held = 0
+
+        def most_of_a_body():  # 800 bytes of 1,000, then nothing
+            sent = []
+
+            async def receive():
+                nonlocal most_held
+                most_held = max(most_held, guard.bodies.held)
+                if not sent:
+                    sent.append(1)
+                    return {"type": "http.request", "body": b"x" * 800, "more_body": True}
+                await asyncio.sleep(3600)
+            return receive
+
+        def recorder(i):
+            async def record(message):
+                answers[i].append(message)
+            return record
+
+        scope = {"type": "http", "method": "POST", "path": "/echo", "headers": [], "query_string": b""}
+        stalled = [asyncio.create_task(guard(scope, most_of_a_body(), recorder(i))) for i in range(stalled_clients)]
+        await asyncio.sleep(0.1)
+
+        async def whole_body():
+            return {"type": "http.request", "body": b"y" * 500, "more_body": False}
+
+        await asyncio.wait_for(guard(scope, whole_body, recorder(stalled_clients)), 5)
+        await asyncio.sleep(0.1)
+        for task in stalled:
+            task.cancel()
+        await asyncio.gather(*stalled, return_exceptions=True)
+        return answers, most_held, guard.bodies
+
+    answers, most_held, bodies = asyncio.run(scenario())
+    assert answers[len(answers) - 1][1]["body"] == b'{"length":500}'
+    dropped = [i for i, sent in answers.items() if sent and sent[0]["status"] == 503]
+    assert dropped == list(range(9)), dropped  # the oldest, one for each body that came after the budget was full
+    assert b"had been arriving the longest; retry shortly" in answers[0][1]["body"]
+    assert (b"retry-after", b"1") in answers[0][0]["headers"] and (b"connection", b"close") in answers[0][0]["headers"]
+    assert most_held <= budget
+    assert bodies.held == 0 and not bodies.arriving
+
+
+def test_body_memory_refuses_a_body_when_the_bodies_being_served_fill_it():
+    bodies = BodyMemory(budget=1000)
+    served = Arrival()
+    bodies.take(served, 800)
+    bodies.arrived(served)  # its request is being answered: it is never dropped
+    with pytest.raises(NoRoomForBody):
+        bodies.take(Arrival(), 300)
+    bodies.release(served)
+    bodies.take(Arrival(), 300)
+    assert bodies.held == 300
 
 
 def test_guard_refuses_a_compressed_body_from_its_headers_without_reading_it():

@@ -21,10 +21,11 @@ import httpx
 import numpy as np
 import pytest
 
+from benchmarks.hostile import PeakRss, readable, worker_pid
 from benchmarks.hostile_inputs import b64, http_bad_requests, many_header_units
 from benchmarks.server_process import REPO, ServerStartError, serve_process
 from gesture_core import load_classifier
-from service.http_guard import use_the_open_file_hard_limit
+from service.http_guard import BODIES_HELD, use_the_open_file_hard_limit
 from tests.service_inputs import ambiguous_requests, assert_refused_as_documented, jpeg, sample_images
 
 pytestmark = pytest.mark.integration
@@ -292,6 +293,37 @@ def test_idle_connections_beyond_the_usual_open_file_limit_lock_no_client_out(ht
         for sock in idle:
             sock.close()
     assert http.get("/readyz").status_code == 200
+
+
+def test_clients_that_send_most_of_a_body_and_wait_hold_a_bounded_share_of_memory(http, server):
+    """Each client sends all but the last byte of an upload at the limit, then waits. Bodies were held
+    without bound until their body timeout: 60 such clients at 16 MB grew the worker by 950 MB. Now
+    the worker holds BODIES_HELD of them (256 MB at this server's 4 MB) and drops the oldest with 503,
+    and a normal request is still answered."""
+    clients, size = 150, UPLOAD_LIMIT_MB * 2**20  # 600 MB sent in all
+    address = urlsplit(server.url)
+    head = (f"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+            f"Content-Length: {size}\r\n\r\n").encode()
+    worker = PeakRss(worker_pid(server.process.pid))
+    waiting = []
+
+    def send_and_wait() -> httpx.Response:
+        for _ in range(clients):
+            sock = socket.create_connection((address.hostname, address.port), timeout=30)
+            sock.sendall(head + b"x" * (size - 1))
+            waiting.append(sock)
+        return http.post("/predict", files={"image": ("ok.jpg", jpeg(0))})
+
+    try:
+        normal, growth_mb = worker.measure(send_and_wait)
+        answers = [read_until_closed(sock) for sock in waiting if readable(sock)]
+    finally:
+        for sock in waiting:
+            sock.close()
+    assert normal.status_code == 200, normal.text
+    assert growth_mb < 400, growth_mb  # 256 MB of bodies, and what a request costs
+    assert len(answers) >= clients - BODIES_HELD and all(a.startswith(b"HTTP/1.1 503") for a in answers), answers[:3]
+    assert b"had been arriving the longest; retry shortly" in answers[0]
 
 
 def test_missing_model_fails_start_up_with_import_instructions(tmp_path):
