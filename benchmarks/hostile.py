@@ -60,7 +60,7 @@ from benchmarks.hostile_inputs import (
     with_exif,
 )
 from benchmarks.serve_latency import drive, load_images, make_checkpoint, running_service
-from service.http_guard import BODIES_HELD, use_the_open_file_hard_limit
+from service.http_guard import use_the_open_file_hard_limit
 
 RSS_TARGET_MB = 256
 TOGETHER_TARGET_MB = 4 * RSS_TARGET_MB  # large uploads sent together: at most 4 decodes at once
@@ -323,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
             note(f"normal clients alone: {baseline}")
             during, report = slow_client_attack(server.url, images, args.slow_clients, args.slow_seconds, args.normal_clients)
             idle = idle_connection_attack(server.url, images, args.idle_connections, args.normal_clients, args.idle_seconds, rss.pid)
-            held = held_body_attack(server.url, images, args.held_bodies, args.normal_clients, rss, upload_limit)
+            held = held_body_attack(server.url, images, args.held_bodies, args.normal_clients, rss, served["settings"])
             alive = server.process.poll() is None
     print_summary(outcomes, baseline, during, report, args, alive, logged, idle, held)
     note(f"finished in {time.perf_counter() - started:.0f} s")
@@ -365,19 +365,17 @@ def idle_connection_attack(url: str, images: list[bytes], count: int, clients: i
 class HeldBodyReport:
     count: int
     upload_limit: int
+    budget_mb: float  # what the server holds for bodies (/info's body_memory_bytes; inf where it reports none)
     answers: Counter  # what the server did to the held bodies
     rss_growth_mb: float  # the worker's peak
     normal: dict
 
-    @property
-    def budget_mb(self) -> float:
-        return BODIES_HELD * self.upload_limit / 2**20
 
-
-def held_body_attack(url: str, images: list[bytes], count: int, clients: int, rss: PeakRss, upload_limit: int) -> HeldBodyReport:
+def held_body_attack(url: str, images: list[bytes], count: int, clients: int, rss: PeakRss, settings: dict) -> HeldBodyReport:
     """``count`` connections that each send all but the last byte of an upload at the limit and wait,
     one after another, while normal clients are measured: every body held is memory of the worker's."""
     host, port = url.removeprefix("http://").split(":")
+    upload_limit = settings["max_upload_bytes"]
     head = (f"POST /predict HTTP/1.1\r\nHost: {host}\r\nContent-Type: multipart/form-data; boundary={BOUNDARY}\r\n"
             f"Content-Length: {upload_limit}\r\n\r\n").encode()
     held: list[socket.socket] = []
@@ -403,7 +401,7 @@ def held_body_attack(url: str, images: list[bytes], count: int, clients: int, rs
     finally:
         for sock in held:
             sock.close()
-    return HeldBodyReport(count, upload_limit, answers, growth, normal)
+    return HeldBodyReport(count, upload_limit, settings.get("body_memory_bytes", float("inf")) / 2**20, answers, growth, normal)
 
 
 def answer_of(sock: socket.socket) -> str:
@@ -439,7 +437,7 @@ def verdicts(outcomes: list[Outcome], during: dict, logged: dict, idle: IdleRepo
         f"refused/failed {idle.normal['errors'] or 'none'}; target: all served",
         f"{'PASS' if held_ok else 'FAIL'}  while {held.count} clients hold unfinished bodies of {held.upload_limit / 2**20:.0f} MB: worker RSS "
         f"{held.rss_growth_mb:+.0f} MB, normal clients {held.normal['requests']} served, refused/failed {held.normal['errors'] or 'none'}; "
-        f"target: at most {held.budget_mb:,.0f} MB of bodies ({BODIES_HELD} uploads at the limit) + {RSS_TARGET_MB} MB, all served",
+        f"target: at most {held.budget_mb:,.0f} MB of bodies (the server's body_memory_bytes) + {RSS_TARGET_MB} MB, all served",
     ]
     return lines, (not server_errors and single.rss_growth_mb <= RSS_TARGET_MB and together.rss_growth_mb <= TOGETHER_TARGET_MB
                    and normal_ok and log_ok and idle_ok and held_ok)

@@ -7,8 +7,8 @@
   (``traffic.max_concurrency``) counts from the headers, and user middlewares run inside it, so
   clients that trickle their bodies one byte a second would hold every slot (issue #17).
 * **Bodies held in memory:** the bodies of the requests a worker is reading or serving hold at most
-  ``BODIES_HELD`` uploads at the size limit in all (1 GB at 16 MB); past that, the bodies that have been
-  arriving the longest are dropped with 503 (``BodyMemory``). uvicorn reads a body as fast as it comes,
+  ``body_memory_bytes`` in all (``Settings.body_memory_bytes``: 1 GB at the default upload limit); past
+  that, the bodies that have been arriving the longest are dropped with 503 (``BodyMemory``). uvicorn reads a body as fast as it comes,
   and BentoML bounds neither a body nor the bodies held, so a thousand clients that each sent 16 MB
   and then waited would have held 16 GB for their body timeout.
 * **Ambiguous or misplaced fields:** an endpoint's fields against its BentoML input model. BentoML
@@ -97,9 +97,6 @@ MAX_FILENAME_BYTES = 200
 # type parsed them in Python (``python -m benchmarks.hostile``, docs/reliability.md). Browsers send a
 # few KB; nginx allows 32 KB by default.
 MAX_HEADER_BYTES = 64 * 1024
-# The request bodies a worker holds in memory at once, in uploads at the size limit (BodyMemory): 1 GB at the
-# default 16 MB, and about 10,000 webcam frames.
-BODIES_HELD = 64
 # Where the hard limit is unlimited (macOS): one client host's ports to one server port, at most.
 OPEN_FILES_WITHOUT_A_HARD_LIMIT = 65536
 BYTE_ORDER_MARK = b"\xef\xbb\xbf"  # what Windows editors and PowerShell 5's -Encoding utf8 put before a JSON file
@@ -164,8 +161,7 @@ class BodyMemory:
 
     def busy(self, arrival: Arrival) -> str:
         which = "this one had been arriving the longest" if arrival.dropped else "this one did not fit"
-        return (f"server busy: request bodies fill the {self.budget:,} bytes this worker holds for them "
-                f"({BODIES_HELD} uploads at the limit, server setting GESTURE_MAX_UPLOAD_MB), and {which}; retry shortly")
+        return f"server busy: request bodies fill the {self.budget:,} bytes this worker holds for them, and {which}; retry shortly"
 
 
 class BadMultipart(ValueError):
@@ -187,8 +183,9 @@ class EndpointFields:
 
 class RequestGuard:
     def __init__(self, app: ASGIApp, endpoints: Mapping[str, EndpointFields], *, max_body_bytes: int,
-                 body_timeout_s: float, max_concurrency: int) -> None:
-        """``endpoints``: route -> its fields; only POSTs to these routes are read and counted."""
+                 body_timeout_s: float, max_concurrency: int, body_memory_bytes: int) -> None:
+        """``endpoints``: route -> its fields; only POSTs to these routes are read and counted, and their
+        bodies held within ``body_memory_bytes`` in all (``BodyMemory``)."""
         self.app = app
         self.endpoints = dict(endpoints)
         # A file field sent twice where one is taken: the answer names where several files go instead.
@@ -197,7 +194,7 @@ class RequestGuard:
         self.body_timeout_s = body_timeout_s
         self.max_concurrency = max_concurrency
         self.in_progress = 0
-        self.bodies = BodyMemory(BODIES_HELD * max_body_bytes)
+        self.bodies = BodyMemory(body_memory_bytes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

@@ -307,6 +307,7 @@ GestureClassifier.add_asgi_middleware(
     max_body_bytes=SETTINGS.max_upload_bytes,
     body_timeout_s=SETTINGS.body_timeout_s,
     max_concurrency=SETTINGS.concurrency_per_worker,
+    body_memory_bytes=SETTINGS.body_memory_bytes,
 )
 
 

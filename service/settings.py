@@ -42,6 +42,9 @@ REQUEST_TIMEOUT_S = 30  # BentoML answers 504 to a request still running after t
 # images, about 33,000 at this bound, where 10,000 would have kept a CPU worker unready for hours.
 MOST_BATCH_SIZE = 256
 MOST_UPLOAD_MB = 1024  # each request in progress holds its body in memory
+# The request bodies a worker holds in memory at once, arriving or being answered, in uploads at the
+# limit (service.http_guard.BodyMemory): 1 GB at the default 16 MB, or about 10,000 webcam frames.
+BODIES_HELD = 64
 MOST_PIXELS = 250_000_000  # a PNG decode peaks at about 6 bytes per pixel: 1.5 GB for one upload
 MOST_BODY_TIMEOUT_S = 3600
 MOST_CONCURRENCY = 100_000
@@ -110,6 +113,10 @@ class Settings:
         return replace(self.runtime, device=f"cuda:{(worker_index - 1) % min(self.gpus, visible)}")
 
     @property
+    def body_memory_bytes(self) -> int:
+        return BODIES_HELD * self.max_upload_bytes
+
+    @property
     def concurrency_per_worker(self) -> int:
         return -(-self.max_concurrency // self.workers)
 
@@ -127,7 +134,7 @@ class Settings:
             "model": self.model_tag, "device": self.runtime.device, "engine": self.runtime.engine,
             "precision": self.runtime.precision, "threads": self.runtime.threads, "gpus": self.gpus,
             "workers": self.workers, "max_concurrency": self.max_concurrency, "batch_size": self.batch_size,
-            "max_upload_bytes": self.max_upload_bytes, "max_pixels": self.max_pixels,
+            "max_upload_bytes": self.max_upload_bytes, "body_memory_bytes": self.body_memory_bytes, "max_pixels": self.max_pixels,
             "max_pixels_per_byte": self.max_pixels_per_byte,
             "body_timeout_s": self.body_timeout_s, "tracing": self.tracing, "cors_origins": list(self.cors_origins),
         }

@@ -32,7 +32,6 @@ from service import import_model
 from service import settings as settings_module
 from service.hand_crops import find_hand_crops
 from service.http_guard import (
-    BODIES_HELD,
     FORM_LIMITS,
     MAX_FILENAME_BYTES,
     MAX_HEADER_BYTES,
@@ -672,7 +671,7 @@ ECHO_FIELDS = EndpointFields(frozenset({"image", "top_k", "images"}), frozenset(
 
 def guarded_app(**options) -> RequestGuard:
     app = Starlette(routes=[Route("/echo", echo_length, methods=["POST"]), Route("/bad", client_error, methods=["POST"])])
-    settings = {"max_body_bytes": 1000, "body_timeout_s": 5, "max_concurrency": 8, **options}
+    settings = {"max_body_bytes": 1000, "body_timeout_s": 5, "max_concurrency": 8, "body_memory_bytes": 64_000, **options}
     return RequestGuard(app, {"/echo": ECHO_FIELDS, "/bad": EndpointFields(frozenset())}, **settings)
 
 
@@ -739,7 +738,8 @@ def test_guard_refuses_more_images_than_a_request_may_send_before_bentoml_stores
     files took the server 0.33 s before /predict_batch refused them."""
     fields = EndpointFields(frozenset({"images"}), frozenset({"images"}), frozenset({"images"}), most_files=2)
     app = Starlette(routes=[Route("/echo", echo_length, methods=["POST"])])
-    with TestClient(RequestGuard(app, {"/echo": fields}, max_body_bytes=10_000, body_timeout_s=5, max_concurrency=8)) as guarded:
+    with TestClient(RequestGuard(app, {"/echo": fields}, max_body_bytes=10_000, body_timeout_s=5, max_concurrency=8,
+                                 body_memory_bytes=640_000)) as guarded:
         assert guarded.post("/echo", files=[("images", (f"{i}.jpg", b"1")) for i in range(2)]).status_code == 200
         three = guarded.post("/echo", files=[("images", (f"{i}.jpg", b"1")) for i in range(3)])
         assert three.status_code == 400 and three.json() == {"error": "3 images in one request; the limit is 2 (GESTURE_BATCH_SIZE)"}
@@ -845,9 +845,9 @@ def test_guard_answers_a_declared_oversized_body_that_never_comes_within_the_bod
 
 def test_guard_drops_the_bodies_arriving_the_longest_to_stay_within_its_memory():
     """Bodies were held without bound while they arrived: 60 clients that each sent 16 MB and waited
-    held 950 MB of the worker until their body timeout. Now the bodies held stay within BODIES_HELD
-    uploads at the limit, a normal request still gets through, and nothing is left counted."""
-    budget = BODIES_HELD * 1000
+    held 950 MB of the worker until their body timeout. Now the bodies held stay within the guard's
+    budget, a normal request still gets through, and nothing is left counted."""
+    budget = 64_000  # guarded_app's
     stalled_clients = budget // 800 + 8  # eight more than it holds
 
     async def scenario():

@@ -25,7 +25,8 @@ from benchmarks.hostile import PeakRss, readable, worker_pid
 from benchmarks.hostile_inputs import b64, http_bad_requests, many_header_units
 from benchmarks.server_process import REPO, ServerStartError, serve_process
 from gesture_core import load_classifier
-from service.http_guard import BODIES_HELD, use_the_open_file_hard_limit
+from service.http_guard import use_the_open_file_hard_limit
+from service.settings import BODIES_HELD
 from tests.service_inputs import ambiguous_requests, assert_refused_as_documented, jpeg, sample_images
 
 pytestmark = pytest.mark.integration
