@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from gesture_core.backbones import build_model, drop_aux, get_backbone, load_matching
-from gesture_core.class_names import has_control_characters
+from gesture_core.class_names import names_unwritable
 from gesture_core.preprocess import DataConfig
 from gesture_core.rejection import Rejection
 from gesture_core.weights import unreadable_reason
@@ -141,9 +141,8 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"{path}: 'classes' must be a non-empty list of class names, got {ckpt['classes']!r:.80}")
     if twice := sorted({c for c in ckpt["classes"] if ckpt["classes"].count(c) > 1}):
         raise CheckpointError(f"{path}: 'classes' names {', '.join(twice)[:80]} more than once; each class is one output")
-    if unprintable := [c for c in ckpt["classes"] if has_control_characters(c)]:  # training refuses such folders; this is any checkpoint
-        raise CheckpointError(f"{path}: 'classes' {', '.join(map(repr, unprintable))[:80]} hold a control character (a newline, tab "
-                              "or escape), which would break every table, log and overlay that names the class")
+    if unwritable := names_unwritable(ckpt["classes"]):  # training refuses such folders; this is any checkpoint
+        raise CheckpointError(f"{path}: 'classes' {unwritable}")
     for field, read in (("data_config", lambda: DataConfig.from_dict(ckpt["data_config"])), ("rejection", lambda: Rejection.from_checkpoint(ckpt))):
         try:
             read()

@@ -14,10 +14,28 @@ def class_name(folder: str) -> str:
     return unicodedata.normalize("NFC", folder)
 
 
-def has_control_characters(name: str) -> bool:
-    """A newline, tab, escape or other control character: a class name is printed in tables, logs,
-    CSV reports and the webcam overlay, where one would break a row or drive the terminal."""
-    return any(unicodedata.category(c) == "Cc" for c in name)
+def unwritable_characters(name: str) -> str | None:
+    """What in ``name`` no class name may hold, and why, or None. A class name is printed in tables,
+    logs, CSV reports and the webcam overlay, and sent in JSON answers: a newline, tab, escape or other
+    control character would break a row or drive the terminal, and a byte that is not UTF-8 (which
+    Python keeps as a lone surrogate, from an old archive's Latin-1 names) cannot be written at all:
+    the test report's plot raised after training, and OpenCV's overlay text crashed the webcam demo."""
+    categories = {unicodedata.category(c) for c in name}
+    if "Cc" in categories:
+        return "a control character (a newline, tab or escape), which would break every table, log and overlay that names the class"
+    if "Cs" in categories:
+        return "bytes that are not UTF-8 (as in an old archive's Latin-1 names), which no report, JSON answer or overlay can write"
+    return None
+
+
+def names_unwritable(names: list[str]) -> str | None:
+    """``'a', 'b' hold <why>`` for the names that hold what the first unwritable one holds; None if none does."""
+    reasons = [(name, why) for name in names if (why := unwritable_characters(name))]
+    if not reasons:
+        return None
+    first = reasons[0][1]
+    shown = ", ".join(repr(name) for name, why in reasons if why == first)
+    return f"{shown if len(shown) <= 160 else shown[:160] + '...'} hold {first}"  # a checkpoint's names may be of any length
 
 
 def name_key(name: str) -> str:

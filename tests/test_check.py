@@ -294,6 +294,23 @@ def test_a_class_folder_named_with_a_control_character_is_refused_by_check_and_t
     assert "error: " in capsys.readouterr().err and not (tmp_path / "run").exists()
 
 
+def test_a_class_folder_named_in_bytes_that_are_not_utf8_is_refused_before_training(tmp_path, capsys):
+    """A Latin-1 folder name, as an old zip or tar archive writes it: check said "OK to train", finetune
+    trained and then failed with a traceback drawing the test report (matplotlib cannot draw the name),
+    leaving a run without metrics, and the webcam demo crashed (a segmentation fault in OpenCV's text)."""
+    import os
+
+    import training.finetune as finetune
+
+    root = make_image_folder(tmp_path / "data", classes=("fist", "peace"), per_class=3, size=32)
+    os.rename(root / "peace", os.fsdecode(bytes(root / "lat") + b"\xe9in"))
+    r = build_report(root, workers=1)
+    assert r["fatal"] == [f"{root}: class folder name(s) 'lat\\udce9in' hold bytes that are not UTF-8 (as in an old archive's Latin-1 "
+                          "names), which no report, JSON answer or overlay can write: rename them"]
+    assert finetune.main(["--data", str(root), "--out", str(tmp_path / "run")]) == 2
+    assert "not UTF-8" in capsys.readouterr().err and not (tmp_path / "run").exists()
+
+
 def test_a_folder_beside_train_and_test_is_warned_of_in_check_and_training(tmp_path):
     """presplit/extra/ (a class meant for train/) was dropped by training without a word, and check
     only counted it in a note."""

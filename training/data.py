@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from gesture_core.class_names import class_name, has_control_characters, name_key
+from gesture_core.class_names import class_name, name_key, names_unwritable
 from gesture_core.images import (
     IMAGE_SUFFIXES,
     PHOTO_FILE_SUFFIXES,
@@ -164,9 +164,8 @@ def scan_class_folders(root: Path, skipped: list[dict[str, str]], ignored: list[
     if not folders:
         raise DatasetError(f"{root} has no class folders; expected {root}/<class>/<image> (ImageFolder layout)"
                            + (a_class_folder_hint(root, entries) or videos_hint(entries) or archives_hint(entries)))
-    if unprintable := [folder for folder in folders if has_control_characters(folder)]:
-        raise DatasetError(f"{root}: class folder name(s) {', '.join(map(repr, unprintable))} hold a control character (a newline, "
-                           "tab or escape), which would break every table, log and overlay that names the class: rename them")
+    if unwritable := names_unwritable(folders):
+        raise DatasetError(f"{root}: class folder name(s) {unwritable}: rename them")
     by_class: dict[str, list[str]] = {}
     spellings: dict[str, list[str]] = {}
     for folder in folders:
@@ -324,7 +323,7 @@ def check_image_file(path: str) -> str | None:
 # Characters of a file name that would act on the terminal or the line rather than show: control
 # characters (a newline starts a line of its own, an escape sequence can clear the screen or recolour
 # what follows) and the marks that reverse the direction of the text after them ("gpj.exe" shown as
-# "exe.jpg"). Class folders holding them are refused (has_control_characters); any file may.
+# "exe.jpg"). Class folders holding them are refused (unwritable_characters); any file may.
 UNSHOWN = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
