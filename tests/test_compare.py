@@ -9,7 +9,7 @@ from dataclasses import replace
 import pytest
 
 from gesture_core import build_model, read_rgb
-from tests.helpers import make_image_folder
+from tests.helpers import make_image_folder, trained_further
 from tests.test_whole_frame import wide_run
 from training import finetune
 from training.compare import main, offline_weights, recipe_difference, settled_on
@@ -62,13 +62,11 @@ def test_finished_runs_are_reused_and_recipe_changes_refused(comparison, data, c
 
 
 def test_an_interrupted_run_is_resumed_not_trained_again(comparison, data, tmp_path, capsys):
-    import os
     import shutil
 
     out = shutil.copytree(comparison, tmp_path / "cmp")
     run = out / "runs" / "lenet5"
-    report = (run / "metrics.json").stat().st_mtime
-    os.utime(run / "last.pt", (report + 60, report + 60))  # trained further, then interrupted
+    trained_further(run)
     capsys.readouterr()
     assert main(["--data", str(data), "--out", str(out), *ARGS]) == 0
     said = capsys.readouterr().out

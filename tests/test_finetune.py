@@ -521,3 +521,13 @@ def test_resuming_a_finished_run_is_refused_and_leaves_its_model_as_it_is(datase
     assert (run / "best.pt").read_bytes() == before
     cfg, resume = finetune.parse_config(["--resume", str(run), "--epochs", "2"])
     assert cfg.epochs == 2 and resume == run / "last.pt"
+    # A copy made with plain cp has its files' times in the order they were copied: metrics.json older
+    # than last.pt read as "trained further, then interrupted", and the copy was calibrated again.
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for file in run.iterdir():
+        (copy / file.name).write_bytes(file.read_bytes())
+    os.utime(copy / "metrics.json", (1e9, 1e9))  # copied before last.pt
+    with pytest.raises(SystemExit) as stop:
+        finetune.parse_config(["--resume", str(copy)])
+    assert stop.value.code == 2 and "finished after epoch 1" in capsys.readouterr().err

@@ -12,6 +12,8 @@ curves.png and confusion_matrix.png.
 from __future__ import annotations
 
 import argparse
+import csv
+import json
 import random
 import sys
 import time
@@ -201,7 +203,7 @@ def test_flags_a_test_folder_overrides(argv: list[str] | None, data: str) -> str
 def nothing_to_resume(last: Path, trained: int, epochs: int, *, epochs_given: bool) -> str | None:
     """Why resuming would only redo a run's end: calibrating best.pt again with the run's settings
     and rewriting its report, over a later ``training.calibrate``."""
-    finished = run_finished(last.parent)
+    finished = run_finished(last.parent, trained)
     if epochs < trained or (epochs == trained and finished and epochs_given):
         return f"--epochs {epochs}: {last} has trained {trained} epoch(s) already; pass more to train it further"
     if finished and not epochs_given:
@@ -210,11 +212,27 @@ def nothing_to_resume(last: Path, trained: int, epochs: int, *, epochs_given: bo
     return None
 
 
-def run_finished(out: Path) -> bool:
-    """Whether the run in ``out`` ended: its report (metrics.json, written last) is as new as its last.pt.
-    A run trained further and interrupted again has an older report: it is interrupted."""
-    report, last = out / "metrics.json", out / "last.pt"
-    return report.is_file() and (not last.is_file() or report.stat().st_mtime >= last.stat().st_mtime)
+def run_finished(out: Path, trained: int | None = None) -> bool:
+    """Whether the run in ``out`` ended: its report (metrics.json, written last) covers every epoch its
+    last.pt has trained (``trained``, else the last row of history.csv, written with last.pt). A run
+    trained further and interrupted again has a report of fewer epochs: it is interrupted. Counted, not
+    told from file times: a run copied with plain ``cp`` has them in the order the files were copied,
+    and resuming such a copy trained nothing and calibrated best.pt again, over a later calibration."""
+    try:
+        reported = json.loads((out / "metrics.json").read_text())["epochs_run"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    if trained is None:
+        trained = last_epoch_in_history(out / "history.csv")
+    return trained is None or (isinstance(reported, int) and reported >= trained)
+
+
+def last_epoch_in_history(history: Path) -> int | None:
+    try:
+        with history.open(newline="") as f:
+            return max((int(row["epoch"]) for row in csv.DictReader(f)), default=None)
+    except (OSError, ValueError, KeyError, TypeError, csv.Error):
+        return None
 
 
 def run_already_in(out: Path) -> str | None:
