@@ -117,9 +117,9 @@ class Arrival:
 
 class BodyMemory:
     """The bytes of request bodies a worker holds, within ``budget``. Bodies are held in memory while they
-    arrive and until their request is answered: 60 clients that each sent 16 MB of a body and then
-    waited held 950 MB of the worker until their body timeout, and a thousand of them would hold 16 GB
-    (``python -m benchmarks.hostile``). uvicorn reads a body as fast as it comes, and BentoML sets no bound.
+    arrive and until their request is answered: 150 clients that each sent all but the last byte of
+    16 MB and then waited grew the worker by 2,394 MB until their body timeout, and a thousand of them
+    would hold 16 GB (``python -m benchmarks.hostile``, docs/reliability.md). uvicorn reads a body as fast as it comes, and BentoML sets no bound.
     A piece that would pass the budget first drops the bodies that have been arriving the longest,
     where a client that sent much and then waits sits, so that a normal upload, which arrives in
     milliseconds, still gets through; a body that has arrived is never dropped: its request is served."""

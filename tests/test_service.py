@@ -844,8 +844,8 @@ def test_guard_answers_a_declared_oversized_body_that_never_comes_within_the_bod
 
 
 def test_guard_drops_the_bodies_arriving_the_longest_to_stay_within_its_memory():
-    """Bodies were held without bound while they arrived: 60 clients that each sent 16 MB and waited
-    held 950 MB of the worker until their body timeout. Now the bodies held stay within the guard's
+    """Bodies were held without bound while they arrived: 150 clients that each sent all but the last
+    byte of 16 MB and waited grew the worker by 2,394 MB until their body timeout. Now the bodies held stay within the guard's
     budget, a normal request still gets through, and nothing is left counted."""
     budget = 64_000  # guarded_app's
     stalled_clients = budget // 800 + 8  # eight more than it holds

@@ -298,7 +298,7 @@ def test_idle_connections_beyond_the_usual_open_file_limit_lock_no_client_out(ht
 
 def test_clients_that_send_most_of_a_body_and_wait_hold_a_bounded_share_of_memory(http, server):
     """Each client sends all but the last byte of an upload at the limit, then waits. Bodies were held
-    without bound until their body timeout: 60 such clients at 16 MB grew the worker by 950 MB. Now
+    without bound until their body timeout: 150 such clients at 16 MB grew the worker by 2,394 MB. Now
     the worker holds BODIES_HELD of them (256 MB at this server's 4 MB) and drops the oldest with 503,
     and a normal request is still answered."""
     clients, size = 150, UPLOAD_LIMIT_MB * 2**20  # 600 MB sent in all
