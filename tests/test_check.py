@@ -248,6 +248,15 @@ def test_a_broken_symlink_class_folder_is_reported_not_dropped(tmp_path):
     assert any(s["reason"].startswith("broken symlink") for s in splits.skipped)
 
 
+def test_a_link_to_itself_beside_the_class_folders_is_a_broken_link_to_check_as_to_training(tmp_path):
+    """check stopped with "error: ...: Too many levels of symbolic links" where training warned and went on."""
+    root = make_image_folder(tmp_path / "data", ("fist", "palm"), per_class=10)
+    os.symlink("loop", root / "loop")
+    with pytest.warns(UserWarning, match="1 broken symlink.*loop"):
+        r = build_report(root, workers=1)
+    assert r["classes"] == ["fist", "palm"] and not r["fatal"] and r["skipped_by_reason"] == {"broken symlink": 1}
+
+
 def test_class_folders_one_level_too_deep_are_pointed_out(tmp_path):
     """anna/fist, bob/fist: the run would learn to tell anna from bob. The same sub-folders in every
     class folder are also what a per-person layout looks like, so the warning names both readings."""

@@ -123,14 +123,27 @@ def _stray_entries(root: Path, layout: str) -> list[dict]:
     tops = list(splits.values()) if layout == "presplit" else [root]
     stray = []
     for top in tops:
-        for entry in sorted(os.scandir(top), key=lambda e: e.name):
-            if not entry.is_dir() and not passed_over(entry.name, folder=False):
+        for entry, is_dir in _entries(top):
+            if not is_dir and not passed_over(entry.name, folder=False):
                 stray.append({"path": printable(entry.path), "reason": "file outside any class folder (not used)"})
     if layout == "presplit":
-        for entry in sorted(os.scandir(root), key=lambda e: e.name):
-            if entry.name not in {folder.name for folder in splits.values()} and not passed_over(entry.name, folder=entry.is_dir()):
+        for entry, is_dir in _entries(root):
+            if entry.name not in {folder.name for folder in splits.values()} and not passed_over(entry.name, folder=is_dir):
                 stray.append({"path": printable(entry.path), "reason": "not train/, val/ or test/ (not used)"})
     return stray
+
+
+def _entries(folder: Path) -> list[tuple[os.DirEntry, bool]]:
+    """(entry, is it a folder) by name, leaving out links that lead nowhere: a link to itself made
+    check stop with "Too many levels of symbolic links", where training warns of it as a broken link
+    and goes on (so does check, from the same scanner)."""
+    entries = []
+    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+        try:
+            entries.append((entry, entry.is_dir()))
+        except OSError:
+            continue
+    return entries
 
 
 def _deeper(paths: dict[str, dict[str, list[str]]], root: Path, layout: str) -> list[tuple[str, str, str]]:
