@@ -77,6 +77,9 @@ def unreadable_reason(err: Exception, path: Path) -> str:
                 "save the plain state dict instead: torch.save(model.state_dict(), PATH)")
     # The unpickler's own words for random bytes ("list index out of range", "Unsupported operand 35") say nothing.
     text = " ".join(str(err).split())
+    if "TorchScript archive" in text:  # torch refuses one by name; an ONNX export is told by its suffix (gesture_core.cli)
+        return ("it is a TorchScript export (training.export --format torchscript writes them for other runtimes), a compiled "
+                "model without the run's settings: pass the run's checkpoint (RUN/best.pt) or the run folder RUN")
     detail = "" if isinstance(err, (pickle.UnpicklingError, IndexError, KeyError, EOFError)) else f" ({text.split('. ')[0][:160]})"
     return f"truncated, corrupt, or not written by torch.save{detail}"
 

@@ -182,6 +182,23 @@ def test_a_class_folder_given_as_out_is_refused_before_anything_is_saved(tmp_pat
     assert sorted(p.relative_to(dataset).as_posix() for p in dataset.rglob("*")) == ["palm", "palm/mine.jpg"]
 
 
+def test_a_source_inside_the_dataset_is_refused_before_anything_is_saved(tmp_path: Path, capsys):
+    """--source gestures/palm --out gestures saved a copy of every photo of the class into it, and with
+    --label fist put each of them in two classes."""
+    dataset = tmp_path / "gestures"
+    (dataset / "palm").mkdir(parents=True)
+    for i in range(3):
+        cv2.imwrite(str(dataset / "palm" / f"{i}.jpg"), synthetic_image(i, 1))
+    before = sorted(dataset.rglob("*"))
+    for source in (dataset / "palm", dataset / "palm" / "*.jpg", dataset / "palm" / "0.jpg", dataset / "palm" / "%d.jpg"):
+        with pytest.raises(SystemExit) as exc:
+            main(["--out", str(dataset), "--source", str(source), "--headless", "--label", "fist", "--every", "1"])
+        assert exc.value.code == 2
+        assert f"--source {source} is inside --out {dataset}: every image it reads would be saved" in capsys.readouterr().err
+    assert sorted(dataset.rglob("*")) == before
+    assert main(["--out", str(tmp_path / "other"), "--source", str(dataset / "palm"), "--headless", "--label", "fist"]) == 0
+
+
 def test_unopenable_sources_give_one_clear_line(tmp_path: Path, capsys):
     assert main(["--out", str(tmp_path / "ds"), "--source", str(tmp_path / "missing.mp4"), "--headless", "--label", "x"]) == 2  # as the demo
     assert "no such video file" in capsys.readouterr().err

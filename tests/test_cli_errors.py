@@ -295,6 +295,14 @@ def test_evaluate_a_run_without_test_images_says_why_and_what_to_pass(run, tmp_p
                                       f"pass --split val ({len(split['val'])} images) or --data FOLDER")
 
 
+def test_evaluate_refuses_a_saved_split_and_a_folder_together(run, capsys):
+    """--split val with --data was ignored: the whole folder was evaluated, exit 0."""
+    with pytest.raises(SystemExit) as stop:
+        evaluate_main(["--checkpoint", str(run), "--split", "val", "--data", str(run)])
+    assert stop.value.code == 2
+    assert "--split val picks one of the run's saved splits, and --data evaluates a folder instead: pass one of them" in capsys.readouterr().err
+
+
 def test_evaluate_where_no_image_decodes_any_more(run, tmp_path, capsys):
     """The run's test images are all there, and all corrupt now: it reported "(no images evaluated)", exit 0."""
     folder, images = tmp_path / "run", tmp_path / "images"
@@ -472,6 +480,16 @@ def test_an_onnx_export_given_as_a_checkpoint_is_named(tmp_path, capsys):
     with pytest.raises(SystemExit):
         evaluate_main(["--checkpoint", str(exported)])
     assert f"{exported} is an ONNX export (training.export writes them for other runtimes): pass the run's checkpoint" in capsys.readouterr().err
+
+
+def test_a_torchscript_export_given_as_a_checkpoint_is_named(tmp_path, capsys):
+    """It is a .pt file too: torch's refusal was quoted as "truncated, corrupt, or not written by torch.save"."""
+    exported = tmp_path / "model.torchscript.pt"
+    torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), exported)
+    assert evaluate_main(["--checkpoint", str(exported)]) == 2
+    assert one_error_line(capsys) == (f"error: {exported} is not a readable checkpoint: it is a TorchScript export (training.export "
+                                      "--format torchscript writes them for other runtimes), a compiled model without the run's "
+                                      "settings: pass the run's checkpoint (RUN/best.pt) or the run folder RUN")
 
 
 def test_a_report_written_inside_the_dataset_is_refused(run, dataset, tmp_path, capsys):

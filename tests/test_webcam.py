@@ -437,6 +437,7 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path, short_clip, capsys):
     ("", "empty: expected http://HOST:PORT"),  # it ran the local model: "checkpoint None does not exist"
     ("http://127.0.0.1:99999", "'http://127.0.0.1:99999': the port must be a number from 1 to 65535"),  # "Port out of range 0-65535"
     ("http://127.0.0.1:0", "'http://127.0.0.1:0': the port must be a number from 1 to 65535"),
+    ("http://[::1", "'http://[::1' is not a URL (Invalid IPv6 URL): expected http://HOST:PORT"),  # "invalid url_arg value"
 ])
 def test_bad_url_is_refused_when_parsed_and_lists_the_expected_form(short_clip, capsys, url, message):
     with pytest.raises(SystemExit) as exit_:

@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.split("\n")[0], formatter_class=DefaultsHelpFormatter)
     p.add_argument("--checkpoint", type=checkpoint_arg("best.pt"), required=True, help="RUN/best.pt, or the run folder RUN")
     p.add_argument("--data", type=cli.input_path("a dataset folder, archive or catalogue name"), default=None, help="ImageFolder to evaluate as a whole, or a pre-split dataset's test/, or a zip or tar of either, its URL, or a catalogue name (default: the run's saved test split)")
-    p.add_argument("--split", choices=("test", "val", "train"), default="test", help="which saved split, without --data")
+    p.add_argument("--split", choices=("test", "val", "train"), default=None, help="which saved split, without --data (default: test)")
     p.add_argument("--out", type=output_arg("folder"), default=None,
                    help="report folder (default: RUN/eval-<split or folder name>, numbered if it holds a report of other data)")
     p.add_argument("--batch-size", type=cli.int_at_least(1), default=64, help="images per forward pass")
@@ -297,7 +297,11 @@ def checkpoint_suffix(checkpoint: Path) -> str:
 
 @command
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.split and args.data:  # the split was ignored: the whole folder was evaluated
+        parser.error(f"--split {args.split} picks one of the run's saved splits, and --data evaluates a folder instead: pass one of them")
+    args.split = args.split or "test"
     if args.out:  # the run's own folder held its training report, which this one replaced
         check_output_spares_inputs("--out", Path(args.out), {"--checkpoint": args.checkpoint})
     single = "none" if args.tta == "all" else args.tta

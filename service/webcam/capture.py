@@ -46,7 +46,7 @@ from gesture_core.rejection import is_reject_name
 from service.webcam.demo import display_problem
 from service.webcam.grabber import ended_early
 from service.webcam.overlay import centred_roi  # the webcam demo's box: captured crops match what it classifies
-from service.webcam.sources import SourceError, describe_source, is_live, open_source, read_frames, separate_photos
+from service.webcam.sources import SourceError, describe_source, is_live, open_source, read_frames, separate_photos, source_folder
 
 MAX_KEYED_CLASSES = 9
 DEFAULT_ROI = 0.6  # the webcam demo's default --roi
@@ -347,6 +347,20 @@ def class_folder_given_as_out(out: Path, classes: list[str]) -> str | None:
     return None
 
 
+def reads_from_inside(source: str, out: Path) -> str | None:
+    """Why ``--source`` may not be read into ``--out``: its folder is inside the dataset, so each image
+    read would be saved again as a new one (into its own class, a copy of every photo; into another,
+    a photo in two classes), or None."""
+    try:
+        folder = source_folder(source)
+    except SourceError:
+        return None  # open_source says what is wrong with it
+    if folder is None or not folder.resolve().is_relative_to(out.resolve()):
+        return None
+    return (f"--source {source} is inside --out {out}: every image it reads would be saved into the dataset again as a new one; "
+            "read from a folder outside the dataset")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m service.webcam.capture", description=__doc__.split("\n\n")[0],
                                 epilog=NONE_TIP, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
@@ -397,6 +411,8 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_USAGE
     if problem := class_folder_given_as_out(args.out, classes):
         parser.error(f"{problem}: --out is the dataset folder (e.g. --out {args.out.parent})")
+    if problem := reads_from_inside(args.source, args.out):
+        parser.error(problem)
     check_writable("--out", args.out, "folder")  # before the source opens, not at the first image saved
     try:
         cap = open_source(args.source)

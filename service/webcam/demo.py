@@ -440,7 +440,10 @@ def url_arg(text: str) -> str:
     and a bad port failed at the first frame without naming --url."""
     if not text.strip():
         raise argparse.ArgumentTypeError(f"empty: {URL_FORM}")
-    parts = urlsplit(text)
+    try:
+        parts = urlsplit(text)
+    except ValueError as err:  # an unclosed IPv6 bracket: argparse would say "invalid url_arg value"
+        raise argparse.ArgumentTypeError(f"{text!r} is not a URL ({err}): {URL_FORM}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise argparse.ArgumentTypeError(f"{text!r} is not an http(s) URL: {URL_FORM}")
     try:

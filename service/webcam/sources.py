@@ -105,6 +105,21 @@ def separate_photos(spec: int | str | os.PathLike) -> bool:
     return _kind(parse_source(spec)) in ("image folder", "image glob")
 
 
+def source_folder(spec: int | str | os.PathLike) -> Path | None:
+    """The folder whose files the source reads (a folder itself, or the one that holds its file, sequence
+    or glob), for a source on this machine's disk; None for a camera or a stream."""
+    source = parse_source(spec)
+    kind = _kind(source)
+    if kind in ("camera", "stream"):
+        return None
+    if kind == "image folder":
+        return Path(source)
+    if kind in ("image sequence", "image glob"):  # the folders before the first wildcard or %d
+        pattern = _SEQUENCE if kind == "image sequence" else _GLOB
+        return Path(source[:pattern.search(source).start()] + "x").parent
+    return Path(source).parent
+
+
 def describe_source(spec: int | str | os.PathLike) -> str:
     source = parse_source(spec)
     return f"{_kind(source)} {source}"
