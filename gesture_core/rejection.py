@@ -80,6 +80,10 @@ def find_reject_classes(classes: Sequence[str], requested: Iterable[str] | None 
     named in ``requested`` (case-insensitive), or none at all when ``requested`` is just ``''``."""
     if requested is None:
         return [c for c in classes if is_reject_name(c)]
+    requested = list(requested)
+    if "" in requested and len(set(requested)) > 1:  # '' was dropped and the others used
+        raise ValueError(f"--reject-class '' means no reject class, and --reject-class {', '.join(repr(n) for n in requested if n)} names one: "
+                         "pass one or the other")
     requested = [name for name in requested if name != ""]
     by_name = {c.lower(): c for c in reversed(classes)}  # the first of classes differing only in case, when none is named exactly
     by_name.update({c: c for c in classes})  # an exact name wins: "A" is A, not a

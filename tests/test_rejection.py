@@ -69,6 +69,8 @@ def test_reject_class_flag_names_classes_or_turns_the_rule_off():
     assert find_reject_classes(classes) == ["nothing"]
     assert find_reject_classes(classes, ["REST_POSE", "palm"]) == ["palm", "rest_pose"]
     assert find_reject_classes(classes, [""]) == []
+    with pytest.raises(ValueError, match="--reject-class '' means no reject class, and --reject-class 'palm' names one: pass one or the other"):
+        find_reject_classes(classes, ["", "palm"])  # '' was dropped and palm used
     with pytest.raises(ValueError, match="choose from fist, nothing, palm, rest_pose"):
         find_reject_classes(classes, ["thumbs_up"])
     # classes that differ only in case: the exact name is the one meant (the last of them was taken)

@@ -445,6 +445,18 @@ def test_bad_url_is_refused_when_parsed_and_lists_the_expected_form(short_clip, 
     assert exit_.value.code == EXIT_USAGE and f"argument --url: {message}" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["--url", "http://127.0.0.1:1", "--engine", "onnx", "--precision", "bf16"], "--engine, --precision set how the model runs here, and with --url the server runs it"),
+    (["--checkpoint", "RUN", "--timeout", "5"], "--timeout is how long to wait for the server's answer with --url; with --checkpoint the model runs here"),
+])  # fmt: skip
+def test_flags_of_the_other_mode_are_refused_not_ignored(random_head_checkpoint, short_clip, capsys, argv, message):
+    """--engine onnx with --url ran on the server's engine, and --timeout with --checkpoint did nothing, exit 0 either way."""
+    argv = [str(random_head_checkpoint) if a == "RUN" else a for a in argv]
+    with pytest.raises(SystemExit) as exit_:
+        main([*argv, "--source", str(short_clip), "--headless"])
+    assert exit_.value.code == EXIT_USAGE and message in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("flag, value", [("--threshold", "nan"), ("--roi", "nan"), ("--timeout", "nan"), ("--timeout", "inf")])
 def test_float_flags_refuse_nan_and_infinity(tmp_path, short_clip, capsys, flag, value):
     """NaN passed every range check ("--threshold nan" acted as 0; "--roi nan" failed at the first frame)."""

@@ -512,9 +512,25 @@ def check_outputs(args: argparse.Namespace) -> None:
         check_writable("--snapshot-dir", args.snapshot_dir, "folder")
 
 
+def unused_flags(args: argparse.Namespace, parser: argparse.ArgumentParser) -> str | None:
+    """Flags set for the other mode, which it would ignore: the model's runtime with --url (the server
+    runs the model, with its own settings), --timeout with --checkpoint (nothing to wait for)."""
+    names = ("device", "engine", "precision", "threads") if args.url else ("timeout",)
+    given = [f"--{name}" for name in names if getattr(args, name) != parser.get_default(name)]
+    if not given:
+        return None
+    if args.url:
+        return (f"{', '.join(given)} set how the model runs here, and with --url the server runs it (its GESTURE_DEVICE, "
+                "GESTURE_ENGINE, GESTURE_PRECISION and GESTURE_THREADS settings): drop them, or run it here with --checkpoint")
+    return "--timeout is how long to wait for the server's answer with --url; with --checkpoint the model runs here: drop it"
+
+
 @command
 def main(argv: list[str] | None = None, log: Log = _stderr) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if problem := unused_flags(args, parser):
+        parser.error(problem)
     check_outputs(args)
     show_window = not args.headless
     if show_window and (problem := display_problem()):
