@@ -106,6 +106,15 @@ def test_cli_writes_json_and_exits_zero_with_warnings(messy: Path, tmp_path: Pat
     assert report["counts"]["peace"] == 6
 
 
+def test_an_unwritable_json_path_is_refused_before_the_check_runs(messy: Path, capsys):
+    """It ran the whole check and then failed writing the report, exit 1."""
+    with pytest.raises(SystemExit) as stop:
+        main([str(messy), "--json", "/proc/report.json"])
+    assert stop.value.code == 2
+    err = capsys.readouterr()
+    assert "--json /proc/report.json: cannot write there" in err.err and err.out == ""
+
+
 def test_file_names_that_would_drive_the_terminal_are_shown_escaped(tmp_path: Path, capsys):
     """A file name may hold a newline (which printed a report line of its own), an escape sequence (which
     cleared the screen), or a right-to-left override (which shows "x\u202egpj.exe" as "xexe.jpg")."""

@@ -277,6 +277,14 @@ def test_a_mistyped_archive_or_wheel_is_a_usage_error(tmp_path, capsys):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_root_that_cannot_be_written_is_refused_before_the_download(capsys, monkeypatch):
+    """The download started, and its first byte could not be saved."""
+    monkeypatch.setattr(prepare, "download", lambda *a, **k: pytest.fail("downloaded"))
+    with pytest.raises(SystemExit) as stop:
+        main(["sign-digits", "--root", "/proc/datasets"])
+    assert stop.value.code == 2 and "--root /proc/datasets: cannot write there" in capsys.readouterr().err
+
+
 def _dataset_members(prefix: str, splits: tuple[str, ...] = ("",)) -> dict[str, bytes]:
     return {f"{prefix}{split}{name}/{i}.jpg": _jpeg(label, i) for split in splits for label, name in enumerate(("fist", "palm")) for i in range(4)}
 

@@ -34,7 +34,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from gesture_core.class_names import name_key
-from gesture_core.cli import DefaultsHelpFormatter, check_output_outside_datasets, command, output_arg
+from gesture_core.cli import DefaultsHelpFormatter, check_output_outside_datasets, check_writable, command, output_arg
 from gesture_core.images import DECODED_FORMATS, ImageDecodeError, decode_rgb, probe_image, read_image_file
 from training.cli import input_path, int_at_least
 from training.config import TrainConfig
@@ -507,6 +507,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:  # its JSON replaced a photo of the class folder it was written into
         try:
             check_output_outside_datasets("--json", args.json, [args.dir])
+            check_writable("--json", args.json)  # before the check, not after it
         except ValueError as err:
             parser.error(str(err))
     report = build_report(args.dir, decode=not args.fast, workers=args.workers)

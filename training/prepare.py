@@ -41,7 +41,7 @@ from typing import BinaryIO, NamedTuple
 
 from tqdm import tqdm
 
-from gesture_core.cli import DefaultsHelpFormatter, command, output_arg
+from gesture_core.cli import DefaultsHelpFormatter, check_writable, command, output_arg
 from gesture_core.hands import HAND_MODEL_FILES, MODELS_WHEEL, HandModelFile, hand_models_dir
 from gesture_core.images import FRAME_JPEG_QUALITY, IMAGE_SUFFIXES, MAX_IMAGE_FILE_BYTES, VIDEO_FILE_SUFFIXES, VIDEO_FRAME_EVERY
 from gesture_core.preprocess import MAX_INPUT_SIZE, resize_to
@@ -881,6 +881,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{HAND_MODELS}: {'prepared' if fetched else 'already prepared'} at {folder}")
         return 0
     already = read_marker(args.root / args.name) is not None
+    if not already:  # said before the download, not when its first byte is saved
+        try:
+            check_writable("--root", args.root, "folder")
+        except ValueError as err:
+            parser.error(str(err))
     try:
         out = prepare_dataset(args.name, args.root, args.archive, keep_archive=args.keep_archive)
     except PrepareError as err:
