@@ -37,7 +37,7 @@ from service.webcam.demo import (
 )
 from service.webcam.grabber import Frame, FrameGrabber
 from service.webcam.scoring import LocalScorer, RemoteScorer, ServerError, Smoother
-from service.webcam.sources import SourceError, open_source, read_frames
+from service.webcam.sources import VIDEO_HINT, SourceError, open_source, read_frames
 from tests.helpers import REPO, heic_photo_start
 
 FRAME_SIZE = 128  # sign-digits images are mostly 100x100 (three are 3024x3024): one size for the video
@@ -83,6 +83,16 @@ def count_frames(path: Path) -> tuple[int, tuple[int, int]]:
 def webcam_cli(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "service.webcam", *args], cwd=REPO, capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def test_a_file_that_is_no_video_is_one_line_of_stderr(random_head_checkpoint, tmp_path):
+    """FFmpeg, inside OpenCV, wrote "[mov,mp4,m4a,3gp,3g2,mj2 @ 0x...] moov atom not found" before the one-line reason."""
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    env = {k: v for k, v in os.environ.items() if k != "OPENCV_FFMPEG_LOGLEVEL"}  # as a user's shell has it
+    proc = subprocess.run([sys.executable, "-m", "service.webcam", "--checkpoint", str(random_head_checkpoint), "--headless",
+                           "--source", str(tmp_path / "empty.mp4")], cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == EXIT_USAGE
+    assert proc.stderr.splitlines() == [f"error: cannot open video file {tmp_path / 'empty.mp4'}: {VIDEO_HINT}"], proc.stderr
 
 
 @pytest.fixture(scope="module")
