@@ -257,6 +257,25 @@ def test_a_broken_symlink_class_folder_is_reported_not_dropped(tmp_path):
     assert any(s["reason"].startswith("broken symlink") for s in splits.skipped)
 
 
+def test_class_folders_linked_into_each_other_or_to_the_dataset_are_refused_before_training(tmp_path, capsys):
+    """A class folder linked to the dataset folder held every class's images (each with a second label,
+    train and test overlapping), and one linked to another class folder gave its images two labels:
+    finetune trained on either without a word. A link to a folder elsewhere is a class as any other."""
+    import training.finetune as finetune
+
+    root = make_image_folder(tmp_path / "data", ("fist", "palm"), per_class=3, size=32)
+    elsewhere = make_image_folder(tmp_path / "drive", ("peace",), per_class=3, size=32) / "peace"
+    os.symlink(elsewhere, root / "peace")
+    assert build_report(root, workers=1)["classes"] == ["fist", "palm", "peace"]
+    for link, target, reason in (("all", root, "the dataset folder or one above it: it would hold every class's images"),
+                                 ("palm2", root / "palm", "which is class folder 'palm' or holds or lies in it")):
+        os.symlink(target, root / link)
+        assert any(f"class folder {link!r} is a link to {target}, {reason}" in line for line in build_report(root, workers=1)["fatal"])
+        assert finetune.main(["--data", str(root), "--out", str(tmp_path / "run")]) == 2
+        assert "is a link to" in capsys.readouterr().err and not (tmp_path / "run").exists()
+        (root / link).unlink()
+
+
 def test_a_link_to_itself_beside_the_class_folders_is_a_broken_link_to_check_as_to_training(tmp_path):
     """check stopped with "error: ...: Too many levels of symbolic links" where training warned and went on."""
     root = make_image_folder(tmp_path / "data", ("fist", "palm"), per_class=10)

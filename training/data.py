@@ -166,6 +166,8 @@ def scan_class_folders(root: Path, skipped: list[dict[str, str]], ignored: list[
                            + (a_class_folder_hint(root, entries) or videos_hint(entries) or archives_hint(entries)))
     if unwritable := names_unwritable(folders):
         raise DatasetError(f"{root}: class folder name(s) {unwritable}: rename them")
+    if overlap := linked_into_each_other(root, folders):
+        raise DatasetError(overlap)
     by_class: dict[str, list[str]] = {}
     spellings: dict[str, list[str]] = {}
     for folder in folders:
@@ -176,6 +178,26 @@ def scan_class_folders(root: Path, skipped: list[dict[str, str]], ignored: list[
         warnings.warn(f"{root}: class folder(s) {', '.join(merged)} exist in two Unicode spellings (composed and decomposed, as macOS "
                       "writes names), which look the same: each is read as one class, with the images of both", stacklevel=2)
     return dict(sorted(by_class.items()))
+
+
+def linked_into_each_other(root: Path, folders: list[str]) -> str | None:
+    """Why class folders that are links cannot be read as classes, or None: one that leads to the dataset
+    folder (or above it) would hold every class's images, and two that lead to one folder (or one inside
+    the other) would give each image two labels. A link to a folder elsewhere (another drive) is a class."""
+    links = [folder for folder in folders if (root / folder).is_symlink()]
+    if not links:  # folders of their own: neither holds another
+        return None
+    real = {folder: Path(os.path.realpath(root / folder)) for folder in folders}
+    top = Path(os.path.realpath(root))
+    for link in links:
+        if top.is_relative_to(real[link]):
+            return (f"{root}: class folder {link!r} is a link to {real[link]}, the dataset folder or one above it: it would hold every "
+                    "class's images, each with a second label; remove the link")
+        for other, target in real.items():
+            if other != link and (real[link].is_relative_to(target) or target.is_relative_to(real[link])):
+                return (f"{root}: class folder {link!r} is a link to {real[link]}, which is class folder {other!r} or holds or lies in it: "
+                        "their images would have two labels each; remove the link, or make it a folder of its own")
+    return None
 
 
 def a_class_folder_hint(root: Path, entries: list[Path]) -> str:
