@@ -70,7 +70,11 @@ def test_an_input_too_large_for_memory_is_not_called_too_small(monkeypatch, caps
 
     monkeypatch.setattr(inspect_module, "inspect_backbone", out_of_memory)
     assert main(["--backbone", "lenet5", "--input-size", "1024"]) == 2
-    assert capsys.readouterr().err == "error: lenet5 on a 1024-pixel input needs more memory than this machine has (try a smaller --input-size)\n"
+    assert capsys.readouterr().err == ("error: lenet5 on a 1024-pixel input with 1,000 classes needs more memory than this machine has "
+                                       "(try a smaller --input-size)\n")
+    # 100,000,000 classes at the smallest input: the advice was a smaller --input-size alone
+    assert main(["--backbone", "lenet5", "--input-size", "32", "--num-classes", "100000000"]) == 2
+    assert capsys.readouterr().err.endswith("with 100,000,000 classes needs more memory than this machine has (try a smaller --input-size or --num-classes)\n")
 
 
 def test_an_input_size_beyond_what_training_takes_is_refused_at_the_command_line(capsys):

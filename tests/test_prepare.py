@@ -277,6 +277,12 @@ def test_a_mistyped_archive_or_wheel_is_a_usage_error(tmp_path, capsys):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_list_with_a_name_is_refused_not_ignored(capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["--list", "flowers"])
+    assert stop.value.code == 2 and "--list shows the whole catalogue; to prepare flowers, drop --list" in capsys.readouterr().err
+
+
 def test_a_root_that_cannot_be_written_is_refused_before_the_download(capsys, monkeypatch):
     """The download started, and its first byte could not be saved."""
     monkeypatch.setattr(prepare, "download", lambda *a, **k: pytest.fail("downloaded"))

@@ -246,7 +246,8 @@ def main(argv: list[str] | None = None) -> int:
     except (RuntimeError, MemoryError) as err:  # the forward pass failed: an input too small for the downsampling, or too large for memory
         size = f"a {args.input_size or 'default'}-pixel input"
         if isinstance(err, MemoryError) or "allocate" in str(err):
-            print(f"error: {args.backbone} on {size} needs more memory than this machine has (try a smaller --input-size)", file=sys.stderr)
+            print(f"error: {args.backbone} on {size} with {args.num_classes:,} classes needs more memory than this machine has "
+                  f"(try a smaller --input-size{' or --num-classes' if args.num_classes > 1000 else ''})", file=sys.stderr)
         else:
             print(f"error: {args.backbone} cannot run on {size} (try a larger --input-size): {describe(err)}", file=sys.stderr)
         return 2

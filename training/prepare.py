@@ -865,6 +865,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--list", action="store_true", help="list the catalogue and exit")
     args = parser.parse_args(argv)
     if args.list:
+        if args.name is not None:  # it was ignored
+            parser.error(f"--list shows the whole catalogue; to prepare {args.name}, drop --list")
         print_catalogue()
         return 0
     if args.name is None:
