@@ -69,6 +69,7 @@ class ModelInfo(BaseModel):
 
 # The URL-safe alphabet's two letters, as the standard one spells them (JWT-style encoders, Python's urlsafe_b64encode).
 URL_SAFE = bytes.maketrans(b"-_", b"+/")
+WHITESPACE = b" \t\n\r\x0b\x0c"  # what bytes.split() splits on: line breaks of wrapped base64, and any spaces
 
 
 def decode_base64(value: bytes) -> bytes:
@@ -81,7 +82,9 @@ def decode_base64(value: bytes) -> bytes:
         return base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
         pass
-    value = b"".join(value.split()).translate(URL_SAFE)
+    # One pass in C: value.split() made an object of every run between two spaces, and 16 MB of "A A A ..."
+    # took 0.5 s of the event loop and 750 MB of the worker to join them again.
+    value = value.translate(URL_SAFE, WHITESPACE)
     try:
         return base64.b64decode(value + b"=" * (-len(value) % 4), validate=True)
     except (binascii.Error, ValueError):
