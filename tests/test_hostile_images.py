@@ -632,3 +632,24 @@ def test_a_tiff_cut_inside_its_header_is_called_truncated():
     for cut in range(4, 8):
         with pytest.raises(ImageDecodeError, match="^truncated or corrupt TIFF"):
             decode_rgb(whole[:cut])
+
+
+def test_a_16_bit_png_that_only_pil_reads_costs_integers_not_float_copies():
+    """libpng refuses a PNG whose image data's CRC is wrong, and PIL reads it: its 16-bit samples went
+    through float64 copies of the whole image, 25 bytes a pixel (1 GB for a 2.7 MB upload at the pixel
+    limit). The 8-bit values are the same, rounded as before."""
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    samples = rng.integers(0, 65536, (1000, 1000), dtype=np.uint16)
+    png = bytearray(cv2.imencode(".png", samples)[1].tobytes())
+    idat = png.index(b"IDAT")
+    crc_at = idat + 4 + int.from_bytes(png[idat - 4:idat], "big")
+    png[crc_at] ^= 0xFF
+    tracemalloc.start()
+    rgb = read_rgb(bytes(png))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    expected = (samples.astype(np.float64) * (255.0 / 65535.0)).round().astype(np.uint8)
+    assert (rgb == expected[:, :, None]).all()
+    assert peak < 10 * samples.size, peak  # the copies of 8 bytes a pixel took 24
