@@ -825,7 +825,7 @@ def _pil_to_rgb(img: Image.Image) -> np.ndarray:
 def _to_8_bits(arr: np.ndarray, rows: int = 256) -> np.ndarray:
     """16-bit (or 32-bit integer) samples as 8 bits, rounded: 0-65535 scaled to 0-255, or kept as they
     are when none is above 255. In integers, a block of rows at a time: float64 copies of the whole
-    image took 25 bytes a pixel, 1 GB for a 2.7 MB PNG at the pixel limit that libpng refused."""
+    image took 25 bytes a pixel: in a probe, 1 GB for a 2.7 MB PNG at the pixel limit that libpng refused."""
     top = int(arr.max(initial=0))
     out = np.empty(arr.shape, np.uint8)
     for start in range(0, arr.shape[0], rows):
