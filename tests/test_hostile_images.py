@@ -653,3 +653,22 @@ def test_a_16_bit_png_that_only_pil_reads_costs_integers_not_float_copies():
     expected = (samples.astype(np.float64) * (255.0 / 65535.0)).round().astype(np.uint8)
     assert (rgb == expected[:, :, None]).all()
     assert peak < 10 * samples.size, peak  # the copies of 8 bytes a pixel took 24
+
+
+@pytest.mark.parametrize("fmt, transparency", [("GIF", 0), ("PNG", bytes([0, 128, 255]))])
+def test_a_palette_image_with_transparency_is_its_palette_colours_without_a_detour_or_a_warning(fmt, transparency):
+    """It went through RGBA (4 bytes a pixel) and a copy without the alpha, and exif_transpose copied
+    the whole image first; the colours are the palette's either way, and PIL's warning about
+    transparency in bytes stays out of the output."""
+    import warnings
+
+    indices = np.arange(64 * 48, dtype=np.uint8).reshape(48, 64) % 7
+    palette = np.arange(768, dtype=np.uint16).astype(np.uint8)
+    img = Image.fromarray(indices, mode="P")
+    img.putpalette(palette.tolist())
+    buf = io.BytesIO()
+    img.save(buf, fmt, transparency=transparency)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rgb = images_module._decode_with_pil(buf.getvalue())
+    assert (rgb == palette.reshape(256, 3)[indices]).all()
