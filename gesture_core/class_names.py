@@ -14,16 +14,24 @@ def class_name(folder: str) -> str:
     return unicodedata.normalize("NFC", folder)
 
 
+# Characters that act on the terminal or the line rather than show: control characters (a newline
+# starts a line of its own, an escape sequence can clear the screen or recolour what follows), and the
+# marks that reverse or isolate the direction of the text after them ("x\u202egpj.exe" shows as
+# "xexe.jpg"). A class name may hold none of them; a file name may, and reports write it escaped.
+UNSHOWN = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
 def unwritable_characters(name: str) -> str | None:
     """What in ``name`` no class name may hold, and why, or None. A class name is printed in tables,
     logs, CSV reports and the webcam overlay, and sent in JSON answers: a newline, tab, escape or other
     control character would break a row or drive the terminal, and a byte that is not UTF-8 (which
     Python keeps as a lone surrogate, from an old archive's Latin-1 names) cannot be written at all:
     the test report's plot raised after training, and OpenCV's overlay text crashed the webcam demo."""
-    categories = {unicodedata.category(c) for c in name}
-    if "Cc" in categories:
-        return "a control character (a newline, tab or escape), which would break every table, log and overlay that names the class"
-    if "Cs" in categories:
+    if found := UNSHOWN.search(name):
+        if unicodedata.category(found.group()) == "Cc":
+            return "a control character (a newline, tab or escape), which would break every table, log and overlay that names the class"
+        return "a mark that reverses the direction of the text after it (U+202E and the like), which would show the class as another name"
+    if any(unicodedata.category(c) == "Cs" for c in name):
         return "bytes that are not UTF-8 (as in an old archive's Latin-1 names), which no report, JSON answer or overlay can write"
     return None
 

@@ -348,6 +348,15 @@ def test_a_class_folder_named_in_bytes_that_are_not_utf8_is_refused_before_train
     assert "not UTF-8" in capsys.readouterr().err and not (tmp_path / "run").exists()
 
 
+def test_a_class_folder_whose_name_reverses_the_text_after_it_is_refused(tmp_path):
+    """"x\u202etsif" shows as "xfist" in every table and overlay: file names are shown escaped, and a
+    class name, printed as it is everywhere, may not hold such a mark."""
+    root = make_image_folder(tmp_path / "data", classes=("fist", "x\u202etsif"), per_class=3, size=32)
+    assert build_report(root, workers=1)["fatal"] == [
+        f"{root}: class folder name(s) 'x\\u202etsif' hold a mark that reverses the direction of the text after it (U+202E and the like), "
+        "which would show the class as another name: rename them"]
+
+
 def test_a_folder_beside_train_and_test_is_warned_of_in_check_and_training(tmp_path):
     """presplit/extra/ (a class meant for train/) was dropped by training without a word, and check
     only counted it in a note."""

@@ -524,6 +524,7 @@ def data_config_of(run, **changes):
     (lambda run: {"classes": ["fist", "fist", "peace"]}, "'classes' names fist more than once"),
     (lambda run: {"classes": ["fist", "pal\x1b[2Jm", "peace"]}, "'classes' 'pal\\x1b[2Jm' hold a control character"),
     (lambda run: {"classes": ["fist", "lat\udce9in", "peace"]}, "'classes' 'lat\\udce9in' hold bytes that are not UTF-8"),
+    (lambda run: {"classes": ["fist", "x\u202etsif", "peace"]}, "'classes' 'x\\u202etsif' hold a mark that reverses the direction"),
     (lambda run: {"data_config": data_config_of(run, input_size=-5)}, "unusable data_config (ValueError: input size -5 px: at least 1)"),
     (lambda run: {"data_config": data_config_of(run, std=[0.0, 0.0, 0.0])}, "std finite numbers above 0"),
     (lambda run: {"data_config": data_config_of(run, resize_size=8)}, "resize size 8 px is below the input size"),

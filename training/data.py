@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from gesture_core.class_names import class_name, name_key, names_unwritable
+from gesture_core.class_names import UNSHOWN, class_name, name_key, names_unwritable
 from gesture_core.images import (
     IMAGE_SUFFIXES,
     PHOTO_FILE_SUFFIXES,
@@ -340,13 +340,6 @@ def check_image_file(path: str) -> str | None:
     except ImageDecodeError as err:
         return str(err)
     return None
-
-
-# Characters of a file name that would act on the terminal or the line rather than show: control
-# characters (a newline starts a line of its own, an escape sequence can clear the screen or recolour
-# what follows) and the marks that reverse the direction of the text after them ("gpj.exe" shown as
-# "exe.jpg"). Class folders holding them are refused (unwritable_characters); any file may.
-UNSHOWN = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
 def printable_path(path: str) -> str:
