@@ -375,16 +375,11 @@ class HeldBodyReport:
 def held_body_attack(url: str, images: list[bytes], count: int, clients: int, rss: PeakRss, upload_limit: int) -> HeldBodyReport:
     """``count`` connections that each send all but the last byte of an upload at the limit and wait,
     one after another, while normal clients are measured: every body held is memory of the worker's."""
-    host, port = url.removeprefix("http://").split(":")
-    head = (f"POST /predict HTTP/1.1\r\nHost: {host}\r\nContent-Type: multipart/form-data; boundary={BOUNDARY}\r\n"
-            f"Content-Length: {upload_limit}\r\n\r\n").encode()
     held: list[socket.socket] = []
 
     def hold_bodies() -> None:
         for _ in range(count):
-            sock = socket.create_connection((host, int(port)), timeout=30)
-            held.append(sock)
-            sock.sendall(head + b"x" * (upload_limit - 1))
+            held.append(most_of_a_body(url, upload_limit))
 
     def attack() -> dict:
         attacker = threading.Thread(target=hold_bodies, daemon=True)
@@ -402,6 +397,15 @@ def held_body_attack(url: str, images: list[bytes], count: int, clients: int, rs
         for sock in held:
             sock.close()
     return HeldBodyReport(count, upload_limit, answers, growth, normal)
+
+
+def most_of_a_body(url: str, size: int) -> socket.socket:
+    """A connection to ``url`` that has sent all but the last byte of a ``size``-byte upload to /predict, and waits."""
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=30)
+    sock.sendall(f"POST /predict HTTP/1.1\r\nHost: {host}\r\nContent-Type: multipart/form-data; boundary={BOUNDARY}\r\n"
+                 f"Content-Length: {size}\r\n\r\n".encode() + b"x" * (size - 1))
+    return sock
 
 
 def answer_of(sock: socket.socket) -> str:

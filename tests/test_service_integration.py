@@ -21,7 +21,7 @@ import httpx
 import numpy as np
 import pytest
 
-from benchmarks.hostile import PeakRss, readable, worker_pid
+from benchmarks.hostile import PeakRss, most_of_a_body, readable, worker_pid
 from benchmarks.hostile_inputs import b64, http_bad_requests, many_header_units
 from benchmarks.server_process import REPO, ServerStartError, serve_process
 from gesture_core import load_classifier
@@ -301,18 +301,13 @@ def test_clients_that_send_most_of_a_body_and_wait_hold_a_bounded_share_of_memor
     without bound until their body timeout: 150 such clients at 16 MB grew the worker by 2,394 MB. Now
     the worker holds BODIES_HELD of them (256 MB at this server's 4 MB) and drops the oldest with 503,
     and a normal request is still answered."""
-    clients, size = 150, UPLOAD_LIMIT_MB * 2**20  # 600 MB sent in all
-    address = urlsplit(server.url)
-    head = (f"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
-            f"Content-Length: {size}\r\n\r\n").encode()
+    clients = 150  # 600 MB sent in all
     worker = PeakRss(worker_pid(server.process.pid))
     waiting = []
 
     def send_and_wait() -> httpx.Response:
         for _ in range(clients):
-            sock = socket.create_connection((address.hostname, address.port), timeout=30)
-            sock.sendall(head + b"x" * (size - 1))
-            waiting.append(sock)
+            waiting.append(most_of_a_body(server.url, UPLOAD_LIMIT_MB * 2**20))
         return http.post("/predict", files={"image": ("ok.jpg", jpeg(0))})
 
     try:
