@@ -13,18 +13,23 @@ headers of the smallest units (``HEADER_LIMITS``), a JPEG's or a GIF's header fo
 what OpenCV takes for an EXIF block of many entries on one value, and for a PNG whose compressed
 data goes on after its image or comes in thousands of chunks; what JPEGs of a few hundred bytes that declare 6000x6000 pixels
 (arithmetic-coded, lossless, or cut after the header) cost OpenCV; what PIL's Python decoders take for
-PBM, PGM and PPM uploads near the size limit, against the product's decode; and what the header read
-before every decode costs beside the decode itself.
+PBM, PGM and PPM uploads near the size limit, against the product's decode; how much memory images
+of each kind at the service's pixel limit take to decode (``WEBP_CANVAS``, ``COEFFICIENT_BLOCK_BYTES``);
+and what the header read before every decode costs beside the decode itself.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import math
 import os
 import random
+import subprocess
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -32,17 +37,22 @@ from PIL import Image
 
 from benchmarks.common import describe_machine
 from benchmarks.hostile_inputs import (
+    encode,
     exif_bomb,
     gif_header_then_junk,
+    gif_with_noise_rows,
     ico_holding_png,
     jpeg_cut_after_its_header,
     jpeg_without_image_data,
     many_header_units,
     netpbm,
     noise_jpeg,
+    padded_webp,
     png_of_rows,
+    png_with_noise_rows,
     png_with_text_chunks,
     progressive_jpeg,
+    sparse_jpeg,
     tiff_of_strips,
     with_exif,
 )
@@ -318,6 +328,58 @@ def probe_rows() -> None:
         print(f"| {name} | {best * 1000:.3f} |")
 
 
+GROWTH_OF_A_DECODE = """
+from pathlib import Path
+from gesture_core.images import read_rgb
+status = lambda field: next(int(line.split()[1]) for line in Path("/proc/self/status").open() if line.startswith(field)) / 1024
+data = Path({path!r}).read_bytes()
+Path("/proc/self/clear_refs").write_text("5")  # the peak starts again from here (Linux)
+before = status("VmRSS:")
+read_rgb(data, max_pixels=None, min_side={min_side})
+print(status("VmHWM:") - before)
+"""
+
+
+def memory_rows() -> None:
+    """Images at the service's pixel limit, each decoded in a fresh process with the limits off, at the
+    default model's scale and in full (what the hand-crop models ask for): how much the process grew,
+    against the 256 MB a request may take (benchmarks.hostile), and what the service makes of each."""
+    side = math.isqrt(Settings().max_pixels)
+    cases = {"PNG, a row of noise every 32": png_with_noise_rows(side, side),
+             "baseline JPEG, one scan, full colour (4:4:4)": sparse_jpeg(side, side, subsampled=False),
+             "JPEG, one scan per colour, 4:2:0": sparse_jpeg(side, side, interleaved=False),
+             "JPEG, one scan per colour, 4:4:4": sparse_jpeg(side, side, subsampled=False, interleaved=False),
+             "progressive JPEG, 4:4:4": encode(Image.new("RGB", (side, side)), "JPEG", progressive=True, subsampling=0),
+             "GIF, a row of noise every 8": gif_with_noise_rows(side, side),
+             "WebP, lossless": padded_webp(side, size_bytes=2_600_000),
+             "WebP with alpha": padded_webp(side, alpha=True, size_bytes=2_600_000),
+             "WebP, animation of 2 frames": padded_webp(side, frames=2, size_bytes=2_600_000),
+             f"WebP, animation of 2 frames, {math.isqrt(side * side // 2)}² (half the limit)":
+                 padded_webp(math.isqrt(side * side // 2), frames=2, size_bytes=1_300_000)}
+    print(f"\n| at the pixel limit ({side}x{side}) | file bytes | process growth, limits off: model's scale | in full | the service |\n"
+          "| --- | ---: | ---: | ---: | --- |")
+    with tempfile.TemporaryDirectory() as folder:
+        for name, data in cases.items():
+            path = Path(folder) / "image"
+            path.write_bytes(data)
+            grew = [growth_of_a_decode(path, min_side) for min_side in (MODEL_RESIZE, None)]
+            print(f"| {name} | {len(data):,} | {grew[0]:,.0f} MB | {grew[1]:,.0f} MB | {service_answer(data)} |")
+
+
+def growth_of_a_decode(path: Path, min_side: int | None) -> float:
+    done = subprocess.run([sys.executable, "-c", GROWTH_OF_A_DECODE.format(path=str(path), min_side=min_side)],
+                          capture_output=True, text=True, check=True)
+    return float(done.stdout)
+
+
+def service_answer(data: bytes) -> str:
+    try:
+        read_rgb(data, **Settings().decode_limits(), min_side=MODEL_RESIZE)
+    except ImageDecodeError as err:
+        return f"refused: {str(err).split(':')[0]}"
+    return "decoded"
+
+
 def photo_rows(per_set: int) -> None:
     print(f"\n| shared set ({per_set} photos each) | as PNG: bytes per pixel, min-median-max | their own JPEG files: min-median-max | "
           "most scans of any of its JPEG files (all files) | fewest bits of image data per 8x8 block (all files; a complete baseline JPEG has at least 2) |\n"
@@ -357,6 +419,7 @@ def main(argv: list[str] | None = None) -> int:
     png_tail_rows()
     jpeg_kind_rows()
     netpbm_rows()
+    memory_rows()
     probe_rows()
     photo_rows(args.photos)
     return 0

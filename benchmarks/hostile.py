@@ -46,16 +46,19 @@ from benchmarks.common import describe_machine, machine, note
 from benchmarks.hostile_inputs import (
     exif_bomb,
     form_part,
+    gif_with_noise_rows,
     http_bad_requests,
     many_header_units,
     multipart,
     netpbm,
     noise_jpeg,
+    padded_webp,
     png_of_rows,
     png_strip,
     png_with_noise_rows,
     png_with_text_chunks,
     progressive_jpeg,
+    sparse_jpeg,
     tiff_of_strips,
     with_exif,
 )
@@ -125,6 +128,16 @@ def attacks(upload_limit: int) -> list[Attack]:
         # Each goes to a worker thread to decode; the service lets a few run at once (service.service.DECODES_AT_ONCE).
         Attack("large image", "16 PNGs at the pixel limit at once", "POST", "/predict",
                {"files": {"image": ("l.png", png_with_noise_rows(6_320, 6_320))}}, copies=16),
+        # Decoders that hold more than a PNG's bytes a pixel (python -m benchmarks.decode_cost): refused below the limit, or made leaner.
+        Attack("large image", "6320x6320 GIF (at the pixel limit)", "POST", "/predict", {"files": {"image": ("l.gif", gif_with_noise_rows(6_320, 6_320))}}),
+        Attack("large image", "6320x6320 WebP with alpha (at the pixel limit)", "POST", "/predict",
+               {"files": {"image": ("l.webp", padded_webp(6_320, alpha=True, size_bytes=2_600_000))}}),
+        Attack("large image", "6320x6320 animated WebP (at the pixel limit)", "POST", "/predict",
+               {"files": {"image": ("l.webp", padded_webp(6_320, frames=2, size_bytes=2_600_000))}}),
+        Attack("large image", "6320x6320 JPEG of one scan per colour, 4:4:4 (at the pixel limit)", "POST", "/predict",
+               {"files": {"image": ("l.jpg", sparse_jpeg(6_320, 6_320, subsampled=False, interleaved=False))}}),
+        Attack("large image", "32 JPEGs of 20460x1023, two bits a block, in /predict_batch", "POST", "/predict_batch",
+               {"files": [("images", (f"{i}.jpg", sparse_jpeg(20_460, 1_023))) for i in range(32)]}),
         Attack("large image", "7000x7000 PNG (past the limit)", "POST", "/predict", {"files": {"image": ("l.png", png_strip(7_000, 7_000))}}),
         Attack("costly header", "PNG of 95 malformed chunks (under the limit, legal)", "POST", "/predict",
                {"files": {"image": ("h.png", many_header_units("PNG", 95))}}),  # libpng warns of each

@@ -8,6 +8,7 @@ import base64
 import functools
 import gzip
 import io
+import math
 import re
 import struct
 import zlib
@@ -59,6 +60,29 @@ def png_with_noise_rows(width: int, height: int, every: int = 32) -> bytes:
 
 
 @functools.cache
+def gif_with_noise_rows(width: int, height: int, every: int = 8) -> bytes:
+    """A palette GIF (colours, so PIL opens it as P) with a row of random pixels every ``every`` rows:
+    about 8 pixels a byte, so the service's file-size check lets it through to the decoder."""
+    indices = np.zeros((height, width), np.uint8)
+    indices[::every] = np.random.default_rng(0).integers(0, 256, indices[::every].shape, np.uint8)
+    image = Image.fromarray(indices, "P")
+    image.putpalette(np.random.default_rng(1).integers(0, 256, 768, np.uint8).tolist())
+    return encode(image, "GIF")
+
+
+@functools.cache
+def padded_webp(side: int, *, alpha: bool = False, frames: int = 1, size_bytes: int = 0) -> bytes:
+    """A flat lossless WebP of ``side`` x ``side``, with alpha or as an animation of ``frames``, padded
+    to ``size_bytes`` with a chunk no decoder reads: as many pixels a byte as a photo, for the service's
+    file-size check."""
+    images = [Image.new("RGBA" if alpha else "RGB", (side, side), (40 * i, 90, 0, 128)) for i in range(frames)]
+    data = encode(images[0], "WEBP", save_all=frames > 1, append_images=images[1:], lossless=True)
+    padding = max(0, size_bytes - len(data) - 8)
+    chunks = data[12:] + b"PADD" + struct.pack("<I", padding) + bytes(padding)
+    return b"RIFF" + struct.pack("<I", 4 + len(chunks)) + b"WEBP" + chunks
+
+
+@functools.cache
 def flat_png(width: int = 6000, height: int = 6000) -> bytes:
     """A real, valid black PNG: 105 KB that takes about 0.4 s and 108 MB to decode at 6000x6000 (benchmarks.decode_cost)."""
     ok, encoded = cv2.imencode(".png", np.zeros((height, width, 3), np.uint8), [cv2.IMWRITE_PNG_COMPRESSION, 9])
@@ -99,6 +123,34 @@ def jpeg_without_image_data(width: int, height: int, kind: str) -> bytes:
     scan = jpeg_segment(0xDA, b"\x03" + b"".join(bytes([c, 0]) for c in (1, 2, 3)) + scan_tail)
     padding = b"\x00" * 8 if kind == "lossless" else b""
     return b"\xff\xd8" + tables + jpeg_segment(frame, struct.pack(">BHHB", 8, height, width, 3) + components) + scan + padding + b"\xff\xd9"
+
+
+@functools.cache
+def sparse_jpeg(width: int, height: int, subsampled: bool = True, interleaved: bool = True) -> bytes:
+    """A flat colour baseline JPEG in the fewest bytes one can have: each 8x8 block two bits, a 1-bit
+    code for "no change of colour" and one for "end of block". Its colour is subsampled 4:2:0 or
+    kept in full (4:4:4); ``interleaved`` has all three components in one scan, as encoders write them,
+    else one scan each, which libjpeg decodes from all the image's coefficients held at once."""
+    sampling = [(2, 2), (1, 1), (1, 1)] if subsampled else [(1, 1)] * 3
+    most = max(h for h, _ in sampling)
+    components = b"".join(bytes([c + 1, h << 4 | v, 0]) for c, (h, v) in enumerate(sampling))
+    code_of_zero = bytes([1] + [0] * 15) + b"\x00"  # one code of one bit, for symbol 0: a category-0 DC, or an end of block
+    header = (b"\xff\xd8" + jpeg_segment(0xDB, b"\x00" + bytes([1] * 64))
+              + jpeg_segment(0xC0, struct.pack(">BHHB", 8, height, width, 3) + components)
+              + jpeg_segment(0xC4, b"\x00" + code_of_zero) + jpeg_segment(0xC4, b"\x10" + code_of_zero))
+
+    def scan(ids: list[int], blocks: int) -> bytes:
+        return jpeg_segment(0xDA, bytes([len(ids)]) + b"".join(bytes([c + 1, 0]) for c in ids) + b"\x00\x3f\x00") + bytes(-(-2 * blocks // 8))
+
+    def blocks_of(h: int, v: int) -> int:
+        return math.ceil(math.ceil(width * h / most) / 8) * math.ceil(math.ceil(height * v / most) / 8)
+
+    if interleaved:
+        units = math.ceil(width / (8 * most)) * math.ceil(height / (8 * most))  # each holds every component's blocks
+        scans = scan([0, 1, 2], units * sum(h * v for h, v in sampling))
+    else:
+        scans = b"".join(scan([c], blocks_of(h, v)) for c, (h, v) in enumerate(sampling))
+    return header + scans + b"\xff\xd9"
 
 
 @functools.cache

@@ -39,14 +39,25 @@ MAX_ASPECT_RATIO = 20
 # Where ``max_pixels_per_byte`` is given (the HTTP service, whose uploads come from anyone), such an
 # image above SMALL_IMAGE_PIXELS may declare at most that many pixels per byte of its file, so that
 # decoding costs about what the upload does. The shared sets' photos saved as PNG take 0.95-2.67 bytes
-# a pixel, far inside the service's 16 pixels a byte. Huffman-coded sequential JPEG (what cameras,
-# phones and browsers write) is exempt: every 8x8 block takes at least two bits, so a flat 6000x6000
-# one is still 563 KB, and it is decoded at reduced scale where the model allows (``min_side``; 10 ms),
-# while the models that decode in full (hand crops) pay 0.1-0.16 s there. Other JPEGs are not: a
-# progressive one keeps every coefficient of the full-size image whatever the scale, libjpeg decoded
-# an arithmetic-coded 6000x6000 of 106 bytes, and a lossless one has no reduced scale
+# a pixel, far inside the service's 16 pixels a byte. A Huffman-coded sequential JPEG of one scan (what
+# cameras, phones and browsers write) has its pixels counted at the scale it is decoded at
+# (``min_side``: a 6000x6000 photo at 1/8 for the default model), and may have JPEG_PIXELS_PER_BYTE_FACTOR
+# times as many: each of its pixels decodes in under half the time of a PNG's (a flat 6000x6000 in 164
+# ms against 441). A 20460x1023 one of 123 KB, two bits a block, was decoded in full, about 100 ms for each (a probe)
+# in a /predict_batch of 32. Other JPEGs are held to the limit on all their pixels: a progressive one
+# keeps every coefficient of the full-size image whatever the scale, libjpeg decoded an
+# arithmetic-coded 6000x6000 of 106 bytes, and a lossless one has no reduced scale
 # (``python -m benchmarks.decode_cost``).
 SMALL_IMAGE_PIXELS = 2_000_000  # about a 1080p frame: any file may be this large
+JPEG_PIXELS_PER_BYTE_FACTOR = 2
+# A JPEG of several scans (progressive, or one scan per colour) is decoded from all its blocks of
+# coefficients, held in memory at 128 bytes a block (64 coefficients of 2 bytes) whatever the scale:
+# one of 6324x6324 in full colour resolution (4:4:4) grew a process by 232 MB at the model's scale
+# and 345 MB in full, where a PNG or a one-scan JPEG takes 231 (``python -m benchmarks.decode_cost``).
+# They may take no more than the pixel limit's image takes as RGB (3 bytes a pixel): a colour-subsampled
+# (4:2:0) JPEG fits to about the pixel limit (6320x6320 in the service), one of full colour resolution
+# to half of it. Applied everywhere.
+COEFFICIENT_BLOCK_BYTES = 128
 # A progressive JPEG is decoded scan by scan, and every scan walks every block of the image, however
 # little it holds: a scan of an 8000x8000 image can take 95 bytes, and 1000 repeated ones took 3.2 s
 # to decode (``python -m benchmarks.decode_cost``). The JPEG standard allows any number of scans
@@ -82,8 +93,8 @@ PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
 ADAM7_PASSES = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
 TRUNCATED_JPEG = "truncated JPEG (no end-of-image marker)"
 # Start-of-frame markers (C4 is a Huffman table, C8 reserved, CC an arithmetic-coding table), and the
-# Huffman-coded sequential ones (baseline C0, extended C1): the only JPEGs exempt from the
-# pixels-per-byte limit (above).
+# Huffman-coded sequential ones (baseline C0, extended C1): the only JPEGs whose pixels per byte are
+# counted at the scale they are decoded at, when they have one scan (above).
 FRAME_MARKERS = {*range(0xC0, 0xD0)} - {0xC4, 0xC8, 0xCC}
 HUFFMAN_SEQUENTIAL_FRAMES = {0xC0, 0xC1}
 # The formats decoded, by PIL's reader names (PPM reads PBM/PGM/PPM; JPEG also reads a phone's MPO).
@@ -126,9 +137,24 @@ PHOTO_SUFFIXES_NOT_DECODED = {
 PHOTO_FILE_SUFFIXES = IMAGE_SUFFIXES | PHOTO_SUFFIXES_NOT_DECODED.keys()
 FORMAT_NOTES = {"HEIC": "a phone's High Efficiency photo; an iPhone takes JPEG with Settings > Camera > Formats > Most Compatible"}
 
+
+
+class CostlyPixels(NamedTuple):
+    """A kind of image whose decoder holds more bytes a pixel than a photo's: its pixel limit is the
+    limit divided by ``divisor``, so that one costs no more memory than a photo at the limit."""
+
+    divisor: int
+    kind: str
+    advice: str
+
+
 # Float or 32-bit TIFF samples are decoded at their own depth, 4 bytes each where every other image is
-# decoded to 1: the pixel limit for them is an eighth, so that one costs no more memory than a photo.
-DEEP_SAMPLE_DIVISOR = 8
+# decoded to 1.
+DEEP_SAMPLES = CostlyPixels(8, "a TIFF of 32-bit samples", "re-save it as 8-bit")
+# OpenCV decodes a WebP with alpha to 4 bytes a pixel and then copies it without the alpha, and holds
+# an animation's canvas besides: at the service's pixel limit one grew a process by 273 MB, an
+# animated one by 426 MB, where a PNG or a JPEG takes 231 (``python -m benchmarks.decode_cost``).
+WEBP_CANVAS = CostlyPixels(2, "a WebP with alpha or animation", "re-save it as JPEG or PNG")
 # TGA has no signature, and an uncompressed colour TGA starts with the four bytes that mark a CUR.
 SHARED_SIGNATURES = {"CUR": "CUR or TGA"}
 
@@ -200,20 +226,27 @@ def decode_rgb(data: bytes, *, max_pixels: int | None = DEFAULT_MAX_PIXELS, min_
                max_pixels_per_byte: float | None = None, check_png_data: bool = False) -> np.ndarray:
     if not data:
         raise ImageDecodeError("empty file (0 bytes)")
-    fmt, (width, height), layout, tiff, png = probe_layout(data)
-    deep = tiff_has_deep_samples(tiff)
-    check_dimensions(width, height, max_pixels=max_pixels, deep_samples=deep)
+    fmt, (width, height), layout, tiff, png, webp = probe_layout(data)
+    costly = DEEP_SAMPLES if tiff_has_deep_samples(tiff) else webp
+    check_dimensions(width, height, max_pixels=max_pixels, costly=costly)
     if problem := tiff_pieces_problem(tiff, width, height):
         raise ImageDecodeError(problem)
     if layout and layout.scans > MAX_JPEG_SCANS:
         raise ImageDecodeError(f"JPEG with {layout.scans:,} scans, above the limit of {MAX_JPEG_SCANS} "
                                "(an ordinary JPEG has 1, a progressive one about 10): re-save it")
+    if layout and layout.scans > 1 and max_pixels is not None and layout.blocks * COEFFICIENT_BLOCK_BYTES > 3 * max_pixels:
+        raise ImageDecodeError(f"image too large: a {width}x{height} JPEG of {layout.scans} scans is decoded from all its "
+                               f"{layout.blocks:,} blocks at once, above the limit of {3 * max_pixels // COEFFICIENT_BLOCK_BYTES:,} "
+                               "for a progressive or multi-scan JPEG: re-save it as a baseline JPEG")
     if layout and layout.scans and layout.huffman_sequential and layout.scan_bytes * 4 < layout.blocks:
         # Each block takes at least two bits (its DC and end-of-block codes). libjpeg decodes data that
         # ends early as if zeros followed, with only a warning: a 6000x6000 cut to 625 bytes decoded.
         raise ImageDecodeError(f"truncated JPEG: its {width}x{height} image needs at least {math.ceil(layout.blocks / 4):,} "
                                f"bytes of image data, and the file holds {layout.scan_bytes:,}: re-save it")
-    if max_pixels_per_byte is not None and not (layout and layout.huffman_sequential):
+    if max_pixels_per_byte is not None and layout and layout.huffman_sequential and layout.scans == 1:
+        check_file_size(width, height, len(data), max_pixels_per_byte * JPEG_PIXELS_PER_BYTE_FACTOR,
+                        scale=jpeg_scale(width, height, min_side))
+    elif max_pixels_per_byte is not None:
         check_file_size(width, height, len(data), max_pixels_per_byte)
     if fmt == "JPEG" and not jpeg_is_complete(data):
         raise ImageDecodeError(TRUNCATED_JPEG)
@@ -225,7 +258,7 @@ def decode_rgb(data: bytes, *, max_pixels: int | None = DEFAULT_MAX_PIXELS, min_
         return _decode_netpbm(data)
     if fmt in ("JPEG", "PNG", "WEBP", "BMP", "TIFF"):
         flag = reduced_jpeg_flag(fmt, width, height, min_side)
-        if deep:
+        if costly is DEEP_SAMPLES:
             # Float samples (0-1) IMREAD_COLOR casts to 8 bits unscaled: all black. Decoded at their own
             # depth instead, and scaled by _array_to_rgb, at 4 bytes a sample: hence a lower pixel limit.
             flag = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR
@@ -256,17 +289,17 @@ def keep_decoder_warnings_quiet() -> None:
 
 
 def check_dimensions(width: int, height: int, *, max_pixels: int | None = DEFAULT_MAX_PIXELS,
-                     max_aspect_ratio: float = MAX_ASPECT_RATIO, deep_samples: bool = False) -> None:
+                     max_aspect_ratio: float = MAX_ASPECT_RATIO, costly: CostlyPixels | None = None) -> None:
     """Refuse, from the size alone and before anything is allocated, an image whose decoding or
     resizing would cost far more memory and time than any photo: too many pixels, or so elongated
-    that scaling its shorter side up to the model's size makes a huge array. A TIFF of 32-bit samples
-    (``deep_samples``) decodes at 4 bytes a sample before it is scaled: a lower pixel limit."""
+    that scaling its shorter side up to the model's size makes a huge array. An image whose decoder
+    holds more bytes a pixel (``costly``: DEEP_SAMPLES, WEBP_CANVAS) has a lower pixel limit."""
     if width < 1 or height < 1:
         raise ImageDecodeError(f"image has no pixels ({width}x{height})")
-    if max_pixels is not None and deep_samples:
-        max_pixels //= DEEP_SAMPLE_DIVISOR
+    if max_pixels is not None and costly:
+        max_pixels //= costly.divisor
     if max_pixels is not None and width * height > max_pixels:
-        kind, advice = ("a TIFF of 32-bit samples, ", " for such samples: re-save it as 8-bit") if deep_samples else ("", "")
+        kind, advice = (f"{costly.kind}, ", f" for such images: {costly.advice}") if costly else ("", "")
         raise ImageDecodeError(
             f"image too large: {kind}{width}x{height} = {width * height:,} pixels, above the limit of {max_pixels:,}{advice}"
         )
@@ -277,13 +310,16 @@ def check_dimensions(width: int, height: int, *, max_pixels: int | None = DEFAUL
         )
 
 
-def check_file_size(width: int, height: int, size_bytes: int, max_pixels_per_byte: float) -> None:
+def check_file_size(width: int, height: int, size_bytes: int, max_pixels_per_byte: float, scale: int = 1) -> None:
     """Refuse, from the header, an image above SMALL_IMAGE_PIXELS that declares more than
-    ``max_pixels_per_byte`` pixels per byte of its file: a small upload must not cost a large decode."""
-    pixels = width * height
+    ``max_pixels_per_byte`` pixels per byte of its file: a small upload must not cost a large decode.
+    A JPEG decoded at reduced ``scale`` (1/2, 1/4, 1/8) has the pixels of that scale counted."""
+    decoded_width, decoded_height = math.ceil(width / scale), math.ceil(height / scale)
+    pixels = decoded_width * decoded_height
     if pixels > SMALL_IMAGE_PIXELS and pixels > max_pixels_per_byte * size_bytes:
+        decoded = f" decoded at 1/{scale} scale, {decoded_width}x{decoded_height}" if scale > 1 else ""
         raise ImageDecodeError(
-            f"image too large for its file size: {width}x{height} = {pixels:,} pixels in {size_bytes:,} bytes; "
+            f"image too large for its file size: {width}x{height}{decoded} = {pixels:,} pixels in {size_bytes:,} bytes; "
             f"above {SMALL_IMAGE_PIXELS:,} pixels the limit is {max_pixels_per_byte:g} pixels per byte "
             "(send a photo, as JPEG, or scale it down)"
         )
@@ -558,6 +594,7 @@ class Probe(NamedTuple):
     jpeg: JpegLayout | None = None  # a JPEG's markers: its scans and image data (``jpeg_layout``)
     tiff: dict[int, tuple[int, int]] = {}  # a TIFF's first directory (``tiff_entries``), never changed
     png: list[PngChunk] | None = None  # a PNG's chunks (``png_chunks``), walked once for every check
+    webp_canvas: CostlyPixels | None = None  # WEBP_CANVAS for a WebP whose decoder holds a canvas (``webp_canvas``)
 
 
 def probe_layout(data: bytes) -> Probe:
@@ -602,7 +639,7 @@ def probe_layout(data: bytes) -> Probe:
         return Probe("TIFF", size, tiff=tiff)  # PIL's reader makes an object per strip or tile to open it (tiff_pieces_problem)
     try:
         with Image.open(io.BytesIO(data), formats=DECODED_FORMATS) as img:
-            return Probe(img.format or "unknown", img.size, layout, tiff, png)
+            return Probe(img.format or "unknown", img.size, layout, tiff, png, webp_canvas(img))
     except Image.DecompressionBombError as err:  # PIL's own limit, far above ours: its number would mislead
         declared = re.search(r"\((\d+) pixels\)", str(err))
         pixels = f"{int(declared.group(1)):,} pixels" if declared else "more pixels than PIL opens"
@@ -667,6 +704,12 @@ def tiff_size(entries: dict[int, tuple[int, int]]) -> tuple[int, int] | None:
     return (entries[256][1], entries[257][1]) if 256 in entries and 257 in entries else None  # ImageWidth, ImageLength
 
 
+def webp_canvas(img: Image.Image) -> CostlyPixels | None:
+    """WEBP_CANVAS for an opened WebP with alpha or more than one frame (read from its header by PIL's
+    opener, nothing decoded), else None."""
+    return WEBP_CANVAS if img.format == "WEBP" and (img.mode == "RGBA" or getattr(img, "n_frames", 1) > 1) else None
+
+
 def tiff_has_deep_samples(entries: dict[int, tuple[int, int]]) -> bool:
     """Float samples (SampleFormat 3), or more than 16 bits a sample, in a TIFF's ``tiff_entries``
     ({} for other formats): what OpenCV's 8-bit decode gets wrong."""
@@ -726,16 +769,17 @@ def jpeg_is_complete(data: bytes) -> bool:
 
 
 def reduced_jpeg_flag(fmt: str, width: int, height: int, min_side: int | None) -> int:
-    """OpenCV's flag to decode a JPEG at 1/8, 1/4 or 1/2 scale, keeping its shorter side at least
-    twice ``min_side``; full scale for other formats or without ``min_side``."""
-    if fmt != "JPEG" or not min_side:
-        return cv2.IMREAD_COLOR
+    """OpenCV's flag to decode a JPEG at ``jpeg_scale``; full scale for other formats."""
+    scale = jpeg_scale(width, height, min_side) if fmt == "JPEG" else 1
+    return {8: cv2.IMREAD_REDUCED_COLOR_8, 4: cv2.IMREAD_REDUCED_COLOR_4, 2: cv2.IMREAD_REDUCED_COLOR_2}.get(scale, cv2.IMREAD_COLOR)
+
+
+def jpeg_scale(width: int, height: int, min_side: int | None) -> int:
+    """8, 4 or 2 to decode a JPEG at that fraction of its size, keeping its shorter side at least twice
+    ``min_side``; 1 (full scale) without ``min_side``."""
     short = min(width, height)
-    for factor, flag in ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4), (2, cv2.IMREAD_REDUCED_COLOR_2)):
-        # 2x margin so the final resize still downsamples (keeps antialiasing comparable).
-        if short // factor >= 2 * min_side:
-            return flag
-    return cv2.IMREAD_COLOR
+    # 2x margin so the final resize still downsamples (keeps antialiasing comparable).
+    return next((factor for factor in (8, 4, 2) if min_side and short // factor >= 2 * min_side), 1)
 
 
 def _decode_netpbm(data: bytes) -> np.ndarray:
@@ -815,18 +859,30 @@ def _pil_errors_as_decode_errors() -> Iterator[None]:
 def _pil_to_rgb(img: Image.Image) -> np.ndarray:
     """The image as RGB, with fewer full-size copies: ``exif_transpose`` copied every image without an
     orientation, and a palette or alpha image went through RGBA (4 bytes a pixel) and a copy without its
-    alpha. A GIF with transparency at the pixel limit grew a probe's process by 457 MB, now 381 MB;
-    most of the rest is PIL's own (RGB held as 4 bytes a pixel, and ``tobytes`` for NumPy)."""
+    alpha. An image of one byte a pixel (a GIF's palette indices, or grey) becomes RGB in NumPy:
+    PIL's ``convert("RGB")`` holds RGB at 4 bytes a pixel, and NumPy gets a copy of it from ``tobytes``.
+    A GIF at the service's pixel limit grew a process by 421 MB that way, now by 193 (``python -m benchmarks.decode_cost``)."""
     ImageOps.exif_transpose(img, in_place=True)
     if img.mode == "F":  # float samples: converting to RGB would clip 0-1 to black
         return _array_to_rgb(np.asarray(img))
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         return _array_to_rgb(_to_8_bits(np.asarray(img)))
+    if img.mode in ("L", "P"):
+        rgb = cv2.cvtColor(np.asarray(img), cv2.COLOR_GRAY2RGB)
+        return rgb if img.mode == "L" else cv2.LUT(rgb, _palette_colours(img)[None], dst=rgb)  # each index to its colour, in place
     if img.mode != "RGB":
         with warnings.catch_warnings():  # the colours are the palette's, as through RGBA: transparency is dropped either way
             warnings.filterwarnings("ignore", message="Palette images with Transparency", category=UserWarning)
             img = img.convert("RGB")
     return _array_to_rgb(np.asarray(img))
+
+
+def _palette_colours(img: Image.Image) -> np.ndarray:
+    """A palette image's 256 colours as RGB rows, black for indices past its palette as PIL converts them."""
+    colours = np.zeros((256, 3), np.uint8)
+    palette = np.asarray(img.getpalette("RGB") or [], np.uint8).reshape(-1, 3)[:256]
+    colours[:len(palette)] = palette
+    return colours
 
 
 def _to_8_bits(arr: np.ndarray, rows: int = 256) -> np.ndarray:

@@ -79,7 +79,7 @@ SETTINGS = read_settings()  # the service's resources and workers depend on it
 # back per request, and /predict served about 4% more requests without it (docs/performance.md).
 # Larger uploads still get a thread of their own, so that one big photo never holds up a whole batch.
 # A small file cannot hide a big decode: above 2 MP, Settings.max_pixels_per_byte holds one of 256 KB
-# to 4.2 MP (gesture_core.images.SMALL_IMAGE_PIXELS), and a JPEG decodes at reduced scale.
+# to 4.2 MP (gesture_core.images.SMALL_IMAGE_PIXELS), a baseline JPEG to 8.4 MP at the scale it decodes at.
 SMALL_UPLOAD_BYTES = 256 * 1024
 # Those worker threads come from AnyIO's pool, which runs up to 40 at once, and one upload at the pixel
 # limit takes about 256 MB to decode: 16 of them sent together grew the worker by 2,977 MB

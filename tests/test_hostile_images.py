@@ -30,6 +30,7 @@ from benchmarks.hostile_inputs import (
     png_strip,
     png_with_text_chunks,
     progressive_jpeg,
+    sparse_jpeg,
     tiff_of_strips,
     with_exif,
 )
@@ -118,6 +119,44 @@ def test_a_large_png_costs_at_most_twice_its_decoded_size(tmp_path):
     assert done.returncode == 0, done.stderr
     side, grew = done.stdout.split()
     assert side == "4000" and float(grew) < 2.2 * 4000 * 4000 * 3 / 2**20, f"peak grew {float(grew):.0f} MB"
+
+
+@pytest.mark.parametrize("mode", ["P", "L"])
+def test_a_large_gif_costs_at_most_twice_its_decoded_size_too(tmp_path, mode):
+    """PIL decodes a GIF to one byte a pixel (palette indices, or grey); its ``convert("RGB")`` holds
+    RGB at 4 bytes a pixel, and NumPy got a copy of that: 421 MB at the service's pixel limit, where a
+    PNG takes 238. The bytes a pixel become RGB in NumPy and OpenCV instead."""
+    rows = np.zeros((4000, 4000), np.uint8)
+    rows[::64] = np.arange(4000) % 200  # a structured image, quick to encode
+    path = tmp_path / "large.gif"
+    gif = Image.fromarray(rows, "L").convert("P")  # a palette of greys, which PIL opens as L
+    if mode == "P":
+        gif.putpalette(np.arange(768, dtype=np.uint16).astype(np.uint8).tolist())
+    gif.save(path, "GIF")
+    assert Image.open(path).mode == mode
+    code = ("from pathlib import Path; from gesture_core import read_rgb\n"
+            f"data = Path({str(path)!r}).read_bytes()\n"
+            "status = lambda field: next(int(line.split()[1]) for line in Path('/proc/self/status').open() if line.startswith(field)) / 1024\n"
+            "Path('/proc/self/clear_refs').write_text('5')\n"  # the peak starts again from here (Linux)
+            "before = status('VmRSS:'); rgb = read_rgb(data); print(rgb.shape[0], status('VmHWM:') - before)\n")
+    done = run_python(code)
+    assert done.returncode == 0, done.stderr
+    side, grew = done.stdout.split()
+    assert side == "4000" and float(grew) < 2.2 * 4000 * 4000 * 3 / 2**20, f"peak grew {float(grew):.0f} MB"
+
+
+@pytest.mark.parametrize("kind", ["alpha", "animation"])
+def test_a_webp_whose_decoder_holds_a_canvas_has_half_the_pixel_limit(kind):
+    """OpenCV decodes a WebP with alpha to 4 bytes a pixel and then copies it without the alpha, and
+    holds an animation's canvas besides: 273 and 421 MB at the service's pixel limit, where a PNG or a
+    JPEG takes 231-238 (python -m benchmarks.decode_cost)."""
+    frames = [Image.new("RGBA" if kind == "alpha" else "RGB", (100, 80), (60 * i, 90, 0, 128)) for i in range(1 if kind == "alpha" else 2)]
+    webp = encode(frames[0], "WEBP", save_all=True, append_images=frames[1:], lossless=True)
+    with pytest.raises(ImageDecodeError, match=r"^image too large: a WebP with alpha or animation, 100x80 = 8,000 pixels, "
+                                               r"above the limit of 5,000 for such images: re-save it as JPEG or PNG$"):
+        read_rgb(webp, max_pixels=10_000)
+    assert read_rgb(webp, max_pixels=16_000).shape == (80, 100, 3)
+    assert read_rgb(encode(frames[0].convert("RGB"), "WEBP"), max_pixels=8_000).shape == (80, 100, 3)  # one frame, no alpha: the whole limit
 
 
 def test_training_reports_the_real_reason_of_a_file_that_fails_in_the_loader(tmp_path):
@@ -435,6 +474,48 @@ def test_a_progressive_jpeg_is_held_to_the_pixels_per_byte_limit_and_photos_pass
     photo = encode(Image.fromarray(noise), "JPEG", progressive=True, quality=75)
     assert read_rgb(photo, max_pixels_per_byte=16, min_side=256).shape[:2] == (750, 1000)
 
+
+
+def test_a_baseline_jpeg_is_held_to_the_pixels_per_byte_limit_at_the_scale_it_is_decoded_at():
+    """Two bits a block, the fewest a JPEG can have: a 20460x1023 one of 123 KB was exempt, and decoded
+    in full (its shorter side leaves no reduced scale), 100 ms each, 32 of them in one 3.9 MB
+    /predict_batch. Its pixels count at the scale it is decoded at, twice as many a byte as other
+    formats may have: a JPEG's pixel decodes in under half a PNG's time (python -m benchmarks.decode_cost)."""
+    limits = Settings().decode_limits()
+    long = sparse_jpeg(20460, 1023)
+    with pytest.raises(ImageDecodeError, match=r"^image too large for its file size: 20460x1023 = 20,930,580 pixels in 122,934 bytes; "
+                                               r"above 2,000,000 pixels the limit is 32 pixels per byte"):
+        read_rgb(long, **limits, min_side=256)
+    assert read_rgb(long, min_side=256).shape == (1023, 20460, 3)  # a user's own file: no such limit
+    with pytest.raises(ImageDecodeError, match=r"20480x1024 decoded at 1/2 scale, 10240x512 = 5,242,880 pixels in"):
+        read_rgb(sparse_jpeg(20480, 1024), **limits, min_side=256)
+    square = sparse_jpeg(6000, 6000)
+    assert read_rgb(square, **limits, min_side=256).shape == (750, 750, 3)  # at 1/8 scale, however few its bytes
+    with pytest.raises(ImageDecodeError, match=r"6000x6000 = 36,000,000 pixels in"):
+        read_rgb(square, **limits)  # in full, as the hand-crop models decode
+    noise = np.random.default_rng(0).integers(0, 256, (1500, 2000, 3), np.uint8)  # 3 MP, like a photo
+    assert read_rgb(encode(Image.fromarray(noise), "JPEG", quality=75), **limits).shape == (1500, 2000, 3)
+
+
+def progressive_of(subsampled: bool) -> bytes:
+    return encode(Image.new("RGB", (2000, 2000)), "JPEG", progressive=True, subsampling=2 if subsampled else 0)
+
+
+def one_scan_per_colour(subsampled: bool) -> bytes:
+    return sparse_jpeg(2000, 2000, subsampled=subsampled, interleaved=False)
+
+
+@pytest.mark.parametrize("jpeg_of", [progressive_of, one_scan_per_colour])
+def test_a_jpeg_of_several_scans_holds_no_more_coefficients_than_the_pixel_limits_image_takes_as_rgb(jpeg_of):
+    """libjpeg decodes such a JPEG from all its blocks of coefficients, held at once at 128 bytes a block
+    whatever the scale: a 6320x6320 one of full colour resolution in one scan per colour (468 KB) grew a
+    process by 231 MB at the model's scale and 344 MB in full. A 4:2:0 one at the pixel limit fits."""
+    at_the_limit = 2000 * 2000
+    assert read_rgb(jpeg_of(True), max_pixels=at_the_limit).shape == (2000, 2000, 3)  # 93,750 blocks: 12,000,000 bytes
+    with pytest.raises(ImageDecodeError, match=r"^image too large: a 2000x2000 JPEG of \d+ scans is decoded from all its 187,500 blocks at once, "
+                                               r"above the limit of 93,750 for a progressive or multi-scan JPEG: re-save it as a baseline JPEG$"):
+        read_rgb(jpeg_of(False), max_pixels=at_the_limit)
+    assert read_rgb(sparse_jpeg(2000, 2000, subsampled=False), max_pixels=at_the_limit).shape == (2000, 2000, 3)  # one scan: row by row
 
 
 @pytest.mark.parametrize("kind", ["arithmetic", "lossless"])
