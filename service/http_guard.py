@@ -99,6 +99,12 @@ MAX_FILENAME_BYTES = 200
 MAX_HEADER_BYTES = 64 * 1024
 # Where the hard limit is unlimited (macOS): one client host's ports to one server port, at most.
 OPEN_FILES_WITHOUT_A_HARD_LIMIT = 65536
+# BentoML parses a body that is not multipart (JSON, or a urlencoded form) in memory and keeps what it
+# parsed beside the body until the answer: a JSON body's base64 image decoded, where a multipart body's
+# files go to temporary files. 32 requests sent at once grew the worker by 34-40 MB each with a 16 MB
+# JSON body (2.1-2.5 times its bytes), by 19-24 MB with the same image as a 12 MB multipart body (1.6-2.0
+# times) (``python -m benchmarks.body_memory``, two runs): such a body counts twice its bytes.
+PARSED_IN_MEMORY_WEIGHT = 2
 BYTE_ORDER_MARK = b"\xef\xbb\xbf"  # what Windows editors and PowerShell 5's -Encoding utf8 put before a JSON file
 
 
@@ -116,7 +122,8 @@ class Arrival:
 
 
 class BodyMemory:
-    """The bytes of request bodies a worker holds, within ``budget``. Bodies are held in memory while they
+    """The bytes of request bodies a worker holds, within ``budget``; a body parsed in memory counts
+    twice (``body_weight``). Bodies are held in memory while they
     arrive and until their request is answered: 150 clients that each sent all but the last byte of
     16 MB and then waited grew the worker by 2,394 MB until their body timeout, and a thousand of them
     would hold 16 GB (``python -m benchmarks.hostile``, docs/reliability.md). uvicorn reads a body as fast as it comes, and BentoML sets no bound.
@@ -129,11 +136,13 @@ class BodyMemory:
         self.held = 0
         self.arriving: dict[int, Arrival] = {}  # oldest first
 
-    def take(self, arrival: Arrival, size: int) -> None:
-        """Hold ``size`` more bytes for ``arrival``, making room if need be; NoRoomForBody if it is itself the
-        oldest, or was dropped (a piece can come in before the drop ends its task)."""
+    def take(self, arrival: Arrival, size: int, weight: int = 1) -> None:
+        """Hold ``size`` more bytes for ``arrival``, counted ``weight`` times (``body_weight``), making room
+        if need be; NoRoomForBody if it is itself the oldest, or was dropped (a piece can come in before the
+        drop ends its task)."""
         if arrival.dropped:
             raise NoRoomForBody
+        size *= weight
         self.arriving.setdefault(id(arrival), arrival)
         while self.held + size > self.budget:
             oldest = next(iter(self.arriving.values()))
@@ -223,7 +232,7 @@ class RequestGuard:
     async def read_and_serve(self, scope: Scope, receive: Receive, send: Send, fields: EndpointFields, arrival: Arrival) -> None:
         try:
             async with asyncio.timeout(self.body_timeout_s) as arrival.deadline:
-                body, size = await read_body(receive, self.max_body_bytes, partial(self.bodies.take, arrival))
+                body, size = await read_body(receive, self.max_body_bytes, partial(self.bodies.take, arrival, weight=body_weight(scope)))
         except (TimeoutError, NoRoomForBody) as err:
             if isinstance(err, NoRoomForBody) or arrival.dropped:
                 return await send_json(send, 503, self.bodies.busy(arrival), close=True, retry_after=1)
@@ -468,6 +477,12 @@ def check_part_counts(parts: list[FormPart]) -> None:
 
 
 # --- reading and answering ---------------------------------------------------------------------------
+
+
+def body_weight(scope: Scope) -> int:
+    """How many times a request's body counts against the bodies held: PARSED_IN_MEMORY_WEIGHT but for multipart."""
+    media_type = (header(scope, b"content-type") or b"").partition(b";")[0].strip().lower()
+    return 1 if media_type == b"multipart/form-data" else PARSED_IN_MEMORY_WEIGHT
 
 
 def with_lowercase_media_type(scope: Scope) -> Scope:
