@@ -886,23 +886,27 @@ def _palette_colours(img: Image.Image) -> np.ndarray:
 
 
 def _to_8_bits(arr: np.ndarray, rows: int = 256) -> np.ndarray:
-    """16-bit (or 32-bit integer) samples as 8 bits, rounded: 0-65535 scaled to 0-255, or kept as they
-    are when none is above 255. In integers, a block of rows at a time: float64 copies of the whole
+    """PIL's 16-bit (or 32-bit integer) samples as 8 bits: 0-65535 scaled by ``_sixteen_to_8_bits``, or
+    kept as they are when none is above 255. A block of rows at a time: float64 copies of the whole
     image took 25 bytes a pixel: in a probe, 1 GB for a 2.7 MB PNG at the pixel limit that libpng refused."""
     top = int(arr.max(initial=0))
     out = np.empty(arr.shape, np.uint8)
     for start in range(0, arr.shape[0], rows):
-        block = np.clip(arr[start:start + rows], 0, 65535).astype(np.uint32)
-        if top > 255:
-            block += 128  # v * 255 / 65535 is v / 257, never halfway between two integers: this rounds it
-            block //= 257
-        out[start:start + rows] = block
+        block = np.clip(arr[start:start + rows], 0, 65535).astype(np.uint16)
+        out[start:start + rows] = _sixteen_to_8_bits(block) if top > 255 else block
     return out
+
+
+def _sixteen_to_8_bits(samples: np.ndarray) -> np.ndarray:
+    """16-bit samples as 8 bits, their high byte, as libpng gives OpenCV a 16-bit PNG (``png_set_strip_16``):
+    the one scaling of 16-bit images, whichever decoder read them. PIL's were rounded, so a PNG that
+    only PIL reads (libpng refuses it) decoded a level apart from one libpng reads."""
+    return (samples >> 8).astype(np.uint8)
 
 
 def _array_to_rgb(arr: np.ndarray) -> np.ndarray:
     if arr.dtype == np.uint16:
-        arr = (arr >> 8).astype(np.uint8)
+        arr = _sixteen_to_8_bits(arr)
     elif arr.dtype.kind == "f":
         arr = _float_to_uint8(arr)
     elif arr.dtype != np.uint8:

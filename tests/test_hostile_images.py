@@ -718,7 +718,7 @@ def test_a_tiff_cut_inside_its_header_is_called_truncated():
 def test_a_16_bit_png_that_only_pil_reads_costs_integers_not_float_copies():
     """libpng refuses a PNG whose image data's CRC is wrong, and PIL reads it: its 16-bit samples went
     through float64 copies of the whole image, 25 bytes a pixel (1 GB for a 2.7 MB upload at the pixel
-    limit). The 8-bit values are the same, rounded as before."""
+    limit). The 8-bit values are each sample's high byte, as libpng gives them (below)."""
     import tracemalloc
 
     rng = np.random.default_rng(0)
@@ -731,9 +731,21 @@ def test_a_16_bit_png_that_only_pil_reads_costs_integers_not_float_copies():
     rgb = read_rgb(bytes(png))
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
-    expected = (samples.astype(np.float64) * (255.0 / 65535.0)).round().astype(np.uint8)
+    expected = (samples >> 8).astype(np.uint8)
     assert (rgb == expected[:, :, None]).all()
     assert peak < 10 * samples.size, peak  # the copies of 8 bytes a pixel took 24
+
+
+def test_sixteen_bit_samples_get_the_same_8_bit_levels_whichever_decoder_reads_them():
+    """libpng gives OpenCV a 16-bit PNG's high bytes, and PIL's samples were rounded: the same PNG
+    decoded a level apart by libpng and by PIL (which reads the PNGs libpng refuses). Arrays and
+    16-bit webcam frames take the high byte as well."""
+    samples = np.arange(65536, dtype=np.uint16).reshape(256, 256)
+    high_bytes = (samples >> 8).astype(np.uint8)[:, :, None]
+    png = cv2.imencode(".png", samples)[1].tobytes()
+    assert (decode_rgb(png) == high_bytes).all() and (images_module._decode_with_pil(png) == high_bytes).all()
+    assert (read_rgb(np.dstack([samples] * 3)) == high_bytes).all()
+    assert (images_module.bgr_to_rgb(np.dstack([samples] * 4)) == high_bytes).all()
 
 
 @pytest.mark.parametrize("fmt, transparency", [("GIF", 0), ("PNG", bytes([0, 128, 255]))])
