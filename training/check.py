@@ -46,6 +46,7 @@ from training.data import (
     folders_beside_splits,
     is_presplit,
     names_alike,
+    names_grouped,
     passed_over,
     scan_class_folders,
     split_folders,
@@ -361,10 +362,7 @@ def _warnings(report: dict, per_split: dict[str, dict[str, int]], layout: str) -
         w.append(
             f"class imbalance {ratio:g}:1 (largest/smallest); consider --class-weights or collecting more of the small classes"
         )
-    by_case: dict[str, list[str]] = {}
-    for c in report["classes"]:
-        by_case.setdefault(name_key(c), []).append(c)
-    if same := [names for names in by_case.values() if len(names) > 1]:
+    if same := names_grouped(report["classes"], name_key):
         w.append("class names that differ only in case: " + "; ".join(" and ".join(names) for names in same)
                  + ": on macOS and Windows they are one folder, so a copy of this dataset there merges them")
     if alike := [names for names in names_alike(report["classes"]) if len({name_key(n) for n in names}) > 1]:  # not case alone

@@ -411,9 +411,14 @@ def names_alike(classes: Iterable[str]) -> list[list[str]]:
     """Groups of class names that are one name once case, spaces, '-', '_' and '.' are left out: "palm"
     and "palm " (a trailing space, unseen in every table), "thumbs_up", "thumbs-up" and "ThumbsUp",
     "Fist" and "fist". Each is trained as a class of its own, most likely one gesture in two folders."""
+    return names_grouped(classes, lambda name: re.sub(r"[\s_.-]+", "", name_key(name)) or name_key(name))
+
+
+def names_grouped(classes: Iterable[str], key: Callable[[str], str]) -> list[list[str]]:
+    """The groups of two or more class names that ``key`` makes one, in the order they come."""
     groups: dict[str, list[str]] = {}
     for name in classes:
-        groups.setdefault(re.sub(r"[\s_.-]+", "", name_key(name)) or name_key(name), []).append(name)
+        groups.setdefault(key(name), []).append(name)
     return [names for names in groups.values() if len(names) > 1]
 
 
