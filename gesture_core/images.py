@@ -43,10 +43,10 @@ MAX_ASPECT_RATIO = 20
 # cameras, phones and browsers write) has its pixels counted at the scale it is decoded at
 # (``min_side``: a 6000x6000 photo at 1/8 for the default model), and may have JPEG_PIXELS_PER_BYTE_FACTOR
 # times as many: each of its pixels decodes in under half the time of a PNG's (a flat 6000x6000 in 164
-# ms against 441). A 20460x1023 one of 123 KB, two bits a block, was decoded in full, about 100 ms for each (a probe)
-# in a /predict_batch of 32. Other JPEGs are held to the limit on all their pixels: a progressive one
-# keeps every coefficient of the full-size image whatever the scale, libjpeg decoded an
-# arithmetic-coded 6000x6000 of 106 bytes, and a lossless one has no reduced scale
+# ms against 441). A 20460x1023 one of 123 KB, two bits a block, was decoded in full, about 100 ms
+# for each in a /predict_batch of 32 (a probe). Other JPEGs are held to the limit on all their pixels:
+# a progressive one keeps every coefficient of the full-size image whatever the scale, libjpeg decoded
+# an arithmetic-coded 6000x6000 of 106 bytes, and a lossless one has no reduced scale
 # (``python -m benchmarks.decode_cost``).
 SMALL_IMAGE_PIXELS = 2_000_000  # about a 1080p frame: any file may be this large
 JPEG_PIXELS_PER_BYTE_FACTOR = 2
@@ -136,7 +136,6 @@ PHOTO_SUFFIXES_NOT_DECODED = {
 # Files that are photos: the ones decoded, and the ones named in their refusal.
 PHOTO_FILE_SUFFIXES = IMAGE_SUFFIXES | PHOTO_SUFFIXES_NOT_DECODED.keys()
 FORMAT_NOTES = {"HEIC": "a phone's High Efficiency photo; an iPhone takes JPEG with Settings > Camera > Formats > Most Compatible"}
-
 
 
 class CostlyPixels(NamedTuple):
