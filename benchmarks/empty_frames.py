@@ -35,7 +35,7 @@ def answers(checkpoint: str) -> list[str]:
 
 @command
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.empty_frames", description=__doc__.split("\n")[0])
     p.add_argument("checkpoints", nargs="+", help="RUN/best.pt, one or more")
     args = p.parse_args(argv)
     print(describe_machine())

@@ -59,7 +59,7 @@ def report(runs: list[Path], answers: list[dict[str, str]], truth: dict[str, str
 
 @command
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.shared_errors", description=__doc__.split("\n")[0])
     p.add_argument("runs", nargs="+", type=Path, help="run folders (RUN/best.pt and RUN/split.json) that share one test split")
     p.add_argument("--out", type=Path, default=None, help="report folder (default: the first run's shared-errors/)")
     p.add_argument("--workers", type=int, default=2)
