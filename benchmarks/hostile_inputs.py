@@ -82,6 +82,23 @@ def padded_webp(side: int, *, alpha: bool = False, frames: int = 1, size_bytes: 
     return b"RIFF" + struct.pack("<I", 4 + len(chunks)) + b"WEBP" + chunks
 
 
+def riff_chunk(kind: bytes, body: bytes) -> bytes:
+    """One RIFF chunk of a WebP: its kind, its size, its body, and a pad byte after an odd one."""
+    return kind + struct.pack("<I", len(body)) + body + b"\x00" * (len(body) % 2)
+
+
+@functools.cache
+def webp_animation_of_one_frame(width: int, height: int) -> bytes:
+    """A WebP whose extended header (VP8X) marks it an animation, holding one flat lossless frame:
+    PIL reads it as RGB of one frame, and OpenCV decodes it through an animation's canvas."""
+    still = encode(Image.new("RGB", (width, height), (90, 40, 0)), "WEBP", lossless=True)
+    frame = riff_chunk(b"VP8L", still[20:20 + int.from_bytes(still[16:20], "little")])
+    size = (width - 1).to_bytes(3, "little") + (height - 1).to_bytes(3, "little")
+    chunks = (riff_chunk(b"VP8X", bytes([0x02, 0, 0, 0]) + size) + riff_chunk(b"ANIM", bytes(6))
+              + riff_chunk(b"ANMF", bytes(6) + size + (100).to_bytes(3, "little") + b"\x00" + frame))
+    return b"RIFF" + struct.pack("<I", 4 + len(chunks)) + b"WEBP" + chunks
+
+
 @functools.cache
 def flat_png(width: int = 6000, height: int = 6000) -> bytes:
     """A real, valid black PNG: 105 KB that takes about 0.4 s and 108 MB to decode at 6000x6000 (benchmarks.decode_cost)."""

@@ -97,6 +97,7 @@ TRUNCATED_JPEG = "truncated JPEG (no end-of-image marker)"
 # counted at the scale they are decoded at, when they have one scan (above).
 FRAME_MARKERS = {*range(0xC0, 0xD0)} - {0xC4, 0xC8, 0xCC}
 HUFFMAN_SEQUENTIAL_FRAMES = {0xC0, 0xC1}
+LOSSLESS_FRAMES = {0xC3, 0xC7, 0xCB, 0xCF}  # any precision from 2 to 16 bits
 # The formats decoded, by PIL's reader names (PPM reads PBM/PGM/PPM; JPEG also reads a phone's MPO).
 # Nothing else is opened, not even to read its header: some of PIL's other readers decode the whole
 # image as they open it (an ICO holding an 8000x8000 PNG: 64 million pixels decoded, 219 ms, just to
@@ -154,6 +155,7 @@ DEEP_SAMPLES = CostlyPixels(8, "a TIFF of 32-bit samples", "re-save it as 8-bit"
 # an animation's canvas besides: at the service's pixel limit one grew a process by 273 MB, an
 # animated one by 426 MB, where a PNG or a JPEG takes 231 (``python -m benchmarks.decode_cost``).
 WEBP_CANVAS = CostlyPixels(2, "a WebP with alpha or animation", "re-save it as JPEG or PNG")
+WEBP_ALPHA_FLAG, WEBP_ANIMATION_FLAG = 0x10, 0x02  # in the flags byte of a WebP's VP8X chunk
 # TGA has no signature, and an uncompressed colour TGA starts with the four bytes that mark a CUR.
 SHARED_SIGNATURES = {"CUR": "CUR or TGA"}
 
@@ -230,6 +232,10 @@ def decode_rgb(data: bytes, *, max_pixels: int | None = DEFAULT_MAX_PIXELS, min_
     check_dimensions(width, height, max_pixels=max_pixels, costly=costly)
     if problem := tiff_pieces_problem(tiff, width, height):
         raise ImageDecodeError(problem)
+    if layout and layout.precision == 12 and layout.frame not in LOSSLESS_FRAMES:
+        # libjpeg reads 12-bit DCT JPEGs through another interface, which OpenCV's JPEG decoder does not
+        # call, and PIL has no mode for them: both failed, OpenCV after 115 MB for one of 6320x6320.
+        raise ImageDecodeError("unsupported image format: a JPEG of 12 bits a sample (a medical or raw converter's): re-save it as an 8-bit JPEG")
     if layout and layout.scans > MAX_JPEG_SCANS:
         raise ImageDecodeError(f"JPEG with {layout.scans:,} scans, above the limit of {MAX_JPEG_SCANS} "
                                "(an ordinary JPEG has 1, a progressive one about 10): re-save it")
@@ -332,6 +338,7 @@ class JpegLayout(NamedTuple):
     blocks: int = 0  # the 8x8 blocks of every component, from the frame's sampling factors
     scan_bytes: int = 0  # from the first start-of-scan marker to the end of the file
     corrupt: bool = False  # a segment shorter than its own length field
+    precision: int = 8  # bits a sample, from the start-of-frame segment: 8, or 12 in a DCT JPEG neither decoder reads
 
     @property
     def huffman_sequential(self) -> bool:
@@ -348,7 +355,7 @@ def jpeg_layout(data: bytes) -> JpegLayout:
     are no marker are skipped to the next 0xFF, as libjpeg and PIL skip them (PIL one byte at a time,
     in Python: about 60 ms a megabyte), each run counting as a segment. A segment whose length is under the
     two bytes of the length itself makes the file corrupt (``corrupt``), as libjpeg finds it."""
-    i, size, frame, segments, blocks = 2, None, None, 0, 0
+    i, size, frame, segments, blocks, precision = 2, None, None, 0, 0, 8
     while i + 4 <= len(data) and segments <= HEADER_LIMITS["JPEG"][1]:
         if data[i] != 0xFF:
             if (i := data.find(b"\xff", i)) < 0:
@@ -364,15 +371,15 @@ def jpeg_layout(data: bytes) -> JpegLayout:
             break
         length = int.from_bytes(data[i + 2:i + 4], "big")
         if length < 2:
-            return JpegLayout(size, frame, 0, segments, blocks, corrupt=True)
+            return JpegLayout(size, frame, 0, segments, blocks, corrupt=True, precision=precision)
         if marker == 0xDA:
-            return JpegLayout(size, frame, data.count(b"\xff\xda", i), segments, blocks, max(0, len(data) - i - 2 - length))
+            return JpegLayout(size, frame, data.count(b"\xff\xda", i), segments, blocks, max(0, len(data) - i - 2 - length), precision=precision)
         if marker in FRAME_MARKERS and size is None and i + 9 <= len(data):  # length, precision, height, width
             size = int.from_bytes(data[i + 7:i + 9], "big"), int.from_bytes(data[i + 5:i + 7], "big")
-            frame, blocks = marker, frame_blocks(data[i + 4:i + 2 + length])
+            frame, blocks, precision = marker, frame_blocks(data[i + 4:i + 2 + length]), data[i + 4]
         i += 2 + length
         segments += 1
-    return JpegLayout(size, frame, 0, segments, blocks)  # no scan before the end or a corrupt marker: the decoder reports it
+    return JpegLayout(size, frame, 0, segments, blocks, precision=precision)  # no scan before the end or a corrupt marker: the decoder reports it
 
 
 def frame_blocks(frame: bytes) -> int:
@@ -493,16 +500,23 @@ def png_data_past_its_image(data: bytes, chunks: list[PngChunk]) -> bool:
         return False
     ends = next((n for n, (kind, _, _) in enumerate(chunks) if kind == b"IEND"), len(chunks))
     # One stream, then inflated: a piece per chunk cost a call per chunk, for 20,000 chunks of 12 bytes.
-    pending = b"".join(data[start:start + length] for kind, start, length in chunks[:ends] if kind == b"IDAT")
+    whole = memoryview(data)  # slices of it copy nothing: bytes slices were a second copy of the stream
+    stream = memoryview(b"".join(whole[start:start + length] for kind, start, length in chunks[:ends] if kind == b"IDAT"))
     inflater, produced = zlib.decompressobj(), 0
-    while pending and not inflater.eof:
-        try:
-            produced += len(inflater.decompress(pending, 1 << 20))
-        except zlib.error:
-            return False
-        if produced > expected:
-            return True
-        pending = inflater.unconsumed_tail
+    # Fed 64 KB at a time: zlib's unconsumed tail is a copy of the input left, so feeding it all at once
+    # copied the rest of a 15.6 MB stream for every 1 MB inflated.
+    for start in range(0, len(stream), 1 << 16):
+        piece = stream[start:start + (1 << 16)]
+        while piece and not inflater.eof:
+            try:
+                produced += len(inflater.decompress(piece, 1 << 20))
+            except zlib.error:
+                return False
+            if produced > expected:
+                return True
+            piece = inflater.unconsumed_tail
+        if inflater.eof:
+            break
     return False
 
 
@@ -638,7 +652,7 @@ def probe_layout(data: bytes) -> Probe:
         return Probe("TIFF", size, tiff=tiff)  # PIL's reader makes an object per strip or tile to open it (tiff_pieces_problem)
     try:
         with Image.open(io.BytesIO(data), formats=DECODED_FORMATS) as img:
-            return Probe(img.format or "unknown", img.size, layout, tiff, png, webp_canvas(img))
+            return Probe(img.format or "unknown", img.size, layout, tiff, png, webp_canvas(img, data))
     except Image.DecompressionBombError as err:  # PIL's own limit, far above ours: its number would mislead
         declared = re.search(r"\((\d+) pixels\)", str(err))
         pixels = f"{int(declared.group(1)):,} pixels" if declared else "more pixels than PIL opens"
@@ -703,10 +717,15 @@ def tiff_size(entries: dict[int, tuple[int, int]]) -> tuple[int, int] | None:
     return (entries[256][1], entries[257][1]) if 256 in entries and 257 in entries else None  # ImageWidth, ImageLength
 
 
-def webp_canvas(img: Image.Image) -> CostlyPixels | None:
+def webp_canvas(img: Image.Image, data: bytes) -> CostlyPixels | None:
     """WEBP_CANVAS for an opened WebP with alpha or more than one frame (read from its header by PIL's
-    opener, nothing decoded), else None."""
-    return WEBP_CANVAS if img.format == "WEBP" and (img.mode == "RGBA" or getattr(img, "n_frames", 1) > 1) else None
+    opener, nothing decoded), or whose extended header (VP8X) marks alpha or animation, else None.
+    OpenCV decodes an animation through its canvas whatever its frames: one of a single 6324x6324 frame,
+    which PIL calls RGB of one frame, grew a process by 426 MB."""
+    if img.format != "WEBP":
+        return None
+    flagged = data[12:16] == b"VP8X" and len(data) > 20 and data[20] & (WEBP_ALPHA_FLAG | WEBP_ANIMATION_FLAG)
+    return WEBP_CANVAS if flagged or img.mode == "RGBA" or getattr(img, "n_frames", 1) > 1 else None
 
 
 def tiff_has_deep_samples(entries: dict[int, tuple[int, int]]) -> bool:
@@ -851,6 +870,8 @@ def _pil_errors_as_decode_errors() -> Iterator[None]:
         yield
     except ImageDecodeError:
         raise
+    except Image.UnidentifiedImageError:  # its text quotes the file object: <_io.BytesIO object at 0x7f...>
+        raise ImageDecodeError("corrupt or undecodable image: neither OpenCV nor PIL reads its header") from None
     except Exception as err:  # PIL raises a zoo of types for corrupt data
         raise ImageDecodeError(f"corrupt or truncated image ({type(err).__name__}: {err})") from None
 
