@@ -121,7 +121,7 @@ def test_a_large_png_costs_at_most_twice_its_decoded_size(tmp_path):
 def test_a_large_gif_costs_at_most_twice_its_decoded_size_too(tmp_path, mode):
     """PIL decodes a GIF to one byte a pixel (palette indices, or grey); its ``convert("RGB")`` holds
     RGB at 4 bytes a pixel, and NumPy got a copy of that: 421 MB at the service's pixel limit, where a
-    PNG takes 238. The bytes a pixel become RGB in NumPy and OpenCV instead."""
+    PNG takes 231 (python -m benchmarks.decode_cost). The bytes a pixel become RGB in NumPy and OpenCV instead."""
     rows = np.zeros((4000, 4000), np.uint8)
     rows[::64] = np.arange(4000) % 200  # a structured image, quick to encode
     path = tmp_path / "large.gif"
@@ -137,8 +137,8 @@ def test_a_large_gif_costs_at_most_twice_its_decoded_size_too(tmp_path, mode):
 @pytest.mark.parametrize("kind", ["alpha", "animation"])
 def test_a_webp_whose_decoder_holds_a_canvas_has_half_the_pixel_limit(kind):
     """OpenCV decodes a WebP with alpha to 4 bytes a pixel and then copies it without the alpha, and
-    holds an animation's canvas besides: 273 and 421 MB at the service's pixel limit, where a PNG or a
-    JPEG takes 231-238 (python -m benchmarks.decode_cost)."""
+    holds an animation's canvas besides: 273 and 426 MB at the service's pixel limit, where a PNG or a
+    JPEG takes 231 (python -m benchmarks.decode_cost)."""
     frames = [Image.new("RGBA" if kind == "alpha" else "RGB", (100, 80), (60 * i, 90, 0, 128)) for i in range(1 if kind == "alpha" else 2)]
     webp = encode(frames[0], "WEBP", save_all=True, append_images=frames[1:], lossless=True)
     with pytest.raises(ImageDecodeError, match=r"^image too large: a WebP with alpha or animation, 100x80 = 8,000 pixels, "
@@ -477,8 +477,8 @@ def test_a_progressive_jpeg_is_held_to_the_pixels_per_byte_limit_and_photos_pass
 
 def test_a_baseline_jpeg_is_held_to_the_pixels_per_byte_limit_at_the_scale_it_is_decoded_at():
     """Two bits a block, the fewest a JPEG can have: a 20460x1023 one of 123 KB was exempt, and decoded
-    in full (its shorter side leaves no reduced scale), 100 ms each, 32 of them in one 3.9 MB
-    /predict_batch. Its pixels count at the scale it is decoded at, twice as many a byte as other
+    in full (its shorter side leaves no reduced scale), about 100 ms each, 32 of them in one 3.9 MB
+    /predict_batch (a probe). Its pixels count at the scale it is decoded at, twice as many a byte as other
     formats may have: a JPEG's pixel decodes in under half a PNG's time (python -m benchmarks.decode_cost)."""
     limits = Settings().decode_limits()
     long = sparse_jpeg(20460, 1023)
