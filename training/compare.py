@@ -32,6 +32,7 @@ from gesture_core.weights import WeightsUnavailableError, imagenet_weights_file
 from training import cli
 from training.config import SETTLED_FROM_AUTO, TrainConfig
 from training.inspect import summarize
+from training.report import read_history
 
 RECIPE_IGNORED = ("out", "workers", "device")  # may differ without changing what is trained
 
@@ -135,11 +136,8 @@ def measure_latency(model: torch.nn.Module, shape: tuple[int, ...], runs: int) -
 
 
 def train_minutes(run: Path) -> float | None:
-    history = run / "history.csv"
-    if not history.exists():
-        return None
-    with history.open() as f:
-        return round(sum(float(r["epoch_seconds"]) for r in csv.DictReader(f)) / 60, 2)
+    history = read_history(run / "history.csv")
+    return round(sum(float(r["epoch_seconds"]) for r in history) / 60, 2) if history else None
 
 
 def measure_run(run: Path, *, latency_runs: int) -> Row:

@@ -12,7 +12,6 @@ curves.png and confusion_matrix.png.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import random
 import sys
@@ -86,6 +85,7 @@ from training.report import (
     format_summary,
     plot_curves,
     plot_mistakes,
+    read_history,
     top_mistakes,
     write_history,
     write_json,
@@ -229,9 +229,8 @@ def run_finished(out: Path, trained: int | None = None) -> bool:
 
 def last_epoch_in_history(history: Path) -> int | None:
     try:
-        with history.open(newline="") as f:
-            return max((int(row["epoch"]) for row in csv.DictReader(f)), default=None)
-    except (OSError, ValueError, KeyError, TypeError, csv.Error):
+        return max((int(row["epoch"]) for row in read_history(history)), default=None)
+    except (ValueError, KeyError, TypeError):
         return None
 
 

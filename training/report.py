@@ -80,6 +80,15 @@ def write_history(path: Path, history: list[dict[str, Any]]) -> None:
         writer.writerows(history)
 
 
+def read_history(path: Path) -> list[dict[str, str]]:
+    """The rows ``write_history`` wrote, as text; [] for a missing or unreadable file."""
+    try:
+        with path.open(newline="") as f:
+            return list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return []
+
+
 def plot_curves(path: Path, history: list[dict[str, Any]]) -> None:
     import matplotlib
 
