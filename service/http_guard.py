@@ -481,7 +481,7 @@ def check_part_counts(parts: list[FormPart]) -> None:
 
 def body_weight(scope: Scope) -> int:
     """How many times a request's body counts against the bodies held: PARSED_IN_MEMORY_WEIGHT but for multipart."""
-    media_type = (header(scope, b"content-type") or b"").partition(b";")[0].strip().lower()
+    media_type, _ = parse_options_header(header(scope, b"content-type") or b"")  # as fields_problem reads it
     return 1 if media_type == b"multipart/form-data" else PARSED_IN_MEMORY_WEIGHT
 
 
