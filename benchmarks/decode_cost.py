@@ -59,7 +59,7 @@ from benchmarks.hostile_inputs import (
 from benchmarks.recipes import SHARED_DATA
 from benchmarks.serve_latency import load_images
 from gesture_core import DataConfig, ImageDecodeError, read_rgb
-from gesture_core.images import PNG_CHUNKS_WALKED, jpeg_layout, probe_image, reduced_jpeg_flag
+from gesture_core.images import PNG_CHUNKS_WALKED, decode_flag, jpeg_layout, jpeg_scale, probe_image
 from service.settings import Settings
 
 FLAT_SIZES = [(2000, 1500), (4000, 3000), (6000, 6000), (6324, 6324)]
@@ -106,7 +106,7 @@ def scan_rows() -> None:
           "| --- | ---: | ---: | ---: | --- |")
     for width, height, repeated in SCAN_CASES:
         data = progressive_jpeg(width, height, repeated)
-        flag = reduced_jpeg_flag("JPEG", width, height, MODEL_RESIZE)
+        flag = decode_flag(jpeg_scale(width, height, MODEL_RESIZE))
         seconds = timed(lambda d=data, f=flag: opencv_decode(d, f))
         print(f"| {width}x{height} | {jpeg_layout(data).scans} | {len(data):,} | {seconds * 1000:,.0f} ms | {refused(data)} |")
 
@@ -255,7 +255,7 @@ def jpeg_kind_rows() -> None:
              ("arithmetic-coded, no image data", jpeg_without_image_data(6000, 6000, "arithmetic")),
              ("lossless, no image data", jpeg_without_image_data(6000, 6000, "lossless")),
              ("baseline, cut after its header", jpeg_cut_after_its_header(6000, 6000))]
-    reduced = reduced_jpeg_flag("JPEG", 6000, 6000, MODEL_RESIZE)
+    reduced = decode_flag(jpeg_scale(6000, 6000, MODEL_RESIZE))
     for name, data in cases:
         scaled, full = (min(timed(lambda d=data, f=flag: opencv_decode(d, f)) for _ in range(3))
                         for flag in (reduced, cv2.IMREAD_COLOR))

@@ -232,25 +232,11 @@ def decode_rgb(data: bytes, *, max_pixels: int | None = DEFAULT_MAX_PIXELS, min_
     check_dimensions(width, height, max_pixels=max_pixels, costly=costly)
     if problem := tiff_pieces_problem(tiff, width, height):
         raise ImageDecodeError(problem)
-    if layout and layout.precision == 12 and layout.frame not in LOSSLESS_FRAMES:
-        # libjpeg reads 12-bit DCT JPEGs through another interface, which OpenCV's JPEG decoder does not
-        # call, and PIL has no mode for them: both failed, OpenCV after 115 MB for one of 6320x6320.
-        raise ImageDecodeError("unsupported image format: a JPEG of 12 bits a sample (a medical or raw converter's): re-save it as an 8-bit JPEG")
-    if layout and layout.scans > MAX_JPEG_SCANS:
-        raise ImageDecodeError(f"JPEG with {layout.scans:,} scans, above the limit of {MAX_JPEG_SCANS} "
-                               "(an ordinary JPEG has 1, a progressive one about 10): re-save it")
-    if layout and layout.scans > 1 and max_pixels is not None and layout.blocks * COEFFICIENT_BLOCK_BYTES > 3 * max_pixels:
-        raise ImageDecodeError(f"image too large: a {width}x{height} JPEG of {layout.scans} scans is decoded from all its "
-                               f"{layout.blocks:,} blocks at once, above the limit of {3 * max_pixels // COEFFICIENT_BLOCK_BYTES:,} "
-                               "for a progressive or multi-scan JPEG: re-save it as a baseline JPEG")
-    if layout and layout.scans and layout.huffman_sequential and layout.scan_bytes * 4 < layout.blocks:
-        # Each block takes at least two bits (its DC and end-of-block codes). libjpeg decodes data that
-        # ends early as if zeros followed, with only a warning: a 6000x6000 cut to 625 bytes decoded.
-        raise ImageDecodeError(f"truncated JPEG: its {width}x{height} image needs at least {math.ceil(layout.blocks / 4):,} "
-                               f"bytes of image data, and the file holds {layout.scan_bytes:,}: re-save it")
+    if layout:
+        check_jpeg_layout(layout, width, height, max_pixels=max_pixels)
+    scale = jpeg_scale(width, height, min_side) if fmt == "JPEG" else 1
     if max_pixels_per_byte is not None and layout and layout.huffman_sequential and layout.scans == 1:
-        check_file_size(width, height, len(data), max_pixels_per_byte * JPEG_PIXELS_PER_BYTE_FACTOR,
-                        scale=jpeg_scale(width, height, min_side))
+        check_file_size(width, height, len(data), max_pixels_per_byte * JPEG_PIXELS_PER_BYTE_FACTOR, scale=scale)
     elif max_pixels_per_byte is not None:
         check_file_size(width, height, len(data), max_pixels_per_byte)
     if fmt == "JPEG" and not jpeg_is_complete(data):
@@ -262,7 +248,7 @@ def decode_rgb(data: bytes, *, max_pixels: int | None = DEFAULT_MAX_PIXELS, min_
     if fmt == "PPM" and data[:2] in NETPBM_KINDS:
         return _decode_netpbm(data)
     if fmt in ("JPEG", "PNG", "WEBP", "BMP", "TIFF"):
-        flag = reduced_jpeg_flag(fmt, width, height, min_side)
+        flag = decode_flag(scale)
         if costly is DEEP_SAMPLES:
             # Float samples (0-1) IMREAD_COLOR casts to 8 bits unscaled: all black. Decoded at their own
             # depth instead, and scaled by _array_to_rgb, at 4 bytes a sample: hence a lower pixel limit.
@@ -786,10 +772,30 @@ def jpeg_is_complete(data: bytes) -> bool:
     return b"\xff\xd9" in data[-32:] or data.rstrip(b"\x00\r\n ").endswith(b"\xff\xd9")
 
 
-def reduced_jpeg_flag(fmt: str, width: int, height: int, min_side: int | None) -> int:
-    """OpenCV's flag to decode a JPEG at ``jpeg_scale``; full scale for other formats."""
-    scale = jpeg_scale(width, height, min_side) if fmt == "JPEG" else 1
+def decode_flag(scale: int) -> int:
+    """OpenCV's flag to decode a JPEG at 1/``scale`` of its size (``jpeg_scale``); 1 decodes in full."""
     return {8: cv2.IMREAD_REDUCED_COLOR_8, 4: cv2.IMREAD_REDUCED_COLOR_4, 2: cv2.IMREAD_REDUCED_COLOR_2}.get(scale, cv2.IMREAD_COLOR)
+
+
+def check_jpeg_layout(layout: JpegLayout, width: int, height: int, *, max_pixels: int | None) -> None:
+    """Refuse, from its markers, a JPEG that neither decoder reads, or whose decoding costs far more
+    than its pixels: too many scans, too many coefficients held at once, or too little image data."""
+    if layout.precision == 12 and layout.frame not in LOSSLESS_FRAMES:
+        # libjpeg reads 12-bit DCT JPEGs through another interface, which OpenCV's JPEG decoder does not
+        # call, and PIL has no mode for them: both failed, OpenCV after 115 MB for one of 6320x6320.
+        raise ImageDecodeError("unsupported image format: a JPEG of 12 bits a sample (a medical or raw converter's): re-save it as an 8-bit JPEG")
+    if layout.scans > MAX_JPEG_SCANS:
+        raise ImageDecodeError(f"JPEG with {layout.scans:,} scans, above the limit of {MAX_JPEG_SCANS} "
+                               "(an ordinary JPEG has 1, a progressive one about 10): re-save it")
+    if layout.scans > 1 and max_pixels is not None and layout.blocks * COEFFICIENT_BLOCK_BYTES > 3 * max_pixels:
+        raise ImageDecodeError(f"image too large: a {width}x{height} JPEG of {layout.scans} scans is decoded from all its "
+                               f"{layout.blocks:,} blocks at once, above the limit of {3 * max_pixels // COEFFICIENT_BLOCK_BYTES:,} "
+                               "for a progressive or multi-scan JPEG: re-save it as a baseline JPEG")
+    if layout.scans and layout.huffman_sequential and layout.scan_bytes * 4 < layout.blocks:
+        # Each block takes at least two bits (its DC and end-of-block codes). libjpeg decodes data that
+        # ends early as if zeros followed, with only a warning: a 6000x6000 cut to 625 bytes decoded.
+        raise ImageDecodeError(f"truncated JPEG: its {width}x{height} image needs at least {math.ceil(layout.blocks / 4):,} "
+                               f"bytes of image data, and the file holds {layout.scan_bytes:,}: re-save it")
 
 
 def jpeg_scale(width: int, height: int, min_side: int | None) -> int:
