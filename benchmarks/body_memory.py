@@ -24,8 +24,8 @@ import cv2
 import httpx
 import numpy as np
 
-from benchmarks.common import describe_machine, machine, note
-from benchmarks.hostile import PeakRss, worker_pid
+from benchmarks.common import PeakRss, describe_machine, machine, note
+from benchmarks.hostile import worker_pid
 from benchmarks.serve_latency import drive, load_images, make_checkpoint, running_service
 
 

@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -317,3 +318,23 @@ def note(message: str) -> None:
     """Progress and context on stderr, so --json output stays pure JSON lines; under torchrun, rank 0's only."""
     if int(os.environ.get("RANK", "0")) == 0:
         print(message, file=sys.stderr, flush=True)
+
+
+class PeakRss:
+    """A process's peak RSS during a block (a service worker, or a decode in a fresh process), as growth
+    over its RSS just before (Linux /proc)."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+
+    def field_kb(self, name: str) -> int:
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith(name + ":"):
+                return int(line.split()[1])
+        raise RuntimeError(f"/proc/{self.pid}/status has no {name}")
+
+    def measure(self, work: Callable[[], object]) -> tuple[object, float]:
+        Path(f"/proc/{self.pid}/clear_refs").write_text("5")  # high-water mark := current RSS
+        before = self.field_kb("VmRSS")
+        result = work()
+        return result, (self.field_kb("VmHWM") - before) / 1024

@@ -329,14 +329,12 @@ def probe_rows() -> None:
 
 
 GROWTH_OF_A_DECODE = """
+import os
 from pathlib import Path
+from benchmarks.common import PeakRss
 from gesture_core.images import read_rgb
-status = lambda field: next(int(line.split()[1]) for line in Path("/proc/self/status").open() if line.startswith(field)) / 1024
 data = Path({path!r}).read_bytes()
-Path("/proc/self/clear_refs").write_text("5")  # the peak starts again from here (Linux)
-before = status("VmRSS:")
-read_rgb(data, max_pixels=None, min_side={min_side})
-print(status("VmHWM:") - before)
+print(PeakRss(os.getpid()).measure(lambda: read_rgb(data, max_pixels=None, min_side={min_side}))[1])
 """
 
 
@@ -368,7 +366,7 @@ def memory_rows() -> None:
 
 def growth_of_a_decode(path: Path, min_side: int | None) -> float:
     done = subprocess.run([sys.executable, "-c", GROWTH_OF_A_DECODE.format(path=str(path), min_side=min_side)],
-                          capture_output=True, text=True, check=True)
+                          cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, check=True)  # for benchmarks.common
     return float(done.stdout)
 
 

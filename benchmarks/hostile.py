@@ -32,7 +32,6 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +41,7 @@ import httpx
 import numpy as np
 import psutil
 
-from benchmarks.common import describe_machine, machine, note
+from benchmarks.common import PeakRss, describe_machine, machine, note
 from benchmarks.hostile_inputs import (
     exif_bomb,
     form_part,
@@ -200,25 +199,6 @@ def send(url: str, attack: Attack) -> tuple[int, str]:
     except ValueError:
         return response.status_code, "(not JSON) " + response.text[:80]
     return response.status_code, str(payload.get("error", "")) if isinstance(payload, dict) and "error" in payload else "(ok)"
-
-
-class PeakRss:
-    """The worker's peak RSS during a block, as growth over its RSS just before (Linux /proc)."""
-
-    def __init__(self, pid: int):
-        self.pid = pid
-
-    def field_kb(self, name: str) -> int:
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith(name + ":"):
-                return int(line.split()[1])
-        raise RuntimeError(f"/proc/{self.pid}/status has no {name}")
-
-    def measure(self, work: Callable[[], object]) -> tuple[object, float]:
-        Path(f"/proc/{self.pid}/clear_refs").write_text("5")  # high-water mark := current RSS
-        before = self.field_kb("VmRSS")
-        result = work()
-        return result, (self.field_kb("VmHWM") - before) / 1024
 
 
 def worker_pid(server_pid: int) -> int:

@@ -21,7 +21,8 @@ import httpx
 import numpy as np
 import pytest
 
-from benchmarks.hostile import PeakRss, most_of_a_body, readable, worker_pid
+from benchmarks.common import PeakRss
+from benchmarks.hostile import most_of_a_body, readable, worker_pid
 from benchmarks.hostile_inputs import b64, http_bad_requests, many_header_units
 from benchmarks.server_process import REPO, ServerStartError, serve_process
 from gesture_core import load_classifier
