@@ -430,6 +430,15 @@ def http_bad_requests(upload_limit_bytes: int) -> dict[str, dict]:
         "gzip_encoded_json": {"content": gzip.compress(b'{"image_b64": "%s"}' % b64(image).encode()),
                               "headers": {"content-type": "application/json", "content-encoding": "gzip"}},
         "top_k_of_a_million_characters": {"json": {"image_b64": b64(image), "top_k": "x" * 1_000_000}},
+        # BentoML reads a form's text fields as JSON, and answered what its parser raised besides
+        # "not JSON" with a 500; a long list took seconds to validate, and its answer listed every item.
+        "form_field_nested_1000_deep": multipart(form_part("image", image, "a.jpg"), form_part("top_k", b"[" * 1000 + b"]" * 1000)),
+        "form_field_of_300000_values": multipart(form_part("image", image, "a.jpg"), form_part("top_k", b"[" + b"0," * 299_999 + b"0]")),
+        "form_field_of_a_5000_digit_number": multipart(form_part("image", image, "a.jpg"), form_part("threshold", b"1" * 5_000)),
+        "urlencoded_field_over_limit": {"content": b"image_b64=" + b"A" * 1_100_000, "headers": {"content-type": "application/x-www-form-urlencoded"}},
+        "gzip_in_a_second_content_encoding_header": {"content": gzip.compress(b'{"image_b64": "%s"}' % b64(image).encode()),
+                                                     "headers": [("content-type", "application/json"), ("content-encoding", "identity"),
+                                                                 ("content-encoding", "gzip")]},
         "unknown_field_of_a_million_characters": {"content": b"\x01" * 1_000_000 + b"=1", "headers": {"content-type": "application/x-www-form-urlencoded"}},
     })
     return cases

@@ -21,6 +21,12 @@ def class_name(folder: str) -> str:
 UNSHOWN = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
+def escape_unshown(text: str) -> str:
+    """``text`` with the characters of ``UNSHOWN`` written as escapes (``\\n``, ``\\x1b``, ``\\u202e``),
+    as reports and log lines show what a user or a client named."""
+    return UNSHOWN.sub(lambda found: found.group().encode("unicode_escape").decode("ascii"), text)
+
+
 def unwritable_characters(name: str) -> str | None:
     """What in ``name`` no class name may hold, and why, or None. A class name is printed in tables,
     logs, CSV reports and the webcam overlay, and sent in JSON answers: a newline, tab, escape or other

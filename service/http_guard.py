@@ -29,6 +29,10 @@
   first, at C speed (a count of bytes, or of a multipart body's boundaries): more parts or
   fields than ``Request.form`` allows, or more JSON punctuation than a flat object needs, get a 400
   before any parsing in Python.
+* **Form text fields read as JSON:** BentoML reads each text field of a form with ``json.loads`` and
+  keeps the text only where that raises "not JSON": a field nested past Python's recursion limit, or a
+  number of more digits than Python converts, was a 500, and a long list took seconds to validate.
+  Each text field is checked as BentoML will read it (``text_field_problem``).
 * **Media types in any case:** BentoML picks a body's parser by the Content-Type's exact text, so
   ``Multipart/Form-Data`` is lowered before BentoML reads it.
 * **Compressed bodies:** a body with a ``Content-Encoding`` gets 415 (RFC 7694) from its headers,
@@ -55,6 +59,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+import sys
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import partial
@@ -89,6 +94,7 @@ FORM_LIMITS = {name: p.default for name, p in inspect.signature(Request.form).pa
 # The endpoints take flat JSON objects: a base64 string (or a list of them) and two numbers. Base64 has no
 # JSON punctuation, so a real body holds a few dozen of these bytes (about 40 for 32 images).
 JSON_PUNCTUATION = (b",", b":", b"{", b"[")
+JSON_PUNCTUATION_TEXT = tuple(mark.decode() for mark in JSON_PUNCTUATION)
 MAX_JSON_PUNCTUATION = 1000
 # Under the 255 bytes a file name may have, less the temporary file's own prefix ("tmp" and 8 characters).
 MAX_FILENAME_BYTES = 200
@@ -216,12 +222,16 @@ class RequestGuard:
         if fields is None or scope["method"] != "POST":  # Starlette answers 404/405, made JSON above
             return await self.app(scope, receive, send)
         declared = declared_length(scope)
+        # A client that sent "Expect: 100-continue" waits for the go-ahead before its body, and uvicorn
+        # gives it at the first read: a body refused from its headers is then answered unread, where
+        # draining it had the client upload all of it (20 MB) before its 413.
+        may_drain = not expects_continue(scope)
         if declared is not None and declared > self.max_body_bytes:
-            drained = declared <= DRAIN_FACTOR * self.max_body_bytes and await drain(receive, self.body_timeout_s)
+            drained = may_drain and declared <= DRAIN_FACTOR * self.max_body_bytes and await drain(receive, self.body_timeout_s)
             return await send_json(send, 413, self.too_large(declared), close=not drained)
         if coding := encoded_body(scope):  # refused from its headers: the body is dropped unread
-            drained = declared is not None and await drain(receive, self.body_timeout_s)
-            return await send_json(send, 415, f"a request body in Content-Encoding {shown(coding)} is not taken: send it uncompressed",
+            drained = may_drain and declared is not None and await drain(receive, self.body_timeout_s)
+            return await send_json(send, 415, f"a request body in {shown(coding)} is not taken: send it uncompressed",
                                    close=not drained)
         arrival = Arrival()
         try:
@@ -264,6 +274,7 @@ class RequestGuard:
 class FormPart(NamedTuple):
     name: str
     is_file: bool
+    text: str | None = None  # a form's text field as BentoML reads it; None for files and JSON keys (parsed already)
 
 
 def fields_problem(scope: Scope, body: bytes, fields: EndpointFields, several_files: str = "") -> str | None:
@@ -286,7 +297,9 @@ def fields_problem(scope: Scope, body: bytes, fields: EndpointFields, several_fi
         if parts is None:
             return "malformed multipart/form-data body (missing or wrong boundary)"
     elif media_type == b"application/x-www-form-urlencoded":
-        parts = [FormPart(name, False) for name, _ in parse_qsl(body.decode("latin-1"), keep_blank_values=True)]
+        if problem := urlencoded_field_too_long(body):
+            return problem
+        parts = [FormPart(name, False, value) for name, value in parse_qsl(body.decode("latin-1"), keep_blank_values=True)]
     elif media_type in (b"application/json", b""):
         if body.startswith(BYTE_ORDER_MARK):  # BentoML's parser says only "expected value at line 1 column 1"
             return ("the JSON body starts with a UTF-8 byte-order mark (EF BB BF), which JSON does not allow: "
@@ -314,6 +327,8 @@ def raw_body_problem(media_type: bytes, body: bytes, fields: EndpointFields) -> 
     sent_as = media_type.decode("latin-1") or "no Content-Type"
     image = signature_format(body)
     what = f"a raw {sent_as} body" if image is None or media_type.startswith(b"image/") else f"a raw {image} body (sent as {sent_as})"
+    if not fields.names:  # /info: "send the image as ..." would send a client the wrong way
+        return f"{what} is not taken: this endpoint takes no fields; send an empty body or {{}}"
     return (f"{what} is not taken: send the image as a multipart file field (curl -F image=@photo.jpg) "
             f'or as JSON {{"image_b64": "<base64>"}}; this endpoint takes: {", ".join(sorted(fields.names))}')
 
@@ -333,20 +348,55 @@ def too_many_to_parse(media_type: bytes, body: bytes) -> str | None:
 def parts_problem(parts: list[FormPart], fields: EndpointFields, several_files: str = "") -> str | None:
     takes = ", ".join(sorted(fields.names)) or "nothing"
     seen: set[str] = set()
-    for name, is_file in parts:
+    for name, is_file, text in parts:
         if name not in fields.names:
             return f"unexpected field '{shown(name)}'; this endpoint takes: {takes}"
         if is_file and name not in fields.files:
             return f"field '{shown(name)}' must be text, not a file; this endpoint takes files in: {quoted(fields.files)}"
         if not is_file and name in fields.files:
             return f"field '{name}' must be a file in a multipart/form-data upload (e.g. curl -F {name}=@photo.jpg), not text"
-        if name in seen and name not in fields.repeatable:
-            return f"field '{name}' was sent more than once; it takes one value" + (
-                f" (several images: repeat {several_files})" if is_file and several_files else "")
+        if name in seen and not (is_file and name in fields.repeatable):
+            # Only files repeat: of a list sent twice as text, BentoML kept the last and dropped the rest unseen.
+            return f"field '{name}' was sent more than once; " + (
+                "send it once, with every image in its one list" if name in fields.repeatable
+                else "it takes one value" + (f" (several images: repeat {several_files})" if is_file and several_files else ""))
+        if text is not None and (problem := text_field_problem(name, text)):
+            return problem
         seen.add(name)
-    files = sum(is_file for _, is_file in parts)
+    files = sum(part.is_file for part in parts)
     if fields.most_files is not None and files > fields.most_files:
         return too_many_images(files, fields.most_files)
+    return None
+
+
+def text_field_problem(name: str, text: str) -> str | None:
+    """Why BentoML cannot read a form's text field, or None. It reads each one as JSON where it parses
+    (``top_k=3`` a number, ``images_b64=[...]`` a list) and as the text itself where it does not, but
+    only a JSONDecodeError falls back (``_bentoml_impl.serde``): a value nested past Python's recursion
+    limit, or an integer of more digits than Python converts, was a 500, and a list of 300,000 numbers
+    took 3.4 s to validate on the event loop, then an answer of 74 MB, one error per item."""
+    if (marks := sum(map(text.count, JSON_PUNCTUATION_TEXT))) > MAX_JSON_PUNCTUATION:
+        return (f"text field '{shown(name)}' too complex: {marks:,} commas, colons and brackets, above the limit of "
+                f"{MAX_JSON_PUNCTUATION:,} (a field holds a number, a base64 string or a list of them)")
+    try:
+        json.loads(text)
+    except json.JSONDecodeError:  # plain text: BentoML passes it on as it is
+        return None
+    except RecursionError:
+        return f"text field '{shown(name)}' is nested too deep to read (a field holds a number, a base64 string or a list of them)"
+    except ValueError:  # the one other ValueError json.loads raises for a str
+        return f"text field '{shown(name)}' holds a number of more than {sys.get_int_max_str_digits():,} digits"
+    return None
+
+
+def urlencoded_field_too_long(body: bytes) -> str | None:
+    """Starlette refuses a urlencoded field longer than ``Request.form``'s part size, name and value
+    together, with an exception BentoML answers with a 500; a multipart text field gets this in ``check_part``."""
+    longest = max(body.split(b"&"), key=len)
+    size = len(longest) - (b"=" in longest)
+    if size > FORM_LIMITS["max_part_size"]:
+        name = longest.partition(b"=")[0].decode("latin-1")
+        return f"text field '{shown(name)}' is {size:,} bytes; the limit is {FORM_LIMITS['max_part_size']:,}"
     return None
 
 
@@ -382,19 +432,20 @@ def json_keys(body: bytes) -> list[FormPart] | None:
 
 class PartHeads:
     """MultipartParser callbacks that keep what the guard checks of each part: its Content-Disposition
-    (the last one, as Starlette keeps) and its size."""
+    (the last one, as Starlette keeps), its size, and a text field's bytes (up to the size Starlette takes)."""
 
     def __init__(self) -> None:
-        self.parts: list[list] = []  # [disposition, size] per part
+        self.parts: list[list] = []  # [disposition, size, a text field's bytes or None] per part
         self.closed = False
         self._name = self._value = b""
 
     def callbacks(self) -> dict[str, Callable[..., None]]:
         return {"on_part_begin": self.begin, "on_header_field": self.field, "on_header_value": self.value,
-                "on_header_end": self.header_end, "on_part_data": self.data, "on_end": self.end}  # fmt: skip
+                "on_header_end": self.header_end, "on_headers_finished": self.headers_finished,
+                "on_part_data": self.data, "on_end": self.end}  # fmt: skip
 
     def begin(self) -> None:
-        self.parts.append([b"", 0])
+        self.parts.append([b"", 0, None])
 
     def field(self, data: bytes, start: int, end: int) -> None:
         self._name += data[start:end]
@@ -407,8 +458,15 @@ class PartHeads:
             self.parts[-1][0] = self._value
         self._name = self._value = b""
 
+    def headers_finished(self) -> None:
+        if b"filename" not in parse_options_header(self.parts[-1][0])[1]:
+            self.parts[-1][2] = bytearray()
+
     def data(self, data: bytes, start: int, end: int) -> None:
-        self.parts[-1][1] += end - start
+        part = self.parts[-1]
+        part[1] += end - start
+        if part[2] is not None and part[1] <= FORM_LIMITS["max_part_size"]:  # a longer one is refused by its size
+            part[2] += data[start:end]
 
     def end(self) -> None:
         self.closed = True
@@ -439,15 +497,24 @@ def multipart_parts(body: bytes, boundary: bytes) -> list[FormPart] | None:
     if not heads.closed:  # BentoML would drop the last part and answer as if the image had not been sent
         raise BadMultipart("malformed multipart/form-data body: no closing boundary (was the upload cut short?)")
     parts = []
-    for disposition, size in heads.parts:
+    for disposition, size, text in heads.parts:
         _, params = parse_options_header(disposition)
         if b"name" not in params:
             raise BadMultipart('a part of the multipart body has no field name (Content-Disposition: form-data; name="...")')
-        part = FormPart(params[b"name"].decode("utf-8", "replace"), b"filename" in params)
+        is_file = b"filename" in params
+        part = FormPart(params[b"name"].decode("utf-8", "replace"), is_file, None if is_file or text is None else as_starlette_decodes(text))
         check_part(part, params.get(b"filename", b""), size)
         parts.append(part)
     check_part_counts(parts)
     return parts
+
+
+def as_starlette_decodes(text: bytes) -> str:
+    """A multipart text field as Starlette gives it to BentoML: UTF-8 (the charset a browser sends), else Latin-1."""
+    try:
+        return text.decode("utf-8")
+    except UnicodeDecodeError:
+        return text.decode("latin-1")
 
 
 def parse_error(err: MultipartParseError, where: str) -> str:
@@ -502,10 +569,19 @@ def lowercase_media_type(value: bytes) -> bytes:
 
 
 def encoded_body(scope: Scope) -> str | None:
-    """The Content-Encoding of a compressed request body, or None. Neither BentoML nor Starlette
-    decompresses a request: a gzipped JSON body was "Invalid JSON", a gzipped form "malformed multipart"."""
-    coding = (header(scope, b"content-encoding") or b"").decode("latin-1").strip()
-    return coding if coding and coding.lower() != "identity" else None
+    """How a compressed request body is coded ("Content-Encoding gzip"), or None. Neither BentoML nor
+    Starlette decompresses a request: a gzipped JSON body was "Invalid JSON", a gzipped form "malformed
+    multipart". Every header of the kind counts, as a list split over several is one list (RFC 9110, 5.3),
+    and so does a Transfer-Encoding besides chunked, which uvicorn undoes and leaves the rest."""
+    for wanted, undone in ((b"content-encoding", {"identity"}), (b"transfer-encoding", {"identity", "chunked"})):
+        values = b",".join(value for name, value in scope.get("headers", []) if name.lower() == wanted).decode("latin-1")
+        if codings := [c.strip() for c in values.split(",") if c.strip() and c.strip().lower() not in undone]:
+            return f"{wanted.decode().title()} {', '.join(codings)}"
+    return None
+
+
+def expects_continue(scope: Scope) -> bool:
+    return (header(scope, b"expect") or b"").strip().lower() == b"100-continue"
 
 
 def header(scope: Scope, wanted: bytes) -> bytes | None:

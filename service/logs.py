@@ -14,7 +14,10 @@ logger sees only that logger's own records, and the one BentoML writes these to 
 A client also chooses part of what some lines hold: BentoML's access line quotes the request's
 Content-Type whole, so one request with a Content-Type of 8 MB wrote 8 MB to the log (the request
 guard now refuses headers that large, but the access line is written outside it). Every line of the
-``bentoml`` loggers is cut at MAX_LINE_CHARS, its length said.
+``bentoml`` loggers is cut at MAX_LINE_CHARS, its length said. The access line also writes the
+request's path decoded, so a path of ``%0D%0A`` and a date wrote a line of the client's making, that
+read as the server's own ERROR; control characters and marks that reverse the text are written
+escaped (``\r\n``), as reports write a file name.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from http import HTTPStatus
 
 from bentoml.exceptions import BentoMLException
 from pydantic import ValidationError
+
+from gesture_core.class_names import escape_unshown
 
 # BentoML's server logging writes every record of its package through this logger's handlers.
 BENTOML_LOGGER = "bentoml"
@@ -43,9 +48,9 @@ class RefusedRequestsInOneLine(logging.Filter):
         return True
 
 
-class LinesCutShort(logging.Filter):
+class OneShortLine(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
+        message = escape_unshown(record.getMessage())
         if len(message) > MAX_LINE_CHARS:
             message = f"{message[:MAX_LINE_CHARS]}... (cut: {len(message):,} characters)"
         record.msg, record.args = message, ()  # formatted once: the handler's getMessage has nothing left to fill in
@@ -66,7 +71,7 @@ def keep_the_log_short() -> None:
     the level into the bracketed name its format prints. A server worker configures its logging before
     it loads the service module, which calls this, so the handlers are there."""
     for handler in logging.getLogger(BENTOML_LOGGER).handlers:
-        for kind in (LinesCutShort, RefusedRequestsInOneLine):  # each inserted first: the refusal's line is then cut too
+        for kind in (OneShortLine, RefusedRequestsInOneLine):  # each inserted first: the refusal's line is then cut too
             if not any(isinstance(f, kind) for f in handler.filters):
                 handler.filters.insert(0, kind())
 

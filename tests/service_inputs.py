@@ -59,6 +59,13 @@ def ambiguous_requests() -> dict[str, tuple[dict, int, str]]:
                                    400, "this endpoint takes: images, images_b64, threshold, top_k"),
         "images_and_images_b64": ({"method": "POST", "url": "/predict_batch", "files": [("images", ("a.jpg", image))],
                                    "data": {"images_b64": f'["{b64(image)}"]'}}, 400, "send the images one way"),
+        "images_b64_twice_in_json": ({"method": "POST", "url": "/predict_batch", "content": b'{"images_b64": ["%s"], "images_b64": ["%s"]}' % (
+                                      b64(b"not an image").encode(), b64(image).encode()), "headers": {"content-type": "application/json"}},
+                                     400, "field 'images_b64' was sent more than once; send it once, with every image in its one list"),
+        "images_b64_twice_in_a_form": ({"method": "POST", "url": "/predict_batch", "data": {"images_b64": [f'["{b64(image)}"]'] * 2}},
+                                       400, "field 'images_b64' was sent more than once; send it once, with every image in its one list"),
+        "raw_image_to_info": ({"method": "POST", "url": "/info", "content": image, "headers": {"content-type": "image/jpeg"}},
+                              400, "a raw image/jpeg body is not taken: this endpoint takes no fields; send an empty body or {}"),
         "images_b64_not_a_list_in_a_form": ({"method": "POST", "url": "/predict_batch", "data": {"images_b64": b64(image)}},
                                             400, 'send a JSON array of base64 strings, ["<base64>", ...], in a form field too'),
         "images_b64_not_a_list": ({"method": "POST", "url": "/predict_batch", "json": {"images_b64": b64(image)}},
@@ -139,6 +146,11 @@ def expected_refusal(case: str, upload_limit_bytes: int) -> tuple[int, str, tupl
         "gzip_encoded_json": (415, "a request body in Content-Encoding gzip is not taken: send it uncompressed", None),
         "top_k_of_a_million_characters": (400, "Input should be a valid integer", (["top_k"], "int_type")),
         "unknown_field_of_a_million_characters": (400, r"unexpected field '\x01\x01", None),
+        "form_field_nested_1000_deep": (400, "text field 'top_k' is nested too deep to read", None),
+        "form_field_of_300000_values": (400, "text field 'top_k' too complex: 300,000 commas, colons and brackets, above the limit of 1,000", None),
+        "form_field_of_a_5000_digit_number": (400, "text field 'threshold' holds a number of more than 4,300 digits", None),
+        "urlencoded_field_over_limit": (400, "text field 'image_b64' is 1,100,009 bytes; the limit is 1,048,576", None),
+        "gzip_in_a_second_content_encoding_header": (415, "a request body in Content-Encoding gzip is not taken: send it uncompressed", None),
     }[case]
 
 

@@ -764,18 +764,31 @@ def test_a_log_line_is_cut_at_its_limit_whatever_the_client_sent():
     """BentoML's access line quotes the request's Content-Type whole: 8 MB of log for one request."""
     import logging
 
-    from service.logs import MAX_LINE_CHARS, LinesCutShort
+    from service.logs import MAX_LINE_CHARS, OneShortLine
 
     record = logging.LogRecord("bentoml.access", logging.INFO, __file__, 1, "%s (type=%s)", ("POST /predict", "x" * 10_000), None)
-    assert LinesCutShort().filter(record)
+    assert OneShortLine().filter(record)
     assert record.getMessage() == "POST /predict (type=" + "x" * (MAX_LINE_CHARS - 20) + "... (cut: 10,021 characters)"
+
+
+def test_a_log_line_writes_what_a_client_sent_escaped():
+    """BentoML's access line writes the request's path decoded: a path of %0D%0A and a forged date
+    wrote a line of the client's making that read as the server's own ERROR."""
+    import logging
+
+    from service.logs import OneShortLine
+
+    forged = "/x\r\n2026-12-05T19:20:00+0000 [ERROR] [entry_service:GestureClassifier:1] forged\x00\u202e"
+    record = logging.LogRecord("bentoml.access", logging.INFO, __file__, 1, "%s (status=%s)", (forged, 404), None)
+    assert OneShortLine().filter(record)
+    assert record.getMessage() == "/x\\r\\n2026-12-05T19:20:00+0000 [ERROR] [entry_service:GestureClassifier:1] forged\\x00\\u202e (status=404)"
 
 
 def test_a_log_line_is_formatted_once():
     """The filter measures the formatted line; the handler formatted it a second time, for every access line."""
     import logging
 
-    from service.logs import LinesCutShort
+    from service.logs import OneShortLine
 
     class Counted:
         calls = 0
@@ -785,7 +798,7 @@ def test_a_log_line_is_formatted_once():
             return "ok"
 
     short = logging.LogRecord("bentoml.access", logging.INFO, __file__, 1, "%s", (Counted(),), None)
-    assert LinesCutShort().filter(short) and logging.Formatter("%(message)s").format(short) == "ok"
+    assert OneShortLine().filter(short) and logging.Formatter("%(message)s").format(short) == "ok"
     assert Counted.calls == 1
 
 
@@ -856,6 +869,31 @@ def test_guard_answers_a_declared_oversized_body_that_never_comes_within_the_bod
     answers = asyncio.run(scenario())
     assert answers[0]["status"] == 413 and (b"connection", b"close") in answers[0]["headers"]
     assert b"request body is 2,000 bytes; the limit is 1,000 bytes" in answers[1]["body"]
+
+
+@pytest.mark.parametrize("headers, status", [([(b"content-length", b"2000")], 413),
+                                             ([(b"content-length", b"500"), (b"content-encoding", b"gzip")], 415)])
+def test_guard_refuses_a_body_from_its_headers_before_a_client_that_waits_for_the_go_ahead_sends_it(headers, status):
+    """With "Expect: 100-continue" a client sends its body only once told to, and uvicorn tells it at the
+    guard's first read: draining the body before the 413 had curl upload all 20 MB of it first."""
+    reads: list[str] = []
+
+    async def scenario():
+        answers: list[dict] = []
+
+        async def receive():
+            reads.append("read")  # uvicorn's "100 Continue" goes out here
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def record(message):
+            answers.append(message)
+
+        scope = {"type": "http", "method": "POST", "path": "/echo", "headers": [*headers, (b"expect", b"100-Continue")], "query_string": b""}
+        await asyncio.wait_for(guarded_app()(scope, receive, record), 5)
+        return answers
+
+    answers = asyncio.run(scenario())
+    assert answers[0]["status"] == status and (b"connection", b"close") in answers[0]["headers"] and reads == []
 
 
 def test_guard_drops_the_bodies_arriving_the_longest_to_stay_within_its_memory():

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from gesture_core.class_names import UNSHOWN, class_name, name_key, names_unwritable
+from gesture_core.class_names import class_name, escape_unshown, name_key, names_unwritable
 from gesture_core.images import (
     IMAGE_SUFFIXES,
     PHOTO_FILE_SUFFIXES,
@@ -346,7 +346,7 @@ def printable_path(path: str) -> str:
     """``path`` as reports print it: a non-UTF-8 name made valid (JSON must hold it), and the characters
     of ``UNSHOWN`` written as escapes (``\\n``, ``\\x1b``, ``\\u202e``)."""
     text = path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-    return UNSHOWN.sub(lambda found: found.group().encode("unicode_escape").decode("ascii"), text)
+    return escape_unshown(text)
 
 
 def _to_samples(by_class: dict[str, list[str]], classes: list[str]) -> list[Sample]:
