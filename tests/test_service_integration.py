@@ -164,6 +164,25 @@ def test_headers_are_bounded_and_no_log_line_quotes_one_whole(http, server):
     assert over.status_code == 431 and over.json()["error"].startswith("request headers over 65,536 bytes in all")
 
 
+def test_a_forged_log_line_in_a_path_is_written_escaped(http, server):
+    """BentoML's access line writes the request's path decoded: %0D%0A began a line of the client's making."""
+    forged = "2026-12-05T19:20:00+0000 [ERROR] [entry_service:GestureClassifier:1] FORGED_BY_CLIENT"
+    assert http.get("/x%0D%0A" + forged.replace(" ", "%20")).status_code == 404
+    assert http.post("/predict", files={"image": ("ok.jpg", jpeg(0))}).status_code == 200  # the 404's access line is written by now
+    lines = [line for line in server.log().splitlines() if "FORGED_BY_CLIENT" in line]
+    assert lines and all(not line.startswith("2026-12-05T19:20:00") and "/x\\r\\n2026-12-05" in line for line in lines), lines
+
+
+def test_an_oversized_upload_is_refused_before_a_client_that_waits_for_the_go_ahead_sends_it(server):
+    """curl sends "Expect: 100-continue" for a large upload; the 413 came only after it had sent all of it."""
+    parts = urlsplit(server.url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=30) as sock:
+        sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+                     b"Expect: 100-continue\r\nContent-Length: %d\r\n\r\n" % (UPLOAD_LIMIT_MB * 1024 * 1024 + 1))
+        answer = read_until_closed(sock)  # nothing of the body is ever sent
+    assert answer.startswith(b"HTTP/1.1 413 ") and b"GESTURE_MAX_UPLOAD_MB" in answer, answer[:300]
+
+
 @pytest.mark.parametrize("fmt, units, warning", [("PNG", 95, "libpng warning"), ("TIFF", 990, "TIFF_Warning")])
 def test_an_uploads_oddities_write_nothing_to_the_log(http, server, fmt, units, warning):
     """A legal file with many malformed chunks or unknown tags: its decoder warned of each, one log
