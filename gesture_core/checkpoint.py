@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -71,21 +72,37 @@ def save_checkpoint(
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     path = Path(path)
+    with atomic_output(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    return path
+
+
+@contextmanager
+def atomic_output(path: Path, suffix: str = ".tmp") -> Iterator[Path]:
+    """A temporary file beside ``path`` for the block to write, renamed to ``path`` only when the block
+    ends without error, so that a full disk, a kill or a failed check never leaves a partial file
+    where the previous one was. A write that fails is a CheckpointSaveError saying what is kept.
+    ``suffix`` ends the temporary name, for writers that choose the format by it (``.tmp.onnx``)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
+        yield Path(tmp)
         as_umask_allows(tmp)
         os.replace(tmp, path)
     except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
-        if isinstance(err, OSError):
+        if isinstance(err, OSError) or is_torch_write_failure(err):
             raise CheckpointSaveError(save_failure(path, err)) from None
         raise
-    return path
+
+
+def is_torch_write_failure(err: BaseException) -> bool:
+    """torch's zip writer (torch.save, torch.jit.save) reports a full disk or a file it cannot open as a
+    RuntimeError from its C++ ("[enforce fail at inline_container.cc:672] . unexpected pos …"), not an OSError."""
+    return isinstance(err, RuntimeError) and "inline_container" in str(err)
 
 
 def as_umask_allows(path: str | os.PathLike) -> None:
@@ -96,9 +113,18 @@ def as_umask_allows(path: str | os.PathLike) -> None:
     os.chmod(path, 0o666 & ~umask)
 
 
-def save_failure(path: Path, err: OSError) -> str:
+def save_failure(path: Path, err: BaseException) -> str:
     kept = f"the previous {path.name} is kept unchanged" if path.exists() else f"no {path.name} was written"
-    return f"cannot write {path}: {err.strerror or err}; {kept} and the partial file was removed"
+    return f"cannot write {path}: {write_failure_reason(err)}; {kept} and the partial file was removed"
+
+
+def write_failure_reason(err: BaseException) -> str:
+    if isinstance(err, OSError):
+        return err.strerror or str(err)
+    message = str(err)
+    if "strerror:" in message:  # "... open file failed with strerror: Read-only file system"
+        return message.split("strerror:", 1)[1].strip()
+    return f"the write stopped short ({message.split('] ', 1)[-1].strip('. ')}): is the disk full?"
 
 
 def remove_partial_saves(folder: str | os.PathLike) -> list[Path]:

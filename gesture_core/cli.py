@@ -18,6 +18,7 @@ import os
 import sys
 import tempfile
 import warnings
+import zipfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import ParamSpec
@@ -79,16 +80,21 @@ def describe(err: BaseException) -> str:
     return " ".join(text.split())
 
 
-def output_arg(kind: str, suffixes: tuple[str, ...] = ()) -> Callable[[str], Path]:
+def output_arg(kind: str, suffixes: tuple[str, ...] = (), replaces: tuple[str, ...] | None = None) -> Callable[[str], Path]:
     """An argparse type for a ``kind`` ("file" or "folder") the command will create: refused at once
     where a file or folder is in the way, or the file name has none of ``suffixes``, rather than when
-    the first result is written (after the work, and with the operating system's words)."""
+    the first result is written (after the work, and with the operating system's words). An existing
+    file is replaced only if its name ends in one of ``replaces`` (default: ``suffixes``; none: any
+    name) and it is not a training checkpoint: ``check --json best.pt`` replaced a run's checkpoint
+    with its report, and ``--jsonl`` a photo. ``~`` is the home folder, as where a shell expands it."""
 
     def output(text: str) -> Path:
         refuse_empty_path(text, f"a {kind} name")
-        path = Path(text)
+        path = Path(text).expanduser()  # --out=~/run: no shell expands it, and a folder named "~" was made
         if kind == "file" and path.is_dir():
             raise argparse.ArgumentTypeError(f"{text} is a folder: pass a file name")
+        if kind == "file" and path.is_file() and (problem := replacement_problem(path, suffixes if replaces is None else replaces)):
+            raise argparse.ArgumentTypeError(problem)
         if kind == "folder" and path.exists() and not path.is_dir():
             raise argparse.ArgumentTypeError(f"{text} is a file: pass a folder")
         if suffixes and path.suffix.lower() not in suffixes:
@@ -99,6 +105,29 @@ def output_arg(kind: str, suffixes: tuple[str, ...] = ()) -> Callable[[str], Pat
         return path
 
     return output
+
+
+def replacement_problem(path: Path, replaces: tuple[str, ...]) -> str | None:
+    """Why writing ``path`` would destroy a file the command did not write, or None."""
+    if holds_torch_save(path):
+        return f"{path} is a checkpoint (written by torch.save): writing here would replace it; pass another file name"
+    if replaces and path.suffix.lower() not in replaces:
+        return f"{path} exists and is not a {' or '.join(replaces)} file: writing here would replace it; pass another file name"
+    return None
+
+
+def holds_torch_save(path: Path) -> bool:
+    """Whether ``path`` is what torch.save writes (a training checkpoint, a state dict): a zip of a
+    pickle with no TorchScript code in it, or the legacy pickle format."""
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+            return any(name.endswith("/data.pkl") for name in names) and not any("/code/" in name for name in names)
+        with path.open("rb") as f:
+            return f.read(3) == b"\x80\x02\x8a"  # pickle protocol 2, then torch's magic number
+    except OSError:
+        return False
 
 
 def refuse_empty_path(text: str, expected: str) -> None:
@@ -170,7 +199,7 @@ def checkpoint_arg(in_run_folder: str) -> Callable[[str], Path]:
 
     def checkpoint(text: str) -> Path:
         refuse_empty_path(text, f"a checkpoint file or a run folder (RUN/{in_run_folder}, or RUN)")
-        path = Path(text)
+        path = Path(text).expanduser()
         if path.is_dir():
             if not (path / in_run_folder).is_file():
                 raise argparse.ArgumentTypeError(f"{text} is a folder without {in_run_folder}: pass a checkpoint file, "

@@ -327,20 +327,32 @@ def test_evaluate_where_no_image_decodes_any_more(run, tmp_path, capsys):
     ("training.export", ["--out", "FOLDER", "--format", "onnx", "--checkpoint", "RUN"], "argument --out: FOLDER is a folder: pass a file name"),
     ("training.visualize", ["--image", "FOLDER", "--checkpoint", "RUN"], "argument --image: FOLDER is a folder: pass an image file"),
     ("training.prepare", ["flowers", "--root", "FILE"], "argument --root: FILE is a file: pass a folder"),  # its offline hint named FILE/.downloads/
+    # Each replaced a file the command had not written: a run's checkpoint by a JSON report or a
+    # TorchScript file, a photo by JSON lines.
+    ("training.check", ["--json", "CKPT", "FOLDER"], "argument --json: CKPT is a checkpoint (written by torch.save): writing here would replace it"),
+    ("training.export", ["--out", "CKPT", "--format", "torchscript", "--checkpoint", "RUN"], "argument --out: CKPT is a checkpoint (written by torch.save)"),
+    ("service.webcam.demo", ["--jsonl", "PHOTO"], "argument --jsonl: PHOTO exists and is not a .jsonl or .ndjson or .json or .txt or .log file: "
+                                                  "writing here would replace it"),
 ])  # fmt: skip
 def test_an_output_or_input_path_of_the_wrong_kind_is_refused_before_the_work(run, tmp_path, capsys, command, flags, reason):
     """Each was found when the first result was written (after the work, in the operating system's
     words: "[Errno 17] File exists"), was silently clamped, or was called missing while it was a folder."""
     import importlib
 
+    import cv2
+
     (tmp_path / "file").write_text("a file")
     (tmp_path / "folder").mkdir()
-    names = {"FILE": str(tmp_path / "file"), "FOLDER": str(tmp_path / "folder"), "RUN": str(run)}
+    shutil.copy(run / "best.pt", tmp_path / "ck.pt")
+    cv2.imwrite(str(tmp_path / "photo.png"), np.full((32, 32, 3), 90, np.uint8))
+    names = {"FILE": str(tmp_path / "file"), "FOLDER": str(tmp_path / "folder"), "RUN": str(run), "CKPT": str(tmp_path / "ck.pt"), "PHOTO": str(tmp_path / "photo.png")}
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
     expand = lambda text: functools.reduce(lambda t, kv: t.replace(*kv), names.items(), text)  # noqa: E731
     with pytest.raises(SystemExit) as exited:
         importlib.import_module(command).main([expand(f) for f in flags])
     assert exited.value.code == 2
     assert expand(reason) in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
 
 
 def test_a_file_system_error_is_one_line_with_the_path(dataset, capsys):
@@ -414,10 +426,11 @@ def test_an_output_that_would_destroy_an_input_or_a_run_is_refused(run, tmp_path
     folder = tmp_path / "run"
     shutil.copytree(run, folder)
     before = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
-    assert export_main(["--checkpoint", str(folder), "--format", "torchscript", "--out", str(folder / "best.pt")]) == 2
-    assert f"--out {folder / 'best.pt'} is the --checkpoint it reads" in one_error_line(capsys)
-    assert export_main(["--checkpoint", str(folder), "--format", "torchscript", "--out", str(folder / "last.pt")]) == 2
-    assert f"would replace a training run's last.pt in {folder}" in one_error_line(capsys)
+    for checkpoint in ("best.pt", "last.pt"):
+        with pytest.raises(SystemExit) as exited:
+            export_main(["--checkpoint", str(folder), "--format", "torchscript", "--out", str(folder / checkpoint)])
+        assert exited.value.code == 2
+        assert f"argument --out: {folder / checkpoint} is a checkpoint (written by torch.save)" in capsys.readouterr().err
     assert evaluate_main(["--checkpoint", str(folder), "--out", str(folder)]) == 2
     assert f"--out {folder} would replace a training run's files in {folder}" in one_error_line(capsys)
     assert {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()} == before
@@ -501,8 +514,8 @@ def test_a_report_written_inside_the_dataset_is_refused(run, dataset, tmp_path, 
     photo = next((dataset / "fist").iterdir())
     before = {p: p.read_bytes() for p in dataset.rglob("*") if p.is_file()}
     with pytest.raises(SystemExit) as stop:
-        check_main([str(dataset), "--json", str(photo)])
-    assert stop.value.code == 2 and f"--json {photo} is inside the dataset {dataset}" in capsys.readouterr().err
+        check_main([str(dataset), "--json", str(dataset / "fist" / "report.json")])  # over a photo: refused before, as any non-JSON file
+    assert stop.value.code == 2 and f"--json {dataset / 'fist' / 'report.json'} is inside the dataset {dataset}" in capsys.readouterr().err
     assert evaluate_main(["--checkpoint", str(run), "--out", str(dataset / "fist")]) == 2  # the run's own dataset
     assert f"--out {dataset / 'fist'} is inside the dataset {dataset}, where training would read what it writes" in one_error_line(capsys)
     other = make_image_folder(tmp_path / "other", per_class=2, size=40)
@@ -698,3 +711,63 @@ def test_an_empty_path_is_refused_not_read_as_the_current_folder(module, flag, a
         importlib.import_module(module).main(argv)
     assert exit_.value.code == 2
     assert f"argument {flag}: empty path: pass " in capsys.readouterr().err
+
+
+def test_evaluate_out_holding_a_users_own_report_files_is_refused(run, tmp_path, capsys):
+    """evaluate --out replaced a folder's own metrics.json and predictions.csv; an earlier evaluation's report it replaces."""
+    theirs = tmp_path / "notes"
+    theirs.mkdir()
+    (theirs / "metrics.json").write_text('{"mine": 1}')
+    (theirs / "predictions.csv").write_text("a,b\n")
+    assert evaluate_main(["--checkpoint", str(run), "--out", str(theirs)]) == 2
+    assert f"--out {theirs} holds metrics.json, predictions.csv, not from training.evaluate" in one_error_line(capsys)
+    assert (theirs / "metrics.json").read_text() == '{"mine": 1}' and (theirs / "predictions.csv").read_text() == "a,b\n"
+    ours = tmp_path / "report"
+    assert evaluate_main(["--checkpoint", str(run), "--out", str(ours)]) == 0
+    assert evaluate_main(["--checkpoint", str(run), "--out", str(ours)]) == 0  # its own report: replaced
+
+
+def test_an_export_that_fails_its_parity_check_keeps_the_previous_file(run, tmp_path, monkeypatch, capsys):
+    """The failed export was written over the earlier, good model.onnx."""
+    from training import export as export_module
+
+    out = tmp_path / "model.onnx"
+    assert export_module.main(["--checkpoint", str(run), "--out", str(out)]) == 0
+    good = out.read_bytes()
+    real = export_module.check_parity
+    monkeypatch.setattr(export_module, "check_parity", lambda *args, **kwargs: real(*args, **{**kwargs, "tolerance": -1.0}))
+    assert export_module.main(["--checkpoint", str(run), "--out", str(out)]) == 1
+    assert f"{out} was not written (the previous file is kept): the export failed its parity check" in capsys.readouterr().err
+    assert out.read_bytes() == good and [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_a_full_disk_under_torchs_own_writer_says_what_is_kept(tmp_path):
+    """torch.save and torch.jit.save report a full disk as a RuntimeError from their C++: a traceback."""
+    from gesture_core.checkpoint import CheckpointSaveError, atomic_output
+
+    target = tmp_path / "model.pt"
+    target.write_bytes(b"previous")
+    with pytest.raises(CheckpointSaveError) as failed, atomic_output(target):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 21760 vs 21712")
+    assert str(failed.value) == (f"cannot write {target}: the write stopped short (unexpected pos 21760 vs 21712): is the disk full?; "
+                                 "the previous model.pt is kept unchanged and the partial file was removed")
+    assert target.read_bytes() == b"previous" and [p.name for p in tmp_path.iterdir()] == ["model.pt"]
+
+
+def test_a_model_onnx_cannot_express_is_one_line_naming_torchscript(dataset, tmp_path, capsys):
+    """lenet5 trained off its 32 px: ONNX has no adaptive pooling of that shape, and export printed the exporter's traceback."""
+    from training.export import main as export_main
+
+    run = finetune.train(tiny_config(dataset, tmp_path / "run", epochs=1, backbone="lenet5", image_size=40))
+    assert export_main(["--checkpoint", str(run), "--out", str(tmp_path / "m.onnx")]) == 2
+    assert "lenet5 at 40 px cannot be exported to ONNX (" in (err := one_error_line(capsys)) and err.endswith("): use --format torchscript")
+
+
+def test_a_home_folder_path_is_expanded_where_no_shell_did(monkeypatch, tmp_path):
+    """--out=~/run made a folder named "~" in the current one."""
+    from gesture_core.cli import checkpoint_arg, output_arg
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert output_arg("folder")("~/run") == tmp_path / "run"
+    (tmp_path / "ck.pt").write_bytes(b"x")
+    assert checkpoint_arg("best.pt")("~/ck.pt") == tmp_path / "ck.pt"

@@ -494,7 +494,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=DefaultsHelpFormatter)
     parser.add_argument("dir", type=input_path("a dataset folder, archive or catalogue name"), metavar="DIR", help="ImageFolder or pre-split train/val/test folder, a zip or tar of one or its "
                         "URL, or a catalogue name: the folder training reads (archives are unpacked into datasets/)")
-    parser.add_argument("--json", type=output_arg("file"), metavar="FILE", help="also write the full report as JSON")
+    parser.add_argument("--json", type=output_arg("file", replaces=(".json",)), metavar="FILE", help="also write the full report as JSON")
     parser.add_argument("--fast", action="store_true", help="read headers only, skip the full decode of each image")
     parser.add_argument("--workers", type=int_at_least(1), default=min(4, os.cpu_count() or 1), help="decoding threads")
     args = parser.parse_args(argv)

@@ -295,6 +295,27 @@ def checkpoint_suffix(checkpoint: Path) -> str:
     return "" if checkpoint.name == "best.pt" else f"-{checkpoint.stem}"
 
 
+# What an evaluation writes into --out; any of them already there is replaced.
+REPORT_FILES = ("metrics.json", "predictions.csv", "confusion_matrix.png", "test_mistakes.png", "unknown_worst.png", "tta.json")
+
+
+def check_replaces_only_a_report(out: Path) -> None:
+    """A ValueError when --out holds files of a report's names that no evaluation wrote (a user's own
+    metrics.json and predictions.csv were replaced); an earlier evaluation's report is replaced."""
+    there = [name for name in REPORT_FILES if (out / name).exists()]
+    if there and not is_evaluation_report(out / "metrics.json"):
+        raise ValueError(f"--out {out} holds {', '.join(there)}, not from training.evaluate: its report would replace "
+                         "them; pass a new or empty folder")
+
+
+def is_evaluation_report(metrics: Path) -> bool:
+    try:
+        written = json.loads(metrics.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(written, dict) and {"checkpoint", "views_per_image"} <= written.keys()
+
+
 @command
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
@@ -304,6 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     args.split = args.split or "test"
     if args.out:  # the run's own folder held its training report, which this one replaced
         check_output_spares_inputs("--out", Path(args.out), {"--checkpoint": args.checkpoint})
+        check_replaces_only_a_report(Path(args.out))
     single = "none" if args.tta == "all" else args.tta
     # eager PyTorch, the reference engine: evaluation reproduces the run's own test metrics
     classifier = load_classifier(args.checkpoint, args.device, engine="torch", input_size=args.image_size, crop_pct=args.crop_pct)

@@ -36,9 +36,16 @@ import torch
 from torch import nn
 
 from gesture_core.backbones import get_backbone, with_features
-from gesture_core.checkpoint import check_not_training_state
+from gesture_core.checkpoint import atomic_output, check_not_training_state
 from gesture_core.classifier import Classifier, decode_probs, load_classifier
-from gesture_core.cli import DefaultsHelpFormatter, check_output_spares_inputs, checkpoint_arg, command, output_arg
+from gesture_core.cli import (
+    DefaultsHelpFormatter,
+    check_output_spares_inputs,
+    check_writable,
+    checkpoint_arg,
+    command,
+    output_arg,
+)
 from gesture_core.images import IMAGE_SUFFIXES, ImageDecodeError
 from gesture_core.rejection import Rejection
 from training import cli
@@ -177,9 +184,13 @@ def export_onnx(classifier: Classifier, path: Path, *, opset: int = 17) -> Path:
 
     outputs = output_names(classifier)
     with quiet_deprecations():
-        torch.onnx.export(exported_network(classifier), (_example(classifier),), str(path), dynamo=False, opset_version=opset,
-                          input_names=[INPUT_NAME], output_names=outputs,
-                          dynamic_axes={name: {0: "batch"} for name in [INPUT_NAME, *outputs]})
+        try:
+            torch.onnx.export(exported_network(classifier), (_example(classifier),), str(path), dynamo=False, opset_version=opset,
+                              input_names=[INPUT_NAME], output_names=outputs,
+                              dynamic_axes={name: {0: "batch"} for name in [INPUT_NAME, *outputs]})
+        except torch.onnx.errors.OnnxExporterError as err:  # an operator ONNX cannot express at this size (lenet5 off 32 px)
+            raise ValueError(f"{classifier.backbone} at {classifier.data_config.input_size} px cannot be exported to ONNX "
+                             f"({(str(err).splitlines() or [''])[0][:200]}): use --format torchscript") from None
     proto = onnx.load(str(path))
     for key, value in export_metadata(classifier).items():
         entry = proto.metadata_props.add()
@@ -321,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m training.export", description=__doc__.split("\n")[0], formatter_class=DefaultsHelpFormatter)
     p.add_argument("--checkpoint", type=checkpoint_arg("best.pt"), required=True, help="RUN/best.pt, or the run folder RUN")
     p.add_argument("--format", choices=FORMATS, default=None, help="what to write (default: what --out's name says, .onnx or .pt, else onnx)")
-    p.add_argument("--out", type=output_arg("file"), default=None, help="output file (default: RUN/model.onnx or RUN/model.torchscript.pt)")
+    p.add_argument("--out", type=output_arg("file", replaces=tuple(FORMAT_OF_SUFFIX)), default=None, help="output file (default: RUN/model.onnx or RUN/model.torchscript.pt)")
     p.add_argument("--images", type=cli.input_path("an image file or folder"), nargs="+", default=None, help="images or folders for the parity check (default: the run's test split)")
     p.add_argument("--max-images", type=cli.int_at_least(1), default=64, help="parity images used at most")
     p.add_argument("--tolerance", type=cli.float_in(0.0, float("inf")), default=DEFAULT_TOLERANCE, help="max |Δlogit| and |Δfeature| allowed, as a share of the largest |logit| or |feature| (at least 1)")
@@ -349,16 +360,38 @@ def main(argv: list[str] | None = None) -> int:
         kind, example = ("an ONNX", "model.onnx") if args.format == "onnx" else ("a TorchScript", "model.torchscript.pt")
         raise ValueError(f"--out {out}: {kind} file needs a name ending in {Path(example).suffix} after a stem, e.g. {example}")
     check_output_spares_inputs("--out", out, {"--checkpoint": args.checkpoint})
+    check_writable("--out", out)
     classifier = load_classifier(args.checkpoint, "cpu", engine="torch")  # parity is defined against eager PyTorch, CPU fp32
     # a deployment of last.pt ships the latest epoch, uncalibrated, as import_model refuses to
     check_not_training_state(args.checkpoint, classifier.checkpoint_meta, "training.export --checkpoint")
     inputs = parity_inputs(classifier, parity_images(args.checkpoint, args.images, args.max_images))
-    export(classifier, args.format, out, **({"opset": args.opset} if args.format == "onnx" else {}))
-    print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB): {classifier.backbone}, {len(classifier.classes)} classes, metadata: {', '.join(export_metadata(classifier))}")
-    report = check_parity(classifier, out, args.format, inputs, tolerance=args.tolerance)
+    report = export_checked(classifier, args.format, out, inputs, tolerance=args.tolerance, **({"opset": args.opset} if args.format == "onnx" else {}))
     Path(f"{out}.parity.json").write_text(json.dumps({**asdict(report), "ok": report.ok, "format": args.format}, indent=2))
     print(report.describe())
+    if not report.ok:
+        print(f"{out} was not written{' (the previous file is kept)' if out.exists() else ''}: the export failed its parity check", file=sys.stderr)
     return 0 if report.ok else 1
+
+
+class ParityFailure(Exception):
+    def __init__(self, report: ParityReport) -> None:
+        self.report = report
+
+
+def export_checked(classifier: Classifier, fmt: str, out: Path, inputs: list[torch.Tensor], *, tolerance: float, **kwargs: Any) -> ParityReport:
+    """Export to a temporary file beside ``out``, check it, and only then put it in ``out``'s place: a
+    full disk, or an export that fails its parity check, left the previous file replaced by it."""
+    try:
+        with atomic_output(out, suffix=f".tmp{out.suffix}") as written:  # the parity check reads the format from the suffix
+            export(classifier, fmt, written, **kwargs)
+            size = written.stat().st_size
+            report = check_parity(classifier, written, fmt, inputs, tolerance=tolerance)
+            if not report.ok:
+                raise ParityFailure(report)
+    except ParityFailure as failed:
+        return failed.report
+    print(f"wrote {out} ({size / 2**20:.1f} MiB): {classifier.backbone}, {len(classifier.classes)} classes, metadata: {', '.join(export_metadata(classifier))}")
+    return report
 
 
 if __name__ == "__main__":

@@ -60,6 +60,7 @@ EXIT_OK, EXIT_SOURCE_LOST, EXIT_USAGE, EXIT_OUTAGE = 0, 1, 2, 3
 RETRY_AFTER_S = 1.0  # during an outage, ask the server again this often; frames keep flowing meanwhile
 URL_FORM = "expected http://HOST:PORT or https://HOST:PORT (e.g. http://127.0.0.1:3000)"
 VIDEO_SUFFIXES = (".mp4", ".avi")  # what the annotated video is written as: mp4v, or MJPG for .avi
+JSON_LINES_SUFFIXES = (".jsonl", ".ndjson", ".json", ".txt", ".log")  # what --jsonl may replace: never a photo or a checkpoint
 DEFAULT_SMOOTH = 5  # frames: a live camera's label steadies within a sixth of a second at 30 fps
 MAX_SMOOTH = 10_000  # frames (5 minutes at 30 fps); a window past a C ssize_t crashed with OverflowError
 UNKNOWN_FPS = 30.0  # for cameras and image sequences that do not report a frame rate
@@ -478,7 +479,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=_number(int, 1, 10), default=3, help="bars in the overlay")
     p.add_argument("--headless", action="store_true", help="no window (servers, tests); use --output/--jsonl to keep results")
     p.add_argument("--output", type=output_arg("file", VIDEO_SUFFIXES), help="write the annotated video here (.mp4 mp4v or .avi MJPG)")
-    p.add_argument("--jsonl", type=output_arg("file"), help="write one JSON line per frame: index, timestamp, label, score, latency_ms")
+    p.add_argument("--jsonl", type=output_arg("file", replaces=JSON_LINES_SUFFIXES), help="write one JSON line per frame: index, timestamp, label, score, latency_ms")
     p.add_argument("--snapshot-dir", type=output_arg("folder"), default=Path("snapshots"), help="where s (and --snapshot-at) save PNGs")
     p.add_argument("--snapshot-at", type=_number(int, 0), nargs="+", default=(), metavar="INDEX", help="save these frames as PNG (headless screenshots)")
     p.add_argument("--max-frames", type=_number(int, 1), help="stop after this many processed frames")
