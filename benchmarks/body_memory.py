@@ -27,6 +27,7 @@ import numpy as np
 from benchmarks.common import PeakRss, describe_machine, machine, note
 from benchmarks.hostile import worker_pid
 from benchmarks.serve_latency import drive, load_images, make_checkpoint, running_service
+from gesture_core.cli import command
 
 
 def noise_png() -> bytes:
@@ -46,6 +47,7 @@ def sent_together(url: str, request: dict, clients: int) -> Counter:
         return Counter(pool.map(lambda _: httpx.post(url + "/predict", timeout=300, **request).status_code, range(clients)))
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.body_memory", description=__doc__.split("\n\n")[0])
     p.add_argument("--clients", type=int, default=32, help="requests sent at once, each way")

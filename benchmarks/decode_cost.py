@@ -59,6 +59,7 @@ from benchmarks.hostile_inputs import (
 from benchmarks.recipes import SHARED_DATA
 from benchmarks.serve_latency import load_images
 from gesture_core import DataConfig, ImageDecodeError, read_rgb
+from gesture_core.cli import command
 from gesture_core.images import PNG_CHUNKS_WALKED, decode_flag, jpeg_layout, jpeg_scale, probe_image
 from service.settings import Settings
 
@@ -400,6 +401,7 @@ def photo_rows(per_set: int) -> None:
         print(f"| {name} | {spread(png)} | {spread(jpeg)} | {max(layout.scans for layout in layouts)} | {fewest_bits:.1f} |")
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.decode_cost", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip

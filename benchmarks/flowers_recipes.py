@@ -18,6 +18,7 @@ from pathlib import Path
 
 from benchmarks.common import emit, note
 from benchmarks.recipes import run_finetune
+from gesture_core.cli import command
 
 REPO = Path(__file__).resolve().parents[1]
 COMMON = ["--backbone", "efficientnet_lite0", "--head-epochs", "1", "--lr", "2e-3", "--backbone-lr-mult", "0.3"]
@@ -50,6 +51,7 @@ def run_recipe(name: str, args) -> dict:
             "flags": " ".join(RECIPES[name]), "device": args.device}  # fmt: skip
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.flowers_recipes", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "flowers")

@@ -27,6 +27,7 @@ from benchmarks.common import describe_machine, emit, note
 from benchmarks.recipes import SHARED_DATA
 from gesture_core.cli import command
 from gesture_core.hands import HandLocaliser, HandTracker, palm_to_square
+from training.cli import int_at_least
 
 FRAME_W, FRAME_H = 640, 480
 LETTERS = "ABCDEFGHIKLOVWY"
@@ -124,7 +125,7 @@ def size_rows(models: Path | None, asl: Path) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.hands", description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", default="1,2", help="LiteRT thread counts to time, comma-separated (default: 1,2)")
-    parser.add_argument("--frames", type=int, default=200, help="calls per timed step and frames per video (default: 200)")
+    parser.add_argument("--frames", type=int_at_least(1), default=200, help="calls per timed step and frames per video (default: 200)")
     parser.add_argument("--redetect-every", type=int, default=10, help="HandTracker's redetect_every (default: 10)")
     parser.add_argument("--models", type=Path, help="folder with the .tflite files (default: the cache, where prepare puts them)")
     parser.add_argument("--no-sizes", action="store_true", help="time only; skip the hand-size table")

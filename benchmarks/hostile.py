@@ -62,6 +62,7 @@ from benchmarks.hostile_inputs import (
     with_exif,
 )
 from benchmarks.serve_latency import drive, load_images, make_checkpoint, running_service
+from gesture_core.cli import command
 from service.http_guard import use_the_open_file_hard_limit
 
 RSS_TARGET_MB = 256
@@ -281,6 +282,7 @@ def slow_client_attack(url: str, images: list[bytes], count: int, seconds: float
     return result.summary(), report
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.hostile", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", type=Path, help="default: efficientnet_lite0 with ImageNet weights and a random 10-class head")

@@ -39,7 +39,9 @@ from benchmarks.common import (
     rescale_to_ceiling,
 )
 from gesture_core import build_model, get_backbone, load_classifier
+from gesture_core.cli import command
 from gesture_core.engines import ENGINES, PRECISIONS, build_engine, engine_installed, supported_precisions
+from training.cli import int_at_least
 
 SPEED_COLUMNS = [
     ("backbone", "backbone", "s"), ("engine", "engine", "s"), ("precision", "precision", "s"), ("batch", "batch", "d"),
@@ -171,7 +173,7 @@ def csv_list(kind, choices=None):
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks.inference", description=__doc__.split("\n\n")[0])
     p.add_argument("--backbones", type=csv_list(str), default=["resnet18", "efficientnet_lite0"])
-    p.add_argument("--batch", type=csv_list(int), default=[1, 16], help="batch sizes, e.g. 1,16")
+    p.add_argument("--batch", type=csv_list(int_at_least(1)), default=[1, 16], help="batch sizes, e.g. 1,16")
     p.add_argument(
         "--engines",
         type=csv_list(str, ENGINES),
@@ -194,6 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     device = torch.device(args.device)

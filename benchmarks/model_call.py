@@ -28,7 +28,9 @@ import torch
 from benchmarks.common import best_rate_and_cpu, describe_machine, emit, note
 from benchmarks.serve_latency import make_checkpoint
 from gesture_core import Classifier, load_classifier
+from gesture_core.cli import command
 from gesture_core.engines import engine_installed
+from training.cli import positive_float
 
 REQUEST_SIZES = (1, 2, 3, 4, 8, 16)
 COLUMNS = [("backbone", "backbone", "s"), ("measure", "measure", "s"), ("variant", "variant", "s"), ("batch", "batch", "d"),
@@ -97,11 +99,12 @@ def softmax_after_model(backbone: str, classifier: Classifier, seconds: float) -
     return rows
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.model_call", description=__doc__.split("\n\n")[0])
     p.add_argument("--backbones", default="efficientnet_lite0,mobilenet_v3_large,resnet18", help="comma-separated registry names")
     p.add_argument("--image-size", type=int, help="input size (default: each backbone's own)")
-    p.add_argument("--seconds", type=float, default=3.0, help="per measurement (best of 3 windows)")
+    p.add_argument("--seconds", type=positive_float, default=3.0, help="per measurement (best of 3 windows)")
     p.add_argument("--quick", action="store_true", help="0.6 s per measurement")
     p.add_argument("--json", action="store_true", help="JSON lines instead of a table")
     args = p.parse_args(argv)

@@ -33,6 +33,7 @@ import numpy as np
 
 from benchmarks.common import describe_machine, note
 from benchmarks.rejection_scores import score_comparison
+from gesture_core.cli import command
 from training.calibrate import SplitOutputs
 from training.cli import add_backbone_arg
 from training.config import TrainConfig
@@ -125,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if not args.data.is_dir():

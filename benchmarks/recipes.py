@@ -25,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from benchmarks.common import describe_machine, note
+from gesture_core.cli import command
 from training.config import TrainConfig
 from training.finetune import run_finished
 
@@ -168,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -21,6 +21,7 @@ from typing import Any
 
 from benchmarks.common import describe_machine, note
 from gesture_core import load_classifier
+from gesture_core.cli import command
 from training.calibrate import DEFAULT_TARGET_RECALL, SplitOutputs
 from training.data import DatasetError, Splits
 from training.open_set import compare_scores, format_score_table, outputs_of, unknown_samples
@@ -37,6 +38,7 @@ def score_comparison(run: Path, unknown: Path | None, workers: int = 2) -> tuple
     return rows, splits, outputs["test"]
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.rejection_scores", description=__doc__.split("\n")[0])
     p.add_argument("--run", type=Path, required=True, help="a training run's folder (best.pt and split.json)")

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import describe_machine, machine, note
+from gesture_core.cli import command
 
 REPO = Path(__file__).resolve().parents[1]
 # The generated block lives in the docs page, never in README.md, whose headline table is updated by hand.
@@ -247,6 +248,7 @@ def write_results_block(block: str, page: Path) -> None:
     page.write_text(f"{head}{RESULTS_START}\n{block}\n{RESULTS_END}{tail}")
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.run_all", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="every benchmark in its quick mode")

@@ -39,6 +39,7 @@ from benchmarks.common import best_rate, describe_machine, emit, machine, note
 from benchmarks.serve_latency import TARGETS, batch_size_stats, drive, load_images, make_checkpoint, running_service
 from gesture_core import load_classifier
 from gesture_core.checkpoint import resolve_device
+from gesture_core.cli import command
 from gesture_core.engines import ENGINE_CHOICES, PRECISIONS
 from gesture_core.runtime import DEVICES
 from service.settings import MOST_BATCH_SIZE
@@ -219,6 +220,7 @@ def service_setting(item: str) -> tuple[str, str]:
     return name, value
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.serve", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", type=Path, help="default: efficientnet_lite0 with ImageNet weights and a random 10-class head")

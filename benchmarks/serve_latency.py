@@ -38,6 +38,7 @@ import httpx
 import numpy as np
 
 from benchmarks.server_process import REPO, SERVICE_TARGET, RunningServer, serve_process
+from gesture_core.cli import command
 
 DATA = REPO.parent / "shared" / "data" / "sign-digits"
 # batching -> the service that `bentoml serve` runs; both answer POST /predict with the same contract
@@ -248,6 +249,7 @@ def format_table(results: Sequence[LoadResult]) -> str:
     return "\n".join(rows)
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.serve_latency", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", type=Path, help="a training checkpoint (default: efficientnet_lite0, random head)")

@@ -40,9 +40,12 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.common import Ceiling, best_ceiling, describe_machine, emit, hardware_ceiling, machine, note, rescale_to_ceiling
+from benchmarks.inference import csv_list
 from gesture_core import build_model, get_backbone
+from gesture_core.cli import command
 from training import distributed
 from training.augment import build_train_transform
+from training.cli import int_at_least
 from training.data import ImageDataset, SeededSampler, load_splits, make_loader
 from training.loop import build_optimizer, resolve_amp, train_one_epoch, warmup_cosine
 
@@ -220,10 +223,11 @@ def total_ceiling(precision: str, *, seconds: float, device: str) -> Ceiling:
     return dataclasses.replace(ceiling, gflops=sum(distributed.gather(ceiling.gflops)))
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.train", description=__doc__.split("\n\n")[0])
     p.add_argument("--backbone", default="resnet18", help="for the full fine-tune step rate")
-    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--batch", type=int_at_least(1), default=32)
     p.add_argument("--data", type=Path, default=SHARED / "flowers", help="photos for the loader and the linear probe")
     p.add_argument("--epochs", type=int, default=5, help="linear-probe epochs")
     p.add_argument(
@@ -237,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         help="3 steps per variant; the uncached epoch on 30 photos per class (under 2 minutes on a quiet 2-core machine)",
     )
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the step rate is measured")
-    p.add_argument("--loader-workers", type=lambda v: [int(w) for w in v.split(",")], help="comma-separated DataLoader worker counts (default: 2, or 0,2 without --quick)")
+    p.add_argument("--loader-workers", type=csv_list(int_at_least(0)), help="comma-separated DataLoader worker counts (default: 2, or 0,2 without --quick)")
     p.add_argument("--json", action="store_true", help="JSON lines instead of tables")
     args = p.parse_args(argv)
     if not args.data.is_dir():

@@ -22,6 +22,7 @@ import numpy as np
 
 from benchmarks.common import describe_machine, emit
 from benchmarks.recipes import REPO, SHARED_DATA, quick_subset, run_finetune
+from gesture_core.cli import command
 from gesture_core.images import IMAGE_SUFFIXES, read_rgb
 from gesture_core.preprocess import CROP_MODES
 
@@ -96,6 +97,7 @@ def synthesize(source: Path, backgrounds: Path, out: Path, per_class: int, seed:
     return float(np.mean(cut))
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.whole_frame", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import inference, run_all
-from tests.helpers import make_image_folder
+from tests.helpers import REPO, make_image_folder
 
 REQUIRED_KEYS = {"backbone", "engine", "precision", "batch", "img_per_s", "gflops_per_img", "ceiling_gflops", "pct_of_ceiling"}
 
@@ -349,3 +349,16 @@ def test_shared_errors_refuses_runs_with_different_test_splits(sign_digits_run, 
     assert "different test splits" in capsys.readouterr().err
     assert shared_errors.main([str(sign_digits_run), str(tmp_path / "missing")]) == 2
     assert "not a finished run" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("module, argv, reason", [
+    ("benchmarks.model_call", ["--backbones", "foo"], "error: unknown backbone 'foo'; choose one of: resnet18,"),
+    ("benchmarks.open_set", ["--data", "/nonexistent", "--quick"], "error: /nonexistent not found"),
+    ("benchmarks.run_all", ["--out", "README.md"], "error: README.md: File exists"),
+    ("benchmarks.inference", ["--batch", "0"], "argument --batch: must be >= 1, got 0"),
+])
+def test_a_benchmarks_user_mistake_is_one_error_line(module, argv, reason):
+    """Each was a traceback (a ValueError, a ZeroDivisionError for --batch 0, a FileExistsError)."""
+    done = subprocess.run([sys.executable, "-m", module, *argv], cwd=REPO, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"})
+    assert done.returncode == 2 and "Traceback" not in done.stderr and reason in done.stderr.strip().splitlines()[-1], done.stderr[-2000:]
