@@ -152,7 +152,9 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise CheckpointError(f"{path} is not a readable checkpoint: {unreadable_reason(err, path)}") from None
+        # a state dict would be refused next, for lack of the run's settings: only a checkpoint of training's will do
+        instead = "pass a checkpoint training.finetune wrote (RUN/best.pt), or the run folder RUN"
+        raise CheckpointError(f"{path} is not a readable checkpoint: {unreadable_reason(err, path, instead)}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a {CHECKPOINT_FORMAT} file written by training.finetune")
     version = ckpt.get("version", 0)

@@ -67,14 +67,15 @@ def load_imagenet_state_dict(name: str) -> dict[str, torch.Tensor]:
         ) from None
 
 
-def unreadable_reason(err: Exception, path: Path) -> str:
-    """Why ``torch.load(path, weights_only=True)`` failed with ``err``, in one line. torch's own message
-    for a refused object suggests ``weights_only=False``, which would run the file's code: not advice
-    to pass on about a file someone handed us."""
+def unreadable_reason(err: Exception, path: Path, instead: str = "save the plain state dict instead: torch.save(model.state_dict(), PATH)") -> str:
+    """Why ``torch.load(path, weights_only=True)`` failed with ``err``, in one line; ``instead``: what to
+    pass for a file of pickled objects. torch's own message for a refused object suggests
+    ``weights_only=False``, which would run the file's code: not advice to pass on about a file someone handed us."""
+    if isinstance(err, PermissionError):  # it was "truncated, corrupt, or not written by torch.save"
+        return "this user may not read it (Permission denied)"
     if isinstance(err, pickle.UnpicklingError) and (objects := refused_objects(err, path)):
         named = ", ".join(objects[:3]) + (f" and {len(objects) - 3} more" if len(objects) > 3 else "")
-        return (f"it holds Python objects ({named}) that a weights-only load does not run; "
-                "save the plain state dict instead: torch.save(model.state_dict(), PATH)")
+        return f"it holds Python objects ({named}) that a weights-only load does not run; {instead}"
     # The unpickler's own words for random bytes ("list index out of range", "Unsupported operand 35") say nothing.
     text = " ".join(str(err).split())
     if "TorchScript archive" in text:  # torch refuses one by name; an ONNX export is told by its suffix (gesture_core.cli)

@@ -144,3 +144,27 @@ def test_probabilities_are_a_stable_softmax_of_the_logits():
     probs = softmax(logits)
     assert np.allclose(probs, torch.softmax(torch.from_numpy(logits), dim=1).numpy(), atol=1e-7)
     assert np.allclose(probs.sum(axis=1), 1.0) and np.isfinite(probs).all()
+
+
+def test_a_pickled_model_or_a_file_this_user_cannot_read_is_told_what_to_pass(tmp_path, monkeypatch):
+    """A whole pickled model was told to be saved as a plain state dict, which every command that takes a
+    checkpoint then refuses; a file without read access was "truncated, corrupt, or not written by torch.save"."""
+    import errno
+
+    from gesture_core.checkpoint import CheckpointError, load_checkpoint
+    from gesture_core.weights import unreadable_reason
+
+    whole = tmp_path / "whole-model.pt"
+    torch.save(torch.nn.Sequential(torch.nn.Linear(2, 2)), whole)
+    with pytest.raises(CheckpointError, match=r"that a weights-only load does not run; pass a checkpoint training.finetune wrote \(RUN/best.pt\)"):
+        load_checkpoint(whole)
+    with pytest.raises(Exception) as refused:  # as finetune --weights loads a state dict: that advice stays
+        torch.load(whole, weights_only=True)
+    assert unreadable_reason(refused.value, whole).endswith("save the plain state dict instead: torch.save(model.state_dict(), PATH)")
+
+    def denied(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", str(whole))
+
+    monkeypatch.setattr(torch, "load", denied)  # root reads every file: the denial is simulated
+    with pytest.raises(CheckpointError, match=r"is not a readable checkpoint: this user may not read it \(Permission denied\)"):
+        load_checkpoint(whole)

@@ -244,3 +244,29 @@ def test_a_val_folder_named_as_roboflow_or_keras_name_it_is_the_validation_split
     (tmp_path / "d" / "val").mkdir()  # two folders for one split: neither can be the one meant
     with pytest.raises(DatasetError, match=f"d: val/ and {val_folder}/ are both a val split: merge them into one, or move one away"):
         load_splits(tmp_path / "d")
+
+
+def test_a_class_folder_this_user_cannot_read_is_named_as_such_not_as_empty(tmp_path, monkeypatch):
+    """os.walk passes over a folder it may not list: a class folder without read access was "no usable
+    images (remove them or add images)". Root reads every folder, so the denial is simulated."""
+    import errno
+    import os
+    from pathlib import Path
+
+    root = make_image_folder(tmp_path / "data", per_class=6, size=40)
+    locked = root / "peace"
+    real_walk, real_access = os.walk, os.access
+
+    def walk(top, onerror=None, followlinks=False):
+        if Path(top) == locked:
+            onerror(PermissionError(errno.EACCES, "Permission denied", str(top)))
+            return
+        yield from real_walk(top, onerror=onerror, followlinks=followlinks)
+
+    monkeypatch.setattr(os, "walk", walk)
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: Path(path) != locked and real_access(path, mode, **kw))
+    with pytest.raises(DatasetError, match=r"class folder\(s\) this user cannot read: peace \(Permission denied\): give read access"):
+        load_splits(root)
+    report = build_report(root)
+    assert report["fatal"] == ["class folder(s) this user cannot read: peace (Permission denied): give read access (chmod -R a+rX) or remove them"]
+    assert {"path": str(locked), "reason": "unreadable folder: Permission denied"} in report["skipped"]

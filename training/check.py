@@ -43,6 +43,7 @@ from training.data import (
     DatasetError,
     a_dataset_folder_hint,
     classes_missing_from_train,
+    empty_classes_problem,
     folders_beside_splits,
     is_presplit,
     names_alike,
@@ -347,7 +348,7 @@ def _fatal(report: dict, root: Path, per_split: dict[str, dict[str, int]], layou
     trained_on = per_split["train" if layout == "presplit" else "all"]
     empty = sorted(c for c, n in trained_on.items() if n == 0)
     if empty:
-        return [f"class folder(s) with no usable images: {', '.join(empty)} (training refuses them: remove them or add images)"]
+        return [empty_classes_problem(root / "train" if layout == "presplit" else root, empty)]
     return []
 
 

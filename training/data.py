@@ -285,8 +285,11 @@ def videos_hint(paths: list[str] | list[Path]) -> str:
 
 def _valid_images(folder: Path, skipped: list[dict[str, str]], ignored: list[dict[str, str]] | None = None) -> list[str]:
     found = []
+    def unreadable_folder(err: OSError) -> None:  # os.walk skips it silently: a class folder one may not read looked empty
+        skipped.append({"path": printable_path(str(err.filename)), "reason": f"unreadable folder: {err.strerror}"})
+
     # followlinks=False: a symlink loop cannot recurse forever.
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
+    for dirpath, dirnames, filenames in os.walk(folder, onerror=unreadable_folder, followlinks=False):
         if ignored is not None:
             _note_ignored(dirpath, dirnames, filenames, ignored)
         dirnames[:] = sorted(d for d in dirnames if not passed_over(d, folder=True))
@@ -349,6 +352,14 @@ def printable_path(path: str) -> str:
     return escape_unshown(text)
 
 
+def empty_classes_problem(root: Path, empty: list[str]) -> str:
+    """What is wrong with class folders that gave no image: unreadable to this user (os.walk saw them as
+    empty, and "add images" was the advice), or empty of usable images."""
+    if unreadable := [c for c in empty if (root / c).is_dir() and not os.access(root / c, os.R_OK | os.X_OK)]:
+        return f"class folder(s) this user cannot read: {', '.join(unreadable)} (Permission denied): give read access (chmod -R a+rX) or remove them"
+    return f"class folder(s) with no usable images: {', '.join(empty)} (training refuses them: remove them or add images)"
+
+
 def _to_samples(by_class: dict[str, list[str]], classes: list[str]) -> list[Sample]:
     index = {c: i for i, c in enumerate(classes)}
     return [Sample(p, index[c]) for c, paths in by_class.items() for p in paths]
@@ -357,7 +368,7 @@ def _to_samples(by_class: dict[str, list[str]], classes: list[str]) -> list[Samp
 def _require_trainable(by_class: dict[str, list[str]], root: Path) -> None:
     empty = [c for c, paths in by_class.items() if not paths]
     if empty:
-        raise DatasetError(f"{root}: class folder(s) with no usable images: {', '.join(empty)} (remove them or add images)")
+        raise DatasetError(f"{root}: {empty_classes_problem(root, empty)}")
     if len(by_class) < 2:
         raise DatasetError(f"{root}: only one class ({', '.join(by_class)}); a classifier needs at least two class folders"
                            + a_dataset_folder_hint(root, [path for paths in by_class.values() for path in paths]))
