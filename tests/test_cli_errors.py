@@ -241,6 +241,8 @@ def test_a_new_run_is_not_scattered_among_other_files(dataset, tmp_path, capsys)
             f"pass a new or empty folder, such as {folder / 'run'}") in one_error_line(capsys)
     assert sorted(p.name for p in folder.iterdir()) == ["config.json", "notes.txt", "photos", "todo.md"]
     assert (folder / "config.json").read_text() == "mine"
+    assert finetune.main([*argv[:3], str(dataset), *argv[4:]]) == 2  # --out DATA: DATA/run was suggested, then refused as inside --data
+    assert f"pass a new or empty folder, such as runs/{dataset.name}-mobilenet_v3_large" in one_error_line(capsys)
     empty = tmp_path / "empty"
     (empty / ".DS_Store").parent.mkdir()
     (empty / ".DS_Store").write_bytes(b"")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 from collections import Counter
 
 import pytest
@@ -270,3 +271,14 @@ def test_a_class_folder_this_user_cannot_read_is_named_as_such_not_as_empty(tmp_
     report = build_report(root)
     assert report["fatal"] == ["class folder(s) this user cannot read: peace (Permission denied): give read access (chmod -R a+rX) or remove them"]
     assert {"path": str(locked), "reason": "unreadable folder: Permission denied"} in report["skipped"]
+
+
+def test_a_training_runs_folder_given_as_the_data_is_refused(tmp_path):
+    """It trained on the run's report folders (eval-*, visualize-*) as classes, with no validation or test images."""
+    run = make_image_folder(tmp_path / "run", classes=("eval-test", "visualize-img0"), per_class=3)
+    (run / "best.pt").write_bytes(b"x")
+    (run / "config.json").write_text('{"data": "datasets/gestures"}')
+    reason = f"{run} is a training run's folder (best.pt, config.json), not a dataset: pass the dataset it was trained on (datasets/gestures)"
+    with pytest.raises(DatasetError, match=re.escape(reason)):
+        load_splits(run)
+    assert build_report(run)["fatal"] == [reason + ", a folder of class folders"]

@@ -49,6 +49,7 @@ from training.data import (
     names_alike,
     names_grouped,
     passed_over,
+    refuse_a_run_folder,
     scan_class_folders,
     split_folders,
 )
@@ -111,6 +112,7 @@ def inspect_image(path: str, split: str, label: str, *, decode: bool) -> ImageIn
 
 def scan(root: Path) -> tuple[str, dict[str, dict[str, list[str]]], list[dict], list[dict]]:
     """(layout, {split: {class: [paths]}}, skipped, ignored) via training.data's scanner."""
+    refuse_a_run_folder(root)
     skipped: list[dict] = []
     ignored: list[dict] = []
     if is_presplit(root):

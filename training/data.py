@@ -7,6 +7,7 @@ truncated files are skipped up front and reported, never crashing a run hours la
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -360,6 +361,17 @@ def empty_classes_problem(root: Path, empty: list[str]) -> str:
     return f"class folder(s) with no usable images: {', '.join(empty)} (training refuses them: remove them or add images)"
 
 
+def refuse_a_run_folder(root: Path) -> None:
+    """A DatasetError for a training run's folder given as the data: it trained on its report folders
+    (eval-*, visualize-*) as classes, with no validation or test images, and exited 0."""
+    if (root / "config.json").is_file() and (root / "best.pt").is_file():
+        trained_on = ""
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            trained_on = f" ({json.loads((root / 'config.json').read_text()).get('data')})"
+        raise DatasetError(f"{root} is a training run's folder (best.pt, config.json), not a dataset: pass the dataset "
+                           f"it was trained on{trained_on}, a folder of class folders")
+
+
 def _to_samples(by_class: dict[str, list[str]], classes: list[str]) -> list[Sample]:
     index = {c: i for i, c in enumerate(classes)}
     return [Sample(p, index[c]) for c, paths in by_class.items() for p in paths]
@@ -385,6 +397,7 @@ def load_splits(
 ) -> Splits:
     """Scan ``root`` and split it per class, by group (training.grouping: ``group_by`` is a rule or a regex)."""
     root = Path(root)
+    refuse_a_run_folder(root)
     skipped: list[dict[str, str]] = []
     if is_presplit(root):
         if beside := folders_beside_splits(root):  # most likely a class meant for train/: the model would lack it

@@ -187,7 +187,7 @@ def parse_config(argv: list[str] | None = None) -> tuple[TrainConfig, Path | Non
         parser.error(f"--head-epochs {cfg.head_epochs} must be smaller than --epochs {cfg.epochs}")
     if (unused := test_flags_a_test_folder_overrides(argv, cfg.data)):  # they were ignored without a word
         parser.error(f"{unused} does not apply to {cfg.data}: its test/ folder is the test set (a pre-split layout); drop it")
-    if cfg.out and (taken := run_already_in(Path(cfg.out))):
+    if cfg.out and (taken := run_already_in(Path(cfg.out), new_folder_beside(cfg))):
         raise FileExistsError(taken)
     return cfg, None
 
@@ -234,12 +234,13 @@ def last_epoch_in_history(history: Path) -> int | None:
         return None
 
 
-def run_already_in(out: Path) -> str | None:
+def run_already_in(out: Path, instead: Path | None = None) -> str | None:
     """Why ``--out`` cannot take a new run: it holds one, whose checkpoints a new run would overwrite,
-    or files that are not a run's, which the run's files would be scattered among."""
+    or files that are not a run's, which the run's files would be scattered among. ``instead``: a
+    folder to suggest (default: OUT/run)."""
     if others := other_files_in(out):
         return (f"--out {out} holds files that are not a training run's ({others}): pass a new or empty folder, "
-                f"such as {out / 'run'}")
+                f"such as {instead or out / 'run'}")
     if (out / "last.pt").is_file() and not run_finished(out):  # best.pt is written from the first epoch on
         return f"--out {out} holds an interrupted run: continue it with --resume {out}, or pass another --out"
     if not (out / "last.pt").is_file() and not (out / "metrics.json").is_file():
@@ -247,6 +248,14 @@ def run_already_in(out: Path) -> str | None:
     if trained := [name for name in ("best.pt", "metrics.json") if (out / name).is_file()]:
         return f"--out {out} holds a trained model ({trained[0]}): pass another --out, or delete that folder to train there again"
     return None
+
+
+def new_folder_beside(cfg: TrainConfig) -> Path:
+    """The run folder to suggest for an ``--out`` that holds other files: OUT/run, unless that is inside
+    the dataset (``--out DATA`` was told to pass DATA/run, which is then refused as inside --data)."""
+    suggested, data = Path(cfg.out) / "run", Path(cfg.data)
+    inside = data.is_dir() and suggested.resolve().is_relative_to(data.resolve())
+    return default_run_dir(cfg) if inside else suggested
 
 
 def other_files_in(out: Path, shown: int = 3) -> str:
