@@ -463,7 +463,8 @@ def test_a_dataset_of_recordings_trains_on_their_frames_each_recording_in_one_sp
     out = resolve_data_dir(str(videos))
     assert out == Path("datasets/takes-frames")
     said = capsys.readouterr().err
-    assert "takes: 30 frames of 10 video(s) saved into datasets/takes-frames; 1 video(s) do not decode: point_left/broken.mp4" in said
+    broken = "1 video(s) do not decode and gave no frames: point_left/broken.mp4 (re-encode them as H.264 .mp4)"
+    assert f"takes: 30 frames of 10 video(s) saved into datasets/takes-frames; {broken}" in said
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.jpg"))[:3] == [
         "point_left/take1/000000.jpg", "point_left/take1/000005.jpg", "point_left/take1/000010.jpg"]  # frames 0, 5, 10 of 12
     splits = load_splits(out, val_split=0.2, test_split=0.2)
@@ -473,7 +474,9 @@ def test_a_dataset_of_recordings_trains_on_their_frames_each_recording_in_one_sp
         for sample in getattr(splits, split):
             recording = Path(sample.path).parent
             assert side.setdefault(recording, split) == split, f"{recording} is in {side[recording]} and {split}"
-    assert resolve_data_dir(str(videos)) == out and capsys.readouterr().err == ""  # the same videos: reused
+    # the same videos: reused, and the one that does not decode said again (it was said at extraction only)
+    assert resolve_data_dir(str(videos)) == out and capsys.readouterr().err == f"{videos}: {broken}\n"
+    assert f"{videos.resolve()}: {broken}" in check.build_report(out)["warnings"]
     _recording(videos / "point_right" / "take6.avi", 1, 99)
     assert resolve_data_dir(str(videos)) == out and (out / "point_right" / "take6" / "000010.jpg").is_file()  # one more: again
     other = tmp_path / "elsewhere" / "takes"  # another folder of that name: its frames would replace these

@@ -55,7 +55,7 @@ from training.data import (
 )
 from training.data import printable_path as printable  # non-UTF-8 names, made printable and JSON-safe
 from training.grouping import assign_groups, grouped_split, sequences
-from training.prepare import read_marker, resolve_data_dir
+from training.prepare import read_marker, resolve_data_dir, undecodable_videos
 
 FEW_IMAGES = 20  # below this a class is too small to learn and to test reliably
 IMBALANCE_WARN = 3.0  # max/min class size
@@ -300,6 +300,8 @@ def build_report(root: Path, *, decode: bool = True, workers: int = 2) -> dict:
     if recordings := report["recordings"]:
         report["notes"].append(f"frames of {recordings['videos']} video(s) of {recordings['source']}, every {recordings['every']}th, "
                                "one sub-folder per recording: training keeps each recording in one split")
+        if recordings["unreadable"]:
+            report["warnings"].append(f"{recordings['source']}: {undecodable_videos(recordings['unreadable'])}")
     return report
 
 
@@ -310,7 +312,8 @@ def _recordings(root: Path) -> dict | None:
     extracted = read_marker(root) or {}
     if "videos" not in extracted:
         return None
-    return {"source": extracted["source"], "videos": len(extracted["videos"]), "every": extracted["every"]}
+    return {"source": extracted["source"], "videos": len(extracted["videos"]), "every": extracted["every"],
+            "unreadable": extracted.get("unreadable", [])}
 
 
 def _imbalance(totals: Counter) -> float | None:

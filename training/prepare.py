@@ -560,6 +560,8 @@ def prepare_videos(folder: Path, videos: list[Path], root: Path = DEFAULT_ROOT, 
     fingerprint = {v.relative_to(folder).as_posix(): [v.stat().st_size, v.stat().st_mtime_ns] for v in videos}
     marker = read_marker(out)
     if marker is not None and marker.get("videos") == fingerprint and marker.get("every") == every:
+        if unread := marker.get("unreadable"):  # said at extraction only: a later run lost the class without a word
+            print(f"{folder}: {undecodable_videos(unread)}", file=sys.stderr)
         return out
     if out.exists() and (marker is None or "videos" not in marker or marker.get("source") != str(folder.resolve())):
         # the frames of another folder of the same name: a run that trained on them still reads them
@@ -578,8 +580,13 @@ def prepare_videos(folder: Path, videos: list[Path], root: Path = DEFAULT_ROOT, 
             shutil.rmtree(out)
         staging.rename(out)
     print(f"{folder}: {frames:,} frames of {len(videos) - len(unread)} video(s) saved into {out}"
-          + (f"; {len(unread)} video(s) do not decode: {', '.join(unread[:3])}" if unread else ""), file=sys.stderr)
+          + (f"; {undecodable_videos(unread)}" if unread else ""), file=sys.stderr)
     return out
+
+
+def undecodable_videos(unread: list[str]) -> str:
+    more = f" and {len(unread) - 3} more" if len(unread) > 3 else ""
+    return f"{len(unread)} video(s) do not decode and gave no frames: {', '.join(unread[:3])}{more} (re-encode them as H.264 .mp4)"
 
 
 def _extract_videos(folder: Path, videos: list[Path], dest: Path, every: int) -> tuple[int, list[str]]:
