@@ -9,6 +9,7 @@ state dict and "no weights" all take the same path.
 from __future__ import annotations
 
 import copy
+import difflib
 import os
 import re
 from collections.abc import Callable
@@ -176,7 +177,15 @@ def get_backbone(name: str) -> Backbone:
     try:
         return BACKBONES[name]
     except KeyError:
-        raise ValueError(f"unknown backbone {name!r}; choose one of: {', '.join(BACKBONES)}") from None
+        raise ValueError(unknown_backbone(name)) from None
+
+
+def unknown_backbone(name: str) -> str:
+    """The error for a name no backbone has, with the names it is nearest to first ("resnet": resnet18, ...)."""
+    family = [known for known in BACKBONES if _spelling(known).startswith(_spelling(name))] if _spelling(name) else []
+    near = family or difflib.get_close_matches(_spelling(name), list(BACKBONES), n=3, cutoff=0.6)
+    guess = f"did you mean {' or '.join(near[:3])}? " if near else ""
+    return f"unknown backbone {name!r}; {guess}choose one of: {', '.join(BACKBONES)}"
 
 
 def build_model(
