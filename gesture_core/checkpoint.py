@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -143,6 +144,14 @@ def check_not_training_state(path: Path, ckpt: dict[str, Any], command: str) -> 
     if "epoch" in ckpt:
         raise CheckpointError(f"{path} is a run's training state (last.pt: the latest epoch, not calibrated), not its model: "
                               f"pass the run's best.pt, e.g. python -m {command} {path.parent}")
+
+
+def warn_if_training_state(path: Path, ckpt: dict[str, Any]) -> None:
+    """A one-line warning where a command that may show a run's last.pt (the webcam demo, visualize)
+    is given one: it ran as the model, without a word that its "no gesture" decisions are uncalibrated."""
+    if "epoch" in ckpt:
+        warnings.warn(f"{path} is a run's training state (last.pt: epoch {ckpt['epoch']}, the latest, not the best), and its "
+                      f"\"no gesture\" threshold is not calibrated: the run's model is {path.parent / 'best.pt'}", stacklevel=2)
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:

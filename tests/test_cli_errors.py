@@ -773,3 +773,22 @@ def test_a_home_folder_path_is_expanded_where_no_shell_did(monkeypatch, tmp_path
     assert output_arg("folder")("~/run") == tmp_path / "run"
     (tmp_path / "ck.pt").write_bytes(b"x")
     assert checkpoint_arg("best.pt")("~/ck.pt") == tmp_path / "ck.pt"
+
+
+def test_the_webcam_and_visualize_say_when_they_show_a_runs_last_pt(run, dataset, tmp_path):
+    """Both took last.pt as the model, without a word that its "no gesture" threshold is uncalibrated."""
+    import warnings
+
+    from service.webcam.demo import main as webcam_main
+    from training.visualize import main as visualize_main
+
+    photo = next((dataset / "fist").iterdir())
+    warning = (f"{run / 'last.pt'} is a run's training state (last.pt: epoch 1, the latest, not the best), and its "
+               f"\"no gesture\" threshold is not calibrated: the run's model is {run / 'best.pt'}")
+    for main, argv in ((webcam_main, ["--source", str(photo), "--headless", "--max-frames", "1"]),
+                       (visualize_main, ["--image", str(photo), "--out", str(tmp_path / "vis")])):
+        for checkpoint, said in ((run / "last.pt", [warning]), (run, [])):
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                assert main(["--checkpoint", str(checkpoint), *argv]) == 0
+            assert [str(w.message) for w in caught if "training state" in str(w.message)] == said

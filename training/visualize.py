@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gesture_core.checkpoint import warn_if_training_state
 from gesture_core.classifier import Classifier, load_classifier
 from gesture_core.cli import DefaultsHelpFormatter, check_output_outside_datasets, checkpoint_arg, command, output_arg, trained_on
 from training import cli
@@ -228,6 +229,7 @@ def class_indices(classifier: Classifier, names: list[str]) -> list[int]:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     classifier = load_classifier(args.checkpoint, args.device)
+    warn_if_training_state(args.checkpoint, classifier.checkpoint_meta)
     if args.out:  # its PNGs in a class folder were the next run's photos of that class
         check_output_outside_datasets("--out", Path(args.out), [trained_on(classifier.train_config)])
     extra = class_indices(classifier, args.classes)

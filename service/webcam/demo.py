@@ -29,6 +29,7 @@ import cv2
 import numpy as np
 
 from gesture_core import Prediction
+from gesture_core.checkpoint import warn_if_training_state
 from gesture_core.cli import (
     DefaultsHelpFormatter,
     check_output_spares_inputs,
@@ -497,7 +498,9 @@ def options_from_args(args: argparse.Namespace, stream: Stream) -> Options:
 def make_scorer(args: argparse.Namespace) -> Scorer:
     if args.url:
         return RemoteScorer(args.url, timeout=args.timeout)
-    return LocalScorer.load(str(args.checkpoint), Runtime.from_args(args))
+    scorer = LocalScorer.load(str(args.checkpoint), Runtime.from_args(args))
+    warn_if_training_state(args.checkpoint, scorer.classifier.checkpoint_meta)
+    return scorer
 
 
 def check_outputs(args: argparse.Namespace) -> None:
