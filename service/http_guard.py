@@ -701,7 +701,9 @@ def error_json(status: int, body: bytes, headers: dict[bytes, bytes], scope: Sco
     if isinstance(payload, list) and len(payload) == 1 and isinstance(payload[0], dict) and "error" in payload[0]:
         payload = payload[0]
     if isinstance(payload, dict) and "error" in payload:
-        return json.dumps({**payload, "error": with_field_names(payload)}).encode()
+        detail = payload.get("detail")
+        shorter = {"detail": detail[:MOST_ERRORS_SHOWN]} if isinstance(detail, list) else {}
+        return json.dumps({**payload, "error": with_field_names(payload), **shorter}).encode()
     return json.dumps({"error": plain_error(status, body, headers, scope)}).encode()
 
 
@@ -715,20 +717,32 @@ VALIDATION_HINTS = {
 }
 
 
+# Validation errors an answer lists: pydantic gives one per list item, and a list of 1,000 numbers was
+# answered with 1,000 errors, twice (in the reason and in ``detail``).
+MOST_ERRORS_SHOWN = 5
+
+
 def with_field_names(payload: dict[str, Any]) -> Any:
     """BentoML's validation errors say "1 validation error for Input" and name the fields only in
     ``detail``: the reason gets them, e.g. "top_k: Input should be a valid integer"."""
     detail = payload.get("detail")
     if not isinstance(detail, list) or not all(isinstance(d, dict) and "msg" in d for d in detail):
         return payload["error"]
-    return "; ".join(map(field_reason, detail))
+    more = len(detail) - MOST_ERRORS_SHOWN
+    return "; ".join(map(field_reason, detail[:MOST_ERRORS_SHOWN])) + (f"; and {more:,} more" if more > 0 else "")
 
 
 def field_reason(error: dict[str, Any]) -> str:
     """One of pydantic's errors as "field: reason", with the hint its field and type have, if any."""
-    loc = [str(part) for part in error.get("loc", ())]
-    hint = VALIDATION_HINTS.get((loc[0] if loc else "", error.get("type")), "")
-    return f"{'.'.join(loc) or 'body'}: {error['msg']}{hint}"
+    loc = list(error.get("loc", ()))
+    hint = VALIDATION_HINTS.get((str(loc[0]) if loc else "", error.get("type")), "")
+    return f"{field_path(loc)}: {error['msg']}{hint}"
+
+
+def field_path(loc: Iterable[Any]) -> str:
+    """A field as the answers name it: "images_b64[1]" for a list's second item, as the service names a
+    bad image (pydantic's "images_b64.1" named the same item another way)."""
+    return "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc).lstrip(".") or "body"
 
 
 def plain_error(status: int, body: bytes, headers: dict[bytes, bytes], scope: Scope) -> str:

@@ -29,6 +29,7 @@ from bentoml.exceptions import BentoMLException
 from pydantic import ValidationError
 
 from gesture_core.class_names import escape_unshown
+from service.http_guard import field_path
 
 # BentoML's server logging writes every record of its package through this logger's handlers.
 BENTOML_LOGGER = "bentoml"
@@ -60,7 +61,7 @@ class OneShortLine(logging.Filter):
 def client_error(error: BaseException | None) -> tuple[int, str] | None:
     """(the status, the reason) a client was given, for an exception that is the client's mistake; else None."""
     if isinstance(error, ValidationError):  # BentoML answers these with a 400
-        return 400, "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in error.errors(include_url=False))
+        return 400, "; ".join(f"{field_path(e['loc'])}: {e['msg']}" for e in error.errors(include_url=False))
     if isinstance(error, BentoMLException) and error.error_code < HTTPStatus.INTERNAL_SERVER_ERROR:
         return int(error.error_code), str(error)
     return None

@@ -181,7 +181,7 @@ class GestureClassifier:
     async def predict_batch(self, images: ImageFiles = None, images_b64: ImagesBase64 = None,
                             top_k: TopK = 5, threshold: Threshold = None) -> list[PredictionOut]:
         """Classify several images in one request (repeat the multipart field `images`, or JSON `images_b64`)."""
-        if images and images_b64:  # one way only: the answers come in the order of one list
+        if images is not None and images_b64 is not None:  # one way only (an empty list too): the answers come in the order of one list
             raise BadInput("send the images one way: repeat the multipart file field 'images', or JSON {\"images_b64\": [...]} (got both)")
         uploads: list[Path | bytes] = list(images or images_b64 or [])
         field = "images" if images else "images_b64"
