@@ -96,6 +96,8 @@ FORM_LIMITS = {name: p.default for name, p in inspect.signature(Request.form).pa
 JSON_PUNCTUATION = (b",", b":", b"{", b"[")
 JSON_PUNCTUATION_TEXT = tuple(mark.decode() for mark in JSON_PUNCTUATION)
 MAX_JSON_PUNCTUATION = 1000
+# A form's text field holds a number, a base64 string or one list of them: one bracket at most.
+MAX_FIELD_BRACKETS = 16
 # Under the 255 bytes a file name may have, less the temporary file's own prefix ("tmp" and 8 characters).
 MAX_FILENAME_BYTES = 200
 # Request headers, all together: each name and value and the 4 bytes of ": " and CRLF. A Content-Type
@@ -375,15 +377,16 @@ def text_field_problem(name: str, text: str) -> str | None:
     only a JSONDecodeError falls back (``_bentoml_impl.serde``): a value nested past Python's recursion
     limit, or an integer of more digits than Python converts, was a 500, and a list of 300,000 numbers
     took 3.4 s to validate on the event loop, then an answer of 74 MB, one error per item."""
+    holds = "a field holds a number, a base64 string or one list of them"
     if (marks := sum(map(text.count, JSON_PUNCTUATION_TEXT))) > MAX_JSON_PUNCTUATION:
-        return (f"text field '{shown(name)}' too complex: {marks:,} commas, colons and brackets, above the limit of "
-                f"{MAX_JSON_PUNCTUATION:,} (a field holds a number, a base64 string or a list of them)")
+        return f"text field '{shown(name)}' too complex: {marks:,} commas, colons and brackets, above the limit of {MAX_JSON_PUNCTUATION:,} ({holds})"
+    # Counted, not parsed: how deep json.loads may go before its RecursionError depends on the stack it is called on.
+    if (brackets := text.count("[") + text.count("{")) > MAX_FIELD_BRACKETS:
+        return f"text field '{shown(name)}' holds {brackets:,} opening brackets, above the limit of {MAX_FIELD_BRACKETS} ({holds})"
     try:
         json.loads(text)
     except json.JSONDecodeError:  # plain text: BentoML passes it on as it is
         return None
-    except RecursionError:
-        return f"text field '{shown(name)}' is nested too deep to read (a field holds a number, a base64 string or a list of them)"
     except ValueError:  # the one other ValueError json.loads raises for a str
         return f"text field '{shown(name)}' holds a number of more than {sys.get_int_max_str_digits():,} digits"
     return None

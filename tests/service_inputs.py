@@ -150,7 +150,7 @@ def expected_refusal(case: str, upload_limit_bytes: int) -> tuple[int, str, tupl
         "gzip_encoded_json": (415, "a request body in Content-Encoding gzip is not taken: send it uncompressed", None),
         "top_k_of_a_million_characters": (400, "Input should be a valid integer", (["top_k"], "int_type")),
         "unknown_field_of_a_million_characters": (400, r"unexpected field '\x01\x01", None),
-        "form_field_nested_1000_deep": (400, "text field 'top_k' is nested too deep to read", None),
+        "form_field_nested_1000_deep": (400, "text field 'top_k' holds 1,000 opening brackets, above the limit of 16", None),
         "form_field_of_300000_values": (400, "text field 'top_k' too complex: 300,000 commas, colons and brackets, above the limit of 1,000", None),
         "form_field_of_a_5000_digit_number": (400, "text field 'threshold' holds a number of more than 4,300 digits", None),
         "urlencoded_field_over_limit": (400, "text field 'image_b64' is 1,100,009 bytes; the limit is 1,048,576", None),
