@@ -367,7 +367,8 @@ def refuse_a_run_folder(root: Path) -> None:
     if (root / "config.json").is_file() and (root / "best.pt").is_file():
         trained_on = ""
         with contextlib.suppress(OSError, ValueError, AttributeError):
-            trained_on = f" ({json.loads((root / 'config.json').read_text()).get('data')})"
+            if data := json.loads((root / "config.json").read_text()).get("data"):
+                trained_on = f" ({data})"
         raise DatasetError(f"{root} is a training run's folder (best.pt, config.json), not a dataset: pass the dataset "
                            f"it was trained on{trained_on}, a folder of class folders")
 
