@@ -253,6 +253,7 @@ def test_evaluate_on_a_whole_folder(dataset, tmp_path):
         (["--val-split", "1.5"], "must be in"),
         (["--lr", "-1"], "must be in"),
         (["--weights", "/no/such/file.pth"], "choose imagenet, none"),
+        (["--weights", "/tmp"], "argument --weights: /tmp is a folder: pass a state-dict file"),
         (["--image-size", "8"], "must be in [32, 1024], got 8"),
         (["--train-size", "8"], "must be in [32, 1024], got 8"),
         (["--image-size", "100000"], "must be in [32, 1024], got 100000"),

@@ -76,6 +76,8 @@ def add_flip_arguments(parser, default: str) -> None:
 def weights_arg(text: str) -> str:
     if text in ("imagenet", "none") or Path(text).is_file():
         return text
+    if Path(text).is_dir():  # a run folder, say: it was "choose imagenet, none, or ... file", which did not say why
+        raise argparse.ArgumentTypeError(f"{text} is a folder: pass a state-dict file (as torch.save(model.state_dict(), PATH) writes), imagenet or none")
     raise argparse.ArgumentTypeError(f"{text!r}: choose imagenet, none, or the path of an existing state-dict file")
 
 
