@@ -136,3 +136,12 @@ def test_out_into_a_run_folder_or_the_dataset_is_refused_before_anything_is_writ
         assert reason in capsys.readouterr().err
         assert sorted(p.name for p in out.parent.iterdir()) == before
     assert not inside.exists()
+
+
+def test_a_data_folder_that_is_not_there_is_named_before_the_runs_are_reused(comparison, tmp_path, capsys):
+    """With the runs of --out there, a mistyped --data was "data: ... wanted; pass --retrain to overwrite it"."""
+    missing = tmp_path / "gestrues"
+    with pytest.raises(SystemExit) as exit_:
+        main(["--data", str(missing), "--out", str(comparison), *ARGS])
+    assert exit_.value.code == 2
+    assert f"--data {missing}: not a folder, an archive" in capsys.readouterr().err

@@ -32,6 +32,7 @@ from gesture_core.weights import WeightsUnavailableError, imagenet_weights_file
 from training import cli
 from training.config import SETTLED_FROM_AUTO, TrainConfig
 from training.inspect import summarize
+from training.prepare import names_a_dataset, no_dataset_named
 from training.report import read_history
 
 RECIPE_IGNORED = ("out", "workers", "device")  # may differ without changing what is trained
@@ -253,6 +254,8 @@ def backbone_list(text: str) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if not names_a_dataset(args.data):  # before the runs of --out are reused: it was called a recipe mismatch
+        parser.error(no_dataset_named(args.data))
     out = Path(args.out) if args.out else Path("runs") / f"compare-{Path(args.data).name}"
     try:  # a run folder's own files, or a class folder of the data, are no place for the tables and runs
         check_output_spares_inputs("--out", out, {})

@@ -516,8 +516,18 @@ def resolve_data_dir(data: str, flag: str = "--data") -> Path:
         return prepare_archive_url(data)
     if data in CATALOGUE:
         return prepare_dataset(data)
-    raise DatasetError(f"{flag} {data}: not a folder, an archive ({', '.join(ARCHIVE_SUFFIXES)}) or its http(s) URL, nor a "
-                       f"catalogue dataset ({', '.join(CATALOGUE)})")
+    raise DatasetError(no_dataset_named(data, flag))
+
+
+def no_dataset_named(data: str, flag: str = "--data") -> str:
+    return (f"{flag} {data}: not a folder, an archive ({', '.join(ARCHIVE_SUFFIXES)}) or its http(s) URL, nor a "
+            f"catalogue dataset ({', '.join(CATALOGUE)})")
+
+
+def names_a_dataset(data: str) -> bool:
+    """Whether ``data`` may name a dataset, told without preparing one: a file or folder that is there,
+    an archive's URL, or a catalogue name."""
+    return Path(data).expanduser().exists() or bool(archive_url_name(data)) or data in CATALOGUE
 
 
 # --------------------------------------------------------------------------- a dataset of recordings
