@@ -10,6 +10,7 @@ stated beside it.
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
 import os
@@ -338,3 +339,16 @@ class PeakRss:
         before = self.field_kb("VmRSS")
         result = work()
         return result, (self.field_kb("VmHWM") - before) / 1024
+
+
+def csv_list(kind, choices=None):
+    """An argparse type for comma-separated values of ``kind``, each one of ``choices`` where given."""
+    def parse(text: str):
+        values = [kind(v.strip()) for v in text.split(",") if v.strip()]
+        bad = [v for v in values if choices and v not in choices]
+        if not values or bad:
+            allowed = f" from {', '.join(choices)}" if choices else ""
+            raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated values{allowed}")
+        return values
+
+    return parse

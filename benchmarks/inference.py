@@ -31,6 +31,7 @@ from benchmarks.common import (
     Ceiling,
     best_ceiling,
     best_rate,
+    csv_list,
     describe_machine,
     emit,
     hardware_ceiling,
@@ -156,18 +157,6 @@ def profile_eager(name: str, batch: int, image_size: int | None) -> str:
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             model(x)
     return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=8)
-
-
-def csv_list(kind, choices=None):
-    def parse(text: str):
-        values = [kind(v.strip()) for v in text.split(",") if v.strip()]
-        bad = [v for v in values if choices and v not in choices]
-        if not values or bad:
-            allowed = f" from {', '.join(choices)}" if choices else ""
-            raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated values{allowed}")
-        return values
-
-    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -39,8 +39,17 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks.common import Ceiling, best_ceiling, describe_machine, emit, hardware_ceiling, machine, note, rescale_to_ceiling
-from benchmarks.inference import csv_list
+from benchmarks.common import (
+    Ceiling,
+    best_ceiling,
+    csv_list,
+    describe_machine,
+    emit,
+    hardware_ceiling,
+    machine,
+    note,
+    rescale_to_ceiling,
+)
 from gesture_core import build_model, get_backbone
 from gesture_core.cli import command
 from training import distributed

@@ -6,7 +6,7 @@ import argparse
 from collections.abc import Callable
 from pathlib import Path
 
-from gesture_core.backbones import MIN_INPUT_SIZE, list_backbones, registry_name, unknown_backbone
+from gesture_core.backbones import MIN_INPUT_SIZE, get_backbone, list_backbones, registry_name
 from gesture_core.cli import refuse_empty_path
 from gesture_core.preprocess import MAX_INPUT_SIZE
 from gesture_core.runtime import MOST_THREADS
@@ -120,8 +120,10 @@ def backbone_name(text: str) -> str:
     """A backbone's registry name: ResNet-18 or EfficientNet-Lite0 is taken as resnet18 or efficientnet_lite0,
     and a name no backbone has is told the nearest ones (argparse's choices listed all 22 alike)."""
     name = registry_name(text)
-    if name not in list_backbones():
-        raise argparse.ArgumentTypeError(unknown_backbone(text))
+    try:
+        get_backbone(name)
+    except ValueError as err:  # the registry's own reason, nearest names first
+        raise argparse.ArgumentTypeError(str(err)) from None
     return name
 
 

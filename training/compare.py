@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from gesture_core.backbones import get_backbone, registry_name
+from gesture_core.backbones import get_backbone
 from gesture_core.classifier import load_classifier
 from gesture_core.cli import DefaultsHelpFormatter, check_output_outside_datasets, check_output_spares_inputs, command, output_arg
 from gesture_core.weights import WeightsUnavailableError, imagenet_weights_file
@@ -239,14 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def backbone_list(text: str) -> list[str]:
-    names = [registry_name(n.strip()) for n in text.split(",") if n.strip()]
+    names = [cli.backbone_name(n.strip()) for n in text.split(",") if n.strip()]
     if not names:
         raise argparse.ArgumentTypeError("expected comma-separated backbone names")
-    for name in names:
-        try:
-            get_backbone(name)
-        except ValueError as err:
-            raise argparse.ArgumentTypeError(str(err)) from None
     return list(dict.fromkeys(names))
 
 
