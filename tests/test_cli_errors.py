@@ -756,13 +756,18 @@ def test_a_full_disk_under_torchs_own_writer_says_what_is_kept(tmp_path):
     assert target.read_bytes() == b"previous" and [p.name for p in tmp_path.iterdir()] == ["model.pt"]
 
 
-def test_a_model_onnx_cannot_express_is_one_line_naming_torchscript(dataset, tmp_path, capsys):
-    """lenet5 trained off its 32 px: ONNX has no adaptive pooling of that shape, and export printed the exporter's traceback."""
+def test_a_model_onnx_cannot_express_is_one_line_naming_torchscript(dataset, tmp_path, capfd):
+    """lenet5 trained off its 32 px: ONNX has no adaptive pooling of that shape, and export printed the exporter's
+    traceback, then its whole graph through C++ to the process's stdout (capfd sees the file descriptors)."""
     from training.export import main as export_main
 
     run = finetune.train(tiny_config(dataset, tmp_path / "run", epochs=1, backbone="lenet5", image_size=40))
+    capfd.readouterr()
     assert export_main(["--checkpoint", str(run), "--out", str(tmp_path / "m.onnx")]) == 2
-    assert "lenet5 at 40 px cannot be exported to ONNX (" in (err := one_error_line(capsys)) and err.endswith("): use --format torchscript")
+    output = capfd.readouterr()
+    assert "graph" not in output.out and output.out.strip() == ""
+    assert len(err := output.err.strip().splitlines()) == 1 and err[0].startswith("error: "), err
+    assert "lenet5 at 40 px cannot be exported to ONNX (" in err[0] and err[0].endswith("): use --format torchscript")
 
 
 def test_a_home_folder_path_is_expanded_where_no_shell_did(monkeypatch, tmp_path):

@@ -179,11 +179,28 @@ def quiet_deprecations():
         yield
 
 
+@contextmanager
+def native_stdout_discarded():
+    # torch 2.14's TorchScript-based ONNX exporter prints its whole graph (dozens of lines) through
+    # C++ to the process's stdout when an operator fails, whatever ``verbose`` says: its logging
+    # switch is tested uncalled (``if _C._jit_is_onnx_log_enabled``), so it is always on. Only the
+    # file descriptor can be quieted; the exception itself still says what failed.
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "wb") as sink:
+            os.dup2(sink.fileno(), 1)
+            yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def export_onnx(classifier: Classifier, path: Path, *, opset: int = 17) -> Path:
     import onnx
 
     outputs = output_names(classifier)
-    with quiet_deprecations():
+    with quiet_deprecations(), native_stdout_discarded():
         try:
             torch.onnx.export(exported_network(classifier), (_example(classifier),), str(path), dynamo=False, opset_version=opset,
                               input_names=[INPUT_NAME], output_names=outputs,
