@@ -12,7 +12,6 @@ body. Prints, for each way, the worker's peak RSS growth (its high-water mark, r
 
 from __future__ import annotations
 
-import argparse
 import base64
 import json
 import tempfile
@@ -27,7 +26,7 @@ import numpy as np
 from benchmarks.common import PeakRss, describe_machine, machine, note
 from benchmarks.hostile import worker_pid
 from benchmarks.serve_latency import drive, load_images, make_checkpoint, running_service
-from gesture_core.cli import command
+from gesture_core.cli import CommandParser, command
 
 
 def noise_png() -> bytes:
@@ -49,7 +48,7 @@ def sent_together(url: str, request: dict, clients: int) -> Counter:
 
 @command
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.body_memory", description=__doc__.split("\n\n")[0])
+    p = CommandParser(prog="python -m benchmarks.body_memory", description=__doc__.split("\n\n")[0])
     p.add_argument("--clients", type=int, default=32, help="requests sent at once, each way")
     args = p.parse_args(argv)
     note(f"machine: {describe_machine(machine())}")

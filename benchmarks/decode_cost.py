@@ -59,7 +59,7 @@ from benchmarks.hostile_inputs import (
 from benchmarks.recipes import SHARED_DATA
 from benchmarks.serve_latency import load_images
 from gesture_core import DataConfig, ImageDecodeError, read_rgb
-from gesture_core.cli import command
+from gesture_core.cli import CommandParser, command
 from gesture_core.images import PNG_CHUNKS_WALKED, decode_flag, jpeg_layout, jpeg_scale, probe_image
 from service.settings import Settings
 
@@ -403,7 +403,7 @@ def photo_rows(per_set: int) -> None:
 
 @command
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.decode_cost", description=__doc__.split("\n\n")[0],
+    p = CommandParser(prog="python -m benchmarks.decode_cost", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
     p.add_argument("--photos", type=int, default=20, help="photos sampled from each shared set")
     args = p.parse_args(argv)

@@ -10,13 +10,12 @@ the answer, the top class and its calibrated probability, and the gesture score 
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 from benchmarks.common import describe_machine
 from benchmarks.hostile_inputs import empty_frames
 from gesture_core import load_classifier
-from gesture_core.cli import command
+from gesture_core.cli import CommandParser, command
 
 
 def answers(checkpoint: str) -> list[str]:
@@ -35,7 +34,7 @@ def answers(checkpoint: str) -> list[str]:
 
 @command
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.empty_frames", description=__doc__.split("\n")[0])
+    p = CommandParser(prog="python -m benchmarks.empty_frames", description=__doc__.split("\n")[0])
     p.add_argument("checkpoints", nargs="+", help="RUN/best.pt, one or more")
     args = p.parse_args(argv)
     print(describe_machine())

@@ -11,14 +11,13 @@ Each recipe is a plain ``python -m training.finetune`` command (printed), so any
 
 from __future__ import annotations
 
-import argparse
 import csv
 import sys
 from pathlib import Path
 
 from benchmarks.common import emit, note
 from benchmarks.recipes import run_finetune
-from gesture_core.cli import command
+from gesture_core.cli import CommandParser, command
 
 REPO = Path(__file__).resolve().parents[1]
 COMMON = ["--backbone", "efficientnet_lite0", "--head-epochs", "1", "--lr", "2e-3", "--backbone-lr-mult", "0.3"]
@@ -53,7 +52,7 @@ def run_recipe(name: str, args) -> dict:
 
 @command
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.flowers_recipes", description=__doc__.split("\n\n")[0])
+    p = CommandParser(prog="python -m benchmarks.flowers_recipes", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "flowers")
     p.add_argument("--out", type=Path, default=REPO / "runs" / "flowers-recipes")
     p.add_argument("--only", type=lambda v: v.split(","), default=list(RECIPES), help=f"comma-separated, from: {', '.join(RECIPES)}")

@@ -45,7 +45,7 @@ from benchmarks.common import describe_machine, emit, note
 from benchmarks.recipes import REPO, SHARED_DATA, run_finetune
 from benchmarks.whole_frame import images_in, paste_at_random, placements, scene_frame
 from gesture_core.classifier import Classifier, load_classifier
-from gesture_core.cli import command
+from gesture_core.cli import CommandParser, command
 from gesture_core.hands import HandLocaliser
 from gesture_core.images import read_rgb
 from training.data import Sample, load_folder
@@ -213,7 +213,7 @@ def train(data: Path, runs: Path, mode: str, args: argparse.Namespace) -> tuple[
 
 @command
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.hand_size", description=__doc__.split("\n\n")[0],
+    p = CommandParser(prog="python -m benchmarks.hand_size", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
     p.add_argument("--asl", type=Path, default=SHARED_DATA / "asl-alphabet", help="the ASL alphabet photos (hands, and 'nothing' scenes)")
     p.add_argument("--flowers", type=Path, default=SHARED_DATA / "flowers", help="flower photos (scenes)")

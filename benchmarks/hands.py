@@ -15,7 +15,6 @@ Needs the models (python -m training.prepare hand-models) and ai-edge-litert (th
 
 from __future__ import annotations
 
-import argparse
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,7 +24,7 @@ import numpy as np
 
 from benchmarks.common import describe_machine, emit, note
 from benchmarks.recipes import SHARED_DATA
-from gesture_core.cli import command
+from gesture_core.cli import CommandParser, command
 from gesture_core.hands import HandLocaliser, HandTracker, palm_to_square
 from training.cli import int_at_least
 
@@ -123,7 +122,7 @@ def size_rows(models: Path | None, asl: Path) -> list[dict]:
 
 @command
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.hands", description=__doc__.split("\n\n")[0])
+    parser = CommandParser(prog="python -m benchmarks.hands", description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", default="1,2", help="LiteRT thread counts to time, comma-separated (default: 1,2)")
     parser.add_argument("--frames", type=int_at_least(1), default=200, help="calls per timed step and frames per video (default: 200)")
     parser.add_argument("--redetect-every", type=int, default=10, help="HandTracker's redetect_every (default: 10)")

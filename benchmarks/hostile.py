@@ -24,7 +24,6 @@ while normal clients are all served; the exit code is 1 when one is missed.
 
 from __future__ import annotations
 
-import argparse
 import select
 import socket
 import sys
@@ -62,7 +61,7 @@ from benchmarks.hostile_inputs import (
     with_exif,
 )
 from benchmarks.serve_latency import drive, load_images, make_checkpoint, running_service
-from gesture_core.cli import command
+from gesture_core.cli import CommandParser, checkpoint_arg, command
 from service.http_guard import use_the_open_file_hard_limit
 
 RSS_TARGET_MB = 256
@@ -284,8 +283,8 @@ def slow_client_attack(url: str, images: list[bytes], count: int, seconds: float
 
 @command
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.hostile", description=__doc__.split("\n\n")[0])
-    p.add_argument("--checkpoint", type=Path, help="default: efficientnet_lite0 with ImageNet weights and a random 10-class head")
+    p = CommandParser(prog="python -m benchmarks.hostile", description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", type=checkpoint_arg("best.pt"), help="default: efficientnet_lite0 with ImageNet weights and a random 10-class head")
     p.add_argument("--engine", default="auto", help="GESTURE_ENGINE for the service")
     p.add_argument("--slow-clients", type=int, default=130)
     p.add_argument("--slow-seconds", type=float, default=40.0, help="how long normal clients are measured during the slow-client attack")

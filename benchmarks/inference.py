@@ -40,7 +40,7 @@ from benchmarks.common import (
     rescale_to_ceiling,
 )
 from gesture_core import build_model, get_backbone, load_classifier
-from gesture_core.cli import command
+from gesture_core.cli import CommandParser, command
 from gesture_core.engines import ENGINES, PRECISIONS, build_engine, engine_installed, supported_precisions
 from training.cli import int_at_least
 
@@ -160,7 +160,7 @@ def profile_eager(name: str, batch: int, image_size: int | None) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.inference", description=__doc__.split("\n\n")[0])
+    p = CommandParser(prog="python -m benchmarks.inference", description=__doc__.split("\n\n")[0])
     p.add_argument("--backbones", type=csv_list(str), default=["resnet18", "efficientnet_lite0"])
     p.add_argument("--batch", type=csv_list(int_at_least(1)), default=[1, 16], help="batch sizes, e.g. 1,16")
     p.add_argument(

@@ -15,7 +15,6 @@ while they wait show up in it.
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 import warnings
 from collections.abc import Callable
@@ -28,7 +27,7 @@ import torch
 from benchmarks.common import best_rate_and_cpu, describe_machine, emit, note
 from benchmarks.serve_latency import make_checkpoint
 from gesture_core import Classifier, load_classifier
-from gesture_core.cli import command
+from gesture_core.cli import CommandParser, command
 from gesture_core.engines import engine_installed
 from training.cli import positive_float
 
@@ -101,7 +100,7 @@ def softmax_after_model(backbone: str, classifier: Classifier, seconds: float) -
 
 @command
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.model_call", description=__doc__.split("\n\n")[0])
+    p = CommandParser(prog="python -m benchmarks.model_call", description=__doc__.split("\n\n")[0])
     p.add_argument("--backbones", default="efficientnet_lite0,mobilenet_v3_large,resnet18", help="comma-separated registry names")
     p.add_argument("--image-size", type=int, help="input size (default: each backbone's own)")
     p.add_argument("--seconds", type=positive_float, default=3.0, help="per measurement (best of 3 windows)")

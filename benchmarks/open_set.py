@@ -33,7 +33,7 @@ import numpy as np
 
 from benchmarks.common import describe_machine, note
 from benchmarks.rejection_scores import score_comparison
-from gesture_core.cli import command
+from gesture_core.cli import CommandParser, command
 from training.calibrate import SplitOutputs
 from training.cli import add_backbone_arg
 from training.config import TrainConfig
@@ -112,7 +112,7 @@ def format_open_set_table(results: list[dict[str, Any]]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.open_set", description=__doc__.split("\n")[0])
+    p = CommandParser(prog="python -m benchmarks.open_set", description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="linear probe on cached features (minutes) instead of a fine-tune")
     add_backbone_arg(p, default=TrainConfig.backbone)  # training.finetune's default, so that the table shows what the defaults give
     p.add_argument("--epochs", type=int, default=None, help="passes over the training images (default: training.finetune's)")

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from benchmarks.common import describe_machine, note
-from gesture_core.cli import command
+from gesture_core.cli import CommandParser, command
 from training.config import TrainConfig
 from training.finetune import run_finished
 
@@ -153,7 +153,7 @@ def csv_choice(choices) -> Callable[[str], list[str]]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.recipes", description=__doc__.split("\n\n")[0],
+    p = CommandParser(prog="python -m benchmarks.recipes", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
     p.add_argument("--data-root", type=Path, default=SHARED_DATA, help="folder holding the datasets, one sub-folder each")
     p.add_argument("--datasets", type=lambda t: [v for v in t.split(",") if v], default=list(DATASETS), help="comma-separated sub-folders of --data-root")

@@ -14,14 +14,13 @@ saw takes seconds.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 from typing import Any
 
 from benchmarks.common import describe_machine, note
 from gesture_core import load_classifier
-from gesture_core.cli import command
+from gesture_core.cli import CommandParser, command
 from training.calibrate import DEFAULT_TARGET_RECALL, SplitOutputs
 from training.data import DatasetError, Splits
 from training.open_set import compare_scores, format_score_table, outputs_of, unknown_samples
@@ -40,7 +39,7 @@ def score_comparison(run: Path, unknown: Path | None, workers: int = 2) -> tuple
 
 @command
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.rejection_scores", description=__doc__.split("\n")[0])
+    p = CommandParser(prog="python -m benchmarks.rejection_scores", description=__doc__.split("\n")[0])
     p.add_argument("--run", type=Path, required=True, help="a training run's folder (best.pt and split.json)")
     p.add_argument("--unknown", type=Path, default=None, help="images the model never learned, in any layout (loose, or one folder per kind)")
     p.add_argument("--workers", type=int, default=2)

@@ -11,7 +11,6 @@ each script's output are kept under ``--out`` (default runs/benchmarks/<time>/).
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import subprocess
@@ -22,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import describe_machine, machine, note
-from gesture_core.cli import command
+from gesture_core.cli import CommandParser, command
 
 REPO = Path(__file__).resolve().parents[1]
 # The generated block lives in the docs page, never in README.md, whose headline table is updated by hand.
@@ -250,7 +249,7 @@ def write_results_block(block: str, page: Path) -> None:
 
 @command
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.run_all", description=__doc__.split("\n\n")[0])
+    p = CommandParser(prog="python -m benchmarks.run_all", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="every benchmark in its quick mode")
     p.add_argument("--out", type=Path, help="where raw results go (default runs/benchmarks/<time>)")
     p.add_argument("--write-docs", action="store_true", help=f"replace the {RESULTS_START} block of docs/performance.md with the results")

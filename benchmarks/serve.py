@@ -39,7 +39,7 @@ from benchmarks.common import best_rate, describe_machine, emit, machine, note
 from benchmarks.serve_latency import TARGETS, batch_size_stats, drive, load_images, make_checkpoint, running_service
 from gesture_core import load_classifier
 from gesture_core.checkpoint import resolve_device
-from gesture_core.cli import command
+from gesture_core.cli import CommandParser, checkpoint_arg, command
 from gesture_core.engines import ENGINE_CHOICES, PRECISIONS
 from gesture_core.runtime import DEVICES
 from service.settings import MOST_BATCH_SIZE
@@ -222,8 +222,8 @@ def service_setting(item: str) -> tuple[str, str]:
 
 @command
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.serve", description=__doc__.split("\n\n")[0])
-    p.add_argument("--checkpoint", type=Path, help="default: efficientnet_lite0 with ImageNet weights and a random 10-class head")
+    p = CommandParser(prog="python -m benchmarks.serve", description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", type=checkpoint_arg("best.pt"), help="default: efficientnet_lite0 with ImageNet weights and a random 10-class head")
     p.add_argument("--backbone", default="efficientnet_lite0", help="without --checkpoint")
     p.add_argument("--image-size", type=int, help="without --checkpoint: input size (default: the backbone's)")
     p.add_argument("--device", default="auto", choices=DEVICES, help="GESTURE_DEVICE for the service, and where the engine alone is timed")

@@ -38,7 +38,7 @@ import httpx
 import numpy as np
 
 from benchmarks.server_process import REPO, SERVICE_TARGET, RunningServer, serve_process
-from gesture_core.cli import command
+from gesture_core.cli import CommandParser, checkpoint_arg, command
 
 DATA = REPO.parent / "shared" / "data" / "sign-digits"
 # batching -> the service that `bentoml serve` runs; both answer POST /predict with the same contract
@@ -251,8 +251,8 @@ def format_table(results: Sequence[LoadResult]) -> str:
 
 @command
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.serve_latency", description=__doc__.split("\n\n")[0])
-    p.add_argument("--checkpoint", type=Path, help="a training checkpoint (default: efficientnet_lite0, random head)")
+    p = CommandParser(prog="python -m benchmarks.serve_latency", description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", type=checkpoint_arg("best.pt"), help="a training checkpoint (default: efficientnet_lite0, random head)")
     p.add_argument("--backbone", default="efficientnet_lite0", help="without --checkpoint: the backbone to time")
     p.add_argument("--image-size", type=int, help="without --checkpoint: input size (default: the backbone's)")
     p.add_argument("--clients", type=int, default=16)

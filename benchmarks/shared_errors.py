@@ -12,12 +12,11 @@ answer, and ``shared_errors.png`` shows them.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 from gesture_core import load_classifier
-from gesture_core.cli import command
+from gesture_core.cli import CommandParser, command
 from training.data import Sample, Splits
 from training.evaluate import served_outputs
 from training.report import plot_image_grid
@@ -59,7 +58,7 @@ def report(runs: list[Path], answers: list[dict[str, str]], truth: dict[str, str
 
 @command
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.shared_errors", description=__doc__.split("\n")[0])
+    p = CommandParser(prog="python -m benchmarks.shared_errors", description=__doc__.split("\n")[0])
     p.add_argument("runs", nargs="+", type=Path, help="run folders (RUN/best.pt and RUN/split.json) that share one test split")
     p.add_argument("--out", type=Path, default=None, help="report folder (default: the first run's shared-errors/)")
     p.add_argument("--workers", type=int, default=2)

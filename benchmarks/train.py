@@ -23,7 +23,6 @@ frozen-backbone (linear-probe) epochs with and without the feature cache.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import os
@@ -51,7 +50,7 @@ from benchmarks.common import (
     rescale_to_ceiling,
 )
 from gesture_core import build_model, get_backbone
-from gesture_core.cli import command
+from gesture_core.cli import CommandParser, command
 from training import distributed
 from training.augment import build_train_transform
 from training.cli import int_at_least
@@ -234,7 +233,7 @@ def total_ceiling(precision: str, *, seconds: float, device: str) -> Ceiling:
 
 @command
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.train", description=__doc__.split("\n\n")[0])
+    p = CommandParser(prog="python -m benchmarks.train", description=__doc__.split("\n\n")[0])
     p.add_argument("--backbone", default="resnet18", help="for the full fine-tune step rate")
     p.add_argument("--batch", type=int_at_least(1), default=32)
     p.add_argument("--data", type=Path, default=SHARED / "flowers", help="photos for the loader and the linear probe")

@@ -15,7 +15,6 @@ detection ran. It needs the hand models (python -m training.prepare hand-models)
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import platform
@@ -33,7 +32,7 @@ import torch
 
 from benchmarks.server_process import serve_process
 from gesture_core import build_model, get_backbone, save_checkpoint
-from gesture_core.cli import command
+from gesture_core.cli import CommandParser, command
 from gesture_core.engines import ENGINE_CHOICES
 from training.cli import int_at_least
 
@@ -108,7 +107,7 @@ def measure(args: list[str]) -> dict:
 
 @command
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.webcam", description=__doc__.split("\n\n")[0])
+    p = CommandParser(prog="python -m benchmarks.webcam", description=__doc__.split("\n\n")[0])
     p.add_argument("--backbones", nargs="+", default=["efficientnet_lite0", "resnet18"])
     p.add_argument("--modes", nargs="+", choices=("local", "remote", "hands"), default=["local", "remote"],
                    help="hands: a hand-crop model, locally, on a clip of a moving hand")

@@ -22,7 +22,7 @@ import numpy as np
 
 from benchmarks.common import describe_machine, emit
 from benchmarks.recipes import REPO, SHARED_DATA, quick_subset, run_finetune
-from gesture_core.cli import command
+from gesture_core.cli import CommandParser, command
 from gesture_core.images import IMAGE_SUFFIXES, read_rgb
 from gesture_core.preprocess import CROP_MODES
 
@@ -99,7 +99,7 @@ def synthesize(source: Path, backgrounds: Path, out: Path, per_class: int, seed:
 
 @command
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.whole_frame", description=__doc__.split("\n\n")[0],
+    p = CommandParser(prog="python -m benchmarks.whole_frame", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
     p.add_argument("--source", type=Path, default=SHARED_DATA / "sign-digits", help="ImageFolder of hand photos")
     p.add_argument("--backgrounds", type=Path, default=SHARED_DATA / "flowers", help="folder of photos used as scenes")

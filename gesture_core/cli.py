@@ -21,7 +21,7 @@ import warnings
 import zipfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import ParamSpec
+from typing import NoReturn, ParamSpec
 
 from gesture_core.hands import HandModelsUnavailableError
 from gesture_core.weights import WeightsUnavailableError
@@ -40,6 +40,16 @@ class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         if action.nargs == 0 and action.default != action.const:  # a switch (store_true or store_false) not given
             return f"{help_text} (default: off)"
         return super()._get_help_string(action)
+
+
+class CommandParser(argparse.ArgumentParser):
+    """Every command's parser. A mistake on its command line is one ``error:`` line and exit code 2,
+    as a mistake found later is (``command``): argparse prints its whole usage first, 33 lines for
+    ``training.finetune``, above a reason that is the one line that matters."""
+
+    def error(self, message: str) -> NoReturn:
+        hint = f"; `{self.prog} --help` lists every option" if message.startswith(("unrecognized arguments", "the following arguments are required", "one of the arguments")) else ""
+        self.exit(EXIT_USAGE, f"error: {' '.join(message.split())}{hint}\n")
 
 
 class OutOfMemory(RuntimeError):

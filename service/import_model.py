@@ -24,7 +24,7 @@ import bentoml
 from bentoml.exceptions import NotFound
 
 from gesture_core.checkpoint import check_not_training_state
-from gesture_core.cli import DefaultsHelpFormatter, checkpoint_arg, command
+from gesture_core.cli import CommandParser, DefaultsHelpFormatter, checkpoint_arg, command
 from gesture_core.hands import HAND_MODEL_FILES
 from gesture_core.preprocess import DataConfig
 from gesture_core.runtime import Runtime
@@ -152,7 +152,7 @@ def model_name(value: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = CommandParser(
         prog="python -m service.import_model",
         description="Store a training checkpoint in the BentoML model store (the service serves the latest one).",
         formatter_class=DefaultsHelpFormatter,

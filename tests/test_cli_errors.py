@@ -770,6 +770,31 @@ def test_a_model_onnx_cannot_express_is_one_line_naming_torchscript(dataset, tmp
     assert "lenet5 at 40 px cannot be exported to ONNX (" in err[0] and err[0].endswith("): use --format torchscript")
 
 
+COMMANDS = {"training.finetune": "--resume", "training.evaluate": "--checkpoint", "training.calibrate": "--checkpoint",
+            "training.check": "--json", "training.compare": "--out", "training.export": "--checkpoint", "training.inspect": None,
+            "training.prepare": "--root", "training.visualize": "--checkpoint", "service.import_model": None, "service.webcam.demo": "--checkpoint",
+            "service.webcam.capture": "--out", "benchmarks.serve": "--checkpoint", "benchmarks.hostile": "--checkpoint",
+            "benchmarks.serve_latency": "--checkpoint"}
+
+
+@pytest.mark.parametrize("module", COMMANDS)
+def test_a_mistake_on_the_command_line_is_one_error_line_not_the_usage_block(module, capsys):
+    """argparse printed its whole usage first (33 lines for finetune) above the one line that says what is wrong."""
+    import importlib
+
+    main = importlib.import_module(module).main
+    mistakes = {"--no-such-flag": "error: "}  # unrecognized, or first a required argument missing
+    if path_flag := COMMANDS[module]:
+        mistakes[path_flag] = f"error: argument {path_flag}: empty path"
+    for flag, reason in mistakes.items():
+        with pytest.raises(SystemExit) as stop:
+            main([flag, ""] if flag == path_flag else [flag])
+        err = capsys.readouterr().err
+        assert stop.value.code == 2 and err.count("\n") == 1 and err.startswith(reason) and "usage:" not in err, err
+        if flag == "--no-such-flag":
+            assert err.rstrip().endswith(f"; `python -m {module.removesuffix('.demo')} --help` lists every option"), err
+
+
 def test_a_home_folder_path_is_expanded_where_no_shell_did(monkeypatch, tmp_path):
     """--out=~/run made a folder named "~" in the current one."""
     from gesture_core.cli import checkpoint_arg, output_arg

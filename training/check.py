@@ -15,7 +15,6 @@ images, a single class), 2 for bad arguments (a DIR that is not a folder, as in 
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import io
 import json
@@ -34,7 +33,14 @@ from PIL import Image
 from tqdm import tqdm
 
 from gesture_core.class_names import name_key
-from gesture_core.cli import DefaultsHelpFormatter, check_output_outside_datasets, check_writable, command, output_arg
+from gesture_core.cli import (
+    CommandParser,
+    DefaultsHelpFormatter,
+    check_output_outside_datasets,
+    check_writable,
+    command,
+    output_arg,
+)
 from gesture_core.images import DECODED_FORMATS, ImageDecodeError, decode_rgb, probe_image, read_image_file
 from training.cli import input_path, int_at_least
 from training.config import TrainConfig
@@ -496,7 +502,7 @@ def format_report(r: dict) -> str:
 
 @command
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.check", description=__doc__.split("\n\n")[0],
+    parser = CommandParser(prog="python -m training.check", description=__doc__.split("\n\n")[0],
                                      formatter_class=DefaultsHelpFormatter)
     parser.add_argument("dir", type=input_path("a dataset folder, archive or catalogue name"), metavar="DIR", help="ImageFolder or pre-split train/val/test folder, a zip or tar of one or its "
                         "URL, or a catalogue name: the folder training reads (archives are unpacked into datasets/)")

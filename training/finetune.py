@@ -32,7 +32,16 @@ from gesture_core.checkpoint import (
     save_checkpoint,
 )
 from gesture_core.classifier import Classifier, load_classifier
-from gesture_core.cli import EXIT_USAGE, USER_ERRORS, DefaultsHelpFormatter, OutOfMemory, checkpoint_arg, command, output_arg
+from gesture_core.cli import (
+    EXIT_USAGE,
+    USER_ERRORS,
+    CommandParser,
+    DefaultsHelpFormatter,
+    OutOfMemory,
+    checkpoint_arg,
+    command,
+    output_arg,
+)
 from gesture_core.preprocess import DataConfig
 from training import cli, distributed
 from training.augment import (
@@ -99,7 +108,7 @@ TRAINING_STATE = ("optimizer", "scheduler", "epoch", "history", "best", "rng")  
 def build_parser(*, suppress_defaults: bool = False) -> argparse.ArgumentParser:
     d = TrainConfig()
     default = (lambda value: argparse.SUPPRESS) if suppress_defaults else (lambda value: value)
-    p = argparse.ArgumentParser(
+    p = CommandParser(
         prog="python -m training.finetune",
         description="Fine-tune an ImageNet-pretrained CNN on an ImageFolder dataset.",
         argument_default=argparse.SUPPRESS if suppress_defaults else None,

@@ -17,7 +17,6 @@ running the command again does nothing.
 
 from __future__ import annotations
 
-import argparse
 import errno
 import hashlib
 import json
@@ -41,7 +40,7 @@ from typing import BinaryIO, NamedTuple
 
 from tqdm import tqdm
 
-from gesture_core.cli import DefaultsHelpFormatter, check_writable, command, output_arg
+from gesture_core.cli import CommandParser, DefaultsHelpFormatter, check_writable, command, output_arg
 from gesture_core.hands import HAND_MODEL_FILES, MODELS_WHEEL, HandModelFile, hand_models_dir
 from gesture_core.images import FRAME_JPEG_QUALITY, IMAGE_SUFFIXES, MAX_IMAGE_FILE_BYTES, VIDEO_FILE_SUFFIXES, VIDEO_FRAME_EVERY
 from gesture_core.preprocess import MAX_INPUT_SIZE, resize_to
@@ -871,7 +870,7 @@ def print_catalogue() -> None:
 
 @command
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.prepare", description=__doc__.split("\n\n")[0],
+    parser = CommandParser(prog="python -m training.prepare", description=__doc__.split("\n\n")[0],
                                      formatter_class=DefaultsHelpFormatter)
     names = (*CATALOGUE, HAND_MODELS)
     parser.add_argument("name", nargs="?", metavar="NAME", help=f"one of: {', '.join(names)}")

@@ -36,7 +36,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from gesture_core.cli import EXIT_USAGE, check_writable, command, output_arg
+from gesture_core.cli import EXIT_USAGE, CommandParser, check_writable, command, output_arg
 from gesture_core.images import (  # IMAGE_SUFFIXES: the files training reads as images, counted as a class's photos
     FRAME_JPEG_QUALITY,
     IMAGE_SUFFIXES,
@@ -362,7 +362,7 @@ def reads_from_inside(source: str, out: Path) -> str | None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m service.webcam.capture", description=__doc__.split("\n\n")[0],
+    p = CommandParser(prog="python -m service.webcam.capture", description=__doc__.split("\n\n")[0],
                                 epilog=NONE_TIP, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("--out", type=output_arg("folder"), required=True, help="dataset folder; images go to OUT/<class>/")
     p.add_argument(

@@ -31,6 +31,7 @@ import numpy as np
 from gesture_core import Prediction
 from gesture_core.checkpoint import warn_if_training_state
 from gesture_core.cli import (
+    CommandParser,
     DefaultsHelpFormatter,
     check_output_spares_inputs,
     check_outputs_differ,
@@ -458,7 +459,7 @@ def url_arg(text: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = CommandParser(
         prog="python -m service.webcam",
         description="Recognise hand gestures live from a webcam, video file, image sequence or stream.",
         formatter_class=DefaultsHelpFormatter,
