@@ -26,6 +26,7 @@ from unittest import mock
 
 import pytest
 
+from gesture_core.cli import CommandParser
 from tests.helpers import REPO
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*found in sys.modules.*:RuntimeWarning")  # runpy, for modules the test imported before
@@ -167,7 +168,8 @@ def parse_errors(module_name: str, argv: list[str]) -> str | None:
     def refuse(parser, message):
         raise _Refused(message)
 
-    with mock.patch.object(argparse.ArgumentParser, "parse_args", parse_then_stop), mock.patch.object(argparse.ArgumentParser, "error", refuse):
+    with (mock.patch.object(argparse.ArgumentParser, "parse_args", parse_then_stop), mock.patch.object(argparse.ArgumentParser, "error", refuse),
+          mock.patch.object(CommandParser, "error", refuse)):
         try:
             with mock.patch.object(sys, "argv", [module_name, *argv]):
                 runpy.run_module(module_name, run_name="__main__", alter_sys=True)
@@ -236,3 +238,13 @@ def test_relative_links_resolve(page: Path):
         elif anchor and (target.suffix != ".md" or anchor not in heading_anchors(target.read_text())):
             broken.append(f"{link}: no heading with anchor #{anchor} in {target.name}")
     assert not broken, "\n".join(broken)
+
+
+@pytest.mark.parametrize("page", LINK_PAGES, ids=lambda p: str(p.relative_to(REPO)))
+def test_tables_are_not_cut_by_a_blank_line(page: Path):
+    """A blank line inside a table ends it: the rows after it showed as lines of pipes (serving.md's last setting)."""
+    lines = without_fenced_blocks(page.read_text()).splitlines()
+    stray = [f"line {n + 1}: {line[:60]}" for n, line in enumerate(lines)
+             if n >= 2 and line.startswith("|") and not lines[n - 1].strip() and lines[n - 2].startswith("|")
+             and not (n + 1 < len(lines) and re.match(r"\|\s*:?-{3,}", lines[n + 1]))]  # a new table's header is followed by its rule
+    assert not stray, "\n".join(stray)
