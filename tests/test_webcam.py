@@ -36,7 +36,7 @@ from service.webcam.demo import (
     run,
 )
 from service.webcam.grabber import Frame, FrameGrabber
-from service.webcam.scoring import LocalScorer, RemoteScorer, ServerError, Smoother
+from service.webcam.scoring import LocalScorer, RemoteScorer, Scores, ServerError, Smoother
 from service.webcam.sources import VIDEO_HINT, SourceError, open_source, read_frames
 from tests.helpers import REPO, heic_photo_start
 
@@ -128,8 +128,12 @@ def test_headless_local_run_names_the_gesture_and_writes_outputs(sign_digits_run
     assert proc.returncode == EXIT_OK, proc.stderr
     assert "warning: no snapshot of frame 400: the run ended after 40 frames" in proc.stderr  # a clip of 40 frames
     lines = read_jsonl(jsonl)
-    assert set(lines[0]) >= {"index", "timestamp", "label", "score", "latency_ms"}
+    assert set(lines[0]) >= {"index", "timestamp", "label", "score", "gesture_score", "latency_ms"}
     assert_recognises_2_then_7(lines)
+    # The model's threshold applies to its gesture score, not to score: the log said only score, so a
+    # line "label": null, "score": 0.31 could not be explained from it.
+    for prefix in ("", "raw_"):
+        assert all((line[f"{prefix}label"] is None) == (line[f"{prefix}gesture_score"] < 0.3) for line in lines), lines
     assert all(line["latency_ms"] > 0 and 0 <= line["score"] <= 1 for line in lines)
     assert [line["timestamp"] for line in lines] == sorted(line["timestamp"] for line in lines)
     frames, (height, width) = count_frames(out)
@@ -227,6 +231,9 @@ def test_smoother_majority_vote_ignores_one_odd_frame():
         result = smoother.update(scores)
     assert result.label == "a"  # averaging would say b: (0.6*3)/4 = 0.45 < (0.4*3+1)/4 = 0.55
     assert Smoother(4).update({"a": 0.0, "b": 1.0}).label == "b"
+    voted = Smoother(2, vote=True)
+    voted.update(Scores({"a": 0.9, "b": 0.1}, gesture=0.2))
+    assert voted.update(Scores({"a": 0.8, "b": 0.2}, gesture=0.4)).gesture_score == pytest.approx(0.3)  # it was dropped by the vote
 
 
 def test_threshold_and_none_class_mean_no_gesture():

@@ -110,6 +110,11 @@ class Stream:
         return cls(capture, describe_source(source), is_live(source), isinstance(source, int), fps, separate_photos(source))
 
 
+def gesture_score_of(prediction: Prediction | None) -> float | None:
+    """The gesture score a prediction's label was decided on (None: its ``score``, or no prediction)."""
+    return None if prediction is None or prediction.gesture_score is None else round(prediction.gesture_score, 5)
+
+
 @dataclass(frozen=True)
 class FrameResult:
     index: int
@@ -128,13 +133,17 @@ class FrameResult:
             "timestamp": round(self.timestamp, 4),
             "label": p.label if p else None,
             "score": round(p.score, 5) if p else None,
+            "gesture_score": gesture_score_of(p),  # what --threshold applies to, as the service's answer has it
             "latency_ms": round(self.latency_ms, 2) if self.latency_ms is not None else None,
             "raw_label": self.raw.label if self.raw else None,
             "raw_score": round(self.raw.score, 5) if self.raw else None,
+            "raw_gesture_score": gesture_score_of(self.raw),
         }
+
         if self.hands is not None:  # only for hand-crop models: other models' lines stay as they were
             line["hands"] = [{"box": list(h.box), "handedness": h.handedness, "hand_score": round(h.hand_score, 5),
-                              "label": h.prediction.label, "score": round(h.prediction.score, 5)} for h in self.hands]
+                              "label": h.prediction.label, "score": round(h.prediction.score, 5),
+                              "gesture_score": gesture_score_of(h.prediction)} for h in self.hands]
         if self.error:
             line["error"] = self.error
         if self.file is not None:  # image sources only: a video's lines stay as they were
@@ -481,7 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=_number(int, 1, 10), default=3, help="bars in the overlay")
     p.add_argument("--headless", action="store_true", help="no window (servers, tests); use --output/--jsonl to keep results")
     p.add_argument("--output", type=output_arg("file", VIDEO_SUFFIXES), help="write the annotated video here (.mp4 mp4v or .avi MJPG)")
-    p.add_argument("--jsonl", type=output_arg("file", replaces=JSON_LINES_SUFFIXES), help="write one JSON line per frame: index, timestamp, label, score, latency_ms")
+    p.add_argument("--jsonl", type=output_arg("file", replaces=JSON_LINES_SUFFIXES), help="write one JSON line per frame: index, timestamp, label, score, gesture_score, latency_ms")
     p.add_argument("--snapshot-dir", type=output_arg("folder"), default=Path("snapshots"), help="where s (and --snapshot-at) save PNGs")
     p.add_argument("--snapshot-at", type=_number(int, 0), nargs="+", default=(), metavar="INDEX", help="save these frames as PNG (headless screenshots)")
     p.add_argument("--max-frames", type=_number(int, 1), help="stop after this many processed frames")

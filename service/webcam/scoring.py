@@ -306,7 +306,7 @@ class Smoother:
         best = max(counts.values())
         winner = next(label for label in reversed(votes) if counts[label] == best)  # ties: the most recent
         score = float(np.mean([s.get(winner, 0.0) for s in self._history])) if winner is not None else averaged.score
-        return Prediction(winner, score, averaged.top_k)
+        return Prediction(winner, score, averaged.top_k, averaged.gesture_score)
 
     def decide(self, scores: Scores) -> Prediction:
         """One frame on its own, with the same threshold and rejection rules."""
