@@ -389,7 +389,7 @@ def test_evaluate_unknown_answers_each_never_learned_frame_as_the_service_does(h
     assert found["images"] == len(images) == 11
     assert found["rejected"] == sum(a.frame.label is None for a in answers)
     assert found["no_hand"] == sum(a.source is None for a in answers) >= len(photos)
-    assert (f"never-learned gestures in {unknown}: {found['rejected']} of 11 answered 'no gesture' "
+    assert (f"images of no learned class in {unknown}: {found['rejected']} of 11 answered 'no gesture' "
             f"({100 * found['rejection_rate']:.2f}%; no hand found in {found['no_hand']})") in capsys.readouterr().out
     assert {Path(s["path"]).name for s in report["skipped"]} >= {"broken.jpg", "notes.txt"}  # found at the scan, reported
 

@@ -366,7 +366,7 @@ def test_evaluate_unknown_rejects_what_the_classifier_rejects_in_any_layout_and_
     rejected = [classifier.predict(path.read_bytes()).label is None for path in loose + nested]
     assert report["open_set"]["unknown"]["images"] == 8
     assert report["open_set"]["unknown"]["rejected"] == sum(rejected)
-    assert f"never-learned gestures in {unknown}: {sum(rejected)} of 8 answered 'no gesture' (" in done.stdout
+    assert f"images of no learned class in {unknown}: {sum(rejected)} of 8 answered 'no gesture' (" in done.stdout
     assert (tmp_path / "eval" / "unknown_worst.png").exists() == (not all(rejected))  # the accepted ones, if any
     assert {Path(s["path"]).name for s in report["skipped"]} >= {"broken.jpg", "notes.txt"}
 

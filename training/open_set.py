@@ -166,5 +166,6 @@ def evaluate_open_set(classifier: Classifier, samples: Sequence[Sample], *, thre
 def format_unknown(unknown: dict[str, Any], threshold: float, detail: str = "") -> str:
     """The line ``--unknown`` prints: how many never-learned gestures were answered "no gesture"."""
     rate = "n/a" if unknown["rejection_rate"] is None else f"{100 * unknown['rejection_rate']:.2f}%"
-    return (f"never-learned gestures in {unknown['folder']}: {unknown['rejected']} of {unknown['images']} answered "
+    # "never-learned gestures" read oddly for the usual folder: photos of anything but gestures (flowers)
+    return (f"images of no learned class in {unknown['folder']}: {unknown['rejected']} of {unknown['images']} answered "
             f"'no gesture' ({rate}{detail}) at threshold {threshold:.4f}")
