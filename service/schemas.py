@@ -113,8 +113,8 @@ class Base64Image:
 
 # Strict: `true` is not 1, and "3" in JSON is not 3 (multipart text is JSON-decoded by BentoML first).
 TopK = Annotated[StrictInt, Field(ge=1, le=1000, description="how many classes to list in top_k")]
-Threshold = Annotated[StrictFloat | None, Field(ge=0.0, le=1.0, allow_inf_nan=False, description="between 0 and 1: below this top score the label is null "
-                                                                               "(default: the model's calibrated threshold, shown by /info)")]
+Threshold = Annotated[StrictFloat | None, Field(ge=0.0, le=1.0, allow_inf_nan=False, description="between 0 and 1: below this gesture_score (score, where that is null) the "
+                                                                               "label is null (default: the model's calibrated threshold, shown by /info)")]
 # `Path` (not Optional[Path]) with a None default: BentoML 1.4 only treats a plain Path as a file upload.
 ImageFile = Annotated[Path, Field(description="the image file (JPEG, PNG, WebP, BMP, TIFF, ...)")]
 ImageFiles = Annotated[list[Path], Field(description="the image files; repeat the multipart field")]
