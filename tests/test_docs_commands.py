@@ -240,11 +240,32 @@ def test_relative_links_resolve(page: Path):
     assert not broken, "\n".join(broken)
 
 
+TABLE_RULE = re.compile(r"\|?\s*:?-{3,}:?\s*(\|\s*:?-{3,}:?\s*)*\|?\s*$")
+
+
+def broken_table_rows(text: str) -> list[str]:
+    """Rows a table lost: one after a blank line that ended the table, and a row's text carried on to the next line."""
+    lines, broken, in_table, just_ended = text.splitlines(), [], False, False
+    for n, line in enumerate(lines):
+        starts_table = line.startswith("|") and n + 1 < len(lines) and bool(TABLE_RULE.match(lines[n + 1]))
+        if in_table and not line.startswith("|") and line.strip() and not line.startswith("<!--"):
+            broken.append(f"line {n + 1}: a row's text on a line of its own: {line[:60]}")
+        elif not in_table and just_ended and line.startswith("|") and not starts_table:
+            broken.append(f"line {n + 1}: a row after a blank line that ended its table: {line[:60]}")
+        just_ended = in_table and not line.strip()
+        in_table = starts_table or (in_table and line.startswith("|"))
+    return broken
+
+
+def test_broken_table_rows_are_found():
+    table = "| a | b |\n| --- | --- |\n| 1 | 2 |\n"
+    assert broken_table_rows(table + "\ntext, then |value| in prose\n") == []
+    assert broken_table_rows(table + "\n| 3 | 4 |\n") == ["line 5: a row after a blank line that ended its table: | 3 | 4 |"]
+    assert broken_table_rows(table + "| 3 | 4,\nand more |\n") == ["line 5: a row's text on a line of its own: and more |"]
+
+
 @pytest.mark.parametrize("page", LINK_PAGES, ids=lambda p: str(p.relative_to(REPO)))
 def test_tables_are_not_cut_by_a_blank_line(page: Path):
-    """A blank line inside a table ends it: the rows after it showed as lines of pipes (serving.md's last setting)."""
-    lines = without_fenced_blocks(page.read_text()).splitlines()
-    stray = [f"line {n + 1}: {line[:60]}" for n, line in enumerate(lines)
-             if n >= 2 and line.startswith("|") and not lines[n - 1].strip() and lines[n - 2].startswith("|")
-             and not (n + 1 < len(lines) and re.match(r"\|\s*:?-{3,}", lines[n + 1]))]  # a new table's header is followed by its rule
-    assert not stray, "\n".join(stray)
+    """A blank line inside a table ends it: the rows after it showed as lines of pipes (serving.md's last setting);
+    a row's text carried on to the next line becomes a row of its own."""
+    assert not (broken := broken_table_rows(without_fenced_blocks(page.read_text()))), "\n".join(broken)
