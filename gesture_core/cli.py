@@ -101,20 +101,27 @@ def output_arg(kind: str, suffixes: tuple[str, ...] = (), replaces: tuple[str, .
     def output(text: str) -> Path:
         refuse_empty_path(text, f"a {kind} name")
         path = Path(text).expanduser()  # --out=~/run: no shell expands it, and a folder named "~" was made
-        if kind == "file" and path.is_dir():
+        lands = landing(path)
+        if kind == "file" and lands.is_dir():
             raise argparse.ArgumentTypeError(f"{text} is a folder: pass a file name")
-        if kind == "file" and path.is_file() and (problem := replacement_problem(path, suffixes if replaces is None else replaces)):
+        if kind == "file" and lands.is_file() and (problem := replacement_problem(lands, suffixes if replaces is None else replaces)):
             raise argparse.ArgumentTypeError(problem)
-        if kind == "folder" and path.exists() and not path.is_dir():
+        if kind == "folder" and lands.exists() and not lands.is_dir():
             raise argparse.ArgumentTypeError(f"{text} is a file: pass a folder")
         if suffixes and path.suffix.lower() not in suffixes:
             raise argparse.ArgumentTypeError(f"{text}: the file name must end in {' or '.join(suffixes)}")
-        blocking = next((parent for parent in path.parents if parent.exists()), None)
+        blocking = next((parent for parent in lands.parents if parent.exists()), None)
         if blocking is not None and not blocking.is_dir():
             raise argparse.ArgumentTypeError(f"{text}: {blocking} is a file, not a folder")
-        return path
+        return lands if ".." in path.parts else path  # so every later check sees where it lands, as the user typed it otherwise
 
     return output
+
+
+def landing(path: Path) -> Path:
+    """Where writing ``path`` lands once its missing folders are made: ``run/new/../best.pt`` is
+    run/best.pt, which ``Path.exists`` called missing (new/ was), so the checkpoint it named was replaced."""
+    return path.expanduser().resolve()
 
 
 def replacement_problem(path: Path, replaces: tuple[str, ...]) -> str | None:
@@ -154,12 +161,13 @@ def check_output_spares_inputs(flag: str, out: Path, inputs: dict[str, Path | No
     """A ValueError when writing ``out`` would destroy what the command reads or what training wrote:
     one of ``inputs`` (flag -> path) itself, a run's checkpoint or metrics, or a run's own folder as a
     report folder (its metrics.json and plots would be replaced)."""
-    for name, path in inputs.items():
-        if path is not None and out.exists() and path.exists() and out.resolve() == path.resolve():
+    lands = landing(out)
+    for name, path in inputs.items():  # samefile: a hard link to the source is the source
+        if path is not None and lands.exists() and path.exists() and lands.samefile(path):
             raise ValueError(f"{flag} {out} is the {name} it reads: pass another {flag}")
-    folder = out if out.is_dir() else out.parent
-    if (folder / "config.json").is_file() and (folder / "best.pt").is_file() and (out.is_dir() or out.name in RUN_FILES):
-        raise ValueError(f"{flag} {out} would replace a training run's {'files' if out.is_dir() else out.name} in {folder}: pass another {flag}")
+    folder = lands if lands.is_dir() else lands.parent
+    if (folder / "config.json").is_file() and (folder / "best.pt").is_file() and (lands.is_dir() or lands.name in RUN_FILES):
+        raise ValueError(f"{flag} {out} would replace a training run's {'files' if lands.is_dir() else lands.name} in {folder}: pass another {flag}")
 
 
 def check_writable(flag: str, path: Path, kind: str = "file") -> None:
@@ -184,7 +192,7 @@ def check_outputs_differ(outputs: dict[str, Path | None]) -> None:
     given = [(flag, path) for flag, path in outputs.items() if path is not None]
     for i, (flag, path) in enumerate(given):
         for other, other_path in given[i + 1 :]:
-            if os.path.realpath(path) == os.path.realpath(other_path) or (path.exists() and other_path.exists() and path.samefile(other_path)):
+            if landing(path) == landing(other_path) or (path.exists() and other_path.exists() and path.samefile(other_path)):
                 raise ValueError(f"{other} {other_path} is the {flag} file: pass another {other}")
 
 

@@ -795,6 +795,16 @@ def test_a_mistake_on_the_command_line_is_one_error_line_not_the_usage_block(mod
             assert err.rstrip().endswith(f"; `python -m {module.removesuffix('.demo')} --help` lists every option"), err
 
 
+def test_an_output_through_a_folder_not_made_yet_is_taken_as_where_it_lands(tmp_path):
+    """run/new/.. is run once new/ is made: finetune --out run/new/.. wrote over the run there, as every
+    check asked about a path the operating system called missing."""
+    from gesture_core.cli import output_arg
+
+    (tmp_path / "run").mkdir()
+    assert output_arg("folder")(str(tmp_path / "run" / "new" / "..")) == (tmp_path / "run").resolve()
+    assert output_arg("file", (".json",))(str(tmp_path / "r.json")) == tmp_path / "r.json"  # as typed, where nothing is in between
+
+
 def test_a_home_folder_path_is_expanded_where_no_shell_did(monkeypatch, tmp_path):
     """--out=~/run made a folder named "~" in the current one."""
     from gesture_core.cli import checkpoint_arg, output_arg

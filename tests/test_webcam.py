@@ -10,6 +10,7 @@ import http.server
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -498,6 +499,31 @@ def test_two_outputs_naming_one_file_are_refused(tmp_path, monkeypatch, short_cl
                  "--output", "out.mp4", "--jsonl", str(tmp_path / "out.mp4")])  # fmt: skip
     assert code == EXIT_USAGE and not (tmp_path / "out.mp4").exists()
     assert capsys.readouterr().err == f"error: --jsonl {tmp_path / 'out.mp4'} is the --output file: pass another --jsonl\n"
+
+
+@pytest.mark.parametrize("case", ["through a folder not made yet", "a hard link"])
+def test_an_output_that_lands_on_an_input_by_another_name_is_refused(tmp_path, short_clip, random_head_checkpoint, capsys, case):
+    """run/new/../best.pt was called missing (new/ was), so --jsonl replaced the checkpoint the run loaded,
+    and --output the source video; a hard link to the source passed a check of resolved paths. Exit 0 each."""
+    run, source = tmp_path / "run", tmp_path / "clip.mp4"
+    run.mkdir()
+    shutil.copy(random_head_checkpoint, run / "best.pt")
+    shutil.copy(short_clip, source)
+    kept = {path: path.read_bytes() for path in (run / "best.pt", source)}
+    if case == "a hard link":
+        os.link(source, tmp_path / "link.mp4")
+        attempts = [(["--output", str(tmp_path / "link.mp4")], "is the --source it reads")]
+    else:
+        attempts = [(["--jsonl", str(run / "new" / ".." / "best.pt")], "is a checkpoint (written by torch.save)"),
+                    (["--output", str(tmp_path / "new" / ".." / "clip.mp4")], "is the --source it reads")]
+    for flags, reason in attempts:
+        try:  # refused at the command line (SystemExit) or before the model loads
+            code = main(["--checkpoint", str(run / "best.pt"), "--source", str(source), "--headless", *flags])
+        except SystemExit as stop:
+            code = stop.code
+        err = capsys.readouterr().err
+        assert code == EXIT_USAGE and err.startswith("error: ") and reason in err and err.count("\n") == 1, err
+    assert {path: path.read_bytes() for path in kept} == kept and not (run / "new").exists() and not (tmp_path / "new").exists()
 
 
 @pytest.mark.parametrize("flags", [["--jsonl", "/proc/nope.jsonl"], ["--output", "/proc/x.mp4"],
