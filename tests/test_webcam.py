@@ -600,9 +600,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.rfile.read(int(self.headers["Content-Length"]))
         if self.server.mode == "hang":
             time.sleep(1.5)
-        body = b'{"error": "model exploded"}' if self.server.mode == "error" else b"not json"
+        status, body = {"error": (500, b'{"error": "model exploded"}'), "html": (502, b"<html>\n <body>\n  <h1>Bad gateway</h1>\n </body>\n</html>")
+                        }.get(self.server.mode, (200, self.server.mode if isinstance(self.server.mode, bytes) else b"not json"))
         try:
-            self.send_response(500 if self.server.mode == "error" else 200)
+            self.send_response(status)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
@@ -642,6 +643,39 @@ def test_server_errors_become_an_outage_not_a_crash(misbehaving_server, short_cl
     assert summary.frames == 12 and summary.outage_frames == 12 and summary.exit_code == EXIT_OUTAGE
     assert sum(message in m for m in logged) == 1  # reported once, not once per frame
     assert server.requests < 12  # while out, frames are shown without waiting on the server each time
+
+
+TOP_K = '"top_k": [{"label": "1", "score": 0.9}]'
+HAND = '"box": [0, 0, 10, 10], "handedness": "left", "hand_score": 0.9, ' + TOP_K
+
+
+@pytest.mark.parametrize("answer", [
+    '{"top_k": [{"label": "1", "score": Infinity}, {"label": "2", "score": -Infinity}]}',  # an overlay bar of infinite width
+    '{"top_k": [{"label": "1", "score": NaN}]}', '{%s, "gesture_score": NaN}' % TOP_K,  # NaN in the JSON lines
+    '{%s, "hands": [{"box": [0, 0, Infinity, 10], %s}]}' % (TOP_K, HAND.split(", ", 4)[-1]),  # int(inf): OverflowError
+    '{%s, "hands": [{"box": [-1e15, 0, 1e15, 1e15], %s}]}' % (TOP_K, HAND.split(", ", 4)[-1]),  # OpenCV's "Can't parse 'rec'"
+    '{%s, "hands": [{"box": [0, 0, 10], %s}]}' % (TOP_K, HAND.split(", ", 4)[-1]),  # IndexError
+    '{%s, "hands": [{%s}]}' % (TOP_K, HAND.replace("0.9", "7", 1)),
+])  # fmt: skip
+def test_a_server_answer_out_of_range_is_an_outage_not_a_traceback(misbehaving_server, short_clip, tmp_path, answer):
+    """Each was a traceback from the drawing or the parse, exit 1, and the --jsonl file was left empty."""
+    server = misbehaving_server(answer.encode())
+    engine = RemoteScorer(f"http://127.0.0.1:{server.server_address[1]}", timeout=2)
+    with pytest.raises(ServerError, match="answered something other than a prediction"):
+        engine(np.zeros((64, 64, 3), np.uint8))
+    summary = run(Stream.open(str(short_clip)), engine, Options(jsonl=tmp_path / "p.jsonl"), log=lambda m: None)
+    assert summary.frames == 12 and summary.exit_code == EXIT_OUTAGE
+    assert len(lines := read_jsonl(tmp_path / "p.jsonl")) == 12 and all(line["error"] for line in lines)
+
+
+def test_odd_info_and_html_errors_are_one_line(misbehaving_server):
+    """/info answering a JSON list was an AttributeError (a traceback); a proxy's HTML error page took ten lines of the log."""
+    engine = RemoteScorer(f"http://127.0.0.1:{misbehaving_server(b'[1, 2]').server_address[1]}", timeout=2)
+    assert engine.rejection() is None
+    engine = RemoteScorer(f"http://127.0.0.1:{misbehaving_server('html').server_address[1]}", timeout=2)
+    with pytest.raises(ServerError) as failed:
+        engine(np.zeros((64, 64, 3), np.uint8))
+    assert str(failed.value).endswith("answered HTTP 502: <html> <body> <h1>Bad gateway</h1> </body> </html>")
 
 
 def test_recognizer_recovers_when_the_server_answers_again(monkeypatch, random_head_checkpoint):

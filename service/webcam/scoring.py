@@ -49,6 +49,7 @@ def gesture_of(scores: dict[str, float]) -> float | None:
 
 
 Box = tuple[int, int, int, int]  # x0, y0, x1, y1 in frame pixels
+MAX_BOX_COORDINATE = 1 << 16  # past any camera's frame, and far inside OpenCV's 32-bit drawing
 
 
 @dataclass(frozen=True)
@@ -216,7 +217,7 @@ class RemoteScorer:
         try:
             status, body = self._send(self._info_path, b"{}", "application/json")
             return Rejection.from_checkpoint(json.loads(body)) if status == 200 else None
-        except (ServerError, ValueError, KeyError, TypeError):
+        except (ServerError, ValueError, KeyError, TypeError, AttributeError, OverflowError):  # /info answered [1, 2]: an AttributeError
             return None
 
     def _send(self, path: str, body: bytes, content_type: str) -> tuple[int, bytes]:
@@ -249,9 +250,9 @@ class RemoteScorer:
             scores = _top_k_scores(answer)
             hands = answer.get("hands")
             if hands is not None:
-                scores = HandsAnswer(tuple(HandScores(tuple(int(v) for v in hand["box"]), hand.get("handedness"),
-                                                      float(hand["hand_score"]), _top_k_scores(hand)) for hand in hands))
-        except (ValueError, KeyError, TypeError, AttributeError):
+                scores = HandsAnswer(tuple(HandScores(_box(hand["box"]), hand.get("handedness"),
+                                                      _probability(hand["hand_score"]), _top_k_scores(hand)) for hand in hands))
+        except (ValueError, KeyError, TypeError, AttributeError, OverflowError):
             raise ServerError(f"{self.url}/predict answered something other than a prediction: {_error_text(body)}") from None
         self.model = answer.get("model") or self.model
         return scores
@@ -259,7 +260,25 @@ class RemoteScorer:
 
 def _top_k_scores(answer: dict) -> Scores:
     gesture = answer.get("gesture_score")
-    return Scores({str(item["label"]): float(item["score"]) for item in answer["top_k"]}, None if gesture is None else float(gesture))
+    return Scores({str(item["label"]): _probability(item["score"]) for item in answer["top_k"]}, None if gesture is None else _probability(gesture))
+
+
+def _probability(value: Any) -> float:
+    """A score from the server, which must lie in [0, 1]: Infinity drew an overlay bar of infinite width
+    (an OverflowError, a traceback), and NaN went into the JSON lines as what strict parsers refuse."""
+    number = float(value)
+    if not 0.0 <= number <= 1.0:  # NaN too
+        raise ValueError(f"score {value!r} outside [0, 1]")
+    return number
+
+
+def _box(values: Any) -> Box:
+    """A hand's box (x0, y0, x1, y1) in whole pixels of a plausible frame: three numbers or 1e15 were a
+    traceback from the drawing (an IndexError, OpenCV's "Can't parse 'rec'")."""
+    box = tuple(int(v) for v in values)
+    if len(box) != 4 or any(abs(v) > MAX_BOX_COORDINATE for v in box):
+        raise ValueError(f"box {values!r} is not 4 pixel coordinates")
+    return box
 
 
 def _error_text(body: bytes, limit: int = 200) -> str:
@@ -270,6 +289,7 @@ def _error_text(body: bytes, limit: int = 200) -> str:
             text = str(answer.get("error") or answer.get("detail"))
     except ValueError:
         pass
+    text = " ".join(text.split())  # one line: a proxy's HTML error page took ten of the log, and of each JSON line's error
     return (text[:limit] + " …") if len(text) > limit else (text or "(empty body)")
 
 
