@@ -27,6 +27,7 @@ from gesture_core.hands import HandModelsUnavailableError
 from gesture_core.weights import WeightsUnavailableError
 
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # what a shell reports for a process stopped by Ctrl-C (128 + SIGINT)
 
 
 class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -72,6 +73,9 @@ def command(main: Callable[P, int]) -> Callable[P, int]:
         except USER_ERRORS as err:
             print(f"error: {describe(err)}", file=sys.stderr)
             return EXIT_USAGE
+        except KeyboardInterrupt:  # Ctrl-C while a model loads or warms up, where no step of the command has its own say
+            print("\ninterrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED
 
     return run
 

@@ -492,6 +492,19 @@ def test_a_smoothing_window_too_large_to_allocate_is_refused(tmp_path, short_cli
     assert "argument --smooth: must be in [1, 10000]" in capsys.readouterr().err
 
 
+def test_ctrl_c_while_the_model_loads_is_one_line_not_a_traceback(monkeypatch, short_clip, random_head_checkpoint, capsys):
+    """Ctrl-C during start-up (loading, warm-up, a slow server's /info) printed a 30-40 line traceback."""
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(LocalScorer, "load", interrupted)
+    try:
+        code = main(["--checkpoint", str(random_head_checkpoint), "--source", str(short_clip), "--headless"])
+    except KeyboardInterrupt:  # uncaught, it would stop this test session rather than fail the test
+        pytest.fail("Ctrl-C escaped main as a KeyboardInterrupt: a traceback")
+    assert code == 130 and capsys.readouterr().err.strip() == "interrupted"
+
+
 def test_two_outputs_naming_one_file_are_refused(tmp_path, monkeypatch, short_clip, random_head_checkpoint, capsys):
     """--jsonl and --output on one file: the run wrote the video, then JSON lines over it."""
     monkeypatch.chdir(tmp_path)
