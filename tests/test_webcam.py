@@ -741,6 +741,10 @@ def test_keys_snapshot_pause_and_quit(monkeypatch, tmp_path, short_clip, random_
     summary = run(Stream.open(str(short_clip)), engine, Options(snapshot_dir=tmp_path), window=Window(), log=lambda m: None)
     assert summary.frames == 5 and gui.destroyed
     assert sorted(p.name for p in tmp_path.iterdir()) == ["snapshot-000001.png", "snapshot-000002.png"]
+    first = (tmp_path / "snapshot-000001.png").read_bytes()
+    gui.keys = [ord(k) if k else -1 for k in [None, "s", "q"]]  # a second run: its frame 1 was saved over the first run's
+    run(Stream.open(str(short_clip)), engine, Options(snapshot_dir=tmp_path), window=Window(), log=lambda m: None)
+    assert (tmp_path / "snapshot-000001.png").read_bytes() == first and (tmp_path / "snapshot-000001-2.png").is_file()
 
 
 def test_images_reach_the_model_as_predict_decodes_them(tmp_path, sign_digits, random_head_checkpoint):

@@ -110,6 +110,16 @@ class Stream:
         return cls(capture, describe_source(source), is_live(source), isinstance(source, int), fps, separate_photos(source))
 
 
+def unused_name(path: Path) -> Path:
+    """``path``, or NAME-2.png, NAME-3.png, ... where it is taken: frame numbers start again each run, and
+    a second run's snapshot of frame 1 replaced the first run's."""
+    candidate, n = path, 1
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
+    return candidate
+
+
 def gesture_score_of(prediction: Prediction | None) -> float | None:
     """The gesture score a prediction's label was decided on (None: its ``score``, or no prediction)."""
     return None if prediction is None or prediction.gesture_score is None else round(prediction.gesture_score, 5)
@@ -267,7 +277,7 @@ class Outputs:
             self.snapshot(canvas, result.index)
 
     def snapshot(self, canvas: np.ndarray, index: int) -> Path:
-        path = self.options.snapshot_dir / f"snapshot-{index:06d}.png"
+        path = unused_name(self.options.snapshot_dir / f"snapshot-{index:06d}.png")
         path.parent.mkdir(parents=True, exist_ok=True)
         if not cv2.imwrite(str(path), canvas):
             raise OSError(f"could not write snapshot {path}")
