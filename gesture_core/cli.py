@@ -104,6 +104,8 @@ def output_arg(kind: str, suffixes: tuple[str, ...] = (), replaces: tuple[str, .
 
     def output(text: str) -> Path:
         refuse_empty_path(text, f"a {kind} name")
+        if text == "-":  # many tools' name for standard output: --jsonl - wrote a file named "-"
+            raise argparse.ArgumentTypeError(f"- (standard output) is not taken here: pass a {kind} name")
         path = Path(text).expanduser()  # --out=~/run: no shell expands it, and a folder named "~" was made
         lands = landing(path)
         if kind == "file" and lands.is_dir():

@@ -805,6 +805,16 @@ def test_an_output_through_a_folder_not_made_yet_is_taken_as_where_it_lands(tmp_
     assert output_arg("file", (".json",))(str(tmp_path / "r.json")) == tmp_path / "r.json"  # as typed, where nothing is in between
 
 
+def test_a_dash_for_standard_output_is_refused_not_made_a_file(tmp_path, monkeypatch):
+    """--jsonl - wrote a file named "-" in the current folder."""
+    from gesture_core.cli import output_arg
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(argparse.ArgumentTypeError, match=r"^- \(standard output\) is not taken here: pass a file name$"):
+        output_arg("file", replaces=(".jsonl",))("-")
+    assert not (tmp_path / "-").exists()
+
+
 def test_a_home_folder_path_is_expanded_where_no_shell_did(monkeypatch, tmp_path):
     """--out=~/run made a folder named "~" in the current one."""
     from gesture_core.cli import checkpoint_arg, output_arg

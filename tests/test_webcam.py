@@ -505,6 +505,13 @@ def test_ctrl_c_while_the_model_loads_is_one_line_not_a_traceback(monkeypatch, s
     assert code == 130 and capsys.readouterr().err.strip() == "interrupted"
 
 
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs Linux's /dev/full, a disk that is always full")
+def test_a_full_disk_under_the_json_lines_names_the_file(short_clip, random_head_checkpoint, capsys):
+    """It said "error: No space left on device", not which of the outputs."""
+    assert main(["--checkpoint", str(random_head_checkpoint), "--source", str(short_clip), "--headless", "--jsonl", "/dev/full"]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == "error: /dev/full: No space left on device"
+
+
 def test_two_outputs_naming_one_file_are_refused(tmp_path, monkeypatch, short_clip, random_head_checkpoint, capsys):
     """--jsonl and --output on one file: the run wrote the video, then JSON lines over it."""
     monkeypatch.chdir(tmp_path)

@@ -20,7 +20,8 @@ import os
 import sys
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -108,6 +109,17 @@ class Stream:
         fps = capture.get(cv2.CAP_PROP_FPS)
         fps = fps if fps and 0 < fps < 1000 else 0.0
         return cls(capture, describe_source(source), is_live(source), isinstance(source, int), fps, separate_photos(source))
+
+
+@contextmanager
+def naming_the_file(path: Path | None) -> Iterator[None]:
+    """An OSError that names ``path``: a full disk under --jsonl was "error: No space left on device", which file not said."""
+    try:
+        yield
+    except OSError as err:
+        if err.filename is not None:
+            raise
+        raise OSError(err.errno, err.strerror or str(err), str(path)) from None
 
 
 def unused_name(path: Path) -> Path:
@@ -270,7 +282,8 @@ class Outputs:
 
     def write(self, result: FrameResult, canvas: np.ndarray) -> None:
         if self._jsonl:
-            self._jsonl.write(json.dumps(result.to_json()) + "\n")
+            with naming_the_file(self.options.jsonl):
+                self._jsonl.write(json.dumps(result.to_json()) + "\n")
         if self.options.output:
             self._video(canvas).write(self._fitted(canvas, result.index))
         if result.index in self.options.snapshot_at:
@@ -301,7 +314,8 @@ class Outputs:
         if self._writer is not None:
             self._writer.release()
         if self._jsonl:
-            self._jsonl.close()
+            with naming_the_file(self.options.jsonl):
+                self._jsonl.close()
 
     def _fitted(self, canvas: np.ndarray, index: int) -> np.ndarray:
         """The frame at the video's size, which its first frame set: OpenCV's writer drops a frame of
