@@ -159,6 +159,9 @@ def test_existing_files_are_counted_and_kept(tmp_path: Path):
         (["--headless", "--label", "x", "--every", "²"], "argument --every: expected a whole number >= 1, got '²'"),  # isdigit() took it
         (["--headless", "--label", "x", "--roi", "nan"], "argument --roi: must be in (0, 1], got nan"),
         (["--headless", "--label", "x", "--out", ""], "argument --out: empty path: pass a folder name"),  # was the current folder
+        (["--classes", "a,,b"], "argument --classes: an empty class name in 'a,,b'"),  # dropped without a word
+        (["--classes", "fist,Fist"], "class names 'Fist', 'fist' differ only in case: they would be one folder on macOS"),
+        (["--classes", "\u624b,palm"], "invalid class name(s) '\u624b': use ASCII letters (a-z, A-Z)"),  # 手 was told to use letters
     ],
 )
 def test_bad_arguments_are_usage_errors(tmp_path: Path, capsys, argv, message):

@@ -484,6 +484,16 @@ def test_float_flags_refuse_nan_and_infinity(tmp_path, short_clip, capsys, flag,
     assert exit_.value.code == EXIT_USAGE and f"argument {flag}: expected a finite number, got '{value}'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("flags, reason", [(["--max-frames", "0"], "argument --max-frames: must be at least 1, got 0"),  # it said "in [1, inf]"
+                                           (["--timeout", "0"], "argument --timeout: must be in (0.0, 3600.0], got 0.0"),
+                                           (["--timeout", "1e9"], "argument --timeout: must be in (0.0, 3600.0], got 1000000000.0")])
+def test_number_flags_say_their_range_as_it_is(tmp_path, short_clip, capsys, flags, reason):
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(SystemExit):
+        main(["--checkpoint", str(tmp_path / "junk.pt"), "--source", str(short_clip), "--headless", *flags])
+    assert capsys.readouterr().err == f"error: {reason}\n"
+
+
 def test_a_smoothing_window_too_large_to_allocate_is_refused(tmp_path, short_clip, capsys):
     """A deque that long raised OverflowError, a traceback, after the model had loaded."""
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")

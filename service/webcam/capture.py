@@ -294,14 +294,19 @@ def capture_live(cap: cv2.VideoCapture, writer: ImageFolderWriter, state: LiveSt
 
 
 def class_list(text: str) -> list[str]:
-    names = [c.strip() for c in text.split(",") if c.strip()]
+    names = [c.strip() for c in text.split(",")]
+    if len(names) > 1 and not all(names):  # "a,,b": the empty one was dropped without a word
+        raise argparse.ArgumentTypeError(f"an empty class name in {text!r}: one name between each two commas")
+    names = [name for name in names if name]
     bad = [c for c in names if not _CLASS_NAME.match(c)]
-    if not names or bad:
-        raise argparse.ArgumentTypeError(
-            f"invalid class name(s) {', '.join(map(repr, bad)) or '(none given)'}: use letters, digits, _ and -, comma-separated"
-        )
+    if not names or bad:  # ASCII: the preview's font draws nothing else, and "手" was told to use letters
+        raise argparse.ArgumentTypeError(f"invalid class name(s) {', '.join(map(repr, bad)) or '(none given)'}: "
+                                         "use ASCII letters (a-z, A-Z), digits, _ and -, comma-separated")
     if len(set(names)) != len(names):
         raise argparse.ArgumentTypeError(f"duplicate class names in {text!r}")
+    if len({name.casefold() for name in names}) != len(names):  # two folders on Linux, one on macOS and Windows
+        twins = sorted(name for name in names if sum(other.casefold() == name.casefold() for other in names) > 1)
+        raise argparse.ArgumentTypeError(f"class names {', '.join(map(repr, twins))} differ only in case: they would be one folder on macOS and Windows")
     return names
 
 

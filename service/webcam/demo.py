@@ -464,8 +464,9 @@ def _number(kind: type, low: float, high: float | None = None, *, low_open: bool
         if kind is float and not math.isfinite(value):  # NaN passes every comparison below, and inf any missing bound
             raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
         if value < low or (low_open and value == low) or (high is not None and value > high):
-            bounds = f"{'(' if low_open else '['}{low}, {high if high is not None else 'inf'}]"
-            raise argparse.ArgumentTypeError(f"must be in {bounds}, got {value}")
+            if high is None:  # it said "in (0.0, inf]", and inf is refused above
+                raise argparse.ArgumentTypeError(f"must be {'above' if low_open else 'at least'} {low:g}, got {value:g}")
+            raise argparse.ArgumentTypeError(f"must be in {'(' if low_open else '['}{low}, {high}], got {value}")
         return value
 
     return parse
@@ -501,7 +502,7 @@ def build_parser() -> argparse.ArgumentParser:
     scorer = p.add_mutually_exclusive_group(required=True)
     scorer.add_argument("--checkpoint", type=checkpoint_arg("best.pt"), help="run locally with this checkpoint (RUN/best.pt, or the run folder RUN)")
     scorer.add_argument("--url", type=url_arg, help="ask the HTTP service instead, e.g. http://127.0.0.1:3000")
-    p.add_argument("--timeout", type=_number(float, 0.0, low_open=True), default=2.0, help="remote mode: seconds to wait for an answer")
+    p.add_argument("--timeout", type=_number(float, 0.0, 3600.0, low_open=True), default=2.0, help="remote mode: seconds to wait for an answer (at most an hour)")
     p.add_argument("--realtime", action="store_true", help="files: play at the file's fps and drop frames inference cannot keep up with (default: every frame, as fast as possible)")
     p.add_argument("--roi", type=_number(float, 0.0, 1.0, low_open=True), nargs="?", const=0.6, default=None, metavar="FRACTION",
                    help="classify only a centred square box of FRACTION of the shorter side (0.6 if given without a value)")
