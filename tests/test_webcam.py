@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import math
 import os
 import re
 import shutil
@@ -675,21 +676,24 @@ def test_server_errors_become_an_outage_not_a_crash(misbehaving_server, short_cl
     assert server.requests < 12  # while out, frames are shown without waiting on the server each time
 
 
-TOP_K = '"top_k": [{"label": "1", "score": 0.9}]'
-HAND = '"box": [0, 0, 10, 10], "handedness": "left", "hand_score": 0.9, ' + TOP_K
+TOP_K = [{"label": "1", "score": 0.9}]
+
+
+def hand(**change) -> dict:
+    return {"box": [0, 0, 10, 10], "handedness": "left", "hand_score": 0.9, "top_k": TOP_K, **change}
 
 
 @pytest.mark.parametrize("answer", [
-    '{"top_k": [{"label": "1", "score": Infinity}, {"label": "2", "score": -Infinity}]}',  # an overlay bar of infinite width
-    '{"top_k": [{"label": "1", "score": NaN}]}', '{%s, "gesture_score": NaN}' % TOP_K,  # NaN in the JSON lines
-    '{%s, "hands": [{"box": [0, 0, Infinity, 10], %s}]}' % (TOP_K, HAND.split(", ", 4)[-1]),  # int(inf): OverflowError
-    '{%s, "hands": [{"box": [-1e15, 0, 1e15, 1e15], %s}]}' % (TOP_K, HAND.split(", ", 4)[-1]),  # OpenCV's "Can't parse 'rec'"
-    '{%s, "hands": [{"box": [0, 0, 10], %s}]}' % (TOP_K, HAND.split(", ", 4)[-1]),  # IndexError
-    '{%s, "hands": [{%s}]}' % (TOP_K, HAND.replace("0.9", "7", 1)),
+    {"top_k": [{"label": "1", "score": math.inf}, {"label": "2", "score": -math.inf}]},  # an overlay bar of infinite width
+    {"top_k": [{"label": "1", "score": math.nan}]}, {"top_k": TOP_K, "gesture_score": math.nan},  # NaN in the JSON lines
+    {"top_k": TOP_K, "hands": [hand(box=[0, 0, math.inf, 10])]},  # int(inf): an OverflowError
+    {"top_k": TOP_K, "hands": [hand(box=[-1e15, 0, 1e15, 1e15])]},  # OpenCV's "Can't parse 'rec'"
+    {"top_k": TOP_K, "hands": [hand(box=[0, 0, 10])]},  # an IndexError
+    {"top_k": TOP_K, "hands": [hand(hand_score=7)]},
 ])  # fmt: skip
 def test_a_server_answer_out_of_range_is_an_outage_not_a_traceback(misbehaving_server, short_clip, tmp_path, answer):
     """Each was a traceback from the drawing or the parse, exit 1, and the --jsonl file was left empty."""
-    server = misbehaving_server(answer.encode())
+    server = misbehaving_server(json.dumps(answer).encode())  # Infinity and NaN as Python's json writes them
     engine = RemoteScorer(f"http://127.0.0.1:{server.server_address[1]}", timeout=2)
     with pytest.raises(ServerError, match="answered something other than a prediction"):
         engine(np.zeros((64, 64, 3), np.uint8))
