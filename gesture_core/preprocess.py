@@ -222,6 +222,16 @@ def resize_to(rgb: np.ndarray, hw: tuple[int, int], interpolation: str = "biline
     return resized[:, :, None] if resized.ndim == 2 and rgb.ndim == 3 else resized
 
 
+def longer_side_at_most(frame: np.ndarray, side: int = MAX_INPUT_SIZE) -> np.ndarray:
+    """``frame`` with its longer side scaled down to ``side``, for a frame kept as training data (a
+    recording's frames, a capture): no model takes a larger input, and a 4K video's frames would be
+    large JPEGs, each decoded again every epoch."""
+    scale = side / max(frame.shape[:2])
+    if scale >= 1:
+        return frame
+    return resize_to(frame, (max(1, round(frame.shape[0] * scale)), max(1, round(frame.shape[1] * scale))))
+
+
 def letterbox(rgb: np.ndarray, size: int, interpolation: str = "bilinear", pad: tuple[int, ...] = (0, 0, 0)) -> np.ndarray:
     """The whole image, longer side ``size``, centred on a ``size``² canvas of colour ``pad``."""
     h, w = rgb.shape[:2]

@@ -84,6 +84,18 @@ def test_a_folder_of_photos_is_saved_photo_by_photo_and_a_video_one_frame_in_fiv
         assert len(jpgs(tmp_path / "ds" / label)) == saved, source
 
 
+def test_frames_of_a_large_video_are_saved_at_most_1024_px_a_side(tmp_path: Path):
+    """An 8000x6000 video was saved at full size, where a folder of recordings keeps 1024 px (no model takes more)."""
+    source = tmp_path / "big.avi"
+    writer = cv2.VideoWriter(str(source), cv2.VideoWriter_fourcc(*"MJPG"), 15.0, (2400, 1800))
+    for i in range(2):
+        writer.write(np.full((1800, 2400, 3), 60 * (i + 1), np.uint8))
+    writer.release()
+    assert main(["--out", str(tmp_path / "ds"), "--source", str(source), "--headless", "--every", "1", "--label", "fist"]) == 0
+    saved = jpgs(tmp_path / "ds" / "fist")
+    assert len(saved) == 2 and all(cv2.imread(str(path)).shape[:2] == (768, 1024) for path in saved)
+
+
 def test_headless_roi_crop_and_max(tmp_path: Path):
     video = write_video(tmp_path / "clip.avi", "MJPG")
     out = tmp_path / "ds"

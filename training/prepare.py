@@ -43,7 +43,7 @@ from tqdm import tqdm
 from gesture_core.cli import CommandParser, DefaultsHelpFormatter, check_writable, command, output_arg
 from gesture_core.hands import HAND_MODEL_FILES, MODELS_WHEEL, HandModelFile, hand_models_dir
 from gesture_core.images import FRAME_JPEG_QUALITY, IMAGE_SUFFIXES, MAX_IMAGE_FILE_BYTES, VIDEO_FILE_SUFFIXES, VIDEO_FRAME_EVERY
-from gesture_core.preprocess import MAX_INPUT_SIZE, resize_to
+from gesture_core.preprocess import longer_side_at_most
 from training.cli import existing_path
 from training.data import ARCHIVE_SUFFIXES, SPLIT_FOLDERS, SPLITS, DatasetError, passed_over
 
@@ -611,7 +611,7 @@ def _extract_videos(folder: Path, videos: list[Path], dest: Path, every: int) ->
         capture, saved, index = cv2.VideoCapture(str(video)), 0, 0
         while capture.grab():  # the frames passed over are decoded, not converted to BGR
             if index % every == 0 and (frame := capture.retrieve()[1]) is not None:
-                _, data = cv2.imencode(".jpg", _at_most(frame, MAX_INPUT_SIZE), [cv2.IMWRITE_JPEG_QUALITY, FRAME_JPEG_QUALITY])
+                _, data = cv2.imencode(".jpg", longer_side_at_most(frame), [cv2.IMWRITE_JPEG_QUALITY, FRAME_JPEG_QUALITY])
                 (dest / recording).mkdir(parents=True, exist_ok=True)
                 (dest / recording / f"{index:06d}.jpg").write_bytes(data.tobytes())
                 saved += 1
@@ -621,15 +621,6 @@ def _extract_videos(folder: Path, videos: list[Path], dest: Path, every: int) ->
         if not saved:
             unread.append(relative.as_posix())
     return frames, unread
-
-
-def _at_most(frame, side: int):
-    """``frame`` with its longer side scaled down to ``side``: no model takes a larger input, and the
-    frames of a 4K phone video would be large JPEGs, each decoded again every epoch."""
-    scale = side / max(frame.shape[:2])
-    if scale >= 1:
-        return frame
-    return resize_to(frame, (max(1, round(frame.shape[0] * scale)), max(1, round(frame.shape[1] * scale))))
 
 
 # --------------------------------------------------------------------------- a dataset archive of one's own

@@ -42,6 +42,7 @@ from gesture_core.images import (  # IMAGE_SUFFIXES: the files training reads as
     IMAGE_SUFFIXES,
     VIDEO_FRAME_EVERY,
 )
+from gesture_core.preprocess import longer_side_at_most
 from gesture_core.rejection import is_reject_name
 from service.webcam.demo import display_problem
 from service.webcam.grabber import ended_early
@@ -88,7 +89,8 @@ class ImageFolderWriter:
         self._next = {name: 0 for name in self.classes}
 
     def save(self, label: str, bgr: np.ndarray) -> Path:
-        ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, self.quality])
+        # at most 1024 px a side, as a folder of recordings' frames are: an 8000x6000 video was saved at full size
+        ok, buf = cv2.imencode(".jpg", longer_side_at_most(bgr), [cv2.IMWRITE_JPEG_QUALITY, self.quality])
         if not ok:
             raise CaptureError(f"could not encode a {bgr.shape} frame as JPEG")
         data = buf.tobytes()
