@@ -404,7 +404,7 @@ def photo_rows(per_set: int) -> None:
 @command
 def main(argv: list[str] | None = None) -> int:
     p = CommandParser(prog="python -m benchmarks.decode_cost", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
+                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
     p.add_argument("--photos", type=int, default=20, help="photos sampled from each shared set")
     args = p.parse_args(argv)
     print(describe_machine(), "\n")

@@ -100,7 +100,7 @@ def synthesize(source: Path, backgrounds: Path, out: Path, per_class: int, seed:
 @command
 def main(argv: list[str] | None = None) -> int:
     p = CommandParser(prog="python -m benchmarks.whole_frame", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
+                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
     p.add_argument("--source", type=Path, default=SHARED_DATA / "sign-digits", help="ImageFolder of hand photos")
     p.add_argument("--backgrounds", type=Path, default=SHARED_DATA / "flowers", help="folder of photos used as scenes")
     p.add_argument("--per-class", type=int, default=40, help="frames per class")

@@ -862,7 +862,7 @@ def print_catalogue() -> None:
 @command
 def main(argv: list[str] | None = None) -> int:
     parser = CommandParser(prog="python -m training.prepare", description=__doc__.split("\n\n")[0],
-                                     formatter_class=DefaultsHelpFormatter)
+                           formatter_class=DefaultsHelpFormatter)
     names = (*CATALOGUE, HAND_MODELS)
     parser.add_argument("name", nargs="?", metavar="NAME", help=f"one of: {', '.join(names)}")
     parser.add_argument("--root", type=output_arg("folder"), default=DEFAULT_ROOT, help="where datasets live (default: datasets/)")

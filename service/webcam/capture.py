@@ -370,7 +370,7 @@ def reads_from_inside(source: str, out: Path) -> str | None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = CommandParser(prog="python -m service.webcam.capture", description=__doc__.split("\n\n")[0],
-                                epilog=NONE_TIP, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+                      epilog=NONE_TIP, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("--out", type=output_arg("folder"), required=True, help="dataset folder; images go to OUT/<class>/")
     p.add_argument(
         "--classes", type=class_list, help="comma-separated class names, keys 1-9 in this order (e.g. fist,palm,peace,none)"

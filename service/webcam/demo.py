@@ -161,7 +161,6 @@ class FrameResult:
             "raw_score": round(self.raw.score, 5) if self.raw else None,
             "raw_gesture_score": gesture_score_of(self.raw),
         }
-
         if self.hands is not None:  # only for hand-crop models: other models' lines stay as they were
             line["hands"] = [{"box": list(h.box), "handedness": h.handedness, "hand_score": round(h.hand_score, 5),
                               "label": h.prediction.label, "score": round(h.prediction.score, 5),
