@@ -523,6 +523,15 @@ def test_a_full_disk_under_the_json_lines_names_the_file(short_clip, random_head
     assert capsys.readouterr().err.splitlines()[-1] == "error: /dev/full: No space left on device"
 
 
+def test_a_source_that_does_not_open_is_the_only_line_without_a_display(monkeypatch, tmp_path, random_head_checkpoint):
+    """The "no display: ... running headless" hint came first, above an error that ended the run anyway."""
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    logged = []
+    assert main(["--checkpoint", str(random_head_checkpoint), "--source", str(tmp_path / "missing.mp4")], log=logged.append) == EXIT_USAGE
+    assert len(logged) == 1 and logged[0].startswith("error: "), logged
+
+
 def test_two_outputs_naming_one_file_are_refused(tmp_path, monkeypatch, short_clip, random_head_checkpoint, capsys):
     """--jsonl and --output on one file: the run wrote the video, then JSON lines over it."""
     monkeypatch.chdir(tmp_path)

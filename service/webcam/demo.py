@@ -570,15 +570,15 @@ def main(argv: list[str] | None = None, log: Log = _stderr) -> int:
     if problem := unused_flags(args, parser):
         parser.error(problem)
     check_outputs(args)
-    show_window = not args.headless
-    if show_window and (problem := display_problem()):
-        log(f"no display: {problem}; running headless (add --output/--jsonl to keep the results)")
-        show_window = False
     try:
         stream = Stream.open(args.source)
     except SourceError as err:
         log(f"error: {err}")
         return EXIT_USAGE
+    show_window = not args.headless  # said once the source opens: above its error it was a hint that did not matter
+    if show_window and (problem := display_problem()):
+        log(f"no display: {problem}; running headless (add --output/--jsonl to keep the results)")
+        show_window = False
     try:
         scorer = make_scorer(args)
     except Exception as err:  # bad checkpoint, CUDA missing, bad URL: one line, no traceback
