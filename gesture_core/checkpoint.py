@@ -128,11 +128,12 @@ def write_failure_reason(err: BaseException) -> str:
     return f"the write stopped short ({message.split('] ', 1)[-1].strip('. ')}): is the disk full?"
 
 
-def remove_partial_saves(folder: str | os.PathLike) -> list[Path]:
+def remove_partial_saves(folder: str | os.PathLike, pattern: str = PARTIAL_SAVE_PATTERN) -> list[Path]:
     """Delete the temporary files of saves that were killed before their rename (a crash, a kill -9,
-    a power cut): up to a checkpoint's size each, they are never read. Returns what was removed."""
+    a power cut): up to a checkpoint's size each, they are never read. Returns what was removed.
+    ``pattern``: the ``atomic_output`` names to look for (default: checkpoints')."""
     removed = []
-    for tmp in sorted(Path(folder).glob(PARTIAL_SAVE_PATTERN)):
+    for tmp in sorted(Path(folder).glob(pattern)):
         tmp.unlink(missing_ok=True)
         removed.append(tmp)
     return removed

@@ -115,6 +115,19 @@ def tampered_onnx(classifier, path, **kwargs):
     return path
 
 
+def test_an_export_cleans_up_what_a_killed_one_left(small_run, tmp_path, capsys):
+    """A kill -9 before the rename left a hidden temporary file, a model's size, beside --out for good."""
+    out = tmp_path / "exports" / "model.onnx"
+    out.parent.mkdir()
+    litter = [out.parent / ".model.onnx.k2j_x9aq.tmp.onnx", out.parent / ".model.onnx.0f3hs8d1.tmp.onnx"]
+    keep = [out.parent / ".other.onnx.k2j_x9aq.tmp.onnx", out.parent / "model.onnx.tmp.onnx", out.parent / "notes.onnx"]
+    for path in litter + keep:
+        path.write_bytes(b"\0" * 100)
+    assert main(["--checkpoint", str(small_run), "--out", str(out)]) == 0
+    assert "removed 2 partial export file(s) left by an interrupted export" in capsys.readouterr().out
+    assert not any(path.exists() for path in litter) and all(path.exists() for path in keep) and out.is_file()
+
+
 def test_cli_fails_loudly_above_tolerance(small_run, monkeypatch, capsys):
     monkeypatch.setattr(export_module, "export_onnx", tampered_onnx)
     assert main(["--checkpoint", str(small_run), "--format", "onnx"]) == 1
