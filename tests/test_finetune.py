@@ -12,6 +12,7 @@ import urllib.error
 import zlib
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -533,3 +534,21 @@ def test_resuming_a_finished_run_is_refused_and_leaves_its_model_as_it_is(datase
     with pytest.raises(SystemExit) as stop:
         finetune.parse_config(["--resume", str(copy)])
     assert stop.value.code == 2 and "finished after epoch 1" in capsys.readouterr().err
+
+
+def test_the_confusion_matrix_of_many_classes_stays_a_picture(tmp_path, monkeypatch):
+    """400 classes drew a 221x201-inch figure with a number in each of 160,000 cells: minutes and 20 GB
+    after training ended, and 2,000 classes (a sign-language vocabulary) never finished."""
+    import matplotlib.axes
+
+    import training.report as report
+
+    drawn = []
+    real_text = matplotlib.axes.Axes.text
+    monkeypatch.setattr(matplotlib.axes.Axes, "text", lambda self, *a, **k: drawn.append(a) or real_text(self, *a, **k))
+    n = 400
+    report.plot_confusion(tmp_path / "cm.png", np.eye(n, dtype=int).tolist(), [f"sign{i}" for i in range(n)])
+    height, width = cv2.imread(str(tmp_path / "cm.png")).shape[:2]
+    assert max(height, width) <= report.CONFUSION_MAX_INCHES * 110 and drawn == []
+    report.plot_confusion(tmp_path / "small.png", np.eye(3, dtype=int).tolist(), ["a", "b", "c"])
+    assert len(drawn) == 9  # a few classes keep their counts
