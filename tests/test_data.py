@@ -125,6 +125,16 @@ def test_presplit_layout_is_used_as_is(tmp_path):
     assert splits.layout == "presplit" and splits.counts() == {"train": 24, "val": 6, "test": 9}
 
 
+def test_split_folders_are_found_whatever_their_case(tmp_path):
+    """Kaggle's Train/ and Test/ were trained as two classes, "Train" and "Test", on Linux alone, and check said OK."""
+    for split, n in (("Train", 8), ("Validation", 2), ("TEST", 3)):
+        make_image_folder(tmp_path / "d" / split, per_class=n)
+    splits = load_splits(tmp_path / "d")
+    assert splits.layout == "presplit" and splits.classes == ["fist", "palm", "peace"]
+    assert splits.counts() == {"train": 24, "val": 6, "test": 9}
+    assert all(s.path.split("/")[-3] == "TEST" for s in splits.test)
+
+
 def test_a_presplit_class_absent_from_val_or_test_is_said(tmp_path):
     """It passed silently: model selection and calibration never saw the class, or the test never measured it."""
     make_image_folder(tmp_path / "d" / "train", per_class=6)

@@ -359,7 +359,7 @@ def _fatal(report: dict, root: Path, per_split: dict[str, dict[str, int]], layou
     trained_on = per_split["train" if layout == "presplit" else "all"]
     empty = sorted(c for c, n in trained_on.items() if n == 0)
     if empty:
-        return [empty_classes_problem(root / "train" if layout == "presplit" else root, empty)]
+        return [empty_classes_problem(split_folders(root)["train"] if layout == "presplit" else root, empty)]
     return []
 
 

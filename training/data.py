@@ -125,7 +125,13 @@ def check_split_readable(samples: Sequence[Sample], what: str, split_file: Path,
 def is_presplit(root: Path) -> bool:
     """True for ``ROOT/{train,val,test}/<class>/<img>`` (val optional, or valid/ or validation/), False
     for a plain ImageFolder."""
-    return all((root / s).is_dir() for s in ("train", "test"))
+    return {"train", "test"} <= {d.name.lower() for d in _subfolders(root)}
+
+
+def _subfolders(root: Path) -> list[Path]:
+    """The folders in ``root``, by name. A split folder is found whatever its case: Kaggle's Train/ and Test/
+    were trained as two classes named Train and Test, on Linux alone (macOS and Windows match names either way)."""
+    return sorted(d for d in root.iterdir() if d.is_dir()) if root.is_dir() else []
 
 
 def split_folders(root: Path) -> dict[str, Path]:
@@ -133,7 +139,7 @@ def split_folders(root: Path) -> dict[str, Path]:
     DatasetError where two folders claim one split, as neither can be the one meant."""
     found = {}
     for split, names in SPLIT_FOLDERS.items():
-        if len(present := [root / name for name in names if (root / name).is_dir()]) > 1:
+        if len(present := [d for d in _subfolders(root) if d.name.lower() in names]) > 1:
             raise DatasetError(f"{root}: {' and '.join(f'{p.name}/' for p in present)} are both a {split} split: merge them into one, "
                                "or move one away")
         if present:
@@ -406,10 +412,11 @@ def load_splits(
                           "classes from train/, val/ and test/ only", stacklevel=2)
         if test_per_class is not None:
             warnings.warn(f"{root} is pre-split: its test/ folder is the test set, and --test-per-class {test_per_class} is not used", stacklevel=2)
-        parts = {s: scan_class_folders(folder, skipped) for s, folder in split_folders(root).items()}
+        folders = split_folders(root)
+        parts = {s: scan_class_folders(folder, skipped) for s, folder in folders.items()}
         classes = sorted(parts["train"])
-        _require_trainable(parts["train"], root / "train")
-        _warn_of_names_alike(classes, root / "train")
+        _require_trainable(parts["train"], folders["train"])
+        _warn_of_names_alike(classes, folders["train"])
         _check_same_classes(parts, classes, root)
         grouping = assign_groups(parts["train"], group_by)
         if "val" not in parts:
@@ -457,7 +464,7 @@ def _warn_of_names_alike(classes: list[str], root: Path) -> None:
 def folders_beside_splits(root: Path) -> list[str]:
     """The folders of a pre-split ``root`` other than train/, val/ and test/ (hidden and system ones aside)."""
     names = {name for names in SPLIT_FOLDERS.values() for name in names}
-    return sorted(d.name for d in root.iterdir() if d.is_dir() and d.name not in names and not passed_over(d.name, folder=True))
+    return sorted(d.name for d in _subfolders(root) if d.name.lower() not in names and not passed_over(d.name, folder=True))
 
 
 def classes_missing_from_train(classes_by_split: Mapping[str, Iterable[str]], root: Path) -> list[str]:
