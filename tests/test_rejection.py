@@ -62,6 +62,9 @@ def test_start_up_says_which_classes_mean_no_gesture_and_why():
         reject_choice(["fist", "none"], ["nothing"])
     with pytest.raises(ValueError, match="names every class \\(fist, none\\): at least one must be a gesture"):
         reject_choice(["fist", "none"], ["none", "FIST"])  # a model that rejects every image, trained and calibrated as one
+    with pytest.raises(ValueError, match="every class has a no-gesture name \\(none, Background, NOTHING\\): the model could only"):
+        reject_choice(["none", "Background", "NOTHING"], None)  # by their names it trained, and answered "no gesture" to all
+    assert reject_choice(["none", "background"], [""]).startswith("no gesture: no reject class")  # the way out it names
 
 
 def test_reject_class_flag_names_classes_or_turns_the_rule_off():

@@ -435,6 +435,9 @@ def reject_choice(classes: Sequence[str], requested: Sequence[str] | None) -> st
     named = ", ".join(found)
     if requested is not None:
         return f"no gesture: {named} (--reject-class)" if found else "no gesture: no reject class (--reject-class ''); a threshold alone rejects"
+    if found and len(found) == len(classes):  # --reject-class naming every class is refused for this, by name it went through
+        raise ValueError(f"every class has a no-gesture name ({named}): the model could only answer \"no gesture\"; "
+                         "add the gestures' folders, or pass --reject-class '' to train these as gestures")
     if found:
         return f"no gesture: {named} (a no-gesture name; --reject-class NAME to choose, '' for none)"
     return ("no gesture: no class has a no-gesture name (none, nothing, no_gesture, background, ...); a threshold alone "
