@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import sys
 import re
 import signal
 import struct
@@ -552,3 +553,29 @@ def test_the_confusion_matrix_of_many_classes_stays_a_picture(tmp_path, monkeypa
     assert max(height, width) <= report.CONFUSION_MAX_INCHES * 110 and drawn == []
     report.plot_confusion(tmp_path / "small.png", np.eye(3, dtype=int).tolist(), ["a", "b", "c"])
     assert len(drawn) == 9  # a few classes keep their counts
+
+
+def test_a_run_folder_holds_one_training_process_at_a_time(dataset, tmp_path, capsys):
+    """Two runs at one --out a moment apart wrote each other's checkpoints (the first died on weights that
+    no longer fit, its work lost), and a --resume of a run still training trained beside it."""
+    import subprocess
+
+    from training.run_lock import hold_run_folder, release_run_folders
+
+    out = tmp_path / "run"
+    out.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'a+'); fcntl.flock(f, fcntl.LOCK_EX); "
+                               "f.write('pid 4242 on trainer\\n'); f.flush(); print('held', flush=True); time.sleep(60)", str(out / ".lock")],
+                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        argv = ["--data", str(dataset), "--out", str(out), "--backbone", "lenet5", "--weights", "none", "--epochs", "1", "--image-size", "32", "--workers", "0"]
+        assert finetune.main(argv) == 2
+        assert f"error: {out} is in use by a training run (pid 4242 on trainer): wait for it to end, or pass another --out" in capsys.readouterr().err
+        assert sorted(p.name for p in out.iterdir()) == [".lock"]  # nothing written
+    finally:
+        holder.kill()
+        holder.wait()
+    assert finetune.main(argv) == 0  # the holder's end let go of the lock: no stale lock to clear by hand
+    hold_run_folder(out)  # released at the end of that run, and held again here by this process
+    release_run_folders()

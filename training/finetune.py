@@ -100,6 +100,7 @@ from training.report import (
     write_json,
     write_report,
 )
+from training.run_lock import hold_run_folder, release_run_folders
 
 RESUMABLE_OVERRIDES = ("epochs", "workers", "device", "patience")
 TRAINING_STATE = ("optimizer", "scheduler", "epoch", "history", "best", "rng")  # what last.pt adds to a checkpoint
@@ -318,8 +319,9 @@ def run_folder_and_splits(cfg: TrainConfig, resume: Path | None) -> tuple[Path, 
 def write_run_folder(out: Path, splits: Splits, resume: Path | None) -> None:
     """Create the run folder and save the split (a resumed run's is there), once every rank can read
     the images and the model is built: a run that cannot start leaves no folder behind."""
+    out.mkdir(parents=True, exist_ok=True)
+    hold_run_folder(out)  # before the first file: a second run at this --out, or a --resume of this one while it trains, stops here
     if not (resume and (out / "split.json").exists()):
-        out.mkdir(parents=True, exist_ok=True)
         splits.save(out / "split.json")
     if removed := remove_partial_saves(out):
         print(f"removed {len(removed)} partial checkpoint file(s) left by an interrupted save: {', '.join(p.name for p in removed)}")
@@ -489,7 +491,14 @@ def seed_everything(seed: int) -> None:
 
 
 def train(cfg: TrainConfig, resume: Path | None = None) -> Path:
-    """Run (or continue) fine-tuning; returns the run folder."""
+    """Run (or continue) fine-tuning; returns the run folder, which it holds while it trains (training.run_lock)."""
+    try:
+        return train_in_run_folder(cfg, resume)
+    finally:
+        release_run_folders()
+
+
+def train_in_run_folder(cfg: TrainConfig, resume: Path | None = None) -> Path:
     seed_everything(cfg.seed)
     run = prepare_run(cfg, resume)
     train_loader, sampler, val_loader = make_loaders(run)
