@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 
 
 def class_name(folder: str) -> str:
@@ -74,3 +74,9 @@ def unglue(word: str, firsts: Collection[str], seconds: Collection[str]) -> list
         if word.startswith(first) and word[len(first):] in seconds:
             return [first, word[len(first):]]
     return None
+
+
+def some_of(names: Sequence[str], shown: int = 10) -> str:
+    """``names`` comma-separated, the first ``shown`` of them and how many more: a warning that listed
+    every class of a 2,000-class set was one line of 22 KB."""
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")

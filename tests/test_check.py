@@ -395,3 +395,10 @@ def test_images_too_small_to_hold_a_hand_are_warned_of(tmp_path):
     r = build_report(root, workers=1)
     assert [x["size"] for x in r["image_stats"]["tiny"]] == ["1x1", "8x8"]
     assert any(w.startswith("2 image(s) under 16 px on a side") and "dot.png 1x1" in w for w in r["warnings"]), r["warnings"]
+
+
+def test_a_warning_about_many_classes_names_some_and_counts_the_rest(tmp_path):
+    """Every class of a 2,000-class set was listed in one warning line of 22 KB."""
+    root = make_image_folder(tmp_path / "signs", classes=tuple(f"sign{i:02d}" for i in range(25)), per_class=2, size=32)
+    small = next(w for w in build_report(root, decode=False)["warnings"] if "fewer than" in w)
+    assert small.startswith("25 class(es) with fewer than ") and small.endswith(" and 15 more") and small.count("(2)") == 10

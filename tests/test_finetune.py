@@ -5,10 +5,10 @@ from __future__ import annotations
 import csv
 import json
 import os
-import sys
 import re
 import signal
 import struct
+import sys
 import urllib.error
 import zlib
 from pathlib import Path

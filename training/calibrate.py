@@ -47,6 +47,7 @@ from gesture_core.checkpoint import (
     load_checkpoint,
     resolve_device,
 )
+from gesture_core.class_names import some_of
 from gesture_core.cli import CommandParser, DefaultsHelpFormatter, checkpoint_arg, command
 from gesture_core.preprocess import DataConfig
 from gesture_core.rejection import SCORES, Rejection, find_reject_classes, softmax
@@ -262,7 +263,7 @@ def calibrate(val: SplitOutputs, classes: Sequence[str], reject_classes: Sequenc
     reject = [list(classes).index(c) for c in reject_classes]
     missing = [c for c, i in zip(reject_classes, reject, strict=True) if not (val.targets == i).any()]
     if missing:
-        warnings.warn(f"reject class(es) {', '.join(missing)} have no validation images: the threshold falls back to the known-classes rule", stacklevel=2)
+        warnings.warn(f"reject class(es) {some_of(missing)} have no validation images: the threshold falls back to the known-classes rule", stacklevel=2)
     temperature = fit_temperature(val.logits, val.targets)
     present = [i for i in reject if (val.targets == i).any()]
     unscored = Rejection(tuple(reject_classes), temperature)

@@ -32,7 +32,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from gesture_core.class_names import name_key
+from gesture_core.class_names import name_key, some_of
 from gesture_core.cli import (
     CommandParser,
     DefaultsHelpFormatter,
@@ -368,7 +368,7 @@ def _warnings(report: dict, per_split: dict[str, dict[str, int]], layout: str) -
     small = {c: n for c, n in report["counts"].items() if n < FEW_IMAGES}
     if small:
         w.append(f"{len(small)} class(es) with fewer than {FEW_IMAGES} images: "
-                 + ", ".join(f"{c} ({n})" for c, n in sorted(small.items(), key=lambda kv: kv[1])))  # fmt: skip
+                 + some_of([f"{c} ({n})" for c, n in sorted(small.items(), key=lambda kv: kv[1])]))  # fmt: skip
     ratio = report["imbalance_ratio"]
     if ratio is not None and ratio > IMBALANCE_WARN:
         w.append(

@@ -32,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
+from gesture_core.class_names import some_of
+
 GROUP_BY_RULES = ("auto", "none", "session", "folders", "frames")
 SESSION_NAME = re.compile(r"-(\d{8}-\d{6}(?:p\d+)?)-\d+$")  # service.webcam.capture: <class>-<YYYYmmdd-HHMMSS>p<pid>-<n> (p<pid> since 2026-12-04)
 DIGIT_RUNS = re.compile(r"\d+")
@@ -281,10 +283,10 @@ def grouped_split(
             raise DatasetError(_too_few_groups(cls, len(members), grouping))
         out["train"][cls] = [p for key in keys for p in members[key]]
     if single:
-        grouping.warnings.append(f"one recording (group) in class(es) {', '.join(single)}: no honest split is possible, so their "
+        grouping.warnings.append(f"one recording (group) in class(es) {some_of(single)}: no honest split is possible, so their "
                                  "val and test are the last frames of that recording; record another session for a true test")  # fmt: skip
     if unmeasured:
-        grouping.warnings.append(f"class(es) with too few images to hold one out for the test: {', '.join(unmeasured)}; the model "
+        grouping.warnings.append(f"class(es) with too few images to hold one out for the test: {some_of(unmeasured)}; the model "
                                  f"learns them, but no figure measures them (add images: {test_split:.0%} of a class is its test)")  # fmt: skip
     return out
 
