@@ -32,11 +32,14 @@ def hold_run_folder(out: Path) -> None:
     handle = (out / LOCK_FILE).open("a+", encoding="utf-8")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:  # BlockingIOError: another process holds it
+    except BlockingIOError:  # another process holds it
         handle.seek(0)
         owner = handle.read().strip() or "another process"
         handle.close()
         raise ValueError(f"{out} is in use by a training run ({owner}): wait for it to end, or pass another --out") from None
+    except OSError:  # a file system without locks (some network mounts): the run goes on unlocked, as on Windows
+        handle.close()
+        return
     handle.seek(0)
     handle.truncate()
     handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
