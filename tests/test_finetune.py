@@ -579,3 +579,17 @@ def test_a_run_folder_holds_one_training_process_at_a_time(dataset, tmp_path, ca
     assert finetune.main(argv) == 0  # the holder's end let go of the lock: no stale lock to clear by hand
     hold_run_folder(out)  # released at the end of that run, and held again here by this process
     release_run_folders()
+
+
+def test_a_resume_says_which_class_folders_its_split_does_not_know(tmp_path):
+    """A resumed run trains on the split it started with: a class folder added since was left out without a word."""
+    import warnings
+
+    data = make_image_folder(tmp_path / "data", classes=("fist", "palm"), per_class=8, size=32)
+    run = finetune.train(tiny_config(data, tmp_path / "run", epochs=1))
+    (run / "metrics.json").unlink()  # interrupted before its report
+    make_image_folder(data, classes=("thumbs_up",), per_class=8, size=32)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert finetune.main(["--resume", str(run), "--epochs", "2"]) == 0
+    assert any(f"{data} has class folder(s) thumbs_up that {run / 'split.json'} does not know" in str(w.message) for w in caught)

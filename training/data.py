@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from gesture_core.class_names import class_name, escape_unshown, name_key, names_unwritable
+from gesture_core.class_names import class_name, escape_unshown, name_key, names_unwritable, some_of
 from gesture_core.images import (
     IMAGE_SUFFIXES,
     PHOTO_FILE_SUFFIXES,
@@ -120,6 +120,20 @@ def check_split_readable(samples: Sequence[Sample], what: str, split_file: Path,
     if samples and len(missing := unreadable(s.path for s in samples)) == len(samples):
         raise DatasetError(f"none of the {len(samples):,} {what} images {split_file} lists can be opened (e.g. {missing[0]}): "
                            f"moved since training? {hint}")
+
+
+def warn_of_classes_added(splits: Splits, split_file: Path) -> None:
+    """A resumed run trains on the split it started with: a class folder added since was left out
+    without a word. Said, so the user can start a new run to train it."""
+    root = Path(splits.root)
+    try:
+        folder = split_folders(root).get("train", root) if splits.layout == "presplit" else root
+    except DatasetError:
+        return
+    known = set(splits.classes)
+    if added := sorted({class_name(d.name) for d in _subfolders(folder) if not passed_over(d.name, folder=True)} - known):
+        warnings.warn(f"{folder} has class folder(s) {some_of(added)} that {split_file} does not know: a resumed run trains on "
+                      "the split it started with; start a new run to train them", stacklevel=2)
 
 
 def is_presplit(root: Path) -> bool:
