@@ -234,11 +234,11 @@ def test_class_names_that_differ_only_in_case_are_warned_of(tmp_path):
 def test_class_names_that_differ_only_in_spaces_or_separators_are_warned_of(tmp_path):
     """"palm " (a trailing space) and "palm" print alike in every table; thumbs_up and thumbs-up look
     like one gesture in two folders. Names in another script, or alike only in case, are not this."""
-    classes = ("palm", "palm ", "thumbs_up", "thumbs-up", "ThumbsUp", "拳", "掌", "fist")
+    classes = ("palm", "palm ", "thumbs_up", "thumbs-up", "ThumbsUp", "拳", "掌", "fist", "ｆｉｓｔ")  # fullwidth, as an IME types it
     report = build_report(make_image_folder(tmp_path / "d", classes=classes, per_class=2), workers=1)
-    alike = [w for w in report["warnings"] if w.startswith("class names that differ only in spaces or separators")]
-    assert alike == ["class names that differ only in spaces or separators: 'ThumbsUp' and 'thumbs-up' and 'thumbs_up'; 'palm' and "
-                     "'palm ': each is trained as a class of its own (one gesture in two folders?); rename one to the other"]
+    alike = [w for w in report["warnings"] if w.startswith("class names that differ only in spaces, separators or character width")]
+    assert alike == ["class names that differ only in spaces, separators or character width: 'ThumbsUp' and 'thumbs-up' and 'thumbs_up'; "
+                     "'fist' and 'ｆｉｓｔ'; 'palm' and 'palm ': each is trained as a class of its own (one gesture in two folders?); rename one to the other"]
 
 
 def test_a_broken_symlink_class_folder_is_reported_not_dropped(tmp_path):

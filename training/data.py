@@ -12,6 +12,7 @@ import json
 import os
 import re
 import stat
+import unicodedata
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -456,8 +457,13 @@ def load_splits(
 def names_alike(classes: Iterable[str]) -> list[list[str]]:
     """Groups of class names that are one name once case, spaces, '-', '_' and '.' are left out: "palm"
     and "palm " (a trailing space, unseen in every table), "thumbs_up", "thumbs-up" and "ThumbsUp",
-    "Fist" and "fist". Each is trained as a class of its own, most likely one gesture in two folders."""
-    return names_grouped(classes, lambda name: re.sub(r"[\s_.-]+", "", name_key(name)) or name_key(name))
+    "Fist" and "fist", and "ｆｉｓｔ" (fullwidth, as an East Asian keyboard types it) and "fist". Each is
+    trained as a class of its own, most likely one gesture in two folders."""
+    def key(name: str) -> str:
+        wide = unicodedata.normalize("NFKC", name_key(name)).casefold()  # fullwidth and compatibility forms as their plain letters
+        return re.sub(r"[\s_.-]+", "", wide) or wide
+
+    return names_grouped(classes, key)
 
 
 def names_grouped(classes: Iterable[str], key: Callable[[str], str]) -> list[list[str]]:
@@ -471,7 +477,7 @@ def names_grouped(classes: Iterable[str], key: Callable[[str], str]) -> list[lis
 def _warn_of_names_alike(classes: list[str], root: Path) -> None:
     if alike := names_alike(classes):
         warnings.warn(f"{root}: class folders {'; '.join(' and '.join(map(repr, names)) for names in alike)} differ only in case, "
-                      "spaces or separators: each is trained as a class of its own (one gesture in two folders?); rename one to "
+                      "spaces, separators or character width: each is trained as a class of its own (one gesture in two folders?); rename one to "
                       "the other", stacklevel=3)
 
 
