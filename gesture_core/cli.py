@@ -124,6 +124,17 @@ def output_arg(kind: str, suffixes: tuple[str, ...] = (), replaces: tuple[str, .
     return output
 
 
+def first_free(base: Path, free: Callable[[Path], bool] = lambda path: not path.exists(), *, file: bool = False) -> Path:
+    """``base``, or the first of base-2, base-3, ... that is ``free`` (by default: not there yet). A
+    ``file`` keeps its suffix last (snapshot-000001-2.png); a folder's name takes the number at its end,
+    dots and all (runs/flowers-v1.2-resnet18-2)."""
+    candidate, n = base, 1
+    while not free(candidate):
+        n += 1
+        candidate = base.with_name(f"{base.stem}-{n}{base.suffix}" if file else f"{base.name}-{n}")
+    return candidate
+
+
 def landing(path: Path) -> Path:
     """Where writing ``path`` lands once its missing folders are made: ``run/new/../best.pt`` is
     run/best.pt, which ``Path.exists`` called missing (new/ was), so the checkpoint it named was replaced."""

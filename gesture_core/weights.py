@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from gesture_core.class_names import some_of
+
 DOWNLOAD_TIMEOUT_S = 30
 
 
@@ -74,8 +76,7 @@ def unreadable_reason(err: Exception, path: Path, instead: str = "save the plain
     if isinstance(err, PermissionError):  # it was "truncated, corrupt, or not written by torch.save"
         return "this user may not read it (Permission denied)"
     if isinstance(err, pickle.UnpicklingError) and (objects := refused_objects(err, path)):
-        named = ", ".join(objects[:3]) + (f" and {len(objects) - 3} more" if len(objects) > 3 else "")
-        return f"it holds Python objects ({named}) that a weights-only load does not run; {instead}"
+        return f"it holds Python objects ({some_of(objects, 3)}) that a weights-only load does not run; {instead}"
     # The unpickler's own words for random bytes ("list index out of range", "Unsupported operand 35") say nothing.
     text = " ".join(str(err).split())
     if "TorchScript archive" in text:  # torch refuses one by name; an ONNX export is told by its suffix (gesture_core.cli)

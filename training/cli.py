@@ -37,15 +37,6 @@ workers = int_at_least(0, MOST_THREADS)
 seed = int_at_least(0, 2**32 - 1)
 
 
-def first_free_folder(base: Path, free: Callable[[Path], bool] = lambda folder: not folder.exists()) -> Path:
-    """``base``, or the first of base-2, base-3, ... that is ``free`` (by default: not there yet)."""
-    candidate, n = base, 1
-    while not free(candidate):
-        n += 1
-        candidate = base.with_name(f"{base.name}-{n}")
-    return candidate
-
-
 def float_in(low: float, high: float, *, high_inclusive: bool = False):
     def parse(text: str) -> float:
         try:

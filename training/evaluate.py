@@ -36,6 +36,7 @@ from gesture_core.cli import (
     check_output_spares_inputs,
     checkpoint_arg,
     command,
+    first_free,
     output_arg,
     trained_on,
 )
@@ -176,7 +177,7 @@ def report_folder(args: argparse.Namespace, name: str, source: str, suffix: str)
     if args.out:
         return Path(args.out)
     base = args.checkpoint.parent / f"eval-{name}{suffix}"
-    candidate = cli.first_free_folder(base, lambda folder: takes_report_of(folder, source))
+    candidate = first_free(base, lambda folder: takes_report_of(folder, source))
     if candidate != base:
         print(f"{base} holds the report of {report_source(base)}: this one goes to {candidate}/")
     return candidate

@@ -31,6 +31,7 @@ from gesture_core.checkpoint import (
     remove_partial_saves,
     save_checkpoint,
 )
+from gesture_core.class_names import some_of
 from gesture_core.classifier import Classifier, load_classifier
 from gesture_core.cli import (
     EXIT_USAGE,
@@ -40,6 +41,7 @@ from gesture_core.cli import (
     OutOfMemory,
     checkpoint_arg,
     command,
+    first_free,
     output_arg,
 )
 from gesture_core.preprocess import DataConfig
@@ -276,12 +278,12 @@ def other_files_in(out: Path, shown: int = 3) -> str:
     if not out.is_dir() or (out / "split.json").is_file():
         return ""
     entries = sorted(entry.name + ("/" if entry.is_dir() else "") for entry in out.iterdir() if not entry.name.startswith("."))  # .DS_Store
-    return ", ".join(entries[:shown]) + (f" and {len(entries) - shown} more" if len(entries) > shown else "")
+    return some_of(entries, shown)
 
 
 def default_run_dir(cfg: TrainConfig) -> Path:
     name = data_archive_name(cfg.data) or Path(cfg.data).name  # flowers.zip or https://host/flowers.zip: runs/flowers-...
-    return cli.first_free_folder(Path("runs") / f"{name or 'data'}-{cfg.backbone}")
+    return first_free(Path("runs") / f"{name or 'data'}-{cfg.backbone}")
 
 
 @dataclass

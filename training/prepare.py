@@ -40,6 +40,7 @@ from typing import BinaryIO, NamedTuple
 
 from tqdm import tqdm
 
+from gesture_core.class_names import some_of
 from gesture_core.cli import CommandParser, DefaultsHelpFormatter, check_writable, command, output_arg
 from gesture_core.hands import HAND_MODEL_FILES, MODELS_WHEEL, HandModelFile, hand_models_dir
 from gesture_core.images import FRAME_JPEG_QUALITY, IMAGE_SUFFIXES, MAX_IMAGE_FILE_BYTES, VIDEO_FILE_SUFFIXES, VIDEO_FRAME_EVERY
@@ -594,8 +595,7 @@ def prepare_videos(folder: Path, videos: list[Path], root: Path = DEFAULT_ROOT, 
 
 
 def undecodable_videos(unread: list[str]) -> str:
-    more = f" and {len(unread) - 3} more" if len(unread) > 3 else ""
-    return f"{len(unread)} video(s) do not decode and gave no frames: {', '.join(unread[:3])}{more} (re-encode them as H.264 .mp4)"
+    return f"{len(unread)} video(s) do not decode and gave no frames: {some_of(unread, 3)} (re-encode them as H.264 .mp4)"
 
 
 def _extract_videos(folder: Path, videos: list[Path], dest: Path, every: int) -> tuple[int, list[str]]:

@@ -40,6 +40,7 @@ from gesture_core.cli import (
     checkpoint_arg,
     command,
     describe,
+    first_free,
     output_arg,
 )
 from gesture_core.runtime import Runtime, add_runtime_arguments
@@ -120,16 +121,6 @@ def naming_the_file(path: Path | None) -> Iterator[None]:
         if err.filename is not None:
             raise
         raise OSError(err.errno, err.strerror or str(err), str(path)) from None
-
-
-def unused_name(path: Path) -> Path:
-    """``path``, or NAME-2.png, NAME-3.png, ... where it is taken: frame numbers start again each run, and
-    a second run's snapshot of frame 1 replaced the first run's."""
-    candidate, n = path, 1
-    while candidate.exists():
-        n += 1
-        candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
-    return candidate
 
 
 def gesture_score_of(prediction: Prediction | None) -> float | None:
@@ -289,7 +280,8 @@ class Outputs:
             self.snapshot(canvas, result.index)
 
     def snapshot(self, canvas: np.ndarray, index: int) -> Path:
-        path = unused_name(self.options.snapshot_dir / f"snapshot-{index:06d}.png")
+        # frame numbers start again each run: a second run's snapshot of frame 1 replaced the first run's
+        path = first_free(self.options.snapshot_dir / f"snapshot-{index:06d}.png", file=True)
         path.parent.mkdir(parents=True, exist_ok=True)
         if not cv2.imwrite(str(path), canvas):
             raise OSError(f"could not write snapshot {path}")
