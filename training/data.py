@@ -39,6 +39,7 @@ from gesture_core.images import (
     read_image_file,
     unsupported_format,
 )
+from training.duplicates import copies_warnings, identical_sets, keep_copies_together
 from training.grouping import DatasetError, assign_groups, grouped_split
 
 VIDEO_TO_FRAMES = "python -m service.webcam.capture --source VIDEO --headless --label CLASS --out DATASET"
@@ -434,9 +435,13 @@ def load_splits(
         _warn_of_names_alike(classes, folders["train"])
         _check_same_classes(parts, classes, root)
         grouping = assign_groups(parts["train"], group_by)
+        copies = identical_sets(path for by_class in parts.values() for paths in by_class.values() for path in paths)
+        moved = 0
         if "val" not in parts:
             carved = grouped_split(parts["train"], grouping, val_split=val_split, test_split=0.0, test_per_class=None, seed=seed)
+            moved = keep_copies_together(carved, copies)  # only the val carved here; the folder's own test/ stays as it is
             parts["train"], parts["val"] = carved["train"], carved["val"]
+        grouping.warnings += copies_warnings(parts, copies, moved, root, presplit=True)
         samples = {s: _to_samples(parts[s], classes) for s in SPLITS}
         return Splits(str(root), classes, samples["train"], samples["val"], samples["test"], skipped, "presplit", grouping.to_json())
     by_class = scan_class_folders(root, skipped)
@@ -450,6 +455,8 @@ def load_splits(
                       f"needs both train/ and test/ (docs/datasets.md)", stacklevel=2)
     grouping = assign_groups(by_class, group_by)
     parts = grouped_split(by_class, grouping, val_split=val_split, test_split=test_split, test_per_class=test_per_class, seed=seed)
+    copies = identical_sets(path for paths in by_class.values() for path in paths)
+    grouping.warnings += copies_warnings(parts, copies, keep_copies_together(parts, copies), root, presplit=False)
     samples = {s: _to_samples(parts[s], classes) for s in SPLITS}
     return Splits(str(root), classes, samples["train"], samples["val"], samples["test"], skipped, "imagefolder", grouping.to_json())
 
