@@ -25,6 +25,7 @@ from gesture_core.cli import OutOfMemory
 from tests.helpers import count_calls, make_image_folder, train_interrupted_in_epoch, train_interrupted_in_epoch_2
 from tests.test_data import add_bad_files
 from training.config import TrainConfig
+from training.data import Splits
 from training.evaluate import main as evaluate_main
 
 ARTEFACTS = ["best.pt", "last.pt", "config.json", "split.json", "history.csv", "metrics.json", "curves.png", "confusion_matrix.png", "open_set.png"]
@@ -593,3 +594,23 @@ def test_a_resume_says_which_class_folders_its_split_does_not_know(tmp_path):
         warnings.simplefilter("always")
         assert finetune.main(["--resume", str(run), "--epochs", "2"]) == 0
     assert any(f"{data} has class folder(s) thumbs_up that {run / 'split.json'} does not know" in str(w.message) for w in caught)
+
+
+def test_a_resume_says_how_many_images_of_its_split_are_gone_and_reports_each_as_skipped(tmp_path):
+    """Images deleted since the split were found out one failed decode at a time, in the final report only."""
+    import warnings
+
+    data = make_image_folder(tmp_path / "data", classes=("fist", "palm"), per_class=10, size=32)
+    run = finetune.train(tiny_config(data, tmp_path / "run", epochs=1))
+    (run / "metrics.json").unlink()  # interrupted before its report
+    splits = Splits.load(run / "split.json")
+    gone = [splits.train[0].path, splits.test[0].path]
+    for path in gone:
+        os.remove(path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert finetune.main(["--resume", str(run), "--epochs", "2"]) == 0
+    said = [str(w.message) for w in caught if "cannot be opened any more" in str(w.message)]
+    assert said and f"(1 of {len(splits.train)} train, 1 of {len(splits.test)} test; e.g. {gone[0]})" in said[0], said
+    skipped = json.loads((run / "metrics.json").read_text())["skipped"]
+    assert sorted(s["path"] for s in skipped) == sorted(gone) and all("unreadable" in s["reason"] for s in skipped), skipped

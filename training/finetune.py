@@ -76,6 +76,7 @@ from training.data import (
     make_loader,
     unreadable,
     warn_of_classes_added,
+    warn_of_images_gone,
 )
 from training.distributed import ShardedSeededSampler, is_main_process
 from training.ema import ModelEma
@@ -311,6 +312,7 @@ def run_folder_and_splits(cfg: TrainConfig, resume: Path | None) -> tuple[Path, 
         splits = Splits.load(out / "split.json")
         # Each image would be skipped as a failed decode: the run went on with nothing and replaced best.pt.
         check_split_readable(splits.train, "training", out / "split.json", f"put them back under {splits.root} to continue this run")
+        warn_of_images_gone(splits, out / "split.json")
         warn_of_classes_added(splits, out / "split.json")
         return out, splits
     root = resolve_data_dir(cfg.data)  # a folder, an archive or its URL, or a catalogue name
