@@ -6,6 +6,9 @@ pretrained weights, ``checkpoint`` stores a model, ``classifier`` rebuilds it an
 pipeline (``crop`` per image, ``classify`` per batch, ``predict`` both), ``runtime`` says where it runs.
 """
 
+import gesture_core.interrupts  # noqa: F401  before torch: a Ctrl-C during a command's imports is one line, not a traceback
+
+# isort: split
 from gesture_core.backbones import BACKBONES, build_model, get_backbone, list_backbones
 from gesture_core.checkpoint import load_checkpoint, resolve_device, save_checkpoint
 from gesture_core.classifier import Classifier, ClassScores, Prediction, decode_probs, load_classifier

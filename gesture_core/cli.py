@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import NoReturn, ParamSpec
 
 from gesture_core.hands import HandModelsUnavailableError
+from gesture_core.interrupts import EXIT_INTERRUPTED, restore_python_interrupts
 from gesture_core.weights import WeightsUnavailableError
 
 EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130  # what a shell reports for a process stopped by Ctrl-C (128 + SIGINT)
 
 
 class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -68,6 +68,7 @@ def command(main: Callable[P, int]) -> Callable[P, int]:
     @functools.wraps(main)
     def run(*args: P.args, **kwargs: P.kwargs) -> int:
         warnings.formatwarning = one_line_warning
+        restore_python_interrupts()  # from here a step that keeps its work on Ctrl-C (a run saving last.pt) has its say
         try:
             return main(*args, **kwargs)
         except USER_ERRORS as err:

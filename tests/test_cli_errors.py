@@ -9,8 +9,10 @@ import functools
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -842,3 +844,26 @@ def test_the_webcam_and_visualize_say_when_they_show_a_runs_last_pt(run, dataset
                 warnings.simplefilter("always")
                 assert main(["--checkpoint", str(checkpoint), *argv]) == 0
             assert [str(w.message) for w in caught if "training state" in str(w.message)] == said
+
+
+def interrupted_while_importing_torch(module: str) -> subprocess.CompletedProcess:
+    """``python -m MODULE /no/such/folder``, sent Ctrl-C (SIGINT) once torch's library is loaded, while its import goes on."""
+    process = subprocess.Popen([sys.executable, "-m", module, "/no/such/folder"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    maps = f"/proc/{process.pid}/maps"
+    deadline = time.monotonic() + 60
+    while process.poll() is None and time.monotonic() < deadline:
+        with open(maps) as mapped:
+            if "libtorch_cpu" in mapped.read():
+                break
+        time.sleep(0.002)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    return subprocess.CompletedProcess(process.args, process.returncode, out, err)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads /proc/PID/maps to know that torch is being imported")
+@pytest.mark.parametrize("module", ["training.check", "service.webcam.capture", "benchmarks.hostile"])
+def test_ctrl_c_while_a_command_imports_torch_is_one_line_and_exit_130(module):
+    """A Ctrl-C in the seconds before main ran printed Python's KeyboardInterrupt traceback through the imports."""
+    done = interrupted_while_importing_torch(module)
+    assert (done.returncode, done.stderr.strip()) == (130, "interrupted"), done.stderr[-2000:]
