@@ -614,3 +614,25 @@ def test_a_resume_says_how_many_images_of_its_split_are_gone_and_reports_each_as
     assert said and f"(1 of {len(splits.train)} train, 1 of {len(splits.test)} test; e.g. {gone[0]})" in said[0], said
     skipped = json.loads((run / "metrics.json").read_text())["skipped"]
     assert sorted(s["path"] for s in skipped) == sorted(gone) and all("unreadable" in s["reason"] for s in skipped), skipped
+
+
+def test_a_resume_counts_the_images_added_to_its_classes_since_its_split(tmp_path):
+    """New photos in a known class folder were left out of a resumed run without a word (new folders were named)."""
+    import warnings
+
+    data = make_image_folder(tmp_path / "data", classes=("fist", "palm"), per_class=8, size=32)
+    run = finetune.train(tiny_config(data, tmp_path / "run", epochs=1))
+    (run / "metrics.json").unlink()  # interrupted before its report
+    make_image_folder(tmp_path / "more", classes=("fist",), per_class=3, size=32)
+    for n, photo in enumerate(sorted((tmp_path / "more" / "fist").iterdir())):
+        photo.rename(data / "fist" / f"new_{n}{photo.suffix}")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert finetune.main(["--resume", str(run), "--epochs", "2"]) == 0
+    said = [str(w.message) for w in caught if "does not list" in str(w.message)]
+    assert said and said[0].startswith(f"3 image(s) in class folders that {run / 'split.json'} does not list (e.g. {data / 'fist' / 'new_0'}"), said
+    (data / "palm" / "broken.jpg").write_bytes(b"\xff\xd8 not a photo")  # skipped at the split as at any time: not "added"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert finetune.main(["--resume", str(run), "--epochs", "3"]) == 0
+    assert [str(w.message) for w in caught if "does not list" in str(w.message)][0].startswith("3 image(s)")

@@ -136,17 +136,36 @@ def warn_of_images_gone(splits: Splits, split_file: Path) -> None:
 
 
 def warn_of_classes_added(splits: Splits, split_file: Path) -> None:
-    """A resumed run trains on the split it started with: a class folder added since was left out
-    without a word. Said, so the user can start a new run to train it."""
+    """A resumed run trains on the split it started with: a class folder, or images in a class folder, added
+    since were left out without a word. Said, so the user can start a new run to train them."""
     root = Path(splits.root)
     try:
-        folder = split_folders(root).get("train", root) if splits.layout == "presplit" else root
+        folders = split_folders(root) if splits.layout == "presplit" else {"train": root}
     except DatasetError:
         return
     known = set(splits.classes)
-    if added := sorted({class_name(d.name) for d in _subfolders(folder) if not passed_over(d.name, folder=True)} - known):
-        warnings.warn(f"{folder} has class folder(s) {some_of(added)} that {split_file} does not know: a resumed run trains on "
+    if added := sorted({class_name(d.name) for d in _class_folders(folders["train"])} - known):
+        warnings.warn(f"{folders['train']} has class folder(s) {some_of(added)} that {split_file} does not know: a resumed run trains on "
                       "the split it started with; start a new run to train them", stacklevel=2)
+    listed = {os.path.normpath(s.path) for name in SPLITS for s in getattr(splits, name)}
+    known_folders = [d for folder in folders.values() for d in _class_folders(folder) if class_name(d.name) in known]
+    unlisted = set(_image_names(known_folders)) - listed  # few: only these are read, and those skipped at the split still fail
+    if new := sorted(path for path in unlisted if check_image_file(path) is None):
+        warnings.warn(f"{len(new):,} image(s) in class folders that {split_file} does not list (e.g. {new[0]}), added since the "
+                      "split: a resumed run trains and tests on the split it started with; start a new run to use them", stacklevel=2)
+
+
+def _class_folders(folder: Path) -> list[Path]:
+    return [d for d in _subfolders(folder) if not passed_over(d.name, folder=True)]
+
+
+def _image_names(class_folders: Iterable[Path]) -> Iterator[str]:
+    """Every file with an image extension under ``class_folders``, by name alone (nothing is read)."""
+    for folder in class_folders:
+        for dirpath, dirnames, filenames in os.walk(folder):
+            dirnames[:] = [d for d in dirnames if not passed_over(d, folder=True)]
+            yield from (os.path.normpath(os.path.join(dirpath, n)) for n in filenames
+                        if Path(n).suffix.lower() in IMAGE_SUFFIXES and not passed_over(n, folder=False))
 
 
 def is_presplit(root: Path) -> bool:
