@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import re
+import warnings
 from collections import Counter
 
 import pytest
@@ -11,7 +12,7 @@ from PIL import Image
 
 from tests.helpers import heic_photo_start, make_image_folder, synthetic_image, write_rgb
 from training.check import build_report
-from training.data import DatasetError, ImageDataset, Splits, load_splits
+from training.data import DatasetError, ImageDataset, Splits, load_splits, splits_inside_classes
 
 
 def add_bad_files(root):
@@ -292,3 +293,21 @@ def test_a_training_runs_folder_given_as_the_data_is_refused(tmp_path):
     with pytest.raises(DatasetError, match=re.escape(reason)):
         load_splits(run)
     assert build_report(run)["fatal"] == [reason + ", a folder of class folders"]
+
+
+def test_train_and_test_inside_each_class_folder_are_warned_of_by_training_and_check(tmp_path):
+    """fist/train/, fist/test/ (the layout inside out) was split again without a word, the folders' own split lost."""
+    for split, count in (("Train", 12), ("Test", 4)):
+        make_image_folder(tmp_path / "made" / split, classes=("fist", "palm"), per_class=count, size=32)
+        for cls in ("fist", "palm"):
+            (tmp_path / "data" / cls).mkdir(parents=True, exist_ok=True)
+            (tmp_path / "made" / split / cls).rename(tmp_path / "data" / cls / split)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        load_splits(tmp_path / "data")
+    said = "every class folder holds its own Train/ and Test/ (e.g. fist/Train/): they are read as one set of images per class"
+    assert [w for w in caught if said in str(w.message)], [str(w.message) for w in caught]
+    report = build_report(tmp_path / "data")
+    assert [w for w in report["warnings"] if said in w] and not [w for w in report["warnings"] if "people or sessions" in w], report["warnings"]
+    (tmp_path / "data" / "palm" / "Train").rename(tmp_path / "data" / "palm" / "anna")  # one class without its own split: not the layout
+    assert splits_inside_classes(tmp_path / "data") is None

@@ -58,6 +58,7 @@ from training.data import (
     refuse_a_run_folder,
     scan_class_folders,
     split_folders,
+    splits_inside_classes,
 )
 from training.data import printable_path as printable  # non-UTF-8 names, made printable and JSON-safe
 from training.grouping import assign_groups, grouped_split, sequences
@@ -279,6 +280,7 @@ def build_report(root: Path, *, decode: bool = True, workers: int = 2) -> dict:
         totals.update(counts)
     classes = sorted(totals)
     deep = _deeper(paths, root, layout)
+    inside_out = splits_inside_classes(root) if layout != "presplit" else None  # training says the same at start-up
     report.update(
         classes=classes,
         counts={c: totals[c] for c in classes},
@@ -289,7 +291,7 @@ def build_report(root: Path, *, decode: bool = True, workers: int = 2) -> dict:
         skipped_by_reason=dict(Counter(_reason_kind(s["reason"]) for s in skipped).most_common()),
         ignored=ignored + _stray_entries(root, layout),
         nested=[printable(p) for _, _, p in deep],
-        same_subfolders=_same_subfolders(deep, classes),
+        same_subfolders=[] if inside_out else _same_subfolders(deep, classes),  # train/ and test/ are not people
         non_utf8_names=[printable(i.path) for i in infos if not is_utf8_name(i.path)]
         + [s["path"] for s in skipped if "\ufffd" in s["path"]],
         image_stats=_size_stats(infos),
@@ -301,6 +303,8 @@ def build_report(root: Path, *, decode: bool = True, workers: int = 2) -> dict:
     report["warnings"] += _warnings(report, per_split, layout)
     if layout == "presplit" and (beside := folders_beside_splits(root)):  # training passes them over too, with a warning
         report["warnings"].append(f"folder(s) {', '.join(map(printable, beside))} beside train/ and test/ are not read: a class meant for train/?")
+    if inside_out:
+        report["warnings"].append(inside_out)
     reasons = Counter(i["reason"] for i in report["ignored"])
     report["notes"] = [f"ignored: {n} {r}" for r, n in reasons.most_common()]
     if recordings := report["recordings"]:

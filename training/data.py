@@ -174,6 +174,18 @@ def is_presplit(root: Path) -> bool:
     return {"train", "test"} <= {d.name.lower() for d in _subfolders(root)}
 
 
+def splits_inside_classes(root: Path) -> str | None:
+    """A warning where every class folder of ``root`` holds its own train/ and test/ (``fist/train/``): the
+    layout turned inside out. Each class's images are then split again, and the folders' split is lost."""
+    folders = _class_folders(root)
+    if len(folders) < 2 or not all(is_presplit(folder) for folder in folders):
+        return None
+    train, test = (next(d.name for d in _subfolders(folders[0]) if d.name.lower() == split) for split in ("train", "test"))
+    return (f"every class folder holds its own {train}/ and {test}/ (e.g. {folders[0].name}/{train}/): they are read as one "
+            "set of images per class and split again here; for the folders' own split, make it train/<class>/ and "
+            "test/<class>/ (docs/datasets.md)")
+
+
 def _subfolders(root: Path) -> list[Path]:
     """The folders in ``root``, by name. A split folder is found whatever its case: Kaggle's Train/ and Test/
     were trained as two classes named Train and Test, on Linux alone (macOS and Windows match names either way)."""
@@ -483,6 +495,8 @@ def load_splits(
     if split_named := sorted(set(classes) & set(SPLITS)):  # half a pre-split layout: trained as a class, without a word
         warnings.warn(f"{root} has class folder(s) named {', '.join(split_named)}, trained as classes: a pre-split layout "
                       f"needs both train/ and test/ (docs/datasets.md)", stacklevel=2)
+    if inside_out := splits_inside_classes(root):
+        warnings.warn(f"{root}: {inside_out}", stacklevel=2)
     grouping = assign_groups(by_class, group_by)
     parts = grouped_split(by_class, grouping, val_split=val_split, test_split=test_split, test_per_class=test_per_class, seed=seed)
     copies = identical_sets(path for paths in by_class.values() for path in paths)
