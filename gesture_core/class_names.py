@@ -80,3 +80,31 @@ def some_of(names: Sequence[str], shown: int = 10) -> str:
     """``names`` comma-separated, the first ``shown`` of them and how many more: a warning that listed
     every class of a 2,000-class set was one line of 22 KB."""
     return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
+
+
+# Cyrillic and Greek letters drawn as Latin ones, once case-folded (Cyrillic В, Н, М, Т and Greek Β, Η, Κ, Μ,
+# Ν, Τ look Latin only in capitals, and fold to these): "fіst" with a Ukrainian і reads as "fist".
+LOOK_ALIKE = str.maketrans(
+    "аеорсухіјѕԁһӏԛԝүвнмткαβεζηικμνορτυχ",
+    "aeopcyxijsdhlqwybhmtkabezhikmnoptux",
+)
+CONFUSABLE_SCRIPTS = ("LATIN", "CYRILLIC", "GREEK")  # the alphabets whose letters pass for one another
+
+
+def as_latin(name: str) -> str:
+    """``name`` (case-folded) with the Cyrillic and Greek letters that pass for Latin ones made Latin."""
+    return name.casefold().translate(LOOK_ALIKE)
+
+
+def mixed_scripts(name: str) -> str | None:
+    """How ``name`` mixes Latin, Cyrillic and Greek letters ("Latin and Cyrillic (і)"), or None: one alphabet
+    per name is how people type, so a mix is most likely a look-alike letter from another keyboard layout."""
+    scripts: dict[str, list[str]] = {}
+    for char in unicodedata.normalize("NFKC", name):  # fullwidth letters as their plain ones
+        script = unicodedata.name(char, "").split(" ")[0]
+        if char.isalpha() and script in CONFUSABLE_SCRIPTS:
+            scripts.setdefault(script, []).append(char)
+    if len(scripts) < 2:
+        return None
+    fewest = min(scripts, key=lambda script: (len(scripts[script]), script == "LATIN"))  # a tie names the letters not Latin
+    return f"{' and '.join(s.title() for s in scripts)} letters ({fewest.title()} {''.join(dict.fromkeys(scripts[fewest]))})"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -234,11 +235,23 @@ def test_class_names_that_differ_only_in_case_are_warned_of(tmp_path):
 def test_class_names_that_differ_only_in_spaces_or_separators_are_warned_of(tmp_path):
     """"palm " (a trailing space) and "palm" print alike in every table; thumbs_up and thumbs-up look
     like one gesture in two folders. Names in another script, or alike only in case, are not this."""
-    classes = ("palm", "palm ", "thumbs_up", "thumbs-up", "ThumbsUp", "拳", "掌", "fist", "ｆｉｓｔ")  # fullwidth, as an IME types it
-    report = build_report(make_image_folder(tmp_path / "d", classes=classes, per_class=2), workers=1)
-    alike = [w for w in report["warnings"] if w.startswith("class names that differ only in spaces, separators or character width")]
-    assert alike == ["class names that differ only in spaces, separators or character width: 'ThumbsUp' and 'thumbs-up' and 'thumbs_up'; "
-                     "'fist' and 'ｆｉｓｔ'; 'palm' and 'palm ': each is trained as a class of its own (one gesture in two folders?); rename one to the other"]
+    classes = ("palm", "palm ", "thumbs_up", "thumbs-up", "ThumbsUp", "拳", "掌", "fist", "ｆｉｓｔ", "ok", "ОК", "νεο")  # fullwidth, as an IME types it;
+    report = build_report(make_image_folder(tmp_path / "d", classes=classes, per_class=2), workers=1)  # Cyrillic ОК; Greek alone
+    alike = [w for w in report["warnings"] if w.startswith("class names that differ only in spaces, separators, character width or look-alike")]
+    assert alike == ["class names that differ only in spaces, separators, character width or look-alike letters: 'ThumbsUp' and 'thumbs-up' and "
+                     "'thumbs_up'; 'fist' and 'ｆｉｓｔ'; 'ok' and 'ОК'; 'palm' and 'palm ': each is trained as a class of its own (one gesture in two "
+                     "folders?); rename one to the other"]
+    assert not [w for w in report["warnings"] if "mix alphabets" in w], "one alphabet per name, whichever it is"
+
+
+def test_a_class_name_that_mixes_alphabets_is_warned_of_by_check_and_training(tmp_path):
+    """"fіst" with a Ukrainian і prints as fist, and no typed --reject-class or API client ever matches it."""
+    root = make_image_folder(tmp_path / "d", classes=("fіst", "palm", "рoint"), per_class=6)  # Cyrillic і, Cyrillic р
+    said = ("class name(s) 'fіst' (Latin and Cyrillic letters (Cyrillic і)), 'рoint' (Cyrillic and Latin letters (Cyrillic р)) mix "
+            "alphabets: a letter from another keyboard layout that looks Latin")
+    assert [w for w in build_report(root, workers=1)["warnings"] if w.startswith(said)]
+    with pytest.warns(UserWarning, match=re.escape(said)):
+        load_splits(root, val_split=0.2, test_split=0.2)
 
 
 def test_a_broken_symlink_class_folder_is_reported_not_dropped(tmp_path):

@@ -93,7 +93,8 @@ def test_class_folders_alike_but_for_case_spaces_or_separators_are_warned_of_at_
     for top in tops:
         make_image_folder(tmp_path / "d" / top, classes=classes, per_class=6)
     with pytest.warns(UserWarning, match=r"class folders 'Fist' and 'fist'; 'palm' and 'palm '; 'thumbs-up' and 'thumbs_up' differ only "
-                                         r"in case, spaces, separators or character width: each is trained as a class of its own") as said:
+                                         r"in case, spaces, separators, character width or look-alike letters: each is trained as a class "
+                                         r"of its own") as said:
         splits = load_splits(tmp_path / "d", val_split=0.2, test_split=0.2)
     assert len(splits.classes) == 8 and sum("differ only" in str(w.message) for w in said) == 1
 

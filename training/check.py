@@ -52,6 +52,7 @@ from training.data import (
     empty_classes_problem,
     folders_beside_splits,
     is_presplit,
+    mixed_script_names,
     names_alike,
     names_grouped,
     passed_over,
@@ -382,8 +383,11 @@ def _warnings(report: dict, per_split: dict[str, dict[str, int]], layout: str) -
         w.append("class names that differ only in case: " + "; ".join(" and ".join(names) for names in same)
                  + ": on macOS and Windows they are one folder, so a copy of this dataset there merges them")
     if alike := [names for names in names_alike(report["classes"]) if len({name_key(n) for n in names}) > 1]:  # not case alone
-        w.append("class names that differ only in spaces, separators or character width: " + "; ".join(" and ".join(map(repr, names)) for names in alike)
-                 + ": each is trained as a class of its own (one gesture in two folders?); rename one to the other")
+        w.append("class names that differ only in spaces, separators, character width or look-alike letters: "
+                 + "; ".join(" and ".join(map(repr, names)) for names in alike) + ": each is trained as a class of its own (one gesture "
+                 "in two folders?); rename one to the other")
+    if mixed := mixed_script_names(report["classes"]):
+        w.append(mixed)
     if layout == "presplit":
         w += _split_warnings(per_split)
     elif set(report["classes"]) & set(SPLITS):

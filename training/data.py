@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from gesture_core.class_names import class_name, escape_unshown, name_key, names_unwritable, some_of
+from gesture_core.class_names import as_latin, class_name, escape_unshown, mixed_scripts, name_key, names_unwritable, some_of
 from gesture_core.images import (
     IMAGE_SUFFIXES,
     PHOTO_FILE_SUFFIXES,
@@ -508,10 +508,10 @@ def load_splits(
 def names_alike(classes: Iterable[str]) -> list[list[str]]:
     """Groups of class names that are one name once case, spaces, '-', '_' and '.' are left out: "palm"
     and "palm " (a trailing space, unseen in every table), "thumbs_up", "thumbs-up" and "ThumbsUp",
-    "Fist" and "fist", and "ｆｉｓｔ" (fullwidth, as an East Asian keyboard types it) and "fist". Each is
-    trained as a class of its own, most likely one gesture in two folders."""
+    "Fist" and "fist", "ｆｉｓｔ" (fullwidth, as an East Asian keyboard types it) and "fist", and "fіst" (a
+    Ukrainian і) and "fist". Each is trained as a class of its own, most likely one gesture in two folders."""
     def key(name: str) -> str:
-        wide = unicodedata.normalize("NFKC", name_key(name)).casefold()  # fullwidth and compatibility forms as their plain letters
+        wide = as_latin(unicodedata.normalize("NFKC", name_key(name)))  # fullwidth forms and look-alike letters as plain Latin
         return re.sub(r"[\s_.-]+", "", wide) or wide
 
     return names_grouped(classes, key)
@@ -528,8 +528,18 @@ def names_grouped(classes: Iterable[str], key: Callable[[str], str]) -> list[lis
 def _warn_of_names_alike(classes: list[str], root: Path) -> None:
     if alike := names_alike(classes):
         warnings.warn(f"{root}: class folders {'; '.join(' and '.join(map(repr, names)) for names in alike)} differ only in case, "
-                      "spaces, separators or character width: each is trained as a class of its own (one gesture in two folders?); rename one to "
-                      "the other", stacklevel=3)
+                      "spaces, separators, character width or look-alike letters: each is trained as a class of its own (one gesture in "
+                      "two folders?); rename one to the other", stacklevel=3)
+    if mixed := mixed_script_names(classes):
+        warnings.warn(f"{root}: {mixed}", stacklevel=3)
+
+
+def mixed_script_names(classes: Iterable[str]) -> str | None:
+    """A warning naming the class names that mix Latin, Cyrillic and Greek letters ("fіst"), or None."""
+    if mixed := [f"{name!r} ({how})" for name in classes if (how := mixed_scripts(name))]:
+        return (f"class name(s) {some_of(mixed)} mix alphabets: a letter from another keyboard layout that looks Latin makes a "
+                "name that a typed one (--reject-class, an API client) never matches; retype it")
+    return None
 
 
 def folders_beside_splits(root: Path) -> list[str]:
