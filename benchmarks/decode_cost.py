@@ -20,7 +20,6 @@ and what the header read before every decode costs beside the decode itself.
 
 from __future__ import annotations
 
-import argparse
 import io
 import math
 import os
@@ -403,8 +402,7 @@ def photo_rows(per_set: int) -> None:
 
 @command
 def main(argv: list[str] | None = None) -> int:
-    p = CommandParser(prog="python -m benchmarks.decode_cost", description=__doc__.split("\n\n")[0],
-                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
+    p = CommandParser(prog="python -m benchmarks.decode_cost", description=__doc__.split("\n\n")[0])
     p.add_argument("--photos", type=int, default=20, help="photos sampled from each shared set")
     args = p.parse_args(argv)
     print(describe_machine(), "\n")

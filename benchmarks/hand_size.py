@@ -213,8 +213,7 @@ def train(data: Path, runs: Path, mode: str, args: argparse.Namespace) -> tuple[
 
 @command
 def main(argv: list[str] | None = None) -> int:
-    p = CommandParser(prog="python -m benchmarks.hand_size", description=__doc__.split("\n\n")[0],
-                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
+    p = CommandParser(prog="python -m benchmarks.hand_size", description=__doc__.split("\n\n")[0])
     p.add_argument("--asl", type=Path, default=SHARED_DATA / "asl-alphabet", help="the ASL alphabet photos (hands, and 'nothing' scenes)")
     p.add_argument("--flowers", type=Path, default=SHARED_DATA / "flowers", help="flower photos (scenes)")
     p.add_argument("--quick", action="store_true", help=f"letters {QUICK_LETTERS}, 40 photos each, sizes {QUICK_SIDES}, 1 paste")

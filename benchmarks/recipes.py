@@ -153,8 +153,7 @@ def csv_choice(choices) -> Callable[[str], list[str]]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = CommandParser(prog="python -m benchmarks.recipes", description=__doc__.split("\n\n")[0],
-                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
+    p = CommandParser(prog="python -m benchmarks.recipes", description=__doc__.split("\n\n")[0])
     p.add_argument("--data-root", type=Path, default=SHARED_DATA, help="folder holding the datasets, one sub-folder each")
     p.add_argument("--datasets", type=lambda t: [v for v in t.split(",") if v], default=list(DATASETS), help="comma-separated sub-folders of --data-root")
     p.add_argument("--budgets", type=lambda t: [int(v) for v in t.split(",")], default=list(BUDGETS), help="comma-separated epoch budgets")

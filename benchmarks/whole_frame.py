@@ -12,7 +12,6 @@ The frames go to OUT/data (made once, seeded); runs to OUT/runs/<crop>, read bac
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -99,8 +98,7 @@ def synthesize(source: Path, backgrounds: Path, out: Path, per_class: int, seed:
 
 @command
 def main(argv: list[str] | None = None) -> int:
-    p = CommandParser(prog="python -m benchmarks.whole_frame", description=__doc__.split("\n\n")[0],
-                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
+    p = CommandParser(prog="python -m benchmarks.whole_frame", description=__doc__.split("\n\n")[0])
     p.add_argument("--source", type=Path, default=SHARED_DATA / "sign-digits", help="ImageFolder of hand photos")
     p.add_argument("--backgrounds", type=Path, default=SHARED_DATA / "flowers", help="folder of photos used as scenes")
     p.add_argument("--per-class", type=int, default=40, help="frames per class")

@@ -43,10 +43,18 @@ class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+class DefaultsAndEpilogHelpFormatter(DefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """``DefaultsHelpFormatter`` that prints the description and epilog as written (a tip's own lines)."""
+
+
 class CommandParser(argparse.ArgumentParser):
     """Every command's parser. A mistake on its command line is one ``error:`` line and exit code 2,
     as a mistake found later is (``command``): argparse prints its whole usage first, 33 lines for
-    ``training.finetune``, above a reason that is the one line that matters."""
+    ``training.finetune``, above a reason that is the one line that matters. ``--help`` shows every option's
+    default (``DefaultsHelpFormatter``)."""
+
+    def __init__(self, *args, formatter_class: type[argparse.HelpFormatter] = DefaultsHelpFormatter, **kwargs) -> None:
+        super().__init__(*args, formatter_class=formatter_class, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         hint = f"; `{self.prog} --help` lists every option" if message.startswith(("unrecognized arguments", "the following arguments are required", "one of the arguments")) else ""

@@ -24,7 +24,7 @@ import bentoml
 from bentoml.exceptions import NotFound
 
 from gesture_core.checkpoint import check_not_training_state
-from gesture_core.cli import CommandParser, DefaultsHelpFormatter, checkpoint_arg, command
+from gesture_core.cli import CommandParser, checkpoint_arg, command
 from gesture_core.hands import HAND_MODEL_FILES
 from gesture_core.preprocess import DataConfig
 from gesture_core.runtime import Runtime
@@ -155,7 +155,6 @@ def build_parser() -> argparse.ArgumentParser:
     p = CommandParser(
         prog="python -m service.import_model",
         description="Store a training checkpoint in the BentoML model store (the service serves the latest one).",
-        formatter_class=DefaultsHelpFormatter,
     )
     p.add_argument("checkpoint", type=checkpoint_arg("best.pt"), help="a checkpoint written by training.finetune, e.g. runs/NAME/best.pt, or its run folder runs/NAME")
     p.add_argument("--name", type=model_name, default=DEFAULT_MODEL_NAME, help="model name in the store; serve it with GESTURE_MODEL=NAME:latest")

@@ -48,7 +48,7 @@ from gesture_core.checkpoint import (
     resolve_device,
 )
 from gesture_core.class_names import some_of
-from gesture_core.cli import CommandParser, DefaultsHelpFormatter, checkpoint_arg, command
+from gesture_core.cli import CommandParser, checkpoint_arg, command
 from gesture_core.preprocess import DataConfig
 from gesture_core.rejection import SCORES, Rejection, find_reject_classes, softmax
 from training import cli
@@ -446,7 +446,7 @@ def reject_choice(classes: Sequence[str], requested: Sequence[str] | None) -> st
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = CommandParser(prog="python -m training.calibrate", description=__doc__.split("\n")[0], formatter_class=DefaultsHelpFormatter)
+    p = CommandParser(prog="python -m training.calibrate", description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", type=checkpoint_arg("best.pt"), required=True, help="RUN/best.pt, or the run folder RUN (rewritten with the calibration)")
     add_rejection_args(p)
     p.add_argument("--workers", type=cli.workers, default=2, help="data-loading processes (0: decode in this process)")

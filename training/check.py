@@ -35,7 +35,6 @@ from tqdm import tqdm
 from gesture_core.class_names import name_key, some_of
 from gesture_core.cli import (
     CommandParser,
-    DefaultsHelpFormatter,
     check_output_outside_datasets,
     check_writable,
     command,
@@ -510,8 +509,7 @@ def format_report(r: dict) -> str:
 
 @command
 def main(argv: list[str] | None = None) -> int:
-    parser = CommandParser(prog="python -m training.check", description=__doc__.split("\n\n")[0],
-                           formatter_class=DefaultsHelpFormatter)
+    parser = CommandParser(prog="python -m training.check", description=__doc__.split("\n\n")[0])
     parser.add_argument("dir", type=input_path("a dataset folder, archive or catalogue name"), metavar="DIR", help="ImageFolder or pre-split train/val/test folder, a zip or tar of one or its "
                         "URL, or a catalogue name: the folder training reads (archives are unpacked into datasets/)")
     parser.add_argument("--json", type=output_arg("file", replaces=(".json",)), metavar="FILE", help="also write the full report as JSON")

@@ -29,7 +29,6 @@ from gesture_core.backbones import get_backbone
 from gesture_core.classifier import load_classifier
 from gesture_core.cli import (
     CommandParser,
-    DefaultsHelpFormatter,
     check_output_outside_datasets,
     check_output_spares_inputs,
     command,
@@ -225,7 +224,7 @@ def plot_bubbles(path: Path, rows: list[Row], title: str) -> Path:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = CommandParser(prog="python -m training.compare", description=__doc__.split("\n")[0], formatter_class=DefaultsHelpFormatter)
+    p = CommandParser(prog="python -m training.compare", description=__doc__.split("\n")[0])
     p.add_argument("--data", type=cli.input_path("a dataset folder, archive or catalogue name"), required=True, help="the dataset every backbone is trained on, as finetune --data takes it (a folder, an archive or its URL, or a catalogue name)")
     p.add_argument("--backbones", type=backbone_list, required=True, help="comma-separated registry names")
     p.add_argument("--weights", choices=("auto", "imagenet", "none"), default="auto", help="auto: ImageNet where the weights are on disk, else from scratch")

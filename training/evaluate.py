@@ -31,7 +31,6 @@ from gesture_core.class_names import name_key
 from gesture_core.classifier import Classifier, load_classifier
 from gesture_core.cli import (
     CommandParser,
-    DefaultsHelpFormatter,
     check_output_outside_datasets,
     check_output_spares_inputs,
     checkpoint_arg,
@@ -67,7 +66,7 @@ TTA_CHOICES = (*TTA_MODES, "all")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = CommandParser(prog="python -m training.evaluate", description=__doc__.split("\n")[0], formatter_class=DefaultsHelpFormatter)
+    p = CommandParser(prog="python -m training.evaluate", description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", type=checkpoint_arg("best.pt"), required=True, help="RUN/best.pt, or the run folder RUN")
     p.add_argument("--data", type=cli.input_path("a dataset folder, archive or catalogue name"), default=None, help="ImageFolder to evaluate as a whole, or a pre-split dataset's test/, or a zip or tar of either, its URL, or a catalogue name (default: the run's saved test split)")
     p.add_argument("--split", choices=("test", "val", "train"), default=None, help="which saved split, without --data (default: test)")

@@ -41,7 +41,6 @@ from gesture_core.checkpoint import atomic_output, check_not_training_state, rem
 from gesture_core.classifier import Classifier, decode_probs, load_classifier
 from gesture_core.cli import (
     CommandParser,
-    DefaultsHelpFormatter,
     check_output_spares_inputs,
     check_writable,
     checkpoint_arg,
@@ -348,7 +347,7 @@ def export(classifier: Classifier, fmt: str, path: Path, **kwargs: Any) -> Path:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = CommandParser(prog="python -m training.export", description=__doc__.split("\n")[0], formatter_class=DefaultsHelpFormatter)
+    p = CommandParser(prog="python -m training.export", description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", type=checkpoint_arg("best.pt"), required=True, help="RUN/best.pt, or the run folder RUN")
     p.add_argument("--format", choices=FORMATS, default=None, help="what to write (default: what --out's name says, .onnx or .pt, else onnx)")
     p.add_argument("--out", type=output_arg("file", replaces=tuple(FORMAT_OF_SUFFIX)), default=None, help="output file (default: RUN/model.onnx or RUN/model.torchscript.pt)")

@@ -37,7 +37,6 @@ from gesture_core.cli import (
     EXIT_USAGE,
     USER_ERRORS,
     CommandParser,
-    DefaultsHelpFormatter,
     OutOfMemory,
     checkpoint_arg,
     command,
@@ -117,7 +116,6 @@ def build_parser(*, suppress_defaults: bool = False) -> argparse.ArgumentParser:
         prog="python -m training.finetune",
         description="Fine-tune an ImageNet-pretrained CNN on an ImageFolder dataset.",
         argument_default=argparse.SUPPRESS if suppress_defaults else None,
-        formatter_class=DefaultsHelpFormatter,
     )
     g = p.add_argument_group("model and data")
     cli.add_backbone_arg(g, default=default(d.backbone))

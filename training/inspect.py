@@ -24,7 +24,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from gesture_core.backbones import build_model, get_backbone
-from gesture_core.cli import CommandParser, DefaultsHelpFormatter, command, describe
+from gesture_core.cli import CommandParser, command, describe
 from training import cli
 
 BYTES_PER_ELEMENT = 4  # fp32 activations
@@ -83,7 +83,7 @@ class ModelSummary:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = CommandParser(prog="python -m training.inspect", description=__doc__.split("\n")[0], formatter_class=DefaultsHelpFormatter)
+    p = CommandParser(prog="python -m training.inspect", description=__doc__.split("\n")[0])
     cli.add_backbone_arg(p, required=True)
     p.add_argument("--input-size", type=cli.image_size, default=None, help="square input side (default: the backbone's, e.g. 224)")
     p.add_argument("--in-channels", type=int, choices=(1, 3), default=3, help="1 for grayscale (lenet5 only)")

@@ -41,7 +41,7 @@ from typing import BinaryIO, NamedTuple
 from tqdm import tqdm
 
 from gesture_core.class_names import some_of
-from gesture_core.cli import CommandParser, DefaultsHelpFormatter, check_writable, command, output_arg
+from gesture_core.cli import CommandParser, check_writable, command, output_arg
 from gesture_core.hands import HAND_MODEL_FILES, MODELS_WHEEL, HandModelFile, hand_models_dir
 from gesture_core.images import FRAME_JPEG_QUALITY, IMAGE_SUFFIXES, MAX_IMAGE_FILE_BYTES, VIDEO_FILE_SUFFIXES, VIDEO_FRAME_EVERY
 from gesture_core.preprocess import longer_side_at_most
@@ -861,8 +861,7 @@ def print_catalogue() -> None:
 
 @command
 def main(argv: list[str] | None = None) -> int:
-    parser = CommandParser(prog="python -m training.prepare", description=__doc__.split("\n\n")[0],
-                           formatter_class=DefaultsHelpFormatter)
+    parser = CommandParser(prog="python -m training.prepare", description=__doc__.split("\n\n")[0])
     names = (*CATALOGUE, HAND_MODELS)
     parser.add_argument("name", nargs="?", metavar="NAME", help=f"one of: {', '.join(names)}")
     parser.add_argument("--root", type=output_arg("folder"), default=DEFAULT_ROOT, help="where datasets live (default: datasets/)")

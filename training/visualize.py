@@ -27,7 +27,6 @@ from gesture_core.checkpoint import warn_if_training_state
 from gesture_core.classifier import Classifier, load_classifier
 from gesture_core.cli import (
     CommandParser,
-    DefaultsHelpFormatter,
     check_output_outside_datasets,
     checkpoint_arg,
     command,
@@ -216,7 +215,7 @@ def save_gradcam(path: Path, view: np.ndarray, cams: list[GradCam]) -> Path:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = CommandParser(prog="python -m training.visualize", description=__doc__.split("\n")[0], formatter_class=DefaultsHelpFormatter)
+    p = CommandParser(prog="python -m training.visualize", description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", type=checkpoint_arg("best.pt"), required=True, help="RUN/best.pt, or the run folder RUN")
     p.add_argument("--image", type=cli.existing_file, required=True, help="the photo to explain")
     p.add_argument("--class", dest="classes", action="append", default=[], metavar="NAME", help="also explain this class (repeatable)")

@@ -36,7 +36,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from gesture_core.cli import EXIT_USAGE, CommandParser, check_writable, command, output_arg
+from gesture_core.cli import EXIT_USAGE, CommandParser, DefaultsAndEpilogHelpFormatter, check_writable, command, output_arg
 from gesture_core.images import (  # IMAGE_SUFFIXES: the files training reads as images, counted as a class's photos
     FRAME_JPEG_QUALITY,
     IMAGE_SUFFIXES,
@@ -370,7 +370,7 @@ def reads_from_inside(source: str, out: Path) -> str | None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = CommandParser(prog="python -m service.webcam.capture", description=__doc__.split("\n\n")[0],
-                      epilog=NONE_TIP, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+                      epilog=NONE_TIP, formatter_class=DefaultsAndEpilogHelpFormatter)  # fmt: skip
     p.add_argument("--out", type=output_arg("folder"), required=True, help="dataset folder; images go to OUT/<class>/")
     p.add_argument(
         "--classes", type=class_list, help="comma-separated class names, keys 1-9 in this order (e.g. fist,palm,peace,none)"

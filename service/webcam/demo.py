@@ -33,7 +33,6 @@ from gesture_core import Prediction
 from gesture_core.checkpoint import warn_if_training_state
 from gesture_core.cli import (
     CommandParser,
-    DefaultsHelpFormatter,
     check_output_spares_inputs,
     check_outputs_differ,
     check_writable,
@@ -487,7 +486,6 @@ def build_parser() -> argparse.ArgumentParser:
     p = CommandParser(
         prog="python -m service.webcam",
         description="Recognise hand gestures live from a webcam, video file, image sequence or stream.",
-        formatter_class=DefaultsHelpFormatter,
     )
     p.add_argument("--source", default="0", help="camera index (0), video file or animated GIF, image pattern (frames/%%04d.jpg), folder of images or glob (photos/*.jpg), or rtsp:// / http:// URL")
     scorer = p.add_mutually_exclusive_group(required=True)
