@@ -419,6 +419,7 @@ def http_bad_requests(upload_limit_bytes: int) -> dict[str, dict]:
         "part_header_line_over_limit": multipart(form_part("image", image, "a.jpg", headers=("X-Note: " + "x" * 5_000,))),
         "file_name_over_limit": multipart(form_part("image", image, "a" * 296 + ".jpg")),
         "file_name_with_a_nul_byte": multipart(form_part("image", image, "a\x00.jpg")),
+        "file_name_of_150_latin_1_bytes": with_content(multipart(form_part("image", image, "NAME.jpg")), lambda body: body.replace(b"NAME", b"\xe9" * 150)),
         "text_field_over_limit": multipart(form_part("image", image, "a.jpg"), form_part("top_k", b" " * 2_000_000 + b"3")),
         "over_a_thousand_files": multipart(*[form_part("image", b"x", "a.jpg")] * 1_001),
         # Bodies python-multipart refuses (BentoML answered a 500), or reads otherwise than a split would.

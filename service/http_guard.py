@@ -532,9 +532,14 @@ def check_part(part: FormPart, filename: bytes, size: int) -> None:
     """BadMultipart if one part breaks a limit of BentoML's form parsing (module docstring)."""
     if b"\x00" in filename:  # BentoML names a temporary file after it: "Value error, embedded null byte"
         raise BadMultipart(f"the file name in field '{shown(part.name)}' holds a NUL byte (rename the file)")
-    stored_as = len(filename.rsplit(b"/", 1)[-1])  # BentoML keeps what os.path.basename keeps
+    sent = filename.rsplit(b"/", 1)[-1]  # BentoML keeps what os.path.basename keeps
+    # Starlette reads a name that is not UTF-8 as Latin-1, and the file system then writes each byte from 0x80 up as
+    # two: 150 such bytes made a 300-byte temporary file name, over the file system's 255 ("File name too long": a 500).
+    stored_as = len(as_starlette_decodes(sent).encode("utf-8"))
     if stored_as > MAX_FILENAME_BYTES:
-        raise BadMultipart(f"the file name in field '{shown(part.name)}' is {stored_as:,} bytes; the limit is {MAX_FILENAME_BYTES} (rename the file)")
+        in_utf8 = " in UTF-8" if stored_as != len(sent) else ""
+        raise BadMultipart(f"the file name in field '{shown(part.name)}' is {stored_as:,} bytes{in_utf8}; the limit is {MAX_FILENAME_BYTES} "
+                           "(rename the file)")
     if not part.is_file and size > FORM_LIMITS["max_part_size"]:
         raise BadMultipart(f"text field '{shown(part.name)}' is {size:,} bytes; the limit is {FORM_LIMITS['max_part_size']:,}")
 

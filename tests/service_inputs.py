@@ -142,6 +142,7 @@ def expected_refusal(case: str, upload_limit_bytes: int) -> tuple[int, str, tupl
         "part_header_line_over_limit": (400, "a part header of field 'image' is over 4,224 bytes; the limit is 4,224", None),
         "file_name_over_limit": (400, "the file name in field 'image' is 300 bytes; the limit is 200 (rename the file)", None),
         "file_name_with_a_nul_byte": (400, "the file name in field 'image' holds a NUL byte (rename the file)", None),
+        "file_name_of_150_latin_1_bytes": (400, "the file name in field 'image' is 304 bytes in UTF-8; the limit is 200 (rename the file)", None),
         "text_field_over_limit": (400, "text field 'top_k' is 2,000,001 bytes; the limit is 1,048,576", None),
         "over_a_thousand_files": (400, "1,001 files in one request; the limit is 1,000", None),
         "multipart_with_a_preamble": (400, "malformed multipart/form-data body: Expected boundary character 45, got 104", None),
