@@ -1050,3 +1050,16 @@ def test_a_refused_request_is_one_warning_line_and_a_server_error_keeps_its_trac
         assert formatted.startswith("ERROR Exception on /predict [POST]\nTraceback") and "engine failed" in formatted
     else:
         assert formatted == f"WARNING {line}"
+
+
+def test_a_trailing_slash_is_redirected_by_starlette_and_a_websocket_is_refused(client, images):
+    """What docs/serving.md says of the two answers that are Starlette's own, not JSON: the redirect keeps the method and body."""
+    sent = {"files": {"image": ("a.jpg", images[0][1])}}
+    redirected = client.post("/predict/", follow_redirects=False, **sent)
+    assert (redirected.status_code, redirected.headers["location"].rsplit("/", 1)[-1], redirected.content) == (307, "predict", b"")
+    assert client.post("/predict/", **sent).json()["label"] == client.post("/predict", **sent).json()["label"]
+    from starlette.websockets import WebSocketDisconnect
+
+    with pytest.raises(WebSocketDisconnect) as refused, client.websocket_connect("/predict"):
+        pass
+    assert refused.value.code == 1000
