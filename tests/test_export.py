@@ -135,6 +135,31 @@ def test_cli_fails_loudly_above_tolerance(small_run, monkeypatch, capsys):
     assert "FAILED (above tolerance 0.001 x the largest |value|)" in out and "max |Δlogit| 0.5" in out
 
 
+def test_a_failed_export_keeps_the_parity_report_of_the_file_it_keeps(small_run, tmp_path, monkeypatch):
+    """It was rewritten with "ok": false beside the good model that was kept, and left beside no model at a new name."""
+    kept = tmp_path / "model.onnx"
+    assert main(["--checkpoint", str(small_run), "--out", str(kept), "--max-images", "4"]) == 0
+    report = (tmp_path / "model.onnx.parity.json").read_text()
+    monkeypatch.setattr(export_module, "export_onnx", tampered_onnx)
+    for out in (kept, tmp_path / "new.onnx"):
+        assert main(["--checkpoint", str(small_run), "--out", str(out), "--max-images", "4"]) == 1
+    assert (tmp_path / "model.onnx.parity.json").read_text() == report and json.loads(report)["ok"]
+    assert not (tmp_path / "new.onnx").exists() and not (tmp_path / "new.onnx.parity.json").exists()
+
+
+@pytest.mark.parametrize("name", ["model.txt", "model", ".pt"])
+def test_a_torchscript_file_is_named_as_torchscript_files_are(small_run, tmp_path, capsys, name):
+    """Any name but .onnx was written, under a message that asked for .pt."""
+    assert main(["--checkpoint", str(small_run), "--format", "torchscript", "--out", str(tmp_path / name)]) == 2
+    assert "a TorchScript file needs a name ending in .pt or .pth or .ts or .torchscript after a stem" in capsys.readouterr().err
+    assert not (tmp_path / name).exists()
+
+
+def test_an_onnx_opset_for_a_torchscript_export_is_refused(small_run, tmp_path, capsys):
+    assert main(["--checkpoint", str(small_run), "--out", str(tmp_path / "m.pt"), "--opset", "13"]) == 2
+    assert "error: --opset 13 is an ONNX setting, and --format is torchscript" in capsys.readouterr().err
+
+
 def test_cli_errors_are_clear(small_run, tmp_path, capsys):
     assert main(["--checkpoint", str(small_run), "--format", "onnx", "--images", str(tmp_path / "missing")]) == 2
     assert "no such file or folder" in capsys.readouterr().err

@@ -57,6 +57,7 @@ SUFFIX = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
 # the names an --out file of each format usually has, so --format can be left out (as `torch.save` users name a .pt)
 FORMAT_OF_SUFFIX = {".onnx": "onnx", ".pt": "torchscript", ".pth": "torchscript", ".ts": "torchscript", ".torchscript": "torchscript"}
 METADATA_FILE = "gesture_metadata.json"  # TorchScript extra file
+DEFAULT_OPSET = 17
 INPUT_NAME, OUTPUT_NAME, FEATURES_NAME = "image", "logits", "features"
 # A share of each output's largest |value|: fp32 kernels differ in summation order, not in maths, and
 # their differences grow with the values. An absolute 1e-4 failed a 2-epoch lite0's export on 432 of its
@@ -197,7 +198,7 @@ def native_stdout_discarded():
         os.close(saved)
 
 
-def export_onnx(classifier: Classifier, path: Path, *, opset: int = 17) -> Path:
+def export_onnx(classifier: Classifier, path: Path, *, opset: int = DEFAULT_OPSET) -> Path:
     import onnx
 
     outputs = output_names(classifier)
@@ -355,7 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-images", type=cli.int_at_least(1), default=64, help="parity images used at most")
     p.add_argument("--tolerance", type=cli.float_in(0.0, float("inf")), default=DEFAULT_TOLERANCE, help="max |Δlogit| and |Δfeature| allowed, as a share of the largest |logit| or |feature| (at least 1)")
     # torch.onnx's TorchScript exporter (dynamo=False, above) writes opsets 13-20 in torch 2.14: 999 was a traceback.
-    p.add_argument("--opset", type=cli.int_at_least(13, 20), default=17, help="ONNX opset")
+    p.add_argument("--opset", type=cli.int_at_least(13, 20), default=None, help=f"ONNX opset (default {DEFAULT_OPSET})")
     return p
 
 
@@ -374,21 +375,25 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.format = chosen_format(args.format, args.out)
     out = Path(args.out) if args.out else args.checkpoint.parent / f"model{SUFFIX[args.format]}"
-    if (out.suffix.lower() == ".onnx") != (args.format == "onnx"):  # the file is read back by its suffix, for the parity check
+    if FORMAT_OF_SUFFIX.get(out.suffix.lower()) != args.format:  # the file is read back by its suffix, for the parity check
         kind, example = ("an ONNX", "model.onnx") if args.format == "onnx" else ("a TorchScript", "model.torchscript.pt")
-        raise ValueError(f"--out {out}: {kind} file needs a name ending in {Path(example).suffix} after a stem, e.g. {example}")
+        endings = " or ".join(suffix for suffix, fmt in FORMAT_OF_SUFFIX.items() if fmt == args.format)
+        raise ValueError(f"--out {out}: {kind} file needs a name ending in {endings} after a stem, e.g. {example}")
+    if args.opset is not None and args.format != "onnx":  # it was taken and ignored
+        raise ValueError(f"--opset {args.opset} is an ONNX setting, and --format is {args.format}: leave it out, or export ONNX")
     check_output_spares_inputs("--out", out, {"--checkpoint": args.checkpoint})
     check_writable("--out", out)
     classifier = load_classifier(args.checkpoint, "cpu", engine="torch")  # parity is defined against eager PyTorch, CPU fp32
     # a deployment of last.pt ships the latest epoch, uncalibrated, as import_model refuses to
     check_not_training_state(args.checkpoint, classifier.checkpoint_meta, "training.export --checkpoint")
     inputs = parity_inputs(classifier, parity_images(args.checkpoint, args.images, args.max_images))
-    report = export_checked(classifier, args.format, out, inputs, tolerance=args.tolerance, **({"opset": args.opset} if args.format == "onnx" else {}))
-    Path(f"{out}.parity.json").write_text(json.dumps({**asdict(report), "ok": report.ok, "format": args.format}, indent=2))
+    report = export_checked(classifier, args.format, out, inputs, tolerance=args.tolerance, **({"opset": args.opset or DEFAULT_OPSET} if args.format == "onnx" else {}))
     print(report.describe())
-    if not report.ok:
+    if not report.ok:  # the parity report stays the kept file's (or none): it described a file that was not written
         print(f"{out} was not written{' (the previous file is kept)' if out.exists() else ''}: the export failed its parity check", file=sys.stderr)
-    return 0 if report.ok else 1
+        return 1
+    Path(f"{out}.parity.json").write_text(json.dumps({**asdict(report), "ok": report.ok, "format": args.format}, indent=2))
+    return 0
 
 
 class ParityFailure(Exception):
