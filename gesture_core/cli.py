@@ -23,7 +23,9 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import NoReturn, ParamSpec
 
+from gesture_core.class_names import some_of
 from gesture_core.hands import HandModelsUnavailableError
+from gesture_core.images import IMAGE_SUFFIXES
 from gesture_core.interrupts import EXIT_INTERRUPTED, restore_python_interrupts
 from gesture_core.weights import WeightsUnavailableError
 
@@ -154,6 +156,8 @@ def replacement_problem(path: Path, replaces: tuple[str, ...]) -> str | None:
     """Why writing ``path`` would destroy a file the command did not write, or None."""
     if holds_torch_save(path):
         return f"{path} is a checkpoint (written by torch.save): writing here would replace it; pass another file name"
+    if path.name in RUN_FILES and holds_a_run(path.parent):  # check --json RUN/split.json: evaluate and --resume then failed on it
+        return f"{path} is a training run's {path.name}: writing here would replace it; pass another file name"
     if replaces and path.suffix.lower() not in replaces:
         return f"{path} exists and is not a {' or '.join(replaces)} file: writing here would replace it; pass another file name"
     return None
@@ -180,7 +184,12 @@ def refuse_empty_path(text: str, expected: str) -> None:
         raise argparse.ArgumentTypeError(f"empty path: pass {expected}")
 
 
-RUN_FILES = ("best.pt", "last.pt", "metrics.json", "config.json")  # what training.finetune writes into its run folder
+RUN_FILES = ("best.pt", "last.pt", "metrics.json", "config.json", "split.json", "history.csv")  # what training.finetune writes
+
+
+def holds_a_run(folder: Path) -> bool:
+    """Whether ``folder`` is a training run's folder: its config and a checkpoint or its split (a run stopped in its first epoch)."""
+    return (folder / "config.json").is_file() and any((folder / name).is_file() for name in ("best.pt", "last.pt", "split.json"))
 
 
 def check_output_spares_inputs(flag: str, out: Path, inputs: dict[str, Path | None]) -> None:
@@ -192,7 +201,7 @@ def check_output_spares_inputs(flag: str, out: Path, inputs: dict[str, Path | No
         if path is not None and lands.exists() and path.exists() and lands.samefile(path):
             raise ValueError(f"{flag} {out} is the {name} it reads: pass another {flag}")
     folder = lands if lands.is_dir() else lands.parent
-    if (folder / "config.json").is_file() and (folder / "best.pt").is_file() and (lands.is_dir() or lands.name in RUN_FILES):
+    if holds_a_run(folder) and (lands.is_dir() or lands.name in RUN_FILES):
         raise ValueError(f"{flag} {out} would replace a training run's {'files' if lands.is_dir() else lands.name} in {folder}: pass another {flag}")
 
 
@@ -229,6 +238,22 @@ def check_output_outside_datasets(flag: str, out: Path, datasets: Iterable[Path 
     for root in datasets:
         if root is not None and root.is_dir() and target.is_relative_to(root.expanduser().resolve()):
             raise ValueError(f"{flag} {out} is inside the dataset {root}, where training would read what it writes: pass another {flag}")
+
+
+def check_output_among_no_photos(flag: str, out: Path, writes: Iterable[str]) -> None:
+    """A ValueError when the folder ``out``, or the folder it will be made in, holds photos the command did not
+    write (``writes``: its own images' names): a class folder of some dataset, whose next training run or
+    check reads what lands there as more of its photos (visualize --out DATA/fist wrote two PNGs into class
+    fist; evaluate --out UNKNOWN/report made the next --unknown UNKNOWN count its plots). The current folder
+    is passed over: a report folder made beside the photos in it is the user's plain choice."""
+    folder = landing(out)
+    folder = folder if folder.is_dir() else folder.parent
+    if not folder.is_dir() or folder == Path.cwd().resolve():
+        return
+    own = set(writes)
+    if photos := sorted(p.name for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.name not in own and p.is_file()):
+        raise ValueError(f"{flag} {out}: {folder} holds photos ({some_of(photos, 3)}): a class folder of a dataset? what is written "
+                         f"there would be read as more of them; pass another {flag}")
 
 
 def trained_on(train_config: dict) -> Path | None:

@@ -337,6 +337,10 @@ def test_evaluate_where_no_image_decodes_any_more(run, tmp_path, capsys):
     ("training.export", ["--out", "CKPT", "--format", "torchscript", "--checkpoint", "RUN"], "argument --out: CKPT is a checkpoint (written by torch.save)"),
     ("service.webcam.demo", ["--jsonl", "PHOTO"], "argument --jsonl: PHOTO exists and is not a .jsonl or .ndjson or .json or .txt or .log file: "
                                                   "writing here would replace it"),
+    # A run's own JSON files, a .json like any report: check --json RUN/split.json left evaluate and --resume failing on it.
+    ("training.check", ["--json", "RUN/split.json", "FOLDER"], "argument --json: RUN/split.json is a training run's split.json: writing here would replace it"),
+    ("training.check", ["--json", "RUN/metrics.json", "FOLDER"], "argument --json: RUN/metrics.json is a training run's metrics.json"),
+    ("service.webcam.demo", ["--jsonl", "RUN/config.json"], "argument --jsonl: RUN/config.json is a training run's config.json"),
 ])  # fmt: skip
 def test_an_output_or_input_path_of_the_wrong_kind_is_refused_before_the_work(run, tmp_path, capsys, command, flags, reason):
     """Each was found when the first result was written (after the work, in the operating system's
@@ -528,6 +532,34 @@ def test_a_report_written_inside_the_dataset_is_refused(run, dataset, tmp_path, 
     assert visualize_main(["--checkpoint", str(run), "--image", str(photo), "--out", str(dataset / "palm")]) == 2
     assert f"--out {dataset / 'palm'} is inside the dataset {dataset}" in one_error_line(capsys)
     assert {p: p.read_bytes() for p in dataset.rglob("*") if p.is_file()} == before
+
+
+def test_a_report_written_into_any_folder_of_photos_or_the_unknown_folder_is_refused(run, tmp_path, capsys):
+    """Not only the model's own dataset: visualize --out OTHER/3 wrote two PNGs into class 3 of another dataset
+    (check then counted them and said "OK to train"), and evaluate --out UNKNOWN/report made the next --unknown
+    UNKNOWN read its plots as unknown gestures."""
+    from training.compare import main as compare_main
+    from training.visualize import main as visualize_main
+
+    other = make_image_folder(tmp_path / "other", classes=("3", "4"), per_class=3, size=40)
+    unknown = make_image_folder(tmp_path / "unknown", classes=("x",), per_class=3, size=40) / "x"
+    photo = next((other / "3").iterdir())
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    assert visualize_main(["--checkpoint", str(run), "--image", str(photo), "--out", str(other / "4")]) == 2
+    assert f"--out {other / '4'}: {other / '4'} holds photos (" in one_error_line(capsys)
+    assert visualize_main(["--checkpoint", str(run), "--image", str(photo), "--out", str(other / "3" / "maps")]) == 2
+    assert f"--out {other / '3' / 'maps'} is inside the dataset {other / '3'}" in one_error_line(capsys)
+    assert evaluate_main(["--checkpoint", str(run), "--unknown", str(unknown), "--out", str(unknown / "report")]) == 2
+    assert f"--out {unknown / 'report'} is inside the dataset {unknown}" in one_error_line(capsys)
+    assert evaluate_main(["--checkpoint", str(run), "--out", str(other / "4" / "report")]) == 2
+    assert f"{other / '4'} holds photos (" in one_error_line(capsys)
+    with pytest.raises(SystemExit) as stop:
+        compare_main(["--data", str(run.parent), "--out", str(other / "3"), "--backbones", "lenet5"])
+    assert stop.value.code == 2 and f"{other / '3'} holds photos" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+    report = tmp_path / "viz"  # the command's own images in its own folder: a second run writes over them
+    for _ in range(2):
+        assert visualize_main(["--checkpoint", str(run), "--image", str(photo), "--out", str(report)]) == 0
 
 
 def data_config_of(run, **changes):

@@ -29,6 +29,7 @@ from gesture_core.backbones import get_backbone
 from gesture_core.classifier import load_classifier
 from gesture_core.cli import (
     CommandParser,
+    check_output_among_no_photos,
     check_output_outside_datasets,
     check_output_spares_inputs,
     command,
@@ -261,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     try:  # a run folder's own files, or a class folder of the data, are no place for the tables and runs
         check_output_spares_inputs("--out", out, {})
         check_output_outside_datasets("--out", out, [Path(args.data)])
+        check_output_among_no_photos("--out", out, ["comparison.png"])
     except ValueError as err:
         parser.error(str(err))
     if args.image_size:  # every backbone before the first run, not after an hour of others

@@ -31,6 +31,7 @@ from gesture_core.class_names import name_key
 from gesture_core.classifier import Classifier, load_classifier
 from gesture_core.cli import (
     CommandParser,
+    check_output_among_no_photos,
     check_output_outside_datasets,
     check_output_spares_inputs,
     checkpoint_arg,
@@ -331,7 +332,9 @@ def main(argv: list[str] | None = None) -> int:
     # eager PyTorch, the reference engine: evaluation reproduces the run's own test metrics
     classifier = load_classifier(args.checkpoint, args.device, engine="torch", input_size=args.image_size, crop_pct=args.crop_pct)
     if args.out:
-        check_output_outside_datasets("--out", Path(args.out), [args.data and Path(args.data), trained_on(classifier.train_config)])
+        folders_read = [args.data and Path(args.data), args.unknown and Path(args.unknown), trained_on(classifier.train_config)]
+        check_output_outside_datasets("--out", Path(args.out), folders_read)
+        check_output_among_no_photos("--out", Path(args.out), REPORT_FILES)
     data = split_folder(args.data)
     samples, skipped, name = select_samples(args.checkpoint, classifier.classes, data, args.split)
     if not samples:

@@ -27,6 +27,7 @@ from gesture_core.checkpoint import warn_if_training_state
 from gesture_core.classifier import Classifier, load_classifier
 from gesture_core.cli import (
     CommandParser,
+    check_output_among_no_photos,
     check_output_outside_datasets,
     checkpoint_arg,
     command,
@@ -34,6 +35,8 @@ from gesture_core.cli import (
     trained_on,
 )
 from training import cli
+
+VISUALIZE_FILES = ("feature_maps.png", "gradcam.png")  # what it writes into --out
 
 
 @dataclass
@@ -238,7 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     classifier = load_classifier(args.checkpoint, args.device)
     warn_if_training_state(args.checkpoint, classifier.checkpoint_meta)
     if args.out:  # its PNGs in a class folder were the next run's photos of that class
-        check_output_outside_datasets("--out", Path(args.out), [trained_on(classifier.train_config)])
+        check_output_outside_datasets("--out", Path(args.out), [trained_on(classifier.train_config), args.image.parent])
+        check_output_among_no_photos("--out", Path(args.out), VISUALIZE_FILES)
     extra = class_indices(classifier, args.classes)
     rgb = classifier.preprocess.read(args.image)
     out = Path(args.out) if args.out else args.checkpoint.parent / f"visualize-{args.image.stem}"
@@ -248,8 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     shown = first_middle_last(stages)
     cams = [grad_cam(classifier, rgb, layer=stages[-1])]
     cams += [grad_cam(classifier, rgb, i, layer=stages[-1]) for i in extra if i != cams[0].class_index]
-    maps_png = save_feature_maps(out / "feature_maps.png", view, shown, args.channels)
-    cam_png = save_gradcam(out / "gradcam.png", view, cams)
+    maps_png = save_feature_maps(out / VISUALIZE_FILES[0], view, shown, args.channels)
+    cam_png = save_gradcam(out / VISUALIZE_FILES[1], view, cams)
     print(f"{len(stages)} spatial stages: {', '.join(s.describe() for s in stages)}")
     print(f"predicted {cams[0].label!r} (p={cams[0].probability:.3f}); Grad-CAM at {stages[-1].name}")
     print(f"wrote {maps_png} and {cam_png}")
