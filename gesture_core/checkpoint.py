@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from gesture_core.backbones import build_model, drop_aux, get_backbone, load_matching
-from gesture_core.class_names import names_unwritable
+from gesture_core.class_names import names_unwritable, some_of
 from gesture_core.preprocess import DataConfig
 from gesture_core.rejection import Rejection
 from gesture_core.weights import unreadable_reason
@@ -155,18 +155,30 @@ def warn_if_training_state(path: Path, ckpt: dict[str, Any]) -> None:
                       f"\"no gesture\" threshold is not calibrated: the run's model is {path.parent / 'best.pt'}", stacklevel=2)
 
 
+def what_it_holds(loaded: Any) -> str:
+    """What a torch.save file that is not one of training's checkpoints holds, and what to do with it."""
+    if isinstance(loaded, dict) and loaded and all(isinstance(value, torch.Tensor) for value in loaded.values()):
+        return ("it holds a plain state dict, a model's weights without the classes and preprocessing that make it a "
+                "classifier; to start training from them, pass it to training.finetune --weights")
+    if isinstance(loaded, dict):
+        return f"it holds a dict of {some_of([str(key) for key in loaded], 6)}, another tool's checkpoint?"
+    return f"it holds a {type(loaded).__name__}"
+
+
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist (a training run writes RUN/best.pt and RUN/last.pt)")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's "Detected pickle protocol 4" above the reason, for a plain pickle
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
         # a state dict would be refused next, for lack of the run's settings: only a checkpoint of training's will do
         instead = "pass a checkpoint training.finetune wrote (RUN/best.pt), or the run folder RUN"
         raise CheckpointError(f"{path} is not a readable checkpoint: {unreadable_reason(err, path, instead)}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path} is not a {CHECKPOINT_FORMAT} file written by training.finetune")
+        raise CheckpointError(f"{path} is not a {CHECKPOINT_FORMAT} file written by training.finetune: {what_it_holds(ckpt)}")
     version = ckpt.get("version", 0)
     if not isinstance(version, int) or isinstance(version, bool):
         raise CheckpointError(f"{path}: 'version' must be an integer, got {version!r:.40}")

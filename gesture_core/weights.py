@@ -11,6 +11,7 @@ import os
 import pickle
 import re
 import socket
+import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -82,8 +83,35 @@ def unreadable_reason(err: Exception, path: Path, instead: str = "save the plain
     if "TorchScript archive" in text:  # torch refuses one by name; an ONNX export is told by its suffix (gesture_core.cli)
         return ("it is a TorchScript export (training.export --format torchscript writes them for other runtimes), a compiled "
                 "model without the run's settings: pass the run's checkpoint (RUN/best.pt) or the run folder RUN")
+    if other := not_torch_save_format(path):
+        return other
     detail = "" if isinstance(err, (pickle.UnpicklingError, IndexError, KeyError, EOFError)) else f" ({text.split('. ')[0][:160]})"
     return f"truncated, corrupt, or not written by torch.save{detail}"
+
+
+def not_torch_save_format(path: Path) -> str | None:
+    """What a file torch.load cannot read is instead, where its first bytes say so; None otherwise. Each was called
+    "truncated, corrupt, or not written by torch.save", with torch's C++ words for a zip ("enforce fail at inline_container.cc")."""
+    try:
+        with path.open("rb") as file:
+            head = file.read(4)
+    except OSError:
+        return None
+    if not head:
+        return "it is an empty file (0 bytes): an interrupted copy or download?"
+    if zipfile.is_zipfile(path) and not any(name.endswith("data.pkl") for name in _zip_names(path)):
+        return "it is a zip archive, but not one torch.save wrote"
+    if head[:1] == b"\x80" and not head.startswith(b"\x80\x02\x8a"):  # a pickle, without torch's magic number after it
+        return "it is a Python pickle (pickle.dump), not a file torch.save wrote"
+    return None
+
+
+def _zip_names(path: Path) -> list[str]:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.namelist()
+    except (OSError, zipfile.BadZipFile):
+        return []
 
 
 def refused_objects(err: pickle.UnpicklingError, path: Path) -> list[str]:

@@ -125,8 +125,50 @@ def test_a_file_of_python_objects_is_refused_without_advice_to_run_it(tmp_path):
 def test_a_foreign_state_dict_is_not_mistaken_for_a_checkpoint(tmp_path):
     path = tmp_path / "sd.pt"
     torch.save(build_model("lenet5", 2, "none").state_dict(), path)
-    with pytest.raises(CheckpointError, match="not a gesture-checkpoint"):
+    with pytest.raises(CheckpointError, match="not a gesture-checkpoint file written by training.finetune: it holds a plain state dict, "
+                                              "a model's weights without the classes .* pass it to training.finetune --weights"):
         load_checkpoint(path)
+
+
+def write_empty(path):
+    path.write_bytes(b"")
+
+
+def write_pickle(path):
+    import pickle
+
+    path.write_bytes(pickle.dumps({"weights": [1.0, 2.0]}, protocol=4))
+
+
+def write_zip(path):
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("photos/a.txt", "not a model")
+
+
+def write_other_tools_checkpoint(path):
+    torch.save({"epoch": 3, "model": build_model("lenet5", 2, "none").state_dict(), "optimizer": {}}, path)
+
+
+@pytest.mark.parametrize("write, reason", [
+    (write_empty, "is not a readable checkpoint: it is an empty file (0 bytes): an interrupted copy or download?"),
+    (write_pickle, "is not a readable checkpoint: it is a Python pickle (pickle.dump), not a file torch.save wrote"),
+    (write_zip, "is not a readable checkpoint: it is a zip archive, but not one torch.save wrote"),
+    (write_other_tools_checkpoint, "written by training.finetune: it holds a dict of epoch, model, optimizer, another tool's checkpoint?"),
+])  # fmt: skip
+def test_a_file_that_is_no_checkpoint_is_told_for_what_it_is(tmp_path, write, reason):
+    """Each was "truncated, corrupt, or not written by torch.save" (the zip with torch's C++ words, the pickle under
+    torch's warning), or "not a gesture-checkpoint file" with no word of what it was."""
+    import warnings
+
+    path = tmp_path / "model.pt"
+    write(path)
+    with warnings.catch_warnings(record=True) as caught, pytest.raises(CheckpointError) as refused:
+        warnings.simplefilter("always")
+        load_checkpoint(path)
+    assert reason in str(refused.value) and "inline_container" not in str(refused.value), str(refused.value)
+    assert not [w for w in caught if "pickle protocol" in str(w.message)]
 
 
 def test_decode_probs_top_k_threshold_and_none_class():
