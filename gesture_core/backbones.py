@@ -205,7 +205,8 @@ def build_model(
     if weights == "none":
         return backbone.build(num_classes, aux=aux, in_chans=in_chans)
     if weights == "imagenet" and not backbone.has_imagenet_weights:
-        raise ValueError(f"{name} has no ImageNet weights; use --weights none or --weights PATH")
+        raise ValueError(f"{name} has no ImageNet weights: it trains from scratch (--weights none), or from a state dict of your "
+                         "own where --weights takes a path (training.finetune)")
     state = load_imagenet_state_dict(name) if weights == "imagenet" else load_state_dict_file(Path(weights))
     model = _load_pretrained(backbone, state, aux=aux, in_chans=in_chans)
     reset_heads(model, backbone, num_classes)

@@ -21,6 +21,7 @@ import torch
 import training.finetune as finetune
 from benchmarks.server_process import REPO
 from gesture_core import checkpoint as checkpoint_module
+from gesture_core.backbones import build_model
 from gesture_core.checkpoint import remove_partial_saves
 from tests.helpers import make_image_folder
 from tests.test_finetune import tiny_config
@@ -899,3 +900,17 @@ def test_ctrl_c_while_a_command_imports_torch_is_one_line_and_exit_130(module):
     """A Ctrl-C in the seconds before main ran printed Python's KeyboardInterrupt traceback through the imports."""
     done = interrupted_while_importing_torch(module)
     assert (done.returncode, done.stderr.strip()) == (130, "interrupted"), done.stderr[-2000:]
+
+
+def test_evaluate_on_a_folder_whose_class_is_spelt_otherwise_names_the_models_spelling(run, dataset, tmp_path, capsys):
+    """"Fist" against the model's "fist" was refused as an unknown class, with no word that only the case differs."""
+    shutil.copytree(dataset, tmp_path / "data")
+    (tmp_path / "data" / "fist").rename(tmp_path / "data" / "Fist")
+    assert evaluate_main(["--checkpoint", str(run), "--data", str(tmp_path / "data")]) == 2
+    assert "has classes the model does not know: Fist (model classes: " in (err := one_error_line(capsys))
+    assert err.endswith("; spelt otherwise: 'Fist' is 'fist' in the model (rename the folders)")
+
+
+def test_a_backbone_without_imagenet_weights_says_what_each_command_takes():
+    with pytest.raises(ValueError, match=r"lenet5 has no ImageNet weights: it trains from scratch \(--weights none\), or from a state "):
+        build_model("lenet5", 2, "imagenet")

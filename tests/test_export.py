@@ -174,6 +174,13 @@ def test_no_model_file_when_no_parity_image_decodes(small_run, tmp_path, capsys)
     err = capsys.readouterr().err
     assert "error: none of the 1 parity images could be decoded" in err and f"skipping {bad}: " in err and f"{bad}: {bad}" not in err
     assert not out.exists()
+    for n in range(60):  # one line each was 60 lines above the error
+        (tmp_path / "bad" / f"{n}.jpg").parent.mkdir(exist_ok=True)
+        (tmp_path / "bad" / f"{n}.jpg").write_text("not a photo")
+    assert main(["--checkpoint", str(small_run), "--out", str(out), "--images", str(tmp_path / "bad"), "--max-images", "60"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 7 and err[5] == "  ... and 55 more that do not decode", err
+    assert err[6] == "error: none of the 60 parity images could be decoded: pass --images with photos that decode"
 
 
 def recipe_decisions(meta: dict, logits: np.ndarray, features: np.ndarray) -> list[str | None]:

@@ -337,7 +337,7 @@ def test_a_changed_archive_does_not_replace_the_folder_and_a_bad_one_leaves_noth
     archive = make_zip(tmp_path / "gestures.zip", _dataset_members(""))
     prepare_archive(archive)
     make_zip(archive, _dataset_members("", ("a/",)))
-    with pytest.raises(PrepareError, match="datasets/gestures exists but was not unpacked from this gestures.zip: pass --data datasets/gestures, "
+    with pytest.raises(PrepareError, match="datasets/gestures exists but was not unpacked from this gestures.zip: use the folder datasets/gestures as it is, "
                                            "or move it away"):
         prepare_archive(archive)
     notes = make_zip(tmp_path / "notes.zip", {"a.txt": b"x", "../../evil.jpg": _jpeg(0, 0)})
@@ -427,7 +427,7 @@ def test_a_dataset_archive_url_given_as_data_is_downloaded_unpacked_and_reused(t
     assert check.main([server, "--fast"]) == 0  # check and evaluate read the folder training reads: "DIR ...: not a folder"
     assert f"dataset {out.resolve()}\n" in capsys.readouterr().out
     assert split_folder(server) == str(out)
-    with pytest.raises(DatasetError, match="exists but was not unpacked from http://127.0.0.1:[0-9]+/other/flower_photos.tgz: pass --data"):
+    with pytest.raises(DatasetError, match="exists but was not unpacked from http://127.0.0.1:[0-9]+/other/flower_photos.tgz: use the folder "):
         resolve_data_dir(server.replace("/flower_photos", "/other/flower_photos"))
     with pytest.raises(DatasetError, match="cannot download http://127.0.0.1:1/gestures.zip .*download it by hand, then pass the file: "
                                            "--data PATH/gestures.zip"):

@@ -510,11 +510,13 @@ def names_alike(classes: Iterable[str]) -> list[list[str]]:
     and "palm " (a trailing space, unseen in every table), "thumbs_up", "thumbs-up" and "ThumbsUp",
     "Fist" and "fist", "ｆｉｓｔ" (fullwidth, as an East Asian keyboard types it) and "fist", and "fіst" (a
     Ukrainian і) and "fist". Each is trained as a class of its own, most likely one gesture in two folders."""
-    def key(name: str) -> str:
-        wide = as_latin(unicodedata.normalize("NFKC", name_key(name)))  # fullwidth forms and look-alike letters as plain Latin
-        return re.sub(r"[\s_.-]+", "", wide) or wide
+    return names_grouped(classes, alike_key)
 
-    return names_grouped(classes, key)
+
+def alike_key(name: str) -> str:
+    """``name`` without case, spaces and separators, fullwidth forms and look-alike letters as plain Latin."""
+    wide = as_latin(unicodedata.normalize("NFKC", name_key(name)))
+    return re.sub(r"[\s_.-]+", "", wide) or wide
 
 
 def names_grouped(classes: Iterable[str], key: Callable[[str], str]) -> list[list[str]]:
@@ -571,7 +573,10 @@ def load_folder(root: str | os.PathLike, classes: Sequence[str]) -> tuple[list[S
     by_class = scan_class_folders(Path(root), skipped)
     unknown = sorted(set(by_class) - set(classes))
     if unknown:
-        raise DatasetError(f"{root} has classes the model does not know: {', '.join(unknown)} (model classes: {', '.join(classes)})")
+        model_spelling = {alike_key(name): name for name in classes}
+        alike = [f"{name!r} is {model_spelling[alike_key(name)]!r}" for name in unknown if alike_key(name) in model_spelling]
+        hint = f"; spelt otherwise: {', '.join(alike)} in the model (rename the folders)" if alike else ""
+        raise DatasetError(f"{root} has classes the model does not know: {', '.join(unknown)} (model classes: {', '.join(classes)}){hint}")
     return _to_samples({c: p for c, p in by_class.items()}, list(classes)), skipped
 
 

@@ -58,6 +58,7 @@ SUFFIX = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
 FORMAT_OF_SUFFIX = {".onnx": "onnx", ".pt": "torchscript", ".pth": "torchscript", ".ts": "torchscript", ".torchscript": "torchscript"}
 METADATA_FILE = "gesture_metadata.json"  # TorchScript extra file
 DEFAULT_OPSET = 17
+SKIPS_SHOWN = 5  # parity images that do not decode, named one per line; the rest are counted
 INPUT_NAME, OUTPUT_NAME, FEATURES_NAME = "image", "logits", "features"
 # A share of each output's largest |value|: fp32 kernels differ in summation order, not in maths, and
 # their differences grow with the values. An absolute 1e-4 failed a 2-epoch lite0's export on 432 of its
@@ -305,14 +306,18 @@ def parity_images(checkpoint: Path, images: list[str] | None, limit: int) -> lis
 def parity_inputs(classifier: Classifier, images: list[str]) -> list[torch.Tensor]:
     """The parity images as the model's inputs, each undecodable one skipped and said; a DatasetError
     when none is left. Run before the export, so that a check that cannot run leaves no model file."""
-    tensors = []
+    tensors, failed = [], []
     for path in images:
         try:
             tensors.append(classifier.preprocess.load(path))
         except ImageDecodeError as err:
-            print(f"  skipping {err}", file=sys.stderr)  # the reason names the file
+            failed.append(str(err))  # the reason names the file
+    for reason in failed[:SKIPS_SHOWN]:
+        print(f"  skipping {reason}", file=sys.stderr)
+    if len(failed) > SKIPS_SHOWN:  # a folder of 60 undecodable files was 60 lines above the error
+        print(f"  ... and {len(failed) - SKIPS_SHOWN} more that do not decode", file=sys.stderr)
     if not tensors:
-        raise DatasetError(f"none of the {len(images)} parity images could be decoded: pass --images FILES_OR_FOLDERS")
+        raise DatasetError(f"none of the {len(images)} parity images could be decoded: pass --images with photos that decode")
     return tensors
 
 

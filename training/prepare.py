@@ -662,7 +662,7 @@ def prepare_archive_url(url: str, root: Path = DEFAULT_ROOT) -> Path:
     if (read_marker(out) or {}).get("source") == url:
         return out
     if out.exists():
-        raise PrepareError(f"{out} exists but was not unpacked from {url}: pass --data {out}, or move it away to download it again")
+        raise PrepareError(f"{out} exists but was not unpacked from {url}: use the folder {out} as it is, or move it away to download it again")
     dest = Path(root) / ".downloads" / filename
     if not dest.is_file():
         hint = f"download it by hand, then pass the file: --data PATH/{filename}"
@@ -685,7 +685,7 @@ def prepare_archive(archive: Path, root: Path = DEFAULT_ROOT, *, source: str | N
     if (read_marker(out) or {}).get("sha256", {}).get(archive.name) == digest:
         return out
     if out.exists():
-        raise PrepareError(f"{out} exists but was not unpacked from this {archive.name}: pass --data {out}, or move it away to unpack "
+        raise PrepareError(f"{out} exists but was not unpacked from this {archive.name}: use the folder {out} as it is, or move it away to unpack "
                            f"{archive} there")
     _require_space(Path(root), _unpacked_size(archive), factor=1.1)  # the unpacked copy; the archive stays where it is
     print(f"{archive}: unpacking into {out} ...", file=sys.stderr)
