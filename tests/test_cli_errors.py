@@ -914,3 +914,17 @@ def test_evaluate_on_a_folder_whose_class_is_spelt_otherwise_names_the_models_sp
 def test_a_backbone_without_imagenet_weights_says_what_each_command_takes():
     with pytest.raises(ValueError, match=r"lenet5 has no ImageNet weights: it trains from scratch \(--weights none\), or from a state "):
         build_model("lenet5", 2, "imagenet")
+
+
+def test_evaluate_on_a_folder_without_some_of_the_models_classes_says_so(run, dataset, tmp_path):
+    """Their support-0 rows were the only sign, under a top-1 that measures the other classes alone."""
+    import warnings
+
+    shutil.copytree(dataset / "fist", tmp_path / "data" / "fist")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert evaluate_main(["--checkpoint", str(run), "--data", str(tmp_path / "data"), "--workers", "0", "--out", str(tmp_path / "eval")]) == 0
+    absent = sorted(set(json.loads((run / "metrics.json").read_text())["classes"]) - {"fist"})
+    said = [str(w.message) for w in caught if "has no images of the model's class(es)" in str(w.message)]
+    assert said == [f"{tmp_path / 'data'} has no images of the model's class(es) {', '.join(absent)}: their rows show support 0, and top-1 "
+                    "measures the other classes alone"], said

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from gesture_core.class_names import name_key
+from gesture_core.class_names import name_key, some_of
 from gesture_core.classifier import Classifier, load_classifier
 from gesture_core.cli import (
     CommandParser,
@@ -93,6 +93,9 @@ def select_samples(checkpoint: Path, classes: list[str], data: str | None, split
     """(samples, skipped files, name) for a folder, or for the run's saved split."""
     if data is not None:
         samples, skipped = load_folder(data, classes)
+        if samples and (absent := [name for i, name in enumerate(classes) if i not in {s.label for s in samples}]):
+            warnings.warn(f"{data} has no images of the model's class(es) {some_of(absent)}: their rows show support 0, and top-1 "
+                          "measures the other classes alone", stacklevel=2)
         return samples, skipped, Path(data).name
     split_file = checkpoint.parent / "split.json"
     if not split_file.exists():
