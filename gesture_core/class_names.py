@@ -97,7 +97,7 @@ def as_latin(name: str) -> str:
 
 
 def mixed_scripts(name: str) -> str | None:
-    """How ``name`` mixes Latin, Cyrillic and Greek letters ("Latin and Cyrillic (і)"), or None: one alphabet
+    """How ``name`` mixes Latin, Cyrillic and Greek letters ("Latin and Cyrillic letters (Cyrillic і)"), or None: one alphabet
     per name is how people type, so a mix is most likely a look-alike letter from another keyboard layout."""
     scripts: dict[str, list[str]] = {}
     for char in unicodedata.normalize("NFKC", name):  # fullwidth letters as their plain ones
