@@ -387,12 +387,13 @@ def test_amp_auto_trains_a_depthwise_backbone_in_fp32_on_an_amx_cpu(dataset, tmp
 
 
 def corrupt_png(path) -> str:
-    """A PNG whose header is valid (so the up-front scan keeps it) and whose pixel data is not."""
+    """A PNG whose header is valid (so the up-front scan keeps it) and whose pixel data is not; each file's bytes
+    its own (its name in them), as identical files would be kept in one split (training.duplicates)."""
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     header = struct.pack(">IIBBBBB", 48, 48, 8, 2, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", b"not zlib data" * 20) + chunk(b"IEND", b""))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", b"not zlib data" * 20 + str(path).encode()) + chunk(b"IEND", b""))
     return str(path)
 
 
