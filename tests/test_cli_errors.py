@@ -561,6 +561,8 @@ def test_a_report_written_into_any_folder_of_photos_or_the_unknown_folder_is_ref
     report = tmp_path / "viz"  # the command's own images in its own folder: a second run writes over them
     for _ in range(2):
         assert visualize_main(["--checkpoint", str(run), "--image", str(photo), "--out", str(report)]) == 0
+    assert list(run.glob("*.png")), "the run folder holds training's plots"
+    assert visualize_main(["--checkpoint", str(run), "--image", str(photo), "--out", str(run / "maps-again")]) == 0
 
 
 def data_config_of(run, **changes):
