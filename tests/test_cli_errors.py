@@ -883,7 +883,10 @@ def test_the_webcam_and_visualize_say_when_they_show_a_runs_last_pt(run, dataset
 
 def interrupted_while_importing_torch(module: str) -> subprocess.CompletedProcess:
     """``python -m MODULE /no/such/folder``, sent Ctrl-C (SIGINT) once torch's library is loaded, while its import goes on."""
-    process = subprocess.Popen([sys.executable, "-m", module, "/no/such/folder"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # As from a terminal: SIGINT at its default, whatever this test process was left with (a process started with it
+    # ignored, as nohup and `cmd &` in a script do, never sees Ctrl-C, and Python then installs no handler for it).
+    process = subprocess.Popen([sys.executable, "-m", module, "/no/such/folder"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     maps = f"/proc/{process.pid}/maps"
     deadline = time.monotonic() + 60
     while process.poll() is None and time.monotonic() < deadline:
