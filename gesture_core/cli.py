@@ -246,10 +246,11 @@ def check_output_among_no_photos(flag: str, out: Path, writes: Iterable[str]) ->
     check reads what lands there as more of its photos (visualize --out DATA/fist wrote two PNGs into class
     fist; evaluate --out UNKNOWN/report made the next --unknown UNKNOWN count its plots). The current folder
     is passed over, a report folder made beside the photos in it being the user's plain choice, and so is a
-    run's folder, whose PNGs are training's plots (evaluate --out RUN/eval-again)."""
+    model's folder (a run's, or one holding a .pt checkpoint), whose PNGs are training's and calibration's
+    plots (evaluate --out RUN/eval-again)."""
     folder = landing(out)
     folder = folder if folder.is_dir() else folder.parent
-    if not folder.is_dir() or folder == Path.cwd().resolve() or holds_a_run(folder):
+    if not folder.is_dir() or folder == Path.cwd().resolve() or holds_a_run(folder) or any(folder.glob("*.pt")):
         return
     own = set(writes)
     if photos := sorted(p.name for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.name not in own and p.is_file()):
