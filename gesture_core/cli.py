@@ -18,7 +18,6 @@ import os
 import sys
 import tempfile
 import warnings
-import zipfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import NoReturn, ParamSpec
@@ -27,7 +26,7 @@ from gesture_core.class_names import some_of
 from gesture_core.hands import HandModelsUnavailableError
 from gesture_core.images import IMAGE_SUFFIXES
 from gesture_core.interrupts import EXIT_INTERRUPTED, restore_python_interrupts
-from gesture_core.weights import WeightsUnavailableError
+from gesture_core.weights import WeightsUnavailableError, saved_format
 
 EXIT_USAGE = 2
 
@@ -154,27 +153,13 @@ def landing(path: Path) -> Path:
 
 def replacement_problem(path: Path, replaces: tuple[str, ...]) -> str | None:
     """Why writing ``path`` would destroy a file the command did not write, or None."""
-    if holds_torch_save(path):
+    if saved_format(path) == "torch.save":
         return f"{path} is a checkpoint (written by torch.save): writing here would replace it; pass another file name"
     if path.name in RUN_FILES and holds_a_run(path.parent):  # check --json RUN/split.json: evaluate and --resume then failed on it
         return f"{path} is a training run's {path.name}: writing here would replace it; pass another file name"
     if replaces and path.suffix.lower() not in replaces:
         return f"{path} exists and is not a {' or '.join(replaces)} file: writing here would replace it; pass another file name"
     return None
-
-
-def holds_torch_save(path: Path) -> bool:
-    """Whether ``path`` is what torch.save writes (a training checkpoint, a state dict): a zip of a
-    pickle with no TorchScript code in it, or the legacy pickle format."""
-    try:
-        if zipfile.is_zipfile(path):
-            with zipfile.ZipFile(path) as archive:
-                names = archive.namelist()
-            return any(name.endswith("/data.pkl") for name in names) and not any("/code/" in name for name in names)
-        with path.open("rb") as f:
-            return f.read(3) == b"\x80\x02\x8a"  # pickle protocol 2, then torch's magic number
-    except OSError:
-        return False
 
 
 def refuse_empty_path(text: str, expected: str) -> None:

@@ -83,27 +83,39 @@ def unreadable_reason(err: Exception, path: Path, instead: str = "save the plain
     if "TorchScript archive" in text:  # torch refuses one by name; an ONNX export is told by its suffix (gesture_core.cli)
         return ("it is a TorchScript export (training.export --format torchscript writes them for other runtimes), a compiled "
                 "model without the run's settings: pass the run's checkpoint (RUN/best.pt) or the run folder RUN")
-    if other := not_torch_save_format(path):
+    # Each was "truncated, corrupt, or not written by torch.save", a zip's with torch's C++ words ("enforce fail at inline_container.cc").
+    if other := NOT_TORCH_SAVE.get(saved_format(path) or ""):
         return other
     detail = "" if isinstance(err, (pickle.UnpicklingError, IndexError, KeyError, EOFError)) else f" ({text.split('. ')[0][:160]})"
     return f"truncated, corrupt, or not written by torch.save{detail}"
 
 
-def not_torch_save_format(path: Path) -> str | None:
-    """What a file torch.load cannot read is instead, where its first bytes say so; None otherwise. Each was called
-    "truncated, corrupt, or not written by torch.save", with torch's C++ words for a zip ("enforce fail at inline_container.cc")."""
+def saved_format(path: Path) -> str | None:
+    """What ``path`` holds, from its first bytes and its zip directory: "torch.save" (a checkpoint or a state dict:
+    a zip of a pickle with no TorchScript code, or torch's legacy pickle), "torchscript", "empty", "zip" (of other
+    files), "pickle" (pickle.dump, without torch's magic number), or None (something else, or unreadable)."""
     try:
         with path.open("rb") as file:
-            head = file.read(4)
+            head = file.read(3)
+        names = _zip_names(path) if zipfile.is_zipfile(path) else None
     except OSError:
         return None
     if not head:
-        return "it is an empty file (0 bytes): an interrupted copy or download?"
-    if zipfile.is_zipfile(path) and not any(name.endswith("data.pkl") for name in _zip_names(path)):
-        return "it is a zip archive, but not one torch.save wrote"
-    if head[:1] == b"\x80" and not head.startswith(b"\x80\x02\x8a"):  # a pickle, without torch's magic number after it
-        return "it is a Python pickle (pickle.dump), not a file torch.save wrote"
-    return None
+        return "empty"
+    if names is not None:
+        if not any(name.endswith("/data.pkl") for name in names):
+            return "zip"
+        return "torchscript" if any("/code/" in name for name in names) else "torch.save"
+    if head == b"\x80\x02\x8a":  # pickle protocol 2, then torch's magic number
+        return "torch.save"
+    return "pickle" if head[:1] == b"\x80" else None
+
+
+NOT_TORCH_SAVE = {  # what a file torch.load cannot read is instead, where saved_format can tell
+    "empty": "it is an empty file (0 bytes): an interrupted copy or download?",
+    "zip": "it is a zip archive, but not one torch.save wrote",
+    "pickle": "it is a Python pickle (pickle.dump), not a file torch.save wrote",
+}
 
 
 def _zip_names(path: Path) -> list[str]:
