@@ -129,6 +129,8 @@ def output_arg(kind: str, suffixes: tuple[str, ...] = (), replaces: tuple[str, .
         blocking = next((parent for parent in lands.parents if parent.exists()), None)
         if blocking is not None and not blocking.is_dir():
             raise argparse.ArgumentTypeError(f"{text}: {blocking} is a file, not a folder")
+        if problem := write_problem(lands, kind):  # evaluate --out /proc/x failed at its first write, after the evaluation
+            raise argparse.ArgumentTypeError(f"{text}: {problem}")
         return lands if ".." in path.parts else path  # so every later check sees where it lands, as the user typed it otherwise
 
     return output
@@ -192,7 +194,13 @@ def check_output_spares_inputs(flag: str, out: Path, inputs: dict[str, Path | No
 
 def check_writable(flag: str, path: Path, kind: str = "file") -> None:
     """A ValueError naming ``flag`` when ``path`` (a "file" or a "folder") cannot be written, said before the
-    work starts rather than at the first write, after it. Nothing is left behind: an existing
+    work starts rather than at the first write, after it."""
+    if problem := write_problem(path, kind):
+        raise ValueError(f"{flag} {path}: {problem}")
+
+
+def write_problem(path: Path, kind: str = "file") -> str | None:
+    """Why ``path`` (a "file" or a "folder") cannot be written, or None. Nothing is left behind: an existing
     file is opened for appending (its bytes stay), otherwise a temporary file is made in the nearest existing folder."""
     try:
         if kind == "file" and path.is_file():
@@ -204,7 +212,8 @@ def check_writable(flag: str, path: Path, kind: str = "file") -> None:
             folder = path if kind == "folder" else path.parent
             tempfile.TemporaryFile(dir=next(up for up in (folder, *folder.parents) if up.exists())).close()
     except OSError as err:
-        raise ValueError(f"{flag} {path}: cannot write there: {err.strerror or err}") from None
+        return f"cannot write there: {err.strerror or err}"
+    return None
 
 
 def check_outputs_differ(outputs: dict[str, Path | None]) -> None:

@@ -113,7 +113,7 @@ def test_an_unwritable_json_path_is_refused_before_the_check_runs(messy: Path, c
         main([str(messy), "--json", "/proc/report.json"])
     assert stop.value.code == 2
     err = capsys.readouterr()
-    assert "--json /proc/report.json: cannot write there" in err.err and err.out == ""
+    assert "--json: /proc/report.json: cannot write there" in err.err and err.out == ""
 
 
 def test_file_names_that_would_drive_the_terminal_are_shown_escaped(tmp_path: Path, capsys):

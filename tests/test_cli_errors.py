@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import errno
 import functools
+import importlib
 import json
 import os
 import shutil
@@ -933,3 +934,14 @@ def test_evaluate_on_a_folder_without_some_of_the_models_classes_says_so(run, da
     said = [str(w.message) for w in caught if "has no images of the model's class(es)" in str(w.message)]
     assert said == [f"{tmp_path / 'data'} has no images of the model's class(es) {', '.join(absent)}: their rows show support 0, and top-1 "
                     "measures the other classes alone"], said
+
+
+@pytest.mark.parametrize("module", ["training.finetune", "training.evaluate", "training.visualize", "training.compare"])
+def test_an_out_folder_that_cannot_be_written_is_refused_at_the_command_line(module, capsys):
+    """/proc takes no new folder, even from root (as the tests run). evaluate made its report folder after the
+    whole evaluation, and then said only "/proc/x: No such file or directory"."""
+    main = importlib.import_module(module).main
+    with pytest.raises(SystemExit) as stop:
+        main(["--out", "/proc/x/report"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err == "error: argument --out: /proc/x/report: cannot write there: No such file or directory\n", err

@@ -288,7 +288,7 @@ def test_a_root_that_cannot_be_written_is_refused_before_the_download(capsys, mo
     monkeypatch.setattr(prepare, "download", lambda *a, **k: pytest.fail("downloaded"))
     with pytest.raises(SystemExit) as stop:
         main(["sign-digits", "--root", "/proc/datasets"])
-    assert stop.value.code == 2 and "--root /proc/datasets: cannot write there" in capsys.readouterr().err
+    assert stop.value.code == 2 and "--root: /proc/datasets: cannot write there" in capsys.readouterr().err
 
 
 def _dataset_members(prefix: str, splits: tuple[str, ...] = ("",)) -> dict[str, bytes]:

@@ -572,9 +572,10 @@ def test_an_output_that_cannot_be_written_is_refused_before_the_model_loads(tmp_
     """/proc takes no new file, even from root (as the tests run, where permission bits stop nothing). These
     loaded the model, then failed with exit code 1 (a lost camera's) and "[Errno 2] ..."."""
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")  # loading it would be the error, had the model loaded first
-    code = main(["--checkpoint", str(tmp_path / "junk.pt"), "--source", str(short_clip), "--headless", *flags])
-    assert code == EXIT_USAGE
-    assert capsys.readouterr().err == f"error: {flags[0]} {flags[1]}: cannot write there: No such file or directory\n"
+    with pytest.raises(SystemExit) as stop:  # at the command line
+        main(["--checkpoint", str(tmp_path / "junk.pt"), "--source", str(short_clip), "--headless", *flags])
+    assert stop.value.code == EXIT_USAGE
+    assert capsys.readouterr().err.startswith(f"error: argument {flags[0]}: {flags[1]}: cannot write there: No such file or directory\n")
 
 
 def test_frames_of_another_size_are_fitted_into_the_output_video_not_dropped(tmp_path, random_head_checkpoint):
