@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import re
+import signal
+import time
 from pathlib import Path
 
 import cv2
@@ -12,6 +14,7 @@ import pytest
 
 import training.finetune as finetune
 from tests.helpers import PALETTE, SHARED_DATA, synthetic_image, write_rgb
+from training import grouping
 from training.check import build_report
 from training.data import DatasetError, load_splits
 from training.grouping import assign_groups, running_numbers, sequences
@@ -146,6 +149,23 @@ def test_group_by_regex_that_matches_nothing_is_a_one_line_error(tmp_path, capsy
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("error: --group-by") and "auto, none, session, folders, frames" in err[0]
     assert r"--group-by 'take(\d+)' matches" in err[0]  # as typed: repr doubled the backslash
+
+
+def test_a_group_by_regex_that_backtracks_without_end_is_stopped_with_a_one_line_error(tmp_path, capsys, monkeypatch):
+    """(a+)+$ on a name of 40 a's and a b takes hours: training sat at start-up with no word."""
+    monkeypatch.setattr(grouping, "REGEX_SECONDS", 0.3)
+    monkeypatch.setattr(grouping, "REGEX_SECONDS_PER_NAME", 0.0)
+    root = tmp_path / "d"
+    for label, cls in enumerate(("fist", "palm")):
+        for i in range(3):
+            write_rgb(root / cls / f"{'a' * 40}b{cls}{i}.png", synthetic_image(label, i, 16))
+    start = time.monotonic()
+    code = finetune.main(["--data", str(root), "--group-by", r"(a+)+$", "--out", str(tmp_path / "run"), "--weights", "none"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: --group-by '(a+)+$' ran for over 0.3 s on the file names"), err
+    assert time.monotonic() - start < 30 and "auto, none, session, folders, frames" in err[0]
+    assert signal.getsignal(signal.SIGALRM) is signal.SIG_DFL and signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)  # put back
+    assert assign_groups({"fist": ["d/fist/take1-0.png"]}, r"take(\d)").groups == {"fist": {"d/fist/take1-0.png": "1"}}  # no alarm left to fire
 
 
 def test_invalid_regex_is_refused_by_the_parser(capsys):
