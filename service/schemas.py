@@ -75,9 +75,12 @@ WHITESPACE = b" \t\n\r\x0b\x0c"  # what bytes.split() splits on: line breaks of 
 def decode_base64(value: bytes) -> bytes:
     """Base64 as encoders write it: plain or URL-safe, with or without its padding, wrapped over lines
     (``base64 photo.jpg`` breaks every 76 characters, as MIME does), or a browser data URL
-    (``data:image/jpeg;base64,...``). Anything else outside the alphabet is refused."""
+    (``data:image/jpeg;base64,...``; its media type is not checked, the bytes decide, as a browser labels
+    a file it does not know application/octet-stream). Anything else outside the alphabet is refused."""
     if value[:16].lstrip()[:5].lower() == b"data:" and b"," in value:  # a URL scheme is case-insensitive (RFC 3986)
-        value = value.split(b",", 1)[1]
+        header, value = value.split(b",", 1)
+        if not header.lower().rstrip().endswith(b";base64"):  # data:,text or data:image/svg+xml,%3Csvg...: percent-encoded text
+            raise ValueError("a data: URL without ;base64 holds text, not an image's bytes: send data:image/jpeg;base64,<base64>")
     try:  # most clients send it plain: normalising every body first would cost more than the decode itself
         return base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):

@@ -284,6 +284,10 @@ def test_base64_as_encoders_write_it_is_decoded_once_into_the_image(svc, images)
         with pytest.raises(ValueError, match="not valid base64"):
             validated("predict", {"image_b64": garbage})
     assert "base64" in json.dumps(openapi_field("predict", "image_b64"))
+    assert validated("predict", {"image_b64": "data:application/octet-stream;BASE64," + b64(data)})["image_b64"] == data  # the bytes decide
+    for text_url in ("data:," + b64(data), "data:image/jpeg," + b64(data), "data:image/svg+xml,%3Csvg%3E", "data:text/plain;charset=utf-8,hi"):
+        with pytest.raises(ValueError, match=r"a data: URL without ;base64 holds text, not an image's bytes: send data:image/jpeg;base64,<base64>"):
+            validated("predict", {"image_b64": text_url})
 
 
 def test_base64_spaced_out_costs_a_copy_not_an_object_per_letter():
