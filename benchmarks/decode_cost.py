@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import io
 import math
-import os
 import random
 import subprocess
 import sys
@@ -58,7 +57,7 @@ from benchmarks.hostile_inputs import (
 from benchmarks.recipes import SHARED_DATA
 from benchmarks.serve_latency import load_images
 from gesture_core import DataConfig, ImageDecodeError, read_rgb
-from gesture_core.cli import CommandParser, command
+from gesture_core.cli import CommandParser, command, native_stream_to
 from gesture_core.images import PNG_CHUNKS_WALKED, decode_flag, jpeg_layout, jpeg_scale, probe_image
 from service.settings import Settings
 
@@ -298,13 +297,8 @@ def opencv_decode(data: bytes, flag: int = cv2.IMREAD_COLOR) -> None:
 def stderr_lines(work) -> int:
     """Lines a native library writes to the process's stderr (file descriptor 2) while ``work`` runs."""
     with tempfile.TemporaryFile() as sink:
-        saved = os.dup(2)
-        os.dup2(sink.fileno(), 2)
-        try:
+        with native_stream_to(2, sink.fileno()):
             work()
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
         sink.seek(0)
         return sink.read().count(b"\n")
 

@@ -45,6 +45,7 @@ from gesture_core.cli import (
     check_writable,
     checkpoint_arg,
     command,
+    native_stream_to,
     output_arg,
 )
 from gesture_core.images import IMAGE_SUFFIXES, ImageDecodeError
@@ -188,15 +189,8 @@ def native_stdout_discarded():
     # C++ to the process's stdout when an operator fails, whatever ``verbose`` says: its logging
     # switch is tested uncalled (``if _C._jit_is_onnx_log_enabled``), so it is always on. Only the
     # file descriptor can be quieted; the exception itself still says what failed.
-    sys.stdout.flush()
-    saved = os.dup(1)
-    try:
-        with open(os.devnull, "wb") as sink:
-            os.dup2(sink.fileno(), 1)
-            yield
-    finally:
-        os.dup2(saved, 1)
-        os.close(saved)
+    with open(os.devnull, "wb") as sink, native_stream_to(1, sink.fileno()):
+        yield
 
 
 def export_onnx(classifier: Classifier, path: Path, *, opset: int = DEFAULT_OPSET) -> Path:
