@@ -196,6 +196,21 @@ def test_top_mistakes_puts_the_most_confident_first_at_the_calibrated_temperatur
     assert len(top_mistakes([Sample("x.jpg", 0)] * (MISTAKES_LISTED + 5), many, ["a", "b"], Rejection())) == MISTAKES_LISTED
 
 
+def test_metrics_json_keeps_a_confusion_matrix_row_on_a_line(tmp_path):
+    """A number per line made two 2,000-class matrices a metrics.json of 88 MB; it reads back the same."""
+    from training.report import write_json
+
+    n = 300
+    cm = np.random.default_rng(0).integers(0, 50, (n, n)).tolist()
+    metrics = {"test": {"top1": 0.5, "confusion_matrix": cm, "per_class": {"fist": {"recall": 1.0}}, "skipped": []},
+               "skipped": [{"path": "a.jpg", "reason": "truncated"}], "classes": ["fist", "palm"], "empty": {}}
+    write_json(tmp_path / "metrics.json", metrics)
+    text = (tmp_path / "metrics.json").read_text()
+    assert json.loads(text) == metrics
+    assert len(text.splitlines()) < 2 * n and len(text) < len(json.dumps(metrics, indent=2)) / 3
+    assert '\n        "recall": 1.0\n' in text and '\n  "classes": ["fist", "palm"],\n' in text  # indented as before, but for lists of numbers or names
+
+
 def test_frames_with_no_hand_are_mistakes_unless_they_are_no_gesture_and_come_last():
     from training.report import rank_mistakes
 

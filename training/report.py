@@ -68,7 +68,19 @@ def classification_metrics(logits: np.ndarray, targets: np.ndarray, classes: Seq
 
 
 def write_json(path: Path, obj: Any) -> None:
-    path.write_text(json.dumps(obj, indent=2))
+    """``obj`` as indented JSON, each list of numbers on one line: a confusion matrix a row per line (with a
+    number per line, two of 2,000 classes made a metrics.json of 88 MB)."""
+    path.write_text(_indented(obj, 0) + "\n")
+
+
+def _indented(obj: Any, depth: int) -> str:
+    inner, outer = "  " * (depth + 1), "  " * depth
+    if isinstance(obj, dict) and obj:
+        items = (f"{inner}{json.dumps(str(key))}: {_indented(value, depth + 1)}" for key, value in obj.items())
+        return "{\n" + ",\n".join(items) + f"\n{outer}}}"
+    if isinstance(obj, (list, tuple)) and any(isinstance(item, (dict, list, tuple)) for item in obj):
+        return "[\n" + ",\n".join(inner + _indented(item, depth + 1) for item in obj) + f"\n{outer}]"
+    return json.dumps(obj)
 
 
 def write_history(path: Path, history: list[dict[str, Any]]) -> None:
