@@ -57,8 +57,9 @@ from benchmarks.hostile_inputs import (
 from benchmarks.recipes import SHARED_DATA
 from benchmarks.serve_latency import load_images
 from gesture_core import DataConfig, ImageDecodeError, read_rgb
-from gesture_core.cli import CommandParser, command, native_stream_to
+from gesture_core.cli import CommandParser, command
 from gesture_core.images import PNG_CHUNKS_WALKED, decode_flag, jpeg_layout, jpeg_scale, probe_image
+from gesture_core.native_output import native_stream_to
 from service.settings import Settings
 
 FLAT_SIZES = [(2000, 1500), (4000, 3000), (6000, 6000), (6324, 6324)]

@@ -18,8 +18,7 @@ import os
 import sys
 import tempfile
 import warnings
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import NoReturn, ParamSpec
 
@@ -191,20 +190,6 @@ def check_output_spares_inputs(flag: str, out: Path, inputs: dict[str, Path | No
     folder = lands if lands.is_dir() else lands.parent
     if holds_a_run(folder) and (lands.is_dir() or lands.name in RUN_FILES):
         raise ValueError(f"{flag} {out} would replace a training run's {'files' if lands.is_dir() else lands.name} in {folder}: pass another {flag}")
-
-
-@contextmanager
-def native_stream_to(fd: int, sink_fd: int) -> Iterator[None]:
-    """The file descriptor ``fd`` (1: stdout, 2: stderr) written to ``sink_fd`` while the block runs: what
-    C and C++ libraries print there goes past sys.stdout and sys.stderr, so only the descriptor can be redirected."""
-    (sys.stdout if fd == 1 else sys.stderr).flush()  # Python's own buffered lines go where they were meant to
-    saved = os.dup(fd)
-    os.dup2(sink_fd, fd)
-    try:
-        yield
-    finally:
-        os.dup2(saved, fd)
-        os.close(saved)
 
 
 def check_writable(flag: str, path: Path, kind: str = "file") -> None:

@@ -29,6 +29,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from gesture_core.native_output import native_stdout_discarded
+
 ENGINES = ("torch", "compile", "onnx", "openvino")
 ENGINE_CHOICES = ("auto", *ENGINES)
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -360,8 +362,10 @@ def export_onnx(model: nn.Module, input_shape: Sequence[int], *, cache_dir: str 
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.stem}.", suffix=".onnx")
     os.close(fd)
     try:
-        with warnings.catch_warnings(), torch.no_grad():
-            # The TorchScript-based exporter needs no extra packages (the dynamo one needs onnxscript).
+        # The TorchScript-based exporter needs no extra packages (the dynamo one needs onnxscript). Where an
+        # operator fails it prints its whole graph (dozens of lines) through C++ to stdout, whatever its
+        # verbose says: `TAG=$(python -m service.import_model ...)` took them for the tag. The exception says what failed.
+        with warnings.catch_warnings(), torch.no_grad(), native_stdout_discarded():
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 cpu_model, (example,), tmp, dynamo=False, opset_version=ONNX_OPSET,

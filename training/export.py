@@ -45,10 +45,10 @@ from gesture_core.cli import (
     check_writable,
     checkpoint_arg,
     command,
-    native_stream_to,
     output_arg,
 )
 from gesture_core.images import IMAGE_SUFFIXES, ImageDecodeError
+from gesture_core.native_output import native_stdout_discarded
 from gesture_core.rejection import Rejection
 from training import cli
 from training.data import DatasetError, Splits
@@ -183,20 +183,13 @@ def quiet_deprecations():
         yield
 
 
-@contextmanager
-def native_stdout_discarded():
-    # torch 2.14's TorchScript-based ONNX exporter prints its whole graph (dozens of lines) through
-    # C++ to the process's stdout when an operator fails, whatever ``verbose`` says: its logging
-    # switch is tested uncalled (``if _C._jit_is_onnx_log_enabled``), so it is always on. Only the
-    # file descriptor can be quieted; the exception itself still says what failed.
-    with open(os.devnull, "wb") as sink, native_stream_to(1, sink.fileno()):
-        yield
-
-
 def export_onnx(classifier: Classifier, path: Path, *, opset: int = DEFAULT_OPSET) -> Path:
     import onnx
 
     outputs = output_names(classifier)
+    # torch 2.14's TorchScript-based ONNX exporter prints its whole graph (dozens of lines) through C++ to
+    # stdout when an operator fails, whatever ``verbose`` says: its logging switch is tested uncalled
+    # (``if _C._jit_is_onnx_log_enabled``), so it is always on. The exception itself still says what failed.
     with quiet_deprecations(), native_stdout_discarded():
         try:
             torch.onnx.export(exported_network(classifier), (_example(classifier),), str(path), dynamo=False, opset_version=opset,
