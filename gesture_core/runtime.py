@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -35,10 +36,9 @@ def env_int(env: Mapping[str, str], name: str, default: int | None, *, minimum: 
         return default
     allowed = f">= {minimum}" if maximum is None else f"from {minimum} to {maximum:,}"
     problem = f"{name}={raw!r}: expected a whole number {allowed} (default {'unset' if default is None else default})"
-    try:
-        value = int(raw)
-    except ValueError:
-        raise SettingsError(problem) from None
+    if not re.fullmatch(r"-?[0-9]+", raw):  # int() also reads 1_6, +8 and other scripts' digits (٣٢)
+        raise SettingsError(problem)
+    value = int(raw)
     if value < minimum or (maximum is not None and value > maximum):
         raise SettingsError(problem)
     return value

@@ -148,7 +148,11 @@ class GestureClassifier:
         """Runs once in `bentoml serve`'s main process, before any worker starts: a model that cannot
         be loaded and run stops the server here, with the reason. Failing in a worker's __init__
         instead, it would make BentoML restart the worker every few seconds, for ever."""
-        stored = find_model(packaged_model_ref() or GestureClassifier.inner.model_ref)
+        packaged = packaged_model_ref()
+        if packaged is not None and os.environ.get("GESTURE_MODEL", "").strip() and SETTINGS.model_tag != str(packaged.tag):
+            print(f"warning: GESTURE_MODEL={SETTINGS.model_tag} is not used: a Bento serves the model it was built with, {packaged.tag}; "
+                  "build another Bento to serve another model", file=sys.stderr)  # a pod spec's setting was ignored without a word
+        stored = find_model(packaged or GestureClassifier.inner.model_ref)
         try:
             classifier = SETTINGS.runtime.load(stored.path_of(CHECKPOINT_FILE))
             use_stored_hand_models(classifier, Path(stored.path))

@@ -33,7 +33,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import bentoml
+from bentoml.exceptions import BentoMLException
 
+from gesture_core.engines import EngineUnavailableError, resolve_engine
 from gesture_core.runtime import MOST_THREADS, Runtime, SettingsError, env_choice, env_int
 
 DEFAULT_MODEL_TAG = "gesture-classifier:latest"
@@ -144,8 +146,11 @@ def model_tag(raw: str) -> str:
     """GESTURE_MODEL as a valid BentoML tag (name[:version]); unset or blank: the default."""
     try:
         return str(bentoml.Tag.from_taglike(raw.strip() or DEFAULT_MODEL_TAG))
-    except ValueError as err:
+    except ValueError as err:  # a bad character
         raise SettingsError(f"GESTURE_MODEL={raw!r}: {err} (e.g. gesture-classifier:latest; see bentoml models list)") from None
+    except BentoMLException:  # a colon too many or too few; its text suggested gesture-classifier::latest, no tag either
+        raise SettingsError(f"GESTURE_MODEL={raw!r} is not a BentoML tag: give NAME or NAME:VERSION, one colon at most "
+                            "(e.g. gesture-classifier:latest; see bentoml models list)") from None
 
 
 def cors_origins(raw: str) -> tuple[str, ...]:
@@ -184,14 +189,22 @@ def unknown_settings(env: Mapping[str, str]) -> list[str]:
 
 
 def hardware_problem(settings: Settings) -> tuple[str, str] | None:
-    """("error" or "warning", why) when the GPU settings do not fit this machine, else None."""
+    """("error" or "warning", why) when the GPU, engine or precision settings do not fit this machine, else None."""
+    runtime = settings.runtime
+    visible = visible_gpus() if runtime.device != "cpu" else 0
+    try:  # before the model loads: the load said the same in words that told the deployer to import another model
+        resolve_engine(runtime.engine, runtime.precision, "cuda" if visible else "cpu")
+    except EngineUnavailableError as err:
+        return "error", f"GESTURE_ENGINE={runtime.engine} with GESTURE_PRECISION={runtime.precision}: {err}"
     if settings.runtime.device != "cuda" and not settings.gpus:
         return None
-    visible = visible_gpus()
     if settings.runtime.device == "cuda" and not visible:  # the model could not load on any worker
         return "error", "GESTURE_DEVICE=cuda, but no CUDA GPU is visible here: set GESTURE_DEVICE to auto or cpu"
-    if settings.gpus > visible:  # BentoML starts the workers all the same, some sharing a GPU or on the CPU
-        return "warning", f"GESTURE_GPUS={settings.gpus}, but {visible} CUDA GPU(s) are visible here: set GESTURE_GPUS to {visible} or fewer"
+    if settings.gpus and not visible:  # every worker would serve on the CPU: a GPU node's driver, or docker run without --gpus
+        return "error", (f"GESTURE_GPUS={settings.gpus}, but no CUDA GPU is visible here (no driver, or a container started without "
+                         "--gpus?): set GESTURE_GPUS=0 to serve on the CPU")
+    if settings.gpus > visible:  # BentoML starts the workers all the same, some sharing a GPU
+        return "warning", f"GESTURE_GPUS={settings.gpus}, but {visible} CUDA GPU(s) are visible here: the workers share them; set GESTURE_GPUS to at most {visible}"
     return None
 
 

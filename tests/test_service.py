@@ -473,6 +473,10 @@ def test_missing_model_says_how_to_import_one(stored_model):
     ("GESTURE_GPUS", "two", "GESTURE_GPUS='two': expected a whole number from 0 to"),
     ("GESTURE_WORKERS", "0", "GESTURE_WORKERS='0': expected a whole number from 1 to"),
     ("GESTURE_MAX_CONCURRENCY", "1.5", "expected a whole number from 1 to 100,000 (default 128)"),
+    # int() reads these as 16, 8 and 32
+    ("GESTURE_BATCH_SIZE", "1_6", "GESTURE_BATCH_SIZE='1_6': expected a whole number"),
+    ("GESTURE_WORKERS", "+8", "GESTURE_WORKERS='+8': expected a whole number"),
+    ("GESTURE_BATCH_SIZE", "\u0663\u0662", "expected a whole number from 1 to 256"),
     ("GESTURE_BODY_TIMEOUT_S", "-3", "GESTURE_BODY_TIMEOUT_S='-3'"),
     ("GESTURE_TRACING", "yes", "GESTURE_TRACING='yes': choose one of on, off"),
     # bounded: a huge thread count failed deep in torch, and warm-up runs every batch size up to the largest
@@ -481,6 +485,9 @@ def test_missing_model_says_how_to_import_one(stored_model):
     ("GESTURE_MAX_UPLOAD_MB", "100000", "from 1 to 1,024"),
     ("GESTURE_WORKERS", "100000", f"from 1 to {MOST_THREADS}"),
     ("GESTURE_MODEL", "no such tag!!", "GESTURE_MODEL='no such tag!!': no such tag!! is not a valid BentoML tag"),
+    # BentoML's own exception, and words: "Invalid Tag", or "Maybe you meant gesture-classifier::latest", no tag either
+    ("GESTURE_MODEL", "a:b:c", "GESTURE_MODEL='a:b:c' is not a BentoML tag: give NAME or NAME:VERSION, one colon at most"),
+    ("GESTURE_MODEL", "gesture-classifier:", "GESTURE_MODEL='gesture-classifier:' is not a BentoML tag"),
 ])
 def test_malformed_settings_are_refused_with_the_valid_range(name, value, phrase):
     with pytest.raises(SettingsError, match=re.escape(phrase)):
@@ -527,9 +534,18 @@ def test_misspelt_settings_and_gpus_this_machine_lacks_are_said(monkeypatch):
     assert hardware_problem(Settings.from_env({"GESTURE_DEVICE": "cpu"})) is None
     assert hardware_problem(Settings.from_env({"GESTURE_DEVICE": "cuda"})) == (
         "error", "GESTURE_DEVICE=cuda, but no CUDA GPU is visible here: set GESTURE_DEVICE to auto or cpu")
+    # a GPU node without its driver, or a container started without --gpus: it served on the CPU, ready, warned once
+    assert hardware_problem(Settings.from_env({"GESTURE_GPUS": "2"})) == (
+        "error", "GESTURE_GPUS=2, but no CUDA GPU is visible here (no driver, or a container started without --gpus?): "
+                 "set GESTURE_GPUS=0 to serve on the CPU")
+    # an engine or precision this machine lacks: the model's load said so, and told the deployer to import another model
+    kind, why = hardware_problem(Settings.from_env({"GESTURE_PRECISION": "fp16"}))
+    assert kind == "error" and why.startswith("GESTURE_ENGINE=auto with GESTURE_PRECISION=fp16: no installed engine runs fp16 on cpu; available here: torch")
+    kind, why = hardware_problem(Settings.from_env({"GESTURE_ENGINE": "onnx", "GESTURE_PRECISION": "bf16"}))
+    assert kind == "error" and why.startswith("GESTURE_ENGINE=onnx with GESTURE_PRECISION=bf16: engine 'onnx' cannot run bf16 on cpu")
     monkeypatch.setattr(settings_module, "visible_gpus", lambda: 1)
     assert hardware_problem(Settings.from_env({"GESTURE_GPUS": "2"})) == (
-        "warning", "GESTURE_GPUS=2, but 1 CUDA GPU(s) are visible here: set GESTURE_GPUS to 1 or fewer")
+        "warning", "GESTURE_GPUS=2, but 1 CUDA GPU(s) are visible here: the workers share them; set GESTURE_GPUS to at most 1")
     assert hardware_problem(Settings.from_env({"GESTURE_GPUS": "1"})) is None
 
 
@@ -539,14 +555,15 @@ def test_the_service_takes_workers_resources_and_tracing_from_the_settings(tmp_p
 
     from tests.helpers import REPO
 
-    show = "from service.service import GestureClassifier as G; import json; print(json.dumps(G.config))"
+    # two GPUs seen (on any machine), three asked for: started, and said
+    show = ("import service.settings; service.settings.visible_gpus = lambda: 2\n"
+            "from service.service import GestureClassifier as G; import json; print(json.dumps(G.config))")
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "BENTOML_HOME": str(tmp_path),
            "GESTURE_GPUS": "3", "GESTURE_TRACING": "on"}
     done = subprocess.run([sys.executable, "-c", show], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     config = json.loads(done.stdout.strip().splitlines()[-1])
     assert config["workers"] == 3 and config["resources"] == {"gpu": 3} and not config.get("tracing")
-    if not torch.cuda.is_available():  # more GPUs than the machine has: started, and said
-        assert "warning: GESTURE_GPUS=3, but 0 CUDA GPU(s) are visible here" in done.stderr
+    assert "warning: GESTURE_GPUS=3, but 2 CUDA GPU(s) are visible here" in done.stderr
     from service.service import SETTINGS, GestureClassifier
 
     assert GestureClassifier.config["workers"] == SETTINGS.workers and GestureClassifier.config["tracing"] == {"excluded_urls": [".*"]}
@@ -564,6 +581,12 @@ def test_a_bad_setting_stops_the_service_at_import(tmp_path):
     # one line naming the variable, where bentoml serve printed the import's 64-line traceback
     assert done.returncode == 2 and done.stderr.strip().splitlines() == [
         "error: GESTURE_MAX_UPLOAD_MB='lots': expected a whole number from 1 to 1,024 (default 16)"], done.stderr
+    if not torch.cuda.is_available():  # GPUs asked for where there are none: it started on the CPU, ready, with a warning
+        env = {**env, "GESTURE_MAX_UPLOAD_MB": "16", "GESTURE_GPUS": "1"}
+        done = subprocess.run([sys.executable, "-c", "import service.service"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2 and done.stderr.strip().splitlines() == [
+            "error: GESTURE_GPUS=1, but no CUDA GPU is visible here (no driver, or a container started without --gpus?): "
+            "set GESTURE_GPUS=0 to serve on the CPU"], done.stderr
 
 
 # --- HTTP through the ASGI app ---------------------------------------------------------------------

@@ -385,9 +385,11 @@ def test_bentoml_build_packages_and_pins_the_imported_model(tmp_path, random_hea
     assert_imports_are_packed(bento / "src")
     assert {p.name for p in (bento / "src" / "service" / "demo").iterdir()} >= {"index.html", "demo.js", "demo.css"}  # the /demo page
     assert_containerizable(bento)
-    with serve_process(bentoml_home=tmp_path, target=bento_tag) as server:
+    log = tmp_path / "serve.log"  # GESTURE_MODEL names the newer version: the Bento keeps its own, and says so
+    with serve_process(bentoml_home=tmp_path, target=bento_tag, env={"GESTURE_MODEL": newer}, log_path=log) as server:
         assert httpx.post(f"{server.url}/info", timeout=60).json()["model"] == built_with
         assert httpx.post(f"{server.url}/predict", files={"image": ("ok.jpg", jpeg(0))}, timeout=60).status_code == 200
+    assert f"warning: GESTURE_MODEL={newer} is not used: a Bento serves the model it was built with, {built_with}" in log.read_text()
 
 
 @pytest.mark.slow
