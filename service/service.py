@@ -33,6 +33,7 @@ import numpy as np
 from bentoml.exceptions import BadInput, BentoMLException
 
 from gesture_core import Classifier, ClassScores, ImageDecodeError
+from gesture_core.engines import EngineUnavailableError
 from gesture_core.hands import Hand
 from service.browser_demo import DEMO_PATH, allow_cors_origins, demo_app
 from service.hand_crops import check_localiser, find_hand_crops, use_stored_hand_models, warm_up_localiser
@@ -156,6 +157,9 @@ class GestureClassifier:
         try:
             classifier = SETTINGS.runtime.load(stored.path_of(CHECKPOINT_FILE))
             use_stored_hand_models(classifier, Path(stored.path))
+        except EngineUnavailableError as err:  # this model and this engine: another engine serves it
+            raise ModelNotServable(f"model {stored.tag} cannot be served with GESTURE_ENGINE={SETTINGS.runtime.engine}: {err}; "
+                                   "set GESTURE_ENGINE to torch or auto") from None
         except ValueError as err:  # the checkpoint, or a setting or engine that cannot run it
             raise ModelNotServable(f"model {stored.tag} cannot be served: {err}. Import a working checkpoint with "
                                    "python -m service.import_model RUN/best.pt, or set GESTURE_MODEL to another version "

@@ -36,3 +36,22 @@ def test_a_model_with_the_wrong_class_count_stops_the_server_with_the_reason(ran
     assert "exited with code" in message  # it stopped: no worker restarting for ever
     assert "cannot be served" in message and "shape mismatch" in message and "python -m service.import_model" in message
     assert "Traceback" not in message
+
+
+def test_a_model_an_engine_cannot_export_names_the_engine_setting_and_prints_no_graph(tmp_path):
+    """lenet5 at 36 px pools 6x6 to 5x5, which ONNX cannot express: the server stopped telling the deployer to
+    import another checkpoint, after torch's exporter had printed its whole graph into the log, twice."""
+    from gesture_core.backbones import build_model, get_backbone
+    from gesture_core.checkpoint import save_checkpoint
+
+    backbone = get_backbone("lenet5")
+    save_checkpoint(tmp_path / "lenet.pt", model=build_model("lenet5", 3, "none"), backbone="lenet5", classes=["a", "b", "c"],
+                    data_config=backbone.data_config.with_input_size(36), train_config={"seed": 0}, metrics={})
+    store_without_checking(tmp_path / "lenet.pt", tmp_path / "home")
+    with pytest.raises(ServerStartError) as failed:
+        with serve_process(bentoml_home=tmp_path / "home", ready_timeout=150, env={"GESTURE_ENGINE": "onnx"}):
+            pass
+    message = str(failed.value)
+    assert "cannot be served with GESTURE_ENGINE=onnx: engine 'onnx': this model cannot be exported to ONNX" in message
+    assert "set GESTURE_ENGINE to torch or auto" in message and "import_model" not in message
+    assert "Torch IR graph" not in message and "Traceback" not in message
