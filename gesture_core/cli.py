@@ -58,6 +58,8 @@ class CommandParser(argparse.ArgumentParser):
         super().__init__(*args, formatter_class=formatter_class, **kwargs)
 
     def error(self, message: str) -> NoReturn:
+        if a_local_peer():  # torchrun's other processes on this machine parsed the same command: said once per machine
+            self.exit(EXIT_USAGE)
         hint = f"; `{self.prog} --help` lists every option" if message.startswith(("unrecognized arguments", "the following arguments are required", "one of the arguments")) else ""
         self.exit(EXIT_USAGE, f"error: {' '.join(message.split())}{hint}\n")
 
@@ -69,6 +71,13 @@ class OutOfMemory(RuntimeError):
 USER_ERRORS = (ValueError, OSError, WeightsUnavailableError, HandModelsUnavailableError, OutOfMemory)
 
 P = ParamSpec("P")
+
+
+def a_local_peer() -> bool:
+    """Whether torchrun started this process beside another on the same machine (LOCAL_RANK 1, 2, ...):
+    a mistake on the command line, the same in every process, is then said by local rank 0 alone,
+    where each of N processes printed it."""
+    return os.environ.get("LOCAL_RANK", "0").strip() not in ("", "0")
 
 
 def command(main: Callable[P, int]) -> Callable[P, int]:

@@ -365,13 +365,15 @@ def test_an_output_or_input_path_of_the_wrong_kind_is_refused_before_the_work(ru
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
 
 
-def test_a_file_system_error_is_one_line_with_the_path(dataset, capsys):
-    """An OSError (here: a run folder that cannot be created; /proc takes no new folder, even from root)
-    goes through the same handler."""
-    argv = ["--data", str(dataset), "--out", "/proc/gesture-run/run", "--backbone", "mobilenet_v3_large", "--weights", "none"]
+def test_a_file_system_error_is_one_line_with_the_path(dataset, tmp_path, capsys, monkeypatch):
+    """An OSError (here: a full disk as the run folder is made) goes through the same handler."""
+    def full(folder):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(folder))
+
+    monkeypatch.setattr(finetune, "hold_run_folder", full)
+    argv = ["--data", str(dataset), "--out", str(tmp_path / "run"), "--backbone", "mobilenet_v3_large", "--weights", "none"]
     assert finetune.main(argv) == 2
-    err = one_error_line(capsys)
-    assert err.startswith("error: /proc/gesture-run") and err.endswith(": No such file or directory"), err
+    assert one_error_line(capsys) == f"error: {tmp_path / 'run'}: No space left on device"
 
 
 def test_a_commands_warnings_are_one_line_each_without_the_code_behind_them(dataset, tmp_path):

@@ -347,6 +347,70 @@ def test_a_machine_without_the_resume_file_ends_the_wait_with_one_line(digits_su
     assert not (tmp_path / "machine1" / "runs").exists()
 
 
+TINY = ["--backbone", "lenet5", "--weights", "none", "--image-size", "32", "--epochs", "1", "--batch-size", "4", "--workers", "0"]
+
+
+def ranks_by_hand(tmp_path: Path, args_of_rank: list[list[str]]) -> list[subprocess.CompletedProcess]:
+    """Two machines whose ranks are known: each rank started as torchrun starts it (its variables), in its
+    machine's own folder, with its own command line, both at once."""
+    ranks = {"WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "GESTURE_DIST_TIMEOUT_S": "60"}
+    started = []
+    for rank, args in enumerate(args_of_rank):
+        (tmp_path / f"machine{rank}").mkdir(exist_ok=True)
+        env = {**environment(), **ranks, "RANK": str(rank), "LOCAL_RANK": "0", "GROUP_RANK": str(rank)}
+        started.append(subprocess.Popen([sys.executable, "-m", "training.finetune", *args], cwd=tmp_path / f"machine{rank}", env=env,
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))  # fmt: skip
+    return [subprocess.CompletedProcess(p.args, p.wait(timeout=300), *p.communicate(timeout=300)) for p in started]
+
+
+@pytest.mark.slow
+def test_machines_whose_commands_differ_stop_before_training_naming_the_settings(tmp_path):
+    """--epochs 2 against 1 waited at a collective for the timeout (30 minutes), then a traceback; --seed
+    trained on without a word, each rank's shard drawn from its own order."""
+    data = make_image_folder(tmp_path / "gestures", per_class=8, size=32)
+    zero, one = ranks_by_hand(tmp_path, [["--data", str(data), *TINY], ["--data", str(data), *TINY, "--epochs", "2", "--seed", "3"]])
+    differ = "its command differs from rank 0's: --epochs 2 (rank 0: 1), --seed 3 (rank 0: 0); give every machine the same command"
+    assert one.returncode == 2 and one.stderr.strip().splitlines() == [f"error: {differ} (only --out and --workers may differ)"], one.stderr
+    assert zero.returncode == 2 and differ in zero.stderr and "error: rank 1 on " in zero.stderr and "Traceback" not in zero.stderr, zero.stderr
+    assert not list(tmp_path.glob("machine*/runs"))
+
+
+@pytest.mark.slow
+def test_only_rank_0s_machine_checks_the_out_folder_it_writes(tmp_path):
+    """The second machine's ./runs/job held a file: it refused the job, and the first machine waited out the
+    timeout. Only rank 0's machine writes the run folder, so another machine's folder of that name is not used."""
+    data = make_image_folder(tmp_path / "gestures", per_class=8, size=32)
+    (tmp_path / "machine1" / "runs" / "job").mkdir(parents=True)
+    (tmp_path / "machine1" / "runs" / "job" / "notes.txt").write_text("mine")
+    for done in ranks_by_hand(tmp_path, [["--data", str(data), *TINY, "--out", "runs/job"]] * 2):
+        assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "machine0" / "runs" / "job" / "best.pt").is_file()
+    assert [p.name for p in (tmp_path / "machine1" / "runs" / "job").iterdir()] == ["notes.txt"]
+
+
+@pytest.mark.slow
+def test_a_resume_under_two_processes_skips_the_images_deleted_since_as_one_process_does(tmp_path, monkeypatch):
+    """Rank 1 checked every image of split.json, those rank 0 itself could not open and skipped too: the job
+    stopped with "on several machines, the images must be at the same path on each", on one machine."""
+    data = make_image_folder(tmp_path / "gestures", per_class=10, size=32)
+    assert finetune.main(["--data", str(data), *TINY, "--out", str(tmp_path / "run")]) == 0
+    train = json.loads((tmp_path / "run" / "split.json").read_text())["train"]
+    for relative, _ in train[:3]:
+        (data / relative).unlink()
+    finished(torchrun(["--resume", str(tmp_path / "run" / "last.pt"), "--epochs", "2"], cwd=tmp_path, logs=tmp_path / "logs"))
+    assert [r["epoch"] for r in history(tmp_path / "run")] == ["1", "2"]
+    assert "cannot be opened any more (3 of" in rank_output(tmp_path / "logs", 0) and rank_output(tmp_path / "logs", 1) == ""
+
+
+@pytest.mark.slow
+def test_a_mistake_on_the_command_line_is_said_once_per_machine(tmp_path):
+    """Each of torchrun's processes parsed the command and printed the same line."""
+    process = torchrun(["--data", str(tmp_path), "--batch-size", "0"], cwd=tmp_path, logs=tmp_path / "logs")
+    output, _ = process.communicate(timeout=180)
+    assert process.returncode != 0
+    assert rank_output(tmp_path / "logs", 0) == "error: argument --batch-size: must be >= 1, got 0\n" and rank_output(tmp_path / "logs", 1) == "", output
+
+
 @pytest.mark.slow
 def test_a_one_process_checkpoint_resumes_under_two(tmp_path, monkeypatch):
     """Staged run: the head alone in one process, interrupted; the unfrozen epoch under torchrun (DDP over the whole model)."""

@@ -103,7 +103,7 @@ def init_distributed(device: str) -> torch.device:
     timeout = timedelta(seconds=float(os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT_S)))
     try:
         dist.init_process_group(backend, timeout=timeout, device_id=device_here if device_here.type == "cuda" else None)
-    except dist.DistStoreError as err:  # torchrun ends a machine's own ranks; a machine that stopped early, only this wait
+    except (dist.DistStoreError, dist.DistNetworkError) as err:  # torchrun ends a machine's own ranks; a machine that stopped early, only this wait
         raise PeersDidNotJoin(f"not every process joined within {timeout.total_seconds():.0f} s ({err}): one stopped before "
                               f"it could (its machine's output says why, e.g. a --resume file missing there), or cannot reach "
                               f"this one; {TIMEOUT_ENV} sets the wait") from None

@@ -38,6 +38,7 @@ from gesture_core.cli import (
     USER_ERRORS,
     CommandParser,
     OutOfMemory,
+    a_local_peer,
     checkpoint_arg,
     command,
     first_free,
@@ -199,8 +200,6 @@ def parse_config(argv: list[str] | None = None) -> tuple[TrainConfig, Path | Non
         parser.error(f"--head-epochs {cfg.head_epochs} must be smaller than --epochs {cfg.epochs}")
     if (unused := test_flags_a_test_folder_overrides(argv, cfg.data)):  # they were ignored without a word
         parser.error(f"{unused} does not apply to {cfg.data}: its test/ folder is the test set (a pre-split layout); drop it")
-    if cfg.out and (taken := run_already_in(Path(cfg.out), new_folder_beside(cfg))):
-        raise FileExistsError(taken)
     return cfg, None
 
 
@@ -306,6 +305,9 @@ class Run:
 def run_folder_and_splits(cfg: TrainConfig, resume: Path | None) -> tuple[Path, Splits]:
     """The run folder (not created yet) and the dataset split (scanned, or reloaded on resume)."""
     out = resume.parent if resume else Path(cfg.out) if cfg.out else default_run_dir(cfg)
+    # rank 0's alone, whose machine writes the run: another machine's --out is not used (a folder there stopped the job)
+    if not resume and cfg.out and (taken := run_already_in(out, new_folder_beside(cfg))):
+        raise FileExistsError(taken)
     if resume and (out / "split.json").exists():
         splits = Splits.load(out / "split.json")
         # Each image would be skipped as a failed decode: the run went on with nothing and replaced best.pt.
@@ -331,11 +333,19 @@ def write_run_folder(out: Path, splits: Splits, resume: Path | None) -> None:
         print(f"removed {len(removed)} partial checkpoint file(s) left by an interrupted save: {', '.join(p.name for p in removed)}")
 
 
-def images_missing_here(splits: Splits) -> str | None:
-    """On a rank other than 0: which of the images rank 0 scanned this machine cannot read. A missing
+def scan_for_every_rank(cfg: TrainConfig, resume: Path | None) -> tuple[Path, Splits, frozenset[str]]:
+    """Rank 0's run folder and split, and the images of the split it cannot read itself (a resumed run's
+    images deleted since, which it skips with a warning): the other ranks need not read them either."""
+    out, splits = run_folder_and_splits(cfg, resume)
+    gone = frozenset(unreadable(s.path for s in (*splits.train, *splits.val))) if distributed.is_distributed() else frozenset()
+    return out, splits, gone
+
+
+def images_missing_here(splits: Splits, gone_on_main: frozenset[str]) -> str | None:
+    """On a rank other than 0: which of the images rank 0 can read this machine cannot. A missing
     image would otherwise be taken for a corrupt one, and skipped: a machine without the dataset
     would train on nothing, and the run would look like one of half its size."""
-    paths = [s.path for s in (*splits.train, *splits.val)]
+    paths = [s.path for s in (*splits.train, *splits.val) if s.path not in gone_on_main]
     missing = unreadable(paths)
     if not missing:
         return None
@@ -343,15 +353,34 @@ def images_missing_here(splits: Splits) -> str | None:
             f"e.g. {missing[0]}: on several machines, the images must be at the same path on each (docs/distributed.md)")
 
 
+PER_MACHINE_SETTINGS = ("out", "workers")  # rank 0's machine writes the run; data-loading processes are each machine's own
+FLAGS_OF_SETTINGS = {"in_chans": "--in-channels", "reject_classes": "--reject-class"}
+
+
+def settings_unlike_main(own: dict[str, Any], main: dict[str, Any]) -> str | None:
+    """On a rank other than 0: the settings its command gave otherwise than rank 0's. A different --epochs or
+    --batch-size waited at a collective until the timeout (30 minutes), --backbone failed in DDP's words, and
+    --seed or --lr trained on without a word: shards from two orders, the copies of the model drifting apart."""
+    differ = [key for key in main if key not in PER_MACHINE_SETTINGS and own.get(key) != main[key]]
+    if not differ:
+        return None
+    shown = ", ".join(f"{FLAGS_OF_SETTINGS.get(key, '--' + key.replace('_', '-'))} {own.get(key)} (rank 0: {main[key]})" for key in differ[:5])
+    more = f" and {len(differ) - 5} more" if len(differ) > 5 else ""
+    return (f"its command differs from rank 0's: {shown}{more}; give every machine the same command "
+            f"(only {' and '.join('--' + key for key in PER_MACHINE_SETTINGS)} may differ)")
+
+
 def prepare_run(cfg: TrainConfig, resume: Path | None) -> Run:
+    on_main = distributed.from_main(cfg.to_dict)  # every machine ran the same command, or says where it did not
+    distributed.check_every_rank(lambda: None if is_main_process() else settings_unlike_main(cfg.to_dict(), on_main))
     device = distributed.local_device(cfg.device)
     if cfg.sync_bn:
         distributed.check_sync_bn(device)  # before anything is written
     backbone = get_backbone(cfg.backbone)
     check_input_sizes(cfg, backbone)  # also before anything is written
     # rank 0 alone picks the folder and scans the dataset; the other ranks receive both
-    out, splits = distributed.from_main(lambda: run_folder_and_splits(cfg, resume))
-    distributed.check_every_rank(lambda: None if is_main_process() else images_missing_here(splits))
+    out, splits, gone = distributed.from_main(lambda: scan_for_every_rank(cfg, resume))
+    distributed.check_every_rank(lambda: None if is_main_process() else images_missing_here(splits, gone))
     cfg.out, cfg.world_size, scanned = str(out), distributed.world_size(), splits
     reject_line = reject_choice(splits.classes, cfg.reject_classes)  # a misspelt --reject-class fails before training
     data_config = backbone.data_config.with_channels(cfg.in_chans)
@@ -796,7 +825,12 @@ def test_frames(run: Run, classifier: Classifier, metrics: dict[str, Any]) -> tu
 
 @command
 def main(argv: list[str] | None = None) -> int:
-    cfg, resume = parse_config(argv)
+    try:
+        cfg, resume = parse_config(argv)
+    except USER_ERRORS:
+        if a_local_peer():  # a --resume file that does not load: the same on every process of this machine
+            return EXIT_USAGE
+        raise
     try:
         distributed.init_distributed(cfg.device)  # under torchrun: join the other processes
         train(cfg, resume)
