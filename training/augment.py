@@ -124,7 +124,7 @@ def resolve_flip(setting: str, classes: Sequence[str]) -> tuple[bool, str]:
 
 CROP_CHOICES = ("auto", *CROP_MODES)
 FAR_FROM_SQUARE = 1.2  # longer/shorter side: 4:3 webcam frames (1.33) are, 5:4 and squarer photos are not
-ASPECT_SAMPLE = 200  # image headers read to decide --crop auto
+ASPECT_SAMPLE = 200  # about this many image headers read to decide --crop auto: every n-th image, 200 to 399 of them
 
 
 def resolve_crop(setting: str, paths: Sequence[str], recordings: bool, whole_frame: str = "resize") -> tuple[str, str]:
