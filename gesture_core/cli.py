@@ -113,13 +113,16 @@ def describe(err: BaseException) -> str:
     return " ".join(text.split())
 
 
-def output_arg(kind: str, suffixes: tuple[str, ...] = (), replaces: tuple[str, ...] | None = None) -> Callable[[str], Path]:
+def output_arg(kind: str, suffixes: tuple[str, ...] = (), replaces: tuple[str, ...] | None = None, *,
+               check_writing: bool = True) -> Callable[[str], Path]:
     """An argparse type for a ``kind`` ("file" or "folder") the command will create: refused at once
     where a file or folder is in the way, or the file name has none of ``suffixes``, rather than when
     the first result is written (after the work, and with the operating system's words). An existing
     file is replaced only if its name ends in one of ``replaces`` (default: ``suffixes``; none: any
     name) and it is not a training checkpoint: ``check --json best.pt`` replaced a run's checkpoint
-    with its report, and ``--jsonl`` a photo. ``~`` is the home folder, as where a shell expands it."""
+    with its report, and ``--jsonl`` a photo. ``~`` is the home folder, as where a shell expands it.
+    ``check_writing``: whether it must be writable now (not for an output the command may never write,
+    such as the webcam's snapshots, which only a key press takes)."""
 
     def output(text: str) -> Path:
         refuse_empty_path(text, f"a {kind} name")
@@ -138,7 +141,7 @@ def output_arg(kind: str, suffixes: tuple[str, ...] = (), replaces: tuple[str, .
         blocking = next((parent for parent in lands.parents if parent.exists()), None)
         if blocking is not None and not blocking.is_dir():
             raise argparse.ArgumentTypeError(f"{text}: {blocking} is a file, not a folder")
-        if problem := write_problem(lands, kind):  # evaluate --out /proc/x failed at its first write, after the evaluation
+        if check_writing and (problem := write_problem(lands, kind)):  # evaluate --out /proc/x failed at its first write, after the evaluation
             raise argparse.ArgumentTypeError(f"{text}: {problem}")
         return lands if ".." in path.parts else path  # so every later check sees where it lands, as the user typed it otherwise
 

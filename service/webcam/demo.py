@@ -505,7 +505,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--headless", action="store_true", help="no window (servers, tests); use --output/--jsonl to keep results")
     p.add_argument("--output", type=output_arg("file", VIDEO_SUFFIXES), help="write the annotated video here (.mp4 mp4v or .avi MJPG)")
     p.add_argument("--jsonl", type=output_arg("file", replaces=JSON_LINES_SUFFIXES), help="write one JSON line per frame: index, timestamp, label, score, gesture_score, latency_ms")
-    p.add_argument("--snapshot-dir", type=output_arg("folder"), default=Path("snapshots"), help="where s (and --snapshot-at) save PNGs")
+    p.add_argument("--snapshot-dir", type=output_arg("folder", check_writing=False), default=Path("snapshots"), help="where s (and --snapshot-at) save PNGs")
     p.add_argument("--snapshot-at", type=_number(int, 0), nargs="+", default=(), metavar="INDEX", help="save these frames as PNG (headless screenshots)")
     p.add_argument("--max-frames", type=_number(int, 1), help="stop after this many processed frames")
     add_runtime_arguments(p, default_threads=default_threads(), threads_help="the cores but one, left for capture and drawing")
