@@ -77,7 +77,8 @@ def a_local_peer() -> bool:
     """Whether torchrun started this process beside another on the same machine (LOCAL_RANK 1, 2, ...):
     a mistake on the command line, the same in every process, is then said by local rank 0 alone,
     where each of N processes printed it."""
-    return os.environ.get("LOCAL_RANK", "0").strip() not in ("", "0")
+    started_by_torchrun = "TORCHELASTIC_RUN_ID" in os.environ  # another launcher's LOCAL_RANK would silence a lone process
+    return started_by_torchrun and os.environ.get("LOCAL_RANK", "0").strip() not in ("", "0")
 
 
 def command(main: Callable[P, int]) -> Callable[P, int]:
