@@ -62,14 +62,13 @@ def read_settings() -> Settings:
     except SettingsError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
-    problems = [("warning", w) for w in unknown_settings(os.environ)] + [p for p in [hardware_problem(settings)] if p]
-    # Every worker imports this module again: warnings are said once, by the process that starts them.
-    in_a_worker = bentoml.server_context.worker_index is not None
-    for kind, why in problems:
-        if kind == "error" or not in_a_worker:
-            print(f"{kind}: {why}", file=sys.stderr)
-    if any(kind == "error" for kind, _ in problems):
-        raise SystemExit(2)
+    # Every worker imports this module again: warnings are said once, by the process that starts them. What
+    # this machine's hardware cannot do stops `bentoml serve` (check_model), not `bentoml build`, which may
+    # run on a machine without the deployment's GPUs.
+    if bentoml.server_context.worker_index is None:
+        hardware = hardware_problem(settings)
+        for why in unknown_settings(os.environ) + ([hardware[1]] if hardware and hardware[0] == "warning" else []):
+            print(f"warning: {why}", file=sys.stderr)
     return settings
 
 
@@ -149,6 +148,8 @@ class GestureClassifier:
         """Runs once in `bentoml serve`'s main process, before any worker starts: a model that cannot
         be loaded and run stops the server here, with the reason. Failing in a worker's __init__
         instead, it would make BentoML restart the worker every few seconds, for ever."""
+        if (hardware := hardware_problem(SETTINGS)) and hardware[0] == "error":
+            raise ModelNotServable(hardware[1])
         packaged = packaged_model_ref()
         if packaged is not None and os.environ.get("GESTURE_MODEL", "").strip() and SETTINGS.model_tag != str(packaged.tag):
             print(f"warning: GESTURE_MODEL={SETTINGS.model_tag} is not used: a Bento serves the model it was built with, {packaged.tag}; "

@@ -581,12 +581,10 @@ def test_a_bad_setting_stops_the_service_at_import(tmp_path):
     # one line naming the variable, where bentoml serve printed the import's 64-line traceback
     assert done.returncode == 2 and done.stderr.strip().splitlines() == [
         "error: GESTURE_MAX_UPLOAD_MB='lots': expected a whole number from 1 to 1,024 (default 16)"], done.stderr
-    if not torch.cuda.is_available():  # GPUs asked for where there are none: it started on the CPU, ready, with a warning
+    if not torch.cuda.is_available():  # GPUs this machine lacks stop bentoml serve (test_service_model_check), not the import of a build
         env = {**env, "GESTURE_MAX_UPLOAD_MB": "16", "GESTURE_GPUS": "1"}
         done = subprocess.run([sys.executable, "-c", "import service.service"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
-        assert done.returncode == 2 and done.stderr.strip().splitlines() == [
-            "error: GESTURE_GPUS=1, but no CUDA GPU is visible here (no driver, or a container started without --gpus?): "
-            "set GESTURE_GPUS=0 to serve on the CPU"], done.stderr
+        assert done.returncode == 0 and done.stderr.strip().splitlines() == [], done.stderr
 
 
 # --- HTTP through the ASGI app ---------------------------------------------------------------------

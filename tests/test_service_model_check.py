@@ -55,3 +55,22 @@ def test_a_model_an_engine_cannot_export_names_the_engine_setting_and_prints_no_
     assert "cannot be served with GESTURE_ENGINE=onnx: engine 'onnx': this model cannot be exported to ONNX" in message
     assert "set GESTURE_ENGINE to torch or auto" in message and "import_model" not in message
     assert "Torch IR graph" not in message and "Traceback" not in message
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
+@pytest.mark.parametrize("env, said", [
+    # a GPU node without its driver, or a container started without --gpus: it served on the CPU and said it was ready
+    ({"GESTURE_GPUS": "1"}, "GESTURE_GPUS=1, but no CUDA GPU is visible here (no driver, or a container started without --gpus?): "
+                            "set GESTURE_GPUS=0 to serve on the CPU"),
+    ({"GESTURE_DEVICE": "cuda"}, "GESTURE_DEVICE=cuda, but no CUDA GPU is visible here: set GESTURE_DEVICE to auto or cpu"),
+    # the model's load said so, and told the deployer to import another checkpoint
+    ({"GESTURE_ENGINE": "onnx", "GESTURE_PRECISION": "bf16"}, "GESTURE_ENGINE=onnx with GESTURE_PRECISION=bf16: engine 'onnx' cannot run bf16 on cpu"),
+], ids=["gpus", "device", "engine-precision"])
+def test_hardware_this_machine_lacks_stops_the_server_naming_the_setting(random_head_checkpoint, tmp_path, env, said):
+    import_cli = [sys.executable, "-m", "service.import_model", str(random_head_checkpoint)]
+    subprocess.run(import_cli, cwd=REPO, env={**os.environ, "BENTOML_HOME": str(tmp_path / "home")}, check=True, capture_output=True, timeout=300)
+    with pytest.raises(ServerStartError) as failed:
+        with serve_process(bentoml_home=tmp_path / "home", ready_timeout=150, env=env):
+            pass
+    message = str(failed.value)
+    assert "exited with code" in message and said in message and "Traceback" not in message and "import_model" not in message, message
