@@ -49,3 +49,24 @@ def test_no_private_framework_modules(package):
     private = {path: sorted(m for m in modules if "._internal" in m or m.startswith("_internal"))
                for path, modules in package_imports(package).items()}  # fmt: skip
     assert not {path: found for path, found in private.items() if found}
+
+
+def test_every_package_the_bento_imports_is_pinned_in_bentofile():
+    """The Bento's image installs bentofile.yaml's packages, unlocked: one the packed code imports but only
+    BentoML asks for (python-multipart, starlette, pydantic, anyio: any version, or a wide range) would come
+    in whatever version is newest on the day the image is built."""
+    import importlib.metadata
+    import re
+    import sys
+
+    import yaml
+
+    bentofile = yaml.safe_load((REPO / "bentofile.yaml").read_text())
+    packed = [path for pattern in bentofile["include"] if pattern.endswith(".py") for path in REPO.glob(pattern)]
+    assert REPO / "service" / "service.py" in packed
+    imported = {m.split(".")[0] for path in packed for m in imported_modules(path)} - {*PACKAGES, "__future__", *sys.stdlib_module_names}
+    pinned = {re.split(r"[=<>!~\[ ]", spec)[0].lower() for spec in bentofile["python"]["packages"]}
+    distributions = importlib.metadata.packages_distributions()
+    exact_dependencies = {"pydantic_core"}  # pydantic pins its own core to one version
+    unpinned = sorted(m for m in imported - exact_dependencies if not {d.lower() for d in distributions.get(m, [m])} & pinned)
+    assert not unpinned, f"imported by the packed code but not pinned in bentofile.yaml: {unpinned}"
