@@ -288,7 +288,15 @@ def test_a_root_that_cannot_be_written_is_refused_before_the_download(capsys, mo
     monkeypatch.setattr(prepare, "download", lambda *a, **k: pytest.fail("downloaded"))
     with pytest.raises(SystemExit) as stop:
         main(["sign-digits", "--root", "/proc/datasets"])
-    assert stop.value.code == 2 and "--root: /proc/datasets: cannot write there" in capsys.readouterr().err
+    assert stop.value.code == 2 and "--root /proc/datasets: cannot write there" in capsys.readouterr().err
+
+
+def test_a_root_that_cannot_be_written_serves_the_datasets_prepared_there(capsys, monkeypatch):
+    """A read-only share of prepared datasets: nothing is written, so nothing needs to be writable (/proc stands
+    for it here, which takes no file even from root; its marker is faked)."""
+    monkeypatch.setattr(prepare, "read_marker", lambda folder: {"name": folder.name})
+    assert main(["sign-digits", "--root", "/proc/datasets"]) == 0
+    assert "/proc/datasets/sign-digits" in capsys.readouterr().out
 
 
 def _dataset_members(prefix: str, splits: tuple[str, ...] = ("",)) -> dict[str, bytes]:

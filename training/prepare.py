@@ -864,7 +864,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = CommandParser(prog="python -m training.prepare", description=__doc__.split("\n\n")[0])
     names = (*CATALOGUE, HAND_MODELS)
     parser.add_argument("name", nargs="?", metavar="NAME", help=f"one of: {', '.join(names)}")
-    parser.add_argument("--root", type=output_arg("folder"), default=DEFAULT_ROOT, help="where datasets live (default: datasets/)")
+    # written only where the dataset is not prepared yet (checked below): a read-only root of prepared sets is used as it is
+    parser.add_argument("--root", type=output_arg("folder", check_writing=False), default=DEFAULT_ROOT, help="where datasets live (default: datasets/)")
     parser.add_argument("--archive", type=existing_path, help="an archive downloaded by hand (or a folder holding the files): no download")
     parser.add_argument("--keep-archive", action="store_true", help="keep the downloaded archive after unpacking")
     parser.add_argument("--wheel", type=existing_path, help=f"{HAND_MODELS} only: the {MODELS_WHEEL} wheel downloaded by hand: no download")
