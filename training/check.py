@@ -36,7 +36,6 @@ from gesture_core.class_names import name_key, some_of
 from gesture_core.cli import (
     CommandParser,
     check_output_outside_datasets,
-    check_writable,
     command,
     output_arg,
 )
@@ -522,8 +521,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(err))
     if args.json:  # its JSON replaced a photo of the class folder it was written into
         try:
-            check_output_outside_datasets("--json", args.json, [args.dir])
-            check_writable("--json", args.json)  # before the check, not after it
+            check_output_outside_datasets("--json", args.json, [args.dir])  # writable: checked by output_arg
         except ValueError as err:
             parser.error(str(err))
     report = build_report(args.dir, decode=not args.fast, workers=args.workers)

@@ -124,15 +124,16 @@ def check_split_readable(samples: Sequence[Sample], what: str, split_file: Path,
                            f"moved since training? {hint}")
 
 
-def warn_of_images_gone(splits: Splits, split_file: Path) -> None:
+def warn_of_images_gone(splits: Splits, split_file: Path) -> frozenset[str]:
     """A resumed run skips the images of its split that were moved or deleted since; said at start-up, with
-    the split each was in, where each would only be one more failed decode in the final report."""
+    the split each was in, where each would only be one more failed decode in the final report. Returns them."""
     gone = {name: missing for name in SPLITS if (missing := unreadable(s.path for s in getattr(splits, name)))}
     if gone:
         counts = ", ".join(f"{len(missing):,} of {len(getattr(splits, name)):,} {name}" for name, missing in gone.items())
         example = next(iter(gone.values()))[0]
         warnings.warn(f"images {split_file} lists cannot be opened any more ({counts}; e.g. {example}): moved or deleted since "
                       "the split, they are skipped", stacklevel=2)
+    return frozenset(path for missing in gone.values() for path in missing)
 
 
 def warn_of_classes_added(splits: Splits, split_file: Path) -> None:

@@ -302,8 +302,9 @@ class Run:
     hand_report: HandCropReport | None = None
 
 
-def run_folder_and_splits(cfg: TrainConfig, resume: Path | None) -> tuple[Path, Splits]:
-    """The run folder (not created yet) and the dataset split (scanned, or reloaded on resume)."""
+def run_folder_and_splits(cfg: TrainConfig, resume: Path | None) -> tuple[Path, Splits, frozenset[str]]:
+    """The run folder (not created yet), the dataset split (scanned, or reloaded on resume), and the images of a
+    resumed split that cannot be opened any more (skipped with a warning; a new scan lists only readable ones)."""
     out = resume.parent if resume else Path(cfg.out) if cfg.out else default_run_dir(cfg)
     # rank 0's alone, whose machine writes the run: another machine's --out is not used (a folder there stopped the job)
     if not resume and cfg.out and (taken := run_already_in(out, new_folder_beside(cfg))):
@@ -312,14 +313,15 @@ def run_folder_and_splits(cfg: TrainConfig, resume: Path | None) -> tuple[Path, 
         splits = Splits.load(out / "split.json")
         # Each image would be skipped as a failed decode: the run went on with nothing and replaced best.pt.
         check_split_readable(splits.train, "training", out / "split.json", f"put them back under {splits.root} to continue this run")
-        warn_of_images_gone(splits, out / "split.json")
+        gone = warn_of_images_gone(splits, out / "split.json")
         warn_of_classes_added(splits, out / "split.json")
-        return out, splits
+        return out, splits, gone
     root = resolve_data_dir(cfg.data)  # a folder, an archive or its URL, or a catalogue name
     if out.resolve().is_relative_to(root.resolve()):  # its plots would be a class of the next run on that folder
         raise DatasetError(f"the run folder {out} is inside --data {root}, where the next run would read it as a class: "
                            f"pass an --out outside it{'' if cfg.out else ' (the default is runs/ in the current folder)'}")
-    return out, load_splits(root, val_split=cfg.val_split, test_split=cfg.test_split, test_per_class=cfg.test_per_class, seed=cfg.seed, group_by=cfg.group_by)
+    splits = load_splits(root, val_split=cfg.val_split, test_split=cfg.test_split, test_per_class=cfg.test_per_class, seed=cfg.seed, group_by=cfg.group_by)
+    return out, splits, frozenset()
 
 
 def write_run_folder(out: Path, splits: Splits, resume: Path | None) -> None:
@@ -333,16 +335,9 @@ def write_run_folder(out: Path, splits: Splits, resume: Path | None) -> None:
         print(f"removed {len(removed)} partial checkpoint file(s) left by an interrupted save: {', '.join(p.name for p in removed)}")
 
 
-def scan_for_every_rank(cfg: TrainConfig, resume: Path | None) -> tuple[Path, Splits, frozenset[str]]:
-    """Rank 0's run folder and split, and the images of the split it cannot read itself (a resumed run's
-    images deleted since, which it skips with a warning): the other ranks need not read them either."""
-    out, splits = run_folder_and_splits(cfg, resume)
-    gone = frozenset(unreadable(s.path for s in (*splits.train, *splits.val))) if distributed.is_distributed() else frozenset()
-    return out, splits, gone
-
-
 def images_missing_here(splits: Splits, gone_on_main: frozenset[str]) -> str | None:
-    """On a rank other than 0: which of the images rank 0 can read this machine cannot. A missing
+    """On a rank other than 0: which of the images rank 0 can read (all but ``gone_on_main``, a resumed run's
+    images deleted since, which it skips) this machine cannot. A missing
     image would otherwise be taken for a corrupt one, and skipped: a machine without the dataset
     would train on nothing, and the run would look like one of half its size."""
     paths = [s.path for s in (*splits.train, *splits.val) if s.path not in gone_on_main]
@@ -379,7 +374,7 @@ def prepare_run(cfg: TrainConfig, resume: Path | None) -> Run:
     backbone = get_backbone(cfg.backbone)
     check_input_sizes(cfg, backbone)  # also before anything is written
     # rank 0 alone picks the folder and scans the dataset; the other ranks receive both
-    out, splits, gone = distributed.from_main(lambda: scan_for_every_rank(cfg, resume))
+    out, splits, gone = distributed.from_main(lambda: run_folder_and_splits(cfg, resume))
     distributed.check_every_rank(lambda: None if is_main_process() else images_missing_here(splits, gone))
     cfg.out, cfg.world_size, scanned = str(out), distributed.world_size(), splits
     reject_line = reject_choice(splits.classes, cfg.reject_classes)  # a misspelt --reject-class fails before training

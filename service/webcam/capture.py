@@ -36,7 +36,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from gesture_core.cli import EXIT_USAGE, CommandParser, DefaultsAndEpilogHelpFormatter, check_writable, command, output_arg
+from gesture_core.cli import EXIT_USAGE, CommandParser, DefaultsAndEpilogHelpFormatter, command, output_arg
 from gesture_core.images import (  # IMAGE_SUFFIXES: the files training reads as images, counted as a class's photos
     FRAME_JPEG_QUALITY,
     IMAGE_SUFFIXES,
@@ -420,7 +420,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"{problem}: --out is the dataset folder (e.g. --out {args.out.parent})")
     if problem := reads_from_inside(args.source, args.out):
         parser.error(problem)
-    check_writable("--out", args.out, "folder")  # before the source opens, not at the first image saved
     try:
         cap = open_source(args.source)
     except SourceError as err:  # the exit code of the webcam demo for the same mistake
