@@ -612,7 +612,7 @@ def test_a_resume_says_which_class_folders_its_split_does_not_know(tmp_path):
     assert any(f"{data} has class folder(s) thumbs_up that {run / 'split.json'} does not know" in str(w.message) for w in caught)
 
 
-def test_a_resume_says_how_many_images_of_its_split_are_gone_and_reports_each_as_skipped(tmp_path):
+def test_a_resume_says_how_many_images_of_its_split_are_gone_and_reports_each_as_skipped(tmp_path, capsys):
     """Images deleted since the split were found out one failed decode at a time, in the final report only."""
     import warnings
 
@@ -628,6 +628,7 @@ def test_a_resume_says_how_many_images_of_its_split_are_gone_and_reports_each_as
         assert finetune.main(["--resume", str(run), "--epochs", "2"]) == 0
     said = [str(w.message) for w in caught if "cannot be opened any more" in str(w.message)]
     assert said and f"(1 of {len(splits.train)} train, 1 of {len(splits.test)} test; e.g. {gone[0]})" in said[0], said
+    assert "0 file(s) skipped, 2 gone since;" in capsys.readouterr().out  # the start-up line said 0 skipped
     skipped = json.loads((run / "metrics.json").read_text())["skipped"]
     assert sorted(s["path"] for s in skipped) == sorted(gone) and all("unreadable" in s["reason"] for s in skipped), skipped
 

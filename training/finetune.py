@@ -300,6 +300,7 @@ class Run:
     source_splits: Splits | None = None
     hand_crops: HandCropCache | None = None
     hand_report: HandCropReport | None = None
+    gone: frozenset[str] = frozenset()  # a resumed split's images deleted or moved since: skipped as failed decodes
 
 
 def run_folder_and_splits(cfg: TrainConfig, resume: Path | None) -> tuple[Path, Splits, frozenset[str]]:
@@ -401,7 +402,7 @@ def prepare_run(cfg: TrainConfig, resume: Path | None) -> Run:
     if is_main_process():
         write_json(out / "config.json", cfg.to_dict())
         print(reject_line)
-    return Run(cfg, out, splits, backbone, data_config, model, device, amp, source_splits, cache, report)
+    return Run(cfg, out, splits, backbone, data_config, model, device, amp, source_splits, cache, report, gone)
 
 
 def check_input_sizes(cfg: TrainConfig, backbone: Backbone) -> None:
@@ -542,7 +543,7 @@ def train_in_run_folder(cfg: TrainConfig, resume: Path | None = None) -> Path:
     kept = ema.module if ema else run.model  # what is validated, saved as best.pt and tested
     failed: set[str] = set(state["failed"])
     print(f"{cfg.backbone} on {run.splits.root}: {len(run.splits.classes)} classes, split {run.splits.counts()}, "
-          f"{len(run.splits.skipped)} file(s) skipped; {size_note(cfg, run.data_config)}; device {run.device}{' (AMP)' if run.amp else ''}"
+          f"{len(run.splits.skipped)} file(s) skipped{f', {len(run.gone)} gone since' if run.gone else ''}; {size_note(cfg, run.data_config)}; device {run.device}{' (AMP)' if run.amp else ''}"
           f"{f'; weight EMA, decay {cfg.ema_decay}' if ema else ''}; {distributed_note(cfg, lr)}run folder {run.out}")
     bad_epochs = 0
     features = frozen_features(run)
