@@ -32,6 +32,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+import cv2
 import numpy as np
 import torch
 from torch import nn
@@ -334,9 +335,9 @@ def load_verified_classifier(path: str | os.PathLike, device: str | torch.device
     the service could not serve is a CheckpointError with the reason, before anyone relies on it."""
     classifier = load_classifier(path, device, engine, precision)
     size = classifier.data_config.input_size
-    try:
-        probs = classifier.classify([np.zeros((size, size, classifier.data_config.in_chans), np.uint8)])
-    except (RuntimeError, ValueError) as err:
+    try:  # an RGB crop, as crop() gives for every model: Preprocess makes a grayscale model's one channel
+        probs = classifier.classify([np.zeros((size, size, 3), np.uint8)])
+    except (RuntimeError, ValueError, cv2.error) as err:
         raise CheckpointError(f"{path}: a test image does not run through the model ({' '.join(str(err).split())[:300]})") from None
     if probs.shape != (1, len(classifier.classes)) or not np.isfinite(probs).all():
         raise CheckpointError(f"{path}: the model answers a test image with {probs.shape[-1]} probabilities "

@@ -210,3 +210,18 @@ def test_a_pickled_model_or_a_file_this_user_cannot_read_is_told_what_to_pass(tm
     monkeypatch.setattr(torch, "load", denied)  # root reads every file: the denial is simulated
     with pytest.raises(CheckpointError, match=r"is not a readable checkpoint: this user may not read it \(Permission denied\)"):
         load_checkpoint(whole)
+
+
+def test_a_grayscale_model_passes_the_load_check_and_predicts_on_colour_photos(tmp_path):
+    """--in-channels 1 trained, but the load check sent a one-channel test image to a pipeline of RGB crops:
+    OpenCV's channel error stopped import_model (a traceback), the service and the webcam demo."""
+    from gesture_core import DataConfig
+    from gesture_core.classifier import load_verified_classifier
+
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "gray.pt", model=build_model("lenet5", 3, "none", in_chans=1), backbone="lenet5",
+                    classes=["fist", "palm", "peace"], data_config=DataConfig(input_size=32, resize_size=36).with_channels(1),
+                    train_config={})
+    checked = load_verified_classifier(tmp_path / "gray.pt", device="cpu", engine="torch")
+    photo = synthetic_image(1, seed=3, size=48)
+    assert checked.predict(photo, k=3) == load_classifier(tmp_path / "gray.pt", device="cpu", engine="torch").predict(photo, k=3)
