@@ -653,3 +653,27 @@ def test_a_resume_counts_the_images_added_to_its_classes_since_its_split(tmp_pat
         warnings.simplefilter("always")
         assert finetune.main(["--resume", str(run), "--epochs", "3"]) == 0
     assert [str(w.message) for w in caught if "does not list" in str(w.message)][0].startswith("3 image(s)")
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_a_split_deleted_during_the_run_stops_it_before_that_epoch_is_saved(tmp_path, monkeypatch, split):
+    """A dataset (or --hands' crop cache) deleted mid-run trained on nothing (loss nan), kept that epoch as
+    best.pt when validation had gone too, and finished with exit 0."""
+    data = make_image_folder(tmp_path / "data", classes=("fist", "palm"), per_class=10, size=32)
+    saved = []
+
+    def save_then_delete(run, *args, **kwargs):
+        real_save_epoch(run, *args, **kwargs)
+        saved.append(1)
+        for sample in getattr(run.splits, split):
+            os.remove(sample.path)
+
+    real_save_epoch = finetune.save_epoch
+    monkeypatch.setattr(finetune, "save_epoch", save_then_delete)
+    with pytest.raises(finetune.DatasetError) as stopped:
+        finetune.train(tiny_config(data, tmp_path / "run", epochs=3))
+    what = {"train": "training", "val": "validation"}[split]
+    assert re.match(rf"none of the \d+ {what} images decoded in epoch 2 \(e\.g\. {re.escape(str(data))}/\w+/\d+\.png: .*; moved, "
+                    r"deleted or changed during the run\?\): last\.pt keeps the epochs before; put them back and continue with: "
+                    rf"python -m training\.finetune --resume {re.escape(str(tmp_path / 'run' / 'last.pt'))}$", str(stopped.value)), stopped.value
+    assert len(saved) == 1 and torch.load(tmp_path / "run" / "last.pt", weights_only=True)["epoch"] == 1
