@@ -402,3 +402,33 @@ def test_a_run_without_hands_is_unchanged(asl_subset, crop_cache, tmp_path, monk
     metrics = read_json(tmp_path / "plain" / "metrics.json")
     assert "hands" not in metrics and "no_answer" not in metrics["test"]
     assert metrics["test"]["n"] == len(read_json(tmp_path / "plain" / "split.json")["test"])
+
+
+def test_a_damaged_or_missing_crop_is_made_again_and_an_unreadable_image_stores_nothing(asl, hand_models, tmp_path, monkeypatch):
+    """An emptied or cut crop PNG was used as it was: every later run skipped its image naming the cache file,
+    and evaluate stopped with 'empty file (0 bytes)' and no name."""
+    from training.data import decode_file
+    from training.hand_crops import HandCropCache
+
+    (tmp_path / "hand-models").symlink_to(hand_models, target_is_directory=True)
+    monkeypatch.setenv("GESTURE_CACHE_DIR", str(tmp_path))
+    photos = [str(p) for p in sorted((asl / "A").iterdir())[:3]]
+    config = DataConfig(input_size=64, resize_size=73)
+    made = HandCropCache(config).entries([*map(_sample, photos)])
+    crops = [entry.crops[0] for entry in made]
+    assert len(crops) == 3
+    Path(crops[0]).write_bytes(b"")
+    Path(crops[1]).write_bytes(Path(crops[1]).read_bytes()[:-40])
+    again = HandCropCache(config)
+    entries = again.entries([*map(_sample, photos)])
+    assert again.detected == 2 and [e.crops[0] for e in entries] == crops
+    assert all(decode_file(crop).shape == (73, 73, 3) for crop in crops)
+    missing = again.entry(str(tmp_path / "gone.jpg"))
+    assert missing.crops == [] and missing.error == "unreadable: No such file or directory" and again.detected == 2
+    assert not list((again.folder).glob("unreadable*"))
+
+
+def _sample(path: str):
+    from training.data import Sample
+
+    return Sample(path, 0)

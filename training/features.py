@@ -96,9 +96,13 @@ class CachedSplit:
 
 def file_digest(path: str) -> str:
     try:
-        return hashlib.blake2b(read_image_file(path), digest_size=16).hexdigest()
+        return bytes_digest(read_image_file(path))
     except (OSError, ImageDecodeError):
         return "unreadable"  # the loader reports it; a file that appears later changes the key
+
+
+def bytes_digest(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
 def cache_key(extractor_fingerprint: str, data_config: DataConfig, samples: Sequence[Sample]) -> str:

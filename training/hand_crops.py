@@ -40,10 +40,10 @@ from gesture_core.checkpoint import as_umask_allows
 from gesture_core.classifier import Classifier
 from gesture_core.engines import cache_root
 from gesture_core.hands import Hand, HandLocaliser, hand_crop, hand_from_dict, hand_to_dict
-from gesture_core.images import ImageDecodeError, read_rgb
+from gesture_core.images import ImageDecodeError, read_image_file, read_rgb
 from gesture_core.preprocess import DataConfig
-from training.data import Sample, Splits, decode_file
-from training.features import file_digest
+from training.data import Sample, Splits, decode_failure, decode_file
+from training.features import bytes_digest
 from training.loop import progress_bar
 from training.report import classification_metrics, rank_mistakes
 
@@ -51,6 +51,8 @@ HAND_CROPS_FORMAT_VERSION = 1
 POLICY = ("no hand found: skipped in training and validation; in the test, answered 'no gesture' "
           "(counted as the reject class when the model has one, else a miss)")  # fmt: skip
 LISTED = 5  # names of no-hand images shown at start-up
+PNG_HEAD = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR"  # the signature and the IHDR chunk's length and type
+PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the last chunk of every PNG, as OpenCV writes it
 
 
 @dataclass(frozen=True)
@@ -86,10 +88,15 @@ class HandCropCache:
         return self._localiser
 
     def entry(self, path: str) -> HandCropEntry:
-        """The image's entry, from the cache or made now (and stored)."""
-        digest = file_digest(path)
+        """The image's entry, from the cache or made now (and stored). Keyed by the bytes it is made from: a
+        digest read apart from them stored a file that could not be read then under one key for all such files."""
+        try:
+            data = read_image_file(path)
+        except (OSError, ImageDecodeError):
+            return HandCropEntry(path, [], [], decode_failure(path))  # not stored: the loader reports it as for any run
+        digest = bytes_digest(data)
         stored = self._load(path, digest)
-        return stored if stored is not None else self._make(path, digest)
+        return stored if stored is not None else self._make(path, data, digest)
 
     def entries(self, samples: Sequence[Sample], desc: str = "hand crops") -> list[HandCropEntry]:
         return [self.entry(sample.path) for sample in progress_bar(samples, desc)]
@@ -102,13 +109,26 @@ class HandCropCache:
         except (OSError, ValueError, KeyError, TypeError):
             return None  # absent, or unreadable: made again
         crops = [str(self.folder / f"{digest}-{i}.png") for i in range(len(hands))]
-        if not all(os.path.isfile(crop) for crop in crops):
-            return None
+        if not all(self._crop_intact(crop) for crop in crops):
+            return None  # a crop deleted, emptied or cut short: made again, where it failed every later run
         return HandCropEntry(path, hands, crops, stored.get("error"))
 
-    def _make(self, path: str, digest: str) -> HandCropEntry:
+    def _crop_intact(self, crop: str) -> bool:
+        """Whether a cached crop is a whole PNG of the crop's size: its signature and size, and its last chunk
+        (IEND), two short reads where decoding every crop would cost the step it saves."""
         try:
-            rgb = read_rgb(path)  # full size, as Classifier.find_hands decodes
+            with open(crop, "rb") as f:
+                head = f.read(24)
+                f.seek(-12, os.SEEK_END)
+                tail = f.read(12)
+        except OSError:
+            return False
+        side = self.data_config.resize_size.to_bytes(4, "big")
+        return head[:16] == PNG_HEAD and head[16:24] == side * 2 and tail == PNG_END
+
+    def _make(self, path: str, data: bytes, digest: str) -> HandCropEntry:
+        try:
+            rgb = read_rgb(data)  # full size, as Classifier.find_hands decodes
         except ImageDecodeError as err:
             return HandCropEntry(path, [], [], str(err))  # not stored: the loader reports it as for any run
         hands = self.localiser.find(rgb)
@@ -235,7 +255,7 @@ def frame_outputs(classifier: Classifier, samples: Sequence[Sample], cache: Hand
     entries = cache.entries(samples, desc)
     for start in range(0, len(entries), batch_size):
         chunk = list(zip(samples[start : start + batch_size], entries[start : start + batch_size], strict=True))
-        crops = [classifier.preprocess.crop(decode_file(path)) for _, entry in chunk for path in entry.crops]
+        crops = [classifier.preprocess.crop(cached_crop(path)) for _, entry in chunk for path in entry.crops]
         scores = classifier.classify_scores(crops) if crops else []
         offset = 0
         for i, (sample, entry) in enumerate(chunk):
@@ -252,6 +272,13 @@ def frame_outputs(classifier: Classifier, samples: Sequence[Sample], cache: Hand
     shape = (len(rows), len(classifier.classes))
     return FrameOutputs(np.stack(rows) if rows else np.zeros(shape, np.float32), np.asarray(targets, np.int64),
                         np.asarray(no_hand, bool), labels, failed)  # fmt: skip
+
+
+def cached_crop(path: str) -> np.ndarray:
+    try:
+        return decode_file(path)
+    except ImageDecodeError as err:  # _crop_intact checks its ends only: a crop damaged within, or since, fails here
+        raise ImageDecodeError(f"hand crop {path}: {err} (changed since it was made): delete that file, and the next command makes it anew") from None
 
 
 def frame_metrics(classifier: Classifier, outputs: FrameOutputs) -> dict[str, Any]:
