@@ -432,3 +432,30 @@ def _sample(path: str):
     from training.data import Sample
 
     return Sample(path, 0)
+
+
+def test_a_gesture_left_with_no_training_crop_is_named_and_wrong_weights_are_refused_before_detection(
+        asl_subset, crop_cache, flowers, tmp_path, monkeypatch, capsys):
+    """A class whose photos show no hand trained on nothing without a word; a backbone's missing ImageNet
+    weights were refused only after every image had been through the hand localiser."""
+    import warnings
+
+    from tests.helpers import count_calls
+    from training import finetune as finetune_module
+
+    monkeypatch.setenv("GESTURE_CACHE_DIR", str(crop_cache))
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("V", "nothing"):
+        (data / name).symlink_to(asl_subset / name, target_is_directory=True)
+    (data / "daisy").mkdir()
+    for photo in sorted((flowers / "daisy").iterdir())[:PER_CLASS]:
+        (data / "daisy" / photo.name).symlink_to(photo)
+    detections = count_calls(monkeypatch, finetune_module, "hand_crop_splits")
+    assert finetune_module.main(["--data", str(data), "--hands", "--backbone", "lenet5", "--out", str(tmp_path / "lenet")]) == 2
+    assert "lenet5 has no ImageNet weights" in capsys.readouterr().err and detections == []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        finetune(data, tmp_path / "run", "--hands")
+    said = [str(w.message) for w in caught if "no hand found in any training image" in str(w.message)]
+    assert len(said) == 1 and said[0].startswith("--hands: no hand found in any training image of daisy: the model cannot learn it"), said

@@ -16,6 +16,8 @@ import json
 import random
 import sys
 import time
+import warnings
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +47,7 @@ from gesture_core.cli import (
     output_arg,
 )
 from gesture_core.preprocess import DataConfig
+from gesture_core.rejection import find_reject_classes
 from training import cli, distributed
 from training.augment import (
     CROP_CHOICES,
@@ -384,12 +387,13 @@ def prepare_run(cfg: TrainConfig, resume: Path | None) -> Run:
     if cfg.image_size:
         data_config = data_config.with_input_size(cfg.image_size)
     data_config = resolve_data_choices(cfg, splits, data_config).with_hands(cfg.hands)
+    weights = "none" if resume else cfg.weights  # resuming loads the run's own weights below
+    # before the hands are found: weights this backbone does not have were refused after minutes of detection
+    model = build_model(cfg.backbone, len(splits.classes), weights, aux=trains_aux(cfg, backbone, data_config), in_chans=cfg.in_chans)
     source_splits, cache, report = None, None, None
     if cfg.hands:
         source_splits, cache = splits, HandCropCache(data_config)
-        splits, report = crop_hands(splits, cache)
-    weights = "none" if resume else cfg.weights  # resuming loads the run's own weights below
-    model = build_model(cfg.backbone, len(splits.classes), weights, aux=trains_aux(cfg, backbone, data_config), in_chans=cfg.in_chans)
+        splits, report = crop_hands(splits, cache, find_reject_classes(splits.classes, cfg.reject_classes))
     if cfg.sync_bn:
         model = distributed.convert_sync_batchnorm(model)
     amp, why = resolve_amp(cfg.amp, device, backbone)
@@ -423,15 +427,21 @@ def trains_aux(cfg: TrainConfig, backbone: Backbone, dc: DataConfig) -> bool:
     return aux
 
 
-def crop_hands(splits: Splits, cache: HandCropCache) -> tuple[Splits, HandCropReport]:
+def crop_hands(splits: Splits, cache: HandCropCache, reject_classes: Collection[str]) -> tuple[Splits, HandCropReport]:
     """The split's hand crops (training.hand_crops): rank 0 finds the hands and fills the cache, then
-    the other ranks read it. Says how many images have no hand, and what that means."""
+    the other ranks read it. Says how many images have no hand, what that means, and which gestures
+    are left with no training crop (one such class trained on nothing without a word)."""
     crops, report = distributed.main_first(lambda: hand_crop_splits(splits, cache))
     if is_main_process():
         print(report.summary())
     if not crops.train:
         raise DatasetError(f"--hands: no hand found in any of the {len(splits.train)} training images; "
                            "train without --hands, or on photos where the hand is at least ~10% of the frame's width (docs/hands.md)")
+    trained = {splits.classes[s.label] for s in crops.train}
+    if (unlearnt := [c for c in splits.classes if c not in trained and c not in reject_classes]) and is_main_process():
+        warnings.warn(f"--hands: no hand found in any training image of {some_of(unlearnt)}: the model cannot learn "
+                      f"{'it' if len(unlearnt) == 1 else 'them'}, and answers such images 'no gesture'; train without --hands, or "
+                      "on photos where the hand is at least ~10% of the frame's width (docs/hands.md)", stacklevel=2)
     return crops, report
 
 
