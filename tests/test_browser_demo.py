@@ -12,6 +12,7 @@ import json
 import os
 import re
 import threading
+import time
 from collections.abc import Iterator
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -265,8 +266,9 @@ def test_a_refused_frame_shows_the_servers_reason(server, open_page, camera_vide
     browser = open_page(f"{server.url}/demo/?threshold=1.5")
     reason = httpx.post(f"{server.url}/predict", files={"image": ("x.jpg", jpeg(0))}, data={"threshold": "1.5"}, timeout=60).json()
     shown = browser.wait_for(f"{text_of('status')}.includes('HTTP 400')", "refusal", timeout=120) and status_of(browser)
-    assert shown.startswith(f"The server refused the frame: /predict answered HTTP 400: {reason['error']}: threshold: ")
-    assert reason["detail"][0]["msg"] in shown  # "Input should be less than or equal to 1"
+    # the reason names the field once (it was said twice, from "error" and again from "detail")
+    assert shown == f"The server refused the frame: /predict answered HTTP 400: {reason['error']}", shown
+    assert shown.count(reason["detail"][0]["msg"]) == 1 and "threshold: " in shown  # "Input should be less than or equal to 1"
     assert browser.evaluate(text_of("answers")) == "0"
 
 
@@ -307,12 +309,42 @@ def page_elsewhere() -> Iterator[str]:
         httpd.server_close()
 
 
+def requests_to(browser: Chromium, url: str) -> int:
+    """How many requests the page has made to ``url`` (the browser's own record of every fetch)."""
+    return browser.evaluate(f"performance.getEntriesByType('resource').filter(e => e.name.startsWith({json.dumps(url)})).length")
+
+
+def send_frames_elsewhere(browser: Chromium, url: str) -> None:
+    """?server= names another origin than the page's: the page says which and sends nothing until its button is pressed."""
+    browser.wait_for("!document.getElementById('elsewhere').hidden", "the other server named", timeout=60)
+    assert browser.evaluate(text_of("elsewhere-origin")) == url
+    time.sleep(2)  # time in which a page that did not wait would have asked /info and sent frames
+    assert requests_to(browser, url) == 0 and browser.evaluate(text_of("answers")) == "0"
+    browser.evaluate("document.getElementById('elsewhere-send').click()")
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+@pytest.mark.parametrize(("query", "problem"), [
+    ("?roi=7", "Problem: ?roi=7: give the centre square's side as a fraction of the frame's shorter side, above 0 and at most 1 (e.g. ?roi=0.6)"),
+    ("?roi=-1", "Problem: ?roi=-1: give the centre square's side as a fraction of the frame's shorter side, above 0 and at most 1 (e.g. ?roi=0.6)"),
+    ("?server=javascript:alert(1)", "Problem: ?server=javascript:alert(1): give the service's http:// or https:// address, or leave it out to use this page's own service"),
+])
+def test_settings_in_the_url_that_cannot_work_are_said_and_nothing_is_sent(server, open_page, query, problem):
+    """?roi=7 sent frames seven times the camera's size (each refused), ?roi=-1 classified one pixel for ever."""
+    browser = open_page(f"{server.url}/demo/{query}")
+    assert browser.wait_for(f"{text_of('status')} === {json.dumps(problem)}", "the problem", timeout=60)
+    time.sleep(1)
+    assert requests_to(browser, f"{server.url}/predict") == 0 and requests_to(browser, f"{server.url}/info") == 0
+
+
 @pytest.mark.integration
 @pytest.mark.slow
 def test_cors_is_closed_by_default(server, open_page):
     assert cors_headers(server.url, OTHER_ORIGIN) == {"predict": None, "too large": None, "preflight": None}
     with page_elsewhere() as origin:
         browser = open_page(f"{origin}/index.html?server={server.url}")
+        send_frames_elsewhere(browser, server.url)
         shown = browser.wait_for(f"{text_of('status')}.includes('GESTURE_CORS_ORIGINS')", "refusal by the browser", timeout=120)
         assert shown and browser.evaluate(text_of("answers")) == "0"
 
@@ -327,7 +359,9 @@ def test_cors_setting_lets_a_page_elsewhere_use_the_service(open_page, home):
             assert cors_headers(server.url, origin) == {"predict": origin, "too large": origin, "preflight": origin}
             assert cors_headers(server.url, OTHER_ORIGIN) == {"predict": None, "too large": None, "preflight": None}
             browser = open_page(f"{origin}/index.html?server={server.url}")
+            send_frames_elsewhere(browser, server.url)
             assert shown_labels(browser, 5).count(DIGIT) >= 3
+            assert browser.evaluate(text_of("info")).endswith(f" · served by {server.url}")
         finally:
             server.stop()
 

@@ -6,9 +6,12 @@
 
 const params = new URLSearchParams(location.search);
 // Same origin by default. ?server=URL asks another service, which must allow this page's origin
-// (GESTURE_CORS_ORIGINS on that server).
+// (GESTURE_CORS_ORIGINS on that server). A link can name any server, so the page says which one and
+// sends nothing until the user agrees (a multipart POST needs no CORS preflight: a server that is not
+// allowed still receives the frames, only its answers are hidden from the page).
 const SERVER = (params.get("server") || "").replace(/\/+$/, "");
 const SERVER_NAME = SERVER || location.origin;
+const DEFAULT_ROI = 0.6; // as the OpenCV demo's bare --roi
 const RETRY_MS = 1000; // during an outage or after a refusal, ask again this often
 const TIMEOUT_MS = 10000; // a request still unanswered by then counts as an outage
 const JPEG_QUALITY = 0.9; // as the OpenCV demo's remote mode
@@ -40,13 +43,14 @@ async function post(path, body) {
   return JSON.parse(text);
 }
 
-// The service answers every error with JSON {"error": reason}, and a refused field with "detail":
-// [{loc, msg}, ...] as well; anything else is shown as it came.
+// The service answers every error with JSON {"error": reason}; a refused field's reason names it
+// ("threshold: Input should be a valid number"), and its "detail" ([{loc, msg}, ...]) says the same
+// again, so it is shown only where there is no "error". Anything else is shown as it came.
 function errorReason(text) {
   try {
     const answer = JSON.parse(text);
     const details = Array.isArray(answer.detail) ? answer.detail.map((d) => `${(d.loc || []).join(".")}: ${d.msg}`).join("; ") : answer.detail;
-    return [answer.error, details].filter(Boolean).join(": ") || text;
+    return answer.error || details || text;
   } catch {
     return text.trim().slice(0, 300) || "(empty body)";
   }
@@ -123,7 +127,34 @@ let modelResize = null; // the model's resize size, from /info
 let modelHands = false; // from /info: the model classifies hand crops, and /predict answers per hand
 
 function roiFraction() {
-  return $("use-roi").checked ? Number(params.get("roi")) || 0.6 : null;
+  return $("use-roi").checked ? Number(params.get("roi")) || DEFAULT_ROI : null;
+}
+
+// What the URL's settings cannot be, said before anything starts (null when they are fine).
+function urlProblem() {
+  if (params.has("roi") && params.get("roi") !== "") {
+    const roi = Number(params.get("roi"));
+    if (!(roi > 0 && roi <= 1)) return `?roi=${params.get("roi")}: give the centre square's side as a fraction of the frame's shorter side, above 0 and at most 1 (e.g. ?roi=${DEFAULT_ROI})`;
+  }
+  if (SERVER) {
+    let url = null;
+    try {
+      url = new URL(SERVER);
+    } catch {}
+    if (!url || !["http:", "https:"].includes(url.protocol)) return `?server=${SERVER}: give the service's http:// or https:// address, or leave it out to use this page's own service`;
+  }
+  return null;
+}
+
+// The camera's frames go to another origin than the page's only once the user has said so.
+function agreedToServer() {
+  if (!SERVER || new URL(SERVER).origin === location.origin) return Promise.resolve();
+  $("elsewhere-origin").textContent = new URL(SERVER).origin;
+  $("elsewhere").hidden = false;
+  return new Promise((resolve) => $("elsewhere-send").addEventListener("click", () => {
+    $("elsewhere").hidden = true;
+    resolve();
+  }, { once: true }));
 }
 
 // The part of the frame that is classified: all of it, or a centred square (fraction of the shorter side).
@@ -246,7 +277,8 @@ function showInfo(info) {
   const test = info.metrics?.test;
   const accuracy = test?.top1 != null ? `test accuracy ${(100 * test.top1).toFixed(1)}% on ${test.n} images` : "no test accuracy recorded";
   const hands = info.hands ? " · finds the hands first, one answer per hand" : "";
-  $("info").textContent = `${info.backbone} · ${info.classes.length} classes: ${info.classes.join(", ")} · ${accuracy}${hands} · ${info.model}`;
+  const elsewhere = SERVER ? ` · served by ${SERVER_NAME}` : "";
+  $("info").textContent = `${info.backbone} · ${info.classes.length} classes: ${info.classes.join(", ")} · ${accuracy}${hands} · ${info.model}${elsewhere}`;
 }
 
 function showPrediction(prediction, latencyMs) {
@@ -349,6 +381,13 @@ async function main() {
   window.addEventListener("resize", drawRoi);
   countFrames($("preview"));
   $("camera").addEventListener("change", (event) => startCamera(event.target.value).catch(showProblem));
+  const problem = urlProblem();
+  if (problem) {
+    $("info").textContent = "not started";
+    showProblem(new Error(problem));
+    return;
+  }
+  await agreedToServer();
   recognise();
   try {
     await startCamera(null);
