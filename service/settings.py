@@ -169,11 +169,23 @@ def browser_origin(origin: str, raw: str) -> str:
     except ValueError:  # not a number, or above 65535
         raise SettingsError(problem) from None
     scheme = parts.scheme.lower()
-    if scheme not in ("http", "https") or not parts.hostname or parts.path or parts.query or parts.username or " " in origin:
+    if scheme not in ("http", "https") or not parts.hostname or parts.path or parts.query or parts.username or " " in origin or port == 0:
         raise SettingsError(problem)
-    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname  # an IPv6 address keeps its brackets
+    if "*" in parts.hostname:  # kept as it was, it matched no origin at all
+        raise SettingsError(f"GESTURE_CORS_ORIGINS={raw!r}: {origin!r} has a wildcard, which matches no origin here; list each "
+                            "origin (comma-separated), or give * for any")
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else ascii_host(parts.hostname, problem)  # IPv6 keeps its brackets
     default = {"http": 80, "https": 443}[scheme]
     return f"{scheme}://{host}" + (f":{port}" if port not in (None, default) else "")
+
+
+def ascii_host(host: str, problem: str) -> str:
+    """A host name as browsers send it in Origin: an international name in its punycode form (bücher.example
+    is xn--bcher-kva.example), which never matched the name as typed."""
+    try:
+        return host.encode("idna").decode("ascii")
+    except UnicodeError:
+        raise SettingsError(problem) from None
 
 
 def unknown_settings(env: Mapping[str, str]) -> list[str]:

@@ -61,10 +61,14 @@ def test_cors_origins_setting():
     # written as a browser sends its Origin header, which CORS matches exactly: HTTP://A.B never matched http://a.b
     assert cors_origins("HTTPS://Demo.Example.ORG:443,http://a.b:80,http://a.b:8080") == ("https://demo.example.org", "http://a.b", "http://a.b:8080")
     assert cors_origins("http://[::1]:3000") == ("http://[::1]:3000",)
+    # browsers send an international name in punycode: the name as typed never matched
+    assert cors_origins("http://Bücher.example:8080") == ("http://xn--bcher-kva.example:8080",)
     for bad in ("demo.example.org", "https://demo.example.org/page", "ftp://demo.example.org", "http://a b", "http://a.b:99999",
-                "http://a.b:port", "http://user@a.b"):
+                "http://a.b:port", "http://user@a.b", "http://a.com:0", "http://a..b"):
         with pytest.raises(SettingsError, match=r"http\(s\)://HOST\[:PORT\].*or \* for any"):
             cors_origins(bad)
+    with pytest.raises(SettingsError, match=r"'https://\*\.example\.com' has a wildcard, which matches no origin here; list each origin"):
+        cors_origins("https://*.example.com")
 
 
 @pytest.mark.integration
