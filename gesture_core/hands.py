@@ -376,8 +376,12 @@ class _Model:
     """One .tflite model, its output tensors found by name, invoked under a lock (an interpreter is not thread-safe)."""
 
     def __init__(self, path: Path, threads: int | None, outputs: Sequence[str]):
-        self.interpreter = _interpreter_class()(model_path=str(path), num_threads=threads)
-        self.interpreter.allocate_tensors()
+        try:
+            self.interpreter = _interpreter_class()(model_path=str(path), num_threads=threads)
+            self.interpreter.allocate_tensors()
+        except (ValueError, RuntimeError) as err:  # LiteRT's own words name no file: "not a valid Flatbuffer buffer"
+            raise HandModelsUnavailableError(f"{path} is not a usable model ({' '.join(str(err).split())[:200]}): cut short or "
+                                             f"changed since it was prepared? run: {PREPARE_HINT}") from None
         self.input_index = self.interpreter.get_input_details()[0]["index"]
         by_name = {d["name"]: d["index"] for d in self.interpreter.get_output_details()}
         missing = [name for name in outputs if name not in by_name]

@@ -208,6 +208,17 @@ def test_missing_models_are_one_clear_line(tmp_path, monkeypatch):
         classifier.predict_hands(np.zeros((48, 64, 3), np.uint8))
 
 
+def test_a_damaged_hand_model_is_named_with_the_command_that_fetches_it_again(tmp_path, hand_models):
+    """A cut .tflite file gave LiteRT's 'The model is not a valid Flatbuffer buffer', with no file or remedy."""
+    from gesture_core.hands import LANDMARK_MODEL, PALM_MODEL, HandLocaliser, HandModelsUnavailableError
+
+    (tmp_path / PALM_MODEL).symlink_to(hand_models / PALM_MODEL)
+    (tmp_path / LANDMARK_MODEL).write_bytes((hand_models / LANDMARK_MODEL).read_bytes()[:5000])
+    with pytest.raises(HandModelsUnavailableError, match=rf"^{tmp_path / LANDMARK_MODEL} is not a usable model \(.+\): cut short "
+                       r"or changed since it was prepared\? run: .*training\.prepare hand-models"):
+        HandLocaliser(models_dir=tmp_path)
+
+
 def test_a_model_without_hands_is_unchanged(tmp_path, two_hand_frame, monkeypatch):
     def no_localiser(*args, **kwargs):
         raise AssertionError("a model without hands mode built a hand localiser")
