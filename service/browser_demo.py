@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.datastructures import Headers
 from starlette.middleware.cors import CORSMiddleware
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 
@@ -40,4 +42,19 @@ def allow_cors_origins(service: Any, origins: tuple[str, ...]) -> None:
     answers of the request guard (413, 408, 400, service/http_guard.py) would go
     out without the CORS headers, and a page on another origin could read neither predictions nor errors."""
     if origins:
-        service.add_asgi_middleware(CORSMiddleware, **cors_options(list(origins)))
+        service.add_asgi_middleware(JsonCORSMiddleware, **cors_options(list(origins)))
+
+
+class JsonCORSMiddleware(CORSMiddleware):
+    """Starlette's CORS middleware, whose refused preflight ("Disallowed CORS origin", text/plain) is
+    answered in the JSON shape of every other error: it sits outside the request guard that gives them
+    that shape, so that the guard's own answers carry CORS headers."""
+
+    def preflight_response(self, request_headers: Headers) -> Response:
+        response = super().preflight_response(request_headers)
+        if response.status_code < 400:
+            return response
+        refused = bytes(response.body).decode()  # "Disallowed CORS origin, headers"
+        reason = f"{refused}: see the server setting GESTURE_CORS_ORIGINS; a page may send {', '.join(cors_options([])['allow_methods'])} with the content-type header"
+        headers = {k: v for k, v in response.headers.items() if k.lower() not in ("content-length", "content-type")}
+        return JSONResponse({"error": reason}, status_code=response.status_code, headers=headers)

@@ -71,6 +71,26 @@ def test_cors_origins_setting():
         cors_origins("https://*.example.com")
 
 
+def test_a_refused_cors_preflight_is_a_json_reason():
+    """Starlette's refusal was text/plain "Disallowed CORS origin", where every other error is {"error": ...}."""
+    from starlette.applications import Starlette
+    from starlette.testclient import TestClient
+
+    from service.browser_demo import JsonCORSMiddleware, cors_options
+
+    app = JsonCORSMiddleware(Starlette(), **cors_options(["https://demo.example.org"]))
+    with TestClient(app) as client:
+        def preflight(origin: str, headers: str = "content-type"):
+            return client.options("/predict", headers={"Origin": origin, "Access-Control-Request-Method": "POST",
+                                                       "Access-Control-Request-Headers": headers})
+        allowed, refused, bad_header = preflight("https://demo.example.org"), preflight(OTHER_ORIGIN), preflight("https://demo.example.org", "x-secret")
+    assert allowed.status_code == 200 and allowed.headers["access-control-allow-origin"] == "https://demo.example.org"
+    assert refused.status_code == 400 and refused.headers["content-type"] == "application/json"
+    assert refused.json() == {"error": "Disallowed CORS origin: see the server setting GESTURE_CORS_ORIGINS; a page may send GET, POST "
+                                       "with the content-type header"}
+    assert bad_header.json()["error"].startswith("Disallowed CORS headers: ") and "access-control-allow-origin" not in refused.headers
+
+
 @pytest.mark.integration
 def test_malformed_cors_setting_stops_start_up(tmp_path):
     with pytest.raises(ServerStartError, match=r"GESTURE_CORS_ORIGINS='demo\.example\.org'.*is not an origin"):
