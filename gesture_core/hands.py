@@ -494,8 +494,8 @@ class HandLocaliser:
 
 
 def _as_rgb(rgb: np.ndarray) -> np.ndarray:
-    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
-        raise ValueError(f"expected an RGB uint8 image of shape (H, W, 3), got {rgb.dtype} {rgb.shape}")
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8 or 0 in rgb.shape:  # an empty one divided by zero
+        raise ValueError(f"expected an RGB uint8 image of shape (H, W, 3), H and W at least 1, got {rgb.dtype} {rgb.shape}")
     return rgb
 
 

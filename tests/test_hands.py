@@ -382,3 +382,12 @@ def test_tracker_finds_a_hand_again_after_it_left(hand_models, hand_photos, back
     tracker.reset()
     tracker.update(moved)
     assert localiser.palm_calls == calls + 2
+
+
+@pytest.mark.parametrize("shape", [(0, 0, 3), (0, 64, 3), (48, 0, 3)])
+def test_an_empty_image_is_refused_as_any_wrong_shape_is(localiser, shape):
+    """find divided by zero on an image of no pixels, and the tracker raised OpenCV's own error."""
+    empty = np.zeros(shape, np.uint8)
+    for call in (localiser.find, HandTracker(localiser).update):
+        with pytest.raises(ValueError, match=r"expected an RGB uint8 image of shape \(H, W, 3\), H and W at least 1"):
+            call(empty)
