@@ -163,6 +163,12 @@ class Classifier:
 
     # --- the pipeline ------------------------------------------------------------------------------
 
+    def blank_crop(self) -> np.ndarray:
+        """An all-black crop as ``crop`` gives every model, RGB at ``input_size``² (a grayscale model's one
+        channel is made by Preprocess): what the load check and the warm-ups classify."""
+        size = self.data_config.input_size
+        return np.zeros((size, size, 3), np.uint8)
+
     def crop(self, image: ImageSource, *, bgr: bool = False, **read_kwargs: Any) -> np.ndarray:
         """One image -> its uint8 ``input_size``² centre crop (decode, resize, crop; CPU only).
         ``image``: a path, encoded bytes, a PIL image or an RGB array; ``bgr=True`` for an OpenCV frame.
@@ -334,9 +340,8 @@ def load_verified_classifier(path: str | os.PathLike, device: str | torch.device
     """``load_classifier``, then one blank image through the whole inference path: a checkpoint that
     the service could not serve is a CheckpointError with the reason, before anyone relies on it."""
     classifier = load_classifier(path, device, engine, precision)
-    size = classifier.data_config.input_size
-    try:  # an RGB crop, as crop() gives for every model: Preprocess makes a grayscale model's one channel
-        probs = classifier.classify([np.zeros((size, size, 3), np.uint8)])
+    try:
+        probs = classifier.classify([classifier.blank_crop()])
     except (RuntimeError, ValueError, cv2.error) as err:
         raise CheckpointError(f"{path}: a test image does not run through the model ({' '.join(str(err).split())[:300]})") from None
     if probs.shape != (1, len(classifier.classes)) or not np.isfinite(probs).all():

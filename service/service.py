@@ -137,8 +137,7 @@ class GestureClassifier:
         """One model call at every batch size the model threads can form, before the server reports
         ready: an engine's first call at a new shape is slow (OpenVINO: 50-100 ms more)."""
         started = time.perf_counter()
-        c = self.classifier.data_config
-        crop = np.zeros((c.input_size, c.input_size, c.in_chans), np.uint8)
+        crop = self.classifier.blank_crop()  # RGB whatever the model's channels: one channel failed every worker's start
         for batch in range(1, largest + 1):
             self.classifier.classify([crop] * batch)
         logger.info("model warmed up at batch sizes 1-%d in %.1f s", largest, time.perf_counter() - started)

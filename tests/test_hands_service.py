@@ -222,6 +222,20 @@ def hand_clip(tmp_path_factory) -> Path:
     return write_video(tmp_path_factory.mktemp("clip") / "sliding-hand.avi", moving_hand_frames(CLIP_FRAMES))
 
 
+def test_the_webcam_warms_up_a_grayscale_hands_model(tmp_path, hand_models):
+    """Its warm-up sent a one-channel crop to a pipeline of RGB crops: OpenCV's channel error, exit 2."""
+    import torch
+
+    from gesture_core import DataConfig, build_model, save_checkpoint
+
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "gray.pt", model=build_model("lenet5", 3, "none", in_chans=1), backbone="lenet5", classes=["A", "L", "nothing"],
+                    data_config=DataConfig(input_size=32, resize_size=36).with_channels(1).with_hands(True), train_config={}, metrics={})
+    scorer = LocalScorer(load_classifier(tmp_path / "gray.pt", device="cpu", engine="torch"))
+    scorer.warm_up()
+    assert scorer.tracker is not None
+
+
 def test_webcam_tracks_the_hand_draws_its_box_and_detects_palms_rarely(hands_checkpoint, hand_clip, tmp_path):
     scorer = LocalScorer(load_classifier(hands_checkpoint, device="cpu"))
     scorer.warm_up()

@@ -74,3 +74,28 @@ def test_hardware_this_machine_lacks_stops_the_server_naming_the_setting(random_
             pass
     message = str(failed.value)
     assert "exited with code" in message and said in message and "Traceback" not in message and "import_model" not in message, message
+
+
+@pytest.mark.parametrize("engine", ["torch", "openvino"])
+def test_a_grayscale_model_is_served_and_answers_as_load_classifier_does(tmp_path, engine):
+    """--in-channels 1: the start-up check passed, then each worker's warm-up sent one-channel crops to a
+    pipeline of RGB crops, and BentoML restarted the worker for ever (/readyz never answered)."""
+    import httpx
+
+    from gesture_core import DataConfig, load_classifier
+    from gesture_core.backbones import build_model
+    from gesture_core.checkpoint import save_checkpoint
+    from tests.service_inputs import jpeg
+
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "gray.pt", model=build_model("lenet5", 3, "none", in_chans=1), backbone="lenet5", classes=["a", "b", "c"],
+                    data_config=DataConfig(input_size=32, resize_size=36).with_channels(1), train_config={"seed": 0}, metrics={})
+    subprocess.run([sys.executable, "-m", "service.import_model", str(tmp_path / "gray.pt")], cwd=REPO,
+                   env={**os.environ, "BENTOML_HOME": str(tmp_path / "home")}, check=True, capture_output=True, timeout=300)
+    photo = jpeg(1)
+    with serve_process(bentoml_home=tmp_path / "home", ready_timeout=150, env={"GESTURE_ENGINE": engine}) as server:
+        served = httpx.post(f"{server.url}/predict", files={"image": ("x.jpg", photo)}, data={"top_k": "3"}, timeout=60)
+    assert served.status_code == 200, served.text
+    expected = load_classifier(tmp_path / "gray.pt", device="cpu", engine="torch").predict(photo, k=3)
+    assert served.json()["label"] == expected.label
+    assert [s["score"] for s in served.json()["top_k"]] == pytest.approx([s for _, s in expected.top_k], abs=1e-4)

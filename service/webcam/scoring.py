@@ -130,7 +130,7 @@ class LocalScorer:
         if self.tracker is None:
             self(np.zeros((size, size, 3), np.uint8))
             return
-        self.classifier.classify([np.zeros((size, size, self.classifier.data_config.in_chans), np.uint8)])
+        self.classifier.classify([self.classifier.blank_crop()])
         self.tracker.update(np.zeros((size, size, 3), np.uint8))  # LiteRT's first run is slow too
         self.tracker.reset()
         self._palm_calls_before = self.classifier.localiser.palm_calls
