@@ -538,6 +538,19 @@ def test_a_report_written_inside_the_dataset_is_refused(run, dataset, tmp_path, 
     assert {p: p.read_bytes() for p in dataset.rglob("*") if p.is_file()} == before
 
 
+def test_visualize_writes_beside_a_photo_on_its_own(run, tmp_path):
+    """A lone photo's folder is no dataset: visualize --image ~/photo.jpg --out ~/vis was refused as 'inside the
+    dataset', as was a run folder below that folder."""
+    from training.visualize import main as visualize_main
+
+    photo = next((make_image_folder(tmp_path / "data", classes=("3",), per_class=1, size=40) / "3").iterdir())
+    lone = tmp_path / "home" / "photo.png"
+    lone.parent.mkdir()
+    lone.write_bytes(photo.read_bytes())
+    assert visualize_main(["--checkpoint", str(run), "--image", str(lone), "--out", str(lone.parent / "vis")]) == 0
+    assert sorted(p.name for p in (lone.parent / "vis").iterdir()) == ["feature_maps.png", "gradcam.png"]
+
+
 def test_a_report_written_into_any_folder_of_photos_or_the_unknown_folder_is_refused(run, tmp_path, capsys):
     """Not only the model's own dataset: visualize --out OTHER/3 wrote two PNGs into class 3 of another dataset
     (check then counted them and said "OK to train"), and evaluate --out UNKNOWN/report made the next --unknown

@@ -34,6 +34,7 @@ from gesture_core.cli import (
     output_arg,
     trained_on,
 )
+from gesture_core.images import IMAGE_SUFFIXES
 from training import cli
 
 VISUALIZE_FILES = ("feature_maps.png", "gradcam.png")  # what it writes into --out
@@ -235,14 +236,25 @@ def class_indices(classifier: Classifier, names: list[str]) -> list[int]:
     return [classifier.classes.index(n) for n in names]
 
 
+def class_folder_of(image: Path) -> Path | None:
+    """The image's folder where it may be a dataset's class folder, whose next run would read PNGs written
+    under it as more of that class: one that holds other photos besides it. A lone photo's folder (a
+    home folder, ~/vis beside ~/photo.jpg) was refused as a dataset, and so was a run folder under it."""
+    folder = image.expanduser().resolve().parent
+    others = (p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.name != image.name and p.is_file())
+    return folder if next(others, None) is not None else None
+
+
 @command
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     classifier = load_classifier(args.checkpoint, args.device)
     warn_if_training_state(args.checkpoint, classifier.checkpoint_meta)
     if args.out:  # its PNGs in a class folder were the next run's photos of that class
-        check_output_outside_datasets("--out", Path(args.out), [trained_on(classifier.train_config), args.image.parent])
-        check_output_among_no_photos("--out", Path(args.out), VISUALIZE_FILES)
+        class_folder = class_folder_of(args.image)
+        check_output_outside_datasets("--out", Path(args.out), [trained_on(classifier.train_config), class_folder])
+        lone_photo = () if class_folder else (args.image.name,)  # beside --out, it is no class's photo either
+        check_output_among_no_photos("--out", Path(args.out), (*VISUALIZE_FILES, *lone_photo))
     extra = class_indices(classifier, args.classes)
     rgb = classifier.preprocess.read(args.image)
     out = Path(args.out) if args.out else args.checkpoint.parent / f"visualize-{args.image.stem}"
