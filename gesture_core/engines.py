@@ -122,19 +122,34 @@ def build_engine(
         return TorchEngine(model, device, precision)
     if name == "compile":
         return CompiledEngine(model, device, precision)
+    onnx_path = onnx_export_path(model, tuple(input_shape), cache_dir)
+    cached = onnx_path.is_file()
     try:
-        onnx_path = export_onnx(model, tuple(input_shape), cache_dir=cache_dir)
+        if not cached:
+            write_onnx(model, tuple(input_shape), onnx_path)
     except Exception as err:  # the exporter raises many types for unsupported ops
-        reason = f"{type(err).__name__}: {(str(err).splitlines() or [''])[0][:300]}"
+        reason = one_line(err)
         if engine == "auto":  # auto must work wherever eager PyTorch does
             warnings.warn(f"ONNX export failed ({reason}); running eager PyTorch instead", stacklevel=2)
             return TorchEngine(model, device, precision if precision in supported_precisions("torch", device) else "fp32")
         raise EngineUnavailableError(
             f"engine {name!r}: this model cannot be exported to ONNX ({reason}); use engine torch"
         ) from None
-    if name == "onnx":
-        return OnnxRuntimeEngine(onnx_path, device, precision, tuple(input_shape))
-    return OpenVinoEngine(onnx_path, device, precision, tuple(input_shape))
+    engine_class = OnnxRuntimeEngine if name == "onnx" else OpenVinoEngine
+    try:
+        return engine_class(onnx_path, device, precision, tuple(input_shape))
+    except Exception as err:
+        if not cached:
+            raise
+        # cut short or changed since it was written (a full disk, a copied cache): every start failed on it until deleted
+        warnings.warn(f"the cached ONNX export {onnx_path} does not load ({one_line(err)}): exported again", stacklevel=2)
+        onnx_path.unlink(missing_ok=True)
+        write_onnx(model, tuple(input_shape), onnx_path)
+        return engine_class(onnx_path, device, precision, tuple(input_shape))
+
+
+def one_line(err: BaseException) -> str:
+    return f"{type(err).__name__}: {(str(err).splitlines() or [''])[0][:300]}"
 
 
 class Engine(ABC):
@@ -352,10 +367,21 @@ def model_fingerprint(model: nn.Module, input_shape: Sequence[int]) -> str:
 
 def export_onnx(model: nn.Module, input_shape: Sequence[int], *, cache_dir: str | os.PathLike | None = None) -> Path:
     """The ONNX file of ``model`` (fp32, dynamic batch), exported on first use and cached by fingerprint."""
+    path = onnx_export_path(model, input_shape, cache_dir)
+    if not path.is_file():
+        write_onnx(model, input_shape, path)
+    return path
+
+
+def onnx_export_path(model: nn.Module, input_shape: Sequence[int], cache_dir: str | os.PathLike | None = None) -> Path:
+    """Where ``model``'s ONNX export is cached: named by its fingerprint."""
     folder = Path(cache_dir) if cache_dir else cache_root() / "engines"
-    path = folder / f"{model_fingerprint(model, input_shape)}.onnx"
-    if path.is_file():
-        return path
+    return folder / f"{model_fingerprint(model, input_shape)}.onnx"
+
+
+def write_onnx(model: nn.Module, input_shape: Sequence[int], path: Path) -> Path:
+    """Export ``model`` to ``path``, whole or not at all."""
+    folder = path.parent
     folder.mkdir(parents=True, exist_ok=True)
     cpu_model = copy.deepcopy(model).to("cpu", torch.float32).eval()
     example = torch.zeros((2, *input_shape))

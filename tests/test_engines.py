@@ -109,6 +109,23 @@ def test_openvino_splits_a_batch_into_small_requests_shared_evenly_by_the_stream
             assert count % engine.streams == 0, (images, count)
 
 
+@pytest.mark.parametrize("engine", ["onnx", "openvino"])
+def test_a_cached_export_damaged_since_is_exported_again(engine_cache, engine):
+    """A cut .onnx in the cache failed every start of the service and the webcam (ONNX Runtime's 'Protobuf parsing
+    failed', OpenVINO's 'Model can't be parsed') until someone found and deleted it."""
+    require(engine)
+    torch.manual_seed(0)
+    model = build_model("lenet5", 3, "none").eval()
+    cached = export_onnx(model, (3, 32, 32))
+    cached.write_bytes(cached.read_bytes()[:2000])
+    with pytest.warns(UserWarning, match=rf"the cached ONNX export {cached} does not load \(.+\): exported again"):
+        rebuilt = build_engine(model, engine=engine, input_shape=(3, 32, 32))
+    images = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(rebuilt(images), model(images), atol=1e-4)
+    assert cached.stat().st_size > 2000
+
+
 def test_export_is_cached_by_weights_and_input_shape(engine_cache):
     require("onnx")
     torch.manual_seed(0)
