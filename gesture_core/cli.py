@@ -247,6 +247,12 @@ def check_output_outside_datasets(flag: str, out: Path, datasets: Iterable[Path 
             raise ValueError(f"{flag} {out} is inside the dataset {root}, where training would read what it writes: pass another {flag}")
 
 
+def photos_in(folder: Path, besides: Iterable[str] = ()) -> list[str]:
+    """The names of the image files directly in ``folder`` (as training reads them), but ``besides``, sorted."""
+    left_out = set(besides)
+    return sorted(p.name for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.name not in left_out and p.is_file())
+
+
 def check_output_among_no_photos(flag: str, out: Path, writes: Iterable[str]) -> None:
     """A ValueError when the folder ``out``, or the folder it will be made in, holds photos the command did not
     write (``writes``: its own images' names): a class folder of some dataset, whose next training run or
@@ -259,8 +265,7 @@ def check_output_among_no_photos(flag: str, out: Path, writes: Iterable[str]) ->
     folder = folder if folder.is_dir() else folder.parent
     if not folder.is_dir() or folder == Path.cwd().resolve() or holds_a_run(folder) or any(folder.glob("*.pt")):
         return
-    own = set(writes)
-    if photos := sorted(p.name for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.name not in own and p.is_file()):
+    if photos := photos_in(folder, besides=writes):
         raise ValueError(f"{flag} {out}: {folder} holds photos ({some_of(photos, 3)}): a class folder of a dataset? what is written "
                          f"there would be read as more of them; pass another {flag}")
 

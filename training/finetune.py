@@ -504,17 +504,17 @@ def evaluate_split(run: Run, loader, samples, name: str, model: torch.nn.Module 
     return metrics, loss, [samples[i].path for i in failed]
 
 
-def check_split_decoded(run: Run, split: str, all_failed: list[str], epoch: int) -> None:
-    """Stop before the epoch is saved when every image of a split failed to decode in it (``all_failed``, else
-    empty): the dataset, or the hand-crop cache, was moved or deleted during the run, which trained on nothing
+def check_split_decoded(run: Run, split: str, decoded: int, failed: list[str], epoch: int) -> None:
+    """Stop before the epoch is saved when none of a split's images decoded in it (``decoded``) and some failed:
+    the dataset, or the hand-crop cache, was moved or deleted during the run, which trained on nothing
     (loss nan), kept that epoch as best.pt and said "finished"."""
-    if not all_failed:
+    if decoded or not failed:
         return
     last = run.out / "last.pt"
     then = (f"put them back and continue with: python -m training.finetune --resume {last}" if last.exists()
             else "put them back and start the run again")
-    raise DatasetError(f"none of the {len(all_failed):,} {split} images decoded in epoch {epoch + 1} (e.g. {all_failed[0]}: "
-                       f"{decode_failure(all_failed[0], run.data_config.resize_size)}; moved, deleted or changed during the run?): "
+    raise DatasetError(f"none of the {len(failed):,} {split} images decoded in epoch {epoch + 1} (e.g. {failed[0]}: "
+                       f"{decode_failure(failed[0], run.data_config.resize_size)}; moved, deleted or changed during the run?): "
                        f"{'last.pt keeps the epochs before; ' if last.exists() else ''}{then}")
 
 
@@ -590,10 +590,10 @@ def train_in_run_folder(cfg: TrainConfig, resume: Path | None = None) -> Path:
             else:
                 result = distributed.combine_epoch(train_one_epoch(trainer, train_loader, optimizer, scheduler, run.device, aux_weight=run.backbone.aux_weight, label_smoothing=cfg.label_smoothing, class_weights=class_weight_tensor(run), amp=run.amp, scaler=scaler, channels_last=True, ema=ema, desc=f"epoch {epoch + 1}/{cfg.epochs}"))  # every rank's shard as one
                 val_metrics, val_loss, val_failed = evaluate_split(run, val_loader, run.splits.val, "val", kept)
-            failed.update(run.splits.train[i].path for i in result.failed)
-            failed.update(val_failed)
-            check_split_decoded(run, "training", [run.splits.train[i].path for i in result.failed] if not result.images else [], epoch)
-            check_split_decoded(run, "validation", val_failed if len(val_failed) == len(run.splits.val) else [], epoch)
+            train_failed = [run.splits.train[i].path for i in result.failed]
+            failed.update(train_failed, val_failed)
+            check_split_decoded(run, "training", result.images, train_failed, epoch)
+            check_split_decoded(run, "validation", len(run.splits.val) - len(val_failed), val_failed, epoch)
             row = history_row(epoch, optimizer, result, val_metrics, val_loss, frozen)
             improved = is_improvement(row, state["best"])
             row, improved = distributed.from_main(lambda: (row, improved))  # noqa: B023 - rank 0's, so every rank decides alike

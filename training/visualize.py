@@ -32,9 +32,9 @@ from gesture_core.cli import (
     checkpoint_arg,
     command,
     output_arg,
+    photos_in,
     trained_on,
 )
-from gesture_core.images import IMAGE_SUFFIXES
 from training import cli
 
 VISUALIZE_FILES = ("feature_maps.png", "gradcam.png")  # what it writes into --out
@@ -241,8 +241,7 @@ def class_folder_of(image: Path) -> Path | None:
     under it as more of that class: one that holds other photos besides it. A lone photo's folder (a
     home folder, ~/vis beside ~/photo.jpg) was refused as a dataset, and so was a run folder under it."""
     folder = image.expanduser().resolve().parent
-    others = (p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.name != image.name and p.is_file())
-    return folder if next(others, None) is not None else None
+    return folder if photos_in(folder, besides=[image.name]) else None
 
 
 @command
