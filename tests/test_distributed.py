@@ -158,6 +158,22 @@ def test_shards_interleave_one_order_with_its_augmentation_seeds():
     assert list(shards[1]) != items[1]  # a new order every epoch
 
 
+def test_drawn_is_what_every_ranks_loader_draws_when_it_drops_its_partial_batch():
+    """``drawn`` replays the loaders' epochs (to report a corrupt file that none of them tried); a DataLoader
+    batches its sampler with a BatchSampler."""
+    from torch.utils.data import BatchSampler
+
+    for world_size, batch_size in ((1, 4), (2, 4), (3, 20)):
+        shards = [ShardedSeededSampler(19, seed=5, rank=r, world_size=world_size) for r in range(world_size)]
+        loaded = set()
+        for epoch in (0, 2):
+            for shard in shards:
+                shard.set_epoch(epoch)
+                loaded.update(i for batch in BatchSampler(shard, batch_size, drop_last=shard.drops_last(batch_size)) for i, _ in batch)
+        assert loaded == shards[0].drawn([0, 2], batch_size)
+        assert (loaded < set(range(19))) == shards[0].drops_last(batch_size)  # a rank's share under one batch is kept whole
+
+
 def test_more_processes_than_gpus_is_a_usage_error_naming_the_gpu_count(monkeypatch):
     """torchrun --nproc_per_node 2 on a one-GPU machine: rank 1 would ask for cuda:1 ("invalid device
     ordinal" traceback), and NCCL refuses two ranks on one GPU. (The real launch was checked on an H200.)"""

@@ -427,6 +427,22 @@ def test_files_that_fail_to_decode_during_training_are_listed_in_metrics(dataset
     assert np.isfinite(float(next(csv.DictReader((out / "history.csv").open()))["train_loss"]))
 
 
+def test_a_corrupt_file_in_the_partial_batch_left_out_is_reported_too(dataset, tmp_path):
+    """A one-epoch run leaves out its last partial batch: a corrupt file there was never decoded, and the run
+    said nothing of it."""
+    from training.data import load_splits
+    from training.distributed import ShardedSeededSampler
+
+    cfg = tiny_config(dataset, tmp_path / "run", epochs=1)
+    train = load_splits(dataset, val_split=cfg.val_split, test_split=cfg.test_split, test_per_class=cfg.test_per_class, seed=cfg.seed, group_by=cfg.group_by).train
+    left_out = [train[i].path for i in set(range(len(train))) - ShardedSeededSampler(len(train), cfg.seed).drawn([0], cfg.batch_size)]
+    assert left_out  # 18 training images in batches of 8
+    corrupt_png(Path(left_out[0]))  # same name, so the same split
+    out = finetune.train(cfg)
+    skipped = {s["path"]: s["reason"] for s in json.loads((out / "metrics.json").read_text())["skipped"]}
+    assert set(skipped) == {left_out[0]} and skipped[left_out[0]]  # with its reason; the sound ones left out are not listed
+
+
 def test_the_loss_ignores_a_sample_that_failed_to_decode(tmp_path):
     """train_one_epoch on the same images with and without an undecodable one: same loss, one failure."""
     from torch.utils.data import DataLoader

@@ -617,6 +617,15 @@ def decode_file(path: str, min_side: int | None = None) -> np.ndarray:
     return decode_rgb(read_image_file(path), min_side=min_side)
 
 
+def decodes(path: str, min_side: int | None = None) -> bool:
+    """Whether the loader would decode ``path``."""
+    try:
+        decode_file(path, min_side)
+    except (ImageDecodeError, OSError):
+        return False
+    return True
+
+
 def decode_failure(path: str, min_side: int | None = None) -> str:
     """Why ``path`` does not decode, as the loader would decode it."""
     try:

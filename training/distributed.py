@@ -31,7 +31,7 @@ import socket
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -273,6 +273,22 @@ class ShardedSeededSampler(SeededSampler):
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         return iter(self.global_order()[self.rank :: self.world_size])
+
+    def drops_last(self, batch_size: int) -> bool:
+        """Whether a loader of ``batch_size`` leaves out each epoch's last partial batch (a batch of one
+        fails BatchNorm); a rank's share no larger than one batch is kept whole."""
+        return len(self) > batch_size
+
+    def drawn(self, epochs: Iterable[int], batch_size: int) -> set[int]:
+        """The indices that every rank's loader of ``batch_size`` draws over ``epochs``: the others, left out
+        in each of those epochs' partial batches, were never decoded."""
+        per_rank = len(self) - len(self) % batch_size if self.drops_last(batch_size) else len(self)
+        drawn: set[int] = set()
+        for epoch in epochs:
+            replay = ShardedSeededSampler(self.n, self.seed, world_size=self.world_size)
+            replay.set_epoch(epoch)
+            drawn.update(index for index, _ in replay.global_order()[: per_rank * self.world_size])
+        return drawn
 
 
 def shard(samples: Sequence[T]) -> list[T]:

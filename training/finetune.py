@@ -73,6 +73,7 @@ from training.data import (
     Splits,
     check_split_readable,
     decode_failure,
+    decodes,
     failure_reports,
     index_seed,
     is_presplit,
@@ -480,7 +481,7 @@ def make_loaders(run: Run) -> tuple[Any, ShardedSeededSampler, Any]:
     eval_tf = build_eval_transform(dc)
     pin = run.device.type == "cuda"
     sampler = ShardedSeededSampler(len(run.splits.train), cfg.seed, rank=distributed.rank(), world_size=distributed.world_size())
-    train = make_loader(ImageDataset(run.splits.train, train_tf, min_side=dc.resize_size, placeholder_shape=(dc.in_chans, trained.input_size, trained.input_size)), batch_size=cfg.batch_size, workers=cfg.workers, sampler=sampler, pin_memory=pin, drop_last=len(sampler) > cfg.batch_size)
+    train = make_loader(ImageDataset(run.splits.train, train_tf, min_side=dc.resize_size, placeholder_shape=(dc.in_chans, trained.input_size, trained.input_size)), batch_size=cfg.batch_size, workers=cfg.workers, sampler=sampler, pin_memory=pin, drop_last=sampler.drops_last(cfg.batch_size))
     # validation is sharded too: each rank predicts its share, evaluate_split gathers them
     val = make_loader(ImageDataset(distributed.shard(run.splits.val), eval_tf, min_side=dc.resize_size, placeholder_shape=shape), batch_size=cfg.batch_size * 2, workers=cfg.workers, pin_memory=pin)
     return train, sampler, val
@@ -516,6 +517,13 @@ def check_split_decoded(run: Run, split: str, decoded: int, failed: list[str], e
     raise DatasetError(f"none of the {len(failed):,} {split} images decoded in epoch {epoch + 1} (e.g. {failed[0]}: "
                        f"{decode_failure(failed[0], run.data_config.resize_size)}; moved, deleted or changed during the run?): "
                        f"{'last.pt keeps the epochs before; ' if last.exists() else ''}{then}")
+
+
+def undrawn_failures(run: Run, sampler: ShardedSeededSampler, epochs_run: int) -> list[str]:
+    """Training images that no epoch drew (each leaves out its last partial batch) and that do not decode:
+    the loader never tried them, so a short run's corrupt file went unreported."""
+    drawn = sampler.drawn(range(epochs_run), run.cfg.batch_size)
+    return [s.path for i, s in enumerate(run.splits.train) if i not in drawn and not decodes(s.path, run.data_config.resize_size)]
 
 
 def checkpoint_extra(run: Run, model: torch.nn.Module | None = None) -> dict[str, Any]:
@@ -623,6 +631,8 @@ def train_in_run_folder(cfg: TrainConfig, resume: Path | None = None) -> Path:
         if (problem := out_of_memory(err, cfg, run)) is None:
             raise
         raise OutOfMemory(problem) from None
+    if is_main_process():
+        failed.update(undrawn_failures(run, sampler, state["epoch"]))
     finish(run, state, failed)
     return run.out
 
@@ -693,7 +703,7 @@ def cached_frozen_epoch(run: Run, features: FrozenFeatures, optimizer, scheduler
     batches), which is what DDP would compute, without communication."""
     cfg = run.cfg
     order = [index for index, _ in sampler.global_order()]
-    result = features.train_epoch(optimizer, scheduler, order, batch_size=cfg.batch_size * sampler.world_size, drop_last=len(sampler) > cfg.batch_size, label_smoothing=cfg.label_smoothing, class_weights=class_weight_tensor(run))
+    result = features.train_epoch(optimizer, scheduler, order, batch_size=cfg.batch_size * sampler.world_size, drop_last=sampler.drops_last(cfg.batch_size), label_smoothing=cfg.label_smoothing, class_weights=class_weight_tensor(run))
     return result, cached_evaluation(run, features, "val")
 
 
