@@ -42,6 +42,7 @@ from gesture_core.checkpoint import CheckpointError, build_from_checkpoint, load
 from gesture_core.engines import Engine, build_engine
 from gesture_core.hands import Hand, HandLocaliser, hand_crop
 from gesture_core.images import ImageSource, bgr_to_rgb, read_rgb
+from gesture_core.native_output import in_brief
 from gesture_core.preprocess import DataConfig, Preprocess, evaluation_geometry
 from gesture_core.rejection import Rejection, is_reject_name, softmax
 
@@ -343,7 +344,7 @@ def load_verified_classifier(path: str | os.PathLike, device: str | torch.device
     try:
         probs = classifier.classify([classifier.blank_crop()])
     except (RuntimeError, ValueError, cv2.error) as err:
-        raise CheckpointError(f"{path}: a test image does not run through the model ({' '.join(str(err).split())[:300]})") from None
+        raise CheckpointError(f"{path}: a test image does not run through the model ({in_brief(err)})") from None
     if probs.shape != (1, len(classifier.classes)) or not np.isfinite(probs).all():
         raise CheckpointError(f"{path}: the model answers a test image with {probs.shape[-1]} probabilities "
                               f"({'finite' if np.isfinite(probs).all() else 'not finite'}) for {len(classifier.classes)} classes")

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from gesture_core.native_output import native_stdout_discarded
+from gesture_core.native_output import in_brief, native_stdout_discarded
 
 ENGINES = ("torch", "compile", "onnx", "openvino")
 ENGINE_CHOICES = ("auto", *ENGINES)
@@ -128,7 +128,7 @@ def build_engine(
         if not cached:
             write_onnx(model, tuple(input_shape), onnx_path)
     except Exception as err:  # the exporter raises many types for unsupported ops
-        reason = one_line(err)
+        reason = f"{type(err).__name__}: {in_brief(err)}"
         if engine == "auto":  # auto must work wherever eager PyTorch does
             warnings.warn(f"ONNX export failed ({reason}); running eager PyTorch instead", stacklevel=2)
             return TorchEngine(model, device, precision if precision in supported_precisions("torch", device) else "fp32")
@@ -142,14 +142,10 @@ def build_engine(
         if not cached:
             raise
         # cut short or changed since it was written (a full disk, a copied cache): every start failed on it until deleted
-        warnings.warn(f"the cached ONNX export {onnx_path} does not load ({one_line(err)}): exported again", stacklevel=2)
+        warnings.warn(f"the cached ONNX export {onnx_path} does not load ({type(err).__name__}: {in_brief(err)}): exported again", stacklevel=2)
         onnx_path.unlink(missing_ok=True)
         write_onnx(model, tuple(input_shape), onnx_path)
         return engine_class(onnx_path, device, precision, tuple(input_shape))
-
-
-def one_line(err: BaseException) -> str:
-    return f"{type(err).__name__}: {(str(err).splitlines() or [''])[0][:300]}"
 
 
 class Engine(ABC):

@@ -33,6 +33,7 @@ import cv2
 import numpy as np
 
 from gesture_core.engines import cache_root
+from gesture_core.native_output import in_brief
 
 if TYPE_CHECKING:
     from gesture_core.preprocess import DataConfig
@@ -380,7 +381,7 @@ class _Model:
             self.interpreter = _interpreter_class()(model_path=str(path), num_threads=threads)
             self.interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as err:  # LiteRT's own words name no file: "not a valid Flatbuffer buffer"
-            raise HandModelsUnavailableError(f"{path} is not a usable model ({' '.join(str(err).split())[:200]}): cut short or "
+            raise HandModelsUnavailableError(f"{path} is not a usable model ({in_brief(err, 200)}): cut short or "
                                              f"changed since it was prepared? run: {PREPARE_HINT}") from None
         self.input_index = self.interpreter.get_input_details()[0]["index"]
         by_name = {d["name"]: d["index"] for d in self.interpreter.get_output_details()}

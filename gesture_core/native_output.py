@@ -1,5 +1,6 @@
-"""What C and C++ libraries print: it goes to the process's file descriptors 1 and 2, past sys.stdout and
-sys.stderr, so only the descriptor itself can be redirected (standard library only)."""
+"""What C and C++ libraries print and raise. What they print goes to the process's file descriptors 1 and 2,
+past sys.stdout and sys.stderr, so only the descriptor itself can be redirected; what they raise is quoted
+in brief (standard library only)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,13 @@ import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+
+def in_brief(err: BaseException, limit: int = 300) -> str:
+    """A library's error on one line of at most ``limit`` characters, for a message of ours that quotes it: C++
+    libraries' run over many lines, and the first alone may say nothing (OpenVINO's names the source file that raised)."""
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if len(text) <= limit else f"{text[: limit - 1]}…"
 
 
 @contextmanager

@@ -126,6 +126,17 @@ def test_a_cached_export_damaged_since_is_exported_again(engine_cache, engine):
     assert cached.stat().st_size > 2000
 
 
+def test_a_librarys_error_is_quoted_on_one_line_with_its_reason():
+    """OpenVINO's first line names only the source file that raised; the reason is on the next."""
+    from gesture_core.native_output import in_brief
+
+    openvino_style = RuntimeError("Exception from src/inference/src/cpp/core.cpp:97:\n[ NETWORK ] Model can't be parsed\n")
+    assert in_brief(openvino_style) == "Exception from src/inference/src/cpp/core.cpp:97: [ NETWORK ] Model can't be parsed"
+    long = in_brief(ValueError("x" * 500), limit=200)
+    assert len(long) == 200 and long.endswith("…")
+    assert in_brief(MemoryError()) == "MemoryError"
+
+
 def test_export_is_cached_by_weights_and_input_shape(engine_cache):
     require("onnx")
     torch.manual_seed(0)

@@ -48,7 +48,7 @@ from gesture_core.cli import (
     output_arg,
 )
 from gesture_core.images import IMAGE_SUFFIXES, ImageDecodeError
-from gesture_core.native_output import native_stdout_discarded
+from gesture_core.native_output import in_brief, native_stdout_discarded
 from gesture_core.rejection import Rejection
 from training import cli
 from training.data import DatasetError, Splits
@@ -197,7 +197,7 @@ def export_onnx(classifier: Classifier, path: Path, *, opset: int = DEFAULT_OPSE
                               dynamic_axes={name: {0: "batch"} for name in [INPUT_NAME, *outputs]})
         except torch.onnx.errors.OnnxExporterError as err:  # an operator ONNX cannot express at this size (lenet5 off 32 px)
             raise ValueError(f"{classifier.backbone} at {classifier.data_config.input_size} px cannot be exported to ONNX "
-                             f"({(str(err).splitlines() or [''])[0][:200]}): use --format torchscript") from None
+                             f"({in_brief(err, 200)}): use --format torchscript") from None
     proto = onnx.load(str(path))
     for key, value in export_metadata(classifier).items():
         entry = proto.metadata_props.add()
