@@ -17,7 +17,8 @@ import random
 import sys
 import time
 import warnings
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -583,7 +584,7 @@ def train_in_run_folder(cfg: TrainConfig, resume: Path | None = None) -> Path:
     if features is not None and (cfg.freeze == "backbone" or state["epoch"] < cfg.head_epochs):
         distributed.main_first(lambda: features.split("train"))  # rank 0 extracts and caches every split; the others load them
     trainer, trainer_frozen = run.model, None  # what train_one_epoch runs: the model, in DDP under torchrun
-    try:
+    with stops_said_in_one_line(run):
         for epoch in range(state["epoch"], cfg.epochs):
             frozen = cfg.freeze == "backbone" or epoch < cfg.head_epochs
             freeze_backbone(run.model, run.backbone, frozen)
@@ -592,49 +593,65 @@ def train_in_run_folder(cfg: TrainConfig, resume: Path | None = None) -> Path:
             sampler.set_epoch(epoch)
             torch.manual_seed(index_seed(cfg.seed, epoch, 1))  # dropout & co. depend only on (seed, epoch)
             if frozen and features is not None:
-                result, (val_metrics, val_loss, val_failed) = cached_frozen_epoch(run, features, optimizer, scheduler, sampler)
+                result, validation = cached_frozen_epoch(run, features, optimizer, scheduler, sampler)
                 if ema:  # the head trained outside train_one_epoch: the average starts again from here
                     ema.reset()
             else:
                 result = distributed.combine_epoch(train_one_epoch(trainer, train_loader, optimizer, scheduler, run.device, aux_weight=run.backbone.aux_weight, label_smoothing=cfg.label_smoothing, class_weights=class_weight_tensor(run), amp=run.amp, scaler=scaler, channels_last=True, ema=ema, desc=f"epoch {epoch + 1}/{cfg.epochs}"))  # every rank's shard as one
-                val_metrics, val_loss, val_failed = evaluate_split(run, val_loader, run.splits.val, "val", kept)
-            train_failed = [run.splits.train[i].path for i in result.failed]
-            failed.update(train_failed, val_failed)
-            check_split_decoded(run, "training", result.images, train_failed, epoch)
-            check_split_decoded(run, "validation", len(run.splits.val) - len(val_failed), val_failed, epoch)
-            row = history_row(epoch, optimizer, result, val_metrics, val_loss, frozen)
-            improved = is_improvement(row, state["best"])
-            row, improved = distributed.from_main(lambda: (row, improved))  # noqa: B023 - rank 0's, so every rank decides alike
-            state["history"].append(row)
-            if improved:
-                state["best"] = {"epoch": epoch + 1, "val_top1": row["val_top1"], "val_loss": val_loss}
-            state["epoch"], state["failed"] = epoch + 1, sorted(failed)
+                validation = evaluate_split(run, val_loader, run.splits.val, "val", kept)
+            row, improved = record_epoch(run, state, failed, epoch, result, validation, optimizer, frozen)
             if is_main_process():
-                save_epoch(run, optimizer, scheduler, scaler, state, ema, best_metrics={"val": val_metrics, "best_epoch": epoch + 1} if improved else None)
+                save_epoch(run, optimizer, scheduler, scaler, state, ema, best_metrics={"val": validation[0], "best_epoch": epoch + 1} if improved else None)
             print(format_epoch(row, cfg.epochs, improved))
             bad_epochs = 0 if improved else bad_epochs + 1
             if cfg.patience and bad_epochs >= cfg.patience:
                 print(f"early stopping: val top-1 has not improved for {cfg.patience} epochs")
                 break
-    except KeyboardInterrupt:
-        launcher = "torchrun ..." if distributed.is_distributed() else "python"
-        if is_main_process() and (run.out / "last.pt").is_file():
-            print(f"\ninterrupted; continue with: {launcher} -m training.finetune --resume {run.out / 'last.pt'}", file=sys.stderr)
-        elif is_main_process():  # nothing to resume from before the first epoch's checkpoint
-            print("\ninterrupted before the first epoch ended: there is no last.pt to resume from; start again", file=sys.stderr)
-        raise SystemExit(130) from None
-    except CheckpointSaveError as err:
-        last = run.out / "last.pt"
-        resume = f"; once there is room, continue with: python -m training.finetune --resume {last}" if last.exists() else ""
-        raise CheckpointSaveError(f"{err}{resume}") from None
-    except (torch.OutOfMemoryError, MemoryError, RuntimeError) as err:
-        if (problem := out_of_memory(err, cfg, run)) is None:
-            raise
-        raise OutOfMemory(problem) from None
     if is_main_process():
         failed.update(undrawn_failures(run, sampler, state["epoch"]))
     finish(run, state, failed)
     return run.out
+
+
+def record_epoch(run: Run, state: dict[str, Any], failed: set[str], epoch: int, result: EpochResult,
+                 validation: tuple[dict[str, Any], float, list[str]], optimizer, frozen: bool) -> tuple[dict[str, Any], bool]:
+    """(the epoch's history row, whether it is the best so far) into ``state``, its failed decodes into ``failed``;
+    an epoch where a whole split failed stops the run (check_split_decoded)."""
+    val_metrics, val_loss, val_failed = validation
+    train_failed = [run.splits.train[i].path for i in result.failed]
+    failed.update(train_failed, val_failed)
+    check_split_decoded(run, "training", result.images, train_failed, epoch)
+    check_split_decoded(run, "validation", len(run.splits.val) - len(val_failed), val_failed, epoch)
+    row = history_row(epoch, optimizer, result, val_metrics, val_loss, frozen)
+    improved = is_improvement(row, state["best"])
+    row, improved = distributed.from_main(lambda: (row, improved))  # rank 0's, so every rank decides alike
+    state["history"].append(row)
+    if improved:
+        state["best"] = {"epoch": epoch + 1, "val_top1": row["val_top1"], "val_loss": val_loss}
+    state["epoch"], state["failed"] = epoch + 1, sorted(failed)
+    return row, improved
+
+
+@contextmanager
+def stops_said_in_one_line(run: Run) -> Iterator[None]:
+    """Ctrl-C, a full disk and running out of memory during the epochs as one line that says how to go on."""
+    last = run.out / "last.pt"
+    try:
+        yield
+    except KeyboardInterrupt:
+        launcher = "torchrun ..." if distributed.is_distributed() else "python"
+        if is_main_process() and last.is_file():
+            print(f"\ninterrupted; continue with: {launcher} -m training.finetune --resume {last}", file=sys.stderr)
+        elif is_main_process():  # nothing to resume from before the first epoch's checkpoint
+            print("\ninterrupted before the first epoch ended: there is no last.pt to resume from; start again", file=sys.stderr)
+        raise SystemExit(130) from None
+    except CheckpointSaveError as err:
+        resume = f"; once there is room, continue with: python -m training.finetune --resume {last}" if last.exists() else ""
+        raise CheckpointSaveError(f"{err}{resume}") from None
+    except (torch.OutOfMemoryError, MemoryError, RuntimeError) as err:
+        if (problem := out_of_memory(err, run.cfg, run)) is None:
+            raise
+        raise OutOfMemory(problem) from None
 
 
 def out_of_memory(err: BaseException, cfg: TrainConfig, run: Run) -> str | None:
