@@ -13,6 +13,7 @@ import io
 import math
 import os
 import re
+import stat
 import struct
 import warnings
 import zlib
@@ -214,7 +215,11 @@ def read_rgb(
 
 def read_image_file(path: str | os.PathLike) -> bytes:
     """A file's bytes, for decoding; ImageDecodeError, before any byte is read, for one larger than any
-    image (MAX_IMAGE_FILE_BYTES). OSError as ``open`` raises it."""
+    image (MAX_IMAGE_FILE_BYTES) or one that is no regular file. OSError as ``open`` raises it."""
+    # before opening it: opening a named pipe (FIFO) waits for a writer (evaluate hung on one a split.json
+    # named), and /dev/zero gave a gigabyte of zeros to decode
+    if (kind := stat.S_IFMT(os.stat(path).st_mode)) not in (stat.S_IFREG, stat.S_IFDIR):  # a folder: open's own error
+        raise ImageDecodeError(f"not a regular file but a {'named pipe' if kind == stat.S_IFIFO else 'device or socket'}, so no image")
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
         if size > MAX_IMAGE_FILE_BYTES:

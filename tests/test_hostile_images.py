@@ -85,6 +85,20 @@ def test_arrays_and_frames_are_bounded_too(preprocess):
         read_rgb(np.zeros((0, 4, 3), np.uint8))
 
 
+def test_a_named_pipe_or_a_device_named_as_an_image_is_refused_without_opening_it(tmp_path):
+    """A split.json naming a named pipe hung evaluate for ever (opening one waits for a writer), and /dev/zero
+    gave the decoder a gigabyte of zeros."""
+    from gesture_core.images import ImageDecodeError, read_image_file
+
+    os.mkfifo(tmp_path / "pipe.png")
+    with pytest.raises(ImageDecodeError, match="^not a regular file but a named pipe, so no image$"):
+        read_image_file(tmp_path / "pipe.png")
+    with pytest.raises(ImageDecodeError, match="^not a regular file but a device or socket"):
+        read_image_file("/dev/zero")
+    with pytest.raises(IsADirectoryError):  # open's own error, which callers report as "unreadable"
+        read_image_file(tmp_path)
+
+
 def test_an_opencv_failure_is_a_decode_error_not_a_crash(tmp_path):
     """OpenCV's own pixel limit, set low, makes its decoder raise cv2.error on a small PNG."""
     path = tmp_path / "small.png"
