@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import tempfile
 import warnings
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,7 +26,7 @@ import torch
 from torch import nn
 
 from gesture_core.backbones import build_model, drop_aux, get_backbone, load_matching
-from gesture_core.class_names import names_unwritable, some_of
+from gesture_core.class_names import class_name, names_unwritable, some_of
 from gesture_core.preprocess import DataConfig
 from gesture_core.rejection import Rejection
 from gesture_core.weights import unreadable_reason
@@ -35,6 +36,7 @@ CHECKPOINT_VERSION = 1
 REQUIRED_KEYS = ("backbone", "classes", "data_config", "model")
 # mkstemp names of atomic_torch_save's temporary files: ".best.pt.<random>.tmp"
 PARTIAL_SAVE_PATTERN = ".*.pt.*.tmp"
+MAX_CLASSES = 100_000  # ImageNet-21k has 21,841
 
 
 class CheckpointError(ValueError):
@@ -187,18 +189,44 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     if missing := [key for key in REQUIRED_KEYS if key not in ckpt]:
         raise CheckpointError(f"{path} is an incomplete {CHECKPOINT_FORMAT} file: it lacks {', '.join(missing)} "
                               f"(a checkpoint holds {', '.join(REQUIRED_KEYS)})")
-    if not isinstance(ckpt["classes"], list) or not ckpt["classes"] or not all(isinstance(c, str) for c in ckpt["classes"]):
-        raise CheckpointError(f"{path}: 'classes' must be a non-empty list of class names, got {ckpt['classes']!r:.80}")
-    if twice := sorted({c for c in ckpt["classes"] if ckpt["classes"].count(c) > 1}):
-        raise CheckpointError(f"{path}: 'classes' names {', '.join(twice)[:80]} more than once; each class is one output")
-    if unwritable := names_unwritable(ckpt["classes"]):  # training refuses such folders; this is any checkpoint
-        raise CheckpointError(f"{path}: 'classes' {unwritable}")
-    for field, read in (("data_config", lambda: DataConfig.from_dict(ckpt["data_config"])), ("rejection", lambda: Rejection.from_checkpoint(ckpt))):
+    if problem := fields_problem(ckpt) or classes_problem(ckpt["classes"]):
+        raise CheckpointError(f"{path}: {problem}")
+    for field, read in (("data_config", lambda: DataConfig.from_dict(ckpt["data_config"])), ("rejection", lambda: Rejection.from_checkpoint(ckpt)),
+                        ("backbone", lambda: get_backbone(ckpt["backbone"]).check_input_size(ckpt["data_config"]["input_size"]))):
         try:
             read()
         except (TypeError, KeyError, ValueError, AttributeError) as err:
             raise CheckpointError(f"{path}: unusable {field} ({type(err).__name__}: {str(err)[:200]})") from None
     return ckpt
+
+
+def fields_problem(ckpt: dict[str, Any]) -> str | None:
+    """What is of the wrong kind among the fields besides the classes (a traceback where they were used), or None."""
+    if not isinstance(ckpt["backbone"], str):
+        return f"'backbone' must be a backbone's name, got {ckpt['backbone']!r:.40}"
+    model = ckpt["model"]
+    if not isinstance(model, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in model.items()):
+        return f"'model' must be a state dict (parameter names to tensors), got {type(model).__name__}"
+    if wrong := [key for key in ("data_config", "train_config", "metrics") if not isinstance(ckpt.get(key, {}), dict)]:
+        return f"'{wrong[0]}' must be a mapping of settings, got {type(ckpt[wrong[0]]).__name__}"
+    return None
+
+
+def classes_problem(classes: Any) -> str | None:
+    """What makes ``classes`` unusable as a model's outputs, or None. Training makes names of at most 255
+    bytes (a folder's), one per spelling: a file's 10 MB name made every answer 20 MB, and 100,000 names
+    took minutes to check for repeats one by one."""
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
+        return f"'classes' must be a non-empty list of class names, got {classes!r:.80}"
+    if len(classes) > MAX_CLASSES:
+        return f"'classes' holds {len(classes):,} names: at most {MAX_CLASSES:,}"
+    if long := [c for c in classes if len(c.encode("utf-8", "surrogatepass")) > 255]:
+        return f"'classes' holds a name of more than 255 bytes ({long[0]!r:.40}…); a class name is a folder's"
+    if twice := sorted(name for name, n in Counter(map(class_name, classes)).items() if n > 1):
+        return f"'classes' names {', '.join(twice)[:80]} more than once (Unicode's composed and decomposed spellings are one); each class is one output"
+    if unwritable := names_unwritable(classes):  # training refuses such folders; this is any checkpoint
+        return f"'classes' {unwritable}"
+    return None
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:

@@ -14,11 +14,18 @@ def class_name(folder: str) -> str:
     return unicodedata.normalize("NFC", folder)
 
 
-# Characters that act on the terminal or the line rather than show: control characters (a newline
-# starts a line of its own, an escape sequence can clear the screen or recolour what follows), and the
-# marks that reverse or isolate the direction of the text after them ("x\u202egpj.exe" shows as
-# "xexe.jpg"). A class name may hold none of them; a file name may, and reports write it escaped.
-UNSHOWN = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+# Characters that act on the terminal or the line rather than show: control characters and line
+# separators (a newline starts a line of its own, an escape sequence can clear the screen or recolour
+# what follows), the marks that reverse or isolate the direction of the text after them
+# ("x\u202egpj.exe" shows as "xexe.jpg"), and the characters Unicode draws as nothing (its
+# Default_Ignorable_Code_Point, but the joiners and variation selectors that emoji and some scripts
+# need): "fist" and "fist\u200b" showed as two classes of one name. A class name may hold none of them;
+# a file name may, and reports write it escaped.
+LINE_BREAKS = "\x00-\x1f\x7f-\x9f\u2028\u2029"
+DIRECTION_MARKS = "\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069"
+INVISIBLE = ("\u00ad\u034f\u115f\u1160\u17b4\u17b5\u180e\u180f\u200b\u2060-\u2065\u206a-\u206f\u3164\ufeff\uffa0\ufff0-\ufff8"
+             "\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0000-\U000e001f\U000e0080-\U000e00ff\U000e01f0-\U000e0fff")
+UNSHOWN = re.compile(f"[{LINE_BREAKS}{DIRECTION_MARKS}{INVISIBLE}]")
 
 
 def escape_unshown(text: str) -> str:
@@ -34,9 +41,13 @@ def unwritable_characters(name: str) -> str | None:
     Python keeps as a lone surrogate, from an old archive's Latin-1 names) cannot be written at all:
     the test report's plot raised after training, and OpenCV's overlay text crashed the webcam demo."""
     if found := UNSHOWN.search(name):
-        if unicodedata.category(found.group()) == "Cc":
+        if re.match(f"[{LINE_BREAKS}]", found.group()):
             return "a control character (a newline, tab or escape), which would break every table, log and overlay that names the class"
-        return "a mark that reverses the direction of the text after it (U+202E and the like), which would show the class as another name"
+        if re.match(f"[{DIRECTION_MARKS}]", found.group()):
+            return "a mark that reverses the direction of the text after it (U+202E and the like), which would show the class as another name"
+        return "a character that shows as nothing (a zero-width space, soft hyphen or the like), which would show two classes as one name"
+    if not name.strip():
+        return "nothing but spaces, which shows as no name at all"
     if any(unicodedata.category(c) == "Cs" for c in name):
         return "bytes that are not UTF-8 (as in an old archive's Latin-1 names), which no report, JSON answer or overlay can write"
     return None

@@ -337,13 +337,17 @@ def load_classifier(
 
 
 def load_verified_classifier(path: str | os.PathLike, device: str | torch.device = "auto", engine: str = "auto",
-                             precision: str = "fp32") -> Classifier:
-    """``load_classifier``, then one blank image through the whole inference path: a checkpoint that
-    the service could not serve is a CheckpointError with the reason, before anyone relies on it."""
-    classifier = load_classifier(path, device, engine, precision)
+                             precision: str = "fp32", **geometry: Any) -> Classifier:
+    """``load_classifier``, then one blank 4:3 frame through the whole inference path (crop, classify,
+    decide): a checkpoint that the service could not serve is a CheckpointError with the reason, before anyone
+    relies on it. Classifying a ready crop alone passed models whose every request then failed (a letterbox
+    colour out of range, class means of another width than the features)."""
+    classifier = load_classifier(path, device, engine, precision, **geometry)
     try:
-        probs = classifier.classify([classifier.blank_crop()])
-    except (RuntimeError, ValueError, cv2.error) as err:
+        scores = classifier.classify_scores([classifier.preprocess.crop(np.zeros((48, 64, 3), np.uint8))])[0]
+        classifier.decide(scores)
+        probs = scores.probs[None]
+    except (RuntimeError, ValueError, OverflowError, cv2.error) as err:
         raise CheckpointError(f"{path}: a test image does not run through the model ({in_brief(err)})") from None
     if probs.shape != (1, len(classifier.classes)) or not np.isfinite(probs).all():
         raise CheckpointError(f"{path}: the model answers a test image with {probs.shape[-1]} probabilities "

@@ -6,7 +6,6 @@ Training evaluation, the HTTP service and the webcam all call this same object, 
 
 from __future__ import annotations
 
-import math
 import numbers
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
@@ -29,6 +28,12 @@ CROP_MODES = ("center", "letterbox", "resize")
 # Above this, one image takes gigabytes on its way through resizing and augmentation (an input of
 # 100,000 px asked OpenCV for 30 GB), while the largest input of a backbone here is 299 px (inception_v3).
 MAX_INPUT_SIZE = 1024
+# An image's shorter side is resized to resize_size before the crop: a checkpoint asking 100,000 px made
+# OpenCV ask for 40 GB, and 8,000 px cost 250 MB and a second per webcam frame. Twice the largest input
+# leaves room for any crop share down to one half.
+MAX_RESIZE_SIZE = 2 * MAX_INPUT_SIZE
+# Below this, normalising multiplies a pixel by more than a thousand (a std of 1e-50 is 0 as float32: NaN)
+MIN_STD = 1e-3
 WHOLE_FRAME_MODES = ("letterbox", "resize")
 
 
@@ -55,7 +60,7 @@ class DataConfig:
         if not isinstance(self.hands, bool):
             raise ValueError(f"hands must be True or False, got {self.hands!r}")
         if len(self.mean) != self.in_chans or len(self.std) != self.in_chans:
-            raise ValueError(f"mean/std need {self.in_chans} values, got {self.mean} / {self.std}")
+            raise ValueError(f"mean/std need {self.in_chans} values, got {len(self.mean)} / {len(self.std)}")
         if not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in (self.input_size, self.resize_size, self.in_chans)):
             raise ValueError(f"input_size, resize_size and in_chans must be integers, got {self.input_size!r}, {self.resize_size!r}, {self.in_chans!r}")
         if self.input_size > MAX_INPUT_SIZE:
@@ -64,10 +69,13 @@ class DataConfig:
             raise ValueError(f"input size {self.input_size} px: at least 1")
         if self.resize_size < self.input_size:
             raise ValueError(f"resize size {self.resize_size} px is below the input size {self.input_size} px it is cropped to")
-        # A std of 0 divided every pixel by 0: the model saw NaN and answered a uniform guess.
-        if not all(isinstance(v, numbers.Real) and math.isfinite(v) for v in self.mean) or not all(
-                isinstance(v, numbers.Real) and math.isfinite(v) and v > 0 for v in self.std):
-            raise ValueError(f"mean must be finite numbers and std finite numbers above 0, got {self.mean} / {self.std}")
+        if self.resize_size > MAX_RESIZE_SIZE:
+            raise ValueError(f"resize size {self.resize_size} px: at most {MAX_RESIZE_SIZE}")
+        # A std of 0 divided every pixel by 0: the model saw NaN and answered a uniform guess. The mean is a
+        # share of 255 (letterbox fills the border with it as a uint8 colour).
+        if not all(isinstance(v, numbers.Real) and 0 <= v <= 1 for v in self.mean) or not all(
+                isinstance(v, numbers.Real) and MIN_STD <= v <= 1 for v in self.std):
+            raise ValueError(f"mean must be numbers in 0-1 and std numbers in {MIN_STD}-1, got {self.mean} / {self.std}")
 
     @property
     def crop_pct(self) -> float:
@@ -104,7 +112,10 @@ class DataConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DataConfig:
         d = dict(d)
-        d["mean"], d["std"] = tuple(d["mean"]), tuple(d["std"])
+        for key in ("mean", "std"):  # a list, not a tensor: an expanded one (stride 0) holds 10**9 values in a few bytes
+            if not isinstance(d[key], list | tuple) or len(d[key]) > 4:
+                raise ValueError(f"{key} must be a list of one value per channel, got {type(d[key]).__name__} of {len(d[key]) if hasattr(d[key], '__len__') else 1}")
+            d[key] = tuple(d[key])
         return cls(**d)
 
 

@@ -130,11 +130,19 @@ class Rejection:
             return cls(tuple(find_reject_classes(checkpoint["classes"])))
         if not isinstance(stored, dict):
             raise TypeError(f"it must be a mapping of the rule's values, got {type(stored).__name__}")
-        return cls(tuple(stored["reject_classes"]), float(stored["temperature"]), float(stored["threshold"]),
-                   bool(stored["calibrated"]), str(stored.get("rule", "")), str(stored.get("score", "max_softmax")),
-                   tuple(float(v) for v in stored.get("reference", ())),
-                   tuple(tuple(float(v) for v in mean) for mean in stored.get("feature_means", ())),
-                   tuple(float(v) for v in stored.get("feature_reference", ())))
+        names = stored["reject_classes"]
+        if not isinstance(names, list | tuple) or (unknown := [n for n in names if n not in checkpoint["classes"]]):
+            raise ValueError(f"reject_classes must be a list of the model's classes, got {names!r:.80}"
+                             f"{f' ({unknown[0]!r:.40} is none)' if isinstance(names, list | tuple) else ''}")
+        if not isinstance(stored["calibrated"], bool):
+            raise TypeError(f"calibrated must be True or False, got {stored['calibrated']!r:.40}")
+        means = stored.get("feature_means", [])
+        means = tuple(reals(mean, "feature_means") for mean in (means if isinstance(means, list | tuple) else [means]))
+        if len({len(mean) for mean in means}) > 1:
+            raise ValueError(f"feature_means must be one mean of the same length per class, got lengths {sorted({len(m) for m in means})}")
+        return cls(tuple(names), real(stored["temperature"], "temperature"), real(stored["threshold"], "threshold"),
+                   stored["calibrated"], str(stored.get("rule", "")), str(stored.get("score", "max_softmax")),
+                   reals(stored.get("reference", []), "reference"), means, reals(stored.get("feature_reference", []), "feature_reference"))
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "reject_classes": list(self.reject_classes), "reference": list(self.reference),
@@ -198,6 +206,21 @@ class Rejection:
         unit = features.astype(np.float64)
         unit /= np.maximum(np.linalg.norm(unit, axis=1, keepdims=True), 1e-12)
         return np.einsum("nd,cd->nc", unit, self._means).max(1)
+
+
+def real(value: Any, what: str) -> float:
+    """A stored number as a float; a string, a bool or a tensor is refused (``float('0.5')`` would pass)."""
+    if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
+        raise ValueError(f"{what} must be a finite number, got {value!r:.40}")
+    return float(value)
+
+
+def reals(values: Any, what: str) -> tuple[float, ...]:
+    """A stored list of numbers as floats. A tensor is refused before it is iterated: an expanded one (stride 0)
+    stands for 10**9 values in a few bytes of the file."""
+    if not isinstance(values, list | tuple):
+        raise ValueError(f"{what} must be a list of numbers, got {type(values).__name__}")
+    return tuple(real(value, what) for value in values)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

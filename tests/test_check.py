@@ -370,6 +370,26 @@ def test_a_class_folder_whose_name_reverses_the_text_after_it_is_refused(tmp_pat
         "which would show the class as another name: rename them"]
 
 
+@pytest.mark.parametrize(("name", "shown", "why"), [
+    ("fist\u200b", "'fist\\u200b'", "a character that shows as nothing (a zero-width space, soft hyphen or the like), which would show two classes as one name"),
+    ("\u3164", "'\u3164'", "a character that shows as nothing"),  # the Hangul filler, a letter drawn blank
+    ("fi\u2028st", "'fi\\u2028st'", "a control character"),  # a line separator
+    ("  ", "'  '", "nothing but spaces, which shows as no name at all"),
+])  # fmt: skip
+def test_a_class_folder_whose_name_shows_as_another_or_as_none_is_refused(tmp_path, name, shown, why):
+    """"fist" and "fist\u200b" trained as two classes that every table, plot, overlay and /info showed as one."""
+    root = make_image_folder(tmp_path / "data", classes=("fist", name), per_class=3, size=32)
+    fatal = build_report(root, workers=1)["fatal"]
+    assert len(fatal) == 1 and fatal[0].startswith(f"{root}: class folder name(s) {shown} hold {why}") and fatal[0].endswith(": rename them")
+
+
+def test_names_with_emoji_joiners_and_variation_selectors_are_kept():
+    """The joiners and variation selectors that emoji and some scripts need are not "shown as nothing"."""
+    from gesture_core.class_names import unwritable_characters
+
+    assert [unwritable_characters(n) for n in ("\u270c\ufe0f", "\U0001f468\u200d\U0001f469", "\u0646\u0627\u200c\u0628", "e\u0301")] == [None] * 4
+
+
 def test_a_folder_beside_train_and_test_is_warned_of_in_check_and_training(tmp_path):
     """presplit/extra/ (a class meant for train/) was dropped by training without a word, and check
     only counted it in a note."""

@@ -152,7 +152,8 @@ def test_a_run_that_cannot_start_leaves_no_folder(dataset, tmp_path, capsys, fla
 
 
 def test_evaluate_at_an_input_size_the_backbone_cannot_take(run, tmp_path, capsys):
-    inception = edited_checkpoint(run / "best.pt", tmp_path / "best.pt", backbone="inception_v3")  # refused before its weights are read
+    inception = edited_checkpoint(run / "best.pt", tmp_path / "best.pt", backbone="inception_v3",  # refused before its weights are read
+                                  data_config=data_config_of(run, input_size=80, resize_size=92))
     assert evaluate_main(["--checkpoint", str(inception), "--data", str(run), "--image-size", "64"]) == 2
     assert "input size 64 px is too small for inception_v3: its layers take at least 75 px" in one_error_line(capsys)
 
@@ -585,6 +586,10 @@ def data_config_of(run, **changes):
     return {**torch.load(run / "best.pt", weights_only=True)["data_config"], **changes}
 
 
+def rejection_of(run, **changes):
+    return {**torch.load(run / "best.pt", weights_only=True)["rejection"], **changes}
+
+
 @pytest.mark.parametrize(("change", "reason"), [
     (lambda run: {"version": "2"}, "'version' must be an integer, got '2'"),
     (lambda run: {"rejection": "x"}, "unusable rejection (TypeError: it must be a mapping of the rule's values, got str)"),
@@ -594,15 +599,56 @@ def data_config_of(run, **changes):
     (lambda run: {"classes": ["fist", "lat\udce9in", "peace"]}, "'classes' 'lat\\udce9in' hold bytes that are not UTF-8"),
     (lambda run: {"classes": ["fist", "x\u202etsif", "peace"]}, "'classes' 'x\\u202etsif' hold a mark that reverses the direction"),
     (lambda run: {"data_config": data_config_of(run, input_size=-5)}, "unusable data_config (ValueError: input size -5 px: at least 1)"),
-    (lambda run: {"data_config": data_config_of(run, std=[0.0, 0.0, 0.0])}, "std finite numbers above 0"),
+    (lambda run: {"data_config": data_config_of(run, std=[0.0, 0.0, 0.0])}, "std numbers in 0.001-1, got"),
+    (lambda run: {"data_config": data_config_of(run, std=[1e-50] * 3)}, "std numbers in 0.001-1, got"),  # 0 as float32
+    (lambda run: {"data_config": data_config_of(run, mean=[1.2, 0.5, 0.5])}, "mean must be numbers in 0-1"),  # letterbox's OverflowError
     (lambda run: {"data_config": data_config_of(run, resize_size=8)}, "resize size 8 px is below the input size"),
+    (lambda run: {"data_config": data_config_of(run, resize_size=100_000)}, "resize size 100000 px: at most 2048"),  # OpenCV's 40 GB
+    (lambda run: {"data_config": data_config_of(run, input_size=1, resize_size=1)}, "input size 1 px is too small for mobilenet_v3_large"),
+    (lambda run: {"data_config": data_config_of(run, mean=torch.zeros(1).expand(10**9))}, "mean must be a list of one value per channel, got Tensor"),
+    (lambda run: {"backbone": 5}, "'backbone' must be a backbone's name, got 5"),
+    (lambda run: {"model": "weights"}, "'model' must be a state dict (parameter names to tensors), got str"),
+    (lambda run: {"train_config": "x"}, "'train_config' must be a mapping of settings, got str"),
+    (lambda run: {"metrics": ["x"]}, "'metrics' must be a mapping of settings, got list"),
+    (lambda run: {"classes": [f"c{i}" for i in range(100_001)]}, "'classes' holds 100,001 names: at most 100,000"),  # minutes to check
+    (lambda run: {"classes": ["fist", "x" * 300, "peace"]}, "'classes' holds a name of more than 255 bytes"),
+    (lambda run: {"classes": ["\u00e9", "e\u0301", "peace"]}, "'classes' names \u00e9 more than once (Unicode's composed"),
+    (lambda run: {"classes": ["fist", "fist\u200b", "peace"]}, "'classes' 'fist\\u200b' hold a character that shows as nothing"),
+    (lambda run: {"classes": ["fist", " ", "peace"]}, "'classes' ' ' hold nothing but spaces"),
+    (lambda run: {"rejection": rejection_of(run, reject_classes="palm")}, "reject_classes must be a list of the model's classes, got 'palm'"),
+    (lambda run: {"rejection": rejection_of(run, reject_classes=["nosuch"])}, "('nosuch' is none)"),
+    (lambda run: {"rejection": rejection_of(run, temperature=float("inf"))}, "temperature must be a finite number, got inf"),
+    (lambda run: {"rejection": rejection_of(run, threshold="0.5")}, "threshold must be a finite number, got '0.5'"),
+    (lambda run: {"rejection": rejection_of(run, calibrated="False")}, "calibrated must be True or False, got 'False'"),
+    (lambda run: {"rejection": rejection_of(run, reference=torch.zeros(1).expand(10**9))}, "reference must be a list of numbers, got Tensor"),
+    (lambda run: {"rejection": rejection_of(run, feature_means=[[1.0, 0.0], [1.0]])}, "feature_means must be one mean of the same length per class"),
+    (lambda run: {"rejection": rejection_of(run, score="feature_cosine", feature_means=[[1.0, 0.0]] * 3)},
+     "a test image does not run through the model (operands could not be broadcast"),  # every request a 500
+    (lambda run: {"rejection": rejection_of(run, score="energy", reference=[])}, "a test image does not run through the model (the energy score needs"),
+    (lambda run: {"model": {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in torch.load(run / "best.pt", weights_only=True)["model"].items()}},
+     "the model answers a test image with 3 probabilities (not finite)"),  # evaluated as 33% with exit 0
 ])  # fmt: skip
 def test_a_checkpoint_with_fields_of_the_wrong_kind_is_one_line_naming_the_field(run, tmp_path, capsys, change, reason):
-    """Each was a traceback (TypeError, KeyError, a kernel-size RuntimeError in export), or a model
-    evaluated at NaN (std 0), which import_model stored for serving."""
+    """Each was a traceback (TypeError, KeyError, a kernel-size RuntimeError in export), a model evaluated at NaN
+    (std 0), a file of a few bytes that made the loader iterate 10**9 values, or a model whose every request then
+    failed, which import_model stored for serving; evaluate loads a checkpoint as import_model and the service do."""
     bad = edited_checkpoint(run / "best.pt", tmp_path / "best.pt", **change(run))
     assert evaluate_main(["--checkpoint", str(bad), "--data", str(run)]) == 2
     assert reason in one_error_line(capsys)
+
+
+def test_names_that_a_spreadsheet_reads_as_formulas_are_written_as_text_in_predictions_csv(run, tmp_path, capsys):
+    """A class folder "=cmd|' /C calc'!A0" became a formula cell when predictions.csv was opened in a spreadsheet."""
+    import csv
+
+    classes = ["=cmd|' ", "+palm", "@peace"]
+    bad = edited_checkpoint(run / "best.pt", tmp_path / "best.pt", classes=classes, rejection=None)
+    data = make_image_folder(tmp_path / "-data", classes=classes, per_class=2, size=48)
+    assert evaluate_main(["--checkpoint", str(bad), "--data", str(data), "--out", str(tmp_path / "report")]) == 0
+    with (tmp_path / "report" / "predictions.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert {row["true"] for row in rows} == {"'=cmd|' ", "'+palm", "'@peace"} and all(row["path"].startswith("/") for row in rows)
+    assert all(row[key][0] not in "=+-@" for row in rows for key in ("label", "top_class") if row[key])
 
 
 @pytest.mark.parametrize(("command", "argv", "reason"), [

@@ -141,7 +141,7 @@ def test_the_feature_score_is_the_cosine_to_the_nearest_gesture_mean_ranked_and_
     stored = Rejection.from_checkpoint({"classes": ["fist", "palm", "none"], "rejection": rejection.to_dict()})
     assert stored == rejection and stored.needs_features and not Rejection().needs_features
     assert "reference" not in rejection.info() and "feature_means" not in rejection.info()  # /info shows counts, not 2 x D numbers
-    assert rejection.info()["feature_mean_classes"] == 2 and Rejection.from_checkpoint({"classes": [], "rejection": rejection.info()}).score == "feature_cosine"
+    assert rejection.info()["feature_mean_classes"] == 2 and Rejection.from_checkpoint({"classes": ["fist", "palm", "none"], "rejection": rejection.info()}).score == "feature_cosine"
     with pytest.raises(ValueError, match="needs the penultimate features"):
         rejection.gesture_scores(np.zeros((3, 3)))
 
@@ -204,7 +204,7 @@ def test_energy_and_feature_is_the_lower_of_the_two_ranks_and_is_stored():
     stored = Rejection.from_checkpoint({"classes": ["fist", "palm", "none"], "rejection": rejection.to_dict()})
     assert stored == rejection and stored.needs_features and "feature_reference" not in rejection.info()
     with pytest.raises(ValueError, match="reference"):
-        Rejection.from_checkpoint({"classes": [], "rejection": rejection.info()}).gesture_scores(logits, features)
+        Rejection.from_checkpoint({"classes": ["fist", "palm", "none"], "rejection": rejection.info()}).gesture_scores(logits, features)
 
 
 def test_calibrating_on_energy_and_feature_ranks_each_score_on_its_own_validation_values():

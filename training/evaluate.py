@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from gesture_core.class_names import name_key, some_of
-from gesture_core.classifier import Classifier, load_classifier
+from gesture_core.classifier import Classifier, load_verified_classifier
 from gesture_core.cli import (
     CommandParser,
     check_output_among_no_photos,
@@ -333,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
         check_replaces_only_a_report(Path(args.out))
     single = "none" if args.tta == "all" else args.tta
     # eager PyTorch, the reference engine: evaluation reproduces the run's own test metrics
-    classifier = load_classifier(args.checkpoint, args.device, engine="torch", input_size=args.image_size, crop_pct=args.crop_pct)
+    classifier = load_verified_classifier(args.checkpoint, args.device, engine="torch", input_size=args.image_size, crop_pct=args.crop_pct)
     if args.out:
         folders_read = [args.data and Path(args.data), args.unknown and Path(args.unknown), trained_on(classifier.train_config)]
         check_output_outside_datasets("--out", Path(args.out), folders_read)

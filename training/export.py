@@ -38,7 +38,7 @@ from torch import nn
 
 from gesture_core.backbones import get_backbone, with_features
 from gesture_core.checkpoint import atomic_output, check_not_training_state, remove_partial_saves
-from gesture_core.classifier import Classifier, decode_probs, load_classifier
+from gesture_core.classifier import Classifier, decode_probs, load_verified_classifier
 from gesture_core.cli import (
     CommandParser,
     check_output_spares_inputs,
@@ -375,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
         raise ValueError(f"--opset {args.opset} is an ONNX setting, and --format is {args.format}: leave it out, or export ONNX")
     check_output_spares_inputs("--out", out, {"--checkpoint": args.checkpoint})
     check_writable("--out", out)
-    classifier = load_classifier(args.checkpoint, "cpu", engine="torch")  # parity is defined against eager PyTorch, CPU fp32
+    classifier = load_verified_classifier(args.checkpoint, "cpu", engine="torch")  # parity is defined against eager PyTorch, CPU fp32
     # a deployment of last.pt ships the latest epoch, uncalibrated, as import_model refuses to
     check_not_training_state(args.checkpoint, classifier.checkpoint_meta, "training.export --checkpoint")
     inputs = parity_inputs(classifier, parity_images(args.checkpoint, args.images, args.max_images))

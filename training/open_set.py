@@ -32,7 +32,7 @@ from training.calibrate import (
     split_outputs,
 )
 from training.data import Sample, scan_images
-from training.report import plot_image_grid
+from training.report import plot_image_grid, spreadsheet_cell
 
 WORST_CASES = 12
 # compare_scores' like-for-like column: every score's threshold set where it turns away this share of
@@ -60,8 +60,8 @@ def write_predictions(path: Path, classifier: Classifier, samples: Sequence[Samp
         writer.writerow(["path", "true", "label", "top_class", "score", "gesture_score"])
         for row, index in enumerate(outputs.index):
             decided = classifier.decide(scores[row], k=1, threshold=threshold)
-            writer.writerow([samples[index].path, classifier.classes[samples[index].label], decided.label or "", decided.top_k[0][0],
-                             f"{decided.score:.6f}", "" if decided.gesture_score is None else f"{decided.gesture_score:.6f}"])
+            names = [samples[index].path, classifier.classes[samples[index].label], decided.label or "", decided.top_k[0][0]]
+            writer.writerow([*map(spreadsheet_cell, names), f"{decided.score:.6f}", "" if decided.gesture_score is None else f"{decided.gesture_score:.6f}"])
     return path
 
 

@@ -83,6 +83,17 @@ def _indented(obj: Any, depth: int) -> str:
     return json.dumps(obj)
 
 
+# A spreadsheet reads a cell that begins with one of these as a formula ("=HYPERLINK(...)", "=cmd|' /C calc'!A0"):
+# a class folder or file name so named ran it when predictions.csv was opened (OWASP's CSV injection).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_cell(text: str) -> str:
+    """``text`` as a CSV cell that a spreadsheet shows as text: one that would start a formula gets a leading
+    apostrophe, as OWASP advises."""
+    return f"'{text}" if text.startswith(FORMULA_STARTS) else text
+
+
 def write_history(path: Path, history: list[dict[str, Any]]) -> None:
     if not history:
         return
