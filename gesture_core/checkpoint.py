@@ -27,6 +27,7 @@ from torch import nn
 
 from gesture_core.backbones import build_model, drop_aux, get_backbone, load_matching
 from gesture_core.class_names import class_name, names_unwritable, some_of
+from gesture_core.interrupts import interrupts_deferred
 from gesture_core.preprocess import DataConfig
 from gesture_core.rejection import Rejection
 from gesture_core.weights import unreadable_reason
@@ -75,7 +76,7 @@ def save_checkpoint(
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     path = Path(path)
-    with atomic_output(path) as tmp, open(tmp, "wb") as f:
+    with interrupts_deferred(), atomic_output(path) as tmp, open(tmp, "wb") as f:  # a Ctrl-C mid-write read as a full disk
         torch.save(obj, f)
         f.flush()
         os.fsync(f.fileno())

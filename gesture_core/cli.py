@@ -25,7 +25,7 @@ from typing import NoReturn, ParamSpec
 from gesture_core.class_names import some_of
 from gesture_core.hands import HandModelsUnavailableError
 from gesture_core.images import IMAGE_SUFFIXES
-from gesture_core.interrupts import EXIT_INTERRUPTED, restore_python_interrupts
+from gesture_core.interrupts import interrupted_exit_code, restore_python_interrupts, terminate_as_interrupt
 from gesture_core.weights import WeightsUnavailableError, saved_format
 
 EXIT_USAGE = 2
@@ -88,6 +88,8 @@ def command(main: Callable[P, int]) -> Callable[P, int]:
     def run(*args: P.args, **kwargs: P.kwargs) -> int:
         warnings.formatwarning = one_line_warning
         restore_python_interrupts()  # from here a step that keeps its work on Ctrl-C (a run saving last.pt) has its say
+        if main.__module__ == "__main__":  # python -m COMMAND, not a test calling main
+            terminate_as_interrupt()
         try:
             return main(*args, **kwargs)
         except USER_ERRORS as err:
@@ -95,7 +97,7 @@ def command(main: Callable[P, int]) -> Callable[P, int]:
             return EXIT_USAGE
         except KeyboardInterrupt:  # Ctrl-C while a model loads or warms up, where no step of the command has its own say
             print("\ninterrupted", file=sys.stderr)
-            return EXIT_INTERRUPTED
+            return interrupted_exit_code()
 
     return run
 

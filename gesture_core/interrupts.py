@@ -12,8 +12,13 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 EXIT_INTERRUPTED = 130  # what a shell reports for a process stopped by Ctrl-C (128 + SIGINT)
+EXIT_TERMINATED = 143  # 128 + SIGTERM
+_terminated = False  # whether the KeyboardInterrupt came from SIGTERM (terminate_as_interrupt)
 
 
 def _interrupted_while_importing(signum: int, frame: object) -> None:
@@ -33,6 +38,47 @@ def restore_python_interrupts() -> None:
     """Python's KeyboardInterrupt again, for ``main`` and the steps in it that keep their work on Ctrl-C."""
     if signal.getsignal(signal.SIGINT) is _interrupted_while_importing:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def _terminate(signum: int, frame: object) -> None:
+    global _terminated
+    _terminated = True
+    raise KeyboardInterrupt
+
+
+def terminate_as_interrupt() -> None:
+    """SIGTERM (what ``timeout``, ``kill`` and job schedulers send) raises KeyboardInterrupt, as Ctrl-C does, so
+    each step that keeps its work on Ctrl-C keeps it then too; a run ended at once, with no line, no resume hint
+    and, mid-save, a temporary file of a checkpoint's size. For a command's process only (not a test's or a server's)."""
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _terminate)
+
+
+def interrupted_exit_code() -> int:
+    """What a shell would report for the signal that stopped the command: 130 for Ctrl-C, 143 for SIGTERM."""
+    return EXIT_TERMINATED if _terminated else EXIT_INTERRUPTED
+
+
+@contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Ctrl-C and SIGTERM wait until the block ends, then act as they would have: for a file write that
+    must finish or not start. torch's zip writer turned the KeyboardInterrupt raised inside its write into
+    a RuntimeError, which read as a full disk. Outside the main thread (where no handler runs) the block runs as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    handlers = {signum: signal.signal(signum, lambda signum, frame: caught.append(signum)) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in handlers.items():
+            if handler is not None:  # None: a handler not set from Python, which cannot be set back
+                signal.signal(signum, handler)
+        if caught and callable(handler := handlers[caught[0]]):
+            handler(caught[0], None)
+        elif caught and handlers[caught[0]] == signal.SIG_DFL:
+            os.kill(os.getpid(), caught[0])  # the default action: the process ends as it would have
 
 
 quiet_interrupts_while_importing()

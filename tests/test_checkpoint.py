@@ -100,6 +100,30 @@ def test_a_process_killed_mid_save_leaves_the_previous_checkpoint(saved):
     assert load_checkpoint(path)["classes"] == ["fist", "none", "palm"]
 
 
+def test_ctrl_c_during_a_save_lets_it_finish_and_then_interrupts(tmp_path, monkeypatch):
+    """torch's zip writer turned the KeyboardInterrupt raised inside its write into a RuntimeError, which finetune
+    and calibrate then told as a full disk (exit 2, "once there is room"): the interrupt now waits for the save."""
+    from gesture_core.checkpoint import atomic_torch_save
+
+    real_save = torch.save
+
+    class CtrlCAtFirstWrite(io.RawIOBase):
+        def __init__(self, f):
+            self.f, self.sent = f, False
+
+        def write(self, data):
+            if not self.sent:
+                self.sent = True
+                os.kill(os.getpid(), signal.SIGINT)  # handled by Python at its next instruction: inside torch's writer
+            return self.f.write(data)
+
+    monkeypatch.setattr(torch, "save", lambda obj, f: real_save(obj, CtrlCAtFirstWrite(f)))
+    with pytest.raises(KeyboardInterrupt):
+        atomic_torch_save({"weights": torch.arange(1000.0)}, tmp_path / "new.pt")
+    assert torch.equal(torch.load(tmp_path / "new.pt", weights_only=True)["weights"], torch.arange(1000.0))
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Python's handler, set back
+
+
 @pytest.mark.parametrize("content, message", [(b"garbage", "not a readable checkpoint"), (None, "does not exist")])
 def test_bad_checkpoint_files_give_clear_errors(tmp_path, content, message):
     path = tmp_path / "x.pt"

@@ -56,7 +56,7 @@ from training.config import TrainConfig
 from training.data import DatasetError, Sample, Splits, check_image_file, check_split_readable
 from training.features import cached_features, feature_extractor
 from training.hand_crops import HandCropCache, hand_crop_splits
-from training.report import write_json
+from training.report import save_figure, write_json
 
 DEFAULT_TARGET_RECALL = TrainConfig().reject_target_recall
 ECE_BINS = 15
@@ -366,7 +366,7 @@ def plot_tradeoff(path: Path, outputs: SplitOutputs, rejection: Rejection, class
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
     return path
 

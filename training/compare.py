@@ -40,7 +40,7 @@ from training import cli
 from training.config import SETTLED_FROM_AUTO, TrainConfig
 from training.inspect import summarize
 from training.prepare import names_a_dataset, no_dataset_named
-from training.report import read_history
+from training.report import read_history, save_figure
 
 RECIPE_IGNORED = ("out", "workers", "device")  # may differ without changing what is trained
 
@@ -219,7 +219,7 @@ def plot_bubbles(path: Path, rows: list[Row], title: str) -> Path:
     ax.grid(alpha=0.3)
     ax.margins(x=0.35, y=0.15)
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
+    save_figure(fig, path, dpi=80)
     plt.close(fig)
     return path
 

@@ -669,4 +669,8 @@ def make_loader(dataset: ImageDataset, *, batch_size: int, workers: int, sampler
         drop_last=drop_last,
         persistent_workers=workers > 0,
         prefetch_factor=4 if workers > 0 else None,
+        # An iterator draws its workers' base seed from this generator, and without one from the global RNG:
+        # once per process with persistent workers, so a resumed run's dropout drew differently. The
+        # augmentation is seeded per sample (SeededSampler), not by the workers' seed.
+        generator=torch.Generator().manual_seed(0),
     )

@@ -47,6 +47,7 @@ from gesture_core.cli import (
     first_free,
     output_arg,
 )
+from gesture_core.interrupts import interrupted_exit_code
 from gesture_core.preprocess import DataConfig
 from gesture_core.rejection import find_reject_classes
 from training import cli, distributed
@@ -607,9 +608,9 @@ def train_in_run_folder(cfg: TrainConfig, resume: Path | None = None) -> Path:
             if cfg.patience and bad_epochs >= cfg.patience:
                 print(f"early stopping: val top-1 has not improved for {cfg.patience} epochs")
                 break
-    if is_main_process():
-        failed.update(undrawn_failures(run, sampler, state["epoch"]))
-    finish(run, state, failed)
+        if is_main_process():
+            failed.update(undrawn_failures(run, sampler, state["epoch"]))
+        finish(run, state, failed)  # stopped here, a resume calibrates, tests and reports again
     return run.out
 
 
@@ -634,7 +635,8 @@ def record_epoch(run: Run, state: dict[str, Any], failed: set[str], epoch: int, 
 
 @contextmanager
 def stops_said_in_one_line(run: Run) -> Iterator[None]:
-    """Ctrl-C, a full disk and running out of memory during the epochs as one line that says how to go on."""
+    """Ctrl-C (exit 130), SIGTERM (143), a full disk and running out of memory, during the epochs or the report,
+    as one line that says how to go on."""
     last = run.out / "last.pt"
     try:
         yield
@@ -644,7 +646,7 @@ def stops_said_in_one_line(run: Run) -> Iterator[None]:
             print(f"\ninterrupted; continue with: {launcher} -m training.finetune --resume {last}", file=sys.stderr)
         elif is_main_process():  # nothing to resume from before the first epoch's checkpoint
             print("\ninterrupted before the first epoch ended: there is no last.pt to resume from; start again", file=sys.stderr)
-        raise SystemExit(130) from None
+        raise SystemExit(interrupted_exit_code()) from None
     except CheckpointSaveError as err:
         resume = f"; once there is room, continue with: python -m training.finetune --resume {last}" if last.exists() else ""
         raise CheckpointSaveError(f"{err}{resume}") from None
@@ -833,8 +835,8 @@ def finish(run: Run, state: dict[str, Any], failed: set[str]) -> None:
     save_checkpoint(best_path, **checkpoint_extra(run), metrics=metrics, rejection=rejection.to_dict())
     metrics["test_mistakes"] = mistakes  # metrics.json only: file paths stay out of the checkpoint
     plot_mistakes(run.out / "test_mistakes.png", mistakes)
-    write_report(run.out, metrics, run.splits.classes)
     plot_curves(run.out / "curves.png", state["history"])
+    write_report(run.out, metrics, run.splits.classes)  # metrics.json last: the run is finished
     print(format_summary(test_metrics, f"\ntest set, best epoch {metrics['best_epoch']}:"))
     if run.hand_crops is not None:
         print(format_no_hand(test_metrics))

@@ -44,6 +44,7 @@ from gesture_core.class_names import some_of
 from gesture_core.cli import CommandParser, check_writable, command, output_arg
 from gesture_core.hands import HAND_MODEL_FILES, MODELS_WHEEL, HandModelFile, hand_models_dir
 from gesture_core.images import FRAME_JPEG_QUALITY, IMAGE_SUFFIXES, MAX_IMAGE_FILE_BYTES, VIDEO_FILE_SUFFIXES, VIDEO_FRAME_EVERY
+from gesture_core.interrupts import interrupted_exit_code
 from gesture_core.preprocess import longer_side_at_most
 from training.cli import existing_path
 from training.data import ARCHIVE_SUFFIXES, SPLIT_FOLDERS, SPLITS, DatasetError, passed_over
@@ -905,7 +906,7 @@ def main(argv: list[str] | None = None) -> int:
             f"\ninterrupted; run the same command again to resume (partial files are under {args.root / '.downloads'})",
             file=sys.stderr,
         )
-        return 130
+        return interrupted_exit_code()
     marker = read_marker(out) or {}
     state = "already prepared" if already else "prepared"
     print(f"{args.name}: {state} at {out} ({marker.get('images', 0):,} images, {marker.get('layout', '?')} layout)")

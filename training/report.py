@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from gesture_core.checkpoint import atomic_output
 from gesture_core.rejection import Rejection, softmax
 from training.data import printable_path
 
@@ -69,8 +70,16 @@ def classification_metrics(logits: np.ndarray, targets: np.ndarray, classes: Seq
 
 def write_json(path: Path, obj: Any) -> None:
     """``obj`` as indented JSON, each list of numbers on one line: a confusion matrix a row per line (with a
-    number per line, two of 2,000 classes made a metrics.json of 88 MB)."""
-    path.write_text(_indented(obj, 0) + "\n")
+    number per line, two of 2,000 classes made a metrics.json of 88 MB). Written whole or not at all: a run's
+    metrics.json says it finished."""
+    with atomic_output(path) as tmp:
+        tmp.write_text(_indented(obj, 0) + "\n")
+
+
+def save_figure(fig: Any, path: Path, dpi: int) -> None:
+    """``fig`` as the PNG ``path``, whole or not at all: a Ctrl-C while saving left a 124-byte image."""
+    with atomic_output(path, suffix=".tmp.png") as tmp:  # matplotlib picks the format by the suffix
+        fig.savefig(tmp, dpi=dpi)
 
 
 def _indented(obj: Any, depth: int) -> str:
@@ -130,7 +139,7 @@ def plot_curves(path: Path, history: list[dict[str, Any]]) -> None:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
 
 
@@ -160,7 +169,7 @@ def plot_confusion(path: Path, cm: Sequence[Sequence[int]], classes: Sequence[st
         for j in range(n):
             ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=8, color="white" if cm[i, j] > threshold else "black")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
 
 
@@ -234,7 +243,7 @@ def plot_image_grid(path: Path, images: Sequence[str], captions: Sequence[str], 
         ax.set_title(caption, fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)
     plt.close(fig)
     return path
 
@@ -253,6 +262,7 @@ def format_summary(metrics: dict[str, Any], title: str) -> str:
 
 
 def write_report(out: Path, metrics: dict[str, Any], classes: Sequence[str], *, split: str = "test") -> None:
-    write_json(out / "metrics.json", metrics)
+    """The confusion matrix, then metrics.json: last, as it marks a run finished (training.finetune.run_finished)."""
     if metrics.get(split) and metrics[split].get("confusion_matrix"):
         plot_confusion(out / "confusion_matrix.png", metrics[split]["confusion_matrix"], classes, f"{split} confusion matrix")
+    write_json(out / "metrics.json", metrics)

@@ -36,6 +36,7 @@ from gesture_core.cli import (
     trained_on,
 )
 from training import cli
+from training.report import save_figure
 
 VISUALIZE_FILES = ("feature_maps.png", "gradcam.png")  # what it writes into --out
 
@@ -196,7 +197,7 @@ def save_feature_maps(path: Path, view: np.ndarray, stages: list[Stage], channel
     for ax in axes:
         ax.axis("off")
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
+    save_figure(fig, path, dpi=80)
     plt.close(fig)
     return path
 
@@ -213,7 +214,7 @@ def save_gradcam(path: Path, view: np.ndarray, cams: list[GradCam]) -> Path:
         ax.axis("off")
     fig.suptitle(f"Grad-CAM at {cams[0].layer}", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
+    save_figure(fig, path, dpi=80)
     plt.close(fig)
     return path
 
