@@ -111,6 +111,22 @@ def test_sigterm_stops_a_run_as_ctrl_c_does_with_the_resume_command_and_exit_143
     assert not [p.name for p in (tmp_path / "run").iterdir() if p.name.endswith(".tmp")]
 
 
+def test_a_run_stopped_while_it_reports_is_not_finished_and_its_resume_writes_the_whole_report(dataset, tmp_path, monkeypatch, capsys):
+    """metrics.json, which marks a run finished, was written before the plots: a run stopped between them was
+    refused as finished, its curves.png missing for good."""
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(finetune, "plot_curves", stopped)
+    with pytest.raises(SystemExit) as stop:
+        finetune.train(tiny_config(dataset, tmp_path / "run", epochs=1))
+    assert stop.value.code == 130 and not (tmp_path / "run" / "metrics.json").exists()
+    assert f"interrupted; continue with: python -m training.finetune --resume {tmp_path / 'run' / 'last.pt'}" in capsys.readouterr().err
+    monkeypatch.undo()
+    finetune.train(*finetune.parse_config(["--resume", str(tmp_path / "run")]))
+    assert (tmp_path / "run" / "metrics.json").is_file() and (tmp_path / "run" / "curves.png").is_file()
+
+
 def test_ema_weights_are_what_is_validated_kept_and_tested(dataset, tmp_path):
     out = finetune.train(tiny_config(dataset, tmp_path / "ema", epochs=1, ema_decay=0.9))
     best, last = (torch.load(out / name, weights_only=True) for name in ("best.pt", "last.pt"))
