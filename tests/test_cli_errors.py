@@ -754,6 +754,29 @@ def test_calibrate_says_which_validation_images_it_skipped_and_counts_those_it_u
     assert f"val features: {len(val) - 2} photos" in capsys.readouterr().out
 
 
+def test_calibrate_removes_what_a_killed_calibration_left_and_waits_for_a_run_training_there(run, tmp_path, capsys):
+    """A calibration killed mid-save left a hidden temporary file of a checkpoint's size in the finished run for good."""
+    folder = shutil.copytree(run, tmp_path / "run")
+    (folder / ".best.pt.k2j_x9aq.tmp").write_bytes(b"\0" * 1000)
+    (folder / ".last.pt.k2j_x9aq.tmp").write_bytes(b"\0" * 1000)  # another file's: left alone
+    assert calibrate_main(["--checkpoint", str(folder), "--workers", "0"]) == 0
+    assert "removed 1 partial checkpoint file(s) left by an interrupted save: .best.pt.k2j_x9aq.tmp" in capsys.readouterr().out
+    assert sorted(p.name for p in folder.glob(".*.tmp")) == [".last.pt.k2j_x9aq.tmp"]
+    (folder / ".lock").unlink()
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'a+'); fcntl.flock(f, fcntl.LOCK_EX); "
+                               "f.write('pid 4242 on trainer\\n'); f.flush(); print('held', flush=True); time.sleep(60)", str(folder / ".lock")],
+                              stdout=subprocess.PIPE, text=True)  # a run training in the folder, which would write over its best.pt
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        before = (folder / "best.pt").read_bytes()
+        assert calibrate_main(["--checkpoint", str(folder), "--workers", "0"]) == 2
+        assert one_error_line(capsys) == f"error: {folder} is in use by a training run (pid 4242 on trainer): wait for it to end: it calibrates the best.pt it writes"
+        assert (folder / "best.pt").read_bytes() == before
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def test_calibrate_refuses_a_run_without_validation_images(dataset, tmp_path, capsys):
     """--val-split 0: it printed "uncalibrated: no validation images", then "calibrated RUN/best.pt", exit 0."""
     run = finetune.train(tiny_config(dataset, tmp_path / "run", epochs=1, val_split=0.0, test_split=0.0))

@@ -6,6 +6,7 @@ import csv
 import json
 import os
 import re
+import shutil
 import signal
 import struct
 import sys
@@ -645,6 +646,19 @@ def test_a_run_folder_holds_one_training_process_at_a_time(dataset, tmp_path, ca
         assert finetune.main(argv) == 2
         assert f"error: {out} is in use by a training run (pid 4242 on trainer): wait for it to end, or pass another --out" in capsys.readouterr().err
         assert sorted(p.name for p in out.iterdir()) == [".lock"]  # nothing written
+        interrupted = finetune.train(tiny_config(dataset, tmp_path / "earlier", epochs=1))
+        (out / "metrics.json").unlink(missing_ok=True)
+        for name in ("last.pt", "best.pt", "split.json", "config.json", "history.csv"):  # as the holder's run after its first epoch
+            shutil.copy(interrupted / name, out / name)
+        capsys.readouterr()
+        # told "holds an interrupted run: continue it with --resume", and that resume was refused after its start-up lines
+        for command in (argv, ["--resume", str(out)]):
+            assert finetune.main(command) == 2
+            said = capsys.readouterr()
+            assert said.err.strip() == f"error: {out} is in use by a training run (pid 4242 on trainer): wait for it to end, or pass another --out"
+            assert "split" not in said.out
+        for name in ("last.pt", "best.pt", "split.json", "config.json", "history.csv"):
+            (out / name).unlink()
     finally:
         holder.kill()
         holder.wait()

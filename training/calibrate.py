@@ -28,6 +28,7 @@ older run, from its split.json. Steps (docs/no-gesture.md):
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import sys
 import warnings
@@ -45,6 +46,7 @@ from gesture_core.checkpoint import (
     build_from_checkpoint,
     check_not_training_state,
     load_checkpoint,
+    remove_partial_saves,
     resolve_device,
 )
 from gesture_core.class_names import some_of
@@ -57,6 +59,7 @@ from training.data import DatasetError, Sample, Splits, check_image_file, check_
 from training.features import cached_features, feature_extractor
 from training.hand_crops import HandCropCache, hand_crop_splits
 from training.report import save_figure, write_json
+from training.run_lock import check_not_in_use
 
 DEFAULT_TARGET_RECALL = TrainConfig().reject_target_recall
 ECE_BINS = 15
@@ -457,6 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
 def recalibrate(checkpoint: Path, requested: Sequence[str] | None, target_recall: float, *, device: str = "auto", workers: int = 2,
                 score: str = DEFAULT_SCORE) -> dict[str, Any]:
     """Calibrate a run's checkpoint on its split.json; rewrites the checkpoint and RUN/metrics.json's open_set."""
+    check_not_in_use(checkpoint.parent, "wait for it to end: it calibrates the best.pt it writes")  # which would replace this one
     ckpt = load_checkpoint(checkpoint)
     check_not_training_state(checkpoint, ckpt, "training.calibrate --checkpoint")  # it rewrote the run's report from last.pt
     split_file = checkpoint.parent / "split.json"
@@ -476,6 +480,9 @@ def recalibrate(checkpoint: Path, requested: Sequence[str] | None, target_recall
                                         requested=requested, target_recall=target_recall, out=checkpoint.parent, workers=workers, score=score)
     ckpt["rejection"] = rejection.to_dict()
     ckpt["metrics"] = {**ckpt.get("metrics", {}), "open_set": report}
+    # a calibration killed mid-save (kill -9, a power cut) left its temporary file, a checkpoint's size, in the run folder
+    if removed := remove_partial_saves(checkpoint.parent, f".{glob.escape(checkpoint.name)}.*.tmp"):
+        print(f"removed {len(removed)} partial checkpoint file(s) left by an interrupted save: {', '.join(p.name for p in removed)}")
     atomic_torch_save(ckpt, checkpoint)
     metrics_file = checkpoint.parent / "metrics.json"
     if metrics_file.exists():

@@ -21,6 +21,7 @@ except ImportError:  # Windows
     fcntl = None
 
 LOCK_FILE = ".lock"
+ADVICE = "wait for it to end, or pass another --out"
 _held: dict[Path, TextIO] = {}  # run folder -> its open, locked .lock file, while this process trains there
 
 
@@ -33,10 +34,7 @@ def hold_run_folder(out: Path) -> None:
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:  # another process holds it
-        handle.seek(0)
-        owner = handle.read().strip() or "another process"
-        handle.close()
-        raise ValueError(f"{out} is in use by a training run ({owner}): wait for it to end, or pass another --out") from None
+        raise in_use(out, handle) from None
     except OSError:  # a file system without locks (some network mounts): the run goes on unlocked, as on Windows
         handle.close()
         return
@@ -45,6 +43,29 @@ def hold_run_folder(out: Path) -> None:
     handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
     handle.flush()
     _held[key] = handle
+
+
+def check_not_in_use(out: Path, advice: str = ADVICE) -> None:
+    """The ValueError of ``hold_run_folder`` when another process trains in ``out``, without holding it: at
+    start-up, before anything else is said of the folder. A second run at a run's --out a moment later was
+    told the folder "holds an interrupted run: continue it with --resume", and that resume was refused
+    only after its start-up lines."""
+    if fcntl is None or out.resolve() in _held or not (out / LOCK_FILE).is_file():
+        return
+    with (out / LOCK_FILE).open(encoding="utf-8") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)  # refused while a run holds it exclusively
+        except BlockingIOError:
+            raise in_use(out, handle, advice) from None
+        except OSError:  # no locks on this file system: runs go unlocked
+            return
+
+
+def in_use(out: Path, handle: TextIO, advice: str = ADVICE) -> ValueError:
+    handle.seek(0)
+    owner = handle.read().strip() or "another process"
+    handle.close()
+    return ValueError(f"{out} is in use by a training run ({owner}): {advice}")
 
 
 def release_run_folders() -> None:
