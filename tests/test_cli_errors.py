@@ -289,6 +289,10 @@ def test_a_run_whose_images_moved_is_refused_before_anything_is_rewritten(run, t
     (folder / "split.json").write_text("{not json")
     assert evaluate_main(["--checkpoint", str(folder), "--workers", "0"]) == 2
     assert f"{folder / 'split.json'} is not a split file written by training.finetune" in one_error_line(capsys)
+    for label in (-1, 99):  # -1 was left out unsaid; 99 was numpy's "cannot reshape array of size 298 into shape (3,3)"
+        (folder / "split.json").write_text(json.dumps({**split, "test": [[split["test"][0][0], label], *split["test"][1:]]}))
+        assert evaluate_main(["--checkpoint", str(folder), "--workers", "0"]) == 2
+        assert f"(ValueError: test lists {split['root']}/{split['test'][0][0]} with label {label}, not one of the 3 classes' 0-2)" in one_error_line(capsys)
 
 
 def test_evaluate_a_run_without_test_images_says_why_and_what_to_pass(run, tmp_path, capsys):

@@ -95,9 +95,17 @@ class Splits:
 
     @classmethod
     def from_json(cls, d: dict, root: str | None = None) -> Splits:
-        root = root or d["root"]
-        load = lambda name: [Sample(os.path.join(root, p), int(y)) for p, y in d[name]]  # noqa: E731
-        return cls(root, d["classes"], load("train"), load("val"), load("test"), d.get("skipped", []), d["layout"], d.get("grouping", {}))
+        root, classes = root or d["root"], d["classes"]
+        if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+            raise TypeError(f"classes must be a list of names, got {classes!r:.80}")
+
+        def load(name: str) -> list[Sample]:
+            samples = [Sample(os.path.join(root, p), int(y)) for p, y in d[name]]
+            if wrong := [s for s in samples if not 0 <= s.label < len(classes)]:  # -1 was left out unsaid, 99 a reshape error
+                raise ValueError(f"{name} lists {wrong[0].path} with label {wrong[0].label}, not one of the {len(classes)} classes' 0-{len(classes) - 1}")
+            return samples
+
+        return cls(root, classes, load("train"), load("val"), load("test"), d.get("skipped", []), d["layout"], d.get("grouping", {}))
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(self.to_json(), indent=1))
