@@ -243,13 +243,13 @@ def test_concurrent_predicts_share_one_model_call(stored_model, reference, image
 
 
 def test_every_batch_size_is_warmed_up_before_serving(stored_model, monkeypatch):
-    from gesture_core.classifier import Classifier
+    from gesture_core.preprocess import Preprocess
 
     sizes = []
-    original = Classifier.classify
-    monkeypatch.setattr(Classifier, "classify", lambda self, crops: sizes.append(len(crops)) or original(self, crops))
+    original = Preprocess.normalize_batch  # what every model call of the Classifier's goes through
+    monkeypatch.setattr(Preprocess, "normalize_batch", lambda self, crops: sizes.append(len(crops)) or original(self, crops))
     service_with(batch_size=6)
-    assert sizes == [1, *range(1, 7)]  # the load check's blank image (Runtime.load), then the warm-up at every size
+    assert sizes == [1, *range(1, 7)]  # the load check's blank frame (Runtime.load), then the warm-up at every size
 
 
 def validated(endpoint: str, body: dict):
