@@ -118,10 +118,15 @@ def test_ctrl_c_during_a_save_lets_it_finish_and_then_interrupts(tmp_path, monke
             return self.f.write(data)
 
     monkeypatch.setattr(torch, "save", lambda obj, f: real_save(obj, CtrlCAtFirstWrite(f)))
-    with pytest.raises(KeyboardInterrupt):
-        atomic_torch_save({"weights": torch.arange(1000.0)}, tmp_path / "new.pt")
+    # Python's handler, as from a terminal: a test process started in the background (`cmd &` in a script, nohup) ignores SIGINT
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            atomic_torch_save({"weights": torch.arange(1000.0)}, tmp_path / "new.pt")
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # set back
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert torch.equal(torch.load(tmp_path / "new.pt", weights_only=True)["weights"], torch.arange(1000.0))
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Python's handler, set back
 
 
 @pytest.mark.parametrize("content, message", [(b"garbage", "not a readable checkpoint"), (None, "does not exist")])
