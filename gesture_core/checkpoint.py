@@ -142,6 +142,12 @@ def remove_partial_saves(folder: str | os.PathLike, pattern: str = PARTIAL_SAVE_
     return removed
 
 
+def clear_partial_saves(folder: str | os.PathLike, pattern: str = PARTIAL_SAVE_PATTERN, what: str = "checkpoint", by: str = "save") -> None:
+    """``remove_partial_saves``, saying what it removed (``what``: the kind of file, ``by``: what wrote it)."""
+    if removed := remove_partial_saves(folder, pattern):
+        print(f"removed {len(removed)} partial {what} file(s) left by an interrupted {by}: {', '.join(p.name for p in removed)}")
+
+
 def check_not_training_state(path: Path, ckpt: dict[str, Any], command: str) -> None:
     """A CheckpointError for a run's last.pt (it has an epoch to resume from) where a command takes the
     run's model: its weights are the latest epoch's, not the best, and not calibrated for "no gesture"."""

@@ -361,14 +361,6 @@ def model_fingerprint(model: nn.Module, input_shape: Sequence[int]) -> str:
     return h.hexdigest()
 
 
-def export_onnx(model: nn.Module, input_shape: Sequence[int], *, cache_dir: str | os.PathLike | None = None) -> Path:
-    """The ONNX file of ``model`` (fp32, dynamic batch), exported on first use and cached by fingerprint."""
-    path = onnx_export_path(model, input_shape, cache_dir)
-    if not path.is_file():
-        write_onnx(model, input_shape, path)
-    return path
-
-
 def onnx_export_path(model: nn.Module, input_shape: Sequence[int], cache_dir: str | os.PathLike | None = None) -> Path:
     """Where ``model``'s ONNX export is cached: named by its fingerprint."""
     folder = Path(cache_dir) if cache_dir else cache_root() / "engines"

@@ -137,7 +137,9 @@ class Rejection:
         if not isinstance(stored["calibrated"], bool):
             raise TypeError(f"calibrated must be True or False, got {stored['calibrated']!r:.40}")
         means = stored.get("feature_means", [])
-        means = tuple(reals(mean, "feature_means") for mean in (means if isinstance(means, list | tuple) else [means]))
+        if not isinstance(means, list | tuple):
+            raise ValueError(f"feature_means must be a list of one mean per class, got {type(means).__name__}")
+        means = tuple(reals(mean, "feature_means") for mean in means)
         if len({len(mean) for mean in means}) > 1:
             raise ValueError(f"feature_means must be one mean of the same length per class, got lengths {sorted({len(m) for m in means})}")
         return cls(tuple(names), real(stored["temperature"], "temperature"), real(stored["threshold"], "threshold"),

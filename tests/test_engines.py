@@ -20,7 +20,7 @@ from gesture_core.engines import (
     available_engines,
     build_engine,
     engine_installed,
-    export_onnx,
+    onnx_export_path,
     resolve_engine,
     supported_precisions,
 )
@@ -116,7 +116,8 @@ def test_a_cached_export_damaged_since_is_exported_again(engine_cache, engine):
     require(engine)
     torch.manual_seed(0)
     model = build_model("lenet5", 3, "none").eval()
-    cached = export_onnx(model, (3, 32, 32))
+    build_engine(model, engine=engine, input_shape=(3, 32, 32))  # exports and caches
+    cached = onnx_export_path(model, (3, 32, 32))
     cached.write_bytes(cached.read_bytes()[:2000])
     with pytest.warns(UserWarning, match=rf"the cached ONNX export {cached} does not load \(.+\): exported again"):
         rebuilt = build_engine(model, engine=engine, input_shape=(3, 32, 32))
@@ -141,13 +142,15 @@ def test_export_is_cached_by_weights_and_input_shape(engine_cache):
     require("onnx")
     torch.manual_seed(0)
     model = build_model("lenet5", 3, "none").eval()
-    first = export_onnx(model, (3, 32, 32))
+    build_engine(model, engine="onnx", input_shape=(3, 32, 32))
+    first = onnx_export_path(model, (3, 32, 32))
     stamp = first.stat().st_mtime_ns
-    assert export_onnx(model, (3, 32, 32)) == first and first.stat().st_mtime_ns == stamp  # reused, not rewritten
-    assert export_onnx(model, (3, 52, 52)) != first
+    build_engine(model, engine="onnx", input_shape=(3, 32, 32))
+    assert onnx_export_path(model, (3, 32, 32)) == first and first.stat().st_mtime_ns == stamp  # reused, not rewritten
+    assert onnx_export_path(model, (3, 52, 52)) != first
     with torch.no_grad():
         model.fc.weight.add_(1.0)
-    assert export_onnx(model, (3, 32, 32)) != first
+    assert onnx_export_path(model, (3, 32, 32)) != first
     assert first.parent == engine_cache / "engines"
     assert not [p for p in first.parent.iterdir() if p.name.startswith(".")]  # no temp files left
 

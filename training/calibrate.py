@@ -45,8 +45,8 @@ from gesture_core.checkpoint import (
     atomic_torch_save,
     build_from_checkpoint,
     check_not_training_state,
+    clear_partial_saves,
     load_checkpoint,
-    remove_partial_saves,
     resolve_device,
 )
 from gesture_core.class_names import some_of
@@ -481,8 +481,7 @@ def recalibrate(checkpoint: Path, requested: Sequence[str] | None, target_recall
     ckpt["rejection"] = rejection.to_dict()
     ckpt["metrics"] = {**ckpt.get("metrics", {}), "open_set": report}
     # a calibration killed mid-save (kill -9, a power cut) left its temporary file, a checkpoint's size, in the run folder
-    if removed := remove_partial_saves(checkpoint.parent, f".{glob.escape(checkpoint.name)}.*.tmp"):
-        print(f"removed {len(removed)} partial checkpoint file(s) left by an interrupted save: {', '.join(p.name for p in removed)}")
+    clear_partial_saves(checkpoint.parent, f".{glob.escape(checkpoint.name)}.*.tmp")
     atomic_torch_save(ckpt, checkpoint)
     metrics_file = checkpoint.parent / "metrics.json"
     if metrics_file.exists():

@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from gesture_core.backbones import get_backbone, with_features
-from gesture_core.checkpoint import atomic_output, check_not_training_state, remove_partial_saves
+from gesture_core.checkpoint import atomic_output, check_not_training_state, clear_partial_saves
 from gesture_core.classifier import Classifier, decode_probs, load_verified_classifier
 from gesture_core.cli import (
     CommandParser,
@@ -397,8 +397,7 @@ def export_checked(classifier: Classifier, fmt: str, out: Path, inputs: list[tor
     """Export to a temporary file beside ``out``, check it, and only then put it in ``out``'s place: a
     full disk, or an export that fails its parity check, left the previous file replaced by it."""
     # an export killed before its rename (kill -9, a power cut) left its temporary file, a model's size, hidden beside --out
-    if removed := remove_partial_saves(out.parent, f".{glob.escape(out.name)}.*.tmp{glob.escape(out.suffix)}"):
-        print(f"removed {len(removed)} partial export file(s) left by an interrupted export: {', '.join(p.name for p in removed)}")
+    clear_partial_saves(out.parent, f".{glob.escape(out.name)}.*.tmp{glob.escape(out.suffix)}", what="export", by="export")
     try:
         with atomic_output(out, suffix=f".tmp{out.suffix}") as written:  # the parity check reads the format from the suffix
             export(classifier, fmt, written, **kwargs)

@@ -30,8 +30,8 @@ from gesture_core.backbones import Backbone, build_model, freeze_backbone, get_b
 from gesture_core.checkpoint import (
     CheckpointError,
     CheckpointSaveError,
+    clear_partial_saves,
     load_checkpoint,
-    remove_partial_saves,
     save_checkpoint,
 )
 from gesture_core.class_names import some_of
@@ -340,8 +340,7 @@ def write_run_folder(out: Path, splits: Splits, resume: Path | None) -> None:
     hold_run_folder(out)  # before the first file: a second run at this --out, or a --resume of this one while it trains, stops here
     if not (resume and (out / "split.json").exists()):
         splits.save(out / "split.json")
-    if removed := remove_partial_saves(out):
-        print(f"removed {len(removed)} partial checkpoint file(s) left by an interrupted save: {', '.join(p.name for p in removed)}")
+    clear_partial_saves(out)
 
 
 def images_missing_here(splits: Splits, gone_on_main: frozenset[str]) -> str | None:
