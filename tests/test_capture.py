@@ -274,6 +274,13 @@ def test_overlay_draws_on_a_copy_and_marks_recording():
     assert small.shape[1] == 480  # tiny frames are enlarged so the text is legible
 
 
+def test_overlay_tells_apart_class_names_opencv_cannot_write():
+    """OpenCV's fonts are ASCII only: every emoji and accented name was drawn as question marks."""
+    frame = np.full((480, 640, 3), 90, np.uint8)
+    up, down = (draw_overlay(frame, LiveState([name]), {}, now=0.0) for name in ("\N{THUMBS UP SIGN}", "\N{THUMBS DOWN SIGN}"))
+    assert not np.array_equal(up[:40], down[:40])  # the class list's first row
+
+
 def test_sources_open_files_sequences_and_reject_the_rest(tmp_path: Path, video: Path):
     cap = open_source(video)
     assert sum(1 for _ in read_frames(cap)) == FRAMES

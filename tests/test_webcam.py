@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from benchmarks.server_process import free_port, serve_process
-from gesture_core import load_classifier
+from gesture_core import Prediction, load_classifier
 from gesture_core.runtime import Runtime
 from service.webcam.demo import (
     EXIT_OK,
@@ -38,6 +38,7 @@ from service.webcam.demo import (
     run,
 )
 from service.webcam.grabber import Frame, FrameGrabber
+from service.webcam.overlay import OverlayInfo, drawable, fitted, render, shown_names
 from service.webcam.scoring import LocalScorer, RemoteScorer, Scores, ServerError, Smoother
 from service.webcam.sources import VIDEO_HINT, SourceError, open_source, read_frames
 from tests.helpers import REPO, heic_photo_start
@@ -824,3 +825,29 @@ def test_a_frame_of_any_opencv_kind_scores_as_its_file(tmp_path, sign_digits, ra
         from_frame = classifier.predict(frame, bgr=True, threshold=0)
         from_file = classifier.predict(str(tmp_path / f"{kind}.png"), threshold=0)
         assert (from_frame.label, from_frame.score) == (from_file.label, pytest.approx(from_file.score, abs=1e-6)), kind
+
+
+@pytest.mark.parametrize(("first", "second"), [
+    ("pointing_left", "pointing_right"),  # both cut to "pointing"
+    ("\N{THUMBS UP SIGN}", "\N{THUMBS DOWN SIGN}"),  # both drawn as "?" by OpenCV's ASCII fonts
+    ("e", "\N{LATIN SMALL LETTER E WITH ACUTE}"),
+])  # fmt: skip
+def test_the_overlay_draws_two_class_names_differently(first, second):
+    """The top-k column cut names to 8 characters and OpenCV drew any other character as "?", so two classes
+    showed as one there."""
+    prediction = Prediction(None, 0.5, [(first, 0.5), (second, 0.5)])  # equal scores: equal bars
+    canvas = render(np.full((480, 640, 3), 90, np.uint8), OverlayInfo(prediction, 10.0, 5.0, "test"))
+    assert not np.array_equal(canvas[62:92], canvas[92:122])  # the two rows of the top-k column, 30 px each
+
+
+def test_overlay_names_are_drawable_ascii_and_fit_their_room():
+    assert drawable("caf\N{LATIN SMALL LETTER E WITH ACUTE}") == "cafe"
+    assert drawable("\N{VICTORY HAND}\ufe0f") == "victory hand"  # the variation selector says nothing
+    assert drawable("ok \N{THUMBS UP SIGN}!") == "ok thumbs up sign !"
+    long = "pointing_left_with_two_fingers_raised"
+    short = fitted(long, 0.6, 1, room=120)
+    assert short.startswith("poin") and short.endswith("sed") and ".." in short
+    assert cv2.getTextSize(short, cv2.FONT_HERSHEY_SIMPLEX, 0.6, 1)[0][0] <= 120
+    assert shown_names([long, long.replace("left", "rigt")], 0.6, room=120) == [
+        fitted(n, 0.6, 1, 120) for n in ("..left_with_two_fingers_raised", "..rigt_with_two_fingers_raised")
+    ]

@@ -46,7 +46,7 @@ from gesture_core.preprocess import longer_side_at_most
 from gesture_core.rejection import is_reject_name
 from service.webcam.demo import display_problem
 from service.webcam.grabber import ended_early
-from service.webcam.overlay import centred_roi  # the webcam demo's box: captured crops match what it classifies
+from service.webcam.overlay import centred_roi, drawable  # the webcam demo's box: captured crops match what it classifies
 from service.webcam.sources import SourceError, describe_source, is_live, open_source, read_frames, separate_photos, source_folder
 
 MAX_KEYED_CLASSES = 9
@@ -266,6 +266,7 @@ def draw_overlay(frame: np.ndarray, state: LiveState, counts: dict[str, int], no
 
 
 def _text(canvas: np.ndarray, text: str, origin: tuple[int, int], colour, size: float = 0.6) -> None:
+    text = drawable(text)  # class names may be any language or emoji: OpenCV's fonts are ASCII only
     cv2.putText(canvas, text, origin, _FONT, size, (0, 0, 0), 3, cv2.LINE_AA)
     cv2.putText(canvas, text, origin, _FONT, size, colour, 1, cv2.LINE_AA)
 

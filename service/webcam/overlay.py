@@ -3,6 +3,8 @@ and for hand-crop models a box and a label per hand."""
 
 from __future__ import annotations
 
+import os
+import unicodedata
 from dataclasses import dataclass
 
 import cv2
@@ -84,7 +86,7 @@ def _draw_hand(canvas: np.ndarray, hand: HandResult, scale: float, mirror: bool,
     cv2.rectangle(canvas, (x0, y0), (x1, y1), colour, thickness)
     text = f"{hand.prediction.label if accepted else NO_GESTURE} {hand.prediction.score:.0%}"
     size = 0.6 * unit
-    (text_w, text_h), _ = cv2.getTextSize(text.replace("…", "..."), _FONT, size, 2)
+    (text_w, text_h), _ = cv2.getTextSize(drawable(text), _FONT, size, 2)
     tab_h = text_h + int(10 * unit)
     top = y0 - tab_h if y0 - tab_h >= 0 else y0 + thickness
     _shade(canvas, x0, top, x0 + text_w + int(10 * unit), top + tab_h)
@@ -93,18 +95,25 @@ def _draw_hand(canvas: np.ndarray, hand: HandResult, scale: float, mirror: bool,
 
 def _draw_prediction(canvas: np.ndarray, prediction: Prediction | None, unit: float) -> None:
     rows = len(prediction.top_k) if prediction else 0
-    line = int(30 * unit)
-    _shade(canvas, 0, 0, int(250 * unit), int(66 * unit) + rows * line)
+    line, pad, bar_w = int(30 * unit), int(10 * unit), int(110 * unit)
     if prediction is None:
-        _text(canvas, "waiting…", (int(10 * unit), int(44 * unit)), 1.0 * unit, _GREY, 2)
+        _shade(canvas, 0, 0, int(250 * unit), int(66 * unit))
+        _text(canvas, "waiting…", (pad, int(44 * unit)), 1.0 * unit, _GREY, 2)
         return
     label = prediction.label if prediction.label is not None else NO_GESTURE
     colour = _GREEN if prediction.label is not None else _GREY
-    _text(canvas, f"{label}  {prediction.score:.0%}", (int(10 * unit), int(44 * unit)), 1.2 * unit, colour, 2)
-    for row, (name, score) in enumerate(prediction.top_k):
+    percent = f"  {prediction.score:.0%}"
+    headline = fitted(label, 1.2 * unit, 2, canvas.shape[1] // 2 - _width(percent, 1.2 * unit, 2)) + percent
+    names = shown_names([name for name, _ in prediction.top_k], 0.6 * unit, room=canvas.shape[1] // 4)
+    # The name column widens for long names: a fixed 8 characters drew "pointing_left" and
+    # "pointing_right" as the same "pointing".
+    bar_x = pad + max([int(70 * unit)] + [_width(name, 0.6 * unit, 1) for name in names]) + pad
+    panel_w = max(int(250 * unit), _width(headline, 1.2 * unit, 2) + 2 * pad, bar_x + bar_w + int(60 * unit))
+    _shade(canvas, 0, 0, panel_w, int(66 * unit) + rows * line)
+    _text(canvas, headline, (pad, int(44 * unit)), 1.2 * unit, colour, 2)
+    for row, ((_, score), name) in enumerate(zip(prediction.top_k, names, strict=True)):
         y = int(62 * unit) + row * line
-        bar_x, bar_w = int(90 * unit), int(110 * unit)
-        _text(canvas, name[:8], (int(10 * unit), y + int(20 * unit)), 0.6 * unit, _WHITE, 1)
+        _text(canvas, name, (pad, y + int(20 * unit)), 0.6 * unit, _WHITE, 1)
         cv2.rectangle(canvas, (bar_x, y + int(6 * unit)), (bar_x + bar_w, y + int(24 * unit)), _GREY, 1)
         cv2.rectangle(canvas, (bar_x, y + int(6 * unit)), (bar_x + int(bar_w * min(1.0, score)), y + int(24 * unit)), colour, -1)
         _text(canvas, f"{score:.2f}", (bar_x + bar_w + int(8 * unit), y + int(20 * unit)), 0.55 * unit, _WHITE, 1)
@@ -140,6 +149,56 @@ def _shade(canvas: np.ndarray, x0: int, y0: int, x1: int, y1: int, colour=_BLACK
 
 
 def _text(canvas: np.ndarray, text: str, origin: tuple[int, int], size: float, colour, thickness: int) -> None:
-    # Hershey fonts are ASCII only.
-    text = text.replace("…", "...")
-    cv2.putText(canvas, text, origin, _FONT, size, colour, thickness, cv2.LINE_AA)
+    cv2.putText(canvas, drawable(text), origin, _FONT, size, colour, thickness, cv2.LINE_AA)
+
+
+def _width(text: str, size: float, thickness: int) -> int:
+    return cv2.getTextSize(drawable(text), _FONT, size, thickness)[0][0]
+
+
+def drawable(text: str) -> str:
+    """``text`` as OpenCV's Hershey fonts can draw it, which is ASCII only: accents dropped (é as e), and any
+    other character by its Unicode name (👍 as "thumbs up sign"), where each was drawn as "?" and two emoji
+    classes looked the same."""
+    if text.isascii():
+        return text
+    pieces = []
+    for char in unicodedata.normalize("NFKD", text.replace("…", "...")):
+        if char.isascii():
+            pieces.append(char)
+        elif unicodedata.category(char) not in ("Mn", "Me", "Cf"):  # accents, joiners, variation selectors: nothing to say
+            pieces.append(f" {unicodedata.name(char, f'U+{ord(char):04X}').lower()} ")
+    return " ".join("".join(pieces).split())
+
+
+def fitted(text: str, size: float, thickness: int, room: int) -> str:
+    """``text`` (drawable) cut in the middle until it is at most ``room`` pixels wide: the ends of names
+    ("pointing_left", "pointing_right") are where they differ most often."""
+    shown = full = drawable(text)
+    width = cv2.getTextSize(full, _FONT, size, thickness)[0][0]
+    keep = min(len(full), int(len(full) * room / max(width, 1)) + 1)  # a first guess: a long name costs few tries
+    while keep > 2 and width > room:
+        keep -= 1
+        shown = full[: (keep + 1) // 2] + ".." + full[len(full) - keep // 2 :]
+        width = cv2.getTextSize(shown, _FONT, size, thickness)[0][0]
+    return shown
+
+
+def shown_names(names: list[str], size: float, room: int) -> list[str]:
+    """The top-k column's names, each fitted to ``room`` pixels, and two different names never drawn alike:
+    where fitting made them so, their common start is dropped; where drawing did ("e" and "é"), each is
+    written with Python's escapes."""
+    shown = [fitted(name, size, 1, room) for name in names]
+    for group in _clashes(shown):
+        start = len(os.path.commonprefix([drawable(names[i]) for i in group]))
+        for i in group:
+            shown[i] = fitted(".." + drawable(names[i])[start:], size, 1, room) if start else shown[i]
+    for group in _clashes(shown):
+        for i in group:
+            shown[i] = fitted(names[i].encode("ascii", "backslashreplace").decode(), size, 1, room)
+    return shown
+
+
+def _clashes(shown: list[str]) -> list[list[int]]:
+    """The positions of each text shown more than once."""
+    return [group for text in set(shown) if len(group := [i for i, s in enumerate(shown) if s == text]) > 1]
