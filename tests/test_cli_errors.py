@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 
+import training.evaluate as evaluate
 import training.finetune as finetune
 from benchmarks.server_process import REPO
 from gesture_core import checkpoint as checkpoint_module
@@ -120,6 +121,21 @@ def test_evaluate_on_a_folder_of_recordings_reads_their_frames_and_says_when_non
     assert "saving every 5th frame of 2 video(s) into datasets/broken-frames" in started
     assert error.startswith("error: ") and "broken: not one frame of its 2 video(s) decodes" in error
     assert not (tmp_path / "datasets" / "broken-frames").exists()
+
+
+def test_an_evaluation_stopped_halfway_leaves_no_report_of_two_evaluations(run, tmp_path, monkeypatch):
+    """A Ctrl-C before metrics.json left the earlier report's metrics.json (of the test split) beside the new
+    predictions.csv (of the val split), read as one report."""
+    out = tmp_path / "eval"
+    assert evaluate_main(["--checkpoint", str(run), "--workers", "0", "--out", str(out)]) == 0
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(evaluate, "write_report", stopped)
+    assert evaluate_main(["--checkpoint", str(run), "--split", "val", "--workers", "0", "--out", str(out)]) == 130
+    assert (out / "predictions.csv").exists() and not (out / "metrics.json").exists()
+    assert not (out / "confusion_matrix.png").exists()  # the test split's, from the first evaluation
 
 
 def test_evaluate_a_checkpoint_whose_shapes_do_not_match(run, tmp_path, capsys):

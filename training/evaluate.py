@@ -300,8 +300,18 @@ def checkpoint_suffix(checkpoint: Path) -> str:
     return "" if checkpoint.name == "best.pt" else f"-{checkpoint.stem}"
 
 
-# What an evaluation writes into --out; any of them already there is replaced.
-REPORT_FILES = ("metrics.json", "predictions.csv", "confusion_matrix.png", "test_mistakes.png", "unknown_worst.png", "tta.json")
+# What an evaluation writes into --out; any of them already there is replaced. metrics.json first:
+# ``fresh_report_folder`` removes it before the rest.
+REPORT_FILES = ("metrics.json", "predictions.csv", "confusion_matrix.png", "test_mistakes.png", "unknown_worst.png", "tta.json", "tta.md")
+
+
+def fresh_report_folder(out: Path) -> Path:
+    """``out``, made, and without an earlier evaluation's report, whose metrics.json goes first: an evaluation
+    stopped halfway left the earlier metrics.json beside its own predictions.csv, a report of two evaluations."""
+    out.mkdir(parents=True, exist_ok=True)
+    for name in REPORT_FILES:
+        (out / name).unlink(missing_ok=True)
+    return out
 
 
 def check_replaces_only_a_report(out: Path) -> None:
@@ -367,8 +377,7 @@ def main(argv: list[str] | None = None) -> int:
         first = failure_reports(failed[:1], classifier.data_config.resize_size)[0]
         raise DatasetError(f"none of the {len(samples):,} images of {name} could be decoded (e.g. {first['path']}: {first['reason']})")
     suffix = ("" if args.tta == "none" else f"-tta-{args.tta}") + geometry_suffix(args)
-    out = report_folder(args, name, source, suffix + checkpoint_suffix(args.checkpoint))
-    out.mkdir(parents=True, exist_ok=True)
+    out = fresh_report_folder(report_folder(args, name, source, suffix + checkpoint_suffix(args.checkpoint)))
     skipped += failure_reports(failed, classifier.data_config.resize_size)
     report = {"backbone": classifier.backbone, "classes": classifier.classes, "checkpoint": str(args.checkpoint), "data": name, "source": source,
               "tta": single, "views_per_image": tta_view_count(single), "data_config": classifier.data_config.to_dict(),
@@ -380,16 +389,16 @@ def main(argv: list[str] | None = None) -> int:
         plot_mistakes(out / "test_mistakes.png", report["test_mistakes"])
         failed_unknown = report["open_set"].get("unknown", {}).get("failed_to_decode", [])
         skipped += unknown_skipped + [{"path": path, "reason": "--unknown image that failed to decode"} for path in failed_unknown]
+    if rows is not None:  # before metrics.json, which says the report is whole
+        write_json(out / "tta.json", rows)
+        (out / "tta.md").write_text(format_tta_table(rows) + "\n")
     write_report(out, report, classifier.classes)
     title = f"{classifier.backbone} on {name}" + ("" if single == "none" else f", TTA {single} ({tta_view_count(single)} views/image)")
     if geometry_suffix(args):
         title += f", seen as {classifier.preprocess}"
     print(format_summary(metrics, f"{title}:"))
     if rows is not None:
-        write_json(out / "tta.json", rows)
-        table = format_tta_table(rows)
-        (out / "tta.md").write_text(table + "\n")
-        print(f"\ntest-time augmentation on {name} ({metrics['n']} images):\n{table}")
+        print(f"\ntest-time augmentation on {name} ({metrics['n']} images):\n{format_tta_table(rows)}")
     if skipped:
         print(f"{len(skipped)} file(s) skipped (listed in {out / 'metrics.json'})")
     print(f"report in {out}/")
@@ -412,8 +421,7 @@ def evaluate_hands(classifier: Classifier, samples: list[Sample], skipped: list[
     cache = HandCropCache(classifier.data_config, localiser=lambda: classifier.localiser)
     outputs = frame_outputs(classifier, samples, cache, batch_size=args.batch_size, threshold=args.threshold)
     metrics = frame_metrics(classifier, outputs)
-    out = report_folder(args, name, source, checkpoint_suffix(args.checkpoint))
-    out.mkdir(parents=True, exist_ok=True)
+    out = fresh_report_folder(report_folder(args, name, source, checkpoint_suffix(args.checkpoint)))
     skipped += [{"path": samples[i].path, "reason": cache.entry(samples[i].path).error} for i in outputs.failed]
     report = {"backbone": classifier.backbone, "classes": classifier.classes, "checkpoint": str(args.checkpoint), "data": name, "source": source,
               "tta": "none", "views_per_image": 1, "hands": True, "test": metrics, "skipped": skipped}
