@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shlex
 from dataclasses import replace
 
 import pytest
@@ -72,6 +73,35 @@ def test_an_interrupted_run_is_resumed_not_trained_again(comparison, data, tmp_p
     said = capsys.readouterr().out
     assert f"resuming {run / 'last.pt'} after epoch 1" in said and f"trained {run} (lenet5" in said
     assert f"reusing {out / 'runs' / 'resnet18'} (resnet18" in said
+
+
+def test_a_stopped_comparison_names_itself_to_continue(data, tmp_path, monkeypatch, capsys):
+    """It named finetune's --resume for the one run, where the comparison run again continues it and the rest."""
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(finetune, "plot_curves", stopped)  # after the first run's last epoch
+    argv = ["--data", str(data), "--out", str(tmp_path / "cmp"), *ARGS]
+    go_on = f"interrupted; continue with: python -m training.compare {shlex.join(argv)}"
+    for args in (argv, [*argv, "--retrain"]):  # --retrain was refused: "holds an interrupted run"
+        with pytest.raises(SystemExit, match="130"):
+            main(args)
+        assert capsys.readouterr().err.strip().splitlines()[-1] == go_on  # without --retrain: it would start over
+    monkeypatch.undo()
+    assert main(argv) == 0
+    said = capsys.readouterr().out
+    assert "resuming" in said and f"trained {tmp_path / 'cmp' / 'runs' / 'resnet18'}" in said
+
+
+def test_retrain_trains_every_run_again(comparison, data, tmp_path, capsys):
+    """Finetune refused the folder of a finished run ("holds a trained model"), so --retrain never retrained."""
+    import shutil
+
+    out = shutil.copytree(comparison, tmp_path / "cmp")
+    stamps = {name: (out / "runs" / name / "best.pt").stat().st_mtime_ns for name in ("lenet5", "resnet18")}
+    assert main(["--data", str(data), "--out", str(out), *ARGS, "--retrain"]) == 0
+    assert capsys.readouterr().out.count("trained ") == 2
+    assert all((out / "runs" / name / "best.pt").stat().st_mtime_ns != stamp for name, stamp in stamps.items())
 
 
 def test_auto_matches_a_run_only_where_it_would_settle_the_same_on_that_data(tmp_path):

@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import shlex
+import shutil
 import statistics
 import sys
 import time
@@ -41,6 +43,7 @@ from training.config import SETTLED_FROM_AUTO, TrainConfig
 from training.inspect import summarize
 from training.prepare import names_a_dataset, no_dataset_named
 from training.report import read_history, save_figure
+from training.run_lock import check_not_in_use
 
 RECIPE_IGNORED = ("out", "workers", "device")  # may differ without changing what is trained
 
@@ -109,20 +112,34 @@ def run_json(path: Path) -> dict[str, Any]:
     return value
 
 
-def train_or_reuse(cfg: TrainConfig, *, retrain: bool) -> tuple[Path, bool]:
-    """(run folder, reused?): a finished run of the same recipe is read back, an interrupted one continued."""
+def remove_earlier_runs(runs: list[Path]) -> None:
+    """--retrain: the comparison's runs go before the first is trained again. Finetune refuses a folder that
+    holds a run, so --retrain was refused wherever one existed; and a comparison stopped on the way goes on,
+    run again without --retrain, where it stopped. A folder of other files is left for finetune to name."""
+    from training.finetune import other_files_in
+
+    runs = [run for run in runs if run.is_dir() and not other_files_in(run)]
+    for run in runs:  # all of them before any is removed
+        check_not_in_use(run)
+    for run in runs:
+        shutil.rmtree(run)
+
+
+def train_or_reuse(cfg: TrainConfig, *, go_on: str | None = None) -> tuple[Path, bool]:
+    """(run folder, reused?): a finished run of the same recipe is read back, an interrupted one continued.
+    ``go_on``: the command a stopped run names to continue (the comparison, which continues it)."""
     from training.finetune import load_training_state, run_finished, train
 
     run = Path(cfg.out)
-    if not retrain and all((run / name).is_file() for name in ("config.json", "split.json")):
+    if all((run / name).is_file() for name in ("config.json", "split.json")):
         differences = recipe_difference(run_json(run / "config.json"), settled_on(cfg, run))
         if differences:
             raise ValueError(f"{run} was trained with another recipe ({'; '.join(differences)}); pass --retrain to overwrite it, or another --out")
         if run_finished(run) and (run / "best.pt").is_file() and "test" in run_json(run / "metrics.json"):
             return run, True
         if (last := run / "last.pt").is_file() and not run_finished(run):  # continued, where it was trained from scratch again
-            return train(TrainConfig.from_dict(load_training_state(last)["train_config"]), resume=last), False
-    return train(cfg), False
+            return train(TrainConfig.from_dict(load_training_state(last)["train_config"]), resume=last, go_on=go_on), False
+    return train(cfg, go_on=go_on), False
 
 
 def measure_latency(model: torch.nn.Module, shape: tuple[int, ...], runs: int) -> tuple[float, float]:
@@ -272,11 +289,15 @@ def main(argv: list[str] | None = None) -> int:
     base = TrainConfig(data=args.data, epochs=args.epochs, image_size=args.image_size, batch_size=args.batch_size, lr=args.lr,
                        backbone_lr_mult=args.backbone_lr_mult, flip=args.flip, test_per_class=args.test_per_class, seed=args.seed,
                        workers=args.workers, device=args.device)
+    if args.retrain:
+        remove_earlier_runs([out / "runs" / name for name in args.backbones])
+    # Run again, the comparison continues a stopped run and reuses the finished ones.
+    go_on = shlex.join(["python", "-m", "training.compare", *(a for a in (sys.argv[1:] if argv is None else argv) if a != "--retrain")])
     rows = []
     for name in args.backbones:
         weights = offline_weights(name) if args.weights == "auto" else args.weights
         cfg = replace(base, backbone=name, weights=weights, out=str(out / "runs" / name))
-        run, reused = train_or_reuse(cfg, retrain=args.retrain)
+        run, reused = train_or_reuse(cfg, go_on=go_on)
         print(f"{'reusing' if reused else 'trained'} {run} ({name}, weights {weights})")
         rows.append(measure_run(run, latency_runs=args.latency_runs))
     write_tables(out, rows)

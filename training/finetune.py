@@ -554,15 +554,16 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def train(cfg: TrainConfig, resume: Path | None = None) -> Path:
-    """Run (or continue) fine-tuning; returns the run folder, which it holds while it trains (training.run_lock)."""
+def train(cfg: TrainConfig, resume: Path | None = None, *, go_on: str | None = None) -> Path:
+    """Run (or continue) fine-tuning; returns the run folder, which it holds while it trains (training.run_lock).
+    ``go_on``: the command a stopped run names to continue it, where that is not finetune's own --resume."""
     try:
-        return train_in_run_folder(cfg, resume)
+        return train_in_run_folder(cfg, resume, go_on)
     finally:
         release_run_folders()
 
 
-def train_in_run_folder(cfg: TrainConfig, resume: Path | None = None) -> Path:
+def train_in_run_folder(cfg: TrainConfig, resume: Path | None = None, go_on: str | None = None) -> Path:
     seed_everything(cfg.seed)
     run = prepare_run(cfg, resume)
     train_loader, sampler, val_loader = make_loaders(run)
@@ -585,7 +586,7 @@ def train_in_run_folder(cfg: TrainConfig, resume: Path | None = None) -> Path:
     if features is not None and (cfg.freeze == "backbone" or state["epoch"] < cfg.head_epochs):
         distributed.main_first(lambda: features.split("train"))  # rank 0 extracts and caches every split; the others load them
     trainer, trainer_frozen = run.model, None  # what train_one_epoch runs: the model, in DDP under torchrun
-    with stops_said_in_one_line(run):
+    with stops_said_in_one_line(run, go_on):
         for epoch in range(state["epoch"], cfg.epochs):
             frozen = cfg.freeze == "backbone" or epoch < cfg.head_epochs
             freeze_backbone(run.model, run.backbone, frozen)
@@ -634,21 +635,21 @@ def record_epoch(run: Run, state: dict[str, Any], failed: set[str], epoch: int, 
 
 
 @contextmanager
-def stops_said_in_one_line(run: Run) -> Iterator[None]:
+def stops_said_in_one_line(run: Run, go_on: str | None = None) -> Iterator[None]:
     """Ctrl-C (exit 130), SIGTERM (143), a full disk and running out of memory, during the epochs or the report,
-    as one line that says how to go on."""
+    as one line that says how to go on: with ``go_on``, or finetune's --resume."""
     last = run.out / "last.pt"
+    go_on = go_on or f"{'torchrun ...' if distributed.is_distributed() else 'python'} -m training.finetune --resume {last}"
     try:
         yield
     except KeyboardInterrupt:
-        launcher = "torchrun ..." if distributed.is_distributed() else "python"
         if is_main_process() and last.is_file():
-            print(f"\ninterrupted; continue with: {launcher} -m training.finetune --resume {last}", file=sys.stderr)
+            print(f"\ninterrupted; continue with: {go_on}", file=sys.stderr)
         elif is_main_process():  # nothing to resume from before the first epoch's checkpoint
             print("\ninterrupted before the first epoch ended: there is no last.pt to resume from; start again", file=sys.stderr)
         raise SystemExit(interrupted_exit_code()) from None
     except CheckpointSaveError as err:
-        resume = f"; once there is room, continue with: python -m training.finetune --resume {last}" if last.exists() else ""
+        resume = f"; once there is room, continue with: {go_on}" if last.exists() else ""
         raise CheckpointSaveError(f"{err}{resume}") from None
     except (torch.OutOfMemoryError, MemoryError, RuntimeError) as err:
         if (problem := out_of_memory(err, run.cfg, run)) is None:
