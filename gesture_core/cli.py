@@ -25,7 +25,12 @@ from typing import NoReturn, ParamSpec
 from gesture_core.class_names import some_of
 from gesture_core.hands import HandModelsUnavailableError
 from gesture_core.images import IMAGE_SUFFIXES
-from gesture_core.interrupts import interrupted_exit_code, restore_python_interrupts, terminate_as_interrupt
+from gesture_core.interrupts import (
+    end_quietly_on_interrupt,
+    interrupted_exit_code,
+    restore_python_interrupts,
+    terminate_as_interrupt,
+)
 from gesture_core.weights import WeightsUnavailableError, saved_format
 
 EXIT_USAGE = 2
@@ -91,13 +96,16 @@ def command(main: Callable[P, int]) -> Callable[P, int]:
         if main.__module__ == "__main__":  # python -m COMMAND, not a test calling main
             terminate_as_interrupt()
         try:
-            return main(*args, **kwargs)
+            code = main(*args, **kwargs)
         except USER_ERRORS as err:
             print(f"error: {describe(err)}", file=sys.stderr)
-            return EXIT_USAGE
+            code = EXIT_USAGE
         except KeyboardInterrupt:  # Ctrl-C while a model loads or warms up, where no step of the command has its own say
             print("\ninterrupted", file=sys.stderr)
-            return interrupted_exit_code()
+            code = interrupted_exit_code()
+        if main.__module__ == "__main__":
+            end_quietly_on_interrupt(code)
+        return code
 
     return run
 

@@ -54,6 +54,25 @@ def terminate_as_interrupt() -> None:
         signal.signal(signal.SIGTERM, _terminate)
 
 
+def end_quietly_on_interrupt(exit_code: int) -> None:
+    """Once a command's ``main`` has returned, Ctrl-C and SIGTERM end the process at once with ``exit_code``:
+    its work is done and said. In the second of teardown after it (data-loading workers joining, torch's exit
+    handlers) a Ctrl-C was a KeyboardInterrupt traceback and exit code -2 after the command said "finished"."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def end(signum: int, frame: object) -> None:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError, RuntimeError):  # closed, or a flush the signal interrupted
+                pass
+        os._exit(exit_code)
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, end)
+
+
 def interrupted_exit_code() -> int:
     """What a shell would report for the signal that stopped the command: 130 for Ctrl-C, 143 for SIGTERM."""
     return EXIT_TERMINATED if _terminated else EXIT_INTERRUPTED

@@ -1012,6 +1012,30 @@ def test_ctrl_c_while_a_command_imports_torch_is_one_line_and_exit_130(module):
     assert (done.returncode, done.stderr.strip()) == (130, "interrupted"), done.stderr[-2000:]
 
 
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_after_a_command_has_finished_ends_it_quietly_with_its_exit_code(tmp_path, signum):
+    """A Ctrl-C in the second of teardown after "finished" was a KeyboardInterrupt traceback and exit code -2."""
+    script = tmp_path / "finishing.py"
+    script.write_text(f"""import os, signal, sys, time
+sys.path.insert(0, {str(REPO)!r})
+from gesture_core.cli import command
+
+@command
+def main() -> int:
+    print("finished")
+    return 3
+
+if __name__ == "__main__":
+    code = main()
+    os.kill(os.getpid(), {int(signum)})  # as in the teardown that follows a command's main
+    time.sleep(5)
+    sys.exit(code)
+""")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as from a terminal
+    assert (done.returncode, done.stdout, done.stderr) == (3, "finished\n", "")
+
+
 def test_evaluate_on_a_folder_whose_class_is_spelt_otherwise_names_the_models_spelling(run, dataset, tmp_path, capsys):
     """"Fist" against the model's "fist" was refused as an unknown class, with no word that only the case differs."""
     shutil.copytree(dataset, tmp_path / "data")
