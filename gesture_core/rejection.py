@@ -173,6 +173,16 @@ class Rejection:
     def threshold_or(self, override: float | None) -> float:
         return self.threshold if override is None else check_threshold(override)
 
+    def override_note(self, override: float | None) -> str | None:
+        """What a --threshold of one's own turns away, for a model whose threshold applies to a rank: a habitual
+        0.5 turned away over half of the gestures, in silence (ranks of no gesture sit near 0, gestures' spread
+        over 0-1). None where the threshold applies to the top probability, or is the model's own."""
+        if override is None or self.score == "max_softmax" or not self.calibrated or override == self.threshold:
+            return None
+        return (f"--threshold {override:g} applies to this model's gesture score, a rank among its validation gestures "
+                f"({self.score}): it turns away about {override:.0%} or more of gestures like those; the calibrated "
+                f"threshold is {self.threshold:.4f}")
+
     def probabilities_and_gestures(self, logits: np.ndarray, features: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
         """(the calibrated probabilities (N, classes), the gesture scores (N,), or None for max_softmax,
         whose threshold applies to the top probability itself): what a decision needs from the raw outputs."""

@@ -286,6 +286,21 @@ def test_an_energy_model_shows_no_gesture_by_its_gesture_score(energy_server, op
 
 @pytest.mark.integration
 @pytest.mark.slow
+def test_the_page_shows_a_gesture_only_where_most_smoothed_frames_pass(server, open_page):
+    """The page's Smoother, as the OpenCV demo's: the mean gesture score let one sure frame among four refused
+    ones show a label (a rank is near 0 for what is no gesture)."""
+    browser = open_page(f"{server.url}/demo/")
+    shown = browser.evaluate("""(() => {
+        const smoother = new Smoother(), labels = [];
+        const answer = (gesture) => ({top_k: [{label: "a", score: 0.9}, {label: "b", score: 0.1}], gesture_score: gesture});
+        for (const gesture of [0.3, 0, 0, 0, 0, 0.3, 0.2, 0.4]) labels.push(smoother.update(answer(gesture), 5, 0.01).label);
+        return labels;
+    })()""")
+    assert shown == ["a", "a", None, None, None, None, None, "a"]  # the mean passed on every frame
+
+
+@pytest.mark.integration
+@pytest.mark.slow
 def test_a_refused_frame_shows_the_servers_reason(server, open_page, camera_video):
     browser = open_page(f"{server.url}/demo/?threshold=1.5")
     reason = httpx.post(f"{server.url}/predict", files={"image": ("x.jpg", jpeg(0))}, data={"threshold": "1.5"}, timeout=60).json()

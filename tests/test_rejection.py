@@ -27,6 +27,7 @@ from training.calibrate import (
     choose_threshold,
     expected_calibration_error,
     fit_temperature,
+    format_open_set,
     reject_choice,
     split_outputs,
 )
@@ -105,6 +106,29 @@ def test_a_checkpoint_from_before_calibration_loads_uncalibrated(tmp_path):
     probs = np.array([0.1, 0.8, 0.1])  # "Nothing" on top: no gesture, even in an old checkpoint
     assert classifier.decide(probs).label is None and [c for c, _ in classifier.decide(probs).top_k] == ["Nothing", "fist", "palm"]
     assert decision_rule(LocalScorer(classifier), None) == (UNCALIBRATED_WEBCAM_THRESHOLD, ("Nothing",))
+
+
+def test_a_threshold_of_ones_own_on_a_rank_says_what_it_turns_away():
+    """--threshold 0.5 on a rank turned away over half of the gestures in silence, and evaluate's report
+    called it "(calibrated)"."""
+    rank = Rejection(("none",), 1.0, 0.009, True, "rule", "energy", (0.5, 1.0, 2.0, 4.0))
+    note = rank.override_note(0.5)
+    assert note.startswith("--threshold 0.5 applies to this model's gesture score, a rank among its validation gestures (energy)")
+    assert "about 50% or more of gestures like those; the calibrated threshold is 0.0090" in note
+    assert rank.override_note(None) is None and rank.override_note(0.009) is None
+    assert Rejection(threshold=0.5, calibrated=True).override_note(0.7) is None  # max_softmax: a probability, as one expects
+
+    class Scorer:
+        def rejection(self):
+            return rank
+
+    said = []
+    assert decision_rule(Scorer(), 0.5, said.append) == (0.5, ("none",)) and said == [f"note: {note}"]
+    report = {**rank.info(), "threshold": 0.5, "threshold_from": "--threshold", "test": {"n": 4, **dict.fromkeys(
+        ("gesture_recall", "gesture_recall_unthresholded", "gesture_precision", "false_accept_rate", "auroc", "ece_before", "ece_after"))}}
+    assert "threshold 0.5000 on the energy rank (--threshold)" in format_open_set(report)
+    own = {key: value for key, value in report.items() if key != "threshold_from"} | {"threshold": 0.009}
+    assert "threshold 0.0090 on the energy rank (calibrated)" in format_open_set(own)
 
 
 def test_the_energy_score_is_its_rank_among_the_validation_gestures_and_is_stored(tmp_path):

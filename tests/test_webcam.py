@@ -245,6 +245,18 @@ def test_threshold_and_none_class_mean_no_gesture():
     assert Smoother(3, vote=True, threshold=0.7).update({"a": 0.6, "b": 0.4}).label is None
 
 
+def test_a_smoothed_gesture_needs_most_frames_to_pass_the_threshold():
+    """The window's mean gesture score (a rank, near 0 for what is no gesture) let one sure frame among four
+    refused ones show a label: a non-gesture video showed labels on 10 frames where 4 passed on their own."""
+    smoother = Smoother(5, threshold=0.01)
+    for gesture in (0.3, 0.0, 0.0, 0.0, 0.0):  # the mean, 0.06, passed 0.01
+        shown = smoother.update(Scores({"a": 0.9, "b": 0.1}, gesture=gesture))
+    assert shown.label is None
+    for gesture in (0.3, 0.2, 0.4):  # now three of five pass: a steady gesture shows through a refused frame or two
+        shown = smoother.update(Scores({"a": 0.9, "b": 0.1}, gesture=gesture))
+    assert shown.label == "a" and shown.gesture_score == pytest.approx(0.2)
+
+
 def test_remote_answers_with_partial_top_k_line_up():
     smoother = Smoother(2)
     smoother.update({"a": 0.5, "b": 0.3})

@@ -413,7 +413,8 @@ def format_open_set(report: dict[str, Any]) -> str:
         return f"no gesture: {reject_classes_phrase(report['reject_classes'])}; {report['rule']}"
     pct = lambda x: "n/a" if x is None else f"{100 * x:.2f}%"  # noqa: E731
     return (f"no gesture: {reject_classes_phrase(report['reject_classes'])}; temperature {report['temperature']:.3f}, "
-            f"threshold {report['threshold']:.4f}{'' if report.get('score', 'max_softmax') == 'max_softmax' else ' on the ' + report['score'] + ' rank'} ({report['calibration']})\n"
+            f"threshold {report['threshold']:.4f}{'' if report.get('score', 'max_softmax') == 'max_softmax' else ' on the ' + report['score'] + ' rank'} "
+            f"({report.get('threshold_from', report['calibration'])})\n"
             f"  test: gesture recall {pct(test['gesture_recall'])} (unthresholded {pct(test['gesture_recall_unthresholded'])}), "
             f"precision {pct(test['gesture_precision'])}, false-accept rate {pct(test['false_accept_rate'])}, "
             f"AUROC {'n/a' if test['auroc'] is None else round(test['auroc'], 4)}, ECE {pct(test['ece_before'])} -> {pct(test['ece_after'])}")

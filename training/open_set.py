@@ -146,12 +146,14 @@ def evaluate_open_set(classifier: Classifier, samples: Sequence[Sample], *, thre
     predictions.csv), and with ``unknown`` (a folder and its images, ``unknown_samples``) the rejection of
     never-learned gestures (and unknown_worst.png)."""
     rejection = classifier.rejection
-    threshold = rejection.threshold_or(threshold)
+    if note := rejection.override_note(threshold):
+        print(f"note: {note}")
+    threshold, chosen = rejection.threshold_or(threshold), {} if threshold is None else {"threshold_from": "--threshold"}
     known = outputs_of(classifier, samples, workers=workers, desc="open-set features")
     if len(known.targets) == 0:
-        return {**rejection.info(), "threshold": threshold, "test": {"n": 0}}, known  # every image failed to decode: reported as skipped
+        return {**rejection.info(), "threshold": threshold, **chosen, "test": {"n": 0}}, known  # every image failed to decode: reported as skipped
     write_predictions(out / "predictions.csv", classifier, samples, known, threshold)
-    report = {**rejection.info(), "threshold": threshold, "test": operating_point(known, rejection, classifier.classes, threshold)}
+    report = {**rejection.info(), "threshold": threshold, **chosen, "test": operating_point(known, rejection, classifier.classes, threshold)}
     print(format_open_set(report))
     if unknown is not None:
         unknown_dir, unknown_list = unknown

@@ -252,10 +252,17 @@ class Smoother {
     if (top.length === 0 || top[0][1] <= 0) return { label: null, score: 0, top };
     const [best, score] = top[0];
     const gestured = this.history.filter((frame) => frame.gesture !== null);
-    // the frames' mean gesture score (a frame without one counts 0), as the OpenCV demo's Smoother does
-    const gesture = gestured.length ? this.history.reduce((sum, frame) => sum + (frame.gesture || 0), 0) / this.history.length : score;
+    // the frames' median gesture score (a frame without one counts 0), as the OpenCV demo's Smoother does:
+    // a gesture shows only where most frames pass the threshold, not through one sure frame among refused ones
+    const gesture = gestured.length ? median(this.history.map((frame) => frame.gesture || 0)) : score;
     return { label: gesture < threshold || this.rejectClasses.has(best) ? null : best, score, top };
   }
+}
+
+function median(values) {
+  const sorted = [...values].sort((a, b) => a - b);
+  const middle = sorted.length >> 1;
+  return sorted.length % 2 ? sorted[middle] : (sorted[middle - 1] + sorted[middle]) / 2;
 }
 
 // --- what the page shows -------------------------------------------------------------------------

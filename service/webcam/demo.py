@@ -373,7 +373,7 @@ def display_problem() -> str | None:
 
 def run(stream: Stream, scorer: Scorer, options: Options, *, window: Window | None = None, log: Log = _stderr) -> Summary:
     """The recognition loop: newest frame -> prediction -> overlay -> outputs/window, until the source ends or q."""
-    threshold, reject_classes = decision_rule(scorer, options.threshold)
+    threshold, reject_classes = decision_rule(scorer, options.threshold, log)
     smoother = Smoother(options.smooth, vote=options.vote, threshold=threshold, k=options.top_k, reject_classes=reject_classes)
     recognizer = Recognizer(scorer, smoother, roi=options.roi, log=log)
     mirror = stream.camera if options.mirror is None else options.mirror

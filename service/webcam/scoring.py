@@ -15,6 +15,7 @@ import json
 import os
 import uuid
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -318,7 +319,7 @@ class Smoother:
                 self._classes.append(label)
         self._history.append(scores)
         mean = np.mean([self._vector(s) for s in self._history], axis=0)
-        averaged = self._decode(mean, self._classes, self._mean_gesture())
+        averaged = self._decode(mean, self._classes, self._typical_gesture())
         if not self.vote:
             return averaged
         votes = [self.decide(s).label for s in self._history]
@@ -338,12 +339,15 @@ class Smoother:
             return Prediction(None, 0.0, [])
         return decode_probs(probs, classes, k=self.k, threshold=self.threshold, reject_classes=self.reject_classes, gesture=gesture)
 
-    def _mean_gesture(self) -> float | None:
-        """The frames' mean gesture score, for a model whose threshold applies to one (a frame without a
-        hand counts 0, as its probabilities do); None for a model whose threshold applies to the top probability."""
+    def _typical_gesture(self) -> float | None:
+        """The frames' median gesture score, for a model whose threshold applies to one (a frame without a
+        hand counts 0, as its probabilities do); None for a model whose threshold applies to the top probability.
+        The median, so the window shows a gesture only where most of its frames pass the threshold: the score
+        is a rank, near 0 for what is no gesture, and through the mean one sure frame among four refused ones
+        showed a label (a probe's non-gesture video showed one on 10 frames where 4 passed on their own)."""
         if all(gesture_of(s) is None for s in self._history):
             return None
-        return float(np.mean([gesture_of(s) or 0.0 for s in self._history]))
+        return float(np.median([gesture_of(s) or 0.0 for s in self._history]))
 
     def _vector(self, scores: Scores) -> np.ndarray:
         return np.asarray([scores.get(label, 0.0) for label in self._classes], np.float64)
@@ -361,10 +365,12 @@ def decide_hands(answer: HandsAnswer, smoother: Smoother, offset: tuple[int, int
     return hands, (answer.hands[source].scores if source is not None else {})
 
 
-def decision_rule(scorer: Scorer, threshold: float | None) -> tuple[float, tuple[str, ...] | None]:
+def decision_rule(scorer: Scorer, threshold: float | None, log: Callable[[str], None] = print) -> tuple[float, tuple[str, ...] | None]:
     """(threshold, reject classes) for the live loop: ``threshold`` if given, else the model's calibrated
     one; a model from before calibration (or a service that does not say) keeps the old 0.5."""
     rejection = scorer.rejection() if hasattr(scorer, "rejection") else None
+    if rejection is not None and (note := rejection.override_note(threshold)):
+        log(f"note: {note}")
     if threshold is None:
         threshold = rejection.threshold if rejection is not None and rejection.calibrated else UNCALIBRATED_WEBCAM_THRESHOLD
     return threshold, rejection.reject_classes if rejection is not None else None
