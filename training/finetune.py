@@ -832,7 +832,7 @@ def finish(run: Run, state: dict[str, Any], failed: set[str]) -> None:
     save_checkpoint(best_path, **checkpoint_extra(run), metrics=metrics, rejection=rejection.to_dict())  # what load_classifier reads
     test_metrics, test_outputs, mistakes = test_served(run, best_path, metrics, failed)
     metrics["test"] = test_metrics
-    metrics["open_set"] = open_set_results(val_outputs, test_outputs, rejection, run.splits.classes, run.out)
+    metrics["open_set"] = open_set_results(val_outputs, test_outputs, rejection, run.splits.classes, run.out, run.cfg.reject_target_recall)
     save_checkpoint(best_path, **checkpoint_extra(run), metrics=metrics, rejection=rejection.to_dict())
     metrics["test_mistakes"] = mistakes  # metrics.json only: file paths stay out of the checkpoint
     plot_mistakes(run.out / "test_mistakes.png", mistakes)
