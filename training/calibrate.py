@@ -418,7 +418,8 @@ def format_open_set(report: dict[str, Any]) -> str:
             f"threshold {report['threshold']:.4f}{'' if report.get('score', 'max_softmax') == 'max_softmax' else ' on the ' + report['score'] + ' rank'} "
             f"({report.get('threshold_from', report['calibration'])})\n"
             f"  test: gesture recall {pct(test['gesture_recall'])} (unthresholded {pct(test['gesture_recall_unthresholded'])}), "
-            f"precision {pct(test['gesture_precision'])}, false-accept rate {pct(test['false_accept_rate'])}, "
+            f"precision {pct(test['gesture_precision'])}, false-accept rate {pct(test['false_accept_rate'])}"
+            f"{f' of {n} reject-class images' if (n := test.get('reject_images')) else ''}, "  # 0.00% of 24 says little
             f"AUROC {'n/a' if test['auroc'] is None else round(test['auroc'], 4)}, ECE {pct(test['ece_before'])} -> {pct(test['ece_after'])}"
             f"{over_target(test, report.get('target_recall'))}")
 
