@@ -85,7 +85,7 @@ def plot_worst_cases(path: Path, classifier: Classifier, samples: Sequence[Sampl
     images = [samples[unknown.index[i]].path for i in worst]
     captions = [f"{Path(p).parent.name}/{Path(p).name}\nseen as {classifier.classes[unknown.logits[i].argmax()]} ({scores[i]:.3f})"
                 for p, i in zip(images, worst, strict=True)]
-    return plot_image_grid(path, images, captions, f"never-learned gestures accepted most confidently (threshold {threshold:.3f})")
+    return plot_image_grid(path, images, captions, f"images of no learned class accepted most confidently (threshold {threshold:.3f})")
 
 
 def compare_scores(train: SplitOutputs, val: SplitOutputs, test: SplitOutputs, unknown: SplitOutputs | None, classes: Sequence[str],
