@@ -746,3 +746,13 @@ def test_a_split_deleted_during_the_run_stops_it_before_that_epoch_is_saved(tmp_
                     r"deleted or changed during the run\?\): last\.pt keeps the epochs before; put them back and continue with: "
                     rf"python -m training\.finetune --resume {re.escape(str(tmp_path / 'run' / 'last.pt'))}$", str(stopped.value)), stopped.value
     assert len(saved) == 1 and torch.load(tmp_path / "run" / "last.pt", weights_only=True)["epoch"] == 1
+
+
+def test_the_summary_shows_top5_only_where_an_image_can_miss_it():
+    """A two-class run printed "top-5 100.00%": with 5 classes or fewer every image is in its top 5."""
+    from training.report import classification_metrics, format_summary
+
+    for n, shown in ((2, False), (5, False), (6, True)):
+        logits = np.eye(n, dtype=np.float32)[[0, 1, 1]]
+        summary = format_summary(classification_metrics(logits, np.array([0, 1, 0]), [str(c) for c in range(n)]), "test:")
+        assert summary.splitlines()[-1].startswith("  top-1 66.67%") and ("top-5" in summary) == shown, summary

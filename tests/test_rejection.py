@@ -141,6 +141,7 @@ def test_a_test_split_over_the_recall_target_is_said():
                     "--reject-target-recall 0.99 allows: the rule bounds the average over new images, not each split (docs/no-gesture.md)")
     assert len(format_open_set(report | {"test": test | {"gesture_recall": 0.945}}).splitlines()) == 2  # within: nothing more
     assert "false-accept rate n/a, " in format_open_set(report)
+    assert ", no threshold (too few validation gestures to choose one)\n" in format_open_set(report | {"threshold": 0.0})
     assert "false-accept rate 0.00% of 24 reject-class images, " in format_open_set(report | {"test": test | {"reject_images": 24, "false_accept_rate": 0.0}})
 
 

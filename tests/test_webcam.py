@@ -448,7 +448,7 @@ def test_an_animated_gif_plays_as_a_clip_not_as_its_first_frame(sign_digits_run,
     assert logged[0].startswith(f"animated GIF {clip} -> ") and "summary: 40 frames" in capsys.readouterr().out
     assert_recognises_2_then_7(read_jsonl(jsonl))
     assert main([*argv, "--source", str(still)], log=logged.append) == EXIT_OK
-    assert logged[-1].startswith(f"image {still} -> ") and len(read_jsonl(jsonl)) == 1
+    assert any(line.startswith(f"image {still} -> ") for line in logged) and len(read_jsonl(jsonl)) == 1
     assert "summary: 1 frame (0 stale dropped)" in capsys.readouterr().out  # it said "1 frames"
 
 

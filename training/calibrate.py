@@ -414,14 +414,23 @@ def format_open_set(report: dict[str, Any]) -> str:
     if not test["n"]:
         return f"no gesture: {reject_classes_phrase(report['reject_classes'])}; {report['rule']}"
     pct = lambda x: "n/a" if x is None else f"{100 * x:.2f}%"  # noqa: E731
-    return (f"no gesture: {reject_classes_phrase(report['reject_classes'])}; temperature {report['temperature']:.3f}, "
-            f"threshold {report['threshold']:.4f}{'' if report.get('score', 'max_softmax') == 'max_softmax' else ' on the ' + report['score'] + ' rank'} "
-            f"({report.get('threshold_from', report['calibration'])})\n"
+    return (f"no gesture: {reject_classes_phrase(report['reject_classes'])}; temperature {report['temperature']:.3f}, {threshold_phrase(report)}\n"
             f"  test: gesture recall {pct(test['gesture_recall'])} (unthresholded {pct(test['gesture_recall_unthresholded'])}), "
             f"precision {pct(test['gesture_precision'])}, false-accept rate {pct(test['false_accept_rate'])}"
             f"{f' of {n} reject-class images' if (n := test.get('reject_images')) else ''}, "  # 0.00% of 24 says little
             f"AUROC {'n/a' if test['auroc'] is None else round(test['auroc'], 4)}, ECE {pct(test['ece_before'])} -> {pct(test['ece_after'])}"
             f"{over_target(test, report.get('target_recall'))}")
+
+
+def threshold_phrase(report: dict[str, Any]) -> str:
+    """"threshold 0.0091 on the energy_and_feature rank (calibrated)"; "no threshold" where calibration chose 0,
+    which accepts every image (too few validation gestures for one that keeps the recall target: it warned so,
+    and the line below it said "threshold 0.0000 … (calibrated)")."""
+    source = report.get("threshold_from", report["calibration"])
+    if report["threshold"] == 0 and source == "calibrated":
+        return "no threshold (too few validation gestures to choose one)"
+    score = "" if report.get("score", "max_softmax") == "max_softmax" else f" on the {report['score']} rank"
+    return f"threshold {report['threshold']:.4f}{score} ({source})"
 
 
 def over_target(test: dict[str, Any], target_recall: float | None) -> str:

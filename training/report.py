@@ -257,7 +257,9 @@ def format_summary(metrics: dict[str, Any], title: str) -> str:
     lines.append(f"  {'class':<{width}}  precision  recall     f1  support")
     for name, m in metrics["per_class"].items():
         lines.append(f"  {name:<{width}}  {m['precision']:9.3f}  {m['recall']:6.3f}  {m['f1']:5.3f}  {m['support']:7d}")
-    lines.append(f"  top-1 {metrics['top1']:.2%}   top-5 {metrics['top5']:.2%}   ({metrics['n']} images)")
+    # With 5 classes or fewer every image is in its top 5: a "top-5 100.00%" there says nothing.
+    top5 = f"   top-5 {metrics['top5']:.2%}" if len(metrics["per_class"]) > 5 else ""
+    lines.append(f"  top-1 {metrics['top1']:.2%}{top5}   ({metrics['n']} images)")
     return "\n".join(lines)
 
 
