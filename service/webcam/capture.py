@@ -46,7 +46,10 @@ from gesture_core.preprocess import longer_side_at_most
 from gesture_core.rejection import is_reject_name
 from service.webcam.demo import display_problem
 from service.webcam.grabber import ended_early
-from service.webcam.overlay import centred_roi, drawable  # the webcam demo's box: captured crops match what it classifies
+from service.webcam.overlay import (
+    centred_roi,  # the webcam demo's box: captured crops match what it classifies
+    drawable,
+)
 from service.webcam.sources import SourceError, describe_source, is_live, open_source, read_frames, separate_photos, source_folder
 
 MAX_KEYED_CLASSES = 9

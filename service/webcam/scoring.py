@@ -295,7 +295,8 @@ def _error_text(body: bytes, limit: int = 200) -> str:
 
 
 class Smoother:
-    """Steadies the label over the last ``window`` frames: averaged probabilities, or a majority vote.
+    """Steadies the label over the last ``window`` frames: averaged probabilities and the median gesture
+    score, or a majority vote.
 
     Rejection ("no gesture", label None) comes from ``decode_probs``: below ``threshold``, or one of
     ``reject_classes`` (None: the classes with a common "no gesture" name). In vote mode each frame
