@@ -123,11 +123,13 @@ def test_evaluate_on_a_folder_of_recordings_reads_their_frames_and_says_when_non
     assert not (tmp_path / "datasets" / "broken-frames").exists()
 
 
-def test_an_evaluation_stopped_halfway_leaves_no_report_of_two_evaluations(run, tmp_path, monkeypatch):
+def test_an_evaluation_stopped_halfway_leaves_no_report_of_two_evaluations(run, tmp_path, monkeypatch, capsys):
     """A Ctrl-C before metrics.json left the earlier report's metrics.json (of the test split) beside the new
     predictions.csv (of the val split), read as one report."""
     out = tmp_path / "eval"
     assert evaluate_main(["--checkpoint", str(run), "--workers", "0", "--out", str(out)]) == 0
+    said = [line.split()[0] for line in capsys.readouterr().out.splitlines() if line.startswith(("  top-1", "no gesture:"))]
+    assert said == ["top-1", "no"]  # the figures first, as training prints them: the open-set line came above their table
 
     def stopped(*args, **kwargs):
         raise KeyboardInterrupt

@@ -382,6 +382,10 @@ def main(argv: list[str] | None = None) -> int:
     report = {"backbone": classifier.backbone, "classes": classifier.classes, "checkpoint": str(args.checkpoint), "data": name, "source": source,
               "tta": single, "views_per_image": tta_view_count(single), "data_config": classifier.data_config.to_dict(),
               "test": metrics, "skipped": skipped}
+    title = f"{classifier.backbone} on {name}" + ("" if single == "none" else f", TTA {single} ({tta_view_count(single)} views/image)")
+    if geometry_suffix(args):
+        title += f", seen as {classifier.preprocess}"
+    print(format_summary(metrics, f"{title}:"))  # first, as training prints it: the open-set lines follow it
     if single == "none":  # the open-set check decides as the service does: one view per image
         report["open_set"], outputs = evaluate_open_set(classifier, samples, threshold=args.threshold, out=out, workers=args.workers,
                                                         unknown=None if unknown is None else (args.unknown, unknown))
@@ -393,10 +397,6 @@ def main(argv: list[str] | None = None) -> int:
         write_json(out / "tta.json", rows)
         (out / "tta.md").write_text(format_tta_table(rows) + "\n")
     write_report(out, report, classifier.classes)
-    title = f"{classifier.backbone} on {name}" + ("" if single == "none" else f", TTA {single} ({tta_view_count(single)} views/image)")
-    if geometry_suffix(args):
-        title += f", seen as {classifier.preprocess}"
-    print(format_summary(metrics, f"{title}:"))
     if rows is not None:
         print(f"\ntest-time augmentation on {name} ({metrics['n']} images):\n{format_tta_table(rows)}")
     if skipped:
@@ -425,6 +425,8 @@ def evaluate_hands(classifier: Classifier, samples: list[Sample], skipped: list[
     skipped += [{"path": samples[i].path, "reason": cache.entry(samples[i].path).error} for i in outputs.failed]
     report = {"backbone": classifier.backbone, "classes": classifier.classes, "checkpoint": str(args.checkpoint), "data": name, "source": source,
               "tta": "none", "views_per_image": 1, "hands": True, "test": metrics, "skipped": skipped}
+    print(format_summary(metrics, f"{classifier.backbone} on {name}, hand crops:"))
+    print(format_no_hand(metrics))
     crops = crop_samples(samples, cache)
     if crops:
         report["open_set"], _ = evaluate_open_set(classifier, crops, threshold=args.threshold, out=out, workers=args.workers)
@@ -434,8 +436,6 @@ def evaluate_hands(classifier: Classifier, samples: list[Sample], skipped: list[
     report["test_mistakes"] = frame_mistakes(classifier, samples, outputs)
     plot_mistakes(out / "test_mistakes.png", report["test_mistakes"])
     write_report(out, report, classifier.classes)
-    print(format_summary(metrics, f"{classifier.backbone} on {name}, hand crops:"))
-    print(format_no_hand(metrics))
     if skipped:
         print(f"{len(skipped)} file(s) skipped (listed in {out / 'metrics.json'})")
     print(f"report in {out}/")
