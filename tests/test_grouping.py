@@ -297,3 +297,46 @@ def test_a_named_rule_that_groups_no_image_is_an_error_as_a_regex_is(rule):
     flat = {"fist": [f"d/fist/photo-{c}.jpg" for c in "abc"], "palm": [f"d/palm/photo-{c}.jpg" for c in "abc"]}
     with pytest.raises(DatasetError, match=rf"--group-by {rule}: no image is .* \(e\.g\. photo-a\.jpg\); use one of auto, none"):
         assign_groups(flat, rule)
+
+
+def test_numbered_takes_stay_whole_where_a_class_has_three_or_more(tmp_path):
+    """take1_0001.jpg ... in five takes a class: the frames rule cut every take into blocks, so 16 of a probe's 25
+    takes had frames in two splits or three, under a README that says each recording stays together."""
+    for label, cls in enumerate(("pointing_left", "pointing_right")):
+        for take in range(1, 6):
+            for n in range(1, 13):
+                write_rgb(tmp_path / "d" / cls / f"take{take}_{n:04d}.jpg", synthetic_image(label, seed=take * 100 + n, size=16))
+    splits = load_splits(tmp_path / "d", seed=0)
+    assert splits.grouping["rule"] == "frames" and "each recording whole in 2 class(es) of 3 or more" in splits.grouping["description"]
+    sides: dict[tuple[str, str], set[str]] = {}
+    for name in ("train", "val", "test"):
+        for sample in getattr(splits, name):
+            sides.setdefault((Path(sample.path).parent.name, Path(sample.path).name.split("_")[0]), set()).add(name)
+    assert len(sides) == 10 and all(len(s) == 1 for s in sides.values()), sides
+    assert not splits.grouping["warnings"]
+
+
+def test_a_class_of_one_clip_keeps_the_others_whole_and_is_named(tmp_path):
+    """One class with a single video sent the whole dataset to frame blocks, each clip cut in twenty, in silence."""
+    root = write_clips(tmp_path / "d", {"fist": 4, "palm": 4, "wave": 1}, frames=20)
+    splits = load_splits(root, seed=0)
+    sides = clip_sides(splits)
+    assert all(len(sides[(cls, f"clip{k}")]) == 1 for cls in ("fist", "palm") for k in range(4)), sides
+    assert sides[("wave", "clip0")] == {"train", "val", "test"}  # one recording: blocks of it, and said
+    assert splits.grouping["warnings"] == ["fewer than 3 recordings in class(es) wave (1): their val and test are blocks of a recording "
+                                           "whose other blocks are trained on, so they score higher than new recordings will; record "
+                                           "more takes for an honest test"]
+    if (SHARED_DATA / "sign-digits").is_dir():  # a camera's counter (IMG_1118.JPG) numbers photos, not one take: no warning
+        assert not load_splits(SHARED_DATA / "sign-digits", seed=0).grouping["warnings"]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_takes_of_very_different_lengths_leave_training_the_most(tmp_path, seed):
+    """Takes of 60, 3, 3 and 3 frames: the first group shuffled up was taken whatever its size, so a validation of 7
+    took the 60-frame take and left no training group (an error naming 4 groups as too few), or trained on 15."""
+    for label, cls in enumerate(("fist", "palm")):
+        for take, frames in enumerate((60, 3, 3, 3), start=1):
+            for n in range(frames):
+                write_rgb(tmp_path / "d" / cls / f"take{take}" / f"{n:04d}.jpg", synthetic_image(label, seed=take * 100 + n, size=16))
+    counts = load_splits(tmp_path / "d", seed=seed).counts()
+    assert counts["train"] > counts["val"] + counts["test"], counts

@@ -9,7 +9,8 @@ group key, and validation and test take whole groups:
   person's or one day's photos) is one group, past a wrapper folder all of the class's images share;
 - ``frames``: numbered frame sequences, a name with a running number (``A1008.jpg``, ``IMG_1118.JPG``,
   ``0001.png``, ``rec2-0017-left.jpg``, ``left (17).jpg``; a sequence per subfolder and per recording
-  the rest of the name tells apart), cut into SEQUENCE_BLOCKS contiguous blocks per class;
+  the rest of the name tells apart): each sequence whole in a class of MIN_RECORDINGS or more, else cut
+  into SEQUENCE_BLOCKS contiguous blocks per class;
 - a regular expression (``--group-by REGEX``): its first capture group (or the whole match) on the
   file's path inside its class folder;
 - ``none``: every image is its own group (the old frame-by-frame split);
@@ -43,6 +44,7 @@ DIGIT_RUNS = re.compile(r"\d+")
 SEQUENCE_BLOCKS = 20  # blocks per class: 10% val and 20% test are then 2 and 4 whole blocks
 AUTO_COVERAGE = 0.9  # a rule applies when it names at least this share of the images
 MIN_FRAMES_PER_STEM = 5  # fewer files per stem are numbered photos, not frame sequences
+MIN_RECORDINGS = 3  # a class of this many sequences keeps each whole: one each for train, val and test
 # A --group-by pattern's time over the names: a plain one groups a million names in 4.8 s (whole assign_groups, Zen 4)
 REGEX_SECONDS, REGEX_SECONDS_PER_NAME = 10.0, 1e-4
 
@@ -149,18 +151,35 @@ def _subfolder(path: str, cls: str) -> str:
 
 
 def _by_frames(by_class: dict[str, list[str]]) -> Grouping:
-    groups, block_sizes, example = {}, [], ""
+    """Each recording (sequence) whole where a class has MIN_RECORDINGS of them; else, one long recording
+    (the shared ASL frames, a phone's IMG_1118.JPG...), contiguous blocks of it. Takes were cut into blocks
+    whatever their number, so a take's frames sat in train, val and test."""
+    groups, block_sizes, whole, example, cut = {}, [], 0, "", []
     for cls, paths in by_class.items():
-        block = max(1, math.ceil(len(paths) / SEQUENCE_BLOCKS))
-        block_sizes.append(block)
         groups[cls] = {p: p for p in paths}
-        for stem, frames in sequences(paths, cls).items():
+        recordings = sequences(paths, cls)
+        kept_whole = len(recordings) >= MIN_RECORDINGS
+        block = len(paths) if kept_whole else max(1, math.ceil(len(paths) / SEQUENCE_BLOCKS))
+        whole += kept_whole
+        block_sizes += [] if kept_whole else [block]
+        if recordings and not kept_whole:  # (class, how many, whether they are clips in folders)
+            cut.append((f"{cls} ({len(recordings)})", any("/" in stem for stem in recordings)))
+        for stem, frames in recordings.items():
             example = example or Path(frames[0]).name
             for rank, path in enumerate(frames):
                 groups[cls][path] = f"{stem}#{rank // block}"
-    sizes = "-".join(str(n) for n in sorted({min(block_sizes, default=1), max(block_sizes, default=1)}))
-    return Grouping("frames", f"numbered frame sequences (a running number in the name, e.g. {example}): blocks of {sizes} neighbouring "
-                    f"frame{'' if sizes == '1' else 's'} (about {SEQUENCE_BLOCKS} blocks per class), each block in one split", groups)  # fmt: skip
+    described = [f"each recording whole in {whole} class(es) of {MIN_RECORDINGS} or more"] if whole else []
+    if block_sizes:
+        sizes = "-".join(str(n) for n in sorted({min(block_sizes), max(block_sizes)}))
+        described.append(f"blocks of {sizes} neighbouring frame{'' if sizes == '1' else 's'} (about {SEQUENCE_BLOCKS} blocks per class) "
+                         f"in {len(block_sizes)} class(es) of fewer recordings")
+    # Said where the sequences are known recordings: clips in folders (a video's frames), or takes in the other classes.
+    # One numbered sequence per class and no folders is most often a camera's counter (IMG_1118.JPG): photos, not a take.
+    short = [name for name, in_folders in cut if in_folders or whole]
+    warnings = [f"fewer than {MIN_RECORDINGS} recordings in class(es) {some_of(short)}: their val and test are blocks of a recording "
+                "whose other blocks are trained on, so they score higher than new recordings will; record more takes for an honest test"] if short else []
+    return Grouping("frames", f"numbered frame sequences (a running number in the name, e.g. {example}): {'; '.join(described)}, "
+                    "each in one split", groups, warnings)  # fmt: skip
 
 
 def sequences(paths: Iterable[str], cls: str) -> dict[str, list[str]]:
@@ -313,10 +332,10 @@ def grouped_split(
             out["train"][cls], out["val"][cls], out["test"][cls] = ordered[:cut_train], ordered[cut_train:cut_val], ordered[cut_val:]
             continue
         keys = [list(members)[i] for i in rng.permutation(len(members))]
-        out["test"][cls], keys = _take(keys, members, n_test)
-        out["val"][cls], keys = _take(keys, members, n_val)
-        if not keys:
+        if len(keys) < 1 + bool(n_test) + bool(n_val):
             raise DatasetError(_too_few_groups(cls, len(members), grouping))
+        out["test"][cls], keys = _take(keys, members, n_test, keep=1 + bool(n_val))
+        out["val"][cls], keys = _take(keys, members, n_val, keep=1)
         out["train"][cls] = [p for key in keys for p in members[key]]
     if single:
         grouping.warnings.append(f"one recording (group) in class(es) {some_of(single)}: no honest split is possible, so their "
@@ -345,12 +364,19 @@ def _file_order(paths: list[str]) -> list[str]:
     return sorted(paths, key=key)
 
 
-def _take(keys: list[str], members: dict[str, list[str]], wanted: int) -> tuple[list[str], list[str]]:
-    """(paths of the groups taken for ``wanted`` images, keys left)."""
+def _take(keys: list[str], members: dict[str, list[str]], wanted: int, keep: int) -> tuple[list[str], list[str]]:
+    """(paths of the groups taken for ``wanted`` images, keys left): groups in ``keys``' order while each brings
+    the count closer to ``wanted``, leaving at least ``keep`` groups for the splits after. The first is the first
+    group that fits (the smallest, where none does): recordings of 60 and 3 frames took the 60 for a validation of
+    7 and left the class no training group, or trained on 15 frames and validated on 138."""
+    if not wanted:
+        return [], keys
+    fitting = [key for key in keys if len(members[key]) / 2 <= wanted]
+    first = fitting[0] if fitting else min(keys, key=lambda key: len(members[key]))
+    keys = [first] + [key for key in keys if key != first]
     taken: list[str] = []
     for i, key in enumerate(keys):
-        size = len(members[key])
-        if not wanted or (taken and len(taken) + size / 2 > wanted):
+        if len(keys) - i <= keep or (taken and len(taken) + len(members[key]) / 2 > wanted):
             return taken, keys[i:]
         taken += members[key]
     return taken, []
