@@ -515,6 +515,14 @@ def test_a_folder_of_images_is_read_as_it_is_and_videos_that_never_decode_are_re
     with pytest.raises(PrepareError, match=r"broken: not one frame of its 2 video\(s\) decodes, e.g. fist/take.mp4; re-encode them"):
         resolve_data_dir(str(broken))
     assert not (tmp_path / "datasets" / "broken-frames").exists()
+    covered = tmp_path / "covered"  # recordings, and a cover photo in each class: the videos were skipped for the photos
+    for cls in ("fist", "palm"):
+        write_rgb(covered / cls / "cover.jpg", synthetic_image(0, 0))
+        for take in range(3):
+            (covered / cls / f"take{take}.mp4").write_bytes(b"named, never read")
+    with pytest.raises(DatasetError, match=r"covered holds 6 video\(s\) and 2 image\(s\) \(fist/cover.jpg, palm/cover.jpg\): the videos' "
+                                           r"frames are read only where no image is beside them; move the images out"):
+        resolve_data_dir(str(covered))
 
 
 def test_frames_larger_than_any_model_input_are_scaled_down(tmp_path, monkeypatch):
