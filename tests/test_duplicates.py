@@ -47,6 +47,18 @@ def test_copies_of_a_photo_stay_in_one_split_and_the_move_is_reported(tmp_path):
     assert any("held-out image(s) had an identical copy" in w for w in splits.grouping["warnings"])
 
 
+def test_a_class_left_with_nothing_to_measure_by_its_copies_is_named(tmp_path):
+    """A still "no gesture" scene saved 20 times is one file 20 times: every held-out copy joined train, the class's
+    test support fell to 0 and its false-accept rate to n/a, under a warning that named no class."""
+    write_class(tmp_path, "fist", 0, 20, copies=False)
+    for n in range(20):
+        write_rgb(tmp_path / "no_gesture" / f"still_{n:03d}.png", synthetic_image(1, seed=0, size=24))
+    splits = load_splits(tmp_path, seed=0)
+    assert not [s for s in splits.test + splits.val if Path(s.path).parent.name == "no_gesture"]
+    said = [w for w in splits.grouping["warnings"] if "held-out image(s) had an identical copy" in w]
+    assert said and said[0].endswith("; that left no image to measure in no_gesture (test), no_gesture (val): add images that are not copies")
+
+
 def test_a_photo_under_two_classes_is_named_in_a_warning(tmp_path):
     write_class(tmp_path, "fist", 0, 10, copies=False)
     write_class(tmp_path, "palm", 1, 10, copies=False)

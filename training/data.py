@@ -487,7 +487,7 @@ def load_splits(
         _check_same_classes(parts, classes, root)
         grouping = assign_groups(parts["train"], group_by)
         copies = identical_sets(path for by_class in parts.values() for paths in by_class.values() for path in paths)
-        moved = 0
+        moved: list[tuple[str, str]] = []
         if "val" not in parts:
             carved = grouped_split(parts["train"], grouping, val_split=val_split, test_split=0.0, test_per_class=None, seed=seed)
             moved = keep_copies_together(carved, copies)  # only the val carved here; the folder's own test/ stays as it is

@@ -44,12 +44,12 @@ def _digest(path: str) -> str | None:
         return None
 
 
-def keep_copies_together(parts: dict[str, dict[str, list[str]]], copies: list[list[str]]) -> int:
+def keep_copies_together(parts: dict[str, dict[str, list[str]]], copies: list[list[str]]) -> list[tuple[str, str]]:
     """Move each copy of a class's image into the first split (train, val, test) that holds one, in place.
 
-    ``parts`` is {split: {class: paths}}; returns how many files moved."""
+    ``parts`` is {split: {class: paths}}; returns the (split, class) each moved file came from."""
     where = {path: (split, cls) for split, by_class in parts.items() for cls, paths in by_class.items() for path in paths}
-    moved = 0
+    moved: list[tuple[str, str]] = []
     for group in copies:
         for cls in {where[p][1] for p in group if p in where}:
             members = [p for p in group if where.get(p, ("", None))[1] == cls]
@@ -58,19 +58,24 @@ def keep_copies_together(parts: dict[str, dict[str, list[str]]], copies: list[li
                 if (split := where[path][0]) != home:
                     parts[split][cls].remove(path)
                     parts[home][cls].append(path)
-                    moved += 1
+                    moved.append((split, cls))
     return moved
 
 
-def copies_warnings(parts: dict[str, dict[str, list[str]]], copies: list[list[str]], moved: int, root: Path, *, presplit: bool) -> list[str]:
-    """Start-up warnings on identical files: those moved beside their twin, those under two classes, and (in a
-    folder's own train/ and test/, which are left as they are) test images of a class that are its training images."""
+def copies_warnings(parts: dict[str, dict[str, list[str]]], copies: list[list[str]], moved: list[tuple[str, str]], root: Path, *,
+                    presplit: bool) -> list[str]:  # fmt: skip
+    """Start-up warnings on identical files: those moved beside their twin (``keep_copies_together``), naming a class
+    left with no val or test image; those under two classes; and (in a folder's own train/ and test/, which are left
+    as they are) test images of a class that are its training images."""
     classes_of = {path: cls for by_class in parts.values() for cls, paths in by_class.items() for path in paths}
     split_of = {path: split for split, by_class in parts.items() for paths in by_class.values() for path in paths}
     out = []
     if moved:
-        out.append(f"{moved} held-out image(s) had an identical copy in another split of their class and joined it, so "
-                   "no image is both trained on and measured (python -m training.check lists the copies)")  # fmt: skip
+        # A still scene saved frame after frame is one file many times over: its class lost every held-out frame.
+        emptied = sorted({f"{cls} ({split})" for split, cls in moved if not parts[split][cls]})
+        out.append(f"{len(moved)} held-out image(s) had an identical copy in another split of their class and joined it, so "
+                   "no image is both trained on and measured (python -m training.check lists the copies)"
+                   + (f"; that left no image to measure in {some_of(emptied)}: add images that are not copies" if emptied else ""))  # fmt: skip
     if conflicting := [group for group in copies if len({classes_of.get(p) for p in group}) > 1]:
         shown = some_of([" = ".join(os.path.relpath(p, root) for p in group) for group in conflicting])
         out.append(f"{len(conflicting)} image(s) saved under more than one class teach two answers for one picture: {shown}; "
