@@ -177,9 +177,10 @@ def test_invalid_regex_is_refused_by_the_parser(capsys):
     assert stop.value.code == 2 and "argument --group-by: --group-by '': an empty pattern; pass a regular expression" in capsys.readouterr().err
 
 
-def test_too_few_groups_for_val_and_test_is_an_error(tmp_path):
-    root = write_sessions(tmp_path / "d", {"fist": 2, "palm": 5})
-    with pytest.raises(DatasetError, match=r"class 'fist' has only 2 groups .*--val-split"):
+def test_too_few_groups_for_val_and_test_is_an_error_naming_every_such_class(tmp_path):
+    """It named the first class alone (fist), so the next run stopped at the second."""
+    root = write_sessions(tmp_path / "d", {"fist": 2, "palm": 2, "wave": 5})
+    with pytest.raises(DatasetError, match=r"^class\(es\) fist \(2\), palm \(2\) have too few groups \(session\) for a test group, .*--val-split"):
         load_splits(root, val_split=0.2, test_split=0.2)
 
 

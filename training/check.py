@@ -60,7 +60,7 @@ from training.data import (
     splits_inside_classes,
 )
 from training.data import printable_path as printable  # non-UTF-8 names, made printable and JSON-safe
-from training.grouping import assign_groups, grouped_split, sequences
+from training.grouping import MIN_RECORDINGS, assign_groups, grouped_split, sequences
 from training.prepare import read_marker, resolve_data_dir, undecodable_videos
 
 FEW_IMAGES = 20  # below this a class is too small to learn and to test reliably
@@ -308,7 +308,8 @@ def build_report(root: Path, *, decode: bool = True, workers: int = 2) -> dict:
     report["notes"] = [f"ignored: {n} {r}" for r, n in reasons.most_common()]
     if recordings := report["recordings"]:
         report["notes"].append(f"frames of {recordings['videos']} video(s) of {recordings['source']}, every {recordings['every']}th, "
-                               "one sub-folder per recording: training keeps each recording in one split")
+                               f"one sub-folder per recording: training keeps each recording in one split where a class has "
+                               f"{MIN_RECORDINGS} or more (fewer are split in blocks of neighbouring frames, and named)")
         if recordings["unreadable"]:
             report["warnings"].append(f"{recordings['source']}: {undecodable_videos(recordings['unreadable'])}")
     return report

@@ -317,6 +317,7 @@ def grouped_split(
     out: dict[str, dict[str, list[str]]] = {"train": {}, "val": {}, "test": {}}
     single: list[str] = []
     unmeasured: list[str] = []
+    too_few: list[str] = []
     for cls, paths in by_class.items():
         n_test = test_per_class if test_per_class is not None else round(test_split * len(paths))
         n_val = round(val_split * len(paths))
@@ -333,10 +334,13 @@ def grouped_split(
             continue
         keys = [list(members)[i] for i in rng.permutation(len(members))]
         if len(keys) < 1 + bool(n_test) + bool(n_val):
-            raise DatasetError(_too_few_groups(cls, len(members), grouping))
+            too_few.append(f"{cls} ({len(keys)})")
+            continue
         out["test"][cls], keys = _take(keys, members, n_test, keep=1 + bool(n_val))
         out["val"][cls], keys = _take(keys, members, n_val, keep=1)
         out["train"][cls] = [p for key in keys for p in members[key]]
+    if too_few:  # every class at once: the first alone was named, and the next run stopped at the second
+        raise DatasetError(_too_few_groups(too_few, grouping))
     if single:
         grouping.warnings.append(f"one recording (group) in class(es) {some_of(single)}: no honest split is possible, so their "
                                  "val and test are the last frames of that recording; record another session for a true test")  # fmt: skip
@@ -382,6 +386,6 @@ def _take(keys: list[str], members: dict[str, list[str]], wanted: int, keep: int
     return taken, []
 
 
-def _too_few_groups(cls: str, n_groups: int, grouping: Grouping) -> str:
-    return (f"class {cls!r} has only {n_groups} groups ({grouping.rule}), too few for a test group, a validation group and a "
+def _too_few_groups(classes: list[str], grouping: Grouping) -> str:
+    return (f"class(es) {some_of(classes)} have too few groups ({grouping.rule}) for a test group, a validation group and a "
             "training group: add recordings, lower --val-split or --test-split (0 turns one off), or choose another --group-by")  # fmt: skip
