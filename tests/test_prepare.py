@@ -19,7 +19,7 @@ import pytest
 
 from tests.helpers import synthetic_image, write_rgb
 from training import prepare
-from training.data import DatasetError
+from training.data import DatasetError, load_splits
 from training.prepare import CATALOGUE, MARKER, PrepareError, Remote, class_folders, main, prepare_dataset
 
 
@@ -522,7 +522,7 @@ def test_a_folder_of_images_is_read_as_it_is_and_videos_that_never_decode_are_re
             (covered / cls / f"take{take}.mp4").write_bytes(b"named, never read")
     with pytest.raises(DatasetError, match=r"covered holds 6 video\(s\) and 2 image\(s\) \(fist/cover.jpg, palm/cover.jpg\): the videos' "
                                            r"frames are read only where no image is beside them; move the images out"):
-        resolve_data_dir(str(covered))
+        load_splits(resolve_data_dir(str(covered)))
 
 
 def test_frames_larger_than_any_model_input_are_scaled_down(tmp_path, monkeypatch):

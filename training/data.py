@@ -242,6 +242,7 @@ def scan_class_folders(root: Path, skipped: list[dict[str, str]], ignored: list[
         raise DatasetError(f"{root}: class folder name(s) {unwritable}: rename them")
     if overlap := linked_into_each_other(root, folders):
         raise DatasetError(overlap)
+    first_skipped = len(skipped)
     by_class: dict[str, list[str]] = {}
     spellings: dict[str, list[str]] = {}
     for folder in folders:
@@ -251,7 +252,19 @@ def scan_class_folders(root: Path, skipped: list[dict[str, str]], ignored: list[
     if merged := [name for name, found in spellings.items() if len(found) > 1]:
         warnings.warn(f"{root}: class folder(s) {', '.join(merged)} exist in two Unicode spellings (composed and decomposed, as macOS "
                       "writes names), which look the same: each is read as one class, with the images of both", stacklevel=2)
+    _require_more_images_than_videos(root, by_class, skipped[first_skipped:])
     return dict(sorted(by_class.items()))
+
+
+def _require_more_images_than_videos(root: Path, by_class: dict[str, list[str]], skipped: list[dict[str, str]]) -> None:
+    """A DatasetError where the images are no more than the videos skipped beside them: a cover photo in each class
+    folder of recordings had the videos skipped (a folder of videos alone is read frame by frame), and a run
+    trained on the five covers alone."""
+    videos = sum(Path(entry["path"]).suffix.lower() in VIDEO_FILE_SUFFIXES for entry in skipped)
+    images = [os.path.relpath(path, root) for paths in by_class.values() for path in paths]
+    if images and len(images) <= videos:
+        raise DatasetError(f"{root} holds {videos} video(s) and {len(images)} image(s) ({some_of(images)}): the videos' frames are "
+                           f"read only where no image is beside them; move the images out, or save the frames as images ({VIDEO_TO_FRAMES})")
 
 
 def linked_into_each_other(root: Path, folders: list[str]) -> str | None:

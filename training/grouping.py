@@ -154,13 +154,12 @@ def _by_frames(by_class: dict[str, list[str]]) -> Grouping:
     """Each recording (sequence) whole where a class has MIN_RECORDINGS of them; else, one long recording
     (the shared ASL frames, a phone's IMG_1118.JPG...), contiguous blocks of it. Takes were cut into blocks
     whatever their number, so a take's frames sat in train, val and test."""
-    groups, block_sizes, whole, example, cut = {}, [], 0, "", []
+    groups, block_sizes, example, cut = {}, [], "", []
     for cls, paths in by_class.items():
         groups[cls] = {p: p for p in paths}
         recordings = sequences(paths, cls)
         kept_whole = len(recordings) >= MIN_RECORDINGS
         block = len(paths) if kept_whole else max(1, math.ceil(len(paths) / SEQUENCE_BLOCKS))
-        whole += kept_whole
         block_sizes += [] if kept_whole else [block]
         if recordings and not kept_whole:  # (class, how many, whether they are clips in folders)
             cut.append((f"{cls} ({len(recordings)})", any("/" in stem for stem in recordings)))
@@ -168,6 +167,7 @@ def _by_frames(by_class: dict[str, list[str]]) -> Grouping:
             example = example or Path(frames[0]).name
             for rank, path in enumerate(frames):
                 groups[cls][path] = f"{stem}#{rank // block}"
+    whole = len(by_class) - len(block_sizes)  # the classes not cut into blocks
     described = [f"each recording whole in {whole} class(es) of {MIN_RECORDINGS} or more"] if whole else []
     if block_sizes:
         sizes = "-".join(str(n) for n in sorted({min(block_sizes), max(block_sizes)}))

@@ -148,7 +148,8 @@ def evaluate_open_set(classifier: Classifier, samples: Sequence[Sample], *, thre
     rejection = classifier.rejection
     if note := rejection.override_note(threshold):
         print(f"note: {note}")
-    threshold, chosen = rejection.threshold_or(threshold), {} if threshold is None else {"threshold_from": "--threshold"}
+    chosen = {} if threshold is None else {"threshold_from": "--threshold"}  # the report says whose threshold it is
+    threshold = rejection.threshold_or(threshold)
     known = outputs_of(classifier, samples, workers=workers, desc="open-set features")
     if len(known.targets) == 0:
         return {**rejection.info(), "threshold": threshold, **chosen, "test": {"n": 0}}, known  # every image failed to decode: reported as skipped

@@ -537,25 +537,20 @@ def dataset_videos(folder: Path, *, loose: bool = False) -> list[Path]:
     """The video files of a dataset folder that holds videos and not one image (``<class>/take1.mp4``,
     or under train/ and test/), in name order; [] for any other folder, and for videos beside the class
     folders, which belong to no class, unless ``loose`` (a folder of unknown gestures needs no class).
-    A DatasetError where images are fewer than the videos beside them: a cover photo in each class folder of
-    recordings had the videos skipped, and a run trained on the five photos alone."""
-    videos, images = [], []
+    The walk stops at the first image, so an image dataset costs one file."""
+    videos = []
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames[:] = sorted(d for d in dirnames if not passed_over(d, folder=True))
         for name in sorted(filenames):
             if passed_over(name, folder=False):
                 continue
             if _is_image_name(name):
-                images.append(Path(dirpath) / name)
-            elif PurePosixPath(name).suffix.lower() in VIDEO_FILE_SUFFIXES:
+                return []
+            if PurePosixPath(name).suffix.lower() in VIDEO_FILE_SUFFIXES:
                 if Path(dirpath) == folder and not loose:
                     return []  # data.videos_hint says what to do with them
                 videos.append(Path(dirpath) / name)
-    if images and len(images) <= len(videos):
-        raise DatasetError(f"{folder} holds {len(videos)} video(s) and {len(images)} image(s) ({some_of([str(p.relative_to(folder)) for p in images])}): "
-                           "the videos' frames are read only where no image is beside them; move the images out, or save the frames "
-                           "as images (python -m service.webcam.capture --source VIDEO --headless --label CLASS --out DATASET)")
-    return [] if images else videos
+    return videos
 
 
 def as_image_folder(folder: Path, *, loose: bool = False) -> Path:
