@@ -176,6 +176,8 @@ def what_it_holds(loaded: Any) -> str:
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a folder: pass a checkpoint file (a training run writes RUN/best.pt and RUN/last.pt)")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist (a training run writes RUN/best.pt and RUN/last.pt)")
     try:
@@ -242,13 +244,26 @@ def unwrap_model(model: nn.Module) -> nn.Module:
     return getattr(model, "module", model)
 
 
+DEVICE_CHOICES = "auto, cpu, cuda or cuda:N"
+
+
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto`` (a GPU where CUDA has one, else the CPU), ``cpu``, ``cuda`` or ``cuda:N`` as a torch.device;
+    ValueError for any other, or for a GPU this machine does not have."""
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda requested but CUDA is not available; use --device auto or cpu")
-    return device
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):  # torch's own message lists its twenty-odd device types
+        resolved = None
+    if resolved is None or resolved.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {device!r} is not one of {DEVICE_CHOICES}")
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {str(resolved)} requested but CUDA is not available here; use auto or cpu")
+    if resolved.type == "cuda" and resolved.index is not None and resolved.index >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise ValueError(f"device {str(resolved)} requested but this machine has {count} GPU{'s' * (count != 1)} (cuda:0 to cuda:{count - 1})")
+    return resolved
 
 
 def build_from_checkpoint(ckpt: dict[str, Any], *, training: bool = False) -> nn.Module:

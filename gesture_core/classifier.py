@@ -26,6 +26,7 @@ A hands-mode model (``data_config.hands``, trained with ``--hands``) classifies 
 
 from __future__ import annotations
 
+import numbers
 import os
 import threading
 from collections.abc import Collection, Sequence
@@ -35,6 +36,7 @@ from typing import Any, NamedTuple
 import cv2
 import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 
 from gesture_core.backbones import get_backbone, with_features
@@ -44,7 +46,7 @@ from gesture_core.hands import Hand, HandLocaliser, hand_crop
 from gesture_core.images import ImageSource, bgr_to_rgb, read_rgb
 from gesture_core.native_output import in_brief
 from gesture_core.preprocess import DataConfig, Preprocess, evaluation_geometry
-from gesture_core.rejection import Rejection, is_reject_name, softmax
+from gesture_core.rejection import Rejection, check_threshold, is_reject_name, softmax
 
 
 @dataclass(frozen=True)
@@ -129,12 +131,40 @@ def decode_probs(probs: np.ndarray, classes: Sequence[str], *, k: int = 5, thres
     """probabilities -> label: top-k, and rejection below ``threshold`` or on a reject class
     (``reject_classes``; None: the classes with a common "no gesture" name, gesture_core.rejection).
     The threshold applies to ``gesture`` when given, else to the top probability."""
-    order = np.argsort(-probs)[: max(1, min(k, len(classes)))]
+    probs = scores_problem(probs, classes, gesture)
+    threshold = check_threshold(threshold)
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
+        raise ValueError(f"k (how many classes to list) must be a whole number of at least 1, got {k!r}; a k above the "
+                         f"{len(classes)} classes lists them all")
+    order = np.argsort(-probs)[: min(k, len(classes))]
     top = [(classes[i], float(probs[i])) for i in order]
     label, score = top[0]
     below = (score if gesture is None else gesture) < threshold
     rejected = below or (is_reject_name(label) if reject_classes is None else label in reject_classes)
     return Prediction(None if rejected else label, score, top, None if gesture is None else float(gesture))
+
+
+def scores_problem(probs: Any, classes: Sequence[str], gesture: float | None) -> np.ndarray:
+    """One image's probabilities as a 1-D array of one per class, or ValueError: a row of another model, or
+    NaN from a broken one, was decided without a word (NaN below no threshold)."""
+    row = np.asarray(probs, dtype=np.float64) if not isinstance(probs, np.ndarray) else probs
+    if row.shape != (len(classes),):
+        raise ValueError(f"decide takes one image's scores: {len(classes)} probabilities, one per class, got shape {row.shape}")
+    if not np.isfinite(row).all() or (gesture is not None and not np.isfinite(gesture)):
+        raise ValueError("the scores hold NaN or infinity: the model's output is not usable")
+    return row
+
+
+def checked_crops(crops: Sequence[np.ndarray], size: int) -> Sequence[np.ndarray]:
+    """``crops`` if each is what ``crop`` makes (uint8, ``size`` x ``size`` x 3 RGB), else ValueError: a float
+    or 16-bit crop was normalised as 8-bit and answered wrongly without a word."""
+    if isinstance(crops, np.ndarray) and crops.ndim != 4:
+        raise ValueError(f"classify takes a list of crops, e.g. [classifier.crop(image)], not one array of shape {crops.shape}")
+    for i, crop in enumerate(crops):
+        if not (isinstance(crop, np.ndarray) and crop.dtype == np.uint8 and crop.shape == (size, size, 3)):
+            got = f"{crop.dtype} {crop.shape}" if isinstance(crop, np.ndarray) else type(crop).__name__
+            raise ValueError(f"classify takes crops made by crop(image): uint8 RGB arrays of shape ({size}, {size}, 3); crop {i} is {got}")
+    return crops
 
 
 class Classifier:
@@ -179,12 +209,11 @@ class Classifier:
         if self.hands_mode:
             raise ValueError("this model classifies hand crops (trained with --hands): use find_hands(image) "
                              "then hand_crops(rgb, hands), or predict_hands(image), instead of crop(image)")
-        rgb = bgr_to_rgb(image) if bgr else self.preprocess.read(image, **read_kwargs)
-        return self.preprocess.crop(rgb)
+        return self.preprocess.crop(self.preprocess.read(bgr_to_rgb(image) if bgr else image, **read_kwargs))
 
     def classify(self, crops: Sequence[np.ndarray]) -> np.ndarray:
         """Crops made by ``crop`` -> class probabilities (N, num_classes), in one model call."""
-        return self.probs(self.preprocess.normalize_batch(crops))
+        return self.probs(self.preprocess.normalize_batch(checked_crops(crops, self.data_config.input_size)))
 
     def classify_scores(self, crops: Sequence[np.ndarray]) -> list[ClassScores]:
         """Crops made by ``crop`` -> what ``decide`` takes, one per crop, in one model call: the
@@ -194,7 +223,7 @@ class Classifier:
     def classify_logits(self, crops: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
         """Crops made by ``crop`` -> (raw logits, penultimate features or None), in one model call: what
         ``classify_scores`` scores, for callers that keep the raw outputs (training's served test)."""
-        return self.logits_and_features(self.preprocess.normalize_batch(crops))
+        return self.logits_and_features(self.preprocess.normalize_batch(checked_crops(crops, self.data_config.input_size)))
 
     def scores_from_logits(self, logits: np.ndarray, features: np.ndarray | None = None) -> list[ClassScores]:
         """Raw logits (N, num_classes), and the penultimate features for a feature score -> ``classify_scores``'
@@ -222,7 +251,13 @@ class Classifier:
                             reject_classes=self.rejection.reject_classes, gesture=gesture)
 
     def predict_proba(self, images: Sequence[ImageSource]) -> np.ndarray:
-        """Probabilities (N, num_classes) for several images, as one batch (not for a hands-mode model: see ``crop``)."""
+        """Probabilities (N, num_classes) for several images (a list, or an N x H x W x C array), as one batch
+        (not for a hands-mode model: see ``crop``)."""
+        if isinstance(images, (str, os.PathLike, bytes, bytearray, memoryview, Image.Image)) or (
+                isinstance(images, np.ndarray) and images.ndim != 4):
+            # one image was taken as a batch: a path letter by letter, an array row by row (48 answers for one 48x48 image)
+            raise ValueError(f"predict_proba takes several images (a list, or an N x H x W x C array), not one {type(images).__name__}"
+                             f"{f' of shape {images.shape}' if isinstance(images, np.ndarray) else ''}: pass [image], or use predict(image)")
         return self.classify([self.crop(image) for image in images])
 
     # --- hands mode: one crop per hand (docs/hands.md) ------------------------------------------------
@@ -259,7 +294,7 @@ class Classifier:
         pixel), with ``read_rgb``'s limits (``read_kwargs``, e.g. ``max_pixels``); ``bgr=True`` for an
         OpenCV frame. Raises ``ImageDecodeError`` with a user-facing reason, and
         ``HandModelsUnavailableError`` as ``localiser`` does."""
-        rgb = bgr_to_rgb(image) if bgr else read_rgb(image, **read_kwargs)
+        rgb = read_rgb(bgr_to_rgb(image) if bgr else image, **read_kwargs)
         return rgb, self.localiser.find(rgb)
 
     def hand_crops(self, rgb: np.ndarray, hands: Sequence[Hand]) -> list[np.ndarray]:
@@ -286,7 +321,7 @@ class Classifier:
         if hands is None:
             rgb, hands = self.find_hands(image, bgr=bgr)
         else:
-            rgb = bgr_to_rgb(image) if bgr else read_rgb(image)
+            rgb = read_rgb(bgr_to_rgb(image) if bgr else image)
         crops = self.hand_crops(rgb, hands)
         return self.decide_hands(hands, self.classify_scores(crops) if crops else [], k=k, threshold=threshold)
 
@@ -322,7 +357,10 @@ def load_classifier(
     """The checkpoint as a ready Classifier. ``engine``: auto | torch | compile | onnx | openvino (auto: the
     fastest installed for the device); ``precision``: fp32 | bf16 | fp16 where the engine supports it.
     ``input_size`` / ``crop_pct`` see the model at another geometry than its stored one
-    (``gesture_core.preprocess.evaluation_geometry``; for evaluation, not serving)."""
+    (``gesture_core.preprocess.evaluation_geometry``; for evaluation, not serving). ``path``: a checkpoint,
+    or a run folder meaning its ``best.pt``, as the commands take them."""
+    if os.path.isdir(path) and os.path.isfile(os.path.join(path, "best.pt")):
+        path = os.path.join(path, "best.pt")
     ckpt = load_checkpoint(path)
     if input_size is not None or crop_pct is not None:
         stored = DataConfig.from_dict(ckpt["data_config"])

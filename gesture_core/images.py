@@ -23,7 +23,7 @@ from typing import NamedTuple
 
 import cv2
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import ExifTags, Image, ImageOps
 
 # Decompression-bomb guard: about 2.5x a 24 MP photo, far beyond anything a classifier needs.
 DEFAULT_MAX_PIXELS = 64_000_000
@@ -179,8 +179,11 @@ def read_rgb(
 ) -> np.ndarray:
     """Return the image as a contiguous RGB uint8 array of shape (H, W, 3).
 
-    ``min_side`` lets JPEG decoding run at 1/2, 1/4 or 1/8 scale while the shorter side stays at
-    least that large: a 3024x3024 photo resized to 256 anyway decodes about 30x faster.
+    ``min_side``: an image whose shorter side is at least twice that is reduced to 1/2, 1/4 or 1/8 of
+    its size (``jpeg_scale``), a JPEG by its decoder (a 3024x3024 photo resized to 256 anyway decodes
+    about 30x faster), any other image, array or PIL image by averaging, so that a photo gives
+    nearly the same pixels whether it comes as a file, as bytes or already decoded (a 1080p webcam frame
+    was kept whole, and scored apart from the same frame sent to the service as a JPEG).
     ``max_pixels_per_byte`` refuses files that declare far more pixels than their size explains
     (see SMALL_IMAGE_PIXELS); it applies to encoded files only. ``check_png_data`` refuses a PNG whose
     compressed image data holds more than its image (``png_data_past_its_image``), at the cost of
@@ -189,14 +192,16 @@ def read_rgb(
     if isinstance(source, np.ndarray):
         rgb = _array_to_rgb(source)
         check_dimensions(rgb.shape[1], rgb.shape[0], max_pixels=max_pixels)
-        return rgb
+        return reduced(rgb, min_side)
     if isinstance(source, Image.Image):
         check_dimensions(*source.size, max_pixels=max_pixels)
         with _pil_errors_as_decode_errors():
-            return _pil_to_rgb(source)
+            return reduced(_pil_to_rgb(source, owned=False), min_side)
     if isinstance(source, (bytes, bytearray, memoryview)):
         return decode_rgb(bytes(source), max_pixels=max_pixels, min_side=min_side, max_pixels_per_byte=max_pixels_per_byte,
                           check_png_data=check_png_data)
+    if not isinstance(source, (str, os.PathLike)):
+        raise TypeError(f"an image is a path, encoded bytes, a PIL image or a numpy array (HxW, HxWx3 or HxWx4), not {type(source).__name__}")
     path = Path(source)
     try:
         data = read_image_file(path)
@@ -230,6 +235,23 @@ def read_image_file(path: str | os.PathLike) -> bytes:
 
 def decode_rgb(data: bytes, *, max_pixels: int | None = DEFAULT_MAX_PIXELS, min_side: int | None = None,
                max_pixels_per_byte: float | None = None, check_png_data: bool = False) -> np.ndarray:
+    """``read_rgb`` of an encoded image."""
+    return reduced(_decode(data, max_pixels=max_pixels, min_side=min_side, max_pixels_per_byte=max_pixels_per_byte,
+                           check_png_data=check_png_data), min_side)
+
+
+def reduced(rgb: np.ndarray, min_side: int | None) -> np.ndarray:
+    """The image at 1/2, 1/4 or 1/8 of its size by area averaging, as ``jpeg_scale`` has a JPEG decoded
+    (``read_rgb``); as it is when that scale is 1, e.g. a JPEG its decoder already reduced. The size
+    rounds up, as libjpeg's does."""
+    scale = jpeg_scale(rgb.shape[1], rgb.shape[0], min_side)
+    if scale == 1:
+        return rgb
+    return cv2.resize(rgb, (-(-rgb.shape[1] // scale), -(-rgb.shape[0] // scale)), interpolation=cv2.INTER_AREA)
+
+
+def _decode(data: bytes, *, max_pixels: int | None, min_side: int | None, max_pixels_per_byte: float | None,
+            check_png_data: bool) -> np.ndarray:
     if not data:
         raise ImageDecodeError("empty file (0 bytes)")
     fmt, (width, height), layout, tiff, png, webp = probe_layout(data)
@@ -767,8 +789,14 @@ def bgr_to_rgb(frame: np.ndarray) -> np.ndarray:
     """An OpenCV frame (webcam, video file; BGR, or grayscale, BGRA, 16-bit as ``cv2.imread(...,
     IMREAD_UNCHANGED)`` gives them) as RGB uint8, what everything downstream expects: a 16-bit frame
     was normalised as if it were 8-bit, and scored as noise."""
+    if not isinstance(frame, np.ndarray):
+        raise TypeError(f"a BGR frame (bgr=True) is a numpy array as OpenCV gives it, not {type(frame).__name__}: "
+                        "pass a path, bytes or PIL image without bgr=True")
     if frame.ndim == 3 and frame.shape[2] in (3, 4):
-        frame = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB if frame.shape[2] == 3 else cv2.COLOR_BGRA2RGB)
+        if frame.size and frame.dtype in (np.uint8, np.uint16, np.float32):  # what cvtColor takes; it is the fast way
+            frame = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB if frame.shape[2] == 3 else cv2.COLOR_BGRA2RGB)
+        else:
+            frame = frame[:, :, 2::-1]  # any other dtype or an empty frame: _array_to_rgb says what is wrong with it
     return _array_to_rgb(frame)
 
 
@@ -872,7 +900,7 @@ def _plain_netpbm(data: bytes) -> np.ndarray:
 def _decode_with_pil(data: bytes) -> np.ndarray:
     with _pil_errors_as_decode_errors(), Image.open(io.BytesIO(data), formats=DECODED_FORMATS) as img:
         img.load()
-        return _pil_to_rgb(img)
+        return _pil_to_rgb(img, owned=True)
 
 
 @contextlib.contextmanager
@@ -887,16 +915,22 @@ def _pil_errors_as_decode_errors() -> Iterator[None]:
         raise ImageDecodeError(f"corrupt or truncated image ({type(err).__name__}: {err})") from None
 
 
-def _pil_to_rgb(img: Image.Image) -> np.ndarray:
+def _pil_to_rgb(img: Image.Image, *, owned: bool) -> np.ndarray:
     """The image as RGB, with fewer full-size copies: ``exif_transpose`` copied every image without an
     orientation, and a palette or alpha image went through RGBA (4 bytes a pixel) and a copy without its
     alpha. An image of one byte a pixel (a GIF's palette indices, or grey) becomes RGB in NumPy:
     PIL's ``convert("RGB")`` holds RGB at 4 bytes a pixel, and NumPy gets a copy of it from ``tobytes``.
-    A GIF at the service's pixel limit grew a process by 421 MB that way, now by 193 (``python -m benchmarks.decode_cost``)."""
-    ImageOps.exif_transpose(img, in_place=True)
+    A GIF at the service's pixel limit grew a process by 421 MB that way, now by 193 (``python -m benchmarks.decode_cost``).
+    A caller's image (not ``owned``) is turned upright in a copy: in place, ``predict`` rotated it."""
+    if owned:
+        ImageOps.exif_transpose(img, in_place=True)
+    elif img.getexif().get(ExifTags.Base.Orientation, 1) != 1:
+        img = ImageOps.exif_transpose(img)
     if img.mode == "F":  # float samples: converting to RGB would clip 0-1 to black
         return _array_to_rgb(np.asarray(img))
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+    if img.mode.startswith("I;16"):  # 16-bit, whatever the byte order: as a 16-bit array or file is scaled
+        return _array_to_rgb(np.asarray(img).astype(np.uint16))
+    if img.mode == "I":
         return _array_to_rgb(_to_8_bits(np.asarray(img)))
     if img.mode in ("L", "P"):
         rgb = cv2.cvtColor(np.asarray(img), cv2.COLOR_GRAY2RGB)
@@ -917,8 +951,8 @@ def _palette_colours(img: Image.Image) -> np.ndarray:
 
 
 def _to_8_bits(arr: np.ndarray, rows: int = 256) -> np.ndarray:
-    """PIL's 16-bit (or 32-bit integer) samples as 8 bits: 0-65535 scaled by ``_sixteen_to_8_bits``, or
-    kept as they are when none is above 255. A block of rows at a time: float64 copies of the whole
+    """PIL's 32-bit integer samples (mode I, e.g. a TIFF's) as 8 bits: 0-65535 scaled by ``_sixteen_to_8_bits``,
+    or kept as they are when none is above 255, as 8-bit samples held in 32 bits (``convert("I")``). A block of rows at a time: float64 copies of the whole
     image took 25 bytes a pixel: in a probe, 1 GB for a 2.7 MB PNG at the pixel limit that libpng refused."""
     top = int(arr.max(initial=0))
     out = np.empty(arr.shape, np.uint8)
@@ -936,7 +970,7 @@ def _sixteen_to_8_bits(samples: np.ndarray) -> np.ndarray:
 
 
 def _array_to_rgb(arr: np.ndarray) -> np.ndarray:
-    if arr.dtype == np.uint16:
+    if arr.dtype.kind == "u" and arr.dtype.itemsize == 2:  # uint16 in either byte order
         arr = _sixteen_to_8_bits(arr)
     elif arr.dtype.kind == "f":
         arr = _float_to_uint8(arr)

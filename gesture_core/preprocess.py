@@ -167,7 +167,8 @@ class Preprocess:
         return read_rgb(source, min_side=self.config.resize_size, **read_kwargs)
 
     def from_bgr(self, frame: np.ndarray) -> torch.Tensor:
-        return self(bgr_to_rgb(frame))
+        """``load`` of an OpenCV (BGR) frame."""
+        return self.load(bgr_to_rgb(frame))
 
     def views(self, rgb: np.ndarray, mode: str = "none") -> torch.Tensor:
         """Test-time-augmentation views (see ``TTA_MODES``) as a (views, C, H, W) tensor."""

@@ -25,6 +25,7 @@ calibrated, and ``decide`` applies the classes and threshold, so the service, th
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from functools import cached_property
@@ -98,7 +99,10 @@ def find_reject_classes(classes: Sequence[str], requested: Iterable[str] | None 
 
 def check_threshold(value: float, what: str = "threshold") -> float:
     """``value`` if it is a probability threshold, else a ValueError that gives the valid range."""
-    if not (isinstance(value, int | float) and 0.0 <= value <= 1.0) or math.isnan(value):
+    # numbers.Real: NumPy's float32 too, which float | int missed ("must be between 0 and 1, got 0.3")
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{what} must be a number {THRESHOLD_RANGE} (inclusive), got {value!r}")
+    if not 0.0 <= value <= 1.0 or math.isnan(value):
         raise ValueError(f"{what} must be {THRESHOLD_RANGE} (inclusive), got {value!r}")
     return float(value)
 

@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from gesture_core import DataConfig, ImageDecodeError, Preprocess, get_backbone, read_rgb
+from gesture_core.images import bgr_to_rgb
 from tests.helpers import synthetic_image, write_rgb
 
 
@@ -182,3 +183,62 @@ def test_batch_normalisation_refuses_mixed_sizes_and_empty_batches(preprocess):
         preprocess.normalize_batch([small, large])
     with pytest.raises(ValueError, match="at least one"):
         preprocess.normalize_batch([])
+
+
+def test_a_large_photo_is_reduced_alike_whether_a_file_bytes_a_pil_image_or_an_array(tmp_path):
+    """A JPEG is decoded at 1/2-1/8 of its size where the model's resize allows; arrays and PIL images
+    (a 1080p webcam frame) were kept whole, and scored up to 0.33 apart from the same photo as a file."""
+    big = cv2.resize(synthetic_image(3, seed=4, size=64), (1600, 1200), interpolation=cv2.INTER_CUBIC)
+    jpeg = tmp_path / "big.jpg"
+    write_rgb(jpeg, big)
+    decoded = read_rgb(jpeg)  # in full
+    from_file = read_rgb(jpeg, min_side=146)
+    assert from_file.shape == (300, 400, 3)  # 1/4: the shorter side stays at least twice 146
+    for other in (read_rgb(decoded, min_side=146), read_rgb(Image.fromarray(decoded), min_side=146),
+                  read_rgb(cv2.cvtColor(decoded, cv2.COLOR_RGB2BGR)[:, :, ::-1], min_side=146)):
+        assert other.shape == from_file.shape
+        assert np.abs(other.astype(int) - from_file).mean() < 2  # area averaging against the decoder's scaled IDCT
+    png = write_rgb(tmp_path / "big.png", decoded)  # a lossless file is reduced exactly as its array is
+    np.testing.assert_array_equal(read_rgb(png, min_side=146), read_rgb(decoded, min_side=146))
+    assert read_rgb(decoded, min_side=300).shape == (600, 800, 3) and read_rgb(decoded, min_side=301).shape == decoded.shape
+
+
+def test_a_sixteen_bit_image_reads_alike_as_a_file_a_pil_image_and_an_array():
+    """16-bit samples are scaled to 8 bits one way: a dark 16-bit image (no sample above 255) read as a PIL
+    image was taken for an 8-bit one and came out bright, while its PNG came out black."""
+    dark = (synthetic_image(1, seed=2, size=32)[:, :, 0].astype(np.uint16) * 3 // 4)  # all samples <= 255 of 65535
+    img = Image.frombytes("I;16", (32, 32), dark.astype("<u2").tobytes())
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    expected = np.repeat((dark >> 8).astype(np.uint8)[..., None], 3, axis=2)  # black
+    for source in (buf.getvalue(), Image.open(io.BytesIO(buf.getvalue())), img, dark, dark.astype(">u2")):
+        np.testing.assert_array_equal(read_rgb(source), expected)
+
+
+def test_reading_a_pil_image_leaves_the_callers_image_as_it_was():
+    img = Image.fromarray(synthetic_image(0, seed=1, size=64)[:40])  # 64 wide, 40 tall
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", exif=exif.tobytes())
+    photo = Image.open(io.BytesIO(buf.getvalue()))
+    assert read_rgb(photo).shape == (64, 40, 3)  # upright
+    assert photo.size == (64, 40) and photo.getexif()[0x0112] == 6  # predict rotated the caller's own image
+
+
+@pytest.mark.parametrize("source", [None, 3, [b"\xff\xd8"], torch.zeros(3, 8, 8)], ids=["None", "int", "list", "tensor"])
+def test_something_that_is_no_image_is_a_type_error_naming_what_an_image_may_be(source):
+    with pytest.raises(TypeError, match="an image is a path, encoded bytes, a PIL image or a numpy array"):
+        read_rgb(source)
+
+
+def test_a_bgr_frame_must_be_an_array_and_gets_the_arrays_own_checks(preprocess):
+    with pytest.raises(TypeError, match=r"a BGR frame \(bgr=True\) is a numpy array as OpenCV gives it, not str"):
+        preprocess.from_bgr("frame.jpg")
+    with pytest.raises(ImageDecodeError, match="expected a uint8, uint16 or float image array, got dtype int64"):
+        preprocess.from_bgr(np.zeros((8, 8, 3), np.int64))  # OpenCV's own error, from cvtColor
+    with pytest.raises(ImageDecodeError, match=r"image has no pixels \(0x0\)"):
+        preprocess.from_bgr(np.zeros((0, 0, 3), np.uint8))
+    frame = np.zeros((8, 8, 3), np.float64)
+    frame[..., 0] = 1.0  # blue, in BGR: a dtype cvtColor does not take is swapped all the same
+    assert bgr_to_rgb(frame)[0, 0].tolist() == [0, 0, 255]

@@ -610,11 +610,13 @@ class ImageDataset(Dataset):
     A file that still fails to decode yields label -1 (ignored by the loss) and is reported.
     """
 
-    def __init__(self, samples: Sequence[Sample], transform: Callable[[np.ndarray, int], torch.Tensor], *, min_side: int | None = None, placeholder_shape=(3, 224, 224)):
+    def __init__(self, samples: Sequence[Sample], transform: Callable[[np.ndarray, int], torch.Tensor], *, min_side: int | None = None,
+                 placeholder_shape=(3, 224, 224), placeholder_dtype: torch.dtype = torch.float32):
         self.samples = list(samples)
         self.transform = transform
         self.min_side = min_side
         self.placeholder_shape = placeholder_shape
+        self.placeholder_dtype = placeholder_dtype  # the transform's, so that a failed file batches with the others
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -625,7 +627,7 @@ class ImageDataset(Dataset):
         try:
             return self.transform(decode_file(sample.path, self.min_side), seed), sample.label, index
         except (ImageDecodeError, OSError):
-            return torch.zeros(self.placeholder_shape), -1, index
+            return torch.zeros(self.placeholder_shape, dtype=self.placeholder_dtype), -1, index
 
 
 def failure_reports(paths: Sequence[str], min_side: int | None = None) -> list[dict[str, str]]:

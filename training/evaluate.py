@@ -240,12 +240,13 @@ def served_outputs(classifier: Classifier, samples: list[Sample], *, batch_size:
 
 
 def crop_batches(classifier: Classifier, samples: list[Sample], tta: str, batch_size: int, workers: int, failed: list[str]):
-    """Batches of (crops (images, views, H, W, 3) as uint8-valued float32, labels, indexes in ``samples``)
+    """Batches of (uint8 crops (images, views, H, W, 3), labels, indexes in ``samples``)
     of the images that decoded, cropped by the checkpoint's Preprocess in the loader's workers; the
     paths of those that did not go to ``failed``."""
     dc = classifier.data_config
     views = tta_view_count(tta)
-    dataset = ImageDataset(samples, CropViews(dc, tta), min_side=dc.resize_size, placeholder_shape=(views, dc.input_size, dc.input_size, 3))
+    dataset = ImageDataset(samples, CropViews(dc, tta), min_side=dc.resize_size, placeholder_shape=(views, dc.input_size, dc.input_size, 3),
+                           placeholder_dtype=torch.uint8)
     # Fewer images per batch under TTA, so one batch holds about as many views as without it.
     loader = make_loader(dataset, batch_size=max(1, batch_size // views), workers=workers, pin_memory=False)
     for crops, target, index in loader:
@@ -256,8 +257,7 @@ def crop_batches(classifier: Classifier, samples: list[Sample], tta: str, batch_
 
 
 class CropViews:
-    """(rgb, seed) -> the views' uint8 crops from the shared Preprocess, (views, H, W, 3), as float32
-    so that they batch with the loader's placeholders for files that fail to decode; picklable for
+    """(rgb, seed) -> the views' uint8 crops from the shared Preprocess, (views, H, W, 3); picklable for
     loader workers."""
 
     def __init__(self, config: DataConfig, mode: str):
@@ -265,7 +265,7 @@ class CropViews:
         tta_view_count(mode)  # rejects unknown modes up front
 
     def __call__(self, rgb: np.ndarray, seed: int = 0) -> torch.Tensor:
-        return torch.from_numpy(np.stack(tta_crops(self.preprocess, rgb, self.mode))).float()
+        return torch.from_numpy(np.stack(tta_crops(self.preprocess, rgb, self.mode)))
 
 
 def tta_table(classifier: Classifier, samples: list[Sample], modes=TTA_MODES, *, batch_size: int = 64, workers: int = 2) -> tuple[list[dict[str, Any]], dict[str, tuple[dict[str, Any], list[str]]]]:

@@ -1,0 +1,127 @@
+"""The Classifier as a library user calls it: what it takes, and a clear error, naming what it takes,
+for what it does not (a wrong input answered, or a traceback from deep inside NumPy or torch, before)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from gesture_core import ClassScores, load_checkpoint, load_classifier, resolve_device
+from gesture_core.checkpoint import CheckpointError
+from gesture_core.classifier import decode_probs
+from gesture_core.images import ImageDecodeError
+from tests.helpers import REPO, synthetic_image, write_rgb
+
+
+@pytest.fixture(scope="module")
+def classifier(random_head_checkpoint):
+    return load_classifier(random_head_checkpoint, "cpu", engine="torch")
+
+
+@pytest.fixture(scope="module")
+def image() -> np.ndarray:
+    return synthetic_image(2, seed=7, size=160)
+
+
+def test_predict_proba_takes_several_images_and_refuses_one_taken_as_a_batch(classifier, image, tmp_path):
+    """One 48x48 array gave 48 answers (a row each), a path was read letter by letter."""
+    path = write_rgb(tmp_path / "one.png", image)
+    expected = classifier.predict_proba([image])
+    assert expected.shape == (1, 10)
+    np.testing.assert_allclose(classifier.predict_proba(image[None]), expected, atol=1e-6)  # an N x H x W x C array
+    np.testing.assert_allclose(classifier.predict_proba(p for p in [path]), expected, atol=1e-6)
+    for one in (image, image[:, :, 0], str(path), path, path.read_bytes()):
+        with pytest.raises(ValueError, match=r"predict_proba takes several images .*: pass \[image\], or use predict\(image\)"):
+            classifier.predict_proba(one)
+
+
+@pytest.mark.parametrize("crop, what", [
+    (np.zeros((128, 128, 3), np.float32), "float32 (128, 128, 3)"),  # a 0-1 crop was normalised as 0-255
+    (np.zeros((128, 128, 3), np.uint16), "uint16 (128, 128, 3)"),
+    (np.zeros((128, 128, 4), np.uint8), "uint8 (128, 128, 4)"),
+    (np.zeros((100, 100, 3), np.uint8), "uint8 (100, 100, 3)"),
+    ("photo.jpg", "str"),
+], ids=["float", "16-bit", "RGBA", "size", "path"])
+def test_classify_takes_the_crops_crop_makes_and_names_the_one_that_is_not(classifier, image, crop, what):
+    good = classifier.crop(image)
+    for call in (classifier.classify, classifier.classify_scores, classifier.classify_logits):
+        with pytest.raises(ValueError, match=r"uint8 RGB arrays of shape \(128, 128, 3\); crop 1 is " + re.escape(what)):
+            call([good, crop])
+    with pytest.raises(ValueError, match=r"a list of crops, e.g. \[classifier.crop\(image\)\], not one array of shape \(128, 128, 3\)"):
+        classifier.classify(good)
+
+
+def test_decide_refuses_scores_of_another_model_or_not_numbers(classifier, image):
+    scores = classifier.classify_scores([classifier.crop(image)])[0]
+    assert classifier.decide(scores).top_k  # the model's own row
+    for row, reason in ((scores.probs[:3], r"10 probabilities, one per class, got shape \(3,\)"),
+                        (np.full(10, np.nan), "NaN or infinity"), (scores.probs[None], r"got shape \(1, 10\)")):
+        with pytest.raises(ValueError, match=reason):
+            classifier.decide(ClassScores(row, scores.gesture))
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        decode_probs(scores.probs, classifier.classes, gesture=float("nan"))  # NaN was below no threshold: accepted
+
+
+@pytest.mark.parametrize("k", [0, -1, 2.5, True, None, "3"])
+def test_k_is_a_whole_number_of_at_least_one(classifier, image, k):
+    with pytest.raises(ValueError, match=rf"k \(how many classes to list\) must be a whole number of at least 1, got {k!r}"):
+        classifier.predict(image, k=k)
+
+
+def test_k_above_the_class_count_lists_every_class_as_the_service_does(classifier, image):
+    assert len(classifier.predict(image, k=100).top_k) == len(classifier.classes) == len(classifier.predict(image, k=np.int64(10)).top_k)
+
+
+def test_a_threshold_is_any_real_number_from_0_to_1_but_not_a_bool(classifier, image):
+    assert classifier.predict(image, threshold=np.float32(1.0)).label is None  # "must be between 0 and 1, got 1.0" before
+    for bad, reason in ((True, "must be a number"), ("0.5", "must be a number"), (1.5, "between 0 and 1")):
+        with pytest.raises(ValueError, match=reason):
+            classifier.predict(image, threshold=bad)
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        decode_probs(np.full(10, 0.1), classifier.classes, threshold=5)
+
+
+def test_a_bgr_frame_keeps_the_decoding_limits(classifier, image):
+    with pytest.raises(ImageDecodeError, match="above the limit of 100"):
+        classifier.crop(image[:, :, ::-1], bgr=True, max_pixels=100)  # ignored with bgr=True before
+    with pytest.raises(TypeError, match=r"a BGR frame \(bgr=True\) is a numpy array"):
+        classifier.predict(b"\xff\xd8\xff", bgr=True)
+
+
+def test_a_run_folder_loads_its_best_checkpoint_as_the_commands_take_it(random_head_checkpoint, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    with pytest.raises(CheckpointError, match=f"checkpoint {run} is a folder: pass a checkpoint file"):
+        load_checkpoint(run)
+    with pytest.raises(CheckpointError, match="is a folder"):  # "does not exist", before
+        load_classifier(run, "cpu")
+    shutil.copy(random_head_checkpoint, run / "best.pt")
+    assert load_classifier(run, "cpu", engine="torch").classes == [str(i) for i in range(10)]
+
+
+@pytest.mark.parametrize("device", ["gpu", "CPU", "mps", "tpu:0"])
+def test_a_device_is_one_of_the_choices_named(device):
+    with pytest.raises(ValueError, match=rf"device '{device}' is not one of auto, cpu, cuda or cuda:N"):
+        resolve_device(device)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
+def test_a_gpu_on_a_machine_without_cuda_says_which_devices_will_do():
+    with pytest.raises(ValueError, match=r"device cuda:1 requested but CUDA is not available here; use auto or cpu"):
+        resolve_device("cuda:1")
+    assert resolve_device(torch.device("cpu")) == torch.device("cpu") == resolve_device("auto")
+
+
+def test_the_python_pages_example_runs_as_written(random_head_checkpoint, sign_digits, monkeypatch, capsys):
+    """docs/python-api.md's block, on a checkpoint of ten classes in place of the set-up's run."""
+    page = (REPO / "docs" / "python-api.md").read_text()
+    block = re.search(r"```python\n(.*?)```", page, re.DOTALL).group(1)
+    assert block.count("runs/sign-digits-efficientnet_lite0/best.pt") == 1
+    monkeypatch.chdir(REPO)  # its paths are the README's, from the repository
+    exec(block.replace("runs/sign-digits-efficientnet_lite0/best.pt", str(random_head_checkpoint)), {})  # noqa: S102
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[2].startswith("(2, 10) [") and len(printed) == 3
