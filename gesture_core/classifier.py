@@ -383,11 +383,13 @@ def load_verified_classifier(path: str | os.PathLike, device: str | torch.device
     classifier = load_classifier(path, device, engine, precision, **geometry)
     try:
         scores = classifier.classify_scores([classifier.preprocess.crop(np.zeros((48, 64, 3), np.uint8))])[0]
-        classifier.decide(scores)
         probs = scores.probs[None]
+        if probs.shape != (1, len(classifier.classes)) or not np.isfinite(probs).all():
+            raise CheckpointError(f"{path}: the model answers a test image with {probs.shape[-1]} probabilities "
+                                  f"({'finite' if np.isfinite(probs).all() else 'not finite'}) for {len(classifier.classes)} classes")
+        classifier.decide(scores)
+    except CheckpointError:
+        raise
     except (RuntimeError, ValueError, OverflowError, cv2.error) as err:
         raise CheckpointError(f"{path}: a test image does not run through the model ({in_brief(err)})") from None
-    if probs.shape != (1, len(classifier.classes)) or not np.isfinite(probs).all():
-        raise CheckpointError(f"{path}: the model answers a test image with {probs.shape[-1]} probabilities "
-                              f"({'finite' if np.isfinite(probs).all() else 'not finite'}) for {len(classifier.classes)} classes")
     return classifier
