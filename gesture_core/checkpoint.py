@@ -153,7 +153,7 @@ def check_not_training_state(path: Path, ckpt: dict[str, Any], command: str) -> 
     run's model: its weights are the latest epoch's, not the best, and not calibrated for "no gesture"."""
     if "epoch" in ckpt:
         raise CheckpointError(f"{path} is a run's training state (last.pt: the latest epoch, not calibrated), not its model: "
-                              f"pass the run's best.pt, e.g. python -m {command} {path.parent}")
+                              f"pass the run's best.pt, e.g. {command} {path.parent}")
 
 
 def warn_if_training_state(path: Path, ckpt: dict[str, Any]) -> None:

@@ -15,6 +15,8 @@ import argparse
 import errno
 import functools
 import os
+import shlex
+import shutil
 import sys
 import tempfile
 import warnings
@@ -157,6 +159,22 @@ def output_arg(kind: str, suffixes: tuple[str, ...] = (), replaces: tuple[str, .
         return lands if ".." in path.parts else path  # so every later check sees where it lands, as the user typed it otherwise
 
     return output
+
+
+def python_command() -> str:
+    """This interpreter as the user would type it, for the commands that messages give to paste: ``.venv/bin/python``
+    under the current folder, ``python`` (or ``python3``) where that is this interpreter on PATH, else its full path.
+    A bare "python -m ..." after ``.venv/bin/python -m ...`` was another Python, without torch."""
+    exe = Path(sys.executable)
+    for name in ("python", "python3"):
+        found = shutil.which(name)
+        if found and Path(found).absolute() == exe.absolute():
+            return name
+    try:
+        relative = exe.absolute().relative_to(Path.cwd())
+    except ValueError:
+        return shlex.quote(str(exe))
+    return shlex.quote(str(relative))
 
 
 def first_free(base: Path, free: Callable[[Path], bool] = lambda path: not path.exists(), *, file: bool = False) -> Path:

@@ -24,7 +24,7 @@ import bentoml
 from bentoml.exceptions import NotFound
 
 from gesture_core.checkpoint import check_not_training_state
-from gesture_core.cli import CommandParser, checkpoint_arg, command
+from gesture_core.cli import CommandParser, checkpoint_arg, command, python_command
 from gesture_core.hands import HAND_MODEL_FILES
 from gesture_core.preprocess import DataConfig
 from gesture_core.runtime import Runtime
@@ -116,7 +116,7 @@ def import_checkpoint(checkpoint: str | Path, name: str = DEFAULT_MODEL_NAME) ->
     path = Path(checkpoint)
     classifier = Runtime.from_env().load(path)  # as the service will load it (GESTURE_DEVICE, _ENGINE, _PRECISION)
     ckpt = classifier.checkpoint_meta  # everything but the weights
-    check_not_training_state(path, ckpt, "service.import_model")  # the service would answer with the latest epoch, uncalibrated
+    check_not_training_state(path, ckpt, f"{python_command()} -m service.import_model")  # the service would answer with the latest epoch, uncalibrated
     metadata = model_metadata(path, ckpt)
     test_top1 = metadata["metrics"].get("test", {}).get("top1")
     labels = {

@@ -9,6 +9,7 @@ import functools
 import importlib
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -25,6 +26,7 @@ from benchmarks.server_process import REPO
 from gesture_core import checkpoint as checkpoint_module
 from gesture_core.backbones import build_model
 from gesture_core.checkpoint import remove_partial_saves
+from gesture_core.cli import python_command
 from tests.helpers import make_image_folder
 from tests.test_finetune import tiny_config
 from training.calibrate import main as calibrate_main
@@ -488,12 +490,12 @@ def test_calibrate_and_export_refuse_a_runs_last_pt(run, tmp_path, capsys):
     shutil.copytree(run, folder)
     before = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
     assert calibrate_main(["--checkpoint", str(folder / "last.pt")]) == 2
-    assert f"pass the run's best.pt, e.g. python -m training.calibrate --checkpoint {folder}" in one_error_line(capsys)
+    assert f"pass the run's best.pt, e.g. {python_command()} -m training.calibrate --checkpoint {folder}" in one_error_line(capsys)
     assert {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()} == before
     from training.export import main as export_main  # it shipped the latest epoch, uncalibrated, as model.onnx
 
     assert export_main(["--checkpoint", str(folder / "last.pt"), "--format", "onnx"]) == 2
-    assert f"pass the run's best.pt, e.g. python -m training.export --checkpoint {folder}" in one_error_line(capsys)
+    assert f"pass the run's best.pt, e.g. {python_command()} -m training.export --checkpoint {folder}" in one_error_line(capsys)
     assert {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()} == before
 
 
@@ -1075,3 +1077,26 @@ def test_an_out_folder_that_cannot_be_written_is_refused_at_the_command_line(mod
         main(["--out", "/proc/x/report"])
     err = capsys.readouterr().err
     assert stop.value.code == 2 and err == "error: argument --out: /proc/x/report: cannot write there: No such file or directory\n", err
+
+
+def test_a_command_to_paste_names_the_python_the_user_ran(tmp_path, monkeypatch):
+    """"continue with: python -m training.finetune --resume ..." after `.venv/bin/python -m training.finetune`
+    ran another Python, one without torch (ModuleNotFoundError)."""
+    venv_python = tmp_path / "project" / ".venv" / "bin" / "python"
+    venv_python.parent.mkdir(parents=True)
+    venv_python.symlink_to(sys.executable)
+    monkeypatch.setattr(sys, "executable", str(venv_python))
+    monkeypatch.setenv("PATH", "/nonexistent")
+    monkeypatch.chdir(tmp_path / "project")
+    assert python_command() == ".venv/bin/python"  # as the README has it
+    monkeypatch.chdir(tmp_path)
+    assert python_command() == "project/.venv/bin/python"
+    monkeypatch.chdir("/")
+    assert python_command() == str(venv_python)[1:]  # relative to /
+    elsewhere = tmp_path / "my dir" / "python"
+    monkeypatch.setattr(sys, "executable", str(elsewhere))
+    monkeypatch.chdir(tmp_path / "project")
+    assert python_command() == shlex.quote(str(elsewhere))  # quoted, to paste
+    monkeypatch.setenv("PATH", str(venv_python.parent))  # an activated venv: its python is the one on PATH
+    monkeypatch.setattr(sys, "executable", str(venv_python))
+    assert python_command() == "python"

@@ -10,6 +10,7 @@ from dataclasses import replace
 import pytest
 
 from gesture_core import build_model, read_rgb
+from gesture_core.cli import python_command
 from tests.helpers import make_image_folder, trained_further
 from tests.test_whole_frame import wide_run
 from training import finetune
@@ -82,7 +83,7 @@ def test_a_stopped_comparison_names_itself_to_continue(data, tmp_path, monkeypat
 
     monkeypatch.setattr(finetune, "plot_curves", stopped)  # after the first run's last epoch
     argv = ["--data", str(data), "--out", str(tmp_path / "cmp"), *ARGS]
-    go_on = f"interrupted; continue with: python -m training.compare {shlex.join(argv)}"
+    go_on = f"interrupted; continue with: {python_command()} -m training.compare {shlex.join(argv)}"
     for args in (argv, [*argv, "--retrain"]):  # --retrain was refused: "holds an interrupted run"
         with pytest.raises(SystemExit, match="130"):
             main(args)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import re
@@ -22,7 +23,7 @@ import torch
 import training.finetune as finetune
 from gesture_core import load_classifier
 from gesture_core.classifier import Classifier
-from gesture_core.cli import OutOfMemory
+from gesture_core.cli import OutOfMemory, python_command
 from tests.helpers import count_calls, make_image_folder, train_interrupted_in_epoch, train_interrupted_in_epoch_2
 from tests.test_data import add_bad_files
 from training.config import TrainConfig
@@ -92,7 +93,7 @@ def test_resume_after_interruption_gives_the_same_next_epoch(dataset, tmp_path, 
             torch.testing.assert_close(state_a[key], state_b[key], rtol=0, atol=1e-5)
 
 
-def test_sigterm_stops_a_run_as_ctrl_c_does_with_the_resume_command_and_exit_143(dataset, tmp_path):
+def test_sigterm_stops_a_run_as_ctrl_c_does_with_the_resume_command_and_exit_143(dataset, tmp_path, monkeypatch):
     """SIGTERM (what timeout, kill and job schedulers send) ended a run at once: no line, no resume command."""
     import subprocess
 
@@ -108,7 +109,8 @@ def test_sigterm_stops_a_run_as_ctrl_c_does_with_the_resume_command_and_exit_143
     process.send_signal(signal.SIGTERM)
     _, err = process.communicate(timeout=120)
     assert process.returncode == 143, err[-2000:]
-    assert err.strip().splitlines()[-1] == f"interrupted; continue with: python -m training.finetune --resume {tmp_path / 'run' / 'last.pt'}"
+    monkeypatch.chdir(REPO)  # the command's folder: .venv/bin/python, where the suite runs from the repository's venv
+    assert err.strip().splitlines()[-1] == f"interrupted; continue with: {python_command()} -m training.finetune --resume {tmp_path / 'run' / 'last.pt'}"
     assert not [p.name for p in (tmp_path / "run").iterdir() if p.name.endswith(".tmp")]
 
 
@@ -122,7 +124,7 @@ def test_a_run_stopped_while_it_reports_is_not_finished_and_its_resume_writes_th
     with pytest.raises(SystemExit) as stop:
         finetune.train(tiny_config(dataset, tmp_path / "run", epochs=1))
     assert stop.value.code == 130 and not (tmp_path / "run" / "metrics.json").exists()
-    assert f"interrupted; continue with: python -m training.finetune --resume {tmp_path / 'run' / 'last.pt'}" in capsys.readouterr().err
+    assert f"interrupted; continue with: {python_command()} -m training.finetune --resume {tmp_path / 'run' / 'last.pt'}" in capsys.readouterr().err
     monkeypatch.undo()
     finetune.train(*finetune.parse_config(["--resume", str(tmp_path / "run")]))
     assert (tmp_path / "run" / "metrics.json").is_file() and (tmp_path / "run" / "curves.png").is_file()
@@ -523,13 +525,23 @@ def test_an_epoch_without_validation_images_says_so():
     assert "val loss 0.3000 acc 90.00%" in finetune.format_epoch({**row, "val_loss": 0.3, "val_top1": 0.9}, 3, improved=True)
 
 
-def test_a_ctrl_c_before_the_first_checkpoint_says_there_is_nothing_to_resume(dataset, tmp_path, monkeypatch, capsys):
-    """It gave a --resume command for a last.pt that did not exist; the same command then starts again."""
-    cfg = tiny_config(dataset, tmp_path / "run", epochs=2)
+@pytest.mark.parametrize("out", ["run", None], ids=["--out", "default"])
+def test_a_ctrl_c_before_the_first_checkpoint_says_there_is_nothing_to_resume(dataset, tmp_path, monkeypatch, capsys, out):
+    """It gave a --resume command for a last.pt that did not exist; the same command then starts again, in the
+    same folder: under the default runs/NAME, each such Ctrl-C left a folder and the next run went to NAME-2."""
+    monkeypatch.chdir(tmp_path)
+    def command():  # the same command again: a new config (train fills in the default --out of its own)
+        return dataclasses.replace(tiny_config(dataset, tmp_path / "run", epochs=2), out=out and str(tmp_path / out))
+
+    cfg = command()
+    folder = tmp_path / "run" if out else tmp_path / "runs" / "gestures-mobilenet_v3_large"
     assert train_interrupted_in_epoch(cfg, monkeypatch, 1) == 130
     assert "interrupted before the first epoch ended: there is no last.pt to resume from; start again" in capsys.readouterr().err
-    assert not (tmp_path / "run" / "last.pt").exists()
-    assert finetune.train(cfg).exists()
+    assert (folder / "split.json").is_file() and not (folder / "last.pt").exists()
+    assert finetune.train(command()).resolve() == folder.resolve()
+    if not out:
+        assert [p.name for p in (tmp_path / "runs").iterdir()] == ["gestures-mobilenet_v3_large"]
+        assert finetune.default_run_dir(command()) == Path("runs") / "gestures-mobilenet_v3_large-2"  # a trained run keeps its folder
 
 
 def test_a_data_loading_worker_killed_for_memory_is_one_error_line_with_the_resume_command(dataset, tmp_path, monkeypatch):
@@ -549,7 +561,7 @@ def test_a_data_loading_worker_killed_for_memory_is_one_error_line_with_the_resu
     monkeypatch.setattr(finetune, "save_epoch", lambda *args, **kwargs: (real_save(*args, **kwargs), trigger.touch()))
     cfg = tiny_config(dataset, tmp_path / "run", epochs=3, workers=2)
     with pytest.raises(OutOfMemory, match=r"^DataLoader worker \(pid\(s\) [\d, ]+\) exited unexpectedly: most likely out of memory \(RAM\), "
-                                          r"with --workers 2; continue with fewer: python -m training.finetune --resume "
+                                          rf"with --workers 2; continue with fewer: {re.escape(python_command())} -m training.finetune --resume "
                                           rf"{re.escape(str(tmp_path / 'run' / 'last.pt'))} --workers 1$"):
         finetune.train(cfg)
 

@@ -27,6 +27,7 @@ from starlette.testclient import TestClient
 
 from benchmarks.hostile_inputs import b64, bad_uploads, encode, flat_png, form_part, http_bad_requests, multipart
 from gesture_core import ImageDecodeError, load_classifier
+from gesture_core.cli import python_command
 from gesture_core.runtime import MOST_THREADS, Runtime
 from service import import_model
 from service import settings as settings_module
@@ -164,7 +165,7 @@ def test_import_cli_prints_the_tag_and_rejects_non_checkpoints(stored_model, ran
     last.parent.mkdir()
     torch.save({**torch.load(random_head_checkpoint, weights_only=True), "epoch": 3, "optimizer": {}}, last)
     assert import_model.main([str(last)]) == 2  # it stored the latest epoch's weights, uncalibrated, as the model to serve
-    assert f"pass the run's best.pt, e.g. python -m service.import_model {last.parent}" in capsys.readouterr().err
+    assert f"pass the run's best.pt, e.g. {python_command()} -m service.import_model {last.parent}" in capsys.readouterr().err
 
 
 # --- the service class, called directly -----------------------------------------------------------

@@ -50,7 +50,7 @@ from gesture_core.checkpoint import (
     resolve_device,
 )
 from gesture_core.class_names import some_of
-from gesture_core.cli import CommandParser, checkpoint_arg, command
+from gesture_core.cli import CommandParser, checkpoint_arg, command, python_command
 from gesture_core.preprocess import DataConfig
 from gesture_core.rejection import SCORES, Rejection, find_reject_classes, softmax
 from training import cli
@@ -487,7 +487,7 @@ def recalibrate(checkpoint: Path, requested: Sequence[str] | None, target_recall
     """Calibrate a run's checkpoint on its split.json; rewrites the checkpoint and RUN/metrics.json's open_set."""
     check_not_in_use(checkpoint.parent, "wait for it to end: it calibrates the best.pt it writes")  # which would replace this one
     ckpt = load_checkpoint(checkpoint)
-    check_not_training_state(checkpoint, ckpt, "training.calibrate --checkpoint")  # it rewrote the run's report from last.pt
+    check_not_training_state(checkpoint, ckpt, f"{python_command()} -m training.calibrate --checkpoint")  # it rewrote the run's report from last.pt
     split_file = checkpoint.parent / "split.json"
     if not split_file.exists():
         raise DatasetError(f"{split_file} not found: calibration needs the run's validation split")

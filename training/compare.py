@@ -36,6 +36,7 @@ from gesture_core.cli import (
     check_output_spares_inputs,
     command,
     output_arg,
+    python_command,
 )
 from gesture_core.weights import WeightsUnavailableError, imagenet_weights_file
 from training import cli
@@ -292,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.retrain:
         remove_earlier_runs([out / "runs" / name for name in args.backbones])
     # Run again, the comparison continues a stopped run and reuses the finished ones.
-    go_on = shlex.join(["python", "-m", "training.compare", *(a for a in (sys.argv[1:] if argv is None else argv) if a != "--retrain")])
+    go_on = python_command() + " " + shlex.join(["-m", "training.compare", *(a for a in (sys.argv[1:] if argv is None else argv) if a != "--retrain")])
     rows = []
     for name in args.backbones:
         weights = offline_weights(name) if args.weights == "auto" else args.weights

@@ -46,6 +46,7 @@ from gesture_core.cli import (
     checkpoint_arg,
     command,
     output_arg,
+    python_command,
 )
 from gesture_core.images import IMAGE_SUFFIXES, ImageDecodeError
 from gesture_core.native_output import in_brief, native_stdout_discarded
@@ -377,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
     check_writable("--out", out)
     classifier = load_verified_classifier(args.checkpoint, "cpu", engine="torch")  # parity is defined against eager PyTorch, CPU fp32
     # a deployment of last.pt ships the latest epoch, uncalibrated, as import_model refuses to
-    check_not_training_state(args.checkpoint, classifier.checkpoint_meta, "training.export --checkpoint")
+    check_not_training_state(args.checkpoint, classifier.checkpoint_meta, f"{python_command()} -m training.export --checkpoint")
     inputs = parity_inputs(classifier, parity_images(args.checkpoint, args.images, args.max_images))
     report = export_checked(classifier, args.format, out, inputs, tolerance=args.tolerance, **({"opset": args.opset or DEFAULT_OPSET} if args.format == "onnx" else {}))
     print(report.describe())

@@ -46,6 +46,7 @@ from gesture_core.cli import (
     command,
     first_free,
     output_arg,
+    python_command,
 )
 from gesture_core.interrupts import interrupted_exit_code
 from gesture_core.preprocess import DataConfig
@@ -288,7 +289,22 @@ def other_files_in(out: Path, shown: int = 3) -> str:
 
 def default_run_dir(cfg: TrainConfig) -> Path:
     name = data_archive_name(cfg.data) or Path(cfg.data).name  # flowers.zip or https://host/flowers.zip: runs/flowers-...
-    return first_free(Path("runs") / f"{name or 'data'}-{cfg.backbone}")
+    return first_free(Path("runs") / f"{name or 'data'}-{cfg.backbone}", startable_in)
+
+
+def startable_in(folder: Path) -> bool:
+    """Whether a new run may take ``folder`` as its default: not there yet, or one that an --out of it would start again
+    in (a run stopped before its first epoch's last.pt) and no process holds. Each Ctrl-C in start-up left a folder
+    of a config and a split, and the same command then went to runs/NAME-2, -3, ..."""
+    if not folder.exists():
+        return True
+    if not folder.is_dir() or (folder / "last.pt").exists() or run_already_in(folder) is not None:
+        return False
+    try:
+        check_not_in_use(folder)
+    except ValueError:
+        return False
+    return True
 
 
 @dataclass
@@ -514,7 +530,7 @@ def check_split_decoded(run: Run, split: str, decoded: int, failed: list[str], e
     if decoded or not failed:
         return
     last = run.out / "last.pt"
-    then = (f"put them back and continue with: python -m training.finetune --resume {last}" if last.exists()
+    then = (f"put them back and continue with: {python_command()} -m training.finetune --resume {last}" if last.exists()
             else "put them back and start the run again")
     raise DatasetError(f"none of the {len(failed):,} {split} images decoded in epoch {epoch + 1} (e.g. {failed[0]}: "
                        f"{decode_failure(failed[0], run.data_config.resize_size)}; moved, deleted or changed during the run?): "
@@ -639,7 +655,7 @@ def stops_said_in_one_line(run: Run, go_on: str | None = None) -> Iterator[None]
     """Ctrl-C (exit 130), SIGTERM (143), a full disk and running out of memory, during the epochs or the report,
     as one line that says how to go on: with ``go_on``, or finetune's --resume."""
     last = run.out / "last.pt"
-    go_on = go_on or f"{'torchrun ...' if distributed.is_distributed() else 'python'} -m training.finetune --resume {last}"
+    go_on = go_on or f"{'torchrun ...' if distributed.is_distributed() else python_command()} -m training.finetune --resume {last}"
     try:
         yield
     except KeyboardInterrupt:
@@ -669,7 +685,7 @@ def out_of_memory(err: BaseException, cfg: TrainConfig, run: Run) -> str | None:
     elif "DataLoader worker" in text and ("killed" in text or "exited unexpectedly" in text):
         what = f"{text.splitlines()[0].rstrip('. ')}: most likely out of memory (RAM), with --workers {cfg.workers}"
         if last.exists():  # --resume takes --workers
-            return f"{what}; continue with fewer: python -m training.finetune --resume {last} --workers {max(0, cfg.workers // 2)}"
+            return f"{what}; continue with fewer: {python_command()} -m training.finetune --resume {last} --workers {max(0, cfg.workers // 2)}"
         return f"{what}: pass fewer --workers or a smaller --batch-size"
     else:
         return None
