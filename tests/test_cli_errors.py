@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -837,6 +838,31 @@ def test_evaluate_on_the_training_folder_warns_that_the_score_is_inflated(run, d
     trained = len(json.loads((run / "split.json").read_text())["train"])
     with pytest.warns(UserWarning, match=rf"{trained} of the 18 images evaluated are the run's training images"):
         assert evaluate_main(["--checkpoint", str(run), "--data", str(dataset), "--workers", "0", "--out", str(tmp_path / "eval")]) == 0
+
+
+def test_evaluate_counts_links_to_and_copies_of_the_runs_images_as_seen(run, tmp_path, capsys):
+    """Only the paths were compared: a folder of links to training images, or of their copies, was scored as new
+    images without a word, and validation images (which chose the epoch and the threshold) never counted."""
+    split = json.loads((run / "split.json").read_text())
+    folder = tmp_path / "looks-new"
+    for i, entry in enumerate(split["train"][:3] + split["val"][:2]):
+        source = Path(split["root"]) / entry[0]
+        target = folder / split["classes"][entry[1]] / f"new-{i}.png"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.symlink_to(source) if i % 2 else shutil.copy(source, target)
+    with pytest.warns(UserWarning) as warned:
+        assert evaluate_main(["--checkpoint", str(run), "--data", str(folder), "--workers", "0", "--out", str(tmp_path / "eval")]) == 0
+    said = [str(w.message) for w in warned]
+    assert any(m.startswith("3 of the 5 images evaluated are the run's training images, or copies of them") for m in said), said
+    assert any(m.startswith("2 of the 5 images evaluated are the run's validation images, or copies of them") for m in said), said
+
+
+@pytest.mark.parametrize("split, seen", [("val", "chose the best epoch and calibrated"), ("train", "the images the model trained on")])
+def test_evaluate_of_a_split_the_run_has_seen_says_so_and_names_it(run, split, seen, tmp_path, capsys):
+    """--split val was reported as "test: gesture recall ...", on the images its threshold was fitted to."""
+    with pytest.warns(UserWarning, match=f"--split {split}: .*{seen}"):
+        assert evaluate_main(["--checkpoint", str(run), "--split", split, "--workers", "0", "--out", str(tmp_path / "eval")]) == 0
+    assert f"\n  {split}: gesture recall" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("module, flag, argv", [

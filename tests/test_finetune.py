@@ -130,6 +130,26 @@ def test_a_run_stopped_while_it_reports_is_not_finished_and_its_resume_writes_th
     assert (tmp_path / "run" / "metrics.json").is_file() and (tmp_path / "run" / "curves.png").is_file()
 
 
+def test_a_run_trained_further_keeps_no_report_of_its_earlier_model(dataset, tmp_path, monkeypatch, capsys):
+    """--resume --epochs 2 of a finished run, stopped while it reported: best.pt was the new model, tested and
+    calibrated, and metrics.json and the plots still told of the earlier one."""
+    run = finetune.train(tiny_config(dataset, tmp_path / "run", epochs=1))
+    assert json.loads((run / "metrics.json").read_text())["epochs_run"] == 1
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(finetune, "plot_mistakes", stopped)
+    with pytest.raises(SystemExit):
+        finetune.train(*finetune.parse_config(["--resume", str(run), "--epochs", "2"]))
+    assert "the earlier report (metrics.json, confusion_matrix.png, test_mistakes.png, open_set.png) is removed" in capsys.readouterr().out
+    assert not [name for name in ("metrics.json", "confusion_matrix.png", "test_mistakes.png") if (run / name).exists()]  # open_set.png: the new model's
+    monkeypatch.undo()
+    finetune.train(*finetune.parse_config(["--resume", str(run)]))  # not finished: it continues without --epochs
+    assert json.loads((run / "metrics.json").read_text())["epochs_run"] == 2
+    assert all((run / name).is_file() for name in finetune.RUN_REPORT_FILES)
+
+
 def test_ema_weights_are_what_is_validated_kept_and_tested(dataset, tmp_path):
     out = finetune.train(tiny_config(dataset, tmp_path / "ema", epochs=1, ema_decay=0.9))
     best, last = (torch.load(out / name, weights_only=True) for name in ("best.pt", "last.pt"))
@@ -756,7 +776,7 @@ def test_a_split_deleted_during_the_run_stops_it_before_that_epoch_is_saved(tmp_
     what = {"train": "training", "val": "validation"}[split]
     assert re.match(rf"none of the \d+ {what} images decoded in epoch 2 \(e\.g\. {re.escape(str(data))}/\w+/\d+\.png: .*; moved, "
                     r"deleted or changed during the run\?\): last\.pt keeps the epochs before; put them back and continue with: "
-                    rf"python -m training\.finetune --resume {re.escape(str(tmp_path / 'run' / 'last.pt'))}$", str(stopped.value)), stopped.value
+                    rf"{re.escape(python_command())} -m training\.finetune --resume {re.escape(str(tmp_path / 'run' / 'last.pt'))}$", str(stopped.value)), stopped.value
     assert len(saved) == 1 and torch.load(tmp_path / "run" / "last.pt", weights_only=True)["epoch"] == 1
 
 

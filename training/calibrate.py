@@ -409,13 +409,14 @@ def reject_classes_phrase(classes: Sequence[str]) -> str:
     return f"reject classes {', '.join(classes)}" if classes else "no reject class"
 
 
-def format_open_set(report: dict[str, Any]) -> str:
+def format_open_set(report: dict[str, Any], data: str = "test") -> str:
+    """The "no gesture" lines of a report; ``data``: what its figures are of (evaluate: a split or a folder)."""
     test = report["test"]
     if not test["n"]:
         return f"no gesture: {reject_classes_phrase(report['reject_classes'])}; {report['rule']}"
     pct = lambda x: "n/a" if x is None else f"{100 * x:.2f}%"  # noqa: E731
     return (f"no gesture: {reject_classes_phrase(report['reject_classes'])}; temperature {report['temperature']:.3f}, {threshold_phrase(report)}\n"
-            f"  test: gesture recall {pct(test['gesture_recall'])} (unthresholded {pct(test['gesture_recall_unthresholded'])}), "
+            f"  {data}: gesture recall {pct(test['gesture_recall'])} (unthresholded {pct(test['gesture_recall_unthresholded'])}), "
             f"precision {pct(test['gesture_precision'])}, false-accept rate {pct(test['false_accept_rate'])}"
             f"{f' of {n} reject-class images' if (n := test.get('reject_images')) else ''}, "  # 0.00% of 24 says little
             f"AUROC {'n/a' if test['auroc'] is None else round(test['auroc'], 4)}, ECE {pct(test['ece_before'])} -> {pct(test['ece_after'])}"

@@ -57,6 +57,7 @@ from training.data import (
     split_folders,
     videos_hint,
 )
+from training.duplicates import identical_sets
 from training.hand_crops import HandCropCache, crop_samples, format_no_hand, frame_metrics, frame_mistakes, frame_outputs
 from training.loop import IGNORE_LABEL
 from training.open_set import evaluate_open_set, format_unknown, unknown_samples
@@ -89,6 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+SPLITS_SEEN = {
+    "train": "the images the model trained on: the score is inflated by them (the test split is the one it never saw)",
+    "val": "the images that chose the best epoch and calibrated the temperature and threshold: the score, and the "
+           "\"no gesture\" figures above all, are optimistic (the test split is the one they never saw)",
+}
+
+
 def select_samples(checkpoint: Path, classes: list[str], data: str | None, split: str) -> tuple[list[Sample], list[dict[str, str]], str]:
     """(samples, skipped files, name) for a folder, or for the run's saved split."""
     if data is not None:
@@ -97,6 +105,8 @@ def select_samples(checkpoint: Path, classes: list[str], data: str | None, split
             warnings.warn(f"{data} has no images of the model's class(es) {some_of(absent)}: their rows show support 0, and top-1 "
                           "measures the other classes alone", stacklevel=2)
         return samples, skipped, Path(data).name
+    if split in SPLITS_SEEN:  # its figures are no test: "--split val" was reported as one, in silence
+        warnings.warn(f"--split {split}: {SPLITS_SEEN[split]}", stacklevel=2)
     split_file = checkpoint.parent / "split.json"
     if not split_file.exists():
         raise DatasetError(f"{split_file} not found: pass --data FOLDER to evaluate on a folder")
@@ -145,12 +155,36 @@ def run_images(checkpoint: Path, names: tuple[str, ...]) -> set[str]:
 
 
 def warn_if_trained_on(samples: list[Sample], checkpoint: Path) -> None:
-    """A warning when --data holds images the run trained on: the model has seen them, so their score says
-    little about new images."""
-    if trained := len(file_keys(s.path for s in samples) & run_images(checkpoint, ("train",))):
-        warnings.warn(f"{trained:,} of the {len(samples):,} images evaluated are the run's training images "
-                      f"({checkpoint.parent / 'split.json'} lists them): the score is inflated by them; evaluate images "
-                      "the run did not train on (without --data: its saved test split)", stacklevel=2)
+    """A warning when --data holds images the run trained on, or validated on, or copies of them (the same bytes
+    under another name, or a link to one): the model has seen them, so their score says little about new images.
+    Only the paths were compared: a folder of links to, or copies of, training images was scored without a word."""
+    seen = seen_by_the_run(samples, checkpoint)
+    listed = f"({checkpoint.parent / 'split.json'} lists them)"
+    if trained := seen.get("train"):
+        warnings.warn(f"{trained:,} of the {len(samples):,} images evaluated are the run's training images, or copies of them "
+                      f"{listed}: the score is inflated by them; evaluate images the run did not train on (without --data: its "
+                      "saved test split)", stacklevel=2)
+    if validated := seen.get("val"):
+        warnings.warn(f"{validated:,} of the {len(samples):,} images evaluated are the run's validation images, or copies of them "
+                      f"{listed}, which chose its best epoch and calibrated its threshold: the score is optimistic for them", stacklevel=2)
+
+
+def seen_by_the_run(samples: list[Sample], checkpoint: Path) -> dict[str, int]:
+    """How many of ``samples`` are, or copy, images of the run's training and validation splits, by split:
+    the same file however its path is spelt (``file_keys``), or the same bytes (``identical_sets``, which reads
+    only files that share their size with another)."""
+    try:
+        splits = Splits.load(checkpoint.parent / "split.json")
+    except (OSError, DatasetError):
+        return {}
+    evaluated = file_keys(s.path for s in samples)
+    seen = {name: file_keys(s.path for s in getattr(splits, name)) for name in ("train", "val")}
+    copies = identical_sets(sorted(evaluated.union(*seen.values())))
+    counts = {}
+    for name, keys in seen.items():
+        copied = {path for group in copies if keys.intersection(group) for path in group if path in evaluated}
+        counts[name] = len((evaluated & keys) | copied)
+    return counts
 
 
 def check_unknown(folder: str, unknown: list[Sample], classifier: Classifier, checkpoint: Path) -> None:
@@ -387,7 +421,7 @@ def main(argv: list[str] | None = None) -> int:
         title += f", seen as {classifier.preprocess}"
     print(format_summary(metrics, f"{title}:"))  # first, as training prints it: the open-set lines follow it
     if single == "none":  # the open-set check decides as the service does: one view per image
-        report["open_set"], outputs = evaluate_open_set(classifier, samples, threshold=args.threshold, out=out, workers=args.workers,
+        report["open_set"], outputs = evaluate_open_set(classifier, samples, threshold=args.threshold, out=out, workers=args.workers, data=name,
                                                         unknown=None if unknown is None else (args.unknown, unknown))
         report["test_mistakes"] = top_mistakes(samples, outputs, classifier.classes, classifier.rejection)
         plot_mistakes(out / "test_mistakes.png", report["test_mistakes"])
@@ -429,7 +463,7 @@ def evaluate_hands(classifier: Classifier, samples: list[Sample], skipped: list[
     print(format_no_hand(metrics))
     crops = crop_samples(samples, cache)
     if crops:
-        report["open_set"], _ = evaluate_open_set(classifier, crops, threshold=args.threshold, out=out, workers=args.workers)
+        report["open_set"], _ = evaluate_open_set(classifier, crops, threshold=args.threshold, out=out, workers=args.workers, data=name)
     if unknown:
         report.setdefault("open_set", {})["unknown"] = unknown_frames(classifier, unknown, cache, args)
         skipped += [{"path": path, "reason": "--unknown image that failed to decode"} for path in report["open_set"]["unknown"]["failed_to_decode"]]

@@ -592,6 +592,8 @@ def train_in_run_folder(cfg: TrainConfig, resume: Path | None = None, go_on: str
     state = {"epoch": 0, "history": [], "best": None, "failed": []}
     if resume:
         state = restore_training_state(run, resume, optimizer, scheduler, scaler, ema, steps_per_epoch=steps)
+        if is_main_process():
+            remove_earlier_report(run.out)
     kept = ema.module if ema else run.model  # what is validated, saved as best.pt and tested
     failed: set[str] = set(state["failed"])
     print(f"{cfg.backbone} on {run.splits.root}: {len(run.splits.classes)} classes, split {run.splits.counts()}, "
@@ -822,6 +824,22 @@ def restore_training_state(run: Run, resume: Path, optimizer, scheduler, scaler,
     restore_rng(ckpt["rng"])
     print(f"resuming {resume} after epoch {ckpt['epoch']}")
     return {"epoch": ckpt["epoch"], "history": ckpt["history"], "best": ckpt["best"] or None, "failed": ckpt.get("failed", [])}
+
+
+# The test report of a run's model, which finish writes; curves.png, of the epochs, is written again with them.
+RUN_REPORT_FILES = ("metrics.json", "confusion_matrix.png", "test_mistakes.png", "open_set.png")
+
+
+def remove_earlier_report(out: Path) -> None:
+    """A run trained further (--resume --epochs N) has no report until it finishes again: the earlier one, of
+    another best.pt, stayed beside the new best.pt where the new report was stopped, and told of the
+    earlier model. metrics.json goes first, as it marks the run finished."""
+    removed = [name for name in RUN_REPORT_FILES if (out / name).is_file()]
+    for name in removed:
+        (out / name).unlink()
+    if removed:
+        print(f"the earlier report ({', '.join(removed)}) is removed: it was of the model before these epochs; "
+              "the run writes its own when it finishes")
 
 
 def finish(run: Run, state: dict[str, Any], failed: set[str]) -> None:

@@ -141,10 +141,10 @@ def format_score_table(rows: list[dict[str, Any]]) -> str:
 
 
 def evaluate_open_set(classifier: Classifier, samples: Sequence[Sample], *, threshold: float | None, out: Path, workers: int = 2,
-                      unknown: tuple[str, Sequence[Sample]] | None = None) -> tuple[dict[str, Any], SplitOutputs]:
+                      unknown: tuple[str, Sequence[Sample]] | None = None, data: str = "test") -> tuple[dict[str, Any], SplitOutputs]:
     """(evaluate's open_set section, the outputs of ``samples``): the rejection on ``samples`` (and
     predictions.csv), and with ``unknown`` (a folder and its images, ``unknown_samples``) the rejection of
-    never-learned gestures (and unknown_worst.png)."""
+    never-learned gestures (and unknown_worst.png). ``data`` names ``samples`` in the lines printed."""
     rejection = classifier.rejection
     if note := rejection.override_note(threshold):
         print(f"note: {note}")
@@ -155,7 +155,7 @@ def evaluate_open_set(classifier: Classifier, samples: Sequence[Sample], *, thre
         return {**rejection.info(), "threshold": threshold, **chosen, "test": {"n": 0}}, known  # every image failed to decode: reported as skipped
     write_predictions(out / "predictions.csv", classifier, samples, known, threshold)
     report = {**rejection.info(), "threshold": threshold, **chosen, "test": operating_point(known, rejection, classifier.classes, threshold)}
-    print(format_open_set(report))
+    print(format_open_set(report, data))
     if unknown is not None:
         unknown_dir, unknown_list = unknown
         decoded = outputs_of(classifier, unknown_list, workers=workers, desc="unknown features")
