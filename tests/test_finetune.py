@@ -7,6 +7,7 @@ import dataclasses
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import struct
@@ -26,6 +27,7 @@ from gesture_core.classifier import Classifier
 from gesture_core.cli import OutOfMemory, python_command
 from tests.helpers import count_calls, make_image_folder, train_interrupted_in_epoch, train_interrupted_in_epoch_2
 from tests.test_data import add_bad_files
+from tests.test_docs_commands import parse_errors, project_invocation
 from training.config import TrainConfig
 from training.data import Splits
 from training.evaluate import main as evaluate_main
@@ -45,9 +47,14 @@ def dataset(tmp_path):
     return make_image_folder(tmp_path / "gestures", per_class=10, size=48)
 
 
-def test_run_folder_has_every_artefact_and_a_complete_report(dataset, tmp_path):
+def test_run_folder_has_every_artefact_and_a_complete_report(dataset, tmp_path, capsys):
     add_bad_files(dataset)
     out = finetune.train(tiny_config(dataset, tmp_path / "run"))
+    said = capsys.readouterr().out.split("\nnext:\n")[1].splitlines()  # what to run with the model, this run's, to paste
+    commands = [project_invocation(shlex.split(line, comments=True)) for line in said]
+    assert [module for module, _ in commands] == ["training.evaluate", "service.webcam", "service.import_model"]
+    for module, argv in commands:
+        assert str(out) in argv and parse_errors(module, argv) is None, (module, argv)
     assert all((out / name).exists() for name in ARTEFACTS)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["backbone"] == "mobilenet_v3_large" and metrics["classes"] == ["fist", "palm", "peace"]

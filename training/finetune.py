@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import shlex
 import sys
 import time
 import warnings
@@ -883,6 +884,15 @@ def finish(run: Run, state: dict[str, Any], failed: set[str]) -> None:
         print(f"{len(skipped)} file(s) skipped:\n{listed}{more}")
     mistakes = ", test_mistakes.png: the most confident mistakes, where wrong labels show up" if metrics.get("test_mistakes") else ""
     print(f"results in {run.out}/ (best.pt, metrics.json, curves.png, confusion_matrix.png, open_set.png{mistakes})")
+    print(next_commands(run.out))
+
+
+def next_commands(out: Path) -> str:
+    """What to run with the model, as the user would paste it: the README's next steps, for this run."""
+    py, run = python_command(), shlex.quote(str(out))
+    return "\n".join(["next:", f"  {py} -m training.evaluate --checkpoint {run}   # test it again, or with --data FOLDER on other photos",
+                      f"  {py} -m service.webcam --checkpoint {run}   # live, from a webcam (--source for a video file)",
+                      f"  {py} -m service.import_model {run}   # then serve it with bentoml serve (docs/serving.md)"])
 
 
 def test_served(run: Run, best_path: Path, metrics: dict[str, Any], failed: set[str]) -> tuple[dict[str, Any], SplitOutputs, list[dict[str, Any]]]:
