@@ -131,7 +131,7 @@ def decode_probs(probs: np.ndarray, classes: Sequence[str], *, k: int = 5, thres
     """probabilities -> label: top-k, and rejection below ``threshold`` or on a reject class
     (``reject_classes``; None: the classes with a common "no gesture" name, gesture_core.rejection).
     The threshold applies to ``gesture`` when given, else to the top probability."""
-    probs = scores_problem(probs, classes, gesture)
+    probs = checked_scores(probs, classes, gesture)
     threshold = check_threshold(threshold)
     if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
         raise ValueError(f"k (how many classes to list) must be a whole number of at least 1, got {k!r}; a k above the "
@@ -144,7 +144,7 @@ def decode_probs(probs: np.ndarray, classes: Sequence[str], *, k: int = 5, thres
     return Prediction(None if rejected else label, score, top, None if gesture is None else float(gesture))
 
 
-def scores_problem(probs: Any, classes: Sequence[str], gesture: float | None) -> np.ndarray:
+def checked_scores(probs: Any, classes: Sequence[str], gesture: float | None) -> np.ndarray:
     """One image's probabilities as a 1-D array of one per class, or ValueError: a row of another model, or
     NaN from a broken one, was decided without a word (NaN below no threshold)."""
     row = np.asarray(probs, dtype=np.float64) if not isinstance(probs, np.ndarray) else probs

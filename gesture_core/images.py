@@ -928,10 +928,8 @@ def _pil_to_rgb(img: Image.Image, *, owned: bool) -> np.ndarray:
         img = ImageOps.exif_transpose(img)
     if img.mode == "F":  # float samples: converting to RGB would clip 0-1 to black
         return _array_to_rgb(np.asarray(img))
-    if img.mode.startswith("I;16"):  # 16-bit, whatever the byte order: as a 16-bit array or file is scaled
-        return _array_to_rgb(np.asarray(img).astype(np.uint16))
-    if img.mode == "I":
-        return _array_to_rgb(_to_8_bits(np.asarray(img)))
+    if img.mode.startswith("I;16") or img.mode == "I":  # I;16*: 16-bit in either byte order, scaled as a 16-bit file is
+        return _array_to_rgb(_to_8_bits(np.asarray(img), sixteen_bit=img.mode != "I"))
     if img.mode in ("L", "P"):
         rgb = cv2.cvtColor(np.asarray(img), cv2.COLOR_GRAY2RGB)
         return rgb if img.mode == "L" else cv2.LUT(rgb, _palette_colours(img)[None], dst=rgb)  # each index to its colour, in place
@@ -950,15 +948,17 @@ def _palette_colours(img: Image.Image) -> np.ndarray:
     return colours
 
 
-def _to_8_bits(arr: np.ndarray, rows: int = 256) -> np.ndarray:
-    """PIL's 32-bit integer samples (mode I, e.g. a TIFF's) as 8 bits: 0-65535 scaled by ``_sixteen_to_8_bits``,
-    or kept as they are when none is above 255, as 8-bit samples held in 32 bits (``convert("I")``). A block of rows at a time: float64 copies of the whole
+def _to_8_bits(arr: np.ndarray, rows: int = 256, *, sixteen_bit: bool = False) -> np.ndarray:
+    """PIL's integer samples as 8 bits: ``sixteen_bit`` ones (I;16) scaled by ``_sixteen_to_8_bits``, as a 16-bit
+    file or array is (a dark one, no sample above 255, came out bright as a PIL image and black as its file); 32-bit
+    ones (mode I, e.g. a TIFF's) scaled alike, or kept as they are when none is above 255: 8-bit samples held in 32
+    bits (``convert("I")``). A block of rows at a time: float64 copies of the whole
     image took 25 bytes a pixel: in a probe, 1 GB for a 2.7 MB PNG at the pixel limit that libpng refused."""
-    top = int(arr.max(initial=0))
+    scaled = sixteen_bit or int(arr.max(initial=0)) > 255
     out = np.empty(arr.shape, np.uint8)
     for start in range(0, arr.shape[0], rows):
         block = np.clip(arr[start:start + rows], 0, 65535).astype(np.uint16)
-        out[start:start + rows] = _sixteen_to_8_bits(block) if top > 255 else block
+        out[start:start + rows] = _sixteen_to_8_bits(block) if scaled else block
     return out
 
 

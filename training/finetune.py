@@ -593,7 +593,7 @@ def train_in_run_folder(cfg: TrainConfig, resume: Path | None = None, go_on: str
     state = {"epoch": 0, "history": [], "best": None, "failed": []}
     if resume:
         state = restore_training_state(run, resume, optimizer, scheduler, scaler, ema, steps_per_epoch=steps)
-        if is_main_process():
+        if is_main_process() and state["epoch"] < cfg.epochs:  # trained further; a report stopped midway is of this model
             remove_earlier_report(run.out)
     kept = ema.module if ema else run.model  # what is validated, saved as best.pt and tested
     failed: set[str] = set(state["failed"])
