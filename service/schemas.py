@@ -10,8 +10,21 @@ import binascii
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, Field, GetCoreSchemaHandler, GetJsonSchemaHandler, StrictFloat, StrictInt
+from pydantic import BaseModel, Field, GetCoreSchemaHandler, GetJsonSchemaHandler, StrictFloat, StrictInt, WithJsonSchema
 from pydantic_core import core_schema
+
+
+def nullable(schema: dict[str, Any]) -> WithJsonSchema:
+    """A response field that may be null, as one schema with OpenAPI 3.0's ``nullable``. BentoML 1.4.39 keeps only
+    the first member of each ``anyOf`` in an endpoint's response schema (``_bentoml_sdk.method._flatten_field``), so
+    ``list[HandOut] | None`` was published as an array, not null, and ``bentoml.SyncHTTPClient`` iterated the null
+    /predict answers for every whole-image model (TypeError); a null label was published as a string. A nullable
+    list has no ``items`` here: the client iterates the items it is given a schema for, null or not."""
+    return WithJsonSchema({**schema, "nullable": True})
+
+
+NullableText = Annotated[str | None, nullable({"type": "string"})]
+NullableScore = Annotated[float | None, nullable({"type": "number"})]
 
 
 class LabelScore(BaseModel):
@@ -21,29 +34,30 @@ class LabelScore(BaseModel):
 
 class HandOut(BaseModel):
     box: list[int] = Field(description="x0, y0, x1, y1: the hand's box in the uploaded image's pixels")
-    handedness: str | None = Field(description="left or right, as MediaPipe labels a mirrored (selfie) image: "
+    handedness: NullableText = Field(description="left or right, as MediaPipe labels a mirrored (selfie) image: "
                                                "in a picture that is not mirrored, left is the person's right hand")
     hand_score: float = Field(description="the hand detector's confidence that a hand is there (0-1)")
-    label: str | None = Field(description="this hand's gesture; null when rejected, by the same rule as the frame's label")
+    label: NullableText = Field(description="this hand's gesture; null when rejected, by the same rule as the frame's label")
     score: float = Field(description="probability of this hand's top class")
     top_k: list[LabelScore] = Field(description="this hand's k most probable classes, best first")
-    gesture_score: float | None = Field(default=None, description=(
+    gesture_score: NullableScore = Field(default=None, description=(
         "what the threshold applied to, 0-1, for a model calibrated with another --reject-score than max_softmax (/info: "
         "rejection.score): that score's rank among the validation gestures'; null when the threshold applies to `score`"))
 
 
 class PredictionOut(BaseModel):
-    label: str | None = Field(description="the gesture; null when rejected (top score, or `gesture_score` where it is given, below `threshold`, or a 'no gesture' class such as none or nothing). "
+    label: NullableText = Field(description="the gesture; null when rejected (top score, or `gesture_score` where it is given, below `threshold`, or a 'no gesture' class such as none or nothing). "
                                           "Hand-crop models: the label of the accepted hand with the highest gesture_score (else score); null when no hand is accepted or found")
     score: float = Field(description="probability of the top class (hand-crop models: of the hand the label comes from; 0 when no hand is found)")
     top_k: list[LabelScore] = Field(description="the k most probable classes, best first (hand-crop models: that hand's; empty when no hand is found)")
-    gesture_score: float | None = Field(default=None, description=(
+    gesture_score: NullableScore = Field(default=None, description=(
         "what the threshold applied to, 0-1, for a model calibrated with another --reject-score than max_softmax (/info: "
         "rejection.score): that score's rank among the validation gestures'; null when the threshold applies to `score`"))
     model: str = Field(description="name:version of the served model")
-    hands: list[HandOut] | None = Field(default=None, description=(
+    hands: Annotated[list[HandOut] | None, nullable({"type": "array"})] = Field(default=None, description=(
         "always present. Models trained on hand crops (/info: hands is true): one answer per hand found, best first, "
-        "[] when there is none. Models that classify the whole image: null"))
+        "[] when there is none, each as the HandOut schema (box, handedness, hand_score, label, score, top_k, gesture_score). "
+        "Models that classify the whole image: null"))
 
 
 class ModelInfo(BaseModel):

@@ -219,6 +219,25 @@ def test_fifty_megabyte_upload_is_refused(http):
     assert resp.status_code == 413 and "GESTURE_MAX_UPLOAD_MB" in resp.json()["error"]
 
 
+def test_bentomls_own_client_calls_every_endpoint(server, random_head_checkpoint, tmp_path):
+    """bentoml.SyncHTTPClient, as BentoML's docs call a service: /predict raised TypeError on every answer of a
+    whole-image model, as BentoML published its null hands as an array, and the client iterated it."""
+    import bentoml
+
+    local = load_classifier(random_head_checkpoint, device="cpu")
+    name, data = sample_images()[0]
+    photo = tmp_path / name
+    photo.write_bytes(data)
+    with bentoml.SyncHTTPClient(server.url) as client:
+        answer = client.predict(image=photo, top_k=3)
+        assert answer["hands"] is None and len(answer["top_k"]) == 3
+        assert_same_as_local(answer, local.predict_proba([data])[0], local.classes, atol=1e-5)
+        assert client.predict(image_b64=b64(data), top_k=3) == answer
+        batch = client.predict_batch(images=[photo], images_b64=None)
+        assert [item["top_k"][0] for item in batch] == [answer["top_k"][0]] 
+        assert client.info()["classes"] == local.classes
+
+
 def test_health_info_and_openapi(http, model_tag):
     for path in ("/readyz", "/livez", "/metrics", "/docs.json"):
         assert http.get(path).status_code == 200, path
@@ -227,6 +246,8 @@ def test_health_info_and_openapi(http, model_tag):
     assert info["rejection"]["calibration"] == "uncalibrated" and info["rejection"]["threshold"] == 0.0  # a checkpoint without calibration
     paths = http.get("/docs.json").json()["paths"]
     assert {"/predict", "/predict_batch", "/info"} <= set(paths) and not {"/predict_batched", "/classify_crops"} & set(paths)
+    answer = paths["/predict"]["post"]["responses"]["200"]["content"]["application/json"]["schema"]["properties"]
+    assert all(answer[field]["nullable"] for field in ("label", "gesture_score", "hands"))  # published as never null, before
     assert "request_total" in http.get("/metrics").text
 
 
