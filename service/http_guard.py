@@ -356,7 +356,8 @@ def parts_problem(parts: list[FormPart], fields: EndpointFields, several_files: 
         if is_file and name not in fields.files:
             return f"field '{shown(name)}' must be text, not a file; this endpoint takes files in: {quoted(fields.files)}"
         if not is_file and name in fields.files:
-            return f"field '{name}' must be a file in a multipart/form-data upload (e.g. curl -F {name}=@photo.jpg), not text"
+            as_json = f"; a JSON body sends it as base64 in '{name}_b64'" if f"{name}_b64" in fields.names else ""  # {"image": ...} in JSON
+            return f"field '{name}' must be a file in a multipart/form-data upload (e.g. curl -F {name}=@photo.jpg), not text{as_json}"
         if name in seen and not (is_file and name in fields.repeatable):
             # Only files repeat: of a list sent twice as text, BentoML kept the last and dropped the rest unseen.
             return f"field '{name}' was sent more than once; " + (

@@ -39,8 +39,10 @@ from service.http_guard import (
     Arrival,
     BodyMemory,
     EndpointFields,
+    FormPart,
     NoRoomForBody,
     RequestGuard,
+    parts_problem,
 )
 from service.schemas import decode_base64
 from service.settings import Settings, SettingsError, hardware_problem, unknown_settings
@@ -735,6 +737,14 @@ def test_guard_limits_declared_and_streamed_bodies(guarded):
     streamed = guarded.post("/echo", content=iter([b"x" * 600, b"x" * 600]))  # chunked: no content-length
     assert streamed.status_code == 413 and "more than" in streamed.json()["error"]
     assert guarded.post("/echo", content=iter([b"x" * 400, b"x" * 400])).json() == {"length": 800}
+
+
+def test_an_image_sent_as_text_names_the_json_field_for_it_where_there_is_one():
+    """{"image": "<base64>"} in JSON was told to use a multipart upload, which a JSON client does not make."""
+    predict_like = EndpointFields(frozenset({"image", "image_b64", "images", "images_b64", "top_k"}), frozenset({"image", "images"}), frozenset({"images"}))
+    for name in ("image", "images"):
+        assert parts_problem([FormPart(name, False)], predict_like).endswith(f"not text; a JSON body sends it as base64 in '{name}_b64'")
+    assert parts_problem([FormPart("image", False)], ECHO_FIELDS).endswith("not text")  # no JSON field to name
 
 
 def test_guard_checks_form_fields(guarded):
