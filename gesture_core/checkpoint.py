@@ -174,6 +174,13 @@ def what_it_holds(loaded: Any) -> str:
     return f"it holds a {type(loaded).__name__}"
 
 
+def checkpoint_file(path: str | os.PathLike, in_run_folder: str) -> Path:
+    """``path``, or a training run's folder meaning its ``in_run_folder`` file (``best.pt`` to evaluate or serve,
+    ``last.pt`` to resume), as every command and ``load_classifier`` take a checkpoint."""
+    path = Path(path).expanduser()
+    return path / in_run_folder if path.is_dir() and (path / in_run_folder).is_file() else path
+
+
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if path.is_dir():

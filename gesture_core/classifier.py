@@ -36,11 +36,10 @@ from typing import Any, NamedTuple
 import cv2
 import numpy as np
 import torch
-from PIL import Image
 from torch import nn
 
 from gesture_core.backbones import get_backbone, with_features
-from gesture_core.checkpoint import CheckpointError, build_from_checkpoint, load_checkpoint, resolve_device
+from gesture_core.checkpoint import CheckpointError, build_from_checkpoint, checkpoint_file, load_checkpoint, resolve_device
 from gesture_core.engines import Engine, build_engine
 from gesture_core.hands import Hand, HandLocaliser, hand_crop
 from gesture_core.images import ImageSource, bgr_to_rgb, read_rgb
@@ -253,8 +252,7 @@ class Classifier:
     def predict_proba(self, images: Sequence[ImageSource]) -> np.ndarray:
         """Probabilities (N, num_classes) for several images (a list, or an N x H x W x C array), as one batch
         (not for a hands-mode model: see ``crop``)."""
-        if isinstance(images, (str, os.PathLike, bytes, bytearray, memoryview, Image.Image)) or (
-                isinstance(images, np.ndarray) and images.ndim != 4):
+        if isinstance(images, ImageSource) and not (isinstance(images, np.ndarray) and images.ndim == 4):
             # one image was taken as a batch: a path letter by letter, an array row by row (48 answers for one 48x48 image)
             raise ValueError(f"predict_proba takes several images (a list, or an N x H x W x C array), not one {type(images).__name__}"
                              f"{f' of shape {images.shape}' if isinstance(images, np.ndarray) else ''}: pass [image], or use predict(image)")
@@ -359,8 +357,7 @@ def load_classifier(
     ``input_size`` / ``crop_pct`` see the model at another geometry than its stored one
     (``gesture_core.preprocess.evaluation_geometry``; for evaluation, not serving). ``path``: a checkpoint,
     or a run folder meaning its ``best.pt``, as the commands take them."""
-    if os.path.isdir(path) and os.path.isfile(os.path.join(path, "best.pt")):
-        path = os.path.join(path, "best.pt")
+    path = checkpoint_file(path, "best.pt")
     ckpt = load_checkpoint(path)
     if input_size is not None or crop_pct is not None:
         stored = DataConfig.from_dict(ckpt["data_config"])

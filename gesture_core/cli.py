@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import NoReturn, ParamSpec
 
+from gesture_core.checkpoint import checkpoint_file
 from gesture_core.class_names import some_of
 from gesture_core.hands import HandModelsUnavailableError
 from gesture_core.images import IMAGE_SUFFIXES
@@ -310,12 +311,10 @@ def checkpoint_arg(in_run_folder: str) -> Callable[[str], Path]:
 
     def checkpoint(text: str) -> Path:
         refuse_empty_path(text, f"a checkpoint file or a run folder (RUN/{in_run_folder}, or RUN)")
-        path = Path(text).expanduser()
+        path = checkpoint_file(text, in_run_folder)
         if path.is_dir():
-            if not (path / in_run_folder).is_file():
-                raise argparse.ArgumentTypeError(f"{text} is a folder without {in_run_folder}: pass a checkpoint file, "
-                                                 f"or a run folder written by training.finetune (RUN/{in_run_folder})")
-            return path / in_run_folder
+            raise argparse.ArgumentTypeError(f"{text} is a folder without {in_run_folder}: pass a checkpoint file, "
+                                             f"or a run folder written by training.finetune (RUN/{in_run_folder})")
         if not path.is_file():
             raise argparse.ArgumentTypeError(f"{text}: no such file" if not path.exists() else f"{text} is not a regular file")
         if path.suffix.lower() == ".onnx":  # it was "not written by torch.save", which does not say what to pass

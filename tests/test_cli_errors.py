@@ -820,7 +820,8 @@ def test_evaluate_refuses_learned_gestures_as_unknown_ones(run, dataset, tmp_pat
     assert evaluate_main([*argv, "--unknown", str(dataset / "fist")]) == 2  # the images directly: named by split.json
     assert f"6 of the 6 images in {dataset / 'fist'} are the run's own images" in one_error_line(capsys)
     assert not (tmp_path / "eval").exists()
-    unknown = make_image_folder(tmp_path / "unknown", classes=("wave", "ok"), per_class=2, size=40)
+    # another size: at 40 px, make_image_folder's first two classes are the very bytes of the dataset's fist and palm
+    unknown = make_image_folder(tmp_path / "unknown", classes=("wave", "ok"), per_class=2, size=44)
     assert evaluate_main([*argv, "--unknown", str(unknown)]) == 0
 
 
@@ -855,6 +856,18 @@ def test_evaluate_counts_links_to_and_copies_of_the_runs_images_as_seen(run, tmp
     said = [str(w.message) for w in warned]
     assert any(m.startswith("3 of the 5 images evaluated are the run's training images, or copies of them") for m in said), said
     assert any(m.startswith("2 of the 5 images evaluated are the run's validation images, or copies of them") for m in said), said
+
+
+def test_evaluate_refuses_copies_of_the_runs_images_as_unknown_gestures(run, tmp_path, capsys):
+    """--unknown compared paths alone: the run's test photos copied into a folder of another name passed as never learned."""
+    split = json.loads((run / "split.json").read_text())
+    folder = tmp_path / "unknown" / "wave"
+    folder.mkdir(parents=True)
+    for i, entry in enumerate(split["test"][:2]):
+        shutil.copy(Path(split["root"]) / entry[0], folder / f"wave-{i}.png")
+    argv = ["--checkpoint", str(run), "--workers", "0", "--out", str(tmp_path / "eval"), "--unknown", str(tmp_path / "unknown")]
+    assert evaluate_main(argv) == 2
+    assert "2 of the 2 images in" in (line := one_error_line(capsys)) and "are the run's own images of the classes it learned, or copies" in line
 
 
 @pytest.mark.parametrize("split, seen", [("val", "chose the best epoch and calibrated"), ("train", "the images the model trained on")])

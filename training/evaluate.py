@@ -144,21 +144,11 @@ def file_keys(paths: Iterable[str]) -> set[str]:
     return {os.path.join(real(os.path.dirname(os.path.abspath(p))), os.path.basename(p)) for p in paths}
 
 
-def run_images(checkpoint: Path, names: tuple[str, ...]) -> set[str]:
-    """``file_keys`` of the images RUN/split.json lists in the splits ``names``; none without a readable split.json
-    (it only feeds warnings and checks about overlap, and --data does not need it)."""
-    try:
-        splits = Splits.load(checkpoint.parent / "split.json")
-    except (OSError, DatasetError):
-        return set()
-    return file_keys(s.path for name in names for s in getattr(splits, name))
-
-
 def warn_if_trained_on(samples: list[Sample], checkpoint: Path) -> None:
     """A warning when --data holds images the run trained on, or validated on, or copies of them (the same bytes
     under another name, or a link to one): the model has seen them, so their score says little about new images.
     Only the paths were compared: a folder of links to, or copies of, training images was scored without a word."""
-    seen = seen_by_the_run(samples, checkpoint)
+    seen = {name: len(keys) for name, keys in seen_by_the_run(samples, checkpoint, ("train", "val")).items()}
     listed = f"({checkpoint.parent / 'split.json'} lists them)"
     if trained := seen.get("train"):
         warnings.warn(f"{trained:,} of the {len(samples):,} images evaluated are the run's training images, or copies of them "
@@ -169,22 +159,19 @@ def warn_if_trained_on(samples: list[Sample], checkpoint: Path) -> None:
                       f"{listed}, which chose its best epoch and calibrated its threshold: the score is optimistic for them", stacklevel=2)
 
 
-def seen_by_the_run(samples: list[Sample], checkpoint: Path) -> dict[str, int]:
-    """How many of ``samples`` are, or copy, images of the run's training and validation splits, by split:
-    the same file however its path is spelt (``file_keys``), or the same bytes (``identical_sets``, which reads
-    only files that share their size with another)."""
+def seen_by_the_run(samples: list[Sample], checkpoint: Path, names: tuple[str, ...]) -> dict[str, set[str]]:
+    """Which of ``samples`` are, or copy, images of the run's splits ``names``, by split (as ``file_keys``): the
+    same file however its path is spelt, or the same bytes (``identical_sets``, which reads only files that
+    share their size with another). Empty without a readable split.json: it only feeds warnings and checks."""
     try:
         splits = Splits.load(checkpoint.parent / "split.json")
     except (OSError, DatasetError):
         return {}
     evaluated = file_keys(s.path for s in samples)
-    seen = {name: file_keys(s.path for s in getattr(splits, name)) for name in ("train", "val")}
+    seen = {name: file_keys(s.path for s in getattr(splits, name)) for name in names}
     copies = identical_sets(sorted(evaluated.union(*seen.values())))
-    counts = {}
-    for name, keys in seen.items():
-        copied = {path for group in copies if keys.intersection(group) for path in group if path in evaluated}
-        counts[name] = len((evaluated & keys) | copied)
-    return counts
+    return {name: (evaluated & keys) | {path for group in copies if keys.intersection(group) for path in group if path in evaluated}
+            for name, keys in seen.items()}
 
 
 def check_unknown(folder: str, unknown: list[Sample], classifier: Classifier, checkpoint: Path) -> None:
@@ -197,9 +184,9 @@ def check_unknown(folder: str, unknown: list[Sample], classifier: Classifier, ch
     if named := sorted(learned & subfolders):
         raise DatasetError(f"{folder} has folder(s) named after gestures the model learned: {', '.join(named)}; "
                            "pass a folder of gestures it never learned")
-    if seen := len(file_keys(s.path for s in unknown) & run_images(checkpoint, ("train", "val", "test"))):
-        raise DatasetError(f"{seen:,} of the {len(unknown):,} images in {folder} are the run's own images of the classes it learned "
-                           f"({checkpoint.parent / 'split.json'} lists them); pass a folder of gestures it never learned")
+    if seen := len(set().union(*seen_by_the_run(unknown, checkpoint, ("train", "val", "test")).values())):  # copies and links too
+        raise DatasetError(f"{seen:,} of the {len(unknown):,} images in {folder} are the run's own images of the classes it learned, "
+                           f"or copies of them ({checkpoint.parent / 'split.json'} lists them); pass a folder of gestures it never learned")
 
 
 def data_source(data: str | None, split: str) -> str:
