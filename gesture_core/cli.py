@@ -12,9 +12,11 @@ raised it.
 from __future__ import annotations
 
 import argparse
+import difflib
 import errno
 import functools
 import os
+import re
 import shlex
 import shutil
 import sys
@@ -60,16 +62,40 @@ class CommandParser(argparse.ArgumentParser):
     """Every command's parser. A mistake on its command line is one ``error:`` line and exit code 2,
     as a mistake found later is (``command``): argparse prints its whole usage first, 33 lines for
     ``training.finetune``, above a reason that is the one line that matters. ``--help`` shows every option's
-    default (``DefaultsHelpFormatter``)."""
+    default (``DefaultsHelpFormatter``), and its usage names the Python that ran it (``python_command``).
 
-    def __init__(self, *args, formatter_class: type[argparse.HelpFormatter] = DefaultsHelpFormatter, **kwargs) -> None:
-        super().__init__(*args, formatter_class=formatter_class, **kwargs)
+    A flag is spelt whole (``allow_abbrev=False``): argparse took ``--epoch 3`` as ``--epochs 3``, and a
+    script's abbreviation would stop working, or change meaning, the day a flag sharing its start is added.
+    A misspelt or shortened flag is answered with the flags it is closest to."""
+
+    def __init__(self, *args, prog: str | None = None, formatter_class: type[argparse.HelpFormatter] = DefaultsHelpFormatter, **kwargs) -> None:
+        if prog and prog.startswith("python -m "):  # its usage and "--help lists every option" name the Python that ran
+            prog = python_command() + prog.removeprefix("python")
+        super().__init__(*args, prog=prog, formatter_class=formatter_class, allow_abbrev=False, **kwargs)
+
+    def parse_known_args(self, args=None, namespace=None):  # noqa: ANN001, ANN201 (argparse's own signature)
+        self.given = list(sys.argv[1:] if args is None else args)  # what error() looks through for a misspelt flag
+        return super().parse_known_args(args, namespace)
 
     def error(self, message: str) -> NoReturn:
         if a_local_peer():  # torchrun's other processes on this machine parsed the same command: said once per machine
             self.exit(EXIT_USAGE)
         hint = f"; `{self.prog} --help` lists every option" if message.startswith(("unrecognized arguments", "the following arguments are required", "one of the arguments")) else ""
-        self.exit(EXIT_USAGE, f"error: {' '.join(message.split())}{hint}\n")
+        self.exit(EXIT_USAGE, f"error: {' '.join(message.split())}{self.misspelt_flags(message)}{hint}\n")
+
+    def misspelt_flags(self, message: str) -> str:
+        """" (did you mean --epochs?)" for "--epoch": the flags that each unknown one begins, or else the nearest in
+        spelling. Said beside any error, as a misspelt required flag is reported as missing, not as unknown."""
+        known = set(re.findall(r"(?<![\w-])--[A-Za-z][\w-]*", self.format_help()))  # argparse keeps its table of flags private
+        unknown = [flag for flag in {token.split("=", 1)[0]: None for token in getattr(self, "given", [])} if flag.startswith("--") and flag not in known]
+        names = {option[2:]: option for option in sorted(known)}  # spelling compared without the "--" every flag shares
+        guesses = []
+        for flag in unknown:
+            matches = [option for option in sorted(known) if option.startswith(flag)] or [names[name] for name in difflib.get_close_matches(flag[2:], names, n=2, cutoff=0.6)]
+            guesses += [option for option in matches[:3] if option not in guesses]
+        if not guesses:
+            return ""
+        return f" (did you mean {' or '.join(guesses)}?)" if message.startswith("unrecognized") else f" ({', '.join(unknown)}: did you mean {' or '.join(guesses)}?)"
 
 
 class OutOfMemory(RuntimeError):
