@@ -513,7 +513,8 @@ def test_a_corrupt_file_in_the_partial_batch_left_out_is_reported_too(dataset, t
 
 
 def test_the_loss_ignores_a_sample_that_failed_to_decode(tmp_path):
-    """train_one_epoch on the same images with and without an undecodable one: same loss, one failure."""
+    """train_one_epoch on the same images with and without an undecodable one: same loss, one failure. Also where
+    the undecodable one is a batch of its own, whose mean loss is 0 / 0: the epoch's loss was NaN."""
     from torch.utils.data import DataLoader
 
     from gesture_core import build_model, get_backbone
@@ -525,15 +526,16 @@ def test_the_loss_ignores_a_sample_that_failed_to_decode(tmp_path):
     bad = Sample(corrupt_png(tmp_path / "corrupt.png"), 1)
     backbone = get_backbone("lenet5")  # no BatchNorm or dropout: samples do not affect each other
     results = []
-    for samples in (good, good[:3] + [bad] + good[3:]):
+    for samples, batch_size in ((good, len(good)), (good[:3] + [bad] + good[3:], len(good) + 1), (good + [bad], len(good))):
         torch.manual_seed(0)
         model = build_model("lenet5", 3, "none")
         optimizer = build_optimizer(model, backbone, opt="sgd", lr=1e-3, backbone_lr_mult=1.0, weight_decay=0.0, momentum=0.9)
-        loader = DataLoader(ImageDataset(samples, build_eval_transform(backbone.data_config), placeholder_shape=(3, 32, 32)), batch_size=len(samples))
-        results.append(train_one_epoch(model, loader, optimizer, warmup_cosine(optimizer, total_steps=1, warmup_steps=0), torch.device("cpu")))
-    without, with_bad = results
+        loader = DataLoader(ImageDataset(samples, build_eval_transform(backbone.data_config), placeholder_shape=(3, 32, 32)), batch_size=batch_size)
+        results.append(train_one_epoch(model, loader, optimizer, warmup_cosine(optimizer, total_steps=2, warmup_steps=0), torch.device("cpu")))
+    without, with_bad, bad_batch = results
     assert with_bad.failed == [3] and with_bad.images == without.images == len(good)
     assert with_bad.loss == pytest.approx(without.loss, rel=1e-6)
+    assert bad_batch.failed == [len(good)] and bad_batch.loss == pytest.approx(without.loss, rel=1e-6)
 
 
 def test_inception_trains_below_its_auxiliary_classifiers_input_without_them(dataset, tmp_path, capsys):

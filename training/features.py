@@ -269,7 +269,7 @@ class FrozenFeatures:
             scheduler.step()
             valid = target != IGNORE_LABEL
             n = int(valid.sum())
-            total_loss += loss.item() * n
+            total_loss += loss.item() * n if n else 0.0  # every image of the batch failed to decode: its mean loss is NaN
             correct += int((logits.argmax(1) == target)[valid].sum())
             seen += n
         failed = sorted(set(data.failed) & set(order[:stop].tolist()))

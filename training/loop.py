@@ -18,6 +18,7 @@ from gesture_core.backbones import Backbone, head_modules
 from training.ema import ModelEma
 
 IGNORE_LABEL = -1  # samples that failed to decode inside a loader worker
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)  # torch's common base of them is private
 PROGRESS_EVERY = 20  # steps between progress-bar loss/accuracy updates (each one waits for the device)
 
 
@@ -71,7 +72,7 @@ def train_mode(model: nn.Module) -> None:
     """train(), except BatchNorm layers whose parameters are frozen keep their ImageNet statistics."""
     model.train()
     for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and not any(p.requires_grad for p in m.parameters()):
+        if isinstance(m, BATCH_NORMS) and not any(p.requires_grad for p in m.parameters()):
             m.eval()
 
 
@@ -187,7 +188,8 @@ def train_one_epoch(
         if ema is not None:
             ema.update()
         logits = output[0] if isinstance(output, tuple) else output
-        total_loss += loss.detach().float() * n
+        if n:  # a batch whose every image failed to decode has a NaN mean loss (0 / 0), which would make the epoch's NaN
+            total_loss += loss.detach().float() * n
         correct += ((logits.argmax(1) == target) & valid).sum()
         seen += n
         if step % PROGRESS_EVERY == 0 and not bar.disable:
