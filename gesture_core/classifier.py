@@ -200,7 +200,8 @@ class Classifier:
         return np.zeros((size, size, 3), np.uint8)
 
     def crop(self, image: ImageSource, *, bgr: bool = False, **read_kwargs: Any) -> np.ndarray:
-        """One image -> its uint8 ``input_size``² centre crop (decode, resize, crop; CPU only).
+        """One image -> its uint8 ``input_size``² crop (decode, then the model's geometry: centre crop, letterbox or
+        resize, from its data config; CPU only).
         ``image``: a path, encoded bytes, a PIL image or an RGB array; ``bgr=True`` for an OpenCV frame.
         ``read_kwargs`` go to ``gesture_core.images.read_rgb`` (e.g. ``max_pixels``).
         Raises ``ImageDecodeError`` with a user-facing reason, and ValueError for a hands-mode model,

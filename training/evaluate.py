@@ -101,7 +101,8 @@ def select_samples(checkpoint: Path, classes: list[str], data: str | None, split
     """(samples, skipped files, name) for a folder, or for the run's saved split."""
     if data is not None:
         samples, skipped = load_folder(data, classes)
-        if samples and (absent := [name for i, name in enumerate(classes) if i not in {s.label for s in samples}]):
+        present = {s.label for s in samples}
+        if samples and (absent := [name for i, name in enumerate(classes) if i not in present]):
             warnings.warn(f"{data} has no images of the model's class(es) {some_of(absent)}: their rows show support 0, and top-1 "
                           "measures the other classes alone", stacklevel=2)
         return samples, skipped, Path(data).name
