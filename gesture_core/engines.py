@@ -215,11 +215,9 @@ class CompiledEngine(TorchEngine):
 
     def __init__(self, model: nn.Module, device: torch.device, precision: str = "fp32"):
         super().__init__(model, device, precision)
-        import torch._inductor.config as inductor_config
-
-        # Freezing folds BatchNorm and pre-packs weights for oneDNN: the big win on CPU inference.
-        inductor_config.freezing = True
-        self._compiled = torch.compile(self.model, dynamic=False)
+        # Freezing folds BatchNorm and pre-packs weights for oneDNN: the big win on CPU inference. Passed to this
+        # model's compile alone, where setting torch._inductor.config froze every later compile in the process too.
+        self._compiled = torch.compile(self.model, dynamic=False, options={"freezing": True})
         self._lock = threading.Lock()  # dynamo's first (compiling) calls are not re-entrant
 
     def _forward(self, batch: torch.Tensor) -> torch.Tensor:
