@@ -135,6 +135,32 @@ def test_crop_refuses_a_hands_model(hands_classifier, two_hand_frame):
         hands_classifier.crop(two_hand_frame)
 
 
+def test_visualize_explains_the_crop_of_a_hands_models_first_hand(hands_classifier, two_hand_frame, scene, tmp_path, capsys):
+    """visualize sent the whole photo through the geometry of a model that only sees hand crops: its maps and its
+    "predicted" label were of an input the model is never given."""
+    import re
+
+    from training.visualize import main as visualize_main
+    from training.visualize import model_view
+
+    checkpoint = hands_checkpoint(tmp_path / "best.pt", hands=True)
+    photo, empty = tmp_path / "a" / "two-hands.png", tmp_path / "b" / "scene.png"  # lone photos, no class folder
+    for path, rgb in ((photo, two_hand_frame), (empty, scene)):
+        path.parent.mkdir()
+        cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    rgb, hands = hands_classifier.find_hands(photo)
+    first = hands_classifier.hand_crops(rgb, hands[:1])[0]
+    assert np.array_equal(model_view(hands_classifier, photo), first)
+    assert visualize_main(["--checkpoint", str(checkpoint), "--image", str(photo), "--out", str(tmp_path / "vis")]) == 0
+    out = capsys.readouterr().out
+    probs = hands_classifier.classify([first])[0]
+    said = re.search(r"predicted '(.+)' \(p=([0-9.]+)\)", out)
+    assert "2 hands found: explaining the first" in out and said, out
+    assert said[1] == hands_classifier.classes[int(probs.argmax())] and float(said[2]) == pytest.approx(float(probs.max()), abs=2e-3)
+    assert visualize_main(["--checkpoint", str(checkpoint), "--image", str(empty), "--out", str(tmp_path / "vis2")]) == 2
+    assert "no hand found, and this model classifies hand crops" in capsys.readouterr().err
+
+
 def test_no_hand_is_no_gesture(hands_classifier, scene):
     frame = hands_classifier.predict_hands(scene)
     assert frame.hands == [] and frame.frame == NO_HAND and frame.source is None

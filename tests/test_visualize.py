@@ -20,14 +20,14 @@ def real_or_synthetic_image(tmp_path):
 def test_gradcam_has_the_crop_shape_and_is_not_constant(random_head_checkpoint, tmp_path):
     classifier = load_classifier(random_head_checkpoint, "cpu")
     rgb = classifier.preprocess.read(real_or_synthetic_image(tmp_path))
-    cam = grad_cam(classifier, rgb)
+    cam = grad_cam(classifier, classifier.crop(rgb))
     assert cam.heatmap.shape == classifier.preprocess.crop(rgb).shape[:2] == (128, 128)
     assert cam.heatmap.dtype == np.float32
     assert cam.heatmap.min() >= 0.0 and cam.heatmap.max() == pytest.approx(1.0)
     assert cam.heatmap.std() > 0.05
     assert cam.class_index == int(classifier.predict_proba([rgb])[0].argmax())
     assert cam.layer == "bn2"  # timm EfficientNet's last conv stage (conv_head + BN + ReLU6)
-    other = grad_cam(classifier, rgb, (cam.class_index + 1) % 10)
+    other = grad_cam(classifier, classifier.crop(rgb), (cam.class_index + 1) % 10)
     assert other.label != cam.label and not np.allclose(other.heatmap, cam.heatmap)
 
 
@@ -65,5 +65,5 @@ def test_gradcam_states_the_calibrated_probability_predict_gives(random_head_che
     classifier = load_classifier(tmp_path / "calibrated.pt", "cpu")
     assert classifier.rejection.temperature == 0.5
     rgb = classifier.preprocess.read(real_or_synthetic_image(tmp_path))
-    cam = grad_cam(classifier, rgb)
+    cam = grad_cam(classifier, classifier.crop(rgb))
     assert cam.probability == pytest.approx(float(classifier.predict_proba([rgb])[0].max()), abs=1e-4)

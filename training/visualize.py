@@ -6,8 +6,9 @@
 Writes ``feature_maps.png`` (the most active channels of the first, a middle and the last spatial
 stage: early stages respond to edges and colour, late ones to parts, as Zeiler & Fergus showed)
 and ``gradcam.png`` (Selvaraju et al. 2017: the last stage's activations weighted by the gradient
-of the class logit). The image goes through the checkpoint's own Preprocess, so the maps are of
-exactly the crop the model classifies. Works for any registry backbone: stages are found by
+of the class logit). The image goes through the checkpoint's own Classifier, so the maps are of
+exactly the crop the model classifies: ``Classifier.crop``, or for a model trained on hand crops
+(``--hands``) the crop of the first hand ``find_hands`` gives. Works for any registry backbone: stages are found by
 watching where the spatial resolution changes in one forward pass, not from per-model layer names.
 """
 
@@ -25,6 +26,7 @@ from torch import nn
 
 from gesture_core.checkpoint import warn_if_training_state
 from gesture_core.classifier import Classifier, load_classifier
+from gesture_core.rejection import softmax
 from gesture_core.cli import (
     CommandParser,
     check_output_among_no_photos,
@@ -116,9 +118,10 @@ def first_middle_last(stages: list[Stage]) -> list[Stage]:
     return [s for i, s in enumerate(picks) if s not in picks[:i]]
 
 
-def grad_cam(classifier: Classifier, rgb: np.ndarray, class_index: int | None = None, *, layer: Stage | None = None) -> GradCam:
-    """Grad-CAM of ``class_index`` (default: the predicted class) at ``layer`` (default: the last spatial stage)."""
-    batch = classifier.preprocess(rgb)[None].to(classifier.device)
+def grad_cam(classifier: Classifier, crop: np.ndarray, class_index: int | None = None, *, layer: Stage | None = None) -> GradCam:
+    """Grad-CAM of ``class_index`` (default: the predicted class) at ``layer`` (default: the last spatial stage),
+    for a crop as the Classifier makes it (``model_view``)."""
+    batch = classifier.preprocess.normalize(crop)[None].to(classifier.device)
     model = classifier.model.eval()
     layer = layer or spatial_stages(model, batch)[-1]
     module = model.get_submodule(layer.name)
@@ -137,7 +140,7 @@ def grad_cam(classifier: Classifier, rgb: np.ndarray, class_index: int | None = 
     try:
         with torch.enable_grad():
             logits = model(batch.requires_grad_(True)).float()
-            probs = torch.softmax(logits.detach() / classifier.rejection.temperature, dim=1)[0]  # calibrated, as predict says it
+            probs = softmax(classifier.rejection.scale(logits.detach().cpu().numpy()))[0]  # calibrated, as predict says it
             index = int(probs.argmax()) if class_index is None else class_index
             activation = held["activation"]
             (grad,) = torch.autograd.grad(logits[0, index], activation)
@@ -148,7 +151,7 @@ def grad_cam(classifier: Classifier, rgb: np.ndarray, class_index: int | None = 
     size = classifier.data_config.input_size
     cam = F.interpolate(cam, size=(size, size), mode="bilinear", align_corners=False)[0, 0]
     cam = cam / cam.max() if cam.max() > 0 else cam
-    return GradCam(cam.cpu().numpy().astype(np.float32), index, classifier.classes[index], float(probs[index].detach()), layer.name)
+    return GradCam(cam.cpu().numpy().astype(np.float32), index, classifier.classes[index], float(probs[index]), layer.name)
 
 
 def feature_grid(fmap: torch.Tensor, channels: int = 16, gap: int = 1) -> np.ndarray:
@@ -230,6 +233,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def model_view(classifier: Classifier, image: Path) -> np.ndarray:
+    """The crop the model classifies for ``image``: its own (``Classifier.crop``), or a hands-mode model's crop of
+    the first hand, where the whole photo went through the geometry of a model that never sees one."""
+    if not classifier.hands_mode:
+        return classifier.crop(image)
+    rgb, hands = classifier.find_hands(image)
+    if not hands:
+        raise ValueError(f"--image {image}: no hand found, and this model classifies hand crops (trained with --hands)")
+    if len(hands) > 1:
+        print(f"{len(hands)} hands found: explaining the first (score {hands[0].score:.2f})")
+    return classifier.hand_crops(rgb, hands[:1])[0]
+
+
 def class_indices(classifier: Classifier, names: list[str]) -> list[int]:
     unknown = [n for n in names if n not in classifier.classes]
     if unknown:
@@ -256,14 +272,13 @@ def main(argv: list[str] | None = None) -> int:
         lone_photo = () if class_folder else (args.image.name,)  # beside --out, it is no class's photo either
         check_output_among_no_photos("--out", Path(args.out), (*VISUALIZE_FILES, *lone_photo))
     extra = class_indices(classifier, args.classes)
-    rgb = classifier.preprocess.read(args.image)
+    view = model_view(classifier, args.image)
     out = Path(args.out) if args.out else args.checkpoint.parent / f"visualize-{args.image.stem}"
     out.mkdir(parents=True, exist_ok=True)
-    view = classifier.preprocess.crop(rgb)
-    stages = spatial_stages(classifier.model, classifier.preprocess(rgb)[None].to(classifier.device))
+    stages = spatial_stages(classifier.model, classifier.preprocess.normalize(view)[None].to(classifier.device))
     shown = first_middle_last(stages)
-    cams = [grad_cam(classifier, rgb, layer=stages[-1])]
-    cams += [grad_cam(classifier, rgb, i, layer=stages[-1]) for i in extra if i != cams[0].class_index]
+    cams = [grad_cam(classifier, view, layer=stages[-1])]
+    cams += [grad_cam(classifier, view, i, layer=stages[-1]) for i in extra if i != cams[0].class_index]
     maps_png = save_feature_maps(out / VISUALIZE_FILES[0], view, shown, args.channels)
     cam_png = save_gradcam(out / VISUALIZE_FILES[1], view, cams)
     print(f"{len(stages)} spatial stages: {', '.join(s.describe() for s in stages)}")
