@@ -26,7 +26,6 @@ from torch import nn
 
 from gesture_core.checkpoint import warn_if_training_state
 from gesture_core.classifier import Classifier, load_classifier
-from gesture_core.rejection import softmax
 from gesture_core.cli import (
     CommandParser,
     check_output_among_no_photos,
@@ -37,6 +36,7 @@ from gesture_core.cli import (
     photos_in,
     trained_on,
 )
+from gesture_core.rejection import softmax
 from training import cli
 from training.report import save_figure
 
