@@ -334,7 +334,7 @@ def operating_point(outputs: SplitOutputs, rejection: Rejection, classes: Sequen
         "false_accept_rate_unthresholded": value(unthresholded, "false_accept"),
         "auroc": auroc(outcome.scores[outcome.gesture], outcome.scores[~outcome.gesture]),
         "ece_before": expected_calibration_error(softmax(outputs.logits), outputs.targets),
-        "ece_after": expected_calibration_error(softmax(outputs.logits / rejection.temperature), outputs.targets),
+        "ece_after": expected_calibration_error(softmax(rejection.scale(outputs.logits)), outputs.targets),
     }
 
 
