@@ -17,7 +17,6 @@ import copy
 import hashlib
 import importlib.util
 import os
-import tempfile
 import threading
 import warnings
 from abc import ABC, abstractmethod
@@ -29,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from gesture_core.checkpoint import atomic_output
 from gesture_core.native_output import in_brief, native_stdout_discarded
 
 ENGINES = ("torch", "compile", "onnx", "openvino")
@@ -367,24 +367,17 @@ def onnx_export_path(model: nn.Module, input_shape: Sequence[int], cache_dir: st
 
 def write_onnx(model: nn.Module, input_shape: Sequence[int], path: Path) -> Path:
     """Export ``model`` to ``path``, whole or not at all."""
-    folder = path.parent
-    folder.mkdir(parents=True, exist_ok=True)
     cpu_model = copy.deepcopy(model).to("cpu", torch.float32).eval()
     example = torch.zeros((2, *input_shape))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.stem}.", suffix=".onnx")
-    os.close(fd)
-    try:
+    with atomic_output(path, suffix=".onnx") as tmp:  # a concurrent loader sees either no file or a whole one
         # The TorchScript-based exporter needs no extra packages (the dynamo one needs onnxscript). Where an
         # operator fails it prints its whole graph (dozens of lines) through C++ to stdout, whatever its
         # verbose says: `TAG=$(python -m service.import_model ...)` took them for the tag. The exception says what failed.
         with warnings.catch_warnings(), torch.no_grad(), native_stdout_discarded():
             warnings.simplefilter("ignore")
             torch.onnx.export(
-                cpu_model, (example,), tmp, dynamo=False, opset_version=ONNX_OPSET,
+                cpu_model, (example,), str(tmp), dynamo=False, opset_version=ONNX_OPSET,
                 input_names=["images"], output_names=["logits"],
                 dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
             )  # fmt: skip
-        os.replace(tmp, path)  # atomic: a concurrent loader sees either no file or a whole one
-    finally:
-        Path(tmp).unlink(missing_ok=True)
     return path

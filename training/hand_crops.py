@@ -26,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -36,7 +35,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from gesture_core.checkpoint import as_umask_allows
+from gesture_core.checkpoint import atomic_output
 from gesture_core.classifier import Classifier
 from gesture_core.engines import cache_root
 from gesture_core.hands import Hand, HandLocaliser, hand_crop, hand_from_dict, hand_to_dict
@@ -163,15 +162,8 @@ def write_text_atomic(path: Path, text: str) -> Path:
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> Path:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        as_umask_allows(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output(path) as tmp:
+        tmp.write_bytes(data)
     return path
 
 
