@@ -710,6 +710,22 @@ def test_checkpoints_get_the_mode_the_umask_allows_not_mkstemps_0600(tmp_path):
         os.umask(old)
 
 
+def test_the_engines_onnx_cache_and_hand_crops_get_the_mode_the_umask_allows(tmp_path):
+    """The ONNX export cached for the service's engine was mkstemp's 0600: a service run as another user than
+    the one who warmed the cache could not read it."""
+    from gesture_core import build_model
+    from gesture_core.engines import write_onnx
+    from training.hand_crops import write_text_atomic
+
+    old = os.umask(0o022)
+    try:
+        assert write_onnx(build_model("lenet5", 3, "none").eval(), (3, 32, 32), tmp_path / "m.onnx").stat().st_mode & 0o777 == 0o644
+        assert write_text_atomic(tmp_path / "hands.json", "{}").stat().st_mode & 0o777 == 0o644
+    finally:
+        os.umask(old)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hands.json", "m.onnx"]  # no temporary file left
+
+
 def test_resume_after_split_json_was_edited_names_the_split_not_the_checkpoint(run, tmp_path, capsys):
     """A class removed from split.json was reported as last.pt's "size mismatch" for the head."""
     import shutil
