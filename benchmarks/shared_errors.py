@@ -3,7 +3,7 @@
     .venv/bin/python -m benchmarks.shared_errors runs/A runs/B [runs/C ...] [--out DIR]
 
 The runs must share one saved test split (the same data, seed and split flags). Each run's
-``best.pt`` classifies that split as the service would (``training.evaluate.served_outputs``). When
+``best.pt`` classifies that split as the service would (``training.served.served_outputs``). When
 several backbones, precisions and schedules all miss the same photo, more training is unlikely to
 fix it: look at those photos before tuning for the last points. The table counts the images missed
 by at least k of the n runs; ``shared_errors.md`` lists the images every run missed, with each run's
@@ -18,8 +18,8 @@ from pathlib import Path
 from gesture_core import load_classifier
 from gesture_core.cli import CommandParser, command
 from training.data import Sample, Splits
-from training.evaluate import served_outputs
 from training.report import plot_image_grid
+from training.served import served_outputs
 
 
 def run_answers(run: Path, workers: int, test: list[Sample] | None = None) -> tuple[dict[str, str], dict[str, str]]:

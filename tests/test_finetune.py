@@ -226,9 +226,25 @@ def test_linear_probe_leaves_backbone_weights_untouched(dataset, tmp_path, monke
     assert changed(epoch_before, epoch_after, head) == sorted(head)  # while the head trained
 
 
-def test_evaluate_reproduces_the_run_test_metrics(dataset, tmp_path):
+def test_evaluate_reproduces_the_run_test_metrics(dataset, tmp_path, monkeypatch):
+    """... and its predictions.csv, metrics and "no gesture" report come from one read of each image through the
+    Classifier: the "no gesture" report and predictions.csv were a second pass, through the feature cache's engine."""
+    import training.data
+
     out = finetune.train(tiny_config(dataset, tmp_path / "run", epochs=1))
+    real_decode, decoded = training.data.decode_file, []
+    monkeypatch.setattr(training.data, "decode_file", lambda path, *a: decoded.append(path) or real_decode(path, *a))
     assert evaluate_main(["--checkpoint", str(out / "best.pt"), "--workers", "0", "--out", str(tmp_path / "ev")]) == 0
+    monkeypatch.undo()
+    test_paths = [str(Path(dataset) / rel) for rel, _ in json.loads((out / "split.json").read_text())["test"]]
+    assert sorted(decoded) == sorted(test_paths)  # each once
+    classifier = load_classifier(out / "best.pt", device="cpu", engine="torch")
+    rows = list(csv.DictReader((tmp_path / "ev" / "predictions.csv").open(newline="")))
+    assert sorted(row["path"] for row in rows) == sorted(test_paths)
+    for row in rows:  # the Classifier's own answer for each image, as the service gives it
+        said = classifier.predict(row["path"], k=1)
+        assert (row["label"], row["top_class"]) == (said.label or "", said.top_k[0][0])
+        assert float(row["score"]) == pytest.approx(said.score, abs=2e-6)
     again = json.loads((tmp_path / "ev" / "metrics.json").read_text())["test"]
     original = json.loads((out / "metrics.json").read_text())["test"]
     assert again["top1"] == original["top1"] and again["confusion_matrix"] == original["confusion_matrix"]

@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from gesture_core.class_names import name_key, some_of
 from gesture_core.classifier import Classifier, load_verified_classifier
@@ -40,29 +39,26 @@ from gesture_core.cli import (
     output_arg,
     trained_on,
 )
-from gesture_core.preprocess import TTA_MODES, DataConfig, Preprocess, tta_crops, tta_view_count
+from gesture_core.preprocess import TTA_MODES, tta_view_count
 from training import cli
-from training.calibrate import SplitOutputs
 from training.data import (
     DatasetError,
-    ImageDataset,
     Sample,
     Splits,
     check_split_readable,
     failure_reports,
     is_presplit,
     load_folder,
-    make_loader,
     skipped_images_note,
     split_folders,
     videos_hint,
 )
 from training.duplicates import identical_sets
 from training.hand_crops import HandCropCache, crop_samples, format_no_hand, frame_metrics, frame_mistakes, frame_outputs
-from training.loop import IGNORE_LABEL
 from training.open_set import evaluate_open_set, format_unknown, unknown_samples
 from training.prepare import as_image_folder, resolve_data_dir
 from training.report import classification_metrics, format_summary, plot_mistakes, top_mistakes, write_json, write_report
+from training.served import crop_batches, served_outputs
 
 TTA_CHOICES = (*TTA_MODES, "all")
 
@@ -243,53 +239,6 @@ def evaluate_samples(classifier: Classifier, samples: list[Sample], *, batch_siz
     return metrics, failed
 
 
-def served_outputs(classifier: Classifier, samples: list[Sample], *, batch_size: int = 64, workers: int = 2) -> tuple[SplitOutputs, list[str]]:
-    """(logits and penultimate features as the Classifier computes them, paths that failed to decode):
-    ``crop``, then ``classify_logits`` (the model call behind ``classify_scores``). Ranked, the logits give
-    ``evaluate_samples``' metrics (the temperature keeps their order); with the features they give the
-    "no gesture" figures the service's own scores would."""
-    logits, features, targets, index, failed = [], [], [], [], []
-    for crops, target, kept in crop_batches(classifier, samples, "none", batch_size, workers, failed):
-        batch_logits, batch_features = classifier.classify_logits(list(crops[:, 0]))
-        logits.append(batch_logits)
-        features.append(batch_features if batch_features is not None else np.zeros((len(crops), 0), np.float32))
-        targets.append(target)
-        index.append(kept)
-    if not logits:  # every file failed to decode
-        logits, features, targets, index = [np.zeros((0, len(classifier.classes)), np.float32)], [np.zeros((0, 0), np.float32)], [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
-    outputs = SplitOutputs(np.concatenate(features), np.concatenate(logits), np.concatenate(targets), np.concatenate(index))
-    return outputs, failed
-
-
-def crop_batches(classifier: Classifier, samples: list[Sample], tta: str, batch_size: int, workers: int, failed: list[str]):
-    """Batches of (uint8 crops (images, views, H, W, 3), labels, indexes in ``samples``)
-    of the images that decoded, cropped by the checkpoint's Preprocess in the loader's workers; the
-    paths of those that did not go to ``failed``."""
-    dc = classifier.data_config
-    views = tta_view_count(tta)
-    dataset = ImageDataset(samples, CropViews(dc, tta), min_side=dc.resize_size, placeholder_shape=(views, dc.input_size, dc.input_size, 3),
-                           placeholder_dtype=torch.uint8)
-    # Fewer images per batch under TTA, so one batch holds about as many views as without it.
-    loader = make_loader(dataset, batch_size=max(1, batch_size // views), workers=workers, pin_memory=False)
-    for crops, target, index in loader:
-        keep = target != IGNORE_LABEL
-        failed += [samples[i].path for i in index[~keep].tolist()]
-        if keep.any():
-            yield crops[keep].numpy(), target[keep].numpy(), index[keep].numpy()
-
-
-class CropViews:
-    """(rgb, seed) -> the views' uint8 crops from the shared Preprocess, (views, H, W, 3); picklable for
-    loader workers."""
-
-    def __init__(self, config: DataConfig, mode: str):
-        self.preprocess, self.mode = Preprocess(config), mode
-        tta_view_count(mode)  # rejects unknown modes up front
-
-    def __call__(self, rgb: np.ndarray, seed: int = 0) -> torch.Tensor:
-        return torch.from_numpy(np.stack(tta_crops(self.preprocess, rgb, self.mode)))
-
-
 def tta_table(classifier: Classifier, samples: list[Sample], modes=TTA_MODES, *, batch_size: int = 64, workers: int = 2) -> tuple[list[dict[str, Any]], dict[str, tuple[dict[str, Any], list[str]]]]:
     """(one row per TTA mode: views per image (the cost multiplier), top-1/top-5, change vs no TTA, time;
     {mode: evaluate_samples result})."""
@@ -392,9 +341,12 @@ def main(argv: list[str] | None = None) -> int:
         if modes != TTA_MODES:  # the other modes take crops, and this model sees whole frames
             print(f"--tta all: none and flip ({classifier.backbone} sees whole frames, {classifier.data_config.crop}: the crop modes do not apply)")
         rows, results = tta_table(classifier, samples, modes, batch_size=args.batch_size, workers=args.workers)
-        metrics, failed = results["none"]
+        (metrics, failed), outputs = results["none"], None
+    elif single == "none":  # read once: the metrics and the "no gesture" report from the same outputs
+        rows, (outputs, failed) = None, served_outputs(classifier, samples, batch_size=args.batch_size, workers=args.workers)
+        metrics = classification_metrics(outputs.logits, outputs.targets, classifier.classes)
     else:
-        rows, (metrics, failed) = None, evaluate_samples(classifier, samples, batch_size=args.batch_size, workers=args.workers, tta=single)
+        rows, (metrics, failed), outputs = None, evaluate_samples(classifier, samples, batch_size=args.batch_size, workers=args.workers, tta=single), None
     if len(failed) == len(samples):  # before the report: a folder of metrics over no image says nothing true
         first = failure_reports(failed[:1], classifier.data_config.resize_size)[0]
         raise DatasetError(f"none of the {len(samples):,} images of {name} could be decoded (e.g. {first['path']}: {first['reason']})")
@@ -410,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     print(format_summary(metrics, f"{title}:"))  # first, as training prints it: the open-set lines follow it
     if single == "none":  # the open-set check decides as the service does: one view per image
         report["open_set"], outputs = evaluate_open_set(classifier, samples, threshold=args.threshold, out=out, workers=args.workers, data=name,
-                                                        unknown=None if unknown is None else (args.unknown, unknown))
+                                                        unknown=None if unknown is None else (args.unknown, unknown), known=outputs)
         report["test_mistakes"] = top_mistakes(samples, outputs, classifier.classes, classifier.rejection)
         plot_mistakes(out / "test_mistakes.png", report["test_mistakes"])
         failed_unknown = report["open_set"].get("unknown", {}).get("failed_to_decode", [])

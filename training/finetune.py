@@ -89,7 +89,6 @@ from training.data import (
 )
 from training.distributed import ShardedSeededSampler, is_main_process
 from training.ema import ModelEma
-from training.evaluate import served_outputs
 from training.features import CACHE_CHOICES, FrozenFeatures, use_feature_cache
 from training.hand_crops import (
     HandCropCache,
@@ -114,6 +113,7 @@ from training.report import (
     write_report,
 )
 from training.run_lock import check_not_in_use, hold_run_folder, release_run_folders
+from training.served import served_outputs
 
 RESUMABLE_OVERRIDES = ("epochs", "workers", "device", "patience")
 TRAINING_STATE = ("optimizer", "scheduler", "epoch", "history", "best", "rng")  # what last.pt adds to a checkpoint

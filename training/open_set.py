@@ -33,6 +33,7 @@ from training.calibrate import (
 )
 from training.data import Sample, scan_images
 from training.report import plot_image_grid, spreadsheet_cell
+from training.served import served_outputs
 
 WORST_CASES = 12
 # compare_scores' like-for-like column: every score's threshold set where it turns away this share of
@@ -41,6 +42,8 @@ MATCHED_COST = 0.01
 
 
 def outputs_of(classifier: Classifier, samples: Sequence[Sample], *, workers: int = 2, desc: str = "open-set") -> SplitOutputs:
+    """Features and logits through the feature cache, with the features whatever the model's own score: what
+    ``compare_scores`` needs to compare every score (the product's answers come from ``served_outputs``)."""
     return split_outputs(classifier.model, classifier.backbone, samples, classifier.data_config, device=classifier.device, workers=workers, desc=desc)
 
 
@@ -141,16 +144,19 @@ def format_score_table(rows: list[dict[str, Any]]) -> str:
 
 
 def evaluate_open_set(classifier: Classifier, samples: Sequence[Sample], *, threshold: float | None, out: Path, workers: int = 2,
-                      unknown: tuple[str, Sequence[Sample]] | None = None, data: str = "test") -> tuple[dict[str, Any], SplitOutputs]:
+                      unknown: tuple[str, Sequence[Sample]] | None = None, data: str = "test",
+                      known: SplitOutputs | None = None) -> tuple[dict[str, Any], SplitOutputs]:
     """(evaluate's open_set section, the outputs of ``samples``): the rejection on ``samples`` (and
     predictions.csv), and with ``unknown`` (a folder and its images, ``unknown_samples``) the rejection of
-    never-learned gestures (and unknown_worst.png). ``data`` names ``samples`` in the lines printed."""
+    never-learned gestures (and unknown_worst.png). ``data`` names ``samples`` in the lines printed.
+    ``known``: the outputs of ``samples`` where the caller has them (``served_outputs``), so they are read once.
+    Both come from the Classifier itself, as the service's answers do."""
     rejection = classifier.rejection
     if note := rejection.override_note(threshold):
         print(f"note: {note}")
     chosen = {} if threshold is None else {"threshold_from": "--threshold"}  # the report says whose threshold it is
     threshold = rejection.threshold_or(threshold)
-    known = outputs_of(classifier, samples, workers=workers, desc="open-set features")
+    known = known if known is not None else served_outputs(classifier, list(samples), workers=workers)[0]
     if len(known.targets) == 0:
         return {**rejection.info(), "threshold": threshold, **chosen, "test": {"n": 0}}, known  # every image failed to decode: reported as skipped
     write_predictions(out / "predictions.csv", classifier, samples, known, threshold)
@@ -158,7 +164,7 @@ def evaluate_open_set(classifier: Classifier, samples: Sequence[Sample], *, thre
     print(format_open_set(report, data))
     if unknown is not None:
         unknown_dir, unknown_list = unknown
-        decoded = outputs_of(classifier, unknown_list, workers=workers, desc="unknown features")
+        decoded, _ = served_outputs(classifier, list(unknown_list), workers=workers)
         report["unknown"] = {"folder": str(unknown_dir), **unknown_report(classifier, known, decoded, threshold),
                              "failed_to_decode": [unknown_list[i].path for i in sorted(set(range(len(unknown_list))) - set(decoded.index.tolist()))]}
         worst = plot_worst_cases(out / "unknown_worst.png", classifier, unknown_list, decoded, threshold)
