@@ -680,6 +680,9 @@ def test_names_that_a_spreadsheet_reads_as_formulas_are_written_as_text_in_predi
     ("training.export", ["--format", "onnx", "--opset", "999"], "argument --opset: must be in [13, 20], got 999"),  # a traceback
     ("training.evaluate", ["--workers", "99999"], "argument --workers: must be in [0, "),  # killed for memory
     ("training.calibrate", ["--workers", "99999"], "argument --workers: must be in [0, "),
+    # 0 was taken, and the model's working threshold replaced with one that turned away 99% of its gestures
+    ("training.calibrate", ["--reject-target-recall", "0"], "argument --reject-target-recall: must be in [0.5, 1.0], got 0.0"),
+    ("training.export", ["--tolerance", "1e30"], "argument --tolerance: must be in [0.0, 1.0], got 1e+30"),  # a check that cannot fail
 ])  # fmt: skip
 def test_numbers_beyond_what_the_tool_can_use_are_usage_errors(run, command, argv, reason, capsys):
     import importlib

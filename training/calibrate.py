@@ -62,6 +62,9 @@ from training.report import save_figure, write_json
 from training.run_lock import check_not_in_use
 
 DEFAULT_TARGET_RECALL = TrainConfig().reject_target_recall
+# A threshold allowed to turn away most gestures is no "no gesture" rule: 0 was taken, and calibrate replaced a
+# model's working threshold with one that answered "no gesture" to 99% of its gestures.
+LOWEST_TARGET_RECALL = 0.5
 ECE_BINS = 15
 # A fitted temperature stays within these: past 10 every probability tends to 1 / classes, which is where
 # a validation split the model does no better than chance on (a few images, say) drives it.
@@ -447,11 +450,12 @@ def over_target(test: dict[str, Any], target_recall: float | None) -> str:
 
 # --- the command ----------------------------------------------------------------------------------
 
-def add_rejection_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup, default: Callable[[Any], Any] = lambda value: value) -> None:
-    """``default`` maps each default (finetune's parser for --resume maps them all to SUPPRESS, to see what was given)."""
+def add_rejection_args(parser: Any, default: Callable[[Any], Any] = lambda value: value) -> None:
+    """``parser``: a parser or an argument group (argparse names no public type for both). ``default`` maps each
+    default (finetune's parser for --resume maps them all to SUPPRESS, to see what was given)."""
     parser.add_argument("--reject-class", dest="reject_classes", action="append", default=default(None), metavar="NAME",
                         help="a class meaning 'no gesture' (repeatable; default: classes named none, no_gesture, nothing, background, other, ...; '' for none)")
-    parser.add_argument("--reject-target-recall", type=cli.float_in(0.0, 1.0, high_inclusive=True), default=default(DEFAULT_TARGET_RECALL),
+    parser.add_argument("--reject-target-recall", type=cli.float_in(LOWEST_TARGET_RECALL, 1.0, high_inclusive=True), default=default(DEFAULT_TARGET_RECALL),
                         help="the chosen threshold keeps gesture recall at least this fraction of the unthresholded recall")
     parser.add_argument("--reject-score", choices=SCORES, default=default(DEFAULT_SCORE),
                         help="what the threshold applies to: the calibrated top probability, the energy, the features' cosine "

@@ -347,7 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=output_arg("file", replaces=tuple(FORMAT_OF_SUFFIX)), default=None, help="output file (default: RUN/model.onnx or RUN/model.torchscript.pt)")
     p.add_argument("--images", type=cli.input_path("an image file or folder"), nargs="+", default=None, help="images or folders for the parity check (default: the run's test split)")
     p.add_argument("--max-images", type=cli.int_at_least(1), default=64, help="parity images used at most")
-    p.add_argument("--tolerance", type=cli.float_in(0.0, float("inf")), default=DEFAULT_TOLERANCE, help="max |Δlogit| and |Δfeature| allowed, as a share of the largest |logit| or |feature| (at least 1)")
+    p.add_argument("--tolerance", type=cli.float_in(0.0, 1.0, high_inclusive=True), default=DEFAULT_TOLERANCE,  # past 1 it allows differences larger than the logits
+                   help="max |Δlogit| and |Δfeature| allowed, as a share of the largest |logit| or |feature| (at least 1)")
     # torch.onnx's TorchScript exporter (dynamo=False, above) writes opsets 13-20 in torch 2.14: 999 was a traceback.
     p.add_argument("--opset", type=cli.int_at_least(13, 20), default=None, help=f"ONNX opset (default {DEFAULT_OPSET})")
     return p
