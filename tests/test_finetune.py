@@ -528,6 +528,28 @@ def test_a_corrupt_file_in_the_partial_batch_left_out_is_reported_too(dataset, t
     assert set(skipped) == {left_out[0]} and skipped[left_out[0]]  # with its reason; the sound ones left out are not listed
 
 
+def test_a_run_that_diverges_stops_with_one_line_and_keeps_the_epochs_before(dataset, tmp_path, capsys):
+    """--lr 1e30: the weights went NaN, and the run saved that model as best.pt, calibrated and tested it, and
+    exited 0 with "finished"; the only hint was a NumPy warning."""
+    from training.loop import EpochResult
+
+    out = tmp_path / "run"
+    assert finetune.main(["--data", str(dataset), "--out", str(out), "--backbone", "resnet18", "--weights", "none", "--epochs", "2",
+                          "--image-size", "32", "--workers", "0", "--lr", "1e30"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith("error: training diverged in epoch 1: ") and "start again with a lower --lr" in err[0]
+    assert not (out / "best.pt").exists() and not (out / "metrics.json").exists()
+    # after a good epoch: that epoch is kept, and the next one's broken weights are not saved over it
+    run = finetune.prepare_run(tiny_config(dataset, tmp_path / "run2", epochs=2), None)
+    finite = EpochResult(1.0, 0.5, 8, 0.1, [])
+    finetune.check_not_diverged(run, 1, finite, ({"n": 3}, 1.2, []))  # a sound epoch passes
+    finetune.check_not_diverged(run, 1, finite, ({"n": 0}, float("nan"), []))  # no validation image: not this check's to say
+    next(run.model.parameters()).data[0] = float("inf")
+    with pytest.raises(ValueError, match=r"diverged in epoch 2: the weights became NaN or infinite .* last.pt and best.pt keep the epochs before it"):
+        finetune.check_not_diverged(run, 1, finite, ({"n": 3}, 1.2, []))
+
+
 def test_the_loss_ignores_a_sample_that_failed_to_decode(tmp_path):
     """train_one_epoch on the same images with and without an undecodable one: same loss, one failure. Also where
     the undecodable one is a batch of its own, whose mean loss is 0 / 0: the epoch's loss was NaN."""

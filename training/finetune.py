@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 import shlex
 import sys
@@ -620,6 +621,7 @@ def train_in_run_folder(cfg: TrainConfig, resume: Path | None = None, go_on: str
             else:
                 result = distributed.combine_epoch(train_one_epoch(trainer, train_loader, optimizer, scheduler, run.device, aux_weight=run.backbone.aux_weight, label_smoothing=cfg.label_smoothing, class_weights=class_weight_tensor(run), amp=run.amp, scaler=scaler, channels_last=True, ema=ema, desc=f"epoch {epoch + 1}/{cfg.epochs}"))  # every rank's shard as one
                 validation = evaluate_split(run, val_loader, run.splits.val, "val", kept)
+            check_not_diverged(run, epoch, result, validation)
             row, improved = record_epoch(run, state, failed, epoch, result, validation, optimizer, frozen)
             if is_main_process():
                 save_epoch(run, optimizer, scheduler, scaler, state, ema, best_metrics={"val": validation[0], "best_epoch": epoch + 1} if improved else None)
@@ -632,6 +634,20 @@ def train_in_run_folder(cfg: TrainConfig, resume: Path | None = None, go_on: str
             failed.update(undrawn_failures(run, sampler, state["epoch"]))
         finish(run, state, failed)  # stopped here, a resume calibrates, tests and reports again
     return run.out
+
+
+def check_not_diverged(run: Run, epoch: int, result: EpochResult, validation: tuple[dict[str, Any], float, list[str]]) -> None:
+    """A ValueError when the epoch left weights that are NaN or infinite, or so large that the validation loss is
+    (a learning rate far too high): the run went on to save that model as best.pt, calibrate and test it, and said
+    "finished". Raised before the epoch is saved, so last.pt and best.pt keep the epochs before it."""
+    metrics, val_loss, _ = validation
+    finite_weights = bool(torch.stack([torch.isfinite(p).all() for p in run.model.parameters()]).all())  # one device sync an epoch
+    if finite_weights and (math.isfinite(val_loss) or not metrics.get("n")):  # no validation image decoded: check_split_decoded's
+        return
+    kept = "last.pt and best.pt keep the epochs before it" if epoch else "nothing was saved"
+    raise ValueError(f"training diverged in epoch {epoch + 1}: {'the validation loss' if finite_weights else 'the weights'} became NaN or "
+                     f"infinite (train loss {result.loss:g}, val loss {val_loss:g}) at --lr {run.cfg.lr:g}; {kept}: start again with "
+                     f"a lower --lr (the default is {TrainConfig().lr:g})")
 
 
 def record_epoch(run: Run, state: dict[str, Any], failed: set[str], epoch: int, result: EpochResult,
