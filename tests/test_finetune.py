@@ -550,6 +550,20 @@ def test_a_run_that_diverges_stops_with_one_line_and_keeps_the_epochs_before(dat
         finetune.check_not_diverged(run, 1, finite, ({"n": 3}, 1.2, []))
 
 
+def test_settings_that_cannot_do_what_they_say_are_named(dataset, tmp_path, capsys):
+    """--freeze backbone with --head-epochs, --patience with no validation image and a warmup as long as the run were
+    taken in silence (the first stored in config.json as if it meant something)."""
+    with pytest.raises(SystemExit) as stop:
+        finetune.parse_config(["--data", str(dataset), "--freeze", "backbone", "--head-epochs", "2"])
+    assert stop.value.code == 2
+    assert "--head-epochs 2 trains the head alone before the whole model, and --freeze backbone" in capsys.readouterr().err
+    with pytest.warns(UserWarning) as said:
+        finetune.prepare_run(tiny_config(dataset, tmp_path / "run", epochs=1, val_split=0.0, patience=2, warmup_epochs=1.0), None)
+    said = [str(w.message) for w in said]
+    assert any(m.startswith("--patience 2 stops on validation top-1, and this split has no validation images") for m in said), said
+    assert any(m.startswith("--warmup-epochs 1 is as long as the run (--epochs 1) or longer") for m in said), said
+
+
 def test_the_loss_ignores_a_sample_that_failed_to_decode(tmp_path):
     """train_one_epoch on the same images with and without an undecodable one: same loss, one failure. Also where
     the undecodable one is a batch of its own, whose mean loss is 0 / 0: the epoch's loss was NaN."""

@@ -208,6 +208,9 @@ def parse_config(argv: list[str] | None = None) -> tuple[TrainConfig, Path | Non
         parser.error(f"--val-split {cfg.val_split} and --test-split {cfg.test_split} leave no training images: they must add up to less than 1")
     if cfg.head_epochs >= cfg.epochs and cfg.freeze == "none" and cfg.head_epochs:
         parser.error(f"--head-epochs {cfg.head_epochs} must be smaller than --epochs {cfg.epochs}")
+    if cfg.head_epochs and cfg.freeze == "backbone":  # it was stored in config.json as if it meant something
+        parser.error(f"--head-epochs {cfg.head_epochs} trains the head alone before the whole model, and --freeze backbone "
+                     "trains the head alone throughout: drop one of them")
     if (unused := test_flags_a_test_folder_overrides(argv, cfg.data)):  # they were ignored without a word
         parser.error(f"{unused} does not apply to {cfg.data}: its test/ folder is the test set (a pre-split layout); drop it")
     return cfg, None
@@ -404,6 +407,8 @@ def prepare_run(cfg: TrainConfig, resume: Path | None) -> Run:
     distributed.check_every_rank(lambda: None if is_main_process() else images_missing_here(splits, gone))
     cfg.out, cfg.world_size, scanned = str(out), distributed.world_size(), splits
     reject_line = reject_choice(splits.classes, cfg.reject_classes)  # a misspelt --reject-class fails before training
+    if is_main_process():
+        warn_of_settings_that_do_nothing(cfg, splits)
     data_config = backbone.data_config.with_channels(cfg.in_chans)
     if cfg.image_size:
         data_config = data_config.with_input_size(cfg.image_size)
@@ -429,6 +434,16 @@ def prepare_run(cfg: TrainConfig, resume: Path | None) -> Run:
         write_json(out / "config.json", cfg.to_dict())
         print(reject_line)
     return Run(cfg, out, splits, backbone, data_config, model, device, amp, source_splits, cache, report, gone)
+
+
+def warn_of_settings_that_do_nothing(cfg: TrainConfig, splits: Splits) -> None:
+    """Settings a run takes that cannot do what they say, each said once; the run went on in silence."""
+    if cfg.patience and not splits.val:
+        warnings.warn(f"--patience {cfg.patience} stops on validation top-1, and this split has no validation images: "
+                      "the run trains every epoch", stacklevel=3)
+    if cfg.warmup_epochs >= cfg.epochs:
+        warnings.warn(f"--warmup-epochs {cfg.warmup_epochs:g} is as long as the run (--epochs {cfg.epochs}) or longer: the learning "
+                      "rate never reaches --lr", stacklevel=3)
 
 
 def check_input_sizes(cfg: TrainConfig, backbone: Backbone) -> None:
