@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import importlib.util
+import logging
 import os
 import threading
 import warnings
@@ -215,6 +216,8 @@ class CompiledEngine(TorchEngine):
 
     def __init__(self, model: nn.Module, device: torch.device, precision: str = "fp32"):
         super().__init__(model, device, precision)
+        if device.type == "cpu":  # Inductor's C++ build logged "No CUDA runtime is found" on every CPU, amid a command's output
+            logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
         # Freezing folds BatchNorm and pre-packs weights for oneDNN: the big win on CPU inference. Passed to this
         # model's compile alone, where setting torch._inductor.config froze every later compile in the process too.
         self._compiled = torch.compile(self.model, dynamic=False, options={"freezing": True})

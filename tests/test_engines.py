@@ -255,3 +255,19 @@ def test_exports_and_downloads_stay_out_of_the_users_cache_folders(tmp_path_fact
     session = tmp_path_factory.getbasetemp()
     for folder in (cache_root(), torch_cache_dir(), Path(os.environ["XDG_CACHE_HOME"])):
         assert session in folder.parents, folder
+
+
+def test_the_compile_engine_says_nothing_of_cuda_on_a_cpu(tmp_path):
+    """Inductor's C++ build logged "W1206 … cpp_extension.py:183] No CUDA runtime is found, using CUDA_HOME=…" amid
+    the webcam's and the service's output, on every machine without a GPU. In a process of its own: the line is
+    logged once per process."""
+    import subprocess
+    import sys
+
+    code = ("import torch; from gesture_core import build_model; from gesture_core.engines import build_engine\n"
+            "engine = build_engine(build_model('lenet5', 3, 'none').eval(), engine='compile', precision='fp32', device=torch.device('cpu'), input_shape=(3, 32, 32))\n"
+            "print(tuple(engine(torch.zeros(2, 3, 32, 32)).shape))")
+    env = {**os.environ, "GESTURE_CACHE_DIR": str(tmp_path / "cache"), "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor"), "CUDA_VISIBLE_DEVICES": ""}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0 and done.stdout.strip() == "(2, 3)", done.stderr
+    assert "No CUDA runtime" not in done.stderr and "cpp_extension" not in done.stderr, done.stderr
