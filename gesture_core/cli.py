@@ -22,7 +22,7 @@ import shutil
 import sys
 import tempfile
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import NoReturn, ParamSpec
 
@@ -72,9 +72,10 @@ class CommandParser(argparse.ArgumentParser):
         if prog and prog.startswith("python -m "):  # its usage and "--help lists every option" name the Python that ran
             prog = python_command() + prog.removeprefix("python")
         super().__init__(*args, prog=prog, formatter_class=formatter_class, allow_abbrev=False, **kwargs)
+        self.given: list[str] = []  # the command line parsed last: what error() looks through for a misspelt flag
 
-    def parse_known_args(self, args=None, namespace=None):  # noqa: ANN001, ANN201 (argparse's own signature)
-        self.given = list(sys.argv[1:] if args is None else args)  # what error() looks through for a misspelt flag
+    def parse_known_args(self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None) -> tuple[argparse.Namespace, list[str]]:
+        self.given = list(sys.argv[1:] if args is None else args)
         return super().parse_known_args(args, namespace)
 
     def error(self, message: str) -> NoReturn:
@@ -86,12 +87,12 @@ class CommandParser(argparse.ArgumentParser):
     def misspelt_flags(self, message: str) -> str:
         """" (did you mean --epochs?)" for "--epoch": the flags that each unknown one begins, or else the nearest in
         spelling. Said beside any error, as a misspelt required flag is reported as missing, not as unknown."""
-        known = set(re.findall(r"(?<![\w-])--[A-Za-z][\w-]*", self.format_help()))  # argparse keeps its table of flags private
-        unknown = [flag for flag in {token.split("=", 1)[0]: None for token in getattr(self, "given", [])} if flag.startswith("--") and flag not in known]
-        names = {option[2:]: option for option in sorted(known)}  # spelling compared without the "--" every flag shares
+        known = sorted(set(re.findall(r"(?<![\w-])--[A-Za-z][\w-]*", self.format_help())))  # argparse keeps its table of flags private
+        unknown = [flag for flag in {token.split("=", 1)[0]: None for token in self.given} if flag.startswith("--") and flag not in known]
+        names = {option[2:]: option for option in known}  # spelling compared without the "--" every flag shares
         guesses = []
         for flag in unknown:
-            matches = [option for option in sorted(known) if option.startswith(flag)] or [names[name] for name in difflib.get_close_matches(flag[2:], names, n=2, cutoff=0.6)]
+            matches = [option for option in known if option.startswith(flag)] or [names[name] for name in difflib.get_close_matches(flag[2:], names, n=2, cutoff=0.6)]
             guesses += [option for option in matches[:3] if option not in guesses]
         if not guesses:
             return ""
