@@ -23,7 +23,7 @@ import cv2
 import httpx
 import numpy as np
 
-from benchmarks.common import PeakRss, describe_machine, machine, note
+from benchmarks.common import PeakRss, client_count, describe_machine, machine, note
 from benchmarks.hostile import worker_pid
 from benchmarks.serve_latency import drive, load_images, make_checkpoint, running_service
 from gesture_core.cli import CommandParser, command
@@ -49,7 +49,7 @@ def sent_together(url: str, request: dict, clients: int) -> Counter:
 @command
 def main(argv: list[str] | None = None) -> int:
     p = CommandParser(prog="python -m benchmarks.body_memory", description=__doc__.split("\n\n")[0])
-    p.add_argument("--clients", type=int, default=32, help="requests sent at once, each way")
+    p.add_argument("--clients", type=client_count, default=32, help="requests sent at once, each way")
     args = p.parse_args(argv)
     note(f"machine: {describe_machine(machine())}")
     image = noise_png()

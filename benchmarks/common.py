@@ -24,6 +24,11 @@ from typing import Any
 
 import torch
 
+from gesture_core.backbones import get_backbone
+from gesture_core.checkpoint import CheckpointError, load_checkpoint
+from gesture_core.cli import checkpoint_arg, refuse_empty_path
+from training.cli import float_in, int_at_least
+
 MATMUL_SIZE = 2048
 GEMM_FLOPS = 2 * MATMUL_SIZE**3  # a multiply and an add per term
 FMA_PIPES = 2  # per core, on current AMD and Intel server cores
@@ -341,14 +346,66 @@ class PeakRss:
         return result, (self.field_kb("VmHWM") - before) / 1024
 
 
-def csv_list(kind, choices=None):
-    """An argparse type for comma-separated values of ``kind``, each one of ``choices`` where given."""
+def csv_list(kind=str, choices=None):
+    """An argparse type for comma-separated values of ``kind``, each one of ``choices`` where given. An empty
+    item ("a,,b", ",") is refused: it is a typo, and "," ran nothing for an hour's benchmark."""
+    allowed = f": choose from {', '.join(map(str, choices))}" if choices else ""
+
     def parse(text: str):
-        values = [kind(v.strip()) for v in text.split(",") if v.strip()]
-        bad = [v for v in values if choices and v not in choices]
-        if not values or bad:
-            allowed = f" from {', '.join(choices)}" if choices else ""
-            raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated values{allowed}")
+        items = [v.strip() for v in text.split(",")]
+        if not all(items):
+            raise argparse.ArgumentTypeError(f"{text!r} has an empty item: expected comma-separated values{allowed}")
+        values = [kind(v) for v in items]
+        if unknown := [str(v) for v in values if choices and v not in choices]:
+            raise argparse.ArgumentTypeError(f"unknown {', '.join(unknown)}{allowed}")
         return values
 
     return parse
+
+
+# Seconds a benchmark measures or warms up for: NaN never closed a timing window (no comparison with it
+# is true) and 1e30 ran on; a day is past what any benchmark here needs.
+MOST_SECONDS = 24 * 3600
+measured_seconds = float_in(0.1, MOST_SECONDS, high_inclusive=True)
+warmup_seconds = float_in(0.0, MOST_SECONDS, high_inclusive=True)
+# Clients or connections of a load test: each is a thread or an open socket of this process, so a count
+# past ten thousand measures this machine's limits rather than the service.
+MOST_CLIENTS = 10_000
+client_count = int_at_least(1, MOST_CLIENTS)
+
+
+def check_input_size(parser: argparse.ArgumentParser, backbones: Sequence[str], size: int | None) -> None:
+    """--image-size against each backbone's own minimum (``image_size`` took the smallest any backbone takes),
+    before the work rather than when a model is built."""
+    for name in backbones if size is not None else ():
+        try:
+            get_backbone(name).check_input_size(size)
+        except ValueError as err:
+            parser.error(f"argument --image-size: {err}")
+
+
+def existing_folder(text: str) -> Path:
+    """A folder given by hand, found before the work rather than when the benchmark first reads it."""
+    refuse_empty_path(text, "a folder")
+    if not Path(text).expanduser().is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a file: pass a folder" if Path(text).expanduser().exists() else f"{text}: no such folder")
+    return Path(text).expanduser()
+
+
+def finished_run(text: str) -> Path:
+    """A training run's folder with its model and its test split (best.pt and split.json), checked before the work."""
+    run = existing_folder(text)
+    if missing := [name for name in ("best.pt", "split.json") if not (run / name).is_file()]:
+        raise argparse.ArgumentTypeError(f"{text} is not a finished training run: it has no {' or '.join(missing)}")
+    return run
+
+
+def served_checkpoint(text: str) -> Path:
+    """A checkpoint (or a run folder) the service can load, read now: a photo passed for one was found out
+    only once the service was being started, as a traceback from its import."""
+    path = checkpoint_arg("best.pt")(text)
+    try:
+        load_checkpoint(path)
+    except CheckpointError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return path

@@ -61,6 +61,7 @@ from gesture_core.cli import CommandParser, command
 from gesture_core.images import PNG_CHUNKS_WALKED, decode_flag, jpeg_layout, jpeg_scale, probe_image
 from gesture_core.native_output import native_stream_to
 from service.settings import Settings
+from training.cli import int_at_least
 
 FLAT_SIZES = [(2000, 1500), (4000, 3000), (6000, 6000), (6324, 6324)]
 SCAN_CASES = [(2000, 1000, 0), (2000, 1000, 90), (2000, 1000, 1000), (4000, 4000, 1000), (8000, 8000, 1000)]
@@ -398,7 +399,7 @@ def photo_rows(per_set: int) -> None:
 @command
 def main(argv: list[str] | None = None) -> int:
     p = CommandParser(prog="python -m benchmarks.decode_cost", description=__doc__.split("\n\n")[0])
-    p.add_argument("--photos", type=int, default=20, help="photos sampled from each shared set")
+    p.add_argument("--photos", type=int_at_least(1), default=20, help="photos sampled from each shared set")
     args = p.parse_args(argv)
     print(describe_machine(), "\n")
     flat_rows()

@@ -15,9 +15,11 @@ import csv
 import sys
 from pathlib import Path
 
-from benchmarks.common import emit, note
+from benchmarks.common import csv_list, emit, note
 from benchmarks.recipes import run_finetune
 from gesture_core.cli import CommandParser, command
+from gesture_core.runtime import DEVICES
+from training.cli import int_at_least, seed, workers
 
 REPO = Path(__file__).resolve().parents[1]
 COMMON = ["--backbone", "efficientnet_lite0", "--head-epochs", "1", "--lr", "2e-3", "--backbone-lr-mult", "0.3"]
@@ -55,17 +57,14 @@ def main(argv: list[str] | None = None) -> int:
     p = CommandParser(prog="python -m benchmarks.flowers_recipes", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "flowers")
     p.add_argument("--out", type=Path, default=REPO / "runs" / "flowers-recipes")
-    p.add_argument("--only", type=lambda v: v.split(","), default=list(RECIPES), help=f"comma-separated, from: {', '.join(RECIPES)}")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--seed", type=int, default=0, help="also fixes the split: keep 0 to compare with docs/training.md")
-    p.add_argument("--test-per-class", type=int, default=100, help="the classic split: 100 (as in docs/training.md)")
+    p.add_argument("--only", type=csv_list(str, RECIPES), default=list(RECIPES), help=f"comma-separated, from: {', '.join(RECIPES)}")
+    p.add_argument("--device", choices=DEVICES, default="auto")
+    p.add_argument("--workers", type=workers, default=2)
+    p.add_argument("--seed", type=seed, default=0, help="also fixes the split: keep 0 to compare with docs/training.md")
+    p.add_argument("--test-per-class", type=int_at_least(1), default=100, help="the classic split: 100 (as in docs/training.md)")
     p.add_argument("--quiet", action="store_true", help="hide each run's own output")
     p.add_argument("--json", action="store_true", help="JSON lines instead of a table")
     args = p.parse_args(argv)
-    unknown = [n for n in args.only if n not in RECIPES]
-    if unknown:
-        p.error(f"unknown recipe(s) {', '.join(unknown)}; choose from {', '.join(RECIPES)}")
     if not args.data.is_dir():
         p.error(f"--data {args.data}: not a folder (the flowers photos, e.g. ../shared/data/flowers)")
     rows = []

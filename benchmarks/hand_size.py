@@ -41,13 +41,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from benchmarks.common import describe_machine, emit, note
+from benchmarks.common import check_input_size, csv_list, describe_machine, emit, note
 from benchmarks.recipes import REPO, SHARED_DATA, run_finetune
 from benchmarks.whole_frame import images_in, paste_at_random, placements, scene_frame
 from gesture_core.classifier import Classifier, load_classifier
 from gesture_core.cli import CommandParser, command
 from gesture_core.hands import HandLocaliser
 from gesture_core.images import read_rgb
+from training.cli import backbone_name, image_size, int_at_least, seed, workers
 from training.data import Sample, load_folder
 from training.evaluate import evaluate_samples
 from training.grouping import assign_groups, grouped_split
@@ -217,20 +218,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--asl", type=Path, default=SHARED_DATA / "asl-alphabet", help="the ASL alphabet photos (hands, and 'nothing' scenes)")
     p.add_argument("--flowers", type=Path, default=SHARED_DATA / "flowers", help="flower photos (scenes)")
     p.add_argument("--quick", action="store_true", help=f"letters {QUICK_LETTERS}, 40 photos each, sizes {QUICK_SIDES}, 1 paste")
-    p.add_argument("--letters", default=None, help=f"comma-separated classes (default {LETTERS}; --quick {QUICK_LETTERS})")
-    p.add_argument("--per-class", type=int, default=None, help="photos per letter (default all 120; --quick 40)")
-    p.add_argument("--pastes", type=int, default=None, help="training frames per training photo (default 2; --quick 1)")
-    p.add_argument("--epochs", type=int, default=30, help="linear-probe epochs (cached features: cheap)")
-    p.add_argument("--image-size", type=int, default=128, help="model input size, both modes")
-    p.add_argument("--backbone", default="efficientnet_lite0", help="the model the documented figures were measured with")
-    p.add_argument("--workers", type=int, default=2, help="data-loading processes per run")
-    p.add_argument("--seed", type=int, default=0, help="split, frames and training")
+    p.add_argument("--letters", type=csv_list(), default=None, help=f"comma-separated classes (default {LETTERS}; --quick {QUICK_LETTERS})")
+    p.add_argument("--per-class", type=int_at_least(1), default=None, help="photos per letter (default all 120; --quick 40)")
+    p.add_argument("--pastes", type=int_at_least(1), default=None, help="training frames per training photo (default 2; --quick 1)")
+    p.add_argument("--epochs", type=int_at_least(1), default=30, help="linear-probe epochs (cached features: cheap)")
+    p.add_argument("--image-size", type=image_size, default=128, help="model input size, both modes")
+    p.add_argument("--backbone", type=backbone_name, default="efficientnet_lite0", help="the model the documented figures were measured with")
+    p.add_argument("--workers", type=workers, default=2, help="data-loading processes per run")
+    p.add_argument("--seed", type=seed, default=0, help="split, frames and training")
     p.add_argument("--out", type=Path, default=REPO / "runs" / "hand-size", help="frames, runs and hand_size.json")
     args = p.parse_args(argv)
+    check_input_size(p, [args.backbone], args.image_size)
     for folder in (args.asl, args.flowers):
         if not folder.is_dir():
             p.error(f"{folder}: not a folder (the shared data lives in ../shared/data)")
-    letters = (args.letters or (QUICK_LETTERS if args.quick else LETTERS)).split(",")
+    letters = args.letters or (QUICK_LETTERS if args.quick else LETTERS).split(",")
     if missing := [letter for letter in letters if not (args.asl / letter).is_dir()]:
         p.error(f"--letters {', '.join(missing)}: not in {args.asl}; choose from {', '.join(sorted(d.name for d in args.asl.iterdir() if d.is_dir()))}")
     per_class = args.per_class or (40 if args.quick else 120)

@@ -22,10 +22,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from benchmarks.common import describe_machine, emit, note
+from benchmarks.common import csv_list, describe_machine, emit, existing_folder, note
 from benchmarks.recipes import SHARED_DATA
 from gesture_core.cli import CommandParser, command
 from gesture_core.hands import HandLocaliser, HandTracker, palm_to_square
+from gesture_core.runtime import MOST_THREADS
 from training.cli import int_at_least
 
 FRAME_W, FRAME_H = 640, 480
@@ -123,17 +124,13 @@ def size_rows(models: Path | None, asl: Path) -> list[dict]:
 @command
 def main(argv: list[str] | None = None) -> int:
     parser = CommandParser(prog="python -m benchmarks.hands", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--threads", default="1,2", help="LiteRT thread counts to time, comma-separated (default: 1,2)")
+    parser.add_argument("--threads", type=csv_list(int_at_least(1, MOST_THREADS)), default="1,2", help="LiteRT thread counts to time, comma-separated (default: 1,2)")
     parser.add_argument("--frames", type=int_at_least(1), default=200, help="calls per timed step and frames per video (default: 200)")
-    parser.add_argument("--redetect-every", type=int, default=10, help="HandTracker's redetect_every (default: 10)")
-    parser.add_argument("--models", type=Path, help="folder with the .tflite files (default: the cache, where prepare puts them)")
+    parser.add_argument("--redetect-every", type=int_at_least(1), default=10, help="HandTracker's redetect_every (default: 10)")
+    parser.add_argument("--models", type=existing_folder, help="folder with the .tflite files (default: the cache, where prepare puts them)")
     parser.add_argument("--no-sizes", action="store_true", help="time only; skip the hand-size table")
     parser.add_argument("--json", action="store_true", help="JSON lines instead of tables")
     args = parser.parse_args(argv)
-    try:
-        thread_counts = [int(t) for t in args.threads.split(",")]
-    except ValueError:
-        parser.error(f"--threads takes whole numbers separated by commas, e.g. 1,2; got {args.threads!r}")
     asl = SHARED_DATA / "asl-alphabet"
     if not asl.is_dir():
         parser.error(f"{asl} not found: the benchmark pastes the ASL alphabet's photos (../shared/data)")
@@ -143,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     clips = {"still hand": video(background, photo, args.frames, sliding=False),
              "sliding hand": video(background, photo, args.frames, sliding=True)}  # fmt: skip
     note(f"machine: {describe_machine()}")
-    rows = [row for threads in thread_counts for row in speed_rows(args.models, threads, frame, clips, args.frames, args.redetect_every)]
+    rows = [row for threads in args.threads for row in speed_rows(args.models, threads, frame, clips, args.frames, args.redetect_every)]
     emit(rows, SPEED_COLUMNS, as_json=args.json, title=f"Hand localiser per 640x480 frame ({describe_machine()})")
     if not args.no_sizes:
         emit(size_rows(args.models, asl), SIZE_COLUMNS, as_json=args.json, title="Hands found against hand size (find, 15 ASL letters)")

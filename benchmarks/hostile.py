@@ -40,7 +40,7 @@ import httpx
 import numpy as np
 import psutil
 
-from benchmarks.common import PeakRss, describe_machine, machine, note
+from benchmarks.common import PeakRss, client_count, describe_machine, machine, measured_seconds, note, served_checkpoint
 from benchmarks.hostile_inputs import (
     exif_bomb,
     form_part,
@@ -61,7 +61,8 @@ from benchmarks.hostile_inputs import (
     with_exif,
 )
 from benchmarks.serve_latency import drive, load_images, make_checkpoint, running_service
-from gesture_core.cli import CommandParser, checkpoint_arg, command
+from gesture_core.cli import CommandParser, command
+from gesture_core.engines import ENGINE_CHOICES
 from service.http_guard import use_the_open_file_hard_limit
 
 RSS_TARGET_MB = 256
@@ -284,14 +285,14 @@ def slow_client_attack(url: str, images: list[bytes], count: int, seconds: float
 @command
 def main(argv: list[str] | None = None) -> int:
     p = CommandParser(prog="python -m benchmarks.hostile", description=__doc__.split("\n\n")[0])
-    p.add_argument("--checkpoint", type=checkpoint_arg("best.pt"), help="default: efficientnet_lite0 with ImageNet weights and a random 10-class head")
-    p.add_argument("--engine", default="auto", help="GESTURE_ENGINE for the service")
-    p.add_argument("--slow-clients", type=int, default=130)
-    p.add_argument("--slow-seconds", type=float, default=40.0, help="how long normal clients are measured during the slow-client attack")
-    p.add_argument("--normal-clients", type=int, default=4)
-    p.add_argument("--idle-connections", type=int, default=2000, help="connections opened and held without a complete request")
-    p.add_argument("--idle-seconds", type=float, default=4.0, help="how long normal clients are measured while they are held")
-    p.add_argument("--held-bodies", type=int, default=150, help="clients that send all but the last byte of an upload at the limit, then wait")
+    p.add_argument("--checkpoint", type=served_checkpoint, help="default: efficientnet_lite0 with ImageNet weights and a random 10-class head")
+    p.add_argument("--engine", default="auto", choices=ENGINE_CHOICES, help="GESTURE_ENGINE for the service")
+    p.add_argument("--slow-clients", type=client_count, default=130)
+    p.add_argument("--slow-seconds", type=measured_seconds, default=40.0, help="how long normal clients are measured during the slow-client attack")
+    p.add_argument("--normal-clients", type=client_count, default=4)
+    p.add_argument("--idle-connections", type=client_count, default=2000, help="connections opened and held without a complete request")
+    p.add_argument("--idle-seconds", type=measured_seconds, default=4.0, help="how long normal clients are measured while they are held")
+    p.add_argument("--held-bodies", type=client_count, default=150, help="clients that send all but the last byte of an upload at the limit, then wait")
     p.add_argument("--quick", action="store_true", help="a 15 s slow-client attack and a 4 s baseline")
     args = p.parse_args(argv)
     baseline_seconds = 4.0 if args.quick else 10.0

@@ -31,9 +31,11 @@ from benchmarks.common import (
     Ceiling,
     best_ceiling,
     best_rate,
+    check_input_size,
     csv_list,
     describe_machine,
     emit,
+    finished_run,
     hardware_ceiling,
     machine,
     note,
@@ -42,7 +44,7 @@ from benchmarks.common import (
 from gesture_core import build_model, get_backbone, load_classifier
 from gesture_core.cli import CommandParser, command
 from gesture_core.engines import ENGINES, PRECISIONS, build_engine, engine_installed, supported_precisions
-from training.cli import int_at_least
+from training.cli import backbone_name, image_size, int_at_least
 
 SPEED_COLUMNS = [
     ("backbone", "backbone", "s"), ("engine", "engine", "s"), ("precision", "precision", "s"), ("batch", "batch", "d"),
@@ -161,7 +163,7 @@ def profile_eager(name: str, batch: int, image_size: int | None) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     p = CommandParser(prog="python -m benchmarks.inference", description=__doc__.split("\n\n")[0])
-    p.add_argument("--backbones", type=csv_list(str), default=["resnet18", "efficientnet_lite0"])
+    p.add_argument("--backbones", type=csv_list(backbone_name), default=["resnet18", "efficientnet_lite0"])
     p.add_argument("--batch", type=csv_list(int_at_least(1)), default=[1, 16], help="batch sizes, e.g. 1,16")
     p.add_argument(
         "--engines",
@@ -170,10 +172,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="default: every installed engine (torch.compile only without --quick)",
     )
     p.add_argument("--precisions", type=csv_list(str, PRECISIONS), default=list(PRECISIONS), help="unsupported ones are skipped")
-    p.add_argument("--image-size", type=int, default=None, help="default: each backbone's own")
+    p.add_argument("--image-size", type=image_size, default=None, help="default: each backbone's own")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument(
-        "--accuracy", type=Path, metavar="RUN", help="also measure top-1 on RUN's saved test split (RUN/best.pt, RUN/split.json)"
+        "--accuracy", type=finished_run, metavar="RUN", help="also measure top-1 on RUN's saved test split (RUN/best.pt, RUN/split.json)"
     )
     p.add_argument(
         "--profile",
@@ -187,7 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 @command
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_input_size(parser, args.backbones, args.image_size)
     device = torch.device(args.device)
     if args.engines is None:
         args.engines = [e for e in ENGINES if not (args.quick and e == "compile")]

@@ -15,6 +15,7 @@ while they wait show up in it.
 
 from __future__ import annotations
 
+import argparse
 import tempfile
 import warnings
 from collections.abc import Callable
@@ -24,12 +25,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.common import best_rate_and_cpu, describe_machine, emit, note
+from benchmarks.common import best_rate_and_cpu, check_input_size, csv_list, describe_machine, emit, measured_seconds, note
 from benchmarks.serve_latency import make_checkpoint
 from gesture_core import Classifier, load_classifier
 from gesture_core.cli import CommandParser, command
 from gesture_core.engines import engine_installed
-from training.cli import positive_float
+from training.cli import backbone_name, image_size
 
 REQUEST_SIZES = (1, 2, 3, 4, 8, 16)
 COLUMNS = [("backbone", "backbone", "s"), ("measure", "measure", "s"), ("variant", "variant", "s"), ("batch", "batch", "d"),
@@ -100,12 +101,17 @@ def softmax_after_model(backbone: str, classifier: Classifier, seconds: float) -
 @command
 def main(argv: list[str] | None = None) -> int:
     p = CommandParser(prog="python -m benchmarks.model_call", description=__doc__.split("\n\n")[0])
-    p.add_argument("--backbones", default="efficientnet_lite0,mobilenet_v3_large,resnet18", help="comma-separated registry names")
-    p.add_argument("--image-size", type=int, help="input size (default: each backbone's own)")
-    p.add_argument("--seconds", type=positive_float, default=3.0, help="per measurement (best of 3 windows)")
+    p.add_argument("--backbones", type=csv_list(), default="efficientnet_lite0,mobilenet_v3_large,resnet18", help="comma-separated registry names")
+    p.add_argument("--image-size", type=image_size, help="input size (default: each backbone's own)")
+    p.add_argument("--seconds", type=measured_seconds, default=3.0, help="per measurement (best of 3 windows)")
     p.add_argument("--quick", action="store_true", help="0.6 s per measurement")
     p.add_argument("--json", action="store_true", help="JSON lines instead of a table")
     args = p.parse_args(argv)
+    try:  # before any model is built, in the registry's words (docs/reliability.md quotes them)
+        args.backbones = [backbone_name(name) for name in args.backbones]
+    except argparse.ArgumentTypeError as err:
+        p.error(f"{err} (--backbones)")
+    check_input_size(p, args.backbones, args.image_size)
     if not engine_installed("openvino"):
         p.error("OpenVINO is not installed: pip install -e '.[speed]'")
     seconds = 0.6 if args.quick else args.seconds
@@ -113,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for backbone in [b.strip() for b in args.backbones.split(",") if b.strip()]:
+        for backbone in args.backbones:
             checkpoint = make_checkpoint(Path(tmp) / f"{backbone}.pt", backbone, args.image_size)
             classifier = load_classifier(checkpoint, "cpu", engine="openvino", precision="fp32")
             note(f"{backbone} @ {classifier.data_config.input_size} px, {classifier.engine.streams} OpenVINO streams")

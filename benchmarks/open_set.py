@@ -31,11 +31,11 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import describe_machine, note
+from benchmarks.common import check_input_size, csv_list, describe_machine, note
 from benchmarks.rejection_scores import score_comparison
 from gesture_core.cli import CommandParser, command
 from training.calibrate import SplitOutputs
-from training.cli import add_backbone_arg
+from training.cli import add_backbone_arg, image_size, int_at_least, seed, workers
 from training.config import TrainConfig
 from training.data import Splits
 from training.finetune import train
@@ -44,6 +44,7 @@ from training.open_set import format_score_table
 
 REPO = Path(__file__).resolve().parents[1]
 ASL = REPO.parent / "shared" / "data" / "asl-alphabet"
+SCENARIOS = ("all29", "open20")  # every class; 20 learned and the other signs never seen
 OPEN20_KNOWN = [chr(c) for c in range(ord("A"), ord("T") + 1)] + ["nothing"]
 RECIPES = {
     "quick": dict(freeze="backbone", augment="none", epochs=10),  # a linear probe on cached features
@@ -115,20 +116,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = CommandParser(prog="python -m benchmarks.open_set", description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="linear probe on cached features (minutes) instead of a fine-tune")
     add_backbone_arg(p, default=TrainConfig.backbone)  # training.finetune's default, so that the table shows what the defaults give
-    p.add_argument("--epochs", type=int, default=None, help="passes over the training images (default: training.finetune's)")
-    p.add_argument("--image-size", type=int, default=None, help="input size (default: the backbone's)")
-    p.add_argument("--scenarios", default="all29,open20", help="comma-separated: all29, open20")
+    p.add_argument("--epochs", type=int_at_least(1), default=None, help="passes over the training images (default: training.finetune's)")
+    p.add_argument("--image-size", type=image_size, default=None, help="input size (default: the backbone's)")
+    p.add_argument("--scenarios", type=csv_list(str, SCENARIOS), default=list(SCENARIOS), help=f"comma-separated: {', '.join(SCENARIOS)}")
     p.add_argument("--data", type=Path, default=ASL, help="the asl-alphabet folder")
     p.add_argument("--out", type=Path, default=None, help="keep the runs here (default: a temporary folder)")
-    p.add_argument("--seed", type=int, default=0, help="training.finetune's --seed: another split and initialisation")
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--seed", type=seed, default=0, help="training.finetune's --seed: another split and initialisation")
+    p.add_argument("--workers", type=workers, default=2)
     p.add_argument("--json", action="store_true", help="one JSON line per scenario instead of tables")
     return p
 
 
 @command
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_input_size(parser, [args.backbone], args.image_size)
     if not args.data.is_dir():
         print(f"error: {args.data} not found (the asl-alphabet set lives in ../shared/data)", file=sys.stderr)
         return 2
@@ -140,14 +143,11 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="open-set-") as tmp:
         # with --out, the split folders stay beside the runs, so training.evaluate can use their split.json later
         work, out = (args.out / "data", args.out) if args.out else (Path(tmp), Path(tmp) / "runs")
-        for name in args.scenarios.split(","):
+        for name in args.scenarios:
             if name == "all29":
                 data, unknown = args.data, None
-            elif name == "open20":
-                data, unknown = class_folder_links(args.data, OPEN20_KNOWN, work / "open20"), unknown_folder(args.data, OPEN20_KNOWN, work / "unknown")
             else:
-                print(f"error: --scenarios {name!r}: choose all29 or open20", file=sys.stderr)
-                return 2
+                data, unknown = class_folder_links(args.data, OPEN20_KNOWN, work / "open20"), unknown_folder(args.data, OPEN20_KNOWN, work / "unknown")
             result = run_scenario(name, data, unknown, recipe, out, args.workers)
             results.append(result)
             if args.json:

@@ -21,11 +21,12 @@ import shlex
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
-from benchmarks.common import describe_machine, note
+from benchmarks.common import csv_list, describe_machine, note
 from gesture_core.cli import CommandParser, command
+from gesture_core.runtime import DEVICES
+from training.cli import backbone_name, int_at_least, seed, workers
 from training.config import TrainConfig
 from training.finetune import run_finished
 
@@ -141,29 +142,18 @@ def quick_subset(source: Path, dest: Path, per_class: int) -> Path:
     return dest
 
 
-def csv_choice(choices) -> Callable[[str], list[str]]:
-    def parse(text: str) -> list[str]:
-        values = [v for v in text.split(",") if v]
-        unknown = [v for v in values if v not in choices]
-        if unknown:
-            raise argparse.ArgumentTypeError(f"unknown {', '.join(unknown)}; choose from {', '.join(map(str, choices))}")
-        return values
-
-    return parse
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = CommandParser(prog="python -m benchmarks.recipes", description=__doc__.split("\n\n")[0])
     p.add_argument("--data-root", type=Path, default=SHARED_DATA, help="folder holding the datasets, one sub-folder each")
-    p.add_argument("--datasets", type=lambda t: [v for v in t.split(",") if v], default=list(DATASETS), help="comma-separated sub-folders of --data-root")
-    p.add_argument("--budgets", type=lambda t: [int(v) for v in t.split(",")], default=list(BUDGETS), help="comma-separated epoch budgets")
-    p.add_argument("--backbones", type=lambda t: t.split(","), default=list(BACKBONES), help="comma-separated backbones")
-    p.add_argument("--recipes", type=csv_choice(RECIPES), default=list(RECIPES), help=f"comma-separated, from: {', '.join(RECIPES)}")
+    p.add_argument("--datasets", type=csv_list(), default=list(DATASETS), help="comma-separated sub-folders of --data-root")
+    p.add_argument("--budgets", type=csv_list(int_at_least(1)), default=list(BUDGETS), help="comma-separated epoch budgets")
+    p.add_argument("--backbones", type=csv_list(backbone_name), default=list(BACKBONES), help="comma-separated backbones")
+    p.add_argument("--recipes", type=csv_list(str, RECIPES), default=list(RECIPES), help=f"comma-separated, from: {', '.join(RECIPES)}")
     p.add_argument("--quick", action="store_true", help=f"{QUICK['per_class']} images per class, 1 epoch, 64 px, lite0, two recipes")
     p.add_argument("--out", type=Path, default=REPO / "runs" / "recipes", help="run folders and the tables")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="passed to every run")
-    p.add_argument("--workers", type=int, default=2, help="data-loading processes per run")
-    p.add_argument("--seed", type=int, default=0, help="also fixes each dataset's split")
+    p.add_argument("--device", choices=DEVICES, default="auto", help="passed to every run")
+    p.add_argument("--workers", type=workers, default=2, help="data-loading processes per run")
+    p.add_argument("--seed", type=seed, default=0, help="also fixes each dataset's split")
     p.add_argument("--quiet", action="store_true", help="hide each run's own output")
     return p
 

@@ -22,6 +22,7 @@ from benchmarks.common import describe_machine, note
 from gesture_core import load_classifier
 from gesture_core.cli import CommandParser, command
 from training.calibrate import DEFAULT_TARGET_RECALL, SplitOutputs
+from training.cli import workers
 from training.data import DatasetError, Splits
 from training.open_set import compare_scores, format_score_table, outputs_of, unknown_samples
 
@@ -42,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     p = CommandParser(prog="python -m benchmarks.rejection_scores", description=__doc__.split("\n")[0])
     p.add_argument("--run", type=Path, required=True, help="a training run's folder (best.pt and split.json)")
     p.add_argument("--unknown", type=Path, default=None, help="images the model never learned, in any layout (loose, or one folder per kind)")
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--workers", type=workers, default=2)
     args = p.parse_args(argv)
     missing = [str(path) for path in (args.run / "best.pt", args.run / "split.json", args.unknown) if path is not None and not path.exists()]
     if missing:

@@ -35,15 +35,26 @@ import httpx
 import psutil
 
 from benchmarks import pyspy
-from benchmarks.common import best_rate, describe_machine, emit, machine, note
+from benchmarks.common import (
+    best_rate,
+    check_input_size,
+    client_count,
+    describe_machine,
+    emit,
+    machine,
+    measured_seconds,
+    note,
+    served_checkpoint,
+    warmup_seconds,
+)
 from benchmarks.serve_latency import TARGETS, batch_size_stats, drive, load_images, make_checkpoint, running_service
 from gesture_core import load_classifier
 from gesture_core.checkpoint import resolve_device
-from gesture_core.cli import CommandParser, checkpoint_arg, command
+from gesture_core.cli import CommandParser, command
 from gesture_core.engines import ENGINE_CHOICES, PRECISIONS
 from gesture_core.runtime import DEVICES
 from service.settings import MOST_BATCH_SIZE
-from training.cli import int_at_least
+from training.cli import backbone_name, image_size, int_at_least
 
 # batching -> the service `bentoml serve` runs; "floor" answers without a model (benchmarks/bentoml_floor.py)
 SERVICES = {**TARGETS, "floor": "benchmarks.bentoml_floor:BentoMLFloor"}
@@ -223,29 +234,34 @@ def service_setting(item: str) -> tuple[str, str]:
 @command
 def main(argv: list[str] | None = None) -> int:
     p = CommandParser(prog="python -m benchmarks.serve", description=__doc__.split("\n\n")[0])
-    p.add_argument("--checkpoint", type=checkpoint_arg("best.pt"), help="default: efficientnet_lite0 with ImageNet weights and a random 10-class head")
+    p.add_argument("--checkpoint", type=served_checkpoint, help="default: efficientnet_lite0 with ImageNet weights and a random 10-class head")
     p.add_argument("--backbone", default="efficientnet_lite0", help="without --checkpoint")
-    p.add_argument("--image-size", type=int, help="without --checkpoint: input size (default: the backbone's)")
+    p.add_argument("--image-size", type=image_size, help="without --checkpoint: input size (default: the backbone's)")
     p.add_argument("--device", default="auto", choices=DEVICES, help="GESTURE_DEVICE for the service, and where the engine alone is timed")
     p.add_argument("--engine", default="auto", choices=ENGINE_CHOICES, help="GESTURE_ENGINE for the service")
     p.add_argument("--precision", default="fp32", choices=PRECISIONS, help="GESTURE_PRECISION for the service")
     p.add_argument("--service-env", nargs="+", default=[], metavar="NAME=VALUE", type=service_setting,
                    help="more service settings, e.g. GESTURE_TRACING=on (docs/serving.md, Settings)")
-    p.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
+    p.add_argument("--clients", type=client_count, nargs="+", default=[1, 4, 16])
     p.add_argument("--engine-batch", type=int_at_least(1, MOST_BATCH_SIZE), help="the batch size of the reference, the engine alone (default: 16 on a CPU, "
                    "32 on a GPU, as the targets use)")
     p.add_argument("--batching", nargs="+", choices=list(SERVICES), default=["microbatch"],
                    help="microbatch: the service; adaptive: the A/B with BentoML's adaptive batching; "
                         "floor: the same /predict with no model (BentoML's own cost)")
-    p.add_argument("--duration", type=float, default=15.0, help="measured seconds per endpoint and client count")
+    p.add_argument("--duration", type=measured_seconds, default=15.0, help="measured seconds per endpoint and client count")
     p.add_argument(
-        "--warmup", type=float, default=3.0, help="seconds of load before measuring (the adaptive batcher calibrates itself)"
+        "--warmup", type=warmup_seconds, default=3.0, help="seconds of load before measuring (the adaptive batcher calibrates itself)"
     )
     p.add_argument("--quick", action="store_true", help="4 s per measurement, 1 s warm-up (under 2 minutes)")
     p.add_argument("--py-spy", action="store_true", help="after the measurements, profile the server's Python threads with py-spy "
                    "under the largest client count, and print where their CPU goes per request")
     p.add_argument("--json", action="store_true", help="JSON lines instead of a table")
     args = p.parse_args(argv)
+    try:  # checked once parsed, still before any work: docs/performance.md writes --backbone BACKBONE, for the reader's choice
+        args.backbone = backbone_name(args.backbone)
+    except argparse.ArgumentTypeError as err:
+        p.error(f"argument --backbone: {err}")
+    check_input_size(p, [args.backbone], args.image_size)
     if args.py_spy and not pyspy.available():
         p.error("--py-spy needs py-spy: pip install py-spy (it is in the [dev] extra)")
     if args.batching == ["floor"]:

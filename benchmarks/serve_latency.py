@@ -37,8 +37,12 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from benchmarks.common import check_input_size, client_count, csv_list, measured_seconds, served_checkpoint, warmup_seconds
 from benchmarks.server_process import REPO, SERVICE_TARGET, RunningServer, serve_process
-from gesture_core.cli import CommandParser, checkpoint_arg, command
+from gesture_core.cli import CommandParser, command
+from gesture_core.engines import ENGINE_CHOICES, PRECISIONS
+from gesture_core.runtime import DEVICES
+from training.cli import backbone_name, image_size
 
 DATA = REPO.parent / "shared" / "data" / "sign-digits"
 # batching -> the service that `bentoml serve` runs; both answer POST /predict with the same contract
@@ -252,23 +256,24 @@ def format_table(results: Sequence[LoadResult]) -> str:
 @command
 def main(argv: list[str] | None = None) -> int:
     p = CommandParser(prog="python -m benchmarks.serve_latency", description=__doc__.split("\n\n")[0])
-    p.add_argument("--checkpoint", type=checkpoint_arg("best.pt"), help="a training checkpoint (default: efficientnet_lite0, random head)")
-    p.add_argument("--backbone", default="efficientnet_lite0", help="without --checkpoint: the backbone to time")
-    p.add_argument("--image-size", type=int, help="without --checkpoint: input size (default: the backbone's)")
-    p.add_argument("--clients", type=int, default=16)
-    p.add_argument("--duration", type=float, default=20.0, help="measured seconds per endpoint")
-    p.add_argument("--warmup", type=float, default=5.0, help="seconds per endpoint before measuring (BentoML's batcher calibrates itself first)")
-    p.add_argument("--batching", default="microbatch,adaptive", help=f"comma-separated, from {', '.join(TARGETS)}")
+    p.add_argument("--checkpoint", type=served_checkpoint, help="a training checkpoint (default: efficientnet_lite0, random head)")
+    p.add_argument("--backbone", type=backbone_name, default="efficientnet_lite0", help="without --checkpoint: the backbone to time")
+    p.add_argument("--image-size", type=image_size, help="without --checkpoint: input size (default: the backbone's)")
+    p.add_argument("--clients", type=client_count, default=16)
+    p.add_argument("--duration", type=measured_seconds, default=20.0, help="measured seconds per endpoint")
+    p.add_argument("--warmup", type=warmup_seconds, default=5.0, help="seconds per endpoint before measuring (BentoML's batcher calibrates itself first)")
+    p.add_argument("--batching", type=csv_list(str, TARGETS), default=list(TARGETS), help=f"comma-separated, from {', '.join(TARGETS)}")
     p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="server environment, e.g. GESTURE_THREADS=1 (repeatable)")
     p.add_argument("--model-only", action="store_true", help="time the bare model at batch sizes 1 and 8 instead (no server)")
     p.add_argument("--json", type=Path, help="also write the results here")
     args = p.parse_args(argv)
-    batchings = [b.strip() for b in args.batching.split(",") if b.strip()]
-    if unknown := sorted(set(batchings) - set(TARGETS)):
-        p.error(f"--batching {','.join(unknown)}: choose from {', '.join(TARGETS)}")
+    check_input_size(p, [args.backbone], args.image_size)
     server_env = dict(item.split("=", 1) for item in args.env if "=" in item)
     if len(server_env) != len(args.env):
         p.error("--env takes NAME=VALUE")
+    for name, choices in (("GESTURE_ENGINE", ENGINE_CHOICES), ("GESTURE_PRECISION", PRECISIONS), ("GESTURE_DEVICE", DEVICES)):
+        if server_env.get(name, choices[0]) not in choices:  # else the server refuses it to start, after the import
+            p.error(f"argument --env: {name}={server_env[name]}: choose one of {', '.join(choices)}")
     if args.model_only:
         return model_only(args, server_env)
     images = load_images()
@@ -276,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="serve-bench-") as tmp:
         checkpoint = args.checkpoint or make_checkpoint(Path(tmp) / "bench.pt", args.backbone, args.image_size)
         results = []
-        for batching in batchings:
+        for batching in args.batching:
             with running_service(checkpoint, server_env, TARGETS[batching]) as server:
                 info = httpx.post(f"{server.url}/info").json()
                 results.append(measure(server, batching, images, args.clients, args.duration, args.warmup))

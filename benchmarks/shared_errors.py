@@ -17,6 +17,7 @@ from pathlib import Path
 
 from gesture_core import load_classifier
 from gesture_core.cli import CommandParser, command
+from training.cli import workers
 from training.data import Sample, Splits
 from training.report import plot_image_grid
 from training.served import served_outputs
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     p = CommandParser(prog="python -m benchmarks.shared_errors", description=__doc__.split("\n")[0])
     p.add_argument("runs", nargs="+", type=Path, help="run folders (RUN/best.pt and RUN/split.json) that share one test split")
     p.add_argument("--out", type=Path, default=None, help="report folder (default: the first run's shared-errors/)")
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--workers", type=workers, default=2)
     args = p.parse_args(argv)
     if len(args.runs) < 2:
         p.error("give two or more run folders")

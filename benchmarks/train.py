@@ -51,9 +51,9 @@ from benchmarks.common import (
 )
 from gesture_core import build_model, get_backbone
 from gesture_core.cli import CommandParser, command
-from training import distributed
+from training import cli, distributed
 from training.augment import build_train_transform
-from training.cli import int_at_least
+from training.cli import backbone_name, int_at_least
 from training.data import ImageDataset, SeededSampler, load_splits, make_loader
 from training.loop import build_optimizer, resolve_amp, train_one_epoch, warmup_cosine
 
@@ -234,14 +234,14 @@ def total_ceiling(precision: str, *, seconds: float, device: str) -> Ceiling:
 @command
 def main(argv: list[str] | None = None) -> int:
     p = CommandParser(prog="python -m benchmarks.train", description=__doc__.split("\n\n")[0])
-    p.add_argument("--backbone", default="resnet18", help="for the full fine-tune step rate")
+    p.add_argument("--backbone", type=backbone_name, default="resnet18", help="for the full fine-tune step rate")
     p.add_argument("--batch", type=int_at_least(1), default=32)
     p.add_argument("--data", type=Path, default=SHARED / "flowers", help="photos for the loader and the linear probe")
-    p.add_argument("--epochs", type=int, default=5, help="linear-probe epochs")
+    p.add_argument("--epochs", type=int_at_least(1), default=5, help="linear-probe epochs")
     p.add_argument(
         "--keep-run", type=Path, help="keep the linear-probe run folder here (benchmarks.inference --accuracy reads it)"
     )
-    p.add_argument("--test-per-class", type=int, default=100, help="linear probe: test photos per class (the classic split, as in docs/training.md)")
+    p.add_argument("--test-per-class", type=int_at_least(1), default=100, help="linear probe: test photos per class (the classic split, as in docs/training.md)")
     p.add_argument("--skip", nargs="*", default=[], choices=("steps", "loader", "frozen"))
     p.add_argument(
         "--quick",
@@ -249,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         help="3 steps per variant; the uncached epoch on 30 photos per class (under 2 minutes on a quiet 2-core machine)",
     )
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the step rate is measured")
-    p.add_argument("--loader-workers", type=csv_list(int_at_least(0)), help="comma-separated DataLoader worker counts (default: 2, or 0,2 without --quick)")
+    p.add_argument("--loader-workers", type=csv_list(cli.workers), help="comma-separated DataLoader worker counts (default: 2, or 0,2 without --quick)")
     p.add_argument("--json", action="store_true", help="JSON lines instead of tables")
     args = p.parse_args(argv)
     if not args.data.is_dir():

@@ -30,11 +30,12 @@ import cv2
 import numpy as np
 import torch
 
+from benchmarks.common import check_input_size
 from benchmarks.server_process import serve_process
 from gesture_core import build_model, get_backbone, save_checkpoint
 from gesture_core.cli import CommandParser, command
 from gesture_core.engines import ENGINE_CHOICES
-from training.cli import int_at_least
+from training.cli import backbone_name, image_size, int_at_least
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "sign-digits"
@@ -108,14 +109,15 @@ def measure(args: list[str]) -> dict:
 @command
 def main(argv: list[str] | None = None) -> int:
     p = CommandParser(prog="python -m benchmarks.webcam", description=__doc__.split("\n\n")[0])
-    p.add_argument("--backbones", nargs="+", default=["efficientnet_lite0", "resnet18"])
+    p.add_argument("--backbones", nargs="+", type=backbone_name, default=["efficientnet_lite0", "resnet18"])
     p.add_argument("--modes", nargs="+", choices=("local", "remote", "hands"), default=["local", "remote"],
                    help="hands: a hand-crop model, locally, on a clip of a moving hand")
     p.add_argument("--engines", nargs="+", choices=ENGINE_CHOICES, default=["torch", "openvino"], help="local inference engines to measure")
     p.add_argument("--frames", type=int_at_least(1), default=300, help="length of the test clip")
-    p.add_argument("--image-size", type=int, help="model input size (default: the backbone's, 224)")
+    p.add_argument("--image-size", type=image_size, help="model input size (default: the backbone's, 224)")
     p.add_argument("--realtime", action="store_true", help="also play the clip at its 30 fps and count dropped frames")
     args = p.parse_args(argv)
+    check_input_size(p, args.backbones, args.image_size)
 
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start, "
           f"torch {torch.__version__}, CUDA {'yes' if torch.cuda.is_available() else 'no'}")

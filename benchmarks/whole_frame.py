@@ -19,11 +19,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from benchmarks.common import describe_machine, emit
+from benchmarks.common import check_input_size, csv_list, describe_machine, emit
 from benchmarks.recipes import REPO, SHARED_DATA, quick_subset, run_finetune
 from gesture_core.cli import CommandParser, command
 from gesture_core.images import IMAGE_SUFFIXES, read_rgb
 from gesture_core.preprocess import CROP_MODES
+from training.cli import backbone_name, image_size, int_at_least, seed, workers
 
 FRAME_W, FRAME_H = 320, 240  # 4:3, a webcam's shape
 HAND_HEIGHT = (0.35, 0.6)  # of the frame height
@@ -101,14 +102,14 @@ def main(argv: list[str] | None = None) -> int:
     p = CommandParser(prog="python -m benchmarks.whole_frame", description=__doc__.split("\n\n")[0])
     p.add_argument("--source", type=Path, default=SHARED_DATA / "sign-digits", help="ImageFolder of hand photos")
     p.add_argument("--backgrounds", type=Path, default=SHARED_DATA / "flowers", help="folder of photos used as scenes")
-    p.add_argument("--per-class", type=int, default=40, help="frames per class")
-    p.add_argument("--epochs", type=int, default=3, help="per run")
-    p.add_argument("--image-size", type=int, default=128, help="model input size")
-    p.add_argument("--crops", type=lambda t: t.split(","), default=list(CROP_MODES), help=f"comma-separated, from {', '.join(CROP_MODES)}")
+    p.add_argument("--per-class", type=int_at_least(1), default=40, help="frames per class")
+    p.add_argument("--epochs", type=int_at_least(1), default=3, help="per run")
+    p.add_argument("--image-size", type=image_size, default=128, help="model input size")
+    p.add_argument("--crops", type=csv_list(str, CROP_MODES), default=list(CROP_MODES), help=f"comma-separated, from {', '.join(CROP_MODES)}")
     p.add_argument("--out", type=Path, default=REPO / "runs" / "whole-frame", help="frames, runs and whole_frame.json")
-    p.add_argument("--backbone", default="efficientnet_lite0", help="the model the documented figures were measured with")
-    p.add_argument("--workers", type=int, default=2, help="data-loading processes per run")
-    p.add_argument("--seed", type=int, default=0, help="frames, split and training")
+    p.add_argument("--backbone", type=backbone_name, default="efficientnet_lite0", help="the model the documented figures were measured with")
+    p.add_argument("--workers", type=workers, default=2, help="data-loading processes per run")
+    p.add_argument("--seed", type=seed, default=0, help="frames, split and training")
     p.add_argument("--placement", choices=("anywhere", "edges"), default="anywhere",
                    help="where the hands go: anywhere in the frame, or against its left or right edge (pointing sideways)")
     p.add_argument("--as-is", action="store_true", help="the source's own images (the first --per-class of each class, linked), "
@@ -116,12 +117,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--probe", action="store_true", help="linear probe (--freeze backbone --augment none): the backbone's features of "
                    "each geometry, computed once, so many epochs cost little; a small CPU's version of the comparison")
     args = p.parse_args(argv)
+    check_input_size(p, [args.backbone], args.image_size)
     for folder in (args.source, args.backgrounds):
         if not folder.is_dir():
             p.error(f"{folder}: not a folder (the shared data lives in ../shared/data)")
-    unknown = [c for c in args.crops if c not in CROP_MODES]
-    if unknown:
-        p.error(f"unknown crop mode(s) {', '.join(unknown)}; choose from {', '.join(CROP_MODES)}")
     if args.as_is:
         data = quick_subset(args.source, args.out / f"{args.source.name}-as-is-{args.per_class}", args.per_class)
         scene = f"{args.source.name} photos as they are"
