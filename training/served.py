@@ -1,7 +1,9 @@
 """What the Classifier answers for a dataset's images, as the service answers them: each image cropped by the
 checkpoint's Preprocess (in the loader's workers, so decoding runs beside the model), then the Classifier's own
-model call. Evaluation, the run's test report, the "no gesture" report and the benchmarks read a split through
-here, so their figures are the service's by construction."""
+model call. ``training.evaluate`` (its metrics, predictions.csv and "no gesture" report), the run's test report and
+the benchmarks that score a split read it through here, so their figures are the service's by construction.
+Calibration fits on the feature cache's outputs instead (``training.calibrate.split_outputs``), so that a run's
+features are computed once."""
 
 from __future__ import annotations
 
