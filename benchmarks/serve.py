@@ -235,7 +235,7 @@ def service_setting(item: str) -> tuple[str, str]:
 def main(argv: list[str] | None = None) -> int:
     p = CommandParser(prog="python -m benchmarks.serve", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", type=served_checkpoint, help="default: efficientnet_lite0 with ImageNet weights and a random 10-class head")
-    p.add_argument("--backbone", default="efficientnet_lite0", help="without --checkpoint")
+    p.add_argument("--backbone", type=backbone_name, default="efficientnet_lite0", help="without --checkpoint")
     p.add_argument("--image-size", type=image_size, help="without --checkpoint: input size (default: the backbone's)")
     p.add_argument("--device", default="auto", choices=DEVICES, help="GESTURE_DEVICE for the service, and where the engine alone is timed")
     p.add_argument("--engine", default="auto", choices=ENGINE_CHOICES, help="GESTURE_ENGINE for the service")
@@ -257,10 +257,6 @@ def main(argv: list[str] | None = None) -> int:
                    "under the largest client count, and print where their CPU goes per request")
     p.add_argument("--json", action="store_true", help="JSON lines instead of a table")
     args = p.parse_args(argv)
-    try:  # checked once parsed, still before any work: docs/performance.md writes --backbone BACKBONE, for the reader's choice
-        args.backbone = backbone_name(args.backbone)
-    except argparse.ArgumentTypeError as err:
-        p.error(f"argument --backbone: {err}")
     check_input_size(p, [args.backbone], args.image_size)
     if args.py_spy and not pyspy.available():
         p.error("--py-spy needs py-spy: pip install py-spy (it is in the [dev] extra)")
