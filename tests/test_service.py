@@ -541,7 +541,11 @@ def test_misspelt_settings_and_gpus_this_machine_lacks_are_said(monkeypatch):
     assert hardware_problem(Settings.from_env({"GESTURE_GPUS": "2"})) == (
         "error", "GESTURE_GPUS=2, but no CUDA GPU is visible here (no driver, or a container started without --gpus?): "
                  "set GESTURE_GPUS=0 to serve on the CPU")
-    # an engine or precision this machine lacks: the model's load said so, and told the deployer to import another model
+    # an engine or precision this machine lacks: the model's load said so, and told the deployer to import another model.
+    # A CPU whose OpenVINO runs no fp16 (an AMD EPYC; a Xeon with AMX-FP16 runs it, and then nothing is lacking)
+    from gesture_core import engines
+
+    monkeypatch.setattr(engines, "_openvino_cpu_capabilities", lambda: ("FP32", "BF16"))
     kind, why = hardware_problem(Settings.from_env({"GESTURE_PRECISION": "fp16"}))
     assert kind == "error" and why.startswith("GESTURE_ENGINE=auto with GESTURE_PRECISION=fp16: no installed engine runs fp16 on cpu; available here: torch")
     kind, why = hardware_problem(Settings.from_env({"GESTURE_ENGINE": "onnx", "GESTURE_PRECISION": "bf16"}))
