@@ -15,7 +15,6 @@ while they wait show up in it.
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 import warnings
 from collections.abc import Callable
@@ -101,16 +100,12 @@ def softmax_after_model(backbone: str, classifier: Classifier, seconds: float) -
 @command
 def main(argv: list[str] | None = None) -> int:
     p = CommandParser(prog="python -m benchmarks.model_call", description=__doc__.split("\n\n")[0])
-    p.add_argument("--backbones", type=csv_list(), default="efficientnet_lite0,mobilenet_v3_large,resnet18", help="comma-separated registry names")
+    p.add_argument("--backbones", type=csv_list(backbone_name), default="efficientnet_lite0,mobilenet_v3_large,resnet18", help="comma-separated registry names")
     p.add_argument("--image-size", type=image_size, help="input size (default: each backbone's own)")
     p.add_argument("--seconds", type=measured_seconds, default=3.0, help="per measurement (best of 3 windows)")
     p.add_argument("--quick", action="store_true", help="0.6 s per measurement")
     p.add_argument("--json", action="store_true", help="JSON lines instead of a table")
     args = p.parse_args(argv)
-    try:  # before any model is built, in the registry's words (docs/reliability.md quotes them)
-        args.backbones = [backbone_name(name) for name in args.backbones]
-    except argparse.ArgumentTypeError as err:
-        p.error(f"{err} (--backbones)")
     check_input_size(p, args.backbones, args.image_size)
     if not engine_installed("openvino"):
         p.error("OpenVINO is not installed: pip install -e '.[speed]'")

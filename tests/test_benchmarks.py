@@ -352,7 +352,7 @@ def test_shared_errors_refuses_runs_with_different_test_splits(sign_digits_run, 
 
 
 @pytest.mark.parametrize("module, argv, reason", [
-    ("benchmarks.model_call", ["--backbones", "foo"], "error: unknown backbone 'foo'; choose one of: resnet18,"),
+    ("benchmarks.model_call", ["--backbones", "foo"], "error: argument --backbones: unknown backbone 'foo'; choose one of: resnet18,"),
     ("benchmarks.open_set", ["--data", "/nonexistent", "--quick"], "error: /nonexistent not found"),
     ("benchmarks.run_all", ["--out", "README.md"], "error: README.md: File exists"),
     ("benchmarks.inference", ["--batch", "0"], "argument --batch: must be >= 1, got 0"),
