@@ -263,13 +263,56 @@ def test_two_captures_started_in_the_same_second_are_two_sessions(tmp_path):
     import numpy as np
 
     from service.webcam.capture import ImageFolderWriter
-    from training.grouping import SESSION_NAME
+    from training.grouping import session_of
 
     saved = ImageFolderWriter(tmp_path, ["d1"]).save("d1", np.zeros((8, 8, 3), np.uint8))  # what the capture tool writes
-    assert SESSION_NAME.search(saved.stem).group(1).endswith(f"p{os.getpid()}")
+    assert session_of(saved.stem).endswith(f"p{os.getpid()}")
 
     names = ["d1-20261203-234424p4101-00001.jpg", "d1-20261203-234424p4102-00001.jpg", "d1-20261203-234424-00001.jpg"]
-    assert [SESSION_NAME.search(n.removesuffix(".jpg")).group(1) for n in names] == ["20261203-234424p4101", "20261203-234424p4102", "20261203-234424"]
+    assert [session_of(n.removesuffix(".jpg")) for n in names] == ["20261203-234424p4101", "20261203-234424p4102", "20261203-234424"]
+
+
+def write_video(path: Path, seed: int, frames: int = 30) -> Path:
+    from tests.helpers import synthetic_image
+
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 15.0, (64, 64))
+    for i in range(frames):
+        writer.write(np.ascontiguousarray(synthetic_image(seed % 3, seed=seed * 100 + i, size=64)[:, :, ::-1]))
+    writer.release()
+    return path
+
+
+def test_one_video_captured_twice_is_one_session_and_so_in_one_split(tmp_path):
+    """Each capture of a video file was a session of its own: capturing it again (with another --every)
+    put near-copies of training frames in the test split, and the split said nothing."""
+    from service.webcam.capture import main as capture
+    from service.webcam.capture import source_session
+    from training.data import load_splits
+    from training.grouping import session_of
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    data = tmp_path / "data"
+    for cls in ("fist", "palm"):
+        for take in range(4):
+            video = write_video(videos / f"{cls}{take}.avi", seed=10 * take + len(cls))
+            for every in (["--every", "2"], ["--every", "3"]) if take == 0 else (["--every", "2"],):
+                assert capture(["--out", str(data), "--source", str(video), "--headless", "--label", cls, *every]) == 0
+    copy = videos / "copy-of-fist0.avi"
+    copy.write_bytes((videos / "fist0.avi").read_bytes())
+    os.utime(copy, (1.7e9, 1.7e9))  # copied another day: another name, the same group
+    assert capture(["--out", str(data), "--source", str(copy), "--headless", "--label", "fist"]) == 0
+
+    sessions = {cls: {session_of(p.stem) for p in (data / cls).iterdir()} for cls in ("fist", "palm")}
+    assert len(sessions["fist"]) == len(sessions["palm"]) == 4  # a take, captured again or copied, is one session
+    # the second capture numbered on after the first's frames: every 2nd, then every 3rd of 30 frames
+    prefix = f"fist-{source_session(videos / 'fist0.avi')}-"
+    assert sorted(int(p.stem.removeprefix(prefix)) for p in (data / "fist").glob(f"{prefix}*.jpg")) == list(range(1, 15 + 10 + 1))
+    splits = load_splits(data, val_split=0.25, test_split=0.25, seed=0)
+    side = {s.path: name for name in ("train", "val", "test") for s in getattr(splits, name)}
+    for cls in ("fist", "palm"):
+        for session in sessions[cls]:
+            assert len({side[str(p)] for p in (data / cls).iterdir() if session_of(p.stem) == session}) == 1, session
 
 
 def test_a_wrapper_folder_every_clip_of_a_class_sits_in_is_looked_through(tmp_path):

@@ -4,7 +4,8 @@ Frames of one recording (or photos of one burst) look alike, so a frame-by-frame
 near-twins on both sides and validation and test scores come out too high. Here each image gets a
 group key, and validation and test take whole groups:
 
-- ``session``: the capture tool's names, ``<class>-<YYYYmmdd-HHMMSS>-<n>.jpg`` (one group per session);
+- ``session``: the capture tool's names, ``<class>-<YYYYmmdd-HHMMSS>...-<n>.jpg`` (one group per session, and
+  per source file for a video's frames: ``session_of``);
 - ``folders``: each subfolder of a class folder (``fist/clip07/0001.jpg``: a video's frames, one
   person's or one day's photos) is one group, past a wrapper folder all of the class's images share;
 - ``frames``: numbered frame sequences, a name with a running number (``A1008.jpg``, ``IMG_1118.JPG``,
@@ -39,7 +40,17 @@ import numpy as np
 from gesture_core.class_names import some_of
 
 GROUP_BY_RULES = ("auto", "none", "session", "folders", "frames")
-SESSION_NAME = re.compile(r"-(\d{8}-\d{6}(?:p\d+)?)-\d+$")  # service.webcam.capture: <class>-<YYYYmmdd-HHMMSS>p<pid>-<n> (p<pid> since 2026-12-04)
+# service.webcam.capture: <class>-<YYYYmmdd-HHMMSS>p<pid>-<n> from a camera (p<pid> since 2026-12-04), and
+# <class>-<YYYYmmdd-HHMMSS>s<source>-<n> from a file or folder (since 2026-12-06), whose group is the source alone
+SESSION_NAME = re.compile(r"-(\d{8}-\d{6})(p\d+|s[0-9a-f]{10})?-\d+$")
+
+
+def session_of(stem: str) -> str | None:
+    """The capture session a file name (without its suffix) belongs to, or None for another name."""
+    if not (match := SESSION_NAME.search(stem)):
+        return None
+    started, source = match.groups()
+    return source if source and source.startswith("s") else started + (source or "")
 DIGIT_RUNS = re.compile(r"\d+")
 SEQUENCE_BLOCKS = 20  # blocks per class: 10% val and 20% test are then 2 and 4 whole blocks
 AUTO_COVERAGE = 0.9  # a rule applies when it names at least this share of the images
@@ -123,7 +134,7 @@ def _name(path: str) -> str:
 def _by_session(by_class: dict[str, list[str]]) -> Grouping:
     groups = {}
     for cls, paths in by_class.items():
-        groups[cls] = {p: (m.group(1) if (m := SESSION_NAME.search(_name(p))) else p) for p in paths}
+        groups[cls] = {p: session_of(_name(p)) or p for p in paths}
     return Grouping("session", "capture sessions (<class>-<session>-<n>.jpg): each session stays in one split", groups)
 
 

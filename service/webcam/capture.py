@@ -10,7 +10,8 @@ stops recording the selected class (one frame every --every frames), b records a
 ``none`` when --classes has none of its names), r toggles the ROI box, u deletes the last saved image,
 q or Esc quits. The overlay shows the class being recorded and how many images each class has.
 
-Images go to OUT/<class>/<class>-<session>-<n>.jpg, opened with O_EXCL so an existing file is
+Images go to OUT/<class>/<class>-<session>-<n>.jpg (the session of a video file is named after its
+content, so the same video captured twice is one session: ``source_session``), opened with O_EXCL so an existing file is
 never overwritten, and written whole or not at all: if the disk fills up the half-written file is
 removed, capture stops with a clear message, and every image saved before stays. With ``--roi``
 only the centred square (the same box the webcam demo classifies) is saved. Record a ``none``
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import hashlib
 import os
 import re
 import sys
@@ -50,7 +52,16 @@ from service.webcam.overlay import (
     centred_roi,  # the webcam demo's box: captured crops match what it classifies
     drawable,
 )
-from service.webcam.sources import SourceError, describe_source, is_live, open_source, read_frames, separate_photos, source_folder
+from service.webcam.sources import (
+    SourceError,
+    describe_source,
+    is_live,
+    open_source,
+    parse_source,
+    read_frames,
+    separate_photos,
+    source_folder,
+)
 
 MAX_KEYED_CLASSES = 9
 DEFAULT_ROI = 0.6  # the webcam demo's default --roi
@@ -83,13 +94,14 @@ def _write_exclusive(path: Path, data: bytes) -> None:
 class ImageFolderWriter:
     """Saves frames as JPEGs under OUT/<class>/, never overwriting, counting what each class holds."""
 
-    def __init__(self, out: Path, classes: list[str], *, quality: int = FRAME_JPEG_QUALITY):
+    def __init__(self, out: Path, classes: list[str], *, quality: int = FRAME_JPEG_QUALITY, session: str | None = None):
         self.out, self.classes, self.quality = Path(out), list(classes), quality
         # The process id too: two captures started in the same second took one name, and their recordings became one group.
-        self.session = f"{time.strftime('%Y%m%d-%H%M%S')}p{os.getpid()}"
+        self.session = session or f"{time.strftime('%Y%m%d-%H%M%S')}p{os.getpid()}"
         self.saved: list[Path] = []
         self.counts = {name: _count_images(self.out / name) for name in self.classes}
-        self._next = {name: 0 for name in self.classes}
+        # after this session's frames already there (the same video captured again), not through them one by one
+        self._next = {name: _last_number(self.out / name, f"{name}-{self.session}-") for name in self.classes}
 
     def save(self, label: str, bgr: np.ndarray) -> Path:
         # at most 1024 px a side, as a folder of recordings' frames are: an 8000x6000 video was saved at full size
@@ -133,6 +145,37 @@ class ImageFolderWriter:
         why = "disk full" if err.errno in (errno.ENOSPC, errno.EDQUOT) else (err.strerror or str(err))
         return (f"{why} while writing {path}; capture stopped. The {len(self.saved)} image(s) saved this session "
                 f"and everything already in {self.out} are kept")  # fmt: skip
+
+
+def source_session(spec: int | str | os.PathLike) -> str | None:
+    """The session of the frames of a video file, an image sequence or a folder: named after what is read,
+    so that capturing the same video twice puts both captures' frames in one session, and so in one split.
+    As two sessions, near-copies of training frames sat in the test split and raised its score, with
+    nothing said. A file's name comes from its content (a copy elsewhere is the same recording); the rest's
+    from where they are. None for a camera or a stream, where every capture is a new recording."""
+    if is_live(spec):
+        return None
+    source, digest = str(parse_source(spec)), hashlib.sha1()
+    if os.path.isfile(source):  # not a device such as /dev/video0, which is a camera
+        with open(source, "rb") as f:  # its first and last MiB and its size: quick, even for a long video
+            size = os.fstat(f.fileno()).st_size
+            digest.update(f.read(1 << 20) + str(size).encode())
+            f.seek(max(0, size - (1 << 20)))
+            digest.update(f.read(1 << 20))
+            started = os.fstat(f.fileno()).st_mtime
+    else:  # a folder, a glob or a numbered sequence
+        digest.update(os.path.abspath(source).encode())
+        started = time.time()
+    return f"{time.strftime('%Y%m%d-%H%M%S', time.localtime(started))}s{digest.hexdigest()[:10]}"
+
+
+def _last_number(folder: Path, prefix: str) -> int:
+    """The highest <n> of the files ``prefix<n>.jpg`` in ``folder`` (0 for none)."""
+    try:
+        names = [e.name for e in os.scandir(folder) if e.name.startswith(prefix) and e.name.endswith(".jpg")]
+    except OSError:
+        return 0
+    return max((int(n) for name in names if (n := name[len(prefix):-4]).isdigit()), default=0)
 
 
 def _count_images(folder: Path) -> int:
@@ -430,7 +473,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
     args.every = args.every or (1 if separate_photos(args.source) else VIDEO_FRAME_EVERY)  # a folder's photos are not a video's frames
-    writer = ImageFolderWriter(args.out, [args.label] if args.headless else with_reject_class(classes), quality=args.quality)
+    writer = ImageFolderWriter(args.out, [args.label] if args.headless else with_reject_class(classes), quality=args.quality,
+                               session=source_session(args.source))
     try:
         if args.headless:
             if not capture_headless(cap, writer, args.label, every=args.every, roi=args.roi, max_images=args.max,
