@@ -112,7 +112,9 @@ SUPPORTED = "JPEG, PNG, WebP, BMP, TIFF, GIF or PPM/PGM"
 NETPBM_KINDS = (b"P1", b"P2", b"P3", b"P4", b"P5", b"P6")
 PIL_PPM_MAGICS = (*NETPBM_KINDS, b"Pf", b"P0CMYK", b"PyP", b"PyRGBA", b"PyCMYK")
 # Recordings people put where images go (a class folder, a webcam --source folder): named, not read as images.
-VIDEO_FILE_SUFFIXES = frozenset({".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".3gp"})
+# .mts, .m2ts: camcorders' recordings; .ts: an MPEG transport stream (a TypeScript file is no dataset's)
+VIDEO_FILE_SUFFIXES = frozenset({".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".3gp", ".mts", ".m2ts", ".ts",
+                                 ".flv", ".ogv"})
 # FFmpeg, inside OpenCV, wrote a line of its own for a video it cannot read ("[mov,mp4,...] moov atom not
 # found") before the one-line reason every command gives; OpenCV reads this when it first opens a video.
 # OPENCV_FFMPEG_LOGLEVEL=16 in the environment shows FFmpeg's errors again.

@@ -405,3 +405,21 @@ def test_a_named_pipe_in_an_image_sequence_is_passed_over_not_waited_on(tmp_path
     done = subprocess.run([sys.executable, "-m", "service.webcam.capture", *argv], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert len(jpgs(tmp_path / "ds" / "x")) == 1
+
+
+def test_videos_beside_photos_are_named_and_a_glob_of_videos_says_to_pass_one(tmp_path: Path, capsys):
+    """A folder of photos and videos was read as its photos alone, and the videos left out without a word;
+    a glob matching only videos said "no image file matches" and nothing of them."""
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(folder / f"photo{i}.jpg"), cv2.resize(synthetic_image(i, seed=i, size=64), SIZE))
+    write_video(folder / "take.avi", "MJPG")
+    (folder / "camcorder.mts").write_bytes(b"\x47" * 188)  # a transport stream's name: a video too
+    assert main(["--out", str(tmp_path / "ds"), "--source", str(folder), "--headless", "--label", "palm"]) == 0
+    err = capsys.readouterr().err
+    assert "left out 2 video file(s) it also holds (camcorder.mts, take.avi): a video is a source of its own" in err
+    assert len(jpgs(tmp_path / "ds" / "palm")) == 3
+
+    assert main(["--out", str(tmp_path / "ds"), "--source", str(folder / "*.avi"), "--headless", "--label", "palm"]) == 2
+    assert f"no image file matches, but 1 video file(s) do; a source reads one video: pass each in turn, e.g. --source {folder / 'take.avi'}" in capsys.readouterr().err

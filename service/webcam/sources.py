@@ -40,7 +40,7 @@ import glob
 import os
 import re
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -48,6 +48,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from gesture_core.class_names import some_of
 from gesture_core.images import IMAGE_SUFFIXES, PHOTO_FILE_SUFFIXES, VIDEO_FILE_SUFFIXES, ImageDecodeError, read_rgb
 
 __all__ = ["SourceError", "ImageFiles", "open_source", "parse_source", "is_live", "separate_photos", "describe_source", "read_frames"]
@@ -156,10 +157,11 @@ class ImageFiles:
     ``get``, ``isOpened``, ``release``). Each file is decoded by ``read_rgb``, as training, ``predict``
     and the service decode it: OpenCV's image-sequence reader ignored the EXIF orientation, passed
     grayscale, 16-bit and 4-channel frames on as they were (the overlay then failed), and stopped at
-    the first number missing. A file that does not decode is skipped, and ``skipped`` says why."""
+    the first number missing. A file that does not decode is skipped, and ``skipped`` says why; the videos
+    a folder or glob also holds are ``left_out`` (photos are read one by one, a video as a source of its own)."""
 
-    def __init__(self, paths: list[Path]):
-        self.paths, self.next, self.skipped = paths, 0, []
+    def __init__(self, paths: list[Path], left_out: list[str] | None = None):
+        self.paths, self.next, self.skipped, self.left_out = paths, 0, [], left_out or []
         self.last_path: str | None = None  # the file of the frame ``read`` gave last
 
     def isOpened(self) -> bool:  # noqa: N802 - cv2.VideoCapture's name
@@ -194,10 +196,14 @@ class ImageFiles:
             raise SourceError(f"{description}: none of its {len(self.paths)} files decodes as an image: {self.skipped[0]}")
 
     def skipped_note(self, description: str) -> str | None:
-        if not self.skipped:
-            return None
-        more = f" (and {len(self.skipped) - 1} more)" if len(self.skipped) > 1 else ""
-        return f"{description}: skipped {len(self.skipped)} of its {len(self.paths)} files, which do not decode: {self.skipped[0]}{more}"
+        notes = []
+        if self.skipped:
+            more = f" (and {len(self.skipped) - 1} more)" if len(self.skipped) > 1 else ""
+            notes.append(f"skipped {len(self.skipped)} of its {len(self.paths)} files, which do not decode: {self.skipped[0]}{more}")
+        if self.left_out:  # they were left out without a word
+            notes.append(f"left out {len(self.left_out)} video file(s) it also holds ({some_of([Path(v).name for v in self.left_out], 3)}): "
+                         f"a video is a source of its own, e.g. --source {self.left_out[0]}")
+        return f"{description}: {'; '.join(notes)}" if notes else None
 
 
 def open_source(spec: int | str | os.PathLike) -> cv2.VideoCapture | ImageFiles:
@@ -241,9 +247,9 @@ def _open(source: int | str) -> tuple[cv2.VideoCapture | ImageFiles, str]:
         _require_sequence(source)
         cap, hint = ImageFiles(_sequence_files(source)), "no files match"
     elif kind == "image folder":
-        cap, hint = ImageFiles(_folder_images(source)), "no image in it"
+        cap, hint = ImageFiles(_folder_images(source), _videos(Path(source).iterdir())), "no image in it"
     elif kind == "image glob":
-        cap, hint = ImageFiles(_glob_images(source)), "no image matches"
+        cap, hint = ImageFiles(_glob_images(source), _videos(map(Path, glob.glob(source, recursive=True)))), "no image matches"
     elif kind == "image":
         _require_file(source, "image")
         cap, hint = ImageFiles([Path(source)]), "no such image"
@@ -368,8 +374,16 @@ def _glob_images(pattern: str) -> list[Path]:
     """The image files a glob matches (``**`` for any depth), in ``_name_order``; a SourceError when none does."""
     paths = [Path(path) for path in glob.glob(pattern, recursive=True)]
     if not (images := [path for path in paths if path.suffix.lower() in PHOTO_FILE_SUFFIXES and path.is_file()]):
+        if videos := _videos(paths):
+            raise SourceError(f"{pattern}: no image file matches, but {len(videos)} video file(s) do; a source reads one video: "
+                              f"pass each in turn, e.g. --source {videos[0]}")
         raise SourceError(f"{pattern}: no image file matches ({len(paths)} other file(s) or folder(s) do; a source is {SOURCE_FORMS})")
     return sorted(images, key=_name_order)
+
+
+def _videos(paths: Iterable[Path]) -> list[str]:
+    """The video files among ``paths``, in name order."""
+    return [str(path) for path in sorted(paths, key=_name_order) if path.suffix.lower() in VIDEO_FILE_SUFFIXES and path.is_file()]
 
 
 def _name_order(path: Path) -> list:
