@@ -61,7 +61,7 @@ from training.data import (
 )
 from training.data import printable_path as printable  # non-UTF-8 names, made printable and JSON-safe
 from training.grouping import MIN_RECORDINGS, assign_groups, grouped_split, sequences
-from training.prepare import read_marker, resolve_data_dir, undecodable_videos
+from training.prepare import read_marker, resolve_data_dir, videos_notes
 
 FEW_IMAGES = 20  # below this a class is too small to learn and to test reliably
 IMBALANCE_WARN = 3.0  # max/min class size
@@ -310,8 +310,8 @@ def build_report(root: Path, *, decode: bool = True, workers: int = 2) -> dict:
         report["notes"].append(f"frames of {recordings['videos']} video(s) of {recordings['source']}, every {recordings['every']}th, "
                                f"one sub-folder per recording: training keeps each recording in one split where a class has "
                                f"{MIN_RECORDINGS} or more (fewer are split in blocks of neighbouring frames, and named)")
-        if recordings["unreadable"]:
-            report["warnings"].append(f"{recordings['source']}: {undecodable_videos(recordings['unreadable'])}")
+        if notes := videos_notes(recordings["unreadable"], recordings["cut_short"]):
+            report["warnings"].append(f"{recordings['source']}: {notes}")
     return report
 
 
@@ -323,7 +323,7 @@ def _recordings(root: Path) -> dict | None:
     if "videos" not in extracted:
         return None
     return {"source": extracted["source"], "videos": len(extracted["videos"]), "every": extracted["every"],
-            "unreadable": extracted.get("unreadable", [])}
+            "unreadable": extracted.get("unreadable", []), "cut_short": extracted.get("cut_short", [])}
 
 
 def _imbalance(totals: Counter) -> float | None:

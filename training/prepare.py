@@ -40,12 +40,12 @@ from typing import BinaryIO, NamedTuple
 
 from tqdm import tqdm
 
-from gesture_core.class_names import some_of
 from gesture_core.cli import CommandParser, check_writable, command, output_arg
 from gesture_core.hands import HAND_MODEL_FILES, MODELS_WHEEL, HandModelFile, hand_models_dir
 from gesture_core.images import FRAME_JPEG_QUALITY, IMAGE_SUFFIXES, MAX_IMAGE_FILE_BYTES, VIDEO_FILE_SUFFIXES, VIDEO_FRAME_EVERY
 from gesture_core.interrupts import interrupted_exit_code
 from gesture_core.preprocess import longer_side_at_most
+from gesture_core.videos import ended_early, why_no_frames
 from training.cli import existing_path
 from training.data import ARCHIVE_SUFFIXES, SPLIT_FOLDERS, SPLITS, DatasetError, passed_over
 
@@ -571,40 +571,49 @@ def prepare_videos(folder: Path, videos: list[Path], root: Path = DEFAULT_ROOT, 
     fingerprint = {v.relative_to(folder).as_posix(): [v.stat().st_size, v.stat().st_mtime_ns] for v in videos}
     marker = read_marker(out)
     if marker is not None and marker.get("videos") == fingerprint and marker.get("every") == every:
-        if unread := marker.get("unreadable"):  # said at extraction only: a later run lost the class without a word
-            print(f"{folder}: {undecodable_videos(unread)}", file=sys.stderr)
+        # said at extraction only, a later run lost the class, or part of a recording, without a word
+        if notes := videos_notes(marker.get("unreadable", []), marker.get("cut_short", [])):
+            print(f"{folder}: {notes}", file=sys.stderr)
         return out
     if out.exists() and (marker is None or "videos" not in marker or marker.get("source") != str(folder.resolve())):
         # the frames of another folder of the same name: a run that trained on them still reads them
         raise PrepareError(f"{out} exists but was not extracted from the videos of {folder}: move it away to extract them there")
     print(f"{folder}: saving every {every}th frame of {len(videos)} video(s) into {out} ...", file=sys.stderr)
     with _staging(Path(root), out.name, f"the frames of {folder}", doing="saving") as staging:
-        frames, unread = _extract_videos(folder, videos, staging, every)
+        frames, unread, cut_short = _extract_videos(folder, videos, staging, every)
         if not frames:
-            raise PrepareError(f"{folder}: not one frame of its {len(videos)} video(s) decodes, e.g. {unread[0]}; "
-                               "re-encode them as H.264 .mp4")
+            raise PrepareError(f"{folder}: not one frame of its {len(videos)} video(s) decodes, e.g. {unread[0][0]}: {unread[0][1]}")
         counts = count_images(staging)
         (staging / MARKER).write_text(json.dumps({"name": out.name, "prepared_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                                                  "source": str(folder.resolve()), "every": every, "videos": fingerprint,
-                                                 "unreadable": unread, "images": frames, "folders": counts}, indent=1))
+                                                 "unreadable": unread, "cut_short": cut_short, "images": frames, "folders": counts}, indent=1))
         if out.exists():  # an older extraction of these videos: replaced whole
             shutil.rmtree(out)
         staging.rename(out)
-    print(f"{folder}: {frames:,} frames of {len(videos) - len(unread)} video(s) saved into {out}"
-          + (f"; {undecodable_videos(unread)}" if unread else ""), file=sys.stderr)
+    notes = videos_notes(unread, cut_short)
+    print(f"{folder}: {frames:,} frames of {len(videos) - len(unread)} video(s) saved into {out}" + (f"; {notes}" if notes else ""), file=sys.stderr)
     return out
 
 
-def undecodable_videos(unread: list[str]) -> str:
-    return f"{len(unread)} video(s) do not decode and gave no frames: {some_of(unread, 3)} (re-encode them as H.264 .mp4)"
+def videos_notes(unread: list, cut_short: list) -> str:
+    """What the extraction left out, each video with its reason: those that gave no frame, and those that
+    ended early ([video, reason] pairs; a plain path in the marker of an older extraction)."""
+    def listed(entries: list, joiner: str) -> str:
+        said = [entry if isinstance(entry, str) else f"{entry[0]}{joiner}{entry[1]}" for entry in entries]
+        return "; ".join(said[:3]) + (f"; and {len(said) - 3} more" if len(said) > 3 else "")
+
+    notes = [f"{len(unread)} video(s) gave no frames: {listed(unread, ': ')}"] if unread else []
+    if cut_short:
+        notes.append(f"{len(cut_short)} video(s) gave part of their frames: {listed(cut_short, ' ')}")
+    return "; ".join(notes)
 
 
-def _extract_videos(folder: Path, videos: list[Path], dest: Path, every: int) -> tuple[int, list[str]]:
+def _extract_videos(folder: Path, videos: list[Path], dest: Path, every: int) -> tuple[int, list[list[str]], list[list[str]]]:
     """Every ``every``-th frame of each video as JPEGs in a folder of its own under ``dest``; (frames
-    saved, the videos of which not one frame decodes)."""
+    saved, [video, why] of those of which not one frame decodes, [video, how] of those that ended early)."""
     import cv2
 
-    frames, unread, taken = 0, [], set()
+    frames, unread, cut_short, taken = 0, [], [], set()
     for video in tqdm(videos, desc="videos", unit="video", disable=None, leave=False):  # a bar on a terminal only
         relative = video.relative_to(folder)
         recording = relative.parent / (relative.stem if relative.parent / relative.stem not in taken else relative.name.replace(".", "_"))
@@ -617,11 +626,14 @@ def _extract_videos(folder: Path, videos: list[Path], dest: Path, every: int) ->
                 (dest / recording / f"{index:06d}.jpg").write_bytes(data.tobytes())
                 saved += 1
             index += 1
+        declared = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
         capture.release()
         frames += saved
         if not saved:
-            unread.append(relative.as_posix())
-    return frames, unread
+            unread.append([relative.as_posix(), why_no_frames(video)])
+        elif short := ended_early(declared, index):
+            cut_short.append([relative.as_posix(), short])
+    return frames, unread, cut_short
 
 
 # --------------------------------------------------------------------------- a dataset archive of one's own

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from gesture_core import videos
 from service.webcam.sources import ImageFiles
 
 # A live source that fails this long in a row is gone (unplugged camera, dropped stream);
@@ -142,8 +143,5 @@ def ended_early(capture: cv2.VideoCapture | ImageFiles, frames_read: int, descri
     round their count, so a frame or 5% short is not reported. Images: the files that did not decode."""
     if isinstance(capture, ImageFiles):
         return capture.skipped_note(description)
-    declared = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
-    if declared - frames_read < max(2, 0.05 * declared):
-        return None
-    return (f"{description} ended after {frames_read} of the {declared} frames it declares: "
-            "the rest does not decode (a truncated or corrupt file?)")
+    short = videos.ended_early(int(capture.get(cv2.CAP_PROP_FRAME_COUNT)), frames_read)
+    return f"{description} {short}" if short else None

@@ -50,6 +50,7 @@ from PIL import Image
 
 from gesture_core.class_names import some_of
 from gesture_core.images import IMAGE_SUFFIXES, PHOTO_FILE_SUFFIXES, VIDEO_FILE_SUFFIXES, ImageDecodeError, read_rgb
+from gesture_core.videos import NOT_DECODED, why_no_frames
 
 __all__ = ["SourceError", "ImageFiles", "open_source", "parse_source", "is_live", "separate_photos", "describe_source", "read_frames"]
 
@@ -58,7 +59,7 @@ STREAM_TIMEOUT_MS = 5000
 _URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 _SEQUENCE = re.compile(r"%0?\d*d")
 _GLOB = re.compile(r"[*?[]")
-VIDEO_HINT = "the file is not a video OpenCV/FFmpeg can decode (try re-encoding it as H.264 .mp4 or MJPG .avi)"
+VIDEO_HINT = NOT_DECODED
 CAMERA_INDEX_MAX = 2**31 - 1  # OpenCV takes a camera index as a C int; a larger one raised cv2.error
 SOURCE_FORMS = (f"a camera index (0 to {CAMERA_INDEX_MAX}), a video or image file, a folder of images, an image pattern (frames/%04d.jpg) "
                 "or glob (photos/*.jpg), or a stream URL (rtsp://, http://)")
@@ -229,7 +230,7 @@ def _opened(source: int | str) -> cv2.VideoCapture | ImageFiles:
     if not cap.isOpened():
         cap.release()
         if hint == VIDEO_HINT:  # why a file is no video, read only once it failed to open
-            hint = _unfinished_recording(str(source)) or hint
+            hint = why_no_frames(str(source))
         raise SourceError(f"cannot open {describe_source(source)}: {hint}")
     return cap
 
@@ -257,30 +258,6 @@ def _open(source: int | str) -> tuple[cv2.VideoCapture | ImageFiles, str]:
         _require_file(source)
         cap, hint = cv2.VideoCapture(source), VIDEO_HINT
     return cap, hint
-
-
-def _unfinished_recording(path: str, most_boxes: int = 1000) -> str | None:
-    """Why an MP4 or MOV does not open when its recording never finished: the index (the moov box),
-    written last, is missing, so no player can find a frame, and re-encoding, the usual hint, cannot
-    either. None for any other file."""
-    boxes = []
-    try:
-        with open(path, "rb") as file:
-            while len(boxes) < most_boxes and len(header := file.read(8)) == 8:
-                size, kind = int.from_bytes(header[:4], "big"), header[4:]
-                if size == 1 and len(wide := file.read(8)) == 8:  # a 64-bit size follows the type
-                    size, header = int.from_bytes(wide, "big"), header + wide
-                boxes.append(kind)
-                if size == 0 or size < len(header):  # to the end of the file, or not a box at all
-                    break
-                file.seek(size - len(header), os.SEEK_CUR)
-    except OSError:
-        return None
-    if not boxes or boxes[0] != b"ftyp" or b"moov" in boxes:
-        return None
-    return ("the recording was never finished: the file has no index (its moov box, written when a recording stops), "
-            "as when the camera app, the phone or the disk stopped mid-recording; no player can read it, so record it again "
-            "or repair it with a tool such as untrunc")
 
 
 @contextmanager
