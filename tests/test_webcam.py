@@ -864,3 +864,22 @@ def test_overlay_names_are_drawable_ascii_and_fit_their_room():
     assert shown_names([long, long.replace("left", "rigt")], 0.6, room=120) == [
         fitted(n, 0.6, 1, 120) for n in ("..left_with_two_fingers_raised", "..rigt_with_two_fingers_raised")
     ]
+
+
+def test_the_output_video_lasts_as_long_as_its_source_when_frames_are_dropped(tmp_path):
+    """--realtime (or a live camera) drops the frames inference cannot keep up with: the annotated video
+    was written without them at the source's fps, so a 1 s clip came out 0.42 s long, sped up."""
+    from types import SimpleNamespace
+
+    from service.webcam.demo import Outputs
+
+    outputs = Outputs(Options(output=tmp_path / "out.avi"), fps=10.0, log=lambda m: None)
+    shades = {0: 0, 3: 120, 4: 250}  # frames 1 and 2 were dropped
+    for index, shade in shades.items():
+        outputs.write(SimpleNamespace(index=index), np.full((48, 64, 3), shade, np.uint8))
+    outputs.close()
+    video = cv2.VideoCapture(str(tmp_path / "out.avi"))
+    written = []
+    while (frame := video.read()[1]) is not None:
+        written.append(round(float(frame.mean()) / 10) * 10)
+    assert written == [0, 0, 0, 120, 250]  # the frame shown last, again for each dropped one
