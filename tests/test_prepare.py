@@ -544,3 +544,30 @@ def test_frames_larger_than_any_model_input_are_scaled_down(tmp_path, monkeypatc
         writer.release()
     frame = cv2.imread(str(resolve_data_dir(str(tmp_path / "wide")) / "fist" / "take" / "000000.jpg"))
     assert frame.shape == (256, 1024, 3)  # the longer side at 1024 (MAX_INPUT_SIZE), the aspect kept
+
+
+def test_a_video_named_as_a_photo_among_videos_does_not_make_them_a_photo_dataset(tmp_path, monkeypatch, capsys):
+    """takes/three/IMG_0042.jpg, a video renamed: the folder was taken for photos, every video was skipped,
+    and training stopped at "no usable images", the reason nowhere."""
+    from training.data import load_splits
+    from training.prepare import dataset_videos, resolve_data_dir
+
+    monkeypatch.chdir(tmp_path)
+    videos = tmp_path / "takes"
+    for label, cls in enumerate(("one", "three")):
+        for take in range(1, 4):
+            _recording(videos / cls / f"take{take}.avi", label, 10 * label + take)
+    renamed = videos / "three" / "IMG_0042.jpg"
+    renamed.write_bytes((videos / "three" / "take1.avi").read_bytes())
+    (videos / "three" / "notes.jpg").write_text("neither a photo nor a video")
+    assert renamed in dataset_videos(videos)
+    out = resolve_data_dir(str(videos))
+    assert (out / "three" / "IMG_0042" / "000005.jpg").is_file()  # read as the video it is
+    assert "three/notes.jpg: the file is not a video OpenCV/FFmpeg can decode" in capsys.readouterr().err
+    assert len(load_splits(out).classes) == 2
+
+    photos = tmp_path / "photos"  # broken photos and no video: still a photo dataset, whose broken files training names
+    for cls in ("a", "b"):
+        (photos / cls).mkdir(parents=True)
+        (photos / cls / "0.jpg").write_bytes(b"\xff\xd8\xff\xe0 cut short")
+    assert dataset_videos(photos) == [] and resolve_data_dir(str(photos)) == photos

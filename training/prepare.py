@@ -47,7 +47,7 @@ from gesture_core.interrupts import interrupted_exit_code
 from gesture_core.preprocess import longer_side_at_most
 from gesture_core.videos import ended_early, why_no_frames
 from training.cli import existing_path
-from training.data import ARCHIVE_SUFFIXES, SPLIT_FOLDERS, SPLITS, DatasetError, passed_over
+from training.data import ARCHIVE_SUFFIXES, SPLIT_FOLDERS, SPLITS, DatasetError, check_image_file, passed_over
 
 DEFAULT_ROOT = Path("datasets")
 MARKER = ".prepared.json"
@@ -537,20 +537,24 @@ def dataset_videos(folder: Path, *, loose: bool = False) -> list[Path]:
     """The video files of a dataset folder that holds videos and not one image (``<class>/take1.mp4``,
     or under train/ and test/), in name order; [] for any other folder, and for videos beside the class
     folders, which belong to no class, unless ``loose`` (a folder of unknown gestures needs no class).
-    The walk stops at the first image, so an image dataset costs one file."""
-    videos = []
+    The walk stops at the first image, so an image dataset costs one file. A file named as an image that
+    is none (a video renamed IMG_0042.jpg) does not make the folder a photo dataset, where every video was
+    skipped for it: among videos, it is read as one, and named with its reason if it is none either."""
+    found: list[tuple[Path, bool]] = []  # (path, named as a video)
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames[:] = sorted(d for d in dirnames if not passed_over(d, folder=True))
         for name in sorted(filenames):
             if passed_over(name, folder=False):
                 continue
-            if _is_image_name(name):
+            video = PurePosixPath(name).suffix.lower() in VIDEO_FILE_SUFFIXES
+            if not video and _is_image_name(name) and check_image_file(os.path.join(dirpath, name)) is None:
                 return []
-            if PurePosixPath(name).suffix.lower() in VIDEO_FILE_SUFFIXES:
+            if video or _is_image_name(name):
                 if Path(dirpath) == folder and not loose:
                     return []  # data.videos_hint says what to do with them
-                videos.append(Path(dirpath) / name)
-    return videos
+                found.append((Path(dirpath) / name, video))
+    # without one video, the files named as images that are none are a photo dataset's broken files
+    return [path for path, _ in found] if any(video for _, video in found) else []
 
 
 def as_image_folder(folder: Path, *, loose: bool = False) -> Path:
