@@ -571,3 +571,27 @@ def test_a_video_named_as_a_photo_among_videos_does_not_make_them_a_photo_datase
         (photos / cls).mkdir(parents=True)
         (photos / cls / "0.jpg").write_bytes(b"\xff\xd8\xff\xe0 cut short")
     assert dataset_videos(photos) == [] and resolve_data_dir(str(photos)) == photos
+
+
+def test_check_asks_for_more_takes_where_too_few_videos_split_a_class_in_blocks(tmp_path, monkeypatch):
+    """The frames of a folder of videos are the tool's own names: check's advice for neighbouring frames
+    on both sides of a split, "name files <recording>-<n> or pass --group-by REGEX", could not be followed."""
+    import cv2
+
+    from training import check
+    from training.prepare import resolve_data_dir
+
+    monkeypatch.chdir(tmp_path)
+    for cls, takes in (("one", 3), ("two", 1)):
+        for take in range(takes):
+            path = tmp_path / "takes" / cls / f"take{take}.avi"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 15.0, (64, 48))
+            for n in range(150):  # a still scene, a disc creeping: neighbouring frames kept (every 5th) are near-identical
+                frame = np.full((48, 64, 3), 40, np.uint8)
+                cv2.circle(frame, (10 + n // 5, 24), 8, (200, 80 * take, 60 if cls == "one" else 220), -1)
+                writer.write(frame)
+            writer.release()
+    warnings = check.build_report(resolve_data_dir(str(tmp_path / "takes")), workers=1)["warnings"]
+    straddle = [w for w in warnings if "would straddle" in w]
+    assert straddle and "record more takes of two: a class with fewer than 3 videos is split in blocks" in straddle[0], warnings

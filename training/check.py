@@ -25,7 +25,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import cv2
 import numpy as np
@@ -43,6 +43,7 @@ from gesture_core.images import DECODED_FORMATS, ImageDecodeError, decode_rgb, p
 from training.cli import input_path, int_at_least
 from training.config import TrainConfig
 from training.data import (
+    SPLIT_FOLDERS,
     SPLITS,
     DatasetError,
     a_dataset_folder_hint,
@@ -322,8 +323,17 @@ def _recordings(root: Path) -> dict | None:
     extracted = read_marker(root) or {}
     if "videos" not in extracted:
         return None
+    takes = Counter(_video_class(name) for name in extracted["videos"])
     return {"source": extracted["source"], "videos": len(extracted["videos"]), "every": extracted["every"],
-            "unreadable": extracted.get("unreadable", []), "cut_short": extracted.get("cut_short", [])}
+            "unreadable": extracted.get("unreadable", []), "cut_short": extracted.get("cut_short", []),
+            "few_takes": sorted(cls for cls, n in takes.items() if n < MIN_RECORDINGS)}
+
+
+def _video_class(name: str) -> str:
+    """The class of a video of a folder of recordings: ``fist/take1.mp4``, or ``train/fist/take1.mp4``."""
+    parts = PurePosixPath(name).parts
+    split_names = {alias for aliases in SPLIT_FOLDERS.values() for alias in aliases}
+    return parts[1] if parts[0] in split_names and len(parts) > 2 else parts[0]
 
 
 def _imbalance(totals: Counter) -> float | None:
@@ -400,7 +410,7 @@ def _warnings(report: dict, per_split: dict[str, dict[str, int]], layout: str) -
         w.append(f"{dup['across_classes']} set(s) of identical images appear under more than one class (conflicting labels)")
     if dup["within_class"]:
         w.append(f"{dup['within_class']} group(s) of identical images within a class (harmless, but they inflate the counts)")
-    w += _twin_warnings(report["neighbour_twins"])
+    w += _twin_warnings(report["neighbour_twins"], report["recordings"])
     if report["skipped"]:
         kinds = ", ".join(f"{n} {k}" for k, n in report["skipped_by_reason"].items())
         w.append(f"{len(report['skipped'])} file(s) skipped: {kinds}")
@@ -426,7 +436,7 @@ def _warnings(report: dict, per_split: dict[str, dict[str, int]], layout: str) -
     return w
 
 
-def _twin_warnings(twins: dict) -> list[str]:
+def _twin_warnings(twins: dict, recordings: dict | None) -> list[str]:
     if not twins.get("pairs"):
         return []
     example = " ~ ".join(twins["examples"][0])
@@ -435,8 +445,12 @@ def _twin_warnings(twins: dict) -> list[str]:
         return [f"{found}: {twins['straddling']} of them straddle train/, val/ and test/, so the test shows frames the model has "
                 "nearly seen; split whole recordings between the folders"]  # fmt: skip
     if twins.get("straddling_auto"):
+        advice = "name files <recording>-<n> or pass --group-by REGEX to keep recordings whole"
+        if recordings and recordings["few_takes"]:  # frames the tool named itself, from too few videos: renaming is no help
+            advice = (f"record more takes of {some_of(recordings['few_takes'])}: a class with fewer than {MIN_RECORDINGS} videos is split "
+                      "in blocks of neighbouring frames, and each video stays whole in one split with more")
         return [f"{found}: {twins['straddling_auto']} would straddle train/val/test in training's default split "
-                f"(--group-by auto: {twins['default_rule']}); name files <recording>-<n> or pass --group-by REGEX to keep recordings whole"]  # fmt: skip
+                f"(--group-by auto: {twins['default_rule']}); {advice}"]  # fmt: skip
     if twins.get("straddling_none"):
         return [f"{found}: a frame-by-frame split (--group-by none) would put {twins['straddling_none']} of them on both sides "
                 f"of a split; keep the default --group-by auto ({twins['default_rule']}), which keeps them together"]  # fmt: skip
