@@ -140,6 +140,7 @@ def test_headless_local_run_names_the_gesture_and_writes_outputs(sign_digits_run
         assert all((line[f"{prefix}label"] is None) == (line[f"{prefix}gesture_score"] < 0.3) for line in lines), lines
     assert all(line["latency_ms"] > 0 and 0 <= line["score"] <= 1 for line in lines)
     assert [line["timestamp"] for line in lines] == sorted(line["timestamp"] for line in lines)
+    assert [line["position_s"] for line in lines] == pytest.approx([i / 30 for i in range(40)], abs=1e-3)  # where in the clip
     frames, (height, width) = count_frames(out)
     assert frames == 40 and width >= 480  # small frames are enlarged so the overlay is legible
     snapshot = cv2.imread(str(tmp_path / "shots" / "snapshot-000015.png"))
@@ -295,7 +296,8 @@ def test_camera_that_disappears_ends_the_stream_with_a_message():
 
 
 def test_live_capture_drops_stale_frames_and_serves_the_newest(tmp_path, sign_digits):
-    video = write_video(tmp_path / "clip.avi", sorted((sign_digits / "4").iterdir())[:5], 60, fourcc="MJPG")
+    # a 300 fps clip played at its own pace (--realtime paces by each frame's time in the file)
+    video = write_video(tmp_path / "clip.avi", sorted((sign_digits / "4").iterdir())[:5], 60, fourcc="MJPG", fps=300)
     grabber = FrameGrabber(cv2.VideoCapture(str(video)), live=False, drop_stale=True, pace_fps=300)
     taken = []
     with grabber:
@@ -309,11 +311,14 @@ def test_live_capture_drops_stale_frames_and_serves_the_newest(tmp_path, sign_di
 def test_file_as_fast_as_possible_hands_over_every_frame(tmp_path, sign_digits):
     video = write_video(tmp_path / "clip.mp4", sorted((sign_digits / "4").iterdir())[:5], 25)
     with FrameGrabber(cv2.VideoCapture(str(video)), live=False, drop_stale=False) as grabber:
-        taken = []
+        taken, positions = [], []
         while (frame := grabber.latest(timeout=5)) is not None:
             taken.append(frame.index)
+            positions.append(frame.position_s)
             time.sleep(0.005)
     assert taken == list(range(25)) and grabber.dropped == 0
+    # each frame's time in the video (30 fps here), which a variable frame rate's frames have too: the JSONL's position_s
+    assert positions == pytest.approx([i / 30 for i in range(25)], abs=1e-3)
 
 
 # ----------------------------------------------------------------------------- bad input

@@ -137,6 +137,7 @@ class FrameResult:
     error: str | None = None
     hands: tuple[HandResult, ...] | None = None  # hand-crop models: each hand found, with its own decision
     file: str | None = None  # the image file of an image source: which photo got which label
+    position_s: float | None = None  # a video file's frame: where it is in the video
 
     def to_json(self) -> dict:
         p = self.prediction
@@ -159,6 +160,8 @@ class FrameResult:
             line["error"] = self.error
         if self.file is not None:  # image sources only: a video's lines stay as they were
             line["file"] = self.file
+        if self.position_s is not None:  # video files only: the timestamp is the run's clock, not the video's
+            line["position_s"] = round(self.position_s, 4)
         return line
 
 
@@ -211,7 +214,7 @@ class Recognizer:
 
     def __call__(self, frame: Frame, timestamp: float) -> FrameResult:
         result = self._answer(frame, timestamp)
-        return replace(result, file=frame.file) if frame.file is not None else result
+        return replace(result, file=frame.file, position_s=frame.position_s)
 
     def _answer(self, frame: Frame, timestamp: float) -> FrameResult:
         if self.outage and time.perf_counter() < self._retry_at:

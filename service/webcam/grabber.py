@@ -7,6 +7,7 @@ behind reality. Files read "as fast as possible" hand over every frame (nothing 
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ class Frame:
     image: np.ndarray  # BGR, as OpenCV delivers it
     captured: float  # time.perf_counter() when it was read
     file: str | None = None  # the image file it was decoded from (a folder, glob, sequence or photo as the source)
+    position_s: float | None = None  # a video file's frame: its time in the video (variable frame rates too)
 
 
 class FrameGrabber:
@@ -44,6 +46,8 @@ class FrameGrabber:
         self._live = live
         self._drop_stale = drop_stale
         self._pace = 1.0 / pace_fps if pace_fps else 0.0
+        self._video_file = not live and not isinstance(capture, ImageFiles)  # frames with a time of their own
+        self._first_ms: float | None = None
         self._description = description
         self._lost_after_s = lost_after_s
         self._cond = threading.Condition()
@@ -101,6 +105,15 @@ class FrameGrabber:
                 self._ended = True
                 self._cond.notify_all()
 
+    def _position(self) -> float | None:
+        """The frame just read's time in a video file, from its first frame (a transport stream may start at
+        1.4 s); None for other sources, and where the file gives no time."""
+        if not self._video_file or not math.isfinite(ms := self._capture.get(cv2.CAP_PROP_POS_MSEC)) or ms < 0:
+            return None
+        if self._first_ms is None:
+            self._first_ms = ms
+        return max(0.0, ms - self._first_ms) / 1000
+
     def _read_loop(self) -> None:
         start = time.perf_counter()
         failing_since: float | None = None
@@ -118,12 +131,13 @@ class FrameGrabber:
                 time.sleep(0.01)
                 continue
             failing_since = None
-            if self._pace:
-                delay = start + self.read_count * self._pace - time.perf_counter()
+            position = self._position()
+            if self._pace:  # at the frame's own time: a phone's variable frame rate played at its average ran late, then early
+                delay = start + (position if position is not None else self.read_count * self._pace) - time.perf_counter()
                 if delay > 0:
                     time.sleep(delay)
                 now = time.perf_counter()
-            self._hand_over(Frame(self.read_count, image, now, getattr(self._capture, "last_path", None)))
+            self._hand_over(Frame(self.read_count, image, now, getattr(self._capture, "last_path", None), position))
             self.read_count += 1
 
     def _hand_over(self, frame: Frame) -> None:
