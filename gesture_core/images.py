@@ -764,7 +764,23 @@ def unreadable_header(data: bytes) -> str:
     other = other_format(data)
     if other is not None:
         return unsupported_format(other, f"send {SUPPORTED}")
+    if video := video_container(data):  # a phone's clip, renamed or uploaded as a photo
+        return f"a video ({video}), not an image: send one of its frames as {SUPPORTED}"
     return "not a recognised image format"
+
+
+def video_container(data: bytes) -> str | None:
+    """The video container ``data`` starts with (MP4/MOV, AVI, Matroska/WebM, MPEG-TS), or None; after
+    ``other_format``, which names the photo formats that share MP4's box layout (HEIC, AVIF)."""
+    if data[4:8] == b"ftyp":
+        return "MP4/MOV"
+    if data[:4] == b"RIFF" and data[8:12] == b"AVI ":
+        return "AVI"
+    if data[:4] == b"\x1a\x45\xdf\xa3":
+        return "Matroska/WebM"
+    if len(data) > 188 and data[0] == data[188] == 0x47:  # a transport stream's packets: 188 bytes, each from 0x47
+        return "MPEG-TS"
+    return None
 
 
 def unsupported_format(name: str, advice: str) -> str:

@@ -815,3 +815,23 @@ def test_a_palette_image_with_transparency_is_its_palette_colours_without_a_deto
         warnings.simplefilter("error")
         rgb = images_module._decode_with_pil(buf.getvalue())
     assert (rgb == palette.reshape(256, 3)[indices]).all()
+
+
+@pytest.mark.parametrize("fourcc, suffix, container", [("mp4v", ".mp4", "MP4/MOV"), ("MJPG", ".avi", "AVI")])
+def test_a_video_sent_or_named_as_a_photo_is_named_as_a_video(tmp_path, fourcc, suffix, container):
+    """A phone clip renamed IMG_0042.jpg, or uploaded for a photo, was "not a recognised image format"."""
+    from gesture_core.images import decode_rgb
+
+    path = tmp_path / f"clip{suffix}"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), 15.0, (64, 48))
+    for _ in range(3):
+        writer.write(np.zeros((48, 64, 3), np.uint8))
+    writer.release()
+    with pytest.raises(ImageDecodeError, match=f"^a video \\({container}\\), not an image: send one of its frames as JPEG"):
+        decode_rgb(path.read_bytes())
+    renamed = tmp_path / "IMG_0042.jpg"
+    renamed.write_bytes(path.read_bytes())
+    with pytest.raises(ImageDecodeError, match=f"IMG_0042.jpg: a video \\({container}\\), not an image"):
+        read_rgb(renamed)
+    with pytest.raises(ImageDecodeError, match="^not a recognised image format$"):  # what is none of them
+        decode_rgb(b"\x00" * 400)
