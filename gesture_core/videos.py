@@ -5,7 +5,10 @@ re-encoding can read, and nothing of a file cut short."""
 
 from __future__ import annotations
 
+import math
 import os
+
+from gesture_core.images import VIDEO_FRAME_EVERY
 
 NOT_DECODED = "the file is not a video OpenCV/FFmpeg can decode (try re-encoding it as H.264 .mp4 or MJPG .avi)"
 
@@ -51,3 +54,10 @@ def ended_early(declared: int, read: int) -> str | None:
     if declared - read < max(2, 0.05 * declared):
         return None
     return f"ended after {read} of the {declared} frames it declares: the rest does not decode (a truncated or corrupt file?)"
+
+
+def frame_step(fps: float, every: int = VIDEO_FRAME_EVERY) -> int:
+    """Every how many frames of a video one is kept: ``every`` (as at 30 fps, one in 1/6 s), and more above
+    30 fps, so that a slow-motion clip gives as many frames a second of its scene as any other: every 5th
+    frame of a 240 fps clip flooded its class with 48 near-copies for each second recorded."""
+    return max(every, round(every * fps / 30)) if math.isfinite(fps) and fps > 0 else every

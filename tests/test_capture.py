@@ -423,3 +423,22 @@ def test_videos_beside_photos_are_named_and_a_glob_of_videos_says_to_pass_one(tm
 
     assert main(["--out", str(tmp_path / "ds"), "--source", str(folder / "*.avi"), "--headless", "--label", "palm"]) == 2
     assert f"no image file matches, but 1 video file(s) do; a source reads one video: pass each in turn, e.g. --source {folder / 'take.avi'}" in capsys.readouterr().err
+
+
+def test_a_slow_motion_clip_gives_as_many_frames_a_second_of_its_scene_as_any_other(tmp_path: Path):
+    """Every 5th frame of a 240 fps clip was 48 near-copies for each second recorded, against 6 from a
+    30 fps one: a slow-motion take flooded its class. Above 30 fps the step grows with the rate."""
+    from gesture_core.videos import frame_step
+    from training.prepare import prepare_videos
+
+    clip = tmp_path / "takes" / "palm" / "slowmo.avi"
+    clip.parent.mkdir(parents=True)
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"MJPG"), 120.0, SIZE)
+    for i in range(60):  # half a second at 120 fps
+        writer.write(np.ascontiguousarray(cv2.resize(synthetic_image(1, seed=i, size=64), SIZE)[:, :, ::-1]))
+    writer.release()
+    assert [frame_step(fps) for fps in (15, 30, 60, 120, 240, 0, float("nan"))] == [5, 5, 10, 20, 40, 5, 5]
+    assert main(["--out", str(tmp_path / "ds"), "--source", str(clip), "--headless", "--label", "palm"]) == 0
+    assert len(jpgs(tmp_path / "ds" / "palm")) == 3  # frames 0, 20 and 40: three in half a second, as at 30 fps
+    frames = prepare_videos(tmp_path / "takes", [clip], tmp_path / "datasets")  # training's own extraction, alike
+    assert sorted(p.name for p in (frames / "palm" / "slowmo").iterdir()) == ["000000.jpg", "000020.jpg", "000040.jpg"]

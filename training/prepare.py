@@ -45,7 +45,7 @@ from gesture_core.hands import HAND_MODEL_FILES, MODELS_WHEEL, HandModelFile, ha
 from gesture_core.images import FRAME_JPEG_QUALITY, IMAGE_SUFFIXES, MAX_IMAGE_FILE_BYTES, VIDEO_FILE_SUFFIXES, VIDEO_FRAME_EVERY
 from gesture_core.interrupts import interrupted_exit_code
 from gesture_core.preprocess import longer_side_at_most
-from gesture_core.videos import ended_early, why_no_frames
+from gesture_core.videos import ended_early, frame_step, why_no_frames
 from training.cli import existing_path
 from training.data import ARCHIVE_SUFFIXES, SPLIT_FOLDERS, SPLITS, DatasetError, check_image_file, passed_over
 
@@ -623,8 +623,9 @@ def _extract_videos(folder: Path, videos: list[Path], dest: Path, every: int) ->
         recording = relative.parent / (relative.stem if relative.parent / relative.stem not in taken else relative.name.replace(".", "_"))
         taken.add(recording)
         capture, saved, index = cv2.VideoCapture(str(video)), 0, 0
+        step = frame_step(capture.get(cv2.CAP_PROP_FPS), every)  # a slow-motion clip: as many frames a second as others
         while capture.grab():  # the frames passed over are decoded, not converted to BGR
-            if index % every == 0 and (frame := capture.retrieve()[1]) is not None:
+            if index % step == 0 and (frame := capture.retrieve()[1]) is not None:
                 _, data = cv2.imencode(".jpg", longer_side_at_most(frame), [cv2.IMWRITE_JPEG_QUALITY, FRAME_JPEG_QUALITY])
                 (dest / recording).mkdir(parents=True, exist_ok=True)
                 (dest / recording / f"{index:06d}.jpg").write_bytes(data.tobytes())

@@ -46,6 +46,7 @@ from gesture_core.images import (  # IMAGE_SUFFIXES: the files training reads as
 )
 from gesture_core.preprocess import longer_side_at_most
 from gesture_core.rejection import is_reject_name
+from gesture_core.videos import frame_step
 from service.webcam.demo import display_problem
 from service.webcam.grabber import ended_early
 from service.webcam.overlay import (
@@ -428,7 +429,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--roi", type=_fraction, nargs="?", const=DEFAULT_ROI, default=None, metavar="FRACTION",
                    help=f"save only a centred square of this fraction of the shorter side (default {DEFAULT_ROI})")  # fmt: skip
     p.add_argument("--every", type=_positive, default=None,
-                   help=f"save one frame in N while recording (default {VIDEO_FRAME_EVERY}; 1, every photo, for a folder or glob of photos)")
+                   help=f"save one frame in N while recording (default {VIDEO_FRAME_EVERY}, more above 30 fps: one in 1/6 s; 1, every photo, "
+                        "for a folder or glob of photos)")
     p.add_argument("--burst", type=_positive, default=30, help="frames per timed burst, key b (default 30)")
     p.add_argument("--quality", type=_positive, default=FRAME_JPEG_QUALITY, help=f"JPEG quality 1-100 (default {FRAME_JPEG_QUALITY})")
     p.add_argument("--headless", action="store_true", help="no window: save every --every-th frame as --label")
@@ -472,7 +474,8 @@ def main(argv: list[str] | None = None) -> int:
     except SourceError as err:  # the exit code of the webcam demo for the same mistake
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
-    args.every = args.every or (1 if separate_photos(args.source) else VIDEO_FRAME_EVERY)  # a folder's photos are not a video's frames
+    # a folder's photos are not a video's frames; a slow-motion clip's are kept as often a second as any other's
+    args.every = args.every or (1 if separate_photos(args.source) else frame_step(cap.get(cv2.CAP_PROP_FPS)))
     writer = ImageFolderWriter(args.out, [args.label] if args.headless else with_reject_class(classes), quality=args.quality,
                                session=source_session(args.source))
     try:
