@@ -308,7 +308,7 @@ def build_report(root: Path, *, decode: bool = True, workers: int = 2) -> dict:
     reasons = Counter(i["reason"] for i in report["ignored"])
     report["notes"] = [f"ignored: {n} {r}" for r, n in reasons.most_common()]
     if recordings := report["recordings"]:
-        report["notes"].append(f"frames of {recordings['videos']} video(s) of {recordings['source']}, every {recordings['every']}th, "
+        report["notes"].append(f"frames of {recordings['videos']} video(s) of {recordings['source']}, every {recordings['every']}th (one in 1/6 s above 30 fps), "
                                f"one sub-folder per recording: training keeps each recording in one split where a class has "
                                f"{MIN_RECORDINGS} or more (fewer are split in blocks of neighbouring frames, and named)")
         if notes := videos_notes(recordings["unreadable"], recordings["cut_short"]):

@@ -43,14 +43,6 @@ GROUP_BY_RULES = ("auto", "none", "session", "folders", "frames")
 # service.webcam.capture: <class>-<YYYYmmdd-HHMMSS>p<pid>-<n> from a camera (p<pid> since 2026-12-04), and
 # <class>-<YYYYmmdd-HHMMSS>s<source>-<n> from a file or folder (since 2026-12-06), whose group is the source alone
 SESSION_NAME = re.compile(r"-(\d{8}-\d{6})(p\d+|s[0-9a-f]{10})?-\d+$")
-
-
-def session_of(stem: str) -> str | None:
-    """The capture session a file name (without its suffix) belongs to, or None for another name."""
-    if not (match := SESSION_NAME.search(stem)):
-        return None
-    started, source = match.groups()
-    return source if source and source.startswith("s") else started + (source or "")
 DIGIT_RUNS = re.compile(r"\d+")
 SEQUENCE_BLOCKS = 20  # blocks per class: 10% val and 20% test are then 2 and 4 whole blocks
 AUTO_COVERAGE = 0.9  # a rule applies when it names at least this share of the images
@@ -129,6 +121,14 @@ def _each_alone(by_class: dict[str, list[str]], description: str = "--group-by n
 
 def _name(path: str) -> str:
     return Path(path).stem
+
+
+def session_of(stem: str) -> str | None:
+    """The capture session a file name (without its suffix) belongs to, or None for another name."""
+    if not (match := SESSION_NAME.search(stem)):
+        return None
+    started, source = match.groups()
+    return source if source and source.startswith("s") else started + (source or "")
 
 
 def _by_session(by_class: dict[str, list[str]]) -> Grouping:

@@ -214,6 +214,8 @@ class Recognizer:
 
     def __call__(self, frame: Frame, timestamp: float) -> FrameResult:
         result = self._answer(frame, timestamp)
+        if frame.file is None and frame.position_s is None:  # a camera or a stream: nothing to add
+            return result
         return replace(result, file=frame.file, position_s=frame.position_s)
 
     def _answer(self, frame: Frame, timestamp: float) -> FrameResult:
