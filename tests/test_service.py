@@ -542,7 +542,7 @@ def test_misspelt_settings_and_gpus_this_machine_lacks_are_said(monkeypatch):
         "error", "GESTURE_GPUS=2, but no CUDA GPU is visible here (no driver, or a container started without --gpus?): "
                  "set GESTURE_GPUS=0 to serve on the CPU")
     # an engine or precision this machine lacks: the model's load said so, and told the deployer to import another model.
-    # A CPU whose OpenVINO runs no fp16 (an AMD EPYC; a Xeon with AMX-FP16 runs it, and then nothing is lacking)
+    # A CPU whose OpenVINO runs no fp16 (an AMD EPYC; a Xeon with AVX512-FP16 runs it, and then nothing is lacking)
     from gesture_core import engines
 
     monkeypatch.setattr(engines, "_openvino_cpu_capabilities", lambda: ("FP32", "BF16"))
