@@ -416,6 +416,7 @@ def test_videos_beside_photos_are_named_and_a_glob_of_videos_says_to_pass_one(tm
         cv2.imwrite(str(folder / f"photo{i}.jpg"), cv2.resize(synthetic_image(i, seed=i, size=64), SIZE))
     write_video(folder / "take.avi", "MJPG")
     (folder / "camcorder.mts").write_bytes(b"\x47" * 188)  # a transport stream's name: a video too
+    (folder / "._take.avi").write_bytes(b"\0" * 64)  # macOS's AppleDouble file beside it: hidden, as the photos' are
     assert main(["--out", str(tmp_path / "ds"), "--source", str(folder), "--headless", "--label", "palm"]) == 0
     err = capsys.readouterr().err
     assert "left out 2 video file(s) it also holds (camcorder.mts, take.avi): a video is a source of its own" in err

@@ -332,8 +332,7 @@ def _recordings(root: Path) -> dict | None:
 def _video_class(name: str) -> str:
     """The class of a video of a folder of recordings: ``fist/take1.mp4``, or ``train/fist/take1.mp4``."""
     parts = PurePosixPath(name).parts
-    split_names = {alias for aliases in SPLIT_FOLDERS.values() for alias in aliases}
-    return parts[1] if parts[0] in split_names and len(parts) > 2 else parts[0]
+    return parts[1] if any(parts[0] in aliases for aliases in SPLIT_FOLDERS.values()) and len(parts) > 2 else parts[0]
 
 
 def _imbalance(totals: Counter) -> float | None:

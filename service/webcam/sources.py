@@ -248,9 +248,9 @@ def _open(source: int | str) -> tuple[cv2.VideoCapture | ImageFiles, str]:
         _require_sequence(source)
         cap, hint = ImageFiles(_sequence_files(source)), "no files match"
     elif kind == "image folder":
-        cap, hint = ImageFiles(_folder_images(source), _videos(Path(source).iterdir())), "no image in it"
+        cap, hint = ImageFiles(*_folder_images(source)), "no image in it"
     elif kind == "image glob":
-        cap, hint = ImageFiles(_glob_images(source), _videos(map(Path, glob.glob(source, recursive=True)))), "no image matches"
+        cap, hint = ImageFiles(*_glob_images(source)), "no image matches"
     elif kind == "image":
         _require_file(source, "image")
         cap, hint = ImageFiles([Path(source)]), "no such image"
@@ -316,17 +316,16 @@ def _sequence_files(pattern: str) -> list[Path]:
     return [path for match, path in sorted(found, key=lambda item: (tuple(map(int, item[0].groups())), item[1].name))]
 
 
-def _folder_images(folder: str) -> list[Path]:
-    """The image files of a folder (not its sub-folders'), in name order with numbers read as numbers;
-    a SourceError, naming its videos if it holds any, when there is none."""
+def _folder_images(folder: str) -> tuple[list[Path], list[str]]:
+    """(the image files of a folder (not its sub-folders'), in name order with numbers read as numbers, the
+    videos beside them); a SourceError, naming its videos if it holds any, when there is no image."""
     entries = [path for path in Path(folder).iterdir() if not path.name.startswith(".")]
     files = [path for path in entries if path.is_file()]
-    images = [path for path in files if path.suffix.lower() in PHOTO_FILE_SUFFIXES]
+    images, videos = [path for path in files if path.suffix.lower() in PHOTO_FILE_SUFFIXES], _videos(files)
     if not images:
-        videos = [path.name for path in files if path.suffix.lower() in VIDEO_FILE_SUFFIXES]
-        also = f"; it holds {len(videos)} video file(s): pass one as the source, e.g. --source {Path(folder) / videos[0]}" if videos else ""
+        also = f"; it holds {len(videos)} video file(s): pass one as the source, e.g. --source {videos[0]}" if videos else ""
         raise SourceError(f"{folder} is a folder with no image file in it (looked for {', '.join(sorted(IMAGE_SUFFIXES))}){also or _subfolders_hint(entries)}")
-    return sorted(images, key=_name_order)
+    return sorted(images, key=_name_order), videos
 
 
 def _subfolders_hint(entries: list[Path]) -> str:
@@ -347,15 +346,17 @@ def _holds_an_image(folder: Path) -> bool:
         return False
 
 
-def _glob_images(pattern: str) -> list[Path]:
-    """The image files a glob matches (``**`` for any depth), in ``_name_order``; a SourceError when none does."""
+def _glob_images(pattern: str) -> tuple[list[Path], list[str]]:
+    """(the image files a glob matches (``**`` for any depth), in ``_name_order``, the videos it matches);
+    a SourceError when no image matches."""
     paths = [Path(path) for path in glob.glob(pattern, recursive=True)]
+    videos = _videos(paths)
     if not (images := [path for path in paths if path.suffix.lower() in PHOTO_FILE_SUFFIXES and path.is_file()]):
-        if videos := _videos(paths):
+        if videos:
             raise SourceError(f"{pattern}: no image file matches, but {len(videos)} video file(s) do; a source reads one video: "
                               f"pass each in turn, e.g. --source {videos[0]}")
         raise SourceError(f"{pattern}: no image file matches ({len(paths)} other file(s) or folder(s) do; a source is {SOURCE_FORMS})")
-    return sorted(images, key=_name_order)
+    return sorted(images, key=_name_order), videos
 
 
 def _videos(paths: Iterable[Path]) -> list[str]:
