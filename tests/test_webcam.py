@@ -888,3 +888,22 @@ def test_the_output_video_lasts_as_long_as_its_source_when_frames_are_dropped(tm
     while (frame := video.read()[1]) is not None:
         written.append(round(float(frame.mean()) / 10) * 10)
     assert written == [0, 0, 0, 120, 250]  # the frame shown last, again for each dropped one
+
+
+def test_a_variable_frame_rate_clip_is_written_at_its_frames_times(tmp_path):
+    """A phone's clip at a mean 10 fps whose frames came 0.3 s apart for a while: written one frame per
+    slot, its slow stretch was sped up and the video drifted from its source; each frame now goes where
+    its time in the video falls, and the frame before fills the slots between."""
+    from types import SimpleNamespace
+
+    from service.webcam.demo import Outputs
+
+    outputs = Outputs(Options(output=tmp_path / "out.avi"), fps=10.0, log=lambda m: None)
+    for index, (position, shade) in enumerate([(0.0, 0), (0.1, 80), (0.4, 160), (0.5, 240)]):
+        outputs.write(SimpleNamespace(index=index, position_s=position), np.full((48, 64, 3), shade, np.uint8))
+    outputs.close()
+    video = cv2.VideoCapture(str(tmp_path / "out.avi"))
+    written = []
+    while (frame := video.read()[1]) is not None:
+        written.append(round(float(frame.mean()) / 10) * 10)
+    assert written == [0, 80, 80, 80, 160, 240]  # 0.6 s, as long as its source

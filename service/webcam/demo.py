@@ -280,7 +280,7 @@ class Outputs:
             with naming_the_file(self.options.jsonl):
                 self._jsonl.write(json.dumps(result.to_json()) + "\n")
         if self.options.output:
-            self._write_video(canvas, result.index)
+            self._write_video(canvas, result.index, self._slot(result))
         if result.index in self.options.snapshot_at:
             self.snapshot(canvas, result.index)
 
@@ -330,17 +330,27 @@ class Outputs:
         top, left = (height - fitted.shape[0]) // 2, (width - fitted.shape[1]) // 2
         return cv2.copyMakeBorder(fitted, top, height - fitted.shape[0] - top, left, width - fitted.shape[1] - left, cv2.BORDER_CONSTANT)
 
-    def _write_video(self, canvas: np.ndarray, index: int) -> None:
-        """The frame, after the last one written again for each frame dropped since (--realtime, a live
-        camera): the video then lasts as long as its source. Without them a 1 s clip at 240 fps, of which
-        139 frames were dropped, was written as 0.42 s, sped up, and nothing said so."""
+    def _slot(self, result: FrameResult) -> int:
+        """The frame's place in the --output video, whose frames come at the source's (mean) fps: a video
+        file's frame goes where its time in the video falls, others by their index. By index, a phone's
+        variable-frame-rate clip drifted from its source: its slow stretches were written sped up."""
+        position = getattr(result, "position_s", None)
+        slot = result.index if position is None else round(position * self.fps)
+        # a burst of frames faster than the mean rate shares a slot: each is written, on from the last
+        return slot if self._last is None else max(slot, self._last[0] + 1)
+
+    def _write_video(self, canvas: np.ndarray, index: int, slot: int) -> None:
+        """The frame, after the last one written again for each slot skipped since (frames dropped by
+        --realtime or a live camera, a variable frame rate's slow stretch): the video then lasts as long as
+        its source. Without them a 1 s clip at 240 fps, of which 139 frames were dropped, was written as
+        0.42 s, sped up, and nothing said so."""
         writer = self._video(canvas)  # the first frame sets the video's size
         image = self._fitted(canvas, index)
         if self._last is not None:
-            for _ in range(index - self._last[0] - 1):
+            for _ in range(slot - self._last[0] - 1):
                 writer.write(self._last[1])
         writer.write(image)
-        self._last = (index, image)
+        self._last = (slot, image)
 
     def _video(self, canvas: np.ndarray) -> cv2.VideoWriter:
         if self._writer is None:
