@@ -614,6 +614,15 @@ def probe_image(data: bytes) -> tuple[str, tuple[int, int]]:
     return probe_layout(data)[:2]
 
 
+def upright_size(data: bytes) -> tuple[int, int]:
+    """``probe_image``'s (width, height) as the image is shown: a photo whose EXIF orientation turns it a
+    quarter (5-8, a phone held upright) swaps them, as decoding does (``ImageOps.exif_transpose``)."""
+    width, height = probe_image(data)[1]
+    with _pil_errors_as_decode_errors(), Image.open(io.BytesIO(data), formats=DECODED_FORMATS) as img:
+        turned = img.getexif().get(ExifTags.Base.Orientation, 1) in (5, 6, 7, 8)
+    return (height, width) if turned else (width, height)
+
+
 class Probe(NamedTuple):
     """What a file's header says: its format and size, and what the decoder's checks read of it besides."""
 

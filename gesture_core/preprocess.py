@@ -132,6 +132,30 @@ def evaluation_geometry(config: DataConfig, input_size: int | None = None, crop_
     return seen if crop_pct is None else seen.with_crop_pct(crop_pct)
 
 
+# A whole-frame model learnt hands as its training frames' shape squeezed (or letterboxed) them to a square:
+# frames this many times wider or narrower read as hands of another shape. A phone held upright (9:16) on
+# a model of 4:3 webcam frames is 2.4 times narrower; 16:9 on 4:3 (1.33 times) is near enough.
+ASPECT_MISMATCH = 1.5
+
+
+def frame_shape_note(config: DataConfig, trained_aspect: float | None, width: int, height: int) -> str | None:
+    """Why frames of ``width`` x ``height`` may be read worse by a whole-frame model than its training
+    frames (``trained_aspect``: their typical width/height), or None where they fit or it is unknown."""
+    if config.crop not in WHOLE_FRAME_MODES or config.hands or not trained_aspect or width < 1 or height < 1:
+        return None
+    aspect = width / height
+    if max(aspect, trained_aspect) / min(aspect, trained_aspect) < ASPECT_MISMATCH:
+        return None
+    fitted = "squeezed" if config.crop == "resize" else "letterboxed"
+    return (f"these frames are {width}x{height} ({_orientation(aspect)}), and this model was trained on whole frames of "
+            f"about {trained_aspect:.2f}:1 ({_orientation(trained_aspect)}), each {fitted} to a square: hands here take "
+            "another shape than any it learnt, and it may read them worse; turn the camera to match, or train on frames like these")
+
+
+def _orientation(aspect: float) -> str:
+    return "portrait" if aspect < 1 / 1.1 else "landscape" if aspect > 1.1 else "square"
+
+
 class Preprocess:
     """Bring the image to ``input_size``² as ``config.crop`` says (see CROP_MODES), then normalise.
 

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from gesture_core import DataConfig, ImageDecodeError, Preprocess, get_backbone, read_rgb
-from gesture_core.images import bgr_to_rgb
+from gesture_core.images import bgr_to_rgb, probe_image, upright_size
 from tests.helpers import synthetic_image, write_rgb
 
 
@@ -70,6 +70,8 @@ def test_exif_rotation_is_applied(tmp_path):
     img.save(buf, format="JPEG", exif=exif.tobytes())
     assert read_rgb(buf.getvalue()).shape == (64, 40, 3)
     assert read_rgb(Image.open(io.BytesIO(buf.getvalue()))).shape == (64, 40, 3)
+    # the size training reads from headers (a whole-frame model's frame shape) is the one decoding gives
+    assert upright_size(buf.getvalue()) == (40, 64) and probe_image(buf.getvalue())[1] == (64, 40)
 
 
 @pytest.mark.parametrize("mode", ["L", "RGBA", "CMYK", "I;16", "P", "LA"])

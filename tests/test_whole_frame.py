@@ -16,6 +16,8 @@ import training.finetune as finetune
 from benchmarks.server_process import serve_process
 from gesture_core import DataConfig, Preprocess, get_backbone, load_checkpoint, load_classifier, save_checkpoint
 from gesture_core.backbones import build_model
+from gesture_core.preprocess import frame_shape_note
+from service.webcam.demo import EXIT_OK, main
 from tests.helpers import synthetic_image, write_rgb
 from tests.test_service_integration import assert_same_as_local, import_cli
 from training.augment import build_eval_transform
@@ -119,12 +121,44 @@ def test_the_default_crop_auto_keeps_the_whole_frame_of_wide_recordings_and_stor
                      capsys.readouterr().out)
     assert load_checkpoint(out / "best.pt")["data_config"]["crop"] == "resize"
     assert json.loads((out / "config.json").read_text())["crop"] == "resize"
+    assert load_checkpoint(out / "best.pt")["frame_aspect"] == pytest.approx(64 / 48, abs=0.01)  # the frames' shape
+    # the webcam says when a whole-frame model sees frames of another shape: a phone held upright
+    for size, said in [((96, 48), True), ((48, 64), False), ((27, 48), False)]:  # 1:2 portrait, 4:3 and 16:9 landscape
+        logged = []
+        assert main(["--checkpoint", str(out), "--source", str(one_colour_clip(tmp_path / f"{size}.avi", size)), "--headless"],
+                    log=logged.append) == EXIT_OK
+        notes = [line for line in logged if "this model was trained on whole frames" in line]
+        assert notes == ([f"note: these frames are {size[1]}x{size[0]} (portrait), and this model was trained on whole frames of about "
+                          "1.33:1 (landscape), each squeezed to a square: hands here take another shape than any it learnt, and it "
+                          "may read them worse; turn the camera to match, or train on frames like these"] if said else []), logged
+
+
+def one_colour_clip(path, size: tuple[int, int], frames: int = 3):
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, size[::-1])
+    for _ in range(frames):
+        writer.write(np.full((*size, 3), 90, np.uint8))
+    writer.release()
+    return path
+
+
+def test_a_frame_shape_note_only_for_whole_frame_models_of_known_frames():
+    config = get_backbone("lenet5").data_config
+    landscape = frame_shape_note(config.with_crop("letterbox"), 4 / 3, 1080, 1920)
+    assert landscape.startswith("these frames are 1080x1920 (portrait), and this model was trained on whole frames of about 1.33:1 "
+                                "(landscape), each letterboxed to a square")
+    assert frame_shape_note(config.with_crop("resize"), 9 / 16, 640, 480).startswith("these frames are 640x480 (landscape)")
+    assert frame_shape_note(config.with_crop("resize"), 1.0, 1920, 1080).startswith("these frames are 1920x1080 (landscape), "
+                                                                                    "and this model was trained on whole frames of about 1.00:1 (square)")
+    assert frame_shape_note(config.with_crop("resize"), 4 / 3, 1920, 1080) is None  # 16:9 on 4:3 is near enough
+    assert frame_shape_note(config.with_crop("center"), 4 / 3, 1080, 1920) is None  # its centre square is what it trained on
+    assert frame_shape_note(config.with_crop("resize"), None, 1080, 1920) is None  # trained before the shape was stored
 
 
 def test_the_default_crop_auto_keeps_the_centre_of_wide_photos_taken_one_by_one(tmp_path, capsys):
     out = finetune.train(wide_run(tmp_path, lambda cls, i: f"{'abcdefghijkl'[i]}{cls}.jpg"))
     assert "input geometry: center crop (--crop auto: photos taken one by one, framed around their subject" in capsys.readouterr().out
     assert load_checkpoint(out / "best.pt")["data_config"]["crop"] == "center"
+    assert "frame_aspect" not in load_checkpoint(out / "best.pt")  # a centre crop is square whatever the frame
 
 
 def test_exported_metadata_describes_the_whole_frame_geometry(tmp_path):

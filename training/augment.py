@@ -14,7 +14,7 @@ import torch  # noqa: E402
 from albumentations.pytorch import ToTensorV2  # noqa: E402
 
 from gesture_core.class_names import name_words, unglue  # noqa: E402
-from gesture_core.images import ImageDecodeError, probe_image, read_image_file  # noqa: E402
+from gesture_core.images import ImageDecodeError, read_image_file, upright_size  # noqa: E402
 from gesture_core.preprocess import CROP_MODES, WHOLE_FRAME_MODES, DataConfig, Preprocess  # noqa: E402
 
 PRESETS = ("default", "light", "none")
@@ -141,8 +141,7 @@ def resolve_crop(setting: str, paths: Sequence[str], recordings: bool, whole_fra
         raise ValueError(f"--crop {setting!r}: choose one of {', '.join(CROP_CHOICES)}")
     if setting != "auto":
         return setting, f"input geometry: {setting} (--crop {setting})"
-    step = max(1, len(paths) // ASPECT_SAMPLE)
-    ratios = [r for r in (_aspect(p) for p in paths[::step]) if r is not None]
+    ratios = [max(w, h) / max(1, min(w, h)) for w, h in _sampled_sizes(paths)]
     far = sum(r >= FAR_FROM_SQUARE for r in ratios)
     if ratios and far > len(ratios) / 2 and recordings:
         return whole_frame, (f"input geometry: {whole_frame}, the whole frame (--crop auto: recordings, {far} of {len(ratios)} sampled images "
@@ -153,12 +152,22 @@ def resolve_crop(setting: str, paths: Sequence[str], recordings: bool, whole_fra
     return "center", f"input geometry: center crop (--crop auto: {len(ratios) - far} of {len(ratios)} sampled images are near square)"
 
 
-def _aspect(path: str) -> float | None:
-    try:
-        _, (w, h) = probe_image(read_image_file(path))
-    except (OSError, ImageDecodeError):
-        return None
-    return max(w, h) / max(1, min(w, h))
+def frame_aspect(paths: Sequence[str]) -> float | None:
+    """The training frames' typical width/height (the median of a sample of headers), None for no readable one:
+    stored in the checkpoint, so the webcam can say when a whole-frame model sees frames of another shape."""
+    ratios = [w / max(1, h) for w, h in _sampled_sizes(paths)]
+    return round(float(np.median(ratios)), 3) if ratios else None
+
+
+def _sampled_sizes(paths: Sequence[str]) -> list[tuple[int, int]]:
+    """(width, height) as shown of every n-th image, about ASPECT_SAMPLE of them; those that cannot be read are left out."""
+    sizes = []
+    for path in paths[:: max(1, len(paths) // ASPECT_SAMPLE)]:
+        try:
+            sizes.append(upright_size(read_image_file(path)))
+        except (OSError, ImageDecodeError):
+            continue
+    return sizes
 
 
 class SeededTransform:

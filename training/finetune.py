@@ -51,7 +51,7 @@ from gesture_core.cli import (
     python_command,
 )
 from gesture_core.interrupts import interrupted_exit_code
-from gesture_core.preprocess import DataConfig
+from gesture_core.preprocess import WHOLE_FRAME_MODES, DataConfig
 from gesture_core.rejection import find_reject_classes
 from training import cli, distributed
 from training.augment import (
@@ -59,6 +59,7 @@ from training.augment import (
     PRESETS,
     build_eval_transform,
     build_train_transform,
+    frame_aspect,
     resolve_crop,
     resolve_flip,
 )
@@ -329,6 +330,7 @@ class Run:
     hand_crops: HandCropCache | None = None
     hand_report: HandCropReport | None = None
     gone: frozenset[str] = frozenset()  # a resumed split's images deleted or moved since: skipped as failed decodes
+    frame_aspect: float | None = None  # a whole-frame model's training frames: their typical width/height
 
 
 def run_folder_and_splits(cfg: TrainConfig, resume: Path | None) -> tuple[Path, Splits, frozenset[str]]:
@@ -412,7 +414,8 @@ def prepare_run(cfg: TrainConfig, resume: Path | None) -> Run:
     data_config = backbone.data_config.with_channels(cfg.in_chans)
     if cfg.image_size:
         data_config = data_config.with_input_size(cfg.image_size)
-    data_config = resolve_data_choices(cfg, splits, data_config).with_hands(cfg.hands)
+    data_config, aspect = resolve_data_choices(cfg, splits, data_config)
+    data_config = data_config.with_hands(cfg.hands)
     weights = "none" if resume else cfg.weights  # resuming loads the run's own weights below
     # before the hands are found: weights this backbone does not have were refused after minutes of detection
     model = build_model(cfg.backbone, len(splits.classes), weights, aux=trains_aux(cfg, backbone, data_config), in_chans=cfg.in_chans)
@@ -433,7 +436,7 @@ def prepare_run(cfg: TrainConfig, resume: Path | None) -> Run:
     if is_main_process():
         write_json(out / "config.json", cfg.to_dict())
         print(reject_line)
-    return Run(cfg, out, splits, backbone, data_config, model, device, amp, source_splits, cache, report, gone)
+    return Run(cfg, out, splits, backbone, data_config, model, device, amp, source_splits, cache, report, gone, aspect)
 
 
 def warn_of_settings_that_do_nothing(cfg: TrainConfig, splits: Splits) -> None:
@@ -481,8 +484,9 @@ def crop_hands(splits: Splits, cache: HandCropCache, reject_classes: Collection[
     return crops, report
 
 
-def resolve_data_choices(cfg: TrainConfig, splits: Splits, data_config: DataConfig) -> DataConfig:
+def resolve_data_choices(cfg: TrainConfig, splits: Splits, data_config: DataConfig) -> tuple[DataConfig, float | None]:
     """Settle --flip auto and --crop auto from the data, saying why in one line each, and report the split's grouping.
+    Returns the data config and, for a whole-frame model, its training frames' typical width/height.
 
     The settled values replace "auto" in ``cfg`` (config.json, the checkpoint), so a resumed run keeps them.
     """
@@ -491,7 +495,10 @@ def resolve_data_choices(cfg: TrainConfig, splits: Splits, data_config: DataConf
     if is_main_process():
         for to_stderr, line in lines:
             print(line, file=sys.stderr if to_stderr else sys.stdout)
-    return data_config.with_crop(cfg.crop)
+    # the shape a whole-frame model learnt hands in: the webcam says when its frames are of another
+    whole_frame = cfg.crop in WHOLE_FRAME_MODES and not cfg.hands
+    aspect = distributed.from_main(lambda: frame_aspect([s.path for s in splits.train])) if whole_frame else None
+    return data_config.with_crop(cfg.crop), aspect
 
 
 def data_choices(cfg: TrainConfig, splits: Splits) -> tuple[str, str, list[tuple[bool, str]]]:
@@ -562,7 +569,8 @@ def undrawn_failures(run: Run, sampler: ShardedSeededSampler, epochs_run: int) -
 
 
 def checkpoint_extra(run: Run, model: torch.nn.Module | None = None) -> dict[str, Any]:
-    return dict(model=model or run.model, backbone=run.cfg.backbone, classes=run.splits.classes, data_config=run.data_config, train_config=run.cfg.to_dict())
+    extra = dict(model=model or run.model, backbone=run.cfg.backbone, classes=run.splits.classes, data_config=run.data_config, train_config=run.cfg.to_dict())
+    return extra if run.frame_aspect is None else {**extra, "frame_aspect": run.frame_aspect}
 
 
 def capture_rng() -> dict[str, Any]:

@@ -208,6 +208,7 @@ class Recognizer:
         self.scorer, self.smoother, self.roi, self.log = scorer, smoother, roi, log
         self.outage: str | None = None
         self._retry_at = 0.0
+        self._shape_checked = False
 
     def crop_box(self, image: np.ndarray) -> tuple[int, int, int, int] | None:
         return centred_roi(image.shape, self.roi) if self.roi else None
@@ -223,6 +224,8 @@ class Recognizer:
             return FrameResult(frame.index, timestamp, None, None, None, self.outage)
         box = self.crop_box(frame.image)
         crop = frame.image[box[1] : box[3], box[0] : box[2]] if box else frame.image
+        if not self._shape_checked:
+            self._say_if_shape_differs(crop)
         start = time.perf_counter()
         try:
             answer = self.scorer(crop)
@@ -237,6 +240,14 @@ class Recognizer:
             self.log(f"{self.scorer.name} answers again (frame {frame.index})")
             self.outage = None
         return FrameResult(frame.index, timestamp, smoothed, raw, latency, hands=hands)
+
+    def _say_if_shape_differs(self, crop: np.ndarray) -> None:
+        """Once, from the first frame: a local whole-frame model that trained on frames of another shape (a
+        portrait phone clip on landscape webcam frames) reads them worse, and the user saw only poor labels."""
+        self._shape_checked = True
+        classifier = getattr(self.scorer, "classifier", None)  # a local model: the service does not say how its model trained
+        if classifier is not None and (note := classifier.frame_shape_note(*crop.shape[:2])):
+            self.log(f"note: {note}")
 
     def _outage(self, frame: Frame, timestamp: float, message: str) -> FrameResult:
         if message != self.outage:
