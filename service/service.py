@@ -24,6 +24,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Awaitable, Iterable
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -198,14 +199,13 @@ class GestureClassifier:
             raise BadInput("send at least one image: repeat the multipart file field 'images', or JSON {\"images_b64\": [...]}")
         if len(uploads) > self.settings.batch_size:
             raise BadInput(too_many_images(len(uploads), self.settings.batch_size))
+        # the uploads are decoded side by side, as many at once as decode_slots allows (they were decoded one after another)
         if self.classifier.hands_mode:
-            found = [await self.find_hands(upload, field) for upload, field in zip(uploads, fields, strict=True)]
+            found = await in_order(self.find_hands(upload, field) for upload, field in zip(uploads, fields, strict=True))
             scores = await asyncio.gather(*(self.batcher.many(crops) for _, crops in found))
             return [self.hands_prediction(hands, p, top_k, threshold) for (hands, _), p in zip(found, scores, strict=True)]
-        inputs = [await self.model_input(upload, field) for upload, field in zip(uploads, fields, strict=True)]
-        scores = await asyncio.gather(*(self.batcher(item) for item in inputs), return_exceptions=True)
-        if failed := next((p for p in scores if isinstance(p, BaseException)), None):
-            raise failed  # the first image that does not decode, in the order sent
+        inputs = await in_order(self.model_input(upload, field) for upload, field in zip(uploads, fields, strict=True))
+        scores = await in_order(self.batcher(item) for item in inputs)
         return [self.prediction(p, top_k, threshold) for p in scores]
 
     @bentoml.api
@@ -282,6 +282,15 @@ def crop_upload(classifier: Classifier, upload: Path | bytes, what: str, limits:
         return classifier.crop(data, **limits)
     except ImageDecodeError as err:
         raise BadInput(f"{what}: {err}") from None
+
+
+async def in_order(awaitables: Iterable[Awaitable[Any]]) -> list[Any]:
+    """Their results, run side by side; then the first failure in their order is raised: a batch's error names
+    the first image sent that does not decode, whichever failed first in time."""
+    results = await asyncio.gather(*awaitables, return_exceptions=True)
+    if failed := next((r for r in results if isinstance(r, BaseException)), None):
+        raise failed
+    return results
 
 
 def prediction_out(classifier: Classifier, scores: ClassScores, top_k: int, threshold: float | None, model_tag: str) -> PredictionOut:

@@ -408,6 +408,13 @@ def test_large_uploads_are_decoded_a_few_at_a_time_whatever_arrives_together(svc
     answers = asyncio.run(together(3 * module.DECODES_AT_ONCE))
     assert most == module.DECODES_AT_ONCE
     assert {a.top_k[0].label for a in answers} == {reference.predict(large, k=1).top_k[0][0]}
+    # one request's images side by side too: /predict_batch decoded them one after another
+    most = 0
+    batch = asyncio.run(svc.predict_batch(images_b64=[large] * (2 * module.DECODES_AT_ONCE), top_k=1))
+    assert most == module.DECODES_AT_ONCE and {a.top_k[0].label for a in batch} == {answers[0].top_k[0].label}
+    cut = large[: len(large) - 5000]  # a truncated PNG, still large
+    with pytest.raises(BadInput, match=r"^images_b64\[1\]: "):  # the first in the order sent, whichever failed first
+        asyncio.run(svc.predict_batch(images_b64=[large, cut, large, cut[:-1]]))
 
 
 def test_an_upload_that_does_not_decode_fails_alone_in_a_shared_model_call(svc, reference):
