@@ -44,7 +44,7 @@ from gesture_core.engines import Engine, build_engine
 from gesture_core.hands import Hand, HandLocaliser, hand_crop
 from gesture_core.images import ImageSource, bgr_to_rgb, read_rgb
 from gesture_core.native_output import in_brief
-from gesture_core.preprocess import DataConfig, Preprocess, evaluation_geometry, frame_shape_note
+from gesture_core.preprocess import DataConfig, Preprocess, evaluation_geometry, frame_aspect_of, frame_shape_note
 from gesture_core.rejection import Rejection, check_threshold, is_reject_name, softmax
 
 
@@ -179,7 +179,8 @@ class Classifier:
         self.train_config: dict[str, Any] = checkpoint.get("train_config", {})
         self.metrics: dict[str, Any] = checkpoint.get("metrics", {})
         self.preprocess = Preprocess(self.data_config)
-        self.frame_aspect = _frame_aspect(checkpoint)  # a whole-frame model's training frames: width/height
+        # a whole-frame model's training frames: their typical width/height (hand crops are square: None)
+        self.frame_aspect = None if self.data_config.hands else frame_aspect_of(checkpoint)
         self.rejection = Rejection.from_checkpoint(checkpoint)  # temperature, reject classes, threshold
         shape = (self.data_config.in_chans, self.data_config.input_size, self.data_config.input_size)
         self._localiser: HandLocaliser | None = None
@@ -263,7 +264,7 @@ class Classifier:
     def frame_shape_note(self, height: int, width: int) -> str | None:
         """Why frames of this size may be read worse than the training frames (a portrait phone clip on a
         model of landscape webcam frames, seen whole), or None."""
-        return frame_shape_note(self.data_config, self.frame_aspect, width, height)
+        return frame_shape_note(self.data_config.crop, self.frame_aspect, width, height)
 
     # --- hands mode: one crop per hand (docs/hands.md) ------------------------------------------------
 
@@ -348,15 +349,6 @@ class Classifier:
     def probs(self, batch: torch.Tensor) -> np.ndarray:
         """Calibrated probabilities: the one place the stored temperature is applied."""
         return softmax(self.rejection.scale(self.logits(batch).cpu().numpy()))
-
-
-def _frame_aspect(checkpoint: dict[str, Any]) -> float | None:
-    """The checkpoint's ``frame_aspect`` (written by training for whole-frame models), None where absent or not a
-    sensible ratio: a note's figure, never a reason to refuse a model."""
-    value = checkpoint.get("frame_aspect")
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.01 <= value <= 100:
-        return None
-    return float(value)
 
 
 def load_classifier(

@@ -7,7 +7,7 @@ Training evaluation, the HTTP service and the webcam all call this same object, 
 from __future__ import annotations
 
 import numbers
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -138,15 +138,24 @@ def evaluation_geometry(config: DataConfig, input_size: int | None = None, crop_
 ASPECT_MISMATCH = 1.5
 
 
-def frame_shape_note(config: DataConfig, trained_aspect: float | None, width: int, height: int) -> str | None:
-    """Why frames of ``width`` x ``height`` may be read worse by a whole-frame model than its training
+def frame_aspect_of(fields: Mapping[str, Any]) -> float | None:
+    """``frame_aspect`` of a checkpoint (written by training for whole-frame models) or of the service's /info;
+    None where absent or not a sensible ratio: a note's figure, never a reason to refuse a model."""
+    value = fields.get("frame_aspect")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.01 <= value <= 100:
+        return None
+    return float(value)
+
+
+def frame_shape_note(crop: str, trained_aspect: float | None, width: int, height: int) -> str | None:
+    """Why frames of ``width`` x ``height`` may be read worse by a whole-frame model (``crop``) than its training
     frames (``trained_aspect``: their typical width/height), or None where they fit or it is unknown."""
-    if config.crop not in WHOLE_FRAME_MODES or config.hands or not trained_aspect or width < 1 or height < 1:
+    if crop not in WHOLE_FRAME_MODES or not trained_aspect or width < 1 or height < 1:
         return None
     aspect = width / height
     if max(aspect, trained_aspect) / min(aspect, trained_aspect) < ASPECT_MISMATCH:
         return None
-    fitted = "squeezed" if config.crop == "resize" else "letterboxed"
+    fitted = "squeezed" if crop == "resize" else "letterboxed"
     return (f"these frames are {width}x{height} ({_orientation(aspect)}), and this model was trained on whole frames of "
             f"about {trained_aspect:.2f}:1 ({_orientation(trained_aspect)}), each {fitted} to a square: hands here take "
             "another shape than any it learnt, and it may read them worse; turn the camera to match, or train on frames like these")

@@ -71,6 +71,8 @@ class ModelInfo(BaseModel):
     interpolation: str
     crop: str = Field(description="how an image becomes the model's square: center, letterbox or resize (the whole frame)")
     hands: bool = Field(description="true: the model classifies hand crops, so /predict finds the hands first and answers per hand")
+    frame_aspect: float | None = Field(None, description="a whole-frame model's training frames: their typical width/height, which "
+                                       "frames of another shape (a phone held upright) do not match; null when unknown or not whole-frame")
     metrics: dict[str, Any] = Field(description="validation/test top-1, top-5 and image counts from training")
     data_fingerprint: dict[str, Any] = Field(description="sha256 of the training split file lists")
     device: str

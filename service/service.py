@@ -216,7 +216,7 @@ class GestureClassifier:
         return ModelInfo(
             model=self.model_tag, backbone=self.classifier.backbone, classes=self.classifier.classes,
             input_size=c.input_size, resize_size=c.resize_size, mean=list(c.mean), std=list(c.std),
-            interpolation=c.interpolation, crop=c.crop, hands=c.hands, metrics=self.metadata.get("metrics", {}),
+            interpolation=c.interpolation, crop=c.crop, hands=c.hands, frame_aspect=self.classifier.frame_aspect, metrics=self.metadata.get("metrics", {}),
             data_fingerprint=without_local_path(self.metadata.get("data_fingerprint", {})), device=str(self.classifier.device),
             engine=f"{self.classifier.engine.name}/{self.classifier.engine.precision}",
             settings={**self.settings.describe(), "model": self.model_tag},

@@ -755,7 +755,7 @@ def test_recognizer_recovers_when_the_server_answers_again(monkeypatch, random_h
             raise ServerError("server down")
         return local(bgr)
 
-    flaky.name = "flaky"
+    flaky.name, flaky.frame_shape_note = "flaky", local.frame_shape_note
     logged = []
     recognizer = Recognizer(flaky, Smoother(3), log=logged.append)
     monkeypatch.setattr("service.webcam.demo.RETRY_AFTER_S", 0.0)

@@ -18,6 +18,7 @@ from gesture_core import DataConfig, Preprocess, get_backbone, load_checkpoint, 
 from gesture_core.backbones import build_model
 from gesture_core.preprocess import frame_shape_note
 from service.webcam.demo import EXIT_OK, main
+from service.webcam.scoring import RemoteScorer
 from tests.helpers import synthetic_image, write_rgb
 from tests.test_service_integration import assert_same_as_local, import_cli
 from training.augment import build_eval_transform
@@ -62,7 +63,8 @@ def letterbox_checkpoint(tmp_path_factory):
     config = get_backbone("efficientnet_lite0").data_config.with_input_size(96).with_crop("letterbox")
     path = tmp_path_factory.mktemp("letterbox") / "best.pt"
     save_checkpoint(path, model=build_model("efficientnet_lite0", 4, "imagenet"), backbone="efficientnet_lite0",
-                    classes=["fist", "left", "palm", "right"], data_config=config, train_config={"crop": "letterbox"})  # fmt: skip
+                    classes=["fist", "left", "palm", "right"], data_config=config, train_config={"crop": "letterbox"},
+                    frame_aspect=4 / 3)  # fmt: skip
     return path
 
 
@@ -99,7 +101,13 @@ def serve_and_predict(checkpoint, images, home) -> list[dict]:
     env = {"GESTURE_ENGINE": "torch"}
     with serve_process(bentoml_home=home, env=env, ready_timeout=600) as server:  # generous: a loaded 2-core machine starts it slowly
         with httpx.Client(base_url=server.url, timeout=120) as http:
-            assert http.post("/info").json()["crop"] == "letterbox"  # /info says how the served model sees a frame
+            info = http.post("/info").json()
+            assert info["crop"] == "letterbox" and info["frame_aspect"] == pytest.approx(4 / 3)  # how the served model sees a frame
+            # so the remote webcam says what a local one says of frames of another shape than the training frames'
+            remote = RemoteScorer(server.url)
+            assert remote.frame_shape_note(1920, 1080) == load_classifier(checkpoint, device="cpu").frame_shape_note(1920, 1080)
+            assert remote.frame_shape_note(1920, 1080).startswith("these frames are 1080x1920 (portrait)") and remote.rejection()
+            assert remote.frame_shape_note(480, 640) is None
             answers = [http.post("/predict", files={"image": (p.name, p.read_bytes(), "image/jpeg")}, data={"top_k": "4"}) for p in images]
     assert all(a.status_code == 200 for a in answers), [a.text for a in answers]
     return [a.json() for a in answers]
@@ -142,16 +150,15 @@ def one_colour_clip(path, size: tuple[int, int], frames: int = 3):
 
 
 def test_a_frame_shape_note_only_for_whole_frame_models_of_known_frames():
-    config = get_backbone("lenet5").data_config
-    landscape = frame_shape_note(config.with_crop("letterbox"), 4 / 3, 1080, 1920)
+    landscape = frame_shape_note("letterbox", 4 / 3, 1080, 1920)
     assert landscape.startswith("these frames are 1080x1920 (portrait), and this model was trained on whole frames of about 1.33:1 "
                                 "(landscape), each letterboxed to a square")
-    assert frame_shape_note(config.with_crop("resize"), 9 / 16, 640, 480).startswith("these frames are 640x480 (landscape)")
-    assert frame_shape_note(config.with_crop("resize"), 1.0, 1920, 1080).startswith("these frames are 1920x1080 (landscape), "
+    assert frame_shape_note("resize", 9 / 16, 640, 480).startswith("these frames are 640x480 (landscape)")
+    assert frame_shape_note("resize", 1.0, 1920, 1080).startswith("these frames are 1920x1080 (landscape), "
                                                                                     "and this model was trained on whole frames of about 1.00:1 (square)")
-    assert frame_shape_note(config.with_crop("resize"), 4 / 3, 1920, 1080) is None  # 16:9 on 4:3 is near enough
-    assert frame_shape_note(config.with_crop("center"), 4 / 3, 1080, 1920) is None  # its centre square is what it trained on
-    assert frame_shape_note(config.with_crop("resize"), None, 1080, 1920) is None  # trained before the shape was stored
+    assert frame_shape_note("resize", 4 / 3, 1920, 1080) is None  # 16:9 on 4:3 is near enough
+    assert frame_shape_note("center", 4 / 3, 1080, 1920) is None  # its centre square is what it trained on
+    assert frame_shape_note("resize", None, 1080, 1920) is None  # trained before the shape was stored
 
 
 def test_the_default_crop_auto_keeps_the_centre_of_wide_photos_taken_one_by_one(tmp_path, capsys):

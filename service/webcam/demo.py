@@ -245,8 +245,7 @@ class Recognizer:
         """Once, from the first frame: a local whole-frame model that trained on frames of another shape (a
         portrait phone clip on landscape webcam frames) reads them worse, and the user saw only poor labels."""
         self._shape_checked = True
-        classifier = getattr(self.scorer, "classifier", None)  # a local model: the service does not say how its model trained
-        if classifier is not None and (note := classifier.frame_shape_note(*crop.shape[:2])):
+        if note := self.scorer.frame_shape_note(*crop.shape[:2]):
             self.log(f"note: {note}")
 
     def _outage(self, frame: Frame, timestamp: float, message: str) -> FrameResult:

@@ -28,6 +28,7 @@ from gesture_core import Classifier, ClassScores, Prediction, decode_probs
 from gesture_core.classifier import frame_source
 from gesture_core.hands import HandTracker
 from gesture_core.images import bgr_to_rgb
+from gesture_core.preprocess import frame_aspect_of, frame_shape_note
 from gesture_core.rejection import Rejection
 from gesture_core.runtime import Runtime
 
@@ -86,6 +87,8 @@ class Scorer(Protocol):
     def __call__(self, bgr: np.ndarray) -> Scores | HandsAnswer: ...
 
     def rejection(self) -> Rejection | None: ...  # the model's "no gesture" rule, None if unknown
+
+    def frame_shape_note(self, height: int, width: int) -> str | None: ...  # frames unlike the model's training frames
 
     def close(self) -> None: ...
 
@@ -162,6 +165,9 @@ class LocalScorer:
     def rejection(self) -> Rejection:
         return self.classifier.rejection
 
+    def frame_shape_note(self, height: int, width: int) -> str | None:
+        return self.classifier.frame_shape_note(height, width)
+
     def close(self) -> None:
         if self.classifier.device.type == "cuda":
             torch.cuda.empty_cache()
@@ -188,6 +194,7 @@ class RemoteScorer:
         self._timeout = timeout
         self._jpeg_params = [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality]
         self._connection: http.client.HTTPConnection | None = None
+        self._info_answer: Any = None
 
     def __call__(self, bgr: np.ndarray) -> Scores | HandsAnswer:
         ok, jpeg = cv2.imencode(".jpg", bgr, self._jpeg_params)
@@ -216,10 +223,24 @@ class RemoteScorer:
     def rejection(self) -> Rejection | None:
         """The served model's "no gesture" rule, from /info; None if the service does not say."""
         try:
-            status, body = self._send(self._info_path, b"{}", "application/json")
-            return Rejection.from_checkpoint(json.loads(body)) if status == 200 else None
-        except (ServerError, ValueError, KeyError, TypeError, AttributeError, OverflowError):  # /info answered [1, 2]: an AttributeError
+            return Rejection.from_checkpoint(info) if (info := self._info()) is not None else None
+        except (ValueError, KeyError, TypeError, AttributeError, OverflowError):  # /info answered [1, 2]: an AttributeError
             return None
+
+    def frame_shape_note(self, height: int, width: int) -> str | None:
+        """The served model's ``Classifier.frame_shape_note``, from /info's crop and frame_aspect."""
+        info = self._info()
+        return frame_shape_note(str(info.get("crop")), frame_aspect_of(info), width, height) if isinstance(info, dict) else None
+
+    def _info(self) -> Any:
+        """/info's JSON, read once it answers; None while the service does not."""
+        if self._info_answer is None:
+            try:
+                status, body = self._send(self._info_path, b"{}", "application/json")
+                self._info_answer = json.loads(body) if status == 200 else None
+            except (ServerError, ValueError):
+                return None
+        return self._info_answer
 
     def _send(self, path: str, body: bytes, content_type: str) -> tuple[int, bytes]:
         headers = {"Content-Type": content_type, "Accept": "application/json"}
