@@ -19,6 +19,7 @@ from pathlib import Path
 
 import cv2
 import httpx
+import numpy as np
 import pytest
 
 from benchmarks.server_process import REPO, RunningServer, ServerStartError, free_port, serve_process
@@ -212,6 +213,7 @@ def test_page_names_the_digit_the_camera_shows(server, open_page, sign_digits_ru
     bars = browser.evaluate("[...document.querySelectorAll('#top3 li')].map(li => li.innerText.split(/\\s+/)[0])")
     assert len(bars) == 3 and bars[0] == DIGIT
     assert browser.evaluate(HAND_BOXES) == []  # a whole-image model: no hand boxes
+    assert browser.evaluate("document.getElementById('frame-shape').hidden")  # a centre-crop model takes any frame's square
     test = json.loads((sign_digits_run / "metrics.json").read_text())["test"]
     info = browser.evaluate(text_of("info"))
     assert info.startswith("efficientnet_lite0 · 10 classes: 0, 1, 2") and f"test accuracy {100 * test['top1']:.1f}% on {test['n']} images" in info
@@ -453,3 +455,29 @@ def test_page_draws_each_hand_with_its_label(hands_server, chromium, tmp_path):
         assert box[key] == pytest.approx(value, abs=0.05 * want["width"]), (box, want)
     label, percent = box["label"].rsplit(" ", 1)
     assert label in HAND_CLASSES and re.fullmatch(r"\d+%", percent), box["label"]  # threshold 0: the hand is named
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_a_phone_held_upright_is_told_its_frames_are_not_the_training_frames_shape(chromium, tmp_path):
+    """A whole-frame model of 4:3 frames, and a portrait camera: the page says so (as the OpenCV demo does),
+    and stops saying it when only the centre square, near enough to 4:3, is sent."""
+    from gesture_core import get_backbone, save_checkpoint
+    from gesture_core.backbones import build_model
+
+    checkpoint = save_checkpoint(tmp_path / "whole-frame" / "best.pt", model=build_model("lenet5", 2, "none"), backbone="lenet5",
+                                 classes=["fist", "palm"], data_config=get_backbone("lenet5").data_config.with_crop("resize"),
+                                 train_config={"crop": "resize"}, frame_aspect=4 / 3)  # fmt: skip
+    import_cli(checkpoint, tmp_path / "home")
+    (tmp_path / "browser").mkdir()
+    camera = write_y4m(tmp_path / "portrait.y4m", [np.full((320, 180, 3), 120, np.uint8)] * 10, VIDEO_FPS)
+    note = "document.getElementById('frame-shape')"
+    with serve_process(bentoml_home=tmp_path / "home", ready_timeout=600) as server, \
+            Chromium.launch(tmp_path / "browser", fake_camera=camera, executable=chromium) as browser:
+        browser.navigate(f"{server.url}/demo/")
+        answers_after(browser, 1)
+        assert browser.wait_for(f"!{note}.hidden && {note}.textContent", "the frame-shape note") == (
+            "These frames are 180x320 (portrait), and this model was trained on whole frames of about 1.33:1 (landscape): "
+            "it may read hands here worse. Turn the camera to match.")
+        browser.evaluate("document.getElementById('use-roi').click()")  # the centre square: 1:1 on 4:3 is near enough
+        browser.wait_for(f"{note}.hidden", "the note gone with the centre square")

@@ -20,6 +20,9 @@ const SHOWN_CLASSES = 3;
 const UNCALIBRATED_THRESHOLD = 0.5; // the OpenCV demo's "no gesture" threshold for models from before calibration
 const FPS_WINDOW = 30; // answers per second over the last this many answers
 const FRAME_WAIT_MS = 1000; // longest wait for a new camera frame (a frozen camera still gets answers)
+// gesture_core.preprocess.ASPECT_MISMATCH: frames this many times wider or narrower than a whole-frame
+// model's training frames show hands in another shape than it learnt (a phone held upright)
+const ASPECT_MISMATCH = 1.5;
 
 const $ = (id) => document.getElementById(id);
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -168,7 +171,7 @@ function cropBox(width, height) {
 // The newest camera frame as JPEG (not mirrored: the model was trained on what the camera sees). Its
 // shorter side is cut to twice the model's resize size at most: less to upload and decode, same crop.
 // A hand-crop model finds the hands in the whole frame, small ones too: its frames keep their size.
-// Returns the JPEG and where it lies in the camera frame (to draw the hands' boxes back on it).
+// Returns the JPEG and where it lies in the camera frame (to draw the hands' boxes back on it), at what size.
 function frameJpeg() {
   const video = $("preview");
   const box = cropBox(video.videoWidth, video.videoHeight);
@@ -176,7 +179,7 @@ function frameJpeg() {
   canvas.width = Math.round(box.width * scale);
   canvas.height = Math.round(box.height * scale);
   canvas.getContext("2d").drawImage(video, box.x, box.y, box.width, box.height, 0, 0, canvas.width, canvas.height);
-  const placed = { x: box.x, y: box.y, scaleX: canvas.width / box.width, scaleY: canvas.height / box.height };
+  const placed = { x: box.x, y: box.y, width: box.width, height: box.height, scaleX: canvas.width / box.width, scaleY: canvas.height / box.height };
   return new Promise((resolve, reject) =>
     canvas.toBlob((blob) => (blob ? resolve({ jpeg: blob, placed }) : reject(new Error("could not encode the frame as JPEG"))), "image/jpeg", JPEG_QUALITY));
 }
@@ -288,6 +291,21 @@ function showInfo(info) {
   $("info").textContent = `${info.backbone} · ${info.classes.length} classes: ${info.classes.join(", ")} · ${accuracy}${hands} · ${info.model}${elsewhere}`;
 }
 
+// What the OpenCV demo says once (gesture_core.preprocess.frame_shape_note), shown while it holds:
+// /info's frame_aspect is the training frames' width/height, for whole-frame models only.
+function showFrameShape(info, width, height) {
+  const trained = info.frame_aspect;
+  const aspect = width / height;
+  const differs = Boolean(trained) && ["resize", "letterbox"].includes(info.crop) && width > 0 && height > 0
+    && Math.max(aspect, trained) / Math.min(aspect, trained) >= ASPECT_MISMATCH;
+  const orientation = (a) => (a < 1 / 1.1 ? "portrait" : a > 1.1 ? "landscape" : "square");
+  $("frame-shape").hidden = !differs;
+  if (differs) {
+    $("frame-shape").textContent = `These frames are ${width}x${height} (${orientation(aspect)}), and this model was trained on ` +
+      `whole frames of about ${trained.toFixed(2)}:1 (${orientation(trained)}): it may read hands here worse. Turn the camera to match.`;
+  }
+}
+
 function showPrediction(prediction, latencyMs) {
   const label = $("label");
   label.textContent = prediction.label ?? "no gesture";
@@ -363,6 +381,7 @@ async function recognise() {
       await frameAfter(sentFrame);
       sentFrame = cameraFrames;
       const { jpeg, placed } = await frameJpeg();
+      showFrameShape(info, placed.width, placed.height);
       const started = performance.now();
       const answer = await predict(jpeg);
       const latencyMs = performance.now() - started;
