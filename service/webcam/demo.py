@@ -242,8 +242,8 @@ class Recognizer:
         return FrameResult(frame.index, timestamp, smoothed, raw, latency, hands=hands)
 
     def _say_if_shape_differs(self, crop: np.ndarray) -> None:
-        """Once, from the first frame: a local whole-frame model that trained on frames of another shape (a
-        portrait phone clip on landscape webcam frames) reads them worse, and the user saw only poor labels."""
+        """Once, from the first frame: a whole-frame model (local or served) that trained on frames of another
+        shape (a portrait phone clip on landscape webcam frames) reads them worse, and the user saw only poor labels."""
         self._shape_checked = True
         if note := self.scorer.frame_shape_note(*crop.shape[:2]):
             self.log(f"note: {note}")
