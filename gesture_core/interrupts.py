@@ -17,8 +17,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 EXIT_INTERRUPTED = 130  # what a shell reports for a process stopped by Ctrl-C (128 + SIGINT)
-EXIT_TERMINATED = 143  # 128 + SIGTERM
-_terminated = False  # whether the KeyboardInterrupt came from SIGTERM (terminate_as_interrupt)
+# SIGTERM: what timeout, kill, systemd and docker stop send; SIGHUP: the terminal closed (not under nohup)
+STOP_SIGNALS = (signal.SIGTERM, *([signal.SIGHUP] if hasattr(signal, "SIGHUP") else []))
+_stopped_by: int | None = None  # the stop signal a KeyboardInterrupt came from (terminate_as_interrupt)
 
 
 def _interrupted_while_importing(signum: int, frame: object) -> None:
@@ -41,17 +42,22 @@ def restore_python_interrupts() -> None:
 
 
 def _terminate(signum: int, frame: object) -> None:
-    global _terminated
-    _terminated = True
+    global _stopped_by
+    _stopped_by = signum
     raise KeyboardInterrupt
 
 
 def terminate_as_interrupt() -> None:
-    """SIGTERM (what ``timeout``, ``kill`` and job schedulers send) raises KeyboardInterrupt, as Ctrl-C does, so
-    each step that keeps its work on Ctrl-C keeps it then too; a run ended at once, with no line, no resume hint
-    and, mid-save, a temporary file of a checkpoint's size. For a command's process only (not a test's or a server's)."""
-    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
-        signal.signal(signal.SIGTERM, _terminate)
+    """SIGTERM (what ``timeout``, ``kill`` and job schedulers send) and SIGHUP (the terminal closed) raise
+    KeyboardInterrupt, as Ctrl-C does, so each step that keeps its work on Ctrl-C keeps it then too; a run ended at
+    once, with no line, no resume hint and, mid-save, a temporary file of a checkpoint's size, and the webcam demo's
+    video was left unplayable. A signal ignored (``nohup``) stays ignored. For a command's process only (not a test's
+    or a server's)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for signum in STOP_SIGNALS:
+        if signal.getsignal(signum) == signal.SIG_DFL:
+            signal.signal(signum, _terminate)
 
 
 def end_quietly_on_interrupt(exit_code: int) -> None:
@@ -69,13 +75,14 @@ def end_quietly_on_interrupt(exit_code: int) -> None:
                 pass
         os._exit(exit_code)
 
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, end)
+    for signum in (signal.SIGINT, *STOP_SIGNALS):
+        if signal.getsignal(signum) != signal.SIG_IGN:
+            signal.signal(signum, end)
 
 
 def interrupted_exit_code() -> int:
-    """What a shell would report for the signal that stopped the command: 130 for Ctrl-C, 143 for SIGTERM."""
-    return EXIT_TERMINATED if _terminated else EXIT_INTERRUPTED
+    """What a shell would report for the signal that stopped the command: 130 for Ctrl-C, 143 for SIGTERM, 129 for SIGHUP."""
+    return EXIT_INTERRUPTED if _stopped_by is None else 128 + _stopped_by
 
 
 @contextmanager
@@ -87,7 +94,7 @@ def interrupts_deferred() -> Iterator[None]:
         yield
         return
     caught: list[int] = []
-    handlers = {signum: signal.signal(signum, lambda signum, frame: caught.append(signum)) for signum in (signal.SIGINT, signal.SIGTERM)}
+    handlers = {signum: signal.signal(signum, lambda signum, frame: caught.append(signum)) for signum in (signal.SIGINT, *STOP_SIGNALS)}
     try:
         yield
     finally:

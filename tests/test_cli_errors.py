@@ -1089,7 +1089,7 @@ def test_ctrl_c_while_a_command_imports_torch_is_one_line_and_exit_130(module):
     assert (done.returncode, done.stderr.strip()) == (130, "interrupted"), done.stderr[-2000:]
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
 def test_a_signal_after_a_command_has_finished_ends_it_quietly_with_its_exit_code(tmp_path, signum):
     """A Ctrl-C in the second of teardown after "finished" was a KeyboardInterrupt traceback and exit code -2."""
     script = tmp_path / "finishing.py"
@@ -1109,7 +1109,7 @@ if __name__ == "__main__":
     sys.exit(code)
 """)
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60,
-                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as from a terminal
+                          preexec_fn=lambda: signal.signal(signum, signal.SIG_DFL))  # as from a terminal (not under nohup)
     assert (done.returncode, done.stdout, done.stderr) == (3, "finished\n", "")
 
 

@@ -100,8 +100,10 @@ def test_resume_after_interruption_gives_the_same_next_epoch(dataset, tmp_path, 
             torch.testing.assert_close(state_a[key], state_b[key], rtol=0, atol=1e-5)
 
 
-def test_sigterm_stops_a_run_as_ctrl_c_does_with_the_resume_command_and_exit_143(dataset, tmp_path, monkeypatch):
-    """SIGTERM (what timeout, kill and job schedulers send) ended a run at once: no line, no resume command."""
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_sigterm_stops_a_run_as_ctrl_c_does_with_the_resume_command_and_exit_143(dataset, tmp_path, monkeypatch, signum):
+    """SIGTERM (what timeout, kill and job schedulers send) ended a run at once: no line, no resume command; so did
+    SIGHUP (the terminal closed), whose exit code is 129."""
     import subprocess
 
     from tests.helpers import REPO
@@ -109,13 +111,14 @@ def test_sigterm_stops_a_run_as_ctrl_c_does_with_the_resume_command_and_exit_143
     command = [sys.executable, "-m", "training.finetune", "--data", str(dataset), "--backbone", "lenet5", "--weights", "none",
                "--epochs", "500", "--workers", "0", "--out", str(tmp_path / "run")]
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"})
+                               env={**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"},
+                               preexec_fn=lambda: signal.signal(signum, signal.SIG_DFL))  # as from a terminal, not under nohup
     for line in process.stdout:
         if line.startswith("epoch   2/"):  # last.pt holds epoch 1 or 2, whichever the signal finds
             break
-    process.send_signal(signal.SIGTERM)
+    process.send_signal(signum)
     _, err = process.communicate(timeout=120)
-    assert process.returncode == 143, err[-2000:]
+    assert process.returncode == 128 + signum, err[-2000:]
     monkeypatch.chdir(REPO)  # the command's folder: .venv/bin/python, where the suite runs from the repository's venv
     assert err.strip().splitlines()[-1] == f"interrupted; continue with: {python_command()} -m training.finetune --resume {tmp_path / 'run' / 'last.pt'}"
     assert not [p.name for p in (tmp_path / "run").iterdir() if p.name.endswith(".tmp")]

@@ -12,6 +12,7 @@ import math
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -533,6 +534,28 @@ def test_ctrl_c_while_the_model_loads_is_one_line_not_a_traceback(monkeypatch, s
     except KeyboardInterrupt:  # uncaught, it would stop this test session rather than fail the test
         pytest.fail("Ctrl-C escaped main as a KeyboardInterrupt: a traceback")
     assert code == 130 and capsys.readouterr().err.strip() == "interrupted"
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_sigterm_or_a_closed_terminal_ends_the_run_as_ctrl_c_does_with_a_playable_video(tmp_path, random_head_checkpoint, signum):
+    """SIGTERM (timeout, kill, systemd, docker stop) or SIGHUP (the terminal closed) ended the demo at once: no
+    summary, and an MP4 without its index that nothing could play, every frame of the recording lost."""
+    clip = tmp_path / "long.mp4"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (64, 48))
+    for i in range(300):  # 30 s at its own speed (--realtime): far longer than the test waits
+        writer.write(np.full((48, 64, 3), i % 256, np.uint8))
+    writer.release()
+    process = subprocess.Popen([sys.executable, "-m", "service.webcam", "--checkpoint", str(random_head_checkpoint), "--source", str(clip),
+                                "--headless", "--realtime", "--output", str(tmp_path / "out.mp4")], cwd=REPO, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, preexec_fn=lambda: signal.signal(signum, signal.SIG_DFL))  # fmt: skip
+    # (as from a terminal: this suite may run under nohup, which leaves SIGHUP ignored for its children)
+    assert "(headless)" in process.stderr.readline()  # the run has begun (the model loaded and warmed up)
+    time.sleep(1.5)
+    process.send_signal(signum)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == EXIT_OK and err.strip() == "interrupted", err[-2000:]
+    shown = int(re.match(r"summary: (\d+) frames", out).group(1))
+    assert 5 <= shown < 300 and count_frames(tmp_path / "out.mp4")[0] == shown  # every frame shown is in the video
 
 
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs Linux's /dev/full, a disk that is always full")
