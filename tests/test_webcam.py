@@ -167,7 +167,7 @@ def test_vote_smoothing_and_roi_on_an_image_sequence(sign_digits_run, tmp_path):
                   Options(roi=0.5, smooth=5, vote=True, threshold=0.3, jsonl=tmp_path / "p.jsonl"), log=lambda m: None)
     assert summary.frames == 12 and summary.error is None
     assert seen == [(FRAME_SIZE, FRAME_SIZE, 3)] * 12
-    assert summary.labels[-1] == "5"
+    assert summary.last_label == "5"
 
 
 # ----------------------------------------------------------------------------- remote mode, real bentoml serve
@@ -778,7 +778,7 @@ def test_recognizer_recovers_when_the_server_answers_again(monkeypatch, random_h
             raise ServerError("server down")
         return local(bgr)
 
-    flaky.name, flaky.frame_shape_note = "flaky", local.frame_shape_note
+    flaky.name = "flaky"
     logged = []
     recognizer = Recognizer(flaky, Smoother(3), log=logged.append)
     monkeypatch.setattr("service.webcam.demo.RETRY_AFTER_S", 0.0)
@@ -911,6 +911,20 @@ def test_the_output_video_lasts_as_long_as_its_source_when_frames_are_dropped(tm
     while (frame := video.read()[1]) is not None:
         written.append(round(float(frame.mean()) / 10) * 10)
     assert written == [0, 0, 0, 120, 250]  # the frame shown last, again for each dropped one
+
+
+def test_a_runs_latencies_take_bounded_memory_and_still_give_its_percentiles():
+    """One list entry per frame grew a demo left running by 0.1-0.3 GB a day (a soak probe)."""
+    from service.webcam.demo import LatencySample
+
+    sample = LatencySample(size=1000)
+    for ms in range(1000):
+        sample.add(float(ms))
+    assert sample.percentile(50) == pytest.approx(499.5)  # every latency so far: exact
+    for ms in range(1000, 100_000):
+        sample.add(float(ms))
+    assert (len(sample.values), sample.seen) == (1000, 100_000)
+    assert sample.percentile(50) == pytest.approx(50_000, rel=0.1) and sample.percentile(95) == pytest.approx(95_000, rel=0.05)
 
 
 def test_a_variable_frame_rate_clip_is_written_at_its_frames_times(tmp_path):
