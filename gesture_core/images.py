@@ -618,8 +618,11 @@ def upright_size(data: bytes) -> tuple[int, int]:
     """``probe_image``'s (width, height) as the image is shown: a photo whose EXIF orientation turns it a
     quarter (5-8, a phone held upright) swaps them, as decoding does (``ImageOps.exif_transpose``)."""
     width, height = probe_image(data)[1]
-    with _pil_errors_as_decode_errors(), Image.open(io.BytesIO(data), formats=DECODED_FORMATS) as img:
-        turned = img.getexif().get(ExifTags.Base.Orientation, 1) in (5, 6, 7, 8)
+    try:
+        with Image.open(io.BytesIO(data), formats=DECODED_FORMATS) as img:
+            turned = img.getexif().get(ExifTags.Base.Orientation, 1) in (5, 6, 7, 8)
+    except Exception:  # noqa: BLE001 - PIL raises a zoo of types; a file it does not open has no EXIF for it to apply
+        turned = False
     return (height, width) if turned else (width, height)
 
 
