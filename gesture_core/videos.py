@@ -10,6 +10,11 @@ import os
 
 from gesture_core.images import VIDEO_FRAME_EVERY
 
+# Two frames' times in a video file further apart than this are a jump in its timestamps (camcorder .ts
+# files joined with cat, a damaged file), not a slow stretch of a variable frame rate: played or written
+# at their times, a jump of an hour was an hour of waiting, or of the same frame written again.
+TIMESTAMP_JUMP_S = 2.0
+
 NOT_DECODED = "the file is not a video OpenCV/FFmpeg can decode (try re-encoding it as H.264 .mp4 or MJPG .avi)"
 
 

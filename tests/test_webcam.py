@@ -309,6 +309,48 @@ def test_live_capture_drops_stale_frames_and_serves_the_newest(tmp_path, sign_di
     assert grabber.dropped == 60 - len(taken) > 0
 
 
+class JoinedRecordings:
+    """A video file of 6 frames at 10 fps whose times jump an hour after the third (camcorder .ts files joined with cat)."""
+
+    def __init__(self):
+        self.read_count, self.ms = 0, 0.0
+
+    def read(self):
+        if self.read_count == 6:
+            return False, None
+        self.ms = self.read_count * 100 + (3_600_000 if self.read_count >= 3 else 0)
+        self.read_count += 1
+        return True, np.full((8, 8, 3), 40 * self.read_count, np.uint8)
+
+    def get(self, prop):
+        return self.ms if prop == cv2.CAP_PROP_POS_MSEC else 6 if prop == cv2.CAP_PROP_FRAME_COUNT else 0
+
+    def release(self):
+        pass
+
+
+def test_a_jump_in_a_files_times_is_neither_waited_out_nor_written_out(tmp_path):
+    """--realtime played each frame at its time in the file, so an hour's jump in the times was an hour's wait;
+    --output filled the jump with 36,000 copies of one frame."""
+    from types import SimpleNamespace
+
+    from service.webcam.demo import Outputs
+
+    start, frames = time.perf_counter(), []
+    with FrameGrabber(JoinedRecordings(), live=False, drop_stale=False, pace_fps=10) as grabber:
+        while (frame := grabber.latest(timeout=10)) is not None:
+            frames.append(frame)
+    assert len(frames) == 6 and time.perf_counter() - start < 5  # about 0.5 s: the frames' own pace, the jump left out
+    assert frames[3].position_s == pytest.approx(3600.3)  # the JSONL still says where each frame is in the file
+    outputs = Outputs(Options(output=tmp_path / "out.avi"), fps=10.0, log=lambda m: None)
+    for frame in frames:
+        outputs.write(SimpleNamespace(index=frame.index, position_s=frame.position_s), frame.image)
+    # and a frame dropped after the jump (index 7, 0.2 s on) is still filled in
+    outputs.write(SimpleNamespace(index=7, position_s=3600.7), np.full((8, 8, 3), 250, np.uint8))
+    outputs.close()
+    assert count_frames(tmp_path / "out.avi")[0] == 8
+
+
 def test_file_as_fast_as_possible_hands_over_every_frame(tmp_path, sign_digits):
     video = write_video(tmp_path / "clip.mp4", sorted((sign_digits / "4").iterdir())[:5], 25)
     with FrameGrabber(cv2.VideoCapture(str(video)), live=False, drop_stale=False) as grabber:

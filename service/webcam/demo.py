@@ -45,6 +45,7 @@ from gesture_core.cli import (
     output_arg,
 )
 from gesture_core.runtime import Runtime, add_runtime_arguments
+from gesture_core.videos import TIMESTAMP_JUMP_S
 from service.webcam.grabber import Frame, FrameGrabber
 from service.webcam.overlay import OverlayInfo, centred_roi, render
 from service.webcam.scoring import (
@@ -298,7 +299,9 @@ class Outputs:
         self._writer: cv2.VideoWriter | None = None
         self._size: tuple[int, int] = (0, 0)  # the video's (height, width), from its first frame
         self._resized_said = False
-        self._last: tuple[int, np.ndarray] | None = None  # the index and image of the frame written last
+        self._last: tuple[int, np.ndarray] | None = None  # the slot and image of the frame written last
+        self._slot_shift = 0  # frames' slots move back by this after a jump in a file's times (_slot)
+        self._lead: float | None = None  # the last video frame's time less its count over the fps (_slot)
         self._jsonl = None
         self.saved: set[int] = set()  # frame indices saved as snapshots
         if options.jsonl:
@@ -365,7 +368,14 @@ class Outputs:
         file's frame goes where its time in the video falls, others by their index. By index, a phone's
         variable-frame-rate clip drifted from its source: its slow stretches were written sped up."""
         position = getattr(result, "position_s", None)
-        slot = result.index if position is None else round(position * self.fps)
+        if position is not None:
+            # how far the frame's time runs ahead of its count: dropped frames leave it as it was, a jump in the
+            # file's times moves it at once, and that jump is not a gap to fill
+            lead = position - result.index / self.fps
+            if self._lead is not None and lead - self._lead > TIMESTAMP_JUMP_S:
+                self._slot_shift -= round((lead - self._lead) * self.fps)
+            self._lead = lead
+        slot = (result.index if position is None else round(position * self.fps)) + self._slot_shift
         # a burst of frames faster than the mean rate shares a slot: each is written, on from the last
         return slot if self._last is None else max(slot, self._last[0] + 1)
 

@@ -133,7 +133,10 @@ class FrameGrabber:
             failing_since = None
             position = self._position()
             if self._pace:  # at the frame's own time: a phone's variable frame rate played at its average ran late, then early
-                delay = start + (position if position is not None else self.read_count * self._pace) - time.perf_counter()
+                due = position if position is not None else self.read_count * self._pace
+                delay = start + due - time.perf_counter()
+                if abs(delay) > videos.TIMESTAMP_JUMP_S:  # the file's times jumped (or decoding fell behind): go on from here
+                    start, delay = time.perf_counter() - due, 0.0
                 if delay > 0:
                     time.sleep(delay)
                 now = time.perf_counter()
