@@ -141,6 +141,18 @@ def test_the_default_crop_auto_keeps_the_whole_frame_of_wide_recordings_and_stor
                           "may read them worse; turn the camera to match, or train on frames like these"] if said else []), logged
 
 
+def test_the_frames_shape_is_their_median_and_none_for_frames_of_many_shapes(tmp_path):
+    from training.augment import frame_aspect
+
+    def frames(name, shapes):
+        return [str(write_rgb(tmp_path / name / f"{i}.png", np.zeros(shape, np.uint8))) for i, shape in enumerate(shapes)]
+
+    assert frame_aspect(frames("landscape", [(48, 64, 3)] * 9 + [(64, 48, 3)] * 3)) == pytest.approx(4 / 3, abs=0.01)
+    # a third portrait: the model learnt both shapes, and neither is "the" shape to note others against
+    assert frame_aspect(frames("mixed", [(48, 64, 3)] * 8 + [(64, 48, 3)] * 4)) is None
+    assert frame_aspect([str(tmp_path / "missing.png")]) is None
+
+
 def one_colour_clip(path, size: tuple[int, int], frames: int = 3):
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, size[::-1])
     for _ in range(frames):

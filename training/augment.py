@@ -15,7 +15,7 @@ from albumentations.pytorch import ToTensorV2  # noqa: E402
 
 from gesture_core.class_names import name_words, unglue  # noqa: E402
 from gesture_core.images import ImageDecodeError, read_image_file, upright_size  # noqa: E402
-from gesture_core.preprocess import CROP_MODES, WHOLE_FRAME_MODES, DataConfig, Preprocess  # noqa: E402
+from gesture_core.preprocess import ASPECT_MISMATCH, CROP_MODES, WHOLE_FRAME_MODES, DataConfig, Preprocess  # noqa: E402
 
 PRESETS = ("default", "light", "none")
 FLIP_CHOICES = ("auto", "on", "off")
@@ -125,6 +125,7 @@ def resolve_flip(setting: str, classes: Sequence[str]) -> tuple[bool, str]:
 CROP_CHOICES = ("auto", *CROP_MODES)
 FAR_FROM_SQUARE = 1.2  # longer/shorter side: 4:3 webcam frames (1.33) are, 5:4 and squarer photos are not
 ASPECT_SAMPLE = 200  # about this many image headers read to decide --crop auto: every n-th image, 200 to 399 of them
+OTHER_SHAPES = 0.25  # frame_aspect: above this share of frames of another shape, the frames have no one shape
 
 
 def resolve_crop(setting: str, paths: Sequence[str], recordings: bool, whole_frame: str = "resize") -> tuple[str, str]:
@@ -153,10 +154,16 @@ def resolve_crop(setting: str, paths: Sequence[str], recordings: bool, whole_fra
 
 
 def frame_aspect(paths: Sequence[str]) -> float | None:
-    """The training frames' typical width/height (the median of a sample of headers), None for no readable one:
-    stored in the checkpoint, so the webcam can say when a whole-frame model sees frames of another shape."""
+    """The training frames' typical width/height (the median of a sample of headers): stored in the checkpoint, so
+    the webcam can say when a whole-frame model sees frames of another shape. None for no readable image, and for
+    frames of many shapes (more than OTHER_SHAPES of them ASPECT_MISMATCH off the median: portrait and landscape
+    recordings together), which taught the model more than one shape."""
     ratios = [w / max(1, h) for w, h in _sampled_sizes(paths)]
-    return round(float(np.median(ratios)), 3) if ratios else None
+    if not ratios:
+        return None
+    median = float(np.median(ratios))
+    others = sum(max(r, median) / min(r, median) >= ASPECT_MISMATCH for r in ratios)
+    return round(median, 3) if others <= OTHER_SHAPES * len(ratios) else None
 
 
 def _sampled_sizes(paths: Sequence[str]) -> list[tuple[int, int]]:
