@@ -201,12 +201,14 @@ class GestureClassifier:
             raise BadInput(too_many_images(len(uploads), self.settings.batch_size))
         # the uploads are decoded side by side, as many at once as decode_slots allows (they were decoded one after another)
         if self.classifier.hands_mode:
-            found = await in_order(self.find_hands(upload, field) for upload, field in zip(uploads, fields, strict=True))
+            found = first_failure_raised(await settled(self.find_hands(upload, field) for upload, field in zip(uploads, fields, strict=True)))
             scores = await asyncio.gather(*(self.batcher.many(crops) for _, crops in found))
             return [self.hands_prediction(hands, p, top_k, threshold) for (hands, _), p in zip(found, scores, strict=True)]
-        inputs = await in_order(self.model_input(upload, field) for upload, field in zip(uploads, fields, strict=True))
-        scores = await in_order(self.batcher(item) for item in inputs)
-        return [self.prediction(p, top_k, threshold) for p in scores]
+        # a large upload is decoded here, a small one with its batch: which failed is known once both have run
+        inputs = await settled(self.model_input(upload, field) for upload, field in zip(uploads, fields, strict=True))
+        scores = iter(await settled(self.batcher(item) for item in inputs if not isinstance(item, BaseException)))
+        answers = [item if isinstance(item, BaseException) else next(scores) for item in inputs]
+        return [self.prediction(p, top_k, threshold) for p in first_failure_raised(answers)]
 
     @bentoml.api
     def info(self) -> ModelInfo:
@@ -284,10 +286,14 @@ def crop_upload(classifier: Classifier, upload: Path | bytes, what: str, limits:
         raise BadInput(f"{what}: {err}") from None
 
 
-async def in_order(awaitables: Iterable[Awaitable[Any]]) -> list[Any]:
-    """Their results, run side by side; then the first failure in their order is raised: a batch's error names
+async def settled(awaitables: Iterable[Awaitable[Any]]) -> list[Any]:
+    """Their results or exceptions, in their order, run side by side."""
+    return await asyncio.gather(*awaitables, return_exceptions=True)
+
+
+def first_failure_raised(results: list[Any]) -> list[Any]:
+    """``results``, unless one is an exception: then the first in their order is raised, so a batch's error names
     the first image sent that does not decode, whichever failed first in time."""
-    results = await asyncio.gather(*awaitables, return_exceptions=True)
     if failed := next((r for r in results if isinstance(r, BaseException)), None):
         raise failed
     return results

@@ -415,6 +415,8 @@ def test_large_uploads_are_decoded_a_few_at_a_time_whatever_arrives_together(svc
     cut = large[: len(large) - 5000]  # a truncated PNG, still large
     with pytest.raises(BadInput, match=r"^images_b64\[1\]: "):  # the first in the order sent, whichever failed first
         asyncio.run(svc.predict_batch(images_b64=[large, cut, large, cut[:-1]]))
+    with pytest.raises(BadInput, match=r"^images_b64\[2\]: "):  # a small one, decoded with its batch, before a large one
+        asyncio.run(svc.predict_batch(images_b64=[large, large, b"not an image", cut]))
 
 
 def test_an_upload_that_does_not_decode_fails_alone_in_a_shared_model_call(svc, reference):
