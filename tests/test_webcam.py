@@ -774,6 +774,15 @@ def test_server_errors_become_an_outage_not_a_crash(misbehaving_server, short_cl
     assert server.requests < 12  # while out, frames are shown without waiting on the server each time
 
 
+def test_json_nested_too_deep_for_python_is_something_other_than_a_prediction(misbehaving_server):
+    """A service (or a proxy) answering 100,000 nested lists stopped --url mode with a RecursionError traceback."""
+    server = misbehaving_server(b"[" * 100_000)
+    engine = RemoteScorer(f"http://127.0.0.1:{server.server_address[1]}", timeout=5)
+    with pytest.raises(ServerError, match="answered something other than a prediction"):
+        engine(np.zeros((64, 64, 3), np.uint8))
+    assert engine.rejection() is None and engine.frame_shape_note(1920, 1080) is None  # /info's answer is nothing to go by
+
+
 TOP_K = [{"label": "1", "score": 0.9}]
 
 

@@ -238,7 +238,7 @@ class RemoteScorer:
             try:
                 status, body = self._send(self._info_path, b"{}", "application/json")
                 self._info_answer = json.loads(body) if status == 200 else None
-            except (ServerError, ValueError):
+            except (ServerError, ValueError, RecursionError):  # RecursionError: JSON nested 100,000 deep
                 return None
         return self._info_answer
 
@@ -274,7 +274,7 @@ class RemoteScorer:
             if hands is not None:
                 scores = HandsAnswer(tuple(HandScores(_box(hand["box"]), hand.get("handedness"),
                                                       _probability(hand["hand_score"]), _top_k_scores(hand)) for hand in hands))
-        except (ValueError, KeyError, TypeError, AttributeError, OverflowError):
+        except (ValueError, KeyError, TypeError, AttributeError, OverflowError, RecursionError):
             raise ServerError(f"{self.url}/predict answered something other than a prediction: {_error_text(body)}") from None
         self.model = answer.get("model") or self.model
         return scores
@@ -309,7 +309,7 @@ def _error_text(body: bytes, limit: int = 200) -> str:
         answer = json.loads(text)
         if isinstance(answer, dict) and ("error" in answer or "detail" in answer):
             text = str(answer.get("error") or answer.get("detail"))
-    except ValueError:
+    except (ValueError, RecursionError):
         pass
     text = " ".join(text.split())  # one line: a proxy's HTML error page took ten of the log, and of each JSON line's error
     return (text[:limit] + " …") if len(text) > limit else (text or "(empty body)")
