@@ -24,15 +24,20 @@ _stopped_by: int | None = None  # the stop signal a KeyboardInterrupt came from 
 
 def _interrupted_while_importing(signum: int, frame: object) -> None:
     os.write(2, b"\ninterrupted\n")
-    os._exit(EXIT_INTERRUPTED)  # nothing is written before main runs, so there is nothing to close or keep
+    os._exit(128 + signum)  # nothing is written before main runs, so there is nothing to close or keep
 
 
 def quiet_interrupts_while_importing() -> None:
-    """Exit with one line on Ctrl-C until ``main`` starts, when Python is importing the packages of
-    ``python -m PACKAGE.COMMAND`` (``sys.argv[0]`` is "-m" until the command's module is found). A library
-    import (a test, ``bentoml serve``, a notebook) keeps Python's handler."""
-    if sys.argv[:1] == ["-m"] and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+    """Exit with one line on Ctrl-C, SIGTERM or SIGHUP until ``main`` starts, when Python is importing the packages
+    of ``python -m PACKAGE.COMMAND`` (``sys.argv[0]`` is "-m" until the command's module is found). A library import
+    (a test, ``bentoml serve``, a notebook) keeps Python's handlers; a signal ignored (``nohup``) stays ignored."""
+    if sys.argv[:1] != ["-m"]:
+        return
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         signal.signal(signal.SIGINT, _interrupted_while_importing)
+    for signum in STOP_SIGNALS:  # a command's main makes them KeyboardInterrupts (terminate_as_interrupt)
+        if signal.getsignal(signum) == signal.SIG_DFL:
+            signal.signal(signum, _interrupted_while_importing)
 
 
 def restore_python_interrupts() -> None:
@@ -56,7 +61,7 @@ def terminate_as_interrupt() -> None:
     if threading.current_thread() is not threading.main_thread():
         return
     for signum in STOP_SIGNALS:
-        if signal.getsignal(signum) == signal.SIG_DFL:
+        if signal.getsignal(signum) in (signal.SIG_DFL, _interrupted_while_importing):
             signal.signal(signum, _terminate)
 
 

@@ -1063,12 +1063,13 @@ def test_the_webcam_and_visualize_say_when_they_show_a_runs_last_pt(run, dataset
             assert [str(w.message) for w in caught if "training state" in str(w.message)] == said
 
 
-def interrupted_while_importing_torch(module: str) -> subprocess.CompletedProcess:
-    """``python -m MODULE /no/such/folder``, sent Ctrl-C (SIGINT) once torch's library is loaded, while its import goes on."""
-    # As from a terminal: SIGINT at its default, whatever this test process was left with (a process started with it
-    # ignored, as nohup and `cmd &` in a script do, never sees Ctrl-C, and Python then installs no handler for it).
+def interrupted_while_importing_torch(module: str, signum: int = signal.SIGINT) -> subprocess.CompletedProcess:
+    """``python -m MODULE /no/such/folder``, sent Ctrl-C (SIGINT) or ``signum`` once torch's library is loaded, while its
+    import goes on."""
+    # As from a terminal: the signal at its default, whatever this test process was left with (a process started with
+    # SIGINT ignored, as nohup and `cmd &` in a script do, never sees Ctrl-C, and Python then installs no handler for it).
     process = subprocess.Popen([sys.executable, "-m", module, "/no/such/folder"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                               text=True, preexec_fn=lambda: signal.signal(signum, signal.SIG_DFL))
     maps = f"/proc/{process.pid}/maps"
     deadline = time.monotonic() + 60
     while process.poll() is None and time.monotonic() < deadline:
@@ -1076,7 +1077,7 @@ def interrupted_while_importing_torch(module: str) -> subprocess.CompletedProces
             if "libtorch_cpu" in mapped.read():
                 break
         time.sleep(0.002)
-    process.send_signal(signal.SIGINT)
+    process.send_signal(signum)
     out, err = process.communicate(timeout=60)
     return subprocess.CompletedProcess(process.args, process.returncode, out, err)
 
@@ -1087,6 +1088,14 @@ def test_ctrl_c_while_a_command_imports_torch_is_one_line_and_exit_130(module):
     """A Ctrl-C in the seconds before main ran printed Python's KeyboardInterrupt traceback through the imports."""
     done = interrupted_while_importing_torch(module)
     assert (done.returncode, done.stderr.strip()) == (130, "interrupted"), done.stderr[-2000:]
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads /proc/PID/maps to know that torch is being imported")
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_sigterm_or_sighup_while_a_command_imports_torch_is_one_line_too(signum):
+    """They ended the command without a word (the webcam demo imports for seconds before its main runs)."""
+    done = interrupted_while_importing_torch("service.webcam", signum)
+    assert (done.returncode, done.stderr.strip()) == (128 + signum, "interrupted"), done.stderr[-2000:]
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])

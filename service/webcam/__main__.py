@@ -1,9 +1,12 @@
 import sys
 
-from gesture_core.interrupts import terminate_as_interrupt
+from gesture_core.interrupts import end_quietly_on_interrupt, terminate_as_interrupt
 from service.webcam.demo import main
 
-# SIGTERM and SIGHUP end the run as Ctrl-C does (the video finished, the summary said): @command does this
-# for a module run as __main__, and main's module here is service.webcam.demo
+# What @command does for a command run as __main__ (main's module here is service.webcam.demo): SIGTERM and
+# SIGHUP end the run as Ctrl-C does (the video finished, the summary said), and once main has returned a
+# second signal ends the process quietly, not with a traceback from torch's exit handlers.
 terminate_as_interrupt()
-sys.exit(main())
+code = main()
+end_quietly_on_interrupt(code)
+sys.exit(code)
