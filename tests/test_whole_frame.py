@@ -166,8 +166,8 @@ def test_a_frame_shape_note_only_for_whole_frame_models_of_known_frames():
     assert landscape.startswith("these frames are 1080x1920 (portrait), and this model was trained on whole frames of about 1.33:1 "
                                 "(landscape), each letterboxed to a square")
     assert frame_shape_note("resize", 9 / 16, 640, 480).startswith("these frames are 640x480 (landscape)")
-    assert frame_shape_note("resize", 1.0, 1920, 1080).startswith("these frames are 1920x1080 (landscape), "
-                                                                                    "and this model was trained on whole frames of about 1.00:1 (square)")
+    square = frame_shape_note("resize", 1.0, 1920, 1080)
+    assert square.startswith("these frames are 1920x1080 (landscape), and this model was trained on whole frames of about 1.00:1 (square)")
     assert frame_shape_note("resize", 4 / 3, 1920, 1080) is None  # 16:9 on 4:3 is near enough
     assert frame_shape_note("center", 4 / 3, 1080, 1920) is None  # its centre square is what it trained on
     assert frame_shape_note("resize", None, 1080, 1920) is None  # trained before the shape was stored
