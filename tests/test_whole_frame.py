@@ -142,15 +142,15 @@ def test_the_default_crop_auto_keeps_the_whole_frame_of_wide_recordings_and_stor
 
 
 def test_the_frames_shape_is_their_median_and_none_for_frames_of_many_shapes(tmp_path):
-    from training.augment import frame_aspect
+    from training.augment import frame_aspect, sampled_sizes
 
     def frames(name, shapes):
         return [str(write_rgb(tmp_path / name / f"{i}.png", np.zeros(shape, np.uint8))) for i, shape in enumerate(shapes)]
 
-    assert frame_aspect(frames("landscape", [(48, 64, 3)] * 9 + [(64, 48, 3)] * 3)) == pytest.approx(4 / 3, abs=0.01)
+    assert frame_aspect(sampled_sizes(frames("landscape", [(48, 64, 3)] * 9 + [(64, 48, 3)] * 3))) == pytest.approx(4 / 3, abs=0.01)
     # a third portrait: the model learnt both shapes, and neither is "the" shape to note others against
-    assert frame_aspect(frames("mixed", [(48, 64, 3)] * 8 + [(64, 48, 3)] * 4)) is None
-    assert frame_aspect([str(tmp_path / "missing.png")]) is None
+    assert frame_aspect(sampled_sizes(frames("mixed", [(48, 64, 3)] * 8 + [(64, 48, 3)] * 4))) is None
+    assert sampled_sizes([str(tmp_path / "missing.png")]) == [] and frame_aspect([]) is None
 
 
 def one_colour_clip(path, size: tuple[int, int], frames: int = 3):

@@ -128,8 +128,9 @@ ASPECT_SAMPLE = 200  # about this many image headers read to decide --crop auto:
 OTHER_SHAPES = 0.25  # frame_aspect: above this share of frames of another shape, the frames have no one shape
 
 
-def resolve_crop(setting: str, paths: Sequence[str], recordings: bool, whole_frame: str = "resize") -> tuple[str, str]:
-    """(crop mode, the start-up line that says why) for ``--crop auto|center|letterbox|resize``.
+def resolve_crop(setting: str, sizes: Sequence[tuple[int, int]], recordings: bool, whole_frame: str = "resize") -> tuple[str, str]:
+    """(crop mode, the start-up line that says why) for ``--crop auto|center|letterbox|resize``; ``sizes``: the
+    training images' (width, height) that auto decides from (``sampled_sizes``).
 
     auto keeps the whole frame (``whole_frame``) of recordings (``recordings``: the split found capture
     sessions or frame sequences) whose images are mostly far from square: the centre square of a 4:3
@@ -142,7 +143,7 @@ def resolve_crop(setting: str, paths: Sequence[str], recordings: bool, whole_fra
         raise ValueError(f"--crop {setting!r}: choose one of {', '.join(CROP_CHOICES)}")
     if setting != "auto":
         return setting, f"input geometry: {setting} (--crop {setting})"
-    ratios = [max(w, h) / max(1, min(w, h)) for w, h in _sampled_sizes(paths)]
+    ratios = [max(w, h) / max(1, min(w, h)) for w, h in sizes]
     far = sum(r >= FAR_FROM_SQUARE for r in ratios)
     if ratios and far > len(ratios) / 2 and recordings:
         return whole_frame, (f"input geometry: {whole_frame}, the whole frame (--crop auto: recordings, {far} of {len(ratios)} sampled images "
@@ -153,12 +154,12 @@ def resolve_crop(setting: str, paths: Sequence[str], recordings: bool, whole_fra
     return "center", f"input geometry: center crop (--crop auto: {len(ratios) - far} of {len(ratios)} sampled images are near square)"
 
 
-def frame_aspect(paths: Sequence[str]) -> float | None:
-    """The training frames' typical width/height (the median of a sample of headers): stored in the checkpoint, so
+def frame_aspect(sizes: Sequence[tuple[int, int]]) -> float | None:
+    """The training frames' typical width/height (the median of ``sampled_sizes``): stored in the checkpoint, so
     the webcam can say when a whole-frame model sees frames of another shape. None for no readable image, and for
     frames of many shapes (more than OTHER_SHAPES of them ASPECT_MISMATCH off the median: portrait and landscape
     recordings together), which taught the model more than one shape."""
-    ratios = [w / max(1, h) for w, h in _sampled_sizes(paths)]
+    ratios = [w / max(1, h) for w, h in sizes]
     if not ratios:
         return None
     median = float(np.median(ratios))
@@ -166,7 +167,7 @@ def frame_aspect(paths: Sequence[str]) -> float | None:
     return round(median, 3) if others <= OTHER_SHAPES * len(ratios) else None
 
 
-def _sampled_sizes(paths: Sequence[str]) -> list[tuple[int, int]]:
+def sampled_sizes(paths: Sequence[str]) -> list[tuple[int, int]]:
     """(width, height) as shown of every n-th image, about ASPECT_SAMPLE of them; those that cannot be read are left out."""
     sizes = []
     for path in paths[:: max(1, len(paths) // ASPECT_SAMPLE)]:

@@ -97,7 +97,7 @@ def settled_on(wanted: TrainConfig, run: Path) -> TrainConfig:
     from training.data import Splits
     from training.finetune import data_choices
 
-    flip, crop, _ = data_choices(wanted, Splits.load(run / "split.json"))
+    flip, crop, _, _ = data_choices(wanted, Splits.load(run / "split.json"))
     return replace(wanted, flip=flip, crop=crop)
 
 

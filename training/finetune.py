@@ -62,6 +62,7 @@ from training.augment import (
     frame_aspect,
     resolve_crop,
     resolve_flip,
+    sampled_sizes,
 )
 from training.calibrate import (
     SplitOutputs,
@@ -491,28 +492,30 @@ def resolve_data_choices(cfg: TrainConfig, splits: Splits, data_config: DataConf
     The settled values replace "auto" in ``cfg`` (config.json, the checkpoint), so a resumed run keeps them.
     """
     # rank 0 decides (--crop auto reads the training images' headers) and alone says why; the others follow
-    cfg.flip, cfg.crop, lines = distributed.from_main(lambda: data_choices(cfg, splits))
+    cfg.flip, cfg.crop, aspect, lines = distributed.from_main(lambda: data_choices(cfg, splits))
     if is_main_process():
         for to_stderr, line in lines:
             print(line, file=sys.stderr if to_stderr else sys.stdout)
-    # the shape a whole-frame model learnt hands in: the webcam says when its frames are of another
-    whole_frame = cfg.crop in WHOLE_FRAME_MODES and not cfg.hands
-    aspect = distributed.from_main(lambda: frame_aspect([s.path for s in splits.train])) if whole_frame else None
     return data_config.with_crop(cfg.crop), aspect
 
 
-def data_choices(cfg: TrainConfig, splits: Splits) -> tuple[str, str, list[tuple[bool, str]]]:
-    """(flip on|off, crop mode, the lines that say why: (to stderr?, text))."""
+def data_choices(cfg: TrainConfig, splits: Splits) -> tuple[str, str, float | None, list[tuple[bool, str]]]:
+    """(flip on|off, crop mode, a whole-frame model's frame shape (``frame_aspect``), the lines that say why:
+    (to stderr?, text))."""
     grouping = splits.grouping or {}
     lines = [(False, f"split: {grouping['description']}")] if grouping else []
     lines += [(True, f"warning: {warning}") for warning in grouping.get("warnings", [])]
     flip, why = resolve_flip(cfg.flip, splits.classes)
+    aspect = None
     if cfg.hands and cfg.crop == "auto":  # the frames' shape says nothing about hand crops, which are square
         crop, why_crop = "center", "input geometry: center crop of each hand's square crop (--crop auto with --hands)"
     else:
         recordings = grouping.get("rule", "none") != "none"  # capture sessions, frame sequences or a --group-by pattern
-        crop, why_crop = resolve_crop(cfg.crop, [s.path for s in splits.train], recordings)
-    return ("on" if flip else "off"), crop, [*lines, (False, why), (False, why_crop)]
+        # read once: the sizes decide --crop auto, and give the shape a whole-frame model learns hands in
+        sizes = sampled_sizes([s.path for s in splits.train]) if cfg.crop != "center" else []
+        crop, why_crop = resolve_crop(cfg.crop, sizes, recordings)
+        aspect = frame_aspect(sizes) if crop in WHOLE_FRAME_MODES and not cfg.hands else None
+    return ("on" if flip else "off"), crop, aspect, [*lines, (False, why), (False, why_crop)]
 
 
 def make_loaders(run: Run) -> tuple[Any, ShardedSeededSampler, Any]:
