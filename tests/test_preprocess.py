@@ -74,6 +74,20 @@ def test_exif_rotation_is_applied(tmp_path):
     assert upright_size(buf.getvalue()) == (40, 64) and probe_image(buf.getvalue())[1] == (64, 40)
 
 
+def test_an_image_pil_cannot_open_keeps_its_header_size(monkeypatch):
+    """--crop auto sampled a dataset PIL did not open (OpenCV decodes it) as having no image at all."""
+    from PIL import Image
+
+    ok, encoded = cv2.imencode(".jpg", synthetic_image(0, seed=1, size=64)[:40])
+    data = encoded.tobytes()
+
+    def refuses(*args, **kwargs):
+        raise Image.UnidentifiedImageError("cannot identify image file")
+
+    monkeypatch.setattr(Image, "open", refuses)
+    assert upright_size(data) == (64, 40)
+
+
 @pytest.mark.parametrize("mode", ["L", "RGBA", "CMYK", "I;16", "P", "LA"])
 def test_any_pil_mode_becomes_rgb_uint8(mode, tmp_path):
     rgb = Image.fromarray(synthetic_image(1, seed=2, size=32))
