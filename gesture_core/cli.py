@@ -123,7 +123,8 @@ def command(main: Callable[P, int]) -> Callable[P, int]:
     def run(*args: P.args, **kwargs: P.kwargs) -> int:
         warnings.formatwarning = one_line_warning
         restore_python_interrupts()  # from here a step that keeps its work on Ctrl-C (a run saving last.pt) has its say
-        if main.__module__ == "__main__":  # python -m COMMAND, not a test calling main
+        process_command = is_process_command(main)
+        if process_command:
             terminate_as_interrupt()
         try:
             code = main(*args, **kwargs)
@@ -133,11 +134,21 @@ def command(main: Callable[P, int]) -> Callable[P, int]:
         except KeyboardInterrupt:  # Ctrl-C while a model loads or warms up, where no step of the command has its own say
             print("\ninterrupted", file=sys.stderr)
             code = interrupted_exit_code()
-        if main.__module__ == "__main__":
+        if process_command:
             end_quietly_on_interrupt(code)
         return code
 
     return run
+
+
+def is_process_command(main: Callable[..., int]) -> bool:
+    """Whether ``main`` is what this process was started to run (``python -m COMMAND``), not a test or a library
+    calling it: its module is ``__main__``, or its package's ``__main__`` runs it (``python -m service.webcam``
+    runs ``service.webcam.demo.main``, whose stop signals were left to end it at once)."""
+    if main.__module__ == "__main__":
+        return True
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    return spec is not None and spec.name == f"{main.__module__.rpartition('.')[0]}.__main__"
 
 
 def one_line_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int, line: str | None = None) -> str:
