@@ -299,7 +299,8 @@ class Outputs:
         self._writer: cv2.VideoWriter | None = None
         self._size: tuple[int, int] = (0, 0)  # the video's (height, width), from its first frame
         self._resized_said = False
-        self._last: tuple[int, np.ndarray] | None = None  # the slot and image of the frame written last
+        self._held: tuple[int, np.ndarray] | None = None  # the newest frame's slot and image, written when a later slot comes
+        self.merged = 0  # frames that came faster than the video's fps, each replaced by a newer one in its slot
         self._slot_shift = 0  # frames' slots move back by this after a jump in a file's times (_slot)
         self._lead: float | None = None  # the last video frame's time less its count over the fps (_slot)
         self._jsonl = None
@@ -341,7 +342,13 @@ class Outputs:
 
     def close(self) -> None:
         if self._writer is not None:
+            if self._held is not None:
+                self._writer.write(self._held[1])
+                self._held = None
             self._writer.release()
+            if self.merged:
+                self.log(f"note: {self.merged} frames came faster than the --output video's {self.fps:g} fps: each of its "
+                         "frames shows the newest of those that fell in it (the JSONL has every frame)")
         if self._jsonl:
             with naming_the_file(self.options.jsonl):
                 self._jsonl.close()
@@ -375,22 +382,26 @@ class Outputs:
             if self._lead is not None and lead - self._lead > TIMESTAMP_JUMP_S:
                 self._slot_shift -= round((lead - self._lead) * self.fps)
             self._lead = lead
-        slot = (result.index if position is None else round(position * self.fps)) + self._slot_shift
-        # a burst of frames faster than the mean rate shares a slot: each is written, on from the last
-        return slot if self._last is None else max(slot, self._last[0] + 1)
+        return (result.index if position is None else round(position * self.fps)) + self._slot_shift
 
     def _write_video(self, canvas: np.ndarray, index: int, slot: int) -> None:
-        """The frame, after the last one written again for each slot skipped since (frames dropped by
-        --realtime or a live camera, a variable frame rate's slow stretch): the video then lasts as long as
-        its source. Without them a 1 s clip at 240 fps, of which 139 frames were dropped, was written as
-        0.42 s, sped up, and nothing said so."""
+        """One frame per slot of the video's fps, so that it lasts as long as its source. The frame before is
+        written again for each slot skipped since (frames dropped by --realtime or a live camera, a variable
+        frame rate's slow stretch): without it a 1 s clip at 240 fps, of which 139 frames were dropped, was
+        written as 0.42 s, sped up. Frames that come faster than the fps (a burst) share a slot, and the
+        newest is written, as a constant-rate encoder does: writing each in a slot of its own made a clip
+        whose last frames came fast longer than its source (7.4 s for 6.2 s)."""
         writer = self._video(canvas)  # the first frame sets the video's size
         image = self._fitted(canvas, index)
-        if self._last is not None:
-            for _ in range(slot - self._last[0] - 1):
-                writer.write(self._last[1])
-        writer.write(image)
-        self._last = (slot, image)
+        if self._held is not None:
+            held_slot, held_image = self._held
+            if slot <= held_slot:
+                self.merged += 1
+                self._held = (held_slot, image)
+                return
+            for _ in range(slot - held_slot):
+                writer.write(held_image)
+        self._held = (slot, image)
 
     def _video(self, canvas: np.ndarray) -> cv2.VideoWriter:
         if self._writer is None:
