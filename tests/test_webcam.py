@@ -999,7 +999,7 @@ def test_a_variable_frame_rate_clip_is_written_at_its_frames_times(tmp_path):
 
 def test_a_clip_whose_last_frames_come_fast_is_as_long_as_its_source(tmp_path):
     """Frames faster than the video's fps share a slot and the newest is written: each written in a slot of
-    its own, a clip whose last frames came fast was longer than its source (a GIF: 7.4 s for 6.2 s)."""
+    its own, this clip was written as 0.7 s (a GIF whose last frames came fast: 7.4 s for 6.2 s)."""
     from types import SimpleNamespace
 
     from service.webcam.demo import Outputs

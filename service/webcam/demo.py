@@ -347,7 +347,7 @@ class Outputs:
                 self._held = None
             self._writer.release()
             if self.merged:
-                self.log(f"note: {self.merged} frames came faster than the --output video's {self.fps:g} fps: each of its "
+                self.log(f"note: {self.merged} frames came faster than the --output video's {self.fps:.4g} fps: each of its "
                          "frames shows the newest of those that fell in it (the JSONL has every frame)")
         if self._jsonl:
             with naming_the_file(self.options.jsonl):
@@ -390,7 +390,7 @@ class Outputs:
         frame rate's slow stretch): without it a 1 s clip at 240 fps, of which 139 frames were dropped, was
         written as 0.42 s, sped up. Frames that come faster than the fps (a burst) share a slot, and the
         newest is written, as a constant-rate encoder does: writing each in a slot of its own made a clip
-        whose last frames came fast longer than its source (7.4 s for 6.2 s)."""
+        whose last frames came fast longer than its source."""
         writer = self._video(canvas)  # the first frame sets the video's size
         image = self._fitted(canvas, index)
         if self._held is not None:
