@@ -21,6 +21,7 @@ import shlex
 import shutil
 import sys
 import tempfile
+import time
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -31,6 +32,7 @@ from gesture_core.class_names import some_of
 from gesture_core.hands import HandModelsUnavailableError
 from gesture_core.images import IMAGE_SUFFIXES
 from gesture_core.interrupts import (
+    a_local_peer,
     end_quietly_on_interrupt,
     interrupted_exit_code,
     restore_python_interrupts,
@@ -39,6 +41,7 @@ from gesture_core.interrupts import (
 from gesture_core.weights import WeightsUnavailableError, saved_format
 
 EXIT_USAGE = 2
+LOCAL_RANK_0_WAIT_S = 60.0  # how long a torchrun peer leaves a shared mistake for local rank 0 to say (let_local_rank_0_say_it)
 
 
 class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -80,7 +83,7 @@ class CommandParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         if a_local_peer():  # torchrun's other processes on this machine parsed the same command: said once per machine
-            self.exit(EXIT_USAGE)
+            let_local_rank_0_say_it()
         hint = f"; `{self.prog} --help` lists every option" if message.startswith(("unrecognized arguments", "the following arguments are required", "one of the arguments")) else ""
         self.exit(EXIT_USAGE, f"error: {' '.join(message.split())}{self.misspelt_flags(message)}{hint}\n")
 
@@ -108,12 +111,13 @@ USER_ERRORS = (ValueError, OSError, WeightsUnavailableError, HandModelsUnavailab
 P = ParamSpec("P")
 
 
-def a_local_peer() -> bool:
-    """Whether torchrun started this process beside another on the same machine (LOCAL_RANK 1, 2, ...):
-    a mistake on the command line, the same in every process, is then said by local rank 0 alone,
-    where each of N processes printed it."""
-    started_by_torchrun = "TORCHELASTIC_RUN_ID" in os.environ  # another launcher's LOCAL_RANK would silence a lone process
-    return started_by_torchrun and os.environ.get("LOCAL_RANK", "0").strip() not in ("", "0")
+def let_local_rank_0_say_it() -> None:
+    """For a torchrun peer (``a_local_peer``) with a mistake that every process of its machine makes alike: wait for
+    torchrun to stop this process, which it does once local rank 0 has said the mistake and failed. A peer that
+    ended at once could fail first, and torchrun then stopped rank 0 before it had said anything (it was still
+    importing): the user read "interrupted" and no reason. A peer still running after LOCAL_RANK_0_WAIT_S (rank 0
+    did not fail alike) returns, to say its mistake itself."""
+    time.sleep(LOCAL_RANK_0_WAIT_S)
 
 
 def command(main: Callable[P, int]) -> Callable[P, int]:
@@ -132,7 +136,8 @@ def command(main: Callable[P, int]) -> Callable[P, int]:
             print(f"error: {describe(err)}", file=sys.stderr)
             code = EXIT_USAGE
         except KeyboardInterrupt:  # Ctrl-C while a model loads or warms up, where no step of the command has its own say
-            print("\ninterrupted", file=sys.stderr)
+            if not a_local_peer():
+                print("\ninterrupted", file=sys.stderr)
             code = interrupted_exit_code()
         if process_command:
             end_quietly_on_interrupt(code)

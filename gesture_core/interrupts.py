@@ -22,8 +22,18 @@ STOP_SIGNALS = (signal.SIGTERM, *([signal.SIGHUP] if hasattr(signal, "SIGHUP") e
 _stopped_by: int | None = None  # the stop signal a KeyboardInterrupt came from (terminate_as_interrupt)
 
 
+def a_local_peer() -> bool:
+    """Whether torchrun started this process beside another on the same machine (LOCAL_RANK 1, 2, ...): what
+    every process of the machine would say alike (a mistake on the command line, "interrupted") is then said by
+    local rank 0 alone, where each of N processes said it. Local rank 0 also speaks for a peer that fails,
+    when torchrun stops the others: each said "interrupted", where the user had interrupted nothing."""
+    started_by_torchrun = "TORCHELASTIC_RUN_ID" in os.environ  # another launcher's LOCAL_RANK would silence a lone process
+    return started_by_torchrun and os.environ.get("LOCAL_RANK", "0").strip() not in ("", "0")
+
+
 def _interrupted_while_importing(signum: int, frame: object) -> None:
-    os.write(2, b"\ninterrupted\n")
+    if not a_local_peer():
+        os.write(2, b"\ninterrupted\n")
     os._exit(128 + signum)  # nothing is written before main runs, so there is nothing to close or keep
 
 

@@ -27,7 +27,7 @@ from benchmarks.server_process import REPO
 from gesture_core import checkpoint as checkpoint_module
 from gesture_core.backbones import build_model
 from gesture_core.checkpoint import remove_partial_saves
-from gesture_core.cli import python_command
+from gesture_core.cli import command, python_command
 from tests.helpers import make_image_folder
 from tests.test_finetune import tiny_config
 from training.calibrate import main as calibrate_main
@@ -1063,13 +1063,13 @@ def test_the_webcam_and_visualize_say_when_they_show_a_runs_last_pt(run, dataset
             assert [str(w.message) for w in caught if "training state" in str(w.message)] == said
 
 
-def interrupted_while_importing_torch(module: str, signum: int = signal.SIGINT) -> subprocess.CompletedProcess:
+def interrupted_while_importing_torch(module: str, signum: int = signal.SIGINT, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """``python -m MODULE /no/such/folder``, sent Ctrl-C (SIGINT) or ``signum`` once torch's library is loaded, while its
-    import goes on."""
+    import goes on (with ``env`` added to the environment)."""
     # As from a terminal: the signal at its default, whatever this test process was left with (a process started with
     # SIGINT ignored, as nohup and `cmd &` in a script do, never sees Ctrl-C, and Python then installs no handler for it).
     process = subprocess.Popen([sys.executable, "-m", module, "/no/such/folder"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, preexec_fn=lambda: signal.signal(signum, signal.SIG_DFL))
+                               text=True, env={**os.environ, **(env or {})}, preexec_fn=lambda: signal.signal(signum, signal.SIG_DFL))
     maps = f"/proc/{process.pid}/maps"
     deadline = time.monotonic() + 60
     while process.poll() is None and time.monotonic() < deadline:
@@ -1096,6 +1096,30 @@ def test_sigterm_or_sighup_while_a_command_imports_torch_is_one_line_too(signum)
     """They ended the command without a word (the webcam demo imports for seconds before its main runs)."""
     done = interrupted_while_importing_torch("service.webcam", signum)
     assert (done.returncode, done.stderr.strip()) == (128 + signum, "interrupted"), done.stderr[-2000:]
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads /proc/PID/maps to know that torch is being imported")
+@pytest.mark.parametrize(("local_rank", "said"), [("1", ""), ("0", "interrupted")])
+def test_torchruns_other_processes_stopped_while_importing_say_nothing(local_rank, said):
+    """When one process of a torchrun job fails (a mistake on the command line), torchrun stops the others with
+    SIGTERM; each that was still importing said "interrupted" below the error, where the user interrupted nothing.
+    Local rank 0 speaks for its machine, as it does for a mistake on the command line."""
+    done = interrupted_while_importing_torch("training.finetune", signal.SIGTERM, env={"TORCHELASTIC_RUN_ID": "test", "LOCAL_RANK": local_rank})
+    assert (done.returncode, done.stderr.strip()) == (143, said), done.stderr[-2000:]
+
+
+@pytest.mark.parametrize(("local_rank", "said"), [("1", ""), ("0", "\ninterrupted\n")])
+def test_torchruns_other_processes_interrupted_in_main_say_nothing(monkeypatch, capsys, local_rank, said):
+    """The same, once main runs: a process stopped while its model loads (no step of its own has its say)."""
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "test")
+    monkeypatch.setenv("LOCAL_RANK", local_rank)
+
+    @command
+    def loading() -> int:
+        raise KeyboardInterrupt
+
+    assert loading() == 130
+    assert capsys.readouterr().err == said
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])

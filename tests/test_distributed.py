@@ -10,6 +10,7 @@ averaging or the LR rule shows, and the test top-1 comparison cannot be flaky.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
@@ -20,6 +21,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -425,6 +427,36 @@ def test_a_mistake_on_the_command_line_is_said_once_per_machine(tmp_path):
     output, _ = process.communicate(timeout=180)
     assert process.returncode != 0
     assert rank_output(tmp_path / "logs", 0) == "error: argument --batch-size: must be >= 1, got 0\n" and rank_output(tmp_path / "logs", 1) == "", output
+
+
+@pytest.mark.parametrize("mistake", [["--data", ".", "--batch-size", "0"], ["--resume", "last.pt"]])
+def test_a_torchrun_peer_waits_for_local_rank_0_to_say_a_shared_mistake(tmp_path, monkeypatch, capsys, mistake):
+    """Rank 1 ended at once on the mistake, silent, and was the job's first failure: torchrun stopped rank 0 while
+    it was still importing, and the user read "interrupted" with no reason (the test above, now and then). A peer
+    now waits for torchrun to stop it, silent then too; one still running after the wait says the mistake itself."""
+    import gesture_core.cli as cli
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "last.pt").write_bytes(b"not a checkpoint")
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "test")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    waits = []
+
+    def stopped_by_torchrun(seconds: float) -> None:  # torchrun's SIGTERM, as @command's handler raises it
+        waits.append(seconds)
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(cli, "time", SimpleNamespace(sleep=stopped_by_torchrun))
+        assert finetune.main(mistake) == 130
+    assert waits == [cli.LOCAL_RANK_0_WAIT_S] and capsys.readouterr().err == ""
+
+    monkeypatch.setattr(cli, "LOCAL_RANK_0_WAIT_S", 0.2)  # rank 0 did not fail alike: the peer says it after the wait
+    start = time.monotonic()
+    with pytest.raises(SystemExit) if "--data" in mistake else contextlib.nullcontext() as parser_exit:  # argparse exits
+        assert finetune.main(mistake) == 2
+    assert parser_exit is None or parser_exit.value.code == 2
+    assert time.monotonic() - start >= 0.2 and capsys.readouterr().err.startswith("error: ")
 
 
 @pytest.mark.slow

@@ -47,6 +47,7 @@ from gesture_core.cli import (
     checkpoint_arg,
     command,
     first_free,
+    let_local_rank_0_say_it,
     output_arg,
     python_command,
 )
@@ -968,7 +969,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg, resume = parse_config(argv)
     except USER_ERRORS:
         if a_local_peer():  # a --resume file that does not load: the same on every process of this machine
-            return EXIT_USAGE
+            let_local_rank_0_say_it()
         raise
     try:
         distributed.init_distributed(cfg.device)  # under torchrun: join the other processes
