@@ -20,6 +20,7 @@ atexit.register(shutil.rmtree, os.environ["BENTOML_HOME"], ignore_errors=True)
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from filelock import FileLock  # noqa: E402
 
 from gesture_core import build_model, get_backbone, save_checkpoint  # noqa: E402
 from tests.helpers import REPO, SHARED_DATA, make_image_folder  # noqa: E402
@@ -36,7 +37,7 @@ SIGN_DIGITS_RECIPE = dict(epochs=3, image_size=128, lr=3e-3, backbone_lr_mult=0.
 # A full disk shows up as dozens of unrelated errors (a CI run once ended that way, most likely for lack of
 # room), so a run says how much room its temporary files had: at the start in the header, and the least it
 # had between tests in the summary at the end, which CI's log keeps.
-LOW_DISK_GB = 2.0  # a run keeps at most about 1.5 GB of temporary files at once
+LOW_DISK_GB = 3.5  # a test process keeps at most about 1.5 GB of temporary files at once, and `pytest -n 2` runs two
 _least_free: dict[str, object] = {"gb": float("inf"), "after": "the start"}
 
 
@@ -62,6 +63,19 @@ def pytest_runtest_teardown(item: pytest.Item) -> None:
         _least_free.update(gb=free, after=item.nodeid)
 
 
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    if hasattr(session.config, "workeroutput"):  # a process of a parallel run (pytest -n): the least it saw goes to the main one
+        session.config.workeroutput["least_free"] = dict(_least_free)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error) -> None:
+    """pytest-xdist's hook, in the main process of a parallel run, as each of its processes ends."""
+    seen = getattr(node, "workeroutput", {}).get("least_free")
+    if seen and seen["gb"] < _least_free["gb"]:
+        _least_free.update(seen)
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
     folder, _ = _free_gb(config)
     gb, after = _least_free["gb"], _least_free["after"]
@@ -70,6 +84,20 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     low = gb < LOW_DISK_GB
     terminalreporter.write_line(f"temporary files: the least free space in {folder} was {gb:.1f} GB, after {after}"
                                 + (f"; under {LOW_DISK_GB:g} GB, errors may be for lack of room" if low else ""), red=low)
+
+
+# The files that take longest (the suite's own --durations, summed per file, in one process on the Intel Xeon), longest
+# first. Under `pytest -n 2` each file runs whole in one process (--dist loadfile), the next file going to the process
+# that is done first; these go first so that none of them starts last while the other process has nothing left to do.
+LONGEST_FILES = ("test_distributed.py", "test_service_integration.py", "test_browser_demo.py", "test_benchmarks.py",
+                 "test_rejection.py", "test_finetune.py", "test_rejection_service.py", "test_service.py", "test_cli_errors.py",
+                 "test_service_model_check.py", "test_engines.py", "test_hands_service.py", "test_webcam.py")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if "PYTEST_XDIST_WORKER" in os.environ:  # a process of a parallel run; one process keeps the files' own order
+        first = {name: place for place, name in enumerate(LONGEST_FILES)}
+        items.sort(key=lambda item: first.get(item.path.name, len(LONGEST_FILES)))  # stable: each file's tests keep their order
 
 
 def _shared(name: str) -> Path:
@@ -131,6 +159,7 @@ def sign_digits_run(sign_digits, request) -> Path:
 
     Kept in pytest's cache between local sessions (keyed by the recipe) so developers do not retrain
     for every test file; CI starts from a clean clone and always trains. GESTURE_RETRAIN=1 forces it.
+    The processes of a parallel run (pytest -n) share it: the first trains it, the others wait for it.
     """
     from dataclasses import asdict
 
@@ -141,11 +170,17 @@ def sign_digits_run(sign_digits, request) -> Path:
     settings = {k: v for k, v in asdict(TrainConfig(backbone="efficientnet_lite0", **SIGN_DIGITS_RECIPE)).items() if k not in ("data", "out")}
     key = hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:10]
     out = Path(request.config.cache.mkdir(f"sign-digits-run-{key}"))
-    if (out / "metrics.json").exists() and (out / "best.pt").exists() and not os.environ.get("GESTURE_RETRAIN"):
+    this_run = os.environ.get("PYTEST_XDIST_TESTRUNUID", str(os.getpid()))  # one value for every process of this pytest run
+    with FileLock(out.with_suffix(".lock")):
+        trained_by = out.with_suffix(".trained-by")  # beside the run folder, whose files some tests list
+        retrain = os.environ.get("GESTURE_RETRAIN") and not (trained_by.is_file() and trained_by.read_text() == this_run)
+        if (out / "metrics.json").exists() and (out / "best.pt").exists() and not retrain:
+            return out
+        shutil.rmtree(out)
+        cfg = TrainConfig(backbone="efficientnet_lite0", data=str(sign_digits), out=str(out), **SIGN_DIGITS_RECIPE)
+        train(cfg)
+        trained_by.write_text(this_run)
         return out
-    shutil.rmtree(out)
-    cfg = TrainConfig(backbone="efficientnet_lite0", data=str(sign_digits), out=str(out), **SIGN_DIGITS_RECIPE)
-    return train(cfg)
 
 
 @pytest.fixture(scope="session")
