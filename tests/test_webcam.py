@@ -1000,15 +1000,14 @@ def test_a_variable_frame_rate_clip_is_written_at_its_frames_times(tmp_path):
 def test_a_clip_whose_last_frames_come_fast_is_as_long_as_its_source(tmp_path):
     """Frames faster than the video's fps share a slot and the newest is written: each written in a slot of
     its own, this clip was written as 0.7 s (a GIF whose last frames came fast: 7.4 s for 6.2 s)."""
-    from types import SimpleNamespace
-
-    from service.webcam.demo import Outputs
+    from service.webcam.demo import FrameResult, Outputs
 
     said = []
-    outputs = Outputs(Options(output=tmp_path / "out.avi"), fps=10.0, log=said.append)
+    outputs = Outputs(Options(output=tmp_path / "out.avi", jsonl=tmp_path / "log.jsonl"), fps=10.0, log=said.append)
     timeline = [(0.0, 0), (0.1, 40), (0.2, 80), (0.24, 120), (0.28, 160), (0.31, 200), (0.33, 240)]
     for index, (position, shade) in enumerate(timeline):
-        outputs.write(SimpleNamespace(index=index, position_s=position), np.full((48, 64, 3), shade, np.uint8))
+        result = FrameResult(index, position, None, None, None, position_s=position)
+        outputs.write(result, np.full((48, 64, 3), shade, np.uint8))
     outputs.close()
     video = cv2.VideoCapture(str(tmp_path / "out.avi"))
     written = []
@@ -1016,4 +1015,5 @@ def test_a_clip_whose_last_frames_come_fast_is_as_long_as_its_source(tmp_path):
         written.append(round(float(frame.mean()) / 40) * 40)
     assert written == [0, 40, 120, 240]  # 0.4 s: the last frame's time and one frame, its last frame the clip's
     assert said == ["note: 3 frames came faster than the --output video's 10 fps: each of its frames shows the newest of "
-                    "those that fell in it (the JSONL has every frame)"]
+                    "those that fell in it (the --jsonl log has every frame)"]
+    assert len((tmp_path / "log.jsonl").read_text().splitlines()) == len(timeline)

@@ -348,7 +348,7 @@ class Outputs:
             self._writer.release()
             if self.merged:
                 self.log(f"note: {self.merged} frames came faster than the --output video's {self.fps:.4g} fps: each of its "
-                         "frames shows the newest of those that fell in it (the JSONL has every frame)")
+                         f"frames shows the newest of those that fell in it{' (the --jsonl log has every frame)' if self._jsonl else ''}")
         if self._jsonl:
             with naming_the_file(self.options.jsonl):
                 self._jsonl.close()
