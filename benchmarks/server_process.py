@@ -17,6 +17,7 @@ import sys
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -30,6 +31,13 @@ SERVICE_TARGET = "service.service:GestureClassifier"
 
 class ServerStartError(RuntimeError):
     pass
+
+
+class PortTaken(ServerStartError):
+    """Another process bound the port first (serve_process picks a free one again)."""
+
+
+PORT_TRIES = 3  # ports serve_process picks before it gives up on a server that finds its port taken
 
 
 @dataclass
@@ -61,8 +69,26 @@ def serve_process(
     open_file_limit: int | None = None,
 ) -> Iterator[RunningServer]:
     """``bentoml serve TARGET`` from the repository root, ready to take requests. ``open_file_limit``:
-    the soft limit on open files it starts with, as a shell's ``ulimit -n`` or a container's would set."""
-    port = port or free_port(host)
+    the soft limit on open files it starts with, as a shell's ``ulimit -n`` or a container's would set.
+
+    A port it picks (``port`` None) is free when picked, and bound by the server seconds later, after its imports:
+    another process may take it between (under ``pytest -n 2``, the other test process's servers), and a port picked
+    again then."""
+    with contextlib.ExitStack() as running:
+        for attempt in range(1, PORT_TRIES + 1):
+            try:
+                server = running.enter_context(_served(target, host, port or free_port(host), bentoml_home, env, ready_timeout,
+                                                       log_path, open_file_limit))
+                break
+            except PortTaken:
+                if port is not None or attempt == PORT_TRIES:
+                    raise
+        yield server
+
+
+@contextlib.contextmanager
+def _served(target: str, host: str, port: int, bentoml_home: str | os.PathLike | None, env: Mapping[str, str] | None,
+            ready_timeout: float, log_path: str | os.PathLike | None, open_file_limit: int | None) -> Iterator[RunningServer]:
     child_env = {**os.environ, "BENTOML_DO_NOT_TRACK": "1", "NO_ALBUMENTATIONS_UPDATE": "1", **(env or {})}
     if bentoml_home is not None:
         child_env["BENTOML_HOME"] = str(bentoml_home)
@@ -104,15 +130,28 @@ def wait_ready(server: RunningServer, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
-            raise ServerStartError(f"bentoml serve exited with code {server.process.returncode}:\n{tail(server.log())}")
+            log = server.log()
+            error = PortTaken if "address already in use" in log.lower() else ServerStartError
+            raise error(f"bentoml serve exited with code {server.process.returncode}:\n{tail(log)}")
         try:
             with urllib.request.urlopen(f"{server.url}/readyz", timeout=2) as resp:
-                if resp.status == 200:
+                if resp.status == 200 and listens_on(server.process, urllib.parse.urlsplit(server.url).port):
                     return
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             pass
         time.sleep(0.25)
     raise ServerStartError(f"bentoml serve not ready after {timeout:.0f} s:\n{tail(server.log())}")
+
+
+def listens_on(process: subprocess.Popen, port: int | None) -> bool:
+    """Whether the server's own processes hold the socket listening on ``port``: a 200 from /readyz of another
+    process that took the port first was this server's "ready", and its requests went to that other server."""
+    try:
+        server = psutil.Process(process.pid)
+        return any(connection.status == psutil.CONN_LISTEN and connection.laddr.port == port
+                   for member in (server, *server.children(recursive=True)) for connection in member.net_connections(kind="tcp"))
+    except psutil.Error:  # it ended, or its children did, while they were read
+        return False
 
 
 def stop(process: subprocess.Popen, grace: float = 20.0) -> None:
