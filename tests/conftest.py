@@ -86,20 +86,6 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
                                 + (f"; under {LOW_DISK_GB:g} GB, errors may be for lack of room" if low else ""), red=low)
 
 
-# The files that take longest (the suite's own --durations, summed per file, in one process on the Intel Xeon), longest
-# first. Under `pytest -n 2` each file runs whole in one process (--dist loadfile), the next file going to the process
-# that is done first; these go first so that none of them starts last while the other process has nothing left to do.
-LONGEST_FILES = ("test_distributed.py", "test_service_integration.py", "test_browser_demo.py", "test_benchmarks.py",
-                 "test_rejection.py", "test_finetune.py", "test_rejection_service.py", "test_service.py", "test_cli_errors.py",
-                 "test_service_model_check.py", "test_engines.py", "test_hands_service.py", "test_webcam.py")
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if "PYTEST_XDIST_WORKER" in os.environ:  # a process of a parallel run; one process keeps the files' own order
-        first = {name: place for place, name in enumerate(LONGEST_FILES)}
-        items.sort(key=lambda item: first.get(item.path.name, len(LONGEST_FILES)))  # stable: each file's tests keep their order
-
-
 def _shared(name: str) -> Path:
     path = SHARED_DATA / name
     if not path.is_dir():
