@@ -13,6 +13,7 @@ import os
 import re
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterator
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -22,7 +23,7 @@ import httpx
 import numpy as np
 import pytest
 
-from benchmarks.server_process import REPO, RunningServer, ServerStartError, free_port, serve_process
+from benchmarks.server_process import REPO, RunningServer, ServerStartError, serve_process
 from service.browser_demo import PAGE_DIR
 from service.settings import SettingsError, cors_origins
 from tests.chromium import Chromium, find_chromium, write_y4m
@@ -103,10 +104,11 @@ def test_malformed_cors_setting_stops_start_up(tmp_path):
 
 
 class RestartableServer:
-    """`bentoml serve` on one fixed port, which a test may stop and start again (the page stays open)."""
+    """`bentoml serve`, which a test may stop and start again on the same port (the page stays open). The first start
+    picks the port (serve_process, which picks another if a process takes it before the server binds it)."""
 
-    def __init__(self, home: Path, port: int, env: dict[str, str] | None = None):
-        self.home, self.port = home, port
+    def __init__(self, home: Path, env: dict[str, str] | None = None):
+        self.home, self.port = home, None
         self.env = {"GESTURE_MAX_UPLOAD_MB": str(UPLOAD_LIMIT_MB), **(env or {})}
         self.running: RunningServer | None = None
         self._stack = contextlib.ExitStack()
@@ -117,6 +119,7 @@ class RestartableServer:
 
     def start(self) -> None:
         self.running = self._stack.enter_context(serve_process(bentoml_home=self.home, port=self.port, env=self.env))
+        self.port = urllib.parse.urlsplit(self.running.url).port
 
     def stop(self) -> None:
         self._stack.close()
@@ -150,7 +153,7 @@ def camera_video(sign_digits_run, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(chromium, home) -> Iterator[RestartableServer]:
-    server = RestartableServer(home, free_port())
+    server = RestartableServer(home)
     server.start()
     yield server
     server.stop()
@@ -258,7 +261,7 @@ def energy_server(chromium, energy_run, tmp_path_factory) -> Iterator[Restartabl
     """The same model with digit 0 as "no gesture", calibrated with --reject-score energy."""
     home = tmp_path_factory.mktemp("bentoml-home-energy")
     import_cli(energy_run / "best.pt", home)
-    server = RestartableServer(home, free_port())
+    server = RestartableServer(home)
     server.start()
     yield server
     server.stop()
@@ -394,7 +397,7 @@ def test_cors_is_closed_by_default(server, open_page):
 @pytest.mark.slow
 def test_cors_setting_lets_a_page_elsewhere_use_the_service(open_page, home):
     with page_elsewhere() as origin:
-        server = RestartableServer(home, free_port(), env={CORS_ORIGINS_ENV: origin})
+        server = RestartableServer(home, env={CORS_ORIGINS_ENV: origin})
         server.start()
         try:
             assert cors_headers(server.url, origin) == {"predict": origin, "too large": origin, "preflight": origin}
@@ -422,7 +425,7 @@ HAND_BOXES = """[...document.querySelectorAll('#hands .hand')].map(box => {
 def hands_server(chromium, hand_models, tmp_path_factory) -> Iterator[RestartableServer]:
     home = tmp_path_factory.mktemp("bentoml-home-hands")
     import_cli(save_hands_checkpoint(home / "hands-model" / "best.pt"), home)
-    server = RestartableServer(home, free_port())
+    server = RestartableServer(home)
     server.start()
     yield server
     server.stop()
