@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import shutil
 import subprocess
 import time
@@ -68,7 +69,9 @@ class Chromium:
         log_path = work_dir / "chromium.log"
         with log_path.open("wb") as log:
             process = subprocess.Popen([executable, *FLAGS, *camera, f"--user-data-dir={profile}", "--remote-debugging-port=0", "about:blank"],
-                                       stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                                       stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                       # its singleton socket folder goes in TMPDIR, and outlives a terminated browser
+                                       env={**os.environ, "TMPDIR": str(work_dir)})
         try:
             port = wait_for_devtools_port(process, profile / "DevToolsActivePort", start_timeout, log_path)
             socket = websocket.create_connection(page_socket_url(port), timeout=start_timeout, suppress_origin=True)
