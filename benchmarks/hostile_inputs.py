@@ -180,6 +180,33 @@ def jpeg_cut_after_its_header(width: int, height: int) -> bytes:
 
 
 @functools.cache
+def jpeg_hiding_its_frame(jpeg: bytes, decoy: tuple[int, int] = (100, 100)) -> bytes:
+    """``jpeg`` with a stuffed zero (0xFF 0x00) right after its start marker and a frame header of
+    ``decoy`` (width, height) inside an APP1 segment after its own. libjpeg and PIL skip the stuffed
+    zero and the bytes after it as junk and read the real frame header; a walk that takes the zero for
+    a segment with a length jumps over it to the decoy."""
+    i = 2
+    while jpeg[i + 1] not in (0xC0, 0xC1, 0xC2):  # the segments up to and including the frame header
+        i += 2 + int.from_bytes(jpeg[i + 2:i + 4], "big")
+    frame_end = i + 2 + int.from_bytes(jpeg[i + 2:i + 4], "big")
+    app1 = jpeg_segment(0xE1, b"pad!" + jpeg_segment(0xC0, struct.pack(">BHHB", 8, decoy[1], decoy[0], 1) + b"\x01\x11\x00"))
+    # From the length field of the stuffed zero over the real segments, APP1's marker and length and its 4 bytes of padding.
+    length = struct.pack(">H", frame_end - 2 + 10)
+    assert 0xFF not in length, "a 0xFF in the length would end libjpeg's junk early"
+    return b"\xff\xd8\xff\x00" + length + jpeg[2:frame_end] + app1 + jpeg[frame_end:]
+
+
+def tiff_listing_its_size_twice(width: int, height: int, decoy: tuple[int, int] = (100, 100)) -> bytes:
+    """A black deflate-compressed grey TIFF of ``width`` x ``height`` whose directory lists its size
+    again, as ``decoy``, after the real one: libtiff reads the first of a repeated tag, PIL the last."""
+    pixels = zlib.compress(bytes(width * height), 9)
+    entries = [(256, 4, 1, width), (257, 4, 1, height), (256, 4, 1, decoy[0]), (257, 4, 1, decoy[1]), (258, 3, 1, 8),
+               (259, 3, 1, 8), (262, 3, 1, 1), (273, 4, 1, 0), (277, 3, 1, 1), (278, 4, 1, height), (279, 4, 1, len(pixels))]
+    pixels_at = 8 + 2 + 12 * len(entries) + 4
+    directory = b"".join(struct.pack("<HHII", tag, kind, count, pixels_at if tag == 273 else value) for tag, kind, count, value in entries)
+    return b"II*\x00" + struct.pack("<IH", 8, len(entries)) + directory + bytes(4) + pixels
+
+
 def gif_header_then_junk(junk_bytes: int) -> bytes:
     """A GIF's screen descriptor and colour table, then zeros where its first image should begin, and
     its trailer."""
@@ -350,6 +377,9 @@ def bad_uploads() -> dict[str, tuple[bytes, str]]:
         "arithmetic_coded_jpeg_6000x6000": (jpeg_without_image_data(6000, 6000, "arithmetic"), "too large for its file size"),
         "lossless_jpeg_6000x6000": (jpeg_without_image_data(6000, 6000, "lossless"), "too large for its file size"),
         "jpeg_cut_after_its_header_6000x6000": (jpeg_cut_after_its_header(6000, 6000), "truncated JPEG: its 6000x6000 image needs"),
+        # Headers that read two ways: a checker that read the small one let the decoder make the large one.
+        "jpeg_hiding_its_6000x6000_frame_behind_a_stuffed_zero": (jpeg_hiding_its_frame(sparse_jpeg(6000, 6000)), "too large for its file size"),
+        "tiff_listing_its_4000x4000_size_twice": (tiff_listing_its_size_twice(4000, 4000), "TIFF whose directory lists its tag 256 twice"),
         # Formats PIL reads and the product does not: refused by name from their first bytes, unparsed.
         "ico_holding_an_8000x8000_png": (ico_holding_png(), "unsupported image format ICO"),
         "eps": (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 640 480\n%%EndComments\nshowpage\n", "unsupported image format EPS"),

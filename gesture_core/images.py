@@ -285,6 +285,8 @@ def _decode(data: bytes, *, max_pixels: int | None, min_side: int | None, max_pi
         keep_decoder_warnings_quiet()
         try:
             bgr = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
+            if bgr is not None:
+                check_decoded_size(fmt, bgr.shape, (width, height), scale)
             scalable = bgr is not None and (bgr.dtype in (np.uint8, np.uint16) or bgr.dtype.kind == "f")  # else PIL's scaling
             if scalable and bgr.ndim == 3 and bgr.shape[2] == 3:
                 # In place: no third full-size array next to OpenCV's decoding buffer and its result.
@@ -295,6 +297,15 @@ def _decode(data: bytes, *, max_pixels: int | None, min_side: int | None, max_pi
         except cv2.error as err:
             raise ImageDecodeError(f"corrupt or undecodable {fmt} ({opencv_reason(err)})") from None
     return _decode_with_pil(data)
+
+
+def check_decoded_size(fmt: str, shape: tuple[int, ...], size: tuple[int, int], scale: int) -> None:
+    """Refuse an image whose decoder read another size than its header gave the checks before it (a
+    header written to read two ways): that decode is paid, but never answered as the small image.
+    Either way round, as OpenCV turns a photo by its EXIF orientation."""
+    if sorted(shape[:2]) != sorted(-(-side // scale) for side in size):
+        raise ImageDecodeError(f"{fmt} whose image data is {shape[1]}x{shape[0]} where its header says "
+                               f"{size[0]}x{size[1]}: re-save it")
 
 
 def keep_decoder_warnings_quiet() -> None:
@@ -368,7 +379,9 @@ def jpeg_layout(data: bytes) -> JpegLayout:
     not counted); from there every start-of-scan marker counts: inside entropy-coded data a 0xFF byte
     is always followed by 0x00 or a restart marker, never by 0xDA. Bytes between two segments that
     are no marker are skipped to the next 0xFF, as libjpeg and PIL skip them (PIL one byte at a time,
-    in Python: about 60 ms a megabyte), each run counting as a segment. A segment whose length is under the
+    in Python: about 60 ms a megabyte), each run counting as a segment; so is a stuffed 0xFF 0x00, which
+    both skip as well: read as a segment with a length, it hid the frame header libjpeg decodes behind
+    a small one inside an APP1 segment, and 563 KB decoded as 144 megapixels. A segment whose length is under the
     two bytes of the length itself makes the file corrupt (``corrupt``), as libjpeg finds it."""
     i, size, frame, segments, blocks, precision = 2, None, None, 0, 0, 8
     while i + 4 <= len(data) and segments <= HEADER_LIMITS["JPEG"][1]:
@@ -378,7 +391,7 @@ def jpeg_layout(data: bytes) -> JpegLayout:
             segments += 1
             continue
         marker = data[i + 1]
-        if marker == 0xFF or marker == 0x01 or 0xD0 <= marker <= 0xD8:  # fill byte, or a marker without a length
+        if marker in (0xFF, 0x00, 0x01) or 0xD0 <= marker <= 0xD8:  # fill byte, stuffed zero, or a marker without a length
             i += 1 if marker == 0xFF else 2
             segments += 1  # fill bytes too: 16 MB of them would otherwise be 16 million steps of this walk
             continue
@@ -691,16 +704,21 @@ def probe_layout(data: bytes) -> Probe:
 def tiff_entries(data: bytes) -> dict[int, tuple[int, int]]:
     """{tag: (how many values, the first)} of the SHORT, LONG and LONG8 fields in a TIFF's or BigTIFF's
     first directory ({} for anything else); the walk is bounded by ``header_units``' limit on entries,
-    checked first."""
+    checked first. A directory that lists a tag twice is refused: libtiff reads the first, PIL and a
+    dict the last, so a 10000x10000 image listed again as 100x100 passed every check as the small one
+    and was decoded as the large one."""
     if not data.startswith((b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")):
         return {}
     order, offset, count = tiff_directory(data)
     # BigTIFF: an 8-byte entry count, then 20-byte entries whose values fit in 8 bytes; classic: 2, 12 and 4.
     counted, entry_size, inline = (8, 20, 8) if data[2:4] in (b"+\x00", b"\x00+") else (2, 12, 4)
-    entries = {}
+    entries, tags = {}, set()
     first = offset + counted
     for entry in range(first, min(first + entry_size * count, len(data) - entry_size + 1), entry_size):
         tag, kind, values = (int.from_bytes(data[entry + a:entry + b], order) for a, b in ((0, 2), (2, 4), (4, 4 + inline)))
+        if tag in tags:
+            raise ImageDecodeError(f"TIFF whose directory lists its tag {tag} twice, which decoders read differently: re-save it")
+        tags.add(tag)
         size = {3: 2, 4: 4, 16: 8}.get(kind)  # SHORT, LONG, LONG8
         if size is None or values < 1:
             continue

@@ -24,6 +24,7 @@ from benchmarks.hostile_inputs import (
     gif_header_then_junk,
     ico_holding_png,
     jpeg_cut_after_its_header,
+    jpeg_hiding_its_frame,
     jpeg_without_image_data,
     many_header_units,
     netpbm,
@@ -32,6 +33,7 @@ from benchmarks.hostile_inputs import (
     png_with_text_chunks,
     progressive_jpeg,
     sparse_jpeg,
+    tiff_listing_its_size_twice,
     tiff_of_strips,
     webp_animation_of_one_frame,
     with_exif,
@@ -579,6 +581,31 @@ def test_arithmetic_coded_and_lossless_jpegs_are_held_to_the_pixels_per_byte_lim
         read_rgb(bomb, **Settings().decode_limits(), min_side=256)
     small = jpeg_without_image_data(640, 480, kind)  # below SMALL_IMAGE_PIXELS any file may be that small
     assert read_rgb(small, **Settings().decode_limits(), min_side=256).shape == (480, 640, 3)
+
+
+def test_a_header_that_reads_two_ways_is_read_as_the_decoder_reads_it_or_refused():
+    """A stuffed zero that the walk of a JPEG's markers took for a segment hid the frame header libjpeg
+    decodes behind a small one (563 KB decoded as 144 megapixels, answered 200); a TIFF that lists its
+    size twice passed as the second, and libtiff decoded the first."""
+    photo = encode(Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 96, 3), np.uint8)), "JPEG")
+    hidden = jpeg_hiding_its_frame(photo, decoy=(8, 8))
+    assert probe_image(hidden) == pil_header(hidden) == ("JPEG", (96, 64))
+    assert np.array_equal(decode_rgb(hidden), decode_rgb(photo))
+    with pytest.raises(ImageDecodeError, match=r"^image too large for its file size: 6000x6000 = 36,000,000 pixels"):
+        decode_rgb(jpeg_hiding_its_frame(sparse_jpeg(6000, 6000)), max_pixels_per_byte=16)
+    with pytest.raises(ImageDecodeError, match=r"^TIFF whose directory lists its tag 256 twice, which decoders read differently"):
+        decode_rgb(tiff_listing_its_size_twice(4000, 4000))
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "TIFF"])
+def test_an_image_decoded_at_another_size_than_its_header_gave_the_checks_is_refused(monkeypatch, fmt):
+    """The last guard against a header read two ways that no check knows yet: the decode is paid, but
+    the image is never answered as the small one the checks passed."""
+    data = encode(Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 96, 3), np.uint8)), fmt)
+    probe = images_module.probe_layout
+    monkeypatch.setattr(images_module, "probe_layout", lambda data: probe(data)._replace(size=(8, 8)))
+    with pytest.raises(ImageDecodeError, match=f"^{fmt} whose image data is 96x64 where its header says 8x8: re-save it"):
+        decode_rgb(data)
 
 
 def test_a_jpeg_whose_image_data_is_cut_short_is_refused_everywhere():
