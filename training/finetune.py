@@ -194,6 +194,8 @@ def parse_config(argv: list[str] | None = None) -> tuple[TrainConfig, Path | Non
             parser.error(f"--resume continues the run as it was configured; it takes only "
                          f"{', '.join('--' + k for k in RESUMABLE_OVERRIDES)}, not {', '.join('--' + k.replace('_', '-') for k in ignored)}")
         state = load_training_state(args.resume)
+        if (split_file := args.resume.parent / "split.json").is_file():  # before anything is written: config.json was, then refused
+            check_classes_match(Splits.load(split_file).classes, state["classes"], split_file, args.resume)
         cfg = TrainConfig.from_dict(state["train_config"])
         for key in RESUMABLE_OVERRIDES:
             if key in explicit:
@@ -850,11 +852,16 @@ def load_training_state(path: Path) -> dict[str, Any]:
     return ckpt
 
 
+def check_classes_match(split_classes: list[str], trained: list[str], split_file: Path, resume: Path) -> None:
+    """Else the head's shape mismatch blamed last.pt for an edited split.json."""
+    if list(trained) != list(split_classes):
+        raise DatasetError(f"{split_file} lists the classes {', '.join(split_classes)}, but {resume} was trained on "
+                           f"{', '.join(trained)}: restore the run's split.json, or train a new run")
+
+
 def restore_training_state(run: Run, resume: Path, optimizer, scheduler, scaler, ema: ModelEma | None = None, *, steps_per_epoch: int) -> dict[str, Any]:
     ckpt = load_training_state(resume)
-    if ckpt["classes"] != run.splits.classes:  # else the head's shape mismatch blamed last.pt for an edited split.json
-        raise DatasetError(f"{run.out / 'split.json'} lists the classes {', '.join(run.splits.classes)}, but {resume} was trained on "
-                           f"{', '.join(ckpt['classes'])}: restore the run's split.json, or train a new run")
+    check_classes_match(run.splits.classes, ckpt["classes"], run.out / "split.json", resume)  # a split scanned again, with no split.json
     load_matching(run.model, ckpt["model"], what=f"{resume}")
     if ema is not None:
         ema.load_state_dict(ckpt["ema"])
