@@ -4,6 +4,7 @@ or a full disk during a save loses nothing and leaves no litter."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import functools
 import importlib
@@ -15,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -808,15 +810,35 @@ def test_calibrate_removes_what_a_killed_calibration_left_and_waits_for_a_run_tr
     assert "removed 1 partial checkpoint file(s) left by an interrupted save: .best.pt.k2j_x9aq.tmp" in capsys.readouterr().out
     assert sorted(p.name for p in folder.glob(".*.tmp")) == [".last.pt.k2j_x9aq.tmp"]
     (folder / ".lock").unlink()
-    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'a+'); fcntl.flock(f, fcntl.LOCK_EX); "
-                               "f.write('pid 4242 on trainer\\n'); f.flush(); print('held', flush=True); time.sleep(60)", str(folder / ".lock")],
-                              stdout=subprocess.PIPE, text=True)  # a run training in the folder, which would write over its best.pt
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with a_run_training_in(folder):  # which would write over its best.pt
         before = (folder / "best.pt").read_bytes()
         assert calibrate_main(["--checkpoint", str(folder), "--workers", "0"]) == 2
         assert one_error_line(capsys) == f"error: {folder} is in use by a training run (pid 4242 on trainer): wait for it to end: it calibrates the best.pt it writes"
         assert (folder / "best.pt").read_bytes() == before
+
+
+def test_evaluate_waits_for_a_run_training_in_the_checkpoints_folder(run, tmp_path, capsys):
+    """It scored the best.pt of the first epochs and left that report in the run's folder, beside the
+    finished run's own figures, with no word."""
+    folder = shutil.copytree(run, tmp_path / "run")
+    (folder / ".lock").unlink()
+    with a_run_training_in(folder):
+        assert evaluate_main(["--checkpoint", str(folder / "best.pt"), "--workers", "0"]) == 2
+        assert one_error_line(capsys) == (f"error: {folder} is in use by a training run (pid 4242 on trainer): wait for it to end: "
+                                          "its best.pt is replaced whenever an epoch does better")
+    assert not list(folder.glob("eval-*"))
+    assert evaluate_main(["--checkpoint", str(folder / "best.pt"), "--workers", "0"]) == 0  # once it has ended
+
+
+@contextlib.contextmanager
+def a_run_training_in(folder: Path) -> Iterator[None]:
+    """Another process holding ``folder``'s run lock, as a run training there does."""
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'a+'); fcntl.flock(f, fcntl.LOCK_EX); "
+                               "f.write('pid 4242 on trainer\\n'); f.flush(); print('held', flush=True); time.sleep(60)", str(folder / ".lock")],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        yield
     finally:
         holder.kill()
         holder.wait()

@@ -58,6 +58,7 @@ from training.hand_crops import HandCropCache, crop_samples, format_no_hand, fra
 from training.open_set import evaluate_open_set, format_unknown, unknown_samples
 from training.prepare import as_image_folder, resolve_data_dir
 from training.report import classification_metrics, format_summary, plot_mistakes, top_mistakes, write_json, write_report
+from training.run_lock import check_not_in_use
 from training.served import crop_batches, served_outputs
 
 TTA_CHOICES = (*TTA_MODES, "all")
@@ -309,6 +310,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.split and args.data:  # the split was ignored: the whole folder was evaluated
         parser.error(f"--split {args.split} picks one of the run's saved splits, and --data evaluates a folder instead: pass one of them")
     args.split = args.split or "test"
+    # its best.pt changes with each better epoch: the report in its folder outlived the model it scored
+    check_not_in_use(args.checkpoint.parent, "wait for it to end: its best.pt is replaced whenever an epoch does better")
     if args.out:  # the run's own folder held its training report, which this one replaced
         check_output_spares_inputs("--out", Path(args.out), {"--checkpoint": args.checkpoint})
         check_replaces_only_a_report(Path(args.out))
