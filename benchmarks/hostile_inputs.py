@@ -378,7 +378,7 @@ def bad_uploads() -> dict[str, tuple[bytes, str]]:
         "lossless_jpeg_6000x6000": (jpeg_without_image_data(6000, 6000, "lossless"), "too large for its file size"),
         "jpeg_cut_after_its_header_6000x6000": (jpeg_cut_after_its_header(6000, 6000), "truncated JPEG: its 6000x6000 image needs"),
         # Headers that read two ways: a checker that read the small one let the decoder make the large one.
-        "jpeg_hiding_its_6000x6000_frame_behind_a_stuffed_zero": (jpeg_hiding_its_frame(sparse_jpeg(6000, 6000)), "too large for its file size"),
+        "jpeg_hiding_its_12000x12000_frame_behind_a_stuffed_zero": (jpeg_hiding_its_frame(sparse_jpeg(12000, 12000)), "image too large: 12000x12000"),
         "tiff_listing_its_4000x4000_size_twice": (tiff_listing_its_size_twice(4000, 4000), "TIFF whose directory lists its tag 256 twice"),
         # Formats PIL reads and the product does not: refused by name from their first bytes, unparsed.
         "ico_holding_an_8000x8000_png": (ico_holding_png(), "unsupported image format ICO"),
