@@ -107,6 +107,7 @@ KINDS = (
     (("strip",), "aspect ratio"),
     (("scan",), "many scans"),
     (("_segments", "_chunks", "_blocks", "_byte_header", "_entries", "_junk"), "costly header"),  # parsed unit by unit by PIL
+    (("hiding", "twice"), "two-way header"),  # a header the checks and the decoder read differently
     (("bomb", "over_limit", "flat", "_6000x6000"), "large image"),
     (("ico_", "_eps"), "other format"),  # read by PIL, not decoded by the product
 )
