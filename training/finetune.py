@@ -54,7 +54,7 @@ from gesture_core.cli import (
 from gesture_core.interrupts import interrupted_exit_code
 from gesture_core.preprocess import WHOLE_FRAME_MODES, DataConfig
 from gesture_core.rejection import find_reject_classes
-from training import cli, distributed
+from training import cli, distributed, memory
 from training.augment import (
     CROP_CHOICES,
     PRESETS,
@@ -436,11 +436,26 @@ def prepare_run(cfg: TrainConfig, resume: Path | None) -> Run:
     model.to(device, memory_format=torch.channels_last)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # one input size for the whole run: time cuDNN's algorithms once
+    if cfg.freeze != "backbone":  # else the head alone trains, on the backbone's features
+        check_memory(cfg, model, training_geometry(cfg, data_config), device, amp, len(splits.train))
     distributed.from_main(lambda: write_run_folder(out, scanned, resume))  # last: a run that cannot start writes nothing
     if is_main_process():
         write_json(out / "config.json", cfg.to_dict())
         print(reject_line)
     return Run(cfg, out, splits, backbone, data_config, model, device, amp, source_splits, cache, report, gone, aspect)
+
+
+def check_memory(cfg: TrainConfig, model: torch.nn.Module, geometry: DataConfig, device: torch.device, amp: bool, images: int) -> None:
+    """Refuse a batch that cannot fit in memory, and warn of one that may not (training.memory): the
+    kernel's out-of-memory killer ends a run with no word. ``images``: the training split's, which
+    each process shares out."""
+    step = memory.measure_step(model, (geometry.in_chans, geometry.input_size, geometry.input_size), device, amp)
+    where = f"GPU {device}" if device.type == "cuda" else "this machine"
+    batch = min(cfg.batch_size, -(-images // distributed.world_size()))
+    warning = memory.check_batch_fits(step, memory.free_bytes(device), batch=batch, size=geometry.input_size,
+                                      size_flag="--train-size" if cfg.train_size else "--image-size", backbone=cfg.backbone, where=where)
+    if warning and is_main_process():
+        warnings.warn(warning, stacklevel=2)
 
 
 def warn_of_settings_that_do_nothing(cfg: TrainConfig, splits: Splits) -> None:

@@ -1,0 +1,58 @@
+"""A training batch that cannot fit in memory is refused before the first epoch, with the flag to
+lower (training.memory): the kernel's out-of-memory killer ended such a run with no word."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import training.finetune as finetune
+from gesture_core.backbones import build_model
+from gesture_core.cli import OutOfMemory
+from tests.helpers import make_image_folder
+from training import memory
+from training.memory import StepMemory, check_batch_fits, measure_step
+
+GB = 10**9
+
+
+def test_one_images_share_grows_with_its_pixels_and_the_model_comes_back_as_it_was():
+    model = build_model("mobilenet_v3_large", 4, "none").to(memory_format=torch.channels_last)
+    model.eval()
+    buffers = {name: b.clone() for name, b in model.named_buffers()}
+    torch.manual_seed(3)
+    expected_draw = torch.rand(3)
+    torch.manual_seed(3)
+    small, large = (measure_step(model, (3, size, size), torch.device("cpu"), amp=False) for size in (64, 128))
+    assert torch.equal(torch.rand(3), expected_draw)  # dropout drew from a forked generator
+    assert not model.training and all(torch.equal(b, buffers[name]) for name, b in model.named_buffers())
+    assert 3.5 < large.per_image / small.per_image < 4.5  # the activations go with the pixels
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    assert small.fixed >= memory.OPTIMIZER_COPIES * weights  # gradients and AdamW's moments
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_a_batch_that_cannot_fit_is_refused_with_the_batch_that_would_and_one_that_may_not_is_warned_of():
+    step = StepMemory(per_image=GB, fixed=GB)
+    kwargs = dict(size=1000, size_flag="--train-size", backbone="efficientnet_lite0", where="this machine")
+    with pytest.raises(OutOfMemory, match=r"^a training batch of 32 images at 1000 px needs about 33\.0 GB for efficientnet_lite0, "
+                                          r"and this machine has 21\.5 GB free: pass --batch-size 16, or a smaller --train-size$"):
+        check_batch_fits(step, int(21.5 * GB), batch=32, **kwargs)
+    with pytest.raises(OutOfMemory, match=r"free: pass a smaller --train-size$"):
+        check_batch_fits(step, int(1.5 * GB), batch=32, **kwargs)
+    assert "may be killed for lack of memory" in check_batch_fits(step, 40 * GB, batch=32, **kwargs)
+    assert check_batch_fits(step, 100 * GB, batch=32, **kwargs) is None
+
+
+def test_finetune_refuses_a_batch_larger_than_the_free_memory_before_it_writes_anything(tmp_path, monkeypatch, capsys):
+    data = make_image_folder(tmp_path / "gestures", per_class=10, size=48)
+    monkeypatch.setattr(memory, "free_bytes", lambda device: 10**6)  # 1 MB: not one image's activations at 64 px
+    out = tmp_path / "run"
+    argv = ["--data", str(data), "--out", str(out), "--backbone", "mobilenet_v3_large", "--weights", "none", "--image-size", "64", "--workers", "0"]
+    assert finetune.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: a training batch of 21 images at 64 px needs about ") and err.endswith(
+        "GB for mobilenet_v3_large, and this machine has 0.0 GB free: pass a smaller --image-size"), err
+    assert len(err.splitlines()) == 1 and not out.exists()
+    monkeypatch.undo()
+    assert finetune.main([*argv, "--epochs", "1"]) == 0  # with the machine's own free memory it trains
