@@ -32,6 +32,12 @@ def test_one_images_share_grows_with_its_pixels_and_the_model_comes_back_as_it_w
     assert all(p.grad is None for p in model.parameters())
 
 
+def test_an_input_whose_last_feature_map_is_one_pixel_is_measured():
+    """A batch of one image left batch norm one value a channel at 32 px, which it refuses in training."""
+    model = build_model("resnet18", 3, "none").to(memory_format=torch.channels_last)
+    assert measure_step(model, (3, 32, 32), torch.device("cpu"), amp=False).per_image > 0
+
+
 def test_a_batch_that_cannot_fit_is_refused_with_the_batch_that_would_and_one_that_may_not_is_warned_of():
     step = StepMemory(per_image=GB, fixed=GB)
     kwargs = dict(size=1000, size_flag="--train-size", backbone="efficientnet_lite0", where="this machine")

@@ -4,11 +4,12 @@ On Linux the kernel ends a process that asks for more memory than the machine ha
 exception and no message, only exit code 137. A run at ``--train-size 1000`` with the default batch
 of 32 was killed that way at 23 GB, its last line "trains at 1000 px" (a probe, 2026-12-07). What a
 training step holds grows with the batch and the square of the image size, so it is measured on the
-model itself, at the run's size and precision: the tensors autograd keeps for the backward pass of
-one forward pass with a batch of one image and of two. Their difference is one image's share; the
-rest (autocast's low-precision copies of the weights) is paid once, as are the weights' gradients
-and the optimizer's state. A real step also holds the gradients of the activations while the
-backward pass runs: two steps took 0.93 to 1.44 times the estimate (two runs), over five backbones, two sizes
+model itself, in the run's precision: the tensors autograd keeps for the backward pass of one
+forward pass with a batch of two images and of four (batch norm needs two values a channel). Half
+their difference is one image's share, scaled by its pixels from at most 224 px a side, so that the
+measurement itself stays small; the rest (autocast's low-precision copies of the weights) is paid
+once, as are the weights' gradients and the optimizer's state. A real step also holds the gradients of the activations while the
+backward pass runs: two steps took 0.92 to 1.38 times the estimate, over five backbones, two sizes
 and both precisions (``python -m benchmarks.train_memory``; docs/training.md, Memory).
 """
 
@@ -26,8 +27,9 @@ from torch import nn
 from gesture_core.cli import OutOfMemory
 from training.loop import autocast_for
 
-# Above this share of the free memory the estimate warns: a real step took up to 1.44 times it.
+# Above this share of the free memory the estimate warns: a real step took up to 1.38 times it.
 WARN_SHARE = 0.7
+MEASURED_SIDE = 224  # larger images are measured at this side and scaled by their pixels
 OPTIMIZER_COPIES = 3  # a gradient and AdamW's two moments for each weight (SGD keeps one moment)
 CGROUP = Path("/sys/fs/cgroup")
 
@@ -50,19 +52,23 @@ def measure_step(model: nn.Module, image_shape: tuple[int, int, int], device: to
     """``StepMemory`` of training ``model`` on images of ``image_shape`` (C, H, W), in channels-last
     batches as the loop feeds them. The model comes back as it was: its mode, its batch-norm
     statistics and the random number generators."""
+    channels, height, width = image_shape
+    shrink = min(1.0, MEASURED_SIDE / max(height, width))
+    measured = (channels, max(1, round(height * shrink)), max(1, round(width * shrink)))
     weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
     buffers = {name: b.clone() for name, b in model.named_buffers()}
     was_training = model.training
     model.train()
     try:
-        one, two = (saved_bytes(model, (n, *image_shape), device, amp, weights) for n in (1, 2))
+        two, four = (saved_bytes(model, (n, *measured), device, amp, weights) for n in (2, 4))
     finally:
         model.train(was_training)
         with torch.no_grad():
             for name, b in model.named_buffers():
                 b.copy_(buffers[name])
+    per_image = max(four - two, 0) / 2 * (height * width) / (measured[1] * measured[2])
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
-    return StepMemory(per_image=max(two - one, 0), fixed=max(2 * one - two, 0) + OPTIMIZER_COPIES * weight_bytes)
+    return StepMemory(per_image=round(per_image), fixed=max(2 * two - four, 0) + OPTIMIZER_COPIES * weight_bytes)
 
 
 def saved_bytes(model: nn.Module, shape: tuple[int, ...], device: torch.device, amp: bool, weights: set[int]) -> int:
