@@ -199,8 +199,14 @@ def jpeg_hiding_its_frame(jpeg: bytes, decoy: tuple[int, int] = (100, 100)) -> b
 def tiff_listing_its_size_twice(width: int, height: int, decoy: tuple[int, int] = (100, 100)) -> bytes:
     """A black deflate-compressed grey TIFF of ``width`` x ``height`` whose directory lists its size
     again, as ``decoy``, after the real one: libtiff reads the first of a repeated tag, PIL the last."""
+    return tiff_listing_again(width, height, {256: decoy[0], 257: decoy[1]})
+
+
+def tiff_listing_again(width: int, height: int, again: dict[int, int]) -> bytes:
+    """A black deflate-compressed grey TIFF of ``width`` x ``height`` whose directory lists the tags of
+    ``again`` a second time, with those values (as LONGs), after its size."""
     pixels = zlib.compress(bytes(width * height), 9)
-    entries = [(256, 4, 1, width), (257, 4, 1, height), (256, 4, 1, decoy[0]), (257, 4, 1, decoy[1]), (258, 3, 1, 8),
+    entries = [(256, 4, 1, width), (257, 4, 1, height), *((tag, 4, 1, value) for tag, value in again.items()), (258, 3, 1, 8),
                (259, 3, 1, 8), (262, 3, 1, 1), (273, 4, 1, 0), (277, 3, 1, 1), (278, 4, 1, height), (279, 4, 1, len(pixels))]
     pixels_at = 8 + 2 + 12 * len(entries) + 4
     directory = b"".join(struct.pack("<HHII", tag, kind, count, pixels_at if tag == 273 else value) for tag, kind, count, value in entries)

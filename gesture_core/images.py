@@ -449,6 +449,9 @@ def tiff_directory(data: bytes) -> tuple[str, int, int]:
 
 
 PngChunk = tuple[bytes, int, int]  # type, where its data starts, its length
+# What the checks read of a TIFF's directory: its size, samples, strips and tiles (tiff_pieces_problem,
+# tiff_has_deep_samples); each must be listed once.
+TIFF_CHECKED_TAGS = frozenset({256, 257, 258, 273, 277, 278, 279, 284, 322, 323, 324, 325, 339})
 
 
 def png_chunks(data: bytes) -> list[PngChunk]:
@@ -704,9 +707,9 @@ def probe_layout(data: bytes) -> Probe:
 def tiff_entries(data: bytes) -> dict[int, tuple[int, int]]:
     """{tag: (how many values, the first)} of the SHORT, LONG and LONG8 fields in a TIFF's or BigTIFF's
     first directory ({} for anything else); the walk is bounded by ``header_units``' limit on entries,
-    checked first. A directory that lists a tag twice is refused: libtiff reads the first, PIL and a
-    dict the last, so a 10000x10000 image listed again as 100x100 passed every check as the small one
-    and was decoded as the large one."""
+    checked first. A directory that lists a tag the checks read twice is refused: libtiff reads the
+    first, PIL and a dict the last, so a 10000x10000 image listed again as 100x100 passed every check
+    as the small one and was decoded as the large one. Other tags repeated decode, as libtiff reads them."""
     if not data.startswith((b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")):
         return {}
     order, offset, count = tiff_directory(data)
@@ -716,7 +719,7 @@ def tiff_entries(data: bytes) -> dict[int, tuple[int, int]]:
     first = offset + counted
     for entry in range(first, min(first + entry_size * count, len(data) - entry_size + 1), entry_size):
         tag, kind, values = (int.from_bytes(data[entry + a:entry + b], order) for a, b in ((0, 2), (2, 4), (4, 4 + inline)))
-        if tag in tags:
+        if tag in tags and tag in TIFF_CHECKED_TAGS:
             raise ImageDecodeError(f"TIFF whose directory lists its tag {tag} twice, which decoders read differently: re-save it")
         tags.add(tag)
         size = {3: 2, 4: 4, 16: 8}.get(kind)  # SHORT, LONG, LONG8

@@ -33,6 +33,7 @@ from benchmarks.hostile_inputs import (
     png_with_text_chunks,
     progressive_jpeg,
     sparse_jpeg,
+    tiff_listing_again,
     tiff_listing_its_size_twice,
     tiff_of_strips,
     webp_animation_of_one_frame,
@@ -595,6 +596,7 @@ def test_a_header_that_reads_two_ways_is_read_as_the_decoder_reads_it_or_refused
         decode_rgb(jpeg_hiding_its_frame(sparse_jpeg(6000, 6000)), max_pixels_per_byte=16)
     with pytest.raises(ImageDecodeError, match=r"^TIFF whose directory lists its tag 256 twice, which decoders read differently"):
         decode_rgb(tiff_listing_its_size_twice(4000, 4000))
+    assert decode_rgb(tiff_listing_again(64, 48, {305: 0})).shape == (48, 64, 3)  # a tag no check reads: decoded, as libtiff reads it
 
 
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG", "TIFF"])

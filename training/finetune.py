@@ -437,7 +437,7 @@ def prepare_run(cfg: TrainConfig, resume: Path | None) -> Run:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # one input size for the whole run: time cuDNN's algorithms once
     if cfg.freeze != "backbone":  # else the head alone trains, on the backbone's features
-        check_memory(cfg, model, training_geometry(cfg, data_config), device, amp, len(splits.train))
+        check_memory(cfg, model, backbone, training_geometry(cfg, data_config), device, amp, len(splits.train))
     distributed.from_main(lambda: write_run_folder(out, scanned, resume))  # last: a run that cannot start writes nothing
     if is_main_process():
         write_json(out / "config.json", cfg.to_dict())
@@ -445,15 +445,22 @@ def prepare_run(cfg: TrainConfig, resume: Path | None) -> Run:
     return Run(cfg, out, splits, backbone, data_config, model, device, amp, source_splits, cache, report, gone, aspect)
 
 
-def check_memory(cfg: TrainConfig, model: torch.nn.Module, geometry: DataConfig, device: torch.device, amp: bool, images: int) -> None:
+def check_memory(cfg: TrainConfig, model: torch.nn.Module, backbone: Backbone, geometry: DataConfig, device: torch.device, amp: bool,
+                 images: int) -> None:
     """Refuse a batch that cannot fit in memory, and warn of one that may not (training.memory): the
     kernel's out-of-memory killer ends a run with no word. ``images``: the training split's, which
-    each process shares out."""
-    step = memory.measure_step(model, (geometry.in_chans, geometry.input_size, geometry.input_size), device, amp)
-    where = f"GPU {device}" if device.type == "cuda" else "this machine"
-    batch = min(cfg.batch_size, -(-images // distributed.world_size()))
-    warning = memory.check_batch_fits(step, memory.free_bytes(device), batch=batch, size=geometry.input_size,
-                                      size_flag="--train-size" if cfg.train_size else "--image-size", backbone=cfg.backbone, where=where)
+    each process shares out. Under torchrun each process measures its own memory, and a batch that
+    does not fit one of them stops them all."""
+    size = geometry.input_size
+    smallest = backbone.aux_min_input_size if backbone.trains_aux(size) else 0
+    step = memory.measure_step(model, (geometry.in_chans, size, size), device, amp, smallest_side=smallest)
+    problem, warning = memory.batch_fits(step, memory.free_bytes(device), batch=min(cfg.batch_size, -(-images // distributed.world_size())),
+                                         size=size, size_flag="--train-size" if cfg.train_size else "--image-size", backbone=cfg.backbone,
+                                         where=f"GPU {device}" if device.type == "cuda" else "this machine")
+    if distributed.is_distributed():
+        distributed.check_every_rank(lambda: problem)
+    elif problem:
+        raise OutOfMemory(problem)
     if warning and is_main_process():
         warnings.warn(warning, stacklevel=2)
 

@@ -24,7 +24,6 @@ import psutil
 import torch
 from torch import nn
 
-from gesture_core.cli import OutOfMemory
 from training.loop import autocast_for
 
 # Above this share of the free memory the estimate warns: a real step took up to 1.38 times it.
@@ -48,12 +47,13 @@ class StepMemory:
         return 0 if fits < 1 else 1 << int(math.log2(fits))
 
 
-def measure_step(model: nn.Module, image_shape: tuple[int, int, int], device: torch.device, amp: bool) -> StepMemory:
+def measure_step(model: nn.Module, image_shape: tuple[int, int, int], device: torch.device, amp: bool, *, smallest_side: int = 0) -> StepMemory:
     """``StepMemory`` of training ``model`` on images of ``image_shape`` (C, H, W), in channels-last
-    batches as the loop feeds them. The model comes back as it was: its mode, its batch-norm
+    batches as the loop feeds them, measured at no less than ``smallest_side`` (Inception's auxiliary
+    classifier takes 299 px or more). The model comes back as it was: its mode, its batch-norm
     statistics and the random number generators."""
     channels, height, width = image_shape
-    shrink = min(1.0, MEASURED_SIDE / max(height, width))
+    shrink = min(1.0, max(MEASURED_SIDE, smallest_side) / max(height, width))
     measured = (channels, max(1, round(height * shrink)), max(1, round(width * shrink)))
     weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
     buffers = {name: b.clone() for name, b in model.named_buffers()}
@@ -95,6 +95,7 @@ def free_bytes(device: torch.device) -> int:
     """Memory free for this process: the GPU's, or the machine's, within its container's limit
     (cgroup v2), shared by the processes torchrun started on this machine."""
     if device.type == "cuda":
+        torch.cuda.empty_cache()  # what the measurement left reserved is free for the run
         return torch.cuda.mem_get_info(device)[0]
     free = psutil.virtual_memory().available
     try:
@@ -106,14 +107,14 @@ def free_bytes(device: torch.device) -> int:
     return free // max(int(os.environ.get("LOCAL_WORLD_SIZE", "1")), 1)
 
 
-def check_batch_fits(step: StepMemory, free: int, *, batch: int, size: int, size_flag: str, backbone: str, where: str) -> str | None:
-    """OutOfMemory when a batch cannot fit, naming the flags to lower; a warning when it may not; else None."""
+def batch_fits(step: StepMemory, free: int, *, batch: int, size: int, size_flag: str, backbone: str, where: str) -> tuple[str | None, str | None]:
+    """(why the batch cannot fit, naming the flags to lower; a warning that it may not), each None where not."""
     need = step.for_batch(batch)
     said = (f"a training batch of {batch} images at {size} px needs about {need / 1e9:.1f} GB for {backbone}, "
             f"and {where} has {free / 1e9:.1f} GB free")
     if need > free:
         largest = step.largest_batch(free)
-        raise OutOfMemory(f"{said}: pass --batch-size {largest}, or a smaller {size_flag}" if largest else f"{said}: pass a smaller {size_flag}")
+        return (f"{said}: pass --batch-size {largest}, or a smaller {size_flag}" if largest else f"{said}: pass a smaller {size_flag}"), None
     if need > WARN_SHARE * free:
-        return f"{said}; a step can take up to 1.5 times that, so the run may be killed for lack of memory: a smaller --batch-size is safer"
-    return None
+        return None, f"{said}; a step can take up to 1.5 times that, so the run may be killed for lack of memory: a smaller --batch-size is safer"
+    return None, None
