@@ -182,7 +182,7 @@ def _by_frames(by_class: dict[str, list[str]]) -> Grouping:
     described = [f"each recording whole in {whole} class(es) of {MIN_RECORDINGS} or more"] if whole else []
     if block_sizes:
         sizes = "-".join(str(n) for n in sorted({min(block_sizes), max(block_sizes)}))
-        described.append(f"blocks of {sizes} neighbouring frame{'' if sizes == '1' else 's'} (about {SEQUENCE_BLOCKS} blocks per class) "
+        described.append(f"blocks of {sizes} neighbouring frame{'' if sizes == '1' else 's'} (at most {SEQUENCE_BLOCKS} blocks per class) "
                          f"in {len(block_sizes)} class(es) of fewer recordings")
     # Said where the sequences are known recordings: clips in folders (a video's frames), or takes in the other classes.
     # One numbered sequence per class and no folders is most often a camera's counter (IMG_1118.JPG): photos, not a take.
