@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -51,8 +52,8 @@ def write_y4m(path: Path, frames_bgr: list[np.ndarray], fps: int) -> Path:
 
 
 class Chromium:
-    def __init__(self, process: subprocess.Popen, log_path: Path, socket: Any):
-        self.process, self.log_path, self.socket = process, log_path, socket
+    def __init__(self, process: subprocess.Popen, log_path: Path, socket: Any, socket_dir: Path):
+        self.process, self.log_path, self.socket, self.socket_dir = process, log_path, socket, socket_dir
         self._next_id = 0
 
     @classmethod
@@ -67,19 +68,21 @@ class Chromium:
         camera = [] if fake_camera is None else ["--use-fake-device-for-media-stream", f"--use-file-for-fake-video-capture={fake_camera}",
                                                  "--use-fake-ui-for-media-stream"]
         log_path = work_dir / "chromium.log"
+        # Its singleton socket's folder goes in TMPDIR and outlives a terminated browser: one a test left in
+        # /tmp for good. Not the test's own folder: a socket's path holds at most 107 bytes.
+        socket_dir = Path(tempfile.mkdtemp(prefix="chromium-"))
         with log_path.open("wb") as log:
             process = subprocess.Popen([executable, *FLAGS, *camera, f"--user-data-dir={profile}", "--remote-debugging-port=0", "about:blank"],
-                                       stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                       # its singleton socket folder goes in TMPDIR, and outlives a terminated browser
-                                       env={**os.environ, "TMPDIR": str(work_dir)})
+                                       stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, "TMPDIR": str(socket_dir)})
         try:
             port = wait_for_devtools_port(process, profile / "DevToolsActivePort", start_timeout, log_path)
             socket = websocket.create_connection(page_socket_url(port), timeout=start_timeout, suppress_origin=True)
         except BaseException:
             process.kill()
             process.wait(10)
+            shutil.rmtree(socket_dir, ignore_errors=True)
             raise
-        return cls(process, log_path, socket)
+        return cls(process, log_path, socket, socket_dir)
 
     def __enter__(self) -> Chromium:
         return self
@@ -95,6 +98,7 @@ class Chromium:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait(10)
+        shutil.rmtree(self.socket_dir, ignore_errors=True)
 
     def call(self, method: str, **params: Any) -> dict[str, Any]:
         """One DevTools command and its result (events that arrive meanwhile are skipped)."""
