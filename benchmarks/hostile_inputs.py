@@ -208,9 +208,7 @@ def tiff_listing_again(width: int, height: int, again: dict[int, int]) -> bytes:
     pixels = zlib.compress(bytes(width * height), 9)
     entries = [(256, 4, 1, width), (257, 4, 1, height), *((tag, 4, 1, value) for tag, value in again.items()), (258, 3, 1, 8),
                (259, 3, 1, 8), (262, 3, 1, 1), (273, 4, 1, 0), (277, 3, 1, 1), (278, 4, 1, height), (279, 4, 1, len(pixels))]
-    pixels_at = 8 + 2 + 12 * len(entries) + 4
-    directory = b"".join(struct.pack("<HHII", tag, kind, count, pixels_at if tag == 273 else value) for tag, kind, count, value in entries)
-    return b"II*\x00" + struct.pack("<IH", 8, len(entries)) + directory + bytes(4) + pixels
+    return little_endian_tiff(entries, {273: tiff_data_offset(entries)}, pixels)
 
 
 def gif_header_then_junk(junk_bytes: int) -> bytes:
@@ -302,12 +300,23 @@ def tiff_of_strips(width: int, height: int, strips: int) -> bytes:
     the same row of pixels: 8 bytes of file a strip, each an object in Python for PIL's reader."""
     entries = [(256, 4, 1, width), (257, 4, 1, height), (258, 3, 1, 8), (259, 3, 1, 1), (262, 3, 1, 1), (273, 4, strips, 0),
                (277, 3, 1, 1), (278, 4, 1, 1), (279, 4, strips, 0), (284, 3, 1, 1)]
-    offsets_at = 8 + 2 + 12 * len(entries) + 4
+    offsets_at = tiff_data_offset(entries)
     counts_at, pixels_at = offsets_at + 4 * strips, offsets_at + 8 * strips
     values = {273: offsets_at if strips > 1 else pixels_at, 279: counts_at if strips > 1 else width}
-    directory = b"".join(struct.pack("<HHII", tag, kind, count, values.get(tag, value)) for tag, kind, count, value in entries)
     offsets, counts = struct.pack(f"<{strips}I", *[pixels_at] * strips), struct.pack(f"<{strips}I", *[width] * strips)
-    return b"II*\x00" + struct.pack("<IH", 8, len(entries)) + directory + bytes(4) + offsets + counts + bytes(width)
+    return little_endian_tiff(entries, values, offsets + counts + bytes(width))
+
+
+def little_endian_tiff(entries: list[tuple[int, int, int, int]], values: dict[int, int], data: bytes) -> bytes:
+    """A TIFF of one directory of ``entries`` (tag, type, count, value; ``values`` replaces the value of
+    the tags it names), then ``data``, which starts at ``tiff_data_offset(entries)``."""
+    directory = b"".join(struct.pack("<HHII", tag, kind, count, values.get(tag, value)) for tag, kind, count, value in entries)
+    return b"II*\x00" + struct.pack("<IH", 8, len(entries)) + directory + bytes(4) + data
+
+
+def tiff_data_offset(entries: list[tuple[int, int, int, int]]) -> int:
+    """Where ``little_endian_tiff``'s data starts: after the header, the entry count, the entries and the next directory's offset."""
+    return 8 + 2 + 12 * len(entries) + 4
 
 
 def exif_bomb(entries: int = 65_535, value_bytes: int = 200_000) -> bytes:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -91,3 +95,18 @@ def trained_further(run: Path) -> None:
     lines = history.read_text().splitlines()
     last = lines[-1].split(",")
     history.write_text("\n".join([*lines, ",".join([str(int(last[0]) + 1), *last[1:]])]) + "\n")
+
+
+@contextlib.contextmanager
+def a_run_training_in(folder: Path) -> Iterator[None]:
+    """Another process holding ``folder``'s run lock (training.run_lock), as a run training there does,
+    named "pid 4242 on trainer"."""
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'a+'); fcntl.flock(f, fcntl.LOCK_EX); "
+                               "f.write('pid 4242 on trainer\\n'); f.flush(); print('held', flush=True); time.sleep(60)", str(folder / ".lock")],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        yield
+    finally:
+        holder.kill()
+        holder.wait()

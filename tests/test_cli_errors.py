@@ -4,7 +4,6 @@ or a full disk during a save loses nothing and leaves no litter."""
 from __future__ import annotations
 
 import argparse
-import contextlib
 import errno
 import functools
 import importlib
@@ -16,7 +15,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +28,7 @@ from gesture_core import checkpoint as checkpoint_module
 from gesture_core.backbones import build_model
 from gesture_core.checkpoint import remove_partial_saves
 from gesture_core.cli import command, python_command
-from tests.helpers import make_image_folder
+from tests.helpers import a_run_training_in, make_image_folder
 from tests.test_finetune import tiny_config
 from training.calibrate import main as calibrate_main
 from training.evaluate import main as evaluate_main
@@ -828,20 +826,6 @@ def test_evaluate_waits_for_a_run_training_in_the_checkpoints_folder(run, tmp_pa
                                           "its best.pt is replaced whenever an epoch does better")
     assert not list(folder.glob("eval-*"))
     assert evaluate_main(["--checkpoint", str(folder / "best.pt"), "--workers", "0"]) == 0  # once it has ended
-
-
-@contextlib.contextmanager
-def a_run_training_in(folder: Path) -> Iterator[None]:
-    """Another process holding ``folder``'s run lock, as a run training there does."""
-    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'a+'); fcntl.flock(f, fcntl.LOCK_EX); "
-                               "f.write('pid 4242 on trainer\\n'); f.flush(); print('held', flush=True); time.sleep(60)", str(folder / ".lock")],
-                              stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "held"
-        yield
-    finally:
-        holder.kill()
-        holder.wait()
 
 
 def test_calibrate_refuses_a_run_without_validation_images(dataset, tmp_path, capsys):

@@ -25,7 +25,13 @@ import training.finetune as finetune
 from gesture_core import load_classifier
 from gesture_core.classifier import Classifier
 from gesture_core.cli import OutOfMemory, python_command
-from tests.helpers import count_calls, make_image_folder, train_interrupted_in_epoch, train_interrupted_in_epoch_2
+from tests.helpers import (
+    a_run_training_in,
+    count_calls,
+    make_image_folder,
+    train_interrupted_in_epoch,
+    train_interrupted_in_epoch_2,
+)
 from tests.test_data import add_bad_files
 from tests.test_docs_commands import parse_errors, project_invocation
 from training.config import TrainConfig
@@ -727,17 +733,11 @@ def test_the_confusion_matrix_of_many_classes_stays_a_picture(tmp_path, monkeypa
 def test_a_run_folder_holds_one_training_process_at_a_time(dataset, tmp_path, capsys):
     """Two runs at one --out a moment apart wrote each other's checkpoints (the first died on weights that
     no longer fit, its work lost), and a --resume of a run still training trained beside it."""
-    import subprocess
-
     from training.run_lock import hold_run_folder, release_run_folders
 
     out = tmp_path / "run"
     out.mkdir()
-    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'a+'); fcntl.flock(f, fcntl.LOCK_EX); "
-                               "f.write('pid 4242 on trainer\\n'); f.flush(); print('held', flush=True); time.sleep(60)", str(out / ".lock")],
-                              stdout=subprocess.PIPE, text=True)  # fmt: skip
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with a_run_training_in(out):
         argv = ["--data", str(dataset), "--out", str(out), "--backbone", "lenet5", "--weights", "none", "--epochs", "1", "--image-size", "32", "--workers", "0"]
         assert finetune.main(argv) == 2
         assert f"error: {out} is in use by a training run (pid 4242 on trainer): wait for it to end, or pass another --out" in capsys.readouterr().err
@@ -755,9 +755,6 @@ def test_a_run_folder_holds_one_training_process_at_a_time(dataset, tmp_path, ca
             assert "split" not in said.out
         for name in ("last.pt", "best.pt", "split.json", "config.json", "history.csv"):
             (out / name).unlink()
-    finally:
-        holder.kill()
-        holder.wait()
     assert finetune.main(argv) == 0  # the holder's end let go of the lock: no stale lock to clear by hand
     hold_run_folder(out)  # released at the end of that run, and held again here by this process
     release_run_folders()

@@ -8,9 +8,10 @@ model itself, in the run's precision: the tensors autograd keeps for the backwar
 forward pass with a batch of two images and of four (batch norm needs two values a channel). Half
 their difference is one image's share, scaled by its pixels from at most 224 px a side, so that the
 measurement itself stays small; the rest (autocast's low-precision copies of the weights) is paid
-once, as are the weights' gradients and the optimizer's state. A real step also holds the gradients of the activations while the
-backward pass runs: two steps took 0.92 to 1.38 times the estimate, over five backbones, two sizes
-and both precisions (``python -m benchmarks.train_memory``; docs/training.md, Memory).
+once, as are the weights' gradients and the optimizer's state. A real step also holds the gradients
+of the activations while the backward pass runs: two steps took 0.92 to 1.38 times the estimate,
+over five backbones, two sizes and both precisions (``python -m benchmarks.train_memory``;
+docs/training.md, Memory).
 """
 
 from __future__ import annotations
