@@ -87,6 +87,32 @@ def unglue(word: str, firsts: Collection[str], seconds: Collection[str]) -> list
     return None
 
 
+def terminal_width(text: str) -> int:
+    """The columns ``text`` takes in a terminal: two for the wide characters of East Asian scripts and
+    emoji, none for combining marks, variation selectors, skin tones and what a zero-width joiner joins
+    to the character before it ("👍🏽" and "👨‍👩‍👧" are one glyph of two columns). ``len`` counted "✋"
+    as one column and "ĉ" written with a combining mark as two, and a table with such class names lost
+    its columns."""
+    width, joined, narrow_before = 0, False, False
+    for char in text:
+        if char == "\u200d" or joined:  # a joiner, or what it joins: drawn within the glyph before it
+            joined = char == "\u200d"
+            continue
+        if char == "\ufe0f":  # emoji presentation: a narrow symbol before it ("✌️") is drawn wide
+            width, narrow_before = width + narrow_before, False
+            continue
+        if unicodedata.combining(char) or unicodedata.category(char) in ("Mn", "Me", "Cf") or "\U0001f3fb" <= char <= "\U0001f3ff":
+            continue
+        narrow_before = unicodedata.east_asian_width(char) not in ("W", "F")
+        width += 1 if narrow_before else 2
+    return width
+
+
+def pad(text: str, width: int) -> str:
+    """``text`` left-aligned in ``width`` terminal columns (``terminal_width``), as ``f"{text:<{width}}"`` does for ASCII."""
+    return text + " " * max(0, width - terminal_width(text))
+
+
 def some_of(names: Sequence[str], shown: int = 10) -> str:
     """``names`` comma-separated, the first ``shown`` of them and how many more: a warning that listed
     every class of a 2,000-class set was one line of 22 KB."""

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shutil
+import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -186,6 +187,13 @@ def test_missing_folder_is_a_usage_error_not_a_traceback(tmp_path: Path, capsys)
             main([str(path)])
         assert exit_.value.code == 2  # as finetune's --data: the path is the user's mistake
         assert f"DIR {path}: not a folder" in capsys.readouterr().err
+
+
+def test_more_decoding_threads_than_help_are_a_usage_error(tmp_path: Path, capsys):
+    """--workers 99999 was taken: a thread per image, up to 99,999 of them, each holding a decoded photo."""
+    with pytest.raises(SystemExit) as exit_:
+        main([str(tmp_path), "--workers", "99999"])
+    assert exit_.value.code == 2 and "argument --workers: must be in [1, " in capsys.readouterr().err
 
 
 def test_real_sign_digits_finds_the_three_huge_images(sign_digits: Path):
@@ -388,6 +396,24 @@ def test_names_with_emoji_joiners_and_variation_selectors_are_kept():
     from gesture_core.class_names import unwritable_characters
 
     assert [unwritable_characters(n) for n in ("\u270c\ufe0f", "\U0001f468\u200d\U0001f469", "\u0646\u0627\u200c\u0628", "e\u0301")] == [None] * 4
+
+
+WIDE_AND_NARROW_NAMES = ("fist", "\u270b", "\U0001f44d\U0001f3fd", "\u270c\ufe0f", "\u624b", "c\u0302a", "\U0001f468\u200d\U0001f469")
+
+
+def test_table_columns_line_up_with_emoji_cjk_and_combining_class_names(tmp_path, capsys):
+    """Class names drawn two columns wide (emoji, CJK) or with marks drawn over a letter pushed the counts
+    of check's table and of the training summary out of line: the widths counted characters, not columns."""
+    from gesture_core.class_names import terminal_width
+    from training.report import classification_metrics, format_summary
+
+    assert [terminal_width(n) for n in WIDE_AND_NARROW_NAMES] == [4, 2, 2, 2, 2, 2, 2]
+    root = make_image_folder(tmp_path / "data", classes=WIDE_AND_NARROW_NAMES, per_class=2, ext=".png")
+    assert main([str(root), "--fast"]) == 0
+    summary = format_summary(classification_metrics(np.eye(7, dtype=np.float32), np.arange(7), list(WIDE_AND_NARROW_NAMES)), "test:")
+    for table in (capsys.readouterr().out, summary):
+        rows = [line for line in table.splitlines() if any(unicodedata.normalize("NFC", line).startswith(f"  {unicodedata.normalize('NFC', n)} ") for n in WIDE_AND_NARROW_NAMES)]  # check names the class in NFC
+        assert len(rows) == 7 and len({terminal_width(row) for row in rows}) == 1, table
 
 
 def test_a_folder_beside_train_and_test_is_warned_of_in_check_and_training(tmp_path):

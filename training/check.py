@@ -32,7 +32,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from gesture_core.class_names import name_key, some_of
+from gesture_core.class_names import name_key, pad, some_of, terminal_width
 from gesture_core.cli import (
     CommandParser,
     check_output_outside_datasets,
@@ -40,6 +40,7 @@ from gesture_core.cli import (
     output_arg,
 )
 from gesture_core.images import DECODED_FORMATS, ImageDecodeError, decode_rgb, probe_image, read_image_file
+from gesture_core.runtime import MOST_THREADS
 from training.cli import input_path, int_at_least
 from training.config import TrainConfig
 from training.data import (
@@ -480,17 +481,17 @@ def format_report(r: dict) -> str:
         return "\n".join(lines + [f"FATAL: {f}" for f in r["fatal"]])
     lines.append(f"layout: {r['layout']}, {len(r['classes'])} classes, {r['images']:,} usable images"
                  + (f", imbalance {r['imbalance_ratio']:g}:1" if r["imbalance_ratio"] is not None else ""))  # fmt: skip
-    width = max((len(c) for c in r["classes"]), default=5)
+    width = max((terminal_width(c) for c in r["classes"]), default=5)
     if r["splits"]:
         names = list(r["splits"])
         lines.append(f"  {'class':{width}s} " + " ".join(f"{s:>6s}" for s in names) + "   total")
         for c in r["classes"]:
             lines.append(
-                f"  {c:{width}s} " + " ".join(f"{r['splits'][s].get(c, 0):6d}" for s in names) + f"  {r['counts'][c]:6d}"
+                f"  {pad(c, width)} " + " ".join(f"{r['splits'][s].get(c, 0):6d}" for s in names) + f"  {r['counts'][c]:6d}"
             )
     else:
         for c in r["classes"]:
-            lines.append(f"  {c:{width}s} {r['counts'][c]:6d}")
+            lines.append(f"  {pad(c, width)} {r['counts'][c]:6d}")
     s = r["image_stats"]
     if s:
         lines.append(f"sizes: width {s['width']['min']}-{s['width']['max']} (median {s['width']['median']:g}), "
@@ -527,7 +528,7 @@ def main(argv: list[str] | None = None) -> int:
                         "URL, or a catalogue name: the folder training reads (archives are unpacked into datasets/)")
     parser.add_argument("--json", type=output_arg("file", replaces=(".json",)), metavar="FILE", help="also write the full report as JSON")
     parser.add_argument("--fast", action="store_true", help="read headers only, skip the full decode of each image")
-    parser.add_argument("--workers", type=int_at_least(1), default=min(4, os.cpu_count() or 1), help="decoding threads")
+    parser.add_argument("--workers", type=int_at_least(1, MOST_THREADS), default=min(4, os.cpu_count() or 1), help="decoding threads")
     args = parser.parse_args(argv)
     try:  # the folder that finetune --data trains on: an archive or its URL unpacked, a catalogue name prepared
         args.dir = resolve_data_dir(args.dir, "DIR")

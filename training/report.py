@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from gesture_core.checkpoint import atomic_output
+from gesture_core.class_names import pad, terminal_width
 from gesture_core.rejection import Rejection, softmax
 from training.data import printable_path
 
@@ -253,10 +254,10 @@ def format_summary(metrics: dict[str, Any], title: str) -> str:
     lines = [title]
     if metrics.get("top1") is None:
         return "\n".join(lines + ["  (no images evaluated)"])
-    width = max(8, *(len(c) for c in metrics["per_class"]))
+    width = max(8, *(terminal_width(c) for c in metrics["per_class"]))
     lines.append(f"  {'class':<{width}}  precision  recall     f1  support")
     for name, m in metrics["per_class"].items():
-        lines.append(f"  {name:<{width}}  {m['precision']:9.3f}  {m['recall']:6.3f}  {m['f1']:5.3f}  {m['support']:7d}")
+        lines.append(f"  {pad(name, width)}  {m['precision']:9.3f}  {m['recall']:6.3f}  {m['f1']:5.3f}  {m['support']:7d}")
     # With 5 classes or fewer every image is in its top 5: a "top-5 100.00%" there says nothing.
     top5 = f"   top-5 {metrics['top5']:.2%}" if len(metrics["per_class"]) > 5 else ""
     lines.append(f"  top-1 {metrics['top1']:.2%}{top5}   ({metrics['n']} images)")
