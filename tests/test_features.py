@@ -63,6 +63,16 @@ def test_cached_linear_probe_trains_the_same_head_as_the_uncached_one(dataset, t
     assert test_a["confusion_matrix"] == test_b["confusion_matrix"] and test_a["n"] == test_b["n"] > 0
 
 
+def test_a_cache_folder_that_cannot_be_written_costs_a_warning_not_the_run(dataset, tmp_path, monkeypatch, capsys):
+    """A read-only ~/.cache (or a full disk) ended a run after its last epoch: its calibration stores the
+    features it computes, and the failed write stopped it with no report and no metrics.json."""
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("GESTURE_CACHE_DIR", str(tmp_path / "a-file" / "cache"))  # no folder can be made there, even as root
+    with pytest.warns(UserWarning, match=r"features not cached: cannot write .*a-file/cache/features \(Not a directory\); set GESTURE_CACHE_DIR"):
+        run = finetune.train(probe_config(dataset, tmp_path / "run", cache_features="off", epochs=1))
+    assert json.loads((run / "metrics.json").read_text())["test"]["n"] > 0
+
+
 def test_a_staged_run_uses_the_cache_for_its_frozen_phase_only(dataset, tmp_path, monkeypatch):
     finetune.train(probe_config(dataset, tmp_path / "probe", epochs=1))  # fills the cache
     uncached_epochs, extractions = [], []

@@ -23,6 +23,7 @@ import copy
 import hashlib
 import json
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -137,7 +138,11 @@ def cached_features(
     split = extract_features(
         extractor, samples, data_config, device=device, workers=workers, desc=desc, engine=engine() if engine else None
     )
-    atomic_torch_save({"features": split.features, "labels": split.labels}, path)
+    try:
+        atomic_torch_save({"features": split.features, "labels": split.labels}, path)
+    except OSError as err:  # a cache: one that cannot be written costs the next run this extraction, not this run its report
+        warnings.warn(f"features not cached: cannot write {path.parent} ({err.strerror or err}); "
+                      "set GESTURE_CACHE_DIR to a writable folder to keep them for the next run", stacklevel=2)
     return split
 
 
