@@ -12,6 +12,7 @@ raised it.
 from __future__ import annotations
 
 import argparse
+import codecs
 import difflib
 import errno
 import functools
@@ -126,6 +127,8 @@ def command(main: Callable[P, int]) -> Callable[P, int]:
     @functools.wraps(main)
     def run(*args: P.args, **kwargs: P.kwargs) -> int:
         warnings.formatwarning = one_line_warning
+        if problem := file_names_encoding_problem():
+            warnings.warn(problem, stacklevel=2)
         restore_python_interrupts()  # from here a step that keeps its work on Ctrl-C (a run saving last.pt) has its say
         process_command = is_process_command(main)
         if process_command:
@@ -161,9 +164,24 @@ def one_line_warning(message: Warning | str, category: type[Warning], filename: 
     return f"warning: {' '.join(str(message).split())}\n"
 
 
+def file_names_encoding_problem() -> str | None:
+    """Why file names other than plain ASCII ones would read wrong in this process, or None. Python reads
+    file names in the locale's encoding unless it runs in UTF-8 mode (as it does by itself in the C locale):
+    under a Latin-1 locale a class folder "ñ" trained as a class "Ã±" without a word, and under
+    ``PYTHONUTF8=0 LC_ALL=C`` a run folder "é" failed as "'ascii' codec can't encode character"."""
+    encoding = sys.getfilesystemencoding()
+    if codecs.lookup(encoding).name == "utf-8":
+        return None
+    return (f"this Python reads and writes file names and text as {encoding} (its locale's encoding), not UTF-8, so a name "
+            "with other letters reads as other letters or cannot be read: run it with PYTHONUTF8=1, or in a UTF-8 locale (LANG=C.UTF-8)")
+
+
 def describe(err: BaseException) -> str:
     """The error's message on one line; an OSError as 'file: reason' rather than '[Errno 28] ...'."""
-    if isinstance(err, OSError) and type(err).__str__ is OSError.__str__ and err.strerror:
+    if isinstance(err, UnicodeError) and (problem := file_names_encoding_problem()):  # what the codec said names no file
+        found = err.object[err.start:err.end] if isinstance(err, UnicodeEncodeError | UnicodeDecodeError) else None
+        text = f"a name or text holds {found!r}: {problem}" if found else problem
+    elif isinstance(err, OSError) and type(err).__str__ is OSError.__str__ and err.strerror:
         text = f"{err.filename}: {err.strerror}" if err.filename else err.strerror
     else:
         text = str(err) or type(err).__name__

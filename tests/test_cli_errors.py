@@ -1213,3 +1213,17 @@ def test_a_command_to_paste_names_the_python_the_user_ran(tmp_path, monkeypatch)
     monkeypatch.setenv("PATH", str(venv_python.parent))  # an activated venv: its python is the one on PATH
     monkeypatch.setattr(sys, "executable", str(venv_python))
     assert python_command() == "python"
+
+
+def test_a_locale_that_is_not_utf8_is_named_with_its_fix(tmp_path):
+    """Under a locale whose encoding is not UTF-8 (and no UTF-8 mode), Python reads file names in that encoding:
+    a class folder "ñ" trained as a class "Ã±" under Latin-1 without a word, and under ASCII a folder "é" failed as
+    "'ascii' codec can't encode character '\\xe9' in position 19: ordinal not in range(128)"."""
+    data = make_image_folder(tmp_path / "données", classes=("gauche", "droite"), per_class=2)
+    env = {**os.environ, "LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+    done = subprocess.run([sys.executable, "-m", "training.check", str(data)], cwd=REPO, env=env, capture_output=True, timeout=300)
+    lines = done.stderr.decode("ascii", "backslashreplace").splitlines()
+    fix = "this Python reads and writes file names and text as ascii (its locale's encoding), not UTF-8"
+    assert done.returncode == 2 and len(lines) == 2, lines
+    assert lines[0].startswith(f"warning: {fix}") and lines[1].startswith(f"error: a name or text holds '\\xe9': {fix}"), lines
+    assert lines[1].endswith("run it with PYTHONUTF8=1, or in a UTF-8 locale (LANG=C.UTF-8)"), lines
