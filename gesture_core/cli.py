@@ -302,6 +302,12 @@ def check_writable(flag: str, path: Path, kind: str = "file") -> None:
         raise ValueError(f"{flag} {path}: {problem}")
 
 
+def check_default_writable(what: str, folder: Path, flag: str = "--out") -> None:
+    """``check_writable`` for an output the user did not name (a default folder), naming the flag that moves it."""
+    if problem := write_problem(folder, "folder"):
+        raise ValueError(f"{what} {folder}: {problem}; pass {flag} to write elsewhere")
+
+
 def write_problem(path: Path, kind: str = "file") -> str | None:
     """Why ``path`` (a "file" or a "folder") cannot be written, or None. Nothing is left behind: an existing
     file is opened for appending (its bytes stay), otherwise a temporary file is made in the nearest existing folder."""

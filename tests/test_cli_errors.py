@@ -1227,3 +1227,24 @@ def test_a_locale_that_is_not_utf8_is_named_with_its_fix(tmp_path):
     assert done.returncode == 2 and len(lines) == 2, lines
     assert lines[0].startswith(f"warning: {fix}") and lines[1].startswith(f"error: a name or text holds '\\xe9': {fix}"), lines
     assert lines[1].endswith("run it with PYTHONUTF8=1, or in a UTF-8 locale (LANG=C.UTF-8)"), lines
+
+
+def test_a_default_output_folder_that_cannot_be_written_names_out(run, dataset, tmp_path, monkeypatch, capsys):
+    """Where no --out was given, a folder that cannot be written was said only when the first file was: finetune's
+    runs/ after the dataset's scan (`error: runs: Read-only file system`), evaluate's report after the whole
+    evaluation, and neither named the flag that writes elsewhere."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").write_text("")  # where the runs folder would go (a file: no folder can be made there, even as root)
+    assert finetune.main(["--data", str(dataset), "--epochs", "1"]) == 2
+    assert one_error_line(capsys) == (f"error: the run folder runs/{dataset.name}-efficientnet_lite0: cannot write there: Not a directory; "
+                                      "pass --out to write elsewhere")  # fmt: skip
+    locked = tmp_path / "locked"
+    shutil.copytree(run, locked)
+    if subprocess.run(["chattr", "+i", str(locked)], capture_output=True).returncode:
+        pytest.skip("chattr +i is not available here: no folder is unwritable to root")
+    try:
+        assert evaluate_main(["--checkpoint", str(locked), "--workers", "0"]) == 2
+    finally:
+        subprocess.run(["chattr", "-i", str(locked)], check=True)
+    assert one_error_line(capsys) == (f"error: the report goes by default in the run's folder {locked}: cannot write there: "
+                                      "Operation not permitted; pass --out to write elsewhere")  # fmt: skip

@@ -30,6 +30,7 @@ from gesture_core.class_names import name_key, some_of
 from gesture_core.classifier import Classifier, load_verified_classifier
 from gesture_core.cli import (
     CommandParser,
+    check_default_writable,
     check_output_among_no_photos,
     check_output_outside_datasets,
     check_output_spares_inputs,
@@ -312,6 +313,8 @@ def main(argv: list[str] | None = None) -> int:
     args.split = args.split or "test"
     # its best.pt changes with each better epoch: the report in its folder outlived the model it scored
     check_not_in_use(args.checkpoint.parent, "wait for it to end: its best.pt is replaced whenever an epoch does better")
+    if not args.out:  # else said after the whole evaluation, with no word of --out
+        check_default_writable("the report goes by default in the run's folder", args.checkpoint.parent)
     if args.out:  # the run's own folder held its training report, which this one replaced
         check_output_spares_inputs("--out", Path(args.out), {"--checkpoint": args.checkpoint})
         check_replaces_only_a_report(Path(args.out))

@@ -44,6 +44,7 @@ from gesture_core.cli import (
     CommandParser,
     OutOfMemory,
     a_local_peer,
+    check_default_writable,
     checkpoint_arg,
     command,
     first_free,
@@ -345,6 +346,8 @@ def run_folder_and_splits(cfg: TrainConfig, resume: Path | None) -> tuple[Path, 
     # rank 0's alone, whose machine writes the run: another machine's --out is not used (a folder there stopped the job)
     if not resume and cfg.out and (taken := run_already_in(out, new_folder_beside(cfg))):
         raise FileExistsError(taken)
+    if not (resume or cfg.out):  # else said after the scan, with no word of --out
+        check_default_writable("the run folder", out)
     if resume and (out / "split.json").exists():
         splits = Splits.load(out / "split.json")
         # Each image would be skipped as a failed decode: the run went on with nothing and replaced best.pt.
