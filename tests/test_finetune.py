@@ -730,6 +730,21 @@ def test_the_confusion_matrix_of_many_classes_stays_a_picture(tmp_path, monkeypa
     assert len(drawn) == 9  # a few classes keep their counts
 
 
+def test_plots_write_the_characters_their_font_lacks_as_escapes(tmp_path, monkeypatch):
+    """matplotlib drew each character its font lacks as one empty box: classes named 手 and 足 (or two emoji)
+    were two identical labels in confusion_matrix.png, and so were the mistakes' captions."""
+    import matplotlib.axes
+
+    import training.report as report
+
+    ticks = []
+    real_ticks = matplotlib.axes.Axes.set_yticks
+    monkeypatch.setattr(matplotlib.axes.Axes, "set_yticks", lambda self, at, labels=None, **k: ticks.append(labels) or real_ticks(self, at, labels, **k))
+    report.plot_confusion(tmp_path / "cm.png", np.eye(4, dtype=int).tolist(), ["\u624b", "\u8db3", "\U0001f44d", "\u00f1and\u00fa"])
+    assert ticks == [["\\u624b", "\\u8db3", "\\U0001f44d", "\u00f1and\u00fa"]]  # what the font draws stays as it is
+    assert report.drawable("IMG 1.jpg\n\u624b -> \u8db3 (0.93)") == "IMG 1.jpg\n\\u624b -> \\u8db3 (0.93)"
+
+
 def test_a_run_folder_holds_one_training_process_at_a_time(dataset, tmp_path, capsys):
     """Two runs at one --out a moment apart wrote each other's checkpoints (the first died on weights that
     no longer fit, its work lost), and a --resume of a run still training trained beside it."""

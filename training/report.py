@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import warnings
 from collections.abc import Sequence
@@ -17,8 +18,24 @@ from gesture_core.rejection import Rejection, softmax
 from training.data import printable_path
 
 # A class name in a script or an emoji that matplotlib's font lacks is drawn as a box in the plots;
-# matplotlib warns once per figure and glyph, which says nothing a user can act on.
+# matplotlib warns once per figure and glyph, which says nothing a user can act on (``drawable`` writes them as escapes).
 warnings.filterwarnings("ignore", message=r"Glyph \d+ .* missing from font", category=UserWarning)
+
+
+@functools.cache
+def plot_font() -> Any:
+    """The font matplotlib draws the plots' text in (its default, DejaVu Sans unless configured)."""
+    from matplotlib import font_manager
+
+    return font_manager.get_font(font_manager.findfont(font_manager.FontProperties()))
+
+
+def drawable(text: str) -> str:
+    """``text`` with each character the plots' font has no glyph for written as its escape (手 as ``\\u624b``):
+    matplotlib drew every such character as the same empty box, so classes named in CJK or emoji read as one
+    name in confusion_matrix.png and the mistakes' captions."""
+    font = plot_font()
+    return "".join(c if c.isspace() or font.get_char_index(ord(c)) else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 def classification_metrics(logits: np.ndarray, targets: np.ndarray, classes: Sequence[str], *,
@@ -162,8 +179,9 @@ def plot_confusion(path: Path, cm: Sequence[Sequence[int]], classes: Sequence[st
     fig, ax = plt.subplots(figsize=(min(1.2 + 0.55 * n, CONFUSION_MAX_INCHES), min(1.0 + 0.5 * n, CONFUSION_MAX_INCHES)))
     ax.imshow(cm, cmap="Blues", interpolation="nearest")
     if n <= CONFUSION_MOST_NAMED:  # past it the names overlap into a black band
-        ax.set_xticks(range(n), classes, rotation=45, ha="right")
-        ax.set_yticks(range(n), classes)
+        names = [drawable(c) for c in classes]
+        ax.set_xticks(range(n), names, rotation=45, ha="right")
+        ax.set_yticks(range(n), names)
     ax.set(xlabel="predicted" + ("" if n <= CONFUSION_MOST_NAMED else f" (class index; {n} classes)"), ylabel="true", title=title)
     threshold = cm.max() / 2 if cm.size else 0
     for i in range(n if n <= CONFUSION_MOST_NUMBERED else 0):
@@ -241,7 +259,7 @@ def plot_image_grid(path: Path, images: Sequence[str], captions: Sequence[str], 
             ax.imshow(read_rgb(image))
         except (ImageDecodeError, OSError):  # moved or deleted since it was scored: keep the caption
             pass
-        ax.set_title(caption, fontsize=8)
+        ax.set_title(drawable(caption), fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
     save_figure(fig, path, dpi=100)
