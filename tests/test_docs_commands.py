@@ -1,8 +1,8 @@
 """The README and docs/ stay true to the code: their commands parse and their links resolve.
 
-Every ```bash block of README.md and docs/*.md is split into commands, and so is every inline code
+Every ```bash block of README.md, docs/*.md and datasets/README.md is split into commands, and so is every inline code
 span that starts with ``python -m`` and passes arguments (a span of the module name alone names the
-module, it is not a command). Each one that runs a module of this project
+module, it is not a command, but that module must exist). Each one that runs a module of this project
 (``python -m training.… | service.… | benchmarks.…``) goes through that module's own
 ``main()``, which builds its real argparse parser; parsing is stopped right after it succeeds, so
 nothing is trained, served or downloaded. A renamed or removed flag, a wrong choice or a missing
@@ -10,7 +10,7 @@ argument makes its test fail. Values that name files are the one thing not check
 does not exist here (a placeholder such as RUN/best.pt, or a folder of the reader's own photos)
 is created empty in a temporary folder first, so ``--checkpoint RUN/best.pt`` parses.
 
-Every relative link and image of those pages (and of datasets/README.md) must point to a file in
+Every relative link and image of those pages must point to a file in
 the repository, and every ``#anchor`` to a heading of the page it names.
 """
 
