@@ -125,3 +125,19 @@ def test_the_python_pages_example_runs_as_written(random_head_checkpoint, sign_d
     exec(block.replace("runs/sign-digits-efficientnet_lite0/best.pt", str(random_head_checkpoint)), {})  # noqa: S102
     printed = capsys.readouterr().out.splitlines()
     assert printed[2].startswith("(2, 10) [") and len(printed) == 3
+
+
+def test_a_stored_reject_class_of_any_name_is_no_gesture_and_a_score_at_the_threshold_is_kept(random_head_checkpoint, image, tmp_path):
+    """Two rules that passed the suite when broken (mutations), since its tests compared predict with evaluate's
+    decisions, which come from the same decide: the reject classes stored at training (--reject-class 3, a name no
+    "no gesture" word matches) were ignored for the name rule, and a score equal to the threshold was turned away."""
+    top = load_classifier(random_head_checkpoint, "cpu", engine="torch").predict(image).top_k[0][0]
+    ckpt = torch.load(random_head_checkpoint, weights_only=True)
+    ckpt["rejection"] = {"reject_classes": [top], "temperature": 1.0, "threshold": 0.0, "calibrated": True, "rule": "test", "score": "max_softmax"}
+    torch.save(ckpt, tmp_path / "best.pt")
+    answer = load_classifier(tmp_path / "best.pt", "cpu", engine="torch").predict(image)
+    assert answer.label is None and answer.top_k[0][0] == top
+    assert decode_probs(np.array([0.6, 0.4]), ["a", "b"], threshold=0.6).label == "a"
+    assert decode_probs(np.array([0.6, 0.4]), ["a", "b"], threshold=0.6000001).label is None
+    assert decode_probs(np.array([0.3, 0.7]), ["a", "b"], gesture=0.25, threshold=0.25).label == "b"
+    assert decode_probs(np.array([0.2, 0.8]), ["nothing", "b"], reject_classes=()).label == "b"  # only the stored ones

@@ -384,3 +384,29 @@ def test_takes_of_very_different_lengths_leave_training_the_most(tmp_path, seed)
                 write_rgb(tmp_path / "d" / cls / f"take{take}" / f"{n:04d}.jpg", synthetic_image(label, seed=take * 100 + n, size=16))
     counts = load_splits(tmp_path / "d", seed=seed).counts()
     assert counts["train"] > counts["val"] + counts["test"], counts
+
+
+def test_a_class_of_exactly_three_takes_keeps_each_take_whole(tmp_path):
+    """Three recordings are the fewest that fill train, val and test whole (MIN_RECORDINGS): a rule that
+    needed four cut three takes into blocks, and each take's frames sat on two sides (a mutation the suite passed)."""
+    for label, cls in enumerate(("fist", "palm")):
+        for take in range(1, 4):
+            for n in range(10):
+                write_rgb(tmp_path / "d" / cls / f"take{take}_{n + 1:04d}.jpg", synthetic_image(label, seed=take * 100 + n, size=32))
+    splits = load_splits(tmp_path / "d", val_split=0.2, test_split=0.3, seed=0)
+    sides: dict[tuple[str, str], set[str]] = {}
+    for name in ("train", "val", "test"):
+        for sample in getattr(splits, name):
+            path = Path(sample.path)
+            sides.setdefault((path.parent.name, path.name.split("_")[0]), set()).add(name)
+    assert len(sides) == 6 and all(len(s) == 1 for s in sides.values()), sides
+
+
+def test_a_large_test_split_of_few_recordings_still_leaves_each_class_a_validation_recording(tmp_path):
+    """Three clips and --test-split 0.5: the test takes what it asks for but leaves a recording for validation
+    and one for training; taking two for the test left validation silently empty (a mutation the suite passed)."""
+    root = write_clips(tmp_path / "d", {"fist": 3, "palm": 3}, frames=10)
+    splits = load_splits(root, val_split=0.2, test_split=0.5, seed=0)
+    for name in ("train", "val", "test"):
+        assert {Path(s.path).parent.parent.name for s in getattr(splits, name)} == {"fist", "palm"}, name
+    assert all(len(s) == 1 for s in clip_sides(splits).values())

@@ -120,6 +120,14 @@ def test_a_jpeg_cut_anywhere_gets_the_truncated_jpeg_message(cut):
         read_rgb(jpeg(0, 160)[:cut])
 
 
+@pytest.mark.parametrize("after_the_end", [b"\x00" * 16, b"\r\n", b"\x00" * 4096, b"camera trailer:0042"])
+def test_a_jpeg_with_padding_or_a_trailer_after_its_end_decodes_as_the_jpeg(after_the_end):
+    """Cameras and uploaders pad a JPEG or append a short trailer after its end-of-image marker: such a photo is
+    whole, and was taken for a cut one when only a file ending in the marker passed (a mutation the suite passed)."""
+    photo = jpeg(3, 160)
+    np.testing.assert_array_equal(read_rgb(photo + after_the_end), read_rgb(photo))
+
+
 def test_a_png_cut_before_its_header_names_the_format():
     with pytest.raises(ImageDecodeError, match="truncated or corrupt PNG"):
         read_rgb(png_strip(50, 50)[:12])

@@ -62,6 +62,18 @@ def test_resize_shorter_side_then_centre_crop():
     assert crop[:, 1:3].mean() > 100 and crop[:, 0].mean() < 50
 
 
+@pytest.mark.parametrize(("height", "width"), [(4, 5), (5, 4), (7, 9), (6, 6)])
+def test_the_centre_crop_leaves_equal_margins_the_odd_pixel_on_the_far_side(height, width):
+    """The crop every caller shares: a margin one pixel wider on the near side shifted every served image
+    and passed the suite (a mutation)."""
+    from gesture_core.preprocess import center_crop
+
+    image = np.arange(height * width).reshape(height, width)
+    top, left = (height - 2) // 2, (width - 2) // 2
+    np.testing.assert_array_equal(center_crop(image, 2), image[top : top + 2, left : left + 2])
+    assert top <= height - 2 - top <= top + 1 and left <= width - 2 - left <= left + 1
+
+
 def test_exif_rotation_is_applied(tmp_path):
     img = Image.fromarray(synthetic_image(0, seed=1, size=64)[:40])  # 64 wide, 40 tall
     exif = Image.Exif()

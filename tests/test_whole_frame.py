@@ -180,6 +180,18 @@ def test_the_default_crop_auto_keeps_the_centre_of_wide_photos_taken_one_by_one(
     assert "frame_aspect" not in load_checkpoint(out / "best.pt")  # a centre crop is square whatever the frame
 
 
+@pytest.mark.parametrize("frame", [(640, 480), (480, 640), (1920, 1080), (1080, 1920)])
+def test_crop_auto_keeps_the_whole_frame_of_recordings_held_either_way_round(frame):
+    """A phone held upright records 1080x1920: as far from square as a landscape frame, and its hand is as likely
+    at the top or bottom edge as a webcam's at the sides. A rule that measured width/height alone gave portrait
+    recordings the centre crop (a mutation the suite passed)."""
+    from training.augment import resolve_crop
+
+    assert resolve_crop("auto", [frame] * 10, recordings=True)[0] == "resize"
+    assert resolve_crop("auto", [frame] * 10, recordings=False)[0] == "center"
+    assert resolve_crop("auto", [(500, 500)] * 10, recordings=True)[0] == "center"
+
+
 def test_exported_metadata_describes_the_whole_frame_geometry(tmp_path):
     from training.export import export_metadata
 
