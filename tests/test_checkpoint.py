@@ -200,6 +200,21 @@ def test_a_file_that_is_no_checkpoint_is_told_for_what_it_is(tmp_path, write, re
     assert not [w for w in caught if "pickle protocol" in str(w.message)]
 
 
+def test_a_checkpoint_of_a_newer_format_is_refused_by_its_version(tmp_path):
+    """A file written by a later version of this code may mean something else by the same keys: a bound one
+    version too loose passed the suite (a mutation)."""
+    from gesture_core.checkpoint import CHECKPOINT_VERSION
+
+    path = save_checkpoint(tmp_path / "best.pt", model=build_model("lenet5", 2, "none"), backbone="lenet5", classes=["a", "b"],
+                           data_config=get_backbone("lenet5").data_config, train_config={})  # fmt: skip
+    ckpt = torch.load(path, weights_only=True)
+    assert ckpt["version"] == CHECKPOINT_VERSION and load_checkpoint(path)["version"] == CHECKPOINT_VERSION
+    for newer in (CHECKPOINT_VERSION + 1, CHECKPOINT_VERSION + 2):
+        torch.save({**ckpt, "version": newer}, tmp_path / "newer.pt")
+        with pytest.raises(CheckpointError, match=f"has format version {newer}; this code reads up to {CHECKPOINT_VERSION}$"):
+            load_checkpoint(tmp_path / "newer.pt")
+
+
 def test_decode_probs_top_k_threshold_and_none_class():
     classes = ["fist", "none", "palm"]
     confident = decode_probs(np.array([0.1, 0.1, 0.8]), classes, k=2)

@@ -744,6 +744,10 @@ def test_resume_after_split_json_was_edited_names_the_split_not_the_checkpoint(r
     err = one_error_line(capsys)
     assert f"{folder / 'split.json'} lists the classes {', '.join(kept)}, but {folder / 'last.pt'} was trained on {', '.join(split['classes'])}" in err
     assert {path: path.read_bytes() for path in folder.rglob("*") if path.is_file()} == before
+    reordered = split["classes"][::-1]  # as many classes, in another order: every label would name another class
+    (folder / "split.json").write_text(json.dumps({**split, "classes": reordered}))
+    assert finetune.main(["--resume", str(folder), "--epochs", "9"]) == 2
+    assert f"lists the classes {', '.join(reordered)}, but" in one_error_line(capsys)
 
 
 @pytest.mark.parametrize("flag", [["--test-split", "0.5"], ["--test-per-class", "2"]])

@@ -490,6 +490,7 @@ def test_missing_model_says_how_to_import_one(stored_model):
     ("GESTURE_WORKERS", "+8", "GESTURE_WORKERS='+8': expected a whole number"),
     ("GESTURE_BATCH_SIZE", "\u0663\u0662", "expected a whole number from 1 to 256"),
     ("GESTURE_BODY_TIMEOUT_S", "-3", "GESTURE_BODY_TIMEOUT_S='-3'"),
+    ("GESTURE_BODY_TIMEOUT_S", "100000", "GESTURE_BODY_TIMEOUT_S='100000': expected a whole number from 1 to 3,600"),  # an hour-long slot per client
     ("GESTURE_TRACING", "yes", "GESTURE_TRACING='yes': choose one of on, off"),
     # bounded: a huge thread count failed deep in torch, and warm-up runs every batch size up to the largest
     ("GESTURE_THREADS", "99999999999999999999999", f"expected a whole number from 1 to {MOST_THREADS}"),
@@ -902,6 +903,80 @@ def test_guard_gives_a_slow_body_408_and_counts_only_complete_bodies():
     answers = asyncio.run(scenario())
     assert answers[0]["status"] == 408 and (b"connection", b"close") in answers[0]["headers"]
     assert b"GESTURE_BODY_TIMEOUT_S" in answers[1]["body"]
+
+
+def guard_answers(guard: RequestGuard, messages: list[bytes], path: str = "/echo") -> list[dict]:
+    """What ``guard`` sends for one POST whose body arrives as ``messages``, one ASGI message each (TestClient joins
+    a chunked body into one message, so a limit applied per message passed every test written with it)."""
+
+    async def scenario():
+        answers: list[dict] = []
+        pending = [{"type": "http.request", "body": chunk, "more_body": i < len(messages) - 1} for i, chunk in enumerate(messages)]
+
+        async def receive():
+            return pending.pop(0) if pending else await asyncio.sleep(3600)
+
+        async def record(message):
+            answers.append(message)
+
+        scope = {"type": "http", "method": "POST", "path": path, "headers": [], "query_string": b""}
+        await asyncio.wait_for(guard(scope, receive, record), 5)
+        return answers
+
+    return asyncio.run(scenario())
+
+
+def test_guard_counts_a_streamed_body_over_all_its_messages():
+    """Two messages of 600 bytes are a 1,200-byte body: a limit of 1,000 checked per message let it through
+    (a mutation the suite passed), and so any body in small enough pieces."""
+    answers = guard_answers(guarded_app(), [b"x" * 600, b"x" * 600])
+    assert answers[0]["status"] == 413 and b"more than 1,200 bytes; the limit is 1,000 bytes" in answers[1]["body"]
+    answers = guard_answers(guarded_app(), [b"x" * 100] * 9)
+    assert answers[0]["status"] == 200 and json.loads(answers[1]["body"]) == {"length": 900}
+
+
+def test_guard_answers_429_above_the_requests_in_progress_limit():
+    """No test asserted the 429: a limit counted one request too late passed the suite (a mutation)."""
+
+    async def scenario():
+        release = asyncio.Event()
+
+        async def held(request: Request):
+            await release.wait()
+            return JSONResponse({"ok": True})
+
+        app = Starlette(routes=[Route("/echo", held, methods=["POST"])])
+        guard = RequestGuard(app, {"/echo": ECHO_FIELDS}, max_body_bytes=1000, body_timeout_s=5, max_concurrency=1, body_memory_bytes=64_000)
+        answers: dict[str, list[dict]] = {"first": [], "second": []}
+
+        def post(name: str):
+            sent = []
+
+            async def receive():
+                if sent:
+                    return await asyncio.sleep(3600)
+                sent.append(1)
+                return {"type": "http.request", "body": b"{}", "more_body": False}
+
+            async def record(message):
+                answers[name].append(message)
+
+            scope = {"type": "http", "method": "POST", "path": "/echo", "headers": [(b"content-type", b"application/json")], "query_string": b""}
+            return guard(scope, receive, record)
+
+        first = asyncio.create_task(post("first"))
+        while guard.in_progress < 1:
+            await asyncio.sleep(0.01)
+        await asyncio.wait_for(post("second"), 5)
+        release.set()
+        await asyncio.wait_for(first, 5)
+        return answers
+
+    answers = asyncio.run(scenario())
+    second = answers["second"]
+    assert second[0]["status"] == 429 and (b"retry-after", b"1") in second[0]["headers"]
+    assert json.loads(second[1]["body"])["error"].startswith("server busy: 1 requests in progress, the limit of this worker")
+    assert answers["first"][0]["status"] == 200
 
 
 def test_guard_answers_a_declared_oversized_body_that_never_comes_within_the_body_timeout():
