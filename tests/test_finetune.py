@@ -166,8 +166,12 @@ def test_a_run_trained_further_keeps_no_report_of_its_earlier_model(dataset, tmp
     assert all((run / name).is_file() for name in finetune.RUN_REPORT_FILES)
 
 
-def test_ema_weights_are_what_is_validated_kept_and_tested(dataset, tmp_path):
+def test_ema_weights_are_what_is_validated_kept_and_tested(dataset, tmp_path, monkeypatch):
+    validated = []  # validating the live weights while keeping the average passed this test (a mutation)
+    real_evaluate = finetune.evaluate_split
+    monkeypatch.setattr(finetune, "evaluate_split", lambda run, *a, **k: validated.append((a[2], (a[3:] or [k.get("model")])[0], run.model)) or real_evaluate(run, *a, **k))
     out = finetune.train(tiny_config(dataset, tmp_path / "ema", epochs=1, ema_decay=0.9))
+    assert [name for name, _, _ in validated] == ["val"] and all(model is not None and model is not live for _, model, live in validated)
     best, last = (torch.load(out / name, weights_only=True) for name in ("best.pt", "last.pt"))
     assert last["ema"]["updates"] == 2  # one update per step: 18 training images, batches of 8, partial batch dropped
     for key, value in best["model"].items():
