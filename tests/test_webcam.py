@@ -242,6 +242,34 @@ def test_smoother_majority_vote_ignores_one_odd_frame():
     assert voted.update(Scores({"a": 0.8, "b": 0.2}, gesture=0.4)).gesture_score == pytest.approx(0.3)  # it was dropped by the vote
 
 
+def test_a_tied_vote_goes_to_the_newest_frame_and_a_frame_without_evidence_is_no_gesture():
+    """Two rules that passed the suite when broken (mutations): a tie went to the oldest frame, so the label lagged
+    a changed gesture by a frame; and a frame with no scores (no hand found) showed the last class, at 0%."""
+    voted = Smoother(2, vote=True)
+    voted.update({"a": 0.9, "b": 0.1})
+    assert voted.update({"a": 0.1, "b": 0.9}).label == "b"
+    averaged = Smoother(1, threshold=0.0)
+    assert averaged.update({"a": 0.6, "b": 0.4}).label == "a"
+    nothing = averaged.update({})
+    assert nothing.label is None and nothing.top_k == []
+
+
+def test_the_overlay_headline_says_no_gesture_for_a_rejected_prediction(monkeypatch):
+    """The headline of a rejected frame is "no gesture", its runners-up listed beneath: showing the top class
+    there passed the suite (a mutation), which never read what the overlay wrote."""
+    import service.webcam.overlay as overlay
+
+    drawn: list[tuple[str, float]] = []
+    monkeypatch.setattr(overlay, "_text", lambda canvas, text, origin, size, colour, thickness: drawn.append((text, size)))
+    frame = np.zeros((480, 640, 3), np.uint8)
+    for prediction, headline in ((Prediction(None, 0.4, [("a", 0.4), ("b", 0.3)]), "no gesture  40%"),
+                                 (Prediction("a", 0.9, [("a", 0.9), ("b", 0.1)]), "a  90%")):
+        drawn.clear()
+        render(frame, OverlayInfo(prediction, fps=10.0, latency_ms=5.0, scorer="local"))
+        largest = max(size for _, size in drawn)
+        assert [text for text, size in drawn if size == largest] == [headline]
+
+
 def test_threshold_and_none_class_mean_no_gesture():
     assert Smoother(1, threshold=0.7).update({"a": 0.6, "b": 0.4}).label is None
     assert Smoother(1).update({"none": 0.8, "a": 0.2}).label is None
@@ -294,6 +322,38 @@ def test_camera_that_disappears_ends_the_stream_with_a_message():
             pass
     assert "camera 0 stopped delivering frames" in grabber.error
     assert camera.released
+
+
+class FlakyCamera:
+    """A live source that fails for ``gap_s`` before each frame, ``frames`` times: a camera that drops frames."""
+
+    def __init__(self, frames: int, gap_s: float):
+        self.frames, self.gap_s, self.failing_until = frames, gap_s, None
+
+    def read(self):
+        now = time.perf_counter()
+        if self.frames <= 0:
+            return False, None
+        if self.failing_until is None:
+            self.failing_until = now + self.gap_s
+        if now < self.failing_until:
+            return False, None
+        self.frames, self.failing_until = self.frames - 1, None
+        return True, np.zeros((8, 8, 3), np.uint8)
+
+    def release(self):
+        pass
+
+
+def test_a_camera_that_drops_frames_now_and_then_is_not_taken_for_lost():
+    """Each frame resets the time without frames: gaps of 0.12 s add up to more than the 0.2 s after which a
+    camera counts as lost, and a camera that dropped frames now and then was given up (a mutation the suite passed)."""
+    camera = FlakyCamera(8, gap_s=0.12)
+    with FrameGrabber(camera, live=True, drop_stale=False, description="camera 0", lost_after_s=0.2) as grabber:
+        frames = 0
+        while grabber.latest(timeout=5) is not None:
+            frames += 1
+    assert frames == 8 and "stopped delivering frames" in grabber.error  # lost only once the frames stop
 
 
 def test_live_capture_drops_stale_frames_and_serves_the_newest(tmp_path, sign_digits):
