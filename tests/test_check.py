@@ -461,3 +461,21 @@ def test_a_warning_about_many_classes_names_some_and_counts_the_rest(tmp_path):
     root = make_image_folder(tmp_path / "signs", classes=tuple(f"sign{i:02d}" for i in range(25)), per_class=2, size=32)
     small = next(w for w in build_report(root, decode=False)["warnings"] if "fewer than" in w)
     assert small.startswith("25 class(es) with fewer than ") and small.endswith(" and 15 more") and small.count("(2)") == 10
+
+
+def test_a_photo_whose_header_reads_but_whose_image_data_does_not_is_skipped_by_the_full_check_only(tmp_path: Path):
+    """The full check decodes every file (--fast reads headers only): a PNG whose header and chunks are sound but
+    whose image data is not was counted as usable when a failed decode was let pass (a mutation the suite passed)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    root = make_image_folder(tmp_path / "data", classes=("fist", "palm"), per_class=3)
+    (root / "fist" / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 64, 64, 8, 2, 0, 0, 0))
+                                            + chunk(b"IDAT", b"\x78\x9c" + b"garbage!" * 40) + chunk(b"IEND", b""))  # fmt: skip
+    full, fast = build_report(root), build_report(root, decode=False)
+    assert full["counts"] == {"fist": 3, "palm": 3} and [Path(s["path"]).name for s in full["skipped"]] == ["bad.png"]
+    assert full["skipped"][0]["reason"].startswith("corrupt or truncated image")
+    assert fast["counts"] == {"fist": 4, "palm": 3} and fast["skipped"] == []

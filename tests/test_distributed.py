@@ -533,3 +533,18 @@ def test_training_benchmark_reports_each_process_and_the_total(tmp_path, flowers
         assert min(row["img_per_s_by_process"]) > 0
         assert row["img_per_s"] == pytest.approx(sum(row["img_per_s_by_process"]), abs=0.05)
         assert row["img_per_s_per_process"] == pytest.approx(row["img_per_s"] / 2, abs=0.05)
+
+
+@pytest.mark.parametrize("count", [10, 11, 12, 2])
+def test_every_process_evaluates_its_share_and_together_every_image_once(count, monkeypatch):
+    """Validation is sharded across the processes and gathered: a shard that dropped the remainder left the last
+    images unvalidated without a test failing (a mutation)."""
+    from training import distributed
+
+    monkeypatch.setattr(distributed, "world_size", lambda: 3)
+    shares = []
+    for rank in range(3):
+        monkeypatch.setattr(distributed, "rank", lambda rank=rank: rank)
+        shares.append(distributed.shard(list(range(count))))
+    assert sorted(i for share in shares for i in share) == list(range(count))
+    assert max(map(len, shares)) - min(map(len, shares)) <= 1

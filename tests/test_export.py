@@ -53,6 +53,10 @@ def test_the_tolerance_is_a_share_of_each_outputs_largest_value(exported_onnx, p
     report = check_parity(classifier, path, "onnx", inputs, tolerance=1e-3)
     logits, _ = classifier.logits_and_features(torch.stack(inputs))
     assert report.logit_scale == pytest.approx(max(1.0, float(np.abs(logits).max())))
+    per_image = np.abs(logits.numpy() if isinstance(logits, torch.Tensor) else logits).max(1)
+    assert per_image.max() > max(1.0, per_image[-1])  # so a scale taken from one batch, not all, would differ
+    for batch_size in (1, 2):  # the scale is of every image, whatever the batches (the last batch's alone passed: a mutation)
+        assert check_parity(classifier, path, "onnx", inputs, tolerance=1e-3, batch_size=batch_size).logit_scale == pytest.approx(report.logit_scale)
     scaled = replace(report, max_abs_diff=1e-5, max_abs_feature_diff=5.4e-4, feature_scale=6.0)
     assert scaled.ok and "max |Δfeature| 0.00054 of 6" in scaled.describe()
     assert not replace(scaled, max_abs_feature_diff=7e-3).ok  # above 1e-3 x 6

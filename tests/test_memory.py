@@ -70,3 +70,20 @@ def test_finetune_refuses_a_batch_larger_than_the_free_memory_before_it_writes_a
     assert len(err.splitlines()) == 1 and not out.exists()
     monkeypatch.undo()
     assert finetune.main([*argv, "--epochs", "1"]) == 0  # with the machine's own free memory it trains
+
+
+def test_free_memory_is_the_containers_share_divided_among_torchruns_local_processes(tmp_path, monkeypatch):
+    """Each of torchrun's processes on a machine trains its own batch: dividing the free memory among them was
+    dropped without a test failing (a mutation), and so was the container's limit below the machine's memory."""
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(memory.psutil, "virtual_memory", lambda: SimpleNamespace(available=8_000_000_000))
+    monkeypatch.setattr(memory, "CGROUP", tmp_path)  # no cgroup v2 files: the machine's memory
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert memory.free_bytes(torch.device("cpu")) == 4_000_000_000
+    (tmp_path / "memory.max").write_text("6000000000\n")
+    (tmp_path / "memory.current").write_text("1000000000\n")
+    assert memory.free_bytes(torch.device("cpu")) == 2_500_000_000  # the container's 5 GB left, for two
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
+    (tmp_path / "memory.max").write_text("max\n")
+    assert memory.free_bytes(torch.device("cpu")) == 8_000_000_000

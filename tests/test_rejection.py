@@ -28,6 +28,7 @@ from training.calibrate import (
     expected_calibration_error,
     fit_temperature,
     format_open_set,
+    refuse_reject_predictions,
     reject_choice,
     split_outputs,
 )
@@ -481,3 +482,10 @@ def test_a_validation_split_no_better_than_chance_does_not_flatten_every_probabi
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a model that is right on most of them: fitted as before, no warning
         assert 0.05 < fit_temperature(logits, np.array([0, 1, 1])) < 10.0
+
+
+def test_a_prediction_of_a_reject_class_is_refused_by_what_the_model_predicts_not_by_the_true_label():
+    """Calibration sets the score of every image the model puts in a reject class to -inf (always rejected): a rule
+    that looked at the true label instead, of no use in service, passed the suite (a mutation)."""
+    outputs = SplitOutputs(np.zeros((3, 1)), np.array([[0.0, 5.0], [5.0, 0.0], [0.0, 5.0]]), np.array([0, 1, 1]), np.arange(3))
+    assert refuse_reject_predictions(outputs, [1], np.array([0.9, 0.8, 0.7])).tolist() == [-np.inf, 0.8, -np.inf]

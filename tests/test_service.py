@@ -439,6 +439,28 @@ def test_missing_image_and_too_many_images(svc, images):
         asyncio.run(svc.predict_batch(images_b64=too_many))
 
 
+def test_predict_batch_takes_the_threshold_and_a_whole_batch_and_top_k_is_bounded(svc, images):
+    """Three rules that passed the suite when broken (mutations): /predict_batch ignoring its threshold, refusing
+    exactly GESTURE_BATCH_SIZE images, and a top_k of any size (each a list as long as it asks for, past the classes)."""
+    from pydantic import ValidationError
+
+    from service.service import GestureClassifier
+
+    data = images[0][1]
+    single = asyncio.run(svc.predict(image_b64=data))
+    above = (single.gesture_score if single.gesture_score is not None else single.score) + 1e-6
+    assert single.label is not None and above < 1
+    for threshold in (0.0, above):
+        batch = asyncio.run(svc.predict_batch(images_b64=[data], threshold=threshold))[0]
+        assert batch.label == asyncio.run(svc.predict(image_b64=data, threshold=threshold)).label == (None if threshold else single.label)
+    assert len(asyncio.run(svc.predict_batch(images_b64=[data] * svc.settings.batch_size, top_k=1))) == svc.settings.batch_size
+    for api in ("predict", "predict_batch"):
+        spec = GestureClassifier.apis[api].input_spec
+        assert spec.model_validate({"top_k": 1000}).top_k == 1000
+        with pytest.raises(ValidationError, match="less than or equal to 1000"):
+            spec.model_validate({"top_k": 1001})
+
+
 def test_pixel_limit_is_a_setting(stored_model):
     small = service_with(max_pixels=5000)
     with pytest.raises(BadInput, match="above the limit of 5,000"):
