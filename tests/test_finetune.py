@@ -746,7 +746,7 @@ def test_plots_write_the_characters_their_font_lacks_as_escapes(tmp_path, monkey
     monkeypatch.setattr(matplotlib.axes.Axes, "set_yticks", lambda self, at, labels=None, **k: ticks.append(labels) or real_ticks(self, at, labels, **k))
     report.plot_confusion(tmp_path / "cm.png", np.eye(4, dtype=int).tolist(), ["\u624b", "\u8db3", "\U0001f44d", "\u00f1and\u00fa"])
     assert ticks == [["\\u624b", "\\u8db3", "\\U0001f44d", "\u00f1and\u00fa"]]  # what the font draws stays as it is
-    assert report.drawable("IMG 1.jpg\n\u624b -> \u8db3 (0.93)") == "IMG 1.jpg\n\\u624b -> \\u8db3 (0.93)"
+    assert report.plottable("IMG 1.jpg\n\u624b -> \u8db3 (0.93)") == "IMG 1.jpg\n\\u624b -> \\u8db3 (0.93)"
 
 
 def test_a_run_folder_holds_one_training_process_at_a_time(dataset, tmp_path, capsys):

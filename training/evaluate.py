@@ -313,11 +313,11 @@ def main(argv: list[str] | None = None) -> int:
     args.split = args.split or "test"
     # its best.pt changes with each better epoch: the report in its folder outlived the model it scored
     check_not_in_use(args.checkpoint.parent, "wait for it to end: its best.pt is replaced whenever an epoch does better")
-    if not args.out:  # else said after the whole evaluation, with no word of --out
-        check_default_writable("the report goes by default in the run's folder", args.checkpoint.parent)
     if args.out:  # the run's own folder held its training report, which this one replaced
         check_output_spares_inputs("--out", Path(args.out), {"--checkpoint": args.checkpoint})
         check_replaces_only_a_report(Path(args.out))
+    else:  # the default folder's problem was said after the whole evaluation, with no word of --out
+        check_default_writable("the report goes by default in the run's folder", args.checkpoint.parent)
     single = "none" if args.tta == "all" else args.tta
     # eager PyTorch, the reference engine: evaluation reproduces the run's own test metrics
     classifier = load_verified_classifier(args.checkpoint, args.device, engine="torch", input_size=args.image_size, crop_pct=args.crop_pct)

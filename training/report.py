@@ -18,7 +18,7 @@ from gesture_core.rejection import Rejection, softmax
 from training.data import printable_path
 
 # A class name in a script or an emoji that matplotlib's font lacks is drawn as a box in the plots;
-# matplotlib warns once per figure and glyph, which says nothing a user can act on (``drawable`` writes them as escapes).
+# matplotlib warns once per figure and glyph, which says nothing a user can act on (``plottable`` writes them as escapes).
 warnings.filterwarnings("ignore", message=r"Glyph \d+ .* missing from font", category=UserWarning)
 
 
@@ -30,7 +30,7 @@ def plot_font() -> Any:
     return font_manager.get_font(font_manager.findfont(font_manager.FontProperties()))
 
 
-def drawable(text: str) -> str:
+def plottable(text: str) -> str:
     """``text`` with each character the plots' font has no glyph for written as its escape (手 as ``\\u624b``):
     matplotlib drew every such character as the same empty box, so classes named in CJK or emoji read as one
     name in confusion_matrix.png and the mistakes' captions."""
@@ -179,7 +179,7 @@ def plot_confusion(path: Path, cm: Sequence[Sequence[int]], classes: Sequence[st
     fig, ax = plt.subplots(figsize=(min(1.2 + 0.55 * n, CONFUSION_MAX_INCHES), min(1.0 + 0.5 * n, CONFUSION_MAX_INCHES)))
     ax.imshow(cm, cmap="Blues", interpolation="nearest")
     if n <= CONFUSION_MOST_NAMED:  # past it the names overlap into a black band
-        names = [drawable(c) for c in classes]
+        names = [plottable(c) for c in classes]
         ax.set_xticks(range(n), names, rotation=45, ha="right")
         ax.set_yticks(range(n), names)
     ax.set(xlabel="predicted" + ("" if n <= CONFUSION_MOST_NAMED else f" (class index; {n} classes)"), ylabel="true", title=title)
@@ -259,7 +259,7 @@ def plot_image_grid(path: Path, images: Sequence[str], captions: Sequence[str], 
             ax.imshow(read_rgb(image))
         except (ImageDecodeError, OSError):  # moved or deleted since it was scored: keep the caption
             pass
-        ax.set_title(drawable(caption), fontsize=8)
+        ax.set_title(plottable(caption), fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
     save_figure(fig, path, dpi=100)

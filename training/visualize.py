@@ -38,7 +38,7 @@ from gesture_core.cli import (
 )
 from gesture_core.rejection import softmax
 from training import cli
-from training.report import drawable, save_figure
+from training.report import plottable, save_figure
 
 VISUALIZE_FILES = ("feature_maps.png", "gradcam.png")  # what it writes into --out
 
@@ -212,7 +212,7 @@ def save_gradcam(path: Path, view: np.ndarray, cams: list[GradCam]) -> Path:
     axes[0].set_title("input crop", fontsize=9)
     for ax, cam in zip(axes[1:], cams, strict=True):
         ax.imshow(overlay(view, cam.heatmap))
-        ax.set_title(drawable(f"{cam.label!r} p={cam.probability:.2f}"), fontsize=9)
+        ax.set_title(plottable(f"{cam.label!r} p={cam.probability:.2f}"), fontsize=9)
     for ax in axes:
         ax.axis("off")
     fig.suptitle(f"Grad-CAM at {cams[0].layer}", fontsize=9)
