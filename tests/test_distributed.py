@@ -96,9 +96,12 @@ def environment(watch: Path | None = None, *, slow_peers_in: Path | None = None)
 
 
 def writes(watch: Path, rank: int) -> set[str]:
-    """The files rank ``rank`` opened for writing (or renamed into place) under ``watch``."""
+    """The files rank ``rank`` opened for writing (or renamed into place) under ``watch``. A folder opened for
+    writing is not counted: that is an unnamed temporary file (O_TMPFILE), which leaves nothing behind, as the
+    check that a default run folder can be written makes (gesture_core.cli.write_problem)."""
     log = watch.parent / "writes" / f"rank{rank}.log"
-    return {os.path.relpath(line, watch) for line in log.read_text().splitlines()} if log.exists() else set()
+    paths = log.read_text().splitlines() if log.exists() else []
+    return {os.path.relpath(line, watch) for line in paths if not os.path.isdir(line)}
 
 
 def torchrun(args: list[str], *, cwd: Path, logs: Path, watch: Path | None = None, slow_peers: bool = False) -> subprocess.Popen:
