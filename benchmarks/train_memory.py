@@ -20,7 +20,7 @@ import torch
 from benchmarks.common import PeakRss, csv_list, describe_machine, machine, note
 from gesture_core.backbones import BACKBONES, build_model
 from gesture_core.cli import CommandParser, command
-from training.loop import autocast_for
+from training.loop import autocast_for, classification_loss
 from training.memory import measure_step
 
 
@@ -36,9 +36,7 @@ def one_step(backbone: str, size: int, batch: int, amp: bool) -> dict[str, float
     def steps() -> None:
         for _ in range(2):  # the second with the optimizer's state in place
             with autocast_for(device, amp):
-                output = model(images)
-                logits = output[0] if isinstance(output, tuple) else output
-                loss = torch.nn.functional.cross_entropy(logits.float(), targets)
+                loss = classification_loss(model(images), targets, aux_weight=0.0, label_smoothing=0.0, class_weights=None)
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
