@@ -458,6 +458,9 @@ def http_bad_requests(upload_limit_bytes: int) -> dict[str, dict]:
                                     "headers": {"content-type": "application/json"}},
         "json_of_200000_keys": {"content": ("{" + ",".join(f'"k{i}": 0' for i in range(200_000)) + "}").encode(),
                                 "headers": {"content-type": "application/json"}},
+        # As BentoML parses it, JSON under any type but a form's or a file's: a browser's fetch() sends text/plain.
+        "json_of_200000_keys_as_text": {"content": ("{" + ",".join(f'"k{i}": 0' for i in range(200_000)) + "}").encode(),
+                                        "headers": {"content-type": "text/plain;charset=UTF-8"}},
         "urlencoded_1001_fields": {"content": b"&".join([b"top_k=1"] * 1_001), "headers": {"content-type": "application/x-www-form-urlencoded"}},
         "multipart_of_2500_parts": multipart(*[form_part("top_k", b"1")] * 2_500),
         "part_with_too_many_headers": multipart(form_part("image", image, "a.jpg", headers=tuple(f"X-Note-{i}: x" for i in range(9)))),

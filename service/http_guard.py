@@ -28,7 +28,8 @@
   take Python seconds to parse, on the event loop, so every other request waits. Their count is taken
   first, at C speed (a count of bytes, or of a multipart body's boundaries): more parts or
   fields than ``Request.form`` allows, or more JSON punctuation than a flat object needs, get a 400
-  before any parsing in Python.
+  before any parsing in Python. BentoML parses every body but a form as JSON, whatever its
+  Content-Type (``text/plain`` included), so the JSON checks apply under each of those types.
 * **Form text fields read as JSON:** BentoML reads each text field of a form with ``json.loads`` and
   keeps the text only where that raises "not JSON": a field nested past Python's recursion limit, or a
   number of more digits than Python converts, was a 500, and a long list took seconds to validate.
@@ -302,18 +303,26 @@ def fields_problem(scope: Scope, body: bytes, fields: EndpointFields, several_fi
         if problem := urlencoded_field_too_long(body):
             return problem
         parts = [FormPart(name, False, value) for name, value in parse_qsl(body.decode("latin-1"), keep_blank_values=True)]
-    elif media_type in (b"application/json", b""):
+    elif is_raw_media(media_type):
+        # BentoML reads such a body as JSON and answers "Invalid JSON", which does not say what to send.
+        return raw_body_problem(media_type, body, fields)
+    else:  # JSON, as BentoML parses it: its serde falls back to JSON for every other type (fetch()'s text/plain)
         if body.startswith(BYTE_ORDER_MARK):  # BentoML's parser says only "expected value at line 1 column 1"
             return ("the JSON body starts with a UTF-8 byte-order mark (EF BB BF), which JSON does not allow: "
                     "save the file as UTF-8 without BOM (PowerShell: -Encoding utf8NoBOM)")
         parts = json_keys(body)
-    elif media_type.startswith((b"image/", b"video/")) or media_type == b"application/octet-stream":
-        # BentoML reads such a body as JSON and answers "Invalid JSON", which does not say what to send.
-        # Only these types: a browser's fetch() sends a JSON string as text/plain, which BentoML parses fine.
-        return raw_body_problem(media_type, body, fields)
-    else:
-        return None
     return parts_problem(parts or [], fields, several_files)
+
+
+def is_raw_media(media_type: bytes) -> bool:
+    """An image, video or bytes Content-Type: a file sent as the body itself, not the JSON BentoML reads it as."""
+    return media_type.startswith((b"image/", b"video/")) or media_type == b"application/octet-stream"
+
+
+def is_parsed_as_json(media_type: bytes) -> bool:
+    """BentoML parses every body as JSON but a form's, whatever its Content-Type says (text/plain,
+    application/xml): the guard's JSON checks apply to each of them, or a body sent so skipped them."""
+    return not (media_type.startswith(b"multipart/") or media_type == b"application/x-www-form-urlencoded" or is_raw_media(media_type))
 
 
 def query_problem(scope: Scope) -> str | None:
@@ -340,7 +349,7 @@ def too_many_to_parse(media_type: bytes, body: bytes) -> str | None:
     parsing it (multipart parts are counted by ``multipart_parts``, from its boundaries)."""
     if media_type == b"application/x-www-form-urlencoded" and (fields := body.count(b"&") + 1) > FORM_LIMITS["max_fields"]:
         return f"{fields:,} form fields in one request; the limit is {FORM_LIMITS['max_fields']:,}"
-    looks_like_json = media_type in (b"application/json", b"") and body.lstrip()[:1] in (b"{", b"[")  # not an image sent raw
+    looks_like_json = is_parsed_as_json(media_type) and body.lstrip()[:1] in (b"{", b"[")  # not an image sent raw
     if looks_like_json and (marks := sum(map(body.count, JSON_PUNCTUATION))) > MAX_JSON_PUNCTUATION:
         return (f"JSON body too complex: {marks:,} commas, colons and brackets, above the limit of {MAX_JSON_PUNCTUATION:,} "
                 '(the endpoints take a flat object such as {"image_b64": "<base64>", "top_k": 3})')
