@@ -436,6 +436,8 @@ def short_clip(tmp_path_factory, sign_digits) -> Path:
     ("missing.mp4", "no such video file"),
     ("notes.mp4", "not a video"),
     ("frames/%04d.png", "no files match"),
+    # its example of a file name, "frames/000…0.png", took 1 GB and seconds to print
+    ("frames/%999999999d.png", "image sequence frames/%999999999d.png: a frame number wider than a file name (255 bytes) matches no file"),
     ("folder", "folder is a folder with no image file in it (looked for .bmp, .gif"),
     ("videos", "videos is a folder with no image file in it (looked for .bmp, .gif, .jfif, .jpe, .jpeg, .jpg, .pgm, .png, .ppm, .tif, "
                ".tiff, .webp); it holds 1 video file(s): pass one as the source, e.g. --source videos/take1.MOV"),
@@ -513,7 +515,7 @@ def test_a_file_cut_short_and_a_sequence_with_a_bad_frame_say_what_was_not_read(
 def test_a_folder_source_is_its_images_in_name_order_with_numbers_read_as_numbers(tmp_path, random_head_checkpoint, capsys):
     """Ultralytics takes a folder as a source; here it was "is a folder; ... pass a pattern such as
     folder/%04d.jpg", which names like frame2.jpg and IMG_0007 (1).png do not fit."""
-    names = ["frame10.png", "frame2.png", "frame1.png", "Frame3.png", "notes.txt", ".hidden.png"]
+    names = ["frame10.png", "frame2.png", "frame1.png", "Frame3.png", "notes.txt", ".hidden.png", "notes1²"]  # ²: int() refused it
     for i, name in enumerate(names):
         cv2.imwrite(str(tmp_path / name), np.full((32, 48, 3), 10 * i, np.uint8)) if name.endswith(".png") else (tmp_path / name).write_text("x")
     (tmp_path / "sub").mkdir()
@@ -524,7 +526,7 @@ def test_a_folder_source_is_its_images_in_name_order_with_numbers_read_as_number
     # A glob, as Ultralytics takes one: what it matches, in the same order; ** reaches sub-folders.
     assert open_source(str(tmp_path / "frame*.png")).paths == [tmp_path / name for name in ("frame1.png", "frame2.png", "frame10.png")]
     assert open_source(str(tmp_path / "**" / "*0.png")).paths == [tmp_path / "frame10.png", tmp_path / "sub" / "frame0.png"]
-    with pytest.raises(SourceError, match=r"notes\*: no image file matches \(1 other file\(s\) or folder\(s\) do; a source is"):
+    with pytest.raises(SourceError, match=r"notes\*: no image file matches \(2 other file\(s\) or folder\(s\) do; a source is"):
         open_source(str(tmp_path / "notes*"))
     logged, jsonl = [], tmp_path / "out" / "p.jsonl"
     assert main(["--checkpoint", str(random_head_checkpoint), "--source", str(tmp_path), "--headless", "--jsonl", str(jsonl)],

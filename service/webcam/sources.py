@@ -57,7 +57,8 @@ __all__ = ["SourceError", "ImageFiles", "open_source", "parse_source", "is_live"
 # Streams: long enough for a slow network camera, short enough that a typo does not look like a hang.
 STREAM_TIMEOUT_MS = 5000
 _URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
-_SEQUENCE = re.compile(r"%0?\d*d")
+_SEQUENCE = re.compile(r"%0?([0-9]*)d")  # ASCII digits throughout: int() refuses "²", which \d and isdigit() pass
+MOST_NAME_BYTES = 255  # a file name's length on every common file system: a wider frame number names no file
 _GLOB = re.compile(r"[*?[]")
 VIDEO_HINT = NOT_DECODED
 CAMERA_INDEX_MAX = 2**31 - 1  # OpenCV takes a camera index as a C int; a larger one raised cv2.error
@@ -309,7 +310,7 @@ def _special_file(path: Path) -> str:
 
 def _sequence_files(pattern: str) -> list[Path]:
     """The files an image-sequence pattern names, in number order: ``f%03d.jpg`` -> every ``f<digits>.jpg`` beside it."""
-    folder, numbered = Path(pattern).parent, re.compile(_SEQUENCE.sub(r"(\\d+)", re.escape(Path(pattern).name)))
+    folder, numbered = Path(pattern).parent, re.compile(_SEQUENCE.sub(r"([0-9]+)", re.escape(Path(pattern).name)))
     paths = folder.iterdir() if folder.is_dir() else ()
     # Regular files only: reading a named pipe that matches would wait for a writer, maybe forever.
     found = [(match, path) for path in paths if (match := numbered.fullmatch(path.name)) and path.is_file()]
@@ -366,10 +367,13 @@ def _videos(paths: Iterable[Path]) -> list[str]:
 
 def _name_order(path: Path) -> list:
     """Folder, then name, with numbers read as numbers: frame2.jpg before frame10.jpg."""
-    return [int(part) if part.isdigit() else part.casefold() for part in re.split(r"(\d+)", str(path))]
+    return [int(part) if i % 2 else part.casefold() for i, part in enumerate(re.split(r"([0-9]+)", str(path)))]  # odd: the numbers
 
 
 def _require_sequence(pattern: str) -> None:
+    if any(len(width.lstrip("0")) > 3 or int(width or 0) > MOST_NAME_BYTES for width in _SEQUENCE.findall(pattern)):  # %999999999d's example took 1 GB
+        raise SourceError(f"image sequence {pattern}: a frame number wider than a file name ({MOST_NAME_BYTES} bytes) matches no file; "
+                          "give a width such as %04d, or none (%d)")
     if not _sequence_files(pattern):
         example = _SEQUENCE.sub(lambda m: m.group(0) % 0, pattern)
         raise SourceError(f"image sequence {pattern}: no files match (expected e.g. {example})")
