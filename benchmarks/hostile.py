@@ -56,6 +56,7 @@ from benchmarks.hostile_inputs import (
     png_with_noise_rows,
     png_with_text_chunks,
     progressive_jpeg,
+    small_png_of_many_pixels,
     sparse_jpeg,
     tiff_of_strips,
     with_exif,
@@ -322,10 +323,37 @@ def main(argv: list[str] | None = None) -> int:
             during, report = slow_client_attack(server.url, images, args.slow_clients, args.slow_seconds, args.normal_clients)
             idle = idle_connection_attack(server.url, images, args.idle_connections, args.normal_clients, args.idle_seconds, rss.pid)
             held = held_body_attack(server.url, images, args.held_bodies, args.normal_clients, rss, upload_limit)
+            batches = costly_batch_attack(server.url, images, args.normal_clients, served["settings"]["batch_size"])
             alive = server.process.poll() is None
-    print_summary(outcomes, baseline, during, report, args, alive, logged, idle, held)
+    print_summary(outcomes, baseline, during, report, args, alive, logged, idle, held, batches)
     note(f"finished in {time.perf_counter() - started:.0f} s")
-    return 0 if verdicts(outcomes, during, logged, idle, held)[1] else 1
+    return 0 if verdicts(outcomes, during, logged, idle, held, batches)[1] else 1
+
+
+COSTLY_BATCH_CLIENTS = 4
+
+
+def costly_batch_attack(url: str, images: list[bytes], clients: int, batch_size: int, seconds: float = 4.0) -> dict:
+    """COSTLY_BATCH_CLIENTS clients posting /predict_batch of ``batch_size`` small PNGs of 3.2 MP each
+    (``small_png_of_many_pixels``), one after another, while normal clients are measured: a model thread that
+    decoded them held every batch of the others' (6.3 s for a /predict before BATCH_DECODE_PIXELS)."""
+    stop, png = threading.Event(), small_png_of_many_pixels()
+    body = multipart(*(form_part("images", png, f"{i}.png") for i in range(batch_size)))
+
+    def attack() -> None:
+        with httpx.Client(timeout=60) as client:
+            while not stop.is_set():
+                client.post(f"{url}/predict_batch", **body)
+
+    attackers = [threading.Thread(target=attack, daemon=True) for _ in range(COSTLY_BATCH_CLIENTS)]
+    for attacker in attackers:
+        attacker.start()
+    time.sleep(0.5)  # their first batches are in
+    normal = drive(url, "predict", images, clients=clients, duration=seconds, warmup=0.0).summary()
+    stop.set()
+    for attacker in attackers:
+        attacker.join(60)
+    return {**normal, "batch_size": batch_size, "png_bytes": len(png)}
 
 
 @dataclass
@@ -415,7 +443,7 @@ def answer_of(sock: socket.socket) -> str:
     return data.split(b" ")[1].decode() if data.startswith(b"HTTP/") else "closed"
 
 
-def verdicts(outcomes: list[Outcome], during: dict, logged: dict, idle: IdleReport, held: HeldBodyReport) -> tuple[list[str], bool]:
+def verdicts(outcomes: list[Outcome], during: dict, logged: dict, idle: IdleReport, held: HeldBodyReport, batches: dict) -> tuple[list[str], bool]:
     server_errors = sum(1 for o in outcomes for s in o.statuses if s >= 500 or s == 0)
     single = max((o for o in outcomes if o.attack.copies == 1), key=lambda o: o.rss_growth_mb)
     together = max((o for o in outcomes if o.attack.copies > 1), key=lambda o: o.rss_growth_mb)
@@ -423,6 +451,7 @@ def verdicts(outcomes: list[Outcome], during: dict, logged: dict, idle: IdleRepo
     log_ok = logged["bytes_per_request"] <= LOG_TARGET_BYTES and not logged["tracebacks"]
     idle_ok = not idle.normal["errors"] and idle.normal["requests"] > 0
     held_ok = not held.normal["errors"] and held.normal["requests"] > 0 and held.rss_growth_mb <= HELD_TARGET_MB
+    batches_ok = not batches["errors"] and batches["requests"] > 0 and batches["p99_ms"] < P99_TARGET_MS
     lines = [
         f"{'PASS' if not server_errors else 'FAIL'}  5xx or no answer: {server_errors}",
         f"{'PASS' if single.rss_growth_mb <= RSS_TARGET_MB else 'FAIL'}  largest worker RSS growth for one request: "
@@ -438,13 +467,16 @@ def verdicts(outcomes: list[Outcome], during: dict, logged: dict, idle: IdleRepo
         f"{'PASS' if held_ok else 'FAIL'}  while {held.count} clients hold unfinished bodies of {held.upload_limit / 2**20:.0f} MB: worker RSS "
         f"{held.rss_growth_mb:+.0f} MB, normal clients {held.normal['requests']} served, refused/failed {held.normal['errors'] or 'none'}; "
         f"target: <= {HELD_TARGET_MB:,} MB, all served",
+        f"{'PASS' if batches_ok else 'FAIL'}  normal clients while {COSTLY_BATCH_CLIENTS} clients send batches of small many-pixel PNGs: "
+        f"{batches['requests']} served, p99 {batches['p99_ms']:.0f} ms, refused/failed {batches['errors'] or 'none'}; "
+        f"target: all served, p99 < {P99_TARGET_MS} ms",
     ]
     return lines, (not server_errors and single.rss_growth_mb <= RSS_TARGET_MB and together.rss_growth_mb <= TOGETHER_TARGET_MB
-                   and normal_ok and log_ok and idle_ok and held_ok)
+                   and normal_ok and log_ok and idle_ok and held_ok and batches_ok)
 
 
 def print_summary(outcomes: list[Outcome], baseline: dict, during: dict, report: SlowClientReport, args, alive: bool, logged: dict,
-                  idle: IdleReport, held: HeldBodyReport) -> None:
+                  idle: IdleReport, held: HeldBodyReport, batches: dict) -> None:
     print(f"\nhostile input against bentoml serve on 127.0.0.1; {describe_machine(machine())}")
     print("\n| class | case | status | worker peak RSS growth | seconds | reason |\n| --- | --- | --- | ---: | ---: | --- |")
     for o in outcomes:
@@ -466,8 +498,11 @@ def print_summary(outcomes: list[Outcome], baseline: dict, during: dict, report:
     print(f"with {held.count} clients that each sent all but the last byte of {held.upload_limit / 2**20:.0f} MB and wait: "
           f"{held.normal['requests']} served, p50 {held.normal['p50_ms']:.0f} ms, p99 {held.normal['p99_ms']:.0f} ms, "
           f"errors {held.normal['errors'] or 'none'}; worker peak RSS {held.rss_growth_mb:+.0f} MB; what the server did to them: {dict(held.answers)}")
+    print(f"with {COSTLY_BATCH_CLIENTS} clients each sending /predict_batch of {batches['batch_size']} PNGs of 3.2 MP in "
+          f"{batches['png_bytes'] / 1024:.0f} KB, one after another: {batches['requests']} served, p50 {batches['p50_ms']:.0f} ms, "
+          f"p99 {batches['p99_ms']:.0f} ms, errors {batches['errors'] or 'none'}")
     print(f"server still running afterwards: {alive}")
-    lines, _ = verdicts(outcomes, during, logged, idle, held)
+    lines, _ = verdicts(outcomes, during, logged, idle, held, batches)
     print("\n" + "\n".join(lines))
 
 

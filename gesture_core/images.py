@@ -171,6 +171,10 @@ class ImageDecodeError(ValueError):
     """An input that is not a usable image; ``str(err)`` is a user-facing reason."""
 
 
+class ImageTooLarge(ImageDecodeError):
+    """An image whose header declares more pixels than the ``max_pixels`` it was read with, before any is decoded."""
+
+
 def read_rgb(
     source: ImageSource,
     *,
@@ -331,7 +335,7 @@ def check_dimensions(width: int, height: int, *, max_pixels: int | None = DEFAUL
         max_pixels //= costly.divisor
     if max_pixels is not None and width * height > max_pixels:
         kind, advice = (f"{costly.kind}, ", f" for such images: {costly.advice}") if costly else ("", "")
-        raise ImageDecodeError(
+        raise ImageTooLarge(
             f"image too large: {kind}{width}x{height} = {width * height:,} pixels, above the limit of {max_pixels:,}{advice}"
         )
     ratio = max(width, height) / min(width, height)

@@ -10,7 +10,8 @@ BentoML adds /readyz, /livez, /metrics and the OpenAPI page at /. Settings: serv
 Every answer comes from the checkpoint's own ``Classifier``: ``crop`` per upload, then ``classify_scores`` on
 the model threads, which batch concurrent requests (service/microbatch.py), so a served prediction is
 ``load_classifier(checkpoint).predict(image)`` by construction. A small upload is cropped on the model
-thread as part of its batch, a large one in a worker thread of its own first (``SMALL_UPLOAD_BYTES``).
+thread as part of its batch, a large one (``SMALL_UPLOAD_BYTES``), or one whose header declares more pixels than
+a batch decodes (``BATCH_DECODE_PIXELS``), in a worker thread of its own first.
 A model trained on hand crops finds the hands in a worker thread instead (service/hand_crops.py), its
 crops share one model call, and the answer is ``predict_hands(image)``'s: the frame's label plus one
 answer per hand. The request and response types are in service/schemas.py.
@@ -36,6 +37,7 @@ from bentoml.exceptions import BadInput, BentoMLException
 from gesture_core import Classifier, ClassScores, ImageDecodeError
 from gesture_core.engines import EngineUnavailableError
 from gesture_core.hands import Hand
+from gesture_core.images import ImageTooLarge
 from service.browser_demo import DEMO_PATH, allow_cors_origins, demo_app
 from service.hand_crops import check_localiser, find_hand_crops, use_stored_hand_models, warm_up_localiser
 from service.http_guard import EndpointFields, RequestGuard, too_many_images, use_the_open_file_hard_limit
@@ -79,9 +81,12 @@ SETTINGS = read_settings()  # the service's resources and workers depend on it
 # images a webcam sends (a 640x480 JPEG is 30-100 KB) that saves a hand-over to a worker thread and
 # back per request, and /predict served about 4% more requests without it (docs/performance.md).
 # Larger uploads still get a thread of their own, so that one big photo never holds up a whole batch.
-# A small file cannot hide a big decode: above 2 MP, Settings.max_pixels_per_byte holds one of 256 KB
-# to 4.2 MP (gesture_core.images.SMALL_IMAGE_PIXELS), a baseline JPEG to 8.4 MP at the scale it decodes at.
+# A small file can still hide a big decode: 256 KB of flat PNG may declare 4.2 MP (16 pixels a byte, Settings.
+# max_pixels_per_byte), 45 ms to decode, and 32 of them in one /predict_batch held every other request
+# for 1.4 s a batch (a probe). So a batch decodes no upload of more than BATCH_DECODE_PIXELS, read
+# from its header before any pixel: one above it is decoded apart, in a worker thread, as a large one is.
 SMALL_UPLOAD_BYTES = 256 * 1024
+BATCH_DECODE_PIXELS = 1_000_000  # a 1280x720 frame (921,600 pixels); a webcam's 640x480 is a third of it
 # Those worker threads come from AnyIO's pool, which runs up to 40 at once, and one upload at the pixel
 # limit takes about 256 MB to decode: 16 of them sent together grew the worker by 2,977 MB
 # (``python -m benchmarks.hostile``, docs/reliability.md). Decoding is CPU-bound, so more at once than
@@ -111,6 +116,7 @@ class GestureClassifier:
     def __init__(self, settings: Settings = SETTINGS) -> None:
         self.settings = settings
         self.decode_limits = settings.decode_limits()  # once: every upload is decoded within them
+        self.batch_decode_limits = {**self.decode_limits, "max_pixels": min(settings.max_pixels, BATCH_DECODE_PIXELS)}
         stored = find_model(packaged_model_ref() or type(self).model_ref)
         self.model_tag = str(stored.tag)
         self.metadata = dict(stored.info.metadata)
@@ -184,7 +190,7 @@ class GestureClassifier:
         upload, field = (image, "image") if image is not None else (image_b64, "image_b64")  # the field a reason names
         if self.classifier.hands_mode:
             return await self.predict_hands(upload, field, top_k, threshold)
-        return self.prediction(await self.batcher(await self.model_input(upload, field)), top_k, threshold)
+        return self.prediction(await self.scores(await self.model_input(upload, field)), top_k, threshold)
 
     @bentoml.api
     async def predict_batch(self, images: ImageFiles = None, images_b64: ImagesBase64 = None,
@@ -206,7 +212,7 @@ class GestureClassifier:
             return [self.hands_prediction(hands, p, top_k, threshold) for (hands, _), p in zip(found, scores, strict=True)]
         # a large upload is decoded here, a small one with its batch: which failed is known once both have run
         inputs = await settled(self.model_input(upload, field) for upload, field in zip(uploads, fields, strict=True))
-        scores = iter(await settled(self.batcher(item) for item in inputs if not isinstance(item, BaseException)))
+        scores = iter(await settled(self.scores(item) for item in inputs if not isinstance(item, BaseException)))
         answers = [item if isinstance(item, BaseException) else next(scores) for item in inputs]
         return [self.prediction(p, top_k, threshold) for p in first_failure_raised(answers)]
 
@@ -234,7 +240,18 @@ class GestureClassifier:
         size = upload.stat().st_size if isinstance(upload, Path) else len(upload)
         if size <= SMALL_UPLOAD_BYTES:
             return Upload(upload, what)
-        return await anyio.to_thread.run_sync(crop_upload, self.classifier, upload, what, self.decode_limits, limiter=self.decode_slots)
+        return await self.crop_apart(Upload(upload, what))
+
+    async def crop_apart(self, upload: Upload) -> np.ndarray:
+        return await anyio.to_thread.run_sync(crop_upload, self.classifier, *upload, self.decode_limits, limiter=self.decode_slots)
+
+    async def scores(self, item: Upload | np.ndarray) -> ClassScores:
+        """The model threads' answer for ``model_input``'s item; an upload that declares more pixels than a
+        batch decodes (DecodeApart) is cropped apart first, and its crop sent again."""
+        try:
+            return await self.batcher(item)
+        except DecodeApart:
+            return await self.batcher(await self.crop_apart(item))
 
     def classify_uploads(self, items: list[Upload | np.ndarray]) -> list[ClassScores | Exception]:
         """One model call (on a model thread) for a batch of crops and small uploads; an upload that does
@@ -243,7 +260,7 @@ class GestureClassifier:
         crops: dict[int, np.ndarray] = {}
         for i, item in enumerate(items):
             try:
-                crops[i] = crop_upload(self.classifier, *item, self.decode_limits) if isinstance(item, Upload) else item
+                crops[i] = crop_upload(self.classifier, *item, self.batch_decode_limits, in_batch=True) if isinstance(item, Upload) else item
             except Exception as err:  # noqa: BLE001 - BadInput for an image that does not decode: that request's alone
                 results[i] = err
         if crops:
@@ -276,14 +293,20 @@ class Upload(NamedTuple):
     what: str
 
 
-def crop_upload(classifier: Classifier, upload: Path | bytes, what: str, limits: dict[str, float]) -> np.ndarray:
+def crop_upload(classifier: Classifier, upload: Path | bytes, what: str, limits: dict[str, float], *, in_batch: bool = False) -> np.ndarray:
     """``classifier.crop`` of an upload within the decoding ``limits`` (``Settings.decode_limits``), or
     BadInput (400) saying what is wrong with the image."""
     data = upload.read_bytes() if isinstance(upload, Path) else upload  # bytes: errors never show the temp path
     try:
         return classifier.crop(data, **limits)
     except ImageDecodeError as err:
+        if in_batch and isinstance(err, ImageTooLarge):  # above a batch's pixel limit: decoded apart, within the service's
+            raise DecodeApart from None
         raise BadInput(f"{what}: {err}") from None
+
+
+class DecodeApart(Exception):
+    """An upload small in bytes whose header declares more pixels than a batch decodes (BATCH_DECODE_PIXELS)."""
 
 
 async def settled(awaitables: Iterable[Awaitable[Any]]) -> list[Any]:

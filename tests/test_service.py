@@ -357,20 +357,27 @@ def test_odd_image_modes_are_decoded_like_load_classifier(svc, reference):
         assert_matches_reference(result, reference.predict_proba([data])[0], reference.classes, atol=0), name
 
 
-def test_small_uploads_are_cropped_in_the_batch_and_large_ones_first_to_the_same_answer(svc, reference):
+def test_small_uploads_are_cropped_in_the_batch_and_large_or_many_pixels_ones_first_to_the_same_answer(svc, reference):
     from PIL import Image
 
-    from service.service import SMALL_UPLOAD_BYTES, Upload
+    from service.service import BATCH_DECODE_PIXELS, SMALL_UPLOAD_BYTES, DecodeApart, Upload
 
     small = jpeg(4)
     large = encode(Image.fromarray(np.random.default_rng(0).integers(0, 256, (420, 420, 3), np.uint8)), "PNG")  # noise: no compression
     assert len(small) <= SMALL_UPLOAD_BYTES < len(large)
     assert isinstance(asyncio.run(svc.model_input(small, "image")), Upload)  # decoded later, by a model thread
     assert isinstance(asyncio.run(svc.model_input(large, "image")), np.ndarray)  # cropped now, in a worker thread
-    for data in (small, large):
+    # Small in bytes, but more pixels than a batch decodes: 32 flat 4 MP PNGs of 256 KB in one /predict_batch
+    # held every other request for 1.4 s a batch. A model thread reads its header only, and it is cropped apart.
+    flat = encode(Image.fromarray(np.full((1100, 1000, 3), (90, 120, 150), np.uint8)), "PNG")
+    assert len(flat) <= SMALL_UPLOAD_BYTES and 1100 * 1000 > BATCH_DECODE_PIXELS
+    assert isinstance(svc.classify_uploads([Upload(flat, "image")])[0], DecodeApart)
+    for data in (small, large, flat):
         result = asyncio.run(svc.predict(image_b64=data, top_k=10)).model_dump()
         expected = reference.predict(data, k=10)
         assert result["label"] == expected.label and scores(result) == dict(expected.top_k)
+    answers = asyncio.run(svc.predict_batch(images_b64=[small, flat], top_k=10))
+    assert [a.label for a in answers] == [reference.predict(data, k=1).label for data in (small, flat)]
 
 
 def test_large_uploads_are_decoded_a_few_at_a_time_whatever_arrives_together(svc, reference, monkeypatch):
@@ -386,14 +393,14 @@ def test_large_uploads_are_decoded_a_few_at_a_time_whatever_arrives_together(svc
     running, most, lock = 0, 0, threading.Lock()
     crop_upload = module.crop_upload
 
-    def counted(*args):
+    def counted(*args, **kwargs):
         nonlocal running, most
         with lock:
             running += 1
             most = max(most, running)
         try:
             time.sleep(0.05)  # long enough for every waiting decode to start, were it allowed to
-            return crop_upload(*args)
+            return crop_upload(*args, **kwargs)
         finally:
             with lock:
                 running -= 1
