@@ -669,6 +669,37 @@ def test_a_full_disk_under_the_json_lines_names_the_file(short_clip, random_head
     assert capsys.readouterr().err.splitlines()[-1] == "error: /dev/full: No space left on device"
 
 
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real file system of 400 KB (tmpfs), where this process may mount one (root on Linux)."""
+    folder = tmp_path / "small"
+    folder.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs", str(folder)], capture_output=True).returncode:
+        pytest.skip("needs to mount a small tmpfs (root on Linux)")
+    yield folder
+    subprocess.run(["umount", str(folder)], check=True)
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".avi"])
+def test_a_disk_that_fills_under_the_output_video_ends_the_run_naming_it(small_disk, random_head_checkpoint, capfd, monkeypatch, suffix):
+    """OpenCV's writer says nothing of a failed write: the run went on, printed about 400 FFmpeg warnings, exited 0,
+    and left an MP4 without its index (an AVI of 0 bytes) that nothing could open."""
+    clip = small_disk.parent / "noise.avi"  # frames that compress badly fill 400 KB fast
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"MJPG"), 30.0, (320, 240))
+    for i in range(120):
+        writer.write(np.random.default_rng(i).integers(0, 256, (240, 320, 3), np.uint8))
+    writer.release()
+    output = small_disk / f"out{suffix}"
+    args = ["--checkpoint", str(random_head_checkpoint), "--source", str(clip), "--headless", "--output", str(output)]
+    assert main(args) == EXIT_USAGE
+    err = capfd.readouterr().err.splitlines()
+    assert err[-1] == f"error: {output}: No space left on device" and not [line for line in err if "WARN" in line], err[-5:]
+    output.unlink()
+    monkeypatch.setattr("service.webcam.demo.MIN_FREE_BYTES", 0)  # the disk fills between two checks of its space: the video is checked as it closes
+    assert main(args) == EXIT_USAGE
+    assert capfd.readouterr().err.splitlines()[-1] == f"error: {output}: not written whole: it does not open as a video (is the disk full?)"
+
+
 def test_a_source_that_does_not_open_is_the_only_line_without_a_display(monkeypatch, tmp_path, random_head_checkpoint):
     """The "no display: ... running headless" hint came first, above an error that ended the run anyway."""
     monkeypatch.delenv("DISPLAY", raising=False)

@@ -14,6 +14,7 @@ and the smoothed frame-level label of the best accepted hand (``scoring.decide_h
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import math
 import os
@@ -60,7 +61,7 @@ from service.webcam.scoring import (
     decision_rule,
     default_threads,
 )
-from service.webcam.sources import SourceError, describe_source, is_live, open_source, parse_source, separate_photos
+from service.webcam.sources import SourceError, describe_source, is_live, open_source, parse_source, quiet_opencv, separate_photos
 
 EXIT_OK, EXIT_SOURCE_LOST, EXIT_USAGE, EXIT_OUTAGE = 0, 1, 2, 3
 RETRY_AFTER_S = 1.0  # during an outage, ask the server again this often; frames keep flowing meanwhile
@@ -70,6 +71,8 @@ JSON_LINES_SUFFIXES = (".jsonl", ".ndjson", ".json", ".txt", ".log")  # what --j
 DEFAULT_SMOOTH = 5  # frames: a live camera's label steadies within a sixth of a second at 30 fps
 MAX_SMOOTH = 10_000  # frames (5 minutes at 30 fps); a window past a C ssize_t crashed with OverflowError
 UNKNOWN_FPS = 30.0  # for cameras and image sequences that do not report a frame rate
+# --output stops below this much free space: OpenCV's writer says nothing of a failed write, and FFmpeg buffers
+MIN_FREE_BYTES = 1 << 20
 WINDOW_TITLE = "gesture recognition (q quit, s snapshot, space pause)"
 
 Log = Callable[[str], None]
@@ -343,7 +346,8 @@ class Outputs:
     def close(self) -> None:
         if self._writer is not None:
             if self._held is not None:
-                self._writer.write(self._held[1])
+                with quiet_opencv():
+                    self._writer.write(self._held[1])
                 self._held = None
             self._writer.release()
             if self.merged:
@@ -352,6 +356,8 @@ class Outputs:
         if self._jsonl:
             with naming_the_file(self.options.jsonl):
                 self._jsonl.close()
+        if self._writer is not None:
+            self._check_video()
 
     def _fitted(self, canvas: np.ndarray, index: int) -> np.ndarray:
         """The frame at the video's size, which its first frame set: OpenCV's writer drops a frame of
@@ -399,9 +405,26 @@ class Outputs:
                 self.merged += 1
                 self._held = (held_slot, image)
                 return
-            for _ in range(slot - held_slot):
-                writer.write(held_image)
+            with quiet_opencv():  # FFmpeg's "Failed to write frame", once a frame: the check below says it once
+                for _ in range(slot - held_slot):
+                    writer.write(held_image)
+            self._check_space()
         self._held = (slot, image)
+
+    def _check_space(self) -> None:
+        """OpenCV's writer reports no failed write: a full disk gave 400 warning lines, exit 0 and a video with no index."""
+        disk = os.statvfs(self.options.output.parent)
+        if disk.f_bavail * disk.f_frsize < MIN_FREE_BYTES:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.options.output))
+
+    def _check_video(self) -> None:
+        """The written video opens and has frames: else the disk filled, or a quota ended it, between two checks of space."""
+        with quiet_opencv():
+            video = cv2.VideoCapture(str(self.options.output))
+            whole = video.isOpened() and video.get(cv2.CAP_PROP_FRAME_COUNT) > 0
+            video.release()
+        if not whole:
+            raise OSError(errno.EIO, "not written whole: it does not open as a video (is the disk full?)", str(self.options.output))
 
     def _video(self, canvas: np.ndarray) -> cv2.VideoWriter:
         if self._writer is None:
