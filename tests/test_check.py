@@ -161,6 +161,22 @@ def test_a_presplit_class_that_training_refuses_is_fatal(tmp_path: Path):
         load_splits(root)  # the same words as training's
 
 
+def test_captures_that_training_cannot_split_by_session_are_fatal_as_training_says(tmp_path: Path, capsys):
+    """Class b holds two capture sessions, too few for a train, a val and a test one: check said "OK to train" and
+    advised keeping "the default --group-by auto (none)", whose split failed; training then stopped on it."""
+    root = tmp_path / "captures"
+    for label, (cls, sessions) in enumerate({"a": 3, "b": 2}.items()):
+        for session in range(sessions):
+            for n in range(4):  # the capture tool's names: <class>-<session>-<n>.jpg
+                write_rgb(root / cls / f"{cls}-20261207-10000{session}p42-{n}.jpg", synthetic_image(label, 10 * session + n))
+    with pytest.raises(DatasetError) as refused:
+        load_splits(root)
+    report = build_report(root)
+    assert report["fatal"] == [f"training with the default split stops: {refused.value}"]
+    assert "too few groups (session)" in str(refused.value)
+    assert main([str(root)]) == 1 and "OK to train" not in capsys.readouterr().out
+
+
 @pytest.mark.parametrize(
     "build, message",
     [

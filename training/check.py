@@ -10,7 +10,7 @@ and non-image files, exact duplicates (content hash) within a class, across clas
 splits (train/test leakage), image sizes and colour modes, and oversized outliers.
 
 Exit status: 0 when the folder can be trained on (warnings or not), 1 for fatal problems (no
-images, a single class), 2 for bad arguments (a DIR that is not a folder, as in training).
+images, a single class, a split that training with no flags refuses), 2 for bad arguments (a DIR that is not a folder, as in training).
 """
 
 from __future__ import annotations
@@ -248,12 +248,30 @@ def _neighbour_twins(infos: list[ImageInfo], layout: str) -> dict:
         try:
             grouping = assign_groups(dict(by_class), rule)
             parts = grouped_split(dict(by_class), grouping, **DEFAULT_SPLIT)
-        except DatasetError:
+        except DatasetError:  # the default's, training's own error: _default_split_problem
             continue
         side = {p: split for split, classes in parts.items() for paths in classes.values() for p in paths}
         out[f"straddling_{rule}"] = sum(side[a] != side[b] for a, b in pairs)
-        out.setdefault("default_rule", grouping.rule)
+        if rule == "auto":  # "none" is no default: it was named as one where auto's split failed
+            out["default_rule"] = grouping.rule
     return out
+
+
+def _default_split_problem(infos: list[ImageInfo], per_split: dict[str, dict[str, int]], layout: str) -> str | None:
+    """Why training with no flags stops at its split (training.data's grouped split, --group-by auto), or None:
+    check said "OK to train" on captures of two sessions in a class, which training then refused."""
+    if layout == "presplit" and "val" in per_split:  # its folders are the split
+        return None
+    by_class: dict[str, list[str]] = defaultdict(list)
+    for info in infos:
+        if layout != "presplit" or info.split == "train":
+            by_class[info.label].append(info.path)
+    split = DEFAULT_SPLIT if layout != "presplit" else {**DEFAULT_SPLIT, "test_split": 0.0, "test_per_class": None}  # val carved from train/
+    try:
+        grouped_split(dict(by_class), assign_groups(dict(by_class), "auto"), **split)
+    except DatasetError as err:
+        return f"training with the default split stops: {err}"
+    return None
 
 
 def build_report(root: Path, *, decode: bool = True, workers: int = 2) -> dict:
@@ -301,6 +319,8 @@ def build_report(root: Path, *, decode: bool = True, workers: int = 2) -> dict:
         recordings=_recordings(root),
     )
     report["fatal"] += _fatal(report, root, per_split, layout)
+    if not report["fatal"] and (problem := _default_split_problem(good, per_split, layout)):
+        report["fatal"].append(problem)
     report["warnings"] += _warnings(report, per_split, layout)
     if layout == "presplit" and (beside := folders_beside_splits(root)):  # training passes them over too, with a warning
         report["warnings"].append(f"folder(s) {', '.join(map(printable, beside))} beside train/ and test/ are not read: a class meant for train/?")
@@ -451,7 +471,7 @@ def _twin_warnings(twins: dict, recordings: dict | None) -> list[str]:
                       "in blocks of neighbouring frames, and each video stays whole in one split with more")
         return [f"{found}: {twins['straddling_auto']} would straddle train/val/test in training's default split "
                 f"(--group-by auto: {twins['default_rule']}); {advice}"]  # fmt: skip
-    if twins.get("straddling_none"):
+    if twins.get("straddling_none") and "default_rule" in twins:
         return [f"{found}: a frame-by-frame split (--group-by none) would put {twins['straddling_none']} of them on both sides "
                 f"of a split; keep the default --group-by auto ({twins['default_rule']}), which keeps them together"]  # fmt: skip
     return []
