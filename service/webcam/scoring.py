@@ -17,7 +17,7 @@ import uuid
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 from urllib.parse import urlsplit
 
 import cv2
@@ -315,6 +315,14 @@ def _error_text(body: bytes, limit: int = 200) -> str:
     return (text[:limit] + " …") if len(text) > limit else (text or "(empty body)")
 
 
+class _Seen(NamedTuple):
+    """A frame in a Smoother's window."""
+
+    vector: np.ndarray  # its probabilities over the classes seen up to it (later classes are 0 for it)
+    vote: str | None  # its own label (vote mode; None otherwise, and for "no gesture")
+    gesture: float | None
+
+
 class Smoother:
     """Steadies the label over the last ``window`` frames: averaged probabilities and the median gesture
     score, or a majority vote.
@@ -329,27 +337,56 @@ class Smoother:
         if window < 1:
             raise ValueError(f"smoothing window must be >= 1 frame, got {window}")
         self.window, self.vote, self.threshold, self.k, self.reject_classes = window, vote, threshold, k, reject_classes
-        self._history: deque[Scores] = deque(maxlen=window)
         self._classes: list[str] = []  # first-seen order, so remote answers with varying top_k line up
+        # The window's sums, kept as frames come and go: re-deciding every frame of a 10,000-frame window on each
+        # new one took 48 ms a frame after 3,000 frames (a probe), so a live camera dropped frames half a minute in.
+        self._history: deque[_Seen] = deque()
+        self._sum = np.zeros(0)  # the probabilities summed over the window, per class of _classes
+        self._votes: Counter[str | None] = Counter()  # vote mode: each frame's own label, counted
+        self._gestures = np.zeros(window)  # a ring of the window's gesture scores (0 for a frame without one)
+        self._with_gesture = 0  # frames of the window that have a gesture score
+        self._oldest = 0  # the ring slot of the window's oldest frame
 
     def reset(self) -> None:
         self._history.clear()
+        self._sum[:] = 0.0
+        self._votes.clear()
+        self._with_gesture = self._oldest = 0
 
     def update(self, scores: Scores) -> Prediction:
         for label in scores:
             if label not in self._classes:
                 self._classes.append(label)
-        self._history.append(scores)
-        mean = np.mean([self._vector(s) for s in self._history], axis=0)
+        self._sum = np.pad(self._sum, (0, len(self._classes) - len(self._sum)))  # a new class: 0 in the frames before
+        if len(self._history) == self.window:
+            self._forget(self._history.popleft())
+        seen = _Seen(self._vector(scores), self.decide(scores).label if self.vote else None, gesture_of(scores))
+        self._gestures[(len(self._history) + self._oldest) % self.window] = seen.gesture or 0.0
+        self._history.append(seen)
+        self._sum[:len(seen.vector)] += seen.vector
+        self._votes[seen.vote] += 1
+        self._with_gesture += seen.gesture is not None
+        mean = self._sum / len(self._history)
+        mean[mean < 1e-12] = 0.0  # what subtraction leaves of frames gone: no evidence is none (a window without hands)
         averaged = self._decode(mean, self._classes, self._typical_gesture())
         if not self.vote:
             return averaged
-        votes = [self.decide(s).label for s in self._history]
-        counts = Counter(votes)
-        best = max(counts.values())
-        winner = next(label for label in reversed(votes) if counts[label] == best)  # ties: the most recent
-        score = float(np.mean([s.get(winner, 0.0) for s in self._history])) if winner is not None else averaged.score
+        best = max(self._votes.values())
+        winner = next(s.vote for s in reversed(self._history) if self._votes[s.vote] == best)  # ties: the most recent
+        score = float(mean[self._classes.index(winner)]) if winner is not None else averaged.score
         return Prediction(winner, score, averaged.top_k, averaged.gesture_score)
+
+    def _forget(self, gone: _Seen) -> None:
+        self._sum[:len(gone.vector)] -= gone.vector
+        self._votes[gone.vote] -= 1
+        if not self._votes[gone.vote]:
+            del self._votes[gone.vote]
+        self._with_gesture -= gone.gesture is not None
+        self._oldest = (self._oldest + 1) % self.window
+        if not self._oldest:  # once a window: the sums afresh, so that rounding cannot pile up over a long run
+            self._sum[:] = 0.0
+            for seen in self._history:
+                self._sum[:len(seen.vector)] += seen.vector
 
     def decide(self, scores: Scores) -> Prediction:
         """One frame on its own, with the same threshold and rejection rules."""
@@ -367,9 +404,9 @@ class Smoother:
         The median, so the window shows a gesture only where most of its frames pass the threshold: the score
         is a rank, near 0 for what is no gesture, and through the mean one sure frame among four refused ones
         showed a label (a probe's non-gesture video showed one on 10 frames where 4 passed on their own)."""
-        if all(gesture_of(s) is None for s in self._history):
+        if not self._with_gesture:
             return None
-        return float(np.median([gesture_of(s) or 0.0 for s in self._history]))
+        return float(np.median(self._gestures[:len(self._history)]))  # the ring's order does not matter to a median
 
     def _vector(self, scores: Scores) -> np.ndarray:
         return np.asarray([scores.get(label, 0.0) for label in self._classes], np.float64)
