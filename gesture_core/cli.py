@@ -91,7 +91,10 @@ class CommandParser(argparse.ArgumentParser):
     def misspelt_flags(self, message: str) -> str:
         """" (did you mean --epochs?)" for "--epoch": the flags that each unknown one begins, or else the nearest in
         spelling. Said beside any error, as a misspelt required flag is reported as missing, not as unknown."""
-        known = sorted(set(re.findall(r"(?<![\w-])--[A-Za-z][\w-]*", self.format_help())))  # argparse keeps its table of flags private
+        # argparse keeps its table of flags private: they are read from the help's option lines (indented by two),
+        # not from its help texts, where "every --every-th frame" offered a flag that does not exist
+        invocations = re.findall(r"^  (-\S.*?)(?:  |$)", self.format_help(), flags=re.MULTILINE)
+        known = sorted({flag for line in invocations for flag in re.findall(r"(?<![\w-])--[A-Za-z][\w-]*", line)})
         unknown = [flag for flag in {token.split("=", 1)[0]: None for token in self.given} if flag.startswith("--") and flag not in known]
         names = {option[2:]: option for option in known}  # spelling compared without the "--" every flag shares
         guesses = []

@@ -1011,7 +1011,9 @@ def test_a_mistake_on_the_command_line_is_one_error_line_not_the_usage_block(mod
 
 
 @pytest.mark.parametrize(("module", "given", "meant"), [("training.finetune", "--epoch", "--epochs"), ("training.finetune", "--imgsz", "--image-size"),
-                                                        ("training.evaluate", "--checkpoin", "--checkpoint"), ("service.webcam.demo", "--thresh", "--threshold")])
+                                                        ("training.evaluate", "--checkpoin", "--checkpoint"), ("service.webcam.demo", "--thresh", "--threshold"),
+                                                        # not "--every or --every-th": a help text's words are no flag
+                                                        ("service.webcam.capture", "--evry", "--every")])
 def test_a_flag_is_spelt_whole_and_a_misspelt_one_is_answered_with_the_closest(module, given, meant, capsys):
     """argparse took --epoch 3 as --epochs 3: a script's shortened flag would stop working, or change meaning, the day
     a flag sharing its start is added. It is refused, and the answer names the flag meant, also where a misspelt
@@ -1022,7 +1024,7 @@ def test_a_flag_is_spelt_whole_and_a_misspelt_one_is_answered_with_the_closest(m
         importlib.import_module(module).main([given, "3"])
     err = capsys.readouterr().err
     assert stop.value.code == 2 and err.count("\n") == 1, err
-    assert f"unrecognized arguments: {given} 3 (did you mean {meant}" in err or f" is required ({given}: did you mean {meant}?)" in err or f"required: {meant} ({given}: did you mean {meant}?)" in err, err
+    assert f"unrecognized arguments: {given} 3 (did you mean {meant}?)" in err or f"({given}: did you mean {meant}?)" in err, err
 
 
 def test_an_output_through_a_folder_not_made_yet_is_taken_as_where_it_lands(tmp_path):
