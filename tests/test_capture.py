@@ -197,6 +197,31 @@ def test_a_class_folder_given_as_out_is_refused_before_anything_is_saved(tmp_pat
     assert sorted(p.relative_to(dataset).as_posix() for p in dataset.rglob("*")) == ["palm", "palm/mine.jpg"]
 
 
+def test_a_class_that_differs_only_in_case_from_a_folder_of_the_dataset_is_refused(tmp_path: Path, capsys):
+    """--classes fist,Fist was refused, but --label a into a dataset with A/ made a second class beside it, and
+    on macOS or Windows the two would be one folder."""
+    dataset = tmp_path / "gestures"
+    (dataset / "A").mkdir(parents=True)
+    video = write_video(tmp_path / "clip.avi", "MJPG", frames=10)
+    with pytest.raises(SystemExit) as exc:
+        main(["--out", str(dataset), "--source", str(video), "--headless", "--label", "a"])
+    assert exc.value.code == 2
+    assert f"class 'a' differs only in case from the class folder {dataset / 'A'}: name it 'A'" in capsys.readouterr().err
+    assert main(["--out", str(dataset), "--source", str(video), "--headless", "--label", "A", "--every", "5"]) == 0
+    assert len(jpgs(dataset / "A")) == 2 and sorted(p.name for p in dataset.iterdir()) == ["A"]
+
+
+def test_the_no_gesture_tip_is_left_out_where_the_dataset_has_such_a_class(tmp_path: Path, capsys):
+    """It asked for a 'none' class where the dataset had 'nothing' (any common "no gesture" name)."""
+    dataset = tmp_path / "gestures"
+    (dataset / "nothing").mkdir(parents=True)
+    video = write_video(tmp_path / "clip.avi", "MJPG", frames=10)
+    assert main(["--out", str(dataset), "--source", str(video), "--headless", "--label", "fist", "--every", "5"]) == 0
+    assert "tip:" not in capsys.readouterr().err
+    assert main(["--out", str(tmp_path / "new"), "--source", str(video), "--headless", "--label", "fist", "--every", "5"]) == 0
+    assert "tip: record a 'none' class" in capsys.readouterr().err
+
+
 def test_a_source_inside_the_dataset_is_refused_before_anything_is_saved(tmp_path: Path, capsys):
     """--source gestures/palm --out gestures saved a copy of every photo of the class into it, and with
     --label fist put each of them in two classes."""

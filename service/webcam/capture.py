@@ -439,6 +439,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def class_folders(out: Path) -> list[str]:
+    """The class folders a dataset folder holds already (none where it is not there yet)."""
+    return [entry.name for entry in out.iterdir() if entry.is_dir() and not entry.name.startswith(".")] if out.is_dir() else []
+
+
+def class_differing_in_case(out: Path, classes: list[str]) -> str | None:
+    """Why a class would go beside a folder of the dataset that is its name in another case ("a" beside "A"): two
+    classes on Linux, where --classes fist,Fist is refused for it, and one folder on macOS and Windows."""
+    existing = {name.casefold(): name for name in class_folders(out)}
+    for name in classes:
+        if (twin := existing.get(name.casefold(), name)) != name:
+            return f"class {name!r} differs only in case from the class folder {out / twin}: name it {twin!r} (two classes here, one folder on macOS and Windows)"
+    return None
+
+
 @command
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
@@ -467,6 +482,8 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_USAGE
     if problem := class_folder_given_as_out(args.out, classes):
         parser.error(f"{problem}: --out is the dataset folder (e.g. --out {args.out.parent})")
+    if problem := class_differing_in_case(args.out, [args.label] if args.headless else classes):
+        parser.error(problem)
     if problem := reads_from_inside(args.source, args.out):
         parser.error(problem)
     try:
@@ -496,7 +513,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nstopped; totals: {writer.summary()}", file=sys.stderr)
     finally:
         cap.release()
-    if not any(map(is_reject_name, [*(args.classes or []), *writer.classes])) and not (args.out / "none").is_dir():
+    if not any(map(is_reject_name, [*(args.classes or []), *writer.classes, *class_folders(args.out)])):
         print(NONE_TIP if not args.headless else HEADLESS_NONE_TIP, file=sys.stderr)
     return 0
 
