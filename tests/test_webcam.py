@@ -131,7 +131,7 @@ def test_headless_local_run_names_the_gesture_and_writes_outputs(sign_digits_run
                       "--smooth", "8", "--threshold", "0.3", "--output", str(out), "--jsonl", str(jsonl),
                       "--snapshot-at", "15", "400", "--snapshot-dir", str(tmp_path / "shots"))
     assert proc.returncode == EXIT_OK, proc.stderr
-    assert "warning: no snapshot of frame 400: the run ended after 40 frames" in proc.stderr  # a clip of 40 frames
+    assert "warning: no snapshot of frame 400: the run ended after frame 39\n" in proc.stderr  # a clip of 40 frames
     lines = read_jsonl(jsonl)
     assert set(lines[0]) >= {"index", "timestamp", "label", "score", "gesture_score", "latency_ms"}
     assert_recognises_2_then_7(lines)
@@ -1145,3 +1145,20 @@ def test_a_clip_whose_last_frames_come_fast_is_as_long_as_its_source(tmp_path):
     assert said == ["note: 3 frames came faster than the --output video's 10 fps: each of its frames shows the newest of "
                     "those that fell in it (the --jsonl log has every frame)"]
     assert len((tmp_path / "log.jsonl").read_text().splitlines()) == len(timeline)
+
+
+def test_a_snapshot_of_a_frame_dropped_to_keep_up_is_the_next_frame_shown(tmp_path):
+    """--realtime (or a live camera) drops frames it cannot keep up with: --snapshot-at 50 100 on a 4K clip saved
+    nothing, and warned "the run ended after 53 frames" of a run that had read all 150."""
+    from service.webcam.demo import FrameResult, Outputs
+
+    said = []
+    outputs = Outputs(Options(snapshot_dir=tmp_path / "shots", snapshot_at=(2, 3, 5, 40)), fps=10.0, log=said.append)
+    for index in (0, 1, 4, 5, 9):  # 2 and 3 dropped
+        outputs.write(FrameResult(index, index / 10, None, None, None), np.full((48, 64, 3), 10 * index, np.uint8))
+    outputs.close()
+    shots = sorted((tmp_path / "shots").iterdir())
+    assert [path.name for path in shots] == ["snapshot-000004.png", "snapshot-000005.png"]
+    assert int(cv2.imread(str(shots[0]))[0, 0, 0]) == 40
+    assert said[1] == f"note: frames 2, 3 were dropped to keep up with the source: {shots[0]} is frame 4, the next one shown"
+    assert outputs.missed_snapshots() == [40] and outputs.last_index == 9

@@ -308,18 +308,21 @@ class Outputs:
         self._lead: float | None = None  # the last video frame's time less its count over the fps (_slot)
         self._jsonl = None
         self.saved: set[int] = set()  # frame indices saved as snapshots
+        self._due = sorted(set(options.snapshot_at))  # --snapshot-at frames not saved yet
+        self.last_index = -1  # the last frame written
         if options.jsonl:
             options.jsonl.parent.mkdir(parents=True, exist_ok=True)
             self._jsonl = options.jsonl.open("w", encoding="utf-8")
 
     def write(self, result: FrameResult, canvas: np.ndarray) -> None:
+        self.last_index = result.index
         if self._jsonl:
             with naming_the_file(self.options.jsonl):
                 self._jsonl.write(json.dumps(result.to_json()) + "\n")
         if self.options.output:
             self._write_video(canvas, result.index, self._slot(result))
-        if result.index in self.options.snapshot_at:
-            self.snapshot(canvas, result.index)
+        if self._due and self._due[0] <= result.index:
+            self._snapshot_due(canvas, result.index)
 
     def snapshot(self, canvas: np.ndarray, index: int) -> Path:
         # frame numbers start again each run: a second run's snapshot of frame 1 replaced the first run's
@@ -339,9 +342,20 @@ class Outputs:
         except OSError as err:
             self.log(f"warning: no snapshot of frame {index}: {err.strerror or err} ({self.options.snapshot_dir})")
 
+    def _snapshot_due(self, canvas: np.ndarray, index: int) -> None:
+        """The --snapshot-at frames up to ``index``, saved as this one: a frame dropped to keep up (--realtime, a live
+        camera) was never shown, and its snapshot was missed under "the run ended", which it had not."""
+        asked = [i for i in self._due if i <= index]
+        self._due = self._due[len(asked):]
+        path = self.snapshot(canvas, index)
+        if asked != [index]:
+            several = len(asked) > 1
+            self.log(f"note: frame{'s' * several} {', '.join(map(str, asked))} {'were' if several else 'was'} dropped to keep up with the "
+                     f"source: {path} is frame {index}, the next one shown")
+
     def missed_snapshots(self) -> list[int]:
         """The --snapshot-at frames the run never reached (the source ended first, or --max-frames)."""
-        return sorted(set(self.options.snapshot_at) - self.saved)
+        return list(self._due)
 
     def close(self) -> None:
         if self._writer is not None:
@@ -525,7 +539,8 @@ def run(stream: Stream, scorer: Scorer, options: Options, *, window: Window | No
         if window:
             window.close()
     if missed := outputs.missed_snapshots():  # not after a failure: "the run ended" would hide it
-        log(f"warning: no snapshot of frame {', '.join(map(str, missed))}: the run ended after {summary.frames} frames")
+        log(f"warning: no snapshot of frame {', '.join(map(str, missed))}: the run ended after frame {outputs.last_index}"
+            f"{'' if outputs.last_index + 1 == summary.frames else f' ({summary.frames} shown, the rest dropped to keep up)'}")
     return summary
 
 
