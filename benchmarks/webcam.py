@@ -15,6 +15,7 @@ detection ran. It needs the hand models (python -m training.prepare hand-models)
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import platform
@@ -116,7 +117,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--frames", type=int_at_least(1), default=300, help="length of the test clip")
     p.add_argument("--image-size", type=image_size, help="model input size (default: the backbone's, 224)")
     p.add_argument("--realtime", action="store_true", help="also play the clip at its 30 fps and count dropped frames")
+    p.add_argument("--record", action="store_true", help="with --realtime: also record the annotated video (--output), as a user keeping a session does")
+    p.add_argument("--clip-size", type=clip_size, default=(640, 480), help="WIDTHxHEIGHT of the test clip (default: 640x480)")
     args = p.parse_args(argv)
+    if args.record and not args.realtime:
+        p.error("--record measures recording at the clip's own speed: add --realtime")
     check_input_size(p, args.backbones, args.image_size)
 
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start, "
@@ -124,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     with tempfile.TemporaryDirectory(prefix="webcam-bench-") as tmp:
         tmp = Path(tmp)
-        clip = make_clip(tmp / "clip.mp4", args.frames)
+        clip = make_clip(tmp / "clip.mp4", args.frames, args.clip_size)
         hands_clip = make_hands_clip(tmp / "hands.mp4", args.frames) if "hands" in args.modes else None
         for backbone in args.backbones:
             ckpt = make_checkpoint(tmp, backbone, args.image_size)
@@ -134,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
                 runs.append((f"local {engine}", local))
                 if args.realtime:
                     runs.append((f"local {engine} --realtime", [*local, "--realtime"]))
+                if args.record:
+                    runs.append((f"local {engine} --realtime --output", [*local, "--realtime", "--output", str(tmp / "recorded.mp4")]))
             if "hands" in args.modes:
                 hands_ckpt = make_checkpoint(tmp, backbone, args.image_size, hands=True)
                 for engine in args.engines:
@@ -156,6 +163,13 @@ def main(argv: list[str] | None = None) -> int:
         mode = r["mode"] + (f" (palm detection on {r['palm_detections']} frames)" if r["palm_detections"] is not None else "")
         print(f"| {r['backbone']} | {mode} | {r['frames']} | {r['dropped']} | {r['fps']:.1f} | {r['p50_ms']:.1f} ms | {r['p95_ms']:.1f} ms |")
     return 0
+
+
+def clip_size(text: str) -> tuple[int, int]:
+    """"1920x1080" -> (1920, 1080)."""
+    if not (match := re.fullmatch(r"([0-9]{1,5})x([0-9]{1,5})", text.strip())) or not all(16 <= int(n) <= 8192 for n in match.groups()):
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT, each 16 to 8192 (e.g. 1920x1080), got {text!r}")
+    return int(match.group(1)), int(match.group(2))
 
 
 def _row(r: dict) -> str:

@@ -14,7 +14,6 @@ and the smoothed frame-level label of the best accepted hand (``scoring.decide_h
 from __future__ import annotations
 
 import argparse
-import errno
 import json
 import math
 import os
@@ -49,6 +48,7 @@ from gesture_core.runtime import Runtime, add_runtime_arguments
 from gesture_core.videos import TIMESTAMP_JUMP_S
 from service.webcam.grabber import Frame, FrameGrabber
 from service.webcam.overlay import OverlayInfo, centred_roi, render
+from service.webcam.recorder import VideoRecorder
 from service.webcam.scoring import (
     HandResult,
     HandsAnswer,
@@ -61,7 +61,7 @@ from service.webcam.scoring import (
     decision_rule,
     default_threads,
 )
-from service.webcam.sources import SourceError, describe_source, is_live, open_source, parse_source, quiet_opencv, separate_photos
+from service.webcam.sources import SourceError, describe_source, is_live, open_source, parse_source, separate_photos
 
 EXIT_OK, EXIT_SOURCE_LOST, EXIT_USAGE, EXIT_OUTAGE = 0, 1, 2, 3
 RETRY_AFTER_S = 1.0  # during an outage, ask the server again this often; frames keep flowing meanwhile
@@ -71,8 +71,9 @@ JSON_LINES_SUFFIXES = (".jsonl", ".ndjson", ".json", ".txt", ".log")  # what --j
 DEFAULT_SMOOTH = 5  # frames: a live camera's label steadies within a sixth of a second at 30 fps
 MAX_SMOOTH = 10_000  # frames (5 minutes at 30 fps); a window past a C ssize_t crashed with OverflowError
 UNKNOWN_FPS = 30.0  # for cameras and image sequences that do not report a frame rate
-# --output stops below this much free space: OpenCV's writer says nothing of a failed write, and FFmpeg buffers
-MIN_FREE_BYTES = 1 << 20
+# --output's longer side: a 1080p frame took 17 ms to encode (mp4v), a 4K one 71 ms, written again for each frame
+# dropped to keep up; a --realtime 4K clip with --output was recognised on 6 of 150 frames, 52 without (a probe)
+MAX_OUTPUT_SIDE = 1280
 WINDOW_TITLE = "gesture recognition (q quit, s snapshot, space pause)"
 
 Log = Callable[[str], None]
@@ -299,8 +300,9 @@ class Outputs:
 
     def __init__(self, options: Options, fps: float, log: Log = _stderr):
         self.options, self.fps, self.log = options, fps, log
-        self._writer: cv2.VideoWriter | None = None
-        self._size: tuple[int, int] = (0, 0)  # the video's (height, width), from its first frame
+        self._writer: VideoRecorder | None = None
+        self._size: tuple[int, int] = (0, 0)  # the video's (height, width), from its first frame's (MAX_OUTPUT_SIDE)
+        self._first_size: tuple[int, int] = (0, 0)  # the first frame's own
         self._resized_said = False
         self._held: tuple[int, np.ndarray] | None = None  # the newest frame's slot and image, written when a later slot comes
         self.merged = 0  # frames that came faster than the video's fps, each replaced by a newer one in its slot
@@ -358,20 +360,25 @@ class Outputs:
         return list(self._due)
 
     def close(self) -> None:
-        if self._writer is not None:
+        try:
+            self._close_video()
+        finally:
+            if self._jsonl:
+                with naming_the_file(self.options.jsonl):
+                    self._jsonl.close()
+
+    def _close_video(self) -> None:
+        if self._writer is None:
+            return
+        try:
             if self._held is not None:
-                with quiet_opencv():
-                    self._writer.write(self._held[1])
+                self._writer.write(self._held[1])
                 self._held = None
-            self._writer.release()
-            if self.merged:
-                self.log(f"note: {self.merged} frames came faster than the --output video's {self.fps:.4g} fps: each of its "
-                         f"frames shows the newest of those that fell in it{' (the --jsonl log has every frame)' if self._jsonl else ''}")
-        if self._jsonl:
-            with naming_the_file(self.options.jsonl):
-                self._jsonl.close()
-        if self._writer is not None:
-            self._check_video()
+        finally:  # the file closed and its thread ended after a failure too (a disk that filled)
+            self._writer.close()
+        if self.merged:
+            self.log(f"note: {self.merged} frames came faster than the --output video's {self.fps:.4g} fps: each of its "
+                     f"frames shows the newest of those that fell in it{' (the --jsonl log has every frame)' if self._jsonl else ''}")
 
     def _fitted(self, canvas: np.ndarray, index: int) -> np.ndarray:
         """The frame at the video's size, which its first frame set: OpenCV's writer drops a frame of
@@ -380,7 +387,7 @@ class Outputs:
         height, width = self._size
         if canvas.shape[:2] == (height, width):
             return canvas
-        if not self._resized_said:
+        if canvas.shape[:2] != self._first_size and not self._resized_said:
             self._resized_said = True
             self.log(f"note: frame {index} is not the size of the first: it and any other such frame are scaled to fit the "
                      f"--output video ({width}x{height} with the overlay)")
@@ -419,36 +426,20 @@ class Outputs:
                 self.merged += 1
                 self._held = (held_slot, image)
                 return
-            with quiet_opencv():  # FFmpeg's "Failed to write frame", once a frame: the check below says it once
-                for _ in range(slot - held_slot):
-                    writer.write(held_image)
-            self._check_space()
+            writer.write(held_image, slot - held_slot)
         self._held = (slot, image)
 
-    def _check_space(self) -> None:
-        """OpenCV's writer reports no failed write: a full disk gave 400 warning lines, exit 0 and a video with no index."""
-        disk = os.statvfs(self.options.output.parent)
-        if disk.f_bavail * disk.f_frsize < MIN_FREE_BYTES:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.options.output))
-
-    def _check_video(self) -> None:
-        """The written video opens and has frames: else the disk filled, or a quota ended it, between two checks of space."""
-        with quiet_opencv():
-            video = cv2.VideoCapture(str(self.options.output))
-            whole = video.isOpened() and video.get(cv2.CAP_PROP_FRAME_COUNT) > 0
-            video.release()
-        if not whole:
-            raise OSError(errno.EIO, "not written whole: it does not open as a video (is the disk full?)", str(self.options.output))
-
-    def _video(self, canvas: np.ndarray) -> cv2.VideoWriter:
+    def _video(self, canvas: np.ndarray) -> VideoRecorder:
         if self._writer is None:
             path = self.options.output
             path.parent.mkdir(parents=True, exist_ok=True)
-            fourcc = cv2.VideoWriter_fourcc(*("MJPG" if path.suffix.lower() == ".avi" else "mp4v"))
-            height, width = self._size = canvas.shape[:2]
-            self._writer = cv2.VideoWriter(str(path), fourcc, self.fps, (width, height))
-            if not self._writer.isOpened():
-                raise OSError(f"cannot write video {path}: use a .mp4 (mp4v) or .avi (MJPG) file name in a writable folder")
+            height, width = self._first_size = canvas.shape[:2]
+            if (scale := MAX_OUTPUT_SIDE / max(height, width)) < 1:
+                height, width = max(2, round(height * scale)), max(2, round(width * scale))
+                self.log(f"note: --output is written at {width}x{height}, the frames of {self._first_size[1]}x{self._first_size[0]} "
+                         f"scaled down: larger, encoding them took the time the recognition needed")
+            self._size = (height, width)
+            self._writer = VideoRecorder(path, self.fps, (width, height))
         return self._writer
 
 

@@ -216,7 +216,7 @@ def open_source(spec: int | str | os.PathLike) -> cv2.VideoCapture | ImageFiles:
     if isinstance(cap, ImageFiles):
         cap.require_a_frame(describe_source(source))
     elif not is_live(source):  # read its first frame, then open it again to play it from the start
-        with quiet_opencv():
+        with _quiet_opencv():
             has_a_frame = cap.read()[0]
         cap.release()
         if not has_a_frame:
@@ -226,7 +226,7 @@ def open_source(spec: int | str | os.PathLike) -> cv2.VideoCapture | ImageFiles:
 
 
 def _opened(source: int | str) -> cv2.VideoCapture | ImageFiles:
-    with quiet_opencv():
+    with _quiet_opencv():
         cap, hint = _open(source)
     if not cap.isOpened():
         cap.release()
@@ -262,7 +262,7 @@ def _open(source: int | str) -> tuple[cv2.VideoCapture | ImageFiles, str]:
 
 
 @contextmanager
-def quiet_opencv() -> Iterator[None]:
+def _quiet_opencv() -> Iterator[None]:
     # OpenCV logs a WARN line per backend it tries; the SourceError already says what went wrong.
     level = cv2.utils.logging.getLogLevel()
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
