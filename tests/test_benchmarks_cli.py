@@ -73,6 +73,8 @@ MISTAKES = [
     ("benchmarks.hands", ["--redetect-every", "-1"], "--redetect-every", "must be >= 1"),
     ("benchmarks.hands", ["--threads", "0"], "--threads", "must be in [1,"),
     ("benchmarks.webcam", ["--image-size", "0"], "--image-size", "must be in [32, 1024]"),
+    ("benchmarks.webcam", ["--clip-size", "8x8"], "--clip-size", "expected WIDTHxHEIGHT, each 16 to 8192"),
+    ("benchmarks.webcam", ["--record"], "--record", "add --realtime"),
 ]
 
 
