@@ -734,6 +734,17 @@ def test_a_disk_that_fills_under_the_output_video_ends_the_run_naming_it(small_d
     assert capfd.readouterr().err.splitlines()[-1] == f"error: {output}: not written whole: it does not open as a video (is the disk full?)"
 
 
+def test_a_snapshot_on_a_full_disk_is_one_error_line_and_leaves_no_cut_off_file(small_disk, short_clip, random_head_checkpoint, capfd):
+    """libpng printed "libpng error: Write Error" above the error line, which the docs promise alone."""
+    (small_disk / "filler").write_bytes(b"\0" * (400 * 1024 - 8192))  # all but a few KB
+    args = ["--checkpoint", str(random_head_checkpoint), "--source", str(short_clip), "--headless", "--snapshot-at", "0",
+            "--snapshot-dir", str(small_disk)]
+    assert main(args) == EXIT_USAGE
+    err = capfd.readouterr().err.splitlines()
+    assert err[-1] == f"error: {small_disk / 'snapshot-000000.png'}: No space left on device" and not [line for line in err if "libpng" in line], err
+    assert sorted(path.name for path in small_disk.iterdir()) == ["filler"]
+
+
 def test_a_source_that_does_not_open_is_the_only_line_without_a_display(monkeypatch, tmp_path, random_head_checkpoint):
     """The "no display: ... running headless" hint came first, above an error that ended the run anyway."""
     monkeypatch.delenv("DISPLAY", raising=False)

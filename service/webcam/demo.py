@@ -330,8 +330,15 @@ class Outputs:
         # frame numbers start again each run: a second run's snapshot of frame 1 replaced the first run's
         path = first_free(self.options.snapshot_dir / f"snapshot-{index:06d}.png", file=True)
         path.parent.mkdir(parents=True, exist_ok=True)
-        if not cv2.imwrite(str(path), canvas):
-            raise OSError(f"could not write snapshot {path}")
+        ok, png = cv2.imencode(".png", canvas)
+        if not ok:
+            raise OSError(f"could not encode snapshot {path} as PNG")
+        try:  # written here, not by cv2.imwrite: libpng printed its own "Write Error" line above ours on a full disk
+            with naming_the_file(path):
+                path.write_bytes(png.tobytes())
+        except OSError:
+            path.unlink(missing_ok=True)  # a cut-off PNG is no snapshot
+            raise
         self.saved.add(index)
         self.log(f"saved {path}")
         return path
