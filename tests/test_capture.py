@@ -468,3 +468,11 @@ def test_a_slow_motion_clip_gives_as_many_frames_a_second_of_its_scene_as_any_ot
     assert len(jpgs(tmp_path / "ds" / "palm")) == 3  # frames 0, 20 and 40: three in half a second, as at 30 fps
     frames = prepare_videos(tmp_path / "takes", [clip], tmp_path / "datasets")  # training's own extraction, alike
     assert sorted(p.name for p in (frames / "palm" / "slowmo").iterdir()) == ["000000.jpg", "000020.jpg", "000040.jpg"]
+
+
+def test_a_roi_too_small_to_classify_saves_nothing(tmp_path: Path, capsys):
+    """--roi 0.001 saved 1x1 JPEGs, which training.check then skipped as no images."""
+    video = write_video(tmp_path / "clip.avi", "MJPG", frames=10)
+    assert main(["--out", str(tmp_path / "ds"), "--source", str(video), "--headless", "--label", "fist", "--roi", "0.001"]) == 2
+    assert "error: --roi 0.001 is a square of 0 px in these " in capsys.readouterr().err
+    assert not (tmp_path / "ds" / "fist").exists()

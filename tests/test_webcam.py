@@ -493,6 +493,8 @@ def short_clip(tmp_path_factory, sign_digits) -> Path:
     ("unfinished.mp4", "cannot open video file unfinished.mp4: the recording was never finished: the file has no index (its moov box, "
                        "written when a recording stops)"),
     ("notes.jpg", "image notes.jpg does not decode as an image (its name ends in .jpg): not a recognised image format"),
+    # the model refused every frame once it had loaded, in words that named no source ("extreme aspect ratio: 640x2 ...")
+    ("strip.avi", "cannot read video file strip.avi: its frames are no image to classify: extreme aspect ratio: 640x2 is 320:1"),
     ("clip.jpg", "image clip.jpg does not decode as an image"),  # a video renamed .jpg
     ("IMG_0001.HEIC", "image IMG_0001.HEIC does not decode as an image (its name ends in .HEIC): unsupported image format HEIC (a phone's "
                       "High Efficiency photo"),  # it was taken for a video: "not a video OpenCV/FFmpeg can decode"
@@ -507,6 +509,9 @@ def test_bad_source_is_a_clear_error(tmp_path, monkeypatch, source, message, ran
     (tmp_path / "unfinished.mp4").write_bytes(short_clip.read_bytes()[: short_clip.stat().st_size // 2])  # its moov box is last
     os.mkfifo(tmp_path / "pipe.mp4")
     cv2.VideoWriter("empty.avi", cv2.VideoWriter_fourcc(*"MJPG"), 30.0, (FRAME_SIZE, FRAME_SIZE)).release()  # no frame written
+    strip = cv2.VideoWriter("strip.avi", cv2.VideoWriter_fourcc(*"MJPG"), 30.0, (640, 2))
+    strip.write(np.full((2, 640, 3), 90, np.uint8))
+    strip.release()
     (tmp_path / "notes.jpg").write_text("this is not an image\n")
     (tmp_path / "clip.jpg").write_bytes(short_clip.read_bytes())
     (tmp_path / "IMG_0001.HEIC").write_bytes(heic_photo_start())
@@ -732,6 +737,14 @@ def test_a_disk_that_fills_under_the_output_video_ends_the_run_naming_it(small_d
     monkeypatch.setattr("service.webcam.recorder.MIN_FREE_BYTES", 0)  # the disk fills between two checks of its space: the video is checked as it closes
     assert main(args) == EXIT_USAGE
     assert capfd.readouterr().err.splitlines()[-1] == f"error: {output}: not written whole: it does not open as a video (is the disk full?)"
+
+
+@pytest.mark.parametrize("roi, side", [(0.001, 0), (0.1, 13)])
+def test_a_roi_too_small_to_classify_is_refused_at_the_first_frame(short_clip, random_head_checkpoint, roi, side, capsys):
+    """--roi 0.001 classified one pixel of each frame, without a word (the clip's frames are 128x128)."""
+    assert main(["--checkpoint", str(random_head_checkpoint), "--source", str(short_clip), "--headless", "--roi", str(roi)]) == EXIT_USAGE
+    assert capsys.readouterr().err.splitlines()[-1] == (f"error: --roi {roi:g} is a square of {side} px in these 128x128 frames, too "
+                                                        "small to classify (at least 16 px): use --roi 0.125 or more")
 
 
 def test_a_snapshot_on_a_full_disk_is_one_error_line_and_leaves_no_cut_off_file(small_disk, short_clip, random_head_checkpoint, capfd):

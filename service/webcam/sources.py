@@ -49,7 +49,14 @@ import numpy as np
 from PIL import Image
 
 from gesture_core.class_names import some_of
-from gesture_core.images import IMAGE_SUFFIXES, PHOTO_FILE_SUFFIXES, VIDEO_FILE_SUFFIXES, ImageDecodeError, read_rgb
+from gesture_core.images import (
+    IMAGE_SUFFIXES,
+    PHOTO_FILE_SUFFIXES,
+    VIDEO_FILE_SUFFIXES,
+    ImageDecodeError,
+    check_dimensions,
+    read_rgb,
+)
 from gesture_core.videos import NOT_DECODED, why_no_frames
 
 __all__ = ["SourceError", "ImageFiles", "open_source", "parse_source", "is_live", "separate_photos", "describe_source", "read_frames"]
@@ -217,10 +224,14 @@ def open_source(spec: int | str | os.PathLike) -> cv2.VideoCapture | ImageFiles:
         cap.require_a_frame(describe_source(source))
     elif not is_live(source):  # read its first frame, then open it again to play it from the start
         with _quiet_opencv():
-            has_a_frame = cap.read()[0]
+            has_a_frame, first = cap.read()
         cap.release()
         if not has_a_frame:
             raise SourceError(f"cannot read {describe_source(source)}: not one frame decodes; {VIDEO_HINT}")
+        try:  # a 640x1 video: the model refused each frame after it had loaded, in words that named no source
+            check_dimensions(first.shape[1], first.shape[0], max_pixels=None)
+        except ImageDecodeError as err:
+            raise SourceError(f"cannot read {describe_source(source)}: its frames are no image to classify: {err}") from None
         cap = _opened(source)
     return cap
 
