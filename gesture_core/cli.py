@@ -20,6 +20,7 @@ import os
 import re
 import shlex
 import shutil
+import stat
 import sys
 import tempfile
 import time
@@ -277,6 +278,20 @@ def refuse_empty_path(text: str, expected: str) -> None:
         raise argparse.ArgumentTypeError(f"empty path: pass {expected}")
 
 
+def not_a_file(path: Path, what: str = "file") -> str:
+    """Why ``path``, which is no regular file, cannot be read as one, to follow its name: ": no such file", or what it
+    is instead (a named pipe was "no such file", and so was a link that loops, both of them there in ``ls``)."""
+    if not os.path.lexists(path):
+        return f": no such {what}"
+    try:
+        mode = path.stat().st_mode
+    except OSError as err:  # a link to nothing, or one that loops (ELOOP)
+        return f": a link that leads to no {what} ({err.strerror or err})"
+    kinds = [(stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")]
+    return f" is {next((name for is_kind, name in kinds if is_kind(mode)), 'not a regular file')}, not {'an' if what[0] in 'aeiou' else 'a'} {what}"
+
+
 RUN_FILES = ("best.pt", "last.pt", "metrics.json", "config.json", "split.json", "history.csv")  # what training.finetune writes
 
 
@@ -386,7 +401,7 @@ def checkpoint_arg(in_run_folder: str) -> Callable[[str], Path]:
             raise argparse.ArgumentTypeError(f"{text} is a folder without {in_run_folder}: pass a checkpoint file, "
                                              f"or a run folder written by training.finetune (RUN/{in_run_folder})")
         if not path.is_file():
-            raise argparse.ArgumentTypeError(f"{text}: no such file" if not path.exists() else f"{text} is not a regular file")
+            raise argparse.ArgumentTypeError(f"{text}{not_a_file(path)}")
         if path.suffix.lower() == ".onnx":  # it was "not written by torch.save", which does not say what to pass
             raise argparse.ArgumentTypeError(f"{text} is an ONNX export (training.export writes them for other runtimes): "
                                              f"pass the run's checkpoint, RUN/{in_run_folder}, or the run folder RUN")

@@ -216,12 +216,12 @@ def read_rgb(
     except OSError as err:
         raise ImageDecodeError(f"{path}: cannot read ({err.strerror or err})") from None
     except ImageDecodeError as err:
-        raise ImageDecodeError(f"{path}: {err}") from None
+        raise type(err)(f"{path}: {err}") from None
     try:
         return decode_rgb(data, max_pixels=max_pixels, min_side=min_side, max_pixels_per_byte=max_pixels_per_byte,
                           check_png_data=check_png_data)
     except ImageDecodeError as err:
-        raise ImageDecodeError(f"{path}: {err}") from None
+        raise type(err)(f"{path}: {err}") from None  # the file named, its kind kept (ImageTooLarge)
 
 
 def read_image_file(path: str | os.PathLike) -> bytes:

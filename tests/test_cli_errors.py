@@ -88,8 +88,23 @@ def test_a_run_folder_stands_for_its_checkpoint(run, tmp_path):
     with pytest.raises(argparse.ArgumentTypeError, match="no such file"):
         checkpoint_arg("best.pt")(str(tmp_path / "nope.pt"))
     os.mkfifo(tmp_path / "pipe.pt")
-    with pytest.raises(argparse.ArgumentTypeError, match="is not a regular file"):
+    with pytest.raises(argparse.ArgumentTypeError, match=r"pipe.pt is a named pipe \(FIFO\), not a file"):
         checkpoint_arg("best.pt")(str(tmp_path / "pipe.pt"))
+    (tmp_path / "loop.pt").symlink_to(tmp_path / "loop.pt")  # both were "no such file", there for ls to show
+    with pytest.raises(argparse.ArgumentTypeError, match=r"loop.pt: a link that leads to no file \(Too many levels of symbolic links\)"):
+        checkpoint_arg("best.pt")(str(tmp_path / "loop.pt"))
+
+
+def test_an_image_flag_says_what_stands_where_the_image_should_be(tmp_path):
+    from training.cli import existing_file
+
+    os.mkfifo(tmp_path / "pipe.jpg")
+    (tmp_path / "gone.jpg").symlink_to(tmp_path / "moved.jpg")
+    for name, says in (("pipe.jpg", "pipe.jpg is a named pipe (FIFO), not an image file"), ("missing.jpg", "missing.jpg: no such image file"),
+                       ("gone.jpg", "gone.jpg: a link that leads to no image file (No such file or directory)")):
+        with pytest.raises(argparse.ArgumentTypeError) as refused:
+            existing_file(str(tmp_path / name))
+        assert str(refused.value) == f"{tmp_path}/{says}"
 
 
 def test_evaluate_on_a_folder_of_recordings_reads_their_frames_and_says_when_none_decodes(run, tmp_path, monkeypatch, capsys):

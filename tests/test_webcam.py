@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 import pytest
 
+from benchmarks.hostile_inputs import png_bomb
 from benchmarks.server_process import free_port, serve_process
 from gesture_core import Prediction, load_classifier
 from gesture_core.runtime import Runtime
@@ -493,6 +494,8 @@ def short_clip(tmp_path_factory, sign_digits) -> Path:
     ("unfinished.mp4", "cannot open video file unfinished.mp4: the recording was never finished: the file has no index (its moov box, "
                        "written when a recording stops)"),
     ("notes.jpg", "image notes.jpg does not decode as an image (its name ends in .jpg): not a recognised image format"),
+    # it was said not to decode as an image, as if it were corrupt
+    ("huge.png", "image huge.png is not read: image too large: 50000x50000 = 2,500,000,000 pixels, above the limit of"),
     # the model refused every frame once it had loaded, in words that named no source ("extreme aspect ratio: 640x2 ...")
     ("strip.avi", "cannot read video file strip.avi: its frames are no image to classify: extreme aspect ratio: 640x2 is 320:1"),
     ("clip.jpg", "image clip.jpg does not decode as an image"),  # a video renamed .jpg
@@ -509,6 +512,7 @@ def test_bad_source_is_a_clear_error(tmp_path, monkeypatch, source, message, ran
     (tmp_path / "unfinished.mp4").write_bytes(short_clip.read_bytes()[: short_clip.stat().st_size // 2])  # its moov box is last
     os.mkfifo(tmp_path / "pipe.mp4")
     cv2.VideoWriter("empty.avi", cv2.VideoWriter_fourcc(*"MJPG"), 30.0, (FRAME_SIZE, FRAME_SIZE)).release()  # no frame written
+    (tmp_path / "huge.png").write_bytes(png_bomb(50_000, 50_000))
     strip = cv2.VideoWriter("strip.avi", cv2.VideoWriter_fourcc(*"MJPG"), 30.0, (640, 2))
     strip.write(np.full((2, 640, 3), 90, np.uint8))
     strip.release()

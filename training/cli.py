@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from gesture_core.backbones import MIN_INPUT_SIZE, get_backbone, list_backbones, registry_name
-from gesture_core.cli import refuse_empty_path
+from gesture_core.cli import not_a_file, refuse_empty_path
 from gesture_core.preprocess import MAX_INPUT_SIZE
 from gesture_core.runtime import MOST_THREADS
 from training.grouping import check_group_by
@@ -88,7 +88,7 @@ def existing_file(text: str) -> Path:
     if Path(text).is_dir():
         raise argparse.ArgumentTypeError(f"{text} is a folder: pass an image file")
     if not Path(text).is_file():
-        raise argparse.ArgumentTypeError(f"{text}: no such file")
+        raise argparse.ArgumentTypeError(f"{text}{not_a_file(Path(text), 'image file')}")
     return Path(text)
 
 

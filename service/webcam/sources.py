@@ -39,7 +39,6 @@ from __future__ import annotations
 import glob
 import os
 import re
-import stat
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -49,11 +48,13 @@ import numpy as np
 from PIL import Image
 
 from gesture_core.class_names import some_of
+from gesture_core.cli import not_a_file
 from gesture_core.images import (
     IMAGE_SUFFIXES,
     PHOTO_FILE_SUFFIXES,
     VIDEO_FILE_SUFFIXES,
     ImageDecodeError,
+    ImageTooLarge,
     check_dimensions,
     read_rgb,
 )
@@ -171,6 +172,7 @@ class ImageFiles:
 
     def __init__(self, paths: list[Path], left_out: list[str] | None = None):
         self.paths, self.next, self.skipped, self.left_out = paths, 0, [], left_out or []
+        self.too_large = False  # the last file skipped declares more pixels than are read
         self.last_path: str | None = None  # the file of the frame ``read`` gave last
 
     def isOpened(self) -> bool:  # noqa: N802 - cv2.VideoCapture's name
@@ -183,6 +185,7 @@ class ImageFiles:
                 frame = cv2.cvtColor(read_rgb(path), cv2.COLOR_RGB2BGR)
             except ImageDecodeError as err:
                 self.skipped.append(str(err))
+                self.too_large = isinstance(err, ImageTooLarge)
                 continue
             self.last_path = str(path)
             return True, frame
@@ -200,6 +203,8 @@ class ImageFiles:
             self.next, self.skipped = 0, []
         elif len(self.paths) == 1:  # the reason read_rgb gives starts with the file's name, which the description has
             reason = self.skipped[0].removeprefix(f"{self.paths[0]}: ")
+            if self.too_large:  # it was said not to decode, as if it were corrupt
+                raise SourceError(f"{description} is not read: {reason}; scale it down (a model reads a few hundred pixels a side)")
             raise SourceError(f"{description} does not decode as an image (its name ends in {self.paths[0].suffix}): {reason}")
         else:
             raise SourceError(f"{description}: none of its {len(self.paths)} files decodes as an image: {self.skipped[0]}")
@@ -304,19 +309,12 @@ def _is_live_capture(cap: cv2.VideoCapture | ImageFiles) -> bool:
 
 def _require_file(source: str, kind: str = "video") -> None:
     path = Path(source)  # not a folder: that is an image folder source
-    if not path.exists():
+    if not os.path.lexists(path):
         raise SourceError(f"{source}: no such {kind} file (a source is {SOURCE_FORMS})")
     if not path.is_file():  # refused before opening: reading a named pipe waits for a writer, maybe forever
-        raise SourceError(f"{source} is {_special_file(path)}, not a {kind} file (for a camera pass its index, e.g. --source 0)")
+        raise SourceError(f"{source}{not_a_file(path, f'{kind} file')} (for a camera pass its index, e.g. --source 0)")
     if not os.access(path, os.R_OK):
         raise SourceError(f"{source}: permission denied")
-
-
-def _special_file(path: Path) -> str:
-    mode = path.stat().st_mode
-    kinds = [(stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a named pipe (FIFO)"),
-             (stat.S_ISSOCK, "a socket")]
-    return next((name for is_kind, name in kinds if is_kind(mode)), "not a regular file")
 
 
 def _sequence_files(pattern: str) -> list[Path]:
