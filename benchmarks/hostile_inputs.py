@@ -484,6 +484,7 @@ def http_bad_requests(upload_limit_bytes: int) -> dict[str, dict]:
         # Bodies python-multipart refuses (BentoML answered a 500), or reads otherwise than a split would.
         "multipart_with_a_preamble": with_content(multipart(form_part("image", image, "a.jpg")), lambda body: b"hello\r\n" + body),
         "multipart_header_without_a_colon": multipart(form_part("image", image, "a.jpg", headers=("X-Note x",))),
+        "file_in_base64_transfer_encoding": multipart(form_part("image", b64(image).encode(), "a.jpg", headers=("Content-Transfer-Encoding: base64",))),
         "part_named_twice": multipart(form_part("image", image, "a.jpg", headers=('Content-Disposition: form-data; name="top_k"; filename="x"',))),
         # An answer that quoted the field's name whole was six times the size of the request.
         # Neither BentoML nor Starlette decompresses a request body: it was "Invalid JSON".

@@ -448,7 +448,7 @@ class PartHeads:
     (the last one, as Starlette keeps), its size, and a text field's bytes (up to the size Starlette takes)."""
 
     def __init__(self) -> None:
-        self.parts: list[list] = []  # [disposition, size, a text field's bytes or None] per part
+        self.parts: list[list] = []  # [disposition, size, a text field's bytes or None, its transfer encoding] per part
         self.closed = False
         self._name = self._value = b""
 
@@ -458,7 +458,7 @@ class PartHeads:
                 "on_part_data": self.data, "on_end": self.end}  # fmt: skip
 
     def begin(self) -> None:
-        self.parts.append([b"", 0, None])
+        self.parts.append([b"", 0, None, b""])
 
     def field(self, data: bytes, start: int, end: int) -> None:
         self._name += data[start:end]
@@ -469,6 +469,8 @@ class PartHeads:
     def header_end(self) -> None:
         if self._name.lower() == b"content-disposition":
             self.parts[-1][0] = self._value
+        elif self._name.lower() == b"content-transfer-encoding":
+            self.parts[-1][3] = self._value.strip().lower()
         self._name = self._value = b""
 
     def headers_finished(self) -> None:
@@ -510,13 +512,13 @@ def multipart_parts(body: bytes, boundary: bytes) -> list[FormPart] | None:
     if not heads.closed:  # BentoML would drop the last part and answer as if the image had not been sent
         raise BadMultipart("malformed multipart/form-data body: no closing boundary (was the upload cut short?)")
     parts = []
-    for disposition, size, text in heads.parts:
+    for disposition, size, text, encoding in heads.parts:
         _, params = parse_options_header(disposition)
         if b"name" not in params:
             raise BadMultipart('a part of the multipart body has no field name (Content-Disposition: form-data; name="...")')
         is_file = b"filename" in params
         part = FormPart(params[b"name"].decode("utf-8", "replace"), is_file, None if is_file or text is None else as_starlette_decodes(text))
-        check_part(part, params.get(b"filename", b""), size)
+        check_part(part, params.get(b"filename", b""), size, encoding)
         parts.append(part)
     check_part_counts(parts)
     return parts
@@ -538,8 +540,12 @@ def parse_error(err: MultipartParseError, where: str) -> str:
     return f"malformed multipart/form-data body: {err} (python-multipart, the parser BentoML uses)"
 
 
-def check_part(part: FormPart, filename: bytes, size: int) -> None:
-    """BadMultipart if one part breaks a limit of BentoML's form parsing (module docstring)."""
+def check_part(part: FormPart, filename: bytes, size: int, encoding: bytes = b"") -> None:
+    """BadMultipart if one part breaks a limit of BentoML's form parsing (module docstring), or is encoded as
+    a form's parts are not (which BentoML reads as the bytes they are: a base64 image was "not a recognised image format")."""
+    if encoding not in (b"", b"binary", b"8bit", b"7bit"):
+        raise BadMultipart(f"field '{shown(part.name)}' is sent in Content-Transfer-Encoding {shown(encoding.decode('latin-1'))}, which "
+                           "multipart/form-data does not use (RFC 7578): send the file's bytes as they are, or base64 in JSON's image_b64")
     if b"\x00" in filename:  # BentoML names a temporary file after it: "Value error, embedded null byte"
         raise BadMultipart(f"the file name in field '{shown(part.name)}' holds a NUL byte (rename the file)")
     sent = filename.rsplit(b"/", 1)[-1]  # BentoML keeps what os.path.basename keeps

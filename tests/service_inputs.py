@@ -157,6 +157,8 @@ def expected_refusal(case: str, upload_limit_bytes: int) -> tuple[int, str, tupl
         "over_a_thousand_files": (400, "1,001 files in one request; the limit is 1,000", None),
         "multipart_with_a_preamble": (400, "malformed multipart/form-data body: Expected boundary character 45, got 104", None),
         "multipart_header_without_a_colon": (400, "malformed multipart/form-data body: Found invalid character 32 in header", None),
+        "file_in_base64_transfer_encoding": (400, "field 'image' is sent in Content-Transfer-Encoding base64, which multipart/form-data does "
+                                                  "not use (RFC 7578): send the file's bytes as they are", None),
         "part_named_twice": (400, "field 'top_k' must be text, not a file", None),  # the disposition BentoML acts on: the last
         "gzip_encoded_json": (415, "a request body in Content-Encoding gzip is not taken: send it uncompressed", None),
         "top_k_of_a_million_characters": (400, "Input should be a valid integer", (["top_k"], "int_type")),
