@@ -172,7 +172,8 @@ class ImageDecodeError(ValueError):
 
 
 class ImageTooLarge(ImageDecodeError):
-    """An image whose header declares more pixels than the ``max_pixels`` it was read with, before any is decoded."""
+    """An image whose header declares more than the ``max_pixels`` it was read with allows (its pixels, or a multi-scan
+    JPEG's blocks of coefficients held at once), before any is decoded."""
 
 
 def read_rgb(
@@ -876,7 +877,7 @@ def check_jpeg_layout(layout: JpegLayout, width: int, height: int, *, max_pixels
         raise ImageDecodeError(f"JPEG with {layout.scans:,} scans, above the limit of {MAX_JPEG_SCANS} "
                                "(an ordinary JPEG has 1, a progressive one about 10): re-save it")
     if layout.scans > 1 and max_pixels is not None and layout.blocks * COEFFICIENT_BLOCK_BYTES > 3 * max_pixels:
-        raise ImageDecodeError(f"image too large: a {width}x{height} JPEG of {layout.scans} scans is decoded from all its "
+        raise ImageTooLarge(f"image too large: a {width}x{height} JPEG of {layout.scans} scans is decoded from all its "
                                f"{layout.blocks:,} blocks at once, above the limit of {3 * max_pixels // COEFFICIENT_BLOCK_BYTES:,} "
                                "for a progressive or multi-scan JPEG: re-save it as a baseline JPEG")
     if layout.scans and layout.huffman_sequential and layout.scan_bytes * 4 < layout.blocks:

@@ -533,9 +533,11 @@ def run(stream: Stream, scorer: Scorer, options: Options, *, window: Window | No
         log("interrupted")
     finally:
         summary.seconds = time.perf_counter() - start
-        outputs.close()
-        if window:
-            window.close()
+        try:
+            outputs.close()
+        finally:
+            if window:
+                window.close()
     if missed := outputs.missed_snapshots():  # not after a failure: "the run ended" would hide it
         log(f"warning: no snapshot of frame {', '.join(map(str, missed))}: the run ended after frame {outputs.last_index}"
             f"{'' if outputs.last_index + 1 == summary.frames else f' ({summary.frames} shown, the rest dropped to keep up)'}")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import os
 import queue
+import shutil
 import threading
 from pathlib import Path
 
@@ -37,7 +38,7 @@ class VideoRecorder:
         if not self._writer.isOpened():
             raise OSError(f"cannot write video {path}: use a .mp4 (mp4v) or .avi (MJPG) file name in a writable folder")
         self._queue: queue.Queue[tuple[np.ndarray, int] | None] = queue.Queue(maxsize=QUEUED_FRAMES)
-        self._failure: BaseException | None = None
+        self._failure: OSError | None = None
         self._log_level = cv2.utils.logging.getLogLevel()
         cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)  # FFmpeg's "Failed to write frame", once a frame
         self._thread = threading.Thread(target=self._encode, name="video-writer", daemon=True)
@@ -66,11 +67,11 @@ class VideoRecorder:
                         self._writer.write(image)
                     self._failure = self._space_failure()
                 except Exception as err:  # noqa: BLE001 - raised in the loop's thread, where the run ends on it
-                    self._failure = err
+                    self._failure = err if isinstance(err, OSError) else OSError(errno.EIO, f"could not write the video ({err})", str(self.path))
 
     def _space_failure(self) -> OSError | None:
-        disk = os.statvfs(self.path.parent)
-        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.path)) if disk.f_bavail * disk.f_frsize < MIN_FREE_BYTES else None
+        full = shutil.disk_usage(self.path.parent).free < MIN_FREE_BYTES
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.path)) if full else None
 
     def _raise_failure(self) -> None:
         if self._failure is not None:
