@@ -34,6 +34,7 @@ from service.webcam.demo import (
     Options,
     Recognizer,
     Stream,
+    Summary,
     build_parser,
     main,
     options_from_args,
@@ -41,7 +42,7 @@ from service.webcam.demo import (
 )
 from service.webcam.grabber import Frame, FrameGrabber
 from service.webcam.overlay import OverlayInfo, drawable, fitted, render, shown_names
-from service.webcam.scoring import LocalScorer, RemoteScorer, Scores, ServerError, Smoother, gesture_of
+from service.webcam.scoring import FrameRefused, LocalScorer, RemoteScorer, Scores, ServerError, Smoother, gesture_of
 from service.webcam.sources import SourceError, open_source, read_frames
 from tests.helpers import REPO, heic_photo_start
 
@@ -995,6 +996,39 @@ def test_recognizer_recovers_when_the_server_answers_again(monkeypatch, random_h
     result = recognizer(frame, 0.1)
     assert result.error is None and result.prediction is not None and recognizer.outage is None
     assert any("answers again" in m for m in logged)
+
+
+def test_a_frame_the_server_refuses_is_said_once_and_not_retried_as_an_outage(monkeypatch, random_head_checkpoint):
+    """A 400 (the frame, not the server, at fault) was an outage: every frame after it went unasked for a second, and
+    a run of frames the server refused ended with code 3, "the server did not answer"."""
+    local = LocalScorer(load_classifier(random_head_checkpoint, device="cpu"))
+    calls = []
+
+    def refusing(bgr):
+        calls.append(bgr.shape)
+        if len(calls) % 2:
+            raise FrameRefused("http://x/predict answered HTTP 400: image: extreme aspect ratio")
+        return local(bgr)
+
+    refusing.name = "refusing"
+    logged = []
+    recognizer = Recognizer(refusing, Smoother(1), log=logged.append)
+    results = [recognizer(Frame(i, np.zeros((64, 64, 3), np.uint8), 0.0), i / 10) for i in range(4)]
+    assert len(calls) == 4 and [r.refused for r in results] == [True, False, True, False] and recognizer.outage is None
+    assert results[1].prediction is not None
+    assert logged == ["the server refused frame 0: http://x/predict answered HTTP 400: image: extreme aspect ratio; a frame it refuses gets no label"]
+    summary = Summary(frames=4, refused_frames=2)
+    assert summary.exit_code == EXIT_OK and summary.line().endswith("; 2 frames refused by the server")
+    assert Summary(frames=2, refused_frames=2).exit_code == EXIT_USAGE  # not one frame it takes
+
+
+@pytest.mark.parametrize("status, kind", [(400, "FrameRefused"), (413, "FrameRefused"), (429, "ServerError"), (408, "ServerError"), (503, "ServerError")])
+def test_a_refusal_is_told_from_a_server_to_ask_again(status, kind, monkeypatch):
+    scorer = RemoteScorer("http://127.0.0.1:9")
+    monkeypatch.setattr(scorer, "_post", lambda body: (status, b'{"error": "no"}'))
+    with pytest.raises(ServerError) as failed:
+        scorer(np.zeros((32, 32, 3), np.uint8))
+    assert type(failed.value).__name__ == kind
 
 
 # ----------------------------------------------------------------------------- window keys (no GUI here: scripted)

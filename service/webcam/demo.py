@@ -50,6 +50,7 @@ from service.webcam.grabber import Frame, FrameGrabber
 from service.webcam.overlay import OverlayInfo, centred_roi, render
 from service.webcam.recorder import VideoRecorder
 from service.webcam.scoring import (
+    FrameRefused,
     HandResult,
     HandsAnswer,
     LocalScorer,
@@ -145,6 +146,7 @@ class FrameResult:
     hands: tuple[HandResult, ...] | None = None  # hand-crop models: each hand found, with its own decision
     file: str | None = None  # the image file of an image source: which photo got which label
     position_s: float | None = None  # a video file's frame: where it is in the video
+    refused: bool = False  # the server refused the frame (``error`` says why); not an outage
 
     def to_json(self) -> dict:
         p = self.prediction
@@ -199,6 +201,7 @@ class Summary:
     seconds: float = 0.0
     latencies_ms: LatencySample = field(default_factory=LatencySample)
     outage_frames: int = 0
+    refused_frames: int = 0  # frames the server answered with a refusal (FrameRefused)
     error: str | None = None  # the source disappeared mid-stream
     warning: str | None = None  # a file ended well before the frames it declares, or images that do not decode (grabber.ended_early)
     last_label: str | None = None  # the last frame's smoothed label
@@ -212,7 +215,9 @@ class Summary:
     def exit_code(self) -> int:
         if self.error:
             return EXIT_SOURCE_LOST
-        return EXIT_OUTAGE if self.outage_frames else EXIT_OK
+        if self.outage_frames:
+            return EXIT_OUTAGE
+        return EXIT_USAGE if self.frames and self.refused_frames == self.frames else EXIT_OK  # not one frame it takes
 
     def line(self) -> str:
         p50, p95 = self.latencies_ms.percentile(50), self.latencies_ms.percentile(95)
@@ -222,6 +227,8 @@ class Summary:
             text += f"; palm detection on {self.palm_detections} of {self.frames} frames"
         if self.outage_frames:
             text += f"; no answer from the server for {self.outage_frames} frames"
+        if self.refused_frames:
+            text += f"; {self.refused_frames} frames refused by the server"
         return text
 
 
@@ -231,6 +238,7 @@ class Recognizer:
     def __init__(self, scorer: Scorer, smoother: Smoother, *, roi: float | None = None, log: Log = _stderr):
         self.scorer, self.smoother, self.roi, self.log = scorer, smoother, roi, log
         self.outage: str | None = None
+        self.refusal: str | None = None  # the server's last reason for refusing a frame, said once
         self._retry_at = 0.0
         self._shape_checked = False
 
@@ -253,6 +261,11 @@ class Recognizer:
         start = time.perf_counter()
         try:
             answer = self.scorer(crop)
+        except FrameRefused as err:
+            if str(err) != self.refusal:
+                self.log(f"the server refused frame {frame.index}: {err}; a frame it refuses gets no label")
+            self.refusal = str(err)
+            return FrameResult(frame.index, timestamp, None, None, None, str(err), refused=True)
         except ServerError as err:
             return self._outage(frame, timestamp, str(err))
         hands = None
@@ -512,7 +525,8 @@ def run(stream: Stream, scorer: Scorer, options: Options, *, window: Window | No
                 summary.last_label = result.prediction.label if result.prediction else None
                 if result.latency_ms is not None:
                     summary.latencies_ms.add(result.latency_ms)
-                summary.outage_frames += result.error is not None
+                summary.outage_frames += result.error is not None and not result.refused
+                summary.refused_frames += result.refused
                 info = OverlayInfo(result.prediction, meter.tick(), result.latency_ms, scorer.name,
                                    recognizer.crop_box(frame.image), result.error, hands=result.hands or ())
                 canvas = render(frame.image, info, mirror=mirror)
@@ -707,6 +721,10 @@ def main(argv: list[str] | None = None, log: Log = _stderr) -> int:
         log(f"warning: {summary.warning}")
     if not summary.error and summary.outage_frames:
         log(f"warning: the server did not answer for {summary.outage_frames} of {summary.frames} frames")
+    if summary.refused_frames:
+        every = summary.refused_frames == summary.frames
+        log(f"{'error' if every else 'warning'}: the server refused {'every one of the' if every else f'{summary.refused_frames} of'} "
+            f"{summary.frames} frames (its reason is above)")
     return summary.exit_code
 
 

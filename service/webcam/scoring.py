@@ -97,6 +97,14 @@ class ServerError(RuntimeError):
     """The service is unreachable, too slow, or answered an error; ``str(err)`` is user-facing."""
 
 
+class FrameRefused(ServerError):
+    """The service refused this frame (a 4xx but 408 and 429, which say to ask again): the frame, not the server, is
+    at fault, and asking again is no use. It was taken for an outage: retried every second, and the run ended with code 3."""
+
+
+TRANSIENT_STATUSES = (408, 429)  # a slow upload, a busy server
+
+
 def default_threads() -> int:
     """Model threads for the live loop: all cores but one, which capture, drawing and encoding need.
 
@@ -202,7 +210,8 @@ class RemoteScorer:
             raise RuntimeError("could not encode the frame as JPEG")
         status, body = self._post(jpeg.tobytes())
         if status != 200:
-            raise ServerError(f"{self.url}/predict answered HTTP {status}: {_error_text(body)}")
+            refused = 400 <= status < 500 and status not in TRANSIENT_STATUSES
+            raise (FrameRefused if refused else ServerError)(f"{self.url}/predict answered HTTP {status}: {_error_text(body)}")
         return self._parse(body)
 
     def close(self) -> None:
