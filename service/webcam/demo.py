@@ -73,7 +73,8 @@ DEFAULT_SMOOTH = 5  # frames: a live camera's label steadies within a sixth of a
 MAX_SMOOTH = 10_000  # frames (5 minutes at 30 fps); a window past a C ssize_t crashed with OverflowError
 UNKNOWN_FPS = 30.0  # for cameras and image sequences that do not report a frame rate
 # --output's longer side: a 1080p frame took 17 ms to encode (mp4v), a 4K one 71 ms, written again for each frame
-# dropped to keep up; a --realtime 4K clip with --output was recognised on 6 of 150 frames, 52 without (a probe)
+# dropped to keep up; a --realtime 4K clip with --output was recognised on 12 of 150 frames, 92 without
+# (python -m benchmarks.webcam --clip-size 3840x2160 --realtime --record; docs/webcam.md#while-recording)
 MAX_OUTPUT_SIDE = 1280
 WINDOW_TITLE = "gesture recognition (q quit, s snapshot, space pause)"
 
@@ -322,7 +323,6 @@ class Outputs:
         self._slot_shift = 0  # frames' slots move back by this after a jump in a file's times (_slot)
         self._lead: float | None = None  # the last video frame's time less its count over the fps (_slot)
         self._jsonl = None
-        self.saved: set[int] = set()  # frame indices saved as snapshots
         self._due = sorted(set(options.snapshot_at))  # --snapshot-at frames not saved yet
         self.last_index = -1  # the last frame written
         if options.jsonl:
@@ -352,7 +352,6 @@ class Outputs:
         except OSError:
             path.unlink(missing_ok=True)  # a cut-off PNG is no snapshot
             raise
-        self.saved.add(index)
         self.log(f"saved {path}")
         return path
 
