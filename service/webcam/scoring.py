@@ -366,7 +366,8 @@ class Smoother:
         for label in scores:
             if label not in self._classes:
                 self._classes.append(label)
-        self._sum = np.pad(self._sum, (0, len(self._classes) - len(self._sum)))  # a new class: 0 in the frames before
+        if len(self._sum) < len(self._classes):  # a new class: 0 in the frames before
+            self._sum = np.pad(self._sum, (0, len(self._classes) - len(self._sum)))
         if len(self._history) == self.window:
             self._forget(self._history.popleft())
         seen = _Seen(self._vector(scores), self.decide(scores).label if self.vote else None, gesture_of(scores))
