@@ -28,6 +28,9 @@ CROP_MODES = ("center", "letterbox", "resize")
 # Above this, one image takes gigabytes on its way through resizing and augmentation (an input of
 # 100,000 px asked OpenCV for 30 GB), while the largest input of a backbone here is 299 px (inception_v3).
 MAX_INPUT_SIZE = 1024
+# a shorter side below this is scaled up many times to any backbone's input: an icon, not a photo (training.check
+# warns of such images; the webcam demo and capture refuse a --roi square this small)
+TINY_SIDE = 16
 # An image's shorter side is resized to resize_size before the crop: a checkpoint asking 100,000 px made
 # OpenCV ask for 40 GB, and 8,000 px cost 250 MB and a second per webcam frame. Twice the largest input
 # leaves room for any crop share down to one half.

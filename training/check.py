@@ -40,6 +40,7 @@ from gesture_core.cli import (
     output_arg,
 )
 from gesture_core.images import DECODED_FORMATS, ImageDecodeError, decode_rgb, probe_image, read_image_file
+from gesture_core.preprocess import TINY_SIDE
 from gesture_core.runtime import MOST_THREADS
 from training.cli import input_path, int_at_least
 from training.config import TrainConfig
@@ -69,7 +70,6 @@ FEW_IMAGES = 20  # below this a class is too small to learn and to test reliably
 IMBALANCE_WARN = 3.0  # max/min class size
 OUTLIER_FACTOR = 16  # pixel count this many times the median: a stray full-resolution photo
 LARGE_SIDE = 4000
-TINY_SIDE = 16  # a shorter side below this is scaled up many times to any backbone's input: an icon, not a photo
 THUMB = 16  # grayscale thumbnail side for comparing neighbouring frames
 NEAR_IDENTICAL = 6.0  # mean absolute thumbnail difference (0-255): frames of a still scene; unrelated photos differ by 15+
 _DEFAULTS = TrainConfig()

@@ -12,10 +12,10 @@ import cv2
 import numpy as np
 
 from gesture_core import Prediction
+from gesture_core.preprocess import TINY_SIDE
 from service.webcam.scoring import HandResult
 
 # Small frames (100x100 test clips) are enlarged for display so the text stays legible.
-MIN_ROI_SIDE = 16  # px: training.check warns of images smaller (an icon scaled up to the model's input)
 MIN_CANVAS_WIDTH = 480
 NO_GESTURE = "no gesture"
 
@@ -39,14 +39,14 @@ class OverlayInfo:
 
 def centred_roi(shape: tuple[int, ...], fraction: float) -> tuple[int, int, int, int]:
     """A centred square whose side is ``fraction`` of the frame's shorter side; a ValueError where that is under
-    MIN_ROI_SIDE: --roi 0.001 classified a single pixel, and capture saved 1x1 JPEGs that training then skipped."""
+    TINY_SIDE: --roi 0.001 classified a single pixel, and capture saved 1x1 JPEGs that training then skipped."""
     h, w = shape[:2]
     side = round(min(h, w) * fraction)
-    if side < MIN_ROI_SIDE:
-        least = math.ceil(MIN_ROI_SIDE / min(h, w) * 1000) / 1000
+    if side < TINY_SIDE:
+        least = math.ceil(TINY_SIDE / min(h, w) * 1000) / 1000
         advice = f"use --roi {least:g} or more" if least <= 1 else "leave --roi out"
         raise ValueError(f"--roi {fraction:g} is a square of {side} px in these {w}x{h} frames, too small to classify "
-                         f"(at least {MIN_ROI_SIDE} px): {advice}")
+                         f"(at least {TINY_SIDE} px): {advice}")
     x0, y0 = (w - side) // 2, (h - side) // 2
     return x0, y0, x0 + side, y0 + side
 
