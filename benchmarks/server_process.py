@@ -10,6 +10,7 @@ on the way out.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import os
 import socket
 import subprocess
@@ -137,7 +138,9 @@ def wait_ready(server: RunningServer, timeout: float) -> None:
             with urllib.request.urlopen(f"{server.url}/readyz", timeout=2) as resp:
                 if resp.status == 200 and listens_on(server.process, urllib.parse.urlsplit(server.url).port):
                     return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
+        # Bytes that are no HTTP answer (http.client.HTTPException) come from another process that took the port, as a
+        # refused connection comes from a server still importing: either way, wait for this one to bind or fail.
+        except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError):
             pass
         time.sleep(0.25)
     raise ServerStartError(f"bentoml serve not ready after {timeout:.0f} s:\n{tail(server.log())}")

@@ -7,7 +7,8 @@ import os
 import subprocess
 import sys
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+from socketserver import StreamRequestHandler, ThreadingTCPServer
 
 import pytest
 
@@ -31,9 +32,17 @@ class AlwaysReady(BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture
-def other_server():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), AlwaysReady)
+class NotHttp(StreamRequestHandler):
+    """Another server that speaks some other protocol: bytes that are no HTTP status line (the harness's readiness
+    poll raised http.client.BadStatusLine on them, and a test's setup failed where a port should have been picked)."""
+
+    def handle(self):
+        self.wfile.write(b"\xff\x00\x00\x00\x01binary\r\n")
+
+
+@pytest.fixture(params=[AlwaysReady, NotHttp], ids=["http", "not-http"])
+def other_server(request):
+    server = ThreadingTCPServer(("127.0.0.1", 0), request.param)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield server.server_address[1]
     server.shutdown()
