@@ -9,6 +9,7 @@ import http.server
 import io
 import re
 import socket
+import socketserver
 import tarfile
 import threading
 import zipfile
@@ -191,6 +192,33 @@ def test_interrupted_download_resumes_from_the_part_file(tmp_path, tgz, server, 
     assert RangeHandler.seen_ranges == [f"bytes={half}-"]
     assert (root / ".downloads" / "resume" / "flower_photos.tgz").read_bytes() == RangeHandler.payload
     assert len(list(out.rglob("*.jpg"))) == 7
+
+
+class BrokenAnswer(socketserver.StreamRequestHandler):
+    """A server whose answer is no HTTP, or is cut off inside a chunked body (a captive portal, a proxy, a dropped
+    connection): http.client raised BadStatusLine and IncompleteRead past the download's error handling."""
+
+    answer = b""
+
+    def handle(self):
+        self.rfile.readline()
+        self.wfile.write(self.answer)
+
+
+@pytest.mark.parametrize("answer, says", [
+    (b"\xff\x00not http\r\n\r\n", "offline?"),
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n10\r\n0123456789abcdef\r\n20\r\ncut", "run the same command again"),
+], ids=["not-http", "cut-chunked-body"])
+def test_a_broken_answer_is_one_line_not_a_traceback(tmp_path, monkeypatch, capsys, answer, says):
+    handler = type("Answer", (BrokenAnswer,), {"answer": answer})
+    with socketserver.ThreadingTCPServer(("127.0.0.1", 0), handler) as httpd:
+        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+        url = f"http://127.0.0.1:{httpd.server_address[1]}/flower_photos.tgz"
+        register(monkeypatch, "broken", Remote(url, "flower_photos.tgz", "0" * 64))
+        assert main(["broken", "--root", str(tmp_path / "datasets")]) == 1
+        httpd.shutdown()
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: ") and url in err and says in err
 
 
 def test_flowers102_builder_uses_the_official_split(tmp_path, monkeypatch):

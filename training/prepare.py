@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import http.client
 import json
 import os
 import shutil
@@ -311,8 +312,10 @@ def download(remote: Remote, dest: Path, *, offline_hint: str) -> Path:
         raise PrepareError(
             f"{remote.url}: server answered HTTP {err.code} {err.reason}; {offline_hint}"
         ) from None
-    except (urllib.error.URLError, OSError) as err:
-        reason = getattr(err, "reason", err)
+    # http.client.HTTPException: an answer that is no HTTP (a captive portal or a proxy's own protocol on the way)
+    except (urllib.error.URLError, http.client.HTTPException, OSError) as err:
+        # The bytes of an answer that is no HTTP are not quoted: they may hold line breaks and control codes.
+        reason = "its answer is not HTTP" if isinstance(err, http.client.HTTPException) else getattr(err, "reason", err)
         raise PrepareError(f"cannot download {remote.url} ({reason}; offline?); {offline_hint}") from None
     with response:
         resumed = have and getattr(response, "status", None) == 206
@@ -339,7 +342,7 @@ def download(remote: Remote, dest: Path, *, offline_hint: str) -> Path:
                 while block := response.read(CHUNK):
                     out.write(block)
                     bar.update(len(block))
-        except (TimeoutError, ConnectionError, urllib.error.URLError) as err:
+        except (TimeoutError, ConnectionError, urllib.error.URLError, http.client.IncompleteRead) as err:
             raise PrepareError(
                 f"download of {remote.url} interrupted ({err}); run the same command again to resume "
                 f"from {part.stat().st_size:,} bytes"
