@@ -22,6 +22,7 @@ Coordinates are frame pixels, continuous: pixel ``(i, j)`` covers ``[i, i+1) x [
 
 from __future__ import annotations
 
+import hashlib
 import math
 import threading
 from collections.abc import Sequence
@@ -54,12 +55,11 @@ class HandModelFile:
     sha256: str
 
 
-HAND_MODEL_FILES = (
-    HandModelFile(PALM_MODEL, "mediapipe/modules/palm_detection/palm_detection_full.tflite",
-                  "1b14e9422c6ad006cde6581a46c8b90dd573c07ab7f3934b5589e7cea3f89a54"),
-    HandModelFile(LANDMARK_MODEL, "mediapipe/modules/hand_landmark/hand_landmark_full.tflite",
-                  "11c272b891e1a99ab034208e23937a8008388cf11ed2a9d776ed3d01d0ba00e3"),
-)  # fmt: skip
+PALM_FILE = HandModelFile(PALM_MODEL, "mediapipe/modules/palm_detection/palm_detection_full.tflite",
+                          "1b14e9422c6ad006cde6581a46c8b90dd573c07ab7f3934b5589e7cea3f89a54")
+LANDMARK_FILE = HandModelFile(LANDMARK_MODEL, "mediapipe/modules/hand_landmark/hand_landmark_full.tflite",
+                              "11c272b891e1a99ab034208e23937a8008388cf11ed2a9d776ed3d01d0ba00e3")
+HAND_MODEL_FILES = (PALM_FILE, LANDMARK_FILE)
 
 
 class HandModelsUnavailableError(RuntimeError):
@@ -366,19 +366,28 @@ def _interpreter_class():
     return Interpreter
 
 
-def _model_path(folder: Path, name: str) -> Path:
-    path = folder / name
+def _model_bytes(folder: Path, model: HandModelFile) -> bytes:
+    """The model file's bytes, checked against the sha256 it was prepared with. A file changed since, that LiteRT
+    still loads, gave NaN palm scores, so "no hand" for every image, or a NaN error deep in the geometry; the check
+    reads 8 MB once per localiser (milliseconds), and makes ``settings()``' hashes those of the files in use."""
+    path = folder / model.name
     if not path.is_file():
         raise HandModelsUnavailableError(f"hand model {path} not found; run: {PREPARE_HINT}")
-    return path
+    data = path.read_bytes()
+    if (digest := hashlib.sha256(data).hexdigest()) != model.sha256:
+        raise HandModelsUnavailableError(f"hand model {path} has sha256 {digest[:12]}..., not {model.sha256[:12]}...: cut short "
+                                         f"or changed since it was prepared? run: {PREPARE_HINT}")
+    return data
 
 
 class _Model:
     """One .tflite model, its output tensors found by name, invoked under a lock (an interpreter is not thread-safe)."""
 
-    def __init__(self, path: Path, threads: int | None, outputs: Sequence[str]):
+    def __init__(self, folder: Path, model: HandModelFile, threads: int | None, outputs: Sequence[str]):
+        path = folder / model.name
+        content = _model_bytes(folder, model)  # the bytes checked are the bytes loaded: no second read of the file
         try:
-            self.interpreter = _interpreter_class()(model_path=str(path), num_threads=threads)
+            self.interpreter = _interpreter_class()(model_content=content, num_threads=threads)
             self.interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as err:  # LiteRT's own words name no file: "not a valid Flatbuffer buffer"
             raise HandModelsUnavailableError(f"{path} is not a usable model ({in_brief(err, 200)}): cut short or "
@@ -425,11 +434,9 @@ class HandLocaliser:
         self.models_dir = folder
         self.uses_landmarks = landmarks
         self.max_hands, self.min_palm_score, self.min_presence = max_hands, min_palm_score, min_presence
-        self._palm_model = _Model(_model_path(folder, PALM_MODEL), threads, ["Identity", "Identity_1"])
+        self._palm_model = _Model(folder, PALM_FILE, threads, ["Identity", "Identity_1"])
         # the landmark model's outputs: 21 x (x, y, z) in crop pixels, hand presence, handedness (world landmarks unused)
-        self._landmark_model = (
-            _Model(_model_path(folder, LANDMARK_MODEL), threads, ["Identity", "Identity_1", "Identity_2"]) if landmarks else None
-        )
+        self._landmark_model = _Model(folder, LANDMARK_FILE, threads, ["Identity", "Identity_1", "Identity_2"]) if landmarks else None
         self._anchors = palm_anchors()
         self.palm_calls = 0  # palm detections run so far (the tracker's tests and benchmark count them)
         self.landmark_calls = 0
