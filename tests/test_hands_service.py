@@ -264,6 +264,26 @@ def test_webcam_tracks_the_hand_draws_its_box_and_detects_palms_rarely(hands_che
     assert not (empty_scene()[y1 - 1, x0 + 5 : x1 - 5] == HAND_ACCEPTED).all(axis=1).any()  # not the room's own colour
 
 
+def test_webcam_on_a_folder_of_photos_finds_each_photos_hands_as_the_service_does(hands_checkpoint, reference, tmp_path):
+    """A hand followed from one photo into the next: one hand found on a photo of two, boxes where the photo had no
+    hand, and answers that changed with the files' order."""
+    from service.webcam.demo import main
+
+    photos = {"1-left.png": one_hand_scene(x=40), "2-two.png": two_hands_scene(), "3-right.png": one_hand_scene(x=360),
+              "4-empty.png": empty_scene()}  # fmt: skip
+    for name, bgr in photos.items():
+        cv2.imwrite(str(tmp_path / name), bgr)
+    jsonl = tmp_path / "frames.jsonl"
+    assert main(["--checkpoint", str(hands_checkpoint), "--source", str(tmp_path / "*.png"), "--headless", "--threshold", "0",
+                 "--jsonl", str(jsonl)], log=lambda m: None) == 0  # fmt: skip
+    lines = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    assert len(lines) == len(photos)
+    for line, bgr in zip(lines, photos.values(), strict=True):
+        expected = reference.predict_hands(bgr, bgr=True, threshold=0.0)
+        assert [hand["box"] for hand in line["hands"]] == [list(h.hand.box) for h in expected.hands]
+    assert [len(line["hands"]) for line in lines] == [1, 2, 1, 0]
+
+
 def test_overlay_draws_one_box_and_label_per_hand_mirrored_like_the_picture():
     frame = np.full((240, 320, 3), 90, np.uint8)
     hands = (HandResult((20, 40, 120, 160), "left", 0.99, Smoother().decide({"A": 0.9, "B": 0.1})),

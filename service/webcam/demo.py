@@ -649,10 +649,10 @@ def options_from_args(args: argparse.Namespace, stream: Stream) -> Options:
                    snapshot_dir=args.snapshot_dir, snapshot_at=tuple(args.snapshot_at), max_frames=args.max_frames)
 
 
-def make_scorer(args: argparse.Namespace) -> Scorer:
+def make_scorer(args: argparse.Namespace, stream: Stream) -> Scorer:
     if args.url:
         return RemoteScorer(args.url, timeout=args.timeout)
-    scorer = LocalScorer.load(str(args.checkpoint), Runtime.from_args(args))
+    scorer = LocalScorer.load(str(args.checkpoint), Runtime.from_args(args), track_hands=not stream.photos)
     warn_if_training_state(args.checkpoint, scorer.classifier.checkpoint_meta)
     return scorer
 
@@ -699,7 +699,7 @@ def main(argv: list[str] | None = None, log: Log = _stderr) -> int:
         log(f"no display: {problem}; running headless (add --output/--jsonl to keep the results)")
         show_window = False
     try:
-        scorer = make_scorer(args)
+        scorer = make_scorer(args, stream)
     except Exception as err:  # bad checkpoint, CUDA missing, bad URL: one line, no traceback
         stream.capture.release()
         log(f"error: {err}")

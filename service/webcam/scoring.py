@@ -119,20 +119,23 @@ REDETECT_EVERY = 10
 
 
 class LocalScorer:
-    def __init__(self, classifier: Classifier, *, redetect_every: int = REDETECT_EVERY):
+    def __init__(self, classifier: Classifier, *, redetect_every: int = REDETECT_EVERY, track_hands: bool = True):
         self.classifier = classifier
         self.name = f"{classifier.backbone} ({classifier.engine.name} {classifier.device.type})"
         # A hand-crop model follows the hands from frame to frame: the landmark model on last frame's
         # squares, and palm detection only when a hand is lost or every `redetect_every` frames.
+        # `track_hands=False`: frames that are separate photos, each searched whole as the service does
+        # (a hand followed from one photo into the next put boxes where the next had no hand).
         self.tracker = HandTracker(classifier.localiser, redetect_every=redetect_every) if classifier.hands_mode else None
+        self.track_hands = track_hands
         if self.tracker is not None:
             self.name += ", hand crops"
         self._palm_calls_before = 0
 
     @classmethod
-    def load(cls, checkpoint: str, runtime: Runtime = Runtime()) -> LocalScorer:
+    def load(cls, checkpoint: str, runtime: Runtime = Runtime(), *, track_hands: bool = True) -> LocalScorer:
         """The checkpoint, running where ``runtime`` says (device, engine, precision, CPU threads)."""
-        local = cls(runtime.load(checkpoint))
+        local = cls(runtime.load(checkpoint), track_hands=track_hands)
         local.warm_up()
         return local
 
@@ -155,7 +158,7 @@ class LocalScorer:
     def score_hands(self, bgr: np.ndarray) -> HandsAnswer:
         """The tracked hands of this frame, each crop classified; all crops of a frame in one model call."""
         rgb = bgr_to_rgb(bgr)
-        hands = self.tracker.update(rgb)
+        hands = self.tracker.update(rgb) if self.track_hands else self.classifier.localiser.find(rgb)
         if not hands:
             return HandsAnswer(())
         scores = self.classifier.classify_scores(self.classifier.hand_crops(rgb, hands))
