@@ -11,7 +11,8 @@ of a row is the best large GEMM or 3x3 convolution in the row's precision among 
 (``benchmarks.common.hardware_ceiling``), the higher of a measurement at the start and one at the end; the
 theoretical peak (cores x SIMD lanes x FMA x clock) is printed beside it. Weights are random (speed does not
 depend on them) except for ``--accuracy RUN``, which loads RUN/best.pt and reports top-1 on the run's
-saved test split for every engine and precision, and the agreement with eager fp32.
+saved test split for every engine and precision, and the agreement with eager fp32 (a hand-crop model's: on the
+best hand's crop of each test image with a hand).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -42,9 +43,13 @@ from benchmarks.common import (
     rescale_to_ceiling,
 )
 from gesture_core import build_model, get_backbone, load_classifier
+from gesture_core.classifier import Classifier
 from gesture_core.cli import CommandParser, command
 from gesture_core.engines import ENGINES, PRECISIONS, build_engine, engine_installed, supported_precisions
 from training.cli import backbone_name, image_size, int_at_least
+
+if TYPE_CHECKING:
+    from training.data import Sample
 
 SPEED_COLUMNS = [
     ("backbone", "backbone", "s"), ("engine", "engine", "s"), ("precision", "precision", "s"), ("batch", "batch", "d"),
@@ -115,12 +120,11 @@ def accuracy_rows(run: Path, args, device: torch.device) -> list[dict[str, Any]]
 
     checkpoint = run / "best.pt"
     reference = load_classifier(checkpoint, device, engine="torch")
-    samples = Splits.load(run / "split.json").test
-    images = torch.stack([reference.preprocess.load(s.path) for s in samples])
-    labels = np.array([s.label for s in samples])
+    crops, labels, what = test_crops(reference, Splits.load(run / "split.json").test)
+    note(f"  accuracy on {what}")
 
     def logits_of(classifier) -> torch.Tensor:
-        return torch.cat([classifier.logits(images[i : i + 32]).cpu() for i in range(0, len(images), 32)])
+        return torch.cat([torch.from_numpy(classifier.classify_logits(crops[i : i + 32])[0]).float() for i in range(0, len(crops), 32)])
 
     eager = logits_of(reference)
     eager_top1 = float((eager.argmax(1).numpy() == labels).mean())
@@ -137,13 +141,25 @@ def accuracy_rows(run: Path, args, device: torch.device) -> list[dict[str, Any]]
         predicted = logits.argmax(1).numpy()
         top1 = float((predicted == labels).mean())
         rows.append({
-            "backbone": reference.backbone, "engine": engine_name, "precision": precision, "images": len(samples),
+            "backbone": reference.backbone, "engine": engine_name, "precision": precision, "images": len(crops),
             "top1": top1, "top1_delta_points": round(100 * (top1 - eager_top1), 2),
             "agreement": float((predicted == eager.argmax(1).numpy()).mean()),
             "max_abs_logit_diff": float((logits - eager).abs().max()), "run": str(run), "kind": "accuracy",
         })  # fmt: skip
         note(f"  accuracy {engine_name} {precision}: top-1 {top1:.2%} (eager fp32 {eager_top1:.2%})")
     return rows
+
+
+def test_crops(reference: Classifier, samples: list[Sample]) -> tuple[list[np.ndarray], np.ndarray, str]:
+    """(the model's input crops, their labels, what they are): each test image through the Classifier, or for a
+    hand-crop model the best hand's crop of each image with a hand (whole frames scored it on what it never saw)."""
+    from training.hand_crops import HandCropCache, cached_crop, crop_samples
+
+    if not reference.hands_mode:
+        return [reference.crop(s.path) for s in samples], np.array([s.label for s in samples]), f"{len(samples)} test images"
+    with_hand = crop_samples(samples, HandCropCache(reference.data_config, localiser=lambda: reference.localiser))
+    crops = [reference.preprocess.crop(cached_crop(s.path)) for s in with_hand]  # as training.hand_crops.frame_outputs
+    return crops, np.array([s.label for s in with_hand]), f"the best hand's crop of the {len(with_hand)} of {len(samples)} test images with a hand"
 
 
 def profile_eager(name: str, batch: int, image_size: int | None) -> str:

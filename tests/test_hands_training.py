@@ -256,6 +256,30 @@ def test_a_damaged_hand_model_is_named_with_the_command_that_fetches_it_again(tm
         HandLocaliser(models_dir=tmp_path)
 
 
+@pytest.mark.parametrize("hands", [False, True], ids=["whole image", "hand crops"])
+def test_the_inference_benchmarks_accuracy_scores_what_the_model_sees(tmp_path, asl, hand_models, hands):
+    """``benchmarks.inference --accuracy RUN`` scored a hand-crop model on whole frames: 25% where its test said 42%."""
+    import argparse
+
+    from benchmarks.inference import accuracy_rows
+    from training.data import Sample, Splits
+
+    classes = ["A", "L", "nothing"]
+    hands_checkpoint(tmp_path / "best.pt", hands=hands, classes=classes)
+    test = [Sample(str(path), label) for label, name in enumerate(classes) for path in sorted((asl / name).iterdir())[:5]]
+    Splits(str(asl), classes, [], [], test).save(tmp_path / "split.json")
+    (row,) = accuracy_rows(tmp_path, argparse.Namespace(engines=["torch"], precisions=["fp32"]), torch.device("cpu"))
+
+    reference = load_classifier(tmp_path / "best.pt", "cpu", engine="torch")
+    if hands:  # the best hand of each image with one, as predict_hands (and the service) finds and scores it
+        answers = [(reference.predict_hands(s.path).hands, s.label) for s in test]
+        named = [(found[0].prediction.top_k[0][0], classes[label]) for found, label in answers if found]
+    else:
+        named = [(reference.predict(s.path).top_k[0][0], classes[s.label]) for s in test]
+    assert 0 < len(named) and row["images"] == len(named)
+    assert row["top1"] == pytest.approx(np.mean([said == truth for said, truth in named]))
+
+
 def test_a_model_without_hands_is_unchanged(tmp_path, two_hand_frame, monkeypatch):
     def no_localiser(*args, **kwargs):
         raise AssertionError("a model without hands mode built a hand localiser")
