@@ -9,7 +9,8 @@ per call, the median and 90th percentile of palm detection alone, the landmark m
 noise per frame) and of the hand sliding across the frame, with how often palm detection ran.
 
 Sizes: the first photo of 15 ASL letters pasted at several sizes onto two scenes (an empty ASL frame
-and a flower photo); how many hands ``find`` returns, against the hand's width as a share of the frame.
+and a flower photo), and onto the first in grey as a grayscale camera gives it; how many hands ``find``
+returns, against the hand's width as a share of the frame.
 Needs the models (python -m training.prepare hand-models) and ai-edge-litert (the [hands] extra).
 """
 
@@ -56,6 +57,11 @@ def paste(background: np.ndarray, photo: np.ndarray, side: int, x: int, y: int) 
     frame = background.copy()
     frame[y : y + side, x : x + side] = cv2.resize(photo, (side, side), interpolation=cv2.INTER_AREA)
     return frame
+
+
+def in_grey(rgb: np.ndarray) -> np.ndarray:
+    """``rgb`` as a grayscale camera would give it: one channel, repeated in all three."""
+    return cv2.cvtColor(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
 
 
 def video(background: np.ndarray, photo: np.ndarray, frames: int, *, sliding: bool) -> list[np.ndarray]:
@@ -111,11 +117,16 @@ def size_rows(models: Path | None, asl: Path) -> list[dict]:
     photos = [read_rgb(first_image(asl / letter)) for letter in LETTERS]
     # the hand's width in the photo alone, from its landmarks (the photo is 200 px wide)
     widths = [np.ptp(np.array(hands[0].landmarks)[:, 0]) / photo.shape[1] for photo in photos if (hands := localiser.find(photo))]
+    backgrounds = scenes(asl)
+    # the same frames from a grayscale camera (infrared, night mode): MediaPipe's palm detector works on colour
+    views = {**{scene: (background, False) for scene, background in backgrounds.items()},
+             "empty ASL frame, in grey": (backgrounds["empty ASL frame"], True)}  # fmt: skip
     rows = []
     for side in SIZE_SIDES:
         x, y = FRAME_W - side - 40, FRAME_H - side - 20
-        for scene, background in scenes(asl).items():
-            found = sum(bool(localiser.find(paste(background, photo, side, x, y))) for photo in photos)
+        for scene, (background, grey) in views.items():
+            found = sum(bool(localiser.find(in_grey(frame) if grey else frame))
+                        for frame in (paste(background, photo, side, x, y) for photo in photos))
             rows.append({"side": side, "hand_width": 100 * float(np.median(widths)) * side / FRAME_W, "scene": scene,
                          "found": f"{found} of {len(photos)}"})  # fmt: skip
     return rows
