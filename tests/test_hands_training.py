@@ -280,6 +280,24 @@ def test_the_inference_benchmarks_accuracy_scores_what_the_model_sees(tmp_path, 
     assert row["top1"] == pytest.approx(np.mean([said == truth for said, truth in named]))
 
 
+def test_an_export_of_a_hand_crop_model_checks_parity_on_the_hands_crops(tmp_path, two_hand_frame, scene, hand_models, capsys):
+    import json
+
+    from training.export import main
+
+    checkpoint = hands_checkpoint(tmp_path / "best.pt", hands=True)
+    cv2.imwrite(str(tmp_path / "two-hands.png"), cv2.cvtColor(two_hand_frame, cv2.COLOR_RGB2BGR))
+    cv2.imwrite(str(tmp_path / "empty.png"), cv2.cvtColor(scene, cv2.COLOR_RGB2BGR))
+    out = tmp_path / "model.onnx"
+    assert main(["--checkpoint", str(checkpoint), "--out", str(out), "--images", str(tmp_path / "two-hands.png"), str(tmp_path / "empty.png")]) == 0
+    assert json.loads(out.with_name("model.onnx.parity.json").read_text())["images"] == 2  # the two hands' crops, not the frames
+
+    capsys.readouterr()
+    assert main(["--checkpoint", str(checkpoint), "--out", str(tmp_path / "none.onnx"), "--images", str(tmp_path / "empty.png")]) == 2
+    assert "error: no hand found in the 1 parity images that decode: pass --images with photos of hands" in capsys.readouterr().err
+    assert not (tmp_path / "none.onnx").exists()
+
+
 def test_a_model_without_hands_is_unchanged(tmp_path, two_hand_frame, monkeypatch):
     def no_localiser(*args, **kwargs):
         raise AssertionError("a model without hands mode built a hand localiser")

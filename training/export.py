@@ -291,22 +291,33 @@ def parity_images(checkpoint: Path, images: list[str] | None, limit: int) -> lis
     return found[::step][:limit]
 
 
+def model_crops(classifier: Classifier, path: str) -> list[np.ndarray]:
+    """What the model sees of one image, through the Classifier: its crop, or a hand-crop model's crop of each hand
+    found (whole frames, which it never sees, were its parity inputs)."""
+    if not classifier.hands_mode:
+        return [classifier.crop(path)]
+    rgb, hands = classifier.find_hands(path)
+    return classifier.hand_crops(rgb, hands)
+
+
 def parity_inputs(classifier: Classifier, images: list[str]) -> list[torch.Tensor]:
     """The parity images as the model's inputs, each undecodable one skipped and said; a DatasetError
     when none is left. Run before the export, so that a check that cannot run leaves no model file."""
-    tensors, failed = [], []
+    crops, failed = [], []
     for path in images:
         try:
-            tensors.append(classifier.preprocess.load(path))
+            crops += model_crops(classifier, path)
         except ImageDecodeError as err:
             failed.append(str(err))  # the reason names the file
     for reason in failed[:SKIPS_SHOWN]:
         print(f"  skipping {reason}", file=sys.stderr)
     if len(failed) > SKIPS_SHOWN:  # a folder of 60 undecodable files was 60 lines above the error
         print(f"  ... and {len(failed) - SKIPS_SHOWN} more that do not decode", file=sys.stderr)
-    if not tensors:
+    if not crops and len(failed) < len(images):
+        raise DatasetError(f"no hand found in the {len(images) - len(failed)} parity images that decode: pass --images with photos of hands")
+    if not crops:
         raise DatasetError(f"none of the {len(images)} parity images could be decoded: pass --images with photos that decode")
-    return tensors
+    return list(classifier.preprocess.normalize_batch(crops))
 
 
 def check_parity(classifier: Classifier, exported: Path, fmt: str, tensors: list[torch.Tensor], *, tolerance: float = DEFAULT_TOLERANCE,
