@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -60,18 +61,34 @@ def save_checkpoint(
     **extra: Any,
 ) -> Path:
     """Write atomically (temp file + rename), so an interrupted write never corrupts a run."""
-    state = {
+    if not all(isinstance(name, str) for name in classes):
+        raise ValueError(f"classes must be names (str), got {some_of([repr(c) for c in classes if not isinstance(c, str)], 3)}")
+    state = plain_values({
         "format": CHECKPOINT_FORMAT,
         "version": CHECKPOINT_VERSION,
         "backbone": backbone,
-        "classes": list(classes),
+        "classes": [str(name) for name in classes],  # numpy.str_ is a str that a weights-only load refuses
         "data_config": data_config.to_dict(),
         "train_config": dict(train_config),
-        "model": {k: v.detach().cpu() for k, v in unwrap_model(model).state_dict().items()},
         "metrics": metrics or {},
         **extra,
-    }
+    })
+    state["model"] = {k: v.detach().cpu() for k, v in unwrap_model(model).state_dict().items()}
     return atomic_torch_save(state, path)
+
+
+def plain_values(value: Any) -> Any:
+    """``value`` with NumPy scalars and arrays in it as Python numbers and lists (tensors kept): a checkpoint holding
+    NumPy objects was written without a word, and then refused by the weights-only load every reader uses."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, dict):
+        return {plain_values(key): plain_values(item) for key, item in value.items()}
+    if type(value) in (list, tuple):
+        return type(value)(plain_values(item) for item in value)
+    return value
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
