@@ -132,15 +132,19 @@ def decode_probs(probs: np.ndarray, classes: Sequence[str], *, k: int = 5, thres
     The threshold applies to ``gesture`` when given, else to the top probability."""
     probs = checked_scores(probs, classes, gesture)
     threshold = check_threshold(threshold)
-    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
-        raise ValueError(f"k (how many classes to list) must be a whole number of at least 1, got {k!r}; a k above the "
-                         f"{len(classes)} classes lists them all")
+    check_k(k, len(classes))
     order = np.argsort(-probs)[: min(k, len(classes))]
     top = [(classes[i], float(probs[i])) for i in order]
     label, score = top[0]
     below = (score if gesture is None else gesture) < threshold
     rejected = below or (is_reject_name(label) if reject_classes is None else label in reject_classes)
     return Prediction(None if rejected else label, score, top, None if gesture is None else float(gesture))
+
+
+def check_k(k: Any, classes: int) -> None:
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
+        raise ValueError(f"k (how many classes to list) must be an int of at least 1, got {k!r}; a k above the "
+                         f"{classes} classes lists them all")
 
 
 def checked_scores(probs: Any, classes: Sequence[str], gesture: float | None) -> np.ndarray:
@@ -152,6 +156,19 @@ def checked_scores(probs: Any, classes: Sequence[str], gesture: float | None) ->
     if not np.isfinite(row).all() or (gesture is not None and not np.isfinite(gesture)):
         raise ValueError("the scores hold NaN or infinity: the model's output is not usable")
     return row
+
+
+def check_probabilities(row: np.ndarray, gesture: float | None) -> None:
+    """ValueError unless ``row`` is probabilities (each 0-1, summing to 1) and ``gesture`` a 0-1 score: logits, or a
+    row of any numbers, were decided as if they were, a "probability" of -0.08 or 99 in the answer."""
+    if row.min() < -PROBABILITY_SLACK or row.max() > 1 + PROBABILITY_SLACK or abs(row.sum() - 1) > PROBABILITY_SLACK:
+        raise ValueError(f"decide takes probabilities, each 0-1 and summing to 1; these run {row.min():.3g} to {row.max():.3g} and "
+                         f"sum to {row.sum():.4g} (logits?): decide a row of classify_scores(crops) or of classify(crops)")
+    if gesture is not None and not -PROBABILITY_SLACK <= gesture <= 1 + PROBABILITY_SLACK:
+        raise ValueError(f"the gesture score is a 0-1 rank, got {gesture:.4g}: decide a row of classify_scores(crops)")
+
+
+PROBABILITY_SLACK = 1e-3  # float32 softmax rows of a thousand classes sum to 1 within 1e-5
 
 
 def checked_crops(crops: Sequence[np.ndarray], size: int) -> Sequence[np.ndarray]:
@@ -208,10 +225,11 @@ class Classifier:
         ``read_kwargs`` go to ``gesture_core.images.read_rgb`` (e.g. ``max_pixels``).
         Raises ``ImageDecodeError`` with a user-facing reason, and ValueError for a hands-mode model,
         which takes one crop per hand: ``find_hands`` then ``hand_crops``."""
-        if self.hands_mode:
-            raise ValueError("this model classifies hand crops (trained with --hands): use find_hands(image) "
-                             "then hand_crops(rgb, hands), or predict_hands(image), instead of crop(image)")
-        return self.preprocess.crop(self.preprocess.read(bgr_to_rgb(image) if bgr else image, **read_kwargs))
+        self._require_whole_image_model("crop(image)")
+        crop = self.preprocess.crop(self.preprocess.read(bgr_to_rgb(image) if bgr else image, **read_kwargs))
+        # an image already at the input size comes back as itself: a copy, so that a frame buffer the caller fills
+        # again before classify (a camera's) does not change the answer
+        return crop.copy() if isinstance(image, np.ndarray) and np.may_share_memory(crop, image) else crop
 
     def classify(self, crops: Sequence[np.ndarray]) -> np.ndarray:
         """Crops made by ``crop`` -> class probabilities (N, num_classes), in one model call."""
@@ -235,31 +253,34 @@ class Classifier:
             return [ClassScores(row, None) for row in probs]
         return [ClassScores(row, float(g)) for row, g in zip(probs, gestures, strict=True)]
 
-    def predict(self, image: ImageSource, *, k: int = 5, threshold: float | None = None, bgr: bool = False) -> Prediction:
-        """``crop`` then ``classify_scores``, then ``decide``; for a hands-mode model, ``predict_hands(...).frame``."""
+    def predict(self, image: ImageSource, *, k: int = 5, threshold: float | None = None, bgr: bool = False, **read_kwargs: Any) -> Prediction:
+        """``crop`` then ``classify_scores``, then ``decide``; for a hands-mode model, ``predict_hands(...).frame``.
+        ``read_kwargs`` as ``crop``'s (e.g. ``max_pixels``)."""
         if self.hands_mode:
-            return self.predict_hands(image, k=k, threshold=threshold, bgr=bgr).frame
-        return self.decide(self.classify_scores([self.crop(image, bgr=bgr)])[0], k=k, threshold=threshold)
+            return self.predict_hands(image, k=k, threshold=threshold, bgr=bgr, **read_kwargs).frame
+        return self.decide(self.classify_scores([self.crop(image, bgr=bgr, **read_kwargs)])[0], k=k, threshold=threshold)
 
     def decide(self, scores: ClassScores | np.ndarray, *, k: int = 5, threshold: float | None = None) -> Prediction:
         """One image's ``classify_scores`` -> Prediction: top-k, and "no gesture" (label None) on the stored
         reject classes or below the threshold (``threshold`` overrides the stored one; it must lie in 0-1).
         A row of ``classify``'s probabilities will do for a model whose threshold applies to them (max_softmax)."""
         probs, gesture = scores if isinstance(scores, ClassScores) else (scores, None)
+        check_probabilities(checked_scores(probs, self.classes, gesture), gesture)
         if gesture is None and self.rejection.score != "max_softmax":
             raise ValueError(f"this model's threshold applies to its {self.rejection.score} score, which probabilities alone do not "
                              "give: decide a row of classify_scores(crops), not of classify(crops)")
         return decode_probs(probs, self.classes, k=k, threshold=self.rejection.threshold_or(threshold),
                             reject_classes=self.rejection.reject_classes, gesture=gesture)
 
-    def predict_proba(self, images: Sequence[ImageSource]) -> np.ndarray:
+    def predict_proba(self, images: Sequence[ImageSource], *, bgr: bool = False) -> np.ndarray:
         """Probabilities (N, num_classes) for several images (a list, or an N x H x W x C array), as one batch
-        (not for a hands-mode model: see ``crop``)."""
+        (not for a hands-mode model: see ``crop``); ``bgr=True`` for OpenCV frames."""
+        self._require_whole_image_model("predict_proba(images)")
         if isinstance(images, ImageSource) and not (isinstance(images, np.ndarray) and images.ndim == 4):
             # one image was taken as a batch: a path letter by letter, an array row by row (48 answers for one 48x48 image)
             raise ValueError(f"predict_proba takes several images (a list, or an N x H x W x C array), not one {type(images).__name__}"
                              f"{f' of shape {images.shape}' if isinstance(images, np.ndarray) else ''}: pass [image], or use predict(image)")
-        return self.classify([self.crop(image) for image in images])
+        return self.classify([self.crop(image, bgr=bgr) for image in images])
 
     def frame_shape_note(self, height: int, width: int) -> str | None:
         """Why frames of this size may be read worse than the training frames (a portrait phone clip on a
@@ -306,30 +327,45 @@ class Classifier:
     def hand_crops(self, rgb: np.ndarray, hands: Sequence[Hand]) -> list[np.ndarray]:
         """One uint8 ``input_size``² crop per hand (``hand_crop``, then this model's Preprocess geometry):
         what ``classify`` takes, and what training saw."""
+        self._require_hands_model("hand_crops(rgb, hands)")
         return [self.preprocess.crop(hand_crop(rgb, hand, self.data_config)) for hand in hands]
 
     def decide_hands(self, hands: Sequence[Hand], scores: Sequence[ClassScores] | np.ndarray, *, k: int = 5,
                      threshold: float | None = None) -> FramePrediction:
         """Each hand's scores (``classify_scores`` of ``hand_crops``; empty when there is no hand) ->
         ``decide`` per hand, and the frame's answer by FramePrediction's rule."""
+        self._require_hands_model("decide_hands(hands, scores)")
         if len(scores) != len(hands):
             raise ValueError(f"decide_hands needs one row of probabilities per hand: {len(hands)} hands, {len(scores)} rows")
         per_hand = [HandPrediction(hand, self.decide(row, k=k, threshold=threshold)) for hand, row in zip(hands, scores, strict=True)]
-        if not per_hand:
-            self.rejection.threshold_or(threshold)  # a bad threshold is an error with or without hands
+        if not per_hand:  # a bad threshold or k is an error with or without hands
+            check_k(k, len(self.classes))
+            self.rejection.threshold_or(threshold)
         source = frame_source([h.prediction for h in per_hand])
         return FramePrediction(per_hand, NO_HAND if source is None else per_hand[source].prediction, source)
 
     def predict_hands(self, image: ImageSource, *, k: int = 5, threshold: float | None = None, bgr: bool = False,
-                      hands: Sequence[Hand] | None = None) -> FramePrediction:
+                      hands: Sequence[Hand] | None = None, **read_kwargs: Any) -> FramePrediction:
         """``find_hands`` (or the ``hands`` given, e.g. from a HandTracker on this frame), ``hand_crops``,
         ``classify`` and ``decide_hands``."""
+        self._require_hands_model("predict_hands(image)")  # before the hand models load
         if hands is None:
-            rgb, hands = self.find_hands(image, bgr=bgr)
+            rgb, hands = self.find_hands(image, bgr=bgr, **read_kwargs)
         else:
-            rgb = read_rgb(bgr_to_rgb(image) if bgr else image)
+            rgb = read_rgb(bgr_to_rgb(image) if bgr else image, **read_kwargs)
         crops = self.hand_crops(rgb, hands)
         return self.decide_hands(hands, self.classify_scores(crops) if crops else [], k=k, threshold=threshold)
+
+    def _require_whole_image_model(self, call: str) -> None:
+        if self.hands_mode:
+            raise ValueError(f"this model classifies hand crops (trained with --hands), not whole images: use predict_hands(image), "
+                             f"or find_hands(image) then hand_crops(rgb, hands) and classify, instead of {call}")
+
+    def _require_hands_model(self, call: str) -> None:
+        # a whole-image model given hand crops answered, confidently, about crops unlike anything it learnt
+        if not self.hands_mode:
+            raise ValueError(f"this model classifies whole images (trained without --hands), not hand crops: use predict(image), "
+                             f"or crop(image) and classify, instead of {call}")
 
     # --- below the pipeline: already normalised tensors ------------------------------------------------
 

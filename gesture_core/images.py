@@ -1043,12 +1043,23 @@ def _array_to_rgb(arr: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
+# A float image is 0-1 (TIFF, scikit-image, torchvision) unless a pixel is above this: then 0-255, an 8-bit image
+# saved as floats. Not 1: a 0-1 image a brightness jitter took to 1.001 in one pixel was read as 0-255, so black. A
+# 0-255 image whose brightest pixel is 2 or less is black either way.
+FLOAT_0_255_ABOVE = 2.0
+# Pixels below this are not a resampling's overshoot but a normalised tensor ((x - mean) / std), which was clipped
+# and answered without a word.
+FLOAT_LOWEST = -0.1
+
+
 def _float_to_uint8(arr: np.ndarray) -> np.ndarray:
-    """Float pixels as 8 bits: 0-1 is the convention (TIFF, scikit-image, torchvision), and values
-    above 1 are read as 0-255, the range of an 8-bit image saved as floats."""
+    """Float pixels as 8 bits: 0-1, or 0-255 where a pixel is above ``FLOAT_0_255_ABOVE``."""
     if not np.isfinite(arr).all():
         raise ImageDecodeError("float image with NaN or infinite pixels: re-save it as 8-bit")
-    top = 255.0 if arr.max(initial=0.0) > 1.0 else 1.0
+    if (lowest := float(arr.min(initial=0.0))) < FLOAT_LOWEST:
+        raise ImageDecodeError(f"float image with pixels below 0 (down to {lowest:.3g}): a normalised tensor? pass the image "
+                               "itself, 0-1 or 0-255 floats (clipped to that range) or uint8")
+    top = 255.0 if arr.max(initial=0.0) > FLOAT_0_255_ABOVE else 1.0
     scaled = np.clip(arr, 0.0, top)  # one copy (the caller's array is left as it is), then in place
     scaled *= 255.0 / top
     return np.rint(scaled, out=scaled).astype(np.uint8)

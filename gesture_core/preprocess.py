@@ -79,6 +79,12 @@ class DataConfig:
         if not all(isinstance(v, numbers.Real) and 0 <= v <= 1 for v in self.mean) or not all(
                 isinstance(v, numbers.Real) and MIN_STD <= v <= 1 for v in self.std):
             raise ValueError(f"mean must be numbers in 0-1 and std numbers in {MIN_STD}-1, got {self.mean} / {self.std}")
+        # Python's own numbers, whatever was given (NumPy's, a list): a checkpoint holding NumPy scalars was written, and
+        # then refused by torch.load(weights_only=True); a list made the frozen config unhashable.
+        for name in ("input_size", "resize_size", "in_chans"):
+            object.__setattr__(self, name, int(getattr(self, name)))
+        for name in ("mean", "std"):
+            object.__setattr__(self, name, tuple(float(v) for v in getattr(self, name)))
 
     @property
     def crop_pct(self) -> float:
@@ -200,7 +206,7 @@ class Preprocess:
         return self.normalize_batch([self.crop(self.read(source, **read_kwargs)) for source in sources])
 
     def read(self, source: ImageSource, **read_kwargs: Any) -> np.ndarray:
-        return read_rgb(source, min_side=self.config.resize_size, **read_kwargs)
+        return read_rgb(source, **{"min_side": self.config.resize_size, **read_kwargs})  # a caller's min_side wins
 
     def from_bgr(self, frame: np.ndarray) -> torch.Tensor:
         """``load`` of an OpenCV (BGR) frame."""
@@ -230,11 +236,16 @@ class Preprocess:
         with no torch operator: ``torch.stack`` of crops normalised one by one cost far more CPU, as
         its copy wakes torch's OpenMP threads, which then spin (``python -m benchmarks.model_call``).
         """
-        if not crops:
-            raise ValueError("normalize_batch needs at least one crop")
+        if len(crops) == 0:  # len: a stacked N x H x W x 3 array of crops has no single truth value
+            raise ValueError("no crops to normalise: pass at least one image")
         h, w = crops[0].shape[:2]
         out = np.empty((len(crops), self.config.in_chans, h, w), np.float32)
         for i, rgb in enumerate(crops):
+            if not (isinstance(rgb, np.ndarray) and rgb.dtype == np.uint8 and rgb.ndim == 3 and rgb.shape[2] == 3):
+                # a float image (0-1) was normalised as if 0-255: about -1 everywhere, and answered without a word
+                got = f"{rgb.dtype} of shape {rgb.shape}" if isinstance(rgb, np.ndarray) else type(rgb).__name__
+                raise ValueError(f"Preprocess takes uint8 RGB images (H x W x 3, 0-255); image {i} is {got}: "
+                                 "decode it with gesture_core.read_rgb, which converts floats, 16 bits and grey")
             if rgb.shape[:2] != (h, w):
                 raise ValueError(f"crops in one batch must share a size: crop {i} is {rgb.shape[:2]}, crop 0 is {(h, w)}")
             if self.config.in_chans == 1:

@@ -68,7 +68,7 @@ def test_decide_refuses_scores_of_another_model_or_not_numbers(classifier, image
 
 @pytest.mark.parametrize("k", [0, -1, 2.5, True, None, "3"])
 def test_k_is_a_whole_number_of_at_least_one(classifier, image, k):
-    with pytest.raises(ValueError, match=rf"k \(how many classes to list\) must be a whole number of at least 1, got {k!r}"):
+    with pytest.raises(ValueError, match=rf"k \(how many classes to list\) must be an int of at least 1, got {k!r}"):
         classifier.predict(image, k=k)
 
 
@@ -141,3 +141,90 @@ def test_a_stored_reject_class_of_any_name_is_no_gesture_and_a_score_at_the_thre
     assert decode_probs(np.array([0.6, 0.4]), ["a", "b"], threshold=0.6000001).label is None
     assert decode_probs(np.array([0.3, 0.7]), ["a", "b"], gesture=0.25, threshold=0.25).label == "b"
     assert decode_probs(np.array([0.2, 0.8]), ["nothing", "b"], reject_classes=()).label == "b"  # only the stored ones
+
+
+def test_predict_proba_takes_opencv_frames_as_predict_does(classifier, image):
+    """bgr=True was documented for predict_proba's items, and a TypeError: dropped, the colours were read swapped."""
+    frames = [image[:, :, ::-1].copy(), synthetic_image(5, seed=3, size=160)[:, :, ::-1].copy()]
+    np.testing.assert_allclose(classifier.predict_proba(frames, bgr=True), classifier.predict_proba([f[:, :, ::-1] for f in frames]), atol=1e-6)
+    assert classifier.predict(frames[0], bgr=True) == classifier.predict(image)
+
+
+def test_a_float_image_a_jitter_took_past_1_is_still_0_to_1_and_a_normalised_one_is_refused(classifier, image):
+    """One pixel at 1.001 made a 0-1 image 0-255, so black: "no gesture" where the same image said a digit."""
+    as_floats = image.astype(np.float32) / 255
+    as_floats[0, 0, 0] = 1.001
+    assert classifier.crop(as_floats).mean() == pytest.approx(classifier.crop(image).mean(), abs=0.01)
+    assert np.abs(classifier.crop(image.astype(np.float64)).astype(int) - classifier.crop(image)).max() == 0  # 0-255 floats
+    normalised = (as_floats - 0.5) / 0.25
+    with pytest.raises(ImageDecodeError, match=r"float image with pixels below 0 \(down to -2\): a normalised tensor\?"):
+        classifier.crop(normalised)
+
+
+def test_crops_stacked_in_one_array_are_classified_and_preprocess_refuses_what_is_no_8_bit_image(classifier, image):
+    crops = [classifier.crop(image), classifier.crop(image[::-1])]
+    np.testing.assert_array_equal(classifier.classify(np.stack(crops)), classifier.classify(crops))  # numpy's "truth value" error before
+    with pytest.raises(ValueError, match="no crops to normalise: pass at least one image"):
+        classifier.classify([])
+    preprocess = classifier.preprocess
+    for bad, what in ((image / 255.0, r"image 0 is float64 of shape \(128, 128, 3\)"), (image[:, :, 0], r"image 0 is uint8 of shape \(128, 128\)")):
+        with pytest.raises(ValueError, match=r"Preprocess takes uint8 RGB images \(H x W x 3, 0-255\); " + what):
+            preprocess(bad)  # a 0-1 image came out about -1 everywhere, answered without a word
+
+
+def test_decide_takes_probabilities_not_logits(random_head_checkpoint, image, tmp_path):
+    ckpt = torch.load(random_head_checkpoint, weights_only=True)
+    ckpt["rejection"] = {"reject_classes": [], "temperature": 1.0, "threshold": 0.5, "calibrated": True, "rule": "test", "score": "max_softmax"}
+    torch.save(ckpt, tmp_path / "best.pt")
+    classifier = load_classifier(tmp_path / "best.pt", "cpu", engine="torch")
+    crop = classifier.crop(image)
+    assert classifier.decide(classifier.classify([crop])[0]) == classifier.predict(image)
+    logits = classifier.classify_logits([crop])[0][0]
+    with pytest.raises(ValueError, match=r"decide takes probabilities, each 0-1 and summing to 1; these run .* \(logits\?\)"):
+        classifier.decide(logits)  # a "probability" of -0.08 in the answer, before
+    with pytest.raises(ValueError, match="the gesture score is a 0-1 rank, got 5"):
+        classifier.decide(ClassScores(np.full(10, 0.1), 5.0))
+
+
+def test_a_crop_is_the_callers_array_never(classifier):
+    """An image already at the model's sizes came back as itself: filling the frame buffer again before classify (a
+    camera's) changed the answer."""
+    size = classifier.data_config.resize_size
+    frame = synthetic_image(4, seed=1, size=size)
+    crop = classifier.crop(frame)
+    assert not np.shares_memory(crop, frame)
+    assert classifier.crop(frame, min_side=size).shape == crop.shape  # a caller's min_side: a duplicate keyword before
+
+
+def test_hand_and_whole_image_calls_refuse_the_other_kind_of_model(classifier, image, tmp_path):
+    from gesture_core import DataConfig, build_model, save_checkpoint
+
+    save_checkpoint(tmp_path / "hands.pt", model=build_model("lenet5", 2, "none"), backbone="lenet5", classes=["a", "b"],
+                    data_config=DataConfig(input_size=32, resize_size=36).with_hands(True), train_config={})  # fmt: skip
+    hands_model = load_classifier(tmp_path / "hands.pt", "cpu", engine="torch")
+    for call, name in ((lambda: hands_model.crop(image), "crop"), (lambda: hands_model.predict_proba([image]), "predict_proba")):
+        with pytest.raises(ValueError, match=rf"this model classifies hand crops \(trained with --hands\), not whole images: .* instead of {name}\("):
+            call()
+    with pytest.raises(ValueError, match=r"k \(how many classes to list\) must be an int of at least 1"):
+        hands_model.decide_hands([], [], k=0)  # no hand, so no row to decide: k went unchecked
+    for call, name in ((lambda: classifier.predict_hands(image), "predict_hands"), (lambda: classifier.hand_crops(image, []), "hand_crops"),
+                       (lambda: classifier.decide_hands([], []), "decide_hands")):
+        with pytest.raises(ValueError, match=rf"this model classifies whole images \(trained without --hands\), not hand crops: .* instead of {name}\("):
+            call()  # a whole-image model answered, confidently, about crops unlike anything it learnt
+
+
+def test_a_checkpoint_saved_with_numpy_values_loads(tmp_path, image):
+    """NumPy scalars in the data config and a NumPy array of class names were written without a word, and the
+    weights-only load every reader uses refused the file ("holds Python objects (numpy...)")."""
+    from gesture_core import DataConfig, build_model, save_checkpoint
+
+    config = DataConfig(input_size=np.int64(32), resize_size=np.int32(36), mean=[np.float32(0.5)] * 3, std=np.array([0.25] * 3))
+    assert hash(config) and config.input_size == 32 and type(config.input_size) is int and config.mean == (0.5, 0.5, 0.5)
+    save_checkpoint(tmp_path / "np.pt", model=build_model("lenet5", 2, "none"), backbone="lenet5", classes=np.array(["a", "b"]),
+                    data_config=config, train_config={"lr": np.float64(0.01), "sizes": np.arange(2)}, metrics={"top1": np.float32(0.5)})
+    loaded = load_classifier(tmp_path / "np.pt", "cpu", engine="torch")
+    assert loaded.classes == ["a", "b"] and loaded.data_config == config and loaded.predict(image).top_k
+    assert loaded.checkpoint_meta["train_config"] == {"lr": 0.01, "sizes": [0, 1]}
+    with pytest.raises(ValueError, match=r"classes must be names \(str\), got 1, 2"):
+        save_checkpoint(tmp_path / "ints.pt", model=build_model("lenet5", 2, "none"), backbone="lenet5", classes=[1, 2], data_config=config,
+                        train_config={})
