@@ -120,7 +120,7 @@ def accuracy_rows(run: Path, args, device: torch.device) -> list[dict[str, Any]]
 
     checkpoint = run / "best.pt"
     reference = load_classifier(checkpoint, device, engine="torch")
-    crops, labels, what = test_crops(reference, Splits.load(run / "split.json").test)
+    crops, labels, what = accuracy_inputs(reference, Splits.load(run / "split.json").test)
     note(f"  accuracy on {what}")
 
     def logits_of(classifier) -> torch.Tensor:
@@ -150,16 +150,20 @@ def accuracy_rows(run: Path, args, device: torch.device) -> list[dict[str, Any]]
     return rows
 
 
-def test_crops(reference: Classifier, samples: list[Sample]) -> tuple[list[np.ndarray], np.ndarray, str]:
-    """(the model's input crops, their labels, what they are): each test image through the Classifier, or for a
-    hand-crop model the best hand's crop of each image with a hand (whole frames scored it on what it never saw)."""
-    from training.hand_crops import HandCropCache, cached_crop, crop_samples
+def accuracy_inputs(reference: Classifier, samples: list[Sample]) -> tuple[list[np.ndarray], np.ndarray, str]:
+    """(the model's inputs, their labels, what they are): ``Classifier.model_crops`` of each test image, for a hand-crop
+    model the best hand's crop of each image with a hand (whole frames scored it on what it never saw)."""
+    from training.data import DatasetError
 
-    if not reference.hands_mode:
-        return [reference.crop(s.path) for s in samples], np.array([s.label for s in samples]), f"{len(samples)} test images"
-    with_hand = crop_samples(samples, HandCropCache(reference.data_config, localiser=lambda: reference.localiser))
-    crops = [reference.preprocess.crop(cached_crop(s.path)) for s in with_hand]  # as training.hand_crops.frame_outputs
-    return crops, np.array([s.label for s in with_hand]), f"the best hand's crop of the {len(with_hand)} of {len(samples)} test images with a hand"
+    crops, labels = [], []
+    for sample in samples:
+        first = reference.model_crops(sample.path)[:1]
+        crops += first
+        labels += [sample.label] * len(first)
+    if not crops:
+        raise DatasetError(f"--accuracy: no hand found in any of the {len(samples)} test images, and this model classifies hand crops")
+    what = f"the best hand's crop of the {len(crops)} of {len(samples)} test images with a hand" if reference.hands_mode else f"{len(crops)} test images"
+    return crops, np.array(labels), what
 
 
 def profile_eager(name: str, batch: int, image_size: int | None) -> str:

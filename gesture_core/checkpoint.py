@@ -63,17 +63,17 @@ def save_checkpoint(
     """Write atomically (temp file + rename), so an interrupted write never corrupts a run."""
     if not all(isinstance(name, str) for name in classes):
         raise ValueError(f"classes must be names (str), got {some_of([repr(c) for c in classes if not isinstance(c, str)], 3)}")
-    state = plain_values({
+    state = {
         "format": CHECKPOINT_FORMAT,
         "version": CHECKPOINT_VERSION,
         "backbone": backbone,
         "classes": [str(name) for name in classes],  # numpy.str_ is a str that a weights-only load refuses
         "data_config": data_config.to_dict(),
         "train_config": dict(train_config),
+        "model": {k: v.detach().cpu() for k, v in unwrap_model(model).state_dict().items()},
         "metrics": metrics or {},
         **extra,
-    })
-    state["model"] = {k: v.detach().cpu() for k, v in unwrap_model(model).state_dict().items()}
+    }
     return atomic_torch_save(state, path)
 
 
@@ -93,6 +93,7 @@ def plain_values(value: Any) -> Any:
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     path = Path(path)
+    obj = plain_values(obj)  # every writer's checkpoint, calibrate's rewrite of best.pt included
     with interrupts_deferred(), atomic_output(path) as tmp, open(tmp, "wb") as f:  # a Ctrl-C mid-write read as a full disk
         torch.save(obj, f)
         f.flush()

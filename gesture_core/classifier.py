@@ -324,6 +324,13 @@ class Classifier:
         rgb = read_rgb(bgr_to_rgb(image) if bgr else image, **read_kwargs)
         return rgb, self.localiser.find(rgb)
 
+    def model_crops(self, image: ImageSource, *, bgr: bool = False, **read_kwargs: Any) -> list[np.ndarray]:
+        """What the model classifies of one image, for any model: ``[crop(image)]``, or a hands-mode model's crop of each
+        hand found (``find_hands`` then ``hand_crops``; none without a hand)."""
+        if not self.hands_mode:
+            return [self.crop(image, bgr=bgr, **read_kwargs)]
+        return self.hand_crops(*self.find_hands(image, bgr=bgr, **read_kwargs))
+
     def hand_crops(self, rgb: np.ndarray, hands: Sequence[Hand]) -> list[np.ndarray]:
         """One uint8 ``input_size``² crop per hand (``hand_crop``, then this model's Preprocess geometry):
         what ``classify`` takes, and what training saw."""

@@ -384,19 +384,20 @@ class _Model:
     """One .tflite model, its output tensors found by name, invoked under a lock (an interpreter is not thread-safe)."""
 
     def __init__(self, folder: Path, model: HandModelFile, threads: int | None, outputs: Sequence[str]):
-        path = folder / model.name
         content = _model_bytes(folder, model)  # the bytes checked are the bytes loaded: no second read of the file
         try:
             self.interpreter = _interpreter_class()(model_content=content, num_threads=threads)
             self.interpreter.allocate_tensors()
-        except (ValueError, RuntimeError) as err:  # LiteRT's own words name no file: "not a valid Flatbuffer buffer"
-            raise HandModelsUnavailableError(f"{path} is not a usable model ({in_brief(err, 200)}): cut short or "
-                                             f"changed since it was prepared? run: {PREPARE_HINT}") from None
+        except (ValueError, RuntimeError) as err:  # the file is as prepared (its sha256 matched): this LiteRT cannot run it
+            raise HandModelsUnavailableError(f"LiteRT cannot load the hand model {folder / model.name} ({in_brief(err, 200)}), "
+                                             f"whose sha256 is the one prepared: install the versions the [hands] extra pins: "
+                                             f"{INSTALL_HINT}") from None
         self.input_index = self.interpreter.get_input_details()[0]["index"]
         by_name = {d["name"]: d["index"] for d in self.interpreter.get_output_details()}
         missing = [name for name in outputs if name not in by_name]
         if missing:
-            raise HandModelsUnavailableError(f"{path} is not the expected model (no output {', '.join(missing)}); run: {PREPARE_HINT}")
+            raise HandModelsUnavailableError(f"LiteRT reads no output {', '.join(missing)} in the hand model {folder / model.name}: "
+                                             f"install the versions the [hands] extra pins: {INSTALL_HINT}")
         self.output_indices = [by_name[name] for name in outputs]
         self.lock = threading.Lock()
 

@@ -1047,19 +1047,21 @@ def _array_to_rgb(arr: np.ndarray) -> np.ndarray:
 # saved as floats. Not 1: a 0-1 image a brightness jitter took to 1.001 in one pixel was read as 0-255, so black. A
 # 0-255 image whose brightest pixel is 2 or less is black either way.
 FLOAT_0_255_ABOVE = 2.0
-# Pixels below this are not a resampling's overshoot but a normalised tensor ((x - mean) / std), which was clipped
-# and answered without a word.
-FLOAT_LOWEST = -0.1
+# A normalised tensor ((x - mean) / std: about -2.1 to 2.6 with ImageNet's) was clipped to 0-1 and answered without
+# a word. Its pixels go below NORMALISED_BELOW, which a 0-1 image's resampling overshoot does not reach (-0.12 at a
+# hard edge, Lanczos), and none is above NORMALISED_UNDER, which a 0-255 image's are (its overshoot goes to -28).
+NORMALISED_BELOW, NORMALISED_UNDER = -0.5, 10.0
 
 
 def _float_to_uint8(arr: np.ndarray) -> np.ndarray:
-    """Float pixels as 8 bits: 0-1, or 0-255 where a pixel is above ``FLOAT_0_255_ABOVE``."""
+    """Float pixels as 8 bits: 0-1, or 0-255 where a pixel is above ``FLOAT_0_255_ABOVE``; out of range ones clipped."""
     if not np.isfinite(arr).all():
         raise ImageDecodeError("float image with NaN or infinite pixels: re-save it as 8-bit")
-    if (lowest := float(arr.min(initial=0.0))) < FLOAT_LOWEST:
-        raise ImageDecodeError(f"float image with pixels below 0 (down to {lowest:.3g}): a normalised tensor? pass the image "
-                               "itself, 0-1 or 0-255 floats (clipped to that range) or uint8")
-    top = 255.0 if arr.max(initial=0.0) > FLOAT_0_255_ABOVE else 1.0
+    lowest, highest = float(arr.min(initial=0.0)), float(arr.max(initial=0.0))
+    if lowest < NORMALISED_BELOW and highest < NORMALISED_UNDER:
+        raise ImageDecodeError(f"float image whose pixels run from {lowest:.3g} to {highest:.3g}, as a normalised tensor's do "
+                               "((x - mean) / std): pass the image itself, 0-1 or 0-255 floats, or 8-bit")
+    top = 255.0 if highest > FLOAT_0_255_ABOVE else 1.0
     scaled = np.clip(arr, 0.0, top)  # one copy (the caller's array is left as it is), then in place
     scaled *= 255.0 / top
     return np.rint(scaled, out=scaled).astype(np.uint8)

@@ -238,14 +238,15 @@ class Preprocess:
         """
         if len(crops) == 0:  # len: a stacked N x H x W x 3 array of crops has no single truth value
             raise ValueError("no crops to normalise: pass at least one image")
-        h, w = crops[0].shape[:2]
-        out = np.empty((len(crops), self.config.in_chans, h, w), np.float32)
         for i, rgb in enumerate(crops):
             if not (isinstance(rgb, np.ndarray) and rgb.dtype == np.uint8 and rgb.ndim == 3 and rgb.shape[2] == 3):
                 # a float image (0-1) was normalised as if 0-255: about -1 everywhere, and answered without a word
                 got = f"{rgb.dtype} of shape {rgb.shape}" if isinstance(rgb, np.ndarray) else type(rgb).__name__
                 raise ValueError(f"Preprocess takes uint8 RGB images (H x W x 3, 0-255); image {i} is {got}: "
                                  "decode it with gesture_core.read_rgb, which converts floats, 16 bits and grey")
+        h, w = crops[0].shape[:2]
+        out = np.empty((len(crops), self.config.in_chans, h, w), np.float32)
+        for i, rgb in enumerate(crops):
             if rgb.shape[:2] != (h, w):
                 raise ValueError(f"crops in one batch must share a size: crop {i} is {rgb.shape[:2]}, crop 0 is {(h, w)}")
             if self.config.in_chans == 1:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import shutil
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -157,8 +158,11 @@ def test_a_float_image_a_jitter_took_past_1_is_still_0_to_1_and_a_normalised_one
     assert classifier.crop(as_floats).mean() == pytest.approx(classifier.crop(image).mean(), abs=0.01)
     assert np.abs(classifier.crop(image.astype(np.float64)).astype(int) - classifier.crop(image)).max() == 0  # 0-255 floats
     normalised = (as_floats - 0.5) / 0.25
-    with pytest.raises(ImageDecodeError, match=r"float image with pixels below 0 \(down to -2\): a normalised tensor\?"):
+    with pytest.raises(ImageDecodeError, match=r"float image whose pixels run from -2 to 2, as a normalised tensor's do"):
         classifier.crop(normalised)
+    overshoot = cv2.resize(as_floats, (320, 320), interpolation=cv2.INTER_LANCZOS4)  # below 0 at the edges, as resampling goes
+    assert overshoot.min() < -0.01 and classifier.crop(overshoot).shape == (128, 128, 3)
+    assert classifier.crop(overshoot * 255).shape == (128, 128, 3)
 
 
 def test_crops_stacked_in_one_array_are_classified_and_preprocess_refuses_what_is_no_8_bit_image(classifier, image):

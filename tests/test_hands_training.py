@@ -256,6 +256,20 @@ def test_a_damaged_hand_model_is_named_with_the_command_that_fetches_it_again(tm
         HandLocaliser(models_dir=tmp_path)
 
 
+def test_a_hand_model_as_prepared_that_litert_cannot_load_names_the_install_not_the_file(hand_models, monkeypatch):
+    """The file's sha256 matched, so it is as prepared: fetching it again, as the message said, changed nothing."""
+    from gesture_core import hands
+
+    class RefusingInterpreter:
+        def __init__(self, **kwargs):
+            raise ValueError("Didn't find op for builtin opcode 'CONV_2D' version '9'")
+
+    monkeypatch.setattr(hands, "_interpreter_class", lambda: RefusingInterpreter)
+    with pytest.raises(hands.HandModelsUnavailableError, match=r"^LiteRT cannot load the hand model .*palm_detection_full\.tflite \(Didn't find "
+                       r"op .*\), whose sha256 is the one prepared: install the versions the \[hands\] extra pins: pip install"):
+        hands.HandLocaliser(models_dir=hand_models)
+
+
 @pytest.mark.parametrize("hands", [False, True], ids=["whole image", "hand crops"])
 def test_the_inference_benchmarks_accuracy_scores_what_the_model_sees(tmp_path, asl, hand_models, hands):
     """``benchmarks.inference --accuracy RUN`` scored a hand-crop model on whole frames: 25% where its test said 42%."""

@@ -208,7 +208,8 @@ class BrokenAnswer(socketserver.StreamRequestHandler):
 @pytest.mark.parametrize("answer, says", [
     (b"\xff\x00not http\r\n\r\n", "offline?"),
     (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n10\r\n0123456789abcdef\r\n20\r\ncut", "run the same command again"),
-], ids=["not-http", "cut-chunked-body"])
+    (b"", "Remote end closed connection without response"),  # a BadStatusLine too, but a closed connection, said as one
+], ids=["not-http", "cut-chunked-body", "no-answer"])
 def test_a_broken_answer_is_one_line_not_a_traceback(tmp_path, monkeypatch, capsys, answer, says):
     handler = type("Answer", (BrokenAnswer,), {"answer": answer})
     with socketserver.ThreadingTCPServer(("127.0.0.1", 0), handler) as httpd:

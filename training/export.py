@@ -291,22 +291,13 @@ def parity_images(checkpoint: Path, images: list[str] | None, limit: int) -> lis
     return found[::step][:limit]
 
 
-def model_crops(classifier: Classifier, path: str) -> list[np.ndarray]:
-    """What the model sees of one image, through the Classifier: its crop, or a hand-crop model's crop of each hand
-    found (whole frames, which it never sees, were its parity inputs)."""
-    if not classifier.hands_mode:
-        return [classifier.crop(path)]
-    rgb, hands = classifier.find_hands(path)
-    return classifier.hand_crops(rgb, hands)
-
-
 def parity_inputs(classifier: Classifier, images: list[str]) -> list[torch.Tensor]:
     """The parity images as the model's inputs, each undecodable one skipped and said; a DatasetError
     when none is left. Run before the export, so that a check that cannot run leaves no model file."""
     crops, failed = [], []
     for path in images:
         try:
-            crops += model_crops(classifier, path)
+            crops += classifier.model_crops(path)  # a hand-crop model's hands: whole frames, which it never sees, were checked
         except ImageDecodeError as err:
             failed.append(str(err))  # the reason names the file
     for reason in failed[:SKIPS_SHOWN]:
@@ -315,6 +306,8 @@ def parity_inputs(classifier: Classifier, images: list[str]) -> list[torch.Tenso
         print(f"  ... and {len(failed) - SKIPS_SHOWN} more that do not decode", file=sys.stderr)
     if not crops and len(failed) < len(images):
         raise DatasetError(f"no hand found in the {len(images) - len(failed)} parity images that decode: pass --images with photos of hands")
+    if classifier.hands_mode:  # the report counts the model's inputs
+        print(f"  parity inputs: the {len(crops)} hand crops of {len(images) - len(failed)} images", file=sys.stderr)
     if not crops:
         raise DatasetError(f"none of the {len(images)} parity images could be decoded: pass --images with photos that decode")
     return list(classifier.preprocess.normalize_batch(crops))

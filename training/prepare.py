@@ -315,7 +315,9 @@ def download(remote: Remote, dest: Path, *, offline_hint: str) -> Path:
     # http.client.HTTPException: an answer that is no HTTP (a captive portal or a proxy's own protocol on the way)
     except (urllib.error.URLError, http.client.HTTPException, OSError) as err:
         # The bytes of an answer that is no HTTP are not quoted: they may hold line breaks and control codes.
-        reason = "its answer is not HTTP" if isinstance(err, http.client.HTTPException) else getattr(err, "reason", err)
+        # (RemoteDisconnected is a BadStatusLine and a ConnectionError: a closed connection, said in its own words)
+        not_http = isinstance(err, http.client.HTTPException) and not isinstance(err, ConnectionError)
+        reason = "its answer is not HTTP" if not_http else getattr(err, "reason", err)
         raise PrepareError(f"cannot download {remote.url} ({reason}; offline?); {offline_hint}") from None
     with response:
         resumed = have and getattr(response, "status", None) == 206

@@ -236,14 +236,12 @@ def build_parser() -> argparse.ArgumentParser:
 def model_view(classifier: Classifier, image: Path) -> np.ndarray:
     """The crop the model classifies for ``image``: its own (``Classifier.crop``), or a hands-mode model's crop of
     the first hand, where the whole photo went through the geometry of a model that never sees one."""
-    if not classifier.hands_mode:
-        return classifier.crop(image)
-    rgb, hands = classifier.find_hands(image)
-    if not hands:
+    crops = classifier.model_crops(image)
+    if not crops:
         raise ValueError(f"--image {image}: no hand found, and this model classifies hand crops (trained with --hands)")
-    if len(hands) > 1:
-        print(f"{len(hands)} hands found: explaining the first (score {hands[0].score:.2f})")
-    return classifier.hand_crops(rgb, hands[:1])[0]
+    if len(crops) > 1:
+        print(f"{len(crops)} hands found: explaining the first")
+    return crops[0]
 
 
 def class_indices(classifier: Classifier, names: list[str]) -> list[int]:
