@@ -312,6 +312,22 @@ def test_an_export_of_a_hand_crop_model_checks_parity_on_the_hands_crops(tmp_pat
     assert not (tmp_path / "none.onnx").exists()
 
 
+def test_the_python_pages_hands_example_runs_as_written(tmp_path, asl, hand_models, monkeypatch, capsys):
+    """docs/python-api.md's hands block, on a hands-mode checkpoint in place of the page's run."""
+    import re
+
+    from tests.helpers import REPO
+
+    blocks = re.findall(r"```python\n(.*?)```", (REPO / "docs" / "python-api.md").read_text(), re.DOTALL)
+    block = next(b for b in blocks if "predict_hands" in b)
+    assert block.count("runs/my-hands/best.pt") == 1
+    monkeypatch.chdir(REPO)  # its paths are the README's, from the repository
+    checkpoint = hands_checkpoint(tmp_path / "best.pt", hands=True)
+    exec("from gesture_core import load_classifier\n" + block.replace("runs/my-hands/best.pt", str(checkpoint)), {})  # noqa: S102
+    printed = capsys.readouterr().out.splitlines()
+    assert len(printed) == 1 and "[((" in printed[0], printed  # the frame's label, and one (box, label) per hand found
+
+
 def test_a_model_without_hands_is_unchanged(tmp_path, two_hand_frame, monkeypatch):
     def no_localiser(*args, **kwargs):
         raise AssertionError("a model without hands mode built a hand localiser")
