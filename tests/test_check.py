@@ -177,6 +177,29 @@ def test_captures_that_training_cannot_split_by_session_are_fatal_as_training_sa
     assert main([str(root)]) == 1 and "OK to train" not in capsys.readouterr().out
 
 
+def test_one_capture_session_a_class_and_too_few_photos_for_a_threshold_are_warned_of_as_training_does(tmp_path: Path, capsys):
+    """A newcomer's captures, one session a class and a "none" class: check said "OK to train" and nothing more, and
+    training warned that no honest split was possible and that no "no gesture" threshold could be chosen."""
+    def captures(root: Path, classes: tuple[str, ...], sessions: int) -> Path:
+        for label, cls in enumerate(classes):
+            for session in range(sessions):
+                for n in range(12):  # the capture tool's names: <class>-<session>-<n>.jpg
+                    write_rgb(root / cls / f"{cls}-20261207-10000{session}p42-{n}.jpg", synthetic_image(label, 20 * session + n))
+        return root
+
+    root = captures(tmp_path / "one-session", ("fist", "palm", "none"), sessions=1)
+    training_says = load_splits(root).grouping["warnings"]
+    assert len(training_says) == 1 and "no honest split is possible" in training_says[0]
+    report = build_report(root)
+    assert not report["fatal"] and training_says[0] in report["warnings"]
+    assert "the default split leaves 2 validation photos of gestures, too few for a \"no gesture\" threshold (about 99 needed): " \
+           "only predictions of none will say \"no gesture\"" in report["warnings"][1]
+    assert main([str(root)]) == 0 and "OK to train (read the warnings above)" in capsys.readouterr().out
+
+    report = build_report(captures(tmp_path / "three-sessions", ("fist", "palm"), sessions=3))  # no "none" class: no threshold to choose
+    assert not report["fatal"] and not [w for w in report["warnings"] if "honest split" in w or "threshold" in w], report["warnings"]
+
+
 @pytest.mark.parametrize(
     "build, message",
     [

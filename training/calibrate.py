@@ -309,13 +309,19 @@ def score_reference(val: SplitOutputs, rejection: Rejection, reject: Sequence[in
     return tuple(np.sort(rejection.raw_scores(val.logits[gesture], val.features[gesture], kind)).tolist())
 
 
+def gestures_needed(target_recall: float, right: float = 1.0) -> int:
+    """The fewest validation gesture images with which a threshold can keep ``target_recall`` (``within_allowance``
+    with none lost), where the model gets the share ``right`` of them right; below it, no threshold is chosen."""
+    return int(np.ceil(1 / ((1 - target_recall) * right))) - 1
+
+
 def warn_if_too_few_gestures(outcome: Outcome, target_recall: float) -> None:
     """Warn when validation has too few gesture images for any threshold to keep the target on new
     images: then only predictions of a reject class are rejected."""
     gestures = int(outcome.gesture.sum())
     right = outcome.correct_gesture.sum() / max(gestures, 1)
     if target_recall < 1 and right > 0 and not within_allowance(0, gestures, right, target_recall):  # at 1, the floor is what was asked
-        needed = int(np.ceil(1 / ((1 - target_recall) * right))) - 1
+        needed = gestures_needed(target_recall, right)
         warnings.warn(f"{gestures} validation gesture images are too few to keep gesture recall >= {target_recall:g} x unthresholded "
                       f"on new images (about {needed} needed): no threshold, only reject-class predictions are rejected; "
                       "add validation images or lower --reject-target-recall", stacklevel=3)

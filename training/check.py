@@ -41,7 +41,9 @@ from gesture_core.cli import (
 )
 from gesture_core.images import DECODED_FORMATS, ImageDecodeError, decode_rgb, probe_image, read_image_file
 from gesture_core.preprocess import TINY_SIDE
+from gesture_core.rejection import find_reject_classes
 from gesture_core.runtime import MOST_THREADS
+from training.calibrate import DEFAULT_TARGET_RECALL, gestures_needed
 from training.cli import input_path, int_at_least
 from training.config import TrainConfig
 from training.data import (
@@ -257,21 +259,34 @@ def _neighbour_twins(infos: list[ImageInfo], layout: str) -> dict:
     return out
 
 
-def _default_split_problem(infos: list[ImageInfo], per_split: dict[str, dict[str, int]], layout: str) -> str | None:
-    """Why training with no flags stops at its split (training.data's grouped split, --group-by auto), or None:
-    check said "OK to train" on captures of two sessions in a class, which training then refused."""
+def _default_split_findings(infos: list[ImageInfo], per_split: dict[str, dict[str, int]], layout: str) -> tuple[str | None, list[str]]:
+    """(why training with no flags stops at its split (training.data's grouped split, --group-by auto), or None; what
+    it warns of there, in its words). Check said "OK to train" on captures of two sessions in a class, which training
+    then refused, and said nothing of one session a class or too few photos for a threshold, which training warns of."""
     if layout == "presplit" and "val" in per_split:  # its folders are the split
-        return None
+        return None, _threshold_warnings(per_split["val"])
     by_class: dict[str, list[str]] = defaultdict(list)
     for info in infos:
         if layout != "presplit" or info.split == "train":
             by_class[info.label].append(info.path)
     split = DEFAULT_SPLIT if layout != "presplit" else {**DEFAULT_SPLIT, "test_split": 0.0, "test_per_class": None}  # val carved from train/
     try:
-        grouped_split(dict(by_class), assign_groups(dict(by_class), "auto"), **split)
+        grouping = assign_groups(dict(by_class), "auto")
+        parts = grouped_split(dict(by_class), grouping, **split)
     except DatasetError as err:
-        return f"training with the default split stops: {err}"
-    return None
+        return f"training with the default split stops: {err}", []
+    return None, [*grouping.warnings, *_threshold_warnings({cls: len(paths) for cls, paths in parts["val"].items()})]
+
+
+def _threshold_warnings(val_counts: dict[str, int]) -> list[str]:
+    """Training's "too few validation gesture images" warning, before training: with a "no gesture" class and fewer
+    validation gestures than a threshold needs, only that class's predictions say "no gesture"."""
+    reject = find_reject_classes(list(val_counts))
+    gestures = sum(n for cls, n in val_counts.items() if cls not in reject)
+    if not reject or gestures >= (needed := gestures_needed(DEFAULT_TARGET_RECALL)):
+        return []
+    return [f"the default split leaves {gestures} validation photos of gestures, too few for a \"no gesture\" threshold (about "
+            f"{needed} needed): only predictions of {some_of(reject)} will say \"no gesture\"; add photos (validation takes a tenth)"]
 
 
 def build_report(root: Path, *, decode: bool = True, workers: int = 2) -> dict:
@@ -319,8 +334,10 @@ def build_report(root: Path, *, decode: bool = True, workers: int = 2) -> dict:
         recordings=_recordings(root),
     )
     report["fatal"] += _fatal(report, root, per_split, layout)
-    if not report["fatal"] and (problem := _default_split_problem(good, per_split, layout)):
-        report["fatal"].append(problem)
+    if not report["fatal"]:
+        problem, split_warnings = _default_split_findings(good, per_split, layout)
+        report["fatal"] += [problem] if problem else []
+        report["warnings"] += split_warnings
     report["warnings"] += _warnings(report, per_split, layout)
     if layout == "presplit" and (beside := folders_beside_splits(root)):  # training passes them over too, with a warning
         report["warnings"].append(f"folder(s) {', '.join(map(printable, beside))} beside train/ and test/ are not read: a class meant for train/?")
