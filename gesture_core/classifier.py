@@ -158,6 +158,9 @@ def checked_scores(probs: Any, classes: Sequence[str], gesture: float | None) ->
     return row
 
 
+PROBABILITY_SLACK = 1e-3  # float32 softmax rows of a thousand classes sum to 1 within 1e-5
+
+
 def check_probabilities(row: np.ndarray, gesture: float | None) -> None:
     """ValueError unless ``row`` is probabilities (each 0-1, summing to 1) and ``gesture`` a 0-1 score: logits, or a
     row of any numbers, were decided as if they were, a "probability" of -0.08 or 99 in the answer."""
@@ -166,9 +169,6 @@ def check_probabilities(row: np.ndarray, gesture: float | None) -> None:
                          f"sum to {row.sum():.4g} (logits?): decide a row of classify_scores(crops) or of classify(crops)")
     if gesture is not None and not -PROBABILITY_SLACK <= gesture <= 1 + PROBABILITY_SLACK:
         raise ValueError(f"the gesture score is a 0-1 rank, got {gesture:.4g}: decide a row of classify_scores(crops)")
-
-
-PROBABILITY_SLACK = 1e-3  # float32 softmax rows of a thousand classes sum to 1 within 1e-5
 
 
 def checked_crops(crops: Sequence[np.ndarray], size: int) -> Sequence[np.ndarray]:

@@ -192,7 +192,7 @@ def test_one_capture_session_a_class_and_too_few_photos_for_a_threshold_are_warn
     assert len(training_says) == 1 and "no honest split is possible" in training_says[0]
     report = build_report(root)
     assert not report["fatal"] and training_says[0] in report["warnings"]
-    assert "the default split leaves 2 validation photos of gestures, too few for a \"no gesture\" threshold (about 99 needed): " \
+    assert "validation would hold 2 photos of gestures, too few for a \"no gesture\" threshold (about 99 needed): " \
            "only predictions of none will say \"no gesture\"" in report["warnings"][1]
     assert main([str(root)]) == 0 and "OK to train (read the warnings above)" in capsys.readouterr().out
 

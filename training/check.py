@@ -285,8 +285,8 @@ def _threshold_warnings(val_counts: dict[str, int]) -> list[str]:
     gestures = sum(n for cls, n in val_counts.items() if cls not in reject)
     if not reject or gestures >= (needed := gestures_needed(DEFAULT_TARGET_RECALL)):
         return []
-    return [f"the default split leaves {gestures} validation photos of gestures, too few for a \"no gesture\" threshold (about "
-            f"{needed} needed): only predictions of {some_of(reject)} will say \"no gesture\"; add photos (validation takes a tenth)"]
+    return [f"validation would hold {gestures} photos of gestures, too few for a \"no gesture\" threshold (about {needed} needed): "
+            f"only predictions of {some_of(reject)} will say \"no gesture\"; add photos"]
 
 
 def build_report(root: Path, *, decode: bool = True, workers: int = 2) -> dict:
