@@ -141,9 +141,10 @@ def test_a_test_split_over_the_recall_target_is_said():
     assert said == ("  the threshold cost 1.49 points of this test split's gesture recall, over the 1% of it that "
                     "--reject-target-recall 0.99 allows: the rule bounds the average over new images, not each split (docs/no-gesture.md)")
     assert len(format_open_set(report | {"test": test | {"gesture_recall": 0.945}}).splitlines()) == 2  # within: nothing more
-    assert "false-accept rate n/a, " in format_open_set(report)
+    assert "false-accept rate n/a (no reject-class images), calibration error (ECE) n/a -> n/a" in format_open_set(report)
     assert ", no threshold (too few validation gestures to choose one)\n" in format_open_set(report | {"threshold": 0.0})
-    assert "false-accept rate 0.00% of 24 reject-class images, " in format_open_set(report | {"test": test | {"reject_images": 24, "false_accept_rate": 0.0}})
+    assert "false-accept rate 0.00% of 24 reject-class images, AUROC 0.9987, " in format_open_set(
+        report | {"test": test | {"reject_images": 24, "false_accept_rate": 0.0, "auroc": 0.99871}})
 
 
 def test_the_energy_score_is_its_rank_among_the_validation_gestures_and_is_stored(tmp_path):

@@ -426,10 +426,19 @@ def format_open_set(report: dict[str, Any], data: str = "test") -> str:
     pct = lambda x: "n/a" if x is None else f"{100 * x:.2f}%"  # noqa: E731
     return (f"no gesture: {reject_classes_phrase(report['reject_classes'])}; temperature {report['temperature']:.3f}, {threshold_phrase(report)}\n"
             f"  {data}: gesture recall {pct(test['gesture_recall'])} (unthresholded {pct(test['gesture_recall_unthresholded'])}), "
-            f"precision {pct(test['gesture_precision'])}, false-accept rate {pct(test['false_accept_rate'])}"
-            f"{f' of {n} reject-class images' if (n := test.get('reject_images')) else ''}, "  # 0.00% of 24 says little
-            f"AUROC {'n/a' if test['auroc'] is None else round(test['auroc'], 4)}, ECE {pct(test['ece_before'])} -> {pct(test['ece_after'])}"
+            f"precision {pct(test['gesture_precision'])}, {false_accept_phrase(test)}, "
+            f"calibration error (ECE) {pct(test['ece_before'])} -> {pct(test['ece_after'])}"
             f"{over_target(test, report.get('target_recall'))}")
+
+
+def false_accept_phrase(test: dict[str, Any]) -> str:
+    """The false-accept rate and the AUROC (how well the score tells gestures from reject-class images; 1 is
+    perfect), both over the reject-class images; "n/a" alone left a newcomer guessing why."""
+    if test["false_accept_rate"] is None:
+        return "false-accept rate n/a (no reject-class images)"
+    of = f" of {n} reject-class images" if (n := test.get("reject_images")) else ""  # 0.00% of 24 says little
+    auroc = "" if test["auroc"] is None else f", AUROC {round(test['auroc'], 4)}"
+    return f"false-accept rate {100 * test['false_accept_rate']:.2f}%{of}{auroc}"
 
 
 def threshold_phrase(report: dict[str, Any]) -> str:
