@@ -211,16 +211,24 @@ def calibrated_copy(sign_digits_run: Path, run: Path, *flags: str) -> Path:
 def scored_copies(sign_digits_run, tmp_path_factory):
     """``copy_scored_by(score)``: the sign-digits run recalibrated with digit 0 as "no gesture" and
     thresholded on ``score`` (--reject-score), one copy per score, made on first use and shared by
-    every module that serves, evaluates or draws them."""
-    made: dict[str, Path] = {}
+    every module that serves, evaluates or draws them. The processes of a parallel run share them, as they
+    share ``sign_digits_run``: a copy costs two subprocesses (about 25 s of a core), and the rejection, service
+    and browser tests that need the same copy often run in different processes."""
+    session = tmp_path_factory.getbasetemp()
+    shared = session.parent if os.environ.get("PYTEST_XDIST_WORKER") else session  # pytest-N, above each popen-gwN
 
     def copy_scored_by(score: str) -> Path:
-        if score not in made:
-            # recall 0.97 rather than the default 0.99: the threshold then rejects about 3% of the gestures,
-            # so the test split has images that only the threshold rejects on any CPU's model (at 0.99,
-            # about 4 of 389 were expected, and some CPUs' models had none for one score or another)
-            made[score] = calibrated_copy(sign_digits_run, tmp_path_factory.mktemp(score), "--reject-score", score,
-                                          "--reject-target-recall", "0.97")
-        return made[score]
+        run = shared / f"scored-by-{score}"
+        with FileLock(run.with_suffix(".lock")):
+            if not run.is_dir():  # renamed into place whole: a copy that failed half-way is made again
+                partial = run.with_name(f"{run.name}.partial")
+                shutil.rmtree(partial, ignore_errors=True)
+                partial.mkdir()
+                # recall 0.97 rather than the default 0.99: the threshold then rejects about 3% of the gestures,
+                # so the test split has images that only the threshold rejects on any CPU's model (at 0.99,
+                # about 4 of 389 were expected, and some CPUs' models had none for one score or another)
+                calibrated_copy(sign_digits_run, partial, "--reject-score", score, "--reject-target-recall", "0.97")
+                partial.rename(run)
+        return run
 
     return copy_scored_by
