@@ -121,9 +121,8 @@ class GestureClassifier:
         self.model_tag = str(stored.tag)
         self.metadata = dict(stored.info.metadata)
         # Loaded once here, before the server reports ready; never on a request.
-        # its own GPU where there are several, its share of the cores where CPU workers are several
-        self.runtime = settings.runtime_for_worker(bentoml.server_context.worker_index, visible_gpus())
-        self.classifier: Classifier = self.runtime.load(stored.path_of(CHECKPOINT_FILE))
+        runtime = settings.runtime_for_worker(bentoml.server_context.worker_index, visible_gpus())  # its own GPU, where there are several
+        self.classifier: Classifier = runtime.load(stored.path_of(CHECKPOINT_FILE))
         use_stored_hand_models(self.classifier, Path(stored.path))
         # Engines that overlap calls (OpenVINO's streams) get a second model thread, so that the next
         # batch forms and starts while one finishes; for the others a core is better spent inside the call.
@@ -228,7 +227,7 @@ class GestureClassifier:
             interpolation=c.interpolation, crop=c.crop, hands=c.hands, frame_aspect=self.classifier.frame_aspect, metrics=self.metadata.get("metrics", {}),
             data_fingerprint=without_local_path(self.metadata.get("data_fingerprint", {})), device=str(self.classifier.device),
             engine=f"{self.classifier.engine.name}/{self.classifier.engine.precision}",
-            settings={**self.settings.describe(), "model": self.model_tag, "threads": self.runtime.threads},
+            settings={**self.settings.describe(), "model": self.model_tag},
             batching={"model_calls": stats.batches, "images": stats.items, "largest_batch": stats.largest,
                       "model_threads": len(self.batcher.threads)},
             rejection=self.classifier.rejection.info(),

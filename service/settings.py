@@ -5,7 +5,7 @@ messages that name the variable and what is valid.
     GESTURE_DEVICE           auto | cpu | cuda                           (default auto: CUDA when available)
     GESTURE_ENGINE           auto | torch | compile | onnx | openvino    (default auto: the fastest installed)
     GESTURE_PRECISION        fp32 | bf16 | fp16                          (default fp32)
-    GESTURE_THREADS          CPU threads per model call                  (default: one per core, shared out over the workers)
+    GESTURE_THREADS          CPU threads per model call                  (default: PyTorch's, one per core)
     GESTURE_GPUS             GPUs to serve on, one worker each           (default: every visible GPU; 0 on CPU)
     GESTURE_WORKERS          worker processes when serving on the CPU    (default 1)
     GESTURE_MAX_CONCURRENCY  requests in progress at once, per service   (default 128; more get 429)
@@ -33,7 +33,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import bentoml
-import torch
 from bentoml.exceptions import BentoMLException
 
 from gesture_core.engines import EngineUnavailableError, resolve_engine
@@ -111,20 +110,9 @@ class Settings:
         CUDA_VISIBLE_DEVICES) and leaves the choice to the service, as its workers guide does: worker i
         takes GPU i - 1, where plain "cuda" would put every worker on GPU 0. With more GPUs asked for
         than there are (a warning at start-up), the extra workers share them instead of failing."""
-        if not self.gpus:
-            return self.cpu_worker_runtime()
-        if worker_index is None or visible < 1:
+        if not self.gpus or worker_index is None or visible < 1:
             return self.runtime
         return replace(self.runtime, device=f"cuda:{(worker_index - 1) % min(self.gpus, visible)}")
-
-    def cpu_worker_runtime(self) -> Runtime:
-        """A CPU worker's runtime. GESTURE_THREADS unset, the workers share PyTorch's threads (one per core,
-        or OMP_NUM_THREADS) out between them, as TorchServe shares the cores out over its workers: with one
-        thread per core each, N workers ran N times the threads the cores hold, and two processes of two
-        threads on two cores ran six times slower than one thread each (docs/training.md, "On a shared machine")."""
-        if self.runtime.threads or self.cpu_workers == 1:
-            return self.runtime
-        return replace(self.runtime, threads=max(1, torch.get_num_threads() // self.cpu_workers))
 
     @property
     def body_memory_bytes(self) -> int:

@@ -550,13 +550,7 @@ def test_settings_defaults_and_scale_out():
     assert gpus.workers == 4 and gpus.resources() == {"gpu": 4}  # one worker per GPU
     # BentoML shows each worker all 4 GPUs: worker i (from 1) loads the model on GPU i - 1, not all on GPU 0
     assert [gpus.runtime_for_worker(i, visible=4).device for i in (1, 2, 4)] == ["cuda:0", "cuda:1", "cuda:3"]
-    assert gpus.runtime_for_worker(None, visible=4) == gpus.runtime
-    # CPU workers share the cores out (3 workers of PyTorch's threads each ran 3 times the threads the cores hold)
-    assert cpu.runtime_for_worker(2, visible=0) == replace(cpu.runtime, threads=max(1, torch.get_num_threads() // 3))
-    one = Settings.from_env({"GESTURE_DEVICE": "cpu"})
-    assert one.runtime_for_worker(1, visible=0) == one.runtime and one.runtime.threads is None  # one worker: PyTorch's own
-    chosen = Settings.from_env({"GESTURE_DEVICE": "cpu", "GESTURE_WORKERS": "3", "GESTURE_THREADS": "2"})
-    assert chosen.runtime_for_worker(3, visible=0).threads == 2  # the deployer's choice wins
+    assert gpus.runtime_for_worker(None, visible=4) == gpus.runtime and cpu.runtime_for_worker(2, visible=0) == cpu.runtime
     # 4 asked for, 2 there (warned at start-up): workers 3 and 4 share them, where cuda:2 would fail to load
     assert [gpus.runtime_for_worker(i, visible=2).device for i in (1, 2, 3, 4)] == ["cuda:0", "cuda:1", "cuda:0", "cuda:1"]
     with pytest.raises(SettingsError, match="GESTURE_GPUS=2 with GESTURE_DEVICE=cpu"):

@@ -120,13 +120,11 @@ def test_concurrent_clients_share_model_calls_on_predict(http, server):
 
 def test_shutdown_stops_the_model_thread_cleanly_and_start_up_warns_once(home, model_tag, tmp_path):
     """Two workers and a misspelt setting: the warning is said once, by the process that starts them
-    (each worker imports the service too, and said it again). The two share the cores out."""
+    (each worker imports the service too, and said it again)."""
     env = {"GESTURE_WORKERS": "2", "GESTURE_BATCHSIZE": "8"}
     with serve_process(bentoml_home=home, log_path=tmp_path / "serve.log", env=env) as running:
         image = sample_images(include_large=False)[0][1]
         assert httpx.post(f"{running.url}/predict", files={"image": ("x.jpg", image)}, timeout=60).status_code == 200
-        threads = httpx.post(f"{running.url}/info", timeout=60).json()["settings"]["threads"]
-        assert threads is not None and 1 <= threads <= max(1, (os.cpu_count() or 1) // 2), threads  # not one per core each
     assert running.process.returncode is not None
     assert "Traceback" not in running.log(), running.log()[-3000:]
     assert "model threads stopped: 1 images in 1 model calls" in running.log(), running.log()[-3000:]
