@@ -17,13 +17,15 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 def _share_the_cores() -> None:
     """Each process of a parallel run (pytest -n N) gets its share of the cores for PyTorch's threads
-    (OMP_NUM_THREADS, which the servers and commands it starts inherit), as torchrun gives its processes
-    one thread each. With PyTorch's default of one thread per core, ``pytest -n 2`` on 2 cores ran four
-    threads on two, and two fine-tunes at once took six times as long as with one thread each
-    (docs/training.md, "On a shared machine"). A variable the developer set wins."""
+    (OMP_NUM_THREADS, which the servers and commands it starts inherit), as torchrun, too, lowers its
+    processes' threads. With PyTorch's default of one thread per core, ``pytest -n 2`` on 2 cores ran four
+    threads on two, and two fine-tunes at once took about seven times as long as with one thread each
+    (docs/training.md, "On a shared machine"). A variable the developer set wins. (The engines' tests
+    raise it again where a path needs several threads: tests/test_engines.py.)"""
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)  # none on macOS
     if workers > 1:
-        os.environ.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)) // workers)))
+        os.environ.setdefault("OMP_NUM_THREADS", str(max(1, cores // workers)))
 
 
 _share_the_cores()  # before torch is imported, which reads the variable once

@@ -40,6 +40,17 @@ def engine_cache(tmp_path_factory):
         yield path
 
 
+@pytest.fixture(autouse=True)
+def two_threads_at_least():
+    """The engines as a 2-core machine builds them. tests/conftest.py gives each process of ``pytest -n 2`` one
+    thread on 2 cores, and OpenVINO, which takes PyTorch's thread count, then compiles one stream and never
+    splits a batch into requests, the path several of these tests are for."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(2, before))
+    yield
+    torch.set_num_threads(before)
+
+
 def require(engine: str, precision: str = "fp32") -> None:
     if not engine_installed(engine):
         pytest.skip(f"engine {engine} is not installed (pip install 'gesture-service[speed]')")
@@ -101,6 +112,7 @@ def test_openvino_splits_a_batch_into_small_requests_shared_evenly_by_the_stream
     require("openvino")
     engine = load_classifier(random_head_checkpoint, "cpu", engine="openvino").engine
     most = engine.IMAGES_PER_REQUEST
+    assert engine.streams >= 2  # with one stream, nothing is split
     for images in range(2, 50):
         count = engine._request_count(images)
         sizes = [len(chunk) for chunk in np.array_split(np.arange(images), count)]
