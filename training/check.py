@@ -261,7 +261,7 @@ def _neighbour_twins(infos: list[ImageInfo], layout: str) -> dict:
 
 def _default_split_findings(infos: list[ImageInfo], per_split: dict[str, dict[str, int]], layout: str) -> tuple[str | None, list[str]]:
     """(why training with no flags stops at its split (training.data's grouped split, --group-by auto), or None; what
-    it warns of there, in its words). Check said "OK to train" on captures of two sessions in a class, which training
+    it warns of there: the split's warnings in its words, and its threshold warning by its rule). Check said "OK to train" on captures of two sessions in a class, which training
     then refused, and said nothing of one session a class or too few photos for a threshold, which training warns of."""
     if layout == "presplit" and "val" in per_split:  # its folders are the split
         return None, _threshold_warnings(per_split["val"])
