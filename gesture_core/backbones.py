@@ -71,9 +71,9 @@ class Backbone:
 
 def _torchvision(name: str, heads: tuple[str, ...] = ("fc",), aux_weight: float = 0.0, depthwise: bool = False,
                  min_input_size: int = MIN_INPUT_SIZE, aux_min_input_size: int = MIN_INPUT_SIZE, **kwargs) -> Backbone:
-    import torchvision
-
     def builder(num_classes: int, aux: bool, in_chans: int) -> nn.Module:
+        import torchvision  # here, not at the registry's import: it takes about 2 s, and --help, check or capture never build a model
+
         _require_rgb(name, in_chans)
         extra = dict(kwargs)
         if aux_weight:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import urllib.error
 
 import pytest
@@ -24,6 +26,15 @@ REQUIRED = [
 
 def test_registry_has_every_required_backbone():
     assert set(REQUIRED) <= set(list_backbones())
+
+
+def test_commands_that_build_no_model_leave_torchvision_and_timm_unimported():
+    """Importing torchvision (and timm, which imports it) took about 2 s of every command's start,
+    ``--help`` included, when the registry imported it to list its backbones; a builder imports it."""
+    modules = ["gesture_core", "training.check", "training.prepare", "training.finetune", "service.webcam.capture"]
+    script = f"import importlib, sys; [importlib.import_module(m) for m in {modules!r}]; print(sorted({{'torchvision', 'timm'}} & set(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
+    assert done.stdout.strip() == "[]"
 
 
 @pytest.mark.parametrize("name", REQUIRED)
