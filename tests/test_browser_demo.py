@@ -24,8 +24,11 @@ import numpy as np
 import pytest
 
 from benchmarks.server_process import REPO, RunningServer, ServerStartError, serve_process
+from gesture_core.preprocess import ASPECT_MISMATCH
 from service.browser_demo import PAGE_DIR
 from service.settings import SettingsError, cors_origins
+from service.webcam.overlay import DEFAULT_ROI
+from service.webcam.scoring import REMOTE_JPEG_QUALITY, UNCALIBRATED_WEBCAM_THRESHOLD
 from tests.chromium import Chromium, find_chromium, write_y4m
 from tests.hand_scenes import (
     HAND_CLASSES,
@@ -55,6 +58,16 @@ def test_page_loads_nothing_from_elsewhere():
     assert sorted(references) == ["demo.css", "demo.js"]
     assert all((PAGE_DIR / name).is_file() for name in references)
     assert "url(" not in (PAGE_DIR / "demo.css").read_text() and "import " not in (PAGE_DIR / "demo.js").read_text()
+
+
+def test_the_page_shares_the_opencv_demo_s_constants():
+    """demo.js cannot import Python, so each constant it shares with the OpenCV demo is compared here:
+    changing one side alone fails (the page's box, JPEG quality, fallback threshold and frame-shape note)."""
+    js = (PAGE_DIR / "demo.js").read_text()
+    shared = {"DEFAULT_ROI": DEFAULT_ROI, "JPEG_QUALITY": REMOTE_JPEG_QUALITY / 100,
+              "UNCALIBRATED_THRESHOLD": UNCALIBRATED_WEBCAM_THRESHOLD, "ASPECT_MISMATCH": ASPECT_MISMATCH}
+    in_page = {name: float(value) for name, value in re.findall(r"^const ([A-Z_]+) = ([0-9.]+);", js, re.MULTILINE)}
+    assert {name: in_page.get(name) for name in shared} == shared
 
 
 def test_cors_origins_setting():

@@ -50,6 +50,7 @@ from gesture_core.videos import frame_step
 from service.webcam.demo import display_problem
 from service.webcam.grabber import ended_early
 from service.webcam.overlay import (
+    DEFAULT_ROI,
     centred_roi,  # the webcam demo's box: captured crops match what it classifies
     drawable,
 )
@@ -65,7 +66,6 @@ from service.webcam.sources import (
 )
 
 MAX_KEYED_CLASSES = 9
-DEFAULT_ROI = 0.6  # the webcam demo's default --roi
 COUNTDOWN_S = 3.0
 NONE_TIP = ("tip: record a 'none' class too (key n: a 3-second countdown, then a burst): the empty scene, hands at rest or "
             "passing by, half-made signs and signs you do not train, other people. Training calibrates the 'no gesture' "

@@ -47,7 +47,7 @@ from gesture_core.cli import (
 from gesture_core.runtime import Runtime, add_runtime_arguments
 from gesture_core.videos import TIMESTAMP_JUMP_S
 from service.webcam.grabber import Frame, FrameGrabber
-from service.webcam.overlay import OverlayInfo, centred_roi, render
+from service.webcam.overlay import DEFAULT_ROI, OverlayInfo, centred_roi, render
 from service.webcam.recorder import VideoRecorder
 from service.webcam.scoring import (
     FrameRefused,
@@ -623,8 +623,8 @@ def build_parser() -> argparse.ArgumentParser:
     scorer.add_argument("--url", type=url_arg, help="ask the HTTP service instead, e.g. http://127.0.0.1:3000")
     p.add_argument("--timeout", type=_number(float, 0.0, 3600.0, low_open=True), default=2.0, help="remote mode: seconds to wait for an answer (at most an hour)")
     p.add_argument("--realtime", action="store_true", help="files: play at the file's fps and drop frames inference cannot keep up with (default: every frame, as fast as possible)")
-    p.add_argument("--roi", type=_number(float, 0.0, 1.0, low_open=True), nargs="?", const=0.6, default=None, metavar="FRACTION",
-                   help="classify only a centred square box of FRACTION of the shorter side (0.6 if given without a value)")
+    p.add_argument("--roi", type=_number(float, 0.0, 1.0, low_open=True), nargs="?", const=DEFAULT_ROI, default=None, metavar="FRACTION",
+                   help=f"classify only a centred square box of FRACTION of the shorter side ({DEFAULT_ROI} if given without a value)")
     p.add_argument("--mirror", action=argparse.BooleanOptionalAction, default=None, help="mirror the preview (default: on for cameras)")
     p.add_argument("--smooth", type=_number(int, 1, MAX_SMOOTH), default=None, metavar="N",
                    help=f"smooth over the last N frames (default: {DEFAULT_SMOOTH}; 1, each image on its own, for a folder or glob of photos)")

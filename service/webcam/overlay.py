@@ -37,6 +37,9 @@ class OverlayInfo:
     hands: tuple[HandResult, ...] = ()  # hand-crop models: a box and a label each
 
 
+DEFAULT_ROI = 0.6  # a bare --roi, in the webcam demo and capture alike (and the browser demo's demo.js)
+
+
 def centred_roi(shape: tuple[int, ...], fraction: float) -> tuple[int, int, int, int]:
     """A centred square whose side is ``fraction`` of the frame's shorter side; a ValueError where that is under
     TINY_SIDE: --roi 0.001 classified a single pixel, and capture saved 1x1 JPEGs that training then skipped."""

@@ -34,6 +34,7 @@ from gesture_core.runtime import Runtime
 
 # What the webcam showed as "no gesture" before thresholds were calibrated; checkpoints from then keep it.
 UNCALIBRATED_WEBCAM_THRESHOLD = 0.5
+REMOTE_JPEG_QUALITY = 90  # the frames remote mode sends (the browser demo's demo.js sends its own at the same quality)
 
 
 class Scores(dict[str, float]):
@@ -192,7 +193,7 @@ REMOTE_TOP_K = 1000
 class RemoteScorer:
     """POSTs each frame as JPEG (multipart field ``image``) to ``URL/predict`` over one kept-alive connection."""
 
-    def __init__(self, url: str, *, timeout: float = 2.0, jpeg_quality: int = 90):
+    def __init__(self, url: str, *, timeout: float = 2.0, jpeg_quality: int = REMOTE_JPEG_QUALITY):
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"--url {url!r}: expected http://HOST:PORT or https://HOST:PORT (e.g. http://127.0.0.1:3000)")
