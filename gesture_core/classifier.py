@@ -218,6 +218,14 @@ class Classifier:
         size = self.data_config.input_size
         return np.zeros((size, size, 3), np.uint8)
 
+    def decode(self, image: ImageSource, *, bgr: bool = False, **read_kwargs: Any) -> np.ndarray:
+        """The RGB pixels ``predict`` reads of ``image``: a whole-image model's at reduced size (a large JPEG by its
+        decoder, anything else by averaging), a hands-mode model's whole (``find_hands``). A caller that decodes a
+        file itself (the webcam's photos) uses this, so that the file scores as ``predict`` scores it."""
+        if self.hands_mode:
+            return read_rgb(bgr_to_rgb(image) if bgr else image, **read_kwargs)
+        return self.preprocess.read(bgr_to_rgb(image) if bgr else image, **read_kwargs)
+
     def crop(self, image: ImageSource, *, bgr: bool = False, **read_kwargs: Any) -> np.ndarray:
         """One image -> its uint8 ``input_size``² crop (decode, then the model's geometry: centre crop, letterbox or
         resize, from its data config; CPU only).
@@ -226,7 +234,7 @@ class Classifier:
         Raises ``ImageDecodeError`` with a user-facing reason, and ValueError for a hands-mode model,
         which takes one crop per hand: ``find_hands`` then ``hand_crops``."""
         self._require_whole_image_model("crop(image)")
-        crop = self.preprocess.crop(self.preprocess.read(bgr_to_rgb(image) if bgr else image, **read_kwargs))
+        crop = self.preprocess.crop(self.decode(image, bgr=bgr, **read_kwargs))
         # an image already at the input size comes back as itself: a copy, so that a frame buffer the caller fills
         # again before classify (a camera's) does not change the answer
         return crop.copy() if isinstance(image, np.ndarray) and np.may_share_memory(crop, image) else crop

@@ -14,7 +14,7 @@ import torch
 from gesture_core import ClassScores, load_checkpoint, load_classifier, resolve_device
 from gesture_core.checkpoint import CheckpointError
 from gesture_core.classifier import decode_probs
-from gesture_core.images import ImageDecodeError
+from gesture_core.images import ImageDecodeError, read_rgb
 from tests.helpers import REPO, synthetic_image, write_rgb
 
 
@@ -149,6 +149,17 @@ def test_predict_proba_takes_opencv_frames_as_predict_does(classifier, image):
     frames = [image[:, :, ::-1].copy(), synthetic_image(5, seed=3, size=160)[:, :, ::-1].copy()]
     np.testing.assert_allclose(classifier.predict_proba(frames, bgr=True), classifier.predict_proba([f[:, :, ::-1] for f in frames]), atol=1e-6)
     assert classifier.predict(frames[0], bgr=True) == classifier.predict(image)
+
+
+def test_decode_gives_the_pixels_predict_reads_of_a_large_jpeg(classifier, tmp_path):
+    """A large JPEG is read reduced by its decoder; the same file read whole and averaged down is other pixels, so a
+    caller that decodes files itself (the webcam's photos) got other answers than predict's, until it used decode."""
+    path = tmp_path / "large.jpg"
+    cv2.imwrite(str(path), cv2.resize(synthetic_image(4, seed=5, size=160), (1280, 960)), [cv2.IMWRITE_JPEG_QUALITY, 95])
+    decoded = classifier.decode(path)
+    assert decoded.shape[0] < 960 and np.array_equal(classifier.crop(decoded), classifier.crop(path))
+    assert classifier.predict(decoded) == classifier.predict(path)
+    assert not np.array_equal(classifier.crop(read_rgb(path)), classifier.crop(path))  # why decode is needed
 
 
 def test_a_float_image_a_jitter_took_past_1_is_still_0_to_1_and_a_normalised_one_is_refused(classifier, image):

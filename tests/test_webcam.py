@@ -1085,8 +1085,12 @@ def test_images_reach_the_model_as_predict_decodes_them(tmp_path, sign_digits, r
     exif = Image.Exif()
     exif[0x0112] = 6  # stored turned a quarter to the left: a viewer turns it back a quarter to the right
     photo.transpose(Image.Transpose.ROTATE_90).save(tmp_path / "rotated.jpg", exif=exif, quality=95)
+    # a JPEG large enough for its decoder to reduce it: the webcam read it whole and averaged it down, and its score
+    # differed from predict's (a photo near the line between two classes got another label)
+    photo.resize((1280, 960)).save(tmp_path / "large.jpg", quality=95)
     classifier = load_classifier(random_head_checkpoint, device="cpu", engine="torch")
-    for source, files in [(frames / "%03d.png", sorted(frames.iterdir())), (tmp_path / "rotated.jpg", [tmp_path / "rotated.jpg"])]:
+    photos = [(tmp_path / name, [tmp_path / name]) for name in ("rotated.jpg", "large.jpg")]
+    for source, files in [(frames / "%03d.png", sorted(frames.iterdir())), *photos]:
         jsonl = tmp_path / f"{Path(source).stem}.jsonl"
         logged = []
         code = main(["--checkpoint", str(random_head_checkpoint), "--source", str(source), "--headless", "--engine", "torch",

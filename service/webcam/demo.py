@@ -62,7 +62,7 @@ from service.webcam.scoring import (
     decision_rule,
     default_threads,
 )
-from service.webcam.sources import SourceError, describe_source, is_live, open_source, parse_source, separate_photos
+from service.webcam.sources import ImageFiles, SourceError, describe_source, is_live, open_source, parse_source, separate_photos
 
 EXIT_OK, EXIT_SOURCE_LOST, EXIT_USAGE, EXIT_OUTAGE = 0, 1, 2, 3
 RETRY_AFTER_S = 1.0  # during an outage, ask the server again this often; frames keep flowing meanwhile
@@ -654,6 +654,8 @@ def make_scorer(args: argparse.Namespace, stream: Stream) -> Scorer:
         return RemoteScorer(args.url, timeout=args.timeout)
     scorer = LocalScorer.load(str(args.checkpoint), Runtime.from_args(args), track_hands=not stream.photos)
     warn_if_training_state(args.checkpoint, scorer.classifier.checkpoint_meta)
+    if isinstance(stream.capture, ImageFiles):  # each photo then scores as predict(file) scores it, a large JPEG included
+        stream.capture.decode = scorer.classifier.decode
     return scorer
 
 

@@ -39,7 +39,7 @@ from __future__ import annotations
 import glob
 import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -172,6 +172,8 @@ class ImageFiles:
 
     def __init__(self, paths: list[Path], left_out: list[str] | None = None):
         self.paths, self.next, self.skipped, self.left_out = paths, 0, [], left_out or []
+        # a local model's Classifier.decode: a large JPEG read whole, then averaged down, scored apart from predict(file)
+        self.decode: Callable[[Path], np.ndarray] = read_rgb
         self.too_large = False  # the last file skipped declares more pixels than are read
         self.last_path: str | None = None  # the file of the frame ``read`` gave last
 
@@ -182,7 +184,7 @@ class ImageFiles:
         while self.next < len(self.paths):
             path, self.next = self.paths[self.next], self.next + 1
             try:
-                frame = cv2.cvtColor(read_rgb(path), cv2.COLOR_RGB2BGR)
+                frame = cv2.cvtColor(self.decode(path), cv2.COLOR_RGB2BGR)
             except ImageDecodeError as err:
                 self.skipped.append(str(err))
                 self.too_large = isinstance(err, ImageTooLarge)
