@@ -55,10 +55,13 @@ def unfinished_recording(path: str | os.PathLike, most_boxes: int = 1000) -> str
 def ended_early(declared: int, read: int) -> str | None:
     """"ended after READ of the DECLARED frames it declares: ..." for a file whose container declares more
     frames than could be read (cut short, or a corrupt frame); containers may round their count, so a
-    frame or 5% short is not reported (None)."""
+    frame or 5% short is not reported (None). Which frames were lost is not known: OpenCV stops at a
+    corrupt frame of an MP4, and skips one of an AVI (MJPG) and reads on, counting its times from the
+    frames it read."""
     if declared - read < max(2, 0.05 * declared):
         return None
-    return f"ended after {read} of the {declared} frames it declares: the rest does not decode (a truncated or corrupt file?)"
+    return (f"ended after {read} of the {declared} frames it declares: {declared - read} do not decode "
+            "(the file cut short, or corrupt frames skipped)")
 
 
 def frame_step(fps: float, every: int = VIDEO_FRAME_EVERY) -> int:

@@ -505,7 +505,7 @@ def test_a_dataset_of_recordings_trains_on_their_frames_each_recording_in_one_sp
     said = capsys.readouterr().err
     broken = ("2 video(s) gave no frames: point_left/broken.mp4: the file is not a video OpenCV/FFmpeg can decode (try re-encoding it as "
               "H.264 .mp4 or MJPG .avi); point_left/empty.mp4: an empty file (0 bytes); "
-              "1 video(s) gave part of their frames: point_right/cut.avi ended after 29 of the 60 frames it declares: the rest does not decode")
+              "1 video(s) gave part of their frames: point_right/cut.avi ended after 29 of the 60 frames it declares: 31 do not decode (the file cut short, or corrupt frames skipped)")
     assert f"takes: 36 frames of 11 video(s) saved into datasets/takes-frames; {broken}" in said
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.jpg"))[:3] == [
         "point_left/take1/000000.jpg", "point_left/take1/000005.jpg", "point_left/take1/000010.jpg"]  # frames 0, 5, 10 of 12

@@ -534,24 +534,30 @@ def test_bad_source_is_a_clear_error(tmp_path, monkeypatch, source, message, ran
 
 
 def test_a_file_cut_short_and_a_sequence_with_a_bad_frame_say_what_was_not_read(tmp_path, sign_digits, random_head_checkpoint):
-    """Both play what decodes and end with exit code 0; the warning says what was never seen (the rest
-    of the video, as OpenCV stops there; the one image that does not decode)."""
+    """Each plays what decodes and ends with exit code 0; the warning says what was never seen (the frames that do
+    not decode, where OpenCV stops or skips them; the one image that does not decode)."""
     photos = sorted((sign_digits / "1").iterdir())[:6]
     whole = write_video(tmp_path / "whole.avi", photos, 30, fourcc="MJPG").read_bytes()
     (tmp_path / "cut.avi").write_bytes(whole[: len(whole) // 2])
+    damaged = bytearray(whole)  # OpenCV skips an AVI's corrupt frames and reads on: it was said to have stopped there
+    damaged[len(whole) * 2 // 5: len(whole) // 2] = bytes(len(whole) // 2 - len(whole) * 2 // 5)
+    (tmp_path / "damaged.avi").write_bytes(damaged)
     (tmp_path / "frames").mkdir()
     for i, photo in enumerate(photos):
         (tmp_path / "frames" / f"{i:03d}.jpg").write_bytes(photo.read_bytes() if i != 2 else b"not a jpeg")
     (tmp_path / "frames" / "notes.jpg").write_bytes(b"not numbered: not part of the sequence")
     runs = {}
-    for name, source, extra in [("whole", tmp_path / "whole.avi", []), ("cut", tmp_path / "cut.avi", []),
+    for name, source, extra in [("whole", tmp_path / "whole.avi", []), ("cut", tmp_path / "cut.avi", []), ("damaged", tmp_path / "damaged.avi", []),
                                 ("frames", tmp_path / "frames" / "%03d.jpg", []), ("first frames", tmp_path / "cut.avi", ["--max-frames", "3"])]:
         logged = []
         code = main(["--checkpoint", str(random_head_checkpoint), "--source", str(source), "--headless", *extra], log=logged.append)
         runs[name] = (code, [line for line in logged if line.startswith("warning: ")])
     assert runs["whole"] == (0, []) and runs["first frames"] == (0, [])  # stopped by --max-frames: nothing to warn about
     code, [warning] = runs["cut"]
-    assert code == 0 and re.search(r"cut.avi ended after \d+ of the 30 frames it declares: the rest does not decode", warning)
+    assert code == 0 and re.search(r"cut.avi ended after (\d+) of the 30 frames it declares: (\d+) do not decode \(the file cut short, or "
+                                   r"corrupt frames skipped\); frames after a skipped one are timed early", warning), warning
+    code, [warning] = runs["damaged"]
+    assert code == 0 and "damaged.avi ended after" in warning and "corrupt frames skipped" in warning, warning
     code, [warning] = runs["frames"]  # OpenCV's reader stopped at the bad file: 2 of the 6 were read, with a warning
     assert code == 0 and re.search(r"frames/%03d.jpg: skipped 1 of its 6 files, which do not decode: .*002.jpg", warning), warning
 

@@ -123,6 +123,8 @@ class FrameGrabber:
             if not ok or image is None:
                 if not self._live:
                     self.warning = ended_early(self._capture, self.read_count, self._description)
+                    if self.warning and self._video_file:  # OpenCV times the frames after a skipped one by the frames read
+                        self.warning += "; frames after a skipped one are timed early by its length (position_s, --output)"
                     return  # end of file
                 failing_since = failing_since or now
                 if now - failing_since >= self._lost_after_s:
@@ -155,8 +157,8 @@ class FrameGrabber:
 
 
 def ended_early(capture: cv2.VideoCapture | ImageFiles, frames_read: int, description: str) -> str | None:
-    """A file whose container declares more frames than could be read: the rest does not decode (the
-    file was cut short, or a frame is corrupt), which the summary alone would not show. Containers may
+    """A file whose container declares more frames than could be read: some do not decode (the file
+    was cut short, or frames are corrupt), which the summary alone would not show. Containers may
     round their count, so a frame or 5% short is not reported. Images: the files that did not decode."""
     if isinstance(capture, ImageFiles):
         return capture.skipped_note(description)
