@@ -533,6 +533,20 @@ def test_bad_source_is_a_clear_error(tmp_path, monkeypatch, source, message, ran
     assert logged[-1].startswith("error: ") and message in logged[-1], logged
 
 
+def test_a_no_gesture_line_names_the_class_its_score_belongs_to(tmp_path, sign_digits, random_head_checkpoint):
+    """``"label": null, "score": 0.99`` read as a sure "no gesture" with no class named: the score is the top class's
+    probability, and ``top_class`` names it, as training.evaluate's predictions.csv does."""
+    photos = sorted((sign_digits / "4").iterdir())[:3]
+    jsonl = tmp_path / "p.jsonl"
+    code = main(["--checkpoint", str(random_head_checkpoint), "--source", str(photos[0].parent / "*.JPG"), "--max-frames", "3",
+                 "--headless", "--engine", "torch", "--threshold", "1", "--jsonl", str(jsonl)], log=lambda m: None)  # fmt: skip
+    classifier = load_classifier(random_head_checkpoint, device="cpu", engine="torch")
+    lines = read_jsonl(jsonl)
+    expected = [classifier.predict(line["file"], threshold=0) for line in lines]
+    assert code == EXIT_OK and len(lines) == 3 and all(line["label"] is None for line in lines)
+    assert [(line["top_class"], line["raw_top_class"]) for line in lines] == [(p.label, p.label) for p in expected]
+
+
 def test_a_file_cut_short_and_a_sequence_with_a_bad_frame_say_what_was_not_read(tmp_path, sign_digits, random_head_checkpoint):
     """Each plays what decodes and ends with exit code 0; the warning says what was never seen (the frames that do
     not decode, where OpenCV stops or skips them; the one image that does not decode)."""

@@ -131,6 +131,12 @@ def naming_the_file(path: Path | None) -> Iterator[None]:
         raise OSError(err.errno, err.strerror or str(err), str(path)) from None
 
 
+def top_class_of(prediction: Prediction | None) -> str | None:
+    """The most probable class, as training.evaluate's predictions.csv names it: ``label``, or the class a "no gesture"
+    (label None) was most sure of, a reject class or a gesture below the threshold."""
+    return prediction.top_k[0][0] if prediction and prediction.top_k else None
+
+
 def gesture_score_of(prediction: Prediction | None) -> float | None:
     """The gesture score a prediction's label was decided on (None: its ``score``, or no prediction)."""
     return None if prediction is None or prediction.gesture_score is None else round(prediction.gesture_score, 5)
@@ -155,10 +161,12 @@ class FrameResult:
             "index": self.index,
             "timestamp": round(self.timestamp, 4),
             "label": p.label if p else None,
+            "top_class": top_class_of(p),  # whose probability score is, also when label is null (no gesture)
             "score": round(p.score, 5) if p else None,
             "gesture_score": gesture_score_of(p),  # what --threshold applies to, as the service's answer has it
             "latency_ms": round(self.latency_ms, 2) if self.latency_ms is not None else None,
             "raw_label": self.raw.label if self.raw else None,
+            "raw_top_class": top_class_of(self.raw),
             "raw_score": round(self.raw.score, 5) if self.raw else None,
             "raw_gesture_score": gesture_score_of(self.raw),
         }
