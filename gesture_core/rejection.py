@@ -183,9 +183,10 @@ class Rejection:
         over 0-1). None where the threshold applies to the top probability, or is the model's own."""
         if override is None or self.score == "max_softmax" or not self.calibrated or override == self.threshold:
             return None
+        turned_away = (f"it turns away about {override:.0%} or more of gestures like those" if override > 0 else
+                       "0 turns nothing away by its score (only a reject class's predictions say no gesture)")
         return (f"--threshold {override:g} applies to this model's gesture score, a rank among its validation gestures "
-                f"({self.score}): it turns away about {override:.0%} or more of gestures like those; the calibrated "
-                f"threshold is {self.threshold:.4f}")
+                f"({self.score}): {turned_away}; the calibrated threshold is {self.threshold:.4f}")
 
     def probabilities_and_gestures(self, logits: np.ndarray, features: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
         """(the calibrated probabilities (N, classes), the gesture scores (N,), or None for max_softmax,

@@ -116,6 +116,7 @@ def test_a_threshold_of_ones_own_on_a_rank_says_what_it_turns_away():
     note = rank.override_note(0.5)
     assert note.startswith("--threshold 0.5 applies to this model's gesture score, a rank among its validation gestures (energy)")
     assert "about 50% or more of gestures like those; the calibrated threshold is 0.0090" in note
+    assert "0 turns nothing away by its score (only a reject class's predictions say no gesture)" in rank.override_note(0)  # not "about 0% or more"
     assert rank.override_note(None) is None and rank.override_note(0.009) is None
     assert Rejection(threshold=0.5, calibrated=True).override_note(0.7) is None  # max_softmax: a probability, as one expects
 
