@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import re
+import signal
 import stat
 import unicodedata
 import warnings
@@ -39,6 +40,7 @@ from gesture_core.images import (
     read_image_file,
     unsupported_format,
 )
+from gesture_core.interrupts import STOP_SIGNALS
 from training.duplicates import copies_warnings, identical_sets, keep_copies_together
 from training.grouping import DatasetError, assign_groups, grouped_split
 
@@ -682,6 +684,15 @@ class SeededSampler(Sampler):
         return iter((i, index_seed(self.seed, self.epoch, i)) for i in order)
 
 
+def leave_stop_signals_to_the_main_process(worker_id: int) -> None:
+    """A data-loading worker ignores SIGTERM and SIGHUP. ``timeout``, systemd and ``kill -- -PGID`` signal the whole
+    process group: the workers died of it first, and the main process reported "DataLoader worker killed by signal:
+    Terminated: most likely out of memory" (or a traceback) instead of stopping as it does on SIGTERM. The main
+    process stops them as at every end; the kernel's out-of-memory killer sends SIGKILL, which no process ignores."""
+    for stop in STOP_SIGNALS:
+        signal.signal(stop, signal.SIG_IGN)
+
+
 def make_loader(dataset: ImageDataset, *, batch_size: int, workers: int, sampler: Sampler | None = None, pin_memory: bool = False, drop_last: bool = False) -> DataLoader:
     return DataLoader(
         dataset,
@@ -696,4 +707,5 @@ def make_loader(dataset: ImageDataset, *, batch_size: int, workers: int, sampler
         # once per process with persistent workers, so a resumed run's dropout drew differently. The
         # augmentation is seeded per sample (SeededSampler), not by the workers' seed.
         generator=torch.Generator().manual_seed(0),
+        worker_init_fn=leave_stop_signals_to_the_main_process,
     )
