@@ -150,3 +150,19 @@ def test_tta_all_on_a_whole_frame_model_runs_the_modes_that_apply(image_folder, 
     assert main(["--checkpoint", str(path), "--data", str(image_folder), "--tta", "all", "--workers", "0", "--out", str(out)]) == 0
     assert [r["tta"] for r in json.loads((out / "tta.json").read_text())] == ["none", "flip"]
     assert "the crop modes do not apply" in capsys.readouterr().out
+
+
+def test_a_model_trained_without_flips_gets_no_mirror_images(image_folder, tmp_path, capsys):
+    """--tta flip, 10crop and multiscale averaged each image with its mirror for a model of left/right classes, whose
+    flips training had turned off: a left-pointing hand was half read as a right-pointing one, with no word."""
+    path = tmp_path / "run" / "best.pt"
+    save_checkpoint(path, model=build_model("lenet5", 3, "none", in_chans=3), backbone="lenet5",
+                    classes=["fist", "palm", "peace"], data_config=CONFIG, train_config={"flip": "off"})  # as --flip auto stores it for left/right
+    out = tmp_path / "eval"
+    assert main(["--checkpoint", str(path), "--data", str(image_folder), "--tta", "all", "--workers", "0", "--out", str(out)]) == 0
+    assert [r["tta"] for r in json.loads((out / "tta.json").read_text())] == ["none", "5crop"]
+    assert "--tta all: none, 5crop (it was trained without flips (--flip off)" in capsys.readouterr().out
+    for mirroring in ("flip", "10crop", "multiscale"):
+        assert main(["--checkpoint", str(path), "--data", str(image_folder), "--tta", mirroring, "--workers", "0", "--out", str(out)]) == 2
+        assert capsys.readouterr().err.strip() == (f"error: --tta {mirroring}: it was trained without flips (--flip off): a mirror "
+                                                   "image may mean another class, left for right; choose none or 5crop")

@@ -241,6 +241,23 @@ def evaluate_samples(classifier: Classifier, samples: list[Sample], *, batch_siz
     return metrics, failed
 
 
+MIRRORING_TTA = ("flip", "10crop", "multiscale")  # each adds the mirror image of its views
+
+
+def tta_modes_for(classifier: Classifier) -> tuple[tuple[str, ...], str | None]:
+    """The TTA modes that suit the model, and why the others do not (None when all do): a whole-frame model takes no
+    crops; a model trained without flips (direction-sensitive classes: left is not right) takes no mirror images,
+    which averaged a left-pointing hand with a right-pointing one, in silence."""
+    modes, why = TTA_MODES, []
+    if classifier.data_config.crop != "center":
+        modes = tuple(m for m in modes if m in ("none", "flip"))
+        why.append(f"{classifier.backbone} sees whole frames ({classifier.data_config.crop}): the crop modes do not apply")
+    if classifier.train_config.get("flip") == "off":
+        modes = tuple(m for m in modes if m not in MIRRORING_TTA)
+        why.append("it was trained without flips (--flip off): a mirror image may mean another class, left for right")
+    return modes, "; ".join(why) or None
+
+
 def tta_table(classifier: Classifier, samples: list[Sample], modes=TTA_MODES, *, batch_size: int = 64, workers: int = 2) -> tuple[list[dict[str, Any]], dict[str, tuple[dict[str, Any], list[str]]]]:
     """(one row per TTA mode: views per image (the cost multiplier), top-1/top-5, change vs no TTA, time;
     {mode: evaluate_samples result})."""
@@ -342,10 +359,12 @@ def main(argv: list[str] | None = None) -> int:
     source = data_source(data, args.split)
     if classifier.hands_mode:
         return evaluate_hands(classifier, samples, skipped + unknown_skipped, name, args, unknown, source)
+    modes, why_not = tta_modes_for(classifier)
+    if args.tta not in (*modes, "all"):
+        raise ValueError(f"--tta {args.tta}: {why_not}; choose {' or '.join(modes)}")
     if args.tta == "all":
-        modes = TTA_MODES if classifier.data_config.crop == "center" else ("none", "flip")
-        if modes != TTA_MODES:  # the other modes take crops, and this model sees whole frames
-            print(f"--tta all: none and flip ({classifier.backbone} sees whole frames, {classifier.data_config.crop}: the crop modes do not apply)")
+        if why_not:
+            print(f"--tta all: {', '.join(modes)} ({why_not})")
         rows, results = tta_table(classifier, samples, modes, batch_size=args.batch_size, workers=args.workers)
         (metrics, failed), outputs = results["none"], None
     elif single == "none":  # read once: the metrics and the "no gesture" report from the same outputs
