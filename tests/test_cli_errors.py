@@ -886,6 +886,22 @@ def test_evaluate_on_the_training_folder_warns_that_the_score_is_inflated(run, d
         assert evaluate_main(["--checkpoint", str(run), "--data", str(dataset), "--workers", "0", "--out", str(tmp_path / "eval")]) == 0
 
 
+def test_evaluate_of_the_runs_dataset_moved_counts_its_training_images_by_their_place(run, dataset, tmp_path):
+    """The run's dataset moved: evaluate's error advised --data FOLDER, and the moved folder was scored, its training
+    and validation images with the rest, without a word (the split's paths lead nowhere, so nothing matched)."""
+    moved = tmp_path / "run"
+    shutil.copytree(run, moved)
+    split = json.loads((moved / "split.json").read_text())
+    split["root"] = str(tmp_path / "gone")  # where the dataset was: --data is where it is now
+    (moved / "split.json").write_text(json.dumps(split))
+    with pytest.warns(UserWarning) as warned:
+        assert evaluate_main(["--checkpoint", str(moved), "--data", str(dataset), "--workers", "0", "--out", str(tmp_path / "eval")]) == 0
+    gone = f"found by their place in the run's dataset folder, {tmp_path / 'gone'}, gone since"
+    said = [str(w.message) for w in warned]
+    assert any(m.startswith(f"{len(split['train'])} of the 18 images evaluated are the run's training images") and gone in m for m in said), said
+    assert any(m.startswith(f"{len(split['val'])} of the 18 images evaluated are the run's validation images") for m in said), said
+
+
 def test_evaluate_counts_links_to_and_copies_of_the_runs_images_as_seen(run, tmp_path, capsys):
     """Only the paths were compared: a folder of links to training images, or of their copies, was scored as new
     images without a word, and validation images (which chose the epoch and the threshold) never counted."""

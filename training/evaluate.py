@@ -116,7 +116,8 @@ def select_samples(checkpoint: Path, classes: list[str], data: str | None, split
         others = ", ".join(f"--split {name} ({len(getattr(splits, name)):,} images)" for name in ("val", "test") if name != split and getattr(splits, name))
         raise DatasetError(f"the run's {split} split is empty ({split_file}; trained with --{split}-split 0?): pass "  # val or test: train never is
                            f"{others + ' or ' if others else ''}--data FOLDER")
-    check_split_readable(samples, split, split_file, "pass --data FOLDER to evaluate on the images where they are now")
+    check_split_readable(samples, split, split_file, f"put the dataset back at {splits.root} (or a link to it) to evaluate this split, "
+                         "or pass --data FOLDER to evaluate a folder (images the run trained on are counted in a warning)")
     return samples, [], split
 
 
@@ -148,7 +149,7 @@ def warn_if_trained_on(samples: list[Sample], checkpoint: Path) -> None:
     under another name, or a link to one): the model has seen them, so their score says little about new images.
     Only the paths were compared: a folder of links to, or copies of, training images was scored without a word."""
     seen = {name: len(keys) for name, keys in seen_by_the_run(samples, checkpoint, ("train", "val")).items()}
-    listed = f"({checkpoint.parent / 'split.json'} lists them)"
+    listed = f"({checkpoint.parent / 'split.json'} lists them{run_dataset_gone(checkpoint)})"
     if trained := seen.get("train"):
         warnings.warn(f"{trained:,} of the {len(samples):,} images evaluated are the run's training images, or copies of them "
                       f"{listed}: the score is inflated by them; evaluate images the run did not train on (without --data: its "
@@ -156,6 +157,15 @@ def warn_if_trained_on(samples: list[Sample], checkpoint: Path) -> None:
     if validated := seen.get("val"):
         warnings.warn(f"{validated:,} of the {len(samples):,} images evaluated are the run's validation images, or copies of them "
                       f"{listed}, which chose its best epoch and calibrated its threshold: the score is optimistic for them", stacklevel=2)
+
+
+def run_dataset_gone(checkpoint: Path) -> str:
+    """", found by their place in the run's dataset folder, ROOT, gone since" when it is gone; else ""."""
+    try:
+        root = Splits.load(checkpoint.parent / "split.json").root
+    except (OSError, DatasetError):
+        return ""
+    return "" if os.path.isdir(root) else f", found by their place in the run's dataset folder, {root}, gone since"
 
 
 def seen_by_the_run(samples: list[Sample], checkpoint: Path, names: tuple[str, ...]) -> dict[str, set[str]]:
@@ -169,8 +179,20 @@ def seen_by_the_run(samples: list[Sample], checkpoint: Path, names: tuple[str, .
     evaluated = file_keys(s.path for s in samples)
     seen = {name: file_keys(s.path for s in getattr(splits, name)) for name in names}
     copies = identical_sets(sorted(evaluated.union(*seen.values())))
-    return {name: (evaluated & keys) | {path for group in copies if keys.intersection(group) for path in group if path in evaluated}
-            for name, keys in seen.items()}
+    found = {name: (evaluated & keys) | {path for group in copies if keys.intersection(group) for path in group if path in evaluated}
+             for name, keys in seen.items()}
+    if not os.path.isdir(splits.root):  # the dataset moved: its files are nowhere to compare, but their places in it are
+        found = {name: keys | at_their_places(samples, getattr(splits, name), splits.root) for name, keys in found.items()}
+    return found
+
+
+def at_their_places(samples: list[Sample], split: list[Sample], root: str) -> set[str]:
+    """Which of ``samples`` (as ``file_keys``) lie where one of ``split`` lay inside its dataset folder ``root``, gone
+    since: class folder and file name ("fist/IMG_1.jpg", "train/fist/IMG_1.jpg"). Evaluating the moved dataset, as
+    the error for a gone folder advised, scored its training images without a word."""
+    places = {Path(os.path.relpath(s.path, root)).parts for s in split}
+    depths = {len(place) for place in places}
+    return file_keys(s.path for s in samples if any(Path(s.path).parts[-depth:] in places for depth in depths))
 
 
 def check_unknown(folder: str, unknown: list[Sample], classifier: Classifier, checkpoint: Path) -> None:
