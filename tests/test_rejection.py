@@ -467,9 +467,12 @@ def test_the_threshold_keeps_the_target_recall_on_new_images_not_just_on_validat
 
 def test_too_few_validation_gestures_for_the_target_keep_the_floor_and_say_so():
     correct = [0.5 + 0.4 * i / 60 for i in range(60)]  # 60 gestures: even losing none, (0 + 1) / 61 > 1%
-    with pytest.warns(UserWarning, match=r"60 validation gesture images are too few .* \(about 99 needed\)"):
+    with pytest.warns(UserWarning, match=r"60 validation gesture images are too few .* \(about 99 needed where it gets 100% of them right\): "
+                      r"no threshold, only predictions of none say no gesture; add"):
         rejection = calibrate(outputs_with_scores(correct, [0.3] * 10), ["fist", "palm", "none"], ["none"], target_recall=0.99, score="max_softmax")
     assert rejection.threshold == 0.0  # only predictions of 'none' are rejected
+    with pytest.warns(UserWarning, match="no threshold, with no reject class either, this model never says no gesture; add"):
+        calibrate(outputs_with_scores(correct, [0.3] * 10), ["fist", "palm", "none"], [], target_recall=0.99, score="max_softmax")
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # at 0.95, 60 are enough
         assert calibrate(outputs_with_scores(correct, [0.3] * 10), ["fist", "palm", "none"], ["none"], target_recall=0.95, score="max_softmax").threshold > 0.3

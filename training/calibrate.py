@@ -264,7 +264,7 @@ def calibrate(val: SplitOutputs, classes: Sequence[str], reject_classes: Sequenc
     """The Rejection (temperature, threshold on ``score``) that validation supports; uncalibrated without
     validation images. ``train``: the training split's outputs, for the feature scores' class means."""
     if len(val.targets) == 0:
-        warnings.warn("no validation images: the model keeps temperature 1 and the old default threshold", stacklevel=2)
+        warnings.warn(f"no validation images: the model keeps temperature 1 and no threshold: {without_threshold(reject_classes)}", stacklevel=2)
         return Rejection(tuple(reject_classes), rule="uncalibrated: no validation images")
     reject = [list(classes).index(c) for c in reject_classes]
     missing = [c for c, i in zip(reject_classes, reject, strict=True) if not (val.targets == i).any()]
@@ -280,7 +280,7 @@ def calibrate(val: SplitOutputs, classes: Sequence[str], reject_classes: Sequenc
             warnings.warn(f"{err}; the threshold applies to the calibrated top probability (max_softmax) instead", stacklevel=2)
             score = "max_softmax"
     outcome = Outcome.of(product_scores(val, unscored, reject), val, present)
-    warn_if_too_few_gestures(outcome, target_recall)
+    warn_if_too_few_gestures(outcome, target_recall, reject_classes)
     threshold, rule = choose_threshold(outcome, target_recall, floor=0.0)
     return replace(unscored, threshold=min(threshold, 1.0), calibrated=True, rule=rule if score == "max_softmax" else f"{score} score: {rule}")
 
@@ -315,16 +315,24 @@ def gestures_needed(target_recall: float, right: float = 1.0) -> int:
     return int(np.ceil(1 / ((1 - target_recall) * right))) - 1
 
 
-def warn_if_too_few_gestures(outcome: Outcome, target_recall: float) -> None:
+def without_threshold(reject_classes: Sequence[str]) -> str:
+    """What a model with no threshold says "no gesture" for: a reject class's predictions, or never. It read "only
+    reject-class predictions are rejected" for models that have no reject class, and so never say it."""
+    if reject_classes:
+        return f"only predictions of {some_of(list(reject_classes))} say no gesture"
+    return "with no reject class either, this model never says no gesture"
+
+
+def warn_if_too_few_gestures(outcome: Outcome, target_recall: float, reject_classes: Sequence[str] = ()) -> None:
     """Warn when validation has too few gesture images for any threshold to keep the target on new
-    images: then only predictions of a reject class are rejected."""
+    images: then only predictions of a reject class are rejected, and without one nothing is."""
     gestures = int(outcome.gesture.sum())
     right = outcome.correct_gesture.sum() / max(gestures, 1)
     if target_recall < 1 and right > 0 and not within_allowance(0, gestures, right, target_recall):  # at 1, the floor is what was asked
         needed = gestures_needed(target_recall, right)
         warnings.warn(f"{gestures} validation gesture images are too few to keep gesture recall >= {target_recall:g} x unthresholded "
-                      f"on new images (about {needed} needed): no threshold, only reject-class predictions are rejected; "
-                      "add validation images or lower --reject-target-recall", stacklevel=3)
+                      f"on new images (about {needed} needed where it gets {right:.0%} of them right): no threshold, "
+                      f"{without_threshold(reject_classes)}; add validation images or lower --reject-target-recall", stacklevel=3)
 
 
 def operating_point(outputs: SplitOutputs, rejection: Rejection, classes: Sequence[str], threshold: float | None = None) -> dict[str, Any]:

@@ -279,14 +279,16 @@ def _default_split_findings(infos: list[ImageInfo], per_split: dict[str, dict[st
 
 
 def _threshold_warnings(val_counts: dict[str, int]) -> list[str]:
-    """Training's "too few validation gesture images" warning, before training: with a "no gesture" class and fewer
-    validation gestures than a threshold needs, only that class's predictions say "no gesture"."""
+    """Training's "too few validation gesture images" warning, before training: with fewer validation gestures than a
+    threshold needs, only a "no gesture" class's predictions say "no gesture", and without one nothing does."""
     reject = find_reject_classes(list(val_counts))
     gestures = sum(n for cls, n in val_counts.items() if cls not in reject)
-    if not reject or gestures >= (needed := gestures_needed(DEFAULT_TARGET_RECALL)):
+    if gestures >= (needed := gestures_needed(DEFAULT_TARGET_RECALL)):
         return []
-    return [f"validation would hold {gestures} photos of gestures, too few for a \"no gesture\" threshold (about {needed} needed): "
-            f"only predictions of {some_of(reject)} will say \"no gesture\"; add photos"]
+    then = (f"only predictions of {some_of(reject)} will say \"no gesture\"; add photos" if reject else
+            "with no \"no gesture\" class either, the model will never say it; add photos, or a class named none")
+    return [f"validation would hold {gestures} photos of gestures, too few for a \"no gesture\" threshold (at least {needed} needed, "
+            f"more the more of them the model gets wrong): {then}"]
 
 
 def build_report(root: Path, *, decode: bool = True, workers: int = 2) -> dict:
