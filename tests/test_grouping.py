@@ -172,6 +172,9 @@ def test_invalid_regex_is_refused_by_the_parser(capsys):
     with pytest.raises(SystemExit) as stop:
         finetune.parse_config(["--data", "x", "--group-by", "take(("])
     assert stop.value.code == 2 and "not a valid regular expression" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # quoted as typed: repr doubled each backslash ('take(\\d+')
+        finetune.parse_config(["--data", "x", "--group-by", r"take(\d+"])
+    assert r"--group-by 'take(\d+': not a valid regular expression" in capsys.readouterr().err
     with pytest.raises(SystemExit) as stop:  # it matched every name alike: one group per class, and a warning
         finetune.parse_config(["--data", "x", "--group-by", ""])
     assert stop.value.code == 2 and "argument --group-by: --group-by '': an empty pattern; pass a regular expression" in capsys.readouterr().err

@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import math
 import re
+import shlex
 import signal
 import threading
 from collections import Counter
@@ -76,12 +77,12 @@ def check_group_by(text: str) -> str:
     if text in GROUP_BY_RULES:
         return text
     if not text.strip():  # it matched every name alike: each class one group, so no honest split at all
-        raise ValueError(f"--group-by {text!r}: an empty pattern; pass a regular expression that finds the recording in "
+        raise ValueError(f"--group-by {shlex.quote(text)}: an empty pattern; pass a regular expression that finds the recording in "
                          f"the file name, or one of {', '.join(GROUP_BY_RULES)}")
     try:
         re.compile(text)
     except re.error as err:
-        raise ValueError(f"--group-by {text!r}: not a valid regular expression ({err}); or choose one of {', '.join(GROUP_BY_RULES)}") from None
+        raise ValueError(f"--group-by {shlex.quote(text)}: not a valid regular expression ({err}); or choose one of {', '.join(GROUP_BY_RULES)}") from None
     return text
 
 
