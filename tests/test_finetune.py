@@ -770,10 +770,11 @@ def test_a_run_folder_holds_one_training_process_at_a_time(dataset, tmp_path, ca
             shutil.copy(interrupted / name, out / name)
         capsys.readouterr()
         # told "holds an interrupted run: continue it with --resume", and that resume was refused after its start-up lines
-        for command in (argv, ["--resume", str(out)]):
+        for command, advice in ((argv, "wait for it to end, or pass another --out"),
+                                (["--resume", str(out)], "wait for it to end: it is this run, still training")):  # --resume takes no --out
             assert finetune.main(command) == 2
             said = capsys.readouterr()
-            assert said.err.strip() == f"error: {out} is in use by a training run (pid 4242 on trainer): wait for it to end, or pass another --out"
+            assert said.err.strip() == f"error: {out} is in use by a training run (pid 4242 on trainer): {advice}"
             assert "split" not in said.out
         for name in ("last.pt", "best.pt", "split.json", "config.json", "history.csv"):
             (out / name).unlink()

@@ -117,7 +117,7 @@ from training.report import (
     write_json,
     write_report,
 )
-from training.run_lock import check_not_in_use, hold_run_folder, release_run_folders
+from training.run_lock import ADVICE, check_not_in_use, hold_run_folder, release_run_folders
 from training.served import served_outputs
 
 RESUMABLE_OVERRIDES = ("epochs", "workers", "device", "patience")
@@ -342,7 +342,8 @@ def run_folder_and_splits(cfg: TrainConfig, resume: Path | None) -> tuple[Path, 
     """The run folder (not created yet), the dataset split (scanned, or reloaded on resume), and the images of a
     resumed split that cannot be opened any more (skipped with a warning; a new scan lists only readable ones)."""
     out = resume.parent if resume else Path(cfg.out) if cfg.out else default_run_dir(cfg)
-    check_not_in_use(out)
+    # a resume cannot take another --out: it continues this folder's run, or nothing
+    check_not_in_use(out, "wait for it to end: it is this run, still training" if resume else ADVICE)
     # rank 0's alone, whose machine writes the run: another machine's --out is not used (a folder there stopped the job)
     if not resume and cfg.out and (taken := run_already_in(out, new_folder_beside(cfg))):
         raise FileExistsError(taken)
