@@ -397,6 +397,9 @@ def checkpoint_arg(in_run_folder: str) -> Callable[[str], Path]:
     def checkpoint(text: str) -> Path:
         refuse_empty_path(text, f"a checkpoint file or a run folder (RUN/{in_run_folder}, or RUN)")
         path = checkpoint_file(text, in_run_folder)
+        if path.is_dir() and (path / "config.json").is_file():  # it was told to pass "a run folder written by training.finetune"
+            raise argparse.ArgumentTypeError(f"{text} is a run stopped before its first epoch ended, so it has no {in_run_folder}: "
+                                             "start it again with the command that began it")
         if path.is_dir():
             raise argparse.ArgumentTypeError(f"{text} is a folder without {in_run_folder}: pass a checkpoint file, "
                                              f"or a run folder written by training.finetune (RUN/{in_run_folder})")

@@ -85,6 +85,9 @@ def test_a_run_folder_stands_for_its_checkpoint(run, tmp_path):
     assert checkpoint_arg("best.pt")(str(run / "last.pt")) == run / "last.pt"  # a file is taken as it is
     with pytest.raises(argparse.ArgumentTypeError, match=r"is a folder without best.pt: pass a checkpoint file, or a run folder written by"):
         checkpoint_arg("best.pt")(str(tmp_path))
+    (tmp_path / "config.json").write_text("{}")  # what a run writes first: it stopped before its first epoch's checkpoints
+    with pytest.raises(argparse.ArgumentTypeError, match=r"is a run stopped before its first epoch ended, so it has no last.pt: start"):
+        checkpoint_arg("last.pt")(str(tmp_path))
     with pytest.raises(argparse.ArgumentTypeError, match="no such file"):
         checkpoint_arg("best.pt")(str(tmp_path / "nope.pt"))
     os.mkfifo(tmp_path / "pipe.pt")
