@@ -252,6 +252,23 @@ def test_check_warns_that_near_identical_neighbours_straddle_the_folders_split(t
     assert any("straddle train/, val/ and test/" in w for w in report["warnings"])
 
 
+def test_check_names_a_straddling_pair_and_a_second_session_for_a_class_of_one(tmp_path):
+    """Captures named by the tool, fist in one session: the warning's example was a pair of another class that
+    straddled nothing, and it advised naming files <recording>-<n>, which they were."""
+    for label, (cls, sessions) in enumerate({"fist": 1, "palm": 3}.items()):
+        for session in range(sessions):
+            for n in range(30 // sessions):
+                img = np.full((48, 64, 3), 40, np.uint8)
+                cv2.circle(img, (10 + n, 24), 8, PALETTE[label], -1)
+                write_rgb(tmp_path / "d" / cls / f"{cls}-20261207-10000{session}p42-{n}.png", img)
+    report = build_report(tmp_path / "d", workers=1)
+    assert report["neighbour_twins"]["default_rule"] == "session"
+    [warning] = [w for w in report["warnings"] if "would straddle" in w]
+    assert re.search(r"\(e\.g\. fist-20261207-100000p42-\d+\.png ~ fist-", warning), warning
+    assert warning.endswith("record another session of fist: a class of one recording is split in file order, its val and test "
+                            "beside its training frames"), warning
+
+
 def test_check_counts_what_a_frame_by_frame_split_would_separate(tmp_path):
     for label, cls in enumerate(("fist", "palm")):
         write_recording(tmp_path / "d", cls, label, range(60))

@@ -241,7 +241,8 @@ def _neighbour_twins(infos: list[ImageInfo], layout: str) -> dict:
         by_class[info.label].append(info.path)
     pairs = [(a, b) for cls, paths in by_class.items() for run in sequences(paths, cls).values() for a, b in zip(run, run[1:], strict=False)
              if float(np.abs(by_path[a].thumb - by_path[b].thumb).mean()) < NEAR_IDENTICAL]  # fmt: skip
-    out = {"pairs": len(pairs), "examples": [[printable(os.path.basename(p)) for p in pair] for pair in pairs[:3]]}
+    named = lambda pair: [printable(os.path.basename(p)) for p in pair]  # noqa: E731
+    out = {"pairs": len(pairs), "examples": [named(pair) for pair in pairs[:3]]}
     if layout == "presplit":
         side = {p: i.split for p, i in by_path.items()}
         out["straddling"] = sum(side[a] != side[b] for a, b in pairs)
@@ -253,9 +254,13 @@ def _neighbour_twins(infos: list[ImageInfo], layout: str) -> dict:
         except DatasetError:  # the default's, training's own error: _default_split_problem
             continue
         side = {p: split for split, classes in parts.items() for paths in classes.values() for p in paths}
-        out[f"straddling_{rule}"] = sum(side[a] != side[b] for a, b in pairs)
+        straddling = [(a, b) for a, b in pairs if side[a] != side[b]]
+        out[f"straddling_{rule}"] = len(straddling)
         if rule == "auto":  # "none" is no default: it was named as one where auto's split failed
             out["default_rule"] = grouping.rule
+            if straddling:  # the example was any near pair, one that straddled nothing; and a class of one session needs another
+                out["examples"] = [named(pair) for pair in straddling[:3]]
+                out["one_recording"] = sorted({by_path[a].label for a, _ in straddling if len(set(grouping.groups[by_path[a].label].values())) == 1})
     return out
 
 
@@ -485,7 +490,10 @@ def _twin_warnings(twins: dict, recordings: dict | None) -> list[str]:
                 "nearly seen; split whole recordings between the folders"]  # fmt: skip
     if twins.get("straddling_auto"):
         advice = "name files <recording>-<n> or pass --group-by REGEX to keep recordings whole"
-        if recordings and recordings["few_takes"]:  # frames the tool named itself, from too few videos: renaming is no help
+        if twins.get("one_recording"):  # their files already name their recording: there is only the one
+            advice = (f"record another session of {some_of(twins['one_recording'])}: a class of one recording is split in file order, "
+                      "its val and test beside its training frames")
+        elif recordings and recordings["few_takes"]:  # frames the tool named itself, from too few videos: renaming is no help
             advice = (f"record more takes of {some_of(recordings['few_takes'])}: a class with fewer than {MIN_RECORDINGS} videos is split "
                       "in blocks of neighbouring frames, and each video stays whole in one split with more")
         return [f"{found}: {twins['straddling_auto']} would straddle train/val/test in training's default split "
