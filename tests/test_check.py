@@ -199,6 +199,8 @@ def test_one_capture_session_a_class_and_too_few_photos_for_a_threshold_are_warn
     # no "none" class: a threshold alone would say "no gesture", and training warns that there is none, as check now does
     report = build_report(captures(tmp_path / "three-sessions", ("fist", "palm"), sessions=3))
     assert not report["fatal"] and not [w for w in report["warnings"] if "honest split" in w], report["warnings"]
+    assert ("class(es) fist (12 of 36), palm (12 of 36) train on under half of their images: validation and test take whole recordings; "
+            "record more sessions for more training images") in report["warnings"]  # three sessions: one each for train, val and test
     assert [w for w in report["warnings"] if "threshold" in w] == [
         "validation would hold 24 photos of gestures, too few for a \"no gesture\" threshold (at least 99 needed, more the more of "
         "them the model gets wrong): with no \"no gesture\" class either, the model will never say it; add photos, or a class named none"]

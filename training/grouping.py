@@ -330,6 +330,7 @@ def grouped_split(
     single: list[str] = []
     unmeasured: list[str] = []
     too_few: list[str] = []
+    thin: list[str] = []  # classes whose held-out recordings leave training under half of their images
     for cls, paths in by_class.items():
         n_test = test_per_class if test_per_class is not None else round(test_split * len(paths))
         n_val = round(val_split * len(paths))
@@ -351,11 +352,16 @@ def grouped_split(
         out["test"][cls], keys = _take(keys, members, n_test, keep=1 + bool(n_val))
         out["val"][cls], keys = _take(keys, members, n_val, keep=1)
         out["train"][cls] = [p for key in keys for p in members[key]]
+        if len(out["train"][cls]) < len(paths) / 2:
+            thin.append(f"{cls} ({len(out['train'][cls])} of {len(paths)})")
     if too_few:  # every class at once: the first alone was named, and the next run stopped at the second
         raise DatasetError(_too_few_groups(too_few, grouping))
     if single:
         grouping.warnings.append(f"one recording (group) in class(es) {some_of(single)}: no honest split is possible, so their "
                                  "val and test are the last frames of that recording; record another session for a true test")  # fmt: skip
+    if thin:  # three sessions a class, the README's least, train on one: val and test take a whole recording each
+        grouping.warnings.append(f"class(es) {some_of(thin)} train on under half of their images: validation and test take whole "
+                                 "recordings; record more sessions for more training images")  # fmt: skip
     if unmeasured:
         grouping.warnings.append(f"class(es) with too few images to hold one out for the test: {some_of(unmeasured)}; the model "
                                  f"learns them, but no figure measures them (add images: {test_split:.0%} of a class is its test)")  # fmt: skip
