@@ -872,3 +872,14 @@ def test_the_summary_shows_top5_only_where_an_image_can_miss_it():
         logits = np.eye(n, dtype=np.float32)[[0, 1, 1]]
         summary = format_summary(classification_metrics(logits, np.array([0, 1, 0]), [str(c) for c in range(n)]), "test:")
         assert summary.splitlines()[-1].startswith("  top-1 66.67%") and ("top-5" in summary) == shown, summary
+
+
+def test_a_run_without_test_or_validation_lists_what_it_wrote_and_an_evaluate_that_works(dataset, tmp_path, capsys):
+    """--val-split 0 --test-split 0: the run said it wrote open_set.png, which it had not, and its next: line
+    suggested an evaluate that stops at once ("the run's test split is empty")."""
+    out = finetune.train(tiny_config(dataset, tmp_path / "run", epochs=1, val_split=0.0, test_split=0.0))
+    said = capsys.readouterr().out
+    [listed] = [line for line in said.splitlines() if line.startswith("results in ")]
+    for name in ("open_set.png", "confusion_matrix.png", "curves.png"):
+        assert (name in listed) == (out / name).is_file(), (name, listed)
+    assert f"-m training.evaluate --checkpoint {out} --data FOLDER   # test it on photos it has not seen" in said

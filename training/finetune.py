@@ -959,14 +959,17 @@ def finish(run: Run, state: dict[str, Any], failed: set[str]) -> None:
         more = f"\n  … and {len(skipped) - 10} more (metrics.json lists all)" if len(skipped) > 10 else ""
         print(f"{len(skipped)} file(s) skipped:\n{listed}{more}")
     mistakes = ", test_mistakes.png: the most confident mistakes, where wrong labels show up" if metrics.get("test_mistakes") else ""
-    print(f"results in {run.out}/ (best.pt, metrics.json, curves.png, confusion_matrix.png, open_set.png{mistakes})")
-    print(next_commands(run.out))
+    plots = ", ".join(name for name in ("curves.png", "confusion_matrix.png", "open_set.png") if (run.out / name).is_file())
+    print(f"results in {run.out}/ (best.pt, metrics.json{', ' + plots if plots else ''}{mistakes})")  # with no test split, fewer plots
+    print(next_commands(run.out, tested=bool(run.splits.test)))
 
 
-def next_commands(out: Path) -> str:
-    """What to run with the model, as the user would paste it: the README's next steps, for this run."""
+def next_commands(out: Path, tested: bool = True) -> str:
+    """What to run with the model, as the user would paste it: the README's next steps, for this run. With no test split,
+    evaluate takes --data (without it, it stops: "the run's test split is empty")."""
     py, run = python_command(), shlex.quote(str(out))
-    return "\n".join(["next:", f"  {py} -m training.evaluate --checkpoint {run}   # test it again, or with --data FOLDER on other photos",
+    evaluate = "   # test it again, or with --data FOLDER on other photos" if tested else " --data FOLDER   # test it on photos it has not seen"
+    return "\n".join(["next:", f"  {py} -m training.evaluate --checkpoint {run}{evaluate}",
                       f"  {py} -m service.webcam --checkpoint {run}   # live, from a webcam (--source for a video file)",
                       f"  {py} -m service.import_model {run}   # then serve it with bentoml serve (docs/serving.md)"])
 
