@@ -166,3 +166,13 @@ def test_a_model_trained_without_flips_gets_no_mirror_images(image_folder, tmp_p
         assert main(["--checkpoint", str(path), "--data", str(image_folder), "--tta", mirroring, "--workers", "0", "--out", str(out)]) == 2
         assert capsys.readouterr().err.strip() == (f"error: --tta {mirroring}: it was trained without flips (--flip off): a mirror "
                                                    "image may mean another class, left for right; choose none or 5crop")
+
+
+def test_a_threshold_of_ones_own_writes_its_own_report(tiny_checkpoint, image_folder):
+    """--threshold 0.5 wrote into eval-<data>/, replacing the report at the model's own threshold, where the docs say
+    the model's own evaluation is never replaced (TTA and another geometry had folders of their own)."""
+    run = tiny_checkpoint.parent
+    assert main(["--checkpoint", str(tiny_checkpoint), "--data", str(image_folder), "--workers", "0"]) == 0
+    own = (run / "eval-data" / "metrics.json").read_text()
+    assert main(["--checkpoint", str(tiny_checkpoint), "--data", str(image_folder), "--workers", "0", "--threshold", "0.5"]) == 0
+    assert (run / "eval-data" / "metrics.json").read_text() == own and (run / "eval-data-threshold0.5" / "metrics.json").is_file()

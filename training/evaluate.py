@@ -397,7 +397,9 @@ def main(argv: list[str] | None = None) -> int:
     if len(failed) == len(samples):  # before the report: a folder of metrics over no image says nothing true
         first = failure_reports(failed[:1], classifier.data_config.resize_size)[0]
         raise DatasetError(f"none of the {len(samples):,} images of {name} could be decoded (e.g. {first['path']}: {first['reason']})")
-    suffix = ("" if args.tta == "none" else f"-tta-{args.tta}") + geometry_suffix(args)
+    # a threshold of one's own is another report: it replaced the one at the model's own threshold
+    threshold = "" if args.threshold is None else f"-threshold{args.threshold:g}"
+    suffix = ("" if args.tta == "none" else f"-tta-{args.tta}") + geometry_suffix(args) + threshold
     out = fresh_report_folder(report_folder(args, name, source, suffix + checkpoint_suffix(args.checkpoint)))
     skipped += failure_reports(failed, classifier.data_config.resize_size)
     report = {"backbone": classifier.backbone, "classes": classifier.classes, "checkpoint": str(args.checkpoint), "data": name, "source": source,
