@@ -273,11 +273,15 @@ def test_refuses_to_overwrite_a_folder_it_did_not_prepare(tmp_path, tgz, monkeyp
     assert (tmp_path / "datasets" / "mine" / "my-class").is_dir()
 
 
-def test_unknown_name_lists_choices(capsys):
+def test_unknown_name_lists_choices(capsys, tmp_path):
     with pytest.raises(SystemExit) as exc:
         main(["no-such-set"])
     assert exc.value.code == 2
-    assert "choose one of: flowers, flowers102, sign-digits, hagrid-sample" in capsys.readouterr().err
+    assert "choose one of: flowers, flowers102, sign-digits, hagrid-sample" in (err := capsys.readouterr().err)
+    assert "needs no preparing" not in err
+    with pytest.raises(SystemExit):  # a folder of one's own, read as a misspelt catalogue name
+        main([str(tmp_path)])
+    assert "; a folder, archive or URL of your own needs no preparing: pass it to finetune --data (or check)" in capsys.readouterr().err
     with pytest.raises(PrepareError, match="choose one of"):
         prepare_dataset("no-such-set")
 

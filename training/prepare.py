@@ -902,7 +902,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.name is None:
         parser.error(f"NAME is required; choose one of: {', '.join(names)}")
     if args.name not in names:
-        parser.error(f"unknown dataset {args.name!r}; choose one of: {', '.join(names)}")
+        yours = ("; a folder, archive or URL of your own needs no preparing: pass it to finetune --data (or check)"
+                 if names_a_dataset(args.name) else "")  # a path: it read as a misspelt catalogue name
+        parser.error(f"unknown dataset {args.name!r}; choose one of: {', '.join(names)}{yours}")
     if args.name != HAND_MODELS and args.wheel is not None:
         parser.error(f"--wheel is for {HAND_MODELS} only; a dataset takes --archive PATH")
     if args.name == HAND_MODELS:
