@@ -116,7 +116,7 @@ def test_the_feature_line_counts_only_the_photos_that_decode(dataset, capsys):
     extractor = feature_extractor(build_model("lenet5", 3, "none"), backbone)
     features_mod.extract_features(extractor, samples, backbone.data_config, device=torch.device("cpu"), workers=0, desc="val features")
     line = capsys.readouterr().out
-    assert line.startswith("val features: 3 photos in ") and line.rstrip().endswith("; 1 file(s) did not decode and are left out"), line
+    assert line.startswith("val features: 3 photos in ") and line.rstrip().endswith("; 1 file(s) could not be read (gone or corrupt) and are left out"), line
 
 
 @pytest.mark.parametrize(

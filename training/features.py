@@ -180,7 +180,7 @@ def extract_features(
     failed = int(sum((t < 0).sum() for t in labels))
     print(f"{desc}: {len(samples) - failed} photos in {total:.1f} s ({engine.name} {in_engine:.1f} s, "
           f"{len(samples) / max(in_engine, 1e-9):.0f} img/s; waiting for decoding {total - in_engine:.1f} s)"
-          + (f"; {failed} file(s) did not decode and are left out" if failed else ""))  # fmt: skip
+          + (f"; {failed} file(s) could not be read (gone or corrupt) and are left out" if failed else ""))  # fmt: skip
     if not features:
         return CachedSplit(torch.zeros((0, 0)), torch.zeros(0, dtype=torch.long))
     return CachedSplit(torch.cat(features), torch.cat(labels))
