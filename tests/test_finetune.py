@@ -883,3 +883,11 @@ def test_a_run_without_test_or_validation_lists_what_it_wrote_and_an_evaluate_th
     for name in ("open_set.png", "confusion_matrix.png", "curves.png"):
         assert (name in listed) == (out / name).is_file(), (name, listed)
     assert f"-m training.evaluate --checkpoint {out} --data FOLDER   # test it on photos it has not seen" in said
+
+
+def test_data_given_as_the_current_folder_is_recorded_as_the_folder_it_is(dataset, monkeypatch):
+    """--data .: the run went to runs/data-<backbone>, and config.json's "data": "." meant whatever folder a later
+    command ran in (evaluate refused an --out there as inside the dataset)."""
+    monkeypatch.chdir(dataset)
+    cfg, _ = finetune.parse_config(["--data", "."])
+    assert cfg.data == str(dataset) and finetune.default_run_dir(cfg) == Path("runs") / f"{dataset.name}-{cfg.backbone}"

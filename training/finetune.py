@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import random
 import shlex
 import sys
@@ -207,6 +208,8 @@ def parse_config(argv: list[str] | None = None) -> tuple[TrainConfig, Path | Non
     if args.data is None:
         parser.error("--data is required (a folder, or a catalogue name such as flowers)")
     values = {k: v for k, v in vars(args).items() if k != "resume"}
+    if Path(args.data).name in ("", ".."):  # "--data ." named the run runs/data-..., and config.json's "." meant any later folder
+        values["data"] = os.path.abspath(args.data)
     cfg = TrainConfig.from_dict({k: ("" if v is None and k == "out" else v) for k, v in values.items()})
     if cfg.in_chans == 1 and cfg.backbone != "lenet5":
         parser.error("--in-channels 1 is only supported by lenet5")
