@@ -61,7 +61,7 @@ def test_page_loads_nothing_from_elsewhere():
 
 
 def test_the_page_shares_the_opencv_demo_s_constants():
-    """demo.js cannot import Python, so each constant it shares with the OpenCV demo is compared here:
+    """demo.js runs no Python, so each constant it shares with the OpenCV demo is compared here:
     changing one side alone fails (the page's box, JPEG quality, fallback threshold and frame-shape note)."""
     js = (PAGE_DIR / "demo.js").read_text()
     shared = {"DEFAULT_ROI": DEFAULT_ROI, "JPEG_QUALITY": REMOTE_JPEG_QUALITY / 100,

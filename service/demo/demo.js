@@ -12,7 +12,7 @@ const params = new URLSearchParams(location.search);
 const SERVER = (params.get("server") || "").replace(/\/+$/, "");
 const SERVER_NAME = SERVER || location.origin;
 // DEFAULT_ROI, JPEG_QUALITY, UNCALIBRATED_THRESHOLD and ASPECT_MISMATCH are the OpenCV demo's own constants, repeated
-// here (the page cannot import Python); tests/test_browser_demo.py fails when the two disagree.
+// here (the page runs no Python); tests/test_browser_demo.py fails when the two disagree.
 const DEFAULT_ROI = 0.6; // as the OpenCV demo's bare --roi
 const RETRY_MS = 1000; // during an outage or after a refusal, ask again this often
 const TIMEOUT_MS = 10000; // a request still unanswered by then counts as an outage
