@@ -228,7 +228,11 @@ class CompiledEngine(TorchEngine):
         if len(batch) > largest:
             return torch.cat([self._forward(batch[i : i + largest]) for i in range(0, len(batch), largest)])
         size = next(b for b in self.BUCKETS if b >= len(batch))
-        padded = torch.cat([batch, batch.new_zeros((size - len(batch), *batch.shape[1:]))]) if size > len(batch) else batch
+        if size > len(batch):
+            padded = torch.cat([batch, batch.new_zeros((size - len(batch), *batch.shape[1:]))])  # made in inference mode
+        else:  # an inference tensor too: dynamo guards on the kind, and a bucket met with both compiled twice, so that the
+            # warm-up's ten compiles passed its limit of eight, and batches of 17-32 then ran uncompiled (a review's log)
+            padded = batch if batch.is_inference() else batch.clone()
         with self._lock:
             return self._compiled(padded)[: len(batch)]
 

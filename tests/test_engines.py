@@ -283,3 +283,16 @@ def test_the_compile_engine_says_nothing_of_cuda_on_a_cpu(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0 and done.stdout.strip() == "(2, 3)", done.stderr
     assert "No CUDA runtime" not in done.stderr and "cpp_extension" not in done.stderr, done.stderr
+
+
+def test_the_compile_engine_meets_each_bucket_with_one_kind_of_tensor():
+    """A padded batch is made in inference mode, and a batch of a bucket's own size was passed on as it came: dynamo
+    guards on the difference, so each bucket compiled twice, the warm-up to 32 passed the limit of eight compiles
+    ("torch._dynamo hit config.recompile_limit (8)"), and batches of 17-32 ran uncompiled from then on."""
+    engine = build_engine(build_model("lenet5", 3, "none", in_chans=3).eval(), engine="compile", precision="fp32",
+                          device=torch.device("cpu"), input_shape=(3, 32, 32))
+    seen: list[bool] = []
+    engine._compiled = lambda batch: (seen.append(batch.is_inference()), torch.zeros(len(batch), 3))[1]  # no compiling here
+    for size in (1, 2, 3, 4, 16, 17, 32):
+        assert engine(torch.zeros(size, 3, 32, 32)).shape == (size, 3)
+    assert seen == [True] * 7
