@@ -30,12 +30,14 @@ class SettingsError(ValueError):
     """A setting with a value that is not allowed; the message names the setting and the valid values."""
 
 
-def env_int(env: Mapping[str, str], name: str, default: int | None, *, minimum: int = 1, maximum: int | None = None) -> int | None:
+def env_int(env: Mapping[str, str], name: str, default: int | None, *, minimum: int = 1, maximum: int | None = None,
+            unset: str = "unset") -> int | None:
+    """``name``'s whole number, or ``default`` where it is not set; ``unset`` says what no value means (the settings table's words)."""
     raw = env.get(name, "").strip()
     if not raw:
         return default
     allowed = f">= {minimum}" if maximum is None else f"from {minimum} to {maximum:,}"
-    problem = f"{name}={raw!r}: expected a whole number {allowed} (default {'unset' if default is None else default})"
+    problem = f"{name}={raw!r}: expected a whole number {allowed} (default {unset if default is None else default})"
     if not re.fullmatch(r"-?[0-9]+", raw):  # int() also reads 1_6, +8 and other scripts' digits (٣٢)
         raise SettingsError(problem)
     value = int(raw)
@@ -65,7 +67,7 @@ class Runtime:
             device=env_choice(env, "GESTURE_DEVICE", "auto", DEVICES),
             engine=env_choice(env, "GESTURE_ENGINE", "auto", ENGINE_CHOICES),
             precision=env_choice(env, "GESTURE_PRECISION", "fp32", PRECISIONS),
-            threads=env_int(env, "GESTURE_THREADS", None, maximum=MOST_THREADS),
+            threads=env_int(env, "GESTURE_THREADS", None, maximum=MOST_THREADS, unset="PyTorch's, one per core"),
         )
 
     @classmethod

@@ -258,7 +258,8 @@ class RequestGuard:
         if problem:
             return await send_json(send, 400, problem)
         if self.in_progress >= self.max_concurrency:
-            return await send_json(send, 429, f"server busy: {self.in_progress} requests in progress, the limit of this "
+            requests = f"{self.in_progress} request{'' if self.in_progress == 1 else 's'}"
+            return await send_json(send, 429, f"server busy: {requests} in progress, the limit of this "
                                    "worker (server setting GESTURE_MAX_CONCURRENCY); retry shortly", retry_after=1)
         self.in_progress += 1
         try:

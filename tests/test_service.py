@@ -516,7 +516,7 @@ def test_missing_model_says_how_to_import_one(stored_model):
     ("GESTURE_DEVICE", "tpu", "GESTURE_DEVICE='tpu': choose one of auto, cpu, cuda"),
     ("GESTURE_ENGINE", "tensorrt", "choose one of auto, torch, compile, onnx, openvino"),
     ("GESTURE_PRECISION", "int8", "choose one of fp32, bf16, fp16"),
-    ("GESTURE_THREADS", "-1", "(default unset)"),
+    ("GESTURE_THREADS", "-1", "(default PyTorch's, one per core)"),
     ("GESTURE_GPUS", "two", "GESTURE_GPUS='two': expected a whole number from 0 to"),
     ("GESTURE_WORKERS", "0", "GESTURE_WORKERS='0': expected a whole number from 1 to"),
     ("GESTURE_MAX_CONCURRENCY", "1.5", "expected a whole number from 1 to 100,000 (default 128)"),
@@ -1010,7 +1010,7 @@ def test_guard_answers_429_above_the_requests_in_progress_limit():
     answers = asyncio.run(scenario())
     second = answers["second"]
     assert second[0]["status"] == 429 and (b"retry-after", b"1") in second[0]["headers"]
-    assert json.loads(second[1]["body"])["error"].startswith("server busy: 1 requests in progress, the limit of this worker")
+    assert json.loads(second[1]["body"])["error"].startswith("server busy: 1 request in progress, the limit of this worker")
     assert answers["first"][0]["status"] == 200
 
 
