@@ -48,13 +48,25 @@ class LocalModel(bentoml.models.BentoModel):
         return super().resolve(base_path)
 
 
+def stored_versions(name: str) -> list[str]:
+    """The local store's tags of the model ``name`` (none: an empty list)."""
+    try:
+        return [str(model.tag) for model in bentoml.models.list(name)]
+    except NotFound:
+        return []
+
+
 def find_model(ref: bentoml.models.BentoModel) -> bentoml.Model:
     """The stored model, or a start-up error that says how to import one (never a BentoCloud lookup)."""
     stored = ref.stored
+    if stored is None and (versions := stored_versions(ref.tag.name)):  # "import a training run first" was no help
+        shown = ", ".join(versions[:5]) + (f" and {len(versions) - 5} more" if len(versions) > 5 else "")
+        raise ModelNotImported(f"no model {ref.tag} in the local BentoML model store, which holds {shown}: set GESTURE_MODEL to one "
+                               f"of them, or to {ref.tag.name} for the latest")
     if stored is None:
         raise ModelNotImported(
             f"no model {ref.tag} in the local BentoML model store (`bentoml models list`; BENTOML_HOME moves it). "
-            "Import a training run first:  python -m service.import_model RUN/best.pt  "
+            "Import a training run first: python -m service.import_model RUN/best.pt "
             "(or set GESTURE_MODEL=name:version to one listed by `bentoml models list`)."
         )
     if not Path(stored.path_of(CHECKPOINT_FILE)).is_file():

@@ -504,6 +504,10 @@ def test_missing_model_says_how_to_import_one(stored_model):
 
     with pytest.raises(ModelNotImported, match=r"python -m service\.import_model RUN/best\.pt"):
         LocalModel("no-such-model:latest").resolve()
+    # a version misspelt: it was told to import a training run first, where the name's versions are what it needs
+    with pytest.raises(ModelNotImported, match=rf"no model {stored_model.tag.name}:nope in the local BentoML model store, which holds "
+                       rf".*{stored_model.tag}.*: set GESTURE_MODEL to one of them, or to {stored_model.tag.name} for the latest"):
+        LocalModel(f"{stored_model.tag.name}:nope").resolve()
 
 
 # --- settings ----------------------------------------------------------------------------------------
