@@ -145,7 +145,8 @@ class Settings:
 def model_tag(raw: str) -> str:
     """GESTURE_MODEL as a valid BentoML tag (name[:version]); unset or blank: the default."""
     try:
-        return str(bentoml.Tag.from_taglike(raw.strip() or DEFAULT_MODEL_TAG))
+        # lower case first, as BentoML stores tags: its own conversion logged a warning line above a refusal's one line
+        return str(bentoml.Tag.from_taglike(raw.strip().lower() or DEFAULT_MODEL_TAG))
     except ValueError as err:  # a bad character
         raise SettingsError(f"GESTURE_MODEL={raw!r}: {err} (e.g. gesture-classifier:latest; see bentoml models list)") from None
     except BentoMLException:  # a colon too many or too few; its text suggested gesture-classifier::latest, no tag either

@@ -546,6 +546,14 @@ def test_malformed_settings_are_refused_with_the_valid_range(name, value, phrase
         Settings.from_env({name: value})
 
 
+def test_a_model_tag_in_capitals_is_taken_in_lower_case_without_a_word(caplog):
+    """BentoML lowered it with a warning line of its own, above the one line of a refusal ("Bad Name")."""
+    assert Settings.from_env({"GESTURE_MODEL": "Gesture-Classifier:V1"}).model_tag == "gesture-classifier:v1"
+    with pytest.raises(SettingsError, match="GESTURE_MODEL='Bad Name'"):
+        Settings.from_env({"GESTURE_MODEL": "Bad Name"})
+    assert not [r for r in caplog.records if "lowercase" in r.getMessage()]
+
+
 def test_settings_defaults_and_scale_out():
     assert replace(Settings.from_env({}), gpus=0) == Settings()
     cpu = Settings.from_env({"GESTURE_DEVICE": "cpu", "GESTURE_WORKERS": "3", "GESTURE_MAX_CONCURRENCY": "10"})
