@@ -222,9 +222,8 @@ class Classifier:
         """The RGB pixels ``predict`` reads of ``image``: a whole-image model's at reduced size (a large JPEG by its
         decoder, anything else by averaging), a hands-mode model's whole (``find_hands``). A caller that decodes a
         file itself (the webcam's photos) uses this, so that the file scores as ``predict`` scores it."""
-        if self.hands_mode:
-            return read_rgb(bgr_to_rgb(image) if bgr else image, **read_kwargs)
-        return self.preprocess.read(bgr_to_rgb(image) if bgr else image, **read_kwargs)
+        source = bgr_to_rgb(image) if bgr else image
+        return read_rgb(source, **read_kwargs) if self.hands_mode else self.preprocess.read(source, **read_kwargs)
 
     def crop(self, image: ImageSource, *, bgr: bool = False, **read_kwargs: Any) -> np.ndarray:
         """One image -> its uint8 ``input_size``² crop (decode, then the model's geometry: centre crop, letterbox or
@@ -367,7 +366,7 @@ class Classifier:
         if hands is None:
             rgb, hands = self.find_hands(image, bgr=bgr, **read_kwargs)
         else:
-            rgb = read_rgb(bgr_to_rgb(image) if bgr else image, **read_kwargs)
+            rgb = self.decode(image, bgr=bgr, **read_kwargs)
         crops = self.hand_crops(rgb, hands)
         return self.decide_hands(hands, self.classify_scores(crops) if crops else [], k=k, threshold=threshold)
 

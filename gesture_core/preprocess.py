@@ -323,6 +323,12 @@ TTA_MODES = ("none", "flip", "5crop", "10crop", "multiscale")
 MULTISCALE_FACTORS = (1.0, 1.125, 1.25)
 
 
+def tta_modes(config: DataConfig) -> tuple[str, ...]:
+    """The TTA modes a model of ``config`` takes: all for a centre crop; for a whole-frame model none and flip,
+    since the others take crops."""
+    return TTA_MODES if config.crop == "center" else ("none", "flip")
+
+
 def tta_view_count(mode: str) -> int:
     return {"none": 1, "flip": 2, "5crop": 5, "10crop": 10, "multiscale": 2 * len(MULTISCALE_FACTORS)}[_check_tta(mode)]
 
@@ -335,8 +341,8 @@ def tta_crops(preprocess: Preprocess, rgb: np.ndarray, mode: str) -> list[np.nda
     """
     _check_tta(mode)
     c = preprocess.config
-    if c.crop != "center" and mode not in ("none", "flip"):
-        raise ValueError(f"TTA mode {mode!r} takes crops; this model sees whole frames ({c.crop}): choose none or flip")
+    if mode not in tta_modes(c):
+        raise ValueError(f"TTA mode {mode!r} takes crops; this model sees whole frames ({c.crop}): choose {' or '.join(tta_modes(c))}")
     if mode == "multiscale":
         crops = [center_crop(resize_shorter(rgb, round(c.resize_size * f), c.interpolation), c.input_size) for f in MULTISCALE_FACTORS]
         return crops + [hflip(v) for v in crops]

@@ -193,7 +193,7 @@ def test_one_capture_session_a_class_and_too_few_photos_for_a_threshold_are_warn
     report = build_report(root)
     assert not report["fatal"] and training_says[0] in report["warnings"]
     assert "validation would hold 2 photos of gestures, too few for a \"no gesture\" threshold (at least 99 needed, more the more of them the model gets wrong): " \
-           "only predictions of none will say \"no gesture\"" in report["warnings"][1]
+           "only predictions of none say no gesture; add photos" in report["warnings"][1]
     assert main([str(root)]) == 0 and "OK to train (read the warnings above)" in capsys.readouterr().out
 
     # no "none" class: a threshold alone would say "no gesture", and training warns that there is none, as check now does
@@ -203,7 +203,7 @@ def test_one_capture_session_a_class_and_too_few_photos_for_a_threshold_are_warn
             "record more sessions for more training images") in report["warnings"]  # three sessions: one each for train, val and test
     assert [w for w in report["warnings"] if "threshold" in w] == [
         "validation would hold 24 photos of gestures, too few for a \"no gesture\" threshold (at least 99 needed, more the more of "
-        "them the model gets wrong): with no \"no gesture\" class either, the model will never say it; add photos, or a class named none"]
+        "them the model gets wrong): with no reject class either, this model never says no gesture; add photos, or a class named none"]
 
 
 @pytest.mark.parametrize(

@@ -43,7 +43,7 @@ from gesture_core.images import DECODED_FORMATS, ImageDecodeError, decode_rgb, p
 from gesture_core.preprocess import TINY_SIDE
 from gesture_core.rejection import find_reject_classes
 from gesture_core.runtime import MOST_THREADS
-from training.calibrate import DEFAULT_TARGET_RECALL, gestures_needed
+from training.calibrate import DEFAULT_TARGET_RECALL, gestures_needed, without_threshold
 from training.cli import input_path, int_at_least
 from training.config import TrainConfig
 from training.data import (
@@ -290,10 +290,9 @@ def _threshold_warnings(val_counts: dict[str, int]) -> list[str]:
     gestures = sum(n for cls, n in val_counts.items() if cls not in reject)
     if gestures >= (needed := gestures_needed(DEFAULT_TARGET_RECALL)):
         return []
-    then = (f"only predictions of {some_of(reject)} will say \"no gesture\"; add photos" if reject else
-            "with no \"no gesture\" class either, the model will never say it; add photos, or a class named none")
+    more = "add photos" if reject else "add photos, or a class named none"
     return [f"validation would hold {gestures} photos of gestures, too few for a \"no gesture\" threshold (at least {needed} needed, "
-            f"more the more of them the model gets wrong): {then}"]
+            f"more the more of them the model gets wrong): {without_threshold(reject)}; {more}"]
 
 
 def build_report(root: Path, *, decode: bool = True, workers: int = 2) -> dict:

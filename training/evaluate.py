@@ -40,7 +40,7 @@ from gesture_core.cli import (
     output_arg,
     trained_on,
 )
-from gesture_core.preprocess import TTA_MODES, tta_view_count
+from gesture_core.preprocess import TTA_MODES, tta_modes, tta_view_count
 from training import cli
 from training.data import (
     DatasetError,
@@ -148,8 +148,10 @@ def warn_if_trained_on(samples: list[Sample], checkpoint: Path) -> None:
     """A warning when --data holds images the run trained on, or validated on, or copies of them (the same bytes
     under another name, or a link to one): the model has seen them, so their score says little about new images.
     Only the paths were compared: a folder of links to, or copies of, training images was scored without a word."""
-    seen = {name: len(keys) for name, keys in seen_by_the_run(samples, checkpoint, ("train", "val")).items()}
-    listed = f"({checkpoint.parent / 'split.json'} lists them{run_dataset_gone(checkpoint)})"
+    splits = run_splits(checkpoint)
+    seen = {name: len(keys) for name, keys in seen_by_the_run(samples, splits, ("train", "val")).items()}
+    gone = f", found by their place in the run's dataset folder, {splits.root}, gone since" if splits and dataset_gone(splits) else ""
+    listed = f"({checkpoint.parent / 'split.json'} lists them{gone})"
     if trained := seen.get("train"):
         warnings.warn(f"{trained:,} of the {len(samples):,} images evaluated are the run's training images, or copies of them "
                       f"{listed}: the score is inflated by them; evaluate images the run did not train on (without --data: its "
@@ -159,29 +161,30 @@ def warn_if_trained_on(samples: list[Sample], checkpoint: Path) -> None:
                       f"{listed}, which chose its best epoch and calibrated its threshold: the score is optimistic for them", stacklevel=2)
 
 
-def run_dataset_gone(checkpoint: Path) -> str:
-    """", found by their place in the run's dataset folder, ROOT, gone since" when it is gone; else ""."""
+def run_splits(checkpoint: Path) -> Splits | None:
+    """The run's saved split, or None where split.json is missing or unreadable: it only feeds warnings and checks."""
     try:
-        root = Splits.load(checkpoint.parent / "split.json").root
+        return Splits.load(checkpoint.parent / "split.json")
     except (OSError, DatasetError):
-        return ""
-    return "" if os.path.isdir(root) else f", found by their place in the run's dataset folder, {root}, gone since"
+        return None
 
 
-def seen_by_the_run(samples: list[Sample], checkpoint: Path, names: tuple[str, ...]) -> dict[str, set[str]]:
+def dataset_gone(splits: Splits) -> bool:
+    return not os.path.isdir(splits.root)
+
+
+def seen_by_the_run(samples: list[Sample], splits: Splits | None, names: tuple[str, ...]) -> dict[str, set[str]]:
     """Which of ``samples`` are, or copy, images of the run's splits ``names``, by split (as ``file_keys``): the
     same file however its path is spelt, or the same bytes (``identical_sets``, which reads only files that
-    share their size with another). Empty without a readable split.json: it only feeds warnings and checks."""
-    try:
-        splits = Splits.load(checkpoint.parent / "split.json")
-    except (OSError, DatasetError):
+    share their size with another). Empty without a saved split (``run_splits``)."""
+    if splits is None:
         return {}
     evaluated = file_keys(s.path for s in samples)
     seen = {name: file_keys(s.path for s in getattr(splits, name)) for name in names}
     copies = identical_sets(sorted(evaluated.union(*seen.values())))
     found = {name: (evaluated & keys) | {path for group in copies if keys.intersection(group) for path in group if path in evaluated}
              for name, keys in seen.items()}
-    if not os.path.isdir(splits.root):  # the dataset moved: its files are nowhere to compare, but their places in it are
+    if dataset_gone(splits):  # the dataset moved: its files are nowhere to compare, but their places in it are
         found = {name: keys | at_their_places(samples, getattr(splits, name), splits.root) for name, keys in found.items()}
     return found
 
@@ -205,7 +208,7 @@ def check_unknown(folder: str, unknown: list[Sample], classifier: Classifier, ch
     if named := sorted(learned & subfolders):
         raise DatasetError(f"{folder} has folder(s) named after gestures the model learned: {', '.join(named)}; "
                            "pass a folder of gestures it never learned")
-    if seen := len(set().union(*seen_by_the_run(unknown, checkpoint, ("train", "val", "test")).values())):  # copies and links too
+    if seen := len(set().union(*seen_by_the_run(unknown, run_splits(checkpoint), ("train", "val", "test")).values())):  # copies and links too
         raise DatasetError(f"{seen:,} of the {len(unknown):,} images in {folder} are the run's own images of the classes it learned, "
                            f"or copies of them ({checkpoint.parent / 'split.json'} lists them); pass a folder of gestures it never learned")
 
@@ -270,9 +273,8 @@ def tta_modes_for(classifier: Classifier) -> tuple[tuple[str, ...], str | None]:
     """The TTA modes that suit the model, and why the others do not (None when all do): a whole-frame model takes no
     crops; a model trained without flips (direction-sensitive classes: left is not right) takes no mirror images,
     which averaged a left-pointing hand with a right-pointing one, in silence."""
-    modes, why = TTA_MODES, []
-    if classifier.data_config.crop != "center":
-        modes = tuple(m for m in modes if m in ("none", "flip"))
+    modes, why = tta_modes(classifier.data_config), []
+    if modes != TTA_MODES:
         why.append(f"{classifier.backbone} sees whole frames ({classifier.data_config.crop}): the crop modes do not apply")
     if classifier.train_config.get("flip") == "off":
         modes = tuple(m for m in modes if m not in MIRRORING_TTA)
